@@ -1,0 +1,1 @@
+"""Runtime plumbing shared by every Tailor service: settings, logging, errors, gRPC, database."""

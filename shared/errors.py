@@ -1,0 +1,141 @@
+"""One exception per gRPC status, translated to google.rpc.Status (ErrorInfo, BadRequest) in one place."""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "tailor.dev"
+
+
+class TailorError(Exception):
+    """Base of every error a Tailor RPC returns on purpose."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    default_reason = "UNKNOWN"
+
+    def __init__(self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata = {k: str(v) for k, v in (metadata or {}).items()}
+
+    def details(self) -> list[any_pb2.Any]:
+        info = any_pb2.Any()
+        info.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata))
+        return [info]
+
+    def to_status(self) -> grpc.Status:
+        """The rich status that carries this error to the client."""
+        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=self.details())
+        return rpc_status.to_status(status)
+
+
+class InvalidArgument(TailorError):
+    """Bad input; carries one field violation per bad field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: list[tuple[str, str]] | str, *, reason: str | None = None, metadata=None):
+        if isinstance(violations, str):
+            violations = [("", violations)]
+        self.violations = list(violations)
+        summary = "; ".join(f"{f}: {d}" if f else d for f, d in self.violations)
+        super().__init__(f"invalid argument: {summary}", reason=reason, metadata=metadata)
+
+    def details(self) -> list[any_pb2.Any]:
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in self.violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad)
+        return super().details() + [packed]
+
+
+class NotFound(TailorError):
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = "NOT_FOUND"
+
+
+class AlreadyExists(TailorError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(TailorError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "FAILED_PRECONDITION"
+
+
+class Unauthenticated(TailorError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(TailorError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "PERMISSION_DENIED"
+
+
+class ResourceExhausted(TailorError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(TailorError):
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "UNAVAILABLE"
+
+
+class Violations:
+    """Collects field violations while validating a request; raise_if_any() raises one InvalidArgument."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append((field, description))
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise InvalidArgument(self.items)
+
+
+def rich_status_of(error: grpc.aio.AioRpcError) -> grpc.Status | None:
+    """Rebuilds the status a downstream call failed with, details included, to relay it to our caller."""
+    status = rpc_status.from_call(error)
+    if status is None:
+        status = status_pb2.Status(code=error.code().value[0], message=error.details() or "")
+    return rpc_status.to_status(status)
+
+
+def status_details(error: grpc.aio.AioRpcError) -> tuple[list[tuple[str, str]], str]:
+    """The field violations and ErrorInfo reason of a failed call (used by tests and clients)."""
+    status = rpc_status.from_call(error)
+    violations: list[tuple[str, str]] = []
+    reason = ""
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                violations += [(v.field, v.description) for v in bad.field_violations]
+            elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                reason = info.reason
+    return violations, reason
+
+
+__all__ = [
+    "TailorError", "InvalidArgument", "NotFound", "AlreadyExists", "FailedPrecondition", "Unauthenticated",
+    "PermissionDenied", "ResourceExhausted", "Unavailable", "Violations", "rich_status_of", "status_details",
+]

@@ -1,0 +1,79 @@
+"""The composition-root plumbing every service shares: migrate, build, serve until signalled, close."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from shared import db, log
+from shared.server import Authenticator, RunningServer, Service, run_until_signal, start_server, tenant_from_metadata
+from shared.settings import env_float, env_str, service_port
+
+
+@dataclass
+class Built:
+    """What a service's build() returns: its servicers and how to release what it holds."""
+
+    services: list[Service]
+    close: Callable[[], Awaitable[None]]
+    authenticate: Authenticator | None = tenant_from_metadata
+    generic_handlers: list[grpc.GenericRpcHandler] = field(default_factory=list)
+    extra_reflection_names: list[str] = field(default_factory=list)
+    # Started after the server is up (for example the gateway's pipeline worker); cancelled on stop.
+    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+async def prepare_schema(dsn: str, schema: str, package_file: str, *, min_size: int = 2, max_size: int = 10):
+    """Applies the service's migrations (the migrations/ folder beside package_file) and opens its pool."""
+    await db.migrate(dsn, schema, Path(package_file).resolve().parent / "migrations")
+    return await db.create_pool(dsn, schema, min_size=min_size, max_size=max_size)
+
+
+async def start_built(built: Built, *, port: int = 0, host: str = "127.0.0.1") -> tuple[RunningServer, list[asyncio.Task]]:
+    """Starts a built service (tests use port 0) and its background tasks."""
+    running = await start_server(
+        built.services,
+        port=port,
+        host=host,
+        authenticate=built.authenticate,
+        generic_handlers=built.generic_handlers,
+        extra_reflection_names=built.extra_reflection_names,
+    )
+    tasks = [asyncio.create_task(job()) for job in built.background]
+    return running, tasks
+
+
+async def stop_built(built: Built, running: RunningServer, tasks: list[asyncio.Task], grace: float = 5.0) -> None:
+    """Drains the server, cancels background tasks and closes what the service holds."""
+    await running.stop(grace)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await built.close()
+
+
+def serve(name: str, build: Callable[[str], Awaitable[Built]]) -> None:
+    """Entry point of `python -m services.<name>`: reads settings, builds, serves until SIGTERM, drains."""
+    log.configure(name, env_str("TAILOR_LOG_LEVEL", "INFO"))
+    dsn = env_str("DATABASE_URL")
+    port = service_port(name)
+    grace = env_float("TAILOR_DRAIN_SECONDS", 10.0, minimum=0.0)
+    host = env_str("TAILOR_BIND_HOST", "0.0.0.0")
+
+    async def main() -> None:
+        built = await build(dsn)
+        running, tasks = await start_built(built, port=port, host=host)
+
+        async def on_stop() -> None:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await built.close()
+
+        await run_until_signal(running, grace=grace, on_stop=on_stop)
+
+    asyncio.run(main())

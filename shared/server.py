@@ -1,0 +1,235 @@
+"""The one gRPC server builder every service uses: grpc.aio, health, reflection, call context, errors, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from shared import context as ctx
+from shared.errors import TailorError, Unauthenticated, rich_status_of
+from shared.log import get_logger
+
+log = get_logger("shared.server")
+
+# Methods that skip authentication and the per-RPC log line.
+_INFRA_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+# An authenticator gets the full method name and the invocation metadata and returns the tenant id,
+# or raises a TailorError (UNAUTHENTICATED, PERMISSION_DENIED, ...).
+Authenticator = Callable[[str, dict[str, str]], Awaitable[str]]
+
+
+async def tenant_from_metadata(method: str, metadata: dict[str, str]) -> str:
+    """The authenticator of internal services: the caller names the tenant in x-tenant-id metadata."""
+    tenant = metadata.get(ctx.TENANT_HEADER, "")
+    if not tenant:
+        raise Unauthenticated(f"{method} needs {ctx.TENANT_HEADER} metadata", reason="TENANT_MISSING")
+    return tenant
+
+
+class _CallScope:
+    """Binds request id, tenant and deadline for one call, and turns errors into rich statuses."""
+
+    def __init__(self, method: str, authenticate: Authenticator | None):
+        self.method = method
+        self.authenticate = authenticate
+        self.infra = method.startswith(_INFRA_PREFIXES)
+
+    async def enter(self, context: grpc.aio.ServicerContext) -> None:
+        self.start = time.perf_counter()
+        metadata = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        ctx.request_id_var.set(metadata.get(ctx.REQUEST_ID_HEADER) or ctx.new_request_id())
+        remaining = context.time_remaining()
+        ctx.deadline_var.set(None if remaining is None else time.monotonic() + remaining)
+        ctx.tenant_var.set("")
+        if self.authenticate is not None and not self.infra:
+            ctx.tenant_var.set(await self.authenticate(self.method, metadata))
+
+    async def fail(self, context: grpc.aio.ServicerContext, error: BaseException) -> None:
+        if isinstance(error, TailorError):
+            status = error.to_status()
+        elif isinstance(error, grpc.aio.AioRpcError):
+            status = rich_status_of(error)
+        else:
+            log.exception("rpc_unexpected_error", method=self.method)
+            status = grpc.Status()
+            status.code = grpc.StatusCode.INTERNAL
+            status.details = f"internal error; request id {ctx.request_id_var.get()}"
+            status.trailing_metadata = ()
+        self.code = status.code
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    def done(self, code: grpc.StatusCode) -> None:
+        if self.infra:
+            return
+        log.info(
+            "rpc",
+            method=self.method,
+            code=getattr(self, "code", code).name,
+            duration_ms=round((time.perf_counter() - self.start) * 1000, 3),
+        )
+
+
+def _wrap(handler: grpc.RpcMethodHandler, method: str, authenticate: Authenticator | None):
+    if handler.unary_unary or handler.stream_unary:
+        inner = handler.unary_unary or handler.stream_unary
+
+        async def unary_response(request_or_iterator, context):
+            scope = _CallScope(method, authenticate)
+            code = grpc.StatusCode.OK
+            try:
+                await scope.enter(context)
+                return await inner(request_or_iterator, context)
+            except grpc.aio.AbortError:
+                code = grpc.StatusCode.UNKNOWN
+                raise
+            except BaseException as error:  # noqa: BLE001 - every error must become a status
+                if isinstance(error, asyncio.CancelledError):
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                await scope.fail(context, error)
+            finally:
+                scope.done(code)
+
+        factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
+        return factory(
+            unary_response,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    inner = handler.unary_stream or handler.stream_stream
+
+    async def stream_response(request_or_iterator, context):
+        scope = _CallScope(method, authenticate)
+        code = grpc.StatusCode.OK
+        try:
+            await scope.enter(context)
+            async for item in inner(request_or_iterator, context):
+                yield item
+        except grpc.aio.AbortError:
+            code = grpc.StatusCode.UNKNOWN
+            raise
+        except BaseException as error:  # noqa: BLE001
+            if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+                code = grpc.StatusCode.CANCELLED
+                raise
+            await scope.fail(context, error)
+        finally:
+            scope.done(code)
+
+    factory = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
+    return factory(
+        stream_response,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+class CallContextInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every handler so each call has its context bound, is authenticated, logged, and fails with a rich status."""
+
+    def __init__(self, authenticate: Authenticator | None):
+        self.authenticate = authenticate
+        self._cache: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        wrapped = self._cache.get(method)
+        if wrapped is None or getattr(wrapped, "_inner", None) is not handler:
+            wrapped = _wrap(handler, method, self.authenticate)
+            wrapped._inner = handler  # type: ignore[attr-defined]
+            self._cache[method] = wrapped
+        return wrapped
+
+
+@dataclass
+class Service:
+    """A servicer and how to add it to a server."""
+
+    add_to_server: Callable[[object, grpc.aio.Server], None]
+    servicer: object
+    full_name: str
+
+
+@dataclass
+class RunningServer:
+    """A started server, its bound port and its health servicer."""
+
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    service_names: list[str] = field(default_factory=list)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Marks every service NOT_SERVING, then drains in-flight calls for up to grace seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(
+    services: Iterable[Service],
+    *,
+    port: int,
+    host: str = "0.0.0.0",
+    authenticate: Authenticator | None = tenant_from_metadata,
+    generic_handlers: Iterable[grpc.GenericRpcHandler] = (),
+    extra_reflection_names: Iterable[str] = (),
+) -> RunningServer:
+    """Starts a grpc.aio server with the services, health, reflection and the call-context interceptor."""
+    server = grpc.aio.server(
+        interceptors=[CallContextInterceptor(authenticate)],
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+    )
+    services = list(services)
+    for service in services:
+        service.add_to_server(service.servicer, server)
+    if generic_handlers:
+        server.add_generic_rpc_handlers(tuple(generic_handlers))
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    names = [s.full_name for s in services]
+    reflection.enable_server_reflection(
+        [*names, *extra_reflection_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
+        server,
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    for name in ["", *names]:
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server=server, port=bound, health=health, service_names=names)
+
+
+async def run_until_signal(
+    running: RunningServer,
+    *,
+    grace: float = 10.0,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Serves until SIGTERM or SIGINT, then drains gracefully and runs on_stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("server_started", port=running.port, services=running.service_names)
+    await stop.wait()
+    log.info("server_draining", grace_s=grace)
+    await running.stop(grace)
+    if on_stop is not None:
+        result = on_stop()
+        if inspect.isawaitable(result):
+            await result
+    log.info("server_stopped")

@@ -1,0 +1,66 @@
+"""Shared fixtures: a real PostgreSQL (embedded by default, or TAILOR_TEST_DATABASE_URL) and a fresh database per run."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "external-data"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg_server_dsn():
+    """DSN of a database server's admin database: TAILOR_TEST_DATABASE_URL, or an embedded server started here."""
+    url = os.environ.get("TAILOR_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from shared.embedded_pg import EmbeddedPostgres
+
+    data_dir = ROOT / ".tailor" / f"test-pg-{os.getpid()}"
+    server = EmbeddedPostgres(data_dir=data_dir, port=_free_port())
+    server.start()
+    try:
+        yield server.admin_dsn
+    finally:
+        server.stop()
+        import shutil
+
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def database_url(pg_server_dsn):
+    """A fresh database for this test session, dropped afterwards."""
+    name = f"tailor_test_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(pg_server_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    await admin.close()
+    base, _, _ = pg_server_dsn.rpartition("/")
+    yield f"{base}/{name}"
+    admin = await asyncpg.connect(pg_server_dsn)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+@pytest.fixture
+def tenant() -> str:
+    """A fresh tenant id per test, so tests never see each other's rows."""
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+def tenant_md(tenant_id: str) -> tuple[tuple[str, str], ...]:
+    """Metadata internal callers send to a domain service."""
+    return (("x-tenant-id", tenant_id),)
