@@ -60,8 +60,8 @@ class RecommenderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Recommend(self, request, context):
-        """Ranks items for one individual with a named strategy.
-        Errors: INVALID_ARGUMENT (unknown strategy, count outside 0-24), FAILED_PRECONDITION (no statistics yet).
+        """Ranks items for one individual with a named strategy; with no statistics yet the list is empty.
+        Errors: INVALID_ARGUMENT (unknown strategy, count outside 0-24).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
