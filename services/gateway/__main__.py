@@ -1,0 +1,4 @@
+from services.gateway.server import build
+from shared.runtime import serve
+
+serve("gateway", build)

@@ -1,0 +1,142 @@
+"""API keys: issued once, stored as sha256 hashes, scoped, revocable; and the authenticator the server uses."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from services.gateway.postgres import GatewayStore, KeyRow
+from shared.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+
+SCOPES = ("ingest", "decide", "admin")
+KEY_PREFIX = "tlr"
+TENANT_ID_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{1,62}$")
+
+GATEWAY = "/personalization.gateway.v1.GatewayService/"
+PROFILE = "/personalization.profile_graph.v1.ProfileGraphService/"
+DECISION = "/personalization.decision.v1.DecisionService/"
+IDENTITY = "/personalization.identity.v1.IdentityService/"
+
+# The scopes that allow each method; any one of them suffices. Domain-service methods listed here are the
+# configuration and read RPCs the gateway forwards (admin passthrough); internal pipeline RPCs are not reachable.
+METHOD_SCOPES: dict[str, frozenset[str]] = {
+    GATEWAY + "IngestEvents": frozenset({"ingest"}),
+    GATEWAY + "StreamIngestEvents": frozenset({"ingest"}),
+    GATEWAY + "GetDecisions": frozenset({"decide"}),
+    GATEWAY + "GetProfile": frozenset({"decide", "admin"}),
+    GATEWAY + "CreateApiKey": frozenset({"admin"}),
+    GATEWAY + "ListApiKeys": frozenset({"admin"}),
+    GATEWAY + "RevokeApiKey": frozenset({"admin"}),
+    PROFILE + "UpsertItems": frozenset({"ingest", "admin"}),
+    PROFILE + "GetItems": frozenset({"decide", "admin"}),
+    PROFILE + "UpsertInsight": frozenset({"admin"}),
+    PROFILE + "ListInsights": frozenset({"admin"}),
+    PROFILE + "UpsertSegment": frozenset({"admin"}),
+    PROFILE + "ListSegments": frozenset({"admin"}),
+    PROFILE + "ListSegmentMembers": frozenset({"admin"}),
+    DECISION + "UpsertPoint": frozenset({"admin"}),
+    DECISION + "ListPoints": frozenset({"admin"}),
+    DECISION + "UpsertDecision": frozenset({"admin"}),
+    DECISION + "ListDecisions": frozenset({"admin"}),
+    DECISION + "ListDecisionLog": frozenset({"admin"}),
+    IDENTITY + "GetIndividual": frozenset({"admin"}),
+}
+
+
+def hash_secret(secret: str) -> bytes:
+    # Keys carry 256 random bits, so a fast hash is enough: there is nothing to brute-force.
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def new_key() -> tuple[str, str]:
+    """A fresh (key_id, full secret); the secret embeds the id so lookup needs no tenant."""
+    key_id = secrets.token_hex(8)
+    return key_id, f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+
+
+def parse_key(secret: str) -> str | None:
+    """The key id inside a secret, or None when it is not shaped like one of ours."""
+    parts = secret.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX or len(parts[1]) != 16:
+        return None
+    return parts[1]
+
+
+def check_scopes(scopes: list[str], field: str = "scopes") -> list[str]:
+    if not scopes:
+        raise InvalidArgument([(field, "at least one scope is required")])
+    bad = [(f"{field}[{i}]", f"unknown scope {s!r}; one of {', '.join(SCOPES)}") for i, s in enumerate(scopes)
+           if s not in SCOPES]
+    if bad:
+        raise InvalidArgument(bad)
+    return sorted(set(scopes))
+
+
+@dataclass
+class _Cached:
+    row: KeyRow | None
+    expires: float
+
+
+class KeyService:
+    """Issues, lists and revokes keys, and authenticates calls with a short-lived in-process cache."""
+
+    def __init__(self, store: GatewayStore, cache_seconds: float = 5.0):
+        self.store = store
+        self.cache_seconds = cache_seconds
+        self._cache: dict[str, _Cached] = {}
+
+    async def create_tenant(self, tenant_id: str, display_name: str = "") -> bool:
+        if not TENANT_ID_PATTERN.match(tenant_id):
+            raise InvalidArgument([("tenant_id", "must match ^[a-z][a-z0-9_-]{1,62}$")])
+        return await self.store.create_tenant(tenant_id, display_name or tenant_id)
+
+    async def create_key(self, tenant_id: str, scopes: list[str], display_name: str = "") -> tuple[KeyRow, str]:
+        scopes = check_scopes(scopes)
+        if not await self.store.tenant_exists(tenant_id):
+            raise NotFound(f"tenant {tenant_id} does not exist", reason="TENANT_NOT_FOUND")
+        key_id, secret = new_key()
+        row = await self.store.insert_key(tenant_id, key_id, hash_secret(secret), scopes, display_name)
+        return row, secret
+
+    async def revoke_key(self, tenant_id: str, key_id: str) -> KeyRow:
+        row = await self.store.revoke_key(tenant_id, key_id)
+        if row is None:
+            raise NotFound(f"API key {key_id} not found", reason="API_KEY_NOT_FOUND")
+        self._cache = {k: v for k, v in self._cache.items() if v.row is None or v.row.key_id != key_id}
+        return row
+
+    async def _lookup(self, secret: str) -> KeyRow | None:
+        now = time.monotonic()
+        cached = self._cache.get(secret)
+        if cached is not None and cached.expires > now:
+            return cached.row
+        key_id = parse_key(secret)
+        row = await self.store.find_key(key_id) if key_id else None
+        if row is not None and not hmac.compare_digest(row.secret_hash, hash_secret(secret)):
+            row = None
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[secret] = _Cached(row, now + self.cache_seconds)
+        return row
+
+    async def authenticate(self, method: str, metadata: dict[str, str]) -> str:
+        """The tenant of a call's API key, if the key is valid, unrevoked and has a scope the method needs."""
+        header = metadata.get("authorization", "")
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Unauthenticated("missing `authorization: Bearer <api key>` metadata", reason="API_KEY_MISSING")
+        row = await self._lookup(secret.strip())
+        if row is None or row.revoked_at is not None:
+            raise Unauthenticated("the API key is not valid or was revoked", reason="API_KEY_INVALID")
+        needed = METHOD_SCOPES.get(method)
+        if needed is None:
+            raise PermissionDenied(f"{method} is not available through the gateway", reason="METHOD_NOT_EXPOSED")
+        if not needed.intersection(row.scopes):
+            raise PermissionDenied(f"the API key lacks the scope {' or '.join(sorted(needed))}",
+                                   reason="SCOPE_MISSING", metadata={"required": ",".join(sorted(needed))})
+        return row.tenant_id

@@ -1,0 +1,217 @@
+"""GetDecisions: Identify -> Augment -> Qualify -> Personalize -> Log, composed over the domain services."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from google.protobuf import field_mask_pb2, json_format, struct_pb2, timestamp_pb2
+
+from personalization.common.v1 import common_pb2
+from personalization.decision.v1 import decision_service_pb2 as decision_pb
+from personalization.gateway.v1 import gateway_service_pb2 as pb
+from personalization.identity.v1 import identity_service_pb2 as identity_pb
+from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
+from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
+from services.gateway.ingest import IDENTITY_TYPE
+from shared import context as ctx
+from shared.errors import Violations
+
+MAX_POINTS = 50
+PROFILE_EVENTS = 10
+DEFAULT_ITEMS = 12
+PROFILE_MASK = field_mask_pb2.FieldMask(paths=["attributes", "insights", "segments", "events"])
+EVENT_TYPE_NAMES = {v: k.removeprefix("EVENT_TYPE_") for k, v in common_pb2.EventType.items()}
+
+
+def _struct(data: dict) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(data)
+    return s
+
+
+def profile_view(profile: profile_pb.Profile) -> dict:
+    """The profile data graph as rules see it: profile.attributes, .insights, .segments, .events."""
+    return {
+        "attributes": json_format.MessageToDict(profile.attributes),
+        "insights": dict(profile.insights),
+        "segments": list(profile.segments),
+        "events": [
+            {"type": EVENT_TYPE_NAMES.get(e.type, "UNSPECIFIED"), "name": e.name, "item_id": e.item_id,
+             "event_time": e.event_time.ToJsonString() if e.HasField("event_time") else ""}
+            for e in profile.events
+        ],
+    }
+
+
+def context_view(context: pb.DecisionContext) -> dict:
+    """The request context as rules see it."""
+    return {
+        "anchor_id": context.anchor_id,
+        "anchor_type": context.anchor_type,
+        "cart_item_ids": list(context.cart_item_ids),
+        "channel": context.channel,
+        "correlation_id": context.correlation_id,
+        "request_url": context.request_url,
+        "attributes": json_format.MessageToDict(context.attributes),
+    }
+
+
+def validate(request: pb.GetDecisionsRequest) -> None:
+    v = Violations()
+    points = request.personalization_points
+    if not points:
+        v.add("personalization_points", "at least one point is required")
+    elif len(points) > MAX_POINTS:
+        v.add("personalization_points", f"at most {MAX_POINTS} points per request")
+    for i, point in enumerate(points):
+        if not point.name.strip():
+            v.add(f"personalization_points[{i}].name", "must not be empty")
+    flags = set(request.execution_flags)
+    has_identity = bool(request.unified_individual_id or request.individual_id.value)
+    if not has_identity and pb.EXECUTION_FLAG_CONTEXT_ONLY not in flags and not request.HasField("profile"):
+        v.add("individual_id", "an identity or a unified_individual_id is required (or the CONTEXT_ONLY flag)")
+    if request.individual_id.value and not IDENTITY_TYPE.match(request.individual_id.type):
+        v.add("individual_id.type", "must match ^[a-z][a-z0-9_]{0,63}$")
+    v.raise_if_any()
+
+
+class Decider:
+    """Composes the decide path; each stage's time is measured and logged with the decision."""
+
+    def __init__(self, identity, profile, decision, recommender):
+        self.identity = identity
+        self.profile = profile
+        self.decision = decision
+        self.recommender = recommender
+
+    async def resolve(self, identity: common_pb2.Identity, unified_id: str) -> str:
+        """The surviving unified id of an identity or id; empty for an identity never seen."""
+        if unified_id:
+            reply = await self.identity.GetIndividual(
+                identity_pb.GetIndividualRequest(unified_individual_id=unified_id))
+            return reply.individual.unified_individual_id
+        reply = await self.identity.ResolveIdentities(identity_pb.ResolveIdentitiesRequest(
+            subjects=[identity_pb.Subject(identities=[identity])], lookup_only=True))
+        return reply.resolutions[0].unified_individual_id
+
+    async def decide(self, request: pb.GetDecisionsRequest) -> pb.GetDecisionsResponse:
+        validate(request)
+        flags = set(request.execution_flags)
+        stage_ms: dict[str, float] = {}
+        mark = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            stage_ms[stage] = round((now - mark) * 1000, 3)
+            mark = now
+
+        unified_id = ""
+        if request.unified_individual_id or request.individual_id.value:
+            unified_id = await self.resolve(request.individual_id, request.unified_individual_id)
+        lap("identify")
+
+        if request.HasField("profile"):
+            profile = json_format.MessageToDict(request.profile)
+        elif pb.EXECUTION_FLAG_CONTEXT_ONLY in flags or not unified_id:
+            profile = {"attributes": {}, "insights": {}, "segments": [], "events": []}
+        else:
+            reply = await self.profile.GetProfile(profile_pb.GetProfileRequest(
+                unified_individual_id=unified_id, read_mask=PROFILE_MASK, event_limit=PROFILE_EVENTS))
+            profile = profile_view(reply.profile)
+        lap("augment")
+
+        context = context_view(request.context)
+        qualified = await self.decision.Qualify(decision_pb.QualifyRequest(
+            points=[decision_pb.PointSelection(name=p.name, decision_id=p.decision_id)
+                    for p in request.personalization_points],
+            profile=_struct(profile), context=_struct(context)))
+        lap("qualify")
+
+        results = await asyncio.gather(*(self._personalize(q, unified_id, request.context)
+                                         for q in qualified.qualifications))
+        lap("personalize")
+
+        request_id = ctx.request_id_var.get()
+        explain = pb.EXECUTION_FLAG_DIAGNOSTICS in flags
+        personalizations = []
+        for q, (data, diagnostics) in zip(qualified.qualifications, results):
+            if not unified_id and not request.HasField("profile"):
+                diagnostics.insert(0, pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_UNKNOWN_INDIVIDUAL,
+                                                    message="the individual is not known; rules saw an empty profile"))
+            p = pb.Personalization(
+                personalization_id=uuid.uuid4().hex,
+                personalization_point_id=q.point.point_id,
+                personalization_point_name=q.point.name,
+                decision_id=q.decision.decision_id,
+                decision_name=q.decision.name,
+                data=data,
+                diagnostics=diagnostics,
+            )
+            if explain:
+                p.explanation.CopyFrom(pb.Explanation(
+                    rules=[pb.RuleTrace(decision_id=e.decision_id, decision_name=e.decision_name,
+                                        matched=e.matched, error=e.error) for e in q.evaluations],
+                    unified_individual_id=unified_id, stage_ms=stage_ms))
+            personalizations.append(p)
+
+        if pb.EXECUTION_FLAG_TEST_MODE not in flags:
+            now = timestamp_pb2.Timestamp()
+            now.GetCurrentTime()
+            await self.decision.LogDecisions(decision_pb.LogDecisionsRequest(entries=[
+                decision_pb.DecisionLogEntry(
+                    personalization_id=p.personalization_id, request_id=request_id,
+                    point_id=p.personalization_point_id, point_name=p.personalization_point_name,
+                    decision_id=p.decision_id, unified_individual_id=unified_id,
+                    channel=request.context.channel, correlation_id=request.context.correlation_id,
+                    anchor_id=request.context.anchor_id, served=_served(p), stage_ms=stage_ms, log_time=now)
+                for p in personalizations]))
+        return pb.GetDecisionsResponse(request_id=request_id, personalizations=personalizations)
+
+    async def _personalize(self, q: decision_pb.Qualification, unified_id: str, context: pb.DecisionContext):
+        diagnostics: list[pb.Diagnostic] = []
+        if not q.HasField("decision"):
+            if q.evaluations:
+                diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_NO_DECISION_QUALIFIED,
+                                                 message="no decision matched and the point has no fallback"))
+            else:
+                diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_POINT_NOT_CONFIGURED,
+                                                 message="the point has no decisions"))
+            return [], diagnostics
+        decision = q.decision
+        if decision.WhichOneof("payload") == "content":
+            return [decision.content], diagnostics
+        spec = decision.recommendations
+        count = spec.count or DEFAULT_ITEMS
+        exclude = list(context.cart_item_ids) + ([context.anchor_id] if context.anchor_id else [])
+        ranked = await self.recommender.Recommend(rec_pb.RecommendRequest(
+            unified_individual_id=unified_id, strategy=spec.recommender, count=count, exclude_item_ids=exclude))
+        data = await self._shape_items(ranked.items, list(q.point.template.item_attributes))
+        if len(data) < count:
+            diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_FEWER_ITEMS_THAN_REQUESTED,
+                                             message=f"{len(data)} of {count} items available"))
+        return data, diagnostics
+
+    async def _shape_items(self, ranked, attributes: list[str]) -> list[struct_pb2.Struct]:
+        """Items shaped by the point's template: item_id, score, source, and the template's item attributes."""
+        catalog = {}
+        if ranked and attributes:
+            reply = await self.profile.GetItems(profile_pb.GetItemsRequest(item_ids=[r.item_id for r in ranked]))
+            catalog = {item.item_id: item for item in reply.items}
+        shaped = []
+        for r in ranked:
+            row = {"item_id": r.item_id, "score": r.score, "source": r.source}
+            item = catalog.get(r.item_id)
+            values = json_format.MessageToDict(item.attributes) if item is not None else {}
+            for name in attributes:
+                row[name] = (item.name if item else "") if name == "name" else values.get(name)
+            shaped.append(_struct(row))
+        return shaped
+
+
+def _served(p: pb.Personalization) -> struct_pb2.Struct:
+    served = struct_pb2.Struct()
+    served.get_or_create_list("data").extend([json_format.MessageToDict(d) for d in p.data])
+    return served

@@ -1,0 +1,89 @@
+"""Ingest: validate a batch of events, store it durably in the inbox, acknowledge each event."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from personalization.common.v1 import common_pb2
+from services.gateway.postgres import GatewayStore
+from shared.errors import InvalidArgument, Violations
+
+MAX_EVENTS = 10_000
+MAX_ID_LENGTH = 128
+MAX_VALUE_LENGTH = 512
+MAX_FUTURE_SECONDS = 24 * 3600
+IDENTITY_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+ITEM_EVENTS = (common_pb2.EVENT_TYPE_PRODUCT_VIEW, common_pb2.EVENT_TYPE_ADD_TO_CART)
+
+
+def validate_event(event: common_pb2.Event, path: str, v: Violations, now: float) -> None:
+    """Adds a violation for every bad field of one event."""
+    if not event.message_id.strip():
+        v.add(f"{path}.message_id", "must not be empty")
+    elif len(event.message_id) > MAX_ID_LENGTH:
+        v.add(f"{path}.message_id", f"must be at most {MAX_ID_LENGTH} characters")
+    if event.type not in common_pb2.EventType.values() or event.type == common_pb2.EVENT_TYPE_UNSPECIFIED:
+        v.add(f"{path}.type", "must be a known event type")
+    if event.type == common_pb2.EVENT_TYPE_CUSTOM and not event.name.strip():
+        v.add(f"{path}.name", "is required for custom events")
+    if not event.HasField("event_time") or event.event_time.seconds <= 0:
+        v.add(f"{path}.event_time", "is required")
+    elif event.event_time.seconds > now + MAX_FUTURE_SECONDS:
+        v.add(f"{path}.event_time", "must not be more than a day in the future")
+    if not event.identities:
+        v.add(f"{path}.identities", "at least one identity is required")
+    for j, identity in enumerate(event.identities):
+        if not IDENTITY_TYPE.match(identity.type):
+            v.add(f"{path}.identities[{j}].type", "must match ^[a-z][a-z0-9_]{0,63}$")
+        if not identity.value.strip():
+            v.add(f"{path}.identities[{j}].value", "must not be empty")
+        elif len(identity.value) > MAX_VALUE_LENGTH:
+            v.add(f"{path}.identities[{j}].value", f"must be at most {MAX_VALUE_LENGTH} characters")
+    if event.type in ITEM_EVENTS and not event.item_id:
+        v.add(f"{path}.item_id", "is required for product views and add-to-cart events")
+    if event.type == common_pb2.EVENT_TYPE_PURCHASE and not event.line_items:
+        v.add(f"{path}.line_items", "a purchase needs at least one line item")
+    for j, line in enumerate(event.line_items):
+        if not line.item_id:
+            v.add(f"{path}.line_items[{j}].item_id", "must not be empty")
+        if line.quantity == 0 or line.quantity != line.quantity:
+            v.add(f"{path}.line_items[{j}].quantity", "must be a non-zero number")
+        if not line.unit_price >= 0:
+            v.add(f"{path}.line_items[{j}].unit_price", "must be zero or more")
+
+
+def validate_batch(events, field: str = "events") -> None:
+    """Raises one InvalidArgument listing every bad field of the batch."""
+    v = Violations()
+    if not events:
+        v.add(field, "at least one event is required")
+    elif len(events) > MAX_EVENTS:
+        v.add(field, f"at most {MAX_EVENTS} events per message")
+    else:
+        now = time.time()
+        for i, event in enumerate(events):
+            validate_event(event, f"{field}[{i}]", v, now)
+    v.raise_if_any()
+
+
+class Ingest:
+    """Stores validated events; acknowledged means committed to the inbox."""
+
+    def __init__(self, store: GatewayStore):
+        self.store = store
+
+    async def ingest(self, tenant_id: str, events) -> list[tuple[str, bool]]:
+        """Returns (message_id, stored_now) per event in request order; a repeat within the batch is a duplicate."""
+        validate_batch(events)
+        ids = [e.message_id for e in events]
+        stored = await self.store.store_events(tenant_id, ids, [e.SerializeToString() for e in events])
+        acks, seen = [], set()
+        for message_id in ids:
+            fresh = message_id in stored and message_id not in seen
+            seen.add(message_id)
+            acks.append((message_id, fresh))
+        return acks
+
+
+__all__ = ["Ingest", "validate_batch", "InvalidArgument"]

@@ -1,0 +1,166 @@
+"""The pipeline worker: drains the inbox in order through Identify -> Update -> Compute, with retries and dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from itertools import groupby
+
+import asyncpg
+import grpc
+
+from personalization.common.v1 import common_pb2
+from personalization.identity.v1 import identity_service_pb2 as identity_pb
+from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
+from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
+from services.gateway.postgres import INBOX_CHANNEL, GatewayStore, InboxRow
+from shared import context as ctx
+from shared.log import get_logger
+
+log = get_logger("gateway.pipeline")
+
+# Failures that say nothing about the event itself: retried without counting an attempt.
+TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+             grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED}
+INTERACTION_TYPES = (common_pb2.EVENT_TYPE_PRODUCT_VIEW, common_pb2.EVENT_TYPE_ADD_TO_CART)
+LEADER_LOCK = "tailor-pipeline-leader"
+
+
+@dataclass
+class Stubs:
+    identity: object
+    profile: object
+    recommender: object
+
+
+def interactions_of(unified_id: str, event: common_pb2.Event) -> list[rec_pb.Interaction]:
+    """The item interactions an event carries, for the recommender's statistics."""
+    if event.type in INTERACTION_TYPES:
+        return [rec_pb.Interaction(message_id=event.message_id, unified_individual_id=unified_id,
+                                   item_id=event.item_id, type=event.type, quantity=1.0,
+                                   event_time=event.event_time)]
+    if event.type == common_pb2.EVENT_TYPE_PURCHASE:
+        return [rec_pb.Interaction(message_id=event.message_id, unified_individual_id=unified_id,
+                                   item_id=line.item_id, type=event.type, quantity=line.quantity,
+                                   revenue=line.quantity * line.unit_price, event_time=event.event_time)
+                for line in event.line_items]
+    return []
+
+
+def _survivor(aliases: dict[str, str], individual: str) -> str:
+    while individual in aliases:
+        individual = aliases[individual]
+    return individual
+
+
+class Pipeline:
+    """Processes one tenant's events in order; every downstream step is idempotent, so a retry is harmless."""
+
+    def __init__(self, stubs: Stubs):
+        self.stubs = stubs
+
+    async def process(self, events: list[common_pb2.Event]) -> None:
+        # Identify: one batch call; subjects are resolved in order, so later events see earlier merges.
+        resolved = await self.stubs.identity.ResolveIdentities(identity_pb.ResolveIdentitiesRequest(
+            subjects=[identity_pb.Subject(identities=e.identities) for e in events]))
+        aliases: dict[str, str] = {}
+        merges: list[tuple[list[str], str]] = []
+        for resolution in resolved.resolutions:
+            if resolution.merged_individual_ids:
+                for merged in resolution.merged_individual_ids:
+                    aliases[merged] = resolution.unified_individual_id
+                merges.append((list(resolution.merged_individual_ids), resolution.unified_individual_id))
+        # Update: move what merged individuals had onto their survivors before appending new events.
+        for merged, survivor in merges:
+            await self.stubs.profile.ReassignIndividual(profile_pb.ReassignIndividualRequest(
+                from_individual_ids=merged, to_individual_id=_survivor(aliases, survivor)))
+        owners = [_survivor(aliases, r.unified_individual_id) for r in resolved.resolutions]
+        # Update + Compute: events, attributes, insights and segments in the profile graph.
+        await self.stubs.profile.AppendEvents(profile_pb.AppendEventsRequest(events=[
+            profile_pb.IndividualEvent(unified_individual_id=owner, event=event)
+            for owner, event in zip(owners, events)]))
+        interactions = [i for owner, event in zip(owners, events) for i in interactions_of(owner, event)]
+        if interactions:
+            await self.stubs.recommender.RecordInteractions(
+                rec_pb.RecordInteractionsRequest(interactions=interactions))
+
+
+class PipelineWorker:
+    """One leader per database drains the inbox, woken by NOTIFY; the others stand by."""
+
+    def __init__(self, dsn: str, store: GatewayStore, pipeline: Pipeline, *, batch_size: int = 500,
+                 max_attempts: int = 5, idle_seconds: float = 1.0):
+        self.dsn = dsn
+        self.store = store
+        self.pipeline = pipeline
+        self.batch_size = batch_size
+        self.max_attempts = max_attempts
+        self.idle_seconds = idle_seconds
+
+    async def run(self) -> None:
+        """Runs until cancelled; reconnects and resumes after any failure."""
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self.dsn)
+                while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", LEADER_LOCK):
+                    await asyncio.sleep(self.idle_seconds)
+                wake = asyncio.Event()
+                await conn.add_listener(INBOX_CHANNEL, lambda *_: wake.set())
+                log.info("pipeline_leader")
+                while True:
+                    wake.clear()
+                    if await self.drain_once() == 0:
+                        try:
+                            await asyncio.wait_for(wake.wait(), timeout=self.idle_seconds)
+                        except TimeoutError:
+                            pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("pipeline_worker_error")
+                await asyncio.sleep(1.0)
+            finally:
+                if conn is not None:
+                    conn.terminate()
+
+    async def drain_once(self) -> int:
+        """Processes up to batch_size pending events, oldest first; returns how many were taken."""
+        rows = await self.store.pending(self.batch_size)
+        for tenant_id, group in groupby(rows, key=lambda r: r.tenant_id):
+            await self._process_tenant(tenant_id, list(group))
+        return len(rows)
+
+    async def _process_tenant(self, tenant_id: str, rows: list[InboxRow]) -> bool:
+        """True when every row was processed (or dead-lettered); on False the rest stays pending, in order."""
+        ctx.tenant_var.set(tenant_id)
+        ctx.request_id_var.set(ctx.new_request_id())
+        ctx.deadline_var.set(None)
+        try:
+            await self.pipeline.process([common_pb2.Event.FromString(r.payload) for r in rows])
+            await self.store.mark_processed(tenant_id, [r.message_id for r in rows])
+            return True
+        except grpc.aio.AioRpcError as error:
+            if error.code() in TRANSIENT:
+                log.warning("pipeline_transient_failure", code=error.code().name, events=len(rows))
+                await asyncio.sleep(0.5)
+                return False
+            if len(rows) == 1:
+                return await self._failed(rows[0], f"{error.code().name}: {error.details()}")
+        except Exception as error:  # noqa: BLE001 - an event must never stop the pipeline
+            if len(rows) == 1:
+                log.exception("pipeline_event_error", message_id=rows[0].message_id)
+                return await self._failed(rows[0], repr(error))
+        # The batch failed because of some event: find it by going one event at a time, stopping at the first
+        # that is still pending so that events of one individual are never processed out of order.
+        for row in rows:
+            if not await self._process_tenant(tenant_id, [row]):
+                return False
+        return True
+
+    async def _failed(self, row: InboxRow, error: str) -> bool:
+        dead = await self.store.record_failure(row, error, self.max_attempts)
+        log.warning("pipeline_event_failed", message_id=row.message_id, error=error, dead_lettered=dead)
+        if not dead:
+            await asyncio.sleep(min(0.1 * 2 ** row.attempts, 5.0))
+        return dead

@@ -1,0 +1,88 @@
+"""Composition root of the gateway: store, keys, ingest, pipeline worker, decider, passthrough."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from personalization.decision.v1 import decision_service_pb2 as decision_pb
+from personalization.decision.v1 import decision_service_pb2_grpc as decision_grpc
+from personalization.gateway.v1 import gateway_service_pb2 as pb
+from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from personalization.identity.v1 import identity_service_pb2 as identity_pb
+from personalization.identity.v1 import identity_service_pb2_grpc as identity_grpc
+from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
+from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as profile_grpc
+from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
+from personalization.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
+from services.gateway.auth import KeyService
+from services.gateway.decide import Decider
+from services.gateway.ingest import Ingest
+from services.gateway.passthrough import Passthrough
+from services.gateway.pipeline import Pipeline, PipelineWorker, Stubs
+from services.gateway.postgres import GatewayStore
+from services.gateway.servicer import GatewayServicer
+from shared import client
+from shared.runtime import Built, prepare_schema
+from shared.server import Service
+from shared.settings import env_bool, env_float, env_int, service_address
+
+SERVICE_NAMES = {
+    "identity": identity_pb.DESCRIPTOR.services_by_name["IdentityService"].full_name,
+    "profile_graph": profile_pb.DESCRIPTOR.services_by_name["ProfileGraphService"].full_name,
+    "recommender": rec_pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name,
+    "decision": decision_pb.DESCRIPTOR.services_by_name["DecisionService"].full_name,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Gateway settings, read once from the environment."""
+
+    addresses: dict[str, str]
+    auth_cache_seconds: float
+    run_worker: bool
+    batch_size: int
+    max_attempts: int
+    pool_size: int
+
+    @classmethod
+    def from_env(cls, addresses: dict[str, str] | None = None) -> "Settings":
+        return cls(
+            addresses=addresses or {name: service_address(name) for name in SERVICE_NAMES},
+            auth_cache_seconds=env_float("TAILOR_GATEWAY_AUTH_CACHE_SECONDS", 5.0, minimum=0.0),
+            run_worker=env_bool("TAILOR_GATEWAY_RUN_WORKER", True),
+            batch_size=env_int("TAILOR_GATEWAY_BATCH_SIZE", 500, minimum=1, maximum=1000),
+            max_attempts=env_int("TAILOR_GATEWAY_MAX_ATTEMPTS", 5, minimum=1),
+            pool_size=env_int("TAILOR_GATEWAY_POOL_SIZE", 10, minimum=2),
+        )
+
+
+async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
+    settings = Settings.from_env(addresses)
+    pool = await prepare_schema(dsn, "gateway", __file__, max_size=settings.pool_size)
+    store = GatewayStore(pool)
+    keys = KeyService(store, settings.auth_cache_seconds)
+    channels = {name: client.channel(settings.addresses[name]) for name in SERVICE_NAMES}
+    identity = identity_grpc.IdentityServiceStub(channels["identity"])
+    profile = profile_grpc.ProfileGraphServiceStub(channels["profile_graph"])
+    recommender = rec_grpc.RecommenderServiceStub(channels["recommender"])
+    decision = decision_grpc.DecisionServiceStub(channels["decision"])
+    passthrough = Passthrough({SERVICE_NAMES[name]: ch for name, ch in channels.items()})
+    worker = PipelineWorker(dsn, store, Pipeline(Stubs(identity, profile, recommender)),
+                            batch_size=settings.batch_size, max_attempts=settings.max_attempts)
+    servicer = GatewayServicer(keys, Ingest(store), Decider(identity, profile, decision, recommender))
+
+    async def close() -> None:
+        for channel in channels.values():
+            await channel.close()
+        await pool.close()
+
+    return Built(
+        services=[Service(pb_grpc.add_GatewayServiceServicer_to_server, servicer,
+                          pb.DESCRIPTOR.services_by_name["GatewayService"].full_name)],
+        close=close,
+        authenticate=keys.authenticate,
+        generic_handlers=[passthrough],
+        extra_reflection_names=passthrough.service_names,
+        background=[worker.run] if settings.run_worker else [],
+    )

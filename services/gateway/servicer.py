@@ -1,0 +1,108 @@
+"""GatewayService: proto <-> use-case translation for the public API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import timestamp_pb2
+
+from personalization.gateway.v1 import gateway_service_pb2 as pb
+from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from personalization.identity.v1 import identity_service_pb2 as identity_pb
+from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
+from services.gateway.auth import KeyService
+from services.gateway.decide import Decider
+from services.gateway.ingest import Ingest
+from services.gateway.postgres import KeyRow
+from shared.context import current_tenant
+from shared.errors import InvalidArgument, NotFound
+from shared.paging import decode_token, encode_token
+
+SCOPE_NAMES = {pb.SCOPE_INGEST: "ingest", pb.SCOPE_DECIDE: "decide", pb.SCOPE_ADMIN: "admin"}
+SCOPE_VALUES = {v: k for k, v in SCOPE_NAMES.items()}
+
+
+def _ts(value) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def api_key_message(row: KeyRow) -> pb.ApiKey:
+    return pb.ApiKey(key_id=row.key_id, display_name=row.display_name,
+                     scopes=[SCOPE_VALUES[s] for s in row.scopes if s in SCOPE_VALUES],
+                     create_time=_ts(row.created_at), revoke_time=_ts(row.revoked_at))
+
+
+def _acks(acks: list[tuple[str, bool]]) -> list[pb.EventAck]:
+    return [pb.EventAck(message_id=m, status=pb.ACK_STATUS_STORED if fresh else pb.ACK_STATUS_DUPLICATE)
+            for m, fresh in acks]
+
+
+class GatewayServicer(pb_grpc.GatewayServiceServicer):
+    def __init__(self, keys: KeyService, ingest: Ingest, decider: Decider):
+        self.keys = keys
+        self.ingest = ingest
+        self.decider = decider
+
+    async def IngestEvents(self, request, context):
+        return pb.IngestEventsResponse(acks=_acks(await self.ingest.ingest(current_tenant(), request.events)))
+
+    async def StreamIngestEvents(self, request_iterator, context):
+        reply = pb.StreamIngestEventsResponse()
+        index = 0
+        async for message in request_iterator:
+            try:
+                acks = await self.ingest.ingest(current_tenant(), message.events)
+            except InvalidArgument as error:
+                error.metadata["message_index"] = str(index)
+                error.message = f"stream message {index}: {error.message}"
+                raise
+            reply.acks.extend(_acks(acks))
+            stored = sum(1 for _, fresh in acks if fresh)
+            reply.stored_count += stored
+            reply.duplicate_count += len(acks) - stored
+            index += 1
+        return reply
+
+    async def GetDecisions(self, request, context):
+        return await self.decider.decide(request)
+
+    async def GetProfile(self, request, context):
+        if not request.unified_individual_id and not request.individual_id.value:
+            raise InvalidArgument([("individual_id", "an identity or a unified_individual_id is required")])
+        unified_id = await self.decider.resolve(request.individual_id, request.unified_individual_id)
+        if not unified_id:
+            raise NotFound("no individual has this identity", reason="INDIVIDUAL_NOT_FOUND")
+        individual = await self.decider.identity.GetIndividual(
+            identity_pb.GetIndividualRequest(unified_individual_id=unified_id))
+        reply = await self.decider.profile.GetProfile(profile_pb.GetProfileRequest(
+            unified_individual_id=unified_id, event_limit=request.event_limit))
+        profile = reply.profile
+        return pb.GetProfileResponse(
+            unified_individual_id=unified_id, identities=individual.individual.identities,
+            attributes=profile.attributes, events=profile.events, insights=profile.insights,
+            segments=profile.segments)
+
+    async def CreateApiKey(self, request, context):
+        scopes = [SCOPE_NAMES.get(s, f"unknown({s})") for s in request.scopes]
+        row, secret = await self.keys.create_key(current_tenant(), scopes, request.display_name)
+        return pb.CreateApiKeyResponse(api_key=api_key_message(row), secret=secret)
+
+    async def ListApiKeys(self, request, context):
+        size = request.page_size or 100
+        if not 0 < size <= 1000:
+            raise InvalidArgument([("page_size", "must be between 0 and 1000")])
+        after = decode_token(request.page_token, "page_token")
+        rows = await self.keys.store.list_keys(
+            current_tenant(), None if after is None else (datetime.fromisoformat(after[0]), after[1]), size + 1)
+        token = encode_token([rows[size - 1].created_at.isoformat(), rows[size - 1].key_id]) if len(rows) > size else ""
+        return pb.ListApiKeysResponse(api_keys=[api_key_message(r) for r in rows[:size]], next_page_token=token)
+
+    async def RevokeApiKey(self, request, context):
+        if not request.key_id:
+            raise InvalidArgument([("key_id", "must not be empty")])
+        return pb.RevokeApiKeyResponse(api_key=api_key_message(await self.keys.revoke_key(current_tenant(),
+                                                                                          request.key_id)))

@@ -1,0 +1,26 @@
+"""Opaque page tokens: a JSON list of the last row's sort key, base64-encoded."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from shared.errors import InvalidArgument
+
+
+def encode_token(key: list) -> str:
+    """The page token that resumes after a row with this sort key."""
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
+
+
+def decode_token(token: str, field: str = "page_token") -> list | None:
+    """The sort key inside a page token, None for the first page; a malformed token is INVALID_ARGUMENT."""
+    if not token:
+        return None
+    try:
+        key = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, TypeError):
+        raise InvalidArgument([(field, "is not a token this service issued")]) from None
+    if not isinstance(key, list):
+        raise InvalidArgument([(field, "is not a token this service issued")])
+    return key

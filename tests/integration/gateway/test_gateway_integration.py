@@ -1,0 +1,131 @@
+"""The gateway on a real PostgreSQL and a real gRPC server: keys, scopes, ingest durability and deduplication."""
+
+from __future__ import annotations
+
+import time
+
+import asyncpg
+import grpc
+import pytest
+from google.protobuf import timestamp_pb2
+
+from personalization.common.v1 import common_pb2
+from personalization.decision.v1 import decision_service_pb2 as decision_pb
+from personalization.gateway.v1 import gateway_service_pb2 as pb
+from shared.errors import status_details
+from tests.suite import Suite
+
+
+@pytest.fixture
+async def suite(database_url, monkeypatch):
+    # Only the gateway: the worker stays off so the inbox can be inspected as ingest left it.
+    monkeypatch.setenv("TAILOR_GATEWAY_RUN_WORKER", "false")
+    s = await Suite(database_url).start(domain=False)
+    yield s
+    await s.stop()
+
+
+def _events(*ids, minutes_ago=1):
+    ts = timestamp_pb2.Timestamp(seconds=int(time.time()) - 60 * minutes_ago)
+    return [common_pb2.Event(message_id=i, type=common_pb2.EVENT_TYPE_PAGE_VIEW, event_time=ts,
+                             identities=[common_pb2.Identity(type="device_id", value=f"dev-{i}")]) for i in ids]
+
+
+async def _inbox(dsn, tenant):
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch("SELECT message_id, payload FROM gateway.inbox WHERE tenant_id = $1 ORDER BY seq",
+                                tenant)
+    finally:
+        await conn.close()
+
+
+async def test_ingest_stores_events_and_a_resent_batch_is_acknowledged_as_duplicates(suite):
+    tenant, md = await suite.new_tenant()
+    first = await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=_events("a", "b")), metadata=md)
+    assert [a.status for a in first.acks] == [pb.ACK_STATUS_STORED, pb.ACK_STATUS_STORED]
+    again = await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=_events("b", "c", "c")), metadata=md)
+    assert [(a.message_id, a.status) for a in again.acks] == [
+        ("b", pb.ACK_STATUS_DUPLICATE), ("c", pb.ACK_STATUS_STORED), ("c", pb.ACK_STATUS_DUPLICATE)]
+    rows = await _inbox(suite.dsn, tenant)
+    assert [r["message_id"] for r in rows] == ["a", "b", "c"]
+    assert common_pb2.Event.FromString(rows[0]["payload"]).identities[0].value == "dev-a"
+
+
+async def test_a_malformed_event_fails_the_batch_with_field_paths_and_stores_nothing(suite):
+    tenant, md = await suite.new_tenant()
+    events = _events("x", "y")
+    events[1].ClearField("event_time")
+    events[1].identities[0].value = ""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=events), metadata=md)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    violations, _ = status_details(info.value)
+    assert [f for f, _ in violations] == ["events[1].event_time", "events[1].identities[0].value"]
+    assert await _inbox(suite.dsn, tenant) == []
+
+
+async def test_the_stream_acknowledges_every_message_and_counts_duplicates(suite):
+    tenant, md = await suite.new_tenant()
+
+    async def messages():
+        for batch in (("s1", "s2"), ("s2", "s3")):
+            yield pb.StreamIngestEventsRequest(events=_events(*batch))
+
+    reply = await suite.gateway.StreamIngestEvents(messages(), metadata=md)
+    assert (reply.stored_count, reply.duplicate_count, len(reply.acks)) == (3, 1, 4)
+    assert len(await _inbox(suite.dsn, tenant)) == 3
+
+
+async def test_calls_without_a_key_are_unauthenticated(suite):
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=_events("a")))
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert status_details(info.value)[1] == "API_KEY_MISSING"
+
+
+async def test_a_key_without_the_scope_is_permission_denied_for_ingest_and_admin_passthrough(suite):
+    _, md = await suite.new_tenant(scopes=("decide",))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=_events("a")), metadata=md)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await suite.decision_admin.ListPoints(decision_pb.ListPointsRequest(), metadata=md)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert status_details(info.value)[1] == "SCOPE_MISSING"
+
+
+async def test_admin_creates_lists_and_revokes_keys_and_a_revoked_key_is_refused(suite):
+    _, admin = await suite.new_tenant(scopes=("admin",))
+    created = await suite.gateway.CreateApiKey(
+        pb.CreateApiKeyRequest(display_name="ingest-bot", scopes=[pb.SCOPE_INGEST]), metadata=admin)
+    md = (("authorization", f"Bearer {created.secret}"),)
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=_events("k1")), metadata=md)
+    listed = await suite.gateway.ListApiKeys(pb.ListApiKeysRequest(page_size=1), metadata=admin)
+    assert len(listed.api_keys) == 1 and listed.next_page_token
+    page2 = await suite.gateway.ListApiKeys(pb.ListApiKeysRequest(page_token=listed.next_page_token),
+                                            metadata=admin)
+    assert [k.display_name for k in page2.api_keys] == ["ingest-bot"]
+    assert not any(created.secret in str(k) for k in page2.api_keys)
+    await suite.gateway.RevokeApiKey(pb.RevokeApiKeyRequest(key_id=created.api_key.key_id), metadata=admin)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=_events("k2")), metadata=md)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_keys_are_stored_only_as_hashes(suite):
+    _, md = await suite.new_tenant()
+    secret = md[0][1].split(" ", 1)[1]
+    conn = await asyncpg.connect(suite.dsn)
+    try:
+        stored = await conn.fetch("SELECT secret_hash::text AS h, key_id FROM gateway.api_keys")
+    finally:
+        await conn.close()
+    assert stored and all(secret not in r["h"] and secret.split("_")[2] not in r["h"] for r in stored)
+
+
+async def test_revoking_an_unknown_key_is_not_found(suite):
+    _, admin = await suite.new_tenant(scopes=("admin",))
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await suite.gateway.RevokeApiKey(pb.RevokeApiKeyRequest(key_id="nope"), metadata=admin)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND

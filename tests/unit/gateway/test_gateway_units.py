@@ -1,0 +1,188 @@
+"""Unit tests of the gateway's use cases on fakes: validation, keys and scopes, pipeline composition."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import pytest
+from google.protobuf import timestamp_pb2
+
+from personalization.common.v1 import common_pb2
+from personalization.identity.v1 import identity_service_pb2 as identity_pb
+from services.gateway import auth
+from services.gateway.ingest import validate_batch
+from services.gateway.pipeline import Pipeline, Stubs, interactions_of
+from services.gateway.postgres import KeyRow
+from shared.errors import InvalidArgument, PermissionDenied, Unauthenticated
+
+
+def _event(message_id="m1", **overrides) -> common_pb2.Event:
+    ts = timestamp_pb2.Timestamp(seconds=int(time.time()) - 60)
+    event = common_pb2.Event(message_id=message_id, type=common_pb2.EVENT_TYPE_PAGE_VIEW, event_time=ts,
+                             identities=[common_pb2.Identity(type="device_id", value="d1")])
+    for key, value in overrides.items():
+        if key == "event_time" and value is None:
+            event.ClearField("event_time")
+        elif isinstance(value, list):
+            del getattr(event, key)[:]
+            getattr(event, key).extend(value)
+        else:
+            setattr(event, key, value)
+    return event
+
+
+def test_a_valid_batch_passes_validation():
+    validate_batch([_event("a"), _event("b", type=common_pb2.EVENT_TYPE_PRODUCT_VIEW, item_id="sku-1")])
+
+
+def test_each_bad_field_gets_its_own_violation_path():
+    events = [
+        _event("ok"),
+        _event("", event_time=None),
+        _event("p", type=common_pb2.EVENT_TYPE_PURCHASE),
+        _event("c", type=common_pb2.EVENT_TYPE_CUSTOM, identities=[common_pb2.Identity(type="Email", value=" ")]),
+    ]
+    with pytest.raises(InvalidArgument) as info:
+        validate_batch(events)
+    assert [f for f, _ in info.value.violations] == [
+        "events[1].message_id",
+        "events[1].event_time",
+        "events[2].line_items",
+        "events[3].name",
+        "events[3].identities[0].type",
+        "events[3].identities[0].value",
+    ]
+
+
+def test_an_empty_batch_is_refused():
+    with pytest.raises(InvalidArgument) as info:
+        validate_batch([])
+    assert info.value.violations[0][0] == "events"
+
+
+def test_purchase_line_items_are_checked_one_by_one():
+    purchase = _event("p", type=common_pb2.EVENT_TYPE_PURCHASE, line_items=[
+        common_pb2.LineItem(item_id="a", quantity=1, unit_price=2.5),
+        common_pb2.LineItem(item_id="", quantity=0, unit_price=-1),
+    ])
+    with pytest.raises(InvalidArgument) as info:
+        validate_batch([purchase])
+    assert [f for f, _ in info.value.violations] == [
+        "events[0].line_items[1].item_id", "events[0].line_items[1].quantity", "events[0].line_items[1].unit_price"]
+
+
+def test_a_purchase_yields_one_interaction_per_line_with_revenue():
+    purchase = _event("p", type=common_pb2.EVENT_TYPE_PURCHASE, line_items=[
+        common_pb2.LineItem(item_id="a", quantity=2, unit_price=2.5),
+        common_pb2.LineItem(item_id="b", quantity=-1, unit_price=4.0),
+    ])
+    got = [(i.item_id, i.quantity, i.revenue) for i in interactions_of("ind_1", purchase)]
+    assert got == [("a", 2.0, 5.0), ("b", -1.0, -4.0)]
+    assert interactions_of("ind_1", _event("v")) == []
+
+
+class FakeKeyStore:
+    def __init__(self):
+        self.rows: dict[str, KeyRow] = {}
+        self.tenants = {"acme"}
+        self.lookups = 0
+
+    async def tenant_exists(self, tenant_id):
+        return tenant_id in self.tenants
+
+    async def insert_key(self, tenant_id, key_id, secret_hash, scopes, display_name):
+        row = KeyRow(tenant_id, key_id, secret_hash, tuple(scopes), display_name, datetime.now(timezone.utc), None)
+        self.rows[key_id] = row
+        return row
+
+    async def find_key(self, key_id):
+        self.lookups += 1
+        return self.rows.get(key_id)
+
+    async def revoke_key(self, tenant_id, key_id):
+        row = self.rows.get(key_id)
+        if row is None or row.tenant_id != tenant_id:
+            return None
+        revoked = KeyRow(*[*row.__dict__.values()][:6], datetime.now(timezone.utc))
+        self.rows[key_id] = revoked
+        return revoked
+
+
+async def test_a_key_authenticates_to_its_tenant_and_is_stored_only_as_a_hash():
+    store = FakeKeyStore()
+    keys = auth.KeyService(store)
+    row, secret = await keys.create_key("acme", ["ingest"])
+    assert secret.encode() not in row.secret_hash and row.secret_hash == auth.hash_secret(secret)
+    tenant = await keys.authenticate(auth.GATEWAY + "IngestEvents", {"authorization": f"Bearer {secret}"})
+    assert tenant == "acme"
+
+
+async def test_a_key_without_the_scope_is_permission_denied():
+    keys = auth.KeyService(FakeKeyStore())
+    _, secret = await keys.create_key("acme", ["ingest"])
+    with pytest.raises(PermissionDenied) as info:
+        await keys.authenticate(auth.GATEWAY + "GetDecisions", {"authorization": f"Bearer {secret}"})
+    assert info.value.reason == "SCOPE_MISSING"
+
+
+@pytest.mark.parametrize("header", ["", "Bearer ", "Basic abc", "Bearer tlr_0123456789abcdef_wrong"])
+async def test_missing_or_wrong_keys_are_unauthenticated(header):
+    keys = auth.KeyService(FakeKeyStore())
+    await keys.create_key("acme", ["admin"])
+    with pytest.raises(Unauthenticated):
+        await keys.authenticate(auth.GATEWAY + "ListApiKeys", {"authorization": header} if header else {})
+
+
+async def test_a_revoked_key_stops_working_at_once_on_this_replica():
+    keys = auth.KeyService(FakeKeyStore(), cache_seconds=60)
+    row, secret = await keys.create_key("acme", ["decide"])
+    await keys.authenticate(auth.GATEWAY + "GetDecisions", {"authorization": f"Bearer {secret}"})
+    await keys.revoke_key("acme", row.key_id)
+    with pytest.raises(Unauthenticated) as info:
+        await keys.authenticate(auth.GATEWAY + "GetDecisions", {"authorization": f"Bearer {secret}"})
+    assert info.value.reason == "API_KEY_INVALID"
+
+
+async def test_unknown_scopes_are_refused_with_their_index():
+    keys = auth.KeyService(FakeKeyStore())
+    with pytest.raises(InvalidArgument) as info:
+        await keys.create_key("acme", ["ingest", "root"])
+    assert info.value.violations[0][0] == "scopes[1]"
+
+
+class Recorder:
+    """A fake of the three downstream stubs that records calls in order."""
+
+    def __init__(self, resolutions):
+        self.resolutions = resolutions
+        self.calls = []
+
+    async def ResolveIdentities(self, request):
+        self.calls.append(("resolve", len(request.subjects)))
+        return identity_pb.ResolveIdentitiesResponse(resolutions=self.resolutions)
+
+    async def ReassignIndividual(self, request):
+        self.calls.append(("reassign", list(request.from_individual_ids), request.to_individual_id))
+
+    async def AppendEvents(self, request):
+        self.calls.append(("append", [e.unified_individual_id for e in request.events]))
+
+    async def RecordInteractions(self, request):
+        self.calls.append(("record", [i.item_id for i in request.interactions]))
+
+
+async def test_events_resolved_before_a_merge_are_appended_to_the_survivor():
+    fake = Recorder([
+        identity_pb.Resolution(unified_individual_id="ind_anon", created=True),
+        identity_pb.Resolution(unified_individual_id="ind_known", merged_individual_ids=["ind_anon"]),
+    ])
+    view = _event("v1", type=common_pb2.EVENT_TYPE_PRODUCT_VIEW, item_id="sku")
+    login = _event("l1", type=common_pb2.EVENT_TYPE_LOGIN)
+    await Pipeline(Stubs(fake, fake, fake)).process([view, login])
+    assert fake.calls == [
+        ("resolve", 2),
+        ("reassign", ["ind_anon"], "ind_known"),
+        ("append", ["ind_known", "ind_known"]),
+        ("record", ["sku"]),
+    ]
