@@ -1,0 +1,4 @@
+from services.identity.server import build
+from shared.runtime import serve
+
+serve("identity", build)

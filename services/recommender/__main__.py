@@ -1,0 +1,4 @@
+from services.recommender.server import build
+from shared.runtime import serve
+
+serve("recommender", build)

@@ -1,0 +1,48 @@
+"""Composition root of the recommender: settings, schema and pool, repository, use cases, servicer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from personalization.recommender.v1 import recommender_service_pb2 as pb
+from personalization.recommender.v1 import recommender_service_pb2_grpc as pb_grpc
+from services.recommender.postgres import PostgresRepository
+from services.recommender.service import MAX_COUNT, Recommender
+from services.recommender.servicer import RecommenderServicer
+from shared.runtime import Built, prepare_schema
+from shared.server import Service
+from shared.settings import env_float, env_int
+
+SCHEMA = "recommender"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The recommender's settings, read once from the environment."""
+
+    # Longest age of a tenant's cached global rankings, in seconds (0 reads them on every Recommend).
+    cache_seconds: float = 1.0
+    # How many items of each global ranking the cache keeps, so filters still leave enough to return.
+    cache_items: int = 500
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            cache_seconds=env_float("TAILOR_RECOMMENDER_CACHE_SECONDS", 1.0, minimum=0.0),
+            cache_items=env_int("TAILOR_RECOMMENDER_CACHE_ITEMS", 500, minimum=MAX_COUNT, maximum=100_000),
+        )
+
+
+async def build(dsn: str, settings: Settings | None = None) -> Built:
+    """Migrates the recommender schema and wires the service (tests may pass their own settings)."""
+    settings = settings or Settings.from_env()
+    pool = await prepare_schema(dsn, SCHEMA, __file__)
+    recommender = Recommender(
+        PostgresRepository(pool), cache_seconds=settings.cache_seconds, cache_items=settings.cache_items
+    )
+    servicer = RecommenderServicer(recommender)
+    return Built(
+        services=[Service(pb_grpc.add_RecommenderServiceServicer_to_server, servicer, SERVICE_NAME)],
+        close=pool.close,
+    )

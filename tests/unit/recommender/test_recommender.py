@@ -1,0 +1,247 @@
+"""Ranking, filters, validation and the rankings cache of the recommender, on an in-memory repository."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.recommender.service import (
+    ADD_TO_CART,
+    PRODUCT_VIEW,
+    PURCHASE,
+    Interaction,
+    Recommender,
+)
+from shared.errors import InvalidArgument
+from tests.unit.recommender.fake_repository import FakeRepository
+
+T = "tenant-a"
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def buy(message: str, who: str, item: str, quantity: float = 1.0, revenue: float = 0.0) -> Interaction:
+    return Interaction(message, who, item, PURCHASE, quantity, revenue)
+
+
+def view(message: str, who: str, item: str) -> Interaction:
+    return Interaction(message, who, item, PRODUCT_VIEW)
+
+
+def ids(items) -> list[str]:
+    return [i.item_id for i in items]
+
+
+@pytest.fixture
+def repo() -> FakeRepository:
+    return FakeRepository()
+
+
+@pytest.fixture
+def rec(repo) -> Recommender:
+    return Recommender(repo, cache_seconds=0.0)
+
+
+async def test_top_sellers_ranks_items_by_units_bought_net_of_returns(rec):
+    await rec.record_interactions(T, [
+        buy("m1", "u1", "a", 5), buy("m2", "u2", "b", 3), buy("m3", "u3", "c", 4),
+        buy("m4", "u1", "a", -3),  # a return: a is left with 2 units
+    ])
+    items = await rec.recommend(T, "", "top_sellers", 0)
+    assert [(i.item_id, i.score, i.source) for i in items] == [
+        ("c", 4.0, "top_sellers"), ("b", 3.0, "top_sellers"), ("a", 2.0, "top_sellers"),
+    ]
+
+
+async def test_most_viewed_ranks_items_by_product_views_only(rec):
+    await rec.record_interactions(T, [
+        view("v1", "u1", "a"), view("v2", "u2", "b"), view("v3", "u3", "b"),
+        Interaction("c1", "u1", "a", ADD_TO_CART), Interaction("c2", "u1", "a", ADD_TO_CART),
+        buy("p1", "u1", "c", 10),
+    ])
+    items = await rec.recommend(T, "", "most_viewed", 0)
+    assert [(i.item_id, i.score) for i in items] == [("b", 2.0), ("a", 1.0)]
+
+
+async def test_ties_are_broken_by_item_id(rec):
+    await rec.record_interactions(T, [buy("m1", "u", "z", 2), buy("m2", "u", "b", 2), buy("m3", "u", "m", 2)])
+    assert ids(await rec.recommend(T, "", "top_sellers", 0)) == ["b", "m", "z"]
+
+
+async def test_bought_by_you_again_ranks_only_the_individuals_own_purchases_by_units(rec):
+    await rec.record_interactions(T, [
+        buy("m1", "me", "a", 1), buy("m2", "me", "b", 3), buy("m3", "me", "a", 1),
+        buy("m4", "other", "c", 50),
+    ])
+    items = await rec.recommend(T, "me", "bought_by_you_again", 0)
+    assert [(i.item_id, i.score, i.source) for i in items] == [
+        ("b", 3.0, "bought_by_you_again"), ("a", 2.0, "bought_by_you_again"),
+    ]
+
+
+async def test_bought_by_you_again_for_an_anonymous_request_is_empty(rec):
+    await rec.record_interactions(T, [buy("m1", "me", "a", 1)])
+    assert await rec.recommend(T, "", "bought_by_you_again", 0) == []
+
+
+async def test_re_recorded_interactions_change_no_statistic(rec, repo):
+    batch = [buy("m1", "u1", "a", 2, 20.0), view("v1", "u1", "a"), Interaction("c1", "u1", "b", ADD_TO_CART)]
+    assert await rec.record_interactions(T, batch) == 3
+    before = repo.item_stats(T)
+    assert await rec.record_interactions(T, batch) == 0
+    assert await rec.record_interactions(T, [buy("m1", "u1", "a", 2, 20.0), buy("m2", "u1", "a", 1)]) == 1
+    assert repo.item_stats(T)["a"]["units"] == before["a"]["units"] + 1
+    assert repo.item_stats(T)["b"] == before["b"]
+
+
+async def test_two_lines_of_the_same_item_in_one_purchase_are_summed(rec, repo):
+    recorded = await rec.record_interactions(T, [buy("m1", "u1", "a", 2, 4.0), buy("m1", "u1", "a", 3, 6.0)])
+    assert recorded == 1
+    assert repo.item_stats(T)["a"]["units"] == 5
+    assert repo.item_stats(T)["a"]["revenue"] == 10.0
+
+
+async def test_excluded_items_are_left_out_before_the_count_is_cut(rec):
+    await rec.record_interactions(T, [buy(f"m{n}", "u", f"item{n:02}", 100 - n) for n in range(30)])
+    items = await rec.recommend(T, "", "top_sellers", 12, exclude_item_ids=["item00", "item03", "item05"])
+    assert len(items) == 12
+    assert ids(items) == [f"item{n:02}" for n in range(30) if n not in (0, 3, 5)][:12]
+
+
+async def test_exclude_purchased_leaves_out_what_the_individual_bought_and_still_fills_the_count(rec):
+    await rec.record_interactions(T, [buy(f"m{n}", "crowd", f"item{n:02}", 100 - n) for n in range(30)])
+    await rec.record_interactions(T, [buy("mine1", "me", "item01"), buy("mine2", "me", "item02")])
+    items = await rec.recommend(T, "me", "top_sellers", 12, exclude_purchased=True)
+    assert len(items) == 12
+    assert "item01" not in ids(items) and "item02" not in ids(items)
+    assert ids(items)[:2] == ["item00", "item03"]
+
+
+async def test_items_whose_score_is_not_positive_are_never_returned(rec):
+    await rec.record_interactions(T, [
+        buy("m1", "me", "returned", 2), buy("m2", "me", "returned", -2),
+        buy("m3", "me", "kept", 1), buy("m4", "me", "free", 0),
+    ])
+    assert ids(await rec.recommend(T, "", "top_sellers", 0)) == ["kept"]
+    assert ids(await rec.recommend(T, "me", "bought_by_you_again", 0)) == ["kept"]
+
+
+async def test_no_statistics_yet_gives_an_empty_list(rec):
+    assert await rec.recommend(T, "someone", "top_sellers", 0) == []
+    assert await rec.recommend(T, "someone", "most_viewed", 5, exclude_purchased=True) == []
+
+
+async def test_count_zero_means_twelve_and_at_most_twenty_four_are_returned(rec):
+    await rec.record_interactions(T, [buy(f"m{n}", "u", f"i{n}", 1) for n in range(40)])
+    assert len(await rec.recommend(T, "", "top_sellers", 0)) == 12
+    assert len(await rec.recommend(T, "", "top_sellers", 24)) == 24
+
+
+@pytest.mark.parametrize("count", [-1, 25])
+async def test_count_outside_zero_to_twenty_four_is_invalid(rec, count):
+    with pytest.raises(InvalidArgument) as info:
+        await rec.recommend(T, "", "top_sellers", count)
+    assert [f for f, _ in info.value.violations] == ["count"]
+
+
+@pytest.mark.parametrize("strategy", ["", "trending", "TOP_SELLERS"])
+async def test_unknown_strategy_is_invalid(rec, strategy):
+    with pytest.raises(InvalidArgument) as info:
+        await rec.recommend(T, "", strategy, 0)
+    assert [f for f, _ in info.value.violations] == ["strategy"]
+
+
+async def test_each_bad_interaction_field_is_reported_by_its_path_and_nothing_is_recorded(rec, repo):
+    batch = [
+        buy("m0", "u", "a"),
+        Interaction("", "u", "a", PURCHASE),
+        Interaction("m2", "", "a", PRODUCT_VIEW),
+        Interaction("m3", "u", "", ADD_TO_CART),
+        Interaction("m4", "u", "a", ""),
+        Interaction("m5", "u", "a", PURCHASE, float("nan"), float("inf")),
+        Interaction("m6", "u", "x" * 513, PURCHASE),
+    ]
+    with pytest.raises(InvalidArgument) as info:
+        await rec.record_interactions(T, batch)
+    assert [f for f, _ in info.value.violations] == [
+        "interactions[1].message_id",
+        "interactions[2].unified_individual_id",
+        "interactions[3].item_id",
+        "interactions[4].type",
+        "interactions[5].quantity",
+        "interactions[5].revenue",
+        "interactions[6].item_id",
+    ]
+    assert repo.calls["record"] == 0
+
+
+async def test_more_than_ten_thousand_interactions_are_refused(rec, repo):
+    with pytest.raises(InvalidArgument) as info:
+        await rec.record_interactions(T, [buy(f"m{n}", "u", "a") for n in range(10_001)])
+    assert [f for f, _ in info.value.violations] == ["interactions"]
+    assert repo.calls["record"] == 0
+
+
+async def test_an_empty_batch_records_nothing(rec, repo):
+    assert await rec.record_interactions(T, []) == 0
+    assert repo.calls["record"] == 0
+
+
+async def test_global_rankings_come_from_the_cache_until_it_expires(repo):
+    clock = Clock()
+    rec = Recommender(repo, cache_seconds=1.0, clock=clock)
+    await rec.record_interactions(T, [buy("m1", "u", "a", 1)])
+    assert ids(await rec.recommend(T, "", "top_sellers", 0)) == ["a"]
+    await rec.record_interactions(T, [buy("m2", "u", "b", 5)])
+    clock.now += 0.5
+    assert ids(await rec.recommend(T, "", "top_sellers", 0)) == ["a"]
+    assert ids(await rec.recommend(T, "", "most_viewed", 0)) == []
+    assert repo.calls["rankings"] == 1
+    clock.now += 0.5
+    assert ids(await rec.recommend(T, "", "top_sellers", 0)) == ["b", "a"]
+    assert repo.calls["rankings"] == 2
+
+
+async def test_a_cached_recommend_costs_at_most_the_individuals_purchases_query(repo):
+    rec = Recommender(repo, cache_seconds=60.0, clock=Clock())
+    await rec.record_interactions(T, [buy("m1", "me", "a", 1), buy("m2", "u", "b", 2)])
+    await rec.recommend(T, "", "top_sellers", 0)
+    repo.calls.clear()
+    assert ids(await rec.recommend(T, "me", "top_sellers", 0)) == ["b", "a"]
+    assert sum(repo.calls.values()) == 0
+    assert ids(await rec.recommend(T, "me", "top_sellers", 0, exclude_purchased=True)) == ["b"]
+    assert ids(await rec.recommend(T, "me", "bought_by_you_again", 0)) == ["a"]
+    assert dict(repo.calls) == {"purchases": 2}
+
+
+async def test_filters_that_exhaust_the_cached_head_fall_back_to_the_database(repo):
+    rec = Recommender(repo, cache_seconds=60.0, cache_items=24, clock=Clock())
+    await rec.record_interactions(T, [buy(f"m{n}", "u", f"item{n:02}", 100 - n) for n in range(40)])
+    excluded = [f"item{n:02}" for n in range(20)]
+    items = await rec.recommend(T, "", "top_sellers", 12, exclude_item_ids=excluded)
+    assert ids(items) == [f"item{n:02}" for n in range(20, 32)]
+    assert repo.calls["ranking"] == 1
+
+
+async def test_a_short_ranking_that_fits_the_cache_needs_no_fallback(repo):
+    rec = Recommender(repo, cache_seconds=60.0, cache_items=24, clock=Clock())
+    await rec.record_interactions(T, [buy(f"m{n}", "u", f"item{n:02}", 100 - n) for n in range(10)])
+    items = await rec.recommend(T, "", "top_sellers", 12, exclude_item_ids=["item00"])
+    assert len(items) == 9
+    assert repo.calls["ranking"] == 0
+
+
+async def test_tenants_never_see_each_others_rankings(repo):
+    rec = Recommender(repo, cache_seconds=60.0, clock=Clock())
+    await rec.record_interactions("t1", [buy("m1", "u", "a", 3)])
+    await rec.record_interactions("t2", [buy("m1", "u", "b", 1)])
+    assert ids(await rec.recommend("t1", "", "top_sellers", 0)) == ["a"]
+    assert ids(await rec.recommend("t2", "", "top_sellers", 0)) == ["b"]
+    assert ids(await rec.recommend("t3", "u", "bought_by_you_again", 0)) == []
