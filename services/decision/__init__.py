@@ -1,0 +1,1 @@
+"""The decision service: personalization points, decisions, qualification and the decision log."""
