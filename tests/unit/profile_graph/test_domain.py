@@ -1,0 +1,170 @@
+"""Pure rules of the profile graph: validation, attribute merge, insight window math, segment evaluation."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from services.profile_graph import domain
+from services.profile_graph.domain import InsightDef, NewEvent, RuleCache, SegmentDef, StoredEvent
+from shared.errors import InvalidArgument
+
+NOW = datetime(2025, 6, 1, 12, tzinfo=timezone.utc)
+PURCHASE, PAGE_VIEW = 4, 1
+
+
+def ev(individual="a", message_id="m", when=NOW, type=PAGE_VIEW, **kw):
+    return NewEvent(individual_id=individual, message_id=message_id, type=type, event_time=when, **kw)
+
+
+def stored(when, type=PURCHASE, revenue=0.0, quantity=0.0, properties=None):
+    return StoredEvent("a", type, when, revenue, quantity, properties)
+
+
+def fields(error: InvalidArgument) -> list[str]:
+    return [f for f, _ in error.violations]
+
+
+def test_event_missing_ids_time_and_type_gets_one_violation_per_field():
+    with pytest.raises(InvalidArgument) as info:
+        domain.validate_events([ev(), NewEvent("", "", 0, None)])
+    assert fields(info.value) == ["events[1].unified_individual_id", "events[1].event.message_id",
+                                  "events[1].event.event_time", "events[1].event.type"]
+
+
+def test_unknown_event_type_is_refused():
+    with pytest.raises(InvalidArgument) as info:
+        domain.validate_events([ev(type=42)])
+    assert fields(info.value) == ["events[0].event.type"]
+
+
+def test_more_than_a_thousand_events_are_refused():
+    with pytest.raises(InvalidArgument) as info:
+        domain.validate_events([ev(message_id=str(i)) for i in range(1001)])
+    assert fields(info.value) == ["events"]
+
+
+def test_latest_event_time_wins_per_key_whatever_the_batch_order():
+    merged = domain.merge_attributes([
+        ev(message_id="2", when=NOW, attributes={"tier": "gold", "city": "Oslo"}),
+        ev(message_id="1", when=NOW - timedelta(hours=1), attributes={"tier": "silver", "age": 30}),
+    ])
+    assert {(u.key, u.value, u.updated_at) for u in merged} == {
+        ("tier", "gold", NOW), ("city", "Oslo", NOW), ("age", 30, NOW - timedelta(hours=1))}
+
+
+def test_blank_and_null_attribute_values_are_ignored():
+    merged = domain.merge_attributes([ev(attributes={"a": None, "b": "  ", "c": 0})])
+    assert [(u.key, u.value) for u in merged] == [("c", 0)]
+
+
+def test_attributes_are_merged_per_individual():
+    merged = domain.merge_attributes([ev("a", attributes={"k": 1}), ev("b", attributes={"k": 2})])
+    assert sorted((u.individual_id, u.value) for u in merged) == [("a", 1), ("b", 2)]
+
+
+def test_windowed_sum_counts_29_days_and_not_31_days():
+    spend = InsightDef("spend_30d", "", domain.AGGREGATE_SUM, "revenue", PURCHASE, timedelta(days=30))
+    events = [stored(NOW - timedelta(days=29), revenue=10), stored(NOW - timedelta(days=31), revenue=1000)]
+    assert domain.insight_value(spend, events, NOW) == 10.0
+
+
+def test_event_exactly_at_the_window_edge_is_not_counted():
+    spend = InsightDef("s", "", domain.AGGREGATE_SUM, "revenue", 0, timedelta(days=30))
+    edge = NOW - timedelta(days=30)
+    assert domain.insight_value(spend, [stored(edge, revenue=5), stored(edge + timedelta(microseconds=1), revenue=7)],
+                                NOW) == 7.0
+
+
+def test_zero_window_means_all_time_and_type_filter_applies():
+    count = InsightDef("purchases", "", domain.AGGREGATE_COUNT, "", PURCHASE, timedelta(0))
+    events = [stored(NOW - timedelta(days=3000)), stored(NOW), stored(NOW, type=PAGE_VIEW)]
+    assert domain.insight_value(count, events, NOW) == 2.0
+
+
+def test_property_sum_ignores_non_numeric_values():
+    points = InsightDef("points", "", domain.AGGREGATE_SUM, "properties.points", 0, timedelta(0))
+    events = [stored(NOW, properties={"points": 2.5}), stored(NOW, properties={"points": "many"}),
+              stored(NOW, properties={"points": True}), stored(NOW)]
+    assert domain.insight_value(points, events, NOW) == 2.5
+
+
+@pytest.mark.parametrize("insight, bad", [
+    (InsightDef("Spend", "", 2, "revenue", 0, timedelta(0)), ["insight.name"]),
+    (InsightDef("spend", "", 0, "", 0, timedelta(0)), ["insight.aggregate"]),
+    (InsightDef("spend", "", 2, "price", 0, timedelta(0)), ["insight.field"]),
+    (InsightDef("spend", "", 1, "revenue", 0, timedelta(0)), ["insight.field"]),
+    (InsightDef("spend", "", 1, "", 99, timedelta(0)), ["insight.event_type"]),
+    (InsightDef("spend", "", 1, "", 0, timedelta(seconds=-1)), ["insight.window"]),
+    (InsightDef("spend", "", 1, "", 0, timedelta(days=365_000)), ["insight.window"]),
+])
+def test_invalid_insight_definitions_name_the_bad_field(insight, bad):
+    with pytest.raises(InvalidArgument) as info:
+        domain.validate_insight(insight)
+    assert fields(info.value) == bad
+
+
+def test_valid_insight_definitions_pass():
+    domain.validate_insight(InsightDef("spend_30d", "", 2, "properties.points", PURCHASE, timedelta(days=30)))
+    domain.validate_insight(InsightDef("views", "", 1, "", 0, timedelta(0)))
+
+
+@pytest.mark.parametrize("rule", ["insights.spend >= ", "foo.bar == 1", "1 + 2", 'attributes.x == 1 || bar'])
+def test_rules_that_do_not_compile_or_fail_on_a_sample_are_refused(rule):
+    with pytest.raises(InvalidArgument) as info:
+        domain.compile_rule(rule, ["spend"])
+    assert fields(info.value) == ["segment.rule"]
+
+
+def test_rule_reading_a_missing_attribute_key_is_accepted():
+    program = domain.compile_rule('attributes.tier == "gold"', [])
+    assert program.execute({"attributes": {"tier": "gold"}, "insights": {}, "segments": []}) is True
+
+
+def test_rule_of_more_than_4096_characters_is_refused():
+    with pytest.raises(InvalidArgument) as info:
+        domain.validate_segment_fields(SegmentDef("long", "", "true && " * 600))
+    assert fields(info.value) == ["segment.rule"]
+
+
+def test_membership_follows_insights_and_attributes():
+    programs = RuleCache().programs("t", [SegmentDef("big", "", "insights.spend >= 100.0"),
+                                          SegmentDef("gold", "", 'attributes.tier == "gold"')])
+    assert domain.evaluate_memberships(programs, {}, {"spend": 150.0}, set()) == {"big"}
+    assert domain.evaluate_memberships(programs, {"tier": "gold"}, {"spend": 10.0}, {"big"}) == {"gold"}
+
+
+def test_segment_of_segments_settles_in_one_evaluation():
+    programs = RuleCache().programs("t", [SegmentDef("a", "", "insights.spend > 0.0"),
+                                          SegmentDef("b", "", '"a" in segments')])
+    assert domain.evaluate_memberships(programs, {}, {"spend": 1.0}, set()) == {"a", "b"}
+    assert domain.evaluate_memberships(programs, {}, {"spend": 0.0}, {"a", "b"}) == set()
+
+
+def test_rule_that_errors_on_a_profile_does_not_match():
+    programs = RuleCache().programs("t", [SegmentDef("x", "", "attributes.age > 18")])
+    assert domain.evaluate_memberships(programs, {"age": "old"}, {}, set()) == set()
+
+
+def test_rule_cache_recompiles_only_when_the_rule_changes():
+    cache = RuleCache()
+    first = cache.programs("t", [SegmentDef("s", "", "true")])[0][1]
+    assert cache.programs("t", [SegmentDef("s", "", "true")])[0][1] is first
+    assert cache.programs("t", [SegmentDef("s", "", "false")])[0][1] is not first
+
+
+def test_page_token_from_another_listing_is_refused():
+    token = domain.encode_page_token("insights", "abc")
+    assert domain.decode_page_token(token, "insights") == "abc"
+    with pytest.raises(InvalidArgument):
+        domain.decode_page_token(token, "segments")
+    with pytest.raises(InvalidArgument):
+        domain.decode_page_token("!!", "segments")
+
+
+def test_unknown_read_mask_path_is_refused_with_its_index():
+    with pytest.raises(InvalidArgument) as info:
+        domain.profile_parts(["events", "affinities"])
+    assert fields(info.value) == ["read_mask.paths[1]"]
+    assert domain.profile_parts([]) == set(domain.PROFILE_PARTS)
