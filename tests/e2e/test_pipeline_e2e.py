@@ -1,0 +1,196 @@
+"""End to end through the gateway with all five services: ingest -> identify -> update -> compute -> decide."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import grpc
+import pytest
+from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+
+from personalization.common.v1 import common_pb2
+from personalization.decision.v1 import decision_service_pb2 as decision_pb
+from personalization.gateway.v1 import gateway_service_pb2 as pb
+from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
+from shared.errors import status_details
+from tests.suite import Suite
+
+POINT = "home_banner"
+
+
+@pytest.fixture(scope="module")
+async def suite(database_url):
+    s = await Suite(database_url).start()
+    yield s
+    await s.stop()
+
+
+def _content(headline: str) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update({"headline": headline})
+    return s
+
+
+async def _configure(suite: Suite, md) -> None:
+    await suite.profile_admin.UpsertInsight(profile_pb.UpsertInsightRequest(insight=profile_pb.Insight(
+        name="spend_30d", aggregate=profile_pb.AGGREGATE_SUM, field="revenue",
+        event_type=common_pb2.EVENT_TYPE_PURCHASE, window=duration_pb2.Duration(seconds=30 * 86400))), metadata=md)
+    await suite.profile_admin.UpsertSegment(profile_pb.UpsertSegmentRequest(segment=profile_pb.Segment(
+        name="big_spenders", rule="insights.spend_30d >= 100.0")), metadata=md)
+    await suite.decision_admin.UpsertPoint(decision_pb.UpsertPointRequest(point=decision_pb.Point(
+        name=POINT, type=decision_pb.POINT_TYPE_MANUAL_CONTENT, template=decision_pb.ResponseTemplate(
+            fields=[decision_pb.TemplateField(name="headline", type=decision_pb.FIELD_TYPE_STRING, required=True)]))),
+        metadata=md)
+    await suite.decision_admin.UpsertDecision(decision_pb.UpsertDecisionRequest(decision=decision_pb.Decision(
+        point_name=POINT, name="vip_offer", priority=100, rule="'big_spenders' in profile.segments",
+        content=_content("20% off for our best customers"))), metadata=md)
+    await suite.decision_admin.UpsertDecision(decision_pb.UpsertDecisionRequest(decision=decision_pb.Decision(
+        point_name=POINT, name="welcome", priority=1, fallback=True, content=_content("Welcome!"))), metadata=md)
+
+
+def _event(message_id, type_, *identities, **fields) -> common_pb2.Event:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return common_pb2.Event(message_id=message_id, type=type_, event_time=ts,
+                            identities=[common_pb2.Identity(type=t, value=v) for t, v in identities], **fields)
+
+
+async def _wait_for(check, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.05)
+
+
+async def _log_rows(dsn, tenant):
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch("SELECT * FROM decision.decision_log WHERE tenant_id = $1", tenant)
+    finally:
+        await conn.close()
+
+
+async def test_an_anonymous_visitor_who_logs_in_and_buys_gets_the_segment_decision(suite):
+    tenant, md = await suite.new_tenant()
+    await _configure(suite, md)
+    device = ("device_id", "dev-e2e-1")
+    email = ("email", "Ann.Lee@Example.com ")
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[
+        _event("e1", common_pb2.EVENT_TYPE_PAGE_VIEW, device),
+        _event("e2", common_pb2.EVENT_TYPE_PRODUCT_VIEW, device, item_id="sku-1"),
+    ]), metadata=md)
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[
+        _event("e3", common_pb2.EVENT_TYPE_LOGIN, device, email),
+    ]), metadata=md)
+
+    before = await suite.gateway.GetDecisions(pb.GetDecisionsRequest(
+        individual_id=common_pb2.Identity(type=device[0], value=device[1]),
+        personalization_points=[pb.PointRequest(name=POINT)]), metadata=md)
+    assert before.personalizations[0].decision_name in ("welcome", "")
+
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[
+        _event("e4", common_pb2.EVENT_TYPE_PURCHASE, ("email", "ann.lee@example.com"),
+               line_items=[common_pb2.LineItem(item_id="sku-1", quantity=3, unit_price=50.0)]),
+    ]), metadata=md)
+
+    async def in_segment():
+        reply = await suite.gateway.GetProfile(pb.GetProfileRequest(
+            individual_id=common_pb2.Identity(type=device[0], value=device[1])), metadata=md)
+        return reply if "big_spenders" in reply.segments else None
+
+    profile = await _wait_for(in_segment)
+    assert profile is not None, "the purchase never put the individual in big_spenders"
+    assert profile.insights["spend_30d"] == pytest.approx(150.0)
+    assert sorted(e.message_id for e in profile.events) == ["e1", "e2", "e3", "e4"]
+    assert {(i.type, i.value) for i in profile.identities} >= {device, ("email", "ann.lee@example.com")}
+
+    decided = await suite.gateway.GetDecisions(pb.GetDecisionsRequest(
+        individual_id=common_pb2.Identity(type=device[0], value=device[1]),
+        personalization_points=[pb.PointRequest(name=POINT)],
+        context=pb.DecisionContext(channel="web", correlation_id="corr-1")), metadata=md)
+    served = decided.personalizations[0]
+    assert served.decision_name == "vip_offer"
+    assert served.data[0]["headline"] == "20% off for our best customers"
+
+    rows = [r for r in await _log_rows(suite.dsn, tenant) if r["personalization_id"] == served.personalization_id]
+    assert len(rows) == 1 and rows[0]["unified_individual_id"] == profile.unified_individual_id
+    assert rows[0]["correlation_id"] == "corr-1"
+
+    count = len(await _log_rows(suite.dsn, tenant))
+    await suite.gateway.GetDecisions(pb.GetDecisionsRequest(
+        individual_id=common_pb2.Identity(type=device[0], value=device[1]),
+        personalization_points=[pb.PointRequest(name=POINT)],
+        execution_flags=[pb.EXECUTION_FLAG_TEST_MODE, pb.EXECUTION_FLAG_DIAGNOSTICS]), metadata=md)
+    assert len(await _log_rows(suite.dsn, tenant)) == count
+
+
+async def test_a_new_visitor_gets_the_fallback_with_a_diagnostic_and_an_explanation(suite):
+    _, md = await suite.new_tenant()
+    await _configure(suite, md)
+    reply = await suite.gateway.GetDecisions(pb.GetDecisionsRequest(
+        individual_id=common_pb2.Identity(type="device_id", value="never-seen"),
+        personalization_points=[pb.PointRequest(name=POINT)],
+        execution_flags=[pb.EXECUTION_FLAG_DIAGNOSTICS]), metadata=md)
+    served = reply.personalizations[0]
+    assert served.decision_name == "welcome" and served.data[0]["headline"] == "Welcome!"
+    assert pb.DIAGNOSTIC_CODE_UNKNOWN_INDIVIDUAL in [d.code for d in served.diagnostics]
+    assert [(r.decision_name, r.matched) for r in served.explanation.rules][0] == ("vip_offer", False)
+
+
+async def test_merging_two_known_individuals_moves_the_anonymous_history_to_the_survivor(suite):
+    _, md = await suite.new_tenant()
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[
+        _event("m1", common_pb2.EVENT_TYPE_PAGE_VIEW, ("email", "old@example.com")),
+        _event("m2", common_pb2.EVENT_TYPE_PAGE_VIEW, ("device_id", "dev-m")),
+        _event("m3", common_pb2.EVENT_TYPE_LOGIN, ("device_id", "dev-m"), ("email", "old@example.com")),
+    ]), metadata=md)
+
+    async def merged():
+        try:
+            reply = await suite.gateway.GetProfile(pb.GetProfileRequest(
+                individual_id=common_pb2.Identity(type="device_id", value="dev-m")), metadata=md)
+        except grpc.aio.AioRpcError as error:  # not processed yet
+            assert error.code() == grpc.StatusCode.NOT_FOUND
+            return None
+        return reply if len(reply.events) == 3 else None
+
+    profile = await _wait_for(merged)
+    assert profile is not None
+    by_email = await suite.gateway.GetProfile(pb.GetProfileRequest(
+        individual_id=common_pb2.Identity(type="email", value="old@example.com")), metadata=md)
+    assert by_email.unified_individual_id == profile.unified_individual_id
+
+
+async def test_an_unknown_point_is_not_found(suite):
+    _, md = await suite.new_tenant()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await suite.gateway.GetDecisions(pb.GetDecisionsRequest(
+            individual_id=common_pb2.Identity(type="device_id", value="x"),
+            personalization_points=[pb.PointRequest(name="nowhere")]), metadata=md)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_an_invalid_rule_is_refused_when_saved_and_changes_nothing(suite):
+    _, md = await suite.new_tenant()
+    await _configure(suite, md)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await suite.decision_admin.UpsertDecision(decision_pb.UpsertDecisionRequest(decision=decision_pb.Decision(
+            point_name=POINT, name="broken", priority=5, rule="profile.segments.exists(s, ",
+            content=_content("x"))), metadata=md)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in status_details(info.value)[0]] == ["decision.rule"]
+    listed = await suite.decision_admin.ListDecisions(decision_pb.ListDecisionsRequest(point_name=POINT),
+                                                      metadata=md)
+    assert sorted(d.name for d in listed.decisions) == ["vip_offer", "welcome"]
+
+
+async def test_a_request_without_points_or_identity_gets_a_violation_per_field(suite):
+    _, md = await suite.new_tenant()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await suite.gateway.GetDecisions(pb.GetDecisionsRequest(), metadata=md)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in status_details(info.value)[0]] == ["personalization_points", "individual_id"]
