@@ -56,7 +56,9 @@ class EmbeddedPostgres:
         return subprocess.run(args, check=check, user=user, capture_output=True, text=True)
 
     def is_running(self) -> bool:
-        result = self._run([str(_bin("pg_ctl")), "-D", str(self.data_dir), "status"], None, check=False)
+        # pg_ctl refuses to run as root, so ask as the server's own user.
+        user = SYSTEM_USER if os.geteuid() == 0 else None
+        result = self._run([str(_bin("pg_ctl")), "-D", str(self.data_dir), "status"], user, check=False)
         return result.returncode == 0
 
     def start(self) -> None:

@@ -1,0 +1,225 @@
+"""The `tailor` command line: start the suite, create tenants, apply configuration, inspect profiles and decisions.
+
+    tailor up [--no-demo] [--ready-file PATH]
+    tailor tenant create NAME [--scopes ingest,decide,admin] [--display-name TEXT]
+    tailor apply -f FILE.yaml                  (file shape: see shared/demo.py)
+    tailor profile --identity TYPE:VALUE | --unified-id ID [--events N]
+    tailor decide --point NAME [--point NAME ...] --identity TYPE:VALUE [--explain] [--test-mode] [--channel web]
+
+Client commands talk to the gateway (--gateway, default TAILOR_GATEWAY_ADDR or 127.0.0.1:50051) with an API key
+(--api-key, default TAILOR_API_KEY, else the demo key `tailor up` stored). A failed call prints its gRPC status
+code, message and field violations and exits with code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+
+from shared.errors import TailorError, status_details
+
+DEFAULT_GATEWAY = "127.0.0.1:50051"
+
+
+class UsageError(Exception):
+    """A command that cannot run as given; printed without a traceback."""
+
+
+def parse_identity(text: str) -> tuple[str, str]:
+    """`type:value` -> (type, value); the value may itself contain colons."""
+    kind, sep, value = text.partition(":")
+    if not sep or not kind.strip() or not value.strip():
+        raise UsageError(f"--identity must look like type:value (for example customer_id:17850), got {text!r}")
+    return kind.strip(), value.strip()
+
+
+def default_api_key() -> str:
+    """TAILOR_API_KEY, else the demo key stored by `tailor up`, else empty."""
+    key = os.environ.get("TAILOR_API_KEY", "").strip()
+    if key:
+        return key
+    from shared.launcher import demo_key_path
+
+    path = demo_key_path()
+    return path.read_text().strip() if path.exists() else ""
+
+
+def _print_json(message) -> None:
+    print(json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2))
+
+
+def _api_key(args) -> str:
+    key = args.api_key or default_api_key()
+    if not key:
+        raise UsageError("no API key: pass --api-key, set TAILOR_API_KEY, or run `tailor up` to create the demo key")
+    return key
+
+
+def _auth(args) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {_api_key(args)}"),)
+
+
+def _who(args):
+    from personalization.common.v1 import common_pb2
+
+    if args.unified_id:
+        return {"unified_individual_id": args.unified_id}
+    if not args.identity:
+        raise UsageError("give --identity TYPE:VALUE or --unified-id ID")
+    kind, value = parse_identity(args.identity)
+    return {"individual_id": common_pb2.Identity(type=kind, value=value)}
+
+
+async def _profile(args) -> None:
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    request = gw.GetProfileRequest(event_limit=args.events, **_who(args))
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        reply = await gw_grpc.GatewayServiceStub(channel).GetProfile(request, metadata=_auth(args), timeout=30)
+    _print_json(reply)
+
+
+def decide_request(points: list[str], who: dict, *, explain: bool = False, test_mode: bool = False,
+                   channel: str = ""):
+    """The GetDecisionsRequest `tailor decide` sends."""
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+
+    flags = ([gw.EXECUTION_FLAG_DIAGNOSTICS] if explain else []) + ([gw.EXECUTION_FLAG_TEST_MODE] if test_mode else [])
+    return gw.GetDecisionsRequest(
+        personalization_points=[gw.PointRequest(name=p) for p in points],
+        execution_flags=flags,
+        context=gw.DecisionContext(channel=channel),
+        **who,
+    )
+
+
+async def _decide(args) -> None:
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    request = decide_request(args.point, _who(args), explain=args.explain, test_mode=args.test_mode,
+                             channel=args.channel)
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        reply = await gw_grpc.GatewayServiceStub(channel).GetDecisions(request, metadata=_auth(args), timeout=30)
+    _print_json(reply)
+
+
+async def _apply(args) -> None:
+    from shared.demo import apply_config, load_config_file
+
+    config = load_config_file(args.file)
+    await apply_config(args.gateway, _api_key(args), config)
+
+
+async def _tenant_create(args) -> None:
+    from services.gateway.admin import create_tenant_with_key
+    from shared.launcher import embedded_dsn_if_running
+
+    dsn = os.environ.get("DATABASE_URL") or embedded_dsn_if_running()
+    if not dsn:
+        raise UsageError("no database: set DATABASE_URL, or start the suite with `tailor up` (embedded PostgreSQL)")
+    scopes = tuple(s.strip() for s in args.scopes.split(",") if s.strip())
+    created, secret = await create_tenant_with_key(dsn, args.name, args.display_name or args.name, scopes,
+                                                   key_name="tailor-cli")
+    print(f"tenant {args.name} {'created' if created else 'already existed'}; new API key "
+          f"(scopes {', '.join(scopes)}), shown only this once:")
+    print(secret)
+
+
+def _up(args) -> int:
+    from shared.launcher import UpOptions, up
+
+    return up(UpOptions(demo=not args.no_demo, ready_file=Path(args.ready_file) if args.ready_file else None))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `tailor`."""
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--gateway", default=os.environ.get("TAILOR_GATEWAY_ADDR") or DEFAULT_GATEWAY,
+                        help="gateway address (default: TAILOR_GATEWAY_ADDR or %(default)s)")
+    client.add_argument("--api-key", default="",
+                        help="API key (default: TAILOR_API_KEY, else the demo key stored by `tailor up`)")
+    who = argparse.ArgumentParser(add_help=False)
+    who.add_argument("--identity", help="any identity of the individual, as type:value (customer_id:17850)")
+    who.add_argument("--unified-id", help="the unified individual id, instead of --identity")
+
+    parser = argparse.ArgumentParser(prog="tailor", description="Tailor personalization engine.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("up", help="start PostgreSQL, the five services and the demo tenant")
+    up.add_argument("--no-demo", action="store_true", help="do not load the demo configuration and data")
+    up.add_argument("--ready-file", help="write addresses, API key, pids and start-up seconds here once ready")
+    up.set_defaults(run=_up)
+
+    tenant = commands.add_parser("tenant", help="manage tenants")
+    tenant_commands = tenant.add_subparsers(dest="tenant_command", required=True)
+    create = tenant_commands.add_parser("create", help="create a tenant (if needed) and a new API key for it")
+    create.add_argument("name", help="tenant id: lowercase letters, digits, _ and -")
+    create.add_argument("--scopes", default="ingest,decide,admin", help="comma-separated (default: %(default)s)")
+    create.add_argument("--display-name", default="", help="a name for people (default: the tenant id)")
+    create.set_defaults(run=_tenant_create)
+
+    apply = commands.add_parser("apply", parents=[client], help="apply insights, segments, points and decisions")
+    apply.add_argument("-f", "--file", required=True, help="YAML configuration file")
+    apply.set_defaults(run=_apply)
+
+    profile = commands.add_parser("profile", parents=[client, who], help="print an individual's profile")
+    profile.add_argument("--events", type=int, default=20, help="how many recent events (default: %(default)s)")
+    profile.set_defaults(run=_profile)
+
+    decide = commands.add_parser("decide", parents=[client, who], help="ask for decisions, print them as JSON")
+    decide.add_argument("--point", action="append", required=True, help="a personalization point (repeatable)")
+    decide.add_argument("--explain", action="store_true", help="include the explanation (DIAGNOSTICS flag)")
+    decide.add_argument("--test-mode", action="store_true", help="record nothing (TEST_MODE flag)")
+    decide.add_argument("--channel", default="", help="the channel asking (web, email, ...)")
+    decide.set_defaults(run=_decide)
+    return parser
+
+
+def format_rpc_error(err: grpc.aio.AioRpcError) -> str:
+    """The status code, message, ErrorInfo reason and field violations of a failed call, for people."""
+    violations, reason = status_details(err)
+    lines = [f"error: {err.code().name}: {err.details()}"]
+    if reason:
+        lines.append(f"  reason: {reason}")
+    lines += [f"  {f or '(request)'}: {d}" for f, d in violations]
+    return "\n".join(lines)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Runs one command and returns its exit code."""
+    from shared.demo import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.run(args)
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
+            return 0
+        return result or 0
+    except grpc.aio.AioRpcError as err:
+        print(format_rpc_error(err), file=sys.stderr)
+    except TailorError as err:  # raised locally, by `tenant create`
+        violations = getattr(err, "violations", [])
+        print("\n".join([f"error: {err.code.name}: {err.message}"] + [f"  {f}: {d}" for f, d in violations]),
+              file=sys.stderr)
+    except (UsageError, ConfigError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+    except SystemExit as err:  # a settings error (bad TAILOR_* variable) names the variable
+        if err.code not in (None, 0) and not isinstance(err.code, int):
+            print(f"error: {err.code}", file=sys.stderr)
+            return 1
+        raise
+    return 1
+
+
+def main() -> None:
+    """Entry point of the `tailor` script."""
+    sys.exit(run())

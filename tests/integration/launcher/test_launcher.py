@@ -1,0 +1,119 @@
+"""`tailor up` as a user runs it: five processes become SERVING, SIGTERM stops them all and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from personalization.gateway.v1 import gateway_service_pb2 as gw
+from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+from shared.launcher import SERVICES
+
+TAILOR = Path(sys.executable).parent / "tailor"
+READY_TIMEOUT = 120.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(database_url: str, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
+    env["DATABASE_URL"] = database_url
+    env["TAILOR_HOME"] = str(home)
+    for svc in SERVICES:
+        env[f"TAILOR_{svc.upper()}_PORT"] = str(_free_port())
+    return env
+
+
+def _running(pid: int) -> bool:
+    """True while the process exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+async def _start(env: dict[str, str], ready_file: Path) -> tuple[subprocess.Popen, dict]:
+    launcher = subprocess.Popen([str(TAILOR), "up", "--no-demo", "--ready-file", str(ready_file)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READY_TIMEOUT
+    while not ready_file.exists():
+        if launcher.poll() is not None:
+            raise AssertionError(f"tailor up exited with {launcher.returncode}:\n{launcher.stdout.read()}")
+        if loop.time() > deadline:
+            launcher.kill()
+            raise AssertionError(f"no ready file after {READY_TIMEOUT} s:\n{launcher.communicate()[0]}")
+        await asyncio.sleep(0.2)
+    return launcher, json.loads(ready_file.read_text())
+
+
+def _stop(launcher: subprocess.Popen) -> tuple[int, str]:
+    launcher.send_signal(signal.SIGTERM)
+    output, _ = launcher.communicate(timeout=30)
+    return launcher.returncode, output
+
+
+async def test_up_serves_all_five_services_and_sigterm_stops_every_process(database_url, tmp_path):
+    ready_file = tmp_path / "ready.json"
+    launcher, ready = await _start(_env(database_url, tmp_path / "home"), ready_file)
+    try:
+        assert set(ready["addresses"]) == set(SERVICES)
+        assert set(ready["pids"]) == set(SERVICES)
+        assert ready["ready_seconds"] > 0
+        for svc, address in ready["addresses"].items():
+            async with grpc.aio.insecure_channel(address) as channel:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
+                                                                       timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, svc
+        async with grpc.aio.insecure_channel(ready["addresses"]["gateway"]) as channel:
+            keys = await gw_grpc.GatewayServiceStub(channel).ListApiKeys(
+                gw.ListApiKeysRequest(), metadata=(("authorization", f"Bearer {ready['api_key']}"),), timeout=10)
+        assert len(keys.api_keys) >= 1
+        key_file = tmp_path / "home" / "demo_key"
+        assert key_file.read_text().strip() == ready["api_key"]
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert all(_running(pid) for pid in ready["pids"].values())
+    finally:
+        code, output = _stop(launcher)
+
+    assert code == 0, output
+    assert "ready in" in output
+    assert [svc for svc, pid in ready["pids"].items() if _running(pid)] == []
+
+
+async def test_a_second_up_reuses_the_stored_demo_key(database_url, tmp_path):
+    home = tmp_path / "home"
+    first, ready = await _start(_env(database_url, home), tmp_path / "first.json")
+    assert _stop(first)[0] == 0
+    second, again = await _start(_env(database_url, home), tmp_path / "second.json")
+    code, output = _stop(second)
+
+    assert code == 0, output
+    assert again["api_key"] == ready["api_key"]
+
+
+async def test_a_service_that_cannot_start_stops_the_launcher_with_its_log(tmp_path):
+    env = _env(f"postgresql://postgres@127.0.0.1:{_free_port()}/nowhere", tmp_path / "home")
+    launcher = subprocess.Popen([str(TAILOR), "up", "--no-demo", "--ready-file", str(tmp_path / "ready.json")],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output, _ = launcher.communicate(timeout=90)
+
+    assert launcher.returncode == 1, output
+    assert "exited with code" in output
+    assert "last lines of" in output
+    assert not (tmp_path / "ready.json").exists()
