@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import uuid
 from pathlib import Path
 
 import asyncpg
+import grpc
 import pytest
+
+from shared.runtime import start_built, stop_built
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "external-data"
@@ -64,3 +68,25 @@ def tenant() -> str:
 def tenant_md(tenant_id: str) -> tuple[tuple[str, str], ...]:
     """Metadata internal callers send to a domain service."""
     return (("x-tenant-id", tenant_id),)
+
+
+@contextlib.asynccontextmanager
+async def serving(built, stub_class):
+    """Serves a built service on 127.0.0.1:0 and yields a stub on a real channel to it; stops it afterwards."""
+    running, tasks = await start_built(built)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        yield stub_class(channel)
+    finally:
+        await channel.close()
+        await stop_built(built, running, tasks, grace=0)
+
+
+@contextlib.asynccontextmanager
+async def schema_connection(database_url: str, schema: str):
+    """A direct connection with the service's schema on its search path, to check rows afterwards."""
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": schema})
+    try:
+        yield conn
+    finally:
+        await conn.close()

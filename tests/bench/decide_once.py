@@ -82,7 +82,7 @@ def main() -> None:
             env[f"TAILOR_{svc.upper()}_PORT"] = str(_free_port())
         ready_file = Path(home) / "ready.json"
         started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "up", "--ready-file", str(ready_file)],
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "tailor"), "up", "--ready-file", str(ready_file)],
                                 cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             while not ready_file.exists():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncpg
 import grpc
 import pytest
 from google.protobuf import struct_pb2
@@ -11,25 +10,19 @@ from personalization.decision.v1 import decision_service_pb2 as pb
 from personalization.decision.v1 import decision_service_pb2_grpc as pb_grpc
 from services.decision.server import build
 from shared.errors import status_details
-from shared.runtime import start_built, stop_built
-from tests.conftest import tenant_md
+from tests.conftest import schema_connection, serving, tenant_md
 
 
 @pytest.fixture(scope="module")
 async def server(database_url):
-    built = await build(database_url)
-    running, tasks = await start_built(built)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    yield pb_grpc.DecisionServiceStub(channel)
-    await channel.close()
-    await stop_built(built, running, tasks, grace=0)
+    async with serving(await build(database_url), pb_grpc.DecisionServiceStub) as stub:
+        yield stub
 
 
 @pytest.fixture
 async def db(database_url):
-    conn = await asyncpg.connect(database_url, server_settings={"search_path": "decision"})
-    yield conn
-    await conn.close()
+    async with schema_connection(database_url, "decision") as conn:
+        yield conn
 
 
 def struct(value: dict) -> struct_pb2.Struct:

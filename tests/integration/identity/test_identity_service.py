@@ -7,7 +7,6 @@ import json
 import re
 import time
 
-import asyncpg
 import grpc
 import pytest
 
@@ -16,25 +15,19 @@ from personalization.identity.v1 import identity_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from services.identity.server import build
 from shared.errors import status_details
-from shared.runtime import start_built, stop_built
-from tests.conftest import tenant_md
+from tests.conftest import schema_connection, serving, tenant_md
 
 
 @pytest.fixture(scope="module")
 async def server(database_url):
-    built = await build(database_url)
-    running, tasks = await start_built(built)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    yield pb_grpc.IdentityServiceStub(channel)
-    await channel.close()
-    await stop_built(built, running, tasks, grace=0)
+    async with serving(await build(database_url), pb_grpc.IdentityServiceStub) as stub:
+        yield stub
 
 
 @pytest.fixture(scope="module")
 async def db(database_url):
-    conn = await asyncpg.connect(database_url, server_settings={"search_path": "identity"})
-    yield conn
-    await conn.close()
+    async with schema_connection(database_url, "identity") as conn:
+        yield conn
 
 
 def subject(*identities: tuple[str, str]) -> pb.Subject:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta, timezone
 
-import asyncpg
 import grpc
 import pytest
 from google.protobuf import duration_pb2, field_mask_pb2, struct_pb2, timestamp_pb2
@@ -17,8 +16,8 @@ from services.profile_graph.postgres import PostgresStore
 from services.profile_graph.server import build
 from services.profile_graph.service import ProfileGraph
 from shared.errors import status_details
-from shared.runtime import prepare_schema, start_built, stop_built
-from tests.conftest import tenant_md
+from shared.runtime import prepare_schema
+from tests.conftest import schema_connection, serving, tenant_md
 
 PURCHASE = common.EVENT_TYPE_PURCHASE
 PAGE_VIEW = common.EVENT_TYPE_PAGE_VIEW
@@ -26,19 +25,14 @@ PAGE_VIEW = common.EVENT_TYPE_PAGE_VIEW
 
 @pytest.fixture(scope="module")
 async def service(database_url):
-    built = await build(database_url)
-    running, tasks = await start_built(built)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    yield pb_grpc.ProfileGraphServiceStub(channel)
-    await channel.close()
-    await stop_built(built, running, tasks, grace=0)
+    async with serving(await build(database_url), pb_grpc.ProfileGraphServiceStub) as stub:
+        yield stub
 
 
 @pytest.fixture(scope="module")
 async def db(database_url):
-    conn = await asyncpg.connect(database_url, server_settings={"search_path": "profile_graph"})
-    yield conn
-    await conn.close()
+    async with schema_connection(database_url, "profile_graph") as conn:
+        yield conn
 
 
 def ts(when: datetime) -> timestamp_pb2.Timestamp:
