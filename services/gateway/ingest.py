@@ -14,6 +14,7 @@ MAX_ID_LENGTH = 128
 MAX_VALUE_LENGTH = 512
 MAX_FUTURE_SECONDS = 24 * 3600
 IDENTITY_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+NAME = IDENTITY_TYPE  # purposes, object types and sources follow the same lowercase-identifier rule
 ITEM_EVENTS = (common_pb2.EVENT_TYPE_PRODUCT_VIEW, common_pb2.EVENT_TYPE_ADD_TO_CART)
 
 
@@ -51,6 +52,20 @@ def validate_event(event: common_pb2.Event, path: str, v: Violations, now: float
             v.add(f"{path}.line_items[{j}].quantity", "must be a non-zero number")
         if not line.unit_price >= 0:
             v.add(f"{path}.line_items[{j}].unit_price", "must be zero or more")
+    if event.source and not NAME.match(event.source):
+        v.add(f"{path}.source", "must match ^[a-z][a-z0-9_]{0,63}$")
+    for j, consent in enumerate(event.consents):
+        if not NAME.match(consent.purpose):
+            v.add(f"{path}.consents[{j}].purpose", "must match ^[a-z][a-z0-9_]{0,63}$")
+        if consent.status not in (common_pb2.CONSENT_STATUS_GRANTED, common_pb2.CONSENT_STATUS_DENIED):
+            v.add(f"{path}.consents[{j}].status", "must be GRANTED or DENIED")
+    for j, obj in enumerate(event.profile_objects):
+        if not NAME.match(obj.type):
+            v.add(f"{path}.profile_objects[{j}].type", "must match ^[a-z][a-z0-9_]{0,63}$")
+        if not obj.object_id.strip():
+            v.add(f"{path}.profile_objects[{j}].object_id", "must not be empty")
+        elif len(obj.object_id) > MAX_ID_LENGTH:
+            v.add(f"{path}.profile_objects[{j}].object_id", f"must be at most {MAX_ID_LENGTH} characters")
 
 
 def validate_batch(events, field: str = "events") -> None:

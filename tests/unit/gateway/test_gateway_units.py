@@ -55,6 +55,15 @@ def test_each_bad_field_gets_its_own_violation_path():
     ]
 
 
+def test_consents_objects_and_source_are_checked_field_by_field():
+    event = _event("x", source="Web!", consents=[common_pb2.Consent(purpose="email")],
+                   profile_objects=[common_pb2.ProfileObject(type="order", object_id=" ")])
+    with pytest.raises(InvalidArgument) as info:
+        validate_batch([event])
+    assert [f for f, _ in info.value.violations] == [
+        "events[0].source", "events[0].consents[0].status", "events[0].profile_objects[0].object_id"]
+
+
 def test_an_empty_batch_is_refused():
     with pytest.raises(InvalidArgument) as info:
         validate_batch([])

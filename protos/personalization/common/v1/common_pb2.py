@@ -26,19 +26,25 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&personalization/common/v1/common.proto\x12\x19personalization.common.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x08Identity\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"A\n\x08LineItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x01\x12\x12\n\nunit_price\x18\x03 \x01(\x01\"\xea\x02\n\x05\x45vent\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x32\n\x04type\x18\x02 \x01(\x0e\x32$.personalization.common.v1.EventType\x12\x0c\n\x04name\x18\x03 \x01(\t\x12.\n\nevent_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\nidentities\x18\x05 \x03(\x0b\x32#.personalization.common.v1.Identity\x12+\n\nattributes\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07item_id\x18\x07 \x01(\t\x12\x37\n\nline_items\x18\x08 \x03(\x0b\x32#.personalization.common.v1.LineItem\x12+\n\nproperties\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct*\xdc\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_TYPE_PAGE_VIEW\x10\x01\x12\x1b\n\x17\x45VENT_TYPE_PRODUCT_VIEW\x10\x02\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x12\x1a\n\x16\x45VENT_TYPE_EMAIL_CLICK\x10\x05\x12\x14\n\x10\x45VENT_TYPE_LOGIN\x10\x06\x12\x15\n\x11\x45VENT_TYPE_CUSTOM\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&personalization/common/v1/common.proto\x12\x19personalization.common.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x08Identity\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"A\n\x08LineItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x01\x12\x12\n\nunit_price\x18\x03 \x01(\x01\"T\n\x07\x43onsent\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x38\n\x06status\x18\x02 \x01(\x0e\x32(.personalization.common.v1.ConsentStatus\"]\n\rProfileObject\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12+\n\nattributes\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xf3\x03\n\x05\x45vent\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x32\n\x04type\x18\x02 \x01(\x0e\x32$.personalization.common.v1.EventType\x12\x0c\n\x04name\x18\x03 \x01(\t\x12.\n\nevent_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\nidentities\x18\x05 \x03(\x0b\x32#.personalization.common.v1.Identity\x12+\n\nattributes\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07item_id\x18\x07 \x01(\t\x12\x37\n\nline_items\x18\x08 \x03(\x0b\x32#.personalization.common.v1.LineItem\x12+\n\nproperties\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06source\x18\n \x01(\t\x12\x34\n\x08\x63onsents\x18\x0b \x03(\x0b\x32\".personalization.common.v1.Consent\x12\x41\n\x0fprofile_objects\x18\x0c \x03(\x0b\x32(.personalization.common.v1.ProfileObject*\xdc\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_TYPE_PAGE_VIEW\x10\x01\x12\x1b\n\x17\x45VENT_TYPE_PRODUCT_VIEW\x10\x02\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x12\x1a\n\x16\x45VENT_TYPE_EMAIL_CLICK\x10\x05\x12\x14\n\x10\x45VENT_TYPE_LOGIN\x10\x06\x12\x15\n\x11\x45VENT_TYPE_CUSTOM\x10\x07*f\n\rConsentStatus\x12\x1e\n\x1a\x43ONSENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONSENT_STATUS_GRANTED\x10\x01\x12\x19\n\x15\x43ONSENT_STATUS_DENIED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'personalization.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTTYPE']._serialized_start=606
-  _globals['_EVENTTYPE']._serialized_end=826
+  _globals['_EVENTTYPE']._serialized_start=924
+  _globals['_EVENTTYPE']._serialized_end=1144
+  _globals['_CONSENTSTATUS']._serialized_start=1146
+  _globals['_CONSENTSTATUS']._serialized_end=1248
   _globals['_IDENTITY']._serialized_start=132
   _globals['_IDENTITY']._serialized_end=171
   _globals['_LINEITEM']._serialized_start=173
   _globals['_LINEITEM']._serialized_end=238
-  _globals['_EVENT']._serialized_start=241
-  _globals['_EVENT']._serialized_end=603
+  _globals['_CONSENT']._serialized_start=240
+  _globals['_CONSENT']._serialized_end=324
+  _globals['_PROFILEOBJECT']._serialized_start=326
+  _globals['_PROFILEOBJECT']._serialized_end=419
+  _globals['_EVENT']._serialized_start=422
+  _globals['_EVENT']._serialized_end=921
 # @@protoc_insertion_point(module_scope)
