@@ -20,8 +20,15 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
-	$(BIN)/python tests/bench/decide_once.py
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# Every script under tests/bench/ prints a table and ends with one summary line of key=value figures.
+bench: $(BENCH_STAMP)
+	@set -e; for script in tests/bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done
 
 protos: $(STAMP)
 	$(BIN)/python -m shared.protogen protos
