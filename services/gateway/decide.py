@@ -80,11 +80,12 @@ def validate(request: pb.GetDecisionsRequest) -> None:
 class Decider:
     """Composes the decide path; each stage's time is measured and logged with the decision."""
 
-    def __init__(self, identity, profile, decision, recommender):
+    def __init__(self, identity, profile, decision, recommender, log_writer):
         self.identity = identity
         self.profile = profile
         self.decision = decision
         self.recommender = recommender
+        self.log_writer = log_writer
 
     async def resolve(self, identity: common_pb2.Identity, unified_id: str) -> str:
         """The surviving unified id of an identity or id; empty for an identity never seen."""
@@ -160,14 +161,14 @@ class Decider:
         if pb.EXECUTION_FLAG_TEST_MODE not in flags:
             now = timestamp_pb2.Timestamp()
             now.GetCurrentTime()
-            await self.decision.LogDecisions(decision_pb.LogDecisionsRequest(entries=[
+            await self.log_writer.submit([
                 decision_pb.DecisionLogEntry(
                     personalization_id=p.personalization_id, request_id=request_id,
                     point_id=p.personalization_point_id, point_name=p.personalization_point_name,
                     decision_id=p.decision_id, unified_individual_id=unified_id,
                     channel=request.context.channel, correlation_id=request.context.correlation_id,
                     anchor_id=request.context.anchor_id, served=_served(p), stage_ms=stage_ms, log_time=now)
-                for p in personalizations]))
+                for p in personalizations])
         return pb.GetDecisionsResponse(request_id=request_id, personalizations=personalizations)
 
     async def _personalize(self, q: decision_pb.Qualification, unified_id: str, context: pb.DecisionContext):

@@ -16,6 +16,7 @@ from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
 from personalization.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
 from services.gateway.auth import KeyService
 from services.gateway.decide import Decider
+from services.gateway.decision_log import DecisionLogWriter
 from services.gateway.ingest import Ingest
 from services.gateway.passthrough import Passthrough
 from services.gateway.pipeline import Pipeline, PipelineWorker, Stubs
@@ -70,9 +71,11 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
     passthrough = Passthrough({SERVICE_NAMES[name]: ch for name, ch in channels.items()})
     worker = PipelineWorker(dsn, store, Pipeline(Stubs(identity, profile, recommender)),
                             batch_size=settings.batch_size, max_attempts=settings.max_attempts)
-    servicer = GatewayServicer(keys, Ingest(store), Decider(identity, profile, decision, recommender))
+    log_writer = DecisionLogWriter(decision)
+    servicer = GatewayServicer(keys, Ingest(store), Decider(identity, profile, decision, recommender, log_writer))
 
     async def close() -> None:
+        await log_writer.flush()
         for channel in channels.values():
             await channel.close()
         await pool.close()
@@ -84,5 +87,5 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
         authenticate=keys.authenticate,
         generic_handlers=[passthrough],
         extra_reflection_names=passthrough.service_names,
-        background=[worker.run] if settings.run_worker else [],
+        background=[log_writer.run, *([worker.run] if settings.run_worker else [])],
     )

@@ -66,6 +66,16 @@ async def _wait_for(check, timeout=15.0):
         await asyncio.sleep(0.05)
 
 
+async def _profile(suite, md, identity_type, value):
+    """The public profile of an identity, or None while the pipeline has not processed it yet."""
+    try:
+        return await suite.gateway.GetProfile(pb.GetProfileRequest(
+            individual_id=common_pb2.Identity(type=identity_type, value=value)), metadata=md)
+    except grpc.aio.AioRpcError as error:
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        return None
+
+
 async def _log_rows(dsn, tenant):
     conn = await asyncpg.connect(dsn)
     try:
@@ -98,9 +108,8 @@ async def test_an_anonymous_visitor_who_logs_in_and_buys_gets_the_segment_decisi
     ]), metadata=md)
 
     async def in_segment():
-        reply = await suite.gateway.GetProfile(pb.GetProfileRequest(
-            individual_id=common_pb2.Identity(type=device[0], value=device[1])), metadata=md)
-        return reply if "big_spenders" in reply.segments else None
+        reply = await _profile(suite, md, *device)
+        return reply if reply is not None and "big_spenders" in reply.segments else None
 
     profile = await _wait_for(in_segment)
     assert profile is not None, "the purchase never put the individual in big_spenders"
@@ -116,7 +125,11 @@ async def test_an_anonymous_visitor_who_logs_in_and_buys_gets_the_segment_decisi
     assert served.decision_name == "vip_offer"
     assert served.data[0]["headline"] == "20% off for our best customers"
 
-    rows = [r for r in await _log_rows(suite.dsn, tenant) if r["personalization_id"] == served.personalization_id]
+    async def logged():
+        rows = await _log_rows(suite.dsn, tenant)
+        return [r for r in rows if r["personalization_id"] == served.personalization_id]
+
+    rows = await _wait_for(logged)
     assert len(rows) == 1 and rows[0]["unified_individual_id"] == profile.unified_individual_id
     assert rows[0]["correlation_id"] == "corr-1"
 
@@ -125,7 +138,17 @@ async def test_an_anonymous_visitor_who_logs_in_and_buys_gets_the_segment_decisi
         individual_id=common_pb2.Identity(type=device[0], value=device[1]),
         personalization_points=[pb.PointRequest(name=POINT)],
         execution_flags=[pb.EXECUTION_FLAG_TEST_MODE, pb.EXECUTION_FLAG_DIAGNOSTICS]), metadata=md)
-    assert len(await _log_rows(suite.dsn, tenant)) == count
+    # A normal request after it: once its row is there, the TEST_MODE row would have been written too.
+    marker = await suite.gateway.GetDecisions(pb.GetDecisionsRequest(
+        individual_id=common_pb2.Identity(type=device[0], value=device[1]),
+        personalization_points=[pb.PointRequest(name=POINT)]), metadata=md)
+    marker_id = marker.personalizations[0].personalization_id
+
+    async def marker_logged():
+        rows = await _log_rows(suite.dsn, tenant)
+        return rows if any(r["personalization_id"] == marker_id for r in rows) else None
+
+    assert len(await _wait_for(marker_logged)) == count + 1
 
 
 async def test_a_new_visitor_gets_the_fallback_with_a_diagnostic_and_an_explanation(suite):
@@ -150,13 +173,8 @@ async def test_merging_two_known_individuals_moves_the_anonymous_history_to_the_
     ]), metadata=md)
 
     async def merged():
-        try:
-            reply = await suite.gateway.GetProfile(pb.GetProfileRequest(
-                individual_id=common_pb2.Identity(type="device_id", value="dev-m")), metadata=md)
-        except grpc.aio.AioRpcError as error:  # not processed yet
-            assert error.code() == grpc.StatusCode.NOT_FOUND
-            return None
-        return reply if len(reply.events) == 3 else None
+        reply = await _profile(suite, md, "device_id", "dev-m")
+        return reply if reply is not None and len(reply.events) == 3 else None
 
     profile = await _wait_for(merged)
     assert profile is not None

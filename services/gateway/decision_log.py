@@ -1,0 +1,75 @@
+"""Writes decision-log rows off the request path: queued per request, sent in batches, retried until stored."""
+
+from __future__ import annotations
+
+import asyncio
+from itertools import groupby
+
+import grpc
+
+from personalization.decision.v1 import decision_service_pb2 as decision_pb
+from shared import context as ctx
+from shared.log import get_logger
+
+log = get_logger("gateway.decision_log")
+
+
+class DecisionLogWriter:
+    """A bounded queue drained by one task; a full queue makes callers wait rather than drop rows."""
+
+    def __init__(self, decision_stub, *, max_batch: int = 500, max_queue: int = 50_000):
+        self.stub = decision_stub
+        self.max_batch = max_batch
+        self.queue: asyncio.Queue[tuple[str, decision_pb.DecisionLogEntry]] = asyncio.Queue(max_queue)
+        self._interrupted: list[tuple[str, decision_pb.DecisionLogEntry]] = []
+
+    async def submit(self, entries: list[decision_pb.DecisionLogEntry]) -> None:
+        tenant = ctx.current_tenant()
+        for entry in entries:
+            if self.queue.full():
+                await self.queue.put((tenant, entry))
+            else:
+                self.queue.put_nowait((tenant, entry))
+
+    async def run(self) -> None:
+        """Sends queued rows until cancelled."""
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                await self._send(batch)
+            except asyncio.CancelledError:
+                # Stopping: keep the rows for flush() (resending is idempotent).
+                self._interrupted.extend(batch)
+                raise
+
+    async def flush(self) -> None:
+        """Sends whatever is queued (at shutdown)."""
+        if self._interrupted:
+            batch, self._interrupted = self._interrupted, []
+            await self._send(batch, attempts=3)
+        while not self.queue.empty():
+            batch = [self.queue.get_nowait() for _ in range(min(self.max_batch, self.queue.qsize()))]
+            await self._send(batch, attempts=3)
+
+    async def _send(self, batch, attempts: int | None = None) -> None:
+        ordered = sorted(batch, key=lambda pair: pair[0])
+        for tenant, group in groupby(ordered, key=lambda pair: pair[0]):
+            entries = [entry for _, entry in group]
+            ctx.tenant_var.set(tenant)
+            ctx.request_id_var.set(ctx.new_request_id())
+            ctx.deadline_var.set(None)
+            tried = 0
+            while True:
+                tried += 1
+                try:
+                    await self.stub.LogDecisions(decision_pb.LogDecisionsRequest(entries=entries))
+                    break
+                except grpc.aio.AioRpcError as error:
+                    # Rows are idempotent by personalization id, so resending after an unclear failure is safe.
+                    log.warning("decision_log_retry", code=error.code().name, rows=len(entries))
+                    if attempts is not None and tried >= attempts:
+                        log.error("decision_log_dropped", rows=len(entries))
+                        break
+                    await asyncio.sleep(min(0.05 * 2 ** tried, 2.0))
