@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf import descriptor_pool
 
 from services.gateway.auth import GATEWAY, METHOD_SCOPES
 
 
-def _forwarder(call):
+def _unary(call):
     async def forward(request: bytes, _context) -> bytes:
         # The shared client factory adds the authenticated tenant, the request id and the remaining deadline.
         return await call(request)
@@ -15,17 +16,36 @@ def _forwarder(call):
     return forward
 
 
+def _server_stream(call):
+    async def forward(request: bytes, _context):
+        async for message in call(request):
+            yield message
+
+    return forward
+
+
 class Passthrough(grpc.GenericRpcHandler):
-    """A generic handler over raw bytes: the gateway neither decodes nor re-encodes forwarded messages."""
+    """A generic handler over raw bytes: the gateway neither decodes nor re-encodes forwarded messages.
+
+    Unary and server-streaming methods are forwarded (watching events, training or re-run progress).
+    """
 
     def __init__(self, channels: dict[str, grpc.aio.Channel]):
         self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+        pool = descriptor_pool.Default()
         for method in METHOD_SCOPES:
             if method.startswith(GATEWAY):
                 continue
-            service = method.split("/")[1]
-            call = channels[service].unary_unary(method)
-            self.handlers[method] = grpc.unary_unary_rpc_method_handler(_forwarder(call))
+            service, name = method.strip("/").split("/")
+            descriptor = pool.FindMethodByName(f"{service}.{name}")
+            if descriptor.client_streaming:
+                raise ValueError(f"{method}: client-streaming methods are not forwarded")
+            channel = channels[service]
+            if descriptor.server_streaming:
+                handler = grpc.unary_stream_rpc_method_handler(_server_stream(channel.unary_stream(method)))
+            else:
+                handler = grpc.unary_unary_rpc_method_handler(_unary(channel.unary_unary(method)))
+            self.handlers[method] = handler
 
     def service(self, handler_call_details):
         return self.handlers.get(handler_call_details.method)
