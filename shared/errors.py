@@ -83,8 +83,24 @@ class PermissionDenied(TailorError):
 
 
 class ResourceExhausted(TailorError):
+    """Over a quota; retry_after_seconds, when given, travels as a google.rpc.RetryInfo."""
+
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retry_after_seconds: float | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.retry_after_seconds = retry_after_seconds
+
+    def details(self) -> list[any_pb2.Any]:
+        details = super().details()
+        if self.retry_after_seconds is not None:
+            retry = error_details_pb2.RetryInfo()
+            retry.retry_delay.FromMilliseconds(max(1, int(self.retry_after_seconds * 1000)))
+            packed = any_pb2.Any()
+            packed.Pack(retry)
+            details.append(packed)
+        return details
 
 
 class Unavailable(TailorError):

@@ -172,14 +172,8 @@ class Decider:
         return pb.GetDecisionsResponse(request_id=request_id, personalizations=personalizations)
 
     async def _personalize(self, q: decision_pb.Qualification, unified_id: str, context: pb.DecisionContext):
-        diagnostics: list[pb.Diagnostic] = []
-        if not q.HasField("decision"):
-            if q.evaluations:
-                diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_NO_DECISION_QUALIFIED,
-                                                 message="no decision matched and the point has no fallback"))
-            else:
-                diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_POINT_NOT_CONFIGURED,
-                                                 message="the point has no decisions"))
+        diagnostics = missing_decision_diagnostics(q)
+        if diagnostics:
             return [], diagnostics
         decision = q.decision
         if decision.WhichOneof("payload") == "content":
@@ -189,27 +183,44 @@ class Decider:
         exclude = list(context.cart_item_ids) + ([context.anchor_id] if context.anchor_id else [])
         ranked = await self.recommender.Recommend(rec_pb.RecommendRequest(
             unified_individual_id=unified_id, strategy=spec.recommender, count=count, exclude_item_ids=exclude))
-        data = await self._shape_items(ranked.items, list(q.point.template.item_attributes))
+        attributes = list(q.point.template.item_attributes)
+        catalog = await fetch_catalog(self.profile, [r.item_id for r in ranked.items] if attributes else [])
+        data = shape_items(ranked.items, attributes, catalog)
         if len(data) < count:
             diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_FEWER_ITEMS_THAN_REQUESTED,
                                              message=f"{len(data)} of {count} items available"))
         return data, diagnostics
 
-    async def _shape_items(self, ranked, attributes: list[str]) -> list[struct_pb2.Struct]:
-        """Items shaped by the point's template: item_id, score, source, and the template's item attributes."""
-        catalog = {}
-        if ranked and attributes:
-            reply = await self.profile.GetItems(profile_pb.GetItemsRequest(item_ids=[r.item_id for r in ranked]))
-            catalog = {item.item_id: item for item in reply.items}
-        shaped = []
-        for r in ranked:
-            row = {"item_id": r.item_id, "score": r.score, "source": r.source}
-            item = catalog.get(r.item_id)
-            values = json_format.MessageToDict(item.attributes) if item is not None else {}
-            for name in attributes:
-                row[name] = (item.name if item else "") if name == "name" else values.get(name)
-            shaped.append(_struct(row))
-        return shaped
+
+def missing_decision_diagnostics(q: decision_pb.Qualification) -> list[pb.Diagnostic]:
+    """Why a point served nothing, or [] when a decision qualified."""
+    if q.HasField("decision"):
+        return []
+    if q.evaluations:
+        return [pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_NO_DECISION_QUALIFIED,
+                              message="no decision matched and the point has no fallback")]
+    return [pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_POINT_NOT_CONFIGURED, message="the point has no decisions")]
+
+
+async def fetch_catalog(profile_stub, item_ids: list[str]) -> dict:
+    """The catalog items with these ids, by id (one GetItems call; none for an empty list)."""
+    if not item_ids:
+        return {}
+    reply = await profile_stub.GetItems(profile_pb.GetItemsRequest(item_ids=list(dict.fromkeys(item_ids))))
+    return {item.item_id: item for item in reply.items}
+
+
+def shape_items(ranked, attributes: list[str], catalog: dict) -> list[struct_pb2.Struct]:
+    """Items shaped by the point's template: item_id, score, source, and the template's item attributes."""
+    shaped = []
+    for r in ranked:
+        row = {"item_id": r.item_id, "score": r.score, "source": r.source}
+        item = catalog.get(r.item_id)
+        values = json_format.MessageToDict(item.attributes) if item is not None else {}
+        for name in attributes:
+            row[name] = (item.name if item else "") if name == "name" else values.get(name)
+        shaped.append(_struct(row))
+    return shaped
 
 
 def _served(p: pb.Personalization) -> struct_pb2.Struct:

@@ -7,6 +7,8 @@ from datetime import datetime
 
 import asyncpg
 
+from personalization.gateway.v1 import gateway_service_pb2 as pb
+
 INBOX_CHANNEL = "tailor_inbox"
 
 
@@ -79,6 +81,17 @@ class GatewayStore:
             "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE tenant_id = $1 AND key_id = $2 "
             "RETURNING *", tenant_id, key_id)
         return None if row is None else _key(row)
+
+    # Record-sync data model.
+    async def data_model(self, tenant_id: str):
+        """The tenant's declared data model, or None when it never declared one."""
+        raw = await self.pool.fetchval("SELECT model FROM data_models WHERE tenant_id = $1", tenant_id)
+        return None if raw is None else pb.DataModel.FromString(raw)
+
+    async def put_data_model(self, tenant_id: str, model: bytes) -> None:
+        await self.pool.execute(
+            "INSERT INTO data_models (tenant_id, model) VALUES ($1, $2) ON CONFLICT (tenant_id) "
+            "DO UPDATE SET model = excluded.model, updated_at = now()", tenant_id, model)
 
     # Inbox.
     async def store_events(self, tenant_id: str, message_ids: list[str], payloads: list[bytes]) -> set[str]:

@@ -15,12 +15,15 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as p
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
 from personalization.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
 from services.gateway.auth import KeyService
+from services.gateway.batch import BatchJobs
 from services.gateway.decide import Decider
 from services.gateway.decision_log import DecisionLogWriter
 from services.gateway.ingest import Ingest
 from services.gateway.passthrough import Passthrough
 from services.gateway.pipeline import Pipeline, PipelineWorker, Stubs
 from services.gateway.postgres import GatewayStore
+from services.gateway.quotas import Quotas
+from services.gateway.records import RecordSync
 from services.gateway.servicer import GatewayServicer
 from shared import client
 from shared.runtime import Built, prepare_schema
@@ -72,10 +75,14 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
     worker = PipelineWorker(dsn, store, Pipeline(Stubs(identity, profile, recommender)),
                             batch_size=settings.batch_size, max_attempts=settings.max_attempts)
     log_writer = DecisionLogWriter(decision)
-    servicer = GatewayServicer(keys, Ingest(store), Decider(identity, profile, decision, recommender, log_writer))
+    quotas = Quotas(pool)
+    batch = BatchJobs(dsn, pool, profile, decision, recommender)
+    servicer = GatewayServicer(keys, Ingest(store), Decider(identity, profile, decision, recommender, log_writer),
+                               RecordSync(store, identity), batch, quotas, activations=None)
 
     async def close() -> None:
         await log_writer.flush()
+        await quotas.flush()
         for channel in channels.values():
             await channel.close()
         await pool.close()
@@ -87,5 +94,5 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
         authenticate=keys.authenticate,
         generic_handlers=[passthrough],
         extra_reflection_names=passthrough.service_names,
-        background=[log_writer.run, *([worker.run] if settings.run_worker else [])],
+        background=[log_writer.run, quotas.run, *([worker.run, batch.run] if settings.run_worker else [])],
     )

@@ -11,11 +11,14 @@ from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from personalization.identity.v1 import identity_service_pb2 as identity_pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from services.gateway.auth import KeyService
+from services.gateway.batch import BatchJobs, job_message, result_message, schedule_message
 from services.gateway.decide import Decider
 from services.gateway.ingest import Ingest
 from services.gateway.postgres import KeyRow
+from services.gateway.quotas import Quotas
+from services.gateway.records import RecordSync, validate_data_model
 from shared.context import current_tenant
-from shared.errors import InvalidArgument, NotFound
+from shared.errors import InvalidArgument, NotFound, ResourceExhausted
 from shared.paging import decode_token, encode_token
 
 SCOPE_NAMES = {pb.SCOPE_INGEST: "ingest", pb.SCOPE_DECIDE: "decide", pb.SCOPE_ADMIN: "admin"}
@@ -41,19 +44,40 @@ def _acks(acks: list[tuple[str, bool]]) -> list[pb.EventAck]:
             for m, fresh in acks]
 
 
+def _page(request, default: int, maximum: int) -> int:
+    size = request.page_size or default
+    if not 0 < size <= maximum:
+        raise InvalidArgument([("page_size", f"must be between 0 and {maximum}")])
+    return size
+
+
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
-    def __init__(self, keys: KeyService, ingest: Ingest, decider: Decider):
+    def __init__(self, keys: KeyService, ingest: Ingest, decider: Decider, records: RecordSync, batch: BatchJobs,
+                 quotas: Quotas, activations):
         self.keys = keys
         self.ingest = ingest
         self.decider = decider
+        self.records = records
+        self.batch = batch
+        self.quotas = quotas
+        self.activations = activations
+
+    async def _admit(self) -> None:
+        """The tenant's request-rate quota for ingest: over it, RESOURCE_EXHAUSTED with RetryInfo."""
+        wait = await self.quotas.retry_after(current_tenant())
+        if wait is not None:
+            raise ResourceExhausted("request rate quota exceeded", reason="RATE_QUOTA_EXCEEDED",
+                                    retry_after_seconds=wait)
 
     async def IngestEvents(self, request, context):
+        await self._admit()
         return pb.IngestEventsResponse(acks=_acks(await self.ingest.ingest(current_tenant(), request.events)))
 
     async def StreamIngestEvents(self, request_iterator, context):
         reply = pb.StreamIngestEventsResponse()
         index = 0
         async for message in request_iterator:
+            await self._admit()
             try:
                 acks = await self.ingest.ingest(current_tenant(), message.events)
             except InvalidArgument as error:
@@ -92,9 +116,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         return pb.CreateApiKeyResponse(api_key=api_key_message(row), secret=secret)
 
     async def ListApiKeys(self, request, context):
-        size = request.page_size or 100
-        if not 0 < size <= 1000:
-            raise InvalidArgument([("page_size", "must be between 0 and 1000")])
+        size = _page(request, 100, 1000)
         after = decode_token(request.page_token, "page_token")
         rows = await self.keys.store.list_keys(
             current_tenant(), None if after is None else (datetime.fromisoformat(after[0]), after[1]), size + 1)
@@ -106,3 +128,59 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             raise InvalidArgument([("key_id", "must not be empty")])
         return pb.RevokeApiKeyResponse(api_key=api_key_message(await self.keys.revoke_key(current_tenant(),
                                                                                           request.key_id)))
+
+    async def SendRecordData(self, request, context):
+        await self._admit()
+        return await self.records.send(current_tenant(), request)
+
+    async def UpsertDataModel(self, request, context):
+        validate_data_model(request.data_model)
+        await self.records.store.put_data_model(current_tenant(), request.data_model.SerializeToString())
+        return pb.UpsertDataModelResponse(data_model=request.data_model)
+
+    async def GetDataModel(self, request, context):
+        model = await self.records.store.data_model(current_tenant())
+        return pb.GetDataModelResponse(data_model=model)
+
+    async def StartBatchJob(self, request, context):
+        job = await self.batch.start(current_tenant(), request.segment, list(request.point_names))
+        return pb.StartBatchJobResponse(job=job)
+
+    async def GetBatchJob(self, request, context):
+        return pb.GetBatchJobResponse(job=await self.batch.get(current_tenant(), request.job_id))
+
+    async def ListBatchJobs(self, request, context):
+        size = _page(request, 100, 1000)
+        rows = await self.batch.list_jobs(current_tenant(), size + 1, decode_token(request.page_token))
+        token = encode_token([rows[size - 1]["created_at"].isoformat(), rows[size - 1]["job_id"]]) \
+            if len(rows) > size else ""
+        return pb.ListBatchJobsResponse(jobs=[job_message(r) for r in rows[:size]], next_page_token=token)
+
+    async def WatchBatchJob(self, request, context):
+        async for update in self.batch.watch(current_tenant(), request.job_id, request.include_rows):
+            yield update
+
+    async def ListBatchResults(self, request, context):
+        size = _page(request, 1000, 10_000)
+        rows = await self.batch.results(current_tenant(), request.job_id, size + 1, decode_token(request.page_token))
+        token = encode_token([rows[size - 1]["unified_individual_id"], rows[size - 1]["point_name"]]) \
+            if len(rows) > size else ""
+        return pb.ListBatchResultsResponse(rows=[result_message(r) for r in rows[:size]], next_page_token=token)
+
+    async def UpsertBatchSchedule(self, request, context):
+        return pb.UpsertBatchScheduleResponse(schedule=await self.batch.upsert_schedule(current_tenant(),
+                                                                                        request.schedule))
+
+    async def ListBatchSchedules(self, request, context):
+        size = _page(request, 100, 1000)
+        rows = await self.batch.list_schedules(current_tenant(), size + 1, decode_token(request.page_token))
+        token = encode_token([rows[size - 1]["name"]]) if len(rows) > size else ""
+        return pb.ListBatchSchedulesResponse(schedules=[schedule_message(r) for r in rows[:size]],
+                                             next_page_token=token)
+
+    async def GetUsage(self, request, context):
+        used, limit, start, rate = await self.quotas.usage(current_tenant())
+        reply = pb.GetUsageResponse(decision_credits_used=used, decision_credit_limit=limit, request_rate_limit=rate)
+        reply.period_start.FromDatetime(datetime(start.year, start.month, start.day))
+        return reply
+

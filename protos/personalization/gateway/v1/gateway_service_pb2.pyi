@@ -32,6 +32,7 @@ class DiagnosticCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DIAGNOSTIC_CODE_POINT_NOT_CONFIGURED: _ClassVar[DiagnosticCode]
     DIAGNOSTIC_CODE_UNKNOWN_INDIVIDUAL: _ClassVar[DiagnosticCode]
     DIAGNOSTIC_CODE_FEWER_ITEMS_THAN_REQUESTED: _ClassVar[DiagnosticCode]
+    DIAGNOSTIC_CODE_QUOTA_EXCEEDED: _ClassVar[DiagnosticCode]
 
 class Scope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -39,6 +40,28 @@ class Scope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SCOPE_INGEST: _ClassVar[Scope]
     SCOPE_DECIDE: _ClassVar[Scope]
     SCOPE_ADMIN: _ClassVar[Scope]
+
+class AttributeType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ATTRIBUTE_TYPE_UNSPECIFIED: _ClassVar[AttributeType]
+    ATTRIBUTE_TYPE_STRING: _ClassVar[AttributeType]
+    ATTRIBUTE_TYPE_NUMBER: _ClassVar[AttributeType]
+    ATTRIBUTE_TYPE_BOOL: _ClassVar[AttributeType]
+    ATTRIBUTE_TYPE_STRING_LIST: _ClassVar[AttributeType]
+
+class BatchJobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BATCH_JOB_STATE_UNSPECIFIED: _ClassVar[BatchJobState]
+    BATCH_JOB_STATE_PENDING: _ClassVar[BatchJobState]
+    BATCH_JOB_STATE_RUNNING: _ClassVar[BatchJobState]
+    BATCH_JOB_STATE_SUCCEEDED: _ClassVar[BatchJobState]
+    BATCH_JOB_STATE_FAILED: _ClassVar[BatchJobState]
+
+class FileFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FILE_FORMAT_UNSPECIFIED: _ClassVar[FileFormat]
+    FILE_FORMAT_JSONL: _ClassVar[FileFormat]
+    FILE_FORMAT_CSV: _ClassVar[FileFormat]
 ACK_STATUS_UNSPECIFIED: AckStatus
 ACK_STATUS_STORED: AckStatus
 ACK_STATUS_DUPLICATE: AckStatus
@@ -51,10 +74,24 @@ DIAGNOSTIC_CODE_NO_DECISION_QUALIFIED: DiagnosticCode
 DIAGNOSTIC_CODE_POINT_NOT_CONFIGURED: DiagnosticCode
 DIAGNOSTIC_CODE_UNKNOWN_INDIVIDUAL: DiagnosticCode
 DIAGNOSTIC_CODE_FEWER_ITEMS_THAN_REQUESTED: DiagnosticCode
+DIAGNOSTIC_CODE_QUOTA_EXCEEDED: DiagnosticCode
 SCOPE_UNSPECIFIED: Scope
 SCOPE_INGEST: Scope
 SCOPE_DECIDE: Scope
 SCOPE_ADMIN: Scope
+ATTRIBUTE_TYPE_UNSPECIFIED: AttributeType
+ATTRIBUTE_TYPE_STRING: AttributeType
+ATTRIBUTE_TYPE_NUMBER: AttributeType
+ATTRIBUTE_TYPE_BOOL: AttributeType
+ATTRIBUTE_TYPE_STRING_LIST: AttributeType
+BATCH_JOB_STATE_UNSPECIFIED: BatchJobState
+BATCH_JOB_STATE_PENDING: BatchJobState
+BATCH_JOB_STATE_RUNNING: BatchJobState
+BATCH_JOB_STATE_SUCCEEDED: BatchJobState
+BATCH_JOB_STATE_FAILED: BatchJobState
+FILE_FORMAT_UNSPECIFIED: FileFormat
+FILE_FORMAT_JSONL: FileFormat
+FILE_FORMAT_CSV: FileFormat
 
 class IngestEventsRequest(_message.Message):
     __slots__ = ("events",)
@@ -291,3 +328,421 @@ class RevokeApiKeyResponse(_message.Message):
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     api_key: ApiKey
     def __init__(self, api_key: _Optional[_Union[ApiKey, _Mapping]] = ...) -> None: ...
+
+class SyncRecord(_message.Message):
+    __slots__ = ("identities", "attributes", "profile_objects", "interaction_name", "dataset", "record_id")
+    IDENTITIES_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    INTERACTION_NAME_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    RECORD_ID_FIELD_NUMBER: _ClassVar[int]
+    identities: _containers.RepeatedCompositeFieldContainer[_common_pb2.Identity]
+    attributes: _struct_pb2.Struct
+    profile_objects: _containers.RepeatedCompositeFieldContainer[_common_pb2.ProfileObject]
+    interaction_name: str
+    dataset: str
+    record_id: str
+    def __init__(self, identities: _Optional[_Iterable[_Union[_common_pb2.Identity, _Mapping]]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., profile_objects: _Optional[_Iterable[_Union[_common_pb2.ProfileObject, _Mapping]]] = ..., interaction_name: _Optional[str] = ..., dataset: _Optional[str] = ..., record_id: _Optional[str] = ...) -> None: ...
+
+class SendRecordDataRequest(_message.Message):
+    __slots__ = ("records", "increased_batch_size")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    INCREASED_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[SyncRecord]
+    increased_batch_size: bool
+    def __init__(self, records: _Optional[_Iterable[_Union[SyncRecord, _Mapping]]] = ..., increased_batch_size: _Optional[bool] = ...) -> None: ...
+
+class RecordResult(_message.Message):
+    __slots__ = ("index", "unified_individual_id", "created", "message_id", "status")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    unified_individual_id: str
+    created: bool
+    message_id: str
+    status: AckStatus
+    def __init__(self, index: _Optional[int] = ..., unified_individual_id: _Optional[str] = ..., created: _Optional[bool] = ..., message_id: _Optional[str] = ..., status: _Optional[_Union[AckStatus, str]] = ...) -> None: ...
+
+class SendRecordDataResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[RecordResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[RecordResult, _Mapping]]] = ...) -> None: ...
+
+class AttributeDeclaration(_message.Message):
+    __slots__ = ("name", "type")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: AttributeType
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[AttributeType, str]] = ...) -> None: ...
+
+class ObjectTypeDeclaration(_message.Message):
+    __slots__ = ("type", "attributes")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    attributes: _containers.RepeatedCompositeFieldContainer[AttributeDeclaration]
+    def __init__(self, type: _Optional[str] = ..., attributes: _Optional[_Iterable[_Union[AttributeDeclaration, _Mapping]]] = ...) -> None: ...
+
+class DataModel(_message.Message):
+    __slots__ = ("datasets", "attributes", "object_types")
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_TYPES_FIELD_NUMBER: _ClassVar[int]
+    datasets: _containers.RepeatedScalarFieldContainer[str]
+    attributes: _containers.RepeatedCompositeFieldContainer[AttributeDeclaration]
+    object_types: _containers.RepeatedCompositeFieldContainer[ObjectTypeDeclaration]
+    def __init__(self, datasets: _Optional[_Iterable[str]] = ..., attributes: _Optional[_Iterable[_Union[AttributeDeclaration, _Mapping]]] = ..., object_types: _Optional[_Iterable[_Union[ObjectTypeDeclaration, _Mapping]]] = ...) -> None: ...
+
+class UpsertDataModelRequest(_message.Message):
+    __slots__ = ("data_model",)
+    DATA_MODEL_FIELD_NUMBER: _ClassVar[int]
+    data_model: DataModel
+    def __init__(self, data_model: _Optional[_Union[DataModel, _Mapping]] = ...) -> None: ...
+
+class UpsertDataModelResponse(_message.Message):
+    __slots__ = ("data_model",)
+    DATA_MODEL_FIELD_NUMBER: _ClassVar[int]
+    data_model: DataModel
+    def __init__(self, data_model: _Optional[_Union[DataModel, _Mapping]] = ...) -> None: ...
+
+class GetDataModelRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetDataModelResponse(_message.Message):
+    __slots__ = ("data_model",)
+    DATA_MODEL_FIELD_NUMBER: _ClassVar[int]
+    data_model: DataModel
+    def __init__(self, data_model: _Optional[_Union[DataModel, _Mapping]] = ...) -> None: ...
+
+class BatchJob(_message.Message):
+    __slots__ = ("job_id", "segment", "point_names", "state", "processed_count", "row_count", "schedule_name", "error", "create_time", "end_time", "total_count")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    POINT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PROCESSED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_NAME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    segment: str
+    point_names: _containers.RepeatedScalarFieldContainer[str]
+    state: BatchJobState
+    processed_count: int
+    row_count: int
+    schedule_name: str
+    error: str
+    create_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    total_count: int
+    def __init__(self, job_id: _Optional[str] = ..., segment: _Optional[str] = ..., point_names: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[BatchJobState, str]] = ..., processed_count: _Optional[int] = ..., row_count: _Optional[int] = ..., schedule_name: _Optional[str] = ..., error: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total_count: _Optional[int] = ...) -> None: ...
+
+class StartBatchJobRequest(_message.Message):
+    __slots__ = ("segment", "point_names")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    POINT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    point_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, segment: _Optional[str] = ..., point_names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StartBatchJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: BatchJob
+    def __init__(self, job: _Optional[_Union[BatchJob, _Mapping]] = ...) -> None: ...
+
+class GetBatchJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class GetBatchJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: BatchJob
+    def __init__(self, job: _Optional[_Union[BatchJob, _Mapping]] = ...) -> None: ...
+
+class ListBatchJobsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListBatchJobsResponse(_message.Message):
+    __slots__ = ("jobs", "next_page_token")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[BatchJob]
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[BatchJob, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class BatchResultRow(_message.Message):
+    __slots__ = ("individual_id", "unified_individual_id", "segment_id", "point_id", "point_name", "decision_id", "batch_job_id", "personalization_id", "payload", "update_time")
+    INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    POINT_ID_FIELD_NUMBER: _ClassVar[int]
+    POINT_NAME_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    BATCH_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PERSONALIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    individual_id: str
+    unified_individual_id: str
+    segment_id: str
+    point_id: str
+    point_name: str
+    decision_id: str
+    batch_job_id: str
+    personalization_id: str
+    payload: _struct_pb2.Struct
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, individual_id: _Optional[str] = ..., unified_individual_id: _Optional[str] = ..., segment_id: _Optional[str] = ..., point_id: _Optional[str] = ..., point_name: _Optional[str] = ..., decision_id: _Optional[str] = ..., batch_job_id: _Optional[str] = ..., personalization_id: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class WatchBatchJobRequest(_message.Message):
+    __slots__ = ("job_id", "include_rows")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    include_rows: bool
+    def __init__(self, job_id: _Optional[str] = ..., include_rows: _Optional[bool] = ...) -> None: ...
+
+class WatchBatchJobResponse(_message.Message):
+    __slots__ = ("job", "row")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    ROW_FIELD_NUMBER: _ClassVar[int]
+    job: BatchJob
+    row: BatchResultRow
+    def __init__(self, job: _Optional[_Union[BatchJob, _Mapping]] = ..., row: _Optional[_Union[BatchResultRow, _Mapping]] = ...) -> None: ...
+
+class ListBatchResultsRequest(_message.Message):
+    __slots__ = ("job_id", "page_size", "page_token")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, job_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListBatchResultsResponse(_message.Message):
+    __slots__ = ("rows", "next_page_token")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[BatchResultRow]
+    next_page_token: str
+    def __init__(self, rows: _Optional[_Iterable[_Union[BatchResultRow, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class BatchSchedule(_message.Message):
+    __slots__ = ("name", "segment", "point_names", "cron", "enabled", "next_run_time")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    POINT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_RUN_TIME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    segment: str
+    point_names: _containers.RepeatedScalarFieldContainer[str]
+    cron: str
+    enabled: bool
+    next_run_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., segment: _Optional[str] = ..., point_names: _Optional[_Iterable[str]] = ..., cron: _Optional[str] = ..., enabled: _Optional[bool] = ..., next_run_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class UpsertBatchScheduleRequest(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: BatchSchedule
+    def __init__(self, schedule: _Optional[_Union[BatchSchedule, _Mapping]] = ...) -> None: ...
+
+class UpsertBatchScheduleResponse(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: BatchSchedule
+    def __init__(self, schedule: _Optional[_Union[BatchSchedule, _Mapping]] = ...) -> None: ...
+
+class ListBatchSchedulesRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListBatchSchedulesResponse(_message.Message):
+    __slots__ = ("schedules", "next_page_token")
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    schedules: _containers.RepeatedCompositeFieldContainer[BatchSchedule]
+    next_page_token: str
+    def __init__(self, schedules: _Optional[_Iterable[_Union[BatchSchedule, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class WebhookDestination(_message.Message):
+    __slots__ = ("url", "secret", "allow_private_network")
+    URL_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PRIVATE_NETWORK_FIELD_NUMBER: _ClassVar[int]
+    url: str
+    secret: str
+    allow_private_network: bool
+    def __init__(self, url: _Optional[str] = ..., secret: _Optional[str] = ..., allow_private_network: _Optional[bool] = ...) -> None: ...
+
+class FileDestination(_message.Message):
+    __slots__ = ("directory", "format")
+    DIRECTORY_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    directory: str
+    format: FileFormat
+    def __init__(self, directory: _Optional[str] = ..., format: _Optional[_Union[FileFormat, str]] = ...) -> None: ...
+
+class Destination(_message.Message):
+    __slots__ = ("name", "webhook", "file", "batch_size")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    webhook: WebhookDestination
+    file: FileDestination
+    batch_size: int
+    def __init__(self, name: _Optional[str] = ..., webhook: _Optional[_Union[WebhookDestination, _Mapping]] = ..., file: _Optional[_Union[FileDestination, _Mapping]] = ..., batch_size: _Optional[int] = ...) -> None: ...
+
+class UpsertDestinationRequest(_message.Message):
+    __slots__ = ("destination",)
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    destination: Destination
+    def __init__(self, destination: _Optional[_Union[Destination, _Mapping]] = ...) -> None: ...
+
+class UpsertDestinationResponse(_message.Message):
+    __slots__ = ("destination",)
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    destination: Destination
+    def __init__(self, destination: _Optional[_Union[Destination, _Mapping]] = ...) -> None: ...
+
+class ListDestinationsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListDestinationsResponse(_message.Message):
+    __slots__ = ("destinations", "next_page_token")
+    DESTINATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    destinations: _containers.RepeatedCompositeFieldContainer[Destination]
+    next_page_token: str
+    def __init__(self, destinations: _Optional[_Iterable[_Union[Destination, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class SegmentMembershipSource(_message.Message):
+    __slots__ = ("segment",)
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    def __init__(self, segment: _Optional[str] = ...) -> None: ...
+
+class AttributesSource(_message.Message):
+    __slots__ = ("segment", "attributes")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    attributes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, segment: _Optional[str] = ..., attributes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BatchOutputSource(_message.Message):
+    __slots__ = ("schedule_name",)
+    SCHEDULE_NAME_FIELD_NUMBER: _ClassVar[int]
+    schedule_name: str
+    def __init__(self, schedule_name: _Optional[str] = ...) -> None: ...
+
+class Activation(_message.Message):
+    __slots__ = ("name", "destination", "segment_membership", "attributes", "batch_output", "primary_key", "status")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_MEMBERSHIP_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_KEY_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    destination: str
+    segment_membership: SegmentMembershipSource
+    attributes: AttributesSource
+    batch_output: BatchOutputSource
+    primary_key: _containers.RepeatedScalarFieldContainer[str]
+    status: DeliveryStatus
+    def __init__(self, name: _Optional[str] = ..., destination: _Optional[str] = ..., segment_membership: _Optional[_Union[SegmentMembershipSource, _Mapping]] = ..., attributes: _Optional[_Union[AttributesSource, _Mapping]] = ..., batch_output: _Optional[_Union[BatchOutputSource, _Mapping]] = ..., primary_key: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[DeliveryStatus, _Mapping]] = ...) -> None: ...
+
+class DeliveryStatus(_message.Message):
+    __slots__ = ("delivered_rows", "pending_rows", "failed_attempts", "last_delivery_time", "lag_seconds", "last_error")
+    DELIVERED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    PENDING_ROWS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_DELIVERY_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    delivered_rows: int
+    pending_rows: int
+    failed_attempts: int
+    last_delivery_time: _timestamp_pb2.Timestamp
+    lag_seconds: float
+    last_error: str
+    def __init__(self, delivered_rows: _Optional[int] = ..., pending_rows: _Optional[int] = ..., failed_attempts: _Optional[int] = ..., last_delivery_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lag_seconds: _Optional[float] = ..., last_error: _Optional[str] = ...) -> None: ...
+
+class UpsertActivationRequest(_message.Message):
+    __slots__ = ("activation",)
+    ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    activation: Activation
+    def __init__(self, activation: _Optional[_Union[Activation, _Mapping]] = ...) -> None: ...
+
+class UpsertActivationResponse(_message.Message):
+    __slots__ = ("activation",)
+    ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    activation: Activation
+    def __init__(self, activation: _Optional[_Union[Activation, _Mapping]] = ...) -> None: ...
+
+class ListActivationsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListActivationsResponse(_message.Message):
+    __slots__ = ("activations", "next_page_token")
+    ACTIVATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    activations: _containers.RepeatedCompositeFieldContainer[Activation]
+    next_page_token: str
+    def __init__(self, activations: _Optional[_Iterable[_Union[Activation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetUsageRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetUsageResponse(_message.Message):
+    __slots__ = ("decision_credits_used", "decision_credit_limit", "period_start", "request_rate_limit")
+    DECISION_CREDITS_USED_FIELD_NUMBER: _ClassVar[int]
+    DECISION_CREDIT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    decision_credits_used: int
+    decision_credit_limit: int
+    period_start: _timestamp_pb2.Timestamp
+    request_rate_limit: float
+    def __init__(self, decision_credits_used: _Optional[int] = ..., decision_credit_limit: _Optional[int] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_rate_limit: _Optional[float] = ...) -> None: ...

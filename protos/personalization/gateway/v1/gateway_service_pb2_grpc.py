@@ -71,6 +71,81 @@ class GatewayServiceStub:
                 request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
+        self.SendRecordData = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/SendRecordData',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SendRecordDataRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SendRecordDataResponse.FromString,
+                _registered_method=True)
+        self.UpsertDataModel = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/UpsertDataModel',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertDataModelRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertDataModelResponse.FromString,
+                _registered_method=True)
+        self.GetDataModel = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/GetDataModel',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetDataModelRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetDataModelResponse.FromString,
+                _registered_method=True)
+        self.StartBatchJob = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/StartBatchJob',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.StartBatchJobRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.StartBatchJobResponse.FromString,
+                _registered_method=True)
+        self.GetBatchJob = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/GetBatchJob',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetBatchJobRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetBatchJobResponse.FromString,
+                _registered_method=True)
+        self.ListBatchJobs = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/ListBatchJobs',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListBatchJobsRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListBatchJobsResponse.FromString,
+                _registered_method=True)
+        self.WatchBatchJob = channel.unary_stream(
+                '/personalization.gateway.v1.GatewayService/WatchBatchJob',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.WatchBatchJobRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.WatchBatchJobResponse.FromString,
+                _registered_method=True)
+        self.ListBatchResults = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/ListBatchResults',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListBatchResultsRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListBatchResultsResponse.FromString,
+                _registered_method=True)
+        self.UpsertBatchSchedule = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/UpsertBatchSchedule',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertBatchScheduleRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertBatchScheduleResponse.FromString,
+                _registered_method=True)
+        self.ListBatchSchedules = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/ListBatchSchedules',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListBatchSchedulesRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListBatchSchedulesResponse.FromString,
+                _registered_method=True)
+        self.UpsertDestination = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/UpsertDestination',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertDestinationRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertDestinationResponse.FromString,
+                _registered_method=True)
+        self.ListDestinations = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/ListDestinations',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDestinationsRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDestinationsResponse.FromString,
+                _registered_method=True)
+        self.UpsertActivation = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/UpsertActivation',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertActivationRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertActivationResponse.FromString,
+                _registered_method=True)
+        self.ListActivations = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/ListActivations',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListActivationsRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListActivationsResponse.FromString,
+                _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/GetUsage',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -134,6 +209,127 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendRecordData(self, request, context):
+        """Sends CRM-style records: each resolves to an existing or new profile now and flows through the pipeline.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no ingest scope), INVALID_ARGUMENT (a violation per bad field),
+        RESOURCE_EXHAUSTED (request-rate quota, with RetryInfo).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertDataModel(self, request, context):
+        """Declares the tenant's data model that record sync validates against (datasets, attributes, object types).
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDataModel(self, request, context):
+        """Returns the tenant's data model.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartBatchJob(self, request, context):
+        """Starts a batch personalization job: every member of a segment, decided for one or more points.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT, NOT_FOUND (unknown segment or point).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBatchJob(self, request, context):
+        """Returns one batch job with its progress.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), NOT_FOUND (unknown job).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBatchJobs(self, request, context):
+        """Lists batch jobs, newest first, page by page.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT (bad page token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchBatchJob(self, request, context):
+        """Streams a job's progress until it ends, and optionally its output rows as they are written.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), NOT_FOUND (unknown job).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBatchResults(self, request, context):
+        """Lists the output rows of a job, page by page.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT, NOT_FOUND (unknown job).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertBatchSchedule(self, request, context):
+        """Creates or replaces a schedule that starts a batch job on a cron expression.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT (bad cron), NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBatchSchedules(self, request, context):
+        """Lists batch schedules, page by page.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT (bad page token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertDestination(self, request, context):
+        """Creates or replaces an activation destination (a webhook or a file sink).
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT (e.g. a URL that is not allowed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDestinations(self, request, context):
+        """Lists destinations (never their secrets), page by page.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT (bad page token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertActivation(self, request, context):
+        """Creates or replaces an activation: what is pushed (segment membership, attributes, batch outputs) and where.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT, NOT_FOUND (unknown destination).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListActivations(self, request, context):
+        """Lists activations with their delivery status and lag, page by page.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT (bad page token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsage(self, request, context):
+        """Returns the tenant's quotas and what it has used of them.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -171,6 +367,81 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.RevokeApiKey,
                     request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.RevokeApiKeyRequest.FromString,
                     response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'SendRecordData': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendRecordData,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SendRecordDataRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SendRecordDataResponse.SerializeToString,
+            ),
+            'UpsertDataModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertDataModel,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertDataModelRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertDataModelResponse.SerializeToString,
+            ),
+            'GetDataModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDataModel,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetDataModelRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetDataModelResponse.SerializeToString,
+            ),
+            'StartBatchJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartBatchJob,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.StartBatchJobRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.StartBatchJobResponse.SerializeToString,
+            ),
+            'GetBatchJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBatchJob,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetBatchJobRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetBatchJobResponse.SerializeToString,
+            ),
+            'ListBatchJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBatchJobs,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListBatchJobsRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListBatchJobsResponse.SerializeToString,
+            ),
+            'WatchBatchJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchBatchJob,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.WatchBatchJobRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.WatchBatchJobResponse.SerializeToString,
+            ),
+            'ListBatchResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBatchResults,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListBatchResultsRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListBatchResultsResponse.SerializeToString,
+            ),
+            'UpsertBatchSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertBatchSchedule,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertBatchScheduleRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertBatchScheduleResponse.SerializeToString,
+            ),
+            'ListBatchSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBatchSchedules,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListBatchSchedulesRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListBatchSchedulesResponse.SerializeToString,
+            ),
+            'UpsertDestination': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertDestination,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertDestinationRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertDestinationResponse.SerializeToString,
+            ),
+            'ListDestinations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDestinations,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDestinationsRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDestinationsResponse.SerializeToString,
+            ),
+            'UpsertActivation': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertActivation,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertActivationRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertActivationResponse.SerializeToString,
+            ),
+            'ListActivations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListActivations,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListActivationsRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListActivationsResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -364,6 +635,411 @@ class GatewayService:
             '/personalization.gateway.v1.GatewayService/RevokeApiKey',
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.RevokeApiKeyRequest.SerializeToString,
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendRecordData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/SendRecordData',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SendRecordDataRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SendRecordDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertDataModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/UpsertDataModel',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertDataModelRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertDataModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDataModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/GetDataModel',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetDataModelRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetDataModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartBatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/StartBatchJob',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.StartBatchJobRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.StartBatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/GetBatchJob',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetBatchJobRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetBatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBatchJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/ListBatchJobs',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListBatchJobsRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListBatchJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchBatchJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/WatchBatchJob',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.WatchBatchJobRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.WatchBatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBatchResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/ListBatchResults',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListBatchResultsRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListBatchResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertBatchSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/UpsertBatchSchedule',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertBatchScheduleRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertBatchScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBatchSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/ListBatchSchedules',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListBatchSchedulesRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListBatchSchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertDestination(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/UpsertDestination',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertDestinationRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertDestinationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDestinations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/ListDestinations',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDestinationsRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDestinationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertActivation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/UpsertActivation',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertActivationRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpsertActivationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListActivations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/ListActivations',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListActivationsRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListActivationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/GetUsage',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

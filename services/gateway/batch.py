@@ -1,0 +1,338 @@
+"""Batch personalization: every member of a segment decided for one or more points, resumable from checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import datetime, timezone
+
+import asyncpg
+from croniter import croniter
+from google.protobuf import json_format
+
+from personalization.decision.v1 import decision_service_pb2 as decision_pb
+from personalization.gateway.v1 import gateway_service_pb2 as pb
+from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
+from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
+from services.gateway.decide import (DEFAULT_ITEMS, PROFILE_EVENTS, PROFILE_MASK, _struct, fetch_catalog,
+                                     missing_decision_diagnostics, profile_view, shape_items)
+from services.gateway.ingest import NAME
+from services.gateway.quotas import count_credits
+from shared import context as ctx
+from shared.errors import NotFound, Violations
+from shared.log import get_logger
+
+log = get_logger("gateway.batch")
+
+MAX_POINTS = 10
+LEADER_LOCK = "tailor-batch-leader"
+BATCH_CHANNEL = "tailor_batch"
+EMPTY_CONTEXT = {"anchor_id": "", "anchor_type": "", "cart_item_ids": [], "channel": "batch", "correlation_id": "",
+                 "request_url": "", "attributes": {}}
+
+
+def validate_job(segment: str, point_names, field_prefix: str = "") -> None:
+    v = Violations()
+    if not NAME.match(segment):
+        v.add(f"{field_prefix}segment", "must name a segment")
+    if not point_names:
+        v.add(f"{field_prefix}point_names", "at least one point is required")
+    elif len(point_names) > MAX_POINTS:
+        v.add(f"{field_prefix}point_names", f"at most {MAX_POINTS} points")
+    for i, name in enumerate(point_names):
+        if not NAME.match(name):
+            v.add(f"{field_prefix}point_names[{i}]", "must name a point")
+    if len(set(point_names)) != len(point_names):
+        v.add(f"{field_prefix}point_names", "must not repeat a point")
+    v.raise_if_any()
+
+
+def job_message(row) -> pb.BatchJob:
+    job = pb.BatchJob(job_id=row["job_id"], segment=row["segment"], point_names=row["point_names"],
+                      state=pb.BatchJobState.Value(f"BATCH_JOB_STATE_{row['state']}"),
+                      processed_count=row["processed_count"], row_count=row["row_count"],
+                      total_count=row["total_count"], schedule_name=row["schedule_name"], error=row["error"])
+    job.create_time.FromDatetime(row["created_at"])
+    if row["ended_at"] is not None:
+        job.end_time.FromDatetime(row["ended_at"])
+    return job
+
+
+def result_message(row) -> pb.BatchResultRow:
+    message = pb.BatchResultRow(
+        individual_id=row["individual_id"], unified_individual_id=row["unified_individual_id"],
+        segment_id=row["segment_id"], point_id=row["point_id"], point_name=row["point_name"],
+        decision_id=row["decision_id"], batch_job_id=row["job_id"], personalization_id=row["personalization_id"])
+    message.payload.update(json.loads(row["payload"]) if isinstance(row["payload"], str) else row["payload"])
+    message.update_time.FromDatetime(row["updated_at"])
+    return message
+
+
+class BatchJobs:
+    """Creates, runs, watches and schedules batch jobs. One leader per database runs them, oldest first."""
+
+    def __init__(self, dsn: str, pool: asyncpg.Pool, profile, decision, recommender, *, page_size: int = 500,
+                 concurrency: int = 64, idle_seconds: float = 1.0):
+        self.dsn = dsn
+        self.pool = pool
+        self.profile = profile
+        self.decision = decision
+        self.recommender = recommender
+        self.page_size = page_size
+        self.limit = asyncio.Semaphore(concurrency)
+        self.idle_seconds = idle_seconds
+
+    # Use cases called by the servicer.
+    async def _check_targets(self, segment: str, point_names, field_prefix: str = "") -> int:
+        """NOT_FOUND for an unknown segment or point; returns the segment's member count."""
+        segments = await self.profile.ListSegments(profile_pb.ListSegmentsRequest(page_size=1000))
+        counts = {s.name: s.member_count for s in segments.segments}
+        if segment not in counts:
+            raise NotFound(f"segment {segment} not found", reason="SEGMENT_NOT_FOUND", metadata={"segment": segment})
+        points = await self.decision.ListPoints(decision_pb.ListPointsRequest(page_size=1000))
+        known = {p.name for p in points.points}
+        missing = [(i, n) for i, n in enumerate(point_names) if n not in known]
+        if missing:
+            i, name = missing[0]
+            raise NotFound(f"point {name} not found ({field_prefix}point_names[{i}])", reason="POINT_NOT_FOUND",
+                           metadata={"point": name})
+        return counts[segment]
+
+    async def start(self, tenant_id: str, segment: str, point_names: list[str], schedule_name: str = "") -> pb.BatchJob:
+        validate_job(segment, point_names)
+        total = await self._check_targets(segment, point_names)
+        return await self._create(self.pool, tenant_id, segment, point_names, schedule_name, total)
+
+    async def _create(self, conn, tenant_id, segment, point_names, schedule_name, total) -> pb.BatchJob:
+        row = await conn.fetchrow(
+            "INSERT INTO batch_jobs (tenant_id, job_id, segment, point_names, schedule_name, total_count) "
+            "VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
+            tenant_id, "job_" + uuid.uuid4().hex[:20], segment, list(point_names), schedule_name, total)
+        await conn.execute("SELECT pg_notify($1, '')", BATCH_CHANNEL)
+        return job_message(row)
+
+    async def get(self, tenant_id: str, job_id: str) -> pb.BatchJob:
+        row = await self.pool.fetchrow("SELECT * FROM batch_jobs WHERE tenant_id = $1 AND job_id = $2",
+                                       tenant_id, job_id)
+        if row is None:
+            raise NotFound(f"batch job {job_id} not found", reason="BATCH_JOB_NOT_FOUND")
+        return job_message(row)
+
+    async def list_jobs(self, tenant_id: str, limit: int, after: list | None):
+        if after is None:
+            rows = await self.pool.fetch("SELECT * FROM batch_jobs WHERE tenant_id = $1 "
+                                         "ORDER BY created_at DESC, job_id DESC LIMIT $2", tenant_id, limit)
+        else:
+            rows = await self.pool.fetch(
+                "SELECT * FROM batch_jobs WHERE tenant_id = $1 AND (created_at, job_id) < ($2, $3) "
+                "ORDER BY created_at DESC, job_id DESC LIMIT $4",
+                tenant_id, datetime.fromisoformat(after[0]), after[1], limit)
+        return rows
+
+    async def results(self, tenant_id: str, job_id: str, limit: int, after: list | None):
+        await self.get(tenant_id, job_id)
+        rows = await self.pool.fetch(
+            "SELECT * FROM batch_results WHERE tenant_id = $1 AND job_id = $2 "
+            "AND ($3::text IS NULL OR (unified_individual_id, point_name) > ($3, $4)) "
+            "ORDER BY unified_individual_id, point_name LIMIT $5",
+            tenant_id, job_id, after[0] if after else None, after[1] if after else "", limit)
+        return rows
+
+    async def watch(self, tenant_id: str, job_id: str, include_rows: bool, poll_seconds: float = 0.2):
+        """Yields WatchBatchJobResponse messages until the job has ended and everything was sent."""
+        last = None
+        seq = 0
+        while True:
+            job = await self.get(tenant_id, job_id)
+            if include_rows:
+                while True:
+                    rows = await self.pool.fetch(
+                        "SELECT * FROM batch_results WHERE tenant_id = $1 AND job_id = $2 AND seq > $3 "
+                        "ORDER BY seq LIMIT 1000", tenant_id, job_id, seq)
+                    for row in rows:
+                        yield pb.WatchBatchJobResponse(row=result_message(row))
+                        seq = row["seq"]
+                    if len(rows) < 1000:
+                        break
+            if job != last:
+                yield pb.WatchBatchJobResponse(job=job)
+                last = job
+            if job.state in (pb.BATCH_JOB_STATE_SUCCEEDED, pb.BATCH_JOB_STATE_FAILED):
+                return
+            await asyncio.sleep(poll_seconds)
+
+    async def upsert_schedule(self, tenant_id: str, schedule: pb.BatchSchedule) -> pb.BatchSchedule:
+        v = Violations()
+        if not NAME.match(schedule.name):
+            v.add("schedule.name", "must match ^[a-z][a-z0-9_]{0,63}$")
+        if not croniter.is_valid(schedule.cron) or len(schedule.cron.split()) != 5:
+            v.add("schedule.cron", "must be a five-field cron expression")
+        v.raise_if_any()
+        validate_job(schedule.segment, list(schedule.point_names), "schedule.")
+        await self._check_targets(schedule.segment, list(schedule.point_names), "schedule.")
+        next_run = croniter(schedule.cron, datetime.now(timezone.utc)).get_next(datetime)
+        row = await self.pool.fetchrow(
+            "INSERT INTO batch_schedules (tenant_id, name, segment, point_names, cron, enabled, next_run_at) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id, name) DO UPDATE SET "
+            "segment = excluded.segment, point_names = excluded.point_names, cron = excluded.cron, "
+            "enabled = excluded.enabled, next_run_at = excluded.next_run_at RETURNING *",
+            tenant_id, schedule.name, schedule.segment, list(schedule.point_names), schedule.cron,
+            schedule.enabled, next_run)
+        return schedule_message(row)
+
+    async def list_schedules(self, tenant_id: str, limit: int, after: list | None):
+        return await self.pool.fetch(
+            "SELECT * FROM batch_schedules WHERE tenant_id = $1 AND name > $2 ORDER BY name LIMIT $3",
+            tenant_id, after[0] if after else "", limit)
+
+    # The worker.
+    async def run(self) -> None:
+        """Leader loop: starts due schedules and runs open jobs (resuming RUNNING ones first) until cancelled."""
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self.dsn)
+                while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", LEADER_LOCK):
+                    await asyncio.sleep(self.idle_seconds)
+                wake = asyncio.Event()
+                await conn.add_listener(BATCH_CHANNEL, lambda *_: wake.set())
+                while True:
+                    wake.clear()
+                    await self.start_due_schedules()
+                    job = await self.pool.fetchrow(
+                        "SELECT * FROM batch_jobs WHERE state IN ('RUNNING', 'PENDING') "
+                        "ORDER BY state = 'RUNNING' DESC, created_at LIMIT 1")
+                    if job is not None:
+                        await self.run_job(job)
+                        continue
+                    try:
+                        await asyncio.wait_for(wake.wait(), timeout=self.idle_seconds)
+                    except TimeoutError:
+                        pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("batch_worker_error")
+                await asyncio.sleep(1.0)
+            finally:
+                if conn is not None:
+                    conn.terminate()
+
+    async def start_due_schedules(self) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            due = await conn.fetch("SELECT * FROM batch_schedules WHERE enabled AND next_run_at <= now() "
+                                   "FOR UPDATE SKIP LOCKED")
+            for row in due:
+                next_run = croniter(row["cron"], datetime.now(timezone.utc)).get_next(datetime)
+                await conn.execute("UPDATE batch_schedules SET next_run_at = $3 WHERE tenant_id = $1 AND name = $2",
+                                   row["tenant_id"], row["name"], next_run)
+                await self._create(conn, row["tenant_id"], row["segment"], row["point_names"], row["name"], 0)
+
+    async def run_job(self, job) -> None:
+        """Runs one job from its checkpoint; each page's rows, credits and checkpoint commit together."""
+        tenant_id, job_id = job["tenant_id"], job["job_id"]
+        ctx.tenant_var.set(tenant_id)
+        ctx.request_id_var.set(job_id)
+        ctx.deadline_var.set(None)
+        await self.pool.execute("UPDATE batch_jobs SET state = 'RUNNING' WHERE tenant_id = $1 AND job_id = $2",
+                                tenant_id, job_id)
+        token = job["checkpoint"]
+        try:
+            while True:
+                page = await self.profile.ListSegmentMembers(profile_pb.ListSegmentMembersRequest(
+                    segment=job["segment"], page_size=self.page_size, page_token=token))
+                members = [m.unified_individual_id for m in page.members]
+                rows = await self.decide_page(members, job["segment"], list(job["point_names"]), job_id)
+                async with self.pool.acquire() as conn, conn.transaction():
+                    inserted = await write_rows(conn, tenant_id, job_id, rows)
+                    await count_credits(conn, tenant_id, inserted)
+                    await conn.execute(
+                        "UPDATE batch_jobs SET checkpoint = $3, processed_count = processed_count + $4, "
+                        "row_count = row_count + $5 WHERE tenant_id = $1 AND job_id = $2",
+                        tenant_id, job_id, page.next_page_token, len(members), inserted)
+                if not page.next_page_token:
+                    break
+                token = page.next_page_token
+            await self.pool.execute("UPDATE batch_jobs SET state = 'SUCCEEDED', ended_at = now() "
+                                    "WHERE tenant_id = $1 AND job_id = $2", tenant_id, job_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.exception("batch_job_failed", job_id=job_id)
+            await self.pool.execute("UPDATE batch_jobs SET state = 'FAILED', error = $3, ended_at = now() "
+                                    "WHERE tenant_id = $1 AND job_id = $2", tenant_id, job_id, str(error)[:2000])
+
+    async def decide_page(self, members: list[str], segment: str, point_names: list[str], job_id: str) -> list[dict]:
+        """Decides every member of one page for every point: profiles, qualification and recommendations."""
+        async def one(member: str) -> list[dict]:
+            async with self.limit:
+                reply = await self.profile.GetProfile(profile_pb.GetProfileRequest(
+                    unified_individual_id=member, read_mask=PROFILE_MASK, event_limit=PROFILE_EVENTS))
+                qualified = await self.decision.Qualify(decision_pb.QualifyRequest(
+                    points=[decision_pb.PointSelection(name=p) for p in point_names],
+                    profile=_struct(profile_view(reply.profile)), context=_struct(EMPTY_CONTEXT)))
+                out = []
+                for q in qualified.qualifications:
+                    diagnostics = missing_decision_diagnostics(q)
+                    data: list = []
+                    ranked = []
+                    if not diagnostics and q.decision.WhichOneof("payload") == "content":
+                        data = [json_format.MessageToDict(q.decision.content)]
+                    elif not diagnostics:
+                        spec = q.decision.recommendations
+                        reply = await self.recommender.Recommend(rec_pb.RecommendRequest(
+                            unified_individual_id=member, strategy=spec.recommender,
+                            count=spec.count or DEFAULT_ITEMS))
+                        ranked = list(reply.items)
+                    out.append({"member": member, "q": q, "data": data, "ranked": ranked,
+                                "diagnostics": [json_format.MessageToDict(d) for d in diagnostics]})
+                return out
+
+        per_member = await asyncio.gather(*(one(m) for m in members))
+        results = [r for group in per_member for r in group]
+        wanted = [r.item_id for result in results if result["ranked"] and result["q"].point.template.item_attributes
+                  for r in result["ranked"]]
+        catalog = await fetch_catalog(self.profile, wanted)
+        rows = []
+        for result in results:
+            q = result["q"]
+            data = result["data"]
+            if result["ranked"]:
+                data = [json_format.MessageToDict(s)
+                        for s in shape_items(result["ranked"], list(q.point.template.item_attributes), catalog)]
+            rows.append({
+                "unified_individual_id": result["member"], "individual_id": result["member"], "segment_id": segment,
+                "point_id": q.point.point_id, "point_name": q.point.name, "decision_id": q.decision.decision_id,
+                "personalization_id": uuid.uuid4().hex,
+                "payload": {"decision_name": q.decision.name, "data": data, "diagnostics": result["diagnostics"]},
+            })
+        return rows
+
+
+async def write_rows(conn: asyncpg.Connection, tenant_id: str, job_id: str, rows: list[dict]) -> int:
+    """Upserts a page of output rows in one statement (a re-run page replaces its rows); returns rows new to the job."""
+    if not rows:
+        return 0
+    written = await conn.fetch(
+        "INSERT INTO batch_results (tenant_id, job_id, unified_individual_id, point_name, individual_id, segment_id, "
+        "point_id, decision_id, personalization_id, payload) "
+        "SELECT $1, $2, u, p, i, s, pid, d, per, pay::jsonb FROM unnest($3::text[], $4::text[], $5::text[], "
+        "$6::text[], $7::text[], $8::text[], $9::text[], $10::text[]) AS t(u, p, i, s, pid, d, per, pay) "
+        "ON CONFLICT (tenant_id, job_id, unified_individual_id, point_name) DO UPDATE SET "
+        "decision_id = excluded.decision_id, personalization_id = excluded.personalization_id, "
+        "payload = excluded.payload, updated_at = now() RETURNING (xmax = 0) AS inserted",
+        tenant_id, job_id,
+        [r["unified_individual_id"] for r in rows], [r["point_name"] for r in rows],
+        [r["individual_id"] for r in rows], [r["segment_id"] for r in rows], [r["point_id"] for r in rows],
+        [r["decision_id"] for r in rows], [r["personalization_id"] for r in rows],
+        [json.dumps(r["payload"]) for r in rows])
+    return sum(1 for r in written if r["inserted"])
+
+
+def schedule_message(row) -> pb.BatchSchedule:
+    schedule = pb.BatchSchedule(name=row["name"], segment=row["segment"], point_names=row["point_names"],
+                                cron=row["cron"], enabled=row["enabled"])
+    schedule.next_run_time.FromDatetime(row["next_run_at"])
+    return schedule
+

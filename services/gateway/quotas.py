@@ -1,0 +1,131 @@
+"""Per-tenant quotas: a request rate (token bucket per replica) and monthly decision credits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+
+import asyncpg
+
+from shared.log import get_logger
+
+log = get_logger("gateway.quotas")
+
+
+def period_start(now: datetime | None = None) -> date:
+    """The first day of the current calendar month (UTC): credits are counted per month."""
+    now = now or datetime.now(timezone.utc)
+    return date(now.year, now.month, 1)
+
+
+@dataclass
+class _Tenant:
+    credit_limit: int = 0
+    rate_limit: float = 0.0
+    used: int = 0
+    pending: int = 0          # credits counted here, not yet written
+    tokens: float = 0.0
+    refilled: float = field(default_factory=time.monotonic)
+    loaded: float = 0.0
+
+
+class Quotas:
+    """Checks run on cached limits and usage (refreshed every refresh_seconds), so the hot path makes no query.
+
+    Across replicas, usage converges within refresh_seconds; a tenant can overshoot its credit limit by what the
+    replicas serve in that time. Batch jobs count their credits exactly, in the transaction that writes their rows.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, refresh_seconds: float = 1.0):
+        self.pool = pool
+        self.refresh_seconds = refresh_seconds
+        self.tenants: dict[str, _Tenant] = {}
+
+    async def _state(self, tenant_id: str, fresh: bool = False) -> _Tenant:
+        state = self.tenants.get(tenant_id)
+        now = time.monotonic()
+        if state is None or fresh or now - state.loaded > self.refresh_seconds:
+            row = await self.pool.fetchrow(
+                "SELECT coalesce(q.decision_credit_limit, 0) AS credit_limit, "
+                "coalesce(q.request_rate_limit, 0) AS rate_limit, coalesce(u.used, 0) AS used "
+                "FROM (SELECT $1::text AS tenant_id) t "
+                "LEFT JOIN quotas q ON q.tenant_id = t.tenant_id "
+                "LEFT JOIN credit_usage u ON u.tenant_id = t.tenant_id AND u.period_start = $2",
+                tenant_id, period_start())
+            if state is None:
+                state = _Tenant(tokens=float(row["rate_limit"]))
+                self.tenants[tenant_id] = state
+            state.credit_limit, state.rate_limit, state.used = row["credit_limit"], row["rate_limit"], row["used"]
+            state.loaded = now
+        return state
+
+    async def retry_after(self, tenant_id: str) -> float | None:
+        """Takes one request token; returns None when allowed, else the seconds until a token is available."""
+        state = await self._state(tenant_id)
+        if state.rate_limit <= 0:
+            return None
+        now = time.monotonic()
+        burst = max(state.rate_limit, 1.0)
+        state.tokens = min(burst, state.tokens + (now - state.refilled) * state.rate_limit)
+        state.refilled = now
+        if state.tokens >= 1.0:
+            state.tokens -= 1.0
+            return None
+        return (1.0 - state.tokens) / state.rate_limit
+
+    async def take_credits(self, tenant_id: str, count: int) -> bool:
+        """Counts count decision credits if the tenant has them left; False (nothing counted) when over quota."""
+        state = await self._state(tenant_id)
+        if state.credit_limit > 0 and state.used + state.pending + count > state.credit_limit:
+            return False
+        state.pending += count
+        return True
+
+    async def flush(self) -> None:
+        """Writes the credits counted since the last flush."""
+        start = period_start()
+        for tenant_id, state in list(self.tenants.items()):
+            pending, state.pending = state.pending, 0
+            if pending:
+                try:
+                    await self.pool.execute(
+                        "INSERT INTO credit_usage (tenant_id, period_start, used) VALUES ($1, $2, $3) "
+                        "ON CONFLICT (tenant_id, period_start) DO UPDATE SET used = credit_usage.used + $3",
+                        tenant_id, start, pending)
+                    state.used += pending
+                except Exception:
+                    state.pending += pending
+                    raise
+
+    async def run(self) -> None:
+        """Flushes counted credits every second until cancelled."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("quota_flush_failed")
+
+    async def usage(self, tenant_id: str) -> tuple[int, int, date, float]:
+        """(credits used this period, credit limit, period start, request-rate limit)."""
+        await self.flush()
+        state = await self._state(tenant_id, fresh=True)
+        return state.used + state.pending, state.credit_limit, period_start(), state.rate_limit
+
+
+async def count_credits(conn: asyncpg.Connection, tenant_id: str, count: int) -> None:
+    """Counts credits inside the caller's transaction (batch jobs: exactly once per committed page)."""
+    await conn.execute(
+        "INSERT INTO credit_usage (tenant_id, period_start, used) VALUES ($1, $2, $3) "
+        "ON CONFLICT (tenant_id, period_start) DO UPDATE SET used = credit_usage.used + $3",
+        tenant_id, period_start(), count)
+
+
+async def set_quota(pool: asyncpg.Pool, tenant_id: str, credit_limit: int, rate_limit: float) -> None:
+    """The operator's knob (`tailor tenant quota`)."""
+    await pool.execute(
+        "INSERT INTO quotas (tenant_id, decision_credit_limit, request_rate_limit) VALUES ($1, $2, $3) "
+        "ON CONFLICT (tenant_id) DO UPDATE SET decision_credit_limit = $2, request_rate_limit = $3",
+        tenant_id, credit_limit, rate_limit)
