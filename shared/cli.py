@@ -133,6 +133,52 @@ async def _tenant_create(args) -> None:
     print(secret)
 
 
+def progress_bar(done: int, total: int, width: int = 30) -> str:
+    """A one-line text progress bar: [#####-----]  50%  500/1000."""
+    fraction = min(1.0, done / total) if total else (1.0 if done else 0.0)
+    filled = int(round(fraction * width))
+    return f"[{'#' * filled}{'-' * (width - filled)}] {fraction * 100:5.1f}%  {done}/{total}"
+
+
+async def _batch_run(args) -> None:
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        stub = gw_grpc.GatewayServiceStub(channel)
+        started = await stub.StartBatchJob(gw.StartBatchJobRequest(segment=args.segment, point_names=args.point),
+                                           metadata=_auth(args), timeout=30)
+        print(f"batch job {started.job.job_id}: segment {args.segment} x {', '.join(args.point)}", flush=True)
+        job = started.job
+        async for update in stub.WatchBatchJob(gw.WatchBatchJobRequest(job_id=job.job_id), metadata=_auth(args)):
+            job = update.job
+            end = "\n" if job.state in (gw.BATCH_JOB_STATE_SUCCEEDED, gw.BATCH_JOB_STATE_FAILED) else ""
+            print(f"\r{progress_bar(job.processed_count, job.total_count)}  {job.row_count} rows", end=end,
+                  flush=True)
+    if job.state != gw.BATCH_JOB_STATE_SUCCEEDED:
+        raise UsageError(f"batch job {job.job_id} failed: {job.error}")
+    print(f"done: {job.row_count} rows; read them with GatewayService/ListBatchResults job_id={job.job_id}")
+
+
+async def _tenant_quota(args) -> None:
+    from services.gateway.quotas import set_quota
+    from shared import db
+    from shared.launcher import embedded_dsn_if_running
+
+    dsn = os.environ.get("DATABASE_URL") or embedded_dsn_if_running()
+    if not dsn:
+        raise UsageError("no database: set DATABASE_URL, or start the suite with `tailor up` (embedded PostgreSQL)")
+    if args.credits < 0 or args.rate < 0:
+        raise UsageError("quotas must be zero (unlimited) or more")
+    pool = await db.create_pool(dsn, "gateway", min_size=1, max_size=1)
+    try:
+        await set_quota(pool, args.name, args.credits, args.rate)
+    finally:
+        await pool.close()
+    print(f"tenant {args.name}: {args.credits or 'unlimited'} decision credits a month, "
+          f"{args.rate or 'unlimited'} requests/s")
+
+
 def _up(args) -> int:
     from shared.launcher import UpOptions, up
 
@@ -165,6 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--scopes", default="ingest,decide,admin", help="comma-separated (default: %(default)s)")
     create.add_argument("--display-name", default="", help="a name for people (default: the tenant id)")
     create.set_defaults(run=_tenant_create)
+    quota = tenant_commands.add_parser("quota", help="set a tenant's decision-credit and request-rate quotas")
+    quota.add_argument("name", help="tenant id")
+    quota.add_argument("--credits", type=int, default=0, help="decision credits per month (0: unlimited)")
+    quota.add_argument("--rate", type=float, default=0.0, help="requests per second (0: unlimited)")
+    quota.set_defaults(run=_tenant_quota)
+
+    batch = commands.add_parser("batch", help="batch personalization")
+    batch_commands = batch.add_subparsers(dest="batch_command", required=True)
+    batch_run = batch_commands.add_parser("run", parents=[client], help="run a batch job and show its progress")
+    batch_run.add_argument("--segment", required=True, help="the segment whose members to decide")
+    batch_run.add_argument("--point", action="append", required=True, help="a personalization point (repeatable)")
+    batch_run.set_defaults(run=_batch_run)
 
     apply = commands.add_parser("apply", parents=[client], help="apply insights, segments, points and decisions")
     apply.add_argument("-f", "--file", required=True, help="YAML configuration file")

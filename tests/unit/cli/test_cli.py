@@ -82,3 +82,20 @@ def test_tenant_create_without_any_database_exits_1(tmp_path, monkeypatch, capsy
     monkeypatch.delenv("DATABASE_URL", raising=False)
     assert cli.run(["tenant", "create", "acme"]) == 1
     assert "DATABASE_URL" in capsys.readouterr().err
+
+
+def test_the_progress_bar_shows_the_fraction_done():
+    from shared.cli import progress_bar
+
+    assert progress_bar(50, 100, width=10) == "[#####-----]  50.0%  50/100"
+    assert progress_bar(0, 0, width=4) == "[----]   0.0%  0/0"
+    assert progress_bar(7, 5, width=4).startswith("[####] 100.0%")
+
+
+def test_batch_run_and_tenant_quota_parse():
+    from shared.cli import build_parser
+
+    args = build_parser().parse_args(["batch", "run", "--segment", "vip", "--point", "a", "--point", "b"])
+    assert (args.segment, args.point) == ("vip", ["a", "b"])
+    args = build_parser().parse_args(["tenant", "quota", "acme", "--credits", "1000", "--rate", "50"])
+    assert (args.name, args.credits, args.rate) == ("acme", 1000, 50.0)
