@@ -14,6 +14,7 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2 as profil
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as profile_grpc
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
 from personalization.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
+from services.gateway.activation import Activations
 from services.gateway.auth import KeyService
 from services.gateway.batch import BatchJobs
 from services.gateway.decide import Decider
@@ -77,12 +78,14 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
     log_writer = DecisionLogWriter(decision)
     quotas = Quotas(pool)
     batch = BatchJobs(dsn, pool, profile, decision, recommender)
+    activations = Activations(pool, profile)
     servicer = GatewayServicer(keys, Ingest(store), Decider(identity, profile, decision, recommender, log_writer),
-                               RecordSync(store, identity), batch, quotas, activations=None)
+                               RecordSync(store, identity), batch, quotas, activations)
 
     async def close() -> None:
         await log_writer.flush()
         await quotas.flush()
+        await activations.close()
         for channel in channels.values():
             await channel.close()
         await pool.close()
@@ -94,5 +97,5 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
         authenticate=keys.authenticate,
         generic_handlers=[passthrough],
         extra_reflection_names=passthrough.service_names,
-        background=[log_writer.run, quotas.run, *([worker.run, batch.run] if settings.run_worker else [])],
+        background=[log_writer.run, quotas.run, *([worker.run, batch.run, activations.run] if settings.run_worker else [])],
     )

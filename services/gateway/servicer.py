@@ -184,3 +184,21 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         reply.period_start.FromDatetime(datetime(start.year, start.month, start.day))
         return reply
 
+    async def UpsertDestination(self, request, context):
+        destination = await self.activations.upsert_destination(current_tenant(), request.destination)
+        return pb.UpsertDestinationResponse(destination=destination)
+
+    async def ListDestinations(self, request, context):
+        items, token = await self.activations.list_destinations(current_tenant(), request.page_size,
+                                                                request.page_token)
+        return pb.ListDestinationsResponse(destinations=items, next_page_token=token)
+
+    async def UpsertActivation(self, request, context):
+        activation = await self.activations.upsert_activation(current_tenant(), request.activation)
+        return pb.UpsertActivationResponse(activation=activation)
+
+    async def ListActivations(self, request, context):
+        items, token = await self.activations.list_activations(current_tenant(), request.page_size,
+                                                               request.page_token)
+        return pb.ListActivationsResponse(activations=items, next_page_token=token)
+
