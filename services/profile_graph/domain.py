@@ -1,11 +1,13 @@
-"""The profile graph's values and pure rules: validation, attribute merge, insight math, segment evaluation."""
+"""The profile graph's values and pure rules: validation, reconciliation, insight math, affinities, segments."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
+import math
 import re
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -20,21 +22,42 @@ MAX_DESCRIPTION_CHARS = 1_024
 MAX_WINDOW = timedelta(days=36_525)
 DEFAULT_EVENT_LIMIT = 20
 MAX_EVENT_LIMIT = 1_000
-PROFILE_PARTS = ("attributes", "events", "insights", "segments")
+DEFAULT_AFFINITY_LIMIT = 10
+MAX_CONDITIONS = 20
+PROFILE_PARTS = ("attributes", "events", "insights", "segments", "profile_objects", "affinities", "consents")
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 PROPERTY_FIELD_RE = re.compile(r"^properties\.([A-Za-z_][A-Za-z0-9_]{0,63})$")
+ITEM_FIELD_RE = re.compile(r"^item\.([A-Za-z_][A-Za-z0-9_]{0,63})$")
+PLAIN_FIELDS = ("revenue", "quantity", "item_id", "name", "source")
+NUMERIC_FIELDS = ("revenue", "quantity")
 KNOWN_EVENT_TYPES = frozenset(range(1, 8))  # common.v1.EventType values other than UNSPECIFIED
 AGGREGATE_COUNT = 1
 AGGREGATE_SUM = 2
-RULE_VARIABLES = frozenset({"attributes", "insights", "segments"})
+AGGREGATE_COUNT_DISTINCT = 3
+AGGREGATE_MAX = 4
+AGGREGATE_LAST = 5
+SUBJECT_INDIVIDUAL = 1
+SUBJECT_ITEM = 2
+OP_EQ, OP_NE, OP_GT, OP_GE, OP_LT, OP_LE, OP_CONTAINS = range(1, 8)
+ORDER_OPS = (OP_GT, OP_GE, OP_LT, OP_LE)
+CONSENT_GRANTED = 1
+CONSENT_DENIED = 2
+CONSENT_NAMES = {CONSENT_GRANTED: "GRANTED", CONSENT_DENIED: "DENIED"}
+POLICY_LAST_UPDATED = 1
+POLICY_MOST_FREQUENT = 2
+POLICY_SOURCE_PRIORITY = 3
+RECONCILED_OBJECTS = ("individual",)
+RULE_VARIABLES = frozenset({"attributes", "insights", "segments", "affinities", "consents"})
 # Segment rules may test membership of other segments; evaluation repeats until memberships settle.
 MAX_SEGMENT_PASSES = 5
+TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
 
 @dataclass(frozen=True)
 class NewEvent:
-    """One event to append, already resolved to its unified individual."""
+    """One event to append, already resolved to its unified individual (also: a stored event being replayed)."""
 
     individual_id: str
     message_id: str
@@ -46,6 +69,18 @@ class NewEvent:
     revenue: float = 0.0
     quantity: float = 0.0
     item_id: str = ""
+    name: str = ""
+    source: str = ""
+    lines: tuple = ()  # ((item_id, quantity, unit_price), ...)
+    consents: tuple = ()  # ((purpose, status), ...)
+    objects: tuple = ()  # ((type, object_id, attributes), ...)
+    identity_keys: tuple = ()  # ("type:value", ...)
+
+    @property
+    def item_ids(self) -> list[str]:
+        """Every item the event is about: its item_id and its line items' ids, each once."""
+        ids = ([self.item_id] if self.item_id else []) + [line[0] for line in self.lines if line[0]]
+        return list(dict.fromkeys(ids))
 
 
 @dataclass(frozen=True)
@@ -59,15 +94,33 @@ class AttributeUpdate:
 
 
 @dataclass(frozen=True)
+class Condition:
+    """field operator value, on an event row (insights) or an item's attributes (ListItems)."""
+
+    field: str
+    op: int
+    value: object
+
+
+@dataclass(frozen=True)
 class InsightDef:
-    """A calculated insight definition."""
+    """A calculated insight definition; window None (or zero, internally) means all time."""
 
     name: str
     description: str
     aggregate: int
     field: str
     event_type: int
-    window: timedelta
+    window: timedelta | None
+    conditions: tuple[Condition, ...] = ()
+    dimension: str = ""
+    subject: int = SUBJECT_INDIVIDUAL
+
+    @property
+    def uses_items(self) -> bool:
+        """Whether the insight works on item rows (one per line item, or the event's item)."""
+        names = [self.field, self.dimension] + [c.field for c in self.conditions]
+        return self.subject == SUBJECT_ITEM or any(n == "item_id" or n.startswith("item.") for n in names)
 
 
 @dataclass(frozen=True)
@@ -90,6 +143,36 @@ class AppendOutcome:
     exited: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ProfileObjectRow:
+    """A profile object as stored."""
+
+    type: str
+    object_id: str
+    attributes: dict
+    updated_at: datetime
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class ConsentState:
+    """The current decision for one purpose."""
+
+    purpose: str
+    status: int
+    updated_at: datetime
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Affinity:
+    """A decayed score for one dimension value."""
+
+    dimension: str
+    value: str
+    score: float
+
+
 @dataclass
 class Profile:
     """The profile data graph of one individual; parts not asked for stay empty."""
@@ -100,15 +183,20 @@ class Profile:
     insights: dict[str, float] = field(default_factory=dict)
     segments: list[str] = field(default_factory=list)
     update_time: datetime | None = None
+    grouped_insights: dict[str, dict[str, float]] = field(default_factory=dict)
+    objects: list[ProfileObjectRow] = field(default_factory=list)
+    affinities: list[Affinity] = field(default_factory=list)
+    consents: list[ConsentState] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Item:
-    """A catalog item."""
+    """A catalog item (insights: current item insight values, output only)."""
 
     item_id: str
     name: str
     attributes: dict
+    insights: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -117,6 +205,17 @@ class Member:
 
     individual_id: str
     enter_time: datetime
+
+
+@dataclass(frozen=True)
+class MembershipChange:
+    """One entry into or exit from a segment."""
+
+    seq: int
+    segment: str
+    individual_id: str
+    entered: bool
+    change_time: datetime
 
 
 @dataclass(frozen=True)
@@ -129,13 +228,72 @@ class StoredEvent:
     revenue: float
     quantity: float
     properties: dict | None
+    message_id: str = ""
+    name: str = ""
+    source: str = ""
+    item_id: str = ""
+    lines: tuple = ()
+
+
+@dataclass(frozen=True)
+class AffinityConfig:
+    """Which item attributes get scores, what each event type weighs, and the half-life of a score."""
+
+    dimensions: tuple[str, ...] = ("category",)
+    weights: tuple[tuple[int, float], ...] = ((2, 1.0), (3, 3.0), (4, 5.0))
+    half_life: timedelta = timedelta(days=30)
+
+    def weight(self, event_type: int) -> float:
+        return dict(self.weights).get(event_type, 0.0)
+
+
+@dataclass(frozen=True)
+class AttributeRecon:
+    """How one attribute's unified value is chosen."""
+
+    policy: int = POLICY_LAST_UPDATED
+    sources: tuple[str, ...] = ()
+    include_empty: bool = False
+
+
+@dataclass(frozen=True)
+class ReconRule:
+    """The reconciliation rule of an object: a default and overrides per attribute."""
+
+    object: str = "individual"
+    default: AttributeRecon = AttributeRecon()
+    overrides: tuple[tuple[str, AttributeRecon], ...] = ()
+
+    def of(self, key: str) -> AttributeRecon:
+        return dict(self.overrides).get(key, self.default)
+
+
+@dataclass(frozen=True)
+class ValueStat:
+    """How often and when last one source sent one value (JSON text) for one attribute."""
+
+    source: str
+    value: str
+    count: int
+    last_at: datetime
+
+
+@dataclass
+class Config:
+    """Everything a batch needs to know about the tenant's definitions."""
+
+    insights: list[InsightDef] = field(default_factory=list)
+    segments: list[SegmentDef] = field(default_factory=list)
+    affinity: AffinityConfig = AffinityConfig()
+    recon: ReconRule = ReconRule()
 
 
 # ---- validation -------------------------------------------------------------------------------------------
 
 
 def validate_events(events: list[NewEvent]) -> None:
-    """Refuses a batch with more than 1,000 events or an event lacking an id, message id, time or type."""
+    """Refuses a batch with more than 1,000 events or an event lacking an id, message id, time or type, or with a
+    consent or profile object that is malformed."""
     v = Violations()
     if len(events) > MAX_EVENTS:
         v.add("events", f"at most {MAX_EVENTS} events per call, got {len(events)}")
@@ -151,11 +309,44 @@ def validate_events(events: list[NewEvent]) -> None:
             v.add(f"events[{i}].event.type", "must not be EVENT_TYPE_UNSPECIFIED")
         elif e.type not in KNOWN_EVENT_TYPES:
             v.add(f"events[{i}].event.type", f"unknown event type {e.type}")
+        for j, (purpose, status) in enumerate(e.consents):
+            if not NAME_RE.match(purpose):
+                v.add(f"events[{i}].event.consents[{j}].purpose", "must match ^[a-z][a-z0-9_]{0,63}$")
+            if status not in CONSENT_NAMES:
+                v.add(f"events[{i}].event.consents[{j}].status", "must be CONSENT_STATUS_GRANTED or _DENIED")
+        for j, (kind, object_id, _) in enumerate(e.objects):
+            if not NAME_RE.match(kind):
+                v.add(f"events[{i}].event.profile_objects[{j}].type", "must match ^[a-z][a-z0-9_]{0,63}$")
+            if not object_id:
+                v.add(f"events[{i}].event.profile_objects[{j}].object_id", "must not be empty")
     v.raise_if_any()
 
 
+def _field_ok(name: str) -> bool:
+    return name in PLAIN_FIELDS or bool(PROPERTY_FIELD_RE.match(name) or ITEM_FIELD_RE.match(name))
+
+
+def validate_conditions(v: Violations, path: str, conditions, item_attributes: bool = False) -> None:
+    """Each condition names a known field (an attribute name for items) and a known operator with a scalar operand."""
+    if len(conditions) > MAX_CONDITIONS:
+        v.add(path, f"at most {MAX_CONDITIONS} conditions")
+        return
+    for j, c in enumerate(conditions):
+        ok = KEY_RE.match(c.field) if item_attributes else _field_ok(c.field)
+        if not ok:
+            v.add(f"{path}[{j}].field", "unknown field; expected " + (
+                "an item attribute name" if item_attributes else
+                "revenue, quantity, item_id, name, source, properties.<name> or item.<attribute>"))
+        if c.op not in range(1, 8):
+            v.add(f"{path}[{j}].operator", "must be set")
+        elif c.op in ORDER_OPS and (isinstance(c.value, bool) or not isinstance(c.value, (int, float, str))):
+            v.add(f"{path}[{j}].value", "ordering operators need a number or a string")
+        if c.value is None or isinstance(c.value, (dict, list)):
+            v.add(f"{path}[{j}].value", "must be a string, number or bool")
+
+
 def validate_insight(d: InsightDef | None) -> None:
-    """Refuses an insight definition with a bad name, aggregate, field, event type, window or description."""
+    """Refuses an insight definition with a bad name, aggregate, field, filter, window, dimension or description."""
     if d is None:
         raise InvalidArgument([("insight", "is required")])
     v = Violations()
@@ -166,17 +357,29 @@ def validate_insight(d: InsightDef | None) -> None:
     if d.aggregate == AGGREGATE_COUNT:
         if d.field:
             v.add("insight.field", "must be empty for AGGREGATE_COUNT")
-    elif d.aggregate == AGGREGATE_SUM:
-        if d.field not in ("revenue", "quantity") and not PROPERTY_FIELD_RE.match(d.field):
-            v.add("insight.field", "must be revenue, quantity or properties.<name> for AGGREGATE_SUM")
+    elif d.aggregate in (AGGREGATE_SUM, AGGREGATE_MAX, AGGREGATE_LAST):
+        if d.field not in NUMERIC_FIELDS and not PROPERTY_FIELD_RE.match(d.field) and not ITEM_FIELD_RE.match(d.field):
+            v.add("insight.field", "must be revenue, quantity, properties.<name> or item.<attribute> (numeric)")
+    elif d.aggregate == AGGREGATE_COUNT_DISTINCT:
+        if not _field_ok(d.field):
+            v.add("insight.field", "must be revenue, quantity, item_id, name, source, properties.<name> or "
+                                   "item.<attribute>")
     else:
-        v.add("insight.aggregate", "must be AGGREGATE_COUNT or AGGREGATE_SUM")
+        v.add("insight.aggregate", "must be COUNT, SUM, COUNT_DISTINCT, MAX or LAST")
     if d.event_type != 0 and d.event_type not in KNOWN_EVENT_TYPES:
         v.add("insight.event_type", f"unknown event type {d.event_type}")
-    if d.window < timedelta(0):
-        v.add("insight.window", "must not be negative")
-    elif d.window > MAX_WINDOW:
-        v.add("insight.window", "at most 100 years")
+    if d.window is not None:
+        if d.window <= timedelta(0):
+            v.add("insight.window", "must be positive; leave it unset for all time")
+        elif d.window > MAX_WINDOW:
+            v.add("insight.window", "at most 100 years")
+    validate_conditions(v, "insight.conditions", d.conditions)
+    if d.dimension and not _field_ok(d.dimension):
+        v.add("insight.dimension", "unknown field; expected item_id, name, source, properties.<name> or item.<attribute>")
+    if d.subject not in (SUBJECT_INDIVIDUAL, SUBJECT_ITEM):
+        v.add("insight.subject", "unknown subject")
+    elif d.subject == SUBJECT_ITEM and d.dimension:
+        v.add("insight.dimension", "item insights are not grouped")
     v.raise_if_any()
 
 
@@ -196,6 +399,50 @@ def validate_segment_fields(d: SegmentDef | None) -> None:
     v.raise_if_any()
 
 
+def validate_affinity_config(c: AffinityConfig | None) -> None:
+    """Dimensions are item attribute names (at most 10), weights non-negative per known type, half-life positive."""
+    if c is None:
+        raise InvalidArgument([("config", "is required")])
+    v = Violations()
+    if len(c.dimensions) > 10:
+        v.add("config.dimensions", "at most 10 dimensions")
+    for i, d in enumerate(c.dimensions):
+        if not KEY_RE.match(d):
+            v.add(f"config.dimensions[{i}]", "must be an item attribute name")
+    for i, (event_type, weight) in enumerate(c.weights):
+        if event_type not in KNOWN_EVENT_TYPES:
+            v.add(f"config.weights[{i}].event_type", "unknown event type")
+        if not (weight >= 0 and math.isfinite(weight)):
+            v.add(f"config.weights[{i}].weight", "must be a non-negative number")
+    if c.half_life <= timedelta(0):
+        v.add("config.half_life", "must be positive")
+    v.raise_if_any()
+
+
+def validate_recon_rule(r: ReconRule | None) -> None:
+    """The object is known, the default has a policy, names and sources are identifiers."""
+    if r is None:
+        raise InvalidArgument([("rule", "is required")])
+    v = Violations()
+    if r.object not in RECONCILED_OBJECTS:
+        v.add("rule.object", f"unknown object {r.object!r}; expected one of {', '.join(RECONCILED_OBJECTS)}")
+
+    def check(path: str, a: AttributeRecon, is_default: bool) -> None:
+        if a.policy not in (POLICY_LAST_UPDATED, POLICY_MOST_FREQUENT, POLICY_SOURCE_PRIORITY) and \
+                (is_default or a.policy != 0):
+            v.add(f"{path}.policy", "must be LAST_UPDATED, MOST_FREQUENT or SOURCE_PRIORITY")
+        for j, src in enumerate(a.sources):
+            if not src or len(src) > 64:
+                v.add(f"{path}.source_priority[{j}]", "must be a non-empty source name of at most 64 characters")
+
+    check("rule.default_reconciliation", r.default, True)
+    for key, a in r.overrides:
+        if not KEY_RE.match(key):
+            v.add(f"rule.attribute_overrides[{key}]", "must be an attribute name")
+        check(f"rule.attribute_overrides[{key}]", a, False)
+    v.raise_if_any()
+
+
 def profile_parts(paths: list[str]) -> set[str]:
     """The profile parts a read mask asks for (all when empty); an unknown path is refused."""
     if not paths:
@@ -208,12 +455,12 @@ def profile_parts(paths: list[str]) -> set[str]:
     return set(paths)
 
 
-def event_limit(requested: int) -> int:
-    """0 means the default of 20; more than 1,000 is capped; negative is refused."""
+def event_limit(requested: int, field_name: str = "event_limit", default: int = DEFAULT_EVENT_LIMIT) -> int:
+    """0 means the default; more than 1,000 is capped; negative is refused."""
     if requested < 0:
-        raise InvalidArgument([("event_limit", "must not be negative")])
+        raise InvalidArgument([(field_name, "must not be negative")])
     if requested == 0:
-        return DEFAULT_EVENT_LIMIT
+        return default
     return min(requested, MAX_EVENT_LIMIT)
 
 
@@ -243,11 +490,78 @@ def decode_page_token(token: str, scope: str) -> str:
     raise InvalidArgument([("page_token", "is not a token returned by this listing")])
 
 
-# ---- attributes -------------------------------------------------------------------------------------------
+# ---- items --------------------------------------------------------------------------------------------------
+
+
+def value_type(value: object) -> str | None:
+    """The item attribute type of a JSON value, or None when it is not one of the five supported types."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "timestamp" if TIMESTAMP_RE.match(value) else "string"
+    if isinstance(value, list) and all(isinstance(x, str) for x in value):
+        return "string_list"
+    return None
+
+
+def check_item_attributes(items: list[Item], known: dict[str, str]) -> dict[str, str]:
+    """Refuses values of no supported type or of another type than the attribute has; returns new attribute types."""
+    v = Violations()
+    new: dict[str, str] = {}
+    for i, item in enumerate(items):
+        for key, value in item.attributes.items():
+            kind = value_type(value)
+            path = f"items[{i}].attributes.{key}"
+            if not KEY_RE.match(key):
+                v.add(path, "attribute names must match ^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+            elif kind is None:
+                v.add(path, "must be a string, number, bool, RFC 3339 timestamp string or list of strings")
+            else:
+                expected = known.get(key) or new.get(key)
+                if expected is None:
+                    new[key] = kind
+                elif expected != kind:
+                    v.add(path, f"must be a {expected} (the type of {key} in this catalog), got a {kind}")
+    v.raise_if_any()
+    return new
+
+
+def check_item_filters(filters: list[Condition], types: dict[str, str]) -> None:
+    """Filters name known attributes with operators and operands fit for their type."""
+    v = Violations()
+    validate_conditions(v, "filters", filters, item_attributes=True)
+    v.raise_if_any()
+    for j, c in enumerate(filters):
+        kind = types.get(c.field)
+        if kind is None:
+            v.add(f"filters[{j}].field", f"no item has the attribute {c.field!r}")
+        elif c.op == OP_CONTAINS and kind != "string_list":
+            v.add(f"filters[{j}].operator", f"CONTAINS needs a string list, {c.field} is a {kind}")
+        elif c.op != OP_CONTAINS and kind == "string_list":
+            v.add(f"filters[{j}].operator", f"{c.field} is a string list: only CONTAINS applies")
+        elif kind == "number" and (isinstance(c.value, bool) or not isinstance(c.value, (int, float))):
+            v.add(f"filters[{j}].value", f"{c.field} is a number")
+        elif kind == "bool" and (not isinstance(c.value, bool) or c.op in ORDER_OPS):
+            v.add(f"filters[{j}].value", f"{c.field} is a bool: compare with EQUALS or NOT_EQUALS and a bool")
+        elif kind in ("string", "timestamp", "string_list") and not isinstance(c.value, str):
+            v.add(f"filters[{j}].value", f"{c.field} is a {kind}: the operand must be a string")
+        elif kind == "timestamp" and not TIMESTAMP_RE.match(c.value):
+            v.add(f"filters[{j}].value", "must be an RFC 3339 timestamp")
+    v.raise_if_any()
+
+
+# ---- attributes & reconciliation ----------------------------------------------------------------------------
+
+
+def identity_key(kind: str, value: str) -> str:
+    """How an identity is matched on stored events (unmerge): its type and its trimmed, lowercased value."""
+    return f"{kind}:{value.strip().lower()}"
 
 
 def is_empty_value(value: object) -> bool:
-    """Null and blank-string attribute values are ignored: they never overwrite a known value."""
+    """Null and blank-string attribute values are empty: ignored unless a rule includes them."""
     return value is None or (isinstance(value, str) and not value.strip())
 
 
@@ -265,46 +579,314 @@ def merge_attributes(events: list[NewEvent]) -> list[AttributeUpdate]:
     return list(winners.values())
 
 
-# ---- insights ---------------------------------------------------------------------------------------------
+def attribute_stats(events: list[NewEvent]) -> dict[tuple[str, str, str, str], tuple[int, datetime]]:
+    """(individual, key, source, JSON value) -> (times sent, last event time), over the events of a batch."""
+    out: dict[tuple[str, str, str, str], tuple[int, datetime]] = {}
+    for e in events:
+        for key, value in e.attributes.items():
+            k = (e.individual_id, key, e.source, json.dumps(value, sort_keys=True))
+            count, last = out.get(k, (0, e.event_time))
+            out[k] = (count + 1, max(last, e.event_time))
+    return out
+
+
+def _empty_json(value: str) -> bool:
+    return value == "null" or (value.startswith('"') and not json.loads(value).strip())
+
+
+def reconcile(recon: AttributeRecon, stats: list[ValueStat]) -> str | None:
+    """The unified value (JSON text) chosen among what sources sent, or None when nothing qualifies.
+
+    Ties are broken by recency, then by the value text, so the choice never depends on row order.
+    """
+    stats = [s for s in stats if recon.include_empty or not _empty_json(s.value)]
+    if not stats:
+        return None
+    if recon.policy == POLICY_MOST_FREQUENT:
+        totals: dict[str, list] = {}
+        for s in stats:
+            t = totals.setdefault(s.value, [0, s.last_at])
+            t[0] += s.count
+            t[1] = max(t[1], s.last_at)
+        return max(totals.items(), key=lambda kv: (kv[1][0], kv[1][1], kv[0]))[0]
+    if recon.policy == POLICY_SOURCE_PRIORITY:
+        rank = {src: i for i, src in enumerate(recon.sources)}
+        return min(stats, key=lambda s: (rank.get(s.source, len(rank)), -s.last_at.timestamp(), s.value)).value
+    return max(stats, key=lambda s: (s.last_at, s.value)).value
+
+
+def reconcile_all(rule: ReconRule, stats: dict[tuple[str, str], list[ValueStat]]) -> dict[tuple[str, str], tuple]:
+    """(individual, key) -> (JSON value or None, last time) under the rule."""
+    out = {}
+    for (individual, key), rows in stats.items():
+        value = reconcile(rule.of(key), rows)
+        chosen_at = max((s.last_at for s in rows if s.value == value), default=None)
+        out[(individual, key)] = (value, chosen_at)
+    return out
+
+
+def latest_objects(events: list[NewEvent]) -> list[tuple[str, str, str, dict, datetime, str]]:
+    """Per (type, object id), the latest version among the events: (individual, type, id, attributes, time, source)."""
+    latest: dict[tuple[str, str], tuple] = {}
+    for e in events:
+        for kind, object_id, attributes in e.objects:
+            known = latest.get((kind, object_id))
+            if known is None or e.event_time >= known[4]:
+                latest[(kind, object_id)] = (e.individual_id, kind, object_id, attributes, e.event_time, e.source)
+    return list(latest.values())
+
+
+def latest_consents(events: list[NewEvent]) -> list[tuple[str, str, int, datetime, str]]:
+    """Per (individual, purpose), the latest decision among the events: (individual, purpose, status, time, source)."""
+    latest: dict[tuple[str, str], tuple] = {}
+    for e in events:
+        for purpose, status in e.consents:
+            known = latest.get((e.individual_id, purpose))
+            if known is None or e.event_time >= known[3]:
+                latest[(e.individual_id, purpose)] = (e.individual_id, purpose, status, e.event_time, e.source)
+    return list(latest.values())
+
+
+# ---- affinities ---------------------------------------------------------------------------------------------
+
+
+def decay(score: float, elapsed_seconds: float, half_life: timedelta) -> float:
+    """A score after elapsed_seconds with the given half-life (a negative time counts as none; the exponent is
+    capped at 1,000 half-lives, like the SQL reads)."""
+    return score * 0.5 ** min(max(elapsed_seconds, 0.0) / half_life.total_seconds(), 1000.0)
+
+
+def affinity_increments(events: list[NewEvent], items: dict[str, dict], config: AffinityConfig
+                        ) -> dict[tuple[str, str, str], tuple[float, datetime]]:
+    """(individual, dimension, value) -> (score at as_of, as_of) added by the events; each event adds its type's
+    weight once per distinct value of each dimension over its items."""
+    out: dict[tuple[str, str, str], tuple[float, datetime]] = {}
+    for e in events:
+        weight = config.weight(e.type)
+        if not weight:
+            continue
+        for dim in config.dimensions:
+            values: set[str] = set()
+            for item_id in e.item_ids:
+                raw = items.get(item_id, {}).get(dim)
+                for value in (raw if isinstance(raw, list) else [raw]):
+                    if value is not None and not isinstance(value, (dict, list)) and str(value).strip():
+                        values.add(value if isinstance(value, str) else json.dumps(value))
+            for value in values:
+                key = (e.individual_id, dim, value)
+                score, as_of = out.get(key, (0.0, e.event_time))
+                if e.event_time >= as_of:
+                    score = decay(score, (e.event_time - as_of).total_seconds(), config.half_life) + weight
+                    as_of = e.event_time
+                else:
+                    score += decay(weight, (as_of - e.event_time).total_seconds(), config.half_life)
+                out[key] = (score, as_of)
+    return out
+
+
+# ---- insights -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """What an insight sees of an event: the whole event, or one of its items (line item or item_id)."""
+
+    event: StoredEvent
+    item_id: str
+    revenue: float
+    quantity: float
+
+
+def rows_of(d: InsightDef, e: StoredEvent) -> list[Row]:
+    """Event rows: one per event; item rows: one per line item, or one for the event's item_id."""
+    if not d.uses_items:
+        return [Row(e, e.item_id, e.revenue, e.quantity)]
+    if e.lines:
+        return [Row(e, item_id, q * p, q) for item_id, q, p in e.lines if item_id]
+    return [Row(e, e.item_id, e.revenue, e.quantity)] if e.item_id else []
+
+
+def field_value(name: str, row: Row, items: dict[str, dict]) -> object:
+    """The value of a field on a row; None when missing."""
+    if name == "revenue":
+        return row.revenue
+    if name == "quantity":
+        return row.quantity
+    if name == "item_id":
+        return row.item_id or None
+    if name == "name":
+        return row.event.name or None
+    if name == "source":
+        return row.event.source or None
+    if name.startswith("properties."):
+        return (row.event.properties or {}).get(name[11:])
+    if name.startswith("item."):
+        return items.get(row.item_id, {}).get(name[5:])
+    return None
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def condition_holds(c: Condition, value: object) -> bool:
+    """field operator operand, with numbers compared as numbers and strings as strings; a type mismatch is false
+    (NOT_EQUALS: true)."""
+    if c.op == OP_CONTAINS:
+        return isinstance(value, list) and c.value in value
+    if c.op in (OP_EQ, OP_NE):
+        a, b = _number(value), _number(c.value)
+        same = (a == b) if a is not None and b is not None else (value == c.value and type(value) is type(c.value))
+        return same if c.op == OP_EQ else not same
+    a, b = _number(value), _number(c.value)
+    if a is None or b is None:
+        if isinstance(value, str) and isinstance(c.value, str):
+            a, b = value, c.value
+        else:
+            return False
+    return {OP_GT: a > b, OP_GE: a >= b, OP_LT: a < b, OP_LE: a <= b}[c.op]
 
 
 def insight_counts(d: InsightDef, event: StoredEvent, now: datetime) -> bool:
-    """Whether an event is counted: its type matches and it is newer than now minus the window (zero: all time)."""
+    """Whether an event is counted: its type matches and it is newer than now minus the window (none: all time)."""
     if d.event_type and event.type != d.event_type:
         return False
     return not d.window or event.event_time > now - d.window
 
 
-def insight_contribution(d: InsightDef, event: StoredEvent) -> float:
-    """What one counted event adds: 1 for COUNT, else the field's value (non-numeric properties add 0)."""
-    if d.aggregate == AGGREGATE_COUNT:
-        return 1.0
-    if d.field == "revenue":
-        return event.revenue
-    if d.field == "quantity":
-        return event.quantity
-    value = (event.properties or {}).get(d.field.removeprefix("properties."))
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+def _key(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def compute_insight(d: InsightDef, events: list[StoredEvent], items: dict[str, dict], now: datetime,
+                    group_by: str = "") -> dict[str, float]:
+    """Values of one insight over the events at time now, keyed by the dimension value ('' when not grouped), or by
+    group_by ('item_id' for item insights). Nothing matching gives no key (read as 0)."""
+    acc: dict[str, list] = {}
+    by = group_by or d.dimension
+    for e in sorted(events, key=lambda e: (e.event_time, e.message_id)):
+        if not insight_counts(d, e, now):
+            continue
+        for row in rows_of(d, e):
+            if not all(condition_holds(c, field_value(c.field, row, items)) for c in d.conditions):
+                continue
+            if by:
+                group = field_value(by, row, items)
+                if group is None:
+                    continue
+                keys = [_key(g) for g in group] if isinstance(group, list) else [_key(group)]
+            else:
+                keys = [""]
+            value = field_value(d.field, row, items) if d.field else None
+            for k in keys:
+                a = acc.setdefault(k, [0.0, set(), None, None])  # sum/count/max, distinct, last (time, id), last value
+                if d.aggregate == AGGREGATE_COUNT:
+                    a[0] += 1.0
+                elif d.aggregate == AGGREGATE_COUNT_DISTINCT:
+                    if value is not None:
+                        a[1].add(_key(value))
+                else:
+                    n = _number(value)
+                    if n is None:
+                        continue
+                    if d.aggregate == AGGREGATE_SUM:
+                        a[0] += n
+                    elif d.aggregate == AGGREGATE_MAX:
+                        a[0] = n if a[3] is None else max(a[0], n)
+                        a[3] = True
+                    else:  # LAST: the latest event (then the larger message id, then the later line) wins
+                        order = (e.event_time, e.message_id)
+                        if a[2] is None or order >= a[2]:
+                            a[2], a[0] = order, n
+                            a[3] = True
+    out = {}
+    for k, a in acc.items():
+        if d.aggregate == AGGREGATE_COUNT_DISTINCT:
+            out[k] = float(len(a[1]))
+        elif d.aggregate in (AGGREGATE_MAX, AGGREGATE_LAST) and a[3] is None:
+            continue
+        else:
+            out[k] = float(a[0])
+    return out
 
 
 def insight_value(d: InsightDef, events: list[StoredEvent], now: datetime) -> float:
-    """The insight's value over one individual's events at time now."""
-    return float(sum(insight_contribution(d, e) for e in events if insight_counts(d, e, now)))
+    """The (ungrouped) insight's value over one individual's events at time now."""
+    return compute_insight(d, events, {}, now).get("", 0.0)
 
 
-# ---- segments ---------------------------------------------------------------------------------------------
+def compute_all(defs: list[InsightDef], events: list[StoredEvent], items: dict[str, dict], now: datetime,
+                ids: list[str]) -> dict[str, list[tuple[str, str, float]]]:
+    """individual -> [(insight, dimension value, value)] over each individual's events."""
+    by_individual: dict[str, list[StoredEvent]] = defaultdict(list)
+    # A fixed order makes floating-point sums identical whatever order the rows were read in.
+    for e in sorted(events, key=lambda e: (e.event_time, e.message_id)):
+        by_individual[e.individual_id].append(e)
+    out: dict[str, list[tuple[str, str, float]]] = {}
+    for individual in ids:
+        own = by_individual.get(individual, [])
+        rows = []
+        for d in defs:
+            values = compute_insight(d, own, items, now)
+            if not d.dimension:
+                rows.append((d.name, "", values.get("", 0.0)))
+            else:
+                rows += [(d.name, k, v) for k, v in sorted(values.items())]
+        out[individual] = rows
+    return out
 
 
-def compile_rule(rule: str, insight_names: list[str]) -> cel.Program:
+def insight_view(defs: list[InsightDef], rows: list[tuple[str, str, float]]) -> dict[str, object]:
+    """What rules see: every insight, 0.0 (or {} when grouped) without a value."""
+    view: dict[str, object] = {d.name: ({} if d.dimension else 0.0) for d in defs}
+    for name, dim, value in rows:
+        if dim or isinstance(view.get(name), dict):
+            view.setdefault(name, {})[dim] = value
+        else:
+            view[name] = value
+    return view
+
+
+# ---- segments -----------------------------------------------------------------------------------------------
+
+_INSIGHT_REF = re.compile(r"\binsights\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*[\"']([^\"']*)[\"']\s*\])")
+_SEGMENT_REF = re.compile(r"[\"']([^\"']*)[\"']\s+in\s+segments\b")
+
+
+def rule_references(rule: str) -> tuple[list[str], list[str]]:
+    """The insight names and segment names a rule reads (insights.x, insights['x'], 'x' in segments)."""
+    insights = [a or b for a, b in _INSIGHT_REF.findall(rule)]
+    return insights, _SEGMENT_REF.findall(rule)
+
+
+def compile_rule(rule: str, insight_names: list[str], segment_names: list[str] | None = None,
+                 grouped: frozenset[str] = frozenset()) -> cel.Program:
     """Compiles a segment rule and tries it on a sample profile; refuses it with field segment.rule.
 
-    A rule that fails on the sample only because a map key is missing is accepted: real profiles have the key.
+    References to unknown insights or segments are refused. A rule that fails on the sample only because a map key
+    is missing is accepted: real profiles have the key.
     """
+    insights, segments = rule_references(rule)
+    unknown = [n for n in insights if n not in insight_names]
+    if unknown:
+        raise InvalidArgument([("segment.rule", f"unknown insight {unknown[0]!r}")])
+    if segment_names is not None:
+        unknown = [n for n in segments if n not in segment_names]
+        if unknown:
+            raise InvalidArgument([("segment.rule", f"unknown segment {unknown[0]!r}")])
     try:
         program = cel.compile(rule)
     except Exception as error:  # noqa: BLE001 - the library raises ValueError and others with a useful message
         raise InvalidArgument([("segment.rule", str(error))]) from None
-    sample = {"attributes": {}, "insights": {n: 0.0 for n in insight_names}, "segments": []}
+    unknown = sorted(set(program.variables()) - RULE_VARIABLES)
+    if unknown:
+        raise InvalidArgument([(
+            "segment.rule",
+            f"Undefined variable or function: {unknown[0]!r}; rules see attributes, insights, affinities, "
+            "consents and segments",
+        )])
+    sample = {"attributes": {}, "insights": {n: ({} if n in grouped else 0.0) for n in insight_names},
+              "segments": [], "affinities": {}, "consents": {}}
     try:
         result = program.execute(sample)
     except KeyError:
@@ -313,12 +895,6 @@ def compile_rule(rule: str, insight_names: list[str]) -> cel.Program:
         raise InvalidArgument([("segment.rule", str(error))]) from None
     if result is not None and not isinstance(result, bool):
         raise InvalidArgument([("segment.rule", f"must yield a bool, got {type(result).__name__} {result!r}")])
-    unknown = sorted(set(program.variables()) - RULE_VARIABLES)
-    if unknown:
-        raise InvalidArgument([(
-            "segment.rule",
-            f"Undefined variable or function: {unknown[0]!r}; rules see attributes, insights and segments",
-        )])
     return program
 
 
@@ -332,15 +908,18 @@ def _is_member(program: cel.Program, context: cel.Context) -> bool:
 def evaluate_memberships(
     programs: list[tuple[str, cel.Program, bool]],
     attributes: dict,
-    insights: dict[str, float],
+    insights: dict[str, object],
     current: set[str],
+    affinities: dict | None = None,
+    consents: dict | None = None,
 ) -> set[str]:
     """The segments an individual belongs to; rules that read `segments` see the memberships being computed."""
     reads_segments = any(uses for _, _, uses in programs)
     members = set(current) & {name for name, _, _ in programs}
     for _ in range(MAX_SEGMENT_PASSES if reads_segments else 1):
         # One Context per pass: the library converts the variables once for all programs.
-        context = cel.Context({"attributes": attributes, "insights": insights, "segments": sorted(members)})
+        context = cel.Context({"attributes": attributes, "insights": insights, "segments": sorted(members),
+                               "affinities": affinities or {}, "consents": consents or {}})
         result = {name for name, program, _ in programs if _is_member(program, context)}
         if result == members:
             break

@@ -2,88 +2,156 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
+from services.profile_graph import domain
 from services.profile_graph.domain import (
-    AttributeUpdate, InsightDef, Item, Member, NewEvent, Profile, SegmentDef,
+    Affinity, AffinityConfig, AttributeRecon, Condition, Config, ConsentState, InsightDef, Item, Member,
+    MembershipChange, NewEvent, Profile, ProfileObjectRow, ReconRule, SegmentDef, StoredEvent, ValueStat,
 )
+
+# Every append notifies this channel with the tenant and the individuals it touched; live streams on any replica
+# listen to it.
+CHANNEL = "profile_graph_events"
+NOTIFY_BYTES = 7_000
+DEFAULT_HALF_LIFE_S = AffinityConfig().half_life.total_seconds()
 
 _INSERT_EVENTS = """
 INSERT INTO events (tenant_id, message_id, individual_id, type, event_time, revenue, quantity, item_id,
-                    properties, payload)
-SELECT $1, m, i, t, et, r, q, it, p, pl
+                    properties, payload, name, source, lines, attributes, consents, objects, item_ids, identity_keys)
+SELECT $1, m, i, t, et, r, q, it, p, pl, n, s, l, a, c, o,
+       ARRAY(SELECT jsonb_array_elements_text(ii)), ARRAY(SELECT jsonb_array_elements_text(ik))
 FROM unnest($2::text[], $3::text[], $4::int2[], $5::timestamptz[], $6::float8[], $7::float8[], $8::text[],
-            $9::jsonb[], $10::bytea[]) AS u(m, i, t, et, r, q, it, p, pl)
+            $9::jsonb[], $10::bytea[], $11::text[], $12::text[], $13::jsonb[], $14::jsonb[], $15::jsonb[],
+            $16::jsonb[], $17::jsonb[], $18::jsonb[]) AS u(m, i, t, et, r, q, it, p, pl, n, s, l, a, c, o, ii, ik)
 ORDER BY m
 ON CONFLICT (tenant_id, message_id) DO NOTHING
-RETURNING message_id
+RETURNING message_id, individual_id
 """
 
 # Rows are locked in id order so that concurrent batches touching the same individuals cannot deadlock.
 _TOUCH_INDIVIDUALS = """
-INSERT INTO individuals (tenant_id, individual_id)
-SELECT $1, i FROM unnest($2::text[]) AS u(i) ORDER BY i
-ON CONFLICT (tenant_id, individual_id) DO UPDATE SET update_time = now()
+INSERT INTO individuals (tenant_id, individual_id, update_time)
+SELECT $1, i, $3 FROM unnest($2::text[]) AS u(i) ORDER BY i
+ON CONFLICT (tenant_id, individual_id) DO UPDATE SET update_time = EXCLUDED.update_time
 """
 
-_MERGE_ATTRIBUTES = """
+_CONFIG = """
+SELECT (SELECT json_agg(json_build_array(name, description, aggregate, field, event_type, window_us, conditions,
+                                         dimension, subject) ORDER BY name)
+        FROM insights WHERE tenant_id = $1)::text AS insights,
+       (SELECT json_agg(json_build_array(name, description, rule) ORDER BY name)
+        FROM segments WHERE tenant_id = $1)::text AS segments,
+       (SELECT document FROM graph_config WHERE tenant_id = $1 AND kind = 'affinity')::text AS affinity,
+       (SELECT document FROM graph_config WHERE tenant_id = $1 AND kind = 'reconciliation/individual')::text AS recon
+"""
+
+_ADD_STATS = """
+INSERT INTO attribute_values (tenant_id, individual_id, key, source, value, count, last_at)
+SELECT $1, i, k, s, v, c, t FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::timestamptz[])
+    AS u(i, k, s, v, c, t)
+ON CONFLICT (tenant_id, individual_id, key, source, value)
+DO UPDATE SET count = attribute_values.count + EXCLUDED.count,
+              last_at = GREATEST(attribute_values.last_at, EXCLUDED.last_at)
+"""
+
+_WRITE_ATTRIBUTES = """
+WITH gone AS (
+    DELETE FROM attributes a USING unnest($6::text[], $7::text[]) AS g(i, k)
+    WHERE a.tenant_id = $1 AND a.individual_id = g.i AND a.key = g.k
+)
 INSERT INTO attributes (tenant_id, individual_id, key, value, updated_at)
 SELECT $1, i, k, v, t FROM unnest($2::text[], $3::text[], $4::jsonb[], $5::timestamptz[]) AS u(i, k, v, t)
-ON CONFLICT (tenant_id, individual_id, key)
-DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at
-WHERE attributes.updated_at <= EXCLUDED.updated_at
+ON CONFLICT (tenant_id, individual_id, key) DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at
 """
 
-# One statement reads the given individuals' events once (one index range each), computes every insight of
-# every individual from them (exact at the window edge: an event counts when it is newer than now() minus the
-# window), stores the values that changed and returns them all.
-_COMPUTE_INSIGHTS = """
-WITH own AS MATERIALIZED (
-    SELECT individual_id, message_id, type, event_time, revenue, quantity, properties
-    FROM events WHERE tenant_id = $1 AND individual_id = ANY($2::text[])
-), computed AS (
-    SELECT t.individual_id, d.name,
-           COALESCE(sum(CASE WHEN d.aggregate = 1 THEN 1.0
-                             WHEN d.field = 'revenue' THEN e.revenue
-                             WHEN d.field = 'quantity' THEN e.quantity
-                             WHEN jsonb_typeof(e.properties -> substr(d.field, 12)) = 'number'
-                                 THEN (e.properties ->> substr(d.field, 12))::float8
-                             ELSE 0.0 END) FILTER (WHERE e.message_id IS NOT NULL), 0.0) AS value
-    FROM unnest($2::text[]) AS t(individual_id)
-    CROSS JOIN insights d
-    LEFT JOIN own e
-           ON e.individual_id = t.individual_id
-          AND (d.event_type = 0 OR e.type = d.event_type)
-          AND (d.window_us = 0 OR e.event_time > now() - d.window_us * interval '1 microsecond')
-    WHERE d.tenant_id = $1
-    GROUP BY t.individual_id, d.name
-), stored AS (
-    INSERT INTO insight_values (tenant_id, individual_id, name, value)
-    SELECT $1, individual_id, name, value FROM computed
-    ON CONFLICT (tenant_id, individual_id, name) DO UPDATE SET value = EXCLUDED.value
-    WHERE insight_values.value IS DISTINCT FROM EXCLUDED.value
+_UPSERT_OBJECTS = """
+INSERT INTO profile_objects (tenant_id, type, object_id, individual_id, attributes, updated_at, source)
+SELECT $1, t, o, i, a, u, s FROM unnest($2::text[], $3::text[], $4::text[], $5::jsonb[], $6::timestamptz[],
+                                        $7::text[]) AS x(t, o, i, a, u, s)
+ON CONFLICT (tenant_id, type, object_id) DO UPDATE SET individual_id = EXCLUDED.individual_id,
+    attributes = EXCLUDED.attributes, updated_at = EXCLUDED.updated_at, source = EXCLUDED.source
+WHERE profile_objects.updated_at <= EXCLUDED.updated_at
+"""
+
+_TRIM_OBJECTS = """
+DELETE FROM profile_objects p USING (
+    SELECT type, object_id, row_number() OVER (PARTITION BY individual_id, type
+                                               ORDER BY updated_at DESC, object_id DESC) AS rank
+    FROM profile_objects WHERE tenant_id = $1 AND individual_id = ANY($2::text[])
+) r
+WHERE p.tenant_id = $1 AND p.type = r.type AND p.object_id = r.object_id AND r.rank > $3
+"""
+
+_UPSERT_CONSENTS = """
+INSERT INTO consents (tenant_id, individual_id, purpose, status, updated_at, source, from_api)
+SELECT $1, i, p, s, t, src, $7 FROM unnest($2::text[], $3::text[], $4::int2[], $5::timestamptz[], $6::text[])
+    AS u(i, p, s, t, src)
+ON CONFLICT (tenant_id, individual_id, purpose) DO UPDATE SET status = EXCLUDED.status,
+    updated_at = EXCLUDED.updated_at, source = EXCLUDED.source, from_api = EXCLUDED.from_api
+WHERE consents.updated_at <= EXCLUDED.updated_at
+"""
+
+# Scores are kept valid at as_of; adding a contribution first decays the older side to the newer time.
+_ADD_AFFINITIES = """
+INSERT INTO affinities AS a (tenant_id, individual_id, dimension, value, score, as_of)
+SELECT $1, i, d, v, s, t FROM unnest($2::text[], $3::text[], $4::text[], $5::float8[], $6::timestamptz[])
+    AS u(i, d, v, s, t)
+ON CONFLICT (tenant_id, individual_id, dimension, value) DO UPDATE SET
+    score = CASE WHEN EXCLUDED.as_of >= a.as_of
+                 THEN a.score * power(0.5, extract(epoch FROM EXCLUDED.as_of - a.as_of) / $7) + EXCLUDED.score
+                 ELSE a.score + EXCLUDED.score * power(0.5, extract(epoch FROM a.as_of - EXCLUDED.as_of) / $7) END,
+    as_of = GREATEST(a.as_of, EXCLUDED.as_of)
+"""
+
+_STORE_INSIGHTS = """
+WITH new AS (
+    SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::float8[]) AS u(i, n, d, v)
+), gone AS (
+    DELETE FROM insight_values x WHERE x.tenant_id = $1 AND x.individual_id = ANY($6::text[])
+      AND NOT EXISTS (SELECT 1 FROM new WHERE new.i = x.individual_id AND new.n = x.name AND new.d = x.dimension)
 )
-SELECT individual_id, name, value FROM computed
+INSERT INTO insight_values (tenant_id, individual_id, name, dimension, value)
+SELECT $1, i, n, d, v FROM new
+ON CONFLICT (tenant_id, individual_id, name, dimension) DO UPDATE SET value = EXCLUDED.value
+WHERE insight_values.value IS DISTINCT FROM EXCLUDED.value
 """
 
-_PROFILE_STATES = """
-SELECT individual_id, key, value::text AS value, false AS membership
-FROM attributes WHERE tenant_id = $1 AND individual_id = ANY($2::text[])
+_HALF_LIFE = ("COALESCE((SELECT (document->>'half_life_s')::float8 FROM graph_config"
+              " WHERE tenant_id = $1 AND kind = 'affinity'), " + repr(DEFAULT_HALF_LIFE_S) + ")")
+
+# The decay factor of a score from as_of to a read time: an as_of in the future counts as now, and the exponent is
+# capped so that very old scores read as (almost) zero instead of underflowing.
+def _decay(now: str) -> str:
+    return f"power(0.5, LEAST(GREATEST(extract(epoch FROM {now}::timestamptz - as_of), 0) / {_HALF_LIFE}, 1000))"
+
+
+_DECAY3, _DECAY4 = _decay("$3"), _decay("$4")
+
+_PROFILE_STATES = f"""
+SELECT individual_id, 'a' AS kind, key, value::text AS value FROM attributes
+WHERE tenant_id = $1 AND individual_id = ANY($2::text[])
 UNION ALL
-SELECT individual_id, segment, NULL, true
-FROM memberships WHERE tenant_id = $1 AND individual_id = ANY($2::text[])
+SELECT individual_id, 'm', segment, NULL FROM memberships WHERE tenant_id = $1 AND individual_id = ANY($2::text[])
+UNION ALL
+SELECT individual_id, 'c', purpose, status::text FROM consents WHERE tenant_id = $1 AND individual_id = ANY($2::text[])
+UNION ALL
+SELECT individual_id, 'f', dimension || chr(31) || value,
+       (score * {_DECAY3})::text
+FROM affinities WHERE tenant_id = $1 AND individual_id = ANY($2::text[])
 """
 
 # Entries and exits that really change a membership are written to the history in the same statement.
 _CHANGE_MEMBERSHIPS = """
 WITH entered AS (
-    INSERT INTO memberships (tenant_id, segment, individual_id)
-    SELECT $1, s, i FROM unnest($2::text[], $3::text[]) AS u(i, s)
+    INSERT INTO memberships (tenant_id, segment, individual_id, enter_time)
+    SELECT $1, s, i, $6 FROM unnest($2::text[], $3::text[]) AS u(i, s)
     ON CONFLICT (tenant_id, segment, individual_id) DO NOTHING
     RETURNING segment, individual_id
 ), exited AS (
@@ -91,30 +159,87 @@ WITH entered AS (
     WHERE m.tenant_id = $1 AND m.individual_id = u.i AND m.segment = u.s
     RETURNING m.segment, m.individual_id
 )
-INSERT INTO membership_history (tenant_id, segment, individual_id, change)
-SELECT $1, segment, individual_id, 'entered' FROM entered
+INSERT INTO membership_history (tenant_id, segment, individual_id, change, change_time)
+SELECT $1, segment, individual_id, 'entered', $6 FROM entered
 UNION ALL
-SELECT $1, segment, individual_id, 'exited' FROM exited
+SELECT $1, segment, individual_id, 'exited', $6 FROM exited
 """
 
-_MOVE_ATTRIBUTES = """
-INSERT INTO attributes (tenant_id, individual_id, key, value, updated_at)
-SELECT DISTINCT ON (key) $1, $3, key, value, updated_at
-FROM attributes WHERE tenant_id = $1 AND individual_id = ANY($2::text[])
-ORDER BY key, updated_at DESC
-ON CONFLICT (tenant_id, individual_id, key)
-DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at
-WHERE attributes.updated_at < EXCLUDED.updated_at
-"""
+_EVENT_COLUMNS = ("individual_id, message_id, type, event_time, revenue, quantity, item_id, name, source, "
+                  "{properties} AS properties, {lines} AS lines")
 
 
-def _window_us(window: timedelta) -> int:
+def _window_us(window: timedelta | None) -> int:
+    if not window:
+        return 0
     return (window.days * 86_400 + window.seconds) * 1_000_000 + window.microseconds
 
 
-def _insight(row: asyncpg.Record) -> InsightDef:
-    return InsightDef(row["name"], row["description"], row["aggregate"], row["field"], row["event_type"],
-                      timedelta(microseconds=row["window_us"]))
+def _from_us(us: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=us)
+
+
+def _insight(row: list) -> InsightDef:
+    name, description, aggregate, field, event_type, window_us, conditions, dimension, subject = row
+    return InsightDef(name, description, aggregate, field, event_type,
+                      timedelta(microseconds=window_us) if window_us else None,
+                      tuple(Condition(f, op, v) for f, op, v in conditions), dimension, subject)
+
+
+def affinity_document(c: AffinityConfig) -> str:
+    return json.dumps({"dimensions": list(c.dimensions), "weights": [list(w) for w in c.weights],
+                       "half_life_s": c.half_life.total_seconds()})
+
+
+def _affinity(doc: str | None) -> AffinityConfig:
+    if not doc:
+        return AffinityConfig()
+    d = json.loads(doc)
+    return AffinityConfig(tuple(d["dimensions"]), tuple((int(t), float(w)) for t, w in d["weights"]),
+                          timedelta(seconds=d["half_life_s"]))
+
+
+def _recon_part(a: AttributeRecon) -> dict:
+    return {"policy": a.policy, "sources": list(a.sources), "include_empty": a.include_empty}
+
+
+def recon_document(r: ReconRule) -> str:
+    return json.dumps({"object": r.object, "default": _recon_part(r.default),
+                       "overrides": {k: _recon_part(a) for k, a in r.overrides}})
+
+
+def _recon(doc: str | None) -> ReconRule:
+    if not doc:
+        return ReconRule()
+    d = json.loads(doc)
+
+    def part(p: dict) -> AttributeRecon:
+        return AttributeRecon(p["policy"], tuple(p["sources"]), p["include_empty"])
+
+    default = part(d["default"])
+    overrides = []
+    for key, p in sorted(d["overrides"].items()):
+        a = part(p)
+        if not a.policy:  # an override without a policy keeps the default's
+            a = AttributeRecon(default.policy, a.sources or default.sources, a.include_empty)
+        overrides.append((key, a))
+    return ReconRule(d["object"], default, tuple(overrides))
+
+
+def _config(row: asyncpg.Record) -> Config:
+    return Config(
+        insights=[_insight(r) for r in json.loads(row["insights"] or "[]")],
+        segments=[SegmentDef(n, d, r) for n, d, r in json.loads(row["segments"] or "[]")],
+        affinity=_affinity(row["affinity"]),
+        recon=_recon(row["recon"]),
+    )
+
+
+def _stored_event(r: asyncpg.Record) -> StoredEvent:
+    return StoredEvent(
+        r["individual_id"], r["type"], r["event_time"], r["revenue"], r["quantity"],
+        json.loads(r["properties"]) if r["properties"] else None, r["message_id"], r["name"], r["source"],
+        r["item_id"], tuple(tuple(li) for li in json.loads(r["lines"])) if r["lines"] else ())
 
 
 def _affected(status: str) -> int:
@@ -134,23 +259,27 @@ class PostgresUnit:
         await self.conn.execute(f"SELECT {fn}(hashtextextended('profile_graph/' || $1, 0))", self.tenant)
 
     async def insert_events(self, events: Sequence[NewEvent]) -> set[str]:
+        def js(value):
+            return json.dumps(value) if value else None
+
         rows = await self.conn.fetch(
-            _INSERT_EVENTS,
-            self.tenant,
-            [e.message_id for e in events],
-            [e.individual_id for e in events],
-            [e.type for e in events],
-            [e.event_time for e in events],
-            [e.revenue for e in events],
-            [e.quantity for e in events],
-            [e.item_id for e in events],
-            [json.dumps(e.properties) if e.properties else None for e in events],
-            [e.payload for e in events],
+            _INSERT_EVENTS, self.tenant,
+            [e.message_id for e in events], [e.individual_id for e in events], [e.type for e in events],
+            [e.event_time for e in events], [e.revenue for e in events], [e.quantity for e in events],
+            [e.item_id for e in events], [js(e.properties) for e in events], [e.payload for e in events],
+            [e.name for e in events], [e.source for e in events], [js([list(li) for li in e.lines]) for e in events],
+            [js(e.attributes) for e in events], [js([list(c) for c in e.consents]) for e in events],
+            [js([list(o) for o in e.objects]) for e in events], [json.dumps(e.item_ids) for e in events],
+            [json.dumps(list(e.identity_keys)) for e in events],
         )
+        individuals = sorted({r["individual_id"] for r in rows})
+        if individuals:
+            await self.conn.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS u(p)", CHANNEL,
+                                    _notify_payloads(self.tenant, individuals))
         return {r["message_id"] for r in rows}
 
-    async def touch_individuals(self, ids: Sequence[str]) -> None:
-        await self.conn.execute(_TOUCH_INDIVIDUALS, self.tenant, list(ids))
+    async def touch_individuals(self, ids: Sequence[str], now: datetime) -> None:
+        await self.conn.execute(_TOUCH_INDIVIDUALS, self.tenant, list(ids), now)
 
     async def individual_exists(self, individual_id: str) -> bool:
         return await self.conn.fetchval(
@@ -163,65 +292,157 @@ class PostgresUnit:
             " ORDER BY individual_id LIMIT $3", self.tenant, after, limit)
         return [r["individual_id"] for r in rows]
 
-    async def merge_attributes(self, updates: Sequence[AttributeUpdate]) -> None:
-        if not updates:
-            return
+    async def config(self) -> Config:
+        return _config(await self.conn.fetchrow(_CONFIG, self.tenant))
+
+    async def add_attribute_stats(self, stats: dict) -> None:
+        keys = list(stats)
         await self.conn.execute(
-            _MERGE_ATTRIBUTES, self.tenant,
-            [u.individual_id for u in updates], [u.key for u in updates],
-            [json.dumps(u.value) for u in updates], [u.updated_at for u in updates])
+            _ADD_STATS, self.tenant, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+            [k[3] for k in keys], [stats[k][0] for k in keys], [stats[k][1] for k in keys])
 
-    async def definitions(self) -> tuple[list[InsightDef], list[SegmentDef]]:
-        insights = await self.conn.fetch(
-            "SELECT name, description, aggregate, field, event_type, window_us FROM insights"
-            " WHERE tenant_id = $1 ORDER BY name", self.tenant)
-        segments = await self.conn.fetch(
-            "SELECT name, description, rule FROM segments WHERE tenant_id = $1 ORDER BY name", self.tenant)
-        return [_insight(r) for r in insights], [SegmentDef(r["name"], r["description"], r["rule"]) for r in segments]
+    async def attribute_stats(self, ids: Sequence[str]) -> dict[tuple[str, str], list[ValueStat]]:
+        out: dict[tuple[str, str], list[ValueStat]] = {}
+        for r in await self.conn.fetch(
+                "SELECT individual_id, key, source, value, count, last_at FROM attribute_values"
+                " WHERE tenant_id = $1 AND individual_id = ANY($2::text[])", self.tenant, list(ids)):
+            out.setdefault((r["individual_id"], r["key"]), []).append(
+                ValueStat(r["source"], r["value"], r["count"], r["last_at"]))
+        return out
 
-    async def compute_insights(self, ids: Sequence[str]) -> dict[str, dict[str, float]]:
-        values: dict[str, dict[str, float]] = {}
-        for r in await self.conn.fetch(_COMPUTE_INSIGHTS, self.tenant, list(ids)):
-            values.setdefault(r["individual_id"], {})[r["name"]] = float(r["value"])
-        return values
+    async def write_attributes(self, ids: Sequence[str], values: dict[tuple[str, str], tuple]) -> None:
+        put = [(k, v) for k, v in values.items() if v[0] is not None]
+        gone = [k for k, v in values.items() if v[0] is None]
+        await self.conn.execute(
+            _WRITE_ATTRIBUTES, self.tenant, [k[0] for k, _ in put], [k[1] for k, _ in put],
+            [v[0] for _, v in put], [v[1] for _, v in put], [k[0] for k in gone], [k[1] for k in gone])
 
-    async def profile_states(self, ids: Sequence[str]) -> dict[str, tuple[dict, set[str]]]:
-        states: dict[str, tuple[dict, set[str]]] = {}
-        for r in await self.conn.fetch(_PROFILE_STATES, self.tenant, list(ids)):
-            attributes, segments = states.setdefault(r["individual_id"], ({}, set()))
-            if r["membership"]:
-                segments.add(r["key"])
-            else:
+    async def upsert_objects(self, rows: Sequence[tuple], keep: int) -> None:
+        await self.conn.execute(
+            _UPSERT_OBJECTS, self.tenant, [r[1] for r in rows], [r[2] for r in rows], [r[0] for r in rows],
+            [json.dumps(r[3]) for r in rows], [r[4] for r in rows], [r[5] for r in rows])
+        await self.conn.execute(_TRIM_OBJECTS, self.tenant, sorted({r[0] for r in rows}), keep)
+
+    async def upsert_consents(self, rows: Sequence[tuple], from_api: bool) -> None:
+        await self.conn.execute(
+            _UPSERT_CONSENTS, self.tenant, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+            [r[3] for r in rows], [r[4] for r in rows], from_api)
+
+    async def item_attributes(self, ids: Sequence[str]) -> dict[str, dict]:
+        if not ids:
+            return {}
+        rows = await self.conn.fetch(
+            "SELECT item_id, attributes::text AS a FROM items WHERE tenant_id = $1 AND item_id = ANY($2::text[])",
+            self.tenant, list(ids))
+        return {r["item_id"]: json.loads(r["a"]) for r in rows}
+
+    async def add_affinities(self, increments: dict, half_life: timedelta) -> None:
+        keys = sorted(increments)
+        await self.conn.execute(
+            _ADD_AFFINITIES, self.tenant, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+            [increments[k][0] for k in keys], [increments[k][1] for k in keys], half_life.total_seconds())
+
+    async def event_rows(self, ids: Sequence[str], since: datetime | None, lines: bool, properties: bool
+                         ) -> list[StoredEvent]:
+        columns = _EVENT_COLUMNS.format(properties="properties::text" if properties else "NULL::text",
+                                        lines="lines::text" if lines else "NULL::text")
+        rows = await self.conn.fetch(
+            f"SELECT {columns} FROM events WHERE tenant_id = $1 AND individual_id = ANY($2::text[])"
+            " AND ($3::timestamptz IS NULL OR event_time > $3)", self.tenant, list(ids), since)
+        return [_stored_event(r) for r in rows]
+
+    async def store_insight_values(self, ids: Sequence[str], rows: dict[str, list[tuple[str, str, float]]]) -> None:
+        flat = [(i, n, d, v) for i, values in rows.items() for n, d, v in values]
+        await self.conn.execute(_STORE_INSIGHTS, self.tenant, [f[0] for f in flat], [f[1] for f in flat],
+                                [f[2] for f in flat], [f[3] for f in flat], list(ids))
+
+    async def profile_states(self, ids: Sequence[str], now: datetime) -> dict[str, tuple]:
+        states: dict[str, tuple] = {}
+        for r in await self.conn.fetch(_PROFILE_STATES, self.tenant, list(ids), now):
+            attributes, segments, affinities, consents = states.setdefault(r["individual_id"], ({}, set(), {}, {}))
+            kind = r["kind"]
+            if kind == "a":
                 attributes[r["key"]] = json.loads(r["value"])
+            elif kind == "m":
+                segments.add(r["key"])
+            elif kind == "c":
+                consents[r["key"]] = domain.CONSENT_NAMES.get(int(r["value"]), "")
+            else:
+                dimension, value = r["key"].split(chr(31), 1)
+                affinities.setdefault(dimension, {})[value] = float(r["value"])
         return states
 
-    async def change_memberships(self, entered: Sequence[tuple[str, str]], exited: Sequence[tuple[str, str]]) -> None:
+    async def change_memberships(self, entered: Sequence[tuple[str, str]], exited: Sequence[tuple[str, str]],
+                                 now: datetime) -> None:
         await self.conn.execute(
             _CHANGE_MEMBERSHIPS, self.tenant,
-            [i for i, _ in entered], [s for _, s in entered], [i for i, _ in exited], [s for _, s in exited])
+            [i for i, _ in entered], [s for _, s in entered], [i for i, _ in exited], [s for _, s in exited], now)
 
-    async def move_individuals(self, from_ids: Sequence[str], to_id: str) -> tuple[int, list[tuple[str, str]]]:
-        ids = list(from_ids)
-        moved = _affected(await self.conn.execute(
-            "UPDATE events SET individual_id = $3 WHERE tenant_id = $1 AND individual_id = ANY($2::text[])",
-            self.tenant, ids, to_id))
-        await self.conn.execute(_MOVE_ATTRIBUTES, self.tenant, ids, to_id)
-        for table in ("attributes", "insight_values", "individuals"):
+    async def move_events(self, from_ids: Sequence[str], to_id: str, identity_keys: Sequence[str] | None) -> int:
+        keys = list(identity_keys) if identity_keys is not None else None
+        return _affected(await self.conn.execute(
+            "UPDATE events SET individual_id = $3 WHERE tenant_id = $1 AND individual_id = ANY($2::text[])"
+            " AND ($4::text[] IS NULL OR identity_keys && $4::text[])", self.tenant, list(from_ids), to_id, keys))
+
+    async def move_api_consents(self, from_ids: Sequence[str], to_id: str) -> None:
+        await self.conn.execute(
+            """INSERT INTO consents (tenant_id, individual_id, purpose, status, updated_at, source, from_api)
+               SELECT DISTINCT ON (purpose) $1, $3, purpose, status, updated_at, source, true FROM consents
+               WHERE tenant_id = $1 AND individual_id = ANY($2::text[]) AND from_api
+               ORDER BY purpose, updated_at DESC
+               ON CONFLICT (tenant_id, individual_id, purpose) DO UPDATE SET status = EXCLUDED.status,
+                   updated_at = EXCLUDED.updated_at, source = EXCLUDED.source, from_api = true
+               WHERE consents.updated_at <= EXCLUDED.updated_at""", self.tenant, list(from_ids), to_id)
+
+    async def drop_individuals(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        for table in ("attribute_values", "attributes", "insight_values", "profile_objects", "consents",
+                      "affinities", "individuals"):
             await self.conn.execute(
-                f"DELETE FROM {table} WHERE tenant_id = $1 AND individual_id = ANY($2::text[])", self.tenant, ids)
+                f"DELETE FROM {table} WHERE tenant_id = $1 AND individual_id = ANY($2::text[])", self.tenant, list(ids))
         rows = await self.conn.fetch(
             "SELECT individual_id, segment FROM memberships WHERE tenant_id = $1 AND individual_id = ANY($2::text[])",
-            self.tenant, ids)
-        return moved, [(r["individual_id"], r["segment"]) for r in rows]
+            self.tenant, list(ids))
+        return [(r["individual_id"], r["segment"]) for r in rows]
+
+    async def clear_derived(self, ids: Sequence[str]) -> None:
+        for table in ("attribute_values", "attributes", "insight_values", "profile_objects", "affinities"):
+            await self.conn.execute(
+                f"DELETE FROM {table} WHERE tenant_id = $1 AND individual_id = ANY($2::text[])", self.tenant, list(ids))
+        await self.conn.execute(
+            "DELETE FROM consents WHERE tenant_id = $1 AND individual_id = ANY($2::text[]) AND NOT from_api",
+            self.tenant, list(ids))
+
+    async def replay_events(self, ids: Sequence[str]) -> list[NewEvent]:
+        rows = await self.conn.fetch(
+            """SELECT individual_id, message_id, type, event_time, revenue, quantity, item_id, name, source,
+                      properties::text AS properties, lines::text AS lines, attributes::text AS attributes,
+                      consents::text AS consents, objects::text AS objects
+               FROM events WHERE tenant_id = $1 AND individual_id = ANY($2::text[])
+               ORDER BY event_time, message_id""", self.tenant, list(ids))
+        return [NewEvent(
+            r["individual_id"], r["message_id"], r["type"], r["event_time"],
+            attributes=json.loads(r["attributes"]) if r["attributes"] else {},
+            properties=json.loads(r["properties"]) if r["properties"] else None,
+            revenue=r["revenue"], quantity=r["quantity"], item_id=r["item_id"], name=r["name"], source=r["source"],
+            lines=tuple(tuple(x) for x in json.loads(r["lines"])) if r["lines"] else (),
+            consents=tuple(tuple(x) for x in json.loads(r["consents"])) if r["consents"] else (),
+            objects=tuple(tuple(x) for x in json.loads(r["objects"])) if r["objects"] else (),
+        ) for r in rows]
 
     async def save_insight(self, d: InsightDef) -> None:
         await self.conn.execute(
-            """INSERT INTO insights (tenant_id, name, description, aggregate, field, event_type, window_us)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)
+            """INSERT INTO insights (tenant_id, name, description, aggregate, field, event_type, window_us, conditions,
+                                     dimension, subject)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                ON CONFLICT (tenant_id, name) DO UPDATE SET description = EXCLUDED.description,
                    aggregate = EXCLUDED.aggregate, field = EXCLUDED.field, event_type = EXCLUDED.event_type,
-                   window_us = EXCLUDED.window_us, update_time = now()""",
-            self.tenant, d.name, d.description, d.aggregate, d.field, d.event_type, _window_us(d.window))
+                   window_us = EXCLUDED.window_us, conditions = EXCLUDED.conditions, dimension = EXCLUDED.dimension,
+                   subject = EXCLUDED.subject, update_time = now()""",
+            self.tenant, d.name, d.description, d.aggregate, d.field, d.event_type, _window_us(d.window),
+            json.dumps([[c.field, c.op, c.value] for c in d.conditions]), d.dimension, d.subject)
+        # An insight that changes subject leaves no stale values behind.
+        table = "insight_values" if d.subject == domain.SUBJECT_ITEM else "item_insight_values"
+        await self.conn.execute(f"DELETE FROM {table} WHERE tenant_id = $1 AND name = $2", self.tenant, d.name)
 
     async def save_segment(self, s: SegmentDef) -> None:
         await self.conn.execute(
@@ -230,9 +451,97 @@ class PostgresUnit:
                    rule = EXCLUDED.rule, update_time = now()""",
             self.tenant, s.name, s.description, s.rule)
 
+    async def _save_document(self, kind: str, document: str) -> None:
+        await self.conn.execute(
+            """INSERT INTO graph_config (tenant_id, kind, document) VALUES ($1, $2, $3)
+               ON CONFLICT (tenant_id, kind) DO UPDATE SET document = EXCLUDED.document""",
+            self.tenant, kind, document)
+
+    async def save_affinity_config(self, config: AffinityConfig) -> None:
+        await self._save_document("affinity", affinity_document(config))
+
+    async def save_recon_rule(self, rule: ReconRule) -> None:
+        await self._save_document(f"reconciliation/{rule.object}", recon_document(rule))
+
     async def member_count(self, segment: str) -> int:
         return await self.conn.fetchval(
             "SELECT count(*) FROM memberships WHERE tenant_id = $1 AND segment = $2", self.tenant, segment)
+
+    async def item_event_rows(self, item_ids: Sequence[str], since: datetime | None) -> list[StoredEvent]:
+        columns = _EVENT_COLUMNS.format(properties="properties::text", lines="lines::text")
+        rows = await self.conn.fetch(
+            f"SELECT {columns} FROM events WHERE tenant_id = $1 AND item_ids && $2::text[]"
+            " AND ($3::timestamptz IS NULL OR event_time > $3)", self.tenant, list(item_ids), since)
+        return [_stored_event(r) for r in rows]
+
+    async def store_item_insights(self, item_ids: Sequence[str], values: dict[str, dict[str, float]]) -> None:
+        flat = [(i, n, v) for i, named in values.items() for n, v in named.items()]
+        await self.conn.execute(
+            """INSERT INTO item_insight_values (tenant_id, item_id, name, value)
+               SELECT $1, i, n, v FROM unnest($2::text[], $3::text[], $4::float8[]) AS u(i, n, v)
+               ON CONFLICT (tenant_id, item_id, name) DO UPDATE SET value = EXCLUDED.value""",
+            self.tenant, [f[0] for f in flat], [f[1] for f in flat], [f[2] for f in flat])
+
+    async def item_ids(self, after: str, limit: int) -> list[str]:
+        rows = await self.conn.fetch(
+            "SELECT item_id FROM items WHERE tenant_id = $1 AND item_id COLLATE \"C\" > $2"
+            " ORDER BY item_id COLLATE \"C\" LIMIT $3",
+            self.tenant, after, limit)
+        return [r["item_id"] for r in rows]
+
+
+def _notify_payloads(tenant: str, individuals: list[str]) -> list[str]:
+    """NOTIFY payloads (each under the 8,000-byte limit) naming the tenant and the individuals a batch touched."""
+    out, chunk, size = [], [], 0
+    for i in individuals:
+        if chunk and size + len(i) + 4 > NOTIFY_BYTES - len(tenant):
+            out.append(json.dumps({"t": tenant, "i": chunk}))
+            chunk, size = [], 0
+        chunk.append(i)
+        size += len(i) + 4
+    out.append(json.dumps({"t": tenant, "i": chunk}))
+    return out
+
+
+class EventFeed:
+    """One LISTEN connection per process; wakes the live streams of the individuals each notification names."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+        self.conn: asyncpg.Connection | None = None
+        self.waiters: dict[tuple[str, str], set[asyncio.Event]] = {}
+        self._lock = asyncio.Lock()
+
+    def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
+        data = json.loads(payload)
+        for individual in data["i"]:
+            for wake in self.waiters.get((data["t"], individual), ()):
+                wake.set()
+
+    async def _listen(self) -> None:
+        async with self._lock:
+            if self.conn is None or self.conn.is_closed():
+                self.conn = await self.pool.acquire()
+                await self.conn.add_listener(CHANNEL, self._on_notify)
+
+    @asynccontextmanager
+    async def watch(self, tenant: str, individual_id: str) -> AsyncIterator[asyncio.Event]:
+        await self._listen()
+        wake = asyncio.Event()
+        key = (tenant, individual_id)
+        self.waiters.setdefault(key, set()).add(wake)
+        try:
+            yield wake
+        finally:
+            self.waiters[key].discard(wake)
+            if not self.waiters[key]:
+                del self.waiters[key]
+
+    async def close(self) -> None:
+        if self.conn is not None and not self.conn.is_closed():
+            await self.conn.remove_listener(CHANNEL, self._on_notify)
+            await self.pool.release(self.conn)
+        self.conn = None
 
 
 class PostgresStore:
@@ -240,6 +549,7 @@ class PostgresStore:
 
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
+        self.feed = EventFeed(pool)
         self._profile_sql: dict[frozenset[str], str] = {}
 
     @asynccontextmanager
@@ -247,7 +557,11 @@ class PostgresStore:
         async with self.pool.acquire() as conn, conn.transaction():
             yield PostgresUnit(conn, tenant)
 
+    def watch(self, tenant: str, individual_id: str):
+        return self.feed.watch(tenant, individual_id)
+
     def _profile_query(self, parts: frozenset[str]) -> str:
+        # Parameters: $1 tenant, $2 individual, $3 event limit, $4 now, $5 affinity limit.
         sql = self._profile_sql.get(parts)
         if sql is None:
             own = "tenant_id = $1 AND individual_id = $2"
@@ -258,33 +572,88 @@ class PostgresStore:
                 columns.append(f"ARRAY(SELECT payload FROM events WHERE {own}"
                                " ORDER BY event_time DESC, message_id DESC LIMIT $3) AS events")
             if "insights" in parts:
-                columns.append(f"(SELECT jsonb_object_agg(name, value) FROM insight_values WHERE {own})::text AS insights")
+                columns.append("(SELECT json_agg(json_build_array(name, dimension, value)) FROM insight_values"
+                               f" WHERE {own})::text AS insights")
             if "segments" in parts:
                 columns.append(f"ARRAY(SELECT segment FROM memberships WHERE {own} ORDER BY segment) AS segments")
-            sql = self._profile_sql[parts] = "SELECT " + ", ".join(columns)
+            if "profile_objects" in parts:
+                columns.append(
+                    "(SELECT json_agg(json_build_array(type, object_id, attributes,"
+                    " (extract(epoch FROM updated_at) * 1000000)::int8, source) ORDER BY type, updated_at DESC,"
+                    f" object_id DESC) FROM profile_objects WHERE {own})::text AS objects")
+            if "consents" in parts:
+                columns.append(
+                    "(SELECT json_agg(json_build_array(purpose, status, (extract(epoch FROM updated_at) * 1000000)::int8,"
+                    f" source) ORDER BY purpose) FROM consents WHERE {own})::text AS consents")
+            if "affinities" in parts:
+                columns.append(
+                    "(SELECT json_agg(json_build_array(dimension, value, s) ORDER BY s DESC, dimension, value) FROM"
+                    f" (SELECT dimension, value, score * {_DECAY4} AS s FROM affinities WHERE {own}"
+                    " ORDER BY s DESC, dimension, value"
+                    " LIMIT $5) t)::text AS affinities")
+            sql = "SELECT " + ", ".join(columns)
+            # Number the parameters the query really uses, in order.
+            used = [n for n in (3, 4, 5) if f"${n}" in sql]
+            for new, old in enumerate(used, start=3):
+                sql = sql.replace(f"${old}", f"${new}")
+            self._profile_sql[parts] = sql
         return sql
 
-    async def get_profile(self, tenant: str, individual_id: str, parts: set[str], event_limit: int) -> Profile:
+    async def get_profile(self, tenant: str, individual_id: str, parts: set[str], event_limit: int,
+                          affinity_limit: int, now: datetime) -> Profile:
         key = frozenset(parts)
-        args = [tenant, individual_id] + ([event_limit] if "events" in key else [])
+        args = [tenant, individual_id] + ([event_limit] if "events" in key else []) + (
+            [now, affinity_limit] if "affinities" in key else [])
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(self._profile_query(key), *args)
-        return Profile(
-            individual_id=individual_id,
-            attributes=json.loads(row["attributes"]) if "attributes" in key and row["attributes"] else {},
-            event_payloads=list(row["events"]) if "events" in key else [],
-            insights={k: float(v) for k, v in json.loads(row["insights"]).items()}
-            if "insights" in key and row["insights"] else {},
-            segments=list(row["segments"]) if "segments" in key else [],
-            update_time=row["update_time"],
-        )
+        profile = Profile(individual_id=individual_id, update_time=row["update_time"])
+        if "attributes" in key and row["attributes"]:
+            profile.attributes = json.loads(row["attributes"])
+        if "events" in key:
+            profile.event_payloads = list(row["events"])
+        if "insights" in key and row["insights"]:
+            for name, dim, value in json.loads(row["insights"]):
+                if dim:
+                    profile.grouped_insights.setdefault(name, {})[dim] = float(value)
+                else:
+                    profile.insights[name] = float(value)
+        if "segments" in key:
+            profile.segments = list(row["segments"])
+        if "profile_objects" in key and row["objects"]:
+            profile.objects = [ProfileObjectRow(t, o, a, _from_us(us), s) for t, o, a, us, s in json.loads(row["objects"])]
+        if "consents" in key and row["consents"]:
+            profile.consents = [ConsentState(p, st, _from_us(us), s) for p, st, us, s in json.loads(row["consents"])]
+        if "affinities" in key and row["affinities"]:
+            profile.affinities = [Affinity(d, v, float(s)) for d, v, s in json.loads(row["affinities"])]
+        return profile
+
+    async def get_affinities(self, tenant: str, individual_id: str, dimension: str, limit: int,
+                             now: datetime) -> list[Affinity]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"""SELECT dimension, value, score * {_DECAY3} AS s
+                    FROM affinities WHERE tenant_id = $1 AND individual_id = $2 AND ($4 = '' OR dimension = $4)
+                    ORDER BY s DESC, dimension, value LIMIT $5""", tenant, individual_id, now, dimension, limit)
+        return [Affinity(r["dimension"], r["value"], r["s"]) for r in rows]
+
+    async def get_consents(self, tenant: str, individual_id: str) -> list[ConsentState]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT purpose, status, updated_at, source FROM consents WHERE tenant_id = $1 AND individual_id = $2"
+                " ORDER BY purpose", tenant, individual_id)
+        return [ConsentState(r["purpose"], r["status"], r["updated_at"], r["source"]) for r in rows]
+
+    async def read_config(self, tenant: str) -> Config:
+        async with self.pool.acquire() as conn:
+            return _config(await conn.fetchrow(_CONFIG, tenant))
 
     async def list_insights(self, tenant: str, after: str, limit: int) -> list[InsightDef]:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT name, description, aggregate, field, event_type, window_us FROM insights"
-                " WHERE tenant_id = $1 AND name > $2 ORDER BY name LIMIT $3", tenant, after, limit)
-        return [_insight(r) for r in rows]
+                "SELECT name, description, aggregate, field, event_type, window_us, conditions::text AS c, dimension,"
+                " subject FROM insights WHERE tenant_id = $1 AND name > $2 ORDER BY name LIMIT $3", tenant, after, limit)
+        return [_insight([r["name"], r["description"], r["aggregate"], r["field"], r["event_type"], r["window_us"],
+                          json.loads(r["c"]), r["dimension"], r["subject"]]) for r in rows]
 
     async def list_segments(self, tenant: str, after: str, limit: int) -> list[SegmentDef]:
         async with self.pool.acquire() as conn:
@@ -308,24 +677,101 @@ class PostgresStore:
                 " AND individual_id > $3 ORDER BY individual_id LIMIT $4", tenant, segment, after, limit)
         return [Member(r["individual_id"], r["enter_time"]) for r in rows]
 
-    async def tenants_with_windowed_insights(self) -> list[str]:
+    async def list_changes(self, tenant: str, segment: str, after: int, limit: int) -> list[MembershipChange]:
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch("SELECT DISTINCT tenant_id FROM insights WHERE window_us > 0 ORDER BY tenant_id")
+            rows = await conn.fetch(
+                "SELECT id, segment, individual_id, change, change_time FROM membership_history"
+                " WHERE tenant_id = $1 AND id > $2 AND ($3 = '' OR segment = $3) ORDER BY id LIMIT $4",
+                tenant, after, segment, limit)
+        return [MembershipChange(r["id"], r["segment"], r["individual_id"], r["change"] == "entered",
+                                 r["change_time"]) for r in rows]
+
+    async def tenants_with_definitions(self) -> list[str]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT tenant_id FROM insights UNION SELECT tenant_id FROM segments ORDER BY tenant_id")
         return [r["tenant_id"] for r in rows]
 
-    async def upsert_items(self, tenant: str, items: Sequence[Item]) -> None:
+    async def item_types(self, tenant: str) -> dict[str, str]:
         async with self.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT name, type FROM item_attribute_types WHERE tenant_id = $1", tenant)
+        return {r["name"]: r["type"] for r in rows}
+
+    async def upsert_items(self, tenant: str, items: Sequence[Item], new_types: dict[str, str]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            if new_types:
+                await conn.execute(
+                    """INSERT INTO item_attribute_types (tenant_id, name, type)
+                       SELECT $1, n, t FROM unnest($2::text[], $3::text[]) AS u(n, t) ON CONFLICT DO NOTHING""",
+                    tenant, list(new_types), list(new_types.values()))
             await conn.execute(
                 """INSERT INTO items (tenant_id, item_id, name, attributes)
                    SELECT $1, i, n, a FROM unnest($2::text[], $3::text[], $4::jsonb[]) AS u(i, n, a)
                    ON CONFLICT (tenant_id, item_id) DO UPDATE SET name = EXCLUDED.name,
-                       attributes = EXCLUDED.attributes, update_time = now()""",
+                       attributes = EXCLUDED.attributes, update_time = now()
+                   WHERE items.name IS DISTINCT FROM EXCLUDED.name OR items.attributes IS DISTINCT FROM EXCLUDED.attributes""",
                 tenant, [i.item_id for i in items], [i.name for i in items],
                 [json.dumps(i.attributes) for i in items])
+
+    _ITEM_COLUMNS = """i.item_id, i.name, i.attributes::text AS attributes,
+        (SELECT jsonb_object_agg(v.name, v.value) FROM item_insight_values v
+         WHERE v.tenant_id = i.tenant_id AND v.item_id = i.item_id)::text AS insights"""
+
+    @staticmethod
+    def _item(r: asyncpg.Record) -> Item:
+        return Item(r["item_id"], r["name"], json.loads(r["attributes"]),
+                    json.loads(r["insights"]) if r["insights"] else {})
 
     async def get_items(self, tenant: str, ids: Sequence[str]) -> list[Item]:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT item_id, name, attributes::text AS attributes FROM items"
-                " WHERE tenant_id = $1 AND item_id = ANY($2::text[])", tenant, list(ids))
-        return [Item(r["item_id"], r["name"], json.loads(r["attributes"])) for r in rows]
+                f"SELECT {self._ITEM_COLUMNS} FROM items i WHERE i.tenant_id = $1 AND i.item_id = ANY($2::text[])",
+                tenant, list(ids))
+        return [self._item(r) for r in rows]
+
+    async def list_items(self, tenant: str, filters: Sequence[Condition], types: dict[str, str], after: str,
+                         limit: int) -> list[Item]:
+        args: list = [tenant, after, limit]
+        where = []
+
+        def arg(value) -> str:
+            args.append(value)
+            return f"${len(args)}"
+
+        ops = {domain.OP_GT: ">", domain.OP_GE: ">=", domain.OP_LT: "<", domain.OP_LE: "<=", domain.OP_EQ: "="}
+        for c in filters:
+            kind = types[c.field]
+            key = arg(c.field)
+            if c.op == domain.OP_CONTAINS:
+                where.append(f"i.attributes -> {key} ? {arg(c.value)}")
+                continue
+            if kind == "number":
+                left, right = f"(i.attributes ->> {key})::float8", f"{arg(float(c.value))}::float8"
+            elif kind == "timestamp":
+                left, right = f"(i.attributes ->> {key})::timestamptz", f"{arg(c.value)}::timestamptz"
+            elif kind == "bool":
+                left, right = f"(i.attributes -> {key})", f"{arg(json.dumps(c.value))}::jsonb"
+            else:
+                left, right = f"(i.attributes ->> {key})", f"{arg(c.value)}::text"
+            where.append(f"{left} IS DISTINCT FROM {right}" if c.op == domain.OP_NE else f"{left} {ops[c.op]} {right}")
+        extra = "".join(f" AND {w}" for w in where)
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"SELECT {self._ITEM_COLUMNS} FROM items i WHERE i.tenant_id = $1 AND i.item_id COLLATE \"C\" > $2"
+                f"{extra} ORDER BY i.item_id COLLATE \"C\" LIMIT $3", *args)
+        return [self._item(r) for r in rows]
+
+    async def recent_events(self, tenant: str, individual_id: str, count: int) -> list[tuple[int, bytes, datetime]]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT seq, payload, append_time FROM (SELECT seq, payload, append_time FROM events"
+                " WHERE tenant_id = $1 AND individual_id = $2 ORDER BY seq DESC LIMIT $3) t ORDER BY seq",
+                tenant, individual_id, count)
+        return [(r["seq"], r["payload"], r["append_time"]) for r in rows]
+
+    async def events_after(self, tenant: str, individual_id: str, after: int) -> list[tuple[int, bytes, datetime]]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT seq, payload, append_time FROM events WHERE tenant_id = $1 AND individual_id = $2"
+                " AND seq > $3 ORDER BY seq LIMIT 1000", tenant, individual_id, after)
+        return [(r["seq"], r["payload"], r["append_time"]) for r in rows]

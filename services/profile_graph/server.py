@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from datetime import datetime
 
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc
 from services.profile_graph.postgres import PostgresStore
-from services.profile_graph.service import ProfileGraph
+from services.profile_graph.service import ProfileGraph, _utcnow
 from services.profile_graph.servicer import ProfileGraphServicer
 from shared.log import get_logger
 from shared.runtime import Built, prepare_schema
@@ -21,25 +23,46 @@ log = get_logger("profile_graph")
 
 
 async def refresh_loop(graph: ProfileGraph, every_seconds: int) -> None:
-    """Periodically lets old events age out of windowed insights and the segments that read them."""
+    """The scheduled full recompute: lets old events age out of windowed insights and the segments that read them."""
     while True:
         await asyncio.sleep(every_seconds)
         try:
-            refreshed = await graph.refresh_windowed_insights()
-            log.info("windowed_insights_refreshed", individuals=refreshed)
+            refreshed = await graph.refresh()
+            log.info("profiles_refreshed", individuals=refreshed)
         except Exception:  # noqa: BLE001 - a failed round is retried at the next tick
-            log.exception("windowed_insights_refresh_failed")
+            log.exception("profiles_refresh_failed")
 
 
-async def build(dsn: str) -> Built:
-    """Builds the profile graph service on the database at dsn."""
+async def item_insight_loop(graph: ProfileGraph, every_ms: int) -> None:
+    """Keeps item insights current: recomputes the items that events touched since the last round."""
+    while True:
+        await asyncio.sleep(every_ms / 1000)
+        try:
+            await graph.flush_item_insights()
+        except Exception:  # noqa: BLE001 - the items are recomputed again by the next full recompute
+            log.exception("item_insights_failed")
+
+
+async def build(dsn: str, *, clock: Callable[[], datetime] = _utcnow) -> Built:
+    """Builds the profile graph service on the database at dsn (clock: for tests that move time on)."""
     pool_min = env_int("TAILOR_PROFILE_GRAPH_POOL_MIN", 2, minimum=1)
     pool_max = env_int("TAILOR_PROFILE_GRAPH_POOL_MAX", 10, minimum=pool_min)
     refresh_seconds = env_int("TAILOR_PROFILE_GRAPH_REFRESH_SECONDS", 3600, minimum=0)
+    objects_per_type = env_int("TAILOR_PROFILE_GRAPH_OBJECTS_PER_TYPE", 100, minimum=1)
+    item_flush_ms = env_int("TAILOR_PROFILE_GRAPH_ITEM_FLUSH_MS", 1000, minimum=10)
     pool = await prepare_schema(dsn, SCHEMA, __file__, min_size=pool_min, max_size=pool_max)
-    graph = ProfileGraph(PostgresStore(pool))
+    store = PostgresStore(pool)
+    graph = ProfileGraph(store, clock=clock, objects_per_type=objects_per_type)
+
+    async def close() -> None:
+        await store.feed.close()
+        await pool.close()
+
+    background = [lambda: item_insight_loop(graph, item_flush_ms)]
+    if refresh_seconds:
+        background.append(lambda: refresh_loop(graph, refresh_seconds))
     return Built(
         services=[Service(pb_grpc.add_ProfileGraphServiceServicer_to_server, ProfileGraphServicer(graph), FULL_NAME)],
-        close=pool.close,
-        background=[lambda: refresh_loop(graph, refresh_seconds)] if refresh_seconds else [],
+        close=close,
+        background=background,
     )

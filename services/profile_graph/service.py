@@ -1,19 +1,24 @@
-"""Use cases of the profile graph: append, read, reassign, items, insights and segments. No gRPC, no SQL."""
+"""Use cases of the profile graph: append, read, reassign, items, insights, segments, affinities, consents,
+reconciliation and live streams. No gRPC, no SQL."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
 from services.profile_graph import domain
 from services.profile_graph.domain import (
-    AppendOutcome, AttributeUpdate, InsightDef, Item, Member, NewEvent, Profile, RuleCache, SegmentDef,
+    Affinity, AffinityConfig, AppendOutcome, Condition, Config, ConsentState, InsightDef, Item, Member,
+    MembershipChange, NewEvent, Profile, ReconRule, RuleCache, SegmentDef, StoredEvent, ValueStat,
 )
 from shared.errors import InvalidArgument, NotFound, Violations
 
 # Individuals are recomputed in chunks of this size when a definition changes for everyone.
-RECOMPUTE_CHUNK = 2_000
+RECOMPUTE_CHUNK = 1_000
+ITEM_CHUNK = 500
+MAX_REPLAY = 1_000
 
 
 class Unit(Protocol):
@@ -21,45 +26,88 @@ class Unit(Protocol):
 
     async def lock_definitions(self, exclusive: bool) -> None: ...
     async def insert_events(self, events: Sequence[NewEvent]) -> set[str]: ...
-    async def touch_individuals(self, ids: Sequence[str]) -> None: ...
+    async def touch_individuals(self, ids: Sequence[str], now: datetime) -> None: ...
     async def individual_exists(self, individual_id: str) -> bool: ...
     async def individual_ids(self, after: str, limit: int) -> list[str]: ...
-    async def merge_attributes(self, updates: Sequence[AttributeUpdate]) -> None: ...
-    async def definitions(self) -> tuple[list[InsightDef], list[SegmentDef]]: ...
-    async def compute_insights(self, ids: Sequence[str]) -> dict[str, dict[str, float]]: ...
-    async def profile_states(self, ids: Sequence[str]) -> dict[str, tuple[dict, set[str]]]: ...
-    async def change_memberships(self, entered: Sequence[tuple[str, str]], exited: Sequence[tuple[str, str]]) -> None: ...
-    async def move_individuals(self, from_ids: Sequence[str], to_id: str) -> tuple[int, list[tuple[str, str]]]: ...
+    async def config(self) -> Config: ...
+    async def add_attribute_stats(self, stats: dict) -> None: ...
+    async def attribute_stats(self, ids: Sequence[str]) -> dict[tuple[str, str], list[ValueStat]]: ...
+    async def write_attributes(self, ids: Sequence[str], values: dict[tuple[str, str], tuple]) -> None: ...
+    async def upsert_objects(self, rows: Sequence[tuple], keep: int) -> None: ...
+    async def upsert_consents(self, rows: Sequence[tuple], from_api: bool) -> None: ...
+    async def item_attributes(self, ids: Sequence[str]) -> dict[str, dict]: ...
+    async def add_affinities(self, increments: dict, half_life: timedelta) -> None: ...
+    async def event_rows(self, ids: Sequence[str], since: datetime | None, lines: bool, properties: bool
+                         ) -> list[StoredEvent]: ...
+    async def store_insight_values(self, ids: Sequence[str], rows: dict[str, list[tuple[str, str, float]]]) -> None: ...
+    async def profile_states(self, ids: Sequence[str], now: datetime) -> dict[str, tuple]: ...
+    async def change_memberships(self, entered: Sequence[tuple[str, str]], exited: Sequence[tuple[str, str]],
+                                 now: datetime) -> None: ...
+    async def move_events(self, from_ids: Sequence[str], to_id: str, identity_keys: Sequence[str] | None) -> int: ...
+    async def move_api_consents(self, from_ids: Sequence[str], to_id: str) -> None: ...
+    async def drop_individuals(self, ids: Sequence[str]) -> list[tuple[str, str]]: ...
+    async def clear_derived(self, ids: Sequence[str]) -> None: ...
+    async def replay_events(self, ids: Sequence[str]) -> list[NewEvent]: ...
     async def save_insight(self, insight: InsightDef) -> None: ...
     async def save_segment(self, segment: SegmentDef) -> None: ...
+    async def save_affinity_config(self, config: AffinityConfig) -> None: ...
+    async def save_recon_rule(self, rule: ReconRule) -> None: ...
     async def member_count(self, segment: str) -> int: ...
+    async def item_event_rows(self, item_ids: Sequence[str], since: datetime | None) -> list[StoredEvent]: ...
+    async def store_item_insights(self, item_ids: Sequence[str], values: dict[str, dict[str, float]]) -> None: ...
+    async def item_ids(self, after: str, limit: int) -> list[str]: ...
 
 
 class Store(Protocol):
     """The profile graph's storage: transactions for writes, single reads for the hot path."""
 
     def unit(self, tenant: str) -> AbstractAsyncContextManager[Unit]: ...
-    async def get_profile(self, tenant: str, individual_id: str, parts: set[str], event_limit: int) -> Profile: ...
+    async def get_profile(self, tenant: str, individual_id: str, parts: set[str], event_limit: int,
+                          affinity_limit: int, now: datetime) -> Profile: ...
+    async def get_affinities(self, tenant: str, individual_id: str, dimension: str, limit: int,
+                             now: datetime) -> list[Affinity]: ...
+    async def get_consents(self, tenant: str, individual_id: str) -> list[ConsentState]: ...
     async def list_insights(self, tenant: str, after: str, limit: int) -> list[InsightDef]: ...
     async def list_segments(self, tenant: str, after: str, limit: int) -> list[SegmentDef]: ...
     async def segment_exists(self, tenant: str, name: str) -> bool: ...
     async def list_members(self, tenant: str, segment: str, after: str, limit: int) -> list[Member]: ...
-    async def tenants_with_windowed_insights(self) -> list[str]: ...
-    async def upsert_items(self, tenant: str, items: Sequence[Item]) -> None: ...
+    async def list_changes(self, tenant: str, segment: str, after: int, limit: int) -> list[MembershipChange]: ...
+    async def tenants_with_definitions(self) -> list[str]: ...
+    async def item_types(self, tenant: str) -> dict[str, str]: ...
+    async def upsert_items(self, tenant: str, items: Sequence[Item], new_types: dict[str, str]) -> None: ...
     async def get_items(self, tenant: str, ids: Sequence[str]) -> list[Item]: ...
+    async def list_items(self, tenant: str, filters: Sequence[Condition], types: dict[str, str], after: str,
+                         limit: int) -> list[Item]: ...
+    async def read_config(self, tenant: str) -> Config: ...
+    async def recent_events(self, tenant: str, individual_id: str, count: int) -> list[tuple[int, bytes, datetime]]: ...
+    async def events_after(self, tenant: str, individual_id: str, after: int) -> list[tuple[int, bytes, datetime]]: ...
+    def watch(self, tenant: str, individual_id: str) -> AbstractAsyncContextManager: ...
+
+
+def _reads_properties(d: InsightDef) -> bool:
+    return any(n.startswith("properties.") for n in [d.field, d.dimension] + [c.field for c in d.conditions])
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 class ProfileGraph:
     """The Update and Compute stages, and the reads of what they produce."""
 
-    def __init__(self, store: Store, rules: RuleCache | None = None):
+    def __init__(self, store: Store, rules: RuleCache | None = None, *, clock: Callable[[], datetime] = _utcnow,
+                 objects_per_type: int = 100):
         self.store = store
         self.rules = rules or RuleCache()
+        self.clock = clock
+        self.objects_per_type = objects_per_type
+        self.dirty_items: dict[str, set[str]] = {}
 
     # ---- update & compute ---------------------------------------------------------------------------------
 
     async def append_events(self, tenant: str, events: list[NewEvent]) -> list[AppendOutcome]:
-        """Stores new events once per message id, merges attributes, recomputes insights and memberships."""
+        """Stores new events once per message id, updates attributes, objects, consents and affinities, recomputes
+        insights and memberships of the touched individuals."""
         domain.validate_events(events)
         first_index: dict[str, int] = {}
         for i, e in enumerate(events):
@@ -68,6 +116,7 @@ class ProfileGraph:
         outcomes = [AppendOutcome(e.message_id, duplicate=True) for e in events]
         if not unique:
             return outcomes
+        now = self.clock()
         async with self.store.unit(tenant) as unit:
             await unit.lock_definitions(exclusive=False)
             new_ids = await unit.insert_events(unique)
@@ -75,9 +124,12 @@ class ProfileGraph:
             changes: dict[str, tuple[list[str], list[str]]] = {}
             if fresh:
                 touched = sorted({e.individual_id for e in fresh})
-                await unit.touch_individuals(touched)
-                await unit.merge_attributes(domain.merge_attributes(fresh))
-                changes = await self._recompute(unit, tenant, touched)
+                await unit.touch_individuals(touched, now)
+                config = await unit.config()
+                await self._derive(unit, config, fresh, touched)
+                changes = await self._recompute(unit, tenant, config, touched, now)
+        if fresh and any(d.subject == domain.SUBJECT_ITEM for d in config.insights):
+            self.dirty_items.setdefault(tenant, set()).update(i for e in fresh for i in e.item_ids)
         last_of: dict[str, int] = {}
         for i, e in enumerate(events):
             if first_index[e.message_id] == i and e.message_id in new_ids:
@@ -88,8 +140,81 @@ class ProfileGraph:
             outcomes[i].entered, outcomes[i].exited = entered, exited
         return outcomes
 
-    async def reassign(self, tenant: str, from_ids: list[str], to_id: str) -> int:
-        """Moves merged individuals' events and attributes to the survivor and recomputes it; idempotent."""
+    async def _derive(self, unit: Unit, config: Config, events: list[NewEvent], ids: list[str],
+                      all_keys: bool = False) -> None:
+        """Attributes (per-source values, then the reconciled unified value), profile objects, consents and
+        affinities from events."""
+        stats = domain.attribute_stats(events)
+        if stats:
+            await unit.add_attribute_stats(stats)
+            touched = {(i, k) for i, k, _, _ in stats}
+            candidates = await unit.attribute_stats(sorted({i for i, _ in touched}))
+            if not all_keys:
+                candidates = {k: v for k, v in candidates.items() if k in touched}
+            await unit.write_attributes(ids, domain.reconcile_all(config.recon, candidates))
+        objects = domain.latest_objects(events)
+        if objects:
+            await unit.upsert_objects(objects, self.objects_per_type)
+        consents = domain.latest_consents(events)
+        if consents:
+            await unit.upsert_consents(consents, from_api=False)
+        if config.affinity.dimensions and any(config.affinity.weight(e.type) for e in events):
+            items = await unit.item_attributes(sorted({i for e in events for i in e.item_ids}))
+            increments = domain.affinity_increments(events, items, config.affinity)
+            if increments:
+                await unit.add_affinities(increments, config.affinity.half_life)
+
+    async def _recompute(self, unit: Unit, tenant: str, config: Config, ids: list[str], now: datetime
+                         ) -> dict[str, tuple[list[str], list[str]]]:
+        """Recomputes insight values and segment memberships of ids; returns (entered, exited) per individual."""
+        defs = [d for d in config.insights if d.subject != domain.SUBJECT_ITEM]
+        values: dict[str, list[tuple[str, str, float]]] = {}
+        if defs:
+            since = None if any(not d.window for d in defs) else now - max(d.window for d in defs)
+            rows = await unit.event_rows(ids, since, any(d.uses_items for d in defs),
+                                         any(_reads_properties(d) for d in defs))
+            items = {}
+            if any(d.uses_items and (d.field.startswith("item.") or d.dimension.startswith("item.")
+                                     or any(c.field.startswith("item.") for c in d.conditions)) for d in defs):
+                items = await unit.item_attributes(sorted({i for r in rows for i in
+                                                           ([r.item_id] + [li[0] for li in r.lines]) if i}))
+            values = domain.compute_all(defs, rows, items, now, ids)
+            await unit.store_insight_values(ids, values)
+        if not config.segments:
+            return {}
+        programs = self.rules.programs(tenant, config.segments)
+        states = await unit.profile_states(ids, now)
+        entered: list[tuple[str, str]] = []
+        exited: list[tuple[str, str]] = []
+        changes: dict[str, tuple[list[str], list[str]]] = {}
+        for individual_id in ids:
+            attributes, current, affinities, consents = states.get(individual_id, ({}, set(), {}, {}))
+            insight_map = domain.insight_view(defs, values.get(individual_id, []))
+            now_in = domain.evaluate_memberships(programs, attributes, insight_map, current, affinities, consents)
+            came = sorted(now_in - current)
+            went = sorted(current - now_in)
+            if came or went:
+                changes[individual_id] = (came, went)
+                entered += [(individual_id, s) for s in came]
+                exited += [(individual_id, s) for s in went]
+        if entered or exited:
+            await unit.change_memberships(entered, exited, now)
+        return changes
+
+    async def _rebuild(self, unit: Unit, tenant: str, config: Config, ids: list[str], now: datetime) -> None:
+        """Forgets everything derived about ids (except consents set through the API) and derives it again from
+        their events, then recomputes insights and memberships."""
+        await unit.clear_derived(ids)
+        events = await unit.replay_events(ids)
+        if events:
+            await self._derive(unit, config, events, ids, all_keys=True)
+        await self._recompute(unit, tenant, config, ids, now)
+
+    async def reassign(self, tenant: str, from_ids: list[str], to_id: str,
+                       only_identities: list[tuple[str, str]] | None = None) -> int:
+        """Merge: moves merged individuals' events (and API consents) to the survivor and rebuilds it. Unmerge (with
+        only_identities): moves only the events carrying one of those identities and rebuilds both sides.
+        Idempotent."""
         v = Violations()
         if not to_id:
             v.add("to_individual_id", "must not be empty")
@@ -100,86 +225,219 @@ class ProfileGraph:
                 v.add(f"from_individual_ids[{i}]", "must not be empty")
             elif f == to_id:
                 v.add(f"from_individual_ids[{i}]", "must not be the surviving individual")
+        for i, (kind, value) in enumerate(only_identities or []):
+            if not kind:
+                v.add(f"only_events_with_identities[{i}].type", "must not be empty")
+            if not value:
+                v.add(f"only_events_with_identities[{i}].value", "must not be empty")
         v.raise_if_any()
         from_ids = sorted(set(from_ids))
+        now = self.clock()
         async with self.store.unit(tenant) as unit:
             await unit.lock_definitions(exclusive=False)
+            config = await unit.config()
+            if only_identities:
+                keys = sorted({domain.identity_key(k, val) for k, val in only_identities})
+                moved = await unit.move_events(from_ids, to_id, keys)
+                if moved:
+                    await unit.touch_individuals(sorted({to_id, *from_ids}), now)
+                    await self._rebuild(unit, tenant, config, sorted({to_id, *from_ids}), now)
+                return moved
             survivor_known = await unit.individual_exists(to_id)
-            moved, left = await unit.move_individuals(from_ids, to_id)
+            moved = await unit.move_events(from_ids, to_id, None)
+            await unit.move_api_consents(from_ids, to_id)
+            left = await unit.drop_individuals(from_ids)
             if left:
-                await unit.change_memberships([], left)
+                await unit.change_memberships([], left, now)
             if not survivor_known and not moved:
                 return 0
-            await unit.touch_individuals([to_id])
-            await self._recompute(unit, tenant, [to_id])
+            await unit.touch_individuals([to_id], now)
+            await self._rebuild(unit, tenant, config, [to_id], now)
         return moved
 
-    async def _recompute(self, unit: Unit, tenant: str, ids: list[str]) -> dict[str, tuple[list[str], list[str]]]:
-        """Recomputes insight values and segment memberships of ids; returns (entered, exited) per individual."""
-        insights, segments = await unit.definitions()
-        values = await unit.compute_insights(ids) if insights else {}
-        if not segments:
-            return {}
-        programs = self.rules.programs(tenant, segments)
-        states = await unit.profile_states(ids)
-        names = [d.name for d in insights]
-        entered: list[tuple[str, str]] = []
-        exited: list[tuple[str, str]] = []
-        changes: dict[str, tuple[list[str], list[str]]] = {}
-        for individual_id in ids:
-            attributes, current = states.get(individual_id, ({}, set()))
-            own = values.get(individual_id, {})
-            insight_map = {n: float(own.get(n, 0.0)) for n in names}
-            now_in = domain.evaluate_memberships(programs, attributes, insight_map, current)
-            came = sorted(now_in - current)
-            went = sorted(current - now_in)
-            if came or went:
-                changes[individual_id] = (came, went)
-                entered += [(individual_id, s) for s in came]
-                exited += [(individual_id, s) for s in went]
-        if entered or exited:
-            await unit.change_memberships(entered, exited)
-        return changes
-
-    async def _recompute_everyone(self, unit: Unit, tenant: str) -> None:
-        after = ""
+    async def _recompute_everyone(self, unit: Unit, tenant: str, config: Config, now: datetime) -> int:
+        after, count = "", 0
         while ids := await unit.individual_ids(after, RECOMPUTE_CHUNK):
-            await self._recompute(unit, tenant, ids)
-            after = ids[-1]
+            await self._recompute(unit, tenant, config, ids, now)
+            after, count = ids[-1], count + len(ids)
+        return count
 
-    async def refresh_windowed_insights(self) -> int:
-        """Recomputes every individual of tenants with a windowed insight, so old events age out of values and
-        segments without new events; one short transaction per chunk. Returns how many individuals were refreshed."""
-        refreshed = 0
-        for tenant in await self.store.tenants_with_windowed_insights():
-            after = ""
-            while True:
+    async def recompute_all(self, tenant: str) -> tuple[int, int]:
+        """Full recompute of one tenant: every individual's insights and memberships (one short transaction per
+        chunk) and every item's insights. Returns (individuals, items)."""
+        individuals, after = 0, ""
+        while True:
+            async with self.store.unit(tenant) as unit:
+                await unit.lock_definitions(exclusive=False)
+                config = await unit.config()
+                ids = await unit.individual_ids(after, RECOMPUTE_CHUNK)
+                if ids:
+                    await self._recompute(unit, tenant, config, ids, self.clock())
+            if not ids:
+                break
+            individuals, after = individuals + len(ids), ids[-1]
+        items, after = 0, ""
+        while True:
+            async with self.store.unit(tenant) as unit:
+                ids = await unit.item_ids(after, ITEM_CHUNK)
+                if ids:
+                    await self._item_insights(unit, ids)
+            if not ids:
+                break
+            items, after = items + len(ids), ids[-1]
+        return individuals, items
+
+    async def refresh(self) -> int:
+        """The scheduled full recompute: windows move on, so values and memberships change without new events."""
+        total = 0
+        for tenant in await self.store.tenants_with_definitions():
+            total += (await self.recompute_all(tenant))[0]
+        return total
+
+    # Kept for callers of the first version.
+    refresh_windowed_insights = refresh
+
+    async def _item_insights(self, unit: Unit, item_ids: list[str]) -> bool:
+        config = await unit.config()
+        defs = [d for d in config.insights if d.subject == domain.SUBJECT_ITEM]
+        if not defs:
+            return False
+        now = self.clock()
+        since = None if any(not d.window for d in defs) else now - max(d.window for d in defs)
+        rows = await unit.item_event_rows(item_ids, since)
+        needs_items = any(d.field.startswith("item.") or any(c.field.startswith("item.") for c in d.conditions)
+                          for d in defs)
+        items = await unit.item_attributes(item_ids) if needs_items else {}
+        wanted = set(item_ids)
+        values: dict[str, dict[str, float]] = {i: {} for i in item_ids}
+        for d in defs:
+            for item_id, value in domain.compute_insight(d, rows, items, now, group_by="item_id").items():
+                if item_id in wanted:
+                    values[item_id][d.name] = value
+        for item_id in item_ids:
+            for d in defs:
+                values[item_id].setdefault(d.name, 0.0)
+        await unit.store_item_insights(item_ids, values)
+        return True
+
+    async def flush_item_insights(self) -> int:
+        """Recomputes the insights of items that events touched since the last flush. Returns how many."""
+        dirty, self.dirty_items = self.dirty_items, {}
+        total = 0
+        for tenant, ids in dirty.items():
+            ordered = sorted(ids)
+            for start in range(0, len(ordered), ITEM_CHUNK):
                 async with self.store.unit(tenant) as unit:
-                    await unit.lock_definitions(exclusive=False)
-                    ids = await unit.individual_ids(after, RECOMPUTE_CHUNK)
-                    if ids:
-                        await self._recompute(unit, tenant, ids)
-                if not ids:
-                    break
-                refreshed += len(ids)
-                after = ids[-1]
-        return refreshed
+                    await self._item_insights(unit, ordered[start:start + ITEM_CHUNK])
+            total += len(ordered)
+        return total
 
     # ---- reads --------------------------------------------------------------------------------------------
 
-    async def get_profile(self, tenant: str, individual_id: str, mask_paths: list[str], limit: int) -> Profile:
+    async def get_profile(self, tenant: str, individual_id: str, mask_paths: list[str], limit: int,
+                          affinity_limit: int = 0) -> Profile:
         """The profile of one individual, restricted to the mask; an unknown individual gives an empty profile."""
         v = Violations()
         if not individual_id:
             v.add("unified_individual_id", "must not be empty")
         v.raise_if_any()
         parts = domain.profile_parts(mask_paths)
-        return await self.store.get_profile(tenant, individual_id, parts, domain.event_limit(limit))
+        return await self.store.get_profile(
+            tenant, individual_id, parts, domain.event_limit(limit),
+            domain.event_limit(affinity_limit, "affinity_limit", domain.DEFAULT_AFFINITY_LIMIT), self.clock())
+
+    async def get_affinities(self, tenant: str, individual_id: str, limit: int, dimension: str) -> list[Affinity]:
+        """The individual's top affinities by decayed score."""
+        if not individual_id:
+            raise InvalidArgument([("unified_individual_id", "must not be empty")])
+        n = domain.event_limit(limit, "limit", domain.DEFAULT_AFFINITY_LIMIT)
+        return await self.store.get_affinities(tenant, individual_id, dimension, n, self.clock())
+
+    # ---- configuration ------------------------------------------------------------------------------------
+
+    async def set_affinity_config(self, tenant: str, config: AffinityConfig | None) -> AffinityConfig:
+        """Saves the affinity configuration and rebuilds every individual's scores from their events."""
+        domain.validate_affinity_config(config)
+        await self._save_and_rebuild(tenant, lambda unit: unit.save_affinity_config(config))
+        return config
+
+    async def get_affinity_config(self, tenant: str) -> AffinityConfig:
+        return (await self.store.read_config(tenant)).affinity
+
+    async def set_recon_rule(self, tenant: str, rule: ReconRule | None) -> ReconRule:
+        """Saves the reconciliation rule and recomputes every individual's unified attributes."""
+        domain.validate_recon_rule(rule)
+        await self._save_and_rebuild(tenant, lambda unit: unit.save_recon_rule(rule))
+        return rule
+
+    async def get_recon_rule(self, tenant: str, obj: str) -> ReconRule:
+        if obj and obj not in domain.RECONCILED_OBJECTS:
+            raise InvalidArgument([("object", f"unknown object {obj!r}; expected individual")])
+        return (await self.store.read_config(tenant)).recon
+
+    async def _save_and_rebuild(self, tenant: str, save) -> None:
+        async with self.store.unit(tenant) as unit:
+            await unit.lock_definitions(exclusive=True)
+            await save(unit)
+            config = await unit.config()
+            now = self.clock()
+            after = ""
+            while ids := await unit.individual_ids(after, RECOMPUTE_CHUNK):
+                await self._rebuild(unit, tenant, config, ids, now)
+                after = ids[-1]
+
+    async def set_consents(self, tenant: str, individual_id: str, consents: list[tuple[str, int]]
+                           ) -> list[ConsentState]:
+        """Records consent decisions made now (source api) and re-evaluates the individual's segments."""
+        v = Violations()
+        if not individual_id:
+            v.add("unified_individual_id", "must not be empty")
+        if not consents:
+            v.add("consents", "must name at least one purpose")
+        for i, (purpose, status) in enumerate(consents):
+            if not domain.NAME_RE.match(purpose):
+                v.add(f"consents[{i}].purpose", "must match ^[a-z][a-z0-9_]{0,63}$")
+            if status not in domain.CONSENT_NAMES:
+                v.add(f"consents[{i}].status", "must be CONSENT_STATUS_GRANTED or CONSENT_STATUS_DENIED")
+        v.raise_if_any()
+        now = self.clock()
+        async with self.store.unit(tenant) as unit:
+            await unit.lock_definitions(exclusive=False)
+            await unit.touch_individuals([individual_id], now)
+            latest = {p: s for p, s in consents}
+            await unit.upsert_consents([(individual_id, p, s, now, "api") for p, s in latest.items()], from_api=True)
+            await self._recompute(unit, tenant, await unit.config(), [individual_id], now)
+        return await self.store.get_consents(tenant, individual_id)
+
+    # ---- live stream --------------------------------------------------------------------------------------
+
+    async def watch_events(self, tenant: str, individual_id: str, replay: int
+                           ) -> AsyncIterator[tuple[bytes, datetime]]:
+        """The individual's events as they are appended (by any replica), preceded by the last `replay` ones."""
+        v = Violations()
+        if not individual_id:
+            v.add("unified_individual_id", "must not be empty")
+        if replay < 0 or replay > MAX_REPLAY:
+            v.add("replay_count", f"must be between 0 and {MAX_REPLAY}")
+        v.raise_if_any()
+        async with self.store.watch(tenant, individual_id) as wake:
+            last = 0
+            for seq, payload, at in await self.store.recent_events(tenant, individual_id, max(replay, 1)):
+                last = max(last, seq)
+                if replay:
+                    yield payload, at
+            while True:
+                await wake.wait()
+                wake.clear()
+                for seq, payload, at in await self.store.events_after(tenant, individual_id, last):
+                    last = max(last, seq)
+                    yield payload, at
 
     # ---- items --------------------------------------------------------------------------------------------
 
     async def upsert_items(self, tenant: str, items: list[Item]) -> int:
-        """Inserts or replaces items by id (a later duplicate in the request wins)."""
+        """Inserts or replaces items by id (a later duplicate in the request wins); attribute types are checked
+        against the catalog's."""
         v = Violations()
         if len(items) > domain.MAX_ITEMS:
             v.add("items", f"at most {domain.MAX_ITEMS} items per call, got {len(items)}")
@@ -188,9 +446,10 @@ class ProfileGraph:
             if not item.item_id:
                 v.add(f"items[{i}].item_id", "must not be empty")
         v.raise_if_any()
+        new_types = domain.check_item_attributes(items, await self.store.item_types(tenant))
         unique = list({item.item_id: item for item in items}.values())
         if unique:
-            await self.store.upsert_items(tenant, unique)
+            await self.store.upsert_items(tenant, unique, new_types)
         return len(items)
 
     async def get_items(self, tenant: str, ids: list[str]) -> list[Item]:
@@ -208,15 +467,33 @@ class ProfileGraph:
         found = {item.item_id: item for item in await self.store.get_items(tenant, wanted)}
         return [found[i] for i in wanted if i in found]
 
+    async def list_items(self, tenant: str, filters: list[Condition], size: int, token: str
+                         ) -> tuple[list[Item], str]:
+        """A page of items by id meeting every filter, and the token of the next page."""
+        limit = domain.page_size(size, 100, 1_000)
+        scope = "items/" + repr([(c.field, c.op, c.value) for c in filters])
+        after = domain.decode_page_token(token, scope)
+        types = await self.store.item_types(tenant)
+        domain.check_item_filters(filters, types)
+        rows = await self.store.list_items(tenant, filters, types, after, limit + 1)
+        return rows[:limit], domain.encode_page_token(scope, rows[limit - 1].item_id) if len(rows) > limit else ""
+
     # ---- insights -----------------------------------------------------------------------------------------
 
     async def upsert_insight(self, tenant: str, insight: InsightDef | None) -> InsightDef:
-        """Saves an insight definition and recomputes insights and memberships of every individual."""
+        """Saves an insight definition and recomputes insights and memberships of every individual (and items)."""
         domain.validate_insight(insight)
         async with self.store.unit(tenant) as unit:
             await unit.lock_definitions(exclusive=True)
             await unit.save_insight(insight)
-            await self._recompute_everyone(unit, tenant)
+            config = await unit.config()
+            if insight.subject == domain.SUBJECT_ITEM:
+                after = ""
+                while ids := await unit.item_ids(after, ITEM_CHUNK):
+                    await self._item_insights(unit, ids)
+                    after = ids[-1]
+            else:
+                await self._recompute_everyone(unit, tenant, config, self.clock())
         return insight
 
     async def list_insights(self, tenant: str, size: int, token: str) -> tuple[list[InsightDef], str]:
@@ -229,15 +506,20 @@ class ProfileGraph:
     # ---- segments -----------------------------------------------------------------------------------------
 
     async def upsert_segment(self, tenant: str, segment: SegmentDef | None) -> SegmentDef:
-        """Compiles and saves a segment, then recomputes memberships of every individual."""
+        """Compiles and saves a segment (unknown insight or segment references refused), then recomputes
+        memberships of every individual."""
         domain.validate_segment_fields(segment)
         async with self.store.unit(tenant) as unit:
             await unit.lock_definitions(exclusive=True)
-            insights, _ = await unit.definitions()
-            program = domain.compile_rule(segment.rule, [d.name for d in insights])
+            config = await unit.config()
+            individual = [d for d in config.insights if d.subject != domain.SUBJECT_ITEM]
+            program = domain.compile_rule(
+                segment.rule, [d.name for d in individual], [s.name for s in config.segments] + [segment.name],
+                frozenset(d.name for d in individual if d.dimension))
             self.rules.put(tenant, segment.name, segment.rule, program)
             await unit.save_segment(segment)
-            await self._recompute_everyone(unit, tenant)
+            config = await unit.config()
+            await self._recompute_everyone(unit, tenant, config, self.clock())
             count = await unit.member_count(segment.name)
         return SegmentDef(segment.name, segment.description, segment.rule, count)
 
@@ -254,10 +536,24 @@ class ProfileGraph:
             raise InvalidArgument([("segment", "must not be empty")])
         limit = domain.page_size(size, 1_000, 10_000)
         after = domain.decode_page_token(token, f"members/{segment}")
-        if not await self.store.segment_exists(tenant, segment):
-            raise NotFound(f"segment {segment!r} does not exist", reason="SEGMENT_NOT_FOUND",
-                           metadata={"segment": segment})
+        await self._segment_must_exist(tenant, segment)
         rows = await self.store.list_members(tenant, segment, after, limit + 1)
         token = domain.encode_page_token(f"members/{segment}", rows[limit - 1].individual_id) if len(rows) > limit else ""
         return rows[:limit], token
 
+    async def list_changes(self, tenant: str, segment: str, size: int, token: str
+                           ) -> tuple[list[MembershipChange], str]:
+        """Entries and exits in the order they happened; the token always names the last one returned, so a caller
+        can poll with it for newer changes."""
+        limit = domain.page_size(size, 1_000, 10_000)
+        raw = domain.decode_page_token(token, f"changes/{segment}")
+        if segment:
+            await self._segment_must_exist(tenant, segment)
+        rows = await self.store.list_changes(tenant, segment, int(raw or 0), limit)
+        last = rows[-1].seq if rows else int(raw or 0)
+        return rows, domain.encode_page_token(f"changes/{segment}", str(last)) if rows else ""
+
+    async def _segment_must_exist(self, tenant: str, segment: str) -> None:
+        if not await self.store.segment_exists(tenant, segment):
+            raise NotFound(f"segment {segment!r} does not exist", reason="SEGMENT_NOT_FOUND",
+                           metadata={"segment": segment})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import timedelta, timezone
 
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.duration_pb2 import Duration
@@ -11,7 +11,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from personalization.common.v1 import common_pb2
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc
-from services.profile_graph.domain import InsightDef, Item, NewEvent, SegmentDef
+from services.profile_graph import domain
+from services.profile_graph.domain import (
+    AffinityConfig, AttributeRecon, Condition, ConsentState, InsightDef, Item, NewEvent, ReconRule, SegmentDef,
+)
 from services.profile_graph.service import ProfileGraph
 from shared.context import current_tenant
 
@@ -32,6 +35,16 @@ def _timestamp(value) -> Timestamp:
     return out
 
 
+def _duration(value: timedelta) -> Duration:
+    out = Duration()
+    out.FromTimedelta(value)
+    return out
+
+
+def _value(v: struct_pb2.Value) -> object:
+    return json_format.MessageToDict(v) if v.WhichOneof("kind") else None
+
+
 def to_new_event(ie: pb.IndividualEvent) -> NewEvent:
     """The domain view of one request event; the serialized Event is kept for an exact round trip."""
     e = ie.event
@@ -46,22 +59,83 @@ def to_new_event(ie: pb.IndividualEvent) -> NewEvent:
         revenue=sum(li.quantity * li.unit_price for li in e.line_items),
         quantity=sum(li.quantity for li in e.line_items),
         item_id=e.item_id,
+        name=e.name,
+        source=e.source,
+        lines=tuple((li.item_id, li.quantity, li.unit_price) for li in e.line_items),
+        consents=tuple((c.purpose, c.status) for c in e.consents),
+        objects=tuple((o.type, o.object_id, _dict(o.attributes)) for o in e.profile_objects),
+        identity_keys=tuple(domain.identity_key(i.type, i.value) for i in e.identities),
     )
 
 
+def to_conditions(conditions) -> tuple[Condition, ...]:
+    return tuple(Condition(c.field, c.operator, _value(c.value)) for c in conditions)
+
+
+def to_condition_pbs(conditions) -> list[pb.Condition]:
+    out = []
+    for c in conditions:
+        value = struct_pb2.Value()
+        json_format.ParseDict(c.value, value)
+        out.append(pb.Condition(field=c.field, operator=c.op, value=value))
+    return out
+
+
 def to_insight_def(i: pb.Insight) -> InsightDef:
-    return InsightDef(i.name, i.description, i.aggregate, i.field, i.event_type, i.window.ToTimedelta())
+    return InsightDef(i.name, i.description, i.aggregate, i.field, i.event_type,
+                      i.window.ToTimedelta() if i.HasField("window") else None,
+                      to_conditions(i.conditions), i.dimension, i.subject or domain.SUBJECT_INDIVIDUAL)
 
 
 def to_insight_pb(d: InsightDef) -> pb.Insight:
-    window = Duration()
-    window.FromTimedelta(d.window)
-    return pb.Insight(name=d.name, description=d.description, aggregate=d.aggregate, field=d.field,
-                      event_type=d.event_type, window=window)
+    out = pb.Insight(name=d.name, description=d.description, aggregate=d.aggregate, field=d.field,
+                     event_type=d.event_type, conditions=to_condition_pbs(d.conditions), dimension=d.dimension,
+                     subject=d.subject)
+    if d.window:
+        out.window.CopyFrom(_duration(d.window))
+    return out
 
 
 def to_segment_pb(s: SegmentDef) -> pb.Segment:
     return pb.Segment(name=s.name, description=s.description, rule=s.rule, member_count=s.member_count)
+
+
+def to_item_pb(i: Item) -> pb.Item:
+    return pb.Item(item_id=i.item_id, name=i.name, attributes=_struct(i.attributes), insights=i.insights)
+
+
+def to_consent_pb(c: ConsentState) -> pb.ConsentState:
+    return pb.ConsentState(purpose=c.purpose, status=c.status, update_time=_timestamp(c.updated_at), source=c.source)
+
+
+def to_affinity_config(c: pb.AffinityConfig) -> AffinityConfig:
+    return AffinityConfig(tuple(c.dimensions), tuple((w.event_type, w.weight) for w in c.weights),
+                          c.half_life.ToTimedelta())
+
+
+def to_affinity_config_pb(c: AffinityConfig) -> pb.AffinityConfig:
+    return pb.AffinityConfig(dimensions=list(c.dimensions),
+                             weights=[pb.EventWeight(event_type=t, weight=w) for t, w in c.weights],
+                             half_life=_duration(c.half_life))
+
+
+def _recon_part(a: pb.AttributeReconciliation) -> AttributeRecon:
+    return AttributeRecon(a.policy, tuple(a.source_priority), a.include_empty_values)
+
+
+def _recon_part_pb(a: AttributeRecon) -> pb.AttributeReconciliation:
+    return pb.AttributeReconciliation(policy=a.policy, source_priority=list(a.sources),
+                                      include_empty_values=a.include_empty)
+
+
+def to_recon_rule(r: pb.ReconciliationRule) -> ReconRule:
+    return ReconRule(r.object or "individual", _recon_part(r.default_reconciliation),
+                     tuple(sorted((k, _recon_part(a)) for k, a in r.attribute_overrides.items())))
+
+
+def to_recon_rule_pb(r: ReconRule) -> pb.ReconciliationRule:
+    return pb.ReconciliationRule(object=r.object, default_reconciliation=_recon_part_pb(r.default),
+                                 attribute_overrides={k: _recon_part_pb(a) for k, a in r.overrides})
 
 
 class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
@@ -80,12 +154,18 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
 
     async def GetProfile(self, request, context):
         p = await self.graph.get_profile(current_tenant(), request.unified_individual_id,
-                                         list(request.read_mask.paths), request.event_limit)
+                                         list(request.read_mask.paths), request.event_limit, request.affinity_limit)
         profile = pb.Profile(
             unified_individual_id=p.individual_id,
             events=[common_pb2.Event.FromString(payload) for payload in p.event_payloads],
             insights=p.insights,
             segments=p.segments,
+            grouped_insights={name: pb.InsightGroups(values=values) for name, values in p.grouped_insights.items()},
+            profile_objects=[pb.StoredProfileObject(
+                object=common_pb2.ProfileObject(type=o.type, object_id=o.object_id, attributes=_struct(o.attributes)),
+                update_time=_timestamp(o.updated_at), source=o.source) for o in p.objects],
+            affinities=[pb.Affinity(dimension=a.dimension, value=a.value, score=a.score) for a in p.affinities],
+            consents=[to_consent_pb(c) for c in p.consents],
         )
         if p.attributes:
             profile.attributes.CopyFrom(_struct(p.attributes))
@@ -94,8 +174,9 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
         return pb.GetProfileResponse(profile=profile)
 
     async def ReassignIndividual(self, request, context):
-        moved = await self.graph.reassign(current_tenant(), list(request.from_individual_ids),
-                                          request.to_individual_id)
+        moved = await self.graph.reassign(
+            current_tenant(), list(request.from_individual_ids), request.to_individual_id,
+            [(i.type, i.value) for i in request.only_events_with_identities] or None)
         return pb.ReassignIndividualResponse(moved_event_count=moved)
 
     async def UpsertItems(self, request, context):
@@ -104,9 +185,12 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
 
     async def GetItems(self, request, context):
         items = await self.graph.get_items(current_tenant(), list(request.item_ids))
-        return pb.GetItemsResponse(items=[
-            pb.Item(item_id=i.item_id, name=i.name, attributes=_struct(i.attributes)) for i in items
-        ])
+        return pb.GetItemsResponse(items=[to_item_pb(i) for i in items])
+
+    async def ListItems(self, request, context):
+        rows, token = await self.graph.list_items(current_tenant(), list(to_conditions(request.filters)),
+                                                  request.page_size, request.page_token)
+        return pb.ListItemsResponse(items=[to_item_pb(i) for i in rows], next_page_token=token)
 
     async def UpsertInsight(self, request, context):
         d = to_insight_def(request.insight) if request.HasField("insight") else None
@@ -135,3 +219,49 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
                      for m in rows],
             next_page_token=token,
         )
+
+    async def ListMembershipChanges(self, request, context):
+        rows, token = await self.graph.list_changes(current_tenant(), request.segment, request.page_size,
+                                                    request.page_token)
+        return pb.ListMembershipChangesResponse(
+            changes=[pb.MembershipChange(segment=c.segment, unified_individual_id=c.individual_id, entered=c.entered,
+                                         change_time=_timestamp(c.change_time)) for c in rows],
+            next_page_token=token)
+
+    async def RecomputeAll(self, request, context):
+        individuals, items = await self.graph.recompute_all(current_tenant())
+        return pb.RecomputeAllResponse(individual_count=individuals, item_count=items)
+
+    async def GetAffinities(self, request, context):
+        rows = await self.graph.get_affinities(current_tenant(), request.unified_individual_id, request.limit,
+                                               request.dimension)
+        return pb.GetAffinitiesResponse(affinities=[
+            pb.Affinity(dimension=a.dimension, value=a.value, score=a.score) for a in rows])
+
+    async def SetAffinityConfig(self, request, context):
+        c = to_affinity_config(request.config) if request.HasField("config") else None
+        return pb.SetAffinityConfigResponse(
+            config=to_affinity_config_pb(await self.graph.set_affinity_config(current_tenant(), c)))
+
+    async def GetAffinityConfig(self, request, context):
+        return pb.GetAffinityConfigResponse(
+            config=to_affinity_config_pb(await self.graph.get_affinity_config(current_tenant())))
+
+    async def SetConsents(self, request, context):
+        rows = await self.graph.set_consents(current_tenant(), request.unified_individual_id,
+                                             [(c.purpose, c.status) for c in request.consents])
+        return pb.SetConsentsResponse(consents=[to_consent_pb(c) for c in rows])
+
+    async def SetReconciliationRule(self, request, context):
+        r = to_recon_rule(request.rule) if request.HasField("rule") else None
+        return pb.SetReconciliationRuleResponse(
+            rule=to_recon_rule_pb(await self.graph.set_recon_rule(current_tenant(), r)))
+
+    async def GetReconciliationRule(self, request, context):
+        return pb.GetReconciliationRuleResponse(
+            rule=to_recon_rule_pb(await self.graph.get_recon_rule(current_tenant(), request.object)))
+
+    async def WatchEvents(self, request, context):
+        stream = self.graph.watch_events(current_tenant(), request.unified_individual_id, request.replay_count)
+        async for payload, at in stream:
+            yield pb.WatchEventsResponse(event=common_pb2.Event.FromString(payload), append_time=_timestamp(at))

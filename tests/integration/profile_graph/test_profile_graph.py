@@ -129,7 +129,7 @@ async def test_read_mask_limits_the_profile_and_event_limit_keeps_the_most_recen
 
 async def test_unknown_read_mask_path_is_refused_with_its_index(service, tenant):
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await profile(service, tenant, "ind-1", paths=["events", "affinities"])
+        await profile(service, tenant, "ind-1", paths=["events", "friends"])
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [f for f, _ in status_details(info.value)[0]] == ["read_mask.paths[1]"]
 

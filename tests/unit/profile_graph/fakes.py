@@ -3,25 +3,41 @@
 from __future__ import annotations
 
 import copy
+import json
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from services.profile_graph import domain
-from services.profile_graph.domain import InsightDef, Item, Member, Profile, SegmentDef, StoredEvent
+from services.profile_graph.domain import (
+    Affinity, Config, ConsentState, Item, Member, MembershipChange, NewEvent, Profile, ProfileObjectRow, SegmentDef,
+    StoredEvent, ValueStat,
+)
 
 
 @dataclass
 class TenantData:
-    events: dict[str, tuple[StoredEvent, bytes]] = field(default_factory=dict)  # message id -> (event, payload)
+    events: dict[str, NewEvent] = field(default_factory=dict)
+    seq: dict[str, int] = field(default_factory=dict)
     individuals: dict[str, datetime] = field(default_factory=dict)
+    stats: dict[tuple, tuple[int, datetime]] = field(default_factory=dict)  # (ind, key, source, value) -> (n, last)
     attributes: dict[str, dict[str, tuple[object, datetime]]] = field(default_factory=dict)
-    insights: dict[str, InsightDef] = field(default_factory=dict)
-    values: dict[str, dict[str, float]] = field(default_factory=dict)
-    segments: dict[str, SegmentDef] = field(default_factory=dict)
+    config: Config = field(default_factory=Config)
+    values: dict[str, list[tuple[str, str, float]]] = field(default_factory=dict)
     members: dict[str, dict[str, datetime]] = field(default_factory=dict)  # segment -> individual -> enter time
     history: list[tuple[str, str, str]] = field(default_factory=list)  # (segment, individual, change)
+    history_times: list[datetime] = field(default_factory=list)
+    objects: dict[tuple[str, str], tuple] = field(default_factory=dict)  # (type, id) -> (ind, attrs, time, source)
+    consents: dict[tuple[str, str], tuple] = field(default_factory=dict)  # (ind, purpose) -> (status, t, src, api)
+    affinities: dict[tuple[str, str, str], tuple[float, datetime]] = field(default_factory=dict)
     items: dict[str, Item] = field(default_factory=dict)
+    item_types: dict[str, str] = field(default_factory=dict)
+    item_values: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _stored(e: NewEvent) -> StoredEvent:
+    return StoredEvent(e.individual_id, e.type, e.event_time, e.revenue, e.quantity, e.properties, e.message_id,
+                       e.name, e.source, e.item_id, e.lines)
 
 
 class FakeUnit:
@@ -36,14 +52,14 @@ class FakeUnit:
         new = set()
         for e in events:
             if e.message_id not in self.data.events:
-                stored = StoredEvent(e.individual_id, e.type, e.event_time, e.revenue, e.quantity, e.properties)
-                self.data.events[e.message_id] = (stored, e.payload)
+                self.data.events[e.message_id] = e
+                self.data.seq[e.message_id] = len(self.data.seq) + 1
                 new.add(e.message_id)
         return new
 
-    async def touch_individuals(self, ids):
+    async def touch_individuals(self, ids, now):
         for i in ids:
-            self.data.individuals[i] = self.store.now
+            self.data.individuals[i] = now
 
     async def individual_exists(self, individual_id):
         return individual_id in self.data.individuals
@@ -51,66 +67,159 @@ class FakeUnit:
     async def individual_ids(self, after, limit):
         return sorted(i for i in self.data.individuals if i > after)[:limit]
 
-    async def merge_attributes(self, updates):
-        for u in updates:
-            own = self.data.attributes.setdefault(u.individual_id, {})
-            known = own.get(u.key)
-            if known is None or known[1] <= u.updated_at:
-                own[u.key] = (u.value, u.updated_at)
+    async def config(self):
+        c = self.data.config
+        return Config(sorted(c.insights, key=lambda d: d.name), sorted(c.segments, key=lambda s: s.name),
+                      c.affinity, c.recon)
 
-    async def definitions(self):
-        return (sorted(self.data.insights.values(), key=lambda d: d.name),
-                sorted(self.data.segments.values(), key=lambda s: s.name))
+    async def add_attribute_stats(self, stats):
+        for k, (n, last) in stats.items():
+            old = self.data.stats.get(k)
+            self.data.stats[k] = (n + old[0], max(last, old[1])) if old else (n, last)
 
-    async def compute_insights(self, ids):
+    async def attribute_stats(self, ids):
         out = {}
-        for i in ids:
-            events = [e for e, _ in self.data.events.values() if e.individual_id == i]
-            out[i] = {d.name: domain.insight_value(d, events, self.store.now) for d in self.data.insights.values()}
-            self.data.values[i] = dict(out[i])
+        for (i, key, source, value), (n, last) in self.data.stats.items():
+            if i in ids:
+                out.setdefault((i, key), []).append(ValueStat(source, value, n, last))
         return out
 
-    async def profile_states(self, ids):
+    async def write_attributes(self, ids, values):
+        for (i, key), (value, at) in values.items():
+            own = self.data.attributes.setdefault(i, {})
+            if value is None:
+                own.pop(key, None)
+            else:
+                own[key] = (json.loads(value), at)
+
+    async def upsert_objects(self, rows, keep):
+        for ind, kind, object_id, attrs, at, source in rows:
+            known = self.data.objects.get((kind, object_id))
+            if known is None or known[2] <= at:
+                self.data.objects[(kind, object_id)] = (ind, attrs, at, source)
+        for ind in {r[0] for r in rows}:
+            for kind in {k for (k, _), v in self.data.objects.items() if v[0] == ind}:
+                own = sorted(((k, v) for k, v in self.data.objects.items() if k[0] == kind and v[0] == ind),
+                             key=lambda kv: (kv[1][2], kv[0][1]), reverse=True)
+                for k, _ in own[keep:]:
+                    del self.data.objects[k]
+
+    async def upsert_consents(self, rows, from_api):
+        for ind, purpose, status, at, source in rows:
+            known = self.data.consents.get((ind, purpose))
+            if known is None or known[1] <= at:
+                self.data.consents[(ind, purpose)] = (status, at, source, from_api)
+
+    async def item_attributes(self, ids):
+        return {i: self.data.items[i].attributes for i in ids if i in self.data.items}
+
+    async def add_affinities(self, increments, half_life):
+        for k, (score, at) in increments.items():
+            old = self.data.affinities.get(k)
+            if old is None:
+                self.data.affinities[k] = (score, at)
+            elif at >= old[1]:
+                self.data.affinities[k] = (domain.decay(old[0], (at - old[1]).total_seconds(), half_life) + score, at)
+            else:
+                self.data.affinities[k] = (old[0] + domain.decay(score, (old[1] - at).total_seconds(), half_life),
+                                           old[1])
+
+    async def event_rows(self, ids, since, lines, properties):
+        return [_stored(e) for e in self.data.events.values()
+                if e.individual_id in ids and (since is None or e.event_time > since)]
+
+    async def store_insight_values(self, ids, rows):
+        for i in ids:
+            self.data.values[i] = list(rows.get(i, []))
+
+    async def profile_states(self, ids, now):
         states = {}
+        half_life = self.data.config.affinity.half_life
         for i in ids:
             attributes = {k: v for k, (v, _) in self.data.attributes.get(i, {}).items()}
             segments = {s for s, members in self.data.members.items() if i in members}
-            states[i] = (attributes, segments)
+            affinities: dict = {}
+            for (ind, dim, value), (score, at) in self.data.affinities.items():
+                if ind == i:
+                    affinities.setdefault(dim, {})[value] = domain.decay(score, (now - at).total_seconds(), half_life)
+            consents = {p: domain.CONSENT_NAMES[s] for (ind, p), (s, *_) in self.data.consents.items() if ind == i}
+            states[i] = (attributes, segments, affinities, consents)
         return states
 
-    async def change_memberships(self, entered, exited):
+    async def change_memberships(self, entered, exited, now):
         for i, s in entered:
             if i not in self.data.members.setdefault(s, {}):
-                self.data.members[s][i] = self.store.now
+                self.data.members[s][i] = now
                 self.data.history.append((s, i, "entered"))
+                self.data.history_times.append(now)
         for i, s in exited:
             if self.data.members.get(s, {}).pop(i, None) is not None:
                 self.data.history.append((s, i, "exited"))
+                self.data.history_times.append(now)
 
-    async def move_individuals(self, from_ids, to_id):
+    async def move_events(self, from_ids, to_id, identity_keys):
         moved = 0
-        for message_id, (e, payload) in list(self.data.events.items()):
-            if e.individual_id in from_ids:
-                self.data.events[message_id] = (replace(e, individual_id=to_id), payload)
+        for message_id, e in list(self.data.events.items()):
+            if e.individual_id in from_ids and (identity_keys is None or set(identity_keys) & set(e.identity_keys)):
+                self.data.events[message_id] = replace(e, individual_id=to_id)
                 moved += 1
-        survivor = self.data.attributes.setdefault(to_id, {})
-        for f in from_ids:
-            for key, (value, at) in self.data.attributes.pop(f, {}).items():
-                if key not in survivor or survivor[key][1] < at:
-                    survivor[key] = (value, at)
-            self.data.values.pop(f, None)
-            self.data.individuals.pop(f, None)
-        left = [(i, s) for s, members in self.data.members.items() for i in members if i in from_ids]
-        return moved, left
+        return moved
+
+    async def move_api_consents(self, from_ids, to_id):
+        for (ind, purpose), (status, at, source, api) in list(self.data.consents.items()):
+            if ind in from_ids and api:
+                known = self.data.consents.get((to_id, purpose))
+                if known is None or known[1] <= at:
+                    self.data.consents[(to_id, purpose)] = (status, at, source, True)
+
+    def _forget(self, ids, keep_api: bool):
+        self.data.stats = {k: v for k, v in self.data.stats.items() if k[0] not in ids}
+        self.data.objects = {k: v for k, v in self.data.objects.items() if v[0] not in ids}
+        self.data.affinities = {k: v for k, v in self.data.affinities.items() if k[0] not in ids}
+        self.data.consents = {k: v for k, v in self.data.consents.items() if k[0] not in ids or (keep_api and v[3])}
+        for i in ids:
+            self.data.attributes.pop(i, None)
+            self.data.values.pop(i, None)
+
+    async def drop_individuals(self, ids):
+        self._forget(ids, keep_api=False)
+        for i in ids:
+            self.data.individuals.pop(i, None)
+        return [(i, s) for s, members in self.data.members.items() for i in members if i in ids]
+
+    async def clear_derived(self, ids):
+        self._forget(ids, keep_api=True)
+
+    async def replay_events(self, ids):
+        return sorted((e for e in self.data.events.values() if e.individual_id in ids),
+                      key=lambda e: (e.event_time, e.message_id))
 
     async def save_insight(self, insight):
-        self.data.insights[insight.name] = insight
+        self.data.config.insights = [d for d in self.data.config.insights if d.name != insight.name] + [insight]
 
     async def save_segment(self, segment):
-        self.data.segments[segment.name] = SegmentDef(segment.name, segment.description, segment.rule)
+        self.data.config.segments = [s for s in self.data.config.segments if s.name != segment.name] + [
+            SegmentDef(segment.name, segment.description, segment.rule)]
+
+    async def save_affinity_config(self, config):
+        self.data.config.affinity = config
+
+    async def save_recon_rule(self, rule):
+        self.data.config.recon = rule
 
     async def member_count(self, segment):
         return len(self.data.members.get(segment, {}))
+
+    async def item_event_rows(self, item_ids, since):
+        return [_stored(e) for e in self.data.events.values()
+                if set(e.item_ids) & set(item_ids) and (since is None or e.event_time > since)]
+
+    async def store_item_insights(self, item_ids, values):
+        for i, named in values.items():
+            self.data.item_values.setdefault(i, {}).update(named)
+
+    async def item_ids(self, after, limit):
+        return sorted(i for i in self.data.items if i > after)[:limit]
 
 
 class FakeStore:
@@ -124,6 +233,10 @@ class FakeStore:
     def data(self, tenant: str) -> TenantData:
         return self.tenants.setdefault(tenant, TenantData())
 
+    def insights(self, tenant: str, individual: str) -> dict[str, float]:
+        """The ungrouped insight values stored for an individual."""
+        return {n: v for n, dim, v in self.data(tenant).values.get(individual, []) if not dim}
+
     @asynccontextmanager
     async def unit(self, tenant: str):
         saved = copy.deepcopy(self.data(tenant))
@@ -133,41 +246,91 @@ class FakeStore:
             self.tenants[tenant] = saved
             raise
 
-    async def get_profile(self, tenant, individual_id, parts, event_limit):
+    async def get_profile(self, tenant, individual_id, parts, event_limit, affinity_limit, now):
         d = self.data(tenant)
-        events = sorted(((e, p) for e, p in d.events.values() if e.individual_id == individual_id),
-                        key=lambda ep: ep[0].event_time, reverse=True)
-        return Profile(
-            individual_id=individual_id,
-            attributes={k: v for k, (v, _) in d.attributes.get(individual_id, {}).items()} if "attributes" in parts else {},
-            event_payloads=[p for _, p in events[:event_limit]] if "events" in parts else [],
-            insights=dict(d.values.get(individual_id, {})) if "insights" in parts else {},
-            segments=sorted(s for s, m in d.members.items() if individual_id in m) if "segments" in parts else [],
-            update_time=d.individuals.get(individual_id),
-        )
+        events = sorted((e for e in d.events.values() if e.individual_id == individual_id),
+                        key=lambda e: (e.event_time, e.message_id), reverse=True)
+        p = Profile(individual_id=individual_id, update_time=d.individuals.get(individual_id))
+        if "attributes" in parts:
+            p.attributes = {k: v for k, (v, _) in d.attributes.get(individual_id, {}).items()}
+        if "events" in parts:
+            p.event_payloads = [e.payload for e in events[:event_limit]]
+        if "insights" in parts:
+            for name, dim, value in d.values.get(individual_id, []):
+                if dim:
+                    p.grouped_insights.setdefault(name, {})[dim] = value
+                else:
+                    p.insights[name] = value
+        if "segments" in parts:
+            p.segments = sorted(s for s, m in d.members.items() if individual_id in m)
+        if "profile_objects" in parts:
+            rows = [ProfileObjectRow(k, o, a, t, s) for (k, o), (i, a, t, s) in d.objects.items() if i == individual_id]
+            p.objects = sorted(rows, key=lambda r: (r.type, -r.updated_at.timestamp(), r.object_id))
+        if "consents" in parts:
+            p.consents = await self.get_consents(tenant, individual_id)
+        if "affinities" in parts:
+            p.affinities = (await self.get_affinities(tenant, individual_id, "", affinity_limit, now))
+        return p
+
+    async def get_affinities(self, tenant, individual_id, dimension, limit, now):
+        d = self.data(tenant)
+        half_life = d.config.affinity.half_life
+        rows = [Affinity(dim, v, domain.decay(s, (now - at).total_seconds(), half_life))
+                for (i, dim, v), (s, at) in d.affinities.items()
+                if i == individual_id and (not dimension or dim == dimension)]
+        return sorted(rows, key=lambda a: (-a.score, a.dimension, a.value))[:limit]
+
+    async def get_consents(self, tenant, individual_id):
+        d = self.data(tenant)
+        return sorted((ConsentState(p, s, t, src) for (i, p), (s, t, src, _) in d.consents.items()
+                       if i == individual_id), key=lambda c: c.purpose)
+
+    async def read_config(self, tenant):
+        return self.data(tenant).config
 
     async def list_insights(self, tenant, after, limit):
-        return [d for n, d in sorted(self.data(tenant).insights.items()) if n > after][:limit]
+        return sorted((d for d in self.data(tenant).config.insights if d.name > after), key=lambda d: d.name)[:limit]
 
     async def list_segments(self, tenant, after, limit):
         d = self.data(tenant)
-        return [SegmentDef(s.name, s.description, s.rule, len(d.members.get(n, {})))
-                for n, s in sorted(d.segments.items()) if n > after][:limit]
+        return [SegmentDef(s.name, s.description, s.rule, len(d.members.get(s.name, {})))
+                for s in sorted(d.config.segments, key=lambda s: s.name) if s.name > after][:limit]
 
     async def segment_exists(self, tenant, name):
-        return name in self.data(tenant).segments
+        return any(s.name == name for s in self.data(tenant).config.segments)
 
     async def list_members(self, tenant, segment, after, limit):
         members = self.data(tenant).members.get(segment, {})
         return [Member(i, t) for i, t in sorted(members.items()) if i > after][:limit]
 
-    async def tenants_with_windowed_insights(self):
-        return sorted(t for t, d in self.tenants.items() if any(i.window for i in d.insights.values()))
+    async def list_changes(self, tenant, segment, after, limit):
+        d = self.data(tenant)
+        rows = [MembershipChange(n + 1, s, i, c == "entered", d.history_times[n])
+                for n, (s, i, c) in enumerate(d.history) if n + 1 > after and (not segment or s == segment)]
+        return rows[:limit]
 
-    async def upsert_items(self, tenant, items):
+    async def tenants_with_definitions(self):
+        return sorted(t for t, d in self.tenants.items() if d.config.insights or d.config.segments)
+
+    async def item_types(self, tenant):
+        return dict(self.data(tenant).item_types)
+
+    async def upsert_items(self, tenant, items, new_types):
+        d = self.data(tenant)
+        for k, v in new_types.items():
+            d.item_types.setdefault(k, v)
         for item in items:
-            self.data(tenant).items[item.item_id] = item
+            d.items[item.item_id] = item
 
     async def get_items(self, tenant, ids):
-        items = self.data(tenant).items
-        return [items[i] for i in ids if i in items]
+        d = self.data(tenant)
+        return [replace(d.items[i], insights=dict(d.item_values.get(i, {}))) for i in ids if i in d.items]
+
+    async def list_items(self, tenant, filters, types, after, limit):
+        d = self.data(tenant)
+        out = []
+        for item_id in sorted(d.items):
+            item = d.items[item_id]
+            if item_id > after and all(domain.condition_holds(c, item.attributes.get(c.field)) for c in filters):
+                out.append(replace(item, insights=dict(d.item_values.get(item_id, {}))))
+        return out[:limit]

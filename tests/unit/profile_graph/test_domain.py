@@ -78,24 +78,24 @@ def test_event_exactly_at_the_window_edge_is_not_counted():
 
 
 def test_zero_window_means_all_time_and_type_filter_applies():
-    count = InsightDef("purchases", "", domain.AGGREGATE_COUNT, "", PURCHASE, timedelta(0))
+    count = InsightDef("purchases", "", domain.AGGREGATE_COUNT, "", PURCHASE, None)
     events = [stored(NOW - timedelta(days=3000)), stored(NOW), stored(NOW, type=PAGE_VIEW)]
     assert domain.insight_value(count, events, NOW) == 2.0
 
 
 def test_property_sum_ignores_non_numeric_values():
-    points = InsightDef("points", "", domain.AGGREGATE_SUM, "properties.points", 0, timedelta(0))
+    points = InsightDef("points", "", domain.AGGREGATE_SUM, "properties.points", 0, None)
     events = [stored(NOW, properties={"points": 2.5}), stored(NOW, properties={"points": "many"}),
               stored(NOW, properties={"points": True}), stored(NOW)]
     assert domain.insight_value(points, events, NOW) == 2.5
 
 
 @pytest.mark.parametrize("insight, bad", [
-    (InsightDef("Spend", "", 2, "revenue", 0, timedelta(0)), ["insight.name"]),
-    (InsightDef("spend", "", 0, "", 0, timedelta(0)), ["insight.aggregate"]),
-    (InsightDef("spend", "", 2, "price", 0, timedelta(0)), ["insight.field"]),
-    (InsightDef("spend", "", 1, "revenue", 0, timedelta(0)), ["insight.field"]),
-    (InsightDef("spend", "", 1, "", 99, timedelta(0)), ["insight.event_type"]),
+    (InsightDef("Spend", "", 2, "revenue", 0, None), ["insight.name"]),
+    (InsightDef("spend", "", 0, "", 0, None), ["insight.aggregate"]),
+    (InsightDef("spend", "", 2, "price", 0, None), ["insight.field"]),
+    (InsightDef("spend", "", 1, "revenue", 0, None), ["insight.field"]),
+    (InsightDef("spend", "", 1, "", 99, None), ["insight.event_type"]),
     (InsightDef("spend", "", 1, "", 0, timedelta(seconds=-1)), ["insight.window"]),
     (InsightDef("spend", "", 1, "", 0, timedelta(days=365_000)), ["insight.window"]),
 ])
@@ -107,7 +107,7 @@ def test_invalid_insight_definitions_name_the_bad_field(insight, bad):
 
 def test_valid_insight_definitions_pass():
     domain.validate_insight(InsightDef("spend_30d", "", 2, "properties.points", PURCHASE, timedelta(days=30)))
-    domain.validate_insight(InsightDef("views", "", 1, "", 0, timedelta(0)))
+    domain.validate_insight(InsightDef("views", "", 1, "", 0, None))
 
 
 @pytest.mark.parametrize("rule", ["insights.spend >= ", "foo.bar == 1", "1 + 2", 'attributes.x == 1 || bar'])
@@ -165,6 +165,6 @@ def test_page_token_from_another_listing_is_refused():
 
 def test_unknown_read_mask_path_is_refused_with_its_index():
     with pytest.raises(InvalidArgument) as info:
-        domain.profile_parts(["events", "affinities"])
+        domain.profile_parts(["events", "friends"])
     assert fields(info.value) == ["read_mask.paths[1]"]
     assert domain.profile_parts([]) == set(domain.PROFILE_PARTS)

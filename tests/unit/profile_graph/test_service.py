@@ -22,7 +22,7 @@ def store():
 
 @pytest.fixture
 def graph(store):
-    return ProfileGraph(store)
+    return ProfileGraph(store, clock=lambda: store.now)
 
 
 def buy(store, individual, message_id, amount, days_ago=0.0, **kw):
@@ -42,7 +42,7 @@ async def test_reappending_a_batch_reports_duplicates_and_counts_once(graph, sto
     again = await graph.append_events("t", batch)
     assert [o.duplicate for o in first] == [False, False]
     assert [o.duplicate for o in again] == [True, True]
-    assert store.data("t").values["a"] == {"spend": 15.0}
+    assert store.insights("t", "a") == {"spend": 15.0}
 
 
 async def test_crossing_a_threshold_enters_the_segment_on_the_last_event_of_the_individual(graph, store):
@@ -57,7 +57,7 @@ async def test_crossing_a_threshold_enters_the_segment_on_the_last_event_of_the_
 async def test_old_purchases_outside_the_window_do_not_count(graph, store):
     await with_spend(graph)
     await graph.append_events("t", [buy(store, "a", "m1", 100, days_ago=31), buy(store, "a", "m2", 1, days_ago=29)])
-    assert store.data("t").values["a"]["spend"] == 1.0
+    assert store.insights("t", "a")["spend"] == 1.0
 
 
 async def test_invalid_batch_changes_nothing(graph, store):
@@ -70,7 +70,7 @@ async def test_invalid_rule_stores_no_segment(graph, store):
     with pytest.raises(InvalidArgument) as info:
         await graph.upsert_segment("t", SegmentDef("s", "", "foo.bar"))
     assert [f for f, _ in info.value.violations] == ["segment.rule"]
-    assert not store.data("t").segments
+    assert not store.data("t").config.segments
 
 
 async def test_saving_a_segment_takes_the_definition_lock_exclusively(graph, store):
@@ -91,7 +91,7 @@ async def test_reassign_merges_attributes_newest_wins_and_recomputes(graph, stor
     data = store.data("t")
     assert moved == 2
     assert {k: v for k, (v, _) in data.attributes["known"].items()} == {"tier": "new", "city": "Oslo"}
-    assert data.values["known"]["spend"] == 120.0 and "anon" not in data.values
+    assert store.insights("t", "known")["spend"] == 120.0 and "anon" not in data.values
     assert data.members["big"].keys() == {"known"}
     assert await graph.reassign("t", ["anon"], "known") == 0
 
@@ -146,5 +146,5 @@ async def test_refresh_lets_old_purchases_age_out_of_insights_and_segments(graph
     assert "a" in store.data("t").members["big"]
     store.now += timedelta(days=2)
     assert await graph.refresh_windowed_insights() == 1
-    assert store.data("t").values["a"]["spend"] == 0.0
+    assert store.insights("t", "a")["spend"] == 0.0
     assert store.data("t").history == [("big", "a", "entered"), ("big", "a", "exited")]

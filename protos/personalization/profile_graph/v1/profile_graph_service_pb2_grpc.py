@@ -85,6 +85,56 @@ class ProfileGraphServiceStub:
                 request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ListSegmentMembersRequest.SerializeToString,
                 response_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ListSegmentMembersResponse.FromString,
                 _registered_method=True)
+        self.ListMembershipChanges = channel.unary_unary(
+                '/personalization.profile_graph.v1.ProfileGraphService/ListMembershipChanges',
+                request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ListMembershipChangesRequest.SerializeToString,
+                response_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ListMembershipChangesResponse.FromString,
+                _registered_method=True)
+        self.ListItems = channel.unary_unary(
+                '/personalization.profile_graph.v1.ProfileGraphService/ListItems',
+                request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ListItemsRequest.SerializeToString,
+                response_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ListItemsResponse.FromString,
+                _registered_method=True)
+        self.RecomputeAll = channel.unary_unary(
+                '/personalization.profile_graph.v1.ProfileGraphService/RecomputeAll',
+                request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.RecomputeAllRequest.SerializeToString,
+                response_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.RecomputeAllResponse.FromString,
+                _registered_method=True)
+        self.GetAffinities = channel.unary_unary(
+                '/personalization.profile_graph.v1.ProfileGraphService/GetAffinities',
+                request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetAffinitiesRequest.SerializeToString,
+                response_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetAffinitiesResponse.FromString,
+                _registered_method=True)
+        self.SetAffinityConfig = channel.unary_unary(
+                '/personalization.profile_graph.v1.ProfileGraphService/SetAffinityConfig',
+                request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.SetAffinityConfigRequest.SerializeToString,
+                response_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.SetAffinityConfigResponse.FromString,
+                _registered_method=True)
+        self.GetAffinityConfig = channel.unary_unary(
+                '/personalization.profile_graph.v1.ProfileGraphService/GetAffinityConfig',
+                request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetAffinityConfigRequest.SerializeToString,
+                response_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetAffinityConfigResponse.FromString,
+                _registered_method=True)
+        self.SetConsents = channel.unary_unary(
+                '/personalization.profile_graph.v1.ProfileGraphService/SetConsents',
+                request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.SetConsentsRequest.SerializeToString,
+                response_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.SetConsentsResponse.FromString,
+                _registered_method=True)
+        self.SetReconciliationRule = channel.unary_unary(
+                '/personalization.profile_graph.v1.ProfileGraphService/SetReconciliationRule',
+                request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.SetReconciliationRuleRequest.SerializeToString,
+                response_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.SetReconciliationRuleResponse.FromString,
+                _registered_method=True)
+        self.GetReconciliationRule = channel.unary_unary(
+                '/personalization.profile_graph.v1.ProfileGraphService/GetReconciliationRule',
+                request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetReconciliationRuleRequest.SerializeToString,
+                response_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetReconciliationRuleResponse.FromString,
+                _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/personalization.profile_graph.v1.ProfileGraphService/WatchEvents',
+                request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class ProfileGraphServiceServicer:
@@ -171,6 +221,86 @@ class ProfileGraphServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListMembershipChanges(self, request, context):
+        """Lists every entry into and exit from one segment (or all segments) in the order they happened, page by page.
+        Errors: INVALID_ARGUMENT (bad page token), NOT_FOUND (unknown segment).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListItems(self, request, context):
+        """Lists catalog items by id, filtered by attribute conditions, page by page.
+        Errors: INVALID_ARGUMENT (bad page token, unknown attribute, operator not fit for the attribute's type).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecomputeAll(self, request, context):
+        """Recomputes insights, item insights, affinities and segment memberships of every individual of the tenant.
+        Errors: none beyond authentication.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAffinities(self, request, context):
+        """Returns the top affinities of one individual, by decayed score.
+        Errors: INVALID_ARGUMENT (empty id, negative limit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAffinityConfig(self, request, context):
+        """Replaces the tenant's affinity configuration (dimensions, weights, half-life) and recomputes every individual.
+        Errors: INVALID_ARGUMENT (bad dimension name, negative weight, non-positive half-life).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAffinityConfig(self, request, context):
+        """Returns the tenant's affinity configuration (the default one when none was set).
+        Errors: none beyond authentication.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetConsents(self, request, context):
+        """Records consent decisions of one individual, as an event carrying them would.
+        Errors: INVALID_ARGUMENT (empty id, bad purpose, unspecified status).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetReconciliationRule(self, request, context):
+        """Replaces the reconciliation rule of one object and recomputes the unified attributes of every individual.
+        Errors: INVALID_ARGUMENT (unknown object, unspecified policy, bad source or attribute name).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReconciliationRule(self, request, context):
+        """Returns the reconciliation rule of one object (the default one when none was set).
+        Errors: INVALID_ARGUMENT (unknown object).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchEvents(self, request, context):
+        """Streams the events of one individual as they are appended, optionally preceded by the last N.
+        Errors: INVALID_ARGUMENT (empty id, negative or too large replay count).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProfileGraphServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -223,6 +353,56 @@ def add_ProfileGraphServiceServicer_to_server(servicer, server):
                     servicer.ListSegmentMembers,
                     request_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ListSegmentMembersRequest.FromString,
                     response_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ListSegmentMembersResponse.SerializeToString,
+            ),
+            'ListMembershipChanges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMembershipChanges,
+                    request_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ListMembershipChangesRequest.FromString,
+                    response_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ListMembershipChangesResponse.SerializeToString,
+            ),
+            'ListItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListItems,
+                    request_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ListItemsRequest.FromString,
+                    response_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ListItemsResponse.SerializeToString,
+            ),
+            'RecomputeAll': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecomputeAll,
+                    request_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.RecomputeAllRequest.FromString,
+                    response_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.RecomputeAllResponse.SerializeToString,
+            ),
+            'GetAffinities': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAffinities,
+                    request_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetAffinitiesRequest.FromString,
+                    response_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetAffinitiesResponse.SerializeToString,
+            ),
+            'SetAffinityConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAffinityConfig,
+                    request_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.SetAffinityConfigRequest.FromString,
+                    response_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.SetAffinityConfigResponse.SerializeToString,
+            ),
+            'GetAffinityConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAffinityConfig,
+                    request_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetAffinityConfigRequest.FromString,
+                    response_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetAffinityConfigResponse.SerializeToString,
+            ),
+            'SetConsents': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetConsents,
+                    request_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.SetConsentsRequest.FromString,
+                    response_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.SetConsentsResponse.SerializeToString,
+            ),
+            'SetReconciliationRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetReconciliationRule,
+                    request_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.SetReconciliationRuleRequest.FromString,
+                    response_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.SetReconciliationRuleResponse.SerializeToString,
+            ),
+            'GetReconciliationRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReconciliationRule,
+                    request_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetReconciliationRuleRequest.FromString,
+                    response_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetReconciliationRuleResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.WatchEventsRequest.FromString,
+                    response_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.WatchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -496,6 +676,276 @@ class ProfileGraphService:
             '/personalization.profile_graph.v1.ProfileGraphService/ListSegmentMembers',
             personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ListSegmentMembersRequest.SerializeToString,
             personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ListSegmentMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMembershipChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.profile_graph.v1.ProfileGraphService/ListMembershipChanges',
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ListMembershipChangesRequest.SerializeToString,
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ListMembershipChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.profile_graph.v1.ProfileGraphService/ListItems',
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ListItemsRequest.SerializeToString,
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ListItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecomputeAll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.profile_graph.v1.ProfileGraphService/RecomputeAll',
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.RecomputeAllRequest.SerializeToString,
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.RecomputeAllResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAffinities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.profile_graph.v1.ProfileGraphService/GetAffinities',
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetAffinitiesRequest.SerializeToString,
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetAffinitiesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAffinityConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.profile_graph.v1.ProfileGraphService/SetAffinityConfig',
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.SetAffinityConfigRequest.SerializeToString,
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.SetAffinityConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAffinityConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.profile_graph.v1.ProfileGraphService/GetAffinityConfig',
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetAffinityConfigRequest.SerializeToString,
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetAffinityConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetConsents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.profile_graph.v1.ProfileGraphService/SetConsents',
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.SetConsentsRequest.SerializeToString,
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.SetConsentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetReconciliationRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.profile_graph.v1.ProfileGraphService/SetReconciliationRule',
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.SetReconciliationRuleRequest.SerializeToString,
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.SetReconciliationRuleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReconciliationRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.profile_graph.v1.ProfileGraphService/GetReconciliationRule',
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetReconciliationRuleRequest.SerializeToString,
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetReconciliationRuleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/personalization.profile_graph.v1.ProfileGraphService/WatchEvents',
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.WatchEventsRequest.SerializeToString,
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.WatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
