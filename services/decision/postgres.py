@@ -4,20 +4,38 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import asdict
+from datetime import datetime, timedelta
 
 import asyncpg
 
-from services.decision.service import Decision, LogEntry, NameTaken, Point, Template, TemplateField
+from services.decision.experiments import Cohort, Experiment, Exposure, Outcome
+from services.decision.schema import ProfileSchema
+from services.decision.service import (
+    AlreadyRunning,
+    Decision,
+    LogEntry,
+    NameTaken,
+    Point,
+    Template,
+    TemplateField,
+)
 
-_POINT_COLUMNS = "p.point_id, p.name, p.description, p.type, p.template"
+_POINT_COLUMNS = "p.point_id, p.name, p.description, p.type, p.template, p.archived"
 _DECISION_COLUMNS = (
-    "d.decision_id, d.name AS decision_name, d.priority, d.rule, d.fallback, d.content, d.recommender, d.item_count"
+    "d.decision_id, d.name AS decision_name, d.priority, d.rule, d.fallback, d.content, d.recommender, d.item_count, "
+    "d.archived AS decision_archived"
 )
 _LOG_COLUMNS = (
     "personalization_id, request_id, point_id, point_name, decision_id, unified_individual_id, channel, "
-    "correlation_id, anchor_id, served, stage_ms, log_time"
+    "correlation_id, anchor_id, served, stage_ms, log_time, experiment_id, cohort_id, exposure_conflict"
 )
+_EXPERIMENT_COLUMNS = "experiment_id, name, point_name, state, config, winner_cohort_id, start_time, stop_time"
+_EXPOSURE_COLUMNS = (
+    "personalization_id, unified_individual_id, log_time, point_name, decision_id, experiment_id, cohort_id, "
+    "item_ids, exposure_conflict"
+)
+_OUTCOME_COLUMNS = "outcome_id, unified_individual_id, type, time, item_ids, revenue, personalization_id"
 
 
 def _template_json(template: Template) -> str:
@@ -38,6 +56,7 @@ def _point(row: asyncpg.Record) -> Point:
             fields=tuple(TemplateField(f["name"], f["type"], f["required"]) for f in template["fields"]),
             item_attributes=tuple(template["item_attributes"]),
         ),
+        archived=row["archived"],
     )
 
 
@@ -52,6 +71,7 @@ def _decision(row: asyncpg.Record, point_name: str) -> Decision:
         content=None if row["content"] is None else json.loads(row["content"]),
         recommender=row["recommender"],
         count=row["item_count"],
+        archived=row["decision_archived"],
     )
 
 
@@ -69,32 +89,247 @@ def _log_entry(row: asyncpg.Record) -> LogEntry:
         served=json.loads(row["served"]),
         stage_ms=json.loads(row["stage_ms"]),
         log_time=row["log_time"],
+        experiment_id=row["experiment_id"],
+        cohort_id=row["cohort_id"],
+        exposure_conflict=row["exposure_conflict"],
+    )
+
+
+def _experiment_config(e: Experiment) -> str:
+    return json.dumps({
+        "cohorts": [asdict(c) for c in e.cohorts],
+        "targeting_rule": e.targeting_rule,
+        "primary_metric": e.primary_metric,
+        "secondary_metrics": list(e.secondary_metrics),
+        "min_participants": e.min_participants,
+        "min_duration_s": e.min_duration.total_seconds(),
+        "max_duration_s": e.max_duration.total_seconds(),
+        "chance_to_win_threshold": e.chance_to_win_threshold,
+        "winner_selection": e.winner_selection,
+        "seed": e.seed,
+        "attribution_window_s": e.attribution_window.total_seconds(),
+    })
+
+
+def _experiment(row) -> Experiment:
+    c = json.loads(row["config"])
+    return Experiment(
+        experiment_id=row["experiment_id"], name=row["name"], point_name=row["point_name"],
+        cohorts=tuple(Cohort(**x) for x in c["cohorts"]), state=row["state"], targeting_rule=c["targeting_rule"],
+        primary_metric=c["primary_metric"], secondary_metrics=tuple(c["secondary_metrics"]),
+        min_participants=c["min_participants"], min_duration=timedelta(seconds=c["min_duration_s"]),
+        max_duration=timedelta(seconds=c["max_duration_s"]), chance_to_win_threshold=c["chance_to_win_threshold"],
+        winner_selection=c["winner_selection"], seed=c["seed"],
+        attribution_window=timedelta(seconds=c["attribution_window_s"]), winner_cohort_id=row["winner_cohort_id"],
+        start_time=row["start_time"], stop_time=row["stop_time"],
+    )
+
+
+def _exposure(row: asyncpg.Record) -> Exposure:
+    return Exposure(
+        personalization_id=row["personalization_id"], unified_individual_id=row["unified_individual_id"],
+        log_time=row["log_time"], point_name=row["point_name"], decision_id=row["decision_id"],
+        experiment_id=row["experiment_id"], cohort_id=row["cohort_id"], item_ids=tuple(row["item_ids"]),
+        exposure_conflict=row["exposure_conflict"],
+    )
+
+
+def _outcome(row: asyncpg.Record) -> Outcome:
+    return Outcome(
+        outcome_id=row["outcome_id"], unified_individual_id=row["unified_individual_id"], type=row["type"],
+        time=row["time"], item_ids=tuple(row["item_ids"]), revenue=row["revenue"],
+        personalization_id=row["personalization_id"],
     )
 
 
 class PostgresRepository:
     """Points, decisions and the decision log in the service's own schema; every query filters by tenant."""
 
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, log_pool: asyncpg.Pool | None = None):
         self.pool = pool
+        self.log_pool = log_pool or pool  # writes of the decision log and outcomes (see server.py)
 
     async def upsert_point(self, tenant: str, point: Point) -> Point:
         row = await self.pool.fetchrow(
             "INSERT INTO points AS p (tenant_id, point_id, name, description, type, template) "
             "VALUES ($1, $2, $3, $4, $5, $6::jsonb) "
             "ON CONFLICT (tenant_id, name) DO UPDATE SET description = EXCLUDED.description, type = EXCLUDED.type, "
-            "template = EXCLUDED.template, updated_at = now() "
+            "template = EXCLUDED.template, archived = false, updated_at = now() "
             f"RETURNING {_POINT_COLUMNS}",
             tenant, point.point_id, point.name, point.description, point.type, _template_json(point.template),
         )
         return _point(row)
 
-    async def list_points(self, tenant: str, after_name: str, limit: int) -> list[Point]:
+    async def list_points(self, tenant: str, after_name: str, limit: int, archived: bool = False) -> list[Point]:
         rows = await self.pool.fetch(
-            f"SELECT {_POINT_COLUMNS} FROM points p WHERE p.tenant_id = $1 AND p.name > $2 ORDER BY p.name LIMIT $3",
-            tenant, after_name, limit,
+            f"SELECT {_POINT_COLUMNS} FROM points p WHERE p.tenant_id = $1 AND p.name > $2 "
+            "AND (NOT p.archived OR $4) ORDER BY p.name LIMIT $3",
+            tenant, after_name, limit, archived,
         )
         return [_point(r) for r in rows]
+
+    async def archive_point(self, tenant: str, name: str) -> Point | None:
+        row = await self.pool.fetchrow(
+            "UPDATE points AS p SET archived = true, updated_at = now() WHERE p.tenant_id = $1 AND p.name = $2 "
+            f"RETURNING {_POINT_COLUMNS}", tenant, name)
+        return None if row is None else _point(row)
+
+    async def archive_decision(self, tenant: str, decision_id: str) -> Decision | None:
+        await self.pool.execute(
+            "UPDATE decisions SET archived = true, updated_at = now() WHERE tenant_id = $1 AND decision_id = $2",
+            tenant, decision_id)
+        return await self.get_decision(tenant, decision_id)
+
+    async def get_schema(self, tenant: str) -> ProfileSchema | None:
+        raw = await self.pool.fetchval("SELECT schema FROM profile_schemas WHERE tenant_id = $1", tenant)
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return ProfileSchema(
+            attributes=tuple(map(tuple, data["attributes"])), insights=tuple(data["insights"]),
+            segments=tuple(data["segments"]), affinities=tuple(data["affinities"]), consents=tuple(data["consents"]),
+            context_attributes=tuple(map(tuple, data["context_attributes"])),
+        )
+
+    async def save_schema(self, tenant: str, schema: ProfileSchema) -> None:
+        await self.pool.execute(
+            "INSERT INTO profile_schemas (tenant_id, schema) VALUES ($1, $2::jsonb) "
+            "ON CONFLICT (tenant_id) DO UPDATE SET schema = EXCLUDED.schema, updated_at = now()",
+            tenant, json.dumps(asdict(schema)))
+
+    async def all_rules(self, tenant: str) -> list[tuple[str, str]]:
+        rows = await self.pool.fetch(
+            "SELECT 'decision ' || decision_id AS label, rule FROM decisions "
+            "WHERE tenant_id = $1 AND NOT archived AND NOT fallback AND rule <> '' "
+            "UNION ALL SELECT 'experiment ' || name, config->>'targeting_rule' FROM experiments "
+            "WHERE tenant_id = $1 AND state <> 'ARCHIVED' AND config->>'targeting_rule' <> ''", tenant)
+        return [(r["label"], r["rule"]) for r in rows]
+
+    async def get_experiment(self, tenant: str, name: str) -> Experiment | None:
+        row = await self.pool.fetchrow(
+            f"SELECT {_EXPERIMENT_COLUMNS} FROM experiments WHERE tenant_id = $1 AND name = $2", tenant, name)
+        return None if row is None else _experiment(row)
+
+    async def save_experiment(self, tenant: str, e: Experiment) -> Experiment:
+        row = await self.pool.fetchrow(
+            "INSERT INTO experiments (tenant_id, experiment_id, name, point_name, state, config) "
+            "VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT (tenant_id, experiment_id) DO UPDATE SET "
+            "point_name = EXCLUDED.point_name, config = EXCLUDED.config, updated_at = now() "
+            f"RETURNING {_EXPERIMENT_COLUMNS}",
+            tenant, e.experiment_id, e.name, e.point_name, e.state, _experiment_config(e))
+        return _experiment(row)
+
+    async def list_experiments(
+        self, tenant: str, point_name: str, after_name: str, limit: int, archived: bool
+    ) -> list[Experiment]:
+        rows = await self.pool.fetch(
+            f"SELECT {_EXPERIMENT_COLUMNS} FROM experiments WHERE tenant_id = $1 AND name > $2 "
+            "AND ($3 = '' OR point_name = $3) AND (state <> 'ARCHIVED' OR $4) ORDER BY name LIMIT $5",
+            tenant, after_name, point_name, archived, limit)
+        return [_experiment(r) for r in rows]
+
+    async def set_experiment_state(self, tenant: str, e: Experiment) -> Experiment:
+        try:
+            row = await self.pool.fetchrow(
+                "UPDATE experiments SET state = $3, winner_cohort_id = $4, start_time = $5, stop_time = $6, "
+                f"updated_at = now() WHERE tenant_id = $1 AND experiment_id = $2 RETURNING {_EXPERIMENT_COLUMNS}",
+                tenant, e.experiment_id, e.state, e.winner_cohort_id, e.start_time, e.stop_time)
+        except asyncpg.UniqueViolationError:
+            raise AlreadyRunning(e.point_name) from None
+        return _experiment(row)
+
+    async def running_experiments(self, tenant: str, point_names: Sequence[str] | None) -> dict[str, Experiment]:
+        rows = await self.pool.fetch(
+            f"SELECT {_EXPERIMENT_COLUMNS} FROM experiments WHERE tenant_id = $1 AND state = 'RUNNING' "
+            "AND ($2::text[] IS NULL OR point_name = ANY($2::text[]))",
+            tenant, None if point_names is None else list(point_names))
+        return {r["point_name"]: _experiment(r) for r in rows}
+
+    async def merge(self, tenant: str, from_ids: Sequence[str], to_id: str) -> list[tuple[str, str, str]]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE individual_aliases SET survivor_id = $2 WHERE tenant_id = $1 AND survivor_id = ANY($3::text[])",
+                tenant, to_id, list(from_ids))
+            await conn.execute(
+                "INSERT INTO individual_aliases (tenant_id, alias_id, survivor_id) "
+                "SELECT $1, a, $2 FROM unnest($3::text[]) AS a "
+                "ON CONFLICT (tenant_id, alias_id) DO UPDATE SET survivor_id = EXCLUDED.survivor_id, merged_at = now()",
+                tenant, to_id, list(from_ids))
+            await conn.execute(
+                "INSERT INTO experiment_conflicts (tenant_id, experiment_id, unified_individual_id) "
+                "SELECT tenant_id, experiment_id, $2 FROM experiment_conflicts "
+                "WHERE tenant_id = $1 AND unified_individual_id = ANY($3::text[]) ON CONFLICT DO NOTHING",
+                tenant, to_id, list(from_ids))
+            rows = await conn.fetch(
+                "SELECT DISTINCT experiment_id, unified_individual_id, cohort_id FROM decision_log "
+                "WHERE tenant_id = $1 AND experiment_id <> '' AND cohort_id <> '' AND (unified_individual_id = $2 "
+                "OR unified_individual_id IN (SELECT alias_id FROM individual_aliases "
+                "WHERE tenant_id = $1 AND survivor_id = $2))",
+                tenant, to_id)
+        return [(r["experiment_id"], r["unified_individual_id"], r["cohort_id"]) for r in rows]
+
+    async def add_conflicts(self, tenant: str, pairs: Sequence[tuple[str, str]]) -> None:
+        await self.pool.execute(
+            "INSERT INTO experiment_conflicts (tenant_id, experiment_id, unified_individual_id) "
+            "SELECT $1, e, u FROM unnest($2::text[], $3::text[]) AS x(e, u) ON CONFLICT DO NOTHING",
+            tenant, [p[0] for p in pairs], [p[1] for p in pairs])
+
+    async def experiments_by_id(self, tenant: str, ids: Sequence[str]) -> list[Experiment]:
+        rows = await self.pool.fetch(
+            f"SELECT {_EXPERIMENT_COLUMNS} FROM experiments WHERE tenant_id = $1 AND experiment_id = ANY($2::text[])",
+            tenant, list(ids))
+        return [_experiment(r) for r in rows]
+
+    async def experiment_exposures(self, tenant: str, experiment_id: str) -> list[Exposure]:
+        rows = await self.pool.fetch(
+            f"SELECT {_EXPOSURE_COLUMNS} FROM decision_log WHERE tenant_id = $1 AND experiment_id = $2 "
+            "AND cohort_id <> ''", tenant, experiment_id)
+        return [_exposure(r) for r in rows]
+
+    async def conflicts(self, tenant: str, experiment_id: str) -> set[str]:
+        rows = await self.pool.fetch(
+            "SELECT unified_individual_id FROM experiment_conflicts WHERE tenant_id = $1 AND experiment_id = $2",
+            tenant, experiment_id)
+        return {r[0] for r in rows}
+
+    async def survivors(self, tenant: str, ids: Sequence[str]) -> dict[str, str]:
+        rows = await self.pool.fetch(
+            "SELECT alias_id, survivor_id FROM individual_aliases WHERE tenant_id = $1 "
+            "AND (alias_id = ANY($2::text[]) OR survivor_id = ANY($2::text[]))", tenant, list(ids))
+        return {r["alias_id"]: r["survivor_id"] for r in rows}
+
+    async def insert_outcomes(self, tenant: str, outcomes: Sequence[Outcome]) -> int:
+        status = await self.log_pool.execute(
+            "INSERT INTO outcomes (tenant_id, outcome_id, unified_individual_id, type, time, item_ids, revenue, "
+            "personalization_id) SELECT $1, u.oid, u.uid, u.typ, u.t, "
+            "COALESCE((SELECT array_agg(x) FROM jsonb_array_elements_text(u.items::jsonb) AS x), '{}'), u.rev, u.pid "
+            "FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::float8[], "
+            "$8::text[]) AS u(oid, uid, typ, t, items, rev, pid) ON CONFLICT (tenant_id, outcome_id) DO NOTHING",
+            tenant, [o.outcome_id for o in outcomes], [o.unified_individual_id for o in outcomes],
+            [o.type for o in outcomes], [o.time for o in outcomes], [json.dumps(list(o.item_ids)) for o in outcomes],
+            [o.revenue for o in outcomes], [o.personalization_id for o in outcomes])
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def outcomes_of(self, tenant: str, ids: Sequence[str], since: datetime) -> list[Outcome]:
+        rows = await self.pool.fetch(
+            f"SELECT {_OUTCOME_COLUMNS} FROM outcomes WHERE tenant_id = $1 AND unified_individual_id = ANY($2::text[]) "
+            "AND time >= $3", tenant, list(ids), since)
+        return [_outcome(r) for r in rows]
+
+    async def outcomes_between(self, tenant: str, start: datetime, end: datetime) -> list[Outcome]:
+        rows = await self.pool.fetch(
+            f"SELECT {_OUTCOME_COLUMNS} FROM outcomes WHERE tenant_id = $1 AND time >= $2 AND time < $3",
+            tenant, start, end)
+        return [_outcome(r) for r in rows]
+
+    async def exposures_of(
+        self, tenant: str, ids: Sequence[str], start: datetime, end: datetime, point_name: str
+    ) -> list[Exposure]:
+        rows = await self.pool.fetch(
+            f"SELECT {_EXPOSURE_COLUMNS} FROM decision_log WHERE tenant_id = $1 "
+            "AND unified_individual_id = ANY($2::text[]) AND log_time >= $3 AND log_time < $4 "
+            "AND ($5 = '' OR point_name = $5)", tenant, list(ids), start, end, point_name)
+        return [_exposure(r) for r in rows]
 
     async def load_points(self, tenant: str, names: Sequence[str]) -> dict[str, tuple[Point, list[Decision]]]:
         rows = await self.pool.fetch(
@@ -108,6 +343,34 @@ class PostgresRepository:
             name = row["name"]
             if name not in loaded:
                 loaded[name] = (_point(row), [])
+            if row["decision_id"] is not None:
+                loaded[name][1].append(_decision(row, name))
+        return loaded
+
+    async def load_points_with_experiments(
+        self, tenant: str, names: Sequence[str]
+    ) -> dict[str, tuple[Point, list[Decision], Experiment | None]]:
+        # One round trip: the running experiment rides along as a json column (repeated per decision row).
+        rows = await self.pool.fetch(
+            f"SELECT {_POINT_COLUMNS}, {_DECISION_COLUMNS}, (SELECT row_to_json(x) FROM (SELECT "
+            f"{_EXPERIMENT_COLUMNS} FROM experiments e WHERE e.tenant_id = p.tenant_id AND e.point_name = p.name "
+            "AND e.state = 'RUNNING') x) AS running FROM points p "
+            "LEFT JOIN decisions d ON d.tenant_id = p.tenant_id AND d.point_id = p.point_id "
+            "WHERE p.tenant_id = $1 AND p.name = ANY($2::text[])",
+            tenant, list(names),
+        )
+        loaded: dict[str, tuple[Point, list[Decision], Experiment | None]] = {}
+        for row in rows:
+            name = row["name"]
+            if name not in loaded:
+                running = None
+                if row["running"] is not None:
+                    raw = json.loads(row["running"])
+                    raw["config"] = json.dumps(raw["config"])
+                    for key in ("start_time", "stop_time"):
+                        raw[key] = datetime.fromisoformat(raw[key]) if raw[key] else None
+                    running = _experiment(raw)
+                loaded[name] = (_point(row), [], running)
             if row["decision_id"] is not None:
                 loaded[name][1].append(_decision(row, name))
         return loaded
@@ -155,15 +418,22 @@ class PostgresRepository:
     async def insert_log(self, tenant: str, entries: Sequence[LogEntry]) -> int:
         columns = list(zip(*[
             (e.personalization_id, e.request_id, e.point_id, e.point_name, e.decision_id, e.unified_individual_id,
-             e.channel, e.correlation_id, e.anchor_id, json.dumps(e.served), json.dumps(e.stage_ms), e.log_time)
+             e.channel, e.correlation_id, e.anchor_id, json.dumps(e.served), json.dumps(e.stage_ms), e.log_time,
+             e.experiment_id, e.cohort_id, json.dumps(e.item_ids))
             for e in entries
         ]))
-        status = await self.pool.execute(
-            f"INSERT INTO decision_log (tenant_id, {_LOG_COLUMNS}) "
+        # The conflict flag is decided here, in the same statement, so Qualify never has to look it up.
+        status = await self.log_pool.execute(
+            f"INSERT INTO decision_log (tenant_id, {_LOG_COLUMNS}, item_ids) "
             "SELECT $1, u.pid, u.rid, u.ptid, u.pname, u.did, u.uid, u.ch, u.cid, u.aid, u.served::jsonb, "
-            "u.stage::jsonb, u.t FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "
-            "$8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::timestamptz[]) "
-            "AS u(pid, rid, ptid, pname, did, uid, ch, cid, aid, served, stage, t) "
+            "u.stage::jsonb, u.t, u.eid, u.coh, "
+            "u.eid <> '' AND EXISTS (SELECT 1 FROM experiment_conflicts c WHERE c.tenant_id = $1 "
+            "AND c.experiment_id = u.eid AND c.unified_individual_id = u.uid), "
+            "COALESCE((SELECT array_agg(x) FROM jsonb_array_elements_text(u.items::jsonb) AS x), '{}') "
+            "FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "
+            "$8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::timestamptz[], $14::text[], "
+            "$15::text[], $16::text[]) "
+            "AS u(pid, rid, ptid, pname, did, uid, ch, cid, aid, served, stage, t, eid, coh, items) "
             "ON CONFLICT (tenant_id, personalization_id) DO NOTHING",
             tenant, *[list(c) for c in columns],
         )

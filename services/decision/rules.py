@@ -17,11 +17,15 @@ import cel
 
 MAX_RULE_CHARS = 4096
 MAX_RULE_DEPTH = 32
+MAX_COMPREHENSIONS = 8
+MAX_COMPREHENSION_NESTING = 2
 VARIABLES = ("profile", "context")
 
 # What a key missing from the caller's input defaults to, so `"vip" in profile.segments` is simply false for
 # a profile without segments. The same shapes form the sample activation a rule is checked against when saved.
-PROFILE_DEFAULTS: dict[str, Any] = {"attributes": {}, "insights": {}, "segments": [], "events": []}
+PROFILE_DEFAULTS: dict[str, Any] = {
+    "attributes": {}, "insights": {}, "segments": [], "events": [], "affinities": {}, "consents": {},
+}
 CONTEXT_DEFAULTS: dict[str, Any] = {
     "anchor_id": "",
     "anchor_type": "",
@@ -38,6 +42,7 @@ SAMPLE_ACTIVATION = {"profile": dict(PROFILE_DEFAULTS), "context": dict(CONTEXT_
 ALL = None
 
 _UNDEFINED = "Undefined variable or function"
+_MACRO = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(")
 _BOUND_NAME = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
 _USE = re.compile(r"\b(profile|context)\b")
 _DOT_KEY = re.compile(r"\s*\.\s*([A-Za-z_]\w*)(?!\w)(\s*\()?")
@@ -82,6 +87,25 @@ def check_cost(source: str) -> str | None:
             depth -= 1
     if deepest > MAX_RULE_DEPTH:
         return f"rule nests brackets {deepest} deep; at most {MAX_RULE_DEPTH} levels are allowed"
+    return _comprehension_cost(source)
+
+
+def _comprehension_cost(source: str) -> str | None:
+    """Why the rule's comprehensions (all, exists, map, ...) are too many or nested too deep, or None."""
+    blanked = re.sub(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'', lambda m: " " * len(m.group(0)), source)
+    starts = {m.end() - 1 for m in _MACRO.finditer(blanked)}
+    if len(starts) > MAX_COMPREHENSIONS:
+        return f"rule has {len(starts)} comprehensions; at most {MAX_COMPREHENSIONS} are allowed"
+    open_parens: list[bool] = []  # per open parenthesis: whether it opened a comprehension
+    for i, ch in enumerate(blanked):
+        if ch == "(":
+            open_parens.append(i in starts)
+            nesting = sum(open_parens)
+            if nesting > MAX_COMPREHENSION_NESTING:
+                return (f"rule nests comprehensions {nesting} deep; at most {MAX_COMPREHENSION_NESTING} "
+                        "levels are allowed")
+        elif ch == ")" and open_parens:
+            open_parens.pop()
     return None
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncpg
 from personalization.decision.v1 import decision_service_pb2 as pb
 from personalization.decision.v1 import decision_service_pb2_grpc as pb_grpc
+
 from services.decision.postgres import PostgresRepository
 from services.decision.service import DecisionService
 from services.decision.servicer import DecisionServicer
 from shared.runtime import Built, prepare_schema
 from shared.server import Service
-from shared.settings import env_float
+from shared.settings import env_bool, env_float
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 
@@ -17,9 +19,23 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 async def build(dsn: str) -> Built:
     """Migrates the `decision` schema and wires the service."""
     cache_seconds = env_float("TAILOR_DECISION_CACHE_SECONDS", 2.0, minimum=0.0)
+    durable_log = env_bool("TAILOR_DECISION_LOG_DURABLE", False)
     pool = await prepare_schema(dsn, "decision", __file__)
-    service = DecisionService(PostgresRepository(pool), cache_seconds=cache_seconds)
+    # The decision log and outcomes are written on their own pool, by default without waiting for the WAL flush
+    # (synchronous_commit off): a commit costs ~0.1 ms instead of an fsync (~3 ms on the decide path). Only a
+    # crash of PostgreSQL itself can lose the last ~0.6 s of log rows; nothing is ever corrupted.
+    log_pool = await asyncpg.create_pool(
+        dsn, min_size=1, max_size=4,
+        server_settings={"search_path": "decision,public", "application_name": "tailor-decision-log",
+                         "synchronous_commit": "on" if durable_log else "off"},
+    )
+    service = DecisionService(PostgresRepository(pool, log_pool), cache_seconds=cache_seconds)
+
+    async def close() -> None:
+        await log_pool.close()
+        await pool.close()
+
     return Built(
         services=[Service(pb_grpc.add_DecisionServiceServicer_to_server, DecisionServicer(service), SERVICE_NAME)],
-        close=pool.close,
+        close=close,
     )

@@ -10,10 +10,19 @@ import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from services.decision import experiments as exp
 from services.decision import rules
+from services.decision.experiments import (
+    Assignment,
+    CompiledExperiment,
+    Experiment,
+    Exposure,
+    Outcome,
+)
+from services.decision.schema import ProfileSchema, check_rule, validate_schema
 from shared.errors import AlreadyExists, FailedPrecondition, NotFound, Violations
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -53,6 +62,7 @@ class Point:
     description: str
     type: str
     template: Template
+    archived: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,7 @@ class Decision:
     content: dict[str, Any] | None = None
     recommender: str = ""
     count: int = 0
+    archived: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,7 @@ class Qualification:
     point: Point
     decision: Decision | None
     evaluations: list[Evaluation]
+    assignment: Assignment | None = None
 
 
 @dataclass(frozen=True)
@@ -105,18 +117,58 @@ class LogEntry:
     served: dict[str, Any] = field(default_factory=dict)
     stage_ms: dict[str, float] = field(default_factory=dict)
     log_time: datetime | None = None
+    experiment_id: str = ""
+    cohort_id: str = ""
+    exposure_conflict: bool = False
+
+    @property
+    def item_ids(self) -> list[str]:
+        """The ids of the items served, in position order (for attribution)."""
+        data = self.served.get("data") if isinstance(self.served, dict) else None
+        return [d["item_id"] for d in data or () if isinstance(d, dict) and isinstance(d.get("item_id"), str)]
 
 
 class NameTaken(Exception):
     """Raised by a repository when another decision of the point already has the name."""
 
 
+class AlreadyRunning(Exception):
+    """Raised by a repository when another experiment already runs on the point."""
+
+
 class Repository(Protocol):
     """The storage port; postgres.py is the adapter, tests use an in-memory fake."""
 
     async def upsert_point(self, tenant: str, point: Point) -> Point: ...
-    async def list_points(self, tenant: str, after_name: str, limit: int) -> list[Point]: ...
+    async def list_points(self, tenant: str, after_name: str, limit: int, archived: bool = False) -> list[Point]: ...
+    async def archive_point(self, tenant: str, name: str) -> Point | None: ...
+    async def archive_decision(self, tenant: str, decision_id: str) -> Decision | None: ...
+    async def get_schema(self, tenant: str) -> ProfileSchema | None: ...
+    async def save_schema(self, tenant: str, schema: ProfileSchema) -> None: ...
+    async def all_rules(self, tenant: str) -> list[tuple[str, str]]: ...
+    async def get_experiment(self, tenant: str, name: str) -> Experiment | None: ...
+    async def save_experiment(self, tenant: str, experiment: Experiment) -> Experiment: ...
+    async def list_experiments(
+        self, tenant: str, point_name: str, after_name: str, limit: int, archived: bool
+    ) -> list[Experiment]: ...
+    async def set_experiment_state(self, tenant: str, experiment: Experiment) -> Experiment: ...
+    async def running_experiments(self, tenant: str, point_names: Sequence[str] | None) -> dict[str, Experiment]: ...
+    async def merge(self, tenant: str, from_ids: Sequence[str], to_id: str) -> list[tuple[str, str, str]]: ...
+    async def add_conflicts(self, tenant: str, pairs: Sequence[tuple[str, str]]) -> None: ...
+    async def experiments_by_id(self, tenant: str, ids: Sequence[str]) -> list[Experiment]: ...
+    async def experiment_exposures(self, tenant: str, experiment_id: str) -> list[Exposure]: ...
+    async def conflicts(self, tenant: str, experiment_id: str) -> set[str]: ...
+    async def survivors(self, tenant: str, ids: Sequence[str]) -> dict[str, str]: ...
+    async def insert_outcomes(self, tenant: str, outcomes: Sequence[Outcome]) -> int: ...
+    async def outcomes_of(self, tenant: str, ids: Sequence[str], since: datetime) -> list[Outcome]: ...
+    async def outcomes_between(self, tenant: str, start: datetime, end: datetime) -> list[Outcome]: ...
+    async def exposures_of(
+        self, tenant: str, ids: Sequence[str], start: datetime, end: datetime, point_name: str
+    ) -> list[Exposure]: ...
     async def load_points(self, tenant: str, names: Sequence[str]) -> dict[str, tuple[Point, list[Decision]]]: ...
+    async def load_points_with_experiments(
+        self, tenant: str, names: Sequence[str]
+    ) -> dict[str, tuple[Point, list[Decision], Experiment | None]]: ...
     async def get_decision(self, tenant: str, decision_id: str) -> Decision | None: ...
     async def save_decision(self, tenant: str, point_id: str, decision: Decision) -> Decision: ...
     async def list_decisions(
@@ -191,14 +243,16 @@ def validate_content(content: Mapping[str, Any], template: Template, v: Violatio
             v.add(f"{path}.{key}", "is not a field of the point's template")
 
 
-def validate_decision(decision: Decision, point: Point | None, v: Violations) -> None:
+def validate_decision(
+    decision: Decision, point: Point | None, v: Violations, schema: ProfileSchema | None = None
+) -> None:
     """Adds a violation per bad field of a decision (paths under `decision.`); point None skips payload checks."""
     if not decision.name.strip():
         v.add("decision.name", "must not be empty")
     elif len(decision.name) > MAX_TEXT:
         v.add("decision.name", f"must be at most {MAX_TEXT} characters")
     try:
-        rules.compile_rule(decision.rule)
+        check_rule(decision.rule, schema)
     except rules.RuleError as error:
         v.add("decision.rule", str(error))
     if point is None:
@@ -264,10 +318,14 @@ class CompiledPoint:
     fallback: Decision | None
     by_id: Mapping[str, Decision]
     needs: Mapping[str, frozenset[str] | None]
+    experiment: CompiledExperiment | None = None
 
 
-def compile_point(point: Point, decisions: Sequence[Decision]) -> CompiledPoint:
-    """Orders a point's decisions (descending priority, ties by name) and compiles their rules."""
+def compile_point(
+    point: Point, decisions: Sequence[Decision], experiment: Experiment | None = None
+) -> CompiledPoint:
+    """Orders a point's live decisions (descending priority, ties by name) and compiles their rules."""
+    decisions = [d for d in decisions if not d.archived]
     ordered = sorted(decisions, key=lambda d: (-d.priority, d.name))
     regular = []
     for d in ordered:
@@ -278,12 +336,15 @@ def compile_point(point: Point, decisions: Sequence[Decision]) -> CompiledPoint:
         except rules.RuleError as error:  # saved rules compiled; this one no longer does (a library upgrade)
             regular.append((d, rules.broken_rule(d.rule, str(error))))
     fallbacks = [d for d in ordered if d.fallback]
+    compiled_experiment = exp.compile_experiment(experiment) if experiment is not None else None
+    extra = [compiled_experiment.targeting] if compiled_experiment else []
     return CompiledPoint(
         point=point,
         ordered=tuple(regular),
         fallback=fallbacks[0] if fallbacks else None,
         by_id={d.decision_id: d for d in decisions},
-        needs=rules.merge_needs(rule for _, rule in regular),
+        needs=rules.merge_needs([rule for _, rule in regular] + extra),
+        experiment=compiled_experiment,
     )
 
 
@@ -327,7 +388,7 @@ class PointCache:
         future = asyncio.get_running_loop().create_future()
         self._loading[key] = future
         try:
-            loaded = await self.repo.load_points(tenant, names)
+            loaded = await self.repo.load_points_with_experiments(tenant, names)
             stamp = self.clock()
             result: dict[str, CompiledPoint | None] = {}
             if len(self._entries) > MAX_CACHED_POINTS:  # bounded, even against clients naming random points
@@ -356,34 +417,61 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
 
 
+def raise_violation(path: str, message: str) -> None:
+    v = Violations()
+    v.add(path, message)
+    v.raise_if_any()
+
+
+def decision_not_found(point: str, decision_id: str, field_path: str) -> NotFound:
+    return NotFound(
+        f"{field_path}: decision '{decision_id}' does not exist on point '{point}'",
+        reason="DECISION_NOT_FOUND",
+        metadata={"point": point, "decision_id": decision_id},
+    )
+
+
 def point_not_found(name: str, field_path: str) -> NotFound:
     return NotFound(f"{field_path}: point '{name}' does not exist", reason="POINT_NOT_FOUND", metadata={"point": name})
 
 
-class DecisionService:
-    """Points, decisions, qualification and the decision log of every tenant."""
+def experiment_not_found(name: str, field_path: str = "name") -> NotFound:
+    return NotFound(f"{field_path}: experiment '{name}' does not exist", reason="EXPERIMENT_NOT_FOUND",
+                    metadata={"experiment": name})
 
-    def __init__(self, repo: Repository, *, cache_seconds: float = 2.0, clock=time.monotonic):
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class DecisionService:
+    """Points, decisions, experiments, qualification, the decision log and attribution of every tenant."""
+
+    def __init__(self, repo: Repository, *, cache_seconds: float = 2.0, clock=time.monotonic, now=_utcnow):
         self.repo = repo
         self.cache = PointCache(repo, cache_seconds, clock)
+        self.now = now
+
+    # ------------------------------------------------------------------------------------------ points
 
     async def upsert_point(self, tenant: str, point: Point) -> Point:
-        """Creates or replaces a point by name; its id stays the same across upserts."""
+        """Creates or replaces a point by name (restoring it if archived); its id stays the same across upserts."""
         v = Violations()
         validate_point(point, v)
         v.raise_if_any()
         existing = (await self.repo.load_points(tenant, [point.name])).get(point.name)
-        if existing is not None and existing[1]:
-            old, decisions = existing
+        live = [d for d in existing[1] if not d.archived] if existing is not None else []
+        if existing is not None and live:
+            old = existing[0]
             if old.type != point.type:
                 raise FailedPrecondition(
-                    f"point '{point.name}' has {len(decisions)} decisions of type {old.type}; "
-                    "delete them before changing the point's type",
+                    f"point '{point.name}' has {len(live)} decisions of type {old.type}; "
+                    "archive them before changing the point's type",
                     reason="POINT_HAS_DECISIONS",
                     metadata={"point": point.name},
                 )
             broken = []
-            for d in decisions:
+            for d in live:
                 if d.content is not None:
                     check = Violations()
                     validate_content(d.content, point.template, check, "content")
@@ -394,20 +482,37 @@ class DecisionService:
                     reason="TEMPLATE_BREAKS_DECISIONS",
                     metadata={"point": point.name},
                 )
-        stored = await self.repo.upsert_point(tenant, replace(point, point_id=_new_id("pt")))
+        stored = await self.repo.upsert_point(tenant, replace(point, point_id=_new_id("pt"), archived=False))
         self.cache.invalidate(tenant, point.name)
         return stored
 
-    async def list_points(self, tenant: str, size: int, token: str) -> tuple[list[Point], str]:
+    async def list_points(
+        self, tenant: str, size: int, token: str, include_archived: bool = False
+    ) -> tuple[list[Point], str]:
         """One page of points by name, and the next page token."""
         v = Violations()
         limit = page_size(size, v)
         after = decode_token(token, (str,), v)
         v.raise_if_any()
-        points = await self.repo.list_points(tenant, after[0] if after else "", limit + 1)
+        points = await self.repo.list_points(tenant, after[0] if after else "", limit + 1, include_archived)
         more = len(points) > limit
         points = points[:limit]
         return points, encode_token([points[-1].name]) if more else ""
+
+    async def archive_point(self, tenant: str, name: str) -> Point:
+        """Archives a point: Qualify refuses it afterwards; upserting it restores it."""
+        if not name:
+            raise_violation("name", "must name a point")
+        if (await self.repo.running_experiments(tenant, [name])).get(name):
+            raise FailedPrecondition(f"point '{name}' has a running experiment; stop it first",
+                                     reason="EXPERIMENT_RUNNING", metadata={"point": name})
+        point = await self.repo.archive_point(tenant, name)
+        if point is None:
+            raise point_not_found(name, "name")
+        self.cache.invalidate(tenant, name)
+        return point
+
+    # ------------------------------------------------------------------------------------------ decisions
 
     async def upsert_decision(self, tenant: str, decision: Decision) -> Decision:
         """Creates or replaces a decision (by id, or by name on its point) after checking it fully."""
@@ -420,23 +525,19 @@ class DecisionService:
             if loaded is None:
                 raise point_not_found(decision.point_name, "decision.point_name")
             point, siblings = loaded
-        validate_decision(decision, point, v)
+        validate_decision(decision, point, v, await self.repo.get_schema(tenant))
         v.raise_if_any()
         assert point is not None
         if decision.decision_id:
             current = await self.repo.get_decision(tenant, decision.decision_id)
             if current is None or current.point_name != point.name:
-                raise NotFound(
-                    f"decision.decision_id: decision '{decision.decision_id}' does not exist on point '{point.name}'",
-                    reason="DECISION_NOT_FOUND",
-                    metadata={"point": point.name, "decision_id": decision.decision_id},
-                )
+                raise decision_not_found(point.name, decision.decision_id, "decision.decision_id")
             decision_id = decision.decision_id
         else:
             same_name = [d for d in siblings if d.name == decision.name]
             decision_id = same_name[0].decision_id if same_name else _new_id("dec")
         count = decision.count or (DEFAULT_COUNT if point.type == "RECOMMENDATIONS" else 0)
-        to_store = replace(decision, decision_id=decision_id, count=count)
+        to_store = replace(decision, decision_id=decision_id, count=count, archived=False)
         try:
             stored = await self.repo.save_decision(tenant, point.point_id, to_store)
         except NameTaken:
@@ -448,7 +549,9 @@ class DecisionService:
         self.cache.invalidate(tenant, point.name)
         return stored
 
-    async def list_decisions(self, tenant: str, point_name: str, size: int, token: str) -> tuple[list[Decision], str]:
+    async def list_decisions(
+        self, tenant: str, point_name: str, size: int, token: str, include_archived: bool = False
+    ) -> tuple[list[Decision], str]:
         """One page of a point's decisions by descending priority (ties by name), and the next page token."""
         v = Violations()
         if not point_name:
@@ -460,9 +563,287 @@ class DecisionService:
         if loaded is None:
             raise point_not_found(point_name, "point_name")
         rows = await self.repo.list_decisions(tenant, loaded[0].point_id, tuple(after) if after else None, limit + 1)
+        if not include_archived:
+            rows = [d for d in rows if not d.archived]
         more = len(rows) > limit
         rows = rows[:limit]
         return rows, encode_token([rows[-1].priority, rows[-1].name]) if more else ""
+
+    async def archive_decision(self, tenant: str, decision_id: str) -> Decision:
+        """Archives a decision: it is no longer evaluated or forced; upserting it restores it."""
+        if not decision_id:
+            raise_violation("decision_id", "must name a decision")
+        current = await self.repo.get_decision(tenant, decision_id)
+        if current is None:
+            raise NotFound(f"decision_id: decision '{decision_id}' does not exist", reason="DECISION_NOT_FOUND",
+                           metadata={"decision_id": decision_id})
+        running = (await self.repo.running_experiments(tenant, [current.point_name])).get(current.point_name)
+        if running and any(c.decision_id == decision_id for c in running.cohorts):
+            raise FailedPrecondition(
+                f"decision '{decision_id}' is served by a cohort of running experiment '{running.name}'",
+                reason="EXPERIMENT_RUNNING", metadata={"experiment": running.name, "decision_id": decision_id})
+        archived = await self.repo.archive_decision(tenant, decision_id)
+        assert archived is not None
+        self.cache.invalidate(tenant, current.point_name)
+        return archived
+
+    # ------------------------------------------------------------------------------------------ profile schema
+
+    async def declare_schema(self, tenant: str, schema: ProfileSchema) -> ProfileSchema:
+        """Replaces the tenant's profile schema after checking that every saved rule still fits it."""
+        v = Violations()
+        validate_schema({
+            "attributes": list(schema.attributes),
+            "insights": [(n, None) for n in schema.insights],
+            "segments": [(n, None) for n in schema.segments],
+            "affinities": [(n, None) for n in schema.affinities],
+            "consents": [(n, None) for n in schema.consents],
+            "context_attributes": list(schema.context_attributes),
+        }, v)
+        v.raise_if_any()
+        broken = []
+        for label, rule in await self.repo.all_rules(tenant):
+            try:
+                check_rule(rule, schema)
+            except rules.RuleError as error:
+                broken.append(f"{label}: {error}")
+        if broken:
+            raise FailedPrecondition("the schema does not fit saved rules: " + " | ".join(broken[:20]),
+                                     reason="SCHEMA_BREAKS_RULES", metadata={"rules": str(len(broken))})
+        await self.repo.save_schema(tenant, schema)
+        return schema
+
+    async def get_schema(self, tenant: str) -> ProfileSchema | None:
+        """The declared schema, or None."""
+        return await self.repo.get_schema(tenant)
+
+    # ------------------------------------------------------------------------------------------ experiments
+
+    async def upsert_experiment(self, tenant: str, e: Experiment) -> Experiment:
+        """Creates or replaces a draft experiment by name."""
+        v = Violations()
+        live: set[str] = set()
+        if e.point_name:
+            loaded = (await self.repo.load_points(tenant, [e.point_name])).get(e.point_name)
+            if loaded is None or loaded[0].archived:
+                raise point_not_found(e.point_name, "experiment.point_name")
+            live = {d.decision_id for d in loaded[1] if not d.archived}
+        exp.validate_experiment(e, live, v)
+        try:
+            check_rule(e.targeting_rule, await self.repo.get_schema(tenant))
+        except rules.RuleError as error:
+            if not any(path == "experiment.targeting_rule" for path, _ in v.items):
+                v.add("experiment.targeting_rule", str(error))
+        v.raise_if_any()
+        current = await self.repo.get_experiment(tenant, e.name)
+        if current is not None and current.state != "DRAFT":
+            raise FailedPrecondition(f"experiment '{e.name}' is {current.state.lower()}; only drafts can change",
+                                     reason="EXPERIMENT_NOT_DRAFT", metadata={"experiment": e.name})
+        to_store = replace(e, experiment_id=current.experiment_id if current else _new_id("exp"), state="DRAFT",
+                           winner_cohort_id="", start_time=None, stop_time=None)
+        return await self.repo.save_experiment(tenant, to_store)
+
+    async def list_experiments(
+        self, tenant: str, point_name: str, size: int, token: str, include_archived: bool
+    ) -> tuple[list[Experiment], str]:
+        """One page of experiments by name, and the next page token."""
+        v = Violations()
+        limit = page_size(size, v)
+        after = decode_token(token, (str,), v)
+        v.raise_if_any()
+        rows = await self.repo.list_experiments(tenant, point_name, after[0] if after else "", limit + 1,
+                                                include_archived)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, encode_token([rows[-1].name]) if more else ""
+
+    async def _experiment(self, tenant: str, name: str) -> Experiment:
+        if not name:
+            raise_violation("name", "must name an experiment")
+        e = await self.repo.get_experiment(tenant, name)
+        if e is None:
+            raise experiment_not_found(name)
+        return e
+
+    def _wrong_state(self, e: Experiment, action: str) -> FailedPrecondition:
+        return FailedPrecondition(f"experiment '{e.name}' is {e.state.lower()}; cannot {action} it",
+                                  reason="EXPERIMENT_WRONG_STATE", metadata={"experiment": e.name, "state": e.state})
+
+    async def start_experiment(self, tenant: str, name: str) -> Experiment:
+        """draft -> running; at most one running experiment per point; cohorts must still serve live decisions."""
+        e = await self._experiment(tenant, name)
+        if e.state != "DRAFT":
+            raise self._wrong_state(e, "start")
+        loaded = (await self.repo.load_points(tenant, [e.point_name])).get(e.point_name)
+        if loaded is None or loaded[0].archived:
+            raise point_not_found(e.point_name, "experiment.point_name")
+        v = Violations()
+        exp.validate_experiment(e, {d.decision_id for d in loaded[1] if not d.archived}, v)
+        v.raise_if_any()
+        try:
+            started = await self.repo.set_experiment_state(tenant, replace(e, state="RUNNING",
+                                                                           start_time=self.now()))
+        except AlreadyRunning:
+            raise FailedPrecondition(f"another experiment already runs on point '{e.point_name}'",
+                                     reason="EXPERIMENT_ALREADY_RUNNING",
+                                     metadata={"point": e.point_name, "experiment": e.name}) from None
+        self.cache.invalidate(tenant, e.point_name)
+        return started
+
+    async def stop_experiment(self, tenant: str, name: str, winner: str = "") -> Experiment:
+        """running -> stopped, optionally recording the winning cohort."""
+        e = await self._experiment(tenant, name)
+        if e.state != "RUNNING":
+            raise self._wrong_state(e, "stop")
+        if winner and winner not in {c.cohort_id for c in e.cohorts}:
+            raise NotFound(f"winner_cohort_id: experiment '{name}' has no cohort '{winner}'",
+                           reason="COHORT_NOT_FOUND", metadata={"experiment": name, "cohort": winner})
+        stopped = await self.repo.set_experiment_state(
+            tenant, replace(e, state="STOPPED", winner_cohort_id=winner, stop_time=self.now()))
+        self.cache.invalidate(tenant, e.point_name)
+        return stopped
+
+    async def archive_experiment(self, tenant: str, name: str) -> Experiment:
+        """draft or stopped -> archived."""
+        e = await self._experiment(tenant, name)
+        if e.state not in ("DRAFT", "STOPPED"):
+            raise self._wrong_state(e, "archive")
+        return await self.repo.set_experiment_state(tenant, replace(e, state="ARCHIVED"))
+
+    async def assign_experiments(
+        self, tenant: str, unified_id: str, point_names: Sequence[str], profile: Mapping[str, Any],
+        context: Mapping[str, Any], record: bool = False, channel: str = "", request_id: str = "",
+    ) -> list[Assignment]:
+        """The individual's assignment in each running experiment of the points (all points when none named)."""
+        v = Violations()
+        if not unified_id:
+            v.add("unified_individual_id", "must name the unified individual to assign")
+        if len(point_names) > MAX_POINTS_PER_QUALIFY:
+            v.add("point_names", f"must name at most {MAX_POINTS_PER_QUALIFY} points")
+        v.raise_if_any()
+        names = list(dict.fromkeys(point_names)) or sorted(await self.repo.running_experiments(tenant, None))
+        compiled = await self.cache.get_many(tenant, names)
+        for i, name in enumerate(names):
+            if compiled.get(name) is None:
+                raise point_not_found(name, f"point_names[{i}]")
+        running = [compiled[n].experiment for n in names if compiled[n].experiment is not None]  # type: ignore
+        now = self.now()
+        running = [c for c in running if not c.experiment.expired(now)]
+        ctx = rules.activation(rules.merge_needs(c.targeting for c in running),
+                               {"profile": profile, "context": context})
+        assignments = [c.assign(unified_id, ctx) for c in running]
+        if record:
+            entries = [LogEntry(personalization_id=_new_id("exposure"), point_name=a.experiment.point_name,
+                                request_id=request_id, decision_id=a.cohort.decision_id if a.cohort else "",
+                                unified_individual_id=unified_id, channel=channel, log_time=now,
+                                experiment_id=a.experiment.experiment_id,
+                                cohort_id=a.cohort.cohort_id if a.cohort else "")
+                       for a in assignments if a.in_experiment]
+            if entries:
+                await self.repo.insert_log(tenant, entries)
+        return assignments
+
+    async def reassign_individual(self, tenant: str, from_ids: Sequence[str], to_id: str) -> list[str]:
+        """Records a merge: the survivor keeps its cohorts; experiments where they saw different ones are flagged."""
+        v = Violations()
+        if not to_id:
+            v.add("to_unified_individual_id", "must name the surviving individual")
+        if not from_ids:
+            v.add("from_unified_individual_ids", "must name at least one merged individual")
+        for i, f in enumerate(from_ids):
+            if not f:
+                v.add(f"from_unified_individual_ids[{i}]", "must not be empty")
+            elif f == to_id:
+                v.add(f"from_unified_individual_ids[{i}]", "must differ from the survivor")
+        if len(from_ids) > MAX_LOG_ENTRIES:
+            v.add("from_unified_individual_ids", f"must name at most {MAX_LOG_ENTRIES} individuals")
+        v.raise_if_any()
+        seen = await self.repo.merge(tenant, list(dict.fromkeys(from_ids)), to_id)  # (experiment, uid, cohort)
+        cohorts: dict[str, set[str]] = {}
+        for experiment_id, _, cohort in seen:
+            cohorts.setdefault(experiment_id, set()).add(cohort)
+        experiments = {e.experiment_id: e for e in await self.repo.experiments_by_id(tenant, sorted(cohorts))}
+        conflicting = []
+        for experiment_id, seen_cohorts in sorted(cohorts.items()):
+            e = experiments.get(experiment_id)
+            survivor = {exp.hashed_cohort(e, to_id)} - {""} if e is not None and e.state == "RUNNING" else set()
+            if len(seen_cohorts | survivor) > 1:
+                conflicting.append(experiment_id)
+        if conflicting:
+            await self.repo.add_conflicts(tenant, [(x, to_id) for x in conflicting])
+        return conflicting
+
+    async def record_outcomes(self, tenant: str, outcomes: Sequence[Outcome]) -> int:
+        """Stores clicks and purchases once each (by outcome id)."""
+        v = Violations()
+        if len(outcomes) > MAX_LOG_ENTRIES:
+            v.add("outcomes", f"must hold at most {MAX_LOG_ENTRIES} outcomes")
+        for i, o in enumerate(outcomes):
+            p = f"outcomes[{i}]"
+            if not o.outcome_id:
+                v.add(f"{p}.outcome_id", "must not be empty")
+            elif len(o.outcome_id) > MAX_TEXT:
+                v.add(f"{p}.outcome_id", f"must be at most {MAX_TEXT} characters")
+            if not o.unified_individual_id:
+                v.add(f"{p}.unified_individual_id", "must name the individual")
+            if o.type not in ("CLICK", "PURCHASE"):
+                v.add(f"{p}.type", "must be OUTCOME_TYPE_CLICK or OUTCOME_TYPE_PURCHASE")
+            if o.time is None:
+                v.add(f"{p}.time", "is required")
+            if o.revenue < 0 or o.revenue != o.revenue:
+                v.add(f"{p}.revenue", "must be a non-negative number")
+            elif o.type == "CLICK" and o.revenue:
+                v.add(f"{p}.revenue", "clicks carry no revenue")
+        v.raise_if_any()
+        return await self.repo.insert_outcomes(tenant, outcomes) if outcomes else 0
+
+    async def experiment_results(self, tenant: str, name: str) -> tuple[Experiment, exp.Results]:
+        """Per-cohort results; an automatic experiment that meets its thresholds (or expires) is stopped."""
+        e = await self._experiment(tenant, name)
+        if e.state == "DRAFT":
+            return e, exp.compute_results(e, [], [], {}, set(), self.now())
+        exposures = await self.repo.experiment_exposures(tenant, e.experiment_id)
+        ids = sorted({x.unified_individual_id for x in exposures})
+        survivors = await self.repo.survivors(tenant, ids)
+        everyone = sorted(set(ids) | set(survivors) | set(survivors.values()))
+        since = min((x.log_time for x in exposures), default=self.now())
+        outcomes = await self.repo.outcomes_of(tenant, everyone, since) if exposures else []
+        conflicts = await self.repo.conflicts(tenant, e.experiment_id)
+        now = self.now()
+        results = exp.compute_results(e, exposures, outcomes, survivors, conflicts, now)
+        if e.state == "RUNNING" and (
+            (e.winner_selection == "AUTOMATIC" and results.leading_cohort_id) or e.expired(now)
+        ):
+            winner = results.leading_cohort_id if e.winner_selection == "AUTOMATIC" else ""
+            e = await self.repo.set_experiment_state(
+                tenant, replace(e, state="STOPPED", winner_cohort_id=winner, stop_time=now))
+            self.cache.invalidate(tenant, e.point_name)
+        return e, results
+
+    async def attribution(
+        self, tenant: str, start: datetime | None, end: datetime | None, window: timedelta, point_name: str
+    ) -> dict[tuple[str, str, str, str], exp.Credit]:
+        """Credit per (model, point, decision, item) for outcomes in [start, end)."""
+        now = self.now()
+        end = end or now
+        start = start or end - timedelta(days=30)
+        window = window or exp.DEFAULT_WINDOW
+        v = Violations()
+        if start >= end:
+            v.add("start_time", "must be before end_time")
+        if not timedelta(0) <= window <= exp.MAX_WINDOW:
+            v.add("window", "must be between 0 (7 days) and 90 days")
+        v.raise_if_any()
+        outcomes = await self.repo.outcomes_between(tenant, start, end)
+        if not outcomes:
+            return {}
+        ids = sorted({o.unified_individual_id for o in outcomes})
+        survivors = await self.repo.survivors(tenant, ids)
+        everyone = sorted(set(ids) | set(survivors) | set(survivors.values()))
+        exposures = await self.repo.exposures_of(tenant, everyone, start - window, end, point_name)
+        return exp.attribute(exposures, outcomes, survivors, window)
+
+    # ------------------------------------------------------------------------------------------ qualify and log
 
     async def qualify(
         self,
@@ -470,8 +851,13 @@ class DecisionService:
         selections: Sequence[tuple[str, str]],
         profile: Mapping[str, Any],
         context: Mapping[str, Any],
+        unified_id: str = "",
     ) -> list[Qualification]:
-        """For each (point name, forced decision id or ""), the winning decision and the rules evaluated."""
+        """For each (point name, forced decision id or ""), the experiment cohort, the winner and the rules evaluated.
+
+        A running experiment on the point is evaluated first: an individual in a cohort gets the cohort's decision,
+        and the control cohort with fall-through (or anyone outside the experiment) gets the normal decisions.
+        """
         v = Violations()
         if not selections:
             v.add("points", "must name at least one point")
@@ -487,22 +873,35 @@ class DecisionService:
             entry = compiled[name]
             if entry is None:
                 raise point_not_found(name, f"points[{i}].name")
+            if entry.point.archived:
+                raise NotFound(f"points[{i}].name: point '{name}' is archived", reason="POINT_ARCHIVED",
+                               metadata={"point": name})
             if forced and forced not in entry.by_id:
-                raise NotFound(
-                    f"points[{i}].decision_id: decision '{forced}' does not exist on point '{name}'",
-                    reason="DECISION_NOT_FOUND",
-                    metadata={"point": name, "decision_id": forced},
-                )
+                raise decision_not_found(name, forced, f"points[{i}].decision_id")
             entries.append(entry)
         needs = rules.merge_needs(
             rule for entry, (_, forced) in zip(entries, selections) if not forced for _, rule in entry.ordered
         )
+        experiments = [e.experiment for e, (_, forced) in zip(entries, selections)
+                       if unified_id and not forced and e.experiment is not None]
+        if experiments:
+            needs = rules.merge_needs([rules.CompiledRule("", None, needs)] + [c.targeting for c in experiments])
         ctx = rules.activation(needs, {"profile": profile, "context": context})
+        now = self.now() if experiments else None
         results = []
         for entry, (_, forced) in zip(entries, selections):
             if forced:
                 results.append(Qualification(entry.point, entry.by_id[forced], []))
                 continue
+            assignment = None
+            if unified_id and entry.experiment is not None and not entry.experiment.experiment.expired(now):
+                assignment = entry.experiment.assign(unified_id, ctx)
+                cohort = assignment.cohort
+                if cohort is not None and not cohort.fall_through:
+                    decision = entry.by_id.get(cohort.decision_id)
+                    if decision is not None:
+                        results.append(Qualification(entry.point, decision, [], assignment))
+                        continue
             winner = None
             evaluations = []
             for decision, rule in entry.ordered:
@@ -511,11 +910,14 @@ class DecisionService:
                 if matched:
                     winner = decision
                     break
-            results.append(Qualification(entry.point, winner or entry.fallback, evaluations))
+            results.append(Qualification(entry.point, winner or entry.fallback, evaluations, assignment))
         return results
 
     async def log_decisions(self, tenant: str, entries: Sequence[LogEntry]) -> int:
-        """Appends log rows in one round trip; a re-sent personalization id is written once."""
+        """Appends log rows in one round trip; a re-sent personalization id is written once.
+
+        The exposure_conflict flag of each row is set by the repository when it writes the row.
+        """
         v = Violations()
         if len(entries) > MAX_LOG_ENTRIES:
             v.add("entries", f"must hold at most {MAX_LOG_ENTRIES} rows")
@@ -526,10 +928,12 @@ class DecisionService:
                 v.add(f"entries[{i}].personalization_id", f"must be at most {MAX_TEXT} characters")
             if not e.point_name:
                 v.add(f"entries[{i}].point_name", "must name the point served")
+            if e.cohort_id and not e.experiment_id:
+                v.add(f"entries[{i}].experiment_id", "must name the experiment of the cohort")
         v.raise_if_any()
         if not entries:
             return 0
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         return await self.repo.insert_log(tenant, [e if e.log_time else replace(e, log_time=now) for e in entries])
 
     async def list_log(self, tenant: str, individual: str, size: int, token: str) -> tuple[list[LogEntry], str]:
@@ -550,4 +954,3 @@ class DecisionService:
         last = rows[-1] if rows else None
         token_out = encode_token([last.log_time.isoformat(), last.personalization_id]) if more and last else ""
         return rows, token_out
-

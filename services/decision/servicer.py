@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from datetime import timezone
+from datetime import UTC, timedelta
 from typing import Any
 
 from google.protobuf import struct_pb2
-
 from personalization.decision.v1 import decision_service_pb2 as pb
 from personalization.decision.v1 import decision_service_pb2_grpc as pb_grpc
-from services.decision.service import Decision, DecisionService, LogEntry, Point, Template, TemplateField
+
+from services.decision.experiments import Assignment, Cohort, Experiment, Outcome
+from services.decision.schema import ProfileSchema
+from services.decision.service import (
+    Decision,
+    DecisionService,
+    LogEntry,
+    Point,
+    Template,
+    TemplateField,
+)
+from shared import context as request_context
 from shared.context import current_tenant
 
 _POINT_TYPES = {pb.POINT_TYPE_MANUAL_CONTENT: "MANUAL_CONTENT", pb.POINT_TYPE_RECOMMENDATIONS: "RECOMMENDATIONS"}
@@ -22,6 +32,18 @@ _FIELD_TYPES = {
     pb.FIELD_TYPE_STRING_LIST: "STRING_LIST",
 }
 _FIELD_TYPES_BACK = {v: k for k, v in _FIELD_TYPES.items()}
+_STATES = {pb.EXPERIMENT_STATE_DRAFT: "DRAFT", pb.EXPERIMENT_STATE_RUNNING: "RUNNING",
+           pb.EXPERIMENT_STATE_STOPPED: "STOPPED", pb.EXPERIMENT_STATE_ARCHIVED: "ARCHIVED"}
+_STATES_BACK = {v: k for k, v in _STATES.items()}
+_METRICS = {pb.METRIC_CLICK_THROUGH: "CLICK_THROUGH", pb.METRIC_CONVERSION: "CONVERSION",
+            pb.METRIC_REVENUE_PER_INDIVIDUAL: "REVENUE_PER_INDIVIDUAL"}
+_METRICS_BACK = {v: k for k, v in _METRICS.items()}
+_SELECTION = {pb.WINNER_SELECTION_UNSPECIFIED: "MANUAL", pb.WINNER_SELECTION_MANUAL: "MANUAL",
+              pb.WINNER_SELECTION_AUTOMATIC: "AUTOMATIC"}
+_SELECTION_BACK = {"MANUAL": pb.WINNER_SELECTION_MANUAL, "AUTOMATIC": pb.WINNER_SELECTION_AUTOMATIC}
+_OUTCOMES = {pb.OUTCOME_TYPE_CLICK: "CLICK", pb.OUTCOME_TYPE_PURCHASE: "PURCHASE"}
+_MODELS = {name: pb.AttributionModel.Value("ATTRIBUTION_MODEL_" + name) for name in
+           ("FIRST_TOUCH_VIEW", "LAST_TOUCH_VIEW", "FIRST_TOUCH_CLICK", "LAST_TOUCH_CLICK")}
 
 
 def value_to_py(value: struct_pb2.Value) -> Any:
@@ -97,6 +119,7 @@ def point_to_proto(point: Point) -> pb.Point:
         name=point.name,
         description=point.description,
         type=_POINT_TYPES_BACK[point.type],
+        archived=point.archived,
         template=pb.ResponseTemplate(
             fields=[
                 pb.TemplateField(name=f.name, type=_FIELD_TYPES_BACK[f.type], required=f.required)
@@ -130,6 +153,7 @@ def decision_to_proto(decision: Decision) -> pb.Decision:
         priority=decision.priority,
         rule=decision.rule,
         fallback=decision.fallback,
+        archived=decision.archived,
     )
     if decision.content is not None:
         message.content.update(decision.content)
@@ -154,7 +178,9 @@ def log_from_proto(message: pb.DecisionLogEntry) -> LogEntry:
         anchor_id=message.anchor_id,
         served=struct_to_dict(message.served),
         stage_ms=dict(message.stage_ms),
-        log_time=message.log_time.ToDatetime(tzinfo=timezone.utc) if message.HasField("log_time") else None,
+        log_time=message.log_time.ToDatetime(tzinfo=UTC) if message.HasField("log_time") else None,
+        experiment_id=message.experiment_id,
+        cohort_id=message.cohort_id,
     )
 
 
@@ -170,11 +196,91 @@ def log_to_proto(entry: LogEntry) -> pb.DecisionLogEntry:
         correlation_id=entry.correlation_id,
         anchor_id=entry.anchor_id,
         stage_ms=entry.stage_ms,
+        experiment_id=entry.experiment_id,
+        cohort_id=entry.cohort_id,
+        exposure_conflict=entry.exposure_conflict,
     )
     message.served.update(entry.served)
     if entry.log_time is not None:
         message.log_time.FromDatetime(entry.log_time)
     return message
+
+
+def _duration(d) -> timedelta:
+    return timedelta(seconds=d.seconds, microseconds=d.nanos // 1000)
+
+
+def _time(ts):
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def schema_from_proto(m: pb.ProfileSchema) -> ProfileSchema:
+    return ProfileSchema(
+        attributes=tuple((f.name, _FIELD_TYPES.get(f.type, "UNSPECIFIED")) for f in m.attributes),
+        insights=tuple(m.insights), segments=tuple(m.segments), affinities=tuple(m.affinities),
+        consents=tuple(m.consents),
+        context_attributes=tuple((f.name, _FIELD_TYPES.get(f.type, "UNSPECIFIED")) for f in m.context_attributes),
+    )
+
+
+def schema_to_proto(schema: ProfileSchema) -> pb.ProfileSchema:
+    return pb.ProfileSchema(
+        attributes=[pb.SchemaField(name=n, type=_FIELD_TYPES_BACK[t]) for n, t in schema.attributes],
+        insights=schema.insights, segments=schema.segments, affinities=schema.affinities, consents=schema.consents,
+        context_attributes=[pb.SchemaField(name=n, type=_FIELD_TYPES_BACK[t])
+                            for n, t in schema.context_attributes],
+    )
+
+
+def experiment_from_proto(m: pb.Experiment) -> Experiment:
+    return Experiment(
+        experiment_id="", name=m.name, point_name=m.point_name,
+        cohorts=tuple(Cohort(c.cohort_id, c.weight_bps, c.control, c.decision_id, c.fall_through) for c in m.cohorts),
+        targeting_rule=m.targeting_rule, primary_metric=_METRICS.get(m.primary_metric, "UNSPECIFIED"),
+        secondary_metrics=tuple(_METRICS.get(x, "UNSPECIFIED") for x in m.secondary_metrics),
+        min_participants=m.min_participants, min_duration=_duration(m.min_duration),
+        max_duration=_duration(m.max_duration), chance_to_win_threshold=m.chance_to_win_threshold,
+        winner_selection=_SELECTION.get(m.winner_selection, "UNSPECIFIED"), seed=m.seed,
+        attribution_window=_duration(m.attribution_window),
+    )
+
+
+def experiment_to_proto(e: Experiment) -> pb.Experiment:
+    m = pb.Experiment(
+        experiment_id=e.experiment_id, name=e.name, point_name=e.point_name, state=_STATES_BACK[e.state],
+        cohorts=[pb.Cohort(cohort_id=c.cohort_id, weight_bps=c.weight_bps, control=c.control,
+                           decision_id=c.decision_id, fall_through=c.fall_through) for c in e.cohorts],
+        targeting_rule=e.targeting_rule, primary_metric=_METRICS_BACK[e.primary_metric],
+        secondary_metrics=[_METRICS_BACK[x] for x in e.secondary_metrics], min_participants=e.min_participants,
+        chance_to_win_threshold=e.chance_to_win_threshold, winner_selection=_SELECTION_BACK[e.winner_selection],
+        seed=e.seed, winner_cohort_id=e.winner_cohort_id,
+    )
+    m.min_duration.FromTimedelta(e.min_duration)
+    m.max_duration.FromTimedelta(e.max_duration)
+    m.attribution_window.FromTimedelta(e.attribution_window)
+    if e.start_time is not None:
+        m.start_time.FromDatetime(e.start_time)
+    if e.stop_time is not None:
+        m.stop_time.FromDatetime(e.stop_time)
+    return m
+
+
+def assignment_to_proto(a: Assignment) -> pb.ExperimentAssignment:
+    c = a.cohort
+    return pb.ExperimentAssignment(
+        experiment_id=a.experiment.experiment_id, experiment_name=a.experiment.name,
+        point_name=a.experiment.point_name, cohort_id=c.cohort_id if c else "", control=bool(c and c.control),
+        fall_through=bool(c and c.fall_through), decision_id=c.decision_id if c else "", bucket=a.bucket,
+        in_experiment=a.in_experiment,
+    )
+
+
+def outcome_from_proto(m: pb.Outcome) -> Outcome:
+    return Outcome(
+        outcome_id=m.outcome_id, unified_individual_id=m.unified_individual_id,
+        type=_OUTCOMES.get(m.type, "UNSPECIFIED"), time=_time(m.time) if m.HasField("time") else None,
+        item_ids=tuple(m.item_ids), revenue=m.revenue, personalization_id=m.personalization_id,
+    )
 
 
 class _ProtoMemo:
@@ -209,7 +315,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         return pb.UpsertPointResponse(point=point_to_proto(stored))
 
     async def ListPoints(self, request: pb.ListPointsRequest, context) -> pb.ListPointsResponse:
-        points, token = await self.service.list_points(current_tenant(), request.page_size, request.page_token)
+        points, token = await self.service.list_points(
+            current_tenant(), request.page_size, request.page_token, request.include_archived)
         return pb.ListPointsResponse(points=[point_to_proto(p) for p in points], next_page_token=token)
 
     async def UpsertDecision(self, request: pb.UpsertDecisionRequest, context) -> pb.UpsertDecisionResponse:
@@ -218,7 +325,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     async def ListDecisions(self, request: pb.ListDecisionsRequest, context) -> pb.ListDecisionsResponse:
         decisions, token = await self.service.list_decisions(
-            current_tenant(), request.point_name, request.page_size, request.page_token
+            current_tenant(), request.point_name, request.page_size, request.page_token, request.include_archived
         )
         return pb.ListDecisionsResponse(decisions=[decision_to_proto(d) for d in decisions], next_page_token=token)
 
@@ -228,11 +335,14 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             [(p.name, p.decision_id) for p in request.points],
             StructView(request.profile),
             StructView(request.context),
+            request.unified_individual_id,
         )
         response = pb.QualifyResponse()
         for q in qualifications:
             out = response.qualifications.add()
             out.point.CopyFrom(self._point_proto(q.point))
+            if q.assignment is not None:
+                out.experiment.CopyFrom(assignment_to_proto(q.assignment))
             if q.decision is not None:
                 out.decision.CopyFrom(self._decision_proto(q.decision))
             for e in q.evaluations:
@@ -250,3 +360,86 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             current_tenant(), request.unified_individual_id, request.page_size, request.page_token
         )
         return pb.ListDecisionLogResponse(entries=[log_to_proto(e) for e in entries], next_page_token=token)
+
+    async def ArchivePoint(self, request: pb.ArchivePointRequest, context) -> pb.ArchivePointResponse:
+        point = await self.service.archive_point(current_tenant(), request.name)
+        return pb.ArchivePointResponse(point=point_to_proto(point))
+
+    async def ArchiveDecision(self, request: pb.ArchiveDecisionRequest, context) -> pb.ArchiveDecisionResponse:
+        decision = await self.service.archive_decision(current_tenant(), request.decision_id)
+        return pb.ArchiveDecisionResponse(decision=decision_to_proto(decision))
+
+    async def DeclareProfileSchema(self, request, context) -> pb.DeclareProfileSchemaResponse:
+        stored = await self.service.declare_schema(current_tenant(), schema_from_proto(request.schema))
+        return pb.DeclareProfileSchemaResponse(schema=schema_to_proto(stored))
+
+    async def GetProfileSchema(self, request, context) -> pb.GetProfileSchemaResponse:
+        schema = await self.service.get_schema(current_tenant())
+        if schema is None:
+            return pb.GetProfileSchemaResponse(declared=False)
+        return pb.GetProfileSchemaResponse(schema=schema_to_proto(schema), declared=True)
+
+    async def UpsertExperiment(self, request, context) -> pb.UpsertExperimentResponse:
+        stored = await self.service.upsert_experiment(current_tenant(), experiment_from_proto(request.experiment))
+        return pb.UpsertExperimentResponse(experiment=experiment_to_proto(stored))
+
+    async def ListExperiments(self, request, context) -> pb.ListExperimentsResponse:
+        rows, token = await self.service.list_experiments(
+            current_tenant(), request.point_name, request.page_size, request.page_token, request.include_archived)
+        return pb.ListExperimentsResponse(experiments=[experiment_to_proto(e) for e in rows], next_page_token=token)
+
+    async def StartExperiment(self, request, context) -> pb.StartExperimentResponse:
+        e = await self.service.start_experiment(current_tenant(), request.name)
+        return pb.StartExperimentResponse(experiment=experiment_to_proto(e))
+
+    async def StopExperiment(self, request, context) -> pb.StopExperimentResponse:
+        e = await self.service.stop_experiment(current_tenant(), request.name, request.winner_cohort_id)
+        return pb.StopExperimentResponse(experiment=experiment_to_proto(e))
+
+    async def ArchiveExperiment(self, request, context) -> pb.ArchiveExperimentResponse:
+        e = await self.service.archive_experiment(current_tenant(), request.name)
+        return pb.ArchiveExperimentResponse(experiment=experiment_to_proto(e))
+
+    async def AssignExperiments(self, request, context) -> pb.AssignExperimentsResponse:
+        assignments = await self.service.assign_experiments(
+            current_tenant(), request.unified_individual_id, list(request.point_names), StructView(request.profile),
+            StructView(request.context), request.record_exposure, request.channel,
+            request_context.request_id_var.get(),
+        )
+        return pb.AssignExperimentsResponse(assignments=[assignment_to_proto(a) for a in assignments])
+
+    async def ReassignIndividual(self, request, context) -> pb.ReassignIndividualResponse:
+        conflicting = await self.service.reassign_individual(
+            current_tenant(), list(request.from_unified_individual_ids), request.to_unified_individual_id)
+        return pb.ReassignIndividualResponse(conflicting_experiment_ids=conflicting)
+
+    async def RecordOutcomes(self, request, context) -> pb.RecordOutcomesResponse:
+        recorded = await self.service.record_outcomes(
+            current_tenant(), [outcome_from_proto(o) for o in request.outcomes])
+        return pb.RecordOutcomesResponse(recorded_count=recorded)
+
+    async def GetExperimentResults(self, request, context) -> pb.GetExperimentResultsResponse:
+        e, results = await self.service.experiment_results(current_tenant(), request.name)
+        return pb.GetExperimentResultsResponse(
+            experiment=experiment_to_proto(e),
+            cohorts=[pb.CohortResult(
+                cohort_id=r.cohort_id, control=r.control, participants=r.participants, clickers=r.clickers,
+                converters=r.converters, revenue=r.revenue, value=r.value,
+                chance_to_beat_control=r.chance_to_beat_control, secondary=r.secondary,
+                excluded_conflicts=r.excluded_conflicts) for r in results.cohorts],
+            sample_ratio_p_value=results.srm_p_value, sample_ratio_mismatch=results.srm,
+            leading_cohort_id=results.leading_cohort_id, verdict=results.verdict,
+        )
+
+    async def GetAttribution(self, request, context) -> pb.GetAttributionResponse:
+        credit = await self.service.attribution(
+            current_tenant(),
+            _time(request.start_time) if request.HasField("start_time") else None,
+            _time(request.end_time) if request.HasField("end_time") else None,
+            _duration(request.window), request.point_name,
+        )
+        return pb.GetAttributionResponse(rows=[
+            pb.AttributionRow(model=_MODELS[model], point_name=point, decision_id=decision, item_id=item,
+                              conversions=c.conversions, clicks=c.clicks, revenue=c.revenue)
+            for (model, point, decision, item), c in sorted(credit.items())
+        ])

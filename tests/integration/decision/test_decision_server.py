@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 import pytest
 from google.protobuf import struct_pb2
-
 from personalization.decision.v1 import decision_service_pb2 as pb
 from personalization.decision.v1 import decision_service_pb2_grpc as pb_grpc
+
 from services.decision.server import build
 from shared.errors import status_details
 from tests.conftest import schema_connection, serving, tenant_md

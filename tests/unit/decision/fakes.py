@@ -6,7 +6,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from services.decision.service import Decision, LogEntry, NameTaken, Point
+from services.decision.experiments import Experiment, Exposure, Outcome
+from services.decision.schema import ProfileSchema
+from services.decision.service import (
+    AlreadyRunning,
+    Decision,
+    LogEntry,
+    NameTaken,
+    Point,
+)
 
 
 class FakeRepository:
@@ -14,18 +22,24 @@ class FakeRepository:
         self.points: dict[tuple[str, str], Point] = {}
         self.decisions: dict[tuple[str, str], tuple[str, Decision]] = {}  # (tenant, id) -> (point_id, decision)
         self.log: dict[tuple[str, str], LogEntry] = {}
+        self.schemas: dict[str, ProfileSchema] = {}
+        self.experiments: dict[tuple[str, str], Experiment] = {}  # (tenant, name)
+        self.aliases: dict[tuple[str, str], str] = {}  # (tenant, alias) -> survivor
+        self.conflict_rows: set[tuple[str, str, str]] = set()  # (tenant, experiment, individual)
+        self.outcomes: dict[tuple[str, str], Outcome] = {}
         self.queries = 0
 
     async def upsert_point(self, tenant: str, point: Point) -> Point:
         self.queries += 1
         existing = self.points.get((tenant, point.name))
-        stored = replace(point, point_id=existing.point_id if existing else point.point_id)
+        stored = replace(point, point_id=existing.point_id if existing else point.point_id, archived=False)
         self.points[(tenant, point.name)] = stored
         return stored
 
-    async def list_points(self, tenant: str, after_name: str, limit: int) -> list[Point]:
+    async def list_points(self, tenant: str, after_name: str, limit: int, archived: bool = False) -> list[Point]:
         self.queries += 1
-        names = sorted(n for t, n in self.points if t == tenant and n > after_name)
+        names = sorted(n for (t, n), p in self.points.items()
+                       if t == tenant and n > after_name and (archived or not p.archived))
         return [self.points[(tenant, n)] for n in names[:limit]]
 
     async def load_points(self, tenant: str, names: Sequence[str]) -> dict[str, tuple[Point, list[Decision]]]:
@@ -37,6 +51,11 @@ class FakeRepository:
                 loaded[name] = (point, [d for (t, _), (pid, d) in self.decisions.items()
                                         if t == tenant and pid == point.point_id])
         return loaded
+
+    async def load_points_with_experiments(self, tenant: str, names: Sequence[str]):
+        loaded = await self.load_points(tenant, names)
+        running = {e.point_name: e for (t, _), e in self.experiments.items() if t == tenant and e.state == "RUNNING"}
+        return {name: (point, decisions, running.get(name)) for name, (point, decisions) in loaded.items()}
 
     async def get_decision(self, tenant: str, decision_id: str) -> Decision | None:
         self.queries += 1
@@ -64,7 +83,9 @@ class FakeRepository:
         written = 0
         for e in entries:
             if (tenant, e.personalization_id) not in self.log:
-                self.log[(tenant, e.personalization_id)] = e
+                conflict = bool(e.experiment_id) and (tenant, e.experiment_id, e.unified_individual_id) in \
+                    self.conflict_rows
+                self.log[(tenant, e.personalization_id)] = replace(e, exposure_conflict=conflict)
                 written += 1
         return written
 
@@ -76,3 +97,125 @@ class FakeRepository:
         if after:
             rows = [e for e in rows if (e.log_time, e.personalization_id) < after]
         return rows[:limit]
+
+    async def archive_point(self, tenant: str, name: str) -> Point | None:
+        self.queries += 1
+        point = self.points.get((tenant, name))
+        if point is None:
+            return None
+        self.points[(tenant, name)] = replace(point, archived=True)
+        return self.points[(tenant, name)]
+
+    async def archive_decision(self, tenant: str, decision_id: str) -> Decision | None:
+        self.queries += 1
+        hit = self.decisions.get((tenant, decision_id))
+        if hit is None:
+            return None
+        self.decisions[(tenant, decision_id)] = (hit[0], replace(hit[1], archived=True))
+        return self.decisions[(tenant, decision_id)][1]
+
+    async def get_schema(self, tenant: str) -> ProfileSchema | None:
+        self.queries += 1
+        return self.schemas.get(tenant)
+
+    async def save_schema(self, tenant: str, schema: ProfileSchema) -> None:
+        self.queries += 1
+        self.schemas[tenant] = schema
+
+    async def all_rules(self, tenant: str) -> list[tuple[str, str]]:
+        self.queries += 1
+        out = [(f"decision {d.decision_id}", d.rule) for (t, _), (_, d) in self.decisions.items()
+               if t == tenant and not d.archived and not d.fallback and d.rule]
+        return out + [(f"experiment {e.name}", e.targeting_rule) for (t, _), e in self.experiments.items()
+                      if t == tenant and e.state != "ARCHIVED" and e.targeting_rule]
+
+    async def get_experiment(self, tenant: str, name: str) -> Experiment | None:
+        self.queries += 1
+        return self.experiments.get((tenant, name))
+
+    async def save_experiment(self, tenant: str, experiment: Experiment) -> Experiment:
+        self.queries += 1
+        self.experiments[(tenant, experiment.name)] = experiment
+        return experiment
+
+    async def list_experiments(self, tenant, point_name, after_name, limit, archived) -> list[Experiment]:
+        self.queries += 1
+        rows = sorted((e for (t, n), e in self.experiments.items() if t == tenant and n > after_name
+                       and (not point_name or e.point_name == point_name) and (archived or e.state != "ARCHIVED")),
+                      key=lambda e: e.name)
+        return rows[:limit]
+
+    async def set_experiment_state(self, tenant: str, experiment: Experiment) -> Experiment:
+        self.queries += 1
+        if experiment.state == "RUNNING" and any(
+                t == tenant and e.state == "RUNNING" and e.point_name == experiment.point_name
+                and e.name != experiment.name for (t, _), e in self.experiments.items()):
+            raise AlreadyRunning(experiment.point_name)
+        self.experiments[(tenant, experiment.name)] = experiment
+        return experiment
+
+    async def running_experiments(self, tenant, point_names) -> dict[str, Experiment]:
+        self.queries += 1
+        return {e.point_name: e for (t, _), e in self.experiments.items() if t == tenant and e.state == "RUNNING"
+                and (point_names is None or e.point_name in point_names)}
+
+    async def merge(self, tenant: str, from_ids: Sequence[str], to_id: str) -> list[tuple[str, str, str]]:
+        self.queries += 1
+        for key, survivor in list(self.aliases.items()):
+            if key[0] == tenant and survivor in from_ids:
+                self.aliases[key] = to_id
+        for f in from_ids:
+            self.aliases[(tenant, f)] = to_id
+        for t, x, u in list(self.conflict_rows):
+            if t == tenant and u in from_ids:
+                self.conflict_rows.add((t, x, to_id))
+        members = {to_id} | {a for (t, a), s in self.aliases.items() if t == tenant and s == to_id}
+        return sorted({(e.experiment_id, e.unified_individual_id, e.cohort_id) for (t, _), e in self.log.items()
+                       if t == tenant and e.experiment_id and e.cohort_id and e.unified_individual_id in members})
+
+    async def add_conflicts(self, tenant: str, pairs) -> None:
+        self.queries += 1
+        self.conflict_rows |= {(tenant, x, u) for x, u in pairs}
+
+    async def experiments_by_id(self, tenant: str, ids) -> list[Experiment]:
+        self.queries += 1
+        return [e for (t, _), e in self.experiments.items() if t == tenant and e.experiment_id in ids]
+
+    def _exposure(self, e: LogEntry) -> Exposure:
+        return Exposure(e.personalization_id, e.unified_individual_id, e.log_time, e.point_name, e.decision_id,
+                        e.experiment_id, e.cohort_id, tuple(e.item_ids), e.exposure_conflict)
+
+    async def experiment_exposures(self, tenant: str, experiment_id: str) -> list[Exposure]:
+        self.queries += 1
+        return [self._exposure(e) for (t, _), e in self.log.items()
+                if t == tenant and e.experiment_id == experiment_id and e.cohort_id]
+
+    async def conflicts(self, tenant: str, experiment_id: str) -> set[str]:
+        self.queries += 1
+        return {u for t, x, u in self.conflict_rows if t == tenant and x == experiment_id}
+
+    async def survivors(self, tenant: str, ids) -> dict[str, str]:
+        self.queries += 1
+        return {a: s for (t, a), s in self.aliases.items() if t == tenant and (a in ids or s in ids)}
+
+    async def insert_outcomes(self, tenant: str, outcomes) -> int:
+        self.queries += 1
+        new = [o for o in outcomes if (tenant, o.outcome_id) not in self.outcomes]
+        for o in new:
+            self.outcomes[(tenant, o.outcome_id)] = o
+        return len({o.outcome_id for o in new})
+
+    async def outcomes_of(self, tenant: str, ids, since: datetime) -> list[Outcome]:
+        self.queries += 1
+        return [o for (t, _), o in self.outcomes.items()
+                if t == tenant and o.unified_individual_id in ids and o.time >= since]
+
+    async def outcomes_between(self, tenant: str, start: datetime, end: datetime) -> list[Outcome]:
+        self.queries += 1
+        return [o for (t, _), o in self.outcomes.items() if t == tenant and start <= o.time < end]
+
+    async def exposures_of(self, tenant: str, ids, start: datetime, end: datetime, point_name: str):
+        self.queries += 1
+        return [self._exposure(e) for (t, _), e in self.log.items() if t == tenant
+                and e.unified_individual_id in ids and start <= e.log_time < end
+                and (not point_name or e.point_name == point_name)]

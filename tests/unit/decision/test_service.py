@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.decision.service import Decision, DecisionService, LogEntry, Point, Template, TemplateField
+from services.decision.service import (
+    Decision,
+    DecisionService,
+    LogEntry,
+    Point,
+    Template,
+    TemplateField,
+)
 from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from tests.unit.decision.fakes import FakeRepository
 
@@ -196,9 +203,9 @@ async def test_changes_from_another_replica_show_after_the_cache_period(world):
 
 async def test_rule_reading_all_of_profile_sees_every_key(world):
     service, _, _ = world
-    await add(service, "big", rule="size(profile) == 5")
-    [q] = await qualify(service, {"affinities": {"shoes": 0.5}})
-    assert q.decision.name == "big"  # the four documented keys get defaults, plus affinities
+    await add(service, "big", rule="size(profile) == 7")
+    [q] = await qualify(service, {"affinities": {"shoes": 0.5}, "custom": 1})
+    assert q.decision.name == "big"  # the six documented keys (affinities given, the rest defaults), plus custom
 
 
 async def test_point_ids_are_stable_across_upserts(world):
@@ -358,7 +365,7 @@ async def test_a_forged_page_token_is_invalid(world):
 
 async def test_log_rows_are_idempotent_and_listed_newest_first(world):
     service, _, _ = world
-    base = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    base = datetime(2024, 1, 1, tzinfo=UTC)
     rows = [LogEntry(personalization_id=f"p{i}", point_name="home_banner", unified_individual_id="u1",
                      log_time=base + timedelta(minutes=i)) for i in range(3)]
     assert await service.log_decisions(T, rows) == 3

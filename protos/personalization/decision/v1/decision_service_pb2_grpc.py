@@ -70,6 +70,76 @@ class DecisionServiceStub:
                 request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListDecisionLogRequest.SerializeToString,
                 response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListDecisionLogResponse.FromString,
                 _registered_method=True)
+        self.ArchivePoint = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/ArchivePoint',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchivePointRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchivePointResponse.FromString,
+                _registered_method=True)
+        self.ArchiveDecision = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/ArchiveDecision',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchiveDecisionRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchiveDecisionResponse.FromString,
+                _registered_method=True)
+        self.DeclareProfileSchema = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/DeclareProfileSchema',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.DeclareProfileSchemaRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.DeclareProfileSchemaResponse.FromString,
+                _registered_method=True)
+        self.GetProfileSchema = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/GetProfileSchema',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetProfileSchemaRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetProfileSchemaResponse.FromString,
+                _registered_method=True)
+        self.UpsertExperiment = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/UpsertExperiment',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.UpsertExperimentRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.UpsertExperimentResponse.FromString,
+                _registered_method=True)
+        self.ListExperiments = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/ListExperiments',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListExperimentsRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListExperimentsResponse.FromString,
+                _registered_method=True)
+        self.StartExperiment = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/StartExperiment',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.StartExperimentRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.StartExperimentResponse.FromString,
+                _registered_method=True)
+        self.StopExperiment = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/StopExperiment',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.StopExperimentRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.StopExperimentResponse.FromString,
+                _registered_method=True)
+        self.ArchiveExperiment = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/ArchiveExperiment',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchiveExperimentRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchiveExperimentResponse.FromString,
+                _registered_method=True)
+        self.AssignExperiments = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/AssignExperiments',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.AssignExperimentsRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.AssignExperimentsResponse.FromString,
+                _registered_method=True)
+        self.ReassignIndividual = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/ReassignIndividual',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ReassignIndividualRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ReassignIndividualResponse.FromString,
+                _registered_method=True)
+        self.RecordOutcomes = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/RecordOutcomes',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.RecordOutcomesRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.RecordOutcomesResponse.FromString,
+                _registered_method=True)
+        self.GetExperimentResults = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/GetExperimentResults',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetExperimentResultsRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetExperimentResultsResponse.FromString,
+                _registered_method=True)
+        self.GetAttribution = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/GetAttribution',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetAttributionRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetAttributionResponse.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -132,6 +202,118 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ArchivePoint(self, request, context):
+        """Archives a point: Qualify refuses it afterwards, its configuration and log stay; upserting it again restores it.
+        Errors: INVALID_ARGUMENT (no name), NOT_FOUND (unknown point), FAILED_PRECONDITION (a running experiment).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ArchiveDecision(self, request, context):
+        """Archives a decision: it is no longer evaluated or forced; upserting it again restores it.
+        Errors: INVALID_ARGUMENT (no id), NOT_FOUND (unknown decision), FAILED_PRECONDITION (a running cohort serves it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeclareProfileSchema(self, request, context):
+        """Declares the tenant's profile schema; from then on rules naming anything undeclared are refused.
+        Errors: INVALID_ARGUMENT (bad names or types), FAILED_PRECONDITION (saved rules the schema would break).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProfileSchema(self, request, context):
+        """Returns the tenant's declared profile schema (empty when none was declared).
+        Errors: none beyond authentication.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertExperiment(self, request, context):
+        """Creates or replaces an experiment by name; only draft experiments can change.
+        Errors: INVALID_ARGUMENT (bad field), NOT_FOUND (unknown point or decision), FAILED_PRECONDITION (not a draft).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListExperiments(self, request, context):
+        """Lists experiments by name, optionally of one point, page by page.
+        Errors: INVALID_ARGUMENT (bad page token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartExperiment(self, request, context):
+        """Starts a draft experiment; at most one experiment runs per point.
+        Errors: NOT_FOUND (unknown experiment), FAILED_PRECONDITION (not a draft, another running on the point).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopExperiment(self, request, context):
+        """Stops a running experiment, optionally naming the winning cohort (manual winner selection).
+        Errors: NOT_FOUND (unknown experiment or cohort), FAILED_PRECONDITION (not running).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ArchiveExperiment(self, request, context):
+        """Archives a draft or stopped experiment.
+        Errors: NOT_FOUND (unknown experiment), FAILED_PRECONDITION (running).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AssignExperiments(self, request, context):
+        """Assigns an individual to the running experiments of the named points (or of all points), deterministically.
+        Errors: INVALID_ARGUMENT (no individual, too many points), NOT_FOUND (unknown point).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReassignIndividual(self, request, context):
+        """Tells the service that individuals merged: the survivor keeps its cohorts, conflicting exposures are flagged.
+        Errors: INVALID_ARGUMENT (no survivor, no merged ids, the survivor among them).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordOutcomes(self, request, context):
+        """Records clicks and purchases that may follow personalizations; a re-sent outcome id is stored once.
+        Errors: INVALID_ARGUMENT (a bad outcome, one violation per field).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetExperimentResults(self, request, context):
+        """Per cohort of an experiment: participants, conversions, revenue, chance to beat control, sample-ratio check.
+        Errors: NOT_FOUND (unknown experiment).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAttribution(self, request, context):
+        """Attributes outcomes to the personalizations that preceded them: first and last touch, view and click based.
+        Errors: INVALID_ARGUMENT (bad time range or window).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +351,76 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.ListDecisionLog,
                     request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListDecisionLogRequest.FromString,
                     response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListDecisionLogResponse.SerializeToString,
+            ),
+            'ArchivePoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.ArchivePoint,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchivePointRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchivePointResponse.SerializeToString,
+            ),
+            'ArchiveDecision': grpc.unary_unary_rpc_method_handler(
+                    servicer.ArchiveDecision,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchiveDecisionRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchiveDecisionResponse.SerializeToString,
+            ),
+            'DeclareProfileSchema': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclareProfileSchema,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.DeclareProfileSchemaRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.DeclareProfileSchemaResponse.SerializeToString,
+            ),
+            'GetProfileSchema': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProfileSchema,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetProfileSchemaRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetProfileSchemaResponse.SerializeToString,
+            ),
+            'UpsertExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertExperiment,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.UpsertExperimentRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.UpsertExperimentResponse.SerializeToString,
+            ),
+            'ListExperiments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListExperiments,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListExperimentsRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListExperimentsResponse.SerializeToString,
+            ),
+            'StartExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartExperiment,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.StartExperimentRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.StartExperimentResponse.SerializeToString,
+            ),
+            'StopExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopExperiment,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.StopExperimentRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.StopExperimentResponse.SerializeToString,
+            ),
+            'ArchiveExperiment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ArchiveExperiment,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchiveExperimentRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchiveExperimentResponse.SerializeToString,
+            ),
+            'AssignExperiments': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignExperiments,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.AssignExperimentsRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.AssignExperimentsResponse.SerializeToString,
+            ),
+            'ReassignIndividual': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReassignIndividual,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ReassignIndividualRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ReassignIndividualResponse.SerializeToString,
+            ),
+            'RecordOutcomes': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOutcomes,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.RecordOutcomesRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.RecordOutcomesResponse.SerializeToString,
+            ),
+            'GetExperimentResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExperimentResults,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetExperimentResultsRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetExperimentResultsResponse.SerializeToString,
+            ),
+            'GetAttribution': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAttribution,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetAttributionRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetAttributionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -361,6 +613,384 @@ class DecisionService:
             '/personalization.decision.v1.DecisionService/ListDecisionLog',
             personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListDecisionLogRequest.SerializeToString,
             personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListDecisionLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ArchivePoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/ArchivePoint',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchivePointRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchivePointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ArchiveDecision(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/ArchiveDecision',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchiveDecisionRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchiveDecisionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclareProfileSchema(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/DeclareProfileSchema',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.DeclareProfileSchemaRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.DeclareProfileSchemaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProfileSchema(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/GetProfileSchema',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetProfileSchemaRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetProfileSchemaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/UpsertExperiment',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.UpsertExperimentRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.UpsertExperimentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListExperiments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/ListExperiments',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListExperimentsRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListExperimentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/StartExperiment',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.StartExperimentRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.StartExperimentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/StopExperiment',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.StopExperimentRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.StopExperimentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ArchiveExperiment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/ArchiveExperiment',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchiveExperimentRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchiveExperimentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AssignExperiments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/AssignExperiments',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.AssignExperimentsRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.AssignExperimentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReassignIndividual(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/ReassignIndividual',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.ReassignIndividualRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.ReassignIndividualResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOutcomes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/RecordOutcomes',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.RecordOutcomesRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.RecordOutcomesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExperimentResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/GetExperimentResults',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetExperimentResultsRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetExperimentResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAttribution(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/GetAttribution',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetAttributionRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetAttributionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,267 @@
+"""Bench: GetDecisions through all five processes, against an echo chain of the same topology (the floor).
+
+Starts the suite with `tailor up --no-demo --ready-file` (its own embedded PostgreSQL under a temporary
+TAILOR_HOME), configures through the gateway's admin passthrough a manual point with 20 decisions (19 targeted
+rules that do not match, so every rule is evaluated, and a fallback) and a recommendations point with one
+top-sellers decision, seeds a small catalog and purchases, then asks GetDecisions for both points:
+p50/p99 at concurrency 1 and throughput at saturation. The floor is five empty-handler processes
+(tests/bench/_decide_echo.py) making the same calls, measured in the same run. The last line is the summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+from google.protobuf import struct_pb2
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
+
+from personalization.common.v1 import common_pb2
+from personalization.decision.v1 import decision_service_pb2 as dpb
+from personalization.decision.v1 import decision_service_pb2_grpc as dgrpc
+from personalization.gateway.v1 import gateway_service_pb2 as pb
+from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from personalization.profile_graph.v1 import profile_graph_service_pb2 as ppb
+from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pgrpc
+
+WARMUP = 100
+SAMPLES = int(os.environ.get("TAILOR_BENCH_SAMPLES", "1000"))
+SATURATION_SECONDS = float(os.environ.get("TAILOR_BENCH_SECONDS", "5"))
+CONCURRENCY = (16, 64)
+CUSTOMER = "bench_customer"
+ECHO_METHOD = "/personalization.gateway.v1.GatewayService/GetDecisions"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def _struct(value: dict) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(value)
+    return s
+
+
+async def _latency(call) -> list[float]:
+    for _ in range(WARMUP):
+        await call()
+    samples = []
+    for _ in range(SAMPLES):
+        start = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+async def _throughput(call) -> float:
+    """Completed calls per second with N workers in a closed loop; the best of the concurrency levels tried."""
+    best = 0.0
+    for workers in CONCURRENCY:
+        done = 0
+        stop_at = time.perf_counter() + SATURATION_SECONDS
+
+        async def worker(stop_at: float = stop_at) -> None:
+            nonlocal done
+            while time.perf_counter() < stop_at:
+                await call()
+                done += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        best = max(best, done / (time.perf_counter() - start))
+    return best
+
+
+async def configure(gateway: str, md) -> None:
+    """A manual point with 20 decisions and a recommendations point, a catalog and some purchases."""
+    async with grpc.aio.insecure_channel(gateway) as channel:
+        decisions = dgrpc.DecisionServiceStub(channel)
+        profiles = pgrpc.ProfileGraphServiceStub(channel)
+        ingest = pb_grpc.GatewayServiceStub(channel)
+        await decisions.UpsertPoint(dpb.UpsertPointRequest(point=dpb.Point(
+            name="bench_banner", type=dpb.POINT_TYPE_MANUAL_CONTENT,
+            template=dpb.ResponseTemplate(fields=[dpb.TemplateField(name="headline", type=dpb.FIELD_TYPE_STRING),
+                                                  dpb.TemplateField(name="discount", type=dpb.FIELD_TYPE_NUMBER)]))),
+            metadata=md)
+        rules = ['"segment_{i}" in profile.segments', 'profile.insights.metric_{i} > 1000.0',
+                 'context.channel == "channel_{i}"', 'has(profile.attributes.tier_{i})']
+        for i in range(19):
+            await decisions.UpsertDecision(dpb.UpsertDecisionRequest(decision=dpb.Decision(
+                point_name="bench_banner", name=f"targeted_{i:02d}", priority=100 - i,
+                rule=rules[i % len(rules)].format(i=i), content=_struct({"headline": f"offer {i}", "discount": i}))),
+                metadata=md)
+        await decisions.UpsertDecision(dpb.UpsertDecisionRequest(decision=dpb.Decision(
+            point_name="bench_banner", name="everyone_else", fallback=True, content=_struct({"headline": "Welcome"}))),
+            metadata=md)
+        await decisions.UpsertPoint(dpb.UpsertPointRequest(point=dpb.Point(
+            name="bench_recs", type=dpb.POINT_TYPE_RECOMMENDATIONS,
+            template=dpb.ResponseTemplate(item_attributes=["name", "price"]))), metadata=md)
+        await decisions.UpsertDecision(dpb.UpsertDecisionRequest(decision=dpb.Decision(
+            point_name="bench_recs", name="top_sellers", recommendations=dpb.RecommendationSpec(
+                recommender="top_sellers", count=12))), metadata=md)
+        listed = await decisions.ListDecisions(dpb.ListDecisionsRequest(point_name="bench_banner"), metadata=md)
+        points = await decisions.ListPoints(dpb.ListPointsRequest(), metadata=md)
+        print(f"configured {len(points.points)} points; bench_banner has {len(listed.decisions)} decisions")
+        await profiles.UpsertItems(ppb.UpsertItemsRequest(items=[
+            ppb.Item(item_id=f"sku_{i}", name=f"Item {i}", attributes=_struct({"price": 1.0 + i}))
+            for i in range(40)]), metadata=md)
+        now = datetime.now(UTC)
+        events = []
+        for c in range(20):
+            for k in range(3):
+                e = common_pb2.Event(message_id=f"bench_{c}_{k}", type=common_pb2.EVENT_TYPE_PURCHASE,
+                                     identities=[common_pb2.Identity(type="customer_id",
+                                                                     value=CUSTOMER if c == 0 else f"c{c}")],
+                                     line_items=[common_pb2.LineItem(item_id=f"sku_{(c * 3 + k) % 40}", quantity=1,
+                                                                     unit_price=5.0)])
+                e.event_time.FromDatetime(now)
+                events.append(e)
+        await ingest.IngestEvents(pb.IngestEventsRequest(events=events), metadata=md)
+        request = pb.GetProfileRequest(individual_id=common_pb2.Identity(type="customer_id", value=CUSTOMER))
+        deadline = time.perf_counter() + 30
+        while time.perf_counter() < deadline:
+            try:
+                await ingest.GetProfile(request, metadata=md, timeout=5)
+                break
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.25)
+
+
+async def measure_tailor(gateway: str, md) -> tuple[list[float], float]:
+    async with grpc.aio.insecure_channel(gateway) as channel:
+        stub = pb_grpc.GatewayServiceStub(channel)
+        request = pb.GetDecisionsRequest(
+            individual_id=common_pb2.Identity(type="customer_id", value=CUSTOMER),
+            personalization_points=[pb.PointRequest(name="bench_banner"), pb.PointRequest(name="bench_recs")],
+            context=pb.DecisionContext(channel="web"))
+        reply = await stub.GetDecisions(request, metadata=md)
+        print("decisions: " + ", ".join(f"{p.personalization_point_name}={p.decision_name} ({len(p.data)} data)"
+                                        for p in reply.personalizations))
+
+        async def call():
+            return await stub.GetDecisions(request, metadata=md)
+
+        latency = await _latency(call)
+        stages = await _stage_medians(channel, md)
+        return latency, await _throughput(call), stages
+
+
+async def _stage_medians(channel, md) -> dict[str, float]:
+    """Median milliseconds per stage of the last sequential requests, from the decision log (admin passthrough)."""
+    log = await dgrpc.DecisionServiceStub(channel).ListDecisionLog(
+        dpb.ListDecisionLogRequest(page_size=1000), metadata=md)
+    per_stage: dict[str, list[float]] = {}
+    for entry in log.entries:
+        if entry.point_name == "bench_banner":
+            for stage, ms in entry.stage_ms.items():
+                per_stage.setdefault(stage, []).append(ms)
+    return {stage: _percentile(values, 50) for stage, values in per_stage.items()}
+
+
+async def measure_echo(gateway: str) -> tuple[list[float], float]:
+    async with grpc.aio.insecure_channel(gateway) as channel:
+        rpc = channel.unary_unary(ECHO_METHOD)
+
+        async def call():
+            return await rpc(b"", timeout=5)
+
+        return await _latency(call), await _throughput(call)
+
+
+def _start_echo() -> tuple[list[subprocess.Popen], str]:
+    ports = {name: _free_port() for name in ("gateway", "identity", "profile", "recommender", "decision")}
+    script = str(Path(__file__).with_name("_decide_echo.py"))
+    procs = []
+    for leaf in ("identity", "profile", "recommender", "decision"):
+        procs.append(subprocess.Popen([sys.executable, script, "leaf", str(ports[leaf])], stdout=subprocess.PIPE))
+    procs.append(subprocess.Popen(
+        [sys.executable, script, "gateway", str(ports["gateway"])]
+        + [f"127.0.0.1:{ports[x]}" for x in ("identity", "profile", "recommender", "decision")],
+        stdout=subprocess.PIPE))
+    for proc in procs:
+        if proc.stdout.readline().strip() != b"ready":
+            raise SystemExit("an echo server did not start")
+    return procs, f"127.0.0.1:{ports['gateway']}"
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait(timeout=30)
+
+
+def run_tailor() -> tuple[list[float], float, dict[str, float]]:
+    with tempfile.TemporaryDirectory(prefix="tailor-bench-") as home:
+        env = dict(os.environ, TAILOR_HOME=home, TAILOR_PG_PORT=str(_free_port()), TAILOR_LOG_LEVEL="WARNING")
+        env.pop("DATABASE_URL", None)
+        for svc in ("gateway", "identity", "profile_graph", "recommender", "decision"):
+            env[f"TAILOR_{svc.upper()}_PORT"] = str(_free_port())
+        ready_file = Path(home) / "ready.json"
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "tailor"), "up", "--no-demo", "--ready-file", str(ready_file)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            while not ready_file.exists():
+                if proc.poll() is not None:
+                    raise SystemExit(f"tailor up exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+                if time.perf_counter() - started > 300:
+                    raise SystemExit("tailor up was not ready within 300 s")
+                time.sleep(0.05)
+            ready = json.loads(ready_file.read_text())
+            gateway = ready["addresses"]["gateway"]
+            md = (("authorization", f"Bearer {ready['api_key']}"),)
+
+            async def both():
+                await configure(gateway, md)
+                return await measure_tailor(gateway, md)
+
+            return asyncio.run(both())
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+
+
+def main() -> None:
+    procs, echo_gateway = _start_echo()
+    try:
+        floor_latency, floor_rps = asyncio.run(measure_echo(echo_gateway))
+    finally:
+        _stop(procs)
+    latency, rps, stages = run_tailor()
+    print(f"\n{'chain (GetDecisions, 2 points)':<34}{'p50 ms':>9}{'p99 ms':>9}{'rps':>9}")
+    for name, samples, throughput in (("tailor, five services", latency, rps),
+                                      ("echo chain (floor)", floor_latency, floor_rps)):
+        print(f"{name:<34}{_percentile(samples, 50):>9.3f}{_percentile(samples, 99):>9.3f}{throughput:>9.0f}")
+    print("gateway stages (median ms, from the decision log): "
+          + ", ".join(f"{stage} {ms:.3f}" for stage, ms in sorted(stages.items())))
+    ratio = rps / floor_rps if floor_rps else 0.0
+    p50_ratio = _percentile(latency, 50) / _percentile(floor_latency, 50)
+    print(f"throughput ratio tailor/floor = {ratio:.2f} (target >= 0.80); p50 ratio = {p50_ratio:.2f}; "
+          f"p50 target <= 5 ms")
+    print(f"\np50_ms={_percentile(latency, 50):.3f} p99_ms={_percentile(latency, 99):.3f} rps={rps:.0f} "
+          f"floor_rps={floor_rps:.0f} ratio={ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
