@@ -852,8 +852,12 @@ class DecisionService:
         profile: Mapping[str, Any],
         context: Mapping[str, Any],
         unified_id: str = "",
+        *,
+        fallback_only: bool = False,
     ) -> list[Qualification]:
         """For each (point name, forced decision id or ""), the experiment cohort, the winner and the rules evaluated.
+
+        With fallback_only, every point serves its fallback decision (or nothing) and no rule is evaluated.
 
         A running experiment on the point is evaluated first: an individual in a cohort gets the cohort's decision,
         and the control cohort with fall-through (or anyone outside the experiment) gets the normal decisions.
@@ -879,6 +883,8 @@ class DecisionService:
             if forced and forced not in entry.by_id:
                 raise decision_not_found(name, forced, f"points[{i}].decision_id")
             entries.append(entry)
+        if fallback_only:
+            return [Qualification(entry.point, entry.fallback, []) for entry in entries]
         needs = rules.merge_needs(
             rule for entry, (_, forced) in zip(entries, selections) if not forced for _, rule in entry.ordered
         )

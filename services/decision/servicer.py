@@ -336,6 +336,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             StructView(request.profile),
             StructView(request.context),
             request.unified_individual_id,
+            fallback_only=request.fallback_only,
         )
         response = pb.QualifyResponse()
         for q in qualifications:

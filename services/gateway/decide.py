@@ -16,12 +16,13 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2 as profil
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
 from services.gateway.ingest import IDENTITY_TYPE
 from shared import context as ctx
-from shared.errors import Violations
+from shared.errors import InvalidArgument, NotFound, Violations
 
 MAX_POINTS = 50
 PROFILE_EVENTS = 10
 DEFAULT_ITEMS = 12
-PROFILE_MASK = field_mask_pb2.FieldMask(paths=["attributes", "insights", "segments", "events"])
+PROFILE_MASK = field_mask_pb2.FieldMask(paths=["attributes", "insights", "segments", "events", "affinities",
+                                                "consents"])
 EVENT_TYPE_NAMES = {v: k.removeprefix("EVENT_TYPE_") for k, v in common_pb2.EventType.items()}
 
 
@@ -32,8 +33,16 @@ def _struct(data: dict) -> struct_pb2.Struct:
 
 
 def profile_view(profile: profile_pb.Profile) -> dict:
-    """The profile data graph as rules see it: profile.attributes, .insights, .segments, .events."""
+    """The profile data graph as rules see it: attributes, insights, segments, events, affinities, consents.
+
+    affinities is {dimension: {value: score}}; consents is {purpose: true when granted}.
+    """
+    affinities: dict[str, dict[str, float]] = {}
+    for a in profile.affinities:
+        affinities.setdefault(a.dimension, {})[a.value] = a.score
     return {
+        "affinities": affinities,
+        "consents": {c.purpose: c.status == common_pb2.CONSENT_STATUS_GRANTED for c in profile.consents},
         "attributes": json_format.MessageToDict(profile.attributes),
         "insights": dict(profile.insights),
         "segments": list(profile.segments),
@@ -80,12 +89,13 @@ def validate(request: pb.GetDecisionsRequest) -> None:
 class Decider:
     """Composes the decide path; each stage's time is measured and logged with the decision."""
 
-    def __init__(self, identity, profile, decision, recommender, log_writer):
+    def __init__(self, identity, profile, decision, recommender, log_writer, quotas):
         self.identity = identity
         self.profile = profile
         self.decision = decision
         self.recommender = recommender
         self.log_writer = log_writer
+        self.quotas = quotas
 
     async def resolve(self, identity: common_pb2.Identity, unified_id: str) -> str:
         """The surviving unified id of an identity or id; empty for an identity never seen."""
@@ -114,21 +124,18 @@ class Decider:
             unified_id = await self.resolve(request.individual_id, request.unified_individual_id)
         lap("identify")
 
-        if request.HasField("profile"):
-            profile = json_format.MessageToDict(request.profile)
-        elif pb.EXECUTION_FLAG_CONTEXT_ONLY in flags or not unified_id:
-            profile = {"attributes": {}, "insights": {}, "segments": [], "events": []}
-        else:
-            reply = await self.profile.GetProfile(profile_pb.GetProfileRequest(
-                unified_individual_id=unified_id, read_mask=PROFILE_MASK, event_limit=PROFILE_EVENTS))
-            profile = profile_view(reply.profile)
+        tenant = ctx.current_tenant()
+        over_quota = not await self.quotas.take_credits(tenant, len(request.personalization_points)) or \
+            await self.quotas.retry_after(tenant) is not None
+        profile = await self.augment(request, unified_id, skip=over_quota)
         lap("augment")
 
         context = context_view(request.context)
         qualified = await self.decision.Qualify(decision_pb.QualifyRequest(
             points=[decision_pb.PointSelection(name=p.name, decision_id=p.decision_id)
                     for p in request.personalization_points],
-            profile=_struct(profile), context=_struct(context)))
+            profile=_struct(profile), context=_struct(context), unified_individual_id=unified_id,
+            fallback_only=over_quota))
         lap("qualify")
 
         results = await asyncio.gather(*(self._personalize(q, unified_id, request.context)
@@ -142,6 +149,10 @@ class Decider:
             if not unified_id and not request.HasField("profile"):
                 diagnostics.insert(0, pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_UNKNOWN_INDIVIDUAL,
                                                     message="the individual is not known; rules saw an empty profile"))
+            if over_quota:
+                diagnostics.insert(0, pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_QUOTA_EXCEEDED,
+                                                    message="the tenant is over its quota; the fallback was served"))
+            experiment = q.experiment if q.HasField("experiment") and q.experiment.in_experiment else None
             p = pb.Personalization(
                 personalization_id=uuid.uuid4().hex,
                 personalization_point_id=q.point.point_id,
@@ -150,12 +161,16 @@ class Decider:
                 decision_name=q.decision.name,
                 data=data,
                 diagnostics=diagnostics,
+                experiment_id=experiment.experiment_id if experiment else "",
+                cohort_id=experiment.cohort_id if experiment else "",
             )
             if explain:
                 p.explanation.CopyFrom(pb.Explanation(
                     rules=[pb.RuleTrace(decision_id=e.decision_id, decision_name=e.decision_name,
                                         matched=e.matched, error=e.error) for e in q.evaluations],
                     unified_individual_id=unified_id, stage_ms=stage_ms))
+                if q.HasField("experiment"):
+                    p.explanation.experiment.CopyFrom(assignment_message(q.experiment))
             personalizations.append(p)
 
         if pb.EXECUTION_FLAG_TEST_MODE not in flags:
@@ -167,9 +182,35 @@ class Decider:
                     point_id=p.personalization_point_id, point_name=p.personalization_point_name,
                     decision_id=p.decision_id, unified_individual_id=unified_id,
                     channel=request.context.channel, correlation_id=request.context.correlation_id,
-                    anchor_id=request.context.anchor_id, served=_served(p), stage_ms=stage_ms, log_time=now)
+                    anchor_id=request.context.anchor_id, served=_served(p), stage_ms=stage_ms, log_time=now,
+                    experiment_id=p.experiment_id, cohort_id=p.cohort_id)
                 for p in personalizations])
         return pb.GetDecisionsResponse(request_id=request_id, personalizations=personalizations)
+
+    async def augment(self, request, unified_id: str, *, skip: bool = False) -> dict:
+        """The profile rules see: the caller's, an empty one (CONTEXT_ONLY, unknown, over quota), or the stored one."""
+        if request.HasField("profile"):
+            return json_format.MessageToDict(request.profile)
+        flags = set(getattr(request, "execution_flags", ()))
+        if skip or pb.EXECUTION_FLAG_CONTEXT_ONLY in flags or not unified_id:
+            return {"attributes": {}, "insights": {}, "segments": [], "events": [], "affinities": {}, "consents": {}}
+        reply = await self.profile.GetProfile(profile_pb.GetProfileRequest(
+            unified_individual_id=unified_id, read_mask=PROFILE_MASK, event_limit=PROFILE_EVENTS))
+        return profile_view(reply.profile)
+
+    async def assign(self, request: pb.AssignExperimentsRequest) -> pb.AssignExperimentsResponse:
+        """Experiment cohorts of one individual (resolved like GetDecisions), optionally recording exposures."""
+        if not request.unified_individual_id and not request.individual_id.value:
+            raise InvalidArgument([("individual_id", "an identity or a unified_individual_id is required")])
+        unified_id = await self.resolve(request.individual_id, request.unified_individual_id)
+        if not unified_id:
+            raise NotFound("no individual has this identity", reason="INDIVIDUAL_NOT_FOUND")
+        profile = await self.augment(request, unified_id)
+        reply = await self.decision.AssignExperiments(decision_pb.AssignExperimentsRequest(
+            unified_individual_id=unified_id, point_names=request.point_names, profile=_struct(profile),
+            context=_struct(context_view(request.context)), record_exposure=request.record_exposure,
+            channel=request.context.channel))
+        return pb.AssignExperimentsResponse(assignments=[assignment_message(a) for a in reply.assignments])
 
     async def _personalize(self, q: decision_pb.Qualification, unified_id: str, context: pb.DecisionContext):
         diagnostics = missing_decision_diagnostics(q)
@@ -190,6 +231,13 @@ class Decider:
             diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_FEWER_ITEMS_THAN_REQUESTED,
                                              message=f"{len(data)} of {count} items available"))
         return data, diagnostics
+
+
+def assignment_message(a: decision_pb.ExperimentAssignment) -> pb.ExperimentAssignment:
+    return pb.ExperimentAssignment(
+        experiment_id=a.experiment_id, experiment_name=a.experiment_name, point_name=a.point_name,
+        cohort_id=a.cohort_id, control=a.control, fall_through=a.fall_through, decision_id=a.decision_id,
+        bucket=a.bucket, in_experiment=a.in_experiment)
 
 
 def missing_decision_diagnostics(q: decision_pb.Qualification) -> list[pb.Diagnostic]:

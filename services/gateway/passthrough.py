@@ -16,9 +16,14 @@ def _unary(call):
     return forward
 
 
+# Streams (training progress, re-runs, watches) may outlast the client factory's default cap of a unary call;
+# the caller's own deadline still bounds them.
+STREAM_SECONDS = 86_400.0
+
+
 def _server_stream(call):
     async def forward(request: bytes, _context):
-        async for message in call(request):
+        async for message in call(request, timeout=STREAM_SECONDS):
             yield message
 
     return forward

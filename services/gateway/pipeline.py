@@ -10,6 +10,7 @@ import asyncpg
 import grpc
 
 from personalization.common.v1 import common_pb2
+from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.identity.v1 import identity_service_pb2 as identity_pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
@@ -31,6 +32,28 @@ class Stubs:
     identity: object
     profile: object
     recommender: object
+    decision: object
+
+
+CLICK_TYPES = (common_pb2.EVENT_TYPE_EMAIL_CLICK,)
+
+
+def outcome_of(unified_id: str, event: common_pb2.Event) -> decision_pb.Outcome | None:
+    """The attribution outcome an event is: a purchase with positive revenue, or a click; None otherwise."""
+    if event.type == common_pb2.EVENT_TYPE_PURCHASE:
+        revenue = sum(line.quantity * line.unit_price for line in event.line_items)
+        if revenue <= 0:
+            return None
+        return decision_pb.Outcome(outcome_id=event.message_id, unified_individual_id=unified_id,
+                                   type=decision_pb.OUTCOME_TYPE_PURCHASE, time=event.event_time,
+                                   item_ids=[line.item_id for line in event.line_items], revenue=revenue)
+    if event.type in CLICK_TYPES or (event.type == common_pb2.EVENT_TYPE_CUSTOM and event.name == "click"):
+        personalization = event.properties.fields.get("personalization_id")
+        return decision_pb.Outcome(outcome_id=event.message_id, unified_individual_id=unified_id,
+                                   type=decision_pb.OUTCOME_TYPE_CLICK, time=event.event_time,
+                                   item_ids=[event.item_id] if event.item_id else [],
+                                   personalization_id=personalization.string_value if personalization else "")
+    return None
 
 
 def interactions_of(unified_id: str, event: common_pb2.Event) -> list[rec_pb.Interaction]:
@@ -72,8 +95,12 @@ class Pipeline:
                 merges.append((list(resolution.merged_individual_ids), resolution.unified_individual_id))
         # Update: move what merged individuals had onto their survivors before appending new events.
         for merged, survivor in merges:
+            final = _survivor(aliases, survivor)
             await self.stubs.profile.ReassignIndividual(profile_pb.ReassignIndividualRequest(
-                from_individual_ids=merged, to_individual_id=_survivor(aliases, survivor)))
+                from_individual_ids=merged, to_individual_id=final))
+            # The survivor keeps its experiment cohorts; the merged ids are recorded as its aliases.
+            await self.stubs.decision.ReassignIndividual(decision_pb.ReassignIndividualRequest(
+                from_unified_individual_ids=merged, to_unified_individual_id=final))
         owners = [_survivor(aliases, r.unified_individual_id) for r in resolved.resolutions]
         # Update + Compute: events, attributes, insights and segments in the profile graph.
         await self.stubs.profile.AppendEvents(profile_pb.AppendEventsRequest(events=[
@@ -83,6 +110,10 @@ class Pipeline:
         if interactions:
             await self.stubs.recommender.RecordInteractions(
                 rec_pb.RecordInteractionsRequest(interactions=interactions))
+        outcomes = [o for o in (outcome_of(owner, event) for owner, event in zip(owners, events)) if o is not None]
+        for start in range(0, len(outcomes), 1000):
+            await self.stubs.decision.RecordOutcomes(decision_pb.RecordOutcomesRequest(
+                outcomes=outcomes[start:start + 1000]))
 
 
 class PipelineWorker:

@@ -73,13 +73,13 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
     recommender = rec_grpc.RecommenderServiceStub(channels["recommender"])
     decision = decision_grpc.DecisionServiceStub(channels["decision"])
     passthrough = Passthrough({SERVICE_NAMES[name]: ch for name, ch in channels.items()})
-    worker = PipelineWorker(dsn, store, Pipeline(Stubs(identity, profile, recommender)),
+    worker = PipelineWorker(dsn, store, Pipeline(Stubs(identity, profile, recommender, decision)),
                             batch_size=settings.batch_size, max_attempts=settings.max_attempts)
     log_writer = DecisionLogWriter(decision)
     quotas = Quotas(pool)
     batch = BatchJobs(dsn, pool, profile, decision, recommender)
     activations = Activations(pool, profile)
-    servicer = GatewayServicer(keys, Ingest(store), Decider(identity, profile, decision, recommender, log_writer),
+    servicer = GatewayServicer(keys, Ingest(store), Decider(identity, profile, decision, recommender, log_writer, quotas),
                                RecordSync(store, identity), batch, quotas, activations)
 
     async def close() -> None:

@@ -6,6 +6,7 @@ from datetime import datetime
 
 from google.protobuf import timestamp_pb2
 
+from personalization.common.v1 import common_pb2
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from personalization.identity.v1 import identity_service_pb2 as identity_pb
@@ -21,6 +22,8 @@ from shared.context import current_tenant
 from shared.errors import InvalidArgument, NotFound, ResourceExhausted
 from shared.paging import decode_token, encode_token
 
+# A watch lasts as long as the caller's deadline allows, at most a day per call.
+WATCH_SECONDS = 86_400.0
 SCOPE_NAMES = {pb.SCOPE_INGEST: "ingest", pb.SCOPE_DECIDE: "decide", pb.SCOPE_ADMIN: "admin"}
 SCOPE_VALUES = {v: k for k, v in SCOPE_NAMES.items()}
 
@@ -94,6 +97,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     async def GetDecisions(self, request, context):
         return await self.decider.decide(request)
 
+    async def AssignExperiments(self, request, context):
+        return await self.decider.assign(request)
+
     async def GetProfile(self, request, context):
         if not request.unified_individual_id and not request.individual_id.value:
             raise InvalidArgument([("individual_id", "an identity or a unified_individual_id is required")])
@@ -108,7 +114,20 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         return pb.GetProfileResponse(
             unified_individual_id=unified_id, identities=individual.individual.identities,
             attributes=profile.attributes, events=profile.events, insights=profile.insights,
-            segments=profile.segments)
+            segments=profile.segments, profile_objects=[o.object for o in profile.profile_objects],
+            affinities=[pb.Affinity(dimension=a.dimension, value=a.value, score=a.score) for a in profile.affinities],
+            consents=[common_pb2.Consent(purpose=c.purpose, status=c.status) for c in profile.consents])
+
+    async def WatchEvents(self, request, context):
+        if not request.unified_individual_id and not request.individual_id.value:
+            raise InvalidArgument([("individual_id", "an identity or a unified_individual_id is required")])
+        unified_id = await self.decider.resolve(request.individual_id, request.unified_individual_id)
+        if not unified_id:
+            raise NotFound("no individual has this identity", reason="INDIVIDUAL_NOT_FOUND")
+        stream = self.decider.profile.WatchEvents(profile_pb.WatchEventsRequest(
+            unified_individual_id=unified_id, replay_count=request.replay_count), timeout=WATCH_SECONDS)
+        async for update in stream:
+            yield pb.WatchEventsResponse(event=update.event, append_time=update.append_time)
 
     async def CreateApiKey(self, request, context):
         scopes = [SCOPE_NAMES.get(s, f"unknown({s})") for s in request.scopes]

@@ -372,3 +372,11 @@ async def test_attribution_credits_first_and_last_touch_by_view_and_by_click(wor
     assert credit[("FIRST_TOUCH_CLICK", "recs", "dec_r", "sku2")].revenue == 25.0
     assert credit[("LAST_TOUCH_CLICK", "recs", "dec_r", "")].clicks == 1
     assert ("FIRST_TOUCH_CLICK", "home_banner", ids["vip"], "") not in credit
+
+
+async def test_fallback_only_serves_the_fallback_without_evaluating_experiments_or_rules(world):
+    service, _, _, ids = world
+    await service.upsert_experiment(T, experiment(ids))
+    await service.start_experiment(T, "banner_test")
+    [q] = await service.qualify(T, [("home_banner", "")], {"segments": ["vip"]}, {}, "ind_1", fallback_only=True)
+    assert (q.decision.name, q.evaluations, q.assignment) == ("normal", [], None)

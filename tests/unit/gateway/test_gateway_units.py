@@ -172,13 +172,20 @@ class Recorder:
         return identity_pb.ResolveIdentitiesResponse(resolutions=self.resolutions)
 
     async def ReassignIndividual(self, request):
-        self.calls.append(("reassign", list(request.from_individual_ids), request.to_individual_id))
+        if hasattr(request, "from_individual_ids"):
+            self.calls.append(("reassign", list(request.from_individual_ids), request.to_individual_id))
+        else:
+            self.calls.append(("reassign_cohorts", list(request.from_unified_individual_ids),
+                               request.to_unified_individual_id))
 
     async def AppendEvents(self, request):
         self.calls.append(("append", [e.unified_individual_id for e in request.events]))
 
     async def RecordInteractions(self, request):
         self.calls.append(("record", [i.item_id for i in request.interactions]))
+
+    async def RecordOutcomes(self, request):
+        self.calls.append(("outcomes", [(o.outcome_id, o.revenue) for o in request.outcomes]))
 
 
 async def test_events_resolved_before_a_merge_are_appended_to_the_survivor():
@@ -188,10 +195,22 @@ async def test_events_resolved_before_a_merge_are_appended_to_the_survivor():
     ])
     view = _event("v1", type=common_pb2.EVENT_TYPE_PRODUCT_VIEW, item_id="sku")
     login = _event("l1", type=common_pb2.EVENT_TYPE_LOGIN)
-    await Pipeline(Stubs(fake, fake, fake)).process([view, login])
+    await Pipeline(Stubs(fake, fake, fake, fake)).process([view, login])
     assert fake.calls == [
         ("resolve", 2),
         ("reassign", ["ind_anon"], "ind_known"),
+        ("reassign_cohorts", ["ind_anon"], "ind_known"),
         ("append", ["ind_known", "ind_known"]),
         ("record", ["sku"]),
     ]
+
+
+async def test_purchases_with_revenue_and_clicks_become_outcomes_and_returns_do_not():
+    fake = Recorder([identity_pb.Resolution(unified_individual_id="ind_1")] * 3)
+    buy = _event("b1", type=common_pb2.EVENT_TYPE_PURCHASE,
+                 line_items=[common_pb2.LineItem(item_id="a", quantity=2, unit_price=3.0)])
+    refund = _event("r1", type=common_pb2.EVENT_TYPE_PURCHASE,
+                    line_items=[common_pb2.LineItem(item_id="a", quantity=-2, unit_price=3.0)])
+    click = _event("c1", type=common_pb2.EVENT_TYPE_EMAIL_CLICK, item_id="a")
+    await Pipeline(Stubs(fake, fake, fake, fake)).process([buy, refund, click])
+    assert ("outcomes", [("b1", 6.0), ("c1", 0.0)]) in fake.calls

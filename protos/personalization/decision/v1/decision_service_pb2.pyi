@@ -224,16 +224,18 @@ class PointSelection(_message.Message):
     def __init__(self, name: _Optional[str] = ..., decision_id: _Optional[str] = ...) -> None: ...
 
 class QualifyRequest(_message.Message):
-    __slots__ = ("points", "profile", "context", "unified_individual_id")
+    __slots__ = ("points", "profile", "context", "unified_individual_id", "fallback_only")
     POINTS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_ONLY_FIELD_NUMBER: _ClassVar[int]
     points: _containers.RepeatedCompositeFieldContainer[PointSelection]
     profile: _struct_pb2.Struct
     context: _struct_pb2.Struct
     unified_individual_id: str
-    def __init__(self, points: _Optional[_Iterable[_Union[PointSelection, _Mapping]]] = ..., profile: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., unified_individual_id: _Optional[str] = ...) -> None: ...
+    fallback_only: bool
+    def __init__(self, points: _Optional[_Iterable[_Union[PointSelection, _Mapping]]] = ..., profile: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., unified_individual_id: _Optional[str] = ..., fallback_only: _Optional[bool] = ...) -> None: ...
 
 class RuleEvaluation(_message.Message):
     __slots__ = ("decision_id", "decision_name", "matched", "error")

@@ -192,7 +192,7 @@ class RuleTrace(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ..., decision_name: _Optional[str] = ..., matched: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Explanation(_message.Message):
-    __slots__ = ("rules", "unified_individual_id", "stage_ms")
+    __slots__ = ("rules", "unified_individual_id", "stage_ms", "experiment")
     class StageMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -203,13 +203,59 @@ class Explanation(_message.Message):
     RULES_FIELD_NUMBER: _ClassVar[int]
     UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_MS_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     rules: _containers.RepeatedCompositeFieldContainer[RuleTrace]
     unified_individual_id: str
     stage_ms: _containers.ScalarMap[str, float]
-    def __init__(self, rules: _Optional[_Iterable[_Union[RuleTrace, _Mapping]]] = ..., unified_individual_id: _Optional[str] = ..., stage_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    experiment: ExperimentAssignment
+    def __init__(self, rules: _Optional[_Iterable[_Union[RuleTrace, _Mapping]]] = ..., unified_individual_id: _Optional[str] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ...) -> None: ...
+
+class ExperimentAssignment(_message.Message):
+    __slots__ = ("experiment_id", "experiment_name", "point_name", "cohort_id", "control", "fall_through", "decision_id", "bucket", "in_experiment")
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_NAME_FIELD_NUMBER: _ClassVar[int]
+    POINT_NAME_FIELD_NUMBER: _ClassVar[int]
+    COHORT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_FIELD_NUMBER: _ClassVar[int]
+    FALL_THROUGH_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    IN_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    experiment_name: str
+    point_name: str
+    cohort_id: str
+    control: bool
+    fall_through: bool
+    decision_id: str
+    bucket: float
+    in_experiment: bool
+    def __init__(self, experiment_id: _Optional[str] = ..., experiment_name: _Optional[str] = ..., point_name: _Optional[str] = ..., cohort_id: _Optional[str] = ..., control: _Optional[bool] = ..., fall_through: _Optional[bool] = ..., decision_id: _Optional[str] = ..., bucket: _Optional[float] = ..., in_experiment: _Optional[bool] = ...) -> None: ...
+
+class AssignExperimentsRequest(_message.Message):
+    __slots__ = ("individual_id", "unified_individual_id", "point_names", "context", "profile", "record_exposure")
+    INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    POINT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    RECORD_EXPOSURE_FIELD_NUMBER: _ClassVar[int]
+    individual_id: _common_pb2.Identity
+    unified_individual_id: str
+    point_names: _containers.RepeatedScalarFieldContainer[str]
+    context: DecisionContext
+    profile: _struct_pb2.Struct
+    record_exposure: bool
+    def __init__(self, individual_id: _Optional[_Union[_common_pb2.Identity, _Mapping]] = ..., unified_individual_id: _Optional[str] = ..., point_names: _Optional[_Iterable[str]] = ..., context: _Optional[_Union[DecisionContext, _Mapping]] = ..., profile: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., record_exposure: _Optional[bool] = ...) -> None: ...
+
+class AssignExperimentsResponse(_message.Message):
+    __slots__ = ("assignments",)
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    assignments: _containers.RepeatedCompositeFieldContainer[ExperimentAssignment]
+    def __init__(self, assignments: _Optional[_Iterable[_Union[ExperimentAssignment, _Mapping]]] = ...) -> None: ...
 
 class Personalization(_message.Message):
-    __slots__ = ("personalization_id", "personalization_point_id", "personalization_point_name", "decision_id", "decision_name", "data", "attributes", "diagnostics", "explanation")
+    __slots__ = ("personalization_id", "personalization_point_id", "personalization_point_name", "decision_id", "decision_name", "data", "attributes", "diagnostics", "explanation", "experiment_id", "cohort_id")
     PERSONALIZATION_ID_FIELD_NUMBER: _ClassVar[int]
     PERSONALIZATION_POINT_ID_FIELD_NUMBER: _ClassVar[int]
     PERSONALIZATION_POINT_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +265,8 @@ class Personalization(_message.Message):
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     DIAGNOSTICS_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    COHORT_ID_FIELD_NUMBER: _ClassVar[int]
     personalization_id: str
     personalization_point_id: str
     personalization_point_name: str
@@ -228,7 +276,9 @@ class Personalization(_message.Message):
     attributes: _struct_pb2.Struct
     diagnostics: _containers.RepeatedCompositeFieldContainer[Diagnostic]
     explanation: Explanation
-    def __init__(self, personalization_id: _Optional[str] = ..., personalization_point_id: _Optional[str] = ..., personalization_point_name: _Optional[str] = ..., decision_id: _Optional[str] = ..., decision_name: _Optional[str] = ..., data: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., diagnostics: _Optional[_Iterable[_Union[Diagnostic, _Mapping]]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ...) -> None: ...
+    experiment_id: str
+    cohort_id: str
+    def __init__(self, personalization_id: _Optional[str] = ..., personalization_point_id: _Optional[str] = ..., personalization_point_name: _Optional[str] = ..., decision_id: _Optional[str] = ..., decision_name: _Optional[str] = ..., data: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., diagnostics: _Optional[_Iterable[_Union[Diagnostic, _Mapping]]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., experiment_id: _Optional[str] = ..., cohort_id: _Optional[str] = ...) -> None: ...
 
 class GetDecisionsResponse(_message.Message):
     __slots__ = ("request_id", "personalizations")
@@ -249,7 +299,7 @@ class GetProfileRequest(_message.Message):
     def __init__(self, individual_id: _Optional[_Union[_common_pb2.Identity, _Mapping]] = ..., unified_individual_id: _Optional[str] = ..., event_limit: _Optional[int] = ...) -> None: ...
 
 class GetProfileResponse(_message.Message):
-    __slots__ = ("unified_individual_id", "identities", "attributes", "events", "insights", "segments")
+    __slots__ = ("unified_individual_id", "identities", "attributes", "events", "insights", "segments", "profile_objects", "affinities", "consents")
     class InsightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -263,13 +313,47 @@ class GetProfileResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     INSIGHTS_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    AFFINITIES_FIELD_NUMBER: _ClassVar[int]
+    CONSENTS_FIELD_NUMBER: _ClassVar[int]
     unified_individual_id: str
     identities: _containers.RepeatedCompositeFieldContainer[_common_pb2.Identity]
     attributes: _struct_pb2.Struct
     events: _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]
     insights: _containers.ScalarMap[str, float]
     segments: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, unified_individual_id: _Optional[str] = ..., identities: _Optional[_Iterable[_Union[_common_pb2.Identity, _Mapping]]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ..., insights: _Optional[_Mapping[str, float]] = ..., segments: _Optional[_Iterable[str]] = ...) -> None: ...
+    profile_objects: _containers.RepeatedCompositeFieldContainer[_common_pb2.ProfileObject]
+    affinities: _containers.RepeatedCompositeFieldContainer[Affinity]
+    consents: _containers.RepeatedCompositeFieldContainer[_common_pb2.Consent]
+    def __init__(self, unified_individual_id: _Optional[str] = ..., identities: _Optional[_Iterable[_Union[_common_pb2.Identity, _Mapping]]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ..., insights: _Optional[_Mapping[str, float]] = ..., segments: _Optional[_Iterable[str]] = ..., profile_objects: _Optional[_Iterable[_Union[_common_pb2.ProfileObject, _Mapping]]] = ..., affinities: _Optional[_Iterable[_Union[Affinity, _Mapping]]] = ..., consents: _Optional[_Iterable[_Union[_common_pb2.Consent, _Mapping]]] = ...) -> None: ...
+
+class Affinity(_message.Message):
+    __slots__ = ("dimension", "value", "score")
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    dimension: str
+    value: str
+    score: float
+    def __init__(self, dimension: _Optional[str] = ..., value: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class WatchEventsRequest(_message.Message):
+    __slots__ = ("individual_id", "unified_individual_id", "replay_count")
+    INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    individual_id: _common_pb2.Identity
+    unified_individual_id: str
+    replay_count: int
+    def __init__(self, individual_id: _Optional[_Union[_common_pb2.Identity, _Mapping]] = ..., unified_individual_id: _Optional[str] = ..., replay_count: _Optional[int] = ...) -> None: ...
+
+class WatchEventsResponse(_message.Message):
+    __slots__ = ("event", "append_time")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    APPEND_TIME_FIELD_NUMBER: _ClassVar[int]
+    event: _common_pb2.Event
+    append_time: _timestamp_pb2.Timestamp
+    def __init__(self, event: _Optional[_Union[_common_pb2.Event, _Mapping]] = ..., append_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ApiKey(_message.Message):
     __slots__ = ("key_id", "display_name", "scopes", "create_time", "revoke_time")

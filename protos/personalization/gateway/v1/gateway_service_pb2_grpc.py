@@ -51,10 +51,20 @@ class GatewayServiceStub:
                 request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetDecisionsRequest.SerializeToString,
                 response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetDecisionsResponse.FromString,
                 _registered_method=True)
+        self.AssignExperiments = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/AssignExperiments',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.AssignExperimentsRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.AssignExperimentsResponse.FromString,
+                _registered_method=True)
         self.GetProfile = channel.unary_unary(
                 '/personalization.gateway.v1.GatewayService/GetProfile',
                 request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetProfileRequest.SerializeToString,
                 response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetProfileResponse.FromString,
+                _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/personalization.gateway.v1.GatewayService/WatchEvents',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.WatchEventsResponse.FromString,
                 _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
                 '/personalization.gateway.v1.GatewayService/CreateApiKey',
@@ -177,9 +187,25 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AssignExperiments(self, request, context):
+        """Returns the experiment cohorts of one individual, the same every channel sees, optionally recording exposures.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no decide scope), INVALID_ARGUMENT, NOT_FOUND (unknown point or individual).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetProfile(self, request, context):
         """Returns the profile data graph of one individual.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (no decide scope), INVALID_ARGUMENT, NOT_FOUND (unknown individual).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchEvents(self, request, context):
+        """Streams the events of one individual as they are processed, optionally preceded by the last N.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT, NOT_FOUND (unknown individual).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -348,10 +374,20 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetDecisionsRequest.FromString,
                     response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetDecisionsResponse.SerializeToString,
             ),
+            'AssignExperiments': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignExperiments,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.AssignExperimentsRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.AssignExperimentsResponse.SerializeToString,
+            ),
             'GetProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.GetProfile,
                     request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetProfileRequest.FromString,
                     response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetProfileResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.WatchEventsRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.WatchEventsResponse.SerializeToString,
             ),
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateApiKey,
@@ -538,6 +574,33 @@ class GatewayService:
             _registered_method=True)
 
     @staticmethod
+    def AssignExperiments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/AssignExperiments',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.AssignExperimentsRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.AssignExperimentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetProfile(request,
             target,
             options=(),
@@ -554,6 +617,33 @@ class GatewayService:
             '/personalization.gateway.v1.GatewayService/GetProfile',
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetProfileRequest.SerializeToString,
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/WatchEvents',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.WatchEventsRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.WatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
