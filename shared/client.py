@@ -46,6 +46,16 @@ class _Propagate(
         return await continuation(_details(client_call_details, self.cap), request_iterator)
 
 
+def call_metadata() -> tuple[tuple[str, str], ...]:
+    """The request id and tenant of the current call as explicit metadata.
+
+    Streaming calls pass it themselves: grpc.aio may run a stream's client interceptors outside the caller's
+    context, where the contextvars are not set.
+    """
+    pairs = ((ctx.REQUEST_ID_HEADER, ctx.request_id_var.get()), (ctx.TENANT_HEADER, ctx.tenant_var.get()))
+    return tuple((k, v) for k, v in pairs if v)
+
+
 def channel(target: str, *, cap_seconds: float = DEFAULT_CAP_SECONDS) -> grpc.aio.Channel:
     """An insecure grpc.aio channel to another Tailor service with context propagation on every call."""
     return grpc.aio.insecure_channel(

@@ -6,6 +6,7 @@ import grpc
 from google.protobuf import descriptor_pool
 
 from services.gateway.auth import GATEWAY, METHOD_SCOPES
+from shared.client import call_metadata
 
 
 def _unary(call):
@@ -23,7 +24,7 @@ STREAM_SECONDS = 86_400.0
 
 def _server_stream(call):
     async def forward(request: bytes, _context):
-        async for message in call(request, timeout=STREAM_SECONDS):
+        async for message in call(request, timeout=STREAM_SECONDS, metadata=call_metadata()):
             yield message
 
     return forward

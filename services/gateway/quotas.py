@@ -55,7 +55,7 @@ class Quotas:
                 "LEFT JOIN credit_usage u ON u.tenant_id = t.tenant_id AND u.period_start = $2",
                 tenant_id, period_start())
             if state is None:
-                state = _Tenant(tokens=float(row["rate_limit"]))
+                state = _Tenant(tokens=max(float(row["rate_limit"]), 1.0))  # start with a full bucket
                 self.tenants[tenant_id] = state
             state.credit_limit, state.rate_limit, state.used = row["credit_limit"], row["rate_limit"], row["used"]
             state.loaded = now

@@ -18,6 +18,7 @@ from services.gateway.ingest import Ingest
 from services.gateway.postgres import KeyRow
 from services.gateway.quotas import Quotas
 from services.gateway.records import RecordSync, validate_data_model
+from shared.client import call_metadata
 from shared.context import current_tenant
 from shared.errors import InvalidArgument, NotFound, ResourceExhausted
 from shared.paging import decode_token, encode_token
@@ -125,7 +126,8 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         if not unified_id:
             raise NotFound("no individual has this identity", reason="INDIVIDUAL_NOT_FOUND")
         stream = self.decider.profile.WatchEvents(profile_pb.WatchEventsRequest(
-            unified_individual_id=unified_id, replay_count=request.replay_count), timeout=WATCH_SECONDS)
+            unified_individual_id=unified_id, replay_count=request.replay_count), timeout=WATCH_SECONDS,
+            metadata=call_metadata())
         async for update in stream:
             yield pb.WatchEventsResponse(event=update.event, append_time=update.append_time)
 
