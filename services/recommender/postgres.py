@@ -1,12 +1,25 @@
-"""asyncpg adapter of the recommender's repository: interactions, item statistics, individuals' purchases."""
+"""asyncpg adapter of the recommender's repository: interactions, statistics, histories, catalog, configs, models."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import dataclasses
+import json
 
 import asyncpg
 
-from services.recommender.service import MOST_VIEWED, TOP_SELLERS, Interaction, Scored
+from services.recommender.config import Booster, Condition, Config
+from services.recommender.service import (
+    MOST_VIEWED,
+    PRODUCT_VIEW,
+    TOP_SELLERS,
+    TRENDING,
+    CatalogItem,
+    Interaction,
+    Owned,
+    RankingSpec,
+    Scored,
+    TrainingRows,
+)
 
 # One statement, so one round trip and one transaction: insert the interactions not seen before, then fold
 # only those (RETURNING) into the item statistics and the individuals' purchases. Rows are taken in key
@@ -41,44 +54,112 @@ WITH input AS (
         views = s.views + excluded.views,
         carts = s.carts + excluded.carts,
         last_interaction_at = greatest(s.last_interaction_at, excluded.last_interaction_at)
-), bought AS (
-    INSERT INTO individual_items AS b (tenant_id, unified_individual_id, item_id, units, revenue, last_purchased_at)
-    SELECT $1, unified_individual_id, item_id, sum(quantity), sum(revenue), max(event_time)
+), owned AS (
+    INSERT INTO individual_items AS b (tenant_id, unified_individual_id, item_id, units, revenue, last_purchased_at,
+                                       bought, views, last_viewed_at)
+    SELECT $1, unified_individual_id, item_id,
+           coalesce(sum(quantity) FILTER (WHERE kind = 'purchase'), 0),
+           coalesce(sum(revenue) FILTER (WHERE kind = 'purchase'), 0),
+           max(event_time) FILTER (WHERE kind = 'purchase'),
+           bool_or(kind = 'purchase'),
+           count(*) FILTER (WHERE kind = 'product_view'),
+           max(event_time) FILTER (WHERE kind = 'product_view')
     FROM new
-    WHERE kind = 'purchase'
+    WHERE kind IN ('purchase', 'product_view')
     GROUP BY unified_individual_id, item_id
     ORDER BY unified_individual_id, item_id
     ON CONFLICT (tenant_id, unified_individual_id, item_id) DO UPDATE SET
         units = b.units + excluded.units,
         revenue = b.revenue + excluded.revenue,
-        last_purchased_at = greatest(b.last_purchased_at, excluded.last_purchased_at)
+        last_purchased_at = greatest(b.last_purchased_at, excluded.last_purchased_at),
+        bought = b.bought OR excluded.bought,
+        views = b.views + excluded.views,
+        last_viewed_at = greatest(b.last_viewed_at, excluded.last_viewed_at)
 )
 SELECT count(*) FROM new
 """
 
-# The score column of each global strategy (constants, never caller input).
-_SCORE_COLUMNS = {TOP_SELLERS: "units_bought", MOST_VIEWED: "views::float8"}
-_ORDER_COLUMNS = {TOP_SELLERS: "units_bought", MOST_VIEWED: "views"}
-
-
-def _ranking_sql(strategy: str, *, with_exclusions: bool) -> str:
-    score, order = _SCORE_COLUMNS[strategy], _ORDER_COLUMNS[strategy]
-    exclusion = "AND item_id <> ALL($3::text[])" if with_exclusions else ""
-    return (
-        f"SELECT '{strategy}' AS strategy, item_id, {score} AS score FROM item_stats "
-        f"WHERE tenant_id = $1 AND {order} > 0 {exclusion} ORDER BY {order} DESC, item_id LIMIT $2"
-    )
-
-
-_RANKINGS = " UNION ALL ".join(f"({_ranking_sql(s, with_exclusions=False)})" for s in _SCORE_COLUMNS)
-_RANKING = {s: _ranking_sql(s, with_exclusions=True) for s in _SCORE_COLUMNS}
-
-_PURCHASES = """
-SELECT item_id, units FROM individual_items WHERE tenant_id = $1 AND unified_individual_id = $2
+# All-time rankings read the running totals (top-down on their indexes); windows and trending read interactions.
+_ALL_TIME = {
+    (TOP_SELLERS, False): "units_bought",
+    (TOP_SELLERS, True): "revenue",
+    (MOST_VIEWED, False): "views::float8",
+}
+_WINDOWED = """
+SELECT item_id, sum({value})::float8 AS score FROM interactions
+WHERE tenant_id = $1 AND kind = '{kind}' AND event_time >= now() - $3 * interval '1 day'
+GROUP BY item_id HAVING sum({value}) > 0 ORDER BY score DESC, item_id LIMIT $2
 """
-
+# Trending: every interaction counts exp(-ln 2 x age / half-life); older than 20 half-lives counts nothing.
+_TRENDING = """
+SELECT item_id, sum(exp(-ln(2) * extract(epoch FROM now() - event_time) / ($3 * 86400.0)))::float8 AS score
+FROM interactions
+WHERE tenant_id = $1 AND event_time >= now() - $3 * 20 * interval '1 day'
+GROUP BY item_id ORDER BY score DESC, item_id LIMIT $2
+"""
+_CO_BOUGHT = """
+SELECT b.item_id, count(DISTINCT b.message_id)::float8 AS score
+FROM interactions a
+JOIN interactions b ON b.tenant_id = a.tenant_id AND b.message_id = a.message_id
+WHERE a.tenant_id = $1 AND a.item_id = ANY($2::text[]) AND a.kind = 'purchase' AND b.kind = 'purchase'
+  AND b.item_id <> ALL($2::text[])
+GROUP BY b.item_id HAVING count(DISTINCT b.message_id) >= $3
+ORDER BY score DESC, b.item_id LIMIT $4
+"""
+# Co-viewed: views by the same individual within the session gap of a view of an anchor; support counts individuals.
+_CO_VIEWED = """
+SELECT b.item_id, count(DISTINCT b.unified_individual_id)::float8 AS score
+FROM interactions a
+JOIN interactions b ON b.tenant_id = a.tenant_id AND b.unified_individual_id = a.unified_individual_id
+    AND b.event_time BETWEEN a.event_time - $5 * interval '1 second' AND a.event_time + $5 * interval '1 second'
+WHERE a.tenant_id = $1 AND a.item_id = ANY($2::text[]) AND a.kind = 'product_view' AND b.kind = 'product_view'
+  AND b.item_id <> ALL($2::text[])
+GROUP BY b.item_id HAVING count(DISTINCT b.unified_individual_id) >= $3
+ORDER BY score DESC, b.item_id LIMIT $4
+"""
+_HISTORY = """
+SELECT unified_individual_id, item_id, units, bought, last_viewed_at FROM individual_items
+WHERE tenant_id = $1 AND unified_individual_id = ANY($2::text[])
+"""
+# A given create_time replaces the stored one; an unset one keeps it (or is now() for a new item).
+_UPSERT_ITEMS = """
+INSERT INTO items AS i (tenant_id, item_id, attributes, create_time)
+SELECT $1, item_id, attributes::jsonb, coalesce(create_time, now())
+FROM unnest($2::text[], $3::text[], $4::timestamptz[]) AS t(item_id, attributes, create_time)
+ON CONFLICT (tenant_id, item_id) DO UPDATE SET
+    attributes = excluded.attributes,
+    create_time = CASE WHEN $5 THEN excluded.create_time ELSE i.create_time END,
+    update_time = now()
+"""
 # A deadlock between two concurrent batches aborts one statement entirely; it is safe to run it again.
 _DEADLOCK_ATTEMPTS = 3
+# One row of six arrays: asyncpg decodes arrays in C, much faster than a million records.
+_TRAINING = """
+SELECT array_agg(unified_individual_id), array_agg(item_id),
+       array_agg(CASE kind WHEN 'product_view' THEN 0 WHEN 'add_to_cart' THEN 1 ELSE 2 END),
+       array_agg(n), array_agg(quantity), array_agg(revenue)
+FROM (SELECT unified_individual_id, item_id, kind, count(*)::float8 AS n, sum(quantity) AS quantity,
+             sum(revenue) AS revenue
+      FROM interactions WHERE tenant_id = $1 GROUP BY unified_individual_id, item_id, kind) t
+"""
+_LIMIT_ALL = 2**62
+
+
+def config_to_json(config: Config) -> str:
+    data = dataclasses.asdict(config)
+    data.pop("update_time")
+    return json.dumps(data)
+
+
+def config_from_json(text: str, update_time=None) -> Config:
+    data = json.loads(text)
+    known = {f.name for f in dataclasses.fields(Config)}
+    data = {k: v for k, v in data.items() if k in known}
+    data["include"] = tuple(Condition(c["attribute"], c["operator"], tuple(c["values"])) for c in data["include"])
+    data["exclude"] = tuple(Condition(c["attribute"], c["operator"], tuple(c["values"])) for c in data["exclude"])
+    data["boosters"] = tuple(Booster(**b) for b in data["boosters"])
+    data["similar_attributes"] = tuple(data["similar_attributes"])
+    return Config(**data, update_time=update_time)
 
 
 class PostgresRepository:
@@ -107,16 +188,110 @@ class PostgresRepository:
                     raise
                 attempt += 1
 
-    async def rankings(self, tenant: str, limit: int) -> dict[str, list[Scored]]:
-        result: dict[str, list[Scored]] = {s: [] for s in _SCORE_COLUMNS}
-        for row in await self.pool.fetch(_RANKINGS, tenant, limit):
-            result[row["strategy"]].append(Scored(row["item_id"], row["score"]))
+    async def upsert_items(self, tenant: str, items: list[CatalogItem]) -> int:
+        async with self.pool.acquire() as connection, connection.transaction():
+            for given in (True, False):
+                rows = [i for i in items if (i.create_time is not None) == given]
+                if rows:
+                    await connection.execute(_UPSERT_ITEMS, tenant, [i.item_id for i in rows],
+                                             [json.dumps(i.attributes) for i in rows],
+                                             [i.create_time for i in rows], given)
+        return len(items)
+
+    async def items(self, tenant: str) -> list[CatalogItem]:
+        rows = await self.pool.fetch(
+            "SELECT item_id, attributes::text AS attributes, create_time FROM items WHERE tenant_id = $1", tenant)
+        return [CatalogItem(r["item_id"], json.loads(r["attributes"]), r["create_time"]) for r in rows]
+
+    async def ranking(self, tenant: str, spec: RankingSpec, limit: int | None) -> list[Scored]:
+        limit = _LIMIT_ALL if limit is None else limit
+        if spec.strategy == TRENDING:
+            rows = await self.pool.fetch(_TRENDING, tenant, limit, spec.half_life_days)
+        elif spec.window_days:
+            value = "revenue" if spec.by_revenue else ("quantity" if spec.strategy == TOP_SELLERS else "1")
+            kind = "product_view" if spec.strategy == MOST_VIEWED else "purchase"
+            rows = await self.pool.fetch(_WINDOWED.format(value=value, kind=kind), tenant, limit, spec.window_days)
+        else:
+            column = _ALL_TIME[(spec.strategy, spec.by_revenue and spec.strategy == TOP_SELLERS)]
+            order = column.split("::")[0]
+            rows = await self.pool.fetch(
+                f"SELECT item_id, {column} AS score FROM item_stats WHERE tenant_id = $1 AND {order} > 0 "
+                f"ORDER BY {order} DESC, item_id LIMIT $2", tenant, limit)
+        return [Scored(r["item_id"], r["score"]) for r in rows if r["score"] > 0]
+
+    async def history(self, tenant: str, unified_individual_id: str) -> list[Owned]:
+        return (await self.histories(tenant, [unified_individual_id])).get(unified_individual_id, [])
+
+    async def histories(self, tenant: str, unified_individual_ids: list[str]) -> dict[str, list[Owned]]:
+        result: dict[str, list[Owned]] = {}
+        for r in await self.pool.fetch(_HISTORY, tenant, unified_individual_ids):
+            result.setdefault(r["unified_individual_id"], []).append(
+                Owned(r["item_id"], r["units"], r["bought"], r["last_viewed_at"]))
         return result
 
-    async def ranking(self, tenant: str, strategy: str, limit: int, exclude: Collection[str]) -> list[Scored]:
-        rows = await self.pool.fetch(_RANKING[strategy], tenant, limit, list(exclude))
-        return [Scored(row["item_id"], row["score"]) for row in rows]
+    async def co_occurring(self, tenant: str, anchors: list[str], kind: str, session_seconds: float,
+                           min_support: int, limit: int | None) -> list[Scored]:
+        limit = _LIMIT_ALL if limit is None else limit
+        if kind == PRODUCT_VIEW:
+            rows = await self.pool.fetch(_CO_VIEWED, tenant, anchors, min_support, limit, session_seconds)
+        else:
+            rows = await self.pool.fetch(_CO_BOUGHT, tenant, anchors, min_support, limit)
+        return [Scored(r["item_id"], r["score"]) for r in rows]
 
-    async def purchases(self, tenant: str, unified_individual_id: str) -> list[Scored]:
-        rows = await self.pool.fetch(_PURCHASES, tenant, unified_individual_id)
-        return [Scored(row["item_id"], row["units"]) for row in rows]
+    async def configs(self, tenant: str) -> list[Config]:
+        rows = await self.pool.fetch(
+            "SELECT config::text AS config, update_time FROM recommenders WHERE tenant_id = $1", tenant)
+        return [config_from_json(r["config"], r["update_time"]) for r in rows]
+
+    async def put_config(self, tenant: str, config: Config) -> Config:
+        update_time = await self.pool.fetchval(
+            """INSERT INTO recommenders (tenant_id, name, config, retrain_seconds) VALUES ($1, $2, $3::jsonb, $4)
+               ON CONFLICT (tenant_id, name) DO UPDATE SET config = excluded.config,
+                   retrain_seconds = excluded.retrain_seconds, update_time = now()
+               RETURNING update_time""",
+            tenant, config.name, config_to_json(config), config.retrain_seconds)
+        return dataclasses.replace(config, update_time=update_time)
+
+    async def delete_config(self, tenant: str, name: str) -> bool:
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute("DELETE FROM models WHERE tenant_id = $1 AND recommender = $2", tenant, name)
+            status = await connection.execute(
+                "DELETE FROM recommenders WHERE tenant_id = $1 AND name = $2", tenant, name)
+        return status != "DELETE 0"
+
+    async def training_rows(self, tenant: str) -> TrainingRows:
+        row = await self.pool.fetchrow(_TRAINING, tenant)
+        return TrainingRows(*(list(column or []) for column in row))
+
+    async def save_model(self, tenant: str, name: str, payload: bytes, summary: dict) -> int:
+        # The (tenant, recommender, version) key makes two concurrent saves pick different versions or fail.
+        return await self.pool.fetchval(
+            """INSERT INTO models (tenant_id, recommender, version, payload, summary)
+               SELECT $1, $2, coalesce(max(version), 0) + 1, $3, $4::jsonb FROM models
+               WHERE tenant_id = $1 AND recommender = $2
+               RETURNING version""",
+            tenant, name, payload, json.dumps(summary))
+
+    async def latest_model_version(self, tenant: str, name: str) -> int:
+        return await self.pool.fetchval(
+            "SELECT coalesce(max(version), 0) FROM models WHERE tenant_id = $1 AND recommender = $2", tenant, name)
+
+    async def load_model(self, tenant: str, name: str, version: int) -> bytes | None:
+        return await self.pool.fetchval(
+            "SELECT payload FROM models WHERE tenant_id = $1 AND recommender = $2 AND version = $3",
+            tenant, name, version)
+
+    async def due_trainings(self) -> list[tuple[str, str]]:
+        # The scheduler's one cross-tenant read: which learned recommenders are due, in any tenant.
+        rows = await self.pool.fetch(
+            """SELECT tenant_id, name FROM recommenders WHERE retrain_seconds > 0 AND (training_claimed_at IS NULL
+               OR training_claimed_at < now() - retrain_seconds * interval '1 second')""")
+        return [(r["tenant_id"], r["name"]) for r in rows]
+
+    async def claim_training(self, tenant: str, name: str) -> bool:
+        # A conditional update: of several replicas seeing the same due recommender, exactly one claims it.
+        status = await self.pool.execute(
+            """UPDATE recommenders SET training_claimed_at = now() WHERE tenant_id = $1 AND name = $2
+               AND (training_claimed_at IS NULL OR training_claimed_at < now() - retrain_seconds * interval '1 second')""",
+            tenant, name)
+        return status == "UPDATE 1"

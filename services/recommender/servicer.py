@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import UTC
 
+from google.protobuf import json_format, struct_pb2
 from personalization.common.v1 import common_pb2
 from personalization.recommender.v1 import recommender_service_pb2 as pb
 from personalization.recommender.v1 import recommender_service_pb2_grpc as pb_grpc
-from services.recommender.service import ADD_TO_CART, PRODUCT_VIEW, PURCHASE, Interaction, Recommender
+
+from services.recommender.config import (
+    ALS,
+    CLICKS,
+    PURCHASES,
+    REVENUE,
+    Booster,
+    Condition,
+    Config,
+)
+from services.recommender.service import (
+    ADD_TO_CART,
+    PRODUCT_VIEW,
+    PURCHASE,
+    CatalogItem,
+    Interaction,
+    Recommended,
+    Recommender,
+)
 from shared.context import current_tenant
 
 # Other event types map to "" and are refused by validation.
@@ -16,6 +35,17 @@ _KINDS = {
     common_pb2.EVENT_TYPE_ADD_TO_CART: ADD_TO_CART,
     common_pb2.EVENT_TYPE_PURCHASE: PURCHASE,
 }
+_OBJECTIVES = {pb.OBJECTIVE_MAXIMIZE_CLICKS: CLICKS, pb.OBJECTIVE_MAXIMIZE_PURCHASES: PURCHASES,
+               pb.OBJECTIVE_MAXIMIZE_REVENUE: REVENUE}
+_OBJECTIVES_PB = {v: k for k, v in _OBJECTIVES.items()}
+# Operator enum names without the prefix, lowercased: OPERATOR_LESS_THAN -> less_than; unspecified -> "".
+_OPERATORS = {v: ("" if v == 0 else n.removeprefix("OPERATOR_").lower()) for n, v in pb.Operator.items()}
+_OPERATORS_PB = {v: k for k, v in _OPERATORS.items()}
+_DEFAULTS = Config(name="", strategy="")
+
+
+def _time(message, name):
+    return getattr(message, name).ToDatetime(tzinfo=UTC) if message.HasField(name) else None
 
 
 def _interaction(message: pb.Interaction) -> Interaction:
@@ -26,8 +56,95 @@ def _interaction(message: pb.Interaction) -> Interaction:
         kind=_KINDS.get(message.type, ""),
         quantity=message.quantity,
         revenue=message.revenue,
-        event_time=message.event_time.ToDatetime(tzinfo=timezone.utc) if message.HasField("event_time") else None,
+        event_time=_time(message, "event_time"),
     )
+
+
+def _values(values) -> tuple:
+    return tuple(json_format.MessageToDict(v) if v.WhichOneof("kind") else None for v in values)
+
+
+def config_from_pb(c: pb.RecommenderConfig) -> Config:
+    p = c.parameters
+    return Config(
+        name=c.name,
+        strategy=c.strategy,
+        window_days=p.window_days,
+        by_revenue=p.by_revenue,
+        half_life_days=p.half_life_days or _DEFAULTS.half_life_days,
+        min_support=p.min_support or _DEFAULTS.min_support,
+        session_minutes=p.session_minutes or _DEFAULTS.session_minutes,
+        max_age_days=p.max_age_days,
+        similar_attributes=tuple(p.similar_attributes),
+        objective=_OBJECTIVES.get(p.objective, ""),
+        algorithm=p.algorithm or ALS,
+        factors=p.factors or _DEFAULTS.factors,
+        regularization=p.regularization or _DEFAULTS.regularization,
+        iterations=p.iterations or _DEFAULTS.iterations,
+        alpha=p.alpha or _DEFAULTS.alpha,
+        recent_days=p.recent_days,
+        include=tuple(Condition(x.attribute, _OPERATORS.get(x.operator, ""), _values(x.values)) for x in c.include),
+        exclude=tuple(Condition(x.attribute, _OPERATORS.get(x.operator, ""), _values(x.values)) for x in c.exclude),
+        exclude_anchor=c.context_filter.exclude_anchor,
+        same_category_as_anchor=c.context_filter.same_category_as_anchor,
+        exclude_cart=c.context_filter.exclude_cart,
+        category_attribute=c.context_filter.category_attribute or _DEFAULTS.category_attribute,
+        exclude_purchased=c.profile_filter.exclude_purchased,
+        exclude_recently_viewed=c.profile_filter.exclude_recently_viewed,
+        boosters=tuple(Booster(b.attribute, b.weight or 1.0) for b in c.boosters),
+        diversity_attribute=c.diversity.attribute,
+        diversity_max=c.diversity.max_per_value,
+        count=c.count,
+        fallback=c.fallback,
+        retrain_seconds=c.retrain_interval.ToTimedelta().total_seconds(),
+    )
+
+
+def _condition_pb(c: Condition) -> pb.Condition:
+    values = []
+    for value in c.values:
+        v = struct_pb2.Value()
+        json_format.ParseDict(value, v)
+        values.append(v)
+    return pb.Condition(attribute=c.attribute, operator=_OPERATORS_PB.get(c.operator, 0), values=values)
+
+
+def config_to_pb(c: Config) -> pb.RecommenderConfig:
+    message = pb.RecommenderConfig(
+        name=c.name,
+        strategy=c.strategy,
+        parameters=pb.StrategyParameters(
+            window_days=c.window_days, by_revenue=c.by_revenue, half_life_days=c.half_life_days,
+            min_support=c.min_support, session_minutes=c.session_minutes, max_age_days=c.max_age_days,
+            similar_attributes=c.similar_attributes, objective=_OBJECTIVES_PB.get(c.objective, 0),
+            algorithm=c.algorithm, factors=c.factors, regularization=c.regularization, iterations=c.iterations,
+            alpha=c.alpha, recent_days=c.recent_days),
+        include=[_condition_pb(x) for x in c.include],
+        exclude=[_condition_pb(x) for x in c.exclude],
+        context_filter=pb.ContextFilter(exclude_anchor=c.exclude_anchor,
+                                        same_category_as_anchor=c.same_category_as_anchor,
+                                        exclude_cart=c.exclude_cart, category_attribute=c.category_attribute),
+        profile_filter=pb.ProfileFilter(exclude_purchased=c.exclude_purchased,
+                                        exclude_recently_viewed=c.exclude_recently_viewed),
+        boosters=[pb.Booster(attribute=b.attribute, weight=b.weight) for b in c.boosters],
+        count=c.count,
+        fallback=c.fallback,
+    )
+    if c.diversity_attribute:
+        message.diversity.CopyFrom(pb.Diversity(attribute=c.diversity_attribute, max_per_value=c.diversity_max))
+    if c.retrain_seconds:
+        message.retrain_interval.FromSeconds(int(c.retrain_seconds))
+    if c.update_time is not None:
+        message.update_time.FromDatetime(c.update_time)
+    return message
+
+
+def _items(items: list[Recommended]) -> list[pb.RecommendedItem]:
+    return [pb.RecommendedItem(item_id=i.item_id, score=i.score, source=i.source) for i in items]
+
+
+def _affinities(affinities) -> list[tuple[str, str, float]]:
+    return [(a.attribute, a.value, a.score) for a in affinities]
 
 
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
@@ -41,15 +158,72 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         recorded = await self.recommender.record_interactions(current_tenant(), interactions)
         return pb.RecordInteractionsResponse(recorded_count=recorded)
 
+    async def UpsertItems(self, request: pb.UpsertItemsRequest, context) -> pb.UpsertItemsResponse:
+        items = [CatalogItem(i.item_id, json_format.MessageToDict(i.attributes), _time(i, "create_time"))
+                 for i in request.items]
+        return pb.UpsertItemsResponse(upserted_count=await self.recommender.upsert_items(current_tenant(), items))
+
     async def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:
-        items = await self.recommender.recommend(
+        items, diagnostics = await self.recommender.explain(
             current_tenant(),
             request.unified_individual_id,
             request.strategy,
             request.count,
             exclude_item_ids=list(request.exclude_item_ids),
             exclude_purchased=request.exclude_purchased,
+            anchor_item_id=request.anchor_item_id,
+            cart_item_ids=list(request.cart_item_ids),
+            affinities=_affinities(request.affinities),
+            diagnostics=request.diagnostics,
         )
-        return pb.RecommendResponse(
-            items=[pb.RecommendedItem(item_id=i.item_id, score=i.score, source=i.source) for i in items]
-        )
+        response = pb.RecommendResponse(items=_items(items))
+        if diagnostics is not None:
+            response.diagnostics.CopyFrom(pb.RecommendDiagnostics(
+                recommenders=diagnostics.recommenders,
+                filters=[pb.FilterCount(filter=f, removed=n) for f, n in diagnostics.filters.items()],
+                diversity_removed=diagnostics.diversity_removed,
+                model_version=diagnostics.model_version))
+        return response
+
+    async def RecommendBatch(self, request: pb.RecommendBatchRequest, context):
+        individuals = [(i.unified_individual_id, _affinities(i.affinities)) for i in request.individuals]
+        async for chunk in self.recommender.recommend_batch(
+                current_tenant(), request.strategy, request.count, individuals,
+                exclude_item_ids=list(request.exclude_item_ids), exclude_purchased=request.exclude_purchased):
+            yield pb.RecommendBatchResponse(results=[
+                pb.IndividualRecommendations(unified_individual_id=who, items=_items(items)) for who, items in chunk])
+
+    async def SimilarItems(self, request: pb.SimilarItemsRequest, context) -> pb.SimilarItemsResponse:
+        items = await self.recommender.similar_items(current_tenant(), request.item_id, request.count,
+                                                     request.strategy)
+        return pb.SimilarItemsResponse(items=_items(items))
+
+    async def PutRecommender(self, request: pb.PutRecommenderRequest, context) -> pb.PutRecommenderResponse:
+        stored = await self.recommender.put_config(current_tenant(), config_from_pb(request.config))
+        return pb.PutRecommenderResponse(config=config_to_pb(stored))
+
+    async def GetRecommender(self, request: pb.GetRecommenderRequest, context) -> pb.GetRecommenderResponse:
+        return pb.GetRecommenderResponse(
+            config=config_to_pb(await self.recommender.get_config(current_tenant(), request.name)))
+
+    async def ListRecommenders(self, request: pb.ListRecommendersRequest, context) -> pb.ListRecommendersResponse:
+        page, token = await self.recommender.list_configs(current_tenant(), request.page_size, request.page_token)
+        return pb.ListRecommendersResponse(recommenders=[config_to_pb(c) for c in page], next_page_token=token)
+
+    async def DeleteRecommender(self, request: pb.DeleteRecommenderRequest, context) -> pb.DeleteRecommenderResponse:
+        await self.recommender.delete_config(current_tenant(), request.name)
+        return pb.DeleteRecommenderResponse()
+
+    async def TrainRecommender(self, request: pb.TrainRecommenderRequest, context):
+        async for p in self.recommender.train(current_tenant(), request.name):
+            yield pb.TrainRecommenderResponse(
+                stage=p.stage, fraction=p.fraction, message=p.message, model_version=p.model_version,
+                individuals=p.individuals, items=p.items, interactions=p.interactions)
+
+    async def EvaluateRecommender(self, request: pb.EvaluateRecommenderRequest,
+                                  context) -> pb.EvaluateRecommenderResponse:
+        m = await self.recommender.evaluate(current_tenant(), request.name, request.k, request.test_fraction,
+                                            request.seed)
+        return pb.EvaluateRecommenderResponse(
+            precision_at_k=m.precision, recall_at_k=m.recall, ndcg_at_k=m.ndcg, map_at_k=m.map,
+            coverage=m.coverage, evaluated_individuals=m.individuals, k=request.k or 10)

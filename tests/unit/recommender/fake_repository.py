@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections import Counter, defaultdict
-from collections.abc import Collection
+from datetime import UTC, datetime, timedelta
 
+from services.recommender.config import Config
 from services.recommender.service import (
     ADD_TO_CART,
     MOST_VIEWED,
     PRODUCT_VIEW,
     PURCHASE,
     TOP_SELLERS,
+    TRENDING,
+    CatalogItem,
     Interaction,
+    Owned,
+    RankingSpec,
     Scored,
+    TrainingRows,
     rank_key,
 )
 
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
 
 class FakeRepository:
-    """Keeps interactions per tenant and derives the statistics; counts calls so tests can see the queries."""
+    """Keeps interactions, items, configs and models per tenant; counts calls so tests can see the queries."""
 
     def __init__(self) -> None:
         self.interactions: dict[str, dict[tuple[str, str], Interaction]] = defaultdict(dict)
+        self.catalog: dict[str, dict[str, CatalogItem]] = defaultdict(dict)
+        self.config_rows: dict[str, dict[str, Config]] = defaultdict(dict)
+        self.models: dict[tuple[str, str], list[bytes]] = defaultdict(list)
+        self.claimed: set[tuple[str, str]] = set()
         self.calls: Counter[str] = Counter()
 
     async def record(self, tenant: str, interactions: list[Interaction]) -> int:
@@ -31,7 +45,8 @@ class FakeRepository:
         for interaction in interactions:
             key = (interaction.message_id, interaction.item_id)
             if key not in stored:
-                stored[key] = interaction
+                stored[key] = interaction if interaction.event_time else dataclasses.replace(interaction,
+                                                                                             event_time=NOW)
                 new += 1
         return new
 
@@ -49,23 +64,121 @@ class FakeRepository:
                 row["carts"] += 1
         return dict(stats)
 
-    def _ranked(self, tenant: str, strategy: str) -> list[Scored]:
-        column = {TOP_SELLERS: "units", MOST_VIEWED: "views"}[strategy]
-        items = [Scored(item, float(row[column])) for item, row in self.item_stats(tenant).items()]
-        return sorted((s for s in items if s.score > 0), key=rank_key)
-
-    async def rankings(self, tenant: str, limit: int) -> dict[str, list[Scored]]:
-        self.calls["rankings"] += 1
-        return {s: self._ranked(tenant, s)[:limit] for s in (TOP_SELLERS, MOST_VIEWED)}
-
-    async def ranking(self, tenant: str, strategy: str, limit: int, exclude: Collection[str]) -> list[Scored]:
+    async def ranking(self, tenant: str, spec: RankingSpec, limit: int | None) -> list[Scored]:
         self.calls["ranking"] += 1
-        return [s for s in self._ranked(tenant, strategy) if s.item_id not in exclude][:limit]
-
-    async def purchases(self, tenant: str, unified_individual_id: str) -> list[Scored]:
-        self.calls["purchases"] += 1
-        units: dict[str, float] = defaultdict(float)
+        now = datetime.now(UTC)
+        scores: dict[str, float] = defaultdict(float)
         for i in self.interactions[tenant].values():
-            if i.kind == PURCHASE and i.unified_individual_id == unified_individual_id:
-                units[i.item_id] += i.quantity
-        return [Scored(item, total) for item, total in units.items()]
+            if spec.strategy == TRENDING:
+                age = (now - i.event_time).total_seconds() / 86400
+                if age <= 20 * spec.half_life_days:
+                    scores[i.item_id] += math.exp(-math.log(2) * age / spec.half_life_days)
+                continue
+            if spec.window_days and i.event_time < now - timedelta(days=spec.window_days):
+                continue
+            if spec.strategy == TOP_SELLERS and i.kind == PURCHASE:
+                scores[i.item_id] += i.revenue if spec.by_revenue else i.quantity
+            elif spec.strategy == MOST_VIEWED and i.kind == PRODUCT_VIEW:
+                scores[i.item_id] += 1
+        ranked = sorted((Scored(k, v) for k, v in scores.items() if v > 0), key=rank_key)
+        return ranked if limit is None else ranked[:limit]
+
+    def _owned(self, tenant: str) -> dict[str, dict[str, Owned]]:
+        owned: dict[str, dict[str, Owned]] = defaultdict(dict)
+        for i in sorted(self.interactions[tenant].values(), key=lambda i: i.event_time):
+            if i.kind not in (PURCHASE, PRODUCT_VIEW):
+                continue
+            o = owned[i.unified_individual_id].get(i.item_id) or Owned(i.item_id, 0.0, False, None)
+            if i.kind == PURCHASE:
+                o = dataclasses.replace(o, units=o.units + i.quantity, bought=True)
+            else:
+                o = dataclasses.replace(o, last_viewed_at=i.event_time)
+            owned[i.unified_individual_id][i.item_id] = o
+        return owned
+
+    async def history(self, tenant: str, unified_individual_id: str) -> list[Owned]:
+        self.calls["history"] += 1
+        return list(self._owned(tenant).get(unified_individual_id, {}).values())
+
+    async def histories(self, tenant: str, unified_individual_ids: list[str]) -> dict[str, list[Owned]]:
+        self.calls["histories"] += 1
+        owned = self._owned(tenant)
+        return {u: list(owned[u].values()) for u in unified_individual_ids if u in owned}
+
+    async def co_occurring(self, tenant, anchors, kind, session_seconds, min_support, limit) -> list[Scored]:
+        self.calls["co_occurring"] += 1
+        rows = [i for i in self.interactions[tenant].values() if i.kind == kind]
+        support: dict[str, set] = defaultdict(set)
+        for a in rows:
+            if a.item_id not in anchors:
+                continue
+            for b in rows:
+                if b.item_id in anchors:
+                    continue
+                if kind == PURCHASE and b.message_id == a.message_id:
+                    support[b.item_id].add(b.message_id)
+                elif (kind == PRODUCT_VIEW and b.unified_individual_id == a.unified_individual_id
+                      and abs((b.event_time - a.event_time).total_seconds()) <= session_seconds):
+                    support[b.item_id].add(b.unified_individual_id)
+        ranked = sorted((Scored(k, float(len(v))) for k, v in support.items() if len(v) >= min_support),
+                        key=rank_key)
+        return ranked if limit is None else ranked[:limit]
+
+    async def upsert_items(self, tenant: str, items: list[CatalogItem]) -> int:
+        for item in items:
+            old = self.catalog[tenant].get(item.item_id)
+            created = item.create_time or (old.create_time if old else datetime.now(UTC))
+            self.catalog[tenant][item.item_id] = CatalogItem(item.item_id, item.attributes, created)
+        return len(items)
+
+    async def items(self, tenant: str) -> list[CatalogItem]:
+        self.calls["items"] += 1
+        return list(self.catalog[tenant].values())
+
+    async def configs(self, tenant: str) -> list[Config]:
+        self.calls["configs"] += 1
+        return list(self.config_rows[tenant].values())
+
+    async def put_config(self, tenant: str, config: Config) -> Config:
+        stored = dataclasses.replace(config, update_time=datetime.now(UTC))
+        self.config_rows[tenant][config.name] = stored
+        return stored
+
+    async def delete_config(self, tenant: str, name: str) -> bool:
+        self.models.pop((tenant, name), None)
+        return self.config_rows[tenant].pop(name, None) is not None
+
+    async def training_rows(self, tenant: str) -> TrainingRows:
+        totals: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        for i in self.interactions[tenant].values():
+            t = totals[(i.unified_individual_id, i.item_id, i.kind)]
+            t[0] += 1
+            t[1] += i.quantity
+            t[2] += i.revenue
+        keys = list(totals)
+        codes = {PRODUCT_VIEW: 0, ADD_TO_CART: 1, PURCHASE: 2}
+        return TrainingRows([k[0] for k in keys], [k[1] for k in keys], [codes[k[2]] for k in keys],
+                            [totals[k][0] for k in keys], [totals[k][1] for k in keys], [totals[k][2] for k in keys])
+
+    async def save_model(self, tenant: str, name: str, payload: bytes, summary: dict) -> int:
+        self.models[(tenant, name)].append(payload)
+        return len(self.models[(tenant, name)])
+
+    async def latest_model_version(self, tenant: str, name: str) -> int:
+        self.calls["latest_model_version"] += 1
+        return len(self.models.get((tenant, name), []))
+
+    async def load_model(self, tenant: str, name: str, version: int) -> bytes | None:
+        self.calls["load_model"] += 1
+        versions = self.models.get((tenant, name), [])
+        return versions[version - 1] if 0 < version <= len(versions) else None
+
+    async def due_trainings(self) -> list[tuple[str, str]]:
+        return [(t, n) for t, configs in self.config_rows.items() for n, c in configs.items()
+                if c.retrain_seconds and (t, n) not in self.claimed]
+
+    async def claim_training(self, tenant: str, name: str) -> bool:
+        if (tenant, name) in self.claimed:
+            return False
+        self.claimed.add((tenant, name))
+        return True

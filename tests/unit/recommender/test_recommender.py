@@ -11,7 +11,7 @@ from services.recommender.service import (
     Interaction,
     Recommender,
 )
-from shared.errors import InvalidArgument
+from shared.errors import InvalidArgument, NotFound
 from tests.unit.recommender.fake_repository import FakeRepository
 
 T = "tenant-a"
@@ -151,11 +151,17 @@ async def test_count_outside_zero_to_twenty_four_is_invalid(rec, count):
     assert [f for f, _ in info.value.violations] == ["count"]
 
 
-@pytest.mark.parametrize("strategy", ["", "trending", "TOP_SELLERS"])
-async def test_unknown_strategy_is_invalid(rec, strategy):
+async def test_an_empty_strategy_is_invalid(rec):
     with pytest.raises(InvalidArgument) as info:
-        await rec.recommend(T, "", strategy, 0)
+        await rec.recommend(T, "", "", 0)
     assert [f for f, _ in info.value.violations] == ["strategy"]
+
+
+@pytest.mark.parametrize("strategy", ["best_ever", "TOP_SELLERS"])
+async def test_an_unknown_recommender_is_not_found(rec, strategy):
+    with pytest.raises(NotFound) as info:
+        await rec.recommend(T, "", strategy, 0)
+    assert info.value.reason == "RECOMMENDER_NOT_FOUND"
 
 
 async def test_each_bad_interaction_field_is_reported_by_its_path_and_nothing_is_recorded(rec, repo):
@@ -203,13 +209,13 @@ async def test_global_rankings_come_from_the_cache_until_it_expires(repo):
     clock.now += 0.5
     assert ids(await rec.recommend(T, "", "top_sellers", 0)) == ["a"]
     assert ids(await rec.recommend(T, "", "most_viewed", 0)) == []
-    assert repo.calls["rankings"] == 1
+    assert repo.calls["ranking"] == 2  # top_sellers once, most_viewed once
     clock.now += 0.5
     assert ids(await rec.recommend(T, "", "top_sellers", 0)) == ["b", "a"]
-    assert repo.calls["rankings"] == 2
+    assert repo.calls["ranking"] == 3
 
 
-async def test_a_cached_recommend_costs_at_most_the_individuals_purchases_query(repo):
+async def test_a_cached_recommend_costs_at_most_the_individuals_history_query(repo):
     rec = Recommender(repo, cache_seconds=60.0, clock=Clock())
     await rec.record_interactions(T, [buy("m1", "me", "a", 1), buy("m2", "u", "b", 2)])
     await rec.recommend(T, "", "top_sellers", 0)
@@ -218,7 +224,7 @@ async def test_a_cached_recommend_costs_at_most_the_individuals_purchases_query(
     assert sum(repo.calls.values()) == 0
     assert ids(await rec.recommend(T, "me", "top_sellers", 0, exclude_purchased=True)) == ["b"]
     assert ids(await rec.recommend(T, "me", "bought_by_you_again", 0)) == ["a"]
-    assert dict(repo.calls) == {"purchases": 2}
+    assert dict(repo.calls) == {"history": 2}
 
 
 async def test_filters_that_exhaust_the_cached_head_fall_back_to_the_database(repo):
@@ -227,7 +233,7 @@ async def test_filters_that_exhaust_the_cached_head_fall_back_to_the_database(re
     excluded = [f"item{n:02}" for n in range(20)]
     items = await rec.recommend(T, "", "top_sellers", 12, exclude_item_ids=excluded)
     assert ids(items) == [f"item{n:02}" for n in range(20, 32)]
-    assert repo.calls["ranking"] == 1
+    assert repo.calls["ranking"] == 2  # the cached head, then the whole ranking
 
 
 async def test_a_short_ranking_that_fits_the_cache_needs_no_fallback(repo):
@@ -235,7 +241,7 @@ async def test_a_short_ranking_that_fits_the_cache_needs_no_fallback(repo):
     await rec.record_interactions(T, [buy(f"m{n}", "u", f"item{n:02}", 100 - n) for n in range(10)])
     items = await rec.recommend(T, "", "top_sellers", 12, exclude_item_ids=["item00"])
     assert len(items) == 9
-    assert repo.calls["ranking"] == 0
+    assert repo.calls["ranking"] == 1
 
 
 async def test_tenants_never_see_each_others_rankings(repo):

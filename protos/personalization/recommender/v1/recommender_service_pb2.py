@@ -22,29 +22,97 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from personalization.common.v1 import common_pb2 as personalization_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n8personalization/recommender/v1/recommender_service.proto\x12\x1epersonalization.recommender.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a&personalization/common/v1/common.proto\"\xd8\x01\n\x0bInteraction\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x1d\n\x15unified_individual_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x32\n\x04type\x18\x04 \x01(\x0e\x32$.personalization.common.v1.EventType\x12\x10\n\x08quantity\x18\x05 \x01(\x01\x12\x0f\n\x07revenue\x18\x06 \x01(\x01\x12.\n\nevent_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x19RecordInteractionsRequest\x12\x41\n\x0cinteractions\x18\x01 \x03(\x0b\x32+.personalization.recommender.v1.Interaction\"4\n\x1aRecordInteractionsResponse\x12\x16\n\x0erecorded_count\x18\x01 \x01(\x05\"\x87\x01\n\x10RecommendRequest\x12\x1d\n\x15unified_individual_id\x18\x01 \x01(\t\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x19\n\x11\x65xclude_purchased\x18\x05 \x01(\x08\"A\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0e\n\x06source\x18\x03 \x01(\t\"S\n\x11RecommendResponse\x12>\n\x05items\x18\x01 \x03(\x0b\x32/.personalization.recommender.v1.RecommendedItem2\x94\x02\n\x12RecommenderService\x12\x8b\x01\n\x12RecordInteractions\x12\x39.personalization.recommender.v1.RecordInteractionsRequest\x1a:.personalization.recommender.v1.RecordInteractionsResponse\x12p\n\tRecommend\x12\x30.personalization.recommender.v1.RecommendRequest\x1a\x31.personalization.recommender.v1.RecommendResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n8personalization/recommender/v1/recommender_service.proto\x12\x1epersonalization.recommender.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a&personalization/common/v1/common.proto\"\xd8\x01\n\x0bInteraction\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x1d\n\x15unified_individual_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x32\n\x04type\x18\x04 \x01(\x0e\x32$.personalization.common.v1.EventType\x12\x10\n\x08quantity\x18\x05 \x01(\x01\x12\x0f\n\x07revenue\x18\x06 \x01(\x01\x12.\n\nevent_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x19RecordInteractionsRequest\x12\x41\n\x0cinteractions\x18\x01 \x03(\x0b\x32+.personalization.recommender.v1.Interaction\"4\n\x1aRecordInteractionsResponse\x12\x16\n\x0erecorded_count\x18\x01 \x01(\x05\"u\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12+\n\nattributes\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x12UpsertItemsRequest\x12\x33\n\x05items\x18\x01 \x03(\x0b\x32$.personalization.recommender.v1.Item\"-\n\x13UpsertItemsResponse\x12\x16\n\x0eupserted_count\x18\x01 \x01(\x05\";\n\x08\x41\x66\x66inity\x12\x11\n\tattribute\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x01\"\x89\x02\n\x10RecommendRequest\x12\x1d\n\x15unified_individual_id\x18\x01 \x01(\t\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x19\n\x11\x65xclude_purchased\x18\x05 \x01(\x08\x12\x16\n\x0e\x61nchor_item_id\x18\x06 \x01(\t\x12\x15\n\rcart_item_ids\x18\x07 \x03(\t\x12<\n\naffinities\x18\x08 \x03(\x0b\x32(.personalization.recommender.v1.Affinity\x12\x13\n\x0b\x64iagnostics\x18\t \x01(\x08\"A\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0e\n\x06source\x18\x03 \x01(\t\".\n\x0b\x46ilterCount\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x0f\n\x07removed\x18\x02 \x01(\x05\"\x9c\x01\n\x14RecommendDiagnostics\x12\x14\n\x0crecommenders\x18\x01 \x03(\t\x12<\n\x07\x66ilters\x18\x02 \x03(\x0b\x32+.personalization.recommender.v1.FilterCount\x12\x19\n\x11\x64iversity_removed\x18\x03 \x01(\x05\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\"\x9e\x01\n\x11RecommendResponse\x12>\n\x05items\x18\x01 \x03(\x0b\x32/.personalization.recommender.v1.RecommendedItem\x12I\n\x0b\x64iagnostics\x18\x02 \x01(\x0b\x32\x34.personalization.recommender.v1.RecommendDiagnostics\"n\n\x0f\x42\x61tchIndividual\x12\x1d\n\x15unified_individual_id\x18\x01 \x01(\t\x12<\n\naffinities\x18\x02 \x03(\x0b\x32(.personalization.recommender.v1.Affinity\"\xb3\x01\n\x15RecommendBatchRequest\x12\x10\n\x08strategy\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x44\n\x0bindividuals\x18\x03 \x03(\x0b\x32/.personalization.recommender.v1.BatchIndividual\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x19\n\x11\x65xclude_purchased\x18\x05 \x01(\x08\"z\n\x19IndividualRecommendations\x12\x1d\n\x15unified_individual_id\x18\x01 \x01(\t\x12>\n\x05items\x18\x02 \x03(\x0b\x32/.personalization.recommender.v1.RecommendedItem\"d\n\x16RecommendBatchResponse\x12J\n\x07results\x18\x01 \x03(\x0b\x32\x39.personalization.recommender.v1.IndividualRecommendations\"G\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x10\n\x08strategy\x18\x03 \x01(\t\"V\n\x14SimilarItemsResponse\x12>\n\x05items\x18\x01 \x03(\x0b\x32/.personalization.recommender.v1.RecommendedItem\"\x82\x01\n\tCondition\x12\x11\n\tattribute\x18\x01 \x01(\t\x12:\n\x08operator\x18\x02 \x01(\x0e\x32(.personalization.recommender.v1.Operator\x12&\n\x06values\x18\x03 \x03(\x0b\x32\x16.google.protobuf.Value\"\xe7\x02\n\x12StrategyParameters\x12\x13\n\x0bwindow_days\x18\x01 \x01(\x01\x12\x12\n\nby_revenue\x18\x02 \x01(\x08\x12\x16\n\x0ehalf_life_days\x18\x03 \x01(\x01\x12\x13\n\x0bmin_support\x18\x04 \x01(\x05\x12\x17\n\x0fsession_minutes\x18\x05 \x01(\x01\x12\x14\n\x0cmax_age_days\x18\x06 \x01(\x01\x12\x1a\n\x12similar_attributes\x18\x07 \x03(\t\x12<\n\tobjective\x18\x08 \x01(\x0e\x32).personalization.recommender.v1.Objective\x12\x11\n\talgorithm\x18\t \x01(\t\x12\x0f\n\x07\x66\x61\x63tors\x18\n \x01(\x05\x12\x16\n\x0eregularization\x18\x0b \x01(\x01\x12\x12\n\niterations\x18\x0c \x01(\x05\x12\r\n\x05\x61lpha\x18\r \x01(\x01\x12\x13\n\x0brecent_days\x18\x0e \x01(\x01\"z\n\rContextFilter\x12\x16\n\x0e\x65xclude_anchor\x18\x01 \x01(\x08\x12\x1f\n\x17same_category_as_anchor\x18\x02 \x01(\x08\x12\x14\n\x0c\x65xclude_cart\x18\x03 \x01(\x08\x12\x1a\n\x12\x63\x61tegory_attribute\x18\x04 \x01(\t\"K\n\rProfileFilter\x12\x19\n\x11\x65xclude_purchased\x18\x01 \x01(\x08\x12\x1f\n\x17\x65xclude_recently_viewed\x18\x02 \x01(\x08\",\n\x07\x42ooster\x12\x11\n\tattribute\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\"5\n\tDiversity\x12\x11\n\tattribute\x18\x01 \x01(\t\x12\x15\n\rmax_per_value\x18\x02 \x01(\x05\"\x81\x05\n\x11RecommenderConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x46\n\nparameters\x18\x03 \x01(\x0b\x32\x32.personalization.recommender.v1.StrategyParameters\x12:\n\x07include\x18\x04 \x03(\x0b\x32).personalization.recommender.v1.Condition\x12:\n\x07\x65xclude\x18\x05 \x03(\x0b\x32).personalization.recommender.v1.Condition\x12\x45\n\x0e\x63ontext_filter\x18\x06 \x01(\x0b\x32-.personalization.recommender.v1.ContextFilter\x12\x45\n\x0eprofile_filter\x18\x07 \x01(\x0b\x32-.personalization.recommender.v1.ProfileFilter\x12\x39\n\x08\x62oosters\x18\x08 \x03(\x0b\x32\'.personalization.recommender.v1.Booster\x12<\n\tdiversity\x18\t \x01(\x0b\x32).personalization.recommender.v1.Diversity\x12\r\n\x05\x63ount\x18\n \x01(\x05\x12\x10\n\x08\x66\x61llback\x18\x0b \x01(\t\x12\x33\n\x10retrain_interval\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0bupdate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\x15PutRecommenderRequest\x12\x41\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x31.personalization.recommender.v1.RecommenderConfig\"[\n\x16PutRecommenderResponse\x12\x41\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x31.personalization.recommender.v1.RecommenderConfig\"%\n\x15GetRecommenderRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"[\n\x16GetRecommenderResponse\x12\x41\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x31.personalization.recommender.v1.RecommenderConfig\"@\n\x17ListRecommendersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"|\n\x18ListRecommendersResponse\x12G\n\x0crecommenders\x18\x01 \x03(\x0b\x32\x31.personalization.recommender.v1.RecommenderConfig\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x18\x44\x65leteRecommenderRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1b\n\x19\x44\x65leteRecommenderResponse\"\'\n\x17TrainRecommenderRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x9d\x01\n\x18TrainRecommenderResponse\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x10\n\x08\x66raction\x18\x02 \x01(\x01\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\x03\x12\x13\n\x0bindividuals\x18\x05 \x01(\x03\x12\r\n\x05items\x18\x06 \x01(\x03\x12\x14\n\x0cinteractions\x18\x07 \x01(\x03\"Z\n\x1a\x45valuateRecommenderRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12\x15\n\rtest_fraction\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x03\"\xab\x01\n\x1b\x45valuateRecommenderResponse\x12\x16\n\x0eprecision_at_k\x18\x01 \x01(\x01\x12\x13\n\x0brecall_at_k\x18\x02 \x01(\x01\x12\x11\n\tndcg_at_k\x18\x03 \x01(\x01\x12\x10\n\x08map_at_k\x18\x04 \x01(\x01\x12\x10\n\x08\x63overage\x18\x05 \x01(\x01\x12\x1d\n\x15\x65valuated_individuals\x18\x06 \x01(\x03\x12\t\n\x01k\x18\x07 \x01(\x05*\x85\x02\n\x08Operator\x12\x18\n\x14OPERATOR_UNSPECIFIED\x10\x00\x12\x13\n\x0fOPERATOR_EQUALS\x10\x01\x12\x17\n\x13OPERATOR_NOT_EQUALS\x10\x02\x12\x0f\n\x0bOPERATOR_IN\x10\x03\x12\x13\n\x0fOPERATOR_NOT_IN\x10\x04\x12\x16\n\x12OPERATOR_LESS_THAN\x10\x05\x12\x1f\n\x1bOPERATOR_LESS_THAN_OR_EQUAL\x10\x06\x12\x19\n\x15OPERATOR_GREATER_THAN\x10\x07\x12\"\n\x1eOPERATOR_GREATER_THAN_OR_EQUAL\x10\x08\x12\x13\n\x0fOPERATOR_EXISTS\x10\t*\x87\x01\n\tObjective\x12\x19\n\x15OBJECTIVE_UNSPECIFIED\x10\x00\x12\x1d\n\x19OBJECTIVE_MAXIMIZE_CLICKS\x10\x01\x12 \n\x1cOBJECTIVE_MAXIMIZE_PURCHASES\x10\x02\x12\x1e\n\x1aOBJECTIVE_MAXIMIZE_REVENUE\x10\x03\x32\xbb\x0b\n\x12RecommenderService\x12\x8b\x01\n\x12RecordInteractions\x12\x39.personalization.recommender.v1.RecordInteractionsRequest\x1a:.personalization.recommender.v1.RecordInteractionsResponse\x12v\n\x0bUpsertItems\x12\x32.personalization.recommender.v1.UpsertItemsRequest\x1a\x33.personalization.recommender.v1.UpsertItemsResponse\x12p\n\tRecommend\x12\x30.personalization.recommender.v1.RecommendRequest\x1a\x31.personalization.recommender.v1.RecommendResponse\x12\x81\x01\n\x0eRecommendBatch\x12\x35.personalization.recommender.v1.RecommendBatchRequest\x1a\x36.personalization.recommender.v1.RecommendBatchResponse0\x01\x12y\n\x0cSimilarItems\x12\x33.personalization.recommender.v1.SimilarItemsRequest\x1a\x34.personalization.recommender.v1.SimilarItemsResponse\x12\x7f\n\x0ePutRecommender\x12\x35.personalization.recommender.v1.PutRecommenderRequest\x1a\x36.personalization.recommender.v1.PutRecommenderResponse\x12\x7f\n\x0eGetRecommender\x12\x35.personalization.recommender.v1.GetRecommenderRequest\x1a\x36.personalization.recommender.v1.GetRecommenderResponse\x12\x85\x01\n\x10ListRecommenders\x12\x37.personalization.recommender.v1.ListRecommendersRequest\x1a\x38.personalization.recommender.v1.ListRecommendersResponse\x12\x88\x01\n\x11\x44\x65leteRecommender\x12\x38.personalization.recommender.v1.DeleteRecommenderRequest\x1a\x39.personalization.recommender.v1.DeleteRecommenderResponse\x12\x87\x01\n\x10TrainRecommender\x12\x37.personalization.recommender.v1.TrainRecommenderRequest\x1a\x38.personalization.recommender.v1.TrainRecommenderResponse0\x01\x12\x8e\x01\n\x13\x45valuateRecommender\x12:.personalization.recommender.v1.EvaluateRecommenderRequest\x1a;.personalization.recommender.v1.EvaluateRecommenderResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'personalization.recommender.v1.recommender_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INTERACTION']._serialized_start=166
-  _globals['_INTERACTION']._serialized_end=382
-  _globals['_RECORDINTERACTIONSREQUEST']._serialized_start=384
-  _globals['_RECORDINTERACTIONSREQUEST']._serialized_end=478
-  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_start=480
-  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_end=532
-  _globals['_RECOMMENDREQUEST']._serialized_start=535
-  _globals['_RECOMMENDREQUEST']._serialized_end=670
-  _globals['_RECOMMENDEDITEM']._serialized_start=672
-  _globals['_RECOMMENDEDITEM']._serialized_end=737
-  _globals['_RECOMMENDRESPONSE']._serialized_start=739
-  _globals['_RECOMMENDRESPONSE']._serialized_end=822
-  _globals['_RECOMMENDERSERVICE']._serialized_start=825
-  _globals['_RECOMMENDERSERVICE']._serialized_end=1101
+  _globals['_OPERATOR']._serialized_start=4771
+  _globals['_OPERATOR']._serialized_end=5032
+  _globals['_OBJECTIVE']._serialized_start=5035
+  _globals['_OBJECTIVE']._serialized_end=5170
+  _globals['_INTERACTION']._serialized_start=228
+  _globals['_INTERACTION']._serialized_end=444
+  _globals['_RECORDINTERACTIONSREQUEST']._serialized_start=446
+  _globals['_RECORDINTERACTIONSREQUEST']._serialized_end=540
+  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_start=542
+  _globals['_RECORDINTERACTIONSRESPONSE']._serialized_end=594
+  _globals['_ITEM']._serialized_start=596
+  _globals['_ITEM']._serialized_end=713
+  _globals['_UPSERTITEMSREQUEST']._serialized_start=715
+  _globals['_UPSERTITEMSREQUEST']._serialized_end=788
+  _globals['_UPSERTITEMSRESPONSE']._serialized_start=790
+  _globals['_UPSERTITEMSRESPONSE']._serialized_end=835
+  _globals['_AFFINITY']._serialized_start=837
+  _globals['_AFFINITY']._serialized_end=896
+  _globals['_RECOMMENDREQUEST']._serialized_start=899
+  _globals['_RECOMMENDREQUEST']._serialized_end=1164
+  _globals['_RECOMMENDEDITEM']._serialized_start=1166
+  _globals['_RECOMMENDEDITEM']._serialized_end=1231
+  _globals['_FILTERCOUNT']._serialized_start=1233
+  _globals['_FILTERCOUNT']._serialized_end=1279
+  _globals['_RECOMMENDDIAGNOSTICS']._serialized_start=1282
+  _globals['_RECOMMENDDIAGNOSTICS']._serialized_end=1438
+  _globals['_RECOMMENDRESPONSE']._serialized_start=1441
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1599
+  _globals['_BATCHINDIVIDUAL']._serialized_start=1601
+  _globals['_BATCHINDIVIDUAL']._serialized_end=1711
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_start=1714
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_end=1893
+  _globals['_INDIVIDUALRECOMMENDATIONS']._serialized_start=1895
+  _globals['_INDIVIDUALRECOMMENDATIONS']._serialized_end=2017
+  _globals['_RECOMMENDBATCHRESPONSE']._serialized_start=2019
+  _globals['_RECOMMENDBATCHRESPONSE']._serialized_end=2119
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=2121
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=2192
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=2194
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=2280
+  _globals['_CONDITION']._serialized_start=2283
+  _globals['_CONDITION']._serialized_end=2413
+  _globals['_STRATEGYPARAMETERS']._serialized_start=2416
+  _globals['_STRATEGYPARAMETERS']._serialized_end=2775
+  _globals['_CONTEXTFILTER']._serialized_start=2777
+  _globals['_CONTEXTFILTER']._serialized_end=2899
+  _globals['_PROFILEFILTER']._serialized_start=2901
+  _globals['_PROFILEFILTER']._serialized_end=2976
+  _globals['_BOOSTER']._serialized_start=2978
+  _globals['_BOOSTER']._serialized_end=3022
+  _globals['_DIVERSITY']._serialized_start=3024
+  _globals['_DIVERSITY']._serialized_end=3077
+  _globals['_RECOMMENDERCONFIG']._serialized_start=3080
+  _globals['_RECOMMENDERCONFIG']._serialized_end=3721
+  _globals['_PUTRECOMMENDERREQUEST']._serialized_start=3723
+  _globals['_PUTRECOMMENDERREQUEST']._serialized_end=3813
+  _globals['_PUTRECOMMENDERRESPONSE']._serialized_start=3815
+  _globals['_PUTRECOMMENDERRESPONSE']._serialized_end=3906
+  _globals['_GETRECOMMENDERREQUEST']._serialized_start=3908
+  _globals['_GETRECOMMENDERREQUEST']._serialized_end=3945
+  _globals['_GETRECOMMENDERRESPONSE']._serialized_start=3947
+  _globals['_GETRECOMMENDERRESPONSE']._serialized_end=4038
+  _globals['_LISTRECOMMENDERSREQUEST']._serialized_start=4040
+  _globals['_LISTRECOMMENDERSREQUEST']._serialized_end=4104
+  _globals['_LISTRECOMMENDERSRESPONSE']._serialized_start=4106
+  _globals['_LISTRECOMMENDERSRESPONSE']._serialized_end=4230
+  _globals['_DELETERECOMMENDERREQUEST']._serialized_start=4232
+  _globals['_DELETERECOMMENDERREQUEST']._serialized_end=4272
+  _globals['_DELETERECOMMENDERRESPONSE']._serialized_start=4274
+  _globals['_DELETERECOMMENDERRESPONSE']._serialized_end=4301
+  _globals['_TRAINRECOMMENDERREQUEST']._serialized_start=4303
+  _globals['_TRAINRECOMMENDERREQUEST']._serialized_end=4342
+  _globals['_TRAINRECOMMENDERRESPONSE']._serialized_start=4345
+  _globals['_TRAINRECOMMENDERRESPONSE']._serialized_end=4502
+  _globals['_EVALUATERECOMMENDERREQUEST']._serialized_start=4504
+  _globals['_EVALUATERECOMMENDERREQUEST']._serialized_end=4594
+  _globals['_EVALUATERECOMMENDERRESPONSE']._serialized_start=4597
+  _globals['_EVALUATERECOMMENDERRESPONSE']._serialized_end=4768
+  _globals['_RECOMMENDERSERVICE']._serialized_start=5173
+  _globals['_RECOMMENDERSERVICE']._serialized_end=6640
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class RecommenderServiceStub:
-    """RecommenderService keeps item statistics fed by the pipeline and ranks items on request.
+    """RecommenderService keeps item statistics and a catalog fed by the gateway, and ranks items on request.
     """
 
     def __init__(self, channel):
@@ -40,15 +40,60 @@ class RecommenderServiceStub:
                 request_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.RecordInteractionsRequest.SerializeToString,
                 response_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.RecordInteractionsResponse.FromString,
                 _registered_method=True)
+        self.UpsertItems = channel.unary_unary(
+                '/personalization.recommender.v1.RecommenderService/UpsertItems',
+                request_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.UpsertItemsRequest.SerializeToString,
+                response_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.UpsertItemsResponse.FromString,
+                _registered_method=True)
         self.Recommend = channel.unary_unary(
                 '/personalization.recommender.v1.RecommenderService/Recommend',
                 request_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.RecommendRequest.SerializeToString,
                 response_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.RecommendResponse.FromString,
                 _registered_method=True)
+        self.RecommendBatch = channel.unary_stream(
+                '/personalization.recommender.v1.RecommenderService/RecommendBatch',
+                request_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.RecommendBatchRequest.SerializeToString,
+                response_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.RecommendBatchResponse.FromString,
+                _registered_method=True)
+        self.SimilarItems = channel.unary_unary(
+                '/personalization.recommender.v1.RecommenderService/SimilarItems',
+                request_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.SimilarItemsRequest.SerializeToString,
+                response_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.SimilarItemsResponse.FromString,
+                _registered_method=True)
+        self.PutRecommender = channel.unary_unary(
+                '/personalization.recommender.v1.RecommenderService/PutRecommender',
+                request_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.PutRecommenderRequest.SerializeToString,
+                response_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.PutRecommenderResponse.FromString,
+                _registered_method=True)
+        self.GetRecommender = channel.unary_unary(
+                '/personalization.recommender.v1.RecommenderService/GetRecommender',
+                request_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.GetRecommenderRequest.SerializeToString,
+                response_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.GetRecommenderResponse.FromString,
+                _registered_method=True)
+        self.ListRecommenders = channel.unary_unary(
+                '/personalization.recommender.v1.RecommenderService/ListRecommenders',
+                request_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ListRecommendersRequest.SerializeToString,
+                response_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ListRecommendersResponse.FromString,
+                _registered_method=True)
+        self.DeleteRecommender = channel.unary_unary(
+                '/personalization.recommender.v1.RecommenderService/DeleteRecommender',
+                request_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.DeleteRecommenderRequest.SerializeToString,
+                response_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.DeleteRecommenderResponse.FromString,
+                _registered_method=True)
+        self.TrainRecommender = channel.unary_stream(
+                '/personalization.recommender.v1.RecommenderService/TrainRecommender',
+                request_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.TrainRecommenderRequest.SerializeToString,
+                response_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.TrainRecommenderResponse.FromString,
+                _registered_method=True)
+        self.EvaluateRecommender = channel.unary_unary(
+                '/personalization.recommender.v1.RecommenderService/EvaluateRecommender',
+                request_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.EvaluateRecommenderRequest.SerializeToString,
+                response_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.EvaluateRecommenderResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
-    """RecommenderService keeps item statistics fed by the pipeline and ranks items on request.
+    """RecommenderService keeps item statistics and a catalog fed by the gateway, and ranks items on request.
     """
 
     def RecordInteractions(self, request, context):
@@ -59,9 +104,83 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpsertItems(self, request, context):
+        """Inserts or replaces catalog items (their attributes feed filters, similar items, diversity and new arrivals).
+        Errors: INVALID_ARGUMENT (an item without id, more than 1,000 items).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Recommend(self, request, context):
-        """Ranks items for one individual with a named strategy; with no statistics yet the list is empty.
-        Errors: INVALID_ARGUMENT (unknown strategy, count outside 0-24).
+        """Ranks items for one individual with a configured recommender or a built-in strategy name.
+        Errors: INVALID_ARGUMENT (count outside 0-24, bad affinities), NOT_FOUND (unknown recommender).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecommendBatch(self, request, context):
+        """Ranks items for many individuals, streaming the results in chunks (batch personalization).
+        Errors: INVALID_ARGUMENT (no individuals, more than 100,000, count outside 0-24), NOT_FOUND (unknown recommender).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SimilarItems(self, request, context):
+        """Items similar to one item: by attributes, co-views, co-purchases or a learned model's item factors.
+        Errors: INVALID_ARGUMENT (no item id, count outside 0-24, a recommender that takes no anchor), NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutRecommender(self, request, context):
+        """Creates or replaces a recommender config of the tenant.
+        Errors: INVALID_ARGUMENT (bad name, strategy, parameters, unknown attributes, malformed conditions,
+        unknown fallback or a fallback cycle).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRecommender(self, request, context):
+        """Returns one recommender config.
+        Errors: NOT_FOUND (no such recommender).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRecommenders(self, request, context):
+        """Lists the tenant's recommender configs by name, page by page.
+        Errors: INVALID_ARGUMENT (page size outside 0-1,000, bad page token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteRecommender(self, request, context):
+        """Deletes a recommender config and its models.
+        Errors: NOT_FOUND (no such recommender), FAILED_PRECONDITION (another recommender falls back to it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrainRecommender(self, request, context):
+        """Trains a new model version of an objective-based recommender, streaming progress; the last message has the version.
+        Errors: NOT_FOUND (no such recommender), FAILED_PRECONDITION (not objective-based, or no interactions).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluateRecommender(self, request, context):
+        """Evaluates a recommender on a held-out random split of the tenant's interactions.
+        Errors: INVALID_ARGUMENT (k outside 1-100, test fraction outside (0, 1)), NOT_FOUND,
+        FAILED_PRECONDITION (too few interactions to split).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,10 +194,55 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     request_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.RecordInteractionsRequest.FromString,
                     response_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.RecordInteractionsResponse.SerializeToString,
             ),
+            'UpsertItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertItems,
+                    request_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.UpsertItemsRequest.FromString,
+                    response_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.UpsertItemsResponse.SerializeToString,
+            ),
             'Recommend': grpc.unary_unary_rpc_method_handler(
                     servicer.Recommend,
                     request_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.RecommendRequest.FromString,
                     response_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.RecommendResponse.SerializeToString,
+            ),
+            'RecommendBatch': grpc.unary_stream_rpc_method_handler(
+                    servicer.RecommendBatch,
+                    request_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.RecommendBatchRequest.FromString,
+                    response_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.RecommendBatchResponse.SerializeToString,
+            ),
+            'SimilarItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.SimilarItems,
+                    request_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.SimilarItemsRequest.FromString,
+                    response_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.SimilarItemsResponse.SerializeToString,
+            ),
+            'PutRecommender': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutRecommender,
+                    request_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.PutRecommenderRequest.FromString,
+                    response_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.PutRecommenderResponse.SerializeToString,
+            ),
+            'GetRecommender': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecommender,
+                    request_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.GetRecommenderRequest.FromString,
+                    response_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.GetRecommenderResponse.SerializeToString,
+            ),
+            'ListRecommenders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRecommenders,
+                    request_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ListRecommendersRequest.FromString,
+                    response_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ListRecommendersResponse.SerializeToString,
+            ),
+            'DeleteRecommender': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRecommender,
+                    request_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.DeleteRecommenderRequest.FromString,
+                    response_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.DeleteRecommenderResponse.SerializeToString,
+            ),
+            'TrainRecommender': grpc.unary_stream_rpc_method_handler(
+                    servicer.TrainRecommender,
+                    request_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.TrainRecommenderRequest.FromString,
+                    response_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.TrainRecommenderResponse.SerializeToString,
+            ),
+            'EvaluateRecommender': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateRecommender,
+                    request_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.EvaluateRecommenderRequest.FromString,
+                    response_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.EvaluateRecommenderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,7 +253,7 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RecommenderService:
-    """RecommenderService keeps item statistics fed by the pipeline and ranks items on request.
+    """RecommenderService keeps item statistics and a catalog fed by the gateway, and ranks items on request.
     """
 
     @staticmethod
@@ -120,6 +284,33 @@ class RecommenderService:
             _registered_method=True)
 
     @staticmethod
+    def UpsertItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.recommender.v1.RecommenderService/UpsertItems',
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.UpsertItemsRequest.SerializeToString,
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.UpsertItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Recommend(request,
             target,
             options=(),
@@ -136,6 +327,222 @@ class RecommenderService:
             '/personalization.recommender.v1.RecommenderService/Recommend',
             personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.RecommendRequest.SerializeToString,
             personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.RecommendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecommendBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/personalization.recommender.v1.RecommenderService/RecommendBatch',
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.RecommendBatchRequest.SerializeToString,
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.RecommendBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SimilarItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.recommender.v1.RecommenderService/SimilarItems',
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.SimilarItemsRequest.SerializeToString,
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.SimilarItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutRecommender(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.recommender.v1.RecommenderService/PutRecommender',
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.PutRecommenderRequest.SerializeToString,
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.PutRecommenderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecommender(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.recommender.v1.RecommenderService/GetRecommender',
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.GetRecommenderRequest.SerializeToString,
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.GetRecommenderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRecommenders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.recommender.v1.RecommenderService/ListRecommenders',
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ListRecommendersRequest.SerializeToString,
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ListRecommendersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRecommender(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.recommender.v1.RecommenderService/DeleteRecommender',
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.DeleteRecommenderRequest.SerializeToString,
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.DeleteRecommenderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrainRecommender(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/personalization.recommender.v1.RecommenderService/TrainRecommender',
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.TrainRecommenderRequest.SerializeToString,
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.TrainRecommenderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateRecommender(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.recommender.v1.RecommenderService/EvaluateRecommender',
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.EvaluateRecommenderRequest.SerializeToString,
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.EvaluateRecommenderResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,152 @@
+"""Bench: recommender speed on a synthetic 100k-individual x 10k-item matrix with about 1 M interactions.
+
+Through the real service on an embedded PostgreSQL: TrainRecommender's path (read the interactions, weight them
+by the objective, fit ALS, serialize, store the model) against bare `implicit` fitting the same matrix with the
+same parameters in the same run; Recommend inside the service (the use case, model in memory) against a bare
+numpy score-and-top-10; RecommendBatch over gRPC (top 10, purchases excluded) against bare numpy top-10 over the
+same individuals (also without gRPC, the use case alone: the bench's client runs in the server's process, so
+its decoding counts against the gRPC figure). The last line is the summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
+
+import asyncpg
+import numpy as np
+import scipy.sparse as sp
+from personalization.recommender.v1 import recommender_service_pb2 as pb
+
+from services.recommender import learned
+from services.recommender.config import LEARNED, PURCHASES, Config
+from tests.bench._recommender_data import synthetic
+from tests.bench._recommender_server import served_recommender
+
+TENANT = "bench"
+MD = (("x-tenant-id", TENANT),)
+INDIVIDUALS, ITEMS, INTERACTIONS = 100_000, 10_000, 1_000_000
+SAMPLES = 2_000
+BATCH = 20_000
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def _load(dsn: str, users: np.ndarray, items: np.ndarray) -> None:
+    """Bench setup (not measured): the interactions and individuals' histories written straight by COPY."""
+    buffer = io.StringIO()
+    for n, (u, i) in enumerate(zip(users.tolist(), items.tolist())):
+        buffer.write(f"{TENANT}\ts{n}\ti{i}\tu{u}\tpurchase\t1\t0\t2026-01-01 00:00:00+00\n")
+    connection = await asyncpg.connect(dsn, server_settings={"search_path": "recommender"})
+    await connection.copy_to_table("interactions", source=io.BytesIO(buffer.getvalue().encode()),
+                                   columns=["tenant_id", "message_id", "item_id", "unified_individual_id", "kind",
+                                            "quantity", "revenue", "event_time"])
+    await connection.execute("""
+        INSERT INTO individual_items (tenant_id, unified_individual_id, item_id, units, revenue, last_purchased_at, bought)
+        SELECT tenant_id, unified_individual_id, item_id, sum(quantity), 0, max(event_time), true FROM interactions
+        WHERE tenant_id = $1 GROUP BY tenant_id, unified_individual_id, item_id""", TENANT)
+    await connection.execute("""
+        INSERT INTO item_stats (tenant_id, item_id, units_bought, revenue, views, carts, last_interaction_at)
+        SELECT tenant_id, item_id, sum(quantity), 0, 0, 0, max(event_time) FROM interactions WHERE tenant_id = $1
+        GROUP BY tenant_id, item_id""", TENANT)
+    await connection.close()
+
+
+def _bare_fit(users: np.ndarray, items: np.ndarray, config: Config) -> tuple[float, np.ndarray, np.ndarray]:
+    from implicit.cpu.als import AlternatingLeastSquares
+    from implicit.nearest_neighbours import bm25_weight
+
+    start = time.perf_counter()
+    m = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=(INDIVIDUALS, ITEMS))
+    als = AlternatingLeastSquares(factors=config.factors, regularization=config.regularization,
+                                  iterations=config.iterations, alpha=config.alpha, random_state=42,
+                                  calculate_training_loss=False)
+    als.fit(bm25_weight(m, K1=learned.BM25_K1, B=learned.BM25_B).tocsr().astype(np.float32), show_progress=False)
+    return time.perf_counter() - start, als.user_factors, als.item_factors
+
+
+async def main() -> None:
+    users, items = synthetic(INDIVIDUALS, ITEMS, INTERACTIONS)
+    config = Config(name="for_you", strategy=LEARNED, objective=PURCHASES)
+    bare_seconds, uf, itf = _bare_fit(users, items, config)
+    async with served_recommender() as (stub, rec, dsn):
+        await _load(dsn, users, items)
+        await rec.put_config(TENANT, config)
+        start = time.perf_counter()
+        async for _ in rec.train(TENANT, "for_you"):
+            pass
+        ours_seconds = time.perf_counter() - start
+
+        people = [f"u{u}" for u in np.unique(users)[:SAMPLES].tolist()]
+        for who in people[:100]:
+            await rec.recommend(TENANT, who, "for_you", 10)
+        latencies = []
+        for who in people:
+            t = time.perf_counter()
+            await rec.recommend(TENANT, who, "for_you", 10)
+            latencies.append((time.perf_counter() - t) * 1000)
+        filtered = []
+        for who in people[:500]:
+            t = time.perf_counter()
+            await rec.recommend(TENANT, who, "for_you", 10, exclude_purchased=True)
+            filtered.append((time.perf_counter() - t) * 1000)
+        bare = []
+        for row in range(SAMPLES):
+            t = time.perf_counter()
+            scores = itf @ uf[row]
+            top = np.argpartition(-scores, 10)[:10]
+            top[np.argsort(-scores[top])]
+            bare.append((time.perf_counter() - t) * 1000)
+
+        batch_ids = [f"u{u}" for u in np.unique(users)[:BATCH].tolist()]
+        request = pb.RecommendBatchRequest(strategy="for_you", count=10, exclude_purchased=True,
+                                           individuals=[pb.BatchIndividual(unified_individual_id=u) for u in batch_ids])
+        t = time.perf_counter()
+        served = sum([len(c.results) async for c in stub.RecommendBatch(request, metadata=MD)])
+        batch_seconds = time.perf_counter() - t
+        individuals = [(u, []) for u in batch_ids]
+        t = time.perf_counter()
+        inside = sum([len(c) async for c in rec.recommend_batch(TENANT, "for_you", 10, individuals,
+                                                                exclude_purchased=True)])
+        inside_seconds = time.perf_counter() - t
+        t = time.perf_counter()
+        for start_row in range(0, BATCH, 500):
+            scores = uf[start_row:start_row + 500] @ itf.T
+            np.argpartition(-scores, 10, axis=1)[:, :10]
+        bare_batch_seconds = time.perf_counter() - t
+
+    p50, p99 = _percentile(latencies, 50), _percentile(latencies, 99)
+    bare_p50 = _percentile(bare, 50)
+    per_s = served / batch_seconds
+    bare_per_s = BATCH / bare_batch_seconds
+    print(f"synthetic: {INDIVIDUALS} individuals x {ITEMS} items, {len(users)} interactions; ALS factors="
+          f"{config.factors} iterations={config.iterations}")
+    print(f"{'measure':<40} {'ours':>12} {'baseline':>12} {'ratio':>8}  target")
+    print(f"{'train seconds (vs bare implicit)':<40} {ours_seconds:12.2f} {bare_seconds:12.2f} "
+          f"{ours_seconds / bare_seconds:8.2f}  <= 1.5x")
+    print(f"{'Recommend p50 ms (vs bare numpy top-10)':<40} {p50:12.3f} {bare_p50:12.3f} {p50 / bare_p50:8.2f}  "
+          f"p50 <= 1 ms")
+    print(f"{'Recommend p99 ms':<40} {p99:12.3f} {_percentile(bare, 99):12.3f} "
+          f"{p99 / _percentile(bare, 99):8.2f}")
+    print(f"{'Recommend + exclude_purchased p50 ms':<40} {statistics.median(filtered):12.3f} {bare_p50:12.3f} "
+          f"{statistics.median(filtered) / bare_p50:8.2f}  (one history query)")
+    print(f"{'RecommendBatch individuals/s (gRPC)':<40} {per_s:12.0f} {bare_per_s:12.0f} "
+          f"{per_s / bare_per_s:8.2f}  >= 10,000/s")
+    print(f"{'RecommendBatch individuals/s (use case)':<40} {inside / inside_seconds:12.0f} {bare_per_s:12.0f} "
+          f"{inside / inside_seconds / bare_per_s:8.2f}  (no gRPC; the bench client shares the process)")
+    print(f"train_ratio={ours_seconds / bare_seconds:.2f} recommend_p50_ms={p50:.3f} recommend_p99_ms={p99:.3f} "
+          f"batch_per_s={per_s:.0f}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
