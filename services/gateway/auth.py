@@ -20,6 +20,7 @@ GATEWAY = "/personalization.gateway.v1.GatewayService/"
 PROFILE = "/personalization.profile_graph.v1.ProfileGraphService/"
 DECISION = "/personalization.decision.v1.DecisionService/"
 IDENTITY = "/personalization.identity.v1.IdentityService/"
+RECOMMENDER = "/personalization.recommender.v1.RecommenderService/"
 
 # The scopes that allow each method; any one of them suffices. Domain-service methods listed here are the
 # configuration and read RPCs the gateway forwards (admin passthrough); internal pipeline RPCs are not reachable.
@@ -81,6 +82,13 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     DECISION + "GetExperimentResults": frozenset({"admin"}),
     DECISION + "GetAttribution": frozenset({"admin"}),
     IDENTITY + "GetIndividual": frozenset({"admin"}),
+    RECOMMENDER + "PutRecommender": frozenset({"admin"}),
+    RECOMMENDER + "GetRecommender": frozenset({"admin"}),
+    RECOMMENDER + "ListRecommenders": frozenset({"admin"}),
+    RECOMMENDER + "DeleteRecommender": frozenset({"admin"}),
+    RECOMMENDER + "TrainRecommender": frozenset({"admin"}),
+    RECOMMENDER + "EvaluateRecommender": frozenset({"admin"}),
+    RECOMMENDER + "SimilarItems": frozenset({"decide", "admin"}),
 }
 
 

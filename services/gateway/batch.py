@@ -15,8 +15,10 @@ from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
-from services.gateway.decide import (DEFAULT_ITEMS, PROFILE_EVENTS, PROFILE_MASK, _struct, fetch_catalog,
-                                     missing_decision_diagnostics, profile_view, shape_items)
+from services.gateway.decide import (DEFAULT_ITEMS, PROFILE_EVENTS, PROFILE_MASK, _struct, affinity_messages,
+                                     fetch_catalog, missing_decision_diagnostics, profile_view, shape_items)
+from services.gateway.passthrough import STREAM_SECONDS
+from shared.client import call_metadata
 from services.gateway.ingest import NAME
 from services.gateway.quotas import count_credits
 from shared import context as ctx
@@ -264,36 +266,41 @@ class BatchJobs:
                                     "WHERE tenant_id = $1 AND job_id = $2", tenant_id, job_id, str(error)[:2000])
 
     async def decide_page(self, members: list[str], segment: str, point_names: list[str], job_id: str) -> list[dict]:
-        """Decides every member of one page for every point: profiles, qualification and recommendations."""
-        async def one(member: str) -> list[dict]:
+        """Decides every member of one page for every point: profiles and qualification per member, then one
+        RecommendBatch per (recommender, count) for all members a recommendation decision qualified."""
+        async def qualify(member: str):
             async with self.limit:
                 reply = await self.profile.GetProfile(profile_pb.GetProfileRequest(
                     unified_individual_id=member, read_mask=PROFILE_MASK, event_limit=PROFILE_EVENTS))
+                profile = profile_view(reply.profile)
                 qualified = await self.decision.Qualify(decision_pb.QualifyRequest(
-                    points=[decision_pb.PointSelection(name=p) for p in point_names],
-                    profile=_struct(profile_view(reply.profile)), context=_struct(EMPTY_CONTEXT)))
-                out = []
-                for q in qualified.qualifications:
-                    diagnostics = missing_decision_diagnostics(q)
-                    data: list = []
-                    ranked = []
-                    if not diagnostics and q.decision.WhichOneof("payload") == "content":
-                        data = [json_format.MessageToDict(q.decision.content)]
-                    elif not diagnostics:
-                        spec = q.decision.recommendations
-                        reply = await self.recommender.Recommend(rec_pb.RecommendRequest(
-                            unified_individual_id=member, strategy=spec.recommender,
-                            count=spec.count or DEFAULT_ITEMS))
-                        ranked = list(reply.items)
-                    out.append({"member": member, "q": q, "data": data, "ranked": ranked,
-                                "diagnostics": [json_format.MessageToDict(d) for d in diagnostics]})
-                return out
+                    points=[decision_pb.PointSelection(name=p) for p in point_names], unified_individual_id=member,
+                    profile=_struct(profile), context=_struct(EMPTY_CONTEXT)))
+                return member, profile, list(qualified.qualifications)
 
-        per_member = await asyncio.gather(*(one(m) for m in members))
-        results = [r for group in per_member for r in group]
-        wanted = [r.item_id for result in results if result["ranked"] and result["q"].point.template.item_attributes
-                  for r in result["ranked"]]
-        catalog = await fetch_catalog(self.profile, wanted)
+        qualified = await asyncio.gather(*(qualify(m) for m in members))
+        results = []
+        wanted: dict[tuple[str, int], list[tuple[str, dict]]] = {}
+        for member, profile, qualifications in qualified:
+            for q in qualifications:
+                result = {"member": member, "q": q, "data": [], "ranked": [],
+                          "diagnostics": [json_format.MessageToDict(d) for d in missing_decision_diagnostics(q)]}
+                if not result["diagnostics"]:
+                    if q.decision.WhichOneof("payload") == "content":
+                        result["data"] = [json_format.MessageToDict(q.decision.content)]
+                    else:
+                        spec = q.decision.recommendations
+                        wanted.setdefault((spec.recommender, spec.count or DEFAULT_ITEMS), []).append((member, profile))
+                results.append(result)
+        ranked = await self.recommend_batches(wanted)
+        for result in results:
+            q = result["q"]
+            if not result["diagnostics"] and q.decision.WhichOneof("payload") == "recommendations":
+                spec = q.decision.recommendations
+                result["ranked"] = ranked[(spec.recommender, spec.count or DEFAULT_ITEMS)].get(result["member"], [])
+        item_ids = [r.item_id for result in results if result["ranked"] and result["q"].point.template.item_attributes
+                    for r in result["ranked"]]
+        catalog = await fetch_catalog(self.profile, item_ids)
         rows = []
         for result in results:
             q = result["q"]
@@ -308,6 +315,21 @@ class BatchJobs:
                 "payload": {"decision_name": q.decision.name, "data": data, "diagnostics": result["diagnostics"]},
             })
         return rows
+
+    async def recommend_batches(self, wanted: dict) -> dict:
+        """One RecommendBatch stream per (recommender, count); returns {key: {member: [RecommendedItem]}}."""
+        out = {}
+        for (strategy, count), members in wanted.items():
+            by_member = {}
+            stream = self.recommender.RecommendBatch(rec_pb.RecommendBatchRequest(
+                strategy=strategy, count=count,
+                individuals=[rec_pb.BatchIndividual(unified_individual_id=m, affinities=affinity_messages(p))
+                             for m, p in members]), timeout=STREAM_SECONDS, metadata=call_metadata())
+            async for chunk in stream:
+                for result in chunk.results:
+                    by_member[result.unified_individual_id] = list(result.items)
+            out[(strategy, count)] = by_member
+        return out
 
 
 async def write_rows(conn: asyncpg.Connection, tenant_id: str, job_id: str, rows: list[dict]) -> int:

@@ -138,14 +138,14 @@ class Decider:
             fallback_only=over_quota))
         lap("qualify")
 
-        results = await asyncio.gather(*(self._personalize(q, unified_id, request.context)
+        explain = pb.EXECUTION_FLAG_DIAGNOSTICS in flags
+        results = await asyncio.gather(*(self._personalize(q, unified_id, request.context, profile, explain)
                                          for q in qualified.qualifications))
         lap("personalize")
 
         request_id = ctx.request_id_var.get()
-        explain = pb.EXECUTION_FLAG_DIAGNOSTICS in flags
         personalizations = []
-        for q, (data, diagnostics) in zip(qualified.qualifications, results):
+        for q, (data, diagnostics, trace) in zip(qualified.qualifications, results):
             if not unified_id and not request.HasField("profile"):
                 diagnostics.insert(0, pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_UNKNOWN_INDIVIDUAL,
                                                     message="the individual is not known; rules saw an empty profile"))
@@ -171,6 +171,8 @@ class Decider:
                     unified_individual_id=unified_id, stage_ms=stage_ms))
                 if q.HasField("experiment"):
                     p.explanation.experiment.CopyFrom(assignment_message(q.experiment))
+                if trace is not None:
+                    p.explanation.recommendations.CopyFrom(trace)
             personalizations.append(p)
 
         if pb.EXECUTION_FLAG_TEST_MODE not in flags:
@@ -212,25 +214,40 @@ class Decider:
             channel=request.context.channel))
         return pb.AssignExperimentsResponse(assignments=[assignment_message(a) for a in reply.assignments])
 
-    async def _personalize(self, q: decision_pb.Qualification, unified_id: str, context: pb.DecisionContext):
+    async def _personalize(self, q: decision_pb.Qualification, unified_id: str, context: pb.DecisionContext,
+                           profile: dict, explain: bool):
         diagnostics = missing_decision_diagnostics(q)
         if diagnostics:
-            return [], diagnostics
+            return [], diagnostics, None
         decision = q.decision
         if decision.WhichOneof("payload") == "content":
-            return [decision.content], diagnostics
+            return [decision.content], diagnostics, None
         spec = decision.recommendations
         count = spec.count or DEFAULT_ITEMS
-        exclude = list(context.cart_item_ids) + ([context.anchor_id] if context.anchor_id else [])
+        # Which of anchor and cart to exclude or to build on is the recommender config's business.
         ranked = await self.recommender.Recommend(rec_pb.RecommendRequest(
-            unified_individual_id=unified_id, strategy=spec.recommender, count=count, exclude_item_ids=exclude))
+            unified_individual_id=unified_id, strategy=spec.recommender, count=count,
+            anchor_item_id=context.anchor_id, cart_item_ids=context.cart_item_ids,
+            affinities=affinity_messages(profile), diagnostics=explain))
         attributes = list(q.point.template.item_attributes)
         catalog = await fetch_catalog(self.profile, [r.item_id for r in ranked.items] if attributes else [])
         data = shape_items(ranked.items, attributes, catalog)
         if len(data) < count:
             diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_FEWER_ITEMS_THAN_REQUESTED,
                                              message=f"{len(data)} of {count} items available"))
-        return data, diagnostics
+        trace = None
+        if explain:
+            d = ranked.diagnostics
+            trace = pb.RecommendationTrace(
+                recommenders=d.recommenders, diversity_removed=d.diversity_removed, model_version=d.model_version,
+                filters=[pb.FilterTrace(filter=f.filter, removed=f.removed) for f in d.filters])
+        return data, diagnostics, trace
+
+
+def affinity_messages(profile: dict) -> list[rec_pb.Affinity]:
+    """The profile's affinities as the recommender's boosters take them."""
+    return [rec_pb.Affinity(attribute=dimension, value=str(value), score=score)
+            for dimension, values in (profile.get("affinities") or {}).items() for value, score in values.items()]
 
 
 def assignment_message(a: decision_pb.ExperimentAssignment) -> pb.ExperimentAssignment:

@@ -9,10 +9,13 @@ from services.gateway.auth import GATEWAY, METHOD_SCOPES
 from shared.client import call_metadata
 
 
-def _unary(call):
+def _unary(call, after=None):
     async def forward(request: bytes, _context) -> bytes:
         # The shared client factory adds the authenticated tenant, the request id and the remaining deadline.
-        return await call(request)
+        reply = await call(request)
+        if after is not None:
+            await after(request)
+        return reply
 
     return forward
 
@@ -36,7 +39,9 @@ class Passthrough(grpc.GenericRpcHandler):
     Unary and server-streaming methods are forwarded (watching events, training or re-run progress).
     """
 
-    def __init__(self, channels: dict[str, grpc.aio.Channel]):
+    def __init__(self, channels: dict[str, grpc.aio.Channel], after: dict | None = None):
+        """after maps a method to a coroutine run with the request bytes once the forwarded call succeeded."""
+        after = after or {}
         self.handlers: dict[str, grpc.RpcMethodHandler] = {}
         pool = descriptor_pool.Default()
         for method in METHOD_SCOPES:
@@ -50,7 +55,7 @@ class Passthrough(grpc.GenericRpcHandler):
             if descriptor.server_streaming:
                 handler = grpc.unary_stream_rpc_method_handler(_server_stream(channel.unary_stream(method)))
             else:
-                handler = grpc.unary_unary_rpc_method_handler(_unary(channel.unary_unary(method)))
+                handler = grpc.unary_unary_rpc_method_handler(_unary(channel.unary_unary(method), after.get(method)))
             self.handlers[method] = handler
 
     def service(self, handler_call_details):

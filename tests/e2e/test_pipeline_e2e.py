@@ -212,3 +212,28 @@ async def test_a_request_without_points_or_identity_gets_a_violation_per_field(s
         await suite.gateway.GetDecisions(pb.GetDecisionsRequest(), metadata=md)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [f for f, _ in status_details(info.value)[0]] == ["personalization_points", "individual_id"]
+
+
+async def test_items_upserted_through_the_gateway_reach_the_recommender_and_come_back_shaped(suite):
+    _, md = await suite.new_tenant()
+    items = []
+    for i in range(3):
+        attributes = struct_pb2.Struct()
+        attributes.update({"category": "shoes", "price": 10.0 + i})
+        items.append(profile_pb.Item(item_id=f"sku-{i}", name=f"Shoe {i}", attributes=attributes))
+    await suite.profile_admin.UpsertItems(profile_pb.UpsertItemsRequest(items=items), metadata=md)
+    await suite.decision_admin.UpsertPoint(decision_pb.UpsertPointRequest(point=decision_pb.Point(
+        name="new_in", type=decision_pb.POINT_TYPE_RECOMMENDATIONS,
+        template=decision_pb.ResponseTemplate(item_attributes=["name", "price"]))), metadata=md)
+    await suite.decision_admin.UpsertDecision(decision_pb.UpsertDecisionRequest(decision=decision_pb.Decision(
+        point_name="new_in", name="arrivals", fallback=True,
+        recommendations=decision_pb.RecommendationSpec(recommender="new_arrivals", count=3))), metadata=md)
+    reply = await suite.gateway.GetDecisions(pb.GetDecisionsRequest(
+        individual_id=common_pb2.Identity(type="device_id", value="shopper"),
+        personalization_points=[pb.PointRequest(name="new_in")],
+        execution_flags=[pb.EXECUTION_FLAG_DIAGNOSTICS]), metadata=md)
+    served = reply.personalizations[0]
+    assert sorted(d["item_id"] for d in served.data) == ["sku-0", "sku-1", "sku-2"]
+    assert {d["name"] for d in served.data} == {"Shoe 0", "Shoe 1", "Shoe 2"}
+    assert all(d["source"] for d in served.data)
+    assert "new_arrivals" in served.explanation.recommendations.recommenders

@@ -192,7 +192,7 @@ class RuleTrace(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ..., decision_name: _Optional[str] = ..., matched: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Explanation(_message.Message):
-    __slots__ = ("rules", "unified_individual_id", "stage_ms", "experiment")
+    __slots__ = ("rules", "unified_individual_id", "stage_ms", "experiment", "recommendations")
     class StageMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -204,11 +204,33 @@ class Explanation(_message.Message):
     UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_MS_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATIONS_FIELD_NUMBER: _ClassVar[int]
     rules: _containers.RepeatedCompositeFieldContainer[RuleTrace]
     unified_individual_id: str
     stage_ms: _containers.ScalarMap[str, float]
     experiment: ExperimentAssignment
-    def __init__(self, rules: _Optional[_Iterable[_Union[RuleTrace, _Mapping]]] = ..., unified_individual_id: _Optional[str] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ...) -> None: ...
+    recommendations: RecommendationTrace
+    def __init__(self, rules: _Optional[_Iterable[_Union[RuleTrace, _Mapping]]] = ..., unified_individual_id: _Optional[str] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ..., recommendations: _Optional[_Union[RecommendationTrace, _Mapping]] = ...) -> None: ...
+
+class FilterTrace(_message.Message):
+    __slots__ = ("filter", "removed")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    filter: str
+    removed: int
+    def __init__(self, filter: _Optional[str] = ..., removed: _Optional[int] = ...) -> None: ...
+
+class RecommendationTrace(_message.Message):
+    __slots__ = ("recommenders", "filters", "diversity_removed", "model_version")
+    RECOMMENDERS_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    recommenders: _containers.RepeatedScalarFieldContainer[str]
+    filters: _containers.RepeatedCompositeFieldContainer[FilterTrace]
+    diversity_removed: int
+    model_version: int
+    def __init__(self, recommenders: _Optional[_Iterable[str]] = ..., filters: _Optional[_Iterable[_Union[FilterTrace, _Mapping]]] = ..., diversity_removed: _Optional[int] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class ExperimentAssignment(_message.Message):
     __slots__ = ("experiment_id", "experiment_name", "point_name", "cohort_id", "control", "fall_through", "decision_id", "bucket", "in_experiment")
