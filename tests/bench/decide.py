@@ -11,13 +11,10 @@ p50/p99 at concurrency 1 and throughput at saturation. The floor is five empty-h
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +32,7 @@ from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as ppb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pgrpc
+from tests.bench._suite_process import free_port, running_suite
 
 WARMUP = 100
 SAMPLES = int(os.environ.get("TAILOR_BENCH_SAMPLES", "1000"))
@@ -45,9 +43,7 @@ ECHO_METHOD = "/personalization.gateway.v1.GatewayService/GetDecisions"
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -211,35 +207,15 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 
 def run_tailor() -> tuple[list[float], float, dict[str, float]]:
-    with tempfile.TemporaryDirectory(prefix="tailor-bench-") as home:
-        env = dict(os.environ, TAILOR_HOME=home, TAILOR_PG_PORT=str(_free_port()), TAILOR_LOG_LEVEL="WARNING")
-        env.pop("DATABASE_URL", None)
-        for svc in ("gateway", "identity", "profile_graph", "recommender", "decision"):
-            env[f"TAILOR_{svc.upper()}_PORT"] = str(_free_port())
-        ready_file = Path(home) / "ready.json"
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "tailor"), "up", "--no-demo", "--ready-file", str(ready_file)],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            while not ready_file.exists():
-                if proc.poll() is not None:
-                    raise SystemExit(f"tailor up exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
-                if time.perf_counter() - started > 300:
-                    raise SystemExit("tailor up was not ready within 300 s")
-                time.sleep(0.05)
-            ready = json.loads(ready_file.read_text())
-            gateway = ready["addresses"]["gateway"]
-            md = (("authorization", f"Bearer {ready['api_key']}"),)
+    with running_suite() as (ready, _):
+        gateway = ready["addresses"]["gateway"]
+        md = (("authorization", f"Bearer {ready['api_key']}"),)
 
-            async def both():
-                await configure(gateway, md)
-                return await measure_tailor(gateway, md)
+        async def both():
+            await configure(gateway, md)
+            return await measure_tailor(gateway, md)
 
-            return asyncio.run(both())
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+        return asyncio.run(both())
 
 
 def main() -> None:

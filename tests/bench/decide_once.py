@@ -8,14 +8,8 @@ same run, is a health check on the gateway: one gRPC round trip with no work. Th
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,15 +22,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 from personalization.common.v1 import common_pb2  # noqa: E402
 from personalization.gateway.v1 import gateway_service_pb2 as pb  # noqa: E402
 from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc  # noqa: E402
+from tests.bench._suite_process import running_suite  # noqa: E402
 
 WARMUP = 50
 SAMPLES = 1000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -75,28 +64,8 @@ async def measure(ready: dict) -> dict[str, list[float]]:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="tailor-bench-") as home:
-        env = dict(os.environ, TAILOR_HOME=home, TAILOR_PG_PORT=str(_free_port()), TAILOR_LOG_LEVEL="WARNING")
-        env.pop("DATABASE_URL", None)
-        for svc in ("gateway", "identity", "profile_graph", "recommender", "decision"):
-            env[f"TAILOR_{svc.upper()}_PORT"] = str(_free_port())
-        ready_file = Path(home) / "ready.json"
-        started = time.perf_counter()
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "tailor"), "up", "--ready-file", str(ready_file)],
-                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            while not ready_file.exists():
-                if proc.poll() is not None:
-                    raise SystemExit(f"tailor up exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
-                if time.perf_counter() - started > 300:
-                    raise SystemExit("tailor up was not ready within 300 s")
-                time.sleep(0.05)
-            ready_s = time.perf_counter() - started
-            ready = json.loads(ready_file.read_text())
-            results = asyncio.run(measure(ready))
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+    with running_suite(demo=True) as (ready, ready_s):
+        results = asyncio.run(measure(ready))
     base = statistics.median(results["health check (baseline)"])
     print(f"\n{'operation':<28}{'p50 ms':>10}{'p99 ms':>10}{'x baseline p50':>16}")
     for name, samples in results.items():

@@ -1,0 +1,52 @@
+"""Starts the whole suite as `make run` does (its own embedded PostgreSQL under a temporary TAILOR_HOME, five
+service processes) for a bench, and stops it afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVICES = ("gateway", "identity", "profile_graph", "recommender", "decision")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_suite(*, demo: bool = False, extra_env: dict | None = None):
+    """Yields (ready-file contents, seconds until ready) of a fresh suite; SIGTERM and wait afterwards."""
+    with tempfile.TemporaryDirectory(prefix="tailor-bench-") as home:
+        env = dict(os.environ, TAILOR_HOME=home, TAILOR_PG_PORT=str(free_port()), TAILOR_LOG_LEVEL="WARNING")
+        env.pop("DATABASE_URL", None)
+        for svc in SERVICES:
+            env[f"TAILOR_{svc.upper()}_PORT"] = str(free_port())
+        env.update(extra_env or {})
+        ready_file = Path(home) / "ready.json"
+        args = [str(Path(sys.executable).parent / "tailor"), "up", "--ready-file", str(ready_file)]
+        if not demo:
+            args.append("--no-demo")
+        started = time.perf_counter()
+        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            while not ready_file.exists():
+                if proc.poll() is not None:
+                    raise SystemExit(f"tailor up exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+                if time.perf_counter() - started > 300:
+                    raise SystemExit("tailor up was not ready within 300 s")
+                time.sleep(0.05)
+            yield json.loads(ready_file.read_text()), time.perf_counter() - started
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
