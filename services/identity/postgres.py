@@ -1,4 +1,4 @@
-"""asyncpg adapter of the identity repository: one transaction per resolve, advisory locks per identity."""
+"""asyncpg adapter of the identity repository: one transaction per resolve, advisory locks per identity and block."""
 
 from __future__ import annotations
 
@@ -6,11 +6,33 @@ import asyncio
 import hashlib
 import json
 import random
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 
-from services.identity.service import IndividualView, Key, Owner, Plan, Planner
-from shared.errors import Unavailable
+from services.identity.matching import IdentityType, Record, Ruleset
+from services.identity.service import (
+    BUILT_IN_TYPES,
+    HistoryEvent,
+    IndividualView,
+    Key,
+    MergeEventView,
+    MergeRecord,
+    Owner,
+    Plan,
+    Planner,
+    RerunPlan,
+    Snapshot,
+    SnapshotQuery,
+    StoredRecord,
+    StoredSource,
+    TenantData,
+    UnmergeData,
+    UnmergePlan,
+)
+from shared.errors import FailedPrecondition, Unavailable
 from shared.log import get_logger
 
 log = get_logger("identity.postgres")
@@ -19,96 +41,195 @@ log = get_logger("identity.postgres")
 MAX_ATTEMPTS = 8
 
 _OWNERS = """
-SELECT k.t, k.v, n.individual_id, n.created_at
+SELECT k.t, k.v, n.individual_id, n.created_at, n.record_count
 FROM unnest($2::text[], $3::text[]) AS k(t, v)
 JOIN identities AS i ON i.tenant_id = $1 AND i.id_type = k.t AND i.id_value = k.v
 JOIN individuals AS n ON n.tenant_id = $1 AND n.individual_id = i.individual_id
 """
 
-# The array is sorted by the caller, and unnest yields it in order, so every transaction takes its locks in the
-# same global order: two batches that share identities cannot deadlock on them. The clock is read afterwards.
+# Owners of unique keys ('o'), holders of searchable keys ('s') and known records ('r'), in one statement.
+_SNAPSHOT = """
+SELECT 'o' AS kind, k.t AS a, k.v AS b, n.individual_id, n.created_at, n.record_count
+FROM unnest($2::text[], $3::text[]) AS k(t, v)
+JOIN identities AS i ON i.tenant_id = $1 AND i.id_type = k.t AND i.id_value = k.v
+JOIN individuals AS n ON n.tenant_id = $1 AND n.individual_id = i.individual_id
+UNION ALL
+SELECT DISTINCT 's', k.t, k.v, r.individual_id, NULL::timestamptz, NULL::bigint
+FROM unnest($4::text[], $5::text[]) AS k(t, v)
+JOIN shared_identities AS s ON s.tenant_id = $1 AND s.id_type = k.t AND s.id_value = k.v
+JOIN source_records AS r ON r.tenant_id = $1 AND r.record_id = s.record_id
+UNION ALL
+SELECT 'r', r.record_id, NULL, n.individual_id, n.created_at, n.record_count
+FROM source_records AS r
+JOIN individuals AS n ON n.tenant_id = $1 AND n.individual_id = r.individual_id
+WHERE r.tenant_id = $1 AND r.record_id = ANY($6::text[])
+"""
+
+# Records sharing a block key with the batch (at most $3 per key), with their survivors.
+_CANDIDATES = """
+SELECT r.record_id, r.identities, r.attributes, n.individual_id, n.created_at, n.record_count,
+       array_agg(b.k) AS keys
+FROM unnest($2::text[]) AS b(k)
+CROSS JOIN LATERAL (
+    SELECT record_id FROM record_blocks WHERE tenant_id = $1 AND block_key = b.k LIMIT $3
+) AS rb
+JOIN source_records AS r ON r.tenant_id = $1 AND r.record_id = rb.record_id
+JOIN individuals AS n ON n.tenant_id = $1 AND n.individual_id = r.individual_id
+GROUP BY r.tenant_id, r.record_id, n.tenant_id, n.individual_id
+"""
+
+# The first key is the tenant's lock, taken shared (a re-run or unmerge takes it exclusively); the others are the
+# batch's identities and block keys, sorted by the caller, and unnest yields them in order, so every transaction
+# takes its locks in the same global order. The clock is read afterwards.
 _LOCK = """
-SELECT clock_timestamp() FROM (SELECT count(pg_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS k) AS locked
+SELECT clock_timestamp() FROM (
+    SELECT count(CASE WHEN n = 1 THEN pg_advisory_xact_lock_shared(k) ELSE pg_advisory_xact_lock(k) END)
+    FROM unnest($1::bigint[]) WITH ORDINALITY AS u(k, n)
+) AS locked
 """
 
-# Row locks on the owners, in id order; a row that is no longer a survivor means the snapshot is stale.
+# Row locks on the involved survivors, in id order, with the survivors each was split from by an unmerge.
 _LOCK_OWNERS = """
-SELECT individual_id, merged_into FROM individuals
-WHERE tenant_id = $1 AND individual_id = ANY($2::text[])
-ORDER BY individual_id
-FOR NO KEY UPDATE
+SELECT n.individual_id, n.merged_into,
+    ARRAY(SELECT coalesce(o.merged_into, o.individual_id)
+          FROM individuals AS a
+          JOIN separations AS s ON s.tenant_id = $1 AND s.individual_id = a.individual_id
+          JOIN individuals AS o ON o.tenant_id = $1 AND o.individual_id = s.other_id
+          WHERE a.tenant_id = $1 AND (a.individual_id = n.individual_id OR a.merged_into = n.individual_id)
+    ) AS separated
+FROM individuals AS n
+WHERE n.tenant_id = $1 AND n.individual_id = ANY($2::text[])
+ORDER BY n.individual_id
+FOR NO KEY UPDATE OF n
 """
 
-# All the writes of one plan in one round trip. Foreign keys are checked at the end of the statement.
+# All the writes of one plan in one round trip.
 _APPLY = """
 WITH new_individuals AS (
-    INSERT INTO individuals (tenant_id, individual_id, created_at, merged_into)
-    SELECT $1, u.id, $2, u.merged_into FROM unnest($3::text[], $4::text[]) AS u(id, merged_into)
+    INSERT INTO individuals (tenant_id, individual_id, created_at, merged_into, record_count)
+    SELECT $1, u.id, $2, u.merged_into, u.c FROM unnest($3::text[], $4::text[], $5::bigint[]) AS u(id, merged_into, c)
 ), redirected AS (
     UPDATE individuals AS n SET merged_into = r.survivor
-    FROM unnest($5::text[], $6::text[]) AS r(merged, survivor)
+    FROM unnest($6::text[], $7::text[]) AS r(merged, survivor)
     WHERE n.tenant_id = $1 AND (n.individual_id = r.merged OR n.merged_into = r.merged)
 ), moved AS (
     UPDATE identities AS i SET individual_id = r.survivor
-    FROM unnest($5::text[], $6::text[]) AS r(merged, survivor)
+    FROM unnest($6::text[], $7::text[]) AS r(merged, survivor)
     WHERE i.tenant_id = $1 AND i.individual_id = r.merged
+), moved_records AS (
+    UPDATE source_records AS s SET individual_id = r.survivor
+    FROM unnest($6::text[], $7::text[]) AS r(merged, survivor)
+    WHERE s.tenant_id = $1 AND s.individual_id = r.merged
 ), new_identities AS (
-    INSERT INTO identities (tenant_id, id_type, id_value, individual_id, first_seen_at)
-    SELECT $1, u.t, u.v, u.owner, $2 FROM unnest($7::text[], $8::text[], $9::text[]) AS u(t, v, owner)
+    INSERT INTO identities (tenant_id, id_type, id_value, individual_id, first_seen_at, origin_individual_id)
+    SELECT $1, u.t, u.v, u.owner, $2, u.owner FROM unnest($8::text[], $9::text[], $10::text[]) AS u(t, v, owner)
+), new_records AS (
+    INSERT INTO source_records (tenant_id, record_id, individual_id, origin_individual_id, identities, attributes,
+                                created_at)
+    SELECT $1, u.id, u.owner, u.owner, u.i::jsonb, u.a::jsonb, $2
+    FROM unnest($17::text[], $18::text[], $19::text[], $20::text[]) AS u(id, owner, i, a)
+    ON CONFLICT DO NOTHING
+), new_blocks AS (
+    INSERT INTO record_blocks (tenant_id, block_key, record_id)
+    SELECT $1, u.k, u.r FROM unnest($21::text[], $22::text[]) AS u(k, r)
+    ON CONFLICT DO NOTHING
+), new_shared AS (
+    INSERT INTO shared_identities (tenant_id, id_type, id_value, record_id)
+    SELECT $1, u.t, u.v, u.r FROM unnest($23::text[], $24::text[], $25::text[]) AS u(t, v, r)
+    ON CONFLICT DO NOTHING
+), counted AS (
+    UPDATE individuals AS n SET record_count = u.c
+    FROM unnest($26::text[], $27::bigint[]) AS u(id, c)
+    WHERE n.tenant_id = $1 AND n.individual_id = u.id
 )
-INSERT INTO merge_events (tenant_id, survivor_id, merged_id, rule, evidence, merged_at)
-SELECT $1, u.s, u.m, u.r, u.e::jsonb, $2
-FROM unnest($10::text[], $11::text[], $12::text[], $13::text[]) AS u(s, m, r, e)
+INSERT INTO merge_events (tenant_id, survivor_id, merged_id, rule, evidence, merged_at, kind, reason)
+SELECT $1, u.s, u.m, u.r, u.e::jsonb, $2, u.k, u.why
+FROM unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[]) AS u(s, m, r, e, k, why)
 """
 
 _GET = """
 WITH target AS (
     SELECT coalesce(merged_into, individual_id) AS id FROM individuals WHERE tenant_id = $1 AND individual_id = $2
 )
-SELECT s.individual_id, s.created_at,
+SELECT s.individual_id, s.created_at, s.record_count,
     ARRAY(SELECT a.individual_id FROM individuals AS a
           WHERE a.tenant_id = $1 AND a.merged_into = s.individual_id ORDER BY a.individual_id) AS alias_ids,
-    ARRAY(SELECT ARRAY[i.id_type, i.id_value] FROM identities AS i
-          WHERE i.tenant_id = $1 AND i.individual_id = s.individual_id
-          ORDER BY i.first_seen_at, i.id_type, i.id_value) AS identities
+    ARRAY(SELECT ARRAY[x.t, x.v] FROM (
+              SELECT i.id_type AS t, i.id_value AS v, i.first_seen_at AS f FROM identities AS i
+              WHERE i.tenant_id = $1 AND i.individual_id = s.individual_id
+              UNION ALL
+              SELECT h.id_type, h.id_value, r.created_at FROM source_records AS r
+              JOIN shared_identities AS h ON h.tenant_id = $1 AND h.record_id = r.record_id
+              WHERE r.tenant_id = $1 AND r.individual_id = s.individual_id
+          ) AS x GROUP BY x.t, x.v ORDER BY min(x.f), x.t, x.v) AS identities
 FROM target AS t
 JOIN individuals AS s ON s.tenant_id = $1 AND s.individual_id = t.id
 """
 
 
-def lock_key(tenant: str, key: Key) -> int:
-    """A stable signed 64-bit advisory lock key for one identity of one tenant."""
-    digest = hashlib.blake2b(f"{tenant}\x1f{key[0]}\x1f{key[1]}".encode(), digest_size=8).digest()
+def lock_key(tenant: str, key: str) -> int:
+    """A stable signed 64-bit advisory lock key for one identity or block key of one tenant."""
+    digest = hashlib.blake2b(f"{tenant}\x1f{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def tenant_lock(tenant: str) -> int:
+    """The tenant-wide lock: shared by resolves, exclusive for re-runs and unmerges."""
+    return lock_key(tenant, "\x00tenant")
 
 
 class _Stale(Exception):
     """An owner read before its row lock was merged away meanwhile."""
 
 
+def _record(identities: Any, attributes: Any) -> Record:
+    ids = json.loads(identities) if isinstance(identities, str) else identities
+    attrs = json.loads(attributes) if isinstance(attributes, str) else attributes
+    return Record({t: list(vs) for t, vs in ids.items()}, dict(attrs))
+
+
+def _owner(row) -> Owner:
+    return Owner(row["individual_id"], row["created_at"], row["record_count"])
+
+
 class PostgresRepository:
-    """Identities, individuals and merge history in the service's schema."""
+    """Identity types, rulesets, source records, individuals and merge history in the service's schema."""
 
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, *, max_block: int = 200):
         self.pool = pool
+        self.max_block = max_block
 
-    async def lookup(self, tenant: str, keys: list[Key]) -> dict[Key, Owner]:
+    async def lookup_owners(self, tenant: str, keys: list[Key]) -> dict[Key, Owner]:
         async with self.pool.acquire() as conn:
-            return await _owners(conn, tenant, keys)
+            rows = await conn.fetch(_OWNERS, tenant, [k[0] for k in keys], [k[1] for k in keys])
+        return {(r["t"], r["v"]): _owner(r) for r in rows}
 
-    async def resolve(self, tenant: str, keys: list[Key], planner: Planner) -> Plan:
-        locks = sorted({lock_key(tenant, key) for key in keys})
+    async def lookup(self, tenant: str, query: SnapshotQuery) -> Snapshot:
+        async with self.pool.acquire() as conn:
+            return await _snapshot(conn, tenant, query)
+
+    async def resolve(self, tenant: str, query: SnapshotQuery, planner: Planner) -> Plan:
+        locks = [tenant_lock(tenant)] + sorted({lock_key(tenant, k) for k in query.lock_keys})
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
                     now = await conn.fetchval(_LOCK, locks)
-                    owners = await _owners(conn, tenant, keys)
-                    ids = sorted({o.individual_id for o in owners.values()})
+                    snap = await _snapshot(conn, tenant, query)
+                    if query.blocks:
+                        rows = await conn.fetch(_CANDIDATES, tenant, query.blocks, self.max_block)
+                        snap.candidates = [
+                            StoredRecord(r["record_id"], _owner(r), _record(r["identities"], r["attributes"]),
+                                         frozenset(r["keys"]))
+                            for r in rows
+                        ]
+                    ids = sorted(snap.individuals())
                     if ids:
                         rows = await conn.fetch(_LOCK_OWNERS, tenant, ids)
                         if len(rows) != len(ids) or any(r["merged_into"] is not None for r in rows):
                             raise _Stale()
-                    plan = planner(owners, now)
+                        snap.separated = {frozenset((r["individual_id"], o)) for r in rows for o in r["separated"]
+                                          if o != r["individual_id"]}
+                    plan = planner(snap, now)
                     if plan.writes:
                         await _apply(conn, tenant, now, plan)
                     return plan
@@ -129,21 +250,231 @@ class PostgresRepository:
             identities=[(t, v) for t, v in row["identities"]],
             alias_ids=list(row["alias_ids"]),
             created_at=row["created_at"],
+            record_count=row["record_count"],
         )
 
+    async def load_config(self, tenant: str) -> tuple[list[IdentityType], Ruleset | None]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT 't' AS kind, name, is_unique, normalization, default_region, NULL::int AS version,"
+                " NULL::jsonb AS body, NULL::timestamptz AS created_at FROM identity_types WHERE tenant_id = $1"
+                " UNION ALL (SELECT 'r', NULL, NULL, NULL, NULL, version, body, created_at FROM rulesets"
+                " WHERE tenant_id = $1 ORDER BY version DESC LIMIT 1)",
+                tenant,
+            )
+        types = [IdentityType(r["name"], r["is_unique"], r["normalization"], r["default_region"],
+                              r["name"] in BUILT_IN_TYPES) for r in rows if r["kind"] == "t"]
+        rulesets = [Ruleset.from_json(r["version"], r["body"], r["created_at"]) for r in rows if r["kind"] == "r"]
+        return types, (rulesets[0] if rulesets else None)
 
-async def _owners(conn: asyncpg.Connection, tenant: str, keys: list[Key]) -> dict[Key, Owner]:
-    rows = await conn.fetch(_OWNERS, tenant, [k[0] for k in keys], [k[1] for k in keys])
-    return {(r["t"], r["v"]): Owner(r["individual_id"], r["created_at"]) for r in rows}
+    async def upsert_type(self, tenant: str, kind: IdentityType) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(tenant, "\x00types"))
+            current = await conn.fetchval(
+                "SELECT is_unique FROM identity_types WHERE tenant_id = $1 AND name = $2", tenant, kind.name)
+            if current is None and kind.name in BUILT_IN_TYPES:
+                current = BUILT_IN_TYPES[kind.name].unique
+            if current is not None and current != kind.unique:
+                in_use = await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM identities WHERE tenant_id = $1 AND id_type = $2)"
+                    " OR EXISTS (SELECT 1 FROM shared_identities WHERE tenant_id = $1 AND id_type = $2)",
+                    tenant, kind.name)
+                if in_use:
+                    raise FailedPrecondition(
+                        f"identities of type {kind.name!r} exist; its uniqueness cannot change",
+                        reason="IDENTITY_TYPE_IN_USE", metadata={"identity_type": kind.name})
+            await conn.execute(
+                "INSERT INTO identity_types (tenant_id, name, is_unique, normalization, default_region)"
+                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, name) DO UPDATE SET is_unique = $3,"
+                " normalization = $4, default_region = $5",
+                tenant, kind.name, kind.unique, kind.normalization, kind.default_region)
+
+    async def create_ruleset(self, tenant: str, ruleset: Ruleset) -> Ruleset:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(tenant, "\x00rulesets"))
+            row = await conn.fetchrow(
+                "INSERT INTO rulesets (tenant_id, version, body, created_at)"
+                " SELECT $1, coalesce(max(version), 0) + 1, $2::jsonb, now() FROM rulesets WHERE tenant_id = $1"
+                " RETURNING version, created_at",
+                tenant, ruleset.to_json())
+        return Ruleset(row["version"], ruleset.rules, ruleset.custom_attributes, row["created_at"])
+
+    async def get_ruleset(self, tenant: str, version: int) -> Ruleset | None:
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT version, body, created_at FROM rulesets WHERE tenant_id = $1 AND version = $2",
+                tenant, version)
+        return None if row is None else Ruleset.from_json(row["version"], row["body"], row["created_at"])
+
+    async def rerun(self, tenant: str, compute: Callable[[TenantData], Any]) -> RerunPlan:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", tenant_lock(tenant))
+            records = await conn.fetch(
+                "SELECT record_id, individual_id, identities, attributes, created_at FROM source_records"
+                " WHERE tenant_id = $1", tenant)
+            individuals = await conn.fetch(
+                "SELECT individual_id, created_at, merged_into FROM individuals WHERE tenant_id = $1", tenant)
+            separations = await conn.fetch(
+                "SELECT coalesce(a.merged_into, a.individual_id) AS x, coalesce(b.merged_into, b.individual_id) AS y"
+                " FROM separations AS s"
+                " JOIN individuals AS a ON a.tenant_id = $1 AND a.individual_id = s.individual_id"
+                " JOIN individuals AS b ON b.tenant_id = $1 AND b.individual_id = s.other_id"
+                " WHERE s.tenant_id = $1", tenant)
+            owners = await conn.fetch(
+                "SELECT id_type, id_value, individual_id FROM identities WHERE tenant_id = $1", tenant)
+            data = TenantData(
+                records=[StoredSource(r["record_id"], r["individual_id"], _record(r["identities"], r["attributes"]),
+                                      r["created_at"]) for r in records],
+                survivors={r["individual_id"]: r["created_at"] for r in individuals if r["merged_into"] is None},
+                aliases={r["individual_id"]: r["merged_into"] for r in individuals if r["merged_into"] is not None},
+                separated={frozenset((r["x"], r["y"])) for r in separations if r["x"] != r["y"]},
+                identity_owners={(r["id_type"], r["id_value"]): r["individual_id"] for r in owners},
+            )
+            plan = await compute(data)
+            now = await conn.fetchval("SELECT clock_timestamp()")
+            await conn.execute(
+                "INSERT INTO individuals (tenant_id, individual_id, created_at, record_count)"
+                " SELECT $1, u.id, $2, u.c FROM unnest($3::text[], $4::bigint[]) AS u(id, c)",
+                tenant, now, [i for i, _ in plan.new_individuals], [c for _, c in plan.new_individuals])
+            await conn.execute(
+                "UPDATE individuals AS n SET merged_into = NULL, record_count = u.c"
+                " FROM unnest($2::text[], $3::bigint[]) AS u(id, c) WHERE n.tenant_id = $1 AND n.individual_id = u.id",
+                tenant, list(plan.survivor_counts), list(plan.survivor_counts.values()))
+            await conn.execute(
+                "UPDATE individuals AS n SET merged_into = u.s, record_count = 0"
+                " FROM unnest($2::text[], $3::text[]) AS u(id, s) WHERE n.tenant_id = $1 AND n.individual_id = u.id",
+                tenant, list(plan.redirects), list(plan.redirects.values()))
+            await conn.execute(
+                "UPDATE source_records AS r SET individual_id = u.s"
+                " FROM unnest($2::text[], $3::text[]) AS u(id, s) WHERE r.tenant_id = $1 AND r.record_id = u.id",
+                tenant, list(plan.record_owner), list(plan.record_owner.values()))
+            await conn.execute(
+                "UPDATE identities AS i SET individual_id = u.s"
+                " FROM unnest($2::text[], $3::text[], $4::text[]) AS u(t, v, s)"
+                " WHERE i.tenant_id = $1 AND i.id_type = u.t AND i.id_value = u.v",
+                tenant, [k[0] for k in plan.identity_owner], [k[1] for k in plan.identity_owner],
+                list(plan.identity_owner.values()))
+            await conn.execute("DELETE FROM record_blocks WHERE tenant_id = $1", tenant)
+            await conn.copy_records_to_table(
+                "record_blocks", records=sorted({(tenant, k, r) for k, r in plan.blocks}),
+                columns=["tenant_id", "block_key", "record_id"])
+            await _insert_events(conn, tenant, now, plan.merges)
+            return plan
+
+    async def unmerge(self, tenant: str, individual_id: str, planner: Callable[[UnmergeData], UnmergePlan]
+                      ) -> UnmergePlan | None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", tenant_lock(tenant))
+            row = await conn.fetchrow(
+                "SELECT merged_into FROM individuals WHERE tenant_id = $1 AND individual_id = $2",
+                tenant, individual_id)
+            if row is None:
+                return None
+            survivor = row["merged_into"]
+            aliases, history, records, identities = [], [], [], []
+            if survivor is not None:
+                aliases = await conn.fetch(
+                    "SELECT individual_id, merged_into FROM individuals WHERE tenant_id = $1 AND merged_into = $2",
+                    tenant, survivor)
+                group = [survivor] + [a["individual_id"] for a in aliases]
+                history = await conn.fetch(
+                    "SELECT event_id, kind, survivor_id, merged_id FROM merge_events WHERE tenant_id = $1"
+                    " AND kind IN ('MERGE', 'UNMERGE') AND (survivor_id = ANY($2::text[]) OR merged_id = ANY($2::text[]))",
+                    tenant, group)
+                records = await conn.fetch(
+                    "SELECT record_id, individual_id, origin_individual_id, identities, attributes, created_at"
+                    " FROM source_records WHERE tenant_id = $1 AND individual_id = $2", tenant, survivor)
+                identities = await conn.fetch(
+                    "SELECT id_type, id_value, origin_individual_id FROM identities"
+                    " WHERE tenant_id = $1 AND individual_id = $2", tenant, survivor)
+            plan = planner(UnmergeData(
+                individual_id=individual_id,
+                merged_into=survivor,
+                aliases={a["individual_id"]: a["merged_into"] for a in aliases},
+                history=[HistoryEvent(h["event_id"], h["kind"], h["survivor_id"], h["merged_id"]) for h in history],
+                records=[StoredSource(r["record_id"], r["individual_id"], _record(r["identities"], r["attributes"]),
+                                      r["created_at"]) for r in records],
+                origins={r["record_id"]: r["origin_individual_id"] for r in records},
+                identities={(i["id_type"], i["id_value"]): i["origin_individual_id"] for i in identities},
+            ))
+            now = await conn.fetchval("SELECT clock_timestamp()")
+            others = [m for m in plan.members if m != plan.individual_id]
+            await conn.execute(
+                "UPDATE individuals SET merged_into = CASE WHEN individual_id = $2 THEN NULL ELSE $2 END"
+                " WHERE tenant_id = $1 AND individual_id = ANY($3::text[])",
+                tenant, plan.individual_id, [plan.individual_id] + others)
+            await conn.execute(
+                "UPDATE source_records SET individual_id = $2 WHERE tenant_id = $1 AND record_id = ANY($3::text[])",
+                tenant, plan.individual_id, plan.records)
+            await conn.execute(
+                "UPDATE identities AS i SET individual_id = $2 FROM unnest($3::text[], $4::text[]) AS u(t, v)"
+                " WHERE i.tenant_id = $1 AND i.id_type = u.t AND i.id_value = u.v",
+                tenant, plan.individual_id, [k[0] for k in plan.identities], [k[1] for k in plan.identities])
+            await conn.execute(
+                "UPDATE individuals AS n SET record_count = (SELECT count(*) FROM source_records AS r"
+                " WHERE r.tenant_id = $1 AND r.individual_id = n.individual_id)"
+                " WHERE n.tenant_id = $1 AND n.individual_id = ANY($2::text[])",
+                tenant, [plan.individual_id, plan.survivor_id])
+            await conn.execute(
+                "INSERT INTO separations (tenant_id, individual_id, other_id) VALUES ($1, $2, $3), ($1, $3, $2)"
+                " ON CONFLICT DO NOTHING", tenant, plan.individual_id, plan.survivor_id)
+            await _insert_events(conn, tenant, now, [plan.event])
+            return plan
+
+    async def list_merge_events(self, tenant: str, individual_id: str, before: int | None, limit: int
+                                ) -> list[MergeEventView]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT event_id, kind, survivor_id, merged_id, rule, evidence, reason, merged_at FROM merge_events"
+                " WHERE tenant_id = $1 AND ($2 = '' OR survivor_id = $2 OR merged_id = $2)"
+                " AND ($3::bigint IS NULL OR event_id < $3) ORDER BY event_id DESC LIMIT $4",
+                tenant, individual_id, before, limit)
+        return [
+            MergeEventView(r["event_id"], r["kind"], r["survivor_id"], r["merged_id"], r["rule"],
+                           [(e["type"], e["value"]) for e in json.loads(r["evidence"])], r["reason"], r["merged_at"])
+            for r in rows
+        ]
+
+
+async def _snapshot(conn: asyncpg.Connection, tenant: str, query: SnapshotQuery) -> Snapshot:
+    rows = await conn.fetch(
+        _SNAPSHOT, tenant, [k[0] for k in query.unique], [k[1] for k in query.unique],
+        [k[0] for k in query.shared], [k[1] for k in query.shared], query.record_ids)
+    snap = Snapshot()
+    for r in rows:
+        if r["kind"] == "o":
+            snap.owners[(r["a"], r["b"])] = _owner(r)
+        elif r["kind"] == "s":
+            snap.shared.setdefault((r["a"], r["b"]), set()).add(r["individual_id"])
+        else:
+            snap.known_records[r["a"]] = _owner(r)
+    return snap
+
+
+def _evidence(keys) -> str:
+    return json.dumps([{"type": t, "value": v} for t, v in keys])
+
+
+async def _insert_events(conn: asyncpg.Connection, tenant: str, now: datetime, events: list[MergeRecord]) -> None:
+    await conn.execute(
+        "INSERT INTO merge_events (tenant_id, survivor_id, merged_id, rule, evidence, merged_at, kind, reason)"
+        " SELECT $1, u.s, u.m, u.r, u.e::jsonb, $2, u.k, u.why"
+        " FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) AS u(s, m, r, e, k, why)",
+        tenant, now, [m.survivor_id for m in events], [m.merged_id for m in events], [m.rule for m in events],
+        [_evidence(m.evidence) for m in events], [m.kind for m in events], [m.reason for m in events])
 
 
 async def _apply(conn: asyncpg.Connection, tenant: str, now, plan: Plan) -> None:
+    records = plan.new_records
+    shared = [(t, v, r.record_id) for r in records for t, v in r.shared]
+    blocks = [(k, r.record_id) for r in records for k in r.blocks]
     await conn.execute(
         _APPLY,
         tenant,
         now,
         [n.individual_id for n in plan.new_individuals],
         [n.merged_into for n in plan.new_individuals],
+        [n.record_count for n in plan.new_individuals],
         list(plan.redirects),
         list(plan.redirects.values()),
         [key[0] for key, _ in plan.new_identities],
@@ -152,5 +483,18 @@ async def _apply(conn: asyncpg.Connection, tenant: str, now, plan: Plan) -> None
         [m.survivor_id for m in plan.merges],
         [m.merged_id for m in plan.merges],
         [m.rule for m in plan.merges],
-        [json.dumps([{"type": t, "value": v} for t, v in m.evidence]) for m in plan.merges],
+        [_evidence(m.evidence) for m in plan.merges],
+        [m.kind for m in plan.merges],
+        [m.reason for m in plan.merges],
+        [r.record_id for r in records],
+        [r.individual_id for r in records],
+        [json.dumps(r.record.identities) for r in records],
+        [json.dumps(r.record.attributes) for r in records],
+        [k for k, _ in blocks],
+        [r for _, r in blocks],
+        [t for t, _, _ in shared],
+        [v for _, v, _ in shared],
+        [r for _, _, r in shared],
+        list(plan.counts),
+        list(plan.counts.values()),
     )

@@ -4,20 +4,34 @@ from __future__ import annotations
 
 from personalization.identity.v1 import identity_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
+
 from services.identity.postgres import PostgresRepository
-from services.identity.service import IdentityService
+from services.identity.service import IdentityService, Settings
 from services.identity.servicer import IdentityServicer
 from shared.runtime import Built, prepare_schema
 from shared.server import Service
+from shared.settings import env_float, env_int, env_str
 
 SCHEMA = "identity"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["IdentityService"].full_name
 
 
-async def build(dsn: str) -> Built:
+def settings_from_env() -> Settings:
+    """The identity settings, read once (TAILOR_IDENTITY_*)."""
+    return Settings(
+        default_region=env_str("TAILOR_IDENTITY_DEFAULT_REGION", "US"),
+        max_cluster=env_int("TAILOR_IDENTITY_MAX_CLUSTER", 50_000, minimum=1),
+        max_block=env_int("TAILOR_IDENTITY_MAX_BLOCK", 200, minimum=2),
+        config_ttl_seconds=env_float("TAILOR_IDENTITY_CONFIG_TTL_SECONDS", 5.0, minimum=0.0),
+    )
+
+
+async def build(dsn: str, settings: Settings | None = None) -> Built:
     """Migrates the identity schema, opens its pool and wires repository, use cases and servicer."""
+    settings = settings or settings_from_env()
     pool = await prepare_schema(dsn, SCHEMA, __file__)
-    servicer = IdentityServicer(IdentityService(PostgresRepository(pool)))
+    repository = PostgresRepository(pool, max_block=settings.max_block)
+    servicer = IdentityServicer(IdentityService(repository, settings=settings))
     return Built(
         services=[Service(pb_grpc.add_IdentityServiceServicer_to_server, servicer, SERVICE_NAME)],
         close=pool.close,

@@ -2,13 +2,60 @@
 
 from __future__ import annotations
 
+from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from personalization.common.v1 import common_pb2
 from personalization.identity.v1 import identity_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
-from services.identity.service import IdentityService
+
+from services.identity.matching import IdentityType, Ruleset
+from services.identity.service import IdentityService, Progress
 from shared.context import current_tenant
+
+_PHASES = {"LOADING": pb.RUN_PHASE_LOADING, "MATCHING": pb.RUN_PHASE_MATCHING, "WRITING": pb.RUN_PHASE_WRITING}
+_KINDS = {"MERGE": pb.MERGE_EVENT_KIND_MERGE, "UNMERGE": pb.MERGE_EVENT_KIND_UNMERGE,
+          "REFUSED": pb.MERGE_EVENT_KIND_REFUSED}
+
+
+def _timestamp(value) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _identities(keys) -> list[common_pb2.Identity]:
+    return [common_pb2.Identity(type=t, value=v) for t, v in keys]
+
+
+def _enum_name(enum, value: int, prefix: str) -> str:
+    name = enum.Name(value) if value in enum.values() else ""
+    return "" if name.endswith("_UNSPECIFIED") else name.removeprefix(prefix)
+
+
+def _type_to_pb(kind: IdentityType) -> pb.IdentityType:
+    return pb.IdentityType(name=kind.name, unique=kind.unique,
+                           normalization=pb.Normalization.Value("NORMALIZATION_" + kind.normalization),
+                           default_region=kind.default_region, built_in=kind.built_in)
+
+
+def _ruleset_to_pb(ruleset: Ruleset) -> pb.Ruleset:
+    rules = []
+    for rule in ruleset.rules:
+        criteria = []
+        for c in rule.criteria:
+            criterion = pb.MatchCriterion(
+                method=pb.MatchMethod.Value("MATCH_METHOD_" + c.method),
+                precision=pb.FuzzyPrecision.Value("FUZZY_PRECISION_" + c.precision) if c.precision else 0)
+            if c.kind == "identity":
+                criterion.identity_type = c.name
+            else:
+                criterion.attribute = c.name
+            criteria.append(criterion)
+        rules.append(pb.MatchRule(name=rule.name, criteria=criteria))
+    return pb.Ruleset(version=ruleset.version, rules=rules, custom_attributes=list(ruleset.custom_attributes),
+                      create_time=_timestamp(ruleset.created_at))
 
 
 class IdentityServicer(pb_grpc.IdentityServiceServicer):
@@ -19,7 +66,10 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
 
     async def ResolveIdentities(self, request: pb.ResolveIdentitiesRequest, context) -> pb.ResolveIdentitiesResponse:
         subjects = [[(i.type, i.value) for i in subject.identities] for subject in request.subjects]
-        resolutions = await self.service.resolve(current_tenant(), subjects, lookup_only=request.lookup_only)
+        attributes = [MessageToDict(s.attributes) if s.HasField("attributes") else {} for s in request.subjects]
+        resolutions = await self.service.resolve(
+            current_tenant(), subjects, lookup_only=request.lookup_only,
+            attributes=attributes if any(attributes) else None)
         return pb.ResolveIdentitiesResponse(
             resolutions=[
                 pb.Resolution(
@@ -33,13 +83,78 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
 
     async def GetIndividual(self, request: pb.GetIndividualRequest, context) -> pb.GetIndividualResponse:
         found = await self.service.get_individual(current_tenant(), request.unified_individual_id)
-        create_time = Timestamp()
-        create_time.FromDatetime(found.created_at)
         return pb.GetIndividualResponse(
             individual=pb.Individual(
                 unified_individual_id=found.individual_id,
-                identities=[common_pb2.Identity(type=t, value=v) for t, v in found.identities],
+                identities=_identities(found.identities),
                 alias_ids=found.alias_ids,
-                create_time=create_time,
+                create_time=_timestamp(found.created_at),
+                source_record_count=found.record_count,
             )
+        )
+
+    async def UpsertIdentityType(self, request: pb.UpsertIdentityTypeRequest, context
+                                 ) -> pb.UpsertIdentityTypeResponse:
+        t = request.identity_type
+        stored = await self.service.upsert_identity_type(current_tenant(), IdentityType(
+            t.name, t.unique, _enum_name(pb.Normalization, t.normalization, "NORMALIZATION_"), t.default_region))
+        return pb.UpsertIdentityTypeResponse(identity_type=_type_to_pb(stored))
+
+    async def ListIdentityTypes(self, request: pb.ListIdentityTypesRequest, context) -> pb.ListIdentityTypesResponse:
+        types = await self.service.list_identity_types(current_tenant())
+        return pb.ListIdentityTypesResponse(identity_types=[_type_to_pb(t) for t in types])
+
+    async def CreateRuleset(self, request: pb.CreateRulesetRequest, context) -> pb.CreateRulesetResponse:
+        rules = []
+        for rule in request.ruleset.rules:
+            criteria = []
+            for c in rule.criteria:
+                which = c.WhichOneof("field")
+                criteria.append((
+                    "identity" if which == "identity_type" else "attribute" if which == "attribute" else "",
+                    c.identity_type or c.attribute,
+                    _enum_name(pb.MatchMethod, c.method, "MATCH_METHOD_"),
+                    _enum_name(pb.FuzzyPrecision, c.precision, "FUZZY_PRECISION_"),
+                ))
+            rules.append((rule.name, criteria))
+        stored = await self.service.create_ruleset(current_tenant(), rules, list(request.ruleset.custom_attributes))
+        return pb.CreateRulesetResponse(ruleset=_ruleset_to_pb(stored))
+
+    async def GetRuleset(self, request: pb.GetRulesetRequest, context) -> pb.GetRulesetResponse:
+        return pb.GetRulesetResponse(ruleset=_ruleset_to_pb(
+            await self.service.get_ruleset(current_tenant(), request.version)))
+
+    async def RunRuleset(self, request: pb.RunRulesetRequest, context):
+        tenant = current_tenant()
+        version = (await self.service.config(tenant)).ruleset.version
+        async for step in self.service.run_ruleset(tenant):
+            if isinstance(step, Progress):
+                yield pb.RunRulesetResponse(
+                    phase=_PHASES.get(step.phase, pb.RUN_PHASE_LOADING), ruleset_version=version,
+                    records_processed=step.records_processed, records_total=step.records_total,
+                    comparisons=step.comparisons)
+            else:
+                yield pb.RunRulesetResponse(
+                    phase=pb.RUN_PHASE_DONE, ruleset_version=version, records_processed=step.records,
+                    records_total=step.records, comparisons=step.comparisons, clusters=step.clusters,
+                    kept_ids=step.kept_ids, new_ids=step.new_ids, merged=len(step.redirects),
+                    refused=step.refused)
+
+    async def Unmerge(self, request: pb.UnmergeRequest, context) -> pb.UnmergeResponse:
+        plan = await self.service.unmerge(current_tenant(), request.unified_individual_id)
+        return pb.UnmergeResponse(
+            unified_individual_id=plan.individual_id, survivor_individual_id=plan.survivor_id,
+            identities=_identities(plan.reported), alias_ids=[m for m in plan.members if m != plan.individual_id])
+
+    async def ListMergeEvents(self, request: pb.ListMergeEventsRequest, context) -> pb.ListMergeEventsResponse:
+        events, token = await self.service.list_merge_events(
+            current_tenant(), request.unified_individual_id, request.page_size, request.page_token)
+        return pb.ListMergeEventsResponse(
+            merge_events=[
+                pb.MergeEvent(event_id=str(e.event_id), kind=_KINDS[e.kind], survivor_individual_id=e.survivor_id,
+                              other_individual_id=e.other_id, rule=e.rule, evidence=_identities(e.evidence),
+                              reason=e.reason, event_time=_timestamp(e.at))
+                for e in events
+            ],
+            next_page_token=token,
         )

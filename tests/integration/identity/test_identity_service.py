@@ -9,10 +9,10 @@ import time
 
 import grpc
 import pytest
-
 from personalization.common.v1 import common_pb2
 from personalization.identity.v1 import identity_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
+
 from services.identity.server import build
 from shared.errors import status_details
 from tests.conftest import schema_connection, serving, tenant_md
@@ -116,7 +116,7 @@ async def test_merging_two_known_individuals_keeps_the_oldest_and_the_merged_id_
     assert identity_set(via_alias) == {("email", "ada@x.io"), ("device_id", "dev-1")}
     event = await db.fetchrow("SELECT * FROM merge_events WHERE tenant_id = $1", tenant)
     assert (event["survivor_id"], event["merged_id"], event["rule"]) == (
-        old.unified_individual_id, young.unified_individual_id, "exact_identity")
+        old.unified_individual_id, young.unified_individual_id, "unique_identity")
     evidence = {(e["type"], e["value"]) for e in json.loads(event["evidence"])}
     assert evidence == {("device_id", "dev-1"), ("email", "ada@x.io")}
     assert await counts(db, tenant) == (2, 2, 1)
@@ -189,7 +189,7 @@ async def test_bad_input_gets_a_violation_per_field_and_stores_nothing(server, t
             subject(("email", "good@x.io")),
             subject(("email", "fine@x.io"), ("device_id", "   ")),
             subject(),
-            subject(("Email", "x@y.io"), ("phone", "n/a"), ("crm_key", "v" * 513)),
+            subject(("Email", "x@y.io"), ("phone", "n/a"), ("crm_contact_key", "v" * 513)),
         )
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     violations, _ = status_details(info.value)

@@ -1,17 +1,42 @@
-"""An in-memory identity repository with the same methods and semantics as services/identity/postgres.py."""
+"""An in-memory identity repository with the resolve, config and history methods of services/identity/postgres.py.
+
+Re-runs and unmerges are tested on their pure planners (plan_rerun, plan_unmerge) and on the real database.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from services.identity.service import IndividualView, Key, MergeRecord, Owner, Plan, Planner
+from services.identity.matching import BUILT_IN_TYPES, IdentityType, Record, Ruleset
+from services.identity.service import (
+    IndividualView,
+    Key,
+    MergeEventView,
+    MergeRecord,
+    Owner,
+    Plan,
+    Planner,
+    Snapshot,
+    SnapshotQuery,
+    StoredRecord,
+)
+from shared.errors import FailedPrecondition
 
 
 @dataclass
 class Row:
     created_at: datetime
     merged_into: str | None = None
+    record_count: int = 0
+
+
+@dataclass
+class StoredRow:
+    individual_id: str
+    record: Record
+    shared: tuple[Key, ...]
+    blocks: tuple[str, ...]
 
 
 class FakeClock:
@@ -32,11 +57,19 @@ class FakeRepository:
         self.clock = clock or FakeClock()
         self.individuals: dict[tuple[str, str], Row] = {}
         self.identities: dict[tuple[str, str, str], str] = {}
+        self.records: dict[tuple[str, str], StoredRow] = {}
         self.merges: list[tuple[str, MergeRecord]] = []
+        self.types: dict[tuple[str, str], IdentityType] = {}
+        self.rulesets: dict[tuple[str, int], Ruleset] = {}
         self.resolve_calls = 0
         self.lookup_calls = 0
+        self.config_loads = 0
 
-    async def lookup(self, tenant: str, keys: list[Key]) -> dict[Key, Owner]:
+    def _owner(self, tenant: str, individual_id: str) -> Owner:
+        row = self.individuals[(tenant, individual_id)]
+        return Owner(individual_id, row.created_at, row.record_count)
+
+    async def lookup_owners(self, tenant: str, keys: list[Key]) -> dict[Key, Owner]:
         self.lookup_calls += 1
         return self._owners(tenant, keys)
 
@@ -45,15 +78,34 @@ class FakeRepository:
         for key in keys:
             owner = self.identities.get((tenant, *key))
             if owner is not None:
-                found[key] = Owner(owner, self.individuals[(tenant, owner)].created_at)
+                found[key] = self._owner(tenant, owner)
         return found
 
-    async def resolve(self, tenant: str, keys: list[Key], planner: Planner) -> Plan:
+    def _snapshot(self, tenant: str, query: SnapshotQuery, with_candidates: bool) -> Snapshot:
+        snap = Snapshot(owners=self._owners(tenant, query.unique))
+        for (t, record_id), stored in self.records.items():
+            if t != tenant:
+                continue
+            for key in stored.shared:
+                if key in query.shared:
+                    snap.shared.setdefault(key, set()).add(stored.individual_id)
+            if record_id in query.record_ids:
+                snap.known_records[record_id] = self._owner(tenant, stored.individual_id)
+            if with_candidates and set(stored.blocks) & set(query.blocks):
+                snap.candidates.append(StoredRecord(record_id, self._owner(tenant, stored.individual_id),
+                                                    stored.record, frozenset(stored.blocks)))
+        return snap
+
+    async def lookup(self, tenant: str, query: SnapshotQuery) -> Snapshot:
+        self.lookup_calls += 1
+        return self._snapshot(tenant, query, with_candidates=False)
+
+    async def resolve(self, tenant: str, query: SnapshotQuery, planner: Planner) -> Plan:
         self.resolve_calls += 1
         now = self.clock()
-        plan = planner(self._owners(tenant, keys), now)
+        plan = planner(self._snapshot(tenant, query, with_candidates=True), now)
         for new in plan.new_individuals:
-            self.individuals[(tenant, new.individual_id)] = Row(now, new.merged_into)
+            self.individuals[(tenant, new.individual_id)] = Row(now, new.merged_into, new.record_count)
         for merged, survivor in plan.redirects.items():
             for (t, individual_id), row in self.individuals.items():
                 if t == tenant and (individual_id == merged or row.merged_into == merged):
@@ -61,9 +113,16 @@ class FakeRepository:
             for (t, id_type, value), owner in list(self.identities.items()):
                 if t == tenant and owner == merged:
                     self.identities[(t, id_type, value)] = survivor
+            for (t, _), stored in self.records.items():
+                if t == tenant and stored.individual_id == merged:
+                    stored.individual_id = survivor
         for key, owner in plan.new_identities:
             assert (tenant, *key) not in self.identities
             self.identities[(tenant, *key)] = owner
+        for r in plan.new_records:
+            self.records[(tenant, r.record_id)] = StoredRow(r.individual_id, r.record, r.shared, r.blocks)
+        for individual_id, count in plan.counts.items():
+            self.individuals[(tenant, individual_id)].record_count = count
         self.merges += [(tenant, m) for m in plan.merges]
         return plan
 
@@ -72,14 +131,52 @@ class FakeRepository:
         if row is None:
             return None
         survivor = row.merged_into or individual_id
+        shared = {k for (t, _), s in self.records.items() if t == tenant and s.individual_id == survivor
+                  for k in s.shared}
+        unique = {(ty, v) for (tn, ty, v), o in self.identities.items() if tn == tenant and o == survivor}
         return IndividualView(
             individual_id=survivor,
-            identities=sorted((t, v) for (tn, t, v), o in self.identities.items() if tn == tenant and o == survivor),
+            identities=sorted(unique | shared),
             alias_ids=sorted(
                 i for (tn, i), r in self.individuals.items() if tn == tenant and r.merged_into == survivor
             ),
             created_at=self.individuals[(tenant, survivor)].created_at,
+            record_count=self.individuals[(tenant, survivor)].record_count,
         )
+
+    async def load_config(self, tenant: str) -> tuple[list[IdentityType], Ruleset | None]:
+        self.config_loads += 1
+        versions = sorted(v for t, v in self.rulesets if t == tenant)
+        return ([k for (t, _), k in self.types.items() if t == tenant],
+                self.rulesets[(tenant, versions[-1])] if versions else None)
+
+    async def upsert_type(self, tenant: str, kind: IdentityType) -> None:
+        current = self.types.get((tenant, kind.name)) or BUILT_IN_TYPES.get(kind.name)
+        in_use = any(t == tenant and ty == kind.name for t, ty, _ in self.identities) or any(
+            t == tenant and any(k[0] == kind.name for k in s.shared) for (t, _), s in self.records.items())
+        if current is not None and current.unique != kind.unique and in_use:
+            raise FailedPrecondition("in use", reason="IDENTITY_TYPE_IN_USE")
+        self.types[(tenant, kind.name)] = kind
+
+    async def create_ruleset(self, tenant: str, ruleset: Ruleset) -> Ruleset:
+        version = 1 + max((v for t, v in self.rulesets if t == tenant), default=0)
+        stored = Ruleset(version, ruleset.rules, ruleset.custom_attributes, self.clock())
+        self.rulesets[(tenant, version)] = stored
+        return stored
+
+    async def get_ruleset(self, tenant: str, version: int) -> Ruleset | None:
+        return self.rulesets.get((tenant, version))
+
+    async def list_merge_events(self, tenant: str, individual_id: str, before: int | None, limit: int
+                                ) -> list[MergeEventView]:
+        events = [
+            MergeEventView(i + 1, m.kind, m.survivor_id, m.merged_id, m.rule, list(m.evidence), m.reason,
+                           self.clock.now)
+            for i, (t, m) in enumerate(self.merges) if t == tenant
+        ]
+        events = [e for e in events if (not individual_id or individual_id in (e.survivor_id, e.other_id))
+                  and (before is None or e.event_id < before)]
+        return sorted(events, key=lambda e: -e.event_id)[:limit]
 
     def count(self, tenant: str) -> tuple[int, int]:
         """(individuals, identities) stored for a tenant."""

@@ -7,10 +7,13 @@ from datetime import UTC, datetime
 
 import pytest
 
+from services.identity import matching
+from services.identity.matching import BUILT_IN_TYPES, IdentityType
 from services.identity.service import (
+    Config,
     IdentityService,
     Owner,
-    normalize,
+    Snapshot,
     plan_resolution,
     validate_subjects,
 )
@@ -18,6 +21,8 @@ from shared.errors import InvalidArgument, NotFound
 from tests.unit.identity.fakes import FakeRepository
 
 T = "tenant_a"
+CONFIG = Config({**BUILT_IN_TYPES, "crm_key": IdentityType("crm_key", True, "TRIM"),
+                 "a" * 64: IdentityType("a" * 64, True, "TRIM")}, matching.DEFAULT_RULESET)
 
 
 @pytest.fixture
@@ -39,6 +44,14 @@ def paths(error: InvalidArgument) -> list[str]:
     return [field for field, _ in error.violations]
 
 
+def keys_of(subjects):
+    return [s.unique + s.shared for s in validate_subjects(subjects, CONFIG, "US")]
+
+
+def normalize(id_type: str, value: str) -> str:
+    return matching.normalize_value(CONFIG.types[id_type], value, "US")
+
+
 # Normalization
 
 
@@ -46,10 +59,15 @@ def test_email_is_trimmed_and_lowercased():
     assert normalize("email", "  Ada.Lovelace@Example.COM \n") == "ada.lovelace@example.com"
 
 
-def test_phone_keeps_a_leading_plus_and_digits_only():
+def test_phone_is_normalized_to_e164_with_the_default_region():
     assert normalize("phone", " +44 (20) 7946-0958 ") == "+442079460958"
-    assert normalize("phone", "020 7946 0958") == "02079460958"
-    assert normalize("phone", "12+34") == "1234"
+    assert normalize("phone", "(202) 555-0100") == "+12025550100"
+    assert matching.normalize_value(BUILT_IN_TYPES["phone"], "020 7946 0958", "GB") == "+442079460958"
+
+
+def test_a_phone_type_can_carry_its_own_default_region():
+    uk = IdentityType("phone", True, "PHONE", "GB")
+    assert matching.normalize_value(uk, "020 7946 0958", "US") == "+442079460958"
 
 
 def test_other_types_are_only_trimmed():
@@ -57,7 +75,7 @@ def test_other_types_are_only_trimmed():
 
 
 def test_identities_equal_after_normalization_count_once():
-    [keys] = validate_subjects([[("email", "A@x.io"), ("email", " a@X.io"), ("device_id", "d1")]])
+    [keys] = keys_of([[("email", "A@x.io"), ("email", " a@X.io"), ("device_id", "d1")]])
     assert keys == [("email", "a@x.io"), ("device_id", "d1")]
 
 
@@ -66,18 +84,18 @@ def test_identities_equal_after_normalization_count_once():
 
 def test_no_subjects_is_refused():
     with pytest.raises(InvalidArgument) as info:
-        validate_subjects([])
+        keys_of([])
     assert paths(info.value) == ["subjects"]
 
 
 def test_more_than_a_thousand_subjects_is_refused():
     with pytest.raises(InvalidArgument) as info:
-        validate_subjects([[("email", f"{i}@x.io")] for i in range(1001)])
+        keys_of([[("email", f"{i}@x.io")] for i in range(1001)])
     assert paths(info.value) == ["subjects"]
 
 
 def test_a_thousand_subjects_are_accepted():
-    assert len(validate_subjects([[("email", f"{i}@x.io")] for i in range(1000)])) == 1000
+    assert len(keys_of([[("email", f"{i}@x.io")] for i in range(1000)])) == 1000
 
 
 def test_every_bad_field_gets_its_own_violation_path():
@@ -86,10 +104,10 @@ def test_every_bad_field_gets_its_own_violation_path():
         [],
         [("email", "fine@x.io"), ("Email", "x@y.io"), ("device_id", "   ")],
         [("phone", "call me"), ("crm_key", "v" * 513), ("1type", "v"), ("", "v")],
-        [("a" * 65, "v"), ("x", "nul\x00byte")],
+        [("a" * 65, "v"), ("customer_id", "nul\x00byte"), ("loyalty_no", "v")],
     ]
     with pytest.raises(InvalidArgument) as info:
-        validate_subjects(subjects)
+        keys_of(subjects)
     assert paths(info.value) == [
         "subjects[1].identities",
         "subjects[2].identities[1].type",
@@ -100,16 +118,30 @@ def test_every_bad_field_gets_its_own_violation_path():
         "subjects[3].identities[3].type",
         "subjects[4].identities[0].type",
         "subjects[4].identities[1].value",
+        "subjects[4].identities[2].type",
     ]
 
 
+def test_unknown_identity_type_names_the_fix():
+    with pytest.raises(InvalidArgument) as info:
+        keys_of([[("loyalty_no", "v")]])
+    assert "UpsertIdentityType" in info.value.violations[0][1]
+
+
+def test_bad_attributes_get_their_own_violation_paths():
+    with pytest.raises(InvalidArgument) as info:
+        validate_subjects([[("email", "a@x.io")]], CONFIG, "US",
+                          [{"first_name": {"nested": 1}, "last_name": "x" * 513, "city": "ok"}])
+    assert paths(info.value) == ["subjects[0].attributes.first_name", "subjects[0].attributes.last_name"]
+
+
 def test_value_length_is_measured_after_normalization():
-    [keys] = validate_subjects([[("crm_key", "  " + "v" * 512 + "  ")]])
+    [keys] = keys_of([[("crm_key", "  " + "v" * 512 + "  ")]])
     assert keys == [("crm_key", "v" * 512)]
 
 
 def test_longest_allowed_type_name_is_accepted():
-    [keys] = validate_subjects([[("a" * 64, "v")]])
+    [keys] = keys_of([[("a" * 64, "v")]])
     assert keys == [("a" * 64, "v")]
 
 
@@ -141,9 +173,9 @@ async def test_known_subject_resolves_with_one_read_and_no_write(service, repo):
 
 async def test_new_identities_are_attached_to_the_known_individual(service, repo):
     first = await resolve_one(service, ("email", "ada@x.io"))
-    second = await resolve_one(service, ("email", "ada@x.io"), ("phone", "+1 555 0100"))
+    second = await resolve_one(service, ("email", "ada@x.io"), ("phone", "+1 202 555 0100"))
     assert second.individual_id == first.individual_id and not second.created
-    assert repo.identities[(T, "phone", "+15550100")] == first.individual_id
+    assert repo.identities[(T, "phone", "+12025550100")] == first.individual_id
     assert repo.count(T) == (1, 2)
 
 
@@ -157,14 +189,14 @@ async def test_anonymous_device_is_stitched_to_the_login_email(service):
 async def test_merge_keeps_the_oldest_individual_and_records_the_evidence(service, repo):
     old = await resolve_one(service, ("email", "ada@x.io"))
     young = await resolve_one(service, ("device_id", "dev-1"))
-    merged = await resolve_one(service, ("device_id", "dev-1"), ("email", "ada@x.io"), ("phone", "555"))
+    merged = await resolve_one(service, ("device_id", "dev-1"), ("email", "ada@x.io"), ("phone", "202-555-0100"))
     assert merged.individual_id == old.individual_id
     assert merged.merged_ids == (young.individual_id,)
     assert repo.identities[(T, "device_id", "dev-1")] == old.individual_id
-    assert repo.identities[(T, "phone", "555")] == old.individual_id
+    assert repo.identities[(T, "phone", "+12025550100")] == old.individual_id
     [(tenant, record)] = repo.merges
     assert (tenant, record.survivor_id, record.merged_id, record.rule) == (
-        T, old.individual_id, young.individual_id, "exact_identity")
+        T, old.individual_id, young.individual_id, "unique_identity")
     assert set(record.evidence) == {("device_id", "dev-1"), ("email", "ada@x.io")}
 
 
@@ -224,7 +256,8 @@ async def test_the_same_identity_twice_in_a_batch_creates_one_individual(service
 def test_equal_creation_times_are_broken_by_the_smaller_id():
     at = datetime(2026, 1, 1, tzinfo=UTC)
     owners = {("email", "a@x.io"): Owner("ind_b", at), ("email", "b@x.io"): Owner("ind_a", at)}
-    plan = plan_resolution([[("email", "a@x.io"), ("email", "b@x.io")]], owners, at, lookup_only=False)
+    subjects = validate_subjects([[("email", "a@x.io"), ("email", "b@x.io")]], CONFIG, "US")
+    plan = plan_resolution(subjects, Snapshot(owners=owners), at, CONFIG.ruleset, lookup_only=False)
     assert plan.resolutions[0].individual_id == "ind_a"
     assert plan.redirects == {"ind_b": "ind_a"}
 
@@ -241,7 +274,7 @@ async def test_lookup_only_returns_an_empty_id_and_creates_nothing(service, repo
 
 async def test_lookup_only_finds_a_known_individual_without_attaching(service, repo):
     known = await resolve_one(service, ("email", "ada@x.io"))
-    found = await resolve_one(service, ("email", "ada@x.io"), ("phone", "555"), lookup_only=True)
+    found = await resolve_one(service, ("email", "ada@x.io"), ("phone", "202 555 0100"), lookup_only=True)
     assert found.individual_id == known.individual_id
     assert repo.count(T) == (1, 1)
 

@@ -22,31 +22,80 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from personalization.common.v1 import common_pb2 as personalization_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2personalization/identity/v1/identity_service.proto\x12\x1bpersonalization.identity.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a&personalization/common/v1/common.proto\"B\n\x07Subject\x12\x37\n\nidentities\x18\x01 \x03(\x0b\x32#.personalization.common.v1.Identity\"g\n\x18ResolveIdentitiesRequest\x12\x36\n\x08subjects\x18\x01 \x03(\x0b\x32$.personalization.identity.v1.Subject\x12\x13\n\x0blookup_only\x18\x02 \x01(\x08\"[\n\nResolution\x12\x1d\n\x15unified_individual_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x1d\n\x15merged_individual_ids\x18\x03 \x03(\t\"Y\n\x19ResolveIdentitiesResponse\x12<\n\x0bresolutions\x18\x01 \x03(\x0b\x32\'.personalization.identity.v1.Resolution\"5\n\x14GetIndividualRequest\x12\x1d\n\x15unified_individual_id\x18\x01 \x01(\t\"\xa8\x01\n\nIndividual\x12\x1d\n\x15unified_individual_id\x18\x01 \x01(\t\x12\x37\n\nidentities\x18\x02 \x03(\x0b\x32#.personalization.common.v1.Identity\x12\x11\n\talias_ids\x18\x03 \x03(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"T\n\x15GetIndividualResponse\x12;\n\nindividual\x18\x01 \x01(\x0b\x32\'.personalization.identity.v1.Individual2\x8e\x02\n\x0fIdentityService\x12\x82\x01\n\x11ResolveIdentities\x12\x35.personalization.identity.v1.ResolveIdentitiesRequest\x1a\x36.personalization.identity.v1.ResolveIdentitiesResponse\x12v\n\rGetIndividual\x12\x31.personalization.identity.v1.GetIndividualRequest\x1a\x32.personalization.identity.v1.GetIndividualResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2personalization/identity/v1/identity_service.proto\x12\x1bpersonalization.identity.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a&personalization/common/v1/common.proto\"o\n\x07Subject\x12\x37\n\nidentities\x18\x01 \x03(\x0b\x32#.personalization.common.v1.Identity\x12+\n\nattributes\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"g\n\x18ResolveIdentitiesRequest\x12\x36\n\x08subjects\x18\x01 \x03(\x0b\x32$.personalization.identity.v1.Subject\x12\x13\n\x0blookup_only\x18\x02 \x01(\x08\"[\n\nResolution\x12\x1d\n\x15unified_individual_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\x12\x1d\n\x15merged_individual_ids\x18\x03 \x03(\t\"Y\n\x19ResolveIdentitiesResponse\x12<\n\x0bresolutions\x18\x01 \x03(\x0b\x32\'.personalization.identity.v1.Resolution\"5\n\x14GetIndividualRequest\x12\x1d\n\x15unified_individual_id\x18\x01 \x01(\t\"\xc5\x01\n\nIndividual\x12\x1d\n\x15unified_individual_id\x18\x01 \x01(\t\x12\x37\n\nidentities\x18\x02 \x03(\x0b\x32#.personalization.common.v1.Identity\x12\x11\n\talias_ids\x18\x03 \x03(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13source_record_count\x18\x05 \x01(\x03\"T\n\x15GetIndividualResponse\x12;\n\nindividual\x18\x01 \x01(\x0b\x32\'.personalization.identity.v1.Individual\"\x99\x01\n\x0cIdentityType\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06unique\x18\x02 \x01(\x08\x12\x41\n\rnormalization\x18\x03 \x01(\x0e\x32*.personalization.identity.v1.Normalization\x12\x16\n\x0e\x64\x65\x66\x61ult_region\x18\x04 \x01(\t\x12\x10\n\x08\x62uilt_in\x18\x05 \x01(\x08\"]\n\x19UpsertIdentityTypeRequest\x12@\n\ridentity_type\x18\x01 \x01(\x0b\x32).personalization.identity.v1.IdentityType\"^\n\x1aUpsertIdentityTypeResponse\x12@\n\ridentity_type\x18\x01 \x01(\x0b\x32).personalization.identity.v1.IdentityType\"\x1a\n\x18ListIdentityTypesRequest\"^\n\x19ListIdentityTypesResponse\x12\x41\n\x0eidentity_types\x18\x01 \x03(\x0b\x32).personalization.identity.v1.IdentityType\"\xc1\x01\n\x0eMatchCriterion\x12\x17\n\ridentity_type\x18\x01 \x01(\tH\x00\x12\x13\n\tattribute\x18\x02 \x01(\tH\x00\x12\x38\n\x06method\x18\x03 \x01(\x0e\x32(.personalization.identity.v1.MatchMethod\x12>\n\tprecision\x18\x04 \x01(\x0e\x32+.personalization.identity.v1.FuzzyPrecisionB\x07\n\x05\x66ield\"X\n\tMatchRule\x12\x0c\n\x04name\x18\x01 \x01(\t\x12=\n\x08\x63riteria\x18\x02 \x03(\x0b\x32+.personalization.identity.v1.MatchCriterion\"\x9d\x01\n\x07Ruleset\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x35\n\x05rules\x18\x02 \x03(\x0b\x32&.personalization.identity.v1.MatchRule\x12\x19\n\x11\x63ustom_attributes\x18\x03 \x03(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\x14\x43reateRulesetRequest\x12\x35\n\x07ruleset\x18\x01 \x01(\x0b\x32$.personalization.identity.v1.Ruleset\"N\n\x15\x43reateRulesetResponse\x12\x35\n\x07ruleset\x18\x01 \x01(\x0b\x32$.personalization.identity.v1.Ruleset\"$\n\x11GetRulesetRequest\x12\x0f\n\x07version\x18\x01 \x01(\x05\"K\n\x12GetRulesetResponse\x12\x35\n\x07ruleset\x18\x01 \x01(\x0b\x32$.personalization.identity.v1.Ruleset\"\x13\n\x11RunRulesetRequest\"\x80\x02\n\x12RunRulesetResponse\x12\x34\n\x05phase\x18\x01 \x01(\x0e\x32%.personalization.identity.v1.RunPhase\x12\x17\n\x0fruleset_version\x18\x02 \x01(\x05\x12\x19\n\x11records_processed\x18\x03 \x01(\x03\x12\x15\n\rrecords_total\x18\x04 \x01(\x03\x12\x13\n\x0b\x63omparisons\x18\x05 \x01(\x03\x12\x10\n\x08\x63lusters\x18\x06 \x01(\x03\x12\x10\n\x08kept_ids\x18\x07 \x01(\x03\x12\x0f\n\x07new_ids\x18\x08 \x01(\x03\x12\x0e\n\x06merged\x18\t \x01(\x03\x12\x0f\n\x07refused\x18\n \x01(\x03\"/\n\x0eUnmergeRequest\x12\x1d\n\x15unified_individual_id\x18\x01 \x01(\t\"\x9c\x01\n\x0fUnmergeResponse\x12\x1d\n\x15unified_individual_id\x18\x01 \x01(\t\x12\x1e\n\x16survivor_individual_id\x18\x02 \x01(\t\x12\x37\n\nidentities\x18\x03 \x03(\x0b\x32#.personalization.common.v1.Identity\x12\x11\n\talias_ids\x18\x04 \x03(\t\"\x9b\x02\n\nMergeEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x39\n\x04kind\x18\x02 \x01(\x0e\x32+.personalization.identity.v1.MergeEventKind\x12\x1e\n\x16survivor_individual_id\x18\x03 \x01(\t\x12\x1b\n\x13other_individual_id\x18\x04 \x01(\t\x12\x0c\n\x04rule\x18\x05 \x01(\t\x12\x35\n\x08\x65vidence\x18\x06 \x03(\x0b\x32#.personalization.common.v1.Identity\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12.\n\nevent_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x16ListMergeEventsRequest\x12\x1d\n\x15unified_individual_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"q\n\x17ListMergeEventsResponse\x12=\n\x0cmerge_events\x18\x01 \x03(\x0b\x32\'.personalization.identity.v1.MergeEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\x9a\x01\n\rNormalization\x12\x1d\n\x19NORMALIZATION_UNSPECIFIED\x10\x00\x12\x16\n\x12NORMALIZATION_TRIM\x10\x01\x12 \n\x1cNORMALIZATION_TRIM_LOWERCASE\x10\x02\x12\x17\n\x13NORMALIZATION_EMAIL\x10\x03\x12\x17\n\x13NORMALIZATION_PHONE\x10\x04*~\n\x0bMatchMethod\x12\x1c\n\x18MATCH_METHOD_UNSPECIFIED\x10\x00\x12\x16\n\x12MATCH_METHOD_EXACT\x10\x01\x12!\n\x1dMATCH_METHOD_EXACT_NORMALIZED\x10\x02\x12\x16\n\x12MATCH_METHOD_FUZZY\x10\x03*\x80\x01\n\x0e\x46uzzyPrecision\x12\x1f\n\x1b\x46UZZY_PRECISION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x46UZZY_PRECISION_HIGH\x10\x01\x12\x1a\n\x16\x46UZZY_PRECISION_MEDIUM\x10\x02\x12\x17\n\x13\x46UZZY_PRECISION_LOW\x10\x03*\x7f\n\x08RunPhase\x12\x19\n\x15RUN_PHASE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_PHASE_LOADING\x10\x01\x12\x16\n\x12RUN_PHASE_MATCHING\x10\x02\x12\x15\n\x11RUN_PHASE_WRITING\x10\x03\x12\x12\n\x0eRUN_PHASE_DONE\x10\x04*\x8a\x01\n\x0eMergeEventKind\x12 \n\x1cMERGE_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16MERGE_EVENT_KIND_MERGE\x10\x01\x12\x1c\n\x18MERGE_EVENT_KIND_UNMERGE\x10\x02\x12\x1c\n\x18MERGE_EVENT_KIND_REFUSED\x10\x03\x32\xd7\x08\n\x0fIdentityService\x12\x82\x01\n\x11ResolveIdentities\x12\x35.personalization.identity.v1.ResolveIdentitiesRequest\x1a\x36.personalization.identity.v1.ResolveIdentitiesResponse\x12v\n\rGetIndividual\x12\x31.personalization.identity.v1.GetIndividualRequest\x1a\x32.personalization.identity.v1.GetIndividualResponse\x12\x85\x01\n\x12UpsertIdentityType\x12\x36.personalization.identity.v1.UpsertIdentityTypeRequest\x1a\x37.personalization.identity.v1.UpsertIdentityTypeResponse\x12\x82\x01\n\x11ListIdentityTypes\x12\x35.personalization.identity.v1.ListIdentityTypesRequest\x1a\x36.personalization.identity.v1.ListIdentityTypesResponse\x12v\n\rCreateRuleset\x12\x31.personalization.identity.v1.CreateRulesetRequest\x1a\x32.personalization.identity.v1.CreateRulesetResponse\x12m\n\nGetRuleset\x12..personalization.identity.v1.GetRulesetRequest\x1a/.personalization.identity.v1.GetRulesetResponse\x12o\n\nRunRuleset\x12..personalization.identity.v1.RunRulesetRequest\x1a/.personalization.identity.v1.RunRulesetResponse0\x01\x12\x64\n\x07Unmerge\x12+.personalization.identity.v1.UnmergeRequest\x1a,.personalization.identity.v1.UnmergeResponse\x12|\n\x0fListMergeEvents\x12\x33.personalization.identity.v1.ListMergeEventsRequest\x1a\x34.personalization.identity.v1.ListMergeEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'personalization.identity.v1.identity_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBJECT']._serialized_start=156
-  _globals['_SUBJECT']._serialized_end=222
-  _globals['_RESOLVEIDENTITIESREQUEST']._serialized_start=224
-  _globals['_RESOLVEIDENTITIESREQUEST']._serialized_end=327
-  _globals['_RESOLUTION']._serialized_start=329
-  _globals['_RESOLUTION']._serialized_end=420
-  _globals['_RESOLVEIDENTITIESRESPONSE']._serialized_start=422
-  _globals['_RESOLVEIDENTITIESRESPONSE']._serialized_end=511
-  _globals['_GETINDIVIDUALREQUEST']._serialized_start=513
-  _globals['_GETINDIVIDUALREQUEST']._serialized_end=566
-  _globals['_INDIVIDUAL']._serialized_start=569
-  _globals['_INDIVIDUAL']._serialized_end=737
-  _globals['_GETINDIVIDUALRESPONSE']._serialized_start=739
-  _globals['_GETINDIVIDUALRESPONSE']._serialized_end=823
-  _globals['_IDENTITYSERVICE']._serialized_start=826
-  _globals['_IDENTITYSERVICE']._serialized_end=1096
+  _globals['_NORMALIZATION']._serialized_start=3106
+  _globals['_NORMALIZATION']._serialized_end=3260
+  _globals['_MATCHMETHOD']._serialized_start=3262
+  _globals['_MATCHMETHOD']._serialized_end=3388
+  _globals['_FUZZYPRECISION']._serialized_start=3391
+  _globals['_FUZZYPRECISION']._serialized_end=3519
+  _globals['_RUNPHASE']._serialized_start=3521
+  _globals['_RUNPHASE']._serialized_end=3648
+  _globals['_MERGEEVENTKIND']._serialized_start=3651
+  _globals['_MERGEEVENTKIND']._serialized_end=3789
+  _globals['_SUBJECT']._serialized_start=186
+  _globals['_SUBJECT']._serialized_end=297
+  _globals['_RESOLVEIDENTITIESREQUEST']._serialized_start=299
+  _globals['_RESOLVEIDENTITIESREQUEST']._serialized_end=402
+  _globals['_RESOLUTION']._serialized_start=404
+  _globals['_RESOLUTION']._serialized_end=495
+  _globals['_RESOLVEIDENTITIESRESPONSE']._serialized_start=497
+  _globals['_RESOLVEIDENTITIESRESPONSE']._serialized_end=586
+  _globals['_GETINDIVIDUALREQUEST']._serialized_start=588
+  _globals['_GETINDIVIDUALREQUEST']._serialized_end=641
+  _globals['_INDIVIDUAL']._serialized_start=644
+  _globals['_INDIVIDUAL']._serialized_end=841
+  _globals['_GETINDIVIDUALRESPONSE']._serialized_start=843
+  _globals['_GETINDIVIDUALRESPONSE']._serialized_end=927
+  _globals['_IDENTITYTYPE']._serialized_start=930
+  _globals['_IDENTITYTYPE']._serialized_end=1083
+  _globals['_UPSERTIDENTITYTYPEREQUEST']._serialized_start=1085
+  _globals['_UPSERTIDENTITYTYPEREQUEST']._serialized_end=1178
+  _globals['_UPSERTIDENTITYTYPERESPONSE']._serialized_start=1180
+  _globals['_UPSERTIDENTITYTYPERESPONSE']._serialized_end=1274
+  _globals['_LISTIDENTITYTYPESREQUEST']._serialized_start=1276
+  _globals['_LISTIDENTITYTYPESREQUEST']._serialized_end=1302
+  _globals['_LISTIDENTITYTYPESRESPONSE']._serialized_start=1304
+  _globals['_LISTIDENTITYTYPESRESPONSE']._serialized_end=1398
+  _globals['_MATCHCRITERION']._serialized_start=1401
+  _globals['_MATCHCRITERION']._serialized_end=1594
+  _globals['_MATCHRULE']._serialized_start=1596
+  _globals['_MATCHRULE']._serialized_end=1684
+  _globals['_RULESET']._serialized_start=1687
+  _globals['_RULESET']._serialized_end=1844
+  _globals['_CREATERULESETREQUEST']._serialized_start=1846
+  _globals['_CREATERULESETREQUEST']._serialized_end=1923
+  _globals['_CREATERULESETRESPONSE']._serialized_start=1925
+  _globals['_CREATERULESETRESPONSE']._serialized_end=2003
+  _globals['_GETRULESETREQUEST']._serialized_start=2005
+  _globals['_GETRULESETREQUEST']._serialized_end=2041
+  _globals['_GETRULESETRESPONSE']._serialized_start=2043
+  _globals['_GETRULESETRESPONSE']._serialized_end=2118
+  _globals['_RUNRULESETREQUEST']._serialized_start=2120
+  _globals['_RUNRULESETREQUEST']._serialized_end=2139
+  _globals['_RUNRULESETRESPONSE']._serialized_start=2142
+  _globals['_RUNRULESETRESPONSE']._serialized_end=2398
+  _globals['_UNMERGEREQUEST']._serialized_start=2400
+  _globals['_UNMERGEREQUEST']._serialized_end=2447
+  _globals['_UNMERGERESPONSE']._serialized_start=2450
+  _globals['_UNMERGERESPONSE']._serialized_end=2606
+  _globals['_MERGEEVENT']._serialized_start=2609
+  _globals['_MERGEEVENT']._serialized_end=2892
+  _globals['_LISTMERGEEVENTSREQUEST']._serialized_start=2894
+  _globals['_LISTMERGEEVENTSREQUEST']._serialized_end=2988
+  _globals['_LISTMERGEEVENTSRESPONSE']._serialized_start=2990
+  _globals['_LISTMERGEEVENTSRESPONSE']._serialized_end=3103
+  _globals['_IDENTITYSERVICE']._serialized_start=3792
+  _globals['_IDENTITYSERVICE']._serialized_end=4903
 # @@protoc_insertion_point(module_scope)

@@ -1,8 +1,10 @@
 import datetime
 
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from personalization.common.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -10,11 +12,72 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Normalization(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NORMALIZATION_UNSPECIFIED: _ClassVar[Normalization]
+    NORMALIZATION_TRIM: _ClassVar[Normalization]
+    NORMALIZATION_TRIM_LOWERCASE: _ClassVar[Normalization]
+    NORMALIZATION_EMAIL: _ClassVar[Normalization]
+    NORMALIZATION_PHONE: _ClassVar[Normalization]
+
+class MatchMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MATCH_METHOD_UNSPECIFIED: _ClassVar[MatchMethod]
+    MATCH_METHOD_EXACT: _ClassVar[MatchMethod]
+    MATCH_METHOD_EXACT_NORMALIZED: _ClassVar[MatchMethod]
+    MATCH_METHOD_FUZZY: _ClassVar[MatchMethod]
+
+class FuzzyPrecision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FUZZY_PRECISION_UNSPECIFIED: _ClassVar[FuzzyPrecision]
+    FUZZY_PRECISION_HIGH: _ClassVar[FuzzyPrecision]
+    FUZZY_PRECISION_MEDIUM: _ClassVar[FuzzyPrecision]
+    FUZZY_PRECISION_LOW: _ClassVar[FuzzyPrecision]
+
+class RunPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_PHASE_UNSPECIFIED: _ClassVar[RunPhase]
+    RUN_PHASE_LOADING: _ClassVar[RunPhase]
+    RUN_PHASE_MATCHING: _ClassVar[RunPhase]
+    RUN_PHASE_WRITING: _ClassVar[RunPhase]
+    RUN_PHASE_DONE: _ClassVar[RunPhase]
+
+class MergeEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MERGE_EVENT_KIND_UNSPECIFIED: _ClassVar[MergeEventKind]
+    MERGE_EVENT_KIND_MERGE: _ClassVar[MergeEventKind]
+    MERGE_EVENT_KIND_UNMERGE: _ClassVar[MergeEventKind]
+    MERGE_EVENT_KIND_REFUSED: _ClassVar[MergeEventKind]
+NORMALIZATION_UNSPECIFIED: Normalization
+NORMALIZATION_TRIM: Normalization
+NORMALIZATION_TRIM_LOWERCASE: Normalization
+NORMALIZATION_EMAIL: Normalization
+NORMALIZATION_PHONE: Normalization
+MATCH_METHOD_UNSPECIFIED: MatchMethod
+MATCH_METHOD_EXACT: MatchMethod
+MATCH_METHOD_EXACT_NORMALIZED: MatchMethod
+MATCH_METHOD_FUZZY: MatchMethod
+FUZZY_PRECISION_UNSPECIFIED: FuzzyPrecision
+FUZZY_PRECISION_HIGH: FuzzyPrecision
+FUZZY_PRECISION_MEDIUM: FuzzyPrecision
+FUZZY_PRECISION_LOW: FuzzyPrecision
+RUN_PHASE_UNSPECIFIED: RunPhase
+RUN_PHASE_LOADING: RunPhase
+RUN_PHASE_MATCHING: RunPhase
+RUN_PHASE_WRITING: RunPhase
+RUN_PHASE_DONE: RunPhase
+MERGE_EVENT_KIND_UNSPECIFIED: MergeEventKind
+MERGE_EVENT_KIND_MERGE: MergeEventKind
+MERGE_EVENT_KIND_UNMERGE: MergeEventKind
+MERGE_EVENT_KIND_REFUSED: MergeEventKind
+
 class Subject(_message.Message):
-    __slots__ = ("identities",)
+    __slots__ = ("identities", "attributes")
     IDENTITIES_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     identities: _containers.RepeatedCompositeFieldContainer[_common_pb2.Identity]
-    def __init__(self, identities: _Optional[_Iterable[_Union[_common_pb2.Identity, _Mapping]]] = ...) -> None: ...
+    attributes: _struct_pb2.Struct
+    def __init__(self, identities: _Optional[_Iterable[_Union[_common_pb2.Identity, _Mapping]]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ResolveIdentitiesRequest(_message.Message):
     __slots__ = ("subjects", "lookup_only")
@@ -47,19 +110,197 @@ class GetIndividualRequest(_message.Message):
     def __init__(self, unified_individual_id: _Optional[str] = ...) -> None: ...
 
 class Individual(_message.Message):
-    __slots__ = ("unified_individual_id", "identities", "alias_ids", "create_time")
+    __slots__ = ("unified_individual_id", "identities", "alias_ids", "create_time", "source_record_count")
     UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
     IDENTITIES_FIELD_NUMBER: _ClassVar[int]
     ALIAS_IDS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_RECORD_COUNT_FIELD_NUMBER: _ClassVar[int]
     unified_individual_id: str
     identities: _containers.RepeatedCompositeFieldContainer[_common_pb2.Identity]
     alias_ids: _containers.RepeatedScalarFieldContainer[str]
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, unified_individual_id: _Optional[str] = ..., identities: _Optional[_Iterable[_Union[_common_pb2.Identity, _Mapping]]] = ..., alias_ids: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    source_record_count: int
+    def __init__(self, unified_individual_id: _Optional[str] = ..., identities: _Optional[_Iterable[_Union[_common_pb2.Identity, _Mapping]]] = ..., alias_ids: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source_record_count: _Optional[int] = ...) -> None: ...
 
 class GetIndividualResponse(_message.Message):
     __slots__ = ("individual",)
     INDIVIDUAL_FIELD_NUMBER: _ClassVar[int]
     individual: Individual
     def __init__(self, individual: _Optional[_Union[Individual, _Mapping]] = ...) -> None: ...
+
+class IdentityType(_message.Message):
+    __slots__ = ("name", "unique", "normalization", "default_region", "built_in")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_REGION_FIELD_NUMBER: _ClassVar[int]
+    BUILT_IN_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    unique: bool
+    normalization: Normalization
+    default_region: str
+    built_in: bool
+    def __init__(self, name: _Optional[str] = ..., unique: _Optional[bool] = ..., normalization: _Optional[_Union[Normalization, str]] = ..., default_region: _Optional[str] = ..., built_in: _Optional[bool] = ...) -> None: ...
+
+class UpsertIdentityTypeRequest(_message.Message):
+    __slots__ = ("identity_type",)
+    IDENTITY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    identity_type: IdentityType
+    def __init__(self, identity_type: _Optional[_Union[IdentityType, _Mapping]] = ...) -> None: ...
+
+class UpsertIdentityTypeResponse(_message.Message):
+    __slots__ = ("identity_type",)
+    IDENTITY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    identity_type: IdentityType
+    def __init__(self, identity_type: _Optional[_Union[IdentityType, _Mapping]] = ...) -> None: ...
+
+class ListIdentityTypesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListIdentityTypesResponse(_message.Message):
+    __slots__ = ("identity_types",)
+    IDENTITY_TYPES_FIELD_NUMBER: _ClassVar[int]
+    identity_types: _containers.RepeatedCompositeFieldContainer[IdentityType]
+    def __init__(self, identity_types: _Optional[_Iterable[_Union[IdentityType, _Mapping]]] = ...) -> None: ...
+
+class MatchCriterion(_message.Message):
+    __slots__ = ("identity_type", "attribute", "method", "precision")
+    IDENTITY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    identity_type: str
+    attribute: str
+    method: MatchMethod
+    precision: FuzzyPrecision
+    def __init__(self, identity_type: _Optional[str] = ..., attribute: _Optional[str] = ..., method: _Optional[_Union[MatchMethod, str]] = ..., precision: _Optional[_Union[FuzzyPrecision, str]] = ...) -> None: ...
+
+class MatchRule(_message.Message):
+    __slots__ = ("name", "criteria")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CRITERIA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    criteria: _containers.RepeatedCompositeFieldContainer[MatchCriterion]
+    def __init__(self, name: _Optional[str] = ..., criteria: _Optional[_Iterable[_Union[MatchCriterion, _Mapping]]] = ...) -> None: ...
+
+class Ruleset(_message.Message):
+    __slots__ = ("version", "rules", "custom_attributes", "create_time")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    rules: _containers.RepeatedCompositeFieldContainer[MatchRule]
+    custom_attributes: _containers.RepeatedScalarFieldContainer[str]
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, version: _Optional[int] = ..., rules: _Optional[_Iterable[_Union[MatchRule, _Mapping]]] = ..., custom_attributes: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateRulesetRequest(_message.Message):
+    __slots__ = ("ruleset",)
+    RULESET_FIELD_NUMBER: _ClassVar[int]
+    ruleset: Ruleset
+    def __init__(self, ruleset: _Optional[_Union[Ruleset, _Mapping]] = ...) -> None: ...
+
+class CreateRulesetResponse(_message.Message):
+    __slots__ = ("ruleset",)
+    RULESET_FIELD_NUMBER: _ClassVar[int]
+    ruleset: Ruleset
+    def __init__(self, ruleset: _Optional[_Union[Ruleset, _Mapping]] = ...) -> None: ...
+
+class GetRulesetRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
+
+class GetRulesetResponse(_message.Message):
+    __slots__ = ("ruleset",)
+    RULESET_FIELD_NUMBER: _ClassVar[int]
+    ruleset: Ruleset
+    def __init__(self, ruleset: _Optional[_Union[Ruleset, _Mapping]] = ...) -> None: ...
+
+class RunRulesetRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class RunRulesetResponse(_message.Message):
+    __slots__ = ("phase", "ruleset_version", "records_processed", "records_total", "comparisons", "clusters", "kept_ids", "new_ids", "merged", "refused")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    RULESET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_PROCESSED_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    COMPARISONS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTERS_FIELD_NUMBER: _ClassVar[int]
+    KEPT_IDS_FIELD_NUMBER: _ClassVar[int]
+    NEW_IDS_FIELD_NUMBER: _ClassVar[int]
+    MERGED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    phase: RunPhase
+    ruleset_version: int
+    records_processed: int
+    records_total: int
+    comparisons: int
+    clusters: int
+    kept_ids: int
+    new_ids: int
+    merged: int
+    refused: int
+    def __init__(self, phase: _Optional[_Union[RunPhase, str]] = ..., ruleset_version: _Optional[int] = ..., records_processed: _Optional[int] = ..., records_total: _Optional[int] = ..., comparisons: _Optional[int] = ..., clusters: _Optional[int] = ..., kept_ids: _Optional[int] = ..., new_ids: _Optional[int] = ..., merged: _Optional[int] = ..., refused: _Optional[int] = ...) -> None: ...
+
+class UnmergeRequest(_message.Message):
+    __slots__ = ("unified_individual_id",)
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    unified_individual_id: str
+    def __init__(self, unified_individual_id: _Optional[str] = ...) -> None: ...
+
+class UnmergeResponse(_message.Message):
+    __slots__ = ("unified_individual_id", "survivor_individual_id", "identities", "alias_ids")
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    SURVIVOR_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    IDENTITIES_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_IDS_FIELD_NUMBER: _ClassVar[int]
+    unified_individual_id: str
+    survivor_individual_id: str
+    identities: _containers.RepeatedCompositeFieldContainer[_common_pb2.Identity]
+    alias_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, unified_individual_id: _Optional[str] = ..., survivor_individual_id: _Optional[str] = ..., identities: _Optional[_Iterable[_Union[_common_pb2.Identity, _Mapping]]] = ..., alias_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MergeEvent(_message.Message):
+    __slots__ = ("event_id", "kind", "survivor_individual_id", "other_individual_id", "rule", "evidence", "reason", "event_time")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SURVIVOR_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    OTHER_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    kind: MergeEventKind
+    survivor_individual_id: str
+    other_individual_id: str
+    rule: str
+    evidence: _containers.RepeatedCompositeFieldContainer[_common_pb2.Identity]
+    reason: str
+    event_time: _timestamp_pb2.Timestamp
+    def __init__(self, event_id: _Optional[str] = ..., kind: _Optional[_Union[MergeEventKind, str]] = ..., survivor_individual_id: _Optional[str] = ..., other_individual_id: _Optional[str] = ..., rule: _Optional[str] = ..., evidence: _Optional[_Iterable[_Union[_common_pb2.Identity, _Mapping]]] = ..., reason: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListMergeEventsRequest(_message.Message):
+    __slots__ = ("unified_individual_id", "page_size", "page_token")
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    unified_individual_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, unified_individual_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListMergeEventsResponse(_message.Message):
+    __slots__ = ("merge_events", "next_page_token")
+    MERGE_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    merge_events: _containers.RepeatedCompositeFieldContainer[MergeEvent]
+    next_page_token: str
+    def __init__(self, merge_events: _Optional[_Iterable[_Union[MergeEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

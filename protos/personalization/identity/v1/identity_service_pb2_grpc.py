@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class IdentityServiceStub:
-    """IdentityService owns identities, unified individuals and their merge history.
+    """IdentityService owns identity types, rulesets, source records, unified individuals and their merge history.
     """
 
     def __init__(self, channel):
@@ -45,15 +45,50 @@ class IdentityServiceStub:
                 request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.GetIndividualRequest.SerializeToString,
                 response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.GetIndividualResponse.FromString,
                 _registered_method=True)
+        self.UpsertIdentityType = channel.unary_unary(
+                '/personalization.identity.v1.IdentityService/UpsertIdentityType',
+                request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.UpsertIdentityTypeRequest.SerializeToString,
+                response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.UpsertIdentityTypeResponse.FromString,
+                _registered_method=True)
+        self.ListIdentityTypes = channel.unary_unary(
+                '/personalization.identity.v1.IdentityService/ListIdentityTypes',
+                request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListIdentityTypesRequest.SerializeToString,
+                response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListIdentityTypesResponse.FromString,
+                _registered_method=True)
+        self.CreateRuleset = channel.unary_unary(
+                '/personalization.identity.v1.IdentityService/CreateRuleset',
+                request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.CreateRulesetRequest.SerializeToString,
+                response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.CreateRulesetResponse.FromString,
+                _registered_method=True)
+        self.GetRuleset = channel.unary_unary(
+                '/personalization.identity.v1.IdentityService/GetRuleset',
+                request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.GetRulesetRequest.SerializeToString,
+                response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.GetRulesetResponse.FromString,
+                _registered_method=True)
+        self.RunRuleset = channel.unary_stream(
+                '/personalization.identity.v1.IdentityService/RunRuleset',
+                request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.RunRulesetRequest.SerializeToString,
+                response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.RunRulesetResponse.FromString,
+                _registered_method=True)
+        self.Unmerge = channel.unary_unary(
+                '/personalization.identity.v1.IdentityService/Unmerge',
+                request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.UnmergeRequest.SerializeToString,
+                response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.UnmergeResponse.FromString,
+                _registered_method=True)
+        self.ListMergeEvents = channel.unary_unary(
+                '/personalization.identity.v1.IdentityService/ListMergeEvents',
+                request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListMergeEventsRequest.SerializeToString,
+                response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListMergeEventsResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
-    """IdentityService owns identities, unified individuals and their merge history.
+    """IdentityService owns identity types, rulesets, source records, unified individuals and their merge history.
     """
 
     def ResolveIdentities(self, request, context):
         """Resolves each subject's identities to one unified individual, creating or merging individuals as needed.
-        Errors: INVALID_ARGUMENT (empty subjects, identity without type or value, oversize value).
+        Errors: INVALID_ARGUMENT (empty subjects, unknown identity type, empty or oversize value, bad attributes).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -62,6 +97,62 @@ class IdentityServiceServicer:
     def GetIndividual(self, request, context):
         """Returns one unified individual, addressed by its id or any id merged into it.
         Errors: INVALID_ARGUMENT (empty id), NOT_FOUND (no such individual in the tenant).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertIdentityType(self, request, context):
+        """Creates or replaces a tenant's identity type (a built-in one is overridden).
+        Errors: INVALID_ARGUMENT (bad name, normalization or region), FAILED_PRECONDITION (changing uniqueness of a type in use).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListIdentityTypes(self, request, context):
+        """Lists the tenant's identity types: built-ins (possibly overridden) and custom ones, by name.
+        Errors: none beyond authentication.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateRuleset(self, request, context):
+        """Stores a new version of the tenant's match ruleset; it applies to new data at once and to all data on RunRuleset.
+        Errors: INVALID_ARGUMENT (no rules, empty rule, unknown identity type or attribute, missing method or precision).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRuleset(self, request, context):
+        """Returns the active ruleset (the default one until the tenant creates its own) or a given version.
+        Errors: INVALID_ARGUMENT (negative version), NOT_FOUND (no such version).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunRuleset(self, request, context):
+        """Re-runs the active ruleset over every source record of the tenant, streaming progress; unchanged clusters keep their ids.
+        Errors: none beyond authentication; a run concurrent with another run of the tenant waits for it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Unmerge(self, request, context):
+        """Splits a merged individual back off its survivor and keeps the two apart from then on.
+        Errors: INVALID_ARGUMENT (empty id), NOT_FOUND (no such individual), FAILED_PRECONDITION (not merged into another).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMergeEvents(self, request, context):
+        """Lists merges, unmerges and refused merges, newest first, optionally of one individual.
+        Errors: INVALID_ARGUMENT (page_size out of range, malformed page_token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,6 +171,41 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.GetIndividualRequest.FromString,
                     response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.GetIndividualResponse.SerializeToString,
             ),
+            'UpsertIdentityType': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertIdentityType,
+                    request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.UpsertIdentityTypeRequest.FromString,
+                    response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.UpsertIdentityTypeResponse.SerializeToString,
+            ),
+            'ListIdentityTypes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListIdentityTypes,
+                    request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListIdentityTypesRequest.FromString,
+                    response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListIdentityTypesResponse.SerializeToString,
+            ),
+            'CreateRuleset': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateRuleset,
+                    request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.CreateRulesetRequest.FromString,
+                    response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.CreateRulesetResponse.SerializeToString,
+            ),
+            'GetRuleset': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRuleset,
+                    request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.GetRulesetRequest.FromString,
+                    response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.GetRulesetResponse.SerializeToString,
+            ),
+            'RunRuleset': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunRuleset,
+                    request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.RunRulesetRequest.FromString,
+                    response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.RunRulesetResponse.SerializeToString,
+            ),
+            'Unmerge': grpc.unary_unary_rpc_method_handler(
+                    servicer.Unmerge,
+                    request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.UnmergeRequest.FromString,
+                    response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.UnmergeResponse.SerializeToString,
+            ),
+            'ListMergeEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMergeEvents,
+                    request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListMergeEventsRequest.FromString,
+                    response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListMergeEventsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'personalization.identity.v1.IdentityService', rpc_method_handlers)
@@ -89,7 +215,7 @@ def add_IdentityServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class IdentityService:
-    """IdentityService owns identities, unified individuals and their merge history.
+    """IdentityService owns identity types, rulesets, source records, unified individuals and their merge history.
     """
 
     @staticmethod
@@ -136,6 +262,195 @@ class IdentityService:
             '/personalization.identity.v1.IdentityService/GetIndividual',
             personalization_dot_identity_dot_v1_dot_identity__service__pb2.GetIndividualRequest.SerializeToString,
             personalization_dot_identity_dot_v1_dot_identity__service__pb2.GetIndividualResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertIdentityType(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.identity.v1.IdentityService/UpsertIdentityType',
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.UpsertIdentityTypeRequest.SerializeToString,
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.UpsertIdentityTypeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListIdentityTypes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.identity.v1.IdentityService/ListIdentityTypes',
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListIdentityTypesRequest.SerializeToString,
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListIdentityTypesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateRuleset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.identity.v1.IdentityService/CreateRuleset',
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.CreateRulesetRequest.SerializeToString,
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.CreateRulesetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRuleset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.identity.v1.IdentityService/GetRuleset',
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.GetRulesetRequest.SerializeToString,
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.GetRulesetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunRuleset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/personalization.identity.v1.IdentityService/RunRuleset',
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.RunRulesetRequest.SerializeToString,
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.RunRulesetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Unmerge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.identity.v1.IdentityService/Unmerge',
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.UnmergeRequest.SerializeToString,
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.UnmergeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMergeEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.identity.v1.IdentityService/ListMergeEvents',
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListMergeEventsRequest.SerializeToString,
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListMergeEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
