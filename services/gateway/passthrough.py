@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 from google.protobuf import descriptor_pool
 
@@ -14,7 +16,7 @@ def _unary(call, after=None):
         # The shared client factory adds the authenticated tenant, the request id and the remaining deadline.
         reply = await call(request)
         if after is not None:
-            await after(request)
+            await after(request, reply)
         return reply
 
     return forward
@@ -25,10 +27,13 @@ def _unary(call, after=None):
 STREAM_SECONDS = 86_400.0
 
 
-def _server_stream(call):
+def _server_stream(call, after=None):
     async def forward(request: bytes, _context):
+        started = time.time()
         async for message in call(request, timeout=STREAM_SECONDS, metadata=call_metadata()):
             yield message
+        if after is not None:
+            await after(request, started)
 
     return forward
 
@@ -40,7 +45,8 @@ class Passthrough(grpc.GenericRpcHandler):
     """
 
     def __init__(self, channels: dict[str, grpc.aio.Channel], after: dict | None = None):
-        """after maps a method to a coroutine run with the request bytes once the forwarded call succeeded."""
+        """after maps a method to a coroutine run once the forwarded call succeeded: with the request and reply
+        bytes for a unary method, with the request bytes and the start time (epoch seconds) for a stream."""
         after = after or {}
         self.handlers: dict[str, grpc.RpcMethodHandler] = {}
         pool = descriptor_pool.Default()
@@ -53,7 +59,8 @@ class Passthrough(grpc.GenericRpcHandler):
                 raise ValueError(f"{method}: client-streaming methods are not forwarded")
             channel = channels[service]
             if descriptor.server_streaming:
-                handler = grpc.unary_stream_rpc_method_handler(_server_stream(channel.unary_stream(method)))
+                handler = grpc.unary_stream_rpc_method_handler(
+                    _server_stream(channel.unary_stream(method), after.get(method)))
             else:
                 handler = grpc.unary_unary_rpc_method_handler(_unary(channel.unary_unary(method), after.get(method)))
             self.handlers[method] = handler

@@ -85,7 +85,7 @@ class Pipeline:
     async def process(self, events: list[common_pb2.Event]) -> None:
         # Identify: one batch call; subjects are resolved in order, so later events see earlier merges.
         resolved = await self.stubs.identity.ResolveIdentities(identity_pb.ResolveIdentitiesRequest(
-            subjects=[identity_pb.Subject(identities=e.identities) for e in events]))
+            subjects=[identity_pb.Subject(identities=e.identities, attributes=e.attributes) for e in events]))
         aliases: dict[str, str] = {}
         merges: list[tuple[list[str], str]] = []
         for resolution in resolved.resolutions:
@@ -114,6 +114,48 @@ class Pipeline:
         for start in range(0, len(outcomes), 1000):
             await self.stubs.decision.RecordOutcomes(decision_pb.RecordOutcomesRequest(
                 outcomes=outcomes[start:start + 1000]))
+
+
+class MergePropagation:
+    """Tells the profile graph and the decision service what identity changes outside the event flow did."""
+
+    def __init__(self, profile, decision, identity):
+        self.profile = profile
+        self.decision = decision
+        self.identity = identity
+
+    async def after_unmerge(self, request: bytes, reply: bytes) -> None:
+        """Moves the events carrying the split-off identities back from the survivor to the restored individual."""
+        undone = identity_pb.UnmergeResponse.FromString(reply)
+        # Only unique identities say whose an event is: a shared non-unique value (a family phone) must not
+        # pull the survivor's own events along.
+        types = await self.identity.ListIdentityTypes(identity_pb.ListIdentityTypesRequest())
+        unique = {t.name for t in types.identity_types if t.unique}
+        owned = [i for i in undone.identities if i.type in unique]
+        if owned:
+            await self.profile.ReassignIndividual(profile_pb.ReassignIndividualRequest(
+                from_individual_ids=[undone.survivor_individual_id], to_individual_id=undone.unified_individual_id,
+                only_events_with_identities=owned))
+
+    async def after_rerun(self, request: bytes, started: float) -> None:
+        """Applies the merges a ruleset re-run made (merge events of rule ruleset_run since it started)."""
+        token = ""
+        while True:
+            page = await self.identity.ListMergeEvents(identity_pb.ListMergeEventsRequest(
+                page_size=1000, page_token=token))
+            for event in page.merge_events:  # newest first
+                if event.event_time.ToMicroseconds() / 1e6 < started - 1:
+                    return
+                if event.kind == identity_pb.MERGE_EVENT_KIND_MERGE and event.rule == "ruleset_run":
+                    await self.profile.ReassignIndividual(profile_pb.ReassignIndividualRequest(
+                        from_individual_ids=[event.other_individual_id],
+                        to_individual_id=event.survivor_individual_id))
+                    await self.decision.ReassignIndividual(decision_pb.ReassignIndividualRequest(
+                        from_unified_individual_ids=[event.other_individual_id],
+                        to_unified_individual_id=event.survivor_individual_id))
+            token = page.next_page_token
+            if not token:
+                return
 
 
 class PipelineWorker:

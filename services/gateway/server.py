@@ -15,13 +15,13 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as p
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
 from personalization.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
 from services.gateway.activation import Activations
-from services.gateway.auth import PROFILE, KeyService
+from services.gateway.auth import IDENTITY, PROFILE, KeyService
 from services.gateway.batch import BatchJobs
 from services.gateway.decide import Decider
 from services.gateway.decision_log import DecisionLogWriter
 from services.gateway.ingest import Ingest
 from services.gateway.passthrough import Passthrough
-from services.gateway.pipeline import Pipeline, PipelineWorker, Stubs
+from services.gateway.pipeline import MergePropagation, Pipeline, PipelineWorker, Stubs
 from services.gateway.postgres import GatewayStore
 from services.gateway.quotas import Quotas
 from services.gateway.records import RecordSync
@@ -72,14 +72,18 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
     profile = profile_grpc.ProfileGraphServiceStub(channels["profile_graph"])
     recommender = rec_grpc.RecommenderServiceStub(channels["recommender"])
     decision = decision_grpc.DecisionServiceStub(channels["decision"])
-    async def items_to_recommender(request: bytes) -> None:
+    async def items_to_recommender(request: bytes, _reply: bytes) -> None:
         # The catalog lives in the profile graph; the recommender keeps the attributes it filters and ranks on.
         upsert = profile_pb.UpsertItemsRequest.FromString(request)
         await recommender.UpsertItems(rec_pb.UpsertItemsRequest(items=[
             rec_pb.Item(item_id=item.item_id, attributes=item.attributes) for item in upsert.items]))
 
-    passthrough = Passthrough({SERVICE_NAMES[name]: ch for name, ch in channels.items()},
-                              after={PROFILE + "UpsertItems": items_to_recommender})
+    merges = MergePropagation(profile, decision, identity)
+    passthrough = Passthrough({SERVICE_NAMES[name]: ch for name, ch in channels.items()}, after={
+        PROFILE + "UpsertItems": items_to_recommender,
+        IDENTITY + "Unmerge": merges.after_unmerge,
+        IDENTITY + "RunRuleset": merges.after_rerun,
+    })
     worker = PipelineWorker(dsn, store, Pipeline(Stubs(identity, profile, recommender, decision)),
                             batch_size=settings.batch_size, max_attempts=settings.max_attempts)
     log_writer = DecisionLogWriter(decision)

@@ -237,3 +237,44 @@ async def test_items_upserted_through_the_gateway_reach_the_recommender_and_come
     assert {d["name"] for d in served.data} == {"Shoe 0", "Shoe 1", "Shoe 2"}
     assert all(d["source"] for d in served.data)
     assert "new_arrivals" in served.explanation.recommendations.recommenders
+
+
+async def test_unmerge_through_the_gateway_moves_the_split_off_history_back(suite):
+    from personalization.identity.v1 import identity_service_pb2 as identity_pb
+    from personalization.identity.v1 import identity_service_pb2_grpc as identity_grpc
+
+    identity = identity_grpc.IdentityServiceStub(suite.channel)
+    _, md = await suite.new_tenant()
+    # A shared phone alone no longer links; the default rule phone + fuzzy first name + last name does.
+    await identity.UpsertIdentityType(identity_pb.UpsertIdentityTypeRequest(identity_type=identity_pb.IdentityType(
+        name="phone", unique=False, normalization=identity_pb.NORMALIZATION_PHONE, default_region="US")),
+        metadata=md)
+    first = _event("n1", common_pb2.EVENT_TYPE_PAGE_VIEW, ("email", "jon@example.com"), ("phone", "+1 415 555 0100"))
+    first.attributes.update({"first_name": "Jonathan", "last_name": "Smith"})
+    second = _event("n2", common_pb2.EVENT_TYPE_PAGE_VIEW, ("customer_id", "c-9"))
+    # The third record links the customer to the first one only through the rule (phone + names).
+    third = _event("n3", common_pb2.EVENT_TYPE_PAGE_VIEW, ("customer_id", "c-9"), ("phone", "+14155550100"))
+    third.attributes.update({"first_name": "Jonathon", "last_name": "Smith"})
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[first]), metadata=md)
+    assert await _wait_for(lambda: _profile(suite, md, "email", "jon@example.com"))  # the older individual
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[second]), metadata=md)
+    assert await _wait_for(lambda: _profile(suite, md, "customer_id", "c-9"))
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[third]), metadata=md)
+
+    async def merged():
+        reply = await _profile(suite, md, "customer_id", "c-9")
+        return reply if reply is not None and len(reply.events) == 3 else None
+
+    survivor = await _wait_for(merged)
+    assert survivor is not None, "the rule never merged the two records"
+    individual = await identity.GetIndividual(
+        identity_pb.GetIndividualRequest(unified_individual_id=survivor.unified_individual_id), metadata=md)
+    [merged_id] = list(individual.individual.alias_ids)
+    undone = await identity.Unmerge(identity_pb.UnmergeRequest(unified_individual_id=merged_id), metadata=md)
+    assert ("customer_id", "c-9") in {(i.type, i.value) for i in undone.identities}
+
+    split = await _profile(suite, md, "customer_id", "c-9")
+    kept = await _profile(suite, md, "email", "jon@example.com")
+    assert split.unified_individual_id == merged_id != kept.unified_individual_id
+    assert sorted(e.message_id for e in split.events) == ["n2", "n3"]
+    assert [e.message_id for e in kept.events] == ["n1"]
