@@ -31,6 +31,8 @@ FIELD_TYPES = ("STRING", "NUMBER", "BOOL", "STRING_LIST")
 DEFAULT_COUNT = 12
 MAX_COUNT = 24
 MAX_POINTS_PER_QUALIFY = 50
+MAX_INDIVIDUALS_PER_BATCH = 1000
+BATCH_YIELD_EVERY = 250  # individuals qualified between yields to the event loop (a few ms of work)
 MAX_LOG_ENTRIES = 1000
 MAX_TEXT = 256
 MAX_CACHED_POINTS = 100_000
@@ -438,6 +440,60 @@ def point_not_found(name: str, field_path: str) -> NotFound:
 def experiment_not_found(name: str, field_path: str = "name") -> NotFound:
     return NotFound(f"{field_path}: experiment '{name}' does not exist", reason="EXPERIMENT_NOT_FOUND",
                     metadata={"experiment": name})
+
+
+def _check_selections(selections: Sequence[tuple[str, str]], v: Violations, name_path) -> None:
+    if not selections:
+        v.add("points", "must name at least one point")
+    elif len(selections) > MAX_POINTS_PER_QUALIFY:
+        v.add("points", f"must name at most {MAX_POINTS_PER_QUALIFY} points")
+    for i, (name, _) in enumerate(selections):
+        if not name:
+            v.add(name_path(i), "must name a point")
+
+
+def _has_experiment(entries: Sequence[CompiledPoint], forced: Sequence[str]) -> bool:
+    return any(entry.experiment is not None and not f for entry, f in zip(entries, forced))
+
+
+def _needs(entries: Sequence[CompiledPoint], forced: Sequence[str], *, with_experiments: bool):
+    """What the rules to evaluate read: the decisions of unforced points, plus experiment targeting if any."""
+    needs = rules.merge_needs(rule for entry, f in zip(entries, forced) if not f for _, rule in entry.ordered)
+    if with_experiments:
+        targeting = [e.experiment.targeting for e, f in zip(entries, forced) if not f and e.experiment is not None]
+        if targeting:
+            needs = rules.merge_needs([rules.CompiledRule("", None, needs)] + targeting)
+    return needs
+
+
+def _qualify_one(
+    entries: Sequence[CompiledPoint], forced: Sequence[str], ctx, unified_id: str, now: datetime | None
+) -> list[Qualification]:
+    """One individual's qualifications: experiment first, then rules by priority, then the fallback."""
+    results = []
+    for entry, forced_id in zip(entries, forced):
+        if forced_id:
+            results.append(Qualification(entry.point, entry.by_id[forced_id], []))
+            continue
+        assignment = None
+        if unified_id and entry.experiment is not None and not entry.experiment.experiment.expired(now):
+            assignment = entry.experiment.assign(unified_id, ctx)
+            cohort = assignment.cohort
+            if cohort is not None and not cohort.fall_through:
+                decision = entry.by_id.get(cohort.decision_id)
+                if decision is not None:
+                    results.append(Qualification(entry.point, decision, [], assignment))
+                    continue
+        winner = None
+        evaluations = []
+        for decision, rule in entry.ordered:
+            matched, error = rules.evaluate(rule, ctx)
+            evaluations.append(Evaluation(decision.decision_id, decision.name, matched, error))
+            if matched:
+                winner = decision
+                break
+        results.append(Qualification(entry.point, winner or entry.fallback, evaluations, assignment))
+    return results
 
 
 def _utcnow() -> datetime:
@@ -863,61 +919,78 @@ class DecisionService:
         and the control cohort with fall-through (or anyone outside the experiment) gets the normal decisions.
         """
         v = Violations()
-        if not selections:
-            v.add("points", "must name at least one point")
-        elif len(selections) > MAX_POINTS_PER_QUALIFY:
-            v.add("points", f"must name at most {MAX_POINTS_PER_QUALIFY} points")
-        for i, (name, _) in enumerate(selections):
-            if not name:
-                v.add(f"points[{i}].name", "must name a point")
+        _check_selections(selections, v, lambda i: f"points[{i}].name")
         v.raise_if_any()
+        entries = await self._compiled_points(tenant, selections, lambda i: f"points[{i}].name")
+        if fallback_only:
+            return [Qualification(entry.point, entry.fallback, []) for entry in entries]
+        forced = [f for _, f in selections]
+        needs = _needs(entries, forced, with_experiments=bool(unified_id))
+        ctx = rules.activation(needs, {"profile": profile, "context": context})
+        now = self.now() if unified_id and _has_experiment(entries, forced) else None
+        return _qualify_one(entries, forced, ctx, unified_id, now)
+
+    async def qualify_batch(
+        self,
+        tenant: str,
+        point_names: Sequence[str],
+        context: Mapping[str, Any],
+        individuals: Sequence[tuple[str, Mapping[str, Any]]],
+        *,
+        fallback_only: bool = False,
+    ) -> tuple[list[Point], list[list[Qualification]]]:
+        """Qualify for many (unified id, profile) pairs sharing points and context: the points, then per individual
+        (in order) exactly what qualify() returns for them.
+
+        The points, their compiled rules and the context's conversion to CEL are done once; per individual only
+        the keys of the profile the rules read are converted. The event loop is yielded to every few hundred
+        individuals so a big batch does not stall real-time requests served by the same process.
+        """
+        selections = [(name, "") for name in point_names]
+        v = Violations()
+        _check_selections(selections, v, lambda i: f"points[{i}]")
+        if not individuals:
+            v.add("individuals", "must name at least one individual")
+        elif len(individuals) > MAX_INDIVIDUALS_PER_BATCH:
+            v.add("individuals", f"must name at most {MAX_INDIVIDUALS_PER_BATCH} individuals")
+        else:
+            for i, (unified_id, _) in enumerate(individuals):
+                if not unified_id:
+                    v.add(f"individuals[{i}].unified_individual_id", "is required")
+        v.raise_if_any()
+        entries = await self._compiled_points(tenant, selections, lambda i: f"points[{i}]")
+        points = [entry.point for entry in entries]
+        if fallback_only:
+            row = [Qualification(entry.point, entry.fallback, []) for entry in entries]
+            return points, [list(row) for _ in individuals]
+        forced = [""] * len(entries)
+        activation = rules.BatchActivation(_needs(entries, forced, with_experiments=True), context)
+        now = self.now() if _has_experiment(entries, forced) else None
+        results = []
+        for i, (unified_id, profile) in enumerate(individuals):
+            if i and i % BATCH_YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            results.append(_qualify_one(entries, forced, activation.with_profile(profile), unified_id, now))
+        return points, results
+
+    async def _compiled_points(
+        self, tenant: str, selections: Sequence[tuple[str, str]], name_path
+    ) -> list[CompiledPoint]:
+        """The compiled points of the selections, in order; unknown or archived points and forced decisions that
+        do not exist are NOT_FOUND."""
         compiled = await self.cache.get_many(tenant, [name for name, _ in selections])
         entries: list[CompiledPoint] = []
         for i, (name, forced) in enumerate(selections):
             entry = compiled[name]
             if entry is None:
-                raise point_not_found(name, f"points[{i}].name")
+                raise point_not_found(name, name_path(i))
             if entry.point.archived:
-                raise NotFound(f"points[{i}].name: point '{name}' is archived", reason="POINT_ARCHIVED",
+                raise NotFound(f"{name_path(i)}: point '{name}' is archived", reason="POINT_ARCHIVED",
                                metadata={"point": name})
             if forced and forced not in entry.by_id:
                 raise decision_not_found(name, forced, f"points[{i}].decision_id")
             entries.append(entry)
-        if fallback_only:
-            return [Qualification(entry.point, entry.fallback, []) for entry in entries]
-        needs = rules.merge_needs(
-            rule for entry, (_, forced) in zip(entries, selections) if not forced for _, rule in entry.ordered
-        )
-        experiments = [e.experiment for e, (_, forced) in zip(entries, selections)
-                       if unified_id and not forced and e.experiment is not None]
-        if experiments:
-            needs = rules.merge_needs([rules.CompiledRule("", None, needs)] + [c.targeting for c in experiments])
-        ctx = rules.activation(needs, {"profile": profile, "context": context})
-        now = self.now() if experiments else None
-        results = []
-        for entry, (_, forced) in zip(entries, selections):
-            if forced:
-                results.append(Qualification(entry.point, entry.by_id[forced], []))
-                continue
-            assignment = None
-            if unified_id and entry.experiment is not None and not entry.experiment.experiment.expired(now):
-                assignment = entry.experiment.assign(unified_id, ctx)
-                cohort = assignment.cohort
-                if cohort is not None and not cohort.fall_through:
-                    decision = entry.by_id.get(cohort.decision_id)
-                    if decision is not None:
-                        results.append(Qualification(entry.point, decision, [], assignment))
-                        continue
-            winner = None
-            evaluations = []
-            for decision, rule in entry.ordered:
-                matched, error = rules.evaluate(rule, ctx)
-                evaluations.append(Evaluation(decision.decision_id, decision.name, matched, error))
-                if matched:
-                    winner = decision
-                    break
-            results.append(Qualification(entry.point, winner or entry.fallback, evaluations, assignment))
-        return results
+        return entries
 
     async def log_decisions(self, tenant: str, entries: Sequence[LogEntry]) -> int:
         """Appends log rows in one round trip; a re-sent personalization id is written once.

@@ -352,6 +352,38 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 )
         return response
 
+    async def QualifyBatch(self, request: pb.QualifyBatchRequest, context) -> pb.QualifyBatchResponse:
+        individuals = request.individuals
+        points, rows = await self.service.qualify_batch(
+            current_tenant(),
+            list(request.points),
+            StructView(request.context),
+            [(i.unified_individual_id, StructView(i.profile)) for i in individuals],
+            fallback_only=request.fallback_only,
+        )
+        # Points and decisions are identical across individuals: sent once, referred to by position and by id.
+        response = pb.QualifyBatchResponse(points=[self._point_proto(p) for p in points])
+        won: dict[str, None] = {}
+        results = []
+        for individual, qualifications in zip(individuals, rows):
+            out = []
+            for q in qualifications:
+                decision_id = ""
+                if q.decision is not None:
+                    decision_id = q.decision.decision_id
+                    if decision_id not in won:
+                        won[decision_id] = None
+                        response.decisions.append(self._decision_proto(q.decision))
+                out.append(pb.BatchQualification(
+                    decision_id=decision_id,
+                    evaluations=[pb.RuleEvaluation(decision_id=e.decision_id, decision_name=e.decision_name,
+                                                   matched=e.matched, error=e.error) for e in q.evaluations],
+                    experiment=assignment_to_proto(q.assignment) if q.assignment is not None else None,
+                ))
+            results.append(pb.BatchResult(unified_individual_id=individual.unified_individual_id, qualifications=out))
+        response.results.extend(results)
+        return response
+
     async def LogDecisions(self, request: pb.LogDecisionsRequest, context) -> pb.LogDecisionsResponse:
         logged = await self.service.log_decisions(current_tenant(), [log_from_proto(e) for e in request.entries])
         return pb.LogDecisionsResponse(logged_count=logged)

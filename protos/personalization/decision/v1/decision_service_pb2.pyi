@@ -267,6 +267,54 @@ class QualifyResponse(_message.Message):
     qualifications: _containers.RepeatedCompositeFieldContainer[Qualification]
     def __init__(self, qualifications: _Optional[_Iterable[_Union[Qualification, _Mapping]]] = ...) -> None: ...
 
+class BatchIndividual(_message.Message):
+    __slots__ = ("unified_individual_id", "profile")
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    unified_individual_id: str
+    profile: _struct_pb2.Struct
+    def __init__(self, unified_individual_id: _Optional[str] = ..., profile: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class QualifyBatchRequest(_message.Message):
+    __slots__ = ("points", "context", "individuals", "fallback_only")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    INDIVIDUALS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_ONLY_FIELD_NUMBER: _ClassVar[int]
+    points: _containers.RepeatedScalarFieldContainer[str]
+    context: _struct_pb2.Struct
+    individuals: _containers.RepeatedCompositeFieldContainer[BatchIndividual]
+    fallback_only: bool
+    def __init__(self, points: _Optional[_Iterable[str]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., individuals: _Optional[_Iterable[_Union[BatchIndividual, _Mapping]]] = ..., fallback_only: _Optional[bool] = ...) -> None: ...
+
+class BatchQualification(_message.Message):
+    __slots__ = ("decision_id", "evaluations", "experiment")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    evaluations: _containers.RepeatedCompositeFieldContainer[RuleEvaluation]
+    experiment: ExperimentAssignment
+    def __init__(self, decision_id: _Optional[str] = ..., evaluations: _Optional[_Iterable[_Union[RuleEvaluation, _Mapping]]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ...) -> None: ...
+
+class BatchResult(_message.Message):
+    __slots__ = ("unified_individual_id", "qualifications")
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    QUALIFICATIONS_FIELD_NUMBER: _ClassVar[int]
+    unified_individual_id: str
+    qualifications: _containers.RepeatedCompositeFieldContainer[BatchQualification]
+    def __init__(self, unified_individual_id: _Optional[str] = ..., qualifications: _Optional[_Iterable[_Union[BatchQualification, _Mapping]]] = ...) -> None: ...
+
+class QualifyBatchResponse(_message.Message):
+    __slots__ = ("points", "decisions", "results")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    points: _containers.RepeatedCompositeFieldContainer[Point]
+    decisions: _containers.RepeatedCompositeFieldContainer[Decision]
+    results: _containers.RepeatedCompositeFieldContainer[BatchResult]
+    def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[BatchResult, _Mapping]]] = ...) -> None: ...
+
 class DecisionLogEntry(_message.Message):
     __slots__ = ("personalization_id", "request_id", "point_id", "point_name", "decision_id", "unified_individual_id", "channel", "correlation_id", "anchor_id", "served", "stage_ms", "log_time", "experiment_id", "cohort_id", "exposure_conflict")
     class StageMsEntry(_message.Message):

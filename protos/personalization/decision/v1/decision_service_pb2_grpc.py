@@ -60,6 +60,11 @@ class DecisionServiceStub:
                 request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.QualifyRequest.SerializeToString,
                 response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.QualifyResponse.FromString,
                 _registered_method=True)
+        self.QualifyBatch = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/QualifyBatch',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.QualifyBatchRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.QualifyBatchResponse.FromString,
+                _registered_method=True)
         self.LogDecisions = channel.unary_unary(
                 '/personalization.decision.v1.DecisionService/LogDecisions',
                 request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.LogDecisionsRequest.SerializeToString,
@@ -181,6 +186,16 @@ class DecisionServiceServicer:
     def Qualify(self, request, context):
         """Picks, for each requested point, the highest-priority decision whose rule matches the profile and context.
         Errors: INVALID_ARGUMENT (no points), NOT_FOUND (unknown point or forced decision).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def QualifyBatch(self, request, context):
+        """Qualifies up to 1,000 individuals at once for the same points and request context (batch jobs), with the
+        same answer Qualify gives each of them; points and decisions are returned once, not per individual.
+        Errors: INVALID_ARGUMENT (no or too many points or individuals, an individual without id), NOT_FOUND (unknown
+        or archived point).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -341,6 +356,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.Qualify,
                     request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.QualifyRequest.FromString,
                     response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.QualifyResponse.SerializeToString,
+            ),
+            'QualifyBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.QualifyBatch,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.QualifyBatchRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.QualifyBatchResponse.SerializeToString,
             ),
             'LogDecisions': grpc.unary_unary_rpc_method_handler(
                     servicer.LogDecisions,
@@ -559,6 +579,33 @@ class DecisionService:
             '/personalization.decision.v1.DecisionService/Qualify',
             personalization_dot_decision_dot_v1_dot_decision__service__pb2.QualifyRequest.SerializeToString,
             personalization_dot_decision_dot_v1_dot_decision__service__pb2.QualifyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QualifyBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/QualifyBatch',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.QualifyBatchRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.QualifyBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
