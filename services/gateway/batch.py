@@ -28,6 +28,7 @@ from shared.log import get_logger
 log = get_logger("gateway.batch")
 
 MAX_POINTS = 10
+QUALIFY_CHUNK = 1000
 LEADER_LOCK = "tailor-batch-leader"
 BATCH_CHANNEL = "tailor_batch"
 EMPTY_CONTEXT = {"anchor_id": "", "anchor_type": "", "cart_item_ids": [], "channel": "batch", "correlation_id": "",
@@ -266,19 +267,28 @@ class BatchJobs:
                                     "WHERE tenant_id = $1 AND job_id = $2", tenant_id, job_id, str(error)[:2000])
 
     async def decide_page(self, members: list[str], segment: str, point_names: list[str], job_id: str) -> list[dict]:
-        """Decides every member of one page for every point: profiles and qualification per member, then one
+        """Decides every member of one page for every point: the profiles, one QualifyBatch, then one
         RecommendBatch per (recommender, count) for all members a recommendation decision qualified."""
-        async def qualify(member: str):
-            async with self.limit:
-                reply = await self.profile.GetProfile(profile_pb.GetProfileRequest(
-                    unified_individual_id=member, read_mask=PROFILE_MASK, event_limit=PROFILE_EVENTS))
-                profile = profile_view(reply.profile)
-                qualified = await self.decision.Qualify(decision_pb.QualifyRequest(
-                    points=[decision_pb.PointSelection(name=p) for p in point_names], unified_individual_id=member,
-                    profile=_struct(profile), context=_struct(EMPTY_CONTEXT)))
-                return member, profile, list(qualified.qualifications)
-
-        qualified = await asyncio.gather(*(qualify(m) for m in members))
+        profiles = await self.profiles(members)
+        qualified = []
+        for start in range(0, len(members), QUALIFY_CHUNK):
+            chunk = members[start:start + QUALIFY_CHUNK]
+            reply = await self.decision.QualifyBatch(decision_pb.QualifyBatchRequest(
+                points=point_names, context=_struct(EMPTY_CONTEXT), individuals=[
+                    decision_pb.BatchIndividual(unified_individual_id=m, profile=_struct(profiles[m]))
+                    for m in chunk]))
+            decisions = {d.decision_id: d for d in reply.decisions}
+            for result in reply.results:
+                qualifications = []
+                for point, batch_q in zip(reply.points, result.qualifications):
+                    q = decision_pb.Qualification(point=point, evaluations=batch_q.evaluations)
+                    if batch_q.decision_id:
+                        q.decision.CopyFrom(decisions[batch_q.decision_id])
+                    if batch_q.HasField("experiment"):
+                        q.experiment.CopyFrom(batch_q.experiment)
+                    qualifications.append(q)
+                qualified.append((result.unified_individual_id, profiles[result.unified_individual_id],
+                                  qualifications))
         results = []
         wanted: dict[tuple[str, int], list[tuple[str, dict]]] = {}
         for member, profile, qualifications in qualified:
@@ -315,6 +325,16 @@ class BatchJobs:
                 "payload": {"decision_name": q.decision.name, "data": data, "diagnostics": result["diagnostics"]},
             })
         return rows
+
+    async def profiles(self, members: list[str]) -> dict[str, dict]:
+        """The profile each member's rules see, by member."""
+        async def one(member: str) -> tuple[str, dict]:
+            async with self.limit:
+                reply = await self.profile.GetProfile(profile_pb.GetProfileRequest(
+                    unified_individual_id=member, read_mask=PROFILE_MASK, event_limit=PROFILE_EVENTS))
+                return member, profile_view(reply.profile)
+
+        return dict(await asyncio.gather(*(one(m) for m in members)))
 
     async def recommend_batches(self, wanted: dict) -> dict:
         """One RecommendBatch stream per (recommender, count); returns {key: {member: [RecommendedItem]}}."""
