@@ -16,7 +16,7 @@ from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
 from services.gateway.decide import (DEFAULT_ITEMS, PROFILE_EVENTS, PROFILE_MASK, _struct, affinity_messages,
-                                     fetch_catalog, missing_decision_diagnostics, profile_view, shape_items)
+                                     missing_decision_diagnostics, profile_view, shape_items)
 from services.gateway.passthrough import STREAM_SECONDS
 from shared.client import call_metadata
 from services.gateway.ingest import NAME
@@ -302,22 +302,20 @@ class BatchJobs:
                         spec = q.decision.recommendations
                         wanted.setdefault((spec.recommender, spec.count or DEFAULT_ITEMS), []).append((member, profile))
                 results.append(result)
-        ranked = await self.recommend_batches(wanted)
+        attributes = sorted({a for r in results for a in r["q"].point.template.item_attributes})
+        ranked = await self.recommend_batches(wanted, attributes)
         for result in results:
             q = result["q"]
             if not result["diagnostics"] and q.decision.WhichOneof("payload") == "recommendations":
                 spec = q.decision.recommendations
                 result["ranked"] = ranked[(spec.recommender, spec.count or DEFAULT_ITEMS)].get(result["member"], [])
-        item_ids = [r.item_id for result in results if result["ranked"] and result["q"].point.template.item_attributes
-                    for r in result["ranked"]]
-        catalog = await fetch_catalog(self.profile, item_ids)
         rows = []
         for result in results:
             q = result["q"]
             data = result["data"]
             if result["ranked"]:
                 data = [json_format.MessageToDict(s)
-                        for s in shape_items(result["ranked"], list(q.point.template.item_attributes), catalog)]
+                        for s in shape_items(result["ranked"], list(q.point.template.item_attributes))]
             rows.append({
                 "unified_individual_id": result["member"], "individual_id": result["member"], "segment_id": segment,
                 "point_id": q.point.point_id, "point_name": q.point.name, "decision_id": q.decision.decision_id,
@@ -336,13 +334,13 @@ class BatchJobs:
 
         return dict(await asyncio.gather(*(one(m) for m in members)))
 
-    async def recommend_batches(self, wanted: dict) -> dict:
+    async def recommend_batches(self, wanted: dict, item_attributes: list[str]) -> dict:
         """One RecommendBatch stream per (recommender, count); returns {key: {member: [RecommendedItem]}}."""
         out = {}
         for (strategy, count), members in wanted.items():
             by_member = {}
             stream = self.recommender.RecommendBatch(rec_pb.RecommendBatchRequest(
-                strategy=strategy, count=count,
+                strategy=strategy, count=count, item_attributes=item_attributes,
                 individuals=[rec_pb.BatchIndividual(unified_individual_id=m, affinities=affinity_messages(p))
                              for m, p in members]), timeout=STREAM_SECONDS, metadata=call_metadata())
             async for chunk in stream:

@@ -228,10 +228,9 @@ class Decider:
         ranked = await self.recommender.Recommend(rec_pb.RecommendRequest(
             unified_individual_id=unified_id, strategy=spec.recommender, count=count,
             anchor_item_id=context.anchor_id, cart_item_ids=context.cart_item_ids,
-            affinities=affinity_messages(profile), diagnostics=explain))
-        attributes = list(q.point.template.item_attributes)
-        catalog = await fetch_catalog(self.profile, [r.item_id for r in ranked.items] if attributes else [])
-        data = shape_items(ranked.items, attributes, catalog)
+            affinities=affinity_messages(profile), diagnostics=explain,
+            item_attributes=q.point.template.item_attributes))
+        data = shape_items(ranked.items, list(q.point.template.item_attributes))
         if len(data) < count:
             diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_FEWER_ITEMS_THAN_REQUESTED,
                                              message=f"{len(data)} of {count} items available"))
@@ -267,23 +266,15 @@ def missing_decision_diagnostics(q: decision_pb.Qualification) -> list[pb.Diagno
     return [pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_POINT_NOT_CONFIGURED, message="the point has no decisions")]
 
 
-async def fetch_catalog(profile_stub, item_ids: list[str]) -> dict:
-    """The catalog items with these ids, by id (one GetItems call; none for an empty list)."""
-    if not item_ids:
-        return {}
-    reply = await profile_stub.GetItems(profile_pb.GetItemsRequest(item_ids=list(dict.fromkeys(item_ids))))
-    return {item.item_id: item for item in reply.items}
-
-
-def shape_items(ranked, attributes: list[str], catalog: dict) -> list[struct_pb2.Struct]:
-    """Items shaped by the point's template: item_id, score, source, and the template's item attributes."""
+def shape_items(ranked, attributes: list[str]) -> list[struct_pb2.Struct]:
+    """Items shaped by the point's template: item_id, score, source, and the template's item attributes (null when
+    the catalog has none)."""
     shaped = []
     for r in ranked:
         row = {"item_id": r.item_id, "score": r.score, "source": r.source}
-        item = catalog.get(r.item_id)
-        values = json_format.MessageToDict(item.attributes) if item is not None else {}
+        values = json_format.MessageToDict(r.attributes) if attributes else {}
         for name in attributes:
-            row[name] = (item.name if item else "") if name == "name" else values.get(name)
+            row[name] = values.get(name)
         shaped.append(_struct(row))
     return shaped
 

@@ -75,8 +75,13 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
     async def items_to_recommender(request: bytes, _reply: bytes) -> None:
         # The catalog lives in the profile graph; the recommender keeps the attributes it filters and ranks on.
         upsert = profile_pb.UpsertItemsRequest.FromString(request)
-        await recommender.UpsertItems(rec_pb.UpsertItemsRequest(items=[
-            rec_pb.Item(item_id=item.item_id, attributes=item.attributes) for item in upsert.items]))
+        items = []
+        for item in upsert.items:
+            copy = rec_pb.Item(item_id=item.item_id, attributes=item.attributes)
+            if item.name:
+                copy.attributes["name"] = item.name  # so recommendations come back with their display name
+            items.append(copy)
+        await recommender.UpsertItems(rec_pb.UpsertItemsRequest(items=items))
 
     merges = MergePropagation(profile, decision, identity)
     passthrough = Passthrough({SERVICE_NAMES[name]: ch for name, ch in channels.items()}, after={

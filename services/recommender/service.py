@@ -521,6 +521,17 @@ class Recommender:
         return bool(config.attributes_used or config.same_category_as_anchor
                     or config.strategy in (NEW_ARRIVALS, SIMILAR_ATTRIBUTES))
 
+    async def item_attributes(self, tenant: str, item_ids: list[str], names: list[str]) -> dict[str, dict]:
+        """The named catalog attributes of each item (from the cached catalog; absent attributes left out)."""
+        if not names or not item_ids:
+            return {}
+        catalog = await self._catalog(tenant)
+        out = {}
+        for item_id in item_ids:
+            values = catalog.attributes(item_id)
+            out[item_id] = {name: values[name] for name in names if name in values}
+        return out
+
     async def _catalog(self, tenant: str) -> Catalog:
         async def load():
             items = await self.repository.items(tenant)

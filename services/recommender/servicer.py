@@ -139,8 +139,14 @@ def config_to_pb(c: Config) -> pb.RecommenderConfig:
     return message
 
 
-def _items(items: list[Recommended]) -> list[pb.RecommendedItem]:
-    return [pb.RecommendedItem(item_id=i.item_id, score=i.score, source=i.source) for i in items]
+def _items(items: list[Recommended], attributes: dict[str, dict] | None = None) -> list[pb.RecommendedItem]:
+    out = []
+    for i in items:
+        message = pb.RecommendedItem(item_id=i.item_id, score=i.score, source=i.source)
+        if attributes and attributes.get(i.item_id):
+            message.attributes.update(attributes[i.item_id])
+        out.append(message)
+    return out
 
 
 def _affinities(affinities) -> list[tuple[str, str, float]]:
@@ -176,7 +182,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             affinities=_affinities(request.affinities),
             diagnostics=request.diagnostics,
         )
-        response = pb.RecommendResponse(items=_items(items))
+        attributes = await self.recommender.item_attributes(
+            current_tenant(), [i.item_id for i in items], list(request.item_attributes))
+        response = pb.RecommendResponse(items=_items(items, attributes))
         if diagnostics is not None:
             response.diagnostics.CopyFrom(pb.RecommendDiagnostics(
                 recommenders=diagnostics.recommenders,
@@ -190,8 +198,12 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         async for chunk in self.recommender.recommend_batch(
                 current_tenant(), request.strategy, request.count, individuals,
                 exclude_item_ids=list(request.exclude_item_ids), exclude_purchased=request.exclude_purchased):
+            names = list(request.item_attributes)
+            attributes = await self.recommender.item_attributes(
+                current_tenant(), list({i.item_id for _, items in chunk for i in items}), names) if names else {}
             yield pb.RecommendBatchResponse(results=[
-                pb.IndividualRecommendations(unified_individual_id=who, items=_items(items)) for who, items in chunk])
+                pb.IndividualRecommendations(unified_individual_id=who, items=_items(items, attributes))
+                for who, items in chunk])
 
     async def SimilarItems(self, request: pb.SimilarItemsRequest, context) -> pb.SimilarItemsResponse:
         items = await self.recommender.similar_items(current_tenant(), request.item_id, request.count,

@@ -110,7 +110,7 @@ class Affinity(_message.Message):
     def __init__(self, attribute: _Optional[str] = ..., value: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("unified_individual_id", "strategy", "count", "exclude_item_ids", "exclude_purchased", "anchor_item_id", "cart_item_ids", "affinities", "diagnostics")
+    __slots__ = ("unified_individual_id", "strategy", "count", "exclude_item_ids", "exclude_purchased", "anchor_item_id", "cart_item_ids", "affinities", "diagnostics", "item_attributes")
     UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +120,7 @@ class RecommendRequest(_message.Message):
     CART_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     AFFINITIES_FIELD_NUMBER: _ClassVar[int]
     DIAGNOSTICS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     unified_individual_id: str
     strategy: str
     count: int
@@ -129,17 +130,20 @@ class RecommendRequest(_message.Message):
     cart_item_ids: _containers.RepeatedScalarFieldContainer[str]
     affinities: _containers.RepeatedCompositeFieldContainer[Affinity]
     diagnostics: bool
-    def __init__(self, unified_individual_id: _Optional[str] = ..., strategy: _Optional[str] = ..., count: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_purchased: _Optional[bool] = ..., anchor_item_id: _Optional[str] = ..., cart_item_ids: _Optional[_Iterable[str]] = ..., affinities: _Optional[_Iterable[_Union[Affinity, _Mapping]]] = ..., diagnostics: _Optional[bool] = ...) -> None: ...
+    item_attributes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, unified_individual_id: _Optional[str] = ..., strategy: _Optional[str] = ..., count: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_purchased: _Optional[bool] = ..., anchor_item_id: _Optional[str] = ..., cart_item_ids: _Optional[_Iterable[str]] = ..., affinities: _Optional[_Iterable[_Union[Affinity, _Mapping]]] = ..., diagnostics: _Optional[bool] = ..., item_attributes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecommendedItem(_message.Message):
-    __slots__ = ("item_id", "score", "source")
+    __slots__ = ("item_id", "score", "source", "attributes")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     source: str
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
+    attributes: _struct_pb2.Struct
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., source: _Optional[str] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class FilterCount(_message.Message):
     __slots__ = ("filter", "removed")
@@ -178,18 +182,20 @@ class BatchIndividual(_message.Message):
     def __init__(self, unified_individual_id: _Optional[str] = ..., affinities: _Optional[_Iterable[_Union[Affinity, _Mapping]]] = ...) -> None: ...
 
 class RecommendBatchRequest(_message.Message):
-    __slots__ = ("strategy", "count", "individuals", "exclude_item_ids", "exclude_purchased")
+    __slots__ = ("strategy", "count", "individuals", "exclude_item_ids", "exclude_purchased", "item_attributes")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     INDIVIDUALS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_PURCHASED_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     count: int
     individuals: _containers.RepeatedCompositeFieldContainer[BatchIndividual]
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
     exclude_purchased: bool
-    def __init__(self, strategy: _Optional[str] = ..., count: _Optional[int] = ..., individuals: _Optional[_Iterable[_Union[BatchIndividual, _Mapping]]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_purchased: _Optional[bool] = ...) -> None: ...
+    item_attributes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, strategy: _Optional[str] = ..., count: _Optional[int] = ..., individuals: _Optional[_Iterable[_Union[BatchIndividual, _Mapping]]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_purchased: _Optional[bool] = ..., item_attributes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class IndividualRecommendations(_message.Message):
     __slots__ = ("unified_individual_id", "items")
