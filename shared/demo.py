@@ -27,6 +27,21 @@ Every entry is an idempotent upsert by name; enum values may be written short (S
           - {name: welcome, fallback: true, content: {headline: Welcome}}
 
 A decision is matched to an existing one by (point, name), so re-applying a file replaces rather than duplicates.
+
+Every other configuration has a section too (see SECTIONS), each entry written as the proto message of its
+upsert in YAML form, enum values short or full, durations as 30d/720h/2592000s::
+
+    identity_types: [{name: loyalty_id, unique: true, normalization: TRIM}]
+    affinity: {dimensions: [category], weights: [{event_type: PURCHASE, weight: 5}], half_life: 30d}
+    reconciliation: [{object: individual,
+                      default_reconciliation: {policy: SOURCE_PRIORITY, source_priority: [crm, web]}}]
+    profile_schema: {attributes: [{name: tier, type: STRING}], segments: [big_spenders]}
+    recommenders: [{name: als, strategy: learned, parameters: {algorithm: als, objective: MAXIMIZE_PURCHASES}}]
+    experiments: [{name: hero_test, point_name: home_banner, cohorts: [...], primary_metric: CONVERSION}]
+    data_model: {datasets: [crm], attributes: [{name: first_name, type: STRING}]}
+    destinations: [{name: crm_export, file: {directory: crm, format: JSONL}}]
+    activations: [{name: vip_flags, destination: crm_export, segment_membership: {segment: big_spenders}}]
+    batch_schedules: [{name: nightly, segment: big_spenders, point_names: [home_recs], cron: "0 3 * * *"}]
 """
 
 from __future__ import annotations
@@ -52,8 +67,12 @@ from personalization.decision.v1 import decision_service_pb2 as dec
 from personalization.decision.v1 import decision_service_pb2_grpc as dec_grpc
 from personalization.gateway.v1 import gateway_service_pb2 as gw
 from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+from personalization.identity.v1 import identity_service_pb2 as idn
+from personalization.identity.v1 import identity_service_pb2_grpc as id_grpc
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as pg
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pg_grpc
+from personalization.recommender.v1 import recommender_service_pb2 as rec
+from personalization.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
 
 DATA_PATH = Path(__file__).resolve().parents[2] / "shared/external-data/online-retail/online_retail_2010-12.csv.gz"
 DEMO_CONFIG_PATH = Path(__file__).resolve().parent / "demo_config.yaml"
@@ -83,23 +102,34 @@ class Config:
     segments: list[pg.UpsertSegmentRequest] = field(default_factory=list)
     points: list[dec.UpsertPointRequest] = field(default_factory=list)
     decisions: list[dec.UpsertDecisionRequest] = field(default_factory=list)
+    # (section, entry name, stub factory, method name, request) of every other section, in SECTIONS order.
+    others: list[tuple[str, str, Callable, str, Any]] = field(default_factory=list)
 
 
-_ENUM_PREFIXES = {
-    ("insights", "aggregate"): "AGGREGATE_",
-    ("insights", "event_type"): "EVENT_TYPE_",
-    ("points", "type"): "POINT_TYPE_",
-    ("fields", "type"): "FIELD_TYPE_",
+# Sections beyond insights/segments/points: YAML key -> (stub, method, request class, request field, many).
+# Each entry is the message of that field in YAML form; every call is an idempotent upsert by name.
+SECTIONS = {
+    "identity_types": (id_grpc.IdentityServiceStub, "UpsertIdentityType", idn.UpsertIdentityTypeRequest,
+                       "identity_type", True),
+    "affinity": (pg_grpc.ProfileGraphServiceStub, "SetAffinityConfig", pg.SetAffinityConfigRequest, "config", False),
+    "reconciliation": (pg_grpc.ProfileGraphServiceStub, "SetReconciliationRule", pg.SetReconciliationRuleRequest,
+                       "rule", True),
+    "profile_schema": (dec_grpc.DecisionServiceStub, "DeclareProfileSchema", dec.DeclareProfileSchemaRequest,
+                       "schema", False),
+    "recommenders": (rec_grpc.RecommenderServiceStub, "PutRecommender", rec.PutRecommenderRequest, "config", True),
+    "experiments": (dec_grpc.DecisionServiceStub, "UpsertExperiment", dec.UpsertExperimentRequest, "experiment",
+                    True),
+    "data_model": (gw_grpc.GatewayServiceStub, "UpsertDataModel", gw.UpsertDataModelRequest, "data_model", False),
+    "destinations": (gw_grpc.GatewayServiceStub, "UpsertDestination", gw.UpsertDestinationRequest, "destination",
+                     True),
+    "activations": (gw_grpc.GatewayServiceStub, "UpsertActivation", gw.UpsertActivationRequest, "activation", True),
+    "batch_schedules": (gw_grpc.GatewayServiceStub, "UpsertBatchSchedule", gw.UpsertBatchScheduleRequest,
+                        "schedule", True),
 }
+
+
 _WINDOW = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def _enum(kind: str, key: str, value: Any) -> Any:
-    prefix = _ENUM_PREFIXES[(kind, key)]
-    if isinstance(value, str) and not value.upper().startswith(prefix):
-        return prefix + value.upper()
-    return value.upper() if isinstance(value, str) else value
 
 
 def _window(value: Any, path: str) -> str:
@@ -110,21 +140,58 @@ def _window(value: Any, path: str) -> str:
     return f"{seconds:g}s" if seconds != int(seconds) else f"{int(seconds)}s"
 
 
-def _entries(data: dict, key: str) -> list[dict]:
+def _enum_prefix(enum) -> str:
+    """The prefix every value of a proto enum shares (AGGREGATE_ for Aggregate)."""
+    names = [v.name for v in enum.values]
+    return names[0].removesuffix("UNSPECIFIED") if names[0].endswith("UNSPECIFIED") else ""
+
+
+def _normalize(value: Any, descriptor, path: str) -> Any:
+    """Lets YAML write enum values short (SUM for AGGREGATE_SUM) and durations as 30d/720h, for any message."""
+    if not isinstance(value, dict):
+        return value
+    out = dict(value)
+    for field in descriptor.fields:
+        if field.name not in out:
+            continue
+        item = out[field.name]
+        fpath = f"{path}.{field.name}"
+        if field.enum_type is not None:
+            prefix = _enum_prefix(field.enum_type)
+
+            def fix(v):
+                return prefix + v.upper() if isinstance(v, str) and not v.upper().startswith(prefix) else (
+                    v.upper() if isinstance(v, str) else v)
+            out[field.name] = [fix(v) for v in item] if isinstance(item, list) else fix(item)
+        elif field.message_type is not None and field.message_type.full_name == "google.protobuf.Duration":
+            out[field.name] = _window(item, fpath)
+        elif field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            if value_field.message_type is not None and isinstance(item, dict):
+                out[field.name] = {k: _normalize(v, value_field.message_type, f"{fpath}.{k}") for k, v in item.items()}
+        elif field.message_type is not None and field.message_type.full_name.startswith("personalization."):
+            if isinstance(item, list):
+                out[field.name] = [_normalize(v, field.message_type, f"{fpath}[{i}]") for i, v in enumerate(item)]
+            else:
+                out[field.name] = _normalize(item, field.message_type, fpath)
+    return out
+
+
+def _entries(data: dict, key: str, name_field: str = "name") -> list[dict]:
     entries = data.get(key) or []
     if not isinstance(entries, list):
         raise ConfigError(key, "must be a list")
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise ConfigError(f"{key}[{i}]", "must be a mapping")
-        if not entry.get("name"):
-            raise ConfigError(f"{key}[{i}].name", "is required")
+        if name_field and not entry.get(name_field):
+            raise ConfigError(f"{key}[{i}].{name_field}", "is required")
     return entries
 
 
 def _parse(message_dict: dict, message, path: str):
     try:
-        return json_format.ParseDict(message_dict, message)
+        return json_format.ParseDict(_normalize(message_dict, message.DESCRIPTOR, path), message)
     except json_format.ParseError as err:
         raise ConfigError(path, str(err)) from None
 
@@ -134,19 +201,13 @@ def parse_config(data: dict | None) -> Config:
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError("", "the file must be a mapping with insights, segments and points")
-    unknown = sorted(set(data) - {"insights", "segments", "points"})
+    known = ("insights", "segments", "points", *SECTIONS)
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError(unknown[0], "unknown section; expected insights, segments or points")
+        raise ConfigError(unknown[0], f"unknown section; expected one of {', '.join(known)}")
     config = Config()
     for i, entry in enumerate(_entries(data, "insights")):
-        path = f"insights[{i}]"
-        entry = dict(entry)
-        for key in ("aggregate", "event_type"):
-            if key in entry:
-                entry[key] = _enum("insights", key, entry[key])
-        if "window" in entry:
-            entry["window"] = _window(entry["window"], f"{path}.window")
-        config.insights.append(pg.UpsertInsightRequest(insight=_parse(entry, pg.Insight(), path)))
+        config.insights.append(pg.UpsertInsightRequest(insight=_parse(entry, pg.Insight(), f"insights[{i}]")))
     for i, entry in enumerate(_entries(data, "segments")):
         config.segments.append(pg.UpsertSegmentRequest(segment=_parse(entry, pg.Segment(), f"segments[{i}]")))
     for i, entry in enumerate(_entries(data, "points")):
@@ -155,15 +216,6 @@ def parse_config(data: dict | None) -> Config:
         decisions = entry.pop("decisions", None) or []
         if not isinstance(decisions, list):
             raise ConfigError(f"{path}.decisions", "must be a list")
-        if "type" in entry:
-            entry["type"] = _enum("points", "type", entry["type"])
-        template = entry.get("template")
-        if isinstance(template, dict) and isinstance(template.get("fields"), list):
-            fields = [dict(f) if isinstance(f, dict) else f for f in template["fields"]]
-            for f in fields:
-                if isinstance(f, dict) and "type" in f:
-                    f["type"] = _enum("fields", "type", f["type"])
-            entry["template"] = {**template, "fields": fields}
         config.points.append(dec.UpsertPointRequest(point=_parse(entry, dec.Point(), path)))
         for j, decision in enumerate(decisions):
             dpath = f"{path}.decisions[{j}]"
@@ -173,6 +225,20 @@ def parse_config(data: dict | None) -> Config:
             if decision.setdefault("point_name", entry["name"]) != entry["name"]:
                 raise ConfigError(f"{dpath}.point_name", f"must be {entry['name']!r} (the point it is listed under)")
             config.decisions.append(dec.UpsertDecisionRequest(decision=_parse(decision, dec.Decision(), dpath)))
+    for section, (stub, method, request_class, field_name, many) in SECTIONS.items():
+        if section not in data:
+            continue
+        message_type = request_class.DESCRIPTOR.fields_by_name[field_name].message_type
+        key = next((k for k in ("name", "object") if k in message_type.fields_by_name), "")
+        if many:
+            entries = [(f"{section}[{i}]", e) for i, e in enumerate(_entries(data, section, key))]
+        else:
+            if not isinstance(data[section], dict):
+                raise ConfigError(section, "must be a mapping")
+            entries = [(section, data[section])]
+        for path, entry in entries:
+            request = request_class(**{field_name: _parse(entry, message_type._concrete_class(), path)})
+            config.others.append((section, str(entry.get(key, "")) if key else "", stub, method, request))
     return config
 
 
@@ -228,6 +294,9 @@ async def apply_config(gateway_address: str, api_key: str, config: Config | str 
             reply = await decisions.UpsertDecision(request, metadata=md, timeout=30)
             known.setdefault(d.point_name, {})[d.name] = reply.decision.decision_id
             out(f"decision {d.point_name}/{d.name} applied")
+        for section, name, stub, method, request in config.others:
+            await getattr(stub(channel), method)(request, metadata=md, timeout=60)
+            out(f"{section} {name} applied".replace("  ", " "))
     return config
 
 

@@ -110,3 +110,44 @@ def test_a_file_that_is_not_yaml_is_refused(tmp_path):
     bad.write_text("insights: [\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config_file(bad)
+
+
+def test_every_other_section_becomes_its_upsert_with_short_enums_and_durations():
+    import yaml
+
+    from shared.demo import parse_config
+
+    config = parse_config(yaml.safe_load("""
+identity_types: [{name: loyalty_id, unique: true, normalization: TRIM}]
+affinity: {dimensions: [category], weights: [{event_type: PURCHASE, weight: 5}], half_life: 30d}
+reconciliation:
+  - object: individual
+    default_reconciliation: {policy: SOURCE_PRIORITY, source_priority: [crm, web]}
+    attribute_overrides: {email: {policy: LAST_UPDATED}}
+profile_schema: {attributes: [{name: tier, type: STRING}], segments: [big_spenders]}
+recommenders: [{name: als, strategy: learned, parameters: {algorithm: als, objective: MAXIMIZE_PURCHASES}}]
+destinations: [{name: crm_export, file: {directory: crm, format: JSONL}}]
+batch_schedules: [{name: nightly, segment: big_spenders, point_names: [home_recs], cron: "0 3 * * *"}]
+"""))
+    by_section = {section: request for section, _, _, _, request in config.others}
+    assert by_section["identity_types"].identity_type.normalization != 0
+    assert by_section["affinity"].config.half_life.seconds == 30 * 86400
+    assert by_section["affinity"].config.weights[0].event_type == 4  # EVENT_TYPE_PURCHASE
+    rule = by_section["reconciliation"].rule
+    assert list(rule.default_reconciliation.source_priority) == ["crm", "web"]
+    assert rule.attribute_overrides["email"].policy != 0
+    assert by_section["recommenders"].config.parameters.objective != 0
+    assert by_section["destinations"].destination.file.format != 0
+    assert [name for _, name, _, _, _ in config.others] == [
+        "loyalty_id", "", "individual", "", "als", "crm_export", "nightly"]
+
+
+def test_an_unknown_enum_value_in_any_section_names_its_path():
+    import pytest
+    import yaml
+
+    from shared.demo import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(yaml.safe_load("recommenders: [{name: x, strategy: learned, parameters: {objective: FAME}}]"))
+    assert info.value.path == "recommenders[0]"
