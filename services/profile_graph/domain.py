@@ -7,9 +7,9 @@ import binascii
 import json
 import math
 import re
-from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
+from typing import NamedTuple
 
 import cel
 
@@ -17,6 +17,7 @@ from shared.errors import InvalidArgument, Violations
 
 MAX_EVENTS = 1_000
 MAX_ITEMS = 1_000
+MAX_PROFILES = 1_000
 MAX_RULE_CHARS = 4_096
 MAX_DESCRIPTION_CHARS = 1_024
 MAX_WINDOW = timedelta(days=36_525)
@@ -115,6 +116,11 @@ class InsightDef:
     conditions: tuple[Condition, ...] = ()
     dimension: str = ""
     subject: int = SUBJECT_INDIVIDUAL
+
+    @property
+    def reads_item_attributes(self) -> bool:
+        """Whether the insight reads catalog attributes (item.<attribute>), which may change after the events."""
+        return any(n.startswith("item.") for n in [self.field, self.dimension] + [c.field for c in self.conditions])
 
     @property
     def uses_items(self) -> bool:
@@ -687,9 +693,9 @@ def affinity_increments(events: list[NewEvent], items: dict[str, dict], config: 
 # ---- insights -----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Row:
-    """What an insight sees of an event: the whole event, or one of its items (line item or item_id)."""
+class Row(NamedTuple):
+    """What an insight sees of an event: the whole event, or one of its items (line item or item_id). A named tuple:
+    one is made per event and insight on every append."""
 
     event: StoredEvent
     item_id: str
@@ -758,15 +764,139 @@ def _key(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
-def compute_insight(d: InsightDef, events: list[StoredEvent], items: dict[str, dict], now: datetime,
-                    group_by: str = "") -> dict[str, float]:
-    """Values of one insight over the events at time now, keyed by the dimension value ('' when not grouped), or by
-    group_by ('item_id' for item insights). Nothing matching gives no key (read as 0)."""
-    acc: dict[str, list] = {}
+# Sums are kept exact: every float is an integer multiple of 2**-1074, so a sum is an integer count of those units,
+# and the value read is that exact sum correctly rounded. Any grouping or order of additions (per batch, per time
+# bucket, or over all events at once) then gives the very same float.
+_UNIT_BITS = 1074
+_UNIT = 1 << _UNIT_BITS
+BUCKETS_PER_WINDOW = 64
+MIN_BUCKET_US = 1_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _exact(x: float) -> int:
+    num, den = x.as_integer_ratio()
+    return num << (_UNIT_BITS + 1 - den.bit_length())
+
+
+def micros(t: datetime) -> int:
+    """Microseconds since the epoch (exact: timestamps have microsecond resolution)."""
+    return (t - _EPOCH) // timedelta(microseconds=1)
+
+
+@dataclass
+class Partial:
+    """The mergeable state of one insight over some rows: merging partials in any order gives the same value as
+    aggregating all their rows at once."""
+
+    n: int = 0  # rows counted (COUNT)
+    s: int = 0  # exact sum in units of 2**-1074 (SUM)
+    odd: float | None = None  # sum of non-finite values (inf, nan), which have no exact form
+    m: float | None = None  # MAX
+    last: tuple | None = None  # (event time us, message id, value) of the latest row (LAST)
+    d: set = field(default_factory=set)  # distinct value keys (COUNT_DISTINCT)
+
+    def add(self, aggregate: int, value: object, order: tuple[int, str]) -> None:
+        if aggregate == AGGREGATE_COUNT:
+            self.n += 1
+        elif aggregate == AGGREGATE_COUNT_DISTINCT:
+            if value is not None:
+                self.d.add(_key(value))
+        else:
+            n = _number(value)
+            if n is None:
+                return
+            if aggregate == AGGREGATE_SUM:
+                if math.isfinite(n):
+                    self.s += _exact(n)
+                else:
+                    self.odd = n if self.odd is None else self.odd + n
+            elif aggregate == AGGREGATE_MAX:
+                self.m = n if self.m is None else max(self.m, n)
+            elif self.last is None or order >= self.last[:2]:  # LAST: then the larger message id, then the later line
+                self.last = (order[0], order[1], n)
+
+    def merge(self, other: Partial) -> None:
+        self.n += other.n
+        self.s += other.s
+        if other.odd is not None:
+            self.odd = other.odd if self.odd is None else self.odd + other.odd
+        if other.m is not None:
+            self.m = other.m if self.m is None else max(self.m, other.m)
+        if other.last is not None and (self.last is None or other.last[:2] >= self.last[:2]):
+            self.last = other.last
+        self.d |= other.d
+
+    def value(self, aggregate: int) -> float | None:
+        """The insight value of the rows merged so far; None when MAX or LAST saw no number."""
+        if aggregate == AGGREGATE_COUNT:
+            return float(self.n)
+        if aggregate == AGGREGATE_COUNT_DISTINCT:
+            return float(len(self.d))
+        if aggregate == AGGREGATE_SUM:
+            exact = self.s / _UNIT  # int / int is correctly rounded
+            return exact + self.odd if self.odd is not None else exact
+        if aggregate == AGGREGATE_MAX:
+            return self.m
+        return self.last[2] if self.last is not None else None
+
+    def row(self) -> tuple:
+        """The stored form: n, s (hexadecimal, None for 0), odd, m, last time, last id, last value, distinct keys."""
+        last = self.last or (None, None, None)
+        return (self.n, format(self.s, "x") if self.s else None, self.odd, self.m, last[0], last[1], last[2],
+                sorted(self.d) if self.d else None)
+
+    @staticmethod
+    def from_row(n: int, s: str | None, odd: float | None, m: float | None, last_us: int | None, last_id: str | None,
+                 last_value: float | None, d: list[str] | None) -> Partial:
+        return Partial(n, int(s, 16) if s else 0, odd, m,
+                       (last_us, last_id, last_value) if last_us is not None else None, set(d) if d else set())
+
+
+def merged(partials: list[Partial]) -> Partial:
+    """A new partial merging the given ones (which are left as they are)."""
+    out = Partial()
+    for partial in partials:
+        out.merge(partial)
+    return out
+
+
+def bucket_width_us(d: InsightDef) -> int:
+    """Windowed insights keep partials per time bucket of 1/64 of the window; all-time ones keep one (width 0)."""
+    if not d.window:
+        return 0
+    return max(MIN_BUCKET_US, micros(_EPOCH + d.window) // BUCKETS_PER_WINDOW)
+
+
+def bucket_of(d: InsightDef, event_time: datetime) -> int:
+    """The bucket (start, in us since the epoch) an event falls in; 0 for all-time insights."""
+    width = bucket_width_us(d)
+    return micros(event_time) // width * width if width else 0
+
+
+def edge(d: InsightDef, now: datetime) -> tuple[datetime, datetime, int] | None:
+    """For a windowed insight at time now: (cutoff, end of the bucket holding the cutoff, that bucket). Buckets after
+    it count whole; events of the edge bucket count only after the cutoff, so they are read one by one."""
+    if not d.window:
+        return None
+    cutoff = now - d.window
+    bucket = bucket_of(d, cutoff)
+    return cutoff, _EPOCH + timedelta(microseconds=bucket + bucket_width_us(d)), bucket
+
+
+def insight_partials(d: InsightDef, events, items: dict[str, dict], now: datetime, group_by: str = "",
+                     buckets: bool = False) -> dict[tuple, Partial]:
+    """Partials of one insight over the events that count at time now, keyed by (owner, group) - owner being the
+    individual, group the dimension value ('' when not grouped) or group_by's value - plus the bucket when asked."""
+    out: dict[tuple, Partial] = {}
     by = group_by or d.dimension
-    for e in sorted(events, key=lambda e: (e.event_time, e.message_id)):
+    width = bucket_width_us(d) if buckets else 0
+    for e in events:
         if not insight_counts(d, e, now):
             continue
+        us = micros(e.event_time)
+        order = (us, e.message_id)
+        head = (e.individual_id, us // width * width if width else 0) if buckets else (e.individual_id,)
         for row in rows_of(d, e):
             if not all(condition_holds(c, field_value(c.field, row, items)) for c in d.conditions):
                 continue
@@ -779,35 +909,47 @@ def compute_insight(d: InsightDef, events: list[StoredEvent], items: dict[str, d
                 keys = [""]
             value = field_value(d.field, row, items) if d.field else None
             for k in keys:
-                a = acc.setdefault(k, [0.0, set(), None, None])  # sum/count/max, distinct, last (time, id), last value
-                if d.aggregate == AGGREGATE_COUNT:
-                    a[0] += 1.0
-                elif d.aggregate == AGGREGATE_COUNT_DISTINCT:
-                    if value is not None:
-                        a[1].add(_key(value))
-                else:
-                    n = _number(value)
-                    if n is None:
-                        continue
-                    if d.aggregate == AGGREGATE_SUM:
-                        a[0] += n
-                    elif d.aggregate == AGGREGATE_MAX:
-                        a[0] = n if a[3] is None else max(a[0], n)
-                        a[3] = True
-                    else:  # LAST: the latest event (then the larger message id, then the later line) wins
-                        order = (e.event_time, e.message_id)
-                        if a[2] is None or order >= a[2]:
-                            a[2], a[0] = order, n
-                            a[3] = True
-    out = {}
-    for k, a in acc.items():
-        if d.aggregate == AGGREGATE_COUNT_DISTINCT:
-            out[k] = float(len(a[1]))
-        elif d.aggregate in (AGGREGATE_MAX, AGGREGATE_LAST) and a[3] is None:
-            continue
-        else:
-            out[k] = float(a[0])
+                partial = out.get(head + (k,))
+                if partial is None:
+                    partial = out[head + (k,)] = Partial()
+                partial.add(d.aggregate, value, order)
     return out
+
+
+def values_of(d: InsightDef, partials: dict) -> dict:
+    """key -> value of each partial; MAX and LAST without a number give no key (read as 0)."""
+    out = {}
+    for key, partial in partials.items():
+        value = partial.value(d.aggregate)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def compute_insight(d: InsightDef, events: list[StoredEvent], items: dict[str, dict], now: datetime,
+                    group_by: str = "") -> dict[str, float]:
+    """Values of one insight over the events at time now, keyed by the dimension value ('' when not grouped), or by
+    group_by ('item_id' for item insights). Nothing matching gives no key (read as 0)."""
+    merged: dict[str, Partial] = {}
+    for (_, group), partial in insight_partials(d, events, items, now, group_by).items():
+        if group in merged:
+            merged[group].merge(partial)
+        else:
+            merged[group] = partial
+    return values_of(d, merged)
+
+
+def insight_rows(defs: list[InsightDef], values: dict[str, dict[str, float]]) -> list[tuple[str, str, float]]:
+    """(insight, dimension value, value) rows of one individual from its values per insight (every ungrouped
+    insight has a row, 0 when nothing matched)."""
+    rows = []
+    for d in defs:
+        own = values.get(d.name, {})
+        if not d.dimension:
+            rows.append((d.name, "", own.get("", 0.0)))
+        else:
+            rows += [(d.name, k, v) for k, v in sorted(own.items())]
+    return rows
 
 
 def insight_value(d: InsightDef, events: list[StoredEvent], now: datetime) -> float:
@@ -815,25 +957,19 @@ def insight_value(d: InsightDef, events: list[StoredEvent], now: datetime) -> fl
     return compute_insight(d, events, {}, now).get("", 0.0)
 
 
-def compute_all(defs: list[InsightDef], events: list[StoredEvent], items: dict[str, dict], now: datetime,
-                ids: list[str]) -> dict[str, list[tuple[str, str, float]]]:
-    """individual -> [(insight, dimension value, value)] over each individual's events."""
-    by_individual: dict[str, list[StoredEvent]] = defaultdict(list)
-    # A fixed order makes floating-point sums identical whatever order the rows were read in.
-    for e in sorted(events, key=lambda e: (e.event_time, e.message_id)):
-        by_individual[e.individual_id].append(e)
-    out: dict[str, list[tuple[str, str, float]]] = {}
-    for individual in ids:
-        own = by_individual.get(individual, [])
-        rows = []
-        for d in defs:
-            values = compute_insight(d, own, items, now)
-            if not d.dimension:
-                rows.append((d.name, "", values.get("", 0.0)))
-            else:
-                rows += [(d.name, k, v) for k, v in sorted(values.items())]
-        out[individual] = rows
-    return out
+def insight_changes(values: dict[str, list[tuple[str, str, float]]], previous: dict[tuple[str, str, str], float]
+                    ) -> tuple[list[tuple[str, str, str, float]], list[tuple[str, str, str]]]:
+    """What to write so that the stored values (previous, of the same individuals) become values: the rows that are
+    new or changed, and the keys that are gone."""
+    put, wanted = [], set()
+    for individual, rows in values.items():
+        for name, dim, value in rows:
+            key = (individual, name, dim)
+            wanted.add(key)
+            old = previous.get(key)
+            if old is None or not (old == value or (old != old and value != value)):
+                put.append((individual, name, dim, value))
+    return put, [key for key in previous if key not in wanted]
 
 
 def insight_view(defs: list[InsightDef], rows: list[tuple[str, str, float]]) -> dict[str, object]:
@@ -898,6 +1034,11 @@ def compile_rule(rule: str, insight_names: list[str], segment_names: list[str] |
     return program
 
 
+def rule_variables(programs: list[tuple[str, cel.Program, bool]]) -> frozenset[str]:
+    """The variables (attributes, insights, segments, affinities, consents) that at least one program reads."""
+    return frozenset(v for _, program, _ in programs for v in program.variables())
+
+
 def _is_member(program: cel.Program, context: cel.Context) -> bool:
     try:
         return program.execute(context) is True
@@ -912,18 +1053,37 @@ def evaluate_memberships(
     current: set[str],
     affinities: dict | None = None,
     consents: dict | None = None,
+    variables: frozenset[str] | None = None,
+    memo: dict | None = None,
 ) -> set[str]:
-    """The segments an individual belongs to; rules that read `segments` see the memberships being computed."""
+    """The segments an individual belongs to; rules that read `segments` see the memberships being computed.
+    variables: rule_variables(programs), when the caller evaluates many individuals with the same programs; memo:
+    a dict kept while evaluating them, so that individuals with the same insights and segments are evaluated once
+    (only when rules read nothing else: rules are pure functions of what they read)."""
     reads_segments = any(uses for _, _, uses in programs)
     members = set(current) & {name for name, _, _ in programs}
+    # Only the variables some rule reads are converted: building a Context costs about 2 us per variable.
+    used = rule_variables(programs) if variables is None else variables
+    key = None
+    if memo is not None and used <= {"insights", "segments"}:
+        key = (tuple((k, tuple(sorted(v.items())) if isinstance(v, dict) else v) for k, v in insights.items())
+               if "insights" in used else (), frozenset(members) if reads_segments else None)
+        known = memo.get(key)
+        if known is not None:
+            return set(known)
+    context = cel.Context({name: value for name, value in (
+        ("attributes", attributes), ("insights", insights), ("affinities", affinities or {}),
+        ("consents", consents or {})) if name in used})
     for _ in range(MAX_SEGMENT_PASSES if reads_segments else 1):
-        # One Context per pass: the library converts the variables once for all programs.
-        context = cel.Context({"attributes": attributes, "insights": insights, "segments": sorted(members),
-                               "affinities": affinities or {}, "consents": consents or {}})
+        # One Context for all programs and passes: the library converts the variables once; only segments change.
+        if reads_segments:
+            context.add_variable("segments", sorted(members))
         result = {name for name, program, _ in programs if _is_member(program, context)}
         if result == members:
             break
         members = result
+    if key is not None:
+        memo[key] = frozenset(members)
     return members
 
 

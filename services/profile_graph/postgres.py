@@ -22,14 +22,29 @@ CHANNEL = "profile_graph_events"
 NOTIFY_BYTES = 7_000
 DEFAULT_HALF_LIFE_S = AffinityConfig().half_life.total_seconds()
 
+# Line items, item ids and identity keys come as flat arrays, each element with the (1-based) index of its event;
+# the database groups them back (one array parameter per column instead of thousands of small documents).
 _INSERT_EVENTS = """
+WITH l AS (
+    SELECT e, array_agg(li ORDER BY n) AS ids, array_agg(lq ORDER BY n) AS qs, array_agg(lp ORDER BY n) AS ps
+    FROM unnest($13::int4[], $14::text[], $15::float8[], $16::float8[]) WITH ORDINALITY AS x(e, li, lq, lp, n)
+    GROUP BY e
+), ii AS (
+    SELECT e, array_agg(v ORDER BY n) AS ids FROM unnest($17::int4[], $18::text[]) WITH ORDINALITY AS x(e, v, n)
+    GROUP BY e
+), ik AS (
+    SELECT e, array_agg(v ORDER BY n) AS keys FROM unnest($19::int4[], $20::text[]) WITH ORDINALITY AS x(e, v, n)
+    GROUP BY e
+)
 INSERT INTO events (tenant_id, message_id, individual_id, type, event_time, revenue, quantity, item_id,
-                    properties, payload, name, source, lines, attributes, consents, objects, item_ids, identity_keys)
-SELECT $1, m, i, t, et, r, q, it, p, pl, n, s, l, a, c, o,
-       ARRAY(SELECT jsonb_array_elements_text(ii)), ARRAY(SELECT jsonb_array_elements_text(ik))
+                    properties, payload, name, source, line_item_ids, line_quantities, line_prices, attributes,
+                    consents, objects, item_ids, identity_keys)
+SELECT $1, m, i, t, et, r, q, it, p, pl, nm, s, l.ids, l.qs, l.ps, a, c, o, COALESCE(ii.ids, '{}'),
+       COALESCE(ik.keys, '{}')
 FROM unnest($2::text[], $3::text[], $4::int2[], $5::timestamptz[], $6::float8[], $7::float8[], $8::text[],
-            $9::jsonb[], $10::bytea[], $11::text[], $12::text[], $13::jsonb[], $14::jsonb[], $15::jsonb[],
-            $16::jsonb[], $17::jsonb[], $18::jsonb[]) AS u(m, i, t, et, r, q, it, p, pl, n, s, l, a, c, o, ii, ik)
+            $9::jsonb[], $10::bytea[], $11::text[], $12::text[], $21::jsonb[], $22::jsonb[], $23::jsonb[])
+    WITH ORDINALITY AS u(m, i, t, et, r, q, it, p, pl, nm, s, a, c, o, k)
+LEFT JOIN l ON l.e = u.k LEFT JOIN ii ON ii.e = u.k LEFT JOIN ik ON ik.e = u.k
 ORDER BY m
 ON CONFLICT (tenant_id, message_id) DO NOTHING
 RETURNING message_id, individual_id
@@ -123,6 +138,21 @@ ON CONFLICT (tenant_id, individual_id, name, dimension) DO UPDATE SET value = EX
 WHERE insight_values.value IS DISTINCT FROM EXCLUDED.value
 """
 
+_WRITE_PARTIALS = """
+WITH gone AS (
+    DELETE FROM insight_partials p USING unnest($7::text[], $8::int8[]) AS g(n, b)
+    WHERE p.tenant_id = $1 AND p.individual_id = ANY($9::text[]) AND p.name = g.n AND p.bucket < g.b
+)
+INSERT INTO insight_partials (tenant_id, individual_id, name, dimension, bucket, n, s, odd, m, last_us, last_id,
+                              last_value, d)
+SELECT $1, i, nm, dm, b, n, s, odd, m, lu, li, lv, ARRAY(SELECT jsonb_array_elements_text(d))
+FROM unnest($2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $10::text[], $11::float8[], $12::float8[],
+            $13::int8[], $14::text[], $15::float8[], $16::jsonb[]) AS u(i, nm, dm, b, n, s, odd, m, lu, li, lv, d)
+ON CONFLICT (tenant_id, individual_id, name, dimension, bucket) DO UPDATE SET n = EXCLUDED.n, s = EXCLUDED.s,
+    odd = EXCLUDED.odd, m = EXCLUDED.m, last_us = EXCLUDED.last_us, last_id = EXCLUDED.last_id,
+    last_value = EXCLUDED.last_value, d = EXCLUDED.d
+"""
+
 _HALF_LIFE = ("COALESCE((SELECT (document->>'half_life_s')::float8 FROM graph_config"
               " WHERE tenant_id = $1 AND kind = 'affinity'), " + repr(DEFAULT_HALF_LIFE_S) + ")")
 
@@ -134,18 +164,21 @@ def _decay(now: str) -> str:
 
 _DECAY3, _DECAY4 = _decay("$3"), _decay("$4")
 
-_PROFILE_STATES = f"""
-SELECT individual_id, 'a' AS kind, key, value::text AS value FROM attributes
-WHERE tenant_id = $1 AND individual_id = ANY($2::text[])
-UNION ALL
-SELECT individual_id, 'm', segment, NULL FROM memberships WHERE tenant_id = $1 AND individual_id = ANY($2::text[])
-UNION ALL
-SELECT individual_id, 'c', purpose, status::text FROM consents WHERE tenant_id = $1 AND individual_id = ANY($2::text[])
-UNION ALL
-SELECT individual_id, 'f', dimension || chr(31) || value,
-       (score * {_DECAY3})::text
-FROM affinities WHERE tenant_id = $1 AND individual_id = ANY($2::text[])
-"""
+# What segment rules read besides insights, per rule variable; memberships are always read (entries and exits).
+_PROFILE_STATE_PARTS = {
+    "segments": "SELECT individual_id, 'm' AS kind, segment AS key, NULL AS value FROM memberships"
+                " WHERE tenant_id = $1 AND individual_id = ANY($2::text[])",
+    "attributes": "SELECT individual_id, 'a', key, value::text FROM attributes"
+                  " WHERE tenant_id = $1 AND individual_id = ANY($2::text[])",
+    "consents": "SELECT individual_id, 'c', purpose, status::text FROM consents"
+                " WHERE tenant_id = $1 AND individual_id = ANY($2::text[])",
+    "affinities": f"SELECT individual_id, 'f', dimension || chr(31) || value, (score * {_DECAY3})::text"
+                  " FROM affinities WHERE tenant_id = $1 AND individual_id = ANY($2::text[])",
+}
+
+
+def _profile_states_sql(parts: frozenset[str]) -> str:
+    return "\nUNION ALL\n".join(q for name, q in _PROFILE_STATE_PARTS.items() if name == "segments" or name in parts)
 
 # Entries and exits that really change a membership are written to the history in the same statement.
 _CHANGE_MEMBERSHIPS = """
@@ -166,7 +199,7 @@ SELECT $1, segment, individual_id, 'exited', $6 FROM exited
 """
 
 _EVENT_COLUMNS = ("individual_id, message_id, type, event_time, revenue, quantity, item_id, name, source, "
-                  "{properties} AS properties, {lines} AS lines")
+                  "{properties} AS properties, {lines}")
 
 
 def _window_us(window: timedelta | None) -> int:
@@ -235,15 +268,34 @@ def _config(row: asyncpg.Record) -> Config:
     )
 
 
+_LINE_COLUMNS = "line_item_ids, line_quantities, line_prices"
+_NO_LINES = "NULL::text[] AS line_item_ids, NULL::float8[] AS line_quantities, NULL::float8[] AS line_prices"
+
+
+def _lines(r: asyncpg.Record) -> tuple:
+    ids = r["line_item_ids"]
+    return tuple(zip(ids, r["line_quantities"], r["line_prices"])) if ids else ()
+
+
 def _stored_event(r: asyncpg.Record) -> StoredEvent:
     return StoredEvent(
         r["individual_id"], r["type"], r["event_time"], r["revenue"], r["quantity"],
         json.loads(r["properties"]) if r["properties"] else None, r["message_id"], r["name"], r["source"],
-        r["item_id"], tuple(tuple(li) for li in json.loads(r["lines"])) if r["lines"] else ())
+        r["item_id"], _lines(r))
 
 
 def _affected(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
+
+
+def _flat(lists: list) -> tuple[list[int], list]:
+    """Many short lists as one flat list and, for each element, the 1-based index of the list it came from."""
+    owner: list[int] = []
+    flat: list = []
+    for n, values in enumerate(lists, start=1):
+        owner += [n] * len(values)
+        flat += values
+    return owner, flat
 
 
 class PostgresUnit:
@@ -253,24 +305,35 @@ class PostgresUnit:
         self.conn = conn
         self.tenant = tenant
 
-    async def lock_definitions(self, exclusive: bool) -> None:
+    async def lock_definitions(self, exclusive: bool, large: bool = True) -> None:
         # Appends share the lock; saving a definition takes it alone so its full recompute sees no stale writer.
+        # The batch statements take arrays whose size the generic plan of a prepared statement cannot know: after
+        # five runs PostgreSQL would switch to it (e.g. nested loops over 1,000-row unnests, 10-20x slower), so
+        # large write transactions plan with the real parameters (set in the same round trip as the lock); small
+        # ones keep the generic plans, which fit them and save planning every statement.
         fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-        await self.conn.execute(f"SELECT {fn}(hashtextextended('profile_graph/' || $1, 0))", self.tenant)
+        mode = "force_custom_plan" if large else "auto"
+        await self.conn.execute(
+            f"SELECT set_config('plan_cache_mode', '{mode}', true), {fn}(hashtextextended('profile_graph/' || $1, 0))",
+            self.tenant)
 
     async def insert_events(self, events: Sequence[NewEvent]) -> set[str]:
         def js(value):
             return json.dumps(value) if value else None
 
+        line_of, lines = _flat([e.lines for e in events])
+        item_of, items = _flat([e.item_ids for e in events])
+        key_of, keys = _flat([e.identity_keys for e in events])
         rows = await self.conn.fetch(
             _INSERT_EVENTS, self.tenant,
             [e.message_id for e in events], [e.individual_id for e in events], [e.type for e in events],
             [e.event_time for e in events], [e.revenue for e in events], [e.quantity for e in events],
             [e.item_id for e in events], [js(e.properties) for e in events], [e.payload for e in events],
-            [e.name for e in events], [e.source for e in events], [js([list(li) for li in e.lines]) for e in events],
+            [e.name for e in events], [e.source for e in events],
+            line_of, [li[0] for li in lines], [li[1] for li in lines], [li[2] for li in lines],
+            item_of, items, key_of, keys,
             [js(e.attributes) for e in events], [js([list(c) for c in e.consents]) for e in events],
-            [js([list(o) for o in e.objects]) for e in events], [json.dumps(e.item_ids) for e in events],
-            [json.dumps(list(e.identity_keys)) for e in events],
+            [js([list(o) for o in e.objects]) for e in events],
         )
         individuals = sorted({r["individual_id"] for r in rows})
         if individuals:
@@ -328,12 +391,19 @@ class PostgresUnit:
             _UPSERT_CONSENTS, self.tenant, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
             [r[3] for r in rows], [r[4] for r in rows], from_api)
 
-    async def item_attributes(self, ids: Sequence[str]) -> dict[str, dict]:
+    async def item_attributes(self, ids: Sequence[str], keys: Sequence[str] | None = None) -> dict[str, dict]:
         if not ids:
             return {}
-        rows = await self.conn.fetch(
-            "SELECT item_id, attributes::text AS a FROM items WHERE tenant_id = $1 AND item_id = ANY($2::text[])",
-            self.tenant, list(ids))
+        if keys is None:
+            rows = await self.conn.fetch(
+                "SELECT item_id, attributes::text AS a FROM items WHERE tenant_id = $1 AND item_id = ANY($2::text[])",
+                self.tenant, list(ids))
+        else:  # only those attributes, and only items having one of them
+            rows = await self.conn.fetch(
+                "SELECT item_id, (SELECT jsonb_object_agg(k, attributes -> k) FROM unnest($3::text[]) AS u(k)"
+                " WHERE attributes ? k)::text AS a FROM items"
+                " WHERE tenant_id = $1 AND item_id = ANY($2::text[]) AND attributes ?| $3::text[]",
+                self.tenant, list(ids), list(keys))
         return {r["item_id"]: json.loads(r["a"]) for r in rows}
 
     async def add_affinities(self, increments: dict, half_life: timedelta) -> None:
@@ -345,20 +415,83 @@ class PostgresUnit:
     async def event_rows(self, ids: Sequence[str], since: datetime | None, lines: bool, properties: bool
                          ) -> list[StoredEvent]:
         columns = _EVENT_COLUMNS.format(properties="properties::text" if properties else "NULL::text",
-                                        lines="lines::text" if lines else "NULL::text")
+                                        lines=_LINE_COLUMNS if lines else _NO_LINES)
         rows = await self.conn.fetch(
             f"SELECT {columns} FROM events WHERE tenant_id = $1 AND individual_id = ANY($2::text[])"
             " AND ($3::timestamptz IS NULL OR event_time > $3)", self.tenant, list(ids), since)
         return [_stored_event(r) for r in rows]
+
+    async def edge_events(self, ids: Sequence[str], ranges: Sequence[tuple[datetime, datetime]], lines: bool,
+                          properties: bool) -> list[StoredEvent]:
+        columns = _EVENT_COLUMNS.format(properties="properties::text" if properties else "NULL::text",
+                                        lines=_LINE_COLUMNS if lines else _NO_LINES)
+        rows = await self.conn.fetch(
+            f"SELECT {columns} FROM unnest($3::timestamptz[], $4::timestamptz[]) AS r(a, b) JOIN events"
+            " ON tenant_id = $1 AND individual_id = ANY($2::text[]) AND event_time > r.a AND event_time < r.b",
+            self.tenant, list(ids), [a for a, _ in ranges], [b for _, b in ranges])
+        seen: set[str] = set()
+        out = []
+        for r in rows:  # ranges of different insights may overlap
+            if r["message_id"] not in seen:
+                seen.add(r["message_id"])
+                out.append(_stored_event(r))
+        return out
+
+    async def read_partials(self, ids: Sequence[str]) -> tuple[dict[tuple[str, str, str, int], domain.Partial],
+                                                               dict[tuple[str, str, str], float]]:
+        # Partials and current values in one round trip (bucket NULL marks a value row, its value in m).
+        rows = await self.conn.fetch(
+            "SELECT individual_id, name, dimension, bucket, n, s, odd, m, last_us, last_id, last_value, d"
+            " FROM insight_partials WHERE tenant_id = $1 AND individual_id = ANY($2::text[])"
+            " UNION ALL SELECT individual_id, name, dimension, NULL, 0, NULL, NULL, value, NULL, NULL, NULL, NULL"
+            " FROM insight_values WHERE tenant_id = $1 AND individual_id = ANY($2::text[])", self.tenant, list(ids))
+        partials, values = {}, {}
+        from_row = domain.Partial.from_row
+        for r in rows:
+            individual, name, dim, bucket = r[0], r[1], r[2], r[3]
+            if bucket is None:
+                values[(individual, name, dim)] = r[7]
+            else:
+                partials[(individual, name, dim, bucket)] = from_row(r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11])
+        return partials, values
+
+    async def change_insight_values(self, put: Sequence[tuple[str, str, str, float]],
+                                    gone: Sequence[tuple[str, str, str]]) -> None:
+        if gone:
+            await self.conn.execute(
+                "DELETE FROM insight_values x USING unnest($2::text[], $3::text[], $4::text[]) AS g(i, n, d)"
+                " WHERE x.tenant_id = $1 AND x.individual_id = g.i AND x.name = g.n AND x.dimension = g.d",
+                self.tenant, [g[0] for g in gone], [g[1] for g in gone], [g[2] for g in gone])
+        if put:
+            await self.conn.execute(
+                """INSERT INTO insight_values (tenant_id, individual_id, name, dimension, value)
+                   SELECT $1, i, n, d, v FROM unnest($2::text[], $3::text[], $4::text[], $5::float8[]) AS u(i, n, d, v)
+                   ON CONFLICT (tenant_id, individual_id, name, dimension) DO UPDATE SET value = EXCLUDED.value""",
+                self.tenant, [p[0] for p in put], [p[1] for p in put], [p[2] for p in put], [p[3] for p in put])
+
+    async def write_partials(self, ids: Sequence[str], partials: dict[tuple[str, str, str, int], domain.Partial],
+                             keep_from: dict[str, int] | None) -> None:
+        if keep_from is None:
+            await self.conn.execute("DELETE FROM insight_partials WHERE tenant_id = $1 AND individual_id = ANY($2::text[])",
+                                    self.tenant, list(ids))
+            keep_from = {}
+        keys = list(partials)
+        rows = [partials[k].row() for k in keys]
+        await self.conn.execute(
+            _WRITE_PARTIALS, self.tenant, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
+            [k[3] for k in keys], [r[0] for r in rows], list(keep_from), list(keep_from.values()), list(ids),
+            [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows], [r[4] for r in rows],
+            [r[5] for r in rows], [r[6] for r in rows], [json.dumps(r[7]) if r[7] else None for r in rows])
 
     async def store_insight_values(self, ids: Sequence[str], rows: dict[str, list[tuple[str, str, float]]]) -> None:
         flat = [(i, n, d, v) for i, values in rows.items() for n, d, v in values]
         await self.conn.execute(_STORE_INSIGHTS, self.tenant, [f[0] for f in flat], [f[1] for f in flat],
                                 [f[2] for f in flat], [f[3] for f in flat], list(ids))
 
-    async def profile_states(self, ids: Sequence[str], now: datetime) -> dict[str, tuple]:
+    async def profile_states(self, ids: Sequence[str], now: datetime, parts: frozenset[str]) -> dict[str, tuple]:
         states: dict[str, tuple] = {}
-        for r in await self.conn.fetch(_PROFILE_STATES, self.tenant, list(ids), now):
+        now_arg = [now] if "affinities" in parts else []  # the decay of scores to now ($3)
+        for r in await self.conn.fetch(_profile_states_sql(parts), self.tenant, list(ids), *now_arg):
             attributes, segments, affinities, consents = states.setdefault(r["individual_id"], ({}, set(), {}, {}))
             kind = r["kind"]
             if kind == "a":
@@ -395,8 +528,8 @@ class PostgresUnit:
                WHERE consents.updated_at <= EXCLUDED.updated_at""", self.tenant, list(from_ids), to_id)
 
     async def drop_individuals(self, ids: Sequence[str]) -> list[tuple[str, str]]:
-        for table in ("attribute_values", "attributes", "insight_values", "profile_objects", "consents",
-                      "affinities", "individuals"):
+        for table in ("attribute_values", "attributes", "insight_values", "insight_partials", "profile_objects",
+                      "consents", "affinities", "individuals"):
             await self.conn.execute(
                 f"DELETE FROM {table} WHERE tenant_id = $1 AND individual_id = ANY($2::text[])", self.tenant, list(ids))
         rows = await self.conn.fetch(
@@ -405,7 +538,8 @@ class PostgresUnit:
         return [(r["individual_id"], r["segment"]) for r in rows]
 
     async def clear_derived(self, ids: Sequence[str]) -> None:
-        for table in ("attribute_values", "attributes", "insight_values", "profile_objects", "affinities"):
+        for table in ("attribute_values", "attributes", "insight_values", "insight_partials", "profile_objects",
+                      "affinities"):
             await self.conn.execute(
                 f"DELETE FROM {table} WHERE tenant_id = $1 AND individual_id = ANY($2::text[])", self.tenant, list(ids))
         await self.conn.execute(
@@ -415,7 +549,8 @@ class PostgresUnit:
     async def replay_events(self, ids: Sequence[str]) -> list[NewEvent]:
         rows = await self.conn.fetch(
             """SELECT individual_id, message_id, type, event_time, revenue, quantity, item_id, name, source,
-                      properties::text AS properties, lines::text AS lines, attributes::text AS attributes,
+                      properties::text AS properties, line_item_ids, line_quantities, line_prices,
+                      attributes::text AS attributes,
                       consents::text AS consents, objects::text AS objects
                FROM events WHERE tenant_id = $1 AND individual_id = ANY($2::text[])
                ORDER BY event_time, message_id""", self.tenant, list(ids))
@@ -424,7 +559,7 @@ class PostgresUnit:
             attributes=json.loads(r["attributes"]) if r["attributes"] else {},
             properties=json.loads(r["properties"]) if r["properties"] else None,
             revenue=r["revenue"], quantity=r["quantity"], item_id=r["item_id"], name=r["name"], source=r["source"],
-            lines=tuple(tuple(x) for x in json.loads(r["lines"])) if r["lines"] else (),
+            lines=_lines(r),
             consents=tuple(tuple(x) for x in json.loads(r["consents"])) if r["consents"] else (),
             objects=tuple(tuple(x) for x in json.loads(r["objects"])) if r["objects"] else (),
         ) for r in rows]
@@ -443,6 +578,8 @@ class PostgresUnit:
         # An insight that changes subject leaves no stale values behind.
         table = "insight_values" if d.subject == domain.SUBJECT_ITEM else "item_insight_values"
         await self.conn.execute(f"DELETE FROM {table} WHERE tenant_id = $1 AND name = $2", self.tenant, d.name)
+        # Partials of the old definition mean nothing under the new one (the full recompute writes new ones).
+        await self.conn.execute("DELETE FROM insight_partials WHERE tenant_id = $1 AND name = $2", self.tenant, d.name)
 
     async def save_segment(self, s: SegmentDef) -> None:
         await self.conn.execute(
@@ -468,7 +605,7 @@ class PostgresUnit:
             "SELECT count(*) FROM memberships WHERE tenant_id = $1 AND segment = $2", self.tenant, segment)
 
     async def item_event_rows(self, item_ids: Sequence[str], since: datetime | None) -> list[StoredEvent]:
-        columns = _EVENT_COLUMNS.format(properties="properties::text", lines="lines::text")
+        columns = _EVENT_COLUMNS.format(properties="properties::text", lines=_LINE_COLUMNS)
         rows = await self.conn.fetch(
             f"SELECT {columns} FROM events WHERE tenant_id = $1 AND item_ids && $2::text[]"
             " AND ($3::timestamptz IS NULL OR event_time > $3)", self.tenant, list(item_ids), since)
@@ -550,7 +687,7 @@ class PostgresStore:
     def __init__(self, pool: asyncpg.Pool):
         self.pool = pool
         self.feed = EventFeed(pool)
-        self._profile_sql: dict[frozenset[str], str] = {}
+        self._profile_sql: dict[tuple[frozenset[str], bool], str] = {}
 
     @asynccontextmanager
     async def unit(self, tenant: str) -> AsyncIterator[PostgresUnit]:
@@ -560,11 +697,15 @@ class PostgresStore:
     def watch(self, tenant: str, individual_id: str):
         return self.feed.watch(tenant, individual_id)
 
-    def _profile_query(self, parts: frozenset[str]) -> str:
-        # Parameters: $1 tenant, $2 individual, $3 event limit, $4 now, $5 affinity limit.
-        sql = self._profile_sql.get(parts)
+    def _profile_query(self, parts: frozenset[str], batch: bool) -> str:
+        """One statement reading the asked parts: of individual $2 (one row), or of each id of the array $2 (one row
+        per id, in array order). Further parameters: $3 event limit, $4 now, $5 affinity limit, renumbered to those
+        the parts use."""
+        key = (parts, batch)
+        sql = self._profile_sql.get(key)
         if sql is None:
-            own = "tenant_id = $1 AND individual_id = $2"
+            who = "u.id" if batch else "$2"
+            own = f"tenant_id = $1 AND individual_id = {who}"
             columns = [f"(SELECT update_time FROM individuals WHERE {own}) AS update_time"]
             if "attributes" in parts:
                 columns.append(f"(SELECT jsonb_object_agg(key, value) FROM attributes WHERE {own})::text AS attributes")
@@ -592,40 +733,57 @@ class PostgresStore:
                     " ORDER BY s DESC, dimension, value"
                     " LIMIT $5) t)::text AS affinities")
             sql = "SELECT " + ", ".join(columns)
+            if batch:
+                sql += " FROM unnest($2::text[]) WITH ORDINALITY AS u(id, n) ORDER BY u.n"
             # Number the parameters the query really uses, in order.
             used = [n for n in (3, 4, 5) if f"${n}" in sql]
             for new, old in enumerate(used, start=3):
                 sql = sql.replace(f"${old}", f"${new}")
-            self._profile_sql[parts] = sql
+            self._profile_sql[key] = sql
         return sql
 
-    async def get_profile(self, tenant: str, individual_id: str, parts: set[str], event_limit: int,
-                          affinity_limit: int, now: datetime) -> Profile:
-        key = frozenset(parts)
-        args = [tenant, individual_id] + ([event_limit] if "events" in key else []) + (
-            [now, affinity_limit] if "affinities" in key else [])
-        async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(self._profile_query(key), *args)
+    @staticmethod
+    def _profile_args(parts: frozenset[str], event_limit: int, affinity_limit: int, now: datetime) -> list:
+        return ([event_limit] if "events" in parts else []) + ([now, affinity_limit] if "affinities" in parts else [])
+
+    @staticmethod
+    def _profile(individual_id: str, parts: frozenset[str], row: asyncpg.Record) -> Profile:
         profile = Profile(individual_id=individual_id, update_time=row["update_time"])
-        if "attributes" in key and row["attributes"]:
+        if "attributes" in parts and row["attributes"]:
             profile.attributes = json.loads(row["attributes"])
-        if "events" in key:
+        if "events" in parts:
             profile.event_payloads = list(row["events"])
-        if "insights" in key and row["insights"]:
+        if "insights" in parts and row["insights"]:
             for name, dim, value in json.loads(row["insights"]):
                 if dim:
                     profile.grouped_insights.setdefault(name, {})[dim] = float(value)
                 else:
                     profile.insights[name] = float(value)
-        if "segments" in key:
+        if "segments" in parts:
             profile.segments = list(row["segments"])
-        if "profile_objects" in key and row["objects"]:
+        if "profile_objects" in parts and row["objects"]:
             profile.objects = [ProfileObjectRow(t, o, a, _from_us(us), s) for t, o, a, us, s in json.loads(row["objects"])]
-        if "consents" in key and row["consents"]:
+        if "consents" in parts and row["consents"]:
             profile.consents = [ConsentState(p, st, _from_us(us), s) for p, st, us, s in json.loads(row["consents"])]
-        if "affinities" in key and row["affinities"]:
+        if "affinities" in parts and row["affinities"]:
             profile.affinities = [Affinity(d, v, float(s)) for d, v, s in json.loads(row["affinities"])]
         return profile
+
+    async def get_profile(self, tenant: str, individual_id: str, parts: set[str], event_limit: int,
+                          affinity_limit: int, now: datetime) -> Profile:
+        key = frozenset(parts)
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(self._profile_query(key, batch=False), tenant, individual_id,
+                                      *self._profile_args(key, event_limit, affinity_limit, now))
+        return self._profile(individual_id, key, row)
+
+    async def get_profiles(self, tenant: str, individual_ids: Sequence[str], parts: set[str], event_limit: int,
+                           affinity_limit: int, now: datetime) -> list[Profile]:
+        key = frozenset(parts)
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(self._profile_query(key, batch=True), tenant, list(individual_ids),
+                                    *self._profile_args(key, event_limit, affinity_limit, now))
+        return [self._profile(i, key, row) for i, row in zip(individual_ids, rows)]
 
     async def get_affinities(self, tenant: str, individual_id: str, dimension: str, limit: int,
                              now: datetime) -> list[Affinity]:
@@ -685,6 +843,17 @@ class PostgresStore:
                 tenant, after, segment, limit)
         return [MembershipChange(r["id"], r["segment"], r["individual_id"], r["change"] == "entered",
                                  r["change_time"]) for r in rows]
+
+    async def tenants_pending_partials(self) -> list[str]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT tenant_id FROM graph_config WHERE kind = 'insight_partials_pending' ORDER BY tenant_id")
+        return [r["tenant_id"] for r in rows]
+
+    async def clear_pending_partials(self, tenant: str) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute("DELETE FROM graph_config WHERE tenant_id = $1 AND kind = 'insight_partials_pending'",
+                               tenant)
 
     async def tenants_with_definitions(self) -> list[str]:
         async with self.pool.acquire() as conn:

@@ -53,6 +53,8 @@ async def build(dsn: str, *, clock: Callable[[], datetime] = _utcnow) -> Built:
     pool = await prepare_schema(dsn, SCHEMA, __file__, min_size=pool_min, max_size=pool_max)
     store = PostgresStore(pool)
     graph = ProfileGraph(store, clock=clock, objects_per_type=objects_per_type)
+    if rebuilt := await graph.rebuild_pending_partials():
+        log.info("insight_partials_rebuilt", tenants=rebuilt)
 
     async def close() -> None:
         await store.feed.close()

@@ -19,12 +19,14 @@ from shared.errors import InvalidArgument, NotFound, Violations
 RECOMPUTE_CHUNK = 1_000
 ITEM_CHUNK = 500
 MAX_REPLAY = 1_000
+# Appends of at most this many events keep PostgreSQL's generic plans (see PostgresUnit.lock_definitions).
+SMALL_BATCH = 50
 
 
 class Unit(Protocol):
     """One transaction on one tenant's profile data (postgres.py, or the in-memory fake of the unit tests)."""
 
-    async def lock_definitions(self, exclusive: bool) -> None: ...
+    async def lock_definitions(self, exclusive: bool, large: bool = True) -> None: ...
     async def insert_events(self, events: Sequence[NewEvent]) -> set[str]: ...
     async def touch_individuals(self, ids: Sequence[str], now: datetime) -> None: ...
     async def individual_exists(self, individual_id: str) -> bool: ...
@@ -35,12 +37,20 @@ class Unit(Protocol):
     async def write_attributes(self, ids: Sequence[str], values: dict[tuple[str, str], tuple]) -> None: ...
     async def upsert_objects(self, rows: Sequence[tuple], keep: int) -> None: ...
     async def upsert_consents(self, rows: Sequence[tuple], from_api: bool) -> None: ...
-    async def item_attributes(self, ids: Sequence[str]) -> dict[str, dict]: ...
+    async def item_attributes(self, ids: Sequence[str], keys: Sequence[str] | None = None) -> dict[str, dict]: ...
     async def add_affinities(self, increments: dict, half_life: timedelta) -> None: ...
     async def event_rows(self, ids: Sequence[str], since: datetime | None, lines: bool, properties: bool
                          ) -> list[StoredEvent]: ...
+    async def edge_events(self, ids: Sequence[str], ranges: Sequence[tuple[datetime, datetime]], lines: bool,
+                          properties: bool) -> list[StoredEvent]: ...
+    async def read_partials(self, ids: Sequence[str]) -> tuple[dict[tuple[str, str, str, int], domain.Partial],
+                                                               dict[tuple[str, str, str], float]]: ...
+    async def change_insight_values(self, put: Sequence[tuple[str, str, str, float]],
+                                    gone: Sequence[tuple[str, str, str]]) -> None: ...
+    async def write_partials(self, ids: Sequence[str], partials: dict[tuple[str, str, str, int], domain.Partial],
+                             keep_from: dict[str, int] | None) -> None: ...
     async def store_insight_values(self, ids: Sequence[str], rows: dict[str, list[tuple[str, str, float]]]) -> None: ...
-    async def profile_states(self, ids: Sequence[str], now: datetime) -> dict[str, tuple]: ...
+    async def profile_states(self, ids: Sequence[str], now: datetime, parts: frozenset[str]) -> dict[str, tuple]: ...
     async def change_memberships(self, entered: Sequence[tuple[str, str]], exited: Sequence[tuple[str, str]],
                                  now: datetime) -> None: ...
     async def move_events(self, from_ids: Sequence[str], to_id: str, identity_keys: Sequence[str] | None) -> int: ...
@@ -64,6 +74,8 @@ class Store(Protocol):
     def unit(self, tenant: str) -> AbstractAsyncContextManager[Unit]: ...
     async def get_profile(self, tenant: str, individual_id: str, parts: set[str], event_limit: int,
                           affinity_limit: int, now: datetime) -> Profile: ...
+    async def get_profiles(self, tenant: str, individual_ids: Sequence[str], parts: set[str], event_limit: int,
+                           affinity_limit: int, now: datetime) -> list[Profile]: ...
     async def get_affinities(self, tenant: str, individual_id: str, dimension: str, limit: int,
                              now: datetime) -> list[Affinity]: ...
     async def get_consents(self, tenant: str, individual_id: str) -> list[ConsentState]: ...
@@ -73,6 +85,8 @@ class Store(Protocol):
     async def list_members(self, tenant: str, segment: str, after: str, limit: int) -> list[Member]: ...
     async def list_changes(self, tenant: str, segment: str, after: int, limit: int) -> list[MembershipChange]: ...
     async def tenants_with_definitions(self) -> list[str]: ...
+    async def tenants_pending_partials(self) -> list[str]: ...
+    async def clear_pending_partials(self, tenant: str) -> None: ...
     async def item_types(self, tenant: str) -> dict[str, str]: ...
     async def upsert_items(self, tenant: str, items: Sequence[Item], new_types: dict[str, str]) -> None: ...
     async def get_items(self, tenant: str, ids: Sequence[str]) -> list[Item]: ...
@@ -118,7 +132,7 @@ class ProfileGraph:
             return outcomes
         now = self.clock()
         async with self.store.unit(tenant) as unit:
-            await unit.lock_definitions(exclusive=False)
+            await unit.lock_definitions(exclusive=False, large=len(unique) > SMALL_BATCH)
             new_ids = await unit.insert_events(unique)
             fresh = [e for e in unique if e.message_id in new_ids]
             changes: dict[str, tuple[list[str], list[str]]] = {}
@@ -127,7 +141,7 @@ class ProfileGraph:
                 await unit.touch_individuals(touched, now)
                 config = await unit.config()
                 await self._derive(unit, config, fresh, touched)
-                changes = await self._recompute(unit, tenant, config, touched, now)
+                changes = await self._recompute(unit, tenant, config, touched, now, fresh)
         if fresh and any(d.subject == domain.SUBJECT_ITEM for d in config.insights):
             self.dirty_items.setdefault(tenant, set()).update(i for e in fresh for i in e.item_ids)
         last_of: dict[str, int] = {}
@@ -159,38 +173,40 @@ class ProfileGraph:
         if consents:
             await unit.upsert_consents(consents, from_api=False)
         if config.affinity.dimensions and any(config.affinity.weight(e.type) for e in events):
-            items = await unit.item_attributes(sorted({i for e in events for i in e.item_ids}))
+            items = await unit.item_attributes(sorted({i for e in events for i in e.item_ids}),
+                                               config.affinity.dimensions)
             increments = domain.affinity_increments(events, items, config.affinity)
             if increments:
                 await unit.add_affinities(increments, config.affinity.half_life)
 
-    async def _recompute(self, unit: Unit, tenant: str, config: Config, ids: list[str], now: datetime
-                         ) -> dict[str, tuple[list[str], list[str]]]:
-        """Recomputes insight values and segment memberships of ids; returns (entered, exited) per individual."""
+    async def _recompute(self, unit: Unit, tenant: str, config: Config, ids: list[str], now: datetime,
+                         fresh: list[NewEvent] | None = None) -> dict[str, tuple[list[str], list[str]]]:
+        """Recomputes insight values and segment memberships of ids; returns (entered, exited) per individual.
+
+        With fresh (the events just appended, possibly none) insights are updated incrementally from the stored
+        partials; without, they are recomputed from the individuals' events and their partials rewritten."""
         defs = [d for d in config.insights if d.subject != domain.SUBJECT_ITEM]
         values: dict[str, list[tuple[str, str, float]]] = {}
         if defs:
-            since = None if any(not d.window for d in defs) else now - max(d.window for d in defs)
-            rows = await unit.event_rows(ids, since, any(d.uses_items for d in defs),
-                                         any(_reads_properties(d) for d in defs))
-            items = {}
-            if any(d.uses_items and (d.field.startswith("item.") or d.dimension.startswith("item.")
-                                     or any(c.field.startswith("item.") for c in d.conditions)) for d in defs):
-                items = await unit.item_attributes(sorted({i for r in rows for i in
-                                                           ([r.item_id] + [li[0] for li in r.lines]) if i}))
-            values = domain.compute_all(defs, rows, items, now, ids)
-            await unit.store_insight_values(ids, values)
+            if fresh is None:
+                values = await self._insights_from_events(unit, defs, ids, now)
+                await unit.store_insight_values(ids, values)
+            else:
+                values = await self._insights_from_partials(unit, defs, fresh, ids, now)
         if not config.segments:
             return {}
         programs = self.rules.programs(tenant, config.segments)
-        states = await unit.profile_states(ids, now)
+        variables = domain.rule_variables(programs)
+        memo: dict = {}
+        states = await unit.profile_states(ids, now, variables)
         entered: list[tuple[str, str]] = []
         exited: list[tuple[str, str]] = []
         changes: dict[str, tuple[list[str], list[str]]] = {}
         for individual_id in ids:
             attributes, current, affinities, consents = states.get(individual_id, ({}, set(), {}, {}))
             insight_map = domain.insight_view(defs, values.get(individual_id, []))
-            now_in = domain.evaluate_memberships(programs, attributes, insight_map, current, affinities, consents)
+            now_in = domain.evaluate_memberships(programs, attributes, insight_map, current, affinities, consents,
+                                                 variables, memo)
             came = sorted(now_in - current)
             went = sorted(current - now_in)
             if came or went:
@@ -200,6 +216,90 @@ class ProfileGraph:
         if entered or exited:
             await unit.change_memberships(entered, exited, now)
         return changes
+
+    async def _item_attributes_for(self, unit: Unit, defs: list[InsightDef], rows) -> dict[str, dict]:
+        if not any(d.reads_item_attributes for d in defs):
+            return {}
+        return await unit.item_attributes(sorted({i for r in rows for i in ([r.item_id] + [li[0] for li in r.lines])
+                                                  if i}))
+
+    async def _values_from_events(self, unit: Unit, defs: list[InsightDef], ids: list[str], now: datetime,
+                                  partials: dict | None) -> dict[str, dict[str, dict[str, float]]]:
+        """individual -> insight -> group -> value from the individuals' events (those inside the longest window when
+        all are windowed); fills partials (per time bucket) for the defs kept incrementally when asked."""
+        since = None if any(not d.window for d in defs) else now - max(d.window for d in defs)
+        rows = await unit.event_rows(ids, since, any(d.uses_items for d in defs),
+                                     any(_reads_properties(d) for d in defs))
+        items = await self._item_attributes_for(unit, defs, rows)
+        totals: dict[str, dict[str, dict[str, float]]] = {}
+        for d in defs:
+            merged: dict[tuple[str, str], domain.Partial] = {}
+            for (individual, bucket, group), partial in domain.insight_partials(d, rows, items, now,
+                                                                                buckets=True).items():
+                if partials is not None and not d.reads_item_attributes:
+                    partials[(individual, d.name, group, bucket)] = partial
+                merged.setdefault((individual, group), domain.Partial()).merge(partial)
+            for (individual, group), value in domain.values_of(d, merged).items():
+                totals.setdefault(individual, {}).setdefault(d.name, {})[group] = value
+        return totals
+
+    async def _insights_from_events(self, unit: Unit, defs: list[InsightDef], ids: list[str], now: datetime
+                                    ) -> dict[str, list[tuple[str, str, float]]]:
+        """The full recompute of ids: every insight from their events, and their partials rebuilt from them."""
+        partials: dict[tuple[str, str, str, int], domain.Partial] = {}
+        totals = await self._values_from_events(unit, defs, ids, now, partials)
+        await unit.write_partials(ids, partials, None)
+        return {individual: domain.insight_rows(defs, totals.get(individual, {})) for individual in ids}
+
+    async def _insights_from_partials(self, unit: Unit, defs: list[InsightDef], fresh: list[NewEvent],
+                                      ids: list[str], now: datetime) -> dict[str, list[tuple[str, str, float]]]:
+        """The incremental update: the fresh events are merged into the stored partials of their time buckets;
+        values are the partials of the buckets wholly inside each window plus the events of the bucket holding the
+        window's start that fall after it, read one by one. Sums are exact, so this equals the full recompute.
+        Insights reading catalog attributes (item.<attribute>) are recomputed from events, so that they follow
+        changes of the catalog as before."""
+        kept = [d for d in defs if not d.reads_item_attributes]
+        totals = await self._values_from_events(unit, [d for d in defs if d.reads_item_attributes], ids, now,
+                                                None) if len(kept) < len(defs) else {}
+        edges = {d.name: domain.edge(d, now) for d in kept if d.window}
+        stored, previous = await unit.read_partials(ids)
+        changed: dict[tuple[str, str, str, int], domain.Partial] = {}
+        for d in kept:
+            for (individual, bucket, group), partial in domain.insight_partials(d, fresh, {}, now,
+                                                                                buckets=True).items():
+                key = (individual, d.name, group, bucket)
+                if key in stored:
+                    stored[key].merge(partial)
+                else:
+                    stored[key] = partial
+                changed[key] = stored[key]
+        await unit.write_partials(ids, changed, {name: e[2] for name, e in edges.items()})
+        by_name: dict[str, list[tuple[str, str, int, domain.Partial]]] = {}
+        for (individual, name, group, bucket), partial in stored.items():
+            by_name.setdefault(name, []).append((individual, group, bucket, partial))
+        # Every event after a cutoff is in its bucket's partial, so only individuals with a partial in an edge bucket
+        # have events to read one by one.
+        edge_ids = sorted({i for name, e in edges.items() for i, _, bucket, _ in by_name.get(name, ()) if bucket == e[2]})
+        ranges = sorted({(cutoff, end) for cutoff, end, _ in edges.values()})
+        edge_rows = await unit.edge_events(edge_ids, ranges, any(d.uses_items for d in kept),
+                                           any(_reads_properties(d) for d in kept)) if edge_ids else []
+        for d in kept:
+            parts: dict[tuple[str, str], list[domain.Partial]] = {}
+            edge = edges.get(d.name)
+            for individual, group, bucket, partial in by_name.get(d.name, ()):
+                if edge is None or bucket > edge[2]:
+                    parts.setdefault((individual, group), []).append(partial)
+            if edge is not None:
+                inside = [r for r in edge_rows if r.event_time < edge[1]]  # after the cutoff: insight_counts
+                for key, partial in domain.insight_partials(d, inside, {}, now).items():
+                    parts.setdefault(key, []).append(partial)
+            merged = {key: found[0] if len(found) == 1 else domain.merged(found) for key, found in parts.items()}
+            for (individual, group), value in domain.values_of(d, merged).items():
+                totals.setdefault(individual, {}).setdefault(d.name, {})[group] = value
+        values = {individual: domain.insight_rows(defs, totals.get(individual, {})) for individual in ids}
+        # Only values that changed are written (most of a batch's individuals keep most of their values).
+        await unit.change_insight_values(*domain.insight_changes(values, previous))
+        return values
 
     async def _rebuild(self, unit: Unit, tenant: str, config: Config, ids: list[str], now: datetime) -> None:
         """Forgets everything derived about ids (except consents set through the API) and derives it again from
@@ -294,6 +394,15 @@ class ProfileGraph:
             total += (await self.recompute_all(tenant))[0]
         return total
 
+    async def rebuild_pending_partials(self) -> int:
+        """Once after the migration that introduced partials: a full recompute of each tenant that had insights
+        (it rebuilds their partials from events). Returns how many tenants."""
+        tenants = await self.store.tenants_pending_partials()
+        for tenant in tenants:
+            await self.recompute_all(tenant)
+            await self.store.clear_pending_partials(tenant)
+        return len(tenants)
+
     # Kept for callers of the first version.
     refresh_windowed_insights = refresh
 
@@ -345,6 +454,28 @@ class ProfileGraph:
         return await self.store.get_profile(
             tenant, individual_id, parts, domain.event_limit(limit),
             domain.event_limit(affinity_limit, "affinity_limit", domain.DEFAULT_AFFINITY_LIMIT), self.clock())
+
+    async def get_profiles(self, tenant: str, individual_ids: list[str], mask_paths: list[str], limit: int,
+                           affinity_limit: int = 0) -> list[Profile]:
+        """The profiles of up to 1,000 individuals in request order (a repeated id is read once and returned at each
+        of its places), each restricted to the mask; unknown individuals give empty profiles."""
+        v = Violations()
+        if not individual_ids:
+            v.add("unified_individual_ids", "must name at least one individual")
+        elif len(individual_ids) > domain.MAX_PROFILES:
+            v.add("unified_individual_ids", f"at most {domain.MAX_PROFILES} ids per call, got {len(individual_ids)}")
+            v.raise_if_any()
+        for i, individual_id in enumerate(individual_ids):
+            if not individual_id:
+                v.add(f"unified_individual_ids[{i}]", "must not be empty")
+        v.raise_if_any()
+        parts = domain.profile_parts(mask_paths)
+        unique = list(dict.fromkeys(individual_ids))
+        profiles = await self.store.get_profiles(
+            tenant, unique, parts, domain.event_limit(limit),
+            domain.event_limit(affinity_limit, "affinity_limit", domain.DEFAULT_AFFINITY_LIMIT), self.clock())
+        by_id = {p.individual_id: p for p in profiles}
+        return [by_id[i] for i in individual_ids]
 
     async def get_affinities(self, tenant: str, individual_id: str, limit: int, dimension: str) -> list[Affinity]:
         """The individual's top affinities by decayed score."""
@@ -402,11 +533,11 @@ class ProfileGraph:
         v.raise_if_any()
         now = self.clock()
         async with self.store.unit(tenant) as unit:
-            await unit.lock_definitions(exclusive=False)
+            await unit.lock_definitions(exclusive=False, large=False)
             await unit.touch_individuals([individual_id], now)
             latest = {p: s for p, s in consents}
             await unit.upsert_consents([(individual_id, p, s, now, "api") for p, s in latest.items()], from_api=True)
-            await self._recompute(unit, tenant, await unit.config(), [individual_id], now)
+            await self._recompute(unit, tenant, await unit.config(), [individual_id], now, [])
         return await self.store.get_consents(tenant, individual_id)
 
     # ---- live stream --------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.duration_pb2 import Duration
@@ -13,7 +13,8 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc
 from services.profile_graph import domain
 from services.profile_graph.domain import (
-    AffinityConfig, AttributeRecon, Condition, ConsentState, InsightDef, Item, NewEvent, ReconRule, SegmentDef,
+    AffinityConfig, AttributeRecon, Condition, ConsentState, InsightDef, Item, NewEvent, Profile, ReconRule,
+    SegmentDef,
 )
 from services.profile_graph.service import ProfileGraph
 from shared.context import current_tenant
@@ -45,26 +46,29 @@ def _value(v: struct_pb2.Value) -> object:
     return json_format.MessageToDict(v) if v.WhichOneof("kind") else None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def to_new_event(ie: pb.IndividualEvent) -> NewEvent:
     """The domain view of one request event; the serialized Event is kept for an exact round trip."""
     e = ie.event
+    # One pass over each repeated field, empty ones skipped: reading protobuf fields is what costs here (this runs
+    # for every appended event).
+    lines = tuple((li.item_id, li.quantity, li.unit_price) for li in e.line_items) if e.line_items else ()
+    when = None
+    if e.HasField("event_time"):
+        t = e.event_time  # as Timestamp.ToDatetime does (nanos truncated to microseconds), without its overhead
+        when = _EPOCH + timedelta(seconds=t.seconds, microseconds=t.nanos // 1000)
     return NewEvent(
-        individual_id=ie.unified_individual_id,
-        message_id=e.message_id,
-        type=e.type,
-        event_time=e.event_time.ToDatetime(tzinfo=timezone.utc) if e.HasField("event_time") else None,
-        payload=e.SerializeToString(),
-        attributes=_dict(e.attributes) if e.attributes.fields else {},
-        properties=_dict(e.properties) if e.properties.fields else None,
-        revenue=sum(li.quantity * li.unit_price for li in e.line_items),
-        quantity=sum(li.quantity for li in e.line_items),
-        item_id=e.item_id,
-        name=e.name,
-        source=e.source,
-        lines=tuple((li.item_id, li.quantity, li.unit_price) for li in e.line_items),
-        consents=tuple((c.purpose, c.status) for c in e.consents),
-        objects=tuple((o.type, o.object_id, _dict(o.attributes)) for o in e.profile_objects),
-        identity_keys=tuple(domain.identity_key(i.type, i.value) for i in e.identities),
+        ie.unified_individual_id, e.message_id, e.type, when, e.SerializeToString(),
+        _dict(e.attributes) if e.attributes.fields else {},
+        _dict(e.properties) if e.properties.fields else None,
+        sum(q * p for _, q, p in lines) if lines else 0.0,
+        sum(q for _, q, _ in lines) if lines else 0.0,
+        e.item_id, e.name, e.source, lines,
+        tuple((c.purpose, c.status) for c in e.consents) if e.consents else (),
+        tuple((o.type, o.object_id, _dict(o.attributes)) for o in e.profile_objects) if e.profile_objects else (),
+        tuple(domain.identity_key(i.type, i.value) for i in e.identities),
     )
 
 
@@ -138,6 +142,26 @@ def to_recon_rule_pb(r: ReconRule) -> pb.ReconciliationRule:
                                  attribute_overrides={k: _recon_part_pb(a) for k, a in r.overrides})
 
 
+def to_profile_pb(p: Profile) -> pb.Profile:
+    profile = pb.Profile(
+        unified_individual_id=p.individual_id,
+        events=[common_pb2.Event.FromString(payload) for payload in p.event_payloads],
+        insights=p.insights,
+        segments=p.segments,
+        grouped_insights={name: pb.InsightGroups(values=values) for name, values in p.grouped_insights.items()},
+        profile_objects=[pb.StoredProfileObject(
+            object=common_pb2.ProfileObject(type=o.type, object_id=o.object_id, attributes=_struct(o.attributes)),
+            update_time=_timestamp(o.updated_at), source=o.source) for o in p.objects],
+        affinities=[pb.Affinity(dimension=a.dimension, value=a.value, score=a.score) for a in p.affinities],
+        consents=[to_consent_pb(c) for c in p.consents],
+    )
+    if p.attributes:
+        profile.attributes.CopyFrom(_struct(p.attributes))
+    if p.update_time is not None:
+        profile.update_time.CopyFrom(_timestamp(p.update_time))
+    return profile
+
+
 class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
     """The gRPC face of the ProfileGraph use cases."""
 
@@ -155,23 +179,14 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
     async def GetProfile(self, request, context):
         p = await self.graph.get_profile(current_tenant(), request.unified_individual_id,
                                          list(request.read_mask.paths), request.event_limit, request.affinity_limit)
-        profile = pb.Profile(
-            unified_individual_id=p.individual_id,
-            events=[common_pb2.Event.FromString(payload) for payload in p.event_payloads],
-            insights=p.insights,
-            segments=p.segments,
-            grouped_insights={name: pb.InsightGroups(values=values) for name, values in p.grouped_insights.items()},
-            profile_objects=[pb.StoredProfileObject(
-                object=common_pb2.ProfileObject(type=o.type, object_id=o.object_id, attributes=_struct(o.attributes)),
-                update_time=_timestamp(o.updated_at), source=o.source) for o in p.objects],
-            affinities=[pb.Affinity(dimension=a.dimension, value=a.value, score=a.score) for a in p.affinities],
-            consents=[to_consent_pb(c) for c in p.consents],
-        )
-        if p.attributes:
-            profile.attributes.CopyFrom(_struct(p.attributes))
-        if p.update_time is not None:
-            profile.update_time.CopyFrom(_timestamp(p.update_time))
-        return pb.GetProfileResponse(profile=profile)
+        return pb.GetProfileResponse(profile=to_profile_pb(p))
+
+    async def GetProfiles(self, request, context):
+        profiles = await self.graph.get_profiles(current_tenant(), list(request.unified_individual_ids),
+                                                 list(request.read_mask.paths), request.event_limit,
+                                                 request.affinity_limit)
+        return pb.GetProfilesResponse(profiles=[to_profile_pb(p) for p in profiles])
+
 
     async def ReassignIndividual(self, request, context):
         moved = await self.graph.reassign(

@@ -24,6 +24,7 @@ class TenantData:
     attributes: dict[str, dict[str, tuple[object, datetime]]] = field(default_factory=dict)
     config: Config = field(default_factory=Config)
     values: dict[str, list[tuple[str, str, float]]] = field(default_factory=dict)
+    partials: dict[tuple[str, str, str, int], tuple] = field(default_factory=dict)  # -> Partial.row()
     members: dict[str, dict[str, datetime]] = field(default_factory=dict)  # segment -> individual -> enter time
     history: list[tuple[str, str, str]] = field(default_factory=list)  # (segment, individual, change)
     history_times: list[datetime] = field(default_factory=list)
@@ -45,7 +46,7 @@ class FakeUnit:
         self.store = store
         self.data = data
 
-    async def lock_definitions(self, exclusive: bool) -> None:
+    async def lock_definitions(self, exclusive: bool, large: bool = True) -> None:
         self.store.locks.append(exclusive)
 
     async def insert_events(self, events):
@@ -110,8 +111,12 @@ class FakeUnit:
             if known is None or known[1] <= at:
                 self.data.consents[(ind, purpose)] = (status, at, source, from_api)
 
-    async def item_attributes(self, ids):
-        return {i: self.data.items[i].attributes for i in ids if i in self.data.items}
+    async def item_attributes(self, ids, keys=None):
+        found = {i: self.data.items[i].attributes for i in ids if i in self.data.items}
+        if keys is None:
+            return found
+        found = {i: {k: v for k, v in a.items() if k in keys} for i, a in found.items()}
+        return {i: a for i, a in found.items() if a}
 
     async def add_affinities(self, increments, half_life):
         for k, (score, at) in increments.items():
@@ -128,11 +133,32 @@ class FakeUnit:
         return [_stored(e) for e in self.data.events.values()
                 if e.individual_id in ids and (since is None or e.event_time > since)]
 
+    async def edge_events(self, ids, ranges, lines, properties):
+        return [_stored(e) for e in self.data.events.values()
+                if e.individual_id in ids and any(a < e.event_time < b for a, b in ranges)]
+
+    async def read_partials(self, ids):
+        return ({k: domain.Partial.from_row(*v) for k, v in self.data.partials.items() if k[0] in ids},
+                {(i, n, d): v for i in ids for n, d, v in self.data.values.get(i, [])})
+
+    async def change_insight_values(self, put, gone):
+        for i, n, d in gone:
+            self.data.values[i] = [r for r in self.data.values.get(i, []) if r[:2] != (n, d)]
+        for i, n, d, v in put:
+            self.data.values[i] = [r for r in self.data.values.get(i, []) if r[:2] != (n, d)] + [(n, d, v)]
+
+    async def write_partials(self, ids, partials, keep_from):
+        for k in list(self.data.partials):
+            if k[0] in ids and (keep_from is None or (k[1] in keep_from and k[3] < keep_from[k[1]])):
+                del self.data.partials[k]
+        for k, partial in partials.items():
+            self.data.partials[k] = partial.row()
+
     async def store_insight_values(self, ids, rows):
         for i in ids:
             self.data.values[i] = list(rows.get(i, []))
 
-    async def profile_states(self, ids, now):
+    async def profile_states(self, ids, now, parts):
         states = {}
         half_life = self.data.config.affinity.half_life
         for i in ids:
@@ -180,6 +206,7 @@ class FakeUnit:
         for i in ids:
             self.data.attributes.pop(i, None)
             self.data.values.pop(i, None)
+        self.data.partials = {k: v for k, v in self.data.partials.items() if k[0] not in ids}
 
     async def drop_individuals(self, ids):
         self._forget(ids, keep_api=False)
@@ -196,6 +223,7 @@ class FakeUnit:
 
     async def save_insight(self, insight):
         self.data.config.insights = [d for d in self.data.config.insights if d.name != insight.name] + [insight]
+        self.data.partials = {k: v for k, v in self.data.partials.items() if k[1] != insight.name}
 
     async def save_segment(self, segment):
         self.data.config.segments = [s for s in self.data.config.segments if s.name != segment.name] + [
@@ -272,6 +300,10 @@ class FakeStore:
             p.affinities = (await self.get_affinities(tenant, individual_id, "", affinity_limit, now))
         return p
 
+    async def get_profiles(self, tenant, individual_ids, parts, event_limit, affinity_limit, now):
+        self.profile_reads = getattr(self, "profile_reads", 0) + 1
+        return [await self.get_profile(tenant, i, parts, event_limit, affinity_limit, now) for i in individual_ids]
+
     async def get_affinities(self, tenant, individual_id, dimension, limit, now):
         d = self.data(tenant)
         half_life = d.config.affinity.half_life
@@ -308,6 +340,12 @@ class FakeStore:
         rows = [MembershipChange(n + 1, s, i, c == "entered", d.history_times[n])
                 for n, (s, i, c) in enumerate(d.history) if n + 1 > after and (not segment or s == segment)]
         return rows[:limit]
+
+    async def tenants_pending_partials(self):
+        return sorted(getattr(self, "pending_partials", set()))
+
+    async def clear_pending_partials(self, tenant):
+        self.pending_partials.discard(tenant)
 
     async def tenants_with_definitions(self):
         return sorted(t for t, d in self.tenants.items() if d.config.insights or d.config.segments)

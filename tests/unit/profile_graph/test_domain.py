@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from fractions import Fraction
 
 import pytest
 
@@ -90,6 +91,39 @@ def test_property_sum_ignores_non_numeric_values():
     assert domain.insight_value(points, events, NOW) == 2.5
 
 
+def test_sums_are_exact_so_any_grouping_of_partials_gives_the_same_value():
+    spend = InsightDef("s", "", domain.AGGREGATE_SUM, "revenue", 0, None)
+    amounts = [0.1, 0.2, 0.3, 1e16, -1e16, 1 / 3, 2.5e-300]
+    events = [stored(NOW - timedelta(seconds=n), revenue=a) for n, a in enumerate(amounts)]
+    whole = domain.insight_value(spend, events, NOW)
+    halves = [domain.insight_partials(spend, part, {}, NOW) for part in (events[::2], events[1::2])]
+    assert domain.merged([h[("a", "")] for h in halves]).value(domain.AGGREGATE_SUM) == whole
+    assert domain.merged([h[("a", "")] for h in halves[::-1]]).value(domain.AGGREGATE_SUM) == whole
+    assert whole == float(sum(Fraction(a) for a in amounts))  # the exact sum, rounded once
+
+
+def test_partials_survive_their_stored_form():
+    last = InsightDef("l", "", domain.AGGREGATE_LAST, "revenue", 0, None)
+    distinct = InsightDef("d", "", domain.AGGREGATE_COUNT_DISTINCT, "properties.k", 0, None)
+    events = [stored(NOW, revenue=-2.5, properties={"k": "x"}), stored(NOW - timedelta(days=1), revenue=4.0,
+                                                                       properties={"k": 1})]
+    for d in (last, distinct):
+        partial = domain.insight_partials(d, events, {}, NOW)[("a", "")]
+        again = domain.Partial.from_row(*partial.row())
+        assert again == partial and again.value(d.aggregate) == partial.value(d.aggregate)
+    assert domain.insight_value(last, events, NOW) == -2.5 and domain.insight_value(distinct, events, NOW) == 2.0
+
+
+def test_events_fall_in_buckets_of_a_64th_of_the_window_and_the_edge_bucket_holds_the_cutoff():
+    week = InsightDef("w", "", domain.AGGREGATE_COUNT, "", 0, timedelta(days=7))
+    width = 7 * 86_400 * 1_000_000 // 64
+    assert domain.bucket_width_us(week) == width
+    assert domain.bucket_of(week, NOW) % width == 0 and domain.bucket_of(week, NOW) <= domain.micros(NOW)
+    cutoff, end, bucket = domain.edge(week, NOW)
+    assert cutoff == NOW - timedelta(days=7) and bucket == domain.bucket_of(week, cutoff)
+    assert domain.micros(end) == bucket + width
+
+
 @pytest.mark.parametrize("insight, bad", [
     (InsightDef("Spend", "", 2, "revenue", 0, None), ["insight.name"]),
     (InsightDef("spend", "", 0, "", 0, None), ["insight.aggregate"]),
@@ -140,6 +174,26 @@ def test_segment_of_segments_settles_in_one_evaluation():
                                           SegmentDef("b", "", '"a" in segments')])
     assert domain.evaluate_memberships(programs, {}, {"spend": 1.0}, set()) == {"a", "b"}
     assert domain.evaluate_memberships(programs, {}, {"spend": 0.0}, {"a", "b"}) == set()
+
+
+def test_memo_reuses_results_of_identical_insights_and_segments_only():
+    programs = RuleCache().programs("t", [SegmentDef("a", "", "insights.spend > 0.0"),
+                                          SegmentDef("b", "", '"a" in segments && insights.spend < 5.0')])
+    memo: dict = {}
+    cases = [({"spend": 1.0}, set()), ({"spend": 1.0}, set()), ({"spend": 7.0}, {"a", "b"}), ({"spend": 0.0}, {"a"}),
+             ({"spend": 1.0}, {"a"})]
+    for insights, current in cases:
+        assert domain.evaluate_memberships(programs, {}, insights, current, memo=memo) == \
+            domain.evaluate_memberships(programs, {}, insights, current)
+    assert len(memo) == 4  # the repeated case was answered from the memo
+
+
+def test_memo_is_not_used_when_rules_read_attributes():
+    programs = RuleCache().programs("t", [SegmentDef("gold", "", 'attributes.tier == "gold"')])
+    memo: dict = {}
+    assert domain.evaluate_memberships(programs, {"tier": "gold"}, {}, set(), memo=memo) == {"gold"}
+    assert domain.evaluate_memberships(programs, {"tier": "tin"}, {}, set(), memo=memo) == set()
+    assert memo == {}
 
 
 def test_rule_that_errors_on_a_profile_does_not_match():

@@ -132,6 +132,25 @@ async def test_event_limit_defaults_to_twenty_most_recent(graph, store):
     assert profile.event_payloads == [f"m{n:02d}".encode() for n in range(20)]
 
 
+async def test_get_profiles_returns_one_profile_per_requested_id_in_request_order(graph, store):
+    await with_spend(graph)
+    await graph.append_events("t", [buy(store, "a", "m1", 10), buy(store, "b", "m2", 7)])
+    profiles = await graph.get_profiles("t", ["b", "nobody", "a", "b"], ["insights"], 0)
+    assert [p.individual_id for p in profiles] == ["b", "nobody", "a", "b"]
+    assert [p.insights.get("spend") for p in profiles] == [7.0, None, 10.0, 7.0]
+    assert profiles[1].update_time is None
+    assert store.profile_reads == 1
+
+
+async def test_get_profiles_refuses_empty_ids_too_many_ids_and_unknown_mask_paths(graph):
+    for ids, paths, field in [([], [], "unified_individual_ids"), (["a", ""], [], "unified_individual_ids[1]"),
+                              ([f"i{n}" for n in range(1_001)], [], "unified_individual_ids"),
+                              (["a"], ["insights", "nope"], "read_mask.paths[1]")]:
+        with pytest.raises(InvalidArgument) as caught:
+            await graph.get_profiles("t", ids, paths, 0)
+        assert [v[0] for v in caught.value.violations] == [field]
+
+
 async def test_get_items_keeps_request_order_and_skips_unknown(graph):
     await graph.upsert_items("t", [Item("x", "X", {}), Item("y", "Y", {"p": 1})])
     assert [i.item_id for i in await graph.get_items("t", ["y", "nope", "x", "y"])] == ["y", "x"]

@@ -201,6 +201,24 @@ class GetProfileResponse(_message.Message):
     profile: Profile
     def __init__(self, profile: _Optional[_Union[Profile, _Mapping]] = ...) -> None: ...
 
+class GetProfilesRequest(_message.Message):
+    __slots__ = ("unified_individual_ids", "read_mask", "event_limit", "affinity_limit")
+    UNIFIED_INDIVIDUAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    READ_MASK_FIELD_NUMBER: _ClassVar[int]
+    EVENT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    AFFINITY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    unified_individual_ids: _containers.RepeatedScalarFieldContainer[str]
+    read_mask: _field_mask_pb2.FieldMask
+    event_limit: int
+    affinity_limit: int
+    def __init__(self, unified_individual_ids: _Optional[_Iterable[str]] = ..., read_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., event_limit: _Optional[int] = ..., affinity_limit: _Optional[int] = ...) -> None: ...
+
+class GetProfilesResponse(_message.Message):
+    __slots__ = ("profiles",)
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
+    profiles: _containers.RepeatedCompositeFieldContainer[Profile]
+    def __init__(self, profiles: _Optional[_Iterable[_Union[Profile, _Mapping]]] = ...) -> None: ...
+
 class ReassignIndividualRequest(_message.Message):
     __slots__ = ("from_individual_ids", "to_individual_id", "only_events_with_identities")
     FROM_INDIVIDUAL_IDS_FIELD_NUMBER: _ClassVar[int]

@@ -45,6 +45,11 @@ class ProfileGraphServiceStub:
                 request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetProfileRequest.SerializeToString,
                 response_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetProfileResponse.FromString,
                 _registered_method=True)
+        self.GetProfiles = channel.unary_unary(
+                '/personalization.profile_graph.v1.ProfileGraphService/GetProfiles',
+                request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetProfilesRequest.SerializeToString,
+                response_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetProfilesResponse.FromString,
+                _registered_method=True)
         self.ReassignIndividual = channel.unary_unary(
                 '/personalization.profile_graph.v1.ProfileGraphService/ReassignIndividual',
                 request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ReassignIndividualRequest.SerializeToString,
@@ -152,6 +157,14 @@ class ProfileGraphServiceServicer:
     def GetProfile(self, request, context):
         """Returns the profile data graph of one individual, restricted to the fields of read_mask.
         Errors: INVALID_ARGUMENT (empty id or unknown mask path).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProfiles(self, request, context):
+        """Returns the profiles of up to 1,000 individuals in request order, as GetProfile would, in one database query.
+        Errors: INVALID_ARGUMENT (no ids, more than 1,000 ids, an empty id, unknown mask path, negative limit).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -314,6 +327,11 @@ def add_ProfileGraphServiceServicer_to_server(servicer, server):
                     request_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetProfileRequest.FromString,
                     response_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetProfileResponse.SerializeToString,
             ),
+            'GetProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProfiles,
+                    request_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetProfilesRequest.FromString,
+                    response_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetProfilesResponse.SerializeToString,
+            ),
             'ReassignIndividual': grpc.unary_unary_rpc_method_handler(
                     servicer.ReassignIndividual,
                     request_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ReassignIndividualRequest.FromString,
@@ -460,6 +478,33 @@ class ProfileGraphService:
             '/personalization.profile_graph.v1.ProfileGraphService/GetProfile',
             personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetProfileRequest.SerializeToString,
             personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.profile_graph.v1.ProfileGraphService/GetProfiles',
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetProfilesRequest.SerializeToString,
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetProfilesResponse.FromString,
             options,
             channel_credentials,
             insecure,
