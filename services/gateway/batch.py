@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
+from collections import deque
 from datetime import datetime, timezone
 
 import asyncpg
@@ -16,7 +18,7 @@ from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
 from services.gateway.decide import (DEFAULT_ITEMS, PROFILE_EVENTS, PROFILE_MASK, _struct, affinity_messages,
-                                     missing_decision_diagnostics, profile_view, shape_items)
+                                     item_rows, missing_decision_diagnostics, profile_view)
 from services.gateway.passthrough import STREAM_SECONDS
 from shared.client import call_metadata
 from services.gateway.ingest import NAME
@@ -76,13 +78,14 @@ class BatchJobs:
     """Creates, runs, watches and schedules batch jobs. One leader per database runs them, oldest first."""
 
     def __init__(self, dsn: str, pool: asyncpg.Pool, profile, decision, recommender, *, page_size: int = 1000,
-                 idle_seconds: float = 1.0):
+                 depth: int = 3, idle_seconds: float = 1.0):
         self.dsn = dsn
         self.pool = pool
         self.profile = profile
         self.decision = decision
         self.recommender = recommender
         self.page_size = page_size
+        self.depth = depth
         self.idle_seconds = idle_seconds
 
     # Use cases called by the servicer.
@@ -240,35 +243,68 @@ class BatchJobs:
         await self.pool.execute("UPDATE batch_jobs SET state = 'RUNNING' WHERE tenant_id = $1 AND job_id = $2",
                                 tenant_id, job_id)
         token = job["checkpoint"]
+        # Up to `depth` pages are decided at once (their stages run in different processes, so they overlap);
+        # pages commit strictly in order, so the checkpoint always follows every committed row.
+        deciding: deque[tuple[object, asyncio.Task]] = deque()
         try:
             while True:
                 page = await self.profile.ListSegmentMembers(profile_pb.ListSegmentMembersRequest(
                     segment=job["segment"], page_size=self.page_size, page_token=token))
                 members = [m.unified_individual_id for m in page.members]
-                rows = await self.decide_page(members, job["segment"], list(job["point_names"]), job_id)
-                async with self.pool.acquire() as conn, conn.transaction():
-                    inserted = await write_rows(conn, tenant_id, job_id, rows)
-                    await count_credits(conn, tenant_id, inserted)
-                    await conn.execute(
-                        "UPDATE batch_jobs SET checkpoint = $3, processed_count = processed_count + $4, "
-                        "row_count = row_count + $5 WHERE tenant_id = $1 AND job_id = $2",
-                        tenant_id, job_id, page.next_page_token, len(members), inserted)
+                deciding.append((page, asyncio.create_task(
+                    self.decide_page(members, job["segment"], list(job["point_names"]), job_id))))
+                if len(deciding) >= self.depth or not page.next_page_token:
+                    await self._commit_oldest(tenant_id, job_id, deciding)
                 if not page.next_page_token:
                     break
                 token = page.next_page_token
+            while deciding:
+                await self._commit_oldest(tenant_id, job_id, deciding)
             await self.pool.execute("UPDATE batch_jobs SET state = 'SUCCEEDED', ended_at = now() "
                                     "WHERE tenant_id = $1 AND job_id = $2", tenant_id, job_id)
         except asyncio.CancelledError:
+            for _, task in deciding:
+                task.cancel()
             raise
         except Exception as error:
             log.exception("batch_job_failed", job_id=job_id)
             await self.pool.execute("UPDATE batch_jobs SET state = 'FAILED', error = $3, ended_at = now() "
                                     "WHERE tenant_id = $1 AND job_id = $2", tenant_id, job_id, str(error)[:2000])
 
-    async def decide_page(self, members: list[str], segment: str, point_names: list[str], job_id: str) -> list[dict]:
+    async def _commit_oldest(self, tenant_id: str, job_id: str, deciding: deque) -> None:
+        page, task = deciding.popleft()
+        rows, stage_ms = await task
+        await self._commit(tenant_id, job_id, rows, page.next_page_token, len(page.members), stage_ms)
+
+    async def _commit(self, tenant_id: str, job_id: str, rows: list[dict], checkpoint: str, members: int,
+                      stage_ms: dict) -> None:
+        """Writes a page's rows, counts their credits and moves the checkpoint, in one transaction."""
+        started = time.perf_counter()
+        async with self.pool.acquire() as conn, conn.transaction():
+            inserted = await write_rows(conn, tenant_id, job_id, rows)
+            await count_credits(conn, tenant_id, inserted)
+            await conn.execute(
+                "UPDATE batch_jobs SET checkpoint = $3, processed_count = processed_count + $4, "
+                "row_count = row_count + $5 WHERE tenant_id = $1 AND job_id = $2",
+                tenant_id, job_id, checkpoint, members, inserted)
+        log.info("batch_page", job_id=job_id, members=members,
+                 write_ms=round((time.perf_counter() - started) * 1000, 1), **stage_ms)
+
+    async def decide_page(self, members: list[str], segment: str, point_names: list[str],
+                          job_id: str) -> tuple[list[dict], dict[str, float]]:
         """Decides every member of one page for every point: the profiles, one QualifyBatch, then one
         RecommendBatch per (recommender, count) for all members a recommendation decision qualified."""
+        mark = time.perf_counter()
+        stage_ms: dict[str, float] = {}
+
+        def lap(stage: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            stage_ms[f"{stage}_ms"] = round((now - mark) * 1000, 1)
+            mark = now
+
         profiles = await self.profiles(members)
+        lap("profiles")
         qualified = []
         for start in range(0, len(members), QUALIFY_CHUNK):
             chunk = members[start:start + QUALIFY_CHUNK]
@@ -289,6 +325,7 @@ class BatchJobs:
                 qualified.append((result.unified_individual_id, profiles[result.unified_individual_id],
                                   qualifications))
         results = []
+        contents: dict[str, dict] = {}
         wanted: dict[tuple[str, int], list[tuple[str, dict]]] = {}
         for member, profile, qualifications in qualified:
             for q in qualifications:
@@ -296,13 +333,17 @@ class BatchJobs:
                           "diagnostics": [json_format.MessageToDict(d) for d in missing_decision_diagnostics(q)]}
                 if not result["diagnostics"]:
                     if q.decision.WhichOneof("payload") == "content":
-                        result["data"] = [json_format.MessageToDict(q.decision.content)]
+                        if q.decision.decision_id not in contents:
+                            contents[q.decision.decision_id] = json_format.MessageToDict(q.decision.content)
+                        result["data"] = [contents[q.decision.decision_id]]
                     else:
                         spec = q.decision.recommendations
                         wanted.setdefault((spec.recommender, spec.count or DEFAULT_ITEMS), []).append((member, profile))
                 results.append(result)
+        lap("qualify")
         attributes = sorted({a for r in results for a in r["q"].point.template.item_attributes})
         ranked = await self.recommend_batches(wanted, attributes)
+        lap("recommend")
         for result in results:
             q = result["q"]
             if not result["diagnostics"] and q.decision.WhichOneof("payload") == "recommendations":
@@ -313,15 +354,15 @@ class BatchJobs:
             q = result["q"]
             data = result["data"]
             if result["ranked"]:
-                data = [json_format.MessageToDict(s)
-                        for s in shape_items(result["ranked"], list(q.point.template.item_attributes))]
+                data = item_rows(result["ranked"], list(q.point.template.item_attributes))
             rows.append({
                 "unified_individual_id": result["member"], "individual_id": result["member"], "segment_id": segment,
                 "point_id": q.point.point_id, "point_name": q.point.name, "decision_id": q.decision.decision_id,
                 "personalization_id": uuid.uuid4().hex,
                 "payload": {"decision_name": q.decision.name, "data": data, "diagnostics": result["diagnostics"]},
             })
-        return rows
+        lap("shape")
+        return rows, stage_ms
 
     async def profiles(self, members: list[str]) -> dict[str, dict]:
         """The profile each member's rules see, by member (one GetProfiles call per 1,000 members)."""

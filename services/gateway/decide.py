@@ -266,17 +266,29 @@ def missing_decision_diagnostics(q: decision_pb.Qualification) -> list[pb.Diagno
     return [pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_POINT_NOT_CONFIGURED, message="the point has no decisions")]
 
 
-def shape_items(ranked, attributes: list[str]) -> list[struct_pb2.Struct]:
-    """Items shaped by the point's template: item_id, score, source, and the template's item attributes (null when
-    the catalog has none)."""
-    shaped = []
+def _plain(value: struct_pb2.Value):
+    kind = value.WhichOneof("kind")
+    if kind in ("string_value", "number_value", "bool_value"):
+        return getattr(value, kind)
+    return None if kind in (None, "null_value") else json_format.MessageToDict(value)
+
+
+def item_rows(ranked, attributes: list[str]) -> list[dict]:
+    """Items shaped by the point's template as plain dicts: item_id, score, source and the template's item
+    attributes (null when the catalog has none)."""
+    rows = []
     for r in ranked:
         row = {"item_id": r.item_id, "score": r.score, "source": r.source}
-        values = json_format.MessageToDict(r.attributes) if attributes else {}
+        fields = r.attributes.fields
         for name in attributes:
-            row[name] = values.get(name)
-        shaped.append(_struct(row))
-    return shaped
+            row[name] = _plain(fields[name]) if name in fields else None
+        rows.append(row)
+    return rows
+
+
+def shape_items(ranked, attributes: list[str]) -> list[struct_pb2.Struct]:
+    """item_rows as Structs, for responses."""
+    return [_struct(row) for row in item_rows(ranked, attributes)]
 
 
 def _served(p: pb.Personalization) -> struct_pb2.Struct:

@@ -28,7 +28,8 @@ def free_port() -> int:
 def running_suite(*, demo: bool = False, extra_env: dict | None = None):
     """Yields (ready-file contents, seconds until ready) of a fresh suite; SIGTERM and wait afterwards."""
     with tempfile.TemporaryDirectory(prefix="tailor-bench-") as home:
-        env = dict(os.environ, TAILOR_HOME=home, TAILOR_PG_PORT=str(free_port()), TAILOR_LOG_LEVEL="WARNING")
+        env = dict(os.environ, TAILOR_HOME=home, TAILOR_PG_PORT=str(free_port()))
+        env.setdefault("TAILOR_LOG_LEVEL", "WARNING")
         env.pop("DATABASE_URL", None)
         for svc in SERVICES:
             env[f"TAILOR_{svc.upper()}_PORT"] = str(free_port())
@@ -47,6 +48,10 @@ def running_suite(*, demo: bool = False, extra_env: dict | None = None):
                     raise SystemExit("tailor up was not ready within 300 s")
                 time.sleep(0.05)
             yield json.loads(ready_file.read_text()), time.perf_counter() - started
+            if os.environ.get("BENCH_KEEP_LOGS"):
+                import shutil
+
+                shutil.copytree(Path(home) / "logs", os.environ["BENCH_KEEP_LOGS"], dirs_exist_ok=True)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
