@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from itertools import groupby
 
@@ -83,6 +84,7 @@ class Pipeline:
         self.stubs = stubs
 
     async def process(self, events: list[common_pb2.Event]) -> None:
+        started = time.perf_counter()
         # Identify: one batch call; subjects are resolved in order, so later events see earlier merges.
         resolved = await self.stubs.identity.ResolveIdentities(identity_pb.ResolveIdentitiesRequest(
             subjects=[identity_pb.Subject(identities=e.identities, attributes=e.attributes) for e in events]))
@@ -102,18 +104,26 @@ class Pipeline:
             await self.stubs.decision.ReassignIndividual(decision_pb.ReassignIndividualRequest(
                 from_unified_individual_ids=merged, to_unified_individual_id=final))
         owners = [_survivor(aliases, r.unified_individual_id) for r in resolved.resolutions]
-        # Update + Compute: events, attributes, insights and segments in the profile graph.
-        await self.stubs.profile.AppendEvents(profile_pb.AppendEventsRequest(events=[
+        identified = time.perf_counter()
+        # Update + Compute in the profile graph, item statistics and attribution outcomes: three services that do
+        # not depend on each other, so they run at once (each is idempotent, a retry repeats all three safely).
+        calls = [self.stubs.profile.AppendEvents(profile_pb.AppendEventsRequest(events=[
             profile_pb.IndividualEvent(unified_individual_id=owner, event=event)
-            for owner, event in zip(owners, events)]))
+            for owner, event in zip(owners, events)]))]
         interactions = [i for owner, event in zip(owners, events) for i in interactions_of(owner, event)]
         if interactions:
-            await self.stubs.recommender.RecordInteractions(
-                rec_pb.RecordInteractionsRequest(interactions=interactions))
+            calls.append(self.stubs.recommender.RecordInteractions(
+                rec_pb.RecordInteractionsRequest(interactions=interactions)))
         outcomes = [o for o in (outcome_of(owner, event) for owner, event in zip(owners, events)) if o is not None]
         for start in range(0, len(outcomes), 1000):
-            await self.stubs.decision.RecordOutcomes(decision_pb.RecordOutcomesRequest(
-                outcomes=outcomes[start:start + 1000]))
+            calls.append(self.stubs.decision.RecordOutcomes(decision_pb.RecordOutcomesRequest(
+                outcomes=outcomes[start:start + 1000])))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
+        log.debug("pipeline_batch", events=len(events), identify_ms=round((identified - started) * 1000, 1),
+                  update_ms=round((time.perf_counter() - identified) * 1000, 1))
 
 
 class MergePropagation:
@@ -199,7 +209,10 @@ class PipelineWorker:
 
     async def drain_once(self) -> int:
         """Processes up to batch_size pending events, oldest first; returns how many were taken."""
+        started = time.perf_counter()
         rows = await self.store.pending(self.batch_size)
+        if rows:
+            log.debug("pipeline_pending", events=len(rows), read_ms=round((time.perf_counter() - started) * 1000, 1))
         for tenant_id, group in groupby(rows, key=lambda r: r.tenant_id):
             await self._process_tenant(tenant_id, list(group))
         return len(rows)
