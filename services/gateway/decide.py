@@ -89,7 +89,10 @@ def validate(request: pb.GetDecisionsRequest) -> None:
 class Decider:
     """Composes the decide path; each stage's time is measured and logged with the decision."""
 
-    def __init__(self, identity, profile, decision, recommender, log_writer, quotas):
+    def __init__(self, identity, profile, decision, recommender, log_writer, quotas, *,
+                 resolve_cache_seconds: float = 1.0):
+        self.resolve_cache_seconds = resolve_cache_seconds
+        self._resolved: dict[tuple[str, str, str, str], tuple[str, float]] = {}
         self.identity = identity
         self.profile = profile
         self.decision = decision
@@ -97,15 +100,31 @@ class Decider:
         self.log_writer = log_writer
         self.quotas = quotas
 
-    async def resolve(self, identity: common_pb2.Identity, unified_id: str) -> str:
-        """The surviving unified id of an identity or id; empty for an identity never seen."""
+    async def resolve(self, identity: common_pb2.Identity, unified_id: str, *, cached: bool = True) -> str:
+        """The surviving unified id of an identity or id; empty for an identity never seen.
+
+        Found answers are cached for resolve_cache_seconds: a visitor asks for several points in a row, and the
+        lookup is a full round trip. After a merge, a merged-away id may be served for that long (its profile
+        then looks empty); identities not found are never cached, so a new visitor is seen once processed.
+        """
+        key = (ctx.current_tenant(), identity.type, identity.value, unified_id)
+        now = time.monotonic()
+        hit = self._resolved.get(key) if cached else None
+        if hit is not None and hit[1] > now:
+            return hit[0]
         if unified_id:
             reply = await self.identity.GetIndividual(
                 identity_pb.GetIndividualRequest(unified_individual_id=unified_id))
-            return reply.individual.unified_individual_id
-        reply = await self.identity.ResolveIdentities(identity_pb.ResolveIdentitiesRequest(
-            subjects=[identity_pb.Subject(identities=[identity])], lookup_only=True))
-        return reply.resolutions[0].unified_individual_id
+            found = reply.individual.unified_individual_id
+        else:
+            reply = await self.identity.ResolveIdentities(identity_pb.ResolveIdentitiesRequest(
+                subjects=[identity_pb.Subject(identities=[identity])], lookup_only=True))
+            found = reply.resolutions[0].unified_individual_id
+        if found and self.resolve_cache_seconds > 0:
+            if len(self._resolved) > 100_000:
+                self._resolved.clear()
+            self._resolved[key] = (found, now + self.resolve_cache_seconds)
+        return found
 
     async def decide(self, request: pb.GetDecisionsRequest) -> pb.GetDecisionsResponse:
         validate(request)

@@ -49,6 +49,7 @@ class Settings:
     batch_size: int
     max_attempts: int
     pool_size: int
+    resolve_cache_seconds: float
 
     @classmethod
     def from_env(cls, addresses: dict[str, str] | None = None) -> "Settings":
@@ -59,6 +60,7 @@ class Settings:
             batch_size=env_int("TAILOR_GATEWAY_BATCH_SIZE", 500, minimum=1, maximum=1000),
             max_attempts=env_int("TAILOR_GATEWAY_MAX_ATTEMPTS", 5, minimum=1),
             pool_size=env_int("TAILOR_GATEWAY_POOL_SIZE", 10, minimum=2),
+            resolve_cache_seconds=env_float("TAILOR_GATEWAY_RESOLVE_CACHE_SECONDS", 1.0, minimum=0.0),
         )
 
 
@@ -95,7 +97,8 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
     quotas = Quotas(pool)
     batch = BatchJobs(dsn, pool, profile, decision, recommender)
     activations = Activations(pool, profile)
-    servicer = GatewayServicer(keys, Ingest(store), Decider(identity, profile, decision, recommender, log_writer, quotas),
+    servicer = GatewayServicer(keys, Ingest(store), Decider(identity, profile, decision, recommender, log_writer, quotas,
+                                       resolve_cache_seconds=settings.resolve_cache_seconds),
                                RecordSync(store, identity), batch, quotas, activations)
 
     async def close() -> None:

@@ -104,7 +104,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     async def GetProfile(self, request, context):
         if not request.unified_individual_id and not request.individual_id.value:
             raise InvalidArgument([("individual_id", "an identity or a unified_individual_id is required")])
-        unified_id = await self.decider.resolve(request.individual_id, request.unified_individual_id)
+        unified_id = await self.decider.resolve(request.individual_id, request.unified_individual_id, cached=False)
         if not unified_id:
             raise NotFound("no individual has this identity", reason="INDIVIDUAL_NOT_FOUND")
         individual = await self.decider.identity.GetIndividual(
@@ -122,7 +122,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     async def WatchEvents(self, request, context):
         if not request.unified_individual_id and not request.individual_id.value:
             raise InvalidArgument([("individual_id", "an identity or a unified_individual_id is required")])
-        unified_id = await self.decider.resolve(request.individual_id, request.unified_individual_id)
+        unified_id = await self.decider.resolve(request.individual_id, request.unified_individual_id, cached=False)
         if not unified_id:
             raise NotFound("no individual has this identity", reason="INDIVIDUAL_NOT_FOUND")
         stream = self.decider.profile.WatchEvents(profile_pb.WatchEventsRequest(

@@ -214,3 +214,28 @@ async def test_purchases_with_revenue_and_clicks_become_outcomes_and_returns_do_
     click = _event("c1", type=common_pb2.EVENT_TYPE_EMAIL_CLICK, item_id="a")
     await Pipeline(Stubs(fake, fake, fake, fake)).process([buy, refund, click])
     assert ("outcomes", [("b1", 6.0), ("c1", 0.0)]) in fake.calls
+
+
+class CountingIdentity:
+    def __init__(self):
+        self.calls = 0
+
+    async def ResolveIdentities(self, request):
+        self.calls += 1
+        found = "ind_1" if request.subjects[0].identities[0].value == "known" else ""
+        return identity_pb.ResolveIdentitiesResponse(resolutions=[identity_pb.Resolution(unified_individual_id=found)])
+
+
+async def test_found_identities_are_cached_briefly_and_unknown_ones_never():
+    from services.gateway.decide import Decider
+
+    identity = CountingIdentity()
+    decider = Decider(identity, None, None, None, None, None, resolve_cache_seconds=60)
+    known = common_pb2.Identity(type="device_id", value="known")
+    new = common_pb2.Identity(type="device_id", value="new")
+    assert [await decider.resolve(known, "") for _ in range(3)] == ["ind_1"] * 3
+    assert identity.calls == 1
+    assert [await decider.resolve(new, "") for _ in range(2)] == ["", ""]
+    assert identity.calls == 3
+    await decider.resolve(known, "", cached=False)
+    assert identity.calls == 4
