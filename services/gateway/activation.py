@@ -29,6 +29,7 @@ from services.gateway.destinations import (DeliveryError, FileSink, Resolver, We
                                            default_export_root, directory_problem, system_resolve)
 from shared import context as ctx
 from shared.errors import InvalidArgument, NotFound, Violations
+from shared.leader import lead
 from shared.log import get_logger
 from shared.paging import decode_token, encode_token
 from shared.settings import env_float, env_int
@@ -303,30 +304,12 @@ class Activations:
     # The delivery loop.
 
     async def run(self) -> None:
-        """Runs until cancelled: one leader per database (a session advisory lock) refreshes and delivers."""
-        while True:
-            try:
-                async with self.pool.acquire() as conn:
-                    if await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", LEADER_LOCK):
-                        try:
-                            log.info("activation_leader")
-                            while True:
-                                await conn.fetchval("SELECT 1")   # notices a lost connection, and so a lost lock
-                                self._wake.clear()
-                                await self.run_once()
-                                try:
-                                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.interval_seconds)
-                                except TimeoutError:
-                                    pass
-                        finally:
-                            # The pool does not reset connections: end this one so the session lock goes with it.
-                            conn.terminate()
-                await asyncio.sleep(self.settings.interval_seconds)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("activation_loop_error")
-                await asyncio.sleep(1.0)
+        """Runs until cancelled: one leader per database refreshes and delivers every interval (or when woken)."""
+        async def step() -> bool:
+            await self.run_once()
+            return False
+
+        await lead(self.pool, LEADER_LOCK, step, idle_seconds=self.settings.interval_seconds, wake=self._wake)
 
     async def run_once(self, tenant_id: str | None = None) -> None:
         """One pass: every activation (of one tenant, or all) is refreshed, then its due deliveries are sent."""

@@ -25,6 +25,7 @@ from services.gateway.ingest import NAME
 from services.gateway.quotas import count_credits
 from shared import context as ctx
 from shared.errors import NotFound, Violations
+from shared.leader import lead
 from shared.log import get_logger
 
 log = get_logger("gateway.batch")
@@ -194,35 +195,17 @@ class BatchJobs:
     # The worker.
     async def run(self) -> None:
         """Leader loop: starts due schedules and runs open jobs (resuming RUNNING ones first) until cancelled."""
-        while True:
-            conn = None
-            try:
-                conn = await asyncpg.connect(self.dsn)
-                while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", LEADER_LOCK):
-                    await asyncio.sleep(self.idle_seconds)
-                wake = asyncio.Event()
-                await conn.add_listener(BATCH_CHANNEL, lambda *_: wake.set())
-                while True:
-                    wake.clear()
-                    await self.start_due_schedules()
-                    job = await self.pool.fetchrow(
-                        "SELECT * FROM batch_jobs WHERE state IN ('RUNNING', 'PENDING') "
-                        "ORDER BY state = 'RUNNING' DESC, created_at LIMIT 1")
-                    if job is not None:
-                        await self.run_job(job)
-                        continue
-                    try:
-                        await asyncio.wait_for(wake.wait(), timeout=self.idle_seconds)
-                    except TimeoutError:
-                        pass
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("batch_worker_error")
-                await asyncio.sleep(1.0)
-            finally:
-                if conn is not None:
-                    conn.terminate()
+        async def step() -> bool:
+            await self.start_due_schedules()
+            job = await self.pool.fetchrow(
+                "SELECT * FROM batch_jobs WHERE state IN ('RUNNING', 'PENDING') "
+                "ORDER BY state = 'RUNNING' DESC, created_at LIMIT 1")
+            if job is None:
+                return False
+            await self.run_job(job)
+            return True
+
+        await lead(self.dsn, LEADER_LOCK, step, idle_seconds=self.idle_seconds, channel=BATCH_CHANNEL)
 
     async def start_due_schedules(self) -> None:
         async with self.pool.acquire() as conn, conn.transaction():

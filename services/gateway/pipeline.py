@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass
 from itertools import groupby
 
-import asyncpg
 import grpc
 
 from personalization.common.v1 import common_pb2
@@ -17,6 +16,7 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2 as profil
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
 from services.gateway.postgres import INBOX_CHANNEL, GatewayStore, InboxRow
 from shared import context as ctx
+from shared.leader import lead
 from shared.log import get_logger
 
 log = get_logger("gateway.pipeline")
@@ -181,31 +181,11 @@ class PipelineWorker:
         self.idle_seconds = idle_seconds
 
     async def run(self) -> None:
-        """Runs until cancelled; reconnects and resumes after any failure."""
-        while True:
-            conn = None
-            try:
-                conn = await asyncpg.connect(self.dsn)
-                while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", LEADER_LOCK):
-                    await asyncio.sleep(self.idle_seconds)
-                wake = asyncio.Event()
-                await conn.add_listener(INBOX_CHANNEL, lambda *_: wake.set())
-                log.info("pipeline_leader")
-                while True:
-                    wake.clear()
-                    if await self.drain_once() == 0:
-                        try:
-                            await asyncio.wait_for(wake.wait(), timeout=self.idle_seconds)
-                        except TimeoutError:
-                            pass
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("pipeline_worker_error")
-                await asyncio.sleep(1.0)
-            finally:
-                if conn is not None:
-                    conn.terminate()
+        """Runs until cancelled, as the database's single pipeline leader."""
+        async def step() -> bool:
+            return await self.drain_once() > 0
+
+        await lead(self.dsn, LEADER_LOCK, step, idle_seconds=self.idle_seconds, channel=INBOX_CHANNEL)
 
     async def drain_once(self) -> int:
         """Processes up to batch_size pending events, oldest first; returns how many were taken."""
