@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -90,3 +92,13 @@ async def schema_connection(database_url: str, schema: str):
         yield conn
     finally:
         await conn.close()
+
+
+async def wait_for(check, timeout: float = 20.0):
+    """Polls the coroutine function `check` until it returns something truthy (returned) or timeout (its last)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.05)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import asyncpg
 import grpc
@@ -16,6 +15,7 @@ from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from services.gateway.batch import BatchJobs
 from shared.errors import status_details
+from tests.conftest import wait_for
 from tests.suite import Suite
 
 
@@ -31,14 +31,6 @@ def _struct(value: dict) -> struct_pb2.Struct:
     s.update(value)
     return s
 
-
-async def _wait_for(check, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.05)
 
 
 async def _shoppers(suite: Suite, md, count: int) -> None:
@@ -70,7 +62,7 @@ async def _shoppers(suite: Suite, md, count: int) -> None:
         segments = await suite.profile_admin.ListSegments(profile_pb.ListSegmentsRequest(), metadata=md)
         return any(s.name == "buyers" and s.member_count == count for s in segments.segments)
 
-    assert await _wait_for(all_in), "the purchases never put everyone in the segment"
+    assert await wait_for(all_in), "the purchases never put everyone in the segment"
 
 
 async def test_a_batch_job_writes_one_row_per_member_and_point_and_counts_credits(suite):
@@ -119,7 +111,7 @@ async def test_a_batch_job_killed_mid_run_resumes_to_exactly_one_row_per_member_
     worker.decide_page = dies_in_third_page
     started = await suite.gateway.StartBatchJob(pb.StartBatchJobRequest(
         segment="buyers", point_names=["banner", "email_block"]), metadata=md)
-    await _wait_for(lambda: asyncio.sleep(0, gateway_tasks[index].done()))
+    await wait_for(lambda: asyncio.sleep(0, gateway_tasks[index].done()))
     assert gateway_tasks[index].done()
     half = await suite.gateway.GetBatchJob(pb.GetBatchJobRequest(job_id=started.job.job_id), metadata=md)
     assert (half.job.state, half.job.processed_count, half.job.row_count) == (pb.BATCH_JOB_STATE_RUNNING, 20, 40)
@@ -131,7 +123,7 @@ async def test_a_batch_job_killed_mid_run_resumes_to_exactly_one_row_per_member_
         reply = await suite.gateway.GetBatchJob(pb.GetBatchJobRequest(job_id=started.job.job_id), metadata=md)
         return reply.job if reply.job.state == pb.BATCH_JOB_STATE_SUCCEEDED else None
 
-    done = await _wait_for(finished)
+    done = await wait_for(finished)
     assert done is not None and (done.processed_count, done.row_count) == (25, 50)
     conn = await asyncpg.connect(suite.dsn)
     try:
@@ -222,5 +214,5 @@ async def test_record_sync_validates_against_the_data_model_unless_increased_bat
             return None
         return profile if profile.attributes.fields.get("first_name") == struct_pb2.Value(string_value="Ada") else None
 
-    profile = await _wait_for(processed)
+    profile = await wait_for(processed)
     assert profile is not None and profile.events[0].name == "contact_updated"

@@ -3,10 +3,8 @@ agent tools answering through a real MCP client session (stdio, `python -m servi
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from services.gateway.destinations import WebhookSender
 from shared import client
 from shared.runtime import prepare_schema
 from tests.integration.channels.receiver import Receiver
+from tests.conftest import wait_for
 from tests.suite import Suite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,14 +49,6 @@ def _event(message_id, *identities, type_=common_pb2.EVENT_TYPE_PAGE_VIEW, attri
     return event
 
 
-async def _wait_for(check, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.05)
-
 
 async def _gold_segment(suite, md):
     await suite.profile_admin.UpsertSegment(profile_pb.UpsertSegmentRequest(segment=profile_pb.Segment(
@@ -79,7 +70,7 @@ async def test_ingested_events_activate_segment_membership_and_a_segment_exit_fl
     emails = [f"shopper{i}@example.com" for i in range(30)]
     await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[
         _event(f"in-{i}", ("email", e), attributes={"tier": "gold"}) for i, e in enumerate(emails)]), metadata=md)
-    assert await _wait_for(lambda: _all_in(suite, md, emails, True))
+    assert await wait_for(lambda: _all_in(suite, md, emails, True))
 
     receiver = await Receiver(SECRET, failure_rate=0.3).start()
     pool = await prepare_schema(suite.dsn, "gateway", activation_module.__file__)
@@ -101,14 +92,14 @@ async def test_ingested_events_activate_segment_membership_and_a_segment_exit_fl
             s = listed[0].status
             return s if s.delivered_rows == total and s.pending_rows == 0 else None
 
-        assert await _wait_for(lambda: delivered(30))
+        assert await wait_for(lambda: delivered(30))
         assert len(receiver.table) == 30 and all(r["member"] for r in receiver.table.values())
 
         await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[
             _event(f"out-{i}", ("email", e), attributes={"tier": "bronze"}) for i, e in enumerate(emails[:4])]),
             metadata=md)
-        assert await _wait_for(lambda: _all_in(suite, md, emails[:4], False))
-        assert await _wait_for(lambda: delivered(34))
+        assert await wait_for(lambda: _all_in(suite, md, emails[:4], False))
+        assert await wait_for(lambda: delivered(34))
     finally:
         await activations.close()
         await channel.close()
@@ -155,7 +146,7 @@ async def test_the_mcp_tools_answer_through_a_real_mcp_client_session(suite):
         _event("m1", ("email", email), attributes={"tier": "gold", "first_name": "Ada"}),
         _event("m2", ("email", email), type_=common_pb2.EVENT_TYPE_PRODUCT_VIEW, item_id="sku-42"),
     ]), metadata=md)
-    assert await _wait_for(lambda: _all_in(suite, md, [email], True))
+    assert await wait_for(lambda: _all_in(suite, md, [email], True))
 
     params = StdioServerParameters(
         command=sys.executable, args=["-m", "services.gateway.mcp_server"], cwd=str(ROOT),
@@ -213,7 +204,7 @@ async def test_destinations_and_activations_are_configured_through_the_gateway_a
                                                             metadata=md)
         return list(page.members)
 
-    assert await _wait_for(member)
+    assert await wait_for(member)
     gateway_built = suite._running[-1][0]
     activations = next(job.__self__ for job in gateway_built.background
                        if isinstance(getattr(job, "__self__", None), Activations))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 
 import asyncpg
 import grpc
@@ -15,6 +13,7 @@ from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from shared.errors import status_details
+from tests.conftest import wait_for
 from tests.suite import Suite
 
 POINT = "home_banner"
@@ -56,14 +55,6 @@ def _event(message_id, type_, *identities, **fields) -> common_pb2.Event:
     return common_pb2.Event(message_id=message_id, type=type_, event_time=ts,
                             identities=[common_pb2.Identity(type=t, value=v) for t, v in identities], **fields)
 
-
-async def _wait_for(check, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.05)
 
 
 async def _profile(suite, md, identity_type, value):
@@ -111,7 +102,7 @@ async def test_an_anonymous_visitor_who_logs_in_and_buys_gets_the_segment_decisi
         reply = await _profile(suite, md, *device)
         return reply if reply is not None and "big_spenders" in reply.segments else None
 
-    profile = await _wait_for(in_segment)
+    profile = await wait_for(in_segment)
     assert profile is not None, "the purchase never put the individual in big_spenders"
     assert profile.insights["spend_30d"] == pytest.approx(150.0)
     assert sorted(e.message_id for e in profile.events) == ["e1", "e2", "e3", "e4"]
@@ -129,7 +120,7 @@ async def test_an_anonymous_visitor_who_logs_in_and_buys_gets_the_segment_decisi
         rows = await _log_rows(suite.dsn, tenant)
         return [r for r in rows if r["personalization_id"] == served.personalization_id]
 
-    rows = await _wait_for(logged)
+    rows = await wait_for(logged)
     assert len(rows) == 1 and rows[0]["unified_individual_id"] == profile.unified_individual_id
     assert rows[0]["correlation_id"] == "corr-1"
 
@@ -148,7 +139,7 @@ async def test_an_anonymous_visitor_who_logs_in_and_buys_gets_the_segment_decisi
         rows = await _log_rows(suite.dsn, tenant)
         return rows if any(r["personalization_id"] == marker_id for r in rows) else None
 
-    assert len(await _wait_for(marker_logged)) == count + 1
+    assert len(await wait_for(marker_logged)) == count + 1
 
 
 async def test_a_new_visitor_gets_the_fallback_with_a_diagnostic_and_an_explanation(suite):
@@ -176,7 +167,7 @@ async def test_merging_two_known_individuals_moves_the_anonymous_history_to_the_
         reply = await _profile(suite, md, "device_id", "dev-m")
         return reply if reply is not None and len(reply.events) == 3 else None
 
-    profile = await _wait_for(merged)
+    profile = await wait_for(merged)
     assert profile is not None
     by_email = await suite.gateway.GetProfile(pb.GetProfileRequest(
         individual_id=common_pb2.Identity(type="email", value="old@example.com")), metadata=md)
@@ -256,16 +247,16 @@ async def test_unmerge_through_the_gateway_moves_the_split_off_history_back(suit
     third = _event("n3", common_pb2.EVENT_TYPE_PAGE_VIEW, ("customer_id", "c-9"), ("phone", "+14155550100"))
     third.attributes.update({"first_name": "Jonathon", "last_name": "Smith"})
     await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[first]), metadata=md)
-    assert await _wait_for(lambda: _profile(suite, md, "email", "jon@example.com"))  # the older individual
+    assert await wait_for(lambda: _profile(suite, md, "email", "jon@example.com"))  # the older individual
     await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[second]), metadata=md)
-    assert await _wait_for(lambda: _profile(suite, md, "customer_id", "c-9"))
+    assert await wait_for(lambda: _profile(suite, md, "customer_id", "c-9"))
     await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[third]), metadata=md)
 
     async def merged():
         reply = await _profile(suite, md, "customer_id", "c-9")
         return reply if reply is not None and len(reply.events) == 3 else None
 
-    survivor = await _wait_for(merged)
+    survivor = await wait_for(merged)
     assert survivor is not None, "the rule never merged the two records"
     individual = await identity.GetIndividual(
         identity_pb.GetIndividualRequest(unified_individual_id=survivor.unified_individual_id), metadata=md)

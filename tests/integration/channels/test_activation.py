@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import time
 import uuid
 from datetime import datetime, UTC
 from pathlib import Path
@@ -23,7 +22,7 @@ from services.profile_graph.server import build as build_profile_graph
 from shared import client
 from shared.errors import InvalidArgument, NotFound
 from shared.runtime import prepare_schema, start_built, stop_built
-from tests.conftest import schema_connection, tenant_md
+from tests.conftest import schema_connection, tenant_md, wait_for
 from tests.integration.channels.receiver import Receiver
 
 SECRET = "whsec-" + "x" * 26
@@ -82,15 +81,6 @@ async def status(activations: Activations, tenant: str, name: str) -> pb.Deliver
     return next(a for a in listed if a.name == name).status
 
 
-async def wait_until(check, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.05)
-
-
 def webhook(receiver: Receiver, name: str = "hook", batch_size: int = 20) -> pb.Destination:
     return pb.Destination(name=name, batch_size=batch_size, webhook=pb.WebhookDestination(
         url=receiver.url, secret=receiver.secret, allow_private_network=True))
@@ -113,13 +103,13 @@ async def test_a_flaky_webhook_gets_every_row_once_per_delivery_id_and_an_exit_f
             s = await status(activations, tenant, "gold_members")
             return s if s.delivered_rows == total and s.pending_rows == 0 else None
 
-        first = await wait_until(lambda: all_delivered(250))
+        first = await wait_for(lambda: all_delivered(250))
         assert first is not None, await status(activations, tenant, "gold_members")
         assert len(receiver.table) == 250 and all(row["member"] is True for row in receiver.table.values())
 
         leaving = members[:40]
         await set_tier(profile_graph, tenant, {uid: "silver" for uid in leaving})
-        second = await wait_until(lambda: all_delivered(290))
+        second = await wait_for(lambda: all_delivered(290))
         assert second is not None, await status(activations, tenant, "gold_members")
     finally:
         leader.cancel()
@@ -315,7 +305,7 @@ async def test_two_delivery_loops_on_one_database_elect_one_leader_so_each_deliv
             s = await status(activations, tenant, "gold_members")
             return s.delivered_rows == 60 and s.pending_rows == 0
 
-        assert await wait_until(delivered)
+        assert await wait_for(delivered)
     finally:
         for loop in loops:
             loop.cancel()
