@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
@@ -14,19 +13,15 @@ from personalization.recommender.v1 import recommender_service_pb2_grpc as pb_gr
 from services.recommender.server import Settings, build
 from shared.embedded_pg import EmbeddedPostgres
 from shared.runtime import start_built, stop_built
+from tests.bench._common import free_port  # noqa: E402
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.asynccontextmanager
 async def served_recommender():
     """Yields (stub, recommender use cases, dsn) of a recommender on a fresh embedded database."""
     folder = Path(tempfile.mkdtemp(prefix="tailor-rec-bench-"))
-    server = EmbeddedPostgres(data_dir=folder / "pg", port=_free_port())
+    server = EmbeddedPostgres(data_dir=folder / "pg", port=free_port())
     server.start()
     try:
         dsn = await server.ensure_database("bench")

@@ -32,7 +32,7 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2 as ppb  #
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pgrpc  # noqa: E402
 from personalization.recommender.v1 import recommender_service_pb2 as rpb  # noqa: E402
 from personalization.recommender.v1 import recommender_service_pb2_grpc as rgrpc  # noqa: E402
-from tests.bench._suite_process import running_suite  # noqa: E402
+from tests.bench._common import running_suite# noqa: E402
 
 INDIVIDUALS = int(os.environ.get("BENCH_BATCH_INDIVIDUALS", "100000"))
 ITEMS = int(os.environ.get("BENCH_BATCH_ITEMS", "10000"))

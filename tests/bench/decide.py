@@ -32,7 +32,7 @@ from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as ppb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pgrpc
-from tests.bench._suite_process import free_port, running_suite
+from tests.bench._common import free_port, percentile, running_suite
 
 WARMUP = 100
 SAMPLES = int(os.environ.get("TAILOR_BENCH_SAMPLES", "1000"))
@@ -41,14 +41,6 @@ CONCURRENCY = (16, 64)
 CUSTOMER = "bench_customer"
 ECHO_METHOD = "/personalization.gateway.v1.GatewayService/GetDecisions"
 
-
-def _free_port() -> int:
-    return free_port()
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def _struct(value: dict) -> struct_pb2.Struct:
@@ -170,7 +162,7 @@ async def _stage_medians(channel, md) -> dict[str, float]:
         if entry.point_name == "bench_banner":
             for stage, ms in entry.stage_ms.items():
                 per_stage.setdefault(stage, []).append(ms)
-    return {stage: _percentile(values, 50) for stage, values in per_stage.items()}
+    return {stage: percentile(values, 50) for stage, values in per_stage.items()}
 
 
 async def measure_echo(gateway: str) -> tuple[list[float], float]:
@@ -184,7 +176,7 @@ async def measure_echo(gateway: str) -> tuple[list[float], float]:
 
 
 def _start_echo() -> tuple[list[subprocess.Popen], str]:
-    ports = {name: _free_port() for name in ("gateway", "identity", "profile", "recommender", "decision")}
+    ports = {name: free_port() for name in ("gateway", "identity", "profile", "recommender", "decision")}
     script = str(Path(__file__).with_name("_decide_echo.py"))
     procs = []
     for leaf in ("identity", "profile", "recommender", "decision"):
@@ -228,14 +220,14 @@ def main() -> None:
     print(f"\n{'chain (GetDecisions, 2 points)':<34}{'p50 ms':>9}{'p99 ms':>9}{'rps':>9}")
     for name, samples, throughput in (("tailor, five services", latency, rps),
                                       ("echo chain (floor)", floor_latency, floor_rps)):
-        print(f"{name:<34}{_percentile(samples, 50):>9.3f}{_percentile(samples, 99):>9.3f}{throughput:>9.0f}")
+        print(f"{name:<34}{percentile(samples, 50):>9.3f}{percentile(samples, 99):>9.3f}{throughput:>9.0f}")
     print("gateway stages (median ms, from the decision log): "
           + ", ".join(f"{stage} {ms:.3f}" for stage, ms in sorted(stages.items())))
     ratio = rps / floor_rps if floor_rps else 0.0
-    p50_ratio = _percentile(latency, 50) / _percentile(floor_latency, 50)
+    p50_ratio = percentile(latency, 50) / percentile(floor_latency, 50)
     print(f"throughput ratio tailor/floor = {ratio:.2f} (target >= 0.80); p50 ratio = {p50_ratio:.2f}; "
           f"p50 target <= 5 ms")
-    print(f"\np50_ms={_percentile(latency, 50):.3f} p99_ms={_percentile(latency, 99):.3f} rps={rps:.0f} "
+    print(f"\np50_ms={percentile(latency, 50):.3f} p99_ms={percentile(latency, 99):.3f} rps={rps:.0f} "
           f"floor_rps={floor_rps:.0f} ratio={ratio:.2f}")
 
 

@@ -22,15 +22,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 from personalization.common.v1 import common_pb2  # noqa: E402
 from personalization.gateway.v1 import gateway_service_pb2 as pb  # noqa: E402
 from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc  # noqa: E402
-from tests.bench._suite_process import running_suite  # noqa: E402
+from tests.bench._common import percentile, running_suite  # noqa: E402
 
 WARMUP = 50
 SAMPLES = 1000
 
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 async def _time(call, n: int) -> list[float]:
@@ -69,11 +65,11 @@ def main() -> None:
     base = statistics.median(results["health check (baseline)"])
     print(f"\n{'operation':<28}{'p50 ms':>10}{'p99 ms':>10}{'x baseline p50':>16}")
     for name, samples in results.items():
-        p50, p99 = _percentile(samples, 50), _percentile(samples, 99)
+        p50, p99 = percentile(samples, 50), percentile(samples, 99)
         print(f"{name:<28}{p50:>10.3f}{p99:>10.3f}{p50 / base:>16.1f}")
     decide = results["GetDecisions home_banner"]
-    print(f"\nready_s={ready_s:.2f} decide_p50_ms={_percentile(decide, 50):.3f} "
-          f"decide_p99_ms={_percentile(decide, 99):.3f}")
+    print(f"\nready_s={ready_s:.2f} decide_p50_ms={percentile(decide, 50):.3f} "
+          f"decide_p99_ms={percentile(decide, 99):.3f}")
 
 
 if __name__ == "__main__":

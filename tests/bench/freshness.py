@@ -13,13 +13,7 @@ summary for the higher rate.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -34,6 +28,7 @@ from personalization.common.v1 import common_pb2  # noqa: E402
 from personalization.gateway.v1 import gateway_service_pb2 as gw  # noqa: E402
 from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc  # noqa: E402
 from shared.demo import apply_config, parse_config  # noqa: E402
+from tests.bench._common import percentile, running_suite  # noqa: E402
 
 RATES = (100, 1000)
 SECONDS = 4.0
@@ -52,15 +47,6 @@ CONFIG = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def _purchase(customer: str) -> common_pb2.Event:
@@ -154,31 +140,12 @@ async def measure(ready: dict) -> tuple[dict, float]:
         for rate in RATES:
             results[rate] = await _run_rate(stub, md, rate)
             await asyncio.sleep(1.0)
-    return results, _percentile(base, 50)
+    return results, percentile(base, 50)
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="tailor-bench-") as home:
-        env = dict(os.environ, TAILOR_HOME=home, TAILOR_PG_PORT=str(_free_port()), TAILOR_LOG_LEVEL="WARNING")
-        env.pop("DATABASE_URL", None)
-        for svc in ("gateway", "identity", "profile_graph", "recommender", "decision"):
-            env[f"TAILOR_{svc.upper()}_PORT"] = str(_free_port())
-        ready_file = Path(home) / "ready.json"
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "tailor"), "up", "--no-demo", "--ready-file", str(ready_file)],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            while not ready_file.exists():
-                if proc.poll() is not None:
-                    raise SystemExit(f"tailor up exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
-                if time.perf_counter() - started > 300:
-                    raise SystemExit("tailor up was not ready within 300 s")
-                time.sleep(0.05)
-            results, base = asyncio.run(measure(json.loads(ready_file.read_text())))
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
+    with running_suite() as (ready, _):
+        results, base = asyncio.run(measure(ready))
     print(f"\n{'ack -> visible (profile + decision)':<38}{'sent/s':>8}{'n':>6}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
           f"{'p50 x baseline':>16}")
     print(f"{'GetProfile via gateway (baseline)':<38}{'':>8}{200:>6}{base:>9.2f}{'':>9}{'':>9}{1.0:>16.1f}")
@@ -186,11 +153,11 @@ def main() -> None:
         if not lat:
             print(f"rate {rate}: nothing became visible")
             continue
-        p50, p95, p99 = (_percentile(lat, q) for q in (50, 95, 99))
+        p50, p95, p99 = (percentile(lat, q) for q in (50, 95, 99))
         print(f"{f'rate {rate}/s':<38}{achieved:>8.0f}{len(lat):>6}{p50:>9.2f}{p95:>9.2f}{p99:>9.2f}{p50 / base:>16.1f}")
     lat = results[RATES[-1]][0] or [float("nan")]
-    print(f"\nrate={RATES[-1]} p50_ms={_percentile(lat, 50):.2f} p95_ms={_percentile(lat, 95):.2f} "
-          f"p99_ms={_percentile(lat, 99):.2f}")
+    print(f"\nrate={RATES[-1]} p50_ms={percentile(lat, 50):.2f} p95_ms={percentile(lat, 95):.2f} "
+          f"p99_ms={percentile(lat, 99):.2f}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -33,21 +32,12 @@ from services.identity.postgres import PostgresRepository
 from services.identity.server import SCHEMA
 from services.identity.service import IdentityService, Settings
 from shared.runtime import prepare_schema
+from tests.bench._common import free_port, percentile  # noqa: E402
 
 BATCH = 1000
 LOADED = 100_000
 SAMPLES = 2000
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def ours(service: IdentityService, rows: list[data.Row], rules, custom, email_unique: bool):
@@ -165,7 +155,7 @@ async def main() -> None:
     from shared.embedded_pg import EmbeddedPostgres
 
     home = Path(tempfile.mkdtemp(prefix="tailor-bench-identity-"))
-    pg = EmbeddedPostgres(data_dir=home / "pg", port=_free_port())
+    pg = EmbeddedPostgres(data_dir=home / "pg", port=free_port())
     pg.start()
     try:
         pool = await prepare_schema(pg.admin_dsn, SCHEMA, server_module.__file__)
@@ -190,7 +180,7 @@ async def main() -> None:
     _row("hist_50k", "rerun", hist_rerun, hist_rerun_s, hist_splink_s)
     print("ours = real-time ResolveIdentities of every record (batches of 1,000); rerun = RunRuleset over the same "
           "stored records afterwards (blocks over TAILOR_IDENTITY_MAX_BLOCK are capped in a different order)")
-    p50, p99 = _percentile(latency, 50), _percentile(latency, 99)
+    p50, p99 = percentile(latency, 50), percentile(latency, 99)
     print(f"ResolveIdentities (known email + device, {LOADED:,} individuals loaded, concurrency 1, "
           f"{len(latency)} calls): p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 <= 5 ms)")
     print(f"fake1000_f1_ours={fake_ours.f1:.4f} fake1000_f1_splink={fake_splink.f1:.4f} "

@@ -26,7 +26,7 @@ from personalization.gateway.v1 import gateway_service_pb2 as pb  # noqa: E402
 from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc  # noqa: E402
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as ppb  # noqa: E402
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pgrpc  # noqa: E402
-from tests.bench._suite_process import running_suite  # noqa: E402
+from tests.bench._common import running_suite# noqa: E402
 
 EVENTS = int(os.environ.get("BENCH_INGEST_EVENTS", "200000"))
 PER_INDIVIDUAL = int(os.environ.get("BENCH_INGEST_PER_INDIVIDUAL", "10"))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import random
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from shared import demo  # noqa: E402
 from shared.embedded_pg import EmbeddedPostgres  # noqa: E402
 from shared.log import configure  # noqa: E402
 from shared.runtime import start_built, stop_built  # noqa: E402
+from tests.bench._common import free_port, percentile  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "external-data" / "online-retail" / "online_retail.csv.gz"
 PURCHASE_EVENTS = 8_000  # the first invoices of the full file (December 2010 alone has only about 2,000)
@@ -49,15 +49,6 @@ TENANT = "bench"
 MD = (("x-tenant-id", TENANT),)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def _window(days: int) -> duration_pb2.Duration:
@@ -156,7 +147,7 @@ async def main() -> None:
     purchases, retail_items = purchase_batches(now)
     views, view_items = view_batches(now)
     folder = Path(tempfile.mkdtemp(prefix="tailor-append-bench-"))
-    server = EmbeddedPostgres(data_dir=folder / "pg", port=_free_port())
+    server = EmbeddedPostgres(data_dir=folder / "pg", port=free_port())
     server.start()
     try:
         dsn = await server.ensure_database("bench")
@@ -196,10 +187,10 @@ async def main() -> None:
         rate, times = results[name]
         base_rate, base_times = baselines[name]
         print(f"{name:<10} {sum(len(b.events) for b in batches):>7} {lines[name]:>8.1f} {rate:>9.0f} "
-              f"{_percentile(times, 50):>8.1f} {_percentile(times, 99):>8.1f} {base_rate:>10.0f} "
-              f"{_percentile(base_times, 50):>9.1f} {rate / base_rate:>6.2f}")
+              f"{percentile(times, 50):>8.1f} {percentile(times, 99):>8.1f} {base_rate:>10.0f} "
+              f"{percentile(base_times, 50):>9.1f} {rate / base_rate:>6.2f}")
     print(f"append_per_s_purchases={results['purchases'][0]:.0f} append_per_s_views={results['views'][0]:.0f} "
-          f"batch_p50_ms={_percentile(results['views'][1], 50):.1f}")
+          f"batch_p50_ms={percentile(results['views'][1], 50):.1f}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from personalization.recommender.v1 import recommender_service_pb2 as pb
 from services.recommender import learned
 from services.recommender.config import LEARNED, PURCHASES, Config
 from tests.bench._recommender_data import synthetic
+from tests.bench._common import percentile
 from tests.bench._recommender_server import served_recommender
 
 TENANT = "bench"
@@ -35,11 +36,6 @@ MD = (("x-tenant-id", TENANT),)
 INDIVIDUALS, ITEMS, INTERACTIONS = 100_000, 10_000, 1_000_000
 SAMPLES = 2_000
 BATCH = 20_000
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def _load(dsn: str, users: np.ndarray, items: np.ndarray) -> None:
@@ -125,8 +121,8 @@ async def main() -> None:
             np.argpartition(-scores, 10, axis=1)[:, :10]
         bare_batch_seconds = time.perf_counter() - t
 
-    p50, p99 = _percentile(latencies, 50), _percentile(latencies, 99)
-    bare_p50 = _percentile(bare, 50)
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    bare_p50 = percentile(bare, 50)
     per_s = served / batch_seconds
     bare_per_s = BATCH / bare_batch_seconds
     print(f"synthetic: {INDIVIDUALS} individuals x {ITEMS} items, {len(users)} interactions; ALS factors="
@@ -136,8 +132,8 @@ async def main() -> None:
           f"{ours_seconds / bare_seconds:8.2f}  <= 1.5x")
     print(f"{'Recommend p50 ms (vs bare numpy top-10)':<40} {p50:12.3f} {bare_p50:12.3f} {p50 / bare_p50:8.2f}  "
           f"p50 <= 1 ms")
-    print(f"{'Recommend p99 ms':<40} {p99:12.3f} {_percentile(bare, 99):12.3f} "
-          f"{p99 / _percentile(bare, 99):8.2f}")
+    print(f"{'Recommend p99 ms':<40} {p99:12.3f} {percentile(bare, 99):12.3f} "
+          f"{p99 / percentile(bare, 99):8.2f}")
     print(f"{'Recommend + exclude_purchased p50 ms':<40} {statistics.median(filtered):12.3f} {bare_p50:12.3f} "
           f"{statistics.median(filtered) / bare_p50:8.2f}  (one history query)")
     print(f"{'RecommendBatch individuals/s (gRPC)':<40} {per_s:12.0f} {bare_per_s:12.0f} "

@@ -1,5 +1,5 @@
-"""Starts the whole suite as `make run` does (its own embedded PostgreSQL under a temporary TAILOR_HOME, five
-service processes) for a bench, and stops it afterwards."""
+"""What every bench shares: free ports, percentiles, and the whole suite started as `make run` does (its own
+embedded PostgreSQL under a temporary TAILOR_HOME, five service processes) and stopped afterwards."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of values."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 @contextmanager
