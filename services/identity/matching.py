@@ -40,6 +40,9 @@ BUILT_IN_ATTRIBUTES = frozenset({
 # A fuzzy-only rule blocks on this many leading characters of each fuzzy value.
 FUZZY_BLOCK_PREFIX = 3
 
+# A string as json.dumps writes it (ASCII, quoted): stored hashes are of json.dumps text, written out directly.
+_quote = json.encoder.encode_basestring_ascii
+
 
 @dataclass(frozen=True)
 class IdentityType:
@@ -279,14 +282,22 @@ def block_keys(ruleset: Ruleset, record: Record) -> list[tuple[int, str]]:
                 values = sorted({x[:FUZZY_BLOCK_PREFIX] for x in values})
             value_lists.append(sorted(set(values)))
         for combo in product(*value_lists):
-            raw = json.dumps([ruleset.version, index, list(combo)])
+            # Exactly json.dumps([version, index, list(combo)]): keys are stored, so their text never changes.
+            raw = f"[{ruleset.version}, {index}, [{', '.join(_quote(x) for x in combo)}]]"
             keys.append((index, hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()))
     return keys
 
 
+def _pairs(pairs) -> str:
+    return ", ".join(f"[{_quote(a)}, {_quote(b)}]" for a, b in pairs)
+
+
 def fingerprint(record: Record) -> str:
-    """The record id: a hash of its normalized content, so a subject seen again is the same source record."""
-    body = json.dumps(
-        [sorted((t, v) for t, vs in record.identities.items() for v in vs), sorted(record.attributes.items())]
-    )
+    """The record id: a hash of its normalized content, so a subject seen again is the same source record.
+
+    The hashed text is exactly json.dumps([sorted (type, value) pairs, sorted attribute items]) (ids stay what
+    they always were), written out directly because this runs for every subject of every call.
+    """
+    identities = sorted((t, v) for t, vs in record.identities.items() for v in vs)
+    body = f"[[{_pairs(identities)}], [{_pairs(sorted(record.attributes.items()))}]]"
     return "rec_" + hashlib.blake2b(body.encode(), digest_size=16).hexdigest()

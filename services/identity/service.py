@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, Protocol
 
 from services.identity import matching
@@ -53,13 +54,27 @@ class Config:
 
 @dataclass(frozen=True)
 class SubjectIn:
-    """A validated subject: its unique and searchable identities, its record and the record's id."""
+    """A validated subject: its unique and searchable identities and its record (id and block keys on demand)."""
 
     unique: list[Key]
     shared: list[Key]
     record: Record
-    record_id: str
-    blocks: list[tuple[int, str]]
+    ruleset: Ruleset = field(repr=False, compare=False)
+
+    @cached_property
+    def record_id(self) -> str:
+        """The record's id (a hash of its content); a known subject with unique identities only needs none."""
+        return matching.fingerprint(self.record)
+
+    @cached_property
+    def blocks(self) -> list[tuple[int, str]]:
+        """(rule index, block key) pairs of the record, computed only for subjects that reach the rules."""
+        return matching.block_keys(self.ruleset, self.record)
+
+    @property
+    def plain(self) -> bool:
+        """Unique identities only: known when they all belong to one individual, whatever its records."""
+        return not self.record.attributes and not self.shared
 
 
 def _attribute_value(value: Any) -> str | None:
@@ -129,8 +144,7 @@ def validate_subjects(
             elif text:
                 attrs[name] = text
         record = Record({t: sorted(vs) for t, vs in sorted(by_type.items())}, dict(sorted(attrs.items())))
-        out.append(SubjectIn(unique, shared, record, matching.fingerprint(record),
-                             matching.block_keys(config.ruleset, record)))
+        out.append(SubjectIn(unique, shared, record, config.ruleset))
     v.raise_if_any()
     return out
 
@@ -161,6 +175,9 @@ class Snapshot:
     owners: dict[Key, Owner] = field(default_factory=dict)
     shared: dict[Key, set[str]] = field(default_factory=dict)
     known_records: dict[str, Owner] = field(default_factory=dict)
+    # Subjects with attributes that a stored record of the owner of their first unique identity contains (every
+    # identity value and every attribute): position of the subject in the call -> that owner's id (also in owners).
+    covered: dict[int, str] = field(default_factory=dict)
     candidates: list[StoredRecord] = field(default_factory=list)
     separated: set[frozenset[str]] = field(default_factory=set)
 
@@ -282,7 +299,7 @@ def plan_resolution(
     interim: list[tuple[str, tuple[str, ...]]] = []
     merges: list[MergeRecord] = []
     new_records: list[NewRecord] = []
-    for subject in subjects:
+    for position, subject in enumerate(subjects):
         found: dict[str, tuple[str, tuple[Key, ...]]] = {}
         for key in subject.unique:
             if key in owner_of:
@@ -292,16 +309,10 @@ def plan_resolution(
         if lookup_only:
             interim.append((min(found, key=lambda i: age[i]), ()) if found else ("", ()))
             continue
-        if subject.record_id in record_owner:
-            # Seen before: the record already sits with its individual.
-            interim.append((find(record_owner[subject.record_id]), ()))
+        known = _already_known(position, subject, record_owner, owner_of, snap, find)
+        if known is not None:
+            interim.append((known, ()))
             continue
-        if len(found) == 1 and not subject.record.attributes and all(k in owner_of for k in subject.unique):
-            (only,) = found
-            if all(only in {find(i) for i in snap.shared.get(key, ())} for key in subject.shared):
-                # Nothing new: every identity is already known to one individual.
-                interim.append((only, ()))
-                continue
         matched_rules = _rule_matches(ruleset.rules, subject, blocks)
         for record_id, rule, ev in matched_rules:
             survivor = find(record_owner[record_id])
@@ -371,6 +382,70 @@ def plan_resolution(
         new_records=[NewRecord(r.record_id, final[r.record_id], r.record, r.shared, r.blocks) for r in new_records],
         counts={i: count[i] for i in survivors if i in info and count[i] != info[i].record_count},
     )
+
+
+def _already_known(
+    position: int, subject: SubjectIn, record_owner: dict[str, str], owner_of: dict[Key, str], snap: Snapshot,
+    find: Callable[[str], str],
+) -> str | None:
+    """The individual a subject already belongs to when it adds nothing new (nothing to store, no rule to run).
+
+    That is: its record was seen before; or all its unique identities belong to one individual, that individual
+    holds its searchable ones, and it has no attributes or a stored record of that individual contains the
+    whole subject (every identity value and every attribute), so it can match nothing that record cannot.
+    """
+    owner = record_owner.get(subject.record_id) if record_owner else None  # (no record id computed for nothing)
+    if owner is not None:
+        return find(owner)
+    only = _sole_owner(subject, owner_of, find)
+    if only is None:
+        return None
+    if subject.record.attributes:
+        covering = snap.covered.get(position)
+        if covering is None or find(covering) != only:
+            return None
+    if all(only in {find(i) for i in snap.shared.get(key, ())} for key in subject.shared):
+        return only
+    return None
+
+
+def _sole_owner(subject: SubjectIn, owner_of: dict[Key, str], find: Callable[[str], str]) -> str | None:
+    """The one individual owning every unique identity of the subject, or None (none, several, or one unknown)."""
+    if not subject.unique:
+        return None
+    first = owner_of.get(subject.unique[0])
+    if first is None:
+        return None
+    only = find(first)
+    for key in subject.unique[1:]:
+        owner = owner_of.get(key)
+        if owner is None or find(owner) != only:
+            return None
+    return only
+
+
+def known_resolutions(subjects: list[SubjectIn], snap: Snapshot) -> list[Resolution] | None:
+    """The resolutions when no subject adds anything new (the hot path: no rules, no writes), else None.
+
+    Plain subjects are decided by their identities' owners alone; the others as _already_known says, from the
+    records the snapshot looked up (by id, or as stored records containing them).
+    """
+    owner_of = {key: o.individual_id for key, o in snap.owners.items()}
+    record_owner = {rid: o.individual_id for rid, o in snap.known_records.items()}
+    out = []
+    for position, subject in enumerate(subjects):
+        if subject.plain:
+            known = _sole_owner(subject, owner_of, _same)
+        else:
+            known = _already_known(position, subject, record_owner, owner_of, snap, _same)
+        if known is None:
+            return None
+        out.append(Resolution(known))
+    return out
+
+
+def _same(individual_id: str) -> str:
+    return individual_id
 
 
 def _rule_matches(
@@ -723,8 +798,11 @@ class SnapshotQuery:
     unique: list[Key]
     shared: list[Key]
     record_ids: list[str]
-    blocks: list[str]
-    lock_keys: list[str]
+    blocks: list[str] = field(default_factory=list)
+    lock_keys: list[str] = field(default_factory=list)
+    # (position in the call, first unique identity, record) of the subjects with attributes: does a stored record
+    # of that identity's owner contain the record?
+    covering: list[tuple[int, Key, Record]] = field(default_factory=list)
 
 
 class Repository(Protocol):
@@ -825,21 +903,27 @@ class IdentityService:
             snap = Snapshot(owners=await self.repository.lookup_owners(tenant, unique))
             return plan_resolution(subs, snap, datetime.now(UTC), config.ruleset, lookup_only=True).resolutions
         shared = _all_keys([s.shared for s in subs])
+        covering = [(n, s.unique[0], s.record) for n, s in enumerate(subs) if s.record.attributes and s.unique]
+        # Fast path: one read, no rules, no writes; most calls only repeat what is known. Plain subjects (unique
+        # identities only) are known by their identities' owners alone, subjects with attributes and a unique
+        # identity by a stored record that contains them (their own one included): only the others are looked up
+        # by record id (the write path looks up all, so a record seen before is never stored twice).
+        fast = SnapshotQuery(unique=unique, shared=shared, covering=covering, record_ids=list(dict.fromkeys(
+            s.record_id for s in subs if not s.plain and not (s.record.attributes and s.unique))))
+        known = known_resolutions(subs, await self.repository.lookup(tenant, fast))
+        if known is not None:
+            return known
         block_keys = list(dict.fromkeys(k for s in subs for _, k in s.blocks))
         query = SnapshotQuery(
             unique=unique, shared=shared, record_ids=list(dict.fromkeys(s.record_id for s in subs)),
-            blocks=block_keys, lock_keys=sorted({f"{t}\x1f{v}" for t, v in unique} | {f"b\x1f{k}" for k in block_keys}),
+            blocks=block_keys, covering=covering,
+            lock_keys=sorted({f"{t}\x1f{v}" for t, v in unique} | {f"b\x1f{k}" for k in block_keys}),
         )
 
         def planner(snap: Snapshot, now: datetime) -> Plan:
             return plan_resolution(subs, snap, now, config.ruleset, lookup_only=False, new_id=self.new_id,
                                    max_cluster=self.settings.max_cluster)
 
-        # Fast path: one read; most calls see only known records or known identities of one person.
-        snapshot = await self.repository.lookup(tenant, query)
-        plan = planner(snapshot, datetime.now(UTC))
-        if not plan.new_records and not plan.writes:
-            return plan.resolutions
         plan = await self.repository.resolve(tenant, query, planner)
         return plan.resolutions
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 from personalization.common.v1 import common_pb2
@@ -27,6 +30,26 @@ def _timestamp(value) -> Timestamp | None:
 
 def _identities(keys) -> list[common_pb2.Identity]:
     return [common_pb2.Identity(type=t, value=v) for t, v in keys]
+
+
+def _scalar(value: struct_pb2.Value):
+    """A Struct value as Python; a list, struct or non-finite number comes back as something validation refuses."""
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        return value.number_value if math.isfinite(value.number_value) else ()
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "null_value" or kind is None:
+        return None
+    return MessageToDict(value)
+
+
+def _attributes(subject: pb.Subject) -> dict:
+    """A subject's attributes (most events have none: no conversion then)."""
+    fields = subject.attributes.fields
+    return {name: _scalar(value) for name, value in fields.items()} if fields else {}
 
 
 def _enum_name(enum, value: int, prefix: str) -> str:
@@ -66,7 +89,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
 
     async def ResolveIdentities(self, request: pb.ResolveIdentitiesRequest, context) -> pb.ResolveIdentitiesResponse:
         subjects = [[(i.type, i.value) for i in subject.identities] for subject in request.subjects]
-        attributes = [MessageToDict(s.attributes) if s.HasField("attributes") else {} for s in request.subjects]
+        attributes = [_attributes(s) for s in request.subjects]
         resolutions = await self.service.resolve(
             current_tenant(), subjects, lookup_only=request.lookup_only,
             attributes=attributes if any(attributes) else None)

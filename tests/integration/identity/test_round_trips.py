@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import asyncpg
 import pytest
 
 import services.identity.server as server_module
+from services.identity import postgres
 from services.identity.postgres import PostgresRepository
 from services.identity.server import SCHEMA
 from services.identity.service import IdentityService
@@ -62,3 +65,53 @@ async def test_a_batch_of_new_subjects_takes_a_constant_number_of_statements(cou
         sizes.append(len(statements))
     # lookup, BEGIN, locks, owners, block candidates, one write statement, COMMIT
     assert sizes == [7, 7]
+
+
+async def test_known_subjects_whose_attributes_a_stored_record_holds_are_a_single_select(counted, tenant):
+    service, statements = counted
+    signup = {"first_name": "Ada", "last_name": "Lovelace"}
+    [known] = await service.resolve(tenant, [[("email", "ada@x.io"), ("device_id", "d1")]], lookup_only=False,
+                                    attributes=[signup])
+    statements.clear()
+    again = await service.resolve(tenant, [[("device_id", "d1")], [("device_id", "d1")], [("email", "ada@x.io")]],
+                                  lookup_only=False, attributes=[{"first_name": "Ada"}, {}, signup])
+    assert [r.individual_id for r in again] == [known.individual_id] * 3
+    assert len(statements) == 1 and statements[0].lstrip().startswith("SELECT")
+    individual = await service.get_individual(tenant, known.individual_id)
+    assert individual.record_count == 1
+
+
+async def generic_plan(database_url: str, statement: str, literals: str) -> str:
+    """EXPLAIN of the statement's generic plan (the one a connection caches after a few runs), on fresh tables."""
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": SCHEMA})
+    try:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE checked AS {statement}")
+        plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE checked({literals})"))
+        assert "$1" in plan, plan  # the generic plan indeed
+        return plan
+    finally:
+        await conn.close()
+
+
+@pytest.mark.parametrize("statement, literals", [
+    (postgres._OWNERS, "'t', '{email}', '{a@x.io}'"),
+    (postgres._SNAPSHOT, ("'t', '{email}', '{a@x.io}', '{ip}', '{1.2.3.4}', '{rec_1}', '{0}', '{email}', '{a@x.io}',"
+                          " ARRAY['{}'::jsonb], ARRAY['{}'::jsonb]")),
+    (postgres._CANDIDATES, "'t', '{b1,b2}', 200"),
+    (postgres._LOCK_OWNERS, "'t', '{i1,i2}'"),
+], ids=["owners", "snapshot", "candidates", "lock_owners"])
+async def test_the_reads_of_a_resolve_go_by_key_in_any_plan(database_url, statement, literals):
+    # Plans made while the tables are small and without statistics are cached by each connection: a read planned
+    # as a join could go on reading all of the tenant's rows on every call.
+    plan = await generic_plan(database_url, statement, literals)
+    assert "Seq Scan" not in plan, plan
+    assert not re.search(r"Cond: \(tenant_id = \$1\)$", plan, re.MULTILINE), plan  # all of a tenant's rows
+
+
+async def test_the_updates_of_a_write_are_skipped_outright_when_they_have_nothing_to_do(database_url):
+    literals = ", ".join(["'t'", "now()", "'{i1}'", "'{i2}'", "'{1}'"] + ["'{x}'"] * 21 + ["'{1}'"])
+    plan = await generic_plan(database_url, postgres._APPLY, literals)
+    assert "Seq Scan" not in plan, plan
+    # redirected, redirected_aliases, moved, moved_records (only with merges), counted (only with new records)
+    assert plan.count("One-Time Filter: (cardinality(") == 5, plan

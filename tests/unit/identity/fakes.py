@@ -50,6 +50,12 @@ class FakeClock:
         return self.now
 
 
+def _contains(stored: Record, record: Record) -> bool:
+    """True when the stored record has every identity value and every attribute of record (jsonb @> on both)."""
+    return all(set(values) <= set(stored.identities.get(t, ())) for t, values in record.identities.items()) and all(
+        stored.attributes.get(name) == value for name, value in record.attributes.items())
+
+
 class FakeRepository:
     """Per-tenant dicts; resolve applies a plan atomically like the SQL adapter does."""
 
@@ -91,6 +97,10 @@ class FakeRepository:
                     snap.shared.setdefault(key, set()).add(stored.individual_id)
             if record_id in query.record_ids:
                 snap.known_records[record_id] = self._owner(tenant, stored.individual_id)
+            for covered_id, key, record in query.covering:
+                owner = self.identities.get((tenant, *key))
+                if owner == stored.individual_id and _contains(stored.record, record):
+                    snap.covered[covered_id] = owner
             if with_candidates and set(stored.blocks) & set(query.blocks):
                 snap.candidates.append(StoredRecord(record_id, self._owner(tenant, stored.individual_id),
                                                     stored.record, frozenset(stored.blocks)))

@@ -234,6 +234,39 @@ async def test_a_subject_seen_again_is_one_source_record(service, repo):
     assert repo.resolve_calls == calls and len(repo.records) == 1
 
 
+async def test_a_subject_that_a_stored_record_contains_adds_nothing_and_stores_nothing(service, repo):
+    [a] = await resolve(service, [("email", "a@x.io"), ("device_id", "d1")],
+                        attributes=[{"first_name": "Ada", "last_name": "Lovelace"}])
+    calls = repo.resolve_calls
+    again = await resolve(service, [("device_id", "d1")], [("device_id", "d1"), ("email", "A@x.io")],
+                          attributes=[{"first_name": "Ada"}, {"last_name": "Lovelace", "first_name": "Ada"}])
+    assert [r.individual_id for r in again] == [a.individual_id] * 2 and not any(r.created for r in again)
+    assert repo.resolve_calls == calls and len(repo.records) == 1
+
+
+async def test_a_subject_with_a_new_attribute_value_is_a_new_record(service, repo):
+    [a] = await resolve(service, [("device_id", "d1")], attributes=[{"first_name": "Ada"}])
+    [b] = await resolve(service, [("device_id", "d1")], attributes=[{"first_name": "Ada", "city": "London"}])
+    assert b.individual_id == a.individual_id
+    assert len(repo.records) == 2
+    assert (await service.get_individual(T, a.individual_id)).record_count == 2
+
+
+async def test_identities_and_attributes_from_two_records_of_one_individual_are_a_new_record(service, repo):
+    # The phone is on one record and the names on another: together they can match the phone-and-name rule,
+    # so the subject carrying both is stored and matched, and it links the individual of the same person.
+    await service.upsert_identity_type(T, IdentityType("phone", False, "PHONE"))
+    [a] = await resolve(service, [("device_id", "d1"), ("phone", "202 555 0100")])
+    await resolve(service, [("device_id", "d1")], attributes=[{"first_name": "Jonathan", "last_name": "Smith"}])
+    [other] = await resolve(service, [("customer_id", "c2"), ("phone", "202 555 0100")],
+                            attributes=[{"first_name": "Jonathon", "last_name": "Smith"}])
+    assert other.individual_id != a.individual_id
+    [both] = await resolve(service, [("device_id", "d1"), ("phone", "202 555 0100")],
+                           attributes=[{"first_name": "Jonathan", "last_name": "Smith"}])
+    assert both.individual_id == a.individual_id and both.merged_ids == (other.individual_id,)
+    assert len(repo.records) == 4
+
+
 async def test_merge_events_page_newest_first(service):
     for n in range(3):
         await resolve(service, [("email", f"{n}a@x.io")])
