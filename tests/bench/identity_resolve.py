@@ -19,7 +19,6 @@ import asyncio
 import os
 import random
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -56,11 +55,6 @@ SELECT i.id_type, i.id_value, i.individual_id
 FROM unnest($2::text[], $3::text[]) AS k(t, v)
 JOIN identities AS i ON i.tenant_id = $1 AND i.id_type = k.t AND i.id_value = k.v
 """
-
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def person(n: int, *, identities: str = "device", attributes: bool = True) -> pb.Subject:
