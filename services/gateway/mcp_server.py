@@ -1,8 +1,7 @@
 """Agent tools over MCP: `get_recommendations` and `get_context`, answered by the gateway over gRPC with an API key.
 
 Run it with `python -m services.gateway.mcp_server` (stdio transport); settings: TAILOR_GATEWAY_ADDR (default
-127.0.0.1:50051) and TAILOR_API_KEY (a key with the decide scope). Top affinities are not part of `get_context`:
-the gateway exposes no affinities to API keys yet (GetProfile has no such field and GetAffinities is not forwarded).
+127.0.0.1:50051) and TAILOR_API_KEY (a key with the decide scope).
 """
 
 from __future__ import annotations
@@ -54,6 +53,9 @@ def compact_event(event: common_pb2.Event) -> dict[str, Any]:
     return out
 
 
+TOP_AFFINITIES = 5
+
+
 def context_summary(profile: pb.GetProfileResponse) -> dict[str, Any]:
     """The compact summary get_context answers with."""
     attributes = json_format.MessageToDict(profile.attributes)
@@ -63,6 +65,10 @@ def context_summary(profile: pb.GetProfileResponse) -> dict[str, Any]:
         "key_attributes": key_attributes(attributes),
         "segments": sorted(profile.segments),
         "insights": {k: round(v, 4) for k, v in sorted(profile.insights.items())},
+        "top_affinities": [{"dimension": a.dimension, "value": a.value, "score": round(a.score, 4)}
+                           for a in profile.affinities[:TOP_AFFINITIES]],
+        "consents": {c.purpose: common_pb2.ConsentStatus.Name(c.status).removeprefix("CONSENT_STATUS_")
+                     for c in profile.consents},
         "recent_events": [compact_event(e) for e in profile.events],
     }
     if len(attributes) > MAX_ATTRIBUTES:
@@ -119,8 +125,8 @@ class GatewayTools:
         identity_value: Annotated[str, Field(description="The identity value.")],
         event_limit: Annotated[int, Field(ge=1, le=100, description="How many recent events to include.")] = 10,
     ) -> dict[str, Any]:
-        """A compact profile summary: identities, key attributes, insights, segments and recent events
-        (top affinities are not available through the gateway yet)."""
+        """A compact profile summary: identities, key attributes, insights, segments, top affinities, consents and
+        recent events."""
         reply = await self.call("GetProfile", pb.GetProfileRequest(
             individual_id=common_pb2.Identity(type=identity_type, value=identity_value), event_limit=event_limit))
         return context_summary(reply)

@@ -118,6 +118,8 @@ def test_the_context_summary_is_compact():
                                     identities=[common_pb2.Identity(type="email", value="ann@example.com")],
                                     segments=["vip", "gold"], insights={"spend_30d": 150.123456})
     profile.attributes.update({"first_name": "Ann"})
+    profile.affinities.extend([pb.Affinity(dimension="category", value=f"c{i}", score=10.0 - i) for i in range(7)])
+    profile.consents.append(common_pb2.Consent(purpose="email", status=common_pb2.CONSENT_STATUS_DENIED))
     when = timestamp_pb2.Timestamp(seconds=1_700_000_000)
     profile.events.append(common_pb2.Event(message_id="e1", type=common_pb2.EVENT_TYPE_PURCHASE, event_time=when,
                                            line_items=[common_pb2.LineItem(item_id="sku-1", quantity=3,
@@ -129,6 +131,8 @@ def test_the_context_summary_is_compact():
         "key_attributes": {"first_name": "Ann"},
         "segments": ["gold", "vip"],
         "insights": {"spend_30d": 150.1235},
+        "top_affinities": [{"dimension": "category", "value": f"c{i}", "score": 10.0 - i} for i in range(5)],
+        "consents": {"email": "DENIED"},
         "recent_events": [{"type": "purchase", "time": "2023-11-14T22:13:20Z",
                            "items": [{"item_id": "sku-1", "quantity": 3.0}], "revenue": 150.0}],
     }
