@@ -18,13 +18,28 @@ NAME = IDENTITY_TYPE  # purposes, object types and sources follow the same lower
 ITEM_EVENTS = (common_pb2.EVENT_TYPE_PRODUCT_VIEW, common_pb2.EVENT_TYPE_ADD_TO_CART)
 
 
+KNOWN_TYPES = frozenset(common_pb2.EventType.values()) - {common_pb2.EVENT_TYPE_UNSPECIFIED}
+_NAMES_SEEN: set[str] = set()  # names already matched against NAME: a few identity types, repeated millions of times
+
+
+def _is_name(text: str) -> bool:
+    if text in _NAMES_SEEN:
+        return True
+    if not NAME.match(text):
+        return False
+    if len(_NAMES_SEEN) < 10_000:
+        _NAMES_SEEN.add(text)
+    return True
+
+
 def validate_event(event: common_pb2.Event, path: str, v: Violations, now: float) -> None:
     """Adds a violation for every bad field of one event."""
-    if not event.message_id.strip():
+    message_id = event.message_id
+    if not message_id.strip():
         v.add(f"{path}.message_id", "must not be empty")
-    elif len(event.message_id) > MAX_ID_LENGTH:
+    elif len(message_id) > MAX_ID_LENGTH:
         v.add(f"{path}.message_id", f"must be at most {MAX_ID_LENGTH} characters")
-    if event.type not in common_pb2.EventType.values() or event.type == common_pb2.EVENT_TYPE_UNSPECIFIED:
+    if event.type not in KNOWN_TYPES:
         v.add(f"{path}.type", "must be a known event type")
     if event.type == common_pb2.EVENT_TYPE_CUSTOM and not event.name.strip():
         v.add(f"{path}.name", "is required for custom events")
@@ -35,7 +50,7 @@ def validate_event(event: common_pb2.Event, path: str, v: Violations, now: float
     if not event.identities:
         v.add(f"{path}.identities", "at least one identity is required")
     for j, identity in enumerate(event.identities):
-        if not IDENTITY_TYPE.match(identity.type):
+        if not _is_name(identity.type):
             v.add(f"{path}.identities[{j}].type", "must match ^[a-z][a-z0-9_]{0,63}$")
         if not identity.value.strip():
             v.add(f"{path}.identities[{j}].value", "must not be empty")
@@ -88,17 +103,25 @@ class Ingest:
     def __init__(self, store: GatewayStore):
         self.store = store
 
-    async def ingest(self, tenant_id: str, events) -> list[tuple[str, bool]]:
-        """Returns (message_id, stored_now) per event in request order; a repeat within the batch is a duplicate."""
+    @staticmethod
+    def prepare(events) -> tuple[list[str], list[bytes]]:
+        """Validates a batch (InvalidArgument listing every bad field) and serializes it for the inbox."""
         validate_batch(events)
-        ids = [e.message_id for e in events]
-        stored = await self.store.store_events(tenant_id, ids, [e.SerializeToString() for e in events])
+        return [e.message_id for e in events], [e.SerializeToString() for e in events]
+
+    async def store_prepared(self, tenant_id: str, ids: list[str], payloads: list[bytes]) -> list[tuple[str, bool]]:
+        """Returns (message_id, stored_now) per event in request order; a repeat within the batch is a duplicate."""
+        stored = await self.store.store_events(tenant_id, ids, payloads)
         acks, seen = [], set()
         for message_id in ids:
             fresh = message_id in stored and message_id not in seen
             seen.add(message_id)
             acks.append((message_id, fresh))
         return acks
+
+    async def ingest(self, tenant_id: str, events) -> list[tuple[str, bool]]:
+        """prepare, then store_prepared."""
+        return await self.store_prepared(tenant_id, *self.prepare(events))
 
 
 __all__ = ["Ingest", "validate_batch", "InvalidArgument"]

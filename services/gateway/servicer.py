@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 from google.protobuf import timestamp_pb2
@@ -79,20 +80,36 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
 
     async def StreamIngestEvents(self, request_iterator, context):
         reply = pb.StreamIngestEventsResponse()
+        tenant = current_tenant()
+        storing: asyncio.Task | None = None
+
+        def collect(acks) -> None:
+            duplicates = [(message_id, False) for message_id, fresh in acks if not fresh]
+            reply.acks.extend(_acks(duplicates))
+            reply.stored_count += len(acks) - len(duplicates)
+            reply.duplicate_count += len(duplicates)
+
         index = 0
-        async for message in request_iterator:
-            await self._admit()
-            try:
-                acks = await self.ingest.ingest(current_tenant(), message.events)
-            except InvalidArgument as error:
-                error.metadata["message_index"] = str(index)
-                error.message = f"stream message {index}: {error.message}"
-                raise
-            reply.acks.extend(_acks(acks))
-            stored = sum(1 for _, fresh in acks if fresh)
-            reply.stored_count += stored
-            reply.duplicate_count += len(acks) - stored
-            index += 1
+        try:
+            async for message in request_iterator:
+                await self._admit()
+                try:
+                    prepared = self.ingest.prepare(message.events)
+                except InvalidArgument as error:
+                    error.metadata["message_index"] = str(index)
+                    error.message = f"stream message {index}: {error.message}"
+                    raise
+                # Message n is validated while message n-1 is being written; acks keep stream order.
+                if storing is not None:
+                    collect(await storing)
+                storing = asyncio.create_task(self.ingest.store_prepared(tenant, *prepared))
+                index += 1
+            if storing is not None:
+                collect(await storing)
+                storing = None
+        finally:
+            if storing is not None:  # an earlier message is still being stored: it is stored (or not) as a whole
+                await asyncio.gather(storing, return_exceptions=True)
         return reply
 
     async def GetDecisions(self, request, context):

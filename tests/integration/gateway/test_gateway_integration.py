@@ -65,7 +65,7 @@ async def test_a_malformed_event_fails_the_batch_with_field_paths_and_stores_not
     assert await _inbox(suite.dsn, tenant) == []
 
 
-async def test_the_stream_acknowledges_every_message_and_counts_duplicates(suite):
+async def test_the_stream_counts_what_it_stored_and_lists_the_duplicates(suite):
     tenant, md = await suite.new_tenant()
 
     async def messages():
@@ -73,7 +73,8 @@ async def test_the_stream_acknowledges_every_message_and_counts_duplicates(suite
             yield pb.StreamIngestEventsRequest(events=_events(*batch))
 
     reply = await suite.gateway.StreamIngestEvents(messages(), metadata=md)
-    assert (reply.stored_count, reply.duplicate_count, len(reply.acks)) == (3, 1, 4)
+    assert (reply.stored_count, reply.duplicate_count) == (3, 1)
+    assert [(a.message_id, a.status) for a in reply.acks] == [("s2", pb.ACK_STATUS_DUPLICATE)]
     assert len(await _inbox(suite.dsn, tenant)) == 3
 
 
@@ -129,3 +130,20 @@ async def test_revoking_an_unknown_key_is_not_found(suite):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await suite.gateway.RevokeApiKey(pb.RevokeApiKeyRequest(key_id="nope"), metadata=admin)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_bad_message_ends_the_stream_with_its_index_and_earlier_messages_stay_stored(suite):
+    tenant, md = await suite.new_tenant()
+
+    async def messages():
+        yield pb.StreamIngestEventsRequest(events=_events("ok1", "ok2"))
+        bad = _events("bad1")
+        bad[0].ClearField("event_time")
+        yield pb.StreamIngestEventsRequest(events=bad)
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await suite.gateway.StreamIngestEvents(messages(), metadata=md)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in status_details(info.value)[0]] == ["events[0].event_time"]
+    assert "stream message 1" in info.value.details()
+    assert [r["message_id"] for r in await _inbox(suite.dsn, tenant)] == ["ok1", "ok2"]

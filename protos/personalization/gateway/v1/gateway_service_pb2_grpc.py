@@ -172,7 +172,7 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamIngestEvents(self, request_iterator, context):
-        """Stores a stream of event batches; each message is stored when received, all are acknowledged at the end.
+        """Stores a stream of event batches; each message is stored when received; the answer at the end counts them.
         Errors: as IngestEvents; a bad message ends the stream, earlier messages stay stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
