@@ -39,48 +39,62 @@ def validate_event(event: common_pb2.Event, path: str, v: Violations, now: float
         v.add(f"{path}.message_id", "must not be empty")
     elif len(message_id) > MAX_ID_LENGTH:
         v.add(f"{path}.message_id", f"must be at most {MAX_ID_LENGTH} characters")
-    if event.type not in KNOWN_TYPES:
+    kind = event.type
+    if kind not in KNOWN_TYPES:
         v.add(f"{path}.type", "must be a known event type")
-    if event.type == common_pb2.EVENT_TYPE_CUSTOM and not event.name.strip():
+    if kind == common_pb2.EVENT_TYPE_CUSTOM and not event.name.strip():
         v.add(f"{path}.name", "is required for custom events")
-    if not event.HasField("event_time") or event.event_time.seconds <= 0:
+    seconds = event.event_time.seconds
+    if seconds <= 0:
         v.add(f"{path}.event_time", "is required")
-    elif event.event_time.seconds > now + MAX_FUTURE_SECONDS:
+    elif seconds > now + MAX_FUTURE_SECONDS:
         v.add(f"{path}.event_time", "must not be more than a day in the future")
-    if not event.identities:
+    identities = event.identities
+    if not identities:
         v.add(f"{path}.identities", "at least one identity is required")
-    for j, identity in enumerate(event.identities):
+    for j, identity in enumerate(identities):
         if not _is_name(identity.type):
             v.add(f"{path}.identities[{j}].type", "must match ^[a-z][a-z0-9_]{0,63}$")
-        if not identity.value.strip():
+        value = identity.value
+        if not value.strip():
             v.add(f"{path}.identities[{j}].value", "must not be empty")
-        elif len(identity.value) > MAX_VALUE_LENGTH:
+        elif len(value) > MAX_VALUE_LENGTH:
             v.add(f"{path}.identities[{j}].value", f"must be at most {MAX_VALUE_LENGTH} characters")
-    if event.type in ITEM_EVENTS and not event.item_id:
+    if kind in ITEM_EVENTS and not event.item_id:
         v.add(f"{path}.item_id", "is required for product views and add-to-cart events")
-    if event.type == common_pb2.EVENT_TYPE_PURCHASE and not event.line_items:
+    if kind == common_pb2.EVENT_TYPE_PURCHASE:
+        _check_lines(event.line_items, path, v)
+    elif event.line_items:
+        _check_lines(event.line_items, path, v)
+    if event.source and not _is_name(event.source):
+        v.add(f"{path}.source", "must match ^[a-z][a-z0-9_]{0,63}$")
+    # Consents and profile objects are rare on behavioural events: look only when there are some.
+    if event.consents:
+        for j, consent in enumerate(event.consents):
+            if not _is_name(consent.purpose):
+                v.add(f"{path}.consents[{j}].purpose", "must match ^[a-z][a-z0-9_]{0,63}$")
+            if consent.status not in (common_pb2.CONSENT_STATUS_GRANTED, common_pb2.CONSENT_STATUS_DENIED):
+                v.add(f"{path}.consents[{j}].status", "must be GRANTED or DENIED")
+    if event.profile_objects:
+        for j, obj in enumerate(event.profile_objects):
+            if not _is_name(obj.type):
+                v.add(f"{path}.profile_objects[{j}].type", "must match ^[a-z][a-z0-9_]{0,63}$")
+            if not obj.object_id.strip():
+                v.add(f"{path}.profile_objects[{j}].object_id", "must not be empty")
+            elif len(obj.object_id) > MAX_ID_LENGTH:
+                v.add(f"{path}.profile_objects[{j}].object_id", f"must be at most {MAX_ID_LENGTH} characters")
+
+
+def _check_lines(lines, path: str, v: Violations) -> None:
+    if not lines:
         v.add(f"{path}.line_items", "a purchase needs at least one line item")
-    for j, line in enumerate(event.line_items):
+    for j, line in enumerate(lines):
         if not line.item_id:
             v.add(f"{path}.line_items[{j}].item_id", "must not be empty")
         if line.quantity == 0 or line.quantity != line.quantity:
             v.add(f"{path}.line_items[{j}].quantity", "must be a non-zero number")
         if not line.unit_price >= 0:
             v.add(f"{path}.line_items[{j}].unit_price", "must be zero or more")
-    if event.source and not NAME.match(event.source):
-        v.add(f"{path}.source", "must match ^[a-z][a-z0-9_]{0,63}$")
-    for j, consent in enumerate(event.consents):
-        if not NAME.match(consent.purpose):
-            v.add(f"{path}.consents[{j}].purpose", "must match ^[a-z][a-z0-9_]{0,63}$")
-        if consent.status not in (common_pb2.CONSENT_STATUS_GRANTED, common_pb2.CONSENT_STATUS_DENIED):
-            v.add(f"{path}.consents[{j}].status", "must be GRANTED or DENIED")
-    for j, obj in enumerate(event.profile_objects):
-        if not NAME.match(obj.type):
-            v.add(f"{path}.profile_objects[{j}].type", "must match ^[a-z][a-z0-9_]{0,63}$")
-        if not obj.object_id.strip():
-            v.add(f"{path}.profile_objects[{j}].object_id", "must not be empty")
-        elif len(obj.object_id) > MAX_ID_LENGTH:
-            v.add(f"{path}.profile_objects[{j}].object_id", f"must be at most {MAX_ID_LENGTH} characters")
 
 
 def validate_batch(events, field: str = "events") -> None:
