@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from datetime import datetime
 
 from google.protobuf import timestamp_pb2
@@ -24,6 +25,7 @@ from shared.context import current_tenant
 from shared.errors import InvalidArgument, NotFound, ResourceExhausted
 from shared.paging import decode_token, encode_token
 
+STREAM_WRITES = 2  # stream messages being written at once
 # A watch lasts as long as the caller's deadline allows, at most a day per call.
 WATCH_SECONDS = 86_400.0
 SCOPE_NAMES = {pb.SCOPE_INGEST: "ingest", pb.SCOPE_DECIDE: "decide", pb.SCOPE_ADMIN: "admin"}
@@ -81,9 +83,10 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     async def StreamIngestEvents(self, request_iterator, context):
         reply = pb.StreamIngestEventsResponse()
         tenant = current_tenant()
-        storing: asyncio.Task | None = None
+        storing: deque[asyncio.Task] = deque()  # writes in flight, oldest first
 
-        def collect(acks) -> None:
+        async def collect_oldest() -> None:
+            acks = await storing.popleft()
             duplicates = [(message_id, False) for message_id, fresh in acks if not fresh]
             reply.acks.extend(_acks(duplicates))
             reply.stored_count += len(acks) - len(duplicates)
@@ -99,17 +102,17 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                     error.metadata["message_index"] = str(index)
                     error.message = f"stream message {index}: {error.message}"
                     raise
-                # Message n is validated while message n-1 is being written; acks keep stream order.
-                if storing is not None:
-                    collect(await storing)
-                storing = asyncio.create_task(self.ingest.store_prepared(tenant, *prepared))
+                # Messages are validated while earlier ones are being written (at most STREAM_WRITES at once);
+                # duplicates are still found exactly, as concurrent inserts of one message id conflict.
+                if len(storing) >= STREAM_WRITES:
+                    await collect_oldest()
+                storing.append(asyncio.create_task(self.ingest.store_prepared(tenant, *prepared)))
                 index += 1
-            if storing is not None:
-                collect(await storing)
-                storing = None
+            while storing:
+                await collect_oldest()
         finally:
-            if storing is not None:  # an earlier message is still being stored: it is stored (or not) as a whole
-                await asyncio.gather(storing, return_exceptions=True)
+            if storing:  # earlier messages still being written are stored (or not) as a whole
+                await asyncio.gather(*storing, return_exceptions=True)
         return reply
 
     async def GetDecisions(self, request, context):
