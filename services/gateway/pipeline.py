@@ -26,6 +26,7 @@ TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grp
              grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED}
 INTERACTION_TYPES = (common_pb2.EVENT_TYPE_PRODUCT_VIEW, common_pb2.EVENT_TYPE_ADD_TO_CART)
 LEADER_LOCK = "tailor-pipeline-leader"
+SWEEPER_LOCK = "tailor-merge-sweeper"
 
 
 @dataclass
@@ -82,6 +83,7 @@ class Pipeline:
 
     def __init__(self, stubs: Stubs):
         self.stubs = stubs
+        self.merges = MergePropagation(stubs.profile, stubs.decision, stubs.identity)
 
     async def process(self, events: list[common_pb2.Event]) -> None:
         started = time.perf_counter()
@@ -97,12 +99,7 @@ class Pipeline:
                 merges.append((list(resolution.merged_individual_ids), resolution.unified_individual_id))
         # Update: move what merged individuals had onto their survivors before appending new events.
         for merged, survivor in merges:
-            final = _survivor(aliases, survivor)
-            await self.stubs.profile.ReassignIndividual(profile_pb.ReassignIndividualRequest(
-                from_individual_ids=merged, to_individual_id=final))
-            # The survivor keeps its experiment cohorts; the merged ids are recorded as its aliases.
-            await self.stubs.decision.ReassignIndividual(decision_pb.ReassignIndividualRequest(
-                from_unified_individual_ids=merged, to_unified_individual_id=final))
+            await self.merges.merge(merged, _survivor(aliases, survivor))
         owners = [_survivor(aliases, r.unified_individual_id) for r in resolved.resolutions]
         identified = time.perf_counter()
         # Update + Compute in the profile graph, item statistics and attribution outcomes: three services that do
@@ -137,15 +134,39 @@ class MergePropagation:
     async def after_unmerge(self, request: bytes, reply: bytes) -> None:
         """Moves the events carrying the split-off identities back from the survivor to the restored individual."""
         undone = identity_pb.UnmergeResponse.FromString(reply)
+        await self.split(undone.survivor_individual_id, undone.unified_individual_id, undone.identities)
+
+    async def split(self, survivor: str, restored: str, identities) -> None:
         # Only unique identities say whose an event is: a shared non-unique value (a family phone) must not
         # pull the survivor's own events along.
         types = await self.identity.ListIdentityTypes(identity_pb.ListIdentityTypesRequest())
         unique = {t.name for t in types.identity_types if t.unique}
-        owned = [i for i in undone.identities if i.type in unique]
+        owned = [i for i in identities if i.type in unique]
         if owned:
             await self.profile.ReassignIndividual(profile_pb.ReassignIndividualRequest(
-                from_individual_ids=[undone.survivor_individual_id], to_individual_id=undone.unified_individual_id,
-                only_events_with_identities=owned))
+                from_individual_ids=[survivor], to_individual_id=restored, only_events_with_identities=owned))
+
+    async def merge(self, merged: list[str], survivor: str) -> None:
+        await self.profile.ReassignIndividual(profile_pb.ReassignIndividualRequest(
+            from_individual_ids=merged, to_individual_id=survivor))
+        # The survivor keeps its experiment cohorts; the merged ids are recorded as its aliases.
+        await self.decision.ReassignIndividual(decision_pb.ReassignIndividualRequest(
+            from_unified_individual_ids=merged, to_unified_individual_id=survivor))
+
+    async def sweep(self, min_age_seconds: float = 5.0) -> int:
+        """Applies, for the current tenant, every merge or unmerge the identity service has not seen marked
+        propagated (a crash between resolving and reassigning leaves some), then marks them. Returns how many."""
+        page = await self.identity.ListUnpropagatedMergeEvents(identity_pb.ListUnpropagatedMergeEventsRequest(
+            page_size=100, min_age_seconds=min_age_seconds))
+        for event in page.merge_events:
+            if event.kind == identity_pb.MERGE_EVENT_KIND_MERGE:
+                await self.merge([event.other_individual_id], event.survivor_individual_id)
+            else:
+                await self.split(event.survivor_individual_id, event.other_individual_id, event.evidence)
+        if page.merge_events:
+            await self.identity.MarkMergeEventsPropagated(identity_pb.MarkMergeEventsPropagatedRequest(
+                event_ids=[e.event_id for e in page.merge_events]))
+        return len(page.merge_events)
 
     async def after_rerun(self, request: bytes, started: float) -> None:
         """Applies the merges a ruleset re-run made (merge events of rule ruleset_run since it started)."""
@@ -157,15 +178,39 @@ class MergePropagation:
                 if event.event_time.ToMicroseconds() / 1e6 < started - 1:
                     return
                 if event.kind == identity_pb.MERGE_EVENT_KIND_MERGE and event.rule == "ruleset_run":
-                    await self.profile.ReassignIndividual(profile_pb.ReassignIndividualRequest(
-                        from_individual_ids=[event.other_individual_id],
-                        to_individual_id=event.survivor_individual_id))
-                    await self.decision.ReassignIndividual(decision_pb.ReassignIndividualRequest(
-                        from_unified_individual_ids=[event.other_individual_id],
-                        to_unified_individual_id=event.survivor_individual_id))
+                    await self.merge([event.other_individual_id], event.survivor_individual_id)
             token = page.next_page_token
             if not token:
                 return
+
+
+class MergeSweeper:
+    """One leader per database re-applies, tenant by tenant, merges and unmerges left unpropagated."""
+
+    def __init__(self, dsn: str, store: GatewayStore, merges: MergePropagation, *, interval_seconds: float = 5.0):
+        self.dsn = dsn
+        self.store = store
+        self.merges = merges
+        self.interval_seconds = interval_seconds
+
+    async def sweep_all(self) -> int:
+        swept = 0
+        for tenant_id in await self.store.tenant_ids():
+            ctx.tenant_var.set(tenant_id)
+            ctx.request_id_var.set(ctx.new_request_id())
+            ctx.deadline_var.set(None)
+            try:
+                swept += await self.merges.sweep(self.interval_seconds)
+            except grpc.aio.AioRpcError as error:
+                log.warning("merge_sweep_failed", tenant=tenant_id, code=error.code().name)
+        return swept
+
+    async def run(self) -> None:
+        async def step() -> bool:
+            await self.sweep_all()
+            return False
+
+        await lead(self.dsn, SWEEPER_LOCK, step, idle_seconds=self.interval_seconds)
 
 
 class PipelineWorker:

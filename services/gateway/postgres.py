@@ -51,6 +51,10 @@ class GatewayStore:
             tenant_id, display_name)
         return status.endswith(" 1")
 
+    async def tenant_ids(self) -> list[str]:
+        """Every tenant (for sweeps that run per tenant)."""
+        return [r["tenant_id"] for r in await self.pool.fetch("SELECT tenant_id FROM tenants ORDER BY tenant_id")]
+
     async def tenant_exists(self, tenant_id: str) -> bool:
         return bool(await self.pool.fetchval("SELECT 1 FROM tenants WHERE tenant_id = $1", tenant_id))
 

@@ -21,7 +21,7 @@ from services.gateway.decide import Decider
 from services.gateway.decision_log import DecisionLogWriter
 from services.gateway.ingest import Ingest
 from services.gateway.passthrough import Passthrough
-from services.gateway.pipeline import MergePropagation, Pipeline, PipelineWorker, Stubs
+from services.gateway.pipeline import MergePropagation, MergeSweeper, Pipeline, PipelineWorker, Stubs
 from services.gateway.postgres import GatewayStore
 from services.gateway.quotas import Quotas
 from services.gateway.records import RecordSync
@@ -86,6 +86,7 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
         await recommender.UpsertItems(rec_pb.UpsertItemsRequest(items=items))
 
     merges = MergePropagation(profile, decision, identity)
+    sweeper = MergeSweeper(dsn, store, merges)
     passthrough = Passthrough({SERVICE_NAMES[name]: ch for name, ch in channels.items()}, after={
         PROFILE + "UpsertItems": items_to_recommender,
         IDENTITY + "Unmerge": merges.after_unmerge,
@@ -116,5 +117,5 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
         authenticate=keys.authenticate,
         generic_handlers=[passthrough],
         extra_reflection_names=passthrough.service_names,
-        background=[log_writer.run, quotas.run, *([worker.run, batch.run, activations.run] if settings.run_worker else [])],
+        background=[log_writer.run, quotas.run, *([worker.run, batch.run, activations.run, sweeper.run] if settings.run_worker else [])],
     )

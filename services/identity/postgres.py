@@ -493,6 +493,25 @@ class PostgresRepository:
         ]
 
 
+    async def unpropagated_merge_events(self, tenant: str, min_age_seconds: float, limit: int) -> list[MergeEventView]:
+        rows = await self.pool.fetch(
+            "SELECT event_id, kind, survivor_id, merged_id, rule, evidence, reason, merged_at FROM merge_events"
+            " WHERE tenant_id = $1 AND propagated_at IS NULL AND kind IN ('MERGE', 'UNMERGE')"
+            " AND merged_at <= now() - make_interval(secs => $2) ORDER BY event_id LIMIT $3",
+            tenant, min_age_seconds, limit)
+        return [
+            MergeEventView(r["event_id"], r["kind"], r["survivor_id"], r["merged_id"], r["rule"],
+                           [(e["type"], e["value"]) for e in json.loads(r["evidence"])], r["reason"], r["merged_at"])
+            for r in rows
+        ]
+
+    async def mark_merge_events_propagated(self, tenant: str, event_ids: list[int]) -> int:
+        status = await self.pool.execute(
+            "UPDATE merge_events SET propagated_at = now() WHERE tenant_id = $1 AND event_id = ANY($2::bigint[])"
+            " AND propagated_at IS NULL", tenant, event_ids)
+        return int(status.split()[-1])
+
+
 async def _snapshot(conn: asyncpg.Connection, tenant: str, query: SnapshotQuery) -> Snapshot:
     covering = query.covering
     rows = await conn.fetch(

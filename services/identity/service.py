@@ -854,6 +854,14 @@ class Repository(Protocol):
         """Merge-history rows with event_id < before (all when None), newest first."""
         ...
 
+    async def unpropagated_merge_events(self, tenant: str, min_age_seconds: float, limit: int) -> list[MergeEventView]:
+        """Merges and unmerges not marked propagated, at least min_age_seconds old, oldest first."""
+        ...
+
+    async def mark_merge_events_propagated(self, tenant: str, event_ids: list[int]) -> int:
+        """Marks the events propagated; returns how many were newly marked."""
+        ...
+
 
 def _all_keys(keys: list[list[Key]]) -> list[Key]:
     return list(dict.fromkeys(key for ks in keys for key in ks))
@@ -1041,6 +1049,31 @@ class IdentityService:
         events = await self.repository.list_merge_events(tenant, individual_id, before, limit + 1)
         token = str(events[limit - 1].event_id) if len(events) > limit else ""
         return events[:limit], token
+
+    async def unpropagated_merge_events(self, tenant: str, page_size: int, min_age_seconds: float
+                                        ) -> list[MergeEventView]:
+        """The merge outbox: merges and unmerges the rest of the suite may not have applied yet, oldest first."""
+        v = Violations()
+        if page_size < 0 or page_size > 1000:
+            v.add("page_size", "must be between 0 and 1000 (0 means 100)")
+        if min_age_seconds < 0:
+            v.add("min_age_seconds", "must not be negative")
+        v.raise_if_any()
+        return await self.repository.unpropagated_merge_events(tenant, min_age_seconds, page_size or 100)
+
+    async def mark_merge_events_propagated(self, tenant: str, event_ids: list[str]) -> int:
+        """Marks outbox entries done (idempotent)."""
+        v = Violations()
+        if len(event_ids) > 1000:
+            v.add("event_ids", "at most 1000 ids")
+        numbers = []
+        for i, event_id in enumerate(event_ids):
+            if not event_id.isdigit():
+                v.add(f"event_ids[{i}]", "must be an event id (a number)")
+            else:
+                numbers.append(int(event_id))
+        v.raise_if_any()
+        return await self.repository.mark_merge_events_propagated(tenant, numbers) if numbers else 0
 
 
 def _not_found(individual_id: str) -> NotFound:

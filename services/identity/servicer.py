@@ -181,3 +181,17 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             ],
             next_page_token=token,
         )
+
+    async def ListUnpropagatedMergeEvents(self, request, context):
+        events = await self.service.unpropagated_merge_events(current_tenant(), request.page_size,
+                                                              request.min_age_seconds)
+        return pb.ListUnpropagatedMergeEventsResponse(merge_events=[
+            pb.MergeEvent(event_id=str(e.event_id), kind=_KINDS[e.kind], survivor_individual_id=e.survivor_id,
+                          other_individual_id=e.other_id, rule=e.rule, evidence=_identities(e.evidence),
+                          reason=e.reason, event_time=_timestamp(e.at))
+            for e in events])
+
+    async def MarkMergeEventsPropagated(self, request, context):
+        marked = await self.service.mark_merge_events_propagated(current_tenant(), list(request.event_ids))
+        return pb.MarkMergeEventsPropagatedResponse(marked_count=marked)
+

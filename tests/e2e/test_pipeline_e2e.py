@@ -269,3 +269,37 @@ async def test_unmerge_through_the_gateway_moves_the_split_off_history_back(suit
     assert split.unified_individual_id == merged_id != kept.unified_individual_id
     assert sorted(e.message_id for e in split.events) == ["n2", "n3"]
     assert [e.message_id for e in kept.events] == ["n1"]
+
+
+async def test_a_merge_whose_propagation_was_lost_is_applied_by_the_sweeper(suite):
+    from personalization.identity.v1 import identity_service_pb2 as identity_pb
+    from personalization.identity.v1 import identity_service_pb2_grpc as identity_grpc
+    from services.gateway.pipeline import MergeSweeper
+    from shared import context as ctx
+
+    tenant, md = await suite.new_tenant()
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[
+        _event("s1", common_pb2.EVENT_TYPE_PAGE_VIEW, ("email", "sweep@example.com"))]), metadata=md)
+    assert await wait_for(lambda: _profile(suite, md, "email", "sweep@example.com"))
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[
+        _event("s2", common_pb2.EVENT_TYPE_PAGE_VIEW, ("device_id", "dev-sweep"))]), metadata=md)
+    assert await wait_for(lambda: _profile(suite, md, "device_id", "dev-sweep"))
+    # The pipeline "crashes" right after identifying: the identity service merged, nobody else heard of it.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{suite.ports['identity']}") as channel:
+        identity = identity_grpc.IdentityServiceStub(channel)
+        internal = (("x-tenant-id", tenant),)
+        await identity.ResolveIdentities(identity_pb.ResolveIdentitiesRequest(subjects=[identity_pb.Subject(
+            identities=[common_pb2.Identity(type="device_id", value="dev-sweep"),
+                        common_pb2.Identity(type="email", value="sweep@example.com")])]), metadata=internal)
+        lost = await _profile(suite, md, "device_id", "dev-sweep")
+        assert [e.message_id for e in lost.events] == ["s1"]  # the device's own event is stranded
+
+        sweeper = next(job.__self__ for job in suite._running[-1][0].background
+                       if isinstance(getattr(job, "__self__", None), MergeSweeper))
+        ctx.tenant_var.set(tenant)
+        assert await sweeper.merges.sweep(min_age_seconds=0) == 1
+        healed = await _profile(suite, md, "device_id", "dev-sweep")
+        assert sorted(e.message_id for e in healed.events) == ["s1", "s2"]
+        left = await identity.ListUnpropagatedMergeEvents(identity_pb.ListUnpropagatedMergeEventsRequest(),
+                                                          metadata=internal)
+        assert list(left.merge_events) == []

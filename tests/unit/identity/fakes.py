@@ -65,6 +65,7 @@ class FakeRepository:
         self.identities: dict[tuple[str, str, str], str] = {}
         self.records: dict[tuple[str, str], StoredRow] = {}
         self.merges: list[tuple[str, MergeRecord]] = []
+        self.propagated: dict[str, set[int]] = {}
         self.types: dict[tuple[str, str], IdentityType] = {}
         self.rulesets: dict[tuple[str, int], Ruleset] = {}
         self.resolve_calls = 0
@@ -187,6 +188,18 @@ class FakeRepository:
         events = [e for e in events if (not individual_id or individual_id in (e.survivor_id, e.other_id))
                   and (before is None or e.event_id < before)]
         return sorted(events, key=lambda e: -e.event_id)[:limit]
+
+    async def unpropagated_merge_events(self, tenant: str, min_age_seconds: float, limit: int) -> list[MergeEventView]:
+        done = self.propagated.setdefault(tenant, set())
+        events = [e for e in await self.list_merge_events(tenant, "", None, 10**9)
+                  if e.kind in ("MERGE", "UNMERGE") and e.event_id not in done]
+        return sorted(events, key=lambda e: e.event_id)[:limit]
+
+    async def mark_merge_events_propagated(self, tenant: str, event_ids: list[int]) -> int:
+        done = self.propagated.setdefault(tenant, set())
+        fresh = {i for i in event_ids if i not in done and i <= len(self.merges)}
+        done |= fresh
+        return len(fresh)
 
     def count(self, tenant: str) -> tuple[int, int]:
         """(individuals, identities) stored for a tenant."""

@@ -312,3 +312,20 @@ async def test_get_individual_does_not_cross_tenants(service):
     known = await resolve_one(service, ("email", "ada@x.io"), tenant="t1")
     with pytest.raises(NotFound):
         await service.get_individual("t2", known.individual_id)
+
+
+async def test_merges_wait_in_the_outbox_until_marked_propagated():
+    from tests.unit.identity.fakes import FakeRepository
+    from services.identity.service import IdentityService
+
+    service = IdentityService(FakeRepository())
+    await service.resolve("t", [[("email", "a@x.io")]], lookup_only=False)
+    await service.resolve("t", [[("device_id", "d1")]], lookup_only=False)
+    await service.resolve("t", [[("email", "a@x.io"), ("device_id", "d1")]], lookup_only=False)
+    pending = await service.unpropagated_merge_events("t", 0, 0)
+    assert [e.kind for e in pending] == ["MERGE"]
+    assert await service.mark_merge_events_propagated("t", [str(pending[0].event_id)]) == 1
+    assert await service.unpropagated_merge_events("t", 0, 0) == []
+    with pytest.raises(InvalidArgument) as info:
+        await service.mark_merge_events_propagated("t", ["x"])
+    assert info.value.violations[0][0] == "event_ids[0]"

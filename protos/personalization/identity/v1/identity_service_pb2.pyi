@@ -71,6 +71,32 @@ MERGE_EVENT_KIND_MERGE: MergeEventKind
 MERGE_EVENT_KIND_UNMERGE: MergeEventKind
 MERGE_EVENT_KIND_REFUSED: MergeEventKind
 
+class ListUnpropagatedMergeEventsRequest(_message.Message):
+    __slots__ = ("page_size", "min_age_seconds")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MIN_AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    min_age_seconds: float
+    def __init__(self, page_size: _Optional[int] = ..., min_age_seconds: _Optional[float] = ...) -> None: ...
+
+class ListUnpropagatedMergeEventsResponse(_message.Message):
+    __slots__ = ("merge_events",)
+    MERGE_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    merge_events: _containers.RepeatedCompositeFieldContainer[MergeEvent]
+    def __init__(self, merge_events: _Optional[_Iterable[_Union[MergeEvent, _Mapping]]] = ...) -> None: ...
+
+class MarkMergeEventsPropagatedRequest(_message.Message):
+    __slots__ = ("event_ids",)
+    EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    event_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, event_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MarkMergeEventsPropagatedResponse(_message.Message):
+    __slots__ = ("marked_count",)
+    MARKED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    marked_count: int
+    def __init__(self, marked_count: _Optional[int] = ...) -> None: ...
+
 class Subject(_message.Message):
     __slots__ = ("identities", "attributes")
     IDENTITIES_FIELD_NUMBER: _ClassVar[int]

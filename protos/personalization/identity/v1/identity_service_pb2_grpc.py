@@ -80,6 +80,16 @@ class IdentityServiceStub:
                 request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListMergeEventsRequest.SerializeToString,
                 response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListMergeEventsResponse.FromString,
                 _registered_method=True)
+        self.ListUnpropagatedMergeEvents = channel.unary_unary(
+                '/personalization.identity.v1.IdentityService/ListUnpropagatedMergeEvents',
+                request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListUnpropagatedMergeEventsRequest.SerializeToString,
+                response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListUnpropagatedMergeEventsResponse.FromString,
+                _registered_method=True)
+        self.MarkMergeEventsPropagated = channel.unary_unary(
+                '/personalization.identity.v1.IdentityService/MarkMergeEventsPropagated',
+                request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.MarkMergeEventsPropagatedRequest.SerializeToString,
+                response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.MarkMergeEventsPropagatedResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -158,6 +168,22 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUnpropagatedMergeEvents(self, request, context):
+        """Lists merges and unmerges not yet marked propagated to the rest of the suite, oldest first.
+        Errors: INVALID_ARGUMENT (page_size out of range, negative age).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkMergeEventsPropagated(self, request, context):
+        """Marks merge events as propagated (idempotent; unknown ids are ignored).
+        Errors: INVALID_ARGUMENT (an id that is not a number, more than 1,000 ids).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -205,6 +231,16 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.ListMergeEvents,
                     request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListMergeEventsRequest.FromString,
                     response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListMergeEventsResponse.SerializeToString,
+            ),
+            'ListUnpropagatedMergeEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUnpropagatedMergeEvents,
+                    request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListUnpropagatedMergeEventsRequest.FromString,
+                    response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListUnpropagatedMergeEventsResponse.SerializeToString,
+            ),
+            'MarkMergeEventsPropagated': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkMergeEventsPropagated,
+                    request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.MarkMergeEventsPropagatedRequest.FromString,
+                    response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.MarkMergeEventsPropagatedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -451,6 +487,60 @@ class IdentityService:
             '/personalization.identity.v1.IdentityService/ListMergeEvents',
             personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListMergeEventsRequest.SerializeToString,
             personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListMergeEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUnpropagatedMergeEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.identity.v1.IdentityService/ListUnpropagatedMergeEvents',
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListUnpropagatedMergeEventsRequest.SerializeToString,
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.ListUnpropagatedMergeEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkMergeEventsPropagated(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.identity.v1.IdentityService/MarkMergeEventsPropagated',
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.MarkMergeEventsPropagatedRequest.SerializeToString,
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.MarkMergeEventsPropagatedResponse.FromString,
             options,
             channel_credentials,
             insecure,
