@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -61,3 +62,37 @@ def running_suite(*, demo: bool = False, extra_env: dict | None = None):
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(prefix: str):
+    """A fresh embedded PostgreSQL in a temporary folder; yields the DSN of its `bench` database."""
+    import shutil
+
+    from shared.embedded_pg import EmbeddedPostgres
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    server = EmbeddedPostgres(data_dir=folder / "pg", port=free_port())
+    server.start()
+    try:
+        yield await server.ensure_database("bench")
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def served(built, stub_class):
+    """Serves one built service on 127.0.0.1:0 and yields a stub on a channel to it (64 MB messages)."""
+    import grpc
+
+    from shared.runtime import start_built, stop_built
+
+    running, tasks = await start_built(built, port=0)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}",
+                                        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    try:
+        yield stub_class(channel)
+    finally:
+        await channel.close()
+        await stop_built(built, running, tasks, grace=0)

@@ -18,14 +18,11 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import asyncpg
-import grpc
 from google.protobuf import struct_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,10 +33,8 @@ from personalization.identity.v1 import identity_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
 
 from services.identity.server import SCHEMA, build
-from shared.embedded_pg import EmbeddedPostgres
 from shared.log import configure
-from shared.runtime import start_built, stop_built
-from tests.bench._common import free_port, percentile
+from tests.bench._common import percentile, scratch_database, served
 
 INDIVIDUALS = 5_000
 BATCH = 500
@@ -101,16 +96,8 @@ async def main() -> None:
     configure("identity", "WARNING")  # no line per RPC
     rng = random.Random(7)
     known = [rng.sample(range(INDIVIDUALS), BATCH) for _ in range(BATCHES + WARMUP_BATCHES)]
-    folder = Path(tempfile.mkdtemp(prefix="tailor-identity-bench-"))
-    server = EmbeddedPostgres(data_dir=folder / "pg", port=free_port())
-    server.start()
-    try:
-        dsn = await server.ensure_database("bench")
-        built = await build(dsn)
-        running, tasks = await start_built(built, port=0)
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-        stub = pb_grpc.IdentityServiceStub(channel)
-        try:
+    async with scratch_database("tailor-identity-bench-") as dsn:
+        async with served(await build(dsn), pb_grpc.IdentityServiceStub) as stub:
             start = time.perf_counter()
             for shape in ({"attributes": False}, {"identities": "all"}):
                 for s in range(0, INDIVIDUALS, BATCH):
@@ -126,13 +113,7 @@ async def main() -> None:
                     subjects=[person(n, identities="all") for n in range(s, s + BATCH)])
                     for s in range(INDIVIDUALS, INDIVIDUALS + (BATCHES + WARMUP_BATCHES) * BATCH, BATCH)]),
             }
-        finally:
-            await channel.close()
-            await stop_built(built, running, tasks, grace=0)
         base = await baseline(dsn, known)
-    finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
     base_p50 = percentile(base, 50)
     print(f"\nResolveIdentities, batches of {BATCH} subjects, {INDIVIDUALS} individuals created first "

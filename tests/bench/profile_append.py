@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
 import sys
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import asyncpg
-import grpc
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,10 +30,8 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb  # 
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc  # noqa: E402
 from services.profile_graph.server import build  # noqa: E402
 from shared import demo  # noqa: E402
-from shared.embedded_pg import EmbeddedPostgres  # noqa: E402
 from shared.log import configure  # noqa: E402
-from shared.runtime import start_built, stop_built  # noqa: E402
-from tests.bench._common import free_port, percentile  # noqa: E402
+from tests.bench._common import percentile, scratch_database, served  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "external-data" / "online-retail" / "online_retail.csv.gz"
 PURCHASE_EVENTS = 8_000  # the first invoices of the full file (December 2010 alone has only about 2,000)
@@ -146,16 +141,8 @@ async def main() -> None:
     now = datetime.now(timezone.utc)
     purchases, retail_items = purchase_batches(now)
     views, view_items = view_batches(now)
-    folder = Path(tempfile.mkdtemp(prefix="tailor-append-bench-"))
-    server = EmbeddedPostgres(data_dir=folder / "pg", port=free_port())
-    server.start()
-    try:
-        dsn = await server.ensure_database("bench")
-        built = await build(dsn)
-        running, tasks = await start_built(built, port=0)
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-        stub = pb_grpc.ProfileGraphServiceStub(channel)
-        try:
+    async with scratch_database("tailor-append-bench-") as dsn:
+        async with served(await build(dsn), pb_grpc.ProfileGraphServiceStub) as stub:
             for insight in INSIGHTS:
                 await stub.UpsertInsight(pb.UpsertInsightRequest(insight=insight), metadata=MD)
             for segment in SEGMENTS:
@@ -167,16 +154,10 @@ async def main() -> None:
                 "purchases": await run_append(stub, purchases),
                 "views": await run_append(stub, views),
             }
-        finally:
-            await channel.close()
-            await stop_built(built, running, tasks, grace=0)
         baselines = {
             "purchases": await run_copy(dsn, purchases, "scratch_purchases"),
             "views": await run_copy(dsn, views, "scratch_views"),
         }
-    finally:
-        server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
     lines = {"purchases": sum(len(e.event.line_items) for b in purchases for e in b.events)
              / sum(len(b.events) for b in purchases), "views": 0.0}
