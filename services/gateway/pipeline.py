@@ -86,8 +86,12 @@ class Pipeline:
         self.merges = MergePropagation(stubs.profile, stubs.decision, stubs.identity)
 
     async def process(self, events: list[common_pb2.Event]) -> None:
+        """Identify, then update, one batch."""
+        await self.update(await self.identify(events))
+
+    async def identify(self, events: list[common_pb2.Event]) -> "Plan":
+        """Resolves a batch in one call; subjects are resolved in order, so later events see earlier merges."""
         started = time.perf_counter()
-        # Identify: one batch call; subjects are resolved in order, so later events see earlier merges.
         resolved = await self.stubs.identity.ResolveIdentities(identity_pb.ResolveIdentitiesRequest(
             subjects=[identity_pb.Subject(identities=e.identities, attributes=e.attributes) for e in events]))
         aliases: dict[str, str] = {}
@@ -97,13 +101,19 @@ class Pipeline:
                 for merged in resolution.merged_individual_ids:
                     aliases[merged] = resolution.unified_individual_id
                 merges.append((list(resolution.merged_individual_ids), resolution.unified_individual_id))
-        # Update: move what merged individuals had onto their survivors before appending new events.
-        for merged, survivor in merges:
-            await self.merges.merge(merged, _survivor(aliases, survivor))
         owners = [_survivor(aliases, r.unified_individual_id) for r in resolved.resolutions]
-        identified = time.perf_counter()
-        # Update + Compute in the profile graph, item statistics and attribution outcomes: three services that do
-        # not depend on each other, so they run at once (each is idempotent, a retry repeats all three safely).
+        merges = [(merged, _survivor(aliases, survivor)) for merged, survivor in merges]
+        return Plan(events, owners, merges, round((time.perf_counter() - started) * 1000, 1))
+
+    async def update(self, plan: "Plan") -> None:
+        """Update + Compute for an identified batch. Must run after the previous batch's update (event order)."""
+        started = time.perf_counter()
+        events, owners = plan.events, plan.owners
+        # Move what merged individuals had onto their survivors before appending new events.
+        for merged, survivor in plan.merges:
+            await self.merges.merge(merged, survivor)
+        # The profile graph, item statistics and attribution outcomes do not depend on each other, so they run at
+        # once (each is idempotent: a retry repeats all three safely).
         calls = [self.stubs.profile.AppendEvents(profile_pb.AppendEventsRequest(events=[
             profile_pb.IndividualEvent(unified_individual_id=owner, event=event)
             for owner, event in zip(owners, events)]))]
@@ -119,8 +129,18 @@ class Pipeline:
         failed = next((r for r in results if isinstance(r, BaseException)), None)
         if failed is not None:
             raise failed
-        log.debug("pipeline_batch", events=len(events), identify_ms=round((identified - started) * 1000, 1),
-                  update_ms=round((time.perf_counter() - identified) * 1000, 1))
+        log.debug("pipeline_batch", events=len(events), identify_ms=plan.identify_ms,
+                  update_ms=round((time.perf_counter() - started) * 1000, 1))
+
+
+@dataclass
+class Plan:
+    """An identified batch: its events, the survivor owning each, and the merges to apply first."""
+
+    events: list[common_pb2.Event]
+    owners: list[str]
+    merges: list[tuple[list[str], str]]
+    identify_ms: float
 
 
 class MergePropagation:
@@ -184,6 +204,16 @@ class MergePropagation:
                 return
 
 
+def _events(rows: list[InboxRow]) -> list[common_pb2.Event]:
+    return [common_pb2.Event.FromString(r.payload) for r in rows]
+
+
+async def _settle(task: asyncio.Task | None) -> None:
+    """Waits for a task whose result is no longer wanted, ignoring how it ended."""
+    if task is not None:
+        await asyncio.gather(task, return_exceptions=True)
+
+
 class MergeSweeper:
     """One leader per database re-applies, tenant by tenant, merges and unmerges left unpropagated."""
 
@@ -216,12 +246,13 @@ class MergeSweeper:
 class PipelineWorker:
     """One leader per database drains the inbox, woken by NOTIFY; the others stand by."""
 
-    def __init__(self, dsn: str, store: GatewayStore, pipeline: Pipeline, *, batch_size: int = 500,
-                 max_attempts: int = 5, idle_seconds: float = 1.0):
+    def __init__(self, dsn: str, store: GatewayStore, pipeline: Pipeline, *, batch_size: int = 1000,
+                 chunk_size: int = 500, max_attempts: int = 5, idle_seconds: float = 1.0):
         self.dsn = dsn
         self.store = store
         self.pipeline = pipeline
         self.batch_size = batch_size
+        self.chunk_size = chunk_size
         self.max_attempts = max_attempts
         self.idle_seconds = idle_seconds
 
@@ -243,15 +274,32 @@ class PipelineWorker:
         return len(rows)
 
     async def _process_tenant(self, tenant_id: str, rows: list[InboxRow]) -> bool:
-        """True when every row was processed (or dead-lettered); on False the rest stays pending, in order."""
+        """True when every row was processed (or dead-lettered); on False the rest stays pending, in order.
+
+        Rows go in chunks: chunk k+1 is identified while chunk k is being updated (identification stays in order,
+        and so do updates, so events of one individual are never reordered).
+        """
         ctx.tenant_var.set(tenant_id)
         ctx.request_id_var.set(ctx.new_request_id())
         ctx.deadline_var.set(None)
+        chunks = [rows[i:i + self.chunk_size] for i in range(0, len(rows), self.chunk_size)]
+        done = 0  # chunks updated and marked processed
+        identifying: asyncio.Task | None = None
         try:
-            await self.pipeline.process([common_pb2.Event.FromString(r.payload) for r in rows])
-            await self.store.mark_processed(tenant_id, [r.message_id for r in rows])
+            plan = await self.pipeline.identify(_events(chunks[0]))
+            for k, chunk in enumerate(chunks):
+                updating = asyncio.create_task(self.pipeline.update(plan))
+                if k + 1 < len(chunks):
+                    identifying = asyncio.create_task(self.pipeline.identify(_events(chunks[k + 1])))
+                await updating
+                await self.store.mark_processed(tenant_id, [r.message_id for r in chunk])
+                done += 1
+                if identifying is not None:
+                    plan = await identifying
+                    identifying = None
             return True
         except grpc.aio.AioRpcError as error:
+            await _settle(identifying)
             if error.code() in TRANSIENT:
                 log.warning("pipeline_transient_failure", code=error.code().name, events=len(rows))
                 await asyncio.sleep(0.5)
@@ -259,12 +307,14 @@ class PipelineWorker:
             if len(rows) == 1:
                 return await self._failed(rows[0], f"{error.code().name}: {error.details()}")
         except Exception as error:  # noqa: BLE001 - an event must never stop the pipeline
+            await _settle(identifying)
             if len(rows) == 1:
                 log.exception("pipeline_event_error", message_id=rows[0].message_id)
                 return await self._failed(rows[0], repr(error))
-        # The batch failed because of some event: find it by going one event at a time, stopping at the first
-        # that is still pending so that events of one individual are never processed out of order.
-        for row in rows:
+        # A chunk failed because of some event: find it by going one event at a time (identification side effects
+        # of the chunks not updated are idempotent, and their merges stay in the identity outbox), stopping at the
+        # first that is still pending so that events of one individual are never processed out of order.
+        for row in rows[done * self.chunk_size:]:
             if not await self._process_tenant(tenant_id, [row]):
                 return False
         return True

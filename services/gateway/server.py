@@ -57,7 +57,7 @@ class Settings:
             addresses=addresses or {name: service_address(name) for name in SERVICE_NAMES},
             auth_cache_seconds=env_float("TAILOR_GATEWAY_AUTH_CACHE_SECONDS", 5.0, minimum=0.0),
             run_worker=env_bool("TAILOR_GATEWAY_RUN_WORKER", True),
-            batch_size=env_int("TAILOR_GATEWAY_BATCH_SIZE", 500, minimum=1, maximum=1000),
+            batch_size=env_int("TAILOR_GATEWAY_BATCH_SIZE", 1000, minimum=1, maximum=4000),
             max_attempts=env_int("TAILOR_GATEWAY_MAX_ATTEMPTS", 5, minimum=1),
             pool_size=env_int("TAILOR_GATEWAY_POOL_SIZE", 10, minimum=2),
             resolve_cache_seconds=env_float("TAILOR_GATEWAY_RESOLVE_CACHE_SECONDS", 1.0, minimum=0.0),
@@ -93,7 +93,8 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
         IDENTITY + "RunRuleset": merges.after_rerun,
     })
     worker = PipelineWorker(dsn, store, Pipeline(Stubs(identity, profile, recommender, decision)),
-                            batch_size=settings.batch_size, max_attempts=settings.max_attempts)
+                            batch_size=settings.batch_size, chunk_size=min(settings.batch_size, 500),
+                            max_attempts=settings.max_attempts)
     log_writer = DecisionLogWriter(decision)
     quotas = Quotas(pool)
     batch = BatchJobs(dsn, pool, profile, decision, recommender)
