@@ -9,9 +9,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from services.decision.experiments import Cohort, Experiment, Exposure, Outcome
-from services.decision.schema import ProfileSchema
-from services.decision.service import (
+from services.decision.domain import (
     AlreadyRunning,
     Decision,
     LogEntry,
@@ -20,6 +18,8 @@ from services.decision.service import (
     Template,
     TemplateField,
 )
+from services.decision.experiments import Cohort, Experiment, Exposure, Outcome
+from services.decision.schema import ProfileSchema
 
 _POINT_COLUMNS = "p.point_id, p.name, p.description, p.type, p.template, p.archived"
 _DECISION_COLUMNS = (

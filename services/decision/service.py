@@ -3,443 +3,52 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
-import re
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from services.decision import experiments as exp
 from services.decision import rules
-from services.decision.experiments import (
-    Assignment,
-    CompiledExperiment,
-    Experiment,
-    Exposure,
-    Outcome,
+from services.decision.cache import CompiledPoint, PointCache
+from services.decision.domain import (
+    AlreadyRunning,
+    Decision,
+    Evaluation,
+    LogEntry,
+    NameTaken,
+    Point,
+    Qualification,
+    Repository,
 )
+from services.decision.experiments import Assignment, Experiment, Outcome
 from services.decision.schema import ProfileSchema, check_rule, validate_schema
+from services.decision.validation import (
+    MAX_TEXT,
+    decision_not_found,
+    decode_token,
+    encode_token,
+    experiment_not_found,
+    page_size,
+    point_not_found,
+    raise_violation,
+    validate_content,
+    validate_decision,
+    validate_point,
+)
 from shared.errors import AlreadyExists, FailedPrecondition, NotFound, Violations
 
-NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-POINT_TYPES = ("MANUAL_CONTENT", "RECOMMENDATIONS")
-FIELD_TYPES = ("STRING", "NUMBER", "BOOL", "STRING_LIST")
 DEFAULT_COUNT = 12
-MAX_COUNT = 24
 MAX_POINTS_PER_QUALIFY = 50
 MAX_INDIVIDUALS_PER_BATCH = 1000
 BATCH_YIELD_EVERY = 250  # individuals qualified between yields to the event loop (a few ms of work)
 MAX_LOG_ENTRIES = 1000
-MAX_TEXT = 256
-MAX_CACHED_POINTS = 100_000
-
-
-@dataclass(frozen=True)
-class TemplateField:
-    """One typed field of a response template."""
-
-    name: str
-    type: str
-    required: bool = False
-
-
-@dataclass(frozen=True)
-class Template:
-    """The typed shape of a point's responses."""
-
-    fields: tuple[TemplateField, ...] = ()
-    item_attributes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Point:
-    """A named slot where a channel asks for content."""
-
-    point_id: str
-    name: str
-    description: str
-    type: str
-    template: Template
-    archived: bool = False
-
-
-@dataclass(frozen=True)
-class Decision:
-    """One option on a point: a rule, a priority, and either content or a recommender call."""
-
-    decision_id: str
-    point_name: str
-    name: str
-    priority: int = 0
-    rule: str = ""
-    fallback: bool = False
-    content: dict[str, Any] | None = None
-    recommender: str = ""
-    count: int = 0
-    archived: bool = False
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """The outcome of one rule."""
-
-    decision_id: str
-    decision_name: str
-    matched: bool
-    error: str = ""
-
-
-@dataclass(frozen=True)
-class Qualification:
-    """The point, the winning decision (or None) and every rule evaluated."""
-
-    point: Point
-    decision: Decision | None
-    evaluations: list[Evaluation]
-    assignment: Assignment | None = None
-
-
-@dataclass(frozen=True)
-class LogEntry:
-    """One personalization served."""
-
-    personalization_id: str
-    point_name: str
-    request_id: str = ""
-    point_id: str = ""
-    decision_id: str = ""
-    unified_individual_id: str = ""
-    channel: str = ""
-    correlation_id: str = ""
-    anchor_id: str = ""
-    served: dict[str, Any] = field(default_factory=dict)
-    stage_ms: dict[str, float] = field(default_factory=dict)
-    log_time: datetime | None = None
-    experiment_id: str = ""
-    cohort_id: str = ""
-    exposure_conflict: bool = False
-
-    @property
-    def item_ids(self) -> list[str]:
-        """The ids of the items served, in position order (for attribution)."""
-        data = self.served.get("data") if isinstance(self.served, dict) else None
-        return [d["item_id"] for d in data or () if isinstance(d, dict) and isinstance(d.get("item_id"), str)]
-
-
-class NameTaken(Exception):
-    """Raised by a repository when another decision of the point already has the name."""
-
-
-class AlreadyRunning(Exception):
-    """Raised by a repository when another experiment already runs on the point."""
-
-
-class Repository(Protocol):
-    """The storage port; postgres.py is the adapter, tests use an in-memory fake."""
-
-    async def upsert_point(self, tenant: str, point: Point) -> Point: ...
-    async def list_points(self, tenant: str, after_name: str, limit: int, archived: bool = False) -> list[Point]: ...
-    async def archive_point(self, tenant: str, name: str) -> Point | None: ...
-    async def archive_decision(self, tenant: str, decision_id: str) -> Decision | None: ...
-    async def get_schema(self, tenant: str) -> ProfileSchema | None: ...
-    async def save_schema(self, tenant: str, schema: ProfileSchema) -> None: ...
-    async def all_rules(self, tenant: str) -> list[tuple[str, str]]: ...
-    async def get_experiment(self, tenant: str, name: str) -> Experiment | None: ...
-    async def save_experiment(self, tenant: str, experiment: Experiment) -> Experiment: ...
-    async def list_experiments(
-        self, tenant: str, point_name: str, after_name: str, limit: int, archived: bool
-    ) -> list[Experiment]: ...
-    async def set_experiment_state(self, tenant: str, experiment: Experiment) -> Experiment: ...
-    async def running_experiments(self, tenant: str, point_names: Sequence[str] | None) -> dict[str, Experiment]: ...
-    async def merge(self, tenant: str, from_ids: Sequence[str], to_id: str) -> list[tuple[str, str, str]]: ...
-    async def add_conflicts(self, tenant: str, pairs: Sequence[tuple[str, str]]) -> None: ...
-    async def experiments_by_id(self, tenant: str, ids: Sequence[str]) -> list[Experiment]: ...
-    async def experiment_exposures(self, tenant: str, experiment_id: str) -> list[Exposure]: ...
-    async def conflicts(self, tenant: str, experiment_id: str) -> set[str]: ...
-    async def survivors(self, tenant: str, ids: Sequence[str]) -> dict[str, str]: ...
-    async def insert_outcomes(self, tenant: str, outcomes: Sequence[Outcome]) -> int: ...
-    async def outcomes_of(self, tenant: str, ids: Sequence[str], since: datetime) -> list[Outcome]: ...
-    async def outcomes_between(self, tenant: str, start: datetime, end: datetime) -> list[Outcome]: ...
-    async def exposures_of(
-        self, tenant: str, ids: Sequence[str], start: datetime, end: datetime, point_name: str
-    ) -> list[Exposure]: ...
-    async def load_points(self, tenant: str, names: Sequence[str]) -> dict[str, tuple[Point, list[Decision]]]: ...
-    async def load_points_with_experiments(
-        self, tenant: str, names: Sequence[str]
-    ) -> dict[str, tuple[Point, list[Decision], Experiment | None]]: ...
-    async def get_decision(self, tenant: str, decision_id: str) -> Decision | None: ...
-    async def save_decision(self, tenant: str, point_id: str, decision: Decision) -> Decision: ...
-    async def list_decisions(
-        self, tenant: str, point_id: str, after: tuple[int, str] | None, limit: int
-    ) -> list[Decision]: ...
-    async def insert_log(self, tenant: str, entries: Sequence[LogEntry]) -> int: ...
-    async def list_log(
-        self, tenant: str, individual: str, after: tuple[datetime, str] | None, limit: int
-    ) -> list[LogEntry]: ...
-
-
-# ---------------------------------------------------------------------------------------------- validation
-
-
-def validate_point(point: Point, v: Violations) -> None:
-    """Adds a violation per bad field of a point (paths under `point.`)."""
-    if not NAME.match(point.name):
-        v.add("point.name", "must match ^[a-z][a-z0-9_]{0,63}$")
-    if point.type not in POINT_TYPES:
-        v.add("point.type", "must be POINT_TYPE_MANUAL_CONTENT or POINT_TYPE_RECOMMENDATIONS")
-    if len(point.description) > 1024:
-        v.add("point.description", "must be at most 1,024 characters")
-    seen: set[str] = set()
-    for i, f in enumerate(point.template.fields):
-        path = f"point.template.fields[{i}]"
-        if point.type == "RECOMMENDATIONS":
-            v.add(path, "recommendation points carry items, not content fields; use item_attributes")
-            continue
-        if not NAME.match(f.name):
-            v.add(f"{path}.name", "must match ^[a-z][a-z0-9_]{0,63}$")
-        elif f.name in seen:
-            v.add(f"{path}.name", f"duplicate field name '{f.name}'")
-        seen.add(f.name)
-        if f.type not in FIELD_TYPES:
-            v.add(f"{path}.type", "must be FIELD_TYPE_STRING, _NUMBER, _BOOL or _STRING_LIST")
-    seen = set()
-    for i, attribute in enumerate(point.template.item_attributes):
-        path = f"point.template.item_attributes[{i}]"
-        if point.type == "MANUAL_CONTENT":
-            v.add(path, "only recommendation points return item attributes")
-        elif not NAME.match(attribute):
-            v.add(path, "must match ^[a-z][a-z0-9_]{0,63}$")
-        elif attribute in seen:
-            v.add(path, f"duplicate item attribute '{attribute}'")
-        seen.add(attribute)
-
-
-_TYPE_WORDS = {"STRING": "a string", "NUMBER": "a number", "BOOL": "a bool", "STRING_LIST": "a list of strings"}
-
-
-def _has_type(value: Any, field_type: str) -> bool:
-    if field_type == "STRING":
-        return isinstance(value, str)
-    if field_type == "NUMBER":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if field_type == "BOOL":
-        return isinstance(value, bool)
-    return isinstance(value, list) and all(isinstance(item, str) for item in value)
-
-
-def validate_content(content: Mapping[str, Any], template: Template, v: Violations, path: str) -> None:
-    """Adds one violation per field of content that breaks the template: missing, mistyped or unknown."""
-    declared = {f.name: f for f in template.fields}
-    for f in template.fields:
-        if f.name not in content:
-            if f.required:
-                v.add(f"{path}.{f.name}", "is required by the point's template")
-        elif not _has_type(content[f.name], f.type):
-            v.add(f"{path}.{f.name}", f"must be {_TYPE_WORDS[f.type]}")
-    for key in content:
-        if key not in declared:
-            v.add(f"{path}.{key}", "is not a field of the point's template")
-
-
-def validate_decision(
-    decision: Decision, point: Point | None, v: Violations, schema: ProfileSchema | None = None
-) -> None:
-    """Adds a violation per bad field of a decision (paths under `decision.`); point None skips payload checks."""
-    if not decision.name.strip():
-        v.add("decision.name", "must not be empty")
-    elif len(decision.name) > MAX_TEXT:
-        v.add("decision.name", f"must be at most {MAX_TEXT} characters")
-    try:
-        check_rule(decision.rule, schema)
-    except rules.RuleError as error:
-        v.add("decision.rule", str(error))
-    if point is None:
-        return
-    if point.type == "MANUAL_CONTENT":
-        if decision.recommender or decision.count:
-            v.add("decision.recommendations", "a manual content point's decisions carry content, not recommendations")
-        elif decision.content is None:
-            v.add("decision.content", "is required on a manual content point")
-        else:
-            validate_content(decision.content, point.template, v, "decision.content")
-    else:
-        if decision.content is not None:
-            v.add("decision.content", "a recommendations point's decisions carry recommendations, not content")
-            return
-        if not decision.recommender.strip():
-            v.add("decision.recommendations.recommender", "must name a recommender")
-        elif len(decision.recommender) > MAX_TEXT:
-            v.add("decision.recommendations.recommender", f"must be at most {MAX_TEXT} characters")
-        if not 0 <= decision.count <= MAX_COUNT:
-            v.add("decision.recommendations.count", f"must be between 0 and {MAX_COUNT}")
-
-
-def page_size(value: int, v: Violations, *, default: int = 100, maximum: int = 1000) -> int:
-    """The page size to use: 0 means the default, values above the maximum are lowered to it."""
-    if value < 0:
-        v.add("page_size", "must not be negative")
-    return default if value <= 0 else min(value, maximum)
-
-
-def encode_token(values: list[Any]) -> str:
-    """An opaque page token for a keyset position."""
-    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
-
-
-def decode_token(token: str, shape: tuple[type, ...], v: Violations) -> list[Any] | None:
-    """The keyset position of a page token, or None (with a violation) when it is not one of ours."""
-    if not token:
-        return None
-    try:
-        values = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if (
-            isinstance(values, list)
-            and len(values) == len(shape)
-            and all(isinstance(x, t) and not isinstance(x, bool) for x, t in zip(values, shape))
-        ):
-            return values
-    except (ValueError, UnicodeDecodeError):
-        pass
-    v.add("page_token", "is not a page token this service issued")
-    return None
-
-
-# ---------------------------------------------------------------------------------------------- the cache
-
-
-@dataclass(frozen=True)
-class CompiledPoint:
-    """A point ready to qualify: rules compiled, decisions in evaluation order."""
-
-    point: Point
-    ordered: tuple[tuple[Decision, rules.CompiledRule], ...]
-    fallback: Decision | None
-    by_id: Mapping[str, Decision]
-    needs: Mapping[str, frozenset[str] | None]
-    experiment: CompiledExperiment | None = None
-
-
-def compile_point(
-    point: Point, decisions: Sequence[Decision], experiment: Experiment | None = None
-) -> CompiledPoint:
-    """Orders a point's live decisions (descending priority, ties by name) and compiles their rules."""
-    decisions = [d for d in decisions if not d.archived]
-    ordered = sorted(decisions, key=lambda d: (-d.priority, d.name))
-    regular = []
-    for d in ordered:
-        if d.fallback:
-            continue
-        try:
-            regular.append((d, rules.compile_rule(d.rule)))
-        except rules.RuleError as error:  # saved rules compiled; this one no longer does (a library upgrade)
-            regular.append((d, rules.broken_rule(d.rule, str(error))))
-    fallbacks = [d for d in ordered if d.fallback]
-    compiled_experiment = exp.compile_experiment(experiment) if experiment is not None else None
-    extra = [compiled_experiment.targeting] if compiled_experiment else []
-    return CompiledPoint(
-        point=point,
-        ordered=tuple(regular),
-        fallback=fallbacks[0] if fallbacks else None,
-        by_id={d.decision_id: d for d in decisions},
-        needs=rules.merge_needs([rule for _, rule in regular] + extra),
-        experiment=compiled_experiment,
-    )
-
-
-class PointCache:
-    """Compiled points per (tenant, name), reloaded from the repository when older than ttl seconds.
-
-    Upserts in this process invalidate at once; changes made through other replicas show within ttl.
-    Unknown points are cached too, so a client asking for one cannot make every request hit the database.
-    """
-
-    def __init__(self, repo: Repository, ttl: float, clock=time.monotonic):
-        self.repo = repo
-        self.ttl = ttl
-        self.clock = clock
-        self._entries: dict[tuple[str, str], tuple[CompiledPoint | None, float]] = {}
-        self._loading: dict[tuple[str, tuple[str, ...]], asyncio.Future] = {}
-
-    def invalidate(self, tenant: str, name: str) -> None:
-        self._entries.pop((tenant, name), None)
-
-    async def get_many(self, tenant: str, names: Sequence[str]) -> dict[str, CompiledPoint | None]:
-        """The compiled points of the names (None for an unknown name), with one query for all stale ones."""
-        now = self.clock()
-        found: dict[str, CompiledPoint | None] = {}
-        stale: list[str] = []
-        for name in names:
-            hit = self._entries.get((tenant, name))
-            if hit is not None and now - hit[1] < self.ttl:
-                found[name] = hit[0]
-            elif name not in stale:
-                stale.append(name)
-        if stale:
-            found.update(await self._load(tenant, tuple(sorted(stale))))
-        return found
-
-    async def _load(self, tenant: str, names: tuple[str, ...]) -> dict[str, CompiledPoint | None]:
-        key = (tenant, names)
-        pending = self._loading.get(key)
-        if pending is not None:  # concurrent requests for the same stale points share one query
-            return await asyncio.shield(pending)
-        future = asyncio.get_running_loop().create_future()
-        self._loading[key] = future
-        try:
-            loaded = await self.repo.load_points_with_experiments(tenant, names)
-            stamp = self.clock()
-            result: dict[str, CompiledPoint | None] = {}
-            if len(self._entries) > MAX_CACHED_POINTS:  # bounded, even against clients naming random points
-                self._entries.clear()
-            for name in names:
-                entry = compile_point(*loaded[name]) if name in loaded else None
-                self._entries[(tenant, name)] = (entry, stamp)
-                result[name] = entry
-            future.set_result(result)
-            return result
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except Exception as error:
-            future.set_exception(error)
-            future.exception()  # mark retrieved: waiters re-raise it, nobody else must log it
-            raise
-        finally:
-            del self._loading[key]
-
-
-# ---------------------------------------------------------------------------------------------- use cases
 
 
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
-
-
-def raise_violation(path: str, message: str) -> None:
-    v = Violations()
-    v.add(path, message)
-    v.raise_if_any()
-
-
-def decision_not_found(point: str, decision_id: str, field_path: str) -> NotFound:
-    return NotFound(
-        f"{field_path}: decision '{decision_id}' does not exist on point '{point}'",
-        reason="DECISION_NOT_FOUND",
-        metadata={"point": point, "decision_id": decision_id},
-    )
-
-
-def point_not_found(name: str, field_path: str) -> NotFound:
-    return NotFound(f"{field_path}: point '{name}' does not exist", reason="POINT_NOT_FOUND", metadata={"point": name})
-
-
-def experiment_not_found(name: str, field_path: str = "name") -> NotFound:
-    return NotFound(f"{field_path}: experiment '{name}' does not exist", reason="EXPERIMENT_NOT_FOUND",
-                    metadata={"experiment": name})
 
 
 def _check_selections(selections: Sequence[tuple[str, str]], v: Violations, name_path) -> None:

@@ -10,16 +10,10 @@ from google.protobuf import struct_pb2
 from personalization.decision.v1 import decision_service_pb2 as pb
 from personalization.decision.v1 import decision_service_pb2_grpc as pb_grpc
 
+from services.decision.domain import Decision, LogEntry, Point, Template, TemplateField
 from services.decision.experiments import Assignment, Cohort, Experiment, Outcome
 from services.decision.schema import ProfileSchema
-from services.decision.service import (
-    Decision,
-    DecisionService,
-    LogEntry,
-    Point,
-    Template,
-    TemplateField,
-)
+from services.decision.service import DecisionService
 from shared import context as request_context
 from shared.context import current_tenant
 

@@ -6,15 +6,15 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from services.decision.experiments import Experiment, Exposure, Outcome
-from services.decision.schema import ProfileSchema
-from services.decision.service import (
+from services.decision.domain import (
     AlreadyRunning,
     Decision,
     LogEntry,
     NameTaken,
     Point,
 )
+from services.decision.experiments import Experiment, Exposure, Outcome
+from services.decision.schema import ProfileSchema
 
 
 class FakeRepository:

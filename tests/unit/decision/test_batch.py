@@ -8,14 +8,9 @@ from datetime import UTC, datetime
 import pytest
 
 from services.decision import rules
+from services.decision.domain import Decision, Point, Template, TemplateField
 from services.decision.experiments import Cohort, Experiment
-from services.decision.service import (
-    Decision,
-    DecisionService,
-    Point,
-    Template,
-    TemplateField,
-)
+from services.decision.service import DecisionService
 from shared.errors import InvalidArgument, NotFound
 from tests.unit.decision.fakes import FakeRepository
 

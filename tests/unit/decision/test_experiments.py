@@ -9,16 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.decision import experiments as exp
+from services.decision.domain import Decision, LogEntry, Point, Template, TemplateField
 from services.decision.experiments import Cohort, Experiment, Outcome
 from services.decision.schema import ProfileSchema
-from services.decision.service import (
-    Decision,
-    DecisionService,
-    LogEntry,
-    Point,
-    Template,
-    TemplateField,
-)
+from services.decision.service import DecisionService
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from tests.unit.decision.fakes import FakeRepository
 

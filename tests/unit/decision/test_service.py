@@ -7,14 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.decision.service import (
-    Decision,
-    DecisionService,
-    LogEntry,
-    Point,
-    Template,
-    TemplateField,
-)
+from services.decision.domain import Decision, LogEntry, Point, Template, TemplateField
+from services.decision.service import DecisionService
 from shared.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from tests.unit.decision.fakes import FakeRepository
 

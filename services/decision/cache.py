@@ -1,0 +1,116 @@
+"""The compiled-point cache of the decision service: points with compiled rules, per (tenant, name)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from services.decision import experiments as exp
+from services.decision import rules
+from services.decision.domain import Decision, Point, Repository
+from services.decision.experiments import CompiledExperiment, Experiment
+
+MAX_CACHED_POINTS = 100_000
+
+
+@dataclass(frozen=True)
+class CompiledPoint:
+    """A point ready to qualify: rules compiled, decisions in evaluation order."""
+
+    point: Point
+    ordered: tuple[tuple[Decision, rules.CompiledRule], ...]
+    fallback: Decision | None
+    by_id: Mapping[str, Decision]
+    needs: Mapping[str, frozenset[str] | None]
+    experiment: CompiledExperiment | None = None
+
+
+def compile_point(
+    point: Point, decisions: Sequence[Decision], experiment: Experiment | None = None
+) -> CompiledPoint:
+    """Orders a point's live decisions (descending priority, ties by name) and compiles their rules."""
+    decisions = [d for d in decisions if not d.archived]
+    ordered = sorted(decisions, key=lambda d: (-d.priority, d.name))
+    regular = []
+    for d in ordered:
+        if d.fallback:
+            continue
+        try:
+            regular.append((d, rules.compile_rule(d.rule)))
+        except rules.RuleError as error:  # saved rules compiled; this one no longer does (a library upgrade)
+            regular.append((d, rules.broken_rule(d.rule, str(error))))
+    fallbacks = [d for d in ordered if d.fallback]
+    compiled_experiment = exp.compile_experiment(experiment) if experiment is not None else None
+    extra = [compiled_experiment.targeting] if compiled_experiment else []
+    return CompiledPoint(
+        point=point,
+        ordered=tuple(regular),
+        fallback=fallbacks[0] if fallbacks else None,
+        by_id={d.decision_id: d for d in decisions},
+        needs=rules.merge_needs([rule for _, rule in regular] + extra),
+        experiment=compiled_experiment,
+    )
+
+
+class PointCache:
+    """Compiled points per (tenant, name), reloaded from the repository when older than ttl seconds.
+
+    Upserts in this process invalidate at once; changes made through other replicas show within ttl.
+    Unknown points are cached too, so a client asking for one cannot make every request hit the database.
+    """
+
+    def __init__(self, repo: Repository, ttl: float, clock=time.monotonic):
+        self.repo = repo
+        self.ttl = ttl
+        self.clock = clock
+        self._entries: dict[tuple[str, str], tuple[CompiledPoint | None, float]] = {}
+        self._loading: dict[tuple[str, tuple[str, ...]], asyncio.Future] = {}
+
+    def invalidate(self, tenant: str, name: str) -> None:
+        self._entries.pop((tenant, name), None)
+
+    async def get_many(self, tenant: str, names: Sequence[str]) -> dict[str, CompiledPoint | None]:
+        """The compiled points of the names (None for an unknown name), with one query for all stale ones."""
+        now = self.clock()
+        found: dict[str, CompiledPoint | None] = {}
+        stale: list[str] = []
+        for name in names:
+            hit = self._entries.get((tenant, name))
+            if hit is not None and now - hit[1] < self.ttl:
+                found[name] = hit[0]
+            elif name not in stale:
+                stale.append(name)
+        if stale:
+            found.update(await self._load(tenant, tuple(sorted(stale))))
+        return found
+
+    async def _load(self, tenant: str, names: tuple[str, ...]) -> dict[str, CompiledPoint | None]:
+        key = (tenant, names)
+        pending = self._loading.get(key)
+        if pending is not None:  # concurrent requests for the same stale points share one query
+            return await asyncio.shield(pending)
+        future = asyncio.get_running_loop().create_future()
+        self._loading[key] = future
+        try:
+            loaded = await self.repo.load_points_with_experiments(tenant, names)
+            stamp = self.clock()
+            result: dict[str, CompiledPoint | None] = {}
+            if len(self._entries) > MAX_CACHED_POINTS:  # bounded, even against clients naming random points
+                self._entries.clear()
+            for name in names:
+                entry = compile_point(*loaded[name]) if name in loaded else None
+                self._entries[(tenant, name)] = (entry, stamp)
+                result[name] = entry
+            future.set_result(result)
+            return result
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except Exception as error:
+            future.set_exception(error)
+            future.exception()  # mark retrieved: waiters re-raise it, nobody else must log it
+            raise
+        finally:
+            del self._loading[key]

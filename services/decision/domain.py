@@ -1,0 +1,155 @@
+"""Domain types of the decision service: points, decisions, qualifications, log rows and the storage port."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from services.decision.experiments import Assignment, Experiment, Exposure, Outcome
+from services.decision.schema import ProfileSchema
+
+
+@dataclass(frozen=True)
+class TemplateField:
+    """One typed field of a response template."""
+
+    name: str
+    type: str
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Template:
+    """The typed shape of a point's responses."""
+
+    fields: tuple[TemplateField, ...] = ()
+    item_attributes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Point:
+    """A named slot where a channel asks for content."""
+
+    point_id: str
+    name: str
+    description: str
+    type: str
+    template: Template
+    archived: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One option on a point: a rule, a priority, and either content or a recommender call."""
+
+    decision_id: str
+    point_name: str
+    name: str
+    priority: int = 0
+    rule: str = ""
+    fallback: bool = False
+    content: dict[str, Any] | None = None
+    recommender: str = ""
+    count: int = 0
+    archived: bool = False
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The outcome of one rule."""
+
+    decision_id: str
+    decision_name: str
+    matched: bool
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Qualification:
+    """The point, the winning decision (or None) and every rule evaluated."""
+
+    point: Point
+    decision: Decision | None
+    evaluations: list[Evaluation]
+    assignment: Assignment | None = None
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One personalization served."""
+
+    personalization_id: str
+    point_name: str
+    request_id: str = ""
+    point_id: str = ""
+    decision_id: str = ""
+    unified_individual_id: str = ""
+    channel: str = ""
+    correlation_id: str = ""
+    anchor_id: str = ""
+    served: dict[str, Any] = field(default_factory=dict)
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    log_time: datetime | None = None
+    experiment_id: str = ""
+    cohort_id: str = ""
+    exposure_conflict: bool = False
+
+    @property
+    def item_ids(self) -> list[str]:
+        """The ids of the items served, in position order (for attribution)."""
+        data = self.served.get("data") if isinstance(self.served, dict) else None
+        return [d["item_id"] for d in data or () if isinstance(d, dict) and isinstance(d.get("item_id"), str)]
+
+
+class NameTaken(Exception):
+    """Raised by a repository when another decision of the point already has the name."""
+
+
+class AlreadyRunning(Exception):
+    """Raised by a repository when another experiment already runs on the point."""
+
+
+class Repository(Protocol):
+    """The storage port; postgres.py is the adapter, tests use an in-memory fake."""
+
+    async def upsert_point(self, tenant: str, point: Point) -> Point: ...
+    async def list_points(self, tenant: str, after_name: str, limit: int, archived: bool = False) -> list[Point]: ...
+    async def archive_point(self, tenant: str, name: str) -> Point | None: ...
+    async def archive_decision(self, tenant: str, decision_id: str) -> Decision | None: ...
+    async def get_schema(self, tenant: str) -> ProfileSchema | None: ...
+    async def save_schema(self, tenant: str, schema: ProfileSchema) -> None: ...
+    async def all_rules(self, tenant: str) -> list[tuple[str, str]]: ...
+    async def get_experiment(self, tenant: str, name: str) -> Experiment | None: ...
+    async def save_experiment(self, tenant: str, experiment: Experiment) -> Experiment: ...
+    async def list_experiments(
+        self, tenant: str, point_name: str, after_name: str, limit: int, archived: bool
+    ) -> list[Experiment]: ...
+    async def set_experiment_state(self, tenant: str, experiment: Experiment) -> Experiment: ...
+    async def running_experiments(self, tenant: str, point_names: Sequence[str] | None) -> dict[str, Experiment]: ...
+    async def merge(self, tenant: str, from_ids: Sequence[str], to_id: str) -> list[tuple[str, str, str]]: ...
+    async def add_conflicts(self, tenant: str, pairs: Sequence[tuple[str, str]]) -> None: ...
+    async def experiments_by_id(self, tenant: str, ids: Sequence[str]) -> list[Experiment]: ...
+    async def experiment_exposures(self, tenant: str, experiment_id: str) -> list[Exposure]: ...
+    async def conflicts(self, tenant: str, experiment_id: str) -> set[str]: ...
+    async def survivors(self, tenant: str, ids: Sequence[str]) -> dict[str, str]: ...
+    async def insert_outcomes(self, tenant: str, outcomes: Sequence[Outcome]) -> int: ...
+    async def outcomes_of(self, tenant: str, ids: Sequence[str], since: datetime) -> list[Outcome]: ...
+    async def outcomes_between(self, tenant: str, start: datetime, end: datetime) -> list[Outcome]: ...
+    async def exposures_of(
+        self, tenant: str, ids: Sequence[str], start: datetime, end: datetime, point_name: str
+    ) -> list[Exposure]: ...
+    async def load_points(self, tenant: str, names: Sequence[str]) -> dict[str, tuple[Point, list[Decision]]]: ...
+    async def load_points_with_experiments(
+        self, tenant: str, names: Sequence[str]
+    ) -> dict[str, tuple[Point, list[Decision], Experiment | None]]: ...
+    async def get_decision(self, tenant: str, decision_id: str) -> Decision | None: ...
+    async def save_decision(self, tenant: str, point_id: str, decision: Decision) -> Decision: ...
+    async def list_decisions(
+        self, tenant: str, point_id: str, after: tuple[int, str] | None, limit: int
+    ) -> list[Decision]: ...
+    async def insert_log(self, tenant: str, entries: Sequence[LogEntry]) -> int: ...
+    async def list_log(
+        self, tenant: str, individual: str, after: tuple[datetime, str] | None, limit: int
+    ) -> list[LogEntry]: ...
