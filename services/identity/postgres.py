@@ -12,26 +12,17 @@ from typing import Any
 
 import asyncpg
 
-from services.identity.matching import IdentityType, Record, Ruleset
-from services.identity.service import (
-    BUILT_IN_TYPES,
-    HistoryEvent,
+from services.identity.matching import BUILT_IN_TYPES, IdentityType, Record, Ruleset
+from services.identity.model import Key, MergeRecord, StoredSource
+from services.identity.repository import (
     IndividualView,
-    Key,
     MergeEventView,
-    MergeRecord,
-    Owner,
-    Plan,
     Planner,
-    RerunPlan,
-    Snapshot,
     SnapshotQuery,
-    StoredRecord,
-    StoredSource,
-    TenantData,
-    UnmergeData,
-    UnmergePlan,
 )
+from services.identity.rerun import RerunPlan, TenantData
+from services.identity.resolution import Owner, Plan, Snapshot, StoredRecord
+from services.identity.unmerge import HistoryEvent, UnmergeData, UnmergePlan
 from shared.errors import FailedPrecondition, Unavailable
 from shared.log import get_logger
 

@@ -12,7 +12,8 @@ from personalization.identity.v1 import identity_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
 
 from services.identity.matching import IdentityType, Ruleset
-from services.identity.service import IdentityService, Progress
+from services.identity.rerun import Progress
+from services.identity.service import IdentityService
 from shared.context import current_tenant
 
 _PHASES = {"LOADING": pb.RUN_PHASE_LOADING, "MATCHING": pb.RUN_PHASE_MATCHING, "WRITING": pb.RUN_PHASE_WRITING}

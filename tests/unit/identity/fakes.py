@@ -9,18 +9,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from services.identity.matching import BUILT_IN_TYPES, IdentityType, Record, Ruleset
-from services.identity.service import (
+from services.identity.model import Key, MergeRecord
+from services.identity.repository import (
     IndividualView,
-    Key,
     MergeEventView,
-    MergeRecord,
-    Owner,
-    Plan,
     Planner,
-    Snapshot,
     SnapshotQuery,
-    StoredRecord,
 )
+from services.identity.resolution import Owner, Plan, Snapshot, StoredRecord
 from shared.errors import FailedPrecondition
 
 

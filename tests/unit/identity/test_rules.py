@@ -8,17 +8,10 @@ import pytest
 
 from services.identity import matching
 from services.identity.matching import BUILT_IN_TYPES, IdentityType, Record
-from services.identity.service import (
-    Config,
-    HistoryEvent,
-    IdentityService,
-    Settings,
-    StoredSource,
-    TenantData,
-    UnmergeData,
-    plan_rerun,
-    plan_unmerge,
-)
+from services.identity.model import Config, StoredSource
+from services.identity.rerun import TenantData, plan_rerun
+from services.identity.service import IdentityService, Settings
+from services.identity.unmerge import HistoryEvent, UnmergeData, plan_unmerge
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from tests.unit.identity.fakes import FakeRepository
 

@@ -9,14 +9,10 @@ import pytest
 
 from services.identity import matching
 from services.identity.matching import BUILT_IN_TYPES, IdentityType
-from services.identity.service import (
-    Config,
-    IdentityService,
-    Owner,
-    Snapshot,
-    plan_resolution,
-    validate_subjects,
-)
+from services.identity.model import Config
+from services.identity.resolution import Owner, Snapshot, plan_resolution
+from services.identity.service import IdentityService
+from services.identity.subjects import validate_subjects
 from shared.errors import InvalidArgument, NotFound
 from tests.unit.identity.fakes import FakeRepository
 

@@ -1,0 +1,115 @@
+"""The storage port of the identity service: the Repository protocol, its queries and its read views."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from services.identity.matching import IdentityType, Record, Ruleset
+from services.identity.model import Key
+from services.identity.rerun import RerunPlan, TenantData
+from services.identity.resolution import Owner, Plan, Snapshot
+from services.identity.unmerge import UnmergeData, UnmergePlan
+
+
+@dataclass(frozen=True)
+class IndividualView:
+    """A survivor individual with its identities and aliases, as GetIndividual returns it."""
+
+    individual_id: str
+    identities: list[Key]
+    alias_ids: list[str]
+    created_at: datetime
+    record_count: int = 0
+
+
+@dataclass(frozen=True)
+class MergeEventView:
+    """A merge-history row as ListMergeEvents returns it."""
+
+    event_id: int
+    kind: str
+    survivor_id: str
+    other_id: str
+    rule: str
+    evidence: list[Key]
+    reason: str
+    at: datetime
+
+
+# Builds the plan from a fresh snapshot and the database's current time.
+Planner = Callable[[Snapshot, datetime], Plan]
+
+
+@dataclass(frozen=True)
+class SnapshotQuery:
+    """What the write path reads under its locks."""
+
+    unique: list[Key]
+    shared: list[Key]
+    record_ids: list[str]
+    blocks: list[str] = field(default_factory=list)
+    lock_keys: list[str] = field(default_factory=list)
+    # (position in the call, first unique identity, record) of the subjects with attributes: does a stored record
+    # of that identity's owner contain the record?
+    covering: list[tuple[int, Key, Record]] = field(default_factory=list)
+
+
+class Repository(Protocol):
+    """The storage port (postgres.py is the adapter; tests use an in-memory fake)."""
+
+    async def lookup_owners(self, tenant: str, keys: list[Key]) -> dict[Key, Owner]:
+        """The current survivor owning each known unique key (one read, no locks)."""
+        ...
+
+    async def lookup(self, tenant: str, query: SnapshotQuery) -> Snapshot:
+        """Owners, holders of searchable keys and known records (one read, no locks, no block candidates)."""
+        ...
+
+    async def resolve(self, tenant: str, query: SnapshotQuery, planner: Planner) -> Plan:
+        """Locks the keys, reads the full snapshot, plans with planner and applies the plan atomically."""
+        ...
+
+    async def get_individual(self, tenant: str, individual_id: str) -> IndividualView | None:
+        """The survivor that individual_id is or was merged into, or None."""
+        ...
+
+    async def load_config(self, tenant: str) -> tuple[list[IdentityType], Ruleset | None]:
+        """The tenant's identity type overrides and its latest ruleset (None: the default)."""
+        ...
+
+    async def upsert_type(self, tenant: str, kind: IdentityType) -> None:
+        """Stores a type; FailedPrecondition when its uniqueness changes while identities of it exist."""
+        ...
+
+    async def create_ruleset(self, tenant: str, ruleset: Ruleset) -> Ruleset:
+        """Stores the ruleset as the next version and returns it with its version and time."""
+        ...
+
+    async def get_ruleset(self, tenant: str, version: int) -> Ruleset | None:
+        """The given version, or None."""
+        ...
+
+    async def rerun(self, tenant: str, compute: Callable[[TenantData], Any]) -> RerunPlan:
+        """Under the tenant's exclusive lock: reads everything, awaits compute for the plan, applies it."""
+        ...
+
+    async def unmerge(self, tenant: str, individual_id: str, planner: Callable[[UnmergeData], UnmergePlan]
+                      ) -> UnmergePlan | None:
+        """Under the tenant's exclusive lock: reads, plans and applies an unmerge; None when the id is unknown."""
+        ...
+
+    async def list_merge_events(self, tenant: str, individual_id: str, before: int | None, limit: int
+                                ) -> list[MergeEventView]:
+        """Merge-history rows with event_id < before (all when None), newest first."""
+        ...
+
+    async def unpropagated_merge_events(self, tenant: str, min_age_seconds: float, limit: int) -> list[MergeEventView]:
+        """Merges and unmerges not marked propagated, at least min_age_seconds old, oldest first."""
+        ...
+
+    async def mark_merge_events_propagated(self, tenant: str, event_ids: list[int]) -> int:
+        """Marks the events propagated; returns how many were newly marked."""
+        ...

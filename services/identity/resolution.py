@@ -1,0 +1,320 @@
+"""The real-time resolve plan: snapshot types, plan_resolution and the known-subject hot path (pure)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from services.identity import matching
+from services.identity.matching import Record, Rule, Ruleset
+from services.identity.model import (
+    DEFAULT_MAX_CLUSTER,
+    Key,
+    MergeRecord,
+    new_individual_id,
+)
+from services.identity.subjects import SubjectIn
+
+UNIQUE_RULE = "unique_identity"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """A survivor individual with its creation time (the merge tie-breaker) and its count of source records."""
+
+    individual_id: str
+    created_at: datetime
+    record_count: int = 0
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """A source record found through a block key, with its current survivor."""
+
+    record_id: str
+    owner: Owner
+    record: Record
+    blocks: frozenset[str]
+
+
+@dataclass
+class Snapshot:
+    """What resolving a batch needs to know of the stored data."""
+
+    owners: dict[Key, Owner] = field(default_factory=dict)
+    shared: dict[Key, set[str]] = field(default_factory=dict)
+    known_records: dict[str, Owner] = field(default_factory=dict)
+    # Subjects with attributes that a stored record of the owner of their first unique identity contains (every
+    # identity value and every attribute): position of the subject in the call -> that owner's id (also in owners).
+    covered: dict[int, str] = field(default_factory=dict)
+    candidates: list[StoredRecord] = field(default_factory=list)
+    separated: set[frozenset[str]] = field(default_factory=set)
+
+    def individuals(self) -> dict[str, Owner]:
+        """Every individual the snapshot mentions, by id."""
+        found = {o.individual_id: o for o in self.owners.values()}
+        found.update({o.individual_id: o for o in self.known_records.values()})
+        found.update({c.owner.individual_id: c.owner for c in self.candidates})
+        return found
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """How one subject resolved."""
+
+    individual_id: str
+    created: bool = False
+    merged_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class NewIndividual:
+    """An individual this call creates; merged_into is set when the same call already merged it away."""
+
+    individual_id: str
+    created_at: datetime
+    merged_into: str | None = None
+    record_count: int = 0
+
+
+@dataclass(frozen=True)
+class NewRecord:
+    """A source record this call stores."""
+
+    record_id: str
+    individual_id: str
+    record: Record
+    shared: tuple[Key, ...]
+    blocks: tuple[str, ...]
+
+
+@dataclass
+class Plan:
+    """Everything a ResolveIdentities call changes, computed from a snapshot."""
+
+    resolutions: list[Resolution]
+    new_individuals: list[NewIndividual] = field(default_factory=list)
+    new_identities: list[tuple[Key, str]] = field(default_factory=list)
+    # Individuals that existed before this call and are merged: id -> final survivor.
+    redirects: dict[str, str] = field(default_factory=dict)
+    merges: list[MergeRecord] = field(default_factory=list)
+    new_records: list[NewRecord] = field(default_factory=list)
+    # Final source-record counts of pre-existing survivors that changed.
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def writes(self) -> bool:
+        """True when applying the plan changes anything."""
+        return bool(self.new_individuals or self.new_identities or self.redirects or self.merges
+                    or self.new_records or self.counts)
+
+
+def plan_resolution(
+    subjects: list[SubjectIn],
+    snap: Snapshot,
+    now: datetime,
+    ruleset: Ruleset,
+    *,
+    lookup_only: bool,
+    new_id: Callable[[], str] = new_individual_id,
+    max_cluster: int = DEFAULT_MAX_CLUSTER,
+) -> Plan:
+    """Resolves subjects in order against the snapshot (rules only; nothing is stored here).
+
+    Candidates are the owners of the subject's unique identities and the individuals of stored (or earlier
+    in-batch) records that share a block key and satisfy a rule. The oldest (created_at, then id) survives;
+    the others merge into it unless the merge would exceed max_cluster source records or undo an unmerge
+    (then it is refused and recorded). Every resolution names the final survivor of the whole call.
+    """
+    owner_of = {key: o.individual_id for key, o in snap.owners.items()}
+    info = snap.individuals()
+    age = {i: (o.created_at, i) for i, o in info.items()}
+    count = {i: o.record_count for i, o in info.items()}
+    parent: dict[str, str] = {}
+    separated = {i: set() for i in info}
+    for pair in snap.separated:
+        a, b = tuple(pair)
+        separated.setdefault(a, set()).add(b)
+        separated.setdefault(b, set()).add(a)
+
+    def find(individual_id: str) -> str:
+        while individual_id in parent:
+            individual_id = parent[individual_id]
+        return individual_id
+
+    # Block key -> records (stored, then this batch's new ones) that carry it.
+    blocks: dict[str, list[tuple[str, Record]]] = defaultdict(list)
+    record_owner: dict[str, str] = {}
+    for c in snap.candidates:
+        record_owner[c.record_id] = c.owner.individual_id
+        for key in c.blocks:
+            blocks[key].append((c.record_id, c.record))
+    known_records = {rid: o.individual_id for rid, o in snap.known_records.items()}
+    record_owner.update(known_records)
+
+    created: list[str] = []
+    interim: list[tuple[str, tuple[str, ...]]] = []
+    merges: list[MergeRecord] = []
+    new_records: list[NewRecord] = []
+    for position, subject in enumerate(subjects):
+        found: dict[str, tuple[str, tuple[Key, ...]]] = {}
+        for key in subject.unique:
+            if key in owner_of:
+                survivor = find(owner_of[key])
+                rule, ev = found.get(survivor, (UNIQUE_RULE, ()))
+                found[survivor] = (rule, ev + (key,))
+        if lookup_only:
+            interim.append((min(found, key=lambda i: age[i]), ()) if found else ("", ()))
+            continue
+        known = _already_known(position, subject, record_owner, owner_of, snap, find)
+        if known is not None:
+            interim.append((known, ()))
+            continue
+        matched_rules = _rule_matches(ruleset.rules, subject, blocks)
+        for record_id, rule, ev in matched_rules:
+            survivor = find(record_owner[record_id])
+            found.setdefault(survivor, (rule.name, tuple(ev)))
+        if not found:
+            survivor = new_id()
+            age[survivor] = (now, survivor)
+            count[survivor] = 0
+            separated[survivor] = set()
+            created.append(survivor)
+            merged: list[str] = []
+        else:
+            ordered = sorted(found, key=lambda i: age[i])
+            survivor, merged = ordered[0], []
+            total = count[survivor] + 1
+            for other in ordered[1:]:
+                rule, ev = found[other]
+                if rule == UNIQUE_RULE and found[survivor][0] == UNIQUE_RULE:
+                    both = set(ev) | set(found[survivor][1])
+                    ev = tuple(k for k in subject.unique if k in both)
+                elif rule == UNIQUE_RULE:
+                    # The survivor was matched by a rule: that rule is what links the two.
+                    rule, ev = found[survivor][0], found[survivor][1] + ev
+                if other in separated.get(survivor, set()):
+                    merges.append(MergeRecord(survivor, other, rule, ev, "REFUSED",
+                                              "the two were split apart by an unmerge"))
+                elif total + count[other] > max_cluster:
+                    merges.append(MergeRecord(
+                        survivor, other, rule, ev, "REFUSED",
+                        f"the cluster would have {total + count[other]} source records, above the limit of "
+                        f"{max_cluster}"))
+                else:
+                    total += count[other]
+                    merged.append(other)
+                    merges.append(MergeRecord(survivor, other, rule, ev))
+                    parent[other] = survivor
+                    count[survivor] += count[other]
+                    separated[survivor] |= separated.get(other, set())
+                    for s in separated.get(other, set()):
+                        separated.setdefault(s, set()).add(survivor)
+        count[survivor] += 1
+        for key in subject.unique:
+            owner_of.setdefault(key, survivor)
+        record_owner[subject.record_id] = survivor
+        for _, key in subject.blocks:
+            blocks[key].append((subject.record_id, subject.record))
+        new_records.append(NewRecord(subject.record_id, survivor, subject.record, tuple(subject.shared),
+                                     tuple(k for _, k in subject.blocks)))
+        interim.append((survivor, tuple(merged)))
+
+    created_set = set(created)
+    resolutions = [
+        Resolution(find(i), find(i) in created_set, merged) if i else Resolution("") for i, merged in interim
+    ]
+    if lookup_only:
+        return Plan(resolutions)
+    final = {r.record_id: find(r.individual_id) for r in new_records}
+    survivors = {find(i) for i in count}
+    return Plan(
+        resolutions=resolutions,
+        new_individuals=[
+            NewIndividual(i, now, find(i) if i in parent else None, 0 if i in parent else count[i]) for i in created
+        ],
+        new_identities=[(key, find(owner_of[key])) for key in owner_of if key not in snap.owners],
+        redirects={i: find(i) for i in parent if i in info},
+        merges=merges,
+        new_records=[NewRecord(r.record_id, final[r.record_id], r.record, r.shared, r.blocks) for r in new_records],
+        counts={i: count[i] for i in survivors if i in info and count[i] != info[i].record_count},
+    )
+
+
+def _already_known(
+    position: int, subject: SubjectIn, record_owner: dict[str, str], owner_of: dict[Key, str], snap: Snapshot,
+    find: Callable[[str], str],
+) -> str | None:
+    """The individual a subject already belongs to when it adds nothing new (nothing to store, no rule to run).
+
+    That is: its record was seen before; or all its unique identities belong to one individual, that individual
+    holds its searchable ones, and it has no attributes or a stored record of that individual contains the
+    whole subject (every identity value and every attribute), so it can match nothing that record cannot.
+    """
+    owner = record_owner.get(subject.record_id) if record_owner else None  # (no record id computed for nothing)
+    if owner is not None:
+        return find(owner)
+    only = _sole_owner(subject, owner_of, find)
+    if only is None:
+        return None
+    if subject.record.attributes:
+        covering = snap.covered.get(position)
+        if covering is None or find(covering) != only:
+            return None
+    if all(only in {find(i) for i in snap.shared.get(key, ())} for key in subject.shared):
+        return only
+    return None
+
+
+def _sole_owner(subject: SubjectIn, owner_of: dict[Key, str], find: Callable[[str], str]) -> str | None:
+    """The one individual owning every unique identity of the subject, or None (none, several, or one unknown)."""
+    if not subject.unique:
+        return None
+    first = owner_of.get(subject.unique[0])
+    if first is None:
+        return None
+    only = find(first)
+    for key in subject.unique[1:]:
+        owner = owner_of.get(key)
+        if owner is None or find(owner) != only:
+            return None
+    return only
+
+
+def known_resolutions(subjects: list[SubjectIn], snap: Snapshot) -> list[Resolution] | None:
+    """The resolutions when no subject adds anything new (the hot path: no rules, no writes), else None.
+
+    Plain subjects are decided by their identities' owners alone; the others as _already_known says, from the
+    records the snapshot looked up (by id, or as stored records containing them).
+    """
+    owner_of = {key: o.individual_id for key, o in snap.owners.items()}
+    record_owner = {rid: o.individual_id for rid, o in snap.known_records.items()}
+    out = []
+    for position, subject in enumerate(subjects):
+        if subject.plain:
+            known = _sole_owner(subject, owner_of, _same)
+        else:
+            known = _already_known(position, subject, record_owner, owner_of, snap, _same)
+        if known is None:
+            return None
+        out.append(Resolution(known))
+    return out
+
+
+def _same(individual_id: str) -> str:
+    return individual_id
+
+
+def _rule_matches(
+    rules: tuple[Rule, ...], subject: SubjectIn, blocks: dict[str, list[tuple[str, Record]]]
+) -> list[tuple[str, Rule, list[tuple[str, str]]]]:
+    """Records sharing a block key with the subject that satisfy the rule of that key."""
+    matched: dict[str, tuple[Rule, list[tuple[str, str]]]] = {}
+    for index, key in subject.blocks:
+        rule = rules[index]
+        for record_id, record in blocks.get(key, ()):
+            if record_id not in matched and matching.rule_holds(rule, subject.record, record):
+                matched[record_id] = (rule, matching.evidence(rule, subject.record, record))
+    return [(rid, rule, ev) for rid, (rule, ev) in matched.items()]
