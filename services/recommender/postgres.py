@@ -7,12 +7,16 @@ import json
 
 import asyncpg
 
-from services.recommender.config import Booster, Condition, Config
-from services.recommender.service import (
+from services.recommender.config import (
     MOST_VIEWED,
-    PRODUCT_VIEW,
     TOP_SELLERS,
     TRENDING,
+    Booster,
+    Condition,
+    Config,
+)
+from services.recommender.domain import (
+    PRODUCT_VIEW,
     CatalogItem,
     Interaction,
     Owned,

@@ -1,5 +1,5 @@
-"""Use cases of the recommender: record interactions and items, configs, ranking with filters, boosters,
-diversity and fallbacks, batch ranking, similar items, training, evaluation. No grpc, no SQL."""
+"""The recommender's use cases: record interactions and items, configs, ranking with fallbacks, batch ranking,
+similar items, training, evaluation. No grpc, no SQL."""
 
 from __future__ import annotations
 
@@ -7,15 +7,12 @@ import asyncio
 import logging
 import math
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from typing import Any, NamedTuple, Protocol
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 
 import numpy as np
 
 from services.recommender import learned
+from services.recommender.cache import ModelCache, Ttl
 from services.recommender.config import (
     ANCHORED,
     BOUGHT_BY_YOU_AGAIN,
@@ -37,300 +34,43 @@ from services.recommender.config import (
     built_in,
     validate_config,
 )
+from services.recommender.domain import (
+    PRODUCT_VIEW,
+    PURCHASE,
+    Ask,
+    Catalog,
+    CatalogItem,
+    Diagnostics,
+    Interaction,
+    Progress,
+    RankingSpec,
+    Recommended,
+    Repository,
+    Scored,
+    rank_key,
+)
+from services.recommender.ranking import (
+    chunk_scores,
+    evaluate_split,
+    learned_head,
+    select,
+    similar_by_attributes,
+    timestamp,
+    window_start,
+)
+from services.recommender.validation import (
+    check_id,
+    merge_same_key,
+    validate_ask,
+    validate_interactions,
+    validate_items,
+)
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
 
 log = logging.getLogger(__name__)
 
-PRODUCT_VIEW = "product_view"
-ADD_TO_CART = "add_to_cart"
-PURCHASE = "purchase"
-KINDS = (PRODUCT_VIEW, ADD_TO_CART, PURCHASE)
-STRATEGIES = BUILT_IN
-# The strategies ranked over the whole tenant, served from the in-memory cache.
-GLOBAL_STRATEGIES = (TOP_SELLERS, MOST_VIEWED, TRENDING)
-
-MAX_INTERACTIONS = 10_000
-MAX_ITEMS = 1_000
-MAX_EXCLUDED_ITEMS = 1_000
 MAX_BATCH = 100_000
 BATCH_CHUNK = 500
-MAX_ID_LENGTH = 512
-# Tenants (or tenant keys) kept in each in-memory cache; the least recently used one is dropped first.
-MAX_CACHED_TENANTS = 1_000
-
-
-@dataclass(frozen=True)
-class Interaction:
-    """One interaction of an individual with an item; (message_id, item_id) identifies it."""
-
-    message_id: str
-    unified_individual_id: str
-    item_id: str
-    kind: str
-    quantity: float = 0.0
-    revenue: float = 0.0
-    event_time: datetime | None = None
-
-
-class Scored(NamedTuple):
-    """An item and its score (a named tuple: batch ranking builds many of them)."""
-
-    item_id: str
-    score: float
-
-
-class Recommended(NamedTuple):
-    """An item returned to the caller, with the recommender that produced it."""
-
-    item_id: str
-    score: float
-    source: str
-
-
-@dataclass(frozen=True)
-class CatalogItem:
-    """A catalog item: its attributes (JSON values) and when it entered the catalog (None: now, on insert)."""
-
-    item_id: str
-    attributes: dict[str, Any]
-    create_time: datetime | None = None
-
-
-@dataclass(frozen=True)
-class Owned:
-    """What one individual did with one item: net units bought, whether bought at all, last view."""
-
-    item_id: str
-    units: float
-    bought: bool
-    last_viewed_at: datetime | None
-
-
-@dataclass(frozen=True)
-class RankingSpec:
-    """A global ranking: the strategy and the parameters that shape it."""
-
-    strategy: str
-    window_days: float = 0.0
-    by_revenue: bool = False
-    half_life_days: float = 0.0
-
-
-@dataclass(frozen=True)
-class TrainingRows:
-    """Interaction totals per (individual, item, kind): how many, net units, net revenue (kinds as
-    learned.KIND_CODES: 0 view, 1 add to cart, 2 purchase)."""
-
-    individuals: list[str]
-    items: list[str]
-    kinds: list[int]
-    counts: list[float]
-    quantities: list[float]
-    revenues: list[float]
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One step of a training run."""
-
-    stage: str
-    fraction: float
-    message: str
-    model_version: int = 0
-    individuals: int = 0
-    items: int = 0
-    interactions: int = 0
-
-
-@dataclass
-class Diagnostics:
-    """What happened while ranking one request."""
-
-    recommenders: list[str] = field(default_factory=list)
-    filters: dict[str, int] = field(default_factory=dict)
-    diversity_removed: int = 0
-    model_version: int = 0
-
-
-class Repository(Protocol):
-    async def record(self, tenant: str, interactions: list[Interaction]) -> int: ...
-    async def upsert_items(self, tenant: str, items: list[CatalogItem]) -> int: ...
-    async def items(self, tenant: str) -> list[CatalogItem]: ...
-    async def ranking(self, tenant: str, spec: RankingSpec, limit: int | None) -> list[Scored]: ...
-    async def history(self, tenant: str, unified_individual_id: str) -> list[Owned]: ...
-    async def histories(self, tenant: str, unified_individual_ids: list[str]) -> dict[str, list[Owned]]: ...
-    async def co_occurring(self, tenant: str, anchors: list[str], kind: str, session_seconds: float,
-                           min_support: int, limit: int | None) -> list[Scored]: ...
-    async def configs(self, tenant: str) -> list[Config]: ...
-    async def put_config(self, tenant: str, config: Config) -> Config: ...
-    async def delete_config(self, tenant: str, name: str) -> bool: ...
-    async def training_rows(self, tenant: str) -> TrainingRows: ...
-    async def save_model(self, tenant: str, name: str, payload: bytes, summary: dict) -> int: ...
-    async def latest_model_version(self, tenant: str, name: str) -> int: ...
-    async def load_model(self, tenant: str, name: str, version: int) -> bytes | None: ...
-    async def due_trainings(self) -> list[tuple[str, str]]: ...
-    async def claim_training(self, tenant: str, name: str) -> bool: ...
-
-
-def rank_key(item: Scored) -> tuple[float, str]:
-    """Best score first; ties broken by item id (byte order), the same order the database uses."""
-    return (-item.score, item.item_id)
-
-
-def _check_id(violations: Violations, path: str, value: str) -> None:
-    if not value:
-        violations.add(path, "is required")
-    elif len(value) > MAX_ID_LENGTH:
-        violations.add(path, f"must be at most {MAX_ID_LENGTH} characters")
-
-
-def validate_interactions(interactions: list[Interaction]) -> None:
-    """Raises InvalidArgument with one violation per bad field."""
-    violations = Violations()
-    if len(interactions) > MAX_INTERACTIONS:
-        violations.add("interactions", f"at most {MAX_INTERACTIONS} interactions per call, got {len(interactions)}")
-        violations.raise_if_any()
-    for i, interaction in enumerate(interactions):
-        _check_id(violations, f"interactions[{i}].message_id", interaction.message_id)
-        _check_id(violations, f"interactions[{i}].unified_individual_id", interaction.unified_individual_id)
-        _check_id(violations, f"interactions[{i}].item_id", interaction.item_id)
-        if interaction.kind not in KINDS:
-            violations.add(f"interactions[{i}].type", "must be PRODUCT_VIEW, ADD_TO_CART or PURCHASE")
-        if not math.isfinite(interaction.quantity):
-            violations.add(f"interactions[{i}].quantity", "must be a finite number")
-        if not math.isfinite(interaction.revenue):
-            violations.add(f"interactions[{i}].revenue", "must be a finite number")
-    violations.raise_if_any()
-
-
-def merge_same_key(interactions: Iterable[Interaction]) -> list[Interaction]:
-    """One interaction per (message_id, item_id).
-
-    Two purchase lines of the same item in one event share the key, so their units and revenue are summed;
-    any other repeat of a key within a call is the same interaction sent twice, and the first one is kept.
-    """
-    merged: dict[tuple[str, str], Interaction] = {}
-    for interaction in interactions:
-        key = (interaction.message_id, interaction.item_id)
-        first = merged.get(key)
-        if first is None:
-            merged[key] = interaction
-        elif first.kind == PURCHASE and interaction.kind == PURCHASE:
-            merged[key] = replace(first, quantity=first.quantity + interaction.quantity,
-                                  revenue=first.revenue + interaction.revenue)
-    return list(merged.values())
-
-
-def validate_items(items: list[CatalogItem]) -> None:
-    """Raises InvalidArgument with one violation per bad field."""
-    violations = Violations()
-    if len(items) > MAX_ITEMS:
-        violations.add("items", f"at most {MAX_ITEMS} items per call, got {len(items)}")
-        violations.raise_if_any()
-    for i, item in enumerate(items):
-        _check_id(violations, f"items[{i}].item_id", item.item_id)
-    violations.raise_if_any()
-
-
-@dataclass
-class Ask:
-    """One individual's request, with what the filters and boosters need."""
-
-    individual: str
-    count: int
-    exclude_ids: frozenset[str] = frozenset()
-    exclude_purchased: bool = False
-    anchor: str = ""
-    cart: tuple[str, ...] = ()
-    affinities: dict[tuple[str, str], float] = field(default_factory=dict)
-    history: dict[str, Owned] | None = None
-    diagnostics: Diagnostics | None = None
-    # Batch only: the learned model's scores for this individual (exclusions masked) and their best few.
-    learned_scores: np.ndarray | None = None
-    learned_head: list[Scored] | None = None
-
-    @property
-    def anchors(self) -> list[str]:
-        return [self.anchor] if self.anchor else list(self.cart)
-
-
-def validate_ask(count: int, exclude_ids: Collection[str], affinities: Iterable[tuple[str, str, float]],
-                 prefix: str = "") -> None:
-    violations = Violations()
-    if not 0 <= count <= MAX_COUNT:
-        violations.add(f"{prefix}count", f"must be between 0 and {MAX_COUNT} (0 means the recommender's count, "
-                                         f"by default {DEFAULT_COUNT}); got {count}")
-    if len(exclude_ids) > MAX_EXCLUDED_ITEMS:
-        violations.add(f"{prefix}exclude_item_ids", f"at most {MAX_EXCLUDED_ITEMS} items; got {len(exclude_ids)}")
-    for i, (attribute, _value, score) in enumerate(affinities):
-        if not attribute:
-            violations.add(f"{prefix}affinities[{i}].attribute", "is required")
-        if not math.isfinite(score) or score < 0:
-            violations.add(f"{prefix}affinities[{i}].score", "must be a finite number, 0 or more")
-    violations.raise_if_any()
-
-
-def _timestamp(value: datetime | None) -> float:
-    return value.timestamp() if value is not None else 0.0
-
-
-class _Ttl:
-    """A per-key cache with an age limit, one load per key at a time, least recently used dropped first."""
-
-    def __init__(self, seconds: float, clock: Callable[[], float], size: int = MAX_CACHED_TENANTS):
-        self.seconds = seconds
-        self.clock = clock
-        self.size = size
-        self._values: OrderedDict[Any, tuple[float, Any]] = OrderedDict()
-        self._locks: dict[Any, asyncio.Lock] = {}
-
-    def fresh(self, key) -> tuple[bool, Any]:
-        entry = self._values.get(key)
-        if entry is None or self.clock() - entry[0] >= self.seconds:
-            return False, None
-        self._values.move_to_end(key)
-        return True, entry[1]
-
-    async def get(self, key, load: Callable[[], Awaitable[Any]]):
-        hit, value = self.fresh(key)
-        if hit:
-            return value
-        async with self._locks.setdefault(key, asyncio.Lock()):
-            hit, value = self.fresh(key)
-            if hit:
-                return value
-            value = await load()
-            self.put(key, value)
-            return value
-
-    def put(self, key, value) -> None:
-        self._values[key] = (self.clock(), value)
-        self._values.move_to_end(key)
-        while len(self._values) > self.size:
-            evicted, _ = self._values.popitem(last=False)
-            self._locks.pop(evicted, None)
-
-    def drop(self, key) -> None:
-        self._values.pop(key, None)
-
-
-@dataclass
-class Catalog:
-    """A tenant's items by id, with every attribute name any item has."""
-
-    items: dict[str, CatalogItem]
-    attribute_names: set[str]
-
-    def attributes(self, item_id: str) -> dict[str, Any]:
-        item = self.items.get(item_id)
-        return item.attributes if item is not None else {}
-
-
-@dataclass
-class _LoadedModel:
-    model: learned.Model | None
-    checked_at: float
-    refreshing: bool = False
 
 
 class Recommender:
@@ -348,13 +88,11 @@ class Recommender:
     ) -> None:
         self.repository = repository
         self.cache_items = cache_items
-        self.model_check_seconds = model_check_seconds
         self.clock = clock
-        self._rankings = _Ttl(cache_seconds, clock)
-        self._configs = _Ttl(cache_seconds, clock)
-        self._catalogs = _Ttl(catalog_seconds, clock)
-        self._models: dict[tuple[str, str], _LoadedModel] = {}
-        self._model_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._rankings = Ttl(cache_seconds, clock)
+        self._configs = Ttl(cache_seconds, clock)
+        self._catalogs = Ttl(catalog_seconds, clock)
+        self._models = ModelCache(repository, model_check_seconds, clock)
 
     # ---- writes fed by the gateway ----
 
@@ -413,7 +151,7 @@ class Recommender:
                                      reason="RECOMMENDER_IN_USE", metadata={"name": name})
         await self.repository.delete_config(tenant, name)
         self._configs.drop(tenant)
-        self._models.pop((tenant, name), None)
+        self._models.drop(tenant, name)
 
     async def _all_configs(self, tenant: str, fresh: bool = False) -> dict[str, Config]:
         async def load():
@@ -559,13 +297,13 @@ class Recommender:
             owned = (ask.history or {}).values() if ask.individual else ()
             return sorted((Scored(o.item_id, o.units) for o in owned if o.units > 0), key=rank_key), False
         if s == RECENTLY_VIEWED:
-            since = _since(config.recent_days)
+            since = window_start(config.recent_days)
             owned = (ask.history or {}).values() if ask.individual else ()
-            return sorted((Scored(o.item_id, _timestamp(o.last_viewed_at)) for o in owned
+            return sorted((Scored(o.item_id, timestamp(o.last_viewed_at)) for o in owned
                            if o.last_viewed_at is not None and o.last_viewed_at >= since), key=rank_key), False
         if s == NEW_ARRIVALS:
-            since = _since(config.max_age_days)
-            return sorted((Scored(i.item_id, _timestamp(i.create_time)) for i in catalog.items.values()
+            since = window_start(config.max_age_days)
+            return sorted((Scored(i.item_id, timestamp(i.create_time)) for i in catalog.items.values()
                            if i.create_time is not None and i.create_time >= since), key=rank_key), False
         if s in (CO_VIEWED, CO_BOUGHT):
             if not ask.anchors:
@@ -612,39 +350,7 @@ class Recommender:
     async def model(self, tenant: str, name: str) -> learned.Model | None:
         """The newest stored model of a recommender; checked at most every model_check_seconds, swapped in
         the background while the loaded one keeps serving (the first load waits)."""
-        key = (tenant, name)
-        loaded = self._models.get(key)
-        if loaded is None:
-            async with self._model_locks.setdefault(key, asyncio.Lock()):
-                loaded = self._models.get(key)
-                if loaded is None:
-                    model = await self._load_newest(tenant, name, None)
-                    loaded = self._models[key] = _LoadedModel(model, self.clock())
-            return loaded.model
-        if self.clock() - loaded.checked_at >= self.model_check_seconds and not loaded.refreshing:
-            loaded.refreshing = True
-            asyncio.get_running_loop().create_task(self._refresh(key, loaded))
-        return loaded.model
-
-    async def _refresh(self, key: tuple[str, str], loaded: _LoadedModel) -> None:
-        try:
-            model = await self._load_newest(key[0], key[1], loaded.model)
-            self._models[key] = _LoadedModel(model, self.clock())
-        except Exception:  # a failed refresh keeps serving the loaded model and tries again later
-            log.exception("model_refresh_failed")
-            loaded.refreshing = False
-            loaded.checked_at = self.clock()
-
-    async def _load_newest(self, tenant: str, name: str, current: learned.Model | None) -> learned.Model | None:
-        version = await self.repository.latest_model_version(tenant, name)
-        if not version:
-            return None
-        if current is not None and current.version == version:
-            return current
-        payload = await self.repository.load_model(tenant, name, version)
-        if payload is None:
-            return current
-        return await asyncio.to_thread(learned.Model.from_bytes, payload, version)
+        return await self._models.get(tenant, name)
 
     async def train(self, tenant: str, name: str) -> AsyncIterator[Progress]:
         """Trains a new version of a learned recommender and stores it; yields progress, the last has the version."""
@@ -679,7 +385,7 @@ class Recommender:
         version = await self.repository.save_model(tenant, name, payload, {
             "algorithm": config.algorithm, "objective": config.objective, **sizes})
         model.version = version
-        self._models[(tenant, name)] = _LoadedModel(model, self.clock())
+        self._models.put(tenant, name, model)
         yield Progress("done", 1.0, f"model version {version} stored", model_version=version, **sizes)
 
     async def _matrix(self, tenant: str, objective: str) -> learned.Matrix:
@@ -722,7 +428,7 @@ class Recommender:
         elif len(individuals) > MAX_BATCH:
             violations.add("individuals", f"at most {MAX_BATCH} individuals; got {len(individuals)}")
         for i, (individual, _) in enumerate(individuals[:MAX_BATCH]):
-            _check_id(violations, f"individuals[{i}].unified_individual_id", individual)
+            check_id(violations, f"individuals[{i}].unified_individual_id", individual)
         violations.raise_if_any()
         validate_ask(count, exclude_item_ids, ())
         for i, (_, affinities) in enumerate(individuals):
@@ -740,7 +446,7 @@ class Recommender:
             histories = {}
             if any(self._needs_history(c, probe) for c in chain):
                 histories = await self.repository.histories(tenant, ids)
-            scored = self._chunk_scores(model, ids, n + 4 if plain else 2 * n + 8, excluded, histories,
+            scored = chunk_scores(model, ids, n + 4 if plain else 2 * n + 8, excluded, histories,
                                         exclude_purchased or config.exclude_purchased)
             results = []
             for individual, affinities in chunk:
@@ -765,43 +471,10 @@ class Recommender:
                 results.append((individual, picked))
             yield results
 
-    @staticmethod
-    def _chunk_scores(model, ids, width, excluded, histories, exclude_purchased) -> dict[str, tuple]:
-        """Learned scores of a chunk's known individuals in one matrix product, exclusions already masked,
-        with each one's best few items found for the whole chunk at once."""
-        if model is None:
-            return {}
-        known = [(i, model.row[u]) for i, u in enumerate(ids) if u in model.row]
-        if not known:
-            return {}
-        scores = model.scores(np.array([r for _, r in known]))
-        masked = [model.column[x] for x in excluded if x in model.column]
-        if masked:
-            scores[:, masked] = -np.inf
-        if exclude_purchased:
-            for k, (i, _) in enumerate(known):
-                bought = [model.column[o.item_id] for o in histories.get(ids[i], ()) if o.bought
-                          and o.item_id in model.column]
-                scores[k, bought] = -np.inf
-        # Exclusions are masked already, so a short head is usually enough (the ranking widens if not).
-        width = min(width, scores.shape[1] - 1)
-        if width <= 0:
-            return {ids[i]: (scores[k], None) for k, (i, _) in enumerate(known)}
-        heads = learned.top_k_rows(scores, width)
-        values = np.take_along_axis(scores, heads, axis=1)
-        order = np.lexsort((heads, -values), axis=1)
-        heads = np.take_along_axis(heads, order, axis=1).tolist()
-        values = np.take_along_axis(values, order, axis=1).tolist()
-        item_ids = model.item_ids
-        out = {}
-        for k, (i, _) in enumerate(known):
-            out[ids[i]] = (scores[k], [Scored(item_ids[c], v) for c, v in zip(heads[k], values[k]) if v > -math.inf])
-        return out
-
     async def similar_items(self, tenant: str, item_id: str, count: int, strategy: str) -> list[Recommended]:
         """Items like one item, by the named anchor-based or learned recommender (default similar_attributes)."""
         violations = Violations()
-        _check_id(violations, "item_id", item_id)
+        check_id(violations, "item_id", item_id)
         if not 0 <= count <= MAX_COUNT:
             violations.add("count", f"must be between 0 and {MAX_COUNT} (0 means {DEFAULT_COUNT}); got {count}")
         violations.raise_if_any()
@@ -831,137 +504,3 @@ class Recommender:
             raise FailedPrecondition("too few interactions to split", reason="NO_INTERACTIONS")
         return await asyncio.to_thread(evaluate_split, config, matrix, k, test_fraction, seed)
 
-
-def learned_head(need: int) -> int:
-    """How many of a learned model's best items to look at first: enough for the usual exclusions."""
-    return 4 * need + 16
-
-
-def evaluate_split(config: Config, matrix: learned.Matrix, k: int, test_fraction: float, seed: int) -> learned.Metrics:
-    """Fits on the training part (a learned model, or popularity) and ranks the held-out part."""
-    train_m, test_m = learned.split(matrix, test_fraction, seed)
-    rows = np.unique(test_m.tocoo().row)
-    if config.strategy == LEARNED:
-        model = learned.train(config, learned.Matrix(matrix.individuals, matrix.items, train_m))
-    else:
-        model = None
-        binary = train_m.copy()
-        binary.data[:] = 1
-        popularity = np.asarray(binary.sum(axis=0)).ravel().astype(np.float64)
-    recommended = {}
-    for start in range(0, len(rows), 1024):
-        chunk = rows[start:start + 1024]
-        scores = model.scores(chunk) if model is not None else np.tile(popularity, (len(chunk), 1))
-        seen = train_m[chunk].tocoo()
-        scores[seen.row, seen.col] = -np.inf
-        for i, row in enumerate(chunk.tolist()):
-            recommended[row] = learned.top_k(scores[i], k).tolist()
-    return learned.ranking_metrics(recommended, test_m, k, len(matrix.items))
-
-
-def _since(days: float) -> datetime:
-    if not days:
-        return datetime.min.replace(tzinfo=UTC)
-    return datetime.now(UTC) - timedelta(days=days)
-
-
-def similar_by_attributes(catalog: Catalog, anchors: list[str], names: tuple[str, ...]) -> list[Scored]:
-    """Items sharing attribute values with the anchors: score = share of the compared attributes that match."""
-    anchor_items = [catalog.items[a] for a in anchors if a in catalog.items]
-    if not anchor_items:
-        return []
-    wanted = [(n, item.attributes[n]) for item in anchor_items for n in (names or sorted(item.attributes))
-              if n in item.attributes]
-    if not wanted:
-        return []
-    skip = set(anchors)
-    ranked = []
-    for item in catalog.items.values():
-        if item.item_id in skip:
-            continue
-        matched = sum(1 for n, value in wanted if n in item.attributes and item.attributes[n] == value)
-        if matched:
-            ranked.append(Scored(item.item_id, matched / len(wanted)))
-    return sorted(ranked, key=rank_key)
-
-
-def select(config: Config, candidates: list[Scored], ask: Ask, catalog: Catalog | None, taken: set[str], need: int,
-           counts: dict[str, int]) -> tuple[list[Scored], int]:
-    """Filters (counting what each removed), boosters, diversity, then the cut; returns the chosen and how many
-    diversity removed. Without boosters the walk stops as soon as `need` items are chosen."""
-    history = ask.history or {}
-    anchor_category = None
-    if config.same_category_as_anchor and catalog is not None and ask.anchor:
-        anchor_category = catalog.attributes(ask.anchor).get(config.category_attribute)
-    since = _since(config.recent_days)
-    checks: list[tuple[str, Callable[[str], bool]]] = []
-    if ask.exclude_ids:
-        checks.append(("exclude_item_ids", ask.exclude_ids.__contains__))
-    if config.exclude_anchor and ask.anchor:
-        checks.append(("exclude_anchor", ask.anchor.__eq__))
-    if config.exclude_cart and ask.cart:
-        checks.append(("exclude_cart", frozenset(ask.cart).__contains__))
-    if config.same_category_as_anchor and ask.anchor:
-        checks.append(("same_category_as_anchor",
-                       lambda i: anchor_category is None
-                       or catalog.attributes(i).get(config.category_attribute) != anchor_category))
-    if (config.exclude_purchased or ask.exclude_purchased) and history:
-        checks.append(("exclude_purchased", lambda i: i in history and history[i].bought))
-    if config.exclude_recently_viewed and history:
-        checks.append(("exclude_recently_viewed", lambda i: i in history and history[i].last_viewed_at is not None
-                       and history[i].last_viewed_at >= since))
-    for n, condition in enumerate(config.include):
-        checks.append((f"include[{n}]", lambda i, c=condition: not c.matches(catalog.attributes(i))))
-    for n, condition in enumerate(config.exclude):
-        checks.append((f"exclude[{n}]", lambda i, c=condition: c.matches(catalog.attributes(i))))
-    boosting = bool(config.boosters and ask.affinities)
-    kept: list[Scored] = []
-    for candidate in candidates:
-        if not boosting and len(kept) >= need and not config.diversity_attribute:
-            break
-        item = candidate.item_id
-        if item in taken:
-            continue
-        for name, rejects in checks:
-            if rejects(item):
-                counts[name] = counts.get(name, 0) + 1
-                break
-        else:
-            kept.append(candidate)
-    if boosting:
-        kept = sorted((Scored(s.item_id, s.score * boost(config, ask, catalog, s.item_id)) for s in kept),
-                      key=rank_key)
-    if not config.diversity_attribute:
-        return kept[:need], 0
-    chosen, per_value, removed = [], {}, 0
-    for s in kept:
-        if len(chosen) >= need:
-            break
-        value = catalog.attributes(s.item_id).get(config.diversity_attribute)
-        key = str(value)
-        if value is not None and per_value.get(key, 0) >= config.diversity_max:
-            removed += 1
-            continue
-        per_value[key] = per_value.get(key, 0) + 1
-        chosen.append(s)
-    return chosen, removed
-
-
-def boost(config: Config, ask: Ask, catalog: Catalog | None, item_id: str) -> float:
-    """The product of (1 + weight x affinity) over the config's boosters; 1 when no affinity applies."""
-    factor = 1.0
-    attributes = catalog.attributes(item_id) if catalog is not None else {}
-    for booster in config.boosters:
-        value = attributes.get(booster.attribute)
-        if value is None:
-            continue
-        factor *= 1.0 + booster.weight * ask.affinities.get((booster.attribute, _text(value)), 0.0)
-    return factor
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)

@@ -18,15 +18,15 @@ from services.recommender.config import (
     Condition,
     Config,
 )
-from services.recommender.service import (
+from services.recommender.domain import (
     ADD_TO_CART,
     PRODUCT_VIEW,
     PURCHASE,
     CatalogItem,
     Interaction,
     Recommended,
-    Recommender,
 )
+from services.recommender.service import Recommender
 from shared.context import current_tenant
 
 # Other event types map to "" and are refused by validation.

@@ -7,14 +7,11 @@ import math
 from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 
-from services.recommender.config import Config
-from services.recommender.service import (
+from services.recommender.config import MOST_VIEWED, TOP_SELLERS, TRENDING, Config
+from services.recommender.domain import (
     ADD_TO_CART,
-    MOST_VIEWED,
     PRODUCT_VIEW,
     PURCHASE,
-    TOP_SELLERS,
-    TRENDING,
     CatalogItem,
     Interaction,
     Owned,

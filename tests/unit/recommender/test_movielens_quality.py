@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from services.recommender.config import LEARNED, PURCHASES, Config
-from services.recommender.service import PURCHASE, Interaction, Recommender
+from services.recommender.domain import PURCHASE, Interaction
+from services.recommender.service import Recommender
 from tests.bench._recommender_data import Unavailable, movielens_100k
 from tests.unit.recommender.fake_repository import FakeRepository
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from services.recommender.service import PURCHASE, Interaction, Recommender
+from services.recommender.domain import PURCHASE, Interaction
+from services.recommender.service import Recommender
 from tests.conftest import SHARED_DATA
 from tests.unit.recommender.fake_repository import FakeRepository
 

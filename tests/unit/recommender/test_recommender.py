@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from services.recommender.service import (
+from services.recommender.domain import (
     ADD_TO_CART,
     PRODUCT_VIEW,
     PURCHASE,
     Interaction,
-    Recommender,
 )
+from services.recommender.service import Recommender
 from shared.errors import InvalidArgument, NotFound
 from tests.unit.recommender.fake_repository import FakeRepository
 

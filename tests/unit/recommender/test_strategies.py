@@ -18,14 +18,14 @@ from services.recommender.config import (
     Condition,
     Config,
 )
-from services.recommender.service import (
+from services.recommender.domain import (
     ADD_TO_CART,
     PRODUCT_VIEW,
     PURCHASE,
     CatalogItem,
     Interaction,
-    Recommender,
 )
+from services.recommender.service import Recommender
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from tests.conftest import SHARED_DATA
 from tests.unit.recommender.fake_repository import FakeRepository

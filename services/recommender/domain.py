@@ -1,0 +1,177 @@
+"""Values of the recommender: interaction kinds, interactions, catalog items, scores, requests, the repository protocol."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from services.recommender.config import (
+    BUILT_IN,
+    MOST_VIEWED,
+    TOP_SELLERS,
+    TRENDING,
+    Config,
+)
+
+PRODUCT_VIEW = "product_view"
+ADD_TO_CART = "add_to_cart"
+PURCHASE = "purchase"
+KINDS = (PRODUCT_VIEW, ADD_TO_CART, PURCHASE)
+STRATEGIES = BUILT_IN
+# The strategies ranked over the whole tenant, served from the in-memory cache.
+GLOBAL_STRATEGIES = (TOP_SELLERS, MOST_VIEWED, TRENDING)
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """One interaction of an individual with an item; (message_id, item_id) identifies it."""
+
+    message_id: str
+    unified_individual_id: str
+    item_id: str
+    kind: str
+    quantity: float = 0.0
+    revenue: float = 0.0
+    event_time: datetime | None = None
+
+
+class Scored(NamedTuple):
+    """An item and its score (a named tuple: batch ranking builds many of them)."""
+
+    item_id: str
+    score: float
+
+
+class Recommended(NamedTuple):
+    """An item returned to the caller, with the recommender that produced it."""
+
+    item_id: str
+    score: float
+    source: str
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    """A catalog item: its attributes (JSON values) and when it entered the catalog (None: now, on insert)."""
+
+    item_id: str
+    attributes: dict[str, Any]
+    create_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Owned:
+    """What one individual did with one item: net units bought, whether bought at all, last view."""
+
+    item_id: str
+    units: float
+    bought: bool
+    last_viewed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RankingSpec:
+    """A global ranking: the strategy and the parameters that shape it."""
+
+    strategy: str
+    window_days: float = 0.0
+    by_revenue: bool = False
+    half_life_days: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainingRows:
+    """Interaction totals per (individual, item, kind): how many, net units, net revenue (kinds as
+    learned.KIND_CODES: 0 view, 1 add to cart, 2 purchase)."""
+
+    individuals: list[str]
+    items: list[str]
+    kinds: list[int]
+    counts: list[float]
+    quantities: list[float]
+    revenues: list[float]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a training run."""
+
+    stage: str
+    fraction: float
+    message: str
+    model_version: int = 0
+    individuals: int = 0
+    items: int = 0
+    interactions: int = 0
+
+
+@dataclass
+class Diagnostics:
+    """What happened while ranking one request."""
+
+    recommenders: list[str] = field(default_factory=list)
+    filters: dict[str, int] = field(default_factory=dict)
+    diversity_removed: int = 0
+    model_version: int = 0
+
+
+class Repository(Protocol):
+    async def record(self, tenant: str, interactions: list[Interaction]) -> int: ...
+    async def upsert_items(self, tenant: str, items: list[CatalogItem]) -> int: ...
+    async def items(self, tenant: str) -> list[CatalogItem]: ...
+    async def ranking(self, tenant: str, spec: RankingSpec, limit: int | None) -> list[Scored]: ...
+    async def history(self, tenant: str, unified_individual_id: str) -> list[Owned]: ...
+    async def histories(self, tenant: str, unified_individual_ids: list[str]) -> dict[str, list[Owned]]: ...
+    async def co_occurring(self, tenant: str, anchors: list[str], kind: str, session_seconds: float,
+                           min_support: int, limit: int | None) -> list[Scored]: ...
+    async def configs(self, tenant: str) -> list[Config]: ...
+    async def put_config(self, tenant: str, config: Config) -> Config: ...
+    async def delete_config(self, tenant: str, name: str) -> bool: ...
+    async def training_rows(self, tenant: str) -> TrainingRows: ...
+    async def save_model(self, tenant: str, name: str, payload: bytes, summary: dict) -> int: ...
+    async def latest_model_version(self, tenant: str, name: str) -> int: ...
+    async def load_model(self, tenant: str, name: str, version: int) -> bytes | None: ...
+    async def due_trainings(self) -> list[tuple[str, str]]: ...
+    async def claim_training(self, tenant: str, name: str) -> bool: ...
+
+
+def rank_key(item: Scored) -> tuple[float, str]:
+    """Best score first; ties broken by item id (byte order), the same order the database uses."""
+    return (-item.score, item.item_id)
+
+
+@dataclass
+class Ask:
+    """One individual's request, with what the filters and boosters need."""
+
+    individual: str
+    count: int
+    exclude_ids: frozenset[str] = frozenset()
+    exclude_purchased: bool = False
+    anchor: str = ""
+    cart: tuple[str, ...] = ()
+    affinities: dict[tuple[str, str], float] = field(default_factory=dict)
+    history: dict[str, Owned] | None = None
+    diagnostics: Diagnostics | None = None
+    # Batch only: the learned model's scores for this individual (exclusions masked) and their best few.
+    learned_scores: np.ndarray | None = None
+    learned_head: list[Scored] | None = None
+
+    @property
+    def anchors(self) -> list[str]:
+        return [self.anchor] if self.anchor else list(self.cart)
+
+
+@dataclass
+class Catalog:
+    """A tenant's items by id, with every attribute name any item has."""
+
+    items: dict[str, CatalogItem]
+    attribute_names: set[str]
+
+    def attributes(self, item_id: str) -> dict[str, Any]:
+        item = self.items.get(item_id)
+        return item.attributes if item is not None else {}
