@@ -8,11 +8,14 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
-from services.profile_graph import domain
+from services.profile_graph import domain, insights, reconciliation, segments
+from services.profile_graph.affinities import affinity_increments
 from services.profile_graph.domain import (
     Affinity, AffinityConfig, AppendOutcome, Condition, Config, ConsentState, InsightDef, Item, Member,
-    MembershipChange, NewEvent, Profile, ReconRule, RuleCache, SegmentDef, StoredEvent, ValueStat,
+    MembershipChange, NewEvent, Profile, ReconRule, SegmentDef, StoredEvent, ValueStat,
 )
+from services.profile_graph.items import check_item_attributes, check_item_filters
+from services.profile_graph.segments import RuleCache
 from shared.errors import InvalidArgument, NotFound, Violations
 
 # Individuals are recomputed in chunks of this size when a definition changes for everyone.
@@ -24,7 +27,7 @@ SMALL_BATCH = 50
 
 
 class Unit(Protocol):
-    """One transaction on one tenant's profile data (postgres.py, or the in-memory fake of the unit tests)."""
+    """One transaction on one tenant's profile data (postgres_unit.py, or the in-memory fake of the unit tests)."""
 
     async def lock_definitions(self, exclusive: bool, large: bool = True) -> None: ...
     async def insert_events(self, events: Sequence[NewEvent]) -> set[str]: ...
@@ -43,11 +46,11 @@ class Unit(Protocol):
                          ) -> list[StoredEvent]: ...
     async def edge_events(self, ids: Sequence[str], ranges: Sequence[tuple[datetime, datetime]], lines: bool,
                           properties: bool) -> list[StoredEvent]: ...
-    async def read_partials(self, ids: Sequence[str]) -> tuple[dict[tuple[str, str, str, int], domain.Partial],
+    async def read_partials(self, ids: Sequence[str]) -> tuple[dict[tuple[str, str, str, int], insights.Partial],
                                                                dict[tuple[str, str, str], float]]: ...
     async def change_insight_values(self, put: Sequence[tuple[str, str, str, float]],
                                     gone: Sequence[tuple[str, str, str]]) -> None: ...
-    async def write_partials(self, ids: Sequence[str], partials: dict[tuple[str, str, str, int], domain.Partial],
+    async def write_partials(self, ids: Sequence[str], partials: dict[tuple[str, str, str, int], insights.Partial],
                              keep_from: dict[str, int] | None) -> None: ...
     async def store_insight_values(self, ids: Sequence[str], rows: dict[str, list[tuple[str, str, float]]]) -> None: ...
     async def profile_states(self, ids: Sequence[str], now: datetime, parts: frozenset[str]) -> dict[str, tuple]: ...
@@ -158,24 +161,24 @@ class ProfileGraph:
                       all_keys: bool = False) -> None:
         """Attributes (per-source values, then the reconciled unified value), profile objects, consents and
         affinities from events."""
-        stats = domain.attribute_stats(events)
+        stats = reconciliation.attribute_stats(events)
         if stats:
             await unit.add_attribute_stats(stats)
             touched = {(i, k) for i, k, _, _ in stats}
             candidates = await unit.attribute_stats(sorted({i for i, _ in touched}))
             if not all_keys:
                 candidates = {k: v for k, v in candidates.items() if k in touched}
-            await unit.write_attributes(ids, domain.reconcile_all(config.recon, candidates))
-        objects = domain.latest_objects(events)
+            await unit.write_attributes(ids, reconciliation.reconcile_all(config.recon, candidates))
+        objects = reconciliation.latest_objects(events)
         if objects:
             await unit.upsert_objects(objects, self.objects_per_type)
-        consents = domain.latest_consents(events)
+        consents = reconciliation.latest_consents(events)
         if consents:
             await unit.upsert_consents(consents, from_api=False)
         if config.affinity.dimensions and any(config.affinity.weight(e.type) for e in events):
             items = await unit.item_attributes(sorted({i for e in events for i in e.item_ids}),
                                                config.affinity.dimensions)
-            increments = domain.affinity_increments(events, items, config.affinity)
+            increments = affinity_increments(events, items, config.affinity)
             if increments:
                 await unit.add_affinities(increments, config.affinity.half_life)
 
@@ -196,7 +199,7 @@ class ProfileGraph:
         if not config.segments:
             return {}
         programs = self.rules.programs(tenant, config.segments)
-        variables = domain.rule_variables(programs)
+        variables = segments.rule_variables(programs)
         memo: dict = {}
         states = await unit.profile_states(ids, now, variables)
         entered: list[tuple[str, str]] = []
@@ -204,9 +207,9 @@ class ProfileGraph:
         changes: dict[str, tuple[list[str], list[str]]] = {}
         for individual_id in ids:
             attributes, current, affinities, consents = states.get(individual_id, ({}, set(), {}, {}))
-            insight_map = domain.insight_view(defs, values.get(individual_id, []))
-            now_in = domain.evaluate_memberships(programs, attributes, insight_map, current, affinities, consents,
-                                                 variables, memo)
+            insight_map = insights.insight_view(defs, values.get(individual_id, []))
+            now_in = segments.evaluate_memberships(programs, attributes, insight_map, current, affinities, consents,
+                                                   variables, memo)
             came = sorted(now_in - current)
             went = sorted(current - now_in)
             if came or went:
@@ -233,23 +236,23 @@ class ProfileGraph:
         items = await self._item_attributes_for(unit, defs, rows)
         totals: dict[str, dict[str, dict[str, float]]] = {}
         for d in defs:
-            merged: dict[tuple[str, str], domain.Partial] = {}
-            for (individual, bucket, group), partial in domain.insight_partials(d, rows, items, now,
-                                                                                buckets=True).items():
+            merged: dict[tuple[str, str], insights.Partial] = {}
+            for (individual, bucket, group), partial in insights.insight_partials(d, rows, items, now,
+                                                                                  buckets=True).items():
                 if partials is not None and not d.reads_item_attributes:
                     partials[(individual, d.name, group, bucket)] = partial
-                merged.setdefault((individual, group), domain.Partial()).merge(partial)
-            for (individual, group), value in domain.values_of(d, merged).items():
+                merged.setdefault((individual, group), insights.Partial()).merge(partial)
+            for (individual, group), value in insights.values_of(d, merged).items():
                 totals.setdefault(individual, {}).setdefault(d.name, {})[group] = value
         return totals
 
     async def _insights_from_events(self, unit: Unit, defs: list[InsightDef], ids: list[str], now: datetime
                                     ) -> dict[str, list[tuple[str, str, float]]]:
         """The full recompute of ids: every insight from their events, and their partials rebuilt from them."""
-        partials: dict[tuple[str, str, str, int], domain.Partial] = {}
+        partials: dict[tuple[str, str, str, int], insights.Partial] = {}
         totals = await self._values_from_events(unit, defs, ids, now, partials)
         await unit.write_partials(ids, partials, None)
-        return {individual: domain.insight_rows(defs, totals.get(individual, {})) for individual in ids}
+        return {individual: insights.insight_rows(defs, totals.get(individual, {})) for individual in ids}
 
     async def _insights_from_partials(self, unit: Unit, defs: list[InsightDef], fresh: list[NewEvent],
                                       ids: list[str], now: datetime) -> dict[str, list[tuple[str, str, float]]]:
@@ -261,12 +264,12 @@ class ProfileGraph:
         kept = [d for d in defs if not d.reads_item_attributes]
         totals = await self._values_from_events(unit, [d for d in defs if d.reads_item_attributes], ids, now,
                                                 None) if len(kept) < len(defs) else {}
-        edges = {d.name: domain.edge(d, now) for d in kept if d.window}
+        edges = {d.name: insights.edge(d, now) for d in kept if d.window}
         stored, previous = await unit.read_partials(ids)
-        changed: dict[tuple[str, str, str, int], domain.Partial] = {}
+        changed: dict[tuple[str, str, str, int], insights.Partial] = {}
         for d in kept:
-            for (individual, bucket, group), partial in domain.insight_partials(d, fresh, {}, now,
-                                                                                buckets=True).items():
+            for (individual, bucket, group), partial in insights.insight_partials(d, fresh, {}, now,
+                                                                                  buckets=True).items():
                 key = (individual, d.name, group, bucket)
                 if key in stored:
                     stored[key].merge(partial)
@@ -274,7 +277,7 @@ class ProfileGraph:
                     stored[key] = partial
                 changed[key] = stored[key]
         await unit.write_partials(ids, changed, {name: e[2] for name, e in edges.items()})
-        by_name: dict[str, list[tuple[str, str, int, domain.Partial]]] = {}
+        by_name: dict[str, list[tuple[str, str, int, insights.Partial]]] = {}
         for (individual, name, group, bucket), partial in stored.items():
             by_name.setdefault(name, []).append((individual, group, bucket, partial))
         # Every event after a cutoff is in its bucket's partial, so only individuals with a partial in an edge bucket
@@ -284,21 +287,21 @@ class ProfileGraph:
         edge_rows = await unit.edge_events(edge_ids, ranges, any(d.uses_items for d in kept),
                                            any(_reads_properties(d) for d in kept)) if edge_ids else []
         for d in kept:
-            parts: dict[tuple[str, str], list[domain.Partial]] = {}
+            parts: dict[tuple[str, str], list[insights.Partial]] = {}
             edge = edges.get(d.name)
             for individual, group, bucket, partial in by_name.get(d.name, ()):
                 if edge is None or bucket > edge[2]:
                     parts.setdefault((individual, group), []).append(partial)
             if edge is not None:
                 inside = [r for r in edge_rows if r.event_time < edge[1]]  # after the cutoff: insight_counts
-                for key, partial in domain.insight_partials(d, inside, {}, now).items():
+                for key, partial in insights.insight_partials(d, inside, {}, now).items():
                     parts.setdefault(key, []).append(partial)
-            merged = {key: found[0] if len(found) == 1 else domain.merged(found) for key, found in parts.items()}
-            for (individual, group), value in domain.values_of(d, merged).items():
+            merged = {key: found[0] if len(found) == 1 else insights.merged(found) for key, found in parts.items()}
+            for (individual, group), value in insights.values_of(d, merged).items():
                 totals.setdefault(individual, {}).setdefault(d.name, {})[group] = value
-        values = {individual: domain.insight_rows(defs, totals.get(individual, {})) for individual in ids}
+        values = {individual: insights.insight_rows(defs, totals.get(individual, {})) for individual in ids}
         # Only values that changed are written (most of a batch's individuals keep most of their values).
-        await unit.change_insight_values(*domain.insight_changes(values, previous))
+        await unit.change_insight_values(*insights.insight_changes(values, previous))
         return values
 
     async def _rebuild(self, unit: Unit, tenant: str, config: Config, ids: list[str], now: datetime) -> None:
@@ -337,7 +340,7 @@ class ProfileGraph:
             await unit.lock_definitions(exclusive=False)
             config = await unit.config()
             if only_identities:
-                keys = sorted({domain.identity_key(k, val) for k, val in only_identities})
+                keys = sorted({reconciliation.identity_key(k, val) for k, val in only_identities})
                 moved = await unit.move_events(from_ids, to_id, keys)
                 if moved:
                     await unit.touch_individuals(sorted({to_id, *from_ids}), now)
@@ -420,7 +423,7 @@ class ProfileGraph:
         wanted = set(item_ids)
         values: dict[str, dict[str, float]] = {i: {} for i in item_ids}
         for d in defs:
-            for item_id, value in domain.compute_insight(d, rows, items, now, group_by="item_id").items():
+            for item_id, value in insights.compute_insight(d, rows, items, now, group_by="item_id").items():
                 if item_id in wanted:
                     values[item_id][d.name] = value
         for item_id in item_ids:
@@ -577,7 +580,7 @@ class ProfileGraph:
             if not item.item_id:
                 v.add(f"items[{i}].item_id", "must not be empty")
         v.raise_if_any()
-        new_types = domain.check_item_attributes(items, await self.store.item_types(tenant))
+        new_types = check_item_attributes(items, await self.store.item_types(tenant))
         unique = list({item.item_id: item for item in items}.values())
         if unique:
             await self.store.upsert_items(tenant, unique, new_types)
@@ -605,7 +608,7 @@ class ProfileGraph:
         scope = "items/" + repr([(c.field, c.op, c.value) for c in filters])
         after = domain.decode_page_token(token, scope)
         types = await self.store.item_types(tenant)
-        domain.check_item_filters(filters, types)
+        check_item_filters(filters, types)
         rows = await self.store.list_items(tenant, filters, types, after, limit + 1)
         return rows[:limit], domain.encode_page_token(scope, rows[limit - 1].item_id) if len(rows) > limit else ""
 
@@ -644,7 +647,7 @@ class ProfileGraph:
             await unit.lock_definitions(exclusive=True)
             config = await unit.config()
             individual = [d for d in config.insights if d.subject != domain.SUBJECT_ITEM]
-            program = domain.compile_rule(
+            program = segments.compile_rule(
                 segment.rule, [d.name for d in individual], [s.name for s in config.segments] + [segment.name],
                 frozenset(d.name for d in individual if d.dimension))
             self.rules.put(tenant, segment.name, segment.rule, program)

@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from personalization.common.v1 import common_pb2
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc
-from services.profile_graph import domain
+from services.profile_graph import domain, reconciliation
 from services.profile_graph.domain import (
     AffinityConfig, AttributeRecon, Condition, ConsentState, InsightDef, Item, NewEvent, Profile, ReconRule,
     SegmentDef,
@@ -68,7 +68,7 @@ def to_new_event(ie: pb.IndividualEvent) -> NewEvent:
         e.item_id, e.name, e.source, lines,
         tuple((c.purpose, c.status) for c in e.consents) if e.consents else (),
         tuple((o.type, o.object_id, _dict(o.attributes)) for o in e.profile_objects) if e.profile_objects else (),
-        tuple(domain.identity_key(i.type, i.value) for i in e.identities),
+        tuple(reconciliation.identity_key(i.type, i.value) for i in e.identities),
     )
 
 

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from services.profile_graph import domain
+from services.profile_graph.affinities import decay
 from services.profile_graph.domain import (
     Affinity, Config, ConsentState, Item, Member, MembershipChange, NewEvent, Profile, ProfileObjectRow, SegmentDef,
     StoredEvent, ValueStat,
 )
+from services.profile_graph.insights import Partial, condition_holds
 
 
 @dataclass
@@ -124,9 +126,9 @@ class FakeUnit:
             if old is None:
                 self.data.affinities[k] = (score, at)
             elif at >= old[1]:
-                self.data.affinities[k] = (domain.decay(old[0], (at - old[1]).total_seconds(), half_life) + score, at)
+                self.data.affinities[k] = (decay(old[0], (at - old[1]).total_seconds(), half_life) + score, at)
             else:
-                self.data.affinities[k] = (old[0] + domain.decay(score, (old[1] - at).total_seconds(), half_life),
+                self.data.affinities[k] = (old[0] + decay(score, (old[1] - at).total_seconds(), half_life),
                                            old[1])
 
     async def event_rows(self, ids, since, lines, properties):
@@ -138,7 +140,7 @@ class FakeUnit:
                 if e.individual_id in ids and any(a < e.event_time < b for a, b in ranges)]
 
     async def read_partials(self, ids):
-        return ({k: domain.Partial.from_row(*v) for k, v in self.data.partials.items() if k[0] in ids},
+        return ({k: Partial.from_row(*v) for k, v in self.data.partials.items() if k[0] in ids},
                 {(i, n, d): v for i in ids for n, d, v in self.data.values.get(i, [])})
 
     async def change_insight_values(self, put, gone):
@@ -167,7 +169,7 @@ class FakeUnit:
             affinities: dict = {}
             for (ind, dim, value), (score, at) in self.data.affinities.items():
                 if ind == i:
-                    affinities.setdefault(dim, {})[value] = domain.decay(score, (now - at).total_seconds(), half_life)
+                    affinities.setdefault(dim, {})[value] = decay(score, (now - at).total_seconds(), half_life)
             consents = {p: domain.CONSENT_NAMES[s] for (ind, p), (s, *_) in self.data.consents.items() if ind == i}
             states[i] = (attributes, segments, affinities, consents)
         return states
@@ -307,7 +309,7 @@ class FakeStore:
     async def get_affinities(self, tenant, individual_id, dimension, limit, now):
         d = self.data(tenant)
         half_life = d.config.affinity.half_life
-        rows = [Affinity(dim, v, domain.decay(s, (now - at).total_seconds(), half_life))
+        rows = [Affinity(dim, v, decay(s, (now - at).total_seconds(), half_life))
                 for (i, dim, v), (s, at) in d.affinities.items()
                 if i == individual_id and (not dimension or dim == dimension)]
         return sorted(rows, key=lambda a: (-a.score, a.dimension, a.value))[:limit]
@@ -369,6 +371,6 @@ class FakeStore:
         out = []
         for item_id in sorted(d.items):
             item = d.items[item_id]
-            if item_id > after and all(domain.condition_holds(c, item.attributes.get(c.field)) for c in filters):
+            if item_id > after and all(condition_holds(c, item.attributes.get(c.field)) for c in filters):
                 out.append(replace(item, insights=dict(d.item_values.get(item_id, {}))))
         return out[:limit]

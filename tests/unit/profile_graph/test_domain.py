@@ -7,8 +7,9 @@ from fractions import Fraction
 
 import pytest
 
-from services.profile_graph import domain
-from services.profile_graph.domain import InsightDef, NewEvent, RuleCache, SegmentDef, StoredEvent
+from services.profile_graph import domain, insights, reconciliation, segments
+from services.profile_graph.domain import InsightDef, NewEvent, SegmentDef, StoredEvent
+from services.profile_graph.segments import RuleCache
 from shared.errors import InvalidArgument
 
 NOW = datetime(2025, 6, 1, 12, tzinfo=timezone.utc)
@@ -47,7 +48,7 @@ def test_more_than_a_thousand_events_are_refused():
 
 
 def test_latest_event_time_wins_per_key_whatever_the_batch_order():
-    merged = domain.merge_attributes([
+    merged = reconciliation.merge_attributes([
         ev(message_id="2", when=NOW, attributes={"tier": "gold", "city": "Oslo"}),
         ev(message_id="1", when=NOW - timedelta(hours=1), attributes={"tier": "silver", "age": 30}),
     ])
@@ -56,49 +57,49 @@ def test_latest_event_time_wins_per_key_whatever_the_batch_order():
 
 
 def test_blank_and_null_attribute_values_are_ignored():
-    merged = domain.merge_attributes([ev(attributes={"a": None, "b": "  ", "c": 0})])
+    merged = reconciliation.merge_attributes([ev(attributes={"a": None, "b": "  ", "c": 0})])
     assert [(u.key, u.value) for u in merged] == [("c", 0)]
 
 
 def test_attributes_are_merged_per_individual():
-    merged = domain.merge_attributes([ev("a", attributes={"k": 1}), ev("b", attributes={"k": 2})])
+    merged = reconciliation.merge_attributes([ev("a", attributes={"k": 1}), ev("b", attributes={"k": 2})])
     assert sorted((u.individual_id, u.value) for u in merged) == [("a", 1), ("b", 2)]
 
 
 def test_windowed_sum_counts_29_days_and_not_31_days():
     spend = InsightDef("spend_30d", "", domain.AGGREGATE_SUM, "revenue", PURCHASE, timedelta(days=30))
     events = [stored(NOW - timedelta(days=29), revenue=10), stored(NOW - timedelta(days=31), revenue=1000)]
-    assert domain.insight_value(spend, events, NOW) == 10.0
+    assert insights.insight_value(spend, events, NOW) == 10.0
 
 
 def test_event_exactly_at_the_window_edge_is_not_counted():
     spend = InsightDef("s", "", domain.AGGREGATE_SUM, "revenue", 0, timedelta(days=30))
     edge = NOW - timedelta(days=30)
-    assert domain.insight_value(spend, [stored(edge, revenue=5), stored(edge + timedelta(microseconds=1), revenue=7)],
-                                NOW) == 7.0
+    assert insights.insight_value(spend, [stored(edge, revenue=5), stored(edge + timedelta(microseconds=1), revenue=7)],
+                                  NOW) == 7.0
 
 
 def test_zero_window_means_all_time_and_type_filter_applies():
     count = InsightDef("purchases", "", domain.AGGREGATE_COUNT, "", PURCHASE, None)
     events = [stored(NOW - timedelta(days=3000)), stored(NOW), stored(NOW, type=PAGE_VIEW)]
-    assert domain.insight_value(count, events, NOW) == 2.0
+    assert insights.insight_value(count, events, NOW) == 2.0
 
 
 def test_property_sum_ignores_non_numeric_values():
     points = InsightDef("points", "", domain.AGGREGATE_SUM, "properties.points", 0, None)
     events = [stored(NOW, properties={"points": 2.5}), stored(NOW, properties={"points": "many"}),
               stored(NOW, properties={"points": True}), stored(NOW)]
-    assert domain.insight_value(points, events, NOW) == 2.5
+    assert insights.insight_value(points, events, NOW) == 2.5
 
 
 def test_sums_are_exact_so_any_grouping_of_partials_gives_the_same_value():
     spend = InsightDef("s", "", domain.AGGREGATE_SUM, "revenue", 0, None)
     amounts = [0.1, 0.2, 0.3, 1e16, -1e16, 1 / 3, 2.5e-300]
     events = [stored(NOW - timedelta(seconds=n), revenue=a) for n, a in enumerate(amounts)]
-    whole = domain.insight_value(spend, events, NOW)
-    halves = [domain.insight_partials(spend, part, {}, NOW) for part in (events[::2], events[1::2])]
-    assert domain.merged([h[("a", "")] for h in halves]).value(domain.AGGREGATE_SUM) == whole
-    assert domain.merged([h[("a", "")] for h in halves[::-1]]).value(domain.AGGREGATE_SUM) == whole
+    whole = insights.insight_value(spend, events, NOW)
+    halves = [insights.insight_partials(spend, part, {}, NOW) for part in (events[::2], events[1::2])]
+    assert insights.merged([h[("a", "")] for h in halves]).value(domain.AGGREGATE_SUM) == whole
+    assert insights.merged([h[("a", "")] for h in halves[::-1]]).value(domain.AGGREGATE_SUM) == whole
     assert whole == float(sum(Fraction(a) for a in amounts))  # the exact sum, rounded once
 
 
@@ -108,20 +109,20 @@ def test_partials_survive_their_stored_form():
     events = [stored(NOW, revenue=-2.5, properties={"k": "x"}), stored(NOW - timedelta(days=1), revenue=4.0,
                                                                        properties={"k": 1})]
     for d in (last, distinct):
-        partial = domain.insight_partials(d, events, {}, NOW)[("a", "")]
-        again = domain.Partial.from_row(*partial.row())
+        partial = insights.insight_partials(d, events, {}, NOW)[("a", "")]
+        again = insights.Partial.from_row(*partial.row())
         assert again == partial and again.value(d.aggregate) == partial.value(d.aggregate)
-    assert domain.insight_value(last, events, NOW) == -2.5 and domain.insight_value(distinct, events, NOW) == 2.0
+    assert insights.insight_value(last, events, NOW) == -2.5 and insights.insight_value(distinct, events, NOW) == 2.0
 
 
 def test_events_fall_in_buckets_of_a_64th_of_the_window_and_the_edge_bucket_holds_the_cutoff():
     week = InsightDef("w", "", domain.AGGREGATE_COUNT, "", 0, timedelta(days=7))
     width = 7 * 86_400 * 1_000_000 // 64
-    assert domain.bucket_width_us(week) == width
-    assert domain.bucket_of(week, NOW) % width == 0 and domain.bucket_of(week, NOW) <= domain.micros(NOW)
-    cutoff, end, bucket = domain.edge(week, NOW)
-    assert cutoff == NOW - timedelta(days=7) and bucket == domain.bucket_of(week, cutoff)
-    assert domain.micros(end) == bucket + width
+    assert insights.bucket_width_us(week) == width
+    assert insights.bucket_of(week, NOW) % width == 0 and insights.bucket_of(week, NOW) <= insights.micros(NOW)
+    cutoff, end, bucket = insights.edge(week, NOW)
+    assert cutoff == NOW - timedelta(days=7) and bucket == insights.bucket_of(week, cutoff)
+    assert insights.micros(end) == bucket + width
 
 
 @pytest.mark.parametrize("insight, bad", [
@@ -147,12 +148,12 @@ def test_valid_insight_definitions_pass():
 @pytest.mark.parametrize("rule", ["insights.spend >= ", "foo.bar == 1", "1 + 2", 'attributes.x == 1 || bar'])
 def test_rules_that_do_not_compile_or_fail_on_a_sample_are_refused(rule):
     with pytest.raises(InvalidArgument) as info:
-        domain.compile_rule(rule, ["spend"])
+        segments.compile_rule(rule, ["spend"])
     assert fields(info.value) == ["segment.rule"]
 
 
 def test_rule_reading_a_missing_attribute_key_is_accepted():
-    program = domain.compile_rule('attributes.tier == "gold"', [])
+    program = segments.compile_rule('attributes.tier == "gold"', [])
     assert program.execute({"attributes": {"tier": "gold"}, "insights": {}, "segments": []}) is True
 
 
@@ -165,15 +166,15 @@ def test_rule_of_more_than_4096_characters_is_refused():
 def test_membership_follows_insights_and_attributes():
     programs = RuleCache().programs("t", [SegmentDef("big", "", "insights.spend >= 100.0"),
                                           SegmentDef("gold", "", 'attributes.tier == "gold"')])
-    assert domain.evaluate_memberships(programs, {}, {"spend": 150.0}, set()) == {"big"}
-    assert domain.evaluate_memberships(programs, {"tier": "gold"}, {"spend": 10.0}, {"big"}) == {"gold"}
+    assert segments.evaluate_memberships(programs, {}, {"spend": 150.0}, set()) == {"big"}
+    assert segments.evaluate_memberships(programs, {"tier": "gold"}, {"spend": 10.0}, {"big"}) == {"gold"}
 
 
 def test_segment_of_segments_settles_in_one_evaluation():
     programs = RuleCache().programs("t", [SegmentDef("a", "", "insights.spend > 0.0"),
                                           SegmentDef("b", "", '"a" in segments')])
-    assert domain.evaluate_memberships(programs, {}, {"spend": 1.0}, set()) == {"a", "b"}
-    assert domain.evaluate_memberships(programs, {}, {"spend": 0.0}, {"a", "b"}) == set()
+    assert segments.evaluate_memberships(programs, {}, {"spend": 1.0}, set()) == {"a", "b"}
+    assert segments.evaluate_memberships(programs, {}, {"spend": 0.0}, {"a", "b"}) == set()
 
 
 def test_memo_reuses_results_of_identical_insights_and_segments_only():
@@ -182,23 +183,23 @@ def test_memo_reuses_results_of_identical_insights_and_segments_only():
     memo: dict = {}
     cases = [({"spend": 1.0}, set()), ({"spend": 1.0}, set()), ({"spend": 7.0}, {"a", "b"}), ({"spend": 0.0}, {"a"}),
              ({"spend": 1.0}, {"a"})]
-    for insights, current in cases:
-        assert domain.evaluate_memberships(programs, {}, insights, current, memo=memo) == \
-            domain.evaluate_memberships(programs, {}, insights, current)
+    for values, current in cases:
+        assert segments.evaluate_memberships(programs, {}, values, current, memo=memo) == \
+            segments.evaluate_memberships(programs, {}, values, current)
     assert len(memo) == 4  # the repeated case was answered from the memo
 
 
 def test_memo_is_not_used_when_rules_read_attributes():
     programs = RuleCache().programs("t", [SegmentDef("gold", "", 'attributes.tier == "gold"')])
     memo: dict = {}
-    assert domain.evaluate_memberships(programs, {"tier": "gold"}, {}, set(), memo=memo) == {"gold"}
-    assert domain.evaluate_memberships(programs, {"tier": "tin"}, {}, set(), memo=memo) == set()
+    assert segments.evaluate_memberships(programs, {"tier": "gold"}, {}, set(), memo=memo) == {"gold"}
+    assert segments.evaluate_memberships(programs, {"tier": "tin"}, {}, set(), memo=memo) == set()
     assert memo == {}
 
 
 def test_rule_that_errors_on_a_profile_does_not_match():
     programs = RuleCache().programs("t", [SegmentDef("x", "", "attributes.age > 18")])
-    assert domain.evaluate_memberships(programs, {"age": "old"}, {}, set()) == set()
+    assert segments.evaluate_memberships(programs, {"age": "old"}, {}, set()) == set()
 
 
 def test_rule_cache_recompiles_only_when_the_rule_changes():
