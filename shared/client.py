@@ -46,14 +46,21 @@ class _Propagate(
         return await continuation(_details(client_call_details, self.cap), request_iterator)
 
 
-def call_metadata() -> tuple[tuple[str, str], ...]:
-    """The request id and tenant of the current call as explicit metadata.
+# A stream (training progress, a re-run, a watch, a batch of recommendations) may outlast the cap of a unary
+# call; the caller's own deadline still bounds it.
+STREAM_CAP_SECONDS = 86_400.0
 
-    Streaming calls pass it themselves: grpc.aio may run a stream's client interceptors outside the caller's
-    context, where the contextvars are not set.
+
+def open_stream(multicallable, request, **kwargs):
+    """Starts a server-streaming call with the request id and tenant as explicit metadata and the stream cap.
+
+    grpc.aio may run a stream's client interceptors outside the caller's context, where the contextvars are not
+    set, so streams carry the call context themselves.
     """
     pairs = ((ctx.REQUEST_ID_HEADER, ctx.request_id_var.get()), (ctx.TENANT_HEADER, ctx.tenant_var.get()))
-    return tuple((k, v) for k, v in pairs if v)
+    remaining = ctx.remaining_seconds()
+    timeout = STREAM_CAP_SECONDS if remaining is None else min(STREAM_CAP_SECONDS, max(remaining, 0.001))
+    return multicallable(request, metadata=tuple((k, v) for k, v in pairs if v), timeout=timeout, **kwargs)
 
 
 def channel(target: str, *, cap_seconds: float = DEFAULT_CAP_SECONDS) -> grpc.aio.Channel:

@@ -24,3 +24,17 @@ def decode_token(token: str, field: str = "page_token") -> list | None:
     if not isinstance(key, list):
         raise InvalidArgument([(field, "is not a token this service issued")])
     return key
+
+
+def next_page(rows: list, size: int, key) -> tuple[list, str]:
+    """Cuts rows fetched with limit size + 1 to one page; the token resumes after key(last row kept)."""
+    if len(rows) <= size:
+        return rows, ""
+    return rows[:size], encode_token(key(rows[size - 1]))
+
+
+def page_size(requested: int, default: int = 100, maximum: int = 1000) -> int:
+    """A request's page_size: 0 means default; outside 0..maximum is INVALID_ARGUMENT on page_size."""
+    if not 0 <= requested <= maximum:
+        raise InvalidArgument([("page_size", f"must be between 0 (means {default}) and {maximum}")])
+    return requested or default

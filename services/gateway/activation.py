@@ -31,7 +31,8 @@ from shared import context as ctx
 from shared.errors import InvalidArgument, NotFound, Violations
 from shared.leader import lead
 from shared.log import get_logger
-from shared.paging import decode_token, encode_token
+from shared import paging
+from shared.paging import decode_token, next_page
 from shared.settings import env_float, env_int
 
 log = get_logger("gateway.activation")
@@ -181,12 +182,6 @@ def validate_activation(a: pb.Activation) -> Violations:
     return v
 
 
-def page_size_of(size: int, default: int = 100, maximum: int = 1000) -> int:
-    if not 0 <= size <= maximum:
-        raise InvalidArgument([("page_size", f"must be between 0 (means {default}) and {maximum}")])
-    return size or default
-
-
 def _after(token: str) -> str:
     key = decode_token(token, "page_token")
     if key is None:
@@ -247,10 +242,10 @@ class Activations:
 
     async def list_destinations(self, tenant_id: str, page_size: int, page_token: str
                                 ) -> tuple[list[pb.Destination], str]:
-        size = page_size_of(page_size)
-        rows = await self.store.list_destinations(tenant_id, _after(page_token), size + 1)
-        token = encode_token([rows[size - 1].name]) if len(rows) > size else ""
-        return [public_destination(d) for d in rows[:size]], token
+        size = paging.page_size(page_size)
+        rows, token = next_page(await self.store.list_destinations(tenant_id, _after(page_token), size + 1), size,
+                                lambda d: [d.name])
+        return [public_destination(d) for d in rows], token
 
     async def upsert_activation(self, tenant_id: str, activation: pb.Activation) -> pb.Activation:
         """Creates or replaces an activation; NOT_FOUND for an unknown destination, segment or schedule."""
@@ -281,10 +276,9 @@ class Activations:
 
     async def list_activations(self, tenant_id: str, page_size: int, page_token: str
                                ) -> tuple[list[pb.Activation], str]:
-        size = page_size_of(page_size)
-        rows = await self.store.list_activations(tenant_id, _after(page_token), size + 1)
-        token = encode_token([rows[size - 1].name]) if len(rows) > size else ""
-        return rows[:size], token
+        size = paging.page_size(page_size)
+        return next_page(await self.store.list_activations(tenant_id, _after(page_token), size + 1), size,
+                         lambda a: [a.name])
 
     @staticmethod
     def _segment_of(a: pb.Activation) -> str:

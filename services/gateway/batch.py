@@ -19,8 +19,7 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2 as profil
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
 from services.gateway.decide import (DEFAULT_ITEMS, PROFILE_EVENTS, PROFILE_MASK, _struct, affinity_messages,
                                      item_rows, missing_decision_diagnostics, profile_view)
-from services.gateway.passthrough import STREAM_SECONDS
-from shared.client import call_metadata
+from shared.client import open_stream
 from services.gateway.ingest import NAME
 from services.gateway.quotas import count_credits
 from shared import context as ctx
@@ -362,10 +361,10 @@ class BatchJobs:
         out = {}
         for (strategy, count), members in wanted.items():
             by_member = {}
-            stream = self.recommender.RecommendBatch(rec_pb.RecommendBatchRequest(
+            stream = open_stream(self.recommender.RecommendBatch, rec_pb.RecommendBatchRequest(
                 strategy=strategy, count=count, item_attributes=item_attributes,
                 individuals=[rec_pb.BatchIndividual(unified_individual_id=m, affinities=affinity_messages(p))
-                             for m, p in members]), timeout=STREAM_SECONDS, metadata=call_metadata())
+                             for m, p in members]))
             async for chunk in stream:
                 for result in chunk.results:
                     by_member[result.unified_individual_id] = list(result.items)

@@ -126,6 +126,16 @@ class Decider:
             self._resolved[key] = (found, now + self.resolve_cache_seconds)
         return found
 
+    async def resolve_known(self, request, *, cached: bool = True) -> str:
+        """The unified id a request's individual_id or unified_individual_id names; INVALID_ARGUMENT when it names
+        neither, NOT_FOUND when no individual has the identity."""
+        if not request.unified_individual_id and not request.individual_id.value:
+            raise InvalidArgument([("individual_id", "an identity or a unified_individual_id is required")])
+        unified_id = await self.resolve(request.individual_id, request.unified_individual_id, cached=cached)
+        if not unified_id:
+            raise NotFound("no individual has this identity", reason="INDIVIDUAL_NOT_FOUND")
+        return unified_id
+
     async def decide(self, request: pb.GetDecisionsRequest) -> pb.GetDecisionsResponse:
         validate(request)
         flags = set(request.execution_flags)
@@ -221,11 +231,7 @@ class Decider:
 
     async def assign(self, request: pb.AssignExperimentsRequest) -> pb.AssignExperimentsResponse:
         """Experiment cohorts of one individual (resolved like GetDecisions), optionally recording exposures."""
-        if not request.unified_individual_id and not request.individual_id.value:
-            raise InvalidArgument([("individual_id", "an identity or a unified_individual_id is required")])
-        unified_id = await self.resolve(request.individual_id, request.unified_individual_id)
-        if not unified_id:
-            raise NotFound("no individual has this identity", reason="INDIVIDUAL_NOT_FOUND")
+        unified_id = await self.resolve_known(request)
         profile = await self.augment(request, unified_id)
         reply = await self.decision.AssignExperiments(decision_pb.AssignExperimentsRequest(
             unified_individual_id=unified_id, point_names=request.point_names, profile=_struct(profile),

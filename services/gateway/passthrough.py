@@ -8,7 +8,7 @@ import grpc
 from google.protobuf import descriptor_pool
 
 from services.gateway.auth import GATEWAY, METHOD_SCOPES
-from shared.client import call_metadata
+from shared.client import open_stream
 
 
 def _unary(call, after=None):
@@ -22,15 +22,10 @@ def _unary(call, after=None):
     return forward
 
 
-# Streams (training progress, re-runs, watches) may outlast the client factory's default cap of a unary call;
-# the caller's own deadline still bounds them.
-STREAM_SECONDS = 86_400.0
-
-
 def _server_stream(call, after=None):
     async def forward(request: bytes, _context):
         started = time.time()
-        async for message in call(request, timeout=STREAM_SECONDS, metadata=call_metadata()):
+        async for message in open_stream(call, request):
             yield message
         if after is not None:
             await after(request, started)

@@ -20,14 +20,12 @@ from services.gateway.ingest import Ingest
 from services.gateway.postgres import KeyRow
 from services.gateway.quotas import Quotas
 from services.gateway.records import RecordSync, validate_data_model
-from shared.client import call_metadata
+from shared.client import open_stream
 from shared.context import current_tenant
-from shared.errors import InvalidArgument, NotFound, ResourceExhausted
-from shared.paging import decode_token, encode_token
+from shared.errors import InvalidArgument, ResourceExhausted
+from shared.paging import decode_token, next_page, page_size
 
 STREAM_WRITES = 2  # stream messages being written at once
-# A watch lasts as long as the caller's deadline allows, at most a day per call.
-WATCH_SECONDS = 86_400.0
 SCOPE_NAMES = {pb.SCOPE_INGEST: "ingest", pb.SCOPE_DECIDE: "decide", pb.SCOPE_ADMIN: "admin"}
 SCOPE_VALUES = {v: k for k, v in SCOPE_NAMES.items()}
 
@@ -49,13 +47,6 @@ def api_key_message(row: KeyRow) -> pb.ApiKey:
 def _acks(acks: list[tuple[str, bool]]) -> list[pb.EventAck]:
     return [pb.EventAck(message_id=m, status=pb.ACK_STATUS_STORED if fresh else pb.ACK_STATUS_DUPLICATE)
             for m, fresh in acks]
-
-
-def _page(request, default: int, maximum: int) -> int:
-    size = request.page_size or default
-    if not 0 < size <= maximum:
-        raise InvalidArgument([("page_size", f"must be between 0 and {maximum}")])
-    return size
 
 
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
@@ -122,15 +113,11 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         return await self.decider.assign(request)
 
     async def GetProfile(self, request, context):
-        if not request.unified_individual_id and not request.individual_id.value:
-            raise InvalidArgument([("individual_id", "an identity or a unified_individual_id is required")])
-        unified_id = await self.decider.resolve(request.individual_id, request.unified_individual_id, cached=False)
-        if not unified_id:
-            raise NotFound("no individual has this identity", reason="INDIVIDUAL_NOT_FOUND")
-        individual = await self.decider.identity.GetIndividual(
-            identity_pb.GetIndividualRequest(unified_individual_id=unified_id))
-        reply = await self.decider.profile.GetProfile(profile_pb.GetProfileRequest(
-            unified_individual_id=unified_id, event_limit=request.event_limit))
+        unified_id = await self.decider.resolve_known(request, cached=False)
+        individual, reply = await asyncio.gather(
+            self.decider.identity.GetIndividual(identity_pb.GetIndividualRequest(unified_individual_id=unified_id)),
+            self.decider.profile.GetProfile(profile_pb.GetProfileRequest(
+                unified_individual_id=unified_id, event_limit=request.event_limit)))
         profile = reply.profile
         return pb.GetProfileResponse(
             unified_individual_id=unified_id, identities=individual.individual.identities,
@@ -140,14 +127,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             consents=[common_pb2.Consent(purpose=c.purpose, status=c.status) for c in profile.consents])
 
     async def WatchEvents(self, request, context):
-        if not request.unified_individual_id and not request.individual_id.value:
-            raise InvalidArgument([("individual_id", "an identity or a unified_individual_id is required")])
-        unified_id = await self.decider.resolve(request.individual_id, request.unified_individual_id, cached=False)
-        if not unified_id:
-            raise NotFound("no individual has this identity", reason="INDIVIDUAL_NOT_FOUND")
-        stream = self.decider.profile.WatchEvents(profile_pb.WatchEventsRequest(
-            unified_individual_id=unified_id, replay_count=request.replay_count), timeout=WATCH_SECONDS,
-            metadata=call_metadata())
+        unified_id = await self.decider.resolve_known(request, cached=False)
+        stream = open_stream(self.decider.profile.WatchEvents, profile_pb.WatchEventsRequest(
+            unified_individual_id=unified_id, replay_count=request.replay_count))
         async for update in stream:
             yield pb.WatchEventsResponse(event=update.event, append_time=update.append_time)
 
@@ -157,12 +139,12 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         return pb.CreateApiKeyResponse(api_key=api_key_message(row), secret=secret)
 
     async def ListApiKeys(self, request, context):
-        size = _page(request, 100, 1000)
+        size = page_size(request.page_size, 100, 1000)
         after = decode_token(request.page_token, "page_token")
         rows = await self.keys.store.list_keys(
             current_tenant(), None if after is None else (datetime.fromisoformat(after[0]), after[1]), size + 1)
-        token = encode_token([rows[size - 1].created_at.isoformat(), rows[size - 1].key_id]) if len(rows) > size else ""
-        return pb.ListApiKeysResponse(api_keys=[api_key_message(r) for r in rows[:size]], next_page_token=token)
+        rows, token = next_page(rows, size, lambda r: [r.created_at.isoformat(), r.key_id])
+        return pb.ListApiKeysResponse(api_keys=[api_key_message(r) for r in rows], next_page_token=token)
 
     async def RevokeApiKey(self, request, context):
         if not request.key_id:
@@ -191,33 +173,30 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         return pb.GetBatchJobResponse(job=await self.batch.get(current_tenant(), request.job_id))
 
     async def ListBatchJobs(self, request, context):
-        size = _page(request, 100, 1000)
+        size = page_size(request.page_size, 100, 1000)
         rows = await self.batch.list_jobs(current_tenant(), size + 1, decode_token(request.page_token))
-        token = encode_token([rows[size - 1]["created_at"].isoformat(), rows[size - 1]["job_id"]]) \
-            if len(rows) > size else ""
-        return pb.ListBatchJobsResponse(jobs=[job_message(r) for r in rows[:size]], next_page_token=token)
+        rows, token = next_page(rows, size, lambda r: [r["created_at"].isoformat(), r["job_id"]])
+        return pb.ListBatchJobsResponse(jobs=[job_message(r) for r in rows], next_page_token=token)
 
     async def WatchBatchJob(self, request, context):
         async for update in self.batch.watch(current_tenant(), request.job_id, request.include_rows):
             yield update
 
     async def ListBatchResults(self, request, context):
-        size = _page(request, 1000, 10_000)
+        size = page_size(request.page_size, 1000, 10_000)
         rows = await self.batch.results(current_tenant(), request.job_id, size + 1, decode_token(request.page_token))
-        token = encode_token([rows[size - 1]["unified_individual_id"], rows[size - 1]["point_name"]]) \
-            if len(rows) > size else ""
-        return pb.ListBatchResultsResponse(rows=[result_message(r) for r in rows[:size]], next_page_token=token)
+        rows, token = next_page(rows, size, lambda r: [r["unified_individual_id"], r["point_name"]])
+        return pb.ListBatchResultsResponse(rows=[result_message(r) for r in rows], next_page_token=token)
 
     async def UpsertBatchSchedule(self, request, context):
         return pb.UpsertBatchScheduleResponse(schedule=await self.batch.upsert_schedule(current_tenant(),
                                                                                         request.schedule))
 
     async def ListBatchSchedules(self, request, context):
-        size = _page(request, 100, 1000)
+        size = page_size(request.page_size, 100, 1000)
         rows = await self.batch.list_schedules(current_tenant(), size + 1, decode_token(request.page_token))
-        token = encode_token([rows[size - 1]["name"]]) if len(rows) > size else ""
-        return pb.ListBatchSchedulesResponse(schedules=[schedule_message(r) for r in rows[:size]],
-                                             next_page_token=token)
+        rows, token = next_page(rows, size, lambda r: [r["name"]])
+        return pb.ListBatchSchedulesResponse(schedules=[schedule_message(r) for r in rows], next_page_token=token)
 
     async def GetUsage(self, request, context):
         used, limit, start, rate = await self.quotas.usage(current_tenant())
