@@ -102,3 +102,12 @@ async def wait_for(check, timeout: float = 20.0):
         if result or time.monotonic() > deadline:
             return result
         await asyncio.sleep(0.05)
+
+
+def struct(value: dict):
+    """A google.protobuf.Struct holding value."""
+    from google.protobuf import struct_pb2
+
+    out = struct_pb2.Struct()
+    out.update(value)
+    return out

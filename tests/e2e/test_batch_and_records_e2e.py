@@ -15,7 +15,7 @@ from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from services.gateway.batch import BatchJobs
 from shared.errors import status_details
-from tests.conftest import wait_for
+from tests.conftest import struct, wait_for
 from tests.suite import Suite
 
 
@@ -24,12 +24,6 @@ async def suite(database_url):
     s = await Suite(database_url).start()
     yield s
     await s.stop()
-
-
-def _struct(value: dict) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(value)
-    return s
 
 
 
@@ -44,12 +38,12 @@ async def _shoppers(suite: Suite, md, count: int) -> None:
         name="banner", type=decision_pb.POINT_TYPE_MANUAL_CONTENT, template=decision_pb.ResponseTemplate(
             fields=[decision_pb.TemplateField(name="headline", type=decision_pb.FIELD_TYPE_STRING)]))), metadata=md)
     await suite.decision_admin.UpsertDecision(decision_pb.UpsertDecisionRequest(decision=decision_pb.Decision(
-        point_name="banner", name="thanks", fallback=True, content=_struct({"headline": "Thanks"}))), metadata=md)
+        point_name="banner", name="thanks", fallback=True, content=struct({"headline": "Thanks"}))), metadata=md)
     await suite.decision_admin.UpsertPoint(decision_pb.UpsertPointRequest(point=decision_pb.Point(
         name="email_block", type=decision_pb.POINT_TYPE_MANUAL_CONTENT, template=decision_pb.ResponseTemplate(
             fields=[decision_pb.TemplateField(name="headline", type=decision_pb.FIELD_TYPE_STRING)]))), metadata=md)
     await suite.decision_admin.UpsertDecision(decision_pb.UpsertDecisionRequest(decision=decision_pb.Decision(
-        point_name="email_block", name="news", fallback=True, content=_struct({"headline": "News"}))), metadata=md)
+        point_name="email_block", name="news", fallback=True, content=struct({"headline": "News"}))), metadata=md)
     now = timestamp_pb2.Timestamp()
     now.GetCurrentTime()
     events = [common_pb2.Event(
@@ -188,7 +182,7 @@ async def test_record_sync_validates_against_the_data_model_unless_increased_bat
         object_types=[pb.ObjectTypeDeclaration(type="case", attributes=[
             pb.AttributeDeclaration(name="status", type=pb.ATTRIBUTE_TYPE_STRING)])])), metadata=md)
     bad = [
-        _record(1, dataset="erp", attributes=_struct({"first_name": 3})),
+        _record(1, dataset="erp", attributes=struct({"first_name": 3})),
         pb.SyncRecord(record_id="no-identities"),
         _record(3, dataset="crm", profile_objects=[common_pb2.ProfileObject(type="order", object_id="o1")]),
     ]
@@ -201,9 +195,9 @@ async def test_record_sync_validates_against_the_data_model_unless_increased_bat
         records=[bad[0], bad[2]], increased_batch_size=True), metadata=md)
     assert len(relaxed.results) == 2
 
-    good = _record(9, dataset="crm", attributes=_struct({"first_name": "Ada"}), interaction_name="contact_updated",
+    good = _record(9, dataset="crm", attributes=struct({"first_name": "Ada"}), interaction_name="contact_updated",
                    profile_objects=[common_pb2.ProfileObject(type="case", object_id="c-1",
-                                                             attributes=_struct({"status": "open"}))])
+                                                             attributes=struct({"status": "open"}))])
     reply = await suite.gateway.SendRecordData(pb.SendRecordDataRequest(records=[good]), metadata=md)
 
     async def processed():

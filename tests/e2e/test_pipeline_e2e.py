@@ -13,7 +13,7 @@ from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from shared.errors import status_details
-from tests.conftest import wait_for
+from tests.conftest import struct, wait_for
 from tests.suite import Suite
 
 POINT = "home_banner"
@@ -26,10 +26,8 @@ async def suite(database_url):
     await s.stop()
 
 
-def _content(headline: str) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update({"headline": headline})
-    return s
+def _content(headline: str):
+    return struct({"headline": headline})
 
 
 async def _configure(suite: Suite, md) -> None:

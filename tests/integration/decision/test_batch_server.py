@@ -6,13 +6,10 @@ import random
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
 from personalization.decision.v1 import decision_service_pb2 as pb
-from personalization.decision.v1 import decision_service_pb2_grpc as pb_grpc
 
-from services.decision.server import build
 from shared.errors import status_details
-from tests.conftest import serving, tenant_md
+from tests.conftest import struct, tenant_md
 
 RULES = (
     ("big_vip", 30, '"vip" in profile.segments && profile.insights.spend_30d > 200.0'),
@@ -20,18 +17,6 @@ RULES = (
     ("adults", 10, "profile.attributes.age >= 18.0"),  # fails without the attribute, with an error reported
     ("buyers", 5, 'profile.events.exists(e, e.type == "PURCHASE")'),
 )
-
-
-@pytest.fixture(scope="module")
-async def server(database_url):
-    async with serving(await build(database_url), pb_grpc.DecisionServiceStub) as stub:
-        yield stub
-
-
-def struct(value: dict) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(value)
-    return s
 
 
 def generated_profile(rng: random.Random) -> dict:

@@ -4,31 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
 from personalization.decision.v1 import decision_service_pb2 as pb
-from personalization.decision.v1 import decision_service_pb2_grpc as pb_grpc
 
-from services.decision.server import build
 from shared.errors import status_details
-from tests.conftest import schema_connection, serving, tenant_md
-
-
-@pytest.fixture(scope="module")
-async def server(database_url):
-    async with serving(await build(database_url), pb_grpc.DecisionServiceStub) as stub:
-        yield stub
-
-
-@pytest.fixture
-async def db(database_url):
-    async with schema_connection(database_url, "decision") as conn:
-        yield conn
-
-
-def struct(value: dict) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(value)
-    return s
+from tests.conftest import struct, tenant_md
 
 
 BANNER = pb.Point(

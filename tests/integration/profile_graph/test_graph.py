@@ -16,7 +16,7 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc
 from services.profile_graph.server import build
 from shared.errors import status_details
-from tests.conftest import serving, tenant_md
+from tests.conftest import serving, struct, tenant_md
 
 PURCHASE, VIEW, CART = common.EVENT_TYPE_PURCHASE, common.EVENT_TYPE_PRODUCT_VIEW, common.EVENT_TYPE_ADD_TO_CART
 GRANTED, DENIED = common.CONSENT_STATUS_GRANTED, common.CONSENT_STATUS_DENIED
@@ -60,12 +60,6 @@ def ts(when: datetime) -> timestamp_pb2.Timestamp:
 def dur(**kw) -> duration_pb2.Duration:
     out = duration_pb2.Duration()
     out.FromTimedelta(timedelta(**kw))
-    return out
-
-
-def struct(values: dict) -> struct_pb2.Struct:
-    out = struct_pb2.Struct()
-    out.update(values)
     return out
 
 
