@@ -133,6 +133,18 @@ async def _tenant_create(args) -> None:
     print(secret)
 
 
+async def _experiment_report(args) -> None:
+    from personalization.decision.v1 import decision_service_pb2 as dec
+    from personalization.decision.v1 import decision_service_pb2_grpc as dec_grpc
+    from services.decision.report import render_html
+
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        results = await dec_grpc.DecisionServiceStub(channel).GetExperimentResults(
+            dec.GetExperimentResultsRequest(name=args.name), metadata=_auth(args), timeout=30)
+    Path(args.output).write_text(render_html(results))
+    print(f"experiment {args.name}: report written to {args.output}")
+
+
 def progress_bar(done: int, total: int, width: int = 30) -> str:
     """A one-line text progress bar: [#####-----]  50%  500/1000."""
     fraction = min(1.0, done / total) if total else (1.0 if done else 0.0)
@@ -216,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     quota.add_argument("--credits", type=int, default=0, help="decision credits per month (0: unlimited)")
     quota.add_argument("--rate", type=float, default=0.0, help="requests per second (0: unlimited)")
     quota.set_defaults(run=_tenant_quota)
+
+    experiment = commands.add_parser("experiment", help="experiments")
+    experiment_commands = experiment.add_subparsers(dest="experiment_command", required=True)
+    report = experiment_commands.add_parser("report", parents=[client],
+                                            help="write an experiment's results as an HTML page")
+    report.add_argument("name", help="the experiment's name")
+    report.add_argument("-o", "--output", default="experiment.html", help="file to write (default: %(default)s)")
+    report.set_defaults(run=_experiment_report)
 
     batch = commands.add_parser("batch", help="batch personalization")
     batch_commands = batch.add_subparsers(dest="batch_command", required=True)

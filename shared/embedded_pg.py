@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pwd
 import stat
@@ -103,8 +102,3 @@ class EmbeddedPostgres:
         finally:
             await conn.close()
         return self.dsn(name)
-
-
-def ensure_database_sync(server: EmbeddedPostgres, name: str) -> str:
-    """ensure_database for callers without an event loop."""
-    return asyncio.run(server.ensure_database(name))

@@ -14,7 +14,6 @@ from scipy.stats import chi2
 from services.decision import growthbook, rules
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-STATES = ("DRAFT", "RUNNING", "STOPPED", "ARCHIVED")
 METRICS = ("CLICK_THROUGH", "CONVERSION", "REVENUE_PER_INDIVIDUAL")
 TOTAL_BPS = 10_000
 MIN_PARTICIPANTS = (300, 5_000)

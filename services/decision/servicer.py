@@ -11,7 +11,7 @@ from personalization.decision.v1 import decision_service_pb2 as pb
 from personalization.decision.v1 import decision_service_pb2_grpc as pb_grpc
 
 from services.decision.domain import Decision, LogEntry, Point, Template, TemplateField
-from services.decision.experiments import Assignment, Cohort, Experiment, Outcome
+from services.decision.experiments import MODELS, Assignment, Cohort, Experiment, Outcome
 from services.decision.schema import ProfileSchema
 from services.decision.service import DecisionService
 from shared import context as request_context
@@ -36,8 +36,7 @@ _SELECTION = {pb.WINNER_SELECTION_UNSPECIFIED: "MANUAL", pb.WINNER_SELECTION_MAN
               pb.WINNER_SELECTION_AUTOMATIC: "AUTOMATIC"}
 _SELECTION_BACK = {"MANUAL": pb.WINNER_SELECTION_MANUAL, "AUTOMATIC": pb.WINNER_SELECTION_AUTOMATIC}
 _OUTCOMES = {pb.OUTCOME_TYPE_CLICK: "CLICK", pb.OUTCOME_TYPE_PURCHASE: "PURCHASE"}
-_MODELS = {name: pb.AttributionModel.Value("ATTRIBUTION_MODEL_" + name) for name in
-           ("FIRST_TOUCH_VIEW", "LAST_TOUCH_VIEW", "FIRST_TOUCH_CLICK", "LAST_TOUCH_CLICK")}
+_MODELS = {name: pb.AttributionModel.Value("ATTRIBUTION_MODEL_" + name) for name in MODELS}
 
 
 def value_to_py(value: struct_pb2.Value) -> Any:

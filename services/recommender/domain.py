@@ -10,9 +10,6 @@ import numpy as np
 
 from services.recommender.config import (
     BUILT_IN,
-    MOST_VIEWED,
-    TOP_SELLERS,
-    TRENDING,
     Config,
 )
 
@@ -21,8 +18,6 @@ ADD_TO_CART = "add_to_cart"
 PURCHASE = "purchase"
 KINDS = (PRODUCT_VIEW, ADD_TO_CART, PURCHASE)
 STRATEGIES = BUILT_IN
-# The strategies ranked over the whole tenant, served from the in-memory cache.
-GLOBAL_STRATEGIES = (TOP_SELLERS, MOST_VIEWED, TRENDING)
 
 
 @dataclass(frozen=True)

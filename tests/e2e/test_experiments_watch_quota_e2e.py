@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -99,6 +101,27 @@ async def test_every_channel_sees_the_same_sticky_cohort_and_the_log_records_it(
     finally:
         await conn.close()
     assert [r["cohort_id"] for r in rows] == [assignment.cohort_id] * 3
+
+
+async def test_tailor_experiment_report_writes_the_results_page(suite, tmp_path):
+    _, md = await suite.new_tenant()
+    ids = await _point(suite, md)
+    await suite.decision_admin.UpsertExperiment(decision_pb.UpsertExperimentRequest(
+        experiment=decision_pb.Experiment(
+            name="report_test", point_name=POINT, primary_metric=decision_pb.METRIC_CONVERSION,
+            cohorts=[decision_pb.Cohort(cohort_id="a", weight_bps=5000, decision_id=ids["a"]),
+                     decision_pb.Cohort(cohort_id="b", weight_bps=5000, decision_id=ids["b"])],
+            min_participants=300, chance_to_win_threshold=95.0,
+            winner_selection=decision_pb.WINNER_SELECTION_MANUAL)), metadata=md)
+    out = tmp_path / "report.html"
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "tailor"), "experiment", "report", "report_test", "-o", str(out),
+        "--gateway", f"127.0.0.1:{suite.ports['gateway']}", "--api-key", md[0][1].split(" ", 1)[1],
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+    assert proc.returncode == 0, err.decode()
+    page = out.read_text()
+    assert "report_test" in page and "<svg" in page
 
 
 async def test_watch_events_replays_the_last_event_then_streams_new_ones(suite):

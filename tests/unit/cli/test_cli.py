@@ -99,3 +99,10 @@ def test_batch_run_and_tenant_quota_parse():
     assert (args.segment, args.point) == ("vip", ["a", "b"])
     args = build_parser().parse_args(["tenant", "quota", "acme", "--credits", "1000", "--rate", "50"])
     assert (args.name, args.credits, args.rate) == ("acme", 1000, 50.0)
+
+
+def test_experiment_report_parses():
+    from shared.cli import build_parser
+
+    args = build_parser().parse_args(["experiment", "report", "hero_test", "-o", "out.html"])
+    assert (args.name, args.output) == ("hero_test", "out.html")
