@@ -318,5 +318,7 @@ def shape_items(ranked, attributes: list[str]) -> list[struct_pb2.Struct]:
 
 def _served(p: pb.Personalization) -> struct_pb2.Struct:
     served = struct_pb2.Struct()
-    served.get_or_create_list("data").extend([json_format.MessageToDict(d) for d in p.data])
+    data = served.get_or_create_list("data")
+    for item in p.data:  # copied as messages: no round trip through Python dicts
+        data.values.add().struct_value.CopyFrom(item)
     return served
