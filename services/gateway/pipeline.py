@@ -151,10 +151,11 @@ class MergePropagation:
         self.decision = decision
         self.identity = identity
 
-    async def after_unmerge(self, request: bytes, reply: bytes) -> None:
-        """Moves the events carrying the split-off identities back from the survivor to the restored individual."""
-        undone = identity_pb.UnmergeResponse.FromString(reply)
-        await self.split(undone.survivor_individual_id, undone.unified_individual_id, undone.identities)
+    async def drain(self, *_call) -> None:
+        """Propagates everything in the identity service's merge outbox now (after an Unmerge or a RunRuleset
+        through the gateway, so their effects show at once instead of at the sweeper's next pass)."""
+        while await self.sweep(min_age_seconds=0):
+            pass
 
     async def split(self, survivor: str, restored: str, identities) -> None:
         # Only unique identities say whose an event is: a shared non-unique value (a family phone) must not
@@ -187,21 +188,6 @@ class MergePropagation:
             await self.identity.MarkMergeEventsPropagated(identity_pb.MarkMergeEventsPropagatedRequest(
                 event_ids=[e.event_id for e in page.merge_events]))
         return len(page.merge_events)
-
-    async def after_rerun(self, request: bytes, started: float) -> None:
-        """Applies the merges a ruleset re-run made (merge events of rule ruleset_run since it started)."""
-        token = ""
-        while True:
-            page = await self.identity.ListMergeEvents(identity_pb.ListMergeEventsRequest(
-                page_size=1000, page_token=token))
-            for event in page.merge_events:  # newest first
-                if event.event_time.ToMicroseconds() / 1e6 < started - 1:
-                    return
-                if event.kind == identity_pb.MERGE_EVENT_KIND_MERGE and event.rule == "ruleset_run":
-                    await self.merge([event.other_individual_id], event.survivor_individual_id)
-            token = page.next_page_token
-            if not token:
-                return
 
 
 def _events(rows: list[InboxRow]) -> list[common_pb2.Event]:

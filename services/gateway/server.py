@@ -89,8 +89,8 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
     sweeper = MergeSweeper(dsn, store, merges)
     passthrough = Passthrough({SERVICE_NAMES[name]: ch for name, ch in channels.items()}, after={
         PROFILE + "UpsertItems": items_to_recommender,
-        IDENTITY + "Unmerge": merges.after_unmerge,
-        IDENTITY + "RunRuleset": merges.after_rerun,
+        IDENTITY + "Unmerge": merges.drain,
+        IDENTITY + "RunRuleset": merges.drain,
     })
     worker = PipelineWorker(dsn, store, Pipeline(Stubs(identity, profile, recommender, decision)),
                             batch_size=settings.batch_size, chunk_size=min(settings.batch_size, 500),
