@@ -25,15 +25,16 @@ from google.protobuf import field_mask_pb2, json_format
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from services.gateway.activation_store import ActivationRow, ActivationStore, DeliveryRow
-from services.gateway.destinations import (DeliveryError, FileSink, Resolver, WebhookSender, check_url,
-                                           default_export_root, directory_problem, system_resolve)
+from services.gateway.destinations import (ALLOWED_NETWORKS_SETTING, DeliveryError, FileSink, Network, Resolver,
+                                           UrlPolicy, WebhookSender, check_url, default_export_root,
+                                           directory_problem, parse_networks, system_resolve)
 from shared import context as ctx
 from shared.errors import InvalidArgument, NotFound, Violations
 from shared.leader import lead
 from shared.log import get_logger
 from shared import paging
 from shared.paging import decode_token, next_page
-from shared.settings import env_float, env_int
+from shared.settings import env_float, env_int, env_str
 
 log = get_logger("gateway.activation")
 
@@ -62,6 +63,7 @@ class ActivationSettings:
     webhook_timeout_seconds: float = 10.0
     retry_max_seconds: float = 300.0
     retention_hours: float = 168.0
+    webhook_allowed_networks: tuple[Network, ...] = ()
 
     @classmethod
     def from_env(cls) -> ActivationSettings:
@@ -73,6 +75,7 @@ class ActivationSettings:
             webhook_timeout_seconds=env_float("TAILOR_GATEWAY_WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.1),
             retry_max_seconds=env_float("TAILOR_GATEWAY_DELIVERY_RETRY_MAX_SECONDS", 300.0, minimum=0.01),
             retention_hours=env_float("TAILOR_GATEWAY_DELIVERY_RETENTION_HOURS", 168.0, minimum=0.0),
+            webhook_allowed_networks=parse_networks(env_str(ALLOWED_NETWORKS_SETTING, "")),
         )
 
 
@@ -201,9 +204,9 @@ class Activations:
         self.store = ActivationStore(pool)
         self.pool = pool
         self.profile = profile_graph
-        self.resolve = resolve
+        self.policy = UrlPolicy(self.settings.webhook_allowed_networks, resolve)
         self.sender = sender or WebhookSender(attempts=self.settings.webhook_attempts,
-                                              timeout=self.settings.webhook_timeout_seconds, resolve=resolve)
+                                              timeout=self.settings.webhook_timeout_seconds)
         self.sink = sink or FileSink(self.settings.export_root)
         self._wake = asyncio.Event()
         self._limit = asyncio.Semaphore(self.settings.concurrency)
@@ -223,9 +226,11 @@ class Activations:
             if not d.webhook.url:
                 violations.add("destination.webhook.url", "must not be empty")
             else:
-                problem = await check_url(d.webhook.url, d.webhook.allow_private_network, self.resolve)
+                problem = await check_url(d.webhook.url, self.policy)
                 if problem is not None:
                     violations.add("destination.webhook.url", problem)
+            # Deprecated and ignored: only the operator's allowed networks open private targets.
+            d.webhook.allow_private_network = False
             if not d.webhook.secret:
                 existing = await self.store.get_destination(tenant_id, d.name) if NAME_PATTERN.match(d.name) else None
                 if existing is not None and existing.HasField("webhook") and existing.webhook.secret:
@@ -444,7 +449,7 @@ class Activations:
                 "source": source_of(row.config), "primary_key": primary_key_of(row.config), "rows": delivery.rows,
             }, separators=(",", ":")).encode()
             hook = destination.webhook
-            await self.sender.send(hook.url, hook.secret, hook.allow_private_network, delivery.delivery_id, body)
+            await self.sender.send(hook.url, hook.secret, delivery.delivery_id, body, self.policy)
         elif destination.HasField("file"):
             await self.sink.append(destination.file.directory, row.name, FORMATS.get(destination.file.format, "jsonl"),
                                    columns_of(row.config), delivery.rows)

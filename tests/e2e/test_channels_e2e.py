@@ -20,7 +20,7 @@ from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as profile_grpc
 from services.gateway.activation import Activations, ActivationSettings
-from services.gateway.destinations import WebhookSender
+from services.gateway.destinations import WebhookSender, parse_networks
 from shared import client
 from shared.runtime import prepare_schema
 from tests.integration.channels.receiver import Receiver
@@ -76,12 +76,12 @@ async def test_ingested_events_activate_segment_membership_and_a_segment_exit_fl
     pool = await prepare_schema(suite.dsn, "gateway", activation_module.__file__)
     channel = client.channel(f"127.0.0.1:{suite.ports['profile_graph']}")
     activations = Activations(pool, profile_grpc.ProfileGraphServiceStub(channel),
-                              settings=ActivationSettings(interval_seconds=0.05, retry_max_seconds=0.05),
+                              settings=ActivationSettings(interval_seconds=0.05, retry_max_seconds=0.05,
+                                                          webhook_allowed_networks=parse_networks("127.0.0.1/32")),
                               sender=WebhookSender(base_delay=0.01))
     try:
         await activations.upsert_destination(tenant, pb.Destination(
-            name="crm", batch_size=7, webhook=pb.WebhookDestination(url=receiver.url, secret=SECRET,
-                                                                     allow_private_network=True)))
+            name="crm", batch_size=7, webhook=pb.WebhookDestination(url=receiver.url, secret=SECRET)))
         await activations.upsert_activation(tenant, pb.Activation(
             name="gold_to_crm", destination="crm", segment_membership=pb.SegmentMembershipSource(segment="gold"),
             primary_key=["unified_individual_id"]))

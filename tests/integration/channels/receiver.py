@@ -19,6 +19,8 @@ class Receiver:
     secret: str
     failure_rate: float = 0.0
     status_override: int | None = None
+    host: str = "127.0.0.1"
+    redirect_to: str | None = None          # answer every call with a 302 to this URL (and a body to leak)
     calls: int = 0
     failures: int = 0
     bad_signatures: int = 0
@@ -30,10 +32,14 @@ class Receiver:
     @property
     def url(self) -> str:
         port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}/hooks/tailor"
+        return f"http://{self.host}:{port}/hooks/tailor"
+
+    @property
+    def port(self) -> int:
+        return self._server.sockets[0].getsockname()[1]
 
     async def start(self) -> Receiver:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, self.host, 0)
         return self
 
     async def stop(self) -> None:
@@ -77,6 +83,13 @@ class Receiver:
                         name, _, value = line.partition(":")
                         headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
+                if self.redirect_to is not None:
+                    self.calls += 1
+                    leak = b"internal data the tenant must not read"
+                    writer.write(f"HTTP/1.1 302 Found\r\nLocation: {self.redirect_to}\r\n"
+                                 f"Content-Length: {len(leak)}\r\n\r\n".encode() + leak)
+                    await writer.drain()
+                    continue
                 status = self._decide(body, headers)
                 writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n".encode())
                 await writer.drain()

@@ -17,7 +17,7 @@ from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as profile_grpc
 from services.gateway.activation import Activations, ActivationSettings
-from services.gateway.destinations import WebhookSender
+from services.gateway.destinations import WebhookSender, parse_networks
 from services.profile_graph.server import build as build_profile_graph
 from shared import client
 from shared.errors import InvalidArgument, NotFound
@@ -47,7 +47,8 @@ async def pool(database_url):
 
 @pytest.fixture
 async def activations(pool, profile_graph, tmp_path):
-    settings = ActivationSettings(interval_seconds=0.05, export_root=tmp_path, retry_max_seconds=0.05)
+    settings = ActivationSettings(interval_seconds=0.05, export_root=tmp_path, retry_max_seconds=0.05,
+                                  webhook_allowed_networks=parse_networks("127.0.0.0/8"))
     a = Activations(pool, profile_graph, settings=settings, sender=WebhookSender(attempts=4, base_delay=0.01))
     yield a
     await a.close()
@@ -83,7 +84,7 @@ async def status(activations: Activations, tenant: str, name: str) -> pb.Deliver
 
 def webhook(receiver: Receiver, name: str = "hook", batch_size: int = 20) -> pb.Destination:
     return pb.Destination(name=name, batch_size=batch_size, webhook=pb.WebhookDestination(
-        url=receiver.url, secret=receiver.secret, allow_private_network=True))
+        url=receiver.url, secret=receiver.secret))
 
 
 async def test_a_flaky_webhook_gets_every_row_once_per_delivery_id_and_an_exit_flips_the_flag(
@@ -249,12 +250,12 @@ async def test_bad_input_gets_a_precise_error_and_changes_nothing(activations, p
     await gold_segment(profile_graph, tenant)
     with pytest.raises(InvalidArgument) as info:
         await activations.upsert_destination(tenant, pb.Destination(
-            name="hook", webhook=pb.WebhookDestination(url="https://localhost/hook", secret=SECRET)))
+            name="hook", webhook=pb.WebhookDestination(url="https://[::1]/hook", secret=SECRET)))
     assert [f for f, _ in info.value.violations] == ["destination.webhook.url"]
     assert "loopback" in info.value.violations[0][1]
     with pytest.raises(InvalidArgument) as info:
         await activations.upsert_destination(tenant, pb.Destination(
-            name="hook", webhook=pb.WebhookDestination(url="http://127.0.0.1:9/hook")))
+            name="hook", webhook=pb.WebhookDestination(url="http://10.0.0.1:9/hook")))
     assert [f for f, _ in info.value.violations] == ["destination.webhook.url", "destination.webhook.secret"]
 
     with pytest.raises(NotFound) as info:
@@ -281,7 +282,7 @@ async def test_bad_input_gets_a_precise_error_and_changes_nothing(activations, p
 async def test_destinations_are_listed_page_by_page_without_secrets_and_per_tenant(activations, tenant):
     for name in ("c_hook", "a_hook", "b_hook"):
         await activations.upsert_destination(tenant, pb.Destination(name=name, webhook=pb.WebhookDestination(
-            url="http://127.0.0.1:9/x", secret=SECRET, allow_private_network=True)))
+            url="http://127.0.0.1:9/x", secret=SECRET)))
     page, token = await activations.list_destinations(tenant, 2, "")
     assert [d.name for d in page] == ["a_hook", "b_hook"] and token
     rest, last = await activations.list_destinations(tenant, 2, token)
