@@ -7,6 +7,7 @@ import time
 
 from personalization.common.v1 import common_pb2
 from services.gateway.postgres import GatewayStore
+from services.gateway.routing import route_of
 from shared.errors import InvalidArgument, Violations
 
 MAX_EVENTS = 10_000
@@ -118,14 +119,15 @@ class Ingest:
         self.store = store
 
     @staticmethod
-    def prepare(events) -> tuple[list[str], list[bytes]]:
-        """Validates a batch (InvalidArgument listing every bad field) and serializes it for the inbox."""
+    def prepare(events) -> tuple[list[str], list[bytes], list[int]]:
+        """Validates a batch (InvalidArgument listing every bad field), serializes it and routes it for the inbox."""
         validate_batch(events)
-        return [e.message_id for e in events], [e.SerializeToString() for e in events]
+        return [e.message_id for e in events], [e.SerializeToString() for e in events], [route_of(e) for e in events]
 
-    async def store_prepared(self, tenant_id: str, ids: list[str], payloads: list[bytes]) -> list[tuple[str, bool]]:
+    async def store_prepared(self, tenant_id: str, ids: list[str], payloads: list[bytes], routes: list[int]
+                             ) -> list[tuple[str, bool]]:
         """Returns (message_id, stored_now) per event in request order; a repeat within the batch is a duplicate."""
-        stored = await self.store.store_events(tenant_id, ids, payloads)
+        stored = await self.store.store_events(tenant_id, ids, payloads, routes)
         acks, seen = [], set()
         for message_id in ids:
             fresh = message_id in stored and message_id not in seen

@@ -1,4 +1,4 @@
-"""The gateway's asyncpg adapter: tenants, API keys, the ingest inbox and dead letters."""
+"""The gateway's asyncpg adapter: tenants, API keys, data models and the ingest side of the inbox."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from datetime import datetime
 import asyncpg
 
 from personalization.gateway.v1 import gateway_service_pb2 as pb
+from services.gateway.routing import PARTITIONS
 
 INBOX_CHANNEL = "tailor_inbox"
 
@@ -21,15 +22,6 @@ class KeyRow:
     display_name: str
     created_at: datetime
     revoked_at: datetime | None
-
-
-@dataclass(frozen=True)
-class InboxRow:
-    tenant_id: str
-    message_id: str
-    seq: int
-    payload: bytes
-    attempts: int
 
 
 def _key(row) -> KeyRow:
@@ -97,44 +89,16 @@ class GatewayStore:
             "INSERT INTO data_models (tenant_id, model) VALUES ($1, $2) ON CONFLICT (tenant_id) "
             "DO UPDATE SET model = excluded.model, updated_at = now()", tenant_id, model)
 
-    # Inbox.
-    async def store_events(self, tenant_id: str, message_ids: list[str], payloads: list[bytes]) -> set[str]:
-        """Stores new events in one statement and wakes the worker; returns the message ids newly stored."""
+    # Inbox (the pipeline's side is in postgres_inbox.py).
+    async def store_events(self, tenant_id: str, message_ids: list[str], payloads: list[bytes],
+                           routes: list[int]) -> set[str]:
+        """Stores new events in one statement and wakes the workers; returns the message ids newly stored."""
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "INSERT INTO inbox (tenant_id, message_id, payload) "
-                "SELECT $1, m, p FROM unnest($2::text[], $3::bytea[]) AS u(m, p) "
+                "INSERT INTO inbox (tenant_id, message_id, payload, route, partition) "
+                "SELECT $1, m, p, r, ((r # hashtextextended($1, 0)) % $5 + $5) % $5 FROM unnest($2::text[], $3::bytea[], $4::bigint[]) AS u(m, p, r) "
                 "ON CONFLICT (tenant_id, message_id) DO NOTHING RETURNING message_id",
-                tenant_id, message_ids, payloads)
+                tenant_id, message_ids, payloads, routes, PARTITIONS)
             if rows:
                 await conn.execute("SELECT pg_notify($1, '')", INBOX_CHANNEL)
         return {r["message_id"] for r in rows}
-
-    async def pending(self, limit: int) -> list[InboxRow]:
-        rows = await self.pool.fetch(
-            "SELECT tenant_id, message_id, seq, payload, attempts FROM inbox "
-            "WHERE processed_at IS NULL ORDER BY seq LIMIT $1", limit)
-        return [InboxRow(r["tenant_id"], r["message_id"], r["seq"], bytes(r["payload"]), r["attempts"]) for r in rows]
-
-    async def mark_processed(self, tenant_id: str, message_ids: list[str]) -> None:
-        await self.pool.execute(
-            "UPDATE inbox SET processed_at = now() WHERE tenant_id = $1 AND message_id = ANY($2::text[])",
-            tenant_id, message_ids)
-
-    async def record_failure(self, row: InboxRow, error: str, max_attempts: int) -> bool:
-        """Counts a failed attempt; after max_attempts the event moves to dead_letters. True when dead-lettered."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            attempts = await conn.fetchval(
-                "UPDATE inbox SET attempts = attempts + 1, last_error = $3 "
-                "WHERE tenant_id = $1 AND message_id = $2 RETURNING attempts",
-                row.tenant_id, row.message_id, error[:2000])
-            if attempts is None or attempts < max_attempts:
-                return False
-            await conn.execute(
-                "INSERT INTO dead_letters (tenant_id, message_id, payload, error, attempts) "
-                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                row.tenant_id, row.message_id, row.payload, error[:2000], attempts)
-            await conn.execute(
-                "UPDATE inbox SET processed_at = now() WHERE tenant_id = $1 AND message_id = $2",
-                row.tenant_id, row.message_id)
-            return True

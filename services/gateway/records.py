@@ -11,6 +11,7 @@ from personalization.common.v1 import common_pb2
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2 as identity_pb
 from services.gateway.ingest import NAME, validate_event
+from services.gateway.routing import route_of
 from services.gateway.postgres import GatewayStore
 from shared.errors import Violations
 
@@ -108,7 +109,8 @@ class RecordSync:
         resolved = await self.identity.ResolveIdentities(identity_pb.ResolveIdentitiesRequest(
             subjects=[identity_pb.Subject(identities=r.identities) for r in records]))
         stored = await self.store.store_events(
-            tenant_id, [e.message_id for e in events], [e.SerializeToString() for e in events])
+            tenant_id, [e.message_id for e in events], [e.SerializeToString() for e in events],
+            [route_of(e) for e in events])
         return pb.SendRecordDataResponse(results=[
             pb.RecordResult(index=i, unified_individual_id=res.unified_individual_id, created=res.created,
                             message_id=e.message_id,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import grpc
+
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.decision.v1 import decision_service_pb2_grpc as decision_grpc
 from personalization.gateway.v1 import gateway_service_pb2 as pb
@@ -18,11 +20,13 @@ from services.gateway.activation import Activations
 from services.gateway.auth import IDENTITY, PROFILE, KeyService
 from services.gateway.batch import BatchJobs
 from services.gateway.decide import Decider
+from services.gateway.dead_letters import DeadLetters
 from services.gateway.decision_log import DecisionLogWriter
 from services.gateway.ingest import Ingest
 from services.gateway.passthrough import Passthrough
-from services.gateway.pipeline import MergePropagation, MergeSweeper, Pipeline, PipelineWorker, Stubs
+from services.gateway.pipeline import MergePropagation, MergeSweeper, PartitionWorker, Pipeline, Stubs, WorkerSettings
 from services.gateway.postgres import GatewayStore
+from services.gateway.postgres_inbox import InboxStore
 from services.gateway.quotas import Quotas
 from services.gateway.records import RecordSync
 from services.gateway.servicer import GatewayServicer
@@ -46,8 +50,6 @@ class Settings:
     addresses: dict[str, str]
     auth_cache_seconds: float
     run_worker: bool
-    batch_size: int
-    max_attempts: int
     pool_size: int
     resolve_cache_seconds: float
 
@@ -57,11 +59,17 @@ class Settings:
             addresses=addresses or {name: service_address(name) for name in SERVICE_NAMES},
             auth_cache_seconds=env_float("TAILOR_GATEWAY_AUTH_CACHE_SECONDS", 5.0, minimum=0.0),
             run_worker=env_bool("TAILOR_GATEWAY_RUN_WORKER", True),
-            batch_size=env_int("TAILOR_GATEWAY_BATCH_SIZE", 1000, minimum=1, maximum=4000),
-            max_attempts=env_int("TAILOR_GATEWAY_MAX_ATTEMPTS", 5, minimum=1),
             pool_size=env_int("TAILOR_GATEWAY_POOL_SIZE", 10, minimum=2),
             resolve_cache_seconds=env_float("TAILOR_GATEWAY_RESOLVE_CACHE_SECONDS", 1.0, minimum=0.0),
         )
+
+
+def domain_stubs(channels: dict[str, grpc.aio.Channel]) -> Stubs:
+    """The gateway's client ports over channels to the four domain services."""
+    return Stubs(identity=identity_grpc.IdentityServiceStub(channels["identity"]),
+                 profile=profile_grpc.ProfileGraphServiceStub(channels["profile_graph"]),
+                 recommender=rec_grpc.RecommenderServiceStub(channels["recommender"]),
+                 decision=decision_grpc.DecisionServiceStub(channels["decision"]))
 
 
 async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
@@ -70,10 +78,8 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
     store = GatewayStore(pool)
     keys = KeyService(store, settings.auth_cache_seconds)
     channels = {name: client.channel(settings.addresses[name]) for name in SERVICE_NAMES}
-    identity = identity_grpc.IdentityServiceStub(channels["identity"])
-    profile = profile_grpc.ProfileGraphServiceStub(channels["profile_graph"])
-    recommender = rec_grpc.RecommenderServiceStub(channels["recommender"])
-    decision = decision_grpc.DecisionServiceStub(channels["decision"])
+    stubs = domain_stubs(channels)
+    identity, profile, recommender, decision = stubs.identity, stubs.profile, stubs.recommender, stubs.decision
     async def items_to_recommender(request: bytes, _reply: bytes) -> None:
         # The catalog lives in the profile graph; the recommender keeps the attributes it filters and ranks on.
         upsert = profile_pb.UpsertItemsRequest.FromString(request)
@@ -92,16 +98,14 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
         IDENTITY + "Unmerge": merges.drain,
         IDENTITY + "RunRuleset": merges.drain,
     })
-    worker = PipelineWorker(dsn, store, Pipeline(Stubs(identity, profile, recommender, decision)),
-                            batch_size=settings.batch_size, chunk_size=min(settings.batch_size, 500),
-                            max_attempts=settings.max_attempts)
+    worker = PartitionWorker(dsn, InboxStore(pool), Pipeline(stubs), WorkerSettings.from_env())
     log_writer = DecisionLogWriter(decision)
     quotas = Quotas(pool)
     batch = BatchJobs(dsn, pool, profile, decision, recommender)
     activations = Activations(pool, profile)
     servicer = GatewayServicer(keys, Ingest(store), Decider(identity, profile, decision, recommender, log_writer, quotas,
                                        resolve_cache_seconds=settings.resolve_cache_seconds),
-                               RecordSync(store, identity), batch, quotas, activations)
+                               RecordSync(store, identity), batch, quotas, activations, DeadLetters(InboxStore(pool)))
 
     async def close() -> None:
         await log_writer.flush()
@@ -118,5 +122,8 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
         authenticate=keys.authenticate,
         generic_handlers=[passthrough],
         extra_reflection_names=passthrough.service_names,
-        background=[log_writer.run, quotas.run, *([worker.run, batch.run, activations.run, sweeper.run] if settings.run_worker else [])],
+        # Batch jobs, activations and the merge sweeper each elect one leader per database; the pipeline worker is
+        # one of N partition workers (off here when `python -m services.gateway.pipeline` processes run instead).
+        background=[log_writer.run, quotas.run, batch.run, activations.run, sweeper.run,
+                    *([worker.run] if settings.run_worker else [])],
     )

@@ -15,6 +15,7 @@ from personalization.identity.v1 import identity_service_pb2 as identity_pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from services.gateway.auth import KeyService
 from services.gateway.batch import BatchJobs, job_message, result_message, schedule_message
+from services.gateway.dead_letters import DeadLetters
 from services.gateway.decide import Decider
 from services.gateway.ingest import Ingest
 from services.gateway.postgres import KeyRow
@@ -51,13 +52,14 @@ def _acks(acks: list[tuple[str, bool]]) -> list[pb.EventAck]:
 
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def __init__(self, keys: KeyService, ingest: Ingest, decider: Decider, records: RecordSync, batch: BatchJobs,
-                 quotas: Quotas, activations):
+                 quotas: Quotas, activations, dead_letters: DeadLetters):
         self.keys = keys
         self.ingest = ingest
         self.decider = decider
         self.records = records
         self.batch = batch
         self.quotas = quotas
+        self.dead_letters = dead_letters
         self.activations = activations
 
     async def _admit(self) -> None:
@@ -222,3 +224,15 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                                                                request.page_token)
         return pb.ListActivationsResponse(activations=items, next_page_token=token)
 
+    async def ListDeadLetters(self, request: pb.ListDeadLettersRequest, context) -> pb.ListDeadLettersResponse:
+        return await self.dead_letters.list(current_tenant(), request)
+
+    async def RetryDeadLetters(self, request: pb.RetryDeadLettersRequest, context) -> pb.RetryDeadLettersResponse:
+        return await self.dead_letters.retry(current_tenant(), request)
+
+    async def DiscardDeadLetters(self, request: pb.DiscardDeadLettersRequest, context
+                                 ) -> pb.DiscardDeadLettersResponse:
+        return await self.dead_letters.discard(current_tenant(), request)
+
+    async def GetPipelineStatus(self, request: pb.GetPipelineStatusRequest, context) -> pb.GetPipelineStatusResponse:
+        return await self.dead_letters.status(current_tenant())

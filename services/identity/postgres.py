@@ -502,6 +502,13 @@ class PostgresRepository:
             " AND propagated_at IS NULL", tenant, event_ids)
         return int(status.split()[-1])
 
+    async def mark_merges_propagated(self, tenant: str, merges: list[tuple[str, str]]) -> int:
+        status = await self.pool.execute(
+            "UPDATE merge_events AS e SET propagated_at = now() FROM unnest($2::text[], $3::text[]) AS u(s, m)"
+            " WHERE e.tenant_id = $1 AND e.merged_id = u.m AND e.survivor_id = u.s AND e.kind = 'MERGE'"
+            " AND e.propagated_at IS NULL", tenant, [s for s, _ in merges], [m for _, m in merges])
+        return int(status.split()[-1])
+
 
 async def _snapshot(conn: asyncpg.Connection, tenant: str, query: SnapshotQuery) -> Snapshot:
     covering = query.covering

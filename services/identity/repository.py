@@ -113,3 +113,7 @@ class Repository(Protocol):
     async def mark_merge_events_propagated(self, tenant: str, event_ids: list[int]) -> int:
         """Marks the events propagated; returns how many were newly marked."""
         ...
+
+    async def mark_merges_propagated(self, tenant: str, merges: list[tuple[str, str]]) -> int:
+        """Marks the MERGE events of these (survivor, merged) pairs propagated; returns how many were newly marked."""
+        ...

@@ -236,11 +236,19 @@ class IdentityService:
         v.raise_if_any()
         return await self.repository.unpropagated_merge_events(tenant, min_age_seconds, page_size or 100)
 
-    async def mark_merge_events_propagated(self, tenant: str, event_ids: list[str]) -> int:
-        """Marks outbox entries done (idempotent)."""
+    async def mark_merge_events_propagated(self, tenant: str, event_ids: list[str],
+                                           merges: list[tuple[str, str]] = ()) -> int:
+        """Marks outbox entries done (idempotent), by event id or by (survivor, merged) pair of a MERGE."""
         v = Violations()
         if len(event_ids) > 1000:
             v.add("event_ids", "at most 1000 ids")
+        if len(merges) > 1000:
+            v.add("merges", "at most 1000 pairs")
+        for i, (survivor, merged) in enumerate(merges):
+            if not survivor:
+                v.add(f"merges[{i}].survivor_individual_id", "must not be empty")
+            if not merged:
+                v.add(f"merges[{i}].merged_individual_id", "must not be empty")
         numbers = []
         for i, event_id in enumerate(event_ids):
             if not event_id.isdigit():
@@ -248,7 +256,10 @@ class IdentityService:
             else:
                 numbers.append(int(event_id))
         v.raise_if_any()
-        return await self.repository.mark_merge_events_propagated(tenant, numbers) if numbers else 0
+        marked = await self.repository.mark_merge_events_propagated(tenant, numbers) if numbers else 0
+        if merges:
+            marked += await self.repository.mark_merges_propagated(tenant, list(merges))
+        return marked
 
 
 def _not_found(individual_id: str) -> NotFound:

@@ -193,6 +193,8 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             for e in events])
 
     async def MarkMergeEventsPropagated(self, request, context):
-        marked = await self.service.mark_merge_events_propagated(current_tenant(), list(request.event_ids))
+        marked = await self.service.mark_merge_events_propagated(
+            current_tenant(), list(request.event_ids),
+            [(m.survivor_individual_id, m.merged_individual_id) for m in request.merges])
         return pb.MarkMergeEventsPropagatedResponse(marked_count=marked)
 

@@ -180,6 +180,9 @@ class Recorder:
             self.calls.append(("reassign_cohorts", list(request.from_unified_individual_ids),
                                request.to_unified_individual_id))
 
+    async def MarkMergeEventsPropagated(self, request):
+        self.calls.append(("marked", [(m.survivor_individual_id, m.merged_individual_id) for m in request.merges]))
+
     async def AppendEvents(self, request):
         self.calls.append(("append", [e.unified_individual_id for e in request.events]))
 
@@ -202,6 +205,7 @@ async def test_events_resolved_before_a_merge_are_appended_to_the_survivor():
         ("resolve", 2),
         ("reassign", ["ind_anon"], "ind_known"),
         ("reassign_cohorts", ["ind_anon"], "ind_known"),
+        ("marked", [("ind_known", "ind_anon")]),
         ("append", ["ind_known", "ind_known"]),
         ("record", ["sku"]),
     ]
@@ -241,73 +245,3 @@ async def test_found_identities_are_cached_briefly_and_unknown_ones_never():
     assert identity.calls == 3
     await decider.resolve(known, "", cached=False)
     assert identity.calls == 4
-
-
-async def test_the_worker_identifies_the_next_chunk_while_updating_one_and_keeps_updates_in_order():
-    from services.gateway.pipeline import PipelineWorker
-    from services.gateway.postgres import InboxRow
-
-    log: list[str] = []
-
-    class SlowPipeline:
-        async def identify(self, events):
-            log.append(f"identify {events[0].message_id}")
-            return events
-
-        async def update(self, plan):
-            log.append(f"update {plan[0].message_id} start")
-            await asyncio.sleep(0.01)
-            log.append(f"update {plan[0].message_id} end")
-
-    class Store:
-        async def mark_processed(self, tenant_id, ids):
-            log.append(f"mark {ids[0]}")
-
-    rows = [InboxRow("t", f"m{i}", i, _event(f"m{i}").SerializeToString(), 0) for i in range(6)]
-    worker = PipelineWorker("", Store(), SlowPipeline(), batch_size=6, chunk_size=2)
-    assert await worker._process_tenant("t", rows)
-    assert log == [
-        "identify m0", "update m0 start", "identify m2", "update m0 end", "mark m0",
-        "update m2 start", "identify m4", "update m2 end", "mark m2",
-        "update m4 start", "update m4 end", "mark m4",
-    ]
-
-
-async def test_a_poisoned_event_is_dead_lettered_and_the_events_around_it_are_processed_in_order():
-    from services.gateway.pipeline import PipelineWorker
-    from services.gateway.postgres import InboxRow
-
-    class Poisoned(grpc.aio.AioRpcError):
-        def __init__(self):
-            super().__init__(grpc.StatusCode.INVALID_ARGUMENT, None, None, details="bad event")
-
-    updated: list[str] = []
-
-    class Pipeline:
-        async def identify(self, events):
-            return events
-
-        async def update(self, plan):
-            if any(e.message_id == "m3" for e in plan):
-                raise Poisoned()
-            updated.extend(e.message_id for e in plan)
-
-    class Store:
-        def __init__(self):
-            self.processed: list[str] = []
-            self.dead: list[str] = []
-
-        async def mark_processed(self, tenant_id, ids):
-            self.processed.extend(ids)
-
-        async def record_failure(self, row, error, max_attempts):
-            self.dead.append(row.message_id)
-            return True
-
-    store = Store()
-    rows = [InboxRow("t", f"m{i}", i, _event(f"m{i}").SerializeToString(), 0) for i in range(6)]
-    worker = PipelineWorker("", store, Pipeline(), batch_size=6, chunk_size=2, max_attempts=1)
-    assert await worker._process_tenant("t", rows)
-    assert store.dead == ["m3"]
-    assert store.processed == ["m0", "m1", "m2", "m4", "m5"]
-    assert updated == ["m0", "m1", "m2", "m4", "m5"]

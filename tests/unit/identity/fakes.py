@@ -197,6 +197,12 @@ class FakeRepository:
         done |= fresh
         return len(fresh)
 
+    async def mark_merges_propagated(self, tenant: str, merges: list[tuple[str, str]]) -> int:
+        pairs = set(merges)
+        ids = [e.event_id for e in await self.list_merge_events(tenant, "", None, 10**9)
+               if e.kind == "MERGE" and (e.survivor_id, e.other_id) in pairs]
+        return await self.mark_merge_events_propagated(tenant, ids)
+
     def count(self, tenant: str) -> tuple[int, int]:
         """(individuals, identities) stored for a tenant."""
         return (

@@ -852,3 +852,97 @@ class GetUsageResponse(_message.Message):
     period_start: _timestamp_pb2.Timestamp
     request_rate_limit: float
     def __init__(self, decision_credits_used: _Optional[int] = ..., decision_credit_limit: _Optional[int] = ..., period_start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_rate_limit: _Optional[float] = ...) -> None: ...
+
+class DeadLetter(_message.Message):
+    __slots__ = ("message_id", "event", "reason", "error", "attempts", "receive_time", "fail_time")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    RECEIVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    FAIL_TIME_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    event: _common_pb2.Event
+    reason: str
+    error: str
+    attempts: int
+    receive_time: _timestamp_pb2.Timestamp
+    fail_time: _timestamp_pb2.Timestamp
+    def __init__(self, message_id: _Optional[str] = ..., event: _Optional[_Union[_common_pb2.Event, _Mapping]] = ..., reason: _Optional[str] = ..., error: _Optional[str] = ..., attempts: _Optional[int] = ..., receive_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fail_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DeadLetterFilter(_message.Message):
+    __slots__ = ("reason", "fail_time_from", "fail_time_to")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FAIL_TIME_FROM_FIELD_NUMBER: _ClassVar[int]
+    FAIL_TIME_TO_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    fail_time_from: _timestamp_pb2.Timestamp
+    fail_time_to: _timestamp_pb2.Timestamp
+    def __init__(self, reason: _Optional[str] = ..., fail_time_from: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fail_time_to: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListDeadLettersRequest(_message.Message):
+    __slots__ = ("filter", "page_size", "page_token")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    filter: DeadLetterFilter
+    page_size: int
+    page_token: str
+    def __init__(self, filter: _Optional[_Union[DeadLetterFilter, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListDeadLettersResponse(_message.Message):
+    __slots__ = ("dead_letters", "next_page_token")
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    dead_letters: _containers.RepeatedCompositeFieldContainer[DeadLetter]
+    next_page_token: str
+    def __init__(self, dead_letters: _Optional[_Iterable[_Union[DeadLetter, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class RetryDeadLettersRequest(_message.Message):
+    __slots__ = ("message_ids", "filter", "all_matching")
+    MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    ALL_MATCHING_FIELD_NUMBER: _ClassVar[int]
+    message_ids: _containers.RepeatedScalarFieldContainer[str]
+    filter: DeadLetterFilter
+    all_matching: bool
+    def __init__(self, message_ids: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[DeadLetterFilter, _Mapping]] = ..., all_matching: _Optional[bool] = ...) -> None: ...
+
+class RetryDeadLettersResponse(_message.Message):
+    __slots__ = ("retried_count",)
+    RETRIED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    retried_count: int
+    def __init__(self, retried_count: _Optional[int] = ...) -> None: ...
+
+class DiscardDeadLettersRequest(_message.Message):
+    __slots__ = ("message_ids", "filter", "all_matching")
+    MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    ALL_MATCHING_FIELD_NUMBER: _ClassVar[int]
+    message_ids: _containers.RepeatedScalarFieldContainer[str]
+    filter: DeadLetterFilter
+    all_matching: bool
+    def __init__(self, message_ids: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[DeadLetterFilter, _Mapping]] = ..., all_matching: _Optional[bool] = ...) -> None: ...
+
+class DiscardDeadLettersResponse(_message.Message):
+    __slots__ = ("discarded_count",)
+    DISCARDED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    discarded_count: int
+    def __init__(self, discarded_count: _Optional[int] = ...) -> None: ...
+
+class GetPipelineStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetPipelineStatusResponse(_message.Message):
+    __slots__ = ("pending_count", "retrying_count", "dead_letter_count", "oldest_pending_seconds")
+    PENDING_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RETRYING_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_PENDING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    pending_count: int
+    retrying_count: int
+    dead_letter_count: int
+    oldest_pending_seconds: float
+    def __init__(self, pending_count: _Optional[int] = ..., retrying_count: _Optional[int] = ..., dead_letter_count: _Optional[int] = ..., oldest_pending_seconds: _Optional[float] = ...) -> None: ...

@@ -156,6 +156,26 @@ class GatewayServiceStub:
                 request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/ListDeadLetters',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.RetryDeadLetters = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/RetryDeadLetters',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.RetryDeadLettersRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.RetryDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.DiscardDeadLetters = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/DiscardDeadLetters',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.DiscardDeadLettersRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.DiscardDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.GetPipelineStatus = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/GetPipelineStatus',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetPipelineStatusRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetPipelineStatusResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -356,6 +376,38 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeadLetters(self, request, context):
+        """Lists the tenant's dead letters (events the pipeline gave up on), newest first, filtered by reason and time.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT (bad filter or page token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryDeadLetters(self, request, context):
+        """Puts dead letters back in the inbox to be processed again, in their original order, and removes them.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT (no selection, bad filter).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiscardDeadLetters(self, request, context):
+        """Deletes dead letters for good; their events are never processed.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT (no selection, bad filter).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPipelineStatus(self, request, context):
+        """Returns the tenant's pipeline state: events pending, dead letters, and the age of the oldest pending event.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -478,6 +530,26 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageRequest.FromString,
                     response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RetryDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryDeadLetters,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.RetryDeadLettersRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.RetryDeadLettersResponse.SerializeToString,
+            ),
+            'DiscardDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscardDeadLetters,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.DiscardDeadLettersRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.DiscardDeadLettersResponse.SerializeToString,
+            ),
+            'GetPipelineStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPipelineStatus,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetPipelineStatusRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetPipelineStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1130,6 +1202,114 @@ class GatewayService:
             '/personalization.gateway.v1.GatewayService/GetUsage',
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageRequest.SerializeToString,
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/ListDeadLetters',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDeadLettersRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/RetryDeadLetters',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.RetryDeadLettersRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.RetryDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscardDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/DiscardDeadLetters',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.DiscardDeadLettersRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.DiscardDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPipelineStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/GetPipelineStatus',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetPipelineStatusRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetPipelineStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -86,10 +86,20 @@ class ListUnpropagatedMergeEventsResponse(_message.Message):
     def __init__(self, merge_events: _Optional[_Iterable[_Union[MergeEvent, _Mapping]]] = ...) -> None: ...
 
 class MarkMergeEventsPropagatedRequest(_message.Message):
-    __slots__ = ("event_ids",)
+    __slots__ = ("event_ids", "merges")
     EVENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    MERGES_FIELD_NUMBER: _ClassVar[int]
     event_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, event_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    merges: _containers.RepeatedCompositeFieldContainer[MergedPair]
+    def __init__(self, event_ids: _Optional[_Iterable[str]] = ..., merges: _Optional[_Iterable[_Union[MergedPair, _Mapping]]] = ...) -> None: ...
+
+class MergedPair(_message.Message):
+    __slots__ = ("survivor_individual_id", "merged_individual_id")
+    SURVIVOR_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    MERGED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    survivor_individual_id: str
+    merged_individual_id: str
+    def __init__(self, survivor_individual_id: _Optional[str] = ..., merged_individual_id: _Optional[str] = ...) -> None: ...
 
 class MarkMergeEventsPropagatedResponse(_message.Message):
     __slots__ = ("marked_count",)

@@ -177,8 +177,8 @@ class IdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def MarkMergeEventsPropagated(self, request, context):
-        """Marks merge events as propagated (idempotent; unknown ids are ignored).
-        Errors: INVALID_ARGUMENT (an id that is not a number, more than 1,000 ids).
+        """Marks merge events as propagated, by id or by the merged pair (idempotent; unknown ones are ignored).
+        Errors: INVALID_ARGUMENT (an id that is not a number, more than 1,000 ids or pairs, an empty pair id).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,40 +1,35 @@
-"""The pipeline worker: drains the inbox in order through Identify -> Update -> Compute, with retries and dead letters."""
+"""Applying one chunk of events: Identify (one call), then Update and Compute in the domain services; merges first."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from dataclasses import dataclass
-from itertools import groupby
-
-import grpc
 
 from personalization.common.v1 import common_pb2
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
+from personalization.decision.v1 import decision_service_pb2_grpc as decision_grpc
 from personalization.identity.v1 import identity_service_pb2 as identity_pb
+from personalization.identity.v1 import identity_service_pb2_grpc as identity_grpc
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
+from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as profile_grpc
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
-from services.gateway.postgres import INBOX_CHANNEL, GatewayStore, InboxRow
-from shared import context as ctx
-from shared.leader import lead
+from personalization.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
 from shared.log import get_logger
 
 log = get_logger("gateway.pipeline")
 
-# Failures that say nothing about the event itself: retried without counting an attempt.
-TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-             grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED}
 INTERACTION_TYPES = (common_pb2.EVENT_TYPE_PRODUCT_VIEW, common_pb2.EVENT_TYPE_ADD_TO_CART)
-LEADER_LOCK = "tailor-pipeline-leader"
-SWEEPER_LOCK = "tailor-merge-sweeper"
 
 
 @dataclass
 class Stubs:
-    identity: object
-    profile: object
-    recommender: object
-    decision: object
+    """The pipeline's client ports: the four domain services' stubs."""
+
+    identity: identity_grpc.IdentityServiceStub
+    profile: profile_grpc.ProfileGraphServiceStub
+    recommender: rec_grpc.RecommenderServiceStub
+    decision: decision_grpc.DecisionServiceStub
 
 
 CLICK_TYPES = (common_pb2.EVENT_TYPE_EMAIL_CLICK,)
@@ -96,27 +91,43 @@ class Pipeline:
             subjects=[identity_pb.Subject(identities=e.identities, attributes=e.attributes) for e in events]))
         aliases: dict[str, str] = {}
         merges: list[tuple[list[str], str]] = []
+        pairs: list[tuple[str, str]] = []
         for resolution in resolved.resolutions:
             if resolution.merged_individual_ids:
                 for merged in resolution.merged_individual_ids:
                     aliases[merged] = resolution.unified_individual_id
+                    pairs.append((resolution.unified_individual_id, merged))
                 merges.append((list(resolution.merged_individual_ids), resolution.unified_individual_id))
         owners = [_survivor(aliases, r.unified_individual_id) for r in resolved.resolutions]
         merges = [(merged, _survivor(aliases, survivor)) for merged, survivor in merges]
-        return Plan(events, owners, merges, round((time.perf_counter() - started) * 1000, 1))
+        return Plan(events, owners, merges, pairs, round((time.perf_counter() - started) * 1000, 1))
+
+    async def apply_merges(self, plan: "Plan") -> None:
+        """Moves what merged individuals had onto their survivors, then marks those merges propagated, so the
+        sweeper's queue holds only what a crash left behind. Idempotent."""
+        if not plan.merges:
+            return
+        for merged, survivor in plan.merges:
+            await self.merges.merge(merged, survivor)
+        for start in range(0, len(plan.merge_pairs), 1000):
+            await self.stubs.identity.MarkMergeEventsPropagated(identity_pb.MarkMergeEventsPropagatedRequest(
+                merges=[identity_pb.MergedPair(survivor_individual_id=s, merged_individual_id=m)
+                        for s, m in plan.merge_pairs[start:start + 1000]]))
+        plan.merges, plan.merge_pairs = [], []
 
     async def update(self, plan: "Plan") -> None:
         """Update + Compute for an identified batch. Must run after the previous batch's update (event order)."""
         started = time.perf_counter()
         events, owners = plan.events, plan.owners
         # Move what merged individuals had onto their survivors before appending new events.
-        for merged, survivor in plan.merges:
-            await self.merges.merge(merged, survivor)
-        # The profile graph, item statistics and attribution outcomes do not depend on each other, so they run at
-        # once (each is idempotent: a retry repeats all three safely).
-        calls = [self.stubs.profile.AppendEvents(profile_pb.AppendEventsRequest(events=[
+        await self.apply_merges(plan)
+        # The profile graph first: it is where an event is most likely refused, and nothing else of a chunk it
+        # refused is applied. Item statistics and attribution outcomes then run at once (each step is idempotent,
+        # so a retry repeats them safely).
+        await self.stubs.profile.AppendEvents(profile_pb.AppendEventsRequest(events=[
             profile_pb.IndividualEvent(unified_individual_id=owner, event=event)
-            for owner, event in zip(owners, events)]))]
+            for owner, event in zip(owners, events)]))
+        calls = []
         interactions = [i for owner, event in zip(owners, events) for i in interactions_of(owner, event)]
         if interactions:
             calls.append(self.stubs.recommender.RecordInteractions(
@@ -135,18 +146,20 @@ class Pipeline:
 
 @dataclass
 class Plan:
-    """An identified batch: its events, the survivor owning each, and the merges to apply first."""
+    """An identified chunk: its events, the survivor owning each, and the merges to apply first."""
 
     events: list[common_pb2.Event]
     owners: list[str]
     merges: list[tuple[list[str], str]]
+    merge_pairs: list[tuple[str, str]]  # (survivor, merged) as the identity service reported them, for marking
     identify_ms: float
 
 
 class MergePropagation:
     """Tells the profile graph and the decision service what identity changes outside the event flow did."""
 
-    def __init__(self, profile, decision, identity):
+    def __init__(self, profile: profile_grpc.ProfileGraphServiceStub, decision: decision_grpc.DecisionServiceStub,
+                 identity: identity_grpc.IdentityServiceStub):
         self.profile = profile
         self.decision = decision
         self.identity = identity
@@ -188,126 +201,3 @@ class MergePropagation:
             await self.identity.MarkMergeEventsPropagated(identity_pb.MarkMergeEventsPropagatedRequest(
                 event_ids=[e.event_id for e in page.merge_events]))
         return len(page.merge_events)
-
-
-def _events(rows: list[InboxRow]) -> list[common_pb2.Event]:
-    return [common_pb2.Event.FromString(r.payload) for r in rows]
-
-
-async def _settle(task: asyncio.Task | None) -> None:
-    """Waits for a task whose result is no longer wanted, ignoring how it ended."""
-    if task is not None:
-        await asyncio.gather(task, return_exceptions=True)
-
-
-class MergeSweeper:
-    """One leader per database re-applies, tenant by tenant, merges and unmerges left unpropagated."""
-
-    def __init__(self, dsn: str, store: GatewayStore, merges: MergePropagation, *, interval_seconds: float = 5.0):
-        self.dsn = dsn
-        self.store = store
-        self.merges = merges
-        self.interval_seconds = interval_seconds
-
-    async def sweep_all(self) -> int:
-        swept = 0
-        for tenant_id in await self.store.tenant_ids():
-            ctx.tenant_var.set(tenant_id)
-            ctx.request_id_var.set(ctx.new_request_id())
-            ctx.deadline_var.set(None)
-            try:
-                swept += await self.merges.sweep(self.interval_seconds)
-            except grpc.aio.AioRpcError as error:
-                log.warning("merge_sweep_failed", tenant=tenant_id, code=error.code().name)
-        return swept
-
-    async def run(self) -> None:
-        async def step() -> bool:
-            await self.sweep_all()
-            return False
-
-        await lead(self.dsn, SWEEPER_LOCK, step, idle_seconds=self.interval_seconds)
-
-
-class PipelineWorker:
-    """One leader per database drains the inbox, woken by NOTIFY; the others stand by."""
-
-    def __init__(self, dsn: str, store: GatewayStore, pipeline: Pipeline, *, batch_size: int = 1000,
-                 chunk_size: int = 500, max_attempts: int = 5, idle_seconds: float = 1.0):
-        self.dsn = dsn
-        self.store = store
-        self.pipeline = pipeline
-        self.batch_size = batch_size
-        self.chunk_size = chunk_size
-        self.max_attempts = max_attempts
-        self.idle_seconds = idle_seconds
-
-    async def run(self) -> None:
-        """Runs until cancelled, as the database's single pipeline leader."""
-        async def step() -> bool:
-            return await self.drain_once() > 0
-
-        await lead(self.dsn, LEADER_LOCK, step, idle_seconds=self.idle_seconds, channel=INBOX_CHANNEL)
-
-    async def drain_once(self) -> int:
-        """Processes up to batch_size pending events, oldest first; returns how many were taken."""
-        started = time.perf_counter()
-        rows = await self.store.pending(self.batch_size)
-        if rows:
-            log.debug("pipeline_pending", events=len(rows), read_ms=round((time.perf_counter() - started) * 1000, 1))
-        for tenant_id, group in groupby(rows, key=lambda r: r.tenant_id):
-            await self._process_tenant(tenant_id, list(group))
-        return len(rows)
-
-    async def _process_tenant(self, tenant_id: str, rows: list[InboxRow]) -> bool:
-        """True when every row was processed (or dead-lettered); on False the rest stays pending, in order.
-
-        Rows go in chunks: chunk k+1 is identified while chunk k is being updated (identification stays in order,
-        and so do updates, so events of one individual are never reordered).
-        """
-        ctx.tenant_var.set(tenant_id)
-        ctx.request_id_var.set(ctx.new_request_id())
-        ctx.deadline_var.set(None)
-        chunks = [rows[i:i + self.chunk_size] for i in range(0, len(rows), self.chunk_size)]
-        done = 0  # chunks updated and marked processed
-        identifying: asyncio.Task | None = None
-        try:
-            plan = await self.pipeline.identify(_events(chunks[0]))
-            for k, chunk in enumerate(chunks):
-                updating = asyncio.create_task(self.pipeline.update(plan))
-                if k + 1 < len(chunks):
-                    identifying = asyncio.create_task(self.pipeline.identify(_events(chunks[k + 1])))
-                await updating
-                await self.store.mark_processed(tenant_id, [r.message_id for r in chunk])
-                done += 1
-                if identifying is not None:
-                    plan = await identifying
-                    identifying = None
-            return True
-        except grpc.aio.AioRpcError as error:
-            await _settle(identifying)
-            if error.code() in TRANSIENT:
-                log.warning("pipeline_transient_failure", code=error.code().name, events=len(rows))
-                await asyncio.sleep(0.5)
-                return False
-            if len(rows) == 1:
-                return await self._failed(rows[0], f"{error.code().name}: {error.details()}")
-        except Exception as error:  # noqa: BLE001 - an event must never stop the pipeline
-            await _settle(identifying)
-            if len(rows) == 1:
-                log.exception("pipeline_event_error", message_id=rows[0].message_id)
-                return await self._failed(rows[0], repr(error))
-        # A chunk failed because of some event: find it by going one event at a time (identification side effects
-        # of the chunks not updated are idempotent, and their merges stay in the identity outbox), stopping at the
-        # first that is still pending so that events of one individual are never processed out of order.
-        for row in rows[done * self.chunk_size:]:
-            if not await self._process_tenant(tenant_id, [row]):
-                return False
-        return True
-
-    async def _failed(self, row: InboxRow, error: str) -> bool:
-        dead = await self.store.record_failure(row, error, self.max_attempts)
-        log.warning("pipeline_event_failed", message_id=row.message_id, error=error, dead_lettered=dead)
-        if not dead:
-            await asyncio.sleep(min(0.1 * 2 ** row.attempts, 5.0))
-        return dead

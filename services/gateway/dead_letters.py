@@ -1,0 +1,109 @@
+"""Dead letters as an API: list them by reason and time, retry them or discard them; and the pipeline's state."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import grpc
+
+from personalization.gateway.v1 import gateway_service_pb2 as pb
+from services.gateway.postgres_inbox import DeadLetterRow, InboxStore
+from shared.errors import Violations
+from shared.paging import decode_token, next_page, page_size
+
+MAX_IDS = 10_000
+REASONS = frozenset(code.name for code in grpc.StatusCode)
+
+
+def _time(ts, field: str, v: Violations) -> datetime | None:
+    if not ts.seconds and not ts.nanos:
+        return None
+    if ts.seconds < 0 or not 0 <= ts.nanos < 1_000_000_000:
+        v.add(field, "must be a valid time after 1970")
+        return None
+    return ts.ToDatetime(tzinfo=timezone.utc)
+
+
+def _filter(request, v: Violations) -> tuple[str, datetime | None, datetime | None]:
+    f = request.filter
+    if f.reason and f.reason not in REASONS:
+        v.add("filter.reason", "must be a gRPC status code name such as INVALID_ARGUMENT or INTERNAL")
+    since = _time(f.fail_time_from, "filter.fail_time_from", v) if f.HasField("fail_time_from") else None
+    until = _time(f.fail_time_to, "filter.fail_time_to", v) if f.HasField("fail_time_to") else None
+    if since and until and since >= until:
+        v.add("filter.fail_time_to", "must be after filter.fail_time_from")
+    return f.reason, since, until
+
+
+def _selection(request, v: Violations) -> list[str] | None:
+    ids = list(request.message_ids)
+    if len(ids) > MAX_IDS:
+        v.add("message_ids", f"at most {MAX_IDS} ids")
+    for i, message_id in enumerate(ids[:MAX_IDS]):
+        if not message_id:
+            v.add(f"message_ids[{i}]", "must not be empty")
+    if not ids and not request.all_matching:
+        v.add("message_ids", "name the dead letters, or set all_matching to select by the filter alone")
+    return ids or None
+
+
+def dead_letter_message(row: DeadLetterRow) -> pb.DeadLetter:
+    message = pb.DeadLetter(message_id=row.message_id, reason=row.reason, error=row.error, attempts=row.attempts)
+    try:
+        message.event.ParseFromString(row.payload)
+    except Exception:  # noqa: BLE001 - a payload that cannot be decoded is shown without its event
+        message.ClearField("event")
+    if row.received_at is not None:
+        message.receive_time.FromDatetime(row.received_at)
+    message.fail_time.FromDatetime(row.failed_at)
+    return message
+
+
+class DeadLetters:
+    """The tenant's dead letters and pipeline state, over the inbox store."""
+
+    def __init__(self, store: InboxStore):
+        self.store = store
+
+    async def list(self, tenant: str, request: pb.ListDeadLettersRequest) -> pb.ListDeadLettersResponse:
+        v = Violations()
+        reason, since, until = _filter(request, v)
+        v.raise_if_any()
+        size = page_size(request.page_size, 100, 1000)
+        after = None
+        token = decode_token(request.page_token, "page_token")
+        if token is not None:
+            try:
+                after = (datetime.fromisoformat(token[0]), str(token[1]))
+            except (ValueError, IndexError, TypeError):
+                v.add("page_token", "is not a token this service issued")
+        v.raise_if_any()
+        rows = await self.store.list_dead_letters(tenant, reason, since, until, after, size + 1)
+        rows, next_token = next_page(rows, size, lambda r: [r.failed_at.isoformat(), r.message_id])
+        return pb.ListDeadLettersResponse(dead_letters=[dead_letter_message(r) for r in rows],
+                                          next_page_token=next_token)
+
+    async def retry(self, tenant: str, request: pb.RetryDeadLettersRequest) -> pb.RetryDeadLettersResponse:
+        v = Violations()
+        reason, since, until = _filter(request, v)
+        ids = _selection(request, v)
+        v.raise_if_any()
+        return pb.RetryDeadLettersResponse(
+            retried_count=await self.store.retry_dead_letters(tenant, ids, reason, since, until))
+
+    async def discard(self, tenant: str, request: pb.DiscardDeadLettersRequest) -> pb.DiscardDeadLettersResponse:
+        v = Violations()
+        reason, since, until = _filter(request, v)
+        ids = _selection(request, v)
+        v.raise_if_any()
+        return pb.DiscardDeadLettersResponse(
+            discarded_count=await self.store.discard_dead_letters(tenant, ids, reason, since, until))
+
+    async def status(self, tenant: str) -> pb.GetPipelineStatusResponse:
+        counts = await self.store.counts(tenant)
+        return pb.GetPipelineStatusResponse(
+            pending_count=counts.pending, retrying_count=counts.retrying, dead_letter_count=counts.dead_letters,
+            oldest_pending_seconds=round(counts.oldest_pending_seconds, 3))
+
+
+__all__ = ["DeadLetters"]

@@ -1,0 +1,340 @@
+"""The partitioned pipeline worker: leases inbox partitions, takes work per tenant in a fair rotation, and isolates
+a failing event by bisection so that only its own routing identity waits."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+from google.protobuf.message import DecodeError
+
+from personalization.common.v1 import common_pb2
+from services.gateway.pipeline.apply import Pipeline, Plan
+from services.gateway.postgres import INBOX_CHANNEL
+from services.gateway.postgres_inbox import InboxRow, InboxStore
+from shared import context as ctx
+from shared.log import get_logger
+from shared.settings import env_float, env_int
+
+log = get_logger("gateway.pipeline")
+
+# Failures that say nothing about the events: the work stays pending, the tenant backs off, no attempt is counted.
+INFRA = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAUTHENTICATED,
+                   grpc.StatusCode.PERMISSION_DENIED})
+# Refusals of the content: once isolated to one event, it is dead-lettered at once (a retry would be refused again).
+# RESOURCE_EXHAUSTED is here because an oversize request is never transient.
+CONTENT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                     grpc.StatusCode.OUT_OF_RANGE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.NOT_FOUND,
+                     grpc.StatusCode.ALREADY_EXISTS})
+# Anything else (INTERNAL, UNKNOWN, a deadline, ...) is retried with backoff up to max_attempts once isolated.
+# A deadline is first taken for a slow service (infra) this many times in a row before it is suspected.
+DEADLINE_STRIKES = 2
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How one worker shares the inbox with the others."""
+
+    lease_seconds: float = 5.0      # a dead worker's partitions move to the others within this time
+    tenant_take: int = 500          # at most this many of one tenant's events in flight in one worker
+    chunk_events: int = 500         # events per Identify/Update round trip
+    chunk_bytes: int = 3 << 20      # and at most this many payload bytes, so no request nears a 4 MB limit
+    concurrency: int = 8            # tenants processed at once
+    max_attempts: int = 5           # attempts of an isolated failing event before it is dead-lettered
+    idle_seconds: float = 1.0       # polling interval when no NOTIFY arrives
+
+    @classmethod
+    def from_env(cls) -> "WorkerSettings":
+        return cls(
+            lease_seconds=env_float("TAILOR_PIPELINE_LEASE_SECONDS", 5.0, minimum=0.5),
+            tenant_take=env_int("TAILOR_PIPELINE_TENANT_TAKE", 500, minimum=1, maximum=10_000),
+            chunk_events=env_int("TAILOR_PIPELINE_CHUNK_EVENTS", 500, minimum=1, maximum=1000),
+            chunk_bytes=env_int("TAILOR_PIPELINE_CHUNK_BYTES", 3 << 20, minimum=1 << 16, maximum=3 << 20),
+            concurrency=env_int("TAILOR_PIPELINE_CONCURRENCY", 8, minimum=1, maximum=64),
+            max_attempts=env_int("TAILOR_GATEWAY_MAX_ATTEMPTS", 5, minimum=1),
+        )
+
+
+@dataclass
+class Failure:
+    """Why a chunk failed, classified."""
+
+    code: str
+    message: str
+    infra: bool = False
+    content: bool = False
+
+
+class Transient(Exception):
+    """The tenant's work could not be applied for reasons outside the events; it stays pending."""
+
+
+def _events(rows: list[InboxRow]) -> list[common_pb2.Event]:
+    return [common_pb2.Event.FromString(r.payload) for r in rows]
+
+
+async def _settle(task: asyncio.Task | None) -> None:
+    """Waits for a task whose result is no longer wanted, ignoring how it ended."""
+    if task is not None:
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def chunks_of(rows: list[InboxRow], max_events: int, max_bytes: int) -> list[list[InboxRow]]:
+    """Consecutive chunks of at most max_events rows and max_bytes of payload (a larger single row goes alone)."""
+    chunks: list[list[InboxRow]] = []
+    current: list[InboxRow] = []
+    size = 0
+    for row in rows:
+        if current and (len(current) >= max_events or size + len(row.payload) > max_bytes):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(row)
+        size += len(row.payload)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+@dataclass
+class _TenantState:
+    backoff_until: float = 0.0
+    infra_failures: int = 0
+    deadline_strikes: int = 0
+    last_started: float = 0.0
+
+
+class PartitionWorker:
+    """One of N workers: holds leases on a fair share of the partitions and drains them, tenant by tenant."""
+
+    def __init__(self, dsn: str, store: InboxStore, pipeline: Pipeline, settings: WorkerSettings | None = None,
+                 *, worker_id: str | None = None):
+        self.dsn = dsn
+        self.store = store
+        self.pipeline = pipeline
+        self.settings = settings or WorkerSettings()
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.partitions: list[int] = []
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.tenants: dict[str, _TenantState] = {}
+        self.wake = asyncio.Event()
+        self.stopping = False
+        self._listener: asyncpg.Connection | None = None
+
+    # ---- the loops ------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Leases and drains until cancelled or stop() is called; then gives its partitions back."""
+        leasing = asyncio.create_task(self._lease_loop())
+        try:
+            await self._drain_loop()
+        finally:
+            leasing.cancel()
+            await _settle(leasing)
+            await self._close_listener()
+            for task in self.tasks.values():
+                task.cancel()
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            if not self.stopping:  # cancelled: still free the partitions at once for the other workers
+                try:
+                    await self.store.leave(self.worker_id)
+                except Exception:  # noqa: BLE001 - the leases expire by themselves anyway
+                    log.warning("pipeline_leave_failed", worker=self.worker_id)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Takes no new work, lets work in flight finish (up to grace seconds), then frees the partitions at once."""
+        self.stopping = True
+        self.wake.set()
+        if self.tasks:
+            await asyncio.wait(list(self.tasks.values()), timeout=grace)
+        try:
+            await self.store.leave(self.worker_id)
+        except (OSError, asyncpg.PostgresError):
+            log.warning("pipeline_leave_failed", worker=self.worker_id)
+
+    async def rebalance(self) -> list[int]:
+        """Heartbeat, renew, claim up to the fair share, and give back what is beyond it. Returns what is held."""
+        await self.store.heartbeat(self.worker_id)
+        held, share = await self.store.claim(self.worker_id, self.settings.lease_seconds)
+        if len(held) > share:
+            # Given back with a short handover, so chunks in flight on them end before another worker starts.
+            await self.store.release(self.worker_id, held[share:], min(2.0, self.settings.lease_seconds / 2))
+            held = held[:share]
+        if held != self.partitions:
+            log.info("pipeline_partitions", worker=self.worker_id, partitions=len(held))
+            self.wake.set()
+        self.partitions = held
+        return held
+
+    async def _lease_loop(self) -> None:
+        while not self.stopping:
+            try:
+                await self._ensure_listener()
+                await self.rebalance()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a lost database must not end the loop; it retries
+                log.warning("pipeline_lease_failed", worker=self.worker_id, error=type(error).__name__)
+                await self._close_listener()
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is None or self._listener.is_closed():
+            self._listener = await asyncpg.connect(self.dsn)
+            await self._listener.add_listener(INBOX_CHANNEL, lambda *_: self.wake.set())
+
+    async def _close_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.terminate()
+            self._listener = None
+
+    async def _drain_loop(self) -> None:
+        while not self.stopping:
+            self.wake.clear()
+            started = 0
+            if self.partitions and len(self.tasks) < self.settings.concurrency:
+                try:
+                    started = await self.take_once()
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                    log.warning("pipeline_take_failed", error=type(error).__name__)
+                    await asyncio.sleep(0.5)
+                    continue
+            # Wait for a tenant's work to end or for new events (a NOTIFY), whichever comes first.
+            woken = asyncio.ensure_future(self.wake.wait())
+            try:
+                await asyncio.wait([*self.tasks.values(), woken], timeout=self.settings.idle_seconds,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                woken.cancel()
+            if not started and self.tasks and self.wake.is_set():
+                # Woken by ingest while the pending tenants are busy: let some work end before looking again.
+                await asyncio.sleep(0.005)
+
+    async def take_once(self) -> int:
+        """Takes pending work of idle tenants and starts a task per tenant; returns how many tasks started."""
+        now = time.monotonic()
+        waiting = [t for t, s in self.tenants.items() if s.backoff_until > now]
+        per_pair = max(16, math.ceil(self.settings.tenant_take / max(len(self.partitions), 1)))
+        rows = await self.store.take(self.partitions, [*self.tasks, *waiting], per_pair)
+        by_tenant: dict[str, list[InboxRow]] = {}
+        for row in rows:
+            by_tenant.setdefault(row.tenant_id, []).append(row)
+        # Fair rotation: the tenant served longest ago goes first when slots are short.
+        order = sorted(by_tenant, key=lambda t: self.tenants.get(t, _TenantState()).last_started)
+        started = 0
+        for tenant in order:
+            if len(self.tasks) >= self.settings.concurrency:
+                break
+            work = sorted(by_tenant[tenant], key=lambda r: r.seq)[:self.settings.tenant_take]
+            self.tenants.setdefault(tenant, _TenantState()).last_started = now
+            self.tasks[tenant] = asyncio.create_task(self._run_tenant(tenant, work))
+            started += 1
+        return started
+
+    # ---- one tenant's work ----------------------------------------------------------------------------------
+
+    async def _run_tenant(self, tenant: str, rows: list[InboxRow]) -> None:
+        ctx.tenant_var.set(tenant)
+        ctx.request_id_var.set(ctx.new_request_id())
+        ctx.deadline_var.set(None)
+        state = self.tenants.setdefault(tenant, _TenantState())
+        try:
+            await self.process(tenant, rows)
+            state.infra_failures = 0
+        except Transient as error:
+            state.infra_failures += 1
+            state.backoff_until = time.monotonic() + min(0.25 * 2 ** (state.infra_failures - 1), 5.0)
+            log.warning("pipeline_transient_failure", tenant=tenant, error=str(error), events=len(rows))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            state.infra_failures += 1
+            state.backoff_until = time.monotonic() + min(0.25 * 2 ** (state.infra_failures - 1), 5.0)
+            log.warning("pipeline_database_failure", tenant=tenant, error=type(error).__name__)
+        except Exception:  # noqa: BLE001 - one tenant's bug must not stop the worker
+            state.backoff_until = time.monotonic() + 1.0
+            log.exception("pipeline_tenant_error", tenant=tenant)
+        finally:
+            self.tasks.pop(tenant, None)
+
+    def _classify(self, tenant: str, error: BaseException) -> Failure:
+        if isinstance(error, grpc.aio.AioRpcError):
+            code = error.code()
+            failure = Failure(code.name, error.details() or code.name)
+            state = self.tenants.setdefault(tenant, _TenantState())
+            if code in INFRA:
+                failure.infra = True
+            elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                state.deadline_strikes += 1
+                failure.infra = state.deadline_strikes <= DEADLINE_STRIKES
+            elif code in CONTENT:
+                failure.content = True
+            return failure
+        if isinstance(error, DecodeError):
+            return Failure("INVALID_ARGUMENT", "the stored event could not be decoded", content=True)
+        return Failure("INTERNAL", f"{type(error).__name__}: {error}")
+
+    async def process(self, tenant: str, rows: list[InboxRow], blocked: set[int] | None = None) -> None:
+        """Applies rows in order, chunk by chunk; the next chunk is identified while one is updated.
+
+        A failing chunk is split in halves until the failing event is alone; that event is retried later (its
+        routing identity's later events wait: `blocked`) or dead-lettered, and the rest go on. Raises Transient
+        when the failure is not the events' (the rest then stays pending)."""
+        blocked = set() if blocked is None else blocked
+        rows = [r for r in rows if r.route not in blocked]
+        chunks = chunks_of(rows, self.settings.chunk_events, self.settings.chunk_bytes)
+        upcoming: asyncio.Task | None = None
+        for k, chunk in enumerate(chunks):
+            plan: Plan | None = None
+            try:
+                plan = await (upcoming if upcoming is not None else self.pipeline.identify(_events(chunk)))
+                upcoming = None
+                if k + 1 < len(chunks):
+                    upcoming = asyncio.create_task(self.pipeline.identify(_events(chunks[k + 1])))
+                await self.pipeline.update(plan)
+                await self.store.mark_processed(tenant, chunk)
+                self.tenants.setdefault(tenant, _TenantState()).deadline_strikes = 0
+                continue
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await _settle(upcoming)
+                raise
+            except Exception as error:  # noqa: BLE001 - classified below; nothing about an event stops the worker
+                await _settle(upcoming)
+                failure = self._classify(tenant, error)
+            if failure.infra:
+                raise Transient(f"{failure.code}: {failure.message}")
+            if plan is not None:
+                # Merges are facts of the identity service whatever happens to this chunk: apply them now, or the
+                # identifications of the smaller chunks below (which see them done) would never propagate them.
+                await self._apply_merges_quietly(plan)
+            if len(chunk) == 1:
+                await self._failed(chunk[0], failure, blocked)
+            else:
+                middle = len(chunk) // 2
+                await self.process(tenant, chunk[:middle], blocked)
+                await self.process(tenant, chunk[middle:], blocked)
+            await self.process(tenant, [r for later in chunks[k + 1:] for r in later], blocked)
+            return
+
+    async def _apply_merges_quietly(self, plan: Plan) -> None:
+        try:
+            await self.pipeline.apply_merges(plan)
+        except grpc.aio.AioRpcError as error:
+            log.warning("pipeline_merge_propagation_deferred", code=error.code().name)
+
+    async def _failed(self, row: InboxRow, failure: Failure, blocked: set[int]) -> None:
+        if failure.content or row.attempts + 1 >= self.settings.max_attempts:
+            await self.store.dead_letter(row, failure.code, failure.message)
+            log.warning("pipeline_event_dead_lettered", message_id=row.message_id, reason=failure.code,
+                        attempts=row.attempts + 1)
+            return
+        backoff = min(0.2 * 2 ** row.attempts, 30.0)
+        await self.store.retry_later(row, failure.code, failure.message, backoff)
+        blocked.add(row.route)
+        log.warning("pipeline_event_failed", message_id=row.message_id, reason=failure.code,
+                    attempts=row.attempts + 1, retry_in_s=backoff)
+

@@ -1,0 +1,229 @@
+"""The pipeline's asyncpg adapter: partition leases, fair takes from the inbox, failures and dead letters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+ERROR_LIMIT = 2000  # characters of a failure's message kept
+
+
+@dataclass(frozen=True)
+class InboxRow:
+    tenant_id: str
+    message_id: str
+    seq: int
+    payload: bytes
+    attempts: int
+    route: int
+
+
+@dataclass(frozen=True)
+class DeadLetterRow:
+    tenant_id: str
+    message_id: str
+    payload: bytes
+    reason: str
+    error: str
+    attempts: int
+    received_at: datetime | None
+    failed_at: datetime
+
+
+@dataclass(frozen=True)
+class PipelineCounts:
+    pending: int
+    retrying: int
+    dead_letters: int
+    oldest_pending_seconds: float
+
+
+# Pending (partition, tenant) pairs of the given partitions by a loose index scan over inbox_pending (one probe per
+# pair, however long a backlog is), skipping busy tenants; then, per pair, its oldest rows whose routing identity is
+# not blocked, at most $3 each.
+_TAKE = """
+WITH RECURSIVE pairs AS (
+    (SELECT partition, tenant_id FROM inbox
+     WHERE processed_at IS NULL AND partition = ANY($1::int[]) ORDER BY partition, tenant_id LIMIT 1)
+    UNION ALL
+    SELECT n.partition, n.tenant_id FROM pairs AS p CROSS JOIN LATERAL (
+        SELECT partition, tenant_id FROM inbox
+        WHERE processed_at IS NULL AND partition = ANY($1::int[]) AND (partition, tenant_id) > (p.partition, p.tenant_id)
+        ORDER BY partition, tenant_id LIMIT 1) AS n
+)
+SELECT r.tenant_id, r.message_id, r.seq, r.payload, r.attempts, r.route
+FROM pairs AS p CROSS JOIN LATERAL (
+    SELECT i.tenant_id, i.message_id, i.seq, i.payload, i.attempts, i.route FROM inbox AS i
+    WHERE i.processed_at IS NULL AND i.partition = p.partition AND i.tenant_id = p.tenant_id
+      AND NOT EXISTS (SELECT 1 FROM blocked_routes AS b
+                      WHERE b.tenant_id = i.tenant_id AND b.route = i.route AND b.until > now())
+    ORDER BY i.seq LIMIT $3) AS r
+WHERE NOT (p.tenant_id = ANY($2::text[]))
+"""
+
+# Renews this worker's leases, then claims free or expired partitions up to its fair share, in one statement.
+_CLAIM = """
+WITH live AS (
+    SELECT greatest(count(*), 1) AS n FROM pipeline_workers WHERE heartbeat_at > now() - make_interval(secs => $2)
+), total AS (
+    SELECT count(*) AS n FROM pipeline_partitions
+), renewed AS (
+    UPDATE pipeline_partitions SET lease_until = now() + make_interval(secs => $2)
+    WHERE owner = $1 RETURNING partition
+), wanted AS (
+    SELECT partition FROM pipeline_partitions
+    WHERE (owner IS NULL OR owner <> $1) AND lease_until < now()
+    ORDER BY partition
+    LIMIT greatest((SELECT ceil(total.n::float / live.n)::int FROM total, live) - (SELECT count(*) FROM renewed), 0)
+    FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE pipeline_partitions AS p SET owner = $1, lease_until = now() + make_interval(secs => $2)
+    FROM wanted WHERE p.partition = wanted.partition RETURNING p.partition
+)
+SELECT partition, (SELECT ceil(total.n::float / live.n)::int FROM total, live) AS share FROM renewed
+UNION ALL SELECT partition, NULL FROM claimed
+"""
+
+
+class InboxStore:
+    """All SQL of the pipeline workers."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self.pool = pool
+
+    # Workers and leases.
+    async def heartbeat(self, worker_id: str) -> None:
+        await self.pool.execute(
+            "INSERT INTO pipeline_workers (worker_id) VALUES ($1) "
+            "ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now()", worker_id)
+
+    async def claim(self, worker_id: str, lease_seconds: float) -> tuple[list[int], int]:
+        """Renews this worker's leases and claims free partitions up to its fair share.
+
+        Returns (the partitions it now holds, its fair share)."""
+        rows = await self.pool.fetch(_CLAIM, worker_id, lease_seconds)
+        shares = [r["share"] for r in rows if r["share"] is not None]
+        return sorted(r["partition"] for r in rows), (shares[0] if shares else len(rows))
+
+    async def release(self, worker_id: str, partitions: list[int], handover_seconds: float) -> None:
+        """Gives partitions up; others may claim them after handover_seconds (work in flight ends first)."""
+        await self.pool.execute(
+            "UPDATE pipeline_partitions SET owner = NULL, lease_until = now() + make_interval(secs => $3) "
+            "WHERE owner = $1 AND partition = ANY($2::int[])", worker_id, partitions, handover_seconds)
+
+    async def leave(self, worker_id: str) -> None:
+        """A clean stop: every partition is free at once and the worker no longer counts as live."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("UPDATE pipeline_partitions SET owner = NULL, lease_until = '-infinity' "
+                               "WHERE owner = $1", worker_id)
+            await conn.execute("DELETE FROM pipeline_workers WHERE worker_id = $1", worker_id)
+
+    async def owners(self) -> dict[int, str | None]:
+        """Each partition's owner while its lease lasts (None when free or expired)."""
+        rows = await self.pool.fetch(
+            "SELECT partition, CASE WHEN lease_until > now() THEN owner END AS owner FROM pipeline_partitions")
+        return {r["partition"]: r["owner"] for r in rows}
+
+    # Work.
+    async def take(self, partitions: list[int], busy_tenants: list[str], per_pair: int) -> list[InboxRow]:
+        """Pending rows of the partitions, oldest first per (partition, tenant), at most per_pair each, skipping busy
+        tenants and routing identities that wait for a retry."""
+        rows = await self.pool.fetch(_TAKE, partitions, busy_tenants, per_pair)
+        return [InboxRow(r["tenant_id"], r["message_id"], r["seq"], bytes(r["payload"]), r["attempts"], r["route"])
+                for r in rows]
+
+    async def mark_processed(self, tenant_id: str, rows: list[InboxRow]) -> None:
+        """Marks rows done; a routing identity that waited for one of them is free again."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE inbox SET processed_at = now() WHERE tenant_id = $1 AND message_id = ANY($2::text[]) "
+                "AND processed_at IS NULL", tenant_id, [r.message_id for r in rows])
+            retried = sorted({r.route for r in rows if r.attempts})
+            if retried:
+                await conn.execute("DELETE FROM blocked_routes WHERE tenant_id = $1 AND route = ANY($2::bigint[])",
+                                   tenant_id, retried)
+
+    async def retry_later(self, row: InboxRow, reason: str, error: str, backoff_seconds: float) -> int:
+        """Counts a failed attempt and holds the row's routing identity back for backoff_seconds; returns attempts."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            attempts = await conn.fetchval(
+                "UPDATE inbox SET attempts = attempts + 1, last_error = $3, last_reason = $4 "
+                "WHERE tenant_id = $1 AND message_id = $2 RETURNING attempts",
+                row.tenant_id, row.message_id, error[:ERROR_LIMIT], reason)
+            await conn.execute(
+                "INSERT INTO blocked_routes (tenant_id, route, until) "
+                "VALUES ($1, $2, now() + make_interval(secs => $3)) "
+                "ON CONFLICT (tenant_id, route) DO UPDATE SET until = excluded.until",
+                row.tenant_id, row.route, backoff_seconds)
+            return attempts or 0
+
+    async def dead_letter(self, row: InboxRow, reason: str, error: str) -> None:
+        """Moves the row to dead_letters with why; its routing identity's later events go on."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO dead_letters (tenant_id, message_id, payload, error, attempts, reason, received_at) "
+                "SELECT tenant_id, message_id, payload, $3, attempts + 1, $4, received_at FROM inbox "
+                "WHERE tenant_id = $1 AND message_id = $2 "
+                "ON CONFLICT (tenant_id, message_id) DO UPDATE SET error = excluded.error, "
+                "attempts = excluded.attempts, reason = excluded.reason, failed_at = now()",
+                row.tenant_id, row.message_id, error[:ERROR_LIMIT], reason)
+            await conn.execute(
+                "UPDATE inbox SET processed_at = now(), attempts = attempts + 1, last_error = $3, last_reason = $4 "
+                "WHERE tenant_id = $1 AND message_id = $2", row.tenant_id, row.message_id, error[:ERROR_LIMIT], reason)
+            await conn.execute("DELETE FROM blocked_routes WHERE tenant_id = $1 AND route = $2",
+                               row.tenant_id, row.route)
+
+    # Dead letters as an API.
+    @staticmethod
+    def _where(message_ids: list[str] | None, reason: str, since: datetime | None, until: datetime | None
+               ) -> tuple[str, list]:
+        clauses, args = ["tenant_id = $1"], []
+        for clause, value in (("message_id = ANY(${}::text[])", message_ids), ("reason = ${}", reason or None),
+                              ("failed_at >= ${}", since), ("failed_at < ${}", until)):
+            if value is not None:
+                args.append(value)
+                clauses.append(clause.format(len(args) + 1))
+        return " AND ".join(clauses), args
+
+    async def list_dead_letters(self, tenant_id: str, reason: str, since: datetime | None, until: datetime | None,
+                                after: tuple[datetime, str] | None, limit: int) -> list[DeadLetterRow]:
+        where, args = self._where(None, reason, since, until)
+        if after is not None:
+            args += list(after)
+            where += f" AND (failed_at, message_id) < (${len(args)}, ${len(args) + 1})"
+        rows = await self.pool.fetch(
+            f"SELECT tenant_id, message_id, payload, reason, error, attempts, received_at, failed_at FROM dead_letters "
+            f"WHERE {where} ORDER BY failed_at DESC, message_id DESC LIMIT ${len(args) + 2}", tenant_id, *args, limit)
+        return [DeadLetterRow(r["tenant_id"], r["message_id"], bytes(r["payload"]), r["reason"], r["error"],
+                              r["attempts"], r["received_at"], r["failed_at"]) for r in rows]
+
+    async def retry_dead_letters(self, tenant_id: str, message_ids: list[str] | None, reason: str,
+                                 since: datetime | None, until: datetime | None) -> int:
+        """Puts matching dead letters back in the inbox as pending (their original order) and deletes them."""
+        where, args = self._where(message_ids, reason, since, until)
+        async with self.pool.acquire() as conn, conn.transaction():
+            ids = [r["message_id"] for r in await conn.fetch(
+                f"DELETE FROM dead_letters WHERE {where} RETURNING message_id", tenant_id, *args)]
+            if ids:
+                await conn.execute(
+                    "UPDATE inbox SET processed_at = NULL, attempts = 0 "
+                    "WHERE tenant_id = $1 AND message_id = ANY($2::text[])", tenant_id, ids)
+                await conn.execute("SELECT pg_notify('tailor_inbox', '')")
+            return len(ids)
+
+    async def discard_dead_letters(self, tenant_id: str, message_ids: list[str] | None, reason: str,
+                                   since: datetime | None, until: datetime | None) -> int:
+        where, args = self._where(message_ids, reason, since, until)
+        status = await self.pool.execute(f"DELETE FROM dead_letters WHERE {where}", tenant_id, *args)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def counts(self, tenant_id: str) -> PipelineCounts:
+        row = await self.pool.fetchrow(
+            "SELECT (SELECT count(*) FROM inbox WHERE tenant_id = $1 AND processed_at IS NULL) AS pending, "
+            "(SELECT count(*) FROM inbox WHERE tenant_id = $1 AND processed_at IS NULL AND attempts > 0) AS retrying, "
+            "(SELECT count(*) FROM dead_letters WHERE tenant_id = $1) AS dead, "
+            "(SELECT extract(epoch FROM now() - min(received_at)) FROM inbox "
+            " WHERE tenant_id = $1 AND processed_at IS NULL) AS oldest", tenant_id)
+        return PipelineCounts(row["pending"], row["retrying"], row["dead"], float(row["oldest"] or 0.0))

@@ -1,0 +1,154 @@
+"""Unit tests of the partition worker on fakes: chunk pipelining, bisection, retries that hold back one individual."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from personalization.common.v1 import common_pb2
+from services.gateway.pipeline.worker import PartitionWorker, Transient, WorkerSettings, chunks_of
+from services.gateway.postgres_inbox import InboxRow
+
+
+def _row(i: int, route: int | None = None, attempts: int = 0, size: int = 0) -> InboxRow:
+    event = common_pb2.Event(message_id=f"m{i}", type=common_pb2.EVENT_TYPE_PAGE_VIEW,
+                             event_time=timestamp_pb2.Timestamp(seconds=int(time.time())),
+                             identities=[common_pb2.Identity(type="device_id", value=f"d{i}")],
+                             name="x" * size)
+    return InboxRow("t", f"m{i}", i, event.SerializeToString(), attempts, i if route is None else route)
+
+
+class Refused(grpc.aio.AioRpcError):
+    def __init__(self, code=grpc.StatusCode.INVALID_ARGUMENT):
+        super().__init__(code, None, None, details="refused")
+
+
+class FakeStore:
+    def __init__(self):
+        self.processed: list[str] = []
+        self.dead: list[tuple[str, str]] = []
+        self.retrying: list[str] = []
+
+    async def mark_processed(self, tenant_id, rows):
+        self.processed.extend(r.message_id for r in rows)
+
+    async def dead_letter(self, row, reason, error):
+        self.dead.append((row.message_id, reason))
+
+    async def retry_later(self, row, reason, error, backoff):
+        self.retrying.append(row.message_id)
+        return row.attempts + 1
+
+
+class FakePipeline:
+    """Identifies by echoing the events; update refuses any chunk holding a poisoned message id."""
+
+    def __init__(self, poison=(), code=grpc.StatusCode.INVALID_ARGUMENT):
+        self.poison = set(poison)
+        self.code = code
+        self.updates = 0
+        self.applied: list[str] = []
+
+    async def identify(self, events):
+        return events
+
+    async def apply_merges(self, plan):
+        pass
+
+    async def update(self, plan):
+        self.updates += 1
+        if any(e.message_id in self.poison for e in plan):
+            raise Refused(self.code)
+        self.applied.extend(e.message_id for e in plan)
+
+
+def _worker(pipeline, store, **settings) -> PartitionWorker:
+    return PartitionWorker("", store, pipeline, WorkerSettings(**settings), worker_id="w")
+
+
+async def test_bisection_isolates_the_one_poisoned_event_in_a_chunk_of_500_and_applies_the_rest_in_order():
+    store, pipeline = FakeStore(), FakePipeline(poison={"m321"})
+    rows = [_row(i) for i in range(500)]
+    await _worker(pipeline, store, chunk_events=500).process("t", rows)
+    assert store.dead == [("m321", "INVALID_ARGUMENT")]
+    expected = [f"m{i}" for i in range(500) if i != 321]
+    assert pipeline.applied == expected
+    assert store.processed == expected
+    # log2(500) halvings, not 500 single-event calls.
+    assert pipeline.updates <= 2 * 10 + 2
+
+
+async def test_an_internal_failure_is_retried_later_and_holds_back_only_that_individuals_later_events():
+    store, pipeline = FakeStore(), FakePipeline(poison={"m2"}, code=grpc.StatusCode.INTERNAL)
+    rows = [_row(0, route=1), _row(1, route=2), _row(2, route=7), _row(3, route=1), _row(4, route=7),
+            _row(5, route=3)]
+    await _worker(pipeline, store, chunk_events=6, max_attempts=5).process("t", rows)
+    assert store.retrying == ["m2"]
+    assert store.dead == []
+    # m4 shares m2's routing identity: it waits (stays pending) so that identity's events keep their order.
+    assert pipeline.applied == ["m0", "m1", "m3", "m5"]
+    assert store.processed == ["m0", "m1", "m3", "m5"]
+
+
+async def test_the_last_allowed_attempt_dead_letters_and_frees_the_individual():
+    store, pipeline = FakeStore(), FakePipeline(poison={"m0"}, code=grpc.StatusCode.INTERNAL)
+    rows = [_row(0, route=9, attempts=4), _row(1, route=9)]
+    await _worker(pipeline, store, max_attempts=5).process("t", rows)
+    assert store.dead == [("m0", "INTERNAL")]
+    assert pipeline.applied == ["m1"]
+
+
+async def test_an_unavailable_service_is_not_the_events_fault_and_leaves_everything_pending():
+    store, pipeline = FakeStore(), FakePipeline(poison={"m1"}, code=grpc.StatusCode.UNAVAILABLE)
+    try:
+        await _worker(pipeline, store, chunk_events=2).process("t", [_row(i) for i in range(4)])
+        raised = False
+    except Transient:
+        raised = True
+    assert raised
+    assert store.dead == [] and store.retrying == []
+    assert store.processed == []
+
+
+async def test_an_oversize_refusal_is_content_and_is_isolated_not_retried_forever():
+    store, pipeline = FakeStore(), FakePipeline(poison={"m3"}, code=grpc.StatusCode.RESOURCE_EXHAUSTED)
+    await _worker(pipeline, store, chunk_events=8).process("t", [_row(i) for i in range(8)])
+    assert store.dead == [("m3", "RESOURCE_EXHAUSTED")]
+    assert len(store.processed) == 7
+
+
+def test_chunks_respect_both_the_event_count_and_the_byte_budget():
+    rows = [_row(i, size=1000) for i in range(10)]
+    by_count = chunks_of(rows, 4, 1 << 20)
+    assert [len(c) for c in by_count] == [4, 4, 2]
+    by_bytes = chunks_of(rows, 100, 3 * len(rows[0].payload))
+    assert [len(c) for c in by_bytes] == [3, 3, 3, 1]
+    assert chunks_of([_row(0, size=5000)], 10, 100) == [[_row(0, size=5000)]]
+
+
+async def test_the_next_chunk_is_identified_while_one_is_updated_and_updates_stay_in_order():
+    log: list[str] = []
+
+    class Slow(FakePipeline):
+        async def identify(self, events):
+            log.append(f"identify {events[0].message_id}")
+            return events
+
+        async def update(self, plan):
+            log.append(f"update {plan[0].message_id} start")
+            await asyncio.sleep(0.01)
+            log.append(f"update {plan[0].message_id} end")
+
+    class Store(FakeStore):
+        async def mark_processed(self, tenant_id, rows):
+            log.append(f"mark {rows[0].message_id}")
+
+    await _worker(Slow(), Store(), chunk_events=2).process("t", [_row(i) for i in range(6)])
+    assert log == [
+        "identify m0", "update m0 start", "identify m2", "update m0 end", "mark m0",
+        "update m2 start", "identify m4", "update m2 end", "mark m2",
+        "update m4 start", "update m4 end", "mark m4",
+    ]
