@@ -5,6 +5,9 @@
     tailor apply -f FILE.yaml                  (file shape: see shared/demo.py)
     tailor profile --identity TYPE:VALUE | --unified-id ID [--events N]
     tailor decide --point NAME [--point NAME ...] --identity TYPE:VALUE [--explain] [--test-mode] [--channel web]
+    tailor forget --identity TYPE:VALUE | --unified-id ID --yes
+    tailor export --identity TYPE:VALUE | --unified-id ID [-o FILE]
+    tailor lift-suppression --identity TYPE:VALUE [--identity TYPE:VALUE ...]
 
 Client commands talk to the gateway (--gateway, default TAILOR_GATEWAY_ADDR or 127.0.0.1:50051) with an API key
 (--api-key, default TAILOR_API_KEY, else the demo key `tailor up` stored). A failed call prints its gRPC status
@@ -84,6 +87,52 @@ async def _profile(args) -> None:
     request = gw.GetProfileRequest(event_limit=args.events, **_who(args))
     async with grpc.aio.insecure_channel(args.gateway) as channel:
         reply = await gw_grpc.GatewayServiceStub(channel).GetProfile(request, metadata=_auth(args), timeout=30)
+    _print_json(reply)
+
+
+async def _forget(args) -> None:
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    request = gw.ForgetIndividualRequest(**_who(args))
+    if not args.yes:
+        raise UsageError("forget erases the individual in every service and cannot be undone: add --yes")
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        reply = await gw_grpc.GatewayServiceStub(channel).ForgetIndividual(request, metadata=_auth(args), timeout=300)
+    _print_json(reply)
+
+
+async def _export(args) -> None:
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    request = gw.ExportIndividualRequest(**_who(args))
+    async with grpc.aio.insecure_channel(args.gateway, options=[("grpc.max_receive_message_length", 1 << 30)]
+                                         ) as channel:
+        reply = await gw_grpc.GatewayServiceStub(channel).ExportIndividual(request, metadata=_auth(args), timeout=300)
+    text = json.dumps(json.loads(reply.json), indent=2, sort_keys=True)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+        print(f"wrote {args.output}")
+    else:
+        print(text)
+
+
+def lift_request(identities: list[str]):
+    """The LiftSuppression request for `--identity type:value` arguments."""
+    from personalization.common.v1 import common_pb2
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+
+    return gw.LiftSuppressionRequest(identities=[common_pb2.Identity(type=k, value=v)
+                                                 for k, v in map(parse_identity, identities)])
+
+
+async def _lift(args) -> None:
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    request = lift_request(args.identity)
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        reply = await gw_grpc.GatewayServiceStub(channel).LiftSuppression(request, metadata=_auth(args), timeout=30)
     _print_json(reply)
 
 
@@ -258,6 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     decide.add_argument("--test-mode", action="store_true", help="record nothing (TEST_MODE flag)")
     decide.add_argument("--channel", default="", help="the channel asking (web, email, ...)")
     decide.set_defaults(run=_decide)
+
+    forget = commands.add_parser("forget", parents=[client, who],
+                                 help="erase an individual in every service; their identities stay suppressed")
+    forget.add_argument("--yes", action="store_true", help="confirm: the erasure cannot be undone")
+    forget.set_defaults(run=_forget)
+    export = commands.add_parser("export", parents=[client, who], help="everything held about an individual, as JSON")
+    export.add_argument("-o", "--output", default="", help="write the JSON to this file instead of printing it")
+    export.set_defaults(run=_export)
+    lift = commands.add_parser("lift-suppression", parents=[client],
+                               help="let events with forgotten identities create profiles again")
+    lift.add_argument("--identity", action="append", required=True, help="type:value (repeatable)")
+    lift.set_defaults(run=_lift)
     return parser
 
 

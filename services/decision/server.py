@@ -7,6 +7,7 @@ from personalization.decision.v1 import decision_service_pb2 as pb
 from personalization.decision.v1 import decision_service_pb2_grpc as pb_grpc
 
 from services.decision.postgres import PostgresRepository
+from services.decision.postgres_privacy import PostgresPrivacy
 from services.decision.service import DecisionService
 from services.decision.servicer import DecisionServicer
 from shared.runtime import Built, prepare_schema
@@ -36,6 +37,6 @@ async def build(dsn: str) -> Built:
         await pool.close()
 
     return Built(
-        services=[Service(pb_grpc.add_DecisionServiceServicer_to_server, DecisionServicer(service), SERVICE_NAME)],
+        services=[Service(pb_grpc.add_DecisionServiceServicer_to_server, DecisionServicer(service, PostgresPrivacy(pool)), SERVICE_NAME)],
         close=close,
     )

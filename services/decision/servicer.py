@@ -15,7 +15,9 @@ from services.decision.experiments import MODELS, Assignment, Cohort, Experiment
 from services.decision.schema import ProfileSchema
 from services.decision.service import DecisionService
 from shared import context as request_context
+from services.decision.postgres_privacy import PostgresPrivacy
 from shared.context import current_tenant
+from shared.privacy import document, validate_ids
 
 _POINT_TYPES = {pb.POINT_TYPE_MANUAL_CONTENT: "MANUAL_CONTENT", pb.POINT_TYPE_RECOMMENDATIONS: "RECOMMENDATIONS"}
 _POINT_TYPES_BACK = {v: k for k, v in _POINT_TYPES.items()}
@@ -298,8 +300,9 @@ class _ProtoMemo:
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
     """Translates DecisionService RPCs to the use cases."""
 
-    def __init__(self, service: DecisionService):
+    def __init__(self, service: DecisionService, privacy: PostgresPrivacy | None = None):
         self.service = service
+        self.privacy = privacy
         self._point_proto = _ProtoMemo(point_to_proto)
         self._decision_proto = _ProtoMemo(decision_to_proto)
 
@@ -469,3 +472,11 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                               conversions=c.conversions, clicks=c.clicks, revenue=c.revenue)
             for (model, point, decision, item), c in sorted(credit.items())
         ])
+
+    async def EraseIndividual(self, request: pb.EraseIndividualRequest, context) -> pb.EraseIndividualResponse:
+        erased = await self.privacy.erase(current_tenant(), validate_ids(list(request.unified_individual_ids)))
+        return pb.EraseIndividualResponse(erased_rows=erased)
+
+    async def ExportIndividual(self, request: pb.ExportIndividualRequest, context) -> pb.ExportIndividualResponse:
+        tables = await self.privacy.export(current_tenant(), validate_ids(list(request.unified_individual_ids)))
+        return pb.ExportIndividualResponse(json=document(tables))

@@ -27,6 +27,8 @@ from services.gateway.passthrough import Passthrough
 from services.gateway.pipeline import MergePropagation, MergeSweeper, PartitionWorker, Pipeline, Stubs, WorkerSettings
 from services.gateway.postgres import GatewayStore
 from services.gateway.postgres_inbox import InboxStore
+from services.gateway.postgres_privacy import PostgresPrivacy
+from services.gateway.privacy import Privacy
 from services.gateway.quotas import Quotas
 from services.gateway.records import RecordSync
 from services.gateway.servicer import GatewayServicer
@@ -103,9 +105,12 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
     quotas = Quotas(pool)
     batch = BatchJobs(dsn, pool, profile, decision, recommender)
     activations = Activations(pool, profile)
-    servicer = GatewayServicer(keys, Ingest(store), Decider(identity, profile, decision, recommender, log_writer, quotas,
-                                       resolve_cache_seconds=settings.resolve_cache_seconds),
-                               RecordSync(store, identity), batch, quotas, activations, DeadLetters(InboxStore(pool)))
+    decider = Decider(identity, profile, decision, recommender, log_writer, quotas,
+                      resolve_cache_seconds=settings.resolve_cache_seconds)
+    servicer = GatewayServicer(keys, Ingest(store), decider, RecordSync(store, identity), batch, quotas, activations,
+                               DeadLetters(InboxStore(pool)),
+                               Privacy(PostgresPrivacy(pool), identity, profile, recommender, decision, decider,
+                                       log_writer))
 
     async def close() -> None:
         await log_writer.flush()

@@ -19,6 +19,7 @@ from services.gateway.dead_letters import DeadLetters
 from services.gateway.decide import Decider
 from services.gateway.ingest import Ingest
 from services.gateway.postgres import KeyRow
+from services.gateway.privacy import Privacy
 from services.gateway.quotas import Quotas
 from services.gateway.records import RecordSync, validate_data_model
 from shared.client import open_stream
@@ -52,7 +53,7 @@ def _acks(acks: list[tuple[str, bool]]) -> list[pb.EventAck]:
 
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def __init__(self, keys: KeyService, ingest: Ingest, decider: Decider, records: RecordSync, batch: BatchJobs,
-                 quotas: Quotas, activations, dead_letters: DeadLetters):
+                 quotas: Quotas, activations, dead_letters: DeadLetters, privacy: Privacy | None = None):
         self.keys = keys
         self.ingest = ingest
         self.decider = decider
@@ -61,6 +62,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         self.quotas = quotas
         self.dead_letters = dead_letters
         self.activations = activations
+        self.privacy = privacy
 
     async def _admit(self) -> None:
         """The tenant's request-rate quota for ingest: over it, RESOURCE_EXHAUSTED with RetryInfo."""
@@ -236,3 +238,12 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
 
     async def GetPipelineStatus(self, request: pb.GetPipelineStatusRequest, context) -> pb.GetPipelineStatusResponse:
         return await self.dead_letters.status(current_tenant())
+
+    async def ForgetIndividual(self, request, context):
+        return await self.privacy.forget(request)
+
+    async def ExportIndividual(self, request, context):
+        return await self.privacy.export(request)
+
+    async def LiftSuppression(self, request, context):
+        return await self.privacy.lift(request)

@@ -67,6 +67,7 @@ class Resolution:
     individual_id: str
     created: bool = False
     merged_ids: tuple[str, ...] = ()
+    suppressed: bool = False  # carries a forgotten individual's identity: not resolved
 
 
 @dataclass(frozen=True)

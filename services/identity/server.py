@@ -6,6 +6,8 @@ from personalization.identity.v1 import identity_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
 
 from services.identity.postgres import PostgresRepository
+from services.identity.postgres_privacy import PostgresPrivacy
+from services.identity.privacy import IdentityPrivacy
 from services.identity.service import IdentityService, Settings
 from services.identity.servicer import IdentityServicer
 from shared.runtime import Built, prepare_schema
@@ -31,7 +33,10 @@ async def build(dsn: str, settings: Settings | None = None) -> Built:
     settings = settings or settings_from_env()
     pool = await prepare_schema(dsn, SCHEMA, __file__)
     repository = PostgresRepository(pool, max_block=settings.max_block)
-    servicer = IdentityServicer(IdentityService(repository, settings=settings))
+    service = IdentityService(repository, settings=settings)
+    privacy = IdentityPrivacy(PostgresPrivacy(pool), service)
+    service.blocked = privacy.blocked
+    servicer = IdentityServicer(service, privacy)
     return Built(
         services=[Service(pb_grpc.add_IdentityServiceServicer_to_server, servicer, SERVICE_NAME)],
         close=pool.close,

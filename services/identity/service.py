@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -61,6 +61,8 @@ class IdentityService:
         self.new_id = new_id
         self.settings = settings
         self._config: dict[str, tuple[float, Config]] = {}
+        # The suppression check (privacy.py): which normalized unique identities are tombstoned; None: none are.
+        self.blocked: Callable[[str, list[Key]], Awaitable[set[Key]]] | None = None
 
     async def config(self, tenant: str) -> Config:
         """The tenant's types and active ruleset, cached for config_ttl_seconds (writes here refresh it)."""
@@ -81,6 +83,18 @@ class IdentityService:
         """Resolves each subject to a unified individual, creating, attaching and merging unless lookup_only."""
         config = await self.config(tenant)
         subs = validate_subjects(subjects, config, self.settings.default_region, attributes)
+        blocked = await self.blocked(tenant, _all_keys([s.unique for s in subs])) if self.blocked else set()
+        if not blocked:
+            return await self._resolve(tenant, subs, config, lookup_only)
+        # Subjects carrying an identity of a forgotten individual are not resolved at all (their events are dropped).
+        kept = [n for n, s in enumerate(subs) if blocked.isdisjoint(s.unique)]
+        out = [Resolution("", suppressed=True)] * len(subs)
+        if kept:
+            for n, resolution in zip(kept, await self._resolve(tenant, [subs[n] for n in kept], config, lookup_only)):
+                out[n] = resolution
+        return out
+
+    async def _resolve(self, tenant: str, subs: list, config: Config, lookup_only: bool) -> list[Resolution]:
         unique = _all_keys([s.unique for s in subs])
         if lookup_only:
             snap = Snapshot(owners=await self.repository.lookup_owners(tenant, unique))

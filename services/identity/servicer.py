@@ -12,6 +12,7 @@ from personalization.identity.v1 import identity_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
 
 from services.identity.matching import IdentityType, Ruleset
+from services.identity.privacy import IdentityPrivacy
 from services.identity.rerun import Progress
 from services.identity.service import IdentityService
 from shared.context import current_tenant
@@ -85,8 +86,9 @@ def _ruleset_to_pb(ruleset: Ruleset) -> pb.Ruleset:
 class IdentityServicer(pb_grpc.IdentityServiceServicer):
     """Translates IdentityService RPCs to the identity use cases."""
 
-    def __init__(self, service: IdentityService):
+    def __init__(self, service: IdentityService, privacy: IdentityPrivacy | None = None):
         self.service = service
+        self.privacy = privacy
 
     async def ResolveIdentities(self, request: pb.ResolveIdentitiesRequest, context) -> pb.ResolveIdentitiesResponse:
         subjects = [[(i.type, i.value) for i in subject.identities] for subject in request.subjects]
@@ -100,6 +102,7 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
                     unified_individual_id=r.individual_id,
                     created=r.created,
                     merged_individual_ids=list(r.merged_ids),
+                    suppressed=r.suppressed,
                 )
                 for r in resolutions
             ]
@@ -198,3 +201,25 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             [(m.survivor_individual_id, m.merged_individual_id) for m in request.merges])
         return pb.MarkMergeEventsPropagatedResponse(marked_count=marked)
 
+    async def SuppressIndividual(self, request: pb.SuppressIndividualRequest, context
+                                 ) -> pb.SuppressIndividualResponse:
+        identity = (request.identity.type, request.identity.value) if request.HasField("identity") else None
+        done = await self.privacy.suppress(current_tenant(), identity, request.unified_individual_id)
+        if done.target is None:
+            return pb.SuppressIndividualResponse(already_forgotten=True)
+        return pb.SuppressIndividualResponse(
+            unified_individual_id=done.target.individual_id, alias_ids=done.target.alias_ids,
+            identities=_identities(done.target.unique + done.target.shared),
+            suppressed_identity_count=done.suppressed_count)
+
+    async def EraseIndividual(self, request: pb.EraseIndividualRequest, context) -> pb.EraseIndividualResponse:
+        erased = await self.privacy.erase(current_tenant(), list(request.unified_individual_ids))
+        return pb.EraseIndividualResponse(erased_rows=erased)
+
+    async def ExportIndividual(self, request: pb.ExportIndividualRequest, context) -> pb.ExportIndividualResponse:
+        return pb.ExportIndividualResponse(
+            json=await self.privacy.export(current_tenant(), list(request.unified_individual_ids)))
+
+    async def LiftSuppression(self, request: pb.LiftSuppressionRequest, context) -> pb.LiftSuppressionResponse:
+        lifted = await self.privacy.lift(current_tenant(), [(i.type, i.value) for i in request.identities])
+        return pb.LiftSuppressionResponse(lifted_count=lifted)

@@ -9,6 +9,7 @@ from datetime import datetime
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc
 from services.profile_graph.postgres import PostgresStore
+from services.profile_graph.postgres_privacy import PostgresPrivacy
 from services.profile_graph.service import ProfileGraph, _utcnow
 from services.profile_graph.servicer import ProfileGraphServicer
 from shared.log import get_logger
@@ -64,7 +65,7 @@ async def build(dsn: str, *, clock: Callable[[], datetime] = _utcnow) -> Built:
     if refresh_seconds:
         background.append(lambda: refresh_loop(graph, refresh_seconds))
     return Built(
-        services=[Service(pb_grpc.add_ProfileGraphServiceServicer_to_server, ProfileGraphServicer(graph), FULL_NAME)],
+        services=[Service(pb_grpc.add_ProfileGraphServiceServicer_to_server, ProfileGraphServicer(graph, PostgresPrivacy(pool)), FULL_NAME)],
         close=close,
         background=background,
     )

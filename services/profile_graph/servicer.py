@@ -17,7 +17,9 @@ from services.profile_graph.domain import (
     SegmentDef,
 )
 from services.profile_graph.service import ProfileGraph
+from services.profile_graph.postgres_privacy import PostgresPrivacy
 from shared.context import current_tenant
+from shared.privacy import document, validate_ids
 
 
 def _dict(message: struct_pb2.Struct) -> dict:
@@ -165,8 +167,9 @@ def to_profile_pb(p: Profile) -> pb.Profile:
 class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
     """The gRPC face of the ProfileGraph use cases."""
 
-    def __init__(self, graph: ProfileGraph):
+    def __init__(self, graph: ProfileGraph, privacy: PostgresPrivacy | None = None):
         self.graph = graph
+        self.privacy = privacy
 
     async def AppendEvents(self, request, context):
         outcomes = await self.graph.append_events(current_tenant(), [to_new_event(e) for e in request.events])
@@ -280,3 +283,12 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
         stream = self.graph.watch_events(current_tenant(), request.unified_individual_id, request.replay_count)
         async for payload, at in stream:
             yield pb.WatchEventsResponse(event=common_pb2.Event.FromString(payload), append_time=_timestamp(at))
+
+    async def EraseIndividual(self, request: pb.EraseIndividualRequest, context) -> pb.EraseIndividualResponse:
+        erased, message_ids = await self.privacy.erase(current_tenant(),
+                                                       validate_ids(list(request.unified_individual_ids)))
+        return pb.EraseIndividualResponse(erased_rows=erased, message_ids=message_ids)
+
+    async def ExportIndividual(self, request: pb.ExportIndividualRequest, context) -> pb.ExportIndividualResponse:
+        tables = await self.privacy.export(current_tenant(), validate_ids(list(request.unified_individual_ids)))
+        return pb.ExportIndividualResponse(json=document(tables))

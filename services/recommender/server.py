@@ -11,6 +11,7 @@ from personalization.recommender.v1 import recommender_service_pb2_grpc as pb_gr
 
 from services.recommender.config import MAX_COUNT
 from services.recommender.postgres import PostgresRepository
+from services.recommender.postgres_privacy import PostgresPrivacy
 from services.recommender.service import Recommender
 from services.recommender.servicer import RecommenderServicer
 from shared.runtime import Built, prepare_schema
@@ -55,7 +56,7 @@ async def build(dsn: str, settings: Settings | None = None) -> Built:
         PostgresRepository(pool), cache_seconds=settings.cache_seconds, cache_items=settings.cache_items,
         catalog_seconds=settings.catalog_seconds, model_check_seconds=settings.model_check_seconds,
     )
-    servicer = RecommenderServicer(recommender)
+    servicer = RecommenderServicer(recommender, PostgresPrivacy(pool))
 
     async def schedule() -> None:
         while settings.schedule_seconds:

@@ -27,7 +27,9 @@ from services.recommender.domain import (
     Recommended,
 )
 from services.recommender.service import Recommender
+from services.recommender.postgres_privacy import PostgresPrivacy
 from shared.context import current_tenant
+from shared.privacy import document, validate_ids
 
 # Other event types map to "" and are refused by validation.
 _KINDS = {
@@ -156,8 +158,9 @@ def _affinities(affinities) -> list[tuple[str, str, float]]:
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     """Translates RecommenderService calls to the Recommender use cases."""
 
-    def __init__(self, recommender: Recommender) -> None:
+    def __init__(self, recommender: Recommender, privacy: PostgresPrivacy | None = None) -> None:
         self.recommender = recommender
+        self.privacy = privacy
 
     async def RecordInteractions(self, request: pb.RecordInteractionsRequest, context) -> pb.RecordInteractionsResponse:
         interactions = [_interaction(m) for m in request.interactions]
@@ -239,3 +242,11 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         return pb.EvaluateRecommenderResponse(
             precision_at_k=m.precision, recall_at_k=m.recall, ndcg_at_k=m.ndcg, map_at_k=m.map,
             coverage=m.coverage, evaluated_individuals=m.individuals, k=request.k or 10)
+
+    async def EraseIndividual(self, request: pb.EraseIndividualRequest, context) -> pb.EraseIndividualResponse:
+        erased = await self.privacy.erase(current_tenant(), validate_ids(list(request.unified_individual_ids)))
+        return pb.EraseIndividualResponse(erased_rows=erased)
+
+    async def ExportIndividual(self, request: pb.ExportIndividualRequest, context) -> pb.ExportIndividualResponse:
+        tables = await self.privacy.export(current_tenant(), validate_ids(list(request.unified_individual_ids)))
+        return pb.ExportIndividualResponse(json=document(tables))

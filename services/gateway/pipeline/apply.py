@@ -89,16 +89,22 @@ class Pipeline:
         started = time.perf_counter()
         resolved = await self.stubs.identity.ResolveIdentities(identity_pb.ResolveIdentitiesRequest(
             subjects=[identity_pb.Subject(identities=e.identities, attributes=e.attributes) for e in events]))
+        resolutions = list(resolved.resolutions)
+        if any(r.suppressed for r in resolutions):
+            # Events carrying an identity of a forgotten individual are acknowledged but dropped here, unattached.
+            kept = [n for n, r in enumerate(resolutions) if not r.suppressed]
+            log.info("pipeline_suppressed_events", count=len(events) - len(kept))
+            events, resolutions = [events[n] for n in kept], [resolutions[n] for n in kept]
         aliases: dict[str, str] = {}
         merges: list[tuple[list[str], str]] = []
         pairs: list[tuple[str, str]] = []
-        for resolution in resolved.resolutions:
+        for resolution in resolutions:
             if resolution.merged_individual_ids:
                 for merged in resolution.merged_individual_ids:
                     aliases[merged] = resolution.unified_individual_id
                     pairs.append((resolution.unified_individual_id, merged))
                 merges.append((list(resolution.merged_individual_ids), resolution.unified_individual_id))
-        owners = [_survivor(aliases, r.unified_individual_id) for r in resolved.resolutions]
+        owners = [_survivor(aliases, r.unified_individual_id) for r in resolutions]
         merges = [(merged, _survivor(aliases, survivor)) for merged, survivor in merges]
         return Plan(events, owners, merges, pairs, round((time.perf_counter() - started) * 1000, 1))
 

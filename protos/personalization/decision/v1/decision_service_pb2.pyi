@@ -758,3 +758,27 @@ class GetAttributionResponse(_message.Message):
     ROWS_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[AttributionRow]
     def __init__(self, rows: _Optional[_Iterable[_Union[AttributionRow, _Mapping]]] = ...) -> None: ...
+
+class EraseIndividualRequest(_message.Message):
+    __slots__ = ("unified_individual_ids",)
+    UNIFIED_INDIVIDUAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    unified_individual_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, unified_individual_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class EraseIndividualResponse(_message.Message):
+    __slots__ = ("erased_rows",)
+    ERASED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    erased_rows: int
+    def __init__(self, erased_rows: _Optional[int] = ...) -> None: ...
+
+class ExportIndividualRequest(_message.Message):
+    __slots__ = ("unified_individual_ids",)
+    UNIFIED_INDIVIDUAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    unified_individual_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, unified_individual_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ExportIndividualResponse(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...

@@ -946,3 +946,56 @@ class GetPipelineStatusResponse(_message.Message):
     dead_letter_count: int
     oldest_pending_seconds: float
     def __init__(self, pending_count: _Optional[int] = ..., retrying_count: _Optional[int] = ..., dead_letter_count: _Optional[int] = ..., oldest_pending_seconds: _Optional[float] = ...) -> None: ...
+
+class ForgetIndividualRequest(_message.Message):
+    __slots__ = ("individual_id", "unified_individual_id")
+    INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    individual_id: _common_pb2.Identity
+    unified_individual_id: str
+    def __init__(self, individual_id: _Optional[_Union[_common_pb2.Identity, _Mapping]] = ..., unified_individual_id: _Optional[str] = ...) -> None: ...
+
+class ForgetIndividualResponse(_message.Message):
+    __slots__ = ("already_forgotten", "erased_rows", "suppressed_identity_count")
+    class ErasedRowsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    ALREADY_FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
+    ERASED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESSED_IDENTITY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    already_forgotten: bool
+    erased_rows: _containers.ScalarMap[str, int]
+    suppressed_identity_count: int
+    def __init__(self, already_forgotten: _Optional[bool] = ..., erased_rows: _Optional[_Mapping[str, int]] = ..., suppressed_identity_count: _Optional[int] = ...) -> None: ...
+
+class ExportIndividualRequest(_message.Message):
+    __slots__ = ("individual_id", "unified_individual_id")
+    INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    individual_id: _common_pb2.Identity
+    unified_individual_id: str
+    def __init__(self, individual_id: _Optional[_Union[_common_pb2.Identity, _Mapping]] = ..., unified_individual_id: _Optional[str] = ...) -> None: ...
+
+class ExportIndividualResponse(_message.Message):
+    __slots__ = ("unified_individual_id", "json")
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    unified_individual_id: str
+    json: str
+    def __init__(self, unified_individual_id: _Optional[str] = ..., json: _Optional[str] = ...) -> None: ...
+
+class LiftSuppressionRequest(_message.Message):
+    __slots__ = ("identities",)
+    IDENTITIES_FIELD_NUMBER: _ClassVar[int]
+    identities: _containers.RepeatedCompositeFieldContainer[_common_pb2.Identity]
+    def __init__(self, identities: _Optional[_Iterable[_Union[_common_pb2.Identity, _Mapping]]] = ...) -> None: ...
+
+class LiftSuppressionResponse(_message.Message):
+    __slots__ = ("lifted_count",)
+    LIFTED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    lifted_count: int
+    def __init__(self, lifted_count: _Optional[int] = ...) -> None: ...

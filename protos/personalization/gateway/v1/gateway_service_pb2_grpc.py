@@ -176,6 +176,21 @@ class GatewayServiceStub:
                 request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetPipelineStatusRequest.SerializeToString,
                 response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetPipelineStatusResponse.FromString,
                 _registered_method=True)
+        self.ForgetIndividual = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/ForgetIndividual',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ForgetIndividualRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ForgetIndividualResponse.FromString,
+                _registered_method=True)
+        self.ExportIndividual = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/ExportIndividual',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ExportIndividualRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ExportIndividualResponse.FromString,
+                _registered_method=True)
+        self.LiftSuppression = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/LiftSuppression',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.LiftSuppressionRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.LiftSuppressionResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -408,6 +423,33 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForgetIndividual(self, request, context):
+        """Forgets an individual in every service: identities, events (inbox rows and dead letters included), attributes,
+        profile objects, consents, insights, affinities, memberships, interactions, cohorts, decision log, outcomes,
+        activation rows and batch outputs; its unique identities stay suppressed until LiftSuppression. Idempotent.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT (no target),
+        NOT_FOUND (no individual has the target and it was never forgotten).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportIndividual(self, request, context):
+        """Returns everything held about one individual in every service, as one JSON document.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT (no target), NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LiftSuppression(self, request, context):
+        """Lifts the suppression of forgotten identities: events carrying them create profiles again.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT (no identities, a bad identity).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -550,6 +592,21 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.GetPipelineStatus,
                     request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetPipelineStatusRequest.FromString,
                     response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetPipelineStatusResponse.SerializeToString,
+            ),
+            'ForgetIndividual': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetIndividual,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ForgetIndividualRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ForgetIndividualResponse.SerializeToString,
+            ),
+            'ExportIndividual': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportIndividual,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ExportIndividualRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ExportIndividualResponse.SerializeToString,
+            ),
+            'LiftSuppression': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiftSuppression,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.LiftSuppressionRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.LiftSuppressionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1310,6 +1367,87 @@ class GatewayService:
             '/personalization.gateway.v1.GatewayService/GetPipelineStatus',
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetPipelineStatusRequest.SerializeToString,
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetPipelineStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetIndividual(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/ForgetIndividual',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ForgetIndividualRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ForgetIndividualResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportIndividual(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/ExportIndividual',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ExportIndividualRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ExportIndividualResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiftSuppression(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/LiftSuppression',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.LiftSuppressionRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.LiftSuppressionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -124,14 +124,16 @@ class ResolveIdentitiesRequest(_message.Message):
     def __init__(self, subjects: _Optional[_Iterable[_Union[Subject, _Mapping]]] = ..., lookup_only: _Optional[bool] = ...) -> None: ...
 
 class Resolution(_message.Message):
-    __slots__ = ("unified_individual_id", "created", "merged_individual_ids")
+    __slots__ = ("unified_individual_id", "created", "merged_individual_ids", "suppressed")
     UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     MERGED_INDIVIDUAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESSED_FIELD_NUMBER: _ClassVar[int]
     unified_individual_id: str
     created: bool
     merged_individual_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, unified_individual_id: _Optional[str] = ..., created: _Optional[bool] = ..., merged_individual_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    suppressed: bool
+    def __init__(self, unified_individual_id: _Optional[str] = ..., created: _Optional[bool] = ..., merged_individual_ids: _Optional[_Iterable[str]] = ..., suppressed: _Optional[bool] = ...) -> None: ...
 
 class ResolveIdentitiesResponse(_message.Message):
     __slots__ = ("resolutions",)
@@ -340,3 +342,61 @@ class ListMergeEventsResponse(_message.Message):
     merge_events: _containers.RepeatedCompositeFieldContainer[MergeEvent]
     next_page_token: str
     def __init__(self, merge_events: _Optional[_Iterable[_Union[MergeEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class SuppressIndividualRequest(_message.Message):
+    __slots__ = ("identity", "unified_individual_id")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    identity: _common_pb2.Identity
+    unified_individual_id: str
+    def __init__(self, identity: _Optional[_Union[_common_pb2.Identity, _Mapping]] = ..., unified_individual_id: _Optional[str] = ...) -> None: ...
+
+class SuppressIndividualResponse(_message.Message):
+    __slots__ = ("unified_individual_id", "alias_ids", "identities", "already_forgotten", "suppressed_identity_count")
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_IDS_FIELD_NUMBER: _ClassVar[int]
+    IDENTITIES_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESSED_IDENTITY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    unified_individual_id: str
+    alias_ids: _containers.RepeatedScalarFieldContainer[str]
+    identities: _containers.RepeatedCompositeFieldContainer[_common_pb2.Identity]
+    already_forgotten: bool
+    suppressed_identity_count: int
+    def __init__(self, unified_individual_id: _Optional[str] = ..., alias_ids: _Optional[_Iterable[str]] = ..., identities: _Optional[_Iterable[_Union[_common_pb2.Identity, _Mapping]]] = ..., already_forgotten: _Optional[bool] = ..., suppressed_identity_count: _Optional[int] = ...) -> None: ...
+
+class LiftSuppressionRequest(_message.Message):
+    __slots__ = ("identities",)
+    IDENTITIES_FIELD_NUMBER: _ClassVar[int]
+    identities: _containers.RepeatedCompositeFieldContainer[_common_pb2.Identity]
+    def __init__(self, identities: _Optional[_Iterable[_Union[_common_pb2.Identity, _Mapping]]] = ...) -> None: ...
+
+class LiftSuppressionResponse(_message.Message):
+    __slots__ = ("lifted_count",)
+    LIFTED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    lifted_count: int
+    def __init__(self, lifted_count: _Optional[int] = ...) -> None: ...
+
+class EraseIndividualRequest(_message.Message):
+    __slots__ = ("unified_individual_ids",)
+    UNIFIED_INDIVIDUAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    unified_individual_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, unified_individual_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class EraseIndividualResponse(_message.Message):
+    __slots__ = ("erased_rows",)
+    ERASED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    erased_rows: int
+    def __init__(self, erased_rows: _Optional[int] = ...) -> None: ...
+
+class ExportIndividualRequest(_message.Message):
+    __slots__ = ("unified_individual_ids",)
+    UNIFIED_INDIVIDUAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    unified_individual_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, unified_individual_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ExportIndividualResponse(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...

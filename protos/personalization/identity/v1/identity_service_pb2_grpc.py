@@ -90,6 +90,26 @@ class IdentityServiceStub:
                 request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.MarkMergeEventsPropagatedRequest.SerializeToString,
                 response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.MarkMergeEventsPropagatedResponse.FromString,
                 _registered_method=True)
+        self.SuppressIndividual = channel.unary_unary(
+                '/personalization.identity.v1.IdentityService/SuppressIndividual',
+                request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.SuppressIndividualRequest.SerializeToString,
+                response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.SuppressIndividualResponse.FromString,
+                _registered_method=True)
+        self.EraseIndividual = channel.unary_unary(
+                '/personalization.identity.v1.IdentityService/EraseIndividual',
+                request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.EraseIndividualRequest.SerializeToString,
+                response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.EraseIndividualResponse.FromString,
+                _registered_method=True)
+        self.ExportIndividual = channel.unary_unary(
+                '/personalization.identity.v1.IdentityService/ExportIndividual',
+                request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ExportIndividualRequest.SerializeToString,
+                response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ExportIndividualResponse.FromString,
+                _registered_method=True)
+        self.LiftSuppression = channel.unary_unary(
+                '/personalization.identity.v1.IdentityService/LiftSuppression',
+                request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.LiftSuppressionRequest.SerializeToString,
+                response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.LiftSuppressionResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -184,6 +204,40 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SuppressIndividual(self, request, context):
+        """Starts forgetting an individual: tombstones its unique identities and ids as salted hashes (suppression), so
+        later subjects carrying them resolve as suppressed, and returns what the suite must erase. Idempotent: a target
+        forgotten before answers already_forgotten. Errors: INVALID_ARGUMENT (neither or both targets, bad identity),
+        NOT_FOUND (no individual has the target and it was never forgotten).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EraseIndividual(self, request, context):
+        """Deletes an individual's individuals, identities, source records, blocks, separations and merge history in one
+        transaction (the tombstones stay); idempotent. Errors: INVALID_ARGUMENT (no ids, an empty id, over 1,000 ids).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportIndividual(self, request, context):
+        """Returns everything the identity service holds about an individual (and its aliases), as JSON.
+        Errors: INVALID_ARGUMENT (no ids, an empty id, more than 1,000 ids).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LiftSuppression(self, request, context):
+        """Lifts the suppression of identities, so that subjects carrying them resolve (and create profiles) again.
+        Errors: INVALID_ARGUMENT (no identities, a bad identity, more than 1,000).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -241,6 +295,26 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.MarkMergeEventsPropagated,
                     request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.MarkMergeEventsPropagatedRequest.FromString,
                     response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.MarkMergeEventsPropagatedResponse.SerializeToString,
+            ),
+            'SuppressIndividual': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuppressIndividual,
+                    request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.SuppressIndividualRequest.FromString,
+                    response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.SuppressIndividualResponse.SerializeToString,
+            ),
+            'EraseIndividual': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseIndividual,
+                    request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.EraseIndividualRequest.FromString,
+                    response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.EraseIndividualResponse.SerializeToString,
+            ),
+            'ExportIndividual': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportIndividual,
+                    request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ExportIndividualRequest.FromString,
+                    response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ExportIndividualResponse.SerializeToString,
+            ),
+            'LiftSuppression': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiftSuppression,
+                    request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.LiftSuppressionRequest.FromString,
+                    response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.LiftSuppressionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -541,6 +615,114 @@ class IdentityService:
             '/personalization.identity.v1.IdentityService/MarkMergeEventsPropagated',
             personalization_dot_identity_dot_v1_dot_identity__service__pb2.MarkMergeEventsPropagatedRequest.SerializeToString,
             personalization_dot_identity_dot_v1_dot_identity__service__pb2.MarkMergeEventsPropagatedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuppressIndividual(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.identity.v1.IdentityService/SuppressIndividual',
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.SuppressIndividualRequest.SerializeToString,
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.SuppressIndividualResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseIndividual(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.identity.v1.IdentityService/EraseIndividual',
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.EraseIndividualRequest.SerializeToString,
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.EraseIndividualResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportIndividual(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.identity.v1.IdentityService/ExportIndividual',
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.ExportIndividualRequest.SerializeToString,
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.ExportIndividualResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiftSuppression(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.identity.v1.IdentityService/LiftSuppression',
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.LiftSuppressionRequest.SerializeToString,
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.LiftSuppressionResponse.FromString,
             options,
             channel_credentials,
             insecure,

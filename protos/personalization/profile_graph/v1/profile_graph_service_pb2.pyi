@@ -600,3 +600,29 @@ class WatchEventsResponse(_message.Message):
     event: _common_pb2.Event
     append_time: _timestamp_pb2.Timestamp
     def __init__(self, event: _Optional[_Union[_common_pb2.Event, _Mapping]] = ..., append_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class EraseIndividualRequest(_message.Message):
+    __slots__ = ("unified_individual_ids",)
+    UNIFIED_INDIVIDUAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    unified_individual_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, unified_individual_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class EraseIndividualResponse(_message.Message):
+    __slots__ = ("erased_rows", "message_ids")
+    ERASED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    erased_rows: int
+    message_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, erased_rows: _Optional[int] = ..., message_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ExportIndividualRequest(_message.Message):
+    __slots__ = ("unified_individual_ids",)
+    UNIFIED_INDIVIDUAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    unified_individual_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, unified_individual_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ExportIndividualResponse(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...

@@ -90,6 +90,16 @@ class RecommenderServiceStub:
                 request_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.EvaluateRecommenderRequest.SerializeToString,
                 response_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.EvaluateRecommenderResponse.FromString,
                 _registered_method=True)
+        self.EraseIndividual = channel.unary_unary(
+                '/personalization.recommender.v1.RecommenderService/EraseIndividual',
+                request_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.EraseIndividualRequest.SerializeToString,
+                response_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.EraseIndividualResponse.FromString,
+                _registered_method=True)
+        self.ExportIndividual = channel.unary_unary(
+                '/personalization.recommender.v1.RecommenderService/ExportIndividual',
+                request_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ExportIndividualRequest.SerializeToString,
+                response_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ExportIndividualResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
@@ -186,6 +196,22 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseIndividual(self, request, context):
+        """Erases every row of an individual (and of its aliases) in one transaction; idempotent.
+        Errors: INVALID_ARGUMENT (no ids, an empty id, more than 1,000 ids).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportIndividual(self, request, context):
+        """Returns every row held about an individual (and its aliases), as JSON.
+        Errors: INVALID_ARGUMENT (no ids, an empty id, more than 1,000 ids).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -243,6 +269,16 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.EvaluateRecommender,
                     request_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.EvaluateRecommenderRequest.FromString,
                     response_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.EvaluateRecommenderResponse.SerializeToString,
+            ),
+            'EraseIndividual': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseIndividual,
+                    request_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.EraseIndividualRequest.FromString,
+                    response_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.EraseIndividualResponse.SerializeToString,
+            ),
+            'ExportIndividual': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportIndividual,
+                    request_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ExportIndividualRequest.FromString,
+                    response_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ExportIndividualResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -543,6 +579,60 @@ class RecommenderService:
             '/personalization.recommender.v1.RecommenderService/EvaluateRecommender',
             personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.EvaluateRecommenderRequest.SerializeToString,
             personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.EvaluateRecommenderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseIndividual(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.recommender.v1.RecommenderService/EraseIndividual',
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.EraseIndividualRequest.SerializeToString,
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.EraseIndividualResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportIndividual(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.recommender.v1.RecommenderService/ExportIndividual',
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ExportIndividualRequest.SerializeToString,
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ExportIndividualResponse.FromString,
             options,
             channel_credentials,
             insecure,
