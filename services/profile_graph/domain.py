@@ -49,6 +49,10 @@ POLICY_SOURCE_PRIORITY = 3
 RECONCILED_OBJECTS = ("individual",)
 
 
+class Contention(Exception):
+    """A concurrent transaction got in the way (a deadlock was broken); the work can simply run again."""
+
+
 @dataclass(frozen=True)
 class NewEvent:
     """One event to append, already resolved to its unified individual (also: a stored event being replayed)."""

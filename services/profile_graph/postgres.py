@@ -11,7 +11,7 @@ import asyncpg
 
 from services.profile_graph import domain
 from services.profile_graph.domain import (
-    Affinity, Condition, Config, ConsentState, InsightDef, Item, Member, MembershipChange, Profile, ProfileObjectRow,
+    Affinity, Condition, Config, ConsentState, Contention, InsightDef, Item, Member, MembershipChange, Profile, ProfileObjectRow,
     SegmentDef,
 )
 from services.profile_graph.postgres_feed import EventFeed
@@ -29,8 +29,11 @@ class PostgresStore:
 
     @asynccontextmanager
     async def unit(self, tenant: str) -> AsyncIterator[PostgresUnit]:
-        async with self.pool.acquire() as conn, conn.transaction():
-            yield PostgresUnit(conn, tenant)
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                yield PostgresUnit(conn, tenant)
+        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as error:
+            raise Contention(str(error)) from error
 
     def watch(self, tenant: str, individual_id: str):
         return self.feed.watch(tenant, individual_id)

@@ -54,6 +54,42 @@ class PostgresUnit:
             f"SELECT set_config('plan_cache_mode', '{mode}', true), {fn}(hashtextextended('profile_graph/' || $1, 0))",
             self.tenant)
 
+    async def lock_individuals(self, ids: Sequence[str]) -> dict[str, str]:
+        """Locks the individuals for this transaction (in id order, so concurrent writers never deadlock on them),
+        then the survivors of those merged away; returns {merged id: survivor} for the ids that were merged."""
+        await self._lock(sorted(set(ids)))
+        rows = await self.conn.fetch(
+            "SELECT individual_id, survivor_id FROM merged_individuals WHERE tenant_id = $1 "
+            "AND individual_id = ANY($2::text[])", self.tenant, list(ids))
+        redirects = {r["individual_id"]: r["survivor_id"] for r in rows}
+        if redirects:
+            await self._lock(sorted(set(redirects.values()) - set(ids)))
+        return redirects
+
+    async def _lock(self, ids: list[str]) -> None:
+        if ids:
+            await self.conn.execute(
+                "SELECT count(pg_advisory_xact_lock(hashtextextended('profile_graph/' || $1 || '/' || u.id, 0))) "
+                "FROM unnest($2::text[]) WITH ORDINALITY AS u(id, n)", self.tenant, ids)
+
+    async def record_merge(self, from_ids: Sequence[str], to_id: str) -> None:
+        """Remembers that from_ids now live on as to_id (and so does whatever had merged into them)."""
+        await self.conn.execute(
+            "UPDATE merged_individuals SET survivor_id = $3 WHERE tenant_id = $1 AND survivor_id = ANY($2::text[])",
+            self.tenant, list(from_ids), to_id)
+        await self.conn.execute(
+            "INSERT INTO merged_individuals (tenant_id, individual_id, survivor_id) "
+            "SELECT $1, u.id, $3 FROM unnest($2::text[]) AS u(id) "
+            "ON CONFLICT (tenant_id, individual_id) DO UPDATE SET survivor_id = excluded.survivor_id, merged_at = now()",
+            self.tenant, list(from_ids), to_id)
+        await self.conn.execute("DELETE FROM merged_individuals WHERE tenant_id = $1 AND individual_id = $2",
+                                self.tenant, to_id)
+
+    async def record_split(self, restored_id: str) -> None:
+        """An unmerge brought restored_id back: appends to it stay on it."""
+        await self.conn.execute("DELETE FROM merged_individuals WHERE tenant_id = $1 AND individual_id = $2",
+                                self.tenant, restored_id)
+
     async def insert_events(self, events: Sequence[NewEvent]) -> set[str]:
         def js(value):
             return json.dumps(value) if value else None

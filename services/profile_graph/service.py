@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 
 from services.profile_graph import domain, insights, reconciliation, segments
 from services.profile_graph.affinities import affinity_increments
 from services.profile_graph.domain import (
-    Affinity, AffinityConfig, AppendOutcome, Condition, Config, ConsentState, InsightDef, Item, Member,
+    Affinity, AffinityConfig, AppendOutcome, Condition, Contention, Config, ConsentState, InsightDef, Item, Member,
     MembershipChange, NewEvent, Profile, ReconRule, SegmentDef, StoredEvent, ValueStat,
 )
 from services.profile_graph.items import check_item_attributes, check_item_filters
@@ -24,12 +25,17 @@ ITEM_CHUNK = 500
 MAX_REPLAY = 1_000
 # Appends of at most this many events keep PostgreSQL's generic plans (see PostgresUnit.lock_definitions).
 SMALL_BATCH = 50
+# An append that lost a deadlock to a concurrent writer (another pipeline worker) is run again this many times.
+CONTENTION_ATTEMPTS = 3
 
 
 class Unit(Protocol):
     """One transaction on one tenant's profile data (postgres_unit.py, or the in-memory fake of the unit tests)."""
 
     async def lock_definitions(self, exclusive: bool, large: bool = True) -> None: ...
+    async def lock_individuals(self, ids: Sequence[str]) -> dict[str, str]: ...
+    async def record_merge(self, from_ids: Sequence[str], to_id: str) -> None: ...
+    async def record_split(self, restored_id: str) -> None: ...
     async def insert_events(self, events: Sequence[NewEvent]) -> set[str]: ...
     async def touch_individuals(self, ids: Sequence[str], now: datetime) -> None: ...
     async def individual_exists(self, individual_id: str) -> bool: ...
@@ -133,9 +139,25 @@ class ProfileGraph:
         outcomes = [AppendOutcome(e.message_id, duplicate=True) for e in events]
         if not unique:
             return outcomes
+        for attempt in range(CONTENTION_ATTEMPTS):
+            try:
+                return await self._append(tenant, events, unique, first_index, outcomes)
+            except Contention:
+                if attempt + 1 == CONTENTION_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _append(self, tenant: str, events: list[NewEvent], unique: list[NewEvent], first_index: dict[str, int],
+                      outcomes: list[AppendOutcome]) -> list[AppendOutcome]:
         now = self.clock()
         async with self.store.unit(tenant) as unit:
             await unit.lock_definitions(exclusive=False, large=len(unique) > SMALL_BATCH)
+            # Several pipeline workers append at once: each individual is written by one transaction at a time, and
+            # an event resolved before its individual was merged away goes to the survivor.
+            redirects = await unit.lock_individuals([e.individual_id for e in unique])
+            if redirects:
+                unique = [replace(e, individual_id=redirects.get(e.individual_id, e.individual_id)) for e in unique]
+                events = [replace(e, individual_id=redirects.get(e.individual_id, e.individual_id)) for e in events]
             new_ids = await unit.insert_events(unique)
             fresh = [e for e in unique if e.message_id in new_ids]
             changes: dict[str, tuple[list[str], list[str]]] = {}
@@ -338,8 +360,10 @@ class ProfileGraph:
         now = self.clock()
         async with self.store.unit(tenant) as unit:
             await unit.lock_definitions(exclusive=False)
+            await unit.lock_individuals([*from_ids, to_id])
             config = await unit.config()
             if only_identities:
+                await unit.record_split(to_id)
                 keys = sorted({reconciliation.identity_key(k, val) for k, val in only_identities})
                 moved = await unit.move_events(from_ids, to_id, keys)
                 if moved:
@@ -347,6 +371,7 @@ class ProfileGraph:
                     await self._rebuild(unit, tenant, config, sorted({to_id, *from_ids}), now)
                 return moved
             survivor_known = await unit.individual_exists(to_id)
+            await unit.record_merge(from_ids, to_id)
             moved = await unit.move_events(from_ids, to_id, None)
             await unit.move_api_consents(from_ids, to_id)
             left = await unit.drop_individuals(from_ids)

@@ -339,6 +339,33 @@ async def test_reassign_moves_events_and_attributes_and_recomputes_the_survivor(
     assert entries == 1
 
 
+async def test_an_append_resolved_before_a_merge_lands_on_the_survivor_until_an_unmerge(service, tenant, db):
+    await spend_insight(service, tenant)
+    await append(service, tenant, purchase("late", 10.0), purchase("winner", 5.0))
+    await service.ReassignIndividual(
+        pb.ReassignIndividualRequest(from_individual_ids=["late"], to_individual_id="winner"), metadata=tenant_md(tenant))
+    # Another pipeline worker identified this event as "late" before the merge and appends it afterwards.
+    await append(service, tenant, purchase("late", 20.0, message_id="straggler"))
+    assert (await profile(service, tenant, "winner")).insights["spend_30d"] == 35.0
+    assert not (await profile(service, tenant, "late")).HasField("update_time")
+    assert await db.fetchval("SELECT individual_id FROM events WHERE tenant_id = $1 AND message_id = 'straggler'",
+                             tenant) == "winner"
+    # A chain: winner merges into champion; appends to either earlier id land on champion.
+    await service.ReassignIndividual(
+        pb.ReassignIndividualRequest(from_individual_ids=["winner"], to_individual_id="champion"),
+        metadata=tenant_md(tenant))
+    await append(service, tenant, purchase("late", 1.0), purchase("winner", 2.0))
+    assert (await profile(service, tenant, "champion")).insights["spend_30d"] == 38.0
+    # An unmerge restores "late": its own later events stay its own.
+    await service.ReassignIndividual(pb.ReassignIndividualRequest(
+        from_individual_ids=["champion"], to_individual_id="late",
+        only_events_with_identities=[common.Identity(type="email", value="nobody@example.com")]),
+        metadata=tenant_md(tenant))
+    await append(service, tenant, purchase("late", 4.0, message_id="after-split"))
+    assert await db.fetchval("SELECT individual_id FROM events WHERE tenant_id = $1 AND message_id = 'after-split'",
+                             tenant) == "late"
+
+
 async def test_reassign_onto_one_of_the_merged_ids_is_refused(service, tenant):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await service.ReassignIndividual(

@@ -51,6 +51,21 @@ class FakeUnit:
     async def lock_definitions(self, exclusive: bool, large: bool = True) -> None:
         self.store.locks.append(exclusive)
 
+    async def lock_individuals(self, ids):
+        merged = self.data.__dict__.setdefault("merged_into", {})
+        return {i: merged[i] for i in ids if i in merged}
+
+    async def record_merge(self, from_ids, to_id):
+        merged = self.data.__dict__.setdefault("merged_into", {})
+        for old, survivor in list(merged.items()):
+            if survivor in from_ids:
+                merged[old] = to_id
+        merged.update({i: to_id for i in from_ids})
+        merged.pop(to_id, None)
+
+    async def record_split(self, restored_id):
+        self.data.__dict__.setdefault("merged_into", {}).pop(restored_id, None)
+
     async def insert_events(self, events):
         new = set()
         for e in events:
