@@ -8,6 +8,8 @@
     tailor forget --identity TYPE:VALUE | --unified-id ID --yes
     tailor export --identity TYPE:VALUE | --unified-id ID [-o FILE]
     tailor lift-suppression --identity TYPE:VALUE [--identity TYPE:VALUE ...]
+    tailor dead-letters list|retry|discard [--reason CODE] [--since ISO] [--until ISO] [--id MESSAGE_ID ...] [--all]
+    tailor pipeline status
 
 Client commands talk to the gateway (--gateway, default TAILOR_GATEWAY_ADDR or 127.0.0.1:50051) with an API key
 (--api-key, default TAILOR_API_KEY, else the demo key `tailor up` stored). A failed call prints its gRPC status
@@ -240,6 +242,67 @@ async def _tenant_quota(args) -> None:
           f"{args.rate or 'unlimited'} requests/s")
 
 
+def _dead_letter_filter(args):
+    from google.protobuf import timestamp_pb2
+
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+
+    f = gw.DeadLetterFilter(reason=(args.reason or "").upper())
+    for name, field in (("since", "fail_time_from"), ("until", "fail_time_to")):
+        text = getattr(args, name)
+        if text:
+            ts = timestamp_pb2.Timestamp()
+            try:
+                ts.FromJsonString(text if "T" in text else f"{text}T00:00:00Z")
+            except ValueError:
+                raise UsageError(f"--{name} must be an RFC 3339 time such as 2026-12-01T10:00:00Z, got {text!r}")
+            getattr(f, field).CopyFrom(ts)
+    return f
+
+
+async def _dead_letters(args) -> None:
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    selection = {"message_ids": args.id or [], "filter": _dead_letter_filter(args), "all_matching": args.all}
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        stub = gw_grpc.GatewayServiceStub(channel)
+        if args.action == "retry":
+            reply = await stub.RetryDeadLetters(gw.RetryDeadLettersRequest(**selection), metadata=_auth(args), timeout=60)
+            print(f"{reply.retried_count} dead letters back in the pipeline")
+            return
+        if args.action == "discard":
+            reply = await stub.DiscardDeadLetters(gw.DiscardDeadLettersRequest(**selection), metadata=_auth(args),
+                                                  timeout=60)
+            print(f"{reply.discarded_count} dead letters discarded")
+            return
+        token, shown = "", 0
+        while shown < args.limit:
+            page = await stub.ListDeadLetters(gw.ListDeadLettersRequest(
+                filter=selection["filter"], page_size=min(1000, args.limit - shown), page_token=token),
+                metadata=_auth(args), timeout=30)
+            for letter in page.dead_letters:
+                print(f"{letter.fail_time.ToJsonString()}  {letter.message_id}  {letter.reason}  "
+                      f"attempts={letter.attempts}  {letter.error[:120]}")
+            shown += len(page.dead_letters)
+            token = page.next_page_token
+            if not token:
+                break
+        if not shown:
+            print("no dead letters")
+
+
+async def _pipeline_status(args) -> None:
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        reply = await gw_grpc.GatewayServiceStub(channel).GetPipelineStatus(
+            gw.GetPipelineStatusRequest(), metadata=_auth(args), timeout=10)
+    print(f"pending {reply.pending_count} (retrying {reply.retrying_count}), dead letters {reply.dead_letter_count}, "
+          f"oldest pending {reply.oldest_pending_seconds:.1f} s")
+
+
 def _up(args) -> int:
     from shared.launcher import UpOptions, up
 
@@ -319,6 +382,23 @@ def build_parser() -> argparse.ArgumentParser:
                                help="let events with forgotten identities create profiles again")
     lift.add_argument("--identity", action="append", required=True, help="type:value (repeatable)")
     lift.set_defaults(run=_lift)
+
+    dead = commands.add_parser("dead-letters", parents=[client],
+                               help="list, retry or discard events the pipeline gave up on")
+    dead.add_argument("action", choices=("list", "retry", "discard"))
+    dead.add_argument("--reason", help="only this failure reason, a gRPC code name such as INVALID_ARGUMENT")
+    dead.add_argument("--since", help="only those that failed at or after this RFC 3339 time")
+    dead.add_argument("--until", help="only those that failed before this RFC 3339 time")
+    dead.add_argument("--id", action="append", help="a message id (repeatable); retry/discard need ids or --all")
+    dead.add_argument("--all", action="store_true", help="retry/discard every dead letter matching the filters")
+    dead.add_argument("--limit", type=int, default=100, help="list at most this many (default: %(default)s)")
+    dead.set_defaults(run=_dead_letters)
+
+    pipeline = commands.add_parser("pipeline", help="the pipeline's state for the key's tenant")
+    pipeline_commands = pipeline.add_subparsers(dest="pipeline_command", required=True)
+    pipeline_status = pipeline_commands.add_parser("status", parents=[client],
+                                                   help="events pending, retrying and dead-lettered")
+    pipeline_status.set_defaults(run=_pipeline_status)
     return parser
 
 

@@ -208,3 +208,32 @@ async def test_worker_processes_share_the_partitions_and_a_killed_workers_partit
             except subprocess.TimeoutExpired:
                 worker.kill()
         await asyncio.sleep(0)
+
+
+async def _tailor(suite: Suite, md, *argv: str) -> subprocess.CompletedProcess:
+    key = dict(md)["authorization"].removeprefix("Bearer ")
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'protos'}")
+    return await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", "from shared.cli import main; main()", *argv,
+                         "--gateway", f"127.0.0.1:{suite.ports['gateway']}", "--api-key", key],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+async def test_the_cli_lists_and_discards_dead_letters_and_shows_the_pipeline_state(suite):
+    tenant, md = await suite.new_tenant()
+    await _poison(suite.dsn, tenant, "cli-bad", "cli")
+
+    async def dead():
+        return list((await suite.gateway.ListDeadLetters(pb.ListDeadLettersRequest(), metadata=md)).dead_letters)
+
+    assert await wait_for(dead)
+    listed = await _tailor(suite, md, "dead-letters", "list", "--reason", "invalid_argument")
+    assert listed.returncode == 0, listed.stderr
+    assert "cli-bad" in listed.stdout and "INVALID_ARGUMENT" in listed.stdout
+    refused = await _tailor(suite, md, "dead-letters", "discard")
+    assert refused.returncode == 1 and "message_ids" in refused.stderr
+    status = await _tailor(suite, md, "pipeline", "status")
+    assert "dead letters 1" in status.stdout, status.stderr
+    discarded = await _tailor(suite, md, "dead-letters", "discard", "--all")
+    assert discarded.stdout.strip() == "1 dead letters discarded", discarded.stderr
+    assert await dead() == []
