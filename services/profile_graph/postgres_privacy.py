@@ -8,7 +8,7 @@ from shared.privacy import erase_rows, export_rows
 
 # Every table holding rows of an individual (item tables and definitions hold none).
 TABLES = ("attributes", "attribute_values", "insight_values", "insight_partials", "memberships", "membership_history",
-          "profile_objects", "consents", "affinities", "events", "individuals")
+          "profile_objects", "consents", "affinities", "events", "individuals", "merged_individuals")
 
 
 def _export_sql(table: str) -> str:

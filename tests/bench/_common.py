@@ -33,7 +33,9 @@ def percentile(values: list[float], q: float) -> float:
 
 @contextmanager
 def running_suite(*, demo: bool = False, extra_env: dict | None = None):
-    """Yields (ready-file contents, seconds until ready) of a fresh suite; SIGTERM and wait afterwards."""
+    """Yields (ready-file contents, seconds until ready) of a fresh suite; SIGTERM and wait afterwards.
+
+    The ready contents also carry `dsn`, the suite's embedded database, for benches that look at rows."""
     with tempfile.TemporaryDirectory(prefix="tailor-bench-") as home:
         env = dict(os.environ, TAILOR_HOME=home, TAILOR_PG_PORT=str(free_port()))
         env.setdefault("TAILOR_LOG_LEVEL", "WARNING")
@@ -54,7 +56,12 @@ def running_suite(*, demo: bool = False, extra_env: dict | None = None):
                 if time.perf_counter() - started > 300:
                     raise SystemExit("tailor up was not ready within 300 s")
                 time.sleep(0.05)
-            yield json.loads(ready_file.read_text()), time.perf_counter() - started
+            ready = json.loads(ready_file.read_text())
+            from shared.embedded_pg import EmbeddedPostgres
+            from shared.launcher import DATABASE
+
+            ready["dsn"] = EmbeddedPostgres(Path(home) / "pg", int(env["TAILOR_PG_PORT"])).dsn(DATABASE)
+            yield ready, time.perf_counter() - started
             if os.environ.get("BENCH_KEEP_LOGS"):
                 import shutil
 
