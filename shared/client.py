@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import socket
+
 import grpc
 
 from shared import context as ctx
@@ -63,10 +66,66 @@ def open_stream(multicallable, request, **kwargs):
     return multicallable(request, metadata=tuple((k, v) for k, v in pairs if v), timeout=timeout, **kwargs)
 
 
+# Every call to a Tailor service is balanced per call over all the addresses its target resolves to, and a call
+# that fails with UNAVAILABLE (a replica restarting or draining, a database outage) is retried with backoff, up to
+# gRPC's cap of 5 attempts; the caller's deadline still bounds the whole. Non-idempotent calls are safe to retry:
+# ingest deduplicates by message id and every pipeline step is idempotent.
+SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [{
+        "name": [{}],
+        "retryPolicy": {
+            "maxAttempts": 5,
+            "initialBackoff": "0.1s",
+            "maxBackoff": "2s",
+            "backoffMultiplier": 2.5,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }],
+}
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# A call is retried only while its request is still buffered; pipeline chunks are a few MB.
+RETRY_BUFFER_BYTES = 16 * 1024 * 1024
+
+
+def target_of(address: str) -> str:
+    """The gRPC target for TAILOR_<SVC>_ADDR: one address or name as it is, a comma-separated list of replicas
+    (`127.0.0.1:50052,127.0.0.1:50062`) as an `ipv4:`/`ipv6:` target of all of them.
+
+    Names in a list are not allowed (gRPC has no target for several names); give one name instead, for example a
+    Kubernetes headless service as `dns:///identity:50052`, and every address it resolves to is a replica.
+    """
+    parts = [p.strip() for p in address.split(",") if p.strip()]
+    if len(parts) <= 1:
+        return parts[0] if parts else address
+    hosts = [p.rsplit(":", 1)[0] for p in parts]
+    if all(_is_ip(h, socket.AF_INET) for h in hosts):
+        return "ipv4:" + ",".join(parts)
+    if all(h.startswith("[") and _is_ip(h[1:-1], socket.AF_INET6) for h in hosts):
+        return "ipv6:" + ",".join(parts)
+    raise ValueError(f"a list of replica addresses must be IP:port pairs of one family, got {address!r}")
+
+
+def _is_ip(host: str, family: int) -> bool:
+    try:
+        socket.inet_pton(family, host)
+    except OSError:
+        return False
+    return True
+
+
+def channel_options() -> list[tuple[str, object]]:
+    """The channel options every Tailor client uses: round_robin, retries on UNAVAILABLE, 64 MB messages."""
+    return [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.enable_retries", 1),
+        ("grpc.per_rpc_retry_buffer_size", RETRY_BUFFER_BYTES),
+        ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+    ]
+
+
 def channel(target: str, *, cap_seconds: float = DEFAULT_CAP_SECONDS) -> grpc.aio.Channel:
-    """An insecure grpc.aio channel to another Tailor service with context propagation on every call."""
-    return grpc.aio.insecure_channel(
-        target,
-        interceptors=[_Propagate(cap_seconds)],
-        options=[("grpc.max_receive_message_length", 64 * 1024 * 1024), ("grpc.enable_retries", 1)],
-    )
+    """An insecure grpc.aio channel to another Tailor service (one address, a name, or a list of replicas; see
+    target_of) with context propagation, round_robin balancing and retries of UNAVAILABLE on every call."""
+    return grpc.aio.insecure_channel(target_of(target), interceptors=[_Propagate(cap_seconds)],
+                                     options=channel_options())

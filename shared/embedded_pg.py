@@ -87,10 +87,11 @@ class EmbeddedPostgres:
             tail = log_file.read_text()[-2000:] if log_file.exists() else ""
             raise RuntimeError(f"embedded PostgreSQL did not start: {result.stderr.strip()}\n{tail}")
 
-    def stop(self) -> None:
-        """Stops the server (fast shutdown: running transactions roll back, nothing committed is lost)."""
+    def stop(self, mode: str = "fast") -> None:
+        """Stops the server. fast: running transactions roll back, nothing committed is lost; immediate: as a crash
+        would (the next start recovers from the write-ahead log, still losing nothing committed)."""
         user = SYSTEM_USER if os.geteuid() == 0 else None
-        self._run([str(_bin("pg_ctl")), "-D", str(self.data_dir), "-w", "-m", "fast", "stop"], user, check=False)
+        self._run([str(_bin("pg_ctl")), "-D", str(self.data_dir), "-w", "-m", mode, "stop"], user, check=False)
 
     async def ensure_database(self, name: str) -> str:
         """Creates database `name` if missing and returns its DSN."""

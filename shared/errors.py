@@ -104,8 +104,41 @@ class ResourceExhausted(TailorError):
 
 
 class Unavailable(TailorError):
+    """A dependency (the database, another service) is down for now; retry_after_seconds, when given, travels as a
+    google.rpc.RetryInfo so clients know the call is safe to repeat and when."""
+
     code = grpc.StatusCode.UNAVAILABLE
     default_reason = "UNAVAILABLE"
+
+    def __init__(self, message: str, *, retry_after_seconds: float | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.retry_after_seconds = retry_after_seconds
+
+    def details(self) -> list[any_pb2.Any]:
+        details = super().details()
+        if self.retry_after_seconds is not None:
+            details.append(retry_info(self.retry_after_seconds))
+        return details
+
+
+def retry_info(seconds: float) -> any_pb2.Any:
+    """A packed google.rpc.RetryInfo asking the client to wait `seconds` before retrying."""
+    retry = error_details_pb2.RetryInfo()
+    retry.retry_delay.FromMilliseconds(max(1, int(seconds * 1000)))
+    packed = any_pb2.Any()
+    packed.Pack(retry)
+    return packed
+
+
+def retry_delay_of(error: grpc.aio.AioRpcError) -> float | None:
+    """The RetryInfo delay in seconds a failed call carries, or None (used by tests and clients)."""
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            return retry.retry_delay.ToMilliseconds() / 1000
+    return None
 
 
 class Violations:
@@ -154,4 +187,5 @@ def status_details(error: grpc.aio.AioRpcError) -> tuple[list[tuple[str, str]], 
 __all__ = [
     "TailorError", "InvalidArgument", "NotFound", "AlreadyExists", "FailedPrecondition", "Unauthenticated",
     "PermissionDenied", "ResourceExhausted", "Unavailable", "Violations", "rich_status_of", "status_details",
+    "retry_info", "retry_delay_of",
 ]

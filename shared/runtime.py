@@ -11,7 +11,7 @@ import grpc
 
 from shared import db, log
 from shared.server import Authenticator, RunningServer, Service, run_until_signal, start_server, tenant_from_metadata
-from shared.settings import env_float, env_str, service_port
+from shared.settings import env_bool, env_float, env_str, service_port
 
 
 @dataclass
@@ -33,12 +33,14 @@ async def prepare_schema(dsn: str, schema: str, package_file: str, *, min_size: 
     return await db.create_pool(dsn, schema, min_size=min_size, max_size=max_size)
 
 
-async def start_built(built: Built, *, port: int = 0, host: str = "127.0.0.1") -> tuple[RunningServer, list[asyncio.Task]]:
+async def start_built(built: Built, *, port: int = 0, host: str = "127.0.0.1",
+                      reuse_port: bool = False) -> tuple[RunningServer, list[asyncio.Task]]:
     """Starts a built service (tests use port 0) and its background tasks."""
     running = await start_server(
         built.services,
         port=port,
         host=host,
+        reuse_port=reuse_port,
         authenticate=built.authenticate,
         generic_handlers=built.generic_handlers,
         extra_reflection_names=built.extra_reflection_names,
@@ -63,10 +65,12 @@ def serve(name: str, build: Callable[[str], Awaitable[Built]]) -> None:
     port = service_port(name)
     grace = env_float("TAILOR_DRAIN_SECONDS", 10.0, minimum=0.0)
     host = env_str("TAILOR_BIND_HOST", "0.0.0.0")
+    reuse_port = env_bool("TAILOR_REUSE_PORT", False)
+    ready_file = env_str("TAILOR_READY_FILE", "")  # set by the launcher, which supervises this process
 
     async def main() -> None:
         built = await build(dsn)
-        running, tasks = await start_built(built, port=port, host=host)
+        running, tasks = await start_built(built, port=port, host=host, reuse_port=reuse_port)
 
         async def on_stop() -> None:
             for task in tasks:
@@ -74,6 +78,6 @@ def serve(name: str, build: Callable[[str], Awaitable[Built]]) -> None:
             await asyncio.gather(*tasks, return_exceptions=True)
             await built.close()
 
-        await run_until_signal(running, grace=grace, on_stop=on_stop)
+        await run_until_signal(running, grace=grace, on_stop=on_stop, database=dsn, ready_file=ready_file)
 
     asyncio.run(main())

@@ -8,20 +8,29 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
 
 from shared import context as ctx
-from shared.errors import TailorError, Unauthenticated, rich_status_of
+from shared.db import is_database_outage, watch_database
+from shared.errors import TailorError, Unauthenticated, Unavailable, rich_status_of
 from shared.log import get_logger
 
 log = get_logger("shared.server")
 
 # Methods that skip authentication and the per-RPC log line.
 _INFRA_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+# What an answer during a database or downstream outage asks the client to wait before retrying.
+RETRY_AFTER_SECONDS = 1.0
+# A health service name that stays SERVING while the process runs, even during a database outage (when "" and
+# the services are NOT_SERVING): what a liveness probe asks, so an outage takes replicas out of rotation
+# without getting them restarted.
+LIVENESS_SERVICE = "liveness"
 
 # An authenticator gets the full method name and the invocation metadata and returns the tenant id,
 # or raises a TailorError (UNAUTHENTICATED, PERMISSION_DENIED, ...).
@@ -59,6 +68,16 @@ class _CallScope:
             status = error.to_status()
         elif isinstance(error, grpc.aio.AioRpcError):
             status = rich_status_of(error)
+            if error.code() == grpc.StatusCode.UNAVAILABLE and not rpc_status.from_call(error):
+                # A downstream service that could not be reached at all (no rich status of its own).
+                log.warning("rpc_downstream_unavailable", method=self.method, details=error.details())
+                status = Unavailable("a service this call needs is unavailable; retry shortly",
+                                     reason="DOWNSTREAM_UNAVAILABLE",
+                                     retry_after_seconds=RETRY_AFTER_SECONDS).to_status()
+        elif is_database_outage(error):
+            log.warning("rpc_database_unavailable", method=self.method, error=f"{type(error).__name__}: {error}")
+            status = Unavailable("the database is unavailable; retry shortly", reason="DATABASE_UNAVAILABLE",
+                                 retry_after_seconds=RETRY_AFTER_SECONDS).to_status()
         else:
             log.exception("rpc_unexpected_error", method=self.method)
             status = grpc.Status()
@@ -173,6 +192,12 @@ class RunningServer:
     health: HealthServicer
     service_names: list[str] = field(default_factory=list)
 
+    async def set_serving(self, serving: bool) -> None:
+        """Reports every service (and the server as a whole, "") SERVING or NOT_SERVING on the health service."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
     async def stop(self, grace: float = 5.0) -> None:
         """Marks every service NOT_SERVING, then drains in-flight calls for up to grace seconds."""
         await self.health.enter_graceful_shutdown()
@@ -187,11 +212,16 @@ async def start_server(
     authenticate: Authenticator | None = tenant_from_metadata,
     generic_handlers: Iterable[grpc.GenericRpcHandler] = (),
     extra_reflection_names: Iterable[str] = (),
+    reuse_port: bool = False,
 ) -> RunningServer:
-    """Starts a grpc.aio server with the services, health, reflection and the call-context interceptor."""
+    """Starts a grpc.aio server with the services, health, reflection and the call-context interceptor.
+
+    reuse_port lets several processes listen on one port (SO_REUSEPORT; the kernel spreads new connections over
+    them): replicas of the gateway share its public port, and a successor can start before its predecessor stops.
+    """
     server = grpc.aio.server(
         interceptors=[CallContextInterceptor(authenticate)],
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)],
+        options=[("grpc.so_reuseport", int(reuse_port)), ("grpc.max_receive_message_length", 64 * 1024 * 1024)],
     )
     services = list(services)
     for service in services:
@@ -208,7 +238,7 @@ async def start_server(
     )
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
-    for name in ["", *names]:
+    for name in ["", LIVENESS_SERVICE, *names]:
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server=server, port=bound, health=health, service_names=names)
 
@@ -218,15 +248,28 @@ async def run_until_signal(
     *,
     grace: float = 10.0,
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    database: str | None = None,
+    ready_file: str | None = None,
 ) -> None:
-    """Serves until SIGTERM or SIGINT, then drains gracefully and runs on_stop."""
+    """Serves until SIGTERM or SIGINT, then drains gracefully and runs on_stop.
+
+    With a database DSN, health follows the database: NOT_SERVING while it does not answer, SERVING again after.
+    With a ready_file, the bound port is written there once serving (how a supervisor tells this process apart
+    from another one listening on the same port).
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watch = asyncio.create_task(watch_database(database, running.set_serving)) if database else None
     log.info("server_started", port=running.port, services=running.service_names)
+    if ready_file:
+        Path(ready_file).write_text(str(running.port))
     await stop.wait()
     log.info("server_draining", grace_s=grace)
+    if watch is not None:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
     await running.stop(grace)
     if on_stop is not None:
         result = on_stop()

@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import signal
-import socket
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -18,54 +12,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from personalization.gateway.v1 import gateway_service_pb2 as gw
 from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from shared.launcher import SERVICES
-
-TAILOR = Path(sys.executable).parent / "tailor"
-READY_TIMEOUT = 120.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from tests.integration.launcher.launched import TAILOR, Launched, free_port, launch, launcher_env, running
 
 def _env(database_url: str, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TAILOR_")}
-    env["DATABASE_URL"] = database_url
-    env["TAILOR_HOME"] = str(home)
-    for svc in SERVICES:
-        env[f"TAILOR_{svc.upper()}_PORT"] = str(_free_port())
-    return env
+    # The pipeline stays inside the gateway here; the chaos tests run worker processes.
+    return launcher_env(home, database_url, TAILOR_PIPELINE_WORKERS="0")
 
 
-def _running(pid: int) -> bool:
-    """True while the process exists and is not a zombie waiting to be reaped."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+async def _start(env: dict[str, str], ready_file: Path) -> tuple[Launched, dict]:
+    launcher = launch(env, ready_file)
+    return launcher, await launcher.wait_ready()
 
 
-async def _start(env: dict[str, str], ready_file: Path) -> tuple[subprocess.Popen, dict]:
-    launcher = subprocess.Popen([str(TAILOR), "up", "--no-demo", "--ready-file", str(ready_file)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + READY_TIMEOUT
-    while not ready_file.exists():
-        if launcher.poll() is not None:
-            raise AssertionError(f"tailor up exited with {launcher.returncode}:\n{launcher.stdout.read()}")
-        if loop.time() > deadline:
-            launcher.kill()
-            raise AssertionError(f"no ready file after {READY_TIMEOUT} s:\n{launcher.communicate()[0]}")
-        await asyncio.sleep(0.2)
-    return launcher, json.loads(ready_file.read_text())
-
-
-def _stop(launcher: subprocess.Popen) -> tuple[int, str]:
-    launcher.send_signal(signal.SIGTERM)
-    output, _ = launcher.communicate(timeout=30)
-    return launcher.returncode, output
+def _stop(launcher: Launched) -> tuple[int, str]:
+    return launcher.stop()
 
 
 async def test_up_serves_all_five_services_and_sigterm_stops_every_process(database_url, tmp_path):
@@ -87,13 +47,13 @@ async def test_up_serves_all_five_services_and_sigterm_stops_every_process(datab
         key_file = tmp_path / "home" / "demo_key"
         assert key_file.read_text().strip() == ready["api_key"]
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-        assert all(_running(pid) for pid in ready["pids"].values())
+        assert all(running(pid) for pid in ready["pids"].values())
     finally:
         code, output = _stop(launcher)
 
     assert code == 0, output
     assert "ready in" in output
-    assert [svc for svc, pid in ready["pids"].items() if _running(pid)] == []
+    assert [svc for svc, pid in ready["pids"].items() if running(pid)] == []
 
 
 async def test_a_second_up_reuses_the_stored_demo_key(database_url, tmp_path):
@@ -108,7 +68,7 @@ async def test_a_second_up_reuses_the_stored_demo_key(database_url, tmp_path):
 
 
 async def test_a_service_that_cannot_start_stops_the_launcher_with_its_log(tmp_path):
-    env = _env(f"postgresql://postgres@127.0.0.1:{_free_port()}/nowhere", tmp_path / "home")
+    env = _env(f"postgresql://postgres@127.0.0.1:{free_port()}/nowhere", tmp_path / "home")
     launcher = subprocess.Popen([str(TAILOR), "up", "--no-demo", "--ready-file", str(tmp_path / "ready.json")],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output, _ = launcher.communicate(timeout=90)
