@@ -7,7 +7,7 @@ in-process worker off, so the workers measured are the only ones:
   on the same database): no gRPC, no serialization, one process;
 - 1 worker and N worker processes (`python -m services.gateway.pipeline`) over gRPC.
 Each drains a backlog of BACKLOG events (product views, add-to-carts and purchases with attributes, for 2,000
-customers) ingested through the public API beforehand; throughput = events processed / seconds from the first to
+customers, a fifth carrying profile attributes) ingested through the public API beforehand; throughput = events processed / seconds from the first to
 the last one processed.
 Then, with N workers running: freshness (ack -> visible in segment and decision) at 1,000 events/s for one tenant,
 and a quiet tenant's freshness at 10 events/s while another tenant's FLOOD events, 1% of them poison (rows the
@@ -64,7 +64,9 @@ def _events(run: str, count: int) -> list[common_pb2.Event]:
         else:
             event.type = common_pb2.EVENT_TYPE_PURCHASE
             event.line_items.add(item_id=f"sku-{i % 500}", quantity=1 + i % 3, unit_price=9.5 + i % 40)
-        event.attributes.update({"city": ["Oslo", "Lyon", "Porto"][i % 3], "visits": i % 17})
+        if i % 5 == 0:  # profile attributes ride on some events, stable per customer as in real traffic
+            c = i % CUSTOMERS
+            event.attributes.update({"city": ["Oslo", "Lyon", "Porto"][c % 3], "tier": ["gold", "silver"][c % 2]})
         out.append(event)
     return out
 
