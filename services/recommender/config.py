@@ -29,8 +29,13 @@ ANCHORED = (CO_VIEWED, CO_BOUGHT, SIMILAR_ATTRIBUTES)
 
 CLICKS, PURCHASES, REVENUE = "maximize_clicks", "maximize_purchases", "maximize_revenue"
 OBJECTIVES = (CLICKS, PURCHASES, REVENUE)
-ALS, ITEM_KNN = "als", "item_knn"
-ALGORITHMS = (ALS, ITEM_KNN)
+ALS, BPR, ITEM_KNN, EASE = "als", "bpr", "item_knn", "ease"
+ALGORITHMS = (ALS, BPR, ITEM_KNN, EASE)
+NONE, BM25, TFIDF = "none", "bm25", "tfidf"
+WEIGHTINGS = (NONE, BM25, TFIDF)
+# Tuning: the largest time budget, and the default share of the latest interactions held out for validation.
+MAX_TUNE_SECONDS = 3600.0
+DEFAULT_VALIDATION_FRACTION = 0.1
 
 EQUALS, NOT_EQUALS, IN, NOT_IN = "equals", "not_equals", "in", "not_in"
 LESS, LESS_EQUAL, GREATER, GREATER_EQUAL, EXISTS = "less_than", "less_than_or_equal", "greater_than", \
@@ -100,10 +105,19 @@ class Config:
     similar_attributes: tuple[str, ...] = ()
     objective: str = ""
     algorithm: str = ALS
-    factors: int = 20
-    regularization: float = 10.0
-    iterations: int = 30
-    alpha: float = 0.5
+    # Learned hyperparameters: 0 (or "") means the family's default (learned.FAMILY_DEFAULTS).
+    factors: int = 0
+    regularization: float = 0.0
+    iterations: int = 0
+    alpha: float = 0.0
+    weighting: str = ""
+    bm25_k1: float = 0.0
+    bm25_b: float = 0.0
+    neighbours: int = 0
+    learning_rate: float = 0.0
+    # Tuning: search families, weightings and hyperparameters for this long before each training (0: no tuning).
+    tune_seconds: float = 0.0
+    validation_fraction: float = 0.0
     recent_days: float = 0.0
     include: tuple[Condition, ...] = ()
     exclude: tuple[Condition, ...] = ()
@@ -156,14 +170,25 @@ def validate_config(config: Config, known_attributes: Collection[str], configs: 
             v.add(f"{p}.objective", "is required for the learned strategy")
         if config.algorithm not in ALGORITHMS:
             v.add(f"{p}.algorithm", f"must be one of {', '.join(ALGORITHMS)}; got {config.algorithm!r}")
-        if not 1 <= config.factors <= 512:
-            v.add(f"{p}.factors", "must be between 1 and 512")
-        if not 1 <= config.iterations <= 200:
-            v.add(f"{p}.iterations", "must be between 1 and 200")
-        for name in ("regularization", "alpha"):
+        if not 0 <= config.factors <= 512:
+            v.add(f"{p}.factors", "must be between 1 and 512 (0 means the algorithm's default)")
+        if not 0 <= config.iterations <= 1000:
+            v.add(f"{p}.iterations", "must be between 1 and 1000 (0 means the algorithm's default)")
+        if not 0 <= config.neighbours <= 10_000:
+            v.add(f"{p}.neighbours", "must be between 1 and 10000 (0 means the algorithm's default)")
+        if config.weighting and config.weighting not in WEIGHTINGS:
+            v.add(f"{p}.weighting", f"must be one of {', '.join(WEIGHTINGS)} (empty means the algorithm's default); "
+                                    f"got {config.weighting!r}")
+        for name in ("regularization", "alpha", "bm25_k1", "learning_rate"):
             value = getattr(config, name)
-            if not math.isfinite(value) or value <= 0:
-                v.add(f"{p}.{name}", "must be a positive finite number")
+            if not math.isfinite(value) or value < 0:
+                v.add(f"{p}.{name}", "must be a positive finite number (0 means the algorithm's default)")
+        if not (math.isfinite(config.bm25_b) and 0 <= config.bm25_b <= 1):
+            v.add(f"{p}.bm25_b", "must be between 0 and 1 (0 means the algorithm's default)")
+        if not (math.isfinite(config.tune_seconds) and 0 <= config.tune_seconds <= MAX_TUNE_SECONDS):
+            v.add(f"{p}.tuning_budget", f"must be between 0 and {MAX_TUNE_SECONDS:.0f} seconds (0: no tuning)")
+        if not (math.isfinite(config.validation_fraction) and 0 <= config.validation_fraction < 1):
+            v.add(f"{p}.validation_fraction", "must be at least 0 and below 1 (0 means 0.1)")
     if not math.isfinite(config.retrain_seconds) or config.retrain_seconds < 0:
         v.add("config.retrain_interval", "must not be negative")
     elif config.retrain_seconds and config.strategy != LEARNED:

@@ -91,6 +91,19 @@ class TrainingRows:
 
 
 @dataclass(frozen=True)
+class InteractionRows:
+    """Every interaction, for time-aware splits: individual, item, kind (as learned.KIND_CODES), units, revenue and
+    event time in seconds since the epoch."""
+
+    individuals: list[str]
+    items: list[str]
+    kinds: list[int]
+    quantities: list[float]
+    revenues: list[float]
+    times: list[float]
+
+
+@dataclass(frozen=True)
 class Progress:
     """One step of a training run."""
 
@@ -101,6 +114,9 @@ class Progress:
     individuals: int = 0
     items: int = 0
     interactions: int = 0
+    trial: Any = None  # tuning.Trial, on each tuning message
+    parameters: dict | None = None  # the fitted family and hyperparameters, on the last message
+    trials: tuple = ()  # every tuning.Trial, on the last message
 
 
 @dataclass
@@ -126,6 +142,7 @@ class Repository(Protocol):
     async def put_config(self, tenant: str, config: Config) -> Config: ...
     async def delete_config(self, tenant: str, name: str) -> bool: ...
     async def training_rows(self, tenant: str) -> TrainingRows: ...
+    async def interaction_rows(self, tenant: str) -> InteractionRows: ...
     async def save_model(self, tenant: str, name: str, payload: bytes, summary: dict) -> int: ...
     async def latest_model_version(self, tenant: str, name: str) -> int: ...
     async def load_model(self, tenant: str, name: str, version: int) -> bytes | None: ...

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,10 +16,15 @@ import scipy.sparse as sp
 
 from services.recommender.config import (
     ALS,
+    BM25,
+    BPR,
     CLICKS,
+    EASE,
     ITEM_KNN,
+    NONE,
     PURCHASES,
     REVENUE,
+    TFIDF,
     Config,
 )
 
@@ -26,18 +32,57 @@ from services.recommender.config import (
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 KIND_CODES = {"product_view": 0, "add_to_cart": 1, "purchase": 2}
+# The kinds each objective is judged on in evaluation: what counts as a hit among held-out interactions.
+TARGET_KINDS = {CLICKS: (0, 1, 2), PURCHASES: (2,), REVENUE: (2,)}
 # Weight of one interaction per objective and kind (view, add to cart, purchase); revenue adds ln(1 + revenue).
 WEIGHTS = {
     CLICKS: (1.0, 1.0, 1.0),
     PURCHASES: (0.1, 0.5, 1.0),
     REVENUE: (0.1, 0.5, 1.0),
 }
-# item_knn keeps this many neighbours per item (BM25-weighted cosine, implicit's BM25Recommender with its
-# standard K1 = 1.2, B = 0.75).
-KNN_NEIGHBOURS = 300
-KNN_K1, KNN_B = 1.2, 0.75
-# ALS confidence: BM25 weighting of the interactions (K1 = 100, B = 0.8 tuned on MovieLens-100k), times alpha.
-BM25_K1, BM25_B = 100.0, 0.8
+# Every family's hyperparameters with their defaults; a config's 0 (or "") means the family's default.
+# ALS defaults were tuned on MovieLens-100k; the others are the usual starting points of their papers/libraries.
+FAMILY_DEFAULTS = {
+    ALS: {"weighting": BM25, "factors": 20, "regularization": 10.0, "iterations": 30, "alpha": 0.5,
+          "bm25_k1": 100.0, "bm25_b": 0.8},
+    BPR: {"weighting": NONE, "factors": 64, "regularization": 0.01, "iterations": 100, "learning_rate": 0.01},
+    ITEM_KNN: {"weighting": BM25, "neighbours": 300, "bm25_k1": 1.2, "bm25_b": 0.75},
+    EASE: {"weighting": NONE, "regularization": 500.0},
+}
+# EASE keeps this many of the largest weights per item (its dense item-item matrix would not fit in a row).
+EASE_NEIGHBOURS = 500
+# EASE inverts a dense items x items matrix: above this many items it is not offered.
+EASE_MAX_ITEMS = 20_000
+FACTORED = (ALS, BPR)
+
+
+def parameters(config: Config) -> dict:
+    """The config's family and hyperparameters, its defaults filled in for what the config leaves at 0."""
+    family = config.algorithm or ALS
+    out = {"algorithm": family}
+    for name, default in FAMILY_DEFAULTS[family].items():
+        value = getattr(config, name)
+        out[name] = value if value else default
+    return out
+
+
+def weigh(weights: sp.csr_matrix, p: dict, *, by_item: bool = False) -> sp.csr_matrix:
+    """The matrix under the parameters' weighting: none, BM25 (K1, B) or TF-IDF. Factored models and EASE weigh
+    each individual's row (an item's idf across individuals); item-kNN weighs each item's column as implicit's
+    BM25/TF-IDF/cosine recommenders do (unit-length item vectors for none and TF-IDF)."""
+    from implicit.nearest_neighbours import bm25_weight, normalize, tfidf_weight
+
+    x = weights.T.tocsr() if by_item else weights
+    if p["weighting"] == BM25:
+        x = bm25_weight(x, K1=p["bm25_k1"], B=p["bm25_b"])
+    elif p["weighting"] == TFIDF:
+        x = tfidf_weight(x)
+    if by_item and p["weighting"] != BM25:
+        x = normalize(x)
+    x = sp.csr_matrix(x.T if by_item else x, dtype=np.float32)
+    x.data[~np.isfinite(x.data)] = 0
+    x.eliminate_zeros()
+    return x
 
 
 @dataclass
@@ -64,7 +109,7 @@ def objective_weights(objective: str, kind: np.ndarray, count: np.ndarray, quant
     return np.where(is_purchase & (quantity <= 0), 0.0, w)
 
 
-def _codes(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def codes(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Dense codes in order of first appearance (a dict is faster than sorting a million strings)."""
     index: dict[str, int] = {}
     codes = np.fromiter((index.setdefault(v, len(index)) for v in values), dtype=np.int64, count=len(values))
@@ -73,8 +118,8 @@ def _codes(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 def build_matrix(individual: list[str], item: list[str], weight: np.ndarray) -> Matrix:
     """Sums weights per (individual, item); pairs that weigh nothing are left out."""
-    individuals, rows = _codes(individual)
-    items, cols = _codes(item)
+    individuals, rows = codes(individual)
+    items, cols = codes(item)
     m = sp.csr_matrix((weight, (rows, cols)), shape=(len(individuals), len(items)), dtype=np.float32)
     m.sum_duplicates()
     m.data[m.data < 0] = 0
@@ -83,7 +128,11 @@ def build_matrix(individual: list[str], item: list[str], weight: np.ndarray) -> 
 
 
 class Model:
-    """A trained model: scores every item for a known individual, and items for an anchor item."""
+    """A trained model: scores every item for a known individual, and items for an anchor item.
+
+    Factored families (ALS, BPR) score by user x item factors; item families (item-kNN, EASE) by the individual's
+    row of `user_items` times an item-item `similarity`.
+    """
 
     def __init__(self, algorithm: str, individuals: np.ndarray, items: np.ndarray, *, user_factors=None,
                  item_factors=None, similarity: sp.csr_matrix | None = None, user_items: sp.csr_matrix | None = None,
@@ -103,21 +152,25 @@ class Model:
             norms = np.linalg.norm(item_factors, axis=1, keepdims=True)
             self._unit_items = item_factors / np.where(norms == 0, 1, norms)
 
+    @property
+    def factored(self) -> bool:
+        return self.algorithm in FACTORED
+
     def scores(self, rows: np.ndarray) -> np.ndarray:
         """Scores of every item for the given individuals' rows (one row of scores per individual)."""
-        if self.algorithm == ALS:
+        if self.factored:
             return self.user_factors[rows] @ self.item_factors.T
         return np.asarray((self.user_items[rows] @ self.similarity).todense())
 
     def similar(self, column: int) -> np.ndarray:
-        """Similarity of every item to one item (cosine of item factors, or the kNN similarity row)."""
-        if self.algorithm == ALS:
+        """Similarity of every item to one item (cosine of item factors, or the item-item weights row)."""
+        if self.factored:
             return self._unit_items @ self._unit_items[column]
         return np.asarray(self.similarity[column].todense()).ravel()
 
     def to_bytes(self) -> bytes:
         arrays = {"algorithm": np.array(self.algorithm), "individuals": self.individuals, "items": self.items}
-        if self.algorithm == ALS:
+        if self.factored:
             arrays |= {"user_factors": self.user_factors, "item_factors": self.item_factors}
         else:
             for name, m in (("similarity", self.similarity), ("user_items", self.user_items)):
@@ -131,7 +184,7 @@ class Model:
     def from_bytes(cls, payload: bytes, version: int = 0) -> Model:
         z = np.load(io.BytesIO(payload), allow_pickle=False)
         algorithm = str(z["algorithm"])
-        if algorithm == ALS:
+        if algorithm in FACTORED:
             return cls(algorithm, z["individuals"], z["items"], user_factors=z["user_factors"],
                        item_factors=z["item_factors"], version=version)
 
@@ -142,30 +195,75 @@ class Model:
                    user_items=csr("user_items"), version=version)
 
 
-def train(config: Config, matrix: Matrix, progress=None) -> Model:
-    """Fits the config's algorithm on the weighted matrix; `progress(fraction)` is called while fitting."""
-    from implicit.nearest_neighbours import BM25Recommender, bm25_weight
+class OverBudget(Exception):
+    """A fit was stopped because its deadline passed."""
 
-    if config.algorithm == ITEM_KNN:
-        knn = BM25Recommender(K=KNN_NEIGHBOURS, K1=KNN_K1, B=KNN_B)
-        knn.fit(matrix.weights, show_progress=False)
+
+def train(config: Config, matrix: Matrix, progress=None, *, seed: int = 42, params: dict | None = None,
+          deadline: float | None = None) -> Model:
+    """Fits the config's family (or the given resolved `params`) on the objective-weighted matrix.
+
+    `progress(fraction)` is called while fitting; `seed` fixes every random start, so a fit is reproducible.
+    Iterative families stop with OverBudget between iterations once time.monotonic() passes `deadline`."""
+    p = params or parameters(config)
+    family = p["algorithm"]
+    weighted = weigh(matrix.weights, p, by_item=family == ITEM_KNN)
+    if family == ITEM_KNN:
+        from implicit.nearest_neighbours import ItemItemRecommender
+
+        knn = ItemItemRecommender(K=int(p["neighbours"]))
+        knn.fit(weighted.astype(np.float64), show_progress=False)
         binary = matrix.weights.copy()
         binary.data[:] = 1
         return Model(ITEM_KNN, matrix.individuals, matrix.items, similarity=knn.similarity.tocsr(),
                      user_items=binary.tocsr())
+    if family == EASE:
+        return Model(EASE, matrix.individuals, matrix.items, similarity=ease_weights(weighted, p["regularization"]),
+                     user_items=weighted)
+    iterations = int(p["iterations"])
+    def callback(iteration, *_):
+        if progress is not None:
+            progress((iteration + 1) / iterations)
+        if deadline is not None and time.monotonic() > deadline:
+            raise OverBudget()
+    if family == BPR:
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        bpr = BayesianPersonalizedRanking(factors=int(p["factors"]), learning_rate=p["learning_rate"],
+                                          regularization=p["regularization"], iterations=iterations,
+                                          random_state=seed)
+        bpr.fit(weighted, show_progress=False, callback=callback)
+        return Model(BPR, matrix.individuals, matrix.items, user_factors=np.ascontiguousarray(bpr.user_factors),
+                     item_factors=np.ascontiguousarray(bpr.item_factors))
     from implicit.cpu.als import AlternatingLeastSquares
 
-    als = AlternatingLeastSquares(factors=config.factors, regularization=config.regularization,
-                                  iterations=config.iterations, alpha=config.alpha, random_state=42,
+    als = AlternatingLeastSquares(factors=int(p["factors"]), regularization=p["regularization"],
+                                  iterations=iterations, alpha=p["alpha"], random_state=seed,
                                   calculate_training_loss=False)
-    weighted = bm25_weight(matrix.weights, K1=BM25_K1, B=BM25_B).tocsr().astype(np.float32)
-    callback = None
-    if progress is not None:
-        def callback(iteration, _elapsed, _loss):
-            progress((iteration + 1) / config.iterations)
     als.fit(weighted, show_progress=False, callback=callback)
     return Model(ALS, matrix.individuals, matrix.items, user_factors=np.ascontiguousarray(als.user_factors),
                  item_factors=np.ascontiguousarray(als.item_factors))
+
+
+def ease_weights(weighted: sp.csr_matrix, regularization: float) -> sp.csr_matrix:
+    """EASE (Steck 2019): B = I - P diagMat(1 / diag(P)) with P = (X'X + lambda I)^-1, diagonal zero; each item
+    keeps its EASE_NEIGHBOURS weights of largest magnitude (negative weights matter too)."""
+    gram = (weighted.T @ weighted).toarray().astype(np.float64)
+    gram[np.diag_indices_from(gram)] += regularization
+    b = np.linalg.inv(gram)
+    del gram
+    b /= -np.diag(b)
+    b[np.diag_indices_from(b)] = 0
+    n = b.shape[0]
+    keep = min(EASE_NEIGHBOURS, n - 1)
+    if keep <= 0:
+        return sp.csr_matrix((n, n), dtype=np.float32)
+    columns = np.argpartition(-np.abs(b), keep - 1, axis=1)[:, :keep]
+    values = np.take_along_axis(b, columns, axis=1)
+    rows = np.repeat(np.arange(n), keep)
+    out = sp.csr_matrix((values.ravel().astype(np.float32), (rows, columns.ravel())), shape=(n, n))
+    out.eliminate_zeros()
+    return out
 
 
 @dataclass(frozen=True)
@@ -178,19 +276,6 @@ class Metrics:
     map: float
     coverage: float
     individuals: int
-
-
-def split(matrix: Matrix, test_fraction: float, seed: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """A random split of the (individual, item) pairs: train and test matrices of the same shape."""
-    coo = matrix.weights.tocoo()
-    order = np.lexsort((coo.col, coo.row))
-    rows, cols, data = coo.row[order], coo.col[order], coo.data[order]
-    permutation = np.random.default_rng(seed).permutation(len(rows))
-    cut = round((1 - test_fraction) * len(rows))
-    parts = []
-    for chosen in (permutation[:cut], permutation[cut:]):
-        parts.append(sp.csr_matrix((data[chosen], (rows[chosen], cols[chosen])), shape=matrix.weights.shape))
-    return parts[0], parts[1]
 
 
 def ranking_metrics(recommended: dict[int, list[int]], test: sp.csr_matrix, k: int, n_items: int) -> Metrics:

@@ -19,6 +19,7 @@ from services.recommender.domain import (
     PRODUCT_VIEW,
     CatalogItem,
     Interaction,
+    InteractionRows,
     Owned,
     RankingSpec,
     Scored,
@@ -146,6 +147,13 @@ FROM (SELECT unified_individual_id, item_id, kind, count(*)::float8 AS n, sum(qu
              sum(revenue) AS revenue
       FROM interactions WHERE tenant_id = $1 GROUP BY unified_individual_id, item_id, kind) t
 """
+# Every interaction with its time, for time-aware evaluation and tuning (one row of arrays, as above).
+_INTERACTIONS = """
+SELECT array_agg(unified_individual_id), array_agg(item_id),
+       array_agg(CASE kind WHEN 'product_view' THEN 0 WHEN 'add_to_cart' THEN 1 ELSE 2 END),
+       array_agg(quantity), array_agg(revenue), array_agg(extract(epoch FROM event_time)::float8)
+FROM interactions WHERE tenant_id = $1
+"""
 _LIMIT_ALL = 2**62
 
 
@@ -266,6 +274,10 @@ class PostgresRepository:
     async def training_rows(self, tenant: str) -> TrainingRows:
         row = await self.pool.fetchrow(_TRAINING, tenant)
         return TrainingRows(*(list(column or []) for column in row))
+
+    async def interaction_rows(self, tenant: str) -> InteractionRows:
+        row = await self.pool.fetchrow(_INTERACTIONS, tenant)
+        return InteractionRows(*(list(column or []) for column in row))
 
     async def save_model(self, tenant: str, name: str, payload: bytes, summary: dict) -> int:
         # The (tenant, recommender, version) key makes two concurrent saves pick different versions or fail.

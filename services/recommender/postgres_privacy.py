@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import numpy as np
 
-from services.recommender.learned import ALS, Model
+from services.recommender.learned import Model
 from shared.privacy import erase_rows, export_rows
 
 TABLES = ("interactions", "individual_items")
@@ -17,8 +17,8 @@ def without_individuals(model: Model, ids: set[str]) -> Model | None:
     if not rows:
         return None
     keep = np.setdiff1d(np.arange(len(model.individuals)), rows)
-    if model.algorithm == ALS:
-        return Model(ALS, model.individuals[keep], model.items, user_factors=model.user_factors[keep],
+    if model.factored:
+        return Model(model.algorithm, model.individuals[keep], model.items, user_factors=model.user_factors[keep],
                      item_factors=model.item_factors, version=model.version)
     return Model(model.algorithm, model.individuals[keep], model.items, similarity=model.similarity,
                  user_items=model.user_items[keep], version=model.version)

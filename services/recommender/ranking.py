@@ -10,35 +10,13 @@ from typing import Any
 import numpy as np
 
 from services.recommender import learned
-from services.recommender.config import LEARNED, Config
+from services.recommender.config import Config
 from services.recommender.domain import Ask, Catalog, Scored, rank_key
 
 
 def learned_head(need: int) -> int:
     """How many of a learned model's best items to look at first: enough for the usual exclusions."""
     return 4 * need + 16
-
-
-def evaluate_split(config: Config, matrix: learned.Matrix, k: int, test_fraction: float, seed: int) -> learned.Metrics:
-    """Fits on the training part (a learned model, or popularity) and ranks the held-out part."""
-    train_m, test_m = learned.split(matrix, test_fraction, seed)
-    rows = np.unique(test_m.tocoo().row)
-    if config.strategy == LEARNED:
-        model = learned.train(config, learned.Matrix(matrix.individuals, matrix.items, train_m))
-    else:
-        model = None
-        binary = train_m.copy()
-        binary.data[:] = 1
-        popularity = np.asarray(binary.sum(axis=0)).ravel().astype(np.float64)
-    recommended = {}
-    for start in range(0, len(rows), 1024):
-        chunk = rows[start:start + 1024]
-        scores = model.scores(chunk) if model is not None else np.tile(popularity, (len(chunk), 1))
-        seen = train_m[chunk].tocoo()
-        scores[seen.row, seen.col] = -np.inf
-        for i, row in enumerate(chunk.tolist()):
-            recommended[row] = learned.top_k(scores[i], k).tolist()
-    return learned.ranking_metrics(recommended, test_m, k, len(matrix.items))
 
 
 def window_start(days: float) -> datetime:

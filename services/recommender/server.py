@@ -36,6 +36,8 @@ class Settings:
     model_check_seconds: float = 5.0
     # How often the scheduler looks for learned recommenders due for retraining, in seconds (0: never).
     schedule_seconds: float = 60.0
+    # The seed of every random start in training and tuning (the same data and seed give the same model).
+    seed: int = 42
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -45,6 +47,7 @@ class Settings:
             catalog_seconds=env_float("TAILOR_RECOMMENDER_CATALOG_SECONDS", 10.0, minimum=0.0),
             model_check_seconds=env_float("TAILOR_RECOMMENDER_MODEL_CHECK_SECONDS", 5.0, minimum=0.0),
             schedule_seconds=env_float("TAILOR_RECOMMENDER_SCHEDULE_SECONDS", 60.0, minimum=0.0),
+            seed=env_int("TAILOR_RECOMMENDER_SEED", 42, minimum=0, maximum=2**31 - 1),
         )
 
 
@@ -55,6 +58,7 @@ async def build(dsn: str, settings: Settings | None = None) -> Built:
     recommender = Recommender(
         PostgresRepository(pool), cache_seconds=settings.cache_seconds, cache_items=settings.cache_items,
         catalog_seconds=settings.catalog_seconds, model_check_seconds=settings.model_check_seconds,
+        seed=settings.seed,
     )
     servicer = RecommenderServicer(recommender, PostgresPrivacy(pool))
 

@@ -8,10 +8,11 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from datetime import datetime
 
 import numpy as np
 
-from services.recommender import learned
+from services.recommender import evaluation, learned, tuning
 from services.recommender.cache import ModelCache, Ttl
 from services.recommender.config import (
     ANCHORED,
@@ -49,9 +50,9 @@ from services.recommender.domain import (
     Scored,
     rank_key,
 )
+from services.recommender.evaluation import RANDOM, SPLITS, TIME, Events, Split
 from services.recommender.ranking import (
     chunk_scores,
-    evaluate_split,
     learned_head,
     select,
     similar_by_attributes,
@@ -84,9 +85,11 @@ class Recommender:
         cache_items: int = 500,
         catalog_seconds: float = 10.0,
         model_check_seconds: float = 5.0,
+        seed: int = 42,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.repository = repository
+        self.seed = seed
         self.cache_items = cache_items
         self.clock = clock
         self._rankings = Ttl(cache_seconds, clock)
@@ -353,40 +356,64 @@ class Recommender:
         return await self._models.get(tenant, name)
 
     async def train(self, tenant: str, name: str) -> AsyncIterator[Progress]:
-        """Trains a new version of a learned recommender and stores it; yields progress, the last has the version."""
+        """Trains a new version of a learned recommender and stores it; yields progress, the last has the version.
+
+        With a tuning budget, the family, weighting and hyperparameters are first searched on a time-split
+        validation cut of the tenant's interactions (one `tuning` message per trial), then the best is refitted
+        on all of them; the trials are stored with the model version."""
         config = await self.get_config(tenant, name)
         if config.strategy != LEARNED:
             raise FailedPrecondition(f"{name!r} is a {config.strategy} recommender; only learned ones are trained",
                                      reason="NOT_LEARNED", metadata={"name": name})
         yield Progress("loading", 0.0, "reading interactions")
-        matrix = await self._matrix(tenant, config.objective)
+        tuned: tuning.Result | None = None
+        if config.tune_seconds:
+            events = await self._events(tenant)
+            matrix = events.matrix(config.objective)
+        else:
+            matrix = await self._matrix(tenant, config.objective)
         if matrix.weights.nnz == 0:
             raise FailedPrecondition("the tenant has no interactions to train on", reason="NO_INTERACTIONS")
         sizes = {"individuals": len(matrix.individuals), "items": len(matrix.items),
                  "interactions": matrix.weights.nnz}
-        yield Progress("fitting", 0.1, f"fitting {config.algorithm} on {matrix.weights.nnz} pairs", **sizes)
-        queue: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
+        if config.tune_seconds:
+            yield Progress("tuning", 0.05, f"searching for {config.tune_seconds:g} s", **sizes)
+            started = time.monotonic()
 
-        def progress(fraction: float) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, fraction)
+            def searched(on_trial):
+                return tuning.tune(config, events, config.tune_seconds, seed=self.seed, on_trial=on_trial)
 
-        fitting = asyncio.ensure_future(asyncio.to_thread(learned.train, config, matrix, progress))
-        while not fitting.done():
-            getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({fitting, getter}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                yield Progress("fitting", 0.1 + 0.8 * getter.result(), "fitting", **sizes)
+            async for item in _in_thread(searched):
+                if isinstance(item, tuning.Trial):
+                    done = min((time.monotonic() - started) / config.tune_seconds, 1.0)
+                    yield Progress("tuning", 0.05 + 0.45 * done, f"trial {item.number}: {item.parameters['algorithm']} "
+                                   f"P@{tuning.TUNE_K} {item.precision:.4f}", trial=item, **sizes)
+                else:
+                    tuned = item
+            if tuned.best is None:
+                yield Progress("tuning", 0.5, f"too few individuals to validate on ({tuned.individuals}): "
+                               f"fitting the configured parameters", **sizes)
+        params = tuned.best if tuned is not None and tuned.best is not None else learned.parameters(config)
+        base = 0.5 if tuned is not None else 0.1
+        yield Progress("fitting", base, f"fitting {params['algorithm']} on {matrix.weights.nnz} pairs", **sizes)
+        model = None
+        async for item in _in_thread(lambda progress: learned.train(config, matrix, progress, seed=self.seed,
+                                                                      params=params)):
+            if isinstance(item, learned.Model):
+                model = item
             else:
-                getter.cancel()
-        model = fitting.result()
+                yield Progress("fitting", base + (0.9 - base) * item, "fitting", **sizes)
         yield Progress("storing", 0.9, "storing the model", **sizes)
         payload = await asyncio.to_thread(model.to_bytes)
-        version = await self.repository.save_model(tenant, name, payload, {
-            "algorithm": config.algorithm, "objective": config.objective, **sizes})
+        summary = {"algorithm": params["algorithm"], "objective": config.objective, "parameters": params,
+                   "seed": self.seed, **sizes}
+        if tuned is not None:
+            summary["tuning"] = tuned.summary()
+        version = await self.repository.save_model(tenant, name, payload, summary)
         model.version = version
         self._models.put(tenant, name, model)
-        yield Progress("done", 1.0, f"model version {version} stored", model_version=version, **sizes)
+        yield Progress("done", 1.0, f"model version {version} stored", model_version=version, parameters=params,
+                       trials=tuple(tuned.trials) if tuned is not None else (), **sizes)
 
     async def _matrix(self, tenant: str, objective: str) -> learned.Matrix:
         rows = await self.repository.training_rows(tenant)
@@ -395,6 +422,10 @@ class Recommender:
                                             np.array(rows.quantities, dtype=np.float64),
                                             np.array(rows.revenues, dtype=np.float64))
         return learned.build_matrix(rows.individuals, rows.items, weights)
+
+    async def _events(self, tenant: str) -> Events:
+        rows = await self.repository.interaction_rows(tenant)
+        return Events.build(rows.individuals, rows.items, rows.kinds, rows.quantities, rows.revenues, rows.times)
 
     async def run_schedule(self) -> int:
         """Trains every learned recommender whose retrain interval has passed (one replica claims each)."""
@@ -486,21 +517,65 @@ class Recommender:
                   exclude_ids=frozenset([item_id]))
         return await self._run(tenant, config, ask, set(), ask.count)
 
-    async def evaluate(self, tenant: str, name: str, k: int, test_fraction: float, seed: int) -> learned.Metrics:
-        """Ranking quality on a random held-out split of the (individual, item) pairs; training items excluded."""
+    async def evaluate(self, tenant: str, name: str, k: int, test_fraction: float, seed: int, *,
+                       split: str = RANDOM, cutoff: datetime | None = None) -> tuple[learned.Metrics, float | None]:
+        """Ranking quality on held-out interactions: a time split (a cutoff, or the latest `test_fraction` of the
+        interactions), leave-last-out, or a random split of the (individual, item) pairs. What each individual had
+        in training is excluded from the ranking; a tuned recommender is tuned on the training part only.
+        Returns the metrics and the time split's cutoff (seconds since the epoch)."""
         violations = Violations()
         if not 0 <= k <= 100:
             violations.add("k", "must be between 1 and 100 (0 means 10)")
         if not (math.isfinite(test_fraction) and 0 <= test_fraction < 1):
             violations.add("test_fraction", "must be above 0 and below 1 (0 means 0.2)")
+        if split not in SPLITS:
+            violations.add("split", f"must be one of {', '.join(SPLITS)}")
+        if cutoff is not None and split != TIME:
+            violations.add("cutoff_time", "is only read by the time split")
         violations.raise_if_any()
         k, test_fraction = k or 10, test_fraction or 0.2
         config = await self.resolve(tenant, name, path="name")
         if config.strategy not in (TOP_SELLERS, MOST_VIEWED, TRENDING, LEARNED):
             raise FailedPrecondition(f"evaluation ranks by popularity or a learned model; {config.strategy} is "
                                      f"neither", reason="NOT_EVALUABLE", metadata={"name": name})
-        matrix = await self._matrix(tenant, config.objective)
-        if matrix.weights.nnz < 10:
+        events = await self._events(tenant)
+        if len(events.rows) < 10:
             raise FailedPrecondition("too few interactions to split", reason="NO_INTERACTIONS")
-        return await asyncio.to_thread(evaluate_split, config, matrix, k, test_fraction, seed)
+        how = Split(split, test_fraction, cutoff.timestamp() if cutoff is not None else None, seed)
 
+        def run():
+            parts = evaluation.split(events, config.objective, how)
+            if parts.train.weights.nnz == 0 or parts.test.nnz == 0:
+                raise FailedPrecondition("the split leaves no training or no held-out interactions",
+                                         reason="EMPTY_SPLIT", metadata={"split": split})
+            params = None
+            if config.strategy == LEARNED and config.tune_seconds:
+                # Tuned on the training part only, judged the way the evaluation judges (the same kind of split).
+                validation = Split(split, test_fraction, None, seed)
+                result = tuning.tune(config, events.subset(parts.train_mask), config.tune_seconds, seed=self.seed,
+                                     validation=validation)
+                params = result.best
+            metrics = evaluation.evaluate(config, parts, k, seed=self.seed, params=params)
+            return metrics, parts.cutoff
+        return await asyncio.to_thread(run)
+
+
+async def _in_thread(work: Callable[[Callable[[object], None]], object]) -> AsyncIterator[object]:
+    """Runs `work(report)` in a worker thread and yields what it reports as it comes, then what it returns."""
+    queue: asyncio.Queue = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    def report(item: object) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    running = asyncio.ensure_future(asyncio.to_thread(work, report))
+    while not running.done():
+        getter = asyncio.ensure_future(queue.get())
+        await asyncio.wait({running, getter}, return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            yield getter.result()
+        else:
+            getter.cancel()
+    while not queue.empty():
+        yield queue.get_nowait()
+    yield running.result()

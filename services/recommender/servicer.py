@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import json_format, struct_pb2
 from personalization.common.v1 import common_pb2
@@ -26,6 +26,7 @@ from services.recommender.domain import (
     Interaction,
     Recommended,
 )
+from services.recommender.evaluation import LEAVE_LAST_OUT, RANDOM, TIME
 from services.recommender.service import Recommender
 from services.recommender.postgres_privacy import PostgresPrivacy
 from shared.context import current_tenant
@@ -44,6 +45,8 @@ _OBJECTIVES_PB = {v: k for k, v in _OBJECTIVES.items()}
 _OPERATORS = {v: ("" if v == 0 else n.removeprefix("OPERATOR_").lower()) for n, v in pb.Operator.items()}
 _OPERATORS_PB = {v: k for k, v in _OPERATORS.items()}
 _DEFAULTS = Config(name="", strategy="")
+_SPLITS = {pb.EVALUATION_SPLIT_UNSPECIFIED: RANDOM, pb.EVALUATION_SPLIT_RANDOM: RANDOM,
+           pb.EVALUATION_SPLIT_TIME: TIME, pb.EVALUATION_SPLIT_LEAVE_LAST_OUT: LEAVE_LAST_OUT}
 
 
 def _time(message, name):
@@ -80,10 +83,17 @@ def config_from_pb(c: pb.RecommenderConfig) -> Config:
         similar_attributes=tuple(p.similar_attributes),
         objective=_OBJECTIVES.get(p.objective, ""),
         algorithm=p.algorithm or ALS,
-        factors=p.factors or _DEFAULTS.factors,
-        regularization=p.regularization or _DEFAULTS.regularization,
-        iterations=p.iterations or _DEFAULTS.iterations,
-        alpha=p.alpha or _DEFAULTS.alpha,
+        factors=p.factors,
+        regularization=p.regularization,
+        iterations=p.iterations,
+        alpha=p.alpha,
+        weighting=p.weighting,
+        bm25_k1=p.bm25_k1,
+        bm25_b=p.bm25_b,
+        neighbours=p.neighbours,
+        learning_rate=p.learning_rate,
+        tune_seconds=p.tuning_budget.ToTimedelta().total_seconds(),
+        validation_fraction=p.validation_fraction,
         recent_days=p.recent_days,
         include=tuple(Condition(x.attribute, _OPERATORS.get(x.operator, ""), _values(x.values)) for x in c.include),
         exclude=tuple(Condition(x.attribute, _OPERATORS.get(x.operator, ""), _values(x.values)) for x in c.exclude),
@@ -120,7 +130,8 @@ def config_to_pb(c: Config) -> pb.RecommenderConfig:
             min_support=c.min_support, session_minutes=c.session_minutes, max_age_days=c.max_age_days,
             similar_attributes=c.similar_attributes, objective=_OBJECTIVES_PB.get(c.objective, 0),
             algorithm=c.algorithm, factors=c.factors, regularization=c.regularization, iterations=c.iterations,
-            alpha=c.alpha, recent_days=c.recent_days),
+            alpha=c.alpha, recent_days=c.recent_days, weighting=c.weighting, bm25_k1=c.bm25_k1, bm25_b=c.bm25_b,
+            neighbours=c.neighbours, learning_rate=c.learning_rate, validation_fraction=c.validation_fraction),
         include=[_condition_pb(x) for x in c.include],
         exclude=[_condition_pb(x) for x in c.exclude],
         context_filter=pb.ContextFilter(exclude_anchor=c.exclude_anchor,
@@ -136,9 +147,21 @@ def config_to_pb(c: Config) -> pb.RecommenderConfig:
         message.diversity.CopyFrom(pb.Diversity(attribute=c.diversity_attribute, max_per_value=c.diversity_max))
     if c.retrain_seconds:
         message.retrain_interval.FromSeconds(int(c.retrain_seconds))
+    if c.tune_seconds:
+        message.parameters.tuning_budget.FromTimedelta(timedelta(seconds=c.tune_seconds))
     if c.update_time is not None:
         message.update_time.FromDatetime(c.update_time)
     return message
+
+
+def parameters_pb(p: dict) -> pb.StrategyParameters:
+    """A model's resolved family and hyperparameters (learned.parameters) as StrategyParameters."""
+    return pb.StrategyParameters(**{k: v for k, v in p.items() if k in pb.StrategyParameters.DESCRIPTOR.fields_by_name})
+
+
+def _trial_pb(t) -> pb.TuningTrial:
+    return pb.TuningTrial(number=t.number, parameters=parameters_pb(t.parameters), precision_at_k=t.precision,
+                          ndcg_at_k=t.ndcg, seconds=t.seconds, error=t.error)
 
 
 def _items(items: list[Recommended], attributes: dict[str, dict] | None = None) -> list[pb.RecommendedItem]:
@@ -231,17 +254,27 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
 
     async def TrainRecommender(self, request: pb.TrainRecommenderRequest, context):
         async for p in self.recommender.train(current_tenant(), request.name):
-            yield pb.TrainRecommenderResponse(
+            message = pb.TrainRecommenderResponse(
                 stage=p.stage, fraction=p.fraction, message=p.message, model_version=p.model_version,
-                individuals=p.individuals, items=p.items, interactions=p.interactions)
+                individuals=p.individuals, items=p.items, interactions=p.interactions,
+                trials=[_trial_pb(t) for t in p.trials])
+            if p.trial is not None:
+                message.trial.CopyFrom(_trial_pb(p.trial))
+            if p.parameters is not None:
+                message.parameters.CopyFrom(parameters_pb(p.parameters))
+            yield message
 
     async def EvaluateRecommender(self, request: pb.EvaluateRecommenderRequest,
                                   context) -> pb.EvaluateRecommenderResponse:
-        m = await self.recommender.evaluate(current_tenant(), request.name, request.k, request.test_fraction,
-                                            request.seed)
-        return pb.EvaluateRecommenderResponse(
+        m, cutoff = await self.recommender.evaluate(
+            current_tenant(), request.name, request.k, request.test_fraction, request.seed,
+            split=_SPLITS.get(request.split, ""), cutoff=_time(request, "cutoff_time"))
+        response = pb.EvaluateRecommenderResponse(
             precision_at_k=m.precision, recall_at_k=m.recall, ndcg_at_k=m.ndcg, map_at_k=m.map,
             coverage=m.coverage, evaluated_individuals=m.individuals, k=request.k or 10)
+        if cutoff is not None:
+            response.cutoff_time.FromDatetime(datetime.fromtimestamp(cutoff, UTC))
+        return response
 
     async def EraseIndividual(self, request: pb.EraseIndividualRequest, context) -> pb.EraseIndividualResponse:
         erased = await self.privacy.erase(current_tenant(), validate_ids(list(request.unified_individual_ids)))

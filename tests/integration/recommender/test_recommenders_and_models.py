@@ -6,10 +6,11 @@ from __future__ import annotations
 import csv
 import gzip
 from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import duration_pb2, struct_pb2
 from personalization.common.v1 import common_pb2
 from personalization.recommender.v1 import recommender_service_pb2 as pb
 from personalization.recommender.v1 import recommender_service_pb2_grpc as pb_grpc
@@ -186,3 +187,39 @@ async def test_co_bought_items_for_a_popular_online_retail_item_were_bought_with
         assert together[recommended.item_id] == recommended.score  # invoices shared with the anchor
     assert [i.item_id for i in reply.items][:3] == [code for code, _ in sorted(
         together.items(), key=lambda kv: (-kv[1], kv[0]))][:3]
+
+
+async def test_a_time_split_evaluation_and_a_tuned_training_answer_through_the_server(stub, tenant):
+    md = tenant_md(tenant)
+    start = datetime(2025, 3, 1, tzinfo=UTC)
+    interactions = []
+    for n in range(40):
+        basket = [f"i{(n + k) % 12}" for k in range(6)]
+        for k, item_id in enumerate(basket):
+            line = buy(f"t{n}-{k}", f"p{n}", item_id)
+            line.event_time.FromDatetime(start + timedelta(days=k * 6 + n % 3))
+            interactions.append(line)
+    await stub.RecordInteractions(pb.RecordInteractionsRequest(interactions=interactions), metadata=md)
+    cutoff = start + timedelta(days=24)
+    request = pb.EvaluateRecommenderRequest(name="top_sellers", k=5, split=pb.EVALUATION_SPLIT_TIME)
+    request.cutoff_time.FromDatetime(cutoff)
+    metrics = await stub.EvaluateRecommender(request, metadata=md)
+    assert metrics.cutoff_time.ToDatetime(tzinfo=UTC) == cutoff and metrics.evaluated_individuals == 40
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        request.split = pb.EVALUATION_SPLIT_RANDOM
+        await stub.EvaluateRecommender(request, metadata=md)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in status_details(info.value)[0]] == ["cutoff_time"]
+
+    config = pb.RecommenderConfig(name="tuned", strategy="learned", parameters=pb.StrategyParameters(
+        objective=pb.OBJECTIVE_MAXIMIZE_PURCHASES, factors=8, iterations=5, validation_fraction=0.3,
+        tuning_budget=duration_pb2.Duration(seconds=2)))
+    stored = (await stub.PutRecommender(pb.PutRecommenderRequest(config=config), metadata=md)).config
+    assert stored.parameters.tuning_budget.seconds == 2 and stored.parameters.validation_fraction == 0.3
+    steps = [s async for s in stub.TrainRecommender(pb.TrainRecommenderRequest(name="tuned"), metadata=md)]
+    trials = [s.trial for s in steps if s.stage == "tuning" and s.HasField("trial")]
+    assert trials and trials[0].parameters.algorithm == "als" and trials[0].parameters.factors == 8
+    done = steps[-1]
+    assert done.stage == "done" and done.model_version == 1 and list(done.trials) == trials
+    best = max(trials, key=lambda t: (t.precision_at_k, t.ndcg_at_k, -t.number))
+    assert done.parameters == best.parameters

@@ -14,6 +14,7 @@ from services.recommender.domain import (
     PURCHASE,
     CatalogItem,
     Interaction,
+    InteractionRows,
     Owned,
     RankingSpec,
     Scored,
@@ -32,6 +33,7 @@ class FakeRepository:
         self.catalog: dict[str, dict[str, CatalogItem]] = defaultdict(dict)
         self.config_rows: dict[str, dict[str, Config]] = defaultdict(dict)
         self.models: dict[tuple[str, str], list[bytes]] = defaultdict(list)
+        self.summaries: dict[tuple[str, str], list[dict]] = defaultdict(list)
         self.claimed: set[tuple[str, str]] = set()
         self.calls: Counter[str] = Counter()
 
@@ -157,8 +159,16 @@ class FakeRepository:
         return TrainingRows([k[0] for k in keys], [k[1] for k in keys], [codes[k[2]] for k in keys],
                             [totals[k][0] for k in keys], [totals[k][1] for k in keys], [totals[k][2] for k in keys])
 
+    async def interaction_rows(self, tenant: str) -> InteractionRows:
+        rows = list(self.interactions[tenant].values())
+        codes = {PRODUCT_VIEW: 0, ADD_TO_CART: 1, PURCHASE: 2}
+        return InteractionRows([i.unified_individual_id for i in rows], [i.item_id for i in rows],
+                               [codes[i.kind] for i in rows], [i.quantity for i in rows], [i.revenue for i in rows],
+                               [i.event_time.timestamp() for i in rows])
+
     async def save_model(self, tenant: str, name: str, payload: bytes, summary: dict) -> int:
         self.models[(tenant, name)].append(payload)
+        self.summaries[(tenant, name)].append(summary)
         return len(self.models[(tenant, name)])
 
     async def latest_model_version(self, tenant: str, name: str) -> int:

@@ -266,7 +266,7 @@ async def test_learned_model_on_the_spark_als_sample_recommends_unseen_items():
     seen = {i for u, i, _, _ in rows if u == "0"}
     items = await rec.recommend("s", "0", "als", 10, exclude_purchased=True)
     assert len(items) == 10 and not seen & set(ids(items))
-    metrics = await rec.evaluate("s", "als", 10, 0.2, 42)
+    metrics, _ = await rec.evaluate("s", "als", 10, 0.2, 42)
     assert 0 < metrics.precision <= 1 and 0 < metrics.coverage <= 1 and metrics.individuals == 30
 
 

@@ -32,6 +32,13 @@ class Objective(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OBJECTIVE_MAXIMIZE_CLICKS: _ClassVar[Objective]
     OBJECTIVE_MAXIMIZE_PURCHASES: _ClassVar[Objective]
     OBJECTIVE_MAXIMIZE_REVENUE: _ClassVar[Objective]
+
+class EvaluationSplit(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVALUATION_SPLIT_UNSPECIFIED: _ClassVar[EvaluationSplit]
+    EVALUATION_SPLIT_RANDOM: _ClassVar[EvaluationSplit]
+    EVALUATION_SPLIT_TIME: _ClassVar[EvaluationSplit]
+    EVALUATION_SPLIT_LEAVE_LAST_OUT: _ClassVar[EvaluationSplit]
 OPERATOR_UNSPECIFIED: Operator
 OPERATOR_EQUALS: Operator
 OPERATOR_NOT_EQUALS: Operator
@@ -46,6 +53,10 @@ OBJECTIVE_UNSPECIFIED: Objective
 OBJECTIVE_MAXIMIZE_CLICKS: Objective
 OBJECTIVE_MAXIMIZE_PURCHASES: Objective
 OBJECTIVE_MAXIMIZE_REVENUE: Objective
+EVALUATION_SPLIT_UNSPECIFIED: EvaluationSplit
+EVALUATION_SPLIT_RANDOM: EvaluationSplit
+EVALUATION_SPLIT_TIME: EvaluationSplit
+EVALUATION_SPLIT_LEAVE_LAST_OUT: EvaluationSplit
 
 class Interaction(_message.Message):
     __slots__ = ("message_id", "unified_individual_id", "item_id", "type", "quantity", "revenue", "event_time")
@@ -238,7 +249,7 @@ class Condition(_message.Message):
     def __init__(self, attribute: _Optional[str] = ..., operator: _Optional[_Union[Operator, str]] = ..., values: _Optional[_Iterable[_Union[_struct_pb2.Value, _Mapping]]] = ...) -> None: ...
 
 class StrategyParameters(_message.Message):
-    __slots__ = ("window_days", "by_revenue", "half_life_days", "min_support", "session_minutes", "max_age_days", "similar_attributes", "objective", "algorithm", "factors", "regularization", "iterations", "alpha", "recent_days")
+    __slots__ = ("window_days", "by_revenue", "half_life_days", "min_support", "session_minutes", "max_age_days", "similar_attributes", "objective", "algorithm", "factors", "regularization", "iterations", "alpha", "recent_days", "weighting", "bm25_k1", "bm25_b", "neighbours", "learning_rate", "tuning_budget", "validation_fraction")
     WINDOW_DAYS_FIELD_NUMBER: _ClassVar[int]
     BY_REVENUE_FIELD_NUMBER: _ClassVar[int]
     HALF_LIFE_DAYS_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +264,13 @@ class StrategyParameters(_message.Message):
     ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     RECENT_DAYS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTING_FIELD_NUMBER: _ClassVar[int]
+    BM25_K1_FIELD_NUMBER: _ClassVar[int]
+    BM25_B_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBOURS_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
+    TUNING_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_FRACTION_FIELD_NUMBER: _ClassVar[int]
     window_days: float
     by_revenue: bool
     half_life_days: float
@@ -267,7 +285,14 @@ class StrategyParameters(_message.Message):
     iterations: int
     alpha: float
     recent_days: float
-    def __init__(self, window_days: _Optional[float] = ..., by_revenue: _Optional[bool] = ..., half_life_days: _Optional[float] = ..., min_support: _Optional[int] = ..., session_minutes: _Optional[float] = ..., max_age_days: _Optional[float] = ..., similar_attributes: _Optional[_Iterable[str]] = ..., objective: _Optional[_Union[Objective, str]] = ..., algorithm: _Optional[str] = ..., factors: _Optional[int] = ..., regularization: _Optional[float] = ..., iterations: _Optional[int] = ..., alpha: _Optional[float] = ..., recent_days: _Optional[float] = ...) -> None: ...
+    weighting: str
+    bm25_k1: float
+    bm25_b: float
+    neighbours: int
+    learning_rate: float
+    tuning_budget: _duration_pb2.Duration
+    validation_fraction: float
+    def __init__(self, window_days: _Optional[float] = ..., by_revenue: _Optional[bool] = ..., half_life_days: _Optional[float] = ..., min_support: _Optional[int] = ..., session_minutes: _Optional[float] = ..., max_age_days: _Optional[float] = ..., similar_attributes: _Optional[_Iterable[str]] = ..., objective: _Optional[_Union[Objective, str]] = ..., algorithm: _Optional[str] = ..., factors: _Optional[int] = ..., regularization: _Optional[float] = ..., iterations: _Optional[int] = ..., alpha: _Optional[float] = ..., recent_days: _Optional[float] = ..., weighting: _Optional[str] = ..., bm25_k1: _Optional[float] = ..., bm25_b: _Optional[float] = ..., neighbours: _Optional[int] = ..., learning_rate: _Optional[float] = ..., tuning_budget: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., validation_fraction: _Optional[float] = ...) -> None: ...
 
 class ContextFilter(_message.Message):
     __slots__ = ("exclude_anchor", "same_category_as_anchor", "exclude_cart", "category_attribute")
@@ -392,7 +417,7 @@ class TrainRecommenderRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class TrainRecommenderResponse(_message.Message):
-    __slots__ = ("stage", "fraction", "message", "model_version", "individuals", "items", "interactions")
+    __slots__ = ("stage", "fraction", "message", "model_version", "individuals", "items", "interactions", "trial", "parameters", "trials")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     FRACTION_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -400,6 +425,9 @@ class TrainRecommenderResponse(_message.Message):
     INDIVIDUALS_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     INTERACTIONS_FIELD_NUMBER: _ClassVar[int]
+    TRIAL_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
     stage: str
     fraction: float
     message: str
@@ -407,22 +435,45 @@ class TrainRecommenderResponse(_message.Message):
     individuals: int
     items: int
     interactions: int
-    def __init__(self, stage: _Optional[str] = ..., fraction: _Optional[float] = ..., message: _Optional[str] = ..., model_version: _Optional[int] = ..., individuals: _Optional[int] = ..., items: _Optional[int] = ..., interactions: _Optional[int] = ...) -> None: ...
+    trial: TuningTrial
+    parameters: StrategyParameters
+    trials: _containers.RepeatedCompositeFieldContainer[TuningTrial]
+    def __init__(self, stage: _Optional[str] = ..., fraction: _Optional[float] = ..., message: _Optional[str] = ..., model_version: _Optional[int] = ..., individuals: _Optional[int] = ..., items: _Optional[int] = ..., interactions: _Optional[int] = ..., trial: _Optional[_Union[TuningTrial, _Mapping]] = ..., parameters: _Optional[_Union[StrategyParameters, _Mapping]] = ..., trials: _Optional[_Iterable[_Union[TuningTrial, _Mapping]]] = ...) -> None: ...
+
+class TuningTrial(_message.Message):
+    __slots__ = ("number", "parameters", "precision_at_k", "ndcg_at_k", "seconds", "error")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_AT_K_FIELD_NUMBER: _ClassVar[int]
+    NDCG_AT_K_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    number: int
+    parameters: StrategyParameters
+    precision_at_k: float
+    ndcg_at_k: float
+    seconds: float
+    error: str
+    def __init__(self, number: _Optional[int] = ..., parameters: _Optional[_Union[StrategyParameters, _Mapping]] = ..., precision_at_k: _Optional[float] = ..., ndcg_at_k: _Optional[float] = ..., seconds: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
 
 class EvaluateRecommenderRequest(_message.Message):
-    __slots__ = ("name", "k", "test_fraction", "seed")
+    __slots__ = ("name", "k", "test_fraction", "seed", "split", "cutoff_time")
     NAME_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     TEST_FRACTION_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    CUTOFF_TIME_FIELD_NUMBER: _ClassVar[int]
     name: str
     k: int
     test_fraction: float
     seed: int
-    def __init__(self, name: _Optional[str] = ..., k: _Optional[int] = ..., test_fraction: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    split: EvaluationSplit
+    cutoff_time: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., k: _Optional[int] = ..., test_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., split: _Optional[_Union[EvaluationSplit, str]] = ..., cutoff_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class EvaluateRecommenderResponse(_message.Message):
-    __slots__ = ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "coverage", "evaluated_individuals", "k")
+    __slots__ = ("precision_at_k", "recall_at_k", "ndcg_at_k", "map_at_k", "coverage", "evaluated_individuals", "k", "cutoff_time")
     PRECISION_AT_K_FIELD_NUMBER: _ClassVar[int]
     RECALL_AT_K_FIELD_NUMBER: _ClassVar[int]
     NDCG_AT_K_FIELD_NUMBER: _ClassVar[int]
@@ -430,6 +481,7 @@ class EvaluateRecommenderResponse(_message.Message):
     COVERAGE_FIELD_NUMBER: _ClassVar[int]
     EVALUATED_INDIVIDUALS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    CUTOFF_TIME_FIELD_NUMBER: _ClassVar[int]
     precision_at_k: float
     recall_at_k: float
     ndcg_at_k: float
@@ -437,7 +489,8 @@ class EvaluateRecommenderResponse(_message.Message):
     coverage: float
     evaluated_individuals: int
     k: int
-    def __init__(self, precision_at_k: _Optional[float] = ..., recall_at_k: _Optional[float] = ..., ndcg_at_k: _Optional[float] = ..., map_at_k: _Optional[float] = ..., coverage: _Optional[float] = ..., evaluated_individuals: _Optional[int] = ..., k: _Optional[int] = ...) -> None: ...
+    cutoff_time: _timestamp_pb2.Timestamp
+    def __init__(self, precision_at_k: _Optional[float] = ..., recall_at_k: _Optional[float] = ..., ndcg_at_k: _Optional[float] = ..., map_at_k: _Optional[float] = ..., coverage: _Optional[float] = ..., evaluated_individuals: _Optional[int] = ..., k: _Optional[int] = ..., cutoff_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class EraseIndividualRequest(_message.Message):
     __slots__ = ("unified_individual_ids",)

@@ -180,7 +180,8 @@ class RecommenderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TrainRecommender(self, request, context):
-        """Trains a new model version of an objective-based recommender, streaming progress; the last message has the version.
+        """Trains a new model version of an objective-based recommender (tuning it first when it has a tuning budget),
+        streaming progress; the last message has the version, the fitted parameters and the tuning trials.
         Errors: NOT_FOUND (no such recommender), FAILED_PRECONDITION (not objective-based, or no interactions).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -188,9 +189,10 @@ class RecommenderServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EvaluateRecommender(self, request, context):
-        """Evaluates a recommender on a held-out random split of the tenant's interactions.
-        Errors: INVALID_ARGUMENT (k outside 1-100, test fraction outside (0, 1)), NOT_FOUND,
-        FAILED_PRECONDITION (too few interactions to split).
+        """Evaluates a recommender on held-out interactions (a time split, leave-last-out or a random split), items each
+        individual already had excluded from the ranking.
+        Errors: INVALID_ARGUMENT (k outside 1-100, test fraction outside (0, 1), a cutoff without the time split),
+        NOT_FOUND, FAILED_PRECONDITION (too few interactions to split, or a split that leaves one side empty).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
