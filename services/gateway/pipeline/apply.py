@@ -20,6 +20,7 @@ from shared.log import get_logger
 log = get_logger("gateway.pipeline")
 
 INTERACTION_TYPES = (common_pb2.EVENT_TYPE_PRODUCT_VIEW, common_pb2.EVENT_TYPE_ADD_TO_CART)
+MERGE_CONCURRENCY = 8  # survivors reassigned at once while applying one chunk's merges
 
 
 @dataclass
@@ -113,8 +114,18 @@ class Pipeline:
         sweeper's queue holds only what a crash left behind. Idempotent."""
         if not plan.merges:
             return
+        # One reassignment per survivor (a chain A -> B -> C in one chunk moves A and B onto C at once); survivors
+        # are independent of each other, so they are reassigned concurrently (the profile graph locks each one).
+        merged_into: dict[str, list[str]] = {}
         for merged, survivor in plan.merges:
-            await self.merges.merge(merged, survivor)
+            merged_into.setdefault(survivor, []).extend(m for m in merged if m != survivor)
+        limit = asyncio.Semaphore(MERGE_CONCURRENCY)
+
+        async def merge(survivor: str, merged: list[str]) -> None:
+            async with limit:
+                await self.merges.merge(sorted(set(merged)), survivor)
+
+        await asyncio.gather(*(merge(s, m) for s, m in merged_into.items() if m))
         for start in range(0, len(plan.merge_pairs), 1000):
             await self.stubs.identity.MarkMergeEventsPropagated(identity_pb.MarkMergeEventsPropagatedRequest(
                 merges=[identity_pb.MergedPair(survivor_individual_id=s, merged_individual_id=m)
