@@ -237,3 +237,37 @@ async def test_the_cli_lists_and_discards_dead_letters_and_shows_the_pipeline_st
     discarded = await _tailor(suite, md, "dead-letters", "discard", "--all")
     assert discarded.stdout.strip() == "1 dead letters discarded", discarded.stderr
     assert await dead() == []
+
+
+async def test_merges_the_workers_apply_are_marked_propagated_at_once_so_the_sweepers_queue_stays_empty(suite):
+    from personalization.identity.v1 import identity_service_pb2 as identity_pb
+    from personalization.identity.v1 import identity_service_pb2_grpc as identity_grpc
+
+    tenant, md = await suite.new_tenant()
+    device = [common_pb2.Identity(type="device_id", value=f"dev-{i}") for i in range(20)]
+    email = [common_pb2.Identity(type="email", value=f"m{i}@example.com") for i in range(20)]
+    ts = timestamp_pb2.Timestamp(seconds=int(time.time()) - 5)
+    view = common_pb2.EVENT_TYPE_PAGE_VIEW
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[
+        common_pb2.Event(message_id=f"{kind}-{i}", type=view, event_time=ts, identities=[who])
+        for i in range(20) for kind, who in (("d", device[i]), ("e", email[i]))]), metadata=md)
+    assert await wait_for(lambda: _pending_is(suite, md, 0))
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[
+        common_pb2.Event(message_id=f"login-{i}", type=common_pb2.EVENT_TYPE_LOGIN, event_time=ts,
+                         identities=[device[i], email[i]]) for i in range(20)]), metadata=md)
+    assert await wait_for(lambda: _pending_is(suite, md, 0))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{suite.ports['identity']}") as channel:
+        identity = identity_grpc.IdentityServiceStub(channel)
+        history = await identity.ListMergeEvents(identity_pb.ListMergeEventsRequest(page_size=100),
+                                                 metadata=(("x-tenant-id", tenant),))
+        assert len([e for e in history.merge_events if e.kind == identity_pb.MERGE_EVENT_KIND_MERGE]) == 20
+        queued = await identity.ListUnpropagatedMergeEvents(
+            identity_pb.ListUnpropagatedMergeEventsRequest(min_age_seconds=0), metadata=(("x-tenant-id", tenant),))
+    assert list(queued.merge_events) == []
+    for i in range(20):
+        reply = await suite.gateway.GetProfile(gw_profile(email[i]), metadata=md)
+        assert sorted(e.message_id for e in reply.events) == sorted([f"d-{i}", f"e-{i}", f"login-{i}"])
+
+
+def gw_profile(identity: common_pb2.Identity) -> pb.GetProfileRequest:
+    return pb.GetProfileRequest(individual_id=identity, event_limit=10)
