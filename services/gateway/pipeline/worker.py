@@ -205,6 +205,10 @@ class PartitionWorker:
                     log.warning("pipeline_take_failed", error=type(error).__name__)
                     await asyncio.sleep(0.5)
                     continue
+                except Exception:  # noqa: BLE001 - a bug here must not end the worker inside a gateway process
+                    log.exception("pipeline_take_error")
+                    await asyncio.sleep(1.0)
+                    continue
             # Wait for a tenant's work to end or for new events (a NOTIFY), whichever comes first.
             woken = asyncio.ensure_future(self.wake.wait())
             try:
