@@ -11,6 +11,8 @@ from services.identity.model import Key
 from services.identity.postgres import tenant_lock
 from shared.privacy import table_rows
 
+INDIVIDUAL = "\x00individual"  # the "type" under which forgotten unified ids are hashed
+
 # Rows of the individual (and its aliases) in every table of the schema, for ExportIndividual.
 _EXPORT = {
     "individuals": "SELECT to_jsonb(t) - 'tenant_id' AS row FROM individuals AS t"
@@ -75,6 +77,7 @@ class Target:
     alias_ids: list[str]
     unique: list[Key]
     shared: list[Key]
+    suppressed_count: int = 0  # unique identities tombstoned for it (this call and earlier ones)
 
 
 class PostgresPrivacy:
@@ -95,9 +98,10 @@ class PostgresPrivacy:
         return {bytes(r["value_hash"]) for r in rows}
 
     async def suppress(self, tenant: str, individual_id: str | None, key: Key | None, hasher
-                       ) -> tuple[Target | None, bytes]:
-        """Under the tenant's exclusive lock: finds the survivor the target names and tombstones its unique identities
-        and ids (hasher(salt, type, value) makes a tombstone). Returns (target or None when unknown, salt)."""
+                       ) -> tuple[Target | None, bytes, bool]:
+        """Under the tenant's exclusive lock: finds the survivor the target names (also half-way through a forget),
+        tombstones its unique identities and ids (hasher(salt, type, value) makes a tombstone) naming it as pending,
+        and deletes everything of it but its individuals rows. Returns (target or None, salt, target tombstoned)."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", tenant_lock(tenant))
             await conn.execute("INSERT INTO suppression_salts (tenant_id, salt) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -114,8 +118,17 @@ class PostgresPrivacy:
                     " UNION SELECT r.individual_id FROM shared_identities AS s"
                     " JOIN source_records AS r ON r.tenant_id = $1 AND r.record_id = s.record_id"
                     " WHERE s.tenant_id = $1 AND s.id_type = $2 AND s.id_value = $3", tenant, key[0], key[1])
-            if len(survivors) != 1:
-                return (None if not survivors else Target("", [r["id"] for r in survivors], [], [])), salt
+            if len(survivors) > 1:
+                return Target("", [r["id"] for r in survivors], [], []), salt, False
+            if not survivors:
+                hashed = hasher(salt, *key) if key else hasher(salt, INDIVIDUAL, individual_id)
+                stone = await conn.fetchrow(
+                    "SELECT s.pending_individual, n.individual_id IS NOT NULL AS present FROM suppressions AS s"
+                    " LEFT JOIN individuals AS n ON n.tenant_id = $1 AND n.individual_id = s.pending_individual"
+                    " WHERE s.tenant_id = $1 AND s.value_hash = $2", tenant, hashed)
+                if stone is None or not stone["present"]:
+                    return None, salt, stone is not None
+                survivors = [{"id": stone["pending_individual"]}]  # a forget that stopped half-way
             survivor = survivors[0]["id"]
             aliases = [r["individual_id"] for r in await conn.fetch(
                 "SELECT individual_id FROM individuals WHERE tenant_id = $1 AND merged_into = $2 ORDER BY individual_id",
@@ -130,10 +143,16 @@ class PostgresPrivacy:
             stones = [(hasher(salt, t, v), "identity") for t, v in unique]
             stones += [(hasher(salt, "\x00individual", i), "individual") for i in [survivor, *aliases]]
             await conn.execute(
-                "INSERT INTO suppressions (tenant_id, value_hash, kind)"
-                " SELECT $1, u.h, u.k FROM unnest($2::bytea[], $3::text[]) AS u(h, k) ON CONFLICT DO NOTHING",
-                tenant, [h for h, _ in stones], [k for _, k in stones])
-            return Target(survivor, aliases, unique, shared), salt
+                "INSERT INTO suppressions (tenant_id, value_hash, kind, pending_individual)"
+                " SELECT $1, u.h, u.k, $4 FROM unnest($2::bytea[], $3::text[]) AS u(h, k)"
+                " ON CONFLICT (tenant_id, value_hash) DO UPDATE SET pending_individual = excluded.pending_individual",
+                tenant, [h for h, _ in stones], [k for _, k in stones], survivor)
+            count = await conn.fetchval(
+                "SELECT count(*) FROM suppressions WHERE tenant_id = $1 AND pending_individual = $2"
+                " AND kind = 'identity'", tenant, survivor)
+            # From here nothing resolves to the individual: its identities and records are gone.
+            await conn.fetchrow(_ERASE, tenant, [survivor, *aliases])
+            return Target(survivor, aliases, unique, shared, count), salt, True
 
     async def erase(self, tenant: str, ids: list[str]) -> int:
         """Deletes every row of the individuals (and of individuals merged into them) in one transaction."""
@@ -143,6 +162,8 @@ class PostgresPrivacy:
             # Individuals last: identities and aliases reference them (the statement above sees the rows as they were).
             status = await conn.execute(
                 "DELETE FROM individuals WHERE tenant_id = $1 AND individual_id = ANY($2::text[])", tenant, row["ids"])
+            await conn.execute("UPDATE suppressions SET pending_individual = NULL"
+                               " WHERE tenant_id = $1 AND pending_individual = ANY($2::text[])", tenant, row["ids"])
             return row["erased"] + int(status.split()[-1])
 
     async def export(self, tenant: str, ids: list[str]) -> dict[str, list]:

@@ -12,12 +12,10 @@ from dataclasses import dataclass
 
 from services.identity import matching
 from services.identity.model import Key
-from services.identity.postgres_privacy import PostgresPrivacy, Target
+from services.identity.postgres_privacy import INDIVIDUAL, PostgresPrivacy, Target
 from services.identity.service import IdentityService
 from shared.errors import InvalidArgument, NotFound, Violations
 from shared.privacy import MAX_IDS, document, validate_ids
-
-INDIVIDUAL = "\x00individual"  # the "type" under which forgotten unified ids are hashed
 
 
 def tombstone(salt: bytes, id_type: str, value: str) -> bytes:
@@ -87,18 +85,17 @@ class IdentityPrivacy:
             key = (await self._normalize(tenant, [identity], "identity"))[0][0]
         elif len(individual_id) > 200 or "\x00" in individual_id:
             raise InvalidArgument([("unified_individual_id", "must be at most 200 characters without NUL")])
-        found, salt = await self.store.suppress(tenant, individual_id or None, key, tombstone)
+        found, salt, tombstoned = await self.store.suppress(tenant, individual_id or None, key, tombstone)
         self._salts[tenant] = (time.monotonic(), salt)
         if found is not None and not found.individual_id:
             raise InvalidArgument([("identity", f"{len(found.alias_ids)} individuals share this identity; name one"
                                                 " by a unique identity or its unified_individual_id")])
         if found is None:
-            hashed = tombstone(salt, *key) if key else tombstone(salt, INDIVIDUAL, individual_id)
-            if await self.store.suppressed(tenant, [hashed]):
+            if tombstoned:
                 return Suppressed(None, 0)
             raise NotFound("no individual has this identity or id, and none was forgotten under it",
                            reason="INDIVIDUAL_NOT_FOUND")
-        return Suppressed(found, len(found.unique))
+        return Suppressed(found, found.suppressed_count)
 
     async def erase(self, tenant: str, ids: list[str]) -> int:
         """Deletes every identity row of the individuals; the tombstones stay."""

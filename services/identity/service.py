@@ -83,21 +83,35 @@ class IdentityService:
         """Resolves each subject to a unified individual, creating, attaching and merging unless lookup_only."""
         config = await self.config(tenant)
         subs = validate_subjects(subjects, config, self.settings.default_region, attributes)
-        blocked = await self.blocked(tenant, _all_keys([s.unique for s in subs])) if self.blocked else set()
+        return await self._resolve(tenant, subs, config, lookup_only, check=self.blocked is not None)
+
+    async def _suppressed(self, tenant: str, subs: list, config: Config, lookup_only: bool, unknown: list[Key]
+                          ) -> list[Resolution] | None:
+        """None when no subject carries a suppressed identity; else every resolution, the suppressed ones marked.
+
+        Only identities nobody owns are checked: forgetting deletes the identities it tombstones (and nothing
+        re-creates them), so a known identity is never suppressed and the hot path (all known) costs nothing."""
+        assert self.blocked is not None
+        blocked = await self.blocked(tenant, unknown) if unknown else set()
         if not blocked:
-            return await self._resolve(tenant, subs, config, lookup_only)
+            return None
         # Subjects carrying an identity of a forgotten individual are not resolved at all (their events are dropped).
         kept = [n for n, s in enumerate(subs) if blocked.isdisjoint(s.unique)]
         out = [Resolution("", suppressed=True)] * len(subs)
         if kept:
-            for n, resolution in zip(kept, await self._resolve(tenant, [subs[n] for n in kept], config, lookup_only)):
+            resolved = await self._resolve(tenant, [subs[n] for n in kept], config, lookup_only, check=False)
+            for n, resolution in zip(kept, resolved):
                 out[n] = resolution
         return out
 
-    async def _resolve(self, tenant: str, subs: list, config: Config, lookup_only: bool) -> list[Resolution]:
+    async def _resolve(self, tenant: str, subs: list, config: Config, lookup_only: bool, *, check: bool
+                       ) -> list[Resolution]:
         unique = _all_keys([s.unique for s in subs])
         if lookup_only:
             snap = Snapshot(owners=await self.repository.lookup_owners(tenant, unique))
+            if check and (out := await self._suppressed(
+                    tenant, subs, config, lookup_only, [k for k in unique if k not in snap.owners])) is not None:
+                return out
             return plan_resolution(subs, snap, datetime.now(UTC), config.ruleset, lookup_only=True).resolutions
         shared = _all_keys([s.shared for s in subs])
         covering = [(n, s.unique[0], s.record) for n, s in enumerate(subs) if s.record.attributes and s.unique]
@@ -107,9 +121,13 @@ class IdentityService:
         # by record id (the write path looks up all, so a record seen before is never stored twice).
         fast = SnapshotQuery(unique=unique, shared=shared, covering=covering, record_ids=list(dict.fromkeys(
             s.record_id for s in subs if not s.plain and not (s.record.attributes and s.unique))))
-        known = known_resolutions(subs, await self.repository.lookup(tenant, fast))
+        seen = await self.repository.lookup(tenant, fast)
+        known = known_resolutions(subs, seen)
         if known is not None:
             return known
+        if check and (out := await self._suppressed(
+                tenant, subs, config, lookup_only, [k for k in unique if k not in seen.owners])) is not None:
+            return out
         block_keys = list(dict.fromkeys(k for s in subs for _, k in s.blocks))
         query = SnapshotQuery(
             unique=unique, shared=shared, record_ids=list(dict.fromkeys(s.record_id for s in subs)),
