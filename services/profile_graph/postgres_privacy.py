@@ -10,12 +10,19 @@ from shared.privacy import erase_rows, export_rows
 TABLES = ("attributes", "attribute_values", "insight_values", "insight_partials", "memberships", "membership_history",
           "profile_objects", "consents", "affinities", "events", "individuals", "merged_individuals")
 
+# How each table names the individual (merged-id redirects name it on either side).
+_WHERE = {"merged_individuals": "(t.individual_id = ANY($2::text[]) OR t.survivor_id = ANY($2::text[]))"}
+
+
+def _where(table: str) -> str:
+    return _WHERE.get(table, "t.individual_id = ANY($2::text[])")
+
 
 def _export_sql(table: str) -> str:
     drop = " - 'payload'" if table == "events" else ""  # the columns hold the event; the bytes add nothing readable
     order = {"events": "t.seq", "membership_history": "t.id"}.get(table, "1")
     return (f"SELECT to_jsonb(t) - 'tenant_id'{drop} AS row FROM {table} AS t"
-            f" WHERE t.tenant_id = $1 AND t.individual_id = ANY($2::text[]) ORDER BY {order}")
+            f" WHERE t.tenant_id = $1 AND {_where(table)} ORDER BY {order}")
 
 
 class PostgresPrivacy:
@@ -32,7 +39,7 @@ class PostgresPrivacy:
             message_ids = [r["message_id"] for r in await conn.fetch(
                 "SELECT message_id FROM events WHERE tenant_id = $1 AND individual_id = ANY($2::text[])", tenant, ids)]
             erased = await erase_rows(conn, [
-                f"DELETE FROM {t} WHERE tenant_id = $1 AND individual_id = ANY($2::text[])" for t in TABLES], tenant, ids)
+                f"DELETE FROM {t} AS t WHERE t.tenant_id = $1 AND {_where(t)}" for t in TABLES], tenant, ids)
         return erased, message_ids
 
     async def export(self, tenant: str, ids: list[str]) -> dict[str, list]:
