@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import time
 import uuid
+
+from shared.errors import DeadlineExceeded
 
 REQUEST_ID_HEADER = "x-request-id"
 TENANT_HEADER = "x-tenant-id"
@@ -29,3 +32,30 @@ def remaining_seconds() -> float | None:
     """Seconds left before the current call's deadline, or None when it has none."""
     deadline = deadline_var.get()
     return None if deadline is None else deadline - time.monotonic()
+
+
+def check_deadline(what: str) -> None:
+    """Raises DeadlineExceeded when the current call's deadline has passed (what: the work being stopped)."""
+    left = remaining_seconds()
+    if left is not None and left <= 0:
+        raise DeadlineExceeded(f"the deadline passed during {what}; the work was stopped")
+
+
+class Slices:
+    """Long work in slices: tick() between steps yields the event loop once a slice has run `seconds`, and
+    stops the work with DeadlineExceeded when the caller's deadline has passed (unless honour_deadline is off:
+    work that must finish once begun, such as appending acknowledged events, only yields)."""
+
+    def __init__(self, what: str, seconds: float = 0.002, *, honour_deadline: bool = True, pause: float = 0.001):
+        self.what = what
+        self.seconds = seconds
+        self.pause = pause
+        self.honour_deadline = honour_deadline
+        self._start = time.perf_counter()
+
+    async def tick(self) -> None:
+        if time.perf_counter() - self._start >= self.seconds:
+            await asyncio.sleep(self.pause)
+            if self.honour_deadline:
+                check_deadline(self.what)
+            self._start = time.perf_counter()

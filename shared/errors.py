@@ -141,6 +141,13 @@ def retry_delay_of(error: grpc.aio.AioRpcError) -> float | None:
     return None
 
 
+class DeadlineExceeded(TailorError):
+    """The caller's deadline passed while the work was under way, and the work was stopped."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"
+
+
 class Violations:
     """Collects field violations while validating a request; raise_if_any() raises one InvalidArgument."""
 
@@ -187,5 +194,5 @@ def status_details(error: grpc.aio.AioRpcError) -> tuple[list[tuple[str, str]], 
 __all__ = [
     "TailorError", "InvalidArgument", "NotFound", "AlreadyExists", "FailedPrecondition", "Unauthenticated",
     "PermissionDenied", "ResourceExhausted", "Unavailable", "Violations", "rich_status_of", "status_details",
-    "retry_info", "retry_delay_of",
+    "retry_info", "retry_delay_of", "DeadlineExceeded",
 ]

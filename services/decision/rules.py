@@ -15,10 +15,9 @@ from typing import Any
 
 import cel
 
-MAX_RULE_CHARS = 4096
-MAX_RULE_DEPTH = 32
-MAX_COMPREHENSIONS = 8
-MAX_COMPREHENSION_NESTING = 2
+from shared import rule_limits
+from shared.rule_limits import RuleCost
+
 VARIABLES = ("profile", "context")
 
 # What a key missing from the caller's input defaults to, so `"vip" in profile.segments` is simply false for
@@ -42,15 +41,13 @@ SAMPLE_ACTIVATION = {"profile": dict(PROFILE_DEFAULTS), "context": dict(CONTEXT_
 ALL = None
 
 _UNDEFINED = "Undefined variable or function"
-_MACRO = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(")
-_BOUND_NAME = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_]\w*)\s*,")
 _USE = re.compile(r"\b(profile|context)\b")
 _DOT_KEY = re.compile(r"\s*\.\s*([A-Za-z_]\w*)(?!\w)(\s*\()?")
 _INDEX_KEY = re.compile(r"""\s*\[\s*(?:"([^"\\]*)"|'([^'\\]*)')\s*\]""")
 
 
 class RuleError(ValueError):
-    """A rule refused when saved; the message says why (for syntax errors, the library's own message)."""
+    """A rule refused when saved; the message says why and where, quoting at most a few dozen characters."""
 
 
 @dataclass(frozen=True)
@@ -61,52 +58,8 @@ class CompiledRule:
     program: Any
     # Variable -> top-level keys read, or ALL; a variable the rule never mentions is absent.
     needs: Mapping[str, frozenset[str] | None]
-
-
-def check_cost(source: str) -> str | None:
-    """Why the rule is too costly to run (too long, nested too deep), or None."""
-    if len(source) > MAX_RULE_CHARS:
-        return f"rule is {len(source)} characters long; at most {MAX_RULE_CHARS} are allowed"
-    depth = deepest = 0
-    quote = ""
-    escaped = False
-    for ch in source:
-        if quote:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == quote:
-                quote = ""
-        elif ch in "\"'":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif ch in ")]}":
-            depth -= 1
-    if deepest > MAX_RULE_DEPTH:
-        return f"rule nests brackets {deepest} deep; at most {MAX_RULE_DEPTH} levels are allowed"
-    return _comprehension_cost(source)
-
-
-def _comprehension_cost(source: str) -> str | None:
-    """Why the rule's comprehensions (all, exists, map, ...) are too many or nested too deep, or None."""
-    blanked = re.sub(r'"(?:[^"\\\n]|\\.)*"|\'(?:[^\'\\\n]|\\.)*\'', lambda m: " " * len(m.group(0)), source)
-    starts = {m.end() - 1 for m in _MACRO.finditer(blanked)}
-    if len(starts) > MAX_COMPREHENSIONS:
-        return f"rule has {len(starts)} comprehensions; at most {MAX_COMPREHENSIONS} are allowed"
-    open_parens: list[bool] = []  # per open parenthesis: whether it opened a comprehension
-    for i, ch in enumerate(blanked):
-        if ch == "(":
-            open_parens.append(i in starts)
-            nesting = sum(open_parens)
-            if nesting > MAX_COMPREHENSION_NESTING:
-                return (f"rule nests comprehensions {nesting} deep; at most {MAX_COMPREHENSION_NESTING} "
-                        "levels are allowed")
-        elif ch == ")" and open_parens:
-            open_parens.pop()
-    return None
+    # Estimated steps by the size of the data it reads (shared.rule_limits).
+    cost: RuleCost = rule_limits.FREE
 
 
 def _needs(source: str) -> dict[str, frozenset[str] | None]:
@@ -135,22 +88,24 @@ def compile_rule(source: str) -> CompiledRule:
     """Compiles and checks a rule; raises RuleError when it cannot be saved. Memoized by source."""
     if not source.strip():
         return CompiledRule(source=source, program=None, needs={})
-    too_costly = check_cost(source)
-    if too_costly:
-        raise RuleError(too_costly)
+    try:
+        cost = rule_limits.check(source)
+    except rule_limits.RuleTooCostly as error:
+        raise RuleError(str(error)) from None
     try:
         program = cel.compile(source)
     except Exception as error:  # noqa: BLE001 - the library raises ValueError and friends on bad syntax
-        raise RuleError(str(error)) from None
-    bound = set(_BOUND_NAME.findall(source))
+        raise RuleError(rule_limits.compiler_message(error, source)) from None
+    bound = rule_limits.bound_names(source)
     strangers = sorted(set(program.variables()) - set(VARIABLES) - bound)
     if strangers:
-        raise RuleError(f"undeclared reference to '{strangers[0]}': rules see only profile and context")
+        raise RuleError(f"undeclared reference to {rule_limits.shorten(strangers[0], 40)!r}: rules see only "
+                        "profile and context")
     try:
         result = program.execute(SAMPLE_ACTIVATION)
     except RuntimeError as error:
         if str(error).startswith(_UNDEFINED):
-            raise RuleError(str(error)) from None
+            raise RuleError(rule_limits.shorten(str(error))) from None
         result = True  # a failing function call on empty sample data (int("")) may well work on real data
     except TypeError as error:
         # Every value of the sample has its real type and every map is empty, so a type error here is not
@@ -160,7 +115,7 @@ def compile_rule(source: str) -> CompiledRule:
         result = True  # missing keys and empty lists are the sample's emptiness, not the rule's fault
     if not isinstance(result, bool):
         raise RuleError(f"rule must yield a bool, but yields {_cel_type(result)} on an empty profile")
-    return CompiledRule(source=source, program=program, needs=_needs(source))
+    return CompiledRule(source=source, program=program, needs=_needs(source), cost=cost)
 
 
 class _Broken:
@@ -206,9 +161,26 @@ def _variable(var: str, keys: frozenset[str] | None, source: Mapping[str, Any]) 
     return value
 
 
-def activation(needs: Mapping[str, frozenset[str] | None], inputs: Mapping[str, Mapping[str, Any]]) -> cel.Context:
+class Run:
+    """What one evaluation sees: the CEL context, and the values in it (to size them for costly rules)."""
+
+    __slots__ = ("ctx", "_values", "_largest")
+
+    def __init__(self, ctx: cel.Context, values: list):
+        self.ctx = ctx
+        self._values = values
+        self._largest: int | None = None
+
+    def largest(self) -> int:
+        if self._largest is None:
+            self._largest = rule_limits.largest_collection(self._values)
+        return self._largest
+
+
+def activation(needs: Mapping[str, frozenset[str] | None], inputs: Mapping[str, Mapping[str, Any]]) -> Run:
     """One CEL context per request holding only what the rules read; missing documented keys get defaults."""
-    return cel.Context(variables={var: _variable(var, keys, inputs.get(var) or {}) for var, keys in needs.items()})
+    variables = {var: _variable(var, keys, inputs.get(var) or {}) for var, keys in needs.items()}
+    return Run(cel.Context(variables=variables), list(variables.values()))
 
 
 class BatchActivation:
@@ -223,25 +195,32 @@ class BatchActivation:
         self._reads_profile = "profile" in needs
         self._profile_keys = needs.get("profile")
         shared = {var: _variable(var, keys, context or {}) for var, keys in needs.items() if var == "context"}
+        self._shared = list(shared.values())
         self._ctx = cel.Context(variables=shared)
 
-    def with_profile(self, profile: Mapping[str, Any]) -> cel.Context:
+    def with_profile(self, profile: Mapping[str, Any]) -> Run:
         """The shared context with this individual's profile (only the keys the rules read)."""
-        if self._reads_profile:
-            self._ctx.add_variable("profile", _variable("profile", self._profile_keys, profile or {}))
-        return self._ctx
+        if not self._reads_profile:
+            return Run(self._ctx, self._shared)
+        value = _variable("profile", self._profile_keys, profile or {})
+        self._ctx.add_variable("profile", value)
+        return Run(self._ctx, [*self._shared, value])
 
 
-def evaluate(rule: CompiledRule, ctx: cel.Context) -> tuple[bool, str]:
-    """Runs a rule: (matched, error). A rule that fails or yields a non-bool does not match."""
+def evaluate(rule: CompiledRule, run: Run) -> tuple[bool, str]:
+    """Runs a rule: (matched, error). A rule that fails, yields a non-bool or would pass its evaluation budget
+    on this data (rule_limits.MAX_RUN_COST) does not match."""
     if rule.program is None:
         return True, ""
+    if rule.cost.superlinear and rule.cost.at(run.largest()) > rule_limits.MAX_RUN_COST:
+        return False, (f"not run: over the evaluation budget on a collection of {run.largest()} elements "
+                       f"(estimated {rule.cost.at(run.largest()):,} steps, at most {rule_limits.MAX_RUN_COST:,})")
     try:
-        result = rule.program.execute(ctx)
+        result = rule.program.execute(run.ctx)
     except KeyError as error:
-        return False, f"no such key: {error.args[0] if error.args else error}"
+        return False, rule_limits.shorten(f"no such key: {error.args[0] if error.args else error}")
     except Exception as error:  # noqa: BLE001 - any run-time failure means "does not match"
-        return False, str(error) or type(error).__name__
+        return False, rule_limits.shorten(str(error) or type(error).__name__)
     if not isinstance(result, bool):
         return False, f"rule yielded {_cel_type(result)}, not a bool"
     return result, ""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.decision import rules
+from shared.rule_limits import shorten
 
 FIELD_TYPES = ("STRING", "NUMBER", "BOOL", "STRING_LIST")
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -124,7 +125,7 @@ def check_rule(source: str, schema: ProfileSchema | None) -> None:
         return
     errors = reference_errors(source, schema)
     if errors:
-        raise rules.RuleError("; ".join(errors))
+        raise rules.RuleError(shorten("; ".join(errors), 300))
     # CEL's && and || absorb an error when the other side decides, so each top-level operand is run on its own too.
     programs = [compiled.program] + [p for p in (_operand_program(part) for part in _top_level_operands(source)) if p]
     for program in programs:
@@ -163,10 +164,10 @@ def _run_typed(program, schema: ProfileSchema) -> None:
         try:
             result = program.execute(sample)
         except TypeError as error:
-            raise rules.RuleError(f"type error on the declared schema: {error}") from None
+            raise rules.RuleError(shorten(f"type error on the declared schema: {error}")) from None
         except RuntimeError as error:
             if str(error).startswith("Undefined variable or function"):
-                raise rules.RuleError(f"type error on the declared schema: {error}") from None
+                raise rules.RuleError(shorten(f"type error on the declared schema: {error}")) from None
             continue
         except (KeyError, IndexError, ZeroDivisionError, ValueError, OverflowError):
             continue

@@ -17,7 +17,11 @@ from services.profile_graph.domain import (
 )
 from services.profile_graph.items import check_item_attributes, check_item_filters
 from services.profile_graph.segments import RuleCache
+from shared.context import Slices, check_deadline
 from shared.errors import InvalidArgument, NotFound, Violations
+from shared.log import get_logger
+
+log = get_logger("profile_graph.service")
 
 # Individuals are recomputed in chunks of this size when a definition changes for everyone.
 RECOMPUTE_CHUNK = 1_000
@@ -205,11 +209,15 @@ class ProfileGraph:
                 await unit.add_affinities(increments, config.affinity.half_life)
 
     async def _recompute(self, unit: Unit, tenant: str, config: Config, ids: list[str], now: datetime,
-                         fresh: list[NewEvent] | None = None) -> dict[str, tuple[list[str], list[str]]]:
+                         fresh: list[NewEvent] | None = None, slices: Slices | None = None
+                         ) -> dict[str, tuple[list[str], list[str]]]:
         """Recomputes insight values and segment memberships of ids; returns (entered, exited) per individual.
 
         With fresh (the events just appended, possibly none) insights are updated incrementally from the stored
-        partials; without, they are recomputed from the individuals' events and their partials rewritten."""
+        partials; without, they are recomputed from the individuals' events and their partials rewritten.
+        Memberships are evaluated in slices of a few milliseconds, the event loop yielded between them (slices:
+        the caller's, when its deadline must stop the work)."""
+        slices = slices or Slices("a recomputation", honour_deadline=False)
         defs = [d for d in config.insights if d.subject != domain.SUBJECT_ITEM]
         values: dict[str, list[tuple[str, str, float]]] = {}
         if defs:
@@ -227,17 +235,25 @@ class ProfileGraph:
         entered: list[tuple[str, str]] = []
         exited: list[tuple[str, str]] = []
         changes: dict[str, tuple[list[str], list[str]]] = {}
+        skipped: dict[str, int] = {}
         for individual_id in ids:
+            await slices.tick()
             attributes, current, affinities, consents = states.get(individual_id, ({}, set(), {}, {}))
             insight_map = insights.insight_view(defs, values.get(individual_id, []))
+            over: set[str] = set()
             now_in = segments.evaluate_memberships(programs, attributes, insight_map, current, affinities, consents,
-                                                   variables, memo)
+                                                   variables, memo, over)
+            for name in over:
+                skipped[name] = skipped.get(name, 0) + 1
             came = sorted(now_in - current)
             went = sorted(current - now_in)
             if came or went:
                 changes[individual_id] = (came, went)
                 entered += [(individual_id, s) for s in came]
                 exited += [(individual_id, s) for s in went]
+        if skipped:
+            # Not run on these individuals: their data would take the rule past its evaluation budget.
+            log.warning("segment_rule_over_budget", tenant=tenant, individuals=skipped)
         if entered or exited:
             await unit.change_memberships(entered, exited, now)
         return changes
@@ -326,14 +342,15 @@ class ProfileGraph:
         await unit.change_insight_values(*insights.insight_changes(values, previous))
         return values
 
-    async def _rebuild(self, unit: Unit, tenant: str, config: Config, ids: list[str], now: datetime) -> None:
+    async def _rebuild(self, unit: Unit, tenant: str, config: Config, ids: list[str], now: datetime,
+                       slices: Slices | None = None) -> None:
         """Forgets everything derived about ids (except consents set through the API) and derives it again from
         their events, then recomputes insights and memberships."""
         await unit.clear_derived(ids)
         events = await unit.replay_events(ids)
         if events:
             await self._derive(unit, config, events, ids, all_keys=True)
-        await self._recompute(unit, tenant, config, ids, now)
+        await self._recompute(unit, tenant, config, ids, now, slices=slices)
 
     async def reassign(self, tenant: str, from_ids: list[str], to_id: str,
                        only_identities: list[tuple[str, str]] | None = None) -> int:
@@ -383,10 +400,14 @@ class ProfileGraph:
             await self._rebuild(unit, tenant, config, [to_id], now)
         return moved
 
-    async def _recompute_everyone(self, unit: Unit, tenant: str, config: Config, now: datetime) -> int:
+    async def _recompute_everyone(self, unit: Unit, tenant: str, config: Config, now: datetime, what: str) -> int:
+        """Recomputes every individual in chunks; stops (DeadlineExceeded, the transaction rolled back) once the
+        caller's deadline has passed."""
+        slices = Slices(what)
         after, count = "", 0
         while ids := await unit.individual_ids(after, RECOMPUTE_CHUNK):
-            await self._recompute(unit, tenant, config, ids, now)
+            check_deadline(what)
+            await self._recompute(unit, tenant, config, ids, now, slices=slices)
             after, count = ids[-1], count + len(ids)
         return count
 
@@ -394,18 +415,21 @@ class ProfileGraph:
         """Full recompute of one tenant: every individual's insights and memberships (one short transaction per
         chunk) and every item's insights. Returns (individuals, items)."""
         individuals, after = 0, ""
+        slices = Slices("the recomputation")
         while True:
+            check_deadline("the recomputation")
             async with self.store.unit(tenant) as unit:
                 await unit.lock_definitions(exclusive=False)
                 config = await unit.config()
                 ids = await unit.individual_ids(after, RECOMPUTE_CHUNK)
                 if ids:
-                    await self._recompute(unit, tenant, config, ids, self.clock())
+                    await self._recompute(unit, tenant, config, ids, self.clock(), slices=slices)
             if not ids:
                 break
             individuals, after = individuals + len(ids), ids[-1]
         items, after = 0, ""
         while True:
+            check_deadline("the recomputation")
             async with self.store.unit(tenant) as unit:
                 ids = await unit.item_ids(after, ITEM_CHUNK)
                 if ids:
@@ -535,6 +559,8 @@ class ProfileGraph:
         return (await self.store.read_config(tenant)).recon
 
     async def _save_and_rebuild(self, tenant: str, save) -> None:
+        what = "the rebuild of every individual"
+        slices = Slices(what)
         async with self.store.unit(tenant) as unit:
             await unit.lock_definitions(exclusive=True)
             await save(unit)
@@ -542,7 +568,8 @@ class ProfileGraph:
             now = self.clock()
             after = ""
             while ids := await unit.individual_ids(after, RECOMPUTE_CHUNK):
-                await self._rebuild(unit, tenant, config, ids, now)
+                check_deadline(what)
+                await self._rebuild(unit, tenant, config, ids, now, slices)
                 after = ids[-1]
 
     async def set_consents(self, tenant: str, individual_id: str, consents: list[tuple[str, int]]
@@ -649,10 +676,12 @@ class ProfileGraph:
             if insight.subject == domain.SUBJECT_ITEM:
                 after = ""
                 while ids := await unit.item_ids(after, ITEM_CHUNK):
+                    check_deadline("the recomputation of every item for the insight")
                     await self._item_insights(unit, ids)
                     after = ids[-1]
             else:
-                await self._recompute_everyone(unit, tenant, config, self.clock())
+                await self._recompute_everyone(unit, tenant, config, self.clock(),
+                                               "the recomputation of every individual for the insight")
         return insight
 
     async def list_insights(self, tenant: str, size: int, token: str) -> tuple[list[InsightDef], str]:
@@ -678,7 +707,8 @@ class ProfileGraph:
             self.rules.put(tenant, segment.name, segment.rule, program)
             await unit.save_segment(segment)
             config = await unit.config()
-            await self._recompute_everyone(unit, tenant, config, self.clock())
+            await self._recompute_everyone(unit, tenant, config, self.clock(),
+                                           "the recomputation of every individual for the segment")
             count = await unit.member_count(segment.name)
         return SegmentDef(segment.name, segment.description, segment.rule, count)
 

@@ -344,7 +344,8 @@ async def test_pathological_comprehensions_are_refused(world):
     rule = "profile.events.exists(a, profile.events.exists(b, profile.events.exists(c, true)))"
     with pytest.raises(InvalidArgument) as err:
         await service.upsert_decision(T, Decision("", "home_banner", "x", rule=rule, content={"headline": "h"}))
-    assert "comprehensions 3 deep" in err.value.violations[0][1]
+    assert err.value.violations == [("decision.rule", "comprehensions nest 3 deep at column 66; at most 2 levels "
+                                                      "are allowed")]
 
 
 async def test_attribution_credits_first_and_last_touch_by_view_and_by_click(world):

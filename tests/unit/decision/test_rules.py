@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from google.protobuf import struct_pb2
 
 from services.decision import rules
@@ -37,5 +38,17 @@ def test_missing_documented_keys_default_to_empty():
 
 
 def test_depth_counts_brackets_outside_string_literals_only():
-    assert rules.check_cost("[" * 33 + "]" * 33) is not None
-    assert rules.check_cost('"' + "[" * 40 + '" == ""') is None
+    with pytest.raises(rules.RuleError) as info:
+        rules.compile_rule("[" * 33 + "]" * 33 + " == []")
+    assert "at column 33" in str(info.value)
+    assert rules.compile_rule('"' + "[" * 40 + '" == ""').program is not None
+
+
+def test_a_rule_too_costly_for_its_data_does_not_run_and_says_why():
+    rule = rules.compile_rule("profile.attributes.tags.all(x, x in profile.attributes.tags)")
+    small = rules.activation(rule.needs, {"profile": {"attributes": {"tags": ["a", "b"]}}, "context": {}})
+    assert rules.evaluate(rule, small) == (True, "")
+    big = rules.activation(rule.needs, {"profile": {"attributes": {"tags": [str(i) for i in range(1000)]}},
+                                        "context": {}})
+    matched, error = rules.evaluate(rule, big)
+    assert not matched and error.startswith("not run: over the evaluation budget on a collection of 1000 elements")

@@ -204,9 +204,9 @@ def test_rule_that_errors_on_a_profile_does_not_match():
 
 def test_rule_cache_recompiles_only_when_the_rule_changes():
     cache = RuleCache()
-    first = cache.programs("t", [SegmentDef("s", "", "true")])[0][1]
-    assert cache.programs("t", [SegmentDef("s", "", "true")])[0][1] is first
-    assert cache.programs("t", [SegmentDef("s", "", "false")])[0][1] is not first
+    first = cache.programs("t", [SegmentDef("s", "", "true")])[0].program
+    assert cache.programs("t", [SegmentDef("s", "", "true")])[0].program is first
+    assert cache.programs("t", [SegmentDef("s", "", "false")])[0].program is not first
 
 
 def test_page_token_from_another_listing_is_refused():
@@ -223,3 +223,30 @@ def test_unknown_read_mask_path_is_refused_with_its_index():
         domain.profile_parts(["events", "friends"])
     assert fields(info.value) == ["read_mask.paths[1]"]
     assert domain.profile_parts([]) == set(domain.PROFILE_PARTS)
+
+
+def test_a_rule_whose_cost_on_this_profile_passes_the_budget_is_not_run_and_is_named():
+    programs = RuleCache().programs("t", [SegmentDef("square", "", "attributes.tags.all(x, x in attributes.tags)"),
+                                          SegmentDef("gold", "", 'attributes.tier == "gold"')])
+    over: set[str] = set()
+    small = {"tier": "gold", "tags": ["a", "b"]}
+    assert segments.evaluate_memberships(programs, small, {}, set(), over_budget=over) == {"square", "gold"}
+    assert over == set()
+    huge = {"tier": "gold", "tags": [str(i) for i in range(1000)]}
+    assert segments.evaluate_memberships(programs, huge, {}, {"square"}, over_budget=over) == {"gold"}
+    assert over == {"square"}
+
+
+@pytest.mark.parametrize("rule, expected", [
+    ("attributes.a.all(x, attributes.b.all(y, attributes.c.all(z, true)))",
+     "comprehensions nest 3 deep at column 54; at most 2 levels are allowed"),
+    ("(" * 2000 + "true" + ")" * 2000, "brackets nest more than 32 deep at column 33; at most 32 levels are allowed"),
+    ("attributes.tags.exists(t, t == 'x')", None),
+])
+def test_segment_rules_are_held_to_the_shared_limits(rule, expected):
+    if expected is None:
+        assert segments.compile_rule(rule, []) is not None
+        return
+    with pytest.raises(InvalidArgument) as info:
+        segments.compile_rule(rule, [])
+    assert info.value.violations == [("segment.rule", expected)]
