@@ -23,6 +23,8 @@ class Built:
     authenticate: Authenticator | None = tenant_from_metadata
     generic_handlers: list[grpc.GenericRpcHandler] = field(default_factory=list)
     extra_reflection_names: list[str] = field(default_factory=list)
+    # The descriptor pool reflection serves (None: the default one).
+    reflection_pool: object | None = None
     # Started after the server is up (for example the gateway's pipeline worker); cancelled on stop.
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -44,6 +46,7 @@ async def start_built(built: Built, *, port: int = 0, host: str = "127.0.0.1",
         authenticate=built.authenticate,
         generic_handlers=built.generic_handlers,
         extra_reflection_names=built.extra_reflection_names,
+        reflection_pool=built.reflection_pool,
     )
     tasks = [asyncio.create_task(job()) for job in built.background]
     return running, tasks

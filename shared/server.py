@@ -213,6 +213,7 @@ async def start_server(
     generic_handlers: Iterable[grpc.GenericRpcHandler] = (),
     extra_reflection_names: Iterable[str] = (),
     reuse_port: bool = False,
+    reflection_pool=None,
 ) -> RunningServer:
     """Starts a grpc.aio server with the services, health, reflection and the call-context interceptor.
 
@@ -235,6 +236,7 @@ async def start_server(
         [*names, *extra_reflection_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME],
         server,
+        pool=reflection_pool,  # None: the default pool; the gateway's lists only the methods it serves
     )
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()

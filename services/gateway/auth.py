@@ -56,6 +56,7 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     GATEWAY + "ForgetIndividual": frozenset({"admin"}),
     GATEWAY + "ExportIndividual": frozenset({"admin"}),
     GATEWAY + "LiftSuppression": frozenset({"admin"}),
+    GATEWAY + "GetRecommendations": frozenset({"decide"}),
     PROFILE + "UpsertItems": frozenset({"ingest", "admin"}),
     PROFILE + "GetItems": frozenset({"decide", "admin"}),
     PROFILE + "UpsertInsight": frozenset({"admin"}),

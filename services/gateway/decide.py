@@ -154,8 +154,7 @@ class Decider:
         lap("identify")
 
         tenant = ctx.current_tenant()
-        over_quota = not await self.quotas.take_credits(tenant, len(request.personalization_points)) or \
-            await self.quotas.retry_after(tenant) is not None
+        over_quota = await self.quotas.over_quota(tenant, len(request.personalization_points))
         profile = await self.augment(request, unified_id, skip=over_quota)
         lap("augment")
 
@@ -213,7 +212,7 @@ class Decider:
                     point_id=p.personalization_point_id, point_name=p.personalization_point_name,
                     decision_id=p.decision_id, unified_individual_id=unified_id,
                     channel=request.context.channel, correlation_id=request.context.correlation_id,
-                    anchor_id=request.context.anchor_id, served=_served(p), stage_ms=stage_ms, log_time=now,
+                    anchor_id=request.context.anchor_id, served=served(p.data), stage_ms=stage_ms, log_time=now,
                     experiment_id=p.experiment_id, cohort_id=p.cohort_id)
                 for p in personalizations])
         return pb.GetDecisionsResponse(request_id=request_id, personalizations=personalizations)
@@ -316,9 +315,10 @@ def shape_items(ranked, attributes: list[str]) -> list[struct_pb2.Struct]:
     return [_struct(row) for row in item_rows(ranked, attributes)]
 
 
-def _served(p: pb.Personalization) -> struct_pb2.Struct:
-    served = struct_pb2.Struct()
-    data = served.get_or_create_list("data")
-    for item in p.data:  # copied as messages: no round trip through Python dicts
-        data.values.add().struct_value.CopyFrom(item)
-    return served
+def served(data) -> struct_pb2.Struct:
+    """What a decision-log row records as served: {"data": [the items or content, as sent]}."""
+    result = struct_pb2.Struct()
+    values = result.get_or_create_list("data")
+    for item in data:  # copied as messages: no round trip through Python dicts
+        values.values.add().struct_value.CopyFrom(item)
+    return result

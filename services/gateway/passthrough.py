@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import grpc
-from google.protobuf import descriptor_pool
+from google.protobuf import descriptor_pb2, descriptor_pool
 
 from services.gateway.auth import GATEWAY, METHOD_SCOPES
 from shared.client import open_stream
@@ -66,3 +66,38 @@ class Passthrough(grpc.GenericRpcHandler):
     @property
     def service_names(self) -> list[str]:
         return sorted({m.split("/")[1] for m in self.handlers})
+
+
+def served_pool(methods: list[str], service_names: list[str], untouched: list[str] = ()
+                ) -> descriptor_pool.DescriptorPool:
+    """A descriptor pool for reflection in which the named services hold only the given methods (and the untouched
+    services, such as health and reflection, all of theirs).
+
+    The gateway forwards a chosen subset of each domain service's RPCs; reflecting their whole services would list
+    methods that answer UNIMPLEMENTED. Files are copied from the default pool with the other methods left out.
+    """
+    served = {m.strip("/") for m in methods}
+    source = descriptor_pool.Default()
+    pool = descriptor_pool.DescriptorPool()
+    added: set[str] = set()
+
+    def add(file) -> None:
+        if file.name in added:
+            return
+        for dependency in file.dependencies:
+            add(dependency)
+        proto = descriptor_pb2.FileDescriptorProto()
+        file.CopyToProto(proto)
+        for service in proto.service:
+            full_name = f"{proto.package}.{service.name}" if proto.package else service.name
+            if full_name not in service_names:
+                continue
+            kept = [m for m in service.method if f"{full_name}/{m.name}" in served]
+            del service.method[:]
+            service.method.extend(kept)
+        pool.Add(proto)
+        added.add(file.name)
+
+    for name in [*service_names, *untouched]:
+        add(source.FindServiceByName(name).file)
+    return pool

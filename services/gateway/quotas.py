@@ -83,6 +83,11 @@ class Quotas:
         state.pending += count
         return True
 
+    async def over_quota(self, tenant_id: str, credits: int) -> bool:
+        """The decide path's admission: counts credits (when left) and takes a request token; True when either is
+        exhausted, in which case the caller serves a degraded, non-personal answer rather than an error."""
+        return not await self.take_credits(tenant_id, credits) or await self.retry_after(tenant_id) is not None
+
     async def flush(self) -> None:
         """Writes the credits counted since the last flush."""
         start = period_start()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection
 
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.decision.v1 import decision_service_pb2_grpc as decision_grpc
@@ -17,19 +19,20 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as p
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
 from personalization.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
 from services.gateway.activation import Activations
-from services.gateway.auth import IDENTITY, PROFILE, KeyService
+from services.gateway.auth import IDENTITY, METHOD_SCOPES, PROFILE, KeyService
 from services.gateway.batch import BatchJobs
 from services.gateway.decide import Decider
 from services.gateway.dead_letters import DeadLetters
 from services.gateway.decision_log import DecisionLogWriter
 from services.gateway.ingest import Ingest
-from services.gateway.passthrough import Passthrough
+from services.gateway.passthrough import Passthrough, served_pool
 from services.gateway.pipeline import MergePropagation, MergeSweeper, PartitionWorker, Pipeline, Stubs, WorkerSettings
 from services.gateway.postgres import GatewayStore
 from services.gateway.postgres_inbox import InboxStore
 from services.gateway.postgres_privacy import PostgresPrivacy
 from services.gateway.privacy import Privacy
 from services.gateway.quotas import Quotas
+from services.gateway.recommend import Recommendations
 from services.gateway.records import RecordSync
 from services.gateway.servicer import GatewayServicer
 from shared import client
@@ -110,7 +113,9 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
     servicer = GatewayServicer(keys, Ingest(store), decider, RecordSync(store, identity), batch, quotas, activations,
                                DeadLetters(InboxStore(pool)),
                                Privacy(PostgresPrivacy(pool), identity, profile, recommender, decision, decider,
-                                       log_writer))
+                                       log_writer),
+                               Recommendations(decider))
+    gateway_name = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
     async def close() -> None:
         await log_writer.flush()
@@ -121,12 +126,15 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
         await pool.close()
 
     return Built(
-        services=[Service(pb_grpc.add_GatewayServiceServicer_to_server, servicer,
-                          pb.DESCRIPTOR.services_by_name["GatewayService"].full_name)],
+        services=[Service(pb_grpc.add_GatewayServiceServicer_to_server, servicer, gateway_name)],
         close=close,
         authenticate=keys.authenticate,
         generic_handlers=[passthrough],
         extra_reflection_names=passthrough.service_names,
+        # Reflection describes exactly what this port serves: the forwarded services with only their forwarded RPCs.
+        reflection_pool=served_pool(list(METHOD_SCOPES), [gateway_name, *passthrough.service_names],
+                                    untouched=[health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                                               reflection.SERVICE_NAME]),
         # Batch jobs, activations and the merge sweeper each elect one leader per database; the pipeline worker is
         # one of N partition workers (off here when `python -m services.gateway.pipeline` processes run instead).
         background=[log_writer.run, quotas.run, batch.run, activations.run, sweeper.run,

@@ -21,6 +21,7 @@ from services.gateway.ingest import Ingest
 from services.gateway.postgres import KeyRow
 from services.gateway.privacy import Privacy
 from services.gateway.quotas import Quotas
+from services.gateway.recommend import Recommendations
 from services.gateway.records import RecordSync, validate_data_model
 from shared.client import open_stream
 from shared.context import current_tenant
@@ -53,7 +54,8 @@ def _acks(acks: list[tuple[str, bool]]) -> list[pb.EventAck]:
 
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def __init__(self, keys: KeyService, ingest: Ingest, decider: Decider, records: RecordSync, batch: BatchJobs,
-                 quotas: Quotas, activations, dead_letters: DeadLetters, privacy: Privacy | None = None):
+                 quotas: Quotas, activations, dead_letters: DeadLetters, privacy: Privacy | None = None,
+                 recommendations: Recommendations | None = None):
         self.keys = keys
         self.ingest = ingest
         self.decider = decider
@@ -63,6 +65,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         self.dead_letters = dead_letters
         self.activations = activations
         self.privacy = privacy
+        self.recommendations = recommendations or Recommendations(decider)
 
     async def _admit(self) -> None:
         """The tenant's request-rate quota for ingest: over it, RESOURCE_EXHAUSTED with RetryInfo."""
@@ -247,3 +250,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
 
     async def LiftSuppression(self, request, context):
         return await self.privacy.lift(request)
+
+    async def GetRecommendations(self, request: pb.GetRecommendationsRequest, context
+                                 ) -> pb.GetRecommendationsResponse:
+        return await self.recommendations.recommend(request)

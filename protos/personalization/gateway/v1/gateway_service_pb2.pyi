@@ -999,3 +999,61 @@ class LiftSuppressionResponse(_message.Message):
     LIFTED_COUNT_FIELD_NUMBER: _ClassVar[int]
     lifted_count: int
     def __init__(self, lifted_count: _Optional[int] = ...) -> None: ...
+
+class GetRecommendationsRequest(_message.Message):
+    __slots__ = ("individual_id", "unified_individual_id", "recommender", "count", "anchor_item_id", "cart_item_ids", "exclude_item_ids", "exclude_purchased", "item_attributes", "channel", "correlation_id", "execution_flags")
+    INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDER_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ANCHOR_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    CART_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_PURCHASED_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    individual_id: _common_pb2.Identity
+    unified_individual_id: str
+    recommender: str
+    count: int
+    anchor_item_id: str
+    cart_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    exclude_purchased: bool
+    item_attributes: _containers.RepeatedScalarFieldContainer[str]
+    channel: str
+    correlation_id: str
+    execution_flags: _containers.RepeatedScalarFieldContainer[ExecutionFlag]
+    def __init__(self, individual_id: _Optional[_Union[_common_pb2.Identity, _Mapping]] = ..., unified_individual_id: _Optional[str] = ..., recommender: _Optional[str] = ..., count: _Optional[int] = ..., anchor_item_id: _Optional[str] = ..., cart_item_ids: _Optional[_Iterable[str]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_purchased: _Optional[bool] = ..., item_attributes: _Optional[_Iterable[str]] = ..., channel: _Optional[str] = ..., correlation_id: _Optional[str] = ..., execution_flags: _Optional[_Iterable[_Union[ExecutionFlag, str]]] = ...) -> None: ...
+
+class RecommendedItem(_message.Message):
+    __slots__ = ("item_id", "score", "source", "attributes")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    score: float
+    source: str
+    attributes: _struct_pb2.Struct
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., source: _Optional[str] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class GetRecommendationsResponse(_message.Message):
+    __slots__ = ("request_id", "personalization_id", "recommender", "items", "diagnostics", "trace", "unified_individual_id")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PERSONALIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDER_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DIAGNOSTICS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    personalization_id: str
+    recommender: str
+    items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
+    diagnostics: _containers.RepeatedCompositeFieldContainer[Diagnostic]
+    trace: RecommendationTrace
+    unified_individual_id: str
+    def __init__(self, request_id: _Optional[str] = ..., personalization_id: _Optional[str] = ..., recommender: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., diagnostics: _Optional[_Iterable[_Union[Diagnostic, _Mapping]]] = ..., trace: _Optional[_Union[RecommendationTrace, _Mapping]] = ..., unified_individual_id: _Optional[str] = ...) -> None: ...

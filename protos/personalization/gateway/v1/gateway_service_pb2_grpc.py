@@ -191,6 +191,11 @@ class GatewayServiceStub:
                 request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.LiftSuppressionRequest.SerializeToString,
                 response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.LiftSuppressionResponse.FromString,
                 _registered_method=True)
+        self.GetRecommendations = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/GetRecommendations',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetRecommendationsRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetRecommendationsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -450,6 +455,16 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRecommendations(self, request, context):
+        """Recommends items for an individual, around an item (items like it) or for a cart, with a configured recommender
+        or a built-in strategy, its filters and a count; counted, quota-checked and logged like one decided point.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no decide scope), INVALID_ARGUMENT (a violation per bad field),
+        NOT_FOUND (unknown recommender or anchor item).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -607,6 +622,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.LiftSuppression,
                     request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.LiftSuppressionRequest.FromString,
                     response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.LiftSuppressionResponse.SerializeToString,
+            ),
+            'GetRecommendations': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRecommendations,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetRecommendationsRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetRecommendationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1448,6 +1468,33 @@ class GatewayService:
             '/personalization.gateway.v1.GatewayService/LiftSuppression',
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.LiftSuppressionRequest.SerializeToString,
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.LiftSuppressionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRecommendations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/GetRecommendations',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetRecommendationsRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetRecommendationsResponse.FromString,
             options,
             channel_credentials,
             insecure,
