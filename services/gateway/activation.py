@@ -28,6 +28,7 @@ from services.gateway.activation_store import ActivationRow, ActivationStore, De
 from services.gateway.destinations import (ALLOWED_NETWORKS_SETTING, DeliveryError, FileSink, Network, Resolver,
                                            UrlPolicy, WebhookSender, check_url, default_export_root,
                                            directory_problem, parse_networks, system_resolve)
+from services.gateway.ports import ProfilePort
 from shared import context as ctx
 from shared.errors import InvalidArgument, NotFound, Violations
 from shared.leader import lead
@@ -197,7 +198,7 @@ def _after(token: str) -> str:
 class Activations:
     """Destinations and activations of each tenant, and the background delivery loop (one leader per database)."""
 
-    def __init__(self, pool: asyncpg.Pool, profile_graph, *, settings: ActivationSettings | None = None,
+    def __init__(self, pool: asyncpg.Pool, profile_graph: ProfilePort, *, settings: ActivationSettings | None = None,
                  sender: WebhookSender | None = None, sink: FileSink | None = None,
                  resolve: Resolver = system_resolve):
         self.settings = settings or ActivationSettings.from_env()

@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timezone
 
-import asyncpg
 from croniter import croniter
 from google.protobuf import json_format
 
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
-from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
 from services.gateway.decide import (DEFAULT_ITEMS, PROFILE_EVENTS, PROFILE_MASK, _struct, affinity_messages,
                                      item_rows, missing_decision_diagnostics, profile_view)
-from shared.client import open_stream
 from services.gateway.ingest import NAME
-from services.gateway.quotas import count_credits
+from services.gateway.ports import Stubs
+from services.gateway.postgres_batch import BATCH_CHANNEL, Job, OutputRow, PostgresBatch, Schedule, StoredRow
+from services.gateway.quotas import period_start
+from shared.client import open_stream
 from shared import context as ctx
 from shared.errors import NotFound, Violations
 from shared.leader import lead
@@ -32,7 +32,6 @@ log = get_logger("gateway.batch")
 MAX_POINTS = 10
 QUALIFY_CHUNK = 1000
 LEADER_LOCK = "tailor-batch-leader"
-BATCH_CHANNEL = "tailor_batch"
 EMPTY_CONTEXT = {"anchor_id": "", "anchor_type": "", "cart_item_ids": [], "channel": "batch", "correlation_id": "",
                  "request_url": "", "attributes": {}}
 
@@ -53,43 +52,36 @@ def validate_job(segment: str, point_names, field_prefix: str = "") -> None:
     v.raise_if_any()
 
 
-def job_message(row) -> pb.BatchJob:
-    job = pb.BatchJob(job_id=row["job_id"], segment=row["segment"], point_names=row["point_names"],
-                      state=pb.BatchJobState.Value(f"BATCH_JOB_STATE_{row['state']}"),
-                      processed_count=row["processed_count"], row_count=row["row_count"],
-                      total_count=row["total_count"], schedule_name=row["schedule_name"], error=row["error"])
-    job.create_time.FromDatetime(row["created_at"])
-    if row["ended_at"] is not None:
-        job.end_time.FromDatetime(row["ended_at"])
-    return job
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
 
 
-def result_message(row) -> pb.BatchResultRow:
-    message = pb.BatchResultRow(
-        individual_id=row["individual_id"], unified_individual_id=row["unified_individual_id"],
-        segment_id=row["segment_id"], point_id=row["point_id"], point_name=row["point_name"],
-        decision_id=row["decision_id"], batch_job_id=row["job_id"], personalization_id=row["personalization_id"])
-    message.payload.update(json.loads(row["payload"]) if isinstance(row["payload"], str) else row["payload"])
-    message.update_time.FromDatetime(row["updated_at"])
-    return message
+def _new_job_id() -> str:
+    return "job_" + uuid.uuid4().hex[:20]
+
+
+def _next_run(cron: str, after: datetime) -> datetime:
+    """The first time after `after` that the five-field UTC cron expression names."""
+    return croniter(cron, after).get_next(datetime)
 
 
 class BatchJobs:
     """Creates, runs, watches and schedules batch jobs. One leader per database runs them, oldest first."""
 
-    def __init__(self, dsn: str, pool: asyncpg.Pool, profile, decision, recommender, *, page_size: int = 1000,
-                 depth: int = 3, idle_seconds: float = 1.0):
+    def __init__(self, dsn: str, store: PostgresBatch, stubs: Stubs, *, page_size: int = 1000, depth: int = 3,
+                 idle_seconds: float = 1.0, now: Callable[[], datetime] = _utcnow):
         self.dsn = dsn
-        self.pool = pool
-        self.profile = profile
-        self.decision = decision
-        self.recommender = recommender
+        self.store = store
+        self.profile = stubs.profile
+        self.decision = stubs.decision
+        self.recommender = stubs.recommender
         self.page_size = page_size
         self.depth = depth
         self.idle_seconds = idle_seconds
+        self.now = now
 
     # Use cases called by the servicer.
-    async def _check_targets(self, segment: str, point_names, field_prefix: str = "") -> int:
+    async def _check_targets(self, segment: str, point_names: Sequence[str], field_prefix: str = "") -> int:
         """NOT_FOUND for an unknown segment or point; returns the segment's member count."""
         segments = await self.profile.ListSegments(profile_pb.ListSegmentsRequest(page_size=1000))
         counts = {s.name: s.member_count for s in segments.segments}
@@ -104,101 +96,70 @@ class BatchJobs:
                            metadata={"point": name})
         return counts[segment]
 
-    async def start(self, tenant_id: str, segment: str, point_names: list[str], schedule_name: str = "") -> pb.BatchJob:
+    async def start(self, tenant_id: str, segment: str, point_names: list[str]) -> Job:
         validate_job(segment, point_names)
         total = await self._check_targets(segment, point_names)
-        return await self._create(self.pool, tenant_id, segment, point_names, schedule_name, total)
+        return await self.store.create_job(tenant_id, _new_job_id(), segment, point_names, "", total)
 
-    async def _create(self, conn, tenant_id, segment, point_names, schedule_name, total) -> pb.BatchJob:
-        row = await conn.fetchrow(
-            "INSERT INTO batch_jobs (tenant_id, job_id, segment, point_names, schedule_name, total_count) "
-            "VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
-            tenant_id, "job_" + uuid.uuid4().hex[:20], segment, list(point_names), schedule_name, total)
-        await conn.execute("SELECT pg_notify($1, '')", BATCH_CHANNEL)
-        return job_message(row)
-
-    async def get(self, tenant_id: str, job_id: str) -> pb.BatchJob:
-        row = await self.pool.fetchrow("SELECT * FROM batch_jobs WHERE tenant_id = $1 AND job_id = $2",
-                                       tenant_id, job_id)
-        if row is None:
+    async def get(self, tenant_id: str, job_id: str) -> Job:
+        job = await self.store.job(tenant_id, job_id)
+        if job is None:
             raise NotFound(f"batch job {job_id} not found", reason="BATCH_JOB_NOT_FOUND")
-        return job_message(row)
+        return job
 
-    async def list_jobs(self, tenant_id: str, limit: int, after: list | None):
-        if after is None:
-            rows = await self.pool.fetch("SELECT * FROM batch_jobs WHERE tenant_id = $1 "
-                                         "ORDER BY created_at DESC, job_id DESC LIMIT $2", tenant_id, limit)
-        else:
-            rows = await self.pool.fetch(
-                "SELECT * FROM batch_jobs WHERE tenant_id = $1 AND (created_at, job_id) < ($2, $3) "
-                "ORDER BY created_at DESC, job_id DESC LIMIT $4",
-                tenant_id, datetime.fromisoformat(after[0]), after[1], limit)
-        return rows
+    async def list_jobs(self, tenant_id: str, limit: int, after: list | None) -> list[Job]:
+        key = None if after is None else (datetime.fromisoformat(after[0]), after[1])
+        return await self.store.list_jobs(tenant_id, limit, key)
 
-    async def results(self, tenant_id: str, job_id: str, limit: int, after: list | None):
+    async def results(self, tenant_id: str, job_id: str, limit: int, after: list | None) -> list[StoredRow]:
         await self.get(tenant_id, job_id)
-        rows = await self.pool.fetch(
-            "SELECT * FROM batch_results WHERE tenant_id = $1 AND job_id = $2 "
-            "AND ($3::text IS NULL OR (unified_individual_id, point_name) > ($3, $4)) "
-            "ORDER BY unified_individual_id, point_name LIMIT $5",
-            tenant_id, job_id, after[0] if after else None, after[1] if after else "", limit)
-        return rows
+        return await self.store.results(tenant_id, job_id, limit, None if after is None else (after[0], after[1]))
 
-    async def watch(self, tenant_id: str, job_id: str, include_rows: bool, poll_seconds: float = 0.2):
-        """Yields WatchBatchJobResponse messages until the job has ended and everything was sent."""
+    async def watch(self, tenant_id: str, job_id: str, include_rows: bool,
+                    poll_seconds: float = 0.2) -> AsyncIterator[Job | StoredRow]:
+        """Yields the job whenever it changed, and (include_rows) every output row once, in write order, until the
+        job has ended and everything was sent."""
         last = None
         seq = 0
         while True:
             job = await self.get(tenant_id, job_id)
             if include_rows:
                 while True:
-                    rows = await self.pool.fetch(
-                        "SELECT * FROM batch_results WHERE tenant_id = $1 AND job_id = $2 AND seq > $3 "
-                        "ORDER BY seq LIMIT 1000", tenant_id, job_id, seq)
+                    rows = await self.store.results_after(tenant_id, job_id, seq, 1000)
                     for row in rows:
-                        yield pb.WatchBatchJobResponse(row=result_message(row))
-                        seq = row["seq"]
+                        yield row
+                        seq = row.seq
                     if len(rows) < 1000:
                         break
             if job != last:
-                yield pb.WatchBatchJobResponse(job=job)
+                yield job
                 last = job
-            if job.state in (pb.BATCH_JOB_STATE_SUCCEEDED, pb.BATCH_JOB_STATE_FAILED):
+            if job.state in ("SUCCEEDED", "FAILED"):
                 return
             await asyncio.sleep(poll_seconds)
 
-    async def upsert_schedule(self, tenant_id: str, schedule: pb.BatchSchedule) -> pb.BatchSchedule:
+    async def upsert_schedule(self, tenant_id: str, name: str, segment: str, point_names: list[str], cron: str,
+                              enabled: bool) -> Schedule:
         v = Violations()
-        if not NAME.match(schedule.name):
+        if not NAME.match(name):
             v.add("schedule.name", "must match ^[a-z][a-z0-9_]{0,63}$")
-        if not croniter.is_valid(schedule.cron) or len(schedule.cron.split()) != 5:
+        if not croniter.is_valid(cron) or len(cron.split()) != 5:
             v.add("schedule.cron", "must be a five-field cron expression")
         v.raise_if_any()
-        validate_job(schedule.segment, list(schedule.point_names), "schedule.")
-        await self._check_targets(schedule.segment, list(schedule.point_names), "schedule.")
-        next_run = croniter(schedule.cron, datetime.now(timezone.utc)).get_next(datetime)
-        row = await self.pool.fetchrow(
-            "INSERT INTO batch_schedules (tenant_id, name, segment, point_names, cron, enabled, next_run_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id, name) DO UPDATE SET "
-            "segment = excluded.segment, point_names = excluded.point_names, cron = excluded.cron, "
-            "enabled = excluded.enabled, next_run_at = excluded.next_run_at RETURNING *",
-            tenant_id, schedule.name, schedule.segment, list(schedule.point_names), schedule.cron,
-            schedule.enabled, next_run)
-        return schedule_message(row)
+        validate_job(segment, point_names, "schedule.")
+        await self._check_targets(segment, point_names, "schedule.")
+        return await self.store.upsert_schedule(Schedule(
+            tenant_id, name, segment, tuple(point_names), cron, enabled, _next_run(cron, self.now())))
 
-    async def list_schedules(self, tenant_id: str, limit: int, after: list | None):
-        return await self.pool.fetch(
-            "SELECT * FROM batch_schedules WHERE tenant_id = $1 AND name > $2 ORDER BY name LIMIT $3",
-            tenant_id, after[0] if after else "", limit)
+    async def list_schedules(self, tenant_id: str, limit: int, after: list | None) -> list[Schedule]:
+        return await self.store.list_schedules(tenant_id, limit, after[0] if after else "")
 
     # The worker.
     async def run(self) -> None:
         """Leader loop: starts due schedules and runs open jobs (resuming RUNNING ones first) until cancelled."""
         async def step() -> bool:
             await self.start_due_schedules()
-            job = await self.pool.fetchrow(
-                "SELECT * FROM batch_jobs WHERE state IN ('RUNNING', 'PENDING') "
-                "ORDER BY state = 'RUNNING' DESC, created_at LIMIT 1")
+            job = await self.store.next_open_job()
             if job is None:
                 return False
             await self.run_job(job)
@@ -206,35 +167,28 @@ class BatchJobs:
 
         await lead(self.dsn, LEADER_LOCK, step, idle_seconds=self.idle_seconds, channel=BATCH_CHANNEL)
 
-    async def start_due_schedules(self) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            due = await conn.fetch("SELECT * FROM batch_schedules WHERE enabled AND next_run_at <= now() "
-                                   "FOR UPDATE SKIP LOCKED")
-            for row in due:
-                next_run = croniter(row["cron"], datetime.now(timezone.utc)).get_next(datetime)
-                await conn.execute("UPDATE batch_schedules SET next_run_at = $3 WHERE tenant_id = $1 AND name = $2",
-                                   row["tenant_id"], row["name"], next_run)
-                await self._create(conn, row["tenant_id"], row["segment"], row["point_names"], row["name"], 0)
+    async def start_due_schedules(self) -> list[Job]:
+        """Creates a job for every schedule due by the clock, and moves each to its next run."""
+        return await self.store.start_due(self.now(), lambda s, now: _next_run(s.cron, now), _new_job_id)
 
-    async def run_job(self, job) -> None:
+    async def run_job(self, job: Job) -> None:
         """Runs one job from its checkpoint; each page's rows, credits and checkpoint commit together."""
-        tenant_id, job_id = job["tenant_id"], job["job_id"]
+        tenant_id, job_id = job.tenant_id, job.job_id
         ctx.tenant_var.set(tenant_id)
         ctx.request_id_var.set(job_id)
         ctx.deadline_var.set(None)
-        await self.pool.execute("UPDATE batch_jobs SET state = 'RUNNING' WHERE tenant_id = $1 AND job_id = $2",
-                                tenant_id, job_id)
-        token = job["checkpoint"]
+        await self.store.mark_running(tenant_id, job_id)
+        token = job.checkpoint
         # Up to `depth` pages are decided at once (their stages run in different processes, so they overlap);
         # pages commit strictly in order, so the checkpoint always follows every committed row.
-        deciding: deque[tuple[object, asyncio.Task]] = deque()
+        deciding: deque[tuple[profile_pb.ListSegmentMembersResponse, asyncio.Task]] = deque()
         try:
             while True:
                 page = await self.profile.ListSegmentMembers(profile_pb.ListSegmentMembersRequest(
-                    segment=job["segment"], page_size=self.page_size, page_token=token))
+                    segment=job.segment, page_size=self.page_size, page_token=token))
                 members = [m.unified_individual_id for m in page.members]
                 deciding.append((page, asyncio.create_task(
-                    self.decide_page(members, job["segment"], list(job["point_names"]), job_id))))
+                    self.decide_page(members, job.segment, list(job.point_names), job_id))))
                 if len(deciding) >= self.depth or not page.next_page_token:
                     await self._commit_oldest(tenant_id, job_id, deciding)
                 if not page.next_page_token:
@@ -242,38 +196,30 @@ class BatchJobs:
                 token = page.next_page_token
             while deciding:
                 await self._commit_oldest(tenant_id, job_id, deciding)
-            await self.pool.execute("UPDATE batch_jobs SET state = 'SUCCEEDED', ended_at = now() "
-                                    "WHERE tenant_id = $1 AND job_id = $2", tenant_id, job_id)
+            await self.store.mark_ended(tenant_id, job_id)
         except asyncio.CancelledError:
             for _, task in deciding:
                 task.cancel()
             raise
         except Exception as error:
             log.exception("batch_job_failed", job_id=job_id)
-            await self.pool.execute("UPDATE batch_jobs SET state = 'FAILED', error = $3, ended_at = now() "
-                                    "WHERE tenant_id = $1 AND job_id = $2", tenant_id, job_id, str(error)[:2000])
+            await self.store.mark_ended(tenant_id, job_id, str(error)[:2000])
 
     async def _commit_oldest(self, tenant_id: str, job_id: str, deciding: deque) -> None:
         page, task = deciding.popleft()
         rows, stage_ms = await task
         await self._commit(tenant_id, job_id, rows, page.next_page_token, len(page.members), stage_ms)
 
-    async def _commit(self, tenant_id: str, job_id: str, rows: list[dict], checkpoint: str, members: int,
+    async def _commit(self, tenant_id: str, job_id: str, rows: list[OutputRow], checkpoint: str, members: int,
                       stage_ms: dict) -> None:
         """Writes a page's rows, counts their credits and moves the checkpoint, in one transaction."""
         started = time.perf_counter()
-        async with self.pool.acquire() as conn, conn.transaction():
-            inserted = await write_rows(conn, tenant_id, job_id, rows)
-            await count_credits(conn, tenant_id, inserted)
-            await conn.execute(
-                "UPDATE batch_jobs SET checkpoint = $3, processed_count = processed_count + $4, "
-                "row_count = row_count + $5 WHERE tenant_id = $1 AND job_id = $2",
-                tenant_id, job_id, checkpoint, members, inserted)
+        await self.store.commit_page(tenant_id, job_id, rows, checkpoint, members, period_start())
         log.info("batch_page", job_id=job_id, members=members,
                  write_ms=round((time.perf_counter() - started) * 1000, 1), **stage_ms)
 
     async def decide_page(self, members: list[str], segment: str, point_names: list[str],
-                          job_id: str) -> tuple[list[dict], dict[str, float]]:
+                          job_id: str) -> tuple[list[OutputRow], dict[str, float]]:
         """Decides every member of one page for every point: the profiles, one QualifyBatch, then one
         RecommendBatch per (recommender, count) for all members a recommendation decision qualified."""
         mark = time.perf_counter()
@@ -337,12 +283,11 @@ class BatchJobs:
             data = result["data"]
             if result["ranked"]:
                 data = item_rows(result["ranked"], list(q.point.template.item_attributes))
-            rows.append({
-                "unified_individual_id": result["member"], "individual_id": result["member"], "segment_id": segment,
-                "point_id": q.point.point_id, "point_name": q.point.name, "decision_id": q.decision.decision_id,
-                "personalization_id": uuid.uuid4().hex,
-                "payload": {"decision_name": q.decision.name, "data": data, "diagnostics": result["diagnostics"]},
-            })
+            rows.append(OutputRow(
+                unified_individual_id=result["member"], individual_id=result["member"], segment_id=segment,
+                point_id=q.point.point_id, point_name=q.point.name, decision_id=q.decision.decision_id,
+                personalization_id=uuid.uuid4().hex,
+                payload={"decision_name": q.decision.name, "data": data, "diagnostics": result["diagnostics"]}))
         lap("shape")
         return rows, stage_ms
 
@@ -370,31 +315,3 @@ class BatchJobs:
                     by_member[result.unified_individual_id] = list(result.items)
             out[(strategy, count)] = by_member
         return out
-
-
-async def write_rows(conn: asyncpg.Connection, tenant_id: str, job_id: str, rows: list[dict]) -> int:
-    """Upserts a page of output rows in one statement (a re-run page replaces its rows); returns rows new to the job."""
-    if not rows:
-        return 0
-    written = await conn.fetch(
-        "INSERT INTO batch_results (tenant_id, job_id, unified_individual_id, point_name, individual_id, segment_id, "
-        "point_id, decision_id, personalization_id, payload) "
-        "SELECT $1, $2, u, p, i, s, pid, d, per, pay::jsonb FROM unnest($3::text[], $4::text[], $5::text[], "
-        "$6::text[], $7::text[], $8::text[], $9::text[], $10::text[]) AS t(u, p, i, s, pid, d, per, pay) "
-        "ON CONFLICT (tenant_id, job_id, unified_individual_id, point_name) DO UPDATE SET "
-        "decision_id = excluded.decision_id, personalization_id = excluded.personalization_id, "
-        "payload = excluded.payload, updated_at = now() RETURNING (xmax = 0) AS inserted",
-        tenant_id, job_id,
-        [r["unified_individual_id"] for r in rows], [r["point_name"] for r in rows],
-        [r["individual_id"] for r in rows], [r["segment_id"] for r in rows], [r["point_id"] for r in rows],
-        [r["decision_id"] for r in rows], [r["personalization_id"] for r in rows],
-        [json.dumps(r["payload"]) for r in rows])
-    return sum(1 for r in written if r["inserted"])
-
-
-def schedule_message(row) -> pb.BatchSchedule:
-    schedule = pb.BatchSchedule(name=row["name"], segment=row["segment"], point_names=row["point_names"],
-                                cron=row["cron"], enabled=row["enabled"])
-    schedule.next_run_time.FromDatetime(row["next_run_at"])
-    return schedule
-

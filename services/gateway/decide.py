@@ -14,7 +14,10 @@ from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2 as identity_pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
+from services.gateway.decision_log import DecisionLogWriter
 from services.gateway.ingest import IDENTITY_TYPE
+from services.gateway.ports import Stubs
+from services.gateway.quotas import Quotas
 from shared import context as ctx
 from shared.errors import InvalidArgument, NotFound, Violations
 
@@ -89,14 +92,14 @@ def validate(request: pb.GetDecisionsRequest) -> None:
 class Decider:
     """Composes the decide path; each stage's time is measured and logged with the decision."""
 
-    def __init__(self, identity, profile, decision, recommender, log_writer, quotas, *,
+    def __init__(self, stubs: Stubs, log_writer: DecisionLogWriter, quotas: Quotas, *,
                  resolve_cache_seconds: float = 1.0):
         self.resolve_cache_seconds = resolve_cache_seconds
         self._resolved: dict[tuple[str, str, str, str], tuple[str, float]] = {}
-        self.identity = identity
-        self.profile = profile
-        self.decision = decision
-        self.recommender = recommender
+        self.identity = stubs.identity
+        self.profile = stubs.profile
+        self.decision = stubs.decision
+        self.recommender = stubs.recommender
         self.log_writer = log_writer
         self.quotas = quotas
 

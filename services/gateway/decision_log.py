@@ -8,6 +8,7 @@ from itertools import groupby
 import grpc
 
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
+from services.gateway.ports import DecisionPort
 from shared import context as ctx
 from shared.log import get_logger
 
@@ -17,7 +18,7 @@ log = get_logger("gateway.decision_log")
 class DecisionLogWriter:
     """A bounded queue drained by one task; a full queue makes callers wait rather than drop rows."""
 
-    def __init__(self, decision_stub, *, max_batch: int = 500, max_queue: int = 50_000):
+    def __init__(self, decision_stub: DecisionPort, *, max_batch: int = 500, max_queue: int = 50_000):
         self.stub = decision_stub
         self.max_batch = max_batch
         self.queue: asyncio.Queue[tuple[str, decision_pb.DecisionLogEntry]] = asyncio.Queue(max_queue)

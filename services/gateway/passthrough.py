@@ -8,10 +8,11 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 
 from services.gateway.auth import GATEWAY, METHOD_SCOPES
+from services.gateway.ports import AfterHook
 from shared.client import open_stream
 
 
-def _unary(call, after=None):
+def _unary(call, after: AfterHook | None = None):
     async def forward(request: bytes, _context) -> bytes:
         # The shared client factory adds the authenticated tenant, the request id and the remaining deadline.
         reply = await call(request)
@@ -22,7 +23,7 @@ def _unary(call, after=None):
     return forward
 
 
-def _server_stream(call, after=None):
+def _server_stream(call, after: AfterHook | None = None):
     async def forward(request: bytes, _context):
         started = time.time()
         async for message in open_stream(call, request):
@@ -39,7 +40,7 @@ class Passthrough(grpc.GenericRpcHandler):
     Unary and server-streaming methods are forwarded (watching events, training or re-run progress).
     """
 
-    def __init__(self, channels: dict[str, grpc.aio.Channel], after: dict | None = None):
+    def __init__(self, channels: dict[str, grpc.aio.Channel], after: dict[str, AfterHook] | None = None):
         """after maps a method to a coroutine run once the forwarded call succeeded: with the request and reply
         bytes for a unary method, with the request bytes and the start time (epoch seconds) for a stream."""
         after = after or {}

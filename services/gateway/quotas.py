@@ -9,6 +9,7 @@ from datetime import date, datetime, timezone
 
 import asyncpg
 
+from services.gateway.postgres_quotas import PostgresQuotas
 from shared.log import get_logger
 
 log = get_logger("gateway.quotas")
@@ -38,8 +39,8 @@ class Quotas:
     replicas serve in that time. Batch jobs count their credits exactly, in the transaction that writes their rows.
     """
 
-    def __init__(self, pool: asyncpg.Pool, refresh_seconds: float = 1.0):
-        self.pool = pool
+    def __init__(self, store: PostgresQuotas, refresh_seconds: float = 1.0):
+        self.store = store
         self.refresh_seconds = refresh_seconds
         self.tenants: dict[str, _Tenant] = {}
 
@@ -47,17 +48,11 @@ class Quotas:
         state = self.tenants.get(tenant_id)
         now = time.monotonic()
         if state is None or fresh or now - state.loaded > self.refresh_seconds:
-            row = await self.pool.fetchrow(
-                "SELECT coalesce(q.decision_credit_limit, 0) AS credit_limit, "
-                "coalesce(q.request_rate_limit, 0) AS rate_limit, coalesce(u.used, 0) AS used "
-                "FROM (SELECT $1::text AS tenant_id) t "
-                "LEFT JOIN quotas q ON q.tenant_id = t.tenant_id "
-                "LEFT JOIN credit_usage u ON u.tenant_id = t.tenant_id AND u.period_start = $2",
-                tenant_id, period_start())
+            stored = await self.store.state(tenant_id, period_start())
             if state is None:
-                state = _Tenant(tokens=max(float(row["rate_limit"]), 1.0))  # start with a full bucket
+                state = _Tenant(tokens=max(stored.rate_limit, 1.0))  # start with a full bucket
                 self.tenants[tenant_id] = state
-            state.credit_limit, state.rate_limit, state.used = row["credit_limit"], row["rate_limit"], row["used"]
+            state.credit_limit, state.rate_limit, state.used = stored.credit_limit, stored.rate_limit, stored.used
             state.loaded = now
         return state
 
@@ -95,10 +90,7 @@ class Quotas:
             pending, state.pending = state.pending, 0
             if pending:
                 try:
-                    await self.pool.execute(
-                        "INSERT INTO credit_usage (tenant_id, period_start, used) VALUES ($1, $2, $3) "
-                        "ON CONFLICT (tenant_id, period_start) DO UPDATE SET used = credit_usage.used + $3",
-                        tenant_id, start, pending)
+                    await self.store.add_used(tenant_id, start, pending)
                     state.used += pending
                 except Exception:
                     state.pending += pending
@@ -120,17 +112,6 @@ class Quotas:
         return state.used + state.pending, state.credit_limit, period_start(), state.rate_limit
 
 
-async def count_credits(conn: asyncpg.Connection, tenant_id: str, count: int) -> None:
-    """Counts credits inside the caller's transaction (batch jobs: exactly once per committed page)."""
-    await conn.execute(
-        "INSERT INTO credit_usage (tenant_id, period_start, used) VALUES ($1, $2, $3) "
-        "ON CONFLICT (tenant_id, period_start) DO UPDATE SET used = credit_usage.used + $3",
-        tenant_id, period_start(), count)
-
-
 async def set_quota(pool: asyncpg.Pool, tenant_id: str, credit_limit: int, rate_limit: float) -> None:
     """The operator's knob (`tailor tenant quota`)."""
-    await pool.execute(
-        "INSERT INTO quotas (tenant_id, decision_credit_limit, request_rate_limit) VALUES ($1, $2, $3) "
-        "ON CONFLICT (tenant_id) DO UPDATE SET decision_credit_limit = $2, request_rate_limit = $3",
-        tenant_id, credit_limit, rate_limit)
+    await PostgresQuotas(pool).set_limits(tenant_id, credit_limit, rate_limit)

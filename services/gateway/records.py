@@ -11,8 +11,9 @@ from personalization.common.v1 import common_pb2
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2 as identity_pb
 from services.gateway.ingest import NAME, validate_event
-from services.gateway.routing import route_of
+from services.gateway.ports import IdentityPort
 from services.gateway.postgres import GatewayStore
+from services.gateway.routing import route_of
 from shared.errors import Violations
 
 MAX_RECORDS = 25
@@ -75,7 +76,7 @@ def record_event(record: pb.SyncRecord, now: timestamp_pb2.Timestamp) -> common_
 class RecordSync:
     """Validates records (structure always; the data model unless increased_batch_size), resolves, stores."""
 
-    def __init__(self, store: GatewayStore, identity_stub):
+    def __init__(self, store: GatewayStore, identity_stub: IdentityPort):
         self.store = store
         self.identity = identity_stub
 

@@ -26,10 +26,13 @@ from services.gateway.dead_letters import DeadLetters
 from services.gateway.decision_log import DecisionLogWriter
 from services.gateway.ingest import Ingest
 from services.gateway.passthrough import Passthrough, served_pool
-from services.gateway.pipeline import MergePropagation, MergeSweeper, PartitionWorker, Pipeline, Stubs, WorkerSettings
+from services.gateway.pipeline import MergePropagation, MergeSweeper, PartitionWorker, Pipeline, WorkerSettings
+from services.gateway.ports import AfterHook, RecommenderPort, Stubs
 from services.gateway.postgres import GatewayStore
+from services.gateway.postgres_batch import PostgresBatch
 from services.gateway.postgres_inbox import InboxStore
 from services.gateway.postgres_privacy import PostgresPrivacy
+from services.gateway.postgres_quotas import PostgresQuotas
 from services.gateway.privacy import Privacy
 from services.gateway.quotas import Quotas
 from services.gateway.recommend import Recommendations
@@ -77,16 +80,10 @@ def domain_stubs(channels: dict[str, grpc.aio.Channel]) -> Stubs:
                  decision=decision_grpc.DecisionServiceStub(channels["decision"]))
 
 
-async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
-    settings = Settings.from_env(addresses)
-    pool = await prepare_schema(dsn, "gateway", __file__, max_size=settings.pool_size)
-    store = GatewayStore(pool)
-    keys = KeyService(store, settings.auth_cache_seconds)
-    channels = {name: client.channel(settings.addresses[name]) for name in SERVICE_NAMES}
-    stubs = domain_stubs(channels)
-    identity, profile, recommender, decision = stubs.identity, stubs.profile, stubs.recommender, stubs.decision
-    async def items_to_recommender(request: bytes, _reply: bytes) -> None:
-        # The catalog lives in the profile graph; the recommender keeps the attributes it filters and ranks on.
+def items_to_recommender(recommender: RecommenderPort) -> AfterHook:
+    """After UpsertItems on the profile graph: the recommender keeps the attributes it filters and ranks on (the
+    catalog lives in the profile graph)."""
+    async def hook(request: bytes, _reply: object) -> None:
         upsert = profile_pb.UpsertItemsRequest.FromString(request)
         items = []
         for item in upsert.items:
@@ -96,20 +93,30 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
             items.append(copy)
         await recommender.UpsertItems(rec_pb.UpsertItemsRequest(items=items))
 
+    return hook
+
+
+async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
+    settings = Settings.from_env(addresses)
+    pool = await prepare_schema(dsn, "gateway", __file__, max_size=settings.pool_size)
+    store = GatewayStore(pool)
+    keys = KeyService(store, settings.auth_cache_seconds)
+    channels = {name: client.channel(settings.addresses[name]) for name in SERVICE_NAMES}
+    stubs = domain_stubs(channels)
+    identity, profile, recommender, decision = stubs.identity, stubs.profile, stubs.recommender, stubs.decision
     merges = MergePropagation(profile, decision, identity)
     sweeper = MergeSweeper(dsn, store, merges)
     passthrough = Passthrough({SERVICE_NAMES[name]: ch for name, ch in channels.items()}, after={
-        PROFILE + "UpsertItems": items_to_recommender,
+        PROFILE + "UpsertItems": items_to_recommender(recommender),
         IDENTITY + "Unmerge": merges.drain,
         IDENTITY + "RunRuleset": merges.drain,
     })
     worker = PartitionWorker(dsn, InboxStore(pool), Pipeline(stubs), WorkerSettings.from_env())
     log_writer = DecisionLogWriter(decision)
-    quotas = Quotas(pool)
-    batch = BatchJobs(dsn, pool, profile, decision, recommender)
+    quotas = Quotas(PostgresQuotas(pool))
+    batch = BatchJobs(dsn, PostgresBatch(pool), stubs)
     activations = Activations(pool, profile)
-    decider = Decider(identity, profile, decision, recommender, log_writer, quotas,
-                      resolve_cache_seconds=settings.resolve_cache_seconds)
+    decider = Decider(stubs, log_writer, quotas, resolve_cache_seconds=settings.resolve_cache_seconds)
     servicer = GatewayServicer(keys, Ingest(store), decider, RecordSync(store, identity), batch, quotas, activations,
                                DeadLetters(InboxStore(pool)),
                                Privacy(PostgresPrivacy(pool), identity, profile, recommender, decision, decider,

@@ -14,11 +14,13 @@ from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from personalization.identity.v1 import identity_service_pb2 as identity_pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from services.gateway.auth import KeyService
-from services.gateway.batch import BatchJobs, job_message, result_message, schedule_message
+from services.gateway.activation import Activations
+from services.gateway.batch import BatchJobs
 from services.gateway.dead_letters import DeadLetters
 from services.gateway.decide import Decider
 from services.gateway.ingest import Ingest
 from services.gateway.postgres import KeyRow
+from services.gateway.postgres_batch import Job, Schedule, StoredRow
 from services.gateway.privacy import Privacy
 from services.gateway.quotas import Quotas
 from services.gateway.recommend import Recommendations
@@ -47,6 +49,29 @@ def api_key_message(row: KeyRow) -> pb.ApiKey:
                      create_time=_ts(row.created_at), revoke_time=_ts(row.revoked_at))
 
 
+def job_message(job: Job) -> pb.BatchJob:
+    return pb.BatchJob(job_id=job.job_id, segment=job.segment, point_names=job.point_names,
+                       state=pb.BatchJobState.Value(f"BATCH_JOB_STATE_{job.state}"),
+                       processed_count=job.processed_count, row_count=job.row_count, total_count=job.total_count,
+                       schedule_name=job.schedule_name, error=job.error, create_time=_ts(job.created_at),
+                       end_time=_ts(job.ended_at))
+
+
+def result_message(stored: StoredRow) -> pb.BatchResultRow:
+    row = stored.row
+    message = pb.BatchResultRow(
+        individual_id=row.individual_id, unified_individual_id=row.unified_individual_id,
+        segment_id=row.segment_id, point_id=row.point_id, point_name=row.point_name, decision_id=row.decision_id,
+        batch_job_id=stored.job_id, personalization_id=row.personalization_id, update_time=_ts(stored.updated_at))
+    message.payload.update(row.payload)
+    return message
+
+
+def schedule_message(schedule: Schedule) -> pb.BatchSchedule:
+    return pb.BatchSchedule(name=schedule.name, segment=schedule.segment, point_names=schedule.point_names,
+                            cron=schedule.cron, enabled=schedule.enabled, next_run_time=_ts(schedule.next_run_at))
+
+
 def _acks(acks: list[tuple[str, bool]]) -> list[pb.EventAck]:
     return [pb.EventAck(message_id=m, status=pb.ACK_STATUS_STORED if fresh else pb.ACK_STATUS_DUPLICATE)
             for m, fresh in acks]
@@ -54,7 +79,7 @@ def _acks(acks: list[tuple[str, bool]]) -> list[pb.EventAck]:
 
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def __init__(self, keys: KeyService, ingest: Ingest, decider: Decider, records: RecordSync, batch: BatchJobs,
-                 quotas: Quotas, activations, dead_letters: DeadLetters, privacy: Privacy | None = None,
+                 quotas: Quotas, activations: Activations, dead_letters: DeadLetters, privacy: Privacy | None = None,
                  recommendations: Recommendations | None = None):
         self.keys = keys
         self.ingest = ingest
@@ -174,35 +199,40 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
 
     async def StartBatchJob(self, request, context):
         job = await self.batch.start(current_tenant(), request.segment, list(request.point_names))
-        return pb.StartBatchJobResponse(job=job)
+        return pb.StartBatchJobResponse(job=job_message(job))
 
     async def GetBatchJob(self, request, context):
-        return pb.GetBatchJobResponse(job=await self.batch.get(current_tenant(), request.job_id))
+        return pb.GetBatchJobResponse(job=job_message(await self.batch.get(current_tenant(), request.job_id)))
 
     async def ListBatchJobs(self, request, context):
         size = page_size(request.page_size, 100, 1000)
         rows = await self.batch.list_jobs(current_tenant(), size + 1, decode_token(request.page_token))
-        rows, token = next_page(rows, size, lambda r: [r["created_at"].isoformat(), r["job_id"]])
+        rows, token = next_page(rows, size, lambda r: [r.created_at.isoformat(), r.job_id])
         return pb.ListBatchJobsResponse(jobs=[job_message(r) for r in rows], next_page_token=token)
 
     async def WatchBatchJob(self, request, context):
         async for update in self.batch.watch(current_tenant(), request.job_id, request.include_rows):
-            yield update
+            if isinstance(update, StoredRow):
+                yield pb.WatchBatchJobResponse(row=result_message(update))
+            else:
+                yield pb.WatchBatchJobResponse(job=job_message(update))
 
     async def ListBatchResults(self, request, context):
         size = page_size(request.page_size, 1000, 10_000)
         rows = await self.batch.results(current_tenant(), request.job_id, size + 1, decode_token(request.page_token))
-        rows, token = next_page(rows, size, lambda r: [r["unified_individual_id"], r["point_name"]])
+        rows, token = next_page(rows, size, lambda r: [r.row.unified_individual_id, r.row.point_name])
         return pb.ListBatchResultsResponse(rows=[result_message(r) for r in rows], next_page_token=token)
 
     async def UpsertBatchSchedule(self, request, context):
-        return pb.UpsertBatchScheduleResponse(schedule=await self.batch.upsert_schedule(current_tenant(),
-                                                                                        request.schedule))
+        s = request.schedule
+        schedule = await self.batch.upsert_schedule(current_tenant(), s.name, s.segment, list(s.point_names), s.cron,
+                                                    s.enabled)
+        return pb.UpsertBatchScheduleResponse(schedule=schedule_message(schedule))
 
     async def ListBatchSchedules(self, request, context):
         size = page_size(request.page_size, 100, 1000)
         rows = await self.batch.list_schedules(current_tenant(), size + 1, decode_token(request.page_token))
-        rows, token = next_page(rows, size, lambda r: [r["name"]])
+        rows, token = next_page(rows, size, lambda r: [r.name])
         return pb.ListBatchSchedulesResponse(schedules=[schedule_message(r) for r in rows], next_page_token=token)
 
     async def GetUsage(self, request, context):

@@ -15,22 +15,13 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2 as profil
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as profile_grpc
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
 from personalization.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
+from services.gateway.ports import Stubs
 from shared.log import get_logger
 
 log = get_logger("gateway.pipeline")
 
 INTERACTION_TYPES = (common_pb2.EVENT_TYPE_PRODUCT_VIEW, common_pb2.EVENT_TYPE_ADD_TO_CART)
 MERGE_CONCURRENCY = 8  # survivors reassigned at once while applying one chunk's merges
-
-
-@dataclass
-class Stubs:
-    """The pipeline's client ports: the four domain services' stubs."""
-
-    identity: identity_grpc.IdentityServiceStub
-    profile: profile_grpc.ProfileGraphServiceStub
-    recommender: rec_grpc.RecommenderServiceStub
-    decision: decision_grpc.DecisionServiceStub
 
 
 CLICK_TYPES = (common_pb2.EVENT_TYPE_EMAIL_CLICK,)

@@ -236,7 +236,7 @@ async def test_found_identities_are_cached_briefly_and_unknown_ones_never():
     from services.gateway.decide import Decider
 
     identity = CountingIdentity()
-    decider = Decider(identity, None, None, None, None, None, resolve_cache_seconds=60)
+    decider = Decider(Stubs(identity, None, None, None), None, None, resolve_cache_seconds=60)
     known = common_pb2.Identity(type="device_id", value="known")
     new = common_pb2.Identity(type="device_id", value="new")
     assert [await decider.resolve(known, "") for _ in range(3)] == ["ind_1"] * 3
