@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from shared import context as ctx
+from shared import wire
 from shared.db import is_database_outage, watch_database
 from shared.errors import TailorError, Unauthenticated, Unavailable, rich_status_of
 from shared.log import get_logger
@@ -101,12 +102,14 @@ class _CallScope:
 def _wrap(handler: grpc.RpcMethodHandler, method: str, authenticate: Authenticator | None):
     if handler.unary_unary or handler.stream_unary:
         inner = handler.unary_unary or handler.stream_unary
+        streaming = handler.unary_unary is None
 
         async def unary_response(request_or_iterator, context):
             scope = _CallScope(method, authenticate)
             code = grpc.StatusCode.OK
             try:
                 await scope.enter(context)
+                request_or_iterator = wire.checked(request_or_iterator, streaming)
                 return await inner(request_or_iterator, context)
             except grpc.aio.AbortError:
                 code = grpc.StatusCode.UNKNOWN
@@ -122,17 +125,19 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, authenticate: Authenticat
         factory = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
         return factory(
             unary_response,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=wire.tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
     inner = handler.unary_stream or handler.stream_stream
+    streaming = handler.unary_stream is None
 
     async def stream_response(request_or_iterator, context):
         scope = _CallScope(method, authenticate)
         code = grpc.StatusCode.OK
         try:
             await scope.enter(context)
+            request_or_iterator = wire.checked(request_or_iterator, streaming)
             async for item in inner(request_or_iterator, context):
                 yield item
         except grpc.aio.AbortError:
@@ -149,7 +154,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, authenticate: Authenticat
     factory = grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
     return factory(
         stream_response,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=wire.tolerant(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
 

@@ -1,128 +1,162 @@
-"""Ingest: validate a batch of events, store it durably in the inbox, acknowledge each event."""
+"""Ingest: validate a batch of events, store it durably in the inbox, acknowledge each event.
+
+What an event may carry is the contract's (shared.contract, declared in the protos); this module adds only the
+rules that depend on the event type, and the tenant's identity types (learned from the identity service).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
+from collections.abc import Callable
+
+import grpc
 
 from personalization.common.v1 import common_pb2
+from personalization.identity.v1 import identity_service_pb2 as identity_pb
 from services.gateway.postgres import GatewayStore
 from services.gateway.routing import route_of
+from shared import contract
 from shared.errors import InvalidArgument, Violations
+from shared.log import get_logger
+
+log = get_logger("gateway.ingest")
 
 MAX_EVENTS = 10_000
-MAX_ID_LENGTH = 128
-MAX_VALUE_LENGTH = 512
-MAX_FUTURE_SECONDS = 24 * 3600
 IDENTITY_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 NAME = IDENTITY_TYPE  # purposes, object types and sources follow the same lowercase-identifier rule
 ITEM_EVENTS = (common_pb2.EVENT_TYPE_PRODUCT_VIEW, common_pb2.EVENT_TYPE_ADD_TO_CART)
+UNKNOWN_TYPE = "unknown identity type: declare it first"
+# The event checks without the size of the whole event: ingest measures the serialized bytes it stores anyway.
+_EVENT = contract.checker(common_pb2.Event.DESCRIPTOR, check_size=False)
 
 
-KNOWN_TYPES = frozenset(common_pb2.EventType.values()) - {common_pb2.EVENT_TYPE_UNSPECIFIED}
-_NAMES_SEEN: set[str] = set()  # names already matched against NAME: a few identity types, repeated millions of times
-
-
-def _is_name(text: str) -> bool:
-    if text in _NAMES_SEEN:
-        return True
-    if not NAME.match(text):
-        return False
-    if len(_NAMES_SEEN) < 10_000:
-        _NAMES_SEEN.add(text)
-    return True
-
-
-def validate_event(event: common_pb2.Event, path: str, v: Violations, now: float) -> None:
-    """Adds a violation for every bad field of one event."""
-    message_id = event.message_id
-    if not message_id.strip():
-        v.add(f"{path}.message_id", "must not be empty")
-    elif len(message_id) > MAX_ID_LENGTH:
-        v.add(f"{path}.message_id", f"must be at most {MAX_ID_LENGTH} characters")
+def validate_event(event: common_pb2.Event, path: str, v: Violations, now: float,
+                   known: frozenset[str] | None = None) -> None:
+    """Adds a violation for every bad field of one event (the contract's limits, then the event-type rules)."""
+    if not _EVENT.ok(event, now, known):
+        _EVENT.add(event, path, v, now, known)
     kind = event.type
-    if kind not in KNOWN_TYPES:
-        v.add(f"{path}.type", "must be a known event type")
-    if kind == common_pb2.EVENT_TYPE_CUSTOM and not event.name.strip():
-        v.add(f"{path}.name", "is required for custom events")
-    seconds = event.event_time.seconds
-    if seconds <= 0:
-        v.add(f"{path}.event_time", "is required")
-    elif seconds > now + MAX_FUTURE_SECONDS:
-        v.add(f"{path}.event_time", "must not be more than a day in the future")
-    identities = event.identities
-    if not identities:
-        v.add(f"{path}.identities", "at least one identity is required")
-    for j, identity in enumerate(identities):
-        if not _is_name(identity.type):
-            v.add(f"{path}.identities[{j}].type", "must match ^[a-z][a-z0-9_]{0,63}$")
-        value = identity.value
-        if not value.strip():
-            v.add(f"{path}.identities[{j}].value", "must not be empty")
-        elif len(value) > MAX_VALUE_LENGTH:
-            v.add(f"{path}.identities[{j}].value", f"must be at most {MAX_VALUE_LENGTH} characters")
-    if kind in ITEM_EVENTS and not event.item_id:
-        v.add(f"{path}.item_id", "is required for product views and add-to-cart events")
-    if kind == common_pb2.EVENT_TYPE_PURCHASE:
-        _check_lines(event.line_items, path, v)
-    elif event.line_items:
-        _check_lines(event.line_items, path, v)
-    if event.source and not _is_name(event.source):
-        v.add(f"{path}.source", "must match ^[a-z][a-z0-9_]{0,63}$")
-    # Consents and profile objects are rare on behavioural events: look only when there are some.
-    if event.consents:
-        for j, consent in enumerate(event.consents):
-            if not _is_name(consent.purpose):
-                v.add(f"{path}.consents[{j}].purpose", "must match ^[a-z][a-z0-9_]{0,63}$")
-            if consent.status not in (common_pb2.CONSENT_STATUS_GRANTED, common_pb2.CONSENT_STATUS_DENIED):
-                v.add(f"{path}.consents[{j}].status", "must be GRANTED or DENIED")
-    if event.profile_objects:
-        for j, obj in enumerate(event.profile_objects):
-            if not _is_name(obj.type):
-                v.add(f"{path}.profile_objects[{j}].type", "must match ^[a-z][a-z0-9_]{0,63}$")
-            if not obj.object_id.strip():
-                v.add(f"{path}.profile_objects[{j}].object_id", "must not be empty")
-            elif len(obj.object_id) > MAX_ID_LENGTH:
-                v.add(f"{path}.profile_objects[{j}].object_id", f"must be at most {MAX_ID_LENGTH} characters")
-
-
-def _check_lines(lines, path: str, v: Violations) -> None:
-    if not lines:
+    if kind == common_pb2.EVENT_TYPE_CUSTOM:
+        if not event.name.strip():
+            v.add(f"{path}.name", "is required for custom events")
+    elif kind in ITEM_EVENTS:
+        if not event.item_id:
+            v.add(f"{path}.item_id", "is required for product views and add-to-cart events")
+    elif kind == common_pb2.EVENT_TYPE_PURCHASE and not event.line_items:
         v.add(f"{path}.line_items", "a purchase needs at least one line item")
-    for j, line in enumerate(lines):
-        if not line.item_id:
-            v.add(f"{path}.line_items[{j}].item_id", "must not be empty")
-        if line.quantity == 0 or line.quantity != line.quantity:
-            v.add(f"{path}.line_items[{j}].quantity", "must be a non-zero number")
-        if not line.unit_price >= 0:
-            v.add(f"{path}.line_items[{j}].unit_price", "must be zero or more")
 
 
-def validate_batch(events, field: str = "events") -> None:
-    """Raises one InvalidArgument listing every bad field of the batch."""
+def validate_batch(events, field: str = "events", known: frozenset[str] | None = None) -> list[bytes]:
+    """Raises one InvalidArgument listing every bad field of the batch; returns the serialized events."""
     v = Violations()
+    payloads: list[bytes] = []
     if not events:
         v.add(field, "at least one event is required")
     elif len(events) > MAX_EVENTS:
-        v.add(field, f"at most {MAX_EVENTS} events per message")
+        v.add(field, f"at most {MAX_EVENTS:,} events per message")
     else:
         now = time.time()
+        ok = _EVENT.ok
+        limit = contract.MAX_EVENT_BYTES
         for i, event in enumerate(events):
-            validate_event(event, f"{field}[{i}]", v, now)
+            kind = event.type
+            if (not ok(event, now, known)
+                    or (kind == common_pb2.EVENT_TYPE_CUSTOM and not event.name.strip())
+                    or (kind in ITEM_EVENTS and not event.item_id)
+                    or (kind == common_pb2.EVENT_TYPE_PURCHASE and not event.line_items)):
+                validate_event(event, f"{field}[{i}]", v, now, known)
+            payload = event.SerializeToString()
+            if len(payload) > limit:
+                v.add(f"{field}[{i}]", f"must be at most {limit:,} bytes serialized")
+            payloads.append(payload)
     v.raise_if_any()
+    return payloads
+
+
+class IdentityTypes:
+    """The identity types each tenant declared, asked of the identity service and kept for ttl seconds.
+
+    A type missing from the cache makes the caller refresh once before refusing, so a type declared a moment ago
+    is accepted at once. Ingest does not wait on the identity service: when it cannot be reached, the last types
+    known are used, and with none yet the types are checked for their form only (logged), for retry_after seconds.
+    """
+
+    def __init__(self, identity_stub, ttl: float = 5.0, clock: Callable[[], float] = time.monotonic,
+                 timeout: float = 1.0, retry_after: float = 1.0):
+        self.identity = identity_stub
+        self.ttl = ttl
+        self.clock = clock
+        self.timeout = timeout
+        self.retry_after = retry_after
+        self._cache: dict[str, tuple[float, frozenset[str] | None]] = {}
+        self._loading: dict[str, asyncio.Future] = {}
+
+    async def known(self, tenant: str) -> frozenset[str] | None:
+        """The tenant's types, from the cache while it is fresh (None: unknown for now, check the form only)."""
+        cached = self._cache.get(tenant)
+        if cached is not None and self.clock() < cached[0]:
+            return cached[1]
+        return await self.refresh(tenant)
+
+    async def refresh(self, tenant: str) -> frozenset[str] | None:
+        """Asks the identity service now (concurrent callers for one tenant share one call)."""
+        pending = self._loading.get(tenant)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future = asyncio.get_running_loop().create_future()
+        self._loading[tenant] = future
+        try:
+            try:
+                reply = await self.identity.ListIdentityTypes(identity_pb.ListIdentityTypesRequest(),
+                                                              timeout=self.timeout)
+                types: frozenset[str] | None = frozenset(t.name for t in reply.identity_types)
+                self._cache[tenant] = (self.clock() + self.ttl, types)
+            except grpc.aio.AioRpcError as error:
+                stale = self._cache.get(tenant)
+                types = stale[1] if stale is not None else None
+                self._cache[tenant] = (self.clock() + self.retry_after, types)
+                log.warning("identity_types_unavailable", code=error.code().name, using_last_known=types is not None)
+            future.set_result(types)
+            return types
+        except BaseException as error:
+            future.set_exception(error)
+            future.exception()  # retrieved: waiters get it, nobody else needs to
+            raise
+        finally:
+            del self._loading[tenant]
+
+
+async def checked(types: IdentityTypes | None, tenant: str, validate: Callable[[frozenset[str] | None], object]):
+    """Runs validate with the tenant's identity types; an unknown type refreshes them once before it is refused."""
+    known = None if types is None else await types.known(tenant)
+    if known is None:
+        return validate(None)
+    try:
+        return validate(known)
+    except InvalidArgument as error:
+        if not any(description == UNKNOWN_TYPE for _, description in error.violations):
+            raise
+    return validate(await types.refresh(tenant))
 
 
 class Ingest:
     """Stores validated events; acknowledged means committed to the inbox."""
 
-    def __init__(self, store: GatewayStore):
+    def __init__(self, store: GatewayStore, identity_types: IdentityTypes | None = None):
         self.store = store
+        self.identity_types = identity_types
 
     @staticmethod
-    def prepare(events) -> tuple[list[str], list[bytes], list[int]]:
+    def prepare(events, known: frozenset[str] | None = None) -> tuple[list[str], list[bytes], list[int]]:
         """Validates a batch (InvalidArgument listing every bad field), serializes it and routes it for the inbox."""
-        validate_batch(events)
-        return [e.message_id for e in events], [e.SerializeToString() for e in events], [route_of(e) for e in events]
+        payloads = validate_batch(events, known=known)
+        return [e.message_id for e in events], payloads, [route_of(e) for e in events]
+
+    async def validate(self, tenant_id: str, events) -> tuple[list[str], list[bytes], list[int]]:
+        """prepare, with the tenant's identity types."""
+        return await checked(self.identity_types, tenant_id, lambda known: self.prepare(events, known))
 
     async def store_prepared(self, tenant_id: str, ids: list[str], payloads: list[bytes], routes: list[int]
                              ) -> list[tuple[str, bool]]:
@@ -136,8 +170,8 @@ class Ingest:
         return acks
 
     async def ingest(self, tenant_id: str, events) -> list[tuple[str, bool]]:
-        """prepare, then store_prepared."""
-        return await self.store_prepared(tenant_id, *self.prepare(events))
+        """validate, then store_prepared."""
+        return await self.store_prepared(tenant_id, *await self.validate(tenant_id, events))
 
 
-__all__ = ["Ingest", "validate_batch", "InvalidArgument"]
+__all__ = ["Ingest", "IdentityTypes", "validate_batch", "validate_event", "checked", "InvalidArgument"]

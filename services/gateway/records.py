@@ -10,10 +10,11 @@ from google.protobuf import json_format, timestamp_pb2
 from personalization.common.v1 import common_pb2
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2 as identity_pb
-from services.gateway.ingest import NAME, validate_event
+from services.gateway.ingest import NAME, IdentityTypes, checked, validate_event
 from services.gateway.ports import IdentityPort
 from services.gateway.postgres import GatewayStore
 from services.gateway.routing import route_of
+from shared import contract
 from shared.errors import Violations
 
 MAX_RECORDS = 25
@@ -76,9 +77,11 @@ def record_event(record: pb.SyncRecord, now: timestamp_pb2.Timestamp) -> common_
 class RecordSync:
     """Validates records (structure always; the data model unless increased_batch_size), resolves, stores."""
 
-    def __init__(self, store: GatewayStore, identity_stub: IdentityPort):
+    def __init__(self, store: GatewayStore, identity_stub: IdentityPort,
+                 identity_types: IdentityTypes | None = None):
         self.store = store
         self.identity = identity_stub
+        self.identity_types = identity_types
 
     async def send(self, tenant_id: str, request: pb.SendRecordDataRequest) -> pb.SendRecordDataResponse:
         records = request.records
@@ -94,19 +97,7 @@ class RecordSync:
         now.GetCurrentTime()
         events = [record_event(r, now) for r in records]
         model = None if request.increased_batch_size else await self.store.data_model(tenant_id)
-        clock = time.time()
-        for i, (record, event) in enumerate(zip(records, events)):
-            path = f"records[{i}]"
-            if len(record.record_id) > MAX_RECORD_ID:
-                v.add(f"{path}.record_id", f"must be at most {MAX_RECORD_ID} characters")
-            if record.interaction_name and not NAME.match(record.interaction_name):
-                v.add(f"{path}.interaction_name", "must match ^[a-z][a-z0-9_]{0,63}$")
-            if record.dataset and not NAME.match(record.dataset):
-                v.add(f"{path}.dataset", "must match ^[a-z][a-z0-9_]{0,63}$")
-            validate_event(event, path, v, clock)
-            if model is not None:
-                self._check_model(record, model, path, v)
-        v.raise_if_any()
+        await checked(self.identity_types, tenant_id, lambda known: self._validate(records, events, model, known))
         resolved = await self.identity.ResolveIdentities(identity_pb.ResolveIdentitiesRequest(
             subjects=[identity_pb.Subject(identities=r.identities) for r in records]))
         stored = await self.store.store_events(
@@ -117,6 +108,30 @@ class RecordSync:
                             message_id=e.message_id,
                             status=pb.ACK_STATUS_STORED if e.message_id in stored else pb.ACK_STATUS_DUPLICATE)
             for i, (res, e) in enumerate(zip(resolved.resolutions, events))])
+
+    def _validate(self, records, events: list[common_pb2.Event], model: pb.DataModel | None,
+                  known: frozenset[str] | None) -> None:
+        """The record's own fields, then the event it becomes against the contract (paths are the record's)."""
+        v = Violations()
+        clock = time.time()
+        for i, (record, event) in enumerate(zip(records, events)):
+            path = f"records[{i}]"
+            if len(record.record_id) > MAX_RECORD_ID:
+                v.add(f"{path}.record_id", f"must be at most {MAX_RECORD_ID} characters")
+            elif "\x00" in record.record_id:
+                v.add(f"{path}.record_id", "must not contain NUL characters")
+            if record.interaction_name and not NAME.match(record.interaction_name):
+                v.add(f"{path}.interaction_name", "must match ^[a-z][a-z0-9_]{0,63}$")
+            if record.dataset and not NAME.match(record.dataset):
+                v.add(f"{path}.dataset", "must match ^[a-z][a-z0-9_]{0,63}$")
+            if v:
+                continue  # the event's name and source come from these fields: their paths would mislead
+            validate_event(event, path, v, clock, known)
+            if event.ByteSize() > contract.MAX_EVENT_BYTES:
+                v.add(path, f"must be at most {contract.MAX_EVENT_BYTES:,} bytes serialized")
+            if model is not None:
+                self._check_model(record, model, path, v)
+        v.raise_if_any()
 
     @staticmethod
     def _check_model(record: pb.SyncRecord, model: pb.DataModel, path: str, v: Violations) -> None:

@@ -24,7 +24,7 @@ from services.gateway.batch import BatchJobs
 from services.gateway.decide import Decider
 from services.gateway.dead_letters import DeadLetters
 from services.gateway.decision_log import DecisionLogWriter
-from services.gateway.ingest import Ingest
+from services.gateway.ingest import IdentityTypes, Ingest
 from services.gateway.passthrough import Passthrough, served_pool
 from services.gateway.pipeline import MergePropagation, MergeSweeper, PartitionWorker, Pipeline, WorkerSettings
 from services.gateway.ports import AfterHook, RecommenderPort, Stubs
@@ -117,7 +117,9 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
     batch = BatchJobs(dsn, PostgresBatch(pool), stubs)
     activations = Activations(pool, profile)
     decider = Decider(stubs, log_writer, quotas, resolve_cache_seconds=settings.resolve_cache_seconds)
-    servicer = GatewayServicer(keys, Ingest(store), decider, RecordSync(store, identity), batch, quotas, activations,
+    identity_types = IdentityTypes(identity)
+    servicer = GatewayServicer(keys, Ingest(store, identity_types), decider, RecordSync(store, identity, identity_types),
+                               batch, quotas, activations,
                                DeadLetters(InboxStore(pool)),
                                Privacy(PostgresPrivacy(pool), identity, profile, recommender, decision, decider,
                                        log_writer),

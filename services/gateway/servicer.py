@@ -120,7 +120,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             async for message in request_iterator:
                 await self._admit()
                 try:
-                    prepared = self.ingest.prepare(message.events)
+                    prepared = await self.ingest.validate(tenant, message.events)
                 except InvalidArgument as error:
                     error.metadata["message_index"] = str(index)
                     error.message = f"stream message {index}: {error.message}"

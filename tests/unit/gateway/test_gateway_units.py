@@ -51,9 +51,9 @@ def test_each_bad_field_gets_its_own_violation_path():
         "events[1].message_id",
         "events[1].event_time",
         "events[2].line_items",
-        "events[3].name",
         "events[3].identities[0].type",
         "events[3].identities[0].value",
+        "events[3].name",
     ]
 
 

@@ -23,28 +23,75 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from personalization.common.v1 import limits_pb2 as personalization_dot_common_dot_v1_dot_limits__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&personalization/common/v1/common.proto\x12\x19personalization.common.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x08Identity\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"A\n\x08LineItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x01\x12\x12\n\nunit_price\x18\x03 \x01(\x01\"T\n\x07\x43onsent\x12\x0f\n\x07purpose\x18\x01 \x01(\t\x12\x38\n\x06status\x18\x02 \x01(\x0e\x32(.personalization.common.v1.ConsentStatus\"]\n\rProfileObject\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x11\n\tobject_id\x18\x02 \x01(\t\x12+\n\nattributes\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xf3\x03\n\x05\x45vent\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x32\n\x04type\x18\x02 \x01(\x0e\x32$.personalization.common.v1.EventType\x12\x0c\n\x04name\x18\x03 \x01(\t\x12.\n\nevent_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\nidentities\x18\x05 \x03(\x0b\x32#.personalization.common.v1.Identity\x12+\n\nattributes\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07item_id\x18\x07 \x01(\t\x12\x37\n\nline_items\x18\x08 \x03(\x0b\x32#.personalization.common.v1.LineItem\x12+\n\nproperties\x18\t \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06source\x18\n \x01(\t\x12\x34\n\x08\x63onsents\x18\x0b \x03(\x0b\x32\".personalization.common.v1.Consent\x12\x41\n\x0fprofile_objects\x18\x0c \x03(\x0b\x32(.personalization.common.v1.ProfileObject*\xdc\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_TYPE_PAGE_VIEW\x10\x01\x12\x1b\n\x17\x45VENT_TYPE_PRODUCT_VIEW\x10\x02\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x12\x1a\n\x16\x45VENT_TYPE_EMAIL_CLICK\x10\x05\x12\x14\n\x10\x45VENT_TYPE_LOGIN\x10\x06\x12\x15\n\x11\x45VENT_TYPE_CUSTOM\x10\x07*f\n\rConsentStatus\x12\x1e\n\x1a\x43ONSENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONSENT_STATUS_GRANTED\x10\x01\x12\x19\n\x15\x43ONSENT_STATUS_DENIED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&personalization/common/v1/common.proto\x12\x19personalization.common.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a&personalization/common/v1/limits.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"c\n\x08Identity\x12=\n\x04type\x18\x01 \x01(\tB/\xe2\xf9\x18+\x08\x01\x10@\x1a\x16^[a-z][a-z0-9_]{0,63}$b\ridentity_type\x12\x18\n\x05value\x18\x02 \x01(\tB\t\xe2\xf9\x18\x05\x08\x01\x10\x80\x04\"\x82\x01\n\x08LineItem\x12\x1a\n\x07item_id\x18\x01 \x01(\tB\t\xe2\xf9\x18\x05\x08\x01\x10\x80\x02\x12,\n\x08quantity\x18\x02 \x01(\x01\x42\x1a\xe2\xf9\x18\x16(\x01\x31\x00\x00\x00\x00\x65\xcd\xcd\xc1\x39\x00\x00\x00\x00\x65\xcd\xcd\x41@\x01\x12,\n\nunit_price\x18\x03 \x01(\x01\x42\x18\xe2\xf9\x18\x14(\x01\x31\x00\x00\x00\x00\x00\x00\x00\x00\x39\x00\x00\x00\xa2\x94\x1amB\"~\n\x07\x43onsent\x12\x31\n\x07purpose\x18\x01 \x01(\tB \xe2\xf9\x18\x1c\x08\x01\x10@\x1a\x16^[a-z][a-z0-9_]{0,63}$\x12@\n\x06status\x18\x02 \x01(\x0e\x32(.personalization.common.v1.ConsentStatusB\x06\xe2\xf9\x18\x02H\x01\"\x9f\x01\n\rProfileObject\x12.\n\x04type\x18\x01 \x01(\tB \xe2\xf9\x18\x1c\x08\x01\x10@\x1a\x16^[a-z][a-z0-9_]{0,63}$\x12\x1c\n\tobject_id\x18\x02 \x01(\tB\t\xe2\xf9\x18\x05\x08\x01\x10\x80\x01\x12@\n\nattributes\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructB\x13\xe2\xf9\x18\x0f dZ\x0b\x08\x08\x10@\x18\x80@ \x80\x80\x04\"\xb8\x05\n\x05\x45vent\x12\x1d\n\nmessage_id\x18\x01 \x01(\tB\t\xe2\xf9\x18\x05\x08\x01\x10\x80\x01\x12:\n\x04type\x18\x02 \x01(\x0e\x32$.personalization.common.v1.EventTypeB\x06\xe2\xf9\x18\x02H\x01\x12\x15\n\x04name\x18\x03 \x01(\tB\x07\xe2\xf9\x18\x03\x10\x80\x01\x12:\n\nevent_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\n\xe2\xf9\x18\x06\x08\x01P\x80\xa3\x05\x12\x41\n\nidentities\x18\x05 \x03(\x0b\x32#.personalization.common.v1.IdentityB\x08\xe2\xf9\x18\x04\x08\x01  \x12\x43\n\nattributes\x18\x06 \x01(\x0b\x32\x17.google.protobuf.StructB\x16\xe2\xf9\x18\x12 dZ\x0e\x08\x03\x10@\x18\x80\x04 \x80\x80\x04(\x80\x08\x12\x18\n\x07item_id\x18\x07 \x01(\tB\x07\xe2\xf9\x18\x03\x10\x80\x02\x12@\n\nline_items\x18\x08 \x03(\x0b\x32#.personalization.common.v1.LineItemB\x07\xe2\xf9\x18\x03 \xe8\x07\x12\x42\n\nproperties\x18\t \x01(\x0b\x32\x17.google.protobuf.StructB\x15\xe2\xf9\x18\x11 \xc8\x01Z\x0c\x08\x08\x10\x80\x01\x18\x80@ \x80\x80\x08\x12.\n\x06source\x18\n \x01(\tB\x1e\xe2\xf9\x18\x1a\x10@\x1a\x16^[a-z][a-z0-9_]{0,63}$\x12<\n\x08\x63onsents\x18\x0b \x03(\x0b\x32\".personalization.common.v1.ConsentB\x06\xe2\xf9\x18\x02  \x12I\n\x0fprofile_objects\x18\x0c \x03(\x0b\x32(.personalization.common.v1.ProfileObjectB\x06\xe2\xf9\x18\x02  : \xe2\xf9\x18\x1c\x08\x80\x80\x10\x12\x16TAILOR_MAX_EVENT_BYTES*\xdc\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45VENT_TYPE_PAGE_VIEW\x10\x01\x12\x1b\n\x17\x45VENT_TYPE_PRODUCT_VIEW\x10\x02\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x12\x1a\n\x16\x45VENT_TYPE_EMAIL_CLICK\x10\x05\x12\x14\n\x10\x45VENT_TYPE_LOGIN\x10\x06\x12\x15\n\x11\x45VENT_TYPE_CUSTOM\x10\x07*f\n\rConsentStatus\x12\x1e\n\x1a\x43ONSENT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONSENT_STATUS_GRANTED\x10\x01\x12\x19\n\x15\x43ONSENT_STATUS_DENIED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'personalization.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTTYPE']._serialized_start=924
-  _globals['_EVENTTYPE']._serialized_end=1144
-  _globals['_CONSENTSTATUS']._serialized_start=1146
-  _globals['_CONSENTSTATUS']._serialized_end=1248
-  _globals['_IDENTITY']._serialized_start=132
-  _globals['_IDENTITY']._serialized_end=171
-  _globals['_LINEITEM']._serialized_start=173
-  _globals['_LINEITEM']._serialized_end=238
-  _globals['_CONSENT']._serialized_start=240
-  _globals['_CONSENT']._serialized_end=324
-  _globals['_PROFILEOBJECT']._serialized_start=326
-  _globals['_PROFILEOBJECT']._serialized_end=419
-  _globals['_EVENT']._serialized_start=422
-  _globals['_EVENT']._serialized_end=921
+  _globals['_IDENTITY'].fields_by_name['type']._loaded_options = None
+  _globals['_IDENTITY'].fields_by_name['type']._serialized_options = b'\342\371\030+\010\001\020@\032\026^[a-z][a-z0-9_]{0,63}$b\ridentity_type'
+  _globals['_IDENTITY'].fields_by_name['value']._loaded_options = None
+  _globals['_IDENTITY'].fields_by_name['value']._serialized_options = b'\342\371\030\005\010\001\020\200\004'
+  _globals['_LINEITEM'].fields_by_name['item_id']._loaded_options = None
+  _globals['_LINEITEM'].fields_by_name['item_id']._serialized_options = b'\342\371\030\005\010\001\020\200\002'
+  _globals['_LINEITEM'].fields_by_name['quantity']._loaded_options = None
+  _globals['_LINEITEM'].fields_by_name['quantity']._serialized_options = b'\342\371\030\026(\0011\000\000\000\000e\315\315\3019\000\000\000\000e\315\315A@\001'
+  _globals['_LINEITEM'].fields_by_name['unit_price']._loaded_options = None
+  _globals['_LINEITEM'].fields_by_name['unit_price']._serialized_options = b'\342\371\030\024(\0011\000\000\000\000\000\000\000\0009\000\000\000\242\224\032mB'
+  _globals['_CONSENT'].fields_by_name['purpose']._loaded_options = None
+  _globals['_CONSENT'].fields_by_name['purpose']._serialized_options = b'\342\371\030\034\010\001\020@\032\026^[a-z][a-z0-9_]{0,63}$'
+  _globals['_CONSENT'].fields_by_name['status']._loaded_options = None
+  _globals['_CONSENT'].fields_by_name['status']._serialized_options = b'\342\371\030\002H\001'
+  _globals['_PROFILEOBJECT'].fields_by_name['type']._loaded_options = None
+  _globals['_PROFILEOBJECT'].fields_by_name['type']._serialized_options = b'\342\371\030\034\010\001\020@\032\026^[a-z][a-z0-9_]{0,63}$'
+  _globals['_PROFILEOBJECT'].fields_by_name['object_id']._loaded_options = None
+  _globals['_PROFILEOBJECT'].fields_by_name['object_id']._serialized_options = b'\342\371\030\005\010\001\020\200\001'
+  _globals['_PROFILEOBJECT'].fields_by_name['attributes']._loaded_options = None
+  _globals['_PROFILEOBJECT'].fields_by_name['attributes']._serialized_options = b'\342\371\030\017 dZ\013\010\010\020@\030\200@ \200\200\004'
+  _globals['_EVENT'].fields_by_name['message_id']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['message_id']._serialized_options = b'\342\371\030\005\010\001\020\200\001'
+  _globals['_EVENT'].fields_by_name['type']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['type']._serialized_options = b'\342\371\030\002H\001'
+  _globals['_EVENT'].fields_by_name['name']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['name']._serialized_options = b'\342\371\030\003\020\200\001'
+  _globals['_EVENT'].fields_by_name['event_time']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['event_time']._serialized_options = b'\342\371\030\006\010\001P\200\243\005'
+  _globals['_EVENT'].fields_by_name['identities']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['identities']._serialized_options = b'\342\371\030\004\010\001  '
+  _globals['_EVENT'].fields_by_name['attributes']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['attributes']._serialized_options = b'\342\371\030\022 dZ\016\010\003\020@\030\200\004 \200\200\004(\200\010'
+  _globals['_EVENT'].fields_by_name['item_id']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['item_id']._serialized_options = b'\342\371\030\003\020\200\002'
+  _globals['_EVENT'].fields_by_name['line_items']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['line_items']._serialized_options = b'\342\371\030\003 \350\007'
+  _globals['_EVENT'].fields_by_name['properties']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['properties']._serialized_options = b'\342\371\030\021 \310\001Z\014\010\010\020\200\001\030\200@ \200\200\010'
+  _globals['_EVENT'].fields_by_name['source']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['source']._serialized_options = b'\342\371\030\032\020@\032\026^[a-z][a-z0-9_]{0,63}$'
+  _globals['_EVENT'].fields_by_name['consents']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['consents']._serialized_options = b'\342\371\030\002  '
+  _globals['_EVENT'].fields_by_name['profile_objects']._loaded_options = None
+  _globals['_EVENT'].fields_by_name['profile_objects']._serialized_options = b'\342\371\030\002  '
+  _globals['_EVENT']._loaded_options = None
+  _globals['_EVENT']._serialized_options = b'\342\371\030\034\010\200\200\020\022\026TAILOR_MAX_EVENT_BYTES'
+  _globals['_EVENTTYPE']._serialized_start=1396
+  _globals['_EVENTTYPE']._serialized_end=1616
+  _globals['_CONSENTSTATUS']._serialized_start=1618
+  _globals['_CONSENTSTATUS']._serialized_end=1720
+  _globals['_IDENTITY']._serialized_start=172
+  _globals['_IDENTITY']._serialized_end=271
+  _globals['_LINEITEM']._serialized_start=274
+  _globals['_LINEITEM']._serialized_end=404
+  _globals['_CONSENT']._serialized_start=406
+  _globals['_CONSENT']._serialized_end=532
+  _globals['_PROFILEOBJECT']._serialized_start=535
+  _globals['_PROFILEOBJECT']._serialized_end=694
+  _globals['_EVENT']._serialized_start=697
+  _globals['_EVENT']._serialized_end=1393
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,495 @@
+"""The contract of what a message may carry: the limits declared in the protos, checked by generated code.
+
+The limits are options on the contracts' fields and messages (protos/personalization/common/v1/limits.proto).
+For each message type that is checked, this module reads them from the descriptors once and writes two plain
+Python functions (compiled with exec, cached per type): a fast one that only answers "valid or not" without
+building a single string, and a detailed one, run only for an invalid message, that adds one field violation per
+bad field, named by its path as the caller sent it (events[2].line_items[0].unit_price, events[0].attributes.age),
+stating the limit and never echoing the value.
+
+Rules that hold for every checked message, declared or not: no string contains NUL (PostgreSQL text cannot hold it;
+the protobuf runtime already refused invalid UTF-8 while parsing, see shared.wire), every Timestamp is between 1970
+and 9999 with nanos in range, and every number inside a Struct is finite.
+
+buf.validate with protovalidate was measured first (protovalidate 2.1 on the same Event): about 11 us per event for
+a subset of these rules, against a budget of a few us; it also needs a second protobuf runtime (protobuf-py) and
+validate.proto, which its wheel does not ship. Hence our own options and this generator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from google.protobuf import descriptor as _d
+from google.protobuf.message import Message
+
+from personalization.common.v1 import common_pb2, limits_pb2
+from shared.errors import InvalidArgument, Violations
+from shared.settings import env_int
+
+# What a default gRPC client accepts (4 MiB): no service sends a larger response.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Room left in a response for what surrounds the data that is cut to fit (ids, counters, field tags).
+RESPONSE_MARGIN_BYTES = 64 * 1024
+# Timestamps: from 1970-01-01T00:00:01Z to 9999-12-31T23:59:59Z.
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+
+
+def _message_limits(descriptor: _d.Descriptor) -> limits_pb2.MessageLimits | None:
+    options = descriptor.GetOptions()
+    return options.Extensions[limits_pb2.message] if options.HasExtension(limits_pb2.message) else None
+
+
+def _max_bytes(descriptor: _d.Descriptor) -> int:
+    """The declared max_bytes of a message, replaced by its environment variable when set (read once)."""
+    limits = _message_limits(descriptor)
+    if limits is None or not limits.max_bytes:
+        return 0
+    if limits.max_bytes_env:
+        return env_int(limits.max_bytes_env, limits.max_bytes, minimum=1024, maximum=MAX_MESSAGE_BYTES // 4)
+    return limits.max_bytes
+
+
+# The size of one serialized event (TAILOR_MAX_EVENT_BYTES, default 256 KiB).
+MAX_EVENT_BYTES = _max_bytes(common_pb2.Event.DESCRIPTOR)
+
+
+def _field_limits(field: _d.FieldDescriptor) -> limits_pb2.FieldLimits:
+    options = field.GetOptions()
+    return options.Extensions[limits_pb2.field] if options.HasExtension(limits_pb2.field) else limits_pb2.FieldLimits()
+
+
+def _number(x: float) -> str:
+    return f"{x:,.0f}" if float(x).is_integer() else repr(x)
+
+
+# ---- Struct content (JSON values) ------------------------------------------------------------------------------
+
+_STRUCT = "google.protobuf.Struct"
+_TIMESTAMP = "google.protobuf.Timestamp"
+
+
+def _py(value) -> Any:
+    """A Value as plain Python (numbers as floats), to measure its JSON text."""
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return {k: _py(v) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_py(v) for v in value.list_value.values]
+    if kind == "number_value":
+        return value.number_value
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None
+
+
+class _StructRules:
+    """Checks the content of one Struct field against its StructLimits."""
+
+    def __init__(self, field: _d.FieldDescriptor, limits: limits_pb2.FieldLimits):
+        s = limits.struct
+        self.max_fields = limits.max_items
+        self.max_depth = s.max_depth or 32
+        self.max_key = s.max_key_length or 256
+        self.max_string = s.max_string_length or (1 << 30)
+        self.max_bytes = s.max_bytes
+        self.max_json = s.max_value_json_bytes
+
+    def ok(self, struct) -> bool:
+        fields = struct.fields
+        if not fields:
+            return True
+        if self.max_fields and len(fields) > self.max_fields:
+            return False
+        if self.max_bytes and struct.ByteSize() > self.max_bytes:
+            return False
+        bad: list = []
+        self._walk_struct(struct, 1, "", bad, True)
+        return not bad
+
+    def add(self, struct, path: str, v: Violations) -> None:
+        fields = struct.fields
+        if not fields:
+            return
+        if self.max_fields and len(fields) > self.max_fields:
+            v.add(path, f"at most {self.max_fields:,} fields")
+            return
+        if self.max_bytes and struct.ByteSize() > self.max_bytes:
+            v.add(path, f"must be at most {self.max_bytes:,} bytes serialized")
+            return
+        bad: list[tuple[str, str]] = []
+        self._walk_struct(struct, 1, path, bad, False)
+        for where, problem in bad:
+            v.add(where, problem)
+
+    def _key_ok(self, key: str) -> bool:
+        return 0 < len(key) <= self.max_key and "\x00" not in key
+
+    def _walk_struct(self, struct, depth: int, path: str, bad: list, fast: bool) -> None:
+        for key, value in struct.fields.items():
+            if not self._key_ok(key):
+                bad.append((path, f"keys must be 1 to {self.max_key} characters without NUL"))
+                if fast:
+                    return
+                continue
+            where = f"{path}.{key}" if not fast else ""
+            self._walk_value(value, depth, where, bad, fast)
+            if depth == 1 and self.max_json and not bad and value.ByteSize() * 6 + 8 > self.max_json:
+                # Cheap bound first (JSON with escapes is at most ~6x the wire bytes); exact only when it may exceed.
+                if len(json.dumps(_py(value), sort_keys=True)) > self.max_json:
+                    bad.append((where, f"must be at most {self.max_json:,} bytes as JSON"))
+            if fast and bad:
+                return
+
+    def _walk_value(self, value, depth: int, path: str, bad: list, fast: bool) -> None:
+        kind = value.WhichOneof("kind")
+        if kind == "string_value":
+            text = value.string_value
+            if len(text) > self.max_string:
+                bad.append((path, f"strings must be at most {self.max_string:,} characters"))
+            elif "\x00" in text:
+                bad.append((path, "must not contain NUL characters"))
+        elif kind == "number_value":
+            if not math.isfinite(value.number_value):
+                bad.append((path, "must be a finite number"))
+        elif kind == "struct_value" or kind == "list_value":
+            if depth >= self.max_depth:
+                bad.append((path, f"nesting deeper than {self.max_depth} levels"))
+                return
+            if kind == "struct_value":
+                self._walk_struct(value.struct_value, depth + 1, path, bad, fast)
+            else:
+                for j, item in enumerate(value.list_value.values):
+                    self._walk_value(item, depth + 1, f"{path}[{j}]" if not fast else "", bad, fast)
+                    if fast and bad:
+                        return
+
+
+# ---- generated checks -------------------------------------------------------------------------------------------
+
+
+class _Generator:
+    """Writes the source of the two check functions of a message type and of every type it contains.
+
+    The fast function inlines the checks of contained messages (no call per identity or line item) and joins the
+    conditions on one string into one test; the detailed one calls a function per contained message with its path.
+    """
+
+    def __init__(self, check_size: bool = True) -> None:
+        self.names: dict[str, str] = {}
+        self.lines: list[str] = []
+        self.env: dict[str, Any] = {"_isfinite": math.isfinite, "_TS_MAX": MAX_TIMESTAMP_SECONDS}
+        self.counter = 0
+        self.check_size = check_size
+
+    def constant(self, value: Any) -> str:
+        self.counter += 1
+        name = f"_c{self.counter}"
+        self.env[name] = value
+        return name
+
+    def root(self, descriptor: _d.Descriptor) -> str:
+        name = self.function(descriptor)
+        fast: list[str] = []
+        self.body(descriptor, True, "m", 0, "    ", fast, root=True)
+        self.lines += [f"def ok_{name}(m, now, known=None):", *fast, "    return True", ""]
+        return name
+
+    def function(self, descriptor: _d.Descriptor, root: bool = True) -> str:
+        name = self.names.get(descriptor.full_name)
+        if name is None:
+            name = self.names[descriptor.full_name] = f"m{len(self.names)}"
+            slow: list[str] = []
+            self.body(descriptor, False, "m", 0, "    ", slow, root=root)
+            self.lines += [f"def add_{name}(m, now, v, p, known=None):", "    P = p + '.' if p else ''", *slow,
+                           "    pass", ""]
+        return name
+
+    def fail(self, fast: bool, lines: list[str], path: str, problem: str, indent: str) -> None:
+        lines.append(f"{indent}return False" if fast else f"{indent}v.add({path}, {self.constant(problem)})")
+
+    def body(self, descriptor: _d.Descriptor, fast: bool, var: str, depth: int, ind: str, out: list[str],
+             root: bool = False) -> None:
+        size = _max_bytes(descriptor) if (self.check_size or not root) else 0
+        if size:
+            out.append(f"{ind}if {var}.ByteSize() > {size}:")
+            self.fail(fast, out, "p or 'message'", f"must be at most {size:,} bytes serialized", ind + "    ")
+            if not fast:
+                out.append(f"{ind}    return")
+        for field in descriptor.fields:
+            self.field(field, fast, var, depth, ind, out)
+
+    def field(self, f: _d.FieldDescriptor, fast: bool, var: str, depth: int, ind: str, out: list[str]) -> None:
+        lim = _field_limits(f)
+        name = f.name
+        path = f"P + {name!r}"
+        if f.message_type is not None and f.message_type.GetOptions().map_entry:
+            return  # no map carries event content
+        if f.is_repeated:
+            xs, y = f"xs{depth}", f"y{depth}"
+            out.append(f"{ind}{xs} = {var}.{name}")
+            if lim.required:
+                out.append(f"{ind}if not {xs}:")
+                self.fail(fast, out, path, "at least one is required", ind + "    ")
+            element = limits_pb2.FieldLimits()
+            element.CopyFrom(lim)
+            element.ClearField("required")  # required is about the list; its elements follow their own rules
+            inner: list[str] = []
+            item = f"{path} + '[' + str(j) + ']'"
+            self.value(f, element, y, item, fast, depth + 1, ind + "        ", inner)
+            if lim.max_items:
+                out.append(f"{ind}if len({xs}) > {lim.max_items}:")
+                self.fail(fast, out, path, f"at most {lim.max_items:,} items", ind + "    ")
+                if inner:
+                    out.append(f"{ind}else:")
+            if inner:
+                body_ind = ind + "    " if lim.max_items else ind
+                loop = f"for {y} in {xs}:" if fast else f"for j, {y} in enumerate({xs}):"
+                out.append(f"{body_ind}{loop}")
+                shift = "" if lim.max_items else None
+                out.extend(inner if shift is not None else [line[4:] for line in inner])
+            return
+        if f.type == _d.FieldDescriptor.TYPE_MESSAGE and f.message_type.full_name == _TIMESTAMP:
+            # An unset Timestamp reads as zeros, which the checks below refuse when required: no HasField needed.
+            self.value(f, lim, f"{var}.{name}", path, fast, depth + 1, ind, out)
+            return
+        if f.type == _d.FieldDescriptor.TYPE_MESSAGE:
+            out.append(f"{ind}if {var}.HasField({name!r}):")
+            inner = []
+            self.value(f, lim, f"{var}.{name}", path, fast, depth + 1, ind + "    ", inner)
+            out.extend(inner or [f"{ind}    pass"])
+            if lim.required:
+                out.append(f"{ind}else:")
+                self.fail(fast, out, path, "is required", ind + "    ")
+            return
+        self.value(f, lim, f"{var}.{name}", path, fast, depth, ind, out)
+
+    def value(self, f: _d.FieldDescriptor, lim, expr: str, path: str, fast: bool, depth: int, ind: str,
+              out: list[str]) -> None:
+        """Checks one value (a singular field or one element of a repeated field)."""
+        t = f.type
+        D = _d.FieldDescriptor
+        x = f"x{depth}"
+        if t == D.TYPE_STRING:
+            checks: list[tuple[str, str]] = []
+            if lim.max_length:
+                checks.append((f"len({x}) > {lim.max_length}", f"must be at most {lim.max_length:,} characters"))
+            checks.append((f"'\\x00' in {x}", "must not contain NUL characters"))
+            if lim.pattern:
+                pattern = re.compile(lim.pattern)
+                seen: set[str] = set()
+
+                def match(text: str, pattern=pattern, seen=seen, longest=lim.max_length or len(text)) -> bool:
+                    if pattern.fullmatch(text) is None or len(text) > longest or "\x00" in text:
+                        return False
+                    if len(seen) < 10_000:  # a few names (identity types, sources) repeated millions of times
+                        seen.add(text)
+                    return True
+
+                seen_name, match_name = self.constant(seen), self.constant(match)
+                if fast:  # a string the pattern matched once passed every check of this field
+                    checks = []
+                checks.append((f"{x} not in {seen_name} and not {match_name}({x})", f"must match {lim.pattern}"))
+            out.append(f"{ind}{x} = {expr}")
+            if lim.registry and lim.pattern:
+                # A known name passed every check when it was declared; a well-formed unknown one is refused as such,
+                # a malformed one by the checks that follow.
+                out.append(f"{ind}if known is not None and {x} in known:")
+                out.append(f"{ind}    pass")
+                out.append(f"{ind}elif known is not None and ({x} in {seen_name} or {match_name}({x})):")
+                self.fail(fast, out, path, f"unknown {lim.registry.replace('_', ' ')}: declare it first", ind + "    ")
+                out.append(f"{ind}else:")
+                ind = ind + "    "
+            if fast:
+                joined = " or ".join(f"({c})" for c, _ in checks)
+                if lim.required:
+                    out.append(f"{ind}if not {x} or {x}.isspace() or {joined}:")
+                else:
+                    out.append(f"{ind}if {x} and ({joined}):")
+                out.append(f"{ind}    return False")
+                return
+            if lim.required:
+                out.append(f"{ind}if not {x} or {x}.isspace():")
+                self.fail(fast, out, path, "is required", ind + "    ")
+                keyword = "elif"
+            else:
+                out.append(f"{ind}if {x}:")
+                ind, keyword = ind + "    ", "if"
+            for condition, problem in checks:
+                out.append(f"{ind}{keyword} {condition}:")
+                self.fail(fast, out, path, problem, ind + "    ")
+                keyword = "elif"
+            return
+        if t in (D.TYPE_DOUBLE, D.TYPE_FLOAT):
+            has_range = lim.HasField("min") or lim.HasField("max")
+            low = lim.min if lim.HasField("min") else -math.inf
+            high = lim.max if lim.HasField("max") else math.inf
+            conditions = []
+            if lim.finite or has_range:
+                conditions.append((f"not _isfinite({x})", "must be a finite number"))
+            if has_range:
+                conditions.append((f"not ({low!r} <= {x} <= {high!r})", self._range(lim)))
+            if lim.non_zero:
+                conditions.append((f"{x} == 0", "must not be zero"))
+            if not conditions:
+                return
+            out.append(f"{ind}{x} = {expr}")
+            if fast:
+                # NaN fails every comparison, so a range test alone refuses it; infinities are outside any range.
+                tests = [f"not ({low!r} <= {x} <= {high!r})" if has_range else f"not _isfinite({x})"]
+                if lim.non_zero:
+                    tests.append(f"{x} == 0")
+                out.append(f"{ind}if {' or '.join(tests)}:")
+                out.append(f"{ind}    return False")
+                return
+            keyword = "if"
+            for condition, problem in conditions:
+                out.append(f"{ind}{keyword} {condition}:")
+                self.fail(fast, out, path, problem, ind + "    ")
+                keyword = "elif"
+            return
+        if t == D.TYPE_ENUM:
+            if lim.defined_only:
+                valid = frozenset(v.number for v in f.enum_type.values if v.number != 0)
+                out.append(f"{ind}if {expr} not in {self.constant(valid)}:")
+                self.fail(fast, out, path,
+                          f"must be a known {f.enum_type.name} other than {f.enum_type.values[0].name}", ind + "    ")
+            return
+        if t in (D.TYPE_INT32, D.TYPE_INT64, D.TYPE_UINT32, D.TYPE_UINT64, D.TYPE_SINT32, D.TYPE_SINT64):
+            if lim.HasField("min") or lim.HasField("max"):
+                low = lim.min if lim.HasField("min") else -math.inf
+                high = lim.max if lim.HasField("max") else math.inf
+                out.append(f"{ind}if not ({low!r} <= {expr} <= {high!r}):")
+                self.fail(fast, out, path, self._range(lim), ind + "    ")
+            return
+        if t != D.TYPE_MESSAGE:
+            return
+        full = f.message_type.full_name
+        if full == _TIMESTAMP:
+            ts, s = f"t{depth}", f"s{depth}"
+            nanos = f"n{depth}"
+            out.append(f"{ind}{ts} = {expr}")
+            out.append(f"{ind}{s} = {ts}.seconds")
+            out.append(f"{ind}{nanos} = {ts}.nanos")
+            if lim.required:
+                out.append(f"{ind}if {s} == 0 and {nanos} == 0:")
+                self.fail(fast, out, path, "is required", ind + "    ")
+                keyword = "elif"
+            else:
+                out.append(f"{ind}if {s} == 0 and {nanos} == 0:")
+                out.append(f"{ind}    pass")
+                keyword = "elif"
+            out.append(f"{ind}{keyword} not (0 < {s} <= _TS_MAX and 0 <= {nanos} <= 999999999):")
+            self.fail(fast, out, path, "must be a time between 1970 and 9999 with nanos from 0 to 999,999,999",
+                      ind + "    ")
+            if lim.max_future_seconds:
+                out.append(f"{ind}elif {s} > now + {lim.max_future_seconds}:")
+                self.fail(fast, out, path, f"must not be more than {lim.max_future_seconds:,} seconds in the future",
+                          ind + "    ")
+            return
+        if full == _STRUCT:
+            rules = self.constant(_StructRules(f, lim))
+            if fast:
+                out.append(f"{ind}if not {rules}.ok({expr}):")
+                out.append(f"{ind}    return False")
+            else:
+                out.append(f"{ind}{rules}.add({expr}, {path}, v)")
+            return
+        if full.startswith("google.protobuf."):
+            return
+        if fast:
+            m = expr
+            if not expr.isidentifier():
+                m = f"m{depth}"
+                out.append(f"{ind}{m} = {expr}")
+            self.body(f.message_type, True, m, depth, ind, out)
+        else:
+            out.append(f"{ind}add_{self.function(f.message_type, root=False)}({expr}, now, v, {path}, known)")
+
+    @staticmethod
+    def _range(lim) -> str:
+        if lim.HasField("min") and lim.HasField("max"):
+            return f"must be between {_number(lim.min)} and {_number(lim.max)}"
+        if lim.HasField("min"):
+            return f"must be at least {_number(lim.min)}"
+        return f"must be at most {_number(lim.max)}"
+
+
+class Checker:
+    """The generated checks of one message type (check_size=False leaves the size of the whole message to the
+    caller, who may know it already from serializing it)."""
+
+    def __init__(self, descriptor: _d.Descriptor, check_size: bool = True):
+        gen = _Generator(check_size)
+        name = gen.root(descriptor)
+        self.source = "\n".join(gen.lines)
+        exec(compile(self.source, f"<contract {descriptor.full_name}>", "exec"), gen.env)  # noqa: S102 - our own generated code
+        self.ok: Callable[[Message, float], bool] = gen.env[f"ok_{name}"]
+        self._add: Callable[[Message, float, Violations, str], None] = gen.env[f"add_{name}"]
+        self.descriptor = descriptor
+
+    def add(self, message: Message, path: str, v: Violations, now: float | None = None,
+            known: frozenset[str] | set[str] | None = None) -> bool:
+        """Adds a violation per bad field of message (paths under path); returns True when it had none.
+
+        known, when given, holds the names the tenant declared in the registry its fields refer to (identity types).
+        """
+        now = time.time() if now is None else now
+        if self.ok(message, now, known):
+            return True
+        before = len(v.items)
+        self._add(message, now, v, path, known)
+        if len(v.items) == before:  # the two functions come from one declaration; never silently pass
+            v.add(path or "message", "is not valid")
+        return False
+
+    def add_each(self, messages: Iterable[Message], field: str, v: Violations, now: float | None = None,
+                 known: frozenset[str] | set[str] | None = None) -> None:
+        """Checks each message of a repeated field, naming each bad one field[i]...."""
+        now = time.time() if now is None else now
+        ok = self.ok
+        for i, message in enumerate(messages):
+            if not ok(message, now, known):
+                self.add(message, f"{field}[{i}]", v, now, known)
+
+
+_CHECKERS: dict[tuple[str, bool], Checker] = {}
+
+
+def checker(descriptor: _d.Descriptor, check_size: bool = True) -> Checker:
+    """The checks of a message type, generated on first use and kept."""
+    key = (descriptor.full_name, check_size)
+    found = _CHECKERS.get(key)
+    if found is None:
+        found = _CHECKERS[key] = Checker(descriptor, check_size)
+    return found
+
+
+def check(message: Message, path: str = "") -> None:
+    """Raises InvalidArgument with one field violation per bad field of message (a request, usually)."""
+    v = Violations()
+    checker(message.DESCRIPTOR).add(message, path, v)
+    v.raise_if_any()
+
+
+def check_events(events: Sequence[common_pb2.Event], field: str = "events", v: Violations | None = None,
+                 now: float | None = None) -> Violations:
+    """Adds a violation per bad field of each event (field[i]...) to v (a new Violations when None)."""
+    v = Violations() if v is None else v
+    EVENT.add_each(events, field, v, now)
+    return v
+
+
+EVENT = checker(common_pb2.Event.DESCRIPTOR)
+
+__all__ = [
+    "MAX_EVENT_BYTES", "MAX_MESSAGE_BYTES", "RESPONSE_MARGIN_BYTES", "Checker", "checker", "check", "check_events",
+    "EVENT", "InvalidArgument",
+]
