@@ -64,6 +64,17 @@ def _field_limits(field: _d.FieldDescriptor) -> limits_pb2.FieldLimits:
     return options.Extensions[limits_pb2.field] if options.HasExtension(limits_pb2.field) else limits_pb2.FieldLimits()
 
 
+def _literal(x: float) -> str:
+    """A number as Python source (infinities by name)."""
+    return repr(x) if math.isfinite(x) else ("_INF" if x > 0 else "-_INF")
+
+
+def field_limits(descriptor: _d.Descriptor, field: str) -> limits_pb2.FieldLimits:
+    """The limits declared on one field (for example field_limits(RecordInteractionsRequest.DESCRIPTOR,
+    "interactions").max_items: how many interactions one call may carry)."""
+    return _field_limits(descriptor.fields_by_name[field])
+
+
 def _number(x: float) -> str:
     return f"{x:,.0f}" if float(x).is_integer() else repr(x)
 
@@ -185,7 +196,7 @@ class _Generator:
     def __init__(self, check_size: bool = True) -> None:
         self.names: dict[str, str] = {}
         self.lines: list[str] = []
-        self.env: dict[str, Any] = {"_isfinite": math.isfinite, "_TS_MAX": MAX_TIMESTAMP_SECONDS}
+        self.env: dict[str, Any] = {"_isfinite": math.isfinite, "_TS_MAX": MAX_TIMESTAMP_SECONDS, "_INF": math.inf}
         self.counter = 0
         self.check_size = check_size
 
@@ -234,27 +245,29 @@ class _Generator:
             return  # no map carries event content
         if f.is_repeated:
             xs, y = f"xs{depth}", f"y{depth}"
-            out.append(f"{ind}{xs} = {var}.{name}")
-            if lim.required:
-                out.append(f"{ind}if not {xs}:")
-                self.fail(fast, out, path, "at least one is required", ind + "    ")
             element = limits_pb2.FieldLimits()
             element.CopyFrom(lim)
             element.ClearField("required")  # required is about the list; its elements follow their own rules
             inner: list[str] = []
             item = f"{path} + '[' + str(j) + ']'"
             self.value(f, element, y, item, fast, depth + 1, ind + "        ", inner)
+            if not lim.required and not lim.max_items and not inner:
+                return
+            # An empty list (the usual case for most of them) costs one test.
+            out.append(f"{ind}{xs} = {var}.{name}")
+            out.append(f"{ind}if not {xs}:")
+            if lim.required:
+                self.fail(fast, out, path, "at least one is required", ind + "    ")
+            else:
+                out.append(f"{ind}    pass")
             if lim.max_items:
-                out.append(f"{ind}if len({xs}) > {lim.max_items}:")
+                out.append(f"{ind}elif len({xs}) > {lim.max_items}:")
                 self.fail(fast, out, path, f"at most {lim.max_items:,} items", ind + "    ")
-                if inner:
-                    out.append(f"{ind}else:")
             if inner:
-                body_ind = ind + "    " if lim.max_items else ind
+                out.append(f"{ind}else:")
                 loop = f"for {y} in {xs}:" if fast else f"for j, {y} in enumerate({xs}):"
-                out.append(f"{body_ind}{loop}")
-                shift = "" if lim.max_items else None
-                out.extend(inner if shift is not None else [line[4:] for line in inner])
+                out.append(f"{ind}    {loop}")
+                out.extend(inner)
             return
         if f.type == _d.FieldDescriptor.TYPE_MESSAGE and f.message_type.full_name == _TIMESTAMP:
             # An unset Timestamp reads as zeros, which the checks below refuse when required: no HasField needed.
@@ -335,7 +348,7 @@ class _Generator:
             if lim.finite or has_range:
                 conditions.append((f"not _isfinite({x})", "must be a finite number"))
             if has_range:
-                conditions.append((f"not ({low!r} <= {x} <= {high!r})", self._range(lim)))
+                conditions.append((f"not ({_literal(low)} <= {x} <= {_literal(high)})", self._range(lim)))
             if lim.non_zero:
                 conditions.append((f"{x} == 0", "must not be zero"))
             if not conditions:
@@ -343,7 +356,7 @@ class _Generator:
             out.append(f"{ind}{x} = {expr}")
             if fast:
                 # NaN fails every comparison, so a range test alone refuses it; infinities are outside any range.
-                tests = [f"not ({low!r} <= {x} <= {high!r})" if has_range else f"not _isfinite({x})"]
+                tests = [f"not ({_literal(low)} <= {x} <= {_literal(high)})" if has_range else f"not _isfinite({x})"]
                 if lim.non_zero:
                     tests.append(f"{x} == 0")
                 out.append(f"{ind}if {' or '.join(tests)}:")
@@ -366,7 +379,7 @@ class _Generator:
             if lim.HasField("min") or lim.HasField("max"):
                 low = lim.min if lim.HasField("min") else -math.inf
                 high = lim.max if lim.HasField("max") else math.inf
-                out.append(f"{ind}if not ({low!r} <= {expr} <= {high!r}):")
+                out.append(f"{ind}if not ({_literal(low)} <= {expr} <= {_literal(high)}):")
                 self.fail(fast, out, path, self._range(lim), ind + "    ")
             return
         if t != D.TYPE_MESSAGE:
@@ -472,11 +485,47 @@ def checker(descriptor: _d.Descriptor, check_size: bool = True) -> Checker:
     return found
 
 
-def check(message: Message, path: str = "") -> None:
-    """Raises InvalidArgument with one field violation per bad field of message (a request, usually)."""
+def check(message: Message, path: str = "", now: float = math.inf) -> None:
+    """Raises InvalidArgument with one field violation per bad field of message (a request, usually).
+
+    Services downstream of the gateway leave now at infinity: how far in the future a time may be is checked where
+    the data enters the suite, against that clock; another host's clock must not refuse it later.
+    """
     v = Violations()
-    checker(message.DESCRIPTOR).add(message, path, v)
+    checker(message.DESCRIPTOR).add(message, path, v, now)
     v.raise_if_any()
+
+
+def violations(message: Message, path: str = "", now: float = math.inf) -> list[tuple[str, str]]:
+    """The field violations of message (empty when it is valid); now as in check."""
+    v = Violations()
+    checker(message.DESCRIPTOR).add(message, path, v, now)
+    return v.items
+
+
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
+def raise_merged(found: list[tuple[str, str]], *validators: Callable[[], object]) -> None:
+    """Raises one InvalidArgument with the contract's violations found and those the service's own validators add
+    on other fields, in request order (by the indexes in the path), so a caller sees every bad field at once.
+
+    Each validator is a pure check of the same request that raises InvalidArgument; none may write anything.
+    """
+    merged = list(found)
+    named = {field for field, _ in found}
+    for validate in validators:
+        try:
+            validate()
+        except InvalidArgument as error:
+            merged += [(f, d) for f, d in error.violations if f not in named]
+            named.update(f for f, _ in error.violations)
+    if merged:
+
+        def position(item: tuple[str, str]) -> list[int]:
+            return [int(n) for n in _INDEX.findall(item[0])]
+
+        raise InvalidArgument(sorted(merged, key=position))
 
 
 def check_events(events: Sequence[common_pb2.Event], field: str = "events", v: Violations | None = None,
@@ -491,5 +540,6 @@ EVENT = checker(common_pb2.Event.DESCRIPTOR)
 
 __all__ = [
     "MAX_EVENT_BYTES", "MAX_MESSAGE_BYTES", "RESPONSE_MARGIN_BYTES", "Checker", "checker", "check", "check_events",
+    "violations", "raise_merged", "field_limits",
     "EVENT", "InvalidArgument",
 ]

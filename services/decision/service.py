@@ -26,6 +26,7 @@ from services.decision.domain import (
 from services.decision.experiments import Assignment, Experiment, Outcome
 from services.decision.schema import ProfileSchema, check_rule, validate_schema
 from services.decision.validation import (
+    validate_outcomes,
     MAX_TEXT,
     decision_not_found,
     decode_token,
@@ -440,26 +441,7 @@ class DecisionService:
 
     async def record_outcomes(self, tenant: str, outcomes: Sequence[Outcome]) -> int:
         """Stores clicks and purchases once each (by outcome id)."""
-        v = Violations()
-        if len(outcomes) > MAX_LOG_ENTRIES:
-            v.add("outcomes", f"must hold at most {MAX_LOG_ENTRIES} outcomes")
-        for i, o in enumerate(outcomes):
-            p = f"outcomes[{i}]"
-            if not o.outcome_id:
-                v.add(f"{p}.outcome_id", "must not be empty")
-            elif len(o.outcome_id) > MAX_TEXT:
-                v.add(f"{p}.outcome_id", f"must be at most {MAX_TEXT} characters")
-            if not o.unified_individual_id:
-                v.add(f"{p}.unified_individual_id", "must name the individual")
-            if o.type not in ("CLICK", "PURCHASE"):
-                v.add(f"{p}.type", "must be OUTCOME_TYPE_CLICK or OUTCOME_TYPE_PURCHASE")
-            if o.time is None:
-                v.add(f"{p}.time", "is required")
-            if o.revenue < 0 or o.revenue != o.revenue:
-                v.add(f"{p}.revenue", "must be a non-negative number")
-            elif o.type == "CLICK" and o.revenue:
-                v.add(f"{p}.revenue", "clicks carry no revenue")
-        v.raise_if_any()
+        validate_outcomes(outcomes, MAX_LOG_ENTRIES)
         return await self.repo.insert_outcomes(tenant, outcomes) if outcomes else 0
 
     async def experiment_results(self, tenant: str, name: str) -> tuple[Experiment, exp.Results]:

@@ -13,9 +13,11 @@ from personalization.decision.v1 import decision_service_pb2_grpc as pb_grpc
 from services.decision.domain import Decision, LogEntry, Point, Template, TemplateField
 from services.decision.experiments import MODELS, Assignment, Cohort, Experiment, Outcome
 from services.decision.schema import ProfileSchema
-from services.decision.service import DecisionService
+from services.decision.service import MAX_LOG_ENTRIES, DecisionService
+from services.decision.validation import validate_outcomes
 from shared import context as request_context
 from services.decision.postgres_privacy import PostgresPrivacy
+from shared import contract
 from shared.context import current_tenant
 from shared.privacy import document, validate_ids
 
@@ -443,6 +445,10 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         return pb.ReassignIndividualResponse(conflicting_experiment_ids=conflicting)
 
     async def RecordOutcomes(self, request, context) -> pb.RecordOutcomesResponse:
+        problems = contract.violations(request)
+        if problems:
+            contract.raise_merged(problems, lambda: validate_outcomes(
+                [outcome_from_proto(o) for o in request.outcomes], MAX_LOG_ENTRIES))
         recorded = await self.service.record_outcomes(
             current_tenant(), [outcome_from_proto(o) for o in request.outcomes])
         return pb.RecordOutcomesResponse(recorded_count=recorded)

@@ -164,3 +164,28 @@ def point_not_found(name: str, field_path: str) -> NotFound:
 def experiment_not_found(name: str, field_path: str = "name") -> NotFound:
     return NotFound(f"{field_path}: experiment '{name}' does not exist", reason="EXPERIMENT_NOT_FOUND",
                     metadata={"experiment": name})
+
+
+def validate_outcomes(outcomes, max_entries: int) -> None:
+    """Refuses outcomes beyond max_entries, or with an empty id or individual, an unknown type, no time, or a
+    negative revenue (or any on a click); one violation per bad field."""
+    v = Violations()
+    if len(outcomes) > max_entries:
+        v.add("outcomes", f"must hold at most {max_entries} outcomes")
+    for i, o in enumerate(outcomes):
+        p = f"outcomes[{i}]"
+        if not o.outcome_id:
+            v.add(f"{p}.outcome_id", "must not be empty")
+        elif len(o.outcome_id) > MAX_TEXT:
+            v.add(f"{p}.outcome_id", f"must be at most {MAX_TEXT} characters")
+        if not o.unified_individual_id:
+            v.add(f"{p}.unified_individual_id", "must name the individual")
+        if o.type not in ("CLICK", "PURCHASE"):
+            v.add(f"{p}.type", "must be OUTCOME_TYPE_CLICK or OUTCOME_TYPE_PURCHASE")
+        if o.time is None:
+            v.add(f"{p}.time", "is required")
+        if o.revenue < 0 or o.revenue != o.revenue:
+            v.add(f"{p}.revenue", "must be a non-negative number")
+        elif o.type == "CLICK" and o.revenue:
+            v.add(f"{p}.revenue", "clicks carry no revenue")
+    v.raise_if_any()

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import grpc
 
 from personalization.common.v1 import common_pb2
+from personalization.gateway.v1 import gateway_service_pb2 as gateway_pb
 from personalization.identity.v1 import identity_service_pb2 as identity_pb
 from services.gateway.postgres import GatewayStore
 from services.gateway.routing import route_of
@@ -23,7 +24,7 @@ from shared.log import get_logger
 
 log = get_logger("gateway.ingest")
 
-MAX_EVENTS = 10_000
+MAX_EVENTS = contract.field_limits(gateway_pb.IngestEventsRequest.DESCRIPTOR, "events").max_items
 IDENTITY_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 NAME = IDENTITY_TYPE  # purposes, object types and sources follow the same lowercase-identifier rule
 ITEM_EVENTS = (common_pb2.EVENT_TYPE_PRODUCT_VIEW, common_pb2.EVENT_TYPE_ADD_TO_CART)

@@ -116,6 +116,7 @@ class RecordSync:
         clock = time.time()
         for i, (record, event) in enumerate(zip(records, events)):
             path = f"records[{i}]"
+            before = len(v.items)
             if len(record.record_id) > MAX_RECORD_ID:
                 v.add(f"{path}.record_id", f"must be at most {MAX_RECORD_ID} characters")
             elif "\x00" in record.record_id:
@@ -124,9 +125,8 @@ class RecordSync:
                 v.add(f"{path}.interaction_name", "must match ^[a-z][a-z0-9_]{0,63}$")
             if record.dataset and not NAME.match(record.dataset):
                 v.add(f"{path}.dataset", "must match ^[a-z][a-z0-9_]{0,63}$")
-            if v:
-                continue  # the event's name and source come from these fields: their paths would mislead
-            validate_event(event, path, v, clock, known)
+            if len(v.items) == before:  # else the event's name and source, taken from these, would be named wrongly
+                validate_event(event, path, v, clock, known)
             if event.ByteSize() > contract.MAX_EVENT_BYTES:
                 v.add(path, f"must be at most {contract.MAX_EVENT_BYTES:,} bytes serialized")
             if model is not None:

@@ -78,8 +78,9 @@ def normalize_value(kind: IdentityType, value: str, default_region: str) -> str:
         norm = stripped
     if not norm:
         raise ValueError("must not be empty (after normalization)")
-    if len(norm) > MAX_VALUE_LENGTH:
-        raise ValueError(f"must be at most {MAX_VALUE_LENGTH} characters, got {len(norm)}")
+    # The length as sent (the contract's limit): lowercasing can lengthen a few letters (İ), never past 4 bytes each.
+    if len(stripped) > MAX_VALUE_LENGTH:
+        raise ValueError(f"must be at most {MAX_VALUE_LENGTH} characters, got {len(stripped)}")
     if "\x00" in norm:
         raise ValueError("must not contain NUL characters")
     return norm

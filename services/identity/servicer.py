@@ -15,6 +15,8 @@ from services.identity.matching import IdentityType, Ruleset
 from services.identity.privacy import IdentityPrivacy
 from services.identity.rerun import Progress
 from services.identity.service import IdentityService
+from services.identity.subjects import validate_subjects
+from shared import contract
 from shared.context import current_tenant
 
 _PHASES = {"LOADING": pb.RUN_PHASE_LOADING, "MATCHING": pb.RUN_PHASE_MATCHING, "WRITING": pb.RUN_PHASE_WRITING}
@@ -51,7 +53,11 @@ def _scalar(value: struct_pb2.Value):
 def _attributes(subject: pb.Subject) -> dict:
     """A subject's attributes (most events have none: no conversion then)."""
     fields = subject.attributes.fields
-    return {name: _scalar(value) for name, value in fields.items()} if fields else {}
+    if not fields:
+        return {}
+    # Lists and objects are valid attributes of an event (the contract's limits) but no criterion compares them.
+    return {name: _scalar(value) for name, value in fields.items()
+            if value.WhichOneof("kind") not in ("list_value", "struct_value")}
 
 
 def _enum_name(enum, value: int, prefix: str) -> str:
@@ -91,8 +97,13 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         self.privacy = privacy
 
     async def ResolveIdentities(self, request: pb.ResolveIdentitiesRequest, context) -> pb.ResolveIdentitiesResponse:
+        problems = contract.violations(request)
         subjects = [[(i.type, i.value) for i in subject.identities] for subject in request.subjects]
         attributes = [_attributes(s) for s in request.subjects]
+        if problems:
+            config = await self.service.config(current_tenant())
+            contract.raise_merged(problems, lambda: validate_subjects(
+                subjects, config, self.service.settings.default_region, attributes))
         resolutions = await self.service.resolve(
             current_tenant(), subjects, lookup_only=request.lookup_only,
             attributes=attributes if any(attributes) else None)

@@ -18,6 +18,7 @@ from services.profile_graph.domain import (
 )
 from services.profile_graph.service import ProfileGraph
 from services.profile_graph.postgres_privacy import PostgresPrivacy
+from shared import contract
 from shared.context import current_tenant
 from shared.privacy import document, validate_ids
 
@@ -172,6 +173,9 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
         self.privacy = privacy
 
     async def AppendEvents(self, request, context):
+        problems = contract.violations(request)
+        if problems:
+            contract.raise_merged(problems, lambda: domain.validate_events([to_new_event(e) for e in request.events]))
         outcomes = await self.graph.append_events(current_tenant(), [to_new_event(e) for e in request.events])
         return pb.AppendEventsResponse(results=[
             pb.AppendResult(message_id=o.message_id, duplicate=o.duplicate, entered_segments=o.entered,

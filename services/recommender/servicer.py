@@ -29,6 +29,8 @@ from services.recommender.domain import (
 from services.recommender.evaluation import LEAVE_LAST_OUT, RANDOM, TIME
 from services.recommender.service import Recommender
 from services.recommender.postgres_privacy import PostgresPrivacy
+from services.recommender.validation import validate_interactions
+from shared import contract
 from shared.context import current_tenant
 from shared.privacy import document, validate_ids
 
@@ -186,7 +188,10 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self.privacy = privacy
 
     async def RecordInteractions(self, request: pb.RecordInteractionsRequest, context) -> pb.RecordInteractionsResponse:
+        problems = contract.violations(request)
         interactions = [_interaction(m) for m in request.interactions]
+        if problems:
+            contract.raise_merged(problems, lambda: validate_interactions(interactions))
         recorded = await self.recommender.record_interactions(current_tenant(), interactions)
         return pb.RecordInteractionsResponse(recorded_count=recorded)
 

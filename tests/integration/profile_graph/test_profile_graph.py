@@ -305,8 +305,8 @@ async def test_events_without_required_fields_are_refused_and_nothing_is_stored(
         await append(service, tenant, good, missing)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [f for f, _ in status_details(info.value)[0]] == [
-        "events[1].unified_individual_id", "events[1].event.message_id", "events[1].event.event_time",
-        "events[1].event.type"]
+        "events[1].unified_individual_id", "events[1].event.message_id", "events[1].event.type",
+        "events[1].event.event_time", "events[1].event.identities"]
     assert await db.fetchval("SELECT count(*) FROM events WHERE tenant_id = $1", tenant) == 0
 
 
