@@ -36,6 +36,8 @@ from shared.settings import env_int
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # Room left in a response for what surrounds the data that is cut to fit (ids, counters, field tags).
 RESPONSE_MARGIN_BYTES = 64 * 1024
+# What a response that could grow without bound (a profile) is cut to.
+RESPONSE_BUDGET_BYTES = MAX_MESSAGE_BYTES - RESPONSE_MARGIN_BYTES
 # Timestamps: from 1970-01-01T00:00:01Z to 9999-12-31T23:59:59Z.
 MAX_TIMESTAMP_SECONDS = 253_402_300_799
 
@@ -528,6 +530,71 @@ def raise_merged(found: list[tuple[str, str]], *validators: Callable[[], object]
         raise InvalidArgument(sorted(merged, key=position))
 
 
+# ---- responses that fit any client ------------------------------------------------------------------------------
+
+
+def _varint_size(n: int) -> int:
+    size = 1
+    while n >= 0x80:
+        n >>= 7
+        size += 1
+    return size
+
+
+def _trim_tail(container, size: int, budget: int) -> tuple[int, int]:
+    """Removes elements from the end of a repeated message field until size fits budget: (removed, new size)."""
+    removed = 0
+    while size > budget and len(container):
+        n = container[-1].ByteSize()
+        size -= n + 1 + _varint_size(n)
+        del container[-1]
+        removed += 1
+    return removed, size
+
+
+def fit_profile(profile: Message, budget: int = RESPONSE_BUDGET_BYTES) -> bool:
+    """Cuts a profile (profile_graph's Profile or the gateway's GetProfileResponse) to at most budget bytes: the
+    oldest events first (they come most recent first), then profile objects from the end, then attributes (last
+    keys first). Sets truncated and adds to the omitted counts; returns whether anything was cut."""
+    if profile.ByteSize() <= budget:
+        return False
+    profile.truncated = True
+    # The flags and counts set below take a few bytes of their own: cut to a little less, then check exactly.
+    target = budget - 32
+    while True:
+        size = profile.ByteSize()
+        if size <= budget:
+            return True
+        removed, size = _trim_tail(profile.events, size, target)
+        profile.omitted_event_count += removed
+        removed, size = _trim_tail(profile.profile_objects, size, target)
+        profile.omitted_profile_object_count += removed
+        fields = profile.attributes.fields
+        keys = sorted(fields, reverse=True)
+        if not keys and not removed and not len(profile.events):
+            return True  # nothing left that may be cut; what remains is small by the contract's limits
+        for key in keys:
+            if size <= target:
+                break
+            key_size = len(key.encode())
+            value_size = fields[key].ByteSize()
+            entry = 2 + _varint_size(key_size) + key_size + _varint_size(value_size) + value_size
+            del fields[key]
+            size -= 1 + _varint_size(entry) + entry
+            profile.omitted_attribute_count += 1
+
+
+def fit_profiles(profiles: Sequence[Message], budget: int = RESPONSE_BUDGET_BYTES) -> None:
+    """Cuts profiles that do not fit together in budget bytes, each to an equal share of it."""
+    sizes = [p.ByteSize() for p in profiles]
+    if sum(sizes) + 6 * len(sizes) <= budget:
+        return
+    share = budget // len(profiles) - 6
+    for profile, size in zip(profiles, sizes):
+        if size > share:
+            fit_profile(profile, share)
+
+
 def check_events(events: Sequence[common_pb2.Event], field: str = "events", v: Violations | None = None,
                  now: float | None = None) -> Violations:
     """Adds a violation per bad field of each event (field[i]...) to v (a new Violations when None)."""
@@ -540,6 +607,6 @@ EVENT = checker(common_pb2.Event.DESCRIPTOR)
 
 __all__ = [
     "MAX_EVENT_BYTES", "MAX_MESSAGE_BYTES", "RESPONSE_MARGIN_BYTES", "Checker", "checker", "check", "check_events",
-    "violations", "raise_merged", "field_limits",
+    "violations", "raise_merged", "field_limits", "RESPONSE_BUDGET_BYTES", "fit_profile", "fit_profiles",
     "EVENT", "InvalidArgument",
 ]

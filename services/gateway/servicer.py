@@ -25,6 +25,7 @@ from services.gateway.privacy import Privacy
 from services.gateway.quotas import Quotas
 from services.gateway.recommend import Recommendations
 from services.gateway.records import RecordSync, validate_data_model
+from shared import contract
 from shared.client import open_stream
 from shared.context import current_tenant
 from shared.errors import InvalidArgument, ResourceExhausted
@@ -151,12 +152,17 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             self.decider.profile.GetProfile(profile_pb.GetProfileRequest(
                 unified_individual_id=unified_id, event_limit=request.event_limit)))
         profile = reply.profile
-        return pb.GetProfileResponse(
+        answer = pb.GetProfileResponse(
             unified_individual_id=unified_id, identities=individual.individual.identities,
             attributes=profile.attributes, events=profile.events, insights=profile.insights,
             segments=profile.segments, profile_objects=[o.object for o in profile.profile_objects],
             affinities=[pb.Affinity(dimension=a.dimension, value=a.value, score=a.score) for a in profile.affinities],
-            consents=[common_pb2.Consent(purpose=c.purpose, status=c.status) for c in profile.consents])
+            consents=[common_pb2.Consent(purpose=c.purpose, status=c.status) for c in profile.consents],
+            truncated=profile.truncated, omitted_event_count=profile.omitted_event_count,
+            omitted_profile_object_count=profile.omitted_profile_object_count,
+            omitted_attribute_count=profile.omitted_attribute_count)
+        contract.fit_profile(answer)  # the identities come on top of a profile already cut to fit
+        return answer
 
     async def WatchEvents(self, request, context):
         unified_id = await self.decider.resolve_known(request, cached=False)

@@ -186,13 +186,18 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
     async def GetProfile(self, request, context):
         p = await self.graph.get_profile(current_tenant(), request.unified_individual_id,
                                          list(request.read_mask.paths), request.event_limit, request.affinity_limit)
-        return pb.GetProfileResponse(profile=to_profile_pb(p))
+        reply = pb.GetProfileResponse(profile=to_profile_pb(p))
+        contract.fit_profile(reply.profile)
+        return reply
 
     async def GetProfiles(self, request, context):
         profiles = await self.graph.get_profiles(current_tenant(), list(request.unified_individual_ids),
                                                  list(request.read_mask.paths), request.event_limit,
                                                  request.affinity_limit)
-        return pb.GetProfilesResponse(profiles=[to_profile_pb(p) for p in profiles])
+        reply = pb.GetProfilesResponse(profiles=[to_profile_pb(p) for p in profiles])
+        if reply.profiles:
+            contract.fit_profiles(reply.profiles)
+        return reply
 
 
     async def ReassignIndividual(self, request, context):

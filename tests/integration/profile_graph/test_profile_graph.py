@@ -433,3 +433,22 @@ async def test_refresh_lets_an_aged_purchase_leave_the_insight_and_the_segment(s
     assert p.insights["spend_30d"] == 0.0 and not p.segments
     changes = await db.fetch("SELECT change FROM membership_history WHERE tenant_id = $1 ORDER BY id", tenant)
     assert [r["change"] for r in changes] == ["entered", "exited"]
+
+
+async def test_a_profile_larger_than_a_default_client_receives_is_cut_with_a_flag(service, tenant):
+    # 40 events of ~120 KB: about 4.8 MB, more than the 4 MiB a default gRPC client accepts (the stub here is one).
+    now = datetime.now(timezone.utc)
+    events = [event("big", message_id=f"big-{n:02d}", when=now - timedelta(minutes=40 - n),
+                    properties={f"part{k}": "x" * 8000 for k in range(15)}) for n in range(40)]
+    await append(service, tenant, *events[:20])
+    await append(service, tenant, *events[20:])
+    got = await profile(service, tenant, "big", limit=40)
+    assert got.truncated and got.omitted_event_count > 0
+    assert len(got.events) + got.omitted_event_count == 40
+    assert [e.message_id for e in got.events] == [f"big-{n:02d}" for n in range(39, 39 - len(got.events), -1)]
+    assert got.ByteSize() <= 4 * 1024 * 1024
+    small = await profile(service, tenant, "big", limit=3)
+    assert not small.truncated and len(small.events) == 3
+    many = await service.GetProfiles(pb.GetProfilesRequest(unified_individual_ids=["big", "big"], event_limit=40),
+                                     metadata=tenant_md(tenant))
+    assert all(p.truncated for p in many.profiles) and many.ByteSize() <= 4 * 1024 * 1024

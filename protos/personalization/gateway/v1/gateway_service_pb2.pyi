@@ -322,7 +322,7 @@ class GetProfileRequest(_message.Message):
     def __init__(self, individual_id: _Optional[_Union[_common_pb2.Identity, _Mapping]] = ..., unified_individual_id: _Optional[str] = ..., event_limit: _Optional[int] = ...) -> None: ...
 
 class GetProfileResponse(_message.Message):
-    __slots__ = ("unified_individual_id", "identities", "attributes", "events", "insights", "segments", "profile_objects", "affinities", "consents")
+    __slots__ = ("unified_individual_id", "identities", "attributes", "events", "insights", "segments", "profile_objects", "affinities", "consents", "truncated", "omitted_event_count", "omitted_profile_object_count", "omitted_attribute_count")
     class InsightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -339,6 +339,10 @@ class GetProfileResponse(_message.Message):
     PROFILE_OBJECTS_FIELD_NUMBER: _ClassVar[int]
     AFFINITIES_FIELD_NUMBER: _ClassVar[int]
     CONSENTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    OMITTED_EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    OMITTED_PROFILE_OBJECT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    OMITTED_ATTRIBUTE_COUNT_FIELD_NUMBER: _ClassVar[int]
     unified_individual_id: str
     identities: _containers.RepeatedCompositeFieldContainer[_common_pb2.Identity]
     attributes: _struct_pb2.Struct
@@ -348,7 +352,11 @@ class GetProfileResponse(_message.Message):
     profile_objects: _containers.RepeatedCompositeFieldContainer[_common_pb2.ProfileObject]
     affinities: _containers.RepeatedCompositeFieldContainer[Affinity]
     consents: _containers.RepeatedCompositeFieldContainer[_common_pb2.Consent]
-    def __init__(self, unified_individual_id: _Optional[str] = ..., identities: _Optional[_Iterable[_Union[_common_pb2.Identity, _Mapping]]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ..., insights: _Optional[_Mapping[str, float]] = ..., segments: _Optional[_Iterable[str]] = ..., profile_objects: _Optional[_Iterable[_Union[_common_pb2.ProfileObject, _Mapping]]] = ..., affinities: _Optional[_Iterable[_Union[Affinity, _Mapping]]] = ..., consents: _Optional[_Iterable[_Union[_common_pb2.Consent, _Mapping]]] = ...) -> None: ...
+    truncated: bool
+    omitted_event_count: int
+    omitted_profile_object_count: int
+    omitted_attribute_count: int
+    def __init__(self, unified_individual_id: _Optional[str] = ..., identities: _Optional[_Iterable[_Union[_common_pb2.Identity, _Mapping]]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ..., insights: _Optional[_Mapping[str, float]] = ..., segments: _Optional[_Iterable[str]] = ..., profile_objects: _Optional[_Iterable[_Union[_common_pb2.ProfileObject, _Mapping]]] = ..., affinities: _Optional[_Iterable[_Union[Affinity, _Mapping]]] = ..., consents: _Optional[_Iterable[_Union[_common_pb2.Consent, _Mapping]]] = ..., truncated: _Optional[bool] = ..., omitted_event_count: _Optional[int] = ..., omitted_profile_object_count: _Optional[int] = ..., omitted_attribute_count: _Optional[int] = ...) -> None: ...
 
 class Affinity(_message.Message):
     __slots__ = ("dimension", "value", "score")

@@ -236,7 +236,8 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetProfile(self, request, context):
-        """Returns the profile data graph of one individual.
+        """Returns the profile data graph of one individual; a profile too large for one 4 MiB response is cut
+        (truncated and the omitted counts say what was left out).
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (no decide scope), INVALID_ARGUMENT, NOT_FOUND (unknown individual).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

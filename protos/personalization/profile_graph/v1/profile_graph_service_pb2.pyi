@@ -114,7 +114,7 @@ class GetProfileRequest(_message.Message):
     def __init__(self, unified_individual_id: _Optional[str] = ..., read_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., event_limit: _Optional[int] = ..., affinity_limit: _Optional[int] = ...) -> None: ...
 
 class Profile(_message.Message):
-    __slots__ = ("unified_individual_id", "attributes", "events", "insights", "segments", "update_time", "profile_objects", "grouped_insights", "affinities", "consents")
+    __slots__ = ("unified_individual_id", "attributes", "events", "insights", "segments", "update_time", "profile_objects", "grouped_insights", "affinities", "consents", "truncated", "omitted_event_count", "omitted_profile_object_count", "omitted_attribute_count")
     class InsightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +139,10 @@ class Profile(_message.Message):
     GROUPED_INSIGHTS_FIELD_NUMBER: _ClassVar[int]
     AFFINITIES_FIELD_NUMBER: _ClassVar[int]
     CONSENTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    OMITTED_EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    OMITTED_PROFILE_OBJECT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    OMITTED_ATTRIBUTE_COUNT_FIELD_NUMBER: _ClassVar[int]
     unified_individual_id: str
     attributes: _struct_pb2.Struct
     events: _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]
@@ -149,7 +153,11 @@ class Profile(_message.Message):
     grouped_insights: _containers.MessageMap[str, InsightGroups]
     affinities: _containers.RepeatedCompositeFieldContainer[Affinity]
     consents: _containers.RepeatedCompositeFieldContainer[ConsentState]
-    def __init__(self, unified_individual_id: _Optional[str] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ..., insights: _Optional[_Mapping[str, float]] = ..., segments: _Optional[_Iterable[str]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., profile_objects: _Optional[_Iterable[_Union[StoredProfileObject, _Mapping]]] = ..., grouped_insights: _Optional[_Mapping[str, InsightGroups]] = ..., affinities: _Optional[_Iterable[_Union[Affinity, _Mapping]]] = ..., consents: _Optional[_Iterable[_Union[ConsentState, _Mapping]]] = ...) -> None: ...
+    truncated: bool
+    omitted_event_count: int
+    omitted_profile_object_count: int
+    omitted_attribute_count: int
+    def __init__(self, unified_individual_id: _Optional[str] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., events: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ..., insights: _Optional[_Mapping[str, float]] = ..., segments: _Optional[_Iterable[str]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., profile_objects: _Optional[_Iterable[_Union[StoredProfileObject, _Mapping]]] = ..., grouped_insights: _Optional[_Mapping[str, InsightGroups]] = ..., affinities: _Optional[_Iterable[_Union[Affinity, _Mapping]]] = ..., consents: _Optional[_Iterable[_Union[ConsentState, _Mapping]]] = ..., truncated: _Optional[bool] = ..., omitted_event_count: _Optional[int] = ..., omitted_profile_object_count: _Optional[int] = ..., omitted_attribute_count: _Optional[int] = ...) -> None: ...
 
 class StoredProfileObject(_message.Message):
     __slots__ = ("object", "update_time", "source")

@@ -165,7 +165,8 @@ class ProfileGraphServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetProfile(self, request, context):
-        """Returns the profile data graph of one individual, restricted to the fields of read_mask.
+        """Returns the profile data graph of one individual, restricted to the fields of read_mask; a profile too large
+        for one 4 MiB response is cut (Profile.truncated and the omitted counts say what was left out).
         Errors: INVALID_ARGUMENT (empty id or unknown mask path).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -173,7 +174,8 @@ class ProfileGraphServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetProfiles(self, request, context):
-        """Returns the profiles of up to 1,000 individuals in request order, as GetProfile would, in one database query.
+        """Returns the profiles of up to 1,000 individuals in request order, as GetProfile would, in one database query;
+        the response fits 4 MiB, each profile cut to an equal share when together they would not.
         Errors: INVALID_ARGUMENT (no ids, more than 1,000 ids, an empty id, unknown mask path, negative limit).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
