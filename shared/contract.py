@@ -115,17 +115,70 @@ class _StructRules:
         self.max_bytes = s.max_bytes
         self.max_json = s.max_value_json_bytes
 
-    def ok(self, struct) -> bool:
+    def ok(self, struct, size: int | None = None) -> bool:
+        """True when struct is within the limits; size, when given, bounds its serialized size (the whole event's)."""
         fields = struct.fields
         if not fields:
             return True
         if self.max_fields and len(fields) > self.max_fields:
             return False
-        if self.max_bytes and struct.ByteSize() > self.max_bytes:
+        if self.max_bytes and (size is None or size > self.max_bytes) and struct.ByteSize() > self.max_bytes:
             return False
-        bad: list = []
-        self._walk_struct(struct, 1, "", bad, True)
-        return not bad
+        return self._fast(fields, 1)
+
+    def _fast(self, fields, depth: int) -> bool:
+        # The hot path of events with attributes or properties: plain locals, no paths, no calls for scalars.
+        # (Indexing the map by key is about twice as fast as its items(); reading string_value, then number_value,
+        # spares the WhichOneof of the common scalar values.)
+        max_key, max_string, max_json = self.max_key, self.max_string, self.max_json if depth == 1 else 0
+        for key in fields:
+            if not key or len(key) > max_key or "\x00" in key:
+                return False
+            value = fields[key]
+            text = value.string_value
+            if text:
+                if len(text) > max_string or "\x00" in text:
+                    return False
+                if max_json and len(text) * 12 + 2 > max_json and len(json.dumps(text)) > max_json:
+                    return False
+                continue
+            number = value.number_value
+            if number:  # NaN is true too
+                if not math.isfinite(number):
+                    return False
+                continue
+            if not self._nested_ok(value, depth):
+                return False
+            if max_json and value.ByteSize() * 6 + 8 > max_json and len(json.dumps(
+                    _py(value), sort_keys=True)) > max_json:
+                return False
+        return True
+
+    def _nested_ok(self, value, depth: int) -> bool:
+        kind = value.WhichOneof("kind")
+        if kind == "struct_value" or kind == "list_value":
+            if depth >= self.max_depth:
+                return False
+            if kind == "struct_value":
+                return self._fast(value.struct_value.fields, depth + 1)
+            return self._fast_list(value.list_value.values, depth + 1)
+        return True
+
+    def _fast_list(self, values, depth: int) -> bool:
+        for value in values:
+            text = value.string_value
+            if text:
+                if len(text) > self.max_string or "\x00" in text:
+                    return False
+                continue
+            number = value.number_value
+            if number:
+                if not math.isfinite(number):
+                    return False
+                continue
+            if not self._nested_ok(value, depth):
+                return False
+        return True
 
     def add(self, struct, path: str, v: Violations) -> None:
         fields = struct.fields
@@ -212,7 +265,7 @@ class _Generator:
         name = self.function(descriptor)
         fast: list[str] = []
         self.body(descriptor, True, "m", 0, "    ", fast, root=True)
-        self.lines += [f"def ok_{name}(m, now, known=None):", *fast, "    return True", ""]
+        self.lines += [f"def ok_{name}(m, now, known=None, size=None):", *fast, "    return True", ""]
         return name
 
     def function(self, descriptor: _d.Descriptor, root: bool = True) -> str:
@@ -412,7 +465,7 @@ class _Generator:
         if full == _STRUCT:
             rules = self.constant(_StructRules(f, lim))
             if fast:
-                out.append(f"{ind}if not {rules}.ok({expr}):")
+                out.append(f"{ind}if not {rules}.ok({expr}, size):")
                 out.append(f"{ind}    return False")
             else:
                 out.append(f"{ind}{rules}.add({expr}, {path}, v)")

@@ -62,16 +62,18 @@ def validate_batch(events, field: str = "events", known: frozenset[str] | None =
         ok = _EVENT.ok
         limit = contract.MAX_EVENT_BYTES
         for i, event in enumerate(events):
+            # Serialized first: its size bounds every Struct's, so small events skip measuring those again.
+            payload = event.SerializeToString()
+            payloads.append(payload)
+            size = len(payload)
             kind = event.type
-            if (not ok(event, now, known)
+            if (not ok(event, now, known, size)
                     or (kind == common_pb2.EVENT_TYPE_CUSTOM and not event.name.strip())
                     or (kind in ITEM_EVENTS and not event.item_id)
                     or (kind == common_pb2.EVENT_TYPE_PURCHASE and not event.line_items)):
                 validate_event(event, f"{field}[{i}]", v, now, known)
-            payload = event.SerializeToString()
-            if len(payload) > limit:
+            if size > limit:
                 v.add(f"{field}[{i}]", f"must be at most {limit:,} bytes serialized")
-            payloads.append(payload)
     v.raise_if_any()
     return payloads
 

@@ -121,7 +121,7 @@ def _accepted_by_every_service(event: common_pb2.Event) -> None:
         assert asyncio.run(service.record_outcomes("t", [outcome_from_proto(o) for o in outcomes.outcomes])) == 1
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(events())
 def test_every_event_the_gateway_accepts_is_accepted_by_every_service_downstream(event):
     validate_batch([event], known=frozenset(IDENTITY_TYPES))
