@@ -575,6 +575,9 @@ def raise_merged(found: list[tuple[str, str]], *validators: Callable[[], object]
         except InvalidArgument as error:
             merged += [(f, d) for f, d in error.violations if f not in named]
             named.update(f for f, _ in error.violations)
+        except Exception:  # noqa: BLE001 - a validator tripping on data the contract already refused adds nothing
+            if not found:
+                raise
     if merged:
 
         def position(item: tuple[str, str]) -> list[int]:

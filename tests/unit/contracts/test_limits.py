@@ -214,3 +214,19 @@ def test_the_event_size_limit_is_read_from_the_environment():
     env["TAILOR_MAX_EVENT_BYTES"] = "lots"
     failed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert failed.returncode != 0 and "TAILOR_MAX_EVENT_BYTES" in failed.stderr
+
+
+def test_raise_merged_adds_the_services_own_violations_on_other_fields_in_request_order():
+    def service_check():
+        raise InvalidArgument([("events[0].event.type", "not for this service"), ("events[1].x", "a dup"),
+                               ("events[2].event.source", "unknown source")])
+
+    def broken_on_refused_data():
+        raise ValueError("trips on a NaN the contract already refused")
+
+    found = [("events[1].x", "from the contract"), ("events[10].y", "from the contract")]
+    with pytest.raises(InvalidArgument) as info:
+        contract.raise_merged(found, service_check, broken_on_refused_data)
+    assert info.value.violations == [
+        ("events[0].event.type", "not for this service"), ("events[1].x", "from the contract"),
+        ("events[2].event.source", "unknown source"), ("events[10].y", "from the contract")]
