@@ -39,17 +39,29 @@ class InvalidArgument(TailorError):
     code = grpc.StatusCode.INVALID_ARGUMENT
     default_reason = "INVALID_ARGUMENT"
 
+    # What is sent travels in response headers, which a client refuses past 8-16 KB (a batch of 1,000 bad events
+    # would otherwise come back as RESOURCE_EXHAUSTED): the message names the first few, the details the first 25,
+    # and then say how many more there are.
+    SUMMARY_VIOLATIONS = 5
+    SENT_VIOLATIONS = 25
+
     def __init__(self, violations: list[tuple[str, str]] | str, *, reason: str | None = None, metadata=None):
         if isinstance(violations, str):
             violations = [("", violations)]
         self.violations = list(violations)
-        summary = "; ".join(f"{f}: {d}" if f else d for f, d in self.violations)
+        shown = self.violations[:self.SUMMARY_VIOLATIONS]
+        summary = "; ".join(f"{f}: {d}" if f else d for f, d in shown)
+        if len(self.violations) > len(shown):
+            summary += f"; and {len(self.violations) - len(shown)} more"
         super().__init__(f"invalid argument: {summary}", reason=reason, metadata=metadata)
 
     def details(self) -> list[any_pb2.Any]:
+        sent = self.violations[:self.SENT_VIOLATIONS]
+        if len(self.violations) > len(sent):
+            sent.append(("", f"and {len(self.violations) - len(sent)} more violations, not listed"))
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in self.violations
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in sent
             ]
         )
         packed = any_pb2.Any()

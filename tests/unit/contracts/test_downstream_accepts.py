@@ -4,6 +4,7 @@ through the gateway's ingest validation and then through each validator the pipe
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 
@@ -58,9 +59,9 @@ def json_value(depth: int, strings: int) -> st.SearchStrategy:
                      st.dictionaries(text(1, 20), inner, max_size=3))
 
 
-# Attributes: scalars, or lists and objects inside the declared depth (3) and JSON size of each value (1 KiB).
+# Attributes: scalars, or lists and objects inside the declared depth (3) and JSON size of each value (2 KiB).
 ATTRIBUTES = st.dictionaries(text(1, 64), st.one_of(SCALAR, json_value(3, 40)), max_size=6).filter(
-    lambda d: all(len(__import__("json").dumps(v, sort_keys=True)) <= 1024 for v in d.values()))
+    lambda d: all(len(json.dumps(v, sort_keys=True)) <= 2048 for v in d.values()))
 PROPERTIES = st.dictionaries(text(1, 128), json_value(8, 200), max_size=6)
 
 

@@ -118,8 +118,8 @@ CASES = [
      "strings must be at most 512 characters"),
     ("NUL in attribute string", _struct("attributes", {"bio": SECRET + "\x00"}), "events[0].attributes.bio",
      "must not contain NUL characters"),
-    ("attribute value over its JSON size", _struct("attributes", {"tags": ["\u00e9" * 100] * 3}),
-     "events[0].attributes.tags", "must be at most 1,024 bytes as JSON"),
+    ("attribute value over its JSON size", _struct("attributes", {"tags": ["\u00e9" * 120] * 3}),
+     "events[0].attributes.tags", "must be at most 2,048 bytes as JSON"),
     ("long item id", _set("item_id", _long(257)), "events[0].item_id", "must be at most 256 characters"),
     ("1001 line items", lambda e: e.line_items.extend([e.line_items[0]] * 1000), "events[0].line_items",
      "at most 1,000 items"),
@@ -230,3 +230,15 @@ def test_raise_merged_adds_the_services_own_violations_on_other_fields_in_reques
     assert info.value.violations == [
         ("events[0].event.type", "not for this service"), ("events[1].x", "from the contract"),
         ("events[2].event.source", "unknown source"), ("events[10].y", "from the contract")]
+
+
+def test_a_thousand_bad_events_send_a_bounded_error():
+    events = [_event() for _ in range(1000)]
+    for event in events:
+        event.message_id = ""
+    v = Violations()
+    contract.EVENT.add_each(events, "events", v, NOW)
+    error = InvalidArgument(v.items)
+    assert len(error.violations) == 1000
+    assert len(error.to_status().trailing_metadata[0][1]) < 4000
+    assert error.message.endswith("; and 995 more") and len(error.message) < 400
