@@ -25,6 +25,8 @@ from shared.log import get_logger
 log = get_logger("gateway.ingest")
 
 MAX_EVENTS = contract.field_limits(gateway_pb.IngestEventsRequest.DESCRIPTOR, "events").max_items
+# The longest item id the contract lets an event carry (other RPCs that name items use the same).
+MAX_ID_LENGTH = contract.field_limits(common_pb2.Event.DESCRIPTOR, "item_id").max_length
 IDENTITY_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 NAME = IDENTITY_TYPE  # purposes, object types and sources follow the same lowercase-identifier rule
 ITEM_EVENTS = (common_pb2.EVENT_TYPE_PRODUCT_VIEW, common_pb2.EVENT_TYPE_ADD_TO_CART)
