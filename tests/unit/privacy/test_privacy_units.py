@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from services.identity.privacy import INDIVIDUAL, tombstone
 from services.identity.service import IdentityService
-from services.recommender.learned import ALS, Model
+from services.recommender.config import ALS, BPR, EASE, ITEM_KNN
+from services.recommender.learned import Model
 from services.recommender.postgres_privacy import without_individuals
 from shared import cli
 from shared.errors import InvalidArgument
@@ -58,12 +60,19 @@ def test_an_export_document_keeps_only_tables_with_rows():
     assert document({"events": [{"a": 1}], "consents": []}) == '{"events":[{"a":1}]}'
 
 
-def test_a_model_without_an_individual_keeps_every_other_row_and_its_scores():
-    factors = np.arange(12, dtype=np.float32).reshape(3, 4)
-    model = Model(ALS, np.array(["u1", "u2", "u3"]), np.array(["i1", "i2"]), user_factors=factors,
-                  item_factors=np.ones((2, 4), dtype=np.float32))
+def _models() -> list[Model]:
+    people, items = np.array(["u1", "u2", "u3"]), np.array(["i1", "i2"])
+    factors = dict(user_factors=np.arange(12, dtype=np.float32).reshape(3, 4),
+                   item_factors=np.ones((2, 4), dtype=np.float32))
+    neighbours = dict(similarity=sp.csr_matrix(np.array([[0, 0.5], [0.5, 0]], dtype=np.float32)),
+                      user_items=sp.csr_matrix(np.array([[1, 0], [0, 1], [1, 1]], dtype=np.float32)))
+    return [Model(ALS, people, items, **factors), Model(BPR, people, items, **factors),
+            Model(ITEM_KNN, people, items, **neighbours), Model(EASE, people, items, **neighbours)]
 
-    smaller = without_individuals(model, {"u2", "nobody"})
+
+@pytest.mark.parametrize("model", _models(), ids=lambda m: m.algorithm)
+def test_a_model_without_an_individual_keeps_every_other_row_and_its_scores(model):
+    smaller = Model.from_bytes(without_individuals(model, {"u2", "nobody"}).to_bytes())
 
     assert sorted(smaller.row) == ["u1", "u3"]
     assert np.array_equal(smaller.scores(np.array([smaller.row["u3"]])), model.scores(np.array([model.row["u3"]])))
