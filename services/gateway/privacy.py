@@ -1,9 +1,10 @@
 """ForgetIndividual, ExportIndividual and LiftSuppression: the gateway composes the right to be forgotten.
 
-Forget: the identity service tombstones the individual's unique identities and ids first (from then on events
-carrying them are dropped at identify time and decisions treat them as unknown), then every domain service erases
-its rows in one transaction each, then the gateway its own, and last the identity service its rows. Every step is
-idempotent and the identity rows go last, so a forget that failed half-way is completed by repeating it.
+Forget: the identity service tombstones the individual's unique identities and ids and deletes its identities first
+(from then on nothing resolves to it: events carrying them are dropped at identify time and decisions treat them as
+unknown), then every domain service erases its rows in one transaction each, then the gateway its own, and last the
+identity service its individuals rows. Every step is idempotent and, until the last, the tombstones name the
+individual, so a forget that failed half-way is completed by repeating it.
 """
 
 from __future__ import annotations
