@@ -25,6 +25,7 @@ class CompiledPoint:
     by_id: Mapping[str, Decision]
     needs: Mapping[str, frozenset[str] | None]
     experiment: CompiledExperiment | None = None
+    fallbacks: tuple[Decision, ...] = ()  # every live fallback, by priority (the first whose consent is granted wins)
 
 
 def compile_point(
@@ -51,6 +52,7 @@ def compile_point(
         by_id={d.decision_id: d for d in decisions},
         needs=rules.merge_needs([rule for _, rule in regular] + extra),
         experiment=compiled_experiment,
+        fallbacks=tuple(fallbacks),
     )
 
 

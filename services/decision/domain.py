@@ -38,6 +38,8 @@ class Point:
     type: str
     template: Template
     archived: bool = False
+    consent_purpose: str = ""
+    requires_authentication: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class Decision:
     recommender: str = ""
     count: int = 0
     archived: bool = False
+    consent_purpose: str = ""
 
 
 @dataclass(frozen=True)
@@ -68,12 +71,15 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class Qualification:
-    """The point, the winning decision (or None) and every rule evaluated."""
+    """The point, the winning decision (or None) and every rule evaluated; the consent purposes missing that kept
+    decisions from being served, and whether the point wanted a known individual and had none."""
 
     point: Point
     decision: Decision | None
     evaluations: list[Evaluation]
     assignment: Assignment | None = None
+    missing_consents: tuple[str, ...] = ()
+    authentication_required: bool = False
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,7 @@ class LogEntry:
     experiment_id: str = ""
     cohort_id: str = ""
     exposure_conflict: bool = False
+    batch_job_id: str = ""
 
     @property
     def item_ids(self) -> list[str]:

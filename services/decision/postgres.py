@@ -21,14 +21,15 @@ from services.decision.domain import (
 from services.decision.experiments import Cohort, Experiment, Exposure, Outcome
 from services.decision.schema import ProfileSchema
 
-_POINT_COLUMNS = "p.point_id, p.name, p.description, p.type, p.template, p.archived"
+_POINT_COLUMNS = ("p.point_id, p.name, p.description, p.type, p.template, p.archived, p.consent_purpose, "
+                  "p.requires_authentication")
 _DECISION_COLUMNS = (
     "d.decision_id, d.name AS decision_name, d.priority, d.rule, d.fallback, d.content, d.recommender, d.item_count, "
-    "d.archived AS decision_archived"
+    "d.archived AS decision_archived, d.consent_purpose AS decision_consent_purpose"
 )
 _LOG_COLUMNS = (
     "personalization_id, request_id, point_id, point_name, decision_id, unified_individual_id, channel, "
-    "correlation_id, anchor_id, served, stage_ms, log_time, experiment_id, cohort_id, exposure_conflict"
+    "correlation_id, anchor_id, served, stage_ms, log_time, experiment_id, cohort_id, exposure_conflict, batch_job_id"
 )
 _EXPERIMENT_COLUMNS = "experiment_id, name, point_name, state, config, winner_cohort_id, start_time, stop_time"
 _EXPOSURE_COLUMNS = (
@@ -57,6 +58,8 @@ def _point(row: asyncpg.Record) -> Point:
             item_attributes=tuple(template["item_attributes"]),
         ),
         archived=row["archived"],
+        consent_purpose=row["consent_purpose"],
+        requires_authentication=row["requires_authentication"],
     )
 
 
@@ -72,6 +75,7 @@ def _decision(row: asyncpg.Record, point_name: str) -> Decision:
         recommender=row["recommender"],
         count=row["item_count"],
         archived=row["decision_archived"],
+        consent_purpose=row["decision_consent_purpose"],
     )
 
 
@@ -92,6 +96,7 @@ def _log_entry(row: asyncpg.Record) -> LogEntry:
         experiment_id=row["experiment_id"],
         cohort_id=row["cohort_id"],
         exposure_conflict=row["exposure_conflict"],
+        batch_job_id=row["batch_job_id"],
     )
 
 
@@ -151,12 +156,14 @@ class PostgresRepository:
 
     async def upsert_point(self, tenant: str, point: Point) -> Point:
         row = await self.pool.fetchrow(
-            "INSERT INTO points AS p (tenant_id, point_id, name, description, type, template) "
-            "VALUES ($1, $2, $3, $4, $5, $6::jsonb) "
+            "INSERT INTO points AS p (tenant_id, point_id, name, description, type, template, consent_purpose, "
+            "requires_authentication) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8) "
             "ON CONFLICT (tenant_id, name) DO UPDATE SET description = EXCLUDED.description, type = EXCLUDED.type, "
-            "template = EXCLUDED.template, archived = false, updated_at = now() "
+            "template = EXCLUDED.template, consent_purpose = EXCLUDED.consent_purpose, "
+            "requires_authentication = EXCLUDED.requires_authentication, archived = false, updated_at = now() "
             f"RETURNING {_POINT_COLUMNS}",
             tenant, point.point_id, point.name, point.description, point.type, _template_json(point.template),
+            point.consent_purpose, point.requires_authentication,
         )
         return _point(row)
 
@@ -388,14 +395,14 @@ class PostgresRepository:
         try:
             await self.pool.execute(
                 "INSERT INTO decisions (tenant_id, decision_id, point_id, name, priority, rule, fallback, content, "
-                "recommender, item_count) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10) "
-                "ON CONFLICT (tenant_id, decision_id) DO UPDATE SET name = EXCLUDED.name, "
+                "recommender, item_count, consent_purpose) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, "
+                "$11) ON CONFLICT (tenant_id, decision_id) DO UPDATE SET name = EXCLUDED.name, "
                 "priority = EXCLUDED.priority, rule = EXCLUDED.rule, fallback = EXCLUDED.fallback, "
                 "content = EXCLUDED.content, recommender = EXCLUDED.recommender, item_count = EXCLUDED.item_count, "
-                "updated_at = now()",
+                "consent_purpose = EXCLUDED.consent_purpose, updated_at = now()",
                 tenant, decision.decision_id, point_id, decision.name, decision.priority, decision.rule,
                 decision.fallback, None if decision.content is None else json.dumps(decision.content),
-                decision.recommender, decision.count,
+                decision.recommender, decision.count, decision.consent_purpose,
             )
         except asyncpg.UniqueViolationError:
             raise NameTaken(decision.name) from None
@@ -419,7 +426,7 @@ class PostgresRepository:
         columns = list(zip(*[
             (e.personalization_id, e.request_id, e.point_id, e.point_name, e.decision_id, e.unified_individual_id,
              e.channel, e.correlation_id, e.anchor_id, json.dumps(e.served), json.dumps(e.stage_ms), e.log_time,
-             e.experiment_id, e.cohort_id, json.dumps(e.item_ids))
+             e.experiment_id, e.cohort_id, json.dumps(e.item_ids), e.batch_job_id)
             for e in entries
         ]))
         # The conflict flag is decided here, in the same statement, so Qualify never has to look it up.
@@ -429,11 +436,11 @@ class PostgresRepository:
             "u.stage::jsonb, u.t, u.eid, u.coh, "
             "u.eid <> '' AND EXISTS (SELECT 1 FROM experiment_conflicts c WHERE c.tenant_id = $1 "
             "AND c.experiment_id = u.eid AND c.unified_individual_id = u.uid), "
-            "COALESCE((SELECT array_agg(x) FROM jsonb_array_elements_text(u.items::jsonb) AS x), '{}') "
+            "u.job, COALESCE((SELECT array_agg(x) FROM jsonb_array_elements_text(u.items::jsonb) AS x), '{}') "
             "FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "
             "$8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::timestamptz[], $14::text[], "
-            "$15::text[], $16::text[]) "
-            "AS u(pid, rid, ptid, pname, did, uid, ch, cid, aid, served, stage, t, eid, coh, items) "
+            "$15::text[], $16::text[], $17::text[]) "
+            "AS u(pid, rid, ptid, pname, did, uid, ch, cid, aid, served, stage, t, eid, coh, items, job) "
             "ON CONFLICT (tenant_id, personalization_id) DO NOTHING",
             tenant, *[list(c) for c in columns],
         )

@@ -107,6 +107,8 @@ def point_from_proto(message: pb.Point) -> Point:
             ),
             item_attributes=tuple(message.template.item_attributes),
         ),
+        consent_purpose=message.consent_purpose,
+        requires_authentication=message.requires_authentication,
     )
 
 
@@ -117,6 +119,8 @@ def point_to_proto(point: Point) -> pb.Point:
         description=point.description,
         type=_POINT_TYPES_BACK[point.type],
         archived=point.archived,
+        consent_purpose=point.consent_purpose,
+        requires_authentication=point.requires_authentication,
         template=pb.ResponseTemplate(
             fields=[
                 pb.TemplateField(name=f.name, type=_FIELD_TYPES_BACK[f.type], required=f.required)
@@ -139,6 +143,7 @@ def decision_from_proto(message: pb.Decision) -> Decision:
         content=struct_to_dict(message.content) if payload == "content" else None,
         recommender=message.recommendations.recommender if payload == "recommendations" else "",
         count=message.recommendations.count if payload == "recommendations" else 0,
+        consent_purpose=message.consent_purpose,
     )
 
 
@@ -151,6 +156,7 @@ def decision_to_proto(decision: Decision) -> pb.Decision:
         rule=decision.rule,
         fallback=decision.fallback,
         archived=decision.archived,
+        consent_purpose=decision.consent_purpose,
     )
     if decision.content is not None:
         message.content.update(decision.content)
@@ -178,6 +184,7 @@ def log_from_proto(message: pb.DecisionLogEntry) -> LogEntry:
         log_time=message.log_time.ToDatetime(tzinfo=UTC) if message.HasField("log_time") else None,
         experiment_id=message.experiment_id,
         cohort_id=message.cohort_id,
+        batch_job_id=message.batch_job_id,
     )
 
 
@@ -196,6 +203,7 @@ def log_to_proto(entry: LogEntry) -> pb.DecisionLogEntry:
         experiment_id=entry.experiment_id,
         cohort_id=entry.cohort_id,
         exposure_conflict=entry.exposure_conflict,
+        batch_job_id=entry.batch_job_id,
     )
     message.served.update(entry.served)
     if entry.log_time is not None:
@@ -348,6 +356,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 out.evaluations.add(
                     decision_id=e.decision_id, decision_name=e.decision_name, matched=e.matched, error=e.error
                 )
+            out.missing_consents.extend(q.missing_consents)
+            out.authentication_required = q.authentication_required
         return response
 
     async def QualifyBatch(self, request: pb.QualifyBatchRequest, context) -> pb.QualifyBatchResponse:
@@ -356,7 +366,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             current_tenant(),
             list(request.points),
             StructView(request.context),
-            [(i.unified_individual_id, StructView(i.profile)) for i in individuals],
+            [(i.unified_individual_id, StructView(i.profile), StructView(i.context) if i.HasField("context") else None)
+             for i in individuals],
             fallback_only=request.fallback_only,
         )
         # Points and decisions are identical across individuals: sent once, referred to by position and by id.
@@ -377,6 +388,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                     evaluations=[pb.RuleEvaluation(decision_id=e.decision_id, decision_name=e.decision_name,
                                                    matched=e.matched, error=e.error) for e in q.evaluations],
                     experiment=assignment_to_proto(q.assignment) if q.assignment is not None else None,
+                    missing_consents=q.missing_consents,
                 ))
             results.append(pb.BatchResult(unified_individual_id=individual.unified_individual_id, qualifications=out))
         response.results.extend(results)

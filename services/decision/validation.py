@@ -28,6 +28,8 @@ def validate_point(point: Point, v: Violations) -> None:
         v.add("point.type", "must be POINT_TYPE_MANUAL_CONTENT or POINT_TYPE_RECOMMENDATIONS")
     if len(point.description) > 1024:
         v.add("point.description", "must be at most 1,024 characters")
+    if point.consent_purpose and not NAME.match(point.consent_purpose):
+        v.add("point.consent_purpose", "must match ^[a-z][a-z0-9_]{0,63}$")
     seen: set[str] = set()
     for i, f in enumerate(point.template.fields):
         path = f"point.template.fields[{i}]"
@@ -88,6 +90,8 @@ def validate_decision(
         v.add("decision.name", "must not be empty")
     elif len(decision.name) > MAX_TEXT:
         v.add("decision.name", f"must be at most {MAX_TEXT} characters")
+    if decision.consent_purpose and not NAME.match(decision.consent_purpose):
+        v.add("decision.consent_purpose", "must match ^[a-z][a-z0-9_]{0,63}$")
     try:
         check_rule(decision.rule, schema)
     except rules.RuleError as error:

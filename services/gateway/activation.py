@@ -22,6 +22,7 @@ import asyncpg
 import grpc
 from google.protobuf import field_mask_pb2, json_format
 
+from personalization.common.v1 import common_pb2
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from services.gateway.activation_store import ActivationRow, ActivationStore, DeliveryRow
@@ -174,6 +175,8 @@ def validate_activation(a: pb.Activation) -> Violations:
             seen.add(name)
     elif source == "batch_output" and not a.batch_output.schedule_name:
         v.add("activation.batch_output.schedule_name", "must name a batch schedule")
+    if a.consent_purpose and not NAME_PATTERN.match(a.consent_purpose):
+        v.add("activation.consent_purpose", "must be a lowercase identifier matching ^[a-z][a-z0-9_]{0,62}$")
     if source:
         columns = columns_of(a)
         seen = set()
@@ -350,7 +353,7 @@ class Activations:
             return await self._refresh_batch_output(row, batch_size)
         return 0
 
-    async def _members(self, segment: str) -> set[str]:
+    async def _all_members(self, segment: str) -> set[str]:
         members: set[str] = set()
         token = ""
         while True:
@@ -361,9 +364,27 @@ class Activations:
             if not token:
                 return members
 
+    async def _consenting(self, ids: set[str], purpose: str) -> set[str]:
+        """Those of ids who granted the consent purpose (read now, so a withdrawal counts on the next pass)."""
+        granted: set[str] = set()
+        ordered = sorted(ids)
+        for start in range(0, len(ordered), 1000):
+            chunk = ordered[start:start + 1000]
+            reply = await self.profile.GetProfiles(profile_pb.GetProfilesRequest(
+                unified_individual_ids=chunk, read_mask=field_mask_pb2.FieldMask(paths=["consents"])))
+            granted.update(uid for uid, profile in zip(chunk, reply.profiles) if any(
+                c.purpose == purpose and c.status == common_pb2.CONSENT_STATUS_GRANTED for c in profile.consents))
+        return granted
+
+    async def _members(self, segment: str, purpose: str = "") -> set[str]:
+        """The segment's members; with a consent purpose, only those who granted it (the others are skipped, and
+        one who withdraws leaves, as an exit)."""
+        members = await self._all_members(segment)
+        return await self._consenting(members, purpose) if purpose else members
+
     async def _refresh_membership(self, row: ActivationRow, batch_size: int) -> int:
         segment = row.config.segment_membership.segment
-        current = await self._members(segment)
+        current = await self._members(segment, row.config.consent_purpose)
         state = await self.store.load_state(row.tenant_id, row.name)
         entries, exits = membership_changes(current, {uid: member for uid, (member, _) in state.items()})
         rows = ([{"unified_individual_id": uid, "segment": segment, "member": True} for uid in entries]
@@ -384,7 +405,7 @@ class Activations:
     async def _refresh_attributes(self, row: ActivationRow, batch_size: int) -> int:
         segment = row.config.attributes.segment
         names = list(row.config.attributes.attributes)
-        current = sorted(await self._members(segment))
+        current = sorted(await self._members(segment, row.config.consent_purpose))
         state = await self.store.load_state(row.tenant_id, row.name)
         limit = asyncio.Semaphore(self.settings.concurrency)
         values = await asyncio.gather(*(self._attributes(uid, names, limit) for uid in current))
@@ -413,6 +434,10 @@ class Activations:
                 done = len(rows) < chunk
                 if rows:
                     after_key = [rows[-1]["unified_individual_id"], rows[-1]["point_name"]]
+                    if row.config.consent_purpose:
+                        granted = await self._consenting({r["unified_individual_id"] for r in rows},
+                                                         row.config.consent_purpose)
+                        rows = [r for r in rows if r["unified_individual_id"] in granted]
                 if not await self.store.commit(row.tenant_id, row.name, row.generation,
                                                _deliveries(rows, batch_size), progress=(job_id, after_key, done)):
                     return queued

@@ -10,18 +10,19 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timezone
 
 from croniter import croniter
-from google.protobuf import json_format
+from google.protobuf import json_format, timestamp_pb2
 
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
+from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
-from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
-from services.gateway.decide import (DEFAULT_ITEMS, PROFILE_EVENTS, PROFILE_MASK, _struct, affinity_messages,
-                                     item_rows, missing_decision_diagnostics, profile_view)
+from services.gateway.decision_log import DecisionLogWriter
+from services.gateway.personalize import (PROFILE_EVENTS, PROFILE_MASK, QUALIFY_CHUNK, DecideForIndividuals,
+                                          Individual, batch_personalization_id, log_entry, member_context,
+                                          profile_view, struct)
 from services.gateway.ingest import NAME
 from services.gateway.ports import Stubs
 from services.gateway.postgres_batch import BATCH_CHANNEL, Job, OutputRow, PostgresBatch, Schedule, StoredRow
 from services.gateway.quotas import period_start
-from shared.client import open_stream
 from shared import context as ctx
 from shared.errors import NotFound, Violations
 from shared.leader import lead
@@ -30,14 +31,17 @@ from shared.log import get_logger
 log = get_logger("gateway.batch")
 
 MAX_POINTS = 10
-QUALIFY_CHUNK = 1000
 LEADER_LOCK = "tailor-batch-leader"
-EMPTY_CONTEXT = {"anchor_id": "", "anchor_type": "", "cart_item_ids": [], "channel": "batch", "correlation_id": "",
-                 "request_url": "", "attributes": {}}
+BATCH_CHANNEL_NAME = "batch"  # the channel of every batch decision (in rules' context and the decision log)
 
 
-def validate_job(segment: str, point_names, field_prefix: str = "") -> None:
+def validate_job(segment: str, point_names, field_prefix: str = "", context_sources: Sequence[int] = ()) -> None:
     v = Violations()
+    for i, source in enumerate(context_sources):
+        if source not in pb.BatchContextSource.values() or source == pb.BATCH_CONTEXT_SOURCE_UNSPECIFIED:
+            v.add(f"{field_prefix}context_sources[{i}]", "must be LAST_CART, RECENTLY_VIEWED or LAST_PURCHASE")
+        elif source in context_sources[:i]:
+            v.add(f"{field_prefix}context_sources[{i}]", "must not repeat a source")
     if not NAME.match(segment):
         v.add(f"{field_prefix}segment", "must name a segment")
     if not point_names:
@@ -60,6 +64,10 @@ def _new_job_id() -> str:
     return "job_" + uuid.uuid4().hex[:20]
 
 
+def _source_names(sources: Sequence[int]) -> tuple[str, ...]:
+    return tuple(pb.BatchContextSource.Name(s).removeprefix("BATCH_CONTEXT_SOURCE_") for s in sources)
+
+
 def _next_run(cron: str, after: datetime) -> datetime:
     """The first time after `after` that the five-field UTC cron expression names."""
     return croniter(cron, after).get_next(datetime)
@@ -68,13 +76,15 @@ def _next_run(cron: str, after: datetime) -> datetime:
 class BatchJobs:
     """Creates, runs, watches and schedules batch jobs. One leader per database runs them, oldest first."""
 
-    def __init__(self, dsn: str, store: PostgresBatch, stubs: Stubs, *, page_size: int = 1000, depth: int = 3,
-                 idle_seconds: float = 1.0, now: Callable[[], datetime] = _utcnow):
+    def __init__(self, dsn: str, store: PostgresBatch, stubs: Stubs, log_writer: DecisionLogWriter, *,
+                 page_size: int = 1000, depth: int = 3, idle_seconds: float = 1.0,
+                 now: Callable[[], datetime] = _utcnow):
         self.dsn = dsn
         self.store = store
         self.profile = stubs.profile
         self.decision = stubs.decision
-        self.recommender = stubs.recommender
+        self.use_case = DecideForIndividuals(stubs)
+        self.log_writer = log_writer
         self.page_size = page_size
         self.depth = depth
         self.idle_seconds = idle_seconds
@@ -96,10 +106,12 @@ class BatchJobs:
                            metadata={"point": name})
         return counts[segment]
 
-    async def start(self, tenant_id: str, segment: str, point_names: list[str]) -> Job:
-        validate_job(segment, point_names)
+    async def start(self, tenant_id: str, segment: str, point_names: list[str],
+                    context_sources: Sequence[int] = ()) -> Job:
+        validate_job(segment, point_names, context_sources=context_sources)
         total = await self._check_targets(segment, point_names)
-        return await self.store.create_job(tenant_id, _new_job_id(), segment, point_names, "", total)
+        return await self.store.create_job(tenant_id, _new_job_id(), segment, point_names, "", total,
+                                           _source_names(context_sources))
 
     async def get(self, tenant_id: str, job_id: str) -> Job:
         job = await self.store.job(tenant_id, job_id)
@@ -139,17 +151,18 @@ class BatchJobs:
             await asyncio.sleep(poll_seconds)
 
     async def upsert_schedule(self, tenant_id: str, name: str, segment: str, point_names: list[str], cron: str,
-                              enabled: bool) -> Schedule:
+                              enabled: bool, context_sources: Sequence[int] = ()) -> Schedule:
         v = Violations()
         if not NAME.match(name):
             v.add("schedule.name", "must match ^[a-z][a-z0-9_]{0,63}$")
         if not croniter.is_valid(cron) or len(cron.split()) != 5:
             v.add("schedule.cron", "must be a five-field cron expression")
         v.raise_if_any()
-        validate_job(segment, point_names, "schedule.")
+        validate_job(segment, point_names, "schedule.", context_sources)
         await self._check_targets(segment, point_names, "schedule.")
         return await self.store.upsert_schedule(Schedule(
-            tenant_id, name, segment, tuple(point_names), cron, enabled, _next_run(cron, self.now())))
+            tenant_id, name, segment, tuple(point_names), cron, enabled, _next_run(cron, self.now()),
+            _source_names(context_sources)))
 
     async def list_schedules(self, tenant_id: str, limit: int, after: list | None) -> list[Schedule]:
         return await self.store.list_schedules(tenant_id, limit, after[0] if after else "")
@@ -188,7 +201,7 @@ class BatchJobs:
                     segment=job.segment, page_size=self.page_size, page_token=token))
                 members = [m.unified_individual_id for m in page.members]
                 deciding.append((page, asyncio.create_task(
-                    self.decide_page(members, job.segment, list(job.point_names), job_id))))
+                    self.decide_page(members, job))))
                 if len(deciding) >= self.depth or not page.next_page_token:
                     await self._commit_oldest(tenant_id, job_id, deciding)
                 if not page.next_page_token:
@@ -218,10 +231,10 @@ class BatchJobs:
         log.info("batch_page", job_id=job_id, members=members,
                  write_ms=round((time.perf_counter() - started) * 1000, 1), **stage_ms)
 
-    async def decide_page(self, members: list[str], segment: str, point_names: list[str],
-                          job_id: str) -> tuple[list[OutputRow], dict[str, float]]:
-        """Decides every member of one page for every point: the profiles, one QualifyBatch, then one
-        RecommendBatch per (recommender, count) for all members a recommendation decision qualified."""
+    async def decide_page(self, members: list[str], job: Job) -> tuple[list[OutputRow], dict[str, float]]:
+        """Decides every member of one page for every point with the decide use case real time uses (profiles,
+        then qualify and personalize for the whole page), and logs the decisions, marked with the job, before the
+        page commits (their ids are stable, so a redone page logs nothing twice)."""
         mark = time.perf_counter()
         stage_ms: dict[str, float] = {}
 
@@ -231,87 +244,45 @@ class BatchJobs:
             stage_ms[f"{stage}_ms"] = round((now - mark) * 1000, 1)
             mark = now
 
-        profiles = await self.profiles(members)
+        individuals = await self.individuals(members, job.context_sources)
         lap("profiles")
-        qualified = []
-        for start in range(0, len(members), QUALIFY_CHUNK):
-            chunk = members[start:start + QUALIFY_CHUNK]
-            reply = await self.decision.QualifyBatch(decision_pb.QualifyBatchRequest(
-                points=point_names, context=_struct(EMPTY_CONTEXT), individuals=[
-                    decision_pb.BatchIndividual(unified_individual_id=m, profile=_struct(profiles[m]))
-                    for m in chunk]))
-            decisions = {d.decision_id: d for d in reply.decisions}
-            for result in reply.results:
-                qualifications = []
-                for point, batch_q in zip(reply.points, result.qualifications):
-                    q = decision_pb.Qualification(point=point, evaluations=batch_q.evaluations)
-                    if batch_q.decision_id:
-                        q.decision.CopyFrom(decisions[batch_q.decision_id])
-                    if batch_q.HasField("experiment"):
-                        q.experiment.CopyFrom(batch_q.experiment)
-                    qualifications.append(q)
-                qualified.append((result.unified_individual_id, profiles[result.unified_individual_id],
-                                  qualifications))
-        results = []
-        contents: dict[str, dict] = {}
-        wanted: dict[tuple[str, int], list[tuple[str, dict]]] = {}
-        for member, profile, qualifications in qualified:
-            for q in qualifications:
-                result = {"member": member, "q": q, "data": [], "ranked": [],
-                          "diagnostics": [json_format.MessageToDict(d) for d in missing_decision_diagnostics(q)]}
-                if not result["diagnostics"]:
-                    if q.decision.WhichOneof("payload") == "content":
-                        if q.decision.decision_id not in contents:
-                            contents[q.decision.decision_id] = json_format.MessageToDict(q.decision.content)
-                        result["data"] = [contents[q.decision.decision_id]]
-                    else:
-                        spec = q.decision.recommendations
-                        wanted.setdefault((spec.recommender, spec.count or DEFAULT_ITEMS), []).append((member, profile))
-                results.append(result)
+        points = [decision_pb.PointSelection(name=name) for name in job.point_names]
+        qualified = await self.use_case.qualify(individuals, points)
         lap("qualify")
-        attributes = sorted({a for r in results for a in r["q"].point.template.item_attributes})
-        ranked = await self.recommend_batches(wanted, attributes)
+        ids = [[batch_personalization_id(job.job_id, i.unified_id, name) for name in job.point_names]
+               for i in individuals]
+        decided = await self.use_case.personalize(individuals, qualified, ids=ids)
         lap("recommend")
-        for result in results:
-            q = result["q"]
-            if not result["diagnostics"] and q.decision.WhichOneof("payload") == "recommendations":
-                spec = q.decision.recommendations
-                result["ranked"] = ranked[(spec.recommender, spec.count or DEFAULT_ITEMS)].get(result["member"], [])
-        rows = []
-        for result in results:
-            q = result["q"]
-            data = result["data"]
-            if result["ranked"]:
-                data = item_rows(result["ranked"], list(q.point.template.item_attributes))
-            rows.append(OutputRow(
-                unified_individual_id=result["member"], individual_id=result["member"], segment_id=segment,
-                point_id=q.point.point_id, point_name=q.point.name, decision_id=q.decision.decision_id,
-                personalization_id=uuid.uuid4().hex,
-                payload={"decision_name": q.decision.name, "data": data, "diagnostics": result["diagnostics"]}))
+        rows, entries = [], []
+        now = timestamp_pb2.Timestamp()
+        now.GetCurrentTime()
+        for individual, row in zip(individuals, decided):
+            for d in row:
+                q = d.qualification
+                rows.append(OutputRow(
+                    unified_individual_id=individual.unified_id, individual_id=individual.unified_id,
+                    segment_id=job.segment, point_id=q.point.point_id, point_name=q.point.name,
+                    decision_id=q.decision.decision_id, personalization_id=d.personalization_id,
+                    payload={"decision_name": q.decision.name, "data": d.data,
+                             "diagnostics": [json_format.MessageToDict(x) for x in d.diagnostics]}))
+                entries.append(log_entry(individual, d, struct({"data": d.data}), request_id=job.job_id,
+                                         stage_ms={}, log_time=now, batch_job_id=job.job_id))
         lap("shape")
+        await self.log_writer.write(entries)
+        lap("log")
         return rows, stage_ms
 
-    async def profiles(self, members: list[str]) -> dict[str, dict]:
-        """The profile each member's rules see, by member (one GetProfiles call per 1,000 members)."""
-        out: dict[str, dict] = {}
+    async def individuals(self, members: list[str], sources: Sequence[str]) -> list[Individual]:
+        """Each member as the use case takes them: the profile their rules see and their context, built from their
+        recent events as the job's context sources say (one GetProfiles call per 1,000 members)."""
+        codes = [pb.BatchContextSource.Value(f"BATCH_CONTEXT_SOURCE_{name}") for name in sources]
+        shared = pb.DecisionContext(channel=BATCH_CHANNEL_NAME)
+        out: list[Individual] = []
         for start in range(0, len(members), QUALIFY_CHUNK):
             chunk = members[start:start + QUALIFY_CHUNK]
             reply = await self.profile.GetProfiles(profile_pb.GetProfilesRequest(
                 unified_individual_ids=chunk, read_mask=PROFILE_MASK, event_limit=PROFILE_EVENTS))
-            out.update({member: profile_view(profile) for member, profile in zip(chunk, reply.profiles)})
-        return out
-
-    async def recommend_batches(self, wanted: dict, item_attributes: list[str]) -> dict:
-        """One RecommendBatch stream per (recommender, count); returns {key: {member: [RecommendedItem]}}."""
-        out = {}
-        for (strategy, count), members in wanted.items():
-            by_member = {}
-            stream = open_stream(self.recommender.RecommendBatch, rec_pb.RecommendBatchRequest(
-                strategy=strategy, count=count, item_attributes=item_attributes,
-                individuals=[rec_pb.BatchIndividual(unified_individual_id=m, affinities=affinity_messages(p))
-                             for m, p in members]))
-            async for chunk in stream:
-                for result in chunk.results:
-                    by_member[result.unified_individual_id] = list(result.items)
-            out[(strategy, count)] = by_member
+            for member, profile in zip(chunk, reply.profiles):
+                context = member_context(profile.events, codes, BATCH_CHANNEL_NAME) if codes else shared
+                out.append(Individual(member, profile_view(profile), context, own_context=bool(codes)))
         return out

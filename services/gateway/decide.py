@@ -2,72 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-import uuid
 
-from google.protobuf import field_mask_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from personalization.common.v1 import common_pb2
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2 as identity_pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
-from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
 from services.gateway.decision_log import DecisionLogWriter
 from services.gateway.ingest import IDENTITY_TYPE
+from services.gateway.personalize import (EMPTY_PROFILE, PROFILE_EVENTS, PROFILE_MASK, Decided, DecideForIndividuals,
+                                          Individual, context_view, item_rows, log_entry, profile_view, struct)
 from services.gateway.ports import Stubs
 from services.gateway.quotas import Quotas
 from shared import context as ctx
 from shared.errors import InvalidArgument, NotFound, Violations
 
 MAX_POINTS = 50
-PROFILE_EVENTS = 10
-DEFAULT_ITEMS = 12
-PROFILE_MASK = field_mask_pb2.FieldMask(paths=["attributes", "insights", "segments", "events", "affinities",
-                                                "consents"])
-EVENT_TYPE_NAMES = {v: k.removeprefix("EVENT_TYPE_") for k, v in common_pb2.EventType.items()}
-
-
-def _struct(data: dict) -> struct_pb2.Struct:
-    s = struct_pb2.Struct()
-    s.update(data)
-    return s
-
-
-def profile_view(profile: profile_pb.Profile) -> dict:
-    """The profile data graph as rules see it: attributes, insights, segments, events, affinities, consents.
-
-    affinities is {dimension: {value: score}}; consents is {purpose: true when granted}.
-    """
-    affinities: dict[str, dict[str, float]] = {}
-    for a in profile.affinities:
-        affinities.setdefault(a.dimension, {})[a.value] = a.score
-    return {
-        "affinities": affinities,
-        "consents": {c.purpose: c.status == common_pb2.CONSENT_STATUS_GRANTED for c in profile.consents},
-        "attributes": json_format.MessageToDict(profile.attributes),
-        "insights": dict(profile.insights),
-        "segments": list(profile.segments),
-        "events": [
-            {"type": EVENT_TYPE_NAMES.get(e.type, "UNSPECIFIED"), "name": e.name, "item_id": e.item_id,
-             "event_time": e.event_time.ToJsonString() if e.HasField("event_time") else ""}
-            for e in profile.events
-        ],
-    }
-
-
-def context_view(context: pb.DecisionContext) -> dict:
-    """The request context as rules see it."""
-    return {
-        "anchor_id": context.anchor_id,
-        "anchor_type": context.anchor_type,
-        "cart_item_ids": list(context.cart_item_ids),
-        "channel": context.channel,
-        "correlation_id": context.correlation_id,
-        "request_url": context.request_url,
-        "attributes": json_format.MessageToDict(context.attributes),
-    }
 
 
 def validate(request: pb.GetDecisionsRequest) -> None:
@@ -100,6 +53,7 @@ class Decider:
         self.profile = stubs.profile
         self.decision = stubs.decision
         self.recommender = stubs.recommender
+        self.use_case = DecideForIndividuals(stubs)
         self.log_writer = log_writer
         self.quotas = quotas
 
@@ -161,63 +115,25 @@ class Decider:
         profile = await self.augment(request, unified_id, skip=over_quota)
         lap("augment")
 
-        context = context_view(request.context)
-        qualified = await self.decision.Qualify(decision_pb.QualifyRequest(
-            points=[decision_pb.PointSelection(name=p.name, decision_id=p.decision_id)
-                    for p in request.personalization_points],
-            profile=_struct(profile), context=_struct(context), unified_individual_id=unified_id,
-            fallback_only=over_quota))
+        individual = Individual(unified_id, profile, request.context,
+                                known_profile=bool(unified_id) or request.HasField("profile"))
+        points = [decision_pb.PointSelection(name=p.name, decision_id=p.decision_id)
+                  for p in request.personalization_points]
+        qualified = await self.use_case.qualify([individual], points, fallback_only=over_quota)
         lap("qualify")
 
         explain = pb.EXECUTION_FLAG_DIAGNOSTICS in flags
-        results = await asyncio.gather(*(self._personalize(q, unified_id, request.context, profile, explain)
-                                         for q in qualified.qualifications))
+        [decided] = await self.use_case.personalize([individual], qualified, over_quota=over_quota, explain=explain)
         lap("personalize")
 
         request_id = ctx.request_id_var.get()
-        personalizations = []
-        for q, (data, diagnostics, trace) in zip(qualified.qualifications, results):
-            if not unified_id and not request.HasField("profile"):
-                diagnostics.insert(0, pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_UNKNOWN_INDIVIDUAL,
-                                                    message="the individual is not known; rules saw an empty profile"))
-            if over_quota:
-                diagnostics.insert(0, pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_QUOTA_EXCEEDED,
-                                                    message="the tenant is over its quota; the fallback was served"))
-            experiment = q.experiment if q.HasField("experiment") and q.experiment.in_experiment else None
-            p = pb.Personalization(
-                personalization_id=uuid.uuid4().hex,
-                personalization_point_id=q.point.point_id,
-                personalization_point_name=q.point.name,
-                decision_id=q.decision.decision_id,
-                decision_name=q.decision.name,
-                data=data,
-                diagnostics=diagnostics,
-                experiment_id=experiment.experiment_id if experiment else "",
-                cohort_id=experiment.cohort_id if experiment else "",
-            )
-            if explain:
-                p.explanation.CopyFrom(pb.Explanation(
-                    rules=[pb.RuleTrace(decision_id=e.decision_id, decision_name=e.decision_name,
-                                        matched=e.matched, error=e.error) for e in q.evaluations],
-                    unified_individual_id=unified_id, stage_ms=stage_ms))
-                if q.HasField("experiment"):
-                    p.explanation.experiment.CopyFrom(assignment_message(q.experiment))
-                if trace is not None:
-                    p.explanation.recommendations.CopyFrom(trace)
-            personalizations.append(p)
-
+        personalizations = [personalization(d, unified_id, stage_ms, explain) for d in decided]
         if pb.EXECUTION_FLAG_TEST_MODE not in flags:
             now = timestamp_pb2.Timestamp()
             now.GetCurrentTime()
             await self.log_writer.submit([
-                decision_pb.DecisionLogEntry(
-                    personalization_id=p.personalization_id, request_id=request_id,
-                    point_id=p.personalization_point_id, point_name=p.personalization_point_name,
-                    decision_id=p.decision_id, unified_individual_id=unified_id,
-                    channel=request.context.channel, correlation_id=request.context.correlation_id,
-                    anchor_id=request.context.anchor_id, served=served(p.data), stage_ms=stage_ms, log_time=now,
-                    experiment_id=p.experiment_id, cohort_id=p.cohort_id)
-                for p in personalizations])
+                log_entry(individual, d, served(p.data), request_id=request_id, stage_ms=stage_ms, log_time=now)
+                for d, p in zip(decided, personalizations)])
         return pb.GetDecisionsResponse(request_id=request_id, personalizations=personalizations)
 
     async def augment(self, request, unified_id: str, *, skip: bool = False) -> dict:
@@ -226,7 +142,7 @@ class Decider:
             return json_format.MessageToDict(request.profile)
         flags = set(getattr(request, "execution_flags", ()))
         if skip or pb.EXECUTION_FLAG_CONTEXT_ONLY in flags or not unified_id:
-            return {"attributes": {}, "insights": {}, "segments": [], "events": [], "affinities": {}, "consents": {}}
+            return dict(EMPTY_PROFILE)
         reply = await self.profile.GetProfile(profile_pb.GetProfileRequest(
             unified_individual_id=unified_id, read_mask=PROFILE_MASK, event_limit=PROFILE_EVENTS))
         return profile_view(reply.profile)
@@ -236,44 +152,10 @@ class Decider:
         unified_id = await self.resolve_known(request)
         profile = await self.augment(request, unified_id)
         reply = await self.decision.AssignExperiments(decision_pb.AssignExperimentsRequest(
-            unified_individual_id=unified_id, point_names=request.point_names, profile=_struct(profile),
-            context=_struct(context_view(request.context)), record_exposure=request.record_exposure,
+            unified_individual_id=unified_id, point_names=request.point_names, profile=struct(profile),
+            context=struct(context_view(request.context)), record_exposure=request.record_exposure,
             channel=request.context.channel))
         return pb.AssignExperimentsResponse(assignments=[assignment_message(a) for a in reply.assignments])
-
-    async def _personalize(self, q: decision_pb.Qualification, unified_id: str, context: pb.DecisionContext,
-                           profile: dict, explain: bool):
-        diagnostics = missing_decision_diagnostics(q)
-        if diagnostics:
-            return [], diagnostics, None
-        decision = q.decision
-        if decision.WhichOneof("payload") == "content":
-            return [decision.content], diagnostics, None
-        spec = decision.recommendations
-        count = spec.count or DEFAULT_ITEMS
-        # Which of anchor and cart to exclude or to build on is the recommender config's business.
-        ranked = await self.recommender.Recommend(rec_pb.RecommendRequest(
-            unified_individual_id=unified_id, strategy=spec.recommender, count=count,
-            anchor_item_id=context.anchor_id, cart_item_ids=context.cart_item_ids,
-            affinities=affinity_messages(profile), diagnostics=explain,
-            item_attributes=q.point.template.item_attributes))
-        data = shape_items(ranked.items, list(q.point.template.item_attributes))
-        if len(data) < count:
-            diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_FEWER_ITEMS_THAN_REQUESTED,
-                                             message=f"{len(data)} of {count} items available"))
-        trace = None
-        if explain:
-            d = ranked.diagnostics
-            trace = pb.RecommendationTrace(
-                recommenders=d.recommenders, diversity_removed=d.diversity_removed, model_version=d.model_version,
-                filters=[pb.FilterTrace(filter=f.filter, removed=f.removed) for f in d.filters])
-        return data, diagnostics, trace
-
-
-def affinity_messages(profile: dict) -> list[rec_pb.Affinity]:
-    """The profile's affinities as the recommender's boosters take them."""
-    return [rec_pb.Affinity(attribute=dimension, value=str(value), score=score)
-            for dimension, values in (profile.get("affinities") or {}).items() for value, score in values.items()]
 
 
 def assignment_message(a: decision_pb.ExperimentAssignment) -> pb.ExperimentAssignment:
@@ -283,39 +165,31 @@ def assignment_message(a: decision_pb.ExperimentAssignment) -> pb.ExperimentAssi
         bucket=a.bucket, in_experiment=a.in_experiment)
 
 
-def missing_decision_diagnostics(q: decision_pb.Qualification) -> list[pb.Diagnostic]:
-    """Why a point served nothing, or [] when a decision qualified."""
-    if q.HasField("decision"):
-        return []
-    if q.evaluations:
-        return [pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_NO_DECISION_QUALIFIED,
-                              message="no decision matched and the point has no fallback")]
-    return [pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_POINT_NOT_CONFIGURED, message="the point has no decisions")]
-
-
-def _plain(value: struct_pb2.Value):
-    kind = value.WhichOneof("kind")
-    if kind in ("string_value", "number_value", "bool_value"):
-        return getattr(value, kind)
-    return None if kind in (None, "null_value") else json_format.MessageToDict(value)
-
-
-def item_rows(ranked, attributes: list[str]) -> list[dict]:
-    """Items shaped by the point's template as plain dicts: item_id, score, source and the template's item
-    attributes (null when the catalog has none)."""
-    rows = []
-    for r in ranked:
-        row = {"item_id": r.item_id, "score": r.score, "source": r.source}
-        fields = r.attributes.fields
-        for name in attributes:
-            row[name] = _plain(fields[name]) if name in fields else None
-        rows.append(row)
-    return rows
+def personalization(d: Decided, unified_id: str, stage_ms: dict[str, float], explain: bool) -> pb.Personalization:
+    """A decided point as GetDecisions answers it (with the explanation when DIAGNOSTICS is set)."""
+    q = d.qualification
+    experiment = d.experiment
+    p = pb.Personalization(
+        personalization_id=d.personalization_id, personalization_point_id=q.point.point_id,
+        personalization_point_name=q.point.name, decision_id=q.decision.decision_id, decision_name=q.decision.name,
+        data=[q.decision.content] if q.decision.WhichOneof("payload") == "content" else [struct(r) for r in d.data],
+        diagnostics=d.diagnostics, experiment_id=experiment.experiment_id if experiment else "",
+        cohort_id=experiment.cohort_id if experiment else "")
+    if explain:
+        p.explanation.CopyFrom(pb.Explanation(
+            rules=[pb.RuleTrace(decision_id=e.decision_id, decision_name=e.decision_name, matched=e.matched,
+                                error=e.error) for e in q.evaluations],
+            unified_individual_id=unified_id, stage_ms=stage_ms))
+        if q.HasField("experiment"):
+            p.explanation.experiment.CopyFrom(assignment_message(q.experiment))
+        if d.trace is not None:
+            p.explanation.recommendations.CopyFrom(d.trace)
+    return p
 
 
 def shape_items(ranked, attributes: list[str]) -> list[struct_pb2.Struct]:
     """item_rows as Structs, for responses."""
-    return [_struct(row) for row in item_rows(ranked, attributes)]
+    return [struct(row) for row in item_rows(ranked, attributes)]
 
 
 def served(data) -> struct_pb2.Struct:

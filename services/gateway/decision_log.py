@@ -32,6 +32,12 @@ class DecisionLogWriter:
             else:
                 self.queue.put_nowait((tenant, entry))
 
+    async def write(self, entries: list[decision_pb.DecisionLogEntry]) -> None:
+        """Sends rows now, in the caller's tenant, retried until stored (batch jobs log a page before committing it)."""
+        tenant = ctx.current_tenant()
+        for start in range(0, len(entries), self.max_batch):
+            await self._send([(tenant, entry) for entry in entries[start:start + self.max_batch]])
+
     async def run(self) -> None:
         """Sends queued rows until cancelled."""
         while True:

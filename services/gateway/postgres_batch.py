@@ -32,6 +32,7 @@ class Job:
     checkpoint: str
     created_at: datetime
     ended_at: datetime | None
+    context_sources: tuple[str, ...] = ()  # BatchContextSource names without the prefix, e.g. LAST_CART
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,13 @@ class Schedule:
     cron: str
     enabled: bool
     next_run_at: datetime
+    context_sources: tuple[str, ...] = ()
 
 
 def _job(row) -> Job:
     return Job(row["tenant_id"], row["job_id"], row["segment"], tuple(row["point_names"]), row["state"],
                row["processed_count"], row["row_count"], row["total_count"], row["schedule_name"], row["error"],
-               row["checkpoint"], row["created_at"], row["ended_at"])
+               row["checkpoint"], row["created_at"], row["ended_at"], tuple(row["context_sources"]))
 
 
 def _stored(row) -> StoredRow:
@@ -87,7 +89,7 @@ def _stored(row) -> StoredRow:
 
 def _schedule(row) -> Schedule:
     return Schedule(row["tenant_id"], row["name"], row["segment"], tuple(row["point_names"]), row["cron"],
-                    row["enabled"], row["next_run_at"])
+                    row["enabled"], row["next_run_at"], tuple(row["context_sources"]))
 
 
 class PostgresBatch:
@@ -97,13 +99,14 @@ class PostgresBatch:
         self.pool = pool
 
     async def create_job(self, tenant_id: str, job_id: str, segment: str, point_names: Sequence[str],
-                         schedule_name: str, total: int, conn: asyncpg.Connection | None = None) -> Job:
+                         schedule_name: str, total: int, context_sources: Sequence[str] = (),
+                         conn: asyncpg.Connection | None = None) -> Job:
         """Inserts a PENDING job and wakes the batch leader."""
         db = conn or self.pool
         row = await db.fetchrow(
-            "INSERT INTO batch_jobs (tenant_id, job_id, segment, point_names, schedule_name, total_count) "
-            "VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
-            tenant_id, job_id, segment, list(point_names), schedule_name, total)
+            "INSERT INTO batch_jobs (tenant_id, job_id, segment, point_names, schedule_name, total_count, "
+            "context_sources) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
+            tenant_id, job_id, segment, list(point_names), schedule_name, total, list(context_sources))
         await db.execute("SELECT pg_notify($1, '')", BATCH_CHANNEL)
         return _job(row)
 
@@ -142,12 +145,13 @@ class PostgresBatch:
 
     async def upsert_schedule(self, schedule: Schedule) -> Schedule:
         row = await self.pool.fetchrow(
-            "INSERT INTO batch_schedules (tenant_id, name, segment, point_names, cron, enabled, next_run_at) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id, name) DO UPDATE SET "
+            "INSERT INTO batch_schedules (tenant_id, name, segment, point_names, cron, enabled, next_run_at, "
+            "context_sources) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant_id, name) DO UPDATE SET "
             "segment = excluded.segment, point_names = excluded.point_names, cron = excluded.cron, "
-            "enabled = excluded.enabled, next_run_at = excluded.next_run_at RETURNING *",
+            "enabled = excluded.enabled, next_run_at = excluded.next_run_at, "
+            "context_sources = excluded.context_sources RETURNING *",
             schedule.tenant_id, schedule.name, schedule.segment, list(schedule.point_names), schedule.cron,
-            schedule.enabled, schedule.next_run_at)
+            schedule.enabled, schedule.next_run_at, list(schedule.context_sources))
         return _schedule(row)
 
     async def list_schedules(self, tenant_id: str, limit: int, after_name: str) -> list[Schedule]:
@@ -169,7 +173,8 @@ class PostgresBatch:
                 await conn.execute("UPDATE batch_schedules SET next_run_at = $3 WHERE tenant_id = $1 AND name = $2",
                                    schedule.tenant_id, schedule.name, next_run(schedule, now))
                 jobs.append(await self.create_job(schedule.tenant_id, new_job_id(), schedule.segment,
-                                                  schedule.point_names, schedule.name, 0, conn))
+                                                  schedule.point_names, schedule.name, 0,
+                                                  schedule.context_sources, conn))
         return jobs
 
     async def next_open_job(self) -> Job | None:

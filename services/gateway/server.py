@@ -114,7 +114,7 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
     worker = PartitionWorker(dsn, InboxStore(pool), Pipeline(stubs), WorkerSettings.from_env())
     log_writer = DecisionLogWriter(decision)
     quotas = Quotas(PostgresQuotas(pool))
-    batch = BatchJobs(dsn, PostgresBatch(pool), stubs)
+    batch = BatchJobs(dsn, PostgresBatch(pool), stubs, log_writer)
     activations = Activations(pool, profile)
     decider = Decider(stubs, log_writer, quotas, resolve_cache_seconds=settings.resolve_cache_seconds)
     identity_types = IdentityTypes(identity)

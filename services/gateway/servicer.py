@@ -50,12 +50,16 @@ def api_key_message(row: KeyRow) -> pb.ApiKey:
                      create_time=_ts(row.created_at), revoke_time=_ts(row.revoked_at))
 
 
+def _sources(names) -> list[int]:
+    return [pb.BatchContextSource.Value(f"BATCH_CONTEXT_SOURCE_{name}") for name in names]
+
+
 def job_message(job: Job) -> pb.BatchJob:
     return pb.BatchJob(job_id=job.job_id, segment=job.segment, point_names=job.point_names,
                        state=pb.BatchJobState.Value(f"BATCH_JOB_STATE_{job.state}"),
                        processed_count=job.processed_count, row_count=job.row_count, total_count=job.total_count,
                        schedule_name=job.schedule_name, error=job.error, create_time=_ts(job.created_at),
-                       end_time=_ts(job.ended_at))
+                       end_time=_ts(job.ended_at), context_sources=_sources(job.context_sources))
 
 
 def result_message(stored: StoredRow) -> pb.BatchResultRow:
@@ -70,7 +74,8 @@ def result_message(stored: StoredRow) -> pb.BatchResultRow:
 
 def schedule_message(schedule: Schedule) -> pb.BatchSchedule:
     return pb.BatchSchedule(name=schedule.name, segment=schedule.segment, point_names=schedule.point_names,
-                            cron=schedule.cron, enabled=schedule.enabled, next_run_time=_ts(schedule.next_run_at))
+                            cron=schedule.cron, enabled=schedule.enabled, next_run_time=_ts(schedule.next_run_at),
+                            context_sources=_sources(schedule.context_sources))
 
 
 def _acks(acks: list[tuple[str, bool]]) -> list[pb.EventAck]:
@@ -204,7 +209,8 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         return pb.GetDataModelResponse(data_model=model)
 
     async def StartBatchJob(self, request, context):
-        job = await self.batch.start(current_tenant(), request.segment, list(request.point_names))
+        job = await self.batch.start(current_tenant(), request.segment, list(request.point_names),
+                                     list(request.context_sources))
         return pb.StartBatchJobResponse(job=job_message(job))
 
     async def GetBatchJob(self, request, context):
@@ -232,7 +238,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     async def UpsertBatchSchedule(self, request, context):
         s = request.schedule
         schedule = await self.batch.upsert_schedule(current_tenant(), s.name, s.segment, list(s.point_names), s.cron,
-                                                    s.enabled)
+                                                    s.enabled, list(s.context_sources))
         return pb.UpsertBatchScheduleResponse(schedule=schedule_message(schedule))
 
     async def ListBatchSchedules(self, request, context):

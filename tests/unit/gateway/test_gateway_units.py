@@ -11,6 +11,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from personalization.common.v1 import common_pb2
+from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2 as identity_pb
 from services.gateway import auth
 from services.gateway.ingest import validate_batch
@@ -245,3 +246,26 @@ async def test_found_identities_are_cached_briefly_and_unknown_ones_never():
     assert identity.calls == 3
     await decider.resolve(known, "", cached=False)
     assert identity.calls == 4
+
+
+def test_a_batch_members_context_comes_from_their_recent_events_as_the_job_chooses():
+    from services.gateway.personalize import member_context
+
+    def e(type_, item_id="", lines=()):
+        return common_pb2.Event(type=type_, item_id=item_id,
+                                line_items=[common_pb2.LineItem(item_id=i, quantity=1) for i in lines])
+
+    newest_first = [e(common_pb2.EVENT_TYPE_ADD_TO_CART, "c2"), e(common_pb2.EVENT_TYPE_PRODUCT_VIEW, "v2"),
+                    e(common_pb2.EVENT_TYPE_ADD_TO_CART, "c1"), e(common_pb2.EVENT_TYPE_PURCHASE, lines=["p1", "p2"]),
+                    e(common_pb2.EVENT_TYPE_ADD_TO_CART, "bought_before"), e(common_pb2.EVENT_TYPE_PRODUCT_VIEW, "v1")]
+    cart_and_viewed = member_context(newest_first, [pb.BATCH_CONTEXT_SOURCE_LAST_CART,
+                                                    pb.BATCH_CONTEXT_SOURCE_RECENTLY_VIEWED])
+    assert list(cart_and_viewed.cart_item_ids) == ["c2", "c1"]  # added since the last purchase
+    assert (cart_and_viewed.anchor_id, cart_and_viewed.anchor_type, cart_and_viewed.channel) == ("v2", "product",
+                                                                                                  "batch")
+    assert dict(cart_and_viewed.attributes)["recently_viewed"] == ["v2", "v1"]
+    purchase_first = member_context(newest_first, [pb.BATCH_CONTEXT_SOURCE_LAST_PURCHASE,
+                                                   pb.BATCH_CONTEXT_SOURCE_RECENTLY_VIEWED])
+    assert (purchase_first.anchor_id, purchase_first.anchor_type) == ("p1", "purchase")
+    assert list(purchase_first.cart_item_ids) == []
+    assert member_context(newest_first, []) == pb.DecisionContext(channel="batch")

@@ -109,20 +109,24 @@ class ResponseTemplate(_message.Message):
     def __init__(self, fields: _Optional[_Iterable[_Union[TemplateField, _Mapping]]] = ..., item_attributes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Point(_message.Message):
-    __slots__ = ("point_id", "name", "description", "type", "template", "archived")
+    __slots__ = ("point_id", "name", "description", "type", "template", "archived", "consent_purpose", "requires_authentication")
     POINT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     ARCHIVED_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    REQUIRES_AUTHENTICATION_FIELD_NUMBER: _ClassVar[int]
     point_id: str
     name: str
     description: str
     type: PointType
     template: ResponseTemplate
     archived: bool
-    def __init__(self, point_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., type: _Optional[_Union[PointType, str]] = ..., template: _Optional[_Union[ResponseTemplate, _Mapping]] = ..., archived: _Optional[bool] = ...) -> None: ...
+    consent_purpose: str
+    requires_authentication: bool
+    def __init__(self, point_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., type: _Optional[_Union[PointType, str]] = ..., template: _Optional[_Union[ResponseTemplate, _Mapping]] = ..., archived: _Optional[bool] = ..., consent_purpose: _Optional[str] = ..., requires_authentication: _Optional[bool] = ...) -> None: ...
 
 class UpsertPointRequest(_message.Message):
     __slots__ = ("point",)
@@ -163,7 +167,7 @@ class RecommendationSpec(_message.Message):
     def __init__(self, recommender: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("decision_id", "point_name", "name", "priority", "rule", "fallback", "content", "recommendations", "archived")
+    __slots__ = ("decision_id", "point_name", "name", "priority", "rule", "fallback", "content", "recommendations", "archived", "consent_purpose")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     POINT_NAME_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +177,7 @@ class Decision(_message.Message):
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDATIONS_FIELD_NUMBER: _ClassVar[int]
     ARCHIVED_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_PURPOSE_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     point_name: str
     name: str
@@ -182,7 +187,8 @@ class Decision(_message.Message):
     content: _struct_pb2.Struct
     recommendations: RecommendationSpec
     archived: bool
-    def __init__(self, decision_id: _Optional[str] = ..., point_name: _Optional[str] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., rule: _Optional[str] = ..., fallback: _Optional[bool] = ..., content: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., recommendations: _Optional[_Union[RecommendationSpec, _Mapping]] = ..., archived: _Optional[bool] = ...) -> None: ...
+    consent_purpose: str
+    def __init__(self, decision_id: _Optional[str] = ..., point_name: _Optional[str] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., rule: _Optional[str] = ..., fallback: _Optional[bool] = ..., content: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., recommendations: _Optional[_Union[RecommendationSpec, _Mapping]] = ..., archived: _Optional[bool] = ..., consent_purpose: _Optional[str] = ...) -> None: ...
 
 class UpsertDecisionRequest(_message.Message):
     __slots__ = ("decision",)
@@ -251,16 +257,20 @@ class RuleEvaluation(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ..., decision_name: _Optional[str] = ..., matched: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Qualification(_message.Message):
-    __slots__ = ("point", "decision", "evaluations", "experiment")
+    __slots__ = ("point", "decision", "evaluations", "experiment", "missing_consents", "authentication_required")
     POINT_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    MISSING_CONSENTS_FIELD_NUMBER: _ClassVar[int]
+    AUTHENTICATION_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     point: Point
     decision: Decision
     evaluations: _containers.RepeatedCompositeFieldContainer[RuleEvaluation]
     experiment: ExperimentAssignment
-    def __init__(self, point: _Optional[_Union[Point, _Mapping]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., evaluations: _Optional[_Iterable[_Union[RuleEvaluation, _Mapping]]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ...) -> None: ...
+    missing_consents: _containers.RepeatedScalarFieldContainer[str]
+    authentication_required: bool
+    def __init__(self, point: _Optional[_Union[Point, _Mapping]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., evaluations: _Optional[_Iterable[_Union[RuleEvaluation, _Mapping]]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ..., missing_consents: _Optional[_Iterable[str]] = ..., authentication_required: _Optional[bool] = ...) -> None: ...
 
 class QualifyResponse(_message.Message):
     __slots__ = ("qualifications",)
@@ -269,12 +279,14 @@ class QualifyResponse(_message.Message):
     def __init__(self, qualifications: _Optional[_Iterable[_Union[Qualification, _Mapping]]] = ...) -> None: ...
 
 class BatchIndividual(_message.Message):
-    __slots__ = ("unified_individual_id", "profile")
+    __slots__ = ("unified_individual_id", "profile", "context")
     UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
     unified_individual_id: str
     profile: _struct_pb2.Struct
-    def __init__(self, unified_individual_id: _Optional[str] = ..., profile: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    context: _struct_pb2.Struct
+    def __init__(self, unified_individual_id: _Optional[str] = ..., profile: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class QualifyBatchRequest(_message.Message):
     __slots__ = ("points", "context", "individuals", "fallback_only")
@@ -289,14 +301,16 @@ class QualifyBatchRequest(_message.Message):
     def __init__(self, points: _Optional[_Iterable[str]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., individuals: _Optional[_Iterable[_Union[BatchIndividual, _Mapping]]] = ..., fallback_only: _Optional[bool] = ...) -> None: ...
 
 class BatchQualification(_message.Message):
-    __slots__ = ("decision_id", "evaluations", "experiment")
+    __slots__ = ("decision_id", "evaluations", "experiment", "missing_consents")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    MISSING_CONSENTS_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     evaluations: _containers.RepeatedCompositeFieldContainer[RuleEvaluation]
     experiment: ExperimentAssignment
-    def __init__(self, decision_id: _Optional[str] = ..., evaluations: _Optional[_Iterable[_Union[RuleEvaluation, _Mapping]]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ...) -> None: ...
+    missing_consents: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, decision_id: _Optional[str] = ..., evaluations: _Optional[_Iterable[_Union[RuleEvaluation, _Mapping]]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ..., missing_consents: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BatchResult(_message.Message):
     __slots__ = ("unified_individual_id", "qualifications")
@@ -317,7 +331,7 @@ class QualifyBatchResponse(_message.Message):
     def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[BatchResult, _Mapping]]] = ...) -> None: ...
 
 class DecisionLogEntry(_message.Message):
-    __slots__ = ("personalization_id", "request_id", "point_id", "point_name", "decision_id", "unified_individual_id", "channel", "correlation_id", "anchor_id", "served", "stage_ms", "log_time", "experiment_id", "cohort_id", "exposure_conflict")
+    __slots__ = ("personalization_id", "request_id", "point_id", "point_name", "decision_id", "unified_individual_id", "channel", "correlation_id", "anchor_id", "served", "stage_ms", "log_time", "experiment_id", "cohort_id", "exposure_conflict", "batch_job_id")
     class StageMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -340,6 +354,7 @@ class DecisionLogEntry(_message.Message):
     EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
     COHORT_ID_FIELD_NUMBER: _ClassVar[int]
     EXPOSURE_CONFLICT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     personalization_id: str
     request_id: str
     point_id: str
@@ -355,7 +370,8 @@ class DecisionLogEntry(_message.Message):
     experiment_id: str
     cohort_id: str
     exposure_conflict: bool
-    def __init__(self, personalization_id: _Optional[str] = ..., request_id: _Optional[str] = ..., point_id: _Optional[str] = ..., point_name: _Optional[str] = ..., decision_id: _Optional[str] = ..., unified_individual_id: _Optional[str] = ..., channel: _Optional[str] = ..., correlation_id: _Optional[str] = ..., anchor_id: _Optional[str] = ..., served: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., log_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., experiment_id: _Optional[str] = ..., cohort_id: _Optional[str] = ..., exposure_conflict: _Optional[bool] = ...) -> None: ...
+    batch_job_id: str
+    def __init__(self, personalization_id: _Optional[str] = ..., request_id: _Optional[str] = ..., point_id: _Optional[str] = ..., point_name: _Optional[str] = ..., decision_id: _Optional[str] = ..., unified_individual_id: _Optional[str] = ..., channel: _Optional[str] = ..., correlation_id: _Optional[str] = ..., anchor_id: _Optional[str] = ..., served: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., log_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., experiment_id: _Optional[str] = ..., cohort_id: _Optional[str] = ..., exposure_conflict: _Optional[bool] = ..., batch_job_id: _Optional[str] = ...) -> None: ...
 
 class LogDecisionsRequest(_message.Message):
     __slots__ = ("entries",)

@@ -34,6 +34,8 @@ class DiagnosticCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DIAGNOSTIC_CODE_UNKNOWN_INDIVIDUAL: _ClassVar[DiagnosticCode]
     DIAGNOSTIC_CODE_FEWER_ITEMS_THAN_REQUESTED: _ClassVar[DiagnosticCode]
     DIAGNOSTIC_CODE_QUOTA_EXCEEDED: _ClassVar[DiagnosticCode]
+    DIAGNOSTIC_CODE_CONSENT_MISSING: _ClassVar[DiagnosticCode]
+    DIAGNOSTIC_CODE_AUTHENTICATION_REQUIRED: _ClassVar[DiagnosticCode]
 
 class Scope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -58,6 +60,13 @@ class BatchJobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BATCH_JOB_STATE_SUCCEEDED: _ClassVar[BatchJobState]
     BATCH_JOB_STATE_FAILED: _ClassVar[BatchJobState]
 
+class BatchContextSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BATCH_CONTEXT_SOURCE_UNSPECIFIED: _ClassVar[BatchContextSource]
+    BATCH_CONTEXT_SOURCE_LAST_CART: _ClassVar[BatchContextSource]
+    BATCH_CONTEXT_SOURCE_RECENTLY_VIEWED: _ClassVar[BatchContextSource]
+    BATCH_CONTEXT_SOURCE_LAST_PURCHASE: _ClassVar[BatchContextSource]
+
 class FileFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FILE_FORMAT_UNSPECIFIED: _ClassVar[FileFormat]
@@ -76,6 +85,8 @@ DIAGNOSTIC_CODE_POINT_NOT_CONFIGURED: DiagnosticCode
 DIAGNOSTIC_CODE_UNKNOWN_INDIVIDUAL: DiagnosticCode
 DIAGNOSTIC_CODE_FEWER_ITEMS_THAN_REQUESTED: DiagnosticCode
 DIAGNOSTIC_CODE_QUOTA_EXCEEDED: DiagnosticCode
+DIAGNOSTIC_CODE_CONSENT_MISSING: DiagnosticCode
+DIAGNOSTIC_CODE_AUTHENTICATION_REQUIRED: DiagnosticCode
 SCOPE_UNSPECIFIED: Scope
 SCOPE_INGEST: Scope
 SCOPE_DECIDE: Scope
@@ -90,6 +101,10 @@ BATCH_JOB_STATE_PENDING: BatchJobState
 BATCH_JOB_STATE_RUNNING: BatchJobState
 BATCH_JOB_STATE_SUCCEEDED: BatchJobState
 BATCH_JOB_STATE_FAILED: BatchJobState
+BATCH_CONTEXT_SOURCE_UNSPECIFIED: BatchContextSource
+BATCH_CONTEXT_SOURCE_LAST_CART: BatchContextSource
+BATCH_CONTEXT_SOURCE_RECENTLY_VIEWED: BatchContextSource
+BATCH_CONTEXT_SOURCE_LAST_PURCHASE: BatchContextSource
 FILE_FORMAT_UNSPECIFIED: FileFormat
 FILE_FORMAT_JSONL: FileFormat
 FILE_FORMAT_CSV: FileFormat
@@ -537,7 +552,7 @@ class GetDataModelResponse(_message.Message):
     def __init__(self, data_model: _Optional[_Union[DataModel, _Mapping]] = ...) -> None: ...
 
 class BatchJob(_message.Message):
-    __slots__ = ("job_id", "segment", "point_names", "state", "processed_count", "row_count", "schedule_name", "error", "create_time", "end_time", "total_count")
+    __slots__ = ("job_id", "segment", "point_names", "state", "processed_count", "row_count", "schedule_name", "error", "create_time", "end_time", "total_count", "context_sources")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     POINT_NAMES_FIELD_NUMBER: _ClassVar[int]
@@ -549,6 +564,7 @@ class BatchJob(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     TOTAL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SOURCES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     segment: str
     point_names: _containers.RepeatedScalarFieldContainer[str]
@@ -560,15 +576,18 @@ class BatchJob(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     end_time: _timestamp_pb2.Timestamp
     total_count: int
-    def __init__(self, job_id: _Optional[str] = ..., segment: _Optional[str] = ..., point_names: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[BatchJobState, str]] = ..., processed_count: _Optional[int] = ..., row_count: _Optional[int] = ..., schedule_name: _Optional[str] = ..., error: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total_count: _Optional[int] = ...) -> None: ...
+    context_sources: _containers.RepeatedScalarFieldContainer[BatchContextSource]
+    def __init__(self, job_id: _Optional[str] = ..., segment: _Optional[str] = ..., point_names: _Optional[_Iterable[str]] = ..., state: _Optional[_Union[BatchJobState, str]] = ..., processed_count: _Optional[int] = ..., row_count: _Optional[int] = ..., schedule_name: _Optional[str] = ..., error: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., total_count: _Optional[int] = ..., context_sources: _Optional[_Iterable[_Union[BatchContextSource, str]]] = ...) -> None: ...
 
 class StartBatchJobRequest(_message.Message):
-    __slots__ = ("segment", "point_names")
+    __slots__ = ("segment", "point_names", "context_sources")
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     POINT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SOURCES_FIELD_NUMBER: _ClassVar[int]
     segment: str
     point_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, segment: _Optional[str] = ..., point_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    context_sources: _containers.RepeatedScalarFieldContainer[BatchContextSource]
+    def __init__(self, segment: _Optional[str] = ..., point_names: _Optional[_Iterable[str]] = ..., context_sources: _Optional[_Iterable[_Union[BatchContextSource, str]]] = ...) -> None: ...
 
 class StartBatchJobResponse(_message.Message):
     __slots__ = ("job",)
@@ -663,20 +682,22 @@ class ListBatchResultsResponse(_message.Message):
     def __init__(self, rows: _Optional[_Iterable[_Union[BatchResultRow, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class BatchSchedule(_message.Message):
-    __slots__ = ("name", "segment", "point_names", "cron", "enabled", "next_run_time")
+    __slots__ = ("name", "segment", "point_names", "cron", "enabled", "next_run_time", "context_sources")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     POINT_NAMES_FIELD_NUMBER: _ClassVar[int]
     CRON_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     NEXT_RUN_TIME_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SOURCES_FIELD_NUMBER: _ClassVar[int]
     name: str
     segment: str
     point_names: _containers.RepeatedScalarFieldContainer[str]
     cron: str
     enabled: bool
     next_run_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., segment: _Optional[str] = ..., point_names: _Optional[_Iterable[str]] = ..., cron: _Optional[str] = ..., enabled: _Optional[bool] = ..., next_run_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    context_sources: _containers.RepeatedScalarFieldContainer[BatchContextSource]
+    def __init__(self, name: _Optional[str] = ..., segment: _Optional[str] = ..., point_names: _Optional[_Iterable[str]] = ..., cron: _Optional[str] = ..., enabled: _Optional[bool] = ..., next_run_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context_sources: _Optional[_Iterable[_Union[BatchContextSource, str]]] = ...) -> None: ...
 
 class UpsertBatchScheduleRequest(_message.Message):
     __slots__ = ("schedule",)
@@ -785,7 +806,7 @@ class BatchOutputSource(_message.Message):
     def __init__(self, schedule_name: _Optional[str] = ...) -> None: ...
 
 class Activation(_message.Message):
-    __slots__ = ("name", "destination", "segment_membership", "attributes", "batch_output", "primary_key", "status")
+    __slots__ = ("name", "destination", "segment_membership", "attributes", "batch_output", "primary_key", "status", "consent_purpose")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_MEMBERSHIP_FIELD_NUMBER: _ClassVar[int]
@@ -793,6 +814,7 @@ class Activation(_message.Message):
     BATCH_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     PRIMARY_KEY_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_PURPOSE_FIELD_NUMBER: _ClassVar[int]
     name: str
     destination: str
     segment_membership: SegmentMembershipSource
@@ -800,7 +822,8 @@ class Activation(_message.Message):
     batch_output: BatchOutputSource
     primary_key: _containers.RepeatedScalarFieldContainer[str]
     status: DeliveryStatus
-    def __init__(self, name: _Optional[str] = ..., destination: _Optional[str] = ..., segment_membership: _Optional[_Union[SegmentMembershipSource, _Mapping]] = ..., attributes: _Optional[_Union[AttributesSource, _Mapping]] = ..., batch_output: _Optional[_Union[BatchOutputSource, _Mapping]] = ..., primary_key: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[DeliveryStatus, _Mapping]] = ...) -> None: ...
+    consent_purpose: str
+    def __init__(self, name: _Optional[str] = ..., destination: _Optional[str] = ..., segment_membership: _Optional[_Union[SegmentMembershipSource, _Mapping]] = ..., attributes: _Optional[_Union[AttributesSource, _Mapping]] = ..., batch_output: _Optional[_Union[BatchOutputSource, _Mapping]] = ..., primary_key: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[DeliveryStatus, _Mapping]] = ..., consent_purpose: _Optional[str] = ...) -> None: ...
 
 class DeliveryStatus(_message.Message):
     __slots__ = ("delivered_rows", "pending_rows", "failed_attempts", "last_delivery_time", "lag_seconds", "last_error")

@@ -1,0 +1,342 @@
+"""Decide for individuals: the one use case behind GetDecisions (one individual) and batch jobs (a page of members).
+
+Qualify every point for every individual (the decision service: experiments, consent, rules, fallbacks), then
+personalize each qualification (the decision's content, or the recommender's items), with the diagnostics that say
+why something was or was not served, and the decision-log row of each. Online and batch differ only in where the
+profiles come from and where the answers go; both go through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from google.protobuf import field_mask_pb2, json_format, struct_pb2, timestamp_pb2
+
+from personalization.common.v1 import common_pb2
+from personalization.decision.v1 import decision_service_pb2 as decision_pb
+from personalization.gateway.v1 import gateway_service_pb2 as pb
+from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
+from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
+from services.gateway.ports import Stubs
+from shared.client import open_stream
+
+PROFILE_EVENTS = 10
+DEFAULT_ITEMS = 12
+QUALIFY_CHUNK = 1000  # individuals per QualifyBatch (the decision service's limit)
+RECOMMEND_CONCURRENCY = 16  # single Recommend calls in flight for members with an anchor or a cart
+PROFILE_MASK = field_mask_pb2.FieldMask(paths=["attributes", "insights", "segments", "events", "affinities",
+                                                "consents"])
+EVENT_TYPE_NAMES = {v: k.removeprefix("EVENT_TYPE_") for k, v in common_pb2.EventType.items()}
+EMPTY_PROFILE: dict = {"attributes": {}, "insights": {}, "segments": [], "events": [], "affinities": {},
+                       "consents": {}}
+
+
+def struct(data: dict) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(data)
+    return s
+
+
+def profile_view(profile: profile_pb.Profile) -> dict:
+    """The profile data graph as rules see it: attributes, insights, segments, events, affinities, consents.
+
+    affinities is {dimension: {value: score}}; consents is {purpose: true when granted}.
+    """
+    affinities: dict[str, dict[str, float]] = {}
+    for a in profile.affinities:
+        affinities.setdefault(a.dimension, {})[a.value] = a.score
+    return {
+        "affinities": affinities,
+        "consents": {c.purpose: c.status == common_pb2.CONSENT_STATUS_GRANTED for c in profile.consents},
+        "attributes": json_format.MessageToDict(profile.attributes),
+        "insights": dict(profile.insights),
+        "segments": list(profile.segments),
+        "events": [
+            {"type": EVENT_TYPE_NAMES.get(e.type, "UNSPECIFIED"), "name": e.name, "item_id": e.item_id,
+             "event_time": e.event_time.ToJsonString() if e.HasField("event_time") else ""}
+            for e in profile.events
+        ],
+    }
+
+
+def context_view(context: pb.DecisionContext) -> dict:
+    """The request context as rules see it."""
+    return {
+        "anchor_id": context.anchor_id,
+        "anchor_type": context.anchor_type,
+        "cart_item_ids": list(context.cart_item_ids),
+        "channel": context.channel,
+        "correlation_id": context.correlation_id,
+        "request_url": context.request_url,
+        "attributes": json_format.MessageToDict(context.attributes),
+    }
+
+
+def _unique(ids: list[str]) -> list[str]:
+    return list(dict.fromkeys(i for i in ids if i))
+
+
+def member_context(events: Sequence[common_pb2.Event], sources: Sequence[int],
+                   channel: str = "batch") -> pb.DecisionContext:
+    """A batch member's context from their recent events (most recent first), as the job's sources choose:
+    LAST_CART puts the items added to the cart since the last purchase in cart_item_ids, RECENTLY_VIEWED and
+    LAST_PURCHASE make the last viewed item or the last purchase's first item the anchor (the first source listed
+    that has one wins). Each chosen source's items are also in attributes (last_cart, recently_viewed,
+    last_purchase), for rules."""
+    context = pb.DecisionContext(channel=channel)
+    if not sources:
+        return context
+    cart: list[str] = []
+    viewed: list[str] = []
+    purchased: list[str] | None = None
+    for event in events:
+        if event.type == common_pb2.EVENT_TYPE_PURCHASE and purchased is None:
+            purchased = [line.item_id for line in event.line_items] or [event.item_id]
+        elif event.type == common_pb2.EVENT_TYPE_ADD_TO_CART and purchased is None:
+            cart.append(event.item_id)
+        elif event.type == common_pb2.EVENT_TYPE_PRODUCT_VIEW:
+            viewed.append(event.item_id)
+    attributes: dict[str, list[str]] = {}
+    anchors = {pb.BATCH_CONTEXT_SOURCE_RECENTLY_VIEWED: ("recently_viewed", _unique(viewed), "product"),
+               pb.BATCH_CONTEXT_SOURCE_LAST_PURCHASE: ("last_purchase", _unique(purchased or []), "purchase")}
+    for source in sources:
+        if source == pb.BATCH_CONTEXT_SOURCE_LAST_CART:
+            attributes["last_cart"] = _unique(cart)
+            context.cart_item_ids.extend(attributes["last_cart"])
+        elif source in anchors:
+            name, items, anchor_type = anchors[source]
+            attributes[name] = items
+            if items and not context.anchor_id:
+                context.anchor_id, context.anchor_type = items[0], anchor_type
+    context.attributes.update(attributes)
+    return context
+
+
+@dataclass(frozen=True)
+class Individual:
+    """Someone to decide for: the unified id (empty when unknown), the profile rules see, the request context."""
+
+    unified_id: str
+    profile: dict
+    context: pb.DecisionContext
+    known_profile: bool = True  # False: an unknown individual whose rules saw an empty profile
+    own_context: bool = True    # False (batch): the context every member shares, sent once
+
+
+@dataclass
+class Decided:
+    """One point decided for one individual: what to serve, why, and the experiment it counts for."""
+
+    qualification: decision_pb.Qualification
+    personalization_id: str
+    data: list[dict] = field(default_factory=list)
+    diagnostics: list[pb.Diagnostic] = field(default_factory=list)
+    trace: pb.RecommendationTrace | None = None
+    count: int = 0  # the items a recommendation decision asked for
+
+    @property
+    def experiment(self) -> decision_pb.ExperimentAssignment | None:
+        q = self.qualification
+        return q.experiment if q.HasField("experiment") and q.experiment.in_experiment else None
+
+
+def missing_decision_diagnostics(q: decision_pb.Qualification) -> list[pb.Diagnostic]:
+    """Why a point served nothing, or [] when a decision qualified."""
+    if q.HasField("decision"):
+        return []
+    if q.missing_consents or q.authentication_required:
+        return []  # said by the consent and authentication diagnostics
+    if q.evaluations:
+        return [pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_NO_DECISION_QUALIFIED,
+                              message="no decision matched and the point has no fallback")]
+    return [pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_POINT_NOT_CONFIGURED, message="the point has no decisions")]
+
+
+def qualification_diagnostics(q: decision_pb.Qualification, individual: Individual,
+                              over_quota: bool) -> list[pb.Diagnostic]:
+    """Every diagnostic a qualification carries, before personalization."""
+    served = "its fallback was served" if q.HasField("decision") else "nothing was served"
+    diagnostics = []
+    if over_quota:
+        diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_QUOTA_EXCEEDED,
+                                         message="the tenant is over its quota; the fallback was served"))
+    if not individual.known_profile:
+        diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_UNKNOWN_INDIVIDUAL,
+                                         message="the individual is not known; rules saw an empty profile"))
+    if q.authentication_required:
+        diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_AUTHENTICATION_REQUIRED,
+                                          message=f"the point serves only known individuals; {served}"))
+    if q.missing_consents:
+        diagnostics.append(pb.Diagnostic(
+            code=pb.DIAGNOSTIC_CODE_CONSENT_MISSING,
+            message=f"consent not granted for {', '.join(q.missing_consents)}; {served}"))
+    diagnostics.extend(missing_decision_diagnostics(q))
+    return diagnostics
+
+
+def affinity_messages(profile: dict) -> list[rec_pb.Affinity]:
+    """The profile's affinities as the recommender's boosters take them."""
+    return [rec_pb.Affinity(attribute=dimension, value=str(value), score=score)
+            for dimension, values in (profile.get("affinities") or {}).items() for value, score in values.items()]
+
+
+def _plain(value: struct_pb2.Value):
+    kind = value.WhichOneof("kind")
+    if kind in ("string_value", "number_value", "bool_value"):
+        return getattr(value, kind)
+    return None if kind in (None, "null_value") else json_format.MessageToDict(value)
+
+
+def item_rows(ranked, attributes: Sequence[str]) -> list[dict]:
+    """Items shaped by the point's template as plain dicts: item_id, score, source and the template's item
+    attributes (null when the catalog has none)."""
+    rows = []
+    for r in ranked:
+        row = {"item_id": r.item_id, "score": r.score, "source": r.source}
+        fields = r.attributes.fields
+        for name in attributes:
+            row[name] = _plain(fields[name]) if name in fields else None
+        rows.append(row)
+    return rows
+
+
+def batch_personalization_id(job_id: str, unified_id: str, point_name: str) -> str:
+    """The same id each time a batch job decides a member and point, so a redone page logs nothing twice."""
+    return hashlib.blake2b(f"{job_id}\x00{unified_id}\x00{point_name}".encode(), digest_size=16).hexdigest()
+
+
+class DecideForIndividuals:
+    """The use case: qualify, then personalize, then log rows, for one individual or many."""
+
+    def __init__(self, stubs: Stubs):
+        self.decision = stubs.decision
+        self.recommender = stubs.recommender
+
+    async def qualify(self, individuals: Sequence[Individual], points: Sequence[decision_pb.PointSelection], *,
+                      fallback_only: bool = False) -> list[list[decision_pb.Qualification]]:
+        """Per individual, per point: the decision service's qualification (one Qualify for one individual,
+        QualifyBatch per 1,000 for many)."""
+        if len(individuals) == 1:
+            one = individuals[0]
+            reply = await self.decision.Qualify(decision_pb.QualifyRequest(
+                points=points, profile=struct(one.profile), context=struct(context_view(one.context)),
+                unified_individual_id=one.unified_id, fallback_only=fallback_only))
+            return [list(reply.qualifications)]
+        shared = next((i.context for i in individuals if not i.own_context), pb.DecisionContext(channel="batch"))
+        shared_struct = struct(context_view(shared))
+        names = [p.name for p in points]
+        out: list[list[decision_pb.Qualification]] = []
+        for start in range(0, len(individuals), QUALIFY_CHUNK):
+            chunk = individuals[start:start + QUALIFY_CHUNK]
+            reply = await self.decision.QualifyBatch(decision_pb.QualifyBatchRequest(
+                points=names, context=shared_struct, fallback_only=fallback_only, individuals=[
+                    decision_pb.BatchIndividual(
+                        unified_individual_id=i.unified_id, profile=struct(i.profile),
+                        context=struct(context_view(i.context)) if i.own_context else None)
+                    for i in chunk]))
+            decisions = {d.decision_id: d for d in reply.decisions}
+            for result in reply.results:
+                row = []
+                for point, batch_q in zip(reply.points, result.qualifications):
+                    q = decision_pb.Qualification(point=point, evaluations=batch_q.evaluations,
+                                                  missing_consents=batch_q.missing_consents)
+                    if batch_q.decision_id:
+                        q.decision.CopyFrom(decisions[batch_q.decision_id])
+                    if batch_q.HasField("experiment"):
+                        q.experiment.CopyFrom(batch_q.experiment)
+                    row.append(q)
+                out.append(row)
+        return out
+
+    async def personalize(self, individuals: Sequence[Individual],
+                          qualified: Sequence[Sequence[decision_pb.Qualification]], *, over_quota: bool = False,
+                          explain: bool = False, ids: Sequence[Sequence[str]] | None = None) -> list[list[Decided]]:
+        """Per individual and point: the content, or the recommender's items, with every diagnostic. ids gives
+        the personalization ids (batch: stable ones); a new random id each otherwise."""
+        decided: list[list[Decided]] = []
+        contents: dict[str, list[dict]] = {}
+        wanted: dict[tuple[str, int], list[tuple[Individual, Decided]]] = {}
+        for n, (individual, qualifications) in enumerate(zip(individuals, qualified)):
+            row = []
+            for j, q in enumerate(qualifications):
+                d = Decided(q, ids[n][j] if ids else uuid.uuid4().hex,
+                            diagnostics=qualification_diagnostics(q, individual, over_quota))
+                if q.HasField("decision"):
+                    if q.decision.WhichOneof("payload") == "content":
+                        if q.decision.decision_id not in contents:
+                            contents[q.decision.decision_id] = [json_format.MessageToDict(q.decision.content)]
+                        d.data = contents[q.decision.decision_id]
+                    else:
+                        spec = q.decision.recommendations
+                        d.count = spec.count or DEFAULT_ITEMS
+                        wanted.setdefault((spec.recommender, d.count), []).append((individual, d))
+                row.append(d)
+            decided.append(row)
+        await asyncio.gather(*(self._recommend(strategy, count, group, explain)
+                               for (strategy, count), group in wanted.items()))
+        return decided
+
+    async def _recommend(self, strategy: str, count: int, group: list[tuple[Individual, Decided]],
+                         explain: bool) -> None:
+        """Fills the recommendation decisions of one (recommender, count): one RecommendBatch stream for members
+        without an anchor or cart, one Recommend each for the others (and for a single individual, with its
+        trace), exactly as a real-time request asks."""
+        attributes = sorted({a for _, d in group for a in d.qualification.point.template.item_attributes})
+        plain = [(i, d) for i, d in group if not i.context.anchor_id and not i.context.cart_item_ids]
+        single = [(i, d) for i, d in group if i.context.anchor_id or i.context.cart_item_ids]
+        if len(plain) == 1 and not single:
+            single, plain = plain, []
+        if plain:
+            by_member: dict[str, list] = {}
+            stream = open_stream(self.recommender.RecommendBatch, rec_pb.RecommendBatchRequest(
+                strategy=strategy, count=count, item_attributes=attributes,
+                individuals=[rec_pb.BatchIndividual(unified_individual_id=i.unified_id,
+                                                    affinities=affinity_messages(i.profile)) for i, _ in plain]))
+            async for chunk in stream:
+                for result in chunk.results:
+                    by_member[result.unified_individual_id] = list(result.items)
+            for individual, d in plain:
+                self._fill(d, by_member.get(individual.unified_id, []))
+        limit = asyncio.Semaphore(RECOMMEND_CONCURRENCY)
+
+        async def one(individual: Individual, d: Decided) -> None:
+            async with limit:
+                ranked = await self.recommender.Recommend(rec_pb.RecommendRequest(
+                    unified_individual_id=individual.unified_id, strategy=strategy, count=count,
+                    anchor_item_id=individual.context.anchor_id, cart_item_ids=individual.context.cart_item_ids,
+                    affinities=affinity_messages(individual.profile), diagnostics=explain,
+                    item_attributes=d.qualification.point.template.item_attributes))
+            self._fill(d, ranked.items)
+            if explain:
+                t = ranked.diagnostics
+                d.trace = pb.RecommendationTrace(
+                    recommenders=t.recommenders, diversity_removed=t.diversity_removed, model_version=t.model_version,
+                    filters=[pb.FilterTrace(filter=f.filter, removed=f.removed) for f in t.filters])
+
+        await asyncio.gather(*(one(i, d) for i, d in single))
+
+    @staticmethod
+    def _fill(d: Decided, ranked) -> None:
+        d.data = item_rows(ranked, d.qualification.point.template.item_attributes)
+        if len(d.data) < d.count:
+            d.diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_FEWER_ITEMS_THAN_REQUESTED,
+                                               message=f"{len(d.data)} of {d.count} items available"))
+
+
+def log_entry(individual: Individual, d: Decided, served: struct_pb2.Struct, *, request_id: str,
+              stage_ms: dict[str, float], log_time: timestamp_pb2.Timestamp,
+              batch_job_id: str = "") -> decision_pb.DecisionLogEntry:
+    """The decision-log row of one decided point (real time, or a batch job's when batch_job_id is set)."""
+    q = d.qualification
+    experiment = d.experiment
+    context = individual.context
+    return decision_pb.DecisionLogEntry(
+        personalization_id=d.personalization_id, request_id=request_id, point_id=q.point.point_id,
+        point_name=q.point.name, decision_id=q.decision.decision_id, unified_individual_id=individual.unified_id,
+        channel=context.channel, correlation_id=context.correlation_id, anchor_id=context.anchor_id, served=served,
+        stage_ms=stage_ms, log_time=log_time, experiment_id=experiment.experiment_id if experiment else "",
+        cohort_id=experiment.cohort_id if experiment else "", batch_job_id=batch_job_id)
