@@ -10,6 +10,11 @@ from grpc_status import rpc_status
 ERROR_DOMAIN = "tailor.dev"
 
 
+def shorten(text: str, size: int = 200) -> str:
+    """Text cut to size characters with … (errors quote a caller's input only that far, never whole)."""
+    return text if len(text) <= size else text[:size - 1] + "…"
+
+
 class TailorError(Exception):
     """Base of every error a Tailor RPC returns on purpose."""
 
@@ -206,5 +211,5 @@ def status_details(error: grpc.aio.AioRpcError) -> tuple[list[tuple[str, str]], 
 __all__ = [
     "TailorError", "InvalidArgument", "NotFound", "AlreadyExists", "FailedPrecondition", "Unauthenticated",
     "PermissionDenied", "ResourceExhausted", "Unavailable", "Violations", "rich_status_of", "status_details",
-    "retry_info", "retry_delay_of", "DeadlineExceeded",
+    "retry_info", "retry_delay_of", "DeadlineExceeded", "shorten",
 ]

@@ -22,6 +22,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from shared.errors import shorten
+
 MAX_RULE_CHARS = 4096
 MAX_RULE_DEPTH = 32
 MAX_COMPREHENSIONS = 8
@@ -84,11 +86,6 @@ def excerpt(source: str, offset: int, size: int = EXCERPT_CHARS) -> str:
     """At most `size` characters of the rule from offset, quoted, with … when cut."""
     part = source[offset:offset + size]
     return repr(part + "…") if len(source) > offset + size else repr(part)
-
-
-def shorten(text: str, size: int = 200) -> str:
-    """A message cut to size characters (library messages can quote a whole input)."""
-    return text if len(text) <= size else text[:size - 1] + "…"
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 import cel
 
 from shared import rule_limits
+from shared.errors import shorten
 from shared.rule_limits import RuleCost
 
 VARIABLES = ("profile", "context")
@@ -99,13 +100,13 @@ def compile_rule(source: str) -> CompiledRule:
     bound = rule_limits.bound_names(source)
     strangers = sorted(set(program.variables()) - set(VARIABLES) - bound)
     if strangers:
-        raise RuleError(f"undeclared reference to {rule_limits.shorten(strangers[0], 40)!r}: rules see only "
+        raise RuleError(f"undeclared reference to {shorten(strangers[0], 40)!r}: rules see only "
                         "profile and context")
     try:
         result = program.execute(SAMPLE_ACTIVATION)
     except RuntimeError as error:
         if str(error).startswith(_UNDEFINED):
-            raise RuleError(rule_limits.shorten(str(error))) from None
+            raise RuleError(shorten(str(error))) from None
         result = True  # a failing function call on empty sample data (int("")) may well work on real data
     except TypeError as error:
         # Every value of the sample has its real type and every map is empty, so a type error here is not
@@ -218,9 +219,9 @@ def evaluate(rule: CompiledRule, run: Run) -> tuple[bool, str]:
     try:
         result = rule.program.execute(run.ctx)
     except KeyError as error:
-        return False, rule_limits.shorten(f"no such key: {error.args[0] if error.args else error}")
+        return False, shorten(f"no such key: {error.args[0] if error.args else error}")
     except Exception as error:  # noqa: BLE001 - any run-time failure means "does not match"
-        return False, rule_limits.shorten(str(error) or type(error).__name__)
+        return False, shorten(str(error) or type(error).__name__)
     if not isinstance(result, bool):
         return False, f"rule yielded {_cel_type(result)}, not a bool"
     return result, ""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.decision import rules
-from shared.rule_limits import shorten
+from shared.errors import shorten
 
 FIELD_TYPES = ("STRING", "NUMBER", "BOOL", "STRING_LIST")
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")

@@ -31,7 +31,7 @@ from services.gateway.destinations import (ALLOWED_NETWORKS_SETTING, DeliveryErr
                                            directory_problem, parse_networks, system_resolve)
 from services.gateway.ports import ProfilePort
 from shared import context as ctx
-from shared.errors import InvalidArgument, NotFound, Violations
+from shared.errors import InvalidArgument, NotFound, Violations, shorten
 from shared.leader import lead
 from shared.log import get_logger
 from shared import paging
@@ -182,9 +182,10 @@ def validate_activation(a: pb.Activation) -> Violations:
         seen = set()
         for i, key in enumerate(a.primary_key):
             if key not in columns:
-                v.add(f"activation.primary_key[{i}]", f"{key!r} is not a row field; one of {', '.join(columns)}")
+                v.add(f"activation.primary_key[{i}]",
+                      f"{shorten(key, 64)!r} is not a row field; one of {', '.join(columns)}")
             elif key in seen:
-                v.add(f"activation.primary_key[{i}]", f"{key!r} is repeated")
+                v.add(f"activation.primary_key[{i}]", f"{shorten(key, 64)!r} is repeated")
             seen.add(key)
     return v
 
@@ -263,14 +264,14 @@ class Activations:
         a.ClearField("status")
         validate_activation(a).raise_if_any()
         if await self.store.get_destination(tenant_id, a.destination) is None:
-            raise NotFound(f"destination {a.destination!r} does not exist", reason="DESTINATION_NOT_FOUND",
-                           metadata={"destination": a.destination})
+            raise NotFound(f"destination {shorten(a.destination, 64)!r} does not exist",
+                           reason="DESTINATION_NOT_FOUND", metadata={"destination": shorten(a.destination, 64)})
         source = source_of(a)
         if source == "batch_output":
             if not await self.store.schedule_exists(tenant_id, a.batch_output.schedule_name):
-                raise NotFound(f"batch schedule {a.batch_output.schedule_name!r} does not exist",
-                               reason="BATCH_SCHEDULE_NOT_FOUND",
-                               metadata={"schedule_name": a.batch_output.schedule_name})
+                name = shorten(a.batch_output.schedule_name, 64)
+                raise NotFound(f"batch schedule {name!r} does not exist", reason="BATCH_SCHEDULE_NOT_FOUND",
+                               metadata={"schedule_name": name})
         else:
             await self._check_segment(tenant_id, self._segment_of(a))
         previous = await self.store.get_activation(tenant_id, a.name)
@@ -300,8 +301,8 @@ class Activations:
                 profile_pb.ListSegmentMembersRequest(segment=segment, page_size=1))
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(f"segment {segment!r} does not exist", reason="SEGMENT_NOT_FOUND",
-                               metadata={"segment": segment}) from None
+                raise NotFound(f"segment {shorten(segment, 64)!r} does not exist", reason="SEGMENT_NOT_FOUND",
+                               metadata={"segment": shorten(segment, 64)}) from None
             raise
 
     # The delivery loop.

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 import httpx
 
 from shared.log import get_logger
+from shared.errors import shorten
 from shared.settings import SettingsError
 
 log = get_logger("gateway.destinations")
@@ -169,7 +170,8 @@ def _literal(host: str) -> Address | None:
             meant = ipaddress.IPv4Address(socket.inet_aton(host))
         except OSError:
             return None
-        raise RefusedUrl(f"host {host} is a non-standard spelling of {meant}; write addresses in dotted form")
+        raise RefusedUrl(f"host {shorten(host, 64)} is a non-standard spelling of {meant}; "
+                         "write addresses in dotted form")
     return None
 
 
@@ -197,14 +199,15 @@ async def vet(url: str, policy: UrlPolicy) -> Target:
         try:
             addresses = await policy.resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80))
         except (OSError, UnicodeError):
-            raise RefusedUrl(f"host {host} does not resolve", transient=True) from None
+            raise RefusedUrl(f"host {shorten(host, 64)} does not resolve", transient=True) from None
         if not addresses:
-            raise RefusedUrl(f"host {host} does not resolve", transient=True)
+            raise RefusedUrl(f"host {shorten(host, 64)} does not resolve", transient=True)
     for address in addresses:
         problem = _problem(address, policy)
         if problem is not None:
             # The address a DNS name resolves to is not repeated: it would map the operator's internal DNS.
-            what = f"{problem[1]} ({problem[0]})" if literal is not None else f"({problem[0]}; host {host})"
+            what = (f"{problem[1]} ({problem[0]})" if literal is not None
+                    else f"({problem[0]}; host {shorten(host, 64)})")
             raise RefusedUrl(f"points to a non-public address {what}; only public addresses are allowed, and networks the operator "
                              f"allows in {ALLOWED_NETWORKS_SETTING}")
     if parsed.scheme == "http" and not all(

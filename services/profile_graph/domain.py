@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from shared.errors import InvalidArgument, Violations
+from shared.errors import InvalidArgument, Violations, shorten
 
 MAX_EVENTS = 1_000
 MAX_ITEMS = 1_000
@@ -428,7 +428,8 @@ def validate_recon_rule(r: ReconRule | None) -> None:
         raise InvalidArgument([("rule", "is required")])
     v = Violations()
     if r.object not in RECONCILED_OBJECTS:
-        v.add("rule.object", f"unknown object {r.object!r}; expected one of {', '.join(RECONCILED_OBJECTS)}")
+        v.add("rule.object",
+              f"unknown object {shorten(r.object, 64)!r}; expected one of {', '.join(RECONCILED_OBJECTS)}")
 
     def check(path: str, a: AttributeRecon, is_default: bool) -> None:
         if a.policy not in (POLICY_LAST_UPDATED, POLICY_MOST_FREQUENT, POLICY_SOURCE_PRIORITY) and \
@@ -453,7 +454,8 @@ def profile_parts(paths: list[str]) -> set[str]:
     v = Violations()
     for i, p in enumerate(paths):
         if p not in PROFILE_PARTS:
-            v.add(f"read_mask.paths[{i}]", f"unknown path {p!r}; expected one of {', '.join(PROFILE_PARTS)}")
+            v.add(f"read_mask.paths[{i}]",
+                  f"unknown path {shorten(p, 64)!r}; expected one of {', '.join(PROFILE_PARTS)}")
     v.raise_if_any()
     return set(paths)
 

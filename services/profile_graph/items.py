@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from services.profile_graph.domain import KEY_RE, OP_CONTAINS, ORDER_OPS, Condition, Item, validate_conditions
-from shared.errors import Violations
+from shared.errors import Violations, shorten
 
 TIMESTAMP_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
@@ -53,9 +53,9 @@ def check_item_filters(filters: list[Condition], types: dict[str, str]) -> None:
     for j, c in enumerate(filters):
         kind = types.get(c.field)
         if kind is None:
-            v.add(f"filters[{j}].field", f"no item has the attribute {c.field!r}")
+            v.add(f"filters[{j}].field", f"no item has the attribute {shorten(c.field, 64)!r}")
         elif c.op == OP_CONTAINS and kind != "string_list":
-            v.add(f"filters[{j}].operator", f"CONTAINS needs a string list, {c.field} is a {kind}")
+            v.add(f"filters[{j}].operator", f"CONTAINS needs a string list, {shorten(c.field, 64)} is a {kind}")
         elif c.op != OP_CONTAINS and kind == "string_list":
             v.add(f"filters[{j}].operator", f"{c.field} is a string list: only CONTAINS applies")
         elif kind == "number" and (isinstance(c.value, bool) or not isinstance(c.value, (int, float))):

@@ -14,8 +14,8 @@ import cel
 
 from services.profile_graph.domain import SegmentDef
 from shared import rule_limits
-from shared.errors import InvalidArgument
-from shared.rule_limits import RuleCost, shorten
+from shared.errors import InvalidArgument, shorten
+from shared.rule_limits import RuleCost
 
 RULE_VARIABLES = frozenset({"attributes", "insights", "segments", "affinities", "consents"})
 # Segment rules may test membership of other segments; evaluation repeats until memberships settle.

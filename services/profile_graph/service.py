@@ -18,7 +18,7 @@ from services.profile_graph.domain import (
 from services.profile_graph.items import check_item_attributes, check_item_filters
 from services.profile_graph.segments import RuleCache
 from shared.context import Slices, check_deadline
-from shared.errors import InvalidArgument, NotFound, Violations
+from shared.errors import InvalidArgument, NotFound, Violations, shorten
 from shared.log import get_logger
 
 log = get_logger("profile_graph.service")
@@ -217,15 +217,15 @@ class ProfileGraph:
         partials; without, they are recomputed from the individuals' events and their partials rewritten.
         Memberships are evaluated in slices of a few milliseconds, the event loop yielded between them (slices:
         the caller's, when its deadline must stop the work)."""
-        slices = slices or Slices("a recomputation", honour_deadline=False)
+        slices = slices or Slices("a recomputation", honour_deadline=False, pause=0.0)
         defs = [d for d in config.insights if d.subject != domain.SUBJECT_ITEM]
         values: dict[str, list[tuple[str, str, float]]] = {}
         if defs:
             if fresh is None:
-                values = await self._insights_from_events(unit, defs, ids, now)
+                values = await self._insights_from_events(unit, defs, ids, now, slices)
                 await unit.store_insight_values(ids, values)
             else:
-                values = await self._insights_from_partials(unit, defs, fresh, ids, now)
+                values = await self._insights_from_partials(unit, defs, fresh, ids, now, slices)
         if not config.segments:
             return {}
         programs = self.rules.programs(tenant, config.segments)
@@ -265,7 +265,8 @@ class ProfileGraph:
                                                   if i}))
 
     async def _values_from_events(self, unit: Unit, defs: list[InsightDef], ids: list[str], now: datetime,
-                                  partials: dict | None) -> dict[str, dict[str, dict[str, float]]]:
+                                  partials: dict | None, slices: Slices | None = None
+                                  ) -> dict[str, dict[str, dict[str, float]]]:
         """individual -> insight -> group -> value from the individuals' events (those inside the longest window when
         all are windowed); fills partials (per time bucket) for the defs kept incrementally when asked."""
         since = None if any(not d.window for d in defs) else now - max(d.window for d in defs)
@@ -274,6 +275,8 @@ class ProfileGraph:
         items = await self._item_attributes_for(unit, defs, rows)
         totals: dict[str, dict[str, dict[str, float]]] = {}
         for d in defs:
+            if slices is not None:
+                await slices.tick()
             merged: dict[tuple[str, str], insights.Partial] = {}
             for (individual, bucket, group), partial in insights.insight_partials(d, rows, items, now,
                                                                                   buckets=True).items():
@@ -284,16 +287,17 @@ class ProfileGraph:
                 totals.setdefault(individual, {}).setdefault(d.name, {})[group] = value
         return totals
 
-    async def _insights_from_events(self, unit: Unit, defs: list[InsightDef], ids: list[str], now: datetime
-                                    ) -> dict[str, list[tuple[str, str, float]]]:
+    async def _insights_from_events(self, unit: Unit, defs: list[InsightDef], ids: list[str], now: datetime,
+                                    slices: Slices | None = None) -> dict[str, list[tuple[str, str, float]]]:
         """The full recompute of ids: every insight from their events, and their partials rebuilt from them."""
         partials: dict[tuple[str, str, str, int], insights.Partial] = {}
-        totals = await self._values_from_events(unit, defs, ids, now, partials)
+        totals = await self._values_from_events(unit, defs, ids, now, partials, slices)
         await unit.write_partials(ids, partials, None)
         return {individual: insights.insight_rows(defs, totals.get(individual, {})) for individual in ids}
 
     async def _insights_from_partials(self, unit: Unit, defs: list[InsightDef], fresh: list[NewEvent],
-                                      ids: list[str], now: datetime) -> dict[str, list[tuple[str, str, float]]]:
+                                      ids: list[str], now: datetime, slices: Slices | None = None
+                                      ) -> dict[str, list[tuple[str, str, float]]]:
         """The incremental update: the fresh events are merged into the stored partials of their time buckets;
         values are the partials of the buckets wholly inside each window plus the events of the bucket holding the
         window's start that fall after it, read one by one. Sums are exact, so this equals the full recompute.
@@ -301,7 +305,7 @@ class ProfileGraph:
         changes of the catalog as before."""
         kept = [d for d in defs if not d.reads_item_attributes]
         totals = await self._values_from_events(unit, [d for d in defs if d.reads_item_attributes], ids, now,
-                                                None) if len(kept) < len(defs) else {}
+                                                None, slices) if len(kept) < len(defs) else {}
         edges = {d.name: insights.edge(d, now) for d in kept if d.window}
         stored, previous = await unit.read_partials(ids)
         changed: dict[tuple[str, str, str, int], insights.Partial] = {}
@@ -325,6 +329,8 @@ class ProfileGraph:
         edge_rows = await unit.edge_events(edge_ids, ranges, any(d.uses_items for d in kept),
                                            any(_reads_properties(d) for d in kept)) if edge_ids else []
         for d in kept:
+            if slices is not None:
+                await slices.tick()
             parts: dict[tuple[str, str], list[insights.Partial]] = {}
             edge = edges.get(d.name)
             for individual, group, bucket, partial in by_name.get(d.name, ()):
@@ -555,7 +561,7 @@ class ProfileGraph:
 
     async def get_recon_rule(self, tenant: str, obj: str) -> ReconRule:
         if obj and obj not in domain.RECONCILED_OBJECTS:
-            raise InvalidArgument([("object", f"unknown object {obj!r}; expected individual")])
+            raise InvalidArgument([("object", f"unknown object {shorten(obj, 64)!r}; expected individual")])
         return (await self.store.read_config(tenant)).recon
 
     async def _save_and_rebuild(self, tenant: str, save) -> None:
@@ -744,5 +750,5 @@ class ProfileGraph:
 
     async def _segment_must_exist(self, tenant: str, segment: str) -> None:
         if not await self.store.segment_exists(tenant, segment):
-            raise NotFound(f"segment {segment!r} does not exist", reason="SEGMENT_NOT_FOUND",
-                           metadata={"segment": segment})
+            raise NotFound(f"segment {shorten(segment, 64)!r} does not exist", reason="SEGMENT_NOT_FOUND",
+                           metadata={"segment": shorten(segment, 64)})

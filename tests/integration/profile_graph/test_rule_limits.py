@@ -106,3 +106,17 @@ async def test_upsert_segment_stops_when_the_callers_deadline_passes_and_keeps_n
     assert time.perf_counter() - started < 2.5
     listed = await service.ListSegments(pb.ListSegmentsRequest(), metadata=tenant_md(tenant))
     assert [(s.name, s.member_count) for s in listed.segments] == [("cheap", 1200)]
+
+
+async def test_errors_quote_at_most_a_few_dozen_characters_of_what_was_sent(service, tenant):
+    md = tenant_md(tenant)
+    name = "n" * 3000
+    field, description = await refused(service, tenant, f"insights.{name} > 1.0")
+    assert field == "segment.rule" and description.startswith("unknown insight 'nnn") and len(description) < 100
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await service.ListSegmentMembers(pb.ListSegmentMembersRequest(segment=name), metadata=md)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND and "n" * 100 not in info.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await service.GetProfile(pb.GetProfileRequest(unified_individual_id="x", read_mask={"paths": [name]}),
+                                 metadata=md)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "n" * 100 not in info.value.details()

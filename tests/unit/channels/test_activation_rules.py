@@ -136,3 +136,10 @@ def test_the_context_summary_is_compact():
         "recent_events": [{"type": "purchase", "time": "2023-11-14T22:13:20Z",
                            "items": [{"item_id": "sku-1", "quantity": 3.0}], "revenue": 150.0}],
     }
+
+
+def test_a_huge_primary_key_name_is_quoted_only_in_part():
+    v = validate_activation(pb.Activation(name="a", destination="d", primary_key=["k" * 5000],
+                                          segment_membership=pb.SegmentMembershipSource(segment="gold")))
+    [(field, description)] = v.items
+    assert field == "activation.primary_key[0]" and "k" * 64 not in description and len(description) < 200
