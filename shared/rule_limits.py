@@ -18,6 +18,7 @@ characters of it, never the whole rule.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -66,7 +67,7 @@ class RuleCost:
     def at(self, n: int) -> int:
         return sum(c * n ** d for d, c in self.terms)
 
-    @property
+    @functools.cached_property
     def superlinear(self) -> bool:
         """Whether the cost grows faster than the data (linear work is bounded by converting the data anyway)."""
         return any(d >= 2 and c for d, c in self.terms)

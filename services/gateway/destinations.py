@@ -262,12 +262,16 @@ class WebhookSender:
     """POSTs one delivery to a vetted address, retrying 5xx, 408, 429, timeouts and connection errors with backoff.
 
     Redirects are not followed (a 3xx is a permanent failure), proxies from the environment are not used (they
-    would make the connection instead of us), and the receiver's body is never read: only its status counts.
+    would make the connection instead of us), connections are not reused across deliveries, and the receiver's
+    body is never read: only its status counts.
     """
 
     def __init__(self, client: httpx.AsyncClient | None = None, *, attempts: int = 4, base_delay: float = 0.2,
                  max_delay: float = 5.0, timeout: float = 10.0):
-        self.client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
+        # No kept-alive connections: a pool is keyed by address, so a connection opened (and its certificate
+        # checked) for one host name would carry the next delivery to another name on the same address.
+        self.client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False,
+                                                  limits=httpx.Limits(max_keepalive_connections=0))
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
