@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from itertools import product
 import phonenumbers
 from rapidfuzz.distance import JaroWinkler
 
+from services.identity import probabilistic as fs
+from services.identity.probabilistic import CompareField, MatchModel, Probabilistic
 from shared.errors import Violations
 
 TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -119,10 +122,13 @@ class Criterion:
 
 @dataclass(frozen=True)
 class Rule:
-    """Criteria AND-ed."""
+    """Criteria AND-ed, or a probabilistic rule: a pair matches when its score reaches the threshold."""
 
     name: str
     criteria: tuple[Criterion, ...]
+    probabilistic: Probabilistic | None = None
+    # The trained model of a probabilistic rule (bound when the tenant's config is loaded); None: matches nothing.
+    model: MatchModel | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -137,15 +143,31 @@ class Ruleset:
     def to_json(self) -> str:
         """The stored body."""
         return json.dumps({
-            "rules": [{"name": r.name, "criteria": [c.__dict__ for c in r.criteria]} for r in self.rules],
+            "rules": [{"name": r.name, "criteria": [c.__dict__ for c in r.criteria]}
+                      | ({"probabilistic": r.probabilistic.to_dict()} if r.probabilistic else {}) for r in self.rules],
             "custom_attributes": list(self.custom_attributes),
         })
+
+    @property
+    def probabilistic_rule(self) -> Rule | None:
+        """The ruleset's probabilistic rule (there is at most one), or None."""
+        return next((r for r in self.rules if r.probabilistic), None)
+
+    def with_model(self, model: MatchModel | None) -> Ruleset:
+        """The ruleset with the model bound to its probabilistic rule."""
+        if model is None:
+            return self
+        rules = tuple(Rule(r.name, r.criteria, r.probabilistic, model if r.probabilistic else None)
+                      for r in self.rules)
+        return Ruleset(self.version, rules, self.custom_attributes, self.created_at)
 
     @staticmethod
     def from_json(version: int, body: str | dict, created_at: datetime | None) -> Ruleset:
         """The ruleset from its stored body."""
         data = json.loads(body) if isinstance(body, str) else body
-        rules = tuple(Rule(r["name"], tuple(Criterion(**c) for c in r["criteria"])) for r in data["rules"])
+        rules = tuple(Rule(r["name"], tuple(Criterion(**c) for c in r["criteria"]),
+                           Probabilistic.from_dict(r["probabilistic"]) if r.get("probabilistic") else None)
+                      for r in data["rules"])
         return Ruleset(version, rules, tuple(data["custom_attributes"]), created_at)
 
 
@@ -161,11 +183,15 @@ DEFAULT_RULESET = Ruleset(0, (
 
 
 def validate_ruleset(
-    rules: list[tuple[str, list[tuple[str, str, str, str]]]],
+    rules: list[tuple],
     custom_attributes: list[str],
     types: dict[str, IdentityType],
 ) -> Ruleset:
-    """Builds a ruleset from (name, [(kind, name, method, precision)]) or raises with one violation per bad field."""
+    """Builds a ruleset or raises with one violation per bad field.
+
+    Each rule is (name, [(kind, name, method, precision)]) or (name, criteria, probabilistic) where probabilistic
+    is None or {"fields": [(kind, name, comparison, thresholds)], "blocking": [[field name, ...]], "threshold": x}.
+    """
     v = Violations()
     for i, attribute in enumerate(custom_attributes):
         if not ATTRIBUTE_PATTERN.fullmatch(attribute):
@@ -175,7 +201,10 @@ def validate_ruleset(
         v.add("ruleset.rules", "at least one rule is required")
     built: list[Rule] = []
     names: set[str] = set()
-    for r, (name, criteria) in enumerate(rules):
+    probabilistic_rules = 0
+    for r, rule in enumerate(rules):
+        name, criteria = rule[0], rule[1]
+        spec_in = rule[2] if len(rule) > 2 else None
         path = f"ruleset.rules[{r}]"
         name = name or f"rule_{r}"
         if not ATTRIBUTE_PATTERN.fullmatch(name):
@@ -183,20 +212,21 @@ def validate_ruleset(
         elif name in names:
             v.add(f"{path}.name", f"duplicate rule name {name!r}")
         names.add(name)
+        if spec_in is not None:
+            probabilistic_rules += 1
+            if criteria:
+                v.add(f"{path}.criteria", "a probabilistic rule has no criteria")
+            if probabilistic_rules > 1:
+                v.add(f"{path}.probabilistic", "a ruleset has at most one probabilistic rule")
+            spec = _validate_probabilistic(v, f"{path}.probabilistic", spec_in, attributes, types)
+            built.append(Rule(name, (), spec))
+            continue
         if not criteria:
             v.add(f"{path}.criteria", "at least one criterion is required")
         built_criteria = []
         for c, (kind, field_name, method, precision) in enumerate(criteria):
             cpath = f"{path}.criteria[{c}]"
-            if kind == "identity":
-                if field_name not in types:
-                    v.add(f"{cpath}.identity_type", f"unknown identity type {field_name!r}")
-            elif kind == "attribute":
-                if field_name not in attributes:
-                    v.add(f"{cpath}.attribute",
-                          f"unknown attribute {field_name!r}: not built in and not in ruleset.custom_attributes")
-            else:
-                v.add(f"{cpath}.field", "an identity_type or an attribute is required")
+            _validate_field(v, cpath, kind, field_name, attributes, types)
             if method not in (EXACT, EXACT_NORMALIZED, FUZZY):
                 v.add(f"{cpath}.method", "must be EXACT, EXACT_NORMALIZED or FUZZY")
             elif method == FUZZY and precision not in THRESHOLDS:
@@ -207,6 +237,62 @@ def validate_ruleset(
         built.append(Rule(name, tuple(built_criteria)))
     v.raise_if_any()
     return Ruleset(0, tuple(built), tuple(custom_attributes))
+
+
+def _validate_field(v: Violations, path: str, kind: str, name: str, attributes: set[str] | frozenset[str],
+                    types: dict[str, IdentityType]) -> None:
+    if kind == "identity":
+        if name not in types:
+            v.add(f"{path}.identity_type", f"unknown identity type {name!r}")
+    elif kind == "attribute":
+        if name not in attributes:
+            v.add(f"{path}.attribute",
+                  f"unknown attribute {name!r}: not built in and not in ruleset.custom_attributes")
+    else:
+        v.add(f"{path}.field", "an identity_type or an attribute is required")
+
+
+def _validate_probabilistic(v: Violations, path: str, spec: dict, attributes: set[str] | frozenset[str],
+                            types: dict[str, IdentityType]) -> Probabilistic:
+    fields: list[CompareField] = []
+    seen: set[str] = set()
+    if not spec["fields"]:
+        v.add(f"{path}.fields", "at least one compared field is required")
+    elif len(spec["fields"]) > fs.MAX_FIELDS:
+        v.add(f"{path}.fields", f"at most {fs.MAX_FIELDS} compared fields, got {len(spec['fields'])}")
+    for f, (kind, name, comparison, thresholds) in enumerate(spec["fields"]):
+        fpath = f"{path}.fields[{f}]"
+        _validate_field(v, fpath, kind, name, attributes, types)
+        if name in seen:
+            v.add(fpath, f"field {name!r} is compared twice")
+        seen.add(name)
+        if comparison not in fs.COMPARISONS:
+            v.add(f"{fpath}.comparison", "must be TEXT, EXACT, DATE or EMAIL")
+        thresholds = tuple(float(t) for t in thresholds)
+        if thresholds and comparison != fs.TEXT:
+            v.add(f"{fpath}.fuzzy_thresholds", "only a TEXT comparison takes fuzzy thresholds")
+        elif len(thresholds) > fs.MAX_LEVELS:
+            v.add(f"{fpath}.fuzzy_thresholds", f"at most {fs.MAX_LEVELS} thresholds")
+        elif any(not 0 < t < 1 for t in thresholds) or any(a <= b for a, b in zip(thresholds, thresholds[1:])):
+            v.add(f"{fpath}.fuzzy_thresholds", "must be between 0 and 1 (exclusive), highest first, all different")
+        fields.append(CompareField(kind, name, comparison, thresholds))
+    blocking = []
+    if not spec["blocking"]:
+        v.add(f"{path}.blocking_rules", "at least one blocking rule is required (only records sharing its fields' "
+                                        "values are compared)")
+    elif len(spec["blocking"]) > fs.MAX_BLOCKING_RULES:
+        v.add(f"{path}.blocking_rules", f"at most {fs.MAX_BLOCKING_RULES} blocking rules")
+    for b, names in enumerate(spec["blocking"]):
+        if not names:
+            v.add(f"{path}.blocking_rules[{b}].fields", "at least one field is required")
+        for n, name in enumerate(names):
+            if name not in seen:
+                v.add(f"{path}.blocking_rules[{b}].fields[{n}]", f"{name!r} is not a compared field of the rule")
+        blocking.append(tuple(dict.fromkeys(names)))
+    threshold = float(spec["threshold"])
+    if not math.isfinite(threshold) or abs(threshold) > 100:
+        v.add(f"{path}.match_weight_threshold", "must be a finite number between -100 and 100")
+    return Probabilistic(tuple(fields), tuple(blocking), threshold)
 
 
 @dataclass
@@ -236,6 +322,44 @@ def record_values(record: Record, criterion: Criterion) -> list[str]:
     return found
 
 
+def field_values(record: Record, compared: CompareField) -> list[str]:
+    """The record's values of a compared field: identity values as normalized by their type, attributes normalized
+    as for EXACT_NORMALIZED (EMAIL: trimmed and lowercased only); blanks are left out (the null level)."""
+    cached = record.values.get(id(compared))
+    if cached is not None:
+        return cached
+    if compared.kind == "identity":
+        values = record.identities.get(compared.name, [])
+    else:
+        raw = record.attributes.get(compared.name, "")
+        values = [raw] if raw else []
+        values = [x.strip().lower() if compared.comparison == fs.EMAIL else normalize_text(x) for x in values]
+    record.values[id(compared)] = found = [x for x in values if x]
+    return found
+
+
+def spec_values(record: Record, spec: Probabilistic) -> list[list[str]]:
+    """The record's values of every compared field of a probabilistic rule (cached on the record)."""
+    cached = record.values.get(id(spec))
+    if cached is None:
+        record.values[id(spec)] = cached = [field_values(record, f) for f in spec.fields]  # type: ignore[assignment]
+    return cached  # type: ignore[return-value]
+
+
+def explain_pair(spec: Probabilistic, model: MatchModel, left: Record, right: Record
+                 ) -> tuple[float, list[tuple[CompareField, int, float]]]:
+    """A pair's score (the prior weight plus every field's weight) and, per field, its level (-1: null) and weight."""
+    weights = model.weights()
+    total = model.prior_weight
+    parts = []
+    for f, compared in enumerate(spec.fields):
+        level = fs.best_level(compared, field_values(left, compared), field_values(right, compared))
+        weight = 0.0 if level == fs.NULL else weights[f][level]
+        total += weight
+        parts.append((compared, level, weight))
+    return total, parts
+
+
 def criterion_holds(criterion: Criterion, left: list[str], right: list[str]) -> bool:
     """True when some value of each side matches by the criterion's method."""
     if criterion.method != FUZZY:
@@ -252,13 +376,23 @@ def _cheap_first(rule: Rule) -> tuple[Criterion, ...]:
 
 
 def rule_holds(rule: Rule, left: Record, right: Record) -> bool:
-    """True when every criterion of the rule holds between the two records (exact criteria are checked first)."""
+    """True when every criterion of the rule holds between the two records (exact criteria are checked first); a
+    probabilistic rule holds when the pair's score reaches its threshold (never before a model is trained)."""
+    if rule.probabilistic is not None:
+        return rule.model is not None and \
+            explain_pair(rule.probabilistic, rule.model, left, right)[0] >= rule.probabilistic.threshold
     return all(criterion_holds(c, record_values(left, c), record_values(right, c)) for c in _cheap_first(rule))
 
 
 def evidence(rule: Rule, left: Record, right: Record) -> list[tuple[str, str]]:
     """What a rule matched on, as (field, value of the left record) pairs; attributes are named attribute:<name>."""
     found = []
+    if rule.probabilistic is not None:
+        for c in rule.probabilistic.fields:
+            values, others = field_values(left, c), field_values(right, c)
+            if values and not set(values).isdisjoint(others):
+                found.append((c.name if c.kind == "identity" else f"attribute:{c.name}", values[0]))
+        return found
     for c in rule.criteria:
         values = record_values(left, c)
         if values:
@@ -275,6 +409,9 @@ def block_keys(ruleset: Ruleset, record: Record) -> list[tuple[int, str]]:
     """
     keys: list[tuple[int, str]] = []
     for index, rule in enumerate(ruleset.rules):
+        if rule.probabilistic is not None:
+            keys += _probabilistic_keys(ruleset.version, index, rule.probabilistic, record)
+            continue
         blocking = [c for c in rule.criteria if c.method != FUZZY] or list(rule.criteria)
         value_lists = []
         for c in blocking:
@@ -285,6 +422,23 @@ def block_keys(ruleset: Ruleset, record: Record) -> list[tuple[int, str]]:
         for combo in product(*value_lists):
             # Exactly json.dumps([version, index, list(combo)]): keys are stored, so their text never changes.
             raw = f"[{ruleset.version}, {index}, [{', '.join(_quote(x) for x in combo)}]]"
+            keys.append((index, hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()))
+    return keys
+
+
+def _probabilistic_keys(version: int, index: int, spec: Probabilistic, record: Record) -> list[tuple[int, str]]:
+    """A probabilistic rule's keys: one per blocking rule whose fields the record all has (values equal as compared)."""
+    fields = spec.field_index()
+    values = spec_values(record, spec)
+    keys = []
+    for b, names in enumerate(spec.blocking):
+        value_lists = [values[fields[name]] for name in names]
+        if not all(value_lists):
+            continue
+        if any(len(vs) > 1 for vs in value_lists):
+            value_lists = [sorted(set(vs)) for vs in value_lists]
+        for combo in product(*value_lists):
+            raw = f"[{version}, {index}, {b}, [{', '.join(_quote(x) for x in combo)}]]"
             keys.append((index, hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()))
     return keys
 

@@ -39,6 +39,7 @@ class MergeRecord:
     evidence: tuple[Key, ...]
     kind: str = "MERGE"
     reason: str = ""
+    model_version: int = 0  # the probabilistic model that linked the pair; 0 for none
 
 
 @dataclass(frozen=True)

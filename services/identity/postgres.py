@@ -14,6 +14,7 @@ import asyncpg
 
 from services.identity.matching import BUILT_IN_TYPES, IdentityType, Record, Ruleset
 from services.identity.model import Key, MergeRecord, StoredSource
+from services.identity.probabilistic import MatchModel
 from services.identity.repository import (
     IndividualView,
     MergeEventView,
@@ -190,9 +191,10 @@ WITH new_individuals AS (
     WHERE n.tenant_id = $1 AND n.individual_id = u.id AND n.individual_id = ANY($26::text[])
       AND cardinality($26::text[]) > 0
 )
-INSERT INTO merge_events (tenant_id, survivor_id, merged_id, rule, evidence, merged_at, kind, reason)
-SELECT $1, u.s, u.m, u.r, u.e::jsonb, $2, u.k, u.why
-FROM unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[]) AS u(s, m, r, e, k, why)
+INSERT INTO merge_events (tenant_id, survivor_id, merged_id, rule, evidence, merged_at, kind, reason, model_version)
+SELECT $1, u.s, u.m, u.r, u.e::jsonb, $2, u.k, u.why, u.mv
+FROM unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $28::bigint[])
+    AS u(s, m, r, e, k, why, mv)
 """
 
 _GET = """
@@ -354,6 +356,36 @@ class PostgresRepository:
                 tenant, version)
         return None if row is None else Ruleset.from_json(row["version"], row["body"], row["created_at"])
 
+    async def load_match_model(self, tenant: str, ruleset_version: int, rule: str) -> MatchModel | None:
+        row = await self.pool.fetchrow(
+            "SELECT version, body FROM match_models WHERE tenant_id = $1 AND ruleset_version = $2 AND rule = $3"
+            " ORDER BY version DESC LIMIT 1", tenant, ruleset_version, rule)
+        return None if row is None else MatchModel.from_dict(row["version"], json.loads(row["body"]))
+
+    async def get_match_model(self, tenant: str, version: int) -> tuple[MatchModel, int, dict, datetime] | None:
+        row = await self.pool.fetchrow(
+            "SELECT version, ruleset_version, body, summary, created_at FROM match_models"
+            " WHERE tenant_id = $1 AND version = $2", tenant, version)
+        if row is None:
+            return None
+        return (MatchModel.from_dict(row["version"], json.loads(row["body"])), row["ruleset_version"],
+                json.loads(row["summary"]), row["created_at"])
+
+    async def store_match_model(self, tenant: str, ruleset_version: int, model: MatchModel, summary: dict) -> int:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(tenant, "\x00match_models"))
+            return await conn.fetchval(
+                "INSERT INTO match_models (tenant_id, version, ruleset_version, rule, body, summary)"
+                " SELECT $1, coalesce(max(version), 0) + 1, $2, $3, $4::jsonb, $5::jsonb FROM match_models"
+                " WHERE tenant_id = $1 RETURNING version",
+                tenant, ruleset_version, model.rule, json.dumps(model.to_dict()), json.dumps(summary))
+
+    async def source_records(self, tenant: str) -> list[Record]:
+        rows = await self.pool.fetch(
+            "SELECT identities, attributes FROM source_records WHERE tenant_id = $1 ORDER BY created_at, record_id",
+            tenant)
+        return [_record(r["identities"], r["attributes"]) for r in rows]
+
     async def rerun(self, tenant: str, compute: Callable[[TenantData], Any]) -> RerunPlan:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", tenant_lock(tenant))
@@ -473,26 +505,30 @@ class PostgresRepository:
                                 ) -> list[MergeEventView]:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT event_id, kind, survivor_id, merged_id, rule, evidence, reason, merged_at FROM merge_events"
+                "SELECT event_id, kind, survivor_id, merged_id, rule, evidence, reason, merged_at, model_version"
+                " FROM merge_events"
                 " WHERE tenant_id = $1 AND ($2 = '' OR survivor_id = $2 OR merged_id = $2)"
                 " AND ($3::bigint IS NULL OR event_id < $3) ORDER BY event_id DESC LIMIT $4",
                 tenant, individual_id, before, limit)
         return [
             MergeEventView(r["event_id"], r["kind"], r["survivor_id"], r["merged_id"], r["rule"],
-                           [(e["type"], e["value"]) for e in json.loads(r["evidence"])], r["reason"], r["merged_at"])
+                           [(e["type"], e["value"]) for e in json.loads(r["evidence"])], r["reason"], r["merged_at"],
+                           r["model_version"])
             for r in rows
         ]
 
 
     async def unpropagated_merge_events(self, tenant: str, min_age_seconds: float, limit: int) -> list[MergeEventView]:
         rows = await self.pool.fetch(
-            "SELECT event_id, kind, survivor_id, merged_id, rule, evidence, reason, merged_at FROM merge_events"
+            "SELECT event_id, kind, survivor_id, merged_id, rule, evidence, reason, merged_at, model_version"
+            " FROM merge_events"
             " WHERE tenant_id = $1 AND propagated_at IS NULL AND kind IN ('MERGE', 'UNMERGE')"
             " AND merged_at <= now() - make_interval(secs => $2) ORDER BY event_id LIMIT $3",
             tenant, min_age_seconds, limit)
         return [
             MergeEventView(r["event_id"], r["kind"], r["survivor_id"], r["merged_id"], r["rule"],
-                           [(e["type"], e["value"]) for e in json.loads(r["evidence"])], r["reason"], r["merged_at"])
+                           [(e["type"], e["value"]) for e in json.loads(r["evidence"])], r["reason"], r["merged_at"],
+                           r["model_version"])
             for r in rows
         ]
 
@@ -550,11 +586,12 @@ def _evidence(keys) -> str:
 
 async def _insert_events(conn: asyncpg.Connection, tenant: str, now: datetime, events: list[MergeRecord]) -> None:
     await conn.execute(
-        "INSERT INTO merge_events (tenant_id, survivor_id, merged_id, rule, evidence, merged_at, kind, reason)"
-        " SELECT $1, u.s, u.m, u.r, u.e::jsonb, $2, u.k, u.why"
-        " FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[]) AS u(s, m, r, e, k, why)",
+        "INSERT INTO merge_events (tenant_id, survivor_id, merged_id, rule, evidence, merged_at, kind, reason,"
+        " model_version) SELECT $1, u.s, u.m, u.r, u.e::jsonb, $2, u.k, u.why, u.mv FROM unnest($3::text[], $4::text[],"
+        " $5::text[], $6::text[], $7::text[], $8::text[], $9::bigint[]) AS u(s, m, r, e, k, why, mv)",
         tenant, now, [m.survivor_id for m in events], [m.merged_id for m in events], [m.rule for m in events],
-        [_evidence(m.evidence) for m in events], [m.kind for m in events], [m.reason for m in events])
+        [_evidence(m.evidence) for m in events], [m.kind for m in events], [m.reason for m in events],
+        [m.model_version for m in events])
 
 
 async def _apply(conn: asyncpg.Connection, tenant: str, now, plan: Plan) -> None:
@@ -590,4 +627,5 @@ async def _apply(conn: asyncpg.Connection, tenant: str, now, plan: Plan) -> None
         [r for _, _, r in shared],
         list(plan.counts),
         list(plan.counts.values()),
+        [m.model_version for m in plan.merges],
     )

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from services.identity.matching import IdentityType, Record, Ruleset
 from services.identity.model import Key
+from services.identity.probabilistic import MatchModel
 from services.identity.rerun import RerunPlan, TenantData
 from services.identity.resolution import Owner, Plan, Snapshot
 from services.identity.unmerge import UnmergeData, UnmergePlan
@@ -37,6 +38,7 @@ class MergeEventView:
     evidence: list[Key]
     reason: str
     at: datetime
+    model_version: int = 0
 
 
 # Builds the plan from a fresh snapshot and the database's current time.
@@ -90,6 +92,22 @@ class Repository(Protocol):
 
     async def get_ruleset(self, tenant: str, version: int) -> Ruleset | None:
         """The given version, or None."""
+        ...
+
+    async def load_match_model(self, tenant: str, ruleset_version: int, rule: str) -> MatchModel | None:
+        """The newest model trained for that rule of that ruleset version, or None."""
+        ...
+
+    async def get_match_model(self, tenant: str, version: int) -> tuple[MatchModel, int, dict, datetime] | None:
+        """A model by version with its ruleset version, training summary and time, or None."""
+        ...
+
+    async def store_match_model(self, tenant: str, ruleset_version: int, model: MatchModel, summary: dict) -> int:
+        """Stores a trained model as the tenant's next model version and returns that version."""
+        ...
+
+    async def source_records(self, tenant: str) -> list[Record]:
+        """Every source record of the tenant, oldest first (what a model is trained on)."""
         ...
 
     async def rerun(self, tenant: str, compute: Callable[[TenantData], Any]) -> RerunPlan:

@@ -7,7 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import numpy as np
+
 from services.identity import matching
+from services.identity import probabilistic as fs
 from services.identity.matching import Rule
 from services.identity.model import (
     DEFAULT_MAX_BLOCK,
@@ -102,6 +105,22 @@ class _Clusters:
         return True
 
 
+def _link_probabilistic(rule: Rule, records: list[StoredSource], groups: list[list[int]], clusters: _Clusters,
+                        max_block: int) -> int:
+    """Scores every blocked pair of a probabilistic rule at once (numpy, rapidfuzz) and links those reaching the
+    threshold, as real time scores them one by one; returns the pairs scored."""
+    spec, model = rule.probabilistic, rule.model
+    assert spec is not None and model is not None
+    a, b = fs.candidate_pairs(groups, max_block)
+    if not len(a):
+        return 0
+    values = [matching.spec_values(r.record, spec) for r in records]
+    scores = fs.pair_scores(spec, model, values, a, b)
+    for x, y in zip(a[scores >= spec.threshold].tolist(), b[scores >= spec.threshold].tolist()):
+        clusters.union(x, y)
+    return len(a)
+
+
 def plan_rerun(
     data: TenantData,
     config: Config,
@@ -147,8 +166,13 @@ def plan_rerun(
             rule_of_key[key] = config.ruleset.rules[index]
         progress.records_processed = i + 1
     comparisons = 0
+    scored: dict[int, list[list[int]]] = defaultdict(list)  # probabilistic rules: scored at once below
     for key, members in blocks.items():
         rule = rule_of_key[key]
+        if rule.probabilistic is not None:
+            if rule.model is not None:
+                scored[id(rule)].append(members)
+            continue
         members = members[:max_block]
         for x in range(1, len(members)):
             b = members[x]
@@ -159,6 +183,12 @@ def plan_rerun(
                 if matching.rule_holds(rule, records[b].record, records[a].record):
                     clusters.union(a, b)
         progress.comparisons = comparisons
+    model_version = 0
+    for rule in config.ruleset.rules:
+        if id(rule) in scored and rule.probabilistic is not None and rule.model is not None:
+            comparisons += _link_probabilistic(rule, records, scored[id(rule)], clusters, max_block)
+            model_version = rule.model.version
+    progress.comparisons = comparisons
 
     # 3. Name the clusters.
     by_cluster: dict[int, list[int]] = defaultdict(list)
@@ -190,7 +220,7 @@ def plan_rerun(
             best[individual] = (k, root)
     for individual, (_, root) in sorted(best.items()):
         redirects[individual] = name[root]
-        merges.append(MergeRecord(name[root], individual, RERUN_RULE, (), "MERGE"))
+        merges.append(MergeRecord(name[root], individual, RERUN_RULE, (), "MERGE", model_version=model_version))
     # Aliases of a redirected survivor follow it (chains stay flat).
     for alias, survivor in data.aliases.items():
         if survivor in redirects:

@@ -130,6 +130,7 @@ def plan_resolution(
     (then it is refused and recorded). Every resolution names the final survivor of the whole call.
     """
     owner_of = {key: o.individual_id for key, o in snap.owners.items()}
+    model_of = {r.name: r.model.version for r in ruleset.rules if r.model is not None}
     info = snap.individuals()
     age = {i: (o.created_at, i) for i, o in info.items()}
     count = {i: o.record_count for i, o in info.items()}
@@ -196,18 +197,19 @@ def plan_resolution(
                 elif rule == UNIQUE_RULE:
                     # The survivor was matched by a rule: that rule is what links the two.
                     rule, ev = found[survivor][0], found[survivor][1] + ev
+                version = model_of.get(rule, 0)
                 if other in separated.get(survivor, set()):
                     merges.append(MergeRecord(survivor, other, rule, ev, "REFUSED",
-                                              "the two were split apart by an unmerge"))
+                                              "the two were split apart by an unmerge", version))
                 elif total + count[other] > max_cluster:
                     merges.append(MergeRecord(
                         survivor, other, rule, ev, "REFUSED",
                         f"the cluster would have {total + count[other]} source records, above the limit of "
-                        f"{max_cluster}"))
+                        f"{max_cluster}", version))
                 else:
                     total += count[other]
                     merged.append(other)
-                    merges.append(MergeRecord(survivor, other, rule, ev))
+                    merges.append(MergeRecord(survivor, other, rule, ev, model_version=version))
                     parent[other] = survivor
                     count[survivor] += count[other]
                     separated[survivor] |= separated.get(other, set())

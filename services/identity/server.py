@@ -5,6 +5,7 @@ from __future__ import annotations
 from personalization.identity.v1 import identity_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
 
+from services.identity.match_models import MatchModels
 from services.identity.postgres import PostgresRepository
 from services.identity.postgres_privacy import PostgresPrivacy
 from services.identity.privacy import IdentityPrivacy
@@ -36,7 +37,7 @@ async def build(dsn: str, settings: Settings | None = None) -> Built:
     service = IdentityService(repository, settings=settings)
     privacy = IdentityPrivacy(PostgresPrivacy(pool), service)
     service.blocked = privacy.blocked
-    servicer = IdentityServicer(service, privacy)
+    servicer = IdentityServicer(service, privacy, MatchModels(repository, service))
     return Built(
         services=[Service(pb_grpc.add_IdentityServiceServicer_to_server, servicer, SERVICE_NAME)],
         close=pool.close,

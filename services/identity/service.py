@@ -64,6 +64,10 @@ class IdentityService:
         # The suppression check (privacy.py): which normalized unique identities are tombstoned; None: none are.
         self.blocked: Callable[[str, list[Key]], Awaitable[set[Key]]] | None = None
 
+    def forget_config(self, tenant: str) -> None:
+        """Drops the tenant's cached config (its next use reads it again)."""
+        self._config.pop(tenant, None)
+
     async def config(self, tenant: str) -> Config:
         """The tenant's types and active ruleset, cached for config_ttl_seconds (writes here refresh it)."""
         cached = self._config.get(tenant)
@@ -72,7 +76,10 @@ class IdentityService:
         overrides, ruleset = await self.repository.load_config(tenant)
         types = dict(BUILT_IN_TYPES)
         types.update({t.name: t for t in overrides})
-        config = Config(types, ruleset or matching.DEFAULT_RULESET)
+        ruleset = ruleset or matching.DEFAULT_RULESET
+        if (rule := ruleset.probabilistic_rule) is not None:
+            ruleset = ruleset.with_model(await self.repository.load_match_model(tenant, ruleset.version, rule.name))
+        config = Config(types, ruleset)
         self._config[tenant] = (time.monotonic(), config)
         return config
 

@@ -11,11 +11,14 @@ from personalization.common.v1 import common_pb2
 from personalization.identity.v1 import identity_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
 
+from services.identity.match_models import MatchModels
 from services.identity.matching import IdentityType, Ruleset
+from services.identity.probabilistic import DEFAULT_THRESHOLD, Probabilistic
 from services.identity.privacy import IdentityPrivacy
 from services.identity.rerun import Progress
 from services.identity.service import IdentityService
 from services.identity.subjects import validate_subjects
+from services.identity.training import TrainingProgress
 from shared import contract
 from shared.context import current_tenant
 
@@ -84,17 +87,53 @@ def _ruleset_to_pb(ruleset: Ruleset) -> pb.Ruleset:
             else:
                 criterion.attribute = c.name
             criteria.append(criterion)
-        rules.append(pb.MatchRule(name=rule.name, criteria=criteria))
+        rules.append(pb.MatchRule(name=rule.name, criteria=criteria,
+                                  probabilistic=_probabilistic_to_pb(rule.probabilistic)))
     return pb.Ruleset(version=ruleset.version, rules=rules, custom_attributes=list(ruleset.custom_attributes),
                       create_time=_timestamp(ruleset.created_at))
+
+
+def _probabilistic_to_pb(spec: Probabilistic | None) -> pb.ProbabilisticMatch | None:
+    if spec is None:
+        return None
+    fields = []
+    for f in spec.fields:
+        compared = pb.ComparedField(comparison=pb.FieldComparison.Value("FIELD_COMPARISON_" + f.comparison),
+                                    fuzzy_thresholds=list(f.thresholds))
+        if f.kind == "identity":
+            compared.identity_type = f.name
+        else:
+            compared.attribute = f.name
+        fields.append(compared)
+    return pb.ProbabilisticMatch(fields=fields, blocking_rules=[pb.BlockingRule(fields=list(b)) for b in spec.blocking],
+                                 match_weight_threshold=spec.threshold)
+
+
+def _probabilistic_in(spec: pb.ProbabilisticMatch) -> dict:
+    return {
+        "fields": [("identity" if f.WhichOneof("field") == "identity_type" else
+                    "attribute" if f.WhichOneof("field") == "attribute" else "", f.identity_type or f.attribute,
+                    _enum_name(pb.FieldComparison, f.comparison, "FIELD_COMPARISON_"), list(f.fuzzy_thresholds))
+                   for f in spec.fields],
+        "blocking": [list(b.fields) for b in spec.blocking_rules],
+        "threshold": spec.match_weight_threshold if spec.HasField("match_weight_threshold") else DEFAULT_THRESHOLD,
+    }
+
+
+def _merge_event(e) -> pb.MergeEvent:
+    return pb.MergeEvent(event_id=str(e.event_id), kind=_KINDS[e.kind], survivor_individual_id=e.survivor_id,
+                         other_individual_id=e.other_id, rule=e.rule, evidence=_identities(e.evidence),
+                         reason=e.reason, event_time=_timestamp(e.at), model_version=e.model_version)
 
 
 class IdentityServicer(pb_grpc.IdentityServiceServicer):
     """Translates IdentityService RPCs to the identity use cases."""
 
-    def __init__(self, service: IdentityService, privacy: IdentityPrivacy | None = None):
+    def __init__(self, service: IdentityService, privacy: IdentityPrivacy | None = None,
+                 models: MatchModels | None = None):
         self.service = service
         self.privacy = privacy
+        self.models = models
 
     async def ResolveIdentities(self, request: pb.ResolveIdentitiesRequest, context) -> pb.ResolveIdentitiesResponse:
         problems = contract.violations(request)
@@ -154,7 +193,8 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
                     _enum_name(pb.MatchMethod, c.method, "MATCH_METHOD_"),
                     _enum_name(pb.FuzzyPrecision, c.precision, "FUZZY_PRECISION_"),
                 ))
-            rules.append((rule.name, criteria))
+            rules.append((rule.name, criteria, _probabilistic_in(rule.probabilistic)
+                          if rule.HasField("probabilistic") else None))
         stored = await self.service.create_ruleset(current_tenant(), rules, list(request.ruleset.custom_attributes))
         return pb.CreateRulesetResponse(ruleset=_ruleset_to_pb(stored))
 
@@ -188,23 +228,14 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         events, token = await self.service.list_merge_events(
             current_tenant(), request.unified_individual_id, request.page_size, request.page_token)
         return pb.ListMergeEventsResponse(
-            merge_events=[
-                pb.MergeEvent(event_id=str(e.event_id), kind=_KINDS[e.kind], survivor_individual_id=e.survivor_id,
-                              other_individual_id=e.other_id, rule=e.rule, evidence=_identities(e.evidence),
-                              reason=e.reason, event_time=_timestamp(e.at))
-                for e in events
-            ],
+            merge_events=[_merge_event(e) for e in events],
             next_page_token=token,
         )
 
     async def ListUnpropagatedMergeEvents(self, request, context):
         events = await self.service.unpropagated_merge_events(current_tenant(), request.page_size,
                                                               request.min_age_seconds)
-        return pb.ListUnpropagatedMergeEventsResponse(merge_events=[
-            pb.MergeEvent(event_id=str(e.event_id), kind=_KINDS[e.kind], survivor_individual_id=e.survivor_id,
-                          other_individual_id=e.other_id, rule=e.rule, evidence=_identities(e.evidence),
-                          reason=e.reason, event_time=_timestamp(e.at))
-            for e in events])
+        return pb.ListUnpropagatedMergeEventsResponse(merge_events=[_merge_event(e) for e in events])
 
     async def MarkMergeEventsPropagated(self, request, context):
         marked = await self.service.mark_merge_events_propagated(
@@ -234,3 +265,41 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
     async def LiftSuppression(self, request: pb.LiftSuppressionRequest, context) -> pb.LiftSuppressionResponse:
         lifted = await self.privacy.lift(current_tenant(), [(i.type, i.value) for i in request.identities])
         return pb.LiftSuppressionResponse(lifted_count=lifted)
+
+    async def TrainMatchModel(self, request: pb.TrainMatchModelRequest, context):
+        tenant = current_tenant()
+        ruleset = (await self.service.config(tenant)).ruleset
+        rule = ruleset.probabilistic_rule.name if ruleset.probabilistic_rule else ""
+        async for step in self.models.train(tenant):
+            if isinstance(step, TrainingProgress):
+                yield pb.TrainMatchModelResponse(phase=step.phase, records=step.records,
+                                                 blocked_pairs=step.blocked_pairs, ruleset_version=ruleset.version,
+                                                 rule=rule)
+            else:
+                yield pb.TrainMatchModelResponse(
+                    phase="DONE", records=step.summary["records"], blocked_pairs=step.summary["blocked_pairs"],
+                    model_version=step.version, ruleset_version=step.ruleset_version, rule=step.model.rule,
+                    prior=step.model.prior)
+
+    async def ExplainMatch(self, request: pb.ExplainMatchRequest, context) -> pb.ExplainMatchResponse:
+        found = await self.models.explain(
+            current_tenant(), [[(i.type, i.value) for i in s.identities] for s in request.subjects],
+            [_attributes(s) for s in request.subjects], request.model_version)
+        return pb.ExplainMatchResponse(
+            rule=found.rule, model_version=found.model_version, score=found.score, prior_weight=found.prior_weight,
+            match_probability=found.probability, match_weight_threshold=found.threshold,
+            matched=found.score >= found.threshold,
+            fields=[pb.FieldExplanation(field=f.field, level=f.level_name, level_index=f.level, weight=f.weight)
+                    for f in found.fields])
+
+    async def GetMatchModel(self, request: pb.GetMatchModelRequest, context) -> pb.GetMatchModelResponse:
+        view = await self.models.get(current_tenant(), request.version)
+        weights = view.model.weights()
+        fields = [pb.FieldModel(field=f.name, levels=[
+            pb.LevelModel(level=name, m=m, u=u, weight=w)
+            for name, m, u, w in zip(f.levels(), view.model.m[i], view.model.u[i], weights[i])])
+            for i, f in enumerate(view.fields)]
+        return pb.GetMatchModelResponse(model=pb.MatchModel(
+            version=view.model.version, ruleset_version=view.ruleset_version, rule=view.model.rule,
+            prior=view.model.prior, fields=fields, records=view.summary.get("records", 0),
+            blocked_pairs=view.summary.get("blocked_pairs", 0), create_time=_timestamp(view.created_at)))

@@ -110,3 +110,20 @@ def pairwise(predicted: dict[str, str], truth: dict[str, str]) -> Accuracy:
     recall = tp / true_pairs if true_pairs else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return Accuracy(precision, recall, f1, len(set(predicted.values())), len(set(truth.values())))
+
+
+def _probabilistic(fields, blocking, threshold=None) -> dict:
+    return {"fields": [(kind, name, comparison, []) for kind, name, comparison in fields],
+            "blocking": blocking, "threshold": 4.0 if threshold is None else threshold}
+
+
+# The probabilistic rules of the bench and the tests: the fields each data set has, compared by their kind, and
+# blocking rules loose enough to find nearly every true pair (the model weighs what the blocking lets through).
+FAKE_PROBABILISTIC = ("probabilistic", [], _probabilistic(
+    [("attribute", "first_name", "TEXT"), ("attribute", "last_name", "TEXT"), ("attribute", "date_of_birth", "DATE"),
+     ("attribute", "city", "EXACT"), ("identity", "email", "EMAIL")],
+    [["first_name"], ["last_name"], ["date_of_birth"], ["email"]]))
+HIST_PROBABILISTIC = ("probabilistic", [], _probabilistic(
+    [("attribute", "first_name", "TEXT"), ("attribute", "last_name", "TEXT"), ("attribute", "date_of_birth", "DATE"),
+     ("attribute", "postal_code", "TEXT"), ("attribute", "birth_place", "EXACT"), ("attribute", "occupation", "EXACT")],
+    [["first_name", "last_name"], ["last_name", "date_of_birth"], ["first_name", "date_of_birth"], ["postal_code"]]))

@@ -7,6 +7,8 @@ clusters are the unified ids. Splink: its documented dedupe recipe (u by random 
 blockings, predict at 0.2, clusters at 0.5, as in its tutorials). Both are scored by pairwise precision, recall and F1 against the
 `cluster` column; a RunRuleset over the stored records is timed and scored too.
 Then ResolveIdentities latency at concurrency 1 with 100,000 individuals loaded.
+The probabilistic rows: the data set's probabilistic rule alone and with the deterministic rules, trained with
+TrainMatchModel's use case on the loaded records and applied by RunRuleset (hist50k_rerun_s times that re-run).
 The last line is the summary.
 """
 
@@ -27,6 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "protos"), str(ROOT / "tests" / "bench")]
 import _identity_data as data
 
 import services.identity.server as server_module
+from services.identity.match_models import MatchModels
 from services.identity.matching import IdentityType
 from services.identity.postgres import PostgresRepository
 from services.identity.server import SCHEMA
@@ -73,6 +76,32 @@ async def ours(service: IdentityService, rows: list[data.Row], rules, custom, em
         after.update({row.record_id: r.individual_id for row, r in zip(batch, found)})
     rerun = data.pairwise(after, {r.record_id: r.cluster for r in rows})
     return accuracy, seconds, rerun, rerun_seconds
+
+
+async def ours_probabilistic(service: IdentityService, models: MatchModels, rows: list[data.Row], rules, custom,
+                             email_unique: bool):
+    """A ruleset with a probabilistic rule: every record resolved in real time (the rule matches nothing before it is
+    trained), TrainMatchModel, then RunRuleset with the model. Returns (accuracy, train seconds, re-run seconds)."""
+    tenant = f"bench_{uuid.uuid4().hex[:8]}"
+    if not email_unique:
+        await service.upsert_identity_type(tenant, IdentityType("email", False, "EMAIL"))
+    await service.create_ruleset(tenant, rules, custom)
+    for i in range(0, len(rows), BATCH):
+        batch = rows[i:i + BATCH]
+        await service.resolve(tenant, [r.identities for r in batch], lookup_only=False,
+                              attributes=[r.attributes for r in batch])
+    start = time.perf_counter()
+    _ = [step async for step in models.train(tenant)]
+    train_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    _ = [step async for step in service.run_ruleset(tenant)]
+    rerun_seconds = time.perf_counter() - start
+    after: dict[str, str] = {}
+    for i in range(0, len(rows), BATCH):
+        batch = rows[i:i + BATCH]
+        found = await service.resolve(tenant, [r.identities for r in batch], lookup_only=True)
+        after.update({row.record_id: r.individual_id for row, r in zip(batch, found)})
+    return data.pairwise(after, {r.record_id: r.cluster for r in rows}), train_seconds, rerun_seconds
 
 
 def splink_run(table, comparisons, training_blocks, prediction_blocks):
@@ -159,11 +188,21 @@ async def main() -> None:
     pg.start()
     try:
         pool = await prepare_schema(pg.admin_dsn, SCHEMA, server_module.__file__)
-        service = IdentityService(PostgresRepository(pool), settings=Settings())
+        repository = PostgresRepository(pool)
+        service = IdentityService(repository, settings=Settings())
+        models = MatchModels(repository, service)
         fake_rows, hist_rows = data.load_fake_1000(), data.load_hist_50k()
         fake_ours, fake_ours_s, fake_rerun, fake_rerun_s = await ours(service, fake_rows, data.FAKE_RULES, [], email_unique=False)
+        fake_prob, fake_prob_train_s, fake_prob_s = await ours_probabilistic(
+            service, models, fake_rows, [data.FAKE_PROBABILISTIC], [], False)
+        fake_mixed, fake_mixed_train_s, fake_mixed_s = await ours_probabilistic(
+            service, models, fake_rows, data.FAKE_RULES + [data.FAKE_PROBABILISTIC], [], False)
         fake_splink, fake_splink_s = splink_fake_1000()
         hist_ours, hist_ours_s, hist_rerun, hist_rerun_s = await ours(service, hist_rows, data.HIST_RULES, data.HIST_CUSTOM_ATTRIBUTES, True)
+        hist_prob, hist_prob_train_s, hist_prob_s = await ours_probabilistic(
+            service, models, hist_rows, [data.HIST_PROBABILISTIC], data.HIST_CUSTOM_ATTRIBUTES, True)
+        hist_mixed, hist_mixed_train_s, hist_mixed_s = await ours_probabilistic(
+            service, models, hist_rows, data.HIST_RULES + [data.HIST_PROBABILISTIC], data.HIST_CUSTOM_ATTRIBUTES, True)
         hist_splink, hist_splink_s = splink_hist_50k()
         latency = await resolve_latency(service)
         await pool.close()
@@ -175,17 +214,28 @@ async def main() -> None:
     _row("fake_1000", "ours", fake_ours, fake_ours_s, fake_splink_s)
     _row("fake_1000", "splink", fake_splink, fake_splink_s, fake_splink_s)
     _row("fake_1000", "rerun", fake_rerun, fake_rerun_s, fake_splink_s)
+    _row("fake_1000", "prob", fake_prob, fake_prob_s, fake_splink_s)
+    _row("fake_1000", "mixed", fake_mixed, fake_mixed_s, fake_splink_s)
     _row("hist_50k", "ours", hist_ours, hist_ours_s, hist_splink_s)
     _row("hist_50k", "splink", hist_splink, hist_splink_s, hist_splink_s)
     _row("hist_50k", "rerun", hist_rerun, hist_rerun_s, hist_splink_s)
+    _row("hist_50k", "prob", hist_prob, hist_prob_s, hist_splink_s)
+    _row("hist_50k", "mixed", hist_mixed, hist_mixed_s, hist_splink_s)
     print("ours = real-time ResolveIdentities of every record (batches of 1,000); rerun = RunRuleset over the same "
-          "stored records afterwards (blocks over TAILOR_IDENTITY_MAX_BLOCK are capped in a different order)")
+          "stored records afterwards (blocks over TAILOR_IDENTITY_MAX_BLOCK are capped in a different order); "
+          "prob = the probabilistic rule alone, mixed = with the deterministic rules: records loaded in real time, "
+          "TrainMatchModel, then RunRuleset (seconds: the re-run)")
+    print(f"TrainMatchModel seconds: fake_1000 {fake_prob_train_s:.2f} (mixed {fake_mixed_train_s:.2f}), "
+          f"hist_50k {hist_prob_train_s:.2f} (mixed {hist_mixed_train_s:.2f}); Splink's seconds include its training")
     p50, p99 = percentile(latency, 50), percentile(latency, 99)
     print(f"ResolveIdentities (known email + device, {LOADED:,} individuals loaded, concurrency 1, "
           f"{len(latency)} calls): p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 <= 5 ms)")
     print(f"fake1000_f1_ours={fake_ours.f1:.4f} fake1000_f1_splink={fake_splink.f1:.4f} "
           f"hist50k_f1_ours={hist_ours.f1:.4f} hist50k_f1_splink={hist_splink.f1:.4f} "
-          f"hist50k_s_ours={hist_ours_s:.2f} hist50k_s_splink={hist_splink_s:.2f} resolve_p99_ms={p99:.2f}")
+          f"hist50k_s_ours={hist_ours_s:.2f} hist50k_s_splink={hist_splink_s:.2f} resolve_p99_ms={p99:.2f} "
+          f"fake1000_f1_prob={fake_prob.f1:.4f} fake1000_f1_mixed={fake_mixed.f1:.4f} "
+          f"hist50k_f1_prob={hist_prob.f1:.4f} hist50k_f1_mixed={hist_mixed.f1:.4f} "
+          f"hist50k_rerun_s={hist_prob_s:.2f} hist50k_train_s={hist_prob_train_s:.2f}")
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@ Re-runs and unmerges are tested on their pure planners (plan_rerun, plan_unmerge
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from services.identity.matching import BUILT_IN_TYPES, IdentityType, Record, Ruleset
 from services.identity.model import Key, MergeRecord
+from services.identity.probabilistic import MatchModel
 from services.identity.repository import (
     IndividualView,
     MergeEventView,
@@ -64,6 +65,7 @@ class FakeRepository:
         self.propagated: dict[str, set[int]] = {}
         self.types: dict[tuple[str, str], IdentityType] = {}
         self.rulesets: dict[tuple[str, int], Ruleset] = {}
+        self.models: dict[tuple[str, int], tuple[int, MatchModel, dict]] = {}
         self.resolve_calls = 0
         self.lookup_calls = 0
         self.config_loads = 0
@@ -150,6 +152,23 @@ class FakeRepository:
             created_at=self.individuals[(tenant, survivor)].created_at,
             record_count=self.individuals[(tenant, survivor)].record_count,
         )
+
+    async def load_match_model(self, tenant: str, ruleset_version: int, rule: str) -> MatchModel | None:
+        found = [(v, m) for (t, v), (rv, m, _) in self.models.items() if t == tenant and rv == ruleset_version
+                 and m.rule == rule]
+        return max(found, key=lambda x: x[0])[1] if found else None
+
+    async def get_match_model(self, tenant: str, version: int) -> tuple[MatchModel, int, dict, datetime] | None:
+        found = self.models.get((tenant, version))
+        return None if found is None else (found[1], found[0], found[2], self.clock())
+
+    async def store_match_model(self, tenant: str, ruleset_version: int, model: MatchModel, summary: dict) -> int:
+        version = 1 + max((v for t, v in self.models if t == tenant), default=0)
+        self.models[(tenant, version)] = (ruleset_version, replace(model, version=version), summary)
+        return version
+
+    async def source_records(self, tenant: str) -> list[Record]:
+        return [s.record for (t, _), s in self.records.items() if t == tenant]
 
     async def load_config(self, tenant: str) -> tuple[list[IdentityType], Ruleset | None]:
         self.config_loads += 1

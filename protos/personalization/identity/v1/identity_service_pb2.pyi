@@ -49,6 +49,14 @@ class MergeEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MERGE_EVENT_KIND_MERGE: _ClassVar[MergeEventKind]
     MERGE_EVENT_KIND_UNMERGE: _ClassVar[MergeEventKind]
     MERGE_EVENT_KIND_REFUSED: _ClassVar[MergeEventKind]
+
+class FieldComparison(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FIELD_COMPARISON_UNSPECIFIED: _ClassVar[FieldComparison]
+    FIELD_COMPARISON_TEXT: _ClassVar[FieldComparison]
+    FIELD_COMPARISON_EXACT: _ClassVar[FieldComparison]
+    FIELD_COMPARISON_DATE: _ClassVar[FieldComparison]
+    FIELD_COMPARISON_EMAIL: _ClassVar[FieldComparison]
 NORMALIZATION_UNSPECIFIED: Normalization
 NORMALIZATION_TRIM: Normalization
 NORMALIZATION_TRIM_LOWERCASE: Normalization
@@ -71,6 +79,11 @@ MERGE_EVENT_KIND_UNSPECIFIED: MergeEventKind
 MERGE_EVENT_KIND_MERGE: MergeEventKind
 MERGE_EVENT_KIND_UNMERGE: MergeEventKind
 MERGE_EVENT_KIND_REFUSED: MergeEventKind
+FIELD_COMPARISON_UNSPECIFIED: FieldComparison
+FIELD_COMPARISON_TEXT: FieldComparison
+FIELD_COMPARISON_EXACT: FieldComparison
+FIELD_COMPARISON_DATE: FieldComparison
+FIELD_COMPARISON_EMAIL: FieldComparison
 
 class ListUnpropagatedMergeEventsRequest(_message.Message):
     __slots__ = ("page_size", "min_age_seconds")
@@ -217,12 +230,14 @@ class MatchCriterion(_message.Message):
     def __init__(self, identity_type: _Optional[str] = ..., attribute: _Optional[str] = ..., method: _Optional[_Union[MatchMethod, str]] = ..., precision: _Optional[_Union[FuzzyPrecision, str]] = ...) -> None: ...
 
 class MatchRule(_message.Message):
-    __slots__ = ("name", "criteria")
+    __slots__ = ("name", "criteria", "probabilistic")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CRITERIA_FIELD_NUMBER: _ClassVar[int]
+    PROBABILISTIC_FIELD_NUMBER: _ClassVar[int]
     name: str
     criteria: _containers.RepeatedCompositeFieldContainer[MatchCriterion]
-    def __init__(self, name: _Optional[str] = ..., criteria: _Optional[_Iterable[_Union[MatchCriterion, _Mapping]]] = ...) -> None: ...
+    probabilistic: ProbabilisticMatch
+    def __init__(self, name: _Optional[str] = ..., criteria: _Optional[_Iterable[_Union[MatchCriterion, _Mapping]]] = ..., probabilistic: _Optional[_Union[ProbabilisticMatch, _Mapping]] = ...) -> None: ...
 
 class Ruleset(_message.Message):
     __slots__ = ("version", "rules", "custom_attributes", "create_time")
@@ -307,7 +322,7 @@ class UnmergeResponse(_message.Message):
     def __init__(self, unified_individual_id: _Optional[str] = ..., survivor_individual_id: _Optional[str] = ..., identities: _Optional[_Iterable[_Union[_common_pb2.Identity, _Mapping]]] = ..., alias_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MergeEvent(_message.Message):
-    __slots__ = ("event_id", "kind", "survivor_individual_id", "other_individual_id", "rule", "evidence", "reason", "event_time")
+    __slots__ = ("event_id", "kind", "survivor_individual_id", "other_individual_id", "rule", "evidence", "reason", "event_time", "model_version")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SURVIVOR_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -316,6 +331,7 @@ class MergeEvent(_message.Message):
     EVIDENCE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     kind: MergeEventKind
     survivor_individual_id: str
@@ -324,7 +340,8 @@ class MergeEvent(_message.Message):
     evidence: _containers.RepeatedCompositeFieldContainer[_common_pb2.Identity]
     reason: str
     event_time: _timestamp_pb2.Timestamp
-    def __init__(self, event_id: _Optional[str] = ..., kind: _Optional[_Union[MergeEventKind, str]] = ..., survivor_individual_id: _Optional[str] = ..., other_individual_id: _Optional[str] = ..., rule: _Optional[str] = ..., evidence: _Optional[_Iterable[_Union[_common_pb2.Identity, _Mapping]]] = ..., reason: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    model_version: int
+    def __init__(self, event_id: _Optional[str] = ..., kind: _Optional[_Union[MergeEventKind, str]] = ..., survivor_individual_id: _Optional[str] = ..., other_individual_id: _Optional[str] = ..., rule: _Optional[str] = ..., evidence: _Optional[_Iterable[_Union[_common_pb2.Identity, _Mapping]]] = ..., reason: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class ListMergeEventsRequest(_message.Message):
     __slots__ = ("unified_individual_id", "page_size", "page_token")
@@ -401,3 +418,145 @@ class ExportIndividualResponse(_message.Message):
     JSON_FIELD_NUMBER: _ClassVar[int]
     json: str
     def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class ComparedField(_message.Message):
+    __slots__ = ("identity_type", "attribute", "comparison", "fuzzy_thresholds")
+    IDENTITY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTE_FIELD_NUMBER: _ClassVar[int]
+    COMPARISON_FIELD_NUMBER: _ClassVar[int]
+    FUZZY_THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
+    identity_type: str
+    attribute: str
+    comparison: FieldComparison
+    fuzzy_thresholds: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, identity_type: _Optional[str] = ..., attribute: _Optional[str] = ..., comparison: _Optional[_Union[FieldComparison, str]] = ..., fuzzy_thresholds: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class BlockingRule(_message.Message):
+    __slots__ = ("fields",)
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, fields: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ProbabilisticMatch(_message.Message):
+    __slots__ = ("fields", "blocking_rules", "match_weight_threshold")
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    BLOCKING_RULES_FIELD_NUMBER: _ClassVar[int]
+    MATCH_WEIGHT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    fields: _containers.RepeatedCompositeFieldContainer[ComparedField]
+    blocking_rules: _containers.RepeatedCompositeFieldContainer[BlockingRule]
+    match_weight_threshold: float
+    def __init__(self, fields: _Optional[_Iterable[_Union[ComparedField, _Mapping]]] = ..., blocking_rules: _Optional[_Iterable[_Union[BlockingRule, _Mapping]]] = ..., match_weight_threshold: _Optional[float] = ...) -> None: ...
+
+class TrainMatchModelRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TrainMatchModelResponse(_message.Message):
+    __slots__ = ("phase", "records", "blocked_pairs", "model_version", "ruleset_version", "rule", "prior")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_PAIRS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RULESET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    PRIOR_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    records: int
+    blocked_pairs: int
+    model_version: int
+    ruleset_version: int
+    rule: str
+    prior: float
+    def __init__(self, phase: _Optional[str] = ..., records: _Optional[int] = ..., blocked_pairs: _Optional[int] = ..., model_version: _Optional[int] = ..., ruleset_version: _Optional[int] = ..., rule: _Optional[str] = ..., prior: _Optional[float] = ...) -> None: ...
+
+class ExplainMatchRequest(_message.Message):
+    __slots__ = ("subjects", "model_version")
+    SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    subjects: _containers.RepeatedCompositeFieldContainer[Subject]
+    model_version: int
+    def __init__(self, subjects: _Optional[_Iterable[_Union[Subject, _Mapping]]] = ..., model_version: _Optional[int] = ...) -> None: ...
+
+class FieldExplanation(_message.Message):
+    __slots__ = ("field", "level", "level_index", "weight")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_INDEX_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    level: str
+    level_index: int
+    weight: float
+    def __init__(self, field: _Optional[str] = ..., level: _Optional[str] = ..., level_index: _Optional[int] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class ExplainMatchResponse(_message.Message):
+    __slots__ = ("rule", "model_version", "score", "prior_weight", "match_probability", "match_weight_threshold", "matched", "fields")
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    PRIOR_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MATCH_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    MATCH_WEIGHT_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    rule: str
+    model_version: int
+    score: float
+    prior_weight: float
+    match_probability: float
+    match_weight_threshold: float
+    matched: bool
+    fields: _containers.RepeatedCompositeFieldContainer[FieldExplanation]
+    def __init__(self, rule: _Optional[str] = ..., model_version: _Optional[int] = ..., score: _Optional[float] = ..., prior_weight: _Optional[float] = ..., match_probability: _Optional[float] = ..., match_weight_threshold: _Optional[float] = ..., matched: _Optional[bool] = ..., fields: _Optional[_Iterable[_Union[FieldExplanation, _Mapping]]] = ...) -> None: ...
+
+class GetMatchModelRequest(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
+
+class LevelModel(_message.Message):
+    __slots__ = ("level", "m", "u", "weight")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    M_FIELD_NUMBER: _ClassVar[int]
+    U_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    level: str
+    m: float
+    u: float
+    weight: float
+    def __init__(self, level: _Optional[str] = ..., m: _Optional[float] = ..., u: _Optional[float] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class FieldModel(_message.Message):
+    __slots__ = ("field", "levels")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    levels: _containers.RepeatedCompositeFieldContainer[LevelModel]
+    def __init__(self, field: _Optional[str] = ..., levels: _Optional[_Iterable[_Union[LevelModel, _Mapping]]] = ...) -> None: ...
+
+class MatchModel(_message.Message):
+    __slots__ = ("version", "ruleset_version", "rule", "prior", "fields", "records", "blocked_pairs", "create_time")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RULESET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    PRIOR_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_PAIRS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    ruleset_version: int
+    rule: str
+    prior: float
+    fields: _containers.RepeatedCompositeFieldContainer[FieldModel]
+    records: int
+    blocked_pairs: int
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, version: _Optional[int] = ..., ruleset_version: _Optional[int] = ..., rule: _Optional[str] = ..., prior: _Optional[float] = ..., fields: _Optional[_Iterable[_Union[FieldModel, _Mapping]]] = ..., records: _Optional[int] = ..., blocked_pairs: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetMatchModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: MatchModel
+    def __init__(self, model: _Optional[_Union[MatchModel, _Mapping]] = ...) -> None: ...

@@ -110,6 +110,21 @@ class IdentityServiceStub:
                 request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.LiftSuppressionRequest.SerializeToString,
                 response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.LiftSuppressionResponse.FromString,
                 _registered_method=True)
+        self.TrainMatchModel = channel.unary_stream(
+                '/personalization.identity.v1.IdentityService/TrainMatchModel',
+                request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.TrainMatchModelRequest.SerializeToString,
+                response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.TrainMatchModelResponse.FromString,
+                _registered_method=True)
+        self.ExplainMatch = channel.unary_unary(
+                '/personalization.identity.v1.IdentityService/ExplainMatch',
+                request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ExplainMatchRequest.SerializeToString,
+                response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ExplainMatchResponse.FromString,
+                _registered_method=True)
+        self.GetMatchModel = channel.unary_unary(
+                '/personalization.identity.v1.IdentityService/GetMatchModel',
+                request_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.GetMatchModelRequest.SerializeToString,
+                response_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.GetMatchModelResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServiceServicer:
@@ -238,6 +253,35 @@ class IdentityServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrainMatchModel(self, request, context):
+        """Trains the model of the active ruleset's probabilistic rule on the tenant's source records (u by random
+        sampling, m by expectation-maximisation), streaming progress; the model is stored as the next version and
+        scores new data at once (older records at the next RunRuleset).
+        Errors: FAILED_PRECONDITION (NO_PROBABILISTIC_RULE, TOO_FEW_RECORDS, NO_BLOCKED_PAIRS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainMatch(self, request, context):
+        """Explains how the probabilistic rule scores a pair of subjects: each field's agreement level and weight (the
+        prior weight and the field weights add up to the score). Errors: INVALID_ARGUMENT (not exactly two subjects,
+        bad identities or attributes, negative version), NOT_FOUND (no such model version), FAILED_PRECONDITION
+        (NO_PROBABILISTIC_RULE, MODEL_NOT_TRAINED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMatchModel(self, request, context):
+        """Returns a trained match model (the active one or a given version): m, u and weight of every level of every field.
+        Errors: INVALID_ARGUMENT (negative version), NOT_FOUND (no such version), FAILED_PRECONDITION (no probabilistic
+        rule or no trained model, for the active one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -315,6 +359,21 @@ def add_IdentityServiceServicer_to_server(servicer, server):
                     servicer.LiftSuppression,
                     request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.LiftSuppressionRequest.FromString,
                     response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.LiftSuppressionResponse.SerializeToString,
+            ),
+            'TrainMatchModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.TrainMatchModel,
+                    request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.TrainMatchModelRequest.FromString,
+                    response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.TrainMatchModelResponse.SerializeToString,
+            ),
+            'ExplainMatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainMatch,
+                    request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ExplainMatchRequest.FromString,
+                    response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.ExplainMatchResponse.SerializeToString,
+            ),
+            'GetMatchModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMatchModel,
+                    request_deserializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.GetMatchModelRequest.FromString,
+                    response_serializer=personalization_dot_identity_dot_v1_dot_identity__service__pb2.GetMatchModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -723,6 +782,87 @@ class IdentityService:
             '/personalization.identity.v1.IdentityService/LiftSuppression',
             personalization_dot_identity_dot_v1_dot_identity__service__pb2.LiftSuppressionRequest.SerializeToString,
             personalization_dot_identity_dot_v1_dot_identity__service__pb2.LiftSuppressionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrainMatchModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/personalization.identity.v1.IdentityService/TrainMatchModel',
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.TrainMatchModelRequest.SerializeToString,
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.TrainMatchModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainMatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.identity.v1.IdentityService/ExplainMatch',
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.ExplainMatchRequest.SerializeToString,
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.ExplainMatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMatchModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.identity.v1.IdentityService/GetMatchModel',
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.GetMatchModelRequest.SerializeToString,
+            personalization_dot_identity_dot_v1_dot_identity__service__pb2.GetMatchModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,104 @@
+"""Probabilistic rules, pure: levels (one by one, at once, and as Splink's SQL computes them), scores, blocking."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from services.identity import matching
+from services.identity import probabilistic as fs
+from services.identity.matching import Record, Rule, Ruleset
+from services.identity.probabilistic import CompareField, MatchModel, Probabilistic
+from services.identity.training import _comparison, _table
+from tests.bench import _identity_data as data
+
+FIELDS = (CompareField("attribute", "first_name"), CompareField("attribute", "last_name", fs.TEXT, (0.95, 0.8)),
+          CompareField("attribute", "date_of_birth", fs.DATE), CompareField("attribute", "city", fs.EXACT),
+          CompareField("identity", "email", fs.EMAIL))
+SPEC = Probabilistic(FIELDS, (("first_name",), ("last_name", "date_of_birth")), 1.0)
+MODEL = MatchModel(1, "p", 0.01, tuple((0.9,) + (0.05,) * (len(f.levels()) - 1) for f in FIELDS),
+                   tuple((0.01,) + (0.99,) * (len(f.levels()) - 1) for f in FIELDS))
+
+
+def record(email=None, **attributes) -> Record:
+    return Record({"email": [email]} if email else {}, {k: v for k, v in attributes.items() if v})
+
+
+def test_levels_are_the_same_one_by_one_and_at_once():
+    rng = random.Random(7)
+    words = ["jonathan", "jonathon", "john", "smith", "smyth", "1984-01-02", "1984-02-01", "1985-01-02", "x@a.io",
+             "x@b.io", "y@a.io", "1984-1-2", "", "jon"]
+    left = [rng.choice(words) or None for _ in range(3000)]
+    right = [rng.choice(words) or None for _ in range(3000)]
+    for f in FIELDS:
+        at_once = fs._column_levels(f, left, right)
+        one_by_one = [fs.best_level(f, [a] if a else [], [b] if b else []) for a, b in zip(left, right)]
+        assert at_once.tolist() == one_by_one, f
+
+
+def test_levels_match_splinks_sql_on_fake_1000():
+    """Training puts pairs in levels with Splink's SQL, scoring with ours: both must agree on every pair."""
+    from splink import DuckDBAPI, Linker, SettingsCreator, block_on
+
+    rows = data.load_fake_1000()
+    records = [Record({t: [v.strip().lower()] for t, v in r.identities}, r.attributes) for r in rows]
+    values = [[matching.field_values(r, f) for f in FIELDS] for r in records]
+    settings = SettingsCreator(link_type="dedupe_only", comparisons=[_comparison(i, f) for i, f in enumerate(FIELDS)],
+                               blocking_rules_to_generate_predictions=[block_on("f0"), block_on("f1")],
+                               retain_intermediate_calculation_columns=True)
+    db_api = DuckDBAPI()
+    linker = Linker(db_api.register(_table(SPEC, [[vs[0] if vs else None for vs in row] for row in values])),
+                    settings, log_level=40)
+    pairs = linker.inference.predict().as_record_list()
+    assert len(pairs) > 1000
+    for p in pairs:
+        a, b = p["unique_id_l"], p["unique_id_r"]
+        theirs = [p[f"gamma_f{i}"] for i in range(len(FIELDS))]
+        # Splink numbers levels from the else level up (0 = else, highest = exact); ours from exact down.
+        ours = [fs.best_level(f, values[a][i], values[b][i]) for i, f in enumerate(FIELDS)]
+        assert [-1 if x == fs.NULL else len(f.levels()) - 1 - x for x, f in zip(ours, FIELDS)] == theirs, (a, b)
+
+
+def test_the_score_is_the_prior_weight_plus_the_field_weights_and_blanks_weigh_nothing():
+    ada = record("ada@x.io", first_name="Ada", last_name="Lovelace", date_of_birth="1815-12-10", city="London")
+    typo = record(None, first_name="Adda", last_name="Lovelace", date_of_birth="1815-12-01", city="")
+    score, parts = matching.explain_pair(SPEC, MODEL, ada, typo)
+    assert [(f.name, level) for f, level, _ in parts] == [
+        ("first_name", 1), ("last_name", 0), ("date_of_birth", 1), ("city", fs.NULL), ("email", fs.NULL)]
+    assert score == pytest.approx(MODEL.prior_weight + sum(w for _, _, w in parts))
+    assert parts[3][2] == parts[4][2] == 0.0
+    values = [[matching.field_values(r, f) for f in FIELDS] for r in (ada, typo)]
+    at_once = fs.pair_scores(SPEC, MODEL, values, np.array([0]), np.array([1]))
+    assert at_once[0] == pytest.approx(score)
+
+
+def test_a_probabilistic_rule_holds_from_its_threshold_and_never_without_a_model():
+    a = record(None, first_name="Ada", last_name="Lovelace")
+    b = record(None, first_name="Ada", last_name="Lovelace")
+    c = record(None, first_name="Ada", last_name="Babbage")
+    rule = Rule("p", (), SPEC, MODEL)
+    assert matching.rule_holds(rule, a, b) and not matching.rule_holds(rule, a, c)
+    assert not matching.rule_holds(Rule("p", (), SPEC), a, b)
+    assert matching.evidence(rule, a, b) == [("attribute:first_name", "ada"), ("attribute:last_name", "lovelace")]
+
+
+def test_blank_blocking_fields_give_no_block_key_and_the_other_blocking_rules_still_do():
+    ruleset = Ruleset(3, (Rule("p", (), SPEC),))
+    assert len(matching.block_keys(ruleset, record(None, first_name="Ada", last_name="Lee",
+                                                    date_of_birth="1990-01-01"))) == 2
+    assert len(matching.block_keys(ruleset, record(None, first_name="Ada", last_name="Lee"))) == 1
+    assert matching.block_keys(ruleset, record(None, last_name="Lee")) == []
+
+
+def test_the_prior_is_the_expected_share_of_matches_among_all_pairs():
+    # 100 pairs sure to match (weight +30) and 900 sure not to (-30), among 1,000,000 pairs in all.
+    scores = np.array([30.0] * 100 + [-30.0] * 900)
+    assert fs.estimate_prior(scores, 0.0, 1e6) == pytest.approx(100 / 1e6, rel=1e-3)
+
+
+def test_a_ruleset_with_a_probabilistic_rule_round_trips_through_its_stored_body():
+    ruleset = Ruleset(2, (Rule("email", (matching.Criterion("identity", "email", matching.EXACT),)), Rule("p", (), SPEC)))
+    again = Ruleset.from_json(2, ruleset.to_json(), None)
+    assert again == ruleset and again.probabilistic_rule == ruleset.rules[1]
