@@ -20,6 +20,7 @@ from services.gateway.pipeline.apply import Pipeline, Plan
 from services.gateway.postgres import INBOX_CHANNEL
 from services.gateway.postgres_inbox import InboxRow, InboxStore
 from shared import context as ctx
+from shared import contract
 from shared.log import get_logger
 from shared.settings import env_float, env_int
 
@@ -36,6 +37,9 @@ CONTENT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PR
 # Anything else (INTERNAL, UNKNOWN, a deadline, ...) is retried with backoff up to max_attempts once isolated.
 # A deadline is first taken for a slow service (infra) this many times in a row before it is suspected.
 DEADLINE_STRIKES = 2
+# A chunk's payloads stay under three quarters of the contract's message limit (the rest is room for the request's
+# own fields); one event, at most contract.MAX_EVENT_BYTES, always fits.
+CHUNK_BYTES = contract.MAX_MESSAGE_BYTES * 3 // 4
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ class WorkerSettings:
     lease_seconds: float = 5.0      # a dead worker's partitions move to the others within this time
     tenant_take: int = 500          # at most this many of one tenant's events in flight in one worker
     chunk_events: int = 500         # events per Identify/Update round trip
-    chunk_bytes: int = 3 << 20      # and at most this many payload bytes, so no request nears a 4 MB limit
+    chunk_bytes: int = CHUNK_BYTES  # and at most this many payload bytes, so no request nears the message limit
     concurrency: int = 8            # tenants processed at once
     max_attempts: int = 5           # attempts of an isolated failing event before it is dead-lettered
     idle_seconds: float = 1.0       # polling interval when no NOTIFY arrives
@@ -56,7 +60,8 @@ class WorkerSettings:
             lease_seconds=env_float("TAILOR_PIPELINE_LEASE_SECONDS", 5.0, minimum=0.5),
             tenant_take=env_int("TAILOR_PIPELINE_TENANT_TAKE", 500, minimum=1, maximum=10_000),
             chunk_events=env_int("TAILOR_PIPELINE_CHUNK_EVENTS", 500, minimum=1, maximum=1000),
-            chunk_bytes=env_int("TAILOR_PIPELINE_CHUNK_BYTES", 3 << 20, minimum=1 << 16, maximum=3 << 20),
+            chunk_bytes=env_int("TAILOR_PIPELINE_CHUNK_BYTES", CHUNK_BYTES, minimum=contract.MAX_EVENT_BYTES,
+                                maximum=CHUNK_BYTES),
             concurrency=env_int("TAILOR_PIPELINE_CONCURRENCY", 8, minimum=1, maximum=64),
             max_attempts=env_int("TAILOR_GATEWAY_MAX_ATTEMPTS", 5, minimum=1),
         )
