@@ -131,6 +131,7 @@ class PartitionWorker:
         self.wake = asyncio.Event()
         self.stopping = False
         self._listener: asyncpg.Connection | None = None
+        self._renewed_at = -math.inf
 
     # ---- the loops ------------------------------------------------------------------------------------------
 
@@ -175,7 +176,15 @@ class PartitionWorker:
             log.info("pipeline_partitions", worker=self.worker_id, partitions=len(held))
             self.wake.set()
         self.partitions = held
+        self._renewed_at = time.monotonic()
         return held
+
+    def held(self) -> list[int]:
+        """The partitions to take from: none once the leases may have expired unrenewed (another worker may hold
+        them by now), until the next renewal."""
+        if time.monotonic() - self._renewed_at > self.settings.lease_seconds:
+            return []
+        return self.partitions
 
     async def _lease_loop(self) -> None:
         while not self.stopping:
@@ -203,7 +212,7 @@ class PartitionWorker:
         while not self.stopping:
             self.wake.clear()
             started = 0
-            if self.partitions and len(self.tasks) < self.settings.concurrency:
+            if self.held() and len(self.tasks) < self.settings.concurrency:
                 try:
                     started = await self.take_once()
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
@@ -229,8 +238,9 @@ class PartitionWorker:
         """Takes pending work of idle tenants and starts a task per tenant; returns how many tasks started."""
         now = time.monotonic()
         waiting = [t for t, s in self.tenants.items() if s.backoff_until > now]
-        per_pair = max(16, math.ceil(self.settings.tenant_take / max(len(self.partitions), 1)))
-        rows = await self.store.take(self.partitions, [*self.tasks, *waiting], per_pair)
+        partitions = self.held()
+        per_pair = max(16, math.ceil(self.settings.tenant_take / max(len(partitions), 1)))
+        rows = await self.store.take(partitions, [*self.tasks, *waiting], per_pair)
         by_tenant: dict[str, list[InboxRow]] = {}
         for row in rows:
             by_tenant.setdefault(row.tenant_id, []).append(row)
