@@ -35,7 +35,8 @@ DEFAULT_THRESHOLD = 4.0
 MAX_FIELDS = 20
 MAX_BLOCKING_RULES = 10
 MAX_LEVELS = 10
-_DATE = re.compile(r"(\d{4})\D(\d{1,2})\D(\d{1,2})")
+# Year, month, day with any separators, or eight digits YYYYMMDD.
+_DATE = re.compile(r"(\d{4})\D(\d{1,2})\D(\d{1,2})|(\d{4})(\d{2})(\d{2})")
 
 
 @dataclass(frozen=True)
@@ -135,12 +136,13 @@ def _weight(m: float, u: float) -> float:
 
 @lru_cache(maxsize=262_144)
 def parse_date(value: str) -> int | None:
-    """Days since 0001-01-01 of a date written year, month, day (any separators), or None."""
+    """Days since 0001-01-01 of a date written year, month, day (any separators, or YYYYMMDD), or None."""
     found = _DATE.fullmatch(value)
     if not found:
         return None
+    parts = found.groups()[:3] if found[1] else found.groups()[3:]
     try:
-        return date(int(found[1]), int(found[2]), int(found[3])).toordinal()
+        return date(int(parts[0]), int(parts[1]), int(parts[2])).toordinal()
     except ValueError:
         return None
 
