@@ -102,10 +102,13 @@ class LogEntry:
     cohort_id: str = ""
     exposure_conflict: bool = False
     batch_job_id: str = ""
+    served_item_ids: tuple[str, ...] = ()  # given by the caller (batch jobs), else read from served
 
     @property
     def item_ids(self) -> list[str]:
         """The ids of the items served, in position order (for attribution)."""
+        if self.served_item_ids:
+            return list(self.served_item_ids)
         data = self.served.get("data") if isinstance(self.served, dict) else None
         return [d["item_id"] for d in data or () if isinstance(d, dict) and isinstance(d.get("item_id"), str)]
 

@@ -97,6 +97,7 @@ def _log_entry(row: asyncpg.Record) -> LogEntry:
         cohort_id=row["cohort_id"],
         exposure_conflict=row["exposure_conflict"],
         batch_job_id=row["batch_job_id"],
+        served_item_ids=tuple(row.get("item_ids") or ()),
     )
 
 
@@ -459,7 +460,7 @@ class PostgresRepository:
             conditions.append(f"(log_time, personalization_id) < (${len(args) - 1}, ${len(args)})")
         args.append(limit)
         rows = await self.pool.fetch(
-            f"SELECT {_LOG_COLUMNS} FROM decision_log WHERE {' AND '.join(conditions)} "
+            f"SELECT {_LOG_COLUMNS}, item_ids FROM decision_log WHERE {' AND '.join(conditions)} "
             f"ORDER BY log_time DESC, personalization_id DESC LIMIT ${len(args)}",
             *args,
         )

@@ -185,6 +185,7 @@ def log_from_proto(message: pb.DecisionLogEntry) -> LogEntry:
         experiment_id=message.experiment_id,
         cohort_id=message.cohort_id,
         batch_job_id=message.batch_job_id,
+        served_item_ids=tuple(message.item_ids),
     )
 
 
@@ -204,6 +205,7 @@ def log_to_proto(entry: LogEntry) -> pb.DecisionLogEntry:
         cohort_id=entry.cohort_id,
         exposure_conflict=entry.exposure_conflict,
         batch_job_id=entry.batch_job_id,
+        item_ids=entry.item_ids,
     )
     message.served.update(entry.served)
     if entry.log_time is not None:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timezone
 
 from croniter import croniter
-from google.protobuf import json_format, timestamp_pb2
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.gateway.v1 import gateway_service_pb2 as pb
@@ -18,7 +18,7 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2 as profil
 from services.gateway.decision_log import DecisionLogWriter
 from services.gateway.personalize import (PROFILE_EVENTS, PROFILE_MASK, QUALIFY_CHUNK, DecideForIndividuals,
                                           Individual, batch_personalization_id, log_entry, member_context,
-                                          profile_view, struct)
+                                          profile_view)
 from services.gateway.ingest import NAME
 from services.gateway.ports import Stubs
 from services.gateway.postgres_batch import BATCH_CHANNEL, Job, OutputRow, PostgresBatch, Schedule, StoredRow
@@ -32,6 +32,7 @@ log = get_logger("gateway.batch")
 
 MAX_POINTS = 10
 LEADER_LOCK = "tailor-batch-leader"
+EMPTY_SERVED = struct_pb2.Struct()
 BATCH_CHANNEL_NAME = "batch"  # the channel of every batch decision (in rules' context and the decision log)
 
 
@@ -265,7 +266,7 @@ class BatchJobs:
                     decision_id=q.decision.decision_id, personalization_id=d.personalization_id,
                     payload={"decision_name": q.decision.name, "data": d.data,
                              "diagnostics": [json_format.MessageToDict(x) for x in d.diagnostics]}))
-                entries.append(log_entry(individual, d, struct({"data": d.data}), request_id=job.job_id,
+                entries.append(log_entry(individual, d, EMPTY_SERVED, request_id=job.job_id,
                                          stage_ms={}, log_time=now, batch_job_id=job.job_id))
         lap("shape")
         await self.log_writer.write(entries)

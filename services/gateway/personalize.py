@@ -330,7 +330,8 @@ class DecideForIndividuals:
 def log_entry(individual: Individual, d: Decided, served: struct_pb2.Struct, *, request_id: str,
               stage_ms: dict[str, float], log_time: timestamp_pb2.Timestamp,
               batch_job_id: str = "") -> decision_pb.DecisionLogEntry:
-    """The decision-log row of one decided point (real time, or a batch job's when batch_job_id is set)."""
+    """The decision-log row of one decided point (real time, or a batch job's when batch_job_id is set: then
+    served is left empty and the item ids are sent instead, since the job's output row holds what was served)."""
     q = d.qualification
     experiment = d.experiment
     context = individual.context
@@ -339,4 +340,5 @@ def log_entry(individual: Individual, d: Decided, served: struct_pb2.Struct, *, 
         point_name=q.point.name, decision_id=q.decision.decision_id, unified_individual_id=individual.unified_id,
         channel=context.channel, correlation_id=context.correlation_id, anchor_id=context.anchor_id, served=served,
         stage_ms=stage_ms, log_time=log_time, experiment_id=experiment.experiment_id if experiment else "",
-        cohort_id=experiment.cohort_id if experiment else "", batch_job_id=batch_job_id)
+        cohort_id=experiment.cohort_id if experiment else "", batch_job_id=batch_job_id,
+        item_ids=[row["item_id"] for row in d.data if "item_id" in row] if batch_job_id else ())

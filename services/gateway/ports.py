@@ -17,7 +17,7 @@ DecisionPort = decision_grpc.DecisionServiceStub
 
 # Run once a forwarded call succeeded: (request bytes, reply bytes) for a unary method, (request bytes, start time
 # in epoch seconds) for a server-streaming one.
-AfterHook = Callable[[bytes, object], Awaitable[None]]
+AfterHook = Callable[[bytes, bytes | float], Awaitable[None]]
 
 
 @dataclass(frozen=True)

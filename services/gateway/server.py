@@ -83,7 +83,7 @@ def domain_stubs(channels: dict[str, grpc.aio.Channel]) -> Stubs:
 def items_to_recommender(recommender: RecommenderPort) -> AfterHook:
     """After UpsertItems on the profile graph: the recommender keeps the attributes it filters and ranks on (the
     catalog lives in the profile graph)."""
-    async def hook(request: bytes, _reply: object) -> None:
+    async def hook(request: bytes, _reply: bytes | float) -> None:
         upsert = profile_pb.UpsertItemsRequest.FromString(request)
         items = []
         for item in upsert.items:

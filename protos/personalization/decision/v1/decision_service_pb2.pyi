@@ -331,7 +331,7 @@ class QualifyBatchResponse(_message.Message):
     def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[BatchResult, _Mapping]]] = ...) -> None: ...
 
 class DecisionLogEntry(_message.Message):
-    __slots__ = ("personalization_id", "request_id", "point_id", "point_name", "decision_id", "unified_individual_id", "channel", "correlation_id", "anchor_id", "served", "stage_ms", "log_time", "experiment_id", "cohort_id", "exposure_conflict", "batch_job_id")
+    __slots__ = ("personalization_id", "request_id", "point_id", "point_name", "decision_id", "unified_individual_id", "channel", "correlation_id", "anchor_id", "served", "stage_ms", "log_time", "experiment_id", "cohort_id", "exposure_conflict", "batch_job_id", "item_ids")
     class StageMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -355,6 +355,7 @@ class DecisionLogEntry(_message.Message):
     COHORT_ID_FIELD_NUMBER: _ClassVar[int]
     EXPOSURE_CONFLICT_FIELD_NUMBER: _ClassVar[int]
     BATCH_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     personalization_id: str
     request_id: str
     point_id: str
@@ -371,7 +372,8 @@ class DecisionLogEntry(_message.Message):
     cohort_id: str
     exposure_conflict: bool
     batch_job_id: str
-    def __init__(self, personalization_id: _Optional[str] = ..., request_id: _Optional[str] = ..., point_id: _Optional[str] = ..., point_name: _Optional[str] = ..., decision_id: _Optional[str] = ..., unified_individual_id: _Optional[str] = ..., channel: _Optional[str] = ..., correlation_id: _Optional[str] = ..., anchor_id: _Optional[str] = ..., served: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., log_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., experiment_id: _Optional[str] = ..., cohort_id: _Optional[str] = ..., exposure_conflict: _Optional[bool] = ..., batch_job_id: _Optional[str] = ...) -> None: ...
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, personalization_id: _Optional[str] = ..., request_id: _Optional[str] = ..., point_id: _Optional[str] = ..., point_name: _Optional[str] = ..., decision_id: _Optional[str] = ..., unified_individual_id: _Optional[str] = ..., channel: _Optional[str] = ..., correlation_id: _Optional[str] = ..., anchor_id: _Optional[str] = ..., served: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., log_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., experiment_id: _Optional[str] = ..., cohort_id: _Optional[str] = ..., exposure_conflict: _Optional[bool] = ..., batch_job_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LogDecisionsRequest(_message.Message):
     __slots__ = ("entries",)
