@@ -10,6 +10,7 @@ import asyncio
 import re
 import time
 from collections.abc import Callable
+from functools import lru_cache
 
 import grpc
 
@@ -20,6 +21,7 @@ from services.gateway.postgres import GatewayStore
 from services.gateway.routing import route_of
 from shared import contract
 from shared.errors import InvalidArgument, Violations
+from shared.identity_values import normalize_phone
 from shared.log import get_logger
 
 log = get_logger("gateway.ingest")
@@ -35,11 +37,43 @@ UNKNOWN_TYPE = "unknown identity type: declare it first"
 _EVENT = contract.checker(common_pb2.Event.DESCRIPTOR, check_size=False)
 
 
+class TenantTypes(frozenset):
+    """A tenant's identity type names, and the region each phone-normalized type parses national numbers with."""
+
+    phones: dict[str, str]
+
+    @classmethod
+    def of(cls, names, phones: dict[str, str]) -> "TenantTypes":
+        types = cls(names)
+        types.phones = phones
+        return types
+
+
+@lru_cache(maxsize=65_536)
+def _phone_problem(value: str, region: str) -> str | None:
+    try:
+        normalize_phone(value.strip(), region)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+def _phones_ok(event: common_pb2.Event, phones: dict[str, str]) -> bool:
+    return not any(i.type in phones and _phone_problem(i.value, phones[i.type]) for i in event.identities)
+
+
 def validate_event(event: common_pb2.Event, path: str, v: Violations, now: float,
                    known: frozenset[str] | None = None) -> None:
-    """Adds a violation for every bad field of one event (the contract's limits, then the event-type rules)."""
+    """Adds a violation for every bad field of one event (the contract's limits, then the event-type rules, then
+    what the identity service would refuse: a phone value of a phone type it cannot parse)."""
     if not _EVENT.ok(event, now, known):
         _EVENT.add(event, path, v, now, known)
+    phones = getattr(known, "phones", None)
+    if phones:
+        for j, identity in enumerate(event.identities):
+            problem = identity.type in phones and _phone_problem(identity.value, phones[identity.type])
+            if problem:
+                v.add(f"{path}.identities[{j}].value", problem)
     kind = event.type
     if kind == common_pb2.EVENT_TYPE_CUSTOM:
         if not event.name.strip():
@@ -63,6 +97,7 @@ def validate_batch(events, field: str = "events", known: frozenset[str] | None =
         now = time.time()
         ok = _EVENT.ok
         limit = contract.MAX_EVENT_BYTES
+        phones = getattr(known, "phones", None)
         for i, event in enumerate(events):
             # Serialized first: its size bounds every Struct's, so small events skip measuring those again.
             payload = event.SerializeToString()
@@ -72,7 +107,8 @@ def validate_batch(events, field: str = "events", known: frozenset[str] | None =
             if (not ok(event, now, known, size)
                     or (kind == common_pb2.EVENT_TYPE_CUSTOM and not event.name.strip())
                     or (kind in ITEM_EVENTS and not event.item_id)
-                    or (kind == common_pb2.EVENT_TYPE_PURCHASE and not event.line_items)):
+                    or (kind == common_pb2.EVENT_TYPE_PURCHASE and not event.line_items)
+                    or (phones and not _phones_ok(event, phones))):
                 validate_event(event, f"{field}[{i}]", v, now, known)
             if size > limit:
                 v.add(f"{field}[{i}]", f"must be at most {limit:,} bytes serialized")
@@ -116,7 +152,10 @@ class IdentityTypes:
             try:
                 reply = await self.identity.ListIdentityTypes(identity_pb.ListIdentityTypesRequest(),
                                                               timeout=self.timeout)
-                types: frozenset[str] | None = frozenset(t.name for t in reply.identity_types)
+                types: frozenset[str] | None = TenantTypes.of(
+                    (t.name for t in reply.identity_types),
+                    {t.name: t.default_region or reply.default_region for t in reply.identity_types
+                     if t.normalization == identity_pb.NORMALIZATION_PHONE})
                 self._cache[tenant] = (self.clock() + self.ttl, types)
             except grpc.aio.AioRpcError as error:
                 stale = self._cache.get(tenant)

@@ -18,6 +18,7 @@ from rapidfuzz.distance import JaroWinkler
 from services.identity import probabilistic as fs
 from services.identity.probabilistic import CompareField, MatchModel, Probabilistic
 from shared.errors import Violations
+from shared.identity_values import normalize_phone
 
 TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 ATTRIBUTE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -87,19 +88,6 @@ def normalize_value(kind: IdentityType, value: str, default_region: str) -> str:
     if "\x00" in norm:
         raise ValueError("must not contain NUL characters")
     return norm
-
-
-def normalize_phone(value: str, region: str) -> str:
-    """E.164 ('+' and digits); a national number takes the region's country code."""
-    if not value:
-        return ""
-    try:
-        number = phonenumbers.parse(value, region or None)
-    except phonenumbers.NumberParseException:
-        raise ValueError(f"is not a phone number (region {region or 'none'})") from None
-    if not phonenumbers.is_possible_number(number):
-        raise ValueError("is not a possible phone number (wrong length)")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 @lru_cache(maxsize=262_144)

@@ -179,7 +179,8 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
 
     async def ListIdentityTypes(self, request: pb.ListIdentityTypesRequest, context) -> pb.ListIdentityTypesResponse:
         types = await self.service.list_identity_types(current_tenant())
-        return pb.ListIdentityTypesResponse(identity_types=[_type_to_pb(t) for t in types])
+        return pb.ListIdentityTypesResponse(identity_types=[_type_to_pb(t) for t in types],
+                                            default_region=self.service.settings.default_region)
 
     async def CreateRuleset(self, request: pb.CreateRulesetRequest, context) -> pb.CreateRulesetResponse:
         rules = []

@@ -16,12 +16,16 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as p
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
 from personalization.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
 from services.gateway.ports import Stubs
+from shared import contract
 from shared.log import get_logger
 
 log = get_logger("gateway.pipeline")
 
 INTERACTION_TYPES = (common_pb2.EVENT_TYPE_PRODUCT_VIEW, common_pb2.EVENT_TYPE_ADD_TO_CART)
-MERGE_CONCURRENCY = 8  # survivors reassigned at once while applying one chunk's merges
+MERGE_CONCURRENCY = 8
+# Requests stay within the contract's counts (a chunk of 500 purchases may carry far more lines than that).
+MAX_INTERACTIONS = contract.field_limits(rec_pb.RecordInteractionsRequest.DESCRIPTOR, "interactions").max_items
+MAX_OUTCOMES = contract.field_limits(decision_pb.RecordOutcomesRequest.DESCRIPTOR, "outcomes").max_items  # survivors reassigned at once while applying one chunk's merges
 
 
 CLICK_TYPES = (common_pb2.EVENT_TYPE_EMAIL_CLICK,)
@@ -137,13 +141,13 @@ class Pipeline:
             for owner, event in zip(owners, events)]))
         calls = []
         interactions = [i for owner, event in zip(owners, events) for i in interactions_of(owner, event)]
-        if interactions:
-            calls.append(self.stubs.recommender.RecordInteractions(
-                rec_pb.RecordInteractionsRequest(interactions=interactions)))
+        for start in range(0, len(interactions), MAX_INTERACTIONS):
+            calls.append(self.stubs.recommender.RecordInteractions(rec_pb.RecordInteractionsRequest(
+                interactions=interactions[start:start + MAX_INTERACTIONS])))
         outcomes = [o for o in (outcome_of(owner, event) for owner, event in zip(owners, events)) if o is not None]
-        for start in range(0, len(outcomes), 1000):
+        for start in range(0, len(outcomes), MAX_OUTCOMES):
             calls.append(self.stubs.decision.RecordOutcomes(decision_pb.RecordOutcomesRequest(
-                outcomes=outcomes[start:start + 1000])))
+                outcomes=outcomes[start:start + MAX_OUTCOMES])))
         results = await asyncio.gather(*calls, return_exceptions=True)
         failed = next((r for r in results if isinstance(r, BaseException)), None)
         if failed is not None:

@@ -271,3 +271,25 @@ async def test_merges_the_workers_apply_are_marked_propagated_at_once_so_the_swe
 
 def gw_profile(identity: common_pb2.Identity) -> pb.GetProfileRequest:
     return pb.GetProfileRequest(individual_id=identity, event_limit=10)
+
+
+async def test_a_phone_the_identity_service_could_not_parse_is_refused_at_ingest_not_dead_lettered_later(suite):
+    _, md = await suite.new_tenant()
+    ts = timestamp_pb2.Timestamp(seconds=int(time.time()) - 5)
+
+    def call(message_id: str, phone: str) -> common_pb2.Event:
+        return common_pb2.Event(message_id=message_id, type=common_pb2.EVENT_TYPE_PAGE_VIEW, event_time=ts,
+                                identities=[common_pb2.Identity(type="email", value=f"{message_id}@x.io"),
+                                            common_pb2.Identity(type="phone", value=phone)])
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[call("ok", "+44 20 7946 0958"),
+                                                                        call("bad", "n/a")]), metadata=md)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [(field, description)] = status_details(info.value)[0]
+    assert field == "events[1].identities[1].value" and "phone" in description and "n/a" not in description
+    # A national number takes the identity service's default region, as it will when resolved.
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[call("national", "(415) 555-0100")]), metadata=md)
+    assert await wait_for(lambda: _pending_is(suite, md, 0))
+    status = await suite.gateway.GetPipelineStatus(pb.GetPipelineStatusRequest(), metadata=md)
+    assert status.dead_letter_count == 0

@@ -212,10 +212,12 @@ class ListIdentityTypesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ListIdentityTypesResponse(_message.Message):
-    __slots__ = ("identity_types",)
+    __slots__ = ("identity_types", "default_region")
     IDENTITY_TYPES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_REGION_FIELD_NUMBER: _ClassVar[int]
     identity_types: _containers.RepeatedCompositeFieldContainer[IdentityType]
-    def __init__(self, identity_types: _Optional[_Iterable[_Union[IdentityType, _Mapping]]] = ...) -> None: ...
+    default_region: str
+    def __init__(self, identity_types: _Optional[_Iterable[_Union[IdentityType, _Mapping]]] = ..., default_region: _Optional[str] = ...) -> None: ...
 
 class MatchCriterion(_message.Message):
     __slots__ = ("identity_type", "attribute", "method", "precision")
