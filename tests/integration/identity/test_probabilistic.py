@@ -258,3 +258,20 @@ async def test_a_bad_probabilistic_rule_is_refused_field_by_field(server, tenant
     assert got == stored and got.rules[0].probabilistic.match_weight_threshold == 4
     assert [list(b.fields) for b in got.rules[0].probabilistic.blocking_rules] == [
         ["first_name"], ["last_name"], ["date_of_birth"], ["email"]]
+
+
+async def test_an_unmerge_of_a_probabilistic_merge_holds_through_a_rerun(server, trained):
+    """Runs last in this module: it changes the trained tenant."""
+    tenant = trained[0]
+    reply = await server.ListMergeEvents(pb.ListMergeEventsRequest(page_size=1000), metadata=tenant_md(tenant))
+    merge = next(e for e in reply.merge_events
+                 if e.kind == pb.MERGE_EVENT_KIND_MERGE and e.rule == "ruleset_run" and e.model_version == 1)
+    undone = await server.Unmerge(pb.UnmergeRequest(unified_individual_id=merge.other_individual_id),
+                                  metadata=tenant_md(tenant))
+    assert undone.survivor_individual_id == merge.survivor_individual_id
+    again = await run(server, tenant)
+    assert again.refused >= 1
+    for individual in (merge.other_individual_id, merge.survivor_individual_id):
+        found = await server.GetIndividual(pb.GetIndividualRequest(unified_individual_id=individual),
+                                           metadata=tenant_md(tenant))
+        assert found.individual.unified_individual_id == individual
