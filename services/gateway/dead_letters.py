@@ -9,7 +9,8 @@ import grpc
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from services.gateway.postgres_inbox import DeadLetterRow, InboxStore
 from shared.errors import Violations
-from shared.paging import decode_token, next_page, page_size
+from shared import contract
+from shared.paging import decode_token, encode_token, page_size
 
 MAX_IDS = 10_000
 REASONS = frozenset(code.name for code in grpc.StatusCode)
@@ -79,9 +80,18 @@ class DeadLetters:
                 v.add("page_token", "is not a token this service issued")
         v.raise_if_any()
         rows = await self.store.list_dead_letters(tenant, reason, since, until, after, size + 1)
-        rows, next_token = next_page(rows, size, lambda r: [r.failed_at.isoformat(), r.message_id])
-        return pb.ListDeadLettersResponse(dead_letters=[dead_letter_message(r) for r in rows],
-                                          next_page_token=next_token)
+        # A page also ends before it would outgrow what a default client receives (events are up to 256 KiB each).
+        letters, used = [], 0
+        for row in rows[:size]:
+            letter = dead_letter_message(row)
+            used += letter.ByteSize() + 8
+            if letters and used > contract.RESPONSE_BUDGET_BYTES:
+                break
+            letters.append(letter)
+        more = len(letters) < len(rows)
+        last = rows[len(letters) - 1] if letters else None
+        token = encode_token([last.failed_at.isoformat(), last.message_id]) if more and last else ""
+        return pb.ListDeadLettersResponse(dead_letters=letters, next_page_token=token)
 
     async def retry(self, tenant: str, request: pb.RetryDeadLettersRequest) -> pb.RetryDeadLettersResponse:
         v = Violations()

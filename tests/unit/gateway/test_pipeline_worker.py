@@ -152,3 +152,31 @@ async def test_the_next_chunk_is_identified_while_one_is_updated_and_updates_sta
         "update m2 start", "identify m4", "update m2 end", "mark m2",
         "update m4 start", "update m4 end", "mark m4",
     ]
+
+
+async def test_a_dead_letter_page_stops_before_it_outgrows_a_default_clients_limit():
+    from datetime import datetime, timezone
+
+    from personalization.gateway.v1 import gateway_service_pb2 as pb
+    from services.gateway.dead_letters import DeadLetters
+    from services.gateway.postgres_inbox import DeadLetterRow
+    from shared import contract
+
+    big = common_pb2.Event(message_id="x", name="n" * 200_000).SerializeToString()
+    now = datetime.now(timezone.utc)
+    rows = [DeadLetterRow("t", f"m{i}", big, "INTERNAL", "boom", 5, now, now) for i in range(40)]
+
+    class Store:
+        async def list_dead_letters(self, tenant, reason, since, until, after, limit):
+            start = 0 if after is None else next(i for i, r in enumerate(rows) if r.message_id == after[1]) + 1
+            return rows[start:start + limit]
+
+    letters = DeadLetters(Store())
+    page = await letters.list("t", pb.ListDeadLettersRequest(page_size=100))
+    assert 0 < len(page.dead_letters) < 40 and page.next_page_token
+    assert page.ByteSize() <= contract.MAX_MESSAGE_BYTES
+    seen = [d.message_id for d in page.dead_letters]
+    while page.next_page_token:
+        page = await letters.list("t", pb.ListDeadLettersRequest(page_size=100, page_token=page.next_page_token))
+        seen += [d.message_id for d in page.dead_letters]
+    assert seen == [r.message_id for r in rows]
