@@ -130,8 +130,11 @@ class MatchModel:
 
 
 def _weight(m: float, u: float) -> float:
-    # A level never seen among matches or among random pairs is bounded instead of infinite.
-    return math.log2(max(m, 1e-6) / max(u, 1e-9))
+    # A level training never saw (say, a field blank in every record then) is no evidence either way; one seen among
+    # matches but not among the million random pairs sampled (u = 0) is bounded at that sample's resolution.
+    if m <= 0 and u <= 0:
+        return 0.0
+    return math.log2(max(m, 1e-6) / max(u, 1e-6))
 
 
 @lru_cache(maxsize=262_144)

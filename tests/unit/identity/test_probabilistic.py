@@ -102,3 +102,9 @@ def test_a_ruleset_with_a_probabilistic_rule_round_trips_through_its_stored_body
     ruleset = Ruleset(2, (Rule("email", (matching.Criterion("identity", "email", matching.EXACT),)), Rule("p", (), SPEC)))
     again = Ruleset.from_json(2, ruleset.to_json(), None)
     assert again == ruleset and again.probabilistic_rule == ruleset.rules[1]
+
+
+def test_a_level_training_never_saw_weighs_nothing_and_an_unsampled_one_is_bounded():
+    model = MatchModel(1, "p", 0.01, ((0.9, 0.0, 0.1),), ((0.0, 0.0, 1.0),))
+    assert model.weights()[0][1] == 0.0
+    assert model.weights()[0][0] == pytest.approx(np.log2(0.9 / 1e-6))
