@@ -48,6 +48,15 @@ def _selection(request, v: Violations) -> list[str] | None:
     return ids or None
 
 
+def _selected(request) -> tuple[list[str] | None, str, datetime | None, datetime | None]:
+    """(message ids, reason, since, until) of a retry or discard; InvalidArgument with every bad field."""
+    v = Violations()
+    reason, since, until = _filter(request, v)
+    ids = _selection(request, v)
+    v.raise_if_any()
+    return ids, reason, since, until
+
+
 def dead_letter_message(row: DeadLetterRow) -> pb.DeadLetter:
     message = pb.DeadLetter(message_id=row.message_id, reason=row.reason, error=row.error, attempts=row.attempts)
     try:
@@ -94,20 +103,12 @@ class DeadLetters:
         return pb.ListDeadLettersResponse(dead_letters=letters, next_page_token=token)
 
     async def retry(self, tenant: str, request: pb.RetryDeadLettersRequest) -> pb.RetryDeadLettersResponse:
-        v = Violations()
-        reason, since, until = _filter(request, v)
-        ids = _selection(request, v)
-        v.raise_if_any()
         return pb.RetryDeadLettersResponse(
-            retried_count=await self.store.retry_dead_letters(tenant, ids, reason, since, until))
+            retried_count=await self.store.retry_dead_letters(tenant, *_selected(request)))
 
     async def discard(self, tenant: str, request: pb.DiscardDeadLettersRequest) -> pb.DiscardDeadLettersResponse:
-        v = Violations()
-        reason, since, until = _filter(request, v)
-        ids = _selection(request, v)
-        v.raise_if_any()
         return pb.DiscardDeadLettersResponse(
-            discarded_count=await self.store.discard_dead_letters(tenant, ids, reason, since, until))
+            discarded_count=await self.store.discard_dead_letters(tenant, *_selected(request)))
 
     async def status(self, tenant: str) -> pb.GetPipelineStatusResponse:
         counts = await self.store.counts(tenant)
