@@ -238,7 +238,8 @@ async def measure(ready: dict) -> dict:
 
 
 def main() -> None:
-    with running_suite(extra_env={"TAILOR_GATEWAY_RUN_WORKER": "0"}) as (ready, _):
+    # No pipeline worker but those this bench starts (the launcher would start its own otherwise).
+    with running_suite(extra_env={"TAILOR_GATEWAY_RUN_WORKER": "0", "TAILOR_PIPELINE_WORKERS": "0"}) as (ready, _):
         r = asyncio.run(measure(ready))
     ref_rate = r["reference"][0]
     print(f"\n{'processed (identify -> update -> compute)':<46}{'events':>8}{'seconds':>9}{'events/s':>10}"
