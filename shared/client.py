@@ -68,8 +68,12 @@ def open_stream(multicallable, request, **kwargs):
 
 # Every call to a Tailor service is balanced per call over all the addresses its target resolves to, and a call
 # that fails with UNAVAILABLE (a replica restarting or draining, a database outage) is retried with backoff, up to
-# gRPC's cap of 5 attempts; the caller's deadline still bounds the whole. Non-idempotent calls are safe to retry:
-# ingest deduplicates by message id and every pipeline step is idempotent.
+# gRPC's cap of 5 attempts; the caller's deadline still bounds the whole. CANCELLED is retried too: a server that
+# begins its graceful stop answers CANCELLED to the calls it had received but not yet started
+# (grpc/grpc#41785), which a rolling restart would otherwise turn into client errors; a call the caller itself
+# cancels is never retried. Retrying is safe for what the gateway and the pipeline send: ingest deduplicates by
+# message id, every pipeline step is idempotent, and configuration writes are upserts by name (a call cut off when
+# a server's drain grace expires may run twice; of the admin calls only CreateRuleset would then add a version).
 SERVICE_CONFIG = {
     "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [{
@@ -79,7 +83,7 @@ SERVICE_CONFIG = {
             "initialBackoff": "0.1s",
             "maxBackoff": "2s",
             "backoffMultiplier": 2.5,
-            "retryableStatusCodes": ["UNAVAILABLE"],
+            "retryableStatusCodes": ["UNAVAILABLE", "CANCELLED"],
         },
     }],
 }

@@ -363,6 +363,7 @@ class Suite:
             if proc.poll() is not None or time.monotonic() > deadline:
                 if proc.poll() is None:
                     proc.kill()
+                    proc.wait()
                 out(f"rolling restart: the successor of {member.name} did not start; "
                     f"last lines of {self.log_path(member.name)}:\n{log_tail(self.log_path(member.name), 10)}")
                 return False

@@ -89,6 +89,45 @@ async def test_a_replica_that_stops_leaves_the_calls_to_the_others():
     assert answers == ["b"] * 10
 
 
+async def test_replacing_a_server_by_a_successor_on_its_port_under_load_costs_no_call():
+    """What a rolling restart does: the successor listens beside its predecessor (SO_REUSEPORT), which then drains."""
+
+    async def serve_on(port: int, name: str):
+        return await start_server([Service(pb_grpc.add_IdentityServiceServicer_to_server, Replica(name), SERVICE_NAME)],
+                                  port=port, host="127.0.0.1", reuse_port=True, authenticate=None)
+
+    current = await serve_on(0, "first")
+    channel = client.channel(f"127.0.0.1:{current.port}")
+    stub = pb_grpc.IdentityServiceStub(channel)
+    answers: list[str] = []
+    errors: list[str] = []
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        while not stop.is_set():
+            try:
+                reply = await stub.GetIndividual(pb.GetIndividualRequest(), timeout=10)
+                answers.append(reply.individual.unified_individual_id)
+            except grpc.aio.AioRpcError as error:
+                errors.append(error.code().name)
+
+    tasks = [asyncio.create_task(load()) for _ in range(8)]
+    try:
+        for generation in range(8):
+            await asyncio.sleep(0.2)
+            successor = await serve_on(current.port, str(generation))
+            await current.stop(5.0)
+            current = successor
+        await asyncio.sleep(0.2)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+        await channel.close()
+        await current.stop(0)
+    assert errors == []
+    assert answers[-1] == "7" and len(answers) > 100
+
+
 def test_a_list_of_replicas_becomes_an_ipv4_target_and_names_stay_as_they_are():
     assert client.target_of("127.0.0.1:1,127.0.0.1:2") == "ipv4:127.0.0.1:1,127.0.0.1:2"
     assert client.target_of("[::1]:1,[::1]:2") == "ipv6:[::1]:1,[::1]:2"
