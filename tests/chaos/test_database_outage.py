@@ -4,11 +4,13 @@ outage is UNAVAILABLE with RetryInfo, health says NOT_SERVING during it and SERV
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 import uuid
 
 import asyncpg
 import grpc
+import pytest
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2
 
@@ -18,6 +20,7 @@ from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from shared.embedded_pg import EmbeddedPostgres
 from shared.errors import retry_delay_of, status_details
 from shared.launcher import DATABASE, SERVICES
+from tests.conftest import ROOT
 from tests.integration.launcher.launched import health, launch, launcher_env
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -32,8 +35,16 @@ def _event(message_id: str) -> common_pb2.Event:
                             identities=[common_pb2.Identity(type="email", value=f"{message_id}@x.io")])
 
 
-async def test_immediate_database_stops_lose_no_acked_event_and_answer_unavailable(tmp_path):
-    home = tmp_path / "home"
+@pytest.fixture
+def home():
+    """The launcher's home, under the project like the test database's: PostgreSQL runs as another user when the
+    tests run as root, and pytest keeps its own temporary folders private to the user running it."""
+    path = ROOT / ".tailor" / f"chaos-pg-{uuid.uuid4().hex[:8]}"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_immediate_database_stops_lose_no_acked_event_and_answer_unavailable(home, tmp_path):
     env = launcher_env(home, TAILOR_PIPELINE_WORKERS="1")  # no DATABASE_URL: the launcher's embedded server
     database = EmbeddedPostgres(home / "pg", int(env["TAILOR_PG_PORT"]))
     launcher = launch(env, tmp_path / "ready.json")
