@@ -84,7 +84,7 @@ async def test_immediate_database_stops_lose_no_acked_event_and_answer_unavailab
             await asyncio.sleep(1.5)
             start = len(launcher.lines)
             acked_before = len(acked)
-            await asyncio.to_thread(database.stop, "immediate")
+            database.stop_immediately()
             await launcher.wait_line("embedded PostgreSQL restarted", timeout=30, start=start)
             deadline = time.monotonic() + 20
             while len(acked) == acked_before or statuses[-1] != SERVING:  # serving and acknowledging again
