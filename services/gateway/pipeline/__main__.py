@@ -1,8 +1,13 @@
-"""`python -m services.gateway.pipeline`: one pipeline worker process (health on TAILOR_PIPELINE_PORT)."""
+"""`python -m services.gateway.pipeline`: one pipeline worker process (health on TAILOR_PIPELINE_PORT).
+
+Health follows the database (NOT_SERVING while it does not answer); SIGTERM lets chunks in flight finish and frees
+the worker's partitions at once; a worker loop that ends by itself ends the process, for the supervisor to restart.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from pathlib import Path
 
@@ -14,8 +19,8 @@ from services.gateway.postgres_inbox import InboxStore
 from services.gateway.server import SERVICE_NAMES, domain_stubs
 from shared import client, log
 from shared.runtime import prepare_schema
-from shared.server import start_server
-from shared.settings import env_float, env_int, env_str, service_address
+from shared.server import run_until_signal, start_server
+from shared.settings import env_bool, env_float, env_int, env_str, service_address
 
 GATEWAY_PACKAGE = str(Path(__file__).resolve().parents[1] / "__init__.py")
 
@@ -24,35 +29,39 @@ async def main() -> None:
     log.configure("pipeline", env_str("TAILOR_LOG_LEVEL", "INFO"))
     logger = log.get_logger("gateway.pipeline")
     dsn = env_str("DATABASE_URL")
-    port = env_int("TAILOR_PIPELINE_PORT", 0, minimum=0, maximum=65535)
     grace = env_float("TAILOR_DRAIN_SECONDS", 10.0, minimum=0.0)
-    settings = WorkerSettings.from_env()
-    pool = await prepare_schema(dsn, "gateway", GATEWAY_PACKAGE, max_size=env_int("TAILOR_PIPELINE_POOL_SIZE", 10,
-                                                                                   minimum=2))
+    pool = await prepare_schema(dsn, "gateway", GATEWAY_PACKAGE,
+                                max_size=env_int("TAILOR_PIPELINE_POOL_SIZE", 10, minimum=2))
     channels = {name: client.channel(service_address(name)) for name in SERVICE_NAMES}
     stubs = domain_stubs(channels)
-    worker = PartitionWorker(dsn, InboxStore(pool), Pipeline(stubs), settings)
+    worker = PartitionWorker(dsn, InboxStore(pool), Pipeline(stubs), WorkerSettings.from_env())
     sweeper = MergeSweeper(dsn, GatewayStore(pool), MergePropagation(stubs.profile, stubs.decision, stubs.identity))
-    health = await start_server([], port=port, host=env_str("TAILOR_BIND_HOST", "0.0.0.0"), authenticate=None)
+    health = await start_server([], port=env_int("TAILOR_PIPELINE_PORT", 0, minimum=0, maximum=65535),
+                                host=env_str("TAILOR_BIND_HOST", "0.0.0.0"), authenticate=None,
+                                reuse_port=env_bool("TAILOR_REUSE_PORT", False))
     working = asyncio.create_task(worker.run())
     sweeping = asyncio.create_task(sweeper.run())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+
+    def ended(_task: asyncio.Task) -> None:
+        if not worker.stopping:
+            logger.error("pipeline_worker_loop_ended")
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    working.add_done_callback(ended)
     logger.info("pipeline_worker_started", worker=worker.worker_id, port=health.port)
-    await asyncio.wait([working, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-    logger.info("pipeline_worker_draining", grace_s=grace)
-    await health.health.enter_graceful_shutdown()
-    await worker.stop(grace)
-    for task in (working, sweeping):
-        task.cancel()
-    await asyncio.gather(working, sweeping, return_exceptions=True)
-    await health.server.stop(0)
-    for channel in channels.values():
-        await channel.close()
-    await pool.close()
-    logger.info("pipeline_worker_stopped", worker=worker.worker_id)
+
+    async def on_stop() -> None:
+        await worker.stop(grace)
+        for task in (working, sweeping):
+            task.cancel()
+        await asyncio.gather(working, sweeping, return_exceptions=True)
+        for channel in channels.values():
+            await channel.close()
+        await pool.close()
+        logger.info("pipeline_worker_stopped", worker=worker.worker_id)
+
+    await run_until_signal(health, grace=0.0, on_stop=on_stop, database=dsn,
+                           ready_file=env_str("TAILOR_READY_FILE", ""))
 
 
 if __name__ == "__main__":
