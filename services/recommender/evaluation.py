@@ -104,7 +104,7 @@ def split(events: Events, objective: str, how: Split) -> Parts:
     cutoff = None
     n_items = len(events.items)
     if how.kind == RANDOM:
-        train, test = _random(events.weights(objective), how.fraction, how.seed)
+        train, test = _random(events.weights(objective), how.fraction, how.seed, events)
         coo = train.tocoo()
         kept = np.isin(events.pairs(), coo.row.astype(np.int64) * n_items + coo.col)
         return Parts(learned.Matrix(events.individuals, events.items, train), test, kept)
@@ -154,10 +154,13 @@ def _latest_new_pairs(pair: np.ndarray, times: np.ndarray, n_items: int, share: 
     return pairs[order[chosen]]
 
 
-def _random(weights: sp.csr_matrix, test_fraction: float, seed: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """A random split of the (individual, item) pairs: train and test matrices of the same shape."""
+def _random(weights: sp.csr_matrix, test_fraction: float, seed: int,
+            events: Events) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """A random split of the (individual, item) pairs: train and test matrices of the same shape. The pairs are
+    ordered by their ids before the permutation, so the split depends on the seed, never on storage order."""
     coo = weights.tocoo()
-    order = np.lexsort((coo.col, coo.row))
+    order = np.lexsort((np.argsort(np.argsort(events.items))[coo.col],
+                        np.argsort(np.argsort(events.individuals))[coo.row]))
     rows, cols, data = coo.row[order], coo.col[order], coo.data[order]
     permutation = np.random.default_rng(seed).permutation(len(rows))
     cut = round((1 - test_fraction) * len(rows))

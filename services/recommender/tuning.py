@@ -1,13 +1,12 @@
 """Tuning: searches the model family, the weighting and each family's hyperparameters within a time budget, on a
 validation cut from the tenant's own data by time, and keeps the best by the objective's precision@10.
 
-The search is optuna's TPE sampler (seeded), started from the config's own parameters and each family's defaults,
-so the result is never worse on validation than what the config asked for. No grpc, no SQL."""
+The search starts from the config's own parameters and known defaults, so the result is never worse on validation
+than what the config asked for, then refines the best families with optuna's TPE sampler (seeded). No grpc, no SQL."""
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 import warnings
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from services.recommender.config import (
     DEFAULT_VALIDATION_FRACTION,
     EASE,
     ITEM_KNN,
+    NONE,
     WEIGHTINGS,
     Config,
 )
@@ -76,67 +76,83 @@ def families(n_items: int) -> list[str]:
     return [ITEM_KNN, ALS, BPR] + ([EASE] if n_items <= learned.EASE_MAX_ITEMS else [])
 
 
-def _suggest(trial, n_items: int) -> dict:
-    """One point of the search space; names are prefixed by family so each family's space is its own."""
-    family = trial.suggest_categorical("algorithm", families(n_items))
-    p: dict = {"algorithm": family}
-    if family == ALS:
-        p["weighting"] = trial.suggest_categorical("als_weighting", WEIGHTINGS)
-        p["factors"] = trial.suggest_int("als_factors", 8, 128, log=True)
-        p["regularization"] = trial.suggest_float("als_regularization", 1e-3, 1e3, log=True)
-        p["alpha"] = trial.suggest_float("als_alpha", 0.1, 100.0, log=True)
-        p["iterations"] = trial.suggest_int("als_iterations", 5, 40)
-    elif family == BPR:
-        p["weighting"] = "none"  # BPR reads only which pairs are positive: weighting changes nothing
-        p["factors"] = trial.suggest_int("bpr_factors", 16, 128, log=True)
-        p["learning_rate"] = trial.suggest_float("bpr_learning_rate", 1e-3, 0.2, log=True)
-        p["regularization"] = trial.suggest_float("bpr_regularization", 1e-5, 0.1, log=True)
-        p["iterations"] = trial.suggest_int("bpr_iterations", 20, 200, log=True)
-    elif family == ITEM_KNN:
-        p["weighting"] = trial.suggest_categorical("item_knn_weighting", WEIGHTINGS)
-        p["neighbours"] = trial.suggest_int("item_knn_neighbours", 5, 2000, log=True)
-    else:
-        p["weighting"] = trial.suggest_categorical("ease_weighting", WEIGHTINGS)
-        p["regularization"] = trial.suggest_float("ease_regularization", 1.0, 1e5, log=True)
-    if p["weighting"] == BM25:
-        p["bm25_k1"] = trial.suggest_float(f"{family}_bm25_k1", 0.5, 1000.0, log=True)
-        p["bm25_b"] = trial.suggest_float(f"{family}_bm25_b", 0.0, 1.0)
+def _space(family: str, weighting: str) -> dict:
+    """The family's search space (optuna distributions by parameter name), the BM25 constants with BM25."""
+    from optuna.distributions import CategoricalDistribution as Choice
+    from optuna.distributions import FloatDistribution as Real
+    from optuna.distributions import IntDistribution as Whole
+
+    space = {
+        ALS: {"weighting": Choice(WEIGHTINGS), "factors": Whole(8, 128, log=True),
+              "regularization": Real(1e-3, 1e3, log=True), "alpha": Real(0.1, 100.0, log=True),
+              "iterations": Whole(5, 40)},
+        # BPR reads only which pairs are positive: weighting changes nothing, so it is not searched.
+        BPR: {"factors": Whole(16, 128, log=True), "learning_rate": Real(1e-3, 0.2, log=True),
+              "regularization": Real(1e-5, 0.1, log=True), "iterations": Whole(20, 200, log=True)},
+        ITEM_KNN: {"weighting": Choice(WEIGHTINGS), "neighbours": Whole(5, 2000, log=True)},
+        EASE: {"weighting": Choice(WEIGHTINGS), "regularization": Real(1.0, 1e5, log=True)},
+    }[family]
+    if weighting == BM25:
+        space |= {"bm25_k1": Real(0.5, 1000.0, log=True), "bm25_b": Real(0.0, 1.0)}
+    return space
+
+
+def _suggest(trial, family: str) -> dict:
+    """One point of the family's space (define-by-run: the BM25 constants only under BM25)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    p: dict = {"algorithm": family, "weighting": NONE}
+    space = _space(family, NONE)
+    if "weighting" in space:
+        p["weighting"] = trial.suggest_categorical("weighting", space["weighting"].choices)
+    for name, d in _space(family, p["weighting"]).items():
+        if name == "weighting":
+            continue
+        if isinstance(d, CategoricalDistribution):
+            p[name] = trial.suggest_categorical(name, d.choices)
+        elif isinstance(d, FloatDistribution):
+            p[name] = trial.suggest_float(name, d.low, d.high, log=d.log)
+        else:
+            p[name] = trial.suggest_int(name, d.low, d.high, log=d.log)
     return p
 
 
-def _as_trial_params(p: dict) -> dict:
-    """A parameter dict as optuna's names (for enqueueing a known starting point)."""
-    family = p["algorithm"]
-    out = {"algorithm": family}
-    for name, value in p.items():
-        if name != "algorithm" and not (family == BPR and name == "weighting"):
-            out[f"{family}_{name}"] = value
+def _clamped(p: dict) -> dict:
+    """A starting point moved inside its family's space (a config may ask for values outside it)."""
+    out = dict(p)
+    for name, d in _space(p["algorithm"], p.get("weighting", NONE)).items():
+        if name in out and hasattr(d, "low"):
+            out[name] = type(d.low)(min(max(out[name], d.low), d.high))
+    if p["algorithm"] == BPR:
+        out["weighting"] = NONE
     return out
 
 
-def _clamped(p: dict) -> dict:
-    """A starting point moved inside the search space (a config may ask for values outside it)."""
-    bounds = {"factors": (8, 128), "iterations": (5, 200), "neighbours": (5, 2000), "alpha": (0.1, 100.0),
-              "learning_rate": (1e-3, 0.2), "bm25_k1": (0.5, 1000.0), "bm25_b": (0.0, 1.0)}
-    reg = {ALS: (1e-3, 1e3), BPR: (1e-5, 0.1), EASE: (1.0, 1e5)}
-    out = dict(p)
-    for name, value in p.items():
-        low, high = reg.get(p["algorithm"], (0, math.inf)) if name == "regularization" else bounds.get(name, (None,) * 2)
-        if low is not None:
-            out[name] = type(value)(min(max(value, low), high))
-    if p["algorithm"] == ALS:
-        out["iterations"] = min(out["iterations"], 40)
-    if p["algorithm"] == BPR:
-        out["iterations"] = max(out["iterations"], 20)
+def starts(config: Config, n_items: int) -> list[dict]:
+    """Where the search begins: the config's own parameters, each family's defaults (cheapest families first) and,
+    for ALS, the `implicit` library's own defaults; each inside its space, without repeats."""
+    points = [learned.parameters(config)]
+    points += [learned.parameters(Config(name="", strategy="", algorithm=f)) for f in (ITEM_KNN, EASE, ALS, BPR)]
+    points.append({"algorithm": ALS, "weighting": NONE, "factors": 100, "regularization": 0.01, "alpha": 1.0,
+                   "iterations": 15})
+    out: list[dict] = []
+    for p in points:
+        p = _clamped(p)
+        if p["algorithm"] in families(n_items) and p not in out:
+            out.append(p)
     return out
 
 
 def tune(config: Config, events: Events, budget_seconds: float, *, seed: int = 42, validation: Split | None = None,
          on_trial: Callable[[Trial], None] | None = None) -> Result:
-    """Searches for `budget_seconds` (checked between trials) on a validation cut of `events`: by default the latest
-    `validation_fraction` of the interactions by time, or, when that leaves too few individuals to judge on, the
-    latest `validation_fraction` of each individual's items. Offline evaluation passes its own kind of split, so
-    the search is judged the way its result will be."""
+    """Searches for `budget_seconds` on a validation cut of `events`: by default the latest `validation_fraction`
+    of the interactions by time, or, when that leaves too few individuals to judge on, the latest
+    `validation_fraction` of each individual's items. Offline evaluation passes its own kind of split, so the
+    search is judged the way its result will be.
+
+    First every starting point is tried; then the rest of the budget goes to optuna's TPE sampler inside the two
+    best families (two trials of the leading family for one of the runner-up). The budget is checked between
+    trials and between ALS/BPR iterations."""
     import optuna
 
     fraction = config.validation_fraction or DEFAULT_VALIDATION_FRACTION
@@ -151,48 +167,71 @@ def tune(config: Config, events: Events, budget_seconds: float, *, seed: int = 4
     if individuals < MIN_INDIVIDUALS:
         return result
     n_items = len(events.items)
-    trials: dict[int, Trial] = {}
     deadline = time.monotonic() + budget_seconds
+    stopped = False
 
-    def objective(trial) -> float:
-        p = _suggest(trial, n_items)
+    def run(p: dict) -> Trial:
+        nonlocal stopped
         started = time.perf_counter()
+        number = len(result.trials)
         try:
             m = evaluate(config, parts, TUNE_K, seed=seed, params=p, deadline=deadline)
-            t = Trial(trial.number, p, m.precision, m.ndcg, round(time.perf_counter() - started, 3))
+            t = Trial(number, p, m.precision, m.ndcg, round(time.perf_counter() - started, 3))
         except learned.OverBudget:
             # The budget ran out during this fit: it is stopped between iterations and the search ends.
-            t = Trial(trial.number, p, 0.0, 0.0, round(time.perf_counter() - started, 3), "over budget")
-            trial.study.stop()
+            t = Trial(number, p, 0.0, 0.0, round(time.perf_counter() - started, 3), "over budget")
+            stopped = True
         except (ArithmeticError, ValueError, np.linalg.LinAlgError, MemoryError) as error:
             # A combination that cannot be fitted on this data (a singular matrix, too little memory) loses.
             log.warning("tuning_trial_failed", exc_info=True)
-            t = Trial(trial.number, p, 0.0, 0.0, round(time.perf_counter() - started, 3), type(error).__name__)
-        trials[trial.number] = t
+            t = Trial(number, p, 0.0, 0.0, round(time.perf_counter() - started, 3), type(error).__name__)
+        result.trials.append(t)
         if on_trial is not None:
             on_trial(t)
+        return t
+
+    def score(t: Trial) -> float:
         return t.precision + 1e-6 * t.ndcg  # nDCG breaks ties of precision
 
+    def out_of_time() -> bool:
+        return stopped or time.monotonic() >= deadline
+
+    for p in starts(config, n_items):
+        if out_of_time():
+            break
+        run(p)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # The config's own parameters first, then each family's defaults, cheapest families first.
-    starts = [learned.parameters(config)] + [
-        learned.parameters(Config(name="", strategy="", algorithm=f)) for f in (EASE, ITEM_KNN, ALS, BPR)]
-    seen = []
-    for start in starts:
-        start = _clamped(start)
-        if start["algorithm"] in families(n_items) and start not in seen:
-            seen.append(start)
+    best_of: dict[str, float] = {}
+    for t in result.trials:
+        if not t.error:
+            best_of[t.parameters["algorithm"]] = max(best_of.get(t.parameters["algorithm"], -1.0), score(t))
+    leaders = sorted(best_of, key=lambda f: -best_of[f])[:2]
+    studies = {}
     with warnings.catch_warnings():
-        # multivariate/group TPE (a joint model per family's subspace) is marked experimental by optuna.
+        # multivariate/group TPE (a joint model of the family's parameters) is marked experimental by optuna.
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # The known starting points stand for TPE's random start-up trials, so it models from the first of its own.
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=len(seen) + 1, multivariate=True,
-                                             group=True)
-        study = optuna.create_study(direction="maximize", sampler=sampler)
-        for start in seen:
-            study.enqueue_trial(_as_trial_params(start), skip_if_exists=True)
-        study.optimize(objective, timeout=max(budget_seconds, 0.001), gc_after_trial=False)
-    result.trials = [trials[n] for n in sorted(trials)]
+        for n, family in enumerate(leaders):
+            sampler = optuna.samplers.TPESampler(seed=seed + n, n_startup_trials=1, multivariate=True, group=True)
+            study = optuna.create_study(direction="maximize", sampler=sampler)
+            for t in result.trials:
+                if t.parameters["algorithm"] == family and not t.error:
+                    known = {k: v for k, v in t.parameters.items() if k != "algorithm"}
+                    space = _space(family, known.get("weighting", NONE))
+                    study.add_trial(optuna.trial.create_trial(
+                        params={k: v for k, v in known.items() if k in space},
+                        distributions={k: d for k, d in space.items() if k in known}, value=score(t)))
+            studies[family] = study
+        turn = 0
+        while leaders and not out_of_time():
+            ranked = sorted(leaders, key=lambda f: -best_of[f])
+            family = ranked[0] if turn % 3 != 2 or len(ranked) == 1 else ranked[1]
+            turn += 1
+            study = studies[family]
+            trial = study.ask()
+            t = run(_suggest(trial, family))
+            study.tell(trial, score(t))
+            if not t.error:
+                best_of[family] = max(best_of[family], score(t))
     best = result.best_trial
     result.best = best.parameters if best is not None else None
     return result
