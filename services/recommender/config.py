@@ -98,6 +98,8 @@ class Config:
     strategy: str
     window_days: float = 0.0
     by_revenue: bool = False
+    # top_sellers by units (not distinct orders), most_viewed by every view (not view sessions).
+    by_units: bool = False
     half_life_days: float = 7.0
     min_support: int = 1
     session_minutes: float = 30.0

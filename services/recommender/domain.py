@@ -75,6 +75,7 @@ class RankingSpec:
     window_days: float = 0.0
     by_revenue: bool = False
     half_life_days: float = 0.0
+    by_units: bool = False
 
 
 @dataclass(frozen=True)

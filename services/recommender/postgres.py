@@ -42,14 +42,27 @@ WITH input AS (
     ORDER BY message_id, item_id
     ON CONFLICT (tenant_id, message_id, item_id) DO NOTHING
     RETURNING unified_individual_id, item_id, kind, quantity, revenue, event_time
+), view_starts AS (
+    -- A view session starts when an individual views an item more than 30 minutes after their last view of it
+    -- (individual_items as it was before this statement); at most one new session per individual and item per call.
+    SELECT v.item_id, count(*) AS n
+    FROM (SELECT unified_individual_id, item_id, min(event_time) AS first_view FROM new
+          WHERE kind = 'product_view' GROUP BY unified_individual_id, item_id) v
+    LEFT JOIN individual_items b ON b.tenant_id = $1 AND b.unified_individual_id = v.unified_individual_id
+        AND b.item_id = v.item_id
+    WHERE b.last_viewed_at IS NULL OR v.first_view > b.last_viewed_at + interval '30 minutes'
+    GROUP BY v.item_id
 ), items AS (
-    INSERT INTO item_stats AS s (tenant_id, item_id, units_bought, revenue, views, carts, last_interaction_at)
+    INSERT INTO item_stats AS s (tenant_id, item_id, units_bought, revenue, views, carts, last_interaction_at,
+                                 orders, view_sessions)
     SELECT $1, item_id,
            coalesce(sum(quantity) FILTER (WHERE kind = 'purchase'), 0),
            coalesce(sum(revenue) FILTER (WHERE kind = 'purchase'), 0),
            count(*) FILTER (WHERE kind = 'product_view'),
            count(*) FILTER (WHERE kind = 'add_to_cart'),
-           max(event_time)
+           max(event_time),
+           coalesce(sum(sign(quantity)) FILTER (WHERE kind = 'purchase'), 0)::bigint,
+           coalesce((SELECT n FROM view_starts WHERE view_starts.item_id = new.item_id), 0)
     FROM new
     GROUP BY item_id
     ORDER BY item_id
@@ -58,7 +71,9 @@ WITH input AS (
         revenue = s.revenue + excluded.revenue,
         views = s.views + excluded.views,
         carts = s.carts + excluded.carts,
-        last_interaction_at = greatest(s.last_interaction_at, excluded.last_interaction_at)
+        last_interaction_at = greatest(s.last_interaction_at, excluded.last_interaction_at),
+        orders = s.orders + excluded.orders,
+        view_sessions = s.view_sessions + excluded.view_sessions
 ), owned AS (
     INSERT INTO individual_items AS b (tenant_id, unified_individual_id, item_id, units, revenue, last_purchased_at,
                                        bought, views, last_viewed_at)
@@ -85,15 +100,29 @@ SELECT count(*) FROM new
 """
 
 # All-time rankings read the running totals (top-down on their indexes); windows and trending read interactions.
+# Keyed by (strategy, by_revenue, by_units): distinct orders and view sessions unless units or revenue are asked for.
 _ALL_TIME = {
-    (TOP_SELLERS, False): "units_bought",
-    (TOP_SELLERS, True): "revenue",
-    (MOST_VIEWED, False): "views::float8",
+    (TOP_SELLERS, False, False): "orders::float8",
+    (TOP_SELLERS, False, True): "units_bought",
+    (TOP_SELLERS, True, False): "revenue",
+    (TOP_SELLERS, True, True): "revenue",
+    (MOST_VIEWED, False, False): "view_sessions::float8",
+    (MOST_VIEWED, False, True): "views::float8",
 }
 _WINDOWED = """
 SELECT item_id, sum({value})::float8 AS score FROM interactions
 WHERE tenant_id = $1 AND kind = '{kind}' AND event_time >= now() - $3 * interval '1 day'
 GROUP BY item_id HAVING sum({value}) > 0 ORDER BY score DESC, item_id LIMIT $2
+"""
+# Most viewed in a window by view sessions: a view more than 30 minutes after the individual's previous view of it.
+_WINDOWED_SESSIONS = """
+SELECT item_id, count(*)::float8 AS score
+FROM (SELECT item_id, event_time,
+             lag(event_time) OVER (PARTITION BY unified_individual_id, item_id ORDER BY event_time) AS previous
+      FROM interactions
+      WHERE tenant_id = $1 AND kind = 'product_view' AND event_time >= now() - $3 * interval '1 day') t
+WHERE previous IS NULL OR event_time > previous + interval '30 minutes'
+GROUP BY item_id ORDER BY score DESC, item_id LIMIT $2
 """
 # Trending: every interaction counts exp(-ln 2 x age / half-life); older than 20 half-lives counts nothing.
 _TRENDING = """
@@ -219,12 +248,17 @@ class PostgresRepository:
         limit = _LIMIT_ALL if limit is None else limit
         if spec.strategy == TRENDING:
             rows = await self.pool.fetch(_TRENDING, tenant, limit, spec.half_life_days)
+        elif spec.window_days and spec.strategy == MOST_VIEWED and not spec.by_units:
+            rows = await self.pool.fetch(_WINDOWED_SESSIONS, tenant, limit, spec.window_days)
         elif spec.window_days:
-            value = "revenue" if spec.by_revenue else ("quantity" if spec.strategy == TOP_SELLERS else "1")
-            kind = "product_view" if spec.strategy == MOST_VIEWED else "purchase"
+            if spec.strategy == MOST_VIEWED:
+                value, kind = "1", "product_view"
+            else:
+                value = "revenue" if spec.by_revenue else "quantity" if spec.by_units else "sign(quantity)"
+                kind = "purchase"
             rows = await self.pool.fetch(_WINDOWED.format(value=value, kind=kind), tenant, limit, spec.window_days)
         else:
-            column = _ALL_TIME[(spec.strategy, spec.by_revenue and spec.strategy == TOP_SELLERS)]
+            column = _ALL_TIME[(spec.strategy, spec.by_revenue and spec.strategy == TOP_SELLERS, spec.by_units)]
             order = column.split("::")[0]
             rows = await self.pool.fetch(
                 f"SELECT item_id, {column} AS score FROM item_stats WHERE tenant_id = $1 AND {order} > 0 "

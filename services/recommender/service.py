@@ -291,9 +291,10 @@ class Recommender:
         """The strategy's ranked candidates (at most `limit`) and whether more exist beyond them."""
         s = config.strategy
         if s == TOP_SELLERS:
-            return await self._ranking(tenant, RankingSpec(s, config.window_days, config.by_revenue), limit)
+            return await self._ranking(tenant, RankingSpec(s, config.window_days, config.by_revenue,
+                                                           by_units=config.by_units), limit)
         if s == MOST_VIEWED:
-            return await self._ranking(tenant, RankingSpec(s, config.window_days), limit)
+            return await self._ranking(tenant, RankingSpec(s, config.window_days, by_units=config.by_units), limit)
         if s == TRENDING:
             return await self._ranking(tenant, RankingSpec(s, half_life_days=config.half_life_days or 7.0), limit)
         if s == BOUGHT_BY_YOU_AGAIN:

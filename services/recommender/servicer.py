@@ -78,6 +78,7 @@ def config_from_pb(c: pb.RecommenderConfig) -> Config:
         strategy=c.strategy,
         window_days=p.window_days,
         by_revenue=p.by_revenue,
+        by_units=p.by_units,
         half_life_days=p.half_life_days or _DEFAULTS.half_life_days,
         min_support=p.min_support or _DEFAULTS.min_support,
         session_minutes=p.session_minutes or _DEFAULTS.session_minutes,
@@ -128,7 +129,7 @@ def config_to_pb(c: Config) -> pb.RecommenderConfig:
         name=c.name,
         strategy=c.strategy,
         parameters=pb.StrategyParameters(
-            window_days=c.window_days, by_revenue=c.by_revenue, half_life_days=c.half_life_days,
+            window_days=c.window_days, by_revenue=c.by_revenue, by_units=c.by_units, half_life_days=c.half_life_days,
             min_support=c.min_support, session_minutes=c.session_minutes, max_age_days=c.max_age_days,
             similar_attributes=c.similar_attributes, objective=_OBJECTIVES_PB.get(c.objective, 0),
             algorithm=c.algorithm, factors=c.factors, regularization=c.regularization, iterations=c.iterations,

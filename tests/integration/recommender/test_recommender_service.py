@@ -110,8 +110,8 @@ async def test_re_recording_the_same_interactions_changes_no_count(stub, db, ten
     after = dict((row[0], row) for row in await item_stats(db, tenant))
     assert after["shoe"] == dict((row[0], row) for row in before)["shoe"]
     assert await db.fetchval("SELECT count(*) FROM recommender.interactions WHERE tenant_id = $1", tenant) == 4
-    assert ranked == [("shoe", 2.0, "top_sellers")]
-    assert await recommend(stub, tenant, "top_sellers") == [("shoe", 2.0, "top_sellers"), ("sock", 1.0, "top_sellers")]
+    assert ranked == [("shoe", 1.0, "top_sellers")]
+    assert await recommend(stub, tenant, "top_sellers") == [("shoe", 1.0, "top_sellers"), ("sock", 1.0, "top_sellers")]
 
 
 async def test_concurrent_retries_of_one_batch_record_it_once(stub, db, tenant):
@@ -122,17 +122,33 @@ async def test_concurrent_retries_of_one_batch_record_it_once(stub, db, tenant):
     assert total == 200
 
 
-async def test_top_sellers_orders_items_by_net_units_and_most_viewed_by_views(stub, tenant):
+async def test_top_sellers_ranks_by_orders_or_net_units_and_most_viewed_by_sessions_or_views(stub, tenant):
     await record(stub, tenant, [
         interaction("o1", "ann", "a", quantity=5), interaction("o1", "ann", "b", quantity=7),
         interaction("o2", "bob", "c", quantity=6), interaction("r1", "bob", "b", quantity=-4),
         interaction("o3", "cy", "d", quantity=1), interaction("r2", "cy", "d", quantity=-1),
+        interaction("o4", "dan", "a", quantity=1),
         interaction("v1", "ann", "d", VIEW), interaction("v2", "bob", "d", VIEW), interaction("v3", "bob", "a", VIEW),
     ])
-    assert await recommend(stub, tenant, "top_sellers") == [
-        ("c", 6.0, "top_sellers"), ("a", 5.0, "top_sellers"), ("b", 3.0, "top_sellers"),
-    ]
-    assert await recommend(stub, tenant, "most_viewed") == [("d", 2.0, "most_viewed"), ("a", 1.0, "most_viewed")]
+    # By orders: a return cancels one (b and d are left with none).
+    assert await recommend(stub, tenant, "top_sellers") == [("a", 2.0, "top_sellers"), ("c", 1.0, "top_sellers")]
+    # bob views a again ten minutes later (the same session), then two hours later (a new one).
+    await record(stub, tenant, [interaction("v4", "bob", "a", VIEW, seconds=1_700_000_600)])
+    await record(stub, tenant, [interaction("v5", "bob", "a", VIEW, seconds=1_700_007_200)])
+    assert await recommend(stub, tenant, "most_viewed") == [("a", 2.0, "most_viewed"), ("d", 2.0, "most_viewed")]
+    md = tenant_md(tenant)
+    for name, strategy in (("units", "top_sellers"), ("views", "most_viewed")):
+        await stub.PutRecommender(pb.PutRecommenderRequest(config=pb.RecommenderConfig(
+            name=name, strategy=strategy, parameters=pb.StrategyParameters(by_units=True))), metadata=md)
+    assert await recommend(stub, tenant, "units") == [("a", 6.0, "units"), ("c", 6.0, "units"), ("b", 3.0, "units")]
+    assert await recommend(stub, tenant, "views") == [("a", 3.0, "views"), ("d", 2.0, "views")]
+    # Windowed rankings read the interactions and count the same way.
+    for name, strategy in (("recent_orders", "top_sellers"), ("recent_sessions", "most_viewed")):
+        await stub.PutRecommender(pb.PutRecommenderRequest(config=pb.RecommenderConfig(
+            name=name, strategy=strategy, parameters=pb.StrategyParameters(window_days=36_500))), metadata=md)
+    assert await recommend(stub, tenant, "recent_orders") == [("a", 2.0, "recent_orders"), ("c", 1.0, "recent_orders")]
+    assert await recommend(stub, tenant, "recent_sessions") == [("a", 2.0, "recent_sessions"),
+                                                                 ("d", 2.0, "recent_sessions")]
 
 
 async def test_bought_by_you_again_returns_the_individuals_own_items_by_units(stub, tenant):
@@ -239,4 +255,4 @@ async def test_tenants_never_see_each_others_interactions(stub, db, tenant):
     # The same message id is a different interaction in another tenant.
     assert await record(stub, other, [interaction("o1", "ann", "theirs", quantity=1)]) == 1
     assert await recommend(stub, other, "top_sellers") == [("theirs", 1.0, "top_sellers")]
-    assert await recommend(stub, tenant, "top_sellers") == [("mine", 3.0, "top_sellers")]
+    assert await recommend(stub, tenant, "top_sellers") == [("mine", 1.0, "top_sellers")]

@@ -67,7 +67,8 @@ class FakeRepository:
         self.calls["ranking"] += 1
         now = datetime.now(UTC)
         scores: dict[str, float] = defaultdict(float)
-        for i in self.interactions[tenant].values():
+        last_view: dict[tuple[str, str], datetime] = {}
+        for i in sorted(self.interactions[tenant].values(), key=lambda i: i.event_time):
             if spec.strategy == TRENDING:
                 age = (now - i.event_time).total_seconds() / 86400
                 if age <= 20 * spec.half_life_days:
@@ -76,9 +77,15 @@ class FakeRepository:
             if spec.window_days and i.event_time < now - timedelta(days=spec.window_days):
                 continue
             if spec.strategy == TOP_SELLERS and i.kind == PURCHASE:
-                scores[i.item_id] += i.revenue if spec.by_revenue else i.quantity
+                # Distinct orders net of returns (a return line cancels one), unless units or revenue are asked for.
+                scores[i.item_id] += (i.revenue if spec.by_revenue else i.quantity if spec.by_units
+                                      else float((i.quantity > 0) - (i.quantity < 0)))
             elif spec.strategy == MOST_VIEWED and i.kind == PRODUCT_VIEW:
-                scores[i.item_id] += 1
+                # View sessions: a view more than 30 minutes after the individual's previous view of the item.
+                previous = last_view.get((i.unified_individual_id, i.item_id))
+                last_view[(i.unified_individual_id, i.item_id)] = i.event_time
+                if spec.by_units or previous is None or i.event_time > previous + timedelta(minutes=30):
+                    scores[i.item_id] += 1
         ranked = sorted((Scored(k, v) for k, v in scores.items() if v > 0), key=rank_key)
         return ranked if limit is None else ranked[:limit]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from services.recommender.domain import (
@@ -10,6 +12,7 @@ from services.recommender.domain import (
     PURCHASE,
     Interaction,
 )
+from services.recommender.config import Config
 from services.recommender.service import Recommender
 from shared.errors import InvalidArgument, NotFound
 from tests.unit.recommender.fake_repository import FakeRepository
@@ -49,14 +52,27 @@ def rec(repo) -> Recommender:
     return Recommender(repo, cache_seconds=0.0)
 
 
-async def test_top_sellers_ranks_items_by_units_bought_net_of_returns(rec):
+async def test_top_sellers_ranks_items_by_distinct_orders_net_of_returns_so_one_bulk_order_does_not_win(rec):
+    await rec.record_interactions(T, [
+        buy("m1", "u1", "a", 500), buy("m2", "u2", "b", 1), buy("m3", "u3", "b", 2), buy("m4", "u4", "b", 1),
+        buy("m5", "u1", "c", 1), buy("m6", "u2", "c", 1), buy("m7", "u3", "c", 1),
+        buy("m8", "u3", "c", -1),  # a return cancels one order of c
+    ])
+    items = await rec.recommend(T, "", "top_sellers", 0)
+    assert [(i.item_id, i.score, i.source) for i in items] == [
+        ("b", 3.0, "top_sellers"), ("c", 2.0, "top_sellers"), ("a", 1.0, "top_sellers"),
+    ]
+
+
+async def test_top_sellers_by_units_ranks_items_by_units_bought_net_of_returns(rec):
     await rec.record_interactions(T, [
         buy("m1", "u1", "a", 5), buy("m2", "u2", "b", 3), buy("m3", "u3", "c", 4),
         buy("m4", "u1", "a", -3),  # a return: a is left with 2 units
     ])
-    items = await rec.recommend(T, "", "top_sellers", 0)
+    await rec.put_config(T, Config(name="by_units", strategy="top_sellers", by_units=True))
+    items = await rec.recommend(T, "", "by_units", 0)
     assert [(i.item_id, i.score, i.source) for i in items] == [
-        ("c", 4.0, "top_sellers"), ("b", 3.0, "top_sellers"), ("a", 2.0, "top_sellers"),
+        ("c", 4.0, "by_units"), ("b", 3.0, "by_units"), ("a", 2.0, "by_units"),
     ]
 
 
@@ -68,6 +84,20 @@ async def test_most_viewed_ranks_items_by_product_views_only(rec):
     ])
     items = await rec.recommend(T, "", "most_viewed", 0)
     assert [(i.item_id, i.score) for i in items] == [("b", 2.0), ("a", 1.0)]
+
+
+async def test_most_viewed_counts_view_sessions_unless_every_view_is_asked_for(rec):
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    # u1 reloads a five times within minutes (one session), then comes back an hour later (a second one);
+    # b is viewed once each by three individuals.
+    await rec.record_interactions(T, [
+        Interaction(f"a{n}", "u1", "a", PRODUCT_VIEW, event_time=start + timedelta(minutes=n)) for n in range(5)])
+    await rec.record_interactions(T, [
+        Interaction("a9", "u1", "a", PRODUCT_VIEW, event_time=start + timedelta(minutes=65)),
+        *(Interaction(f"b{n}", f"u{n}", "b", PRODUCT_VIEW, event_time=start) for n in range(3))])
+    assert [(i.item_id, i.score) for i in await rec.recommend(T, "", "most_viewed", 0)] == [("b", 3.0), ("a", 2.0)]
+    await rec.put_config(T, Config(name="views", strategy="most_viewed", by_units=True))
+    assert [(i.item_id, i.score) for i in await rec.recommend(T, "", "views", 0)] == [("a", 6.0), ("b", 3.0)]
 
 
 async def test_ties_are_broken_by_item_id(rec):
@@ -205,7 +235,7 @@ async def test_global_rankings_come_from_the_cache_until_it_expires(repo):
     rec = Recommender(repo, cache_seconds=1.0, clock=clock)
     await rec.record_interactions(T, [buy("m1", "u", "a", 1)])
     assert ids(await rec.recommend(T, "", "top_sellers", 0)) == ["a"]
-    await rec.record_interactions(T, [buy("m2", "u", "b", 5)])
+    await rec.record_interactions(T, [buy("m2", "u", "b", 5), buy("m3", "v", "b", 5)])
     clock.now += 0.5
     assert ids(await rec.recommend(T, "", "top_sellers", 0)) == ["a"]
     assert ids(await rec.recommend(T, "", "most_viewed", 0)) == []
@@ -217,7 +247,7 @@ async def test_global_rankings_come_from_the_cache_until_it_expires(repo):
 
 async def test_a_cached_recommend_costs_at_most_the_individuals_history_query(repo):
     rec = Recommender(repo, cache_seconds=60.0, clock=Clock())
-    await rec.record_interactions(T, [buy("m1", "me", "a", 1), buy("m2", "u", "b", 2)])
+    await rec.record_interactions(T, [buy("m1", "me", "a", 1), buy("m2", "u", "b", 2), buy("m3", "v", "b", 1)])
     await rec.recommend(T, "", "top_sellers", 0)
     repo.calls.clear()
     assert ids(await rec.recommend(T, "me", "top_sellers", 0)) == ["b", "a"]

@@ -59,10 +59,10 @@ def repo():
 async def rec(repo):
     r = Recommender(repo, cache_seconds=0.0, catalog_seconds=0.0, model_check_seconds=0.0)
     await r.upsert_items(T, CATALOG)
-    # Units: shoe1 6, hat1 5, shoe2 4, sock1 3, shoe3 2, hat2 1.
+    # Orders of one unit each: shoe1 6, hat1 5, shoe2 4, sock1 3, shoe3 2, hat2 1.
     units = {"shoe1": 6, "hat1": 5, "shoe2": 4, "sock1": 3, "shoe3": 2, "hat2": 1}
-    await r.record_interactions(T, [Interaction(f"o-{i}", "someone", i, PURCHASE, u, u * 10.0, at(60))
-                                    for i, u in units.items()])
+    await r.record_interactions(T, [Interaction(f"o-{i}-{k}", "someone", i, PURCHASE, 1, 10.0, at(60))
+                                    for i, u in units.items() for k in range(u)])
     return r
 
 
@@ -184,7 +184,7 @@ async def test_new_arrivals_rank_by_create_time_within_the_age_limit(rec):
 
 async def test_trending_favours_recent_interactions(rec):
     await rec.record_interactions(T, [Interaction(f"t{n}", "x", "hat2", ADD_TO_CART, event_time=at(1))
-                                      for n in range(3)])
+                                      for n in range(8)])
     await rec.record_interactions(T, [Interaction(f"old{n}", "x", "shoe3", ADD_TO_CART,
                                                   event_time=NOW - timedelta(days=30)) for n in range(8)])
     assert ids(await rec.recommend(T, "", "trending", 1)) == ["hat2"]

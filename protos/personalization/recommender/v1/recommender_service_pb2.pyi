@@ -250,7 +250,7 @@ class Condition(_message.Message):
     def __init__(self, attribute: _Optional[str] = ..., operator: _Optional[_Union[Operator, str]] = ..., values: _Optional[_Iterable[_Union[_struct_pb2.Value, _Mapping]]] = ...) -> None: ...
 
 class StrategyParameters(_message.Message):
-    __slots__ = ("window_days", "by_revenue", "half_life_days", "min_support", "session_minutes", "max_age_days", "similar_attributes", "objective", "algorithm", "factors", "regularization", "iterations", "alpha", "recent_days", "weighting", "bm25_k1", "bm25_b", "neighbours", "learning_rate", "tuning_budget", "validation_fraction")
+    __slots__ = ("window_days", "by_revenue", "half_life_days", "min_support", "session_minutes", "max_age_days", "similar_attributes", "objective", "algorithm", "factors", "regularization", "iterations", "alpha", "recent_days", "weighting", "bm25_k1", "bm25_b", "neighbours", "learning_rate", "tuning_budget", "validation_fraction", "by_units")
     WINDOW_DAYS_FIELD_NUMBER: _ClassVar[int]
     BY_REVENUE_FIELD_NUMBER: _ClassVar[int]
     HALF_LIFE_DAYS_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +272,7 @@ class StrategyParameters(_message.Message):
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     TUNING_BUDGET_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    BY_UNITS_FIELD_NUMBER: _ClassVar[int]
     window_days: float
     by_revenue: bool
     half_life_days: float
@@ -293,7 +294,8 @@ class StrategyParameters(_message.Message):
     learning_rate: float
     tuning_budget: _duration_pb2.Duration
     validation_fraction: float
-    def __init__(self, window_days: _Optional[float] = ..., by_revenue: _Optional[bool] = ..., half_life_days: _Optional[float] = ..., min_support: _Optional[int] = ..., session_minutes: _Optional[float] = ..., max_age_days: _Optional[float] = ..., similar_attributes: _Optional[_Iterable[str]] = ..., objective: _Optional[_Union[Objective, str]] = ..., algorithm: _Optional[str] = ..., factors: _Optional[int] = ..., regularization: _Optional[float] = ..., iterations: _Optional[int] = ..., alpha: _Optional[float] = ..., recent_days: _Optional[float] = ..., weighting: _Optional[str] = ..., bm25_k1: _Optional[float] = ..., bm25_b: _Optional[float] = ..., neighbours: _Optional[int] = ..., learning_rate: _Optional[float] = ..., tuning_budget: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., validation_fraction: _Optional[float] = ...) -> None: ...
+    by_units: bool
+    def __init__(self, window_days: _Optional[float] = ..., by_revenue: _Optional[bool] = ..., half_life_days: _Optional[float] = ..., min_support: _Optional[int] = ..., session_minutes: _Optional[float] = ..., max_age_days: _Optional[float] = ..., similar_attributes: _Optional[_Iterable[str]] = ..., objective: _Optional[_Union[Objective, str]] = ..., algorithm: _Optional[str] = ..., factors: _Optional[int] = ..., regularization: _Optional[float] = ..., iterations: _Optional[int] = ..., alpha: _Optional[float] = ..., recent_days: _Optional[float] = ..., weighting: _Optional[str] = ..., bm25_k1: _Optional[float] = ..., bm25_b: _Optional[float] = ..., neighbours: _Optional[int] = ..., learning_rate: _Optional[float] = ..., tuning_budget: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., validation_fraction: _Optional[float] = ..., by_units: _Optional[bool] = ...) -> None: ...
 
 class ContextFilter(_message.Message):
     __slots__ = ("exclude_anchor", "same_category_as_anchor", "exclude_cart", "category_attribute")
