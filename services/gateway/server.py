@@ -104,7 +104,7 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
     channels = {name: client.channel(settings.addresses[name]) for name in SERVICE_NAMES}
     stubs = domain_stubs(channels)
     identity, profile, recommender, decision = stubs.identity, stubs.profile, stubs.recommender, stubs.decision
-    merges = MergePropagation(profile, decision, identity)
+    merges = MergePropagation(profile, decision, identity, recommender)
     sweeper = MergeSweeper(dsn, store, merges)
     passthrough = Passthrough({SERVICE_NAMES[name]: ch for name, ch in channels.items()}, after={
         PROFILE + "UpsertItems": items_to_recommender(recommender),

@@ -165,6 +165,29 @@ ON CONFLICT (tenant_id, item_id) DO UPDATE SET
     create_time = CASE WHEN $5 THEN excluded.create_time ELSE i.create_time END,
     update_time = now()
 """
+# Reassignment: move the interactions (remembering whom they were first recorded for), then rebuild the per
+# individual history of every individual involved from the interactions, as _RECORD keeps it.
+_MOVE = """
+UPDATE interactions SET first_individual_id = coalesce(first_individual_id, unified_individual_id),
+                        unified_individual_id = $3
+WHERE tenant_id = $1 AND unified_individual_id = ANY($2::text[])
+  AND (cardinality($4::text[]) = 0 OR coalesce(first_individual_id, unified_individual_id) = ANY($4::text[]))
+"""
+_REBUILD_HISTORY = """
+INSERT INTO individual_items (tenant_id, unified_individual_id, item_id, units, revenue, last_purchased_at, bought,
+                              views, last_viewed_at)
+SELECT $1, unified_individual_id, item_id,
+       coalesce(sum(quantity) FILTER (WHERE kind = 'purchase'), 0),
+       coalesce(sum(revenue) FILTER (WHERE kind = 'purchase'), 0),
+       max(event_time) FILTER (WHERE kind = 'purchase'),
+       bool_or(kind = 'purchase'),
+       count(*) FILTER (WHERE kind = 'product_view'),
+       max(event_time) FILTER (WHERE kind = 'product_view')
+FROM interactions
+WHERE tenant_id = $1 AND unified_individual_id = ANY($2::text[]) AND kind IN ('purchase', 'product_view')
+GROUP BY unified_individual_id, item_id
+ORDER BY unified_individual_id, item_id
+"""
 # A deadlock between two concurrent batches aborts one statement entirely; it is safe to run it again.
 _DEADLOCK_ATTEMPTS = 3
 # One row of six arrays: asyncpg decodes arrays in C, much faster than a million records.
@@ -308,6 +331,28 @@ class PostgresRepository:
     async def training_rows(self, tenant: str) -> TrainingRows:
         row = await self.pool.fetchrow(_TRAINING, tenant)
         return TrainingRows(*(list(column or []) for column in row))
+
+    async def reassign(self, tenant: str, from_ids: list[str], to_id: str, only_first_recorded_for: list[str]) -> int:
+        involved = sorted({*from_ids, to_id})
+        attempt = 1
+        while True:
+            try:
+                async with self.pool.acquire() as connection, connection.transaction():
+                    # Lock the histories in key order first, as _RECORD's upsert does, so the two cannot deadlock
+                    # on them; the update then takes the interactions.
+                    await connection.execute(
+                        "SELECT 1 FROM individual_items WHERE tenant_id = $1 AND unified_individual_id = ANY($2::text[])"
+                        " ORDER BY unified_individual_id, item_id FOR UPDATE", tenant, involved)
+                    status = await connection.execute(_MOVE, tenant, from_ids, to_id, only_first_recorded_for)
+                    await connection.execute(
+                        "DELETE FROM individual_items WHERE tenant_id = $1 AND unified_individual_id = ANY($2::text[])",
+                        tenant, involved)
+                    await connection.execute(_REBUILD_HISTORY, tenant, involved)
+                return int(status.split()[-1])
+            except asyncpg.DeadlockDetectedError:
+                if attempt == _DEADLOCK_ATTEMPTS:
+                    raise
+                attempt += 1
 
     async def interaction_rows(self, tenant: str) -> InteractionRows:
         row = await self.pool.fetchrow(_INTERACTIONS, tenant)

@@ -71,6 +71,7 @@ from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Violati
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 100_000
+MAX_REASSIGNED = 1_000
 BATCH_CHUNK = 500
 
 
@@ -115,6 +116,29 @@ class Recommender:
         written = await self.repository.upsert_items(tenant, unique)
         self._catalogs.drop(tenant)
         return written
+
+    async def reassign_interactions(self, tenant: str, from_ids: list[str], to_id: str,
+                                    only_first_recorded_for: list[str]) -> int:
+        """Moves interactions after a merge (all of the merged ids' to the survivor) or an unmerge (from the survivor,
+        those first recorded for the individual split off, back to it), rebuilding every involved history.
+        Item statistics are aggregates and stay; trained models see the move at their next training."""
+        violations = Violations()
+        if not from_ids:
+            violations.add("from_individual_ids", "at least one individual is required")
+        elif len(from_ids) > MAX_REASSIGNED:
+            violations.add("from_individual_ids", f"at most {MAX_REASSIGNED} individuals; got {len(from_ids)}")
+        for i, individual in enumerate(from_ids[:MAX_REASSIGNED]):
+            check_id(violations, f"from_individual_ids[{i}]", individual)
+            if individual and individual == to_id:
+                violations.add(f"from_individual_ids[{i}]", "must not be the individual they move to")
+        check_id(violations, "to_individual_id", to_id)
+        if len(only_first_recorded_for) > MAX_REASSIGNED:
+            violations.add("only_first_recorded_for", f"at most {MAX_REASSIGNED} individuals")
+        for i, individual in enumerate(only_first_recorded_for[:MAX_REASSIGNED]):
+            check_id(violations, f"only_first_recorded_for[{i}]", individual)
+        violations.raise_if_any()
+        return await self.repository.reassign(tenant, list(dict.fromkeys(from_ids)), to_id,
+                                              list(dict.fromkeys(only_first_recorded_for)))
 
     # ---- configs ----
 

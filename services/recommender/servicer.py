@@ -282,6 +282,13 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             response.cutoff_time.FromDatetime(datetime.fromtimestamp(cutoff, UTC))
         return response
 
+    async def ReassignInteractions(self, request: pb.ReassignInteractionsRequest,
+                                   context) -> pb.ReassignInteractionsResponse:
+        moved = await self.recommender.reassign_interactions(
+            current_tenant(), list(request.from_individual_ids), request.to_individual_id,
+            list(request.only_first_recorded_for))
+        return pb.ReassignInteractionsResponse(moved_count=moved)
+
     async def EraseIndividual(self, request: pb.EraseIndividualRequest, context) -> pb.EraseIndividualResponse:
         erased = await self.privacy.erase(current_tenant(), validate_ids(list(request.unified_individual_ids)))
         return pb.EraseIndividualResponse(erased_rows=erased)

@@ -35,7 +35,8 @@ async def main() -> None:
     channels = {name: client.channel(service_address(name)) for name in SERVICE_NAMES}
     stubs = domain_stubs(channels)
     worker = PartitionWorker(dsn, InboxStore(pool), Pipeline(stubs), WorkerSettings.from_env())
-    sweeper = MergeSweeper(dsn, GatewayStore(pool), MergePropagation(stubs.profile, stubs.decision, stubs.identity))
+    merges = MergePropagation(stubs.profile, stubs.decision, stubs.identity, stubs.recommender)
+    sweeper = MergeSweeper(dsn, GatewayStore(pool), merges)
     health = await start_server([], port=env_int("TAILOR_PIPELINE_PORT", 0, minimum=0, maximum=65535),
                                 host=env_str("TAILOR_BIND_HOST", "0.0.0.0"), authenticate=None,
                                 reuse_port=env_bool("TAILOR_REUSE_PORT", False))

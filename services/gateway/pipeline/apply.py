@@ -73,7 +73,7 @@ class Pipeline:
 
     def __init__(self, stubs: Stubs):
         self.stubs = stubs
-        self.merges = MergePropagation(stubs.profile, stubs.decision, stubs.identity)
+        self.merges = MergePropagation(stubs.profile, stubs.decision, stubs.identity, stubs.recommender)
 
     async def process(self, events: list[common_pb2.Event]) -> None:
         """Identify, then update, one batch."""
@@ -167,13 +167,15 @@ class Plan:
 
 
 class MergePropagation:
-    """Tells the profile graph and the decision service what identity changes outside the event flow did."""
+    """Tells the profile graph, the decision service and the recommender what identity changes outside the event
+    flow did."""
 
     def __init__(self, profile: profile_grpc.ProfileGraphServiceStub, decision: decision_grpc.DecisionServiceStub,
-                 identity: identity_grpc.IdentityServiceStub):
+                 identity: identity_grpc.IdentityServiceStub, recommender: rec_grpc.RecommenderServiceStub):
         self.profile = profile
         self.decision = decision
         self.identity = identity
+        self.recommender = recommender
 
     async def drain(self, *_call) -> None:
         """Propagates everything in the identity service's merge outbox now (after an Unmerge or a RunRuleset
@@ -190,6 +192,9 @@ class MergePropagation:
         if owned:
             await self.profile.ReassignIndividual(profile_pb.ReassignIndividualRequest(
                 from_individual_ids=[survivor], to_individual_id=restored, only_events_with_identities=owned))
+        # Interactions carry no identities: those first recorded for the restored individual go back to it.
+        await self.recommender.ReassignInteractions(rec_pb.ReassignInteractionsRequest(
+            from_individual_ids=[survivor], to_individual_id=restored, only_first_recorded_for=[restored]))
 
     async def merge(self, merged: list[str], survivor: str) -> None:
         await self.profile.ReassignIndividual(profile_pb.ReassignIndividualRequest(
@@ -197,6 +202,8 @@ class MergePropagation:
         # The survivor keeps its experiment cohorts; the merged ids are recorded as its aliases.
         await self.decision.ReassignIndividual(decision_pb.ReassignIndividualRequest(
             from_unified_individual_ids=merged, to_unified_individual_id=survivor))
+        await self.recommender.ReassignInteractions(rec_pb.ReassignInteractionsRequest(
+            from_individual_ids=merged, to_individual_id=survivor))
 
     async def sweep(self, min_age_seconds: float = 5.0) -> int:
         """Applies, for the current tenant, every merge or unmerge the identity service has not seen marked

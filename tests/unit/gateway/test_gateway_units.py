@@ -181,6 +181,9 @@ class Recorder:
             self.calls.append(("reassign_cohorts", list(request.from_unified_individual_ids),
                                request.to_unified_individual_id))
 
+    async def ReassignInteractions(self, request):
+        self.calls.append(("reassign_interactions", list(request.from_individual_ids), request.to_individual_id))
+
     async def MarkMergeEventsPropagated(self, request):
         self.calls.append(("marked", [(m.survivor_individual_id, m.merged_individual_id) for m in request.merges]))
 
@@ -206,6 +209,7 @@ async def test_events_resolved_before_a_merge_are_appended_to_the_survivor():
         ("resolve", 2),
         ("reassign", ["ind_anon"], "ind_known"),
         ("reassign_cohorts", ["ind_anon"], "ind_known"),
+        ("reassign_interactions", ["ind_anon"], "ind_known"),
         ("marked", [("ind_known", "ind_anon")]),
         ("append", ["ind_known", "ind_known"]),
         ("record", ["sku"]),

@@ -35,6 +35,7 @@ class FakeRepository:
         self.models: dict[tuple[str, str], list[bytes]] = defaultdict(list)
         self.summaries: dict[tuple[str, str], list[dict]] = defaultdict(list)
         self.claimed: set[tuple[str, str]] = set()
+        self.first_recorded_for: dict[str, dict[tuple[str, str], str]] = defaultdict(dict)
         self.calls: Counter[str] = Counter()
 
     async def record(self, tenant: str, interactions: list[Interaction]) -> int:
@@ -186,6 +187,18 @@ class FakeRepository:
         self.calls["load_model"] += 1
         versions = self.models.get((tenant, name), [])
         return versions[version - 1] if 0 < version <= len(versions) else None
+
+    async def reassign(self, tenant: str, from_ids: list[str], to_id: str, only_first_recorded_for: list[str]) -> int:
+        moved = 0
+        first = self.first_recorded_for[tenant]
+        for key, i in list(self.interactions[tenant].items()):
+            origin = first.get(key, i.unified_individual_id)
+            if i.unified_individual_id in from_ids and (not only_first_recorded_for
+                                                        or origin in only_first_recorded_for):
+                first[key] = origin
+                self.interactions[tenant][key] = dataclasses.replace(i, unified_individual_id=to_id)
+                moved += 1
+        return moved
 
     async def due_trainings(self) -> list[tuple[str, str]]:
         return [(t, n) for t, configs in self.config_rows.items() for n, c in configs.items()

@@ -281,3 +281,25 @@ async def test_tenants_never_see_each_others_rankings(repo):
     assert ids(await rec.recommend("t1", "", "top_sellers", 0)) == ["a"]
     assert ids(await rec.recommend("t2", "", "top_sellers", 0)) == ["b"]
     assert ids(await rec.recommend("t3", "u", "bought_by_you_again", 0)) == []
+
+
+async def test_reassigning_moves_interactions_to_the_survivor_and_an_unmerge_moves_back_only_the_split_offs(rec):
+    await rec.record_interactions(T, [buy("m1", "ann", "a"), buy("m2", "bob", "b"), view("v1", "bob", "c")])
+    assert await rec.reassign_interactions(T, ["bob"], "ann", []) == 2
+    assert ids(await rec.recommend(T, "ann", "bought_by_you_again", 0)) == ["a", "b"]
+    assert await rec.recommend(T, "bob", "bought_by_you_again", 0) == []
+    assert await rec.reassign_interactions(T, ["bob"], "ann", []) == 0  # a retry moves nothing more
+    await rec.record_interactions(T, [buy("m3", "ann", "d")])  # after the merge: recorded for ann
+    assert await rec.reassign_interactions(T, ["ann"], "bob", ["bob"]) == 2
+    assert ids(await rec.recommend(T, "bob", "bought_by_you_again", 0)) == ["b"]
+    assert ids(await rec.recommend(T, "ann", "bought_by_you_again", 0)) == ["a", "d"]
+
+
+async def test_reassigning_names_each_bad_field(rec):
+    with pytest.raises(InvalidArgument) as info:
+        await rec.reassign_interactions(T, ["ann", "", "bob"], "bob", ["x" * 600])
+    assert [f for f, _ in info.value.violations] == [
+        "from_individual_ids[1]", "from_individual_ids[2]", "only_first_recorded_for[0]"]
+    with pytest.raises(InvalidArgument) as info:
+        await rec.reassign_interactions(T, [], "", [])
+    assert [f for f, _ in info.value.violations] == ["from_individual_ids", "to_individual_id"]

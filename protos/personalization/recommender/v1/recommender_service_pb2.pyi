@@ -518,3 +518,19 @@ class ExportIndividualResponse(_message.Message):
     JSON_FIELD_NUMBER: _ClassVar[int]
     json: str
     def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class ReassignInteractionsRequest(_message.Message):
+    __slots__ = ("from_individual_ids", "to_individual_id", "only_first_recorded_for")
+    FROM_INDIVIDUAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    TO_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    ONLY_FIRST_RECORDED_FOR_FIELD_NUMBER: _ClassVar[int]
+    from_individual_ids: _containers.RepeatedScalarFieldContainer[str]
+    to_individual_id: str
+    only_first_recorded_for: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, from_individual_ids: _Optional[_Iterable[str]] = ..., to_individual_id: _Optional[str] = ..., only_first_recorded_for: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ReassignInteractionsResponse(_message.Message):
+    __slots__ = ("moved_count",)
+    MOVED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    moved_count: int
+    def __init__(self, moved_count: _Optional[int] = ...) -> None: ...

@@ -100,6 +100,11 @@ class RecommenderServiceStub:
                 request_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ExportIndividualRequest.SerializeToString,
                 response_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ExportIndividualResponse.FromString,
                 _registered_method=True)
+        self.ReassignInteractions = channel.unary_unary(
+                '/personalization.recommender.v1.RecommenderService/ReassignInteractions',
+                request_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ReassignInteractionsRequest.SerializeToString,
+                response_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ReassignInteractionsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
@@ -214,6 +219,15 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReassignInteractions(self, request, context):
+        """Moves interactions between individuals after a merge (to the survivor) or an unmerge (back to the individual
+        split off) and rebuilds both sides' histories; idempotent.
+        Errors: INVALID_ARGUMENT (no or empty ids, more than 1,000, the target among the sources).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -281,6 +295,11 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.ExportIndividual,
                     request_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ExportIndividualRequest.FromString,
                     response_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ExportIndividualResponse.SerializeToString,
+            ),
+            'ReassignInteractions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReassignInteractions,
+                    request_deserializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ReassignInteractionsRequest.FromString,
+                    response_serializer=personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ReassignInteractionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -635,6 +654,33 @@ class RecommenderService:
             '/personalization.recommender.v1.RecommenderService/ExportIndividual',
             personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ExportIndividualRequest.SerializeToString,
             personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ExportIndividualResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReassignInteractions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.recommender.v1.RecommenderService/ReassignInteractions',
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ReassignInteractionsRequest.SerializeToString,
+            personalization_dot_recommender_dot_v1_dot_recommender__service__pb2.ReassignInteractionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
