@@ -10,10 +10,20 @@
     tailor lift-suppression --identity TYPE:VALUE [--identity TYPE:VALUE ...]
     tailor dead-letters list|retry|discard [--reason CODE] [--since ISO] [--until ISO] [--id MESSAGE_ID ...] [--all]
     tailor pipeline status
+    tailor ingest -f EVENTS.jsonl [--batch-size N]
+    tailor import individuals|objects|items|events -f FILE.csv [--map KEY=COLUMN ...] [--mapping FILE.yaml]
+                  [--event-type T] [--object-type T] [--checkpoint PATH] [--report PATH] [--restart]
+    tailor recommend [--identity TYPE:VALUE | --unified-id ID] [--item ID] [--cart ID ...] [--recommender NAME]
+    tailor train NAME
+    tailor tenant list | create NAME | quota NAME --credits N --rate R      (operator key)
+    tailor tenant keys | revoke-key KEY_ID | rotate-key KEY_ID              (the tenant's admin key)
+    tailor --version
 
 Client commands talk to the gateway (--gateway, default TAILOR_GATEWAY_ADDR or 127.0.0.1:50051) with an API key
 (--api-key, default TAILOR_API_KEY, else the demo key `tailor up` stored). A failed call prints its gRPC status
-code, message and field violations and exits with code 1.
+code, message and field violations and exits with code 1; `ingest` and `import` exit with code 2 when rows were
+rejected. Operator commands use --operator-key (default TAILOR_OPERATOR_KEY, else the key `tailor up` stores in
+.tailor/operator_key, mode 0600); `tenant create` without any operator key writes to the database as before.
 """
 
 from __future__ import annotations
@@ -169,14 +179,14 @@ async def _apply(args) -> None:
     await apply_config(args.gateway, _api_key(args), config)
 
 
-async def _tenant_create(args) -> None:
+async def _tenant_create_in_database(args, scopes: tuple[str, ...]) -> None:
+    """`tenant create` before the suite had an operator key: straight into the gateway's tables."""
     from services.gateway.admin import create_tenant_with_key
     from shared.launcher import embedded_dsn_if_running
 
     dsn = os.environ.get("DATABASE_URL") or embedded_dsn_if_running()
     if not dsn:
         raise UsageError("no database: set DATABASE_URL, or start the suite with `tailor up` (embedded PostgreSQL)")
-    scopes = tuple(s.strip() for s in args.scopes.split(",") if s.strip())
     created, secret = await create_tenant_with_key(dsn, args.name, args.display_name or args.name, scopes,
                                                    key_name="tailor-cli")
     print(f"tenant {args.name} {'created' if created else 'already existed'}; new API key "
@@ -221,25 +231,6 @@ async def _batch_run(args) -> None:
     if job.state != gw.BATCH_JOB_STATE_SUCCEEDED:
         raise UsageError(f"batch job {job.job_id} failed: {job.error}")
     print(f"done: {job.row_count} rows; read them with GatewayService/ListBatchResults job_id={job.job_id}")
-
-
-async def _tenant_quota(args) -> None:
-    from services.gateway.quotas import set_quota
-    from shared import db
-    from shared.launcher import embedded_dsn_if_running
-
-    dsn = os.environ.get("DATABASE_URL") or embedded_dsn_if_running()
-    if not dsn:
-        raise UsageError("no database: set DATABASE_URL, or start the suite with `tailor up` (embedded PostgreSQL)")
-    if args.credits < 0 or args.rate < 0:
-        raise UsageError("quotas must be zero (unlimited) or more")
-    pool = await db.create_pool(dsn, "gateway", min_size=1, max_size=1)
-    try:
-        await set_quota(pool, args.name, args.credits, args.rate)
-    finally:
-        await pool.close()
-    print(f"tenant {args.name}: {args.credits or 'unlimited'} decision credits a month, "
-          f"{args.rate or 'unlimited'} requests/s")
 
 
 def _dead_letter_filter(args):
@@ -303,6 +294,308 @@ async def _pipeline_status(args) -> None:
           f"oldest pending {reply.oldest_pending_seconds:.1f} s")
 
 
+# ---- bulk data, recommendations, training, tenants (issue 13, item 5): public API only, no services.* imports ----
+
+def package_version() -> str:
+    """The installed tailor package's version, or `unknown` when run from a tree that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tailor")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+LARGE_MESSAGES = [("grpc.max_send_message_length", 64 * 1024 * 1024),
+                  ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+SHOWN_REJECTIONS = 20
+
+
+def _show_rejections(kind: str):
+    shown = 0
+
+    def show(rejected) -> None:
+        nonlocal shown
+        for r in rejected:
+            if shown < SHOWN_REJECTIONS:
+                where = r.column or r.field
+                print(f"\n{kind} {r.row}: {where + ': ' if where else ''}{r.reason}", file=sys.stderr, end="")
+            shown += 1
+
+    return show
+
+
+async def _ingest(args) -> int:
+    from shared.importer import ingest_jsonl
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise UsageError(f"{args.file}: no such file")
+    if args.batch_size < 1 or args.batch_size > 10_000:
+        raise UsageError("--batch-size must be between 1 and 10000")
+    async with grpc.aio.insecure_channel(args.gateway, options=LARGE_MESSAGES) as channel:
+        totals = await ingest_jsonl(channel, _auth(args), path, batch_size=args.batch_size,
+                                    show_progress=not args.quiet, on_rejected=_show_rejections("line"))
+    ambiguous = f", stored or duplicate {totals.acknowledged} (before a refused stream message, which does not " \
+        "say)" if totals.acknowledged else ""
+    print(f"{path}: stored {totals.stored}, duplicate {totals.duplicate}{ambiguous}, rejected {totals.rejected_rows}")
+    return 2 if totals.rejected_rows else 0
+
+
+def import_options(args):
+    """The ImportOptions of `tailor import` arguments (the mapping from --mapping, then --map flags over it)."""
+    from shared.importer import ImportOptions, load_mapping_file, parse_map_flags
+
+    columns: dict[str, str] = {}
+    constants: dict[str, str] = {}
+    if args.mapping:
+        data = load_mapping_file(args.mapping)
+        columns.update({str(k): str(v) for k, v in (data.get("columns") or {}).items()})
+        constants = {k: str(data[k]) for k in ("event_type", "object_type", "source") if data.get(k)}
+    columns.update(parse_map_flags(args.map or []))
+    if args.batch_size < 1 or args.batch_size > 1000:
+        raise UsageError("--batch-size must be between 1 and 1000")
+    if args.concurrency < 1 or args.concurrency > 32:
+        raise UsageError("--concurrency must be between 1 and 32")
+    return ImportOptions(
+        kind=args.kind, file=Path(args.file), columns=columns,
+        event_type=args.event_type or constants.get("event_type", ""),
+        object_type=args.object_type or constants.get("object_type", ""),
+        source=args.source or constants.get("source", ""),
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+        report=Path(args.report) if args.report else None,
+        restart=args.restart, batch_size=args.batch_size, concurrency=args.concurrency,
+        show_progress=not args.quiet)
+
+
+async def _import(args) -> int:
+    from shared.importer import import_csv
+
+    options = import_options(args)
+    if not options.file.is_file():
+        raise UsageError(f"{args.file}: no such file")
+    report = options.report or options.file.with_name(options.file.name + ".rejected.csv")
+    async with grpc.aio.insecure_channel(args.gateway, options=LARGE_MESSAGES) as channel:
+        totals = await import_csv(channel, _auth(args), options)
+    stored = "upserted" if options.kind == "items" else "stored"
+    line = f"{options.file}: {stored} {totals.stored}"
+    if options.kind != "items":
+        line += f", duplicate {totals.duplicate}"
+    line += f", rejected {totals.rejected_rows}"
+    if totals.skipped:
+        line += f" (resumed after row {totals.skipped})"
+    print(line)
+    if totals.rejected_rows:
+        print(f"rejected rows and reasons: {report}")
+        return 2
+    return 0
+
+
+def recommend_request(args):
+    """The GetRecommendationsRequest `tailor recommend` sends."""
+    from personalization.common.v1 import common_pb2
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+
+    request = gw.GetRecommendationsRequest(
+        unified_individual_id=args.unified_id or "", recommender=args.recommender or "", count=args.count,
+        anchor_item_id=args.item or "", cart_item_ids=args.cart or [], exclude_item_ids=args.exclude or [],
+        exclude_purchased=args.exclude_purchased, item_attributes=args.attribute or [], channel=args.channel,
+        execution_flags=([gw.EXECUTION_FLAG_DIAGNOSTICS] if args.explain else [])
+        + ([gw.EXECUTION_FLAG_TEST_MODE] if args.test_mode else []))
+    if args.identity:
+        kind, value = parse_identity(args.identity)
+        request.individual_id.CopyFrom(common_pb2.Identity(type=kind, value=value))
+    return request
+
+
+async def _recommend(args) -> None:
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    request = recommend_request(args)
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        reply = await gw_grpc.GatewayServiceStub(channel).GetRecommendations(request, metadata=_auth(args),
+                                                                              timeout=30)
+    if args.json:
+        _print_json(reply)
+        return
+    who = reply.unified_individual_id or "anonymous"
+    print(f"{reply.recommender} for {who}: {len(reply.items)} items")
+    for rank, item in enumerate(reply.items, start=1):
+        attributes = json_format.MessageToDict(item.attributes)
+        extra = "  " + " ".join(f"{k}={v}" for k, v in attributes.items()) if attributes else ""
+        print(f"{rank:>3}  {item.item_id}  {item.score:.4g}  {item.source}{extra}")
+    for d in reply.diagnostics:
+        print(f"note: {gw.DiagnosticCode.Name(d.code).removeprefix('DIAGNOSTIC_CODE_')}: {d.message}")
+    if reply.HasField("trace"):
+        removed = ", ".join(f"{f.filter} -{f.removed}" for f in reply.trace.filters) or "none"
+        print(f"ran: {' -> '.join(reply.trace.recommenders)}; filtered: {removed}; "
+              f"diversity -{reply.trace.diversity_removed}")
+
+
+async def _train(args) -> None:
+    from personalization.recommender.v1 import recommender_service_pb2 as rec
+    from personalization.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
+    from tqdm import tqdm
+
+    last = None
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        stream = rec_grpc.RecommenderServiceStub(channel).TrainRecommender(
+            rec.TrainRecommenderRequest(name=args.name), metadata=_auth(args), timeout=args.timeout)
+        with tqdm(total=100, unit="%", desc=f"train {args.name}", bar_format="{desc}: {percentage:3.0f}%|{bar}| "
+                  "{elapsed} {postfix}", disable=args.quiet, dynamic_ncols=True) as bar:
+            async for step in stream:
+                bar.update(round(step.fraction * 100) - bar.n)
+                bar.set_postfix_str(f"{step.stage}: {step.message}"[:60])
+                last = step
+    if last is None or not last.model_version:
+        raise UsageError(f"training {args.name} ended without a model version")
+    print(f"{args.name}: model version {last.model_version} trained on {last.interactions} interactions "
+          f"({last.individuals} individuals, {last.items} items)")
+
+
+def operator_key(args) -> str:
+    """--operator-key, else TAILOR_OPERATOR_KEY, else the operator key `tailor up` stored; empty when none."""
+    key = getattr(args, "operator_key", "") or os.environ.get("TAILOR_OPERATOR_KEY", "").strip()
+    if key:
+        return key
+    from shared.launcher import tailor_home
+
+    path = tailor_home() / "operator_key"
+    return path.read_text().strip() if path.exists() else ""
+
+
+def _operator_auth(args) -> tuple[tuple[str, str], ...]:
+    key = operator_key(args)
+    if not key:
+        raise UsageError("no operator key: pass --operator-key, set TAILOR_OPERATOR_KEY, or run `tailor up`, which "
+                         "stores one in .tailor/operator_key")
+    return (("authorization", f"Bearer {key}"),)
+
+
+SCOPE_FLAGS = {"ingest": 1, "decide": 2, "admin": 3}  # gateway.v1.Scope values
+
+
+def parse_scopes(text: str) -> list[str]:
+    """`ingest,decide` -> ["ingest", "decide"]; an unknown scope is a usage error."""
+    scopes = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in scopes if s not in SCOPE_FLAGS]
+    if not scopes or bad:
+        raise UsageError(f"--scopes takes a comma-separated list of {', '.join(SCOPE_FLAGS)}, got {text!r}")
+    return scopes
+
+
+async def _tenant_create(args) -> None:
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    scopes = parse_scopes(args.scopes)
+    if not operator_key(args):
+        await _tenant_create_in_database(args, tuple(scopes))
+        return
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        reply = await gw_grpc.GatewayServiceStub(channel).CreateTenant(gw.CreateTenantRequest(
+            tenant_id=args.name, display_name=args.display_name or args.name,
+            scopes=[SCOPE_FLAGS[s] for s in scopes], key_display_name="tailor-cli"),
+            metadata=_operator_auth(args), timeout=30)
+    print(f"tenant {args.name} {'created' if reply.created else 'already existed'}; new API key "
+          f"(scopes {', '.join(scopes)}), shown only this once:")
+    print(reply.secret)
+
+
+async def _tenant_list(args) -> None:
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    token, rows = "", []
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        stub = gw_grpc.GatewayServiceStub(channel)
+        while True:
+            page = await stub.ListTenants(gw.ListTenantsRequest(page_size=1000, page_token=token),
+                                          metadata=_operator_auth(args), timeout=30)
+            rows += page.tenants
+            token = page.next_page_token
+            if not token:
+                break
+    if args.json:
+        print(json.dumps([json_format.MessageToDict(t, preserving_proto_field_name=True) for t in rows], indent=2))
+        return
+    print(f"{'tenant':<24} {'keys':>4} {'credits used/limit':>22} {'rate/s':>8}  created")
+    for t in rows:
+        limit = t.decision_credit_limit or "unlimited"
+        rate = f"{t.request_rate_limit:g}" if t.request_rate_limit else "unlimited"
+        print(f"{t.tenant_id:<24} {t.active_key_count:>4} {f'{t.decision_credits_used}/{limit}':>22} {rate:>8}  "
+              f"{t.create_time.ToJsonString()[:10]}")
+
+
+async def _tenant_quota(args) -> None:
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    if args.credits < 0 or args.rate < 0:
+        raise UsageError("quotas must be zero (unlimited) or more")
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        reply = await gw_grpc.GatewayServiceStub(channel).SetTenantQuota(gw.SetTenantQuotaRequest(
+            tenant_id=args.name, decision_credit_limit=args.credits, request_rate_limit=args.rate),
+            metadata=_operator_auth(args), timeout=30)
+    t = reply.tenant
+    print(f"tenant {t.tenant_id}: {t.decision_credit_limit or 'unlimited'} decision credits a month, "
+          f"{f'{t.request_rate_limit:g}' if t.request_rate_limit else 'unlimited'} requests/s")
+
+
+async def _revoke_key(args) -> None:
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        reply = await gw_grpc.GatewayServiceStub(channel).RevokeApiKey(gw.RevokeApiKeyRequest(key_id=args.key_id),
+                                                                      metadata=_auth(args), timeout=30)
+    print(f"key {reply.api_key.key_id} revoked at {reply.api_key.revoke_time.ToJsonString()}")
+
+
+async def _rotate_key(args) -> None:
+    """A new key with the old one's scopes and name, then the old one revoked (the new secret is printed once)."""
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        stub = gw_grpc.GatewayServiceStub(channel)
+        old, token = None, ""
+        while old is None:
+            page = await stub.ListApiKeys(gw.ListApiKeysRequest(page_size=1000, page_token=token),
+                                          metadata=_auth(args), timeout=30)
+            old = next((k for k in page.api_keys if k.key_id == args.key_id), None)
+            token = page.next_page_token
+            if not token:
+                break
+        if old is None or old.HasField("revoke_time"):
+            raise UsageError(f"no valid key {args.key_id} in this tenant (see `tailor tenant keys`)")
+        new = await stub.CreateApiKey(gw.CreateApiKeyRequest(display_name=old.display_name, scopes=old.scopes),
+                                      metadata=_auth(args), timeout=30)
+        await stub.RevokeApiKey(gw.RevokeApiKeyRequest(key_id=old.key_id), metadata=_auth(args), timeout=30)
+    print(f"key {old.key_id} revoked; its replacement {new.api_key.key_id} (same scopes), shown only this once:")
+    print(new.secret)
+
+
+async def _list_keys(args) -> None:
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    token = ""
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        stub = gw_grpc.GatewayServiceStub(channel)
+        while True:
+            page = await stub.ListApiKeys(gw.ListApiKeysRequest(page_size=1000, page_token=token),
+                                          metadata=_auth(args), timeout=30)
+            for k in page.api_keys:
+                scopes = ",".join(gw.Scope.Name(s).removeprefix("SCOPE_").lower() for s in k.scopes)
+                state = f"revoked {k.revoke_time.ToJsonString()}" if k.HasField("revoke_time") else "valid"
+                print(f"{k.key_id}  {scopes:<20} {k.display_name:<20} {k.create_time.ToJsonString()}  {state}")
+            token = page.next_page_token
+            if not token:
+                break
+
+
 def _up(args) -> int:
     from shared.launcher import UpOptions, up
 
@@ -328,18 +621,26 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ready-file", help="write addresses, API key, pids and start-up seconds here once ready")
     up.set_defaults(run=_up)
 
-    tenant = commands.add_parser("tenant", help="manage tenants")
+    operator = argparse.ArgumentParser(add_help=False)
+    operator.add_argument("--gateway", default=os.environ.get("TAILOR_GATEWAY_ADDR") or DEFAULT_GATEWAY,
+                          help="gateway address (default: TAILOR_GATEWAY_ADDR or %(default)s)")
+    operator.add_argument("--operator-key", default="",
+                          help="operator key (default: TAILOR_OPERATOR_KEY, else the one `tailor up` stored)")
+    tenant = commands.add_parser("tenant", help="manage tenants (operator) and the tenant's own API keys")
     tenant_commands = tenant.add_subparsers(dest="tenant_command", required=True)
-    create = tenant_commands.add_parser("create", help="create a tenant (if needed) and a new API key for it")
+    create = tenant_commands.add_parser("create", parents=[operator],
+                                        help="create a tenant (if needed) and a new API key for it")
     create.add_argument("name", help="tenant id: lowercase letters, digits, _ and -")
     create.add_argument("--scopes", default="ingest,decide,admin", help="comma-separated (default: %(default)s)")
     create.add_argument("--display-name", default="", help="a name for people (default: the tenant id)")
     create.set_defaults(run=_tenant_create)
-    quota = tenant_commands.add_parser("quota", help="set a tenant's decision-credit and request-rate quotas")
+    quota = tenant_commands.add_parser("quota", parents=[operator],
+                                       help="set a tenant's decision-credit and request-rate quotas")
     quota.add_argument("name", help="tenant id")
     quota.add_argument("--credits", type=int, default=0, help="decision credits per month (0: unlimited)")
     quota.add_argument("--rate", type=float, default=0.0, help="requests per second (0: unlimited)")
     quota.set_defaults(run=_tenant_quota)
+    _add_tenant_commands(tenant_commands, client, operator)
 
     experiment = commands.add_parser("experiment", help="experiments")
     experiment_commands = experiment.add_subparsers(dest="experiment_command", required=True)
@@ -399,7 +700,76 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline_status = pipeline_commands.add_parser("status", parents=[client],
                                                    help="events pending, retrying and dead-lettered")
     pipeline_status.set_defaults(run=_pipeline_status)
+    _add_data_commands(commands, client, who)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     return parser
+
+
+def _add_tenant_commands(tenant_commands, client, operator) -> None:
+    listing = tenant_commands.add_parser("list", parents=[operator], help="every tenant, its quotas and usage")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(run=_tenant_list)
+    keys = tenant_commands.add_parser("keys", parents=[client], help="the API keys of the key's tenant")
+    keys.set_defaults(run=_list_keys)
+    revoke = tenant_commands.add_parser("revoke-key", parents=[client],
+                                        help="revoke one of the tenant's API keys (needs an admin key)")
+    revoke.add_argument("key_id", help="the key id (the part after tlr_, see `tailor tenant keys`)")
+    revoke.set_defaults(run=_revoke_key)
+    rotate = tenant_commands.add_parser("rotate-key", parents=[client],
+                                        help="replace an API key by a new one with the same scopes, then revoke it")
+    rotate.add_argument("key_id", help="the key id to replace")
+    rotate.set_defaults(run=_rotate_key)
+
+
+def _add_data_commands(commands, client, who) -> None:
+    ingest = commands.add_parser("ingest", parents=[client],
+                                 help="send a JSON-lines file of events (one Event per line) over a stream")
+    ingest.add_argument("-f", "--file", required=True, help="the .jsonl file")
+    ingest.add_argument("--batch-size", type=int, default=500, help="events per stream message (default: %(default)s)")
+    ingest.add_argument("--quiet", action="store_true", help="no progress bar")
+    ingest.set_defaults(run=_ingest)
+
+    imp = commands.add_parser("import", parents=[client], help="import a CSV file of individuals, profile objects, "
+                              "items or events (resumable; rejected rows are reported)")
+    imp.add_argument("kind", choices=("individuals", "objects", "items", "events"))
+    imp.add_argument("-f", "--file", required=True, help="the CSV file (with a header row)")
+    imp.add_argument("--map", action="append", metavar="KEY=COLUMN",
+                     help="which column feeds a field: identity.<type>, attribute.<name>[:number|bool], "
+                          "property.<name>[:type], time, type, name, item_id, quantity, unit_price, object_id, "
+                          "message_id, source (repeatable; without any, columns named like keys are used)")
+    imp.add_argument("--mapping", help="a YAML file: columns: {KEY: COLUMN}, event_type, object_type, source")
+    imp.add_argument("--event-type", default="", help="events: the type of every row (purchase, page_view, ...)")
+    imp.add_argument("--object-type", default="", help="objects: the profile object type (order, case, ...)")
+    imp.add_argument("--source", default="", help="the source recorded on every row (default: import)")
+    imp.add_argument("--checkpoint", help="checkpoint file (default: FILE.checkpoint.json)")
+    imp.add_argument("--report", help="rejected rows report (default: FILE.rejected.csv)")
+    imp.add_argument("--restart", action="store_true", help="ignore the checkpoint and start from the first row")
+    imp.add_argument("--batch-size", type=int, default=1000, help="rows per request (default: %(default)s)")
+    imp.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: %(default)s)")
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.set_defaults(run=_import)
+
+    recommend = commands.add_parser("recommend", parents=[client, who],
+                                    help="items for an individual, like an item (--item) or for a cart (--cart)")
+    recommend.add_argument("--recommender", default="", help="a configured recommender or a built-in strategy "
+                           "(default: similar_attributes with --item, co_bought with --cart, else top_sellers)")
+    recommend.add_argument("--item", help="the anchor item: recommend items like it")
+    recommend.add_argument("--cart", action="append", help="an item in the cart (repeatable)")
+    recommend.add_argument("--count", type=int, default=0, help="how many items (default: the recommender's)")
+    recommend.add_argument("--exclude", action="append", help="an item id never to return (repeatable)")
+    recommend.add_argument("--exclude-purchased", action="store_true", help="leave out items already bought")
+    recommend.add_argument("--attribute", action="append", help="an item attribute to show (repeatable)")
+    recommend.add_argument("--channel", default="", help="the channel asking (web, email, ...)")
+    recommend.add_argument("--explain", action="store_true", help="show which recommenders ran and the filters")
+    recommend.add_argument("--test-mode", action="store_true", help="record nothing in the decision log")
+    recommend.add_argument("--json", action="store_true", help="print the response as JSON")
+    recommend.set_defaults(run=_recommend)
+
+    train = commands.add_parser("train", parents=[client], help="train a learned recommender, showing progress")
+    train.add_argument("name", help="the recommender's name")
+    train.add_argument("--timeout", type=float, default=3600, help="seconds to wait (default: %(default)s)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
 
 
 def format_rpc_error(err: grpc.aio.AioRpcError) -> str:
@@ -415,13 +785,13 @@ def format_rpc_error(err: grpc.aio.AioRpcError) -> str:
 def run(argv: list[str] | None = None) -> int:
     """Runs one command and returns its exit code."""
     from shared.demo import ConfigError
+    from shared.importer import ImportFailed, MappingError
 
     args = build_parser().parse_args(argv)
     try:
         result = args.run(args)
         if asyncio.iscoroutine(result):
-            asyncio.run(result)
-            return 0
+            return asyncio.run(result) or 0
         return result or 0
     except grpc.aio.AioRpcError as err:
         print(format_rpc_error(err), file=sys.stderr)
@@ -429,7 +799,7 @@ def run(argv: list[str] | None = None) -> int:
         violations = getattr(err, "violations", [])
         print("\n".join([f"error: {err.code.name}: {err.message}"] + [f"  {f}: {d}" for f, d in violations]),
               file=sys.stderr)
-    except (UsageError, ConfigError, OSError) as err:
+    except (UsageError, ConfigError, OSError, MappingError, ImportFailed) as err:
         print(f"error: {err}", file=sys.stderr)
     except SystemExit as err:  # a settings error (bad TAILOR_* variable) names the variable
         if err.code not in (None, 0) and not isinstance(err.code, int):

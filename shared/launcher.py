@@ -549,6 +549,9 @@ async def _start(suite: Suite, options: UpOptions, started: float, state: dict) 
     await suite.wait_healthy()
     gateway = suite.address("gateway")
     key = await ensure_demo_key(dsn, gateway)
+    from services.gateway.admin import write_operator_key  # `tailor tenant create|list|quota` use it
+
+    await write_operator_key(dsn, tailor_home() / "operator_key")
 
     from shared import demo
 

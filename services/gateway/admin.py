@@ -24,3 +24,16 @@ async def create_tenant_with_key(dsn: str, tenant_id: str, display_name: str = "
         return created, secret
     finally:
         await pool.close()
+
+
+async def write_operator_key(dsn: str, path: Path) -> str:
+    """The operator key (the `operator` scope: CreateTenant, ListTenants, SetTenantQuota): the one stored at path
+    while it still works, else a new one written there with mode 0600. Called by the launcher at every start."""
+    from services.gateway.tenants import ensure_operator_key
+
+    await db.migrate(dsn, SCHEMA, MIGRATIONS)
+    pool = await db.create_pool(dsn, SCHEMA, min_size=1, max_size=2)
+    try:
+        return await ensure_operator_key(KeyService(GatewayStore(pool)), path)
+    finally:
+        await pool.close()

@@ -13,6 +13,10 @@ from services.gateway.postgres import GatewayStore, KeyRow
 from shared.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 
 SCOPES = ("ingest", "decide", "admin")
+# The operator's key (written by the launcher, see tenants.ensure_operator_key) is the only one with this scope;
+# it belongs to a reserved tenant TENANT_ID_PATTERN can never name, and check_scopes never grants it to a tenant.
+OPERATOR_SCOPE = "operator"
+OPERATOR_TENANT = "_operator"
 KEY_PREFIX = "tlr"
 TENANT_ID_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{1,62}$")
 
@@ -57,6 +61,9 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     GATEWAY + "ExportIndividual": frozenset({"admin"}),
     GATEWAY + "LiftSuppression": frozenset({"admin"}),
     GATEWAY + "GetRecommendations": frozenset({"decide"}),
+    GATEWAY + "CreateTenant": frozenset({OPERATOR_SCOPE}),
+    GATEWAY + "ListTenants": frozenset({OPERATOR_SCOPE}),
+    GATEWAY + "SetTenantQuota": frozenset({OPERATOR_SCOPE}),
     PROFILE + "UpsertItems": frozenset({"ingest", "admin"}),
     PROFILE + "GetItems": frozenset({"decide", "admin"}),
     PROFILE + "UpsertInsight": frozenset({"admin"}),
@@ -162,6 +169,12 @@ class KeyService:
         key_id, secret = new_key()
         row = await self.store.insert_key(tenant_id, key_id, hash_secret(secret), scopes, display_name)
         return row, secret
+
+    async def create_operator_key(self) -> str:
+        """A new operator key (in the reserved operator tenant, which must exist); returns its secret."""
+        key_id, secret = new_key()
+        await self.store.insert_key(OPERATOR_TENANT, key_id, hash_secret(secret), [OPERATOR_SCOPE], "operator")
+        return secret
 
     async def revoke_key(self, tenant_id: str, key_id: str) -> KeyRow:
         row = await self.store.revoke_key(tenant_id, key_id)

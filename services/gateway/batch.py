@@ -74,6 +74,10 @@ def _next_run(cron: str, after: datetime) -> datetime:
     return croniter(cron, after).get_next(datetime)
 
 
+PROGRESS_STEPS = 20  # a job's progress advances in about this many steps (pages), unless pages would be tiny
+PROGRESS_MIN_PAGE = 50
+
+
 class BatchJobs:
     """Creates, runs, watches and schedules batch jobs. One leader per database runs them, oldest first."""
 
@@ -193,13 +197,20 @@ class BatchJobs:
         ctx.deadline_var.set(None)
         await self.store.mark_running(tenant_id, job_id)
         token = job.checkpoint
+        # Progress (processed_count) moves one committed page at a time: with pages of page_size members, every job
+        # under that size went from 0 to 100% in one step. Pages are cut to about a twentieth of the segment (at
+        # least PROGRESS_MIN_PAGE members), so watchers see the job advance; large jobs (and scheduled ones, whose
+        # size is not counted) keep full pages.
+        total = job.total_count or 0
+        page_size = min(self.page_size, max(PROGRESS_MIN_PAGE, -(-total // PROGRESS_STEPS))) if total else \
+            self.page_size
         # Up to `depth` pages are decided at once (their stages run in different processes, so they overlap);
         # pages commit strictly in order, so the checkpoint always follows every committed row.
         deciding: deque[tuple[profile_pb.ListSegmentMembersResponse, asyncio.Task]] = deque()
         try:
             while True:
                 page = await self.profile.ListSegmentMembers(profile_pb.ListSegmentMembersRequest(
-                    segment=job.segment, page_size=self.page_size, page_token=token))
+                    segment=job.segment, page_size=page_size, page_token=token))
                 members = [m.unified_individual_id for m in page.members]
                 deciding.append((page, asyncio.create_task(
                     self.decide_page(members, job))))

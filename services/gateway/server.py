@@ -37,7 +37,9 @@ from services.gateway.privacy import Privacy
 from services.gateway.quotas import Quotas
 from services.gateway.recommend import Recommendations
 from services.gateway.records import RecordSync
+from services.gateway.postgres_tenants import TenantStore
 from services.gateway.servicer import GatewayServicer
+from services.gateway.tenants import Tenants
 from shared import client
 from shared.runtime import Built, prepare_schema
 from shared.server import Service
@@ -123,7 +125,7 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
                                DeadLetters(InboxStore(pool)),
                                Privacy(PostgresPrivacy(pool), identity, profile, recommender, decision, decider,
                                        log_writer),
-                               Recommendations(decider))
+                               Recommendations(decider), Tenants(keys, TenantStore(pool)))
     gateway_name = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
     async def close() -> None:

@@ -25,6 +25,7 @@ from services.gateway.privacy import Privacy
 from services.gateway.quotas import Quotas
 from services.gateway.recommend import Recommendations
 from services.gateway.records import RecordSync, validate_data_model
+from services.gateway.tenants import Tenants
 from shared import contract
 from shared.client import open_stream
 from shared.context import current_tenant
@@ -86,7 +87,7 @@ def _acks(acks: list[tuple[str, bool]]) -> list[pb.EventAck]:
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def __init__(self, keys: KeyService, ingest: Ingest, decider: Decider, records: RecordSync, batch: BatchJobs,
                  quotas: Quotas, activations: Activations, dead_letters: DeadLetters, privacy: Privacy | None = None,
-                 recommendations: Recommendations | None = None):
+                 recommendations: Recommendations | None = None, tenants: Tenants | None = None):
         self.keys = keys
         self.ingest = ingest
         self.decider = decider
@@ -97,6 +98,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         self.activations = activations
         self.privacy = privacy
         self.recommendations = recommendations or Recommendations(decider)
+        self.tenants = tenants
 
     async def _admit(self) -> None:
         """The tenant's request-rate quota for ingest: over it, RESOURCE_EXHAUSTED with RetryInfo."""
@@ -296,3 +298,13 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     async def GetRecommendations(self, request: pb.GetRecommendationsRequest, context
                                  ) -> pb.GetRecommendationsResponse:
         return await self.recommendations.recommend(request)
+
+    async def CreateTenant(self, request: pb.CreateTenantRequest, context) -> pb.CreateTenantResponse:
+        tenant, created, key, secret = await self.tenants.create(request)
+        return pb.CreateTenantResponse(tenant=tenant, created=created, api_key=api_key_message(key), secret=secret)
+
+    async def ListTenants(self, request: pb.ListTenantsRequest, context) -> pb.ListTenantsResponse:
+        return await self.tenants.list(request)
+
+    async def SetTenantQuota(self, request: pb.SetTenantQuotaRequest, context) -> pb.SetTenantQuotaResponse:
+        return await self.tenants.set_quota(request)

@@ -1089,3 +1089,77 @@ class GetRecommendationsResponse(_message.Message):
     trace: RecommendationTrace
     unified_individual_id: str
     def __init__(self, request_id: _Optional[str] = ..., personalization_id: _Optional[str] = ..., recommender: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., diagnostics: _Optional[_Iterable[_Union[Diagnostic, _Mapping]]] = ..., trace: _Optional[_Union[RecommendationTrace, _Mapping]] = ..., unified_individual_id: _Optional[str] = ...) -> None: ...
+
+class Tenant(_message.Message):
+    __slots__ = ("tenant_id", "display_name", "create_time", "decision_credit_limit", "request_rate_limit", "decision_credits_used", "active_key_count")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DECISION_CREDIT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    DECISION_CREDITS_USED_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_KEY_COUNT_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    display_name: str
+    create_time: _timestamp_pb2.Timestamp
+    decision_credit_limit: int
+    request_rate_limit: float
+    decision_credits_used: int
+    active_key_count: int
+    def __init__(self, tenant_id: _Optional[str] = ..., display_name: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decision_credit_limit: _Optional[int] = ..., request_rate_limit: _Optional[float] = ..., decision_credits_used: _Optional[int] = ..., active_key_count: _Optional[int] = ...) -> None: ...
+
+class CreateTenantRequest(_message.Message):
+    __slots__ = ("tenant_id", "display_name", "scopes", "key_display_name")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    SCOPES_FIELD_NUMBER: _ClassVar[int]
+    KEY_DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    display_name: str
+    scopes: _containers.RepeatedScalarFieldContainer[Scope]
+    key_display_name: str
+    def __init__(self, tenant_id: _Optional[str] = ..., display_name: _Optional[str] = ..., scopes: _Optional[_Iterable[_Union[Scope, str]]] = ..., key_display_name: _Optional[str] = ...) -> None: ...
+
+class CreateTenantResponse(_message.Message):
+    __slots__ = ("tenant", "created", "api_key", "secret")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
+    tenant: Tenant
+    created: bool
+    api_key: ApiKey
+    secret: str
+    def __init__(self, tenant: _Optional[_Union[Tenant, _Mapping]] = ..., created: _Optional[bool] = ..., api_key: _Optional[_Union[ApiKey, _Mapping]] = ..., secret: _Optional[str] = ...) -> None: ...
+
+class ListTenantsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListTenantsResponse(_message.Message):
+    __slots__ = ("tenants", "next_page_token")
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tenants: _containers.RepeatedCompositeFieldContainer[Tenant]
+    next_page_token: str
+    def __init__(self, tenants: _Optional[_Iterable[_Union[Tenant, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class SetTenantQuotaRequest(_message.Message):
+    __slots__ = ("tenant_id", "decision_credit_limit", "request_rate_limit")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_CREDIT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    decision_credit_limit: int
+    request_rate_limit: float
+    def __init__(self, tenant_id: _Optional[str] = ..., decision_credit_limit: _Optional[int] = ..., request_rate_limit: _Optional[float] = ...) -> None: ...
+
+class SetTenantQuotaResponse(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: Tenant
+    def __init__(self, tenant: _Optional[_Union[Tenant, _Mapping]] = ...) -> None: ...

@@ -196,6 +196,21 @@ class GatewayServiceStub:
                 request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetRecommendationsRequest.SerializeToString,
                 response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetRecommendationsResponse.FromString,
                 _registered_method=True)
+        self.CreateTenant = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/CreateTenant',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateTenantRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateTenantResponse.FromString,
+                _registered_method=True)
+        self.ListTenants = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/ListTenants',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListTenantsRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListTenantsResponse.FromString,
+                _registered_method=True)
+        self.SetTenantQuota = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/SetTenantQuota',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetTenantQuotaRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetTenantQuotaResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -466,6 +481,31 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateTenant(self, request, context):
+        """Creates a tenant (if it does not exist) and a new API key for it; operator keys only.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no operator scope), INVALID_ARGUMENT (bad tenant id or scope).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenants(self, request, context):
+        """Lists every tenant with its quotas, this month's usage and active keys, by tenant id; operator keys only.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no operator scope), INVALID_ARGUMENT (bad page token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTenantQuota(self, request, context):
+        """Sets a tenant's monthly decision-credit and request-rate quotas (0 means unlimited); operator keys only.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no operator scope), INVALID_ARGUMENT (a negative limit),
+        NOT_FOUND (unknown tenant).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -628,6 +668,21 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.GetRecommendations,
                     request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetRecommendationsRequest.FromString,
                     response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetRecommendationsResponse.SerializeToString,
+            ),
+            'CreateTenant': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTenant,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateTenantRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateTenantResponse.SerializeToString,
+            ),
+            'ListTenants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenants,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListTenantsRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListTenantsResponse.SerializeToString,
+            ),
+            'SetTenantQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTenantQuota,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetTenantQuotaRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetTenantQuotaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1496,6 +1551,87 @@ class GatewayService:
             '/personalization.gateway.v1.GatewayService/GetRecommendations',
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetRecommendationsRequest.SerializeToString,
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetRecommendationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTenant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/CreateTenant',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateTenantRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.CreateTenantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/ListTenants',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListTenantsRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListTenantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTenantQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/SetTenantQuota',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetTenantQuotaRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetTenantQuotaResponse.FromString,
             options,
             channel_credentials,
             insecure,
