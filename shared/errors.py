@@ -8,6 +8,16 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 ERROR_DOMAIN = "tailor.dev"
+# An error travels in response headers, which clients refuse past 8-16 KB: whatever a message, a field path, a
+# description or a metadata value says is cut to these many characters (a long id a caller sent, echoed in a
+# message, would otherwise turn the answer into a RESOURCE_EXHAUSTED of the client's own).
+MAX_MESSAGE_CHARS = 1000
+MAX_DETAIL_CHARS = 300
+
+
+def clip(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """text, cut to limit characters with an ellipsis."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def shorten(text: str, size: int = 200) -> str:
@@ -29,12 +39,14 @@ class TailorError(Exception):
 
     def details(self) -> list[any_pb2.Any]:
         info = any_pb2.Any()
-        info.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata))
+        metadata = {clip(k, 100): clip(v) for k, v in self.metadata.items()}
+        info.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=metadata))
         return [info]
 
     def to_status(self) -> grpc.Status:
         """The rich status that carries this error to the client."""
-        status = status_pb2.Status(code=self.code.value[0], message=self.message, details=self.details())
+        status = status_pb2.Status(code=self.code.value[0], message=clip(self.message, MAX_MESSAGE_CHARS),
+                                   details=self.details())
         return rpc_status.to_status(status)
 
 
@@ -66,7 +78,7 @@ class InvalidArgument(TailorError):
             sent.append(("", f"and {len(self.violations) - len(sent)} more violations, not listed"))
         bad = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in sent
+                error_details_pb2.BadRequest.FieldViolation(field=clip(f), description=clip(d)) for f, d in sent
             ]
         )
         packed = any_pb2.Any()
@@ -184,9 +196,12 @@ class Violations:
 
 def rich_status_of(error: grpc.aio.AioRpcError) -> grpc.Status | None:
     """Rebuilds the status a downstream call failed with, details included, to relay it to our caller."""
-    status = rpc_status.from_call(error)
+    try:
+        status = rpc_status.from_call(error)
+    except ValueError:  # the rich status names another code than the call ended with (cut short on the way)
+        status = None
     if status is None:
-        status = status_pb2.Status(code=error.code().value[0], message=error.details() or "")
+        status = status_pb2.Status(code=error.code().value[0], message=clip(error.details() or "", MAX_MESSAGE_CHARS))
     return rpc_status.to_status(status)
 
 

@@ -14,12 +14,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from google.protobuf.message import Message
 from grpc_status import rpc_status
 
 from shared import context as ctx
 from shared import wire
 from shared.db import is_database_outage, watch_database
-from shared.errors import TailorError, Unauthenticated, Unavailable, rich_status_of
+from shared.errors import InvalidArgument, TailorError, Unauthenticated, Unavailable, rich_status_of
 from shared.log import get_logger
 
 log = get_logger("shared.server")
@@ -46,6 +47,18 @@ async def tenant_from_metadata(method: str, metadata: dict[str, str]) -> str:
     return tenant
 
 
+def _contract_violations(request) -> list[tuple[str, str]]:
+    """The contract's violations in a request (empty when it has none, or is not a message)."""
+    if not isinstance(request, Message):
+        return []
+    from shared import contract  # the contract module generates code on first use; only failed calls need it
+
+    try:
+        return contract.violations(request)
+    except Exception:  # noqa: BLE001 - the original error is what gets reported
+        return []
+
+
 class _CallScope:
     """Binds request id, tenant and deadline for one call, and turns errors into rich statuses."""
 
@@ -64,7 +77,7 @@ class _CallScope:
         if self.authenticate is not None and not self.infra:
             ctx.tenant_var.set(await self.authenticate(self.method, metadata))
 
-    async def fail(self, context: grpc.aio.ServicerContext, error: BaseException) -> None:
+    async def fail(self, context: grpc.aio.ServicerContext, error: BaseException, request=None) -> None:
         if isinstance(error, TailorError):
             status = error.to_status()
         elif isinstance(error, grpc.aio.AioRpcError):
@@ -79,6 +92,11 @@ class _CallScope:
             log.warning("rpc_database_unavailable", method=self.method, error=f"{type(error).__name__}: {error}")
             status = Unavailable("the database is unavailable; retry shortly", reason="DATABASE_UNAVAILABLE",
                                  retry_after_seconds=RETRY_AFTER_SECONDS).to_status()
+        elif (found := _contract_violations(request)):
+            # The handler tripped on input the contract refuses for every message (a NUL, a time out of range):
+            # the caller's mistake, answered as such and naming the field; the handler wrote nothing it kept.
+            log.warning("rpc_refused_late", method=self.method, error=f"{type(error).__name__}: {error}")
+            status = InvalidArgument(found).to_status()
         else:
             log.exception("rpc_unexpected_error", method=self.method)
             status = grpc.Status()
@@ -118,7 +136,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, authenticate: Authenticat
                 if isinstance(error, asyncio.CancelledError):
                     code = grpc.StatusCode.CANCELLED
                     raise
-                await scope.fail(context, error)
+                await scope.fail(context, error, None if streaming else request_or_iterator)
             finally:
                 scope.done(code)
 
@@ -147,7 +165,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, authenticate: Authenticat
             if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
                 code = grpc.StatusCode.CANCELLED
                 raise
-            await scope.fail(context, error)
+            await scope.fail(context, error, None if streaming else request_or_iterator)
         finally:
             scope.done(code)
 
