@@ -44,6 +44,9 @@ READ_PREFIXES = ("Get", "List", "Watch", "Export", "Search", "Evaluate", "Explai
                  "Validate", "Assign", "Describe", "Count")
 ECHO_LIMIT = 40  # characters of a request string an error text may repeat
 CALL_TIMEOUT = 20.0
+WATCH_TIMEOUT = 2.0
+# Tables written in the background (usage metering flushed every few seconds), not by the call being judged.
+BACKGROUND_TABLES = {"gateway.credit_usage"}
 STREAM_MESSAGES = 3  # responses read from a server stream before the call is cancelled
 
 
@@ -140,7 +143,7 @@ class Fuzzer:
         for r in rows:
             self.tables.setdefault(r["table_schema"], []).append(r["table_name"])
         parts = [f"SELECT '{s}.{t}' AS t, count(*) AS n FROM \"{s}\".\"{t}\" WHERE tenant_id = $1"
-                 for s, ts in self.tables.items() for t in ts]
+                 for s, ts in self.tables.items() for t in ts if f"{s}.{t}" not in BACKGROUND_TABLES]
         self.count_sql = " UNION ALL ".join(parts)
 
     async def close(self) -> None:
@@ -170,8 +173,10 @@ class Fuzzer:
                 await channel.stream_unary(target.path, **kwargs)(requests(), metadata=target.metadata,
                                                                    timeout=CALL_TIMEOUT)
             elif method.server_streaming:
+                # A watch waits for events that may never come: its deadline ending the call is success.
+                watch = target.path.rsplit("/", 1)[1].startswith("Watch")
                 call = channel.unary_stream(target.path, **kwargs)(data, metadata=target.metadata,
-                                                                   timeout=CALL_TIMEOUT)
+                                                                   timeout=WATCH_TIMEOUT if watch else CALL_TIMEOUT)
                 read = 0
                 async for _ in call:
                     read += 1
@@ -182,6 +187,9 @@ class Fuzzer:
                 await channel.unary_unary(target.path, **kwargs)(data, metadata=target.metadata,
                                                                  timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and method.server_streaming \
+                    and target.path.rsplit("/", 1)[1].startswith("Watch"):
+                return grpc.StatusCode.OK, None
             return error.code(), error
         return grpc.StatusCode.OK, None
 

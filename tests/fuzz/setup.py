@@ -18,7 +18,7 @@ from tests.fuzz.wire import Strategies
 CONFIG_NAMES = ["spend_30d", "purchases_30d", "big_spenders", "home_banner", "home_recs", "vip_offer", "welcome",
                 "top_sellers", "email", "customer_id", "device_id", "phone", "PURCHASE", "VIEW", "name", "price",
                 "revenue", "headline", "most_viewed", "als", "insights.spend_30d >= 1.0", "true", "profile.segments"]
-MAX_REQUEST_BYTES = 8 * 1024 * 1024
+MAX_REQUEST_BYTES = 4 * 1024 * 1024  # what a default gRPC server accepts
 
 
 async def seed(tenant: str, gateway: str, identity: str, key: str, *, people: int = 3) -> list[str]:
