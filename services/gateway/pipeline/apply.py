@@ -22,6 +22,7 @@ log = get_logger("gateway.pipeline")
 
 INTERACTION_TYPES = (common_pb2.EVENT_TYPE_PRODUCT_VIEW, common_pb2.EVENT_TYPE_ADD_TO_CART)
 MERGE_CONCURRENCY = 8
+SWEEP_PAGE = 100  # outbox entries read at once by a sweep
 # Requests stay within the contract's counts (a chunk of 500 purchases may carry far more lines than that).
 MAX_INTERACTIONS = contract.field_limits(rec_pb.RecordInteractionsRequest.DESCRIPTOR, "interactions").max_items
 MAX_OUTCOMES = contract.field_limits(decision_pb.RecordOutcomesRequest.DESCRIPTOR, "outcomes").max_items  # survivors reassigned at once while applying one chunk's merges
@@ -209,7 +210,7 @@ class MergePropagation:
         """Applies, for the current tenant, every merge or unmerge the identity service has not seen marked
         propagated (a crash between resolving and reassigning leaves some), then marks them. Returns how many."""
         page = await self.identity.ListUnpropagatedMergeEvents(identity_pb.ListUnpropagatedMergeEventsRequest(
-            page_size=100, min_age_seconds=min_age_seconds))
+            page_size=SWEEP_PAGE, min_age_seconds=min_age_seconds))
         for event in page.merge_events:
             if event.kind == identity_pb.MERGE_EVENT_KIND_MERGE:
                 await self.merge([event.other_individual_id], event.survivor_individual_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from services.gateway.pipeline.apply import MergePropagation
+from services.gateway.pipeline.apply import SWEEP_PAGE, MergePropagation
 from services.gateway.postgres import GatewayStore
 from shared import context as ctx
 from shared.leader import lead
@@ -34,7 +34,12 @@ class MergeSweeper:
             ctx.request_id_var.set(ctx.new_request_id())
             ctx.deadline_var.set(None)
             try:
-                swept += await self.merges.sweep(self.interval_seconds)
+                # The whole queue each pass: after a crash it can hold a chunk's worth of merges or more, and every
+                # one of them is a person split across two profiles until it is applied.
+                while (done := await self.merges.sweep(self.interval_seconds)) > 0:
+                    swept += done
+                    if done < SWEEP_PAGE:
+                        break
             except grpc.aio.AioRpcError as error:
                 log.warning("merge_sweep_failed", tenant=tenant_id, code=error.code().name)
         if swept:
