@@ -1,4 +1,5 @@
-"""The one client factory: every outgoing call carries the request id, the tenant and the caller's remaining deadline."""
+"""The one client factory: every outgoing call carries the request id, an internal token naming the tenant, and the
+caller's remaining deadline."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import socket
 import grpc
 
 from shared import context as ctx
+from shared import service_auth
 
 DEFAULT_CAP_SECONDS = 10.0
 
@@ -17,9 +19,8 @@ def _details(details: grpc.aio.ClientCallDetails, cap: float) -> grpc.aio.Client
     request_id = ctx.request_id_var.get()
     if request_id and ctx.REQUEST_ID_HEADER not in metadata:
         metadata.add(ctx.REQUEST_ID_HEADER, request_id)
-    tenant = ctx.tenant_var.get()
-    if tenant and ctx.TENANT_HEADER not in metadata:
-        metadata.add(ctx.TENANT_HEADER, tenant)
+    if service_auth.AUTHORIZATION_HEADER not in metadata and (authorization := service_auth.outgoing_authorization()):
+        metadata.add(service_auth.AUTHORIZATION_HEADER, authorization)
     timeout = details.timeout if details.timeout is not None else cap
     remaining = ctx.remaining_seconds()
     if remaining is not None:
@@ -55,12 +56,13 @@ STREAM_CAP_SECONDS = 86_400.0
 
 
 def open_stream(multicallable, request, **kwargs):
-    """Starts a server-streaming call with the request id and tenant as explicit metadata and the stream cap.
+    """Starts a server-streaming call with the request id and internal token as explicit metadata and the stream cap.
 
     grpc.aio may run a stream's client interceptors outside the caller's context, where the contextvars are not
     set, so streams carry the call context themselves.
     """
-    pairs = ((ctx.REQUEST_ID_HEADER, ctx.request_id_var.get()), (ctx.TENANT_HEADER, ctx.tenant_var.get()))
+    pairs = ((ctx.REQUEST_ID_HEADER, ctx.request_id_var.get()),
+             (service_auth.AUTHORIZATION_HEADER, service_auth.outgoing_authorization()))
     remaining = ctx.remaining_seconds()
     timeout = STREAM_CAP_SECONDS if remaining is None else min(STREAM_CAP_SECONDS, max(remaining, 0.001))
     return multicallable(request, metadata=tuple((k, v) for k, v in pairs if v), timeout=timeout, **kwargs)

@@ -1,4 +1,4 @@
-"""Per-call context (request id, tenant, deadline) carried in contextvars and propagated on outgoing calls."""
+"""Per-call context (request id, tenant, internal token, deadline) carried in contextvars and propagated on outgoing calls."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ import uuid
 from shared.errors import DeadlineExceeded
 
 REQUEST_ID_HEADER = "x-request-id"
+# No longer sent nor read: the tenant of an internal call travels in its token (shared/service_auth.py); named so
+# that the refusal of a call carrying only this header can say so.
 TENANT_HEADER = "x-tenant-id"
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 tenant_var: contextvars.ContextVar[str] = contextvars.ContextVar("tenant_id", default="")
+# The internal token the current call arrived with (domain services): forwarded on the calls it makes.
+token_var: contextvars.ContextVar[str] = contextvars.ContextVar("internal_token", default="")
 # Absolute time.monotonic() at which the current call's deadline expires; None means no deadline.
 deadline_var: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 

@@ -2,7 +2,8 @@
 processes, the demo tenant, then wait for Ctrl-C.
 
 Files live under TAILOR_HOME (default: .tailor/ at the project root): pg/ (embedded server data),
-logs/<service>.log, demo_key (the demo tenant's API key, mode 0600, reused while it still works).
+logs/<service>.log, demo_key (the demo tenant's API key, mode 0600, reused while it still works), keys/ (the keypair
+that signs internal calls; the private key mode 0600).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from shared import service_auth
 from shared.embedded_pg import EmbeddedPostgres
 from shared.settings import env_int, env_str, service_port
 
@@ -64,6 +66,15 @@ def tailor_home() -> Path:
 
 def demo_key_path() -> Path:
     return tailor_home() / "demo_key"
+
+
+def internal_keys() -> service_auth.KeyFiles:
+    """The keypair internal calls are signed with: the files TAILOR_INTERNAL_SIGNING_KEY_FILE and
+    TAILOR_INTERNAL_VERIFY_KEY_FILE name when both are set, else TAILOR_HOME/keys/ (generated at first start)."""
+    signing, verify = os.environ.get(service_auth.SIGNING_KEY_ENV), os.environ.get(service_auth.VERIFY_KEY_ENV)
+    if signing and verify:
+        return service_auth.KeyFiles(Path(signing), Path(verify))
+    return service_auth.ensure_keypair(tailor_home() / "keys")
 
 
 def embedded_server() -> EmbeddedPostgres:
@@ -248,6 +259,7 @@ class Suite:
         if self.workers:
             env["TAILOR_GATEWAY_RUN_WORKER"] = "0"
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(internal_keys().environment())
         return env
 
     def spawn(self, dsn: str) -> None:
@@ -271,6 +283,8 @@ class Suite:
         env = self.environment(self.dsn)
         env[f"TAILOR_{member.kind.upper()}_PORT"] = str(member.port)
         env["TAILOR_READY_FILE"] = str(ready_file)
+        if member.kind not in ("gateway", PIPELINE):
+            del env[service_auth.SIGNING_KEY_ENV]  # only the gateway and its workers sign internal calls
         with open(self.log_path(member.name), "ab") as log_file:
             proc = subprocess.Popen(
                 [sys.executable, "-m", member.module],

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 
 from shared import db, log
-from shared.server import Authenticator, RunningServer, Service, run_until_signal, start_server, tenant_from_metadata
+from shared.server import Authenticator, RunningServer, Service, run_until_signal, start_server
 from shared.settings import env_bool, env_float, env_str, service_port
 
 
@@ -20,7 +20,9 @@ class Built:
 
     services: list[Service]
     close: Callable[[], Awaitable[None]]
-    authenticate: Authenticator | None = tenant_from_metadata
+    # Checks every call (the domain services: service_auth.verifier_from_env().authenticate); there is no default,
+    # so that no service is ever served open by omission.
+    authenticate: Authenticator
     generic_handlers: list[grpc.GenericRpcHandler] = field(default_factory=list)
     extra_reflection_names: list[str] = field(default_factory=list)
     # The descriptor pool reflection serves (None: the default one).

@@ -20,7 +20,7 @@ from grpc_status import rpc_status
 from shared import context as ctx
 from shared import wire
 from shared.db import is_database_outage, watch_database
-from shared.errors import InvalidArgument, TailorError, Unauthenticated, Unavailable, rich_status_of
+from shared.errors import InvalidArgument, TailorError, Unavailable, rich_status_of
 from shared.log import get_logger
 
 log = get_logger("shared.server")
@@ -35,16 +35,9 @@ RETRY_AFTER_SECONDS = 1.0
 LIVENESS_SERVICE = "liveness"
 
 # An authenticator gets the full method name and the invocation metadata and returns the tenant id,
-# or raises a TailorError (UNAUTHENTICATED, PERMISSION_DENIED, ...).
+# or raises a TailorError (UNAUTHENTICATED, PERMISSION_DENIED, ...): the gateway's checks API keys, the domain
+# services' checks the internal token the gateway signed (shared/service_auth.py: Verifier.authenticate).
 Authenticator = Callable[[str, dict[str, str]], Awaitable[str]]
-
-
-async def tenant_from_metadata(method: str, metadata: dict[str, str]) -> str:
-    """The authenticator of internal services: the caller names the tenant in x-tenant-id metadata."""
-    tenant = metadata.get(ctx.TENANT_HEADER, "")
-    if not tenant:
-        raise Unauthenticated(f"{method} needs {ctx.TENANT_HEADER} metadata", reason="TENANT_MISSING")
-    return tenant
 
 
 def _contract_violations(request) -> list[tuple[str, str]]:
@@ -74,6 +67,7 @@ class _CallScope:
         remaining = context.time_remaining()
         ctx.deadline_var.set(None if remaining is None else time.monotonic() + remaining)
         ctx.tenant_var.set("")
+        ctx.token_var.set("")
         if self.authenticate is not None and not self.infra:
             ctx.tenant_var.set(await self.authenticate(self.method, metadata))
 
@@ -232,13 +226,15 @@ async def start_server(
     *,
     port: int,
     host: str = "0.0.0.0",
-    authenticate: Authenticator | None = tenant_from_metadata,
+    authenticate: Authenticator | None,
     generic_handlers: Iterable[grpc.GenericRpcHandler] = (),
     extra_reflection_names: Iterable[str] = (),
     reuse_port: bool = False,
     reflection_pool=None,
 ) -> RunningServer:
     """Starts a grpc.aio server with the services, health, reflection and the call-context interceptor.
+
+    authenticate checks every call but health and reflection (None: none is checked, for a server of health alone).
 
     reuse_port lets several processes listen on one port (SO_REUSEPORT; the kernel spreads new connections over
     them): replicas of the gateway share its public port, and a successor can start before its predecessor stops.

@@ -15,6 +15,10 @@ import grpc
 import pytest
 
 from shared.runtime import start_built, stop_built
+from tests.internal_auth import keys, tenant_md  # noqa: F401 - tenant_md: the metadata internal callers send
+
+# The test keypair, before anything is built: in-process builds and `tailor up` read it from the environment.
+keys()
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "external-data"
@@ -67,9 +71,6 @@ def tenant() -> str:
     return f"t_{uuid.uuid4().hex[:12]}"
 
 
-def tenant_md(tenant_id: str) -> tuple[tuple[str, str], ...]:
-    """Metadata internal callers send to a domain service."""
-    return (("x-tenant-id", tenant_id),)
 
 
 @contextlib.asynccontextmanager

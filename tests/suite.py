@@ -12,6 +12,7 @@ from personalization.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as profile_grpc
 from services.gateway.admin import create_tenant_with_key
 from shared.runtime import start_built, stop_built
+from tests.internal_auth import keys
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Suite:
     async def start(self, *, domain: bool = True) -> "Suite":
         from services.gateway import server as gateway
 
+        keys()  # the internal keypair the builds read from the environment, as the launcher passes theirs
         addresses = {}
         if domain:
             from services.decision import server as decision

@@ -10,6 +10,7 @@ from services.decision.postgres import PostgresRepository
 from services.decision.postgres_privacy import PostgresPrivacy
 from services.decision.service import DecisionService
 from services.decision.servicer import DecisionServicer
+from shared import service_auth
 from shared.runtime import Built, prepare_schema
 from shared.server import Service
 from shared.settings import env_bool, env_float
@@ -19,6 +20,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 
 async def build(dsn: str) -> Built:
     """Migrates the `decision` schema and wires the service."""
+    verifier = service_auth.verifier_from_env()
     cache_seconds = env_float("TAILOR_DECISION_CACHE_SECONDS", 2.0, minimum=0.0)
     durable_log = env_bool("TAILOR_DECISION_LOG_DURABLE", False)
     pool = await prepare_schema(dsn, "decision", __file__)
@@ -39,4 +41,5 @@ async def build(dsn: str) -> Built:
     return Built(
         services=[Service(pb_grpc.add_DecisionServiceServicer_to_server, DecisionServicer(service, PostgresPrivacy(pool)), SERVICE_NAME)],
         close=close,
+        authenticate=verifier.authenticate,
     )

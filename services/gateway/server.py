@@ -40,7 +40,7 @@ from services.gateway.records import RecordSync
 from services.gateway.postgres_tenants import TenantStore
 from services.gateway.servicer import GatewayServicer
 from services.gateway.tenants import Tenants
-from shared import client
+from shared import client, service_auth
 from shared.runtime import Built, prepare_schema
 from shared.server import Service
 from shared.settings import env_bool, env_float, env_int, service_address
@@ -100,6 +100,8 @@ def items_to_recommender(recommender: RecommenderPort) -> AfterHook:
 
 async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
     settings = Settings.from_env(addresses)
+    # The gateway signs the internal token of every call it makes to the domain services, for the call's tenant.
+    service_auth.use_signer(service_auth.signer_from_env())
     pool = await prepare_schema(dsn, "gateway", __file__, max_size=settings.pool_size)
     store = GatewayStore(pool)
     keys = KeyService(store, settings.auth_cache_seconds)

@@ -11,6 +11,7 @@ from services.identity.postgres_privacy import PostgresPrivacy
 from services.identity.privacy import IdentityPrivacy
 from services.identity.service import IdentityService, Settings
 from services.identity.servicer import IdentityServicer
+from shared import service_auth
 from shared.runtime import Built, prepare_schema
 from shared.server import Service
 from shared.settings import env_float, env_int, env_str
@@ -32,6 +33,7 @@ def settings_from_env() -> Settings:
 async def build(dsn: str, settings: Settings | None = None) -> Built:
     """Migrates the identity schema, opens its pool and wires repository, use cases and servicer."""
     settings = settings or settings_from_env()
+    verifier = service_auth.verifier_from_env()
     pool = await prepare_schema(dsn, SCHEMA, __file__)
     repository = PostgresRepository(pool, max_block=settings.max_block)
     service = IdentityService(repository, settings=settings)
@@ -41,4 +43,5 @@ async def build(dsn: str, settings: Settings | None = None) -> Built:
     return Built(
         services=[Service(pb_grpc.add_IdentityServiceServicer_to_server, servicer, SERVICE_NAME)],
         close=pool.close,
+        authenticate=verifier.authenticate,
     )

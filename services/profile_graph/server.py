@@ -12,6 +12,7 @@ from services.profile_graph.postgres import PostgresStore
 from services.profile_graph.postgres_privacy import PostgresPrivacy
 from services.profile_graph.service import ProfileGraph, _utcnow
 from services.profile_graph.servicer import ProfileGraphServicer
+from shared import service_auth
 from shared.log import get_logger
 from shared.runtime import Built, prepare_schema
 from shared.server import Service
@@ -46,6 +47,7 @@ async def item_insight_loop(graph: ProfileGraph, every_ms: int) -> None:
 
 async def build(dsn: str, *, clock: Callable[[], datetime] = _utcnow) -> Built:
     """Builds the profile graph service on the database at dsn (clock: for tests that move time on)."""
+    verifier = service_auth.verifier_from_env()
     pool_min = env_int("TAILOR_PROFILE_GRAPH_POOL_MIN", 2, minimum=1)
     pool_max = env_int("TAILOR_PROFILE_GRAPH_POOL_MAX", 10, minimum=pool_min)
     refresh_seconds = env_int("TAILOR_PROFILE_GRAPH_REFRESH_SECONDS", 3600, minimum=0)
@@ -67,5 +69,6 @@ async def build(dsn: str, *, clock: Callable[[], datetime] = _utcnow) -> Built:
     return Built(
         services=[Service(pb_grpc.add_ProfileGraphServiceServicer_to_server, ProfileGraphServicer(graph, PostgresPrivacy(pool)), FULL_NAME)],
         close=close,
+        authenticate=verifier.authenticate,
         background=background,
     )

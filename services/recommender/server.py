@@ -14,6 +14,7 @@ from services.recommender.postgres import PostgresRepository
 from services.recommender.postgres_privacy import PostgresPrivacy
 from services.recommender.service import Recommender
 from services.recommender.servicer import RecommenderServicer
+from shared import service_auth
 from shared.runtime import Built, prepare_schema
 from shared.server import Service
 from shared.settings import env_float, env_int
@@ -54,6 +55,7 @@ class Settings:
 async def build(dsn: str, settings: Settings | None = None) -> Built:
     """Migrates the recommender schema and wires the service (tests may pass their own settings)."""
     settings = settings or Settings.from_env()
+    verifier = service_auth.verifier_from_env()
     pool = await prepare_schema(dsn, SCHEMA, __file__)
     recommender = Recommender(
         PostgresRepository(pool), cache_seconds=settings.cache_seconds, cache_items=settings.cache_items,
@@ -73,5 +75,6 @@ async def build(dsn: str, settings: Settings | None = None) -> Built:
     return Built(
         services=[Service(pb_grpc.add_RecommenderServiceServicer_to_server, servicer, SERVICE_NAME)],
         close=pool.close,
+        authenticate=verifier.authenticate,
         background=[schedule],
     )

@@ -16,6 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# Benches build services in-process and start `tailor up` with the environment they have: both use this keypair
+# (shared/service_auth.py), and tenant_md (tests/internal_auth.py) signs internal calls with it.
+from tests.internal_auth import keys  # noqa: E402
+
+keys()
 SERVICES = ("gateway", "identity", "profile_graph", "recommender", "decision")
 
 

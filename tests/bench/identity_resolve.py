@@ -35,13 +35,14 @@ from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from services.identity.server import SCHEMA, build
 from shared.log import configure
 from tests.bench._common import percentile, scratch_database, served
+from tests.internal_auth import tenant_md
 
 INDIVIDUALS = 5_000
 BATCH = 500
 BATCHES = int(os.environ.get("BENCH_IDENTITY_BATCHES", "40"))
 WARMUP_BATCHES = 3
 TENANT = "bench"
-MD = (("x-tenant-id", TENANT),)
+MD = tenant_md(TENANT)
 FIRST = ["ada", "bob", "carla", "dmitri", "eve", "farah", "gus", "hana", "ivan", "jo"]
 LAST = ["smith", "jones", "garcia", "ito", "novak", "okafor", "silva", "berg", "kim", "moreau"]
 

@@ -32,6 +32,7 @@ from services.profile_graph.server import build  # noqa: E402
 from shared import demo  # noqa: E402
 from shared.log import configure  # noqa: E402
 from tests.bench._common import percentile, scratch_database, served  # noqa: E402
+from tests.internal_auth import tenant_md  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "external-data" / "online-retail" / "online_retail.csv.gz"
 PURCHASE_EVENTS = 8_000  # the first invoices of the full file (December 2010 alone has only about 2,000)
@@ -41,7 +42,7 @@ VIEW_ITEMS = 1_000
 VIEW_EVENTS = 30_000
 WARMUP_BATCHES = 2
 TENANT = "bench"
-MD = (("x-tenant-id", TENANT),)
+MD = tenant_md(TENANT)
 
 
 

@@ -21,8 +21,9 @@ from personalization.recommender.v1 import recommender_service_pb2 as pb
 
 from tests.bench._recommender_data import Unavailable, movielens_100k
 from tests.bench._recommender_server import served_recommender
+from tests.internal_auth import tenant_md
 
-TENANT = (("x-tenant-id", "movielens"),)
+TENANT = tenant_md("movielens")
 ANCHORS = {"popularity": 0.19, "item_knn": 0.33, "learned": 0.366}
 
 

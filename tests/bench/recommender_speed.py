@@ -30,9 +30,10 @@ from services.recommender.config import LEARNED, PURCHASES, Config
 from tests.bench._recommender_data import synthetic
 from tests.bench._common import percentile
 from tests.bench._recommender_server import served_recommender
+from tests.internal_auth import tenant_md
 
 TENANT = "bench"
-MD = (("x-tenant-id", TENANT),)
+MD = tenant_md(TENANT)
 INDIVIDUALS, ITEMS, INTERACTIONS = 100_000, 10_000, 1_000_000
 SAMPLES = 2_000
 BATCH = 20_000

@@ -35,6 +35,7 @@ from services.recommender import evaluation, learned  # noqa: E402
 from services.recommender.config import LEARNED, PURCHASES, Config  # noqa: E402
 from tests.bench._recommender_data import Unavailable, movielens_100k  # noqa: E402
 from tests.bench._recommender_server import served_recommender  # noqa: E402
+from tests.internal_auth import tenant_md  # noqa: E402
 
 RETAIL = ROOT.parent / "shared" / "external-data" / "online-retail" / "online_retail.csv.gz"
 CUTOFF = datetime(2011, 11, 9, tzinfo=UTC)
@@ -65,7 +66,7 @@ def retail_interactions() -> list[pb.Interaction]:
 
 async def record(stub, tenant, interactions) -> None:
     """In calls of at most 10,000, never splitting one message id across calls."""
-    md = (("x-tenant-id", tenant),)
+    md = tenant_md(tenant)
     start = 0
     while start < len(interactions):
         end = min(start + 10_000, len(interactions))
@@ -76,7 +77,7 @@ async def record(stub, tenant, interactions) -> None:
 
 
 async def configure(stub, tenant, budget: float) -> None:
-    md = (("x-tenant-id", tenant),)
+    md = tenant_md(tenant)
     for name, parameters in (("als", pb.StrategyParameters(objective=pb.OBJECTIVE_MAXIMIZE_PURCHASES)),
                              ("tuned", pb.StrategyParameters(objective=pb.OBJECTIVE_MAXIMIZE_PURCHASES,
                                                              tuning_budget=duration_pb2.Duration(seconds=int(budget))))):
@@ -99,7 +100,7 @@ def implicit_defaults(rows, how: evaluation.Split) -> learned.Metrics:
 
 
 async def measure(stub, rec, tenant, request: pb.EvaluateRecommenderRequest, how: evaluation.Split):
-    md = (("x-tenant-id", tenant),)
+    md = tenant_md(tenant)
     results, seconds = {}, {}
     for label, name in (("popularity", "top_sellers"), ("als (ours, defaults)", "als"), ("tuned", "tuned")):
         request.name = name

@@ -13,7 +13,7 @@ from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from shared.errors import status_details
-from tests.conftest import struct, wait_for
+from tests.conftest import struct, tenant_md, wait_for
 from tests.suite import Suite
 
 POINT = "home_banner"
@@ -285,7 +285,7 @@ async def test_a_merge_whose_propagation_was_lost_is_applied_by_the_sweeper(suit
     # The pipeline "crashes" right after identifying: the identity service merged, nobody else heard of it.
     async with grpc.aio.insecure_channel(f"127.0.0.1:{suite.ports['identity']}") as channel:
         identity = identity_grpc.IdentityServiceStub(channel)
-        internal = (("x-tenant-id", tenant),)
+        internal = tenant_md(tenant)
         await identity.ResolveIdentities(identity_pb.ResolveIdentitiesRequest(subjects=[identity_pb.Subject(
             identities=[common_pb2.Identity(type="device_id", value="dev-sweep"),
                         common_pb2.Identity(type="email", value="sweep@example.com")])]), metadata=internal)

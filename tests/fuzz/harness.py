@@ -26,6 +26,7 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2  # noqa: 
 from personalization.recommender.v1 import recommender_service_pb2  # noqa: F401
 from services.gateway.auth import METHOD_SCOPES
 from shared.errors import retry_delay_of, status_details
+from tests.internal_auth import tenant_md
 
 DOMAIN_SERVICES = {
     "identity": "personalization.identity.v1.IdentityService",
@@ -74,9 +75,9 @@ class Target:
 
 
 def targets(gateway: str, domain: dict[str, str], api_md: tuple, tenant: str) -> list[Target]:
-    """Every public method (API key) and every internal method (the tenant header internal callers send)."""
+    """Every public method (API key) and every internal method (the token the gateway signs for the tenant)."""
     out = [Target("public", path, gateway, api_md) for path in METHOD_SCOPES]
-    internal_md = (("x-tenant-id", tenant),)
+    internal_md = tenant_md(tenant)
     for svc, full in DOMAIN_SERVICES.items():
         for method in descriptor_pool.Default().FindServiceByName(full).methods:
             out.append(Target("internal", f"/{full}/{method.name}", domain[svc], internal_md))

@@ -13,6 +13,7 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as p
 from shared.demo import apply_config
 from tests.fuzz.harness import Fuzzer, LoopThread, Target
 from tests.fuzz.wire import Strategies
+from tests.internal_auth import tenant_md
 
 # Names the demo configuration declares (insights, segments, points, decisions, identity types, fields).
 CONFIG_NAMES = ["spend_30d", "purchases_30d", "big_spenders", "home_banner", "home_recs", "vip_offer", "welcome",
@@ -24,7 +25,7 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024  # what a default gRPC server accepts
 async def seed(tenant: str, gateway: str, identity: str, key: str, *, people: int = 3) -> list[str]:
     """Applies the demo configuration, creates a few individuals and items; returns their ids."""
     await apply_config(gateway, key, out=lambda _: None)
-    md = (("x-tenant-id", tenant),)
+    md = tenant_md(tenant)
     async with grpc.aio.insecure_channel(identity) as channel:
         subjects = [id_pb.Subject(identities=[common_pb2.Identity(type="customer_id", value=f"{tenant}-c{i}")])
                     for i in range(people)]

@@ -17,7 +17,7 @@ from services.gateway.pipeline.worker import PartitionWorker, WorkerSettings
 from services.gateway.postgres import GatewayStore
 from services.gateway.postgres_inbox import InboxStore
 from services.gateway.server import SERVICE_NAMES, domain_stubs
-from shared import client, log
+from shared import client, log, service_auth
 from shared.runtime import prepare_schema
 from shared.server import run_until_signal, start_server
 from shared.settings import env_bool, env_float, env_int, env_str, service_address
@@ -30,6 +30,7 @@ async def main() -> None:
     logger = log.get_logger("gateway.pipeline")
     dsn = env_str("DATABASE_URL")
     grace = env_float("TAILOR_DRAIN_SECONDS", 10.0, minimum=0.0)
+    service_auth.use_signer(service_auth.signer_from_env())  # the worker signs its calls as the gateway does
     pool = await prepare_schema(dsn, "gateway", GATEWAY_PACKAGE,
                                 max_size=env_int("TAILOR_PIPELINE_POOL_SIZE", 10, minimum=2))
     channels = {name: client.channel(service_address(name)) for name in SERVICE_NAMES}

@@ -14,7 +14,7 @@ from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2 as identity_pb
 from personalization.identity.v1 import identity_service_pb2_grpc as identity_grpc
 from shared.errors import status_details
-from tests.conftest import wait_for
+from tests.conftest import tenant_md, wait_for
 from tests.suite import Suite
 
 INGEST = "/personalization.gateway.v1.GatewayService/IngestEvents"
@@ -88,7 +88,7 @@ async def test_an_unknown_identity_type_is_refused_until_the_tenant_declares_it(
         await identity_grpc.IdentityServiceStub(channel).UpsertIdentityType(identity_pb.UpsertIdentityTypeRequest(
             identity_type=identity_pb.IdentityType(name="loyalty_card", unique=True,
                                                    normalization=identity_pb.NORMALIZATION_TRIM)),
-            metadata=(("x-tenant-id", tenant),))
+            metadata=tenant_md(tenant))
     reply = await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[event]), metadata=md)
     assert [a.status for a in reply.acks] == [pb.ACK_STATUS_STORED]
 

@@ -7,10 +7,12 @@ import subprocess
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from personalization.gateway.v1 import gateway_service_pb2 as gw
 from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+from shared import service_auth
 from shared.launcher import SERVICES
 from tests.integration.launcher.launched import TAILOR, Launched, free_port, launch, launcher_env, running
 
@@ -48,6 +50,19 @@ async def test_up_serves_all_five_services_and_sigterm_stops_every_process(datab
         assert key_file.read_text().strip() == ready["api_key"]
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         assert all(running(pid) for pid in ready["pids"].values())
+        # The internal keypair: generated at first start, the private key for the gateway (and workers) alone.
+        keys = tmp_path / "home" / "keys"
+        assert stat.S_IMODE((keys / service_auth.SIGNING_KEY_FILE).stat().st_mode) == 0o600
+        for svc, pid in ready["pids"].items():
+            environ = dict(line.split("=", 1) for line in
+                           Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in line)
+            assert environ[service_auth.VERIFY_KEY_ENV] == str(keys / service_auth.VERIFY_KEY_FILE), svc
+            assert (service_auth.SIGNING_KEY_ENV in environ) == (svc == "gateway"), svc
+        async with grpc.aio.insecure_channel(ready["addresses"]["profile_graph"]) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await channel.unary_unary("/personalization.profile_graph.v1.ProfileGraphService/GetProfile")(
+                    b"", metadata=(("x-tenant-id", "demo"),), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         code, output = _stop(launcher)
 

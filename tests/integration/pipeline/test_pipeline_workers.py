@@ -19,7 +19,7 @@ from personalization.common.v1 import common_pb2
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from services.gateway.routing import route_of
 from shared.errors import status_details
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, tenant_md, wait_for
 from tests.suite import Suite
 
 
@@ -259,10 +259,10 @@ async def test_merges_the_workers_apply_are_marked_propagated_at_once_so_the_swe
     async with grpc.aio.insecure_channel(f"127.0.0.1:{suite.ports['identity']}") as channel:
         identity = identity_grpc.IdentityServiceStub(channel)
         history = await identity.ListMergeEvents(identity_pb.ListMergeEventsRequest(page_size=100),
-                                                 metadata=(("x-tenant-id", tenant),))
+                                                 metadata=tenant_md(tenant))
         assert len([e for e in history.merge_events if e.kind == identity_pb.MERGE_EVENT_KIND_MERGE]) == 20
         queued = await identity.ListUnpropagatedMergeEvents(
-            identity_pb.ListUnpropagatedMergeEventsRequest(min_age_seconds=0), metadata=(("x-tenant-id", tenant),))
+            identity_pb.ListUnpropagatedMergeEventsRequest(min_age_seconds=0), metadata=tenant_md(tenant))
     assert list(queued.merge_events) == []
     for i in range(20):
         reply = await suite.gateway.GetProfile(gw_profile(email[i]), metadata=md)

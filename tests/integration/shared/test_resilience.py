@@ -11,14 +11,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from personalization.identity.v1 import identity_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
-from shared import client
+from shared import client, service_auth
 from shared.db import is_database_outage, watch_database
 from shared.errors import Unavailable, retry_delay_of, status_details
 from shared.server import LIVENESS_SERVICE, Service, start_server
-from tests.conftest import _free_port
+from tests.conftest import _free_port, tenant_md
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["IdentityService"].full_name
-MD = (("x-tenant-id", "acme"),)
+MD = tenant_md("acme")
 
 
 class Replica(pb_grpc.IdentityServiceServicer):
@@ -39,7 +39,7 @@ class Replica(pb_grpc.IdentityServiceServicer):
 
 async def _serve(servicer):
     return await start_server([Service(pb_grpc.add_IdentityServiceServicer_to_server, servicer, SERVICE_NAME)],
-                              port=0, host="127.0.0.1")
+                              port=0, host="127.0.0.1", authenticate=service_auth.verifier_from_env().authenticate)
 
 
 async def test_a_call_answered_unavailable_is_retried_until_it_succeeds():

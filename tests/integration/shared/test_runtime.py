@@ -9,9 +9,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from personalization.identity.v1 import identity_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
-from shared import client, context
+from shared import client, context, service_auth
 from shared.errors import InvalidArgument, NotFound, status_details
 from shared.server import Service, start_server
+from tests.conftest import tenant_md
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["IdentityService"].full_name
 
@@ -51,11 +52,12 @@ class Upstream(pb_grpc.IdentityServiceServicer):
 
 @pytest.fixture
 async def chain():
+    verify = service_auth.verifier_from_env().authenticate
     down = await start_server([Service(pb_grpc.add_IdentityServiceServicer_to_server, Downstream(), SERVICE_NAME)],
-                              port=0, host="127.0.0.1")
+                              port=0, host="127.0.0.1", authenticate=verify)
     up = await start_server(
         [Service(pb_grpc.add_IdentityServiceServicer_to_server, Upstream(f"127.0.0.1:{down.port}"), SERVICE_NAME)],
-        port=0, host="127.0.0.1")
+        port=0, host="127.0.0.1", authenticate=verify)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{up.port}")
     yield channel, pb_grpc.IdentityServiceStub(channel)
     await channel.close()
@@ -67,7 +69,7 @@ async def test_tenant_request_id_and_deadline_reach_the_downstream_service(chain
     _, stub = chain
     reply = await stub.GetIndividual(
         pb.GetIndividualRequest(unified_individual_id="x"),
-        metadata=(("x-tenant-id", "acme"), ("x-request-id", "req-123")),
+        metadata=(*tenant_md("acme"), ("x-request-id", "req-123")),
         timeout=2.0,
     )
     assert reply.individual.unified_individual_id == "acme"
@@ -76,18 +78,18 @@ async def test_tenant_request_id_and_deadline_reach_the_downstream_service(chain
     assert 0 < float(reply.individual.alias_ids[1]) < 2.1
 
 
-async def test_call_without_tenant_is_unauthenticated(chain):
+async def test_call_without_token_is_unauthenticated(chain):
     _, stub = chain
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.GetIndividual(pb.GetIndividualRequest(unified_individual_id="x"))
     assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert status_details(info.value)[1] == "TENANT_MISSING"
+    assert status_details(info.value)[1] == "TOKEN_MISSING"
 
 
 async def test_downstream_field_violations_are_relayed_with_their_paths(chain):
     _, stub = chain
     with pytest.raises(grpc.aio.AioRpcError) as info:
-        await stub.ResolveIdentities(pb.ResolveIdentitiesRequest(), metadata=(("x-tenant-id", "acme"),))
+        await stub.ResolveIdentities(pb.ResolveIdentitiesRequest(), metadata=tenant_md("acme"))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     violations, _ = status_details(info.value)
     assert [f for f, _ in violations] == ["subjects[0].identities[0].value", "subjects[1]"]
@@ -97,7 +99,7 @@ async def test_not_found_carries_its_reason(chain):
     _, stub = chain
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.GetIndividual(pb.GetIndividualRequest(unified_individual_id="missing"),
-                                 metadata=(("x-tenant-id", "acme"),))
+                                 metadata=tenant_md("acme"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert status_details(info.value)[1] == "INDIVIDUAL_NOT_FOUND"
 
@@ -106,7 +108,7 @@ async def test_unexpected_error_is_internal_without_the_traceback(chain):
     _, stub = chain
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.GetIndividual(pb.GetIndividualRequest(unified_individual_id="boom"),
-                                 metadata=(("x-tenant-id", "acme"),))
+                                 metadata=tenant_md("acme"))
     assert info.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in (info.value.details() or "")
 
