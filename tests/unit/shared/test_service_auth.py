@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import stat
+import time
 
+import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -75,6 +77,9 @@ def test_a_verifier_refuses_expired_tokens_also_once_it_had_accepted_them():
     (lambda own, other: own.mint("acme", audience="someone-else"), "TOKEN_INVALID"),
     (lambda own, other: own.mint("acme", issued_at=1_000_000_000.0), "TOKEN_EXPIRED"),
     (lambda own, other: own.mint(""), "TOKEN_INVALID"),
+    (lambda own, other: own.mint("acme", issued_at=time.time() + 3600), "TOKEN_INVALID"),  # issued in the future
+    (lambda own, other: jwt.encode({"iss": "someone", "aud": "tailor-internal", "tenant": "acme", "iat": time.time(),
+                                    "exp": time.time() + 60}, own._key, algorithm="EdDSA"), "TOKEN_INVALID"),
     (lambda own, other: own.mint("acme")[:-4] + "AAAA", "TOKEN_INVALID"),
     (lambda own, other: "not-a-token", "TOKEN_INVALID"),
     # alg "none": an unsigned token naming a tenant.
