@@ -148,12 +148,13 @@ async def test_the_gateway_signs_what_it_forwards_for_an_api_key_tenant(suite):
 
     async def processed():
         try:
-            return await suite.gateway.GetProfile(gw.GetProfileRequest(individual_id=common_pb2.Identity(
+            profile = await suite.gateway.GetProfile(gw.GetProfileRequest(individual_id=common_pb2.Identity(
                 type="email", value="signed@example.com")), metadata=md)
         except grpc.aio.AioRpcError:
             return None
+        return profile if profile.events else None
 
-    profile = await wait_for(processed)
+    profile = await wait_for(processed, timeout=60)
     assert profile is not None and [e.message_id for e in profile.events] == ["m1"]
     listed = await suite.decision_admin.ListPoints(decision_pb.ListPointsRequest(), metadata=md)
     assert list(listed.points) == []
