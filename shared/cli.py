@@ -183,8 +183,13 @@ async def _tenant_create_in_database(args, scopes: tuple[str, ...]) -> None:
     """`tenant create` before the suite had an operator key: straight into the gateway's tables."""
     from services.gateway.admin import create_tenant_with_key
     from shared.launcher import embedded_dsn_if_running
+    from shared.runtime import database_url
+    from shared.settings import SettingsError
 
-    dsn = os.environ.get("DATABASE_URL") or embedded_dsn_if_running()
+    try:
+        dsn = database_url("gateway")
+    except SettingsError:  # neither TAILOR_GATEWAY_DATABASE_URL nor DATABASE_URL is set
+        dsn = embedded_dsn_if_running()
     if not dsn:
         raise UsageError("no database: set DATABASE_URL, or start the suite with `tailor up` (embedded PostgreSQL)")
     created, secret = await create_tenant_with_key(dsn, args.name, args.display_name or args.name, scopes,
@@ -602,6 +607,16 @@ def _up(args) -> int:
     return up(UpOptions(demo=not args.no_demo, ready_file=Path(args.ready_file) if args.ready_file else None))
 
 
+async def _db_bootstrap(args) -> None:
+    from shared import db_roles
+
+    if not args.admin_url:
+        raise UsageError("--admin-url (or TAILOR_DB_ADMIN_URL) is required")
+    env = await db_roles.bootstrap_env_file(args.admin_url, Path(args.out), rotate=args.rotate)
+    print(f"roles ready; {len(env)} URLs written to {args.out} (mode 0600): "
+          + ", ".join(sorted(env)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `tailor`."""
     client = argparse.ArgumentParser(add_help=False)
@@ -620,6 +635,21 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-demo", action="store_true", help="do not load the demo configuration and data")
     up.add_argument("--ready-file", help="write addresses, API key, pids and start-up seconds here once ready")
     up.set_defaults(run=_up)
+
+    database = commands.add_parser("db", help="database administration")
+    database_commands = database.add_subparsers(dest="db_command", required=True)
+    bootstrap = database_commands.add_parser(
+        "bootstrap", help="create each service's database roles and schema; write their URLs to an env file",
+        description="Creates (or repairs) per service schema an owner role, which runs migrations, and a login "
+                    "role with rights on that schema's rows only, then writes TAILOR_<SERVICE>_DATABASE_URL and "
+                    "TAILOR_<SERVICE>_MIGRATE_URL lines to --out (mode 0600). Passwords already in that file are "
+                    "kept and set again; run it again at any time.")
+    bootstrap.add_argument("--admin-url", default=os.environ.get("TAILOR_DB_ADMIN_URL", ""),
+                           help="URL of an administrator of the database (a superuser, or a role with CREATEROLE "
+                                "that owns the database); default TAILOR_DB_ADMIN_URL")
+    bootstrap.add_argument("--out", required=True, help="the env file to write (mode 0600)")
+    bootstrap.add_argument("--rotate", action="store_true", help="new passwords for every role")
+    bootstrap.set_defaults(run=_db_bootstrap)
 
     operator = argparse.ArgumentParser(add_help=False)
     operator.add_argument("--gateway", default=os.environ.get("TAILOR_GATEWAY_ADDR") or DEFAULT_GATEWAY,

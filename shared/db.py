@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import errno
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 
+from shared import db_roles
+from shared.context import tenant_var
 from shared.log import get_logger
 
 log = get_logger("shared.db")
@@ -20,33 +24,108 @@ async def _no_reset(_connection: asyncpg.Connection) -> None:
     return None
 
 
-async def create_pool(dsn: str, schema: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    """A pool whose connections see `schema` first on their search path and skip the reset query on release."""
-    return await asyncpg.create_pool(
-        dsn,
-        min_size=min_size,
-        max_size=max_size,
-        reset=_no_reset,
-        server_settings={"search_path": f"{schema},public", "application_name": f"tailor-{schema}"},
-    )
+# Row-level security: every tenant table's policy lets a session see the rows whose tenant_id equals its
+# `tailor.tenant` setting, or every row while `tailor.all_tenants` is 'on'. A session with neither sees none.
+_all_tenants_var: contextvars.ContextVar[bool] = contextvars.ContextVar("all_tenants", default=False)
+
+
+@contextlib.contextmanager
+def all_tenants() -> Iterator[None]:
+    """Inside this block, connections acquired from a pool see the rows of every tenant. Only for work that
+    really spans tenants (the pipeline's partitions, sweepers and leader jobs, key lookup before the tenant is
+    known, tenant administration); a call on behalf of one tenant never uses it."""
+    token = _all_tenants_var.set(True)
+    try:
+        yield
+    finally:
+        _all_tenants_var.reset(token)
+
+
+def current_scope() -> tuple[str, str]:
+    """(tailor.tenant, tailor.all_tenants) for connections acquired now."""
+    return ("", "on") if _all_tenants_var.get() else (tenant_var.get(), "")
+
+
+class _Connection(asyncpg.Connection):
+    """A pool connection that remembers the tenant scope its session was last given."""
+
+    scope: tuple[str, str] | None = None
+
+    async def apply_scope(self, scope: tuple[str, str]) -> None:
+        if scope != self.scope:
+            self.scope = None  # unknown until the statement has run
+            await self.execute("SELECT set_config('tailor.tenant', $1, false), "
+                               "set_config('tailor.all_tenants', $2, false)", *scope)
+            self.scope = scope
+
+
+async def _set_scope(connection) -> None:
+    # Runs at every acquire. A session-level setting rather than SET LOCAL in each transaction: one statement
+    # when the tenant changes, none when it does not (most acquires), and statements outside a transaction
+    # are covered too.
+    await connection.apply_scope(current_scope())
+
+
+# (dsn, schema) -> whether dsn logs in as a superuser (the test and development path: connections then SET ROLE
+# to the schema's roles, which are bootstrapped here once per process).
+_admin_dsns: dict[tuple[str, str], bool] = {}
+
+
+async def _drops_to_roles(dsn: str, schema: str) -> bool:
+    key = (dsn, schema)
+    if key not in _admin_dsns:
+        conn = await asyncpg.connect(dsn)
+        try:
+            admin = bool(await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user"))
+        finally:
+            await conn.close()
+        if admin:
+            await db_roles.bootstrap(dsn, [schema])
+        _admin_dsns[key] = admin
+    return _admin_dsns[key]
+
+
+async def create_pool(dsn: str, schema: str, *, min_size: int = 2, max_size: int = 10,
+                      application_name: str = "", server_settings: dict[str, str] | None = None) -> asyncpg.Pool:
+    """A pool whose connections see `schema` first on their search path, skip the reset query on release, and
+    carry the tenant of the current call (or all_tenants()) into row-level security at each acquire.
+
+    dsn is the service's login role in production. Given a superuser's DSN (tests, development), the
+    connections SET ROLE to the service role `tailor_<schema>` at login, so they have its rights and no more.
+    """
+    settings = {"search_path": f"{schema},public", "application_name": application_name or f"tailor-{schema}",
+                **(server_settings or {})}
+    if await _drops_to_roles(dsn, schema):
+        settings["role"] = db_roles.service_role(schema)
+    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, reset=_no_reset, setup=_set_scope,
+                                     connection_class=_Connection, server_settings=settings)
 
 
 async def migrate(dsn: str, schema: str, migrations_dir: Path) -> list[str]:
     """Applies the not-yet-applied *.sql files of migrations_dir, in name order, each in its own transaction.
 
-    Returns the names applied. Concurrent runners are serialized by an advisory lock per schema.
+    Returns the names applied. Concurrent runners are serialized by an advisory lock per schema. dsn is the
+    schema's owner role in production; a superuser's DSN (tests, development) SETs ROLE to that owner. A role that
+    may not create anything (the service's own) can run it when there is nothing to apply.
     """
     files = sorted(migrations_dir.glob("*.sql"))
     applied: list[str] = []
-    conn = await asyncpg.connect(dsn)
+    # Migrations see every tenant's rows (a backfill must not be filtered by row-level security).
+    settings = {"tailor.all_tenants": "on"}
+    if await _drops_to_roles(dsn, schema):
+        settings["role"] = db_roles.owner_role(schema)
+    conn = await asyncpg.connect(dsn, server_settings=settings)
     try:
         await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"tailor-migrate-{schema}")
         try:
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-            await conn.execute(
-                f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations '
-                "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-            )
+            # Checked first: CREATE ... IF NOT EXISTS needs the right to create even when the object exists.
+            if not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema):
+                await conn.execute(f'CREATE SCHEMA "{schema}"')
+            if await conn.fetchval("SELECT to_regclass($1)", f'"{schema}".schema_migrations') is None:
+                await conn.execute(
+                    f'CREATE TABLE "{schema}".schema_migrations '
+                    "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+                )
             done = {r["version"] for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')}
             await conn.execute(f'SET search_path TO "{schema}", public')
             for path in files:

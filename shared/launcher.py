@@ -3,7 +3,9 @@ processes, the demo tenant, then wait for Ctrl-C.
 
 Files live under TAILOR_HOME (default: .tailor/ at the project root): pg/ (embedded server data),
 logs/<service>.log, demo_key (the demo tenant's API key, mode 0600, reused while it still works), keys/ (the keypair
-that signs internal calls; the private key mode 0600).
+that signs internal calls; the private key mode 0600), secrets/ (mode 0600 files: pg.password, the embedded
+server's superuser password; database.env, each service's own database URLs as `tailor db bootstrap` writes
+them; no service process is given the superuser's).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared import service_auth
+from shared import db_roles, service_auth
 from shared.embedded_pg import EmbeddedPostgres
 from shared.settings import env_int, env_str, service_port
 
@@ -97,10 +99,16 @@ def running_embedded_port(data_dir: Path) -> int | None:
     return port
 
 
+def database_env_path() -> Path:
+    """The env file of the services' database URLs for the embedded server (see `tailor db bootstrap`)."""
+    return tailor_home() / "secrets" / "database.env"
+
+
 def embedded_dsn_if_running() -> str | None:
-    """The DSN of the `tailor` database on the embedded server under TAILOR_HOME, if that server runs."""
-    port = running_embedded_port(tailor_home() / "pg")
-    return None if port is None else EmbeddedPostgres(tailor_home() / "pg", port).dsn(DATABASE)
+    """The gateway's own URL of the `tailor` database on the embedded server under TAILOR_HOME, if that runs."""
+    if running_embedded_port(tailor_home() / "pg") is None or not database_env_path().exists():
+        return None
+    return db_roles.read_env_file(database_env_path()).get(db_roles.env_name("gateway", "database"))
 
 
 def _free_port() -> int:
@@ -217,6 +225,9 @@ class Suite:
     members: list[Member] = field(default_factory=list)
     retiring: list[subprocess.Popen] = field(default_factory=list)
     dsn: str = ""
+    # Each service's own database URLs (TAILOR_<SERVICE>_DATABASE_URL, _MIGRATE_URL); when set, DATABASE_URL is
+    # not passed on.
+    database_env: dict[str, str] = field(default_factory=dict)
     _spawns: int = 0
 
     def __post_init__(self) -> None:
@@ -248,7 +259,11 @@ class Suite:
 
     def environment(self, dsn: str) -> dict[str, str]:
         env = dict(os.environ)
-        env["DATABASE_URL"] = dsn
+        if self.database_env:
+            env.pop("DATABASE_URL", None)
+            env.update(self.database_env)
+        else:
+            env["DATABASE_URL"] = dsn
         for svc in SERVICES:
             env[f"TAILOR_{svc.upper()}_ADDR"] = ",".join(self.addresses(svc))
         env.setdefault("TAILOR_BIND_HOST", "127.0.0.1")
@@ -557,7 +572,10 @@ async def _start(suite: Suite, options: UpOptions, started: float, state: dict) 
         else:
             _out(f"using the embedded PostgreSQL already running on 127.0.0.1:{port} (it will be left running)")
             server = EmbeddedPostgres(server.data_dir, port)
-        dsn = await server.ensure_database(DATABASE)
+            await asyncio.to_thread(server.start)  # only requires passwords, if an earlier version did not
+        admin_dsn = await server.ensure_database(DATABASE)
+        suite.database_env = await db_roles.bootstrap_env_file(admin_dsn, database_env_path())
+        dsn = suite.database_env[db_roles.env_name("gateway", "database")]
     _out("starting " + ", ".join(m.name for m in suite.members))
     suite.spawn(dsn)
     await suite.wait_healthy()

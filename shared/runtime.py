@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from shared import db, log
+from shared import db, db_roles, log
 from shared.server import Authenticator, RunningServer, Service, run_until_signal, start_server
 from shared.settings import env_bool, env_float, env_str, service_port
 
@@ -31,9 +31,30 @@ class Built:
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
+def _setting(name: str) -> str:
+    # The variable, else the same line of the env file TAILOR_DATABASE_ENV_FILE names (as `tailor db bootstrap`
+    # writes it; docker compose shares it between the containers).
+    value = env_str(name, "")
+    if not value and env_str("TAILOR_DATABASE_ENV_FILE", ""):
+        value = db_roles.read_env_file(Path(env_str("TAILOR_DATABASE_ENV_FILE"))).get(name, "")
+    return value
+
+
+def database_url(schema: str) -> str:
+    """The runtime URL of the service of `schema`: TAILOR_<SCHEMA>_DATABASE_URL (its own login role, see
+    `tailor db bootstrap`), else DATABASE_URL."""
+    return _setting(db_roles.env_name(schema, "database")) or env_str("DATABASE_URL")
+
+
+def migrate_url(schema: str, dsn: str) -> str:
+    """The URL migrations of `schema` run with: TAILOR_<SCHEMA>_MIGRATE_URL (the schema owner's role), else dsn."""
+    return _setting(db_roles.env_name(schema, "migrate")) or dsn
+
+
 async def prepare_schema(dsn: str, schema: str, package_file: str, *, min_size: int = 2, max_size: int = 10):
-    """Applies the service's migrations (the migrations/ folder beside package_file) and opens its pool."""
-    await db.migrate(dsn, schema, Path(package_file).resolve().parent / "migrations")
+    """Applies the service's migrations (the migrations/ folder beside package_file, as the schema's owner when
+    TAILOR_<SCHEMA>_MIGRATE_URL is set) and opens its pool on dsn."""
+    await db.migrate(migrate_url(schema, dsn), schema, Path(package_file).resolve().parent / "migrations")
     return await db.create_pool(dsn, schema, min_size=min_size, max_size=max_size)
 
 
@@ -66,7 +87,7 @@ async def stop_built(built: Built, running: RunningServer, tasks: list[asyncio.T
 def serve(name: str, build: Callable[[str], Awaitable[Built]]) -> None:
     """Entry point of `python -m services.<name>`: reads settings, builds, serves until SIGTERM, drains."""
     log.configure(name, env_str("TAILOR_LOG_LEVEL", "INFO"))
-    dsn = env_str("DATABASE_URL")
+    dsn = database_url(name)
     port = service_port(name)
     grace = env_float("TAILOR_DRAIN_SECONDS", 10.0, minimum=0.0)
     host = env_str("TAILOR_BIND_HOST", "0.0.0.0")

@@ -49,11 +49,13 @@ def pg_server_dsn():
         import shutil
 
         shutil.rmtree(data_dir, ignore_errors=True)
+        server.password_file.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
 async def database_url(pg_server_dsn):
-    """A fresh database for this test session, dropped afterwards."""
+    """A fresh database for this test session, dropped afterwards. Its URL is a superuser's: services built with it
+    SET ROLE to their own least-privilege roles (shared.db), so a missing grant fails here as in production."""
     name = f"tailor_test_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(pg_server_dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')

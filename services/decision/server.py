@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncpg
 from personalization.decision.v1 import decision_service_pb2 as pb
 from personalization.decision.v1 import decision_service_pb2_grpc as pb_grpc
 
@@ -10,7 +9,7 @@ from services.decision.postgres import PostgresRepository
 from services.decision.postgres_privacy import PostgresPrivacy
 from services.decision.service import DecisionService
 from services.decision.servicer import DecisionServicer
-from shared import service_auth
+from shared import db, service_auth
 from shared.runtime import Built, prepare_schema
 from shared.server import Service
 from shared.settings import env_bool, env_float
@@ -27,11 +26,8 @@ async def build(dsn: str) -> Built:
     # The decision log and outcomes are written on their own pool, by default without waiting for the WAL flush
     # (synchronous_commit off): a commit costs ~0.1 ms instead of an fsync (~3 ms on the decide path). Only a
     # crash of PostgreSQL itself can lose the last ~0.6 s of log rows; nothing is ever corrupted.
-    log_pool = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=4,
-        server_settings={"search_path": "decision,public", "application_name": "tailor-decision-log",
-                         "synchronous_commit": "on" if durable_log else "off"},
-    )
+    log_pool = await db.create_pool(dsn, "decision", min_size=1, max_size=4, application_name="tailor-decision-log",
+                                    server_settings={"synchronous_commit": "on" if durable_log else "off"})
     service = DecisionService(PostgresRepository(pool, log_pool), cache_seconds=cache_seconds)
 
     async def close() -> None:

@@ -18,7 +18,7 @@ from services.gateway.postgres import GatewayStore
 from services.gateway.postgres_inbox import InboxStore
 from services.gateway.server import SERVICE_NAMES, domain_stubs
 from shared import client, log, service_auth
-from shared.runtime import prepare_schema
+from shared.runtime import database_url, prepare_schema
 from shared.server import run_until_signal, start_server
 from shared.settings import env_bool, env_float, env_int, env_str, service_address
 
@@ -28,7 +28,7 @@ GATEWAY_PACKAGE = str(Path(__file__).resolve().parents[1] / "__init__.py")
 async def main() -> None:
     log.configure("pipeline", env_str("TAILOR_LOG_LEVEL", "INFO"))
     logger = log.get_logger("gateway.pipeline")
-    dsn = env_str("DATABASE_URL")
+    dsn = database_url("gateway")
     grace = env_float("TAILOR_DRAIN_SECONDS", 10.0, minimum=0.0)
     service_auth.use_signer(service_auth.signer_from_env())  # the worker signs its calls as the gateway does
     pool = await prepare_schema(dsn, "gateway", GATEWAY_PACKAGE,
