@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -99,8 +99,7 @@ class MatchModels:
             progress.phase = "STORING"
             version = await self.repository.store_match_model(tenant, ruleset.version, model, summary)
             self.service.forget_config(tenant)
-            return TrainedModel(version, ruleset.version, MatchModel(version, model.rule, model.prior, model.m,
-                                                                      model.u), summary)
+            return TrainedModel(version, ruleset.version, replace(model, version=version), summary)
 
         task = asyncio.create_task(run())
         try:

@@ -341,8 +341,11 @@ def explain_pair(spec: Probabilistic, model: MatchModel, left: Record, right: Re
     total = model.prior_weight
     parts = []
     for f, compared in enumerate(spec.fields):
-        level = fs.best_level(compared, field_values(left, compared), field_values(right, compared))
+        values, others = field_values(left, compared), field_values(right, compared)
+        level = fs.best_level(compared, values, others)
         weight = 0.0 if level == fs.NULL else weights[f][level]
+        if level == 0 and f < len(model.term_counts) and model.term_counts[f]:
+            weight = fs.exact_value_weight(model, f, values, others)
         total += weight
         parts.append((compared, level, weight))
     return total, parts

@@ -3,7 +3,9 @@
 A probabilistic rule compares a pair of records field by field. Each field falls into one agreement level (exact,
 one or more fuzzy levels, else disagree); a field blank on either side is the null level and weighs nothing. A
 trained model holds, per level, m (the share of true matches at that level) and u (the share of random pairs at
-it); the level's weight is log2(m / u). A pair's score is the prior weight log2(lambda / (1 - lambda)) plus the
+it); the level's weight is log2(m / u). The exact level of a TEXT or EXACT field is weighted by the value itself
+(a term-frequency adjustment): u is then the share of the training records holding that value (less one person's
+duplicates), so agreeing on a common name counts for less than agreeing on a rare one. A pair's score is the prior weight log2(lambda / (1 - lambda)) plus the
 weights of its fields, so a score of 0 is a match probability of 0.5. The same level functions are written in
 DuckDB SQL for training with Splink (training.py); tests check that both put every pair in the same level.
 """
@@ -12,7 +14,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import date
 from functools import cached_property, lru_cache
 
@@ -32,6 +35,9 @@ NULL = -1
 # The threshold when a rule sets none: a match probability of about 0.94. Linking is transitive (a cluster is every
 # record reachable through matched pairs), so a looser default chains distinct people through borderline pairs.
 DEFAULT_THRESHOLD = 4.0
+# Comparisons whose exact level is weighted by how common the value is (term frequencies). Not DATE or EMAIL: one
+# person's date of birth or address is as rare as the person, so its count is mostly that person's duplicates.
+TERM_FREQUENCY_COMPARISONS = (TEXT, EXACT)
 MAX_FIELDS = 20
 MAX_BLOCKING_RULES = 10
 MAX_LEVELS = 10
@@ -103,6 +109,10 @@ class MatchModel:
     prior: float  # lambda: the probability that two random records match
     m: tuple[tuple[float, ...], ...]  # per field, per level (null excluded)
     u: tuple[tuple[float, ...], ...]
+    # Per field: how many training records hold each value seen at least twice, and the records with a value; a
+    # value not counted (rare, or new since training) keeps the exact level's own weight. Empty: no adjustment.
+    term_counts: tuple[dict[str, int], ...] = field(default=(), compare=False, repr=False)
+    term_totals: tuple[int, ...] = field(default=(), compare=False)
 
     @cached_property
     def prior_weight(self) -> float:
@@ -118,15 +128,51 @@ class MatchModel:
     def _weights(self) -> list[list[float]]:
         return [[_weight(m, u) for m, u in zip(ms, us)] for ms, us in zip(self.m, self.u)]
 
+    def exact_weight(self, f: int, value: str) -> float:
+        """The weight of field f agreeing exactly on value: log2(m / the value's share of records) for a counted value,
+        else the exact level's weight."""
+        return self._exact_weights[f].get(value, self._weights[f][0]) if f < len(self._exact_weights) else \
+            self._weights[f][0]
+
+    @cached_property
+    def _exact_weights(self) -> list[dict[str, float]]:
+        # Records are deduplicated against each other, so a value's count includes its holder's own duplicates:
+        # about 1 + prior * (records - 1) records per person. Only the count beyond one person's share says how
+        # many people hold the value; a value held by about one person keeps the level's weight.
+        out = []
+        for f, counts in enumerate(self.term_counts):
+            m, total = self.m[f][0], self.term_totals[f]
+            own = 1 + self.prior * (total - 1)
+            out.append({v: _weight(m, (n - own) / total) for v, n in counts.items() if n - own >= 1}
+                       if m > 0 and total else {})
+        return out
+
     def to_dict(self) -> dict:
         """The stored form."""
-        return {"rule": self.rule, "prior": self.prior, "m": [list(x) for x in self.m], "u": [list(x) for x in self.u]}
+        return {"rule": self.rule, "prior": self.prior, "m": [list(x) for x in self.m], "u": [list(x) for x in self.u],
+                "term_counts": list(self.term_counts), "term_totals": list(self.term_totals)}
 
     @staticmethod
     def from_dict(version: int, data: dict) -> MatchModel:
-        """The model from its stored form."""
+        """The model from its stored form (models stored before term frequencies have none)."""
         return MatchModel(version, data["rule"], float(data["prior"]), tuple(tuple(x) for x in data["m"]),
-                          tuple(tuple(x) for x in data["u"]))
+                          tuple(tuple(x) for x in data["u"]), tuple(data.get("term_counts", ())),
+                          tuple(data.get("term_totals", ())))
+
+
+def term_counts(spec: Probabilistic, values: list[list[list[str]]]) -> tuple[tuple[dict[str, int], ...], tuple[int, ...]]:
+    """Per field of the rule: each value held by at least two records, with its count (only TEXT and EXACT fields),
+    and how many records hold a value of the field."""
+    counts, totals = [], []
+    for f, compared in enumerate(spec.fields):
+        if compared.comparison not in TERM_FREQUENCY_COMPARISONS:
+            counts.append({})
+            totals.append(0)
+            continue
+        found = Counter(v for row in values for v in set(row[f]))
+        counts.append({v: n for v, n in found.items() if n > 1})
+        totals.append(sum(1 for row in values if row[f]))
+    return tuple(counts), tuple(totals)
 
 
 def _weight(m: float, u: float) -> float:
@@ -245,7 +291,17 @@ def pair_scores(spec: Probabilistic, model: MatchModel, values: list[list[list[s
             levels[k] = best_level(compared, column[a[k]], column[b[k]])
         table = np.array(weights[f] + [0.0], dtype=np.float64)  # index -1 (null) weighs nothing
         total += table[levels.astype(np.int64)]
+        if f < len(model.term_counts) and model.term_counts[f]:
+            for k in np.nonzero(levels == 0)[0].tolist():
+                total[k] += exact_value_weight(model, f, column[a[k]], column[b[k]]) - table[0]
     return total
+
+
+def exact_value_weight(model: MatchModel, f: int, left: list[str], right: list[str]) -> float:
+    """The weight of two value lists agreeing exactly on field f: that of the rarest value they share."""
+    if len(left) == 1 and len(right) == 1:
+        return model.exact_weight(f, left[0])
+    return max(model.exact_weight(f, v) for v in set(left) & set(right))
 
 
 def estimate_prior(scores: np.ndarray, prior_weight: float, total_pairs: float) -> float:

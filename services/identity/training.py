@@ -3,7 +3,8 @@
 u comes from random sampling of record pairs, m from expectation-maximisation over the pairs of each of the rule's
 blocking rules (each session estimates the fields outside its blocking rule), and the prior from the pairs the
 blocking rules find, taken to be 70% of the true matches (Splink's documented recipe). The comparison levels are
-written with Splink's level library so that they put a pair in the same level as probabilistic.level does.
+written with Splink's level library so that they put a pair in the same level as probabilistic.level does. The term
+counts of the exact levels (probabilistic.term_counts) are ours, taken from all the records.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from services.identity.probabilistic import (
     local_part,
     pair_scores,
     parse_date,
+    term_counts,
 )
 
 U_MAX_PAIRS = 1_000_000
@@ -170,7 +172,8 @@ def fit_model(rule: Rule, records: list[Record], max_block: int, progress: Train
     n = len(records)
     scores = pair_scores(spec, trained.model, values, a, b)
     prior = estimate_prior(scores, trained.model.prior_weight, n * (n - 1) / 2)
-    model = replace(trained.model, prior=prior)
+    counts, totals = term_counts(spec, values)
+    model = replace(trained.model, prior=prior, term_counts=counts, term_totals=totals)
     summary = {"records": n, "blocked_pairs": int(len(a)), "em_sessions": trained.em_sessions,
                "splink_prior": trained.model.prior, "expected_matches": prior * n * (n - 1) / 2,
                "seconds": round(time.perf_counter() - started, 3)}

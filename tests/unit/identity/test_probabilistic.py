@@ -108,3 +108,34 @@ def test_a_level_training_never_saw_weighs_nothing_and_an_unsampled_one_is_bound
     model = MatchModel(1, "p", 0.01, ((0.9, 0.0, 0.1),), ((0.0, 0.0, 1.0),))
     assert model.weights()[0][1] == 0.0
     assert model.weights()[0][0] == pytest.approx(np.log2(0.9 / 1e-6))
+
+
+def test_agreeing_on_a_common_value_weighs_less_than_on_a_rare_one_and_one_persons_value_keeps_the_level_weight():
+    # 1,000 records with a first name; prior 0.001, so about 2 records per person: "john" is held by 100 records
+    # (many people), "ada" by 2 (one person and a duplicate), "zelda" by 6 (two or three people).
+    rows = [[["john"]]] * 100 + [[["ada"]]] * 2 + [[["zelda"]]] * 6 + [[[f"name{i}"]] for i in range(892)]
+    spec = Probabilistic((CompareField("attribute", "first_name"),), (("first_name",),), 0.0)
+    counts, totals = fs.term_counts(spec, rows)
+    assert counts[0] == {"john": 100, "ada": 2, "zelda": 6} and totals == (1000,)
+    plain = MatchModel(1, "p", 0.001, ((0.8, 0.1, 0.05, 0.03, 0.02),), ((0.02, 0.01, 0.02, 0.1, 0.85),))
+    model = MatchModel(1, "p", 0.001, plain.m, plain.u, counts, totals)
+    level = plain.weights()[0][0]
+    assert model.exact_weight(0, "john") < level < model.exact_weight(0, "zelda")
+    assert model.exact_weight(0, "ada") == model.exact_weight(0, "unseen") == level
+    # Real time, ExplainMatch and re-runs all weigh the pair the same way.
+    a, b = record(None, first_name="John"), record(None, first_name="john")
+    score, parts = matching.explain_pair(spec, model, a, b)
+    assert parts[0][2] == model.exact_weight(0, "john")
+    values = [[matching.field_values(r, f) for f in spec.fields] for r in (a, b)]
+    assert fs.pair_scores(spec, model, values, np.array([0]), np.array([1]))[0] == pytest.approx(score)
+    # DATE and EMAIL values are not counted (a person's own date or address is as rare as the person).
+    dates = Probabilistic((CompareField("attribute", "date_of_birth", fs.DATE),), (("date_of_birth",),), 0.0)
+    assert fs.term_counts(dates, [[["2000-01-01"]]] * 10) == (({},), (0,))
+
+
+def test_a_model_round_trips_through_its_stored_form_with_its_term_counts():
+    model = MatchModel(3, "p", 0.01, ((0.9, 0.1),), ((0.1, 0.9),), ({"x": 4},), (10,))
+    again = MatchModel.from_dict(3, model.to_dict())
+    assert (again.term_counts, again.term_totals, again.m, again.u) == (({"x": 4},), (10,), model.m, model.u)
+    old = {k: v for k, v in model.to_dict().items() if not k.startswith("term_")}
+    assert MatchModel.from_dict(3, old).exact_weight(0, "x") == model.weights()[0][0]
