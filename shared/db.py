@@ -41,6 +41,17 @@ def all_tenants() -> Iterator[None]:
         _all_tenants_var.reset(token)
 
 
+@contextlib.contextmanager
+def one_tenant() -> Iterator[None]:
+    """Inside all_tenants(), a stretch of work for the one tenant in context.tenant_var (a worker's task for one
+    tenant): its connections see that tenant's rows only."""
+    token = _all_tenants_var.set(False)
+    try:
+        yield
+    finally:
+        _all_tenants_var.reset(token)
+
+
 def current_scope() -> tuple[str, str]:
     """(tailor.tenant, tailor.all_tenants) for connections acquired now."""
     return ("", "on") if _all_tenants_var.get() else (tenant_var.get(), "")

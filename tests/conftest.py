@@ -68,9 +68,15 @@ async def database_url(pg_server_dsn):
 
 
 @pytest.fixture
-def tenant() -> str:
-    """A fresh tenant id per test, so tests never see each other's rows."""
-    return f"t_{uuid.uuid4().hex[:12]}"
+def tenant():
+    """A fresh tenant id per test, so tests never see each other's rows. It is also the tenant of the test's own
+    in-process calls of use cases (as a server's auth sets it for every RPC), which row-level security needs."""
+    from shared import context as ctx
+
+    tenant_id = f"t_{uuid.uuid4().hex[:12]}"
+    token = ctx.tenant_var.set(tenant_id)
+    yield tenant_id
+    ctx.tenant_var.reset(token)
 
 
 

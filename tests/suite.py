@@ -11,6 +11,7 @@ from personalization.decision.v1 import decision_service_pb2_grpc as decision_gr
 from personalization.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as profile_grpc
 from services.gateway.admin import create_tenant_with_key
+from shared import context as ctx
 from shared.runtime import start_built, stop_built
 from tests.internal_auth import keys
 
@@ -57,9 +58,11 @@ class Suite:
             await stop_built(built, running, tasks, grace=0.5)
 
     async def new_tenant(self, scopes=("ingest", "decide", "admin")) -> tuple[str, tuple]:
-        """A fresh tenant and the metadata that authenticates as it."""
+        """A fresh tenant and the metadata that authenticates as it. It also becomes the tenant of the calling test's
+        own in-process calls of use cases (as the gateway's auth sets it for every RPC), for row-level security."""
         tenant = f"t-{uuid.uuid4().hex[:12]}"
         _, secret = await create_tenant_with_key(self.dsn, tenant, scopes=scopes)
+        ctx.tenant_var.set(tenant)
         return tenant, (("authorization", f"Bearer {secret}"),)
 
     @property

@@ -31,6 +31,7 @@ from services.gateway.destinations import (ALLOWED_NETWORKS_SETTING, DeliveryErr
                                            directory_problem, parse_networks, system_resolve)
 from services.gateway.ports import ProfilePort
 from shared import context as ctx
+from shared import db
 from shared.errors import InvalidArgument, NotFound, Violations, shorten
 from shared.leader import lead
 from shared.log import get_logger
@@ -317,31 +318,36 @@ class Activations:
 
     async def run_once(self, tenant_id: str | None = None) -> None:
         """One pass: every activation (of one tenant, or all) is refreshed, then its due deliveries are sent."""
-        activations = await self.store.all_activations(tenant_id)
-        await asyncio.gather(*(self._cycle(row) for row in activations))
-        self._cycles += 1
-        if self._cycles % 100 == 1:
-            await self.store.prune(self.settings.retention_hours)
+        with db.all_tenants():  # the pass spans tenants; each activation's own work runs in its tenant alone
+            activations = await self.store.all_activations(tenant_id)
+            await asyncio.gather(*(self._cycle(row) for row in activations))
+            self._cycles += 1
+            if self._cycles % 100 == 1:
+                await self.store.prune(self.settings.retention_hours)
 
     async def _cycle(self, row: ActivationRow) -> None:
         async with self._limit:
             _bind(row.tenant_id)
-            destination = await self.store.get_destination(row.tenant_id, row.config.destination)
-            if destination is None:
-                await self.store.record_error(row.tenant_id, row.name, "destination does not exist")
-                return
-            try:
-                await self.refresh(row, batch_size_of(destination))
-            except Exception as error:  # noqa: BLE001 - one activation must not stop the others
-                message = (f"{error.code().name}: {error.details()}" if isinstance(error, grpc.aio.AioRpcError)
-                           else repr(error))
-                log.warning("activation_refresh_failed", activation=row.name, error=message)
-                await self.store.record_error(row.tenant_id, row.name, f"refresh: {message}")
-            try:
-                await self.deliver(row, destination)
-            except Exception as error:
-                log.exception("activation_deliver_failed", activation=row.name)
-                await self.store.record_error(row.tenant_id, row.name, f"deliver: {error!r}")
+            with db.one_tenant():  # this activation's rows are its tenant's alone
+                await self._cycle_bound(row)
+
+    async def _cycle_bound(self, row: ActivationRow) -> None:
+        destination = await self.store.get_destination(row.tenant_id, row.config.destination)
+        if destination is None:
+            await self.store.record_error(row.tenant_id, row.name, "destination does not exist")
+            return
+        try:
+            await self.refresh(row, batch_size_of(destination))
+        except Exception as error:  # noqa: BLE001 - one activation must not stop the others
+            message = (f"{error.code().name}: {error.details()}" if isinstance(error, grpc.aio.AioRpcError)
+                       else repr(error))
+            log.warning("activation_refresh_failed", activation=row.name, error=message)
+            await self.store.record_error(row.tenant_id, row.name, f"refresh: {message}")
+        try:
+            await self.deliver(row, destination)
+        except Exception as error:
+            log.exception("activation_deliver_failed", activation=row.name)
+            await self.store.record_error(row.tenant_id, row.name, f"deliver: {error!r}")
 
     async def refresh(self, row: ActivationRow, batch_size: int) -> int:
         """Finds what changed since the last refresh and queues it as deliveries; returns the rows queued."""

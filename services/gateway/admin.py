@@ -19,8 +19,9 @@ async def create_tenant_with_key(dsn: str, tenant_id: str, display_name: str = "
     pool = await db.create_pool(dsn, SCHEMA, min_size=1, max_size=2)
     try:
         keys = KeyService(GatewayStore(pool))
-        created = await keys.create_tenant(tenant_id, display_name)
-        _, secret = await keys.create_key(tenant_id, list(scopes), key_name)
+        with db.all_tenants():  # an operator action, outside any call
+            created = await keys.create_tenant(tenant_id, display_name)
+            _, secret = await keys.create_key(tenant_id, list(scopes), key_name)
         return created, secret
     finally:
         await pool.close()

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 
 from services.gateway.postgres import GatewayStore, KeyRow
+from shared import db
 from shared.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 
 SCOPES = ("ingest", "decide", "admin")
@@ -189,7 +190,8 @@ class KeyService:
         if cached is not None and cached.expires > now:
             return cached.row
         key_id = parse_key(secret)
-        row = await self.store.find_key(key_id) if key_id else None
+        with db.all_tenants():  # the key names its tenant: looked up before the tenant is known
+            row = await self.store.find_key(key_id) if key_id else None
         if row is not None and not hmac.compare_digest(row.secret_hash, hash_secret(secret)):
             row = None
         if len(self._cache) > 10_000:

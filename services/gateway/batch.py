@@ -24,6 +24,7 @@ from services.gateway.ports import Stubs
 from services.gateway.postgres_batch import BATCH_CHANNEL, Job, OutputRow, PostgresBatch, Schedule, StoredRow
 from services.gateway.quotas import period_start
 from shared import context as ctx
+from shared import db
 from shared.errors import NotFound, Violations
 from shared.leader import lead
 from shared.log import get_logger
@@ -183,7 +184,8 @@ class BatchJobs:
             await self.run_job(job)
             return True
 
-        await lead(self.dsn, LEADER_LOCK, step, idle_seconds=self.idle_seconds, channel=BATCH_CHANNEL)
+        with db.all_tenants():  # every tenant's schedules and jobs
+            await lead(self.dsn, LEADER_LOCK, step, idle_seconds=self.idle_seconds, channel=BATCH_CHANNEL)
 
     async def start_due_schedules(self) -> list[Job]:
         """Creates a job for every schedule due by the clock, and moves each to its next run."""

@@ -10,6 +10,7 @@ from datetime import date, datetime, timezone
 import asyncpg
 
 from services.gateway.postgres_quotas import PostgresQuotas
+from shared import db
 from shared.log import get_logger
 
 log = get_logger("gateway.quotas")
@@ -84,8 +85,12 @@ class Quotas:
         return not await self.take_credits(tenant_id, credits) or await self.retry_after(tenant_id) is not None
 
     async def flush(self) -> None:
-        """Writes the credits counted since the last flush."""
+        """Writes the credits counted since the last flush (of every tenant, also when one tenant's call asks)."""
         start = period_start()
+        with db.all_tenants():
+            await self._flush(start)
+
+    async def _flush(self, start: date) -> None:
         for tenant_id, state in list(self.tenants.items()):
             pending, state.pending = state.pending, 0
             if pending:

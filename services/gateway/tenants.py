@@ -14,6 +14,7 @@ from personalization.gateway.v1 import gateway_service_pb2 as pb
 from services.gateway.auth import OPERATOR_SCOPE, OPERATOR_TENANT, TENANT_ID_PATTERN, KeyService, hash_secret, parse_key
 from services.gateway.postgres_tenants import TenantRow, TenantStore
 from services.gateway.postgres import KeyRow
+from shared import db
 from shared.errors import NotFound, Violations
 from shared.paging import decode_token, next_page, page_size
 
@@ -50,15 +51,17 @@ class Tenants:
         if len(request.display_name) > 200:
             v.add("display_name", "must be at most 200 characters")
         v.raise_if_any()
-        created = await self.keys.create_tenant(request.tenant_id, request.display_name)
-        row, secret = await self.keys.create_key(request.tenant_id, scopes or list(DEFAULT_SCOPES),
-                                                 request.key_display_name or "operator")
-        return tenant_message(await self._get(request.tenant_id)), created, row, secret
+        with db.all_tenants():  # the operator acts on other tenants' rows
+            created = await self.keys.create_tenant(request.tenant_id, request.display_name)
+            row, secret = await self.keys.create_key(request.tenant_id, scopes or list(DEFAULT_SCOPES),
+                                                     request.key_display_name or "operator")
+            return tenant_message(await self._get(request.tenant_id)), created, row, secret
 
     async def list(self, request: pb.ListTenantsRequest) -> pb.ListTenantsResponse:
         size = page_size(request.page_size, 100, 1000)
         after = decode_token(request.page_token, "page_token")
-        rows = await self.store.list(after[0] if after else "", size + 1)
+        with db.all_tenants():  # every tenant, by definition
+            rows = await self.store.list(after[0] if after else "", size + 1)
         rows, token = next_page(rows, size, lambda r: [r.tenant_id])
         return pb.ListTenantsResponse(tenants=[tenant_message(r) for r in rows], next_page_token=token)
 
@@ -71,9 +74,10 @@ class Tenants:
         if request.request_rate_limit < 0 or request.request_rate_limit != request.request_rate_limit:
             v.add("request_rate_limit", "must be 0 (unlimited) or more")
         v.raise_if_any()
-        await self._get(request.tenant_id)
-        await self.store.set_quota(request.tenant_id, request.decision_credit_limit, request.request_rate_limit)
-        return pb.SetTenantQuotaResponse(tenant=tenant_message(await self._get(request.tenant_id)))
+        with db.all_tenants():  # the operator acts on another tenant's rows
+            await self._get(request.tenant_id)
+            await self.store.set_quota(request.tenant_id, request.decision_credit_limit, request.request_rate_limit)
+            return pb.SetTenantQuotaResponse(tenant=tenant_message(await self._get(request.tenant_id)))
 
     async def _get(self, tenant_id: str) -> TenantRow:
         row = await self.store.get(tenant_id)
@@ -84,6 +88,11 @@ class Tenants:
 
 async def ensure_operator_key(keys: KeyService, path: Path) -> str:
     """The operator key stored at path while it still works, else a new one written there (mode 0600)."""
+    with db.all_tenants():  # the operator's reserved tenant, before any call
+        return await _ensure_operator_key(keys, path)
+
+
+async def _ensure_operator_key(keys: KeyService, path: Path) -> str:
     if path.exists():
         secret = path.read_text().strip()
         key_id = parse_key(secret)

@@ -435,9 +435,12 @@ class PostgresRepository:
                 tenant, [k[0] for k in plan.identity_owner], [k[1] for k in plan.identity_owner],
                 list(plan.identity_owner.values()))
             await conn.execute("DELETE FROM record_blocks WHERE tenant_id = $1", tenant)
-            await conn.copy_records_to_table(
-                "record_blocks", records=sorted({(tenant, k, r) for k, r in plan.blocks}),
-                columns=["tenant_id", "block_key", "record_id"])
+            # INSERT from arrays, not COPY: COPY FROM refuses tables with row-level security.
+            blocks = sorted(set(plan.blocks))
+            await conn.execute(
+                "INSERT INTO record_blocks (tenant_id, block_key, record_id)"
+                " SELECT $1, k, r FROM unnest($2::text[], $3::text[]) AS u(k, r)",
+                tenant, [k for k, _ in blocks], [r for _, r in blocks])
             await _insert_events(conn, tenant, now, plan.merges)
             return plan
 

@@ -12,7 +12,7 @@ from services.profile_graph.postgres import PostgresStore
 from services.profile_graph.postgres_privacy import PostgresPrivacy
 from services.profile_graph.service import ProfileGraph, _utcnow
 from services.profile_graph.servicer import ProfileGraphServicer
-from shared import service_auth
+from shared import db, service_auth
 from shared.log import get_logger
 from shared.runtime import Built, prepare_schema
 from shared.server import Service
@@ -26,6 +26,11 @@ log = get_logger("profile_graph")
 
 async def refresh_loop(graph: ProfileGraph, every_seconds: int) -> None:
     """The scheduled full recompute: lets old events age out of windowed insights and the segments that read them."""
+    with db.all_tenants():  # every tenant's profiles
+        await _refresh_loop(graph, every_seconds)
+
+
+async def _refresh_loop(graph: ProfileGraph, every_seconds: int) -> None:
     while True:
         await asyncio.sleep(every_seconds)
         try:
@@ -37,6 +42,11 @@ async def refresh_loop(graph: ProfileGraph, every_seconds: int) -> None:
 
 async def item_insight_loop(graph: ProfileGraph, every_ms: int) -> None:
     """Keeps item insights current: recomputes the items that events touched since the last round."""
+    with db.all_tenants():  # the items of every tenant that had events
+        await _item_insight_loop(graph, every_ms)
+
+
+async def _item_insight_loop(graph: ProfileGraph, every_ms: int) -> None:
     while True:
         await asyncio.sleep(every_ms / 1000)
         try:
@@ -56,7 +66,9 @@ async def build(dsn: str, *, clock: Callable[[], datetime] = _utcnow) -> Built:
     pool = await prepare_schema(dsn, SCHEMA, __file__, min_size=pool_min, max_size=pool_max)
     store = PostgresStore(pool)
     graph = ProfileGraph(store, clock=clock, objects_per_type=objects_per_type)
-    if rebuilt := await graph.rebuild_pending_partials():
+    with db.all_tenants():  # every tenant that had insights before partials existed
+        rebuilt = await graph.rebuild_pending_partials()
+    if rebuilt:
         log.info("insight_partials_rebuilt", tenants=rebuilt)
 
     async def close() -> None:

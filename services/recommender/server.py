@@ -14,7 +14,7 @@ from services.recommender.postgres import PostgresRepository
 from services.recommender.postgres_privacy import PostgresPrivacy
 from services.recommender.service import Recommender
 from services.recommender.servicer import RecommenderServicer
-from shared import service_auth
+from shared import db, service_auth
 from shared.runtime import Built, prepare_schema
 from shared.server import Service
 from shared.settings import env_float, env_int
@@ -65,6 +65,10 @@ async def build(dsn: str, settings: Settings | None = None) -> Built:
     servicer = RecommenderServicer(recommender, PostgresPrivacy(pool))
 
     async def schedule() -> None:
+        with db.all_tenants():  # every tenant's learned recommenders
+            await scheduled()
+
+    async def scheduled() -> None:
         while settings.schedule_seconds:
             await asyncio.sleep(settings.schedule_seconds)
             try:

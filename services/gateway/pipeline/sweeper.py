@@ -7,6 +7,7 @@ import grpc
 from services.gateway.pipeline.apply import SWEEP_PAGE, MergePropagation
 from services.gateway.postgres import GatewayStore
 from shared import context as ctx
+from shared import db
 from shared.leader import lead
 from shared.log import get_logger
 
@@ -51,4 +52,5 @@ class MergeSweeper:
             await self.sweep_all()
             return False
 
-        await lead(self.dsn, SWEEPER_LOCK, step, idle_seconds=self.interval_seconds)
+        with db.all_tenants():  # every tenant's merge outbox
+            await lead(self.dsn, SWEEPER_LOCK, step, idle_seconds=self.interval_seconds)

@@ -20,6 +20,7 @@ from services.gateway.pipeline.apply import Pipeline, Plan
 from services.gateway.postgres import INBOX_CHANNEL
 from services.gateway.postgres_inbox import InboxRow, InboxStore
 from shared import context as ctx
+from shared import db
 from shared import contract
 from shared.log import get_logger
 from shared.settings import env_float, env_int
@@ -137,6 +138,10 @@ class PartitionWorker:
 
     async def run(self) -> None:
         """Leases and drains until cancelled or stop() is called; then gives its partitions back."""
+        with db.all_tenants():  # partitions hold every tenant's inbox rows (the tasks created here inherit it)
+            await self._run()
+
+    async def _run(self) -> None:
         leasing = asyncio.create_task(self._lease_loop())
         try:
             await self._drain_loop()
@@ -264,7 +269,8 @@ class PartitionWorker:
         ctx.deadline_var.set(None)
         state = self.tenants.setdefault(tenant, _TenantState())
         try:
-            await self.process(tenant, rows)
+            with db.one_tenant():  # the worker spans tenants; this task serves one
+                await self.process(tenant, rows)
             state.infra_failures = 0
         except Transient as error:
             state.infra_failures += 1
