@@ -21,8 +21,19 @@ def clip(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
 
 
 def shorten(text: str, size: int = 200) -> str:
-    """Text cut to size characters with … (errors quote a caller's input only that far, never whole)."""
+    """Text cut to size characters with … (for texts an error relays, such as a parser's own message)."""
     return text if len(text) <= size else text[:size - 1] + "…"
+
+
+QUOTE_CHARS = 40  # the most of a caller's value (an id, a name) that an error text repeats
+
+
+def quote(value: object) -> str:
+    """A value the caller sent, as an error text quotes it: in quotes, cut to QUOTE_CHARS characters with … .
+
+    Errors name the field as the caller sent it and never echo a whole input: every id, name or value that an
+    error message, a violation or ErrorInfo metadata repeats goes through here."""
+    return repr(shorten(str(value), QUOTE_CHARS))
 
 
 class TailorError(Exception):
@@ -39,7 +50,7 @@ class TailorError(Exception):
 
     def details(self) -> list[any_pb2.Any]:
         info = any_pb2.Any()
-        metadata = {clip(k, 100): clip(v) for k, v in self.metadata.items()}
+        metadata = {clip(k, 100): shorten(v, QUOTE_CHARS) for k, v in self.metadata.items()}
         info.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=metadata))
         return [info]
 
@@ -226,5 +237,5 @@ def status_details(error: grpc.aio.AioRpcError) -> tuple[list[tuple[str, str]], 
 __all__ = [
     "TailorError", "InvalidArgument", "NotFound", "AlreadyExists", "FailedPrecondition", "Unauthenticated",
     "PermissionDenied", "ResourceExhausted", "Unavailable", "Violations", "rich_status_of", "status_details",
-    "retry_info", "retry_delay_of", "DeadlineExceeded", "shorten",
+    "retry_info", "retry_delay_of", "DeadlineExceeded", "shorten", "quote", "QUOTE_CHARS",
 ]

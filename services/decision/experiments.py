@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from scipy.stats import chi2
 
 from services.decision import growthbook, rules
+from shared.errors import quote
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 METRICS = ("CLICK_THROUGH", "CONVERSION", "REVENUE_PER_INDIVIDUAL")
@@ -90,7 +91,7 @@ def validate_experiment(e: Experiment, decision_ids: set[str], v, path: str = "e
         if not NAME.match(c.cohort_id):
             v.add(f"{p}.cohort_id", "must match ^[a-z][a-z0-9_]{0,63}$")
         elif c.cohort_id in seen:
-            v.add(f"{p}.cohort_id", f"duplicate cohort id '{c.cohort_id}'")
+            v.add(f"{p}.cohort_id", f"duplicate cohort id {quote(c.cohort_id)}")
         seen.add(c.cohort_id)
         if not 0 <= c.weight_bps <= TOTAL_BPS:
             v.add(f"{p}.weight_bps", "must be between 0 and 10,000 basis points")
@@ -102,7 +103,8 @@ def validate_experiment(e: Experiment, decision_ids: set[str], v, path: str = "e
         elif not c.fall_through and not c.decision_id:
             v.add(f"{p}.decision_id", "must name a decision of the point (or set fall_through on the control)")
         elif c.decision_id and c.decision_id not in decision_ids:
-            v.add(f"{p}.decision_id", f"decision '{c.decision_id}' is not a live decision of point '{e.point_name}'")
+            v.add(f"{p}.decision_id",
+                  f"decision {quote(c.decision_id)} is not a live decision of point {quote(e.point_name)}")
     if sum(1 for c in e.cohorts if c.control) > 1:
         v.add(f"{path}.cohorts", "at most one cohort can be the control")
     if total > TOTAL_BPS:

@@ -16,7 +16,7 @@ from typing import Any
 import cel
 
 from shared import rule_limits
-from shared.errors import shorten
+from shared.errors import quote, shorten
 from shared.rule_limits import RuleCost
 
 VARIABLES = ("profile", "context")
@@ -100,7 +100,7 @@ def compile_rule(source: str) -> CompiledRule:
     bound = rule_limits.bound_names(source)
     strangers = sorted(set(program.variables()) - set(VARIABLES) - bound)
     if strangers:
-        raise RuleError(f"undeclared reference to {shorten(strangers[0], 40)!r}: rules see only "
+        raise RuleError(f"undeclared reference to {quote(strangers[0])}: rules see only "
                         "profile and context")
     try:
         result = program.execute(SAMPLE_ACTIVATION)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.decision import rules
-from shared.errors import shorten
+from shared.errors import quote, shorten
 
 FIELD_TYPES = ("STRING", "NUMBER", "BOOL", "STRING_LIST")
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -49,7 +49,7 @@ def validate_schema(entries: dict[str, list[tuple[str, str]]], v) -> None:
             if not pattern.match(name):
                 v.add(path + (".name" if type_ is not None else ""), f"must match {pattern.pattern}")
             elif name in seen:
-                v.add(path + (".name" if type_ is not None else ""), f"duplicate name '{name}'")
+                v.add(path + (".name" if type_ is not None else ""), f"duplicate name {quote(name)}")
             seen.add(name)
             if type_ is not None and type_ not in FIELD_TYPES:
                 v.add(f"{path}.type", "must be FIELD_TYPE_STRING, _NUMBER, _BOOL or _STRING_LIST")
@@ -114,7 +114,7 @@ def reference_errors(source: str, schema: ProfileSchema) -> list[str]:
     for m in _SEGMENT_TEST.finditer(source):
         name = m.group(1)[1:-1]
         if name not in schema.segments:
-            errors.append(f"{position(source, m.start(1))}: segment '{name}' is not declared")
+            errors.append(f"{position(source, m.start(1))}: segment {quote(name)} is not declared")
     return errors
 
 

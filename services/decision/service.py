@@ -39,7 +39,7 @@ from services.decision.validation import (
     validate_decision,
     validate_point,
 )
-from shared.errors import AlreadyExists, FailedPrecondition, NotFound, Violations
+from shared.errors import AlreadyExists, FailedPrecondition, NotFound, Violations, quote
 
 DEFAULT_COUNT = 12
 MAX_POINTS_PER_QUALIFY = 50
@@ -160,7 +160,7 @@ def _qualify_one(
             if granted is not None and decision.consent_purpose and decision.consent_purpose not in granted:
                 missing_consents.append(decision.consent_purpose)
                 evaluations.append(Evaluation(decision.decision_id, decision.name, False,
-                                              f"consent '{decision.consent_purpose}' not granted"))
+                                              f"consent {quote(decision.consent_purpose)} not granted"))
                 continue
             matched, error = rules.evaluate(rule, ctx)
             evaluations.append(Evaluation(decision.decision_id, decision.name, matched, error))
@@ -200,7 +200,7 @@ class DecisionService:
             old = existing[0]
             if old.type != point.type:
                 raise FailedPrecondition(
-                    f"point '{point.name}' has {len(live)} decisions of type {old.type}; "
+                    f"point {quote(point.name)} has {len(live)} decisions of type {old.type}; "
                     "archive them before changing the point's type",
                     reason="POINT_HAS_DECISIONS",
                     metadata={"point": point.name},
@@ -210,7 +210,7 @@ class DecisionService:
                 if d.content is not None:
                     check = Violations()
                     validate_content(d.content, point.template, check, "content")
-                    broken += [f"decision '{d.name}' {f}: {m}" for f, m in check.items]
+                    broken += [f"decision {quote(d.name)} {f}: {m}" for f, m in check.items]
             if broken:
                 raise FailedPrecondition(
                     "the new template does not fit existing decisions: " + "; ".join(broken),
@@ -239,7 +239,7 @@ class DecisionService:
         if not name:
             raise_violation("name", "must name a point")
         if (await self.repo.running_experiments(tenant, [name])).get(name):
-            raise FailedPrecondition(f"point '{name}' has a running experiment; stop it first",
+            raise FailedPrecondition(f"point {quote(name)} has a running experiment; stop it first",
                                      reason="EXPERIMENT_RUNNING", metadata={"point": name})
         point = await self.repo.archive_point(tenant, name)
         if point is None:
@@ -277,7 +277,7 @@ class DecisionService:
             stored = await self.repo.save_decision(tenant, point.point_id, to_store)
         except NameTaken:
             raise AlreadyExists(
-                f"decision.name: point '{point.name}' already has a decision named '{decision.name}'",
+                f"decision.name: point {quote(point.name)} already has a decision named {quote(decision.name)}",
                 reason="DECISION_NAME_TAKEN",
                 metadata={"point": point.name, "name": decision.name},
             ) from None
@@ -310,12 +310,12 @@ class DecisionService:
             raise_violation("decision_id", "must name a decision")
         current = await self.repo.get_decision(tenant, decision_id)
         if current is None:
-            raise NotFound(f"decision_id: decision '{decision_id}' does not exist", reason="DECISION_NOT_FOUND",
+            raise NotFound(f"decision_id: decision {quote(decision_id)} does not exist", reason="DECISION_NOT_FOUND",
                            metadata={"decision_id": decision_id})
         running = (await self.repo.running_experiments(tenant, [current.point_name])).get(current.point_name)
         if running and any(c.decision_id == decision_id for c in running.cohorts):
             raise FailedPrecondition(
-                f"decision '{decision_id}' is served by a cohort of running experiment '{running.name}'",
+                f"decision {quote(decision_id)} is served by a cohort of running experiment {quote(running.name)}",
                 reason="EXPERIMENT_RUNNING", metadata={"experiment": running.name, "decision_id": decision_id})
         archived = await self.repo.archive_decision(tenant, decision_id)
         assert archived is not None
@@ -372,7 +372,7 @@ class DecisionService:
         v.raise_if_any()
         current = await self.repo.get_experiment(tenant, e.name)
         if current is not None and current.state != "DRAFT":
-            raise FailedPrecondition(f"experiment '{e.name}' is {current.state.lower()}; only drafts can change",
+            raise FailedPrecondition(f"experiment {quote(e.name)} is {current.state.lower()}; only drafts can change",
                                      reason="EXPERIMENT_NOT_DRAFT", metadata={"experiment": e.name})
         to_store = replace(e, experiment_id=current.experiment_id if current else _new_id("exp"), state="DRAFT",
                            winner_cohort_id="", start_time=None, stop_time=None)
@@ -401,7 +401,7 @@ class DecisionService:
         return e
 
     def _wrong_state(self, e: Experiment, action: str) -> FailedPrecondition:
-        return FailedPrecondition(f"experiment '{e.name}' is {e.state.lower()}; cannot {action} it",
+        return FailedPrecondition(f"experiment {quote(e.name)} is {e.state.lower()}; cannot {action} it",
                                   reason="EXPERIMENT_WRONG_STATE", metadata={"experiment": e.name, "state": e.state})
 
     async def start_experiment(self, tenant: str, name: str) -> Experiment:
@@ -419,7 +419,7 @@ class DecisionService:
             started = await self.repo.set_experiment_state(tenant, replace(e, state="RUNNING",
                                                                            start_time=self.now()))
         except AlreadyRunning:
-            raise FailedPrecondition(f"another experiment already runs on point '{e.point_name}'",
+            raise FailedPrecondition(f"another experiment already runs on point {quote(e.point_name)}",
                                      reason="EXPERIMENT_ALREADY_RUNNING",
                                      metadata={"point": e.point_name, "experiment": e.name}) from None
         self.cache.invalidate(tenant, e.point_name)
@@ -431,7 +431,7 @@ class DecisionService:
         if e.state != "RUNNING":
             raise self._wrong_state(e, "stop")
         if winner and winner not in {c.cohort_id for c in e.cohorts}:
-            raise NotFound(f"winner_cohort_id: experiment '{name}' has no cohort '{winner}'",
+            raise NotFound(f"winner_cohort_id: experiment {quote(name)} has no cohort {quote(winner)}",
                            reason="COHORT_NOT_FOUND", metadata={"experiment": name, "cohort": winner})
         stopped = await self.repo.set_experiment_state(
             tenant, replace(e, state="STOPPED", winner_cohort_id=winner, stop_time=self.now()))
@@ -655,7 +655,7 @@ class DecisionService:
             if entry is None:
                 raise point_not_found(name, name_path(i))
             if entry.point.archived:
-                raise NotFound(f"{name_path(i)}: point '{name}' is archived", reason="POINT_ARCHIVED",
+                raise NotFound(f"{name_path(i)}: point {quote(name)} is archived", reason="POINT_ARCHIVED",
                                metadata={"point": name})
             if forced and forced not in entry.by_id:
                 raise decision_not_found(name, forced, f"points[{i}].decision_id")

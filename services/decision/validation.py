@@ -11,7 +11,7 @@ from typing import Any
 from services.decision import rules
 from services.decision.domain import Decision, Point, Template
 from services.decision.schema import ProfileSchema, check_rule
-from shared.errors import NotFound, Violations
+from shared.errors import NotFound, Violations, quote
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 POINT_TYPES = ("MANUAL_CONTENT", "RECOMMENDATIONS")
@@ -39,7 +39,7 @@ def validate_point(point: Point, v: Violations) -> None:
         if not NAME.match(f.name):
             v.add(f"{path}.name", "must match ^[a-z][a-z0-9_]{0,63}$")
         elif f.name in seen:
-            v.add(f"{path}.name", f"duplicate field name '{f.name}'")
+            v.add(f"{path}.name", f"duplicate field name {quote(f.name)}")
         seen.add(f.name)
         if f.type not in FIELD_TYPES:
             v.add(f"{path}.type", "must be FIELD_TYPE_STRING, _NUMBER, _BOOL or _STRING_LIST")
@@ -51,7 +51,7 @@ def validate_point(point: Point, v: Violations) -> None:
         elif not NAME.match(attribute):
             v.add(path, "must match ^[a-z][a-z0-9_]{0,63}$")
         elif attribute in seen:
-            v.add(path, f"duplicate item attribute '{attribute}'")
+            v.add(path, f"duplicate item attribute {quote(attribute)}")
         seen.add(attribute)
 
 
@@ -155,18 +155,19 @@ def raise_violation(path: str, message: str) -> None:
 
 def decision_not_found(point: str, decision_id: str, field_path: str) -> NotFound:
     return NotFound(
-        f"{field_path}: decision '{decision_id}' does not exist on point '{point}'",
+        f"{field_path}: decision {quote(decision_id)} does not exist on point {quote(point)}",
         reason="DECISION_NOT_FOUND",
         metadata={"point": point, "decision_id": decision_id},
     )
 
 
 def point_not_found(name: str, field_path: str) -> NotFound:
-    return NotFound(f"{field_path}: point '{name}' does not exist", reason="POINT_NOT_FOUND", metadata={"point": name})
+    return NotFound(f"{field_path}: point {quote(name)} does not exist", reason="POINT_NOT_FOUND",
+                    metadata={"point": name})
 
 
 def experiment_not_found(name: str, field_path: str = "name") -> NotFound:
-    return NotFound(f"{field_path}: experiment '{name}' does not exist", reason="EXPERIMENT_NOT_FOUND",
+    return NotFound(f"{field_path}: experiment {quote(name)} does not exist", reason="EXPERIMENT_NOT_FOUND",
                     metadata={"experiment": name})
 
 

@@ -32,7 +32,7 @@ from services.gateway.destinations import (ALLOWED_NETWORKS_SETTING, DeliveryErr
 from services.gateway.ports import ProfilePort
 from shared import context as ctx
 from shared import db
-from shared.errors import InvalidArgument, NotFound, Violations, shorten
+from shared.errors import InvalidArgument, NotFound, Violations, quote, shorten
 from shared.leader import lead
 from shared.log import get_logger
 from shared import paging
@@ -172,7 +172,7 @@ def validate_activation(a: pb.Activation) -> Violations:
             if not ATTRIBUTE_PATTERN.match(name):
                 v.add(f"activation.attributes.attributes[{i}]", "must be an attribute name")
             elif name in ("unified_individual_id", "segment") or name in seen:
-                v.add(f"activation.attributes.attributes[{i}]", f"{name!r} is repeated or a reserved row field")
+                v.add(f"activation.attributes.attributes[{i}]", f"{quote(name)} is repeated or a reserved row field")
             seen.add(name)
     elif source == "batch_output" and not a.batch_output.schedule_name:
         v.add("activation.batch_output.schedule_name", "must name a batch schedule")
@@ -184,9 +184,9 @@ def validate_activation(a: pb.Activation) -> Violations:
         for i, key in enumerate(a.primary_key):
             if key not in columns:
                 v.add(f"activation.primary_key[{i}]",
-                      f"{shorten(key, 64)!r} is not a row field; one of {', '.join(columns)}")
+                      f"{quote(key)} is not a row field; one of {', '.join(columns)}")
             elif key in seen:
-                v.add(f"activation.primary_key[{i}]", f"{shorten(key, 64)!r} is repeated")
+                v.add(f"activation.primary_key[{i}]", f"{quote(key)} is repeated")
             seen.add(key)
     return v
 
@@ -265,13 +265,13 @@ class Activations:
         a.ClearField("status")
         validate_activation(a).raise_if_any()
         if await self.store.get_destination(tenant_id, a.destination) is None:
-            raise NotFound(f"destination {shorten(a.destination, 64)!r} does not exist",
-                           reason="DESTINATION_NOT_FOUND", metadata={"destination": shorten(a.destination, 64)})
+            raise NotFound(f"destination {quote(a.destination)} does not exist",
+                           reason="DESTINATION_NOT_FOUND", metadata={"destination": a.destination})
         source = source_of(a)
         if source == "batch_output":
             if not await self.store.schedule_exists(tenant_id, a.batch_output.schedule_name):
                 name = shorten(a.batch_output.schedule_name, 64)
-                raise NotFound(f"batch schedule {name!r} does not exist", reason="BATCH_SCHEDULE_NOT_FOUND",
+                raise NotFound(f"batch schedule {quote(name)} does not exist", reason="BATCH_SCHEDULE_NOT_FOUND",
                                metadata={"schedule_name": name})
         else:
             await self._check_segment(tenant_id, self._segment_of(a))
@@ -302,8 +302,8 @@ class Activations:
                 profile_pb.ListSegmentMembersRequest(segment=segment, page_size=1))
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(f"segment {shorten(segment, 64)!r} does not exist", reason="SEGMENT_NOT_FOUND",
-                               metadata={"segment": shorten(segment, 64)}) from None
+                raise NotFound(f"segment {quote(segment)} does not exist", reason="SEGMENT_NOT_FOUND",
+                               metadata={"segment": segment}) from None
             raise
 
     # The delivery loop.

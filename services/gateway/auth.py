@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from services.gateway.postgres import GatewayStore, KeyRow
 from shared import db
-from shared.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from shared.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, quote
 
 SCOPES = ("ingest", "decide", "admin")
 # The operator's key (written by the launcher, see tenants.ensure_operator_key) is the only one with this scope;
@@ -137,7 +137,7 @@ def parse_key(secret: str) -> str | None:
 def check_scopes(scopes: list[str], field: str = "scopes") -> list[str]:
     if not scopes:
         raise InvalidArgument([(field, "at least one scope is required")])
-    bad = [(f"{field}[{i}]", f"unknown scope {s!r}; one of {', '.join(SCOPES)}") for i, s in enumerate(scopes)
+    bad = [(f"{field}[{i}]", f"unknown scope {quote(s)}; one of {', '.join(SCOPES)}") for i, s in enumerate(scopes)
            if s not in SCOPES]
     if bad:
         raise InvalidArgument(bad)
@@ -166,7 +166,7 @@ class KeyService:
     async def create_key(self, tenant_id: str, scopes: list[str], display_name: str = "") -> tuple[KeyRow, str]:
         scopes = check_scopes(scopes)
         if not await self.store.tenant_exists(tenant_id):
-            raise NotFound(f"tenant {tenant_id} does not exist", reason="TENANT_NOT_FOUND")
+            raise NotFound(f"tenant {quote(tenant_id)} does not exist", reason="TENANT_NOT_FOUND")
         key_id, secret = new_key()
         row = await self.store.insert_key(tenant_id, key_id, hash_secret(secret), scopes, display_name)
         return row, secret
@@ -180,7 +180,7 @@ class KeyService:
     async def revoke_key(self, tenant_id: str, key_id: str) -> KeyRow:
         row = await self.store.revoke_key(tenant_id, key_id)
         if row is None:
-            raise NotFound(f"API key {key_id} not found", reason="API_KEY_NOT_FOUND")
+            raise NotFound(f"API key {quote(key_id)} not found", reason="API_KEY_NOT_FOUND")
         self._cache = {k: v for k, v in self._cache.items() if v.row is None or v.row.key_id != key_id}
         return row
 

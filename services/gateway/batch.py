@@ -25,7 +25,7 @@ from services.gateway.postgres_batch import BATCH_CHANNEL, Job, OutputRow, Postg
 from services.gateway.quotas import period_start
 from shared import context as ctx
 from shared import db
-from shared.errors import NotFound, Violations
+from shared.errors import NotFound, Violations, quote
 from shared.leader import lead
 from shared.log import get_logger
 
@@ -102,13 +102,13 @@ class BatchJobs:
         segments = await self.profile.ListSegments(profile_pb.ListSegmentsRequest(page_size=1000))
         counts = {s.name: s.member_count for s in segments.segments}
         if segment not in counts:
-            raise NotFound(f"segment {segment} not found", reason="SEGMENT_NOT_FOUND", metadata={"segment": segment})
+            raise NotFound(f"segment {quote(segment)} not found", reason="SEGMENT_NOT_FOUND", metadata={"segment": segment})
         points = await self.decision.ListPoints(decision_pb.ListPointsRequest(page_size=1000))
         known = {p.name for p in points.points}
         missing = [(i, n) for i, n in enumerate(point_names) if n not in known]
         if missing:
             i, name = missing[0]
-            raise NotFound(f"point {name} not found ({field_prefix}point_names[{i}])", reason="POINT_NOT_FOUND",
+            raise NotFound(f"point {quote(name)} not found ({field_prefix}point_names[{i}])", reason="POINT_NOT_FOUND",
                            metadata={"point": name})
         return counts[segment]
 
@@ -122,7 +122,7 @@ class BatchJobs:
     async def get(self, tenant_id: str, job_id: str) -> Job:
         job = await self.store.job(tenant_id, job_id)
         if job is None:
-            raise NotFound(f"batch job {job_id} not found", reason="BATCH_JOB_NOT_FOUND")
+            raise NotFound(f"batch job {quote(job_id)} not found", reason="BATCH_JOB_NOT_FOUND")
         return job
 
     async def list_jobs(self, tenant_id: str, limit: int, after: list | None) -> list[Job]:

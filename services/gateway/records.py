@@ -15,7 +15,7 @@ from services.gateway.ports import IdentityPort
 from services.gateway.postgres import GatewayStore
 from services.gateway.routing import route_of
 from shared import contract
-from shared.errors import Violations
+from shared.errors import QUOTE_CHARS, Violations, shorten
 
 MAX_RECORDS = 25
 MAX_RECORDS_INCREASED = 100
@@ -58,7 +58,7 @@ def _check_values(values: dict, declared, path: str, v: Violations) -> None:
     types = {a.name: a.type for a in declared}
     for name, value in values.items():
         if name not in types:
-            v.add(f"{path}.{name}", "is not declared in the data model")
+            v.add(f"{path}.{shorten(name, QUOTE_CHARS)}", "is not declared in the data model")
         elif value is not None and not _TYPE_CHECKS[types[name]](value):
             v.add(f"{path}.{name}", f"must be {pb.AttributeType.Name(types[name]).removeprefix('ATTRIBUTE_TYPE_')}")
 

@@ -15,7 +15,7 @@ from services.gateway.auth import OPERATOR_SCOPE, OPERATOR_TENANT, TENANT_ID_PAT
 from services.gateway.postgres_tenants import TenantRow, TenantStore
 from services.gateway.postgres import KeyRow
 from shared import db
-from shared.errors import NotFound, Violations
+from shared.errors import NotFound, Violations, quote
 from shared.paging import decode_token, next_page, page_size
 
 DEFAULT_SCOPES = ("ingest", "decide", "admin")
@@ -82,7 +82,7 @@ class Tenants:
     async def _get(self, tenant_id: str) -> TenantRow:
         row = await self.store.get(tenant_id)
         if row is None:
-            raise NotFound(f"tenant {tenant_id} does not exist", reason="TENANT_NOT_FOUND")
+            raise NotFound(f"tenant {quote(tenant_id)} does not exist", reason="TENANT_NOT_FOUND")
         return row
 
 

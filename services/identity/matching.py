@@ -17,7 +17,7 @@ from rapidfuzz.distance import JaroWinkler
 
 from services.identity import probabilistic as fs
 from services.identity.probabilistic import CompareField, MatchModel, Probabilistic
-from shared.errors import Violations
+from shared.errors import Violations, quote
 from shared.identity_values import normalize_phone
 
 TYPE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -198,7 +198,7 @@ def validate_ruleset(
         if not ATTRIBUTE_PATTERN.fullmatch(name):
             v.add(f"{path}.name", "must match ^[a-z][a-z0-9_]{0,63}$")
         elif name in names:
-            v.add(f"{path}.name", f"duplicate rule name {name!r}")
+            v.add(f"{path}.name", f"duplicate rule name {quote(name)}")
         names.add(name)
         if spec_in is not None:
             probabilistic_rules += 1
@@ -231,11 +231,11 @@ def _validate_field(v: Violations, path: str, kind: str, name: str, attributes: 
                     types: dict[str, IdentityType]) -> None:
     if kind == "identity":
         if name not in types:
-            v.add(f"{path}.identity_type", f"unknown identity type {name!r}")
+            v.add(f"{path}.identity_type", f"unknown identity type {quote(name)}")
     elif kind == "attribute":
         if name not in attributes:
             v.add(f"{path}.attribute",
-                  f"unknown attribute {name!r}: not built in and not in ruleset.custom_attributes")
+                  f"unknown attribute {quote(name)}: not built in and not in ruleset.custom_attributes")
     else:
         v.add(f"{path}.field", "an identity_type or an attribute is required")
 
@@ -252,7 +252,7 @@ def _validate_probabilistic(v: Violations, path: str, spec: dict, attributes: se
         fpath = f"{path}.fields[{f}]"
         _validate_field(v, fpath, kind, name, attributes, types)
         if name in seen:
-            v.add(fpath, f"field {name!r} is compared twice")
+            v.add(fpath, f"field {quote(name)} is compared twice")
         seen.add(name)
         if comparison not in fs.COMPARISONS:
             v.add(f"{fpath}.comparison", "must be TEXT, EXACT, DATE or EMAIL")
@@ -275,7 +275,7 @@ def _validate_probabilistic(v: Violations, path: str, spec: dict, attributes: se
             v.add(f"{path}.blocking_rules[{b}].fields", "at least one field is required")
         for n, name in enumerate(names):
             if name not in seen:
-                v.add(f"{path}.blocking_rules[{b}].fields[{n}]", f"{name!r} is not a compared field of the rule")
+                v.add(f"{path}.blocking_rules[{b}].fields[{n}]", f"{quote(name)} is not a compared field of the rule")
         blocking.append(tuple(dict.fromkeys(names)))
     threshold = float(spec["threshold"])
     if not math.isfinite(threshold) or abs(threshold) > 100:

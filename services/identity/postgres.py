@@ -24,7 +24,7 @@ from services.identity.repository import (
 from services.identity.rerun import RerunPlan, TenantData
 from services.identity.resolution import Owner, Plan, Snapshot, StoredRecord
 from services.identity.unmerge import HistoryEvent, UnmergeData, UnmergePlan
-from shared.errors import FailedPrecondition, Unavailable
+from shared.errors import FailedPrecondition, Unavailable, quote
 from shared.log import get_logger
 
 log = get_logger("identity.postgres")
@@ -331,7 +331,7 @@ class PostgresRepository:
                     tenant, kind.name)
                 if in_use:
                     raise FailedPrecondition(
-                        f"identities of type {kind.name!r} exist; its uniqueness cannot change",
+                        f"identities of type {quote(kind.name)} exist; its uniqueness cannot change",
                         reason="IDENTITY_TYPE_IN_USE", metadata={"identity_type": kind.name})
             await conn.execute(
                 "INSERT INTO identity_types (tenant_id, name, is_unique, normalization, default_region)"

@@ -14,7 +14,7 @@ from services.identity import matching
 from services.identity.model import Key
 from services.identity.postgres_privacy import INDIVIDUAL, PostgresPrivacy, Target
 from services.identity.service import IdentityService
-from shared.errors import InvalidArgument, NotFound, Violations
+from shared.errors import InvalidArgument, NotFound, Violations, quote
 from shared.privacy import MAX_IDS, document, validate_ids
 
 
@@ -66,7 +66,7 @@ class IdentityPrivacy:
             at = path.format(i=i)
             kind = config.types.get(id_type)
             if kind is None:
-                v.add(f"{at}.type", f"unknown identity type {id_type[:64]!r}")
+                v.add(f"{at}.type", f"unknown identity type {quote(id_type)}")
                 continue
             try:
                 out.append(((id_type, matching.normalize_value(kind, value, self.identity.settings.default_region)),

@@ -35,7 +35,7 @@ from services.identity.resolution import (
 )
 from services.identity.subjects import validate_subjects
 from services.identity.unmerge import UnmergePlan, plan_unmerge
-from shared.errors import InvalidArgument, NotFound, Violations
+from shared.errors import InvalidArgument, NotFound, Violations, quote
 
 
 def _all_keys(keys: list[list[Key]]) -> list[Key]:
@@ -302,5 +302,5 @@ class IdentityService:
 
 
 def _not_found(individual_id: str) -> NotFound:
-    return NotFound(f"no individual {individual_id!r} in this tenant", reason="INDIVIDUAL_NOT_FOUND",
+    return NotFound(f"no individual {quote(individual_id)} in this tenant", reason="INDIVIDUAL_NOT_FOUND",
                     metadata={"unified_individual_id": individual_id})

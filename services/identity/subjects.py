@@ -10,7 +10,7 @@ from typing import Any
 from services.identity import matching
 from services.identity.matching import Record, Ruleset
 from services.identity.model import Config, Key
-from shared.errors import Violations
+from shared.errors import Violations, quote
 
 MAX_SUBJECTS = 1000
 MAX_ATTRIBUTES = 100
@@ -80,7 +80,7 @@ def validate_subjects(
                 if not matching.TYPE_PATTERN.fullmatch(id_type):
                     v.add(f"{path}.type", "must match ^[a-z][a-z0-9_]{0,63}$ (for example email or device_id)")
                 else:
-                    v.add(f"{path}.type", f"unknown identity type {id_type!r}: create it with UpsertIdentityType")
+                    v.add(f"{path}.type", f"unknown identity type {quote(id_type)}: create it with UpsertIdentityType")
                 continue
             try:
                 norm = matching.normalize_value(kind, value, default_region)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from services.identity.matching import BUILT_IN_TYPES
 from services.identity.model import Config, Key, MergeRecord, StoredSource
-from shared.errors import FailedPrecondition
+from shared.errors import FailedPrecondition, quote
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def plan_unmerge(data: UnmergeData, config: Config) -> UnmergePlan:
     survivor = data.merged_into
     if survivor is None:
         raise FailedPrecondition(
-            f"{data.individual_id!r} is not merged into another individual", reason="NOT_MERGED",
+            f"{quote(data.individual_id)} is not merged into another individual", reason="NOT_MERGED",
             metadata={"unified_individual_id": data.individual_id})
     merge_event = max((e.event_id for e in data.history if e.kind == "MERGE" and e.other_id == data.individual_id),
                       default=None)

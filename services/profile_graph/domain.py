@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from shared.errors import InvalidArgument, Violations, shorten
+from shared.errors import QUOTE_CHARS, InvalidArgument, Violations, quote, shorten
 
 MAX_EVENTS = 1_000
 MAX_ITEMS = 1_000
@@ -429,7 +429,7 @@ def validate_recon_rule(r: ReconRule | None) -> None:
     v = Violations()
     if r.object not in RECONCILED_OBJECTS:
         v.add("rule.object",
-              f"unknown object {shorten(r.object, 64)!r}; expected one of {', '.join(RECONCILED_OBJECTS)}")
+              f"unknown object {quote(r.object)}; expected one of {', '.join(RECONCILED_OBJECTS)}")
 
     def check(path: str, a: AttributeRecon, is_default: bool) -> None:
         if a.policy not in (POLICY_LAST_UPDATED, POLICY_MOST_FREQUENT, POLICY_SOURCE_PRIORITY) and \
@@ -442,6 +442,7 @@ def validate_recon_rule(r: ReconRule | None) -> None:
     check("rule.default_reconciliation", r.default, True)
     for key, a in r.overrides:
         if not KEY_RE.match(key):
+            key = shorten(key, QUOTE_CHARS)  # the path names a bad key only as far as an error quotes a value
             v.add(f"rule.attribute_overrides[{key}]", "must be an attribute name")
         check(f"rule.attribute_overrides[{key}]", a, False)
     v.raise_if_any()
@@ -455,7 +456,7 @@ def profile_parts(paths: list[str]) -> set[str]:
     for i, p in enumerate(paths):
         if p not in PROFILE_PARTS:
             v.add(f"read_mask.paths[{i}]",
-                  f"unknown path {shorten(p, 64)!r}; expected one of {', '.join(PROFILE_PARTS)}")
+                  f"unknown path {quote(p)}; expected one of {', '.join(PROFILE_PARTS)}")
     v.raise_if_any()
     return set(paths)
 

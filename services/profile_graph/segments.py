@@ -14,7 +14,7 @@ import cel
 
 from services.profile_graph.domain import SegmentDef
 from shared import rule_limits
-from shared.errors import InvalidArgument, shorten
+from shared.errors import InvalidArgument, quote, shorten
 from shared.rule_limits import RuleCost
 
 RULE_VARIABLES = frozenset({"attributes", "insights", "segments", "affinities", "consents"})
@@ -55,11 +55,11 @@ def compile_rule(rule: str, insight_names: list[str], segment_names: list[str] |
     insights, segments = rule_references(rule)
     unknown = [n for n in insights if n not in insight_names]
     if unknown:
-        raise InvalidArgument([("segment.rule", f"unknown insight {shorten(unknown[0], 64)!r}")])
+        raise InvalidArgument([("segment.rule", f"unknown insight {quote(unknown[0])}")])
     if segment_names is not None:
         unknown = [n for n in segments if n not in segment_names]
         if unknown:
-            raise InvalidArgument([("segment.rule", f"unknown segment {shorten(unknown[0], 64)!r}")])
+            raise InvalidArgument([("segment.rule", f"unknown segment {quote(unknown[0])}")])
     try:
         program = cel.compile(rule)
     except Exception as error:  # noqa: BLE001 - the library raises ValueError and others
@@ -68,7 +68,7 @@ def compile_rule(rule: str, insight_names: list[str], segment_names: list[str] |
     if unknown:
         raise InvalidArgument([(
             "segment.rule",
-            f"Undefined variable or function: {shorten(unknown[0], 64)!r}; rules see attributes, insights, "
+            f"Undefined variable or function: {quote(unknown[0])}; rules see attributes, insights, "
             "affinities, consents and segments",
         )])
     sample = {"attributes": {}, "insights": {n: ({} if n in grouped else 0.0) for n in insight_names},

@@ -18,7 +18,7 @@ from services.profile_graph.domain import (
 from services.profile_graph.items import check_item_attributes, check_item_filters
 from services.profile_graph.segments import RuleCache
 from shared.context import Slices, check_deadline
-from shared.errors import InvalidArgument, NotFound, Violations, shorten
+from shared.errors import InvalidArgument, NotFound, Violations, quote
 from shared.log import get_logger
 
 log = get_logger("profile_graph.service")
@@ -561,7 +561,7 @@ class ProfileGraph:
 
     async def get_recon_rule(self, tenant: str, obj: str) -> ReconRule:
         if obj and obj not in domain.RECONCILED_OBJECTS:
-            raise InvalidArgument([("object", f"unknown object {shorten(obj, 64)!r}; expected individual")])
+            raise InvalidArgument([("object", f"unknown object {quote(obj)}; expected individual")])
         return (await self.store.read_config(tenant)).recon
 
     async def _save_and_rebuild(self, tenant: str, save) -> None:
@@ -750,5 +750,5 @@ class ProfileGraph:
 
     async def _segment_must_exist(self, tenant: str, segment: str) -> None:
         if not await self.store.segment_exists(tenant, segment):
-            raise NotFound(f"segment {shorten(segment, 64)!r} does not exist", reason="SEGMENT_NOT_FOUND",
-                           metadata={"segment": shorten(segment, 64)})
+            raise NotFound(f"segment {quote(segment)} does not exist", reason="SEGMENT_NOT_FOUND",
+                           metadata={"segment": segment})

@@ -8,7 +8,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import Violations
+from shared.errors import Violations, quote
 
 TOP_SELLERS = "top_sellers"
 MOST_VIEWED = "most_viewed"
@@ -157,9 +157,9 @@ def validate_config(config: Config, known_attributes: Collection[str], configs: 
     if not NAME.match(config.name):
         v.add("config.name", "must be a lowercase identifier (a-z, 0-9, _; starting with a letter; at most 63)")
     elif config.name in BUILT_IN:
-        v.add("config.name", f"{config.name!r} is a built-in strategy name")
+        v.add("config.name", f"{quote(config.name)} is a built-in strategy name")
     if config.strategy not in STRATEGIES:
-        v.add("config.strategy", f"must be one of {', '.join(STRATEGIES)}; got {config.strategy!r}")
+        v.add("config.strategy", f"must be one of {', '.join(STRATEGIES)}; got {quote(config.strategy)}")
     p = "config.parameters"
     for name in ("window_days", "half_life_days", "session_minutes", "max_age_days", "recent_days"):
         value = getattr(config, name)
@@ -171,7 +171,7 @@ def validate_config(config: Config, known_attributes: Collection[str], configs: 
         if config.objective not in OBJECTIVES:
             v.add(f"{p}.objective", "is required for the learned strategy")
         if config.algorithm not in ALGORITHMS:
-            v.add(f"{p}.algorithm", f"must be one of {', '.join(ALGORITHMS)}; got {config.algorithm!r}")
+            v.add(f"{p}.algorithm", f"must be one of {', '.join(ALGORITHMS)}; got {quote(config.algorithm)}")
         if not 0 <= config.factors <= 512:
             v.add(f"{p}.factors", "must be between 1 and 512 (0 means the algorithm's default)")
         if not 0 <= config.iterations <= 1000:
@@ -180,7 +180,7 @@ def validate_config(config: Config, known_attributes: Collection[str], configs: 
             v.add(f"{p}.neighbours", "must be between 1 and 10000 (0 means the algorithm's default)")
         if config.weighting and config.weighting not in WEIGHTINGS:
             v.add(f"{p}.weighting", f"must be one of {', '.join(WEIGHTINGS)} (empty means the algorithm's default); "
-                                    f"got {config.weighting!r}")
+                                    f"got {quote(config.weighting)}")
         for name in ("regularization", "alpha", "bm25_k1", "learning_rate"):
             value = getattr(config, name)
             if not math.isfinite(value) or value < 0:
@@ -225,7 +225,7 @@ def _check_attribute(v: Violations, path: str, name: str, known: Collection[str]
     if not name:
         v.add(path, "is required")
     elif name not in known:
-        v.add(path, f"no catalog item has the attribute {name!r}")
+        v.add(path, f"no catalog item has the attribute {quote(name)}")
 
 
 def _check_condition(v: Violations, path: str, c: Condition, known: Collection[str]) -> None:
@@ -252,12 +252,12 @@ def _check_fallback(v: Violations, config: Config, configs: Mapping[str, Config]
     name = config.fallback
     for _ in range(MAX_FALLBACK_DEPTH + 1):
         if name in seen:
-            v.add("config.fallback", f"falling back to {name!r} makes a cycle")
+            v.add("config.fallback", f"falling back to {quote(name)} makes a cycle")
             return
         if name in BUILT_IN:
             return
         if name not in configs:
-            v.add("config.fallback", f"no recommender named {name!r}")
+            v.add("config.fallback", f"no recommender named {quote(name)}")
             return
         seen.add(name)
         name = configs[name].fallback

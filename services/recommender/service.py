@@ -66,7 +66,7 @@ from services.recommender.validation import (
     validate_interactions,
     validate_items,
 )
-from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Violations
+from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Violations, quote
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,8 @@ class Recommender:
     async def get_config(self, tenant: str, name: str) -> Config:
         config = (await self._all_configs(tenant, fresh=True)).get(name)
         if config is None:
-            raise NotFound(f"no recommender named {name!r}", reason="RECOMMENDER_NOT_FOUND", metadata={"name": name})
+            raise NotFound(f"no recommender named {quote(name)}", reason="RECOMMENDER_NOT_FOUND",
+                           metadata={"name": name})
         return config
 
     async def list_configs(self, tenant: str, page_size: int, page_token: str) -> tuple[list[Config], str]:
@@ -171,10 +172,11 @@ class Recommender:
     async def delete_config(self, tenant: str, name: str) -> None:
         configs = await self._all_configs(tenant, fresh=True)
         if name not in configs:
-            raise NotFound(f"no recommender named {name!r}", reason="RECOMMENDER_NOT_FOUND", metadata={"name": name})
+            raise NotFound(f"no recommender named {quote(name)}", reason="RECOMMENDER_NOT_FOUND",
+                           metadata={"name": name})
         users = sorted(c.name for c in configs.values() if c.fallback == name)
         if users:
-            raise FailedPrecondition(f"recommenders {', '.join(users)} fall back to {name!r}",
+            raise FailedPrecondition(f"recommenders {', '.join(users)} fall back to {quote(name)}",
                                      reason="RECOMMENDER_IN_USE", metadata={"name": name})
         await self.repository.delete_config(tenant, name)
         self._configs.drop(tenant)
@@ -196,7 +198,7 @@ class Recommender:
             return config
         if name in BUILT_IN:
             return built_in(name)
-        raise NotFound(f"no recommender or built-in strategy named {name!r}", reason="RECOMMENDER_NOT_FOUND",
+        raise NotFound(f"no recommender or built-in strategy named {quote(name)}", reason="RECOMMENDER_NOT_FOUND",
                        metadata={"name": name, "field": path})
 
     async def _chain(self, tenant: str, config: Config) -> list[Config]:
@@ -388,7 +390,7 @@ class Recommender:
         on all of them; the trials are stored with the model version."""
         config = await self.get_config(tenant, name)
         if config.strategy != LEARNED:
-            raise FailedPrecondition(f"{name!r} is a {config.strategy} recommender; only learned ones are trained",
+            raise FailedPrecondition(f"{quote(name)} is a {config.strategy} recommender; only learned ones are trained",
                                      reason="NOT_LEARNED", metadata={"name": name})
         yield Progress("loading", 0.0, "reading interactions")
         tuned: tuning.Result | None = None
@@ -536,7 +538,8 @@ class Recommender:
         violations.raise_if_any()
         config = await self.resolve(tenant, strategy or SIMILAR_ATTRIBUTES)
         if config.strategy not in ANCHORED + (LEARNED,):
-            message = f"{config.name!r} ranks without an anchor item; use {', '.join(ANCHORED)} or a learned recommender"
+            message = (f"{quote(config.name)} ranks without an anchor item; use {', '.join(ANCHORED)} or a learned "
+                       "recommender")
             raise InvalidArgument([("strategy", message)])
         ask = Ask(individual="", count=count or config.count or DEFAULT_COUNT, anchor=item_id,
                   exclude_ids=frozenset([item_id]))
