@@ -98,15 +98,15 @@ class PostgresPrivacy:
         return {bytes(r["value_hash"]) for r in rows}
 
     async def suppress(self, tenant: str, individual_id: str | None, key: Key | None, hasher
-                       ) -> tuple[Target | None, bytes, bool]:
+                       ) -> tuple[Target | None, bytes | None, bool]:
         """Under the tenant's exclusive lock: finds the survivor the target names (also half-way through a forget),
         tombstones its unique identities and ids (hasher(salt, type, value) makes a tombstone) naming it as pending,
-        and deletes everything of it but its individuals rows. Returns (target or None, salt, target tombstoned)."""
+        and deletes everything of it but its individuals rows. Returns (target or None, the tenant's salt or None,
+        target tombstoned). A refused call stores nothing: the salt is created with the tenant's first tombstones."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", tenant_lock(tenant))
-            await conn.execute("INSERT INTO suppression_salts (tenant_id, salt) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                               tenant, os.urandom(32))
-            salt = bytes(await conn.fetchval("SELECT salt FROM suppression_salts WHERE tenant_id = $1", tenant))
+            raw = await conn.fetchval("SELECT salt FROM suppression_salts WHERE tenant_id = $1", tenant)
+            salt = None if raw is None else bytes(raw)
             if individual_id is not None:
                 survivors = await conn.fetch(
                     "SELECT coalesce(merged_into, individual_id) AS id FROM individuals"
@@ -121,6 +121,8 @@ class PostgresPrivacy:
             if len(survivors) > 1:
                 return Target("", [r["id"] for r in survivors], [], []), salt, False
             if not survivors:
+                if salt is None:  # nobody was ever forgotten in this tenant: there is no tombstone to find
+                    return None, None, False
                 hashed = hasher(salt, *key) if key else hasher(salt, INDIVIDUAL, individual_id)
                 stone = await conn.fetchrow(
                     "SELECT s.pending_individual, n.individual_id IS NOT NULL AS present FROM suppressions AS s"
@@ -130,6 +132,9 @@ class PostgresPrivacy:
                     return None, salt, stone is not None
                 survivors = [{"id": stone["pending_individual"]}]  # a forget that stopped half-way
             survivor = survivors[0]["id"]
+            if salt is None:  # the tenant's first forget
+                salt = os.urandom(32)
+                await conn.execute("INSERT INTO suppression_salts (tenant_id, salt) VALUES ($1, $2)", tenant, salt)
             aliases = [r["individual_id"] for r in await conn.fetch(
                 "SELECT individual_id FROM individuals WHERE tenant_id = $1 AND merged_into = $2 ORDER BY individual_id",
                 tenant, survivor)]

@@ -149,3 +149,18 @@ async def test_bad_targets_and_ids_are_refused_field_by_field(server, tenant):
             await call(request, metadata=tenant_md(tenant))
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert [f for f, _ in status_details(error.value)[0]] == fields
+
+
+async def test_forgetting_someone_unknown_is_not_found_and_stores_nothing(server, db, tenant):
+    await resolve(server, tenant, subject(("email", "fay@example.com")))
+    long_id = "u" * 150
+
+    for target in (dict(identity=ident("email", "nobody@example.com")), dict(unified_individual_id=long_id)):
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await suppress(server, tenant, **target)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
+        assert status_details(error.value)[1] == "INDIVIDUAL_NOT_FOUND" and long_id not in error.value.details()
+
+    # The tenant never forgot anyone: no salt and no tombstone were stored by the refused calls.
+    assert await db.fetchval("SELECT count(*) FROM suppression_salts WHERE tenant_id = $1", tenant) == 0
+    assert await db.fetchval("SELECT count(*) FROM suppressions WHERE tenant_id = $1", tenant) == 0
