@@ -40,6 +40,7 @@ from services.decision.validation import (
     validate_point,
 )
 from shared.errors import AlreadyExists, FailedPrecondition, NotFound, Violations, quote
+from shared.privacy import MAX_ID_LENGTH
 
 DEFAULT_COUNT = 12
 MAX_POINTS_PER_QUALIFY = 50
@@ -481,13 +482,18 @@ class DecisionService:
     async def reassign_individual(self, tenant: str, from_ids: Sequence[str], to_id: str) -> list[str]:
         """Records a merge: the survivor keeps its cohorts; experiments where they saw different ones are flagged."""
         v = Violations()
+        too_long = f"must be at most {MAX_ID_LENGTH} characters without NUL"
         if not to_id:
             v.add("to_unified_individual_id", "must name the surviving individual")
+        elif len(to_id) > MAX_ID_LENGTH or "\x00" in to_id:
+            v.add("to_unified_individual_id", too_long)
         if not from_ids:
             v.add("from_unified_individual_ids", "must name at least one merged individual")
-        for i, f in enumerate(from_ids):
+        for i, f in enumerate(from_ids[:MAX_LOG_ENTRIES]):
             if not f:
                 v.add(f"from_unified_individual_ids[{i}]", "must not be empty")
+            elif len(f) > MAX_ID_LENGTH or "\x00" in f:
+                v.add(f"from_unified_individual_ids[{i}]", too_long)
             elif f == to_id:
                 v.add(f"from_unified_individual_ids[{i}]", "must differ from the survivor")
         if len(from_ids) > MAX_LOG_ENTRIES:

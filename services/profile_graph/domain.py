@@ -346,6 +346,8 @@ def validate_conditions(v: Violations, path: str, conditions, item_attributes: b
             v.add(f"{path}[{j}].value", "ordering operators need a number or a string")
         if c.value is None or isinstance(c.value, (dict, list)):
             v.add(f"{path}[{j}].value", "must be a string, number or bool")
+        elif isinstance(c.value, float) and not math.isfinite(c.value):
+            v.add(f"{path}[{j}].value", "must be a finite number")
 
 
 def validate_insight(d: InsightDef | None) -> None:

@@ -46,7 +46,14 @@ def _duration(value: timedelta) -> Duration:
 
 
 def _value(v: struct_pb2.Value) -> object:
-    return json_format.MessageToDict(v) if v.WhichOneof("kind") else None
+    """A condition's operand: a scalar as it is; a Struct or list as an empty one (conditions compare scalars, and
+    validation refuses both without converting them, which a NaN inside would make fail)."""
+    kind = v.WhichOneof("kind")
+    if kind == "struct_value":
+        return {}
+    if kind == "list_value":
+        return []
+    return getattr(v, kind) if kind and kind != "null_value" else None
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -211,3 +211,23 @@ async def test_bad_outcomes_are_refused_per_field(server, tenant):
             outcome_id="", type=pb.OUTCOME_TYPE_CLICK, revenue=5)]), metadata=tenant_md(tenant))
     assert {p for p, _ in status_details(info.value)[0]} == {
         "outcomes[0].outcome_id", "outcomes[0].unified_individual_id", "outcomes[0].time", "outcomes[0].revenue"}
+
+
+async def test_an_attribution_window_past_what_a_duration_holds_is_refused_naming_it(server, tenant):
+    request = pb.GetAttributionRequest(point_name="home_banner")
+    request.window.seconds = 2**62
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await server.GetAttribution(request, metadata=tenant_md(tenant))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [p for p, _ in status_details(info.value)[0]] == ["window"]
+
+
+async def test_a_merge_with_overlong_ids_is_refused_per_field_and_stores_nothing(server, tenant, db):
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await server.ReassignIndividual(pb.ReassignIndividualRequest(
+            from_unified_individual_ids=["u1", "x" * 5000], to_unified_individual_id="y" * 201),
+            metadata=tenant_md(tenant))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [p for p, _ in status_details(info.value)[0]] == [
+        "to_unified_individual_id", "from_unified_individual_ids[1]"]
+    assert await db.fetchval("SELECT count(*) FROM individual_aliases WHERE tenant_id = $1", tenant) == 0

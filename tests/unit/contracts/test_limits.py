@@ -242,3 +242,14 @@ def test_a_thousand_bad_events_send_a_bounded_error():
     assert len(error.violations) == 1000
     assert len(error.to_status().trailing_metadata[0][1]) < 4000
     assert error.message.endswith("; and 995 more") and len(error.message) < 400
+
+
+def test_a_duration_outside_what_protobuf_allows_is_refused_naming_the_field():
+    from personalization.decision.v1 import decision_service_pb2 as dpb
+
+    for seconds, nanos in ((2**62, 0), (-(2**40), 0), (5, -1), (-5, 1), (0, 1_000_000_000)):
+        request = dpb.GetAttributionRequest()
+        request.window.seconds, request.window.nanos = seconds, nanos
+        assert [f for f, _ in contract.violations(request)] == ["window"]
+    request.window.seconds, request.window.nanos = 315_576_000_000, 999_999_999
+    assert contract.violations(request) == []
