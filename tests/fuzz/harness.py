@@ -48,6 +48,11 @@ CALL_TIMEOUT = 20.0
 WATCH_TIMEOUT = 2.0
 # Tables written in the background (usage metering flushed every few seconds), not by the call being judged.
 BACKGROUND_TABLES = {"gateway.credit_usage"}
+# Methods whose success leaves writes to finish after the answer (the decision log is written off the request path;
+# batch jobs, ruleset runs and trainings run on): the next refused write is judged once the rows stop moving.
+BACKGROUND_WRITERS = ("GetDecisions", "GetRecommendations", "StartBatchJob", "RunRuleset", "TrainRecommender",
+                      "RecomputeAll")
+SETTLE_SECONDS = 10.0
 STREAM_MESSAGES = 3  # responses read from a server stream before the call is cancelled
 
 
@@ -133,6 +138,7 @@ class Fuzzer:
         self.channels: dict[str, grpc.aio.Channel] = {}
         self.db: asyncpg.Connection | None = None
         self.tables: dict[str, list[str]] = {}
+        self.unsettled = False  # a background writer succeeded since the rows were last seen still
 
     async def open(self) -> None:
         self.db = await asyncpg.connect(self.dsn)
@@ -161,6 +167,19 @@ class Fuzzer:
 
     async def row_counts(self, tenant: str) -> dict[str, int]:
         return {r["t"]: r["n"] for r in await self.db.fetch(self.count_sql, tenant)}
+
+    async def settled_counts(self) -> dict[str, int]:
+        """The tenant's row counts, once background writes left by earlier cases have stopped moving them."""
+        counts = await self.row_counts(self.tenant)
+        waited = 0.0
+        while self.unsettled and waited < SETTLE_SECONDS:
+            await asyncio.sleep(0.1)
+            waited += 0.1
+            again = await self.row_counts(self.tenant)
+            if again == counts:
+                self.unsettled = False
+            counts = again
+        return counts
 
     async def call(self, target: Target, data: bytes) -> tuple[grpc.StatusCode, grpc.aio.AioRpcError | None]:
         method = target.descriptor
@@ -198,8 +217,10 @@ class Fuzzer:
         """One drawn request: call, then judge."""
         t = self.tally
         t.cases += 1
-        before = await self.row_counts(self.tenant) if check_rows and target.writes else None
+        before = await self.settled_counts() if check_rows and target.writes else None
         code, error = await self.call(target, data)
+        if code == grpc.StatusCode.OK and target.path.rsplit("/", 1)[1].startswith(BACKGROUND_WRITERS):
+            self.unsettled = True
         t.codes[code.name] += 1
         t.per_target.setdefault(target.name, collections.Counter())[code.name] += 1
         if code == grpc.StatusCode.OK or code == grpc.StatusCode.CANCELLED:
@@ -220,8 +241,8 @@ class Fuzzer:
             t.fail(target, f"RESOURCE_EXHAUSTED without RetryInfo: {(error.details() or '')[:300]}", len(data))
         echoed = self.echo(error, strings)
         if echoed:
-            t.fail(target, f"{code.name} echoes {len(echoed)} characters of the request: {echoed[:60]!r}...",
-                   len(data))
+            t.fail(target, f"{code.name} echoes {len(echoed)} characters of the request: {echoed[:60]!r}... in "
+                           f"{(error.details() or '')[:200]!r}", len(data))
         if before is not None:
             after = await self.row_counts(self.tenant)
             changed = {k: (before.get(k, 0), v) for k, v in after.items() if before.get(k, 0) != v}

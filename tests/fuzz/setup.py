@@ -12,14 +12,13 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2 as pg_pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pg_grpc
 from shared.demo import apply_config
 from tests.fuzz.harness import Fuzzer, LoopThread, Target
-from tests.fuzz.wire import Strategies
+from tests.fuzz.wire import MAX_REQUEST_BYTES, Strategies
 from tests.internal_auth import tenant_md
 
 # Names the demo configuration declares (insights, segments, points, decisions, identity types, fields).
 CONFIG_NAMES = ["spend_30d", "purchases_30d", "big_spenders", "home_banner", "home_recs", "vip_offer", "welcome",
                 "top_sellers", "email", "customer_id", "device_id", "phone", "PURCHASE", "VIEW", "name", "price",
                 "revenue", "headline", "most_viewed", "als", "insights.spend_30d >= 1.0", "true", "profile.segments"]
-MAX_REQUEST_BYTES = 4 * 1024 * 1024  # what a default gRPC server accepts
 
 
 async def seed(tenant: str, gateway: str, identity: str, key: str, *, people: int = 3) -> list[str]:
@@ -70,9 +69,16 @@ class FuzzSession:
 
         from tests.suite import Suite
 
-        os.environ["TAILOR_GATEWAY_RUN_WORKER"] = "0"
+        before = os.environ.get("TAILOR_GATEWAY_RUN_WORKER")
+        os.environ["TAILOR_GATEWAY_RUN_WORKER"] = "0"  # read once, at start (other tests in the process keep theirs)
         self.loop = LoopThread()
-        self.suite = self.loop.run(Suite(self.dsn).start(), timeout=120)
+        try:
+            self.suite = self.loop.run(Suite(self.dsn).start(), timeout=120)
+        finally:
+            if before is None:
+                del os.environ["TAILOR_GATEWAY_RUN_WORKER"]
+            else:
+                os.environ["TAILOR_GATEWAY_RUN_WORKER"] = before
         self.fuzzer = None
         try:
             run = self.loop.run
@@ -94,9 +100,9 @@ class FuzzSession:
             raise
         return self
 
-    def run(self, examples: int, targets: list[Target] | None = None, progress=None) -> None:
+    def run(self, examples: int, targets: list[Target] | None = None, progress=None, seed: int | None = None) -> None:
         fuzz_targets(self.loop, self.fuzzer, self.targets if targets is None else targets, self.pool, examples,
-                     progress=progress)
+                     progress=progress, seed=seed)
 
     def others_unchanged(self) -> bool:
         return self.loop.run(self.fuzzer.row_counts(self.fuzzer.other_tenant)) == self.others_rows

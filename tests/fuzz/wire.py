@@ -24,6 +24,7 @@ _VALUE = "google.protobuf.Value"
 _LIST = "google.protobuf.ListValue"
 _TIMESTAMP = "google.protobuf.Timestamp"
 _DURATION = "google.protobuf.Duration"
+MAX_REQUEST_BYTES = 4 * 1024 * 1024  # what a default gRPC server accepts
 MAX_DEPTH = 4  # levels of ordinary messages drawn below the request (Structs have their own depth)
 
 
@@ -160,6 +161,9 @@ class Strategies:
 
         def build(args):
             count, first, rest = args
+            # Copies past what a server accepts would only be thrown away (and nested lists of big elements
+            # would not fit in memory): stop a little past the request limit.
+            count = min(count, 2 + MAX_REQUEST_BYTES // max(1, len(first[0])))
             if count <= 3:
                 parts = [first, *rest][:count]
             else:  # many elements: copies of one (cheap to draw), another one last
