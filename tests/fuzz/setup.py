@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import seed as hypothesis_seed
 
 from personalization.common.v1 import common_pb2
 from personalization.identity.v1 import identity_service_pb2 as id_pb
@@ -45,14 +46,14 @@ def fuzz_targets(loop: LoopThread, fuzzer: Fuzzer, targets: list[Target], pool: 
     for target in targets:
         strategy = strategies.message(target.descriptor.input_type)
 
-        @settings(max_examples=examples, database=None, deadline=None, derandomize=seed is not None,
+        @settings(max_examples=examples, database=None, deadline=None,
                   suppress_health_check=list(HealthCheck), phases=[Phase.generate])
         @given(strategy)
         def one(drawn):
             assume(len(drawn.data) <= MAX_REQUEST_BYTES)
             loop.run(fuzzer.case(target, drawn.data, drawn.strings, check_rows))
 
-        one()
+        (one if seed is None else hypothesis_seed(seed)(one))()  # a seed: the same draws on every run
         if progress is not None:
             progress(target)
 
