@@ -578,8 +578,9 @@ class Recommender:
                                          reason="EMPTY_SPLIT", metadata={"split": split})
             params = None
             if config.strategy == LEARNED and config.tune_seconds:
-                # Tuned on the training part only, judged the way the evaluation judges (the same kind of split).
-                validation = Split(split, test_fraction, None, seed)
+                # Tuned on the training part only, judged the way the evaluation judges (the same kind of split;
+                # a time split holds out the same span of time before its cutoff as the test holds after it).
+                validation = tuning.validation_split(how, parts.cutoff, events.times)
                 result = tuning.tune(config, events.subset(parts.train_mask), config.tune_seconds, seed=self.seed,
                                      validation=validation)
                 params = result.best

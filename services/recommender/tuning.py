@@ -143,6 +143,21 @@ def starts(config: Config, n_items: int) -> list[dict]:
     return out
 
 
+def validation_split(how: Split, cutoff: float | None, times: np.ndarray) -> Split:
+    """The validation cut for tuning inside an evaluation split `how` (cutoff: the evaluation's): the same kind of
+    split within the training part. For a time split it holds out the same span of time before the cutoff as the
+    test holds after it, so that the model is chosen for the horizon it is judged on (a fraction of the
+    interactions would be a longer or shorter span wherever activity is uneven over the year); when that span
+    would take more than half of the training time, the training part's latest `how.fraction` instead."""
+    if how.kind != TIME or cutoff is None or not len(times):
+        return Split(how.kind, how.fraction, None, how.seed)
+    first, last = float(times.min()), float(times.max())
+    horizon = last - cutoff
+    if horizon <= 0 or cutoff - horizon <= first + (cutoff - first) / 2:
+        return Split(TIME, how.fraction, None, how.seed)
+    return Split(TIME, how.fraction, cutoff - horizon, how.seed)
+
+
 def tune(config: Config, events: Events, budget_seconds: float, *, seed: int = 42, validation: Split | None = None,
          on_trial: Callable[[Trial], None] | None = None) -> Result:
     """Searches for `budget_seconds` on a validation cut of `events`: by default the latest `validation_fraction`

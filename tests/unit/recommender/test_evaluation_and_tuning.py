@@ -148,3 +148,18 @@ async def test_tuning_budget_and_validation_fraction_are_validated():
     assert sorted(v[0] for v in error.value.violations) == [
         "config.parameters.algorithm", "config.parameters.tuning_budget", "config.parameters.validation_fraction",
         "config.parameters.weighting"]
+
+
+def test_tuning_inside_a_time_split_validates_on_the_same_span_of_time_before_the_cutoff():
+    from services.recommender.evaluation import RANDOM
+    from services.recommender.tuning import validation_split
+
+    times = np.array([day(n).timestamp() for n in range(0, 121)])
+    cutoff = day(90).timestamp()
+    # The test holds out 30 days after the cutoff: the validation holds out the 30 days before it.
+    assert validation_split(Split(TIME, 0.2, cutoff), cutoff, times) == Split(TIME, 0.2, day(60).timestamp())
+    # A span longer than half the training time falls back to the latest fraction of the training part.
+    late = day(40).timestamp()
+    assert validation_split(Split(TIME, 0.2, late), late, times) == Split(TIME, 0.2, None)
+    # Other splits validate on the same kind of split of the training part.
+    assert validation_split(Split(RANDOM, 0.2, None, 7), None, times) == Split(RANDOM, 0.2, None, 7)
