@@ -3,8 +3,8 @@
 Targets are every method the gateway serves to the public (its own and the admin RPCs it forwards, called with an
 API key) and every method of the four domain services (called on their own ports as the gateway calls them). A case
 passes when the call succeeds or ends in a precise client error; it fails on INTERNAL, UNKNOWN, an unexpected code,
-a RESOURCE_EXHAUSTED without RetryInfo, an error text that echoes a long string of the request, a refused write that
-changed the tenant's rows, or a server that stops answering.
+a RESOURCE_EXHAUSTED without RetryInfo, a refused credential, an error text that echoes a long string of the request,
+a refused write that changed the tenant's rows, or a server that stops answering.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ class Target:
     kind: str  # "public" or "internal"
     path: str  # /package.Service/Method
     address: str
-    metadata: tuple
+    metadata: tuple  # an API key's (public targets)
+    signed_for: str = ""  # internal targets: the tenant of the token each call carries, minted when it is sent
 
     @property
     def descriptor(self):
@@ -82,10 +83,9 @@ class Target:
 def targets(gateway: str, domain: dict[str, str], api_md: tuple, tenant: str) -> list[Target]:
     """Every public method (API key) and every internal method (the token the gateway signs for the tenant)."""
     out = [Target("public", path, gateway, api_md) for path in METHOD_SCOPES]
-    internal_md = tenant_md(tenant)
     for svc, full in DOMAIN_SERVICES.items():
         for method in descriptor_pool.Default().FindServiceByName(full).methods:
-            out.append(Target("internal", f"/{full}/{method.name}", domain[svc], internal_md))
+            out.append(Target("internal", f"/{full}/{method.name}", domain[svc], (), signed_for=tenant))
     return out
 
 
@@ -185,17 +185,19 @@ class Fuzzer:
         method = target.descriptor
         channel = self.channel(target.address)
         kwargs = dict(request_serializer=None, response_deserializer=None)
+        # A gateway's token lives 120 s: one is taken per call (the signer reuses it until half its life is left).
+        metadata = tenant_md(target.signed_for) if target.signed_for else target.metadata
         try:
             if method.client_streaming:
                 async def requests():
                     yield data
                     yield data
-                await channel.stream_unary(target.path, **kwargs)(requests(), metadata=target.metadata,
+                await channel.stream_unary(target.path, **kwargs)(requests(), metadata=metadata,
                                                                    timeout=CALL_TIMEOUT)
             elif method.server_streaming:
                 # A watch waits for events that may never come: its deadline ending the call is success.
                 watch = target.path.rsplit("/", 1)[1].startswith("Watch")
-                call = channel.unary_stream(target.path, **kwargs)(data, metadata=target.metadata,
+                call = channel.unary_stream(target.path, **kwargs)(data, metadata=metadata,
                                                                    timeout=WATCH_TIMEOUT if watch else CALL_TIMEOUT)
                 read = 0
                 async for _ in call:
@@ -204,7 +206,7 @@ class Fuzzer:
                         call.cancel()
                         break
             else:
-                await channel.unary_unary(target.path, **kwargs)(data, metadata=target.metadata,
+                await channel.unary_unary(target.path, **kwargs)(data, metadata=metadata,
                                                                  timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and method.server_streaming \
@@ -234,6 +236,9 @@ class Fuzzer:
                 t.crashes += 1
                 t.fail(target, f"server at {target.address} stopped answering", len(data))
                 return
+        if code == grpc.StatusCode.UNAUTHENTICATED:  # every case carries a valid credential: the judgement is void
+            t.fail(target, f"the credential was refused: {(error.details() or '')[:200]}", len(data))
+            return
         if code not in CLIENT_ERRORS:
             t.fail(target, f"{code.name} is not a client error: {(error.details() or '')[:300]}", len(data))
             return
