@@ -33,6 +33,7 @@ from personalization.recommender.v1 import recommender_service_pb2 as pb  # noqa
 
 from services.recommender import evaluation, learned  # noqa: E402
 from services.recommender.config import LEARNED, PURCHASES, Config  # noqa: E402
+from shared.context import tenant_var  # noqa: E402
 from tests.bench._recommender_data import Unavailable, movielens_100k  # noqa: E402
 from tests.bench._recommender_server import served_recommender  # noqa: E402
 from tests.internal_auth import tenant_md  # noqa: E402
@@ -107,7 +108,11 @@ async def measure(stub, rec, tenant, request: pb.EvaluateRecommenderRequest, how
         started = time.perf_counter()
         results[label] = await stub.EvaluateRecommender(request, metadata=md, timeout=3600)
         seconds[label] = time.perf_counter() - started
-    rows = await rec.repository.interaction_rows(tenant)
+    token = tenant_var.set(tenant)  # the tables have row-level security: rows are read in the tenant's scope
+    try:
+        rows = await rec.repository.interaction_rows(tenant)
+    finally:
+        tenant_var.reset(token)
     m = await asyncio.to_thread(implicit_defaults, rows, how)
     results["implicit ALS defaults"] = pb.EvaluateRecommenderResponse(
         precision_at_k=m.precision, recall_at_k=m.recall, ndcg_at_k=m.ndcg, map_at_k=m.map, coverage=m.coverage,
