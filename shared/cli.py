@@ -10,7 +10,7 @@
     tailor lift-suppression --identity TYPE:VALUE [--identity TYPE:VALUE ...]
     tailor dead-letters list|retry|discard [--reason CODE] [--since ISO] [--until ISO] [--id MESSAGE_ID ...] [--all]
     tailor pipeline status
-    tailor ingest -f EVENTS.jsonl [--batch-size N]
+    tailor ingest -f EVENTS.jsonl|- [--batch-size N]
     tailor import individuals|objects|items|events -f FILE.csv [--map KEY=COLUMN ...] [--mapping FILE.yaml]
                   [--event-type T] [--object-type T] [--checkpoint PATH] [--report PATH] [--restart]
     tailor recommend [--identity TYPE:VALUE | --unified-id ID] [--item ID] [--cart ID ...] [--recommender NAME]
@@ -33,6 +33,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -333,14 +334,19 @@ def _show_rejections(kind: str):
 async def _ingest(args) -> int:
     from shared.importer import ingest_jsonl
 
-    path = Path(args.file)
-    if not path.is_file():
-        raise UsageError(f"{args.file}: no such file")
     if args.batch_size < 1 or args.batch_size > 10_000:
         raise UsageError("--batch-size must be between 1 and 10000")
-    async with grpc.aio.insecure_channel(args.gateway, options=LARGE_MESSAGES) as channel:
-        totals = await ingest_jsonl(channel, _auth(args), path, batch_size=args.batch_size,
-                                    show_progress=not args.quiet, on_rejected=_show_rejections("line"))
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(args.file)
+        if args.file == "-":  # standard input, kept in a file: the reader counts the lines first for the bar
+            path = Path(scratch) / "stdin.jsonl"
+            path.write_text(sys.stdin.read(), encoding="utf-8")
+        elif not path.is_file():
+            raise UsageError(f"{args.file}: no such file")
+        async with grpc.aio.insecure_channel(args.gateway, options=LARGE_MESSAGES) as channel:
+            totals = await ingest_jsonl(channel, _auth(args), path, batch_size=args.batch_size,
+                                        show_progress=not args.quiet, on_rejected=_show_rejections("line"))
+    path = Path(args.file)
     ambiguous = f", stored or duplicate {totals.acknowledged} (before a refused stream message, which does not " \
         "say)" if totals.acknowledged else ""
     print(f"{path}: stored {totals.stored}, duplicate {totals.duplicate}{ambiguous}, rejected {totals.rejected_rows}")
@@ -754,7 +760,7 @@ def _add_tenant_commands(tenant_commands, client, operator) -> None:
 def _add_data_commands(commands, client, who) -> None:
     ingest = commands.add_parser("ingest", parents=[client],
                                  help="send a JSON-lines file of events (one Event per line) over a stream")
-    ingest.add_argument("-f", "--file", required=True, help="the .jsonl file")
+    ingest.add_argument("-f", "--file", required=True, help="the .jsonl file (- for standard input)")
     ingest.add_argument("--batch-size", type=int, default=500, help="events per stream message (default: %(default)s)")
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
     ingest.set_defaults(run=_ingest)

@@ -467,3 +467,83 @@ async def wait_until_processed(gateway_address: str, api_key: str, customer_id: 
                     raise
             await asyncio.sleep(0.25)
     return None
+
+
+# ---------------------------------------------------------------- quickstart (README.md and the start-up banner)
+
+# The README's quickstart blocks are exactly these commands (a test checks it, and another runs them against a
+# launched suite); the banner prints them with this machine's tool paths and gateway address substituted.
+README_GATEWAY = "127.0.0.1:50051"
+README_GRPCURL = ".venv/bin/grpcurl"
+README_TAILOR = ".venv/bin/tailor"
+QUICKSTART_EMAIL = "ada@example.com"
+QUICKSTART_DEVICE = "dev-4f1c"
+_GW = f"{README_GATEWAY} personalization.gateway.v1.GatewayService"
+_AUTH = '-plaintext -H "authorization: Bearer $KEY"'
+
+
+@dataclass(frozen=True)
+class QuickstartStep:
+    """One step of the quickstart: a title and its bash commands (a grpcurl call, then its tailor equivalent)."""
+
+    title: str
+    commands: str
+
+
+def _ingest_step(title: str, event: str) -> QuickstartStep:
+    return QuickstartStep(title, "\n".join([
+        f"{README_GRPCURL} {_AUTH} -d @ {_GW}/IngestEvents <<EOF",
+        f'{{"events": [{event}]}}',
+        "EOF",
+        f"{README_TAILOR} ingest -f - <<EOF",
+        event,
+        "EOF",
+    ]))
+
+
+_WHO = f'"individual_id": {{"type": "email", "value": "{QUICKSTART_EMAIL}"}}'
+QUICKSTART_SETUP = QuickstartStep("Set up the shell", "\n".join([
+    "KEY=$(cat .tailor/demo_key)          # the demo tenant's API key (make run prints it too)",
+    "NOW=$(date -u +%Y-%m-%dT%H:%M:%SZ)   # the events below happen now",
+]))
+QUICKSTART = [
+    _ingest_step("An anonymous visitor views a product", (
+        '{"message_id": "qs-1", "type": "EVENT_TYPE_PRODUCT_VIEW", "event_time": "$NOW", "source": "web", '
+        f'"identities": [{{"type": "device_id", "value": "{QUICKSTART_DEVICE}"}}], "item_id": "22423"}}')),
+    _ingest_step("The visitor logs in, which links the device to an email", (
+        '{"message_id": "qs-2", "type": "EVENT_TYPE_LOGIN", "event_time": "$NOW", "source": "web", '
+        f'"identities": [{{"type": "device_id", "value": "{QUICKSTART_DEVICE}"}}, '
+        f'{{"type": "email", "value": "{QUICKSTART_EMAIL}"}}], "attributes": {{"first_name": "Ada"}}}}')),
+    _ingest_step("They buy", (
+        '{"message_id": "qs-3", "type": "EVENT_TYPE_PURCHASE", "event_time": "$NOW", "source": "web", '
+        f'"identities": [{{"type": "email", "value": "{QUICKSTART_EMAIL}"}}], "line_items": ['
+        '{"item_id": "22423", "quantity": 80, "unit_price": 12.75}, '
+        '{"item_id": "85123A", "quantity": 6, "unit_price": 2.55}]}')),
+    QuickstartStep("Read the unified profile", "\n".join([
+        f"{README_GRPCURL} {_AUTH} -d '{{{_WHO}, \"event_limit\": 3}}' {_GW}/GetProfile",
+        f"{README_TAILOR} profile --identity email:{QUICKSTART_EMAIL} --events 3",
+    ])),
+    QuickstartStep("Get decisions", "\n".join([
+        f"{README_GRPCURL} {_AUTH} -d '{{{_WHO}, \"personalization_points\": [{{\"name\": \"home_banner\"}}, "
+        f"{{\"name\": \"home_recs\"}}]}}' {_GW}/GetDecisions",
+        f"{README_TAILOR} decide --point home_banner --point home_recs --identity email:{QUICKSTART_EMAIL} --explain",
+    ])),
+    QuickstartStep("Get recommendations", "\n".join([
+        f"{README_GRPCURL} {_AUTH} -d '{{{_WHO}, \"count\": 5, \"exclude_purchased\": true, "
+        f"\"item_attributes\": [\"name\"]}}' {_GW}/GetRecommendations",
+        f"{README_TAILOR} recommend --identity email:{QUICKSTART_EMAIL} --count 5 --exclude-purchased "
+        "--attribute name",
+        f"{README_TAILOR} recommend --item 22423 --count 5 --attribute name    # items like this one",
+    ])),
+]
+
+
+def quickstart_lines(grpcurl: str = README_GRPCURL, tailor: str = README_TAILOR,
+                     gateway: str = README_GATEWAY) -> list[str]:
+    """The quickstart as the banner prints it: numbered comments and commands, with these tools and gateway."""
+    lines: list[str] = []
+    for number, step in enumerate(QUICKSTART, start=1):
+        lines.append(f"# {number}. {step.title}")
+        text = step.commands.replace(README_GRPCURL, grpcurl).replace(README_TAILOR, tailor)
+        lines += text.replace(README_GATEWAY, gateway).splitlines()
+    return lines

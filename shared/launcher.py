@@ -14,7 +14,6 @@ import asyncio
 import ctypes
 import json
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -491,16 +490,11 @@ def _tool(name: str) -> str:
 
 
 def banner(suite: Suite, key: str, customer: str, demo_loaded: bool, ready_seconds: float) -> str:
+    """What `tailor up` prints once ready: the processes, the demo key, then the README's quickstart commands."""
+    from shared import demo
+
     gateway = suite.address("gateway")
-    grpcurl = _tool("grpcurl")
     tailor = _tool("tailor")
-    at = "" if gateway == DEFAULT_GATEWAY else f" --gateway {gateway}"
-    service = "personalization.gateway.v1.GatewayService"
-    who = {"type": "customer_id", "value": customer}
-    points = [{"name": "home_banner"}, {"name": "home_recs"}]
-    decide = json.dumps({"individual_id": who, "personalization_points": points})
-    profile = json.dumps({"individual_id": who, "event_limit": 3})
-    auth = '-H "authorization: Bearer $KEY"'
     width = max(len(m.name) for m in suite.members)
     lines = ["", "Tailor is running (supervised: a process that dies is restarted; `kill -HUP "
                  f"{os.getpid()}` restarts them all in turn):"]
@@ -509,20 +503,17 @@ def banner(suite: Suite, key: str, customer: str, demo_loaded: bool, ready_secon
               f"  export KEY={key}", ""]
     if not demo_loaded:
         lines += ["(--no-demo: no demo data or configuration was loaded; the decision calls below need them)", ""]
-    lines += [
-        "Try it with grpcurl:",
-        f"  {grpcurl} -plaintext {gateway} list",
-        f"  {grpcurl} -plaintext {auth} -d {shlex.quote(decide)} {gateway} {service}/GetDecisions",
-        f"  {grpcurl} -plaintext {auth} -d {shlex.quote(profile)} {gateway} {service}/GetProfile",
-        "",
-        "or with the tailor command line (it reads the demo key by itself):",
-        f"  {tailor} decide{at} --point home_banner --point home_recs --identity customer_id:{customer} --explain",
-        f"  {tailor} profile{at} --identity customer_id:{customer}",
-        f"  {tailor} apply{at} -f {os.path.relpath(PROJECT_ROOT / 'shared' / 'demo_config.yaml')}",
-        f"  {tailor} tenant create acme --scopes ingest,decide",
-        "",
-        f"ready in {ready_seconds:.1f} s; Ctrl-C stops everything.",
-    ]
+    lines += ["Quickstart (as in README.md): send events, read the profile, get decisions and recommendations:",
+              "  " + demo.QUICKSTART_SETUP.commands.splitlines()[1]]
+    if gateway != DEFAULT_GATEWAY:
+        lines.append(f"  export TAILOR_GATEWAY_ADDR={gateway}")
+    lines += [f"  {line}" for line in demo.quickstart_lines(_tool("grpcurl"), tailor, gateway)]
+    if customer:
+        lines += ["", f"The demo's biggest spender, customer_id:{customer}:",
+                  f"  {tailor} decide --point home_banner --point home_recs --identity customer_id:{customer} "
+                  "--explain"]
+    lines += ["", f"`{tailor} status` shows every process; `{tailor} down` (or Ctrl-C here) stops everything.",
+              f"ready in {ready_seconds:.1f} s."]
     return "\n".join(lines)
 
 

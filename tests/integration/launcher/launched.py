@@ -111,9 +111,10 @@ class Launched:
         return self.proc.returncode, self.output
 
 
-def launch(env: dict[str, str], ready_file: Path, *args: str) -> Launched:
-    """Starts `tailor up --no-demo --ready-file ready_file` with env (see launcher_env)."""
-    proc = subprocess.Popen([str(TAILOR), "up", "--no-demo", "--ready-file", str(ready_file), *args], env=env,
+def launch(env: dict[str, str], ready_file: Path, *args: str, demo: bool = False) -> Launched:
+    """Starts `tailor up --no-demo --ready-file ready_file` with env (see launcher_env); with demo, loads the demo."""
+    no_demo = [] if demo else ["--no-demo"]
+    proc = subprocess.Popen([str(TAILOR), "up", *no_demo, "--ready-file", str(ready_file), *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return Launched(proc, ready_file)
 
