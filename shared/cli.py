@@ -1,6 +1,7 @@
 """The `tailor` command line: start the suite, create tenants, apply configuration, inspect profiles and decisions.
 
     tailor up [--no-demo] [--ready-file PATH]
+    tailor status | down [--timeout SECONDS]    (the suite on TAILOR_HOME, from any terminal)
     tailor tenant create NAME [--scopes ingest,decide,admin] [--display-name TEXT]
     tailor apply -f FILE.yaml                  (file shape: see shared/demo.py)
     tailor profile --identity TYPE:VALUE | --unified-id ID [--events N]
@@ -623,6 +624,59 @@ async def _db_bootstrap(args) -> None:
           + ", ".join(sorted(env)))
 
 
+def _down(args) -> int:
+    from shared.launcher import down
+
+    return down(timeout=args.timeout)
+
+
+async def _status(args) -> int:
+    """Prints each process of the suite on TAILOR_HOME; exit 0 when all serve, 1 when one does not, 3 when no
+    launcher runs."""
+    from shared.launcher import state_path, suite_status, tailor_home
+
+    launcher, rows = await suite_status()
+    print(f"tailor up (pid {launcher}), home {tailor_home()}" if launcher else
+          f"no tailor up is running (home {tailor_home()})")
+    if rows:
+        width = max(len(r.name) for r in rows)
+        print(f"  {'process':<{width}}  {'pid':>7}  {'port':>5}  health")
+        for r in rows:
+            print(f"  {r.name:<{width}}  {r.pid or '-':>7}  {r.port:>5}  {r.health}")
+    if launcher and not args.no_pipeline:
+        await _status_pipeline(args)
+    if launcher is None:
+        if rows:
+            print("`tailor down` stops what is left")
+        elif state_path().exists():
+            state_path().unlink()
+        return 3
+    return 0 if all(r.health == "SERVING" for r in rows) else 1
+
+
+async def _status_pipeline(args) -> None:
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    from shared.launcher import read_state
+
+    key = args.api_key or default_api_key()
+    if not key:
+        return
+    gateway = args.gateway
+    if gateway == DEFAULT_GATEWAY and not os.environ.get("TAILOR_GATEWAY_ADDR"):
+        gateway = (read_state() or {}).get("gateway") or gateway  # where the running suite listens
+    async with grpc.aio.insecure_channel(gateway) as channel:
+        try:
+            reply = await gw_grpc.GatewayServiceStub(channel).GetPipelineStatus(
+                gw.GetPipelineStatusRequest(), metadata=(("authorization", f"Bearer {key}"),), timeout=5)
+        except grpc.aio.AioRpcError as err:
+            print(f"pipeline: {err.code().name}: {err.details()}")
+            return
+    print(f"pipeline (the key's tenant): {reply.pending_count} pending, {reply.retrying_count} retrying, "
+          f"{reply.dead_letter_count} dead letters, oldest pending {reply.oldest_pending_seconds:.1f} s")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `tailor`."""
     client = argparse.ArgumentParser(add_help=False)
@@ -641,6 +695,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-demo", action="store_true", help="do not load the demo configuration and data")
     up.add_argument("--ready-file", help="write addresses, API key, pids and start-up seconds here once ready")
     up.set_defaults(run=_up)
+    down = commands.add_parser("down", help="stop the suite `tailor up` runs (from any terminal), and PostgreSQL")
+    down.add_argument("--timeout", type=float, default=60.0, help="seconds to wait before killing (default: 60)")
+    down.set_defaults(run=_down)
+    status = commands.add_parser("status", parents=[client],
+                                 help="each process of the running suite: pid, port, health; the pipeline")
+    status.add_argument("--no-pipeline", action="store_true", help="do not ask the gateway for the pipeline state")
+    status.set_defaults(run=_status)
 
     database = commands.add_parser("db", help="database administration")
     database_commands = database.add_subparsers(dest="db_command", required=True)

@@ -5,7 +5,9 @@ Files live under TAILOR_HOME (default: .tailor/ at the project root): pg/ (embed
 logs/<service>.log, demo_key (the demo tenant's API key, mode 0600, reused while it still works), keys/ (the keypair
 that signs internal calls; the private key mode 0600), secrets/ (mode 0600 files: pg.password, the embedded
 server's superuser password; database.env, each service's own database URLs as `tailor db bootstrap` writes
-them; no service process is given the superuser's).
+them; no service process is given the superuser's), suite.json (the running launcher's pid and each process's pid
+and port: what `tailor status` and `tailor down` read), demo_pending (while the demo of a newly created demo
+tenant is being loaded; it is loaded that once, never over later changes).
 """
 
 from __future__ import annotations
@@ -466,18 +468,19 @@ def _write_secret(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
-async def ensure_demo_key(dsn: str, gateway: str) -> str:
-    """The demo tenant's key: the one stored in TAILOR_HOME/demo_key while it works, else a new one (stored)."""
+async def ensure_demo_key(dsn: str, gateway: str) -> tuple[str, bool]:
+    """The demo tenant's key: the one stored in TAILOR_HOME/demo_key while it works, else a new one (stored); and
+    whether the demo tenant was created just now."""
     from services.gateway.admin import create_tenant_with_key
 
     path = demo_key_path()
     if path.exists():
         key = path.read_text().strip()
         if key and await _key_works(gateway, key):
-            return key
-    _, secret = await create_tenant_with_key(dsn, "demo", "Demo shop (Online Retail)", key_name="tailor-up")
+            return key, False
+    created, secret = await create_tenant_with_key(dsn, "demo", "Demo shop (Online Retail)", key_name="tailor-up")
     _write_secret(path, secret + "\n")
-    return secret
+    return secret, created
 
 
 def _tool(name: str) -> str:
@@ -517,6 +520,180 @@ def banner(suite: Suite, key: str, customer: str, demo_loaded: bool, ready_secon
     return "\n".join(lines)
 
 
+# ---- the state file, `tailor status` and `tailor down` (from another terminal) ----
+
+def state_path() -> Path:
+    """Where a running `tailor up` describes itself: its pid, each process's pid and port, the database."""
+    return tailor_home() / "suite.json"
+
+
+def write_state(suite: Suite, state: dict) -> None:
+    """Writes the state file (again): called at start, once processes run, and whenever one is restarted."""
+    pg = state.get("pg")
+    _write_ready_file(state_path(), {
+        "launcher_pid": os.getpid(),
+        "gateway": suite.address("gateway"),
+        "processes": [{"name": m.name, "kind": m.kind, "port": m.port, "pid": m.proc.pid if m.proc else None}
+                      for m in suite.members],
+        "database": ({"embedded": True, "data_dir": str(pg.data_dir), "port": pg.port} if pg is not None
+                     else {"embedded": False}),
+    })
+
+
+def read_state() -> dict | None:
+    try:
+        return json.loads(state_path().read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _alive(pid: int | None, marker: str) -> bool:
+    """Whether pid runs and is what the state file says (its command line holds marker; pids are reused)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False  # exited, not yet reaped by its parent
+    except (OSError, IndexError):
+        pass
+    cmdline = _cmdline(pid)
+    return not cmdline or marker in cmdline  # no /proc (macOS): trust the signal
+
+
+def live_launcher() -> int | None:
+    """The pid of the `tailor up` running on this TAILOR_HOME (not this process), if one runs."""
+    found = read_state()
+    pid = found.get("launcher_pid") if found else None
+    return pid if pid != os.getpid() and _alive(pid, "tailor") else None
+
+
+@dataclass
+class ProcessStatus:
+    """One line of `tailor status`."""
+
+    name: str
+    pid: int | None
+    port: int
+    health: str  # SERVING, NOT_SERVING, UNREACHABLE, NOT RUNNING, ...
+
+
+async def _health(port: int) -> str:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
+                                                                    timeout=2.0)
+        except grpc.aio.AioRpcError as err:
+            return "UNREACHABLE" if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED else "NOT ANSWERING"
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+async def _database_health(server: EmbeddedPostgres) -> str:
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(server.admin_dsn, timeout=3)
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as err:
+        return f"NOT ANSWERING ({type(err).__name__})"
+    await conn.close()
+    return "SERVING"
+
+
+async def suite_status() -> tuple[int | None, list[ProcessStatus]]:
+    """The launcher's pid (None when none runs) and the state of each process it started, PostgreSQL last.
+
+    An embedded PostgreSQL under TAILOR_HOME is listed even when no launcher runs (one left by a crash)."""
+    found = read_state() or {}
+    launcher = found.get("launcher_pid")
+    launcher = launcher if _alive(launcher, "tailor") else None
+    rows = []
+    if launcher is not None:
+        for p in found.get("processes", []):
+            alive = _alive(p["pid"], "services.")
+            health = await _health(p["port"]) if alive else "NOT RUNNING"
+            rows.append(ProcessStatus(p["name"], p["pid"] if alive else None, p["port"], health))
+    data_dir = Path(found.get("database", {}).get("data_dir") or embedded_server().data_dir)
+    port = running_embedded_port(data_dir)
+    if port is not None:
+        pid = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+        health = await _database_health(EmbeddedPostgres(data_dir, port))
+        rows.append(ProcessStatus("postgresql", pid, port, health if launcher else f"{health} (no launcher: stale)"))
+    return launcher, rows
+
+
+def _terminate(pid: int, grace: float) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _alive(pid, ""):
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _stop_postmaster(data_dir: Path, timeout: float) -> bool:
+    """PostgreSQL's fast shutdown (SIGINT to the postmaster: sessions end, nothing committed is lost), sent directly
+    rather than through pg_ctl, which as root runs as the server's user and needs its access to data_dir."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+        os.kill(pid, signal.SIGINT)
+    except (OSError, ValueError, IndexError):
+        return running_embedded_port(data_dir) is None
+    deadline = time.monotonic() + timeout
+    while running_embedded_port(data_dir) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def down(out=print, timeout: float = 60.0) -> int:
+    """Stops the suite running on TAILOR_HOME: SIGTERM to its launcher, which stops every process in order and the
+    embedded PostgreSQL; then anything left (after a launcher crash): service processes, then the database.
+    Returns 0 when everything is stopped (also when nothing ran)."""
+    found = read_state() or {}
+    launcher = found.get("launcher_pid")
+    did = False
+    if _alive(launcher, "tailor"):
+        out(f"stopping tailor up (pid {launcher}) ...")
+        _terminate(launcher, timeout)
+        did = True
+    for p in found.get("processes", []):
+        if _alive(p.get("pid"), "services."):  # the launcher died without stopping it
+            out(f"stopping {p['name']} (pid {p['pid']}), left by a launcher that is gone")
+            _terminate(p["pid"], STOP_GRACE_SECONDS)
+            did = True
+    data_dir = Path(found.get("database", {}).get("data_dir") or embedded_server().data_dir)
+    port = running_embedded_port(data_dir)
+    if port is not None:
+        out(f"stopping the embedded PostgreSQL on 127.0.0.1:{port} ({data_dir})")
+        did = True
+        if not _stop_postmaster(data_dir, timeout):
+            out("the embedded PostgreSQL did not stop")
+            return 1
+    state_path().unlink(missing_ok=True)
+    out("stopped" if did else f"nothing was running ({tailor_home()})")
+    return 0
+
+
 def _write_ready_file(path: Path, content: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     _write_secret(tmp, json.dumps(content, indent=2))
@@ -549,6 +726,10 @@ def _ready_content(suite: Suite, key: str, ready: float, customer: str) -> dict:
 
 
 async def _start(suite: Suite, options: UpOptions, started: float, state: dict) -> None:
+    owner = live_launcher()
+    if owner is not None:
+        raise LaunchError(f"another `tailor up` (pid {owner}) uses {tailor_home()}; `tailor down` stops it")
+    write_state(suite, state)
     dsn = os.environ.get("DATABASE_URL")
     if not dsn:
         server = embedded_server()
@@ -561,30 +742,47 @@ async def _start(suite: Suite, options: UpOptions, started: float, state: dict) 
                 raise LaunchError(f"{err}\n(set TAILOR_PG_PORT to use another port, or DATABASE_URL)") from None
             state["pg"] = server
         else:
-            _out(f"using the embedded PostgreSQL already running on 127.0.0.1:{port} (it will be left running)")
+            owner = live_launcher()
+            if owner is not None:
+                raise LaunchError(f"another `tailor up` (pid {owner}) runs on {server.data_dir}; "
+                                  "`tailor down` stops it")
+            # Left behind by a launcher that was killed: this one adopts it, and stops it with the rest.
+            _out(f"adopting the embedded PostgreSQL a stopped launcher left running on 127.0.0.1:{port}")
             server = EmbeddedPostgres(server.data_dir, port)
             await asyncio.to_thread(server.start)  # only requires passwords, if an earlier version did not
+            state["pg"] = server
         admin_dsn = await server.ensure_database(DATABASE)
         suite.database_env = await db_roles.bootstrap_env_file(admin_dsn, database_env_path())
         dsn = suite.database_env[db_roles.env_name("gateway", "database")]
     _out("starting " + ", ".join(m.name for m in suite.members))
     suite.spawn(dsn)
+    write_state(suite, state)
     await suite.wait_healthy()
     gateway = suite.address("gateway")
-    key = await ensure_demo_key(dsn, gateway)
+    key, created = await ensure_demo_key(dsn, gateway)
     from services.gateway.admin import write_operator_key  # `tailor tenant create|list|quota` use it
 
     await write_operator_key(dsn, tailor_home() / "operator_key")
 
     from shared import demo
 
-    customer = "17850"
-    if options.demo:
+    customer = ""
+    # The demo is loaded once, when its tenant is created (the marker covers a start that stopped half-way), so a
+    # restart never reverts what an operator changed since.
+    pending = tailor_home() / "demo_pending"
+    if options.demo and created:
+        pending.touch()
+    if options.demo and pending.exists():
         summary = await demo.load_demo(gateway, key, out=_out)
+        pending.unlink()
         customer = summary.customer_id
         profile = await demo.wait_until_processed(gateway, key, customer)
         if profile is None:
             _out(f"note: customer {customer} is not in big_spenders yet; the pipeline is still processing")
+    elif options.demo:
+        customer = demo.top_customer(demo.read_rows())
+        _out("demo tenant found: its data and configuration, loaded when it was created, are left as they are "
+             "(`tailor apply -f shared/demo_config.yaml` applies the demo configuration again)")
     ready = time.perf_counter() - started
     _out(banner(suite, key, customer, options.demo, ready))
     state["ready"] = (key, ready, customer if options.demo else "")
@@ -592,7 +790,8 @@ async def _start(suite: Suite, options: UpOptions, started: float, state: dict) 
 
 
 def publish(suite: Suite, options: UpOptions, state: dict) -> None:
-    """Writes (again) the ready file: addresses, key, current process ids and restart counts."""
+    """Writes (again) the ready file (addresses, key, current process ids and restart counts) and the state file."""
+    write_state(suite, state)
     if options.ready_file and "ready" in state:
         _write_ready_file(options.ready_file, _ready_content(suite, *state["ready"]))
 
@@ -682,7 +881,8 @@ async def _up(options: UpOptions) -> int:
         _out("stopping ...")
         await asyncio.to_thread(suite.stop)
         if "pg" in state:
-            state["pg"].stop()
+            await asyncio.to_thread(state["pg"].stop)
+        state_path().unlink(missing_ok=True)
         _out("stopped")
     return code
 

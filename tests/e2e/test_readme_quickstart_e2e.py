@@ -16,7 +16,7 @@ import pytest
 
 from shared import demo
 from tests.conftest import ROOT
-from tests.integration.launcher.launched import launch, launcher_env
+from tests.integration.launcher.launched import launch, launcher_env, project_home
 from tests.unit.cli.test_readme_quickstart import quickstart_blocks
 
 STEP_TIMEOUT = 30.0  # the pipeline processes an acknowledged event in milliseconds; a busy machine gets slack
@@ -26,7 +26,12 @@ STEP_TIMEOUT = 30.0  # the pipeline processes an acknowledged event in milliseco
 async def shell(tmp_path_factory):
     """Runs README blocks (after the setup block) in a checkout-like folder against a launched suite."""
     tmp = tmp_path_factory.mktemp("quickstart")
-    home = tmp / "home"
+    with project_home("quickstart") as home:
+        async for fixture in _shell(tmp, home):
+            yield fixture
+
+
+async def _shell(tmp, home):
     launcher = launch(launcher_env(home, TAILOR_PIPELINE_WORKERS="1"), tmp / "ready.json", demo=True)
     try:
         ready = await launcher.wait_ready()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared.launcher import SERVICES
 
+ROOT = Path(__file__).resolve().parents[3]
 TAILOR = Path(sys.executable).parent / "tailor"
 READY_TIMEOUT = 120.0
 
@@ -40,6 +44,17 @@ def launcher_env(home: Path, database_url: str | None = None, **settings: str) -
         env[f"TAILOR_{svc.upper()}_PORT"] = str(free_port())
     env.update(settings)
     return env
+
+
+@contextlib.contextmanager
+def project_home(prefix: str):
+    """A launcher home under the project (removed afterwards), for suites with their own embedded PostgreSQL: as
+    root it runs as another user, who cannot enter pytest's temporary folders (private to the user running it)."""
+    path = ROOT / ".tailor" / f"{prefix}-{uuid.uuid4().hex[:8]}"
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def running(pid: int) -> bool:
