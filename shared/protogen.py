@@ -1,4 +1,5 @@
-"""Generates the Python code of every contract under protos/ (python -m shared.protogen OUT_ROOT)."""
+"""Generates the Python code of every contract under protos/ (python -m shared.protogen OUT_ROOT), and the
+descriptor set with source info (comments) that server reflection serves (personalization/descriptors.binpb)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import grpc_tools
 from grpc_tools import protoc
 
 PROTO_ROOT = Path(__file__).resolve().parent.parent / "protos"
+DESCRIPTOR_SET = "personalization/descriptors.binpb"
+# Served by reflection beside the contracts, so that grpcurl can decode the rich error details every error carries.
+ERROR_PROTOS = ("google/rpc/status.proto", "google/rpc/error_details.proto")
 
 
 def proto_files() -> list[Path]:
@@ -31,6 +35,16 @@ def generate(out_root: Path) -> None:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
+    import google.rpc.status_pb2  # googleapis-common-protos ships the .proto files beside its generated code
+
+    googleapis = Path(google.rpc.status_pb2.__file__).parents[2]
+    descriptor_args = [
+        "grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{well_known}", f"-I{googleapis}",
+        f"--descriptor_set_out={out_root / DESCRIPTOR_SET}", "--include_imports", "--include_source_info",
+        *files, *ERROR_PROTOS,
+    ]
+    if protoc.main(descriptor_args) != 0:
+        raise SystemExit("protoc failed (descriptor set)")
     for f in files:
         pkg = (out_root / f).parent
         while pkg != out_root:

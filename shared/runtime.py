@@ -25,7 +25,7 @@ class Built:
     authenticate: Authenticator
     generic_handlers: list[grpc.GenericRpcHandler] = field(default_factory=list)
     extra_reflection_names: list[str] = field(default_factory=list)
-    # The descriptor pool reflection serves (None: the default one).
+    # The descriptors reflection serves (shared.reflection.Descriptors; None: every contract).
     reflection_pool: object | None = None
     # Started after the server is up (for example the gateway's pipeline worker); cancelled on stop.
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)

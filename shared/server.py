@@ -13,12 +13,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 from google.protobuf.message import Message
 from grpc_status import rpc_status
 
 from shared import context as ctx
-from shared import wire
+from shared import reflection, wire
 from shared.db import is_database_outage, watch_database
 from shared.errors import InvalidArgument, TailorError, Unavailable, rich_status_of
 from shared.log import get_logger
@@ -251,11 +250,10 @@ async def start_server(
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     names = [s.full_name for s in services]
-    reflection.enable_server_reflection(
-        [*names, *extra_reflection_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME],
+    reflection.enable(
         server,
-        pool=reflection_pool,  # None: the default pool; the gateway's lists only the methods it serves
+        [*names, *extra_reflection_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
+        reflection_pool,  # None: every contract; the gateway's holds only the methods it serves
     )
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()

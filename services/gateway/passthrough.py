@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool
+from google.protobuf import descriptor_pool
 
 from services.gateway.auth import GATEWAY, METHOD_SCOPES
 from services.gateway.ports import AfterHook
 from shared.client import open_stream
+from shared.reflection import Descriptors
 
 
 def _unary(call, after: AfterHook | None = None):
@@ -69,36 +70,13 @@ class Passthrough(grpc.GenericRpcHandler):
         return sorted({m.split("/")[1] for m in self.handlers})
 
 
-def served_pool(methods: list[str], service_names: list[str], untouched: list[str] = ()
-                ) -> descriptor_pool.DescriptorPool:
-    """A descriptor pool for reflection in which the named services hold only the given methods (and the untouched
-    services, such as health and reflection, all of theirs).
-
-    The gateway forwards a chosen subset of each domain service's RPCs; reflecting their whole services would list
-    methods that answer UNIMPLEMENTED. Files are copied from the default pool with the other methods left out.
-    """
-    served = {m.strip("/") for m in methods}
-    source = descriptor_pool.Default()
-    pool = descriptor_pool.DescriptorPool()
-    added: set[str] = set()
-
-    def add(file) -> None:
-        if file.name in added:
-            return
-        for dependency in file.dependencies:
-            add(dependency)
-        proto = descriptor_pb2.FileDescriptorProto()
-        file.CopyToProto(proto)
-        for service in proto.service:
-            full_name = f"{proto.package}.{service.name}" if proto.package else service.name
-            if full_name not in service_names:
-                continue
-            kept = [m for m in service.method if f"{full_name}/{m.name}" in served]
-            del service.method[:]
-            service.method.extend(kept)
-        pool.Add(proto)
-        added.add(file.name)
-
-    for name in [*service_names, *untouched]:
-        add(source.FindServiceByName(name).file)
-    return pool
+def served_pool(methods: list[str], service_names: list[str]) -> Descriptors:
+    """The descriptors reflection serves on the gateway: the named services hold only the given methods (their
+    comments kept); the gateway forwards a chosen subset of each domain service's RPCs, and reflecting their whole
+    services would list methods that answer UNIMPLEMENTED."""
+    served: dict[str, set[str]] = {name: set() for name in service_names}
+    for method in methods:
+        service, name = method.strip("/").split("/")
+        if service in served:
+            served[service].add(name)
+    return Descriptors.load().serving(served)

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health_pb2
-from grpc_reflection.v1alpha import reflection
 
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.decision.v1 import decision_service_pb2_grpc as decision_grpc
@@ -145,9 +143,7 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
         generic_handlers=[passthrough],
         extra_reflection_names=passthrough.service_names,
         # Reflection describes exactly what this port serves: the forwarded services with only their forwarded RPCs.
-        reflection_pool=served_pool(list(METHOD_SCOPES), [gateway_name, *passthrough.service_names],
-                                    untouched=[health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                                               reflection.SERVICE_NAME]),
+        reflection_pool=served_pool(list(METHOD_SCOPES), [gateway_name, *passthrough.service_names]),
         # Batch jobs, activations and the merge sweeper each elect one leader per database; the pipeline worker is
         # one of N partition workers (off here when `python -m services.gateway.pipeline` processes run instead).
         background=[log_writer.run, quotas.run, batch.run, activations.run, sweeper.run,

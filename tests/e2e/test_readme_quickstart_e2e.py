@@ -50,7 +50,7 @@ async def _shell(tmp, home):
             assert done.returncode == 0, f"{block}\n--- stdout:\n{done.stdout}\n--- stderr:\n{done.stderr}"
             return done.stdout
 
-        yield run, launcher
+        yield run, launcher, ready
     finally:
         code, output = launcher.stop()
         assert code == 0, output
@@ -85,7 +85,7 @@ def _grpcurl_replies(output: str) -> list[dict]:
 
 
 async def test_the_quickstart_journey_runs_as_written_from_anonymous_view_to_recommendations(shell):
-    run, launcher = shell
+    run, launcher, _ = shell
     # The banner shows these very commands.
     assert "# 1. " + demo.QUICKSTART[0].title in launcher.output
 
@@ -118,3 +118,27 @@ async def test_the_quickstart_journey_runs_as_written_from_anonymous_view_to_rec
     assert 0 < len(ids) <= 5 and not {"22423", "85123A"} & set(ids), reply
     tailor_lines = [line for line in output.splitlines() if line.startswith(("  1  ", "  2  "))]
     assert len(tailor_lines) >= 2, output  # both tailor recommend commands listed items
+
+
+async def test_grpcurl_describes_each_ports_methods_with_their_proto_comments(shell):
+    _, _, ready = shell
+    grpcurl = str(ROOT / ".venv" / "bin" / "grpcurl")
+    for svc, address in ready["addresses"].items():
+        service = f"personalization.{svc}.v1.{''.join(w.title() for w in svc.split('_'))}Service"
+        listed = subprocess.run([grpcurl, "-plaintext", address, "list", service], capture_output=True, text=True)
+        assert listed.returncode == 0, listed.stderr
+        method = listed.stdout.split()[0]
+        described = subprocess.run([grpcurl, "-plaintext", address, "describe", method], capture_output=True,
+                                   text=True)
+        assert described.returncode == 0, described.stderr
+        assert f"{method} is a method:" in described.stdout
+        assert "\n// " in described.stdout, described.stdout  # the proto's comment above the rpc
+
+    gateway = ready["addresses"]["gateway"]
+    ingest = subprocess.run([grpcurl, "-plaintext", gateway, "describe",
+                             "personalization.gateway.v1.GatewayService.IngestEvents"], capture_output=True, text=True)
+    assert "// Stores a batch of events durably and acknowledges each" in ingest.stdout, ingest.stdout + ingest.stderr
+    hidden = subprocess.run([grpcurl, "-plaintext", gateway, "describe",
+                             "personalization.recommender.v1.RecommenderService.Recommend"], capture_output=True,
+                            text=True)
+    assert hidden.returncode != 0 and "not found" in hidden.stderr.lower()
