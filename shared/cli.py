@@ -11,6 +11,7 @@
     tailor lift-suppression --identity TYPE:VALUE [--identity TYPE:VALUE ...]
     tailor dead-letters list|retry|discard [--reason CODE] [--since ISO] [--until ISO] [--id MESSAGE_ID ...] [--all]
     tailor pipeline status
+    tailor stats [--window 24h]                 (requests, points served, unique individuals; an admin key)
     tailor ingest -f EVENTS.jsonl|- [--batch-size N]
     tailor import individuals|objects|items|events -f FILE.csv [--map KEY=COLUMN ...] [--mapping FILE.yaml]
                   [--event-type T] [--object-type T] [--checkpoint PATH] [--report PATH] [--restart]
@@ -624,6 +625,42 @@ async def _db_bootstrap(args) -> None:
           + ", ".join(sorted(env)))
 
 
+def parse_window(text: str) -> int:
+    """`24h`, `7d`, `30m`, `90s` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit() or int(number) < 1:
+        raise UsageError(f"--window takes a number and a unit (s, m, h or d), such as 24h or 7d; got {text!r}")
+    return int(number) * units[unit]
+
+
+async def _stats(args) -> None:
+    """Requests, points served and distinct individuals of the key's tenant over a window (GetUsageStats)."""
+    from google.protobuf import timestamp_pb2
+
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    end = timestamp_pb2.Timestamp()
+    end.GetCurrentTime()
+    start = timestamp_pb2.Timestamp(seconds=end.seconds - parse_window(args.window), nanos=end.nanos)
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        reply = await gw_grpc.GatewayServiceStub(channel).GetUsageStats(
+            gw.GetUsageStatsRequest(start_time=start, end_time=end), metadata=_auth(args), timeout=60)
+    if args.json:
+        _print_json(reply)
+        return
+    print(f"tenant {reply.tenant_id}, last {args.window} ({reply.start_time.ToJsonString()[:19]}Z to "
+          f"{reply.end_time.ToJsonString()[:19]}Z):")
+    print(f"  requests {reply.request_count}, points served {reply.served_count}, "
+          f"unique individuals {reply.unique_individuals}")
+    if reply.points:
+        width = max(len(p.point_name) for p in reply.points)
+        print(f"  {'point':<{width}}  {'served':>10}  {'individuals':>11}")
+        for p in reply.points:
+            print(f"  {p.point_name:<{width}}  {p.served_count:>10}  {p.unique_individuals:>11}")
+
+
 def _down(args) -> int:
     from shared.launcher import down
 
@@ -640,9 +677,9 @@ async def _status(args) -> int:
           f"no tailor up is running (home {tailor_home()})")
     if rows:
         width = max(len(r.name) for r in rows)
-        print(f"  {'process':<{width}}  {'pid':>7}  {'port':>5}  health")
+        print(f"  {'process':<{width}}  {'pid':>7}  {'port':>5}  {'metrics':>7}  health")
         for r in rows:
-            print(f"  {r.name:<{width}}  {r.pid or '-':>7}  {r.port:>5}  {r.health}")
+            print(f"  {r.name:<{width}}  {r.pid or '-':>7}  {r.port:>5}  {r.metrics_port or '-':>7}  {r.health}")
     if launcher and not args.no_pipeline:
         await _status_pipeline(args)
     if launcher is None:
@@ -791,6 +828,12 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--all", action="store_true", help="retry/discard every dead letter matching the filters")
     dead.add_argument("--limit", type=int, default=100, help="list at most this many (default: %(default)s)")
     dead.set_defaults(run=_dead_letters)
+
+    stats = commands.add_parser("stats", parents=[client],
+                                help="requests, points served and unique individuals of the key's tenant")
+    stats.add_argument("--window", default="24h", help="how far back: 90s, 30m, 24h, 7d (default: %(default)s)")
+    stats.add_argument("--json", action="store_true", help="print the response as JSON")
+    stats.set_defaults(run=_stats)
 
     pipeline = commands.add_parser("pipeline", help="the pipeline's state for the key's tenant")
     pipeline_commands = pipeline.add_subparsers(dest="pipeline_command", required=True)

@@ -205,6 +205,7 @@ class Member:
     failures: int = 0  # crashes in a row (reset after HEALTHY_RESET_SECONDS of running)
     restarts: int = 0
     restart_at: float | None = None
+    metrics_port: int = 0  # where its Prometheus metrics are served (TAILOR_METRICS_PORT)
 
     @property
     def module(self) -> str:
@@ -237,9 +238,11 @@ class Suite:
                 # Replicas of the gateway share its public port (SO_REUSEPORT); the others get a port each and
                 # clients balance over the list.
                 port = self.ports[svc] if i == 0 or svc == "gateway" else _free_port()
-                self.members.append(Member(svc if i == 0 else f"{svc}-{i + 1}", svc, port))
+                # Metrics on the service port + 1000 for the first replica (51051 for the gateway), else a free one.
+                metrics = port + 1000 if i == 0 and port + 1000 <= 65535 else _free_port()
+                self.members.append(Member(svc if i == 0 else f"{svc}-{i + 1}", svc, port, metrics_port=metrics))
         for i in range(self.workers):
-            self.members.append(Member(f"{PIPELINE}-{i + 1}", PIPELINE, _free_port()))
+            self.members.append(Member(f"{PIPELINE}-{i + 1}", PIPELINE, _free_port(), metrics_port=_free_port()))
 
     @property
     def procs(self) -> dict[str, subprocess.Popen]:
@@ -298,6 +301,7 @@ class Suite:
         ready_file.unlink(missing_ok=True)
         env = self.environment(self.dsn)
         env[f"TAILOR_{member.kind.upper()}_PORT"] = str(member.port)
+        env["TAILOR_METRICS_PORT"] = str(member.metrics_port)
         env["TAILOR_READY_FILE"] = str(ready_file)
         if member.kind not in ("gateway", PIPELINE):
             del env[service_auth.SIGNING_KEY_ENV]  # only the gateway and its workers sign internal calls
@@ -533,8 +537,8 @@ def write_state(suite: Suite, state: dict) -> None:
     _write_ready_file(state_path(), {
         "launcher_pid": os.getpid(),
         "gateway": suite.address("gateway"),
-        "processes": [{"name": m.name, "kind": m.kind, "port": m.port, "pid": m.proc.pid if m.proc else None}
-                      for m in suite.members],
+        "processes": [{"name": m.name, "kind": m.kind, "port": m.port, "pid": m.proc.pid if m.proc else None,
+                       "metrics_port": m.metrics_port} for m in suite.members],
         "database": ({"embedded": True, "data_dir": str(pg.data_dir), "port": pg.port} if pg is not None
                      else {"embedded": False}),
     })
@@ -588,6 +592,7 @@ class ProcessStatus:
     pid: int | None
     port: int
     health: str  # SERVING, NOT_SERVING, UNREACHABLE, NOT RUNNING, ...
+    metrics_port: int = 0
 
 
 async def _health(port: int) -> str:
@@ -623,7 +628,8 @@ async def suite_status() -> tuple[int | None, list[ProcessStatus]]:
         for p in found.get("processes", []):
             alive = _alive(p["pid"], "services.")
             health = await _health(p["port"]) if alive else "NOT RUNNING"
-            rows.append(ProcessStatus(p["name"], p["pid"] if alive else None, p["port"], health))
+            rows.append(ProcessStatus(p["name"], p["pid"] if alive else None, p["port"], health,
+                                      p.get("metrics_port", 0)))
     data_dir = Path(found.get("database", {}).get("data_dir") or embedded_server().data_dir)
     port = running_embedded_port(data_dir)
     if port is not None:
@@ -722,6 +728,7 @@ def _ready_content(suite: Suite, key: str, ready: float, customer: str) -> dict:
         "pids": {name: proc.pid for name, proc in suite.procs.items()},
         "restarts": {m.name: m.restarts for m in suite.members},
         "demo_customer_id": customer,
+        "metrics_ports": {m.name: m.metrics_port for m in suite.members},
     }
 
 

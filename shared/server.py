@@ -17,10 +17,11 @@ from google.protobuf.message import Message
 from grpc_status import rpc_status
 
 from shared import context as ctx
-from shared import reflection, wire
+from shared import metrics, reflection, wire
 from shared.db import is_database_outage, watch_database
 from shared.errors import InvalidArgument, TailorError, Unavailable, rich_status_of
 from shared.log import get_logger
+from shared.settings import env_str
 
 log = get_logger("shared.server")
 
@@ -102,12 +103,10 @@ class _CallScope:
     def done(self, code: grpc.StatusCode) -> None:
         if self.infra:
             return
-        log.info(
-            "rpc",
-            method=self.method,
-            code=getattr(self, "code", code).name,
-            duration_ms=round((time.perf_counter() - self.start) * 1000, 3),
-        )
+        seconds = time.perf_counter() - self.start
+        name = getattr(self, "code", code).name
+        metrics.record_rpc(self.method, name, seconds)
+        log.info("rpc", method=self.method, code=name, duration_ms=round(seconds * 1000, 3))
 
 
 def _wrap(handler: grpc.RpcMethodHandler, method: str, authenticate: Authenticator | None):
@@ -281,14 +280,17 @@ async def run_until_signal(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watch = asyncio.create_task(watch_database(database, running.set_serving)) if database else None
+    exporter = asyncio.create_task(metrics.serve(metrics.metrics_port(running.port),
+                                                 env_str("TAILOR_BIND_HOST", "0.0.0.0")))
     log.info("server_started", port=running.port, services=running.service_names)
     if ready_file:
         Path(ready_file).write_text(str(running.port))
     await stop.wait()
     log.info("server_draining", grace_s=grace)
-    if watch is not None:
-        watch.cancel()
-        await asyncio.gather(watch, return_exceptions=True)
+    for task in (watch, exporter):
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     await running.stop(grace)
     if on_stop is not None:
         result = on_stop()

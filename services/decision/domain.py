@@ -83,6 +83,16 @@ class Qualification:
 
 
 @dataclass(frozen=True)
+class LogStats:
+    """Decision-log counts of a window: of one point, or of all (point_name None)."""
+
+    point_name: str | None
+    requests: int
+    served: int
+    individuals: int
+
+
+@dataclass(frozen=True)
 class LogEntry:
     """One personalization served."""
 
@@ -163,3 +173,4 @@ class Repository(Protocol):
     async def list_log(
         self, tenant: str, individual: str, after: tuple[datetime, str] | None, limit: int
     ) -> list[LogEntry]: ...
+    async def log_stats(self, tenant: str, start: datetime, end: datetime) -> list[LogStats]: ...

@@ -13,6 +13,7 @@ from services.decision.domain import (
     AlreadyRunning,
     Decision,
     LogEntry,
+    LogStats,
     NameTaken,
     Point,
     Template,
@@ -446,6 +447,17 @@ class PostgresRepository:
             tenant, *[list(c) for c in columns],
         )
         return int(status.rsplit(" ", 1)[-1])
+
+    async def log_stats(self, tenant: str, start: datetime, end: datetime) -> list[LogStats]:
+        rows = await self.pool.fetch(
+            "SELECT grouping(point_name) = 1 AS total, point_name, count(DISTINCT nullif(request_id, '')) AS requests, "
+            "count(*) AS served, count(DISTINCT nullif(unified_individual_id, '')) AS individuals "
+            "FROM decision_log WHERE tenant_id = $1 AND log_time >= $2 AND log_time < $3 "
+            "GROUP BY GROUPING SETS ((point_name), ()) ORDER BY total DESC, point_name",
+            tenant, start, end,
+        )
+        return [LogStats(None if r["total"] else r["point_name"], r["requests"], r["served"], r["individuals"])
+                for r in rows]
 
     async def list_log(
         self, tenant: str, individual: str, after: tuple[datetime, str] | None, limit: int

@@ -18,6 +18,7 @@ from services.decision.domain import (
     Decision,
     Evaluation,
     LogEntry,
+    LogStats,
     NameTaken,
     Point,
     Qualification,
@@ -41,6 +42,8 @@ from services.decision.validation import (
 )
 from shared.errors import AlreadyExists, FailedPrecondition, NotFound, Violations, quote
 from shared.privacy import MAX_ID_LENGTH
+
+MAX_STATS_WINDOW = timedelta(days=366)  # GetDecisionLogStats: at most a year at a time
 
 DEFAULT_COUNT = 12
 MAX_POINTS_PER_QUALIFY = 50
@@ -690,6 +693,21 @@ class DecisionService:
             return 0
         now = datetime.now(UTC)
         return await self.repo.insert_log(tenant, [e if e.log_time else replace(e, log_time=now) for e in entries])
+
+    async def log_stats(self, tenant: str, start: datetime | None, end: datetime | None) -> list[LogStats]:
+        """Counts of the log in [start, end): the whole window first, then per point by name."""
+        v = Violations()
+        if start is None:
+            v.add("start_time", "is required")
+        if end is None:
+            v.add("end_time", "is required")
+        if start is not None and end is not None:
+            if end <= start:
+                v.add("end_time", "must be after start_time")
+            elif end - start > MAX_STATS_WINDOW:
+                v.add("end_time", f"must be at most {MAX_STATS_WINDOW.days} days after start_time")
+        v.raise_if_any()
+        return await self.repo.log_stats(tenant, start, end)
 
     async def list_log(self, tenant: str, individual: str, size: int, token: str) -> tuple[list[LogEntry], str]:
         """One page of log rows, newest first, optionally of one individual, and the next page token."""

@@ -406,6 +406,19 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         )
         return pb.ListDecisionLogResponse(entries=[log_to_proto(e) for e in entries], next_page_token=token)
 
+    async def GetDecisionLogStats(self, request: pb.GetDecisionLogStatsRequest, context
+                                  ) -> pb.GetDecisionLogStatsResponse:
+        start = _time(request.start_time) if request.HasField("start_time") else None
+        end = _time(request.end_time) if request.HasField("end_time") else None
+        stats = await self.service.log_stats(current_tenant(), start, end)
+        reply = pb.GetDecisionLogStatsResponse()
+        for s in stats:
+            if s.point_name is None:
+                reply.request_count, reply.served_count, reply.unique_individuals = s.requests, s.served, s.individuals
+            else:
+                reply.points.add(point_name=s.point_name, served_count=s.served, unique_individuals=s.individuals)
+        return reply
+
     async def ArchivePoint(self, request: pb.ArchivePointRequest, context) -> pb.ArchivePointResponse:
         point = await self.service.archive_point(current_tenant(), request.name)
         return pb.ArchivePointResponse(point=point_to_proto(point))

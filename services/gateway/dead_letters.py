@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timezone
 
 import grpc
@@ -9,10 +10,13 @@ import grpc
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from services.gateway.postgres_inbox import DeadLetterRow, InboxStore
 from shared.errors import Violations
-from shared import contract
+from shared import contract, metrics
+from shared.log import get_logger
 from shared.paging import decode_token, encode_token, page_size
 
 MAX_IDS = 10_000
+METRICS_SECONDS = 5.0  # how often the pipeline gauges are refreshed
+log = get_logger("gateway.dead_letters")
 REASONS = frozenset(code.name for code in grpc.StatusCode)
 
 
@@ -115,6 +119,15 @@ class DeadLetters:
         return pb.GetPipelineStatusResponse(
             pending_count=counts.pending, retrying_count=counts.retrying, dead_letter_count=counts.dead_letters,
             oldest_pending_seconds=round(counts.oldest_pending_seconds, 3))
+
+    async def export_metrics(self, every: float = METRICS_SECONDS) -> None:
+        """Keeps the pipeline gauges (backlog, lag, dead letters per tenant) current until cancelled."""
+        while True:
+            try:
+                metrics.set_pipeline(await self.store.backlog_by_tenant())
+            except Exception as error:  # noqa: BLE001 - a database outage: the gauges keep their last values
+                log.warning("pipeline_metrics_failed", error=f"{type(error).__name__}: {error}")
+            await asyncio.sleep(every)
 
 
 __all__ = ["DeadLetters"]

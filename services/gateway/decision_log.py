@@ -10,6 +10,7 @@ import grpc
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from services.gateway.ports import DecisionPort
 from shared import context as ctx
+from shared import metrics
 from shared.log import get_logger
 
 log = get_logger("gateway.decision_log")
@@ -27,6 +28,7 @@ class DecisionLogWriter:
     async def submit(self, entries: list[decision_pb.DecisionLogEntry]) -> None:
         tenant = ctx.current_tenant()
         for entry in entries:
+            metrics.record_served(tenant, entry.point_name, entry.unified_individual_id)
             if self.queue.full():
                 await self.queue.put((tenant, entry))
             else:
@@ -35,6 +37,8 @@ class DecisionLogWriter:
     async def write(self, entries: list[decision_pb.DecisionLogEntry]) -> None:
         """Sends rows now, in the caller's tenant, retried until stored (batch jobs log a page before committing it)."""
         tenant = ctx.current_tenant()
+        for entry in entries:
+            metrics.record_served(tenant, entry.point_name, entry.unified_individual_id)
         for start in range(0, len(entries), self.max_batch):
             await self._send([(tenant, entry) for entry in entries[start:start + self.max_batch]])
 

@@ -19,7 +19,7 @@ from personalization.gateway.v1 import gateway_service_pb2 as gateway_pb
 from personalization.identity.v1 import identity_service_pb2 as identity_pb
 from services.gateway.postgres import GatewayStore
 from services.gateway.routing import route_of
-from shared import contract
+from shared import contract, metrics
 from shared.errors import InvalidArgument, Violations
 from shared.identity_values import normalize_phone
 from shared.log import get_logger
@@ -211,6 +211,8 @@ class Ingest:
             fresh = message_id in stored and message_id not in seen
             seen.add(message_id)
             acks.append((message_id, fresh))
+        fresh_count = sum(fresh for _, fresh in acks)
+        metrics.record_ingested(tenant_id, fresh_count, len(acks) - fresh_count)
         return acks
 
     async def ingest(self, tenant_id: str, events) -> list[tuple[str, bool]]:

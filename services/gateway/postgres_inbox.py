@@ -227,3 +227,14 @@ class InboxStore:
             "(SELECT extract(epoch FROM now() - min(received_at)) FROM inbox "
             " WHERE tenant_id = $1 AND processed_at IS NULL) AS oldest", tenant_id)
         return PipelineCounts(row["pending"], row["retrying"], row["dead"], float(row["oldest"] or 0.0))
+
+    async def backlog_by_tenant(self) -> list[tuple[str, int, float, int]]:
+        """(tenant, pending events, age of the oldest in seconds, dead letters) of every tenant with any (metrics)."""
+        rows = await self.pool.fetch(
+            "WITH pending AS (SELECT tenant_id, count(*) AS n, extract(epoch FROM now() - min(received_at)) AS age "
+            "                 FROM inbox WHERE processed_at IS NULL GROUP BY tenant_id), "
+            "dead AS (SELECT tenant_id, count(*) AS n FROM dead_letters GROUP BY tenant_id) "
+            "SELECT coalesce(p.tenant_id, d.tenant_id) AS tenant_id, coalesce(p.n, 0) AS pending, "
+            "coalesce(p.age, 0) AS age, coalesce(d.n, 0) AS dead "
+            "FROM pending AS p FULL JOIN dead AS d USING (tenant_id)")
+        return [(r["tenant_id"], r["pending"], float(r["age"]), r["dead"]) for r in rows]

@@ -120,9 +120,10 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
     activations = Activations(pool, profile)
     decider = Decider(stubs, log_writer, quotas, resolve_cache_seconds=settings.resolve_cache_seconds)
     identity_types = IdentityTypes(identity)
+    dead_letters = DeadLetters(InboxStore(pool))
     servicer = GatewayServicer(keys, Ingest(store, identity_types), decider, RecordSync(store, identity, identity_types),
                                batch, quotas, activations,
-                               DeadLetters(InboxStore(pool)),
+                               dead_letters,
                                Privacy(PostgresPrivacy(pool), identity, profile, recommender, decision, decider,
                                        log_writer),
                                Recommendations(decider), Tenants(keys, TenantStore(pool)))
@@ -146,6 +147,6 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
         reflection_pool=served_pool(list(METHOD_SCOPES), [gateway_name, *passthrough.service_names]),
         # Batch jobs, activations and the merge sweeper each elect one leader per database; the pipeline worker is
         # one of N partition workers (off here when `python -m services.gateway.pipeline` processes run instead).
-        background=[log_writer.run, quotas.run, batch.run, activations.run, sweeper.run,
+        background=[log_writer.run, quotas.run, batch.run, activations.run, sweeper.run, dead_letters.export_metrics,
                     *([worker.run] if settings.run_worker else [])],
     )

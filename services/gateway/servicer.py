@@ -26,6 +26,7 @@ from services.gateway.quotas import Quotas
 from services.gateway.recommend import Recommendations
 from services.gateway.records import RecordSync, validate_data_model
 from services.gateway.tenants import Tenants
+from services.gateway.usage import UsageStats
 from shared import contract
 from shared.client import open_stream
 from shared.context import current_tenant
@@ -87,7 +88,8 @@ def _acks(acks: list[tuple[str, bool]]) -> list[pb.EventAck]:
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def __init__(self, keys: KeyService, ingest: Ingest, decider: Decider, records: RecordSync, batch: BatchJobs,
                  quotas: Quotas, activations: Activations, dead_letters: DeadLetters, privacy: Privacy | None = None,
-                 recommendations: Recommendations | None = None, tenants: Tenants | None = None):
+                 recommendations: Recommendations | None = None, tenants: Tenants | None = None,
+                 usage: UsageStats | None = None):
         self.keys = keys
         self.ingest = ingest
         self.decider = decider
@@ -99,6 +101,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         self.privacy = privacy
         self.recommendations = recommendations or Recommendations(decider)
         self.tenants = tenants
+        self.usage = usage or UsageStats(decider.decision)
 
     async def _admit(self) -> None:
         """The tenant's request-rate quota for ingest: over it, RESOURCE_EXHAUSTED with RetryInfo."""
@@ -285,6 +288,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
 
     async def GetPipelineStatus(self, request: pb.GetPipelineStatusRequest, context) -> pb.GetPipelineStatusResponse:
         return await self.dead_letters.status(current_tenant())
+
+    async def GetUsageStats(self, request: pb.GetUsageStatsRequest, context) -> pb.GetUsageStatsResponse:
+        return await self.usage.get(request)
 
     async def ForgetIndividual(self, request, context):
         return await self.privacy.forget(request)

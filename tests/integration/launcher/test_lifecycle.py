@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
@@ -48,9 +49,18 @@ async def test_status_lists_every_process_and_down_from_another_terminal_stops_t
         rows = _status_rows(status.stdout)
         assert set(rows) == {*SERVICES, "pipeline-1", "postgresql"}, status.stdout
         for svc in SERVICES:
-            assert rows[svc] == [str(ready["pids"][svc]), ready["addresses"][svc].rsplit(":", 1)[1], "SERVING"]
-        assert rows["postgresql"][1:] == [env["TAILOR_PG_PORT"], "SERVING"]
+            port = ready["addresses"][svc].rsplit(":", 1)[1]
+            assert rows[svc] == [str(ready["pids"][svc]), port, str(int(port) + 1000), "SERVING"]
+        assert rows["postgresql"][1:] == [env["TAILOR_PG_PORT"], "-", "SERVING"]
         assert "pipeline (the key's tenant): 0 pending" in status.stdout
+        # Each process serves its metrics; the gateway's count the GetPipelineStatus call `tailor status` made.
+        scraped = {}
+        async with httpx.AsyncClient() as http:
+            for name, port in ready["metrics_ports"].items():
+                scraped[name] = (await http.get(f"http://127.0.0.1:{port}/metrics", timeout=5)).text
+        assert all("tailor_rpc_duration_seconds" in text for text in scraped.values())
+        assert ('tailor_rpc_requests_total{code="OK",method="/personalization.gateway.v1.GatewayService/'
+                'GetPipelineStatus"} 1.0') in scraped["gateway"]
 
         down = _tailor(env, "down")
         assert down.returncode == 0, down.stdout + down.stderr

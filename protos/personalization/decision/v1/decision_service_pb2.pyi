@@ -405,6 +405,36 @@ class ListDecisionLogResponse(_message.Message):
     next_page_token: str
     def __init__(self, entries: _Optional[_Iterable[_Union[DecisionLogEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
+class GetDecisionLogStatsRequest(_message.Message):
+    __slots__ = ("start_time", "end_time")
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class PointLogStats(_message.Message):
+    __slots__ = ("point_name", "served_count", "unique_individuals")
+    POINT_NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_INDIVIDUALS_FIELD_NUMBER: _ClassVar[int]
+    point_name: str
+    served_count: int
+    unique_individuals: int
+    def __init__(self, point_name: _Optional[str] = ..., served_count: _Optional[int] = ..., unique_individuals: _Optional[int] = ...) -> None: ...
+
+class GetDecisionLogStatsResponse(_message.Message):
+    __slots__ = ("request_count", "served_count", "unique_individuals", "points")
+    REQUEST_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SERVED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_INDIVIDUALS_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    request_count: int
+    served_count: int
+    unique_individuals: int
+    points: _containers.RepeatedCompositeFieldContainer[PointLogStats]
+    def __init__(self, request_count: _Optional[int] = ..., served_count: _Optional[int] = ..., unique_individuals: _Optional[int] = ..., points: _Optional[_Iterable[_Union[PointLogStats, _Mapping]]] = ...) -> None: ...
+
 class ArchivePointRequest(_message.Message):
     __slots__ = ("name",)
     NAME_FIELD_NUMBER: _ClassVar[int]

@@ -75,6 +75,11 @@ class DecisionServiceStub:
                 request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListDecisionLogRequest.SerializeToString,
                 response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListDecisionLogResponse.FromString,
                 _registered_method=True)
+        self.GetDecisionLogStats = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/GetDecisionLogStats',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetDecisionLogStatsRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetDecisionLogStatsResponse.FromString,
+                _registered_method=True)
         self.ArchivePoint = channel.unary_unary(
                 '/personalization.decision.v1.DecisionService/ArchivePoint',
                 request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ArchivePointRequest.SerializeToString,
@@ -222,6 +227,14 @@ class DecisionServiceServicer:
     def ListDecisionLog(self, request, context):
         """Lists decision log rows, newest first, page by page.
         Errors: INVALID_ARGUMENT (bad page token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDecisionLogStats(self, request, context):
+        """Counts the decision log of a time window: requests, points served and distinct individuals, in all and per point.
+        Errors: INVALID_ARGUMENT (no window, an end before its start, a window longer than 366 days).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -397,6 +410,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.ListDecisionLog,
                     request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListDecisionLogRequest.FromString,
                     response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListDecisionLogResponse.SerializeToString,
+            ),
+            'GetDecisionLogStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDecisionLogStats,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetDecisionLogStatsRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetDecisionLogStatsResponse.SerializeToString,
             ),
             'ArchivePoint': grpc.unary_unary_rpc_method_handler(
                     servicer.ArchivePoint,
@@ -696,6 +714,33 @@ class DecisionService:
             '/personalization.decision.v1.DecisionService/ListDecisionLog',
             personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListDecisionLogRequest.SerializeToString,
             personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListDecisionLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDecisionLogStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/GetDecisionLogStats',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetDecisionLogStatsRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetDecisionLogStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -979,6 +979,42 @@ class GetPipelineStatusResponse(_message.Message):
     oldest_pending_seconds: float
     def __init__(self, pending_count: _Optional[int] = ..., retrying_count: _Optional[int] = ..., dead_letter_count: _Optional[int] = ..., oldest_pending_seconds: _Optional[float] = ...) -> None: ...
 
+class GetUsageStatsRequest(_message.Message):
+    __slots__ = ("start_time", "end_time")
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class PointUsage(_message.Message):
+    __slots__ = ("point_name", "served_count", "unique_individuals")
+    POINT_NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_INDIVIDUALS_FIELD_NUMBER: _ClassVar[int]
+    point_name: str
+    served_count: int
+    unique_individuals: int
+    def __init__(self, point_name: _Optional[str] = ..., served_count: _Optional[int] = ..., unique_individuals: _Optional[int] = ...) -> None: ...
+
+class GetUsageStatsResponse(_message.Message):
+    __slots__ = ("tenant_id", "start_time", "end_time", "request_count", "served_count", "unique_individuals", "points")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SERVED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    UNIQUE_INDIVIDUALS_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    request_count: int
+    served_count: int
+    unique_individuals: int
+    points: _containers.RepeatedCompositeFieldContainer[PointUsage]
+    def __init__(self, tenant_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_count: _Optional[int] = ..., served_count: _Optional[int] = ..., unique_individuals: _Optional[int] = ..., points: _Optional[_Iterable[_Union[PointUsage, _Mapping]]] = ...) -> None: ...
+
 class ForgetIndividualRequest(_message.Message):
     __slots__ = ("individual_id", "unified_individual_id")
     INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]

@@ -176,6 +176,11 @@ class GatewayServiceStub:
                 request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetPipelineStatusRequest.SerializeToString,
                 response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetPipelineStatusResponse.FromString,
                 _registered_method=True)
+        self.GetUsageStats = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/GetUsageStats',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageStatsRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageStatsResponse.FromString,
+                _registered_method=True)
         self.ForgetIndividual = channel.unary_unary(
                 '/personalization.gateway.v1.GatewayService/ForgetIndividual',
                 request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ForgetIndividualRequest.SerializeToString,
@@ -444,6 +449,14 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsageStats(self, request, context):
+        """Returns the tenant's usage over a time window: requests, points served and distinct individuals, per point.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT (a window over 366 days).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ForgetIndividual(self, request, context):
         """Forgets an individual in every service: identities, events (inbox rows and dead letters included), attributes,
         profile objects, consents, insights, affinities, memberships, interactions, cohorts, decision log, outcomes,
@@ -648,6 +661,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.GetPipelineStatus,
                     request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetPipelineStatusRequest.FromString,
                     response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetPipelineStatusResponse.SerializeToString,
+            ),
+            'GetUsageStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageStats,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageStatsRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageStatsResponse.SerializeToString,
             ),
             'ForgetIndividual': grpc.unary_unary_rpc_method_handler(
                     servicer.ForgetIndividual,
@@ -1443,6 +1461,33 @@ class GatewayService:
             '/personalization.gateway.v1.GatewayService/GetPipelineStatus',
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetPipelineStatusRequest.SerializeToString,
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetPipelineStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsageStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/GetUsageStats',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageStatsRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,
