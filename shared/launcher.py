@@ -243,6 +243,11 @@ class Suite:
                 self.members.append(Member(svc if i == 0 else f"{svc}-{i + 1}", svc, port, metrics_port=metrics))
         for i in range(self.workers):
             self.members.append(Member(f"{PIPELINE}-{i + 1}", PIPELINE, _free_port(), metrics_port=_free_port()))
+        taken = {m.port for m in self.members}
+        for member in self.members:  # a metrics port must not be another process's service port, nor in use
+            while member.metrics_port in taken or _port_in_use(member.metrics_port):
+                member.metrics_port = _free_port()
+            taken.add(member.metrics_port)
 
     @property
     def procs(self) -> dict[str, subprocess.Popen]:

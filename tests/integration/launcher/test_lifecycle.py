@@ -50,7 +50,7 @@ async def test_status_lists_every_process_and_down_from_another_terminal_stops_t
         assert set(rows) == {*SERVICES, "pipeline-1", "postgresql"}, status.stdout
         for svc in SERVICES:
             port = ready["addresses"][svc].rsplit(":", 1)[1]
-            assert rows[svc] == [str(ready["pids"][svc]), port, str(int(port) + 1000), "SERVING"]
+            assert rows[svc] == [str(ready["pids"][svc]), port, str(ready["metrics_ports"][svc]), "SERVING"]
         assert rows["postgresql"][1:] == [env["TAILOR_PG_PORT"], "-", "SERVING"]
         assert "pipeline (the key's tenant): 0 pending" in status.stdout
         # Each process serves its metrics; the gateway's count the GetPipelineStatus call `tailor status` made.
