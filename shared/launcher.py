@@ -515,11 +515,12 @@ def banner(suite: Suite, key: str, customer: str, demo_loaded: bool, ready_secon
               f"  export KEY={key}", ""]
     if not demo_loaded:
         lines += ["(--no-demo: no demo data or configuration was loaded; the decision calls below need them)", ""]
+    # Flush left, to paste as is: a heredoc's closing EOF must start its line.
     lines += ["Quickstart (as in README.md): send events, read the profile, get decisions and recommendations:",
-              "  " + demo.QUICKSTART_SETUP.commands.splitlines()[1]]
+              demo.QUICKSTART_SETUP.commands.splitlines()[1]]
     if gateway != DEFAULT_GATEWAY:
-        lines.append(f"  export TAILOR_GATEWAY_ADDR={gateway}")
-    lines += [f"  {line}" for line in demo.quickstart_lines(_tool("grpcurl"), tailor, gateway)]
+        lines.append(f"export TAILOR_GATEWAY_ADDR={gateway}")
+    lines += demo.quickstart_lines(_tool("grpcurl"), tailor, gateway)
     if customer:
         lines += ["", f"The demo's biggest spender, customer_id:{customer}:",
                   f"  {tailor} decide --point home_banner --point home_recs --identity customer_id:{customer} "

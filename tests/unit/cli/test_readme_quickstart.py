@@ -50,3 +50,14 @@ def test_the_readmes_demo_customer_is_the_one_the_banner_names():
     customers = set(re.findall(r"customer_id:(\d+)", text))
 
     assert customers == {demo.top_customer(demo.read_rows())}
+
+
+def test_the_banner_prints_the_quickstart_flush_left_so_its_heredocs_paste_as_is(tmp_path):
+    from shared.launcher import SERVICES, Suite, banner
+
+    suite = Suite(ports={svc: 50051 + i for i, svc in enumerate(("gateway", *SERVICES[:-1]))}, log_dir=tmp_path)
+    lines = banner(suite, "tlr_key", "18102", True, 1.0).splitlines()
+
+    assert lines.count("EOF") == 2 * 3  # both commands of each of the three ingest steps
+    assert "  export KEY=tlr_key" in lines
+    assert lines.index("# 1. " + demo.QUICKSTART[0].title) < lines.index("EOF")
