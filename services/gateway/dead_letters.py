@@ -10,7 +10,7 @@ import grpc
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from services.gateway.postgres_inbox import DeadLetterRow, InboxStore
 from shared.errors import Violations
-from shared import contract, metrics
+from shared import contract, db, metrics
 from shared.log import get_logger
 from shared.paging import decode_token, encode_token, page_size
 
@@ -124,7 +124,9 @@ class DeadLetters:
         """Keeps the pipeline gauges (backlog, lag, dead letters per tenant) current until cancelled."""
         while True:
             try:
-                metrics.set_pipeline(await self.store.backlog_by_tenant())
+                with db.all_tenants():  # every tenant's backlog, as the pipeline workers see it
+                    rows = await self.store.backlog_by_tenant()
+                metrics.set_pipeline(rows)
             except Exception as error:  # noqa: BLE001 - a database outage: the gauges keep their last values
                 log.warning("pipeline_metrics_failed", error=f"{type(error).__name__}: {error}")
             await asyncio.sleep(every)
