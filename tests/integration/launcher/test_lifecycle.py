@@ -93,10 +93,11 @@ async def test_a_killed_launchers_postgresql_is_adopted_then_stopped_and_the_dem
             timeout=10)
     first.proc.send_signal(signal.SIGKILL)  # a crash: the services follow it (parent-death signal), PostgreSQL stays
     first.proc.wait()
-    for _ in range(100):
+    for _ in range(600):  # they drain first (TAILOR_DRAIN_SECONDS), slower on a busy machine
         if not any(running(pid) for pid in ready["pids"].values()):
             break
         await asyncio.sleep(0.1)
+    assert not any(running(pid) for pid in ready["pids"].values()), "the services outlived their launcher"
     stale_port = running_embedded_port(home / "pg")
     assert stale_port == int(env["TAILOR_PG_PORT"])
     stale = _tailor(env, "status")
