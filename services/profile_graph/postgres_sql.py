@@ -26,19 +26,25 @@ WITH l AS (
 ), ik AS (
     SELECT e, array_agg(v ORDER BY n) AS keys FROM unnest($19::int4[], $20::text[]) WITH ORDINALITY AS x(e, v, n)
     GROUP BY e
+), ins AS (
+    INSERT INTO events (tenant_id, message_id, individual_id, type, event_time, revenue, quantity, item_id,
+                        properties, payload, name, source, line_item_ids, line_quantities, line_prices, attributes,
+                        consents, objects, item_ids, identity_keys)
+    SELECT $1, m, i, t, et, r, q, it, p, pl, nm, s, l.ids, l.qs, l.ps, a, c, o, COALESCE(ii.ids, '{}'),
+           COALESCE(ik.keys, '{}')
+    FROM unnest($2::text[], $3::text[], $4::int2[], $5::timestamptz[], $6::float8[], $7::float8[], $8::text[],
+                $9::jsonb[], $10::bytea[], $11::text[], $12::text[], $21::jsonb[], $22::jsonb[], $23::jsonb[])
+        WITH ORDINALITY AS u(m, i, t, et, r, q, it, p, pl, nm, s, a, c, o, k)
+    LEFT JOIN l ON l.e = u.k LEFT JOIN ii ON ii.e = u.k LEFT JOIN ik ON ik.e = u.k
+    ORDER BY m
+    ON CONFLICT (tenant_id, message_id) DO NOTHING
+    RETURNING message_id, individual_id, item_ids
+), items AS (
+    INSERT INTO event_items (tenant_id, item_id, message_id)
+    SELECT $1, unnest(item_ids), message_id FROM ins
+    ON CONFLICT DO NOTHING
 )
-INSERT INTO events (tenant_id, message_id, individual_id, type, event_time, revenue, quantity, item_id,
-                    properties, payload, name, source, line_item_ids, line_quantities, line_prices, attributes,
-                    consents, objects, item_ids, identity_keys)
-SELECT $1, m, i, t, et, r, q, it, p, pl, nm, s, l.ids, l.qs, l.ps, a, c, o, COALESCE(ii.ids, '{}'),
-       COALESCE(ik.keys, '{}')
-FROM unnest($2::text[], $3::text[], $4::int2[], $5::timestamptz[], $6::float8[], $7::float8[], $8::text[],
-            $9::jsonb[], $10::bytea[], $11::text[], $12::text[], $21::jsonb[], $22::jsonb[], $23::jsonb[])
-    WITH ORDINALITY AS u(m, i, t, et, r, q, it, p, pl, nm, s, a, c, o, k)
-LEFT JOIN l ON l.e = u.k LEFT JOIN ii ON ii.e = u.k LEFT JOIN ik ON ik.e = u.k
-ORDER BY m
-ON CONFLICT (tenant_id, message_id) DO NOTHING
-RETURNING message_id, individual_id
+SELECT message_id, individual_id FROM ins
 """
 
 # Rows are locked in id order so that concurrent batches touching the same individuals cannot deadlock.

@@ -380,7 +380,8 @@ class PostgresUnit:
     async def item_event_rows(self, item_ids: Sequence[str], since: datetime | None) -> list[StoredEvent]:
         columns = _EVENT_COLUMNS.format(properties="properties::text", lines=_LINE_COLUMNS)
         rows = await self.conn.fetch(
-            f"SELECT {columns} FROM events WHERE tenant_id = $1 AND item_ids && $2::text[]"
+            f"SELECT {columns} FROM events WHERE tenant_id = $1 AND message_id IN"
+            " (SELECT message_id FROM event_items WHERE tenant_id = $1 AND item_id = ANY($2::text[]))"
             " AND ($3::timestamptz IS NULL OR event_time > $3)", self.tenant, list(item_ids), since)
         return [_stored_event(r) for r in rows]
 
