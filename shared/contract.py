@@ -30,7 +30,7 @@ from google.protobuf import descriptor as _d
 from google.protobuf.message import Message
 
 from personalization.common.v1 import common_pb2, limits_pb2
-from shared.errors import InvalidArgument, Violations
+from shared.errors import QUOTE_CHARS, InvalidArgument, Violations, shorten
 from shared.settings import env_int
 
 # What a default gRPC client accepts (4 MiB): no service sends a larger response.
@@ -209,7 +209,7 @@ class _StructRules:
                 if fast:
                     return
                 continue
-            where = f"{path}.{key}" if not fast else ""
+            where = f"{path}.{shorten(key, QUOTE_CHARS)}" if not fast else ""  # a path never repeats a long key
             self._walk_value(value, depth, where, bad, fast)
             if depth == 1 and self.max_json and not bad and value.ByteSize() * 6 + 8 > self.max_json:
                 # Cheap bound first (JSON with escapes is at most ~6x the wire bytes); exact only when it may exceed.

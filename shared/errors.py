@@ -15,9 +15,33 @@ MAX_MESSAGE_CHARS = 1000
 MAX_DETAIL_CHARS = 300
 
 
+# What the whole error may take in those headers: grpc-message is percent-encoded (a non-ASCII character is up to
+# 12 bytes there) and the details travel base64-encoded (4 bytes per 3), so both are budgeted in encoded bytes and
+# together stay well under the 8 KB a client accepts.
+MAX_MESSAGE_HEADER_BYTES = 2000
+MAX_DETAILS_BYTES = 3000
+
+
 def clip(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
     """text, cut to limit characters with an ellipsis."""
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _header_bytes(text: str) -> int:
+    """Bytes of text as gRPC percent-encodes it in grpc-message (printable ASCII but % as is, the rest %XX)."""
+    return sum(1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in text.encode())
+
+
+def clip_header(text: str, limit: int = MAX_MESSAGE_HEADER_BYTES) -> str:
+    """text, cut with an ellipsis so that it takes at most limit bytes percent-encoded."""
+    if _header_bytes(text) <= limit:
+        return text
+    used, end = 9, 0  # the ellipsis itself takes 9
+    for end, char in enumerate(text):
+        used += _header_bytes(char)
+        if used > limit:
+            break
+    return text[:end] + "…"
 
 
 def shorten(text: str, size: int = 200) -> str:
@@ -56,7 +80,8 @@ class TailorError(Exception):
 
     def to_status(self) -> grpc.Status:
         """The rich status that carries this error to the client."""
-        status = status_pb2.Status(code=self.code.value[0], message=clip(self.message, MAX_MESSAGE_CHARS),
+        status = status_pb2.Status(code=self.code.value[0],
+                                   message=clip_header(clip(self.message, MAX_MESSAGE_CHARS)),
                                    details=self.details())
         return rpc_status.to_status(status)
 
@@ -84,14 +109,17 @@ class InvalidArgument(TailorError):
         super().__init__(f"invalid argument: {summary}", reason=reason, metadata=metadata)
 
     def details(self) -> list[any_pb2.Any]:
-        sent = self.violations[:self.SENT_VIOLATIONS]
-        if len(self.violations) > len(sent):
-            sent.append(("", f"and {len(self.violations) - len(sent)} more violations, not listed"))
-        bad = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=clip(f), description=clip(d)) for f, d in sent
-            ]
-        )
+        bad = error_details_pb2.BadRequest()
+        budget = MAX_DETAILS_BYTES - 100  # room for the "and N more" line
+        for f, d in self.violations[:self.SENT_VIOLATIONS]:
+            violation = error_details_pb2.BadRequest.FieldViolation(field=clip(f), description=clip(d))
+            budget -= violation.ByteSize() + 3
+            if budget < 0:
+                break
+            bad.field_violations.append(violation)
+        if len(self.violations) > len(bad.field_violations):
+            bad.field_violations.add(
+                description=f"and {len(self.violations) - len(bad.field_violations)} more violations, not listed")
         packed = any_pb2.Any()
         packed.Pack(bad)
         return super().details() + [packed]
@@ -212,7 +240,8 @@ def rich_status_of(error: grpc.aio.AioRpcError) -> grpc.Status | None:
     except ValueError:  # the rich status names another code than the call ended with (cut short on the way)
         status = None
     if status is None:
-        status = status_pb2.Status(code=error.code().value[0], message=clip(error.details() or "", MAX_MESSAGE_CHARS))
+        status = status_pb2.Status(code=error.code().value[0], message=clip_header(
+            clip(error.details() or "", MAX_MESSAGE_CHARS)))
     return rpc_status.to_status(status)
 
 

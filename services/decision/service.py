@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -688,6 +689,11 @@ class DecisionService:
                 v.add(f"entries[{i}].point_name", "must name the point served")
             if e.cohort_id and not e.experiment_id:
                 v.add(f"entries[{i}].experiment_id", "must name the experiment of the cohort")
+            if not _all_finite(e.served):
+                v.add(f"entries[{i}].served", "must hold finite numbers only (no NaN nor infinity)")
+            for stage, ms in e.stage_ms.items():
+                if not math.isfinite(ms):
+                    v.add(f"entries[{i}].stage_ms[{quote(stage)}]", "must be a finite number")
         v.raise_if_any()
         if not entries:
             return 0
@@ -727,3 +733,14 @@ class DecisionService:
         last = rows[-1] if rows else None
         token_out = encode_token([last.log_time.isoformat(), last.personalization_id]) if more and last else ""
         return rows, token_out
+
+
+def _all_finite(value: Any) -> bool:
+    """True when no number anywhere in a JSON-like value is NaN or infinite (the log stores it as JSON)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_all_finite(v) for v in value)
+    return True

@@ -208,12 +208,14 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
 
 
     async def ReassignIndividual(self, request, context):
+        contract.check(request)
         moved = await self.graph.reassign(
             current_tenant(), list(request.from_individual_ids), request.to_individual_id,
             [(i.type, i.value) for i in request.only_events_with_identities] or None)
         return pb.ReassignIndividualResponse(moved_event_count=moved)
 
     async def UpsertItems(self, request, context):
+        contract.check(request)
         items = [Item(i.item_id, i.name, _dict(i.attributes)) for i in request.items]
         return pb.UpsertItemsResponse(upserted_count=await self.graph.upsert_items(current_tenant(), items))
 

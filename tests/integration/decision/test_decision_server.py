@@ -202,6 +202,21 @@ async def test_log_row_without_point_is_refused(server, tenant):
     assert status_details(info.value)[0][0][0] == "entries[0].point_name"
 
 
+async def test_a_log_row_with_a_non_finite_number_is_refused_naming_it_and_nothing_is_written(server, tenant, db):
+    good = pb.DecisionLogEntry(personalization_id="p_ok", point_name="home_banner")
+    bad_served = pb.DecisionLogEntry(personalization_id="p_inf", point_name="home_banner")
+    bad_served.served.update({"data": [{"price": float("inf")}]})
+    bad_stage = pb.DecisionLogEntry(personalization_id="p_nan", point_name="home_banner",
+                                    stage_ms={"qualify": float("nan")})
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await server.LogDecisions(pb.LogDecisionsRequest(entries=[good, bad_served, bad_stage]),
+                                  metadata=tenant_md(tenant))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    fields = [f for f, _ in status_details(info.value)[0]]
+    assert fields == ["entries[1].served", "entries[2].stage_ms['qualify']"]
+    assert await db.fetchval("SELECT count(*) FROM decision_log WHERE tenant_id = $1", tenant) == 0
+
+
 async def test_tenants_are_isolated(server, tenant):
     await setup_banner(server, tenant)
     await server.LogDecisions(pb.LogDecisionsRequest(entries=[pb.DecisionLogEntry(

@@ -22,3 +22,18 @@ def test_an_errors_metadata_never_carries_a_long_value_whole():
     status.details[0].Unpack(info)
     assert info.metadata["name"] == "r" * (QUOTE_CHARS - 1) + "…"
     assert "r" * (QUOTE_CHARS + 1) not in status.message
+
+
+def test_many_long_violations_fit_the_headers_a_client_accepts():
+    from shared.errors import InvalidArgument
+
+    error = InvalidArgument([(f"events[{i}].attributes['{'é' * 300}']", "ü" * 300) for i in range(200)])
+    status = error.to_status()
+    header_bytes = sum(len(k) + len(v) for k, v in status.trailing_metadata)  # details-bin, as gRPC base64s it
+    header_bytes = header_bytes * 4 // 3 + len(status.details.encode()) * 3
+    assert header_bytes < 8 * 1024
+    details = status_pb2.Status.FromString(dict(status.trailing_metadata)["grpc-status-details-bin"])
+    bad = error_details_pb2.BadRequest()
+    details.details[1].Unpack(bad)
+    assert 1 <= len(bad.field_violations) < 26 and bad.field_violations[-1].description.endswith("not listed")
+    assert status.details.endswith("…") or len(status.details) < 1000
