@@ -67,6 +67,17 @@ async def database_url(pg_server_dsn):
     await admin.close()
 
 
+@pytest.fixture(scope="module")
+async def suite(database_url):
+    """The five services and the gateway in this process (tests/suite.py), started once per test module; a module
+    that needs other settings defines its own."""
+    from tests.suite import Suite
+
+    s = await Suite(database_url).start()
+    yield s
+    await s.stop()
+
+
 @pytest.fixture
 def tenant():
     """A fresh tenant id per test, so tests never see each other's rows. It is also the tenant of the test's own

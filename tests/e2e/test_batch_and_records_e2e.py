@@ -19,14 +19,6 @@ from tests.conftest import struct, wait_for
 from tests.suite import Suite
 
 
-@pytest.fixture(scope="module")
-async def suite(database_url):
-    s = await Suite(database_url).start()
-    yield s
-    await s.stop()
-
-
-
 async def _shoppers(suite: Suite, md, count: int) -> None:
     """A segment `buyers` of `count` individuals and a manual-content point `banner`."""
     await suite.profile_admin.UpsertInsight(profile_pb.UpsertInsightRequest(insight=profile_pb.Insight(

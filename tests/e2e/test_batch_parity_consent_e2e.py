@@ -27,13 +27,6 @@ from tests.suite import Suite
 GRANTED, DENIED = common_pb2.CONSENT_STATUS_GRANTED, common_pb2.CONSENT_STATUS_DENIED
 
 
-@pytest.fixture(scope="module")
-async def suite(database_url):
-    s = await Suite(database_url).start()
-    yield s
-    await s.stop()
-
-
 def _background(suite: Suite, kind):
     gateway_built = suite._running[-1][0]
     return next(job.__self__ for job in gateway_built.background if isinstance(getattr(job, "__self__", None), kind))

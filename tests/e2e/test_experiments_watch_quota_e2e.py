@@ -23,13 +23,6 @@ from tests.suite import Suite
 POINT = "hero"
 
 
-@pytest.fixture(scope="module")
-async def suite(database_url):
-    s = await Suite(database_url).start()
-    yield s
-    await s.stop()
-
-
 def _event(message_id: str, email: str) -> common_pb2.Event:
     ts = timestamp_pb2.Timestamp()
     ts.GetCurrentTime()

@@ -28,13 +28,6 @@ def node_client():
     return CLIENT / "decide.js"
 
 
-@pytest.fixture(scope="module")
-async def suite(database_url):
-    s = await Suite(database_url).start()
-    yield s
-    await s.stop()
-
-
 async def _node(script: Path, suite: Suite, key: str, *args: str) -> tuple[int, dict]:
     proc = await asyncio.create_subprocess_exec(
         "node", str(script), *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

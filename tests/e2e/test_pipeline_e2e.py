@@ -19,13 +19,6 @@ from tests.suite import Suite
 POINT = "home_banner"
 
 
-@pytest.fixture(scope="module")
-async def suite(database_url):
-    s = await Suite(database_url).start()
-    yield s
-    await s.stop()
-
-
 def _content(headline: str):
     return struct({"headline": headline})
 
@@ -52,7 +45,6 @@ def _event(message_id, type_, *identities, **fields) -> common_pb2.Event:
     ts.GetCurrentTime()
     return common_pb2.Event(message_id=message_id, type=type_, event_time=ts,
                             identities=[common_pb2.Identity(type=t, value=v) for t, v in identities], **fields)
-
 
 
 async def _profile(suite, md, identity_type, value):

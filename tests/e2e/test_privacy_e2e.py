@@ -27,7 +27,6 @@ from shared import client
 from shared.errors import status_details
 from shared.runtime import prepare_schema
 from tests.conftest import struct, wait_for
-from tests.suite import Suite
 
 POINT = "hero"
 # The forgotten individual's values: raw as sent, and as the identity service normalizes them.
@@ -40,13 +39,6 @@ CITY = "Qwertyville-zqx"
 ORDER = "order-zqx-901"
 NEEDLES = [EMAIL, EMAIL_NORM, DEVICE, CUSTOMER, FIRST_NAME, CITY, ORDER]
 TEXT_TYPES = ("text", "character varying", "character", "json", "jsonb", "ARRAY", "USER-DEFINED", "bytea")
-
-
-@pytest.fixture(scope="module")
-async def suite(database_url):
-    s = await Suite(database_url).start()
-    yield s
-    await s.stop()
 
 
 def _event(message_id, type_, *identities, attributes=None, properties=None, **fields) -> common_pb2.Event:

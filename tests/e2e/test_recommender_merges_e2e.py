@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncpg
 import grpc
-import pytest
 from google.protobuf import timestamp_pb2
 
 from personalization.common.v1 import common_pb2
@@ -13,14 +12,6 @@ from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2 as identity_pb
 from personalization.identity.v1 import identity_service_pb2_grpc as identity_grpc
 from tests.conftest import wait_for
-from tests.suite import Suite
-
-
-@pytest.fixture(scope="module")
-async def suite(database_url):
-    s = await Suite(database_url).start()
-    yield s
-    await s.stop()
 
 
 def _event(message_id, type_, *identities, **fields) -> common_pb2.Event:

@@ -28,13 +28,6 @@ from tests.suite import Suite
 DOMAIN = tuple(SERVICE_NAMES)
 
 
-@pytest.fixture(scope="module")
-async def suite(database_url):
-    s = await Suite(database_url).start()
-    yield s
-    await s.stop()
-
-
 def _channel(suite: Suite, service: str) -> grpc.aio.Channel:
     return grpc.aio.insecure_channel(f"127.0.0.1:{suite.ports[service]}")
 

@@ -13,7 +13,6 @@ import sys
 import time
 
 import asyncpg
-import pytest
 from google.protobuf import timestamp_pb2
 
 from personalization.common.v1 import common_pb2
@@ -27,13 +26,6 @@ from tests.integration.cli.purchases import MAPPING, write_purchases
 from tests.suite import Suite
 
 ROWS = 50_000
-
-
-@pytest.fixture(scope="module")
-async def suite(database_url):
-    s = await Suite(database_url).start()
-    yield s
-    await s.stop()
 
 
 def _command(suite: Suite, key: str, argv: tuple[str, ...], key_flag: str = "--api-key") -> list[str]:

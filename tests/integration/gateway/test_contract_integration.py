@@ -21,13 +21,6 @@ INGEST = "/personalization.gateway.v1.GatewayService/IngestEvents"
 STREAM = "/personalization.gateway.v1.GatewayService/StreamIngestEvents"
 
 
-@pytest.fixture(scope="module")
-async def suite(database_url):
-    s = await Suite(database_url).start()
-    yield s
-    await s.stop()
-
-
 def _event(message_id: str = "m1", **fields) -> common_pb2.Event:
     fields.setdefault("type", common_pb2.EVENT_TYPE_PAGE_VIEW)
     fields.setdefault("identities", [common_pb2.Identity(type="device_id", value="dev-1")])

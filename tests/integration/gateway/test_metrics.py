@@ -20,17 +20,9 @@ from shared import metrics
 from shared.errors import status_details
 from tests.conftest import _free_port, struct, wait_for
 from tests.integration.launcher.launched import TAILOR
-from tests.suite import Suite
 
 INGEST = "/personalization.gateway.v1.GatewayService/IngestEvents"
 DECIDE = "/personalization.gateway.v1.GatewayService/GetDecisions"
-
-
-@pytest.fixture(scope="module")
-async def suite(database_url):
-    s = await Suite(database_url).start()
-    yield s
-    await s.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,6 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2 as profil
 from services.gateway.auth import METHOD_SCOPES
 from shared.errors import status_details
 from tests.conftest import struct, wait_for
-from tests.suite import Suite
-
-
-@pytest.fixture(scope="module")
-async def suite(database_url):
-    s = await Suite(database_url).start()
-    yield s
-    await s.stop()
 
 
 def _purchase(message_id: str, customer: str, *items: str) -> common_pb2.Event:

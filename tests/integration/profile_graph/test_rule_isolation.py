@@ -8,7 +8,6 @@ import statistics
 import time
 
 import grpc
-import pytest
 from google.protobuf import struct_pb2
 
 from personalization.common.v1 import common_pb2
@@ -18,14 +17,6 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2 as profil
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as profile_grpc
 from tests.conftest import tenant_md
 from tests.integration.profile_graph.test_rule_limits import SQUARE, tagged
-from tests.suite import Suite
-
-
-@pytest.fixture(scope="module")
-async def suite(database_url):
-    s = await Suite(database_url).start()
-    yield s
-    await s.stop()
 
 
 async def welcome_point(suite, md) -> None:

@@ -10,16 +10,8 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from tests.suite import Suite
 
 GATEWAY = "personalization.gateway.v1.GatewayService"
-
-
-@pytest.fixture(scope="module")
-async def suite(database_url):
-    s = await Suite(database_url).start()
-    yield s
-    await s.stop()
 
 
 def _comment(file: descriptor_pb2.FileDescriptorProto, path: list[int]) -> str:
