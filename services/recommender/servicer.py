@@ -32,6 +32,7 @@ from services.recommender.postgres_privacy import PostgresPrivacy
 from services.recommender.validation import validate_interactions
 from shared import contract
 from shared.context import current_tenant
+from shared.errors import InvalidArgument
 from shared.privacy import document, validate_ids
 
 # Other event types map to "" and are refused by validation.
@@ -67,8 +68,15 @@ def _interaction(message: pb.Interaction) -> Interaction:
     )
 
 
-def _values(values) -> tuple:
-    return tuple(json_format.MessageToDict(v) if v.WhichOneof("kind") else None for v in values)
+def _values(values, path: str) -> tuple:
+    """A condition's operands as JSON values; a NaN or infinity anywhere in one is the caller's mistake."""
+    out = []
+    for j, v in enumerate(values):
+        try:
+            out.append(json_format.MessageToDict(v) if v.WhichOneof("kind") else None)
+        except ValueError:  # json_format refuses non-finite numbers (they have no JSON form)
+            raise InvalidArgument([(f"{path}[{j}]", "must hold finite numbers only (no NaN nor infinity)")]) from None
+    return tuple(out)
 
 
 def config_from_pb(c: pb.RecommenderConfig) -> Config:
@@ -98,8 +106,10 @@ def config_from_pb(c: pb.RecommenderConfig) -> Config:
         tune_seconds=p.tuning_budget.ToTimedelta().total_seconds(),
         validation_fraction=p.validation_fraction,
         recent_days=p.recent_days,
-        include=tuple(Condition(x.attribute, _OPERATORS.get(x.operator, ""), _values(x.values)) for x in c.include),
-        exclude=tuple(Condition(x.attribute, _OPERATORS.get(x.operator, ""), _values(x.values)) for x in c.exclude),
+        include=tuple(Condition(x.attribute, _OPERATORS.get(x.operator, ""),
+                              _values(x.values, f"config.include[{i}].values")) for i, x in enumerate(c.include)),
+        exclude=tuple(Condition(x.attribute, _OPERATORS.get(x.operator, ""),
+                              _values(x.values, f"config.exclude[{i}].values")) for i, x in enumerate(c.exclude)),
         exclude_anchor=c.context_filter.exclude_anchor,
         same_category_as_anchor=c.context_filter.same_category_as_anchor,
         exclude_cart=c.context_filter.exclude_cart,

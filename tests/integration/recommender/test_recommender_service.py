@@ -256,3 +256,18 @@ async def test_tenants_never_see_each_others_interactions(stub, db, tenant):
     assert await record(stub, other, [interaction("o1", "ann", "theirs", quantity=1)]) == 1
     assert await recommend(stub, other, "top_sellers") == [("theirs", 1.0, "top_sellers")]
     assert await recommend(stub, tenant, "top_sellers") == [("mine", 1.0, "top_sellers")]
+
+
+async def test_a_non_finite_number_in_a_filter_value_is_refused_naming_it(stub, tenant):
+    from google.protobuf import struct_pb2
+
+    bad = struct_pb2.Value()
+    bad.list_value.values.add().number_value = float("nan")
+    config = pb.RecommenderConfig(name="nan_filter", strategy="top_sellers",
+                                  exclude=[pb.Condition(attribute="brand", values=[struct_pb2.Value(string_value="x"), bad])])
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.PutRecommender(pb.PutRecommenderRequest(config=config), metadata=tenant_md(tenant))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in status_details(info.value)[0]] == ["config.exclude[0].values[1]"]
+    listed = await stub.ListRecommenders(pb.ListRecommendersRequest(), metadata=tenant_md(tenant))
+    assert "nan_filter" not in [c.name for c in listed.recommenders]
