@@ -83,24 +83,25 @@ def _read(path: Path, what: str) -> bytes:
         raise SettingsError(what, f"cannot read {path}: {err.strerror}") from None
 
 
-def _load_private(path: Path, what: str) -> Ed25519PrivateKey:
+def _load_key(path: Path, what: str, kind: str):
+    """The Ed25519 key of the given kind ("private" or "public") in the PEM file at path."""
+    load, expected = ((lambda data: serialization.load_pem_private_key(data, password=None)), Ed25519PrivateKey) \
+        if kind == "private" else (serialization.load_pem_public_key, Ed25519PublicKey)
     try:
-        key = serialization.load_pem_private_key(_read(path, what), password=None)
+        key = load(_read(path, what))
     except ValueError:
-        raise SettingsError(what, f"{path} is not a PEM private key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SettingsError(what, f"{path} is not an Ed25519 private key")
+        raise SettingsError(what, f"{path} is not a PEM {kind} key") from None
+    if not isinstance(key, expected):
+        raise SettingsError(what, f"{path} is not an Ed25519 {kind} key")
     return key
+
+
+def _load_private(path: Path, what: str) -> Ed25519PrivateKey:
+    return _load_key(path, what, "private")
 
 
 def _load_public(path: Path, what: str) -> Ed25519PublicKey:
-    try:
-        key = serialization.load_pem_public_key(_read(path, what))
-    except ValueError:
-        raise SettingsError(what, f"{path} is not a PEM public key") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise SettingsError(what, f"{path} is not an Ed25519 public key")
-    return key
+    return _load_key(path, what, "public")
 
 
 def _required_path(name: str, who: str) -> Path:
