@@ -64,7 +64,7 @@ def running_suite(*, demo: bool = False, extra_env: dict | None = None):
                 time.sleep(0.05)
             ready = json.loads(ready_file.read_text())
             from shared.embedded_pg import EmbeddedPostgres
-            from shared.launcher import DATABASE
+            from tailor_cli.launcher import DATABASE
 
             ready["dsn"] = EmbeddedPostgres(Path(home) / "pg", int(env["TAILOR_PG_PORT"])).dsn(DATABASE)
             yield ready, time.perf_counter() - started

@@ -27,7 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 from personalization.common.v1 import common_pb2  # noqa: E402
 from personalization.gateway.v1 import gateway_service_pb2 as gw  # noqa: E402
 from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc  # noqa: E402
-from shared.demo import apply_config, parse_config  # noqa: E402
+from tailor_cli.demo import apply_config, parse_config  # noqa: E402
 from tests.bench._common import percentile, running_suite  # noqa: E402
 
 RATES = (100, 1000)

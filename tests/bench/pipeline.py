@@ -38,7 +38,7 @@ from personalization.gateway.v1 import gateway_service_pb2 as gw  # noqa: E402
 from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc  # noqa: E402
 from services.gateway.admin import create_tenant_with_key  # noqa: E402
 from services.gateway.routing import route_of  # noqa: E402
-from shared.demo import apply_config, parse_config  # noqa: E402
+from tailor_cli.demo import apply_config, parse_config  # noqa: E402
 from tests.bench._common import percentile, running_suite  # noqa: E402
 from tests.bench.freshness import CONFIG, _run_rate, _visible  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 Through the real gRPC server on a fresh embedded PostgreSQL (temporary folder), with 3 insights and 3 segments
 configured, batches of 500 events sent one after another:
-- purchases: the first 8,000 Online Retail invoices built like shared/demo.py does (one PURCHASE per invoice,
+- purchases: the first 8,000 Online Retail invoices built like tailor_cli/demo.py does (one PURCHASE per invoice,
   about 20 line items each), items upserted first;
 - views: synthetic PRODUCT_VIEW events over 5,000 individuals and 1,000 items with a category.
 The baseline, measured in the same run, is a bare asyncpg COPY of the same rows (ids, type, time, revenue, quantity,
@@ -29,7 +29,7 @@ from personalization.common.v1 import common_pb2  # noqa: E402
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb  # noqa: E402
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc  # noqa: E402
 from services.profile_graph.server import build  # noqa: E402
-from shared import demo  # noqa: E402
+from tailor_cli import demo  # noqa: E402
 from shared.log import configure  # noqa: E402
 from tests.bench._common import percentile, scratch_database, served  # noqa: E402
 from tests.internal_auth import tenant_md  # noqa: E402

@@ -19,7 +19,7 @@ from personalization.gateway.v1 import gateway_service_pb2 as gw
 from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from shared.embedded_pg import EmbeddedPostgres
 from shared.errors import retry_delay_of, status_details
-from shared.launcher import DATABASE, SERVICES
+from tailor_cli.launcher import DATABASE, SERVICES
 from tests.conftest import ROOT
 from tests.integration.launcher.launched import health, launch, launcher_env
 

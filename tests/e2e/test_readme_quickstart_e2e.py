@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from shared import demo
+from tailor_cli import demo
 from tests.conftest import ROOT
 from tests.integration.launcher.launched import launch, launcher_env, project_home
 from tests.unit.cli.test_readme_quickstart import quickstart_blocks

@@ -11,7 +11,7 @@ from personalization.identity.v1 import identity_service_pb2 as id_pb
 from personalization.identity.v1 import identity_service_pb2_grpc as id_grpc
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as pg_pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pg_grpc
-from shared.demo import apply_config
+from tailor_cli.demo import apply_config
 from tests.fuzz.harness import Fuzzer, LoopThread, Target
 from tests.fuzz.wire import MAX_REQUEST_BYTES, Strategies
 from tests.internal_auth import tenant_md

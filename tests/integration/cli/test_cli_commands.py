@@ -29,7 +29,7 @@ ROWS = 50_000
 
 
 def _command(suite: Suite, key: str, argv: tuple[str, ...], key_flag: str = "--api-key") -> list[str]:
-    return [sys.executable, "-c", "from shared.cli import main; main()", *argv,
+    return [sys.executable, "-c", "from tailor_cli.cli import main; main()", *argv,
             "--gateway", f"127.0.0.1:{suite.ports['gateway']}", key_flag, key]
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from shared import db, db_roles
 from shared.embedded_pg import EmbeddedPostgres, _bin
-from shared.launcher import DATABASE, SERVICES
+from tailor_cli.launcher import DATABASE, SERVICES
 from tests.conftest import ROOT, _free_port
 from tests.integration.launcher.launched import launch, launcher_env
 

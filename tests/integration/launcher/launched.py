@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared.launcher import SERVICES
+from tailor_cli.launcher import SERVICES
 
 ROOT = Path(__file__).resolve().parents[3]
 TAILOR = Path(sys.executable).parent / "tailor"

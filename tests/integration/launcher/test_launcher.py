@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from personalization.gateway.v1 import gateway_service_pb2 as gw
 from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from shared import service_auth
-from shared.launcher import SERVICES
+from tailor_cli.launcher import SERVICES
 from tests.integration.launcher.launched import TAILOR, Launched, free_port, launch, launcher_env, running
 
 def _env(database_url: str, home: Path) -> dict[str, str]:

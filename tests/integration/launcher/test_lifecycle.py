@@ -15,7 +15,7 @@ import pytest
 
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as profile_grpc
-from shared.launcher import SERVICES, running_embedded_port
+from tailor_cli.launcher import SERVICES, running_embedded_port
 from tests.integration.launcher.launched import TAILOR, launch, launcher_env, project_home, running
 
 

@@ -214,7 +214,7 @@ async def _tailor(suite: Suite, md, *argv: str) -> subprocess.CompletedProcess:
     key = dict(md)["authorization"].removeprefix("Bearer ")
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{ROOT / 'protos'}")
     return await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-c", "from shared.cli import main; main()", *argv,
+        subprocess.run, [sys.executable, "-c", "from tailor_cli.cli import main; main()", *argv,
                          "--gateway", f"127.0.0.1:{suite.ports['gateway']}", "--api-key", key],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
 

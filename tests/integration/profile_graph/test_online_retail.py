@@ -12,7 +12,7 @@ from google.protobuf import duration_pb2
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc
 from services.profile_graph.server import build
-from shared import demo
+from tailor_cli import demo
 from tests.conftest import schema_connection, serving, tenant_md
 
 DATA = Path(__file__).resolve().parents[3] / ".." / "shared" / "external-data" / "online-retail" / \

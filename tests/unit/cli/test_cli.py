@@ -7,7 +7,7 @@ import pytest
 
 from personalization.common.v1 import common_pb2
 from personalization.gateway.v1 import gateway_service_pb2 as gw
-from shared import cli
+from tailor_cli import cli
 from shared.errors import InvalidArgument
 
 
@@ -85,7 +85,7 @@ def test_tenant_create_without_any_database_exits_1(tmp_path, monkeypatch, capsy
 
 
 def test_the_progress_bar_shows_the_fraction_done():
-    from shared.cli import progress_bar
+    from tailor_cli.cli import progress_bar
 
     assert progress_bar(50, 100, width=10) == "[#####-----]  50.0%  50/100"
     assert progress_bar(0, 0, width=4) == "[----]   0.0%  0/0"
@@ -93,7 +93,7 @@ def test_the_progress_bar_shows_the_fraction_done():
 
 
 def test_batch_run_and_tenant_quota_parse():
-    from shared.cli import build_parser
+    from tailor_cli.cli import build_parser
 
     args = build_parser().parse_args(["batch", "run", "--segment", "vip", "--point", "a", "--point", "b"])
     assert (args.segment, args.point) == ("vip", ["a", "b"])
@@ -102,7 +102,7 @@ def test_batch_run_and_tenant_quota_parse():
 
 
 def test_experiment_report_parses():
-    from shared.cli import build_parser
+    from tailor_cli.cli import build_parser
 
     args = build_parser().parse_args(["experiment", "report", "hero_test", "-o", "out.html"])
     assert (args.name, args.output) == ("hero_test", "out.html")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from personalization.gateway.v1 import gateway_service_pb2 as gw
-from shared import cli
+from tailor_cli import cli
 
 
 def test_version_prints_the_package_version(capsys):
@@ -119,5 +119,5 @@ def test_the_new_commands_import_no_service_module():
         tree = ast.parse(inspect.getsource(getattr(cli, name)).lstrip())
         modules = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
         assert not [m for m in modules if m and m.startswith("services")], name
-    source = inspect.getsource(__import__("shared.importer", fromlist=["x"]))
+    source = inspect.getsource(__import__("tailor_cli.importer", fromlist=["x"]))
     assert "from services" not in source and "import services" not in source

@@ -8,7 +8,7 @@ import yaml
 from personalization.common.v1 import common_pb2
 from personalization.decision.v1 import decision_service_pb2 as dec
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as pg
-from shared.demo import DEMO_CONFIG_PATH, ConfigError, load_config_file, parse_config
+from tailor_cli.demo import DEMO_CONFIG_PATH, ConfigError, load_config_file, parse_config
 
 
 def _parse(text: str):
@@ -115,7 +115,7 @@ def test_a_file_that_is_not_yaml_is_refused(tmp_path):
 def test_every_other_section_becomes_its_upsert_with_short_enums_and_durations():
     import yaml
 
-    from shared.demo import parse_config
+    from tailor_cli.demo import parse_config
 
     config = parse_config(yaml.safe_load("""
 identity_types: [{name: loyalty_id, unique: true, normalization: TRIM}]
@@ -146,7 +146,7 @@ def test_an_unknown_enum_value_in_any_section_names_its_path():
     import pytest
     import yaml
 
-    from shared.demo import ConfigError, parse_config
+    from tailor_cli.demo import ConfigError, parse_config
 
     with pytest.raises(ConfigError) as info:
         parse_config(yaml.safe_load("recommenders: [{name: x, strategy: learned, parameters: {objective: FAME}}]"))

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from personalization.common.v1 import common_pb2
-from shared.demo import DATA_PATH, events_from_rows, items_from_rows, read_rows, time_shift, top_customer
+from tailor_cli.demo import DATA_PATH, events_from_rows, items_from_rows, read_rows, time_shift, top_customer
 
 CSV = [
     "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country",

@@ -9,7 +9,7 @@ import pytest
 
 from personalization.common.v1 import common_pb2
 from personalization.gateway.v1 import gateway_service_pb2 as gw
-from shared import importer
+from tailor_cli import importer
 from shared.errors import InvalidArgument, Unavailable
 
 HEADER = ["email", "cid", "when", "kind", "sku", "qty", "price", "first", "vip"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from shared import demo
+from tailor_cli import demo
 from tests.conftest import ROOT
 
 
@@ -53,7 +53,7 @@ def test_the_readmes_demo_customer_is_the_one_the_banner_names():
 
 
 def test_the_banner_prints_the_quickstart_flush_left_so_its_heredocs_paste_as_is(tmp_path):
-    from shared.launcher import SERVICES, Suite, banner
+    from tailor_cli.launcher import SERVICES, Suite, banner
 
     suite = Suite(ports={svc: 50051 + i for i, svc in enumerate(("gateway", *SERVICES[:-1]))}, log_dir=tmp_path)
     lines = banner(suite, "tlr_key", "18102", True, 1.0).splitlines()

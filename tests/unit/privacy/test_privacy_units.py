@@ -12,7 +12,7 @@ from services.identity.service import IdentityService
 from services.recommender.config import ALS, BPR, EASE, ITEM_KNN
 from services.recommender.learned import Model
 from services.recommender.postgres_privacy import without_individuals
-from shared import cli
+from tailor_cli import cli
 from shared.errors import InvalidArgument
 from shared.privacy import document, validate_ids
 from tests.unit.identity.fakes import FakeRepository

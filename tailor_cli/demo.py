@@ -1,6 +1,6 @@
 """The demo tenant: configuration from YAML and the Online Retail invoices, loaded through the public API.
 
-Configuration file shape (what `tailor apply -f FILE.yaml` accepts; shared/demo_config.yaml is an example).
+Configuration file shape (what `tailor apply -f FILE.yaml` accepts; tailor_cli/demo_config.yaml is an example).
 Every entry is an idempotent upsert by name; enum values may be written short (SUM) or in full (AGGREGATE_SUM)::
 
     insights:                      # -> ProfileGraphService/UpsertInsight

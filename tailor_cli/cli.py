@@ -3,7 +3,7 @@
     tailor up [--no-demo] [--ready-file PATH]
     tailor status | down [--timeout SECONDS]    (the suite on TAILOR_HOME, from any terminal)
     tailor tenant create NAME [--scopes ingest,decide,admin] [--display-name TEXT]
-    tailor apply -f FILE.yaml                  (file shape: see shared/demo.py)
+    tailor apply -f FILE.yaml                  (file shape: see tailor_cli/demo.py)
     tailor profile --identity TYPE:VALUE | --unified-id ID [--events N]
     tailor decide --point NAME [--point NAME ...] --identity TYPE:VALUE [--explain] [--test-mode] [--channel web]
     tailor forget --identity TYPE:VALUE | --unified-id ID --yes
@@ -63,7 +63,7 @@ def default_api_key() -> str:
     key = os.environ.get("TAILOR_API_KEY", "").strip()
     if key:
         return key
-    from shared.launcher import demo_key_path
+    from tailor_cli.launcher import demo_key_path
 
     path = demo_key_path()
     return path.read_text().strip() if path.exists() else ""
@@ -176,7 +176,7 @@ async def _decide(args) -> None:
 
 
 async def _apply(args) -> None:
-    from shared.demo import apply_config, load_config_file
+    from tailor_cli.demo import apply_config, load_config_file
 
     config = load_config_file(args.file)
     await apply_config(args.gateway, _api_key(args), config)
@@ -185,7 +185,7 @@ async def _apply(args) -> None:
 async def _tenant_create_in_database(args, scopes: tuple[str, ...]) -> None:
     """`tenant create` before the suite had an operator key: straight into the gateway's tables."""
     from services.gateway.admin import create_tenant_with_key
-    from shared.launcher import embedded_dsn_if_running
+    from tailor_cli.launcher import embedded_dsn_if_running
     from shared.runtime import database_url
     from shared.settings import SettingsError
 
@@ -334,7 +334,7 @@ def _show_rejections(kind: str):
 
 
 async def _ingest(args) -> int:
-    from shared.importer import ingest_jsonl
+    from tailor_cli.importer import ingest_jsonl
 
     if args.batch_size < 1 or args.batch_size > 10_000:
         raise UsageError("--batch-size must be between 1 and 10000")
@@ -357,7 +357,7 @@ async def _ingest(args) -> int:
 
 def import_options(args):
     """The ImportOptions of `tailor import` arguments (the mapping from --mapping, then --map flags over it)."""
-    from shared.importer import ImportOptions, load_mapping_file, parse_map_flags
+    from tailor_cli.importer import ImportOptions, load_mapping_file, parse_map_flags
 
     columns: dict[str, str] = {}
     constants: dict[str, str] = {}
@@ -382,7 +382,7 @@ def import_options(args):
 
 
 async def _import(args) -> int:
-    from shared.importer import import_csv
+    from tailor_cli.importer import import_csv
 
     options = import_options(args)
     if not options.file.is_file():
@@ -472,7 +472,7 @@ def operator_key(args) -> str:
     key = getattr(args, "operator_key", "") or os.environ.get("TAILOR_OPERATOR_KEY", "").strip()
     if key:
         return key
-    from shared.launcher import tailor_home
+    from tailor_cli.launcher import tailor_home
 
     path = tailor_home() / "operator_key"
     return path.read_text().strip() if path.exists() else ""
@@ -610,7 +610,7 @@ async def _list_keys(args) -> None:
 
 
 def _up(args) -> int:
-    from shared.launcher import UpOptions, up
+    from tailor_cli.launcher import UpOptions, up
 
     return up(UpOptions(demo=not args.no_demo, ready_file=Path(args.ready_file) if args.ready_file else None))
 
@@ -662,7 +662,7 @@ async def _stats(args) -> None:
 
 
 def _down(args) -> int:
-    from shared.launcher import down
+    from tailor_cli.launcher import down
 
     return down(timeout=args.timeout)
 
@@ -670,7 +670,7 @@ def _down(args) -> int:
 async def _status(args) -> int:
     """Prints each process of the suite on TAILOR_HOME; exit 0 when all serve, 1 when one does not, 3 when no
     launcher runs."""
-    from shared.launcher import state_path, suite_status, tailor_home
+    from tailor_cli.launcher import state_path, suite_status, tailor_home
 
     launcher, rows = await suite_status()
     print(f"tailor up (pid {launcher}), home {tailor_home()}" if launcher else
@@ -695,7 +695,7 @@ async def _status_pipeline(args) -> None:
     from personalization.gateway.v1 import gateway_service_pb2 as gw
     from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 
-    from shared.launcher import read_state
+    from tailor_cli.launcher import read_state
 
     key = args.api_key or default_api_key()
     if not key:
@@ -924,8 +924,8 @@ def format_rpc_error(err: grpc.aio.AioRpcError) -> str:
 
 def run(argv: list[str] | None = None) -> int:
     """Runs one command and returns its exit code."""
-    from shared.demo import ConfigError
-    from shared.importer import ImportFailed, MappingError
+    from tailor_cli.demo import ConfigError
+    from tailor_cli.importer import ImportFailed, MappingError
 
     args = build_parser().parse_args(argv)
     try:

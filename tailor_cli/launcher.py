@@ -503,7 +503,7 @@ def _tool(name: str) -> str:
 
 def banner(suite: Suite, key: str, customer: str, demo_loaded: bool, ready_seconds: float) -> str:
     """What `tailor up` prints once ready: the processes, the demo key, then the README's quickstart commands."""
-    from shared import demo
+    from tailor_cli import demo
 
     gateway = suite.address("gateway")
     tailor = _tool("tailor")
@@ -777,7 +777,7 @@ async def _start(suite: Suite, options: UpOptions, started: float, state: dict) 
 
     await write_operator_key(dsn, tailor_home() / "operator_key")
 
-    from shared import demo
+    from tailor_cli import demo
 
     customer = ""
     # The demo is loaded once, when its tenant is created (the marker covers a start that stopped half-way), so a
@@ -795,7 +795,7 @@ async def _start(suite: Suite, options: UpOptions, started: float, state: dict) 
     elif options.demo:
         customer = demo.top_customer(demo.read_rows())
         _out("demo tenant found: its data and configuration, loaded when it was created, are left as they are "
-             "(`tailor apply -f shared/demo_config.yaml` applies the demo configuration again)")
+             "(`tailor apply -f tailor_cli/demo_config.yaml` applies the demo configuration again)")
     ready = time.perf_counter() - started
     _out(banner(suite, key, customer, options.demo, ready))
     state["ready"] = (key, ready, customer if options.demo else "")
