@@ -36,6 +36,10 @@ TUNE_K = 10
 # instead. With fewer than MIN_INDIVIDUALS even then, the config's own parameters are used without tuning.
 TIME_CUT_INDIVIDUALS = 200
 MIN_INDIVIDUALS = 20
+# A searched combination replaces the best known starting point only when it is this much better on validation:
+# smaller gains are within the noise of one validation cut, and chasing them overfits it (the more trials a
+# budget allows, the more likely one wins there by chance).
+SEARCH_MARGIN = 0.02
 
 
 @dataclass(frozen=True)
@@ -59,11 +63,21 @@ class Result:
     cutoff: float | None
     individuals: int
     trials: list[Trial] = field(default_factory=list)
+    starts: int = 0  # how many of the trials were known starting points (they come first)
 
     @property
     def best_trial(self) -> Trial | None:
-        done = [t for t in self.trials if not t.error]
-        return max(done, key=lambda t: (t.precision, t.ndcg, -t.number)) if done else None
+        """The best starting point, unless a searched trial beats it by more than SEARCH_MARGIN."""
+        def key(t: Trial):
+            return (t.precision, t.ndcg, -t.number)
+        known = [t for t in self.trials[:self.starts] if not t.error]
+        searched = [t for t in self.trials[self.starts:] if not t.error]
+        best_known = max(known, key=key) if known else None
+        best_searched = max(searched, key=key) if searched else None
+        if best_known is None or (best_searched is not None
+                                  and best_searched.precision > best_known.precision * (1 + SEARCH_MARGIN)):
+            return best_searched
+        return best_known
 
     def summary(self) -> dict:
         return {"metric": f"precision_at_{TUNE_K}", "validation": self.validation, "cutoff": self.cutoff,
@@ -215,6 +229,7 @@ def tune(config: Config, events: Events, budget_seconds: float, *, seed: int = 4
         if out_of_time():
             break
         run(p)
+    result.starts = len(result.trials)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     best_of: dict[str, float] = {}
     for t in result.trials:
