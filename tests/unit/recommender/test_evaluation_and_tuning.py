@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
-from services.recommender import learned
+from services.recommender import learned, tuning
 from services.recommender.config import CLICKS, LEARNED, PURCHASES, Config
 from services.recommender.domain import PRODUCT_VIEW, PURCHASE, Interaction
 from services.recommender.evaluation import LEAVE_LAST_OUT, TIME, Events, Split, split
@@ -166,3 +166,17 @@ def test_tuning_inside_a_time_split_validates_on_the_same_span_of_time_before_th
     assert validation_split(Split(TIME, 0.2, late), late, times) == Split(TIME, 0.2, None)
     # Other splits validate on the same kind of split of the training part.
     assert validation_split(Split(RANDOM, 0.2, None, 7), None, times) == Split(RANDOM, 0.2, None, 7)
+
+
+def test_the_regularization_ladder_tries_the_best_factored_start_at_every_inner_decade_of_its_range():
+    als = {"algorithm": "als", "weighting": "none", "factors": 100, "regularization": 0.01, "alpha": 1.0,
+           "iterations": 15}
+    trials = [tuning.Trial(0, {"algorithm": "item_knn", "weighting": "none", "neighbours": 50}, 0.09, 0.1, 0.1),
+              tuning.Trial(1, als, 0.05, 0.06, 0.1),
+              tuning.Trial(2, als | {"factors": 8}, 0.04, 0.05, 0.1),
+              tuning.Trial(3, als | {"regularization": 1.0}, 0.0, 0.0, 0.1, "over budget")]
+    ladder = tuning.regularization_ladder(trials)
+    # ALS's range is 1e-3..1e3: the inner decades 1e-2..1e2, without the best's own 0.01 and the tried 1.0.
+    assert [p["regularization"] for p in ladder] == [0.1, 10.0, 100.0]
+    assert all(p | {"regularization": 0.01} == als for p in ladder)
+    assert tuning.regularization_ladder(trials[:1]) == []
