@@ -1,293 +1,40 @@
-"""Proto <-> domain translation of the DecisionService; the rules live in service.py."""
+"""The DecisionService RPCs: each translates its request (translate.py), calls one use case, translates the answer."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from datetime import UTC, timedelta
 from typing import Any
 
-from google.protobuf import struct_pb2
 from personalization.decision.v1 import decision_service_pb2 as pb
 from personalization.decision.v1 import decision_service_pb2_grpc as pb_grpc
 
-from services.decision.domain import Decision, LogEntry, Point, Template, TemplateField
-from services.decision.experiments import MODELS, Assignment, Cohort, Experiment, Outcome
-from services.decision.schema import ProfileSchema
-from services.decision.service import MAX_LOG_ENTRIES, DecisionService
+from services.decision.postgres_privacy import PostgresPrivacy
+from services.decision.service import DecisionService
+from services.decision.translate import (
+    MODEL_ENUMS,
+    StructView,
+    assignment_to_proto,
+    decision_from_proto,
+    decision_to_proto,
+    duration_from_proto,
+    experiment_from_proto,
+    experiment_to_proto,
+    log_from_proto,
+    log_to_proto,
+    outcome_from_proto,
+    point_from_proto,
+    point_to_proto,
+    schema_from_proto,
+    schema_to_proto,
+    time_from_proto,
+)
+from services.decision.usecases.common import MAX_LOG_ENTRIES
 from services.decision.validation import validate_outcomes
 from shared import context as request_context
-from services.decision.postgres_privacy import PostgresPrivacy
 from shared import contract
 from shared.context import current_tenant
 from shared.privacy import document, validate_ids
 
-_POINT_TYPES = {pb.POINT_TYPE_MANUAL_CONTENT: "MANUAL_CONTENT", pb.POINT_TYPE_RECOMMENDATIONS: "RECOMMENDATIONS"}
-_POINT_TYPES_BACK = {v: k for k, v in _POINT_TYPES.items()}
-_FIELD_TYPES = {
-    pb.FIELD_TYPE_STRING: "STRING",
-    pb.FIELD_TYPE_NUMBER: "NUMBER",
-    pb.FIELD_TYPE_BOOL: "BOOL",
-    pb.FIELD_TYPE_STRING_LIST: "STRING_LIST",
-}
-_FIELD_TYPES_BACK = {v: k for k, v in _FIELD_TYPES.items()}
-_STATES = {pb.EXPERIMENT_STATE_DRAFT: "DRAFT", pb.EXPERIMENT_STATE_RUNNING: "RUNNING",
-           pb.EXPERIMENT_STATE_STOPPED: "STOPPED", pb.EXPERIMENT_STATE_ARCHIVED: "ARCHIVED"}
-_STATES_BACK = {v: k for k, v in _STATES.items()}
-_METRICS = {pb.METRIC_CLICK_THROUGH: "CLICK_THROUGH", pb.METRIC_CONVERSION: "CONVERSION",
-            pb.METRIC_REVENUE_PER_INDIVIDUAL: "REVENUE_PER_INDIVIDUAL"}
-_METRICS_BACK = {v: k for k, v in _METRICS.items()}
-_SELECTION = {pb.WINNER_SELECTION_UNSPECIFIED: "MANUAL", pb.WINNER_SELECTION_MANUAL: "MANUAL",
-              pb.WINNER_SELECTION_AUTOMATIC: "AUTOMATIC"}
-_SELECTION_BACK = {"MANUAL": pb.WINNER_SELECTION_MANUAL, "AUTOMATIC": pb.WINNER_SELECTION_AUTOMATIC}
-_OUTCOMES = {pb.OUTCOME_TYPE_CLICK: "CLICK", pb.OUTCOME_TYPE_PURCHASE: "PURCHASE"}
-_MODELS = {name: pb.AttributionModel.Value("ATTRIBUTION_MODEL_" + name) for name in MODELS}
-
-
-def value_to_py(value: struct_pb2.Value) -> Any:
-    """A google.protobuf.Value as a plain Python value (numbers are floats, as in JSON)."""
-    kind = value.WhichOneof("kind")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "number_value":
-        return value.number_value
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "struct_value":
-        return struct_to_dict(value.struct_value)
-    if kind == "list_value":
-        return [value_to_py(item) for item in value.list_value.values]
-    return None
-
-
-def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A google.protobuf.Struct as a plain dict."""
-    return {key: value_to_py(value) for key, value in struct.fields.items()}
-
-
-class StructView(Mapping):
-    """A read-only dict view of a Struct that converts each top-level key once, on first read.
-
-    Qualify hands rules only the keys they read, so a profile's 200 events are never converted for a
-    rule that looks only at segments.
-    """
-
-    def __init__(self, struct: struct_pb2.Struct):
-        self._fields = struct.fields
-        self._converted: dict[str, Any] = {}
-
-    def __getitem__(self, key: str) -> Any:
-        try:
-            return self._converted[key]
-        except KeyError:
-            if key not in self._fields:
-                raise
-            value = self._converted[key] = value_to_py(self._fields[key])
-            return value
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._fields
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._fields)
-
-    def __len__(self) -> int:
-        return len(self._fields)
-
-
-def point_from_proto(message: pb.Point) -> Point:
-    return Point(
-        point_id=message.point_id,
-        name=message.name,
-        description=message.description,
-        type=_POINT_TYPES.get(message.type, "UNSPECIFIED"),
-        template=Template(
-            fields=tuple(
-                TemplateField(f.name, _FIELD_TYPES.get(f.type, "UNSPECIFIED"), f.required)
-                for f in message.template.fields
-            ),
-            item_attributes=tuple(message.template.item_attributes),
-        ),
-        consent_purpose=message.consent_purpose,
-        requires_authentication=message.requires_authentication,
-    )
-
-
-def point_to_proto(point: Point) -> pb.Point:
-    return pb.Point(
-        point_id=point.point_id,
-        name=point.name,
-        description=point.description,
-        type=_POINT_TYPES_BACK[point.type],
-        archived=point.archived,
-        consent_purpose=point.consent_purpose,
-        requires_authentication=point.requires_authentication,
-        template=pb.ResponseTemplate(
-            fields=[
-                pb.TemplateField(name=f.name, type=_FIELD_TYPES_BACK[f.type], required=f.required)
-                for f in point.template.fields
-            ],
-            item_attributes=point.template.item_attributes,
-        ),
-    )
-
-
-def decision_from_proto(message: pb.Decision) -> Decision:
-    payload = message.WhichOneof("payload")
-    return Decision(
-        decision_id=message.decision_id,
-        point_name=message.point_name,
-        name=message.name,
-        priority=message.priority,
-        rule=message.rule,
-        fallback=message.fallback,
-        content=struct_to_dict(message.content) if payload == "content" else None,
-        recommender=message.recommendations.recommender if payload == "recommendations" else "",
-        count=message.recommendations.count if payload == "recommendations" else 0,
-        consent_purpose=message.consent_purpose,
-    )
-
-
-def decision_to_proto(decision: Decision) -> pb.Decision:
-    message = pb.Decision(
-        decision_id=decision.decision_id,
-        point_name=decision.point_name,
-        name=decision.name,
-        priority=decision.priority,
-        rule=decision.rule,
-        fallback=decision.fallback,
-        archived=decision.archived,
-        consent_purpose=decision.consent_purpose,
-    )
-    if decision.content is not None:
-        message.content.update(decision.content)
-        if not decision.content:
-            message.content.SetInParent()
-    else:
-        message.recommendations.recommender = decision.recommender
-        message.recommendations.count = decision.count
-    return message
-
-
-def log_from_proto(message: pb.DecisionLogEntry) -> LogEntry:
-    return LogEntry(
-        personalization_id=message.personalization_id,
-        request_id=message.request_id,
-        point_id=message.point_id,
-        point_name=message.point_name,
-        decision_id=message.decision_id,
-        unified_individual_id=message.unified_individual_id,
-        channel=message.channel,
-        correlation_id=message.correlation_id,
-        anchor_id=message.anchor_id,
-        served=struct_to_dict(message.served),
-        stage_ms=dict(message.stage_ms),
-        log_time=message.log_time.ToDatetime(tzinfo=UTC) if message.HasField("log_time") else None,
-        experiment_id=message.experiment_id,
-        cohort_id=message.cohort_id,
-        batch_job_id=message.batch_job_id,
-        served_item_ids=tuple(message.item_ids),
-    )
-
-
-def log_to_proto(entry: LogEntry) -> pb.DecisionLogEntry:
-    message = pb.DecisionLogEntry(
-        personalization_id=entry.personalization_id,
-        request_id=entry.request_id,
-        point_id=entry.point_id,
-        point_name=entry.point_name,
-        decision_id=entry.decision_id,
-        unified_individual_id=entry.unified_individual_id,
-        channel=entry.channel,
-        correlation_id=entry.correlation_id,
-        anchor_id=entry.anchor_id,
-        stage_ms=entry.stage_ms,
-        experiment_id=entry.experiment_id,
-        cohort_id=entry.cohort_id,
-        exposure_conflict=entry.exposure_conflict,
-        batch_job_id=entry.batch_job_id,
-        item_ids=entry.item_ids,
-    )
-    message.served.update(entry.served)
-    if entry.log_time is not None:
-        message.log_time.FromDatetime(entry.log_time)
-    return message
-
-
-def _duration(d) -> timedelta:
-    return timedelta(seconds=d.seconds, microseconds=d.nanos // 1000)
-
-
-def _time(ts):
-    return ts.ToDatetime(tzinfo=UTC)
-
-
-def schema_from_proto(m: pb.ProfileSchema) -> ProfileSchema:
-    return ProfileSchema(
-        attributes=tuple((f.name, _FIELD_TYPES.get(f.type, "UNSPECIFIED")) for f in m.attributes),
-        insights=tuple(m.insights), segments=tuple(m.segments), affinities=tuple(m.affinities),
-        consents=tuple(m.consents),
-        context_attributes=tuple((f.name, _FIELD_TYPES.get(f.type, "UNSPECIFIED")) for f in m.context_attributes),
-    )
-
-
-def schema_to_proto(schema: ProfileSchema) -> pb.ProfileSchema:
-    return pb.ProfileSchema(
-        attributes=[pb.SchemaField(name=n, type=_FIELD_TYPES_BACK[t]) for n, t in schema.attributes],
-        insights=schema.insights, segments=schema.segments, affinities=schema.affinities, consents=schema.consents,
-        context_attributes=[pb.SchemaField(name=n, type=_FIELD_TYPES_BACK[t])
-                            for n, t in schema.context_attributes],
-    )
-
-
-def experiment_from_proto(m: pb.Experiment) -> Experiment:
-    return Experiment(
-        experiment_id="", name=m.name, point_name=m.point_name,
-        cohorts=tuple(Cohort(c.cohort_id, c.weight_bps, c.control, c.decision_id, c.fall_through) for c in m.cohorts),
-        targeting_rule=m.targeting_rule, primary_metric=_METRICS.get(m.primary_metric, "UNSPECIFIED"),
-        secondary_metrics=tuple(_METRICS.get(x, "UNSPECIFIED") for x in m.secondary_metrics),
-        min_participants=m.min_participants, min_duration=_duration(m.min_duration),
-        max_duration=_duration(m.max_duration), chance_to_win_threshold=m.chance_to_win_threshold,
-        winner_selection=_SELECTION.get(m.winner_selection, "UNSPECIFIED"), seed=m.seed,
-        attribution_window=_duration(m.attribution_window),
-    )
-
-
-def experiment_to_proto(e: Experiment) -> pb.Experiment:
-    m = pb.Experiment(
-        experiment_id=e.experiment_id, name=e.name, point_name=e.point_name, state=_STATES_BACK[e.state],
-        cohorts=[pb.Cohort(cohort_id=c.cohort_id, weight_bps=c.weight_bps, control=c.control,
-                           decision_id=c.decision_id, fall_through=c.fall_through) for c in e.cohorts],
-        targeting_rule=e.targeting_rule, primary_metric=_METRICS_BACK[e.primary_metric],
-        secondary_metrics=[_METRICS_BACK[x] for x in e.secondary_metrics], min_participants=e.min_participants,
-        chance_to_win_threshold=e.chance_to_win_threshold, winner_selection=_SELECTION_BACK[e.winner_selection],
-        seed=e.seed, winner_cohort_id=e.winner_cohort_id,
-    )
-    m.min_duration.FromTimedelta(e.min_duration)
-    m.max_duration.FromTimedelta(e.max_duration)
-    m.attribution_window.FromTimedelta(e.attribution_window)
-    if e.start_time is not None:
-        m.start_time.FromDatetime(e.start_time)
-    if e.stop_time is not None:
-        m.stop_time.FromDatetime(e.stop_time)
-    return m
-
-
-def assignment_to_proto(a: Assignment) -> pb.ExperimentAssignment:
-    c = a.cohort
-    return pb.ExperimentAssignment(
-        experiment_id=a.experiment.experiment_id, experiment_name=a.experiment.name,
-        point_name=a.experiment.point_name, cohort_id=c.cohort_id if c else "", control=bool(c and c.control),
-        fall_through=bool(c and c.fall_through), decision_id=c.decision_id if c else "", bucket=a.bucket,
-        in_experiment=a.in_experiment,
-    )
-
-
-def outcome_from_proto(m: pb.Outcome) -> Outcome:
-    return Outcome(
-        outcome_id=m.outcome_id, unified_individual_id=m.unified_individual_id,
-        type=_OUTCOMES.get(m.type, "UNSPECIFIED"), time=_time(m.time) if m.HasField("time") else None,
-        item_ids=tuple(m.item_ids), revenue=m.revenue, personalization_id=m.personalization_id,
-    )
+__all__ = ["DecisionServicer", "StructView", "outcome_from_proto"]
 
 
 class _ProtoMemo:
@@ -319,26 +66,26 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self._decision_proto = _ProtoMemo(decision_to_proto)
 
     async def UpsertPoint(self, request: pb.UpsertPointRequest, context) -> pb.UpsertPointResponse:
-        stored = await self.service.upsert_point(current_tenant(), point_from_proto(request.point))
+        stored = await self.service.points.upsert(current_tenant(), point_from_proto(request.point))
         return pb.UpsertPointResponse(point=point_to_proto(stored))
 
     async def ListPoints(self, request: pb.ListPointsRequest, context) -> pb.ListPointsResponse:
-        points, token = await self.service.list_points(
+        points, token = await self.service.points.page(
             current_tenant(), request.page_size, request.page_token, request.include_archived)
         return pb.ListPointsResponse(points=[point_to_proto(p) for p in points], next_page_token=token)
 
     async def UpsertDecision(self, request: pb.UpsertDecisionRequest, context) -> pb.UpsertDecisionResponse:
-        stored = await self.service.upsert_decision(current_tenant(), decision_from_proto(request.decision))
+        stored = await self.service.decisions.upsert(current_tenant(), decision_from_proto(request.decision))
         return pb.UpsertDecisionResponse(decision=decision_to_proto(stored))
 
     async def ListDecisions(self, request: pb.ListDecisionsRequest, context) -> pb.ListDecisionsResponse:
-        decisions, token = await self.service.list_decisions(
+        decisions, token = await self.service.decisions.page(
             current_tenant(), request.point_name, request.page_size, request.page_token, request.include_archived
         )
         return pb.ListDecisionsResponse(decisions=[decision_to_proto(d) for d in decisions], next_page_token=token)
 
     async def Qualify(self, request: pb.QualifyRequest, context) -> pb.QualifyResponse:
-        qualifications = await self.service.qualify(
+        qualifications = await self.service.qualifier.one(
             current_tenant(),
             [(p.name, p.decision_id) for p in request.points],
             StructView(request.profile),
@@ -364,7 +111,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     async def QualifyBatch(self, request: pb.QualifyBatchRequest, context) -> pb.QualifyBatchResponse:
         individuals = request.individuals
-        points, rows = await self.service.qualify_batch(
+        points, rows = await self.service.qualifier.batch(
             current_tenant(),
             list(request.points),
             StructView(request.context),
@@ -397,20 +144,20 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         return response
 
     async def LogDecisions(self, request: pb.LogDecisionsRequest, context) -> pb.LogDecisionsResponse:
-        logged = await self.service.log_decisions(current_tenant(), [log_from_proto(e) for e in request.entries])
+        logged = await self.service.log.append(current_tenant(), [log_from_proto(e) for e in request.entries])
         return pb.LogDecisionsResponse(logged_count=logged)
 
     async def ListDecisionLog(self, request: pb.ListDecisionLogRequest, context) -> pb.ListDecisionLogResponse:
-        entries, token = await self.service.list_log(
+        entries, token = await self.service.log.page(
             current_tenant(), request.unified_individual_id, request.page_size, request.page_token
         )
         return pb.ListDecisionLogResponse(entries=[log_to_proto(e) for e in entries], next_page_token=token)
 
     async def GetDecisionLogStats(self, request: pb.GetDecisionLogStatsRequest, context
                                   ) -> pb.GetDecisionLogStatsResponse:
-        start = _time(request.start_time) if request.HasField("start_time") else None
-        end = _time(request.end_time) if request.HasField("end_time") else None
-        stats = await self.service.log_stats(current_tenant(), start, end)
+        start = time_from_proto(request.start_time) if request.HasField("start_time") else None
+        end = time_from_proto(request.end_time) if request.HasField("end_time") else None
+        stats = await self.service.log.stats(current_tenant(), start, end)
         reply = pb.GetDecisionLogStatsResponse()
         for s in stats:
             if s.point_name is None:
@@ -420,46 +167,46 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         return reply
 
     async def ArchivePoint(self, request: pb.ArchivePointRequest, context) -> pb.ArchivePointResponse:
-        point = await self.service.archive_point(current_tenant(), request.name)
+        point = await self.service.points.archive(current_tenant(), request.name)
         return pb.ArchivePointResponse(point=point_to_proto(point))
 
     async def ArchiveDecision(self, request: pb.ArchiveDecisionRequest, context) -> pb.ArchiveDecisionResponse:
-        decision = await self.service.archive_decision(current_tenant(), request.decision_id)
+        decision = await self.service.decisions.archive(current_tenant(), request.decision_id)
         return pb.ArchiveDecisionResponse(decision=decision_to_proto(decision))
 
     async def DeclareProfileSchema(self, request, context) -> pb.DeclareProfileSchemaResponse:
-        stored = await self.service.declare_schema(current_tenant(), schema_from_proto(request.schema))
+        stored = await self.service.schemas.declare(current_tenant(), schema_from_proto(request.schema))
         return pb.DeclareProfileSchemaResponse(schema=schema_to_proto(stored))
 
     async def GetProfileSchema(self, request, context) -> pb.GetProfileSchemaResponse:
-        schema = await self.service.get_schema(current_tenant())
+        schema = await self.service.schemas.get(current_tenant())
         if schema is None:
             return pb.GetProfileSchemaResponse(declared=False)
         return pb.GetProfileSchemaResponse(schema=schema_to_proto(schema), declared=True)
 
     async def UpsertExperiment(self, request, context) -> pb.UpsertExperimentResponse:
-        stored = await self.service.upsert_experiment(current_tenant(), experiment_from_proto(request.experiment))
+        stored = await self.service.experiments.upsert(current_tenant(), experiment_from_proto(request.experiment))
         return pb.UpsertExperimentResponse(experiment=experiment_to_proto(stored))
 
     async def ListExperiments(self, request, context) -> pb.ListExperimentsResponse:
-        rows, token = await self.service.list_experiments(
+        rows, token = await self.service.experiments.page(
             current_tenant(), request.point_name, request.page_size, request.page_token, request.include_archived)
         return pb.ListExperimentsResponse(experiments=[experiment_to_proto(e) for e in rows], next_page_token=token)
 
     async def StartExperiment(self, request, context) -> pb.StartExperimentResponse:
-        e = await self.service.start_experiment(current_tenant(), request.name)
+        e = await self.service.experiments.start(current_tenant(), request.name)
         return pb.StartExperimentResponse(experiment=experiment_to_proto(e))
 
     async def StopExperiment(self, request, context) -> pb.StopExperimentResponse:
-        e = await self.service.stop_experiment(current_tenant(), request.name, request.winner_cohort_id)
+        e = await self.service.experiments.stop(current_tenant(), request.name, request.winner_cohort_id)
         return pb.StopExperimentResponse(experiment=experiment_to_proto(e))
 
     async def ArchiveExperiment(self, request, context) -> pb.ArchiveExperimentResponse:
-        e = await self.service.archive_experiment(current_tenant(), request.name)
+        e = await self.service.experiments.archive(current_tenant(), request.name)
         return pb.ArchiveExperimentResponse(experiment=experiment_to_proto(e))
 
     async def AssignExperiments(self, request, context) -> pb.AssignExperimentsResponse:
-        assignments = await self.service.assign_experiments(
+        assignments = await self.service.assignments.assign(
             current_tenant(), request.unified_individual_id, list(request.point_names), StructView(request.profile),
             StructView(request.context), request.record_exposure, request.channel,
             request_context.request_id_var.get(),
@@ -467,7 +214,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         return pb.AssignExperimentsResponse(assignments=[assignment_to_proto(a) for a in assignments])
 
     async def ReassignIndividual(self, request, context) -> pb.ReassignIndividualResponse:
-        conflicting = await self.service.reassign_individual(
+        conflicting = await self.service.assignments.reassign(
             current_tenant(), list(request.from_unified_individual_ids), request.to_unified_individual_id)
         return pb.ReassignIndividualResponse(conflicting_experiment_ids=conflicting)
 
@@ -476,12 +223,12 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         if problems:
             contract.raise_merged(problems, lambda: validate_outcomes(
                 [outcome_from_proto(o) for o in request.outcomes], MAX_LOG_ENTRIES))
-        recorded = await self.service.record_outcomes(
+        recorded = await self.service.outcomes.record(
             current_tenant(), [outcome_from_proto(o) for o in request.outcomes])
         return pb.RecordOutcomesResponse(recorded_count=recorded)
 
     async def GetExperimentResults(self, request, context) -> pb.GetExperimentResultsResponse:
-        e, results = await self.service.experiment_results(current_tenant(), request.name)
+        e, results = await self.service.results.compute(current_tenant(), request.name)
         return pb.GetExperimentResultsResponse(
             experiment=experiment_to_proto(e),
             cohorts=[pb.CohortResult(
@@ -494,14 +241,14 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         )
 
     async def GetAttribution(self, request, context) -> pb.GetAttributionResponse:
-        credit = await self.service.attribution(
+        credit = await self.service.attribution.credit(
             current_tenant(),
-            _time(request.start_time) if request.HasField("start_time") else None,
-            _time(request.end_time) if request.HasField("end_time") else None,
-            _duration(request.window), request.point_name,
+            time_from_proto(request.start_time) if request.HasField("start_time") else None,
+            time_from_proto(request.end_time) if request.HasField("end_time") else None,
+            duration_from_proto(request.window), request.point_name,
         )
         return pb.GetAttributionResponse(rows=[
-            pb.AttributionRow(model=_MODELS[model], point_name=point, decision_id=decision, item_id=item,
+            pb.AttributionRow(model=MODEL_ENUMS[model], point_name=point, decision_id=decision, item_id=item,
                               conversions=c.conversions, clicks=c.clicks, revenue=c.revenue)
             for (model, point, decision, item), c in sorted(credit.items())
         ])

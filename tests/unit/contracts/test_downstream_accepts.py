@@ -119,7 +119,7 @@ def _accepted_by_every_service(event: common_pb2.Event) -> None:
         outcomes = decision_pb.RecordOutcomesRequest(outcomes=[outcome])
         contract.check(outcomes)
         service = DecisionService(FakeRepository(), cache_seconds=0.0)
-        assert asyncio.run(service.record_outcomes("t", [outcome_from_proto(o) for o in outcomes.outcomes])) == 1
+        assert asyncio.run(service.outcomes.record("t", [outcome_from_proto(o) for o in outcomes.outcomes])) == 1
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

@@ -46,22 +46,22 @@ async def world():
     service = DecisionService(repo, cache_seconds=60.0, now=lambda: T0)
     ids = {}
     for point in ("home_banner", "footer"):
-        await service.upsert_point(T, Point("", point, "", "MANUAL_CONTENT", TEMPLATE))
+        await service.points.upsert(T, Point("", point, "", "MANUAL_CONTENT", TEMPLATE))
         for name, priority, rule in RULES + (("normal", 0, ""),):
-            d = await service.upsert_decision(T, Decision("", point, name, priority, rule, fallback=name == "normal",
+            d = await service.decisions.upsert(T, Decision("", point, name, priority, rule, fallback=name == "normal",
                                                           content={"headline": name}))
             ids[(point, name)] = d.decision_id
     for name in ("variant_a", "variant_b"):
-        d = await service.upsert_decision(T, Decision("", "home_banner", name, -5, "false", content={"headline": name}))
+        d = await service.decisions.upsert(T, Decision("", "home_banner", name, -5, "false", content={"headline": name}))
         ids[("home_banner", name)] = d.decision_id
-    await service.upsert_experiment(T, Experiment(
+    await service.experiments.upsert(T, Experiment(
         experiment_id="", name="banner_test", point_name="home_banner", targeting_rule='!("new" in profile.segments)',
         cohorts=(Cohort("control", 4000, control=True, fall_through=True),
                  Cohort("a", 3000, decision_id=ids[("home_banner", "variant_a")]),
                  Cohort("b", 2000, decision_id=ids[("home_banner", "variant_b")])),
         min_participants=300, chance_to_win_threshold=95.0,
     ))
-    await service.start_experiment(T, "banner_test")
+    await service.experiments.start(T, "banner_test")
     return service, repo
 
 
@@ -70,11 +70,11 @@ async def test_batch_gives_every_individual_exactly_what_qualify_gives_them(worl
     rng = random.Random(7)
     individuals = [(f"ind_{i}", generated_profile(rng)) for i in range(300)]
     context = {"channel": "email"}
-    points, rows = await service.qualify_batch(T, ["home_banner", "footer"], context, individuals)
+    points, rows = await service.qualifier.batch(T, ["home_banner", "footer"], context, individuals)
     assert [p.name for p in points] == ["home_banner", "footer"]
     assert len(rows) == len(individuals)
     for (uid, profile), row in zip(individuals, rows):
-        assert row == await service.qualify(T, [("home_banner", ""), ("footer", "")], profile, context, uid)
+        assert row == await service.qualifier.one(T, [("home_banner", ""), ("footer", "")], profile, context, uid)
     # The comparison covers every path: cohorts, untargeted, fall-through, matches, failing rules, fallback.
     served = {q.decision.name for row in rows for q in row}
     assert {"variant_a", "variant_b", "big_vip", "gold_email", "normal"} <= served
@@ -84,15 +84,15 @@ async def test_batch_gives_every_individual_exactly_what_qualify_gives_them(worl
 
 async def test_a_warm_batch_costs_no_query(world):
     service, repo = world
-    await service.qualify_batch(T, ["home_banner", "footer"], {}, [("ind_0", {})])
+    await service.qualifier.batch(T, ["home_banner", "footer"], {}, [("ind_0", {})])
     before = repo.queries
-    await service.qualify_batch(T, ["home_banner", "footer"], {}, [(f"ind_{i}", {}) for i in range(1000)])
+    await service.qualifier.batch(T, ["home_banner", "footer"], {}, [(f"ind_{i}", {}) for i in range(1000)])
     assert repo.queries == before
 
 
 async def test_fallback_only_serves_everyone_the_fallback_without_evaluating_anything(world):
     service, _ = world
-    _, rows = await service.qualify_batch(T, ["home_banner"], {"channel": "email"},
+    _, rows = await service.qualifier.batch(T, ["home_banner"], {"channel": "email"},
                                           [("ind_1", {"segments": ["vip"]}), ("ind_2", {})], fallback_only=True)
     assert [[(q.decision.name, q.evaluations, q.assignment) for q in row] for row in rows] == \
         [[("normal", [], None)], [("normal", [], None)]]
@@ -101,20 +101,20 @@ async def test_fallback_only_serves_everyone_the_fallback_without_evaluating_any
 async def test_bad_batch_input_gets_one_violation_per_field_and_nothing_is_qualified(world):
     service, _ = world
     with pytest.raises(InvalidArgument) as info:
-        await service.qualify_batch(T, ["home_banner", ""], {}, [("ind_1", {}), ("", {})])
+        await service.qualifier.batch(T, ["home_banner", ""], {}, [("ind_1", {}), ("", {})])
     assert [path for path, _ in info.value.violations] == ["points[1]", "individuals[1].unified_individual_id"]
     with pytest.raises(InvalidArgument) as info:
-        await service.qualify_batch(T, [], {}, [])
+        await service.qualifier.batch(T, [], {}, [])
     assert [path for path, _ in info.value.violations] == ["points", "individuals"]
     with pytest.raises(InvalidArgument) as info:
-        await service.qualify_batch(T, ["home_banner"], {}, [(f"ind_{i}", {}) for i in range(1001)])
+        await service.qualifier.batch(T, ["home_banner"], {}, [(f"ind_{i}", {}) for i in range(1001)])
     assert [path for path, _ in info.value.violations] == ["individuals"]
 
 
 async def test_an_unknown_point_in_a_batch_is_not_found_with_its_position(world):
     service, _ = world
     with pytest.raises(NotFound) as info:
-        await service.qualify_batch(T, ["home_banner", "nowhere"], {}, [("ind_1", {})])
+        await service.qualifier.batch(T, ["home_banner", "nowhere"], {}, [("ind_1", {})])
     assert info.value.reason == "POINT_NOT_FOUND" and "points[1]" in str(info.value)
 
 

@@ -35,12 +35,12 @@ async def world():
     repo = FakeRepository()
     now = Now()
     service = DecisionService(repo, cache_seconds=60.0, now=now)
-    await service.upsert_point(T, BANNER)
+    await service.points.upsert(T, BANNER)
     ids = {}
     for name, priority, rule, fallback in (("vip", 10, '"vip" in profile.segments', False),
                                            ("normal", 0, "", True), ("variant_a", -1, "false", False),
                                            ("variant_b", -2, "false", False)):
-        d = await service.upsert_decision(T, Decision("", "home_banner", name, priority, rule, fallback,
+        d = await service.decisions.upsert(T, Decision("", "home_banner", name, priority, rule, fallback,
                                                       content={"headline": name}))
         ids[name] = d.decision_id
     return service, repo, now, ids
@@ -61,7 +61,7 @@ async def test_weights_above_ten_thousand_basis_points_are_refused_and_nothing_i
     bad = experiment(ids, cohorts=(Cohort("a", 6000, decision_id=ids["variant_a"]),
                                    Cohort("b", 5000, decision_id=ids["variant_b"])))
     with pytest.raises(InvalidArgument) as err:
-        await service.upsert_experiment(T, bad)
+        await service.experiments.upsert(T, bad)
     assert any(path == "experiment.cohorts" and "11000" in msg for path, msg in err.value.violations)
     assert not repo.experiments
 
@@ -71,7 +71,7 @@ async def test_bad_experiment_fields_each_get_a_violation(world):
     bad = experiment(ids, min_participants=10, chance_to_win_threshold=50.0, primary_metric="UNSPECIFIED",
                      cohorts=(Cohort("a", 5000, decision_id="dec_missing"), Cohort("b", 5000, fall_through=True)))
     with pytest.raises(InvalidArgument) as err:
-        await service.upsert_experiment(T, bad)
+        await service.experiments.upsert(T, bad)
     paths = {p for p, _ in err.value.violations}
     assert {"experiment.min_participants", "experiment.chance_to_win_threshold", "experiment.primary_metric",
             "experiment.cohorts[0].decision_id", "experiment.cohorts[1].fall_through"} <= paths
@@ -79,29 +79,29 @@ async def test_bad_experiment_fields_each_get_a_violation(world):
 
 async def test_lifecycle_goes_draft_running_stopped_archived(world):
     service, _, _, ids = world
-    e = await service.upsert_experiment(T, experiment(ids))
+    e = await service.experiments.upsert(T, experiment(ids))
     assert e.state == "DRAFT" and e.experiment_id.startswith("exp_")
-    assert (await service.start_experiment(T, "banner_test")).state == "RUNNING"
+    assert (await service.experiments.start(T, "banner_test")).state == "RUNNING"
     with pytest.raises(FailedPrecondition) as err:
-        await service.upsert_experiment(T, experiment(ids))
+        await service.experiments.upsert(T, experiment(ids))
     assert err.value.reason == "EXPERIMENT_NOT_DRAFT"
     with pytest.raises(FailedPrecondition):
-        await service.archive_experiment(T, "banner_test")
-    stopped = await service.stop_experiment(T, "banner_test", "b")
+        await service.experiments.archive(T, "banner_test")
+    stopped = await service.experiments.stop(T, "banner_test", "b")
     assert stopped.state == "STOPPED" and stopped.winner_cohort_id == "b"
-    assert (await service.archive_experiment(T, "banner_test")).state == "ARCHIVED"
+    assert (await service.experiments.archive(T, "banner_test")).state == "ARCHIVED"
     with pytest.raises(FailedPrecondition) as err:
-        await service.start_experiment(T, "banner_test")
+        await service.experiments.start(T, "banner_test")
     assert err.value.reason == "EXPERIMENT_WRONG_STATE"
 
 
 async def test_a_second_running_experiment_on_a_point_is_refused(world):
     service, _, _, ids = world
-    await service.upsert_experiment(T, experiment(ids))
-    await service.upsert_experiment(T, experiment(ids, name="other_test"))
-    await service.start_experiment(T, "banner_test")
+    await service.experiments.upsert(T, experiment(ids))
+    await service.experiments.upsert(T, experiment(ids, name="other_test"))
+    await service.experiments.start(T, "banner_test")
     with pytest.raises(FailedPrecondition) as err:
-        await service.start_experiment(T, "other_test")
+        await service.experiments.start(T, "other_test")
     assert err.value.reason == "EXPERIMENT_ALREADY_RUNNING"
     assert (await service.repo.get_experiment(T, "other_test")).state == "DRAFT"
 
@@ -109,18 +109,18 @@ async def test_a_second_running_experiment_on_a_point_is_refused(world):
 async def test_unknown_experiment_is_not_found(world):
     service, *_ = world
     with pytest.raises(NotFound) as err:
-        await service.start_experiment(T, "nope")
+        await service.experiments.start(T, "nope")
     assert err.value.reason == "EXPERIMENT_NOT_FOUND"
 
 
 async def test_experiment_is_evaluated_before_decisions_and_control_falls_through(world):
     service, _, _, ids = world
-    await service.upsert_experiment(T, experiment(ids))
-    await service.start_experiment(T, "banner_test")
+    await service.experiments.upsert(T, experiment(ids))
+    await service.experiments.start(T, "banner_test")
     served = {}
     for i in range(300):
         uid = f"ind_{i}"
-        [q] = await service.qualify(T, [("home_banner", "")], {"segments": ["vip"]}, {}, uid)
+        [q] = await service.qualifier.one(T, [("home_banner", "")], {"segments": ["vip"]}, {}, uid)
         served[uid] = (q.assignment.cohort.cohort_id, q.decision.name)
     # Variants override the vip decision; the control falls through to it.
     assert {d for c, d in served.values() if c == "control"} == {"vip"}
@@ -129,58 +129,58 @@ async def test_experiment_is_evaluated_before_decisions_and_control_falls_throug
     # Assignment is GrowthBook's: hash v2 with the experiment name as seed, into the bps ranges.
     e = (await service.repo.running_experiments(T, None))["home_banner"]
     assert all(exp.hashed_cohort(e, uid) == cohort for uid, (cohort, _) in served.items())
-    [again] = await service.qualify(T, [("home_banner", "")], {}, {}, "ind_7")
+    [again] = await service.qualifier.one(T, [("home_banner", "")], {}, {}, "ind_7")
     assert again.assignment.cohort.cohort_id == served["ind_7"][0]  # sticky
 
 
 async def test_without_an_individual_or_outside_the_traffic_nobody_is_assigned(world):
     service, _, _, ids = world
-    await service.upsert_experiment(T, experiment(ids, cohorts=(
+    await service.experiments.upsert(T, experiment(ids, cohorts=(
         Cohort("a", 100, decision_id=ids["variant_a"]), Cohort("b", 100, decision_id=ids["variant_b"]))))
-    await service.start_experiment(T, "banner_test")
-    [q] = await service.qualify(T, [("home_banner", "")], {}, {})
+    await service.experiments.start(T, "banner_test")
+    [q] = await service.qualifier.one(T, [("home_banner", "")], {}, {})
     assert q.assignment is None and q.decision.name == "normal"
-    outside = [(await service.qualify(T, [("home_banner", "")], {}, {}, f"u{i}"))[0] for i in range(50)]
+    outside = [(await service.qualifier.one(T, [("home_banner", "")], {}, {}, f"u{i}"))[0] for i in range(50)]
     assert any(not q.assignment.in_experiment and q.decision.name == "normal" for q in outside)
 
 
 async def test_targeting_keeps_untargeted_individuals_out(world):
     service, _, _, ids = world
-    await service.upsert_experiment(T, experiment(ids, targeting_rule='context.channel == "web"'))
-    await service.start_experiment(T, "banner_test")
-    [q] = await service.qualify(T, [("home_banner", "")], {}, {"channel": "email"}, "ind_1")
+    await service.experiments.upsert(T, experiment(ids, targeting_rule='context.channel == "web"'))
+    await service.experiments.start(T, "banner_test")
+    [q] = await service.qualifier.one(T, [("home_banner", "")], {}, {"channel": "email"}, "ind_1")
     assert not q.assignment.targeted and not q.assignment.in_experiment and q.decision.name == "normal"
-    [q] = await service.qualify(T, [("home_banner", "")], {}, {"channel": "web"}, "ind_1")
+    [q] = await service.qualifier.one(T, [("home_banner", "")], {}, {"channel": "web"}, "ind_1")
     assert q.assignment.targeted
 
 
 async def test_qualify_with_a_running_experiment_costs_no_query_on_a_warm_cache(world):
     service, repo, _, ids = world
-    await service.upsert_experiment(T, experiment(ids))
-    await service.start_experiment(T, "banner_test")
-    await service.qualify(T, [("home_banner", "")], {}, {}, "ind_1")
+    await service.experiments.upsert(T, experiment(ids))
+    await service.experiments.start(T, "banner_test")
+    await service.qualifier.one(T, [("home_banner", "")], {}, {}, "ind_1")
     before = repo.queries
     for i in range(20):
-        await service.qualify(T, [("home_banner", "")], {}, {}, f"ind_{i}")
+        await service.qualifier.one(T, [("home_banner", "")], {}, {}, f"ind_{i}")
     assert repo.queries == before
 
 
 async def test_assign_experiments_lists_every_running_experiment_and_can_record_exposures(world):
     service, repo, _, ids = world
-    await service.upsert_experiment(T, experiment(ids))
-    await service.start_experiment(T, "banner_test")
-    [a] = await service.assign_experiments(T, "ind_3", [], {}, {}, record=True, channel="app")
+    await service.experiments.upsert(T, experiment(ids))
+    await service.experiments.start(T, "banner_test")
+    [a] = await service.assignments.assign(T, "ind_3", [], {}, {}, record=True, channel="app")
     assert a.experiment.name == "banner_test" and a.in_experiment
     [row] = repo.log.values()
     assert (row.experiment_id, row.cohort_id, row.channel) == (a.experiment.experiment_id, a.cohort.cohort_id, "app")
     with pytest.raises(InvalidArgument):
-        await service.assign_experiments(T, "", [], {}, {})
+        await service.assignments.assign(T, "", [], {}, {})
 
 
 async def test_a_merge_keeps_the_survivors_cohort_flags_later_exposures_and_results_exclude_them(world):
     service, repo, _, ids = world
-    e = await service.upsert_experiment(T, experiment(ids, winner_selection="MANUAL"))
-    await service.start_experiment(T, "banner_test")
+    e = await service.experiments.upsert(T, experiment(ids, winner_selection="MANUAL"))
+    await service.experiments.start(T, "banner_test")
     e = (await service.repo.running_experiments(T, None))["home_banner"]
     people = [f"p{i}" for i in range(40)]
     cohort = {p: exp.hashed_cohort(e, p) for p in people}
@@ -188,15 +188,15 @@ async def test_a_merge_keeps_the_survivors_cohort_flags_later_exposures_and_resu
     survivor = next(p for p in people if cohort[p] == "b")
     same = next(p for p in people if cohort[p] == "b" and p != survivor)
     for p in (alias, survivor, same):
-        await service.log_decisions(T, [LogEntry(f"pz_{p}", "home_banner", unified_individual_id=p,
+        await service.log.append(T, [LogEntry(f"pz_{p}", "home_banner", unified_individual_id=p,
                                                  experiment_id=e.experiment_id, cohort_id=cohort[p], log_time=T0)])
-    assert await service.reassign_individual(T, [alias], survivor) == [e.experiment_id]
-    [q] = await service.qualify(T, [("home_banner", "")], {}, {}, survivor)
+    assert await service.assignments.reassign(T, [alias], survivor) == [e.experiment_id]
+    [q] = await service.qualifier.one(T, [("home_banner", "")], {}, {}, survivor)
     assert q.assignment.cohort.cohort_id == "b"  # the survivor keeps its cohort
-    await service.log_decisions(T, [LogEntry("later", "home_banner", unified_individual_id=survivor,
+    await service.log.append(T, [LogEntry("later", "home_banner", unified_individual_id=survivor,
                                              experiment_id=e.experiment_id, cohort_id="b", log_time=T0)])
     assert repo.log[(T, "later")].exposure_conflict
-    _, results = await service.experiment_results(T, "banner_test")
+    _, results = await service.results.compute(T, "banner_test")
     by = {r.cohort_id: r for r in results.cohorts}
     assert (by["a"].participants, by["a"].excluded_conflicts) == (0, 1)
     assert (by["b"].participants, by["b"].excluded_conflicts) == (1, 1)  # only `same` still counts
@@ -205,20 +205,20 @@ async def test_a_merge_keeps_the_survivors_cohort_flags_later_exposures_and_resu
 async def test_reassign_refuses_bad_input(world):
     service, *_ = world
     with pytest.raises(InvalidArgument) as err:
-        await service.reassign_individual(T, ["x", ""], "x")
+        await service.assignments.reassign(T, ["x", ""], "x")
     assert {p for p, _ in err.value.violations} == {"from_unified_individual_ids[0]", "from_unified_individual_ids[1]"}
 
 
 async def test_seeded_simulated_experiment_picks_the_truly_better_cohort_automatically(world):
     service, _, now, ids = world
-    await service.upsert_experiment(T, experiment(ids, min_duration=timedelta(days=7)))
-    await service.start_experiment(T, "banner_test")
+    await service.experiments.upsert(T, experiment(ids, min_duration=timedelta(days=7)))
+    await service.experiments.start(T, "banner_test")
     rng = random.Random(42)
     truth = {"control": 0.08, "a": 0.08, "b": 0.13}
     entries, outcomes = [], []
     for i in range(3000):
         uid = f"sim_{i}"
-        [q] = await service.qualify(T, [("home_banner", "")], {}, {}, uid)
+        [q] = await service.qualifier.one(T, [("home_banner", "")], {}, {}, uid)
         cohort = q.assignment.cohort.cohort_id
         if cohort == "control":
             assert q.decision.name == "normal"  # fall-through to the point's decisions
@@ -229,21 +229,21 @@ async def test_seeded_simulated_experiment_picks_the_truly_better_cohort_automat
         if rng.random() < truth[cohort]:
             outcomes.append(Outcome(f"o_{i}", uid, "PURCHASE", t + timedelta(hours=1), ("item",), 20.0))
     for start in range(0, len(entries), 1000):
-        await service.log_decisions(T, entries[start:start + 1000])
-    await service.record_outcomes(T, outcomes)
+        await service.log.append(T, entries[start:start + 1000])
+    await service.outcomes.record(T, outcomes)
     now.value = T0 + timedelta(days=2)
-    e, results = await service.experiment_results(T, "banner_test")
+    e, results = await service.results.compute(T, "banner_test")
     assert e.state == "RUNNING" and results.leading_cohort_id == ""  # minimum duration not passed
     assert "minimum duration" in results.verdict
     now.value = T0 + timedelta(days=8)
-    e, results = await service.experiment_results(T, "banner_test")
+    e, results = await service.results.compute(T, "banner_test")
     by = {r.cohort_id: r for r in results.cohorts}
     assert not results.srm
     assert all(r.participants >= 300 for r in results.cohorts)
     assert by["b"].chance_to_beat_control >= 0.95 > by["a"].chance_to_beat_control
     assert results.leading_cohort_id == "b"
     assert e.state == "STOPPED" and e.winner_cohort_id == "b"
-    [q] = await service.qualify(T, [("home_banner", "")], {}, {}, "sim_1")
+    [q] = await service.qualifier.one(T, [("home_banner", "")], {}, {}, "sim_1")
     assert q.assignment is None  # stopped: nobody is assigned any more
 
 
@@ -265,29 +265,29 @@ def test_sample_ratio_mismatch_is_detected():
 
 async def test_archived_decisions_are_neither_evaluated_nor_forced_and_archived_points_are_refused(world):
     service, _, _, ids = world
-    await service.archive_decision(T, ids["vip"])
-    [q] = await service.qualify(T, [("home_banner", "")], {"segments": ["vip"]}, {})
+    await service.decisions.archive(T, ids["vip"])
+    [q] = await service.qualifier.one(T, [("home_banner", "")], {"segments": ["vip"]}, {})
     assert q.decision.name == "normal"
     with pytest.raises(NotFound) as err:
-        await service.qualify(T, [("home_banner", ids["vip"])], {}, {})
+        await service.qualifier.one(T, [("home_banner", ids["vip"])], {}, {})
     assert err.value.reason == "DECISION_NOT_FOUND"
-    await service.archive_point(T, "home_banner")
+    await service.points.archive(T, "home_banner")
     with pytest.raises(NotFound) as err:
-        await service.qualify(T, [("home_banner", "")], {}, {})
+        await service.qualifier.one(T, [("home_banner", "")], {}, {})
     assert err.value.reason == "POINT_ARCHIVED"
-    assert [p.name for p in (await service.list_points(T, 0, "", include_archived=True))[0]] == ["home_banner"]
-    assert (await service.list_points(T, 0, ""))[0] == []
-    await service.upsert_point(T, BANNER)
-    [q] = await service.qualify(T, [("home_banner", "")], {}, {})
+    assert [p.name for p in (await service.points.page(T, 0, "", include_archived=True))[0]] == ["home_banner"]
+    assert (await service.points.page(T, 0, ""))[0] == []
+    await service.points.upsert(T, BANNER)
+    [q] = await service.qualifier.one(T, [("home_banner", "")], {}, {})
     assert q.decision.name == "normal"
 
 
 async def test_a_decision_served_by_a_running_cohort_cannot_be_archived(world):
     service, _, _, ids = world
-    await service.upsert_experiment(T, experiment(ids))
-    await service.start_experiment(T, "banner_test")
+    await service.experiments.upsert(T, experiment(ids))
+    await service.experiments.start(T, "banner_test")
     with pytest.raises(FailedPrecondition) as err:
-        await service.archive_decision(T, ids["variant_a"])
+        await service.decisions.archive(T, ids["variant_a"])
     assert err.value.reason == "EXPERIMENT_RUNNING"
 
 
@@ -298,9 +298,9 @@ SCHEMA = ProfileSchema(attributes=(("age", "NUMBER"), ("tier", "STRING")), insig
 
 async def test_rules_naming_undeclared_things_are_refused_with_their_position(world):
     service, _, _, _ = world
-    await service.declare_schema(T, SCHEMA)
+    await service.schemas.declare(T, SCHEMA)
     with pytest.raises(InvalidArgument) as err:
-        await service.upsert_decision(T, Decision("", "home_banner", "x", rule='profile.attributes.agee > 3.0 &&\n'
+        await service.decisions.upsert(T, Decision("", "home_banner", "x", rule='profile.attributes.agee > 3.0 &&\n'
                                                   '"vipp" in profile.segments', content={"headline": "h"}))
     [(path, message)] = err.value.violations
     assert path == "decision.rule"
@@ -308,24 +308,24 @@ async def test_rules_naming_undeclared_things_are_refused_with_their_position(wo
     assert "line 2, column 1: segment 'vipp' is not declared" in message
     ok = ('profile.attributes.age > 30.0 && "vip" in profile.segments && profile.consents.email && '
           'profile.affinities.category.shoes > 0.5 && context.attributes.campaign == "x" && profile.insights.spend_30d > 1.0')
-    assert (await service.upsert_decision(T, Decision("", "home_banner", "ok", rule=ok,
+    assert (await service.decisions.upsert(T, Decision("", "home_banner", "ok", rule=ok,
                                                       content={"headline": "h"}))).decision_id
 
 
 async def test_type_errors_against_the_declared_schema_are_refused(world):
     service, _, _, _ = world
-    await service.declare_schema(T, SCHEMA)
+    await service.schemas.declare(T, SCHEMA)
     for rule in ('profile.attributes.age > "old"', 'profile.attributes.tier == "a" && profile.attributes.age + 1 > 2'):
         with pytest.raises(InvalidArgument) as err:
-            await service.upsert_decision(T, Decision("", "home_banner", "x", rule=rule, content={"headline": "h"}))
+            await service.decisions.upsert(T, Decision("", "home_banner", "x", rule=rule, content={"headline": "h"}))
         assert "type error" in err.value.violations[0][1]
 
 
 async def test_a_schema_that_breaks_saved_rules_is_refused_and_the_old_one_stays(world):
     service, repo, _, _ = world
-    await service.declare_schema(T, SCHEMA)
+    await service.schemas.declare(T, SCHEMA)
     with pytest.raises(FailedPrecondition) as err:
-        await service.declare_schema(T, replace(SCHEMA, segments=()))
+        await service.schemas.declare(T, replace(SCHEMA, segments=()))
     assert err.value.reason == "SCHEMA_BREAKS_RULES"
     assert repo.schemas[T] == SCHEMA
 
@@ -333,7 +333,7 @@ async def test_a_schema_that_breaks_saved_rules_is_refused_and_the_old_one_stays
 async def test_bad_schema_entries_each_get_a_violation(world):
     service, *_ = world
     with pytest.raises(InvalidArgument) as err:
-        await service.declare_schema(T, ProfileSchema(attributes=(("age", "NUMBER"), ("age", "STRING"),
+        await service.schemas.declare(T, ProfileSchema(attributes=(("age", "NUMBER"), ("age", "STRING"),
                                                                   ("1bad", "BOOL"), ("x", "UNSPECIFIED"))))
     assert {p for p, _ in err.value.violations} == {
         "schema.attributes[1].name", "schema.attributes[2].name", "schema.attributes[3].type"}
@@ -343,7 +343,7 @@ async def test_pathological_comprehensions_are_refused(world):
     service, *_ = world
     rule = "profile.events.exists(a, profile.events.exists(b, profile.events.exists(c, true)))"
     with pytest.raises(InvalidArgument) as err:
-        await service.upsert_decision(T, Decision("", "home_banner", "x", rule=rule, content={"headline": "h"}))
+        await service.decisions.upsert(T, Decision("", "home_banner", "x", rule=rule, content={"headline": "h"}))
     assert err.value.violations == [("decision.rule", "comprehensions nest 3 deep at column 66; at most 2 levels "
                                                       "are allowed")]
 
@@ -357,11 +357,11 @@ async def test_attribution_credits_first_and_last_touch_by_view_and_by_click(wor
                      served={"data": [{"item_id": "sku2"}, {"item_id": "sku3"}]}),
             LogEntry("p3", "home_banner", decision_id=ids["normal"], unified_individual_id="u",
                      log_time=T0 + timedelta(hours=2))]
-    await service.log_decisions(T, rows)
-    await service.record_outcomes(T, [
+    await service.log.append(T, rows)
+    await service.outcomes.record(T, [
         Outcome("c1", "u", "CLICK", T0 + timedelta(hours=1, minutes=5), ("sku2",)),
         Outcome("b1", "u", "PURCHASE", T0 + timedelta(hours=3), ("sku2", "sku9"), 50.0)])
-    credit = await service.attribution(T, T0, T0 + timedelta(days=1), timedelta(0), "")
+    credit = await service.attribution.credit(T, T0, T0 + timedelta(days=1), timedelta(0), "")
     assert credit[("FIRST_TOUCH_VIEW", "home_banner", ids["vip"], "")].conversions == 1
     assert credit[("LAST_TOUCH_VIEW", "home_banner", ids["normal"], "")].revenue == 50.0
     assert credit[("FIRST_TOUCH_CLICK", "recs", "dec_r", "sku2")].revenue == 25.0
@@ -371,7 +371,7 @@ async def test_attribution_credits_first_and_last_touch_by_view_and_by_click(wor
 
 async def test_fallback_only_serves_the_fallback_without_evaluating_experiments_or_rules(world):
     service, _, _, ids = world
-    await service.upsert_experiment(T, experiment(ids))
-    await service.start_experiment(T, "banner_test")
-    [q] = await service.qualify(T, [("home_banner", "")], {"segments": ["vip"]}, {}, "ind_1", fallback_only=True)
+    await service.experiments.upsert(T, experiment(ids))
+    await service.experiments.start(T, "banner_test")
+    [q] = await service.qualifier.one(T, [("home_banner", "")], {"segments": ["vip"]}, {}, "ind_1", fallback_only=True)
     assert (q.decision.name, q.evaluations, q.assignment) == ("normal", [], None)

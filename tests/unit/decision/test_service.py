@@ -46,18 +46,18 @@ async def world():
     repo = FakeRepository()
     clock = Clock()
     service = DecisionService(repo, cache_seconds=2.0, clock=clock)
-    await service.upsert_point(T, BANNER)
+    await service.points.upsert(T, BANNER)
     return service, repo, clock
 
 
 async def add(service, name, priority=0, rule="", fallback=False, point="home_banner"):
-    return await service.upsert_decision(
+    return await service.decisions.upsert(
         T, Decision(decision_id="", point_name=point, name=name, priority=priority, rule=rule, fallback=fallback,
                     content=content(name)))
 
 
 async def qualify(service, profile=None, context=None, points=(("home_banner", ""),)):
-    return await service.qualify(T, list(points), profile or {}, context or {})
+    return await service.qualifier.one(T, list(points), profile or {}, context or {})
 
 
 async def test_decisions_are_evaluated_by_descending_priority_and_the_first_match_wins(world):
@@ -137,8 +137,8 @@ async def test_a_forced_decision_is_served_without_evaluating_rules(world):
 
 async def test_a_forced_decision_of_another_point_is_not_found(world):
     service, _, _ = world
-    await service.upsert_point(T, RECS)
-    other = await service.upsert_decision(
+    await service.points.upsert(T, RECS)
+    other = await service.decisions.upsert(
         T, Decision(decision_id="", point_name="recs_block", name="top", recommender="top_sellers"))
     with pytest.raises(NotFound) as info:
         await qualify(service, points=[("home_banner", other.decision_id)])
@@ -204,8 +204,8 @@ async def test_rule_reading_all_of_profile_sees_every_key(world):
 
 async def test_point_ids_are_stable_across_upserts(world):
     service, _, _ = world
-    first = await service.upsert_point(T, replace(BANNER, description="v2"))
-    second = await service.upsert_point(T, replace(BANNER, description="v3"))
+    first = await service.points.upsert(T, replace(BANNER, description="v2"))
+    second = await service.points.upsert(T, replace(BANNER, description="v3"))
     assert first.point_id == second.point_id
     assert first.point_id.startswith("pt_")
 
@@ -216,7 +216,7 @@ async def test_point_validation_reports_each_bad_field(world):
         TemplateField("ok", "STRING"), TemplateField("ok", "NUMBER"), TemplateField("9x", "BOOL"),
         TemplateField("typeless", "UNSPECIFIED"))))
     with pytest.raises(InvalidArgument) as info:
-        await service.upsert_point(T, bad)
+        await service.points.upsert(T, bad)
     assert [f for f, _ in info.value.violations] == [
         "point.name", "point.type", "point.template.fields[1].name", "point.template.fields[2].name",
         "point.template.fields[3].type",
@@ -226,7 +226,7 @@ async def test_point_validation_reports_each_bad_field(world):
 async def test_item_attributes_belong_to_recommendation_points_only(world):
     service, _, _ = world
     with pytest.raises(InvalidArgument) as info:
-        await service.upsert_point(T, replace(BANNER, template=Template(item_attributes=("title",))))
+        await service.points.upsert(T, replace(BANNER, template=Template(item_attributes=("title",))))
     assert [f for f, _ in info.value.violations] == ["point.template.item_attributes[0]"]
 
 
@@ -235,7 +235,7 @@ async def test_content_is_checked_against_the_template_field_by_field(world):
     bad = Decision(decision_id="", point_name="home_banner", name="bad",
                    content={"discount": "ten", "urgent": 1.0, "tags": ["a", 2.0], "colour": "red"})
     with pytest.raises(InvalidArgument) as info:
-        await service.upsert_decision(T, bad)
+        await service.decisions.upsert(T, bad)
     assert sorted(f for f, _ in info.value.violations) == [
         "decision.content.colour", "decision.content.discount", "decision.content.headline",
         "decision.content.tags", "decision.content.urgent",
@@ -245,7 +245,7 @@ async def test_content_is_checked_against_the_template_field_by_field(world):
 
 async def test_matching_content_is_stored(world):
     service, _, _ = world
-    good = await service.upsert_decision(T, Decision(
+    good = await service.decisions.upsert(T, Decision(
         decision_id="", point_name="home_banner", name="good",
         content={"headline": "Hi", "discount": 10.0, "urgent": True, "tags": ["a", "b"]}))
     assert good.decision_id.startswith("dec_")
@@ -253,12 +253,12 @@ async def test_matching_content_is_stored(world):
 
 async def test_recommendation_decisions_need_a_recommender_and_a_count_up_to_24(world):
     service, _, _ = world
-    await service.upsert_point(T, RECS)
+    await service.points.upsert(T, RECS)
     with pytest.raises(InvalidArgument) as info:
-        await service.upsert_decision(T, Decision(decision_id="", point_name="recs_block", name="r", count=25))
+        await service.decisions.upsert(T, Decision(decision_id="", point_name="recs_block", name="r", count=25))
     assert [f for f, _ in info.value.violations] == [
         "decision.recommendations.recommender", "decision.recommendations.count"]
-    stored = await service.upsert_decision(
+    stored = await service.decisions.upsert(
         T, Decision(decision_id="", point_name="recs_block", name="r", recommender="top_sellers"))
     assert stored.count == 12
 
@@ -266,7 +266,7 @@ async def test_recommendation_decisions_need_a_recommender_and_a_count_up_to_24(
 async def test_a_manual_point_refuses_a_decision_without_content(world):
     service, _, _ = world
     with pytest.raises(InvalidArgument) as info:
-        await service.upsert_decision(T, Decision(decision_id="", point_name="home_banner", name="x"))
+        await service.decisions.upsert(T, Decision(decision_id="", point_name="home_banner", name="x"))
     assert [f for f, _ in info.value.violations] == ["decision.content"]
 
 
@@ -314,7 +314,7 @@ async def test_rules_that_only_miss_data_on_an_empty_profile_are_accepted(world,
 async def test_a_decision_id_given_must_exist_on_the_point(world):
     service, _, _ = world
     with pytest.raises(NotFound) as info:
-        await service.upsert_decision(T, Decision(decision_id="dec_nope", point_name="home_banner", name="x",
+        await service.decisions.upsert(T, Decision(decision_id="dec_nope", point_name="home_banner", name="x",
                                                   content=content("x")))
     assert info.value.reason == "DECISION_NOT_FOUND"
 
@@ -326,7 +326,7 @@ async def test_upserting_by_name_keeps_the_id_and_renaming_onto_a_taken_name_is_
     assert again.decision_id == first.decision_id
     second = await add(service, "two")
     with pytest.raises(AlreadyExists):
-        await service.upsert_decision(T, replace(second, name="one"))
+        await service.decisions.upsert(T, replace(second, name="one"))
 
 
 async def test_a_template_change_that_breaks_existing_content_is_refused(world):
@@ -334,7 +334,7 @@ async def test_a_template_change_that_breaks_existing_content_is_refused(world):
     await add(service, "one")
     narrower = replace(BANNER, template=Template(fields=(TemplateField("title", "STRING", required=True),)))
     with pytest.raises(FailedPrecondition) as info:
-        await service.upsert_point(T, narrower)
+        await service.points.upsert(T, narrower)
     assert info.value.reason == "TEMPLATE_BREAKS_DECISIONS"
 
 
@@ -342,10 +342,10 @@ async def test_decisions_page_by_priority(world):
     service, _, _ = world
     for i in range(5):
         await add(service, f"d{i}", priority=i)
-    page, token = await service.list_decisions(T, "home_banner", 2, "")
+    page, token = await service.decisions.page(T, "home_banner", 2, "")
     names = [d.name for d in page]
     while token:
-        page, token = await service.list_decisions(T, "home_banner", 2, token)
+        page, token = await service.decisions.page(T, "home_banner", 2, token)
         names += [d.name for d in page]
     assert names == ["d4", "d3", "d2", "d1", "d0"]
 
@@ -353,7 +353,7 @@ async def test_decisions_page_by_priority(world):
 async def test_a_forged_page_token_is_invalid(world):
     service, _, _ = world
     with pytest.raises(InvalidArgument) as info:
-        await service.list_points(T, 10, "garbage!")
+        await service.points.page(T, 10, "garbage!")
     assert info.value.violations[0][0] == "page_token"
 
 
@@ -362,18 +362,18 @@ async def test_log_rows_are_idempotent_and_listed_newest_first(world):
     base = datetime(2024, 1, 1, tzinfo=UTC)
     rows = [LogEntry(personalization_id=f"p{i}", point_name="home_banner", unified_individual_id="u1",
                      log_time=base + timedelta(minutes=i)) for i in range(3)]
-    assert await service.log_decisions(T, rows) == 3
-    assert await service.log_decisions(T, rows[:1]) == 0
-    page, token = await service.list_log(T, "u1", 2, "")
+    assert await service.log.append(T, rows) == 3
+    assert await service.log.append(T, rows[:1]) == 0
+    page, token = await service.log.page(T, "u1", 2, "")
     assert [r.personalization_id for r in page] == ["p2", "p1"]
-    page, token = await service.list_log(T, "u1", 2, token)
+    page, token = await service.log.page(T, "u1", 2, token)
     assert [r.personalization_id for r in page] == ["p0"] and token == ""
 
 
 async def test_log_rows_without_id_or_point_are_refused(world):
     service, _, _ = world
     with pytest.raises(InvalidArgument) as info:
-        await service.log_decisions(T, [LogEntry(personalization_id="", point_name="")])
+        await service.log.append(T, [LogEntry(personalization_id="", point_name="")])
     assert [f for f, _ in info.value.violations] == ["entries[0].personalization_id", "entries[0].point_name"]
 
 

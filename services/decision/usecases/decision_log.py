@@ -1,0 +1,96 @@
+"""Use case: the decision log (append, count, list)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from services.decision.domain import LogEntry, LogStats, Repository
+from services.decision.usecases.common import MAX_LOG_ENTRIES
+from services.decision.validation import MAX_TEXT, decode_token, encode_token, page_size
+from shared.errors import Violations, quote
+
+MAX_STATS_WINDOW = timedelta(days=366)  # GetDecisionLogStats: at most a year at a time
+
+
+class DecisionLog:
+    """Appends to, counts and lists a tenant's decision log."""
+
+    def __init__(self, repo: Repository):
+        self.repo = repo
+
+    async def append(self, tenant: str, entries: Sequence[LogEntry]) -> int:
+        """Appends log rows in one round trip; a re-sent personalization id is written once.
+
+        The exposure_conflict flag of each row is set by the repository when it writes the row.
+        """
+        v = Violations()
+        if len(entries) > MAX_LOG_ENTRIES:
+            v.add("entries", f"must hold at most {MAX_LOG_ENTRIES} rows")
+        for i, e in enumerate(entries):
+            if not e.personalization_id:
+                v.add(f"entries[{i}].personalization_id", "must not be empty")
+            elif len(e.personalization_id) > MAX_TEXT:
+                v.add(f"entries[{i}].personalization_id", f"must be at most {MAX_TEXT} characters")
+            if not e.point_name:
+                v.add(f"entries[{i}].point_name", "must name the point served")
+            if e.cohort_id and not e.experiment_id:
+                v.add(f"entries[{i}].experiment_id", "must name the experiment of the cohort")
+            if not _all_finite(e.served):
+                v.add(f"entries[{i}].served", "must hold finite numbers only (no NaN nor infinity)")
+            for stage, ms in e.stage_ms.items():
+                if not math.isfinite(ms):
+                    v.add(f"entries[{i}].stage_ms[{quote(stage)}]", "must be a finite number")
+        v.raise_if_any()
+        if not entries:
+            return 0
+        now = datetime.now(UTC)
+        return await self.repo.insert_log(tenant, [e if e.log_time else replace(e, log_time=now) for e in entries])
+
+    async def stats(self, tenant: str, start: datetime | None, end: datetime | None) -> list[LogStats]:
+        """Counts of the log in [start, end): the whole window first, then per point by name."""
+        v = Violations()
+        if start is None:
+            v.add("start_time", "is required")
+        if end is None:
+            v.add("end_time", "is required")
+        if start is not None and end is not None:
+            if end <= start:
+                v.add("end_time", "must be after start_time")
+            elif end - start > MAX_STATS_WINDOW:
+                v.add("end_time", f"must be at most {MAX_STATS_WINDOW.days} days after start_time")
+        v.raise_if_any()
+        return await self.repo.log_stats(tenant, start, end)
+
+    async def page(self, tenant: str, individual: str, size: int, token: str) -> tuple[list[LogEntry], str]:
+        """One page of log rows, newest first, optionally of one individual, and the next page token."""
+        v = Violations()
+        limit = page_size(size, v)
+        after = decode_token(token, (str, str), v)
+        position = None
+        if after:
+            try:
+                position = (datetime.fromisoformat(after[0]), after[1])
+            except ValueError:
+                v.add("page_token", "is not a page token this service issued")
+        v.raise_if_any()
+        rows = await self.repo.list_log(tenant, individual, position, limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        last = rows[-1] if rows else None
+        token_out = encode_token([last.log_time.isoformat(), last.personalization_id]) if more and last else ""
+        return rows, token_out
+
+
+def _all_finite(value: Any) -> bool:
+    """True when no number anywhere in a JSON-like value is NaN or infinite (the log stores it as JSON)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_all_finite(v) for v in value)
+    return True
