@@ -1,7 +1,10 @@
 """Activation: destinations and activations per tenant, and the loop that pushes rows to them.
 
-What is pushed is found by diffing: the current members of a segment (and their attributes) against what this
-activation last queued (`activation_state`), or the output rows of finished batch jobs after a per-job cursor.
+What is pushed is found from the profile graph's membership change feed (ListMembershipChanges, after a cursor
+kept per activation), checked against what this activation last queued (`activation_state`); every
+`TAILOR_GATEWAY_ACTIVATION_RECONCILE_SECONDS` (and on the first pass) the whole segment is compared instead, which
+also repairs anything a feed read could miss. Attributes and insights are compared by hash on every pass; batch
+outputs are read after a per-job cursor.
 The changes are written as deliveries (an outbox) in the same transaction that advances that state; the leader
 then sends each delivery, in order, until it succeeds, always under the same delivery id (at least once, receivers
 deduplicate). A permanent failure (a 4xx, a refused URL) halts the activation, in order, until its destination or
@@ -32,7 +35,7 @@ from services.gateway.destinations import (ALLOWED_NETWORKS_SETTING, DeliveryErr
 from services.gateway.ports import ProfilePort
 from shared import context as ctx
 from shared import db
-from shared.errors import InvalidArgument, NotFound, Violations, quote, shorten
+from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Violations, quote, shorten
 from shared.leader import lead
 from shared.log import get_logger
 from shared import paging
@@ -44,7 +47,12 @@ log = get_logger("gateway.activation")
 LEADER_LOCK = "tailor-activation-leader"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 ATTRIBUTE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# A destination's field name: letters, digits and _ . - (what webhook JSON keys and CSV headers carry safely).
+MAPPED_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
+MAX_MAPPED_FIELDS = 200
 DEFAULT_BATCH_SIZE = 100
+FEED_PAGE = 10_000          # membership changes per ListMembershipChanges call (its maximum)
+PROFILES_PER_CALL = 1_000   # individuals per GetProfiles call
 MAX_BATCH_SIZE = 10_000
 SEGMENT_COLUMNS = ["unified_individual_id", "segment", "member"]
 BATCH_COLUMNS = ["individual_id", "unified_individual_id", "segment_id", "point_id", "point_name", "decision_id",
@@ -67,6 +75,7 @@ class ActivationSettings:
     retry_max_seconds: float = 300.0
     retention_hours: float = 168.0
     webhook_allowed_networks: tuple[Network, ...] = ()
+    reconcile_seconds: float = 3600.0
 
     @classmethod
     def from_env(cls) -> ActivationSettings:
@@ -79,6 +88,7 @@ class ActivationSettings:
             retry_max_seconds=env_float("TAILOR_GATEWAY_DELIVERY_RETRY_MAX_SECONDS", 300.0, minimum=0.01),
             retention_hours=env_float("TAILOR_GATEWAY_DELIVERY_RETENTION_HOURS", 168.0, minimum=0.0),
             webhook_allowed_networks=parse_networks(env_str(ALLOWED_NETWORKS_SETTING, "")),
+            reconcile_seconds=env_float("TAILOR_GATEWAY_ACTIVATION_RECONCILE_SECONDS", 3600.0, minimum=0.0),
         )
 
 
@@ -89,6 +99,26 @@ def membership_changes(current: set[str], delivered: dict[str, bool]) -> tuple[l
     entries = sorted(uid for uid in current if not delivered.get(uid, False))
     exits = sorted(uid for uid, member in delivered.items() if member and uid not in current)
     return entries, exits
+
+
+def feed_changes(changes: list[tuple[str, bool]], delivered: dict[str, bool], allowed: set[str] | None
+                 ) -> tuple[list[str], list[str]]:
+    """(entries, exits) from feed changes in order (the last change of an individual wins) against what was
+    delivered; `allowed` (consent) bars entries of the others and makes delivered members outside it exit."""
+    latest = dict(changes)
+    entries = sorted(uid for uid, entered in latest.items()
+                     if entered and not delivered.get(uid, False) and (allowed is None or uid in allowed))
+    exits = {uid for uid, entered in latest.items() if not entered and delivered.get(uid, False)}
+    if allowed is not None:
+        exits |= {uid for uid, member in delivered.items() if member and uid not in allowed}
+    return entries, sorted(exits)
+
+
+def mapped(rows: list[dict], mapping: dict[str, str]) -> list[dict]:
+    """Rows with their fields renamed to the destination's names (unmapped fields keep theirs)."""
+    if not mapping:
+        return rows
+    return [{mapping.get(k, k): v for k, v in row.items()} for row in rows]
 
 
 def chunks(rows: list, size: int) -> list[list]:
@@ -110,7 +140,8 @@ def columns_of(activation: pb.Activation) -> list[str]:
     if source == "segment_membership":
         return list(SEGMENT_COLUMNS)
     if source == "attributes":
-        return ["unified_individual_id", "segment", *activation.attributes.attributes]
+        return ["unified_individual_id", "segment", *activation.attributes.attributes,
+                *activation.attributes.insights]
     return list(BATCH_COLUMNS)
 
 
@@ -165,15 +196,17 @@ def validate_activation(a: pb.Activation) -> Violations:
     elif source == "attributes":
         if not a.attributes.segment:
             v.add("activation.attributes.segment", "must name a segment")
-        if not a.attributes.attributes:
-            v.add("activation.attributes.attributes", "at least one attribute name is required")
+        if not a.attributes.attributes and not a.attributes.insights:
+            v.add("activation.attributes.attributes", "at least one attribute or insight name is required")
         seen: set[str] = set()
-        for i, name in enumerate(a.attributes.attributes):
-            if not ATTRIBUTE_PATTERN.match(name):
-                v.add(f"activation.attributes.attributes[{i}]", "must be an attribute name")
-            elif name in ("unified_individual_id", "segment") or name in seen:
-                v.add(f"activation.attributes.attributes[{i}]", f"{quote(name)} is repeated or a reserved row field")
-            seen.add(name)
+        for group, names in (("attributes", a.attributes.attributes), ("insights", a.attributes.insights)):
+            for i, name in enumerate(names):
+                if not ATTRIBUTE_PATTERN.match(name):
+                    v.add(f"activation.attributes.{group}[{i}]", f"must be an {group[:-1]} name")
+                elif name in ("unified_individual_id", "segment") or name in seen:
+                    v.add(f"activation.attributes.{group}[{i}]",
+                          f"{quote(name)} is repeated or a reserved row field")
+                seen.add(name)
     elif source == "batch_output" and not a.batch_output.schedule_name:
         v.add("activation.batch_output.schedule_name", "must name a batch schedule")
     if a.consent_purpose and not NAME_PATTERN.match(a.consent_purpose):
@@ -188,6 +221,18 @@ def validate_activation(a: pb.Activation) -> Violations:
             elif key in seen:
                 v.add(f"activation.primary_key[{i}]", f"{quote(key)} is repeated")
             seen.add(key)
+        if len(a.field_mapping) > MAX_MAPPED_FIELDS:
+            v.add("activation.field_mapping", f"at most {MAX_MAPPED_FIELDS} fields can be renamed")
+        targets: dict[str, str] = {}
+        for field, target in sorted(a.field_mapping.items()):
+            path = f"activation.field_mapping[{quote(field)}]"
+            if field not in columns:
+                v.add(path, f"{quote(field)} is not a row field; one of {', '.join(columns)}")
+            elif not MAPPED_PATTERN.match(target):
+                v.add(path, "must be a field name matching ^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
+            elif target in targets.values() or (target in columns and target not in a.field_mapping):
+                v.add(path, f"{quote(target)} would name two fields of a row")
+            targets[field] = target
     return v
 
 
@@ -247,9 +292,11 @@ class Activations:
                 violations.add("destination.webhook.secret", "must be at least 16 characters")
         violations.raise_if_any()
         d.batch_size = batch_size_of(d)
+        d.paused = False  # output only: the stored flag is kept (SetDestinationPaused changes it)
         await self.store.save_destination(tenant_id, d)
         self._wake.set()
-        return public_destination(d)
+        stored = await self.store.get_destination(tenant_id, d.name)
+        return public_destination(stored if stored is not None else d)
 
     async def list_destinations(self, tenant_id: str, page_size: int, page_token: str
                                 ) -> tuple[list[pb.Destination], str]:
@@ -263,6 +310,7 @@ class Activations:
         a = pb.Activation()
         a.CopyFrom(activation)
         a.ClearField("status")
+        a.paused = False  # output only: the stored flag is kept (SetActivationPaused changes it)
         validate_activation(a).raise_if_any()
         if await self.store.get_destination(tenant_id, a.destination) is None:
             raise NotFound(f"destination {quote(a.destination)} does not exist",
@@ -278,6 +326,7 @@ class Activations:
         previous = await self.store.get_activation(tenant_id, a.name)
         reset = previous is not None and (
             previous.destination != a.destination or list(previous.primary_key) != list(a.primary_key)
+            or dict(previous.field_mapping) != dict(a.field_mapping)
             or previous.WhichOneof("source") != source
             or getattr(previous, source).SerializeToString() != getattr(a, source).SerializeToString())
         await self.store.save_activation(tenant_id, a, reset)
@@ -290,6 +339,64 @@ class Activations:
         size = paging.page_size(page_size)
         return next_page(await self.store.list_activations(tenant_id, _after(page_token), size + 1), size,
                          lambda a: [a.name])
+
+    async def delete_destination(self, tenant_id: str, name: str) -> None:
+        """Deletes a destination; NOT_FOUND if unknown, FAILED_PRECONDITION while an activation sends to it."""
+        users = await self.store.delete_destination(tenant_id, name)
+        if users is None:
+            raise _not_found("destination", name)
+        if users:
+            raise FailedPrecondition(
+                f"destination {quote(name)} is used by {users} activation(s); delete or move them first",
+                reason="DESTINATION_IN_USE", metadata={"destination": shorten(name, 64), "activations": str(users)})
+
+    async def set_destination_paused(self, tenant_id: str, name: str, paused: bool) -> pb.Destination:
+        if not await self.store.set_destination_paused(tenant_id, name, paused):
+            raise _not_found("destination", name)
+        self._wake.set()
+        stored = await self.store.get_destination(tenant_id, name)
+        return public_destination(stored) if stored is not None else pb.Destination(name=name, paused=paused)
+
+    async def delete_activation(self, tenant_id: str, name: str) -> int:
+        """Deletes an activation with its state and deliveries; returns how many were still undelivered."""
+        dropped = await self.store.delete_activation(tenant_id, name)
+        if dropped is None:
+            raise _not_found("activation", name)
+        return dropped
+
+    async def set_activation_paused(self, tenant_id: str, name: str, paused: bool) -> pb.Activation:
+        if not await self.store.set_activation_paused(tenant_id, name, paused):
+            raise _not_found("activation", name)
+        self._wake.set()
+        listed = await self.store.list_activations(tenant_id, "", 1, only=name)
+        return listed[0] if listed else pb.Activation(name=name, paused=paused)
+
+    async def list_deliveries(self, tenant_id: str, activation: str, state: int, page_size: int, page_token: str
+                              ) -> tuple[list[pb.Delivery], str]:
+        """An activation's deliveries, newest first; NOT_FOUND for an unknown activation."""
+        v = Violations()
+        if state not in pb.DeliveryState.values():
+            v.add("state", "must be a DeliveryState")
+        size = 0
+        try:
+            size = paging.page_size(page_size)
+        except InvalidArgument:
+            v.add("page_size", "must be between 0 (means 100) and 1000")
+        key = None
+        try:
+            key = decode_token(page_token, "page_token")
+        except InvalidArgument:
+            v.add("page_token", "is not a token this service issued")
+        if key is not None and (len(key) != 1 or not isinstance(key[0], int) or isinstance(key[0], bool)):
+            v.add("page_token", "is not a token this service issued")
+        v.raise_if_any()
+        if await self.store.get_activation(tenant_id, activation) is None:
+            raise _not_found("activation", activation)
+        wanted = "" if state == pb.DELIVERY_STATE_UNSPECIFIED else pb.DeliveryState.Name(state).removeprefix(
+            "DELIVERY_STATE_")
+        rows = await self.store.list_deliveries(tenant_id, activation, wanted, key[0] if key else None, size + 1)
+        page, token = next_page(rows, size, lambda r: [r[0]])
+        return [d for _, d in page], token
 
     @staticmethod
     def _segment_of(a: pb.Activation) -> str:
@@ -319,7 +426,7 @@ class Activations:
     async def run_once(self, tenant_id: str | None = None) -> None:
         """One pass: every activation (of one tenant, or all) is refreshed, then its due deliveries are sent."""
         with db.all_tenants():  # the pass spans tenants; each activation's own work runs in its tenant alone
-            activations = await self.store.all_activations(tenant_id)
+            activations = await self.store.all_activations(tenant_id, self.settings.reconcile_seconds)
             await asyncio.gather(*(self._cycle(row) for row in activations))
             self._cycles += 1
             if self._cycles % 100 == 1:
@@ -332,6 +439,8 @@ class Activations:
                 await self._cycle_bound(row)
 
     async def _cycle_bound(self, row: ActivationRow) -> None:
+        if row.paused:
+            return  # neither refreshed nor delivered; a resume catches up from the feed cursor and the state
         destination = await self.store.get_destination(row.tenant_id, row.config.destination)
         if destination is None:
             await self.store.record_error(row.tenant_id, row.name, "destination does not exist")
@@ -343,6 +452,8 @@ class Activations:
                        else repr(error))
             log.warning("activation_refresh_failed", activation=row.name, error=message)
             await self.store.record_error(row.tenant_id, row.name, f"refresh: {message}")
+        if destination.paused:
+            return  # deliveries keep being queued; they are sent, in order, once the destination is resumed
         try:
             await self.deliver(row, destination)
         except Exception as error:
@@ -389,33 +500,64 @@ class Activations:
         members = await self._all_members(segment)
         return await self._consenting(members, purpose) if purpose else members
 
+    async def _feed(self, segment: str, token: str) -> tuple[list[tuple[str, bool]], str]:
+        """The segment's membership changes after the cursor `token`, in order, and the cursor after the last."""
+        changes: list[tuple[str, bool]] = []
+        while True:
+            reply = await self.profile.ListMembershipChanges(profile_pb.ListMembershipChangesRequest(
+                segment=segment, page_size=FEED_PAGE, page_token=token))
+            changes += [(c.unified_individual_id, c.entered) for c in reply.changes]
+            if reply.next_page_token:
+                token = reply.next_page_token
+            if len(reply.changes) < FEED_PAGE:
+                return changes, token
+
     async def _refresh_membership(self, row: ActivationRow, batch_size: int) -> int:
+        """From the change feed after the activation's cursor; the whole segment when a reconciliation is due (the
+        cursor is read to the end first, so no change after the comparison is skipped)."""
         segment = row.config.segment_membership.segment
-        current = await self._members(segment, row.config.consent_purpose)
-        state = await self.store.load_state(row.tenant_id, row.name)
-        entries, exits = membership_changes(current, {uid: member for uid, (member, _) in state.items()})
+        purpose = row.config.consent_purpose
+        changes, token = await self._feed(segment, row.feed_token)
+        if row.reconcile_due:
+            current = await self._members(segment, purpose)
+            state = await self.store.load_state(row.tenant_id, row.name)
+            entries, exits = membership_changes(current, {uid: member for uid, (member, _) in state.items()})
+        else:
+            delivered = set(await self.store.delivered_members(row.tenant_id, row.name)) if purpose else set()
+            touched = sorted({uid for uid, _ in changes})
+            state = await self.store.load_state(row.tenant_id, row.name, touched)
+            known = {uid: member for uid, (member, _) in state.items()} | {uid: True for uid in delivered}
+            allowed = await self._consenting(delivered | {u for u, e in changes if e}, purpose) if purpose else None
+            entries, exits = feed_changes(changes, known, allowed)
         rows = ([{"unified_individual_id": uid, "segment": segment, "member": True} for uid in entries]
                 + [{"unified_individual_id": uid, "segment": segment, "member": False} for uid in exits])
-        if not rows:
-            return 0
         upserts = [(uid, True, "") for uid in entries] + [(uid, False, "") for uid in exits]
-        await self.store.commit(row.tenant_id, row.name, row.generation, _deliveries(rows, batch_size), upserts)
+        if rows or token != row.feed_token or row.reconcile_due:
+            await self.store.commit(row.tenant_id, row.name, row.generation, _deliveries(rows, batch_size), upserts,
+                                    feed_token=token, reconciled=row.reconcile_due)
         return len(rows)
 
-    async def _attributes(self, uid: str, names: list[str], limit: asyncio.Semaphore) -> dict:
-        async with limit:
-            reply = await self.profile.GetProfile(profile_pb.GetProfileRequest(
-                unified_individual_id=uid, read_mask=field_mask_pb2.FieldMask(paths=["attributes"])))
-        values = json_format.MessageToDict(reply.profile.attributes)
-        return {name: values.get(name) for name in names}
+    async def _values(self, ids: list[str], names: list[str], insights: list[str]) -> list[dict]:
+        """Per individual, the named attributes and insights (None where a person has none), 1,000 per call."""
+        paths = (["attributes"] if names else []) + (["insights"] if insights else [])
+        out: list[dict] = []
+        for start in range(0, len(ids), PROFILES_PER_CALL):
+            reply = await self.profile.GetProfiles(profile_pb.GetProfilesRequest(
+                unified_individual_ids=ids[start:start + PROFILES_PER_CALL],
+                read_mask=field_mask_pb2.FieldMask(paths=paths)))
+            for profile in reply.profiles:
+                values = json_format.MessageToDict(profile.attributes) if names else {}
+                row = {name: values.get(name) for name in names}
+                row |= {name: profile.insights[name] if name in profile.insights else None for name in insights}
+                out.append(row)
+        return out
 
     async def _refresh_attributes(self, row: ActivationRow, batch_size: int) -> int:
         segment = row.config.attributes.segment
         names = list(row.config.attributes.attributes)
         current = sorted(await self._members(segment, row.config.consent_purpose))
         state = await self.store.load_state(row.tenant_id, row.name)
-        limit = asyncio.Semaphore(self.settings.concurrency)
-        values = await asyncio.gather(*(self._attributes(uid, names, limit) for uid in current))
+        values = await self._values(current, names, list(row.config.attributes.insights))
         rows, upserts = [], []
         for uid, attrs in zip(current, values):
             digest = attributes_hash(attrs)
@@ -476,22 +618,30 @@ class Activations:
                 sent += 1
 
     async def _send(self, row: ActivationRow, destination: pb.Destination, delivery: DeliveryRow) -> None:
+        mapping = dict(row.config.field_mapping)
         if destination.HasField("webhook"):
             body = json.dumps({
                 "delivery_id": delivery.delivery_id, "activation": row.name, "destination": destination.name,
-                "source": source_of(row.config), "primary_key": primary_key_of(row.config), "rows": delivery.rows,
+                "source": source_of(row.config), "primary_key": [mapping.get(k, k) for k in primary_key_of(row.config)],
+                "rows": mapped(delivery.rows, mapping),
             }, separators=(",", ":")).encode()
             hook = destination.webhook
             await self.sender.send(hook.url, hook.secret, delivery.delivery_id, body, self.policy)
         elif destination.HasField("file"):
+            mapping = dict(row.config.field_mapping)
             await self.sink.append(destination.file.directory, row.name, FORMATS.get(destination.file.format, "jsonl"),
-                                   columns_of(row.config), delivery.rows)
+                                   [mapping.get(c, c) for c in columns_of(row.config)], mapped(delivery.rows, mapping))
         else:
             raise DeliveryError("the destination has no kind", permanent=True)
 
 
 def _deliveries(rows: list[dict], batch_size: int) -> list[tuple[str, list[dict]]]:
     return [("dlv_" + uuid.uuid4().hex, batch) for batch in chunks(rows, batch_size)]
+
+
+def _not_found(kind: str, name: str) -> NotFound:
+    return NotFound(f"{kind} {quote(name)} does not exist", reason=f"{kind.upper()}_NOT_FOUND",
+                    metadata={kind: shorten(name, 64)})
 
 
 def _bind(tenant_id: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -17,6 +17,10 @@ class ActivationRow:
     name: str
     config: pb.Activation
     generation: int
+    paused: bool = False
+    destination_paused: bool = False
+    feed_token: str = ""          # the membership change feed's cursor
+    reconcile_due: bool = True    # the whole segment is to be compared with what was sent
 
 
 @dataclass(frozen=True)
@@ -36,9 +40,9 @@ class ActivationStore:
         self.pool = pool
 
     async def get_destination(self, tenant_id: str, name: str) -> pb.Destination | None:
-        raw = await self.pool.fetchval("SELECT config FROM destinations WHERE tenant_id = $1 AND name = $2",
+        row = await self.pool.fetchrow("SELECT config, paused FROM destinations WHERE tenant_id = $1 AND name = $2",
                                        tenant_id, name)
-        return None if raw is None else pb.Destination.FromString(raw)
+        return None if row is None else _destination(row)
 
     async def save_destination(self, tenant_id: str, destination: pb.Destination) -> None:
         """Stores the destination and requeues the halted deliveries of the activations that use it."""
@@ -55,9 +59,34 @@ class ActivationStore:
 
     async def list_destinations(self, tenant_id: str, after: str, limit: int) -> list[pb.Destination]:
         rows = await self.pool.fetch(
-            "SELECT config FROM destinations WHERE tenant_id = $1 AND name > $2 ORDER BY name LIMIT $3",
+            "SELECT config, paused FROM destinations WHERE tenant_id = $1 AND name > $2 ORDER BY name LIMIT $3",
             tenant_id, after, limit)
-        return [pb.Destination.FromString(r["config"]) for r in rows]
+        return [_destination(r) for r in rows]
+
+    async def delete_destination(self, tenant_id: str, name: str) -> int | None:
+        """Deletes the destination unless activations use it; returns how many do (0: deleted), None if unknown."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            exists = await conn.fetchval(
+                "SELECT 1 FROM destinations WHERE tenant_id = $1 AND name = $2 FOR UPDATE", tenant_id, name)
+            if not exists:
+                return None
+            users = await conn.fetchval(
+                "SELECT count(*) FROM activations WHERE tenant_id = $1 AND destination = $2", tenant_id, name)
+            if users == 0:
+                await conn.execute("DELETE FROM destinations WHERE tenant_id = $1 AND name = $2", tenant_id, name)
+            return users
+
+    async def set_destination_paused(self, tenant_id: str, name: str, paused: bool) -> bool:
+        """Pauses or resumes; a resume makes its activations' waiting deliveries due now. False if unknown."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            updated = await conn.execute("UPDATE destinations SET paused = $3 WHERE tenant_id = $1 AND name = $2",
+                                         tenant_id, name, paused)
+            if not paused:
+                await conn.execute(
+                    "UPDATE deliveries SET next_attempt_at = now() WHERE tenant_id = $1 AND state = 'PENDING' "
+                    "AND activation IN (SELECT name FROM activations WHERE tenant_id = $1 AND destination = $2)",
+                    tenant_id, name)
+            return updated.endswith(" 1")
 
     async def schedule_exists(self, tenant_id: str, name: str) -> bool:
         return bool(await self.pool.fetchval(
@@ -78,6 +107,8 @@ class ActivationStore:
                 "generation = activations.generation + CASE WHEN $5 THEN 1 ELSE 0 END",
                 tenant_id, activation.name, activation.destination, activation.SerializeToString(), reset)
             if reset:
+                await conn.execute("UPDATE activations SET feed_token = '', reconciled_at = NULL "
+                                   "WHERE tenant_id = $1 AND name = $2", tenant_id, activation.name)
                 await conn.execute("DELETE FROM activation_state WHERE tenant_id = $1 AND activation = $2",
                                    tenant_id, activation.name)
                 await conn.execute("DELETE FROM activation_batch_progress WHERE tenant_id = $1 AND activation = $2",
@@ -90,7 +121,7 @@ class ActivationStore:
                                ) -> list[pb.Activation]:
         """Activations by name (or just the one named `only`) with their delivery status, in one query."""
         rows = await self.pool.fetch(
-            "SELECT a.config, a.delivered_rows, a.last_delivered_at, a.last_error, "
+            "SELECT a.config, a.paused, a.delivered_rows, a.last_delivered_at, a.last_error, "
             "coalesce(p.pending_rows, 0) AS pending_rows, coalesce(p.failed, 0) AS failed, "
             "coalesce(extract(epoch FROM now() - p.oldest), 0)::float8 AS lag "
             "FROM activations a LEFT JOIN LATERAL ("
@@ -103,6 +134,7 @@ class ActivationStore:
         out = []
         for r in rows:
             activation = pb.Activation.FromString(r["config"])
+            activation.paused = r["paused"]
             status = activation.status
             status.delivered_rows = r["delivered_rows"]
             status.pending_rows = r["pending_rows"]
@@ -114,17 +146,54 @@ class ActivationStore:
             out.append(activation)
         return out
 
-    async def all_activations(self, tenant_id: str | None = None) -> list[ActivationRow]:
-        rows = await self.pool.fetch("SELECT tenant_id, name, config, generation FROM activations "
-                                     "WHERE $1::text IS NULL OR tenant_id = $1 ORDER BY tenant_id, name", tenant_id)
-        return [ActivationRow(r["tenant_id"], r["name"], pb.Activation.FromString(r["config"]), r["generation"])
-                for r in rows]
+    async def all_activations(self, tenant_id: str | None = None, reconcile_seconds: float = 3600.0
+                              ) -> list[ActivationRow]:
+        rows = await self.pool.fetch(
+            "SELECT a.tenant_id, a.name, a.config, a.generation, a.paused, coalesce(d.paused, false) AS dpaused, "
+            "a.feed_token, a.reconciled_at IS NULL OR a.reconciled_at < now() - make_interval(secs => $2) AS due "
+            "FROM activations a LEFT JOIN destinations d ON d.tenant_id = a.tenant_id AND d.name = a.destination "
+            "WHERE $1::text IS NULL OR a.tenant_id = $1 ORDER BY a.tenant_id, a.name", tenant_id, reconcile_seconds)
+        return [ActivationRow(r["tenant_id"], r["name"], pb.Activation.FromString(r["config"]), r["generation"],
+                              r["paused"], r["dpaused"], r["feed_token"], r["due"]) for r in rows]
 
-    async def load_state(self, tenant_id: str, activation: str) -> dict[str, tuple[bool, str]]:
+    async def delete_activation(self, tenant_id: str, name: str) -> int | None:
+        """Deletes the activation, its state and its deliveries; returns how many were undelivered (None if
+        unknown)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            deleted = await conn.execute("DELETE FROM activations WHERE tenant_id = $1 AND name = $2", tenant_id, name)
+            if not deleted.endswith(" 1"):
+                return None
+            dropped = await conn.fetchval(
+                "WITH gone AS (DELETE FROM deliveries WHERE tenant_id = $1 AND activation = $2 RETURNING state) "
+                "SELECT count(*) FILTER (WHERE state <> 'DELIVERED') FROM gone", tenant_id, name)
+            for table in ("activation_state", "activation_batch_progress"):
+                await conn.execute(f"DELETE FROM {table} WHERE tenant_id = $1 AND activation = $2", tenant_id, name)
+            return dropped
+
+    async def set_activation_paused(self, tenant_id: str, name: str, paused: bool) -> bool:
+        """Pauses or resumes; a resume makes its waiting deliveries due now. False if unknown."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            updated = await conn.execute("UPDATE activations SET paused = $3 WHERE tenant_id = $1 AND name = $2",
+                                         tenant_id, name, paused)
+            if not paused:
+                await conn.execute("UPDATE deliveries SET next_attempt_at = now() WHERE tenant_id = $1 "
+                                   "AND activation = $2 AND state = 'PENDING'", tenant_id, name)
+            return updated.endswith(" 1")
+
+    async def load_state(self, tenant_id: str, activation: str, only: list[str] | None = None
+                         ) -> dict[str, tuple[bool, str]]:
+        """What was last queued per individual: all of the activation's, or only those named."""
         rows = await self.pool.fetch(
             "SELECT unified_individual_id, member, attributes_hash FROM activation_state "
-            "WHERE tenant_id = $1 AND activation = $2", tenant_id, activation)
+            "WHERE tenant_id = $1 AND activation = $2 AND ($3::text[] IS NULL OR unified_individual_id = ANY($3))",
+            tenant_id, activation, only)
         return {r["unified_individual_id"]: (r["member"], r["attributes_hash"]) for r in rows}
+
+    async def delivered_members(self, tenant_id: str, activation: str) -> list[str]:
+        rows = await self.pool.fetch(
+            "SELECT unified_individual_id FROM activation_state WHERE tenant_id = $1 AND activation = $2 AND member",
+            tenant_id, activation)
+        return [r["unified_individual_id"] for r in rows]
 
     async def open_batch_jobs(self, tenant_id: str, activation: str, schedule: str) -> list[tuple[str, list[str]]]:
         """Finished jobs of the schedule whose rows are not all queued yet, with where to resume."""
@@ -152,9 +221,10 @@ class ActivationStore:
 
     async def commit(self, tenant_id: str, activation: str, generation: int, deliveries: list[tuple[str, list[dict]]],
                      upserts: list[tuple[str, bool, str]] = (), deletes: list[str] = (),
-                     progress: tuple[str, list[str], bool] | None = None) -> bool:
-        """Queues deliveries and advances the state in one transaction; False (nothing written) when the
-        activation was changed since the refresh began."""
+                     progress: tuple[str, list[str], bool] | None = None, feed_token: str | None = None,
+                     reconciled: bool = False) -> bool:
+        """Queues deliveries and advances the state (and the feed cursor) in one transaction; False (nothing
+        written) when the activation was changed since the refresh began."""
         async with self.pool.acquire() as conn, conn.transaction():
             current = await conn.fetchval(
                 "SELECT generation FROM activations WHERE tenant_id = $1 AND name = $2 FOR UPDATE",
@@ -181,6 +251,11 @@ class ActivationStore:
                 await conn.execute(
                     "DELETE FROM activation_state WHERE tenant_id = $1 AND activation = $2 "
                     "AND unified_individual_id = ANY($3::text[])", tenant_id, activation, list(deletes))
+            if feed_token is not None:
+                await conn.execute(
+                    "UPDATE activations SET feed_token = $3, "
+                    "reconciled_at = CASE WHEN $4 THEN now() ELSE reconciled_at END "
+                    "WHERE tenant_id = $1 AND name = $2", tenant_id, activation, feed_token, reconciled)
             if progress is not None:
                 job_id, after_key, done = progress
                 await conn.execute(
@@ -213,11 +288,37 @@ class ActivationStore:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE deliveries SET attempts = attempts + 1, last_error = $3, "
+                "failures = (SELECT coalesce(jsonb_agg(f ORDER BY n), '[]') FROM ("
+                "  SELECT f, n FROM jsonb_array_elements(failures || jsonb_build_array(jsonb_build_object("
+                "    'at', now(), 'error', $3::text))) WITH ORDINALITY AS x(f, n) ORDER BY n DESC LIMIT 20) kept), "
                 "state = CASE WHEN $4 THEN 'FAILED' ELSE 'PENDING' END, "
                 "next_attempt_at = now() + make_interval(secs => $5) WHERE tenant_id = $1 AND delivery_id = $2",
                 tenant_id, delivery_id, error[:2000], permanent, retry_seconds)
             await conn.execute("UPDATE activations SET last_error = $3 WHERE tenant_id = $1 AND name = $2",
                                tenant_id, activation, error[:2000])
+
+    async def list_deliveries(self, tenant_id: str, activation: str, state: str, before_seq: int | None,
+                              limit: int) -> list[tuple[int, pb.Delivery]]:
+        """(seq, delivery) newest first, in one state or all, before a seq (for paging)."""
+        rows = await self.pool.fetch(
+            "SELECT seq, delivery_id, state, row_count, created_at, delivered_at, next_attempt_at, "
+            "failures::text AS failures FROM deliveries WHERE tenant_id = $1 AND activation = $2 "
+            "AND ($3 = '' OR state = $3) AND ($4::bigint IS NULL OR seq < $4) ORDER BY seq DESC LIMIT $5",
+            tenant_id, activation, state, before_seq, limit)
+        out = []
+        for r in rows:
+            d = pb.Delivery(delivery_id=r["delivery_id"], state=pb.DeliveryState.Value("DELIVERY_STATE_" + r["state"]),
+                            row_count=r["row_count"])
+            d.create_time.FromDatetime(r["created_at"])
+            if r["delivered_at"] is not None:
+                d.deliver_time.FromDatetime(r["delivered_at"])
+            else:
+                d.next_attempt_time.FromDatetime(r["next_attempt_at"])
+            for f in json.loads(r["failures"]):
+                attempt = d.failed_attempts.add(error=f["error"])
+                attempt.attempt_time.FromDatetime(datetime.fromisoformat(f["at"]))
+            out.append((r["seq"], d))
+        return out
 
     async def record_error(self, tenant_id: str, activation: str, error: str) -> None:
         await self.pool.execute("UPDATE activations SET last_error = $3 WHERE tenant_id = $1 AND name = $2",
@@ -229,4 +330,7 @@ class ActivationStore:
                                 "AND delivered_at < now() - make_interval(secs => $1)", hours * 3600.0)
 
 
-# Use cases and the delivery loop.
+def _destination(row) -> pb.Destination:
+    d = pb.Destination.FromString(row["config"])
+    d.paused = row["paused"]
+    return d

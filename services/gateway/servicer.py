@@ -276,6 +276,29 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                                                                request.page_token)
         return pb.ListActivationsResponse(activations=items, next_page_token=token)
 
+    async def DeleteDestination(self, request: pb.DeleteDestinationRequest, context) -> pb.DeleteDestinationResponse:
+        await self.activations.delete_destination(current_tenant(), request.name)
+        return pb.DeleteDestinationResponse()
+
+    async def SetDestinationPaused(self, request: pb.SetDestinationPausedRequest, context
+                                   ) -> pb.SetDestinationPausedResponse:
+        destination = await self.activations.set_destination_paused(current_tenant(), request.name, request.paused)
+        return pb.SetDestinationPausedResponse(destination=destination)
+
+    async def DeleteActivation(self, request: pb.DeleteActivationRequest, context) -> pb.DeleteActivationResponse:
+        dropped = await self.activations.delete_activation(current_tenant(), request.name)
+        return pb.DeleteActivationResponse(dropped_deliveries=dropped)
+
+    async def SetActivationPaused(self, request: pb.SetActivationPausedRequest, context
+                                  ) -> pb.SetActivationPausedResponse:
+        activation = await self.activations.set_activation_paused(current_tenant(), request.name, request.paused)
+        return pb.SetActivationPausedResponse(activation=activation)
+
+    async def ListDeliveries(self, request: pb.ListDeliveriesRequest, context) -> pb.ListDeliveriesResponse:
+        items, token = await self.activations.list_deliveries(current_tenant(), request.activation, request.state,
+                                                              request.page_size, request.page_token)
+        return pb.ListDeliveriesResponse(deliveries=items, next_page_token=token)
+
     async def ListDeadLetters(self, request: pb.ListDeadLettersRequest, context) -> pb.ListDeadLettersResponse:
         return await self.dead_letters.list(current_tenant(), request)
 

@@ -6,6 +6,7 @@ import asyncio
 import csv
 import json
 import uuid
+from collections import Counter
 from datetime import datetime, UTC
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from services.gateway.activation import Activations, ActivationSettings
 from services.gateway.destinations import WebhookSender, parse_networks
 from services.profile_graph.server import build as build_profile_graph
 from shared import client
-from shared.errors import InvalidArgument, NotFound
+from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from shared.runtime import prepare_schema, start_built, stop_built
 from tests.conftest import schema_connection, tenant_md, wait_for
 from tests.integration.channels.receiver import Receiver
@@ -339,3 +340,205 @@ async def test_a_crash_between_sending_and_recording_resends_under_the_same_deli
     ids = [r["delivery_id"] for r in await db.fetch("SELECT delivery_id FROM deliveries WHERE tenant_id = $1", tenant)]
     assert len(ids) == 1 and receiver.arrivals == {ids[0]: 2}
     assert (await status(activations, tenant, "gold_members")).delivered_rows == 3
+
+
+# Control of activations: insights and field mapping, the change feed, pause, delete and the delivery record.
+
+class CountingProfile:
+    """The real profile graph stub, counting the calls made through it (which RPCs a refresh needs)."""
+
+    def __init__(self, stub):
+        self.stub, self.calls = stub, Counter()
+
+    def __getattr__(self, name):
+        method = getattr(self.stub, name)
+
+        def call(*args, **kwargs):
+            self.calls[name] += 1
+            return method(*args, **kwargs)
+        return call
+
+
+async def test_insights_and_attributes_go_out_under_the_destinations_field_names(
+        activations, profile_graph, tenant, tmp_path):
+    md = tenant_md(tenant)
+    await profile_graph.UpsertInsight(profile_pb.UpsertInsightRequest(insight=profile_pb.Insight(
+        name="visits", aggregate=profile_pb.AGGREGATE_COUNT, event_type=common_pb2.EVENT_TYPE_PAGE_VIEW)), metadata=md)
+    await gold_segment(profile_graph, tenant)
+    await set_tier(profile_graph, tenant, {"m1": "gold"}, m1={"city": "Oslo"})
+    await set_tier(profile_graph, tenant, {"m1": "gold", "m2": "gold"})
+    await activations.upsert_destination(tenant, pb.Destination(
+        name="crm", file=pb.FileDestination(directory="crm", format=pb.FILE_FORMAT_CSV)))
+    stored = await activations.upsert_activation(tenant, pb.Activation(
+        name="gold_crm", destination="crm",
+        attributes=pb.AttributesSource(segment="gold", attributes=["city"], insights=["visits"]),
+        field_mapping={"unified_individual_id": "customer_key", "visits": "web_visits"}))
+    assert dict(stored.field_mapping) == {"unified_individual_id": "customer_key", "visits": "web_visits"}
+    await activations.run_once(tenant)
+    assert read_csv(tmp_path / "crm" / "gold_crm.csv") == [
+        ["customer_key", "segment", "city", "web_visits"], ["m1", "gold", "Oslo", "2.0"], ["m2", "gold", "", "1.0"]]
+
+    await set_tier(profile_graph, tenant, {"m2": "gold"})     # one more visit: only m2's row goes again
+    await activations.run_once(tenant)
+    assert read_csv(tmp_path / "crm" / "gold_crm.csv")[3:] == [["m2", "gold", "", "2.0"]]
+
+
+async def test_field_mappings_and_insight_names_are_checked_field_by_field(activations, profile_graph, tenant):
+    await gold_segment(profile_graph, tenant)
+    await activations.upsert_destination(tenant, pb.Destination(
+        name="files", file=pb.FileDestination(directory="x", format=pb.FILE_FORMAT_JSONL)))
+    with pytest.raises(InvalidArgument) as info:
+        await activations.upsert_activation(tenant, pb.Activation(
+            name="bad", destination="files",
+            attributes=pb.AttributesSource(segment="gold", attributes=["tier"], insights=["tier", "9lives"]),
+            field_mapping={"nope": "x", "segment": "has space", "tier": "unified_individual_id"}))
+    assert sorted(f for f, _ in info.value.violations) == sorted([
+        "activation.attributes.insights[0]", "activation.attributes.insights[1]",
+        "activation.field_mapping['nope']", "activation.field_mapping['segment']",
+        "activation.field_mapping['tier']"])
+    assert (await activations.list_activations(tenant, 0, "")) == ([], "")
+
+
+async def test_the_change_feed_drives_membership_and_the_whole_segment_is_read_only_to_reconcile(
+        pool, profile_graph, tenant, tmp_path):
+    counting = CountingProfile(profile_graph)
+    settings = ActivationSettings(interval_seconds=0.05, export_root=tmp_path, reconcile_seconds=3600.0)
+    activations = Activations(pool, counting, settings=settings)
+    try:
+        await gold_segment(profile_graph, tenant)
+        await set_tier(profile_graph, tenant, {f"f{i}": "gold" for i in range(5)})
+        await activations.upsert_destination(tenant, pb.Destination(
+            name="files", file=pb.FileDestination(directory="feed", format=pb.FILE_FORMAT_CSV)))
+        await activations.upsert_activation(tenant, pb.Activation(
+            name="gold_feed", destination="files", segment_membership=pb.SegmentMembershipSource(segment="gold")))
+        path = tmp_path / "feed" / "gold_feed.csv"
+        counting.calls.clear()
+        await activations.run_once(tenant)      # the first pass compares the whole segment
+        assert counting.calls["ListSegmentMembers"] >= 1
+        assert [r[0] for r in read_csv(path)[1:]] == [f"f{i}" for i in range(5)]
+
+        await set_tier(profile_graph, tenant, {"f0": "silver", "f9": "gold"})
+        await set_tier(profile_graph, tenant, {"f9": "silver", "f8": "gold"})   # f9 in and out: nothing to send
+        counting.calls.clear()
+        await activations.run_once(tenant)
+        assert counting.calls["ListSegmentMembers"] == 0 and counting.calls["ListMembershipChanges"] >= 1
+        assert read_csv(path)[6:] == [["f8", "gold", "true"], ["f0", "gold", "false"]]
+        await activations.run_once(tenant)
+        assert len(read_csv(path)) == 8
+
+        # A reconciliation that finds what the feed already sent sends nothing more.
+        object.__setattr__(activations, "settings", ActivationSettings(
+            interval_seconds=0.05, export_root=tmp_path, reconcile_seconds=0.0))
+        counting.calls.clear()
+        await activations.run_once(tenant)
+        assert counting.calls["ListSegmentMembers"] >= 1 and len(read_csv(path)) == 8
+    finally:
+        await activations.close()
+
+
+async def test_a_paused_activation_sends_nothing_and_catches_up_when_resumed(activations, profile_graph, tenant,
+                                                                             tmp_path):
+    await gold_segment(profile_graph, tenant)
+    await set_tier(profile_graph, tenant, {"p1": "gold"})
+    await activations.upsert_destination(tenant, pb.Destination(
+        name="files", file=pb.FileDestination(directory="p", format=pb.FILE_FORMAT_CSV)))
+    await activations.upsert_activation(tenant, pb.Activation(
+        name="gold_p", destination="files", segment_membership=pb.SegmentMembershipSource(segment="gold")))
+    path = tmp_path / "p" / "gold_p.csv"
+    await activations.run_once(tenant)
+    paused = await activations.set_activation_paused(tenant, "gold_p", True)
+    assert paused.paused and paused.name == "gold_p"
+    await set_tier(profile_graph, tenant, {"p2": "gold"})
+    await activations.run_once(tenant)
+    assert [r[0] for r in read_csv(path)[1:]] == ["p1"]
+    # Upserting the same activation again keeps it paused (the flag is not part of the configuration).
+    again = await activations.upsert_activation(tenant, pb.Activation(
+        name="gold_p", destination="files", segment_membership=pb.SegmentMembershipSource(segment="gold")))
+    assert again.paused
+    assert not (await activations.set_activation_paused(tenant, "gold_p", False)).paused
+    await activations.run_once(tenant)
+    assert [r[0] for r in read_csv(path)[1:]] == ["p1", "p2"]
+
+
+async def test_a_paused_destination_queues_deliveries_and_sends_them_in_order_when_resumed(
+        activations, profile_graph, tenant, tmp_path):
+    await gold_segment(profile_graph, tenant)
+    await set_tier(profile_graph, tenant, {"q1": "gold", "q2": "gold"})
+    await activations.upsert_destination(tenant, pb.Destination(
+        name="files", batch_size=1, file=pb.FileDestination(directory="q", format=pb.FILE_FORMAT_CSV)))
+    assert (await activations.set_destination_paused(tenant, "files", True)).paused
+    await activations.upsert_activation(tenant, pb.Activation(
+        name="gold_q", destination="files", segment_membership=pb.SegmentMembershipSource(segment="gold")))
+    await activations.run_once(tenant)
+    waiting = await status(activations, tenant, "gold_q")
+    assert (waiting.pending_rows, waiting.delivered_rows) == (2, 0)
+    assert not (tmp_path / "q" / "gold_q.csv").exists()
+    listed, _ = await activations.list_destinations(tenant, 0, "")
+    assert [d.paused for d in listed] == [True]
+    await activations.set_destination_paused(tenant, "files", False)
+    await activations.run_once(tenant)
+    assert [r[0] for r in read_csv(tmp_path / "q" / "gold_q.csv")[1:]] == ["q1", "q2"]
+    assert (await status(activations, tenant, "gold_q")).delivered_rows == 2
+
+
+async def test_deleting_an_activation_drops_its_deliveries_and_frees_its_destination(
+        activations, profile_graph, tenant, db):
+    await gold_segment(profile_graph, tenant)
+    await set_tier(profile_graph, tenant, {"d1": "gold", "d2": "gold"})
+    await activations.upsert_destination(tenant, pb.Destination(
+        name="files", file=pb.FileDestination(directory="d", format=pb.FILE_FORMAT_CSV)))
+    await activations.upsert_activation(tenant, pb.Activation(
+        name="gold_d", destination="files", segment_membership=pb.SegmentMembershipSource(segment="gold")))
+    await activations.set_destination_paused(tenant, "files", True)
+    await activations.run_once(tenant)
+    with pytest.raises(FailedPrecondition) as info:
+        await activations.delete_destination(tenant, "files")
+    assert info.value.reason == "DESTINATION_IN_USE"
+    assert await activations.delete_activation(tenant, "gold_d") == 1     # one undelivered delivery of two rows
+    for table, column in (("deliveries", "activation"), ("activation_state", "activation"), ("activations", "name")):
+        assert await db.fetchval(f"SELECT count(*) FROM {table} WHERE tenant_id = $1 AND {column} = 'gold_d'",
+                                 tenant) == 0
+    await activations.delete_destination(tenant, "files")
+    assert await activations.list_destinations(tenant, 0, "") == ([], "")
+    for call in (activations.delete_destination(tenant, "files"), activations.delete_activation(tenant, "gold_d"),
+                 activations.set_activation_paused(tenant, "gold_d", True),
+                 activations.set_destination_paused(tenant + "_other", "files", True)):
+        with pytest.raises(NotFound):
+            await call
+
+
+async def test_deliveries_are_listed_newest_first_with_every_failed_attempt(activations, profile_graph, tenant):
+    receiver = await Receiver(SECRET, status_override=503).start()
+    try:
+        await gold_segment(profile_graph, tenant)
+        await set_tier(profile_graph, tenant, {"r1": "gold", "r2": "gold", "r3": "gold"})
+        await activations.upsert_destination(tenant, webhook(receiver, batch_size=1))
+        await activations.upsert_activation(tenant, pb.Activation(
+            name="gold_r", destination="hook", segment_membership=pb.SegmentMembershipSource(segment="gold")))
+        await activations.run_once(tenant)
+        await asyncio.sleep(0.1)                  # past the retry delay (retry_max_seconds is 0.05)
+        await activations.run_once(tenant)
+        pending, _ = await activations.list_deliveries(tenant, "gold_r", pb.DELIVERY_STATE_PENDING, 0, "")
+        assert len(pending) == 3
+        oldest = pending[-1]
+        assert len(oldest.failed_attempts) == 2 and all("503" in a.error for a in oldest.failed_attempts)
+        assert oldest.failed_attempts[0].attempt_time.ToDatetime() <= oldest.failed_attempts[1].attempt_time.ToDatetime()
+        assert oldest.HasField("next_attempt_time") and not oldest.HasField("deliver_time")
+
+        receiver.status_override = None
+        await asyncio.sleep(0.1)
+        await activations.run_once(tenant)
+        first, token = await activations.list_deliveries(tenant, "gold_r", pb.DELIVERY_STATE_UNSPECIFIED, 2, "")
+        rest, last = await activations.list_deliveries(tenant, "gold_r", pb.DELIVERY_STATE_UNSPECIFIED, 2, token)
+        assert token and last == "" and len(first) == 2 and len(rest) == 1
+        assert [d.delivery_id for d in first + rest] == [d.delivery_id for d in pending]
+        assert all(d.state == pb.DELIVERY_STATE_DELIVERED and d.HasField("deliver_time") for d in first + rest)
+        assert len(rest[0].failed_attempts) == 2                # the history stays after success
+        assert await activations.list_deliveries(tenant, "gold_r", pb.DELIVERY_STATE_FAILED, 0, "") == ([], "")
+    finally:
+        await receiver.stop()
+    with pytest.raises(InvalidArgument) as info:
+        await activations.list_deliveries(tenant, "gold_r", 9, -1, "garbage!")
+    assert [f for f, _ in info.value.violations] == ["state", "page_size", "page_token"]
+    with pytest.raises(NotFound):
+        await activations.list_deliveries(tenant, "nope", 0, 0, "")

@@ -72,6 +72,13 @@ class FileFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FILE_FORMAT_UNSPECIFIED: _ClassVar[FileFormat]
     FILE_FORMAT_JSONL: _ClassVar[FileFormat]
     FILE_FORMAT_CSV: _ClassVar[FileFormat]
+
+class DeliveryState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DELIVERY_STATE_UNSPECIFIED: _ClassVar[DeliveryState]
+    DELIVERY_STATE_PENDING: _ClassVar[DeliveryState]
+    DELIVERY_STATE_DELIVERED: _ClassVar[DeliveryState]
+    DELIVERY_STATE_FAILED: _ClassVar[DeliveryState]
 ACK_STATUS_UNSPECIFIED: AckStatus
 ACK_STATUS_STORED: AckStatus
 ACK_STATUS_DUPLICATE: AckStatus
@@ -108,6 +115,10 @@ BATCH_CONTEXT_SOURCE_LAST_PURCHASE: BatchContextSource
 FILE_FORMAT_UNSPECIFIED: FileFormat
 FILE_FORMAT_JSONL: FileFormat
 FILE_FORMAT_CSV: FileFormat
+DELIVERY_STATE_UNSPECIFIED: DeliveryState
+DELIVERY_STATE_PENDING: DeliveryState
+DELIVERY_STATE_DELIVERED: DeliveryState
+DELIVERY_STATE_FAILED: DeliveryState
 
 class IngestEventsRequest(_message.Message):
     __slots__ = ("events",)
@@ -746,16 +757,18 @@ class FileDestination(_message.Message):
     def __init__(self, directory: _Optional[str] = ..., format: _Optional[_Union[FileFormat, str]] = ...) -> None: ...
 
 class Destination(_message.Message):
-    __slots__ = ("name", "webhook", "file", "batch_size")
+    __slots__ = ("name", "webhook", "file", "batch_size", "paused")
     NAME_FIELD_NUMBER: _ClassVar[int]
     WEBHOOK_FIELD_NUMBER: _ClassVar[int]
     FILE_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
     name: str
     webhook: WebhookDestination
     file: FileDestination
     batch_size: int
-    def __init__(self, name: _Optional[str] = ..., webhook: _Optional[_Union[WebhookDestination, _Mapping]] = ..., file: _Optional[_Union[FileDestination, _Mapping]] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    paused: bool
+    def __init__(self, name: _Optional[str] = ..., webhook: _Optional[_Union[WebhookDestination, _Mapping]] = ..., file: _Optional[_Union[FileDestination, _Mapping]] = ..., batch_size: _Optional[int] = ..., paused: _Optional[bool] = ...) -> None: ...
 
 class UpsertDestinationRequest(_message.Message):
     __slots__ = ("destination",)
@@ -792,12 +805,14 @@ class SegmentMembershipSource(_message.Message):
     def __init__(self, segment: _Optional[str] = ...) -> None: ...
 
 class AttributesSource(_message.Message):
-    __slots__ = ("segment", "attributes")
+    __slots__ = ("segment", "attributes", "insights")
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    INSIGHTS_FIELD_NUMBER: _ClassVar[int]
     segment: str
     attributes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, segment: _Optional[str] = ..., attributes: _Optional[_Iterable[str]] = ...) -> None: ...
+    insights: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, segment: _Optional[str] = ..., attributes: _Optional[_Iterable[str]] = ..., insights: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BatchOutputSource(_message.Message):
     __slots__ = ("schedule_name",)
@@ -806,7 +821,14 @@ class BatchOutputSource(_message.Message):
     def __init__(self, schedule_name: _Optional[str] = ...) -> None: ...
 
 class Activation(_message.Message):
-    __slots__ = ("name", "destination", "segment_membership", "attributes", "batch_output", "primary_key", "status", "consent_purpose")
+    __slots__ = ("name", "destination", "segment_membership", "attributes", "batch_output", "primary_key", "status", "consent_purpose", "field_mapping", "paused")
+    class FieldMappingEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESTINATION_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_MEMBERSHIP_FIELD_NUMBER: _ClassVar[int]
@@ -815,6 +837,8 @@ class Activation(_message.Message):
     PRIMARY_KEY_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CONSENT_PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_MAPPING_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
     name: str
     destination: str
     segment_membership: SegmentMembershipSource
@@ -823,7 +847,9 @@ class Activation(_message.Message):
     primary_key: _containers.RepeatedScalarFieldContainer[str]
     status: DeliveryStatus
     consent_purpose: str
-    def __init__(self, name: _Optional[str] = ..., destination: _Optional[str] = ..., segment_membership: _Optional[_Union[SegmentMembershipSource, _Mapping]] = ..., attributes: _Optional[_Union[AttributesSource, _Mapping]] = ..., batch_output: _Optional[_Union[BatchOutputSource, _Mapping]] = ..., primary_key: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[DeliveryStatus, _Mapping]] = ..., consent_purpose: _Optional[str] = ...) -> None: ...
+    field_mapping: _containers.ScalarMap[str, str]
+    paused: bool
+    def __init__(self, name: _Optional[str] = ..., destination: _Optional[str] = ..., segment_membership: _Optional[_Union[SegmentMembershipSource, _Mapping]] = ..., attributes: _Optional[_Union[AttributesSource, _Mapping]] = ..., batch_output: _Optional[_Union[BatchOutputSource, _Mapping]] = ..., primary_key: _Optional[_Iterable[str]] = ..., status: _Optional[_Union[DeliveryStatus, _Mapping]] = ..., consent_purpose: _Optional[str] = ..., field_mapping: _Optional[_Mapping[str, str]] = ..., paused: _Optional[bool] = ...) -> None: ...
 
 class DeliveryStatus(_message.Message):
     __slots__ = ("delivered_rows", "pending_rows", "failed_attempts", "last_delivery_time", "lag_seconds", "last_error")
@@ -868,6 +894,102 @@ class ListActivationsResponse(_message.Message):
     activations: _containers.RepeatedCompositeFieldContainer[Activation]
     next_page_token: str
     def __init__(self, activations: _Optional[_Iterable[_Union[Activation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteDestinationRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteDestinationResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SetDestinationPausedRequest(_message.Message):
+    __slots__ = ("name", "paused")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    paused: bool
+    def __init__(self, name: _Optional[str] = ..., paused: _Optional[bool] = ...) -> None: ...
+
+class SetDestinationPausedResponse(_message.Message):
+    __slots__ = ("destination",)
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    destination: Destination
+    def __init__(self, destination: _Optional[_Union[Destination, _Mapping]] = ...) -> None: ...
+
+class DeleteActivationRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteActivationResponse(_message.Message):
+    __slots__ = ("dropped_deliveries",)
+    DROPPED_DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    dropped_deliveries: int
+    def __init__(self, dropped_deliveries: _Optional[int] = ...) -> None: ...
+
+class SetActivationPausedRequest(_message.Message):
+    __slots__ = ("name", "paused")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    paused: bool
+    def __init__(self, name: _Optional[str] = ..., paused: _Optional[bool] = ...) -> None: ...
+
+class SetActivationPausedResponse(_message.Message):
+    __slots__ = ("activation",)
+    ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    activation: Activation
+    def __init__(self, activation: _Optional[_Union[Activation, _Mapping]] = ...) -> None: ...
+
+class DeliveryAttempt(_message.Message):
+    __slots__ = ("attempt_time", "error")
+    ATTEMPT_TIME_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    attempt_time: _timestamp_pb2.Timestamp
+    error: str
+    def __init__(self, attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class Delivery(_message.Message):
+    __slots__ = ("delivery_id", "state", "row_count", "create_time", "deliver_time", "next_attempt_time", "failed_attempts")
+    DELIVERY_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    DELIVER_TIME_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _ClassVar[int]
+    FAILED_ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    delivery_id: str
+    state: DeliveryState
+    row_count: int
+    create_time: _timestamp_pb2.Timestamp
+    deliver_time: _timestamp_pb2.Timestamp
+    next_attempt_time: _timestamp_pb2.Timestamp
+    failed_attempts: _containers.RepeatedCompositeFieldContainer[DeliveryAttempt]
+    def __init__(self, delivery_id: _Optional[str] = ..., state: _Optional[_Union[DeliveryState, str]] = ..., row_count: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deliver_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., failed_attempts: _Optional[_Iterable[_Union[DeliveryAttempt, _Mapping]]] = ...) -> None: ...
+
+class ListDeliveriesRequest(_message.Message):
+    __slots__ = ("activation", "state", "page_size", "page_token")
+    ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    activation: str
+    state: DeliveryState
+    page_size: int
+    page_token: str
+    def __init__(self, activation: _Optional[str] = ..., state: _Optional[_Union[DeliveryState, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListDeliveriesResponse(_message.Message):
+    __slots__ = ("deliveries", "next_page_token")
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
+    next_page_token: str
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetUsageRequest(_message.Message):
     __slots__ = ()

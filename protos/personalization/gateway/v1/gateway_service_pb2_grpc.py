@@ -151,6 +151,31 @@ class GatewayServiceStub:
                 request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListActivationsRequest.SerializeToString,
                 response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListActivationsResponse.FromString,
                 _registered_method=True)
+        self.DeleteDestination = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/DeleteDestination',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteDestinationRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteDestinationResponse.FromString,
+                _registered_method=True)
+        self.SetDestinationPaused = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/SetDestinationPaused',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetDestinationPausedRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetDestinationPausedResponse.FromString,
+                _registered_method=True)
+        self.DeleteActivation = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/DeleteActivation',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteActivationRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteActivationResponse.FromString,
+                _registered_method=True)
+        self.SetActivationPaused = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/SetActivationPaused',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetActivationPausedRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetActivationPausedResponse.FromString,
+                _registered_method=True)
+        self.ListDeliveries = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/ListDeliveries',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDeliveriesRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDeliveriesResponse.FromString,
+                _registered_method=True)
         self.GetUsage = channel.unary_unary(
                 '/personalization.gateway.v1.GatewayService/GetUsage',
                 request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetUsageRequest.SerializeToString,
@@ -409,6 +434,46 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteDestination(self, request, context):
+        """Deletes a destination; refused while an activation sends to it.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), NOT_FOUND, FAILED_PRECONDITION (DESTINATION_IN_USE).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDestinationPaused(self, request, context):
+        """Pauses or resumes a destination: while paused, its activations keep queueing deliveries but send none.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteActivation(self, request, context):
+        """Deletes an activation with what it remembers having sent and its deliveries.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetActivationPaused(self, request, context):
+        """Pauses or resumes an activation: while paused it neither looks for changes nor sends; resumed, it catches up.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeliveries(self, request, context):
+        """Lists an activation's deliveries, newest first, with their state and every failed attempt.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), NOT_FOUND, INVALID_ARGUMENT (bad state or page token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetUsage(self, request, context):
         """Returns the tenant's quotas and what it has used of them.
         Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope).
@@ -636,6 +701,31 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListActivations,
                     request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListActivationsRequest.FromString,
                     response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListActivationsResponse.SerializeToString,
+            ),
+            'DeleteDestination': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDestination,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteDestinationRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteDestinationResponse.SerializeToString,
+            ),
+            'SetDestinationPaused': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDestinationPaused,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetDestinationPausedRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetDestinationPausedResponse.SerializeToString,
+            ),
+            'DeleteActivation': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteActivation,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteActivationRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteActivationResponse.SerializeToString,
+            ),
+            'SetActivationPaused': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetActivationPaused,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetActivationPausedRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetActivationPausedResponse.SerializeToString,
+            ),
+            'ListDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeliveries,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDeliveriesRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDeliveriesResponse.SerializeToString,
             ),
             'GetUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsage,
@@ -1326,6 +1416,141 @@ class GatewayService:
             '/personalization.gateway.v1.GatewayService/ListActivations',
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListActivationsRequest.SerializeToString,
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListActivationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDestination(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/DeleteDestination',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteDestinationRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteDestinationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDestinationPaused(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/SetDestinationPaused',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetDestinationPausedRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetDestinationPausedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteActivation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/DeleteActivation',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteActivationRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.DeleteActivationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetActivationPaused(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/SetActivationPaused',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetActivationPausedRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetActivationPausedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/ListDeliveries',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDeliveriesRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ListDeliveriesResponse.FromString,
             options,
             channel_credentials,
             insecure,
