@@ -1,2 +1,3 @@
-"""The clients of the suite: the `tailor` CLI, the launcher (`tailor up`) and the demo loader. They use the public API
-and the services' admin entry points; shared/ (the runtime library services import) never imports them."""
+"""The clients of the suite: the `tailor` CLI, the launcher (`tailor up`) and the demo loader. They speak only the
+public gRPC API (tests/unit/cli/test_client_imports.py checks that no module here imports services.*); shared/ (the
+runtime library services import) never imports them."""

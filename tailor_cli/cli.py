@@ -24,8 +24,9 @@
 Client commands talk to the gateway (--gateway, default TAILOR_GATEWAY_ADDR or 127.0.0.1:50051) with an API key
 (--api-key, default TAILOR_API_KEY, else the demo key `tailor up` stored). A failed call prints its gRPC status
 code, message and field violations and exits with code 1; `ingest` and `import` exit with code 2 when rows were
-rejected. Operator commands use --operator-key (default TAILOR_OPERATOR_KEY, else the key `tailor up` stores in
-.tailor/operator_key, mode 0600); `tenant create` without any operator key writes to the database as before.
+rejected. Operator commands (`tenant create|list|quota`) use --operator-key (default TAILOR_OPERATOR_KEY, else the
+file the gateway writes it to at start: TAILOR_OPERATOR_KEY_FILE, which `tailor up` sets to .tailor/operator_key).
+Every command is a client of the public gRPC API: nothing here imports a service's modules.
 """
 
 from __future__ import annotations
@@ -182,30 +183,10 @@ async def _apply(args) -> None:
     await apply_config(args.gateway, _api_key(args), config)
 
 
-async def _tenant_create_in_database(args, scopes: tuple[str, ...]) -> None:
-    """`tenant create` before the suite had an operator key: straight into the gateway's tables."""
-    from services.gateway.admin import create_tenant_with_key
-    from tailor_cli.launcher import embedded_dsn_if_running
-    from shared.runtime import database_url
-    from shared.settings import SettingsError
-
-    try:
-        dsn = database_url("gateway")
-    except SettingsError:  # neither TAILOR_GATEWAY_DATABASE_URL nor DATABASE_URL is set
-        dsn = embedded_dsn_if_running()
-    if not dsn:
-        raise UsageError("no database: set DATABASE_URL, or start the suite with `tailor up` (embedded PostgreSQL)")
-    created, secret = await create_tenant_with_key(dsn, args.name, args.display_name or args.name, scopes,
-                                                   key_name="tailor-cli")
-    print(f"tenant {args.name} {'created' if created else 'already existed'}; new API key "
-          f"(scopes {', '.join(scopes)}), shown only this once:")
-    print(secret)
-
-
 async def _experiment_report(args) -> None:
     from personalization.decision.v1 import decision_service_pb2 as dec
     from personalization.decision.v1 import decision_service_pb2_grpc as dec_grpc
-    from services.decision.report import render_html
+    from tailor_cli.report import render_html
 
     async with grpc.aio.insecure_channel(args.gateway) as channel:
         results = await dec_grpc.DecisionServiceStub(channel).GetExperimentResults(
@@ -468,13 +449,14 @@ async def _train(args) -> None:
 
 
 def operator_key(args) -> str:
-    """--operator-key, else TAILOR_OPERATOR_KEY, else the operator key `tailor up` stored; empty when none."""
+    """--operator-key, else TAILOR_OPERATOR_KEY, else the operator key the gateway stored (TAILOR_OPERATOR_KEY_FILE,
+    else .tailor/operator_key under `tailor up`); empty when none."""
     key = getattr(args, "operator_key", "") or os.environ.get("TAILOR_OPERATOR_KEY", "").strip()
     if key:
         return key
-    from tailor_cli.launcher import tailor_home
+    from tailor_cli.launcher import operator_key_path
 
-    path = tailor_home() / "operator_key"
+    path = operator_key_path()
     return path.read_text().strip() if path.exists() else ""
 
 
@@ -503,9 +485,6 @@ async def _tenant_create(args) -> None:
     from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 
     scopes = parse_scopes(args.scopes)
-    if not operator_key(args):
-        await _tenant_create_in_database(args, tuple(scopes))
-        return
     async with grpc.aio.insecure_channel(args.gateway) as channel:
         reply = await gw_grpc.GatewayServiceStub(channel).CreateTenant(gw.CreateTenantRequest(
             tenant_id=args.name, display_name=args.display_name or args.name,

@@ -67,6 +67,11 @@ def tailor_home() -> Path:
     return Path(env_str("TAILOR_HOME", str(PROJECT_ROOT / ".tailor")))
 
 
+def operator_key_path() -> Path:
+    """The file the gateway keeps the operator key in: TAILOR_OPERATOR_KEY_FILE, else TAILOR_HOME/operator_key."""
+    return Path(env_str("TAILOR_OPERATOR_KEY_FILE", "") or tailor_home() / "operator_key")
+
+
 def demo_key_path() -> Path:
     return tailor_home() / "demo_key"
 
@@ -103,13 +108,6 @@ def running_embedded_port(data_dir: Path) -> int | None:
 def database_env_path() -> Path:
     """The env file of the services' database URLs for the embedded server (see `tailor db bootstrap`)."""
     return tailor_home() / "secrets" / "database.env"
-
-
-def embedded_dsn_if_running() -> str | None:
-    """The gateway's own URL of the `tailor` database on the embedded server under TAILOR_HOME, if that runs."""
-    if running_embedded_port(tailor_home() / "pg") is None or not database_env_path().exists():
-        return None
-    return db_roles.read_env_file(database_env_path()).get(db_roles.env_name("gateway", "database"))
 
 
 def _free_port() -> int:
@@ -310,6 +308,9 @@ class Suite:
         env["TAILOR_READY_FILE"] = str(ready_file)
         if member.kind not in ("gateway", PIPELINE):
             del env[service_auth.SIGNING_KEY_ENV]  # only the gateway and its workers sign internal calls
+        if member.kind == "gateway":
+            # The gateway keeps a working operator key in this file at start (`tailor tenant ...` reads it).
+            env["TAILOR_OPERATOR_KEY_FILE"] = str(operator_key_path())
         with open(self.log_path(member.name), "ab") as log_file:
             proc = subprocess.Popen(
                 [sys.executable, "-m", member.module],
@@ -477,19 +478,25 @@ def _write_secret(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
-async def ensure_demo_key(dsn: str, gateway: str) -> tuple[str, bool]:
-    """The demo tenant's key: the one stored in TAILOR_HOME/demo_key while it works, else a new one (stored); and
-    whether the demo tenant was created just now."""
-    from services.gateway.admin import create_tenant_with_key
+async def ensure_demo_key(gateway: str) -> tuple[str, bool]:
+    """The demo tenant's key: the one stored in TAILOR_HOME/demo_key while it works, else a new one from CreateTenant
+    with the operator key the gateway wrote at start (stored); and whether the demo tenant was created just now."""
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 
     path = demo_key_path()
     if path.exists():
         key = path.read_text().strip()
         if key and await _key_works(gateway, key):
             return key, False
-    created, secret = await create_tenant_with_key(dsn, "demo", "Demo shop (Online Retail)", key_name="tailor-up")
-    _write_secret(path, secret + "\n")
-    return secret, created
+    operator = operator_key_path().read_text().strip()
+    async with grpc.aio.insecure_channel(gateway) as channel:
+        reply = await gw_grpc.GatewayServiceStub(channel).CreateTenant(
+            gw.CreateTenantRequest(tenant_id="demo", display_name="Demo shop (Online Retail)",
+                                   key_display_name="tailor-up"),
+            metadata=(("authorization", f"Bearer {operator}"),), timeout=30)
+    _write_secret(path, reply.secret + "\n")
+    return reply.secret, reply.created
 
 
 def _tool(name: str) -> str:
@@ -772,10 +779,7 @@ async def _start(suite: Suite, options: UpOptions, started: float, state: dict) 
     write_state(suite, state)
     await suite.wait_healthy()
     gateway = suite.address("gateway")
-    key, created = await ensure_demo_key(dsn, gateway)
-    from services.gateway.admin import write_operator_key  # `tailor tenant create|list|quota` use it
-
-    await write_operator_key(dsn, tailor_home() / "operator_key")
+    key, created = await ensure_demo_key(gateway)
 
     from tailor_cli import demo
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -37,11 +38,11 @@ from services.gateway.recommend import Recommendations
 from services.gateway.records import RecordSync
 from services.gateway.postgres_tenants import TenantStore
 from services.gateway.servicer import GatewayServicer
-from services.gateway.tenants import Tenants
+from services.gateway.tenants import Tenants, ensure_operator_key
 from shared import client, service_auth
 from shared.runtime import Built, prepare_schema
 from shared.server import Service
-from shared.settings import env_bool, env_float, env_int, service_address
+from shared.settings import env_bool, env_float, env_int, env_str, service_address
 
 SERVICE_NAMES = {
     "identity": identity_pb.DESCRIPTOR.services_by_name["IdentityService"].full_name,
@@ -60,6 +61,7 @@ class Settings:
     run_worker: bool
     pool_size: int
     resolve_cache_seconds: float
+    operator_key_file: str
 
     @classmethod
     def from_env(cls, addresses: dict[str, str] | None = None) -> "Settings":
@@ -69,6 +71,7 @@ class Settings:
             run_worker=env_bool("TAILOR_GATEWAY_RUN_WORKER", True),
             pool_size=env_int("TAILOR_GATEWAY_POOL_SIZE", 10, minimum=2),
             resolve_cache_seconds=env_float("TAILOR_GATEWAY_RESOLVE_CACHE_SECONDS", 1.0, minimum=0.0),
+            operator_key_file=env_str("TAILOR_OPERATOR_KEY_FILE", ""),
         )
 
 
@@ -103,6 +106,11 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
     pool = await prepare_schema(dsn, "gateway", __file__, max_size=settings.pool_size)
     store = GatewayStore(pool)
     keys = KeyService(store, settings.auth_cache_seconds)
+    if settings.operator_key_file:
+        # A deployment step done by the gateway itself at start, so no tool needs the database: the operator key
+        # (CreateTenant, ListTenants, SetTenantQuota) stored in this file is kept while it works, else a new one is
+        # written there (mode 0600) for `tailor tenant ...` to read.
+        await ensure_operator_key(keys, Path(settings.operator_key_file))
     channels = {name: client.channel(settings.addresses[name]) for name in SERVICE_NAMES}
     stubs = domain_stubs(channels)
     identity, profile, recommender, decision = stubs.identity, stubs.profile, stubs.recommender, stubs.decision

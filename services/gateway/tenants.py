@@ -103,9 +103,13 @@ async def _ensure_operator_key(keys: KeyService, path: Path) -> str:
     await keys.store.create_tenant(OPERATOR_TENANT, "Operator")
     secret = await keys.create_operator_key()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # Written beside it then renamed over it, so a reader (or another gateway replica starting) never sees it half
+    # written.
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secret + "\n")
-    os.chmod(path, 0o600)
+    os.chmod(partial, 0o600)
+    os.replace(partial, path)
     return secret
 

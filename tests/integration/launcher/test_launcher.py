@@ -49,6 +49,14 @@ async def test_up_serves_all_five_services_and_sigterm_stops_every_process(datab
         key_file = tmp_path / "home" / "demo_key"
         assert key_file.read_text().strip() == ready["api_key"]
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        # The gateway wrote the operator key at start; the demo tenant was created with it over CreateTenant.
+        operator_file = tmp_path / "home" / "operator_key"
+        assert stat.S_IMODE(operator_file.stat().st_mode) == 0o600
+        async with grpc.aio.insecure_channel(ready["addresses"]["gateway"]) as channel:
+            tenants = await gw_grpc.GatewayServiceStub(channel).ListTenants(
+                gw.ListTenantsRequest(), metadata=(("authorization", f"Bearer {operator_file.read_text().strip()}"),),
+                timeout=10)
+        assert [t.tenant_id for t in tenants.tenants if t.tenant_id == "demo"] == ["demo"]
         assert all(running(pid) for pid in ready["pids"].values())
         # The internal keypair: generated at first start, the private key for the gateway (and workers) alone.
         keys = tmp_path / "home" / "keys"
@@ -80,6 +88,7 @@ async def test_a_second_up_reuses_the_stored_demo_key(database_url, tmp_path):
 
     assert code == 0, output
     assert again["api_key"] == ready["api_key"]
+    assert "tlr_" in (home / "operator_key").read_text()
 
 
 async def test_a_service_that_cannot_start_stops_the_launcher_with_its_log(tmp_path):

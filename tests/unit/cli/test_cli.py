@@ -77,11 +77,12 @@ def test_the_api_key_defaults_to_the_environment_then_the_stored_demo_key(tmp_pa
     assert cli.default_api_key() == "tlr_env"
 
 
-def test_tenant_create_without_any_database_exits_1(tmp_path, monkeypatch, capsys):
+def test_tenant_create_without_an_operator_key_exits_1_and_says_where_to_find_one(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TAILOR_HOME", str(tmp_path))
-    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("TAILOR_OPERATOR_KEY", raising=False)
+    monkeypatch.delenv("TAILOR_OPERATOR_KEY_FILE", raising=False)
     assert cli.run(["tenant", "create", "acme"]) == 1
-    assert "DATABASE_URL" in capsys.readouterr().err
+    assert "no operator key" in capsys.readouterr().err
 
 
 def test_the_progress_bar_shows_the_fraction_done():

@@ -80,10 +80,14 @@ def test_scopes_are_a_comma_separated_list_of_known_scopes():
 def test_the_operator_key_comes_from_the_flag_then_the_environment_then_the_stored_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TAILOR_HOME", str(tmp_path))
     monkeypatch.delenv("TAILOR_OPERATOR_KEY", raising=False)
+    monkeypatch.delenv("TAILOR_OPERATOR_KEY_FILE", raising=False)
     args = cli.build_parser().parse_args(["tenant", "list"])
     assert cli.operator_key(args) == ""
     (tmp_path / "operator_key").write_text("tlr_stored\n")
     assert cli.operator_key(args) == "tlr_stored"
+    (tmp_path / "elsewhere").write_text("tlr_gateway_file\n")  # where a gateway was told to write it
+    monkeypatch.setenv("TAILOR_OPERATOR_KEY_FILE", str(tmp_path / "elsewhere"))
+    assert cli.operator_key(args) == "tlr_gateway_file"
     monkeypatch.setenv("TAILOR_OPERATOR_KEY", "tlr_env")
     assert cli.operator_key(args) == "tlr_env"
     flagged = cli.build_parser().parse_args(["tenant", "list", "--operator-key", "tlr_flag"])

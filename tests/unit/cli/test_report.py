@@ -2,7 +2,7 @@
 
 from personalization.decision.v1 import decision_service_pb2 as pb
 
-from services.decision.report import render_html
+from tailor_cli.report import render_html
 
 
 def test_report_shows_every_cohort_the_leader_and_the_verdict():

@@ -1,4 +1,5 @@
-"""Renders experiment results as a self-contained HTML page with an SVG bar chart (for `tailor experiment report`)."""
+"""Renders experiment results (GetExperimentResults, fetched over the public API) as a self-contained HTML page with an
+SVG bar chart, client-side, for `tailor experiment report`."""
 
 from __future__ import annotations
 
