@@ -35,7 +35,7 @@ from services.gateway.destinations import (ALLOWED_NETWORKS_SETTING, DeliveryErr
 from services.gateway.ports import ProfilePort
 from shared import context as ctx
 from shared import db
-from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Violations, quote, shorten
+from shared.errors import FailedPrecondition, NotFound, Violations, quote, shorten
 from shared.leader import lead
 from shared.log import get_logger
 from shared import paging
@@ -236,13 +236,9 @@ def validate_activation(a: pb.Activation) -> Violations:
     return v
 
 
-def _after(token: str) -> str:
-    key = decode_token(token, "page_token")
-    if key is None:
-        return ""
-    if len(key) != 1 or not isinstance(key[0], str):
-        raise InvalidArgument([("page_token", "is not a token this service issued")])
-    return key[0]
+def _after(token: str, listing: str) -> str:
+    key = decode_token(token, listing, (str,))
+    return key[0] if key else ""
 
 
 class Activations:
@@ -301,8 +297,8 @@ class Activations:
     async def list_destinations(self, tenant_id: str, page_size: int, page_token: str
                                 ) -> tuple[list[pb.Destination], str]:
         size = paging.page_size(page_size)
-        rows, token = next_page(await self.store.list_destinations(tenant_id, _after(page_token), size + 1), size,
-                                lambda d: [d.name])
+        rows, token = next_page(await self.store.list_destinations(tenant_id, _after(page_token, "destinations"),
+                                                                   size + 1), size, "destinations", lambda d: [d.name])
         return [public_destination(d) for d in rows], token
 
     async def upsert_activation(self, tenant_id: str, activation: pb.Activation) -> pb.Activation:
@@ -337,8 +333,8 @@ class Activations:
     async def list_activations(self, tenant_id: str, page_size: int, page_token: str
                                ) -> tuple[list[pb.Activation], str]:
         size = paging.page_size(page_size)
-        return next_page(await self.store.list_activations(tenant_id, _after(page_token), size + 1), size,
-                         lambda a: [a.name])
+        return next_page(await self.store.list_activations(tenant_id, _after(page_token, "activations"), size + 1),
+                         size, "activations", lambda a: [a.name])
 
     async def delete_destination(self, tenant_id: str, name: str) -> None:
         """Deletes a destination; NOT_FOUND if unknown, FAILED_PRECONDITION while an activation sends to it."""
@@ -377,25 +373,16 @@ class Activations:
         v = Violations()
         if state not in pb.DeliveryState.values():
             v.add("state", "must be a DeliveryState")
-        size = 0
-        try:
-            size = paging.page_size(page_size)
-        except InvalidArgument:
-            v.add("page_size", "must be between 0 (means 100) and 1000")
-        key = None
-        try:
-            key = decode_token(page_token, "page_token")
-        except InvalidArgument:
-            v.add("page_token", "is not a token this service issued")
-        if key is not None and (len(key) != 1 or not isinstance(key[0], int) or isinstance(key[0], bool)):
-            v.add("page_token", "is not a token this service issued")
+        listing = f"deliveries/{activation}/{state}"
+        size = paging.page_size(page_size, 100, 1000, v)
+        key = decode_token(page_token, listing, (int,), v)
         v.raise_if_any()
         if await self.store.get_activation(tenant_id, activation) is None:
             raise _not_found("activation", activation)
         wanted = "" if state == pb.DELIVERY_STATE_UNSPECIFIED else pb.DeliveryState.Name(state).removeprefix(
             "DELIVERY_STATE_")
         rows = await self.store.list_deliveries(tenant_id, activation, wanted, key[0] if key else None, size + 1)
-        page, token = next_page(rows, size, lambda r: [r[0]])
+        page, token = next_page(rows, size, listing, lambda r: [r[0]])
         return [d for _, d in page], token
 
     @staticmethod

@@ -126,7 +126,7 @@ class BatchJobs:
         return job
 
     async def list_jobs(self, tenant_id: str, limit: int, after: list | None) -> list[Job]:
-        key = None if after is None else (datetime.fromisoformat(after[0]), after[1])
+        key = None if after is None else (after[0], after[1])
         return await self.store.list_jobs(tenant_id, limit, key)
 
     async def results(self, tenant_id: str, job_id: str, limit: int, after: list | None) -> list[StoredRow]:

@@ -82,15 +82,9 @@ class DeadLetters:
     async def list(self, tenant: str, request: pb.ListDeadLettersRequest) -> pb.ListDeadLettersResponse:
         v = Violations()
         reason, since, until = _filter(request, v)
-        v.raise_if_any()
-        size = page_size(request.page_size, 100, 1000)
-        after = None
-        token = decode_token(request.page_token, "page_token")
-        if token is not None:
-            try:
-                after = (datetime.fromisoformat(token[0]), str(token[1]))
-            except (ValueError, IndexError, TypeError):
-                v.add("page_token", "is not a token this service issued")
+        size = page_size(request.page_size, 100, 1000, v)
+        key = decode_token(request.page_token, "dead_letters", (datetime, str), v)
+        after = None if key is None else (key[0], key[1])
         v.raise_if_any()
         rows = await self.store.list_dead_letters(tenant, reason, since, until, after, size + 1)
         # A page also ends before it would outgrow what a default client receives (events are up to 256 KiB each).
@@ -103,7 +97,7 @@ class DeadLetters:
             letters.append(letter)
         more = len(letters) < len(rows)
         last = rows[len(letters) - 1] if letters else None
-        token = encode_token([last.failed_at.isoformat(), last.message_id]) if more and last else ""
+        token = encode_token("dead_letters", [last.failed_at, last.message_id]) if more and last else ""
         return pb.ListDeadLettersResponse(dead_letters=letters, next_page_token=token)
 
     async def retry(self, tenant: str, request: pb.RetryDeadLettersRequest) -> pb.RetryDeadLettersResponse:

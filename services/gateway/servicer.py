@@ -188,10 +188,10 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
 
     async def ListApiKeys(self, request, context):
         size = page_size(request.page_size, 100, 1000)
-        after = decode_token(request.page_token, "page_token")
-        rows = await self.keys.store.list_keys(
-            current_tenant(), None if after is None else (datetime.fromisoformat(after[0]), after[1]), size + 1)
-        rows, token = next_page(rows, size, lambda r: [r.created_at.isoformat(), r.key_id])
+        after = decode_token(request.page_token, "api_keys", (datetime, str))
+        rows = await self.keys.store.list_keys(current_tenant(), None if after is None else (after[0], after[1]),
+                                               size + 1)
+        rows, token = next_page(rows, size, "api_keys", lambda r: [r.created_at, r.key_id])
         return pb.ListApiKeysResponse(api_keys=[api_key_message(r) for r in rows], next_page_token=token)
 
     async def RevokeApiKey(self, request, context):
@@ -223,8 +223,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
 
     async def ListBatchJobs(self, request, context):
         size = page_size(request.page_size, 100, 1000)
-        rows = await self.batch.list_jobs(current_tenant(), size + 1, decode_token(request.page_token))
-        rows, token = next_page(rows, size, lambda r: [r.created_at.isoformat(), r.job_id])
+        rows = await self.batch.list_jobs(current_tenant(), size + 1,
+                                          decode_token(request.page_token, "batch_jobs", (datetime, str)))
+        rows, token = next_page(rows, size, "batch_jobs", lambda r: [r.created_at, r.job_id])
         return pb.ListBatchJobsResponse(jobs=[job_message(r) for r in rows], next_page_token=token)
 
     async def WatchBatchJob(self, request, context):
@@ -236,8 +237,10 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
 
     async def ListBatchResults(self, request, context):
         size = page_size(request.page_size, 1000, 10_000)
-        rows = await self.batch.results(current_tenant(), request.job_id, size + 1, decode_token(request.page_token))
-        rows, token = next_page(rows, size, lambda r: [r.row.unified_individual_id, r.row.point_name])
+        listing = f"batch_results/{request.job_id}"
+        rows = await self.batch.results(current_tenant(), request.job_id, size + 1,
+                                        decode_token(request.page_token, listing, (str, str)))
+        rows, token = next_page(rows, size, listing, lambda r: [r.row.unified_individual_id, r.row.point_name])
         return pb.ListBatchResultsResponse(rows=[result_message(r) for r in rows], next_page_token=token)
 
     async def UpsertBatchSchedule(self, request, context):
@@ -248,8 +251,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
 
     async def ListBatchSchedules(self, request, context):
         size = page_size(request.page_size, 100, 1000)
-        rows = await self.batch.list_schedules(current_tenant(), size + 1, decode_token(request.page_token))
-        rows, token = next_page(rows, size, lambda r: [r.name])
+        rows = await self.batch.list_schedules(current_tenant(), size + 1,
+                                               decode_token(request.page_token, "batch_schedules", (str,)))
+        rows, token = next_page(rows, size, "batch_schedules", lambda r: [r.name])
         return pb.ListBatchSchedulesResponse(schedules=[schedule_message(r) for r in rows], next_page_token=token)
 
     async def GetUsage(self, request, context):

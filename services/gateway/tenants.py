@@ -59,10 +59,10 @@ class Tenants:
 
     async def list(self, request: pb.ListTenantsRequest) -> pb.ListTenantsResponse:
         size = page_size(request.page_size, 100, 1000)
-        after = decode_token(request.page_token, "page_token")
+        after = decode_token(request.page_token, "tenants", (str,))
         with db.all_tenants():  # every tenant, by definition
             rows = await self.store.list(after[0] if after else "", size + 1)
-        rows, token = next_page(rows, size, lambda r: [r.tenant_id])
+        rows, token = next_page(rows, size, "tenants", lambda r: [r.tenant_id])
         return pb.ListTenantsResponse(tenants=[tenant_message(r) for r in rows], next_page_token=token)
 
     async def set_quota(self, request: pb.SetTenantQuotaRequest) -> pb.SetTenantQuotaResponse:

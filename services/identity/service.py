@@ -35,6 +35,7 @@ from services.identity.resolution import (
 )
 from services.identity.subjects import validate_subjects
 from services.identity.unmerge import UnmergePlan, plan_unmerge
+from shared import paging
 from shared.errors import InvalidArgument, NotFound, Violations, quote
 
 
@@ -248,32 +249,24 @@ class IdentityService:
     ) -> tuple[list[MergeEventView], str]:
         """One page of the merge history, newest first."""
         v = Violations()
-        if page_size < 0 or page_size > 1000:
-            v.add("page_size", "must be between 0 and 1000 (0 means 100)")
-        before = None
-        if page_token:
-            if not page_token.isdigit() or len(page_token) > 18:
-                v.add("page_token", "is not a token returned by ListMergeEvents")
-            else:
-                before = int(page_token)
+        listing = f"merge_events/{individual_id}"
+        limit = paging.page_size(page_size, 100, 1000, v)
+        key = paging.decode_token(page_token, listing, (int,), v)
         if "\x00" in individual_id:
             v.add("unified_individual_id", "must not contain NUL characters")
         v.raise_if_any()
-        limit = page_size or 100
-        events = await self.repository.list_merge_events(tenant, individual_id, before, limit + 1)
-        token = str(events[limit - 1].event_id) if len(events) > limit else ""
-        return events[:limit], token
+        events = await self.repository.list_merge_events(tenant, individual_id, key[0] if key else None, limit + 1)
+        return paging.next_page(events, limit, listing, lambda e: [e.event_id])
 
     async def unpropagated_merge_events(self, tenant: str, page_size: int, min_age_seconds: float
                                         ) -> list[MergeEventView]:
         """The merge outbox: merges and unmerges the rest of the suite may not have applied yet, oldest first."""
         v = Violations()
-        if page_size < 0 or page_size > 1000:
-            v.add("page_size", "must be between 0 and 1000 (0 means 100)")
+        size = paging.page_size(page_size, 100, 1000, v)
         if min_age_seconds < 0:
             v.add("min_age_seconds", "must not be negative")
         v.raise_if_any()
-        return await self.repository.unpropagated_merge_events(tenant, min_age_seconds, page_size or 100)
+        return await self.repository.unpropagated_merge_events(tenant, min_age_seconds, size)
 
     async def mark_merge_events_propagated(self, tenant: str, event_ids: list[str],
                                            merges: list[tuple[str, str]] = ()) -> int:

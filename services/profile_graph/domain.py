@@ -1,10 +1,7 @@
-"""The profile graph's values and the rules on them: limits, dataclasses, validation and paging."""
+"""The profile graph's values and the rules on them: limits, dataclasses and validation (paging: shared.paging)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -471,28 +468,3 @@ def event_limit(requested: int, field_name: str = "event_limit", default: int = 
         return default
     return min(requested, MAX_EVENT_LIMIT)
 
-
-def page_size(requested: int, default: int, maximum: int) -> int:
-    """0 means default; more than maximum is capped; negative is refused."""
-    if requested < 0:
-        raise InvalidArgument([("page_size", "must not be negative")])
-    return default if requested == 0 else min(requested, maximum)
-
-
-def encode_page_token(scope: str, after: str) -> str:
-    """An opaque token naming where the next page starts, bound to what is being listed."""
-    raw = json.dumps({"s": scope, "a": after}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_page_token(token: str, scope: str) -> str:
-    """The position a token names; a malformed token or one from another listing is refused."""
-    if not token:
-        return ""
-    try:
-        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if data["s"] == scope and isinstance(data["a"], str):
-            return data["a"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
-        pass
-    raise InvalidArgument([("page_token", "is not a token returned by this listing")])

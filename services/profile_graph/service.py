@@ -17,6 +17,7 @@ from services.profile_graph.domain import (
 )
 from services.profile_graph.items import check_item_attributes, check_item_filters
 from services.profile_graph.segments import RuleCache
+from shared import paging
 from shared.context import Slices, check_deadline
 from shared.errors import InvalidArgument, NotFound, Violations, quote
 from shared.log import get_logger
@@ -662,13 +663,13 @@ class ProfileGraph:
     async def list_items(self, tenant: str, filters: list[Condition], size: int, token: str
                          ) -> tuple[list[Item], str]:
         """A page of items by id meeting every filter, and the token of the next page."""
-        limit = domain.page_size(size, 100, 1_000)
-        scope = "items/" + repr([(c.field, c.op, c.value) for c in filters])
-        after = domain.decode_page_token(token, scope)
+        limit = paging.page_size(size, 100, 1_000)
+        listing = "items/" + repr([(c.field, c.op, c.value) for c in filters])
+        after = paging.decode_token(token, listing, (str,))
         types = await self.store.item_types(tenant)
         check_item_filters(filters, types)
-        rows = await self.store.list_items(tenant, filters, types, after, limit + 1)
-        return rows[:limit], domain.encode_page_token(scope, rows[limit - 1].item_id) if len(rows) > limit else ""
+        rows = await self.store.list_items(tenant, filters, types, after[0] if after else "", limit + 1)
+        return paging.next_page(rows, limit, listing, lambda item: [item.item_id])
 
     # ---- insights -----------------------------------------------------------------------------------------
 
@@ -692,10 +693,10 @@ class ProfileGraph:
 
     async def list_insights(self, tenant: str, size: int, token: str) -> tuple[list[InsightDef], str]:
         """A page of insight definitions by name, and the token of the next page."""
-        limit = domain.page_size(size, 100, 1_000)
-        after = domain.decode_page_token(token, "insights")
-        rows = await self.store.list_insights(tenant, after, limit + 1)
-        return rows[:limit], domain.encode_page_token("insights", rows[limit - 1].name) if len(rows) > limit else ""
+        limit = paging.page_size(size, 100, 1_000)
+        after = paging.decode_token(token, "insights", (str,))
+        rows = await self.store.list_insights(tenant, after[0] if after else "", limit + 1)
+        return paging.next_page(rows, limit, "insights", lambda d: [d.name])
 
     # ---- segments -----------------------------------------------------------------------------------------
 
@@ -720,33 +721,31 @@ class ProfileGraph:
 
     async def list_segments(self, tenant: str, size: int, token: str) -> tuple[list[SegmentDef], str]:
         """A page of segments by name with their member counts, and the token of the next page."""
-        limit = domain.page_size(size, 100, 1_000)
-        after = domain.decode_page_token(token, "segments")
-        rows = await self.store.list_segments(tenant, after, limit + 1)
-        return rows[:limit], domain.encode_page_token("segments", rows[limit - 1].name) if len(rows) > limit else ""
+        limit = paging.page_size(size, 100, 1_000)
+        after = paging.decode_token(token, "segments", (str,))
+        rows = await self.store.list_segments(tenant, after[0] if after else "", limit + 1)
+        return paging.next_page(rows, limit, "segments", lambda s: [s.name])
 
     async def list_members(self, tenant: str, segment: str, size: int, token: str) -> tuple[list[Member], str]:
         """A page of a segment's members ordered by unified id, and the token of the next page."""
         if not segment:
             raise InvalidArgument([("segment", "must not be empty")])
-        limit = domain.page_size(size, 1_000, 10_000)
-        after = domain.decode_page_token(token, f"members/{segment}")
+        limit = paging.page_size(size, 1_000, 10_000)
+        after = paging.decode_token(token, f"members/{segment}", (str,))
         await self._segment_must_exist(tenant, segment)
-        rows = await self.store.list_members(tenant, segment, after, limit + 1)
-        token = domain.encode_page_token(f"members/{segment}", rows[limit - 1].individual_id) if len(rows) > limit else ""
-        return rows[:limit], token
+        rows = await self.store.list_members(tenant, segment, after[0] if after else "", limit + 1)
+        return paging.next_page(rows, limit, f"members/{segment}", lambda m: [m.individual_id])
 
     async def list_changes(self, tenant: str, segment: str, size: int, token: str
                            ) -> tuple[list[MembershipChange], str]:
         """Entries and exits in the order they happened; the token always names the last one returned, so a caller
         can poll with it for newer changes."""
-        limit = domain.page_size(size, 1_000, 10_000)
-        raw = domain.decode_page_token(token, f"changes/{segment}")
+        limit = paging.page_size(size, 1_000, 10_000)
+        after = paging.decode_token(token, f"changes/{segment}", (int,))
         if segment:
             await self._segment_must_exist(tenant, segment)
-        rows = await self.store.list_changes(tenant, segment, int(raw or 0), limit)
-        last = rows[-1].seq if rows else int(raw or 0)
-        return rows, domain.encode_page_token(f"changes/{segment}", str(last)) if rows else ""
+        rows = await self.store.list_changes(tenant, segment, after[0] if after else 0, limit)
+        return rows, paging.encode_token(f"changes/{segment}", [rows[-1].seq]) if rows else ""
 
     async def _segment_must_exist(self, tenant: str, segment: str) -> None:
         if not await self.store.segment_exists(tenant, segment):

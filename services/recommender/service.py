@@ -66,6 +66,7 @@ from services.recommender.validation import (
     validate_interactions,
     validate_items,
 )
+from shared import paging
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound, Violations, quote
 
 log = logging.getLogger(__name__)
@@ -160,14 +161,12 @@ class Recommender:
 
     async def list_configs(self, tenant: str, page_size: int, page_token: str) -> tuple[list[Config], str]:
         violations = Violations()
-        if not 0 <= page_size <= 1000:
-            violations.add("page_size", "must be between 0 and 1000")
+        size = paging.page_size(page_size, 100, 1000, violations)
+        after = paging.decode_token(page_token, "recommenders", (str,), violations)
         violations.raise_if_any()
-        size = page_size or 100
-        names = sorted(n for n in (await self._all_configs(tenant, fresh=True)) if n > page_token)
-        configs = await self._all_configs(tenant)
-        page = [configs[n] for n in names[:size]]
-        return page, (page[-1].name if len(names) > size else "")
+        configs = await self._all_configs(tenant, fresh=True)
+        names = sorted(n for n in configs if not after or n > after[0])
+        return paging.next_page([configs[n] for n in names[:size + 1]], size, "recommenders", lambda c: [c.name])
 
     async def delete_config(self, tenant: str, name: str) -> None:
         configs = await self._all_configs(tenant, fresh=True)

@@ -118,9 +118,9 @@ async def test_dead_letter_requests_are_checked_field_by_field_and_scoped_to_adm
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await suite.gateway.ListDeadLetters(pb.ListDeadLettersRequest(
             filter=pb.DeadLetterFilter(reason="BROKEN", fail_time_from=timestamp_pb2.Timestamp(seconds=100),
-                                       fail_time_to=timestamp_pb2.Timestamp(seconds=50)), page_size=5000), metadata=md)
+                                       fail_time_to=timestamp_pb2.Timestamp(seconds=50)), page_size=-1), metadata=md)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert [f for f, _ in status_details(info.value)[0]] == ["filter.reason", "filter.fail_time_to"]
+    assert [f for f, _ in status_details(info.value)[0]] == ["filter.reason", "filter.fail_time_to", "page_size"]
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await suite.gateway.RetryDeadLetters(pb.RetryDeadLettersRequest(), metadata=md)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -97,7 +97,7 @@ async def test_an_invalid_activation_is_refused_before_any_lookup():
         await activations.upsert_activation("t1", pb.Activation(name="a", destination="d"))
     assert [f for f, _ in info.value.violations] == ["activation.source"]
     with pytest.raises(InvalidArgument) as info:
-        await activations.list_activations("t1", 5000, "")
+        await activations.list_activations("t1", -1, "")
     assert [f for f, _ in info.value.violations] == ["page_size"]
     with pytest.raises(InvalidArgument) as info:
         await activations.list_destinations("t1", 0, "garbage!")

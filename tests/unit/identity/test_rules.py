@@ -266,11 +266,14 @@ async def test_merge_events_page_newest_first(service):
         await resolve(service, [("email", f"{n}b@x.io")])
         await resolve(service, [("email", f"{n}a@x.io"), ("email", f"{n}b@x.io")])
     page, token = await service.list_merge_events(T, "", 2, "")
-    assert [e.event_id for e in page] == [3, 2] and token == "2"
-    rest, token = await service.list_merge_events(T, "", 2, token)
-    assert [e.event_id for e in rest] == [1] and token == ""
+    assert [e.event_id for e in page] == [3, 2] and token
+    rest, last = await service.list_merge_events(T, "", 2, token)
+    assert [e.event_id for e in rest] == [1] and last == ""
+    with pytest.raises(InvalidArgument) as info:  # a token of another individual's history is not this listing's
+        await service.list_merge_events(T, "someone", 2, token)
+    assert paths(info.value) == ["page_token"]
     with pytest.raises(InvalidArgument) as info:
-        await service.list_merge_events(T, "", 1001, "x")
+        await service.list_merge_events(T, "", -1, "x")
     assert paths(info.value) == ["page_size", "page_token"]
 
 

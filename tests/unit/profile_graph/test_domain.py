@@ -209,15 +209,6 @@ def test_rule_cache_recompiles_only_when_the_rule_changes():
     assert cache.programs("t", [SegmentDef("s", "", "false")])[0].program is not first
 
 
-def test_page_token_from_another_listing_is_refused():
-    token = domain.encode_page_token("insights", "abc")
-    assert domain.decode_page_token(token, "insights") == "abc"
-    with pytest.raises(InvalidArgument):
-        domain.decode_page_token(token, "segments")
-    with pytest.raises(InvalidArgument):
-        domain.decode_page_token("!!", "segments")
-
-
 def test_unknown_read_mask_path_is_refused_with_its_index():
     with pytest.raises(InvalidArgument) as info:
         domain.profile_parts(["events", "friends"])
