@@ -34,7 +34,7 @@ async def _refresh_loop(graph: ProfileGraph, every_seconds: int) -> None:
     while True:
         await asyncio.sleep(every_seconds)
         try:
-            refreshed = await graph.refresh()
+            refreshed = await graph.recompute.refresh()
             log.info("profiles_refreshed", individuals=refreshed)
         except Exception:  # noqa: BLE001 - a failed round is retried at the next tick
             log.exception("profiles_refresh_failed")
@@ -50,7 +50,7 @@ async def _item_insight_loop(graph: ProfileGraph, every_ms: int) -> None:
     while True:
         await asyncio.sleep(every_ms / 1000)
         try:
-            await graph.flush_item_insights()
+            await graph.recompute.flush_item_insights()
         except Exception:  # noqa: BLE001 - the items are recomputed again by the next full recompute
             log.exception("item_insights_failed")
 
@@ -67,7 +67,7 @@ async def build(dsn: str, *, clock: Callable[[], datetime] = _utcnow) -> Built:
     store = PostgresStore(pool)
     graph = ProfileGraph(store, clock=clock, objects_per_type=objects_per_type)
     with db.all_tenants():  # every tenant that had insights before partials existed
-        rebuilt = await graph.rebuild_pending_partials()
+        rebuilt = await graph.recompute.rebuild_pending_partials()
     if rebuilt:
         log.info("insight_partials_rebuilt", tenants=rebuilt)
 

@@ -183,7 +183,7 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
         problems = contract.violations(request)
         if problems:
             contract.raise_merged(problems, lambda: domain.validate_events([to_new_event(e) for e in request.events]))
-        outcomes = await self.graph.append_events(current_tenant(), [to_new_event(e) for e in request.events])
+        outcomes = await self.graph.appends.append_events(current_tenant(), [to_new_event(e) for e in request.events])
         return pb.AppendEventsResponse(results=[
             pb.AppendResult(message_id=o.message_id, duplicate=o.duplicate, entered_segments=o.entered,
                             exited_segments=o.exited)
@@ -191,14 +191,14 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
         ])
 
     async def GetProfile(self, request, context):
-        p = await self.graph.get_profile(current_tenant(), request.unified_individual_id,
+        p = await self.graph.reads.get_profile(current_tenant(), request.unified_individual_id,
                                          list(request.read_mask.paths), request.event_limit, request.affinity_limit)
         reply = pb.GetProfileResponse(profile=to_profile_pb(p))
         contract.fit_profile(reply.profile)
         return reply
 
     async def GetProfiles(self, request, context):
-        profiles = await self.graph.get_profiles(current_tenant(), list(request.unified_individual_ids),
+        profiles = await self.graph.reads.get_profiles(current_tenant(), list(request.unified_individual_ids),
                                                  list(request.read_mask.paths), request.event_limit,
                                                  request.affinity_limit)
         reply = pb.GetProfilesResponse(profiles=[to_profile_pb(p) for p in profiles])
@@ -209,7 +209,7 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
 
     async def ReassignIndividual(self, request, context):
         contract.check(request)
-        moved = await self.graph.reassign(
+        moved = await self.graph.reassignment.reassign(
             current_tenant(), list(request.from_individual_ids), request.to_individual_id,
             [(i.type, i.value) for i in request.only_events_with_identities] or None)
         return pb.ReassignIndividualResponse(moved_event_count=moved)
@@ -217,38 +217,38 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
     async def UpsertItems(self, request, context):
         contract.check(request)
         items = [Item(i.item_id, i.name, _dict(i.attributes)) for i in request.items]
-        return pb.UpsertItemsResponse(upserted_count=await self.graph.upsert_items(current_tenant(), items))
+        return pb.UpsertItemsResponse(upserted_count=await self.graph.catalog.upsert_items(current_tenant(), items))
 
     async def GetItems(self, request, context):
-        items = await self.graph.get_items(current_tenant(), list(request.item_ids))
+        items = await self.graph.catalog.get_items(current_tenant(), list(request.item_ids))
         return pb.GetItemsResponse(items=[to_item_pb(i) for i in items])
 
     async def ListItems(self, request, context):
-        rows, token = await self.graph.list_items(current_tenant(), list(to_conditions(request.filters)),
+        rows, token = await self.graph.catalog.list_items(current_tenant(), list(to_conditions(request.filters)),
                                                   request.page_size, request.page_token)
         return pb.ListItemsResponse(items=[to_item_pb(i) for i in rows], next_page_token=token)
 
     async def UpsertInsight(self, request, context):
         d = to_insight_def(request.insight) if request.HasField("insight") else None
-        stored = await self.graph.upsert_insight(current_tenant(), d)
+        stored = await self.graph.insights.upsert_insight(current_tenant(), d)
         return pb.UpsertInsightResponse(insight=to_insight_pb(stored))
 
     async def ListInsights(self, request, context):
-        rows, token = await self.graph.list_insights(current_tenant(), request.page_size, request.page_token)
+        rows, token = await self.graph.insights.list_insights(current_tenant(), request.page_size, request.page_token)
         return pb.ListInsightsResponse(insights=[to_insight_pb(d) for d in rows], next_page_token=token)
 
     async def UpsertSegment(self, request, context):
         s = request.segment
         d = SegmentDef(s.name, s.description, s.rule) if request.HasField("segment") else None
-        stored = await self.graph.upsert_segment(current_tenant(), d)
+        stored = await self.graph.segments.upsert_segment(current_tenant(), d)
         return pb.UpsertSegmentResponse(segment=to_segment_pb(stored))
 
     async def ListSegments(self, request, context):
-        rows, token = await self.graph.list_segments(current_tenant(), request.page_size, request.page_token)
+        rows, token = await self.graph.segments.list_segments(current_tenant(), request.page_size, request.page_token)
         return pb.ListSegmentsResponse(segments=[to_segment_pb(s) for s in rows], next_page_token=token)
 
     async def ListSegmentMembers(self, request, context):
-        rows, token = await self.graph.list_members(current_tenant(), request.segment, request.page_size,
+        rows, token = await self.graph.segments.list_members(current_tenant(), request.segment, request.page_size,
                                                     request.page_token)
         return pb.ListSegmentMembersResponse(
             members=[pb.SegmentMember(unified_individual_id=m.individual_id, enter_time=_timestamp(m.enter_time))
@@ -257,7 +257,7 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
         )
 
     async def ListMembershipChanges(self, request, context):
-        rows, token = await self.graph.list_changes(current_tenant(), request.segment, request.page_size,
+        rows, token = await self.graph.segments.list_changes(current_tenant(), request.segment, request.page_size,
                                                     request.page_token)
         return pb.ListMembershipChangesResponse(
             changes=[pb.MembershipChange(segment=c.segment, unified_individual_id=c.individual_id, entered=c.entered,
@@ -265,11 +265,11 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
             next_page_token=token)
 
     async def RecomputeAll(self, request, context):
-        individuals, items = await self.graph.recompute_all(current_tenant())
+        individuals, items = await self.graph.recompute.recompute_all(current_tenant())
         return pb.RecomputeAllResponse(individual_count=individuals, item_count=items)
 
     async def GetAffinities(self, request, context):
-        rows = await self.graph.get_affinities(current_tenant(), request.unified_individual_id, request.limit,
+        rows = await self.graph.reads.get_affinities(current_tenant(), request.unified_individual_id, request.limit,
                                                request.dimension)
         return pb.GetAffinitiesResponse(affinities=[
             pb.Affinity(dimension=a.dimension, value=a.value, score=a.score) for a in rows])
@@ -277,28 +277,28 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
     async def SetAffinityConfig(self, request, context):
         c = to_affinity_config(request.config) if request.HasField("config") else None
         return pb.SetAffinityConfigResponse(
-            config=to_affinity_config_pb(await self.graph.set_affinity_config(current_tenant(), c)))
+            config=to_affinity_config_pb(await self.graph.configuration.set_affinity_config(current_tenant(), c)))
 
     async def GetAffinityConfig(self, request, context):
         return pb.GetAffinityConfigResponse(
-            config=to_affinity_config_pb(await self.graph.get_affinity_config(current_tenant())))
+            config=to_affinity_config_pb(await self.graph.configuration.get_affinity_config(current_tenant())))
 
     async def SetConsents(self, request, context):
-        rows = await self.graph.set_consents(current_tenant(), request.unified_individual_id,
+        rows = await self.graph.configuration.set_consents(current_tenant(), request.unified_individual_id,
                                              [(c.purpose, c.status) for c in request.consents])
         return pb.SetConsentsResponse(consents=[to_consent_pb(c) for c in rows])
 
     async def SetReconciliationRule(self, request, context):
         r = to_recon_rule(request.rule) if request.HasField("rule") else None
         return pb.SetReconciliationRuleResponse(
-            rule=to_recon_rule_pb(await self.graph.set_recon_rule(current_tenant(), r)))
+            rule=to_recon_rule_pb(await self.graph.configuration.set_recon_rule(current_tenant(), r)))
 
     async def GetReconciliationRule(self, request, context):
         return pb.GetReconciliationRuleResponse(
-            rule=to_recon_rule_pb(await self.graph.get_recon_rule(current_tenant(), request.object)))
+            rule=to_recon_rule_pb(await self.graph.configuration.get_recon_rule(current_tenant(), request.object)))
 
     async def WatchEvents(self, request, context):
-        stream = self.graph.watch_events(current_tenant(), request.unified_individual_id, request.replay_count)
+        stream = self.graph.stream.watch_events(current_tenant(), request.unified_individual_id, request.replay_count)
         async for payload, at in stream:
             yield pb.WatchEventsResponse(event=common_pb2.Event.FromString(payload), append_time=_timestamp(at))
 

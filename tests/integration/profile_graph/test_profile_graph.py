@@ -426,7 +426,7 @@ async def test_refresh_lets_an_aged_purchase_leave_the_insight_and_the_segment(s
     await db.execute("UPDATE events SET event_time = event_time - interval '2 days' WHERE tenant_id = $1", tenant)
     pool = await prepare_schema(database_url, "profile_graph", "services/profile_graph/server.py")
     try:
-        assert await ProfileGraph(PostgresStore(pool)).refresh_windowed_insights() >= 1
+        assert await ProfileGraph(PostgresStore(pool)).recompute.refresh_windowed_insights() >= 1
     finally:
         await pool.close()
     p = await profile(service, tenant, "ind-1")
