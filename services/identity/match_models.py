@@ -12,7 +12,7 @@ from typing import Any
 from services.identity import matching, probabilistic
 from services.identity.matching import Rule
 from services.identity.probabilistic import CompareField, MatchModel
-from services.identity.repository import Repository
+from services.identity.ports import Repository
 from services.identity.service import IdentityService
 from services.identity.subjects import validate_subjects
 from services.identity.training import TrainingError, TrainingProgress, fit_model

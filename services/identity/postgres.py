@@ -15,7 +15,7 @@ import asyncpg
 from services.identity.matching import BUILT_IN_TYPES, IdentityType, Record, Ruleset
 from services.identity.model import Key, MergeRecord, StoredSource
 from services.identity.probabilistic import MatchModel
-from services.identity.repository import (
+from services.identity.ports import (
     IndividualView,
     MergeEventView,
     Planner,

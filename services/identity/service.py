@@ -19,7 +19,7 @@ from services.identity.model import (
     Key,
     new_individual_id,
 )
-from services.identity.repository import (
+from services.identity.ports import (
     IndividualView,
     MergeEventView,
     Repository,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.recommender import learned
-from services.recommender.domain import Repository
+from services.recommender.ports import Repository
 
 log = logging.getLogger(__name__)
 

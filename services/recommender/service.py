@@ -46,11 +46,11 @@ from services.recommender.domain import (
     Progress,
     RankingSpec,
     Recommended,
-    Repository,
     Scored,
     rank_key,
 )
 from services.recommender.evaluation import RANDOM, SPLITS, TIME, Events, Split
+from services.recommender.ports import Repository
 from services.recommender.ranking import (
     chunk_scores,
     learned_head,

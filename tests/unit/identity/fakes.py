@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from services.identity.matching import BUILT_IN_TYPES, IdentityType, Record, Ruleset
 from services.identity.model import Key, MergeRecord
 from services.identity.probabilistic import MatchModel
-from services.identity.repository import (
+from services.identity.ports import (
     IndividualView,
     MergeEventView,
     Planner,
