@@ -1,8 +1,9 @@
 """Prometheus metrics of one process, served over HTTP on TAILOR_METRICS_PORT (default: the service port + 1000).
 
 Every process counts the RPCs it handles (by method and status code) and their latency; the gateway adds events
-acknowledged at ingest, personalization points served and distinct individuals served (per tenant), and the
-pipeline's backlog, lag and dead letters per tenant. Metric names start with `tailor_`.
+acknowledged at ingest, personalization points served and distinct individuals served (per tenant), the pipeline's
+backlog, lag and dead letters per tenant, and the progress of batch jobs (members done and in all, per tenant and
+job). Metric names start with `tailor_`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ PIPELINE_BACKLOG = Gauge("tailor_pipeline_backlog_events", "Acknowledged events 
                          ["tenant"])
 PIPELINE_LAG = Gauge("tailor_pipeline_lag_seconds", "Age of the oldest unprocessed event, by tenant", ["tenant"])
 PIPELINE_DEAD_LETTERS = Gauge("tailor_pipeline_dead_letters", "Events the pipeline gave up on, by tenant", ["tenant"])
+BATCH_DONE = Gauge("tailor_batch_job_members_done", "Segment members a batch job has decided and committed, by "
+                   "tenant and job", ["tenant", "job"])
+BATCH_TOTAL = Gauge("tailor_batch_job_members_total", "Segment members of a batch job (counted when it started; 0 for "
+                    "a scheduled job, whose size is not counted), by tenant and job", ["tenant", "job"])
+# The series of this many most recent batch jobs are kept (a finished job's stay at its final values until then).
+BATCH_JOBS_KEPT = 50
 
 
 class _UniqueIndividuals(Collector):
@@ -66,6 +73,7 @@ class _UniqueIndividuals(Collector):
 
 
 _pipeline_tenants: set[str] = set()
+_batch_jobs: dict[tuple[str, str], None] = {}  # (tenant, job) in the order they started, oldest first
 UNIQUE_INDIVIDUALS = _UniqueIndividuals()
 REGISTRY.register(UNIQUE_INDIVIDUALS)
 
@@ -103,6 +111,27 @@ def set_pipeline(rows: list[tuple[str, int, float, int]]) -> None:
         for gauge in (PIPELINE_BACKLOG, PIPELINE_LAG, PIPELINE_DEAD_LETTERS):
             gauge.labels(tenant).set(0)
     _pipeline_tenants.update(seen)
+
+
+def start_batch_job(tenant: str, job: str, done: int, total: int) -> None:
+    """A batch job starts (or resumes from its checkpoint with done members already committed)."""
+    _batch_jobs.pop((tenant, job), None)
+    _batch_jobs[(tenant, job)] = None
+    while len(_batch_jobs) > BATCH_JOBS_KEPT:
+        old = next(iter(_batch_jobs))
+        del _batch_jobs[old]
+        for gauge in (BATCH_DONE, BATCH_TOTAL):
+            try:
+                gauge.remove(*old)
+            except KeyError:
+                pass
+    BATCH_DONE.labels(tenant, job).set(done)
+    BATCH_TOTAL.labels(tenant, job).set(total)
+
+
+def add_batch_progress(tenant: str, job: str, members: int) -> None:
+    """A page of a batch job's members was committed."""
+    BATCH_DONE.labels(tenant, job).inc(members)
 
 
 def metrics_port(service_port: int) -> int:

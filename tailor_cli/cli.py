@@ -11,7 +11,8 @@
     tailor lift-suppression --identity TYPE:VALUE [--identity TYPE:VALUE ...]
     tailor dead-letters list|retry|discard [--reason CODE] [--since ISO] [--until ISO] [--id MESSAGE_ID ...] [--all]
     tailor pipeline status
-    tailor stats [--window 24h]                 (requests, points served, unique individuals; an admin key)
+    tailor stats [--window 24h] [--all-tenants] (requests, points served, unique individuals; an admin key, or the
+                                                 operator key for --all-tenants)
     tailor ingest -f EVENTS.jsonl|- [--batch-size N]
     tailor import individuals|objects|items|events -f FILE.csv [--map KEY=COLUMN ...] [--mapping FILE.yaml]
                   [--event-type T] [--object-type T] [--checkpoint PATH] [--report PATH] [--restart]
@@ -614,7 +615,8 @@ def parse_window(text: str) -> int:
 
 
 async def _stats(args) -> None:
-    """Requests, points served and distinct individuals of the key's tenant over a window (GetUsageStats)."""
+    """Requests, points served and distinct individuals of the key's tenant over a window (GetUsageStats); with
+    --all-tenants, every tenant's (ListTenants, then GetUsageStats naming each, with the operator key)."""
     from google.protobuf import timestamp_pb2
 
     from personalization.gateway.v1 import gateway_service_pb2 as gw
@@ -623,6 +625,9 @@ async def _stats(args) -> None:
     end = timestamp_pb2.Timestamp()
     end.GetCurrentTime()
     start = timestamp_pb2.Timestamp(seconds=end.seconds - parse_window(args.window), nanos=end.nanos)
+    if args.all_tenants:
+        await _stats_all_tenants(args, gw.GetUsageStatsRequest(start_time=start, end_time=end))
+        return
     async with grpc.aio.insecure_channel(args.gateway) as channel:
         reply = await gw_grpc.GatewayServiceStub(channel).GetUsageStats(
             gw.GetUsageStatsRequest(start_time=start, end_time=end), metadata=_auth(args), timeout=60)
@@ -638,6 +643,38 @@ async def _stats(args) -> None:
         print(f"  {'point':<{width}}  {'served':>10}  {'individuals':>11}")
         for p in reply.points:
             print(f"  {p.point_name:<{width}}  {p.served_count:>10}  {p.unique_individuals:>11}")
+
+
+async def _stats_all_tenants(args, window) -> None:
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    auth = _operator_auth(args)
+    replies, token = [], ""
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        stub = gw_grpc.GatewayServiceStub(channel)
+        while True:
+            page = await stub.ListTenants(gw.ListTenantsRequest(page_size=1000, page_token=token), metadata=auth,
+                                          timeout=30)
+            for tenant in page.tenants:
+                request = gw.GetUsageStatsRequest()
+                request.CopyFrom(window)
+                request.tenant_id = tenant.tenant_id
+                replies.append(await stub.GetUsageStats(request, metadata=auth, timeout=60))
+            token = page.next_page_token
+            if not token:
+                break
+    if args.json:
+        print(json.dumps([json_format.MessageToDict(r, preserving_proto_field_name=True) for r in replies], indent=2))
+        return
+    print(f"every tenant, last {args.window} ({window.start_time.ToJsonString()[:19]}Z to "
+          f"{window.end_time.ToJsonString()[:19]}Z):")
+    width = max([len("tenant")] + [len(r.tenant_id) for r in replies])
+    print(f"  {'tenant':<{width}}  {'requests':>10}  {'served':>10}  {'individuals':>11}")
+    for r in replies:
+        print(f"  {r.tenant_id:<{width}}  {r.request_count:>10}  {r.served_count:>10}  {r.unique_individuals:>11}")
+    print(f"  {'all':<{width}}  {sum(r.request_count for r in replies):>10}  "
+          f"{sum(r.served_count for r in replies):>10}  {'':>11}")
 
 
 def _down(args) -> int:
@@ -812,6 +849,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="requests, points served and unique individuals of the key's tenant")
     stats.add_argument("--window", default="24h", help="how far back: 90s, 30m, 24h, 7d (default: %(default)s)")
     stats.add_argument("--json", action="store_true", help="print the response as JSON")
+    stats.add_argument("--all-tenants", action="store_true",
+                       help="every tenant's, one line each (needs the operator key, not --api-key)")
+    stats.add_argument("--operator-key", default="",
+                       help="operator key for --all-tenants (default: TAILOR_OPERATOR_KEY, else the stored one)")
     stats.set_defaults(run=_stats)
 
     pipeline = commands.add_parser("pipeline", help="the pipeline's state for the key's tenant")

@@ -62,7 +62,7 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     GATEWAY + "RetryDeadLetters": frozenset({"admin"}),
     GATEWAY + "DiscardDeadLetters": frozenset({"admin"}),
     GATEWAY + "GetPipelineStatus": frozenset({"admin"}),
-    GATEWAY + "GetUsageStats": frozenset({"admin"}),
+    GATEWAY + "GetUsageStats": frozenset({"admin", OPERATOR_SCOPE}),  # the operator: any tenant's
     GATEWAY + "GetUsage": frozenset({"admin"}),
     GATEWAY + "ForgetIndividual": frozenset({"admin"}),
     GATEWAY + "ExportIndividual": frozenset({"admin"}),

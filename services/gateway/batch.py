@@ -24,7 +24,7 @@ from services.gateway.ports import Stubs
 from services.gateway.postgres_batch import BATCH_CHANNEL, Job, OutputRow, PostgresBatch, Schedule, StoredRow
 from services.gateway.quotas import period_start
 from shared import context as ctx
-from shared import db
+from shared import db, metrics
 from shared.errors import NotFound, Violations, quote
 from shared.leader import lead
 from shared.log import get_logger
@@ -204,6 +204,7 @@ class BatchJobs:
         # least PROGRESS_MIN_PAGE members), so watchers see the job advance; large jobs (and scheduled ones, whose
         # size is not counted) keep full pages.
         total = job.total_count or 0
+        metrics.start_batch_job(tenant_id, job_id, job.processed_count, total)
         page_size = min(self.page_size, max(PROGRESS_MIN_PAGE, -(-total // PROGRESS_STEPS))) if total else \
             self.page_size
         # Up to `depth` pages are decided at once (their stages run in different processes, so they overlap);
@@ -242,6 +243,7 @@ class BatchJobs:
         """Writes a page's rows, counts their credits and moves the checkpoint, in one transaction."""
         started = time.perf_counter()
         await self.store.commit_page(tenant_id, job_id, rows, checkpoint, members, period_start())
+        metrics.add_batch_progress(tenant_id, job_id, members)
         log.info("batch_page", job_id=job_id, members=members,
                  write_ms=round((time.perf_counter() - started) * 1000, 1), **stage_ms)
 

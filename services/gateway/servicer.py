@@ -101,7 +101,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         self.privacy = privacy
         self.recommendations = recommendations or Recommendations(decider)
         self.tenants = tenants
-        self.usage = usage or UsageStats(decider.decision)
+        self.usage = usage or UsageStats(decider.decision, tenants.exists if tenants else None)
 
     async def _admit(self) -> None:
         """The tenant's request-rate quota for ingest: over it, RESOURCE_EXHAUSTED with RetryInfo."""

@@ -79,6 +79,11 @@ class Tenants:
             await self.store.set_quota(request.tenant_id, request.decision_credit_limit, request.request_rate_limit)
             return pb.SetTenantQuotaResponse(tenant=tenant_message(await self._get(request.tenant_id)))
 
+    async def exists(self, tenant_id: str) -> bool:
+        """Whether the tenant exists (the operator's reserved tenant never does)."""
+        with db.all_tenants():  # the operator asks about another tenant
+            return await self.store.get(tenant_id) is not None
+
     async def _get(self, tenant_id: str) -> TenantRow:
         row = await self.store.get(tenant_id)
         if row is None:

@@ -1,16 +1,20 @@
-"""GetUsageStats: a tenant's requests, points served and distinct individuals over a window, from the decision log."""
+"""GetUsageStats: a tenant's requests, points served and distinct individuals over a window, from the decision log.
+An admin key reads its own tenant's; the operator key names any tenant."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import timestamp_pb2
 
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.gateway.v1 import gateway_service_pb2 as pb
+from services.gateway.auth import OPERATOR_TENANT
 from services.gateway.ports import DecisionPort
+from shared import context as ctx
 from shared.context import current_tenant
-from shared.errors import Violations
+from shared.errors import InvalidArgument, NotFound, PermissionDenied, Violations, quote
 
 DEFAULT_WINDOW = timedelta(hours=24)
 
@@ -28,10 +32,29 @@ def _time(ts: timestamp_pb2.Timestamp, field: str, v: Violations) -> datetime | 
 class UsageStats:
     """Asks the decision service to count the tenant's decision log over the window (default: the last 24 hours)."""
 
-    def __init__(self, decision: DecisionPort):
+    def __init__(self, decision: DecisionPort, tenant_exists: Callable[[str], Awaitable[bool]] | None = None):
         self.decision = decision
+        self.tenant_exists = tenant_exists
 
     async def get(self, request: pb.GetUsageStatsRequest) -> pb.GetUsageStatsResponse:
+        caller = current_tenant()
+        if caller != OPERATOR_TENANT:
+            if request.tenant_id and request.tenant_id != caller:
+                raise PermissionDenied("only the operator key reads another tenant's usage",
+                                       reason="OPERATOR_ONLY", metadata={"field": "tenant_id"})
+            return await self._get(request)
+        if not request.tenant_id:
+            raise InvalidArgument([("tenant_id", "must name the tenant (the operator key has none of its own)")])
+        if self.tenant_exists is None or not await self.tenant_exists(request.tenant_id):
+            raise NotFound(f"tenant {quote(request.tenant_id)} does not exist", reason="TENANT_NOT_FOUND")
+        # The decision service counts the named tenant's log: its internal token is minted for that tenant.
+        reset = ctx.tenant_var.set(request.tenant_id)
+        try:
+            return await self._get(request)
+        finally:
+            ctx.tenant_var.reset(reset)
+
+    async def _get(self, request: pb.GetUsageStatsRequest) -> pb.GetUsageStatsResponse:
         v = Violations()
         start, end = _time(request.start_time, "start_time", v), _time(request.end_time, "end_time", v)
         v.raise_if_any()

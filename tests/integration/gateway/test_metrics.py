@@ -159,3 +159,70 @@ async def test_pipeline_gauges_name_a_tenants_backlog(suite, scrape, database_ur
     samples = await wait_for(exported, timeout=15)
     assert samples is not None
     assert _value(samples, "tailor_pipeline_backlog_events", tenant=tenant) == 0
+
+
+async def test_batch_job_progress_gauges_reach_the_jobs_size(suite, scrape):
+    from tests.e2e.test_batch_and_records_e2e import _shoppers
+
+    tenant, md = await suite.new_tenant()
+    await _shoppers(suite, md, 12)
+    started = await suite.gateway.StartBatchJob(pb.StartBatchJobRequest(segment="buyers", point_names=["banner"]),
+                                                metadata=md)
+    job = started.job.job_id
+
+    async def finished():
+        samples = await scrape()
+        return samples if _value(samples, "tailor_batch_job_members_done", tenant=tenant, job=job) == 12 else None
+
+    samples = await wait_for(finished, timeout=60)
+    assert samples is not None, "the job's progress never reached its size"
+    assert _value(samples, "tailor_batch_job_members_total", tenant=tenant, job=job) == 12
+    reply = await suite.gateway.GetBatchJob(pb.GetBatchJobRequest(job_id=job), metadata=md)
+    assert (reply.job.processed_count, reply.job.total_count) == (12, 12)
+
+
+async def test_the_operator_reads_every_tenants_usage_and_a_tenant_key_only_its_own(suite, tmp_path):
+    from services.gateway.admin import write_operator_key  # the key the gateway writes at start, in process here
+
+    operator = await write_operator_key(suite.dsn, tmp_path / "operator_key")
+    op_md = (("authorization", f"Bearer {operator}"),)
+    tenant, md = await suite.new_tenant()
+    other, _ = await suite.new_tenant()
+    await suite.decision_admin.UpsertPoint(decision_pb.UpsertPointRequest(point=decision_pb.Point(
+        name="banner", type=decision_pb.POINT_TYPE_MANUAL_CONTENT, template=decision_pb.ResponseTemplate(
+            fields=[decision_pb.TemplateField(name="headline", type=decision_pb.FIELD_TYPE_STRING)]))), metadata=md)
+    await suite.decision_admin.UpsertDecision(decision_pb.UpsertDecisionRequest(decision=decision_pb.Decision(
+        point_name="banner", name="welcome", priority=1, fallback=True, content=struct({"headline": "Hi"}))),
+        metadata=md)
+    for visitor in ("v1", "v2"):
+        await suite.gateway.GetDecisions(pb.GetDecisionsRequest(
+            individual_id=common_pb2.Identity(type="device_id", value=visitor),
+            personalization_points=[pb.PointRequest(name="banner")]), metadata=md)
+
+    async def logged():
+        own = await suite.gateway.GetUsageStats(pb.GetUsageStatsRequest(), metadata=md)
+        return own if own.served_count == 2 else None
+
+    own = await wait_for(logged, timeout=15)
+    assert own is not None
+    named = await suite.gateway.GetUsageStats(pb.GetUsageStatsRequest(tenant_id=tenant), metadata=op_md)
+    assert (named.tenant_id, named.request_count, named.served_count) == (tenant, own.request_count, 2)
+    empty = await suite.gateway.GetUsageStats(pb.GetUsageStatsRequest(tenant_id=other), metadata=op_md)
+    assert (empty.tenant_id, empty.served_count) == (other, 0)
+
+    refusals = [(pb.GetUsageStatsRequest(tenant_id=other), md, grpc.StatusCode.PERMISSION_DENIED),
+                (pb.GetUsageStatsRequest(), op_md, grpc.StatusCode.INVALID_ARGUMENT),
+                (pb.GetUsageStatsRequest(tenant_id="nobody-here"), op_md, grpc.StatusCode.NOT_FOUND)]
+    for request, metadata, code in refusals:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await suite.gateway.GetUsageStats(request, metadata=metadata)
+        assert info.value.code() == code, request
+    assert status_details(info.value)[1] == "TENANT_NOT_FOUND"
+
+    printed = await asyncio.to_thread(subprocess.run, [str(TAILOR), "stats", "--all-tenants", "--window", "1h",
+                                                       "--gateway", f"127.0.0.1:{suite.ports['gateway']}",
+                                                       "--operator-key", operator],
+                                      capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    assert re.search(rf"^\s+{re.escape(tenant)}\s+{own.request_count}\s+2\s+{own.unique_individuals}$", printed.stdout, re.M), printed.stdout
+    assert re.search(rf"^\s+{re.escape(other)}\s+0\s+0\s+0$", printed.stdout, re.M), printed.stdout

@@ -515,8 +515,10 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetUsageStats(self, request, context):
-        """Returns the tenant's usage over a time window: requests, points served and distinct individuals, per point.
-        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT (a window over 366 days).
+        """Returns a tenant's usage over a time window: requests, points served and distinct individuals, per point; an
+        admin key reads its own tenant's, the operator key any tenant's (tailor stats --all-tenants).
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope, or another tenant named with a tenant's key),
+        INVALID_ARGUMENT (a window over 366 days, no tenant_id with the operator key), NOT_FOUND (unknown tenant).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
