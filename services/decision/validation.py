@@ -1,9 +1,7 @@
-"""Input checks of the decision service: points, decisions, content, page tokens; the not-found errors."""
+"""Input checks of the decision service: points, decisions, content; the not-found errors (paging is shared.paging)."""
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -115,36 +113,6 @@ def validate_decision(
             v.add("decision.recommendations.recommender", f"must be at most {MAX_TEXT} characters")
         if not 0 <= decision.count <= MAX_COUNT:
             v.add("decision.recommendations.count", f"must be between 0 and {MAX_COUNT}")
-
-
-def page_size(value: int, v: Violations, *, default: int = 100, maximum: int = 1000) -> int:
-    """The page size to use: 0 means the default, values above the maximum are lowered to it."""
-    if value < 0:
-        v.add("page_size", "must not be negative")
-    return default if value <= 0 else min(value, maximum)
-
-
-def encode_token(values: list[Any]) -> str:
-    """An opaque page token for a keyset position."""
-    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
-
-
-def decode_token(token: str, shape: tuple[type, ...], v: Violations) -> list[Any] | None:
-    """The keyset position of a page token, or None (with a violation) when it is not one of ours."""
-    if not token:
-        return None
-    try:
-        values = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if (
-            isinstance(values, list)
-            and len(values) == len(shape)
-            and all(isinstance(x, t) and not isinstance(x, bool) for x, t in zip(values, shape))
-        ):
-            return values
-    except (ValueError, UnicodeDecodeError):
-        pass
-    v.add("page_token", "is not a page token this service issued")
-    return None
 
 
 def raise_violation(path: str, message: str) -> None:

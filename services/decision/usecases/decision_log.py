@@ -10,7 +10,8 @@ from typing import Any
 
 from services.decision.domain import LogEntry, LogStats, Repository
 from services.decision.usecases.common import MAX_LOG_ENTRIES
-from services.decision.validation import MAX_TEXT, decode_token, encode_token, page_size
+from services.decision.validation import MAX_TEXT
+from shared import paging
 from shared.errors import Violations, quote
 
 MAX_STATS_WINDOW = timedelta(days=366)  # GetDecisionLogStats: at most a year at a time
@@ -68,21 +69,12 @@ class DecisionLog:
     async def page(self, tenant: str, individual: str, size: int, token: str) -> tuple[list[LogEntry], str]:
         """One page of log rows, newest first, optionally of one individual, and the next page token."""
         v = Violations()
-        limit = page_size(size, v)
-        after = decode_token(token, (str, str), v)
-        position = None
-        if after:
-            try:
-                position = (datetime.fromisoformat(after[0]), after[1])
-            except ValueError:
-                v.add("page_token", "is not a page token this service issued")
+        listing = f"decision_log/{individual}"
+        limit = paging.page_size(size, 100, 1000, v)
+        after = paging.decode_token(token, listing, (datetime, str), v)
         v.raise_if_any()
-        rows = await self.repo.list_log(tenant, individual, position, limit + 1)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        last = rows[-1] if rows else None
-        token_out = encode_token([last.log_time.isoformat(), last.personalization_id]) if more and last else ""
-        return rows, token_out
+        rows = await self.repo.list_log(tenant, individual, (after[0], after[1]) if after else None, limit + 1)
+        return paging.next_page(rows, limit, listing, lambda e: [e.log_time, e.personalization_id])
 
 
 def _all_finite(value: Any) -> bool:

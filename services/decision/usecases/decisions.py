@@ -9,13 +9,11 @@ from services.decision.domain import Decision, NameTaken, Repository
 from services.decision.usecases.common import new_id
 from services.decision.validation import (
     decision_not_found,
-    decode_token,
-    encode_token,
-    page_size,
     point_not_found,
     raise_violation,
     validate_decision,
 )
+from shared import paging
 from shared.errors import AlreadyExists, FailedPrecondition, NotFound, Violations, quote
 
 DEFAULT_COUNT = 12
@@ -70,8 +68,9 @@ class Decisions:
         v = Violations()
         if not point_name:
             v.add("point_name", "must name a point")
-        limit = page_size(size, v)
-        after = decode_token(token, (int, str), v)
+        listing = f"decisions/{point_name}"
+        limit = paging.page_size(size, 100, 1000, v)
+        after = paging.decode_token(token, listing, (int, str), v)
         v.raise_if_any()
         loaded = (await self.repo.load_points(tenant, [point_name])).get(point_name)
         if loaded is None:
@@ -81,7 +80,7 @@ class Decisions:
             rows = [d for d in rows if not d.archived]
         more = len(rows) > limit
         rows = rows[:limit]
-        return rows, encode_token([rows[-1].priority, rows[-1].name]) if more else ""
+        return rows, paging.encode_token(listing, [rows[-1].priority, rows[-1].name]) if more else ""
 
     async def archive(self, tenant: str, decision_id: str) -> Decision:
         """Archives a decision: it is no longer evaluated or forced; upserting it restores it."""

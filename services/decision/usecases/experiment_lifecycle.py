@@ -11,7 +11,8 @@ from services.decision.domain import AlreadyRunning, Repository
 from services.decision.experiments import Experiment
 from services.decision.schema import check_rule
 from services.decision.usecases.common import load_experiment, new_id, utcnow, wrong_state
-from services.decision.validation import decode_token, encode_token, page_size, point_not_found
+from services.decision.validation import point_not_found
+from shared import paging
 from shared.errors import FailedPrecondition, NotFound, Violations, quote
 
 
@@ -52,14 +53,15 @@ class Experiments:
     ) -> tuple[list[Experiment], str]:
         """One page of experiments by name, and the next page token."""
         v = Violations()
-        limit = page_size(size, v)
-        after = decode_token(token, (str,), v)
+        listing = f"experiments/{point_name}"
+        limit = paging.page_size(size, 100, 1000, v)
+        after = paging.decode_token(token, listing, (str,), v)
         v.raise_if_any()
         rows = await self.repo.list_experiments(tenant, point_name, after[0] if after else "", limit + 1,
                                                 include_archived)
         more = len(rows) > limit
         rows = rows[:limit]
-        return rows, encode_token([rows[-1].name]) if more else ""
+        return rows, paging.encode_token(listing, [rows[-1].name]) if more else ""
 
     async def start(self, tenant: str, name: str) -> Experiment:
         """draft -> running; at most one running experiment per point; cohorts must still serve live decisions."""

@@ -8,14 +8,12 @@ from services.decision.cache import PointCache
 from services.decision.domain import Point, Repository
 from services.decision.usecases.common import new_id
 from services.decision.validation import (
-    decode_token,
-    encode_token,
-    page_size,
     point_not_found,
     raise_violation,
     validate_content,
     validate_point,
 )
+from shared import paging
 from shared.errors import FailedPrecondition, Violations, quote
 
 
@@ -63,13 +61,13 @@ class Points:
     ) -> tuple[list[Point], str]:
         """One page of points by name, and the next page token."""
         v = Violations()
-        limit = page_size(size, v)
-        after = decode_token(token, (str,), v)
+        limit = paging.page_size(size, 100, 1000, v)
+        after = paging.decode_token(token, "points", (str,), v)
         v.raise_if_any()
         points = await self.repo.list_points(tenant, after[0] if after else "", limit + 1, include_archived)
         more = len(points) > limit
         points = points[:limit]
-        return points, encode_token([points[-1].name]) if more else ""
+        return points, paging.encode_token("points", [points[-1].name]) if more else ""
 
     async def archive(self, tenant: str, name: str) -> Point:
         """Archives a point: Qualify refuses it afterwards; upserting it restores it."""

@@ -348,6 +348,10 @@ async def test_decisions_page_by_priority(world):
         page, token = await service.decisions.page(T, "home_banner", 2, token)
         names += [d.name for d in page]
     assert names == ["d4", "d3", "d2", "d1", "d0"]
+    first, token = await service.decisions.page(T, "home_banner", 2, "")
+    with pytest.raises(InvalidArgument) as info:  # a token of another point's decisions
+        await service.decisions.page(T, "other_point", 2, token)
+    assert [field for field, _ in info.value.violations] == ["page_token"]
 
 
 async def test_a_forged_page_token_is_invalid(world):
