@@ -18,6 +18,7 @@ Every entry is an idempotent upsert by name; enum values may be written short (S
         template:
           fields: [{name: headline, type: STRING, required: true}]   # STRING, NUMBER, BOOL, STRING_LIST
           item_attributes: [name, price]                             # recommendation points
+        bandit: {reward: CLICK, min_offer_share: 0.05, holdout_share: 0.1}  # optional: Thompson sampling
         decisions:                 # -> DecisionService/UpsertDecision, point_name set from the point
           - name: vip_offer
             priority: 100

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from services.decision import experiments as exp
 from services.decision import rules
+from services.decision.bandit import ArmStats
 from services.decision.domain import Decision, Point, Repository
 from services.decision.experiments import CompiledExperiment, Experiment
 
@@ -116,3 +117,39 @@ class PointCache:
             raise
         finally:
             del self._loading[key]
+
+
+class ArmCache:
+    """Each bandit point's offer counters per (tenant, point name), reloaded when older than ttl seconds.
+
+    The counters live in the database (every replica writes them); a cached copy a second or two old only delays
+    what the posteriors learn, as Thompson sampling with batched updates does anyway. One query loads every stale
+    point of a request; a warm request costs none.
+    """
+
+    def __init__(self, repo: Repository, ttl: float, clock=time.monotonic):
+        self.repo = repo
+        self.ttl = ttl
+        self.clock = clock
+        self._entries: dict[tuple[str, str], tuple[Mapping[tuple[str, str], ArmStats], float]] = {}
+
+    async def get_many(self, tenant: str, names: Sequence[str]) -> dict[str, Mapping[tuple[str, str], ArmStats]]:
+        """The counters of the points, by (segment, decision id)."""
+        now = self.clock()
+        found: dict[str, Mapping[tuple[str, str], ArmStats]] = {}
+        stale = []
+        for name in names:
+            hit = self._entries.get((tenant, name))
+            if hit is not None and now - hit[1] < self.ttl:
+                found[name] = hit[0]
+            else:
+                stale.append(name)
+        if stale:
+            loaded = await self.repo.arm_stats(tenant, sorted(set(stale)))
+            stamp = self.clock()
+            if len(self._entries) > MAX_CACHED_POINTS:
+                self._entries.clear()
+            for name, stats in loaded.items():
+                self._entries[(tenant, name)] = (stats, stamp)
+                found[name] = stats
+        return found

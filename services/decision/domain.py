@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from services.decision.bandit import ArmStats, BanditConfig, Choice
 from services.decision.experiments import Assignment, Experiment, Exposure, Outcome
 from services.decision.schema import ProfileSchema
 
@@ -40,6 +41,7 @@ class Point:
     archived: bool = False
     consent_purpose: str = ""
     requires_authentication: bool = False
+    bandit: BanditConfig | None = None  # set: the point chooses among matching decisions by Thompson sampling
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class Qualification:
     assignment: Assignment | None = None
     missing_consents: tuple[str, ...] = ()
     authentication_required: bool = False
+    bandit: Choice | None = None  # how a bandit point chose (its decision is a trial once logged)
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,8 @@ class LogEntry:
     exposure_conflict: bool = False
     batch_job_id: str = ""
     served_item_ids: tuple[str, ...] = ()  # given by the caller (batch jobs), else read from served
+    bandit_trial: bool = False  # the point's bandit chose the decision: a trial of that offer
+    bandit_segment: str = ""  # the segment of the posteriors it counts in ("" for the global ones)
 
     @property
     def item_ids(self) -> list[str]:
@@ -174,3 +179,6 @@ class Repository(Protocol):
         self, tenant: str, individual: str, after: tuple[datetime, str] | None, limit: int
     ) -> list[LogEntry]: ...
     async def log_stats(self, tenant: str, start: datetime, end: datetime) -> list[LogStats]: ...
+    async def arm_stats(
+        self, tenant: str, point_names: Sequence[str]
+    ) -> dict[str, dict[tuple[str, str], ArmStats]]: ...

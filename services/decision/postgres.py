@@ -9,6 +9,8 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from services.decision import bandit
+from services.decision.bandit import ArmStats, BanditConfig
 from services.decision.domain import (
     AlreadyRunning,
     Decision,
@@ -23,7 +25,7 @@ from services.decision.experiments import Cohort, Experiment, Exposure, Outcome
 from services.decision.schema import ProfileSchema
 
 _POINT_COLUMNS = ("p.point_id, p.name, p.description, p.type, p.template, p.archived, p.consent_purpose, "
-                  "p.requires_authentication")
+                  "p.requires_authentication, p.bandit")
 _DECISION_COLUMNS = (
     "d.decision_id, d.name AS decision_name, d.priority, d.rule, d.fallback, d.content, d.recommender, d.item_count, "
     "d.archived AS decision_archived, d.consent_purpose AS decision_consent_purpose"
@@ -47,6 +49,22 @@ def _template_json(template: Template) -> str:
     })
 
 
+def _bandit_json(config: BanditConfig | None) -> str | None:
+    if config is None:
+        return None
+    return json.dumps({"reward": config.reward, "min_offer_share": config.min_offer_share,
+                       "holdout_share": config.holdout_share, "segments": list(config.segments),
+                       "window_s": config.attribution_window.total_seconds()})
+
+
+def _bandit(raw: str | None) -> BanditConfig | None:
+    if raw is None:
+        return None
+    c = json.loads(raw)
+    return BanditConfig(reward=c["reward"], min_offer_share=c["min_offer_share"], holdout_share=c["holdout_share"],
+                        segments=tuple(c["segments"]), attribution_window=timedelta(seconds=c["window_s"]))
+
+
 def _point(row: asyncpg.Record) -> Point:
     template = json.loads(row["template"])
     return Point(
@@ -61,6 +79,7 @@ def _point(row: asyncpg.Record) -> Point:
         archived=row["archived"],
         consent_purpose=row["consent_purpose"],
         requires_authentication=row["requires_authentication"],
+        bandit=_bandit(row["bandit"]),
     )
 
 
@@ -99,6 +118,8 @@ def _log_entry(row: asyncpg.Record) -> LogEntry:
         exposure_conflict=row["exposure_conflict"],
         batch_job_id=row["batch_job_id"],
         served_item_ids=tuple(row.get("item_ids") or ()),
+        bandit_trial=row.get("bandit_segment") is not None,
+        bandit_segment=row.get("bandit_segment") or "",
     )
 
 
@@ -159,13 +180,13 @@ class PostgresRepository:
     async def upsert_point(self, tenant: str, point: Point) -> Point:
         row = await self.pool.fetchrow(
             "INSERT INTO points AS p (tenant_id, point_id, name, description, type, template, consent_purpose, "
-            "requires_authentication) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8) "
+            "requires_authentication, bandit) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9::jsonb) "
             "ON CONFLICT (tenant_id, name) DO UPDATE SET description = EXCLUDED.description, type = EXCLUDED.type, "
             "template = EXCLUDED.template, consent_purpose = EXCLUDED.consent_purpose, "
-            "requires_authentication = EXCLUDED.requires_authentication, archived = false, updated_at = now() "
-            f"RETURNING {_POINT_COLUMNS}",
+            "requires_authentication = EXCLUDED.requires_authentication, bandit = EXCLUDED.bandit, archived = false, "
+            f"updated_at = now() RETURNING {_POINT_COLUMNS}",
             tenant, point.point_id, point.name, point.description, point.type, _template_json(point.template),
-            point.consent_purpose, point.requires_authentication,
+            point.consent_purpose, point.requires_authentication, _bandit_json(point.bandit),
         )
         return _point(row)
 
@@ -308,16 +329,79 @@ class PostgresRepository:
         return {r["alias_id"]: r["survivor_id"] for r in rows}
 
     async def insert_outcomes(self, tenant: str, outcomes: Sequence[Outcome]) -> int:
-        status = await self.log_pool.execute(
-            "INSERT INTO outcomes (tenant_id, outcome_id, unified_individual_id, type, time, item_ids, revenue, "
-            "personalization_id) SELECT $1, u.oid, u.uid, u.typ, u.t, "
-            "COALESCE((SELECT array_agg(x) FROM jsonb_array_elements_text(u.items::jsonb) AS x), '{}'), u.rev, u.pid "
-            "FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::float8[], "
-            "$8::text[]) AS u(oid, uid, typ, t, items, rev, pid) ON CONFLICT (tenant_id, outcome_id) DO NOTHING",
-            tenant, [o.outcome_id for o in outcomes], [o.unified_individual_id for o in outcomes],
-            [o.type for o in outcomes], [o.time for o in outcomes], [json.dumps(list(o.item_ids)) for o in outcomes],
-            [o.revenue for o in outcomes], [o.personalization_id for o in outcomes])
-        return int(status.rsplit(" ", 1)[-1])
+        # The new outcomes and the bandit credit they bring are written in one transaction, so an outcome stored is
+        # credited exactly once (a re-sent one is neither stored nor credited again).
+        async with self.log_pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "INSERT INTO outcomes (tenant_id, outcome_id, unified_individual_id, type, time, item_ids, revenue, "
+                "personalization_id) SELECT $1, u.oid, u.uid, u.typ, u.t, "
+                "COALESCE((SELECT array_agg(x) FROM jsonb_array_elements_text(u.items::jsonb) AS x), '{}'), u.rev, "
+                "u.pid FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::float8[], "
+                "$8::text[]) AS u(oid, uid, typ, t, items, rev, pid) ON CONFLICT (tenant_id, outcome_id) DO NOTHING "
+                "RETURNING unified_individual_id, type, time, revenue, personalization_id",
+                tenant, [o.outcome_id for o in outcomes], [o.unified_individual_id for o in outcomes],
+                [o.type for o in outcomes], [o.time for o in outcomes],
+                [json.dumps(list(o.item_ids)) for o in outcomes], [o.revenue for o in outcomes],
+                [o.personalization_id for o in outcomes])
+            if rows:
+                await self._credit_bandits(conn, tenant, [bandit.NewOutcome(
+                    r["unified_individual_id"], r["type"], r["time"], r["revenue"], r["personalization_id"])
+                    for r in rows])
+        return len(rows)
+
+    async def _credit_bandits(self, conn, tenant: str, outcomes: list[bandit.NewOutcome]) -> None:
+        """Credits the bandit trials the new outcomes reward: per trial once for its first click and purchase, and
+        its revenue; each offer's counters grow by the same amounts, in place."""
+        ids = sorted({o.unified_individual_id for o in outcomes})
+        aliases = await conn.fetch(
+            "SELECT alias_id, survivor_id FROM individual_aliases WHERE tenant_id = $1 AND survivor_id = ANY($2::text[])",
+            tenant, ids)
+        survivors = {r["alias_id"]: r["survivor_id"] for r in aliases}
+        times = [o.time for o in outcomes]
+        served = await conn.fetch(
+            "SELECT l.personalization_id, l.unified_individual_id, l.point_name, l.log_time, "
+            "COALESCE((p.bandit->>'window_s')::float8, 0) AS window_s FROM decision_log l "
+            "LEFT JOIN points p ON p.tenant_id = l.tenant_id AND p.name = l.point_name "
+            "WHERE l.tenant_id = $1 AND l.bandit_segment IS NOT NULL AND (l.personalization_id = ANY($2::text[]) "
+            "OR (l.unified_individual_id = ANY($3::text[]) AND l.log_time >= $4 AND l.log_time <= $5))",
+            tenant, [o.personalization_id for o in outcomes if o.personalization_id], ids + sorted(survivors),
+            min(times) - bandit.MAX_WINDOW, max(times))
+        credits = bandit.plan_credits(outcomes, [
+            bandit.Served(r["personalization_id"], r["unified_individual_id"], r["point_name"], r["log_time"],
+                          timedelta(seconds=r["window_s"]) or bandit.DEFAULT_WINDOW) for r in served], survivors)
+        if not credits:
+            return
+        pids = sorted(credits)
+        # A trial's first click (and first purchase) is told by its counter having been 0 before this statement's
+        # increment; the increment is re-applied to the latest row version under concurrency, so that holds.
+        await conn.execute(
+            "WITH c AS (SELECT * FROM unnest($2::text[], $3::int[], $4::int[], $5::float8[]) AS c(pid, clicks, conv, "
+            "rev)), upd AS (UPDATE decision_log d SET bandit_clicks = d.bandit_clicks + c.clicks, "
+            "bandit_conversions = d.bandit_conversions + c.conv, bandit_revenue = d.bandit_revenue + c.rev FROM c "
+            "WHERE d.tenant_id = $1 AND d.personalization_id = c.pid AND d.bandit_segment IS NOT NULL "
+            "RETURNING d.point_name, d.bandit_segment, d.decision_id, "
+            "(d.bandit_clicks = c.clicks AND c.clicks > 0)::int AS first_click, "
+            "(d.bandit_conversions = c.conv AND c.conv > 0)::int AS first_conversion, c.rev, "
+            "d.bandit_revenue * d.bandit_revenue - (d.bandit_revenue - c.rev) * (d.bandit_revenue - c.rev) AS sq) "
+            "INSERT INTO bandit_arms AS a (tenant_id, point_name, segment, decision_id, clicks, conversions, revenue, "
+            "revenue_sq) SELECT $1, point_name, bandit_segment, decision_id, sum(first_click), sum(first_conversion), "
+            "sum(rev), sum(sq) FROM upd GROUP BY point_name, bandit_segment, decision_id "
+            "ORDER BY point_name, bandit_segment, decision_id "
+            "ON CONFLICT (tenant_id, point_name, segment, decision_id) DO UPDATE SET clicks = a.clicks + EXCLUDED.clicks, "
+            "conversions = a.conversions + EXCLUDED.conversions, revenue = a.revenue + EXCLUDED.revenue, "
+            "revenue_sq = a.revenue_sq + EXCLUDED.revenue_sq, updated_at = now()",
+            tenant, pids, [credits[p].clicks for p in pids], [credits[p].conversions for p in pids],
+            [credits[p].revenue for p in pids])
+
+    async def arm_stats(self, tenant: str, point_names: Sequence[str]) -> dict[str, dict[tuple[str, str], ArmStats]]:
+        rows = await self.pool.fetch(
+            "SELECT point_name, segment, decision_id, trials, clicks, conversions, revenue, revenue_sq "
+            "FROM bandit_arms WHERE tenant_id = $1 AND point_name = ANY($2::text[])", tenant, list(point_names))
+        stats: dict[str, dict[tuple[str, str], ArmStats]] = {name: {} for name in point_names}
+        for r in rows:
+            stats[r["point_name"]][(r["segment"], r["decision_id"])] = ArmStats(
+                r["trials"], r["clicks"], r["conversions"], r["revenue"], r["revenue_sq"])
+        return stats
 
     async def outcomes_of(self, tenant: str, ids: Sequence[str], since: datetime) -> list[Outcome]:
         rows = await self.pool.fetch(
@@ -428,25 +512,32 @@ class PostgresRepository:
         columns = list(zip(*[
             (e.personalization_id, e.request_id, e.point_id, e.point_name, e.decision_id, e.unified_individual_id,
              e.channel, e.correlation_id, e.anchor_id, json.dumps(e.served), json.dumps(e.stage_ms), e.log_time,
-             e.experiment_id, e.cohort_id, json.dumps(e.item_ids), e.batch_job_id)
+             e.experiment_id, e.cohort_id, json.dumps(e.item_ids), e.batch_job_id,
+             e.bandit_segment if e.bandit_trial and e.decision_id else None)
             for e in entries
         ]))
-        # The conflict flag is decided here, in the same statement, so Qualify never has to look it up.
-        status = await self.log_pool.execute(
-            f"INSERT INTO decision_log (tenant_id, {_LOG_COLUMNS}, item_ids) "
+        # The conflict flag is decided here, in the same statement, so Qualify never has to look it up. Each new row
+        # the bandit chose adds a trial to its offer's counters in the same statement (in place, in key order).
+        return await self.log_pool.fetchval(
+            f"WITH ins AS (INSERT INTO decision_log (tenant_id, {_LOG_COLUMNS}, item_ids, bandit_segment) "
             "SELECT $1, u.pid, u.rid, u.ptid, u.pname, u.did, u.uid, u.ch, u.cid, u.aid, u.served::jsonb, "
             "u.stage::jsonb, u.t, u.eid, u.coh, "
             "u.eid <> '' AND EXISTS (SELECT 1 FROM experiment_conflicts c WHERE c.tenant_id = $1 "
             "AND c.experiment_id = u.eid AND c.unified_individual_id = u.uid), "
-            "u.job, COALESCE((SELECT array_agg(x) FROM jsonb_array_elements_text(u.items::jsonb) AS x), '{}') "
+            "u.job, COALESCE((SELECT array_agg(x) FROM jsonb_array_elements_text(u.items::jsonb) AS x), '{}'), u.seg "
             "FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "
             "$8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::timestamptz[], $14::text[], "
-            "$15::text[], $16::text[], $17::text[]) "
-            "AS u(pid, rid, ptid, pname, did, uid, ch, cid, aid, served, stage, t, eid, coh, items, job) "
-            "ON CONFLICT (tenant_id, personalization_id) DO NOTHING",
+            "$15::text[], $16::text[], $17::text[], $18::text[]) "
+            "AS u(pid, rid, ptid, pname, did, uid, ch, cid, aid, served, stage, t, eid, coh, items, job, seg) "
+            "ON CONFLICT (tenant_id, personalization_id) DO NOTHING RETURNING point_name, bandit_segment, decision_id), "
+            "trials AS (INSERT INTO bandit_arms AS a (tenant_id, point_name, segment, decision_id, trials) "
+            "SELECT $1, point_name, bandit_segment, decision_id, count(*) FROM ins WHERE bandit_segment IS NOT NULL "
+            "GROUP BY point_name, bandit_segment, decision_id ORDER BY point_name, bandit_segment, decision_id "
+            "ON CONFLICT (tenant_id, point_name, segment, decision_id) DO UPDATE SET trials = a.trials + "
+            "EXCLUDED.trials, updated_at = now()) "
+            "SELECT count(*) FROM ins",
             tenant, *[list(c) for c in columns],
         )
-        return int(status.rsplit(" ", 1)[-1])
 
     async def log_stats(self, tenant: str, start: datetime, end: datetime) -> list[LogStats]:
         rows = await self.pool.fetch(
@@ -472,7 +563,7 @@ class PostgresRepository:
             conditions.append(f"(log_time, personalization_id) < (${len(args) - 1}, ${len(args)})")
         args.append(limit)
         rows = await self.pool.fetch(
-            f"SELECT {_LOG_COLUMNS}, item_ids FROM decision_log WHERE {' AND '.join(conditions)} "
+            f"SELECT {_LOG_COLUMNS}, item_ids, bandit_segment FROM decision_log WHERE {' AND '.join(conditions)} "
             f"ORDER BY log_time DESC, personalization_id DESC LIMIT ${len(args)}",
             *args,
         )

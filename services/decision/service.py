@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from services.decision.cache import PointCache
+from services.decision.cache import ArmCache, PointCache
 from services.decision.domain import Repository
 from services.decision.usecases.assignment import Assignments
 from services.decision.usecases.common import utcnow
@@ -26,6 +26,7 @@ class DecisionService:
     def __init__(self, repo: Repository, *, cache_seconds: float = 2.0, clock=time.monotonic, now=utcnow):
         self.repo = repo
         self.cache = PointCache(repo, cache_seconds, clock)
+        self.arms = ArmCache(repo, cache_seconds, clock)  # bandit points' offer counters
         self.now = now
         self.points = Points(repo, self.cache)
         self.decisions = Decisions(repo, self.cache)
@@ -35,5 +36,5 @@ class DecisionService:
         self.outcomes = Outcomes(repo)
         self.results = ExperimentResults(repo, self.cache, now)
         self.attribution = Attribution(repo, now)
-        self.qualifier = Qualifier(self.cache, now)
+        self.qualifier = Qualifier(self.cache, now, self.arms)
         self.log = DecisionLog(repo)

@@ -13,6 +13,7 @@ from services.decision.translate import (
     MODEL_ENUMS,
     StructView,
     assignment_to_proto,
+    choice_to_proto,
     decision_from_proto,
     decision_to_proto,
     duration_from_proto,
@@ -35,6 +36,11 @@ from shared.context import current_tenant
 from shared.privacy import document, validate_ids
 
 __all__ = ["DecisionServicer", "StructView", "outcome_from_proto"]
+
+
+def _names(q) -> dict[str, str]:
+    """Decision names of a qualification's offers (a bandit samples only decisions whose rule it evaluated)."""
+    return {e.decision_id: e.decision_name for e in q.evaluations}
 
 
 class _ProtoMemo:
@@ -107,6 +113,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 )
             out.missing_consents.extend(q.missing_consents)
             out.authentication_required = q.authentication_required
+            if q.bandit is not None:
+                out.bandit.CopyFrom(choice_to_proto(q.bandit, _names(q)))
         return response
 
     async def QualifyBatch(self, request: pb.QualifyBatchRequest, context) -> pb.QualifyBatchResponse:
@@ -138,6 +146,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                                                    matched=e.matched, error=e.error) for e in q.evaluations],
                     experiment=assignment_to_proto(q.assignment) if q.assignment is not None else None,
                     missing_consents=q.missing_consents,
+                    bandit=choice_to_proto(q.bandit, _names(q)) if q.bandit is not None else None,
                 ))
             results.append(pb.BatchResult(unified_individual_id=individual.unified_individual_id, qualifications=out))
         response.results.extend(results)

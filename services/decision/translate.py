@@ -10,6 +10,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 from personalization.decision.v1 import decision_service_pb2 as pb
 
+from services.decision.bandit import BanditConfig, Choice
 from services.decision.domain import Decision, LogEntry, Point, Template, TemplateField
 from services.decision.experiments import MODELS, Assignment, Cohort, Experiment, Outcome
 from services.decision.schema import ProfileSchema
@@ -33,6 +34,9 @@ _SELECTION = {pb.WINNER_SELECTION_UNSPECIFIED: "MANUAL", pb.WINNER_SELECTION_MAN
               pb.WINNER_SELECTION_AUTOMATIC: "AUTOMATIC"}
 _SELECTION_BACK = {"MANUAL": pb.WINNER_SELECTION_MANUAL, "AUTOMATIC": pb.WINNER_SELECTION_AUTOMATIC}
 _OUTCOMES = {pb.OUTCOME_TYPE_CLICK: "CLICK", pb.OUTCOME_TYPE_PURCHASE: "PURCHASE"}
+_REWARDS = {pb.BANDIT_REWARD_CLICK: "CLICK", pb.BANDIT_REWARD_CONVERSION: "CONVERSION",
+            pb.BANDIT_REWARD_REVENUE: "REVENUE"}
+_REWARDS_BACK = {v: k for k, v in _REWARDS.items()}
 MODEL_ENUMS = {name: pb.AttributionModel.Value("ATTRIBUTION_MODEL_" + name) for name in MODELS}
 
 
@@ -102,7 +106,31 @@ def point_from_proto(message: pb.Point) -> Point:
         ),
         consent_purpose=message.consent_purpose,
         requires_authentication=message.requires_authentication,
+        bandit=bandit_from_proto(message.bandit) if message.HasField("bandit") else None,
     )
+
+
+def bandit_from_proto(m: pb.BanditConfig) -> BanditConfig:
+    return BanditConfig(reward=_REWARDS.get(m.reward, "UNSPECIFIED"), min_offer_share=m.min_offer_share,
+                        holdout_share=m.holdout_share, segments=tuple(m.segments),
+                        attribution_window=duration_from_proto(m.attribution_window))
+
+
+def bandit_to_proto(config: BanditConfig) -> pb.BanditConfig:
+    message = pb.BanditConfig(reward=_REWARDS_BACK[config.reward], min_offer_share=config.min_offer_share,
+                              holdout_share=config.holdout_share, segments=config.segments)
+    message.attribution_window.FromTimedelta(config.attribution_window)
+    return message
+
+
+def choice_to_proto(choice: Choice, names: Mapping[str, str]) -> pb.BanditChoice:
+    """How a bandit chose; names maps decision ids to names."""
+    return pb.BanditChoice(segment=choice.segment, holdout=choice.holdout, explored=choice.explored, arms=[
+        pb.BanditArm(decision_id=d.decision_id, decision_name=names.get(d.decision_id, ""), trials=d.stats.trials,
+                     successes=int(d.posterior.alpha - 1), revenue=d.stats.revenue, alpha=d.posterior.alpha,
+                     beta=d.posterior.beta, value_mean=d.posterior.mean, value_kappa=d.posterior.kappa,
+                     value_shape=d.posterior.shape, value_rate=d.posterior.rate, sampled=d.sampled)
+        for d in choice.draws])
 
 
 def point_to_proto(point: Point) -> pb.Point:
@@ -121,6 +149,7 @@ def point_to_proto(point: Point) -> pb.Point:
             ],
             item_attributes=point.template.item_attributes,
         ),
+        bandit=bandit_to_proto(point.bandit) if point.bandit is not None else None,
     )
 
 
@@ -179,6 +208,8 @@ def log_from_proto(message: pb.DecisionLogEntry) -> LogEntry:
         cohort_id=message.cohort_id,
         batch_job_id=message.batch_job_id,
         served_item_ids=tuple(message.item_ids),
+        bandit_trial=message.bandit_trial,
+        bandit_segment=message.bandit_segment,
     )
 
 
@@ -199,6 +230,8 @@ def log_to_proto(entry: LogEntry) -> pb.DecisionLogEntry:
         exposure_conflict=entry.exposure_conflict,
         batch_job_id=entry.batch_job_id,
         item_ids=entry.item_ids,
+        bandit_trial=entry.bandit_trial,
+        bandit_segment=entry.bandit_segment,
     )
     message.served.update(entry.served)
     if entry.log_time is not None:

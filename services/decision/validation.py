@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from services.decision import rules
+from services.decision import bandit, rules
 from services.decision.domain import Decision, Point, Template
 from services.decision.schema import ProfileSchema, check_rule
 from shared.errors import NotFound, Violations, quote
@@ -28,6 +28,8 @@ def validate_point(point: Point, v: Violations) -> None:
         v.add("point.description", "must be at most 1,024 characters")
     if point.consent_purpose and not NAME.match(point.consent_purpose):
         v.add("point.consent_purpose", "must match ^[a-z][a-z0-9_]{0,63}$")
+    if point.bandit is not None:
+        bandit.validate_config(point.bandit, v)
     seen: set[str] = set()
     for i, f in enumerate(point.template.fields):
         path = f"point.template.fields[{i}]"

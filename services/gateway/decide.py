@@ -165,6 +165,14 @@ def assignment_message(a: decision_pb.ExperimentAssignment) -> pb.ExperimentAssi
         bucket=a.bucket, in_experiment=a.in_experiment)
 
 
+def bandit_trace(b: decision_pb.BanditChoice) -> pb.BanditTrace:
+    """How a bandit point chose, as GetDecisions explains it (the decision service's message, field for field)."""
+    return pb.BanditTrace(segment=b.segment, holdout=b.holdout, explored=b.explored, arms=[pb.BanditArmTrace(
+        decision_id=a.decision_id, decision_name=a.decision_name, trials=a.trials, successes=a.successes,
+        revenue=a.revenue, alpha=a.alpha, beta=a.beta, value_mean=a.value_mean, value_kappa=a.value_kappa,
+        value_shape=a.value_shape, value_rate=a.value_rate, sampled=a.sampled) for a in b.arms])
+
+
 def personalization(d: Decided, unified_id: str, stage_ms: dict[str, float], explain: bool) -> pb.Personalization:
     """A decided point as GetDecisions answers it (with the explanation when DIAGNOSTICS is set)."""
     q = d.qualification
@@ -182,6 +190,8 @@ def personalization(d: Decided, unified_id: str, stage_ms: dict[str, float], exp
             unified_individual_id=unified_id, stage_ms=stage_ms))
         if q.HasField("experiment"):
             p.explanation.experiment.CopyFrom(assignment_message(q.experiment))
+        if q.HasField("bandit"):
+            p.explanation.bandit.CopyFrom(bandit_trace(q.bandit))
         if d.trace is not None:
             p.explanation.recommendations.CopyFrom(d.trace)
     return p

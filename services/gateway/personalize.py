@@ -248,6 +248,8 @@ class DecideForIndividuals:
                         q.decision.CopyFrom(decisions[batch_q.decision_id])
                     if batch_q.HasField("experiment"):
                         q.experiment.CopyFrom(batch_q.experiment)
+                    if batch_q.HasField("bandit"):
+                        q.bandit.CopyFrom(batch_q.bandit)
                     row.append(q)
                 out.append(row)
         return out
@@ -341,4 +343,6 @@ def log_entry(individual: Individual, d: Decided, served: struct_pb2.Struct, *, 
         channel=context.channel, correlation_id=context.correlation_id, anchor_id=context.anchor_id, served=served,
         stage_ms=stage_ms, log_time=log_time, experiment_id=experiment.experiment_id if experiment else "",
         cohort_id=experiment.cohort_id if experiment else "", batch_job_id=batch_job_id,
-        item_ids=[row["item_id"] for row in d.data if "item_id" in row] if batch_job_id else ())
+        item_ids=[row["item_id"] for row in d.data if "item_id" in row] if batch_job_id else (),
+        # An offer the point's bandit chose is a trial of it (the holdout's default is not).
+        bandit_trial=q.HasField("bandit") and not q.bandit.holdout, bandit_segment=q.bandit.segment)

@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from services.decision.bandit import SEGMENT_NAME
 from services.decision.domain import LogEntry, LogStats, Repository
 from services.decision.usecases.common import MAX_LOG_ENTRIES
 from services.decision.validation import MAX_TEXT
@@ -40,6 +41,8 @@ class DecisionLog:
                 v.add(f"entries[{i}].point_name", "must name the point served")
             if e.cohort_id and not e.experiment_id:
                 v.add(f"entries[{i}].experiment_id", "must name the experiment of the cohort")
+            if e.bandit_segment and not SEGMENT_NAME.match(e.bandit_segment):
+                v.add(f"entries[{i}].bandit_segment", "must be empty or a segment name (^[a-z][a-z0-9_]{0,63}$)")
             if not _all_finite(e.served):
                 v.add(f"entries[{i}].served", "must hold finite numbers only (no NaN nor infinity)")
             for stage, ms in e.stage_ms.items():

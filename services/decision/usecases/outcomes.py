@@ -22,7 +22,8 @@ class Outcomes:
         self.repo = repo
 
     async def record(self, tenant: str, outcomes: Sequence[Outcome]) -> int:
-        """Stores clicks and purchases once each (by outcome id)."""
+        """Stores clicks and purchases once each (by outcome id) and, with them, the credit they bring to the
+        bandit trials they reward (services/decision/bandit.py: plan_credits)."""
         validate_outcomes(outcomes, MAX_LOG_ENTRIES)
         return await self.repo.insert_outcomes(tenant, outcomes) if outcomes else 0
 

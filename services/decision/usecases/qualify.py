@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from services.decision import rules
-from services.decision.cache import CompiledPoint, PointCache
+from services.decision import bandit, rules
+from services.decision.bandit import ArmStats, Choice
+from services.decision.cache import ArmCache, CompiledPoint, PointCache
 from services.decision.domain import Decision, Evaluation, Point, Qualification
 from services.decision.usecases.common import MAX_POINTS_PER_QUALIFY, utcnow
 from services.decision.validation import decision_not_found, point_not_found
@@ -80,9 +83,47 @@ def _fallbacks_only(entries: Sequence[CompiledPoint], granted: frozenset[str] | 
     return results
 
 
+Arms = Mapping[str, Mapping[tuple[str, str], ArmStats]]  # point name -> (segment, decision id) -> counters
+
+
+def _segments(profile: Mapping[str, Any]) -> Sequence[str]:
+    segments = profile.get("segments") if profile else None
+    return [s for s in segments if isinstance(s, str)] if isinstance(segments, list) else ()
+
+
+def _bandit_pick(
+    entry: CompiledPoint, ctx, unified_id: str, granted: frozenset[str] | None, missing_consents: list[str],
+    arms: Mapping[tuple[str, str], ArmStats], segments: Sequence[str], rng: random.Random,
+) -> tuple[Decision | None, list[Evaluation], Choice | None]:
+    """A bandit point's winner: every rule is evaluated, and Thompson sampling chooses among the decisions that
+    match (consent permitting). None (the caller serves the fallback) in the holdout or when nothing matches."""
+    config = entry.point.bandit
+    assert config is not None
+    segment = bandit.segment_of(config, segments)
+    if bandit.in_holdout(config, entry.point.name, unified_id, rng):
+        return None, [], Choice("", False, (), segment, holdout=True)
+    evaluations, offers = [], []
+    for decision, rule in entry.ordered:
+        if granted is not None and decision.consent_purpose and decision.consent_purpose not in granted:
+            missing_consents.append(decision.consent_purpose)
+            evaluations.append(Evaluation(decision.decision_id, decision.name, False,
+                                          f"consent {quote(decision.consent_purpose)} not granted"))
+            continue
+        matched, error = rules.evaluate(rule, ctx)
+        evaluations.append(Evaluation(decision.decision_id, decision.name, matched, error))
+        if matched:
+            offers.append(decision.decision_id)
+    if not offers:
+        return None, evaluations, None
+    stats = {decision_id: s for (seg, decision_id), s in arms.items() if seg == segment}
+    choice = bandit.choose(offers, stats, config, rng)
+    return entry.by_id[choice.decision_id], evaluations, replace(choice, segment=segment)
+
+
 def _qualify_one(
     entries: Sequence[CompiledPoint], forced: Sequence[str], ctx, unified_id: str, now: datetime | None,
-    granted: frozenset[str] | None = None,
+    granted: frozenset[str] | None = None, arms: Arms | None = None, segments: Sequence[str] = (),
+    rng: random.Random | None = None,
 ) -> list[Qualification]:
     """One individual's qualifications: experiment first, then rules by priority, then the fallback.
 
@@ -120,6 +161,16 @@ def _qualify_one(
                 elif decision is not None:
                     results.append(Qualification(entry.point, decision, [], assignment))
                     continue
+        if entry.point.bandit is not None:
+            winner, evaluations, choice = _bandit_pick(entry, ctx, unified_id, granted, missing_consents,
+                                                       (arms or {}).get(entry.point.name, {}), segments,
+                                                       rng or random.Random())
+            if winner is None:
+                winner, missing = _fallback(entry, granted)
+                missing_consents.extend(missing)
+            results.append(Qualification(entry.point, winner, evaluations, assignment,
+                                         missing_consents=tuple(dict.fromkeys(missing_consents)), bandit=choice))
+            continue
         winner = None
         evaluations = []
         for decision, rule in entry.ordered:
@@ -144,9 +195,16 @@ def _qualify_one(
 class Qualifier:
     """Qualifies individuals for a tenant's points."""
 
-    def __init__(self, cache: PointCache, now=utcnow):
+    def __init__(self, cache: PointCache, now=utcnow, arms: ArmCache | None = None, rng: random.Random | None = None):
         self.cache = cache
         self.now = now
+        self.arms = arms
+        self.rng = rng or random.Random()
+
+    async def _arms(self, tenant: str, entries: Sequence[CompiledPoint], forced: Sequence[str]) -> Arms:
+        """The offer counters of the bandit points to qualify (none are read for forced points)."""
+        names = [e.point.name for e, f in zip(entries, forced) if e.point.bandit is not None and not f]
+        return await self.arms.get_many(tenant, names) if names and self.arms is not None else {}
 
     async def one(
         self,
@@ -176,7 +234,9 @@ class Qualifier:
         ctx = rules.activation(needs, {"profile": profile, "context": context})
         now = self.now() if unified_id and _has_experiment(entries, forced) else None
         granted = granted_purposes(profile) if _needs_consent(entries) else None
-        return _qualify_one(entries, forced, ctx, unified_id, now, granted)
+        arms = await self._arms(tenant, entries, forced)
+        return _qualify_one(entries, forced, ctx, unified_id, now, granted, arms,
+                            _segments(profile) if arms else (), self.rng)
 
     async def batch(
         self,
@@ -218,6 +278,7 @@ class Qualifier:
         activation = rules.BatchActivation(needs, context)
         now = self.now() if _has_experiment(entries, forced) else None
         consent = _needs_consent(entries)
+        arms = await self._arms(tenant, entries, forced)
         results = []
         for i, individual in enumerate(individuals):
             if i and i % BATCH_YIELD_EVERY == 0:
@@ -227,7 +288,8 @@ class Qualifier:
             ctx = (activation.with_profile(profile) if own_context is None
                    else rules.activation(needs, {"profile": profile, "context": own_context}))
             results.append(_qualify_one(entries, forced, ctx, unified_id, now,
-                                        granted_purposes(profile) if consent else None))
+                                        granted_purposes(profile) if consent else None, arms,
+                                        _segments(profile) if arms else (), self.rng))
         return points, results
 
     async def _compiled_points(

@@ -6,6 +6,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 
+from services.decision import bandit
+from services.decision.bandit import ArmStats
+
 from services.decision.domain import (
     AlreadyRunning,
     Decision,
@@ -27,6 +30,8 @@ class FakeRepository:
         self.aliases: dict[tuple[str, str], str] = {}  # (tenant, alias) -> survivor
         self.conflict_rows: set[tuple[str, str, str]] = set()  # (tenant, experiment, individual)
         self.outcomes: dict[tuple[str, str], Outcome] = {}
+        self.arms: dict[tuple[str, str, str, str], ArmStats] = {}  # (tenant, point, segment, decision)
+        self.credited: dict[tuple[str, str], bandit.Credit] = {}  # (tenant, personalization) -> what outcomes added
         self.queries = 0
 
     async def upsert_point(self, tenant: str, point: Point) -> Point:
@@ -87,7 +92,16 @@ class FakeRepository:
                     self.conflict_rows
                 self.log[(tenant, e.personalization_id)] = replace(e, exposure_conflict=conflict)
                 written += 1
+                if e.bandit_trial and e.decision_id:
+                    key = (tenant, e.point_name, e.bandit_segment, e.decision_id)
+                    arm = self.arms.get(key, ArmStats())
+                    self.arms[key] = replace(arm, trials=arm.trials + 1)
         return written
+
+    async def arm_stats(self, tenant: str, point_names) -> dict[str, dict[tuple[str, str], ArmStats]]:
+        self.queries += 1
+        return {name: {(seg, did): arm for (t, p, seg, did), arm in self.arms.items() if t == tenant and p == name}
+                for name in point_names}
 
     async def list_log(self, tenant: str, individual: str, after: tuple[datetime, str] | None, limit: int):
         self.queries += 1
@@ -200,9 +214,29 @@ class FakeRepository:
 
     async def insert_outcomes(self, tenant: str, outcomes) -> int:
         self.queries += 1
-        new = [o for o in outcomes if (tenant, o.outcome_id) not in self.outcomes]
+        new = list({o.outcome_id: o for o in reversed(outcomes)
+                    if (tenant, o.outcome_id) not in self.outcomes}.values())[::-1]  # the first of each id
         for o in new:
             self.outcomes[(tenant, o.outcome_id)] = o
+        trials = [e for (t, _), e in self.log.items() if t == tenant and e.bandit_trial and e.decision_id]
+        windows = {p.name: p.bandit.window for (t, _), p in self.points.items() if t == tenant and p.bandit}
+        credits = bandit.plan_credits(
+            [bandit.NewOutcome(o.unified_individual_id, o.type, o.time, o.revenue, o.personalization_id) for o in new],
+            [bandit.Served(e.personalization_id, e.unified_individual_id, e.point_name, e.log_time,
+                           windows.get(e.point_name, bandit.DEFAULT_WINDOW)) for e in trials],
+            {a: s for (t, a), s in self.aliases.items() if t == tenant})
+        for pid, c in credits.items():
+            e = self.log[(tenant, pid)]
+            before = self.credited.get((tenant, pid), bandit.Credit())
+            after = bandit.Credit(before.clicks + c.clicks, before.conversions + c.conversions,
+                                  before.revenue + c.revenue)
+            self.credited[(tenant, pid)] = after
+            key = (tenant, e.point_name, e.bandit_segment, e.decision_id)
+            arm = self.arms.get(key, ArmStats())
+            self.arms[key] = replace(arm, clicks=arm.clicks + (before.clicks == 0 < c.clicks),
+                                     conversions=arm.conversions + (before.conversions == 0 < c.conversions),
+                                     revenue=arm.revenue + c.revenue,
+                                     revenue_sq=arm.revenue_sq + after.revenue ** 2 - before.revenue ** 2)
         return len({o.outcome_id for o in new})
 
     async def outcomes_of(self, tenant: str, ids, since: datetime) -> list[Outcome]:

@@ -27,6 +27,13 @@ class FieldType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FIELD_TYPE_BOOL: _ClassVar[FieldType]
     FIELD_TYPE_STRING_LIST: _ClassVar[FieldType]
 
+class BanditReward(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BANDIT_REWARD_UNSPECIFIED: _ClassVar[BanditReward]
+    BANDIT_REWARD_CLICK: _ClassVar[BanditReward]
+    BANDIT_REWARD_CONVERSION: _ClassVar[BanditReward]
+    BANDIT_REWARD_REVENUE: _ClassVar[BanditReward]
+
 class ExperimentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     EXPERIMENT_STATE_UNSPECIFIED: _ClassVar[ExperimentState]
@@ -69,6 +76,10 @@ FIELD_TYPE_STRING: FieldType
 FIELD_TYPE_NUMBER: FieldType
 FIELD_TYPE_BOOL: FieldType
 FIELD_TYPE_STRING_LIST: FieldType
+BANDIT_REWARD_UNSPECIFIED: BanditReward
+BANDIT_REWARD_CLICK: BanditReward
+BANDIT_REWARD_CONVERSION: BanditReward
+BANDIT_REWARD_REVENUE: BanditReward
 EXPERIMENT_STATE_UNSPECIFIED: ExperimentState
 EXPERIMENT_STATE_DRAFT: ExperimentState
 EXPERIMENT_STATE_RUNNING: ExperimentState
@@ -109,7 +120,7 @@ class ResponseTemplate(_message.Message):
     def __init__(self, fields: _Optional[_Iterable[_Union[TemplateField, _Mapping]]] = ..., item_attributes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Point(_message.Message):
-    __slots__ = ("point_id", "name", "description", "type", "template", "archived", "consent_purpose", "requires_authentication")
+    __slots__ = ("point_id", "name", "description", "type", "template", "archived", "consent_purpose", "requires_authentication", "bandit")
     POINT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +129,7 @@ class Point(_message.Message):
     ARCHIVED_FIELD_NUMBER: _ClassVar[int]
     CONSENT_PURPOSE_FIELD_NUMBER: _ClassVar[int]
     REQUIRES_AUTHENTICATION_FIELD_NUMBER: _ClassVar[int]
+    BANDIT_FIELD_NUMBER: _ClassVar[int]
     point_id: str
     name: str
     description: str
@@ -126,7 +138,62 @@ class Point(_message.Message):
     archived: bool
     consent_purpose: str
     requires_authentication: bool
-    def __init__(self, point_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., type: _Optional[_Union[PointType, str]] = ..., template: _Optional[_Union[ResponseTemplate, _Mapping]] = ..., archived: _Optional[bool] = ..., consent_purpose: _Optional[str] = ..., requires_authentication: _Optional[bool] = ...) -> None: ...
+    bandit: BanditConfig
+    def __init__(self, point_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., type: _Optional[_Union[PointType, str]] = ..., template: _Optional[_Union[ResponseTemplate, _Mapping]] = ..., archived: _Optional[bool] = ..., consent_purpose: _Optional[str] = ..., requires_authentication: _Optional[bool] = ..., bandit: _Optional[_Union[BanditConfig, _Mapping]] = ...) -> None: ...
+
+class BanditConfig(_message.Message):
+    __slots__ = ("reward", "min_offer_share", "holdout_share", "segments", "attribution_window")
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    MIN_OFFER_SHARE_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_SHARE_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    reward: BanditReward
+    min_offer_share: float
+    holdout_share: float
+    segments: _containers.RepeatedScalarFieldContainer[str]
+    attribution_window: _duration_pb2.Duration
+    def __init__(self, reward: _Optional[_Union[BanditReward, str]] = ..., min_offer_share: _Optional[float] = ..., holdout_share: _Optional[float] = ..., segments: _Optional[_Iterable[str]] = ..., attribution_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class BanditArm(_message.Message):
+    __slots__ = ("decision_id", "decision_name", "trials", "successes", "revenue", "alpha", "beta", "value_mean", "value_kappa", "value_shape", "value_rate", "sampled")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_NAME_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    SUCCESSES_FIELD_NUMBER: _ClassVar[int]
+    REVENUE_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    VALUE_MEAN_FIELD_NUMBER: _ClassVar[int]
+    VALUE_KAPPA_FIELD_NUMBER: _ClassVar[int]
+    VALUE_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_RATE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLED_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    decision_name: str
+    trials: int
+    successes: int
+    revenue: float
+    alpha: float
+    beta: float
+    value_mean: float
+    value_kappa: float
+    value_shape: float
+    value_rate: float
+    sampled: float
+    def __init__(self, decision_id: _Optional[str] = ..., decision_name: _Optional[str] = ..., trials: _Optional[int] = ..., successes: _Optional[int] = ..., revenue: _Optional[float] = ..., alpha: _Optional[float] = ..., beta: _Optional[float] = ..., value_mean: _Optional[float] = ..., value_kappa: _Optional[float] = ..., value_shape: _Optional[float] = ..., value_rate: _Optional[float] = ..., sampled: _Optional[float] = ...) -> None: ...
+
+class BanditChoice(_message.Message):
+    __slots__ = ("segment", "holdout", "explored", "arms")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
+    EXPLORED_FIELD_NUMBER: _ClassVar[int]
+    ARMS_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    holdout: bool
+    explored: bool
+    arms: _containers.RepeatedCompositeFieldContainer[BanditArm]
+    def __init__(self, segment: _Optional[str] = ..., holdout: _Optional[bool] = ..., explored: _Optional[bool] = ..., arms: _Optional[_Iterable[_Union[BanditArm, _Mapping]]] = ...) -> None: ...
 
 class UpsertPointRequest(_message.Message):
     __slots__ = ("point",)
@@ -257,20 +324,22 @@ class RuleEvaluation(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ..., decision_name: _Optional[str] = ..., matched: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Qualification(_message.Message):
-    __slots__ = ("point", "decision", "evaluations", "experiment", "missing_consents", "authentication_required")
+    __slots__ = ("point", "decision", "evaluations", "experiment", "missing_consents", "authentication_required", "bandit")
     POINT_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     MISSING_CONSENTS_FIELD_NUMBER: _ClassVar[int]
     AUTHENTICATION_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    BANDIT_FIELD_NUMBER: _ClassVar[int]
     point: Point
     decision: Decision
     evaluations: _containers.RepeatedCompositeFieldContainer[RuleEvaluation]
     experiment: ExperimentAssignment
     missing_consents: _containers.RepeatedScalarFieldContainer[str]
     authentication_required: bool
-    def __init__(self, point: _Optional[_Union[Point, _Mapping]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., evaluations: _Optional[_Iterable[_Union[RuleEvaluation, _Mapping]]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ..., missing_consents: _Optional[_Iterable[str]] = ..., authentication_required: _Optional[bool] = ...) -> None: ...
+    bandit: BanditChoice
+    def __init__(self, point: _Optional[_Union[Point, _Mapping]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., evaluations: _Optional[_Iterable[_Union[RuleEvaluation, _Mapping]]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ..., missing_consents: _Optional[_Iterable[str]] = ..., authentication_required: _Optional[bool] = ..., bandit: _Optional[_Union[BanditChoice, _Mapping]] = ...) -> None: ...
 
 class QualifyResponse(_message.Message):
     __slots__ = ("qualifications",)
@@ -301,16 +370,18 @@ class QualifyBatchRequest(_message.Message):
     def __init__(self, points: _Optional[_Iterable[str]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., individuals: _Optional[_Iterable[_Union[BatchIndividual, _Mapping]]] = ..., fallback_only: _Optional[bool] = ...) -> None: ...
 
 class BatchQualification(_message.Message):
-    __slots__ = ("decision_id", "evaluations", "experiment", "missing_consents")
+    __slots__ = ("decision_id", "evaluations", "experiment", "missing_consents", "bandit")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     MISSING_CONSENTS_FIELD_NUMBER: _ClassVar[int]
+    BANDIT_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     evaluations: _containers.RepeatedCompositeFieldContainer[RuleEvaluation]
     experiment: ExperimentAssignment
     missing_consents: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, decision_id: _Optional[str] = ..., evaluations: _Optional[_Iterable[_Union[RuleEvaluation, _Mapping]]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ..., missing_consents: _Optional[_Iterable[str]] = ...) -> None: ...
+    bandit: BanditChoice
+    def __init__(self, decision_id: _Optional[str] = ..., evaluations: _Optional[_Iterable[_Union[RuleEvaluation, _Mapping]]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ..., missing_consents: _Optional[_Iterable[str]] = ..., bandit: _Optional[_Union[BanditChoice, _Mapping]] = ...) -> None: ...
 
 class BatchResult(_message.Message):
     __slots__ = ("unified_individual_id", "qualifications")
@@ -331,7 +402,7 @@ class QualifyBatchResponse(_message.Message):
     def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[BatchResult, _Mapping]]] = ...) -> None: ...
 
 class DecisionLogEntry(_message.Message):
-    __slots__ = ("personalization_id", "request_id", "point_id", "point_name", "decision_id", "unified_individual_id", "channel", "correlation_id", "anchor_id", "served", "stage_ms", "log_time", "experiment_id", "cohort_id", "exposure_conflict", "batch_job_id", "item_ids")
+    __slots__ = ("personalization_id", "request_id", "point_id", "point_name", "decision_id", "unified_individual_id", "channel", "correlation_id", "anchor_id", "served", "stage_ms", "log_time", "experiment_id", "cohort_id", "exposure_conflict", "batch_job_id", "item_ids", "bandit_trial", "bandit_segment")
     class StageMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -356,6 +427,8 @@ class DecisionLogEntry(_message.Message):
     EXPOSURE_CONFLICT_FIELD_NUMBER: _ClassVar[int]
     BATCH_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    BANDIT_TRIAL_FIELD_NUMBER: _ClassVar[int]
+    BANDIT_SEGMENT_FIELD_NUMBER: _ClassVar[int]
     personalization_id: str
     request_id: str
     point_id: str
@@ -373,7 +446,9 @@ class DecisionLogEntry(_message.Message):
     exposure_conflict: bool
     batch_job_id: str
     item_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, personalization_id: _Optional[str] = ..., request_id: _Optional[str] = ..., point_id: _Optional[str] = ..., point_name: _Optional[str] = ..., decision_id: _Optional[str] = ..., unified_individual_id: _Optional[str] = ..., channel: _Optional[str] = ..., correlation_id: _Optional[str] = ..., anchor_id: _Optional[str] = ..., served: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., log_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., experiment_id: _Optional[str] = ..., cohort_id: _Optional[str] = ..., exposure_conflict: _Optional[bool] = ..., batch_job_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    bandit_trial: bool
+    bandit_segment: str
+    def __init__(self, personalization_id: _Optional[str] = ..., request_id: _Optional[str] = ..., point_id: _Optional[str] = ..., point_name: _Optional[str] = ..., decision_id: _Optional[str] = ..., unified_individual_id: _Optional[str] = ..., channel: _Optional[str] = ..., correlation_id: _Optional[str] = ..., anchor_id: _Optional[str] = ..., served: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., log_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., experiment_id: _Optional[str] = ..., cohort_id: _Optional[str] = ..., exposure_conflict: _Optional[bool] = ..., batch_job_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ..., bandit_trial: _Optional[bool] = ..., bandit_segment: _Optional[str] = ...) -> None: ...
 
 class LogDecisionsRequest(_message.Message):
     __slots__ = ("entries",)

@@ -219,7 +219,7 @@ class RuleTrace(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ..., decision_name: _Optional[str] = ..., matched: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Explanation(_message.Message):
-    __slots__ = ("rules", "unified_individual_id", "stage_ms", "experiment", "recommendations")
+    __slots__ = ("rules", "unified_individual_id", "stage_ms", "experiment", "recommendations", "bandit")
     class StageMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -232,12 +232,54 @@ class Explanation(_message.Message):
     STAGE_MS_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDATIONS_FIELD_NUMBER: _ClassVar[int]
+    BANDIT_FIELD_NUMBER: _ClassVar[int]
     rules: _containers.RepeatedCompositeFieldContainer[RuleTrace]
     unified_individual_id: str
     stage_ms: _containers.ScalarMap[str, float]
     experiment: ExperimentAssignment
     recommendations: RecommendationTrace
-    def __init__(self, rules: _Optional[_Iterable[_Union[RuleTrace, _Mapping]]] = ..., unified_individual_id: _Optional[str] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ..., recommendations: _Optional[_Union[RecommendationTrace, _Mapping]] = ...) -> None: ...
+    bandit: BanditTrace
+    def __init__(self, rules: _Optional[_Iterable[_Union[RuleTrace, _Mapping]]] = ..., unified_individual_id: _Optional[str] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ..., recommendations: _Optional[_Union[RecommendationTrace, _Mapping]] = ..., bandit: _Optional[_Union[BanditTrace, _Mapping]] = ...) -> None: ...
+
+class BanditArmTrace(_message.Message):
+    __slots__ = ("decision_id", "decision_name", "trials", "successes", "revenue", "alpha", "beta", "value_mean", "value_kappa", "value_shape", "value_rate", "sampled")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_NAME_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    SUCCESSES_FIELD_NUMBER: _ClassVar[int]
+    REVENUE_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    VALUE_MEAN_FIELD_NUMBER: _ClassVar[int]
+    VALUE_KAPPA_FIELD_NUMBER: _ClassVar[int]
+    VALUE_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_RATE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLED_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    decision_name: str
+    trials: int
+    successes: int
+    revenue: float
+    alpha: float
+    beta: float
+    value_mean: float
+    value_kappa: float
+    value_shape: float
+    value_rate: float
+    sampled: float
+    def __init__(self, decision_id: _Optional[str] = ..., decision_name: _Optional[str] = ..., trials: _Optional[int] = ..., successes: _Optional[int] = ..., revenue: _Optional[float] = ..., alpha: _Optional[float] = ..., beta: _Optional[float] = ..., value_mean: _Optional[float] = ..., value_kappa: _Optional[float] = ..., value_shape: _Optional[float] = ..., value_rate: _Optional[float] = ..., sampled: _Optional[float] = ...) -> None: ...
+
+class BanditTrace(_message.Message):
+    __slots__ = ("segment", "holdout", "explored", "arms")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
+    EXPLORED_FIELD_NUMBER: _ClassVar[int]
+    ARMS_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    holdout: bool
+    explored: bool
+    arms: _containers.RepeatedCompositeFieldContainer[BanditArmTrace]
+    def __init__(self, segment: _Optional[str] = ..., holdout: _Optional[bool] = ..., explored: _Optional[bool] = ..., arms: _Optional[_Iterable[_Union[BanditArmTrace, _Mapping]]] = ...) -> None: ...
 
 class FilterTrace(_message.Message):
     __slots__ = ("filter", "removed")
