@@ -1,5 +1,5 @@
 """Next best promotion through the gateway with all five services: a bandit point configured through the admin API,
-decided, clicked and bought through ingest, and the posteriors moving in DIAGNOSTICS."""
+decided, clicked and bought through ingest, and the posteriors and counters moving in DIAGNOSTICS."""
 
 from __future__ import annotations
 
@@ -61,9 +61,9 @@ async def test_outcomes_sent_through_ingest_move_the_posterior_shown_in_diagnost
     await _ingest(suite, md, common_pb2.Event(message_id="seen", type=common_pb2.EVENT_TYPE_PAGE_VIEW,
                                               event_time=_now(), identities=[WHO]))
 
-    async def known():
+    async def known():  # resolved: the trial is then logged for the unified individual that outcomes name
         try:
-            return await _decide(suite, md, pb.EXECUTION_FLAG_TEST_MODE)
+            return await suite.gateway.GetProfile(pb.GetProfileRequest(individual_id=WHO), metadata=md)
         except grpc.aio.AioRpcError:
             return None
 
@@ -90,3 +90,14 @@ async def test_outcomes_sent_through_ingest_move_the_posterior_shown_in_diagnost
     a = await _eventually(lambda: counted(1, 1), "the click never reached the posterior")
     assert (a.alpha, a.beta) == (2.0, 1.0)
     assert 0.0 <= a.sampled <= 1.0
+    # A purchase through ingest is credited to the same trial (last touch within the window): its revenue shows.
+    await _ingest(suite, md, common_pb2.Event(
+        message_id="buy-1", type=common_pb2.EVENT_TYPE_PURCHASE, event_time=_now(), identities=[WHO],
+        line_items=[common_pb2.LineItem(item_id="sku-1", quantity=3, unit_price=8.5)]))
+
+    async def paid():
+        a = await arm()
+        return a if a.revenue == 25.5 else None
+
+    a = await _eventually(paid, "the purchase never reached the offer's counters")
+    assert (a.trials, a.successes) == (1, 1)
