@@ -29,6 +29,8 @@ class Built:
     reflection_pool: object | None = None
     # Started after the server is up (for example the gateway's pipeline worker); cancelled on stop.
     background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Other ports the service listens on, by name (the gateway's "http"), bound when built.
+    ports: dict[str, int] = field(default_factory=dict)
 
 
 def _setting(name: str) -> str:

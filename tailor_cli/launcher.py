@@ -126,6 +126,11 @@ def _port_in_use(port: int) -> bool:
     return False
 
 
+def resolve_http_port() -> int:
+    """The gateway's HTTP port (Connect/JSON, tracker, console): TAILOR_HTTP_PORT or 8080; 0 becomes a free port."""
+    return env_int("TAILOR_HTTP_PORT", 8080, minimum=0, maximum=65535) or _free_port()
+
+
 def resolve_ports() -> dict[str, int]:
     """Each service's port from TAILOR_<SERVICE>_PORT or its default; 0 becomes a free port chosen now."""
     return {svc: service_port(svc) or _free_port() for svc in SERVICES}
@@ -228,6 +233,7 @@ class Suite:
     # Each service's own database URLs (TAILOR_<SERVICE>_DATABASE_URL, _MIGRATE_URL); when set, DATABASE_URL is
     # not passed on.
     database_env: dict[str, str] = field(default_factory=dict)
+    http_port: int = 0  # the gateway's HTTP port, shared by its replicas as its gRPC port is
     _spawns: int = 0
 
     def __post_init__(self) -> None:
@@ -278,6 +284,8 @@ class Suite:
         # Every process may share its port with its successor during a rolling restart (and gateway replicas
         # share theirs all along); spawn() first checks, without SO_REUSEPORT, that no other suite holds them.
         env["TAILOR_REUSE_PORT"] = "1"
+        if self.http_port:
+            env["TAILOR_HTTP_PORT"] = str(self.http_port)
         if self.workers:
             env["TAILOR_GATEWAY_RUN_WORKER"] = "0"
         env["PYTHONUNBUFFERED"] = "1"
@@ -287,6 +295,7 @@ class Suite:
     def spawn(self, dsn: str) -> None:
         """Starts every member; refuses when one of the service ports is already taken."""
         busy = [f"{svc} ({port})" for svc, port in self.ports.items() if _port_in_use(port)]
+        busy += [f"gateway http ({self.http_port})"] if self.http_port and _port_in_use(self.http_port) else []
         busy += [f"{m.name} ({m.port})" for m in self.members if m.kind != "gateway" and m.port not in
                  self.ports.values() and _port_in_use(m.port)]
         if busy:
@@ -518,6 +527,8 @@ def banner(suite: Suite, key: str, customer: str, demo_loaded: bool, ready_secon
     lines = ["", "Tailor is running (supervised: a process that dies is restarted; `kill -HUP "
                  f"{os.getpid()}` restarts them all in turn):"]
     lines += [f"  {m.name:<{width}}  {m.address:<15}  log {suite.log_path(m.name)}" for m in suite.members]
+    if suite.http_port:
+        lines += ["", f"HTTP/JSON API (Connect protocol): http://127.0.0.1:{suite.http_port}"]
     lines += ["", f"Demo tenant `demo`, API key (scopes ingest, decide, admin; stored in {demo_key_path()}):",
               f"  export KEY={key}", ""]
     if not demo_loaded:
@@ -734,6 +745,7 @@ def _out(line: str) -> None:
 def _ready_content(suite: Suite, key: str, ready: float, customer: str) -> dict:
     return {
         "addresses": {svc: suite.address(svc) for svc in SERVICES},
+        "http_port": suite.http_port,
         "replica_addresses": {svc: suite.addresses(svc) for svc in SERVICES},
         "api_key": key,
         "ready_seconds": round(ready, 3),
@@ -858,7 +870,7 @@ async def _up(options: UpOptions) -> int:
     started = time.perf_counter()
     home = tailor_home()
     suite = Suite(ports=resolve_ports(), log_dir=home / "logs", replicas=resolve_replicas(),
-                  workers=resolve_pipeline_workers())
+                  workers=resolve_pipeline_workers(), http_port=resolve_http_port())
     state: dict = {}
     stop = asyncio.Event()
     rolling = asyncio.Event()

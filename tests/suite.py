@@ -42,7 +42,9 @@ class Suite:
                 addresses[name] = f"127.0.0.1:{self.ports[name]}"
         else:
             addresses = {n: "127.0.0.1:1" for n in ("identity", "profile_graph", "recommender", "decision")}
-        await self._start("gateway", await gateway.build(self.dsn, addresses))
+        built = await gateway.build(self.dsn, addresses, http_port=0, http_host="127.0.0.1")
+        self.ports["http"] = built.ports["http"]
+        await self._start("gateway", built)
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.ports['gateway']}")
         return self
 

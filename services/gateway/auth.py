@@ -9,6 +9,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from services.gateway.browser import BROWSER_METHODS, Origins, check_browser_scopes
 from services.gateway.postgres import GatewayStore, KeyRow
 from shared import db
 from shared.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated, quote
@@ -71,6 +72,8 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     GATEWAY + "CreateTenant": frozenset({OPERATOR_SCOPE}),
     GATEWAY + "ListTenants": frozenset({OPERATOR_SCOPE}),
     GATEWAY + "SetTenantQuota": frozenset({OPERATOR_SCOPE}),
+    GATEWAY + "UpdateBrowserSettings": frozenset({"admin"}),
+    GATEWAY + "GetBrowserSettings": frozenset({"admin"}),
     PROFILE + "UpsertItems": frozenset({"ingest", "admin"}),
     PROFILE + "GetItems": frozenset({"decide", "admin"}),
     PROFILE + "UpsertInsight": frozenset({"admin"}),
@@ -162,6 +165,7 @@ class KeyService:
     def __init__(self, store: GatewayStore, cache_seconds: float = 5.0):
         self.store = store
         self.cache_seconds = cache_seconds
+        self.origins = Origins(store, cache_seconds)
         self._cache: dict[str, _Cached] = {}
 
     async def create_tenant(self, tenant_id: str, display_name: str = "") -> bool:
@@ -169,12 +173,16 @@ class KeyService:
             raise InvalidArgument([("tenant_id", "must match ^[a-z][a-z0-9_-]{1,62}$")])
         return await self.store.create_tenant(tenant_id, display_name or tenant_id)
 
-    async def create_key(self, tenant_id: str, scopes: list[str], display_name: str = "") -> tuple[KeyRow, str]:
-        scopes = check_scopes(scopes)
+    async def create_key(self, tenant_id: str, scopes: list[str], display_name: str = "",
+                         browser: bool = False) -> tuple[KeyRow, str]:
+        checked = check_scopes(scopes)
+        if browser:
+            check_browser_scopes(scopes)  # named as the caller sent them
+        scopes = checked
         if not await self.store.tenant_exists(tenant_id):
             raise NotFound(f"tenant {quote(tenant_id)} does not exist", reason="TENANT_NOT_FOUND")
         key_id, secret = new_key()
-        row = await self.store.insert_key(tenant_id, key_id, hash_secret(secret), scopes, display_name)
+        row = await self.store.insert_key(tenant_id, key_id, hash_secret(secret), scopes, display_name, browser)
         return row, secret
 
     async def create_operator_key(self) -> str:
@@ -217,6 +225,12 @@ class KeyService:
         needed = METHOD_SCOPES.get(method)
         if needed is None:
             raise PermissionDenied(f"{method} is not available through the gateway", reason="METHOD_NOT_EXPOSED")
+        if row.browser and method not in BROWSER_METHODS:
+            raise PermissionDenied(f"a browser key cannot call {method.rsplit('/', 1)[-1]}",
+                                   reason="BROWSER_KEY_NOT_ALLOWED")
+        origin = metadata.get("origin", "")  # sent by browsers (the HTTP port passes it on)
+        if origin or row.browser:
+            await self.origins.check(row.tenant_id, origin, row.browser)
         if not needed.intersection(row.scopes):
             raise PermissionDenied(f"the API key lacks the scope {' or '.join(sorted(needed))}",
                                    reason="SCOPE_MISSING", metadata={"required": ",".join(sorted(needed))})

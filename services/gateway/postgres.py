@@ -22,11 +22,12 @@ class KeyRow:
     display_name: str
     created_at: datetime
     revoked_at: datetime | None
+    browser: bool = False  # a public key for web pages: allowed origins and BROWSER_METHODS only
 
 
 def _key(row) -> KeyRow:
     return KeyRow(row["tenant_id"], row["key_id"], bytes(row["secret_hash"]), tuple(row["scopes"]),
-                  row["display_name"], row["created_at"], row["revoked_at"])
+                  row["display_name"], row["created_at"], row["revoked_at"], row["browser"])
 
 
 class GatewayStore:
@@ -51,11 +52,11 @@ class GatewayStore:
         return bool(await self.pool.fetchval("SELECT 1 FROM tenants WHERE tenant_id = $1", tenant_id))
 
     async def insert_key(self, tenant_id: str, key_id: str, secret_hash: bytes, scopes: list[str],
-                         display_name: str) -> KeyRow:
+                         display_name: str, browser: bool = False) -> KeyRow:
         row = await self.pool.fetchrow(
-            "INSERT INTO api_keys (tenant_id, key_id, secret_hash, scopes, display_name) "
-            "VALUES ($1, $2, $3, $4, $5) RETURNING *",
-            tenant_id, key_id, secret_hash, scopes, display_name)
+            "INSERT INTO api_keys (tenant_id, key_id, secret_hash, scopes, display_name, browser) "
+            "VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
+            tenant_id, key_id, secret_hash, scopes, display_name, browser)
         return _key(row)
 
     async def find_key(self, key_id: str) -> KeyRow | None:
@@ -77,6 +78,21 @@ class GatewayStore:
             "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE tenant_id = $1 AND key_id = $2 "
             "RETURNING *", tenant_id, key_id)
         return None if row is None else _key(row)
+
+    # Browser origins (CORS).
+    async def browser_origins(self, tenant_id: str) -> list[str]:
+        return [r["origin"] for r in await self.pool.fetch(
+            "SELECT origin FROM browser_origins WHERE tenant_id = $1 ORDER BY origin", tenant_id)]
+
+    async def set_browser_origins(self, tenant_id: str, origins: list[str]) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM browser_origins WHERE tenant_id = $1", tenant_id)
+            await conn.execute("INSERT INTO browser_origins (tenant_id, origin) SELECT $1, unnest($2::text[])",
+                               tenant_id, origins)
+
+    async def origin_allowed_anywhere(self, origin: str) -> bool:
+        """Whether any tenant allows the origin (a CORS preflight names no tenant; the caller spans tenants)."""
+        return bool(await self.pool.fetchval("SELECT 1 FROM browser_origins WHERE origin = $1 LIMIT 1", origin))
 
     # Record-sync data model.
     async def data_model(self, tenant_id: str):

@@ -23,6 +23,7 @@ from services.gateway.batch import BatchJobs
 from services.gateway.decide import Decider
 from services.gateway.dead_letters import DeadLetters
 from services.gateway.decision_log import DecisionLogWriter
+from services.gateway.http import ConnectApp, Dispatcher, HttpServer
 from services.gateway.ingest import IdentityTypes, Ingest
 from services.gateway.passthrough import Passthrough, served_pool
 from services.gateway.pipeline import MergePropagation, MergeSweeper, PartitionWorker, Pipeline, WorkerSettings
@@ -99,7 +100,9 @@ def items_to_recommender(recommender: RecommenderPort) -> AfterHook:
     return hook
 
 
-async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
+async def build(dsn: str, addresses: dict[str, str] | None = None, *, http_port: int | None = None,
+                http_host: str | None = None) -> Built:
+    """The gateway; with http_port (0: any free one), also its HTTP port (services/gateway/http.py)."""
     settings = Settings.from_env(addresses)
     # The gateway signs the internal token of every call it makes to the domain services, for the call's tenant.
     service_auth.use_signer(service_auth.signer_from_env())
@@ -145,7 +148,7 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
             await channel.close()
         await pool.close()
 
-    return Built(
+    built = Built(
         services=[Service(pb_grpc.add_GatewayServiceServicer_to_server, servicer, gateway_name)],
         close=close,
         authenticate=keys.authenticate,
@@ -158,3 +161,10 @@ async def build(dsn: str, addresses: dict[str, str] | None = None) -> Built:
         background=[log_writer.run, quotas.run, batch.run, activations.run, sweeper.run, dead_letters.export_metrics,
                     *([worker.run] if settings.run_worker else [])],
     )
+    if http_port is not None:
+        http = HttpServer(ConnectApp(Dispatcher(built), keys.origins),
+                          http_host or env_str("TAILOR_BIND_HOST", "0.0.0.0"), http_port,
+                          reuse_port=env_bool("TAILOR_REUSE_PORT", False))
+        built.ports["http"] = http.port
+        built.background.append(http.run)
+    return built

@@ -49,7 +49,7 @@ def _ts(value) -> timestamp_pb2.Timestamp | None:
 def api_key_message(row: KeyRow) -> pb.ApiKey:
     return pb.ApiKey(key_id=row.key_id, display_name=row.display_name,
                      scopes=[SCOPE_VALUES[s] for s in row.scopes if s in SCOPE_VALUES],
-                     create_time=_ts(row.created_at), revoke_time=_ts(row.revoked_at))
+                     create_time=_ts(row.created_at), revoke_time=_ts(row.revoked_at), browser=row.browser)
 
 
 def _sources(names) -> list[int]:
@@ -183,7 +183,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
 
     async def CreateApiKey(self, request, context):
         scopes = [SCOPE_NAMES.get(s, f"unknown({s})") for s in request.scopes]
-        row, secret = await self.keys.create_key(current_tenant(), scopes, request.display_name)
+        row, secret = await self.keys.create_key(current_tenant(), scopes, request.display_name, request.browser)
         return pb.CreateApiKeyResponse(api_key=api_key_message(row), secret=secret)
 
     async def ListApiKeys(self, request, context):
@@ -341,3 +341,12 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
 
     async def SetTenantQuota(self, request: pb.SetTenantQuotaRequest, context) -> pb.SetTenantQuotaResponse:
         return await self.tenants.set_quota(request)
+
+    async def UpdateBrowserSettings(self, request: pb.UpdateBrowserSettingsRequest, context
+                                    ) -> pb.UpdateBrowserSettingsResponse:
+        return pb.UpdateBrowserSettingsResponse(
+            settings=await self.keys.origins.update(current_tenant(), request.settings))
+
+    async def GetBrowserSettings(self, request: pb.GetBrowserSettingsRequest, context
+                                 ) -> pb.GetBrowserSettingsResponse:
+        return pb.GetBrowserSettingsResponse(settings=await self.keys.origins.get(current_tenant()))

@@ -40,6 +40,7 @@ def launcher_env(home: Path, database_url: str | None = None, **settings: str) -
         env["DATABASE_URL"] = database_url
     env["TAILOR_HOME"] = str(home)
     env["TAILOR_PG_PORT"] = str(free_port())
+    env["TAILOR_HTTP_PORT"] = str(free_port())
     for svc in SERVICES:
         env[f"TAILOR_{svc.upper()}_PORT"] = str(free_port())
     env.update(settings)

@@ -103,8 +103,9 @@ class FakeKeyStore:
     async def tenant_exists(self, tenant_id):
         return tenant_id in self.tenants
 
-    async def insert_key(self, tenant_id, key_id, secret_hash, scopes, display_name):
-        row = KeyRow(tenant_id, key_id, secret_hash, tuple(scopes), display_name, datetime.now(timezone.utc), None)
+    async def insert_key(self, tenant_id, key_id, secret_hash, scopes, display_name, browser=False):
+        row = KeyRow(tenant_id, key_id, secret_hash, tuple(scopes), display_name, datetime.now(timezone.utc), None,
+                     browser)
         self.rows[key_id] = row
         return row
 

@@ -455,26 +455,30 @@ class WatchEventsResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[_common_pb2.Event, _Mapping]] = ..., append_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ApiKey(_message.Message):
-    __slots__ = ("key_id", "display_name", "scopes", "create_time", "revoke_time")
+    __slots__ = ("key_id", "display_name", "scopes", "create_time", "revoke_time", "browser")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     REVOKE_TIME_FIELD_NUMBER: _ClassVar[int]
+    BROWSER_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     display_name: str
     scopes: _containers.RepeatedScalarFieldContainer[Scope]
     create_time: _timestamp_pb2.Timestamp
     revoke_time: _timestamp_pb2.Timestamp
-    def __init__(self, key_id: _Optional[str] = ..., display_name: _Optional[str] = ..., scopes: _Optional[_Iterable[_Union[Scope, str]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    browser: bool
+    def __init__(self, key_id: _Optional[str] = ..., display_name: _Optional[str] = ..., scopes: _Optional[_Iterable[_Union[Scope, str]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., browser: _Optional[bool] = ...) -> None: ...
 
 class CreateApiKeyRequest(_message.Message):
-    __slots__ = ("display_name", "scopes")
+    __slots__ = ("display_name", "scopes", "browser")
     DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
     SCOPES_FIELD_NUMBER: _ClassVar[int]
+    BROWSER_FIELD_NUMBER: _ClassVar[int]
     display_name: str
     scopes: _containers.RepeatedScalarFieldContainer[Scope]
-    def __init__(self, display_name: _Optional[str] = ..., scopes: _Optional[_Iterable[_Union[Scope, str]]] = ...) -> None: ...
+    browser: bool
+    def __init__(self, display_name: _Optional[str] = ..., scopes: _Optional[_Iterable[_Union[Scope, str]]] = ..., browser: _Optional[bool] = ...) -> None: ...
 
 class CreateApiKeyResponse(_message.Message):
     __slots__ = ("api_key", "secret")
@@ -1365,3 +1369,31 @@ class SetTenantQuotaResponse(_message.Message):
     TENANT_FIELD_NUMBER: _ClassVar[int]
     tenant: Tenant
     def __init__(self, tenant: _Optional[_Union[Tenant, _Mapping]] = ...) -> None: ...
+
+class BrowserSettings(_message.Message):
+    __slots__ = ("allowed_origins",)
+    ALLOWED_ORIGINS_FIELD_NUMBER: _ClassVar[int]
+    allowed_origins: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, allowed_origins: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UpdateBrowserSettingsRequest(_message.Message):
+    __slots__ = ("settings",)
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    settings: BrowserSettings
+    def __init__(self, settings: _Optional[_Union[BrowserSettings, _Mapping]] = ...) -> None: ...
+
+class UpdateBrowserSettingsResponse(_message.Message):
+    __slots__ = ("settings",)
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    settings: BrowserSettings
+    def __init__(self, settings: _Optional[_Union[BrowserSettings, _Mapping]] = ...) -> None: ...
+
+class GetBrowserSettingsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetBrowserSettingsResponse(_message.Message):
+    __slots__ = ("settings",)
+    SETTINGS_FIELD_NUMBER: _ClassVar[int]
+    settings: BrowserSettings
+    def __init__(self, settings: _Optional[_Union[BrowserSettings, _Mapping]] = ...) -> None: ...

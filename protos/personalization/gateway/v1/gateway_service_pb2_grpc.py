@@ -241,6 +241,16 @@ class GatewayServiceStub:
                 request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetTenantQuotaRequest.SerializeToString,
                 response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetTenantQuotaResponse.FromString,
                 _registered_method=True)
+        self.UpdateBrowserSettings = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/UpdateBrowserSettings',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpdateBrowserSettingsRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpdateBrowserSettingsResponse.FromString,
+                _registered_method=True)
+        self.GetBrowserSettings = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/GetBrowserSettings',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetBrowserSettingsRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetBrowserSettingsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -586,6 +596,22 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateBrowserSettings(self, request, context):
+        """Replaces the tenant's browser settings: the web origins (CORS) whose pages may call this API over HTTP and from
+        which alone its browser keys work. Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope),
+        INVALID_ARGUMENT (allowed_origins[i] not an origin such as https://shop.example.com; nothing changed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBrowserSettings(self, request, context):
+        """The tenant's browser settings. Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -793,6 +819,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.SetTenantQuota,
                     request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetTenantQuotaRequest.FromString,
                     response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetTenantQuotaResponse.SerializeToString,
+            ),
+            'UpdateBrowserSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateBrowserSettings,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpdateBrowserSettingsRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpdateBrowserSettingsResponse.SerializeToString,
+            ),
+            'GetBrowserSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBrowserSettings,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetBrowserSettingsRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetBrowserSettingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1904,6 +1940,60 @@ class GatewayService:
             '/personalization.gateway.v1.GatewayService/SetTenantQuota',
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetTenantQuotaRequest.SerializeToString,
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.SetTenantQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateBrowserSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/UpdateBrowserSettings',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpdateBrowserSettingsRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.UpdateBrowserSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBrowserSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/GetBrowserSettings',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetBrowserSettingsRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetBrowserSettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,
