@@ -17,7 +17,16 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/tailor up
 
-test: $(STAMP)
+# Browser tests (tests/e2e/test_web_*.py) drive Debian's chromium through its chromium-driver, installed with apt
+# when missing (as root, else with sudo).
+CHROMEDRIVER := /usr/bin/chromedriver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMEDRIVER):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver
+
+test: $(STAMP) $(CHROMEDRIVER)
 	$(BIN)/python -m pytest
 
 BENCH_STAMP := $(VENV)/.bench-stamp

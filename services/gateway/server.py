@@ -25,6 +25,7 @@ from services.gateway.dead_letters import DeadLetters
 from services.gateway.decision_log import DecisionLogWriter
 from services.gateway.http import ConnectApp, Dispatcher, HttpServer
 from services.gateway.ingest import IdentityTypes, Ingest
+from services.gateway.pages import pages
 from services.gateway.passthrough import Passthrough, served_pool
 from services.gateway.pipeline import MergePropagation, MergeSweeper, PartitionWorker, Pipeline, WorkerSettings
 from services.gateway.ports import AfterHook, RecommenderPort, Stubs
@@ -162,7 +163,7 @@ async def build(dsn: str, addresses: dict[str, str] | None = None, *, http_port:
                     *([worker.run] if settings.run_worker else [])],
     )
     if http_port is not None:
-        http = HttpServer(ConnectApp(Dispatcher(built), keys.origins),
+        http = HttpServer(ConnectApp(Dispatcher(built), keys.origins, pages()),
                           http_host or env_str("TAILOR_BIND_HOST", "0.0.0.0"), http_port,
                           reuse_port=env_bool("TAILOR_REUSE_PORT", False))
         built.ports["http"] = http.port
