@@ -528,7 +528,8 @@ def banner(suite: Suite, key: str, customer: str, demo_loaded: bool, ready_secon
                  f"{os.getpid()}` restarts them all in turn):"]
     lines += [f"  {m.name:<{width}}  {m.address:<15}  log {suite.log_path(m.name)}" for m in suite.members]
     if suite.http_port:
-        lines += ["", f"HTTP/JSON API (Connect protocol): http://127.0.0.1:{suite.http_port}"]
+        lines += ["", f"HTTP/JSON API (Connect protocol) and web tracker: http://127.0.0.1:{suite.http_port}; "
+                      f"console: http://127.0.0.1:{suite.http_port}/console/ (sign in with the key below)"]
     lines += ["", f"Demo tenant `demo`, API key (scopes ingest, decide, admin; stored in {demo_key_path()}):",
               f"  export KEY={key}", ""]
     if not demo_loaded:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import grpc
 
@@ -110,9 +110,27 @@ class DeadLetters:
 
     async def status(self, tenant: str) -> pb.GetPipelineStatusResponse:
         counts = await self.store.counts(tenant)
-        return pb.GetPipelineStatusResponse(
+        reply = pb.GetPipelineStatusResponse(
             pending_count=counts.pending, retrying_count=counts.retrying, dead_letter_count=counts.dead_letters,
             oldest_pending_seconds=round(counts.oldest_pending_seconds, 3))
+        reply.minutes.extend(await self.history(tenant, counts.pending))
+        return reply
+
+    async def history(self, tenant: str, pending_now: int, minutes: int = 60) -> list[pb.PipelineMinute]:
+        """The last `minutes` minutes, oldest first: the backlog at each minute's end is walked back from now's
+        (each minute's arrivals added, its processed events taken away); dead letters count as processed."""
+        now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+        starts = [now - timedelta(minutes=i) for i in range(minutes - 1, -1, -1)]
+        received, processed = await self.store.minutes(tenant, starts[0])
+        history, backlog = [], pending_now
+        for start in reversed(starts):
+            done, lag = processed.get(start, (0, 0.0))
+            entry = pb.PipelineMinute(received_count=received.get(start, 0), processed_count=done,
+                                      backlog_count=max(backlog, 0), mean_lag_seconds=round(lag, 3))
+            entry.start_time.FromDatetime(start)
+            history.append(entry)
+            backlog = backlog - entry.received_count + done
+        return history[::-1]
 
     async def export_metrics(self, every: float = METRICS_SECONDS) -> None:
         """Keeps the pipeline gauges (backlog, lag, dead letters per tenant) current until cancelled."""

@@ -74,12 +74,13 @@ _GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
-class _Aborted(grpc.aio.AbortError):
-    """How the in-process context ends a call: the status the interceptor chose, raised to the adapter."""
+class RpcFailed(grpc.aio.AbortError):
+    """How an in-process call ends in error: the status the interceptor chose (code, message, rich details)."""
 
     def __init__(self, code: grpc.StatusCode, details: str, trailing_metadata: Any):
         super().__init__(details)
         self.code, self.details, self.trailing_metadata = code, details, trailing_metadata or ()
+        self.message = details
 
 
 class _Context:
@@ -96,7 +97,7 @@ class _Context:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
     async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> None:
-        raise _Aborted(code, details, trailing_metadata)
+        raise RpcFailed(code, details, trailing_metadata)
 
 
 class _Details:
@@ -163,7 +164,7 @@ class Dispatcher:
         return found
 
     async def call(self, method: Method, body: bytes, metadata: tuple, deadline: float | None) -> Any:
-        """The reply of one unary call (a message, or bytes for a forwarded one); raises _Aborted on an error."""
+        """The reply of one unary call (a message, or bytes for a forwarded one); raises RpcFailed on an error."""
         assert method.handler is not None
         request = method.handler.request_deserializer(body) if method.handler.request_deserializer else body
         call = method.handler.unary_unary(request, _Context(metadata, deadline))
@@ -173,7 +174,7 @@ class Dispatcher:
             return await asyncio.wait_for(call, max(0.0, deadline - time.monotonic()))
         except TimeoutError:
             status = DeadlineExceeded("the deadline passed before the call completed").to_status()
-            raise _Aborted(status.code, status.details, status.trailing_metadata) from None
+            raise RpcFailed(status.code, status.details, status.trailing_metadata) from None
 
 
 def _deadline(headers: dict[str, str]) -> float | None:
@@ -194,7 +195,7 @@ def _deadline(headers: dict[str, str]) -> float | None:
 
 def _status_of(error: BaseException) -> tuple[grpc.StatusCode, str, bytes]:
     """(code, message, serialized google.rpc.Status) of an error raised while serving a call."""
-    if isinstance(error, _Aborted):
+    if isinstance(error, RpcFailed):
         raw = next((v for k, v in error.trailing_metadata if k == STATUS_DETAILS_KEY), b"")
         return error.code, error.details or "", raw if isinstance(raw, bytes) else b""
     assert isinstance(error, TailorError)
@@ -320,7 +321,7 @@ class ConnectApp:
             reply = await self.dispatcher.call(method, body, metadata, deadline)
         except _Unsupported as error:
             return error.status, error.message.encode(), b"text/plain"
-        except (_Aborted, TailorError) as error:
+        except (RpcFailed, TailorError) as error:
             return (*connect_error(*_status_of(error)), b"application/json")
         except ConnectionError:
             return 499, b"", b"text/plain"

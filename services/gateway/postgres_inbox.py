@@ -228,6 +228,18 @@ class InboxStore:
             " WHERE tenant_id = $1 AND processed_at IS NULL) AS oldest", tenant_id)
         return PipelineCounts(row["pending"], row["retrying"], row["dead"], float(row["oldest"] or 0.0))
 
+    async def minutes(self, tenant_id: str, since: datetime) -> tuple[dict, dict]:
+        """Per minute from since: {minute: received} and {minute: (processed, mean lag in seconds)}."""
+        received = await self.pool.fetch(
+            "SELECT date_trunc('minute', received_at) AS m, count(*) AS n FROM inbox "
+            "WHERE tenant_id = $1 AND received_at >= $2 GROUP BY 1", tenant_id, since)
+        processed = await self.pool.fetch(
+            "SELECT date_trunc('minute', processed_at) AS m, count(*) AS n, "
+            "avg(extract(epoch FROM processed_at - received_at)) AS lag FROM inbox "
+            "WHERE tenant_id = $1 AND processed_at >= $2 GROUP BY 1", tenant_id, since)
+        return ({r["m"]: r["n"] for r in received},
+                {r["m"]: (r["n"], float(r["lag"] or 0.0)) for r in processed})
+
     async def backlog_by_tenant(self) -> list[tuple[str, int, float, int]]:
         """(tenant, pending events, age of the oldest in seconds, dead letters) of every tenant with any (metrics)."""
         rows = await self.pool.fetch(

@@ -22,6 +22,7 @@ from services.gateway.auth import IDENTITY, METHOD_SCOPES, PROFILE, KeyService
 from services.gateway.batch import BatchJobs
 from services.gateway.decide import Decider
 from services.gateway.dead_letters import DeadLetters
+from services.gateway.console import Console
 from services.gateway.decision_log import DecisionLogWriter
 from services.gateway.http import ConnectApp, Dispatcher, HttpServer
 from services.gateway.ingest import IdentityTypes, Ingest
@@ -163,7 +164,8 @@ async def build(dsn: str, addresses: dict[str, str] | None = None, *, http_port:
                     *([worker.run] if settings.run_worker else [])],
     )
     if http_port is not None:
-        http = HttpServer(ConnectApp(Dispatcher(built), keys.origins, pages()),
+        dispatcher = Dispatcher(built)
+        http = HttpServer(ConnectApp(dispatcher, keys.origins, pages(Console(dispatcher).app())),
                           http_host or env_str("TAILOR_BIND_HOST", "0.0.0.0"), http_port,
                           reuse_port=env_bool("TAILOR_REUSE_PORT", False))
         built.ports["http"] = http.port

@@ -301,3 +301,20 @@ async def test_the_readmes_curl_calls_ingest_and_decide(suite, http):
     ingested, decided = [json.loads(line) for line in out.decode().replace("}{", "}\n{").splitlines()]
     assert ingested == {"acks": [{"messageId": "web-1", "status": "ACK_STATUS_STORED"}]}
     assert decided["personalizations"][0]["data"] == [{"headline": "Welcome"}]
+
+
+async def test_pipeline_status_counts_the_last_hour_per_minute(suite, http):
+    _, md = await suite.new_tenant()
+    events = [{"messageId": f"p-{i}", "type": "EVENT_TYPE_PAGE_VIEW", "eventTime": _now(),
+               "identities": [{"type": "device_id", "value": f"minute-{i}"}]} for i in range(3)]
+    assert (await _call(http, "IngestEvents", {"events": events}, _secret(md))).status_code == 200
+    for _ in range(100):
+        status = (await _call(http, "GetPipelineStatus", {}, _secret(md))).json()
+        minutes = status["minutes"]
+        if sum(int(m.get("processedCount", 0)) for m in minutes) == 3:
+            break
+        await asyncio.sleep(0.1)
+    assert len(minutes) == 60 and minutes[0]["startTime"] < minutes[-1]["startTime"]
+    assert sum(int(m.get("receivedCount", 0)) for m in minutes) == 3
+    assert sum(int(m.get("processedCount", 0)) for m in minutes) == 3
+    assert int(minutes[-1].get("backlogCount", 0)) == int(status.get("pendingCount", 0)) == 0

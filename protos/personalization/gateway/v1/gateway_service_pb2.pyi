@@ -1136,16 +1136,32 @@ class GetPipelineStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetPipelineStatusResponse(_message.Message):
-    __slots__ = ("pending_count", "retrying_count", "dead_letter_count", "oldest_pending_seconds")
+    __slots__ = ("pending_count", "retrying_count", "dead_letter_count", "oldest_pending_seconds", "minutes")
     PENDING_COUNT_FIELD_NUMBER: _ClassVar[int]
     RETRYING_COUNT_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTER_COUNT_FIELD_NUMBER: _ClassVar[int]
     OLDEST_PENDING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MINUTES_FIELD_NUMBER: _ClassVar[int]
     pending_count: int
     retrying_count: int
     dead_letter_count: int
     oldest_pending_seconds: float
-    def __init__(self, pending_count: _Optional[int] = ..., retrying_count: _Optional[int] = ..., dead_letter_count: _Optional[int] = ..., oldest_pending_seconds: _Optional[float] = ...) -> None: ...
+    minutes: _containers.RepeatedCompositeFieldContainer[PipelineMinute]
+    def __init__(self, pending_count: _Optional[int] = ..., retrying_count: _Optional[int] = ..., dead_letter_count: _Optional[int] = ..., oldest_pending_seconds: _Optional[float] = ..., minutes: _Optional[_Iterable[_Union[PipelineMinute, _Mapping]]] = ...) -> None: ...
+
+class PipelineMinute(_message.Message):
+    __slots__ = ("start_time", "received_count", "processed_count", "backlog_count", "mean_lag_seconds")
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PROCESSED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MEAN_LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    start_time: _timestamp_pb2.Timestamp
+    received_count: int
+    processed_count: int
+    backlog_count: int
+    mean_lag_seconds: float
+    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received_count: _Optional[int] = ..., processed_count: _Optional[int] = ..., backlog_count: _Optional[int] = ..., mean_lag_seconds: _Optional[float] = ...) -> None: ...
 
 class GetUsageStatsRequest(_message.Message):
     __slots__ = ("start_time", "end_time", "tenant_id")
