@@ -367,7 +367,10 @@ class HttpServer:
     """The HTTP port: bound when built (so its port is known at once, 0 picking a free one), served by run()."""
 
     def __init__(self, app: ASGIApp, host: str, port: int, reuse_port: bool = False, grace: float = 5.0):
-        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP spelled out: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and without it
+        # Nagle's algorithm holds a response's body behind its headers until the client's delayed ACK (40 ms).
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
+                                  socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
