@@ -36,6 +36,7 @@ from services.gateway.http import CONNECT_CODES, Dispatcher, RpcFailed
 WEB = Path(__file__).resolve().parent / "web"
 COOKIE = "tailor_console"
 CALL_SECONDS = 10.0  # the deadline of each RPC a page makes
+CHANGE_PAGES = 20  # membership changes read per segment (1,000 a page); a longer history is charted up to there
 PAGES = [("pipeline", "Pipeline", "/console/"), ("profiles", "Profiles", "/console/profiles"),
          ("segments", "Segments & insights", "/console/segments"),
          ("experiments", "Experiments", "/console/experiments"), ("decisions", "Decisions", "/console/decisions"),
@@ -179,9 +180,16 @@ class Console:
         now = datetime.now(timezone.utc)
         series = {}
         for segment in listed.segments:
-            changes = await client.call(PROFILE + "ListMembershipChanges", profile_pb.ListMembershipChangesRequest(
-                segment=segment.name, page_size=1000))
-            series[segment.name] = _sizes(segment.member_count, list(changes.changes), now)
+            changes: list = []
+            token = ""
+            for _ in range(CHANGE_PAGES):  # oldest first, from the segment's start
+                reply = await client.call(PROFILE + "ListMembershipChanges", profile_pb.ListMembershipChangesRequest(
+                    segment=segment.name, page_size=1000, page_token=token))
+                changes.extend(reply.changes)
+                token = reply.next_page_token
+                if not token:
+                    break
+            series[segment.name] = _sizes(segment.member_count if not token else None, changes, now)
         chart = await _charts().lines("Members over time", series, "members") if series else ""
         return _page("segments", segments=[as_dict(s) for s in listed.segments], chart=chart,
                      insights=[as_dict(i) for i in insights.insights])
@@ -242,15 +250,18 @@ async def _decisions(client: Client, points: list[str] | None = None) -> list:
     return found
 
 
-def _sizes(current: int, changes: list, now: datetime) -> tuple[list[datetime], list[float]]:
-    """A segment's size after each change, walked back from its current size (the changes read, newest last)."""
-    events = sorted((_time(c.change_time), 1 if c.entered else -1) for c in changes)
-    times, sizes, size = [now], [float(current)], current
-    for when, delta in reversed(events):
-        times.append(when)
+def _sizes(current: int | None, changes: list, now: datetime) -> tuple[list[datetime], list[float]]:
+    """A segment's size after each change, counted from its start (changes oldest first); with current (every
+    change read), the line ends at today's size now."""
+    times, sizes, size = [], [], 0
+    for change in changes:
+        size += 1 if change.entered else -1
+        times.append(_time(change.change_time))
         sizes.append(float(size))
-        size -= delta
-    start = events[0][0] - timedelta(seconds=1) if events else now - timedelta(hours=1)
-    times.append(start)
-    sizes.append(float(max(size, 0)))
-    return times[::-1], sizes[::-1]
+    if current is not None:
+        times.append(now)
+        sizes.append(float(current))
+    if times:
+        times.insert(0, times[0] - timedelta(seconds=1))
+        sizes.insert(0, 0.0)
+    return times, sizes
