@@ -48,6 +48,7 @@ def running_suite(*, demo: bool = False, extra_env: dict | None = None):
         env.pop("DATABASE_URL", None)
         for svc in SERVICES:
             env[f"TAILOR_{svc.upper()}_PORT"] = str(free_port())
+        env["TAILOR_HTTP_PORT"] = str(free_port())  # the gateway's HTTP port too, so benches never take 8080
         env.update(extra_env or {})
         ready_file = Path(home) / "ready.json"
         args = [str(Path(sys.executable).parent / "tailor"), "up", "--ready-file", str(ready_file)]

@@ -29,7 +29,7 @@ from google.protobuf import json_format, timestamp_pb2  # noqa: E402
 from personalization.common.v1 import common_pb2  # noqa: E402
 from personalization.gateway.v1 import gateway_service_pb2 as pb  # noqa: E402
 from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc  # noqa: E402
-from tests.bench._common import free_port, percentile, running_suite  # noqa: E402
+from tests.bench._common import percentile, running_suite  # noqa: E402
 
 WARMUP = 50
 SAMPLES = 500
@@ -110,7 +110,7 @@ async def measure(ready: dict) -> tuple[dict[str, list[float]], dict[str, float]
 
 
 def main() -> None:
-    with running_suite(demo=True, extra_env={"TAILOR_HTTP_PORT": str(free_port())}) as (ready, _):
+    with running_suite(demo=True) as (ready, _):
         latencies, rates = asyncio.run(measure(ready))
     grpc_p50 = percentile(latencies["GetDecisions over gRPC (baseline)"], 50)
     print(f"\n{'operation':<36}{'p50 ms':>10}{'p99 ms':>10}{'x gRPC p50':>12}")
