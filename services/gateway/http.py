@@ -32,6 +32,7 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 
+from services.gateway import protojson
 from services.gateway.browser import Origins, normalize_origin
 from shared.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, TailorError, shorten
 from shared.log import get_logger
@@ -341,9 +342,8 @@ class _Unsupported(Exception):
 
 def _json_to_proto(body: bytes, message_class: type[Message]) -> bytes:
     """The JSON body as the request message's binary form; a body that is not that message is INVALID_ARGUMENT."""
-    message = message_class()
     try:
-        json_format.Parse(body or b"{}", message)
+        message = protojson.parse(body, message_class)
     except (json_format.ParseError, UnicodeDecodeError, ValueError, RecursionError, DecodeError) as error:
         raise InvalidArgument([("body", f"is not a JSON {message_class.DESCRIPTOR.name}: "
                                         f"{shorten(str(error), 160)}")]) from None
