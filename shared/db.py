@@ -91,7 +91,15 @@ async def _drops_to_roles(dsn: str, schema: str) -> bool:
         finally:
             await conn.close()
         if admin:
-            await db_roles.bootstrap(dsn, [schema])
+            # Under the schema's migration lock: its GRANT ... ON ALL TABLES rewrites the tables' catalog rows, and
+            # run beside another process's migration of the schema (ALTER TABLE) one of them fails with "tuple
+            # concurrently updated" (the gateway and its pipeline workers start together on a fresh database).
+            conn = await asyncpg.connect(dsn)
+            try:
+                await conn.execute("SELECT pg_advisory_lock(hashtext($1))", f"tailor-migrate-{schema}")
+                await db_roles.bootstrap(dsn, [schema])
+            finally:
+                await conn.close()  # the session's advisory lock goes with it
         _admin_dsns[key] = admin
     return _admin_dsns[key]
 
