@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import numpy as np
+from scipy.special import betaln, logsumexp
 from scipy.stats import chi2
 
 from services.decision import growthbook, rules
@@ -18,6 +20,7 @@ NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 METRICS = ("CLICK_THROUGH", "CONVERSION", "REVENUE_PER_INDIVIDUAL")
 TOTAL_BPS = 10_000
 MIN_PARTICIPANTS = (300, 5_000)
+MIN_CONVERSIONS = 25  # per cohort before any cohort can lead: 4 against 0 of 300 each is noise, not a winner
 THRESHOLD = (85.0, 100.0)
 DEFAULT_WINDOW = timedelta(days=7)
 MAX_WINDOW = timedelta(days=90)
@@ -54,6 +57,7 @@ class Experiment:
     chance_to_win_threshold: float = 95.0
     winner_selection: str = "MANUAL"
     seed: str = ""
+    hash_version: int = HASH_VERSION
     attribution_window: timedelta = timedelta(0)
     winner_cohort_id: str = ""
     start_time: datetime | None = None
@@ -93,8 +97,9 @@ def validate_experiment(e: Experiment, decision_ids: set[str], v, path: str = "e
         elif c.cohort_id in seen:
             v.add(f"{p}.cohort_id", f"duplicate cohort id {quote(c.cohort_id)}")
         seen.add(c.cohort_id)
-        if not 0 <= c.weight_bps <= TOTAL_BPS:
-            v.add(f"{p}.weight_bps", "must be between 0 and 10,000 basis points")
+        if not 1 <= c.weight_bps <= TOTAL_BPS:
+            # A zero-weight cohort never gets a participant, so it could never reach min_participants.
+            v.add(f"{p}.weight_bps", "must be between 1 and 10,000 basis points")
         total += c.weight_bps
         if c.fall_through and not c.control:
             v.add(f"{p}.fall_through", "only the control cohort can fall through to the point's decisions")
@@ -160,7 +165,7 @@ class CompiledExperiment:
     def assign(self, unified_id: str, ctx) -> Assignment:
         """GrowthBook assignment: targeting, then hash(seed, id, v2) into the cohorts' bucket ranges."""
         e = self.experiment
-        bucket = growthbook.gb_hash(e.hash_seed, unified_id, HASH_VERSION) or 0.0
+        bucket = growthbook.gb_hash(e.hash_seed, unified_id, e.hash_version) or 0.0
         matched, error = rules.evaluate(self.targeting, ctx)
         if not matched:
             return Assignment(e, None, bucket, False, error)
@@ -178,7 +183,7 @@ def compile_experiment(e: Experiment) -> CompiledExperiment:
 
 def hashed_cohort(e: Experiment, unified_id: str) -> str:
     """The cohort an individual's hash falls in (targeting aside); empty when outside every range."""
-    bucket = growthbook.gb_hash(e.hash_seed, unified_id, HASH_VERSION) or 0.0
+    bucket = growthbook.gb_hash(e.hash_seed, unified_id, e.hash_version) or 0.0
     index = growthbook.choose_variation(bucket, growthbook.ranges_for_bps([c.weight_bps for c in e.cohorts]))
     return e.cohorts[index].cohort_id if index >= 0 else ""
 
@@ -187,30 +192,29 @@ def hashed_cohort(e: Experiment, unified_id: str) -> str:
 
 
 def chance_beta_beats(conv_b: int, n_b: int, conv_a: int, n_a: int) -> float:
-    """P(p_B > p_A) under Beta(1 + conversions, 1 + failures) posteriors (Evan Miller's closed form)."""
+    """P(p_B > p_A) under Beta(1 + conversions, 1 + failures) posteriors (Evan Miller's closed form).
+
+    The closed form is a sum of one term per conversion of B: computed as one numpy vector in log space
+    (logsumexp), not a Python loop.
+    """
     alpha_a, beta_a = conv_a + 1, n_a - conv_a + 1
     alpha_b, beta_b = conv_b + 1, n_b - conv_b + 1
-
-    def lbeta(a: float, b: float) -> float:
-        return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
-
-    total = 0.0
-    for i in range(alpha_b):
-        total += math.exp(lbeta(alpha_a + i, beta_b + beta_a) - math.log(beta_b + i)
-                          - lbeta(1 + i, beta_b) - lbeta(alpha_a, beta_a))
-    return min(max(total, 0.0), 1.0)
+    i = np.arange(alpha_b, dtype=np.float64)
+    terms = (betaln(alpha_a + i, beta_b + beta_a) - np.log(beta_b + i) - betaln(1 + i, beta_b)
+             - betaln(alpha_a, beta_a))
+    return min(max(float(np.exp(logsumexp(terms))), 0.0), 1.0)
 
 
 def chance_normal_beats(values_b: Sequence[float], values_a: Sequence[float]) -> float:
     """P(mean_B > mean_A) by a normal approximation of the difference of means (revenue per individual)."""
-    if not values_a or not values_b:
+    if not len(values_a) or not len(values_b):
         return 0.5
-    mean_a, mean_b = sum(values_a) / len(values_a), sum(values_b) / len(values_b)
-
-    def var(values: Sequence[float], mean: float) -> float:
-        return sum((x - mean) ** 2 for x in values) / (len(values) - 1) if len(values) > 1 else 0.0
-
-    se = math.sqrt(var(values_a, mean_a) / len(values_a) + var(values_b, mean_b) / len(values_b))
+    a = np.asarray(values_a, dtype=np.float64)
+    b = np.asarray(values_b, dtype=np.float64)
+    mean_a, mean_b = float(a.mean()), float(b.mean())
+    var_a = float(a.var(ddof=1)) if len(a) > 1 else 0.0
+    var_b = float(b.var(ddof=1)) if len(b) > 1 else 0.0
+    se = math.sqrt(var_a / len(a) + var_b / len(b))
     if se == 0:
         return 0.5 if mean_a == mean_b else float(mean_b > mean_a)
     return 0.5 * (1 + math.erf((mean_b - mean_a) / se / math.sqrt(2)))
@@ -296,6 +300,11 @@ def _metric_value(r: CohortResult, metric: str) -> float:
     return r.revenue / r.participants
 
 
+def _successes(r: CohortResult, metric: str) -> int:
+    """The primary metric's conversions of a cohort: clickers for click-through, converters otherwise."""
+    return r.clickers if metric == "CLICK_THROUGH" else r.converters
+
+
 def _chance(r: CohortResult, base: CohortResult, metric: str) -> float:
     if metric == "REVENUE_PER_INDIVIDUAL":
         return chance_normal_beats(r.revenues, base.revenues)
@@ -378,6 +387,9 @@ def _leader(e: Experiment, ordered: list[CohortResult], base: CohortResult, srm:
     short = [r.cohort_id for r in ordered if r.participants < e.min_participants]
     if short:
         return "", f"cohorts below {e.min_participants} participants: {', '.join(short)}"
+    few = [r.cohort_id for r in ordered if _successes(r, e.primary_metric) < MIN_CONVERSIONS]
+    if few:
+        return "", f"cohorts below {MIN_CONVERSIONS} conversions: {', '.join(few)}"
     if e.start_time is None or now - e.start_time < e.min_duration:
         return "", "the minimum duration has not passed"
     threshold = e.chance_to_win_threshold / 100

@@ -6,18 +6,28 @@ as in any GrowthBook SDK. Proven against the SDK conformance cases in tests/unit
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 _FNV_OFFSET = 0x811C9DC5
 _FNV_PRIME = 0x01000193
+_UTF16_NATIVE = "utf-16-le" if sys.byteorder == "little" else "utf-16-be"  # memoryview.cast("H") reads native order
 
 
 def fnv32a(text: str) -> int:
-    """32-bit FNV-1a over the characters of text (as GrowthBook's SDKs do)."""
+    """32-bit FNV-1a over the UTF-16 code units of text, as GrowthBook's SDKs do (JavaScript's `charCodeAt`).
+
+    A character outside the Basic Multilingual Plane (an emoji) is two code units, a surrogate pair, not one code
+    point; ASCII text is one unit per byte.
+    """
     h = _FNV_OFFSET
-    for ch in text:
-        h ^= ord(ch)
-        h = (h * _FNV_PRIME) & 0xFFFFFFFF
+    if text.isascii():
+        for unit in text.encode():
+            h = ((h ^ unit) * _FNV_PRIME) & 0xFFFFFFFF
+        return h
+    data = text.encode(_UTF16_NATIVE, "surrogatepass")
+    for unit in memoryview(data).cast("H"):
+        h = ((h ^ unit) * _FNV_PRIME) & 0xFFFFFFFF
     return h
 
 
@@ -33,7 +43,10 @@ def gb_hash(seed: str, value: str, version: int) -> float | None:
 def get_bucket_range(
     num_variations: int, coverage: float, weights: Sequence[float] | None = None
 ) -> list[tuple[float, float]]:
-    """The [start, end) range of each variation: weights laid end to end, each shrunk to its coverage share."""
+    """The [start, end) range of each variation: weights laid end to end, each shrunk to its coverage share.
+
+    Edges keep full precision, as the SDKs' do (rounding them moved a few individuals in 10,000 to another cohort).
+    """
     coverage = min(max(coverage, 0.0), 1.0)
     equal = [1.0 / num_variations] * num_variations if num_variations > 0 else []
     if weights is None or len(weights) != num_variations or not 0.99 <= sum(weights) <= 1.01:
@@ -43,7 +56,7 @@ def get_bucket_range(
     for weight in weights:
         start = cumulative
         cumulative += weight
-        ranges.append((round(start, 4), round(start + coverage * weight, 4)))
+        ranges.append((start, start + coverage * weight))
     return ranges
 
 

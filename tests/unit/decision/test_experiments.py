@@ -375,3 +375,73 @@ async def test_fallback_only_serves_the_fallback_without_evaluating_experiments_
     await service.experiments.start(T, "banner_test")
     [q] = await service.qualifier.one(T, [("home_banner", "")], {"segments": ["vip"]}, {}, "ind_1", fallback_only=True)
     assert (q.decision.name, q.evaluations, q.assignment) == ("normal", [], None)
+
+
+async def test_a_zero_weight_cohort_is_refused_naming_its_weight(world):
+    service, repo, _, ids = world
+    bad = experiment(ids, cohorts=(Cohort("a", 5000, decision_id=ids["variant_a"]),
+                                   Cohort("b", 0, decision_id=ids["variant_b"])))
+    with pytest.raises(InvalidArgument) as err:
+        await service.experiments.upsert(T, bad)
+    assert [path for path, _ in err.value.violations] == ["experiment.cohorts[1].weight_bps"]
+    assert not repo.experiments
+
+
+def _results_of(e: Experiment, converters: dict[str, int], participants: int = 300) -> exp.Results:
+    exposures, outcomes = [], []
+    for cohort in e.cohorts:
+        for i in range(participants):
+            uid = f"{cohort.cohort_id}_{i}"
+            exposures.append(exp.Exposure(f"pz_{uid}", uid, T0, "home_banner", experiment_id="x",
+                                          cohort_id=cohort.cohort_id))
+            if i < converters[cohort.cohort_id]:
+                outcomes.append(Outcome(f"o_{uid}", uid, "PURCHASE", T0 + timedelta(hours=1), ("sku",), 10.0))
+    return exp.compute_results(e, exposures, outcomes, {}, set(), T0 + timedelta(days=30))
+
+
+def test_four_conversions_against_none_of_300_each_pick_no_winner():
+    e = Experiment("x", "t", "home_banner", (Cohort("control", 5000, control=True, fall_through=True),
+                                              Cohort("b", 5000, decision_id="d")),
+                   winner_selection="AUTOMATIC", start_time=T0)
+    results = _results_of(e, {"control": 0, "b": 4})
+    by = {r.cohort_id: r for r in results.cohorts}
+    assert by["b"].chance_to_beat_control > 0.95  # what used to pick b
+    assert results.leading_cohort_id == ""
+    assert f"below {exp.MIN_CONVERSIONS} conversions: control, b" in results.verdict
+
+
+def test_enough_conversions_in_every_cohort_let_the_better_one_lead():
+    e = Experiment("x", "t", "home_banner", (Cohort("control", 5000, control=True, fall_through=True),
+                                              Cohort("b", 5000, decision_id="d")),
+                   winner_selection="AUTOMATIC", start_time=T0)
+    results = _results_of(e, {"control": 25, "b": 60})
+    assert results.leading_cohort_id == "b"
+
+
+def _beta_chance_by_loop(conv_b, n_b, conv_a, n_a):
+    """The closed form term by term, in exact rational arithmetic (the reference)."""
+    from fractions import Fraction
+    from math import comb
+
+    alpha_a, beta_a, alpha_b, beta_b = conv_a + 1, n_a - conv_a + 1, conv_b + 1, n_b - conv_b + 1
+
+    def beta(a, b):  # B(a, b) for positive integers
+        return Fraction(1, a + b - 1) / comb(a + b - 2, a - 1)
+
+    total = sum(beta(alpha_a + i, beta_b + beta_a) / ((beta_b + i) * beta(1 + i, beta_b) * beta(alpha_a, beta_a))
+                for i in range(alpha_b))
+    return float(total)
+
+
+@pytest.mark.parametrize("counts", [(0, 300, 4, 300), (4, 300, 0, 300), (37, 412, 29, 388), (120, 900, 150, 1000)])
+def test_vectorised_beta_chance_equals_the_exact_sum(counts):
+    assert exp.chance_beta_beats(*counts) == pytest.approx(_beta_chance_by_loop(*counts), abs=1e-9)
+
+
+def test_beta_chance_with_a_hundred_thousand_conversions_agrees_with_the_normal_limit():
+    import math
+
+    p_a, p_b, n = 0.100, 0.101, 1_000_000
+    se = math.sqrt(p_a * (1 - p_a) / n + p_b * (1 - p_b) / n)
+    normal = 0.5 * (1 + math.erf((p_b - p_a) / se / math.sqrt(2)))
+    assert exp.chance_beta_beats(int(p_b * n), n, int(p_a * n), n) == pytest.approx(normal, abs=5e-3)
