@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from services.decision import experiments as exp
 from services.decision import rules
 from services.decision.bandit import ArmStats
-from services.decision.domain import Decision, Point, Repository
+from services.decision.domain import Decision, Holdout, Point, Repository
 from services.decision.experiments import CompiledExperiment, Experiment
 
 MAX_CACHED_POINTS = 100_000
@@ -25,12 +25,12 @@ class CompiledPoint:
     fallback: Decision | None
     by_id: Mapping[str, Decision]
     needs: Mapping[str, frozenset[str] | None]
-    experiment: CompiledExperiment | None = None
+    experiments: tuple[CompiledExperiment, ...] = ()  # the running ones, in the order they claim individuals
     fallbacks: tuple[Decision, ...] = ()  # every live fallback, by priority (the first whose consent is granted wins)
 
 
 def compile_point(
-    point: Point, decisions: Sequence[Decision], experiment: Experiment | None = None
+    point: Point, decisions: Sequence[Decision], experiments: Sequence[Experiment] = ()
 ) -> CompiledPoint:
     """Orders a point's live decisions (descending priority, ties by name) and compiles their rules."""
     decisions = [d for d in decisions if not d.archived]
@@ -44,15 +44,15 @@ def compile_point(
         except rules.RuleError as error:  # saved rules compiled; this one no longer does (a library upgrade)
             regular.append((d, rules.broken_rule(d.rule, str(error))))
     fallbacks = [d for d in ordered if d.fallback]
-    compiled_experiment = exp.compile_experiment(experiment) if experiment is not None else None
-    extra = [compiled_experiment.targeting] if compiled_experiment else []
+    compiled_experiments = tuple(exp.compile_experiment(e) for e in sorted(experiments, key=exp.experiment_order))
+    extra = [c.targeting for c in compiled_experiments]
     return CompiledPoint(
         point=point,
         ordered=tuple(regular),
         fallback=fallbacks[0] if fallbacks else None,
         by_id={d.decision_id: d for d in decisions},
         needs=rules.merge_needs([rule for _, rule in regular] + extra),
-        experiment=compiled_experiment,
+        experiments=compiled_experiments,
         fallbacks=tuple(fallbacks),
     )
 
@@ -153,3 +153,29 @@ class ArmCache:
                 self._entries[(tenant, name)] = (stats, stamp)
                 found[name] = stats
         return found
+
+
+class HoldoutCache:
+    """Each tenant's holdout, reloaded from the repository when older than ttl seconds.
+
+    SetHoldout in this process invalidates at once; a change made through another replica shows within ttl.
+    """
+
+    def __init__(self, repo: Repository, ttl: float, clock=time.monotonic):
+        self.repo = repo
+        self.ttl = ttl
+        self.clock = clock
+        self._entries: dict[str, tuple[Holdout, float]] = {}
+
+    def invalidate(self, tenant: str) -> None:
+        self._entries.pop(tenant, None)
+
+    async def get(self, tenant: str) -> Holdout:
+        hit = self._entries.get(tenant)
+        if hit is not None and self.clock() - hit[1] < self.ttl:
+            return hit[0]
+        holdout = await self.repo.get_holdout(tenant)
+        if len(self._entries) > MAX_CACHED_POINTS:
+            self._entries.clear()
+        self._entries[tenant] = (holdout, self.clock())
+        return holdout

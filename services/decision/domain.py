@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from services.decision import growthbook
 from services.decision.bandit import ArmStats, BanditConfig, Choice
 from services.decision.experiments import Assignment, Experiment, Exposure, Outcome
 from services.decision.schema import ProfileSchema
@@ -83,6 +84,7 @@ class Qualification:
     missing_consents: tuple[str, ...] = ()
     authentication_required: bool = False
     bandit: Choice | None = None  # how a bandit point chose (its decision is a trial once logged)
+    holdout: bool = False  # the individual is in the tenant's holdout: only the point's default was served
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ class LogEntry:
     served_item_ids: tuple[str, ...] = ()  # given by the caller (batch jobs), else read from served
     bandit_trial: bool = False  # the point's bandit chose the decision: a trial of that offer
     bandit_segment: str = ""  # the segment of the posteriors it counts in ("" for the global ones)
+    holdout: bool = False  # served to an individual of the tenant's holdout
 
     @property
     def item_ids(self) -> list[str]:
@@ -133,7 +136,31 @@ class NameTaken(Exception):
 
 
 class AlreadyRunning(Exception):
-    """Raised by a repository when another experiment already runs on the point."""
+    """Raised by a repository when another experiment outside any layer already runs on the point."""
+
+
+class LayerTaken(Exception):
+    """Raised by a repository when a running experiment of the layer claims part of the same slice."""
+
+    def __init__(self, other: str):
+        super().__init__(other)
+        self.other = other
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """The tenant's holdout: a share of unified individuals who get only each point's default decision."""
+
+    fraction_bps: int = 0
+    seed: str = ""
+    update_time: datetime | None = None
+
+    def holds(self, unified_id: str) -> bool:
+        """Whether the individual is held out (GrowthBook hash v2 of the id with the seed, below the fraction)."""
+        if self.fraction_bps <= 0 or not unified_id:
+            return False
+        n = growthbook.gb_hash(self.seed or "holdout", unified_id, 2) or 0.0
+        return n < self.fraction_bps / 10_000
 
 
 class Repository(Protocol):
@@ -152,7 +179,9 @@ class Repository(Protocol):
         self, tenant: str, point_name: str, after_name: str, limit: int, archived: bool
     ) -> list[Experiment]: ...
     async def set_experiment_state(self, tenant: str, experiment: Experiment) -> Experiment: ...
-    async def running_experiments(self, tenant: str, point_names: Sequence[str] | None) -> dict[str, Experiment]: ...
+    async def running_experiments(
+        self, tenant: str, point_names: Sequence[str] | None
+    ) -> dict[str, list[Experiment]]: ...
     async def merge(self, tenant: str, from_ids: Sequence[str], to_id: str) -> list[tuple[str, str, str]]: ...
     async def add_conflicts(self, tenant: str, pairs: Sequence[tuple[str, str]]) -> None: ...
     async def experiments_by_id(self, tenant: str, ids: Sequence[str]) -> list[Experiment]: ...
@@ -168,7 +197,7 @@ class Repository(Protocol):
     async def load_points(self, tenant: str, names: Sequence[str]) -> dict[str, tuple[Point, list[Decision]]]: ...
     async def load_points_with_experiments(
         self, tenant: str, names: Sequence[str]
-    ) -> dict[str, tuple[Point, list[Decision], Experiment | None]]: ...
+    ) -> dict[str, tuple[Point, list[Decision], list[Experiment]]]: ...
     async def get_decision(self, tenant: str, decision_id: str) -> Decision | None: ...
     async def save_decision(self, tenant: str, point_id: str, decision: Decision) -> Decision: ...
     async def list_decisions(
@@ -182,3 +211,6 @@ class Repository(Protocol):
     async def arm_stats(
         self, tenant: str, point_names: Sequence[str]
     ) -> dict[str, dict[tuple[str, str], ArmStats]]: ...
+    async def get_holdout(self, tenant: str) -> Holdout: ...
+    async def save_holdout(self, tenant: str, holdout: Holdout) -> Holdout: ...
+    async def holdout_exposures(self, tenant: str, start: datetime, end: datetime) -> list[Exposure]: ...

@@ -58,6 +58,9 @@ class Experiment:
     winner_selection: str = "MANUAL"
     seed: str = ""
     hash_version: int = HASH_VERSION
+    layer: str = ""  # a GrowthBook namespace: "" overlaps every experiment
+    layer_start_bps: int = 0  # the experiment's slice of the layer, [start, end) in basis points
+    layer_end_bps: int = 0
     attribution_window: timedelta = timedelta(0)
     winner_cohort_id: str = ""
     start_time: datetime | None = None
@@ -74,6 +77,20 @@ class Experiment:
     def baseline(self) -> Cohort:
         """The cohort the others are compared with: the control, else the first cohort."""
         return next((c for c in self.cohorts if c.control), self.cohorts[0])
+
+    def in_layer(self, unified_id: str) -> bool:
+        """Whether the individual falls in the experiment's slice of its layer (always, without a layer).
+
+        GrowthBook's inNamespace: hash v1 of the id with seed `__` + layer, in [start, end)."""
+        if not self.layer:
+            return True
+        n = growthbook.gb_hash("__" + self.layer, unified_id, 1) or 0.0
+        return self.layer_start_bps / TOTAL_BPS <= n < self.layer_end_bps / TOTAL_BPS
+
+    def overlaps(self, other: Experiment) -> bool:
+        """Whether two experiments of one layer claim a common part of it."""
+        return (self.layer == other.layer and self.layer_start_bps < other.layer_end_bps
+                and other.layer_start_bps < self.layer_end_bps)
 
     def expired(self, now: datetime) -> bool:
         """Whether a running experiment has passed its maximum duration."""
@@ -137,6 +154,17 @@ def validate_experiment(e: Experiment, decision_ids: set[str], v, path: str = "e
         v.add(f"{path}.attribution_window", "must be between 0 (7 days) and 90 days")
     if len(e.seed) > 256:
         v.add(f"{path}.seed", "must be at most 256 characters")
+    if e.hash_version not in (1, 2):
+        v.add(f"{path}.hash_version", "must be 1 or 2 (0 means 2)")
+    if e.layer:
+        if not NAME.match(e.layer):
+            v.add(f"{path}.layer.name", "must match ^[a-z][a-z0-9_]{0,63}$")
+        if not 0 <= e.layer_start_bps < TOTAL_BPS:
+            v.add(f"{path}.layer.start_bps", "must be between 0 and 9,999 basis points")
+        if not e.layer_start_bps < e.layer_end_bps <= TOTAL_BPS:
+            v.add(f"{path}.layer.end_bps", "must be above start_bps and at most 10,000 basis points")
+    elif e.layer_start_bps or e.layer_end_bps:
+        v.add(f"{path}.layer.name", "must name the layer the range belongs to")
 
 
 @dataclass(frozen=True)
@@ -152,6 +180,10 @@ class Assignment:
     @property
     def in_experiment(self) -> bool:
         return self.cohort is not None
+
+    @property
+    def layer(self) -> str:
+        return self.experiment.layer
 
 
 @dataclass(frozen=True)
@@ -169,8 +201,37 @@ class CompiledExperiment:
         matched, error = rules.evaluate(self.targeting, ctx)
         if not matched:
             return Assignment(e, None, bucket, False, error)
+        if not e.in_layer(unified_id):
+            return Assignment(e, None, bucket, True)
         index = growthbook.choose_variation(bucket, self.ranges)
         return Assignment(e, e.cohorts[index] if index >= 0 else None, bucket, True)
+
+
+def assign_on_point(
+    experiments: Sequence[CompiledExperiment], unified_id: str, ctx, now: datetime | None
+) -> list[Assignment]:
+    """The individual's assignment in each running experiment of one point, in order (layer, then name).
+
+    An individual takes part in at most one experiment per point, since the point serves one decision: the first
+    that places them in a cohort. The ones after it report them outside (in_experiment false). Experiments in one
+    layer are exclusive anyway; across layers this order decides.
+    """
+    out = []
+    taken = False
+    for compiled in experiments:
+        if now is not None and compiled.experiment.expired(now):
+            continue
+        a = compiled.assign(unified_id, ctx)
+        if taken and a.in_experiment:
+            a = Assignment(a.experiment, None, a.bucket, a.targeted)
+        taken |= a.in_experiment
+        out.append(a)
+    return out
+
+
+def experiment_order(e: Experiment) -> tuple[str, str]:
+    """The order in which a point's running experiments claim an individual: by layer, then by name."""
+    return e.layer, e.name
 
 
 def compile_experiment(e: Experiment) -> CompiledExperiment:
@@ -182,7 +243,9 @@ def compile_experiment(e: Experiment) -> CompiledExperiment:
 
 
 def hashed_cohort(e: Experiment, unified_id: str) -> str:
-    """The cohort an individual's hash falls in (targeting aside); empty when outside every range."""
+    """The cohort an individual's hash falls in (targeting aside); empty when outside every range or the layer."""
+    if not e.in_layer(unified_id):
+        return ""
     bucket = growthbook.gb_hash(e.hash_seed, unified_id, e.hash_version) or 0.0
     index = growthbook.choose_variation(bucket, growthbook.ranges_for_bps([c.weight_bps for c in e.cohorts]))
     return e.cohorts[index].cohort_id if index >= 0 else ""

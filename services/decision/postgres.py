@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -14,6 +14,8 @@ from services.decision.bandit import ArmStats, BanditConfig
 from services.decision.domain import (
     AlreadyRunning,
     Decision,
+    Holdout,
+    LayerTaken,
     LogEntry,
     LogStats,
     NameTaken,
@@ -32,9 +34,11 @@ _DECISION_COLUMNS = (
 )
 _LOG_COLUMNS = (
     "personalization_id, request_id, point_id, point_name, decision_id, unified_individual_id, channel, "
-    "correlation_id, anchor_id, served, stage_ms, log_time, experiment_id, cohort_id, exposure_conflict, batch_job_id"
+    "correlation_id, anchor_id, served, stage_ms, log_time, experiment_id, cohort_id, exposure_conflict, batch_job_id, "
+    "holdout"
 )
-_EXPERIMENT_COLUMNS = "experiment_id, name, point_name, state, config, winner_cohort_id, start_time, stop_time"
+_EXPERIMENT_COLUMNS = ("experiment_id, name, point_name, state, config, winner_cohort_id, start_time, stop_time, "
+                       "layer, layer_start, layer_end")
 _EXPOSURE_COLUMNS = (
     "personalization_id, unified_individual_id, log_time, point_name, decision_id, experiment_id, cohort_id, "
     "item_ids, exposure_conflict"
@@ -120,6 +124,7 @@ def _log_entry(row: asyncpg.Record) -> LogEntry:
         served_item_ids=tuple(row.get("item_ids") or ()),
         bandit_trial=row.get("bandit_segment") is not None,
         bandit_segment=row.get("bandit_segment") or "",
+        holdout=row["holdout"],
     )
 
 
@@ -136,6 +141,7 @@ def _experiment_config(e: Experiment) -> str:
         "winner_selection": e.winner_selection,
         "seed": e.seed,
         "attribution_window_s": e.attribution_window.total_seconds(),
+        "hash_version": e.hash_version,
     })
 
 
@@ -149,7 +155,8 @@ def _experiment(row) -> Experiment:
         max_duration=timedelta(seconds=c["max_duration_s"]), chance_to_win_threshold=c["chance_to_win_threshold"],
         winner_selection=c["winner_selection"], seed=c["seed"],
         attribution_window=timedelta(seconds=c["attribution_window_s"]), winner_cohort_id=row["winner_cohort_id"],
-        start_time=row["start_time"], stop_time=row["stop_time"],
+        start_time=row["start_time"], stop_time=row["stop_time"], hash_version=c.get("hash_version", 2),
+        layer=row["layer"], layer_start_bps=row["layer_start"], layer_end_bps=row["layer_end"],
     )
 
 
@@ -242,11 +249,13 @@ class PostgresRepository:
 
     async def save_experiment(self, tenant: str, e: Experiment) -> Experiment:
         row = await self.pool.fetchrow(
-            "INSERT INTO experiments (tenant_id, experiment_id, name, point_name, state, config) "
-            "VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT (tenant_id, experiment_id) DO UPDATE SET "
-            "point_name = EXCLUDED.point_name, config = EXCLUDED.config, updated_at = now() "
+            "INSERT INTO experiments (tenant_id, experiment_id, name, point_name, state, config, layer, layer_start, "
+            "layer_end) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9) ON CONFLICT (tenant_id, experiment_id) "
+            "DO UPDATE SET point_name = EXCLUDED.point_name, config = EXCLUDED.config, layer = EXCLUDED.layer, "
+            "layer_start = EXCLUDED.layer_start, layer_end = EXCLUDED.layer_end, updated_at = now() "
             f"RETURNING {_EXPERIMENT_COLUMNS}",
-            tenant, e.experiment_id, e.name, e.point_name, e.state, _experiment_config(e))
+            tenant, e.experiment_id, e.name, e.point_name, e.state, _experiment_config(e), e.layer,
+            e.layer_start_bps, e.layer_end_bps)
         return _experiment(row)
 
     async def list_experiments(
@@ -259,21 +268,37 @@ class PostgresRepository:
         return [_experiment(r) for r in rows]
 
     async def set_experiment_state(self, tenant: str, e: Experiment) -> Experiment:
-        try:
-            row = await self.pool.fetchrow(
-                "UPDATE experiments SET state = $3, winner_cohort_id = $4, start_time = $5, stop_time = $6, "
-                f"updated_at = now() WHERE tenant_id = $1 AND experiment_id = $2 RETURNING {_EXPERIMENT_COLUMNS}",
-                tenant, e.experiment_id, e.state, e.winner_cohort_id, e.start_time, e.stop_time)
-        except asyncpg.UniqueViolationError:
-            raise AlreadyRunning(e.point_name) from None
+        async with self.pool.acquire() as conn, conn.transaction():
+            if e.state == "RUNNING" and e.layer:
+                # Starts in one layer are serialized, so two overlapping slices can never both be running.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                                   f"tailor-decision-layer/{tenant}/{e.layer}")
+                other = await conn.fetchval(
+                    "SELECT name FROM experiments WHERE tenant_id = $1 AND layer = $2 AND state = 'RUNNING' "
+                    "AND experiment_id <> $3 AND layer_start < $5 AND $4 < layer_end ORDER BY name LIMIT 1",
+                    tenant, e.layer, e.experiment_id, e.layer_start_bps, e.layer_end_bps)
+                if other is not None:
+                    raise LayerTaken(other)
+            try:
+                row = await conn.fetchrow(
+                    "UPDATE experiments SET state = $3, winner_cohort_id = $4, start_time = $5, stop_time = $6, "
+                    f"updated_at = now() WHERE tenant_id = $1 AND experiment_id = $2 RETURNING {_EXPERIMENT_COLUMNS}",
+                    tenant, e.experiment_id, e.state, e.winner_cohort_id, e.start_time, e.stop_time)
+            except asyncpg.UniqueViolationError:
+                raise AlreadyRunning(e.point_name) from None
         return _experiment(row)
 
-    async def running_experiments(self, tenant: str, point_names: Sequence[str] | None) -> dict[str, Experiment]:
+    async def running_experiments(
+        self, tenant: str, point_names: Sequence[str] | None
+    ) -> dict[str, list[Experiment]]:
         rows = await self.pool.fetch(
             f"SELECT {_EXPERIMENT_COLUMNS} FROM experiments WHERE tenant_id = $1 AND state = 'RUNNING' "
-            "AND ($2::text[] IS NULL OR point_name = ANY($2::text[]))",
+            "AND ($2::text[] IS NULL OR point_name = ANY($2::text[])) ORDER BY point_name, layer, name",
             tenant, None if point_names is None else list(point_names))
-        return {r["point_name"]: _experiment(r) for r in rows}
+        running: dict[str, list[Experiment]] = {}
+        for r in rows:
+            running.setdefault(r["point_name"], []).append(_experiment(r))
+        return running
 
     async def merge(self, tenant: str, from_ids: Sequence[str], to_id: str) -> list[tuple[str, str, str]]:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -442,27 +467,26 @@ class PostgresRepository:
 
     async def load_points_with_experiments(
         self, tenant: str, names: Sequence[str]
-    ) -> dict[str, tuple[Point, list[Decision], Experiment | None]]:
-        # One round trip: the running experiment rides along as a json column (repeated per decision row).
+    ) -> dict[str, tuple[Point, list[Decision], list[Experiment]]]:
+        # One round trip: the running experiments ride along as a json column (repeated per decision row).
         rows = await self.pool.fetch(
-            f"SELECT {_POINT_COLUMNS}, {_DECISION_COLUMNS}, (SELECT row_to_json(x) FROM (SELECT "
+            f"SELECT {_POINT_COLUMNS}, {_DECISION_COLUMNS}, (SELECT json_agg(x) FROM (SELECT "
             f"{_EXPERIMENT_COLUMNS} FROM experiments e WHERE e.tenant_id = p.tenant_id AND e.point_name = p.name "
             "AND e.state = 'RUNNING') x) AS running FROM points p "
             "LEFT JOIN decisions d ON d.tenant_id = p.tenant_id AND d.point_id = p.point_id "
             "WHERE p.tenant_id = $1 AND p.name = ANY($2::text[])",
             tenant, list(names),
         )
-        loaded: dict[str, tuple[Point, list[Decision], Experiment | None]] = {}
+        loaded: dict[str, tuple[Point, list[Decision], list[Experiment]]] = {}
         for row in rows:
             name = row["name"]
             if name not in loaded:
-                running = None
-                if row["running"] is not None:
-                    raw = json.loads(row["running"])
+                running = []
+                for raw in json.loads(row["running"]) if row["running"] is not None else ():
                     raw["config"] = json.dumps(raw["config"])
                     for key in ("start_time", "stop_time"):
                         raw[key] = datetime.fromisoformat(raw[key]) if raw[key] else None
-                    running = _experiment(raw)
+                    running.append(_experiment(raw))
                 loaded[name] = (_point(row), [], running)
             if row["decision_id"] is not None:
                 loaded[name][1].append(_decision(row, name))
@@ -512,7 +536,7 @@ class PostgresRepository:
         columns = list(zip(*[
             (e.personalization_id, e.request_id, e.point_id, e.point_name, e.decision_id, e.unified_individual_id,
              e.channel, e.correlation_id, e.anchor_id, json.dumps(e.served), json.dumps(e.stage_ms), e.log_time,
-             e.experiment_id, e.cohort_id, json.dumps(e.item_ids), e.batch_job_id,
+             e.experiment_id, e.cohort_id, json.dumps(e.item_ids), e.batch_job_id, e.holdout,
              e.bandit_segment if e.bandit_trial and e.decision_id else None)
             for e in entries
         ]))
@@ -524,11 +548,11 @@ class PostgresRepository:
             "u.stage::jsonb, u.t, u.eid, u.coh, "
             "u.eid <> '' AND EXISTS (SELECT 1 FROM experiment_conflicts c WHERE c.tenant_id = $1 "
             "AND c.experiment_id = u.eid AND c.unified_individual_id = u.uid), "
-            "u.job, COALESCE((SELECT array_agg(x) FROM jsonb_array_elements_text(u.items::jsonb) AS x), '{}'), u.seg "
+            "u.job, u.hold, COALESCE((SELECT array_agg(x) FROM jsonb_array_elements_text(u.items::jsonb) AS x), '{}'), u.seg "
             "FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "
             "$8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::timestamptz[], $14::text[], "
-            "$15::text[], $16::text[], $17::text[], $18::text[]) "
-            "AS u(pid, rid, ptid, pname, did, uid, ch, cid, aid, served, stage, t, eid, coh, items, job, seg) "
+            "$15::text[], $16::text[], $17::text[], $18::boolean[], $19::text[]) "
+            "AS u(pid, rid, ptid, pname, did, uid, ch, cid, aid, served, stage, t, eid, coh, items, job, hold, seg) "
             "ON CONFLICT (tenant_id, personalization_id) DO NOTHING RETURNING point_name, bandit_segment, decision_id), "
             "trials AS (INSERT INTO bandit_arms AS a (tenant_id, point_name, segment, decision_id, trials) "
             "SELECT $1, point_name, bandit_segment, decision_id, count(*) FROM ins WHERE bandit_segment IS NOT NULL "
@@ -568,3 +592,26 @@ class PostgresRepository:
             *args,
         )
         return [_log_entry(r) for r in rows]
+
+    async def get_holdout(self, tenant: str) -> Holdout:
+        row = await self.pool.fetchrow(
+            "SELECT fraction_bps, seed, updated_at FROM holdouts WHERE tenant_id = $1", tenant)
+        return Holdout() if row is None else Holdout(row["fraction_bps"], row["seed"], row["updated_at"])
+
+    async def save_holdout(self, tenant: str, holdout: Holdout) -> Holdout:
+        row = await self.pool.fetchrow(
+            "INSERT INTO holdouts (tenant_id, fraction_bps, seed, updated_at) VALUES ($1, $2, $3, $4) "
+            "ON CONFLICT (tenant_id) DO UPDATE SET fraction_bps = EXCLUDED.fraction_bps, seed = EXCLUDED.seed, "
+            "updated_at = EXCLUDED.updated_at RETURNING fraction_bps, seed, updated_at",
+            tenant, holdout.fraction_bps, holdout.seed, holdout.update_time or datetime.now(UTC))
+        return Holdout(row["fraction_bps"], row["seed"], row["updated_at"])
+
+    async def holdout_exposures(self, tenant: str, start: datetime, end: datetime) -> list[Exposure]:
+        """Every row served to a known individual in [start, end), as exposures of the cohort `holdout` or
+        `personalized`."""
+        rows = await self.pool.fetch(
+            "SELECT personalization_id, unified_individual_id, log_time, point_name, decision_id, '' AS experiment_id, "
+            "CASE WHEN holdout THEN 'holdout' ELSE 'personalized' END AS cohort_id, item_ids, "
+            "false AS exposure_conflict FROM decision_log WHERE tenant_id = $1 AND log_time >= $2 AND log_time < $3 "
+            "AND unified_individual_id <> ''", tenant, start, end)
+        return [_exposure(r) for r in rows]

@@ -14,13 +14,17 @@ from services.decision.translate import (
     StructView,
     assignment_to_proto,
     choice_to_proto,
+    cohort_result_to_proto,
     decision_from_proto,
     decision_to_proto,
     duration_from_proto,
     experiment_from_proto,
     experiment_to_proto,
+    holdout_from_proto,
+    holdout_to_proto,
     log_from_proto,
     log_to_proto,
+    metric_from_proto,
     outcome_from_proto,
     point_from_proto,
     point_to_proto,
@@ -115,6 +119,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             out.authentication_required = q.authentication_required
             if q.bandit is not None:
                 out.bandit.CopyFrom(choice_to_proto(q.bandit, _names(q)))
+            out.holdout = q.holdout
         return response
 
     async def QualifyBatch(self, request: pb.QualifyBatchRequest, context) -> pb.QualifyBatchResponse:
@@ -147,6 +152,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                     experiment=assignment_to_proto(q.assignment) if q.assignment is not None else None,
                     missing_consents=q.missing_consents,
                     bandit=choice_to_proto(q.bandit, _names(q)) if q.bandit is not None else None,
+                    holdout=q.holdout,
                 ))
             results.append(pb.BatchResult(unified_individual_id=individual.unified_individual_id, qualifications=out))
         response.results.extend(results)
@@ -215,12 +221,13 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         return pb.ArchiveExperimentResponse(experiment=experiment_to_proto(e))
 
     async def AssignExperiments(self, request, context) -> pb.AssignExperimentsResponse:
-        assignments = await self.service.assignments.assign(
+        assignments, holdout = await self.service.assignments.assign(
             current_tenant(), request.unified_individual_id, list(request.point_names), StructView(request.profile),
             StructView(request.context), request.record_exposure, request.channel,
             request_context.request_id_var.get(),
         )
-        return pb.AssignExperimentsResponse(assignments=[assignment_to_proto(a) for a in assignments])
+        return pb.AssignExperimentsResponse(assignments=[assignment_to_proto(a) for a in assignments],
+                                            holdout=holdout)
 
     async def ReassignIndividual(self, request, context) -> pb.ReassignIndividualResponse:
         conflicting = await self.service.assignments.reassign(
@@ -240,14 +247,28 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         e, results = await self.service.results.compute(current_tenant(), request.name)
         return pb.GetExperimentResultsResponse(
             experiment=experiment_to_proto(e),
-            cohorts=[pb.CohortResult(
-                cohort_id=r.cohort_id, control=r.control, participants=r.participants, clickers=r.clickers,
-                converters=r.converters, revenue=r.revenue, value=r.value,
-                chance_to_beat_control=r.chance_to_beat_control, secondary=r.secondary,
-                excluded_conflicts=r.excluded_conflicts) for r in results.cohorts],
+            cohorts=[cohort_result_to_proto(r) for r in results.cohorts],
             sample_ratio_p_value=results.srm_p_value, sample_ratio_mismatch=results.srm,
             leading_cohort_id=results.leading_cohort_id, verdict=results.verdict,
         )
+
+    async def SetHoldout(self, request: pb.SetHoldoutRequest, context) -> pb.SetHoldoutResponse:
+        stored = await self.service.holdouts.set(current_tenant(), holdout_from_proto(request.holdout))
+        return pb.SetHoldoutResponse(holdout=holdout_to_proto(stored))
+
+    async def GetHoldout(self, request: pb.GetHoldoutRequest, context) -> pb.GetHoldoutResponse:
+        return pb.GetHoldoutResponse(holdout=holdout_to_proto(await self.service.holdouts.get(current_tenant())))
+
+    async def GetHoldoutResults(self, request: pb.GetHoldoutResultsRequest, context
+                                ) -> pb.GetHoldoutResultsResponse:
+        holdout, results = await self.service.holdouts.results(
+            current_tenant(),
+            time_from_proto(request.start_time) if request.HasField("start_time") else None,
+            time_from_proto(request.end_time) if request.HasField("end_time") else None,
+            metric_from_proto(request.metric), duration_from_proto(request.attribution_window))
+        return pb.GetHoldoutResultsResponse(
+            holdout=holdout_to_proto(holdout), groups=[cohort_result_to_proto(r) for r in results.cohorts],
+            sample_ratio_p_value=results.srm_p_value, sample_ratio_mismatch=results.srm)
 
     async def GetAttribution(self, request, context) -> pb.GetAttributionResponse:
         credit = await self.service.attribution.credit(

@@ -11,8 +11,8 @@ from google.protobuf import struct_pb2
 from personalization.decision.v1 import decision_service_pb2 as pb
 
 from services.decision.bandit import BanditConfig, Choice
-from services.decision.domain import Decision, LogEntry, Point, Template, TemplateField
-from services.decision.experiments import MODELS, Assignment, Cohort, Experiment, Outcome
+from services.decision.domain import Decision, Holdout, LogEntry, Point, Template, TemplateField
+from services.decision.experiments import MODELS, Assignment, Cohort, CohortResult, Experiment, Outcome
 from services.decision.schema import ProfileSchema
 
 _POINT_TYPES = {pb.POINT_TYPE_MANUAL_CONTENT: "MANUAL_CONTENT", pb.POINT_TYPE_RECOMMENDATIONS: "RECOMMENDATIONS"}
@@ -210,6 +210,7 @@ def log_from_proto(message: pb.DecisionLogEntry) -> LogEntry:
         served_item_ids=tuple(message.item_ids),
         bandit_trial=message.bandit_trial,
         bandit_segment=message.bandit_segment,
+        holdout=message.holdout,
     )
 
 
@@ -232,6 +233,7 @@ def log_to_proto(entry: LogEntry) -> pb.DecisionLogEntry:
         item_ids=entry.item_ids,
         bandit_trial=entry.bandit_trial,
         bandit_segment=entry.bandit_segment,
+        holdout=entry.holdout,
     )
     message.served.update(entry.served)
     if entry.log_time is not None:
@@ -274,7 +276,8 @@ def experiment_from_proto(m: pb.Experiment) -> Experiment:
         min_participants=m.min_participants, min_duration=duration_from_proto(m.min_duration),
         max_duration=duration_from_proto(m.max_duration), chance_to_win_threshold=m.chance_to_win_threshold,
         winner_selection=_SELECTION.get(m.winner_selection, "UNSPECIFIED"), seed=m.seed,
-        attribution_window=duration_from_proto(m.attribution_window),
+        attribution_window=duration_from_proto(m.attribution_window), hash_version=m.hash_version or 2,
+        layer=m.layer.name, layer_start_bps=m.layer.start_bps, layer_end_bps=m.layer.end_bps,
     )
 
 
@@ -286,8 +289,10 @@ def experiment_to_proto(e: Experiment) -> pb.Experiment:
         targeting_rule=e.targeting_rule, primary_metric=_METRICS_BACK[e.primary_metric],
         secondary_metrics=[_METRICS_BACK[x] for x in e.secondary_metrics], min_participants=e.min_participants,
         chance_to_win_threshold=e.chance_to_win_threshold, winner_selection=_SELECTION_BACK[e.winner_selection],
-        seed=e.seed, winner_cohort_id=e.winner_cohort_id,
+        seed=e.seed, winner_cohort_id=e.winner_cohort_id, hash_version=e.hash_version,
     )
+    if e.layer:
+        m.layer.CopyFrom(pb.ExperimentLayer(name=e.layer, start_bps=e.layer_start_bps, end_bps=e.layer_end_bps))
     m.min_duration.FromTimedelta(e.min_duration)
     m.max_duration.FromTimedelta(e.max_duration)
     m.attribution_window.FromTimedelta(e.attribution_window)
@@ -304,7 +309,7 @@ def assignment_to_proto(a: Assignment) -> pb.ExperimentAssignment:
         experiment_id=a.experiment.experiment_id, experiment_name=a.experiment.name,
         point_name=a.experiment.point_name, cohort_id=c.cohort_id if c else "", control=bool(c and c.control),
         fall_through=bool(c and c.fall_through), decision_id=c.decision_id if c else "", bucket=a.bucket,
-        in_experiment=a.in_experiment,
+        in_experiment=a.in_experiment, layer=a.layer,
     )
 
 
@@ -314,3 +319,26 @@ def outcome_from_proto(m: pb.Outcome) -> Outcome:
         type=_OUTCOMES.get(m.type, "UNSPECIFIED"), time=time_from_proto(m.time) if m.HasField("time") else None,
         item_ids=tuple(m.item_ids), revenue=m.revenue, personalization_id=m.personalization_id,
     )
+
+
+def holdout_from_proto(m: pb.Holdout) -> Holdout:
+    return Holdout(fraction_bps=m.fraction_bps, seed=m.seed)
+
+
+def holdout_to_proto(h: Holdout) -> pb.Holdout:
+    m = pb.Holdout(fraction_bps=h.fraction_bps, seed=h.seed)
+    if h.update_time is not None:
+        m.update_time.FromDatetime(h.update_time)
+    return m
+
+
+def cohort_result_to_proto(r: CohortResult) -> pb.CohortResult:
+    return pb.CohortResult(
+        cohort_id=r.cohort_id, control=r.control, participants=r.participants, clickers=r.clickers,
+        converters=r.converters, revenue=r.revenue, value=r.value, chance_to_beat_control=r.chance_to_beat_control,
+        secondary=r.secondary, excluded_conflicts=r.excluded_conflicts)
+
+
+def metric_from_proto(value: int) -> str:
+    """A Metric as the domain names it: "" when unspecified (the default applies), UNSPECIFIED when unknown."""
+    return "" if value == pb.METRIC_UNSPECIFIED else _METRICS.get(value, "UNSPECIFIED")

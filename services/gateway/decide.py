@@ -155,14 +155,15 @@ class Decider:
             unified_individual_id=unified_id, point_names=request.point_names, profile=struct(profile),
             context=struct(context_view(request.context)), record_exposure=request.record_exposure,
             channel=request.context.channel))
-        return pb.AssignExperimentsResponse(assignments=[assignment_message(a) for a in reply.assignments])
+        return pb.AssignExperimentsResponse(assignments=[assignment_message(a) for a in reply.assignments],
+                                            holdout=reply.holdout)
 
 
 def assignment_message(a: decision_pb.ExperimentAssignment) -> pb.ExperimentAssignment:
     return pb.ExperimentAssignment(
         experiment_id=a.experiment_id, experiment_name=a.experiment_name, point_name=a.point_name,
         cohort_id=a.cohort_id, control=a.control, fall_through=a.fall_through, decision_id=a.decision_id,
-        bucket=a.bucket, in_experiment=a.in_experiment)
+        bucket=a.bucket, in_experiment=a.in_experiment, layer=a.layer)
 
 
 def bandit_trace(b: decision_pb.BanditChoice) -> pb.BanditTrace:
@@ -187,7 +188,7 @@ def personalization(d: Decided, unified_id: str, stage_ms: dict[str, float], exp
         p.explanation.CopyFrom(pb.Explanation(
             rules=[pb.RuleTrace(decision_id=e.decision_id, decision_name=e.decision_name, matched=e.matched,
                                 error=e.error) for e in q.evaluations],
-            unified_individual_id=unified_id, stage_ms=stage_ms))
+            unified_individual_id=unified_id, stage_ms=stage_ms, holdout=q.holdout))
         if q.HasField("experiment"):
             p.explanation.experiment.CopyFrom(assignment_message(q.experiment))
         if q.HasField("bandit"):

@@ -167,6 +167,9 @@ def qualification_diagnostics(q: decision_pb.Qualification, individual: Individu
     if not individual.known_profile:
         diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_UNKNOWN_INDIVIDUAL,
                                          message="the individual is not known; rules saw an empty profile"))
+    if q.holdout:
+        diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_HOLDOUT,
+                                         message=f"the individual is in the tenant's holdout; {served}"))
     if q.authentication_required:
         diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_AUTHENTICATION_REQUIRED,
                                           message=f"the point serves only known individuals; {served}"))
@@ -243,7 +246,7 @@ class DecideForIndividuals:
                 row = []
                 for point, batch_q in zip(reply.points, result.qualifications):
                     q = decision_pb.Qualification(point=point, evaluations=batch_q.evaluations,
-                                                  missing_consents=batch_q.missing_consents)
+                                                  missing_consents=batch_q.missing_consents, holdout=batch_q.holdout)
                     if batch_q.decision_id:
                         q.decision.CopyFrom(decisions[batch_q.decision_id])
                     if batch_q.HasField("experiment"):
@@ -342,7 +345,7 @@ def log_entry(individual: Individual, d: Decided, served: struct_pb2.Struct, *, 
         point_name=q.point.name, decision_id=q.decision.decision_id, unified_individual_id=individual.unified_id,
         channel=context.channel, correlation_id=context.correlation_id, anchor_id=context.anchor_id, served=served,
         stage_ms=stage_ms, log_time=log_time, experiment_id=experiment.experiment_id if experiment else "",
-        cohort_id=experiment.cohort_id if experiment else "", batch_job_id=batch_job_id,
+        cohort_id=experiment.cohort_id if experiment else "", batch_job_id=batch_job_id, holdout=q.holdout,
         item_ids=[row["item_id"] for row in d.data if "item_id" in row] if batch_job_id else (),
         # An offer the point's bandit chose is a trial of it (the holdout's default is not).
         bandit_trial=q.HasField("bandit") and not q.bandit.holdout, bandit_segment=q.bandit.segment)

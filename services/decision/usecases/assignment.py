@@ -7,7 +7,7 @@ from typing import Any
 
 from services.decision import experiments as exp
 from services.decision import rules
-from services.decision.cache import PointCache
+from services.decision.cache import HoldoutCache, PointCache
 from services.decision.domain import LogEntry, Repository
 from services.decision.experiments import Assignment
 from services.decision.usecases.common import MAX_LOG_ENTRIES, MAX_POINTS_PER_QUALIFY, new_id, utcnow
@@ -19,16 +19,19 @@ from shared.privacy import MAX_ID_LENGTH
 class Assignments:
     """Assigns individuals to the cohorts of running experiments and records merges of assigned individuals."""
 
-    def __init__(self, repo: Repository, cache: PointCache, now=utcnow):
+    def __init__(self, repo: Repository, cache: PointCache, holdouts: HoldoutCache, now=utcnow):
         self.repo = repo
         self.cache = cache
+        self.holdouts = holdouts
         self.now = now
 
     async def assign(
         self, tenant: str, unified_id: str, point_names: Sequence[str], profile: Mapping[str, Any],
         context: Mapping[str, Any], record: bool = False, channel: str = "", request_id: str = "",
-    ) -> list[Assignment]:
-        """The individual's assignment in each running experiment of the points (all points when none named)."""
+    ) -> tuple[list[Assignment], bool]:
+        """The individual's assignment in each running experiment of the points (all points when none named), and
+        whether they are in the tenant's holdout (then in no experiment). As in Qualify, an individual takes part in
+        at most one experiment per point: the first, by layer and name, that places them in a cohort."""
         v = Violations()
         if not unified_id:
             v.add("unified_individual_id", "must name the unified individual to assign")
@@ -40,12 +43,14 @@ class Assignments:
         for i, name in enumerate(names):
             if compiled.get(name) is None:
                 raise point_not_found(name, f"point_names[{i}]")
-        running = [compiled[n].experiment for n in names if compiled[n].experiment is not None]  # type: ignore
+        if (await self.holdouts.get(tenant)).holds(unified_id):
+            return [], True
+        running = [c for n in names for c in compiled[n].experiments]  # type: ignore[union-attr]
         now = self.now()
-        running = [c for c in running if not c.experiment.expired(now)]
         ctx = rules.activation(rules.merge_needs(c.targeting for c in running),
                                {"profile": profile, "context": context})
-        assignments = [c.assign(unified_id, ctx) for c in running]
+        assignments = [a for n in names
+                       for a in exp.assign_on_point(compiled[n].experiments, unified_id, ctx, now)]  # type: ignore
         if record:
             entries = [LogEntry(personalization_id=new_id("exposure"), point_name=a.experiment.point_name,
                                 request_id=request_id, decision_id=a.cohort.decision_id if a.cohort else "",
@@ -55,7 +60,7 @@ class Assignments:
                        for a in assignments if a.in_experiment]
             if entries:
                 await self.repo.insert_log(tenant, entries)
-        return assignments
+        return assignments, False
 
     async def reassign(self, tenant: str, from_ids: Sequence[str], to_id: str) -> list[str]:
         """Records a merge: the survivor keeps its cohorts; experiments where they saw different ones are flagged."""

@@ -90,8 +90,9 @@ class Decisions:
         if current is None:
             raise NotFound(f"decision_id: decision {quote(decision_id)} does not exist", reason="DECISION_NOT_FOUND",
                            metadata={"decision_id": decision_id})
-        running = (await self.repo.running_experiments(tenant, [current.point_name])).get(current.point_name)
-        if running and any(c.decision_id == decision_id for c in running.cohorts):
+        running = next((e for e in (await self.repo.running_experiments(tenant, [current.point_name])).get(
+            current.point_name, []) if any(c.decision_id == decision_id for c in e.cohorts)), None)
+        if running is not None:
             raise FailedPrecondition(
                 f"decision {quote(decision_id)} is served by a cohort of running experiment {quote(running.name)}",
                 reason="EXPERIMENT_RUNNING", metadata={"experiment": running.name, "decision_id": decision_id})

@@ -7,7 +7,7 @@ from dataclasses import replace
 from services.decision import experiments as exp
 from services.decision import rules
 from services.decision.cache import PointCache
-from services.decision.domain import AlreadyRunning, Repository
+from services.decision.domain import AlreadyRunning, LayerTaken, Repository
 from services.decision.experiments import Experiment
 from services.decision.schema import check_rule
 from services.decision.usecases.common import load_experiment, new_id, utcnow, wrong_state
@@ -64,7 +64,8 @@ class Experiments:
         return rows, paging.encode_token(listing, [rows[-1].name]) if more else ""
 
     async def start(self, tenant: str, name: str) -> Experiment:
-        """draft -> running; at most one running experiment per point; cohorts must still serve live decisions."""
+        """draft -> running; cohorts must still serve live decisions. A point has at most one running experiment
+        outside any layer, and the running experiments of one layer claim disjoint slices of it."""
         e = await load_experiment(self.repo, tenant, name)
         if e.state != "DRAFT":
             raise wrong_state(e, "start")
@@ -78,9 +79,15 @@ class Experiments:
             started = await self.repo.set_experiment_state(tenant, replace(e, state="RUNNING",
                                                                            start_time=self.now()))
         except AlreadyRunning:
-            raise FailedPrecondition(f"another experiment already runs on point {quote(e.point_name)}",
+            raise FailedPrecondition(f"another experiment outside any layer already runs on point {quote(e.point_name)}; "
+                                     "give them layers to run both",
                                      reason="EXPERIMENT_ALREADY_RUNNING",
                                      metadata={"point": e.point_name, "experiment": e.name}) from None
+        except LayerTaken as taken:
+            raise FailedPrecondition(
+                f"experiment {quote(taken.other)} already runs in layer {quote(e.layer)} on an overlapping slice "
+                f"of [{e.layer_start_bps}, {e.layer_end_bps})", reason="LAYER_RANGE_TAKEN",
+                metadata={"layer": e.layer, "experiment": e.name, "other": taken.other}) from None
         self.cache.invalidate(tenant, e.point_name)
         return started
 

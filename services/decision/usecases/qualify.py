@@ -11,7 +11,7 @@ from typing import Any
 
 from services.decision import bandit, rules
 from services.decision.bandit import ArmStats, Choice
-from services.decision.cache import ArmCache, CompiledPoint, PointCache
+from services.decision.cache import ArmCache, CompiledPoint, HoldoutCache, PointCache
 from services.decision.domain import Decision, Evaluation, Point, Qualification
 from services.decision.usecases.common import MAX_POINTS_PER_QUALIFY, utcnow
 from services.decision.validation import decision_not_found, point_not_found
@@ -32,14 +32,14 @@ def _check_selections(selections: Sequence[tuple[str, str]], v: Violations, name
 
 
 def _has_experiment(entries: Sequence[CompiledPoint], forced: Sequence[str]) -> bool:
-    return any(entry.experiment is not None and not f for entry, f in zip(entries, forced))
+    return any(entry.experiments and not f for entry, f in zip(entries, forced))
 
 
 def _needs(entries: Sequence[CompiledPoint], forced: Sequence[str], *, with_experiments: bool):
     """What the rules to evaluate read: the decisions of unforced points, plus experiment targeting if any."""
     needs = rules.merge_needs(rule for entry, f in zip(entries, forced) if not f for _, rule in entry.ordered)
     if with_experiments:
-        targeting = [e.experiment.targeting for e, f in zip(entries, forced) if not f and e.experiment is not None]
+        targeting = [c.targeting for e, f in zip(entries, forced) if not f for c in e.experiments]
         if targeting:
             needs = rules.merge_needs([rules.CompiledRule("", None, needs)] + targeting)
     return needs
@@ -123,9 +123,13 @@ def _bandit_pick(
 def _qualify_one(
     entries: Sequence[CompiledPoint], forced: Sequence[str], ctx, unified_id: str, now: datetime | None,
     granted: frozenset[str] | None = None, arms: Arms | None = None, segments: Sequence[str] = (),
-    rng: random.Random | None = None,
+    rng: random.Random | None = None, *, holdout: bool = False,
 ) -> list[Qualification]:
-    """One individual's qualifications: experiment first, then rules by priority, then the fallback.
+    """One individual's qualifications: experiments first, then rules by priority, then the fallback.
+
+    The point's running experiments are tried in order (layer, then name); the first that places the individual
+    in a cohort takes them (a point serves one decision). An individual of the tenant's holdout gets each point's
+    fallback only: no experiment, no rule.
 
     granted (None: no point or decision asks for consent) is the set of consent purposes the individual granted:
     a point whose purpose is missing serves nothing, and a decision whose purpose is missing is skipped (its
@@ -146,21 +150,32 @@ def _qualify_one(
             results.append(Qualification(entry.point, fallback, [], missing_consents=missing,
                                          authentication_required=True))
             continue
+        if holdout:
+            fallback, missing = _fallback(entry, granted)
+            results.append(Qualification(entry.point, fallback, [], missing_consents=missing, holdout=True))
+            continue
         missing_consents: list[str] = []
         assignment = None
-        if unified_id and entry.experiment is not None and not entry.experiment.experiment.expired(now):
-            assignment = entry.experiment.assign(unified_id, ctx)
-            cohort = assignment.cohort
-            if cohort is not None and not cohort.fall_through:
-                decision = entry.by_id.get(cohort.decision_id)
-                if decision is not None and granted is not None and decision.consent_purpose \
-                        and decision.consent_purpose not in granted:
-                    # Not exposed to a cohort whose decision needs a consent the individual has not given.
-                    missing_consents.append(decision.consent_purpose)
-                    assignment = None
-                elif decision is not None:
-                    results.append(Qualification(entry.point, decision, [], assignment))
-                    continue
+        cohort_decision = None
+        for compiled in entry.experiments if unified_id else ():
+            if compiled.experiment.expired(now):
+                continue
+            candidate = compiled.assign(unified_id, ctx)
+            cohort = candidate.cohort
+            if cohort is None:
+                assignment = assignment or candidate  # reported (why not in it) unless another takes them
+                continue
+            decision = None if cohort.fall_through else entry.by_id.get(cohort.decision_id)
+            if decision is not None and granted is not None and decision.consent_purpose \
+                    and decision.consent_purpose not in granted:
+                # Not exposed to a cohort whose decision needs a consent the individual has not given.
+                missing_consents.append(decision.consent_purpose)
+                continue
+            assignment, cohort_decision = candidate, decision
+            break
+        if cohort_decision is not None:
+            results.append(Qualification(entry.point, cohort_decision, [], assignment))
+            continue
         if entry.point.bandit is not None:
             winner, evaluations, choice = _bandit_pick(entry, ctx, unified_id, granted, missing_consents,
                                                        (arms or {}).get(entry.point.name, {}), segments,
@@ -195,8 +210,10 @@ def _qualify_one(
 class Qualifier:
     """Qualifies individuals for a tenant's points."""
 
-    def __init__(self, cache: PointCache, now=utcnow, arms: ArmCache | None = None, rng: random.Random | None = None):
+    def __init__(self, cache: PointCache, holdouts: HoldoutCache, now=utcnow, arms: ArmCache | None = None,
+                 rng: random.Random | None = None):
         self.cache = cache
+        self.holdouts = holdouts
         self.now = now
         self.arms = arms
         self.rng = rng or random.Random()
@@ -220,8 +237,9 @@ class Qualifier:
 
         With fallback_only, every point serves its fallback decision (or nothing) and no rule is evaluated.
 
-        A running experiment on the point is evaluated first: an individual in a cohort gets the cohort's decision,
-        and the control cohort with fall-through (or anyone outside the experiment) gets the normal decisions.
+        The point's running experiments are evaluated first: an individual in a cohort gets the cohort's decision,
+        and the control cohort with fall-through (or anyone outside the experiments) gets the normal decisions. An
+        individual of the tenant's holdout gets each point's fallback only.
         """
         v = Violations()
         _check_selections(selections, v, lambda i: f"points[{i}].name")
@@ -235,8 +253,9 @@ class Qualifier:
         now = self.now() if unified_id and _has_experiment(entries, forced) else None
         granted = granted_purposes(profile) if _needs_consent(entries) else None
         arms = await self._arms(tenant, entries, forced)
+        holdout = bool(unified_id) and (await self.holdouts.get(tenant)).holds(unified_id)
         return _qualify_one(entries, forced, ctx, unified_id, now, granted, arms,
-                            _segments(profile) if arms else (), self.rng)
+                            _segments(profile) if arms else (), self.rng, holdout=holdout)
 
     async def batch(
         self,
@@ -279,6 +298,7 @@ class Qualifier:
         now = self.now() if _has_experiment(entries, forced) else None
         consent = _needs_consent(entries)
         arms = await self._arms(tenant, entries, forced)
+        holdout = await self.holdouts.get(tenant)
         results = []
         for i, individual in enumerate(individuals):
             if i and i % BATCH_YIELD_EVERY == 0:
@@ -289,7 +309,8 @@ class Qualifier:
                    else rules.activation(needs, {"profile": profile, "context": own_context}))
             results.append(_qualify_one(entries, forced, ctx, unified_id, now,
                                         granted_purposes(profile) if consent else None, arms,
-                                        _segments(profile) if arms else (), self.rng))
+                                        _segments(profile) if arms else (), self.rng,
+                                        holdout=holdout.holds(unified_id)))
         return points, results
 
     async def _compiled_points(

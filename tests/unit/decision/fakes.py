@@ -11,6 +11,8 @@ from services.decision.bandit import ArmStats
 
 from services.decision.domain import (
     AlreadyRunning,
+    Holdout,
+    LayerTaken,
     Decision,
     LogEntry,
     NameTaken,
@@ -32,6 +34,7 @@ class FakeRepository:
         self.outcomes: dict[tuple[str, str], Outcome] = {}
         self.arms: dict[tuple[str, str, str, str], ArmStats] = {}  # (tenant, point, segment, decision)
         self.credited: dict[tuple[str, str], bandit.Credit] = {}  # (tenant, personalization) -> what outcomes added
+        self.holdouts: dict[str, Holdout] = {}
         self.queries = 0
 
     async def upsert_point(self, tenant: str, point: Point) -> Point:
@@ -59,8 +62,8 @@ class FakeRepository:
 
     async def load_points_with_experiments(self, tenant: str, names: Sequence[str]):
         loaded = await self.load_points(tenant, names)
-        running = {e.point_name: e for (t, _), e in self.experiments.items() if t == tenant and e.state == "RUNNING"}
-        return {name: (point, decisions, running.get(name)) for name, (point, decisions) in loaded.items()}
+        running = self._running(tenant, list(loaded))
+        return {name: (point, decisions, running.get(name, [])) for name, (point, decisions) in loaded.items()}
 
     async def get_decision(self, tenant: str, decision_id: str) -> Decision | None:
         self.queries += 1
@@ -161,17 +164,28 @@ class FakeRepository:
 
     async def set_experiment_state(self, tenant: str, experiment: Experiment) -> Experiment:
         self.queries += 1
-        if experiment.state == "RUNNING" and any(
-                t == tenant and e.state == "RUNNING" and e.point_name == experiment.point_name
-                and e.name != experiment.name for (t, _), e in self.experiments.items()):
+        others = [e for (t, _), e in self.experiments.items()
+                  if t == tenant and e.state == "RUNNING" and e.name != experiment.name]
+        if experiment.state == "RUNNING" and not experiment.layer and any(
+                not e.layer and e.point_name == experiment.point_name for e in others):
             raise AlreadyRunning(experiment.point_name)
+        if experiment.state == "RUNNING" and experiment.layer:
+            for e in others:
+                if experiment.overlaps(e):
+                    raise LayerTaken(e.name)
         self.experiments[(tenant, experiment.name)] = experiment
         return experiment
 
-    async def running_experiments(self, tenant, point_names) -> dict[str, Experiment]:
+    async def running_experiments(self, tenant, point_names) -> dict[str, list[Experiment]]:
         self.queries += 1
-        return {e.point_name: e for (t, _), e in self.experiments.items() if t == tenant and e.state == "RUNNING"
-                and (point_names is None or e.point_name in point_names)}
+        return self._running(tenant, point_names)
+
+    def _running(self, tenant, point_names) -> dict[str, list[Experiment]]:
+        running: dict[str, list[Experiment]] = {}
+        for (t, _), e in sorted(self.experiments.items()):
+            if t == tenant and e.state == "RUNNING" and (point_names is None or e.point_name in point_names):
+                running.setdefault(e.point_name, []).append(e)
+        return running
 
     async def merge(self, tenant: str, from_ids: Sequence[str], to_id: str) -> list[tuple[str, str, str]]:
         self.queries += 1
@@ -253,3 +267,19 @@ class FakeRepository:
         return [self._exposure(e) for (t, _), e in self.log.items() if t == tenant
                 and e.unified_individual_id in ids and start <= e.log_time < end
                 and (not point_name or e.point_name == point_name)]
+
+    async def get_holdout(self, tenant: str) -> Holdout:
+        self.queries += 1
+        return self.holdouts.get(tenant, Holdout())
+
+    async def save_holdout(self, tenant: str, holdout: Holdout) -> Holdout:
+        self.queries += 1
+        self.holdouts[tenant] = holdout
+        return holdout
+
+    async def holdout_exposures(self, tenant: str, start: datetime, end: datetime) -> list[Exposure]:
+        self.queries += 1
+        return [replace(self._exposure(e), cohort_id="holdout" if e.holdout else "personalized",
+                        experiment_id="", exposure_conflict=False)
+                for (t, _), e in self.log.items()
+                if t == tenant and e.unified_individual_id and start <= e.log_time < end]

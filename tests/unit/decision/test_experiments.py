@@ -127,7 +127,7 @@ async def test_experiment_is_evaluated_before_decisions_and_control_falls_throug
     assert {d for c, d in served.values() if c == "a"} == {"variant_a"}
     assert {d for c, d in served.values() if c == "b"} == {"variant_b"}
     # Assignment is GrowthBook's: hash v2 with the experiment name as seed, into the bps ranges.
-    e = (await service.repo.running_experiments(T, None))["home_banner"]
+    [e] = (await service.repo.running_experiments(T, None))["home_banner"]
     assert all(exp.hashed_cohort(e, uid) == cohort for uid, (cohort, _) in served.items())
     [again] = await service.qualifier.one(T, [("home_banner", "")], {}, {}, "ind_7")
     assert again.assignment.cohort.cohort_id == served["ind_7"][0]  # sticky
@@ -169,8 +169,8 @@ async def test_assign_experiments_lists_every_running_experiment_and_can_record_
     service, repo, _, ids = world
     await service.experiments.upsert(T, experiment(ids))
     await service.experiments.start(T, "banner_test")
-    [a] = await service.assignments.assign(T, "ind_3", [], {}, {}, record=True, channel="app")
-    assert a.experiment.name == "banner_test" and a.in_experiment
+    [a], holdout = await service.assignments.assign(T, "ind_3", [], {}, {}, record=True, channel="app")
+    assert a.experiment.name == "banner_test" and a.in_experiment and not holdout
     [row] = repo.log.values()
     assert (row.experiment_id, row.cohort_id, row.channel) == (a.experiment.experiment_id, a.cohort.cohort_id, "app")
     with pytest.raises(InvalidArgument):
@@ -181,7 +181,7 @@ async def test_a_merge_keeps_the_survivors_cohort_flags_later_exposures_and_resu
     service, repo, _, ids = world
     e = await service.experiments.upsert(T, experiment(ids, winner_selection="MANUAL"))
     await service.experiments.start(T, "banner_test")
-    e = (await service.repo.running_experiments(T, None))["home_banner"]
+    [e] = (await service.repo.running_experiments(T, None))["home_banner"]
     people = [f"p{i}" for i in range(40)]
     cohort = {p: exp.hashed_cohort(e, p) for p in people}
     alias = next(p for p in people if cohort[p] == "a")

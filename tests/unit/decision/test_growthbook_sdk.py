@@ -1,5 +1,5 @@
-"""Assignment checked against GrowthBook's own Python SDK (the `growthbook` package): random configurations, 0
-differences."""
+"""Assignment checked against GrowthBook's own Python SDK (the `growthbook` package): random configurations, layers
+as GrowthBook namespaces, 0 differences."""
 
 from __future__ import annotations
 
@@ -27,15 +27,20 @@ def random_id(rng: random.Random) -> str:
 
 
 def random_experiment(rng: random.Random, index: int) -> Experiment:
-    """2-4 cohorts with unequal weights in basis points summing below 10,000 (coverage < 1), a seed, v1 or v2."""
+    """2-4 cohorts with unequal weights in basis points summing below 10,000 (coverage < 1), a seed, v1 or v2, and
+    half the time a slice of a layer."""
     count = rng.randrange(2, 5)
     total = rng.randrange(count * 100, 10_000)
     cuts = sorted(rng.sample(range(1, total), count - 1))
     weights = [b - a for a, b in zip([0] + cuts, cuts + [total])]
     seed = rng.choice(["", f"seed-{rng.getrandbits(32):x}", "ünïcødé-🌱"])
+    layer = {}
+    if rng.random() < 0.5:  # a slice of a layer: GrowthBook's namespace
+        start, end = sorted(rng.sample(range(0, 10_001), 2))
+        layer = {"layer": rng.choice(["checkout", "home_page"]), "layer_start_bps": start, "layer_end_bps": end}
     return Experiment(experiment_id=f"exp_{index}", name=f"test_{index}", point_name="home_banner", seed=seed,
                       cohorts=tuple(Cohort(f"c{i}", w) for i, w in enumerate(weights)),
-                      hash_version=rng.choice([1, 2]))
+                      hash_version=rng.choice([1, 2]), **layer)
 
 
 def sdk_cohort(gb: GrowthBook, e: Experiment, unified_id: str) -> str:
@@ -43,7 +48,8 @@ def sdk_cohort(gb: GrowthBook, e: Experiment, unified_id: str) -> str:
     gb.set_attributes({"id": unified_id})
     result = gb.run(GbExperiment(
         key=e.name, variations=list(range(len(e.cohorts))), weights=[c.weight_bps / total for c in e.cohorts],
-        coverage=total / 10_000, seed=e.hash_seed, hashVersion=e.hash_version))
+        coverage=total / 10_000, seed=e.hash_seed, hashVersion=e.hash_version,
+        namespace=(e.layer, e.layer_start_bps / 10_000, e.layer_end_bps / 10_000) if e.layer else None))
     return e.cohorts[result.variationId].cohort_id if result.inExperiment else ""
 
 
@@ -69,6 +75,7 @@ def test_both_hash_versions_and_partial_coverage_are_drawn():
     assert {e.hash_version for e in drawn} == {1, 2}
     assert all(sum(c.weight_bps for c in e.cohorts) < 10_000 for e in drawn)
     assert {len(e.cohorts) for e in drawn} == {2, 3, 4}
+    assert 10 < sum(bool(e.layer) for e in drawn) < 50
 
 
 def test_fnv_runs_over_utf16_code_units_so_an_emoji_is_its_surrogate_pair():

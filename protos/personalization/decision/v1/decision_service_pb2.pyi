@@ -324,7 +324,7 @@ class RuleEvaluation(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ..., decision_name: _Optional[str] = ..., matched: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Qualification(_message.Message):
-    __slots__ = ("point", "decision", "evaluations", "experiment", "missing_consents", "authentication_required", "bandit")
+    __slots__ = ("point", "decision", "evaluations", "experiment", "missing_consents", "authentication_required", "bandit", "holdout")
     POINT_FIELD_NUMBER: _ClassVar[int]
     DECISION_FIELD_NUMBER: _ClassVar[int]
     EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
@@ -332,6 +332,7 @@ class Qualification(_message.Message):
     MISSING_CONSENTS_FIELD_NUMBER: _ClassVar[int]
     AUTHENTICATION_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     BANDIT_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
     point: Point
     decision: Decision
     evaluations: _containers.RepeatedCompositeFieldContainer[RuleEvaluation]
@@ -339,7 +340,8 @@ class Qualification(_message.Message):
     missing_consents: _containers.RepeatedScalarFieldContainer[str]
     authentication_required: bool
     bandit: BanditChoice
-    def __init__(self, point: _Optional[_Union[Point, _Mapping]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., evaluations: _Optional[_Iterable[_Union[RuleEvaluation, _Mapping]]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ..., missing_consents: _Optional[_Iterable[str]] = ..., authentication_required: _Optional[bool] = ..., bandit: _Optional[_Union[BanditChoice, _Mapping]] = ...) -> None: ...
+    holdout: bool
+    def __init__(self, point: _Optional[_Union[Point, _Mapping]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., evaluations: _Optional[_Iterable[_Union[RuleEvaluation, _Mapping]]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ..., missing_consents: _Optional[_Iterable[str]] = ..., authentication_required: _Optional[bool] = ..., bandit: _Optional[_Union[BanditChoice, _Mapping]] = ..., holdout: _Optional[bool] = ...) -> None: ...
 
 class QualifyResponse(_message.Message):
     __slots__ = ("qualifications",)
@@ -370,18 +372,20 @@ class QualifyBatchRequest(_message.Message):
     def __init__(self, points: _Optional[_Iterable[str]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., individuals: _Optional[_Iterable[_Union[BatchIndividual, _Mapping]]] = ..., fallback_only: _Optional[bool] = ...) -> None: ...
 
 class BatchQualification(_message.Message):
-    __slots__ = ("decision_id", "evaluations", "experiment", "missing_consents", "bandit")
+    __slots__ = ("decision_id", "evaluations", "experiment", "missing_consents", "bandit", "holdout")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     MISSING_CONSENTS_FIELD_NUMBER: _ClassVar[int]
     BANDIT_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     evaluations: _containers.RepeatedCompositeFieldContainer[RuleEvaluation]
     experiment: ExperimentAssignment
     missing_consents: _containers.RepeatedScalarFieldContainer[str]
     bandit: BanditChoice
-    def __init__(self, decision_id: _Optional[str] = ..., evaluations: _Optional[_Iterable[_Union[RuleEvaluation, _Mapping]]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ..., missing_consents: _Optional[_Iterable[str]] = ..., bandit: _Optional[_Union[BanditChoice, _Mapping]] = ...) -> None: ...
+    holdout: bool
+    def __init__(self, decision_id: _Optional[str] = ..., evaluations: _Optional[_Iterable[_Union[RuleEvaluation, _Mapping]]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ..., missing_consents: _Optional[_Iterable[str]] = ..., bandit: _Optional[_Union[BanditChoice, _Mapping]] = ..., holdout: _Optional[bool] = ...) -> None: ...
 
 class BatchResult(_message.Message):
     __slots__ = ("unified_individual_id", "qualifications")
@@ -402,7 +406,7 @@ class QualifyBatchResponse(_message.Message):
     def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[BatchResult, _Mapping]]] = ...) -> None: ...
 
 class DecisionLogEntry(_message.Message):
-    __slots__ = ("personalization_id", "request_id", "point_id", "point_name", "decision_id", "unified_individual_id", "channel", "correlation_id", "anchor_id", "served", "stage_ms", "log_time", "experiment_id", "cohort_id", "exposure_conflict", "batch_job_id", "item_ids", "bandit_trial", "bandit_segment")
+    __slots__ = ("personalization_id", "request_id", "point_id", "point_name", "decision_id", "unified_individual_id", "channel", "correlation_id", "anchor_id", "served", "stage_ms", "log_time", "experiment_id", "cohort_id", "exposure_conflict", "batch_job_id", "item_ids", "bandit_trial", "bandit_segment", "holdout")
     class StageMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -429,6 +433,7 @@ class DecisionLogEntry(_message.Message):
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     BANDIT_TRIAL_FIELD_NUMBER: _ClassVar[int]
     BANDIT_SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
     personalization_id: str
     request_id: str
     point_id: str
@@ -448,7 +453,8 @@ class DecisionLogEntry(_message.Message):
     item_ids: _containers.RepeatedScalarFieldContainer[str]
     bandit_trial: bool
     bandit_segment: str
-    def __init__(self, personalization_id: _Optional[str] = ..., request_id: _Optional[str] = ..., point_id: _Optional[str] = ..., point_name: _Optional[str] = ..., decision_id: _Optional[str] = ..., unified_individual_id: _Optional[str] = ..., channel: _Optional[str] = ..., correlation_id: _Optional[str] = ..., anchor_id: _Optional[str] = ..., served: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., log_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., experiment_id: _Optional[str] = ..., cohort_id: _Optional[str] = ..., exposure_conflict: _Optional[bool] = ..., batch_job_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ..., bandit_trial: _Optional[bool] = ..., bandit_segment: _Optional[str] = ...) -> None: ...
+    holdout: bool
+    def __init__(self, personalization_id: _Optional[str] = ..., request_id: _Optional[str] = ..., point_id: _Optional[str] = ..., point_name: _Optional[str] = ..., decision_id: _Optional[str] = ..., unified_individual_id: _Optional[str] = ..., channel: _Optional[str] = ..., correlation_id: _Optional[str] = ..., anchor_id: _Optional[str] = ..., served: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., log_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., experiment_id: _Optional[str] = ..., cohort_id: _Optional[str] = ..., exposure_conflict: _Optional[bool] = ..., batch_job_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ..., bandit_trial: _Optional[bool] = ..., bandit_segment: _Optional[str] = ..., holdout: _Optional[bool] = ...) -> None: ...
 
 class LogDecisionsRequest(_message.Message):
     __slots__ = ("entries",)
@@ -597,7 +603,7 @@ class Cohort(_message.Message):
     def __init__(self, cohort_id: _Optional[str] = ..., weight_bps: _Optional[int] = ..., control: _Optional[bool] = ..., decision_id: _Optional[str] = ..., fall_through: _Optional[bool] = ...) -> None: ...
 
 class Experiment(_message.Message):
-    __slots__ = ("experiment_id", "name", "point_name", "state", "cohorts", "targeting_rule", "primary_metric", "secondary_metrics", "min_participants", "min_duration", "max_duration", "chance_to_win_threshold", "winner_selection", "seed", "attribution_window", "winner_cohort_id", "start_time", "stop_time")
+    __slots__ = ("experiment_id", "name", "point_name", "state", "cohorts", "targeting_rule", "primary_metric", "secondary_metrics", "min_participants", "min_duration", "max_duration", "chance_to_win_threshold", "winner_selection", "seed", "attribution_window", "winner_cohort_id", "start_time", "stop_time", "layer", "hash_version")
     EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     POINT_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -616,6 +622,8 @@ class Experiment(_message.Message):
     WINNER_COHORT_ID_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     STOP_TIME_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
+    HASH_VERSION_FIELD_NUMBER: _ClassVar[int]
     experiment_id: str
     name: str
     point_name: str
@@ -634,7 +642,9 @@ class Experiment(_message.Message):
     winner_cohort_id: str
     start_time: _timestamp_pb2.Timestamp
     stop_time: _timestamp_pb2.Timestamp
-    def __init__(self, experiment_id: _Optional[str] = ..., name: _Optional[str] = ..., point_name: _Optional[str] = ..., state: _Optional[_Union[ExperimentState, str]] = ..., cohorts: _Optional[_Iterable[_Union[Cohort, _Mapping]]] = ..., targeting_rule: _Optional[str] = ..., primary_metric: _Optional[_Union[Metric, str]] = ..., secondary_metrics: _Optional[_Iterable[_Union[Metric, str]]] = ..., min_participants: _Optional[int] = ..., min_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chance_to_win_threshold: _Optional[float] = ..., winner_selection: _Optional[_Union[WinnerSelection, str]] = ..., seed: _Optional[str] = ..., attribution_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., winner_cohort_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stop_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    layer: ExperimentLayer
+    hash_version: int
+    def __init__(self, experiment_id: _Optional[str] = ..., name: _Optional[str] = ..., point_name: _Optional[str] = ..., state: _Optional[_Union[ExperimentState, str]] = ..., cohorts: _Optional[_Iterable[_Union[Cohort, _Mapping]]] = ..., targeting_rule: _Optional[str] = ..., primary_metric: _Optional[_Union[Metric, str]] = ..., secondary_metrics: _Optional[_Iterable[_Union[Metric, str]]] = ..., min_participants: _Optional[int] = ..., min_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., chance_to_win_threshold: _Optional[float] = ..., winner_selection: _Optional[_Union[WinnerSelection, str]] = ..., seed: _Optional[str] = ..., attribution_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., winner_cohort_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stop_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., layer: _Optional[_Union[ExperimentLayer, _Mapping]] = ..., hash_version: _Optional[int] = ...) -> None: ...
 
 class UpsertExperimentRequest(_message.Message):
     __slots__ = ("experiment",)
@@ -707,7 +717,7 @@ class ArchiveExperimentResponse(_message.Message):
     def __init__(self, experiment: _Optional[_Union[Experiment, _Mapping]] = ...) -> None: ...
 
 class ExperimentAssignment(_message.Message):
-    __slots__ = ("experiment_id", "experiment_name", "point_name", "cohort_id", "control", "fall_through", "decision_id", "bucket", "in_experiment")
+    __slots__ = ("experiment_id", "experiment_name", "point_name", "cohort_id", "control", "fall_through", "decision_id", "bucket", "in_experiment", "layer")
     EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_NAME_FIELD_NUMBER: _ClassVar[int]
     POINT_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -717,6 +727,7 @@ class ExperimentAssignment(_message.Message):
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     IN_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
     experiment_id: str
     experiment_name: str
     point_name: str
@@ -726,7 +737,8 @@ class ExperimentAssignment(_message.Message):
     decision_id: str
     bucket: float
     in_experiment: bool
-    def __init__(self, experiment_id: _Optional[str] = ..., experiment_name: _Optional[str] = ..., point_name: _Optional[str] = ..., cohort_id: _Optional[str] = ..., control: _Optional[bool] = ..., fall_through: _Optional[bool] = ..., decision_id: _Optional[str] = ..., bucket: _Optional[float] = ..., in_experiment: _Optional[bool] = ...) -> None: ...
+    layer: str
+    def __init__(self, experiment_id: _Optional[str] = ..., experiment_name: _Optional[str] = ..., point_name: _Optional[str] = ..., cohort_id: _Optional[str] = ..., control: _Optional[bool] = ..., fall_through: _Optional[bool] = ..., decision_id: _Optional[str] = ..., bucket: _Optional[float] = ..., in_experiment: _Optional[bool] = ..., layer: _Optional[str] = ...) -> None: ...
 
 class AssignExperimentsRequest(_message.Message):
     __slots__ = ("unified_individual_id", "point_names", "profile", "context", "record_exposure", "channel")
@@ -745,10 +757,12 @@ class AssignExperimentsRequest(_message.Message):
     def __init__(self, unified_individual_id: _Optional[str] = ..., point_names: _Optional[_Iterable[str]] = ..., profile: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., record_exposure: _Optional[bool] = ..., channel: _Optional[str] = ...) -> None: ...
 
 class AssignExperimentsResponse(_message.Message):
-    __slots__ = ("assignments",)
+    __slots__ = ("assignments", "holdout")
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
     assignments: _containers.RepeatedCompositeFieldContainer[ExperimentAssignment]
-    def __init__(self, assignments: _Optional[_Iterable[_Union[ExperimentAssignment, _Mapping]]] = ...) -> None: ...
+    holdout: bool
+    def __init__(self, assignments: _Optional[_Iterable[_Union[ExperimentAssignment, _Mapping]]] = ..., holdout: _Optional[bool] = ...) -> None: ...
 
 class ReassignIndividualRequest(_message.Message):
     __slots__ = ("from_unified_individual_ids", "to_unified_individual_id")
@@ -906,3 +920,69 @@ class ExportIndividualResponse(_message.Message):
     JSON_FIELD_NUMBER: _ClassVar[int]
     json: str
     def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class ExperimentLayer(_message.Message):
+    __slots__ = ("name", "start_bps", "end_bps")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    START_BPS_FIELD_NUMBER: _ClassVar[int]
+    END_BPS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    start_bps: int
+    end_bps: int
+    def __init__(self, name: _Optional[str] = ..., start_bps: _Optional[int] = ..., end_bps: _Optional[int] = ...) -> None: ...
+
+class Holdout(_message.Message):
+    __slots__ = ("fraction_bps", "seed", "update_time")
+    FRACTION_BPS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    fraction_bps: int
+    seed: str
+    update_time: _timestamp_pb2.Timestamp
+    def __init__(self, fraction_bps: _Optional[int] = ..., seed: _Optional[str] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class SetHoldoutRequest(_message.Message):
+    __slots__ = ("holdout",)
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
+    holdout: Holdout
+    def __init__(self, holdout: _Optional[_Union[Holdout, _Mapping]] = ...) -> None: ...
+
+class SetHoldoutResponse(_message.Message):
+    __slots__ = ("holdout",)
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
+    holdout: Holdout
+    def __init__(self, holdout: _Optional[_Union[Holdout, _Mapping]] = ...) -> None: ...
+
+class GetHoldoutRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetHoldoutResponse(_message.Message):
+    __slots__ = ("holdout",)
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
+    holdout: Holdout
+    def __init__(self, holdout: _Optional[_Union[Holdout, _Mapping]] = ...) -> None: ...
+
+class GetHoldoutResultsRequest(_message.Message):
+    __slots__ = ("start_time", "end_time", "metric", "attribution_window")
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    metric: Metric
+    attribution_window: _duration_pb2.Duration
+    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metric: _Optional[_Union[Metric, str]] = ..., attribution_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class GetHoldoutResultsResponse(_message.Message):
+    __slots__ = ("holdout", "groups", "sample_ratio_p_value", "sample_ratio_mismatch")
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATIO_P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATIO_MISMATCH_FIELD_NUMBER: _ClassVar[int]
+    holdout: Holdout
+    groups: _containers.RepeatedCompositeFieldContainer[CohortResult]
+    sample_ratio_p_value: float
+    sample_ratio_mismatch: bool
+    def __init__(self, holdout: _Optional[_Union[Holdout, _Mapping]] = ..., groups: _Optional[_Iterable[_Union[CohortResult, _Mapping]]] = ..., sample_ratio_p_value: _Optional[float] = ..., sample_ratio_mismatch: _Optional[bool] = ...) -> None: ...

@@ -160,6 +160,21 @@ class DecisionServiceStub:
                 request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ExportIndividualRequest.SerializeToString,
                 response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ExportIndividualResponse.FromString,
                 _registered_method=True)
+        self.SetHoldout = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/SetHoldout',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.SetHoldoutRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.SetHoldoutResponse.FromString,
+                _registered_method=True)
+        self.GetHoldout = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/GetHoldout',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetHoldoutRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetHoldoutResponse.FromString,
+                _registered_method=True)
+        self.GetHoldoutResults = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/GetHoldoutResults',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetHoldoutResultsRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetHoldoutResultsResponse.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -368,6 +383,30 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetHoldout(self, request, context):
+        """Sets the tenant's holdout: the share of individuals who get only each point's default decision.
+        Errors: INVALID_ARGUMENT (fraction_bps outside 0 to 5,000, a seed over 256 characters).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHoldout(self, request, context):
+        """Returns the tenant's holdout (a fraction of 0 when none was set).
+        Errors: none beyond authentication.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHoldoutResults(self, request, context):
+        """The holdout measured against everyone else served in a time range: participants, conversions, revenue, chance.
+        Errors: INVALID_ARGUMENT (a range that is empty or longer than 366 days, a bad window or metric).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -495,6 +534,21 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.ExportIndividual,
                     request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ExportIndividualRequest.FromString,
                     response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ExportIndividualResponse.SerializeToString,
+            ),
+            'SetHoldout': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetHoldout,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.SetHoldoutRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.SetHoldoutResponse.SerializeToString,
+            ),
+            'GetHoldout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHoldout,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetHoldoutRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetHoldoutResponse.SerializeToString,
+            ),
+            'GetHoldoutResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHoldoutResults,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetHoldoutResultsRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetHoldoutResultsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1173,6 +1227,87 @@ class DecisionService:
             '/personalization.decision.v1.DecisionService/ExportIndividual',
             personalization_dot_decision_dot_v1_dot_decision__service__pb2.ExportIndividualRequest.SerializeToString,
             personalization_dot_decision_dot_v1_dot_decision__service__pb2.ExportIndividualResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetHoldout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/SetHoldout',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.SetHoldoutRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.SetHoldoutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHoldout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/GetHoldout',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetHoldoutRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetHoldoutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHoldoutResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/GetHoldoutResults',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetHoldoutResultsRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetHoldoutResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,6 +36,7 @@ class DiagnosticCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DIAGNOSTIC_CODE_QUOTA_EXCEEDED: _ClassVar[DiagnosticCode]
     DIAGNOSTIC_CODE_CONSENT_MISSING: _ClassVar[DiagnosticCode]
     DIAGNOSTIC_CODE_AUTHENTICATION_REQUIRED: _ClassVar[DiagnosticCode]
+    DIAGNOSTIC_CODE_HOLDOUT: _ClassVar[DiagnosticCode]
 
 class Scope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -94,6 +95,7 @@ DIAGNOSTIC_CODE_FEWER_ITEMS_THAN_REQUESTED: DiagnosticCode
 DIAGNOSTIC_CODE_QUOTA_EXCEEDED: DiagnosticCode
 DIAGNOSTIC_CODE_CONSENT_MISSING: DiagnosticCode
 DIAGNOSTIC_CODE_AUTHENTICATION_REQUIRED: DiagnosticCode
+DIAGNOSTIC_CODE_HOLDOUT: DiagnosticCode
 SCOPE_UNSPECIFIED: Scope
 SCOPE_INGEST: Scope
 SCOPE_DECIDE: Scope
@@ -219,7 +221,7 @@ class RuleTrace(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ..., decision_name: _Optional[str] = ..., matched: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Explanation(_message.Message):
-    __slots__ = ("rules", "unified_individual_id", "stage_ms", "experiment", "recommendations", "bandit")
+    __slots__ = ("rules", "unified_individual_id", "stage_ms", "experiment", "recommendations", "bandit", "holdout")
     class StageMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -233,13 +235,15 @@ class Explanation(_message.Message):
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDATIONS_FIELD_NUMBER: _ClassVar[int]
     BANDIT_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
     rules: _containers.RepeatedCompositeFieldContainer[RuleTrace]
     unified_individual_id: str
     stage_ms: _containers.ScalarMap[str, float]
     experiment: ExperimentAssignment
     recommendations: RecommendationTrace
     bandit: BanditTrace
-    def __init__(self, rules: _Optional[_Iterable[_Union[RuleTrace, _Mapping]]] = ..., unified_individual_id: _Optional[str] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ..., recommendations: _Optional[_Union[RecommendationTrace, _Mapping]] = ..., bandit: _Optional[_Union[BanditTrace, _Mapping]] = ...) -> None: ...
+    holdout: bool
+    def __init__(self, rules: _Optional[_Iterable[_Union[RuleTrace, _Mapping]]] = ..., unified_individual_id: _Optional[str] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ..., recommendations: _Optional[_Union[RecommendationTrace, _Mapping]] = ..., bandit: _Optional[_Union[BanditTrace, _Mapping]] = ..., holdout: _Optional[bool] = ...) -> None: ...
 
 class BanditArmTrace(_message.Message):
     __slots__ = ("decision_id", "decision_name", "trials", "successes", "revenue", "alpha", "beta", "value_mean", "value_kappa", "value_shape", "value_rate", "sampled")
@@ -302,7 +306,7 @@ class RecommendationTrace(_message.Message):
     def __init__(self, recommenders: _Optional[_Iterable[str]] = ..., filters: _Optional[_Iterable[_Union[FilterTrace, _Mapping]]] = ..., diversity_removed: _Optional[int] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class ExperimentAssignment(_message.Message):
-    __slots__ = ("experiment_id", "experiment_name", "point_name", "cohort_id", "control", "fall_through", "decision_id", "bucket", "in_experiment")
+    __slots__ = ("experiment_id", "experiment_name", "point_name", "cohort_id", "control", "fall_through", "decision_id", "bucket", "in_experiment", "layer")
     EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_NAME_FIELD_NUMBER: _ClassVar[int]
     POINT_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -312,6 +316,7 @@ class ExperimentAssignment(_message.Message):
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     IN_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    LAYER_FIELD_NUMBER: _ClassVar[int]
     experiment_id: str
     experiment_name: str
     point_name: str
@@ -321,7 +326,8 @@ class ExperimentAssignment(_message.Message):
     decision_id: str
     bucket: float
     in_experiment: bool
-    def __init__(self, experiment_id: _Optional[str] = ..., experiment_name: _Optional[str] = ..., point_name: _Optional[str] = ..., cohort_id: _Optional[str] = ..., control: _Optional[bool] = ..., fall_through: _Optional[bool] = ..., decision_id: _Optional[str] = ..., bucket: _Optional[float] = ..., in_experiment: _Optional[bool] = ...) -> None: ...
+    layer: str
+    def __init__(self, experiment_id: _Optional[str] = ..., experiment_name: _Optional[str] = ..., point_name: _Optional[str] = ..., cohort_id: _Optional[str] = ..., control: _Optional[bool] = ..., fall_through: _Optional[bool] = ..., decision_id: _Optional[str] = ..., bucket: _Optional[float] = ..., in_experiment: _Optional[bool] = ..., layer: _Optional[str] = ...) -> None: ...
 
 class AssignExperimentsRequest(_message.Message):
     __slots__ = ("individual_id", "unified_individual_id", "point_names", "context", "profile", "record_exposure")
@@ -340,10 +346,12 @@ class AssignExperimentsRequest(_message.Message):
     def __init__(self, individual_id: _Optional[_Union[_common_pb2.Identity, _Mapping]] = ..., unified_individual_id: _Optional[str] = ..., point_names: _Optional[_Iterable[str]] = ..., context: _Optional[_Union[DecisionContext, _Mapping]] = ..., profile: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., record_exposure: _Optional[bool] = ...) -> None: ...
 
 class AssignExperimentsResponse(_message.Message):
-    __slots__ = ("assignments",)
+    __slots__ = ("assignments", "holdout")
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_FIELD_NUMBER: _ClassVar[int]
     assignments: _containers.RepeatedCompositeFieldContainer[ExperimentAssignment]
-    def __init__(self, assignments: _Optional[_Iterable[_Union[ExperimentAssignment, _Mapping]]] = ...) -> None: ...
+    holdout: bool
+    def __init__(self, assignments: _Optional[_Iterable[_Union[ExperimentAssignment, _Mapping]]] = ..., holdout: _Optional[bool] = ...) -> None: ...
 
 class Personalization(_message.Message):
     __slots__ = ("personalization_id", "personalization_point_id", "personalization_point_name", "decision_id", "decision_name", "data", "attributes", "diagnostics", "explanation", "experiment_id", "cohort_id")
