@@ -38,7 +38,9 @@ upsert in YAML form, enum values short or full, durations as 30d/720h/2592000s::
                       default_reconciliation: {policy: SOURCE_PRIORITY, source_priority: [crm, web]}}]
     profile_schema: {attributes: [{name: tier, type: STRING}], segments: [big_spenders]}
     recommenders: [{name: als, strategy: learned, parameters: {algorithm: als, objective: MAXIMIZE_PURCHASES}}]
-    experiments: [{name: hero_test, point_name: home_banner, cohorts: [...], primary_metric: CONVERSION}]
+    experiments: [{name: hero_test, point_name: home_banner, cohorts: [...], primary_metric: CONVERSION,
+                   layer: {name: promo, start_bps: 0, end_bps: 5000}}]
+    holdout: {fraction_bps: 500}
     data_model: {datasets: [crm], attributes: [{name: first_name, type: STRING}]}
     destinations: [{name: crm_export, file: {directory: crm, format: JSONL}}]
     activations: [{name: vip_flags, destination: crm_export, segment_membership: {segment: big_spenders}}]
@@ -120,6 +122,7 @@ SECTIONS = {
     "recommenders": (rec_grpc.RecommenderServiceStub, "PutRecommender", rec.PutRecommenderRequest, "config", True),
     "experiments": (dec_grpc.DecisionServiceStub, "UpsertExperiment", dec.UpsertExperimentRequest, "experiment",
                     True),
+    "holdout": (dec_grpc.DecisionServiceStub, "SetHoldout", dec.SetHoldoutRequest, "holdout", False),
     "data_model": (gw_grpc.GatewayServiceStub, "UpsertDataModel", gw.UpsertDataModelRequest, "data_model", False),
     "destinations": (gw_grpc.GatewayServiceStub, "UpsertDestination", gw.UpsertDestinationRequest, "destination",
                      True),

@@ -142,6 +142,25 @@ batch_schedules: [{name: nightly, segment: big_spenders, point_names: [home_recs
         "loyalty_id", "", "individual", "", "als", "crm_export", "nightly"]
 
 
+def test_experiment_layers_and_the_holdout_are_configured_in_the_file():
+    import yaml
+
+    from tailor_cli.demo import parse_config
+
+    config = parse_config(yaml.safe_load("""
+experiments:
+  - {name: hero_test, point_name: home_banner, primary_metric: CONVERSION, hash_version: 1,
+     cohorts: [{cohort_id: a, weight_bps: 5000, decision_id: d1}], layer: {name: promo, start_bps: 0, end_bps: 5000}}
+holdout: {fraction_bps: 500, seed: q4}
+"""))
+    by_section = {section: (method, request) for section, _, _, method, request in config.others}
+    method, request = by_section["experiments"]
+    assert method == "UpsertExperiment" and request.experiment.layer.end_bps == 5000
+    assert request.experiment.hash_version == 1
+    method, request = by_section["holdout"]
+    assert method == "SetHoldout" and (request.holdout.fraction_bps, request.holdout.seed) == (500, "q4")
+
+
 def test_an_unknown_enum_value_in_any_section_names_its_path():
     import pytest
     import yaml
