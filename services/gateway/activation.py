@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import asyncpg
@@ -504,7 +504,15 @@ class Activations:
         cursor is read to the end first, so no change after the comparison is skipped)."""
         segment = row.config.segment_membership.segment
         purpose = row.config.consent_purpose
-        changes, token = await self._feed(segment, row.feed_token)
+        try:
+            changes, token = await self._feed(segment, row.feed_token)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.INVALID_ARGUMENT or not row.feed_token:
+                raise
+            # A cursor the feed no longer accepts (one issued before its format changed): read the feed from its
+            # start and compare the whole segment, as on a first pass.
+            row = replace(row, feed_token="", reconcile_due=True)
+            changes, token = await self._feed(segment, "")
         if row.reconcile_due:
             current = await self._members(segment, purpose)
             state = await self.store.load_state(row.tenant_id, row.name)

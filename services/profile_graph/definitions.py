@@ -97,14 +97,16 @@ class Segments:
 
     async def list_changes(self, tenant: str, segment: str, size: int, token: str
                            ) -> tuple[list[MembershipChange], str]:
-        """Entries and exits in the order they happened; the token always names the last one returned, so a caller
+        """Entries and exits in the order their transactions began, each listed once its transaction has finished
+        (so polling never skips one that commits late); the token always names the last one returned, so a caller
         can poll with it for newer changes."""
         limit = paging.page_size(size, 1_000, 10_000)
-        after = paging.decode_token(token, f"changes/{segment}", (int,))
+        after = paging.decode_token(token, f"changes/{segment}", (int, int))
         if segment:
             await self._segment_must_exist(tenant, segment)
-        rows = await self.store.list_changes(tenant, segment, after[0] if after else 0, limit)
-        return rows, paging.encode_token(f"changes/{segment}", [rows[-1].seq]) if rows else ""
+        rows = await self.store.list_changes(tenant, segment, (after[0], after[1]) if after else (0, 0), limit)
+        last = rows[-1] if rows else None
+        return rows, paging.encode_token(f"changes/{segment}", [last.txid, last.seq]) if last else ""
 
     async def _segment_must_exist(self, tenant: str, segment: str) -> None:
         if not await self.store.segment_exists(tenant, segment):

@@ -216,6 +216,7 @@ class MembershipChange:
     individual_id: str
     entered: bool
     change_time: datetime
+    txid: int = 0  # the writing transaction's id: the feed is ordered by (txid, seq)
 
 
 @dataclass(frozen=True)

@@ -176,14 +176,19 @@ class PostgresStore:
                 " AND individual_id > $3 ORDER BY individual_id LIMIT $4", tenant, segment, after, limit)
         return [Member(r["individual_id"], r["enter_time"]) for r in rows]
 
-    async def list_changes(self, tenant: str, segment: str, after: int, limit: int) -> list[MembershipChange]:
+    async def list_changes(self, tenant: str, segment: str, after: tuple[int, int], limit: int
+                           ) -> list[MembershipChange]:
+        """Changes after the (txid, id) cursor, written by transactions that have all finished (below the
+        snapshot's xmin), so a later read never finds one that sorts before what this one returned."""
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT id, segment, individual_id, change, change_time FROM membership_history"
-                " WHERE tenant_id = $1 AND id > $2 AND ($3 = '' OR segment = $3) ORDER BY id LIMIT $4",
-                tenant, after, segment, limit)
+                "SELECT txid, id, segment, individual_id, change, change_time FROM membership_history"
+                " WHERE tenant_id = $1 AND (txid, id) > ($2, $3)"
+                " AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+                " AND ($4 = '' OR segment = $4) ORDER BY txid, id LIMIT $5",
+                tenant, after[0], after[1], segment, limit)
         return [MembershipChange(r["id"], r["segment"], r["individual_id"], r["change"] == "entered",
-                                 r["change_time"]) for r in rows]
+                                 r["change_time"], r["txid"]) for r in rows]
 
     async def tenants_pending_partials(self) -> list[str]:
         async with self.pool.acquire() as conn:

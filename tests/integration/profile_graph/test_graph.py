@@ -16,7 +16,7 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc
 from services.profile_graph.server import build
 from shared.errors import status_details
-from tests.conftest import serving, struct, tenant_md
+from tests.conftest import schema_connection, serving, struct, tenant_md
 
 PURCHASE, VIEW, CART = common.EVENT_TYPE_PURCHASE, common.EVENT_TYPE_PRODUCT_VIEW, common.EVENT_TYPE_ADD_TO_CART
 GRANTED, DENIED = common.CONSENT_STATUS_GRANTED, common.CONSENT_STATUS_DENIED
@@ -384,3 +384,25 @@ async def test_watch_without_an_id_is_refused(service, tenant):
         await stream.read()
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [f for f, _ in status_details(info.value)[0]] == ["unified_individual_id", "replay_count"]
+
+
+async def test_the_change_feed_never_skips_a_change_whose_transaction_commits_after_a_later_one(
+        service, tenant, database_url):
+    await insight(service, tenant, name="seen", aggregate=pb.AGGREGATE_COUNT, event_type=VIEW)
+    await segment(service, tenant, "seen", "insights.seen >= 1.0")
+    md = tenant_md(tenant)
+    async with schema_connection(database_url, "profile_graph") as late:
+        # A change whose transaction began first (so it has the lower id) and commits last.
+        transaction = late.transaction()
+        await transaction.start()
+        await late.execute("INSERT INTO membership_history (tenant_id, segment, individual_id, change) "
+                           "VALUES ($1, 'seen', 'late', 'entered')", tenant)
+        await append(service, tenant, ev("early"))
+        while_open = await service.ListMembershipChanges(pb.ListMembershipChangesRequest(segment="seen"), metadata=md)
+        assert list(while_open.changes) == [] and while_open.next_page_token == ""
+        await transaction.commit()
+    first = await service.ListMembershipChanges(pb.ListMembershipChangesRequest(segment="seen"), metadata=md)
+    assert [(c.unified_individual_id, c.entered) for c in first.changes] == [("late", True), ("early", True)]
+    after = await service.ListMembershipChanges(pb.ListMembershipChangesRequest(
+        segment="seen", page_token=first.next_page_token), metadata=md)
+    assert list(after.changes) == [] and after.next_page_token == ""

@@ -355,7 +355,7 @@ class FakeStore:
     async def list_changes(self, tenant, segment, after, limit):
         d = self.data(tenant)
         rows = [MembershipChange(n + 1, s, i, c == "entered", d.history_times[n])
-                for n, (s, i, c) in enumerate(d.history) if n + 1 > after and (not segment or s == segment)]
+                for n, (s, i, c) in enumerate(d.history) if (0, n + 1) > after and (not segment or s == segment)]
         return rows[:limit]
 
     async def tenants_pending_partials(self):
