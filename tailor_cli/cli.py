@@ -13,6 +13,8 @@
     tailor pipeline status
     tailor stats [--window 24h] [--all-tenants] (requests, points served, unique individuals; an admin key, or the
                                                  operator key for --all-tenants)
+    tailor replay -f DRAFT.yaml [--window 7d | --start ISO --end ISO] [--max-requests N] [--metric conversion]
+                  [--attribution-window 7d] [--json]    (the draft: points and decisions, as `tailor apply` takes)
     tailor ingest -f EVENTS.jsonl|- [--batch-size N]
     tailor import individuals|objects|items|events -f FILE.csv [--map KEY=COLUMN ...] [--mapping FILE.yaml]
                   [--event-type T] [--object-type T] [--checkpoint PATH] [--report PATH] [--restart]
@@ -675,6 +677,81 @@ async def _stats_all_tenants(args, window) -> None:
         print(f"  {r.tenant_id:<{width}}  {r.request_count:>10}  {r.served_count:>10}  {r.unique_individuals:>11}")
     print(f"  {'all':<{width}}  {sum(r.request_count for r in replies):>10}  "
           f"{sum(r.served_count for r in replies):>10}  {'':>11}")
+def _replay_window(args):
+    """(start, end) Timestamps from --start/--end (RFC 3339) or the --window before now."""
+    from google.protobuf import timestamp_pb2
+
+    end = timestamp_pb2.Timestamp()
+    start = timestamp_pb2.Timestamp()
+    try:
+        if args.end:
+            end.FromJsonString(args.end)
+        else:
+            end.GetCurrentTime()
+        if args.start:
+            start.FromJsonString(args.start)
+        else:
+            start.FromSeconds(end.seconds - parse_window(args.window))
+    except ValueError as err:
+        raise UsageError(f"--start and --end take RFC 3339 times such as 2026-03-01T00:00:00Z ({err})") from None
+    return start, end
+
+
+def replay_request(args):
+    """The ReplayDecisions request of `tailor replay`: the draft file's points and decisions and the window."""
+    from personalization.decision.v1 import decision_service_pb2 as dec
+    from personalization.gateway.v1 import gateway_service_pb2 as gw
+    from tailor_cli.demo import load_config_file
+
+    config = load_config_file(args.file)
+    if config.insights or config.segments or config.others:
+        raise UsageError(f"{args.file}: a draft holds points and decisions only")
+    start, end = _replay_window(args)
+    metric = 0
+    if args.metric:
+        name = "METRIC_" + args.metric.upper().replace("-", "_")
+        if name not in dec.Metric.keys():
+            raise UsageError("--metric takes click_through, conversion or revenue_per_individual")
+        metric = dec.Metric.Value(name)
+    request = gw.ReplayDecisionsRequest(
+        points=[r.point for r in config.points], decisions=[r.decision for r in config.decisions],
+        start_time=start, end_time=end, max_requests=args.max_requests, metric=metric)
+    request.attribution_window.FromSeconds(parse_window(args.attribution_window) if args.attribution_window else 0)
+    return request
+
+
+def format_replay(reply) -> str:
+    """The replay report for people: one block per point."""
+    from personalization.decision.v1 import decision_service_pb2 as dec
+
+    lines = [f"replayed {reply.replayed_requests} logged requests"
+             + (" (the window held more: only the oldest were replayed)" if reply.truncated else "")]
+    for p in reply.points:
+        metric = dec.Metric.Name(p.metric).removeprefix("METRIC_").lower()
+        lines.append(f"point {p.point_name}: {p.replayed_requests} requests, {p.changed_requests} would change "
+                     f"({p.changed_share * 100:.1f}%)")
+        for label, counts in (("gained", p.gained), ("lost", p.lost)):
+            if counts:
+                lines.append(f"  {label}: " + ", ".join(f"{c.decision_id or '(nothing)'} {c.count}" for c in counts))
+        lines.append(f"  {metric}: logged {p.logged_value:.4f}, draft {p.draft_value:.4f}, effect "
+                     f"{p.estimated_effect:+.4f} over {p.estimated_requests} requests "
+                     f"({p.randomized_requests} randomized)")
+        if p.unestimated:
+            lines.append("  not estimated: " + ", ".join(f"{u.reason} {u.count}" for u in p.unestimated))
+    return "\n".join(lines)
+
+
+async def _replay(args) -> None:
+    from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+
+    request = replay_request(args)
+    async with grpc.aio.insecure_channel(args.gateway) as channel:
+        reply = await gw_grpc.GatewayServiceStub(channel).ReplayDecisions(request, metadata=_auth(args),
+                                                                          timeout=args.timeout)
+    if args.json:
+        _print_json(reply)
+    else:
+        print(format_replay(reply))
 
 
 def _down(args) -> int:
@@ -854,6 +931,20 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--operator-key", default="",
                        help="operator key for --all-tenants (default: TAILOR_OPERATOR_KEY, else the stored one)")
     stats.set_defaults(run=_stats)
+
+    replay = commands.add_parser("replay", parents=[client],
+                                 help="what a draft of points and decisions would have served to logged requests")
+    replay.add_argument("-f", "--file", required=True, help="the draft: a YAML file of points and their decisions")
+    replay.add_argument("--window", default="7d", help="how far back, when --start is not given (default: %(default)s)")
+    replay.add_argument("--start", default="", help="start of the window, RFC 3339")
+    replay.add_argument("--end", default="", help="end of the window, RFC 3339 (default: now)")
+    replay.add_argument("--max-requests", type=int, default=0, help="replay at most this many (default: 10,000)")
+    replay.add_argument("--metric", default="", help="click_through, conversion or revenue_per_individual "
+                        "(default: each point's experiment's primary metric, else conversion)")
+    replay.add_argument("--attribution-window", default="", help="how long after a request outcomes count (7d)")
+    replay.add_argument("--timeout", type=float, default=600, help="seconds to wait (default: %(default)s)")
+    replay.add_argument("--json", action="store_true", help="print the response as JSON")
+    replay.set_defaults(run=_replay)
 
     pipeline = commands.add_parser("pipeline", help="the pipeline's state for the key's tenant")
     pipeline_commands = pipeline.add_subparsers(dest="pipeline_command", required=True)

@@ -7,6 +7,8 @@ from personalization.decision.v1 import decision_service_pb2_grpc as pb_grpc
 
 from services.decision.postgres import PostgresRepository
 from services.decision.postgres_privacy import PostgresPrivacy
+from services.decision.postgres_replay import PostgresReplayLog
+from services.decision.replay import DraftQualifier, ReplayLog
 from services.decision.service import DecisionService
 from services.decision.servicer import DecisionServicer
 from shared import db, service_auth
@@ -28,14 +30,16 @@ async def build(dsn: str) -> Built:
     # crash of PostgreSQL itself can lose the last ~0.6 s of log rows; nothing is ever corrupted.
     log_pool = await db.create_pool(dsn, "decision", min_size=1, max_size=4, application_name="tailor-decision-log",
                                     server_settings={"synchronous_commit": "on" if durable_log else "off"})
-    service = DecisionService(PostgresRepository(pool, log_pool), cache_seconds=cache_seconds)
+    repo = PostgresRepository(pool, log_pool)
+    service = DecisionService(repo, cache_seconds=cache_seconds)
+    replay = (DraftQualifier(repo), ReplayLog(repo, PostgresReplayLog(pool)))
 
     async def close() -> None:
         await log_pool.close()
         await pool.close()
 
     return Built(
-        services=[Service(pb_grpc.add_DecisionServiceServicer_to_server, DecisionServicer(service, PostgresPrivacy(pool)), SERVICE_NAME)],
+        services=[Service(pb_grpc.add_DecisionServiceServicer_to_server, DecisionServicer(service, PostgresPrivacy(pool), replay), SERVICE_NAME)],
         close=close,
         authenticate=verifier.authenticate,
     )

@@ -8,6 +8,7 @@ from personalization.decision.v1 import decision_service_pb2 as pb
 from personalization.decision.v1 import decision_service_pb2_grpc as pb_grpc
 
 from services.decision.postgres_privacy import PostgresPrivacy
+from services.decision.replay import DraftCase, DraftQualifier, ReplayLog
 from services.decision.service import DecisionService
 from services.decision.translate import (
     MODEL_ENUMS,
@@ -69,9 +70,11 @@ class _ProtoMemo:
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
     """Translates DecisionService RPCs to the use cases."""
 
-    def __init__(self, service: DecisionService, privacy: PostgresPrivacy | None = None):
+    def __init__(self, service: DecisionService, privacy: PostgresPrivacy | None = None,
+                 replay: tuple[DraftQualifier, ReplayLog] | None = None):
         self.service = service
         self.privacy = privacy
+        self.replay = replay
         self._point_proto = _ProtoMemo(point_to_proto)
         self._decision_proto = _ProtoMemo(decision_to_proto)
 
@@ -290,3 +293,29 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     async def ExportIndividual(self, request: pb.ExportIndividualRequest, context) -> pb.ExportIndividualResponse:
         tables = await self.privacy.export(current_tenant(), validate_ids(list(request.unified_individual_ids)))
         return pb.ExportIndividualResponse(json=document(tables))
+
+    async def QualifyDraft(self, request: pb.QualifyDraftRequest, context) -> pb.QualifyDraftResponse:
+        assert self.replay is not None
+        contract.check(request)
+        answer = await self.replay[0].qualify(
+            current_tenant(), [point_from_proto(p) for p in request.points],
+            [(decision_from_proto(d), d.archived) for d in request.decisions],
+            [DraftCase(c.unified_individual_id, c.point_name, StructView(c.profile), StructView(c.context))
+             for c in request.cases])
+        return pb.QualifyDraftResponse(
+            results=[pb.DraftResult(decision_id=d) for d in answer.decision_ids],
+            decisions=[decision_to_proto(d) for d in answer.decisions],
+            changed_decision_ids=answer.changed_decision_ids)
+
+    async def ListReplayLog(self, request: pb.ListReplayLogRequest, context) -> pb.ListReplayLogResponse:
+        assert self.replay is not None
+        contract.check(request)
+        rows, token = await self.replay[1].page(
+            current_tenant(), time_from_proto(request.start_time) if request.HasField("start_time") else None,
+            time_from_proto(request.end_time) if request.HasField("end_time") else None,
+            duration_from_proto(request.attribution_window), request.page_size, request.page_token)
+        return pb.ListReplayLogResponse(next_page_token=token, rows=[pb.ReplayLogRow(
+            entry=log_to_proto(r.entry), clicked=r.clicked, converted=r.converted, revenue=r.revenue,
+            randomized=r.randomized, propensity=r.propensity, randomized_decision_ids=r.randomized_decision_ids,
+            primary_metric=pb.Metric.Value("METRIC_" + r.primary_metric) if r.primary_metric else pb.METRIC_UNSPECIFIED)
+            for r in rows])

@@ -69,6 +69,7 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     GATEWAY + "ExportIndividual": frozenset({"admin"}),
     GATEWAY + "LiftSuppression": frozenset({"admin"}),
     GATEWAY + "GetRecommendations": frozenset({"decide"}),
+    GATEWAY + "ReplayDecisions": frozenset({"admin"}),
     GATEWAY + "CreateTenant": frozenset({OPERATOR_SCOPE}),
     GATEWAY + "ListTenants": frozenset({OPERATOR_SCOPE}),
     GATEWAY + "SetTenantQuota": frozenset({OPERATOR_SCOPE}),

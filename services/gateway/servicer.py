@@ -25,6 +25,7 @@ from services.gateway.privacy import Privacy
 from services.gateway.quotas import Quotas
 from services.gateway.recommend import Recommendations
 from services.gateway.records import RecordSync, validate_data_model
+from services.gateway.replay import Replayer
 from services.gateway.tenants import Tenants
 from services.gateway.usage import UsageStats
 from shared import contract
@@ -102,6 +103,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         self.recommendations = recommendations or Recommendations(decider)
         self.tenants = tenants
         self.usage = usage or UsageStats(decider.decision, tenants.exists if tenants else None)
+        self.replayer = Replayer(decider.decision, decider.profile)
 
     async def _admit(self) -> None:
         """The tenant's request-rate quota for ingest: over it, RESOURCE_EXHAUSTED with RetryInfo."""
@@ -350,3 +352,6 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     async def GetBrowserSettings(self, request: pb.GetBrowserSettingsRequest, context
                                  ) -> pb.GetBrowserSettingsResponse:
         return pb.GetBrowserSettingsResponse(settings=await self.keys.origins.get(current_tenant()))
+
+    async def ReplayDecisions(self, request: pb.ReplayDecisionsRequest, context) -> pb.ReplayDecisionsResponse:
+        return await self.replayer.replay(request)

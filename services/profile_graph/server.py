@@ -8,7 +8,9 @@ from datetime import datetime
 
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc
+from services.profile_graph.as_of import ProfilesAsOf
 from services.profile_graph.postgres import PostgresStore
+from services.profile_graph.postgres_as_of import PostgresHistory
 from services.profile_graph.postgres_privacy import PostgresPrivacy
 from services.profile_graph.service import ProfileGraph, _utcnow
 from services.profile_graph.servicer import ProfileGraphServicer
@@ -79,7 +81,7 @@ async def build(dsn: str, *, clock: Callable[[], datetime] = _utcnow) -> Built:
     if refresh_seconds:
         background.append(lambda: refresh_loop(graph, refresh_seconds))
     return Built(
-        services=[Service(pb_grpc.add_ProfileGraphServiceServicer_to_server, ProfileGraphServicer(graph, PostgresPrivacy(pool)), FULL_NAME)],
+        services=[Service(pb_grpc.add_ProfileGraphServiceServicer_to_server, ProfileGraphServicer(graph, PostgresPrivacy(pool), ProfilesAsOf(store, PostgresHistory(pool))), FULL_NAME)],
         close=close,
         authenticate=verifier.authenticate,
         background=background,

@@ -18,6 +18,7 @@ from services.profile_graph.domain import (
 )
 from services.profile_graph.service import ProfileGraph
 from services.profile_graph.postgres_privacy import PostgresPrivacy
+from services.profile_graph.as_of import ProfilesAsOf
 from shared import contract
 from shared.context import current_tenant
 from shared.privacy import document, validate_ids
@@ -175,9 +176,11 @@ def to_profile_pb(p: Profile) -> pb.Profile:
 class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
     """The gRPC face of the ProfileGraph use cases."""
 
-    def __init__(self, graph: ProfileGraph, privacy: PostgresPrivacy | None = None):
+    def __init__(self, graph: ProfileGraph, privacy: PostgresPrivacy | None = None,
+                 as_of: ProfilesAsOf | None = None):
         self.graph = graph
         self.privacy = privacy
+        self.as_of = as_of
 
     async def AppendEvents(self, request, context):
         problems = contract.violations(request)
@@ -310,3 +313,13 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
     async def ExportIndividual(self, request: pb.ExportIndividualRequest, context) -> pb.ExportIndividualResponse:
         tables = await self.privacy.export(current_tenant(), validate_ids(list(request.unified_individual_ids)))
         return pb.ExportIndividualResponse(json=document(tables))
+
+    async def GetProfilesAsOf(self, request, context):
+        assert self.as_of is not None
+        contract.check(request)
+        profiles = await self.as_of.read(current_tenant(), [
+            (e.unified_individual_id, e.as_of.ToDatetime(tzinfo=timezone.utc) if e.HasField("as_of") else None)
+            for e in request.entries], request.event_limit)
+        reply = pb.GetProfilesAsOfResponse(profiles=[to_profile_pb(p) for p in profiles])
+        contract.fit_profiles(reply.profiles)
+        return reply

@@ -986,3 +986,83 @@ class GetHoldoutResultsResponse(_message.Message):
     sample_ratio_p_value: float
     sample_ratio_mismatch: bool
     def __init__(self, holdout: _Optional[_Union[Holdout, _Mapping]] = ..., groups: _Optional[_Iterable[_Union[CohortResult, _Mapping]]] = ..., sample_ratio_p_value: _Optional[float] = ..., sample_ratio_mismatch: _Optional[bool] = ...) -> None: ...
+
+class DraftCase(_message.Message):
+    __slots__ = ("unified_individual_id", "point_name", "profile", "context")
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    POINT_NAME_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    unified_individual_id: str
+    point_name: str
+    profile: _struct_pb2.Struct
+    context: _struct_pb2.Struct
+    def __init__(self, unified_individual_id: _Optional[str] = ..., point_name: _Optional[str] = ..., profile: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class QualifyDraftRequest(_message.Message):
+    __slots__ = ("points", "decisions", "cases")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    CASES_FIELD_NUMBER: _ClassVar[int]
+    points: _containers.RepeatedCompositeFieldContainer[Point]
+    decisions: _containers.RepeatedCompositeFieldContainer[Decision]
+    cases: _containers.RepeatedCompositeFieldContainer[DraftCase]
+    def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., cases: _Optional[_Iterable[_Union[DraftCase, _Mapping]]] = ...) -> None: ...
+
+class DraftResult(_message.Message):
+    __slots__ = ("decision_id",)
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    def __init__(self, decision_id: _Optional[str] = ...) -> None: ...
+
+class QualifyDraftResponse(_message.Message):
+    __slots__ = ("results", "decisions", "changed_decision_ids")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_DECISION_IDS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[DraftResult]
+    decisions: _containers.RepeatedCompositeFieldContainer[Decision]
+    changed_decision_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, results: _Optional[_Iterable[_Union[DraftResult, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., changed_decision_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListReplayLogRequest(_message.Message):
+    __slots__ = ("start_time", "end_time", "attribution_window", "page_size", "page_token")
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    attribution_window: _duration_pb2.Duration
+    page_size: int
+    page_token: str
+    def __init__(self, start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., attribution_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ReplayLogRow(_message.Message):
+    __slots__ = ("entry", "clicked", "converted", "revenue", "randomized", "propensity", "randomized_decision_ids", "primary_metric")
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    CLICKED_FIELD_NUMBER: _ClassVar[int]
+    CONVERTED_FIELD_NUMBER: _ClassVar[int]
+    REVENUE_FIELD_NUMBER: _ClassVar[int]
+    RANDOMIZED_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    RANDOMIZED_DECISION_IDS_FIELD_NUMBER: _ClassVar[int]
+    PRIMARY_METRIC_FIELD_NUMBER: _ClassVar[int]
+    entry: DecisionLogEntry
+    clicked: bool
+    converted: bool
+    revenue: float
+    randomized: bool
+    propensity: float
+    randomized_decision_ids: _containers.RepeatedScalarFieldContainer[str]
+    primary_metric: Metric
+    def __init__(self, entry: _Optional[_Union[DecisionLogEntry, _Mapping]] = ..., clicked: _Optional[bool] = ..., converted: _Optional[bool] = ..., revenue: _Optional[float] = ..., randomized: _Optional[bool] = ..., propensity: _Optional[float] = ..., randomized_decision_ids: _Optional[_Iterable[str]] = ..., primary_metric: _Optional[_Union[Metric, str]] = ...) -> None: ...
+
+class ListReplayLogResponse(_message.Message):
+    __slots__ = ("rows", "next_page_token")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[ReplayLogRow]
+    next_page_token: str
+    def __init__(self, rows: _Optional[_Iterable[_Union[ReplayLogRow, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -175,6 +175,16 @@ class DecisionServiceStub:
                 request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetHoldoutResultsRequest.SerializeToString,
                 response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetHoldoutResultsResponse.FromString,
                 _registered_method=True)
+        self.QualifyDraft = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/QualifyDraft',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.QualifyDraftRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.QualifyDraftResponse.FromString,
+                _registered_method=True)
+        self.ListReplayLog = channel.unary_unary(
+                '/personalization.decision.v1.DecisionService/ListReplayLog',
+                request_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListReplayLogRequest.SerializeToString,
+                response_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListReplayLogResponse.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -407,6 +417,26 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QualifyDraft(self, request, context):
+        """Qualifies cases (a point, a profile and a context each) against a draft configuration, the draft's points and
+        decisions overlaid on the live ones, with the qualification code Qualify runs; stores and logs nothing, and
+        applies no experiment (the draft's rules alone decide).
+        Errors: INVALID_ARGUMENT (a bad draft point or decision, named by its path such as decisions[2].rule; more than
+        1,000 cases), NOT_FOUND (a case or a draft decision naming a point neither live nor drafted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListReplayLog(self, request, context):
+        """Lists the decision-log rows of a time window for offline replay, oldest first, each with its outcomes within an
+        attribution window and, when an experiment randomized it, the chance the experiment's split served its decision.
+        Errors: INVALID_ARGUMENT (no window, an end before its start, a window over 31 days, a bad page token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -549,6 +579,16 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.GetHoldoutResults,
                     request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetHoldoutResultsRequest.FromString,
                     response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetHoldoutResultsResponse.SerializeToString,
+            ),
+            'QualifyDraft': grpc.unary_unary_rpc_method_handler(
+                    servicer.QualifyDraft,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.QualifyDraftRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.QualifyDraftResponse.SerializeToString,
+            ),
+            'ListReplayLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListReplayLog,
+                    request_deserializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListReplayLogRequest.FromString,
+                    response_serializer=personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListReplayLogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1308,6 +1348,60 @@ class DecisionService:
             '/personalization.decision.v1.DecisionService/GetHoldoutResults',
             personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetHoldoutResultsRequest.SerializeToString,
             personalization_dot_decision_dot_v1_dot_decision__service__pb2.GetHoldoutResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QualifyDraft(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/QualifyDraft',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.QualifyDraftRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.QualifyDraftResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListReplayLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.decision.v1.DecisionService/ListReplayLog',
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListReplayLogRequest.SerializeToString,
+            personalization_dot_decision_dot_v1_dot_decision__service__pb2.ListReplayLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

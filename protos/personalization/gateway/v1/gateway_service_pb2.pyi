@@ -1,9 +1,11 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from personalization.common.v1 import limits_pb2 as _limits_pb2
 from personalization.common.v1 import common_pb2 as _common_pb2
+from personalization.decision.v1 import decision_service_pb2 as _decision_service_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -1421,3 +1423,77 @@ class GetBrowserSettingsResponse(_message.Message):
     SETTINGS_FIELD_NUMBER: _ClassVar[int]
     settings: BrowserSettings
     def __init__(self, settings: _Optional[_Union[BrowserSettings, _Mapping]] = ...) -> None: ...
+
+class ReplayDecisionsRequest(_message.Message):
+    __slots__ = ("points", "decisions", "start_time", "end_time", "max_requests", "metric", "attribution_window")
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    points: _containers.RepeatedCompositeFieldContainer[_decision_service_pb2.Point]
+    decisions: _containers.RepeatedCompositeFieldContainer[_decision_service_pb2.Decision]
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    max_requests: int
+    metric: _decision_service_pb2.Metric
+    attribution_window: _duration_pb2.Duration
+    def __init__(self, points: _Optional[_Iterable[_Union[_decision_service_pb2.Point, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[_decision_service_pb2.Decision, _Mapping]]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., max_requests: _Optional[int] = ..., metric: _Optional[_Union[_decision_service_pb2.Metric, str]] = ..., attribution_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class DecisionCount(_message.Message):
+    __slots__ = ("decision_id", "count")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    count: int
+    def __init__(self, decision_id: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class UnestimatedCount(_message.Message):
+    __slots__ = ("reason", "count")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    count: int
+    def __init__(self, reason: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class PointReplay(_message.Message):
+    __slots__ = ("point_name", "replayed_requests", "changed_requests", "changed_share", "gained", "lost", "metric", "randomized_requests", "estimated_requests", "unestimated", "logged_value", "draft_value", "estimated_effect")
+    POINT_NAME_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_SHARE_FIELD_NUMBER: _ClassVar[int]
+    GAINED_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    RANDOMIZED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    UNESTIMATED_FIELD_NUMBER: _ClassVar[int]
+    LOGGED_VALUE_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_VALUE_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_EFFECT_FIELD_NUMBER: _ClassVar[int]
+    point_name: str
+    replayed_requests: int
+    changed_requests: int
+    changed_share: float
+    gained: _containers.RepeatedCompositeFieldContainer[DecisionCount]
+    lost: _containers.RepeatedCompositeFieldContainer[DecisionCount]
+    metric: _decision_service_pb2.Metric
+    randomized_requests: int
+    estimated_requests: int
+    unestimated: _containers.RepeatedCompositeFieldContainer[UnestimatedCount]
+    logged_value: float
+    draft_value: float
+    estimated_effect: float
+    def __init__(self, point_name: _Optional[str] = ..., replayed_requests: _Optional[int] = ..., changed_requests: _Optional[int] = ..., changed_share: _Optional[float] = ..., gained: _Optional[_Iterable[_Union[DecisionCount, _Mapping]]] = ..., lost: _Optional[_Iterable[_Union[DecisionCount, _Mapping]]] = ..., metric: _Optional[_Union[_decision_service_pb2.Metric, str]] = ..., randomized_requests: _Optional[int] = ..., estimated_requests: _Optional[int] = ..., unestimated: _Optional[_Iterable[_Union[UnestimatedCount, _Mapping]]] = ..., logged_value: _Optional[float] = ..., draft_value: _Optional[float] = ..., estimated_effect: _Optional[float] = ...) -> None: ...
+
+class ReplayDecisionsResponse(_message.Message):
+    __slots__ = ("replayed_requests", "truncated", "points")
+    REPLAYED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    replayed_requests: int
+    truncated: bool
+    points: _containers.RepeatedCompositeFieldContainer[PointReplay]
+    def __init__(self, replayed_requests: _Optional[int] = ..., truncated: _Optional[bool] = ..., points: _Optional[_Iterable[_Union[PointReplay, _Mapping]]] = ...) -> None: ...

@@ -251,6 +251,11 @@ class GatewayServiceStub:
                 request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetBrowserSettingsRequest.SerializeToString,
                 response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetBrowserSettingsResponse.FromString,
                 _registered_method=True)
+        self.ReplayDecisions = channel.unary_unary(
+                '/personalization.gateway.v1.GatewayService/ReplayDecisions',
+                request_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ReplayDecisionsRequest.SerializeToString,
+                response_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ReplayDecisionsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -612,6 +617,19 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplayDecisions(self, request, context):
+        """Replays the decision log of a time window against a draft configuration: each logged request is qualified
+        again, with the draft, against the individual's profile as it was then, and the report says per point how the
+        served content would change and the estimated effect on the point's primary metric from the logged outcomes
+        (inverse propensity weighting where an experiment randomized the decision). Nothing is stored or logged.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope), INVALID_ARGUMENT (a violation per bad field, a bad
+        draft rule named by its path such as decisions[0].rule), NOT_FOUND (a draft decision's point is unknown),
+        DEADLINE_EXCEEDED (the caller's deadline passed before the replay finished).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -829,6 +847,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.GetBrowserSettings,
                     request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetBrowserSettingsRequest.FromString,
                     response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetBrowserSettingsResponse.SerializeToString,
+            ),
+            'ReplayDecisions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayDecisions,
+                    request_deserializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ReplayDecisionsRequest.FromString,
+                    response_serializer=personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ReplayDecisionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1994,6 +2017,33 @@ class GatewayService:
             '/personalization.gateway.v1.GatewayService/GetBrowserSettings',
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetBrowserSettingsRequest.SerializeToString,
             personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.GetBrowserSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayDecisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.gateway.v1.GatewayService/ReplayDecisions',
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ReplayDecisionsRequest.SerializeToString,
+            personalization_dot_gateway_dot_v1_dot_gateway__service__pb2.ReplayDecisionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -635,3 +635,25 @@ class ExportIndividualResponse(_message.Message):
     JSON_FIELD_NUMBER: _ClassVar[int]
     json: str
     def __init__(self, json: _Optional[str] = ...) -> None: ...
+
+class ProfileAsOf(_message.Message):
+    __slots__ = ("unified_individual_id", "as_of")
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    AS_OF_FIELD_NUMBER: _ClassVar[int]
+    unified_individual_id: str
+    as_of: _timestamp_pb2.Timestamp
+    def __init__(self, unified_individual_id: _Optional[str] = ..., as_of: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetProfilesAsOfRequest(_message.Message):
+    __slots__ = ("entries", "event_limit")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    EVENT_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[ProfileAsOf]
+    event_limit: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[ProfileAsOf, _Mapping]]] = ..., event_limit: _Optional[int] = ...) -> None: ...
+
+class GetProfilesAsOfResponse(_message.Message):
+    __slots__ = ("profiles",)
+    PROFILES_FIELD_NUMBER: _ClassVar[int]
+    profiles: _containers.RepeatedCompositeFieldContainer[Profile]
+    def __init__(self, profiles: _Optional[_Iterable[_Union[Profile, _Mapping]]] = ...) -> None: ...

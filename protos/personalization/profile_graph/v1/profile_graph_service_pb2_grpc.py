@@ -150,6 +150,11 @@ class ProfileGraphServiceStub:
                 request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ExportIndividualRequest.SerializeToString,
                 response_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ExportIndividualResponse.FromString,
                 _registered_method=True)
+        self.GetProfilesAsOf = channel.unary_unary(
+                '/personalization.profile_graph.v1.ProfileGraphService/GetProfilesAsOf',
+                request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetProfilesAsOfRequest.SerializeToString,
+                response_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetProfilesAsOfResponse.FromString,
+                _registered_method=True)
 
 
 class ProfileGraphServiceServicer:
@@ -342,6 +347,16 @@ class ProfileGraphServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetProfilesAsOf(self, request, context):
+        """Reads profiles as they were at given times (offline replay): events up to that time, insights recomputed from
+        them at that time, segments from the membership history; attributes, consents, affinities and profile objects
+        are as they are now (no history of them is kept).
+        Errors: INVALID_ARGUMENT (no or more than 200 entries, an empty id, a missing time, a bad event_limit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ProfileGraphServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -459,6 +474,11 @@ def add_ProfileGraphServiceServicer_to_server(servicer, server):
                     servicer.ExportIndividual,
                     request_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ExportIndividualRequest.FromString,
                     response_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ExportIndividualResponse.SerializeToString,
+            ),
+            'GetProfilesAsOf': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProfilesAsOf,
+                    request_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetProfilesAsOfRequest.FromString,
+                    response_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetProfilesAsOfResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1083,6 +1103,33 @@ class ProfileGraphService:
             '/personalization.profile_graph.v1.ProfileGraphService/ExportIndividual',
             personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ExportIndividualRequest.SerializeToString,
             personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.ExportIndividualResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProfilesAsOf(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/personalization.profile_graph.v1.ProfileGraphService/GetProfilesAsOf',
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetProfilesAsOfRequest.SerializeToString,
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.GetProfilesAsOfResponse.FromString,
             options,
             channel_credentials,
             insecure,
