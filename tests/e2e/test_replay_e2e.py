@@ -14,11 +14,11 @@ import grpc
 import pytest
 import yaml
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
-
 from personalization.common.v1 import common_pb2
 from personalization.decision.v1 import decision_service_pb2 as dec
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as pg
+
 from shared.errors import status_details
 from tests.conftest import wait_for
 
@@ -140,7 +140,7 @@ def _report(p: pb.PointReplay) -> dict:
 
 
 async def test_a_replayed_draft_reports_changes_and_the_ips_estimate_computed_from_the_log(suite, tmp_path):
-    tenant, md = await suite.new_tenant()
+    _, md = await suite.new_tenant()
     start = datetime.now(UTC) - timedelta(seconds=5)
     ids = await _configure(suite, md)
     await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[common_pb2.Event(
@@ -178,7 +178,7 @@ async def test_a_replayed_draft_reports_changes_and_the_ips_estimate_computed_fr
     draft = [dec.Decision(point_name="hero", name="b", priority=5, rule="", content=_content("b")),
              dec.Decision(point_name="side", name="big", priority=2, rule="profile.insights.spend > 0.0",
                           content=_content("big"))]
-    window = dict(start_time=_ts(start), end_time=_ts(datetime.now(UTC) + timedelta(minutes=1)))
+    window = {"start_time": _ts(start), "end_time": _ts(datetime.now(UTC) + timedelta(minutes=1))}
     reply = await suite.gateway.ReplayDecisions(pb.ReplayDecisionsRequest(decisions=draft, **window), metadata=md)
     assert reply.replayed_requests == len(rows) and not reply.truncated
     by_point = {p.point_name: p for p in reply.points}
@@ -220,7 +220,7 @@ async def test_replay_refuses_a_bad_draft_by_field_path_and_needs_the_admin_scop
     _, md = await suite.new_tenant()
     await _configure(suite, md)
     now = datetime.now(UTC)
-    window = dict(start_time=_ts(now - timedelta(days=1)), end_time=_ts(now))
+    window = {"start_time": _ts(now - timedelta(days=1)), "end_time": _ts(now)}
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await suite.gateway.ReplayDecisions(pb.ReplayDecisionsRequest(decisions=[
             dec.Decision(point_name="hero", name="ok", rule="true", content=_content("x")),

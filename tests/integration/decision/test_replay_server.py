@@ -122,7 +122,7 @@ async def test_the_replay_log_reads_a_window_oldest_first_with_outcomes_and_prop
         pb.Outcome(outcome_id="o3", unified_individual_id="u2", type=pb.OUTCOME_TYPE_CLICK,
                    time=_ts(T0 + timedelta(minutes=5)), personalization_id="p2"),
     ]), metadata=md)
-    window = dict(start_time=_ts(T0), end_time=_ts(T0 + timedelta(hours=1)))
+    window = {"start_time": _ts(T0), "end_time": _ts(T0 + timedelta(hours=1))}
     first = await server.ListReplayLog(pb.ListReplayLogRequest(
         **window, attribution_window={"seconds": 86400}, page_size=2), metadata=md)
     assert [r.entry.personalization_id for r in first.rows] == ["p1", "p2"]

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-
 from personalization.common.v1 import common_pb2 as common
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc
+
 from services.profile_graph.server import build
 from shared.errors import status_details
 from tests.conftest import serving, tenant_md
-from tests.integration.profile_graph.test_profile_graph import append, event, purchase, window
+from tests.integration.profile_graph.test_profile_graph import (
+    append,
+    event,
+    purchase,
+    window,
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +44,9 @@ async def test_profiles_as_of_a_time_show_the_insights_and_segments_of_then(serv
     await service.UpsertSegment(pb.UpsertSegmentRequest(segment=pb.Segment(name="big", rule="insights.spend >= 100.0")),
                                 metadata=md)
     await append(service, tenant, event("ann", attributes={"city": "Lyon"}), purchase("ann", 40.0, days_ago=3))
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     await append(service, tenant, purchase("ann", 150.0))
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     reply = await service.GetProfilesAsOf(pb.GetProfilesAsOfRequest(entries=[
         pb.ProfileAsOf(unified_individual_id="ann", as_of=ts(before)),
         pb.ProfileAsOf(unified_individual_id="ann", as_of=ts(after)),
@@ -50,7 +55,7 @@ async def test_profiles_as_of_a_time_show_the_insights_and_segments_of_then(serv
     ]), metadata=md)
     then, now, long_ago, nobody = reply.profiles
     assert (then.insights["spend"], then.insights["spend_1d"], list(then.segments)) == (40.0, 0.0, [])
-    assert len(then.events) == 2 and then.update_time.ToDatetime(tzinfo=timezone.utc) == before
+    assert len(then.events) == 2 and then.update_time.ToDatetime(tzinfo=UTC) == before
     assert (now.insights["spend"], now.insights["spend_1d"], list(now.segments)) == (190.0, 150.0, ["big"])
     assert len(now.events) == 3 and now.events[0].line_items[0].unit_price == 150.0
     assert (long_ago.insights["spend"], list(long_ago.segments), len(long_ago.events)) == (0.0, [], 0)
@@ -68,9 +73,9 @@ async def test_an_exit_from_a_segment_is_seen_after_it_happened_only(service, te
     await service.UpsertSegment(pb.UpsertSegmentRequest(segment=pb.Segment(name="few", rule="insights.n < 2.0")),
                                 metadata=md)
     await append(service, tenant, event("bo"))
-    member = datetime.now(timezone.utc)
+    member = datetime.now(UTC)
     await append(service, tenant, event("bo"))
-    left = datetime.now(timezone.utc)
+    left = datetime.now(UTC)
     reply = await service.GetProfilesAsOf(pb.GetProfilesAsOfRequest(entries=[
         pb.ProfileAsOf(unified_individual_id="bo", as_of=ts(member)),
         pb.ProfileAsOf(unified_individual_id="bo", as_of=ts(left))], event_limit=1), metadata=md)
