@@ -23,13 +23,11 @@ from services.decision.schema import ProfileSchema
 from services.decision.usecases.decisions import DEFAULT_COUNT
 from services.decision.usecases.qualify import _qualify_one, granted_purposes
 from services.decision.validation import (
-    decode_token,
-    encode_token,
-    page_size,
     point_not_found,
     validate_decision,
     validate_point,
 )
+from shared import paging
 from shared.errors import Violations, quote
 
 MAX_DRAFT_POINTS = 50
@@ -253,20 +251,15 @@ class ReplayLog:
                 v.add("end_time", f"must be at most {MAX_REPLAY_WINDOW.days} days after start_time")
         if not timedelta(0) <= window <= exp.MAX_WINDOW:
             v.add("attribution_window", f"must be between 0 and {exp.MAX_WINDOW.days} days")
-        limit = page_size(size, v, default=REPLAY_PAGE, maximum=REPLAY_PAGE)
-        after = decode_token(token, (str, str), v)
-        position = None
-        if after:
-            try:
-                position = (datetime.fromisoformat(after[0]), after[1])
-            except ValueError:
-                v.add("page_token", "is not a page token this service issued")
+        listing = f"replay_log/{start.isoformat() if start else ''}/{end.isoformat() if end else ''}"
+        limit = paging.page_size(size, REPLAY_PAGE, REPLAY_PAGE, v)
+        after = paging.decode_token(token, listing, (datetime, str), v)
         v.raise_if_any()
         assert start is not None and end is not None
         window = window or exp.DEFAULT_WINDOW
-        rows = await self.store.log_between(tenant, start, end, position, limit + 1)
-        more = len(rows) > limit
-        rows = rows[:limit]
+        rows, token_out = paging.next_page(
+            await self.store.log_between(tenant, start, end, (after[0], after[1]) if after else None, limit + 1),
+            limit, listing, lambda e: [e.log_time, e.personalization_id])
         if not rows:
             return [], ""
         ids = sorted({r.unified_individual_id for r in rows if r.unified_individual_id})
@@ -279,7 +272,4 @@ class ReplayLog:
             if experiment_ids else {}
         out = [replay_row(r, outcomes.get(r.unified_individual_id, []) if r.unified_individual_id else [], window,
                           experiments.get(r.experiment_id)) for r in rows]
-        last = rows[-1]
-        token_out = encode_token([last.log_time.isoformat(), last.personalization_id]) \
-            if more and last.log_time else ""
         return out, token_out
