@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test bench protos lint-protos clean
+.PHONY: install run test lint bench protos lint-protos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ $(CHROMEDRIVER):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver
 
-test: $(STAMP) $(CHROMEDRIVER)
+# ruff (lint) and mypy (types) first: either finding anything fails `make test`, and so CI.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint $(CHROMEDRIVER)
 	$(BIN)/python -m pytest
 
 BENCH_STAMP := $(VENV)/.bench-stamp

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -359,7 +360,8 @@ class _Generator:
                 pattern = re.compile(lim.pattern)
                 seen: set[str] = set()
 
-                def match(text: str, pattern=pattern, seen=seen, longest=lim.max_length or len(text)) -> bool:
+                # No max_length: no bound (the default was len(text), evaluated at definition, where text is unbound).
+                def match(text: str, pattern=pattern, seen=seen, longest=lim.max_length or sys.maxsize) -> bool:
                     if pattern.fullmatch(text) is None or len(text) > longest or "\x00" in text:
                         return False
                     if len(seen) < 10_000:  # a few names (identity types, sources) repeated millions of times
@@ -511,9 +513,11 @@ class Checker:
         gen = _Generator(check_size)
         name = gen.root(descriptor)
         self.source = "\n".join(gen.lines)
-        exec(compile(self.source, f"<contract {descriptor.full_name}>", "exec"), gen.env)  # noqa: S102 - our own generated code
-        self.ok: Callable[[Message, float], bool] = gen.env[f"ok_{name}"]
-        self._add: Callable[[Message, float, Violations, str], None] = gen.env[f"add_{name}"]
+        exec(compile(self.source, f"<contract {descriptor.full_name}>", "exec"), gen.env)  # our own generated code
+        # (message, now, known names or None) -> bool; (message, now, violations, path, known) -> None
+        self.ok: Callable[..., bool] = gen.env[f"ok_{name}"]  # (message, now, known=None, size=None)
+        self._add: Callable[[Message, float, Violations, str, frozenset[str] | set[str] | None], None] = \
+            gen.env[f"add_{name}"]
         self.descriptor = descriptor
 
     def add(self, message: Message, path: str, v: Violations, now: float | None = None,
@@ -588,7 +592,7 @@ def raise_merged(found: list[tuple[str, str]], *validators: Callable[[], object]
         except InvalidArgument as error:
             merged += [(f, d) for f, d in error.violations if f not in named]
             named.update(f for f, _ in error.violations)
-        except Exception:  # noqa: BLE001 - a validator tripping on data the contract already refused adds nothing
+        except Exception:  # a validator tripping on data the contract already refused adds nothing
             if not found:
                 raise
     if merged:

@@ -37,7 +37,7 @@ def clip_header(text: str, limit: int = MAX_MESSAGE_HEADER_BYTES) -> str:
     if _header_bytes(text) <= limit:
         return text
     used, end = 9, 0  # the ellipsis itself takes 9
-    for end, char in enumerate(text):
+    for end, char in enumerate(text):  # noqa: B007 - end is read after the loop
         used += _header_bytes(char)
         if used > limit:
             break

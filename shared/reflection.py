@@ -9,7 +9,7 @@ grpcio-reflection serves descriptors copied out of the runtime's descriptor pool
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
 
@@ -85,7 +85,7 @@ class Descriptors:
             files.append(proto)
         return Descriptors(files)
 
-    def serving(self, methods: dict[str, Iterable[str]]) -> Descriptors:
+    def serving(self, methods: Mapping[str, Iterable[str]]) -> Descriptors:
         """A copy in which each named service (full name) keeps only the named methods, comments kept in place."""
         keep = {service: set(names) for service, names in methods.items()}
         files = []
@@ -100,7 +100,7 @@ class Descriptors:
                 kept = keep.get(prefix + service.name)
                 if kept is None:
                     continue
-                new_methods = []
+                new_methods: list = []
                 for m_index, method in enumerate(service.method):
                     renumber[(s_index, m_index)] = len(new_methods) if method.name in kept else None
                     if method.name in kept:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -28,7 +29,7 @@ class Built:
     # The descriptors reflection serves (shared.reflection.Descriptors; None: every contract).
     reflection_pool: object | None = None
     # Started after the server is up (for example the gateway's pipeline worker); cancelled on stop.
-    background: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     # Other ports the service listens on, by name (the gateway's "http"), bound when built.
     ports: dict[str, int] = field(default_factory=dict)
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from google.protobuf.message import Message
 from grpc_status import rpc_status
 
 from shared import context as ctx
@@ -124,7 +124,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, authenticate: Authenticat
             except grpc.aio.AbortError:
                 code = grpc.StatusCode.UNKNOWN
                 raise
-            except BaseException as error:  # noqa: BLE001 - every error must become a status
+            except BaseException as error:  # every error must become a status
                 if isinstance(error, asyncio.CancelledError):
                     code = grpc.StatusCode.CANCELLED
                     raise
@@ -153,7 +153,7 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str, authenticate: Authenticat
         except grpc.aio.AbortError:
             code = grpc.StatusCode.UNKNOWN
             raise
-        except BaseException as error:  # noqa: BLE001
+        except BaseException as error:
             if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -184,7 +184,7 @@ class CallContextInterceptor(grpc.aio.ServerInterceptor):
         wrapped = self._cache.get(method)
         if wrapped is None or getattr(wrapped, "_inner", None) is not handler:
             wrapped = _wrap(handler, method, self.authenticate)
-            wrapped._inner = handler  # type: ignore[attr-defined]
+            wrapped._inner = handler
             self._cache[method] = wrapped
         return wrapped
 

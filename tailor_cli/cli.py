@@ -238,7 +238,8 @@ def _dead_letter_filter(args):
             try:
                 ts.FromJsonString(text if "T" in text else f"{text}T00:00:00Z")
             except ValueError:
-                raise UsageError(f"--{name} must be an RFC 3339 time such as 2026-12-01T10:00:00Z, got {text!r}")
+                raise UsageError(f"--{name} must be an RFC 3339 time such as 2026-12-01T10:00:00Z, got {text!r}") \
+                    from None
             getattr(f, field).CopyFrom(ts)
     return f
 
@@ -431,9 +432,10 @@ async def _recommend(args) -> None:
 
 
 async def _train(args) -> None:
+    from tqdm import tqdm
+
     from personalization.recommender.v1 import recommender_service_pb2 as rec
     from personalization.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
-    from tqdm import tqdm
 
     last = None
     async with grpc.aio.insecure_channel(args.gateway) as channel:
@@ -787,7 +789,6 @@ async def _status(args) -> int:
 async def _status_pipeline(args) -> None:
     from personalization.gateway.v1 import gateway_service_pb2 as gw
     from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
-
     from tailor_cli.launcher import read_state
 
     key = args.api_key or default_api_key()

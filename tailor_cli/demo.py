@@ -155,29 +155,29 @@ def _normalize(value: Any, descriptor, path: str) -> Any:
     if not isinstance(value, dict):
         return value
     out = dict(value)
-    for field in descriptor.fields:
-        if field.name not in out:
+    for member in descriptor.fields:
+        if member.name not in out:
             continue
-        item = out[field.name]
-        fpath = f"{path}.{field.name}"
-        if field.enum_type is not None:
-            prefix = _enum_prefix(field.enum_type)
+        item = out[member.name]
+        fpath = f"{path}.{member.name}"
+        if member.enum_type is not None:
+            prefix = _enum_prefix(member.enum_type)
 
-            def fix(v):
+            def fix(v, prefix=prefix):
                 return prefix + v.upper() if isinstance(v, str) and not v.upper().startswith(prefix) else (
                     v.upper() if isinstance(v, str) else v)
-            out[field.name] = [fix(v) for v in item] if isinstance(item, list) else fix(item)
-        elif field.message_type is not None and field.message_type.full_name == "google.protobuf.Duration":
-            out[field.name] = _window(item, fpath)
-        elif field.message_type is not None and field.message_type.GetOptions().map_entry:
-            value_field = field.message_type.fields_by_name["value"]
+            out[member.name] = [fix(v) for v in item] if isinstance(item, list) else fix(item)
+        elif member.message_type is not None and member.message_type.full_name == "google.protobuf.Duration":
+            out[member.name] = _window(item, fpath)
+        elif member.message_type is not None and member.message_type.GetOptions().map_entry:
+            value_field = member.message_type.fields_by_name["value"]
             if value_field.message_type is not None and isinstance(item, dict):
-                out[field.name] = {k: _normalize(v, value_field.message_type, f"{fpath}.{k}") for k, v in item.items()}
-        elif field.message_type is not None and field.message_type.full_name.startswith("personalization."):
+                out[member.name] = {k: _normalize(v, value_field.message_type, f"{fpath}.{k}") for k, v in item.items()}
+        elif member.message_type is not None and member.message_type.full_name.startswith("personalization."):
             if isinstance(item, list):
-                out[field.name] = [_normalize(v, field.message_type, f"{fpath}[{i}]") for i, v in enumerate(item)]
+                out[member.name] = [_normalize(v, member.message_type, f"{fpath}[{i}]") for i, v in enumerate(item)]
             else:
-                out[field.name] = _normalize(item, field.message_type, fpath)
+                out[member.name] = _normalize(item, member.message_type, fpath)
     return out
 
 
@@ -393,11 +393,12 @@ def events_from_rows(rows: list[dict[str, str]], now: datetime) -> list[common_p
 
 def top_customer(rows: list[dict[str, str]]) -> str:
     """The known customer with the highest net spend: a member of big_spenders once the demo is processed."""
-    spend: Counter = Counter()
+    spend: dict[str, float] = {}
     for row in rows:
         if row["CustomerID"].strip():
-            spend[row["CustomerID"].strip()] += float(row["Quantity"]) * float(row["UnitPrice"] or 0)
-    return spend.most_common(1)[0][0]
+            customer = row["CustomerID"].strip()
+            spend[customer] = spend.get(customer, 0.0) + float(row["Quantity"]) * float(row["UnitPrice"] or 0)
+    return max(spend, key=lambda customer: spend[customer])
 
 
 # ---------------------------------------------------------------- loading

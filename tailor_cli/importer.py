@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import IO, Any
 
 import grpc
 from google.protobuf import json_format, timestamp_pb2
@@ -410,7 +411,7 @@ class ImportFailed(Exception):
 
 async def send_with_rejections(call: Callable, entries: list[tuple[int, list[str], object]],
                                column_of: Callable[[list[str], str], str], *, attempts: int = 8
-                               ) -> tuple[list, list[Rejected]]:
+                               ) -> tuple[Any, list[Rejected]]:
     """Sends entries (row number, cells, message) with `call(messages)`; a refusal naming rows drops them and
     sends the rest again. Returns (the reply of the last call or None when every row was refused, rejections)."""
     rejected: list[Rejected] = []
@@ -526,7 +527,7 @@ class ImportOptions:
     show_progress: bool = True
 
 
-def _read_rows(path: Path) -> tuple[list[str], Iterator[list[str]], object]:
+def _read_rows(path: Path) -> tuple[list[str], Iterator[list[str]], IO[str]]:
     f = path.open(newline="", encoding="utf-8-sig")
     reader = csv.reader(f)
     header = next(reader, None)
@@ -604,17 +605,17 @@ async def import_csv(channel: grpc.aio.Channel, metadata, options: ImportOptions
         report = Report(report_path, checkpoint.report_bytes)
         converter = RowConverter(mapping)
         if mapping.kind == "items":
-            stub = profile_grpc.ProfileGraphServiceStub(channel)
+            items_stub = profile_grpc.ProfileGraphServiceStub(channel)
 
             async def call(messages):
-                return await stub.UpsertItems(profile_pb.UpsertItemsRequest(items=messages), metadata=metadata,
-                                              timeout=120)
+                return await items_stub.UpsertItems(profile_pb.UpsertItemsRequest(items=messages), metadata=metadata,
+                                                    timeout=120)
         else:
-            stub = gw_grpc.GatewayServiceStub(channel)
+            events_stub = gw_grpc.GatewayServiceStub(channel)
 
             async def call(messages):
-                return await stub.IngestEvents(gw.IngestEventsRequest(events=messages), metadata=metadata,
-                                               timeout=120)
+                return await events_stub.IngestEvents(gw.IngestEventsRequest(events=messages), metadata=metadata,
+                                                      timeout=120)
 
         bar = progress(max(count_rows(path), checkpoint.rows_done), checkpoint.rows_done,
                        f"import {mapping.kind}", options.show_progress)
@@ -636,7 +637,7 @@ async def _run_batches(reader, converter: RowConverter, call, options: ImportOpt
     """Sends batches, `concurrency` at once; finished batches are committed to the report and the checkpoint in
     file order, so the checkpoint never passes a row whose outcome is not recorded."""
     pending: dict[int, asyncio.Task] = {}
-    finished: dict[int, tuple[int, object, list[Rejected]]] = {}
+    finished: dict[int, tuple[int, Any, list[Rejected], int]] = {}
     next_commit = 0
     last_save = 0.0
     is_items = converter.m.kind == "items"
@@ -747,7 +748,7 @@ async def ingest_jsonl(channel: grpc.aio.Channel, metadata, path: Path, *, batch
             sent: list[list] = []
             source = upcoming()
 
-            async def messages():
+            async def messages(source=source, sent=sent):
                 # The bar advances as the transport takes messages (flow control paces it to the gateway, which
                 # stores each message when it arrives); a refusal takes back what must be sent again.
                 for entries in source:

@@ -339,6 +339,7 @@ class Suite:
 
     def death_report(self, member: Member) -> str:
         path = self.log_path(member.name)
+        assert member.proc is not None, "only a member that was started dies"
         return (f"{member.name} {describe_exit(member.proc.returncode)}; last lines of {path}:\n"
                 f"{log_tail(path)}")
 
@@ -347,7 +348,8 @@ class Suite:
         """Whether this spawn of member serves: services write their ready file once SERVING (a health check
         cannot tell processes sharing a port apart); a pipeline worker answers SERVING on its own port."""
         if member.kind != PIPELINE:
-            return (ready_file or member.ready_file).exists()
+            path = ready_file or member.ready_file
+            return path is not None and path.exists()
         async with grpc.aio.insecure_channel(member.address) as channel:
             try:
                 reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
@@ -393,6 +395,7 @@ class Suite:
             if member.proc is None and member.restart_at is not None and member.restart_at <= now:
                 self.start(member)
                 member.restarts += 1
+                assert member.proc is not None  # start() set it
                 out(f"{member.name} restarted (pid {member.proc.pid}, restart {member.restarts})")
                 changed = True
         self.retiring = [p for p in self.retiring if p.poll() is None]
@@ -703,7 +706,7 @@ def down(out=print, timeout: float = 60.0) -> int:
     found = read_state() or {}
     launcher = found.get("launcher_pid")
     did = False
-    if _alive(launcher, "tailor"):
+    if launcher and _alive(launcher, "tailor"):
         out(f"stopping tailor up (pid {launcher}) ...")
         _terminate(launcher, timeout)
         did = True
@@ -900,7 +903,7 @@ async def _up(options: UpOptions) -> int:
     except grpc.aio.AioRpcError as err:
         print(f"tailor up failed: {err.code().name}: {err.details()}", file=sys.stderr, flush=True)
         code = 1
-    except Exception:  # anything else that broke start-up: show it, then still stop what was started
+    except Exception:  # noqa: BLE001 - anything else that broke start-up: show it, then still stop what was started
         traceback.print_exc()
         code = 1
     finally:

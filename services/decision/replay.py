@@ -182,13 +182,13 @@ class DraftQualifier:
         for i, case in enumerate(cases):
             if i and i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
-            entry = compiled[case.point_name]
-            if entry.point.archived:  # an archived live point serves nothing
+            target = compiled[case.point_name]
+            if target.point.archived:  # an archived live point serves nothing
                 winners.append("")
                 continue
-            ctx = rules.activation(entry.needs, {"profile": case.profile, "context": case.context})
-            consent = bool(entry.point.consent_purpose or any(d.consent_purpose for d in entry.by_id.values()))
-            q = _qualify_one([entry], [""], ctx, case.unified_individual_id, None,
+            ctx = rules.activation(target.needs, {"profile": case.profile, "context": case.context})
+            consent = bool(target.point.consent_purpose or any(d.consent_purpose for d in target.by_id.values()))
+            q = _qualify_one([target], [""], ctx, case.unified_individual_id, None,
                              granted_purposes(case.profile) if consent else None)[0]
             winners.append(q.decision.decision_id if q.decision is not None else "")
         decisions = [d for entry in compiled.values() for d in entry.by_id.values()]

@@ -9,6 +9,7 @@ two typed samples built from the schema (zero values, then non-empty values) so 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ class ProfileSchema:
     context_attributes: tuple[tuple[str, str], ...] = ()
 
 
-def validate_schema(entries: dict[str, list[tuple[str, str]]], v) -> None:
+def validate_schema(entries: Mapping[str, Sequence[tuple[str, str | None]]], v) -> None:
     """Adds a violation per bad entry; entries maps a schema section to its (name, type-or-"") pairs."""
     for section, items in entries.items():
         if len(items) > MAX_ENTRIES:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from personalization.decision.v1 import decision_service_pb2 as pb
 from personalization.decision.v1 import decision_service_pb2_grpc as pb_grpc
-
 from services.decision.postgres import PostgresRepository
 from services.decision.postgres_privacy import PostgresPrivacy
 from services.decision.postgres_replay import PostgresReplayLog

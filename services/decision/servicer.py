@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
+
 from personalization.decision.v1 import decision_service_pb2 as pb
 from personalization.decision.v1 import decision_service_pb2_grpc as pb_grpc
-
 from services.decision.postgres_privacy import PostgresPrivacy
 from services.decision.replay import DraftCase, DraftQualifier, ReplayLog
 from services.decision.service import DecisionService
@@ -70,34 +71,38 @@ class _ProtoMemo:
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
     """Translates DecisionService RPCs to the use cases."""
 
-    def __init__(self, service: DecisionService, privacy: PostgresPrivacy | None = None,
-                 replay: tuple[DraftQualifier, ReplayLog] | None = None):
+    def __init__(self, service: DecisionService, privacy: PostgresPrivacy,
+                 replay: tuple[DraftQualifier, ReplayLog] | None = None) -> None:
         self.service = service
         self.privacy = privacy
         self.replay = replay
         self._point_proto = _ProtoMemo(point_to_proto)
         self._decision_proto = _ProtoMemo(decision_to_proto)
 
-    async def UpsertPoint(self, request: pb.UpsertPointRequest, context) -> pb.UpsertPointResponse:
+    async def UpsertPoint(self, request: pb.UpsertPointRequest,
+                          context: grpc.aio.ServicerContext) -> pb.UpsertPointResponse:
         stored = await self.service.points.upsert(current_tenant(), point_from_proto(request.point))
         return pb.UpsertPointResponse(point=point_to_proto(stored))
 
-    async def ListPoints(self, request: pb.ListPointsRequest, context) -> pb.ListPointsResponse:
+    async def ListPoints(self, request: pb.ListPointsRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ListPointsResponse:
         points, token = await self.service.points.page(
             current_tenant(), request.page_size, request.page_token, request.include_archived)
         return pb.ListPointsResponse(points=[point_to_proto(p) for p in points], next_page_token=token)
 
-    async def UpsertDecision(self, request: pb.UpsertDecisionRequest, context) -> pb.UpsertDecisionResponse:
+    async def UpsertDecision(self, request: pb.UpsertDecisionRequest,
+                             context: grpc.aio.ServicerContext) -> pb.UpsertDecisionResponse:
         stored = await self.service.decisions.upsert(current_tenant(), decision_from_proto(request.decision))
         return pb.UpsertDecisionResponse(decision=decision_to_proto(stored))
 
-    async def ListDecisions(self, request: pb.ListDecisionsRequest, context) -> pb.ListDecisionsResponse:
+    async def ListDecisions(self, request: pb.ListDecisionsRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ListDecisionsResponse:
         decisions, token = await self.service.decisions.page(
             current_tenant(), request.point_name, request.page_size, request.page_token, request.include_archived
         )
         return pb.ListDecisionsResponse(decisions=[decision_to_proto(d) for d in decisions], next_page_token=token)
 
-    async def Qualify(self, request: pb.QualifyRequest, context) -> pb.QualifyResponse:
+    async def Qualify(self, request: pb.QualifyRequest, context: grpc.aio.ServicerContext) -> pb.QualifyResponse:
         qualifications = await self.service.qualifier.one(
             current_tenant(),
             [(p.name, p.decision_id) for p in request.points],
@@ -125,7 +130,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             out.holdout = q.holdout
         return response
 
-    async def QualifyBatch(self, request: pb.QualifyBatchRequest, context) -> pb.QualifyBatchResponse:
+    async def QualifyBatch(self, request: pb.QualifyBatchRequest,
+                           context: grpc.aio.ServicerContext) -> pb.QualifyBatchResponse:
         individuals = request.individuals
         points, rows = await self.service.qualifier.batch(
             current_tenant(),
@@ -161,18 +167,20 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         response.results.extend(results)
         return response
 
-    async def LogDecisions(self, request: pb.LogDecisionsRequest, context) -> pb.LogDecisionsResponse:
+    async def LogDecisions(self, request: pb.LogDecisionsRequest,
+                           context: grpc.aio.ServicerContext) -> pb.LogDecisionsResponse:
         logged = await self.service.log.append(current_tenant(), [log_from_proto(e) for e in request.entries])
         return pb.LogDecisionsResponse(logged_count=logged)
 
-    async def ListDecisionLog(self, request: pb.ListDecisionLogRequest, context) -> pb.ListDecisionLogResponse:
+    async def ListDecisionLog(self, request: pb.ListDecisionLogRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ListDecisionLogResponse:
         entries, token = await self.service.log.page(
             current_tenant(), request.unified_individual_id, request.page_size, request.page_token
         )
         return pb.ListDecisionLogResponse(entries=[log_to_proto(e) for e in entries], next_page_token=token)
 
-    async def GetDecisionLogStats(self, request: pb.GetDecisionLogStatsRequest, context
-                                  ) -> pb.GetDecisionLogStatsResponse:
+    async def GetDecisionLogStats(self, request: pb.GetDecisionLogStatsRequest,
+                                  context: grpc.aio.ServicerContext) -> pb.GetDecisionLogStatsResponse:
         start = time_from_proto(request.start_time) if request.HasField("start_time") else None
         end = time_from_proto(request.end_time) if request.HasField("end_time") else None
         stats = await self.service.log.stats(current_tenant(), start, end)
@@ -184,46 +192,56 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 reply.points.add(point_name=s.point_name, served_count=s.served, unique_individuals=s.individuals)
         return reply
 
-    async def ArchivePoint(self, request: pb.ArchivePointRequest, context) -> pb.ArchivePointResponse:
+    async def ArchivePoint(self, request: pb.ArchivePointRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ArchivePointResponse:
         point = await self.service.points.archive(current_tenant(), request.name)
         return pb.ArchivePointResponse(point=point_to_proto(point))
 
-    async def ArchiveDecision(self, request: pb.ArchiveDecisionRequest, context) -> pb.ArchiveDecisionResponse:
+    async def ArchiveDecision(self, request: pb.ArchiveDecisionRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ArchiveDecisionResponse:
         decision = await self.service.decisions.archive(current_tenant(), request.decision_id)
         return pb.ArchiveDecisionResponse(decision=decision_to_proto(decision))
 
-    async def DeclareProfileSchema(self, request, context) -> pb.DeclareProfileSchemaResponse:
+    async def DeclareProfileSchema(self, request: pb.DeclareProfileSchemaRequest,
+                                   context: grpc.aio.ServicerContext) -> pb.DeclareProfileSchemaResponse:
         stored = await self.service.schemas.declare(current_tenant(), schema_from_proto(request.schema))
         return pb.DeclareProfileSchemaResponse(schema=schema_to_proto(stored))
 
-    async def GetProfileSchema(self, request, context) -> pb.GetProfileSchemaResponse:
+    async def GetProfileSchema(self, request: pb.GetProfileSchemaRequest,
+                               context: grpc.aio.ServicerContext) -> pb.GetProfileSchemaResponse:
         schema = await self.service.schemas.get(current_tenant())
         if schema is None:
             return pb.GetProfileSchemaResponse(declared=False)
         return pb.GetProfileSchemaResponse(schema=schema_to_proto(schema), declared=True)
 
-    async def UpsertExperiment(self, request, context) -> pb.UpsertExperimentResponse:
+    async def UpsertExperiment(self, request: pb.UpsertExperimentRequest,
+                               context: grpc.aio.ServicerContext) -> pb.UpsertExperimentResponse:
         stored = await self.service.experiments.upsert(current_tenant(), experiment_from_proto(request.experiment))
         return pb.UpsertExperimentResponse(experiment=experiment_to_proto(stored))
 
-    async def ListExperiments(self, request, context) -> pb.ListExperimentsResponse:
+    async def ListExperiments(self, request: pb.ListExperimentsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ListExperimentsResponse:
         rows, token = await self.service.experiments.page(
             current_tenant(), request.point_name, request.page_size, request.page_token, request.include_archived)
         return pb.ListExperimentsResponse(experiments=[experiment_to_proto(e) for e in rows], next_page_token=token)
 
-    async def StartExperiment(self, request, context) -> pb.StartExperimentResponse:
+    async def StartExperiment(self, request: pb.StartExperimentRequest,
+                              context: grpc.aio.ServicerContext) -> pb.StartExperimentResponse:
         e = await self.service.experiments.start(current_tenant(), request.name)
         return pb.StartExperimentResponse(experiment=experiment_to_proto(e))
 
-    async def StopExperiment(self, request, context) -> pb.StopExperimentResponse:
+    async def StopExperiment(self, request: pb.StopExperimentRequest,
+                             context: grpc.aio.ServicerContext) -> pb.StopExperimentResponse:
         e = await self.service.experiments.stop(current_tenant(), request.name, request.winner_cohort_id)
         return pb.StopExperimentResponse(experiment=experiment_to_proto(e))
 
-    async def ArchiveExperiment(self, request, context) -> pb.ArchiveExperimentResponse:
+    async def ArchiveExperiment(self, request: pb.ArchiveExperimentRequest,
+                                context: grpc.aio.ServicerContext) -> pb.ArchiveExperimentResponse:
         e = await self.service.experiments.archive(current_tenant(), request.name)
         return pb.ArchiveExperimentResponse(experiment=experiment_to_proto(e))
 
-    async def AssignExperiments(self, request, context) -> pb.AssignExperimentsResponse:
+    async def AssignExperiments(self, request: pb.AssignExperimentsRequest,
+                                context: grpc.aio.ServicerContext) -> pb.AssignExperimentsResponse:
         assignments, holdout = await self.service.assignments.assign(
             current_tenant(), request.unified_individual_id, list(request.point_names), StructView(request.profile),
             StructView(request.context), request.record_exposure, request.channel,
@@ -232,12 +250,14 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         return pb.AssignExperimentsResponse(assignments=[assignment_to_proto(a) for a in assignments],
                                             holdout=holdout)
 
-    async def ReassignIndividual(self, request, context) -> pb.ReassignIndividualResponse:
+    async def ReassignIndividual(self, request: pb.ReassignIndividualRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.ReassignIndividualResponse:
         conflicting = await self.service.assignments.reassign(
             current_tenant(), list(request.from_unified_individual_ids), request.to_unified_individual_id)
         return pb.ReassignIndividualResponse(conflicting_experiment_ids=conflicting)
 
-    async def RecordOutcomes(self, request, context) -> pb.RecordOutcomesResponse:
+    async def RecordOutcomes(self, request: pb.RecordOutcomesRequest,
+                             context: grpc.aio.ServicerContext) -> pb.RecordOutcomesResponse:
         problems = contract.violations(request)
         if problems:
             contract.raise_merged(problems, lambda: validate_outcomes(
@@ -246,7 +266,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             current_tenant(), [outcome_from_proto(o) for o in request.outcomes])
         return pb.RecordOutcomesResponse(recorded_count=recorded)
 
-    async def GetExperimentResults(self, request, context) -> pb.GetExperimentResultsResponse:
+    async def GetExperimentResults(self, request: pb.GetExperimentResultsRequest,
+                                   context: grpc.aio.ServicerContext) -> pb.GetExperimentResultsResponse:
         e, results = await self.service.results.compute(current_tenant(), request.name)
         return pb.GetExperimentResultsResponse(
             experiment=experiment_to_proto(e),
@@ -255,15 +276,17 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             leading_cohort_id=results.leading_cohort_id, verdict=results.verdict,
         )
 
-    async def SetHoldout(self, request: pb.SetHoldoutRequest, context) -> pb.SetHoldoutResponse:
+    async def SetHoldout(self, request: pb.SetHoldoutRequest,
+                         context: grpc.aio.ServicerContext) -> pb.SetHoldoutResponse:
         stored = await self.service.holdouts.set(current_tenant(), holdout_from_proto(request.holdout))
         return pb.SetHoldoutResponse(holdout=holdout_to_proto(stored))
 
-    async def GetHoldout(self, request: pb.GetHoldoutRequest, context) -> pb.GetHoldoutResponse:
+    async def GetHoldout(self, request: pb.GetHoldoutRequest,
+                         context: grpc.aio.ServicerContext) -> pb.GetHoldoutResponse:
         return pb.GetHoldoutResponse(holdout=holdout_to_proto(await self.service.holdouts.get(current_tenant())))
 
-    async def GetHoldoutResults(self, request: pb.GetHoldoutResultsRequest, context
-                                ) -> pb.GetHoldoutResultsResponse:
+    async def GetHoldoutResults(self, request: pb.GetHoldoutResultsRequest,
+                                context: grpc.aio.ServicerContext) -> pb.GetHoldoutResultsResponse:
         holdout, results = await self.service.holdouts.results(
             current_tenant(),
             time_from_proto(request.start_time) if request.HasField("start_time") else None,
@@ -273,7 +296,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             holdout=holdout_to_proto(holdout), groups=[cohort_result_to_proto(r) for r in results.cohorts],
             sample_ratio_p_value=results.srm_p_value, sample_ratio_mismatch=results.srm)
 
-    async def GetAttribution(self, request, context) -> pb.GetAttributionResponse:
+    async def GetAttribution(self, request: pb.GetAttributionRequest,
+                             context: grpc.aio.ServicerContext) -> pb.GetAttributionResponse:
         credit = await self.service.attribution.credit(
             current_tenant(),
             time_from_proto(request.start_time) if request.HasField("start_time") else None,
@@ -286,15 +310,18 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             for (model, point, decision, item), c in sorted(credit.items())
         ])
 
-    async def EraseIndividual(self, request: pb.EraseIndividualRequest, context) -> pb.EraseIndividualResponse:
+    async def EraseIndividual(self, request: pb.EraseIndividualRequest,
+                              context: grpc.aio.ServicerContext) -> pb.EraseIndividualResponse:
         erased = await self.privacy.erase(current_tenant(), validate_ids(list(request.unified_individual_ids)))
         return pb.EraseIndividualResponse(erased_rows=erased)
 
-    async def ExportIndividual(self, request: pb.ExportIndividualRequest, context) -> pb.ExportIndividualResponse:
+    async def ExportIndividual(self, request: pb.ExportIndividualRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ExportIndividualResponse:
         tables = await self.privacy.export(current_tenant(), validate_ids(list(request.unified_individual_ids)))
         return pb.ExportIndividualResponse(json=document(tables))
 
-    async def QualifyDraft(self, request: pb.QualifyDraftRequest, context) -> pb.QualifyDraftResponse:
+    async def QualifyDraft(self, request: pb.QualifyDraftRequest,
+                           context: grpc.aio.ServicerContext) -> pb.QualifyDraftResponse:
         assert self.replay is not None
         contract.check(request)
         answer = await self.replay[0].qualify(
@@ -307,7 +334,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             decisions=[decision_to_proto(d) for d in answer.decisions],
             changed_decision_ids=answer.changed_decision_ids)
 
-    async def ListReplayLog(self, request: pb.ListReplayLogRequest, context) -> pb.ListReplayLogResponse:
+    async def ListReplayLog(self, request: pb.ListReplayLogRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ListReplayLogResponse:
         assert self.replay is not None
         contract.check(request)
         rows, token = await self.replay[1].page(

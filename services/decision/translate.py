@@ -8,8 +8,8 @@ from datetime import UTC, timedelta
 from typing import Any
 
 from google.protobuf import struct_pb2
-from personalization.decision.v1 import decision_service_pb2 as pb
 
+from personalization.decision.v1 import decision_service_pb2 as pb
 from services.decision.bandit import BanditConfig, Choice
 from services.decision.domain import Decision, Holdout, LogEntry, Point, Template, TemplateField
 from services.decision.experiments import MODELS, Assignment, Cohort, CohortResult, Experiment, Outcome
@@ -316,7 +316,8 @@ def assignment_to_proto(a: Assignment) -> pb.ExperimentAssignment:
 def outcome_from_proto(m: pb.Outcome) -> Outcome:
     return Outcome(
         outcome_id=m.outcome_id, unified_individual_id=m.unified_individual_id,
-        type=_OUTCOMES.get(m.type, "UNSPECIFIED"), time=time_from_proto(m.time) if m.HasField("time") else None,
+        # A missing time stays None here for validate_outcomes to refuse, naming the field.
+        type=_OUTCOMES.get(m.type, "UNSPECIFIED"), time=time_from_proto(m.time) if m.HasField("time") else None,  # type: ignore[arg-type]
         item_ids=tuple(m.item_ids), revenue=m.revenue, personalization_id=m.personalization_id,
     )
 

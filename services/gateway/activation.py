@@ -29,16 +29,26 @@ from personalization.common.v1 import common_pb2
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from services.gateway.activation_store import ActivationRow, ActivationStore, DeliveryRow
-from services.gateway.destinations import (ALLOWED_NETWORKS_SETTING, DeliveryError, FileSink, Network, Resolver,
-                                           UrlPolicy, WebhookSender, check_url, default_export_root,
-                                           directory_problem, parse_networks, system_resolve)
+from services.gateway.destinations import (
+    ALLOWED_NETWORKS_SETTING,
+    DeliveryError,
+    FileSink,
+    Network,
+    Resolver,
+    UrlPolicy,
+    WebhookSender,
+    check_url,
+    default_export_root,
+    directory_problem,
+    parse_networks,
+    system_resolve,
+)
 from services.gateway.ports import ProfilePort
 from shared import context as ctx
-from shared import db
+from shared import db, paging
 from shared.errors import FailedPrecondition, NotFound, Violations, quote, shorten
 from shared.leader import lead
 from shared.log import get_logger
-from shared import paging
 from shared.paging import decode_token, next_page
 from shared.settings import env_float, env_int, env_str
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -220,7 +221,7 @@ class ActivationStore:
                  "updated_time": r["updated_at"].astimezone(UTC).isoformat()} for r in rows]
 
     async def commit(self, tenant_id: str, activation: str, generation: int, deliveries: list[tuple[str, list[dict]]],
-                     upserts: list[tuple[str, bool, str]] = (), deletes: list[str] = (),
+                     upserts: Sequence[tuple[str, bool, str]] = (), deletes: Sequence[str] = (),
                      progress: tuple[str, list[str], bool] | None = None, feed_token: str | None = None,
                      reconciled: bool = False) -> bool:
         """Queues deliveries and advances the state (and the feed cursor) in one transaction; False (nothing

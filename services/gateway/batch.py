@@ -16,10 +16,18 @@ from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from services.gateway.decision_log import DecisionLogWriter
-from services.gateway.personalize import (PROFILE_EVENTS, PROFILE_MASK, QUALIFY_CHUNK, DecideForIndividuals,
-                                          Individual, batch_personalization_id, log_entry, member_context,
-                                          profile_view)
 from services.gateway.ingest import NAME
+from services.gateway.personalize import (
+    PROFILE_EVENTS,
+    PROFILE_MASK,
+    QUALIFY_CHUNK,
+    DecideForIndividuals,
+    Individual,
+    batch_personalization_id,
+    log_entry,
+    member_context,
+    profile_view,
+)
 from services.gateway.ports import Stubs
 from services.gateway.postgres_batch import BATCH_CHANNEL, Job, OutputRow, PostgresBatch, Schedule, StoredRow
 from services.gateway.quotas import period_start

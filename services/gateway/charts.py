@@ -25,7 +25,7 @@ def _lines(title: str, series: dict[str, tuple[list[datetime], list[float]]], yl
     figure = Figure(figsize=(6.4, 2.4))
     axes = figure.subplots()
     for (name, (xs, ys)), color in zip(series.items(), COLORS * 4):
-        axes.plot(xs, ys, label=name, color=color, linewidth=1.6)
+        axes.plot(xs, ys, label=name, color=color, linewidth=1.6)  # type: ignore[arg-type]  # datetimes plot as dates
     axes.set_title(title, loc="left")
     axes.set_ylabel(ylabel)
     axes.set_ylim(bottom=0)

@@ -128,10 +128,10 @@ class Console:
             response = _page("login", error=f"{error.message} (an admin key is needed)")
             response.status_code = 401
             return response
-        response = RedirectResponse("/console/", status_code=303)
-        response.set_cookie(COOKIE, key, path="/console", httponly=True, samesite="strict",
+        redirect = RedirectResponse("/console/", status_code=303)
+        redirect.set_cookie(COOKIE, key, path="/console", httponly=True, samesite="strict",
                             secure=request.url.scheme == "https", max_age=12 * 3600)
-        return response
+        return redirect
 
     async def logout(self, _request: Request) -> Response:
         response = RedirectResponse("/console/login", status_code=303)

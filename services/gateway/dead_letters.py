@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 from datetime import datetime, timedelta, timezone
 
 import grpc
 
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from services.gateway.postgres_inbox import DeadLetterRow, InboxStore
-from shared.errors import Violations
 from shared import contract, db, metrics
+from shared.errors import Violations
 from shared.log import get_logger
 from shared.paging import decode_token, encode_token, page_size
 
@@ -88,7 +89,8 @@ class DeadLetters:
         v.raise_if_any()
         rows = await self.store.list_dead_letters(tenant, reason, since, until, after, size + 1)
         # A page also ends before it would outgrow what a default client receives (events are up to 256 KiB each).
-        letters, used = [], 0
+        letters: list[pb.DeadLetter] = []
+        used = 0
         for row in rows[:size]:
             letter = dead_letter_message(row)
             used += letter.ByteSize() + 8
@@ -116,7 +118,7 @@ class DeadLetters:
         reply.minutes.extend(await self.history(tenant, counts.pending))
         return reply
 
-    async def history(self, tenant: str, pending_now: int, minutes: int = 60) -> list[pb.PipelineMinute]:
+    async def history(self, tenant: str, pending_now: int, minutes: int = 60) -> builtins.list[pb.PipelineMinute]:
         """The last `minutes` minutes, oldest first: the backlog at each minute's end is walked back from now's
         (each minute's arrivals added, its processed events taken away); dead letters count as processed."""
         now = datetime.now(timezone.utc).replace(second=0, microsecond=0)

@@ -13,8 +13,19 @@ from personalization.identity.v1 import identity_service_pb2 as identity_pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from services.gateway.decision_log import DecisionLogWriter
 from services.gateway.ingest import IDENTITY_TYPE
-from services.gateway.personalize import (EMPTY_PROFILE, PROFILE_EVENTS, PROFILE_MASK, Decided, DecideForIndividuals,
-                                          Individual, context_view, item_rows, log_entry, profile_view, struct)
+from services.gateway.personalize import (
+    EMPTY_PROFILE,
+    PROFILE_EVENTS,
+    PROFILE_MASK,
+    Decided,
+    DecideForIndividuals,
+    Individual,
+    context_view,
+    item_rows,
+    log_entry,
+    profile_view,
+    struct,
+)
 from services.gateway.ports import Stubs
 from services.gateway.quotas import Quotas
 from shared import context as ctx

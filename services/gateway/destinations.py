@@ -20,8 +20,8 @@ from pathlib import Path, PurePosixPath
 
 import httpx
 
-from shared.log import get_logger
 from shared.errors import shorten
+from shared.log import get_logger
 from shared.settings import SettingsError
 
 log = get_logger("gateway.destinations")

@@ -359,7 +359,7 @@ async def _send(send, status: int, body: bytes, headers: list[tuple[bytes, bytes
 class _Uvicorn(uvicorn.Server):
     """uvicorn inside the gateway's own event loop: the gateway handles SIGTERM (drain) itself."""
 
-    def capture_signals(self):  # type: ignore[override]
+    def capture_signals(self):
         return nullcontext()
 
 
@@ -389,7 +389,7 @@ class HttpServer:
             await asyncio.shield(serving)
         except asyncio.CancelledError:
             server.should_exit = True
-            await asyncio.wait([serving], timeout=self.config.timeout_graceful_shutdown + 1)
+            await asyncio.wait([serving], timeout=(self.config.timeout_graceful_shutdown or 0) + 1)
             raise
         finally:
             self.sock.close()

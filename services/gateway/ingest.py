@@ -175,7 +175,7 @@ class IdentityTypes:
 async def checked(types: IdentityTypes | None, tenant: str, validate: Callable[[frozenset[str] | None], object]):
     """Runs validate with the tenant's identity types; an unknown type refreshes them once before it is refused."""
     known = None if types is None else await types.known(tenant)
-    if known is None:
+    if types is None or known is None:
         return validate(None)
     try:
         return validate(known)

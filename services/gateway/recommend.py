@@ -19,8 +19,8 @@ from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
 from services.gateway.decide import Decider, served, shape_items
-from services.gateway.personalize import affinity_messages, item_rows, profile_view
 from services.gateway.ingest import IDENTITY_TYPE, MAX_ID_LENGTH
+from services.gateway.personalize import affinity_messages, item_rows, profile_view
 from shared import context as ctx
 from shared.errors import Violations
 

@@ -19,7 +19,6 @@ from datetime import UTC, timedelta
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
-
 from services.gateway.personalize import (
     EMPTY_PROFILE,
     PROFILE_EVENTS,

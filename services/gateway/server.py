@@ -20,9 +20,9 @@ from personalization.recommender.v1 import recommender_service_pb2_grpc as rec_g
 from services.gateway.activation import Activations
 from services.gateway.auth import IDENTITY, METHOD_SCOPES, PROFILE, KeyService
 from services.gateway.batch import BatchJobs
-from services.gateway.decide import Decider
-from services.gateway.dead_letters import DeadLetters
 from services.gateway.console import Console
+from services.gateway.dead_letters import DeadLetters
+from services.gateway.decide import Decider
 from services.gateway.decision_log import DecisionLogWriter
 from services.gateway.http import ConnectApp, Dispatcher, HttpServer
 from services.gateway.ingest import IdentityTypes, Ingest
@@ -35,11 +35,11 @@ from services.gateway.postgres_batch import PostgresBatch
 from services.gateway.postgres_inbox import InboxStore
 from services.gateway.postgres_privacy import PostgresPrivacy
 from services.gateway.postgres_quotas import PostgresQuotas
+from services.gateway.postgres_tenants import TenantStore
 from services.gateway.privacy import Privacy
 from services.gateway.quotas import Quotas
 from services.gateway.recommend import Recommendations
 from services.gateway.records import RecordSync
-from services.gateway.postgres_tenants import TenantStore
 from services.gateway.servicer import GatewayServicer
 from services.gateway.tenants import Tenants, ensure_operator_key
 from shared import client, service_auth
@@ -165,7 +165,7 @@ async def build(dsn: str, addresses: dict[str, str] | None = None, *, http_port:
     )
     if http_port is not None:
         dispatcher = Dispatcher(built)
-        http = HttpServer(ConnectApp(dispatcher, keys.origins, pages(Console(dispatcher).app())),
+        http = HttpServer(ConnectApp(dispatcher, keys.origins, pages(Console(dispatcher).app())),  # type: ignore[arg-type]
                           http_host or env_str("TAILOR_BIND_HOST", "0.0.0.0"), http_port,
                           reuse_port=env_bool("TAILOR_REUSE_PORT", False))
         built.ports["http"] = http.port

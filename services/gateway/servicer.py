@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import AsyncIterator
 from datetime import datetime
 
+import grpc
 from google.protobuf import timestamp_pb2
 
 from personalization.common.v1 import common_pb2
@@ -13,8 +15,8 @@ from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
 from personalization.identity.v1 import identity_service_pb2 as identity_pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
-from services.gateway.auth import KeyService
 from services.gateway.activation import Activations
+from services.gateway.auth import KeyService
 from services.gateway.batch import BatchJobs
 from services.gateway.dead_letters import DeadLetters
 from services.gateway.decide import Decider
@@ -88,9 +90,8 @@ def _acks(acks: list[tuple[str, bool]]) -> list[pb.EventAck]:
 
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def __init__(self, keys: KeyService, ingest: Ingest, decider: Decider, records: RecordSync, batch: BatchJobs,
-                 quotas: Quotas, activations: Activations, dead_letters: DeadLetters, privacy: Privacy | None = None,
-                 recommendations: Recommendations | None = None, tenants: Tenants | None = None,
-                 usage: UsageStats | None = None):
+                 quotas: Quotas, activations: Activations, dead_letters: DeadLetters, privacy: Privacy,
+                 recommendations: Recommendations, tenants: Tenants, usage: UsageStats | None = None) -> None:
         self.keys = keys
         self.ingest = ingest
         self.decider = decider
@@ -100,9 +101,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         self.dead_letters = dead_letters
         self.activations = activations
         self.privacy = privacy
-        self.recommendations = recommendations or Recommendations(decider)
+        self.recommendations = recommendations
         self.tenants = tenants
-        self.usage = usage or UsageStats(decider.decision, tenants.exists if tenants else None)
+        self.usage = usage or UsageStats(decider.decision, tenants.exists)
         self.replayer = Replayer(decider.decision, decider.profile)
 
     async def _admit(self) -> None:
@@ -112,11 +113,13 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             raise ResourceExhausted("request rate quota exceeded", reason="RATE_QUOTA_EXCEEDED",
                                     retry_after_seconds=wait)
 
-    async def IngestEvents(self, request, context):
+    async def IngestEvents(self, request: pb.IngestEventsRequest,
+                           context: grpc.aio.ServicerContext) -> pb.IngestEventsResponse:
         await self._admit()
         return pb.IngestEventsResponse(acks=_acks(await self.ingest.ingest(current_tenant(), request.events)))
 
-    async def StreamIngestEvents(self, request_iterator, context):
+    async def StreamIngestEvents(self, request_iterator: AsyncIterator[pb.StreamIngestEventsRequest],
+                                 context: grpc.aio.ServicerContext) -> pb.StreamIngestEventsResponse:
         reply = pb.StreamIngestEventsResponse()
         tenant = current_tenant()
         storing: deque[asyncio.Task] = deque()  # writes in flight, oldest first
@@ -151,13 +154,16 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                 await asyncio.gather(*storing, return_exceptions=True)
         return reply
 
-    async def GetDecisions(self, request, context):
+    async def GetDecisions(self, request: pb.GetDecisionsRequest,
+                           context: grpc.aio.ServicerContext) -> pb.GetDecisionsResponse:
         return await self.decider.decide(request)
 
-    async def AssignExperiments(self, request, context):
+    async def AssignExperiments(self, request: pb.AssignExperimentsRequest,
+                                context: grpc.aio.ServicerContext) -> pb.AssignExperimentsResponse:
         return await self.decider.assign(request)
 
-    async def GetProfile(self, request, context):
+    async def GetProfile(self, request: pb.GetProfileRequest,
+                         context: grpc.aio.ServicerContext) -> pb.GetProfileResponse:
         unified_id = await self.decider.resolve_known(request, cached=False)
         individual, reply = await asyncio.gather(
             self.decider.identity.GetIndividual(identity_pb.GetIndividualRequest(unified_individual_id=unified_id)),
@@ -176,19 +182,22 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         contract.fit_profile(answer)  # the identities come on top of a profile already cut to fit
         return answer
 
-    async def WatchEvents(self, request, context):
+    async def WatchEvents(self, request: pb.WatchEventsRequest,
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEventsResponse]:
         unified_id = await self.decider.resolve_known(request, cached=False)
         stream = open_stream(self.decider.profile.WatchEvents, profile_pb.WatchEventsRequest(
             unified_individual_id=unified_id, replay_count=request.replay_count))
         async for update in stream:
             yield pb.WatchEventsResponse(event=update.event, append_time=update.append_time)
 
-    async def CreateApiKey(self, request, context):
+    async def CreateApiKey(self, request: pb.CreateApiKeyRequest,
+                           context: grpc.aio.ServicerContext) -> pb.CreateApiKeyResponse:
         scopes = [SCOPE_NAMES.get(s, f"unknown({s})") for s in request.scopes]
         row, secret = await self.keys.create_key(current_tenant(), scopes, request.display_name, request.browser)
         return pb.CreateApiKeyResponse(api_key=api_key_message(row), secret=secret)
 
-    async def ListApiKeys(self, request, context):
+    async def ListApiKeys(self, request: pb.ListApiKeysRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ListApiKeysResponse:
         size = page_size(request.page_size, 100, 1000)
         after = decode_token(request.page_token, "api_keys", (datetime, str))
         rows = await self.keys.store.list_keys(current_tenant(), None if after is None else (after[0], after[1]),
@@ -196,48 +205,57 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         rows, token = next_page(rows, size, "api_keys", lambda r: [r.created_at, r.key_id])
         return pb.ListApiKeysResponse(api_keys=[api_key_message(r) for r in rows], next_page_token=token)
 
-    async def RevokeApiKey(self, request, context):
+    async def RevokeApiKey(self, request: pb.RevokeApiKeyRequest,
+                           context: grpc.aio.ServicerContext) -> pb.RevokeApiKeyResponse:
         if not request.key_id:
             raise InvalidArgument([("key_id", "must not be empty")])
         return pb.RevokeApiKeyResponse(api_key=api_key_message(await self.keys.revoke_key(current_tenant(),
                                                                                           request.key_id)))
 
-    async def SendRecordData(self, request, context):
+    async def SendRecordData(self, request: pb.SendRecordDataRequest,
+                             context: grpc.aio.ServicerContext) -> pb.SendRecordDataResponse:
         await self._admit()
         return await self.records.send(current_tenant(), request)
 
-    async def UpsertDataModel(self, request, context):
+    async def UpsertDataModel(self, request: pb.UpsertDataModelRequest,
+                              context: grpc.aio.ServicerContext) -> pb.UpsertDataModelResponse:
         validate_data_model(request.data_model)
         await self.records.store.put_data_model(current_tenant(), request.data_model.SerializeToString())
         return pb.UpsertDataModelResponse(data_model=request.data_model)
 
-    async def GetDataModel(self, request, context):
+    async def GetDataModel(self, request: pb.GetDataModelRequest,
+                           context: grpc.aio.ServicerContext) -> pb.GetDataModelResponse:
         model = await self.records.store.data_model(current_tenant())
         return pb.GetDataModelResponse(data_model=model)
 
-    async def StartBatchJob(self, request, context):
+    async def StartBatchJob(self, request: pb.StartBatchJobRequest,
+                            context: grpc.aio.ServicerContext) -> pb.StartBatchJobResponse:
         job = await self.batch.start(current_tenant(), request.segment, list(request.point_names),
                                      list(request.context_sources))
         return pb.StartBatchJobResponse(job=job_message(job))
 
-    async def GetBatchJob(self, request, context):
+    async def GetBatchJob(self, request: pb.GetBatchJobRequest,
+                          context: grpc.aio.ServicerContext) -> pb.GetBatchJobResponse:
         return pb.GetBatchJobResponse(job=job_message(await self.batch.get(current_tenant(), request.job_id)))
 
-    async def ListBatchJobs(self, request, context):
+    async def ListBatchJobs(self, request: pb.ListBatchJobsRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ListBatchJobsResponse:
         size = page_size(request.page_size, 100, 1000)
         rows = await self.batch.list_jobs(current_tenant(), size + 1,
                                           decode_token(request.page_token, "batch_jobs", (datetime, str)))
         rows, token = next_page(rows, size, "batch_jobs", lambda r: [r.created_at, r.job_id])
         return pb.ListBatchJobsResponse(jobs=[job_message(r) for r in rows], next_page_token=token)
 
-    async def WatchBatchJob(self, request, context):
+    async def WatchBatchJob(self, request: pb.WatchBatchJobRequest,
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchBatchJobResponse]:
         async for update in self.batch.watch(current_tenant(), request.job_id, request.include_rows):
             if isinstance(update, StoredRow):
                 yield pb.WatchBatchJobResponse(row=result_message(update))
             else:
                 yield pb.WatchBatchJobResponse(job=job_message(update))
 
-    async def ListBatchResults(self, request, context):
+    async def ListBatchResults(self, request: pb.ListBatchResultsRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ListBatchResultsResponse:
         size = page_size(request.page_size, 1000, 10_000)
         listing = f"batch_results/{request.job_id}"
         rows = await self.batch.results(current_tenant(), request.job_id, size + 1,
@@ -245,113 +263,133 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         rows, token = next_page(rows, size, listing, lambda r: [r.row.unified_individual_id, r.row.point_name])
         return pb.ListBatchResultsResponse(rows=[result_message(r) for r in rows], next_page_token=token)
 
-    async def UpsertBatchSchedule(self, request, context):
+    async def UpsertBatchSchedule(self, request: pb.UpsertBatchScheduleRequest,
+                                  context: grpc.aio.ServicerContext) -> pb.UpsertBatchScheduleResponse:
         s = request.schedule
         schedule = await self.batch.upsert_schedule(current_tenant(), s.name, s.segment, list(s.point_names), s.cron,
                                                     s.enabled, list(s.context_sources))
         return pb.UpsertBatchScheduleResponse(schedule=schedule_message(schedule))
 
-    async def ListBatchSchedules(self, request, context):
+    async def ListBatchSchedules(self, request: pb.ListBatchSchedulesRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.ListBatchSchedulesResponse:
         size = page_size(request.page_size, 100, 1000)
         rows = await self.batch.list_schedules(current_tenant(), size + 1,
                                                decode_token(request.page_token, "batch_schedules", (str,)))
         rows, token = next_page(rows, size, "batch_schedules", lambda r: [r.name])
         return pb.ListBatchSchedulesResponse(schedules=[schedule_message(r) for r in rows], next_page_token=token)
 
-    async def GetUsage(self, request, context):
+    async def GetUsage(self, request: pb.GetUsageRequest, context: grpc.aio.ServicerContext) -> pb.GetUsageResponse:
         used, limit, start, rate = await self.quotas.usage(current_tenant())
         reply = pb.GetUsageResponse(decision_credits_used=used, decision_credit_limit=limit, request_rate_limit=rate)
         reply.period_start.FromDatetime(datetime(start.year, start.month, start.day))
         return reply
 
-    async def UpsertDestination(self, request, context):
+    async def UpsertDestination(self, request: pb.UpsertDestinationRequest,
+                                context: grpc.aio.ServicerContext) -> pb.UpsertDestinationResponse:
         destination = await self.activations.upsert_destination(current_tenant(), request.destination)
         return pb.UpsertDestinationResponse(destination=destination)
 
-    async def ListDestinations(self, request, context):
+    async def ListDestinations(self, request: pb.ListDestinationsRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ListDestinationsResponse:
         items, token = await self.activations.list_destinations(current_tenant(), request.page_size,
                                                                 request.page_token)
         return pb.ListDestinationsResponse(destinations=items, next_page_token=token)
 
-    async def UpsertActivation(self, request, context):
+    async def UpsertActivation(self, request: pb.UpsertActivationRequest,
+                               context: grpc.aio.ServicerContext) -> pb.UpsertActivationResponse:
         activation = await self.activations.upsert_activation(current_tenant(), request.activation)
         return pb.UpsertActivationResponse(activation=activation)
 
-    async def ListActivations(self, request, context):
+    async def ListActivations(self, request: pb.ListActivationsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ListActivationsResponse:
         items, token = await self.activations.list_activations(current_tenant(), request.page_size,
                                                                request.page_token)
         return pb.ListActivationsResponse(activations=items, next_page_token=token)
 
-    async def DeleteDestination(self, request: pb.DeleteDestinationRequest, context) -> pb.DeleteDestinationResponse:
+    async def DeleteDestination(self, request: pb.DeleteDestinationRequest,
+                                context: grpc.aio.ServicerContext) -> pb.DeleteDestinationResponse:
         await self.activations.delete_destination(current_tenant(), request.name)
         return pb.DeleteDestinationResponse()
 
-    async def SetDestinationPaused(self, request: pb.SetDestinationPausedRequest, context
-                                   ) -> pb.SetDestinationPausedResponse:
+    async def SetDestinationPaused(self, request: pb.SetDestinationPausedRequest,
+                                   context: grpc.aio.ServicerContext) -> pb.SetDestinationPausedResponse:
         destination = await self.activations.set_destination_paused(current_tenant(), request.name, request.paused)
         return pb.SetDestinationPausedResponse(destination=destination)
 
-    async def DeleteActivation(self, request: pb.DeleteActivationRequest, context) -> pb.DeleteActivationResponse:
+    async def DeleteActivation(self, request: pb.DeleteActivationRequest,
+                               context: grpc.aio.ServicerContext) -> pb.DeleteActivationResponse:
         dropped = await self.activations.delete_activation(current_tenant(), request.name)
         return pb.DeleteActivationResponse(dropped_deliveries=dropped)
 
-    async def SetActivationPaused(self, request: pb.SetActivationPausedRequest, context
-                                  ) -> pb.SetActivationPausedResponse:
+    async def SetActivationPaused(self, request: pb.SetActivationPausedRequest,
+                                  context: grpc.aio.ServicerContext) -> pb.SetActivationPausedResponse:
         activation = await self.activations.set_activation_paused(current_tenant(), request.name, request.paused)
         return pb.SetActivationPausedResponse(activation=activation)
 
-    async def ListDeliveries(self, request: pb.ListDeliveriesRequest, context) -> pb.ListDeliveriesResponse:
+    async def ListDeliveries(self, request: pb.ListDeliveriesRequest,
+                             context: grpc.aio.ServicerContext) -> pb.ListDeliveriesResponse:
         items, token = await self.activations.list_deliveries(current_tenant(), request.activation, request.state,
                                                               request.page_size, request.page_token)
         return pb.ListDeliveriesResponse(deliveries=items, next_page_token=token)
 
-    async def ListDeadLetters(self, request: pb.ListDeadLettersRequest, context) -> pb.ListDeadLettersResponse:
+    async def ListDeadLetters(self, request: pb.ListDeadLettersRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ListDeadLettersResponse:
         return await self.dead_letters.list(current_tenant(), request)
 
-    async def RetryDeadLetters(self, request: pb.RetryDeadLettersRequest, context) -> pb.RetryDeadLettersResponse:
+    async def RetryDeadLetters(self, request: pb.RetryDeadLettersRequest,
+                               context: grpc.aio.ServicerContext) -> pb.RetryDeadLettersResponse:
         return await self.dead_letters.retry(current_tenant(), request)
 
-    async def DiscardDeadLetters(self, request: pb.DiscardDeadLettersRequest, context
-                                 ) -> pb.DiscardDeadLettersResponse:
+    async def DiscardDeadLetters(self, request: pb.DiscardDeadLettersRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.DiscardDeadLettersResponse:
         return await self.dead_letters.discard(current_tenant(), request)
 
-    async def GetPipelineStatus(self, request: pb.GetPipelineStatusRequest, context) -> pb.GetPipelineStatusResponse:
+    async def GetPipelineStatus(self, request: pb.GetPipelineStatusRequest,
+                                context: grpc.aio.ServicerContext) -> pb.GetPipelineStatusResponse:
         return await self.dead_letters.status(current_tenant())
 
-    async def GetUsageStats(self, request: pb.GetUsageStatsRequest, context) -> pb.GetUsageStatsResponse:
+    async def GetUsageStats(self, request: pb.GetUsageStatsRequest,
+                            context: grpc.aio.ServicerContext) -> pb.GetUsageStatsResponse:
         return await self.usage.get(request)
 
-    async def ForgetIndividual(self, request, context):
+    async def ForgetIndividual(self, request: pb.ForgetIndividualRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ForgetIndividualResponse:
         return await self.privacy.forget(request)
 
-    async def ExportIndividual(self, request, context):
+    async def ExportIndividual(self, request: pb.ExportIndividualRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ExportIndividualResponse:
         return await self.privacy.export(request)
 
-    async def LiftSuppression(self, request, context):
+    async def LiftSuppression(self, request: pb.LiftSuppressionRequest,
+                              context: grpc.aio.ServicerContext) -> pb.LiftSuppressionResponse:
         return await self.privacy.lift(request)
 
-    async def GetRecommendations(self, request: pb.GetRecommendationsRequest, context
-                                 ) -> pb.GetRecommendationsResponse:
+    async def GetRecommendations(self, request: pb.GetRecommendationsRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.GetRecommendationsResponse:
         return await self.recommendations.recommend(request)
 
-    async def CreateTenant(self, request: pb.CreateTenantRequest, context) -> pb.CreateTenantResponse:
+    async def CreateTenant(self, request: pb.CreateTenantRequest,
+                           context: grpc.aio.ServicerContext) -> pb.CreateTenantResponse:
         tenant, created, key, secret = await self.tenants.create(request)
         return pb.CreateTenantResponse(tenant=tenant, created=created, api_key=api_key_message(key), secret=secret)
 
-    async def ListTenants(self, request: pb.ListTenantsRequest, context) -> pb.ListTenantsResponse:
+    async def ListTenants(self, request: pb.ListTenantsRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ListTenantsResponse:
         return await self.tenants.list(request)
 
-    async def SetTenantQuota(self, request: pb.SetTenantQuotaRequest, context) -> pb.SetTenantQuotaResponse:
+    async def SetTenantQuota(self, request: pb.SetTenantQuotaRequest,
+                             context: grpc.aio.ServicerContext) -> pb.SetTenantQuotaResponse:
         return await self.tenants.set_quota(request)
 
-    async def UpdateBrowserSettings(self, request: pb.UpdateBrowserSettingsRequest, context
-                                    ) -> pb.UpdateBrowserSettingsResponse:
+    async def UpdateBrowserSettings(self, request: pb.UpdateBrowserSettingsRequest,
+                                    context: grpc.aio.ServicerContext) -> pb.UpdateBrowserSettingsResponse:
         return pb.UpdateBrowserSettingsResponse(
             settings=await self.keys.origins.update(current_tenant(), request.settings))
 
-    async def GetBrowserSettings(self, request: pb.GetBrowserSettingsRequest, context
-                                 ) -> pb.GetBrowserSettingsResponse:
+    async def GetBrowserSettings(self, request: pb.GetBrowserSettingsRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.GetBrowserSettingsResponse:
         return pb.GetBrowserSettingsResponse(settings=await self.keys.origins.get(current_tenant()))
 
-    async def ReplayDecisions(self, request: pb.ReplayDecisionsRequest, context) -> pb.ReplayDecisionsResponse:
+    async def ReplayDecisions(self, request: pb.ReplayDecisionsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ReplayDecisionsResponse:
         return await self.replayer.replay(request)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from services.gateway.auth import OPERATOR_SCOPE, OPERATOR_TENANT, TENANT_ID_PATTERN, KeyService, hash_secret, parse_key
-from services.gateway.postgres_tenants import TenantRow, TenantStore
 from services.gateway.postgres import KeyRow
+from services.gateway.postgres_tenants import TenantRow, TenantStore
 from shared import db
 from shared.errors import NotFound, Violations, quote
 from shared.paging import decode_token, next_page, page_size

@@ -11,8 +11,8 @@ from typing import Any
 
 from services.identity import matching, probabilistic
 from services.identity.matching import Rule
-from services.identity.probabilistic import CompareField, MatchModel
 from services.identity.ports import Repository
+from services.identity.probabilistic import CompareField, MatchModel
 from services.identity.service import IdentityService
 from services.identity.subjects import validate_subjects
 from services.identity.training import TrainingError, TrainingProgress, fit_model
@@ -131,8 +131,8 @@ class MatchModels:
             raise NotFound(f"no match model version {version} in this tenant", reason="MATCH_MODEL_NOT_FOUND",
                            metadata={"model_version": str(version)})
         model, ruleset_version, _, _ = found
-        ruleset = await self.repository.get_ruleset(tenant, ruleset_version)
-        rule = ruleset.probabilistic_rule if ruleset else None
+        stored_ruleset = await self.repository.get_ruleset(tenant, ruleset_version)
+        rule = stored_ruleset.probabilistic_rule if stored_ruleset else None
         if rule is None or rule.name != model.rule:
             raise NotFound(f"the rule of match model version {version} no longer exists",
                            reason="MATCH_MODEL_NOT_FOUND", metadata={"model_version": str(version)})

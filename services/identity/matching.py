@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from itertools import product
+from typing import Any
 
-import phonenumbers
 from rapidfuzz.distance import JaroWinkler
 
 from services.identity import probabilistic as fs
@@ -291,7 +291,7 @@ class Record:
     attributes: dict[str, str] = field(default_factory=dict)
     # Comparable values per criterion object (by id: records live within one call, which holds its ruleset),
     # computed once per record since matching compares a record many times.
-    values: dict[int, list[str]] = field(default_factory=dict, compare=False, repr=False)
+    values: dict[int, Any] = field(default_factory=dict, compare=False, repr=False)  # list[str] or list[list[str]]
 
 
 def record_values(record: Record, criterion: Criterion) -> list[str]:
@@ -330,8 +330,8 @@ def spec_values(record: Record, spec: Probabilistic) -> list[list[str]]:
     """The record's values of every compared field of a probabilistic rule (cached on the record)."""
     cached = record.values.get(id(spec))
     if cached is None:
-        record.values[id(spec)] = cached = [field_values(record, f) for f in spec.fields]  # type: ignore[assignment]
-    return cached  # type: ignore[return-value]
+        record.values[id(spec)] = cached = [field_values(record, f) for f in spec.fields]
+    return cached
 
 
 def explain_pair(spec: Probabilistic, model: MatchModel, left: Record, right: Record
@@ -384,10 +384,10 @@ def evidence(rule: Rule, left: Record, right: Record) -> list[tuple[str, str]]:
             if values and not set(values).isdisjoint(others):
                 found.append((c.name if c.kind == "identity" else f"attribute:{c.name}", values[0]))
         return found
-    for c in rule.criteria:
-        values = record_values(left, c)
+    for criterion in rule.criteria:
+        values = record_values(left, criterion)
         if values:
-            label = c.name if c.kind == "identity" else f"attribute:{c.name}"
+            label = criterion.name if criterion.kind == "identity" else f"attribute:{criterion.name}"
             found.append((label, values[0]))
     return found
 

@@ -14,13 +14,13 @@ import asyncpg
 
 from services.identity.matching import BUILT_IN_TYPES, IdentityType, Record, Ruleset
 from services.identity.model import Key, MergeRecord, StoredSource
-from services.identity.probabilistic import MatchModel
 from services.identity.ports import (
     IndividualView,
     MergeEventView,
     Planner,
     SnapshotQuery,
 )
+from services.identity.probabilistic import MatchModel
 from services.identity.rerun import RerunPlan, TenantData
 from services.identity.resolution import Owner, Plan, Snapshot, StoredRecord
 from services.identity.unmerge import HistoryEvent, UnmergeData, UnmergePlan

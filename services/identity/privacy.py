@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from services.identity import matching
 from services.identity.model import Key
-from services.identity.postgres_privacy import INDIVIDUAL, PostgresPrivacy, Target
+from services.identity.postgres_privacy import PostgresPrivacy, Target
 from services.identity.service import IdentityService
 from shared.errors import InvalidArgument, NotFound, Violations, quote
 from shared.privacy import MAX_IDS, document, validate_ids

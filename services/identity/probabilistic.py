@@ -163,7 +163,8 @@ class MatchModel:
 def term_counts(spec: Probabilistic, values: list[list[list[str]]]) -> tuple[tuple[dict[str, int], ...], tuple[int, ...]]:
     """Per field of the rule: each value held by at least two records, with its count (only TEXT and EXACT fields),
     and how many records hold a value of the field."""
-    counts, totals = [], []
+    counts: list = []
+    totals: list = []
     for f, compared in enumerate(spec.fields):
         if compared.comparison not in TERM_FREQUENCY_COMPARISONS:
             counts.append({})
@@ -292,8 +293,8 @@ def pair_scores(spec: Probabilistic, model: MatchModel, values: list[list[list[s
         table = np.array(weights[f] + [0.0], dtype=np.float64)  # index -1 (null) weighs nothing
         total += table[levels.astype(np.int64)]
         if f < len(model.term_counts) and model.term_counts[f]:
-            for k in np.nonzero(levels == 0)[0].tolist():
-                total[k] += exact_value_weight(model, f, column[a[k]], column[b[k]]) - table[0]
+            for j in np.nonzero(levels == 0)[0].tolist():
+                total[j] += exact_value_weight(model, f, column[a[j]], column[b[j]]) - table[0]
     return total
 
 

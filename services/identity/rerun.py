@@ -7,8 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import numpy as np
-
 from services.identity import matching
 from services.identity import probabilistic as fs
 from services.identity.matching import Rule
@@ -167,8 +165,8 @@ def plan_rerun(
         progress.records_processed = i + 1
     comparisons = 0
     scored: dict[int, list[list[int]]] = defaultdict(list)  # probabilistic rules: scored at once below
-    for key, members in blocks.items():
-        rule = rule_of_key[key]
+    for block, members in blocks.items():
+        rule = rule_of_key[block]
         if rule.probabilistic is not None:
             if rule.model is not None:
                 scored[id(rule)].append(members)
@@ -237,11 +235,11 @@ def plan_rerun(
         for i in members:
             if records[i].individual_id != name[root]:
                 record_owner[records[i].record_id] = name[root]
-    identity_owner = {}
-    for key, i in first_carrier.items():
+    identity_owner: dict[Key, str] = {}
+    for identity, i in first_carrier.items():
         owner = name[clusters.find(i)]
-        if data.identity_owners.get(key) != owner:
-            identity_owner[key] = owner
+        if data.identity_owners.get(identity) != owner:
+            identity_owner[identity] = owner
     new_set = {i for i, _ in new_individuals}
     plan = RerunPlan(
         record_owner=record_owner,

@@ -135,7 +135,7 @@ def plan_resolution(
     age = {i: (o.created_at, i) for i, o in info.items()}
     count = {i: o.record_count for i, o in info.items()}
     parent: dict[str, str] = {}
-    separated = {i: set() for i in info}
+    separated: dict[str, set[str]] = {i: set() for i in info}
     for pair in snap.separated:
         a, b = tuple(pair)
         separated.setdefault(a, set()).add(b)
@@ -151,8 +151,8 @@ def plan_resolution(
     record_owner: dict[str, str] = {}
     for c in snap.candidates:
         record_owner[c.record_id] = c.owner.individual_id
-        for key in c.blocks:
-            blocks[key].append((c.record_id, c.record))
+        for block in c.blocks:
+            blocks[block].append((c.record_id, c.record))
     known_records = {rid: o.individual_id for rid, o in snap.known_records.items()}
     record_owner.update(known_records)
 
@@ -175,9 +175,9 @@ def plan_resolution(
             interim.append((known, ()))
             continue
         matched_rules = _rule_matches(ruleset.rules, subject, blocks)
-        for record_id, rule, ev in matched_rules:
+        for record_id, matched_rule, matched_ev in matched_rules:
             survivor = find(record_owner[record_id])
-            found.setdefault(survivor, (rule.name, tuple(ev)))
+            found.setdefault(survivor, (matched_rule.name, tuple(matched_ev)))
         if not found:
             survivor = new_id()
             age[survivor] = (now, survivor)
@@ -219,8 +219,8 @@ def plan_resolution(
         for key in subject.unique:
             owner_of.setdefault(key, survivor)
         record_owner[subject.record_id] = survivor
-        for _, key in subject.blocks:
-            blocks[key].append((subject.record_id, subject.record))
+        for _, block in subject.blocks:
+            blocks[block].append((subject.record_id, subject.record))
         new_records.append(NewRecord(subject.record_id, survivor, subject.record, tuple(subject.shared),
                                      tuple(k for _, k in subject.blocks)))
         interim.append((survivor, tuple(merged)))

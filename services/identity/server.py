@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from personalization.identity.v1 import identity_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
-
 from services.identity.match_models import MatchModels
 from services.identity.postgres import PostgresRepository
 from services.identity.postgres_privacy import PostgresPrivacy

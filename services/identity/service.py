@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+import phonenumbers
 
 from services.identity import matching
 from services.identity.matching import BUILT_IN_TYPES, IdentityType, Ruleset
@@ -169,8 +171,8 @@ class IdentityService:
         if kind.default_region:
             if kind.normalization != matching.PHONE:
                 v.add("identity_type.default_region", "only a PHONE type takes a default region")
-            elif not re.fullmatch(r"[A-Z]{2}", kind.default_region) or not matching.phonenumbers.\
-                    country_code_for_region(kind.default_region):
+            elif not re.fullmatch(r"[A-Z]{2}", kind.default_region) or \
+                    not phonenumbers.country_code_for_region(kind.default_region):
                 v.add("identity_type.default_region", "must be a known ISO 3166 region code such as US or GB")
         v.raise_if_any()
         stored = IdentityType(kind.name, kind.unique, kind.normalization, kind.default_region,
@@ -185,7 +187,7 @@ class IdentityService:
         return sorted((await self.config(tenant)).types.values(), key=lambda t: t.name)
 
     async def create_ruleset(
-        self, tenant: str, rules: list[tuple[str, list[tuple[str, str, str, str]]]], custom_attributes: list[str]
+        self, tenant: str, rules: list[tuple[str, list[tuple[str, str, str, str]], Any]], custom_attributes: list[str]
     ) -> Ruleset:
         """Validates and stores the next ruleset version; it is active at once."""
         self._config.pop(tenant, None)
@@ -269,7 +271,7 @@ class IdentityService:
         return await self.repository.unpropagated_merge_events(tenant, min_age_seconds, size)
 
     async def mark_merge_events_propagated(self, tenant: str, event_ids: list[str],
-                                           merges: list[tuple[str, str]] = ()) -> int:
+                                           merges: Sequence[tuple[str, str]] = ()) -> int:
         """Marks outbox entries done (idempotent), by event id or by (survivor, merged) pair of a MERGE."""
         v = Violations()
         if len(event_ids) > 1000:

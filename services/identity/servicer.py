@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import AsyncIterator
 
+import grpc
 from google.protobuf import struct_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
+
 from personalization.common.v1 import common_pb2
 from personalization.identity.v1 import identity_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
-
 from services.identity.match_models import MatchModels
 from services.identity.matching import IdentityType, Ruleset
-from services.identity.probabilistic import DEFAULT_THRESHOLD, Probabilistic
 from services.identity.privacy import IdentityPrivacy
+from services.identity.probabilistic import DEFAULT_THRESHOLD, Probabilistic
 from services.identity.rerun import Progress
 from services.identity.service import IdentityService
 from services.identity.subjects import validate_subjects
@@ -129,13 +131,13 @@ def _merge_event(e) -> pb.MergeEvent:
 class IdentityServicer(pb_grpc.IdentityServiceServicer):
     """Translates IdentityService RPCs to the identity use cases."""
 
-    def __init__(self, service: IdentityService, privacy: IdentityPrivacy | None = None,
-                 models: MatchModels | None = None):
+    def __init__(self, service: IdentityService, privacy: IdentityPrivacy, models: MatchModels) -> None:
         self.service = service
         self.privacy = privacy
         self.models = models
 
-    async def ResolveIdentities(self, request: pb.ResolveIdentitiesRequest, context) -> pb.ResolveIdentitiesResponse:
+    async def ResolveIdentities(self, request: pb.ResolveIdentitiesRequest,
+                                context: grpc.aio.ServicerContext) -> pb.ResolveIdentitiesResponse:
         problems = contract.violations(request)
         subjects = [[(i.type, i.value) for i in subject.identities] for subject in request.subjects]
         attributes = [_attributes(s) for s in request.subjects]
@@ -158,7 +160,8 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             ]
         )
 
-    async def GetIndividual(self, request: pb.GetIndividualRequest, context) -> pb.GetIndividualResponse:
+    async def GetIndividual(self, request: pb.GetIndividualRequest,
+                            context: grpc.aio.ServicerContext) -> pb.GetIndividualResponse:
         found = await self.service.get_individual(current_tenant(), request.unified_individual_id)
         return pb.GetIndividualResponse(
             individual=pb.Individual(
@@ -170,19 +173,21 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             )
         )
 
-    async def UpsertIdentityType(self, request: pb.UpsertIdentityTypeRequest, context
-                                 ) -> pb.UpsertIdentityTypeResponse:
+    async def UpsertIdentityType(self, request: pb.UpsertIdentityTypeRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.UpsertIdentityTypeResponse:
         t = request.identity_type
         stored = await self.service.upsert_identity_type(current_tenant(), IdentityType(
             t.name, t.unique, _enum_name(pb.Normalization, t.normalization, "NORMALIZATION_"), t.default_region))
         return pb.UpsertIdentityTypeResponse(identity_type=_type_to_pb(stored))
 
-    async def ListIdentityTypes(self, request: pb.ListIdentityTypesRequest, context) -> pb.ListIdentityTypesResponse:
+    async def ListIdentityTypes(self, request: pb.ListIdentityTypesRequest,
+                                context: grpc.aio.ServicerContext) -> pb.ListIdentityTypesResponse:
         types = await self.service.list_identity_types(current_tenant())
         return pb.ListIdentityTypesResponse(identity_types=[_type_to_pb(t) for t in types],
                                             default_region=self.service.settings.default_region)
 
-    async def CreateRuleset(self, request: pb.CreateRulesetRequest, context) -> pb.CreateRulesetResponse:
+    async def CreateRuleset(self, request: pb.CreateRulesetRequest,
+                            context: grpc.aio.ServicerContext) -> pb.CreateRulesetResponse:
         rules = []
         for rule in request.ruleset.rules:
             criteria = []
@@ -199,11 +204,13 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
         stored = await self.service.create_ruleset(current_tenant(), rules, list(request.ruleset.custom_attributes))
         return pb.CreateRulesetResponse(ruleset=_ruleset_to_pb(stored))
 
-    async def GetRuleset(self, request: pb.GetRulesetRequest, context) -> pb.GetRulesetResponse:
+    async def GetRuleset(self, request: pb.GetRulesetRequest,
+                         context: grpc.aio.ServicerContext) -> pb.GetRulesetResponse:
         return pb.GetRulesetResponse(ruleset=_ruleset_to_pb(
             await self.service.get_ruleset(current_tenant(), request.version)))
 
-    async def RunRuleset(self, request: pb.RunRulesetRequest, context):
+    async def RunRuleset(self, request: pb.RunRulesetRequest,
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.RunRulesetResponse]:
         tenant = current_tenant()
         version = (await self.service.config(tenant)).ruleset.version
         async for step in self.service.run_ruleset(tenant):
@@ -219,13 +226,14 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
                     kept_ids=step.kept_ids, new_ids=step.new_ids, merged=len(step.redirects),
                     refused=step.refused)
 
-    async def Unmerge(self, request: pb.UnmergeRequest, context) -> pb.UnmergeResponse:
+    async def Unmerge(self, request: pb.UnmergeRequest, context: grpc.aio.ServicerContext) -> pb.UnmergeResponse:
         plan = await self.service.unmerge(current_tenant(), request.unified_individual_id)
         return pb.UnmergeResponse(
             unified_individual_id=plan.individual_id, survivor_individual_id=plan.survivor_id,
             identities=_identities(plan.reported), alias_ids=[m for m in plan.members if m != plan.individual_id])
 
-    async def ListMergeEvents(self, request: pb.ListMergeEventsRequest, context) -> pb.ListMergeEventsResponse:
+    async def ListMergeEvents(self, request: pb.ListMergeEventsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ListMergeEventsResponse:
         events, token = await self.service.list_merge_events(
             current_tenant(), request.unified_individual_id, request.page_size, request.page_token)
         return pb.ListMergeEventsResponse(
@@ -233,19 +241,21 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             next_page_token=token,
         )
 
-    async def ListUnpropagatedMergeEvents(self, request, context):
+    async def ListUnpropagatedMergeEvents(self, request: pb.ListUnpropagatedMergeEventsRequest,
+                                          context: grpc.aio.ServicerContext) -> pb.ListUnpropagatedMergeEventsResponse:
         events = await self.service.unpropagated_merge_events(current_tenant(), request.page_size,
                                                               request.min_age_seconds)
         return pb.ListUnpropagatedMergeEventsResponse(merge_events=[_merge_event(e) for e in events])
 
-    async def MarkMergeEventsPropagated(self, request, context):
+    async def MarkMergeEventsPropagated(self, request: pb.MarkMergeEventsPropagatedRequest,
+                                        context: grpc.aio.ServicerContext) -> pb.MarkMergeEventsPropagatedResponse:
         marked = await self.service.mark_merge_events_propagated(
             current_tenant(), list(request.event_ids),
             [(m.survivor_individual_id, m.merged_individual_id) for m in request.merges])
         return pb.MarkMergeEventsPropagatedResponse(marked_count=marked)
 
-    async def SuppressIndividual(self, request: pb.SuppressIndividualRequest, context
-                                 ) -> pb.SuppressIndividualResponse:
+    async def SuppressIndividual(self, request: pb.SuppressIndividualRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.SuppressIndividualResponse:
         identity = (request.identity.type, request.identity.value) if request.HasField("identity") else None
         done = await self.privacy.suppress(current_tenant(), identity, request.unified_individual_id)
         if done.target is None:
@@ -255,19 +265,23 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             identities=_identities(done.target.unique + done.target.shared),
             suppressed_identity_count=done.suppressed_count)
 
-    async def EraseIndividual(self, request: pb.EraseIndividualRequest, context) -> pb.EraseIndividualResponse:
+    async def EraseIndividual(self, request: pb.EraseIndividualRequest,
+                              context: grpc.aio.ServicerContext) -> pb.EraseIndividualResponse:
         erased = await self.privacy.erase(current_tenant(), list(request.unified_individual_ids))
         return pb.EraseIndividualResponse(erased_rows=erased)
 
-    async def ExportIndividual(self, request: pb.ExportIndividualRequest, context) -> pb.ExportIndividualResponse:
+    async def ExportIndividual(self, request: pb.ExportIndividualRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ExportIndividualResponse:
         return pb.ExportIndividualResponse(
             json=await self.privacy.export(current_tenant(), list(request.unified_individual_ids)))
 
-    async def LiftSuppression(self, request: pb.LiftSuppressionRequest, context) -> pb.LiftSuppressionResponse:
+    async def LiftSuppression(self, request: pb.LiftSuppressionRequest,
+                              context: grpc.aio.ServicerContext) -> pb.LiftSuppressionResponse:
         lifted = await self.privacy.lift(current_tenant(), [(i.type, i.value) for i in request.identities])
         return pb.LiftSuppressionResponse(lifted_count=lifted)
 
-    async def TrainMatchModel(self, request: pb.TrainMatchModelRequest, context):
+    async def TrainMatchModel(self, request: pb.TrainMatchModelRequest,
+                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.TrainMatchModelResponse]:
         tenant = current_tenant()
         ruleset = (await self.service.config(tenant)).ruleset
         rule = ruleset.probabilistic_rule.name if ruleset.probabilistic_rule else ""
@@ -282,7 +296,8 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
                     model_version=step.version, ruleset_version=step.ruleset_version, rule=step.model.rule,
                     prior=step.model.prior)
 
-    async def ExplainMatch(self, request: pb.ExplainMatchRequest, context) -> pb.ExplainMatchResponse:
+    async def ExplainMatch(self, request: pb.ExplainMatchRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ExplainMatchResponse:
         found = await self.models.explain(
             current_tenant(), [[(i.type, i.value) for i in s.identities] for s in request.subjects],
             [_attributes(s) for s in request.subjects], request.model_version)
@@ -293,7 +308,8 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             fields=[pb.FieldExplanation(field=f.field, level=f.level_name, level_index=f.level, weight=f.weight)
                     for f in found.fields])
 
-    async def GetMatchModel(self, request: pb.GetMatchModelRequest, context) -> pb.GetMatchModelResponse:
+    async def GetMatchModel(self, request: pb.GetMatchModelRequest,
+                            context: grpc.aio.ServicerContext) -> pb.GetMatchModelResponse:
         view = await self.models.get(current_tenant(), request.version)
         weights = view.model.weights()
         fields = [pb.FieldModel(field=f.name, levels=[

@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 
 from services.identity import matching
 from services.identity.matching import Record, Rule
-
 from services.identity.probabilistic import (
     DATE,
     DATE_DAYS,
@@ -67,7 +66,7 @@ def _comparison(i: int, compared: CompareField):
     import splink.comparison_library as cl
 
     col = _column(i)
-    levels = [cll.NullLevel(col), cll.ExactMatchLevel(col)]
+    levels: list = [cll.NullLevel(col), cll.ExactMatchLevel(col)]
     if compared.comparison == TEXT:
         levels += [cll.JaroWinklerLevel(col, t) for t in compared.text_thresholds()]
     elif compared.comparison == DATE:
@@ -103,7 +102,7 @@ def train(rule: str, spec: Probabilistic, values: list[list[str | None]],
     from splink import DuckDBAPI, Linker, SettingsCreator, block_on
 
     index = spec.field_index()
-    blocks = [block_on(*[_column(index[name]) for name in rule_fields]) for rule_fields in spec.blocking]
+    blocks: list = [block_on(*[_column(index[name]) for name in rule_fields]) for rule_fields in spec.blocking]
     db_api = DuckDBAPI()
     settings = SettingsCreator(
         link_type="dedupe_only", comparisons=[_comparison(i, f) for i, f in enumerate(spec.fields)],
@@ -123,7 +122,7 @@ def train(rule: str, spec: Probabilistic, values: list[list[str | None]],
         try:
             linker.training.estimate_parameters_using_expectation_maximisation(block)
             sessions += 1
-        except Exception:  # noqa: BLE001,S112 - a blocking rule with no pairs teaches nothing; the others still do
+        except Exception:  # noqa: BLE001 - a blocking rule with no pairs teaches nothing; the others still do
             continue
     if not sessions:
         raise TrainingError("expectation-maximisation found no pairs in any blocking rule", "NO_BLOCKED_PAIRS")

@@ -71,8 +71,8 @@ def plan_unmerge(data: UnmergeData, config: Config) -> UnmergePlan:
     moved_keys = set(identities)
     moving = []
     for r in data.records:
-        keys = [(t, v) for t, vs in r.record.identities.items() if config.types.get(t, BUILT_IN_TYPES.get(t))
-                and config.types.get(t, BUILT_IN_TYPES.get(t)).unique for v in vs]
+        keys = [(t, v) for t, vs in r.record.identities.items()
+                if (kind := config.types.get(t, BUILT_IN_TYPES.get(t))) is not None and kind.unique for v in vs]
         if data.origins.get(r.record_id) in members or (keys and all(k in moved_keys for k in keys)):
             moving.append(r)
     reported = sorted(moved_keys | {(t, v) for r in moving for t, vs in r.record.identities.items() for v in vs})

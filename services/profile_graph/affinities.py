@@ -23,6 +23,8 @@ def affinity_increments(events: list[NewEvent], items: dict[str, dict], config: 
         weight = config.weight(e.type)
         if not weight:
             continue
+        at = e.event_time
+        assert at is not None, "appended events were validated"
         for dim in config.dimensions:
             values: set[str] = set()
             for item_id in e.item_ids:
@@ -32,11 +34,11 @@ def affinity_increments(events: list[NewEvent], items: dict[str, dict], config: 
                         values.add(value if isinstance(value, str) else json.dumps(value))
             for value in values:
                 key = (e.individual_id, dim, value)
-                score, as_of = out.get(key, (0.0, e.event_time))
-                if e.event_time >= as_of:
-                    score = decay(score, (e.event_time - as_of).total_seconds(), config.half_life) + weight
-                    as_of = e.event_time
+                score, as_of = out.get(key, (0.0, at))
+                if at >= as_of:
+                    score = decay(score, (at - as_of).total_seconds(), config.half_life) + weight
+                    as_of = at
                 else:
-                    score += decay(weight, (as_of - e.event_time).total_seconds(), config.half_life)
+                    score += decay(weight, (as_of - at).total_seconds(), config.half_life)
                 out[key] = (score, as_of)
     return out

@@ -24,7 +24,7 @@ class Configuration:
 
     async def set_affinity_config(self, tenant: str, config: AffinityConfig | None) -> AffinityConfig:
         """Saves the affinity configuration and rebuilds every individual's scores from their events."""
-        domain.validate_affinity_config(config)
+        config = domain.validate_affinity_config(config)
         await self._save_and_rebuild(tenant, lambda unit: unit.save_affinity_config(config))
         return config
 
@@ -33,7 +33,7 @@ class Configuration:
 
     async def set_recon_rule(self, tenant: str, rule: ReconRule | None) -> ReconRule:
         """Saves the reconciliation rule and recomputes every individual's unified attributes."""
-        domain.validate_recon_rule(rule)
+        rule = domain.validate_recon_rule(rule)
         await self._save_and_rebuild(tenant, lambda unit: unit.save_recon_rule(rule))
         return rule
 

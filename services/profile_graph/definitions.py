@@ -26,7 +26,7 @@ class Insights:
 
     async def upsert_insight(self, tenant: str, insight: InsightDef | None) -> InsightDef:
         """Saves an insight definition and recomputes insights and memberships of every individual (and items)."""
-        domain.validate_insight(insight)
+        insight = domain.validate_insight(insight)
         async with self.store.unit(tenant) as unit:
             await unit.lock_definitions(exclusive=True)
             await unit.save_insight(insight)
@@ -62,7 +62,7 @@ class Segments:
     async def upsert_segment(self, tenant: str, segment: SegmentDef | None) -> SegmentDef:
         """Compiles and saves a segment (unknown insight or segment references refused), then recomputes
         memberships of every individual."""
-        domain.validate_segment_fields(segment)
+        segment = domain.validate_segment_fields(segment)
         async with self.store.unit(tenant) as unit:
             await unit.lock_definitions(exclusive=True)
             config = await unit.config()

@@ -29,6 +29,12 @@ def _reads_properties(d: InsightDef) -> bool:
     return any(n.startswith("properties.") for n in [d.field, d.dimension] + [c.field for c in d.conditions])
 
 
+def _since(defs: list[InsightDef], now: datetime) -> datetime | None:
+    """Where the events these insights read begin: None when one of them has no window (all time)."""
+    windows = [d.window for d in defs]
+    return None if any(w is None or not w for w in windows) else now - max(w for w in windows if w is not None)
+
+
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -129,7 +135,7 @@ class Derivation:
                                   ) -> dict[str, dict[str, dict[str, float]]]:
         """individual -> insight -> group -> value from the individuals' events (those inside the longest window when
         all are windowed); fills partials (per time bucket) for the defs kept incrementally when asked."""
-        since = None if any(not d.window for d in defs) else now - max(d.window for d in defs)
+        since = _since(defs, now)
         rows = await unit.event_rows(ids, since, any(d.uses_items for d in defs),
                                      any(_reads_properties(d) for d in defs))
         items = await self._item_attributes_for(unit, defs, rows)
@@ -166,7 +172,7 @@ class Derivation:
         kept = [d for d in defs if not d.reads_item_attributes]
         totals = await self._values_from_events(unit, [d for d in defs if d.reads_item_attributes], ids, now,
                                                 None, slices) if len(kept) < len(defs) else {}
-        edges = {d.name: insights.edge(d, now) for d in kept if d.window}
+        edges = {d.name: e for d in kept if d.window and (e := insights.edge(d, now)) is not None}
         stored, previous = await unit.read_partials(ids)
         changed: dict[tuple[str, str, str, int], insights.Partial] = {}
         for d in kept:
@@ -198,8 +204,8 @@ class Derivation:
                     parts.setdefault((individual, group), []).append(partial)
             if edge is not None:
                 inside = [r for r in edge_rows if r.event_time < edge[1]]  # after the cutoff: insight_counts
-                for key, partial in insights.insight_partials(d, inside, {}, now).items():
-                    parts.setdefault(key, []).append(partial)
+                for owner_group, partial in insights.insight_partials(d, inside, {}, now).items():
+                    parts.setdefault(owner_group, []).append(partial)
             merged = {key: found[0] if len(found) == 1 else insights.merged(found) for key, found in parts.items()}
             for (individual, group), value in insights.values_of(d, merged).items():
                 totals.setdefault(individual, {}).setdefault(d.name, {})[group] = value
@@ -235,7 +241,7 @@ class Derivation:
         if not defs:
             return False
         now = self.clock()
-        since = None if any(not d.window for d in defs) else now - max(d.window for d in defs)
+        since = _since(defs, now)
         rows = await unit.item_event_rows(item_ids, since)
         needs_items = any(d.field.startswith("item.") or any(c.field.startswith("item.") for c in d.conditions)
                           for d in defs)

@@ -348,7 +348,7 @@ def validate_conditions(v: Violations, path: str, conditions, item_attributes: b
             v.add(f"{path}[{j}].value", "must be a finite number")
 
 
-def validate_insight(d: InsightDef | None) -> None:
+def validate_insight(d: InsightDef | None) -> InsightDef:
     """Refuses an insight definition with a bad name, aggregate, field, filter, window, dimension or description."""
     if d is None:
         raise InvalidArgument([("insight", "is required")])
@@ -384,9 +384,10 @@ def validate_insight(d: InsightDef | None) -> None:
     elif d.subject == SUBJECT_ITEM and d.dimension:
         v.add("insight.dimension", "item insights are not grouped")
     v.raise_if_any()
+    return d
 
 
-def validate_segment_fields(d: SegmentDef | None) -> None:
+def validate_segment_fields(d: SegmentDef | None) -> SegmentDef:
     """Refuses a segment with a bad name, description, or an empty or too long rule (compilation comes after)."""
     if d is None:
         raise InvalidArgument([("segment", "is required")])
@@ -400,9 +401,10 @@ def validate_segment_fields(d: SegmentDef | None) -> None:
     elif len(d.rule) > MAX_RULE_CHARS:
         v.add("segment.rule", f"at most {MAX_RULE_CHARS} characters, got {len(d.rule)}")
     v.raise_if_any()
+    return d
 
 
-def validate_affinity_config(c: AffinityConfig | None) -> None:
+def validate_affinity_config(c: AffinityConfig | None) -> AffinityConfig:
     """Dimensions are item attribute names (at most 10), weights non-negative per known type, half-life positive."""
     if c is None:
         raise InvalidArgument([("config", "is required")])
@@ -420,9 +422,10 @@ def validate_affinity_config(c: AffinityConfig | None) -> None:
     if c.half_life <= timedelta(0):
         v.add("config.half_life", "must be positive")
     v.raise_if_any()
+    return c
 
 
-def validate_recon_rule(r: ReconRule | None) -> None:
+def validate_recon_rule(r: ReconRule | None) -> ReconRule:
     """The object is known, the default has a policy, names and sources are identifiers."""
     if r is None:
         raise InvalidArgument([("rule", "is required")])
@@ -446,6 +449,7 @@ def validate_recon_rule(r: ReconRule | None) -> None:
             v.add(f"rule.attribute_overrides[{key}]", "must be an attribute name")
         check(f"rule.attribute_overrides[{key}]", a, False)
     v.raise_if_any()
+    return r
 
 
 def profile_parts(paths: list[str]) -> set[str]:

@@ -6,11 +6,23 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from services.profile_graph.domain import (
-    AGGREGATE_COUNT, AGGREGATE_COUNT_DISTINCT, AGGREGATE_MAX, AGGREGATE_SUM, OP_CONTAINS, OP_EQ, OP_GE, OP_GT, OP_LE,
-    OP_LT, OP_NE, Condition, InsightDef, StoredEvent,
+    AGGREGATE_COUNT,
+    AGGREGATE_COUNT_DISTINCT,
+    AGGREGATE_MAX,
+    AGGREGATE_SUM,
+    OP_CONTAINS,
+    OP_EQ,
+    OP_GE,
+    OP_GT,
+    OP_LE,
+    OP_LT,
+    OP_NE,
+    Condition,
+    InsightDef,
+    StoredEvent,
 )
 
 
@@ -65,13 +77,14 @@ def condition_holds(c: Condition, value: object) -> bool:
         a, b = _number(value), _number(c.value)
         same = (a == b) if a is not None and b is not None else (value == c.value and type(value) is type(c.value))
         return same if c.op == OP_EQ else not same
-    a, b = _number(value), _number(c.value)
-    if a is None or b is None:
+    left: Any = _number(value)
+    right: Any = _number(c.value)
+    if left is None or right is None:
         if isinstance(value, str) and isinstance(c.value, str):
-            a, b = value, c.value
+            left, right = value, c.value
         else:
             return False
-    return {OP_GT: a > b, OP_GE: a >= b, OP_LT: a < b, OP_LE: a <= b}[c.op]
+    return {OP_GT: left > right, OP_GE: left >= right, OP_LT: left < right, OP_LE: left <= right}[c.op]
 
 
 def insight_counts(d: InsightDef, event: StoredEvent, now: datetime) -> bool:
@@ -295,7 +308,7 @@ def insight_changes(values: dict[str, list[tuple[str, str, float]]], previous: d
 
 def insight_view(defs: list[InsightDef], rows: list[tuple[str, str, float]]) -> dict[str, object]:
     """What rules see: every insight, 0.0 (or {} when grouped) without a value."""
-    view: dict[str, object] = {d.name: ({} if d.dimension else 0.0) for d in defs}
+    view: dict[str, Any] = {d.name: ({} if d.dimension else 0.0) for d in defs}
     for name, dim, value in rows:
         if dim or isinstance(view.get(name), dict):
             view.setdefault(name, {})[dim] = value

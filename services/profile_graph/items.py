@@ -65,6 +65,6 @@ def check_item_filters(filters: list[Condition], types: dict[str, str]) -> None:
             v.add(f"filters[{j}].value", f"{quote(c.field)} is a bool: compare with EQUALS or NOT_EQUALS and a bool")
         elif kind in ("string", "timestamp", "string_list") and not isinstance(c.value, str):
             v.add(f"filters[{j}].value", f"{quote(c.field)} is a {kind}: the operand must be a string")
-        elif kind == "timestamp" and not TIMESTAMP_RE.match(c.value):
+        elif kind == "timestamp" and not TIMESTAMP_RE.match(str(c.value)):
             v.add(f"filters[{j}].value", "must be an RFC 3339 timestamp")
     v.raise_if_any()

@@ -6,12 +6,23 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import cast
 
 import asyncpg
 
 from services.profile_graph import domain
 from services.profile_graph.domain import (
-    Affinity, Condition, Config, ConsentState, Contention, InsightDef, Item, Member, MembershipChange, Profile, ProfileObjectRow,
+    Affinity,
+    Condition,
+    Config,
+    ConsentState,
+    Contention,
+    InsightDef,
+    Item,
+    Member,
+    MembershipChange,
+    Profile,
+    ProfileObjectRow,
     SegmentDef,
 )
 from services.profile_graph.postgres_feed import EventFeed
@@ -261,7 +272,7 @@ class PostgresStore:
                 where.append(f"i.attributes -> {key} ? {arg(c.value)}")
                 continue
             if kind == "number":
-                left, right = f"(i.attributes ->> {key})::float8", f"{arg(float(c.value))}::float8"
+                left, right = f"(i.attributes ->> {key})::float8", f"{arg(float(cast(float, c.value)))}::float8"
             elif kind == "timestamp":
                 left, right = f"(i.attributes ->> {key})::timestamptz", f"{arg(c.value)}::timestamptz"
             elif kind == "bool":

@@ -17,7 +17,9 @@ NOTIFY_BYTES = 7_000
 
 def _notify_payloads(tenant: str, individuals: list[str]) -> list[str]:
     """NOTIFY payloads (each under the 8,000-byte limit) naming the tenant and the individuals a batch touched."""
-    out, chunk, size = [], [], 0
+    out: list[str] = []
+    chunk: list[str] = []
+    size = 0
     for i in individuals:
         if chunk and size + len(i) + 4 > NOTIFY_BYTES - len(tenant):
             out.append(json.dumps({"t": tenant, "i": chunk}))

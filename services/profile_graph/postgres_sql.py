@@ -8,7 +8,14 @@ from datetime import datetime, timedelta, timezone
 import asyncpg
 
 from services.profile_graph.domain import (
-    AffinityConfig, AttributeRecon, Condition, Config, InsightDef, ReconRule, SegmentDef, StoredEvent,
+    AffinityConfig,
+    AttributeRecon,
+    Condition,
+    Config,
+    InsightDef,
+    ReconRule,
+    SegmentDef,
+    StoredEvent,
 )
 
 DEFAULT_HALF_LIFE_S = AffinityConfig().half_life.total_seconds()

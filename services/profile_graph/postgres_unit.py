@@ -10,14 +10,39 @@ import asyncpg
 
 from services.profile_graph import domain, insights
 from services.profile_graph.domain import (
-    AffinityConfig, Config, InsightDef, NewEvent, ReconRule, SegmentDef, StoredEvent, ValueStat,
+    AffinityConfig,
+    Config,
+    InsightDef,
+    NewEvent,
+    ReconRule,
+    SegmentDef,
+    StoredEvent,
+    ValueStat,
 )
 from services.profile_graph.postgres_feed import CHANNEL, _notify_payloads
 from services.profile_graph.postgres_sql import (
-    _ADD_AFFINITIES, _ADD_STATS, _CHANGE_MEMBERSHIPS, _CONFIG, _EVENT_COLUMNS, _INSERT_EVENTS, _LINE_COLUMNS,
-    _NO_LINES, _STORE_INSIGHTS, _TOUCH_INDIVIDUALS, _TRIM_OBJECTS, _UPSERT_CONSENTS, _UPSERT_OBJECTS,
-    _WRITE_ATTRIBUTES, _WRITE_PARTIALS, _config, _lines, _profile_states_sql, _stored_event, _window_us,
-    affinity_document, recon_document,
+    _ADD_AFFINITIES,
+    _ADD_STATS,
+    _CHANGE_MEMBERSHIPS,
+    _CONFIG,
+    _EVENT_COLUMNS,
+    _INSERT_EVENTS,
+    _LINE_COLUMNS,
+    _NO_LINES,
+    _STORE_INSIGHTS,
+    _TOUCH_INDIVIDUALS,
+    _TRIM_OBJECTS,
+    _UPSERT_CONSENTS,
+    _UPSERT_OBJECTS,
+    _WRITE_ATTRIBUTES,
+    _WRITE_PARTIALS,
+    _config,
+    _lines,
+    _profile_states_sql,
+    _stored_event,
+    _window_us,
+    affinity_document,
+    recon_document,
 )
 
 

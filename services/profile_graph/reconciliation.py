@@ -6,7 +6,13 @@ import json
 from datetime import datetime
 
 from services.profile_graph.domain import (
-    POLICY_MOST_FREQUENT, POLICY_SOURCE_PRIORITY, AttributeRecon, AttributeUpdate, NewEvent, ReconRule, ValueStat,
+    POLICY_MOST_FREQUENT,
+    POLICY_SOURCE_PRIORITY,
+    AttributeRecon,
+    AttributeUpdate,
+    NewEvent,
+    ReconRule,
+    ValueStat,
 )
 
 
@@ -24,13 +30,15 @@ def merge_attributes(events: list[NewEvent]) -> list[AttributeUpdate]:
     """Per individual and key, the value of the latest event (by event_time; a later event in the batch wins ties)."""
     winners: dict[tuple[str, str], AttributeUpdate] = {}
     for e in events:
+        at = e.event_time
+        assert at is not None, "appended events were validated"
         for key, value in e.attributes.items():
             if is_empty_value(value):
                 continue
             k = (e.individual_id, key)
             known = winners.get(k)
-            if known is None or e.event_time >= known.updated_at:
-                winners[k] = AttributeUpdate(e.individual_id, key, value, e.event_time)
+            if known is None or at >= known.updated_at:
+                winners[k] = AttributeUpdate(e.individual_id, key, value, at)
     return list(winners.values())
 
 
@@ -38,10 +46,12 @@ def attribute_stats(events: list[NewEvent]) -> dict[tuple[str, str, str, str], t
     """(individual, key, source, JSON value) -> (times sent, last event time), over the events of a batch."""
     out: dict[tuple[str, str, str, str], tuple[int, datetime]] = {}
     for e in events:
+        at = e.event_time
+        assert at is not None, "appended events were validated"
         for key, value in e.attributes.items():
             k = (e.individual_id, key, e.source, json.dumps(value, sort_keys=True))
-            count, last = out.get(k, (0, e.event_time))
-            out[k] = (count + 1, max(last, e.event_time))
+            count, last = out.get(k, (0, at))
+            out[k] = (count + 1, max(last, at))
     return out
 
 

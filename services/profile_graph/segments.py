@@ -130,12 +130,14 @@ def evaluate_memberships(
         if result == members:
             break
         members = result
-    if key is not None:
+    if key is not None and memo is not None:
         memo[key] = frozenset(members)
     return members
 
 
-def _is_member(program: cel.Program, context: cel.Context) -> bool:
+def _is_member(program: cel.Program | None, context: cel.Context) -> bool:
+    if program is None:  # never runnable (see _runnable)
+        return False
     try:
         return program.execute(context) is True
     except Exception:  # noqa: BLE001 - a rule that errors on a profile (missing key, bad type) does not match

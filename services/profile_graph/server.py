@@ -38,7 +38,7 @@ async def _refresh_loop(graph: ProfileGraph, every_seconds: int) -> None:
         try:
             refreshed = await graph.recompute.refresh()
             log.info("profiles_refreshed", individuals=refreshed)
-        except Exception:  # noqa: BLE001 - a failed round is retried at the next tick
+        except Exception:  # a failed round is retried at the next tick
             log.exception("profiles_refresh_failed")
 
 
@@ -53,7 +53,7 @@ async def _item_insight_loop(graph: ProfileGraph, every_ms: int) -> None:
         await asyncio.sleep(every_ms / 1000)
         try:
             await graph.recompute.flush_item_insights()
-        except Exception:  # noqa: BLE001 - the items are recomputed again by the next full recompute
+        except Exception:  # the items are recomputed again by the next full recompute
             log.exception("item_insights_failed")
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 
+import grpc
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -12,13 +14,21 @@ from personalization.common.v1 import common_pb2
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc
 from services.profile_graph import domain, reconciliation
+from services.profile_graph.as_of import ProfilesAsOf
 from services.profile_graph.domain import (
-    AffinityConfig, AttributeRecon, Condition, ConsentState, InsightDef, Item, NewEvent, Profile, ReconRule,
+    AffinityConfig,
+    AttributeRecon,
+    Condition,
+    ConsentState,
+    InsightDef,
+    Item,
+    NewEvent,
+    Profile,
+    ReconRule,
     SegmentDef,
 )
-from services.profile_graph.service import ProfileGraph
 from services.profile_graph.postgres_privacy import PostgresPrivacy
-from services.profile_graph.as_of import ProfilesAsOf
+from services.profile_graph.service import ProfileGraph
 from shared import contract
 from shared.context import current_tenant
 from shared.privacy import document, validate_ids
@@ -176,13 +186,14 @@ def to_profile_pb(p: Profile) -> pb.Profile:
 class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
     """The gRPC face of the ProfileGraph use cases."""
 
-    def __init__(self, graph: ProfileGraph, privacy: PostgresPrivacy | None = None,
-                 as_of: ProfilesAsOf | None = None):
+    def __init__(self, graph: ProfileGraph, privacy: PostgresPrivacy,
+                 as_of: ProfilesAsOf | None = None) -> None:
         self.graph = graph
         self.privacy = privacy
         self.as_of = as_of
 
-    async def AppendEvents(self, request, context):
+    async def AppendEvents(self, request: pb.AppendEventsRequest,
+                           context: grpc.aio.ServicerContext) -> pb.AppendEventsResponse:
         problems = contract.violations(request)
         if problems:
             contract.raise_merged(problems, lambda: domain.validate_events([to_new_event(e) for e in request.events]))
@@ -193,14 +204,16 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
             for o in outcomes
         ])
 
-    async def GetProfile(self, request, context):
+    async def GetProfile(self, request: pb.GetProfileRequest,
+                         context: grpc.aio.ServicerContext) -> pb.GetProfileResponse:
         p = await self.graph.reads.get_profile(current_tenant(), request.unified_individual_id,
                                          list(request.read_mask.paths), request.event_limit, request.affinity_limit)
         reply = pb.GetProfileResponse(profile=to_profile_pb(p))
         contract.fit_profile(reply.profile)
         return reply
 
-    async def GetProfiles(self, request, context):
+    async def GetProfiles(self, request: pb.GetProfilesRequest,
+                          context: grpc.aio.ServicerContext) -> pb.GetProfilesResponse:
         profiles = await self.graph.reads.get_profiles(current_tenant(), list(request.unified_individual_ids),
                                                  list(request.read_mask.paths), request.event_limit,
                                                  request.affinity_limit)
@@ -210,47 +223,54 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
         return reply
 
 
-    async def ReassignIndividual(self, request, context):
+    async def ReassignIndividual(self, request: pb.ReassignIndividualRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.ReassignIndividualResponse:
         contract.check(request)
         moved = await self.graph.reassignment.reassign(
             current_tenant(), list(request.from_individual_ids), request.to_individual_id,
             [(i.type, i.value) for i in request.only_events_with_identities] or None)
         return pb.ReassignIndividualResponse(moved_event_count=moved)
 
-    async def UpsertItems(self, request, context):
+    async def UpsertItems(self, request: pb.UpsertItemsRequest,
+                          context: grpc.aio.ServicerContext) -> pb.UpsertItemsResponse:
         contract.check(request)
         items = [Item(i.item_id, i.name, _dict(i.attributes)) for i in request.items]
         return pb.UpsertItemsResponse(upserted_count=await self.graph.catalog.upsert_items(current_tenant(), items))
 
-    async def GetItems(self, request, context):
+    async def GetItems(self, request: pb.GetItemsRequest, context: grpc.aio.ServicerContext) -> pb.GetItemsResponse:
         items = await self.graph.catalog.get_items(current_tenant(), list(request.item_ids))
         return pb.GetItemsResponse(items=[to_item_pb(i) for i in items])
 
-    async def ListItems(self, request, context):
+    async def ListItems(self, request: pb.ListItemsRequest, context: grpc.aio.ServicerContext) -> pb.ListItemsResponse:
         rows, token = await self.graph.catalog.list_items(current_tenant(), list(to_conditions(request.filters)),
                                                   request.page_size, request.page_token)
         return pb.ListItemsResponse(items=[to_item_pb(i) for i in rows], next_page_token=token)
 
-    async def UpsertInsight(self, request, context):
+    async def UpsertInsight(self, request: pb.UpsertInsightRequest,
+                            context: grpc.aio.ServicerContext) -> pb.UpsertInsightResponse:
         d = to_insight_def(request.insight) if request.HasField("insight") else None
         stored = await self.graph.insights.upsert_insight(current_tenant(), d)
         return pb.UpsertInsightResponse(insight=to_insight_pb(stored))
 
-    async def ListInsights(self, request, context):
+    async def ListInsights(self, request: pb.ListInsightsRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ListInsightsResponse:
         rows, token = await self.graph.insights.list_insights(current_tenant(), request.page_size, request.page_token)
         return pb.ListInsightsResponse(insights=[to_insight_pb(d) for d in rows], next_page_token=token)
 
-    async def UpsertSegment(self, request, context):
+    async def UpsertSegment(self, request: pb.UpsertSegmentRequest,
+                            context: grpc.aio.ServicerContext) -> pb.UpsertSegmentResponse:
         s = request.segment
         d = SegmentDef(s.name, s.description, s.rule) if request.HasField("segment") else None
         stored = await self.graph.segments.upsert_segment(current_tenant(), d)
         return pb.UpsertSegmentResponse(segment=to_segment_pb(stored))
 
-    async def ListSegments(self, request, context):
+    async def ListSegments(self, request: pb.ListSegmentsRequest,
+                           context: grpc.aio.ServicerContext) -> pb.ListSegmentsResponse:
         rows, token = await self.graph.segments.list_segments(current_tenant(), request.page_size, request.page_token)
         return pb.ListSegmentsResponse(segments=[to_segment_pb(s) for s in rows], next_page_token=token)
 
-    async def ListSegmentMembers(self, request, context):
+    async def ListSegmentMembers(self, request: pb.ListSegmentMembersRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.ListSegmentMembersResponse:
         rows, token = await self.graph.segments.list_members(current_tenant(), request.segment, request.page_size,
                                                     request.page_token)
         return pb.ListSegmentMembersResponse(
@@ -259,7 +279,8 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
             next_page_token=token,
         )
 
-    async def ListMembershipChanges(self, request, context):
+    async def ListMembershipChanges(self, request: pb.ListMembershipChangesRequest,
+                                    context: grpc.aio.ServicerContext) -> pb.ListMembershipChangesResponse:
         rows, token = await self.graph.segments.list_changes(current_tenant(), request.segment, request.page_size,
                                                     request.page_token)
         return pb.ListMembershipChangesResponse(
@@ -267,54 +288,65 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
                                          change_time=_timestamp(c.change_time)) for c in rows],
             next_page_token=token)
 
-    async def RecomputeAll(self, request, context):
+    async def RecomputeAll(self, request: pb.RecomputeAllRequest,
+                           context: grpc.aio.ServicerContext) -> pb.RecomputeAllResponse:
         individuals, items = await self.graph.recompute.recompute_all(current_tenant())
         return pb.RecomputeAllResponse(individual_count=individuals, item_count=items)
 
-    async def GetAffinities(self, request, context):
+    async def GetAffinities(self, request: pb.GetAffinitiesRequest,
+                            context: grpc.aio.ServicerContext) -> pb.GetAffinitiesResponse:
         rows = await self.graph.reads.get_affinities(current_tenant(), request.unified_individual_id, request.limit,
                                                request.dimension)
         return pb.GetAffinitiesResponse(affinities=[
             pb.Affinity(dimension=a.dimension, value=a.value, score=a.score) for a in rows])
 
-    async def SetAffinityConfig(self, request, context):
+    async def SetAffinityConfig(self, request: pb.SetAffinityConfigRequest,
+                                context: grpc.aio.ServicerContext) -> pb.SetAffinityConfigResponse:
         c = to_affinity_config(request.config) if request.HasField("config") else None
         return pb.SetAffinityConfigResponse(
             config=to_affinity_config_pb(await self.graph.configuration.set_affinity_config(current_tenant(), c)))
 
-    async def GetAffinityConfig(self, request, context):
+    async def GetAffinityConfig(self, request: pb.GetAffinityConfigRequest,
+                                context: grpc.aio.ServicerContext) -> pb.GetAffinityConfigResponse:
         return pb.GetAffinityConfigResponse(
             config=to_affinity_config_pb(await self.graph.configuration.get_affinity_config(current_tenant())))
 
-    async def SetConsents(self, request, context):
+    async def SetConsents(self, request: pb.SetConsentsRequest,
+                          context: grpc.aio.ServicerContext) -> pb.SetConsentsResponse:
         rows = await self.graph.configuration.set_consents(current_tenant(), request.unified_individual_id,
                                              [(c.purpose, c.status) for c in request.consents])
         return pb.SetConsentsResponse(consents=[to_consent_pb(c) for c in rows])
 
-    async def SetReconciliationRule(self, request, context):
+    async def SetReconciliationRule(self, request: pb.SetReconciliationRuleRequest,
+                                    context: grpc.aio.ServicerContext) -> pb.SetReconciliationRuleResponse:
         r = to_recon_rule(request.rule) if request.HasField("rule") else None
         return pb.SetReconciliationRuleResponse(
             rule=to_recon_rule_pb(await self.graph.configuration.set_recon_rule(current_tenant(), r)))
 
-    async def GetReconciliationRule(self, request, context):
+    async def GetReconciliationRule(self, request: pb.GetReconciliationRuleRequest,
+                                    context: grpc.aio.ServicerContext) -> pb.GetReconciliationRuleResponse:
         return pb.GetReconciliationRuleResponse(
             rule=to_recon_rule_pb(await self.graph.configuration.get_recon_rule(current_tenant(), request.object)))
 
-    async def WatchEvents(self, request, context):
+    async def WatchEvents(self, request: pb.WatchEventsRequest,
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.WatchEventsResponse]:
         stream = self.graph.stream.watch_events(current_tenant(), request.unified_individual_id, request.replay_count)
         async for payload, at in stream:
             yield pb.WatchEventsResponse(event=common_pb2.Event.FromString(payload), append_time=_timestamp(at))
 
-    async def EraseIndividual(self, request: pb.EraseIndividualRequest, context) -> pb.EraseIndividualResponse:
+    async def EraseIndividual(self, request: pb.EraseIndividualRequest,
+                              context: grpc.aio.ServicerContext) -> pb.EraseIndividualResponse:
         erased, message_ids = await self.privacy.erase(current_tenant(),
                                                        validate_ids(list(request.unified_individual_ids)))
         return pb.EraseIndividualResponse(erased_rows=erased, message_ids=message_ids)
 
-    async def ExportIndividual(self, request: pb.ExportIndividualRequest, context) -> pb.ExportIndividualResponse:
+    async def ExportIndividual(self, request: pb.ExportIndividualRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ExportIndividualResponse:
         tables = await self.privacy.export(current_tenant(), validate_ids(list(request.unified_individual_ids)))
         return pb.ExportIndividualResponse(json=document(tables))
 
-    async def GetProfilesAsOf(self, request, context):
+    async def GetProfilesAsOf(self, request: pb.GetProfilesAsOfRequest,
+                              context: grpc.aio.ServicerContext) -> pb.GetProfilesAsOfResponse:
         assert self.as_of is not None
         contract.check(request)
         profiles = await self.as_of.read(current_tenant(), [

@@ -4,6 +4,7 @@ ranking metrics of a fitted model or popularity. No grpc, no SQL."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -185,7 +186,7 @@ def evaluate(config: Config, parts: Parts, k: int, *, seed: int = 42, params: di
     train = parts.train.weights
     if model is None and (config.strategy == LEARNED or params is not None):
         model = learned.train(config, parts.train, seed=seed, params=params, deadline=deadline)
-    popularity = None
+    popularity: Any = None
     if model is None:
         popularity = np.diff(train.tocsc().indptr).astype(np.float64)
     recommended = {}

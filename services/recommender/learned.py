@@ -10,6 +10,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -59,7 +60,7 @@ FACTORED = (ALS, BPR)
 def parameters(config: Config) -> dict:
     """The config's family and hyperparameters, its defaults filled in for what the config leaves at 0."""
     family = config.algorithm or ALS
-    out = {"algorithm": family}
+    out: dict[str, Any] = {"algorithm": family}
     for name, default in FAMILY_DEFAULTS[family].items():
         value = getattr(config, name)
         out[name] = value if value else default
@@ -140,10 +141,12 @@ class Model:
         self.algorithm = algorithm
         self.individuals = individuals
         self.items = items
-        self.user_factors = user_factors
-        self.item_factors = item_factors
-        self.similarity = similarity
-        self.user_items = user_items
+        # Factored families set the factors, item families the matrices (`factored` tells which): typed Any, as the
+        # code reads each pair only when it is set.
+        self.user_factors: Any = user_factors
+        self.item_factors: Any = item_factors
+        self.similarity: Any = similarity
+        self.user_items: Any = user_items
         self.version = version
         self.row = {str(u): i for i, u in enumerate(individuals.tolist())}
         self.column = {str(t): i for i, t in enumerate(items.tolist())}
@@ -169,7 +172,8 @@ class Model:
         return np.asarray(self.similarity[column].todense()).ravel()
 
     def to_bytes(self) -> bytes:
-        arrays = {"algorithm": np.array(self.algorithm), "individuals": self.individuals, "items": self.items}
+        arrays: dict[str, Any] = {"algorithm": np.array(self.algorithm), "individuals": self.individuals,
+                                  "items": self.items}
         if self.factored:
             arrays |= {"user_factors": self.user_factors, "item_factors": self.item_factors}
         else:

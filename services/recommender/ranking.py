@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,11 @@ def similar_by_attributes(catalog: Catalog, anchors: list[str], names: tuple[str
     return sorted(ranked, key=rank_key)
 
 
+def _fails(condition: Any, attributes: Callable[[str], dict[str, Any]], matching: bool, item: str) -> bool:
+    """Whether a filter removes item: an exclude when its condition matches, an include when it does not."""
+    return bool(condition.matches(attributes(item))) == matching
+
+
 def select(config: Config, candidates: list[Scored], ask: Ask, catalog: Catalog | None, taken: set[str], need: int,
            counts: dict[str, int]) -> tuple[list[Scored], int]:
     """Filters (counting what each removed), boosters, diversity, then the cut; returns the chosen and how many
@@ -58,6 +64,7 @@ def select(config: Config, candidates: list[Scored], ask: Ask, catalog: Catalog 
     if config.same_category_as_anchor and catalog is not None and ask.anchor:
         anchor_category = catalog.attributes(ask.anchor).get(config.category_attribute)
     since = window_start(config.recent_days)
+    attributes: Callable[[str], dict[str, Any]] = catalog.attributes if catalog is not None else (lambda _item: {})
     checks: list[tuple[str, Callable[[str], bool]]] = []
     if ask.exclude_ids:
         checks.append(("exclude_item_ids", ask.exclude_ids.__contains__))
@@ -68,16 +75,16 @@ def select(config: Config, candidates: list[Scored], ask: Ask, catalog: Catalog 
     if config.same_category_as_anchor and ask.anchor:
         checks.append(("same_category_as_anchor",
                        lambda i: anchor_category is None
-                       or catalog.attributes(i).get(config.category_attribute) != anchor_category))
+                       or attributes(i).get(config.category_attribute) != anchor_category))
     if (config.exclude_purchased or ask.exclude_purchased) and history:
         checks.append(("exclude_purchased", lambda i: i in history and history[i].bought))
     if config.exclude_recently_viewed and history:
-        checks.append(("exclude_recently_viewed", lambda i: i in history and history[i].last_viewed_at is not None
-                       and history[i].last_viewed_at >= since))
+        checks.append(("exclude_recently_viewed", lambda i: i in history and since is not None
+                       and (viewed := history[i].last_viewed_at) is not None and viewed >= since))
     for n, condition in enumerate(config.include):
-        checks.append((f"include[{n}]", lambda i, c=condition: not c.matches(catalog.attributes(i))))
+        checks.append((f"include[{n}]", partial(_fails, condition, attributes, False)))
     for n, condition in enumerate(config.exclude):
-        checks.append((f"exclude[{n}]", lambda i, c=condition: c.matches(catalog.attributes(i))))
+        checks.append((f"exclude[{n}]", partial(_fails, condition, attributes, True)))
     boosting = bool(config.boosters and ask.affinities)
     kept: list[Scored] = []
     for candidate in candidates:
@@ -97,11 +104,13 @@ def select(config: Config, candidates: list[Scored], ask: Ask, catalog: Catalog 
                       key=rank_key)
     if not config.diversity_attribute:
         return kept[:need], 0
-    chosen, per_value, removed = [], {}, 0
+    chosen: list[Scored] = []
+    per_value: dict[str, int] = {}
+    removed = 0
     for s in kept:
         if len(chosen) >= need:
             break
-        value = catalog.attributes(s.item_id).get(config.diversity_attribute)
+        value = attributes(s.item_id).get(config.diversity_attribute)
         key = str(value)
         if value is not None and per_value.get(key, 0) >= config.diversity_max:
             removed += 1

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from personalization.recommender.v1 import recommender_service_pb2 as pb
 from personalization.recommender.v1 import recommender_service_pb2_grpc as pb_grpc
-
 from services.recommender.config import MAX_COUNT
 from services.recommender.postgres import PostgresRepository
 from services.recommender.postgres_privacy import PostgresPrivacy

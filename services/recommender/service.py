@@ -9,6 +9,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
@@ -332,7 +333,8 @@ class Recommender:
                            if o.last_viewed_at is not None and o.last_viewed_at >= since), key=rank_key), False
         if s == NEW_ARRIVALS:
             since = window_start(config.max_age_days)
-            return sorted((Scored(i.item_id, timestamp(i.create_time)) for i in catalog.items.values()
+            items = catalog.items.values() if catalog is not None else ()
+            return sorted((Scored(i.item_id, timestamp(i.create_time)) for i in items
                            if i.create_time is not None and i.create_time >= since), key=rank_key), False
         if s in (CO_VIEWED, CO_BOUGHT):
             if not ask.anchors:
@@ -342,6 +344,8 @@ class Recommender:
                                                         config.min_support, limit)
             return ranked, limit is not None and len(ranked) >= limit
         if s == SIMILAR_ATTRIBUTES:
+            if catalog is None:
+                return [], False
             return similar_by_attributes(catalog, ask.anchors, config.similar_attributes), False
         if s == LEARNED:
             return await self._learned_candidates(tenant, config, ask, limit, model)
@@ -416,7 +420,7 @@ class Recommender:
                                    f"P@{tuning.TUNE_K} {item.precision:.4f}", trial=item, **sizes)
                 else:
                     tuned = item
-            if tuned.best is None:
+            if tuned is not None and tuned.best is None:
                 yield Progress("tuning", 0.5, f"too few individuals to validate on ({tuned.individuals}): "
                                f"fitting the configured parameters", **sizes)
         params = tuned.best if tuned is not None and tuned.best is not None else learned.parameters(config)
@@ -430,6 +434,7 @@ class Recommender:
             else:
                 yield Progress("fitting", base + (0.9 - base) * item, "fitting", **sizes)
         yield Progress("storing", 0.9, "storing the model", **sizes)
+        assert model is not None, "learned.train returns the model last"
         payload = await asyncio.to_thread(model.to_bytes)
         summary = {"algorithm": params["algorithm"], "objective": config.objective, "parameters": params,
                    "seed": self.seed, **sizes}
@@ -588,7 +593,7 @@ class Recommender:
         return await asyncio.to_thread(run)
 
 
-async def _in_thread(work: Callable[[Callable[[object], None]], object]) -> AsyncIterator[object]:
+async def _in_thread(work: Callable[[Callable[[object], None]], object]) -> AsyncIterator[Any]:
     """Runs `work(report)` in a worker thread and yields what it reports as it comes, then what it returns."""
     queue: asyncio.Queue = asyncio.Queue()
     loop = asyncio.get_running_loop()

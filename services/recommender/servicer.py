@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import grpc
 from google.protobuf import json_format, struct_pb2
+
 from personalization.common.v1 import common_pb2
 from personalization.recommender.v1 import recommender_service_pb2 as pb
 from personalization.recommender.v1 import recommender_service_pb2_grpc as pb_grpc
-
 from services.recommender.config import (
     ALS,
     CLICKS,
@@ -27,8 +29,8 @@ from services.recommender.domain import (
     Recommended,
 )
 from services.recommender.evaluation import LEAVE_LAST_OUT, RANDOM, TIME
-from services.recommender.service import Recommender
 from services.recommender.postgres_privacy import PostgresPrivacy
+from services.recommender.service import Recommender
 from services.recommender.validation import validate_interactions
 from shared import contract
 from shared.context import current_tenant
@@ -194,11 +196,12 @@ def _affinities(affinities) -> list[tuple[str, str, float]]:
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     """Translates RecommenderService calls to the Recommender use cases."""
 
-    def __init__(self, recommender: Recommender, privacy: PostgresPrivacy | None = None) -> None:
+    def __init__(self, recommender: Recommender, privacy: PostgresPrivacy) -> None:
         self.recommender = recommender
         self.privacy = privacy
 
-    async def RecordInteractions(self, request: pb.RecordInteractionsRequest, context) -> pb.RecordInteractionsResponse:
+    async def RecordInteractions(self, request: pb.RecordInteractionsRequest,
+                                 context: grpc.aio.ServicerContext) -> pb.RecordInteractionsResponse:
         problems = contract.violations(request)
         interactions = [_interaction(m) for m in request.interactions]
         if problems:
@@ -206,12 +209,13 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         recorded = await self.recommender.record_interactions(current_tenant(), interactions)
         return pb.RecordInteractionsResponse(recorded_count=recorded)
 
-    async def UpsertItems(self, request: pb.UpsertItemsRequest, context) -> pb.UpsertItemsResponse:
+    async def UpsertItems(self, request: pb.UpsertItemsRequest,
+                          context: grpc.aio.ServicerContext) -> pb.UpsertItemsResponse:
         items = [CatalogItem(i.item_id, json_format.MessageToDict(i.attributes), _time(i, "create_time"))
                  for i in request.items]
         return pb.UpsertItemsResponse(upserted_count=await self.recommender.upsert_items(current_tenant(), items))
 
-    async def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:
+    async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
         items, diagnostics = await self.recommender.explain(
             current_tenant(),
             request.unified_individual_id,
@@ -235,7 +239,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 model_version=diagnostics.model_version))
         return response
 
-    async def RecommendBatch(self, request: pb.RecommendBatchRequest, context):
+    async def RecommendBatch(self, request: pb.RecommendBatchRequest,
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.RecommendBatchResponse]:
         individuals = [(i.unified_individual_id, _affinities(i.affinities)) for i in request.individuals]
         async for chunk in self.recommender.recommend_batch(
                 current_tenant(), request.strategy, request.count, individuals,
@@ -247,28 +252,34 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 pb.IndividualRecommendations(unified_individual_id=who, items=_items(items, attributes))
                 for who, items in chunk])
 
-    async def SimilarItems(self, request: pb.SimilarItemsRequest, context) -> pb.SimilarItemsResponse:
+    async def SimilarItems(self, request: pb.SimilarItemsRequest,
+                           context: grpc.aio.ServicerContext) -> pb.SimilarItemsResponse:
         items = await self.recommender.similar_items(current_tenant(), request.item_id, request.count,
                                                      request.strategy)
         return pb.SimilarItemsResponse(items=_items(items))
 
-    async def PutRecommender(self, request: pb.PutRecommenderRequest, context) -> pb.PutRecommenderResponse:
+    async def PutRecommender(self, request: pb.PutRecommenderRequest,
+                             context: grpc.aio.ServicerContext) -> pb.PutRecommenderResponse:
         stored = await self.recommender.put_config(current_tenant(), config_from_pb(request.config))
         return pb.PutRecommenderResponse(config=config_to_pb(stored))
 
-    async def GetRecommender(self, request: pb.GetRecommenderRequest, context) -> pb.GetRecommenderResponse:
+    async def GetRecommender(self, request: pb.GetRecommenderRequest,
+                             context: grpc.aio.ServicerContext) -> pb.GetRecommenderResponse:
         return pb.GetRecommenderResponse(
             config=config_to_pb(await self.recommender.get_config(current_tenant(), request.name)))
 
-    async def ListRecommenders(self, request: pb.ListRecommendersRequest, context) -> pb.ListRecommendersResponse:
+    async def ListRecommenders(self, request: pb.ListRecommendersRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ListRecommendersResponse:
         page, token = await self.recommender.list_configs(current_tenant(), request.page_size, request.page_token)
         return pb.ListRecommendersResponse(recommenders=[config_to_pb(c) for c in page], next_page_token=token)
 
-    async def DeleteRecommender(self, request: pb.DeleteRecommenderRequest, context) -> pb.DeleteRecommenderResponse:
+    async def DeleteRecommender(self, request: pb.DeleteRecommenderRequest,
+                                context: grpc.aio.ServicerContext) -> pb.DeleteRecommenderResponse:
         await self.recommender.delete_config(current_tenant(), request.name)
         return pb.DeleteRecommenderResponse()
 
-    async def TrainRecommender(self, request: pb.TrainRecommenderRequest, context):
+    async def TrainRecommender(self, request: pb.TrainRecommenderRequest,
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[pb.TrainRecommenderResponse]:
         async for p in self.recommender.train(current_tenant(), request.name):
             message = pb.TrainRecommenderResponse(
                 stage=p.stage, fraction=p.fraction, message=p.message, model_version=p.model_version,
@@ -281,7 +292,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             yield message
 
     async def EvaluateRecommender(self, request: pb.EvaluateRecommenderRequest,
-                                  context) -> pb.EvaluateRecommenderResponse:
+                                  context: grpc.aio.ServicerContext) -> pb.EvaluateRecommenderResponse:
         m, cutoff = await self.recommender.evaluate(
             current_tenant(), request.name, request.k, request.test_fraction, request.seed,
             split=_SPLITS.get(request.split, ""), cutoff=_time(request, "cutoff_time"))
@@ -293,16 +304,18 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         return response
 
     async def ReassignInteractions(self, request: pb.ReassignInteractionsRequest,
-                                   context) -> pb.ReassignInteractionsResponse:
+                                   context: grpc.aio.ServicerContext) -> pb.ReassignInteractionsResponse:
         moved = await self.recommender.reassign_interactions(
             current_tenant(), list(request.from_individual_ids), request.to_individual_id,
             list(request.only_first_recorded_for))
         return pb.ReassignInteractionsResponse(moved_count=moved)
 
-    async def EraseIndividual(self, request: pb.EraseIndividualRequest, context) -> pb.EraseIndividualResponse:
+    async def EraseIndividual(self, request: pb.EraseIndividualRequest,
+                              context: grpc.aio.ServicerContext) -> pb.EraseIndividualResponse:
         erased = await self.privacy.erase(current_tenant(), validate_ids(list(request.unified_individual_ids)))
         return pb.EraseIndividualResponse(erased_rows=erased)
 
-    async def ExportIndividual(self, request: pb.ExportIndividualRequest, context) -> pb.ExportIndividualResponse:
+    async def ExportIndividual(self, request: pb.ExportIndividualRequest,
+                               context: grpc.aio.ServicerContext) -> pb.ExportIndividualResponse:
         tables = await self.privacy.export(current_tenant(), validate_ids(list(request.unified_individual_ids)))
         return pb.ExportIndividualResponse(json=document(tables))

@@ -3,6 +3,7 @@ embedded PostgreSQL under a temporary TAILOR_HOME, five service processes) and s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Benches build services in-process and start `tailor up` with the environment they have: both use this keypair
 # (shared/service_auth.py), and tenant_md (tests/internal_auth.py) signs internal calls with it.
-from tests.internal_auth import keys  # noqa: E402
+from tests.internal_auth import keys
 
 keys()
 SERVICES = ("gateway", "identity", "profile_graph", "recommender", "decision")

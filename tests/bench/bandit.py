@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
-from services.decision import bandit  # noqa: E402
-from tests.unit.decision.bandit_sim import simulate  # noqa: E402
+from services.decision import bandit
+from tests.unit.decision.bandit_sim import simulate
 
 RATES = {"two": 0.02, "three": 0.03, "five": 0.05}
 DECISIONS = 20_000

@@ -15,24 +15,24 @@ from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's advice; must precede numpy's import
 
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
-from google.protobuf import timestamp_pb2  # noqa: E402
+import grpc
+import numpy as np
+import scipy.sparse as sp
+from google.protobuf import timestamp_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
-from personalization.common.v1 import common_pb2  # noqa: E402
-from personalization.decision.v1 import decision_service_pb2 as dpb  # noqa: E402
-from personalization.decision.v1 import decision_service_pb2_grpc as dgrpc  # noqa: E402
-from personalization.gateway.v1 import gateway_service_pb2 as pb  # noqa: E402
-from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc  # noqa: E402
-from personalization.profile_graph.v1 import profile_graph_service_pb2 as ppb  # noqa: E402
-from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pgrpc  # noqa: E402
-from personalization.recommender.v1 import recommender_service_pb2 as rpb  # noqa: E402
-from personalization.recommender.v1 import recommender_service_pb2_grpc as rgrpc  # noqa: E402
-from tests.bench._common import running_suite# noqa: E402
+from personalization.common.v1 import common_pb2
+from personalization.decision.v1 import decision_service_pb2 as dpb
+from personalization.decision.v1 import decision_service_pb2_grpc as dgrpc
+from personalization.gateway.v1 import gateway_service_pb2 as pb
+from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from personalization.profile_graph.v1 import profile_graph_service_pb2 as ppb
+from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pgrpc
+from personalization.recommender.v1 import recommender_service_pb2 as rpb
+from personalization.recommender.v1 import recommender_service_pb2_grpc as rgrpc
+from tests.bench._common import running_suite
 
 INDIVIDUALS = int(os.environ.get("BENCH_BATCH_INDIVIDUALS", "100000"))
 ITEMS = int(os.environ.get("BENCH_BATCH_ITEMS", "10000"))

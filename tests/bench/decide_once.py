@@ -19,10 +19,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
-from personalization.common.v1 import common_pb2  # noqa: E402
-from personalization.gateway.v1 import gateway_service_pb2 as pb  # noqa: E402
-from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc  # noqa: E402
-from tests.bench._common import percentile, running_suite  # noqa: E402
+from personalization.common.v1 import common_pb2
+from personalization.gateway.v1 import gateway_service_pb2 as pb
+from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from tests.bench._common import percentile, running_suite
 
 WARMUP = 50
 SAMPLES = 1000

@@ -20,16 +20,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
-from google.protobuf import timestamp_pb2  # noqa: E402
+from google.protobuf import timestamp_pb2
 
-from personalization.common.v1 import common_pb2  # noqa: E402
-from personalization.gateway.v1 import gateway_service_pb2 as gw  # noqa: E402
-from personalization.identity.v1 import identity_service_pb2 as identity_pb  # noqa: E402
-from personalization.identity.v1 import identity_service_pb2_grpc as identity_grpc  # noqa: E402
-from shared import client, log  # noqa: E402
-from shared import context as ctx  # noqa: E402
-from tests.bench._common import scratch_database  # noqa: E402
-from tests.suite import Suite  # noqa: E402
+from personalization.common.v1 import common_pb2
+from personalization.gateway.v1 import gateway_service_pb2 as gw
+from personalization.identity.v1 import identity_service_pb2 as identity_pb
+from personalization.identity.v1 import identity_service_pb2_grpc as identity_grpc
+from shared import client, log
+from shared import context as ctx
+from tests.bench._common import scratch_database
+from tests.suite import Suite
 
 SIZES = (1_000, 10_000, 40_000)
 FORGETS = 5
@@ -80,7 +80,8 @@ async def _forget_row(suite: Suite, size: int) -> tuple[float, float]:
     forget = []
     for k in range(FORGETS):
         request = gw.ForgetIndividualRequest(individual_id=common_pb2.Identity(type="email", value=f"p{k}@example.com"))
-        forget.append(await _timed(lambda: suite.gateway.ForgetIndividual(request, metadata=md, timeout=300)))
+        forget.append(await _timed(lambda request=request: suite.gateway.ForgetIndividual(request, metadata=md,
+                                                                                           timeout=300)))
     return statistics.median(profile), statistics.median(forget)
 
 

@@ -24,11 +24,11 @@ from google.protobuf import timestamp_pb2
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
-from personalization.common.v1 import common_pb2  # noqa: E402
-from personalization.gateway.v1 import gateway_service_pb2 as gw  # noqa: E402
-from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc  # noqa: E402
-from tailor_cli.demo import apply_config, parse_config  # noqa: E402
-from tests.bench._common import percentile, running_suite  # noqa: E402
+from personalization.common.v1 import common_pb2
+from personalization.gateway.v1 import gateway_service_pb2 as gw
+from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+from tailor_cli.demo import apply_config, parse_config
+from tests.bench._common import percentile, running_suite
 
 RATES = (100, 1000)
 SECONDS = 4.0

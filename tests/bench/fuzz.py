@@ -19,12 +19,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
-import grpc  # noqa: E402
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from shared import log  # noqa: E402
-from tests.bench._common import scratch_database  # noqa: E402
-from tests.fuzz.setup import FuzzSession  # noqa: E402
+from shared import log
+from tests.bench._common import scratch_database
+from tests.fuzz.setup import FuzzSession
 
 CASES = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
 ONLY = sys.argv[2] if len(sys.argv) > 2 else ""

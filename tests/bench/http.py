@@ -14,23 +14,23 @@ from pathlib import Path
 # Run as a script, this file's folder leads sys.path and its name would hide the standard library's http package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
+import asyncio
+import json
+import time
+import uuid
 
-import grpc  # noqa: E402
-import httpx  # noqa: E402
+import grpc
+import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
-from google.protobuf import json_format, timestamp_pb2  # noqa: E402
+from google.protobuf import json_format, timestamp_pb2
 
-from personalization.common.v1 import common_pb2  # noqa: E402
-from personalization.gateway.v1 import gateway_service_pb2 as pb  # noqa: E402
-from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc  # noqa: E402
-from tests.bench._common import percentile, running_suite  # noqa: E402
+from personalization.common.v1 import common_pb2
+from personalization.gateway.v1 import gateway_service_pb2 as pb
+from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from tests.bench._common import percentile, running_suite
 
 WARMUP = 50
 SAMPLES = 500

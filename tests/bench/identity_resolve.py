@@ -31,7 +31,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 from personalization.common.v1 import common_pb2
 from personalization.identity.v1 import identity_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
-
 from services.identity.server import SCHEMA, build
 from shared.log import configure
 from tests.bench._common import percentile, scratch_database, served

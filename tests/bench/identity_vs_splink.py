@@ -36,7 +36,7 @@ from services.identity.postgres import PostgresRepository
 from services.identity.server import SCHEMA
 from services.identity.service import IdentityService, Settings
 from shared.runtime import prepare_schema
-from tests.bench._common import free_port, percentile  # noqa: E402
+from tests.bench._common import free_port, percentile
 
 BATCH = 1000
 LOADED = 100_000

@@ -24,8 +24,8 @@ import asyncpg
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
-from tests.bench._common import running_suite  # noqa: E402
-from tests.integration.cli.purchases import MAPPING, write_purchases  # noqa: E402
+from tests.bench._common import running_suite
+from tests.integration.cli.purchases import MAPPING, write_purchases
 
 ROWS = int(os.environ.get("BENCH_IMPORT_ROWS", "50000"))
 

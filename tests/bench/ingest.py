@@ -21,12 +21,12 @@ from google.protobuf import timestamp_pb2
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
-from personalization.common.v1 import common_pb2  # noqa: E402
-from personalization.gateway.v1 import gateway_service_pb2 as pb  # noqa: E402
-from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc  # noqa: E402
-from personalization.profile_graph.v1 import profile_graph_service_pb2 as ppb  # noqa: E402
-from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pgrpc  # noqa: E402
-from tests.bench._common import running_suite# noqa: E402
+from personalization.common.v1 import common_pb2
+from personalization.gateway.v1 import gateway_service_pb2 as pb
+from personalization.gateway.v1 import gateway_service_pb2_grpc as pb_grpc
+from personalization.profile_graph.v1 import profile_graph_service_pb2 as ppb
+from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pgrpc
+from tests.bench._common import running_suite
 
 EVENTS = int(os.environ.get("BENCH_INGEST_EVENTS", "200000"))
 PER_INDIVIDUAL = int(os.environ.get("BENCH_INGEST_PER_INDIVIDUAL", "10"))

@@ -23,12 +23,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
-from personalization.identity.v1 import identity_service_pb2 as pb  # noqa: E402
-from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc  # noqa: E402
-from shared import client, context, log, service_auth  # noqa: E402
-from shared.server import Service, start_server  # noqa: E402
-from tests.bench._common import percentile  # noqa: E402
-from tests.internal_auth import keys  # noqa: E402
+from personalization.identity.v1 import identity_service_pb2 as pb
+from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
+from shared import client, context, log, service_auth
+from shared.server import Service, start_server
+from tests.bench._common import percentile
+from tests.internal_auth import keys
 
 BLOCKS = int(os.environ.get("TAILOR_BENCH_BLOCKS", "10"))
 CALLS = int(os.environ.get("TAILOR_BENCH_CALLS", "500"))

@@ -33,14 +33,14 @@ from google.protobuf import timestamp_pb2
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
-from personalization.common.v1 import common_pb2  # noqa: E402
-from personalization.gateway.v1 import gateway_service_pb2 as gw  # noqa: E402
-from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc  # noqa: E402
-from services.gateway.admin import create_tenant_with_key  # noqa: E402
-from services.gateway.routing import route_of  # noqa: E402
-from tailor_cli.demo import apply_config, parse_config  # noqa: E402
-from tests.bench._common import percentile, running_suite  # noqa: E402
-from tests.bench.freshness import CONFIG, _run_rate, _visible  # noqa: E402
+from personalization.common.v1 import common_pb2
+from personalization.gateway.v1 import gateway_service_pb2 as gw
+from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
+from services.gateway.admin import create_tenant_with_key
+from services.gateway.routing import route_of
+from tailor_cli.demo import apply_config, parse_config
+from tests.bench._common import percentile, running_suite
+from tests.bench.freshness import CONFIG, _run_rate, _visible
 
 BACKLOG = 30_000
 FLOOD = 20_000

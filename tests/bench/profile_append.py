@@ -25,14 +25,14 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
-from personalization.common.v1 import common_pb2  # noqa: E402
-from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb  # noqa: E402
-from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc  # noqa: E402
-from services.profile_graph.server import build  # noqa: E402
-from tailor_cli import demo  # noqa: E402
-from shared.log import configure  # noqa: E402
-from tests.bench._common import percentile, scratch_database, served  # noqa: E402
-from tests.internal_auth import tenant_md  # noqa: E402
+from personalization.common.v1 import common_pb2
+from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb
+from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc
+from services.profile_graph.server import build
+from shared.log import configure
+from tailor_cli import demo
+from tests.bench._common import percentile, scratch_database, served
+from tests.internal_auth import tenant_md
 
 DATA = ROOT / ".." / "shared" / "external-data" / "online-retail" / "online_retail.csv.gz"
 PURCHASE_EVENTS = 8_000  # the first invoices of the full file (December 2010 alone has only about 2,000)

@@ -18,7 +18,6 @@ sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
 from personalization.common.v1 import common_pb2
 from personalization.recommender.v1 import recommender_service_pb2 as pb
-
 from tests.bench._recommender_data import Unavailable, movielens_100k
 from tests.bench._recommender_server import served_recommender
 from tests.internal_auth import tenant_md

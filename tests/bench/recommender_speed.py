@@ -23,12 +23,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 import asyncpg
 import numpy as np
 import scipy.sparse as sp
-from personalization.recommender.v1 import recommender_service_pb2 as pb
 
+from personalization.recommender.v1 import recommender_service_pb2 as pb
 from services.recommender import learned
 from services.recommender.config import LEARNED, PURCHASES, Config
-from tests.bench._recommender_data import synthetic
 from tests.bench._common import percentile
+from tests.bench._recommender_data import synthetic
 from tests.bench._recommender_server import served_recommender
 from tests.internal_auth import tenant_md
 

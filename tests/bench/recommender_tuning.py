@@ -26,17 +26,17 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
-import numpy as np  # noqa: E402 (after the path and thread settings above)
-from google.protobuf import duration_pb2  # noqa: E402
-from personalization.common.v1 import common_pb2  # noqa: E402
-from personalization.recommender.v1 import recommender_service_pb2 as pb  # noqa: E402
+import numpy as np
+from google.protobuf import duration_pb2
 
-from services.recommender import evaluation, learned  # noqa: E402
-from services.recommender.config import LEARNED, PURCHASES, Config  # noqa: E402
-from shared.context import tenant_var  # noqa: E402
-from tests.bench._recommender_data import Unavailable, movielens_100k  # noqa: E402
-from tests.bench._recommender_server import served_recommender  # noqa: E402
-from tests.internal_auth import tenant_md  # noqa: E402
+from personalization.common.v1 import common_pb2
+from personalization.recommender.v1 import recommender_service_pb2 as pb
+from services.recommender import evaluation, learned
+from services.recommender.config import LEARNED, PURCHASES, Config
+from shared.context import tenant_var
+from tests.bench._recommender_data import Unavailable, movielens_100k
+from tests.bench._recommender_server import served_recommender
+from tests.internal_auth import tenant_md
 
 RETAIL = ROOT.parent / "shared" / "external-data" / "online-retail" / "online_retail.csv.gz"
 CUTOFF = datetime(2011, 11, 9, tzinfo=UTC)

@@ -20,15 +20,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
-from google.protobuf import struct_pb2, timestamp_pb2  # noqa: E402
+from google.protobuf import struct_pb2, timestamp_pb2
 
-from personalization.common.v1 import common_pb2  # noqa: E402
-from personalization.decision.v1 import decision_service_pb2 as dec  # noqa: E402
-from personalization.gateway.v1 import gateway_service_pb2 as gw  # noqa: E402
-from personalization.profile_graph.v1 import profile_graph_service_pb2 as pg  # noqa: E402
-from shared import log  # noqa: E402
-from tests.bench._common import scratch_database  # noqa: E402
-from tests.suite import Suite  # noqa: E402
+from personalization.common.v1 import common_pb2
+from personalization.decision.v1 import decision_service_pb2 as dec
+from personalization.gateway.v1 import gateway_service_pb2 as gw
+from personalization.profile_graph.v1 import profile_graph_service_pb2 as pg
+from shared import log
+from tests.bench._common import scratch_database
+from tests.suite import Suite
 
 SIZES = (250, 1_000)
 EVENTS_EACH = 6  # page views and purchases per individual

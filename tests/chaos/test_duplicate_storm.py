@@ -57,7 +57,7 @@ async def test_each_tenant_stores_and_processes_its_own_copy_of_the_same_message
             stored[tenant] += sum(a.status == pb.ACK_STATUS_STORED for a in reply.acks)
 
     await asyncio.gather(*(sender(t, md, k) for t, md in tenants for k in range(SENDERS)))
-    for tenant, md in tenants:
+    for tenant, _md in tenants:
         assert stored[tenant] <= EVENTS
 
     async with schema_connection(database_url, "profile_graph") as conn:

@@ -90,7 +90,8 @@ async def test_sigkills_of_workers_gateway_and_profile_graph_lose_nothing_count_
                 pid = launcher.ready["pids"][name]
                 os.kill(pid, signal.SIGKILL)
                 # Wait for the launcher to restart it before the next kill.
-                assert await wait_for(lambda: _restarted(launcher, name, pid), timeout=30), launcher.output[-3000:]
+                assert await wait_for(lambda name=name, pid=pid: _restarted(launcher, name, pid), timeout=30), \
+                    launcher.output[-3000:]
 
         sender = asyncio.create_task(send())
         killer = asyncio.create_task(kill())

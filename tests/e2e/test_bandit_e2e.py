@@ -8,10 +8,10 @@ import time
 
 import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
+
 from personalization.common.v1 import common_pb2
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.gateway.v1 import gateway_service_pb2 as pb
-
 from tests.suite import Suite
 
 EMAIL = "bandit@example.com"

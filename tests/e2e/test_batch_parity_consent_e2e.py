@@ -16,10 +16,10 @@ from personalization.common.v1 import common_pb2
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
-from services.gateway.activation import Activations
-from services.gateway.batch import BatchJobs
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
 from personalization.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
+from services.gateway.activation import Activations
+from services.gateway.batch import BatchJobs
 from shared.errors import status_details
 from tests.conftest import struct, wait_for
 from tests.suite import Suite

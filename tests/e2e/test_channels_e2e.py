@@ -23,8 +23,8 @@ from services.gateway.activation import Activations, ActivationSettings
 from services.gateway.destinations import WebhookSender, parse_networks
 from shared import client
 from shared.runtime import prepare_schema
-from tests.integration.channels.receiver import Receiver
 from tests.conftest import wait_for
+from tests.integration.channels.receiver import Receiver
 from tests.suite import Suite
 
 ROOT = Path(__file__).resolve().parents[2]

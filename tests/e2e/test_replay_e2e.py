@@ -14,11 +14,11 @@ import grpc
 import pytest
 import yaml
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
 from personalization.common.v1 import common_pb2
 from personalization.decision.v1 import decision_service_pb2 as dec
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as pg
-
 from shared.errors import status_details
 from tests.conftest import wait_for
 

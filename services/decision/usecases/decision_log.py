@@ -67,6 +67,7 @@ class DecisionLog:
             elif end - start > MAX_STATS_WINDOW:
                 v.add("end_time", f"must be at most {MAX_STATS_WINDOW.days} days after start_time")
         v.raise_if_any()
+        assert start is not None and end is not None  # refused above otherwise
         return await self.repo.log_stats(tenant, start, end)
 
     async def page(self, tenant: str, individual: str, size: int, token: str) -> tuple[list[LogEntry], str]:

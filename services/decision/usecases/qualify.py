@@ -62,7 +62,7 @@ def _fallback(entry: CompiledPoint, granted: frozenset[str] | None) -> tuple[Dec
     """The highest-priority fallback whose consent purpose is granted, and the purposes that skipped others."""
     if granted is None:
         return entry.fallback, ()
-    missing = []
+    missing: list[str] = []
     for decision in entry.fallbacks:
         if not decision.consent_purpose or decision.consent_purpose in granted:
             return decision, tuple(missing)
@@ -158,7 +158,7 @@ def _qualify_one(
         assignment = None
         cohort_decision = None
         for compiled in entry.experiments if unified_id else ():
-            if compiled.experiment.expired(now):
+            if now is None or compiled.experiment.expired(now):
                 continue
             candidate = compiled.assign(unified_id, ctx)
             cohort = candidate.cohort

@@ -14,6 +14,7 @@ from personalization.identity.v1 import identity_service_pb2_grpc as identity_gr
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as profile_grpc
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
+from personalization.recommender.v1 import recommender_service_pb2_grpc as rec_grpc
 from services.gateway.ports import Stubs
 from shared import contract
 from shared.log import get_logger

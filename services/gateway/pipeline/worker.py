@@ -20,8 +20,7 @@ from services.gateway.pipeline.apply import Pipeline, Plan
 from services.gateway.postgres import INBOX_CHANNEL
 from services.gateway.postgres_inbox import InboxRow, InboxStore
 from shared import context as ctx
-from shared import db
-from shared import contract
+from shared import contract, db
 from shared.log import get_logger
 from shared.settings import env_float, env_int
 
@@ -224,7 +223,7 @@ class PartitionWorker:
                     log.warning("pipeline_take_failed", error=type(error).__name__)
                     await asyncio.sleep(0.5)
                     continue
-                except Exception:  # noqa: BLE001 - a bug here must not end the worker inside a gateway process
+                except Exception:  # a bug here must not end the worker inside a gateway process
                     log.exception("pipeline_take_error")
                     await asyncio.sleep(1.0)
                     continue
@@ -280,7 +279,7 @@ class PartitionWorker:
             state.infra_failures += 1
             state.backoff_until = time.monotonic() + min(0.25 * 2 ** (state.infra_failures - 1), 5.0)
             log.warning("pipeline_database_failure", tenant=tenant, error=type(error).__name__)
-        except Exception:  # noqa: BLE001 - one tenant's bug must not stop the worker
+        except Exception:  # one tenant's bug must not stop the worker
             state.backoff_until = time.monotonic() + 1.0
             log.exception("pipeline_tenant_error", tenant=tenant)
         finally:

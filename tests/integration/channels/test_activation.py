@@ -7,7 +7,7 @@ import csv
 import json
 import uuid
 from collections import Counter
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest

@@ -13,6 +13,7 @@ import sys
 import time
 
 import asyncpg
+import grpc
 from google.protobuf import timestamp_pb2
 
 from personalization.common.v1 import common_pb2
@@ -133,7 +134,7 @@ async def test_individuals_objects_and_items_imported_from_csv_show_in_profiles_
         try:
             reply = await suite.gateway.GetProfile(pb.GetProfileRequest(
                 individual_id=common_pb2.Identity(type="email", value="ann@example.com")), metadata=md)
-        except Exception:
+        except grpc.aio.AioRpcError:  # NOT_FOUND until the pipeline has processed the import
             return None
         return reply if len(reply.profile_objects) == 2 else None
 

@@ -6,8 +6,8 @@ import random
 
 import grpc
 import pytest
-from personalization.decision.v1 import decision_service_pb2 as pb
 
+from personalization.decision.v1 import decision_service_pb2 as pb
 from shared.errors import status_details
 from tests.conftest import struct, tenant_md
 

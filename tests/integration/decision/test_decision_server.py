@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from personalization.decision.v1 import decision_service_pb2 as pb
 
+from personalization.decision.v1 import decision_service_pb2 as pb
 from shared.errors import status_details
 from tests.conftest import struct, tenant_md
-
 
 BANNER = pb.Point(
     name="home_banner",

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
-from personalization.decision.v1 import decision_service_pb2 as pb
 
+from personalization.decision.v1 import decision_service_pb2 as pb
 from shared.errors import status_details
 from tests.conftest import struct, tenant_md
 

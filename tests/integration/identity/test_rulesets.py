@@ -7,10 +7,10 @@ import asyncio
 import grpc
 import pytest
 from google.protobuf import struct_pb2
+
 from personalization.common.v1 import common_pb2
 from personalization.identity.v1 import identity_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
-
 from services.identity.server import build
 from services.identity.service import Settings
 from shared.errors import status_details

@@ -16,6 +16,7 @@ from shared import service_auth
 from tailor_cli.launcher import SERVICES
 from tests.integration.launcher.launched import TAILOR, Launched, free_port, launch, launcher_env, running
 
+
 def _env(database_url: str, home: Path) -> dict[str, str]:
     # The pipeline stays inside the gateway here; the chaos tests run worker processes.
     return launcher_env(home, database_url, TAILOR_PIPELINE_WORKERS="0")

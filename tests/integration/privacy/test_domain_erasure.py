@@ -7,12 +7,12 @@ import json
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
+
 from personalization.common.v1 import common_pb2
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.decision.v1 import decision_service_pb2_grpc as decision_grpc
 from personalization.recommender.v1 import recommender_service_pb2 as pb
 from personalization.recommender.v1 import recommender_service_pb2_grpc as pb_grpc
-
 from services.decision.server import build as build_decision
 from services.recommender.learned import Model
 from services.recommender.server import Settings, build

@@ -6,10 +6,10 @@ import json
 
 import grpc
 import pytest
+
 from personalization.common.v1 import common_pb2
 from personalization.identity.v1 import identity_service_pb2 as pb
 from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
-
 from services.identity.server import build
 from shared.errors import status_details
 from tests.conftest import schema_connection, serving, tenant_md

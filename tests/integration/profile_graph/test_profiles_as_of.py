@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
+
 from personalization.common.v1 import common_pb2 as common
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc
-
 from services.profile_graph.server import build
 from shared.errors import status_details
 from tests.conftest import serving, tenant_md

@@ -8,10 +8,10 @@ import asyncio
 import asyncpg
 import grpc
 import pytest
+
 from personalization.common.v1 import common_pb2
 from personalization.recommender.v1 import recommender_service_pb2 as pb
 from personalization.recommender.v1 import recommender_service_pb2_grpc as pb_grpc
-
 from services.recommender.server import Settings, build
 from shared.errors import status_details
 from shared.runtime import start_built, stop_built

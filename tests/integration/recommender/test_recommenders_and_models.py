@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 import grpc
 import pytest
 from google.protobuf import duration_pb2, struct_pb2
+
 from personalization.common.v1 import common_pb2
 from personalization.recommender.v1 import recommender_service_pb2 as pb
 from personalization.recommender.v1 import recommender_service_pb2_grpc as pb_grpc
-
 from services.recommender.server import Settings, build
 from shared.errors import status_details
 from shared.runtime import start_built, stop_built

@@ -10,7 +10,6 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-
 GATEWAY = "personalization.gateway.v1.GatewayService"
 
 

@@ -7,9 +7,18 @@ from google.protobuf import timestamp_pb2
 
 from personalization.common.v1 import common_pb2
 from personalization.gateway.v1 import gateway_service_pb2 as pb
-from services.gateway.activation import (Activations, ActivationSettings, attributes_hash, chunks, columns_of,
-                                         membership_changes, primary_key_of, public_destination, validate_activation,
-                                         validate_destination)
+from services.gateway.activation import (
+    Activations,
+    ActivationSettings,
+    attributes_hash,
+    chunks,
+    columns_of,
+    membership_changes,
+    primary_key_of,
+    public_destination,
+    validate_activation,
+    validate_destination,
+)
 from services.gateway.mcp_server import context_summary, key_attributes
 from shared.errors import InvalidArgument
 

@@ -11,10 +11,24 @@ import json
 import httpx
 import pytest
 
-from services.gateway.destinations import (ALLOWED_NETWORKS_SETTING, DELIVERY_ID_HEADER, SIGNATURE_HEADER,
-                                           TIMESTAMP_HEADER, DeliveryError, FileSink, UrlPolicy, WebhookSender,
-                                           address_problem, check_url, directory_problem, parse_networks,
-                                           signature, signed_headers, system_resolve, verify)
+from services.gateway.destinations import (
+    ALLOWED_NETWORKS_SETTING,
+    DELIVERY_ID_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    DeliveryError,
+    FileSink,
+    UrlPolicy,
+    WebhookSender,
+    address_problem,
+    check_url,
+    directory_problem,
+    parse_networks,
+    signature,
+    signed_headers,
+    system_resolve,
+    verify,
+)
 from shared.settings import SettingsError
 
 PUBLIC = "93.184.216.34"

@@ -7,8 +7,8 @@ import pytest
 
 from personalization.common.v1 import common_pb2
 from personalization.gateway.v1 import gateway_service_pb2 as gw
-from tailor_cli import cli
 from shared.errors import InvalidArgument
+from tailor_cli import cli
 
 
 def test_identity_is_type_colon_value_and_the_value_may_contain_colons():

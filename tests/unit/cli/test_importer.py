@@ -9,8 +9,8 @@ import pytest
 
 from personalization.common.v1 import common_pb2
 from personalization.gateway.v1 import gateway_service_pb2 as gw
-from tailor_cli import importer
 from shared.errors import InvalidArgument, Unavailable
+from tailor_cli import importer
 
 HEADER = ["email", "cid", "when", "kind", "sku", "qty", "price", "first", "vip"]
 

@@ -1,7 +1,6 @@
 """The HTML report of experiment results."""
 
 from personalization.decision.v1 import decision_service_pb2 as pb
-
 from tailor_cli.report import render_html
 
 

@@ -16,8 +16,8 @@ from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.identity.v1 import identity_service_pb2 as identity_pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
-from services.decision.servicer import outcome_from_proto
 from services.decision.service import DecisionService
+from services.decision.servicer import outcome_from_proto
 from services.gateway.ingest import validate_batch
 from services.gateway.pipeline import interactions_of, outcome_of
 from services.identity import matching
@@ -90,7 +90,7 @@ def events(draw) -> common_pb2.Event:
         event.source = draw(NAME)
     for _ in range(draw(st.integers(0, 2))):
         event.consents.add(purpose=draw(NAME), status=draw(st.sampled_from([1, 2])))
-    for n in range(draw(st.integers(0, 2))):
+    for _ in range(draw(st.integers(0, 2))):
         obj = event.profile_objects.add(type=draw(NAME), object_id=draw(text(1, 128)))
         obj.attributes.update(draw(st.dictionaries(text(1, 64), json_value(4, 100), max_size=4)))
     return event

@@ -8,12 +8,11 @@ from datetime import datetime
 
 from services.decision import bandit
 from services.decision.bandit import ArmStats
-
 from services.decision.domain import (
     AlreadyRunning,
+    Decision,
     Holdout,
     LayerTaken,
-    Decision,
     LogEntry,
     NameTaken,
     Point,

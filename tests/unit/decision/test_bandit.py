@@ -284,7 +284,6 @@ async def test_bad_bandit_configuration_is_refused_naming_each_field(world):
 
 def test_the_limits_declared_in_the_contract_are_the_ones_enforced():
     from personalization.decision.v1 import decision_service_pb2 as pb
-
     from shared import contract
 
     config = pb.BanditConfig.DESCRIPTOR
@@ -295,8 +294,8 @@ def test_the_limits_declared_in_the_contract_are_the_ones_enforced():
 
 def test_tailor_apply_reads_a_bandit_point_from_yaml():
     import yaml
-    from personalization.decision.v1 import decision_service_pb2 as pb
 
+    from personalization.decision.v1 import decision_service_pb2 as pb
     from tailor_cli.demo import parse_config
 
     config = parse_config(yaml.safe_load("""

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import datetime, timezone
 
-import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from personalization.decision.v1 import decision_service_pb2 as dec
 
+from personalization.decision.v1 import decision_service_pb2 as dec
 from services.gateway.replay import point_report
 
 

@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 
 from services.identity.matching import BUILT_IN_TYPES, IdentityType, Record, Ruleset
 from services.identity.model import Key, MergeRecord
-from services.identity.probabilistic import MatchModel
 from services.identity.ports import (
     IndividualView,
     MergeEventView,
     Planner,
     SnapshotQuery,
 )
+from services.identity.probabilistic import MatchModel
 from services.identity.resolution import Owner, Plan, Snapshot, StoredRecord
 from shared.errors import FailedPrecondition
 

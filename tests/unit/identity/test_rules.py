@@ -76,7 +76,9 @@ def test_exact_normalized_attributes_ignore_case_accents_and_punctuation():
 
 def test_fuzzy_only_rules_block_on_a_prefix_so_unrelated_names_are_never_compared():
     ruleset = matching.Ruleset(1, (matching.Rule("r", (matching.Criterion("attribute", "last_name", "FUZZY", "LOW"),)),))
-    keys = lambda name: matching.block_keys(ruleset, Record({}, {"last_name": name}))
+    def keys(name):
+        return matching.block_keys(ruleset, Record({}, {"last_name": name}))
+
     assert keys("Lovelace") == keys("Lovelase")
     assert keys("Lovelace") != keys("Babbage")
 

@@ -311,8 +311,8 @@ async def test_get_individual_does_not_cross_tenants(service):
 
 
 async def test_merges_wait_in_the_outbox_until_marked_propagated():
-    from tests.unit.identity.fakes import FakeRepository
     from services.identity.service import IdentityService
+    from tests.unit.identity.fakes import FakeRepository
 
     service = IdentityService(FakeRepository())
     await service.resolve("t", [[("email", "a@x.io")]], lookup_only=False)

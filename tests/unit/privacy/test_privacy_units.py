@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from services.identity.privacy import INDIVIDUAL, tombstone
+from services.identity.postgres_privacy import INDIVIDUAL
+from services.identity.privacy import tombstone
 from services.identity.service import IdentityService
 from services.recommender.config import ALS, BPR, EASE, ITEM_KNN
 from services.recommender.learned import Model
 from services.recommender.postgres_privacy import without_individuals
-from tailor_cli import cli
 from shared.errors import InvalidArgument
 from shared.privacy import document, validate_ids
+from tailor_cli import cli
 from tests.unit.identity.fakes import FakeRepository
 
 

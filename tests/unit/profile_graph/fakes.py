@@ -11,8 +11,18 @@ from datetime import datetime, timezone
 from services.profile_graph import domain
 from services.profile_graph.affinities import decay
 from services.profile_graph.domain import (
-    Affinity, Config, ConsentState, Item, Member, MembershipChange, NewEvent, Profile, ProfileObjectRow, SegmentDef,
-    StoredEvent, ValueStat,
+    Affinity,
+    Config,
+    ConsentState,
+    Item,
+    Member,
+    MembershipChange,
+    NewEvent,
+    Profile,
+    ProfileObjectRow,
+    SegmentDef,
+    StoredEvent,
+    ValueStat,
 )
 from services.profile_graph.insights import Partial, condition_holds
 

@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from services.recommender.config import Config
 from services.recommender.domain import (
     ADD_TO_CART,
     PRODUCT_VIEW,
     PURCHASE,
     Interaction,
 )
-from services.recommender.config import Config
 from services.recommender.service import Recommender
 from shared.errors import InvalidArgument, NotFound
 from tests.unit.recommender.fake_repository import FakeRepository
