@@ -354,7 +354,10 @@ def items_from_rows(rows: list[dict[str, str]]) -> list[pg.Item]:
 def events_from_rows(rows: list[dict[str, str]], now: datetime) -> list[common_pb2.Event]:
     """One PURCHASE per invoice, oldest first, times shifted so the last invoice is at `now`.
 
-    Negative quantities (cancelled invoices, returns) are kept as they are: they count as negative revenue.
+    A cancellation invoice (InvoiceNo starting with "C") is a RETURN of the units it lists (its negative quantities
+    made positive), so it counts as refunded revenue and not as one more purchase. The data does not say which
+    invoice a cancellation cancels, so order_id stays empty. Other negative lines (stock adjustments without a
+    customer) stay purchases with negative quantities.
     """
     shift = time_shift(rows, now)
     invoices: dict[str, list[dict[str, str]]] = defaultdict(list)
@@ -375,15 +378,17 @@ def events_from_rows(rows: list[dict[str, str]], now: datetime) -> list[common_p
         attributes.update({"country": first["Country"]})
         properties = struct_pb2.Struct()
         properties.update({"invoice_no": invoice_no})
+        cancelled = invoice_no.startswith("C")
         events.append(common_pb2.Event(
             message_id=f"invoice-{invoice_no}",
-            type=common_pb2.EVENT_TYPE_PURCHASE,
+            type=common_pb2.EVENT_TYPE_RETURN if cancelled else common_pb2.EVENT_TYPE_PURCHASE,
             event_time=event_time,
             identities=[identity],
             attributes=attributes,
             properties=properties,
             line_items=[
-                common_pb2.LineItem(item_id=r["StockCode"], quantity=float(r["Quantity"]),
+                common_pb2.LineItem(item_id=r["StockCode"],
+                                    quantity=abs(float(r["Quantity"])) if cancelled else float(r["Quantity"]),
                                     unit_price=float(r["UnitPrice"] or 0))
                 for r in lines
             ],

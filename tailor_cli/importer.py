@@ -10,10 +10,13 @@
 A mapping says which column feeds which field. Its keys (the same as flags, `--map KEY=COLUMN`, and as a YAML
 file's `columns:`) are
 
-    message_id  time  type  name  item_id  quantity  unit_price  object_id  source
+    message_id  time  type  name  item_id  quantity  unit_price  object_id  source  order_id
     identity.<type>         attribute.<name>[:string|number|bool]         property.<name>[:string|number|bool]
 
 and constants `event_type`, `object_type` and `source`. Without a mapping, columns named like keys are used.
+A purchase row with a negative quantity (a cancelled line, as in Online Retail's "C" invoices) is imported as a
+return of that many units; a return row's quantity counts the units returned whatever its sign, and `order_id`
+names the purchase it refers to.
 Events carry a message id derived from the row (its number and content) unless a column gives one, so a re-sent
 row is stored once. Rows are sent in batches, several at once; a batch the gateway refuses is sent again without
 the rows its field violations name, and those rows go to the report (row number, column, field, reason). Row
@@ -48,7 +51,8 @@ from shared import contract
 from shared.errors import Violations, retry_delay_of, status_details
 
 KINDS = ("individuals", "objects", "events", "items")
-SCALAR_KEYS = ("message_id", "time", "type", "name", "item_id", "quantity", "unit_price", "object_id", "source")
+SCALAR_KEYS = ("message_id", "time", "type", "name", "item_id", "quantity", "unit_price", "object_id", "source",
+               "order_id")
 VALUE_TYPES = ("string", "number", "bool")
 RECORD_EVENT = "record_import"
 CHECKPOINT_VERSION = 1
@@ -271,12 +275,13 @@ class RowConverter:
         i_mid, i_time, i_type, i_name = get("message_id"), get("time"), get("type"), get("name")
         i_item, i_qty, i_price, i_source, i_object = (get("item_id"), get("quantity"), get("unit_price"),
                                                       get("source"), get("object_id"))
+        i_order = get("order_id")
         columns = {key: self._col(at) for key, at in m.scalars.items()}
         identities = m.identities
         attributes, properties = self._fields(m.attributes), self._fields(m.properties)
         kind, source, object_type = m.kind, m.source, m.object_type
         default_type = _EVENT_TYPES.get(m.event_type, 0)
-        purchase = common_pb2.EVENT_TYPE_PURCHASE
+        purchase, refund = common_pb2.EVENT_TYPE_PURCHASE, common_pb2.EVENT_TYPE_RETURN
         now_seconds, now_nanos = self.now.seconds, self.now.nanos
         prefix = f"import-{kind[:3]}-"
         Event, Identity, LineItem, ProfileObject = (common_pb2.Event, common_pb2.Identity, common_pb2.LineItem,
@@ -314,12 +319,17 @@ class RowConverter:
                 if i_name is not None:
                     event.name = row[i_name].strip()
                 item_id = row[i_item].strip() if i_item is not None else ""
-                if event_type == purchase and item_id:
+                if event_type in (purchase, refund) and item_id:
                     quantity = row[i_qty].strip() if i_qty is not None else ""
                     price = row[i_price].strip() if i_price is not None else ""
+                    units = _value(quantity, "number", columns["quantity"]) if quantity else 1.0
+                    if units < 0 or event_type == refund:
+                        event.type, units = refund, abs(units)
                     event.line_items.append(LineItem(
-                        item_id=item_id, quantity=_value(quantity, "number", columns["quantity"]) if quantity else 1.0,
+                        item_id=item_id, quantity=units,
                         unit_price=_value(price, "number", columns["unit_price"]) if price else 0.0))
+                    if event.type == refund and i_order is not None:
+                        event.order_id = row[i_order].strip()
                 elif item_id:
                     event.item_id = item_id
                 if values:
@@ -363,7 +373,7 @@ class RowConverter:
             key = {"item_id": "item_id", "quantity": "quantity", "unit_price": "unit_price"}.get(leaf, "item_id")
             return self._col(self.m.scalars[key]) if key in self.m.scalars else ""
         key = {"event_time": "time", "type": "type", "name": "name", "item_id": "item_id",
-               "message_id": "message_id", "source": "source"}.get(base, "")
+               "message_id": "message_id", "source": "source", "order_id": "order_id"}.get(base, "")
         return self._col(self.m.scalars[key]) if key in self.m.scalars else ""
 
 

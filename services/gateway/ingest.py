@@ -62,6 +62,10 @@ def _phones_ok(event: common_pb2.Event, phones: dict[str, str]) -> bool:
     return not any(i.type in phones and _phone_problem(i.value, phones[i.type]) for i in event.identities)
 
 
+def _bad_return(event: common_pb2.Event) -> bool:
+    return not event.line_items or any(line.quantity < 0 for line in event.line_items)
+
+
 def validate_event(event: common_pb2.Event, path: str, v: Violations, now: float,
                    known: frozenset[str] | None = None) -> None:
     """Adds a violation for every bad field of one event (the contract's limits, then the event-type rules, then
@@ -83,6 +87,14 @@ def validate_event(event: common_pb2.Event, path: str, v: Violations, now: float
             v.add(f"{path}.item_id", "is required for product views and add-to-cart events")
     elif kind == common_pb2.EVENT_TYPE_PURCHASE and not event.line_items:
         v.add(f"{path}.line_items", "a purchase needs at least one line item")
+    elif kind == common_pb2.EVENT_TYPE_RETURN:
+        if not event.line_items:
+            v.add(f"{path}.line_items", "a return needs at least one line item")
+        for j, line in enumerate(event.line_items):
+            if line.quantity < 0:  # zero and NaN are the contract's own violations
+                v.add(f"{path}.line_items[{j}].quantity", "must be positive in a return: the units returned")
+    if event.order_id and kind != common_pb2.EVENT_TYPE_RETURN:
+        v.add(f"{path}.order_id", "is read only for EVENT_TYPE_RETURN events")
 
 
 def validate_batch(events, field: str = "events", known: frozenset[str] | None = None) -> list[bytes]:
@@ -108,6 +120,8 @@ def validate_batch(events, field: str = "events", known: frozenset[str] | None =
                     or (kind == common_pb2.EVENT_TYPE_CUSTOM and not event.name.strip())
                     or (kind in ITEM_EVENTS and not event.item_id)
                     or (kind == common_pb2.EVENT_TYPE_PURCHASE and not event.line_items)
+                    or (kind == common_pb2.EVENT_TYPE_RETURN and _bad_return(event))
+                    or (event.order_id and kind != common_pb2.EVENT_TYPE_RETURN)
                     or (phones and not _phones_ok(event, phones))):
                 validate_event(event, f"{field}[{i}]", v, now, known)
             if size > limit:

@@ -13,6 +13,9 @@ from services.profile_graph.domain import (
     AGGREGATE_COUNT_DISTINCT,
     AGGREGATE_MAX,
     AGGREGATE_SUM,
+    EVENT_PURCHASE,
+    EVENT_RETURN,
+    NUMERIC_FIELDS,
     OP_CONTAINS,
     OP_EQ,
     OP_GE,
@@ -88,8 +91,11 @@ def condition_holds(c: Condition, value: object) -> bool:
 
 
 def insight_counts(d: InsightDef, event: StoredEvent, now: datetime) -> bool:
-    """Whether an event is counted: its type matches and it is newer than now minus the window (none: all time)."""
-    if d.event_type and event.type != d.event_type:
+    """Whether an event is counted: its type matches and it is newer than now minus the window (none: all time).
+    A sum of the revenue or quantity of purchases also takes returns, whose (negative) values net them out."""
+    if d.event_type and event.type != d.event_type and not (
+            event.type == EVENT_RETURN and d.event_type == EVENT_PURCHASE and d.aggregate == AGGREGATE_SUM
+            and d.field in NUMERIC_FIELDS):
         return False
     return not d.window or event.event_time > now - d.window
 

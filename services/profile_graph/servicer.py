@@ -16,6 +16,7 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as p
 from services.profile_graph import domain, reconciliation
 from services.profile_graph.as_of import ProfilesAsOf
 from services.profile_graph.domain import (
+    EVENT_RETURN,
     AffinityConfig,
     AttributeRecon,
     Condition,
@@ -76,6 +77,9 @@ def to_new_event(ie: pb.IndividualEvent) -> NewEvent:
     # One pass over each repeated field, empty ones skipped: reading protobuf fields is what costs here (this runs
     # for every appended event).
     lines = tuple((li.item_id, li.quantity, li.unit_price) for li in e.line_items) if e.line_items else ()
+    if lines and e.type == EVENT_RETURN:
+        # What a return gives back counts negative: its revenue and quantity (and each line's) net out purchases.
+        lines = tuple((item_id, -abs(q), p) for item_id, q, p in lines)
     when = None
     if e.HasField("event_time"):
         t = e.event_time  # as Timestamp.ToDatetime does (nanos truncated to microseconds), without its overhead

@@ -19,7 +19,8 @@ STRATEGIES = BUILT_IN
 
 @dataclass(frozen=True)
 class Interaction:
-    """One interaction of an individual with an item; (message_id, item_id) identifies it."""
+    """One interaction of an individual with an item; (message_id, item_id) identifies it. A returned line is a
+    purchase with negative units and revenue; order_id names the purchase whose line of this item it cancels."""
 
     message_id: str
     unified_individual_id: str
@@ -28,6 +29,7 @@ class Interaction:
     quantity: float = 0.0
     revenue: float = 0.0
     event_time: datetime | None = None
+    order_id: str = ""
 
 
 class Scored(NamedTuple):

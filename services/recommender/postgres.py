@@ -32,12 +32,13 @@ from services.recommender.domain import (
 _RECORD = """
 WITH input AS (
     SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::float8[],
-                         $8::timestamptz[])
-        AS t(message_id, unified_individual_id, item_id, kind, quantity, revenue, event_time)
+                         $8::timestamptz[], $9::text[])
+        AS t(message_id, unified_individual_id, item_id, kind, quantity, revenue, event_time, order_id)
 ), new AS (
     INSERT INTO interactions (tenant_id, message_id, item_id, unified_individual_id, kind, quantity, revenue,
-                              event_time)
-    SELECT $1, message_id, item_id, unified_individual_id, kind, quantity, revenue, coalesce(event_time, now())
+                              event_time, order_id)
+    SELECT $1, message_id, item_id, unified_individual_id, kind, quantity, revenue, coalesce(event_time, now()),
+           nullif(order_id, '')
     FROM input
     ORDER BY message_id, item_id
     ON CONFLICT (tenant_id, message_id, item_id) DO NOTHING
@@ -131,12 +132,18 @@ FROM interactions
 WHERE tenant_id = $1 AND event_time >= now() - $3 * 20 * interval '1 day'
 GROUP BY item_id ORDER BY score DESC, item_id LIMIT $2
 """
+# Co-bought: orders sharing a line with an anchor. Only bought lines count (a returned line has negative units), and
+# not a line that returns naming its order (order_id) cancelled: their units returned cover the units bought.
 _CO_BOUGHT = """
 SELECT b.item_id, count(DISTINCT b.message_id)::float8 AS score
 FROM interactions a
 JOIN interactions b ON b.tenant_id = a.tenant_id AND b.message_id = a.message_id
 WHERE a.tenant_id = $1 AND a.item_id = ANY($2::text[]) AND a.kind = 'purchase' AND b.kind = 'purchase'
-  AND b.item_id <> ALL($2::text[])
+  AND a.quantity > 0 AND b.quantity > 0 AND b.item_id <> ALL($2::text[])
+  AND NOT EXISTS (SELECT FROM interactions r WHERE r.tenant_id = $1 AND r.order_id = a.message_id
+                  AND r.item_id = a.item_id HAVING -sum(r.quantity) >= a.quantity)
+  AND NOT EXISTS (SELECT FROM interactions r WHERE r.tenant_id = $1 AND r.order_id = b.message_id
+                  AND r.item_id = b.item_id HAVING -sum(r.quantity) >= b.quantity)
 GROUP BY b.item_id HAVING count(DISTINCT b.message_id) >= $3
 ORDER BY score DESC, b.item_id LIMIT $4
 """
@@ -242,6 +249,7 @@ class PostgresRepository:
             [i.quantity for i in interactions],
             [i.revenue for i in interactions],
             [i.event_time for i in interactions],
+            [i.order_id for i in interactions],
         )
         attempt = 1
         while True:

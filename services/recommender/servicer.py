@@ -59,6 +59,12 @@ def _time(message, name):
 
 
 def _interaction(message: pb.Interaction) -> Interaction:
+    if message.type == common_pb2.EVENT_TYPE_RETURN:
+        # The units returned and the amount refunded are kept as a purchase line's negative units and revenue, so
+        # every statistic nets them out as it did returns sent as negative purchase lines.
+        return Interaction(message.message_id, message.unified_individual_id, message.item_id, PURCHASE,
+                           -abs(message.quantity), -abs(message.revenue), _time(message, "event_time"),
+                           message.order_id)
     return Interaction(
         message_id=message.message_id,
         unified_individual_id=message.unified_individual_id,

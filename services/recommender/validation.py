@@ -34,7 +34,7 @@ def validate_interactions(interactions: list[Interaction]) -> None:
         check_id(violations, f"interactions[{i}].unified_individual_id", interaction.unified_individual_id)
         check_id(violations, f"interactions[{i}].item_id", interaction.item_id)
         if interaction.kind not in KINDS:
-            violations.add(f"interactions[{i}].type", "must be PRODUCT_VIEW, ADD_TO_CART or PURCHASE")
+            violations.add(f"interactions[{i}].type", "must be PRODUCT_VIEW, ADD_TO_CART, PURCHASE or RETURN")
         if not math.isfinite(interaction.quantity):
             violations.add(f"interactions[{i}].quantity", "must be a finite number")
         if not math.isfinite(interaction.revenue):

@@ -56,10 +56,12 @@ def interactions_of(unified_id: str, event: common_pb2.Event) -> list[rec_pb.Int
         return [rec_pb.Interaction(message_id=event.message_id, unified_individual_id=unified_id,
                                    item_id=event.item_id, type=event.type, quantity=1.0,
                                    event_time=event.event_time)]
-    if event.type == common_pb2.EVENT_TYPE_PURCHASE:
+    if event.type in (common_pb2.EVENT_TYPE_PURCHASE, common_pb2.EVENT_TYPE_RETURN):
+        # A return's lines carry the units returned and the amount refunded, and the order they cancel.
         return [rec_pb.Interaction(message_id=event.message_id, unified_individual_id=unified_id,
                                    item_id=line.item_id, type=event.type, quantity=line.quantity,
-                                   revenue=line.quantity * line.unit_price, event_time=event.event_time)
+                                   revenue=line.quantity * line.unit_price, event_time=event.event_time,
+                                   order_id=event.order_id)
                 for line in event.line_items]
     return []
 

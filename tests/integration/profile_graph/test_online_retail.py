@@ -1,4 +1,5 @@
-"""Incremental insight values agree exactly with a full recompute on the real Online Retail invoices."""
+"""Incremental insight values agree exactly with a full recompute on the real Online Retail invoices; spend nets out
+the cancellation invoices (returns), which purchase counts leave out."""
 
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ async def test_incremental_values_equal_a_full_recompute_on_online_retail(databa
             pb.Insight(name="biggest_line", aggregate=pb.AGGREGATE_MAX, field="revenue", dimension="item_id",
                        window=window(20)),
             pb.Insight(name="last_order", aggregate=pb.AGGREGATE_LAST, field="revenue"),
+            pb.Insight(name="purchases", aggregate=pb.AGGREGATE_COUNT, event_type=4),
+            pb.Insight(name="returns", aggregate=pb.AGGREGATE_COUNT, event_type=8),
         ]:
             await stub.UpsertInsight(pb.UpsertInsightRequest(insight=request), metadata=md)
         # Batches arrive newest first, so every individual's events come out of order across batches.
@@ -71,3 +74,15 @@ async def test_incremental_values_equal_a_full_recompute_on_online_retail(databa
     assert {k: round(v, 6) for k, v in spend.items()} == {
         i: round(v, 6) for (i, name, _), v in full.items() if name == "spend"}
     assert sum(1 for (_, name, _) in full if name == "biggest_line") > len(set(owner))  # grouped per item
+    # Cancellation invoices are returns: before, they counted as purchases, and 250 of the 948 customers had more
+    # purchases counted than they placed. Now a customer's purchases are their invoices that are not cancellations.
+    invoices: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        if row["CustomerID"].strip():
+            invoices[row["CustomerID"].strip()].add(row["InvoiceNo"])
+    placed = {c: float(sum(1 for i in v if not i.startswith("C"))) for c, v in invoices.items()}
+    cancelled = {c: float(sum(1 for i in v if i.startswith("C"))) for c, v in invoices.items()}
+    assert len(invoices) == 948 and sum(1 for c in invoices if cancelled[c]) == 250
+    assert {c: full.get((c, "purchases", ""), 0.0) for c in invoices} == placed
+    assert {c: full.get((c, "returns", ""), 0.0) for c in invoices} == cancelled
+

@@ -15,9 +15,11 @@ from google.protobuf import duration_pb2, struct_pb2
 from personalization.common.v1 import common_pb2
 from personalization.recommender.v1 import recommender_service_pb2 as pb
 from personalization.recommender.v1 import recommender_service_pb2_grpc as pb_grpc
+from services.gateway.pipeline import interactions_of
 from services.recommender.server import Settings, build
 from shared.errors import status_details
 from shared.runtime import start_built, stop_built
+from tailor_cli.demo import events_from_rows
 from tests.conftest import SHARED_DATA, tenant_md
 
 PURCHASE = common_pb2.EVENT_TYPE_PURCHASE
@@ -165,29 +167,37 @@ async def test_similar_items_and_evaluation_answer_through_the_server(stub, tena
     assert [f for f, _ in status_details(info.value)[0]] == ["k", "test_fraction"]
 
 
-async def test_co_bought_items_for_a_popular_online_retail_item_were_bought_with_it(stub, tenant):
+async def test_co_bought_items_for_a_popular_online_retail_item_were_bought_with_it_never_cancelled(stub, tenant):
     md = tenant_md(tenant)
     orders: dict[str, Counter] = defaultdict(Counter)
     with gzip.open(RETAIL, "rt", newline="") as f:
         for row in csv.DictReader(f):
             if not row["InvoiceNo"].startswith("C") and float(row["Quantity"]) > 0:
                 orders[row["InvoiceNo"]][row["StockCode"]] += float(row["Quantity"])
-    interactions = [buy(f"invoice-{invoice}", f"buyer-{invoice}", code, q)
-                    for invoice, lines in orders.items() for code, q in lines.items()]
+    # Every invoice as the pipeline forwards it: the cancellation invoices ("C") are returns, whose lines are no
+    # shared basket.
+    with gzip.open(RETAIL, "rt", newline="") as f:
+        events = events_from_rows(list(csv.DictReader(f)), datetime.now(UTC))
+    assert sum(1 for e in events if e.type == common_pb2.EVENT_TYPE_RETURN) == 326
+    interactions = [i for e in events for i in interactions_of(f"buyer-{e.message_id}", e)]
     for start in range(0, len(interactions), 10_000):
         await stub.RecordInteractions(pb.RecordInteractionsRequest(interactions=interactions[start:start + 10_000]),
                                       metadata=md)
     popular = (await stub.Recommend(pb.RecommendRequest(strategy="top_sellers", count=1), metadata=md)).items[0]
-    reply = await stub.Recommend(pb.RecommendRequest(strategy="co_bought", anchor_item_id=popular.item_id, count=12),
-                                 metadata=md)
-    assert len(reply.items) == 12
-    together = Counter(code for lines in orders.values() if popular.item_id in lines for code in lines
-                       if code != popular.item_id)
-    for recommended in reply.items:
-        assert together[recommended.item_id] == recommended.score  # invoices shared with the anchor
-    assert [i.item_id for i in reply.items][:3] == [code for code, _ in sorted(
-        together.items(), key=lambda kv: (-kv[1], kv[0]))][:3]
-
+    cancelled = [e for e in events if e.type == common_pb2.EVENT_TYPE_RETURN]
+    # The best seller, and 21527, which was cancelled together with several of its usual companions.
+    for anchor in (popular.item_id, "21527"):
+        reply = await stub.Recommend(pb.RecommendRequest(strategy="co_bought", anchor_item_id=anchor, count=12),
+                                     metadata=md)
+        assert len(reply.items) == 12
+        together = Counter(code for lines in orders.values() if anchor in lines for code in lines if code != anchor)
+        for recommended in reply.items:
+            assert together[recommended.item_id] == recommended.score  # invoices shared with the anchor
+        assert [i.item_id for i in reply.items][:3] == [code for code, _ in sorted(
+            together.items(), key=lambda kv: (-kv[1], kv[0]))][:3]
+    also_cancelled = {line.item_id for e in cancelled if "21527" in {li.item_id for li in e.line_items}
+                      for line in e.line_items}
+    assert len(also_cancelled & {i.item_id for i in reply.items}) >= 3
 
 async def test_a_time_split_evaluation_and_a_tuned_training_answer_through_the_server(stub, tenant):
     md = tenant_md(tenant)

@@ -20,6 +20,7 @@ from tests.conftest import tenant_md
 PURCHASE = common_pb2.EVENT_TYPE_PURCHASE
 VIEW = common_pb2.EVENT_TYPE_PRODUCT_VIEW
 CART = common_pb2.EVENT_TYPE_ADD_TO_CART
+RETURN = common_pb2.EVENT_TYPE_RETURN
 CATALOG = {
     "shoe1": {"category": "shoes", "brand": "acme", "price": 50, "tags": ["running", "sale"]},
     "shoe2": {"category": "shoes", "brand": "zeta", "price": 80, "tags": ["leather"]},
@@ -277,6 +278,28 @@ async def test_co_bought_counts_orders_shared_with_the_anchor_or_the_cart(shop):
     assert ids(await shop.recommend("strong_baskets", anchor_item_id="shoe1")) == ["sock1"]
     assert ids(await shop.recommend("co_bought", cart_item_ids=["shoe1", "hat2"])) == ["sock1", "hat1"]
     assert await shop.similar("hat2", "co_bought") == ["hat1", "shoe1", "sock1"]
+
+
+async def test_a_return_naming_its_order_takes_that_orders_line_out_of_co_bought_and_top_sellers(shop):
+    await shop.record(act("o1", "ann", "shoe1"), act("o1", "ann", "sock1"),
+                      act("o2", "bob", "shoe1"), act("o2", "bob", "sock1"), act("o2", "bob", "hat2"))
+    # Bob returns the socks of o2; a cancellation without its order lists shoe1 and hat2 (no basket either).
+    refund = act("r1", "bob", "sock1", RETURN, quantity=1, revenue=10.0)
+    refund.order_id = "o2"
+    await shop.record(refund, act("c1", "cy", "shoe1", RETURN, quantity=1, revenue=10.0),
+                      act("c1", "cy", "hat2", RETURN, quantity=1, revenue=10.0))
+    assert [(i.item_id, i.score) for i in (await shop.recommend("co_bought", anchor_item_id="shoe1")).items] == [
+        ("hat2", 1), ("sock1", 1)]
+    assert await shop.similar("sock1", "co_bought") == ["shoe1"]
+    # Orders net of returned lines: shoe1 2 - 1, sock1 2 - 1, hat2 1 - 1 (not shown); revenue likewise.
+    assert [(i.item_id, i.score) for i in (await shop.recommend("top_sellers")).items] == [
+        ("shoe1", 1), ("sock1", 1)]
+    await shop.configure("by_revenue", "top_sellers", parameters={"by_revenue": True})
+    assert [(i.item_id, i.score) for i in (await shop.recommend("by_revenue")).items] == [
+        ("shoe1", 10.0), ("sock1", 10.0)]
+    # bob's history keeps the returned socks as bought, with no units left.
+    reply = await shop.recommend("bought_by_you_again", unified_individual_id="bob")
+    assert [i.item_id for i in reply.items] == ["hat2", "shoe1"]
 
 
 async def test_similar_attributes_ranks_by_the_share_of_the_anchors_values_the_item_has(shop):

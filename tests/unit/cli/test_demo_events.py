@@ -53,10 +53,12 @@ def test_times_are_shifted_by_one_constant_so_the_last_invoice_is_now(rows):
     assert times[2] - times[1] == timedelta(hours=1, minutes=13)
 
 
-def test_negative_quantities_are_kept_as_returns(rows):
-    cancelled = events_from_rows(rows, NOW)[2]
-    assert cancelled.type == common_pb2.EVENT_TYPE_PURCHASE
-    assert [(li.item_id, li.quantity, li.unit_price) for li in cancelled.line_items] == [("85123A", -2.0, 2.65)]
+def test_a_cancellation_invoice_becomes_a_return_of_the_units_it_lists(rows):
+    events = events_from_rows(rows, NOW)
+    cancelled = events[2]
+    assert cancelled.type == common_pb2.EVENT_TYPE_RETURN and cancelled.order_id == ""
+    assert [(li.item_id, li.quantity, li.unit_price) for li in cancelled.line_items] == [("85123A", 2.0, 2.65)]
+    assert [e.type for e in events].count(common_pb2.EVENT_TYPE_PURCHASE) == 3
 
 
 def test_items_take_their_description_as_name_and_the_latest_positive_price(rows):

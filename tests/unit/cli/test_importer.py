@@ -34,6 +34,24 @@ def test_a_purchase_row_becomes_an_event_with_identities_a_line_item_and_typed_a
     assert event.source == "import" and event.message_id
 
 
+def test_a_purchase_row_of_negative_units_is_a_return_and_a_return_row_names_its_order():
+    # Online Retail's cancellation lines: InvoiceNo C536379, Quantity -2.
+    header = ["InvoiceNo", "StockCode", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID", "kind", "cancels"]
+    columns = {"identity.customer_id": "CustomerID", "time": "InvoiceDate", "item_id": "StockCode",
+               "quantity": "Quantity", "unit_price": "UnitPrice", "property.invoice_no": "InvoiceNo",
+               "type": "kind", "order_id": "cancels"}
+    converter = importer.RowConverter(importer.build_mapping("events", header, columns, event_type="purchase"))
+    cancelled = converter.convert(1, ["C536379", "85123A", "-2", "2010-12-01 09:41:00", "2.65", "17850", "", ""])
+    assert cancelled.type == common_pb2.EVENT_TYPE_RETURN and cancelled.order_id == ""
+    assert [(li.item_id, li.quantity, li.unit_price) for li in cancelled.line_items] == [("85123A", 2.0, 2.65)]
+    bought = converter.convert(2, ["536365", "85123A", "6", "2010-12-01 08:26:00", "2.55", "17850", "", "o9"])
+    assert bought.type == common_pb2.EVENT_TYPE_PURCHASE and bought.order_id == ""
+    returned = converter.convert(3, ["R1", "85123A", "1", "2010-12-02 08:26:00", "2.55", "17850", "return", "o9"])
+    assert returned.type == common_pb2.EVENT_TYPE_RETURN and returned.order_id == "o9"
+    assert [(li.item_id, li.quantity) for li in returned.line_items] == [("85123A", 1.0)]
+    assert converter.column_of([], "order_id") == "cancels"
+
+
 def test_message_ids_are_stable_for_a_row_and_differ_between_rows():
     converter = importer.RowConverter(_events_mapping())
     row = ["a@x.io", "c1", "1733047200", "page_view", "", "", "", "", ""]

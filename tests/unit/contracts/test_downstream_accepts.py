@@ -77,11 +77,15 @@ def events(draw) -> common_pb2.Event:
         event.name = draw(text(1, 128))
     if kind in (common_pb2.EVENT_TYPE_PRODUCT_VIEW, common_pb2.EVENT_TYPE_ADD_TO_CART) or draw(st.booleans()):
         event.item_id = draw(text(1, 256))
-    if kind == common_pb2.EVENT_TYPE_PURCHASE or draw(st.booleans()):
+    returned = kind == common_pb2.EVENT_TYPE_RETURN
+    if kind == common_pb2.EVENT_TYPE_PURCHASE or returned or draw(st.booleans()):
         for _ in range(draw(st.integers(1, 4))):
             quantity = draw(st.floats(-1e9, 1e9, allow_nan=False).filter(lambda q: q != 0))
+            quantity = abs(quantity) if returned else quantity  # a return lists the units returned
             event.line_items.add(item_id=draw(text(1, 256)), quantity=quantity,
                                  unit_price=draw(st.floats(0, 1e12, allow_nan=False)))
+    if returned and draw(st.booleans()):
+        event.order_id = draw(text(1, 128))
     event.attributes.update(draw(ATTRIBUTES))
     event.properties.update(draw(PROPERTIES))
     if draw(st.booleans()):

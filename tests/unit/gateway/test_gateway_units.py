@@ -82,6 +82,33 @@ def test_purchase_line_items_are_checked_one_by_one():
         "events[0].line_items[1].item_id", "events[0].line_items[1].quantity", "events[0].line_items[1].unit_price"]
 
 
+def test_a_return_needs_lines_of_positive_units_and_only_a_return_names_an_order():
+    events = [
+        _event("r0", type=common_pb2.EVENT_TYPE_RETURN, order_id="o1"),
+        _event("r1", type=common_pb2.EVENT_TYPE_RETURN, order_id="o" * 129, line_items=[
+            common_pb2.LineItem(item_id="a", quantity=2, unit_price=2.5),
+            common_pb2.LineItem(item_id="b", quantity=-1, unit_price=4.0),
+            common_pb2.LineItem(item_id="c", quantity=0, unit_price=1.0)]),
+        _event("p", type=common_pb2.EVENT_TYPE_PURCHASE, order_id="o1",
+               line_items=[common_pb2.LineItem(item_id="a", quantity=1, unit_price=1.0)]),
+        _event("r2", type=common_pb2.EVENT_TYPE_RETURN, order_id="o1",
+               line_items=[common_pb2.LineItem(item_id="a", quantity=1, unit_price=1.0)]),
+    ]
+    with pytest.raises(InvalidArgument) as info:
+        validate_batch(events)
+    assert [f for f, _ in info.value.violations] == [
+        "events[0].line_items", "events[1].line_items[2].quantity", "events[1].order_id",
+        "events[1].line_items[1].quantity", "events[2].order_id"]
+    validate_batch(events[3:])
+
+
+def test_a_return_yields_one_interaction_per_line_naming_the_order():
+    refund = _event("r", type=common_pb2.EVENT_TYPE_RETURN, order_id="o1", line_items=[
+        common_pb2.LineItem(item_id="a", quantity=2, unit_price=2.5)])
+    got = [(i.item_id, i.type, i.quantity, i.revenue, i.order_id) for i in interactions_of("ind_1", refund)]
+    assert got == [("a", common_pb2.EVENT_TYPE_RETURN, 2.0, 5.0, "o1")]
+
+
 def test_a_purchase_yields_one_interaction_per_line_with_revenue():
     purchase = _event("p", type=common_pb2.EVENT_TYPE_PURCHASE, line_items=[
         common_pb2.LineItem(item_id="a", quantity=2, unit_price=2.5),

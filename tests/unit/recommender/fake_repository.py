@@ -114,7 +114,14 @@ class FakeRepository:
 
     async def co_occurring(self, tenant, anchors, kind, session_seconds, min_support, limit) -> list[Scored]:
         self.calls["co_occurring"] += 1
-        rows = [i for i in self.interactions[tenant].values() if i.kind == kind]
+        every = self.interactions[tenant].values()
+        rows = [i for i in every if i.kind == kind]
+        if kind == PURCHASE:  # bought lines that no return naming their order cancelled
+            returned: dict[tuple[str, str], float] = defaultdict(float)
+            for i in every:
+                if i.order_id:
+                    returned[(i.order_id, i.item_id)] -= i.quantity
+            rows = [i for i in rows if i.quantity > max(0.0, returned[(i.message_id, i.item_id)])]
         support: dict[str, set] = defaultdict(set)
         for a in rows:
             if a.item_id not in anchors:

@@ -22,6 +22,7 @@ class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_TYPE_EMAIL_CLICK: _ClassVar[EventType]
     EVENT_TYPE_LOGIN: _ClassVar[EventType]
     EVENT_TYPE_CUSTOM: _ClassVar[EventType]
+    EVENT_TYPE_RETURN: _ClassVar[EventType]
 
 class ConsentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -36,6 +37,7 @@ EVENT_TYPE_PURCHASE: EventType
 EVENT_TYPE_EMAIL_CLICK: EventType
 EVENT_TYPE_LOGIN: EventType
 EVENT_TYPE_CUSTOM: EventType
+EVENT_TYPE_RETURN: EventType
 CONSENT_STATUS_UNSPECIFIED: ConsentStatus
 CONSENT_STATUS_GRANTED: ConsentStatus
 CONSENT_STATUS_DENIED: ConsentStatus
@@ -77,7 +79,7 @@ class ProfileObject(_message.Message):
     def __init__(self, type: _Optional[str] = ..., object_id: _Optional[str] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("message_id", "type", "name", "event_time", "identities", "attributes", "item_id", "line_items", "properties", "source", "consents", "profile_objects")
+    __slots__ = ("message_id", "type", "name", "event_time", "identities", "attributes", "item_id", "line_items", "properties", "source", "consents", "profile_objects", "order_id")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +92,7 @@ class Event(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     CONSENTS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     type: EventType
     name: str
@@ -102,4 +105,5 @@ class Event(_message.Message):
     source: str
     consents: _containers.RepeatedCompositeFieldContainer[Consent]
     profile_objects: _containers.RepeatedCompositeFieldContainer[ProfileObject]
-    def __init__(self, message_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., name: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., identities: _Optional[_Iterable[_Union[Identity, _Mapping]]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., item_id: _Optional[str] = ..., line_items: _Optional[_Iterable[_Union[LineItem, _Mapping]]] = ..., properties: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source: _Optional[str] = ..., consents: _Optional[_Iterable[_Union[Consent, _Mapping]]] = ..., profile_objects: _Optional[_Iterable[_Union[ProfileObject, _Mapping]]] = ...) -> None: ...
+    order_id: str
+    def __init__(self, message_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., name: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., identities: _Optional[_Iterable[_Union[Identity, _Mapping]]] = ..., attributes: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., item_id: _Optional[str] = ..., line_items: _Optional[_Iterable[_Union[LineItem, _Mapping]]] = ..., properties: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., source: _Optional[str] = ..., consents: _Optional[_Iterable[_Union[Consent, _Mapping]]] = ..., profile_objects: _Optional[_Iterable[_Union[ProfileObject, _Mapping]]] = ..., order_id: _Optional[str] = ...) -> None: ...

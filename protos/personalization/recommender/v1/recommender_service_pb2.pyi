@@ -60,7 +60,7 @@ EVALUATION_SPLIT_TIME: EvaluationSplit
 EVALUATION_SPLIT_LEAVE_LAST_OUT: EvaluationSplit
 
 class Interaction(_message.Message):
-    __slots__ = ("message_id", "unified_individual_id", "item_id", "type", "quantity", "revenue", "event_time")
+    __slots__ = ("message_id", "unified_individual_id", "item_id", "type", "quantity", "revenue", "event_time", "order_id")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class Interaction(_message.Message):
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
     REVENUE_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     unified_individual_id: str
     item_id: str
@@ -75,7 +76,8 @@ class Interaction(_message.Message):
     quantity: float
     revenue: float
     event_time: _timestamp_pb2.Timestamp
-    def __init__(self, message_id: _Optional[str] = ..., unified_individual_id: _Optional[str] = ..., item_id: _Optional[str] = ..., type: _Optional[_Union[_common_pb2.EventType, str]] = ..., quantity: _Optional[float] = ..., revenue: _Optional[float] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    order_id: str
+    def __init__(self, message_id: _Optional[str] = ..., unified_individual_id: _Optional[str] = ..., item_id: _Optional[str] = ..., type: _Optional[_Union[_common_pb2.EventType, str]] = ..., quantity: _Optional[float] = ..., revenue: _Optional[float] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., order_id: _Optional[str] = ...) -> None: ...
 
 class RecordInteractionsRequest(_message.Message):
     __slots__ = ("interactions",)
