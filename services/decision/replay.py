@@ -26,6 +26,7 @@ from services.decision.validation import (
     point_not_found,
     validate_decision,
     validate_point,
+    validate_window,
 )
 from shared import paging
 from shared.errors import Violations, quote
@@ -240,15 +241,7 @@ class ReplayLog:
     async def page(self, tenant: str, start: datetime | None, end: datetime | None, window: timedelta,
                    size: int, token: str) -> tuple[list[ReplayRow], str]:
         v = Violations()
-        if start is None:
-            v.add("start_time", "is required")
-        if end is None:
-            v.add("end_time", "is required")
-        if start is not None and end is not None:
-            if end <= start:
-                v.add("end_time", "must be after start_time")
-            elif end - start > MAX_REPLAY_WINDOW:
-                v.add("end_time", f"must be at most {MAX_REPLAY_WINDOW.days} days after start_time")
+        validate_window(start, end, MAX_REPLAY_WINDOW, v)
         if not timedelta(0) <= window <= exp.MAX_WINDOW:
             v.add("attribution_window", f"must be between 0 and {exp.MAX_WINDOW.days} days")
         listing = f"replay_log/{start.isoformat() if start else ''}/{end.isoformat() if end else ''}"

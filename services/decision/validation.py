@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from services.decision import bandit, rules
@@ -115,6 +116,19 @@ def validate_decision(
             v.add("decision.recommendations.recommender", f"must be at most {MAX_TEXT} characters")
         if not 0 <= decision.count <= MAX_COUNT:
             v.add("decision.recommendations.count", f"must be between 0 and {MAX_COUNT}")
+
+
+def validate_window(start: datetime | None, end: datetime | None, maximum: timedelta, v: Violations) -> None:
+    """A log window [start_time, end_time): both required, end after start, at most `maximum` long."""
+    if start is None:
+        v.add("start_time", "is required")
+    if end is None:
+        v.add("end_time", "is required")
+    if start is not None and end is not None:
+        if end <= start:
+            v.add("end_time", "must be after start_time")
+        elif end - start > maximum:
+            v.add("end_time", f"must be at most {maximum.days} days after start_time")
 
 
 def raise_violation(path: str, message: str) -> None:

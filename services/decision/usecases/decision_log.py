@@ -11,7 +11,7 @@ from typing import Any
 from services.decision.bandit import SEGMENT_NAME
 from services.decision.domain import LogEntry, LogStats, Repository
 from services.decision.usecases.common import MAX_LOG_ENTRIES
-from services.decision.validation import MAX_TEXT
+from services.decision.validation import MAX_TEXT, validate_window
 from shared import paging
 from shared.errors import Violations, quote
 
@@ -57,15 +57,7 @@ class DecisionLog:
     async def stats(self, tenant: str, start: datetime | None, end: datetime | None) -> list[LogStats]:
         """Counts of the log in [start, end): the whole window first, then per point by name."""
         v = Violations()
-        if start is None:
-            v.add("start_time", "is required")
-        if end is None:
-            v.add("end_time", "is required")
-        if start is not None and end is not None:
-            if end <= start:
-                v.add("end_time", "must be after start_time")
-            elif end - start > MAX_STATS_WINDOW:
-                v.add("end_time", f"must be at most {MAX_STATS_WINDOW.days} days after start_time")
+        validate_window(start, end, MAX_STATS_WINDOW, v)
         v.raise_if_any()
         assert start is not None and end is not None  # refused above otherwise
         return await self.repo.log_stats(tenant, start, end)

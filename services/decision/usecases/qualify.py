@@ -91,6 +91,20 @@ def _segments(profile: Mapping[str, Any]) -> Sequence[str]:
     return [s for s in segments if isinstance(s, str)] if isinstance(segments, list) else ()
 
 
+def _matches(decision: Decision, rule, ctx, granted: frozenset[str] | None, missing_consents: list[str],
+             evaluations: list[Evaluation]) -> bool:
+    """Whether the decision's rule matches, recording its evaluation; a decision whose consent purpose the
+    individual has not granted is skipped (and the purpose noted as missing)."""
+    if granted is not None and decision.consent_purpose and decision.consent_purpose not in granted:
+        missing_consents.append(decision.consent_purpose)
+        evaluations.append(Evaluation(decision.decision_id, decision.name, False,
+                                      f"consent {quote(decision.consent_purpose)} not granted"))
+        return False
+    matched, error = rules.evaluate(rule, ctx)
+    evaluations.append(Evaluation(decision.decision_id, decision.name, matched, error))
+    return matched
+
+
 def _bandit_pick(
     entry: CompiledPoint, ctx, unified_id: str, granted: frozenset[str] | None, missing_consents: list[str],
     arms: Mapping[tuple[str, str], ArmStats], segments: Sequence[str], rng: random.Random,
@@ -102,17 +116,9 @@ def _bandit_pick(
     segment = bandit.segment_of(config, segments)
     if bandit.in_holdout(config, entry.point.name, unified_id, rng):
         return None, [], Choice("", False, (), segment, holdout=True)
-    evaluations, offers = [], []
-    for decision, rule in entry.ordered:
-        if granted is not None and decision.consent_purpose and decision.consent_purpose not in granted:
-            missing_consents.append(decision.consent_purpose)
-            evaluations.append(Evaluation(decision.decision_id, decision.name, False,
-                                          f"consent {quote(decision.consent_purpose)} not granted"))
-            continue
-        matched, error = rules.evaluate(rule, ctx)
-        evaluations.append(Evaluation(decision.decision_id, decision.name, matched, error))
-        if matched:
-            offers.append(decision.decision_id)
+    evaluations: list[Evaluation] = []
+    offers = [decision.decision_id for decision, rule in entry.ordered
+              if _matches(decision, rule, ctx, granted, missing_consents, evaluations)]
     if not offers:
         return None, evaluations, None
     stats = {decision_id: s for (seg, decision_id), s in arms.items() if seg == segment}
@@ -186,19 +192,9 @@ def _qualify_one(
             results.append(Qualification(entry.point, winner, evaluations, assignment,
                                          missing_consents=tuple(dict.fromkeys(missing_consents)), bandit=choice))
             continue
-        winner = None
         evaluations = []
-        for decision, rule in entry.ordered:
-            if granted is not None and decision.consent_purpose and decision.consent_purpose not in granted:
-                missing_consents.append(decision.consent_purpose)
-                evaluations.append(Evaluation(decision.decision_id, decision.name, False,
-                                              f"consent {quote(decision.consent_purpose)} not granted"))
-                continue
-            matched, error = rules.evaluate(rule, ctx)
-            evaluations.append(Evaluation(decision.decision_id, decision.name, matched, error))
-            if matched:
-                winner = decision
-                break
+        winner = next((decision for decision, rule in entry.ordered
+                       if _matches(decision, rule, ctx, granted, missing_consents, evaluations)), None)
         if winner is None:
             winner, missing = _fallback(entry, granted)
             missing_consents.extend(missing)
