@@ -3,7 +3,8 @@
 Starts the suite as `make run` does (demo tenant), then times sequential GetDecisions calls for one demo customer
 over gRPC (the baseline) and over HTTP with a JSON body (a kept-alive connection, as a browser or backend uses),
 and batched ingest (batches of 100 page views, 4 in flight) over both. Target: HTTP p50 within 1.5x gRPC.
-The last line is the summary.
+The last line is the summary. (Named http_api.py, not http.py: a script's folder comes first on sys.path, so a
+bench file named http.py would hide the standard library's http package from every other bench.)
 """
 
 from __future__ import annotations
