@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from services.decision import experiments as exp
 from services.decision import rules
 from services.decision.bandit import ArmStats
-from services.decision.domain import Decision, Holdout, Point, Repository
+from services.decision.domain import Decision, Holdout, Point
 from services.decision.experiments import CompiledExperiment, Experiment
+from services.decision.ports import Repository
 
 MAX_CACHED_POINTS = 100_000
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from services.decision.cache import ArmCache, HoldoutCache, PointCache
-from services.decision.domain import Repository
+from services.decision.ports import Repository
 from services.decision.usecases.assignment import Assignments
 from services.decision.usecases.common import utcnow
 from services.decision.usecases.decision_log import DecisionLog

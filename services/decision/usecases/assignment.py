@@ -8,8 +8,9 @@ from typing import Any
 from services.decision import experiments as exp
 from services.decision import rules
 from services.decision.cache import HoldoutCache, PointCache
-from services.decision.domain import LogEntry, Repository
+from services.decision.domain import LogEntry
 from services.decision.experiments import Assignment
+from services.decision.ports import Repository
 from services.decision.usecases.common import MAX_LOG_ENTRIES, MAX_POINTS_PER_QUALIFY, new_id, utcnow
 from services.decision.validation import point_not_found
 from shared.errors import Violations

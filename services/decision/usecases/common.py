@@ -5,8 +5,8 @@ from __future__ import annotations
 import secrets
 from datetime import UTC, datetime
 
-from services.decision.domain import Repository
 from services.decision.experiments import Experiment
+from services.decision.ports import Repository
 from services.decision.validation import experiment_not_found, raise_violation
 from shared.errors import FailedPrecondition, quote
 

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.decision.bandit import SEGMENT_NAME
-from services.decision.domain import LogEntry, LogStats, Repository
+from services.decision.domain import LogEntry, LogStats
+from services.decision.ports import Repository
 from services.decision.usecases.common import MAX_LOG_ENTRIES
 from services.decision.validation import MAX_TEXT, validate_window
 from shared import paging

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from services.decision.cache import PointCache
-from services.decision.domain import Decision, NameTaken, Repository
+from services.decision.domain import Decision, NameTaken
+from services.decision.ports import Repository
 from services.decision.usecases.common import new_id
 from services.decision.validation import (
     decision_not_found,

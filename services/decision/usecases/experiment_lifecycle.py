@@ -7,8 +7,9 @@ from dataclasses import replace
 from services.decision import experiments as exp
 from services.decision import rules
 from services.decision.cache import PointCache
-from services.decision.domain import AlreadyRunning, LayerTaken, Repository
+from services.decision.domain import AlreadyRunning, LayerTaken
 from services.decision.experiments import Experiment
+from services.decision.ports import Repository
 from services.decision.schema import check_rule
 from services.decision.usecases.common import load_experiment, new_id, utcnow, wrong_state
 from services.decision.validation import point_not_found

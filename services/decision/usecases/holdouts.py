@@ -7,8 +7,9 @@ from datetime import datetime, timedelta
 
 from services.decision import experiments as exp
 from services.decision.cache import HoldoutCache
-from services.decision.domain import Holdout, Repository
+from services.decision.domain import Holdout
 from services.decision.experiments import Cohort, Experiment
+from services.decision.ports import Repository
 from services.decision.usecases.common import utcnow
 from shared.errors import Violations
 

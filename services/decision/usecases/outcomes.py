@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 
 from services.decision import experiments as exp
 from services.decision.cache import PointCache
-from services.decision.domain import Repository
 from services.decision.experiments import Experiment, Outcome
+from services.decision.ports import Repository
 from services.decision.usecases.common import MAX_LOG_ENTRIES, load_experiment, utcnow
 from services.decision.validation import validate_outcomes
 from shared.errors import Violations

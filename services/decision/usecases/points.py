@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from services.decision.cache import PointCache
-from services.decision.domain import Point, Repository
+from services.decision.domain import Point
+from services.decision.ports import Repository
 from services.decision.usecases.common import new_id
 from services.decision.validation import (
     point_not_found,

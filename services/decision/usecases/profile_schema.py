@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.decision import rules
-from services.decision.domain import Repository
+from services.decision.ports import Repository
 from services.decision.schema import ProfileSchema, check_rule, validate_schema
 from shared.errors import FailedPrecondition, Violations
 
