@@ -438,7 +438,7 @@ class Activations:
     async def _cycle_bound(self, row: ActivationRow) -> None:
         if row.paused:
             return  # neither refreshed nor delivered; a resume catches up from the feed cursor and the state
-        destination = await self.store.get_destination(row.tenant_id, row.config.destination)
+        destination = row.destination  # read with the activation, in the pass's one query
         if destination is None:
             await self.store.record_error(row.tenant_id, row.name, "destination does not exist")
             return

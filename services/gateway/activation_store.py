@@ -19,7 +19,7 @@ class ActivationRow:
     config: pb.Activation
     generation: int
     paused: bool = False
-    destination_paused: bool = False
+    destination: pb.Destination | None = None   # its destination as stored (paused flag included), None if gone
     feed_token: str = ""          # the membership change feed's cursor
     reconcile_due: bool = True    # the whole segment is to be compared with what was sent
 
@@ -150,12 +150,13 @@ class ActivationStore:
     async def all_activations(self, tenant_id: str | None = None, reconcile_seconds: float = 3600.0
                               ) -> list[ActivationRow]:
         rows = await self.pool.fetch(
-            "SELECT a.tenant_id, a.name, a.config, a.generation, a.paused, coalesce(d.paused, false) AS dpaused, "
+            "SELECT a.tenant_id, a.name, a.config, a.generation, a.paused, d.config AS dconfig, d.paused AS dpaused, "
             "a.feed_token, a.reconciled_at IS NULL OR a.reconciled_at < now() - make_interval(secs => $2) AS due "
             "FROM activations a LEFT JOIN destinations d ON d.tenant_id = a.tenant_id AND d.name = a.destination "
             "WHERE $1::text IS NULL OR a.tenant_id = $1 ORDER BY a.tenant_id, a.name", tenant_id, reconcile_seconds)
         return [ActivationRow(r["tenant_id"], r["name"], pb.Activation.FromString(r["config"]), r["generation"],
-                              r["paused"], r["dpaused"], r["feed_token"], r["due"]) for r in rows]
+                              r["paused"], _destination({"config": r["dconfig"], "paused": r["dpaused"]})
+                              if r["dconfig"] is not None else None, r["feed_token"], r["due"]) for r in rows]
 
     async def delete_activation(self, tenant_id: str, name: str) -> int | None:
         """Deletes the activation, its state and its deliveries; returns how many were undelivered (None if
