@@ -46,8 +46,7 @@ from personalization.common.v1 import common_pb2
 from personalization.gateway.v1 import gateway_service_pb2 as gw
 from personalization.gateway.v1 import gateway_service_pb2_grpc as gw_grpc
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
-from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as profile_grpc
-from shared import contract
+from shared import contract, event_rules
 from shared.errors import Violations, retry_delay_of, status_details
 
 KINDS = ("individuals", "objects", "events", "items")
@@ -194,6 +193,18 @@ def _value(text: str, kind: str, column: str):
     return text
 
 
+def _fill(struct, values: dict) -> None:
+    """Struct.update for the values a row converts to (strings, numbers, booleans), without its generic walk."""
+    fields = struct.fields
+    for name, value in values.items():
+        if value is True or value is False:
+            fields[name].bool_value = value
+        elif type(value) is float:
+            fields[name].number_value = value
+        else:
+            fields[name].string_value = value
+
+
 def parse_seconds(text: str, column: str) -> tuple[int, int]:
     """(seconds, nanos) of RFC 3339 (a naive time is UTC), a date (YYYY-MM-DD) or epoch seconds."""
     text = text.strip()
@@ -263,7 +274,7 @@ class RowConverter:
             item = Item(item_id=row[i_id].strip(), name=row[i_name].strip() if i_name is not None else "")
             values = {name: _value(row[at], kind, column) for name, kind, at, column in attributes if row[at] != ""}
             if values:
-                item.attributes.update(values)
+                _fill(item.attributes, values)
             return item
 
         return convert
@@ -284,8 +295,7 @@ class RowConverter:
         purchase, refund = common_pb2.EVENT_TYPE_PURCHASE, common_pb2.EVENT_TYPE_RETURN
         now_seconds, now_nanos = self.now.seconds, self.now.nanos
         prefix = f"import-{kind[:3]}-"
-        Event, Identity, LineItem, ProfileObject = (common_pb2.Event, common_pb2.Identity, common_pb2.LineItem,
-                                                    common_pb2.ProfileObject)
+        Event, ProfileObject = common_pb2.Event, common_pb2.ProfileObject
         blake2b = hashlib.blake2b
 
         def convert(number: int, row: list[str]):
@@ -297,8 +307,12 @@ class RowConverter:
                 digest = blake2b("\x1f".join(row).encode(), digest_size=12, key=str(number).encode()).hexdigest()
                 message_id = f"{prefix}{number}-{digest}"
             event = Event(message_id=message_id, source=(row[i_source].strip() if i_source is not None else "")
-                          or source, identities=[Identity(type=t, value=v) for t, at in identities
-                                                 if (v := row[at].strip())])
+                          or source)
+            add_identity = event.identities.add  # built in place: no Identity to copy in
+            for t, at in identities:
+                value = row[at].strip()
+                if value:
+                    add_identity(type=t, value=value)
             stamp = event.event_time
             text = row[i_time] if i_time is not None else ""
             if text:
@@ -325,29 +339,28 @@ class RowConverter:
                     units = _value(quantity, "number", columns["quantity"]) if quantity else 1.0
                     if units < 0 or event_type == refund:
                         event.type, units = refund, abs(units)
-                    event.line_items.append(LineItem(
-                        item_id=item_id, quantity=units,
-                        unit_price=_value(price, "number", columns["unit_price"]) if price else 0.0))
+                    event.line_items.add(item_id=item_id, quantity=units,
+                                         unit_price=_value(price, "number", columns["unit_price"]) if price else 0.0)
                     if event.type == refund and i_order is not None:
                         event.order_id = row[i_order].strip()
                 elif item_id:
                     event.item_id = item_id
                 if values:
-                    event.attributes.update(values)
+                    _fill(event.attributes, values)
                 props = {name: _value(row[at], vkind, column) for name, vkind, at, column in properties
                          if row[at] != ""}
                 if props:
-                    event.properties.update(props)
+                    _fill(event.properties, props)
                 return event
             event.type = common_pb2.EVENT_TYPE_CUSTOM
             event.name = RECORD_EVENT
             if kind == "objects":
                 obj = ProfileObject(type=object_type, object_id=row[i_object].strip())
                 if values:
-                    obj.attributes.update(values)
+                    _fill(obj.attributes, values)
                 event.profile_objects.append(obj)
             elif values:
-                event.attributes.update(values)
+                _fill(event.attributes, values)
             return event
 
         return convert
@@ -422,8 +435,8 @@ class ImportFailed(Exception):
 async def send_with_rejections(call: Callable, entries: list[tuple[int, list[str], object]],
                                column_of: Callable[[list[str], str], str], *, attempts: int = 8
                                ) -> tuple[Any, list[Rejected]]:
-    """Sends entries (row number, cells, message) with `call(messages)`; a refusal naming rows drops them and
-    sends the rest again. Returns (the reply of the last call or None when every row was refused, rejections)."""
+    """Sends entries (row number, cells, message or serialized message) with `call(messages)`; a refusal naming
+    rows drops them and sends the rest again. Returns (the reply of the last call or None when every row was refused, rejections)."""
     rejected: list[Rejected] = []
     tries = 0
     while entries:
@@ -548,32 +561,37 @@ def _read_rows(path: Path) -> tuple[list[str], Iterator[list[str]], IO[str]]:
 
 
 class ContractCheck:
-    """The contract's generated checks (shared.contract), run before sending: a message the gateway would refuse
-    for its content is reported with the very violations the gateway would send, and its batch is not refused."""
+    """The contract's generated checks (shared.contract) and, for events, the rules of their type
+    (shared.event_rules), run before sending: a message the gateway would refuse for its content is reported with
+    the very violations the gateway would send, and its batch is not refused."""
 
     def __init__(self, descriptor):
         self.checker = contract.checker(descriptor)
+        self.typed = descriptor is common_pb2.Event.DESCRIPTOR
         self.now = time.time()
 
     def problems(self, message) -> list[tuple[str, str]]:
         """[] when the message passes; else (path inside the message, reason) per bad field."""
-        if self.checker.ok(message, self.now, None):
+        if self.checker.ok(message, self.now, None) and (not self.typed or event_rules.type_ok(message)):
             return []
         v = Violations()
         self.checker.add(message, "m", v, self.now, None)
+        if self.typed:
+            event_rules.type_violations(message, "m", v)
         return [(path[2:] if path.startswith("m.") else "", reason) for path, reason in v.items]
 
 
 def _batches(reader, converter: RowConverter, batch_size: int, skip: int
-             ) -> Iterator[tuple[int, list[tuple[int, list[str], object]], list[Rejected]]]:
-    """(rows in the batch, entries to send, rows refused while converting or by the contract), from row skip + 1."""
+             ) -> Iterator[tuple[int, list[tuple[int, list[str], bytes]], list[Rejected]]]:
+    """(rows in the batch, entries to send, rows refused while converting or by the contract), from row skip + 1;
+    an entry is (row number, cells, the serialized message)."""
     check = ContractCheck(profile_pb.Item.DESCRIPTOR if converter.m.kind == "items" else common_pb2.Event.DESCRIPTOR)
     number = 0
     for _ in range(skip):
         if next(reader, None) is None:
             return
         number += 1
-    entries: list[tuple[int, list[str], object]] = []
+    entries: list[tuple[int, list[str], bytes]] = []
     local: list[Rejected] = []
     count = 0
     for row in reader:
@@ -588,12 +606,43 @@ def _batches(reader, converter: RowConverter, batch_size: int, skip: int
             if problems:
                 local += [Rejected(number, converter.column_of(row, path), path, reason) for path, reason in problems]
             else:
-                entries.append((number, row, message))
+                entries.append((number, row, message.SerializeToString()))
         if count == batch_size:
             yield count, entries, local
             entries, local, count = [], [], 0
     if count:
         yield count, entries, local
+
+
+def _raw_method(channel: grpc.aio.Channel, service, method: str, field: str, response_class):
+    """A unary call whose request is a list of messages already serialized, sent as its repeated field `field`.
+
+    Each row's message is serialized once, when it is checked; a request is then the payloads joined, each behind
+    the field's tag and length (the wire format of a repeated message field), instead of the messages being copied
+    into a request message and serialized again, for every batch and every resend of one."""
+    rpc = channel.unary_unary(f"/{service.full_name}/{method}", request_serializer=None,
+                              response_deserializer=response_class.FromString)
+    number = service.methods_by_name[method].input_type.fields_by_name[field].number
+    assert number < 16, "a one-byte tag"
+    tag = bytes([number << 3 | 2])
+
+    def request(payloads: list[bytes]) -> bytes:
+        parts = []
+        for payload in payloads:
+            size = len(payload)
+            head = bytearray(tag)
+            while size > 0x7F:
+                head.append(size & 0x7F | 0x80)
+                size >>= 7
+            head.append(size)
+            parts.append(bytes(head))
+            parts.append(payload)
+        return b"".join(parts)
+
+    def call(payloads: list[bytes], **kwargs):
+        return rpc(request(payloads), **kwargs)
+
+    return call
 
 
 async def import_csv(channel: grpc.aio.Channel, metadata, options: ImportOptions) -> Totals:
@@ -615,17 +664,14 @@ async def import_csv(channel: grpc.aio.Channel, metadata, options: ImportOptions
         report = Report(report_path, checkpoint.report_bytes)
         converter = RowConverter(mapping)
         if mapping.kind == "items":
-            items_stub = profile_grpc.ProfileGraphServiceStub(channel)
-
-            async def call(messages):
-                return await items_stub.UpsertItems(profile_pb.UpsertItemsRequest(items=messages), metadata=metadata,
-                                                    timeout=120)
+            method = _raw_method(channel, profile_pb.DESCRIPTOR.services_by_name["ProfileGraphService"],
+                                 "UpsertItems", "items", profile_pb.UpsertItemsResponse)
         else:
-            events_stub = gw_grpc.GatewayServiceStub(channel)
+            method = _raw_method(channel, gw.DESCRIPTOR.services_by_name["GatewayService"], "IngestEvents", "events",
+                                 gw.IngestEventsResponse)
 
-            async def call(messages):
-                return await events_stub.IngestEvents(gw.IngestEventsRequest(events=messages), metadata=metadata,
-                                                      timeout=120)
+        async def call(payloads):
+            return await method(payloads, metadata=metadata, timeout=120)
 
         bar = progress(max(count_rows(path), checkpoint.rows_done), checkpoint.rows_done,
                        f"import {mapping.kind}", options.show_progress)

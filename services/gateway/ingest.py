@@ -21,6 +21,7 @@ from services.gateway.postgres import GatewayStore
 from services.gateway.routing import route_of
 from shared import contract, metrics
 from shared.errors import InvalidArgument, Violations
+from shared.event_rules import type_ok, type_violations
 from shared.identity_values import normalize_phone
 from shared.log import get_logger
 
@@ -31,7 +32,6 @@ MAX_EVENTS = contract.field_limits(gateway_pb.IngestEventsRequest.DESCRIPTOR, "e
 MAX_ID_LENGTH = contract.field_limits(common_pb2.Event.DESCRIPTOR, "item_id").max_length
 IDENTITY_TYPE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 NAME = IDENTITY_TYPE  # purposes, object types and sources follow the same lowercase-identifier rule
-ITEM_EVENTS = (common_pb2.EVENT_TYPE_PRODUCT_VIEW, common_pb2.EVENT_TYPE_ADD_TO_CART)
 UNKNOWN_TYPE = "unknown identity type: declare it first"
 # The event checks without the size of the whole event: ingest measures the serialized bytes it stores anyway.
 _EVENT = contract.checker(common_pb2.Event.DESCRIPTOR, check_size=False)
@@ -59,11 +59,11 @@ def _phone_problem(value: str, region: str) -> str | None:
 
 
 def _phones_ok(event: common_pb2.Event, phones: dict[str, str]) -> bool:
-    return not any(i.type in phones and _phone_problem(i.value, phones[i.type]) for i in event.identities)
-
-
-def _bad_return(event: common_pb2.Event) -> bool:
-    return not event.line_items or any(line.quantity < 0 for line in event.line_items)
+    for identity in event.identities:
+        kind = identity.type
+        if kind in phones and _phone_problem(identity.value, phones[kind]):
+            return False
+    return True
 
 
 def validate_event(event: common_pb2.Event, path: str, v: Violations, now: float,
@@ -78,29 +78,22 @@ def validate_event(event: common_pb2.Event, path: str, v: Violations, now: float
             problem = identity.type in phones and _phone_problem(identity.value, phones[identity.type])
             if problem:
                 v.add(f"{path}.identities[{j}].value", problem)
-    kind = event.type
-    if kind == common_pb2.EVENT_TYPE_CUSTOM:
-        if not event.name.strip():
-            v.add(f"{path}.name", "is required for custom events")
-    elif kind in ITEM_EVENTS:
-        if not event.item_id:
-            v.add(f"{path}.item_id", "is required for product views and add-to-cart events")
-    elif kind == common_pb2.EVENT_TYPE_PURCHASE and not event.line_items:
-        v.add(f"{path}.line_items", "a purchase needs at least one line item")
-    elif kind == common_pb2.EVENT_TYPE_RETURN:
-        if not event.line_items:
-            v.add(f"{path}.line_items", "a return needs at least one line item")
-        for j, line in enumerate(event.line_items):
-            if line.quantity < 0:  # zero and NaN are the contract's own violations
-                v.add(f"{path}.line_items[{j}].quantity", "must be positive in a return: the units returned")
-    if event.order_id and kind != common_pb2.EVENT_TYPE_RETURN:
-        v.add(f"{path}.order_id", "is read only for EVENT_TYPE_RETURN events")
+    type_violations(event, path, v)
 
 
 def validate_batch(events, field: str = "events", known: frozenset[str] | None = None) -> list[bytes]:
     """Raises one InvalidArgument listing every bad field of the batch; returns the serialized events."""
+    return _prepare(events, field, known)[1]
+
+
+def _prepare(events, field: str, known: frozenset[str] | None
+             ) -> tuple[list[str], list[bytes], list[int]]:
+    """validate_batch, also returning each event's message id and route: one pass over the events (each access to
+    a field of a parsed message costs, so every one is read once)."""
     v = Violations()
+    ids: list[str] = []
     payloads: list[bytes] = []
+    routes: list[int] = []
     if not events:
         v.add(field, "at least one event is required")
     elif len(events) > MAX_EVENTS:
@@ -115,19 +108,16 @@ def validate_batch(events, field: str = "events", known: frozenset[str] | None =
             payload = event.SerializeToString()
             payloads.append(payload)
             size = len(payload)
-            kind = event.type
-            if (not ok(event, now, known, size)
-                    or (kind == common_pb2.EVENT_TYPE_CUSTOM and not event.name.strip())
-                    or (kind in ITEM_EVENTS and not event.item_id)
-                    or (kind == common_pb2.EVENT_TYPE_PURCHASE and not event.line_items)
-                    or (kind == common_pb2.EVENT_TYPE_RETURN and _bad_return(event))
-                    or (event.order_id and kind != common_pb2.EVENT_TYPE_RETURN)
+            if (not ok(event, now, known, size) or not type_ok(event)
                     or (phones and not _phones_ok(event, phones))):
                 validate_event(event, f"{field}[{i}]", v, now, known)
             if size > limit:
                 v.add(f"{field}[{i}]", f"must be at most {limit:,} bytes serialized")
+            if not v.items:  # routed while the batch is still good (a valid event has a first identity)
+                ids.append(event.message_id)
+                routes.append(route_of(event))
     v.raise_if_any()
-    return payloads
+    return ids, payloads, routes
 
 
 class IdentityTypes:
@@ -209,8 +199,7 @@ class Ingest:
     @staticmethod
     def prepare(events, known: frozenset[str] | None = None) -> tuple[list[str], list[bytes], list[int]]:
         """Validates a batch (InvalidArgument listing every bad field), serializes it and routes it for the inbox."""
-        payloads = validate_batch(events, known=known)
-        return [e.message_id for e in events], payloads, [route_of(e) for e in events]
+        return _prepare(events, "events", known)
 
     async def validate(self, tenant_id: str, events) -> tuple[list[str], list[bytes], list[int]]:
         """prepare, with the tenant's identity types."""

@@ -83,9 +83,12 @@ def schedule_message(schedule: Schedule) -> pb.BatchSchedule:
                             context_sources=_sources(schedule.context_sources))
 
 
-def _acks(acks: list[tuple[str, bool]]) -> list[pb.EventAck]:
-    return [pb.EventAck(message_id=m, status=pb.ACK_STATUS_STORED if fresh else pb.ACK_STATUS_DUPLICATE)
-            for m, fresh in acks]
+def _add_acks(into, acks: list[tuple[str, bool]]) -> None:
+    """Appends an EventAck per (message_id, stored_now) to a repeated acks field (built in place: a batch's
+    thousands of acks are not built apart and copied in)."""
+    add = into.add
+    for message_id, fresh in acks:
+        add(message_id=message_id, status=pb.ACK_STATUS_STORED if fresh else pb.ACK_STATUS_DUPLICATE)
 
 
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
@@ -116,7 +119,9 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
     async def IngestEvents(self, request: pb.IngestEventsRequest,
                            context: grpc.aio.ServicerContext) -> pb.IngestEventsResponse:
         await self._admit()
-        return pb.IngestEventsResponse(acks=_acks(await self.ingest.ingest(current_tenant(), request.events)))
+        reply = pb.IngestEventsResponse()
+        _add_acks(reply.acks, await self.ingest.ingest(current_tenant(), request.events))
+        return reply
 
     async def StreamIngestEvents(self, request_iterator: AsyncIterator[pb.StreamIngestEventsRequest],
                                  context: grpc.aio.ServicerContext) -> pb.StreamIngestEventsResponse:
@@ -127,7 +132,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         async def collect_oldest() -> None:
             acks = await storing.popleft()
             duplicates = [(message_id, False) for message_id, fresh in acks if not fresh]
-            reply.acks.extend(_acks(duplicates))
+            _add_acks(reply.acks, duplicates)
             reply.stored_count += len(acks) - len(duplicates)
             reply.duplicate_count += len(duplicates)
 

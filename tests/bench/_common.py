@@ -44,6 +44,8 @@ def running_suite(*, demo: bool = False, extra_env: dict | None = None):
     The ready contents also carry `dsn`, the suite's embedded database, for benches that look at rows."""
     with tempfile.TemporaryDirectory(prefix="tailor-bench-") as home:
         env = dict(os.environ, TAILOR_HOME=home, TAILOR_PG_PORT=str(free_port()))
+        # This checkout's code, not the one the shared venv installed (a worktree's bench measured main's services).
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "protos"), *filter(None, [env.get("PYTHONPATH")])])
         env.setdefault("TAILOR_LOG_LEVEL", "WARNING")
         env.pop("DATABASE_URL", None)
         for svc in SERVICES:

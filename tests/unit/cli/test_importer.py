@@ -106,6 +106,41 @@ def test_map_flags_are_key_equals_column():
         importer.parse_map_flags(["identity.email"])
 
 
+def test_rows_the_gateway_would_refuse_for_their_type_are_set_aside_before_sending():
+    # The type rules are the gateway's own (shared.event_rules): a purchase without an item would have its whole
+    # batch refused, so the check names it, as the gateway would, and keeps it out of the batch.
+    converter = importer.RowConverter(_events_mapping())
+    check = importer.ContractCheck(common_pb2.Event.DESCRIPTOR)
+    row = ["a@x.io", "c1", "1733047200", "purchase", "", "2", "9.5", "", ""]
+    problems = check.problems(converter.convert(1, row))
+    assert problems == [("line_items", "a purchase needs at least one line item")]
+    assert converter.column_of(row, "line_items") == "sku"
+    assert check.problems(converter.convert(2, ["a@x.io", "c1", "1733047200", "purchase", "s", "2", "9.5", "", ""])) \
+        == []
+
+
+async def test_serialized_rows_are_sent_as_the_request_message_they_make():
+    sent = []
+
+    class Channel:
+        def unary_unary(self, method, request_serializer, response_deserializer):
+            assert method == "/personalization.gateway.v1.GatewayService/IngestEvents" and request_serializer is None
+
+            async def rpc(request, **kwargs):
+                sent.append(request)
+                return response_deserializer(gw.IngestEventsResponse(acks=[gw.EventAck(message_id="m")])
+                                             .SerializeToString())
+            return rpc
+
+    events = [common_pb2.Event(message_id="small"), common_pb2.Event(message_id="m" * 100, name="n" * 100),
+              common_pb2.Event(message_id="big", name="x" * 20_000)]  # lengths of one, two and three bytes
+    call = importer._raw_method(Channel(), gw.DESCRIPTOR.services_by_name["GatewayService"], "IngestEvents",
+                                "events", gw.IngestEventsResponse)
+    reply = await call([e.SerializeToString() for e in events], timeout=1)
+    assert gw.IngestEventsRequest.FromString(sent[0]) == gw.IngestEventsRequest(events=events)
+    assert [a.message_id for a in reply.acks] == ["m"]
+
+
 def _refusal(violations):
     status = InvalidArgument(violations).to_status()
     return grpc.aio.AioRpcError(status.code, grpc.aio.Metadata(), grpc.aio.Metadata(*status.trailing_metadata),
