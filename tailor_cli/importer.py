@@ -436,7 +436,8 @@ async def send_with_rejections(call: Callable, entries: list[tuple[int, list[str
                                column_of: Callable[[list[str], str], str], *, attempts: int = 8
                                ) -> tuple[Any, list[Rejected]]:
     """Sends entries (row number, cells, message or serialized message) with `call(messages)`; a refusal naming
-    rows drops them and sends the rest again. Returns (the reply of the last call or None when every row was refused, rejections)."""
+    rows drops them and sends the rest again. Returns (the reply of the last call or None when every row was
+    refused, rejections)."""
     rejected: list[Rejected] = []
     tries = 0
     while entries:

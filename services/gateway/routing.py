@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from hashlib import blake2b
 
 from personalization.common.v1 import common_pb2
@@ -16,5 +17,10 @@ def route_of(event: common_pb2.Event) -> int:
 
     Events of one routing identity are applied in order; put the most stable identity first."""
     identity = event.identities[0]
-    key = f"{identity.type}\x00{identity.value.strip().lower()}".encode()
+    return _route(identity.type, identity.value)
+
+
+@lru_cache(maxsize=16_384)  # a batch's events mostly come from fewer people than events: each is hashed once
+def _route(kind: str, value: str) -> int:
+    key = f"{kind}\x00{value.strip().lower()}".encode()
     return int.from_bytes(blake2b(key, digest_size=8).digest(), "big", signed=True)
