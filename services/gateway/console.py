@@ -68,9 +68,8 @@ class Client:
 
     async def call(self, path: str, request: Message) -> Message:
         method = await self.dispatcher.method(path)
-        assert method is not None and method.handler is not None, path
-        reply = await self.dispatcher.call(method, request.SerializeToString(), self.metadata,
-                                           time.monotonic() + CALL_SECONDS)
+        assert method is not None and not method.streaming, path
+        reply = await self.dispatcher.call(method, request, self.metadata, time.monotonic() + CALL_SECONDS)
         return reply if isinstance(reply, Message) else method.output.FromString(reply)
 
 

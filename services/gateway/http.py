@@ -1,6 +1,7 @@
-"""The gateway's public API over HTTP: the Connect protocol's unary calls (JSON or binary protobuf bodies), served
-in process by the very handlers the gRPC port runs (the same interceptor authenticates, binds the call's context,
-logs and turns errors into google.rpc.Status), with per-tenant CORS; and the web pages (tracker, console) beside.
+"""The gateway's public API over HTTP: the Connect protocol's unary calls (JSON or binary protobuf bodies) and its
+streaming calls (enveloped messages: client streams read whole, server streams written as they come), served in
+process by the very handlers the gRPC port runs (the same interceptor authenticates, binds the call's context, logs
+and turns errors into google.rpc.Status), with per-tenant CORS; and the web pages (tracker, console) beside.
 
 Why our own adapter rather than connect-python (PyPI `connect-python`, import `connectrpc`, 0.9, beta): it serves
 services written against its own generated base classes, so wrapping our grpc.aio servicers and the byte-forwarding
@@ -9,20 +10,22 @@ malformed body or a non-UTF-8 string comes back as UNKNOWN with the parser's tex
 naming the field); it reads Connect-Timeout-Ms but leaves enforcing it to the handler; and it pulls in a Rust HTTP
 client the server does not use. The Connect unary protocol is small (a POST per call, the error as a JSON object),
 so this module speaks it over uvicorn: Connect clients (connect-web in the browser, connect-go, ...) and curl work.
+Its streaming half is small too: each message is an envelope (a flags byte, a 4-byte big-endian length, the
+message), and a server's stream ends with an end-stream envelope (flag 0x02) whose JSON carries the error, if any.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import gzip
 import json
 import re
 import socket
+import struct
 import time
 import zlib
-from collections.abc import Awaitable, Callable
-from contextlib import nullcontext
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +41,7 @@ from shared.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, 
 from shared.log import get_logger
 from shared.runtime import Built
 from shared.server import CallContextInterceptor
+from shared.wire import Unparsable
 
 log = get_logger("gateway.http")
 
@@ -45,6 +49,10 @@ ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaita
 
 MAX_BODY_BYTES = 64 * 1024 * 1024  # as the gRPC port's grpc.max_receive_message_length
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# Streaming calls (connectrpc.com/docs/protocol, "Streaming-Request"): their content types, and the envelope's flags.
+STREAM_TYPES = ("application/connect+json", "application/connect+proto")
+FLAG_COMPRESSED, FLAG_END_STREAM = 0x01, 0x02
+_ENVELOPE = struct.Struct(">BI")
 # The Connect protocol's code names and HTTP statuses (connectrpc.com/docs/protocol, "Error Codes").
 CONNECT_CODES: dict[grpc.StatusCode, tuple[str, int]] = {
     grpc.StatusCode.CANCELLED: ("canceled", 499),
@@ -68,9 +76,10 @@ _BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 # Request headers that describe the HTTP exchange itself, not the call: never passed on as call metadata.
 _TRANSPORT_HEADERS = frozenset({"host", "content-type", "content-length", "content-encoding", "accept",
                                 "accept-encoding", "connection", "user-agent", "connect-protocol-version",
-                                "connect-timeout-ms", "grpc-timeout", "te", "transfer-encoding"})
+                                "connect-timeout-ms", "grpc-timeout", "te", "transfer-encoding",
+                                "connect-content-encoding", "connect-accept-encoding"})
 ALLOWED_REQUEST_HEADERS = "authorization, content-type, connect-protocol-version, connect-timeout-ms, grpc-timeout, " \
-                          "x-request-id, x-user-agent"
+                          "connect-content-encoding, connect-accept-encoding, x-request-id, x-user-agent"
 _GRPC_TIMEOUT = re.compile(r"^(\d{1,8})([HMSmun])$")
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
@@ -124,12 +133,26 @@ class _Collector:
 
 @dataclass(frozen=True)
 class Method:
-    """One RPC as the HTTP port serves it: the wrapped unary handler and its message classes."""
+    """One RPC as the HTTP port serves it: the handler wrapped by the interceptor, its kind and message classes."""
 
     name: str
-    handler: grpc.RpcMethodHandler | None  # None: a streaming RPC (served over gRPC only)
+    handler: grpc.RpcMethodHandler
+    client_streaming: bool
+    server_streaming: bool
     input: type[Message]
     output: type[Message]
+
+    @property
+    def streaming(self) -> bool:
+        return self.client_streaming or self.server_streaming
+
+    def request(self, data: bytes | Message) -> Any:
+        """What the handler takes for a request given as bytes or a message: a message (Unparsable when the bytes
+        do not parse, which the interceptor answers as INVALID_ARGUMENT), or bytes for a forwarding handler."""
+        deserialize = self.handler.request_deserializer
+        if deserialize is None:
+            return data.SerializeToString() if isinstance(data, Message) else data
+        return deserialize(data) if isinstance(data, bytes) else data
 
 
 class Dispatcher:
@@ -152,30 +175,43 @@ class Dispatcher:
         if raw is not None:
             _, service, name = path.split("/")
             descriptor = descriptor_pool.Default().FindMethodByName(f"{service}.{name}")
-            unary = raw.unary_unary is not None
 
             async def continuation(_details):
                 return raw
 
-            wrapped = await self._interceptor.intercept_service(continuation, details) if unary else None
-            found = Method(name, wrapped, message_factory.GetMessageClass(descriptor.input_type),
+            wrapped = await self._interceptor.intercept_service(continuation, details)
+            found = Method(name, wrapped, descriptor.client_streaming, descriptor.server_streaming,
+                           message_factory.GetMessageClass(descriptor.input_type),
                            message_factory.GetMessageClass(descriptor.output_type))
         if found is not None or len(self._methods) < 10_000:  # unknown paths are the callers': bounded
             self._methods[path] = found
         return found
 
-    async def call(self, method: Method, body: bytes, metadata: tuple, deadline: float | None) -> Any:
-        """The reply of one unary call (a message, or bytes for a forwarded one); raises RpcFailed on an error."""
-        assert method.handler is not None
-        request = method.handler.request_deserializer(body) if method.handler.request_deserializer else body
-        call = method.handler.unary_unary(request, _Context(metadata, deadline))
+    async def call(self, method: Method, request: Any, metadata: tuple, deadline: float | None) -> Any:
+        """The reply of a unary call (request: bytes or a message) or of a client stream (request: an async iterator
+        of what Method.request gives), as a message or bytes for a forwarded one; raises RpcFailed on an error."""
+        handler = method.handler
+        if handler.stream_unary is not None:
+            call = handler.stream_unary(request, _Context(metadata, deadline))
+        else:
+            call = handler.unary_unary(method.request(request), _Context(metadata, deadline))
         if deadline is None:
             return await call
         try:
             return await asyncio.wait_for(call, max(0.0, deadline - time.monotonic()))
         except TimeoutError:
-            status = DeadlineExceeded("the deadline passed before the call completed").to_status()
-            raise RpcFailed(status.code, status.details, status.trailing_metadata) from None
+            raise _deadline_passed() from None
+
+    def stream(self, method: Method, request: Any, metadata: tuple,
+               deadline: float | None) -> AsyncGenerator[Any, None]:
+        """The replies of a server-streaming call, as it yields them; iterating raises RpcFailed on an error (the
+        caller enforces the deadline: the call only knows it)."""
+        return method.handler.unary_stream(method.request(request), _Context(metadata, deadline))
+
+
+def _deadline_passed() -> RpcFailed:
+    status = DeadlineExceeded("the deadline passed before the call completed").to_status()
+    return RpcFailed(status.code, status.details, status.trailing_metadata)
 
 
 def _deadline(headers: dict[str, str]) -> float | None:
@@ -204,11 +240,10 @@ def _status_of(error: BaseException) -> tuple[grpc.StatusCode, str, bytes]:
     return status.code, status.details, dict(status.trailing_metadata).get(STATUS_DETAILS_KEY, b"")
 
 
-def connect_error(code: grpc.StatusCode, message: str, status_bytes: bytes = b"") -> tuple[int, bytes]:
-    """The HTTP status and JSON body of a Connect error: code, message and the google.rpc.Status details, each as
-    type, base64 value and a readable `debug` copy."""
-    name, http_status = CONNECT_CODES.get(code, ("unknown", 500))
-    body: dict[str, Any] = {"code": name, "message": message}
+def error_json(code: grpc.StatusCode, message: str, status_bytes: bytes = b"") -> dict[str, Any]:
+    """A Connect error as JSON: code, message and the google.rpc.Status details, each as type, base64 value and a
+    readable `debug` copy (a unary call's body, or the `error` of a stream's end-stream message)."""
+    body: dict[str, Any] = {"code": CONNECT_CODES.get(code, ("unknown", 500))[0], "message": message}
     details = []
     if status_bytes:
         status = status_pb2.Status.FromString(status_bytes)
@@ -225,7 +260,13 @@ def connect_error(code: grpc.StatusCode, message: str, status_bytes: bytes = b""
             details.append(entry)
     if details:
         body["details"] = details
-    return http_status, json.dumps(body, ensure_ascii=False).encode()
+    return body
+
+
+def connect_error(code: grpc.StatusCode, message: str, status_bytes: bytes = b"") -> tuple[int, bytes]:
+    """The HTTP status and JSON body of a unary call's Connect error."""
+    body = error_json(code, message, status_bytes)
+    return CONNECT_CODES.get(code, ("unknown", 500))[1], json.dumps(body, ensure_ascii=False).encode()
 
 
 async def _read_body(receive, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -243,20 +284,93 @@ async def _read_body(receive, limit: int = MAX_BODY_BYTES) -> bytes:
             return b"".join(chunks)
 
 
-def _decompress(body: bytes, encoding: str) -> bytes:
-    if encoding in ("", "identity"):
-        return body
-    if encoding != "gzip":
-        raise InvalidArgument([("Content-Encoding", "must be gzip or identity")], reason="UNSUPPORTED_ENCODING")
+def _check_encoding(encoding: str, header: str) -> str:
+    if encoding in ("", "identity", "gzip"):
+        return encoding
+    raise InvalidArgument([(header, "must be gzip or identity")], reason="UNSUPPORTED_ENCODING")
+
+
+def _gunzip(data: bytes, what: str, limit: int = MAX_BODY_BYTES) -> bytes:
+    """data decompressed, at most limit bytes of it (a small body must not unpack into gigabytes)."""
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
-        return gzip.decompress(body)
-    except (OSError, EOFError, zlib.error):
-        raise InvalidArgument([("body", "is not valid gzip")]) from None
+        out = inflate.decompress(data, limit + 1)
+    except zlib.error:
+        raise InvalidArgument([("body", f"{what} not valid gzip")]) from None
+    if len(out) > limit:
+        raise ResourceExhausted(f"the request body is larger than {limit} bytes unpacked", reason="BODY_TOO_LARGE")
+    if not inflate.eof:
+        raise InvalidArgument([("body", f"{what} not valid gzip (it is cut short)")])
+    return out
+
+
+def _envelopes(body: bytes, encoding: str) -> list[bytes]:
+    """The messages of a streaming call's body, each unpacked from its envelope (a flags byte, a 4-byte big-endian
+    length); framing that is not Connect's refuses the whole call, before any message is handled."""
+    messages: list[bytes] = []
+    at = 0
+    while at < len(body):
+        index = len(messages)
+        if len(body) - at < _ENVELOPE.size:
+            raise InvalidArgument([("body", f"envelope {index} is cut short: {len(body) - at} of the 5 bytes "
+                                            "that give its flags and length")])
+        flags, size = _ENVELOPE.unpack_from(body, at)
+        at += _ENVELOPE.size
+        if flags & ~FLAG_COMPRESSED:
+            raise InvalidArgument([("body", f"envelope {index} has flags {flags:#04x}: a request's envelopes may "
+                                            "only be flagged compressed (0x01)")])
+        if size > len(body) - at:
+            raise InvalidArgument([("body", f"envelope {index} is cut short: {len(body) - at} of its {size} "
+                                            "bytes")])
+        data = body[at:at + size]
+        at += size
+        if flags & FLAG_COMPRESSED:
+            if encoding != "gzip":
+                raise InvalidArgument([("body", f"envelope {index} is flagged compressed without "
+                                                "Connect-Content-Encoding: gzip")])
+            data = _gunzip(data, f"envelope {index} is")
+        messages.append(data)
+    return messages
+
+
+def envelope(flags: int, data: bytes) -> bytes:
+    """One enveloped message of a streaming call."""
+    return _ENVELOPE.pack(flags, len(data)) + data
+
+
+def _decode(method: Method, data: bytes, as_json: bool) -> Any:
+    """A request as its handler takes it; JSON that is not the request message becomes an Unparsable (answered as
+    INVALID_ARGUMENT naming `body` once the call is authenticated, as undecodable bytes are over gRPC)."""
+    if not as_json:
+        return method.request(data)
+    try:
+        return method.request(protojson.parse(data, method.input))
+    except (json_format.ParseError, UnicodeDecodeError, ValueError, RecursionError, DecodeError) as error:
+        return Unparsable(InvalidArgument([("body", f"is not a JSON {method.input.DESCRIPTOR.name}: "
+                                                    f"{shorten(str(error), 160)}")]))
+
+
+def _encode(method: Method, reply: Any, as_json: bool) -> bytes:
+    if as_json:
+        message = reply if isinstance(reply, Message) else method.output.FromString(reply)
+        return json_format.MessageToJson(message, indent=None).encode()
+    return reply.SerializeToString() if isinstance(reply, Message) else reply
+
+
+async def _requests(method: Method, payloads: list[bytes], as_json: bool) -> AsyncIterator[Any]:
+    for data in payloads:
+        yield _decode(method, data, as_json)
+
+
+async def _disconnected(receive) -> None:
+    """Returns when the client goes away (the request body already read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class ConnectApp:
-    """An ASGI app: Connect unary calls under /<package.Service>/<Method>, CORS preflights; other paths go to
-    `pages` (the tracker, the example page, the console)."""
+    """An ASGI app: Connect calls (unary and streaming) under /<package.Service>/<Method>, CORS preflights; other
+    paths go to `pages` (the tracker, the example page, the console)."""
 
     def __init__(self, dispatcher: Dispatcher, origins: Origins, pages: ASGIApp | None = None):
         self.dispatcher = dispatcher
@@ -279,8 +393,12 @@ class ConnectApp:
         if scope["method"] == "OPTIONS":
             await self._preflight(send, cors)
             return
-        status, body, content_type = await self._call(scope, receive, headers)
-        await _send(send, status, body, [(b"content-type", content_type), *cors])
+        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type in STREAM_TYPES:
+            await self._stream(scope, receive, send, headers, content_type, cors)
+            return
+        status, body, answer_type = await self._call(scope, receive, headers, content_type)
+        await _send(send, status, body, [(b"content-type", answer_type), *cors])
 
     async def _cors_headers(self, origin: str) -> list[tuple[bytes, bytes]]:
         """CORS answer headers when some tenant allows the origin; the call itself is checked against its key's
@@ -298,56 +416,115 @@ class ConnectApp:
                                      (b"access-control-allow-headers", ALLOWED_REQUEST_HEADERS.encode()),
                                      (b"access-control-max-age", b"600")])
 
-    async def _call(self, scope, receive, headers: dict[str, str]) -> tuple[int, bytes, bytes]:
-        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+    async def _call(self, scope, receive, headers: dict[str, str], content_type: str) -> tuple[int, bytes, bytes]:
         as_json = content_type == "application/json"
         try:
             if scope["method"] != "POST":
-                raise _Unsupported(405, "Connect unary calls are POST requests")
+                raise _Unsupported(405, "Connect calls are POST requests")
             if content_type not in ("application/json", "application/proto"):
-                raise _Unsupported(415, "Content-Type must be application/json or application/proto")
+                raise _Unsupported(415, "Content-Type must be application/json or application/proto (a unary "
+                                        "call), or application/connect+json or application/connect+proto (a "
+                                        "streaming call)")
             method = await self.dispatcher.method(scope["path"])
             if method is None:
                 return (*connect_error(grpc.StatusCode.UNIMPLEMENTED, f"no method {shorten(scope['path'], 120)}"),
                         b"application/json")
-            if method.handler is None:
-                return (*connect_error(grpc.StatusCode.UNIMPLEMENTED,
-                                       f"{method.name} streams: it is served over gRPC only (IngestEvents takes "
-                                       "batches over HTTP)"), b"application/json")
+            if method.streaming:
+                raise _Unsupported(415, f"{method.name} streams: call it with Content-Type application/connect+json "
+                                        "or application/connect+proto (enveloped messages)")
             deadline = _deadline(headers)
-            body = _decompress(await _read_body(receive), headers.get("content-encoding", "").lower())
-            if as_json:
-                body = _json_to_proto(body, method.input)
+            encoding = _check_encoding(headers.get("content-encoding", "").lower(), "Content-Encoding")
+            body = await _read_body(receive)
+            if encoding == "gzip":
+                body = _gunzip(body, "is")
             metadata = tuple((k, v) for k, v in headers.items() if k not in _TRANSPORT_HEADERS)
-            reply = await self.dispatcher.call(method, body, metadata, deadline)
+            reply = await self.dispatcher.call(method, _decode(method, body, as_json), metadata, deadline)
         except _Unsupported as error:
             return error.status, error.message.encode(), b"text/plain"
         except (RpcFailed, TailorError) as error:
             return (*connect_error(*_status_of(error)), b"application/json")
         except ConnectionError:
             return 499, b"", b"text/plain"
-        if as_json:
-            message = reply if isinstance(reply, Message) else method.output.FromString(reply)
-            return 200, json_format.MessageToJson(message, indent=None).encode(), b"application/json"
-        return 200, reply.SerializeToString() if isinstance(reply, Message) else reply, b"application/proto"
+        return 200, _encode(method, reply, as_json), b"application/json" if as_json else b"application/proto"
+
+    async def _stream(self, scope, receive, send, headers: dict[str, str], content_type: str,
+                      cors: list[tuple[bytes, bytes]]) -> None:
+        """A streaming call: 200 and the replies as envelopes, then the end-stream message (its error, if any)."""
+        method = await self.dispatcher.method(scope["path"])
+        if scope["method"] != "POST":
+            await _send(send, 405, b"Connect calls are POST requests", [(b"content-type", b"text/plain"), *cors])
+            return
+        if method is not None and not (method.client_streaming ^ method.server_streaming):
+            reason = (b"it streams both ways, which needs HTTP/2: it is served over gRPC only" if method.streaming
+                      else b"it is a unary call: Content-Type application/json or application/proto")
+            await _send(send, 415, method.name.encode() + b": " + reason, [(b"content-type", b"text/plain"), *cors])
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", content_type.encode()), *cors]})
+        as_json = content_type == "application/connect+json"
+        end: dict[str, Any] = {}
+        try:
+            if method is None:
+                raise RpcFailed(grpc.StatusCode.UNIMPLEMENTED, f"no method {shorten(scope['path'], 120)}", ())
+            deadline = _deadline(headers)
+            encoding = _check_encoding(headers.get("connect-content-encoding", "").lower(), "Connect-Content-Encoding")
+            payloads = _envelopes(await _read_body(receive), encoding)
+            metadata = tuple((k, v) for k, v in headers.items() if k not in _TRANSPORT_HEADERS)
+            if method.client_streaming:
+                reply = await self.dispatcher.call(method, _requests(method, payloads, as_json), metadata, deadline)
+                await send({"type": "http.response.body", "body": envelope(0, _encode(method, reply, as_json)),
+                            "more_body": True})
+            else:
+                if len(payloads) != 1:
+                    raise InvalidArgument([("body", f"must be one request message for {method.name}, not "
+                                                    f"{len(payloads)}")])
+                await self._serve(send, receive, method, _decode(method, payloads[0], as_json), metadata, deadline,
+                                  as_json)
+        except (RpcFailed, TailorError) as error:
+            end["error"] = error_json(*_status_of(error))
+        except ConnectionError:
+            return  # the client went away: nobody to tell
+        await send({"type": "http.response.body", "more_body": False,
+                    "body": envelope(FLAG_END_STREAM, json.dumps(end, ensure_ascii=False).encode())})
+
+    async def _serve(self, send, receive, method: Method, request: Any, metadata: tuple, deadline: float | None,
+                     as_json: bool) -> None:
+        """Writes a server stream's replies as they come, until it ends, fails, passes its deadline or the client
+        goes away (then the stream is cancelled, as over gRPC)."""
+        async def pump() -> None:
+            async with aclosing(self.dispatcher.stream(method, request, metadata, deadline)) as replies:
+                async for reply in replies:
+                    await send({"type": "http.response.body", "body": envelope(0, _encode(method, reply, as_json)),
+                                "more_body": True})
+
+        async def bounded() -> None:
+            if deadline is None:
+                return await pump()
+            try:
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    await pump()
+            except TimeoutError:
+                raise _deadline_passed() from None
+
+        pumping, gone = asyncio.ensure_future(bounded()), asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait([pumping, gone], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pumping, gone):
+                task.cancel()
+            await asyncio.gather(pumping, gone, return_exceptions=True)
+        if not pumping.cancelled() and pumping.exception() is not None:
+            raise pumping.exception()  # type: ignore[misc]
+        if pumping.cancelled():
+            raise ConnectionError("client disconnected")
 
 
 class _Unsupported(Exception):
-    """A request that is not a Connect unary call at all: answered with a plain HTTP status."""
+    """A request that is not a Connect call at all: answered with a plain HTTP status."""
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message
-
-
-def _json_to_proto(body: bytes, message_class: type[Message]) -> bytes:
-    """The JSON body as the request message's binary form; a body that is not that message is INVALID_ARGUMENT."""
-    try:
-        message = protojson.parse(body, message_class)
-    except (json_format.ParseError, UnicodeDecodeError, ValueError, RecursionError, DecodeError) as error:
-        raise InvalidArgument([("body", f"is not a JSON {message_class.DESCRIPTOR.name}: "
-                                        f"{shorten(str(error), 160)}")]) from None
-    return message.SerializeToString()
 
 
 async def _send(send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:

@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import re
+import struct
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -125,8 +126,8 @@ async def test_errors_carry_the_google_rpc_status_details_as_json(suite, http):
 
     unknown_method = await _call(http, "NoSuchMethod", {}, _secret(md))
     assert unknown_method.status_code == 501 and unknown_method.json()["code"] == "unimplemented"
-    streaming = await _call(http, "StreamIngestEvents", {}, _secret(md))
-    assert streaming.status_code == 501 and "gRPC only" in streaming.json()["message"]
+    streaming = await _call(http, "StreamIngestEvents", {}, _secret(md))  # streams take enveloped messages
+    assert streaming.status_code == 415 and "application/connect+json" in streaming.text
     text = await http.post(GATEWAY + "GetDecisions", content=b"x", headers={"content-type": "text/plain"})
     assert text.status_code == 415
 
@@ -148,7 +149,8 @@ async def test_the_deadline_comes_from_connect_timeout_ms_or_grpc_timeout(suite,
 
 @pytest.mark.parametrize("method", [m.name for m in GATEWAY_SERVICE.methods])
 async def test_every_public_rpc_answers_over_http_with_the_grpc_status(suite, http, method):
-    """An empty request to every RPC: over HTTP the same status code as over gRPC (a streaming RPC: unimplemented)."""
+    """An empty request to every RPC: over HTTP the same status code as over gRPC (a streaming RPC's in its
+    end-stream message)."""
     descriptor = GATEWAY_SERVICE.methods_by_name[method]
     scopes = METHOD_SCOPES[GATEWAY + method]
     if "operator" in scopes:
@@ -157,12 +159,13 @@ async def test_every_public_rpc_answers_over_http_with_the_grpc_status(suite, ht
     else:
         _, md = await suite.new_tenant()
         key = _secret(md)
-    reply = await _call(http, method, {}, key)
-    if descriptor.client_streaming or descriptor.server_streaming:
-        assert reply.status_code == 501
-        return
     request_class = message_factory.GetMessageClass(descriptor.input_type)
     response_class = message_factory.GetMessageClass(descriptor.output_type)
+    if descriptor.client_streaming or descriptor.server_streaming:
+        await _compare_stream(suite, http, method, key, md, request_class, response_class,
+                              descriptor.client_streaming)
+        return
+    reply = await _call(http, method, {}, key)
     call = suite.channel.unary_unary(GATEWAY + method, request_serializer=request_class.SerializeToString,
                                      response_deserializer=response_class.FromString)
     try:
@@ -176,6 +179,42 @@ async def test_every_public_rpc_answers_over_http_with_the_grpc_status(suite, ht
     else:
         assert reply.json()["code"] == expected.name.lower(), reply.text
     assert reply.json().get("code") not in ("internal", "unknown")
+
+
+async def _compare_stream(suite, http, method, key, md, request_class, response_class, client_streaming) -> None:
+    """A streaming RPC with one empty request message: the end-stream message says what gRPC's status says."""
+    body = struct.pack(">BI", 0, 2) + b"{}"
+    reply = await http.post(GATEWAY + method, content=body, headers={"authorization": f"Bearer {key}",
+                                                                     "content-type": "application/connect+json",
+                                                                     "connect-timeout-ms": "3000"})
+    assert reply.status_code == 200, reply.text
+    envelopes, at = [], 0
+    while at < len(reply.content):
+        flags, size = struct.unpack_from(">BI", reply.content, at)
+        envelopes.append((flags, reply.content[at + 5:at + 5 + size]))
+        at += 5 + size
+    assert envelopes[-1][0] == 2  # the end-stream message, last
+    end = json.loads(envelopes[-1][1])
+    if client_streaming:
+        call = suite.channel.stream_unary(GATEWAY + method, request_serializer=request_class.SerializeToString,
+                                          response_deserializer=response_class.FromString)
+        requests = iter([request_class()])
+    else:
+        call = suite.channel.unary_stream(GATEWAY + method, request_serializer=request_class.SerializeToString,
+                                          response_deserializer=response_class.FromString)
+        requests = request_class()
+    try:
+        answer = call(requests, metadata=md, timeout=3)
+        if client_streaming:
+            await answer
+        else:
+            async for _ in answer:
+                pass
+        expected = grpc.StatusCode.OK
+    except grpc.aio.AioRpcError as error:
+        expected = error.code()
+    assert end.get("error", {}).get("code", "ok") == expected.name.lower(), end
+    assert end.get("error", {}).get("code") not in ("internal", "unknown")
 
 
 async def _operator_key(suite) -> str:
