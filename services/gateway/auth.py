@@ -62,7 +62,7 @@ METHOD_SCOPES: dict[str, frozenset[str]] = {
     GATEWAY + "ListDeadLetters": frozenset({"admin"}),
     GATEWAY + "RetryDeadLetters": frozenset({"admin"}),
     GATEWAY + "DiscardDeadLetters": frozenset({"admin"}),
-    GATEWAY + "GetPipelineStatus": frozenset({"admin"}),
+    GATEWAY + "GetPipelineStatus": frozenset({"admin", OPERATOR_SCOPE}),  # the operator: any tenant's
     GATEWAY + "GetUsageStats": frozenset({"admin", OPERATOR_SCOPE}),  # the operator: any tenant's
     GATEWAY + "GetUsage": frozenset({"admin"}),
     GATEWAY + "ForgetIndividual": frozenset({"admin"}),

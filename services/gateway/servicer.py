@@ -28,7 +28,7 @@ from services.gateway.quotas import Quotas
 from services.gateway.recommend import Recommendations
 from services.gateway.records import RecordSync, validate_data_model
 from services.gateway.replay import Replayer
-from services.gateway.tenants import Tenants
+from services.gateway.tenants import Tenants, named_tenant
 from services.gateway.usage import UsageStats
 from shared import contract
 from shared.client import open_stream
@@ -351,7 +351,8 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
 
     async def GetPipelineStatus(self, request: pb.GetPipelineStatusRequest,
                                 context: grpc.aio.ServicerContext) -> pb.GetPipelineStatusResponse:
-        return await self.dead_letters.status(current_tenant())
+        async with named_tenant(request.tenant_id, self.tenants.exists, "pipeline status") as tenant:
+            return await self.dead_letters.status(tenant)
 
     async def GetUsageStats(self, request: pb.GetUsageStatsRequest,
                             context: grpc.aio.ServicerContext) -> pb.GetUsageStatsResponse:

@@ -7,19 +7,47 @@ these RPCs or another tenant's rows.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from services.gateway.auth import OPERATOR_SCOPE, OPERATOR_TENANT, TENANT_ID_PATTERN, KeyService, hash_secret, parse_key
 from services.gateway.postgres import KeyRow
 from services.gateway.postgres_tenants import TenantRow, TenantStore
+from shared import context as ctx
 from shared import db
-from shared.errors import NotFound, Violations, quote
+from shared.context import current_tenant
+from shared.errors import InvalidArgument, NotFound, PermissionDenied, Violations, quote
 from shared.paging import decode_token, next_page, page_size
 
 DEFAULT_SCOPES = ("ingest", "decide", "admin")
 SCOPE_NAMES = {pb.SCOPE_INGEST: "ingest", pb.SCOPE_DECIDE: "decide", pb.SCOPE_ADMIN: "admin"}
+
+
+@contextlib.asynccontextmanager
+async def named_tenant(requested: str, exists: Callable[[str], Awaitable[bool]] | None,
+                       what: str) -> AsyncIterator[str]:
+    """The tenant a read that the operator may make for any tenant is about, bound as the call's tenant inside: a
+    tenant's key reads its own (`tenant_id` empty or its own), the operator key names an existing tenant."""
+    caller = current_tenant()
+    if caller != OPERATOR_TENANT:
+        if requested and requested != caller:
+            raise PermissionDenied(f"only the operator key reads another tenant's {what}", reason="OPERATOR_ONLY",
+                                   metadata={"field": "tenant_id"})
+        yield caller
+        return
+    if not requested:
+        raise InvalidArgument([("tenant_id", "must name the tenant (the operator key has none of its own)")])
+    if exists is None or not await exists(requested):
+        raise NotFound(f"tenant {quote(requested)} does not exist", reason="TENANT_NOT_FOUND")
+    # Internal calls and row-level security follow the call's tenant: the named one, inside.
+    reset = ctx.tenant_var.set(requested)
+    try:
+        yield requested
+    finally:
+        ctx.tenant_var.reset(reset)
 
 
 def tenant_message(row: TenantRow) -> pb.Tenant:

@@ -10,11 +10,10 @@ from google.protobuf import timestamp_pb2
 
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.gateway.v1 import gateway_service_pb2 as pb
-from services.gateway.auth import OPERATOR_TENANT
 from services.gateway.ports import DecisionPort
-from shared import context as ctx
+from services.gateway.tenants import named_tenant
 from shared.context import current_tenant
-from shared.errors import InvalidArgument, NotFound, PermissionDenied, Violations, quote
+from shared.errors import Violations
 
 DEFAULT_WINDOW = timedelta(hours=24)
 
@@ -37,22 +36,8 @@ class UsageStats:
         self.tenant_exists = tenant_exists
 
     async def get(self, request: pb.GetUsageStatsRequest) -> pb.GetUsageStatsResponse:
-        caller = current_tenant()
-        if caller != OPERATOR_TENANT:
-            if request.tenant_id and request.tenant_id != caller:
-                raise PermissionDenied("only the operator key reads another tenant's usage",
-                                       reason="OPERATOR_ONLY", metadata={"field": "tenant_id"})
+        async with named_tenant(request.tenant_id, self.tenant_exists, "usage"):
             return await self._get(request)
-        if not request.tenant_id:
-            raise InvalidArgument([("tenant_id", "must name the tenant (the operator key has none of its own)")])
-        if self.tenant_exists is None or not await self.tenant_exists(request.tenant_id):
-            raise NotFound(f"tenant {quote(request.tenant_id)} does not exist", reason="TENANT_NOT_FOUND")
-        # The decision service counts the named tenant's log: its internal token is minted for that tenant.
-        reset = ctx.tenant_var.set(request.tenant_id)
-        try:
-            return await self._get(request)
-        finally:
-            ctx.tenant_var.reset(reset)
 
     async def _get(self, request: pb.GetUsageStatsRequest) -> pb.GetUsageStatsResponse:
         v = Violations()

@@ -12,12 +12,14 @@ import httpx
 import pytest
 from google.protobuf import timestamp_pb2
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from personalization.common.v1 import common_pb2
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.gateway.v1 import gateway_service_pb2 as pb
+from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from tailor_cli import demo
+from tests.conftest import wait_for
 from tests.e2e.browser import chromium, output_folder
 
 CONSOLE_PAGES = ["/console/", "/console/profiles?identity=email:ada@example.com", "/console/segments",
@@ -161,3 +163,118 @@ async def test_the_console_refuses_a_key_without_admin_scope(suite):
         assert refused.status_code == 401 and "an admin key is needed" in refused.text
         with_header = await http.get("/console/", headers={"authorization": md[0][1]})
         assert with_header.status_code == 403
+
+
+def _sign_in(browser, base: str, key: str, landing_id: str) -> None:
+    browser.get(base + "/console/login")
+    browser.delete_all_cookies()  # whoever signed in before
+    browser.get(base + "/console/login")
+    browser.find_element(By.ID, "key").send_keys(key)
+    browser.find_element(By.ID, "sign-in").click()
+    _wait(browser, lambda d: d.find_elements(By.ID, landing_id))
+
+
+async def test_the_operator_sees_every_tenants_pipeline_and_picks_one(suite, browser, tmp_path):
+    from services.gateway.admin import write_operator_key
+
+    operator = await write_operator_key(suite.dsn, tmp_path / "operator_key")
+    busy, md = await suite.new_tenant()
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[
+        common_pb2.Event(message_id=f"op-{i}", type=common_pb2.EVENT_TYPE_PAGE_VIEW, event_time=_now(),
+                         identities=[common_pb2.Identity(type="device_id", value=f"op-{i}")]) for i in range(7)]),
+        metadata=md)
+    for _ in range(21):  # more tenants than one page of the operator's list
+        await suite.new_tenant()
+    base = f"http://127.0.0.1:{suite.ports['http']}"
+    folder = output_folder("web_console")
+
+    def browse() -> tuple[int, str, str]:
+        _sign_in(browser, base, operator, "tenants")
+        browser.save_screenshot(str(folder / "operator_tenants.png"))
+        pages = 1
+        while not browser.find_elements(By.CSS_SELECTOR, f"#tenant option[value='{busy}']"):
+            browser.find_element(By.ID, "tenants-next").click()  # the tenant is on a later page
+            _wait(browser, lambda d: d.find_elements(By.ID, "tenants-first"))
+            pages += 1
+        rows = browser.find_element(By.ID, "tenants").text
+        Select(browser.find_element(By.ID, "tenant")).select_by_value(busy)
+        browser.find_element(By.ID, "pick").click()
+        _wait(browser, lambda d: d.find_elements(By.ID, "tenant-id"))
+        browser.save_screenshot(str(folder / "operator_tenant_pipeline.png"))
+        text = browser.find_element(By.TAG_NAME, "main").text
+        browser.get(base + "/console/segments")  # tenant pages are not the operator's: back to all tenants
+        _wait(browser, lambda d: d.find_elements(By.ID, "tenants"))
+        return pages, rows, text
+
+    pages, rows, text = await asyncio.to_thread(browse)
+    first_page = await suite.gateway.ListTenants(pb.ListTenantsRequest(page_size=20),
+                                                 metadata=(("authorization", f"Bearer {operator}"),))
+    assert first_page.next_page_token and (pages > 1) == (busy not in {t.tenant_id for t in first_page.tenants})
+    assert busy in rows
+    assert busy in text.split("\n")[0]
+    assert int(text.split("received, last hour\n")[1].split("\n")[0]) == 7
+    assert "Profiles" not in browser.find_element(By.TAG_NAME, "header").text
+
+
+async def test_long_lists_go_page_by_page(suite, browser):
+    _, md = await suite.new_tenant()
+    key = md[0][1].split(" ", 1)[1]
+    await demo.apply_config(f"127.0.0.1:{suite.ports['gateway']}", key)
+    for i in range(55):  # one page of the decision log (50) and a bit
+        await suite.gateway.GetDecisions(pb.GetDecisionsRequest(
+            individual_id=common_pb2.Identity(type="device_id", value=f"pager-{i}"),
+            personalization_points=[pb.PointRequest(name="home_banner")]), metadata=md)
+    listed = await suite.profile_admin.ListSegments(profile_pb.ListSegmentsRequest(), metadata=md)
+    for i in range(26 - len(listed.segments)):  # more segments than a page (25)
+        await suite.profile_admin.UpsertSegment(profile_pb.UpsertSegmentRequest(segment=profile_pb.Segment(
+            name=f"spenders_{i:02d}", rule=f"insights.spend_30d >= {i + 1}.0")), metadata=md)
+
+    async def logged() -> bool:
+        log = await suite.decision_admin.ListDecisionLog(decision_pb.ListDecisionLogRequest(page_size=100),
+                                                        metadata=md)
+        return len(log.entries) >= 55
+
+    assert await wait_for(logged)
+    base = f"http://127.0.0.1:{suite.ports['http']}"
+    folder = output_folder("web_console")
+
+    def browse() -> dict[str, object]:
+        _sign_in(browser, base, key, "pending")
+        seen: dict[str, object] = {}
+        browser.get(base + "/console/decisions")
+        rows = lambda d: d.find_elements(By.CSS_SELECTOR, "#log tr td:first-child")  # noqa: E731 - a probe
+        seen["log_first"] = len(_wait(browser, rows))
+        browser.find_element(By.ID, "log-next").click()
+        _wait(browser, lambda d: d.find_elements(By.ID, "log-first"))
+        browser.save_screenshot(str(folder / "decisions_page_2.png"))
+        seen["log_second"] = len(rows(browser))
+        seen["log_more"] = bool(browser.find_elements(By.ID, "log-next"))
+        browser.get(base + "/console/segments")
+        names = lambda d: [a.text for a in d.find_elements(By.CSS_SELECTOR, "#segments td:first-child a")]  # noqa: E731
+        seen["segments_first"] = names(browser)
+        browser.find_element(By.ID, "segments-next").click()
+        _wait(browser, lambda d: d.find_elements(By.ID, "segments-first"))
+        browser.save_screenshot(str(folder / "segments_page_2.png"))
+        seen["segments_second"] = names(browser)
+        return seen
+
+    seen = await asyncio.to_thread(browse)
+    assert (seen["log_first"], seen["log_second"], seen["log_more"]) == (50, 5, False)
+    first, second = seen["segments_first"], seen["segments_second"]
+    assert len(first) == 25 and len(second) >= 1 and not set(first) & set(second)
+    assert "spenders_00" in first + second and "big_spenders" in first + second
+
+
+async def test_a_segments_members_link_to_their_profiles(suite, seeded, browser):
+    key, unified_id = seeded
+    base = f"http://127.0.0.1:{suite.ports['http']}"
+
+    def browse() -> str:
+        _sign_in(browser, base, key, "pending")
+        browser.get(base + "/console/segments")
+        _wait(browser, lambda d: d.find_elements(By.LINK_TEXT, "big_spenders"))[0].click()
+        member = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#members a"))[0]
+        member.click()
+        return _wait(browser, lambda d: d.find_elements(By.ID, "unified-id"))[0].text
+
+    assert await asyncio.to_thread(browse) == unified_id

@@ -357,3 +357,27 @@ async def test_pipeline_status_counts_the_last_hour_per_minute(suite, http):
     assert sum(int(m.get("receivedCount", 0)) for m in minutes) == 3
     assert sum(int(m.get("processedCount", 0)) for m in minutes) == 3
     assert int(minutes[-1].get("backlogCount", 0)) == int(status.get("pendingCount", 0)) == 0
+
+
+async def test_the_operator_reads_any_tenants_pipeline_status_and_a_tenant_only_its_own(suite, http):
+    tenant, md = await suite.new_tenant()
+    events = [{"messageId": f"o-{i}", "type": "EVENT_TYPE_PAGE_VIEW", "eventTime": _now(),
+               "identities": [{"type": "device_id", "value": f"o-{i}"}]} for i in range(2)]
+    assert (await _call(http, "IngestEvents", {"events": events}, _secret(md))).status_code == 200
+    operator = await _operator_key(suite)
+    theirs = await _call(http, "GetPipelineStatus", {"tenantId": tenant}, operator)
+    assert theirs.status_code == 200, theirs.text
+    assert sum(int(m.get("receivedCount", 0)) for m in theirs.json()["minutes"]) == 2
+    unnamed = await _call(http, "GetPipelineStatus", {}, operator)
+    assert unnamed.status_code == 400
+    assert _detail(unnamed.json(), "google.rpc.BadRequest")["debug"]["fieldViolations"][0]["field"] == "tenant_id"
+    unknown = await _call(http, "GetPipelineStatus", {"tenantId": "t-nobody"}, operator)
+    assert unknown.status_code == 404
+    assert _detail(unknown.json(), "google.rpc.ErrorInfo")["debug"]["reason"] == "TENANT_NOT_FOUND"
+
+    other, other_md = await suite.new_tenant()
+    refused = await _call(http, "GetPipelineStatus", {"tenantId": tenant}, _secret(other_md))
+    assert refused.status_code == 403
+    assert _detail(refused.json(), "google.rpc.ErrorInfo")["debug"]["reason"] == "OPERATOR_ONLY"
+    own = await _call(http, "GetPipelineStatus", {"tenantId": other}, _secret(other_md))
+    assert own.status_code == 200 and sum(int(m.get("receivedCount", 0)) for m in own.json()["minutes"]) == 0

@@ -1142,8 +1142,10 @@ class DiscardDeadLettersResponse(_message.Message):
     def __init__(self, discarded_count: _Optional[int] = ...) -> None: ...
 
 class GetPipelineStatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
 
 class GetPipelineStatusResponse(_message.Message):
     __slots__ = ("pending_count", "retrying_count", "dead_letter_count", "oldest_pending_seconds", "minutes")

@@ -522,8 +522,10 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetPipelineStatus(self, request, context):
-        """Returns the tenant's pipeline state: events pending, dead letters, and the age of the oldest pending event.
-        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope).
+        """Returns a tenant's pipeline state: events pending, dead letters, and the age of the oldest pending event; the
+        caller's tenant, or with the operator key the one it names.
+        Errors: UNAUTHENTICATED, PERMISSION_DENIED (no admin scope; another tenant's with a tenant key),
+        INVALID_ARGUMENT (the operator key without tenant_id), NOT_FOUND (TENANT_NOT_FOUND).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
