@@ -352,8 +352,7 @@ def _decode(method: Method, data: bytes, as_json: bool) -> Any:
 
 def _encode(method: Method, reply: Any, as_json: bool) -> bytes:
     if as_json:
-        message = reply if isinstance(reply, Message) else method.output.FromString(reply)
-        return json_format.MessageToJson(message, indent=None).encode()
+        return protojson.dump(reply if isinstance(reply, Message) else method.output.FromString(reply))
     return reply.SerializeToString() if isinstance(reply, Message) else reply
 
 

@@ -3,6 +3,8 @@
 Starts the suite as `make run` does (demo tenant), then times sequential GetDecisions calls for one demo customer
 over gRPC (the baseline) and over HTTP with a JSON body (a kept-alive connection, as a browser or backend uses),
 and batched ingest (batches of 100 page views, 4 in flight) over both. Target: HTTP p50 within 1.5x gRPC.
+Ingest also reports the CPU each event costs the gateway process and this client (from /proc and process_time):
+on a shared machine the rates follow the load, the CPU per event much less.
 The last line is the summary. (Named http_api.py, not http.py: a script's folder comes first on sys.path, so a
 bench file named http.py would hide the standard library's http package from every other bench.)
 """
@@ -17,6 +19,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 import asyncio
 import json
+import os
 import time
 import uuid
 
@@ -70,8 +73,30 @@ def _json_batch() -> bytes:
          "identities": [{"type": "device_id", "value": f"bench-{run}-{i % 50}"}]} for i in range(BATCH)]}).encode()
 
 
-async def _ingest_rate(send, batch) -> float:
-    """Events acknowledged per second with IN_FLIGHT batches in flight for INGEST_SECONDS."""
+def _gateway_pid(http_port: int) -> int | None:
+    """The gateway process serving http_port (its command line and environment say so), if it can be read."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", b"services.gateway"] \
+                    and f"TAILOR_HTTP_PORT={http_port}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                return int(entry.name)
+        except (OSError, IndexError):
+            continue
+    return None
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User and system CPU time of a process so far (0 when it cannot be read)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _ingest_rate(send, batch, gateway: int | None = None) -> tuple[float, float, float]:
+    """Events acknowledged per second with IN_FLIGHT batches in flight for INGEST_SECONDS, and the CPU microseconds
+    each event took in the gateway and in this client."""
     done = 0
     stop = time.perf_counter() + INGEST_SECONDS
 
@@ -81,12 +106,14 @@ async def _ingest_rate(send, batch) -> float:
             await send(batch())
             done += BATCH
 
-    started = time.perf_counter()
+    started, server_cpu, client_cpu = time.perf_counter(), _cpu_seconds(gateway), time.process_time()
     await asyncio.gather(*(sender() for _ in range(IN_FLIGHT)))
-    return done / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    return (done / elapsed, (_cpu_seconds(gateway) - server_cpu) / done * 1e6,
+            (time.process_time() - client_cpu) / done * 1e6)
 
 
-async def measure(ready: dict) -> tuple[dict[str, list[float]], dict[str, float]]:
+async def measure(ready: dict) -> tuple[dict[str, list[float]], dict[str, tuple[float, float, float]]]:
     key = ready["api_key"]
     md = (("authorization", f"Bearer {key}"),)
     customer = ready.get("demo_customer_id") or "17850"
@@ -115,8 +142,9 @@ async def measure(ready: dict) -> tuple[dict[str, list[float]], dict[str, float]
         latencies = {"GetDecisions over gRPC (baseline)": await _time(lambda: stub.GetDecisions(request, metadata=md),
                                                                       SAMPLES),
                      "GetDecisions over HTTP/JSON": await _time(over_http, SAMPLES)}
-        rates = {"IngestEvents over gRPC": await _ingest_rate(ingest_grpc, _batch),
-                 "IngestEvents over HTTP/JSON": await _ingest_rate(ingest_http, _json_batch)}
+        gateway = _gateway_pid(ready["http_port"])
+        rates = {"IngestEvents over gRPC": await _ingest_rate(ingest_grpc, _batch, gateway),
+                 "IngestEvents over HTTP/JSON": await _ingest_rate(ingest_http, _json_batch, gateway)}
         return latencies, rates
 
 
@@ -128,12 +156,16 @@ def main() -> None:
     for name, samples in latencies.items():
         p50, p99 = percentile(samples, 50), percentile(samples, 99)
         print(f"{name:<36}{p50:>10.3f}{p99:>10.3f}{p50 / grpc_p50:>12.2f}")
-    base_rate = rates["IngestEvents over gRPC"]
-    print(f"\n{'operation':<36}{'events/s':>10}{'x gRPC':>12}")
-    for name, rate in rates.items():
-        print(f"{name:<36}{rate:>10.0f}{rate / base_rate:>12.2f}")
+    base_rate, base_cpu, _ = rates["IngestEvents over gRPC"]
+    print(f"\n{'operation':<36}{'events/s':>10}{'x gRPC':>8}{'gateway CPU us/event':>22}{'x gRPC':>8}"
+          f"{'client CPU us/event':>21}")
+    for name, (rate, server_cpu, client_cpu) in rates.items():
+        print(f"{name:<36}{rate:>10.0f}{rate / base_rate:>8.2f}{server_cpu:>22.1f}"
+              f"{server_cpu / base_cpu if base_cpu else 0:>8.2f}{client_cpu:>21.1f}")
+    http_rate, http_cpu, _ = rates["IngestEvents over HTTP/JSON"]
     print(f"\ndecide_http_p50_ms={percentile(latencies['GetDecisions over HTTP/JSON'], 50):.3f} "
-          f"decide_grpc_p50_ms={grpc_p50:.3f} ingest_http_per_s={rates['IngestEvents over HTTP/JSON']:.0f}")
+          f"decide_grpc_p50_ms={grpc_p50:.3f} ingest_http_per_s={http_rate:.0f} "
+          f"ingest_http_gateway_cpu_us={http_cpu:.1f} ingest_grpc_gateway_cpu_us={base_cpu:.1f}")
 
 
 if __name__ == "__main__":

@@ -71,3 +71,96 @@ def test_an_invalid_body_fails_as_json_format_fails(message_class, body):
 def test_a_time_reads_as_json_format_reads_it(time):
     body = json.dumps({"events": [{"eventTime": time}]}).encode()
     assert protojson.parse(body, pb.IngestEventsRequest) == json_format.Parse(body, pb.IngestEventsRequest())
+
+
+def _fill(message, rng, depth: int = 0) -> None:
+    """Sets a random share of message's fields to random values of their kind (nested messages a few levels)."""
+    for field in message.DESCRIPTOR.fields:
+        if rng.random() < 0.35:
+            continue
+        kind = field.message_type
+        if kind is not None and kind.GetOptions().map_entry:
+            container = getattr(message, field.name)
+            for _ in range(rng.randint(0, 3)):
+                key = _scalar(kind.fields_by_name["key"], rng)
+                value_field = kind.fields_by_name["value"]
+                if value_field.message_type is not None:
+                    if depth < 3:
+                        _fill_message(container[key], value_field.message_type, rng, depth + 1)
+                else:
+                    container[key] = _scalar(value_field, rng)
+        elif field.is_repeated:
+            container = getattr(message, field.name)
+            for _ in range(rng.randint(0, 3)):
+                if kind is not None:
+                    if depth < 3:
+                        _fill_message(container.add(), kind, rng, depth + 1)
+                else:
+                    container.append(_scalar(field, rng))
+        elif kind is not None:
+            if depth < 3:
+                _fill_message(getattr(message, field.name), kind, rng, depth + 1)
+        else:
+            setattr(message, field.name, _scalar(field, rng))
+
+
+def _fill_message(message, kind, rng, depth: int) -> None:
+    name = kind.full_name
+    if name == "google.protobuf.Timestamp":
+        message.FromSeconds(rng.randint(0, 4_000_000_000))
+        message.nanos = rng.choice([0, 500_000_000, 123_456_789])
+    elif name == "google.protobuf.Duration":
+        message.FromSeconds(rng.randint(0, 100_000))
+    elif name == "google.protobuf.Struct":
+        message.update({"a": rng.random(), "b": "é ✓", "c": [1, None, {"d": True}]})
+    elif name == "google.protobuf.Value":
+        message.string_value = "v"
+    elif not name.startswith("google.protobuf."):
+        _fill(message, rng, depth)
+
+
+def _scalar(field, rng):
+    from google.protobuf.descriptor import FieldDescriptor as FD
+
+    kind = field.type
+    if kind == FD.TYPE_STRING:
+        return rng.choice(["", "x", "Ada Lovelace", "naïve ☃ \u2028", 'quote " and \\ backslash'])
+    if kind == FD.TYPE_BYTES:
+        return rng.choice([b"", b"\x00\xff", b"abc"])
+    if kind == FD.TYPE_BOOL:
+        return rng.random() < 0.5
+    if kind == FD.TYPE_ENUM:
+        return rng.choice([v.number for v in field.enum_type.values] + [99])
+    if kind in (FD.TYPE_DOUBLE, FD.TYPE_FLOAT):
+        return rng.choice([0.0, -0.0, 1.5, -2.25, 1e300 if kind == FD.TYPE_DOUBLE else 3.5, float("inf"), float("nan"),
+                           0.1])
+    if kind in (FD.TYPE_UINT32, FD.TYPE_FIXED32):
+        return rng.randint(0, 2**32 - 1)
+    if kind in (FD.TYPE_UINT64, FD.TYPE_FIXED64):
+        return rng.randint(0, 2**64 - 1)
+    if kind in (FD.TYPE_INT64, FD.TYPE_SINT64, FD.TYPE_SFIXED64):
+        return rng.randint(-2**63, 2**63 - 1)
+    return rng.randint(-2**31, 2**31 - 1)
+
+
+def _all_messages():
+    from google.protobuf import message_factory
+
+    from personalization.identity.v1 import identity_service_pb2 as identity_pb
+    from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
+    from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
+
+    for module in (pb, decision_pb, identity_pb, profile_pb, rec_pb):
+        for descriptor in module.DESCRIPTOR.message_types_by_name.values():
+            yield message_factory.GetMessageClass(descriptor)
+
+
+@pytest.mark.parametrize("message_class", list(_all_messages()), ids=lambda c: c.DESCRIPTOR.name)
+def test_a_reply_is_printed_as_json_format_prints_it(message_class):
+    import random
+
+    rng = random.Random(message_class.DESCRIPTOR.full_name)
+    for _ in range(5):
+        message = message_class()
+        _fill(message, rng)
+        assert protojson.dump(message) == json_format.MessageToJson(message, indent=None).encode()
