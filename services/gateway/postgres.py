@@ -11,6 +11,8 @@ from personalization.gateway.v1 import gateway_service_pb2 as pb
 from services.gateway.routing import PARTITIONS
 
 INBOX_CHANNEL = "tailor_inbox"
+# A store that lost a deadlock to a concurrent store of the same message ids is run again this many times in all.
+STORE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -108,13 +110,24 @@ class GatewayStore:
     # Inbox (the pipeline's side is in postgres_inbox.py).
     async def store_events(self, tenant_id: str, message_ids: list[str], payloads: list[bytes],
                            routes: list[int]) -> set[str]:
-        """Stores new events in one statement and wakes the workers; returns the message ids newly stored."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "INSERT INTO inbox (tenant_id, message_id, payload, route, partition) "
-                "SELECT $1, m, p, r, ((r # hashtextextended($1, 0)) % $5 + $5) % $5 FROM unnest($2::text[], $3::bytea[], $4::bigint[]) AS u(m, p, r) "
-                "ON CONFLICT (tenant_id, message_id) DO NOTHING RETURNING message_id",
-                tenant_id, message_ids, payloads, routes, PARTITIONS)
-            if rows:
-                await conn.execute("SELECT pg_notify($1, '')", INBOX_CHANNEL)
-        return {r["message_id"] for r in rows}
+        """Stores new events in one statement and wakes the workers; returns the message ids newly stored.
+
+        Two requests carrying the same message ids in different orders can deadlock on the conflict check; the loser's
+        statement is rolled back whole and simply run again (the batch keeps its order, which the pipeline relies on).
+        """
+        for attempt in range(STORE_ATTEMPTS):
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    rows = await conn.fetch(
+                        "INSERT INTO inbox (tenant_id, message_id, payload, route, partition) "
+                        "SELECT $1, m, p, r, ((r # hashtextextended($1, 0)) % $5 + $5) % $5 "
+                        "FROM unnest($2::text[], $3::bytea[], $4::bigint[]) AS u(m, p, r) "
+                        "ON CONFLICT (tenant_id, message_id) DO NOTHING RETURNING message_id",
+                        tenant_id, message_ids, payloads, routes, PARTITIONS)
+                    if rows:
+                        await conn.execute("SELECT pg_notify($1, '')", INBOX_CHANNEL)
+                return {r["message_id"] for r in rows}
+            except asyncpg.DeadlockDetectedError:
+                if attempt == STORE_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")

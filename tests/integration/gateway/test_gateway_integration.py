@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import asyncpg
@@ -147,3 +148,32 @@ async def test_a_bad_message_ends_the_stream_with_its_index_and_earlier_messages
     assert [f for f, _ in status_details(info.value)[0]] == ["events[0].event_time"]
     assert "stream message 1" in info.value.details()
     assert [r["message_id"] for r in await _inbox(suite.dsn, tenant)] == ["ok1", "ok2"]
+
+
+async def test_a_store_that_loses_a_deadlock_to_a_concurrent_store_of_the_same_ids_is_run_again(suite):
+    tenant, md = await suite.new_tenant()
+    events = _events("dl-a", "dl-b")
+    conn = await asyncpg.connect(suite.dsn)
+    try:
+        async with conn.transaction():
+            # Another store holds "dl-b" and will want "dl-a": the gateway's store takes "dl-a", waits on "dl-b", and
+            # waits longest, so its deadlock check fires first and it is the one PostgreSQL rolls back.
+            insert = ("INSERT INTO gateway.inbox (tenant_id, message_id, payload, route, partition) "
+                      "VALUES ($1, $2, $3, 0, 0)")
+            await conn.execute(insert, tenant, "dl-b", events[1].SerializeToString())
+            call = asyncio.ensure_future(
+                suite.gateway.IngestEvents(pb.IngestEventsRequest(events=events), metadata=md, timeout=30))
+            waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                       "AND datname = current_database() AND pid <> pg_backend_pid()")
+            deadline = time.monotonic() + 20
+            while not await conn.fetchval(waiting):  # until the gateway's store waits on "dl-b"
+                assert time.monotonic() < deadline and not call.done()
+                await asyncio.sleep(0.02)
+            await conn.execute(insert, tenant, "dl-a", events[0].SerializeToString())
+        reply = await call
+    finally:
+        await conn.close()
+    # The rolled-back store ran again after the other committed: both ids are acknowledged, as duplicates now.
+    assert [(a.message_id, a.status) for a in reply.acks] == [
+        ("dl-a", pb.ACK_STATUS_DUPLICATE), ("dl-b", pb.ACK_STATUS_DUPLICATE)]
+    assert sorted(r["message_id"] for r in await _inbox(suite.dsn, tenant)) == ["dl-a", "dl-b"]
