@@ -18,8 +18,10 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlparse
 
 import grpc
+import psutil
 from google.protobuf import struct_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,9 +65,63 @@ async def _latency(call) -> list[float]:
     return samples
 
 
-async def _throughput(call) -> float:
-    """Completed calls per second with N workers in a closed loop; the best of the concurrency levels tried."""
+class CpuMeter:
+    """CPU seconds the processes of a chain spend (user + system), by name; PostgreSQL's with all its backends.
+
+    CPU per request is far less sensitive than requests per second to what else the machine runs (others work on
+    it at the same time), so the bench reports both."""
+
+    def __init__(self, pids: dict[str, int], postgres_port: int | None = None):
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.postmaster = next((p for p in psutil.process_iter(["cmdline"])
+                                if _is_postmaster(p.info["cmdline"] or [], postgres_port)), None) \
+            if postgres_port else None
+        self.start = self._read()
+
+    @staticmethod
+    def _cpu(proc: psutil.Process) -> float:
+        try:
+            t = proc.cpu_times()
+            return t.user + t.system
+        except psutil.Error:
+            return 0.0
+
+    def _read(self) -> dict[tuple[str, int], float]:
+        out = {(name, p.pid): self._cpu(p) for name, p in self.procs.items()}
+        if self.postmaster is not None:
+            for p in [self.postmaster, *self.postmaster.children(recursive=True)]:
+                out[("postgres", p.pid)] = self._cpu(p)
+        return out
+
+    def used(self) -> dict[str, float]:
+        """CPU seconds by process name since the meter was made (postgres: the server and its backends)."""
+        end = self._read()
+        by_name: dict[str, float] = {}
+        for (name, pid), cpu in end.items():
+            by_name[name] = by_name.get(name, 0.0) + cpu - self.start.get((name, pid), 0.0)
+        return by_name
+
+
+def _is_postmaster(cmdline: list[str], port: int | None) -> bool:
+    return bool(cmdline) and cmdline[0].endswith("/postgres") and "-p" in cmdline[:-1] \
+        and cmdline[cmdline.index("-p") + 1] == str(port)
+
+
+def _per_request(cpu: dict[str, float], calls: int) -> dict[str, float]:
+    """Milliseconds of CPU per request by process, the pipeline workers as one."""
+    out: dict[str, float] = {}
+    for name, seconds in cpu.items():
+        key = "pipeline" if name.startswith("pipeline") else name
+        out[key] = out.get(key, 0.0) + seconds * 1000 / max(calls, 1)
+    return out
+
+
+async def _throughput(call, meter=None) -> tuple[float, dict[str, float]]:
+    """Completed calls per second with N workers in a closed loop (the best of the concurrency levels tried), and
+    the CPU milliseconds per completed call of each process of the meter over all levels."""
     best = 0.0
+    calls = 0
+    meter = meter() if meter else None
     for workers in CONCURRENCY:
         done = 0
         stop_at = time.perf_counter() + SATURATION_SECONDS
@@ -79,7 +135,8 @@ async def _throughput(call) -> float:
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(workers)))
         best = max(best, done / (time.perf_counter() - start))
-    return best
+        calls += done
+    return best, _per_request(meter.used(), calls) if meter else {}
 
 
 async def configure(gateway: str, md) -> None:
@@ -137,7 +194,7 @@ async def configure(gateway: str, md) -> None:
                 await asyncio.sleep(0.25)
 
 
-async def measure_tailor(gateway: str, md, pids: dict[str, int]) -> tuple[list[float], float, dict[str, float]]:
+async def measure_tailor(gateway: str, md, pids: dict[str, int], postgres_port: int):
     async with grpc.aio.insecure_channel(gateway) as channel:
         stub = pb_grpc.GatewayServiceStub(channel)
         request = pb.GetDecisionsRequest(
@@ -153,13 +210,17 @@ async def measure_tailor(gateway: str, md, pids: dict[str, int]) -> tuple[list[f
 
         latency = await _latency(call)
         stages = await _stage_medians(channel, md)
+
+        def meter():
+            return CpuMeter(pids, postgres_port)
+
         if not PROFILE:
-            return latency, await _throughput(call), stages
+            return latency, *await _throughput(call, meter), stages
         seconds = SATURATION_SECONDS * len(CONCURRENCY)
         with _pyspy.recording(pids, seconds, Path(PROFILE)):
-            rps = await _throughput(call)
+            rps, cpu = await _throughput(call, meter)
         print("\n".join(_pyspy.summary(Path(PROFILE), list(pids), seconds)))
-        return latency, rps, stages
+        return latency, rps, cpu, stages
 
 
 async def _stage_medians(channel, md) -> dict[str, float]:
@@ -174,17 +235,17 @@ async def _stage_medians(channel, md) -> dict[str, float]:
     return {stage: percentile(values, 50) for stage, values in per_stage.items()}
 
 
-async def measure_echo(gateway: str) -> tuple[list[float], float]:
+async def measure_echo(gateway: str, pids: dict[str, int]):
     async with grpc.aio.insecure_channel(gateway) as channel:
         rpc = channel.unary_unary(ECHO_METHOD)
 
         async def call():
             return await rpc(b"", timeout=5)
 
-        return await _latency(call), await _throughput(call)
+        return await _latency(call), *await _throughput(call, lambda: CpuMeter(pids))
 
 
-def _start_echo() -> tuple[list[subprocess.Popen], str]:
+def _start_echo() -> tuple[list[subprocess.Popen], str, dict[str, int]]:
     ports = {name: free_port() for name in ("gateway", "identity", "profile", "recommender", "decision")}
     script = str(Path(__file__).with_name("_decide_echo.py"))
     procs = []
@@ -197,7 +258,8 @@ def _start_echo() -> tuple[list[subprocess.Popen], str]:
     for proc in procs:
         if proc.stdout.readline().strip() != b"ready":
             raise SystemExit("an echo server did not start")
-    return procs, f"127.0.0.1:{ports['gateway']}"
+    names = ("identity", "profile_graph", "recommender", "decision", "gateway")
+    return procs, f"127.0.0.1:{ports['gateway']}", {name: proc.pid for name, proc in zip(names, procs)}
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:
@@ -207,37 +269,43 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         proc.wait(timeout=30)
 
 
-def run_tailor() -> tuple[list[float], float, dict[str, float]]:
+def run_tailor():
     with running_suite() as (ready, _):
         gateway = ready["addresses"]["gateway"]
         md = (("authorization", f"Bearer {ready['api_key']}"),)
 
         async def both():
             await configure(gateway, md)
-            return await measure_tailor(gateway, md, ready["pids"])
+            return await measure_tailor(gateway, md, ready["pids"], urlparse(ready["dsn"]).port)
 
         return asyncio.run(both())
 
 
 def main() -> None:
-    procs, echo_gateway = _start_echo()
+    procs, echo_gateway, echo_pids = _start_echo()
     try:
-        floor_latency, floor_rps = asyncio.run(measure_echo(echo_gateway))
+        floor_latency, floor_rps, floor_cpu = asyncio.run(measure_echo(echo_gateway, echo_pids))
     finally:
         _stop(procs)
-    latency, rps, stages = run_tailor()
+    latency, rps, cpu, stages = run_tailor()
     print(f"\n{'chain (GetDecisions, 2 points)':<34}{'p50 ms':>9}{'p99 ms':>9}{'rps':>9}")
     for name, samples, throughput in (("tailor, five services", latency, rps),
                                       ("echo chain (floor)", floor_latency, floor_rps)):
         print(f"{name:<34}{percentile(samples, 50):>9.3f}{percentile(samples, 99):>9.3f}{throughput:>9.0f}")
     print("gateway stages (median ms, from the decision log): "
           + ", ".join(f"{stage} {ms:.3f}" for stage, ms in sorted(stages.items())))
+    names = ["gateway", "identity", "profile_graph", "recommender", "decision", "postgres", "pipeline"]
+    print(f"\n{'CPU ms per request at saturation':<34}" + "".join(f"{n[:9]:>10}" for n in names) + f"{'total':>10}")
+    for name, used in (("tailor, five services", cpu), ("echo chain (floor)", floor_cpu)):
+        print(f"{name:<34}" + "".join(f"{used.get(n, 0.0):>10.3f}" for n in names) + f"{sum(used.values()):>10.3f}")
+    cpu_ms, floor_cpu_ms = sum(cpu.values()), sum(floor_cpu.values())
     ratio = rps / floor_rps if floor_rps else 0.0
     p50_ratio = percentile(latency, 50) / percentile(floor_latency, 50)
     print(f"throughput ratio tailor/floor = {ratio:.2f} (target >= 0.85); p50 ratio tailor/floor = {p50_ratio:.2f} "
-          f"(target <= 1.00)")
+          f"(target <= 1.00); CPU per request floor/tailor = {floor_cpu_ms / cpu_ms if cpu_ms else 0.0:.2f}")
     print(f"\np50_ms={percentile(latency, 50):.3f} p99_ms={percentile(latency, 99):.3f} rps={rps:.0f} "
-          f"floor_rps={floor_rps:.0f} ratio={ratio:.2f} floor_p50_ms={percentile(floor_latency, 50):.3f}")
+          f"floor_rps={floor_rps:.0f} ratio={ratio:.2f} floor_p50_ms={percentile(floor_latency, 50):.3f} "
+          f"cpu_ms={cpu_ms:.3f} floor_cpu_ms={floor_cpu_ms:.3f}")
 
 
 if __name__ == "__main__":
