@@ -28,6 +28,24 @@ class CompiledPoint:
     needs: Mapping[str, frozenset[str] | None]
     experiments: tuple[CompiledExperiment, ...] = ()  # the running ones, in the order they claim individuals
     fallbacks: tuple[Decision, ...] = ()  # every live fallback, by priority (the first whose consent is granted wins)
+    profile_keys: frozenset[str] = frozenset(rules.PROFILE_DEFAULTS)  # what qualifying and serving it read
+
+
+def profile_keys(point: Point, decisions: Sequence[Decision], needs: Mapping[str, frozenset[str] | None]
+                 ) -> frozenset[str]:
+    """The profile's top-level keys a point reads: its rules' and experiments' (all when one reads the profile as a
+    whole), consents when it or a decision asks for consent, segments for a bandit, affinities when a decision
+    recommends (the recommender's boosters take them)."""
+    if "profile" in needs and needs["profile"] is rules.ALL:
+        return frozenset(rules.PROFILE_DEFAULTS)
+    keys = set(needs.get("profile") or ())
+    if point.consent_purpose or any(d.consent_purpose for d in decisions):
+        keys.add("consents")
+    if point.bandit is not None:
+        keys.add("segments")
+    if any(d.content is None for d in decisions):
+        keys.add("affinities")
+    return frozenset(keys)
 
 
 def compile_point(
@@ -47,14 +65,16 @@ def compile_point(
     fallbacks = [d for d in ordered if d.fallback]
     compiled_experiments = tuple(exp.compile_experiment(e) for e in sorted(experiments, key=exp.experiment_order))
     extra = [c.targeting for c in compiled_experiments]
+    needs = rules.merge_needs([rule for _, rule in regular] + extra)
     return CompiledPoint(
         point=point,
         ordered=tuple(regular),
         fallback=fallbacks[0] if fallbacks else None,
         by_id={d.decision_id: d for d in decisions},
-        needs=rules.merge_needs([rule for _, rule in regular] + extra),
+        needs=needs,
         experiments=compiled_experiments,
         fallbacks=tuple(fallbacks),
+        profile_keys=profile_keys(point, decisions, needs),
     )
 
 

@@ -111,7 +111,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             request.unified_individual_id,
             fallback_only=request.fallback_only,
         )
-        response = pb.QualifyResponse()
+        response = pb.QualifyResponse(profile_keys=sorted(await self.service.qualifier.profile_keys(
+            current_tenant(), [p.name for p in request.points])))
         for q in qualifications:
             out = response.qualifications.add()
             out.point.CopyFrom(self._point_proto(q.point))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import field_mask_pb2, json_format, struct_pb2, timestamp_pb2
 
 from personalization.common.v1 import common_pb2
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
@@ -14,6 +15,7 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2 as profil
 from services.gateway.decision_log import DecisionLogWriter
 from services.gateway.ingest import IDENTITY_TYPE
 from services.gateway.personalize import (
+    DEFAULT_ITEMS,
     EMPTY_PROFILE,
     PROFILE_EVENTS,
     PROFILE_MASK,
@@ -21,9 +23,10 @@ from services.gateway.personalize import (
     DecideForIndividuals,
     Individual,
     context_view,
-    item_rows,
+    item_structs,
     log_entry,
     profile_view,
+    recommend_request,
     struct,
 )
 from services.gateway.ports import Stubs
@@ -32,6 +35,8 @@ from shared import context as ctx
 from shared.errors import InvalidArgument, NotFound, Violations
 
 MAX_POINTS = 50
+MAX_REMEMBERED_POINTS = 100_000  # point specs and profile keys remembered per tenant (cleared when full)
+PROFILE_KEYS = frozenset(PROFILE_MASK.paths)  # what GetDecisions reads of a stored profile, at most
 
 
 def validate(request: pb.GetDecisionsRequest) -> None:
@@ -67,6 +72,12 @@ class Decider:
         self.use_case = DecideForIndividuals(stubs)
         self.log_writer = log_writer
         self.quotas = quotas
+        # (tenant, point names) -> the profile keys their last Qualify said they read: the next request reads only
+        # those (profile_graph's query and every conversion shrink); an answer naming a key not read is asked again.
+        self._profile_keys: dict[tuple[str, tuple[str, ...]], frozenset[str]] = {}
+        # (tenant, point name) -> (recommender, count, item attributes) of the point's last recommendation decision:
+        # its Recommend call starts while the point qualifies, and is used when the same decision spec wins.
+        self._recommends: dict[tuple[str, str], tuple[str, int, tuple[str, ...]]] = {}
 
     async def resolve(self, identity: common_pb2.Identity, unified_id: str, *, cached: bool = True) -> str:
         """The surviving unified id of an identity or id; empty for an identity never seen.
@@ -123,18 +134,35 @@ class Decider:
 
         tenant = ctx.current_tenant()
         over_quota = await self.quotas.over_quota(tenant, len(request.personalization_points))
-        profile = await self.augment(request, unified_id, skip=over_quota)
+        names = (tenant, tuple(p.name for p in request.personalization_points))
+        keys = self._profile_keys.get(names)
+        profile = await self.augment(request, unified_id, skip=over_quota, keys=keys)
         lap("augment")
 
         individual = Individual(unified_id, profile, request.context,
                                 known_profile=bool(unified_id) or request.HasField("profile"))
         points = [decision_pb.PointSelection(name=p.name, decision_id=p.decision_id)
                   for p in request.personalization_points]
-        qualified = await self.use_case.qualify([individual], points, fallback_only=over_quota)
-        lap("qualify")
-
         explain = pb.EXECUTION_FLAG_DIAGNOSTICS in flags
-        [decided] = await self.use_case.personalize([individual], qualified, over_quota=over_quota, explain=explain)
+        prefetched = {} if over_quota else self._prefetch(tenant, individual, request, explain)
+        try:
+            qualifications, needed = await self.use_case.qualify_one(individual, points, fallback_only=over_quota)
+            if keys is not None and not over_quota and self.reads_store(request, unified_id) \
+                    and not needed & PROFILE_KEYS <= keys:
+                # The points read more than last time (their configuration changed): read that and ask again; what
+                # was prefetched with the profile read before is not used.
+                _drop(prefetched)
+                prefetched = {}
+                profile = await self.augment(request, unified_id, keys=needed & PROFILE_KEYS)
+                individual = Individual(unified_id, profile, request.context)
+                qualifications, needed = await self.use_case.qualify_one(individual, points)
+            self._remember_keys(names, needed & PROFILE_KEYS)
+            lap("qualify")
+            self._remember(tenant, qualifications)
+            [decided] = await self.use_case.personalize([individual], [qualifications], over_quota=over_quota,
+                                                        explain=explain, messages=True, prefetched=prefetched)
+        finally:
+            _drop(prefetched)
         lap("personalize")
 
         request_id = ctx.request_id_var.get()
@@ -147,15 +175,59 @@ class Decider:
                 for d, p in zip(decided, personalizations)])
         return pb.GetDecisionsResponse(request_id=request_id, personalizations=personalizations)
 
-    async def augment(self, request, unified_id: str, *, skip: bool = False) -> dict:
-        """The profile rules see: the caller's, an empty one (CONTEXT_ONLY, unknown, over quota), or the stored one."""
+    def _prefetch(self, tenant: str, individual: Individual, request: pb.GetDecisionsRequest,
+                  explain: bool) -> dict[tuple[str, int, tuple[str, ...]], asyncio.Future]:
+        """Starts the Recommend call of each asked point whose last recommendation decision is known, so it runs
+        while the points qualify (the personalize stage then waits only for what is not done yet)."""
+        tasks: dict[tuple[str, int, tuple[str, ...]], asyncio.Future] = {}
+        for p in request.personalization_points:
+            spec = self._recommends.get((tenant, p.name))
+            if spec is not None and spec not in tasks:
+                strategy, count, attributes = spec
+                # ensure_future: a grpc.aio call is awaitable but not a coroutine.
+                tasks[spec] = asyncio.ensure_future(self.recommender.Recommend(
+                    recommend_request(individual, strategy, count, attributes, explain)))
+        return tasks
+
+    def _remember_keys(self, names: tuple[str, tuple[str, ...]], keys: frozenset[str]) -> None:
+        """Notes the profile keys these points read (none known: the next request reads the whole profile)."""
+        if len(self._profile_keys) >= MAX_REMEMBERED_POINTS:
+            self._profile_keys.clear()
+        if keys:
+            self._profile_keys[names] = keys
+        else:
+            self._profile_keys.pop(names, None)
+
+    def _remember(self, tenant: str, qualifications) -> None:
+        """Notes each point's recommendation spec (or forgets it when the point served something else)."""
+        for q in qualifications:
+            key = (tenant, q.point.name)
+            if q.decision.WhichOneof("payload") == "recommendations":
+                spec = q.decision.recommendations
+                if len(self._recommends) >= MAX_REMEMBERED_POINTS:
+                    self._recommends.clear()
+                self._recommends[key] = (spec.recommender, spec.count or DEFAULT_ITEMS,
+                                         tuple(q.point.template.item_attributes))
+            else:
+                self._recommends.pop(key, None)
+
+    @staticmethod
+    def reads_store(request, unified_id: str) -> bool:
+        """Whether augment reads the stored profile (not the caller's, not an empty one)."""
+        return (not request.HasField("profile") and bool(unified_id)
+                and pb.EXECUTION_FLAG_CONTEXT_ONLY not in getattr(request, "execution_flags", ()))
+
+    async def augment(self, request, unified_id: str, *, skip: bool = False,
+                      keys: frozenset[str] | None = None) -> dict:
+        """The profile rules see: the caller's, an empty one (CONTEXT_ONLY, unknown, over quota), or the stored one
+        (only its keys in `keys` when given; the others are empty)."""
         if request.HasField("profile"):
             return json_format.MessageToDict(request.profile)
-        flags = set(getattr(request, "execution_flags", ()))
-        if skip or pb.EXECUTION_FLAG_CONTEXT_ONLY in flags or not unified_id:
+        if skip or not self.reads_store(request, unified_id):
             return dict(EMPTY_PROFILE)
+        mask = PROFILE_MASK if keys is None else field_mask_pb2.FieldMask(paths=sorted(keys))
         reply = await self.profile.GetProfile(profile_pb.GetProfileRequest(
-            unified_individual_id=unified_id, read_mask=PROFILE_MASK, event_limit=PROFILE_EVENTS))
+            unified_individual_id=unified_id, read_mask=mask, event_limit=PROFILE_EVENTS))
         return profile_view(reply.profile)
 
     async def assign(self, request: pb.AssignExperimentsRequest) -> pb.AssignExperimentsResponse:
@@ -192,7 +264,7 @@ def personalization(d: Decided, unified_id: str, stage_ms: dict[str, float], exp
     p = pb.Personalization(
         personalization_id=d.personalization_id, personalization_point_id=q.point.point_id,
         personalization_point_name=q.point.name, decision_id=q.decision.decision_id, decision_name=q.decision.name,
-        data=[q.decision.content] if q.decision.WhichOneof("payload") == "content" else [struct(r) for r in d.data],
+        data=d.messages if d.messages is not None else [struct(r) for r in d.data],
         diagnostics=d.diagnostics, experiment_id=experiment.experiment_id if experiment else "",
         cohort_id=experiment.cohort_id if experiment else "")
     if explain:
@@ -209,9 +281,23 @@ def personalization(d: Decided, unified_id: str, stage_ms: dict[str, float], exp
     return p
 
 
+def _drop(prefetched: dict[tuple[str, int, tuple[str, ...]], asyncio.Future]) -> None:
+    """Cancels the prefetches not done (a prefetch is used by awaiting it before this runs)."""
+    for task in prefetched.values():
+        if not task.done():
+            task.cancel()
+        task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    """Marks an unused prefetch's failure as seen (the call it stood for was not needed)."""
+    if not task.cancelled():
+        task.exception()
+
+
 def shape_items(ranked, attributes: list[str]) -> list[struct_pb2.Struct]:
     """item_rows as Structs, for responses."""
-    return [struct(row) for row in item_rows(ranked, attributes)]
+    return item_structs(ranked, attributes)
 
 
 def served(data) -> struct_pb2.Struct:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import field_mask_pb2, json_format, struct_pb2, timestamp_pb2
@@ -137,6 +137,7 @@ class Decided:
     diagnostics: list[pb.Diagnostic] = field(default_factory=list)
     trace: pb.RecommendationTrace | None = None
     count: int = 0  # the items a recommendation decision asked for
+    messages: list[struct_pb2.Struct] | None = None  # what data holds, as the Structs an answer sends (online)
 
     @property
     def experiment(self) -> decision_pb.ExperimentAssignment | None:
@@ -194,6 +195,34 @@ def _plain(value: struct_pb2.Value):
     return None if kind in (None, "null_value") else json_format.MessageToDict(value)
 
 
+def item_structs(ranked, attributes: Sequence[str]) -> list[struct_pb2.Struct]:
+    """item_rows as Structs, built from the recommender's messages without a dict in between."""
+    rows = []
+    for r in ranked:
+        row = struct_pb2.Struct()
+        fields = row.fields
+        fields["item_id"].string_value = r.item_id
+        fields["score"].number_value = r.score
+        fields["source"].string_value = r.source
+        found = r.attributes.fields
+        for name in attributes:
+            if name in found:
+                fields[name].CopyFrom(found[name])
+            else:
+                fields[name].null_value = struct_pb2.NULL_VALUE
+        rows.append(row)
+    return rows
+
+
+def recommend_request(individual: Individual, strategy: str, count: int, attributes: Sequence[str],
+                      explain: bool) -> rec_pb.RecommendRequest:
+    """The Recommend call of one individual's recommendation decision, exactly as a real-time request asks."""
+    return rec_pb.RecommendRequest(
+        unified_individual_id=individual.unified_id, strategy=strategy, count=count,
+        anchor_item_id=individual.context.anchor_id, cart_item_ids=individual.context.cart_item_ids,
+        affinities=affinity_messages(individual.profile), diagnostics=explain, item_attributes=attributes)
+
+
 def item_rows(ranked, attributes: Sequence[str]) -> list[dict]:
     """Items shaped by the point's template as plain dicts: item_id, score, source and the template's item
     attributes (null when the catalog has none)."""
@@ -219,16 +248,21 @@ class DecideForIndividuals:
         self.decision = stubs.decision
         self.recommender = stubs.recommender
 
+    async def qualify_one(self, individual: Individual, points: Sequence[decision_pb.PointSelection], *,
+                          fallback_only: bool = False) -> tuple[list[decision_pb.Qualification], frozenset[str]]:
+        """One individual's qualifications (one Qualify), and the profile keys the points read (empty: unknown)."""
+        reply = await self.decision.Qualify(decision_pb.QualifyRequest(
+            points=points, profile=struct(individual.profile), context=struct(context_view(individual.context)),
+            unified_individual_id=individual.unified_id, fallback_only=fallback_only))
+        return list(reply.qualifications), frozenset(reply.profile_keys)
+
     async def qualify(self, individuals: Sequence[Individual], points: Sequence[decision_pb.PointSelection], *,
                       fallback_only: bool = False) -> list[list[decision_pb.Qualification]]:
         """Per individual, per point: the decision service's qualification (one Qualify for one individual,
         QualifyBatch per 1,000 for many)."""
         if len(individuals) == 1:
-            one = individuals[0]
-            reply = await self.decision.Qualify(decision_pb.QualifyRequest(
-                points=points, profile=struct(one.profile), context=struct(context_view(one.context)),
-                unified_individual_id=one.unified_id, fallback_only=fallback_only))
-            return [list(reply.qualifications)]
+            qualifications, _ = await self.qualify_one(individuals[0], points, fallback_only=fallback_only)
+            return [qualifications]
         shared = next((i.context for i in individuals if not i.own_context), pb.DecisionContext(channel="batch"))
         shared_struct = struct(context_view(shared))
         names = [p.name for p in points]
@@ -259,9 +293,13 @@ class DecideForIndividuals:
 
     async def personalize(self, individuals: Sequence[Individual],
                           qualified: Sequence[Sequence[decision_pb.Qualification]], *, over_quota: bool = False,
-                          explain: bool = False, ids: Sequence[Sequence[str]] | None = None) -> list[list[Decided]]:
+                          explain: bool = False, ids: Sequence[Sequence[str]] | None = None, messages: bool = False,
+                          prefetched: Mapping[tuple[str, int, tuple[str, ...]], Awaitable] | None = None,
+                          ) -> list[list[Decided]]:
         """Per individual and point: the content, or the recommender's items, with every diagnostic. ids gives
-        the personalization ids (batch: stable ones); a new random id each otherwise."""
+        the personalization ids (batch: stable ones); a new random id each otherwise. With messages, Decided.messages
+        holds the answer's Structs instead of dicts in data (real time). prefetched: Recommend calls already made
+        for the (only) individual, by (recommender, count, item attributes)."""
         decided: list[list[Decided]] = []
         contents: dict[str, list[dict]] = {}
         wanted: dict[tuple[str, int], list[tuple[Individual, Decided]]] = {}
@@ -272,21 +310,25 @@ class DecideForIndividuals:
                             diagnostics=qualification_diagnostics(q, individual, over_quota))
                 if q.HasField("decision"):
                     if q.decision.WhichOneof("payload") == "content":
-                        if q.decision.decision_id not in contents:
+                        if messages:
+                            d.messages = [q.decision.content]
+                        elif q.decision.decision_id not in contents:
                             contents[q.decision.decision_id] = [json_format.MessageToDict(q.decision.content)]
-                        d.data = contents[q.decision.decision_id]
+                        if not messages:
+                            d.data = contents[q.decision.decision_id]
                     else:
                         spec = q.decision.recommendations
                         d.count = spec.count or DEFAULT_ITEMS
                         wanted.setdefault((spec.recommender, d.count), []).append((individual, d))
                 row.append(d)
             decided.append(row)
-        await asyncio.gather(*(self._recommend(strategy, count, group, explain)
+        await asyncio.gather(*(self._recommend(strategy, count, group, explain, messages, prefetched or {})
                                for (strategy, count), group in wanted.items()))
         return decided
 
     async def _recommend(self, strategy: str, count: int, group: list[tuple[Individual, Decided]],
-                         explain: bool) -> None:
+                         explain: bool, messages: bool = False,
+                         prefetched: Mapping[tuple[str, int, tuple[str, ...]], Awaitable] | None = None) -> None:
         """Fills the recommendation decisions of one (recommender, count): one RecommendBatch stream for members
         without an anchor or cart, one Recommend each for the others (and for a single individual, with its
         trace), exactly as a real-time request asks."""
@@ -305,17 +347,16 @@ class DecideForIndividuals:
                 for result in chunk.results:
                     by_member[result.unified_individual_id] = list(result.items)
             for individual, d in plain:
-                self._fill(d, by_member.get(individual.unified_id, []))
+                self._fill(d, by_member.get(individual.unified_id, []), messages)
         limit = asyncio.Semaphore(RECOMMEND_CONCURRENCY)
 
         async def one(individual: Individual, d: Decided) -> None:
+            attributes = tuple(d.qualification.point.template.item_attributes)
+            ready = prefetched.get((strategy, count, attributes)) if prefetched else None
             async with limit:
-                ranked = await self.recommender.Recommend(rec_pb.RecommendRequest(
-                    unified_individual_id=individual.unified_id, strategy=strategy, count=count,
-                    anchor_item_id=individual.context.anchor_id, cart_item_ids=individual.context.cart_item_ids,
-                    affinities=affinity_messages(individual.profile), diagnostics=explain,
-                    item_attributes=d.qualification.point.template.item_attributes))
-            self._fill(d, ranked.items)
+                ranked = await ready if ready is not None else await self.recommender.Recommend(
+                    recommend_request(individual, strategy, count, attributes, explain))
+            self._fill(d, ranked.items, messages)
             if explain:
                 t = ranked.diagnostics
                 d.trace = pb.RecommendationTrace(
@@ -325,11 +366,15 @@ class DecideForIndividuals:
         await asyncio.gather(*(one(i, d) for i, d in single))
 
     @staticmethod
-    def _fill(d: Decided, ranked) -> None:
-        d.data = item_rows(ranked, d.qualification.point.template.item_attributes)
-        if len(d.data) < d.count:
+    def _fill(d: Decided, ranked, messages: bool = False) -> None:
+        attributes = d.qualification.point.template.item_attributes
+        if messages:
+            d.messages = item_structs(ranked, attributes)
+        else:
+            d.data = item_rows(ranked, attributes)
+        if len(ranked) < d.count:
             d.diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_FEWER_ITEMS_THAN_REQUESTED,
-                                               message=f"{len(d.data)} of {d.count} items available"))
+                                               message=f"{len(ranked)} of {d.count} items available"))
 
 
 def log_entry(individual: Individual, d: Decided, served: struct_pb2.Struct, *, request_id: str,

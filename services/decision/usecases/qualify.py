@@ -309,6 +309,12 @@ class Qualifier:
                                         holdout=holdout.holds(unified_id)))
         return points, results
 
+    async def profile_keys(self, tenant: str, names: Sequence[str]) -> frozenset[str]:
+        """The profile keys qualifying and serving these known points read (CompiledPoint.profile_keys, computed
+        when their configuration is loaded); unknown names add nothing."""
+        compiled = await self.cache.get_many(tenant, names)
+        return frozenset().union(*(entry.profile_keys for entry in compiled.values() if entry is not None))
+
     async def _compiled_points(
         self, tenant: str, selections: Sequence[tuple[str, str]], name_path
     ) -> list[CompiledPoint]:

@@ -344,10 +344,12 @@ class Qualification(_message.Message):
     def __init__(self, point: _Optional[_Union[Point, _Mapping]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., evaluations: _Optional[_Iterable[_Union[RuleEvaluation, _Mapping]]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ..., missing_consents: _Optional[_Iterable[str]] = ..., authentication_required: _Optional[bool] = ..., bandit: _Optional[_Union[BanditChoice, _Mapping]] = ..., holdout: _Optional[bool] = ...) -> None: ...
 
 class QualifyResponse(_message.Message):
-    __slots__ = ("qualifications",)
+    __slots__ = ("qualifications", "profile_keys")
     QUALIFICATIONS_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_KEYS_FIELD_NUMBER: _ClassVar[int]
     qualifications: _containers.RepeatedCompositeFieldContainer[Qualification]
-    def __init__(self, qualifications: _Optional[_Iterable[_Union[Qualification, _Mapping]]] = ...) -> None: ...
+    profile_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, qualifications: _Optional[_Iterable[_Union[Qualification, _Mapping]]] = ..., profile_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BatchIndividual(_message.Message):
     __slots__ = ("unified_individual_id", "profile", "context")
