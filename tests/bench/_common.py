@@ -41,7 +41,8 @@ def percentile(values: list[float], q: float) -> float:
 def running_suite(*, demo: bool = False, extra_env: dict | None = None):
     """Yields (ready-file contents, seconds until ready) of a fresh suite; SIGTERM and wait afterwards.
 
-    The ready contents also carry `dsn`, the suite's embedded database, for benches that look at rows."""
+    The ready contents also carry `dsn`, the suite's embedded database, for benches that look at rows, and `home`,
+    its TAILOR_HOME."""
     with tempfile.TemporaryDirectory(prefix="tailor-bench-") as home:
         env = dict(os.environ, TAILOR_HOME=home, TAILOR_PG_PORT=str(free_port()))
         # This checkout's code, not the one the shared venv installed (a worktree's bench measured main's services).
@@ -70,6 +71,7 @@ def running_suite(*, demo: bool = False, extra_env: dict | None = None):
             from tailor_cli.launcher import DATABASE
 
             ready["dsn"] = EmbeddedPostgres(Path(home) / "pg", int(env["TAILOR_PG_PORT"])).dsn(DATABASE)
+            ready["home"] = home
             yield ready, time.perf_counter() - started
             if os.environ.get("BENCH_KEEP_LOGS"):
                 import shutil

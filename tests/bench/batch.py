@@ -2,13 +2,17 @@
 10,000-item catalog, through the whole suite as `make run` starts it, next to in-process `implicit` batch
 recommendation of the same kind of model on the same interactions, measured in the same run.
 
-BENCH_BATCH_INDIVIDUALS and BENCH_BATCH_ITEMS change the sizes. The last line is the summary.
+BENCH_BATCH_INDIVIDUALS and BENCH_BATCH_ITEMS change the sizes. BENCH_PROFILE_DIR=folder records every service
+process with py-spy while the job runs (one collapsed-stack file each) and the CPU seconds of every process of the
+suite, PostgreSQL's included (cpu.txt). The last line is the summary.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -116,6 +120,75 @@ async def run_job(gateway: str, md) -> tuple[float, int]:
         return elapsed, job.row_count
 
 
+def _descendants(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    out = [int(c) for c in children.read_text().split()] if children.exists() else []
+    return out + [d for c in out for d in _descendants(c)]
+
+
+def _cmdline_has(pid: int, text: bytes) -> bool:
+    try:
+        return text in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _cpu_seconds(pids: list[int]) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each process, by its module or program name."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = cmd[cmd.index(b"-m") + 1].decode() if b"-m" in cmd else Path(cmd[0].decode()).name
+        out[f"{name}:{pid}"] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+class Profiled:
+    """py-spy on every service process of the suite, and CPU seconds of all its processes, around the job."""
+
+    def __init__(self, folder: str | None, home: str):
+        self.folder = Path(folder) if folder else None
+        self.home = home
+        self.spies: list[subprocess.Popen] = []
+
+    def __enter__(self):
+        if self.folder is None:
+            return self
+        self.folder.mkdir(parents=True, exist_ok=True)
+        postmaster = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                      and _cmdline_has(int(p.name), f"{self.home}/pg".encode())]
+        self.pids = _descendants(os.getpid()) + [d for p in postmaster for d in [p, *_descendants(p)]]
+        self.before = _cpu_seconds(self.pids)
+        spy = str(Path(sys.executable).parent / "py-spy")
+        for key in self.before:
+            name, pid = key.rsplit(":", 1)
+            if name.startswith("services."):
+                self.spies.append(subprocess.Popen(
+                    [spy, "record", "--pid", pid, "--rate", "100", "--nonblocking", "--format", "raw",
+                     "--output", str(self.folder / f"{name}.{pid}.txt")],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.folder is None:
+            return
+        wall = time.perf_counter() - self.started
+        after = _cpu_seconds(self.pids)
+        for spy in self.spies:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(timeout=60)
+        lines = [f"{key:<40}{after[key] - self.before.get(key, 0):8.1f}" for key in sorted(after)
+                 if after[key] - self.before.get(key, 0) >= 0.05]
+        (self.folder / "cpu.txt").write_text(f"job wall seconds {wall:.1f}; CPU seconds per process\n"
+                                             + "\n".join(lines) + "\n")
+
+
 def implicit_baseline(items: np.ndarray) -> float:
     """Individuals/s of implicit's own batch recommend (top 10) on an ALS model of the same interactions."""
     from implicit.als import AlternatingLeastSquares
@@ -138,7 +211,8 @@ def main() -> None:
         gateway = ready["addresses"]["gateway"]
         md = (("authorization", f"Bearer {ready['api_key']}"),)
         processed_s = asyncio.run(load(gateway, md, items))
-        elapsed, rows = asyncio.run(run_job(gateway, md))
+        with Profiled(os.environ.get("BENCH_PROFILE_DIR"), ready["home"]):
+            elapsed, rows = asyncio.run(run_job(gateway, md))
     ours = INDIVIDUALS / elapsed
     theirs = implicit_baseline(items)
     print(f"\n{INDIVIDUALS} individuals x 1 point, top-10 learned recommendations over {ITEMS} items")

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's advice; must precede numpy's import
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
@@ -27,6 +30,7 @@ import scipy.sparse as sp
 from personalization.recommender.v1 import recommender_service_pb2 as pb
 from services.recommender import learned
 from services.recommender.config import LEARNED, PURCHASES, Config
+from shared.context import tenant_var
 from tests.bench._common import percentile
 from tests.bench._recommender_data import synthetic
 from tests.bench._recommender_server import served_recommender
@@ -59,31 +63,32 @@ async def _load(dsn: str, users: np.ndarray, items: np.ndarray) -> None:
     await connection.close()
 
 
-def _bare_fit(users: np.ndarray, items: np.ndarray, config: Config) -> tuple[float, np.ndarray, np.ndarray]:
+def _bare_fit(users: np.ndarray, items: np.ndarray, config: Config) -> tuple[float, float, np.ndarray, np.ndarray]:
     from implicit.cpu.als import AlternatingLeastSquares
     from implicit.nearest_neighbours import bm25_weight
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     m = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=(INDIVIDUALS, ITEMS))
     p = learned.parameters(config)
     als = AlternatingLeastSquares(factors=p["factors"], regularization=p["regularization"],
                                   iterations=p["iterations"], alpha=p["alpha"], random_state=42,
                                   calculate_training_loss=False)
     als.fit(bm25_weight(m, K1=p["bm25_k1"], B=p["bm25_b"]).tocsr().astype(np.float32), show_progress=False)
-    return time.perf_counter() - start, als.user_factors, als.item_factors
+    return time.perf_counter() - start, time.process_time() - cpu, als.user_factors, als.item_factors
 
 
 async def main() -> None:
     users, items = synthetic(INDIVIDUALS, ITEMS, INTERACTIONS)
     config = Config(name="for_you", strategy=LEARNED, objective=PURCHASES)
-    bare_seconds, uf, itf = _bare_fit(users, items, config)
+    bare_seconds, bare_cpu, uf, itf = _bare_fit(users, items, config)
     async with served_recommender() as (stub, rec, dsn):
         await _load(dsn, users, items)
+        tenant_var.set(TENANT)  # the use cases' SQL runs under the tenant's row-level security, as a request's does
         await rec.put_config(TENANT, config)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         async for _ in rec.train(TENANT, "for_you"):
             pass
-        ours_seconds = time.perf_counter() - start
+        ours_seconds, ours_cpu = time.perf_counter() - start, time.process_time() - cpu
 
         people = [f"u{u}" for u in np.unique(users)[:SAMPLES].tolist()]
         for who in people[:100]:
@@ -131,7 +136,11 @@ async def main() -> None:
           f"{learned.parameters(config)['factors']} iterations={learned.parameters(config)['iterations']}")
     print(f"{'measure':<40} {'ours':>12} {'baseline':>12} {'ratio':>8}  target")
     print(f"{'train seconds (vs bare implicit)':<40} {ours_seconds:12.2f} {bare_seconds:12.2f} "
-          f"{ours_seconds / bare_seconds:8.2f}  <= 1.5x")
+          f"{ours_seconds / bare_seconds:8.2f}  <= 1.2x")
+    # CPU seconds of this process (every thread; PostgreSQL's share of reading the interactions is not in it):
+    # steadier than wall time when other work shares the machine.
+    print(f"{'train CPU seconds (vs bare implicit)':<40} {ours_cpu:12.2f} {bare_cpu:12.2f} "
+          f"{ours_cpu / bare_cpu:8.2f}")
     print(f"{'Recommend p50 ms (vs bare numpy top-10)':<40} {p50:12.3f} {bare_p50:12.3f} {p50 / bare_p50:8.2f}  "
           f"p50 <= 1 ms")
     print(f"{'Recommend p99 ms':<40} {p99:12.3f} {percentile(bare, 99):12.3f} "
@@ -139,10 +148,10 @@ async def main() -> None:
     print(f"{'Recommend + exclude_purchased p50 ms':<40} {statistics.median(filtered):12.3f} {bare_p50:12.3f} "
           f"{statistics.median(filtered) / bare_p50:8.2f}  (one history query)")
     print(f"{'RecommendBatch individuals/s (gRPC)':<40} {per_s:12.0f} {bare_per_s:12.0f} "
-          f"{per_s / bare_per_s:8.2f}  >= 10,000/s")
+          f"{per_s / bare_per_s:8.2f}  >= 15,000/s")
     print(f"{'RecommendBatch individuals/s (use case)':<40} {inside / inside_seconds:12.0f} {bare_per_s:12.0f} "
           f"{inside / inside_seconds / bare_per_s:8.2f}  (no gRPC; the bench client shares the process)")
-    print(f"train_ratio={ours_seconds / bare_seconds:.2f} recommend_p50_ms={p50:.3f} recommend_p99_ms={p99:.3f} "
+    print(f"train_ratio={ours_seconds / bare_seconds:.2f} train_cpu_ratio={ours_cpu / bare_cpu:.2f} recommend_p50_ms={p50:.3f} recommend_p99_ms={p99:.3f} "
           f"batch_per_s={per_s:.0f}")
 
 
