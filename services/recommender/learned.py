@@ -152,6 +152,8 @@ class Model:
         self.column = {str(t): i for i, t in enumerate(items.tolist())}
         self.item_ids = [str(t) for t in items.tolist()]
         if item_factors is not None:
+            # Scores multiply by the transposed item factors: contiguous, the product runs about a third faster.
+            self._item_factors_t = np.ascontiguousarray(item_factors.T)
             norms = np.linalg.norm(item_factors, axis=1, keepdims=True)
             self._unit_items = item_factors / np.where(norms == 0, 1, norms)
 
@@ -162,7 +164,7 @@ class Model:
     def scores(self, rows: np.ndarray) -> np.ndarray:
         """Scores of every item for the given individuals' rows (one row of scores per individual)."""
         if self.factored:
-            return self.user_factors[rows] @ self.item_factors.T
+            return self.user_factors[rows] @ self._item_factors_t
         return np.asarray((self.user_items[rows] @ self.similarity).todense())
 
     def similar(self, column: int) -> np.ndarray:
@@ -325,21 +327,23 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
     """Column indexes of the k best scores of every row (unordered), exactly, touching few elements twice.
 
-    The k best elements of a row lie in the k blocks with the highest maxima (each of them is the maximum of a
-    block or below one that is at least as high), so only those blocks are searched.
+    The columns are cut into interleaved groups (group g holds columns g, g + groups, g + 2 groups, ...): the k
+    best elements of a row lie in the k groups with the highest maxima (each is the maximum of a group or below
+    one that is at least as high), so only those groups are searched. Interleaved groups let the maxima be taken
+    over contiguous rows of memory, several times faster than over short contiguous blocks.
     """
     rows, n = scores.shape
-    # A block size that divides the row avoids copying the matrix to reshape it.
-    block = next((b for b in range(32, 65) if n % b == 0), 32)
-    blocks = n // block
-    if blocks <= k:
+    # A group size that divides the row avoids copying the matrix to reshape it.
+    size = next((b for b in range(32, 65) if n % b == 0), 32)
+    groups = n // size
+    if groups <= k:
         return np.argpartition(scores, -k, axis=1)[:, -k:]
-    body = scores[:, :blocks * block].reshape(rows, blocks, block)
-    maxima = body.max(axis=2)
-    best_blocks = np.argpartition(maxima, -k, axis=1)[:, -k:]
-    columns = (best_blocks[:, :, None] * block + np.arange(block)).reshape(rows, -1)
-    if blocks * block < n:  # the tail that does not fill a block is always searched
-        tail = np.broadcast_to(np.arange(blocks * block, n), (rows, n - blocks * block))
+    body = scores[:, :groups * size].reshape(rows, size, groups)
+    maxima = body.max(axis=1)
+    best_groups = np.argpartition(maxima, -k, axis=1)[:, -k:]
+    columns = (best_groups[:, None, :] + groups * np.arange(size)[None, :, None]).reshape(rows, -1)
+    if groups * size < n:  # the tail that does not fill a group is always searched
+        tail = np.broadcast_to(np.arange(groups * size, n), (rows, n - groups * size))
         columns = np.concatenate([columns, tail], axis=1)
     values = np.take_along_axis(scores, columns, axis=1)
     chosen = np.argpartition(values, -k, axis=1)[:, -k:]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -142,7 +141,9 @@ def _text(value: Any) -> str:
 
 def chunk_scores(model, ids, width, excluded, histories, exclude_purchased) -> dict[str, tuple]:
     """Learned scores of a chunk's known individuals in one matrix product, exclusions already masked,
-    with each one's best few items found for the whole chunk at once."""
+    with each one's best few items found for the whole chunk at once: {id: (scores, head columns, head scores)},
+    the head best first (ties by column) and without masked items. head_items() turns a head into Scored items
+    when they are needed (the plain batch path reads the columns directly)."""
     if model is None:
         return {}
     known = [(i, model.row[u]) for i, u in enumerate(ids) if u in model.row]
@@ -160,14 +161,21 @@ def chunk_scores(model, ids, width, excluded, histories, exclude_purchased) -> d
     # Exclusions are masked already, so a short head is usually enough (the ranking widens if not).
     width = min(width, scores.shape[1] - 1)
     if width <= 0:
-        return {ids[i]: (scores[k], None) for k, (i, _) in enumerate(known)}
+        return {ids[i]: (scores[k], None, None) for k, (i, _) in enumerate(known)}
     heads = learned.top_k_rows(scores, width)
     values = np.take_along_axis(scores, heads, axis=1)
     order = np.lexsort((heads, -values), axis=1)
-    heads = np.take_along_axis(heads, order, axis=1).tolist()
-    values = np.take_along_axis(values, order, axis=1).tolist()
+    heads = np.take_along_axis(heads, order, axis=1)
+    values = np.take_along_axis(values, order, axis=1)
+    # Masked items sort last: each row's head ends before its first -inf.
+    lengths = (values > -np.inf).sum(axis=1).tolist()
+    heads_l, values_l = heads.tolist(), values.tolist()
+    return {ids[i]: (scores[k], heads_l[k][:lengths[k]], values_l[k][:lengths[k]]) for k, (i, _) in enumerate(known)}
+
+
+def head_items(model, columns: list[int] | None, values: list[float] | None) -> list[Scored] | None:
+    """A chunk_scores head as Scored items."""
+    if columns is None or values is None:
+        return None
     item_ids = model.item_ids
-    out = {}
-    for k, (i, _) in enumerate(known):
-        out[ids[i]] = (scores[k], [Scored(item_ids[c], v) for c, v in zip(heads[k], values[k]) if v > -math.inf])
-    return out
+    return [Scored(item_ids[c], v) for c, v in zip(columns, values)]

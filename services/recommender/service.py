@@ -9,6 +9,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -54,6 +55,7 @@ from services.recommender.evaluation import RANDOM, SPLITS, TIME, Events, Split
 from services.recommender.ports import Repository
 from services.recommender.ranking import (
     chunk_scores,
+    head_items,
     learned_head,
     select,
     similar_by_attributes,
@@ -75,6 +77,8 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 100_000
 MAX_REASSIGNED = 1_000
 BATCH_CHUNK = 500
+# Batch answers build a million of these: tuple.__new__ skips the named tuple's Python-level __new__.
+_recommended = partial(tuple.__new__, Recommended)
 
 
 class Recommender:
@@ -511,11 +515,13 @@ class Recommender:
             scored = chunk_scores(model, ids, n + 4 if plain else 2 * n + 8, excluded, histories,
                                         exclude_purchased or config.exclude_purchased)
             results = []
+            item_ids, source = model.item_ids if model is not None else [], config.name
             for individual, affinities in chunk:
-                head = scored.get(individual, (None, None))[1]
-                if plain and head is not None and len(head) >= n:
+                _, columns, values = scored.get(individual, (None, None, None))
+                if plain and columns is not None and len(columns) >= n:
                     # Exclusions are masked in the scores and nothing else filters: the head is the answer.
-                    results.append((individual, [Recommended(h.item_id, h.score, config.name) for h in head[:n]]))
+                    results.append((individual, [_recommended((item_ids[c], v, source))
+                                                 for c, v in zip(columns[:n], values[:n])]))
                     continue
                 ask = Ask(individual=individual, count=n, exclude_ids=excluded, exclude_purchased=exclude_purchased,
                           affinities={(a, v): s for a, v, s in affinities},
@@ -525,7 +531,8 @@ class Recommender:
                     if len(picked) >= n:
                         break
                     if i == 0 and individual in scored:
-                        ask.learned_scores, ask.learned_head = scored[individual]
+                        ask.learned_scores = scored[individual][0]
+                        ask.learned_head = head_items(model, *scored[individual][1:])
                     else:
                         ask.learned_scores = ask.learned_head = None
                     picked += await self._run(tenant, cfg, ask, {p.item_id for p in picked}, n - len(picked),

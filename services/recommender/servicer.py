@@ -248,15 +248,26 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     async def RecommendBatch(self, request: pb.RecommendBatchRequest,
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.RecommendBatchResponse]:
         individuals = [(i.unified_individual_id, _affinities(i.affinities)) for i in request.individuals]
+        names = list(request.item_attributes)
+        # Each (item, source) is shaped once per call, with its attributes, and copied into every answer that holds
+        # it: building messages from nested lists, or a Struct per item, costs several times more.
+        shaped: dict[tuple[str, str], pb.RecommendedItem] = {}
         async for chunk in self.recommender.recommend_batch(
                 current_tenant(), request.strategy, request.count, individuals,
                 exclude_item_ids=list(request.exclude_item_ids), exclude_purchased=request.exclude_purchased):
-            names = list(request.item_attributes)
+            new = {(i.item_id, i.source) for _, items in chunk for i in items} - shaped.keys()
             attributes = await self.recommender.item_attributes(
-                current_tenant(), list({i.item_id for _, items in chunk for i in items}), names) if names else {}
-            yield pb.RecommendBatchResponse(results=[
-                pb.IndividualRecommendations(unified_individual_id=who, items=_items(items, attributes))
-                for who, items in chunk])
+                current_tenant(), list({item_id for item_id, _ in new}), names) if names and new else {}
+            for item_id, source in new:
+                shaped[item_id, source] = _items([Recommended(item_id, 0.0, source)], attributes)[0]
+            response = pb.RecommendBatchResponse()
+            for who, items in chunk:
+                add = response.results.add(unified_individual_id=who).items.add
+                for i in items:
+                    message = add()
+                    message.CopyFrom(shaped[i.item_id, i.source])
+                    message.score = i.score
+            yield response
 
     async def SimilarItems(self, request: pb.SimilarItemsRequest,
                            context: grpc.aio.ServicerContext) -> pb.SimilarItemsResponse:
