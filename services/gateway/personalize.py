@@ -41,6 +41,21 @@ def struct(data: dict) -> struct_pb2.Struct:
     return s
 
 
+def _py(value: struct_pb2.Value):
+    """A Struct value as plain Python, as json_format.MessageToDict gives it (several times faster)."""
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return {k: _py(v) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_py(v) for v in value.list_value.values]
+    return None if kind in (None, "null_value") else getattr(value, kind)
+
+
+def struct_dict(s: struct_pb2.Struct) -> dict:
+    """A Struct as a plain dict (see _py)."""
+    return {k: _py(v) for k, v in s.fields.items()}
+
+
 def profile_view(profile: profile_pb.Profile) -> dict:
     """The profile data graph as rules see it: attributes, insights, segments, events, affinities, consents.
 
@@ -52,7 +67,7 @@ def profile_view(profile: profile_pb.Profile) -> dict:
     return {
         "affinities": affinities,
         "consents": {c.purpose: c.status == common_pb2.CONSENT_STATUS_GRANTED for c in profile.consents},
-        "attributes": json_format.MessageToDict(profile.attributes),
+        "attributes": struct_dict(profile.attributes),
         "insights": dict(profile.insights),
         "segments": list(profile.segments),
         "events": [
@@ -72,7 +87,7 @@ def context_view(context: pb.DecisionContext) -> dict:
         "channel": context.channel,
         "correlation_id": context.correlation_id,
         "request_url": context.request_url,
-        "attributes": json_format.MessageToDict(context.attributes),
+        "attributes": struct_dict(context.attributes),
     }
 
 
@@ -188,13 +203,6 @@ def affinity_messages(profile: dict) -> list[rec_pb.Affinity]:
             for dimension, values in (profile.get("affinities") or {}).items() for value, score in values.items()]
 
 
-def _plain(value: struct_pb2.Value):
-    kind = value.WhichOneof("kind")
-    if kind in ("string_value", "number_value", "bool_value"):
-        return getattr(value, kind)
-    return None if kind in (None, "null_value") else json_format.MessageToDict(value)
-
-
 def item_structs(ranked, attributes: Sequence[str]) -> list[struct_pb2.Struct]:
     """item_rows as Structs, built from the recommender's messages without a dict in between."""
     rows = []
@@ -223,17 +231,35 @@ def recommend_request(individual: Individual, strategy: str, count: int, attribu
         affinities=affinity_messages(individual.profile), diagnostics=explain, item_attributes=attributes)
 
 
-def item_rows(ranked, attributes: Sequence[str]) -> list[dict]:
+def item_rows(ranked, attributes: Sequence[str], shaped: dict | None = None) -> list[dict]:
     """Items shaped by the point's template as plain dicts: item_id, score, source and the template's item
-    attributes (null when the catalog has none)."""
+    attributes (null when the catalog has none). `shaped` keeps each item's attributes once converted, for a
+    caller that shapes many answers with the same attributes (a batch page)."""
     rows = []
     for r in ranked:
-        row = {"item_id": r.item_id, "score": r.score, "source": r.source}
-        fields = r.attributes.fields
-        for name in attributes:
-            row[name] = _plain(fields[name]) if name in fields else None
-        rows.append(row)
+        key = (r.item_id, r.source)
+        values = shaped.get(key) if shaped is not None else None
+        if values is None:
+            fields = r.attributes.fields
+            values = {name: _py(fields[name]) if name in fields else None for name in attributes}
+            if shaped is not None:
+                shaped[key] = values
+        rows.append({"item_id": r.item_id, "score": r.score, "source": r.source, **values})
     return rows
+
+
+def _qualification(point: decision_pb.Point, batch_q: decision_pb.BatchQualification,
+                   decisions: dict[str, decision_pb.Decision]) -> decision_pb.Qualification:
+    """A QualifyBatch answer as the Qualification a single Qualify returns."""
+    q = decision_pb.Qualification(point=point, evaluations=batch_q.evaluations,
+                                  missing_consents=batch_q.missing_consents, holdout=batch_q.holdout)
+    if batch_q.decision_id:
+        q.decision.CopyFrom(decisions[batch_q.decision_id])
+    if batch_q.HasField("experiment"):
+        q.experiment.CopyFrom(batch_q.experiment)
+    if batch_q.HasField("bandit"):
+        q.bandit.CopyFrom(batch_q.bandit)
+    return q
 
 
 def batch_personalization_id(job_id: str, unified_id: str, point_name: str) -> str:
@@ -268,25 +294,24 @@ class DecideForIndividuals:
         names = [p.name for p in points]
         out: list[list[decision_pb.Qualification]] = []
         for start in range(0, len(individuals), QUALIFY_CHUNK):
-            chunk = individuals[start:start + QUALIFY_CHUNK]
-            reply = await self.decision.QualifyBatch(decision_pb.QualifyBatchRequest(
-                points=names, context=shared_struct, fallback_only=fallback_only, individuals=[
-                    decision_pb.BatchIndividual(
-                        unified_individual_id=i.unified_id, profile=struct(i.profile),
-                        context=struct(context_view(i.context)) if i.own_context else None)
-                    for i in chunk]))
+            request = decision_pb.QualifyBatchRequest(points=names, context=shared_struct, fallback_only=fallback_only)
+            for i in individuals[start:start + QUALIFY_CHUNK]:  # built in place: nested lists would copy each twice
+                sent = request.individuals.add(unified_individual_id=i.unified_id)
+                sent.profile.update(i.profile)
+                if i.own_context:
+                    sent.context.update(context_view(i.context))
+            reply = await self.decision.QualifyBatch(request)
             decisions = {d.decision_id: d for d in reply.decisions}
+            # Most members qualify alike (same decision, same evaluations): equal answers share one Qualification,
+            # which nobody changes afterwards.
+            alike: dict[tuple[int, bytes], decision_pb.Qualification] = {}
             for result in reply.results:
                 row = []
-                for point, batch_q in zip(reply.points, result.qualifications):
-                    q = decision_pb.Qualification(point=point, evaluations=batch_q.evaluations,
-                                                  missing_consents=batch_q.missing_consents, holdout=batch_q.holdout)
-                    if batch_q.decision_id:
-                        q.decision.CopyFrom(decisions[batch_q.decision_id])
-                    if batch_q.HasField("experiment"):
-                        q.experiment.CopyFrom(batch_q.experiment)
-                    if batch_q.HasField("bandit"):
-                        q.bandit.CopyFrom(batch_q.bandit)
+                for j, batch_q in enumerate(result.qualifications):
+                    key = (j, batch_q.SerializeToString(deterministic=True))
+                    q = alike.get(key)
+                    if q is None:
+                        q = alike[key] = _qualification(reply.points[j], batch_q, decisions)
                     row.append(q)
                 out.append(row)
         return out
@@ -339,15 +364,19 @@ class DecideForIndividuals:
             single, plain = plain, []
         if plain:
             by_member: dict[str, list] = {}
-            stream = open_stream(self.recommender.RecommendBatch, rec_pb.RecommendBatchRequest(
-                strategy=strategy, count=count, item_attributes=attributes,
-                individuals=[rec_pb.BatchIndividual(unified_individual_id=i.unified_id,
-                                                    affinities=affinity_messages(i.profile)) for i, _ in plain]))
-            async for chunk in stream:
+            request = rec_pb.RecommendBatchRequest(strategy=strategy, count=count, item_attributes=attributes)
+            for i, _ in plain:  # built in place: nested lists would copy each message twice
+                sent = request.individuals.add(unified_individual_id=i.unified_id)
+                if i.profile.get("affinities"):
+                    sent.affinities.extend(affinity_messages(i.profile))
+            async for chunk in open_stream(self.recommender.RecommendBatch, request):
                 for result in chunk.results:
-                    by_member[result.unified_individual_id] = list(result.items)
+                    by_member[result.unified_individual_id] = result.items
+            # Each item's attributes convert once per template's attribute names, not once per member.
+            shaped: dict[tuple[str, ...], dict] = {}
             for individual, d in plain:
-                self._fill(d, by_member.get(individual.unified_id, []), messages)
+                names = tuple(d.qualification.point.template.item_attributes)
+                self._fill(d, by_member.get(individual.unified_id, []), messages, shaped.setdefault(names, {}))
         limit = asyncio.Semaphore(RECOMMEND_CONCURRENCY)
 
         async def one(individual: Individual, d: Decided) -> None:
@@ -366,12 +395,12 @@ class DecideForIndividuals:
         await asyncio.gather(*(one(i, d) for i, d in single))
 
     @staticmethod
-    def _fill(d: Decided, ranked, messages: bool = False) -> None:
+    def _fill(d: Decided, ranked, messages: bool = False, shaped: dict | None = None) -> None:
         attributes = d.qualification.point.template.item_attributes
         if messages:
             d.messages = item_structs(ranked, attributes)
         else:
-            d.data = item_rows(ranked, attributes)
+            d.data = item_rows(ranked, attributes, shaped)
         if len(ranked) < d.count:
             d.diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_FEWER_ITEMS_THAN_REQUESTED,
                                                message=f"{len(ranked)} of {d.count} items available"))

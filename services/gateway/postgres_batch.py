@@ -9,6 +9,7 @@ from datetime import date, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 
 from services.gateway.postgres_quotas import add_credits
 
@@ -217,7 +218,7 @@ class PostgresBatch:
                     [r.unified_individual_id for r in rows], [r.point_name for r in rows],
                     [r.individual_id for r in rows], [r.segment_id for r in rows], [r.point_id for r in rows],
                     [r.decision_id for r in rows], [r.personalization_id for r in rows],
-                    [json.dumps(r.payload) for r in rows])
+                    [orjson.dumps(r.payload).decode() for r in rows])
                 inserted = sum(1 for r in written if r["inserted"])
             await add_credits(conn, tenant_id, period, inserted)
             await conn.execute(
