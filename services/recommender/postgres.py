@@ -162,6 +162,11 @@ _HISTORY = """
 SELECT unified_individual_id, item_id, units, bought, last_viewed_at FROM individual_items
 WHERE tenant_id = $1 AND unified_individual_id = ANY($2::text[])
 """
+# The items each individual bought, one row per individual (batch masks them without the whole history).
+_BOUGHT = """
+SELECT unified_individual_id, array_agg(item_id) FROM individual_items
+WHERE tenant_id = $1 AND unified_individual_id = ANY($2::text[]) AND bought GROUP BY unified_individual_id
+"""
 # A given create_time replaces the stored one; an unset one keeps it (or is now() for a new item).
 _UPSERT_ITEMS = """
 INSERT INTO items AS i (tenant_id, item_id, attributes, create_time)
@@ -305,6 +310,10 @@ class PostgresRepository:
             result.setdefault(r["unified_individual_id"], []).append(
                 Owned(r["item_id"], r["units"], r["bought"], r["last_viewed_at"]))
         return result
+
+    async def bought_items(self, tenant: str, unified_individual_ids: list[str]) -> dict[str, list[str]]:
+        rows = await self.pool.fetch(_BOUGHT, tenant, unified_individual_ids)
+        return {r[0]: r[1] for r in rows}
 
     async def co_occurring(self, tenant: str, anchors: list[str], kind: str, session_seconds: float,
                            min_support: int, limit: int | None) -> list[Scored]:

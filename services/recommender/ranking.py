@@ -139,7 +139,7 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def chunk_scores(model, ids, width, excluded, histories, exclude_purchased) -> dict[str, tuple]:
+def chunk_scores(model, ids, width, excluded, bought, exclude_purchased) -> dict[str, tuple]:
     """Learned scores of a chunk's known individuals in one matrix product, exclusions already masked,
     with each one's best few items found for the whole chunk at once: {id: (scores, head columns, head scores)},
     the head best first (ties by column) and without masked items. head_items() turns a head into Scored items
@@ -153,11 +153,16 @@ def chunk_scores(model, ids, width, excluded, histories, exclude_purchased) -> d
     masked = [model.column[x] for x in excluded if x in model.column]
     if masked:
         scores[:, masked] = -np.inf
-    if exclude_purchased:
+    if exclude_purchased:  # bought: {id: item ids bought}, masked in one assignment
+        column = model.column
+        rows, columns = [], []
         for k, (i, _) in enumerate(known):
-            bought = [model.column[o.item_id] for o in histories.get(ids[i], ()) if o.bought
-                      and o.item_id in model.column]
-            scores[k, bought] = -np.inf
+            for item_id in bought.get(ids[i], ()):
+                c = column.get(item_id)
+                if c is not None:
+                    rows.append(k)
+                    columns.append(c)
+        scores[rows, columns] = -np.inf
     # Exclusions are masked already, so a short head is usually enough (the ranking widens if not).
     width = min(width, scores.shape[1] - 1)
     if width <= 0:

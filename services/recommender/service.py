@@ -45,6 +45,7 @@ from services.recommender.domain import (
     CatalogItem,
     Diagnostics,
     Interaction,
+    Owned,
     Progress,
     RankingSpec,
     Recommended,
@@ -505,27 +506,41 @@ class Recommender:
         n = count or config.count or DEFAULT_COUNT
         model = await self.model(tenant, config.name) if config.strategy == LEARNED else None
         plain = not (config.attributes_used or config.exclude_recently_viewed or config.same_category_as_anchor)
+        masking = exclude_purchased or config.exclude_purchased
+        probe = Ask(individual="x", count=n, exclude_purchased=exclude_purchased)
+        needs_history = any(self._needs_history(c, probe) for c in chain)
         for start in range(0, len(individuals), BATCH_CHUNK):
             chunk = individuals[start:start + BATCH_CHUNK]
             ids = [individual for individual, _ in chunk]
-            probe = Ask(individual="x", count=n, exclude_purchased=exclude_purchased)
-            histories = {}
-            if any(self._needs_history(c, probe) for c in chain):
-                histories = await self.repository.histories(tenant, ids)
-            scored = chunk_scores(model, ids, n + 4 if plain else 2 * n + 8, excluded, histories,
-                                        exclude_purchased or config.exclude_purchased)
-            results = []
+            histories: dict[str, list[Owned]] | None = None
+            if plain and model is not None:
+                # The head usually is the answer: only what each member bought is read, to mask it; the whole
+                # history only for the members the chain must rank further.
+                bought = await self.repository.bought_items(tenant, ids) if masking else {}
+            else:
+                histories = await self.repository.histories(tenant, ids) if needs_history else {}
+                bought = {u: [o.item_id for o in owned if o.bought] for u, owned in histories.items()}
+            scored = chunk_scores(model, ids, n + 4 if plain else 2 * n + 8, excluded, bought, masking)
+            results: list[tuple[str, list[Recommended]] | None] = []
             item_ids, source = model.item_ids if model is not None else [], config.name
-            for individual, affinities in chunk:
+            further = []
+            for individual, _ in chunk:
                 _, columns, values = scored.get(individual, (None, None, None))
                 if plain and columns is not None and len(columns) >= n:
                     # Exclusions are masked in the scores and nothing else filters: the head is the answer.
                     results.append((individual, [_recommended((item_ids[c], v, source))
                                                  for c, v in zip(columns[:n], values[:n])]))
-                    continue
+                else:
+                    further.append(len(results))
+                    results.append(None)
+            if further and histories is None:
+                histories = await self.repository.histories(tenant, [ids[k] for k in further]) if needs_history \
+                    else {}
+            for k in further:
+                individual, affinities = chunk[k]
                 ask = Ask(individual=individual, count=n, exclude_ids=excluded, exclude_purchased=exclude_purchased,
                           affinities={(a, v): s for a, v, s in affinities},
-                          history={o.item_id: o for o in histories.get(individual, ())})
+                          history={o.item_id: o for o in (histories or {}).get(individual, ())})
                 picked: list[Recommended] = []
                 for i, cfg in enumerate(chain):
                     if len(picked) >= n:
@@ -537,8 +552,8 @@ class Recommender:
                         ask.learned_scores = ask.learned_head = None
                     picked += await self._run(tenant, cfg, ask, {p.item_id for p in picked}, n - len(picked),
                                               model=model if i == 0 else None)
-                results.append((individual, picked))
-            yield results
+                results[k] = (individual, picked)
+            yield [r for r in results if r is not None]
 
     async def similar_items(self, tenant: str, item_id: str, count: int, strategy: str) -> list[Recommended]:
         """Items like one item, by the named anchor-based or learned recommender (default similar_attributes)."""

@@ -112,6 +112,12 @@ class FakeRepository:
         owned = self._owned(tenant)
         return {u: list(owned[u].values()) for u in unified_individual_ids if u in owned}
 
+    async def bought_items(self, tenant: str, unified_individual_ids: list[str]) -> dict[str, list[str]]:
+        self.calls["bought_items"] += 1
+        owned = self._owned(tenant)
+        return {u: [o.item_id for o in owned[u].values() if o.bought] for u in unified_individual_ids
+                if u in owned and any(o.bought for o in owned[u].values())}
+
     async def co_occurring(self, tenant, anchors, kind, session_seconds, min_support, limit) -> list[Scored]:
         self.calls["co_occurring"] += 1
         every = self.interactions[tenant].values()

@@ -282,3 +282,25 @@ def test_block_top_k_finds_exactly_the_best_scores_of_every_row(columns):
     found = np.sort(np.take_along_axis(scores, top_k_rows(scores, k), axis=1), axis=1)
     expected = np.sort(scores, axis=1)[:, -k:]
     assert np.array_equal(found, expected)
+
+
+async def test_learned_batch_masks_what_each_member_bought_reading_only_their_purchases():
+    repo = FakeRepository()
+    rec = Recommender(repo, cache_seconds=0.0)
+    rows = [line.split("::") for line in (SHARED_DATA / "spark-als-sample" / "sample_movielens_ratings.txt")
+            .read_text().splitlines() if line.strip()]
+    await rec.record_interactions("s", [Interaction(f"r{n}", u, i, PURCHASE, 1) for n, (u, i, _, _) in
+                                        enumerate(rows)])
+    await rec.put_config("s", Config(name="als", strategy=LEARNED, objective=PURCHASES))
+    [_ async for _ in rec.train("s", "als")]
+    members = ["0", "1", "2", "nobody"]
+    chunks = [c async for c in rec.recommend_batch("s", "als", 10, [(m, []) for m in members],
+                                                   exclude_purchased=True)]
+    results = dict(item for chunk in chunks for item in chunk)
+    assert list(results) == members
+    for member in members[:3]:
+        seen = {i for u, i, _, _ in rows if u == member}
+        assert len(results[member]) == 10 and not seen & set(ids(results[member]))
+        single = await rec.recommend("s", member, "als", 10, exclude_purchased=True)
+        assert set(ids(single)) == set(ids(results[member]))
+    assert repo.calls["bought_items"] == 1 and repo.calls["histories"] == 1  # the fallback chain's, for "nobody"
