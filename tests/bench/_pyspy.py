@@ -1,10 +1,12 @@
-"""Profiles of a bench's processes with py-spy: record them while the bench saturates, then summarize.
+"""Profiles of a bench's processes with py-spy, and the CPU they use: record them while the bench saturates, then
+summarize. Every bench that profiles (decide.py, batch.py: BENCH_PROFILE_DIR=folder) uses this one module.
 
-`recording(pids, seconds, folder)` runs one `py-spy record --format raw --nonblocking` per process (collapsed
+`recording(pids, folder, seconds)` runs one `py-spy record --format raw --nonblocking` per process (collapsed
 Python stacks, idle threads left out; --native would stop each process at every sample, which cuts a saturated
 suite's throughput tenfold); `summary(folder, names)` reads them back as text: per process, the
 share of its samples each kind of work takes (serialization, SQL, CEL, Python logic, gRPC and the event loop)
-and the functions with the most self time.
+and the functions with the most self time. `CpuMeter` counts the CPU seconds of the same processes and of
+PostgreSQL's server and backends.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+
+import psutil
 
 RATE = 100  # samples per second per process
 TOP = 8  # functions listed per process
@@ -48,19 +53,63 @@ def _exe() -> str:
 
 
 @contextlib.contextmanager
-def recording(pids: dict[str, int], seconds: float, folder: Path):
-    """Records every process for `seconds` (started on entry; waited for on exit)."""
+def recording(pids: dict[str, int], folder: Path, seconds: float | None = None):
+    """Records every process from entry: for `seconds` (waited for on exit), or without a set length until exit."""
     folder.mkdir(parents=True, exist_ok=True)
-    procs = [subprocess.Popen([_exe(), "record", "--format", "raw", "--nonblocking", "--rate", str(RATE),
-                               "--duration", str(max(1, int(seconds))), "--pid", str(pid),
-                               "--output", str(folder / f"{name}.txt")],
+    length = ["--duration", str(max(1, int(seconds)))] if seconds else []
+    procs = [subprocess.Popen([_exe(), "record", "--format", "raw", "--nonblocking", "--rate", str(RATE), *length,
+                               "--pid", str(pid), "--output", str(folder / f"{name}.txt")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for name, pid in pids.items()]
     try:
         yield
     finally:
         for proc in procs:
-            proc.wait(timeout=seconds + 60)
+            if not seconds:
+                proc.send_signal(signal.SIGINT)  # py-spy writes what it has and stops
+            proc.wait(timeout=(seconds or 0) + 60)
+
+
+class CpuMeter:
+    """CPU seconds the processes of a chain spend (user + system), by name; PostgreSQL's with all its backends.
+
+    CPU per request is far less sensitive than requests per second to what else the machine runs, so benches report
+    both."""
+
+    def __init__(self, pids: dict[str, int], postgres_port: int | None = None):
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.postmaster = next((p for p in psutil.process_iter(["cmdline"])
+                                if _is_postmaster(p.info["cmdline"] or [], postgres_port)), None) \
+            if postgres_port else None
+        self.start = self._read()
+
+    @staticmethod
+    def _cpu(proc: psutil.Process) -> float:
+        try:
+            t = proc.cpu_times()
+            return t.user + t.system
+        except psutil.Error:
+            return 0.0
+
+    def _read(self) -> dict[tuple[str, int], float]:
+        out = {(name, p.pid): self._cpu(p) for name, p in self.procs.items()}
+        if self.postmaster is not None:
+            for p in [self.postmaster, *self.postmaster.children(recursive=True)]:
+                out[("postgres", p.pid)] = self._cpu(p)
+        return out
+
+    def used(self) -> dict[str, float]:
+        """CPU seconds by process name since the meter was made (postgres: the server and its backends)."""
+        end = self._read()
+        by_name: dict[str, float] = {}
+        for (name, pid), cpu in end.items():
+            by_name[name] = by_name.get(name, 0.0) + cpu - self.start.get((name, pid), 0.0)
+        return by_name
+
+
+def _is_postmaster(cmdline: list[str], port: int | None) -> bool:
+    return bool(cmdline) and cmdline[0].endswith("/postgres") and "-p" in cmdline[:-1] \
+        and cmdline[cmdline.index("-p") + 1] == str(port)
 
 
 def _short(frame: str) -> str:

@@ -3,19 +3,19 @@
 recommendation of the same kind of model on the same interactions, measured in the same run.
 
 BENCH_BATCH_INDIVIDUALS and BENCH_BATCH_ITEMS change the sizes. BENCH_PROFILE_DIR=folder records every service
-process with py-spy while the job runs (one collapsed-stack file each) and the CPU seconds of every process of the
-suite, PostgreSQL's included (cpu.txt). The last line is the summary.
+process with py-spy while the job runs (tests/bench/_pyspy.py: one collapsed-stack file each, and their summary) and
+the CPU seconds of every process of the suite, PostgreSQL's included (cpu.txt). The last line is the summary.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit's advice; must precede numpy's import
 
@@ -36,6 +36,7 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2 as ppb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pgrpc
 from personalization.recommender.v1 import recommender_service_pb2 as rpb
 from personalization.recommender.v1 import recommender_service_pb2_grpc as rgrpc
+from tests.bench import _pyspy
 from tests.bench._common import running_suite
 
 INDIVIDUALS = int(os.environ.get("BENCH_BATCH_INDIVIDUALS", "100000"))
@@ -120,73 +121,24 @@ async def run_job(gateway: str, md) -> tuple[float, int]:
         return elapsed, job.row_count
 
 
-def _descendants(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    out = [int(c) for c in children.read_text().split()] if children.exists() else []
-    return out + [d for c in out for d in _descendants(c)]
-
-
-def _cmdline_has(pid: int, text: bytes) -> bool:
-    try:
-        return text in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
-def _cpu_seconds(pids: list[int]) -> dict[str, float]:
-    """CPU seconds (user + system) so far of each process, by its module or program name."""
-    out: dict[str, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in pids:
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        name = cmd[cmd.index(b"-m") + 1].decode() if b"-m" in cmd else Path(cmd[0].decode()).name
-        out[f"{name}:{pid}"] = (int(fields[11]) + int(fields[12])) / tick
-    return out
-
-
-class Profiled:
-    """py-spy on every service process of the suite, and CPU seconds of all its processes, around the job."""
-
-    def __init__(self, folder: str | None, home: str):
-        self.folder = Path(folder) if folder else None
-        self.home = home
-        self.spies: list[subprocess.Popen] = []
-
-    def __enter__(self):
-        if self.folder is None:
-            return self
-        self.folder.mkdir(parents=True, exist_ok=True)
-        postmaster = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-                      and _cmdline_has(int(p.name), f"{self.home}/pg".encode())]
-        self.pids = _descendants(os.getpid()) + [d for p in postmaster for d in [p, *_descendants(p)]]
-        self.before = _cpu_seconds(self.pids)
-        spy = str(Path(sys.executable).parent / "py-spy")
-        for key in self.before:
-            name, pid = key.rsplit(":", 1)
-            if name.startswith("services."):
-                self.spies.append(subprocess.Popen(
-                    [spy, "record", "--pid", pid, "--rate", "100", "--nonblocking", "--format", "raw",
-                     "--output", str(self.folder / f"{name}.{pid}.txt")],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        self.started = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        if self.folder is None:
-            return
-        wall = time.perf_counter() - self.started
-        after = _cpu_seconds(self.pids)
-        for spy in self.spies:
-            spy.send_signal(signal.SIGINT)
-            spy.wait(timeout=60)
-        lines = [f"{key:<40}{after[key] - self.before.get(key, 0):8.1f}" for key in sorted(after)
-                 if after[key] - self.before.get(key, 0) >= 0.05]
-        (self.folder / "cpu.txt").write_text(f"job wall seconds {wall:.1f}; CPU seconds per process\n"
-                                             + "\n".join(lines) + "\n")
+@contextlib.contextmanager
+def profiled(pids: dict[str, int], postgres_port: int):
+    """With BENCH_PROFILE_DIR set: py-spy on every service process while the job runs, then the summary and the CPU
+    seconds of every process, PostgreSQL's server and backends included (also written to cpu.txt)."""
+    folder = os.environ.get("BENCH_PROFILE_DIR")
+    if not folder:
+        yield
+        return
+    meter = _pyspy.CpuMeter(pids, postgres_port)
+    started = time.perf_counter()
+    with _pyspy.recording(pids, Path(folder)):
+        yield
+    wall = time.perf_counter() - started
+    print("\n".join(_pyspy.summary(Path(folder), list(pids), wall)))
+    cpu = "\n".join(f"{name:<24}{seconds:8.1f}" for name, seconds in sorted(meter.used().items()) if seconds >= 0.05)
+    text = f"job wall seconds {wall:.1f}; CPU seconds per process\n{cpu}\n"
+    (Path(folder) / "cpu.txt").write_text(text)
+    print(text)
 
 
 def implicit_baseline(items: np.ndarray) -> float:
@@ -211,7 +163,7 @@ def main() -> None:
         gateway = ready["addresses"]["gateway"]
         md = (("authorization", f"Bearer {ready['api_key']}"),)
         processed_s = asyncio.run(load(gateway, md, items))
-        with Profiled(os.environ.get("BENCH_PROFILE_DIR"), ready["home"]):
+        with profiled(ready["pids"], urlparse(ready["dsn"]).port):
             elapsed, rows = asyncio.run(run_job(gateway, md))
     ours = INDIVIDUALS / elapsed
     theirs = implicit_baseline(items)

@@ -21,7 +21,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import grpc
-import psutil
 from google.protobuf import struct_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +40,7 @@ WARMUP = 100
 SAMPLES = int(os.environ.get("TAILOR_BENCH_SAMPLES", "1000"))
 SATURATION_SECONDS = float(os.environ.get("TAILOR_BENCH_SECONDS", "5"))
 # A folder: py-spy records every process of the suite during the saturation phase and the summary is printed.
-PROFILE = os.environ.get("TAILOR_BENCH_PROFILE", "")
+PROFILE = os.environ.get("BENCH_PROFILE_DIR", "")
 CONCURRENCY = (16, 64)
 IDLE_SECONDS = 2.0  # before saturating: each process's idle CPU, taken out of its CPU per request
 CUSTOMER = "bench_customer"
@@ -64,48 +63,6 @@ async def _latency(call) -> list[float]:
         await call()
         samples.append((time.perf_counter() - start) * 1000)
     return samples
-
-
-class CpuMeter:
-    """CPU seconds the processes of a chain spend (user + system), by name; PostgreSQL's with all its backends.
-
-    CPU per request is far less sensitive than requests per second to what else the machine runs (others work on
-    it at the same time), so the bench reports both."""
-
-    def __init__(self, pids: dict[str, int], postgres_port: int | None = None):
-        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
-        self.postmaster = next((p for p in psutil.process_iter(["cmdline"])
-                                if _is_postmaster(p.info["cmdline"] or [], postgres_port)), None) \
-            if postgres_port else None
-        self.start = self._read()
-
-    @staticmethod
-    def _cpu(proc: psutil.Process) -> float:
-        try:
-            t = proc.cpu_times()
-            return t.user + t.system
-        except psutil.Error:
-            return 0.0
-
-    def _read(self) -> dict[tuple[str, int], float]:
-        out = {(name, p.pid): self._cpu(p) for name, p in self.procs.items()}
-        if self.postmaster is not None:
-            for p in [self.postmaster, *self.postmaster.children(recursive=True)]:
-                out[("postgres", p.pid)] = self._cpu(p)
-        return out
-
-    def used(self) -> dict[str, float]:
-        """CPU seconds by process name since the meter was made (postgres: the server and its backends)."""
-        end = self._read()
-        by_name: dict[str, float] = {}
-        for (name, pid), cpu in end.items():
-            by_name[name] = by_name.get(name, 0.0) + cpu - self.start.get((name, pid), 0.0)
-        return by_name
-
-
-def _is_postmaster(cmdline: list[str], port: int | None) -> bool:
-    return bool(cmdline) and cmdline[0].endswith("/postgres") and "-p" in cmdline[:-1] \
-        and cmdline[cmdline.index("-p") + 1] == str(port)
 
 
 def _per_request(cpu: dict[str, float], calls: int) -> dict[str, float]:
@@ -225,12 +182,12 @@ async def measure_tailor(gateway: str, md, pids: dict[str, int], postgres_port: 
         stages = await _stage_medians(channel, md)
 
         def meter():
-            return CpuMeter(pids, postgres_port)
+            return _pyspy.CpuMeter(pids, postgres_port)
 
         if not PROFILE:
             return latency, *await _throughput(call, meter), stages
         seconds = SATURATION_SECONDS * len(CONCURRENCY)
-        with _pyspy.recording(pids, seconds, Path(PROFILE)):
+        with _pyspy.recording(pids, Path(PROFILE), seconds):
             rps, cpu = await _throughput(call, meter)
         print("\n".join(_pyspy.summary(Path(PROFILE), list(pids), seconds)))
         return latency, rps, cpu, stages
@@ -255,7 +212,7 @@ async def measure_echo(gateway: str, pids: dict[str, int]):
         async def call():
             return await rpc(b"", timeout=5)
 
-        return await _latency(call), *await _throughput(call, lambda: CpuMeter(pids))
+        return await _latency(call), *await _throughput(call, lambda: _pyspy.CpuMeter(pids))
 
 
 def _start_echo() -> tuple[list[subprocess.Popen], str, dict[str, int]]:
