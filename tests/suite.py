@@ -67,6 +67,39 @@ class Suite:
         ctx.tenant_var.set(tenant)
         return tenant, (("authorization", f"Bearer {secret}"),)
 
+    async def buyers_and_banner(self, md) -> None:
+        """A segment `buyers` (a purchase in 30 days) and a manual-content point `banner` whose fallback says Thanks:
+        the set-up of the batch tests, over gRPC and HTTP."""
+        from google.protobuf import duration_pb2
+
+        from personalization.common.v1 import common_pb2
+        from personalization.decision.v1 import decision_service_pb2 as decision_pb
+        from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
+        from tests.conftest import struct
+
+        await self.profile_admin.UpsertInsight(profile_pb.UpsertInsightRequest(insight=profile_pb.Insight(
+            name="purchases_30d", aggregate=profile_pb.AGGREGATE_COUNT, event_type=common_pb2.EVENT_TYPE_PURCHASE,
+            window=duration_pb2.Duration(seconds=30 * 86400))), metadata=md)
+        await self.profile_admin.UpsertSegment(profile_pb.UpsertSegmentRequest(segment=profile_pb.Segment(
+            name="buyers", rule="insights.purchases_30d >= 1.0")), metadata=md)
+        await self.decision_admin.UpsertPoint(decision_pb.UpsertPointRequest(point=decision_pb.Point(
+            name="banner", type=decision_pb.POINT_TYPE_MANUAL_CONTENT, template=decision_pb.ResponseTemplate(
+                fields=[decision_pb.TemplateField(name="headline", type=decision_pb.FIELD_TYPE_STRING)]))),
+            metadata=md)
+        await self.decision_admin.UpsertDecision(decision_pb.UpsertDecisionRequest(decision=decision_pb.Decision(
+            point_name="banner", name="thanks", fallback=True, content=struct({"headline": "Thanks"}))), metadata=md)
+
+    async def segment_reaches(self, md, name: str, count: int) -> bool:
+        """Whether segment `name` reaches `count` members before wait_for's timeout."""
+        from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
+        from tests.conftest import wait_for
+
+        async def reached():
+            segments = await self.profile_admin.ListSegments(profile_pb.ListSegmentsRequest(), metadata=md)
+            return any(s.name == name and s.member_count == count for s in segments.segments)
+
+        return bool(await wait_for(reached))
+
     @property
     def gateway(self):
         return gateway_grpc.GatewayServiceStub(self.channel)

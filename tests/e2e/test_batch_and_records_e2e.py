@@ -7,12 +7,11 @@ import asyncio
 import asyncpg
 import grpc
 import pytest
-from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from google.protobuf import struct_pb2, timestamp_pb2
 
 from personalization.common.v1 import common_pb2
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.gateway.v1 import gateway_service_pb2 as pb
-from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from services.gateway.batch import BatchJobs
 from shared.errors import status_details
 from tests.conftest import struct, wait_for
@@ -20,17 +19,8 @@ from tests.suite import Suite
 
 
 async def _shoppers(suite: Suite, md, count: int) -> None:
-    """A segment `buyers` of `count` individuals and a manual-content point `banner`."""
-    await suite.profile_admin.UpsertInsight(profile_pb.UpsertInsightRequest(insight=profile_pb.Insight(
-        name="purchases_30d", aggregate=profile_pb.AGGREGATE_COUNT, event_type=common_pb2.EVENT_TYPE_PURCHASE,
-        window=duration_pb2.Duration(seconds=30 * 86400))), metadata=md)
-    await suite.profile_admin.UpsertSegment(profile_pb.UpsertSegmentRequest(segment=profile_pb.Segment(
-        name="buyers", rule="insights.purchases_30d >= 1.0")), metadata=md)
-    await suite.decision_admin.UpsertPoint(decision_pb.UpsertPointRequest(point=decision_pb.Point(
-        name="banner", type=decision_pb.POINT_TYPE_MANUAL_CONTENT, template=decision_pb.ResponseTemplate(
-            fields=[decision_pb.TemplateField(name="headline", type=decision_pb.FIELD_TYPE_STRING)]))), metadata=md)
-    await suite.decision_admin.UpsertDecision(decision_pb.UpsertDecisionRequest(decision=decision_pb.Decision(
-        point_name="banner", name="thanks", fallback=True, content=struct({"headline": "Thanks"}))), metadata=md)
+    """A segment `buyers` of `count` individuals and manual-content points `banner` and `email_block`."""
+    await suite.buyers_and_banner(md)
     await suite.decision_admin.UpsertPoint(decision_pb.UpsertPointRequest(point=decision_pb.Point(
         name="email_block", type=decision_pb.POINT_TYPE_MANUAL_CONTENT, template=decision_pb.ResponseTemplate(
             fields=[decision_pb.TemplateField(name="headline", type=decision_pb.FIELD_TYPE_STRING)]))), metadata=md)
@@ -43,12 +33,7 @@ async def _shoppers(suite: Suite, md, count: int) -> None:
         identities=[common_pb2.Identity(type="customer_id", value=f"c{i}")],
         line_items=[common_pb2.LineItem(item_id="sku", quantity=1, unit_price=5)]) for i in range(count)]
     await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=events), metadata=md)
-
-    async def all_in():
-        segments = await suite.profile_admin.ListSegments(profile_pb.ListSegmentsRequest(), metadata=md)
-        return any(s.name == "buyers" and s.member_count == count for s in segments.segments)
-
-    assert await wait_for(all_in), "the purchases never put everyone in the segment"
+    assert await suite.segment_reaches(md, "buyers", count), "the purchases never put everyone in the segment"
 
 
 async def test_a_batch_job_writes_one_row_per_member_and_point_and_counts_credits(suite):

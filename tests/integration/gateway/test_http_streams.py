@@ -18,15 +18,11 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
 from personalization.common.v1 import common_pb2
-from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.gateway.v1 import gateway_service_pb2 as pb
-from personalization.profile_graph.v1 import profile_graph_service_pb2 as profile_pb
 from services.gateway.auth import GATEWAY
-from tests.conftest import struct as as_struct
 from tests.conftest import wait_for
 
 JSON_STREAM = "application/connect+json"
@@ -205,27 +201,13 @@ async def test_a_bad_envelope_is_refused_and_nothing_of_the_stream_is_stored(sui
 
 async def _buyers(suite, md, count: int) -> None:
     """A segment `buyers` of count individuals and a manual-content point `banner`."""
-    await suite.profile_admin.UpsertInsight(profile_pb.UpsertInsightRequest(insight=profile_pb.Insight(
-        name="purchases_30d", aggregate=profile_pb.AGGREGATE_COUNT, event_type=common_pb2.EVENT_TYPE_PURCHASE,
-        window=duration_pb2.Duration(seconds=30 * 86400))), metadata=md)
-    await suite.profile_admin.UpsertSegment(profile_pb.UpsertSegmentRequest(segment=profile_pb.Segment(
-        name="buyers", rule="insights.purchases_30d >= 1.0")), metadata=md)
-    await suite.decision_admin.UpsertPoint(decision_pb.UpsertPointRequest(point=decision_pb.Point(
-        name="banner", type=decision_pb.POINT_TYPE_MANUAL_CONTENT, template=decision_pb.ResponseTemplate(
-            fields=[decision_pb.TemplateField(name="headline", type=decision_pb.FIELD_TYPE_STRING)]))), metadata=md)
-    await suite.decision_admin.UpsertDecision(decision_pb.UpsertDecisionRequest(decision=decision_pb.Decision(
-        point_name="banner", name="thanks", fallback=True, content=as_struct({"headline": "Thanks"}))), metadata=md)
+    await suite.buyers_and_banner(md)
     events = [{"messageId": f"buy-{i}", "type": "EVENT_TYPE_PURCHASE", "eventTime": _now(),
                "identities": [{"type": "customer_id", "value": f"c{i}"}],
                "lineItems": [{"itemId": "sku", "quantity": 1, "unitPrice": 5}]} for i in range(count)]
     reply = await http_post(suite, md, "IngestEvents", {"events": events})
     assert reply.status_code == 200, reply.text
-
-    async def all_in():
-        segments = await suite.profile_admin.ListSegments(profile_pb.ListSegmentsRequest(), metadata=md)
-        return any(s.name == "buyers" and s.member_count == count for s in segments.segments)
-
-    assert await wait_for(all_in), "the purchases never put everyone in the segment"
+    assert await suite.segment_reaches(md, "buyers", count), "the purchases never put everyone in the segment"
 
 
 async def http_post(suite, md, method: str, body: dict) -> httpx.Response:

@@ -255,14 +255,20 @@ async def test_the_scheduler_retrains_due_learned_recommenders_once(rec, repo):
     assert await repo.latest_model_version(T, "nightly") == 1
 
 
-async def test_learned_model_on_the_spark_als_sample_recommends_unseen_items():
-    rec = Recommender(FakeRepository(), cache_seconds=0.0)
+async def _trained_on_spark_sample(rec) -> list[list[str]]:
+    """Trains learned recommender `als` of tenant `s` on Spark's ALS sample ratings (as purchases); returns its rows."""
     rows = [line.split("::") for line in (SHARED_DATA / "spark-als-sample" / "sample_movielens_ratings.txt")
             .read_text().splitlines() if line.strip()]
     await rec.record_interactions("s", [Interaction(f"r{n}", u, i, PURCHASE, 1) for n, (u, i, _, _) in
                                         enumerate(rows)])
     await rec.put_config("s", Config(name="als", strategy=LEARNED, objective=PURCHASES))
     [_ async for _ in rec.train("s", "als")]
+    return rows
+
+
+async def test_learned_model_on_the_spark_als_sample_recommends_unseen_items():
+    rec = Recommender(FakeRepository(), cache_seconds=0.0)
+    rows = await _trained_on_spark_sample(rec)
     seen = {i for u, i, _, _ in rows if u == "0"}
     items = await rec.recommend("s", "0", "als", 10, exclude_purchased=True)
     assert len(items) == 10 and not seen & set(ids(items))
@@ -287,12 +293,7 @@ def test_block_top_k_finds_exactly_the_best_scores_of_every_row(columns):
 async def test_learned_batch_masks_what_each_member_bought_reading_only_their_purchases():
     repo = FakeRepository()
     rec = Recommender(repo, cache_seconds=0.0)
-    rows = [line.split("::") for line in (SHARED_DATA / "spark-als-sample" / "sample_movielens_ratings.txt")
-            .read_text().splitlines() if line.strip()]
-    await rec.record_interactions("s", [Interaction(f"r{n}", u, i, PURCHASE, 1) for n, (u, i, _, _) in
-                                        enumerate(rows)])
-    await rec.put_config("s", Config(name="als", strategy=LEARNED, objective=PURCHASES))
-    [_ async for _ in rec.train("s", "als")]
+    rows = await _trained_on_spark_sample(rec)
     members = ["0", "1", "2", "nobody"]
     chunks = [c async for c in rec.recommend_batch("s", "als", 10, [(m, []) for m in members],
                                                    exclude_purchased=True)]
