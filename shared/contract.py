@@ -33,6 +33,7 @@ from google.protobuf.message import Message
 from personalization.common.v1 import common_pb2, limits_pb2
 from shared.errors import QUOTE_CHARS, InvalidArgument, Violations, shorten
 from shared.settings import env_int
+from shared.structs import value_to_py
 
 # What a default gRPC client accepts (4 MiB): no service sends a larger response.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -92,22 +93,6 @@ _TIMESTAMP = "google.protobuf.Timestamp"
 _DURATION = "google.protobuf.Duration"
 
 
-def _py(value) -> Any:
-    """A Value as plain Python (numbers as floats), to measure its JSON text."""
-    kind = value.WhichOneof("kind")
-    if kind == "struct_value":
-        return {k: _py(v) for k, v in value.struct_value.fields.items()}
-    if kind == "list_value":
-        return [_py(v) for v in value.list_value.values]
-    if kind == "number_value":
-        return value.number_value
-    if kind == "string_value":
-        return value.string_value
-    if kind == "bool_value":
-        return value.bool_value
-    return None
-
-
 class _StructRules:
     """Checks the content of one Struct field against its StructLimits."""
 
@@ -155,7 +140,7 @@ class _StructRules:
             if not self._nested_ok(value, depth):
                 return False
             if max_json and value.ByteSize() * 6 + 8 > max_json and len(json.dumps(
-                    _py(value), sort_keys=True)) > max_json:
+                    value_to_py(value), sort_keys=True)) > max_json:
                 return False
         return True
 
@@ -214,7 +199,7 @@ class _StructRules:
             self._walk_value(value, depth, where, bad, fast)
             if depth == 1 and self.max_json and not bad and value.ByteSize() * 6 + 8 > self.max_json:
                 # Cheap bound first (JSON with escapes is at most ~6x the wire bytes); exact only when it may exceed.
-                if len(json.dumps(_py(value), sort_keys=True)) > self.max_json:
+                if len(json.dumps(value_to_py(value), sort_keys=True)) > self.max_json:
                     bad.append((where, f"must be at most {self.max_json:,} bytes as JSON"))
             if fast and bad:
                 return

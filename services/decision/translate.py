@@ -14,6 +14,7 @@ from services.decision.bandit import BanditConfig, Choice
 from services.decision.domain import Decision, Holdout, LogEntry, Point, Template, TemplateField
 from services.decision.experiments import MODELS, Assignment, Cohort, CohortResult, Experiment, Outcome
 from services.decision.schema import ProfileSchema
+from shared.structs import struct_to_dict, value_to_py
 
 _POINT_TYPES = {pb.POINT_TYPE_MANUAL_CONTENT: "MANUAL_CONTENT", pb.POINT_TYPE_RECOMMENDATIONS: "RECOMMENDATIONS"}
 _POINT_TYPES_BACK = {v: k for k, v in _POINT_TYPES.items()}
@@ -38,27 +39,6 @@ _REWARDS = {pb.BANDIT_REWARD_CLICK: "CLICK", pb.BANDIT_REWARD_CONVERSION: "CONVE
             pb.BANDIT_REWARD_REVENUE: "REVENUE"}
 _REWARDS_BACK = {v: k for k, v in _REWARDS.items()}
 MODEL_ENUMS = {name: pb.AttributionModel.Value("ATTRIBUTION_MODEL_" + name) for name in MODELS}
-
-
-def value_to_py(value: struct_pb2.Value) -> Any:
-    """A google.protobuf.Value as a plain Python value (numbers are floats, as in JSON)."""
-    kind = value.WhichOneof("kind")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "number_value":
-        return value.number_value
-    if kind == "bool_value":
-        return value.bool_value
-    if kind == "struct_value":
-        return struct_to_dict(value.struct_value)
-    if kind == "list_value":
-        return [value_to_py(item) for item in value.list_value.values]
-    return None
-
-
-def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A google.protobuf.Struct as a plain dict."""
-    return {key: value_to_py(value) for key, value in struct.fields.items()}
 
 
 class StructView(Mapping):

@@ -23,6 +23,7 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2 as profil
 from personalization.recommender.v1 import recommender_service_pb2 as rec_pb
 from services.gateway.ports import Stubs
 from shared.client import open_stream
+from shared.structs import struct_to_dict, value_to_py
 
 PROFILE_EVENTS = 10
 DEFAULT_ITEMS = 12
@@ -41,21 +42,6 @@ def struct(data: dict) -> struct_pb2.Struct:
     return s
 
 
-def _py(value: struct_pb2.Value):
-    """A Struct value as plain Python, as json_format.MessageToDict gives it (several times faster)."""
-    kind = value.WhichOneof("kind")
-    if kind == "struct_value":
-        return {k: _py(v) for k, v in value.struct_value.fields.items()}
-    if kind == "list_value":
-        return [_py(v) for v in value.list_value.values]
-    return None if kind in (None, "null_value") else getattr(value, kind)
-
-
-def struct_dict(s: struct_pb2.Struct) -> dict:
-    """A Struct as a plain dict (see _py)."""
-    return {k: _py(v) for k, v in s.fields.items()}
-
-
 def profile_view(profile: profile_pb.Profile) -> dict:
     """The profile data graph as rules see it: attributes, insights, segments, events, affinities, consents.
 
@@ -67,7 +53,7 @@ def profile_view(profile: profile_pb.Profile) -> dict:
     return {
         "affinities": affinities,
         "consents": {c.purpose: c.status == common_pb2.CONSENT_STATUS_GRANTED for c in profile.consents},
-        "attributes": struct_dict(profile.attributes),
+        "attributes": struct_to_dict(profile.attributes),
         "insights": dict(profile.insights),
         "segments": list(profile.segments),
         "events": [
@@ -87,7 +73,7 @@ def context_view(context: pb.DecisionContext) -> dict:
         "channel": context.channel,
         "correlation_id": context.correlation_id,
         "request_url": context.request_url,
-        "attributes": struct_dict(context.attributes),
+        "attributes": struct_to_dict(context.attributes),
     }
 
 
@@ -241,7 +227,7 @@ def item_rows(ranked, attributes: Sequence[str], shaped: dict | None = None) -> 
         values = shaped.get(key) if shaped is not None else None
         if values is None:
             fields = r.attributes.fields
-            values = {name: _py(fields[name]) if name in fields else None for name in attributes}
+            values = {name: value_to_py(fields[name]) if name in fields else None for name in attributes}
             if shaped is not None:
                 shaped[key] = values
         rows.append({"item_id": r.item_id, "score": r.score, "source": r.source, **values})
