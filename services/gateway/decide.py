@@ -30,8 +30,10 @@ from services.gateway.personalize import (
     struct,
 )
 from services.gateway.ports import Stubs
+from services.gateway.profile_cache import ProfileCache
 from services.gateway.quotas import Quotas
 from shared import context as ctx
+from shared.client import open_stream
 from shared.errors import InvalidArgument, NotFound, Violations
 
 MAX_POINTS = 50
@@ -62,8 +64,12 @@ class Decider:
     """Composes the decide path; each stage's time is measured and logged with the decision."""
 
     def __init__(self, stubs: Stubs, log_writer: DecisionLogWriter, quotas: Quotas, *,
-                 resolve_cache_seconds: float = 1.0):
+                 resolve_cache_seconds: float = 1.0, profile_cache_seconds: float = 1.0):
         self.resolve_cache_seconds = resolve_cache_seconds
+        # Stored profiles as read, per tenant, dropped as the profile graph's change feed says (profile_cache.py).
+        self.profiles = ProfileCache(
+            lambda: open_stream(stubs.profile.WatchProfileChanges, profile_pb.WatchProfileChangesRequest()),
+            seconds=profile_cache_seconds)
         self._resolved: dict[tuple[str, str, str, str], tuple[str, float]] = {}
         self.identity = stubs.identity
         self.profile = stubs.profile
@@ -226,9 +232,13 @@ class Decider:
         if skip or not self.reads_store(request, unified_id):
             return dict(EMPTY_PROFILE)
         mask = PROFILE_MASK if keys is None else field_mask_pb2.FieldMask(paths=sorted(keys))
-        reply = await self.profile.GetProfile(profile_pb.GetProfileRequest(
-            unified_individual_id=unified_id, read_mask=mask, event_limit=PROFILE_EVENTS))
-        return profile_view(reply.profile)
+
+        async def load() -> dict:
+            reply = await self.profile.GetProfile(profile_pb.GetProfileRequest(
+                unified_individual_id=unified_id, read_mask=mask, event_limit=PROFILE_EVENTS))
+            return profile_view(reply.profile)
+
+        return await self.profiles.read(ctx.current_tenant(), unified_id, keys, load)
 
     async def assign(self, request: pb.AssignExperimentsRequest) -> pb.AssignExperimentsResponse:
         """Experiment cohorts of one individual (resolved like GetDecisions), optionally recording exposures."""

@@ -31,6 +31,7 @@ MAX_ATTRIBUTES = 50
 RECOMMENDER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 LOG_POINT_PREFIX = "recommendations/"
 AFFINITIES_MASK = field_mask_pb2.FieldMask(paths=["affinities"])
+AFFINITY_MESSAGES = ("affinities", "as recommender messages")  # the profile cache's key of what this reads
 
 
 def _ids(v: Violations, field: str, ids, limit: int) -> None:
@@ -106,9 +107,13 @@ class Recommendations:
 
         affinities: list[rec_pb.Affinity] = []
         if unified_id and pb.EXECUTION_FLAG_CONTEXT_ONLY not in flags:
-            reply = await self.decider.profile.GetProfile(profile_pb.GetProfileRequest(
-                unified_individual_id=unified_id, read_mask=AFFINITIES_MASK))
-            affinities = affinity_messages(profile_view(reply.profile))
+            async def load() -> list[rec_pb.Affinity]:
+                reply = await self.decider.profile.GetProfile(profile_pb.GetProfileRequest(
+                    unified_individual_id=unified_id, read_mask=AFFINITIES_MASK))
+                return affinity_messages(profile_view(reply.profile))
+
+            # Kept like the decide path's profiles (profile_cache.py); the copy is only read (extend copies it).
+            affinities = await self.decider.profiles.read(ctx.current_tenant(), unified_id, AFFINITY_MESSAGES, load)
         augment_ms = (time.perf_counter() - started) * 1000 - identify_ms
 
         explain = pb.EXECUTION_FLAG_DIAGNOSTICS in flags

@@ -64,6 +64,7 @@ class Settings:
     run_worker: bool
     pool_size: int
     resolve_cache_seconds: float
+    profile_cache_seconds: float
     operator_key_file: str
 
     @classmethod
@@ -74,6 +75,7 @@ class Settings:
             run_worker=env_bool("TAILOR_GATEWAY_RUN_WORKER", True),
             pool_size=env_int("TAILOR_GATEWAY_POOL_SIZE", 10, minimum=2),
             resolve_cache_seconds=env_float("TAILOR_GATEWAY_RESOLVE_CACHE_SECONDS", 1.0, minimum=0.0),
+            profile_cache_seconds=env_float("TAILOR_GATEWAY_PROFILE_CACHE_SECONDS", 1.0, minimum=0.0),
             operator_key_file=env_str("TAILOR_OPERATOR_KEY_FILE", ""),
         )
 
@@ -131,7 +133,8 @@ async def build(dsn: str, addresses: dict[str, str] | None = None, *, http_port:
     quotas = Quotas(PostgresQuotas(pool))
     batch = BatchJobs(dsn, PostgresBatch(pool), stubs, log_writer)
     activations = Activations(pool, profile)
-    decider = Decider(stubs, log_writer, quotas, resolve_cache_seconds=settings.resolve_cache_seconds)
+    decider = Decider(stubs, log_writer, quotas, resolve_cache_seconds=settings.resolve_cache_seconds,
+                      profile_cache_seconds=settings.profile_cache_seconds)
     identity_types = IdentityTypes(identity)
     dead_letters = DeadLetters(InboxStore(pool))
     servicer = GatewayServicer(keys, Ingest(store, identity_types), decider, RecordSync(store, identity, identity_types),
@@ -146,6 +149,7 @@ async def build(dsn: str, addresses: dict[str, str] | None = None, *, http_port:
         await log_writer.flush()
         await quotas.flush()
         await activations.close()
+        await decider.profiles.close()
         for channel in channels.values():
             await channel.close()
         await pool.close()

@@ -42,12 +42,17 @@ class PostgresStore:
     async def unit(self, tenant: str) -> AsyncIterator[PostgresUnit]:
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                yield PostgresUnit(conn, tenant)
+                unit = PostgresUnit(conn, tenant)
+                yield unit
+                await unit.notify_changes()
         except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as error:
             raise Contention(str(error)) from error
 
     def watch(self, tenant: str, individual_id: str):
         return self.feed.watch(tenant, individual_id)
+
+    def watch_changes(self, tenant: str):
+        return self.feed.watch_tenant(tenant)
 
     def _profile_query(self, parts: frozenset[str], batch: bool) -> str:
         """One statement reading the asked parts: of individual $2 (one row), or of each id of the array $2 (one row

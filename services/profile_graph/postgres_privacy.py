@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from services.profile_graph.postgres_feed import notify
 from shared.privacy import erase_rows, export_rows
 
 # Every table holding rows of an individual (item tables and definitions hold none).
@@ -40,6 +41,7 @@ class PostgresPrivacy:
                 "SELECT message_id FROM events WHERE tenant_id = $1 AND individual_id = ANY($2::text[])", tenant, ids)]
             erased = await erase_rows(conn, [
                 f"DELETE FROM {t} AS t WHERE t.tenant_id = $1 AND {_where(t)}" for t in TABLES], tenant, ids)
+            await notify(conn, tenant, ids)
         return erased, message_ids
 
     async def export(self, tenant: str, ids: list[str]) -> dict[str, list]:

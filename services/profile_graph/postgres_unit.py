@@ -19,7 +19,7 @@ from services.profile_graph.domain import (
     StoredEvent,
     ValueStat,
 )
-from services.profile_graph.postgres_feed import CHANNEL, _notify_payloads
+from services.profile_graph.postgres_feed import notify
 from services.profile_graph.postgres_sql import (
     _ADD_AFFINITIES,
     _ADD_STATS,
@@ -61,11 +61,25 @@ def _flat(lists: list) -> tuple[list[int], list]:
 
 
 class PostgresUnit:
-    """One transaction on one tenant, on one pooled connection."""
+    """One transaction on one tenant, on one pooled connection.
+
+    Each write notes the individuals whose profile it changes (or that any may have changed); the change feed is
+    notified once, in the transaction, when the unit ends (postgres.py), so it is heard exactly when it commits.
+    """
 
     def __init__(self, conn: asyncpg.Connection, tenant: str):
         self.conn = conn
         self.tenant = tenant
+        self.changed: set[str] = set()
+        self.changed_all = False
+
+    def _changes(self, ids) -> None:
+        self.changed.update(ids)
+
+    async def notify_changes(self) -> None:
+        """Tells the change feed what this unit changed (called last, inside the transaction)."""
+        if self.changed or self.changed_all:
+            await notify(self.conn, self.tenant, self.changed, self.changed_all)
 
     async def lock_definitions(self, exclusive: bool, large: bool = True) -> None:
         # Appends share the lock; saving a definition takes it alone so its full recompute sees no stale writer.
@@ -99,6 +113,7 @@ class PostgresUnit:
 
     async def record_merge(self, from_ids: Sequence[str], to_id: str) -> None:
         """Remembers that from_ids now live on as to_id (and so does whatever had merged into them)."""
+        self._changes([*from_ids, to_id])
         await self.conn.execute(
             "UPDATE merged_individuals SET survivor_id = $3 WHERE tenant_id = $1 AND survivor_id = ANY($2::text[])",
             self.tenant, list(from_ids), to_id)
@@ -112,6 +127,7 @@ class PostgresUnit:
 
     async def record_split(self, restored_id: str) -> None:
         """An unmerge brought restored_id back: appends to it stay on it."""
+        self._changes([restored_id])
         await self.conn.execute("DELETE FROM merged_individuals WHERE tenant_id = $1 AND individual_id = $2",
                                 self.tenant, restored_id)
 
@@ -133,13 +149,11 @@ class PostgresUnit:
             [js(e.attributes) for e in events], [js([list(c) for c in e.consents]) for e in events],
             [js([list(o) for o in e.objects]) for e in events],
         )
-        individuals = sorted({r["individual_id"] for r in rows})
-        if individuals:
-            await self.conn.execute("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS u(p)", CHANNEL,
-                                    _notify_payloads(self.tenant, individuals))
+        self._changes(r["individual_id"] for r in rows)
         return {r["message_id"] for r in rows}
 
     async def touch_individuals(self, ids: Sequence[str], now: datetime) -> None:
+        self._changes(ids)
         await self.conn.execute(_TOUCH_INDIVIDUALS, self.tenant, list(ids), now)
 
     async def individual_exists(self, individual_id: str) -> bool:
@@ -172,6 +186,8 @@ class PostgresUnit:
         return out
 
     async def write_attributes(self, ids: Sequence[str], values: dict[tuple[str, str], tuple]) -> None:
+        self._changes(ids)
+        self._changes(k[0] for k in values)
         put = [(k, v) for k, v in values.items() if v[0] is not None]
         gone = [k for k, v in values.items() if v[0] is None]
         await self.conn.execute(
@@ -179,12 +195,14 @@ class PostgresUnit:
             [v[0] for _, v in put], [v[1] for _, v in put], [k[0] for k in gone], [k[1] for k in gone])
 
     async def upsert_objects(self, rows: Sequence[tuple], keep: int) -> None:
+        self._changes(r[0] for r in rows)
         await self.conn.execute(
             _UPSERT_OBJECTS, self.tenant, [r[1] for r in rows], [r[2] for r in rows], [r[0] for r in rows],
             [json.dumps(r[3]) for r in rows], [r[4] for r in rows], [r[5] for r in rows])
         await self.conn.execute(_TRIM_OBJECTS, self.tenant, sorted({r[0] for r in rows}), keep)
 
     async def upsert_consents(self, rows: Sequence[tuple], from_api: bool) -> None:
+        self._changes(r[0] for r in rows)
         await self.conn.execute(
             _UPSERT_CONSENTS, self.tenant, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
             [r[3] for r in rows], [r[4] for r in rows], from_api)
@@ -206,6 +224,7 @@ class PostgresUnit:
 
     async def add_affinities(self, increments: dict, half_life: timedelta) -> None:
         keys = sorted(increments)
+        self._changes(k[0] for k in keys)
         await self.conn.execute(
             _ADD_AFFINITIES, self.tenant, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys],
             [increments[k][0] for k in keys], [increments[k][1] for k in keys], half_life.total_seconds())
@@ -255,6 +274,8 @@ class PostgresUnit:
 
     async def change_insight_values(self, put: Sequence[tuple[str, str, str, float]],
                                     gone: Sequence[tuple[str, str, str]]) -> None:
+        self._changes(p[0] for p in put)
+        self._changes(g[0] for g in gone)
         if gone:
             await self.conn.execute(
                 "DELETE FROM insight_values x USING unnest($2::text[], $3::text[], $4::text[]) AS g(i, n, d)"
@@ -269,6 +290,8 @@ class PostgresUnit:
 
     async def write_partials(self, ids: Sequence[str], partials: dict[tuple[str, str, str, int], insights.Partial],
                              keep_from: dict[str, int] | None) -> None:
+        self._changes(ids)
+        self._changes(k[0] for k in partials)
         if keep_from is None:
             await self.conn.execute("DELETE FROM insight_partials WHERE tenant_id = $1 AND individual_id = ANY($2::text[])",
                                     self.tenant, list(ids))
@@ -282,6 +305,8 @@ class PostgresUnit:
             [r[5] for r in rows], [r[6] for r in rows], [json.dumps(r[7]) if r[7] else None for r in rows])
 
     async def store_insight_values(self, ids: Sequence[str], rows: dict[str, list[tuple[str, str, float]]]) -> None:
+        self._changes(ids)
+        self._changes(rows)
         flat = [(i, n, d, v) for i, values in rows.items() for n, d, v in values]
         await self.conn.execute(_STORE_INSIGHTS, self.tenant, [f[0] for f in flat], [f[1] for f in flat],
                                 [f[2] for f in flat], [f[3] for f in flat], list(ids))
@@ -305,17 +330,21 @@ class PostgresUnit:
 
     async def change_memberships(self, entered: Sequence[tuple[str, str]], exited: Sequence[tuple[str, str]],
                                  now: datetime) -> None:
+        self._changes(i for i, _ in entered)
+        self._changes(i for i, _ in exited)
         await self.conn.execute(
             _CHANGE_MEMBERSHIPS, self.tenant,
             [i for i, _ in entered], [s for _, s in entered], [i for i, _ in exited], [s for _, s in exited], now)
 
     async def move_events(self, from_ids: Sequence[str], to_id: str, identity_keys: Sequence[str] | None) -> int:
+        self._changes([*from_ids, to_id])
         keys = list(identity_keys) if identity_keys is not None else None
         return _affected(await self.conn.execute(
             "UPDATE events SET individual_id = $3 WHERE tenant_id = $1 AND individual_id = ANY($2::text[])"
             " AND ($4::text[] IS NULL OR identity_keys && $4::text[])", self.tenant, list(from_ids), to_id, keys))
 
     async def move_api_consents(self, from_ids: Sequence[str], to_id: str) -> None:
+        self._changes([*from_ids, to_id])
         await self.conn.execute(
             """INSERT INTO consents (tenant_id, individual_id, purpose, status, updated_at, source, from_api)
                SELECT DISTINCT ON (purpose) $1, $3, purpose, status, updated_at, source, true FROM consents
@@ -326,6 +355,7 @@ class PostgresUnit:
                WHERE consents.updated_at <= EXCLUDED.updated_at""", self.tenant, list(from_ids), to_id)
 
     async def drop_individuals(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        self._changes(ids)
         for table in ("attribute_values", "attributes", "insight_values", "insight_partials", "profile_objects",
                       "consents", "affinities", "individuals"):
             await self.conn.execute(
@@ -336,6 +366,7 @@ class PostgresUnit:
         return [(r["individual_id"], r["segment"]) for r in rows]
 
     async def clear_derived(self, ids: Sequence[str]) -> None:
+        self._changes(ids)
         for table in ("attribute_values", "attributes", "insight_values", "insight_partials", "profile_objects",
                       "affinities"):
             await self.conn.execute(
@@ -363,6 +394,7 @@ class PostgresUnit:
         ) for r in rows]
 
     async def save_insight(self, d: InsightDef) -> None:
+        self.changed_all = True
         await self.conn.execute(
             """INSERT INTO insights (tenant_id, name, description, aggregate, field, event_type, window_us, conditions,
                                      dimension, subject)
@@ -380,6 +412,7 @@ class PostgresUnit:
         await self.conn.execute("DELETE FROM insight_partials WHERE tenant_id = $1 AND name = $2", self.tenant, d.name)
 
     async def save_segment(self, s: SegmentDef) -> None:
+        self.changed_all = True
         await self.conn.execute(
             """INSERT INTO segments (tenant_id, name, description, rule) VALUES ($1, $2, $3, $4)
                ON CONFLICT (tenant_id, name) DO UPDATE SET description = EXCLUDED.description,
@@ -387,6 +420,7 @@ class PostgresUnit:
             self.tenant, s.name, s.description, s.rule)
 
     async def _save_document(self, kind: str, document: str) -> None:
+        self.changed_all = True  # the affinity configuration or a reconciliation rule
         await self.conn.execute(
             """INSERT INTO graph_config (tenant_id, kind, document) VALUES ($1, $2, $3)
                ON CONFLICT (tenant_id, kind) DO UPDATE SET document = EXCLUDED.document""",

@@ -66,7 +66,8 @@ class Reads:
 
 
 class EventStream:
-    """WatchEvents: an individual's events as they are appended, by any replica."""
+    """WatchEvents (an individual's events as they are appended, by any replica) and WatchProfileChanges (which of a
+    tenant's profiles change, as each change commits)."""
 
     def __init__(self, store: Store):
         self.store = store
@@ -92,3 +93,12 @@ class EventStream:
                 for seq, payload, at in await self.store.events_after(tenant, individual_id, last):
                     last = max(last, seq)
                     yield payload, at
+
+    async def watch_changes(self, tenant: str) -> AsyncIterator[tuple[bool, list[str], bool]]:
+        """(live, changed individuals, whether any profile may have changed): first (True, [], False) once every
+        later commit is heard, then one item per batch of committed changes."""
+        async with self.store.watch_changes(tenant) as changes:
+            yield True, [], False
+            while True:
+                ids, everything = await changes.take()
+                yield False, ids, everything

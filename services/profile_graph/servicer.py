@@ -338,6 +338,11 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
         async for payload, at in stream:
             yield pb.WatchEventsResponse(event=common_pb2.Event.FromString(payload), append_time=_timestamp(at))
 
+    async def WatchProfileChanges(self, request: pb.WatchProfileChangesRequest, context: grpc.aio.ServicerContext
+                                  ) -> AsyncIterator[pb.WatchProfileChangesResponse]:
+        async for live, ids, everything in self.graph.stream.watch_changes(current_tenant()):
+            yield pb.WatchProfileChangesResponse(live=live, unified_individual_ids=ids, all_changed=everything)
+
     async def EraseIndividual(self, request: pb.EraseIndividualRequest,
                               context: grpc.aio.ServicerContext) -> pb.EraseIndividualResponse:
         erased, message_ids = await self.privacy.erase(current_tenant(),

@@ -386,6 +386,41 @@ async def test_watch_without_an_id_is_refused(service, tenant):
     assert [f for f, _ in status_details(info.value)[0]] == ["unified_individual_id", "replay_count"]
 
 
+async def _changes_until(stream, wanted: set[str] | None) -> tuple[set[str], bool]:
+    """Reads a profile-changes stream until it has named every wanted individual (or said all changed, when wanted
+    is None); returns what it named and whether it said all changed."""
+    named: set[str] = set()
+    everything = False
+    while (not everything) if wanted is None else not wanted <= named:
+        change = await asyncio.wait_for(stream.read(), 5)
+        named.update(change.unified_individual_ids)
+        everything = everything or change.all_changed
+    return named, everything
+
+
+async def test_profile_changes_name_each_committed_write_of_the_tenant_only(service, tenant):
+    other = f"{tenant}_other"
+    stream = service.WatchProfileChanges(pb.WatchProfileChangesRequest(), metadata=tenant_md(tenant))
+    first = await asyncio.wait_for(stream.read(), 5)
+    assert first.live and not first.unified_individual_ids and not first.all_changed
+    md = tenant_md(tenant)
+    await append(service, other, ev("intruder"))  # another tenant's write is never named here
+    await append(service, tenant, ev("ann"), ev("bob"))
+    assert await _changes_until(stream, {"ann", "bob"}) == ({"ann", "bob"}, False)
+    await service.SetConsents(pb.SetConsentsRequest(unified_individual_id="cy", consents=[
+        common.Consent(purpose="email", status=GRANTED)]), metadata=md)
+    assert (await _changes_until(stream, {"cy"}))[0] == {"cy"}
+    await service.ReassignIndividual(pb.ReassignIndividualRequest(from_individual_ids=["bob"], to_individual_id="ann"),
+                                     metadata=md)
+    assert (await _changes_until(stream, {"ann", "bob"}))[0] == {"ann", "bob"}
+    await service.EraseIndividual(pb.EraseIndividualRequest(unified_individual_ids=["ann"]), metadata=md)
+    assert (await _changes_until(stream, {"ann"}))[0] == {"ann"}
+    await segment(service, tenant, "everyone", "true")
+    named, everything = await _changes_until(stream, None)
+    assert everything and "intruder" not in named
+    stream.cancel()
+
+
 async def test_the_change_feed_never_skips_a_change_whose_transaction_commits_after_a_later_one(
         service, tenant, database_url):
     await insight(service, tenant, name="seen", aggregate=pb.AGGREGATE_COUNT, event_type=VIEW)

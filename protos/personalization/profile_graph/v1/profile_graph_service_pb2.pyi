@@ -610,6 +610,20 @@ class WatchEventsResponse(_message.Message):
     append_time: _timestamp_pb2.Timestamp
     def __init__(self, event: _Optional[_Union[_common_pb2.Event, _Mapping]] = ..., append_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class WatchProfileChangesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WatchProfileChangesResponse(_message.Message):
+    __slots__ = ("live", "unified_individual_ids", "all_changed")
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    UNIFIED_INDIVIDUAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    ALL_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    live: bool
+    unified_individual_ids: _containers.RepeatedScalarFieldContainer[str]
+    all_changed: bool
+    def __init__(self, live: _Optional[bool] = ..., unified_individual_ids: _Optional[_Iterable[str]] = ..., all_changed: _Optional[bool] = ...) -> None: ...
+
 class EraseIndividualRequest(_message.Message):
     __slots__ = ("unified_individual_ids",)
     UNIFIED_INDIVIDUAL_IDS_FIELD_NUMBER: _ClassVar[int]

@@ -140,6 +140,11 @@ class ProfileGraphServiceStub:
                 request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.WatchEventsRequest.SerializeToString,
                 response_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.WatchEventsResponse.FromString,
                 _registered_method=True)
+        self.WatchProfileChanges = channel.unary_stream(
+                '/personalization.profile_graph.v1.ProfileGraphService/WatchProfileChanges',
+                request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.WatchProfileChangesRequest.SerializeToString,
+                response_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.WatchProfileChangesResponse.FromString,
+                _registered_method=True)
         self.EraseIndividual = channel.unary_unary(
                 '/personalization.profile_graph.v1.ProfileGraphService/EraseIndividual',
                 request_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.EraseIndividualRequest.SerializeToString,
@@ -331,6 +336,15 @@ class ProfileGraphServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchProfileChanges(self, request, context):
+        """Streams which of the calling tenant's profiles change, as each change commits, so a caller can keep exact copies
+        of profiles: the first message says the stream is live, later ones name the changed individuals or say that any
+        profile may have changed. Values that move with time alone (windowed insights, decayed affinities) are not sent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EraseIndividual(self, request, context):
         """Erases every row of an individual (and of its aliases) in one transaction; idempotent.
         Errors: INVALID_ARGUMENT (no ids, an empty id, more than 1,000 ids).
@@ -464,6 +478,11 @@ def add_ProfileGraphServiceServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.WatchEventsRequest.FromString,
                     response_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.WatchEventsResponse.SerializeToString,
+            ),
+            'WatchProfileChanges': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchProfileChanges,
+                    request_deserializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.WatchProfileChangesRequest.FromString,
+                    response_serializer=personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.WatchProfileChangesResponse.SerializeToString,
             ),
             'EraseIndividual': grpc.unary_unary_rpc_method_handler(
                     servicer.EraseIndividual,
@@ -1049,6 +1068,33 @@ class ProfileGraphService:
             '/personalization.profile_graph.v1.ProfileGraphService/WatchEvents',
             personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.WatchEventsRequest.SerializeToString,
             personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.WatchEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchProfileChanges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/personalization.profile_graph.v1.ProfileGraphService/WatchProfileChanges',
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.WatchProfileChangesRequest.SerializeToString,
+            personalization_dot_profile__graph_dot_v1_dot_profile__graph__service__pb2.WatchProfileChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,
