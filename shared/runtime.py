@@ -32,6 +32,9 @@ class Built:
     background: list[Callable[[], Coroutine[Any, Any, None]]] = field(default_factory=list)
     # Other ports the service listens on, by name (the gateway's "http"), bound when built.
     ports: dict[str, int] = field(default_factory=dict)
+    # Called when the server starts draining: ends the streams that would otherwise hold the drain for its whole
+    # grace (a watch that clients simply open again, elsewhere).
+    draining: list[Callable[[], None]] = field(default_factory=list)
 
 
 def _setting(name: str) -> str:
@@ -74,6 +77,7 @@ async def start_built(built: Built, *, port: int = 0, host: str = "127.0.0.1",
         extra_reflection_names=built.extra_reflection_names,
         reflection_pool=built.reflection_pool,
     )
+    running.draining.extend(built.draining)
     tasks = [asyncio.create_task(job()) for job in built.background]
     return running, tasks
 

@@ -206,6 +206,8 @@ class RunningServer:
     port: int
     health: HealthServicer
     service_names: list[str] = field(default_factory=list)
+    # Run when draining starts, before in-flight calls are waited for (Built.draining).
+    draining: list[Callable[[], None]] = field(default_factory=list)
 
     async def set_serving(self, serving: bool) -> None:
         """Reports every service (and the server as a whole, "") SERVING or NOT_SERVING on the health service."""
@@ -216,6 +218,8 @@ class RunningServer:
     async def stop(self, grace: float = 5.0) -> None:
         """Marks every service NOT_SERVING, then drains in-flight calls for up to grace seconds."""
         await self.health.enter_graceful_shutdown()
+        for end in self.draining:
+            end()
         await self.server.stop(grace)
 
 

@@ -51,6 +51,7 @@ class Changes:
         self.ids: set[str] = set()
         self.everything = False
         self.lost = False  # the LISTEN connection closed: changes may have been missed
+        self.ended = False  # the server is draining: the stream ends (its caller watches again, elsewhere)
         self.ready = asyncio.Event()
 
     def add(self, ids: Iterable[str], everything: bool) -> None:
@@ -64,9 +65,12 @@ class Changes:
                 self.ids.clear()
         self.ready.set()
 
-    async def take(self) -> tuple[list[str], bool]:
-        """Waits for changes, then returns (the individuals named, whether every profile may have changed)."""
+    async def take(self) -> tuple[list[str], bool] | None:
+        """Waits for changes, then returns (the individuals named, whether every profile may have changed); None
+        once the server drains."""
         await self.ready.wait()
+        if self.ended:
+            return None
         if self.lost:
             raise Unavailable("the profile change feed lost its database connection; watch again",
                               reason="CHANGE_FEED_LOST", retry_after_seconds=1.0)
@@ -101,6 +105,13 @@ class EventFeed:
                 self.conn = await self.pool.acquire()
                 await self.conn.add_listener(CHANNEL, self._on_notify)
                 self.conn.add_termination_listener(self._on_lost)
+
+    def end_streams(self) -> None:
+        """Ends every profile-changes stream (the server is draining; a watch is simply opened again)."""
+        for queues in self.tenants.values():
+            for changes in queues:
+                changes.ended = True
+                changes.ready.set()
 
     def _on_lost(self, _conn) -> None:
         """The LISTEN connection closed: every profile-changes stream ends (its caller drops its copies and watches

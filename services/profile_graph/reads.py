@@ -96,9 +96,8 @@ class EventStream:
 
     async def watch_changes(self, tenant: str) -> AsyncIterator[tuple[bool, list[str], bool]]:
         """(live, changed individuals, whether any profile may have changed): first (True, [], False) once every
-        later commit is heard, then one item per batch of committed changes."""
+        later commit is heard, then one item per batch of committed changes, until the server drains."""
         async with self.store.watch_changes(tenant) as changes:
             yield True, [], False
-            while True:
-                ids, everything = await changes.take()
-                yield False, ids, everything
+            while (taken := await changes.take()) is not None:
+                yield False, *taken

@@ -85,4 +85,5 @@ async def build(dsn: str, *, clock: Callable[[], datetime] = _utcnow) -> Built:
         close=close,
         authenticate=verifier.authenticate,
         background=background,
+        draining=[store.feed.end_streams],
     )

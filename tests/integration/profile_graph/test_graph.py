@@ -16,6 +16,7 @@ from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc
 from services.profile_graph.server import build
 from shared.errors import status_details
+from shared.runtime import start_built, stop_built
 from tests.conftest import schema_connection, serving, struct, tenant_md
 
 PURCHASE, VIEW, CART = common.EVENT_TYPE_PURCHASE, common.EVENT_TYPE_PRODUCT_VIEW, common.EVENT_TYPE_ADD_TO_CART
@@ -419,6 +420,23 @@ async def test_profile_changes_name_each_committed_write_of_the_tenant_only(serv
     named, everything = await _changes_until(stream, None)
     assert everything and "intruder" not in named
     stream.cancel()
+
+
+async def test_a_draining_server_ends_its_profile_change_streams_instead_of_waiting_out_its_grace(database_url,
+                                                                                                  tenant):
+    built = await build(database_url)
+    running, tasks = await start_built(built)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        stream = pb_grpc.ProfileGraphServiceStub(channel).WatchProfileChanges(pb.WatchProfileChangesRequest(),
+                                                                             metadata=tenant_md(tenant))
+        assert (await asyncio.wait_for(stream.read(), 5)).live
+        stopping = asyncio.create_task(stop_built(built, running, tasks, grace=120))
+        assert await asyncio.wait_for(stream.read(), 60) is grpc.aio.EOF
+        assert await stream.code() == grpc.StatusCode.OK
+        await asyncio.wait_for(stopping, 60)  # well before the 120 s grace
+    finally:
+        await channel.close()
 
 
 async def test_the_change_feed_never_skips_a_change_whose_transaction_commits_after_a_later_one(
