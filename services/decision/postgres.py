@@ -8,6 +8,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import orjson
 
 from services.decision import bandit
 from services.decision.bandit import ArmStats, BanditConfig
@@ -175,6 +176,11 @@ def _outcome(row: asyncpg.Record) -> Outcome:
         time=row["time"], item_ids=tuple(row["item_ids"]), revenue=row["revenue"],
         personalization_id=row["personalization_id"],
     )
+
+
+def _json(value) -> str:
+    """JSON text of a log row's value: orjson, about ten times faster than json.dumps (rows are validated finite)."""
+    return orjson.dumps(value).decode()
 
 
 class PostgresRepository:
@@ -535,8 +541,8 @@ class PostgresRepository:
     async def insert_log(self, tenant: str, entries: Sequence[LogEntry]) -> int:
         columns = list(zip(*[
             (e.personalization_id, e.request_id, e.point_id, e.point_name, e.decision_id, e.unified_individual_id,
-             e.channel, e.correlation_id, e.anchor_id, json.dumps(e.served), json.dumps(e.stage_ms), e.log_time,
-             e.experiment_id, e.cohort_id, json.dumps(e.item_ids), e.batch_job_id, e.holdout,
+             e.channel, e.correlation_id, e.anchor_id, _json(e.served), _json(e.stage_ms), e.log_time,
+             e.experiment_id, e.cohort_id, _json(e.item_ids), e.batch_job_id, e.holdout,
              e.bandit_segment if e.bandit_trial and e.decision_id else None)
             for e in entries
         ]))

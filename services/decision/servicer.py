@@ -24,8 +24,8 @@ from services.decision.translate import (
     experiment_to_proto,
     holdout_from_proto,
     holdout_to_proto,
-    log_from_proto,
     log_to_proto,
+    logs_from_proto,
     metric_from_proto,
     outcome_from_proto,
     point_from_proto,
@@ -143,34 +143,49 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             fallback_only=request.fallback_only,
         )
         # Points and decisions are identical across individuals: sent once, referred to by position and by id.
-        response = pb.QualifyBatchResponse(points=[self._point_proto(p) for p in points])
+        response = pb.QualifyBatchResponse(points=[self._point_proto(p) for p in points], profile_keys=sorted(
+            await self.service.qualifier.profile_keys(current_tenant(), list(request.points))))
         won: dict[str, None] = {}
-        results = []
+        # Most individuals qualify alike: each distinct qualification is built once and copied into every result
+        # that holds it (experiment assignments and bandit choices, which differ per individual, aside).
+        alike: dict[tuple, pb.BatchQualification] = {}
+        results = response.results
         for individual, qualifications in zip(individuals, rows):
-            out = []
+            out = results.add(unified_individual_id=individual.unified_individual_id).qualifications
             for q in qualifications:
-                decision_id = ""
-                if q.decision is not None:
-                    decision_id = q.decision.decision_id
-                    if decision_id not in won:
-                        won[decision_id] = None
-                        response.decisions.append(self._decision_proto(q.decision))
-                out.append(pb.BatchQualification(
-                    decision_id=decision_id,
-                    evaluations=[pb.RuleEvaluation(decision_id=e.decision_id, decision_name=e.decision_name,
-                                                   matched=e.matched, error=e.error) for e in q.evaluations],
-                    experiment=assignment_to_proto(q.assignment) if q.assignment is not None else None,
-                    missing_consents=q.missing_consents,
-                    bandit=choice_to_proto(q.bandit, _names(q)) if q.bandit is not None else None,
-                    holdout=q.holdout,
-                ))
-            results.append(pb.BatchResult(unified_individual_id=individual.unified_individual_id, qualifications=out))
-        response.results.extend(results)
+                key = None if q.bandit is not None or q.assignment is not None else (
+                    q.decision.decision_id if q.decision is not None else "", tuple(q.evaluations),
+                    q.missing_consents, q.holdout)
+                message = alike.get(key) if key is not None else None
+                if message is None:
+                    message = self._batch_qualification(q, response, won)
+                    if key is not None:
+                        alike[key] = message
+                out.append(message)
         return response
+
+    def _batch_qualification(self, q, response: pb.QualifyBatchResponse, won: dict[str, None]
+                             ) -> pb.BatchQualification:
+        """One individual's qualification of a point; a decision won for the first time joins response.decisions."""
+        decision_id = ""
+        if q.decision is not None:
+            decision_id = q.decision.decision_id
+            if decision_id not in won:
+                won[decision_id] = None
+                response.decisions.append(self._decision_proto(q.decision))
+        return pb.BatchQualification(
+            decision_id=decision_id,
+            evaluations=[pb.RuleEvaluation(decision_id=e.decision_id, decision_name=e.decision_name,
+                                           matched=e.matched, error=e.error) for e in q.evaluations],
+            experiment=assignment_to_proto(q.assignment) if q.assignment is not None else None,
+            missing_consents=q.missing_consents,
+            bandit=choice_to_proto(q.bandit, _names(q)) if q.bandit is not None else None,
+            holdout=q.holdout,
+        )
 
     async def LogDecisions(self, request: pb.LogDecisionsRequest,
                            context: grpc.aio.ServicerContext) -> pb.LogDecisionsResponse:
-        logged = await self.service.log.append(current_tenant(), [log_from_proto(e) for e in request.entries])
+        logged = await self.service.log.append(current_tenant(), logs_from_proto(request.entries))
         return pb.LogDecisionsResponse(logged_count=logged)
 
     async def ListDecisionLog(self, request: pb.ListDecisionLogRequest,

@@ -4,7 +4,7 @@ schemas, experiments, assignments, outcomes)."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -170,7 +170,22 @@ def decision_to_proto(decision: Decision) -> pb.Decision:
     return message
 
 
-def log_from_proto(message: pb.DecisionLogEntry) -> LogEntry:
+def logs_from_proto(messages) -> list[LogEntry]:
+    """Log rows as the use case takes them; rows sent together mostly share their log time (a batch page, a
+    gateway's linger), which converts once."""
+    times: dict[tuple[int, int], datetime] = {}
+    return [log_from_proto(m, times) for m in messages]
+
+
+def log_from_proto(message: pb.DecisionLogEntry, times: dict[tuple[int, int], datetime] | None = None) -> LogEntry:
+    log_time = None
+    if message.HasField("log_time"):
+        key = (message.log_time.seconds, message.log_time.nanos)
+        log_time = times.get(key) if times is not None else None
+        if log_time is None:
+            log_time = message.log_time.ToDatetime(tzinfo=UTC)
+            if times is not None:
+                times[key] = log_time
     return LogEntry(
         personalization_id=message.personalization_id,
         request_id=message.request_id,
@@ -183,7 +198,7 @@ def log_from_proto(message: pb.DecisionLogEntry) -> LogEntry:
         anchor_id=message.anchor_id,
         served=struct_to_dict(message.served),
         stage_ms=dict(message.stage_ms),
-        log_time=message.log_time.ToDatetime(tzinfo=UTC) if message.HasField("log_time") else None,
+        log_time=log_time,
         experiment_id=message.experiment_id,
         cohort_id=message.cohort_id,
         batch_job_id=message.batch_job_id,

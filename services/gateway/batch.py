@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timezone
 
 from croniter import croniter
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import field_mask_pb2, json_format, struct_pb2, timestamp_pb2
 
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.gateway.v1 import gateway_service_pb2 as pb
@@ -42,6 +42,7 @@ log = get_logger("gateway.batch")
 MAX_POINTS = 10
 LEADER_LOCK = "tailor-batch-leader"
 EMPTY_SERVED = struct_pb2.Struct()
+PROFILE_KEYS = frozenset(PROFILE_MASK.paths)  # what a batch job reads of a profile, at most
 BATCH_CHANNEL_NAME = "batch"  # the channel of every batch decision (in rules' context and the decision log)
 
 
@@ -218,13 +219,13 @@ class BatchJobs:
         # Up to `depth` pages are decided at once (their stages run in different processes, so they overlap);
         # pages commit strictly in order, so the checkpoint always follows every committed row.
         deciding: deque[tuple[profile_pb.ListSegmentMembersResponse, asyncio.Task]] = deque()
+        keys = ProfileKeys()
         try:
             while True:
                 page = await self.profile.ListSegmentMembers(profile_pb.ListSegmentMembersRequest(
                     segment=job.segment, page_size=page_size, page_token=token))
                 members = [m.unified_individual_id for m in page.members]
-                deciding.append((page, asyncio.create_task(
-                    self.decide_page(members, job))))
+                deciding.append((page, asyncio.create_task(self.decide_page(members, job, keys))))
                 if len(deciding) >= self.depth or not page.next_page_token:
                     await self._commit_oldest(tenant_id, job_id, deciding)
                 if not page.next_page_token:
@@ -255,10 +256,15 @@ class BatchJobs:
         log.info("batch_page", job_id=job_id, members=members,
                  write_ms=round((time.perf_counter() - started) * 1000, 1), **stage_ms)
 
-    async def decide_page(self, members: list[str], job: Job) -> tuple[list[OutputRow], dict[str, float]]:
+    async def decide_page(self, members: list[str], job: Job, keys: ProfileKeys | None = None
+                          ) -> tuple[list[OutputRow], dict[str, float]]:
         """Decides every member of one page for every point with the decide use case real time uses (profiles,
         then qualify and personalize for the whole page), and logs the decisions, marked with the job, before the
-        page commits (their ids are stable, so a redone page logs nothing twice)."""
+        page commits (their ids are stable, so a redone page logs nothing twice).
+
+        keys: what the job's points read of a profile, as the last page's qualification said; only that is read
+        (the whole profile while unknown). A page whose points read more than was read (their configuration
+        changed during the job) is read and qualified again with what they read now."""
         mark = time.perf_counter()
         stage_ms: dict[str, float] = {}
 
@@ -268,10 +274,19 @@ class BatchJobs:
             stage_ms[f"{stage}_ms"] = round((now - mark) * 1000, 1)
             mark = now
 
-        individuals = await self.individuals(members, job.context_sources)
+        keys = keys or ProfileKeys()
+        read = keys.read
+        individuals = await self.individuals(members, job.context_sources, read)
         lap("profiles")
         points = [decision_pb.PointSelection(name=name) for name in job.point_names]
-        qualified = await self.use_case.qualify(individuals, points)
+        qualified, needed = await self.use_case.qualify(individuals, points)
+        needed &= PROFILE_KEYS
+        if read is not None and not needed <= read:
+            read = needed
+            individuals = await self.individuals(members, job.context_sources, read)
+            qualified, needed = await self.use_case.qualify(individuals, points)
+            needed &= PROFILE_KEYS
+        keys.read = needed or None
         lap("qualify")
         ids = [[batch_personalization_id(job.job_id, i.unified_id, name) for name in job.point_names]
                for i in individuals]
@@ -296,17 +311,29 @@ class BatchJobs:
         lap("log")
         return rows, stage_ms
 
-    async def individuals(self, members: list[str], sources: Sequence[str]) -> list[Individual]:
-        """Each member as the use case takes them: the profile their rules see and their context, built from their
-        recent events as the job's context sources say (one GetProfiles call per 1,000 members)."""
+    async def individuals(self, members: list[str], sources: Sequence[str],
+                          keys: frozenset[str] | None = None) -> list[Individual]:
+        """Each member as the use case takes them: the profile their rules see (only `keys` of it when given) and
+        their context, built from their recent events as the job's context sources say (one GetProfiles call per
+        1,000 members)."""
         codes = [pb.BatchContextSource.Value(f"BATCH_CONTEXT_SOURCE_{name}") for name in sources]
         shared = pb.DecisionContext(channel=BATCH_CHANNEL_NAME)
+        mask = PROFILE_MASK if keys is None else field_mask_pb2.FieldMask(
+            paths=sorted(keys | {"events"} if codes else keys))
         out: list[Individual] = []
         for start in range(0, len(members), QUALIFY_CHUNK):
             chunk = members[start:start + QUALIFY_CHUNK]
             reply = await self.profile.GetProfiles(profile_pb.GetProfilesRequest(
-                unified_individual_ids=chunk, read_mask=PROFILE_MASK, event_limit=PROFILE_EVENTS))
+                unified_individual_ids=chunk, read_mask=mask, event_limit=PROFILE_EVENTS))
             for member, profile in zip(chunk, reply.profiles):
                 context = member_context(profile.events, codes, BATCH_CHANNEL_NAME) if codes else shared
-                out.append(Individual(member, profile_view(profile), context, own_context=bool(codes)))
+                out.append(Individual(member, profile_view(profile, keys), context, own_context=bool(codes)))
         return out
+
+
+class ProfileKeys:
+    """What a job's points read of a profile (their rules, consents, affinities...), as QualifyBatch last said:
+    None (the whole profile) until the first page is qualified, or when the points name no keys."""
+
+    def __init__(self) -> None:
+        self.read: frozenset[str] | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf import field_mask_pb2, json_format, struct_pb2, timestamp_pb2
@@ -42,26 +42,35 @@ def struct(data: dict) -> struct_pb2.Struct:
     return s
 
 
-def profile_view(profile: profile_pb.Profile) -> dict:
-    """The profile data graph as rules see it: attributes, insights, segments, events, affinities, consents.
-
-    affinities is {dimension: {value: score}}; consents is {purpose: true when granted}.
-    """
+def _affinities(profile: profile_pb.Profile) -> dict[str, dict[str, float]]:
     affinities: dict[str, dict[str, float]] = {}
     for a in profile.affinities:
         affinities.setdefault(a.dimension, {})[a.value] = a.score
-    return {
-        "affinities": affinities,
-        "consents": {c.purpose: c.status == common_pb2.CONSENT_STATUS_GRANTED for c in profile.consents},
-        "attributes": struct_to_dict(profile.attributes),
-        "insights": dict(profile.insights),
-        "segments": list(profile.segments),
-        "events": [
-            {"type": EVENT_TYPE_NAMES.get(e.type, "UNSPECIFIED"), "name": e.name, "item_id": e.item_id,
-             "event_time": e.event_time.ToJsonString() if e.HasField("event_time") else ""}
-            for e in profile.events
-        ],
-    }
+    return affinities
+
+
+def _events(profile: profile_pb.Profile) -> list[dict]:
+    return [{"type": EVENT_TYPE_NAMES.get(e.type, "UNSPECIFIED"), "name": e.name, "item_id": e.item_id,
+             "event_time": e.event_time.ToJsonString() if e.HasField("event_time") else ""} for e in profile.events]
+
+
+_VIEW = {
+    "affinities": _affinities,
+    "consents": lambda p: {c.purpose: c.status == common_pb2.CONSENT_STATUS_GRANTED for c in p.consents},
+    "attributes": lambda p: struct_to_dict(p.attributes),
+    "insights": lambda p: dict(p.insights),
+    "segments": lambda p: list(p.segments),
+    "events": _events,
+}
+
+
+def profile_view(profile: profile_pb.Profile, keys: Collection[str] | None = None) -> dict:
+    """The profile data graph as rules see it: attributes, insights, segments, events, affinities, consents (only
+    those in keys when given: what the points read, the rest left out, which rules see as empty).
+
+    affinities is {dimension: {value: score}}; consents is {purpose: true when granted}.
+    """
+    return {key: view(profile) for key, view in _VIEW.items() if keys is None or key in keys}
 
 
 def context_view(context: pb.DecisionContext) -> dict:
@@ -217,20 +226,14 @@ def recommend_request(individual: Individual, strategy: str, count: int, attribu
         affinities=affinity_messages(individual.profile), diagnostics=explain, item_attributes=attributes)
 
 
-def item_rows(ranked, attributes: Sequence[str], shaped: dict | None = None) -> list[dict]:
+def item_rows(ranked, attributes: Sequence[str]) -> list[dict]:
     """Items shaped by the point's template as plain dicts: item_id, score, source and the template's item
-    attributes (null when the catalog has none). `shaped` keeps each item's attributes once converted, for a
-    caller that shapes many answers with the same attributes (a batch page)."""
+    attributes (null when the catalog has none)."""
     rows = []
     for r in ranked:
-        key = (r.item_id, r.source)
-        values = shaped.get(key) if shaped is not None else None
-        if values is None:
-            fields = r.attributes.fields
-            values = {name: value_to_py(fields[name]) if name in fields else None for name in attributes}
-            if shaped is not None:
-                shaped[key] = values
-        rows.append({"item_id": r.item_id, "score": r.score, "source": r.source, **values})
+        fields = r.attributes.fields
+        rows.append({"item_id": r.item_id, "score": r.score, "source": r.source,
+                     **{name: value_to_py(fields[name]) if name in fields else None for name in attributes}})
     return rows
 
 
@@ -269,16 +272,17 @@ class DecideForIndividuals:
         return list(reply.qualifications), frozenset(reply.profile_keys)
 
     async def qualify(self, individuals: Sequence[Individual], points: Sequence[decision_pb.PointSelection], *,
-                      fallback_only: bool = False) -> list[list[decision_pb.Qualification]]:
+                      fallback_only: bool = False) -> tuple[list[list[decision_pb.Qualification]], frozenset[str]]:
         """Per individual, per point: the decision service's qualification (one Qualify for one individual,
-        QualifyBatch per 1,000 for many)."""
+        QualifyBatch per 1,000 for many); and the profile keys the points read (empty: unknown)."""
         if len(individuals) == 1:
-            qualifications, _ = await self.qualify_one(individuals[0], points, fallback_only=fallback_only)
-            return [qualifications]
+            qualifications, keys = await self.qualify_one(individuals[0], points, fallback_only=fallback_only)
+            return [qualifications], keys
         shared = next((i.context for i in individuals if not i.own_context), pb.DecisionContext(channel="batch"))
         shared_struct = struct(context_view(shared))
         names = [p.name for p in points]
         out: list[list[decision_pb.Qualification]] = []
+        keys: set[str] = set()
         for start in range(0, len(individuals), QUALIFY_CHUNK):
             request = decision_pb.QualifyBatchRequest(points=names, context=shared_struct, fallback_only=fallback_only)
             for i in individuals[start:start + QUALIFY_CHUNK]:  # built in place: nested lists would copy each twice
@@ -287,6 +291,7 @@ class DecideForIndividuals:
                 if i.own_context:
                     sent.context.update(context_view(i.context))
             reply = await self.decision.QualifyBatch(request)
+            keys.update(reply.profile_keys)
             decisions = {d.decision_id: d for d in reply.decisions}
             # Most members qualify alike (same decision, same evaluations): equal answers share one Qualification,
             # which nobody changes afterwards.
@@ -300,7 +305,7 @@ class DecideForIndividuals:
                         q = alike[key] = _qualification(reply.points[j], batch_q, decisions)
                     row.append(q)
                 out.append(row)
-        return out
+        return out, frozenset(keys)
 
     async def personalize(self, individuals: Sequence[Individual],
                           qualified: Sequence[Sequence[decision_pb.Qualification]], *, over_quota: bool = False,
@@ -349,20 +354,28 @@ class DecideForIndividuals:
         if len(plain) == 1 and not single:
             single, plain = plain, []
         if plain:
-            by_member: dict[str, list] = {}
-            request = rec_pb.RecommendBatchRequest(strategy=strategy, count=count, item_attributes=attributes)
+            # A compact stream: each item comes once, in the stream's item table; answers are indexes and scores.
+            request = rec_pb.RecommendBatchRequest(strategy=strategy, count=count, item_attributes=attributes,
+                                                   compact=True)
             for i, _ in plain:  # built in place: nested lists would copy each message twice
                 sent = request.individuals.add(unified_individual_id=i.unified_id)
                 if i.profile.get("affinities"):
                     sent.affinities.extend(affinity_messages(i.profile))
+            table: list[rec_pb.RecommendedItem] = []
+            by_member: dict[str, tuple] = {}
             async for chunk in open_stream(self.recommender.RecommendBatch, request):
+                table.extend(chunk.items)
                 for result in chunk.results:
-                    by_member[result.unified_individual_id] = result.items
-            # Each item's attributes convert once per template's attribute names, not once per member.
-            shaped: dict[tuple[str, ...], dict] = {}
+                    by_member[result.unified_individual_id] = (result.item_indexes, result.scores)
+            # Each item is shaped once per template's attribute names (a row without its score), not once per member.
+            shaped: dict[tuple[str, ...], list] = {}
             for individual, d in plain:
                 names = tuple(d.qualification.point.template.item_attributes)
-                self._fill(d, by_member.get(individual.unified_id, []), messages, shaped.setdefault(names, {}))
+                rows = shaped.get(names)
+                if rows is None:
+                    rows = shaped[names] = [None] * len(table)
+                indexes, scores = by_member.get(individual.unified_id, ((), ()))
+                self._fill_indexed(d, table, rows, indexes, scores, messages)
         limit = asyncio.Semaphore(RECOMMEND_CONCURRENCY)
 
         async def one(individual: Individual, d: Decided) -> None:
@@ -381,15 +394,42 @@ class DecideForIndividuals:
         await asyncio.gather(*(one(i, d) for i, d in single))
 
     @staticmethod
-    def _fill(d: Decided, ranked, messages: bool = False, shaped: dict | None = None) -> None:
+    def _fill(d: Decided, ranked, messages: bool = False) -> None:
         attributes = d.qualification.point.template.item_attributes
         if messages:
             d.messages = item_structs(ranked, attributes)
         else:
-            d.data = item_rows(ranked, attributes, shaped)
-        if len(ranked) < d.count:
+            d.data = item_rows(ranked, attributes)
+        DecideForIndividuals._count(d, len(ranked))
+
+    @staticmethod
+    def _fill_indexed(d: Decided, table: Sequence[rec_pb.RecommendedItem], rows: list, indexes: Sequence[int],
+                      scores: Sequence[float], messages: bool = False) -> None:
+        """_fill from a compact answer: item indexes into the stream's table, and their scores. rows keeps each
+        table item shaped by the point's template (without its score), for the members after."""
+        if messages:
+            ranked = []
+            for index, score in zip(indexes, scores):
+                item = rec_pb.RecommendedItem()
+                item.CopyFrom(table[index])
+                item.score = score
+                ranked.append(item)
+            d.messages = item_structs(ranked, d.qualification.point.template.item_attributes)
+        else:
+            data = []
+            for index, score in zip(indexes, scores):
+                row = rows[index]
+                if row is None:
+                    row = rows[index] = item_rows([table[index]], d.qualification.point.template.item_attributes)[0]
+                data.append({**row, "score": score})
+            d.data = data
+        DecideForIndividuals._count(d, len(indexes))
+
+    @staticmethod
+    def _count(d: Decided, found: int) -> None:
+        if found < d.count:
             d.diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_FEWER_ITEMS_THAN_REQUESTED,
-                                               message=f"{len(ranked)} of {d.count} items available"))
+                                               message=f"{found} of {d.count} items available"))
 
 
 def log_entry(individual: Individual, d: Decided, served: struct_pb2.Struct, *, request_id: str,

@@ -45,10 +45,14 @@ def _struct(values: dict) -> struct_pb2.Struct:
     return out
 
 
-def _timestamp(value) -> Timestamp:
-    out = Timestamp()
-    out.FromDatetime(value)
-    return out
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    """A datetime (naive ones are UTC) as a Timestamp: by its difference from the epoch, several times faster than
+    Timestamp.FromDatetime (a batch's profiles and segment pages carry one or more each)."""
+    delta = (value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)) - _EPOCH
+    return Timestamp(seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 def _duration(value: timedelta) -> Duration:

@@ -103,6 +103,8 @@ class Recommender:
         self._rankings = Ttl(cache_seconds, clock)
         self._configs = Ttl(cache_seconds, clock)
         self._catalogs = Ttl(catalog_seconds, clock)
+        # The last catalog loaded per tenant with its version: an expired catalog is loaded again only when changed.
+        self._catalog_versions = Ttl(math.inf, clock)
         self._models = ModelCache(repository, model_check_seconds, clock)
 
     # ---- writes fed by the gateway ----
@@ -305,10 +307,18 @@ class Recommender:
         return out
 
     async def _catalog(self, tenant: str) -> Catalog:
+        """The tenant's catalog, at most catalog_seconds old; once that old, its version is checked (one small
+        query) and the items are read again only when it changed."""
         async def load():
+            version = await self.repository.catalog_version(tenant)
+            hit, known = self._catalog_versions.fresh(tenant)
+            if hit and known[0] == version:
+                return known[1]
             items = await self.repository.items(tenant)
             names = {name for item in items for name in item.attributes}
-            return Catalog({item.item_id: item for item in items}, names)
+            catalog = Catalog({item.item_id: item for item in items}, names)
+            self._catalog_versions.put(tenant, (version, catalog))  # a change while reading: read again next time
+            return catalog
         return await self._catalogs.get(tenant, load)
 
     async def _ranking(self, tenant: str, spec: RankingSpec, limit: int | None) -> tuple[list[Scored], bool]:

@@ -252,15 +252,22 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         # Each (item, source) is shaped once per call, with its attributes, and copied into every answer that holds
         # it: building messages from nested lists, or a Struct per item, costs several times more.
         shaped: dict[tuple[str, str], pb.RecommendedItem] = {}
+        # Compact: the stream's item table, (item, source) -> index; each item is sent once, in the first response
+        # that names it.
+        table: dict[tuple[str, str], int] = {}
         async for chunk in self.recommender.recommend_batch(
                 current_tenant(), request.strategy, request.count, individuals,
                 exclude_item_ids=list(request.exclude_item_ids), exclude_purchased=request.exclude_purchased):
+            response = pb.RecommendBatchResponse()
+            if request.compact:
+                await self._compact(chunk, names, table, response)
+                yield response
+                continue
             new = {(i.item_id, i.source) for _, items in chunk for i in items} - shaped.keys()
             attributes = await self.recommender.item_attributes(
                 current_tenant(), list({item_id for item_id, _ in new}), names) if names and new else {}
             for item_id, source in new:
                 shaped[item_id, source] = _items([Recommended(item_id, 0.0, source)], attributes)[0]
-            response = pb.RecommendBatchResponse()
             for who, items in chunk:
                 add = response.results.add(unified_individual_id=who).items.add
                 for i in items:
@@ -268,6 +275,26 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                     message.CopyFrom(shaped[i.item_id, i.source])
                     message.score = i.score
             yield response
+
+    async def _compact(self, chunk: list[tuple[str, list[Recommended]]], names: list[str],
+                       table: dict[tuple[str, str], int], response: pb.RecommendBatchResponse) -> None:
+        """A chunk's answers as indexes into the stream's item table, the items new to the table added to it."""
+        results = response.results
+        new: list[tuple[str, str]] = []
+        for who, items in chunk:
+            indexes = []
+            for i in items:
+                key = (i.item_id, i.source)
+                index = table.get(key)
+                if index is None:
+                    index = table[key] = len(table)
+                    new.append(key)
+                indexes.append(index)
+            results.add(unified_individual_id=who, item_indexes=indexes, scores=[i.score for i in items])
+        if new:
+            attributes = await self.recommender.item_attributes(
+                current_tenant(), list({item_id for item_id, _ in new}), names) if names else {}
+            response.items.extend(_items([Recommended(item_id, 0.0, source) for item_id, source in new], attributes))
 
     async def SimilarItems(self, request: pb.SimilarItemsRequest,
                            context: grpc.aio.ServicerContext) -> pb.SimilarItemsResponse:

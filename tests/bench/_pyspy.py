@@ -81,6 +81,7 @@ class CpuMeter:
         self.postmaster = next((p for p in psutil.process_iter(["cmdline"])
                                 if _is_postmaster(p.info["cmdline"] or [], postgres_port)), None) \
             if postgres_port else None
+        self.roles: dict[int, str] = {}  # PostgreSQL process -> its role (a backend) or its kind (walwriter...)
         self.start = self._read()
 
     @staticmethod
@@ -96,6 +97,10 @@ class CpuMeter:
         if self.postmaster is not None:
             for p in [self.postmaster, *self.postmaster.children(recursive=True)]:
                 out[("postgres", p.pid)] = self._cpu(p)
+                if p.pid not in self.roles:
+                    with contextlib.suppress(psutil.Error):
+                        title = " ".join(p.cmdline()).removeprefix("postgres: ").split()
+                        self.roles[p.pid] = title[0] if title and p != self.postmaster else "postmaster"
         return out
 
     def used(self) -> dict[str, float]:
@@ -105,6 +110,16 @@ class CpuMeter:
         for (name, pid), cpu in end.items():
             by_name[name] = by_name.get(name, 0.0) + cpu - self.start.get((name, pid), 0.0)
         return by_name
+
+    def postgres_roles(self) -> dict[str, float]:
+        """PostgreSQL's CPU seconds since the meter was made, by backend role (tailor_gateway...) or process kind."""
+        end = self._read()
+        by_role: dict[str, float] = {}
+        for (name, pid), cpu in end.items():
+            if name == "postgres":
+                role = self.roles.get(pid, "?")
+                by_role[role] = by_role.get(role, 0.0) + cpu - self.start.get((name, pid), 0.0)
+        return by_role
 
 
 def _is_postmaster(cmdline: list[str], port: int | None) -> bool:

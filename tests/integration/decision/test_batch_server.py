@@ -116,6 +116,8 @@ async def test_points_and_decisions_are_returned_once_however_many_individuals_w
     winners = [r.qualifications[0].decision_id for r in response.results]
     assert winners == [ids[("footer", "big_vip")] if i % 2 else ids[("footer", "normal")] for i in range(200)]
     assert all(not r.qualifications[0].HasField("experiment") for r in response.results)
+    # The profile keys footer's rules read, as Qualify names them: a batch caller sends only those.
+    assert list(response.profile_keys) == ["attributes", "events", "insights", "segments"]
 
 
 async def test_fallback_only_serves_everyone_the_fallback_without_evaluating_rules(server, tenant):

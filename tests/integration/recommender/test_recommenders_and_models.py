@@ -153,6 +153,30 @@ async def test_batch_streams_recommendations_for_every_individual(stub, tenant):
     assert [i.item_id for i in results[0].items] == ["hat2", "sock1"]  # u0 bought shoe1, shoe2, hat1
 
 
+async def test_a_compact_batch_sends_each_item_once_and_the_same_answers_as_indexes(stub, tenant):
+    await seed(stub, tenant)
+    md = tenant_md(tenant)
+    people = [pb.BatchIndividual(unified_individual_id=f"u{n}") for n in range(10)]
+    full = pb.RecommendBatchRequest(strategy="top_sellers", count=3, exclude_purchased=True, individuals=people,
+                                    item_attributes=["category"])
+    expected = [[(i.item_id, i.score, i.source, dict(i.attributes)) for i in r.items]
+                async for chunk in stub.RecommendBatch(full, metadata=md) for r in chunk.results]
+    compact = pb.RecommendBatchRequest()
+    compact.CopyFrom(full)
+    compact.compact = True
+    table: list[pb.RecommendedItem] = []
+    answers = []
+    async for chunk in stub.RecommendBatch(compact, metadata=md):
+        table.extend(chunk.items)
+        for r in chunk.results:
+            assert not r.items
+            answers.append([(table[k].item_id, score, table[k].source, dict(table[k].attributes))
+                            for k, score in zip(r.item_indexes, r.scores, strict=True)])
+    assert answers == expected and any(expected)
+    assert len({(i.item_id, i.source) for i in table}) == len(table)  # each item once
+    assert all(i.attributes["category"] for i in table)
+
+
 async def test_similar_items_and_evaluation_answer_through_the_server(stub, tenant):
     await seed(stub, tenant)
     md = tenant_md(tenant)

@@ -155,6 +155,10 @@ class FakeRepository:
         self.calls["items"] += 1
         return list(self.catalog[tenant].values())
 
+    async def catalog_version(self, tenant: str) -> str:
+        self.calls["catalog_version"] += 1
+        return repr(sorted((i.item_id, i.attributes, i.create_time) for i in self.catalog[tenant].values()))
+
     async def configs(self, tenant: str) -> list[Config]:
         self.calls["configs"] += 1
         return list(self.config_rows[tenant].values())

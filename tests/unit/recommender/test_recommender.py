@@ -11,6 +11,7 @@ from services.recommender.domain import (
     ADD_TO_CART,
     PRODUCT_VIEW,
     PURCHASE,
+    CatalogItem,
     Interaction,
 )
 from services.recommender.service import Recommender
@@ -243,6 +244,21 @@ async def test_global_rankings_come_from_the_cache_until_it_expires(repo):
     clock.now += 0.5
     assert ids(await rec.recommend(T, "", "top_sellers", 0)) == ["b", "a"]
     assert repo.calls["ranking"] == 3
+
+
+async def test_an_expired_catalog_is_read_again_only_when_another_replica_changed_it(repo):
+    clock = Clock()
+    rec = Recommender(repo, catalog_seconds=10.0, clock=clock)
+    await rec.upsert_items(T, [CatalogItem("a", {"name": "A"})])
+    assert await rec.item_attributes(T, ["a"], ["name"]) == {"a": {"name": "A"}}
+    clock.now += 10
+    assert await rec.item_attributes(T, ["a"], ["name"]) == {"a": {"name": "A"}}
+    assert (repo.calls["items"], repo.calls["catalog_version"]) == (1, 2)  # checked, unchanged: not read again
+    await repo.upsert_items(T, [CatalogItem("a", {"name": "A2"})])  # written by another replica
+    assert await rec.item_attributes(T, ["a"], ["name"]) == {"a": {"name": "A"}}  # until the catalog expires
+    clock.now += 10
+    assert await rec.item_attributes(T, ["a"], ["name"]) == {"a": {"name": "A2"}}
+    assert repo.calls["items"] == 2
 
 
 async def test_a_cached_recommend_costs_at_most_the_individuals_history_query(repo):

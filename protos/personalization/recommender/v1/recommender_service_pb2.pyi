@@ -196,34 +196,42 @@ class BatchIndividual(_message.Message):
     def __init__(self, unified_individual_id: _Optional[str] = ..., affinities: _Optional[_Iterable[_Union[Affinity, _Mapping]]] = ...) -> None: ...
 
 class RecommendBatchRequest(_message.Message):
-    __slots__ = ("strategy", "count", "individuals", "exclude_item_ids", "exclude_purchased", "item_attributes")
+    __slots__ = ("strategy", "count", "individuals", "exclude_item_ids", "exclude_purchased", "item_attributes", "compact")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     INDIVIDUALS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_PURCHASED_FIELD_NUMBER: _ClassVar[int]
     ITEM_ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_FIELD_NUMBER: _ClassVar[int]
     strategy: str
     count: int
     individuals: _containers.RepeatedCompositeFieldContainer[BatchIndividual]
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
     exclude_purchased: bool
     item_attributes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, strategy: _Optional[str] = ..., count: _Optional[int] = ..., individuals: _Optional[_Iterable[_Union[BatchIndividual, _Mapping]]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_purchased: _Optional[bool] = ..., item_attributes: _Optional[_Iterable[str]] = ...) -> None: ...
+    compact: bool
+    def __init__(self, strategy: _Optional[str] = ..., count: _Optional[int] = ..., individuals: _Optional[_Iterable[_Union[BatchIndividual, _Mapping]]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_purchased: _Optional[bool] = ..., item_attributes: _Optional[_Iterable[str]] = ..., compact: _Optional[bool] = ...) -> None: ...
 
 class IndividualRecommendations(_message.Message):
-    __slots__ = ("unified_individual_id", "items")
+    __slots__ = ("unified_individual_id", "items", "item_indexes", "scores")
     UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_INDEXES_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
     unified_individual_id: str
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
-    def __init__(self, unified_individual_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ...) -> None: ...
+    item_indexes: _containers.RepeatedScalarFieldContainer[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, unified_individual_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., item_indexes: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class RecommendBatchResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "items")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[IndividualRecommendations]
-    def __init__(self, results: _Optional[_Iterable[_Union[IndividualRecommendations, _Mapping]]] = ...) -> None: ...
+    items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
+    def __init__(self, results: _Optional[_Iterable[_Union[IndividualRecommendations, _Mapping]]] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
     __slots__ = ("item_id", "count", "strategy")
