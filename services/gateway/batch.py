@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timezone
 
 from croniter import croniter
-from google.protobuf import field_mask_pb2, json_format, struct_pb2, timestamp_pb2
+from google.protobuf import field_mask_pb2, json_format, timestamp_pb2
 
 from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.gateway.v1 import gateway_service_pb2 as pb
@@ -23,8 +23,8 @@ from services.gateway.personalize import (
     QUALIFY_CHUNK,
     DecideForIndividuals,
     Individual,
+    batch_log_entries,
     batch_personalization_id,
-    log_entry,
     member_context,
     profile_view,
 )
@@ -41,7 +41,6 @@ log = get_logger("gateway.batch")
 
 MAX_POINTS = 10
 LEADER_LOCK = "tailor-batch-leader"
-EMPTY_SERVED = struct_pb2.Struct()
 PROFILE_KEYS = frozenset(PROFILE_MASK.paths)  # what a batch job reads of a profile, at most
 BATCH_CHANNEL_NAME = "batch"  # the channel of every batch decision (in rules' context and the decision log)
 
@@ -292,20 +291,19 @@ class BatchJobs:
                for i in individuals]
         decided = await self.use_case.personalize(individuals, qualified, ids=ids)
         lap("recommend")
-        rows, entries = [], []
+        rows = []
         now = timestamp_pb2.Timestamp()
         now.GetCurrentTime()
-        for individual, row in zip(individuals, decided):
-            for d in row:
-                q = d.qualification
-                rows.append(OutputRow(
-                    unified_individual_id=individual.unified_id, individual_id=individual.unified_id,
-                    segment_id=job.segment, point_id=q.point.point_id, point_name=q.point.name,
-                    decision_id=q.decision.decision_id, personalization_id=d.personalization_id,
-                    payload={"decision_name": q.decision.name, "data": d.data,
-                             "diagnostics": [json_format.MessageToDict(x) for x in d.diagnostics]}))
-                entries.append(log_entry(individual, d, EMPTY_SERVED, request_id=job.job_id,
-                                         stage_ms={}, log_time=now, batch_job_id=job.job_id))
+        pairs = [(individual, d) for individual, row in zip(individuals, decided) for d in row]
+        for individual, d in pairs:
+            q = d.qualification
+            rows.append(OutputRow(
+                unified_individual_id=individual.unified_id, individual_id=individual.unified_id,
+                segment_id=job.segment, point_id=q.point.point_id, point_name=q.point.name,
+                decision_id=q.decision.decision_id, personalization_id=d.personalization_id,
+                payload={"decision_name": q.decision.name, "data": d.data,
+                         "diagnostics": [json_format.MessageToDict(x) for x in d.diagnostics]}))
+        entries = batch_log_entries(pairs, request_id=job.job_id, log_time=now, batch_job_id=job.job_id)
         lap("shape")
         await self.log_writer.write(entries)
         lap("log")

@@ -319,28 +319,46 @@ class DecideForIndividuals:
         decided: list[list[Decided]] = []
         contents: dict[str, list[dict]] = {}
         wanted: dict[tuple[str, int], list[tuple[Individual, Decided]]] = {}
+        # What a qualification serves and its diagnostics, worked out once per (qualification, known profile):
+        # a batch page's members share a few qualifications (QualifyBatch answers alike members alike).
+        plans: dict[tuple[int, bool], tuple[list[pb.Diagnostic], str, tuple[str, int] | None]] = {}
         for n, (individual, qualifications) in enumerate(zip(individuals, qualified)):
             row = []
             for j, q in enumerate(qualifications):
-                d = Decided(q, ids[n][j] if ids else uuid.uuid4().hex,
-                            diagnostics=qualification_diagnostics(q, individual, over_quota))
-                if q.HasField("decision"):
-                    if q.decision.WhichOneof("payload") == "content":
-                        if messages:
-                            d.messages = [q.decision.content]
-                        elif q.decision.decision_id not in contents:
-                            contents[q.decision.decision_id] = [json_format.MessageToDict(q.decision.content)]
-                        if not messages:
-                            d.data = contents[q.decision.decision_id]
+                plan = plans.get((id(q), individual.known_profile))
+                if plan is None:
+                    plan = plans[id(q), individual.known_profile] = self._plan(q, individual, over_quota)
+                diagnostics, payload, recommend = plan
+                d = Decided(q, ids[n][j] if ids else uuid.uuid4().hex, diagnostics=list(diagnostics))
+                if payload == "content":
+                    if messages:
+                        d.messages = [q.decision.content]
                     else:
-                        spec = q.decision.recommendations
-                        d.count = spec.count or DEFAULT_ITEMS
-                        wanted.setdefault((spec.recommender, d.count), []).append((individual, d))
+                        if q.decision.decision_id not in contents:
+                            contents[q.decision.decision_id] = [json_format.MessageToDict(q.decision.content)]
+                        d.data = contents[q.decision.decision_id]
+                elif recommend is not None:
+                    d.count = recommend[1]
+                    wanted.setdefault(recommend, []).append((individual, d))
                 row.append(d)
             decided.append(row)
         await asyncio.gather(*(self._recommend(strategy, count, group, explain, messages, prefetched or {})
                                for (strategy, count), group in wanted.items()))
         return decided
+
+    @staticmethod
+    def _plan(q: decision_pb.Qualification, individual: Individual, over_quota: bool
+              ) -> tuple[list[pb.Diagnostic], str, tuple[str, int] | None]:
+        """A qualification's diagnostics, its decision's payload kind ("" when none qualified) and, for
+        recommendations, (recommender, count)."""
+        diagnostics = qualification_diagnostics(q, individual, over_quota)
+        if not q.HasField("decision"):
+            return diagnostics, "", None
+        payload = q.decision.WhichOneof("payload") or ""
+        if payload == "content":
+            return diagnostics, payload, None
+        spec = q.decision.recommendations
+        return diagnostics, payload, (spec.recommender, spec.count or DEFAULT_ITEMS)
 
     async def _recommend(self, strategy: str, count: int, group: list[tuple[Individual, Decided]],
                          explain: bool, messages: bool = False,
@@ -430,6 +448,29 @@ class DecideForIndividuals:
         if found < d.count:
             d.diagnostics.append(pb.Diagnostic(code=pb.DIAGNOSTIC_CODE_FEWER_ITEMS_THAN_REQUESTED,
                                                message=f"{found} of {d.count} items available"))
+
+
+def batch_log_entries(decided: Sequence[tuple[Individual, Decided]], *, request_id: str,
+                      log_time: timestamp_pb2.Timestamp, batch_job_id: str) -> list[decision_pb.DecisionLogEntry]:
+    """log_entry of each decided point of a batch page. Members who share a qualification and a context get a copy
+    of the first one's row with their own personalization id, individual and items: a row built anew costs several
+    times more, and most members of a page qualify alike."""
+    first: dict[tuple[int, int], decision_pb.DecisionLogEntry] = {}
+    out = []
+    for individual, d in decided:
+        key = (id(d.qualification), id(individual.context))  # both outlive the loop, so ids stay theirs
+        template = first.get(key)
+        if template is None:
+            entry = first[key] = log_entry(individual, d, struct_pb2.Struct(), request_id=request_id, stage_ms={},
+                                           log_time=log_time, batch_job_id=batch_job_id)
+        else:
+            entry = decision_pb.DecisionLogEntry()
+            entry.CopyFrom(template)
+            entry.personalization_id = d.personalization_id
+            entry.unified_individual_id = individual.unified_id
+            entry.item_ids[:] = [row["item_id"] for row in d.data if "item_id" in row]
+        out.append(entry)
+    return out
 
 
 def log_entry(individual: Individual, d: Decided, served: struct_pb2.Struct, *, request_id: str,

@@ -168,3 +168,25 @@ async def test_points_that_read_more_after_a_change_are_asked_again_with_what_th
     await decider.decide(REQUEST)
     await decider.decide(REQUEST)
     assert sorted(fakes.masks[-1]) == FULL
+
+
+def test_a_batch_pages_log_rows_equal_the_rows_log_entry_builds_for_each_member():
+    from google.protobuf import timestamp_pb2
+
+    from services.gateway.personalize import Decided, Individual, batch_log_entries, log_entry
+
+    now = timestamp_pb2.Timestamp(seconds=1_700_000_000)
+    shared = pb.DecisionContext(channel="batch")
+    recs = decision_pb.Qualification(point=decision_pb.Point(point_id="p1", name="recs"),
+                                     decision=decision_pb.Decision(decision_id="d1", name="top"))
+    tested = decision_pb.Qualification(point=recs.point, decision=recs.decision, experiment=decision_pb.ExperimentAssignment(
+        experiment_id="e1", cohort_id="a", in_experiment=True))
+    pairs = [(Individual(f"u{n}", {}, shared if n < 3 else pb.DecisionContext(channel="batch", anchor_id=f"sku-{n}")),
+              Decided(tested if n % 2 else recs, f"pid{n}", data=[{"item_id": f"sku-{n}-{k}"} for k in range(n)]))
+             for n in range(5)]
+    expected = [log_entry(i, d, struct_pb2.Struct(), request_id="job_1", stage_ms={}, log_time=now,
+                          batch_job_id="job_1") for i, d in pairs]
+    rows = batch_log_entries(pairs, request_id="job_1", log_time=now, batch_job_id="job_1")
+    assert rows == expected
+    assert [list(r.item_ids) for r in rows][:3] == [[], ["sku-1-0"], ["sku-2-0", "sku-2-1"]]
+    assert [r.cohort_id for r in rows] == ["", "a", "", "a", ""] and rows[3].anchor_id == "sku-3"
