@@ -172,18 +172,26 @@ def to_recon_rule_pb(r: ReconRule) -> pb.ReconciliationRule:
 
 
 def to_profile_pb(p: Profile) -> pb.Profile:
-    profile = pb.Profile(
-        unified_individual_id=p.individual_id,
-        events=[common_pb2.Event.FromString(payload) for payload in p.event_payloads],
-        insights=p.insights,
-        segments=p.segments,
-        grouped_insights={name: pb.InsightGroups(values=values) for name, values in p.grouped_insights.items()},
-        profile_objects=[pb.StoredProfileObject(
+    # Only the parts read are set: a batch job reads one or two parts of each profile, and handing the constructor
+    # empty lists and maps cost more than the message itself.
+    profile = pb.Profile(unified_individual_id=p.individual_id)
+    if p.event_payloads:
+        profile.events.extend([common_pb2.Event.FromString(payload) for payload in p.event_payloads])
+    if p.insights:
+        profile.insights.update(p.insights)
+    if p.segments:
+        profile.segments.extend(p.segments)
+    for name, values in p.grouped_insights.items():
+        profile.grouped_insights[name].values.update(values)
+    if p.objects:
+        profile.profile_objects.extend([pb.StoredProfileObject(
             object=common_pb2.ProfileObject(type=o.type, object_id=o.object_id, attributes=_struct(o.attributes)),
-            update_time=_timestamp(o.updated_at), source=o.source) for o in p.objects],
-        affinities=[pb.Affinity(dimension=a.dimension, value=a.value, score=a.score) for a in p.affinities],
-        consents=[to_consent_pb(c) for c in p.consents],
-    )
+            update_time=_timestamp(o.updated_at), source=o.source) for o in p.objects])
+    if p.affinities:
+        profile.affinities.extend([pb.Affinity(dimension=a.dimension, value=a.value, score=a.score)
+                                   for a in p.affinities])
+    if p.consents:
+        profile.consents.extend([to_consent_pb(c) for c in p.consents])
     if p.attributes:
         profile.attributes.CopyFrom(_struct(p.attributes))
     if p.update_time is not None:
