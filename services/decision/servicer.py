@@ -8,6 +8,7 @@ import grpc
 
 from personalization.decision.v1 import decision_service_pb2 as pb
 from personalization.decision.v1 import decision_service_pb2_grpc as pb_grpc
+from services.decision.domain import Qualification
 from services.decision.postgres_privacy import PostgresPrivacy
 from services.decision.replay import DraftCase, DraftQualifier, ReplayLog
 from services.decision.service import DecisionService
@@ -164,7 +165,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 out.append(message)
         return response
 
-    def _batch_qualification(self, q, response: pb.QualifyBatchResponse, won: dict[str, None]
+    def _batch_qualification(self, q: Qualification, response: pb.QualifyBatchResponse, won: dict[str, None]
                              ) -> pb.BatchQualification:
         """One individual's qualification of a point; a decision won for the first time joins response.decisions."""
         decision_id = ""

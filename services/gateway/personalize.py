@@ -276,8 +276,8 @@ class DecideForIndividuals:
         """Per individual, per point: the decision service's qualification (one Qualify for one individual,
         QualifyBatch per 1,000 for many); and the profile keys the points read (empty: unknown)."""
         if len(individuals) == 1:
-            qualifications, keys = await self.qualify_one(individuals[0], points, fallback_only=fallback_only)
-            return [qualifications], keys
+            qualifications, one_keys = await self.qualify_one(individuals[0], points, fallback_only=fallback_only)
+            return [qualifications], one_keys
         shared = next((i.context for i in individuals if not i.own_context), pb.DecisionContext(channel="batch"))
         shared_struct = struct(context_view(shared))
         names = [p.name for p in points]
