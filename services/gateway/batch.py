@@ -274,18 +274,28 @@ class BatchJobs:
             mark = now
 
         keys = keys or ProfileKeys()
-        read = keys.read
-        individuals = await self.individuals(members, job.context_sources, read)
-        lap("profiles")
-        points = [decision_pb.PointSelection(name=name) for name in job.point_names]
-        qualified, needed = await self.use_case.qualify(individuals, points)
-        needed &= PROFILE_KEYS
-        if read is not None and not needed <= read:
-            read = needed
+        learner = False
+        if not keys.learned.is_set():
+            if keys.learning:  # the first page reads whole profiles to learn the keys: the others wait for it
+                await keys.learned.wait()
+            else:
+                keys.learning = learner = True
+        try:
+            read = keys.read
             individuals = await self.individuals(members, job.context_sources, read)
+            lap("profiles")
+            points = [decision_pb.PointSelection(name=name) for name in job.point_names]
             qualified, needed = await self.use_case.qualify(individuals, points)
             needed &= PROFILE_KEYS
-        keys.read = needed or None
+            if read is not None and not needed <= read:
+                read = needed
+                individuals = await self.individuals(members, job.context_sources, read)
+                qualified, needed = await self.use_case.qualify(individuals, points)
+                needed &= PROFILE_KEYS
+            keys.read = needed or None
+        finally:
+            if learner:
+                keys.learned.set()
         lap("qualify")
         ids = [[batch_personalization_id(job.job_id, i.unified_id, name) for name in job.point_names]
                for i in individuals]
@@ -331,7 +341,10 @@ class BatchJobs:
 
 class ProfileKeys:
     """What a job's points read of a profile (their rules, consents, affinities...), as QualifyBatch last said:
-    None (the whole profile) until the first page is qualified, or when the points name no keys."""
+    None (the whole profile) until the first page is qualified, or when the points name no keys. The pages after
+    the first wait until it is qualified, so only the first reads whole profiles."""
 
     def __init__(self) -> None:
         self.read: frozenset[str] | None = None
+        self.learning = False
+        self.learned = asyncio.Event()
