@@ -40,28 +40,30 @@ class PipelineCounts:
     oldest_pending_seconds: float
 
 
-# Pending (partition, tenant) pairs of the given partitions by a loose index scan over inbox_pending (one probe per
-# pair, however long a backlog is), skipping busy tenants; then, per pair, its oldest rows whose routing identity is
-# not blocked, at most $3 each.
+# Pending (partition, tenant) pairs of the given partitions, skipping busy tenants: per partition, a loose index scan
+# over inbox_pending's tenants (one probe per pair, however long a backlog is; a single scan across partitions with a
+# row comparison `(partition, tenant_id) > ...` reads every pending entry of a partition to find the next one); then,
+# per pair, its oldest rows whose routing identity is not blocked, at most $3 each.
 _TAKE = """
-WITH RECURSIVE pairs AS (
-    (SELECT partition, tenant_id FROM inbox
-     WHERE processed_at IS NULL AND partition = ANY($1::int[]) ORDER BY partition, tenant_id LIMIT 1)
-    UNION ALL
-    SELECT n.partition, n.tenant_id FROM pairs AS p CROSS JOIN LATERAL (
-        SELECT partition, tenant_id FROM inbox
-        WHERE processed_at IS NULL AND partition = ANY($1::int[]) AND (partition, tenant_id) > (p.partition, p.tenant_id)
-        ORDER BY partition, tenant_id LIMIT 1) AS n
-)
 SELECT r.tenant_id, r.message_id, r.seq, r.payload, r.attempts, r.route
-FROM pairs AS p CROSS JOIN LATERAL (
+FROM unnest($1::int[]) AS q(partition) CROSS JOIN LATERAL (
+    WITH RECURSIVE tenants AS (
+        (SELECT tenant_id FROM inbox WHERE processed_at IS NULL AND partition = q.partition
+         ORDER BY tenant_id LIMIT 1)
+        UNION ALL
+        SELECT n.tenant_id FROM tenants AS t CROSS JOIN LATERAL (
+            SELECT tenant_id FROM inbox
+            WHERE processed_at IS NULL AND partition = q.partition AND tenant_id > t.tenant_id
+            ORDER BY tenant_id LIMIT 1) AS n
+    )
+    SELECT tenant_id FROM tenants) AS p
+CROSS JOIN LATERAL (
     SELECT i.tenant_id, i.message_id, i.seq, i.payload, i.attempts, i.route FROM inbox AS i
-    WHERE i.processed_at IS NULL AND i.partition = p.partition AND i.tenant_id = p.tenant_id
+    WHERE i.processed_at IS NULL AND i.partition = q.partition AND i.tenant_id = p.tenant_id
       AND NOT EXISTS (SELECT 1 FROM blocked_routes AS b
                       WHERE b.tenant_id = i.tenant_id AND b.route = i.route AND b.until > now())
     ORDER BY i.seq LIMIT $3) AS r
-WHERE NOT (p.tenant_id = ANY($2::text[]))
-"""
+WHERE NOT (p.tenant_id = ANY($2::text[]))"""
 
 # Renews this worker's leases, then claims free or expired partitions up to its fair share, in one statement.
 _CLAIM = """
@@ -137,9 +139,11 @@ class InboxStore:
     async def mark_processed(self, tenant_id: str, rows: list[InboxRow]) -> None:
         """Marks rows done; a routing identity that waited for one of them is free again."""
         async with self.pool.acquire() as conn, conn.transaction():
+            # By primary key: with `processed_at IS NULL` in the WHERE clause the planner takes a partial index of
+            # pending rows (estimated few) and filters the whole backlog of the tenant for every chunk.
             await conn.execute(
-                "UPDATE inbox SET processed_at = now() WHERE tenant_id = $1 AND message_id = ANY($2::text[]) "
-                "AND processed_at IS NULL", tenant_id, [r.message_id for r in rows])
+                "UPDATE inbox SET processed_at = coalesce(processed_at, now()) "
+                "WHERE tenant_id = $1 AND message_id = ANY($2::text[])", tenant_id, [r.message_id for r in rows])
             retried = sorted({r.route for r in rows if r.attempts})
             if retried:
                 await conn.execute("DELETE FROM blocked_routes WHERE tenant_id = $1 AND route = ANY($2::bigint[])",

@@ -6,6 +6,10 @@ The import is the real command line in a subprocess (interpreter start included)
 concurrency; it validates every row, sends them over IngestEvents, reports each rejected row with its column and
 keeps a checkpoint. A second run of the same command shows what resuming a finished import costs.
 BENCH_IMPORT_ROWS changes the size. The last line is the summary.
+
+Rows per second move with whatever else the machine runs; the CPU seconds each process spends do not as much. So
+the bench also prints, per process (the CLI, each service and pipeline worker, PostgreSQL's server and backends),
+the CPU seconds spent while the import ran and until the pipeline had drained the inbox, and their sum per row.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import csv
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import asyncpg
 
@@ -25,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "protos")]
 
 from tests.bench._common import running_suite
+from tests.bench._pyspy import CpuMeter
 from tests.integration.cli.purchases import MAPPING, write_purchases
 
 ROWS = int(os.environ.get("BENCH_IMPORT_ROWS", "50000"))
@@ -49,12 +56,33 @@ async def bare_copy(dsn: str, path: Path) -> float:
         await conn.close()
 
 
-async def stored_rows(dsn: str) -> int:
+async def stored_rows(dsn: str) -> tuple[int, int]:
+    """(inbox rows, of them processed) of the bench's tenant."""
     conn = await asyncpg.connect(dsn)
     try:
-        return await conn.fetchval("SELECT count(*) FROM gateway.inbox WHERE tenant_id = 'demo'")
+        row = await conn.fetchrow("SELECT count(*) AS n, count(processed_at) AS done FROM gateway.inbox "
+                                  "WHERE tenant_id = 'demo'")
+        return row["n"], row["done"]
     finally:
         await conn.close()
+
+
+async def wait_drained(dsn: str, timeout: float = 600.0) -> None:
+    """Until the pipeline has processed every inbox row."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while await conn.fetchval("SELECT count(*) FROM gateway.inbox WHERE processed_at IS NULL"):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the pipeline did not drain the inbox within {timeout:.0f} s")
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def tailor_import(ready: dict, path: Path) -> tuple[float, subprocess.CompletedProcess]:
@@ -75,9 +103,16 @@ def main() -> None:
         bad = write_purchases(path, ROWS)
         with running_suite() as (ready, _):
             copy_seconds = asyncio.run(bare_copy(ready["dsn"], path))
-            before = asyncio.run(stored_rows(ready["dsn"]))
+            before, _ = asyncio.run(stored_rows(ready["dsn"]))
+            meter = CpuMeter(ready["pids"], urlparse(ready["dsn"]).port)
+            cli_before = children_cpu()
             import_seconds, first = tailor_import(ready, path)
-            stored = asyncio.run(stored_rows(ready["dsn"])) - before
+            cli_cpu = children_cpu() - cli_before
+            during = meter.used()
+            stored, processed = asyncio.run(stored_rows(ready["dsn"]))
+            stored -= before
+            asyncio.run(wait_drained(ready["dsn"]))
+            drained = meter.used()
             resume_seconds, _ = tailor_import(ready, path)
         with (Path(folder) / "purchases.csv.rejected.csv").open(newline="") as f:
             rejected = len({row["row"] for row in csv.DictReader(f)})
@@ -92,7 +127,18 @@ def main() -> None:
     print(f"{'tailor import events (validated, deduplicated, reported)':<62}{import_seconds:>9.2f}"
           f"{rows_per_s:>10.0f}{rows_per_s / copy_per_s:>8.2f}")
     print(f"{'the same command again (checkpoint: nothing left to do)':<62}{resume_seconds:>9.2f}")
-    print(f"\ncopy_rows_per_s={copy_per_s:.0f} rows_per_s={rows_per_s:.0f} rejected={rejected}")
+    during["tailor import (CLI)"] = drained["tailor import (CLI)"] = cli_cpu
+    print(f"\nCPU seconds per process for {ROWS} rows: while the import ran (the pipeline had processed {processed} "
+          f"events by its end), and until the pipeline had drained the inbox")
+    print(f"{'process':<24}{'import':>9}{'drained':>9}")
+    for name in sorted(drained, key=lambda n: -drained[n]):
+        if drained[name] >= 0.01:
+            print(f"{name:<24}{during.get(name, 0.0):>9.2f}{drained[name]:>9.2f}")
+    cpu_during, cpu_drained = sum(during.values()), sum(drained.values())
+    print(f"{'all':<24}{cpu_during:>9.2f}{cpu_drained:>9.2f}   "
+          f"({cpu_during / ROWS * 1e6:.0f} and {cpu_drained / ROWS * 1e6:.0f} us per row)")
+    print(f"\ncopy_rows_per_s={copy_per_s:.0f} rows_per_s={rows_per_s:.0f} rejected={rejected} "
+          f"cpu_us_per_row={cpu_during / ROWS * 1e6:.0f} drained_cpu_us_per_row={cpu_drained / ROWS * 1e6:.0f}")
 
 
 if __name__ == "__main__":
