@@ -39,6 +39,9 @@ class PostgresPrivacy:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('profile_graph/' || $1, 0))", tenant)
             message_ids = [r["message_id"] for r in await conn.fetch(
                 "SELECT message_id FROM events WHERE tenant_id = $1 AND individual_id = ANY($2::text[])", tenant, ids)]
+            # Which items the events named (no foreign key cascades it: see migration 0008); not counted, as before.
+            await conn.execute("DELETE FROM event_items WHERE tenant_id = $1 AND message_id = ANY($2::text[])",
+                               tenant, message_ids)
             erased = await erase_rows(conn, [
                 f"DELETE FROM {t} AS t WHERE t.tenant_id = $1 AND {_where(t)}" for t in TABLES], tenant, ids)
             await notify(conn, tenant, ids)

@@ -33,10 +33,11 @@ from services.profile_graph.service import ProfileGraph
 from shared import contract
 from shared.context import current_tenant
 from shared.privacy import document, validate_ids
+from shared.structs import struct_to_dict
 
 
 def _dict(message: struct_pb2.Struct) -> dict:
-    return json_format.MessageToDict(message)
+    return struct_to_dict(message)
 
 
 def _struct(values: dict) -> struct_pb2.Struct:
