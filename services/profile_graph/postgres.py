@@ -29,6 +29,27 @@ from services.profile_graph.postgres_feed import EventFeed
 from services.profile_graph.postgres_sql import _CONFIG, _DECAY3, _DECAY4, _config, _from_us, _insight
 from services.profile_graph.postgres_unit import PostgresUnit
 
+# The membership feed's horizon of one tenant: every transaction that may still add rows below it has finished.
+# Rows are written only by transactions that took the tenant's advisory lock (lock_definitions) before writing
+# anything, so before they had a transaction id. So a transaction still running either holds that lock now (its
+# id, if it has one, bounds the horizon; one without an id yet gets one above the next id, which bounds it too) or
+# will never write this tenant's rows. pg_locks lists each holder's own transactionid lock beside its advisory one
+# in one consistent view; the 32-bit xid is widened to the 64-bit ids the rows carry (pg_current_xact_id) against
+# the next id. Holders waiting for the lock have written nothing.
+_TENANT_HORIZON = """
+WITH next AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS id),
+holders AS (
+    SELECT x.transactionid::text::bigint AS xid FROM pg_locks a
+    JOIN pg_locks x ON x.virtualtransaction = a.virtualtransaction AND x.locktype = 'transactionid'
+        AND x.mode = 'ExclusiveLock' AND x.granted
+    WHERE a.locktype = 'advisory' AND a.granted AND a.objsubid = 1
+      AND a.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND ((a.classid::bigint << 32) | a.objid::bigint) = hashtextextended('profile_graph/' || $1, 0)
+)
+SELECT least(next.id, min(next.id - ((next.id - holders.xid) & 4294967295)))
+FROM next LEFT JOIN holders ON true GROUP BY next.id
+"""
+
 
 class PostgresStore:
     """The profile graph's tables in its own schema, reached through one asyncpg pool."""
@@ -194,15 +215,17 @@ class PostgresStore:
 
     async def list_changes(self, tenant: str, segment: str, after: tuple[int, int], limit: int
                            ) -> list[MembershipChange]:
-        """Changes after the (txid, id) cursor, written by transactions that have all finished (below the
-        snapshot's xmin), so a later read never finds one that sorts before what this one returned."""
+        """Changes after the (txid, id) cursor, written by transactions of this tenant that have all finished
+        (below the tenant's horizon, _TENANT_HORIZON), so a later read never finds one that sorts before what this
+        one returned; another tenant's long transaction never holds this tenant's feed back."""
         async with self.pool.acquire() as conn:
+            horizon = await conn.fetchval(_TENANT_HORIZON, tenant)
+            # A new statement, so a new snapshot: taken after the horizon was, it sees every transaction below it.
             rows = await conn.fetch(
                 "SELECT txid, id, segment, individual_id, change, change_time FROM membership_history"
-                " WHERE tenant_id = $1 AND (txid, id) > ($2, $3)"
-                " AND txid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+                " WHERE tenant_id = $1 AND (txid, id) > ($2, $3) AND txid < $6"
                 " AND ($4 = '' OR segment = $4) ORDER BY txid, id LIMIT $5",
-                tenant, after[0], after[1], segment, limit)
+                tenant, after[0], after[1], segment, limit, horizon)
         return [MembershipChange(r["id"], r["segment"], r["individual_id"], r["change"] == "entered",
                                  r["change_time"], r["txid"]) for r in rows]
 

@@ -22,6 +22,8 @@ from tests.conftest import schema_connection, serving, struct, tenant_md
 PURCHASE, VIEW, CART = common.EVENT_TYPE_PURCHASE, common.EVENT_TYPE_PRODUCT_VIEW, common.EVENT_TYPE_ADD_TO_CART
 GRANTED, DENIED = common.CONSENT_STATUS_GRANTED, common.CONSENT_STATUS_DENIED
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
+# What every writer of a tenant's profile data takes first (PostgresUnit.lock_definitions), here shared.
+TENANT_LOCK = "SELECT pg_advisory_xact_lock_shared(hashtextextended('profile_graph/' || $1, 0))"
 
 
 class Clock:
@@ -445,9 +447,11 @@ async def test_the_change_feed_never_skips_a_change_whose_transaction_commits_af
     await segment(service, tenant, "seen", "insights.seen >= 1.0")
     md = tenant_md(tenant)
     async with schema_connection(database_url, "profile_graph") as late:
-        # A change whose transaction began first (so it has the lower id) and commits last.
+        # A change whose transaction began first (so it has the lower id) and commits last; like every writer of
+        # the feed, it holds the tenant's lock from before it wrote anything.
         transaction = late.transaction()
         await transaction.start()
+        await late.execute(TENANT_LOCK, tenant)
         await late.execute("INSERT INTO membership_history (tenant_id, segment, individual_id, change) "
                            "VALUES ($1, 'seen', 'late', 'entered')", tenant)
         await append(service, tenant, ev("early"))
@@ -459,3 +463,39 @@ async def test_the_change_feed_never_skips_a_change_whose_transaction_commits_af
     after = await service.ListMembershipChanges(pb.ListMembershipChangesRequest(
         segment="seen", page_token=first.next_page_token), metadata=md)
     assert list(after.changes) == [] and after.next_page_token == ""
+
+
+async def test_another_tenants_long_transaction_never_holds_this_tenants_change_feed_back(
+        service, tenant, database_url):
+    busy = f"{tenant}_busy"
+    for t in (tenant, busy):
+        await insight(service, t, name="seen", aggregate=pb.AGGREGATE_COUNT, event_type=VIEW)
+        await segment(service, t, "seen", "insights.seen >= 1.0")
+    async with schema_connection(database_url, "profile_graph") as long, \
+            schema_connection(database_url, "profile_graph") as unrelated:
+        # The busy tenant's writer, still running (a definition saved over a large tenant, say), and a transaction
+        # of no tenant at all: both began before this tenant's change and have lower ids.
+        held = long.transaction()
+        await held.start()
+        await long.execute(TENANT_LOCK, busy)
+        await long.execute("INSERT INTO membership_history (tenant_id, segment, individual_id, change) "
+                           "VALUES ($1, 'seen', 'slow', 'entered')", busy)
+        other = unrelated.transaction()
+        await other.start()
+        await unrelated.execute("SELECT pg_current_xact_id()")
+        try:
+            await append(service, tenant, ev("prompt"))
+            await append(service, busy, ev("quick"))
+            mine = await service.ListMembershipChanges(pb.ListMembershipChangesRequest(segment="seen"),
+                                                       metadata=tenant_md(tenant))
+            assert [c.unified_individual_id for c in mine.changes] == ["prompt"]
+            # The busy tenant's own feed waits for its writer: "quick" sorts after "slow", which is not committed.
+            theirs = await service.ListMembershipChanges(pb.ListMembershipChangesRequest(segment="seen"),
+                                                         metadata=tenant_md(busy))
+            assert list(theirs.changes) == []
+            await held.commit()
+            theirs = await service.ListMembershipChanges(pb.ListMembershipChangesRequest(segment="seen"),
+                                                         metadata=tenant_md(busy))
+            assert [c.unified_individual_id for c in theirs.changes] == ["slow", "quick"]
+        finally:
+            await other.rollback()
