@@ -37,8 +37,33 @@ from shared.client import open_stream
 from shared.errors import InvalidArgument, NotFound, Violations
 
 MAX_POINTS = 50
-MAX_REMEMBERED_POINTS = 100_000  # point specs and profile keys remembered per tenant (cleared when full)
+REMEMBERED_RESOLUTIONS = 10_000  # identity resolutions remembered per tenant (each for resolve_cache_seconds)
+REMEMBERED_POINTS = 1_000  # point specs and profile keys remembered per tenant
 PROFILE_KEYS = frozenset(PROFILE_MASK.paths)  # what GetDecisions reads of a stored profile, at most
+
+
+class PerTenant:
+    """What the decide path remembers, kept apart per tenant with at most `limit` entries each (the oldest goes
+    first), so one tenant's many keys never push another tenant's out."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._by_tenant: dict[str, dict] = {}
+
+    def get(self, tenant: str, key):
+        entries = self._by_tenant.get(tenant)
+        return None if entries is None else entries.get(key)
+
+    def put(self, tenant: str, key, value) -> None:
+        entries = self._by_tenant.setdefault(tenant, {})
+        if key not in entries and len(entries) >= self.limit:
+            del entries[next(iter(entries))]
+        entries[key] = value
+
+    def pop(self, tenant: str, key) -> None:
+        entries = self._by_tenant.get(tenant)
+        if entries is not None:
+            entries.pop(key, None)
 
 
 def validate(request: pb.GetDecisionsRequest) -> None:
@@ -70,7 +95,7 @@ class Decider:
         self.profiles = ProfileCache(
             lambda: open_stream(stubs.profile.WatchProfileChanges, profile_pb.WatchProfileChangesRequest()),
             seconds=profile_cache_seconds)
-        self._resolved: dict[tuple[str, str, str, str], tuple[str, float]] = {}
+        self._resolved = PerTenant(REMEMBERED_RESOLUTIONS)  # (type, value, unified id) -> (found, until)
         self.identity = stubs.identity
         self.profile = stubs.profile
         self.decision = stubs.decision
@@ -78,12 +103,12 @@ class Decider:
         self.use_case = DecideForIndividuals(stubs)
         self.log_writer = log_writer
         self.quotas = quotas
-        # (tenant, point names) -> the profile keys their last Qualify said they read: the next request reads only
+        # Per tenant, point names -> the profile keys their last Qualify said they read: the next request reads only
         # those (profile_graph's query and every conversion shrink); an answer naming a key not read is asked again.
-        self._profile_keys: dict[tuple[str, tuple[str, ...]], frozenset[str]] = {}
-        # (tenant, point name) -> (recommender, count, item attributes) of the point's last recommendation decision:
+        self._profile_keys = PerTenant(REMEMBERED_POINTS)
+        # Per tenant, point name -> (recommender, count, item attributes) of the point's last recommendation decision:
         # its Recommend call starts while the point qualifies, and is used when the same decision spec wins.
-        self._recommends: dict[tuple[str, str], tuple[str, int, tuple[str, ...]]] = {}
+        self._recommends = PerTenant(REMEMBERED_POINTS)
 
     async def resolve(self, identity: common_pb2.Identity, unified_id: str, *, cached: bool = True) -> str:
         """The surviving unified id of an identity or id; empty for an identity never seen.
@@ -92,9 +117,9 @@ class Decider:
         lookup is a full round trip. After a merge, a merged-away id may be served for that long (its profile
         then looks empty); identities not found are never cached, so a new visitor is seen once processed.
         """
-        key = (ctx.current_tenant(), identity.type, identity.value, unified_id)
+        tenant, key = ctx.current_tenant(), (identity.type, identity.value, unified_id)
         now = time.monotonic()
-        hit = self._resolved.get(key) if cached else None
+        hit = self._resolved.get(tenant, key) if cached else None
         if hit is not None and hit[1] > now:
             return hit[0]
         if unified_id:
@@ -106,9 +131,7 @@ class Decider:
                 subjects=[identity_pb.Subject(identities=[identity])], lookup_only=True))
             found = reply.resolutions[0].unified_individual_id
         if found and self.resolve_cache_seconds > 0:
-            if len(self._resolved) > 100_000:
-                self._resolved.clear()
-            self._resolved[key] = (found, now + self.resolve_cache_seconds)
+            self._resolved.put(tenant, key, (found, now + self.resolve_cache_seconds))
         return found
 
     async def resolve_known(self, request, *, cached: bool = True) -> str:
@@ -140,8 +163,8 @@ class Decider:
 
         tenant = ctx.current_tenant()
         over_quota = await self.quotas.over_quota(tenant, len(request.personalization_points))
-        names = (tenant, tuple(p.name for p in request.personalization_points))
-        keys = self._profile_keys.get(names)
+        names = tuple(p.name for p in request.personalization_points)
+        keys = self._profile_keys.get(tenant, names)
         profile = await self.augment(request, unified_id, skip=over_quota, keys=keys)
         lap("augment")
 
@@ -162,7 +185,7 @@ class Decider:
                 profile = await self.augment(request, unified_id, keys=needed & PROFILE_KEYS)
                 individual = Individual(unified_id, profile, request.context)
                 qualifications, needed = await self.use_case.qualify_one(individual, points)
-            self._remember_keys(names, needed & PROFILE_KEYS)
+            self._remember_keys(tenant, names, needed & PROFILE_KEYS)
             lap("qualify")
             self._remember(tenant, qualifications)
             [decided] = await self.use_case.personalize([individual], [qualifications], over_quota=over_quota,
@@ -187,7 +210,7 @@ class Decider:
         while the points qualify (the personalize stage then waits only for what is not done yet)."""
         tasks: dict[tuple[str, int, tuple[str, ...]], asyncio.Future] = {}
         for p in request.personalization_points:
-            spec = self._recommends.get((tenant, p.name))
+            spec = self._recommends.get(tenant, p.name)
             if spec is not None and spec not in tasks:
                 strategy, count, attributes = spec
                 # ensure_future: a grpc.aio call is awaitable but not a coroutine.
@@ -195,27 +218,22 @@ class Decider:
                     recommend_request(individual, strategy, count, attributes, explain)))
         return tasks
 
-    def _remember_keys(self, names: tuple[str, tuple[str, ...]], keys: frozenset[str]) -> None:
+    def _remember_keys(self, tenant: str, names: tuple[str, ...], keys: frozenset[str]) -> None:
         """Notes the profile keys these points read (none known: the next request reads the whole profile)."""
-        if len(self._profile_keys) >= MAX_REMEMBERED_POINTS:
-            self._profile_keys.clear()
         if keys:
-            self._profile_keys[names] = keys
+            self._profile_keys.put(tenant, names, keys)
         else:
-            self._profile_keys.pop(names, None)
+            self._profile_keys.pop(tenant, names)
 
     def _remember(self, tenant: str, qualifications) -> None:
         """Notes each point's recommendation spec (or forgets it when the point served something else)."""
         for q in qualifications:
-            key = (tenant, q.point.name)
             if q.decision.WhichOneof("payload") == "recommendations":
                 spec = q.decision.recommendations
-                if len(self._recommends) >= MAX_REMEMBERED_POINTS:
-                    self._recommends.clear()
-                self._recommends[key] = (spec.recommender, spec.count or DEFAULT_ITEMS,
-                                         tuple(q.point.template.item_attributes))
+                self._recommends.put(tenant, q.point.name, (spec.recommender, spec.count or DEFAULT_ITEMS,
+                                                            tuple(q.point.template.item_attributes)))
             else:
-                self._recommends.pop(key, None)
+                self._recommends.pop(tenant, q.point.name)
 
     @staticmethod
     def reads_store(request, unified_id: str) -> bool:

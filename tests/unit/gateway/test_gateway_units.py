@@ -299,3 +299,19 @@ def test_a_batch_members_context_comes_from_their_recent_events_as_the_job_choos
     assert (purchase_first.anchor_id, purchase_first.anchor_type) == ("p1", "purchase")
     assert list(purchase_first.cart_item_ids) == []
     assert member_context(newest_first, []) == pb.DecisionContext(channel="batch")
+
+
+def test_what_the_decide_path_remembers_is_bounded_per_tenant_and_never_evicts_another_tenants():
+    from services.gateway.decide import PerTenant
+
+    remembered = PerTenant(limit=3)
+    remembered.put("calm", "visitor", "u1")
+    for n in range(10_000):  # a tenant with many keys pushes out only its own oldest
+        remembered.put("busy", f"k{n}", n)
+    assert remembered.get("calm", "visitor") == "u1"
+    assert [remembered.get("busy", f"k{n}") for n in (9_996, 9_997, 9_998, 9_999)] == [None, 9_997, 9_998, 9_999]
+    remembered.put("busy", "k9997", "again")  # a key already there takes no room
+    assert remembered.get("busy", "k9998") == 9_998
+    remembered.pop("calm", "visitor")
+    remembered.pop("nobody", "visitor")
+    assert remembered.get("calm", "visitor") is None and remembered.get("nobody", "visitor") is None
