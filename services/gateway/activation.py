@@ -267,6 +267,9 @@ class Activations:
         self.sink = sink or FileSink(self.settings.export_root)
         self._wake = asyncio.Event()
         self._limit = asyncio.Semaphore(self.settings.concurrency)
+        # One pass at a time in this process: two passes over one activation would read the same cursor and state
+        # and queue the same rows twice (the leader's and one asked for directly, as tests and tools do).
+        self._pass = asyncio.Lock()
         self._cycles = 0
 
     async def close(self) -> None:
@@ -422,12 +425,13 @@ class Activations:
 
     async def run_once(self, tenant_id: str | None = None) -> None:
         """One pass: every activation (of one tenant, or all) is refreshed, then its due deliveries are sent."""
-        with db.all_tenants():  # the pass spans tenants; each activation's own work runs in its tenant alone
-            activations = await self.store.all_activations(tenant_id, self.settings.reconcile_seconds)
-            await asyncio.gather(*(self._cycle(row) for row in activations))
-            self._cycles += 1
-            if self._cycles % 100 == 1:
-                await self.store.prune(self.settings.retention_hours)
+        async with self._pass:
+            with db.all_tenants():  # the pass spans tenants; each activation's own work runs in its tenant alone
+                activations = await self.store.all_activations(tenant_id, self.settings.reconcile_seconds)
+                await asyncio.gather(*(self._cycle(row) for row in activations))
+                self._cycles += 1
+                if self._cycles % 100 == 1:
+                    await self.store.prune(self.settings.retention_hours)
 
     async def _cycle(self, row: ActivationRow) -> None:
         async with self._limit:

@@ -249,13 +249,14 @@ async def test_consent_withdrawn_serves_the_fallback_on_the_next_request_in_deci
     assert [(r.decision_name, r.matched, r.error) for r in explained.explanation.rules] == [
         ("personal_offer", False, "consent 'marketing' not granted")]
 
+    activations: Activations = _background(suite, Activations)
+    # The suite's export root is shared by every test: set before the upsert wakes the gateway's own pass.
+    activations.sink.root = tmp_path.resolve()
     await suite.gateway.UpsertDestination(pb.UpsertDestinationRequest(destination=pb.Destination(
         name="crm", file=pb.FileDestination(directory="crm", format=pb.FILE_FORMAT_JSONL))), metadata=md)
     await suite.gateway.UpsertActivation(pb.UpsertActivationRequest(activation=pb.Activation(
         name="club_flags", destination="crm", consent_purpose="marketing",
         segment_membership=pb.SegmentMembershipSource(segment="club"))), metadata=md)
-    activations: Activations = _background(suite, Activations)
-    activations.sink.root = tmp_path.resolve()
     await activations.run_once(tenant)
 
     def exported():

@@ -199,6 +199,12 @@ async def test_destinations_and_activations_are_configured_through_the_gateway_a
     await suite.gateway.UpsertActivation(pb.UpsertActivationRequest(activation=pb.Activation(
         name="vip_flags", destination="crm_export",
         segment_membership=pb.SegmentMembershipSource(segment="vips"))), metadata=md)
+    gateway_built = suite._running[-1][0]
+    activations = next(job.__self__ for job in gateway_built.background
+                       if isinstance(getattr(job, "__self__", None), Activations))
+    # The suite's export root is shared by every test; set before anything is delivered (the gateway's own pass
+    # may deliver as soon as the member shows, before the one asked for below).
+    activations.sink.root = tmp_path.resolve()
     await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[
         _event("a1", ("email", "vip@example.com"), attributes={"tier": "vip"})]), metadata=md)
 
@@ -208,11 +214,7 @@ async def test_destinations_and_activations_are_configured_through_the_gateway_a
         return list(page.members)
 
     assert await wait_for(member)
-    gateway_built = suite._running[-1][0]
-    activations = next(job.__self__ for job in gateway_built.background
-                       if isinstance(getattr(job, "__self__", None), Activations))
-    activations.sink.root = tmp_path.resolve()  # the suite's export root is shared by every test
-    await activations.run_once(tenant)
+    await activations.run_once(tenant)  # after the gateway's own pass, if one is running: never beside it
     listed = await suite.gateway.ListActivations(pb.ListActivationsRequest(), metadata=md)
     assert [(a.name, a.status.delivered_rows) for a in listed.activations] == [("vip_flags", 1)]
     rows = [json.loads(line) for path in (tmp_path / "crm").iterdir() for line in path.read_text().splitlines()]
