@@ -115,7 +115,14 @@ async def test_counters_move_by_the_traffic_sent(suite, scrape):
     assert _value(after, "tailor_points_served_total", tenant=tenant, point="banner") == 4
     assert _value(after, "tailor_unique_individuals", tenant=tenant) == 3
 
-    stats = await suite.gateway.GetUsageStats(pb.GetUsageStatsRequest(), metadata=md)
+    async def logged():
+        # Usage is counted from the decision log, which the gateway writes off the request path (rows gathered for
+        # a few milliseconds): the metrics above move at once, the log a moment later.
+        reply = await suite.gateway.GetUsageStats(pb.GetUsageStatsRequest(), metadata=md)
+        return reply if reply.request_count >= 4 else None
+
+    stats = await wait_for(logged, timeout=10) or await suite.gateway.GetUsageStats(pb.GetUsageStatsRequest(),
+                                                                                     metadata=md)
     assert (stats.tenant_id, stats.request_count, stats.served_count, stats.unique_individuals) == (tenant, 4, 4, 3)
     assert [(p.point_name, p.served_count, p.unique_individuals) for p in stats.points] == [("banner", 4, 3)]
     key = md[0][1].removeprefix("Bearer ")
