@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from services.identity import matching
-from services.identity.matching import Record, Rule, Ruleset
+from services.identity.batch_matching import STORED, batch_matches
+from services.identity.matching import Record, Ruleset
 from services.identity.model import (
     DEFAULT_MAX_CLUSTER,
     Key,
@@ -146,16 +146,15 @@ def plan_resolution(
             individual_id = parent[individual_id]
         return individual_id
 
-    # Block key -> records (stored, then this batch's new ones) that carry it.
-    blocks: dict[str, list[tuple[str, Record]]] = defaultdict(list)
-    record_owner: dict[str, str] = {}
-    for c in snap.candidates:
-        record_owner[c.record_id] = c.owner.individual_id
-        for block in c.blocks:
-            blocks[block].append((c.record_id, c.record))
+    record_owner: dict[str, str] = {c.record_id: c.owner.individual_id for c in snap.candidates}
     known_records = {rid: o.individual_id for rid, o in snap.known_records.items()}
     record_owner.update(known_records)
 
+    # Every rule match of the batch at once; the loop below keeps those with records stored by then.
+    matches = [] if lookup_only else batch_matches(
+        ruleset, [s.record for s in subjects], [s.blocks for s in subjects],
+        [c.record for c in snap.candidates], [c.blocks for c in snap.candidates])
+    added: set[int] = set()  # positions of the subjects that stored a record
     created: list[str] = []
     interim: list[tuple[str, tuple[str, ...]]] = []
     merges: list[MergeRecord] = []
@@ -174,10 +173,17 @@ def plan_resolution(
         if known is not None:
             interim.append((known, ()))
             continue
-        matched_rules = _rule_matches(ruleset.rules, subject, blocks)
-        for record_id, matched_rule, matched_ev in matched_rules:
+        for source, ref, matched_rule in matches[position]:
+            if source == STORED:
+                record_id, matched = snap.candidates[ref].record_id, snap.candidates[ref].record
+            elif ref in added:
+                record_id, matched = subjects[ref].record_id, subjects[ref].record
+            else:
+                continue
             survivor = find(record_owner[record_id])
-            found.setdefault(survivor, (matched_rule.name, tuple(matched_ev)))
+            if survivor not in found:
+                evidence = matching.evidence(matched_rule, subject.record, matched)
+                found[survivor] = (matched_rule.name, tuple(evidence))
         if not found:
             survivor = new_id()
             age[survivor] = (now, survivor)
@@ -219,8 +225,7 @@ def plan_resolution(
         for key in subject.unique:
             owner_of.setdefault(key, survivor)
         record_owner[subject.record_id] = survivor
-        for _, block in subject.blocks:
-            blocks[block].append((subject.record_id, subject.record))
+        added.add(position)
         new_records.append(NewRecord(subject.record_id, survivor, subject.record, tuple(subject.shared),
                                      tuple(k for _, k in subject.blocks)))
         interim.append((survivor, tuple(merged)))
@@ -308,16 +313,3 @@ def known_resolutions(subjects: list[SubjectIn], snap: Snapshot) -> list[Resolut
 
 def _same(individual_id: str) -> str:
     return individual_id
-
-
-def _rule_matches(
-    rules: tuple[Rule, ...], subject: SubjectIn, blocks: dict[str, list[tuple[str, Record]]]
-) -> list[tuple[str, Rule, list[tuple[str, str]]]]:
-    """Records sharing a block key with the subject that satisfy the rule of that key."""
-    matched: dict[str, tuple[Rule, list[tuple[str, str]]]] = {}
-    for index, key in subject.blocks:
-        rule = rules[index]
-        for record_id, record in blocks.get(key, ()):
-            if record_id not in matched and matching.rule_holds(rule, subject.record, record):
-                matched[record_id] = (rule, matching.evidence(rule, subject.record, record))
-    return [(rid, rule, ev) for rid, (rule, ev) in matched.items()]

@@ -35,6 +35,7 @@ from services.identity.matching import IdentityType
 from services.identity.postgres import PostgresRepository
 from services.identity.server import SCHEMA
 from services.identity.service import IdentityService, Settings
+from shared.context import tenant_var
 from shared.runtime import prepare_schema
 from tests.bench._common import free_port, percentile
 
@@ -44,38 +45,43 @@ SAMPLES = 2000
 
 
 
+def _new_tenant() -> str:
+    """A fresh tenant, also set as the one this task's connections serve (row-level security)."""
+    tenant = f"bench_{uuid.uuid4().hex[:8]}"
+    tenant_var.set(tenant)
+    return tenant
+
+
+async def _final(service: IdentityService, rows: list[data.Row]) -> dict[str, str]:
+    """Each row's survivor now (later merges move earlier records), looked up by its identities like the decide path,
+    1,000 at a time."""
+    out: dict[str, str] = {}
+    for i in range(0, len(rows), BATCH):
+        batch = rows[i:i + BATCH]
+        found = await service.resolve(tenant_var.get(), [r.identities for r in batch], lookup_only=True)
+        out.update({row.record_id: r.individual_id for row, r in zip(batch, found)})
+    return out
+
+
 async def ours(service: IdentityService, rows: list[data.Row], rules, custom, email_unique: bool):
     """Resolves every row through the service; returns (accuracy, seconds)."""
-    tenant = f"bench_{uuid.uuid4().hex[:8]}"
+    tenant = _new_tenant()
     start = time.perf_counter()
     if not email_unique:
         await service.upsert_identity_type(tenant, IdentityType("email", False, "EMAIL"))
     await service.create_ruleset(tenant, rules, custom)
-    predicted: dict[str, str] = {}
     for i in range(0, len(rows), BATCH):
         batch = rows[i:i + BATCH]
-        resolutions = await service.resolve(
+        await service.resolve(
             tenant, [r.identities for r in batch], lookup_only=False, attributes=[r.attributes for r in batch])
-        for row, resolution in zip(batch, resolutions):
-            predicted[row.record_id] = resolution.individual_id
-    # Later merges move earlier records: read every record's final survivor (aliases resolve to survivors).
-    survivors = {}
-    for record_id, individual in predicted.items():
-        if individual not in survivors:
-            survivors[individual] = (await service.get_individual(tenant, individual)).individual_id
-        predicted[record_id] = survivors[individual]
+    predicted = await _final(service, rows)
     seconds = time.perf_counter() - start
     accuracy = data.pairwise(predicted, {r.record_id: r.cluster for r in rows})
     # A full re-run of the ruleset over the stored records (RunRuleset's use case), then where each record went.
     start = time.perf_counter()
     _ = [step async for step in service.run_ruleset(tenant)]
     rerun_seconds = time.perf_counter() - start
-    after: dict[str, str] = {}
-    for i in range(0, len(rows), BATCH):
-        batch = rows[i:i + BATCH]
-        found = await service.resolve(tenant, [r.identities for r in batch], lookup_only=True)
-        after.update({row.record_id: r.individual_id for row, r in zip(batch, found)})
-    rerun = data.pairwise(after, {r.record_id: r.cluster for r in rows})
+    rerun = data.pairwise(await _final(service, rows), {r.record_id: r.cluster for r in rows})
     return accuracy, seconds, rerun, rerun_seconds
 
 
@@ -83,7 +89,7 @@ async def ours_probabilistic(service: IdentityService, models: MatchModels, rows
                              email_unique: bool):
     """A ruleset with a probabilistic rule: every record resolved in real time (the rule matches nothing before it is
     trained), TrainMatchModel, then RunRuleset with the model. Returns (accuracy, train seconds, re-run seconds)."""
-    tenant = f"bench_{uuid.uuid4().hex[:8]}"
+    tenant = _new_tenant()
     if not email_unique:
         await service.upsert_identity_type(tenant, IdentityType("email", False, "EMAIL"))
     await service.create_ruleset(tenant, rules, custom)
@@ -97,12 +103,7 @@ async def ours_probabilistic(service: IdentityService, models: MatchModels, rows
     start = time.perf_counter()
     _ = [step async for step in service.run_ruleset(tenant)]
     rerun_seconds = time.perf_counter() - start
-    after: dict[str, str] = {}
-    for i in range(0, len(rows), BATCH):
-        batch = rows[i:i + BATCH]
-        found = await service.resolve(tenant, [r.identities for r in batch], lookup_only=True)
-        after.update({row.record_id: r.individual_id for row, r in zip(batch, found)})
-    return data.pairwise(after, {r.record_id: r.cluster for r in rows}), train_seconds, rerun_seconds
+    return data.pairwise(await _final(service, rows), {r.record_id: r.cluster for r in rows}), train_seconds, rerun_seconds
 
 
 def splink_run(table, comparisons, prediction_blocks, prior_rules, recall, u_pairs, em_blocks, em_without_tf,
@@ -185,7 +186,7 @@ def splink_hist_50k():
 
 async def resolve_latency(service: IdentityService) -> list[float]:
     """ResolveIdentities of one known email + device at concurrency 1, with LOADED individuals in the tenant."""
-    tenant = f"bench_{uuid.uuid4().hex[:8]}"
+    tenant = _new_tenant()
     for i in range(0, LOADED, BATCH):
         await service.resolve(tenant, [[("email", f"p{j}@example.com"), ("device_id", f"d{j}")]
                                        for j in range(i, i + BATCH)], lookup_only=False)

@@ -1,0 +1,113 @@
+"""The rule matches of a whole real-time batch at once (pure): block-key joins in numpy, fuzzy criteria by rapidfuzz's
+cpdist, probabilistic rules by the re-run's vectorised scorer, instead of one rule check per pair in Python."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from rapidfuzz.distance import JaroWinkler
+from rapidfuzz.process import cpdist
+
+from services.identity import matching
+from services.identity import probabilistic as fs
+from services.identity.matching import Record, Rule, Ruleset
+
+STORED, BATCH = 0, 1  # where a matched record is: a stored candidate, or an earlier subject of the batch
+
+
+def _expand(lo: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows with ranges [lo, lo + count): (row of each element, its position), concatenated."""
+    rows = np.repeat(np.arange(len(lo)), counts)
+    starts = np.cumsum(counts) - counts
+    return rows, lo[rows] + np.arange(int(counts.sum())) - starts[rows]
+
+
+def batch_matches(ruleset: Ruleset, records: Sequence[Record], blocks: Sequence[Sequence[tuple[int, str]]],
+                  stored: Sequence[Record], stored_blocks: Sequence[frozenset[str]]
+                  ) -> list[list[tuple[int, int, Rule]]]:
+    """Per subject of the batch, the records it matches as (STORED or BATCH, index, rule), in the order resolving the
+    subjects one by one meets them: by the subject's block keys in order, each key's stored records (in their order)
+    before the batch's earlier subjects (in batch order). The caller skips earlier subjects that added no record.
+
+    A rule with exact criteria blocks on exactly their values, so records sharing one of its keys agree on them:
+    only its fuzzy criteria are compared. A fuzzy-only rule blocks on prefixes: all its criteria are compared."""
+    out: list[list[tuple[int, int, Rule]]] = [[] for _ in records]
+    key_id: dict[str, int] = {}
+    s_key, s_sub, s_pos, s_rule = [], [], [], []
+    for i, keys in enumerate(blocks):
+        for pos, (rule, key) in enumerate(keys):
+            s_key.append(key_id.setdefault(key, len(key_id)))
+            s_sub.append(i)
+            s_pos.append(pos)
+            s_rule.append(rule)
+    if not s_key:
+        return out
+    c_key, c_ref = [], []
+    for c, keys in enumerate(stored_blocks):
+        for key in keys:
+            k = key_id.get(key)
+            if k is not None:
+                c_key.append(k)
+                c_ref.append(c)
+    sk, si, sp, sr = (np.array(x, dtype=np.int64) for x in (s_key, s_sub, s_pos, s_rule))
+    # Stored records sharing each key of each subject, in the stored order.
+    ck, cr = np.array(c_key, dtype=np.int64), np.array(c_ref, dtype=np.int64)
+    order = np.lexsort((cr, ck))
+    ck, cr = ck[order], cr[order]
+    lo = np.searchsorted(ck, sk, "left")
+    rows, at = _expand(lo, np.searchsorted(ck, sk, "right") - lo)
+    stored_pairs = (si[rows], sp[rows], sr[rows], np.full(len(rows), STORED), cr[at])
+    # Earlier subjects sharing each key: subject rows sorted by (key, subject), each row's run of the same key before it.
+    order = np.lexsort((si, sk))
+    bk, bi, bp, br = sk[order], si[order], sp[order], sr[order]
+    lo = np.searchsorted(bk, bk, "left")
+    rows, at = _expand(lo, np.arange(len(bk)) - lo)
+    batch_pairs = (bi[rows], bp[rows], br[rows], np.full(len(rows), BATCH), bi[at])
+    sub, pos, rule_of, source, ref = (np.concatenate(x) for x in zip(stored_pairs, batch_pairs))
+    if not len(sub):
+        return out
+    held = np.zeros(len(sub), dtype=bool)
+    for r, rule in enumerate(ruleset.rules):
+        which = np.flatnonzero(rule_of == r)
+        if len(which):
+            held[which] = _holds(rule, records, stored, sub[which], source[which], ref[which])
+    keep = np.flatnonzero(held)
+    keep = keep[np.lexsort((ref[keep], source[keep], pos[keep], sub[keep]))]
+    rules = ruleset.rules
+    for i, src, j, r in zip(sub[keep].tolist(), source[keep].tolist(), ref[keep].tolist(), rule_of[keep].tolist()):
+        out[i].append((src, j, rules[r]))
+    return out
+
+
+def _holds(rule: Rule, records: Sequence[Record], stored: Sequence[Record], sub: np.ndarray, source: np.ndarray,
+           ref: np.ndarray) -> np.ndarray:
+    """Whether each pair (records[sub], stored[ref] or records[ref]) satisfies the rule."""
+    if rule.probabilistic is not None:
+        if rule.model is None:
+            return np.zeros(len(sub), dtype=bool)
+        spec = rule.probabilistic
+        values = [matching.spec_values(x, spec) for x in stored] + [matching.spec_values(x, spec) for x in records]
+        other = np.where(source == STORED, ref, ref + len(stored))
+        return fs.pair_scores(spec, rule.model, values, sub + len(stored), other) >= spec.threshold
+    ok = np.ones(len(sub), dtype=bool)
+    for criterion in (c for c in rule.criteria if c.method == matching.FUZZY):
+        ok &= _criterion(criterion, records, stored, sub, source, ref)
+    return ok
+
+
+def _criterion(criterion: matching.Criterion, records: Sequence[Record], stored: Sequence[Record], sub: np.ndarray,
+               source: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Whether each pair satisfies one fuzzy criterion (as matching.criterion_holds decides it)."""
+    lists = [matching.record_values(x, criterion) for x in stored] + \
+        [matching.record_values(x, criterion) for x in records]
+    first = np.array([vs[0] if vs else "" for vs in lists], dtype=object)
+    other = np.where(source == STORED, ref, ref + len(stored))
+    left, right = sub + len(stored), other
+    threshold = matching.THRESHOLDS[criterion.precision]
+    ok = cpdist(first[left], first[right], scorer=JaroWinkler.normalized_similarity, dtype=np.float64) >= threshold
+    ok &= (first[left] != "") & (first[right] != "")
+    several = np.array([len(vs) > 1 for vs in lists], dtype=bool)
+    for n in np.flatnonzero(several[left] | several[right]).tolist():  # a field with several values: any pair
+        ok[n] = matching.criterion_holds(criterion, lists[left[n]], lists[right[n]])
+    return ok
