@@ -99,15 +99,19 @@ def _holds(rule: Rule, records: Sequence[Record], stored: Sequence[Record], sub:
 def _criterion(criterion: matching.Criterion, records: Sequence[Record], stored: Sequence[Record], sub: np.ndarray,
                source: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Whether each pair satisfies one fuzzy criterion (as matching.criterion_holds decides it)."""
-    lists = [matching.record_values(x, criterion) for x in stored] + \
-        [matching.record_values(x, criterion) for x in records]
-    first = np.array([vs[0] if vs else "" for vs in lists], dtype=object)
-    other = np.where(source == STORED, ref, ref + len(stored))
-    left, right = sub + len(stored), other
+    base = len(stored)
+    left, right = sub + base, np.where(source == STORED, ref, ref + base)
+    first = np.full(base + len(records), "", dtype=object)
+    several = np.zeros(len(first), dtype=bool)
+    lists: dict[int, list[str]] = {}
+    for n in np.unique(np.concatenate((left, right))).tolist():  # only the records of some pair
+        lists[n] = values = matching.record_values(stored[n] if n < base else records[n - base], criterion)
+        if values:
+            first[n] = values[0]
+            several[n] = len(values) > 1
     threshold = matching.THRESHOLDS[criterion.precision]
     ok = cpdist(first[left], first[right], scorer=JaroWinkler.normalized_similarity, dtype=np.float64) >= threshold
     ok &= (first[left] != "") & (first[right] != "")
-    several = np.array([len(vs) > 1 for vs in lists], dtype=bool)
     for n in np.flatnonzero(several[left] | several[right]).tolist():  # a field with several values: any pair
-        ok[n] = matching.criterion_holds(criterion, lists[left[n]], lists[right[n]])
+        ok[n] = matching.criterion_holds(criterion, lists[int(left[n])], lists[int(right[n])])
     return ok

@@ -9,7 +9,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from itertools import product
 from typing import Any
 
@@ -135,6 +135,12 @@ class Ruleset:
                       | ({"probabilistic": r.probabilistic.to_dict()} if r.probabilistic else {}) for r in self.rules],
             "custom_attributes": list(self.custom_attributes),
         })
+
+    @cached_property
+    def blocking(self) -> tuple[tuple[int, Rule, tuple[Criterion, ...]], ...]:
+        """(index, rule, criteria it blocks on) per rule: its exact criteria, else its fuzzy ones (by prefix)."""
+        return tuple((index, rule, tuple(c for c in rule.criteria if c.method != FUZZY) or rule.criteria)
+                     for index, rule in enumerate(self.rules))
 
     @property
     def probabilistic_rule(self) -> Rule | None:
@@ -399,21 +405,25 @@ def block_keys(ruleset: Ruleset, record: Record) -> list[tuple[int, str]]:
     FUZZY_BLOCK_PREFIX characters of each fuzzy value. A record blank in a blocking field gets no key for that rule.
     """
     keys: list[tuple[int, str]] = []
-    for index, rule in enumerate(ruleset.rules):
+    for index, rule, blocking in ruleset.blocking:
         if rule.probabilistic is not None:
             keys += _probabilistic_keys(ruleset.version, index, rule.probabilistic, record)
             continue
-        blocking = [c for c in rule.criteria if c.method != FUZZY] or list(rule.criteria)
         value_lists = []
         for c in blocking:
             values = record_values(record, c)
+            if not values:
+                break  # a blank blocking field: no key for this rule
             if c.method == FUZZY:
                 values = sorted({x[:FUZZY_BLOCK_PREFIX] for x in values})
-            value_lists.append(sorted(set(values)))
-        for combo in product(*value_lists):
-            # Exactly json.dumps([version, index, list(combo)]): keys are stored, so their text never changes.
-            raw = f"[{ruleset.version}, {index}, [{', '.join(_quote(x) for x in combo)}]]"
-            keys.append((index, hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()))
+            elif len(values) > 1:
+                values = sorted(set(values))
+            value_lists.append(values)
+        else:
+            for combo in product(*value_lists):
+                # Exactly json.dumps([version, index, list(combo)]): keys are stored, so their text never changes.
+                raw = f"[{ruleset.version}, {index}, [{', '.join(map(_quote, combo))}]]"
+                keys.append((index, hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()))
     return keys
 
 

@@ -231,9 +231,10 @@ def plan_resolution(
         interim.append((survivor, tuple(merged)))
 
     created_set = set(created)
-    resolutions = [
-        Resolution(find(i), find(i) in created_set, merged) if i else Resolution("") for i, merged in interim
-    ]
+    resolutions = []
+    for i, merged in interim:
+        final_id = find(i) if i else ""
+        resolutions.append(Resolution(final_id, final_id in created_set, merged))
     if lookup_only:
         return Plan(resolutions)
     final = {r.record_id: find(r.individual_id) for r in new_records}

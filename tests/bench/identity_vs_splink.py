@@ -8,6 +8,9 @@ and 5, clusters at 0.5; historical_50k: the "real historical persons" example, t
 clusters at 0.95). Both are scored by pairwise precision, recall and F1 against the
 `cluster` column; a RunRuleset over the stored records is timed and scored too.
 Then ResolveIdentities latency at concurrency 1 with 100,000 individuals loaded.
+hist50k_cpu_s is the CPU seconds (this process and PostgreSQL with its backends) of our historical_50k real-time run:
+steadier than seconds on a shared machine. With BENCH_PROFILE_DIR=folder, py-spy records this process during that
+run and the summary (kinds of work, functions by self time) is printed.
 The probabilistic rows: the data set's probabilistic rule alone and with the deterministic rules, trained with
 TrainMatchModel's use case on the loaded records and applied by RunRuleset (hist50k_rerun_s times that re-run).
 The last line is the summary.
@@ -16,6 +19,7 @@ The last line is the summary.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -37,11 +41,13 @@ from services.identity.server import SCHEMA
 from services.identity.service import IdentityService, Settings
 from shared.context import tenant_var
 from shared.runtime import prepare_schema
+from tests.bench import _pyspy
 from tests.bench._common import free_port, percentile
 
 BATCH = 1000
 LOADED = 100_000
 SAMPLES = 2000
+PROFILE = os.environ.get("BENCH_PROFILE_DIR", "")
 
 
 
@@ -63,26 +69,33 @@ async def _final(service: IdentityService, rows: list[data.Row]) -> dict[str, st
     return out
 
 
-async def ours(service: IdentityService, rows: list[data.Row], rules, custom, email_unique: bool):
-    """Resolves every row through the service; returns (accuracy, seconds)."""
+async def ours(service: IdentityService, rows: list[data.Row], rules, custom, email_unique: bool, pg_port: int,
+               profile: str = ""):
+    """Resolves every row through the service; returns (accuracy, seconds, re-run accuracy, re-run seconds, CPU
+    seconds of this process and PostgreSQL while resolving)."""
     tenant = _new_tenant()
+    meter = _pyspy.CpuMeter({"bench": os.getpid()}, pg_port)
     start = time.perf_counter()
-    if not email_unique:
-        await service.upsert_identity_type(tenant, IdentityType("email", False, "EMAIL"))
-    await service.create_ruleset(tenant, rules, custom)
-    for i in range(0, len(rows), BATCH):
-        batch = rows[i:i + BATCH]
-        await service.resolve(
-            tenant, [r.identities for r in batch], lookup_only=False, attributes=[r.attributes for r in batch])
-    predicted = await _final(service, rows)
+    with _pyspy.recording({"bench": os.getpid()}, Path(profile)) if profile else contextlib.nullcontext():
+        if not email_unique:
+            await service.upsert_identity_type(tenant, IdentityType("email", False, "EMAIL"))
+        await service.create_ruleset(tenant, rules, custom)
+        for i in range(0, len(rows), BATCH):
+            batch = rows[i:i + BATCH]
+            await service.resolve(
+                tenant, [r.identities for r in batch], lookup_only=False, attributes=[r.attributes for r in batch])
+        predicted = await _final(service, rows)
     seconds = time.perf_counter() - start
+    cpu = sum(meter.used().values())
+    if profile:
+        print("\n".join(_pyspy.summary(Path(profile), ["bench"], seconds)))
     accuracy = data.pairwise(predicted, {r.record_id: r.cluster for r in rows})
     # A full re-run of the ruleset over the stored records (RunRuleset's use case), then where each record went.
     start = time.perf_counter()
     _ = [step async for step in service.run_ruleset(tenant)]
     rerun_seconds = time.perf_counter() - start
     rerun = data.pairwise(await _final(service, rows), {r.record_id: r.cluster for r in rows})
-    return accuracy, seconds, rerun, rerun_seconds
+    return accuracy, seconds, rerun, rerun_seconds, cpu
 
 
 async def ours_probabilistic(service: IdentityService, models: MatchModels, rows: list[data.Row], rules, custom,
@@ -219,13 +232,15 @@ async def main() -> None:
         service = IdentityService(repository, settings=Settings())
         models = MatchModels(repository, service)
         fake_rows, hist_rows = data.load_fake_1000(), data.load_hist_50k()
-        fake_ours, fake_ours_s, fake_rerun, fake_rerun_s = await ours(service, fake_rows, data.FAKE_RULES, [], email_unique=False)
+        fake_ours, fake_ours_s, fake_rerun, fake_rerun_s, _ = await ours(
+            service, fake_rows, data.FAKE_RULES, [], False, pg.port)
         fake_prob, fake_prob_train_s, fake_prob_s = await ours_probabilistic(
             service, models, fake_rows, [data.FAKE_PROBABILISTIC], [], False)
         fake_mixed, fake_mixed_train_s, fake_mixed_s = await ours_probabilistic(
             service, models, fake_rows, data.FAKE_RULES + [data.FAKE_PROBABILISTIC], [], False)
         fake_splink, fake_splink_s = splink_fake_1000()
-        hist_ours, hist_ours_s, hist_rerun, hist_rerun_s = await ours(service, hist_rows, data.HIST_RULES, data.HIST_CUSTOM_ATTRIBUTES, True)
+        hist_ours, hist_ours_s, hist_rerun, hist_rerun_s, hist_cpu_s = await ours(
+            service, hist_rows, data.HIST_RULES, data.HIST_CUSTOM_ATTRIBUTES, True, pg.port, PROFILE)
         hist_prob, hist_prob_train_s, hist_prob_s = await ours_probabilistic(
             service, models, hist_rows, [data.HIST_PROBABILISTIC], data.HIST_CUSTOM_ATTRIBUTES, True)
         hist_mixed, hist_mixed_train_s, hist_mixed_s = await ours_probabilistic(
@@ -259,7 +274,8 @@ async def main() -> None:
           f"{len(latency)} calls): p50 {p50:.2f} ms, p99 {p99:.2f} ms (target p99 <= 5 ms)")
     print(f"fake1000_f1_ours={fake_ours.f1:.4f} fake1000_f1_splink={fake_splink.f1:.4f} "
           f"hist50k_f1_ours={hist_ours.f1:.4f} hist50k_f1_splink={hist_splink.f1:.4f} "
-          f"hist50k_s_ours={hist_ours_s:.2f} hist50k_s_splink={hist_splink_s:.2f} resolve_p99_ms={p99:.2f} "
+          f"hist50k_s_ours={hist_ours_s:.2f} hist50k_s_splink={hist_splink_s:.2f} hist50k_cpu_s={hist_cpu_s:.2f} "
+          f"resolve_p50_ms={p50:.2f} resolve_p99_ms={p99:.2f} "
           f"fake1000_f1_prob={fake_prob.f1:.4f} fake1000_f1_mixed={fake_mixed.f1:.4f} "
           f"hist50k_f1_prob={hist_prob.f1:.4f} hist50k_f1_mixed={hist_mixed.f1:.4f} "
           f"hist50k_rerun_s={hist_prob_s:.2f} hist50k_train_s={hist_prob_train_s:.2f}")
