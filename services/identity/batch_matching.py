@@ -36,17 +36,17 @@ def batch_matches(ruleset: Ruleset, records: Sequence[Record], blocks: Sequence[
     key_id: dict[str, int] = {}
     s_key, s_sub, s_pos, s_rule = [], [], [], []
     for i, keys in enumerate(blocks):
-        for pos, (rule, key) in enumerate(keys):
+        for n, (index, key) in enumerate(keys):
             s_key.append(key_id.setdefault(key, len(key_id)))
             s_sub.append(i)
-            s_pos.append(pos)
-            s_rule.append(rule)
+            s_pos.append(n)
+            s_rule.append(index)
     if not s_key:
         return out
     c_key, c_ref = [], []
-    for c, keys in enumerate(stored_blocks):
-        for key in keys:
-            k = key_id.get(key)
+    for c, stored_keys in enumerate(stored_blocks):
+        for stored_key in stored_keys:
+            k = key_id.get(stored_key)
             if k is not None:
                 c_key.append(k)
                 c_ref.append(c)
@@ -68,13 +68,13 @@ def batch_matches(ruleset: Ruleset, records: Sequence[Record], blocks: Sequence[
     if not len(sub):
         return out
     held = np.zeros(len(sub), dtype=bool)
-    for r, rule in enumerate(ruleset.rules):
-        which = np.flatnonzero(rule_of == r)
+    rules = ruleset.rules
+    for index, rule in enumerate(rules):
+        which = np.flatnonzero(rule_of == index)
         if len(which):
             held[which] = _holds(rule, records, stored, sub[which], source[which], ref[which])
     keep = np.flatnonzero(held)
     keep = keep[np.lexsort((ref[keep], source[keep], pos[keep], sub[keep]))]
-    rules = ruleset.rules
     for i, src, j, r in zip(sub[keep].tolist(), source[keep].tolist(), ref[keep].tolist(), rule_of[keep].tolist()):
         out[i].append((src, j, rules[r]))
     return out

@@ -295,16 +295,24 @@ class Record:
 
     identities: dict[str, list[str]]
     attributes: dict[str, str] = field(default_factory=dict)
-    # Comparable values per criterion object (by id: records live within one call, which holds its ruleset),
-    # computed once per record since matching compares a record many times.
-    values: dict[int, Any] = field(default_factory=dict, compare=False, repr=False)  # list[str] or list[list[str]]
+    # Comparable values per criterion object, computed once per record since matching compares a record many times:
+    # id(object) -> (object, values). The object is kept and checked, so a record that outlives a ruleset (the
+    # repository's cache of decoded records) never takes the values of another object given the same id.
+    values: dict[int, tuple[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
+
+
+def _remember(record: Record, key: Any, found: Any) -> Any:
+    if len(record.values) >= 64:  # a long-lived record met many rulesets (each config reload makes new objects)
+        record.values.clear()
+    record.values[id(key)] = (key, found)
+    return found
 
 
 def record_values(record: Record, criterion: Criterion) -> list[str]:
     """The record's comparable values for a criterion; blanks are left out, so they never match."""
     cached = record.values.get(id(criterion))
-    if cached is not None:
-        return cached
+    if cached is not None and cached[0] is criterion:
+        return cached[1]
     if criterion.kind == "identity":
         values = record.identities.get(criterion.name, [])
     else:
@@ -312,32 +320,30 @@ def record_values(record: Record, criterion: Criterion) -> list[str]:
         values = [raw] if raw else []
     if criterion.kind == "attribute" and criterion.method != EXACT:
         values = [normalize_text(x) for x in values]
-    record.values[id(criterion)] = found = [x for x in values if x]
-    return found
+    return _remember(record, criterion, [x for x in values if x])
 
 
 def field_values(record: Record, compared: CompareField) -> list[str]:
     """The record's values of a compared field: identity values as normalized by their type, attributes normalized
     as for EXACT_NORMALIZED (EMAIL: trimmed and lowercased only); blanks are left out (the null level)."""
     cached = record.values.get(id(compared))
-    if cached is not None:
-        return cached
+    if cached is not None and cached[0] is compared:
+        return cached[1]
     if compared.kind == "identity":
         values = record.identities.get(compared.name, [])
     else:
         raw = record.attributes.get(compared.name, "")
         values = [raw] if raw else []
         values = [x.strip().lower() if compared.comparison == fs.EMAIL else normalize_text(x) for x in values]
-    record.values[id(compared)] = found = [x for x in values if x]
-    return found
+    return _remember(record, compared, [x for x in values if x])
 
 
 def spec_values(record: Record, spec: Probabilistic) -> list[list[str]]:
     """The record's values of every compared field of a probabilistic rule (cached on the record)."""
     cached = record.values.get(id(spec))
-    if cached is None:
-        record.values[id(spec)] = cached = [field_values(record, f) for f in spec.fields]
-    return cached
+    if cached is not None and cached[0] is spec:
+        return cached[1]
+    return _remember(record, spec, [field_values(record, f) for f in spec.fields])
 
 
 def explain_pair(spec: Probabilistic, model: MatchModel, left: Record, right: Record

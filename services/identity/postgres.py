@@ -30,6 +30,10 @@ from shared.log import get_logger
 
 log = get_logger("identity.postgres")
 
+# Decoded source records kept per process: a record's content never changes (its id is a hash of it), and a
+# batch meets thousands of candidates that earlier batches stored or decoded. Oldest out first beyond this many.
+RECORD_CACHE = 50_000
+
 # A resolve whose snapshot went stale (a concurrent merge), or that lost a deadlock, is retried this many times.
 MAX_ATTEMPTS = 8
 
@@ -250,6 +254,21 @@ class PostgresRepository:
     def __init__(self, pool: asyncpg.Pool, *, max_block: int = 200):
         self.pool = pool
         self.max_block = max_block
+        self._records: dict[tuple[str, str], Record] = {}
+
+    def _decoded(self, tenant: str, record_id: str, identities: Any, attributes: Any) -> Record:
+        """The stored record, decoded once per process."""
+        key = (tenant, record_id)
+        record = self._records.get(key)
+        if record is None:
+            record = self._remember(key, _record(identities, attributes))
+        return record
+
+    def _remember(self, key: tuple[str, str], record: Record) -> Record:
+        if len(self._records) >= RECORD_CACHE:
+            del self._records[next(iter(self._records))]
+        self._records[key] = record
+        return record
 
     async def lookup_owners(self, tenant: str, keys: list[Key]) -> dict[Key, Owner]:
         async with self.pool.acquire() as conn:
@@ -270,7 +289,8 @@ class PostgresRepository:
                     if query.blocks:
                         rows = await conn.fetch(_CANDIDATES, tenant, query.blocks, self.max_block)
                         snap.candidates = [
-                            StoredRecord(r["record_id"], _owner(r), _record(r["identities"], r["attributes"]),
+                            StoredRecord(r["record_id"], _owner(r),
+                                         self._decoded(tenant, r["record_id"], r["identities"], r["attributes"]),
                                          frozenset(r["keys"]))
                             for r in rows
                         ]
@@ -284,6 +304,8 @@ class PostgresRepository:
                     plan = planner(snap, now)
                     if plan.writes:
                         await _apply(conn, tenant, now, plan)
+                    for new in plan.new_records:  # the candidates of later batches
+                        self._remember((tenant, new.record_id), new.record)
                     return plan
             except (_Stale, asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as error:
                 log.info("identity_resolve_retry", attempt=attempt, cause=type(error).__name__)

@@ -232,9 +232,9 @@ def plan_resolution(
 
     created_set = set(created)
     resolutions = []
-    for i, merged in interim:
+    for i, merged_ids in interim:
         final_id = find(i) if i else ""
-        resolutions.append(Resolution(final_id, final_id in created_set, merged))
+        resolutions.append(Resolution(final_id, final_id in created_set, merged_ids))
     if lookup_only:
         return Plan(resolutions)
     final = {r.record_id: find(r.individual_id) for r in new_records}

@@ -63,3 +63,15 @@ def test_a_batch_matches_exactly_what_one_by_one_checks_match_in_the_same_order(
     assert sum(map(len, expected)) > 300  # the data has matches of every kind: stored, in-batch, fuzzy
     assert {name for m in expected for _, _, name in m} == {name for name, _ in data.FAKE_RULES}
     assert got == expected
+
+
+def test_a_record_kept_across_rulesets_never_takes_values_of_an_object_given_the_id_of_a_freed_one():
+    # The repository keeps decoded records between calls; each config reload makes new criterion objects, and
+    # CPython gives a new object the id of a freed one.
+    record = Record({"crm_contact_key": ["k"]}, {"first_name": "Ada", "last_name": "Lovelace"})
+    first = matching.Criterion("attribute", "first_name", matching.FUZZY, "HIGH")
+    assert matching.record_values(record, first) == ["ada"]
+    del first
+    for _ in range(1000):
+        other = matching.Criterion("attribute", "last_name", matching.FUZZY, "HIGH")
+        assert matching.record_values(record, other) == ["lovelace"]
