@@ -26,7 +26,7 @@ from services.profile_graph.domain import (
     SegmentDef,
 )
 from services.profile_graph.postgres_feed import EventFeed
-from services.profile_graph.postgres_sql import _CONFIG, _DECAY3, _DECAY4, _config, _from_us, _insight
+from services.profile_graph.postgres_sql import _CONFIG, _DECAY3, _DECAY4, TENANT_LOCK_KEY, _config, _from_us, _insight
 from services.profile_graph.postgres_unit import PostgresUnit
 
 # The membership feed's horizon of one tenant: every transaction that may still add rows below it has finished.
@@ -44,7 +44,7 @@ holders AS (
         AND x.mode = 'ExclusiveLock' AND x.granted
     WHERE a.locktype = 'advisory' AND a.granted AND a.objsubid = 1
       AND a.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-      AND ((a.classid::bigint << 32) | a.objid::bigint) = hashtextextended('profile_graph/' || $1, 0)
+      AND ((a.classid::bigint << 32) | a.objid::bigint) = """ + TENANT_LOCK_KEY + """
 )
 SELECT least(next.id, min(next.id - ((next.id - holders.xid) & 4294967295)))
 FROM next LEFT JOIN holders ON true GROUP BY next.id

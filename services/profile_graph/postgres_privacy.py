@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from services.profile_graph.postgres_feed import notify
+from services.profile_graph.postgres_sql import TENANT_LOCK_KEY
 from shared.privacy import erase_rows, export_rows
 
 # Every table holding rows of an individual (item tables and definitions hold none).
@@ -36,7 +37,7 @@ class PostgresPrivacy:
         """Deletes the individuals' rows in one transaction; returns (rows, message ids of the erased events)."""
         async with self.pool.acquire() as conn, conn.transaction():
             # The tenant's definitions lock, exclusively: appends hold it shared, so none is half-way meanwhile.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('profile_graph/' || $1, 0))", tenant)
+            await conn.execute(f"SELECT pg_advisory_xact_lock({TENANT_LOCK_KEY})", tenant)
             message_ids = [r["message_id"] for r in await conn.fetch(
                 "SELECT message_id FROM events WHERE tenant_id = $1 AND individual_id = ANY($2::text[])", tenant, ids)]
             # Which items the events named (no foreign key cascades it: see migration 0008); not counted, as before.

@@ -185,6 +185,10 @@ def _profile_states_sql(parts: frozenset[str]) -> str:
     return "\nUNION ALL\n".join(q for name, q in _PROFILE_STATE_PARTS.items() if name == "segments" or name in parts)
 
 # Entries and exits that really change a membership are written to the history in the same statement.
+# The advisory lock key of a tenant ($1): every writer of the tenant's profile data takes it before writing anything
+# (shared by appends, exclusive for definition saves and erasures), and the membership feed's horizon reads who holds it.
+TENANT_LOCK_KEY = "hashtextextended('profile_graph/' || $1, 0)"
+
 _CHANGE_MEMBERSHIPS = """
 WITH entered AS (
     INSERT INTO memberships (tenant_id, segment, individual_id, enter_time)

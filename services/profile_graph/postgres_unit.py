@@ -36,6 +36,7 @@ from services.profile_graph.postgres_sql import (
     _UPSERT_OBJECTS,
     _WRITE_ATTRIBUTES,
     _WRITE_PARTIALS,
+    TENANT_LOCK_KEY,
     _config,
     _lines,
     _profile_states_sql,
@@ -90,7 +91,7 @@ class PostgresUnit:
         fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
         mode = "force_custom_plan" if large else "auto"
         await self.conn.execute(
-            f"SELECT set_config('plan_cache_mode', '{mode}', true), {fn}(hashtextextended('profile_graph/' || $1, 0))",
+            f"SELECT set_config('plan_cache_mode', '{mode}', true), {fn}({TENANT_LOCK_KEY})",
             self.tenant)
 
     async def lock_individuals(self, ids: Sequence[str]) -> dict[str, str]:
@@ -186,8 +187,7 @@ class PostgresUnit:
         return out
 
     async def write_attributes(self, ids: Sequence[str], values: dict[tuple[str, str], tuple]) -> None:
-        self._changes(ids)
-        self._changes(k[0] for k in values)
+        self._changes(k[0] for k in values)  # the individuals written (ids is not used here)
         put = [(k, v) for k, v in values.items() if v[0] is not None]
         gone = [k for k, v in values.items() if v[0] is None]
         await self.conn.execute(
@@ -290,8 +290,7 @@ class PostgresUnit:
 
     async def write_partials(self, ids: Sequence[str], partials: dict[tuple[str, str, str, int], insights.Partial],
                              keep_from: dict[str, int] | None) -> None:
-        self._changes(ids)
-        self._changes(k[0] for k in partials)
+        self._changes(ids)  # every individual whose partials are written is among ids (the statement scopes to them)
         if keep_from is None:
             await self.conn.execute("DELETE FROM insight_partials WHERE tenant_id = $1 AND individual_id = ANY($2::text[])",
                                     self.tenant, list(ids))
@@ -305,8 +304,7 @@ class PostgresUnit:
             [r[5] for r in rows], [r[6] for r in rows], [json.dumps(r[7]) if r[7] else None for r in rows])
 
     async def store_insight_values(self, ids: Sequence[str], rows: dict[str, list[tuple[str, str, float]]]) -> None:
-        self._changes(ids)
-        self._changes(rows)
+        self._changes(ids)  # rows holds values of ids only (the statement replaces theirs)
         flat = [(i, n, d, v) for i, values in rows.items() for n, d, v in values]
         await self.conn.execute(_STORE_INSIGHTS, self.tenant, [f[0] for f in flat], [f[1] for f in flat],
                                 [f[2] for f in flat], [f[3] for f in flat], list(ids))

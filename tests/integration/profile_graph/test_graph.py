@@ -14,6 +14,7 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from personalization.common.v1 import common_pb2 as common
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc
+from services.profile_graph.postgres_sql import TENANT_LOCK_KEY
 from services.profile_graph.server import build
 from shared.errors import status_details
 from shared.runtime import start_built, stop_built
@@ -23,7 +24,7 @@ PURCHASE, VIEW, CART = common.EVENT_TYPE_PURCHASE, common.EVENT_TYPE_PRODUCT_VIE
 GRANTED, DENIED = common.CONSENT_STATUS_GRANTED, common.CONSENT_STATUS_DENIED
 T0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
 # What every writer of a tenant's profile data takes first (PostgresUnit.lock_definitions), here shared.
-TENANT_LOCK = "SELECT pg_advisory_xact_lock_shared(hashtextextended('profile_graph/' || $1, 0))"
+TENANT_LOCK = f"SELECT pg_advisory_xact_lock_shared({TENANT_LOCK_KEY})"
 
 
 class Clock:
