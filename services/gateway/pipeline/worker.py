@@ -284,6 +284,9 @@ class PartitionWorker:
             log.exception("pipeline_tenant_error", tenant=tenant)
         finally:
             self.tasks.pop(tenant, None)
+            # Events that arrived while this tenant was busy were skipped by the takes meanwhile, and their NOTIFY
+            # may already have been spent on those takes: look again now rather than at the next idle poll.
+            self.wake.set()
 
     def _classify(self, tenant: str, error: BaseException) -> Failure:
         if isinstance(error, grpc.aio.AioRpcError):

@@ -180,3 +180,49 @@ async def test_a_dead_letter_page_stops_before_it_outgrows_a_default_clients_lim
         page = await letters.list("t", pb.ListDeadLettersRequest(page_size=100, page_token=page.next_page_token))
         seen += [d.message_id for d in page.dead_letters]
     assert seen == [r.message_id for r in rows]
+
+
+async def test_an_event_that_arrives_while_its_tenant_is_busy_is_taken_when_that_work_ends_not_at_the_idle_poll():
+    """The NOTIFY of an event that arrives while its tenant's work runs is spent on a take that must skip the busy
+    tenant; when that work ends during such a take, the worker still looks again at once (idle poll here: 30 s)."""
+    gate = asyncio.Event()
+
+    class Blocking(FakePipeline):
+        async def update(self, plan):
+            if plan[0].message_id == "m1":
+                await gate.wait()
+            await super().update(plan)
+
+    class Inbox(FakeStore):
+        def __init__(self):
+            super().__init__()
+            self.pending: list[InboxRow] = [_row(1)]
+
+        async def take(self, partitions, busy, per_pair):
+            if "t" in busy:
+                if self.pending:  # the busy tenant's work ends while this take runs
+                    gate.set()
+                    while "t" in worker.tasks:
+                        await asyncio.sleep(0.001)
+                return []
+            rows, self.pending = self.pending, []
+            return rows
+
+    store, pipeline = Inbox(), Blocking()
+    worker = _worker(pipeline, store, idle_seconds=30.0, lease_seconds=60.0)
+    worker.partitions, worker._renewed_at = [0], time.monotonic()
+    draining = asyncio.create_task(worker._drain_loop())
+    try:
+        while not worker.tasks:
+            await asyncio.sleep(0.001)
+        store.pending.append(_row(2))
+        worker.wake.set()  # what the inbox NOTIFY does
+        started = time.monotonic()
+        while "m2" not in store.processed and time.monotonic() - started < 5:
+            await asyncio.sleep(0.005)
+        assert store.processed == ["m1", "m2"]
+        assert time.monotonic() - started < 2.0
+    finally:
+        worker.stopping = True
+        worker.wake.set()
+        await asyncio.wait_for(draining, 5)
