@@ -8,6 +8,8 @@ from datetime import datetime
 import asyncpg
 
 ERROR_LIMIT = 2000  # characters of a failure's message kept
+# Workers LISTEN here to rebalance at once: a worker that joins, leaves or frees partitions it handed over says so.
+PARTITIONS_CHANNEL = "tailor_partitions"
 
 
 @dataclass(frozen=True)
@@ -115,12 +117,26 @@ class InboxStore:
             "UPDATE pipeline_partitions SET owner = NULL, lease_until = now() + make_interval(secs => $3) "
             "WHERE owner = $1 AND partition = ANY($2::int[])", worker_id, partitions, handover_seconds)
 
+    async def hand_over(self, partitions: list[int]) -> None:
+        """Ends the handover of partitions this worker released once its work on them is done: they are free at
+        once (unless another worker claimed them meanwhile), and the workers are told to claim them."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("UPDATE pipeline_partitions SET lease_until = '-infinity' "
+                               "WHERE owner IS NULL AND partition = ANY($1::int[])", partitions)
+            await conn.execute("SELECT pg_notify($1, '')", PARTITIONS_CHANNEL)
+
+    async def announce(self) -> None:
+        """Tells the other workers to rebalance now (this one just joined)."""
+        await self.pool.execute("SELECT pg_notify($1, '')", PARTITIONS_CHANNEL)
+
     async def leave(self, worker_id: str) -> None:
-        """A clean stop: every partition is free at once and the worker no longer counts as live."""
+        """A clean stop: every partition is free at once, the worker no longer counts as live, and the others are
+        told to claim its partitions now."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute("UPDATE pipeline_partitions SET owner = NULL, lease_until = '-infinity' "
                                "WHERE owner = $1", worker_id)
             await conn.execute("DELETE FROM pipeline_workers WHERE worker_id = $1", worker_id)
+            await conn.execute("SELECT pg_notify($1, '')", PARTITIONS_CHANNEL)
 
     async def owners(self) -> dict[int, str | None]:
         """Each partition's owner while its lease lasts (None when free or expired)."""

@@ -4,6 +4,7 @@ a failing event by bisection so that only its own routing identity waits."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import socket
@@ -18,7 +19,7 @@ from google.protobuf.message import DecodeError
 from personalization.common.v1 import common_pb2
 from services.gateway.pipeline.apply import Pipeline, Plan
 from services.gateway.postgres import INBOX_CHANNEL
-from services.gateway.postgres_inbox import InboxRow, InboxStore
+from services.gateway.postgres_inbox import PARTITIONS_CHANNEL, InboxRow, InboxStore
 from shared import context as ctx
 from shared import contract, db
 from shared.log import get_logger
@@ -129,6 +130,9 @@ class PartitionWorker:
         self.tasks: dict[str, asyncio.Task] = {}
         self.tenants: dict[str, _TenantState] = {}
         self.wake = asyncio.Event()
+        self.rebalance_now = asyncio.Event()  # another worker joined, left or freed partitions
+        self.handovers: list[list[int]] = []  # partitions released whose work in flight must end before freeing them
+        self._handing_over: set[asyncio.Task] = set()
         self.stopping = False
         self._listener: asyncpg.Connection | None = None
         self._renewed_at = -math.inf
@@ -148,9 +152,9 @@ class PartitionWorker:
             leasing.cancel()
             await _settle(leasing)
             await self._close_listener()
-            for task in self.tasks.values():
+            for task in [*self.tasks.values(), *self._handing_over]:
                 task.cancel()
-            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            await asyncio.gather(*self.tasks.values(), *self._handing_over, return_exceptions=True)
             if not self.stopping:  # cancelled: still free the partitions at once for the other workers
                 try:
                     await self.store.leave(self.worker_id)
@@ -173,8 +177,10 @@ class PartitionWorker:
         await self.store.heartbeat(self.worker_id)
         held, share = await self.store.claim(self.worker_id, self.settings.lease_seconds)
         if len(held) > share:
-            # Given back with a short handover, so chunks in flight on them end before another worker starts.
+            # Given back with a short handover, so chunks in flight on them end before another worker starts; the
+            # drain loop frees them as soon as that work has ended (the handover is only the upper bound).
             await self.store.release(self.worker_id, held[share:], min(2.0, self.settings.lease_seconds / 2))
+            self.handovers.append(held[share:])
             held = held[:share]
         if held != self.partitions:
             log.info("pipeline_partitions", worker=self.worker_id, partitions=len(held))
@@ -191,21 +197,46 @@ class PartitionWorker:
         return self.partitions
 
     async def _lease_loop(self) -> None:
+        announced = False
         while not self.stopping:
+            self.rebalance_now.clear()
             try:
                 await self._ensure_listener()
                 await self.rebalance()
+                if not announced:  # the others give up their excess now rather than at their next renewal
+                    await self.store.announce()
+                    announced = True
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # noqa: BLE001 - a lost database must not end the loop; it retries
                 log.warning("pipeline_lease_failed", worker=self.worker_id, error=type(error).__name__)
                 await self._close_listener()
-            await asyncio.sleep(self.settings.lease_seconds / 3)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.rebalance_now.wait(), self.settings.lease_seconds / 3)
 
     async def _ensure_listener(self) -> None:
         if self._listener is None or self._listener.is_closed():
             self._listener = await asyncpg.connect(self.dsn)
             await self._listener.add_listener(INBOX_CHANNEL, lambda *_: self.wake.set())
+            await self._listener.add_listener(PARTITIONS_CHANNEL, lambda *_: self.rebalance_now.set())
+
+    def _start_handovers(self) -> None:
+        """Frees released partitions once the work that may hold their rows has ended. Called between takes: every
+        task that took from them exists by now, and later takes no longer read them."""
+        while self.handovers:
+            partitions = self.handovers.pop()
+            in_flight = list(self.tasks.values())
+            task = asyncio.create_task(self._hand_over(partitions, in_flight))
+            self._handing_over.add(task)
+            task.add_done_callback(self._handing_over.discard)
+
+    async def _hand_over(self, partitions: list[int], in_flight: list[asyncio.Task]) -> None:
+        if in_flight:
+            await asyncio.wait(in_flight, timeout=min(2.0, self.settings.lease_seconds / 2))
+        try:
+            await self.store.hand_over(partitions)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            log.warning("pipeline_handover_failed", worker=self.worker_id, error=type(error).__name__)
 
     async def _close_listener(self) -> None:
         if self._listener is not None:
@@ -215,6 +246,7 @@ class PartitionWorker:
     async def _drain_loop(self) -> None:
         while not self.stopping:
             self.wake.clear()
+            self._start_handovers()
             started = 0
             if self.held() and len(self.tasks) < self.settings.concurrency:
                 try:

@@ -293,3 +293,45 @@ async def test_a_phone_the_identity_service_could_not_parse_is_refused_at_ingest
     assert await wait_for(lambda: _pending_is(suite, md, 0))
     status = await suite.gateway.GetPipelineStatus(pb.GetPipelineStatusRequest(), metadata=md)
     assert status.dead_letter_count == 0
+
+
+async def test_a_joining_worker_gets_its_share_at_once_not_after_the_handover_and_a_renewal(bare_suite):
+    """With 10 s leases, a worker renews every 3.3 s and a released partition's handover lasts up to 2 s; a joining
+    worker is announced and the partitions given to it are freed as soon as the work on them has ended, so the
+    split happens within a second of the second worker's first heartbeat (events of the moved partitions would
+    otherwise wait seconds)."""
+    suite = bare_suite
+    first = _worker_process(suite.dsn, suite, lease=10.0)
+    second = None
+    conn = await asyncpg.connect(suite.dsn)
+    try:
+        assert await wait_for(lambda: _all_held_by_one(suite.dsn), timeout=30)
+        second = _worker_process(suite.dsn, suite, lease=10.0)
+
+        async def joined():
+            return await conn.fetchval("SELECT count(*) FROM gateway.pipeline_workers "
+                                       "WHERE heartbeat_at > now() - interval '10 seconds'") == 2
+        assert await wait_for(joined, timeout=30)
+        started = time.monotonic()
+
+        async def split_evenly():
+            owners = await _owners(suite.dsn)
+            return owners if sorted(owners.values()) == [16, 16] else None
+
+        assert await wait_for(split_evenly, timeout=15), await _owners(suite.dsn)
+        assert time.monotonic() - started < 1.5
+    finally:
+        await conn.close()
+        for worker in (first, second):
+            if worker is not None and worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in (first, second):
+            if worker is not None:
+                try:
+                    worker.wait(10)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+
+
+async def _all_held_by_one(dsn: str) -> bool:
+    return list((await _owners(dsn)).values()) == [32]
