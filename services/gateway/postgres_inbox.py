@@ -20,6 +20,7 @@ class InboxRow:
     payload: bytes
     attempts: int
     route: int
+    partition: int = 0
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class PipelineCounts:
 # row comparison `(partition, tenant_id) > ...` reads every pending entry of a partition to find the next one); then,
 # per pair, its oldest rows whose routing identity is not blocked, at most $3 each.
 _TAKE = """
-SELECT r.tenant_id, r.message_id, r.seq, r.payload, r.attempts, r.route
+SELECT r.tenant_id, r.message_id, r.seq, r.payload, r.attempts, r.route, q.partition
 FROM unnest($1::int[]) AS q(partition) CROSS JOIN LATERAL (
     WITH RECURSIVE tenants AS (
         (SELECT tenant_id FROM inbox WHERE processed_at IS NULL AND partition = q.partition
@@ -66,6 +67,17 @@ CROSS JOIN LATERAL (
                       WHERE b.tenant_id = i.tenant_id AND b.route = i.route AND b.until > now())
     ORDER BY i.seq LIMIT $3) AS r
 WHERE NOT (p.tenant_id = ANY($2::text[]))"""
+
+# One tenant's pending rows after a given seq per partition (what its running task takes next), oldest first per
+# partition, at most $4 each, skipping routing identities that wait for a retry.
+_TAKE_MORE = """
+SELECT r.tenant_id, r.message_id, r.seq, r.payload, r.attempts, r.route, q.partition
+FROM unnest($2::int[], $3::bigint[]) AS q(partition, after) CROSS JOIN LATERAL (
+    SELECT i.tenant_id, i.message_id, i.seq, i.payload, i.attempts, i.route FROM inbox AS i
+    WHERE i.processed_at IS NULL AND i.partition = q.partition AND i.tenant_id = $1 AND i.seq > q.after
+      AND NOT EXISTS (SELECT 1 FROM blocked_routes AS b
+                      WHERE b.tenant_id = i.tenant_id AND b.route = i.route AND b.until > now())
+    ORDER BY i.seq LIMIT $4) AS r"""
 
 # Renews this worker's leases, then claims free or expired partitions up to its fair share, in one statement.
 _CLAIM = """
@@ -89,6 +101,11 @@ WITH live AS (
 SELECT partition, (SELECT ceil(total.n::float / live.n)::int FROM total, live) AS share FROM renewed
 UNION ALL SELECT partition, NULL FROM claimed
 """
+
+
+def _rows(records) -> list[InboxRow]:
+    return [InboxRow(r["tenant_id"], r["message_id"], r["seq"], bytes(r["payload"]), r["attempts"], r["route"],
+                     r["partition"]) for r in records]
 
 
 class InboxStore:
@@ -148,9 +165,13 @@ class InboxStore:
     async def take(self, partitions: list[int], busy_tenants: list[str], per_pair: int) -> list[InboxRow]:
         """Pending rows of the partitions, oldest first per (partition, tenant), at most per_pair each, skipping busy
         tenants and routing identities that wait for a retry."""
-        rows = await self.pool.fetch(_TAKE, partitions, busy_tenants, per_pair)
-        return [InboxRow(r["tenant_id"], r["message_id"], r["seq"], bytes(r["payload"]), r["attempts"], r["route"])
-                for r in rows]
+        return _rows(await self.pool.fetch(_TAKE, partitions, busy_tenants, per_pair))
+
+    async def take_more(self, tenant_id: str, after: list[tuple[int, int]], per_pair: int) -> list[InboxRow]:
+        """One tenant's pending rows after (partition, seq) pairs, at most per_pair per partition, skipping routing
+        identities that wait for a retry."""
+        return _rows(await self.pool.fetch(_TAKE_MORE, tenant_id, [p for p, _ in after], [s for _, s in after],
+                                           per_pair))
 
     async def mark_processed(self, tenant_id: str, rows: list[InboxRow]) -> None:
         """Marks rows done; a routing identity that waited for one of them is free again."""

@@ -10,6 +10,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -54,6 +55,7 @@ class WorkerSettings:
     concurrency: int = 8            # tenants processed at once
     max_attempts: int = 5           # attempts of an isolated failing event before it is dead-lettered
     idle_seconds: float = 1.0       # polling interval when no NOTIFY arrives
+    turn_seconds: float = 1.0       # a tenant's task keeps taking its new events for at most this long
 
     @classmethod
     def from_env(cls) -> "WorkerSettings":
@@ -65,6 +67,7 @@ class WorkerSettings:
                                 maximum=CHUNK_BYTES),
             concurrency=env_int("TAILOR_PIPELINE_CONCURRENCY", 8, minimum=1, maximum=64),
             max_attempts=env_int("TAILOR_GATEWAY_MAX_ATTEMPTS", 5, minimum=1),
+            turn_seconds=env_float("TAILOR_PIPELINE_TURN_SECONDS", 1.0, minimum=0.0),
         )
 
 
@@ -90,6 +93,14 @@ async def _settle(task: asyncio.Task | None) -> None:
     """Waits for a task whose result is no longer wanted, ignoring how it ended."""
     if task is not None:
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def _settle_refill(task: asyncio.Task | None) -> None:
+    """Waits for a refill no longer wanted and for the identification it started (its rows stay pending)."""
+    if task is not None:
+        outcome = (await asyncio.gather(task, return_exceptions=True))[0]
+        if isinstance(outcome, tuple):
+            await _settle(outcome[1])
 
 
 def chunks_of(rows: list[InboxRow], max_events: int, max_bytes: int) -> list[list[InboxRow]]:
@@ -301,7 +312,7 @@ class PartitionWorker:
         state = self.tenants.setdefault(tenant, _TenantState())
         try:
             with db.one_tenant():  # the worker spans tenants; this task serves one
-                await self.process(tenant, rows)
+                await self.process(tenant, rows, refill=self._refill_for(tenant, rows))
             state.infra_failures = 0
         except Transient as error:
             state.infra_failures += 1
@@ -320,6 +331,33 @@ class PartitionWorker:
             # may already have been spent on those takes: look again now rather than at the next idle poll.
             self.wake.set()
 
+    def _refill_for(self, tenant: str, rows: list[InboxRow]) -> Callable[[], Awaitable[list[InboxRow]]]:
+        """What a tenant's task takes next, without going back to the drain loop: per partition it still holds, the
+        pending events after the last one this task took there, oldest first (so each routing identity's events stay
+        in order). It takes none once other tenants need the slots, this worker is stopping or handing partitions
+        over, or the task has had its turn (`turn_seconds`), so tenants still rotate."""
+        after: dict[int, int] = {}
+        ends = time.monotonic() + self.settings.turn_seconds
+
+        def note(taken: list[InboxRow]) -> None:
+            for r in taken:
+                after[r.partition] = max(after.get(r.partition, 0), r.seq)
+
+        note(rows)
+
+        async def refill() -> list[InboxRow]:
+            if (self.stopping or self.handovers or self._handing_over or time.monotonic() > ends
+                    or len(self.tasks) >= self.settings.concurrency):
+                return []
+            partitions = self.held()
+            per_pair = max(16, math.ceil(self.settings.tenant_take / max(len(partitions), 1)))
+            taken = await self.store.take_more(tenant, [(p, after.get(p, 0)) for p in partitions], per_pair)
+            taken = sorted(taken, key=lambda r: r.seq)[:self.settings.tenant_take]
+            note(taken)
+            return taken
+
+        return refill
+
     def _classify(self, tenant: str, error: BaseException) -> Failure:
         if isinstance(error, grpc.aio.AioRpcError):
             code = error.code()
@@ -337,31 +375,45 @@ class PartitionWorker:
             return Failure("INVALID_ARGUMENT", "the stored event could not be decoded", content=True)
         return Failure("INTERNAL", f"{type(error).__name__}: {error}")
 
-    async def process(self, tenant: str, rows: list[InboxRow], blocked: set[int] | None = None) -> None:
-        """Applies rows in order, chunk by chunk; the next chunk is identified while one is updated.
+    async def process(self, tenant: str, rows: list[InboxRow], blocked: set[int] | None = None,
+                      refill: Callable[[], Awaitable[list[InboxRow]]] | None = None) -> None:
+        """Applies rows in order, chunk by chunk; the next chunk is identified while one is updated, and, with
+        `refill`, the tenant's next pending events are taken and identified while the last chunk is updated.
 
         A failing chunk is split in halves until the failing event is alone; that event is retried later (its
-        routing identity's later events wait: `blocked`) or dead-lettered, and the rest go on. Raises Transient
-        when the failure is not the events' (the rest then stays pending)."""
+        routing identity's later events wait: `blocked`) or dead-lettered, and the rest go on (without refills).
+        Raises Transient when the failure is not the events' (the rest then stays pending)."""
         blocked = set() if blocked is None else blocked
         rows = [r for r in rows if r.route not in blocked]
         chunks = chunks_of(rows, self.settings.chunk_events, self.settings.chunk_bytes)
-        upcoming: asyncio.Task | None = None
-        for k, chunk in enumerate(chunks):
+        upcoming: asyncio.Task | None = None  # identifies chunks[k + 1]
+        refilling: asyncio.Task | None = None  # takes more and starts identifying them, while chunk k is updated
+        k = 0
+        while k < len(chunks):
+            chunk = chunks[k]
             plan: Plan | None = None
             try:
                 plan = await (upcoming if upcoming is not None else self.pipeline.identify(_events(chunk)))
                 upcoming = None
                 if k + 1 < len(chunks):
                     upcoming = asyncio.create_task(self.pipeline.identify(_events(chunks[k + 1])))
+                elif refill is not None:
+                    refilling = asyncio.create_task(self._refilled(refill, blocked))
                 await self.pipeline.update(plan)
                 await self.store.mark_processed(tenant, chunk)
                 self.tenants.setdefault(tenant, _TenantState()).deadline_strikes = 0
+                if refilling is not None:
+                    more, upcoming = await refilling
+                    refilling = None
+                    chunks.extend(more)
+                k += 1
                 continue
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                await _settle_refill(refilling)
                 await _settle(upcoming)
                 raise
             except Exception as error:  # noqa: BLE001 - classified below; nothing about an event stops the worker
+                await _settle_refill(refilling)
                 await _settle(upcoming)
                 failure = self._classify(tenant, error)
             if failure.infra:
@@ -378,6 +430,15 @@ class PartitionWorker:
                 await self.process(tenant, chunk[middle:], blocked)
             await self.process(tenant, [r for later in chunks[k + 1:] for r in later], blocked)
             return
+
+    async def _refilled(self, refill: Callable[[], Awaitable[list[InboxRow]]], blocked: set[int]
+                        ) -> tuple[list[list[InboxRow]], asyncio.Task | None]:
+        """The tenant's next pending events as chunks, and a task identifying the first of them."""
+        rows = [r for r in await refill() if r.route not in blocked]
+        if not rows:
+            return [], None
+        more = chunks_of(rows, self.settings.chunk_events, self.settings.chunk_bytes)
+        return more, asyncio.create_task(self.pipeline.identify(_events(more[0])))
 
     async def _apply_merges_quietly(self, plan: Plan) -> None:
         try:

@@ -208,6 +208,9 @@ async def test_an_event_that_arrives_while_its_tenant_is_busy_is_taken_when_that
             rows, self.pending = self.pending, []
             return rows
 
+        async def take_more(self, tenant, after, per_pair):
+            return []  # this test is about the drain loop's takes: the task takes nothing more itself
+
     store, pipeline = Inbox(), Blocking()
     worker = _worker(pipeline, store, idle_seconds=30.0, lease_seconds=60.0)
     worker.partitions, worker._renewed_at = [0], time.monotonic()
@@ -226,3 +229,73 @@ async def test_an_event_that_arrives_while_its_tenant_is_busy_is_taken_when_that
         worker.stopping = True
         worker.wake.set()
         await asyncio.wait_for(draining, 5)
+
+
+class Backlog(FakeStore):
+    """An inbox of one tenant: take_more returns what arrived after each partition's last seq taken."""
+
+    def __init__(self, rows):
+        super().__init__()
+        self.rows = list(rows)
+        self.asked: list[list[tuple[int, int]]] = []
+
+    async def take_more(self, tenant, after, per_pair):
+        self.asked.append(after)
+        last = dict(after)
+        return [r for r in self.rows if r.partition in last and r.seq > last[r.partition]
+                and r.message_id not in self.processed][:per_pair]
+
+
+def _in(partition: int, i: int) -> InboxRow:
+    row = _row(i)
+    return InboxRow(row.tenant_id, row.message_id, row.seq, row.payload, 0, row.route, partition)
+
+
+async def test_a_busy_tenants_task_takes_its_new_events_itself_identifying_them_while_the_last_chunk_is_updated():
+    """Events that arrive while a tenant's chunk is applied are taken by the same task (no wait for the task to end
+    and the drain loop's next take), per partition after the last seq taken there, and identified during that
+    update; the order of each partition is kept."""
+    calls: list[str] = []
+    store = Backlog([])
+
+    class Recording(FakePipeline):
+        async def identify(self, events):
+            calls.append("identify " + ",".join(e.message_id for e in events))
+            return events
+
+        async def update(self, plan):
+            ids = ",".join(e.message_id for e in plan)
+            calls.append("update " + ids)
+            if plan[0].message_id == "m1":  # m3 (partition 1) and m4 (partition 2) arrive meanwhile
+                store.rows += [_in(1, 3), _in(2, 4)]
+                await asyncio.sleep(0.01)
+            await super().update(plan)
+            calls.append("updated " + ids)
+
+    store.rows = [_in(1, 1), _in(2, 2)]
+    pipeline = Recording()
+    worker = _worker(pipeline, store, chunk_events=2, lease_seconds=60.0)
+    worker.partitions, worker._renewed_at = [1, 2], time.monotonic()
+    first = [_in(1, 1)]
+    await worker.process("t", first, refill=worker._refill_for("t", first))
+    assert pipeline.applied == ["m1", "m2", "m3", "m4"]
+    assert store.processed == ["m1", "m2", "m3", "m4"]
+    assert calls.index("identify m2,m3") < calls.index("updated m1")  # taken and identified during m1's update
+    # Per partition after the last seq taken there (partition 2 from its start), then after m3 and m4.
+    assert store.asked == [[(1, 1), (2, 0)], [(1, 3), (2, 4)]]
+
+
+async def test_a_tenants_task_takes_nothing_more_once_the_slots_are_full_or_its_turn_is_over():
+    store = Backlog([_in(0, 2)])
+    worker = _worker(FakePipeline(), store, concurrency=1, lease_seconds=60.0)
+    worker.partitions, worker._renewed_at = [0], time.monotonic()
+    worker.tasks["t"] = asyncio.get_running_loop().create_future()  # this tenant's own task fills the one slot
+    first = [_in(0, 1)]
+    await worker.process("t", first, refill=worker._refill_for("t", first))
+    assert store.processed == ["m1"] and store.asked == []
+    worker.tasks.clear()
+    turned = _worker(FakePipeline(), store, turn_seconds=0.0, lease_seconds=60.0)
+    turned.partitions, turned._renewed_at = [0], time.monotonic()
+    await asyncio.sleep(0.001)
+    await turned.process("t", first, refill=turned._refill_for("t", first))
+    assert store.asked == []
