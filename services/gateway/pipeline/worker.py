@@ -331,7 +331,7 @@ class PartitionWorker:
             # may already have been spent on those takes: look again now rather than at the next idle poll.
             self.wake.set()
 
-    def _refill_for(self, tenant: str, rows: list[InboxRow]) -> Callable[[], Awaitable[list[InboxRow]]]:
+    def _refill_for(self, tenant: str, rows: list[InboxRow]) -> Callable[[int], Awaitable[list[InboxRow]]]:
         """What a tenant's task takes next, without going back to the drain loop: per partition it still holds, the
         pending events after the last one this task took there, oldest first (so each routing identity's events stay
         in order). It takes none once other tenants need the slots, this worker is stopping or handing partitions
@@ -345,14 +345,14 @@ class PartitionWorker:
 
         note(rows)
 
-        async def refill() -> list[InboxRow]:
+        async def refill(limit: int) -> list[InboxRow]:
             if (self.stopping or self.handovers or self._handing_over or time.monotonic() > ends
                     or len(self.tasks) >= self.settings.concurrency):
                 return []
             partitions = self.held()
             per_pair = max(16, math.ceil(self.settings.tenant_take / max(len(partitions), 1)))
             taken = await self.store.take_more(tenant, [(p, after.get(p, 0)) for p in partitions], per_pair)
-            taken = sorted(taken, key=lambda r: r.seq)[:self.settings.tenant_take]
+            taken = sorted(taken, key=lambda r: r.seq)[:limit]  # with the chunk in flight, at most tenant_take
             note(taken)
             return taken
 
@@ -376,7 +376,7 @@ class PartitionWorker:
         return Failure("INTERNAL", f"{type(error).__name__}: {error}")
 
     async def process(self, tenant: str, rows: list[InboxRow], blocked: set[int] | None = None,
-                      refill: Callable[[], Awaitable[list[InboxRow]]] | None = None) -> None:
+                      refill: Callable[[int], Awaitable[list[InboxRow]]] | None = None) -> None:
         """Applies rows in order, chunk by chunk; the next chunk is identified while one is updated, and, with
         `refill`, the tenant's next pending events are taken and identified while the last chunk is updated.
 
@@ -397,8 +397,9 @@ class PartitionWorker:
                 upcoming = None
                 if k + 1 < len(chunks):
                     upcoming = asyncio.create_task(self.pipeline.identify(_events(chunks[k + 1])))
-                elif refill is not None:
-                    refilling = asyncio.create_task(self._refilled(refill, blocked))
+                elif refill is not None and len(chunk) < self.settings.tenant_take:
+                    refilling = asyncio.create_task(
+                        self._refilled(refill, blocked, self.settings.tenant_take - len(chunk)))
                 await self.pipeline.update(plan)
                 await self.store.mark_processed(tenant, chunk)
                 self.tenants.setdefault(tenant, _TenantState()).deadline_strikes = 0
@@ -431,10 +432,10 @@ class PartitionWorker:
             await self.process(tenant, [r for later in chunks[k + 1:] for r in later], blocked)
             return
 
-    async def _refilled(self, refill: Callable[[], Awaitable[list[InboxRow]]], blocked: set[int]
+    async def _refilled(self, refill: Callable[[int], Awaitable[list[InboxRow]]], blocked: set[int], limit: int
                         ) -> tuple[list[list[InboxRow]], asyncio.Task | None]:
-        """The tenant's next pending events as chunks, and a task identifying the first of them."""
-        rows = [r for r in await refill() if r.route not in blocked]
+        """The tenant's next pending events (at most limit) as chunks, and a task identifying the first of them."""
+        rows = [r for r in await refill(limit) if r.route not in blocked]
         if not rows:
             return [], None
         more = chunks_of(rows, self.settings.chunk_events, self.settings.chunk_bytes)

@@ -299,3 +299,20 @@ async def test_a_tenants_task_takes_nothing_more_once_the_slots_are_full_or_its_
     await asyncio.sleep(0.001)
     await turned.process("t", first, refill=turned._refill_for("t", first))
     assert store.asked == []
+
+
+async def test_what_a_task_takes_while_a_chunk_is_in_flight_keeps_the_tenant_within_its_take():
+    seen: list[int] = []
+
+    class Counting(FakePipeline):
+        async def update(self, plan):
+            seen.append(len(plan))
+            await super().update(plan)
+
+    store = Backlog([_in(0, i) for i in range(3, 10)])
+    worker = _worker(Counting(), store, tenant_take=3, chunk_events=10, lease_seconds=60.0)
+    worker.partitions, worker._renewed_at = [0], time.monotonic()
+    first = [_in(0, 1), _in(0, 2)]
+    await worker.process("t", first, refill=worker._refill_for("t", first))
+    assert seen[:2] == [2, 1]  # 2 in flight, so 1 more; then 1 in flight, so 2 more
+    assert store.processed == [f"m{i}" for i in range(1, 10)]
