@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterable, Sequence
 
 from datasketches import hll_sketch
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -56,11 +57,15 @@ class _UniqueIndividuals(Collector):
         self.lock = threading.Lock()  # scrapes run on the HTTP server's thread
 
     def add(self, tenant: str, individual: str) -> None:
+        self.add_many(tenant, (individual,))
+
+    def add_many(self, tenant: str, individuals: Iterable[str]) -> None:
         with self.lock:
             sketch = self.sketches.get(tenant)
             if sketch is None:
                 sketch = self.sketches[tenant] = hll_sketch(HLL_LG_K)
-            sketch.update(individual)
+            for individual in individuals:
+                sketch.update(individual)
 
     def collect(self):
         family = GaugeMetricFamily("tailor_unique_individuals", "Distinct individuals served personalization since "
@@ -97,6 +102,12 @@ def record_served(tenant: str, point: str, individual: str) -> None:
     POINTS_SERVED.labels(tenant, point).inc()
     if individual:
         UNIQUE_INDIVIDUALS.add(tenant, individual)
+
+
+def record_served_many(tenant: str, point: str, individuals: Sequence[str]) -> None:
+    """record_served for many individuals served the same point (a batch job's page)."""
+    POINTS_SERVED.labels(tenant, point).inc(len(individuals))
+    UNIQUE_INDIVIDUALS.add_many(tenant, [i for i in individuals if i])
 
 
 def set_pipeline(rows: list[tuple[str, int, float, int]]) -> None:

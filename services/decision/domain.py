@@ -3,6 +3,7 @@ in ports.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -128,6 +129,20 @@ class LogEntry:
             return list(self.served_item_ids)
         data = self.served.get("data") if isinstance(self.served, dict) else None
         return [d["item_id"] for d in data or () if isinstance(d, dict) and isinstance(d.get("item_id"), str)]
+
+
+@dataclass(frozen=True)
+class LogGroup:
+    """Log rows that share every field but who was served what (a batch job's page): the shared fields once (their
+    personalization id, individual and items unused), then each row's personalization id, individual and items."""
+
+    shared: LogEntry
+    personalization_ids: Sequence[str]
+    unified_individual_ids: Sequence[str]
+    item_ids: Sequence[Sequence[str]]
+
+    def __len__(self) -> int:
+        return len(self.personalization_ids)
 
 
 class NameTaken(Exception):

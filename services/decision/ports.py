@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Protocol
 
 from services.decision.bandit import ArmStats
-from services.decision.domain import Decision, Holdout, LogEntry, LogStats, Point
+from services.decision.domain import Decision, Holdout, LogEntry, LogGroup, LogStats, Point
 from services.decision.experiments import Experiment, Exposure, Outcome
 from services.decision.schema import ProfileSchema
 
@@ -53,7 +53,7 @@ class Repository(Protocol):
     async def list_decisions(
         self, tenant: str, point_id: str, after: tuple[int, str] | None, limit: int
     ) -> list[Decision]: ...
-    async def insert_log(self, tenant: str, entries: Sequence[LogEntry]) -> int: ...
+    async def insert_log(self, tenant: str, entries: Sequence[LogEntry], groups: Sequence[LogGroup] = ()) -> int: ...
     async def list_log(
         self, tenant: str, individual: str, after: tuple[datetime, str] | None, limit: int
     ) -> list[LogEntry]: ...

@@ -25,6 +25,7 @@ from services.decision.translate import (
     experiment_to_proto,
     holdout_from_proto,
     holdout_to_proto,
+    log_groups_from_proto,
     log_to_proto,
     logs_from_proto,
     metric_from_proto,
@@ -186,7 +187,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     async def LogDecisions(self, request: pb.LogDecisionsRequest,
                            context: grpc.aio.ServicerContext) -> pb.LogDecisionsResponse:
-        logged = await self.service.log.append(current_tenant(), logs_from_proto(request.entries))
+        times: dict = {}
+        logged = await self.service.log.append(current_tenant(), logs_from_proto(request.entries, times),
+                                               log_groups_from_proto(request.groups, times))
         return pb.LogDecisionsResponse(logged_count=logged)
 
     async def ListDecisionLog(self, request: pb.ListDecisionLogRequest,

@@ -11,7 +11,7 @@ from google.protobuf import struct_pb2
 
 from personalization.decision.v1 import decision_service_pb2 as pb
 from services.decision.bandit import BanditConfig, Choice
-from services.decision.domain import Decision, Holdout, LogEntry, Point, Template, TemplateField
+from services.decision.domain import Decision, Holdout, LogEntry, LogGroup, Point, Template, TemplateField
 from services.decision.experiments import MODELS, Assignment, Cohort, CohortResult, Experiment, Outcome
 from services.decision.schema import ProfileSchema
 from shared.structs import struct_to_dict, value_to_py
@@ -170,11 +170,18 @@ def decision_to_proto(decision: Decision) -> pb.Decision:
     return message
 
 
-def logs_from_proto(messages) -> list[LogEntry]:
-    """Log rows as the use case takes them; rows sent together mostly share their log time (a batch page, a
-    gateway's linger), which converts once."""
-    times: dict[tuple[int, int], datetime] = {}
+def logs_from_proto(messages, times: dict[tuple[int, int], datetime] | None = None) -> list[LogEntry]:
+    """Log rows as the use case takes them; rows sent together mostly share their log time (a gateway's linger),
+    which converts once."""
+    times = {} if times is None else times
     return [log_from_proto(m, times) for m in messages]
+
+
+def log_groups_from_proto(messages, times: dict[tuple[int, int], datetime] | None = None) -> list[LogGroup]:
+    """Grouped log rows as the use case takes them: each group's shared fields converted once."""
+    return [LogGroup(log_from_proto(g.shared, times), [r.personalization_id for r in g.rows],
+                     [r.unified_individual_id for r in g.rows], [tuple(r.item_ids) for r in g.rows])
+            for g in messages]
 
 
 def log_from_proto(message: pb.DecisionLogEntry, times: dict[tuple[int, int], datetime] | None = None) -> LogEntry:

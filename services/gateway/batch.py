@@ -23,7 +23,7 @@ from services.gateway.personalize import (
     QUALIFY_CHUNK,
     DecideForIndividuals,
     Individual,
-    batch_log_entries,
+    batch_log_groups,
     batch_personalization_id,
     member_context,
     profile_view,
@@ -222,8 +222,8 @@ class BatchJobs:
         try:
             while True:
                 page = await self.profile.ListSegmentMembers(profile_pb.ListSegmentMembersRequest(
-                    segment=job.segment, page_size=page_size, page_token=token))
-                members = [m.unified_individual_id for m in page.members]
+                    segment=job.segment, page_size=page_size, page_token=token, ids_only=True))
+                members = list(page.unified_individual_ids)
                 deciding.append((page, asyncio.create_task(self.decide_page(members, job, keys))))
                 if len(deciding) >= self.depth or not page.next_page_token:
                     await self._commit_oldest(tenant_id, job_id, deciding)
@@ -244,7 +244,8 @@ class BatchJobs:
     async def _commit_oldest(self, tenant_id: str, job_id: str, deciding: deque) -> None:
         page, task = deciding.popleft()
         rows, stage_ms = await task
-        await self._commit(tenant_id, job_id, rows, page.next_page_token, len(page.members), stage_ms)
+        members = len(page.unified_individual_ids)
+        await self._commit(tenant_id, job_id, rows, page.next_page_token, members, stage_ms)
 
     async def _commit(self, tenant_id: str, job_id: str, rows: list[OutputRow], checkpoint: str, members: int,
                       stage_ms: dict) -> None:
@@ -313,9 +314,9 @@ class BatchJobs:
                 decision_id=q.decision.decision_id, personalization_id=d.personalization_id,
                 payload={"decision_name": q.decision.name, "data": d.data,
                          "diagnostics": [json_format.MessageToDict(x) for x in d.diagnostics]}))
-        entries = batch_log_entries(pairs, request_id=job.job_id, log_time=now, batch_job_id=job.job_id)
+        groups = batch_log_groups(pairs, request_id=job.job_id, log_time=now, batch_job_id=job.job_id)
         lap("shape")
-        await self.log_writer.write(entries)
+        await self.log_writer.write(groups)
         lap("log")
         return rows, stage_ms
 

@@ -41,13 +41,24 @@ class DecisionLogWriter:
             else:
                 self.queue.put_nowait((tenant, entry))
 
-    async def write(self, entries: list[decision_pb.DecisionLogEntry]) -> None:
-        """Sends rows now, in the caller's tenant, retried until stored (batch jobs log a page before committing it)."""
+    async def write(self, groups: list[decision_pb.DecisionLogGroup]) -> None:
+        """Sends grouped rows now, in the caller's tenant, retried until stored (batch jobs log a page before
+        committing it), at most max_batch rows per call."""
         tenant = ctx.current_tenant()
-        for entry in entries:
-            metrics.record_served(tenant, entry.point_name, entry.unified_individual_id)
-        for start in range(0, len(entries), self.max_batch):
-            await self._send([(tenant, entry) for entry in entries[start:start + self.max_batch]])
+        request = decision_pb.LogDecisionsRequest()
+        size = 0
+        for group in groups:
+            metrics.record_served_many(tenant, group.shared.point_name,
+                                       [row.unified_individual_id for row in group.rows])
+            for start in range(0, len(group.rows), self.max_batch):
+                rows = group.rows[start:start + self.max_batch]
+                if size + len(rows) > self.max_batch:
+                    await self._call(tenant, request)
+                    request, size = decision_pb.LogDecisionsRequest(), 0
+                request.groups.add(shared=group.shared, rows=rows)
+                size += len(rows)
+        if size:
+            await self._call(tenant, request)
 
     async def run(self) -> None:
         """Sends queued rows until cancelled."""
@@ -76,20 +87,24 @@ class DecisionLogWriter:
     async def _send(self, batch, attempts: int | None = None) -> None:
         ordered = sorted(batch, key=lambda pair: pair[0])
         for tenant, group in groupby(ordered, key=lambda pair: pair[0]):
-            entries = [entry for _, entry in group]
-            ctx.tenant_var.set(tenant)
-            ctx.request_id_var.set(ctx.new_request_id())
-            ctx.deadline_var.set(None)
-            tried = 0
-            while True:
-                tried += 1
-                try:
-                    await self.stub.LogDecisions(decision_pb.LogDecisionsRequest(entries=entries))
-                    break
-                except grpc.aio.AioRpcError as error:
-                    # Rows are idempotent by personalization id, so resending after an unclear failure is safe.
-                    log.warning("decision_log_retry", code=error.code().name, rows=len(entries))
-                    if attempts is not None and tried >= attempts:
-                        log.error("decision_log_dropped", rows=len(entries))
-                        break
-                    await asyncio.sleep(min(0.05 * 2 ** tried, 2.0))
+            await self._call(tenant, decision_pb.LogDecisionsRequest(entries=[entry for _, entry in group]),
+                             attempts)
+
+    async def _call(self, tenant: str, request: decision_pb.LogDecisionsRequest, attempts: int | None = None) -> None:
+        ctx.tenant_var.set(tenant)
+        ctx.request_id_var.set(ctx.new_request_id())
+        ctx.deadline_var.set(None)
+        rows = len(request.entries) + sum(len(g.rows) for g in request.groups)
+        tried = 0
+        while True:
+            tried += 1
+            try:
+                await self.stub.LogDecisions(request)
+                return
+            except grpc.aio.AioRpcError as error:
+                # Rows are idempotent by personalization id, so resending after an unclear failure is safe.
+                log.warning("decision_log_retry", code=error.code().name, rows=rows)
+                if attempts is not None and tried >= attempts:
+                    log.error("decision_log_dropped", rows=rows)
+                    return
+                await asyncio.sleep(min(0.05 * 2 ** tried, 2.0))

@@ -450,27 +450,25 @@ class DecideForIndividuals:
                                                message=f"{found} of {d.count} items available"))
 
 
-def batch_log_entries(decided: Sequence[tuple[Individual, Decided]], *, request_id: str,
-                      log_time: timestamp_pb2.Timestamp, batch_job_id: str) -> list[decision_pb.DecisionLogEntry]:
-    """log_entry of each decided point of a batch page. Members who share a qualification and a context get a copy
-    of the first one's row with their own personalization id, individual and items: a row built anew costs several
-    times more, and most members of a page qualify alike."""
-    first: dict[tuple[int, int], decision_pb.DecisionLogEntry] = {}
-    out = []
+def batch_log_groups(decided: Sequence[tuple[Individual, Decided]], *, request_id: str,
+                     log_time: timestamp_pb2.Timestamp, batch_job_id: str) -> list[decision_pb.DecisionLogGroup]:
+    """The log rows of a batch page's decided points, grouped: members who share a qualification and a context
+    share every field of log_entry's row but their personalization id, individual and items, which the group sends
+    once (most members of a page qualify alike)."""
+    groups: dict[tuple[int, int], decision_pb.DecisionLogGroup] = {}
     for individual, d in decided:
         key = (id(d.qualification), id(individual.context))  # both outlive the loop, so ids stay theirs
-        template = first.get(key)
-        if template is None:
-            entry = first[key] = log_entry(individual, d, struct_pb2.Struct(), request_id=request_id, stage_ms={},
-                                           log_time=log_time, batch_job_id=batch_job_id)
-        else:
-            entry = decision_pb.DecisionLogEntry()
-            entry.CopyFrom(template)
-            entry.personalization_id = d.personalization_id
-            entry.unified_individual_id = individual.unified_id
-            entry.item_ids[:] = [row["item_id"] for row in d.data if "item_id" in row]
-        out.append(entry)
-    return out
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = decision_pb.DecisionLogGroup(shared=log_entry(
+                individual, d, struct_pb2.Struct(), request_id=request_id, stage_ms={}, log_time=log_time,
+                batch_job_id=batch_job_id))
+            group.shared.ClearField("personalization_id")
+            group.shared.ClearField("unified_individual_id")
+            group.shared.ClearField("item_ids")
+        group.rows.add(personalization_id=d.personalization_id, unified_individual_id=individual.unified_id,
+                       item_ids=[row["item_id"] for row in d.data if "item_id" in row])
+    return list(groups.values())
 
 
 def log_entry(individual: Individual, d: Decided, served: struct_pb2.Struct, *, request_id: str,

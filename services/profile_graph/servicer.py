@@ -290,6 +290,9 @@ class ProfileGraphServicer(pb_grpc.ProfileGraphServiceServicer):
                                  context: grpc.aio.ServicerContext) -> pb.ListSegmentMembersResponse:
         rows, token = await self.graph.segments.list_members(current_tenant(), request.segment, request.page_size,
                                                     request.page_token)
+        if request.ids_only:
+            return pb.ListSegmentMembersResponse(unified_individual_ids=[m.individual_id for m in rows],
+                                                 next_page_token=token)
         return pb.ListSegmentMembersResponse(
             members=[pb.SegmentMember(unified_individual_id=m.individual_id, enter_time=_timestamp(m.enter_time))
                      for m in rows],

@@ -194,6 +194,49 @@ async def test_log_rows_are_written_once_and_listed_newest_first(server, tenant,
     assert [e.personalization_id for e in mine.entries] == ["p3", "p1"]
 
 
+async def test_grouped_log_rows_are_written_with_the_shared_fields_and_their_own_items(server, tenant, db):
+    shared = pb.DecisionLogEntry(request_id="job_1", point_id="pt_1", point_name="email_recs", decision_id="dec_1",
+                                 channel="batch", batch_job_id="job_1")
+    shared.log_time.FromSeconds(1_700_000_000)
+    odd = ['sku "quoted"', "back\\slash", "comma,brace}", ""]
+    request = pb.LogDecisionsRequest(entries=[pb.DecisionLogEntry(personalization_id="p0", point_name="home_banner")],
+                                     groups=[pb.DecisionLogGroup(shared=shared, rows=[
+                                         pb.DecisionLogRow(personalization_id="p1", unified_individual_id="u1",
+                                                           item_ids=["sku-1", "sku-2"]),
+                                         pb.DecisionLogRow(personalization_id="p2", unified_individual_id="u2",
+                                                           item_ids=odd),
+                                         pb.DecisionLogRow(personalization_id="p3", unified_individual_id="u3")])])
+    assert (await server.LogDecisions(request, metadata=tenant_md(tenant))).logged_count == 4
+    assert (await server.LogDecisions(request, metadata=tenant_md(tenant))).logged_count == 0
+    rows = await db.fetch("SELECT personalization_id, unified_individual_id, point_name, decision_id, channel, "
+                          "batch_job_id, item_ids, log_time FROM decision_log WHERE tenant_id = $1 "
+                          "ORDER BY personalization_id", tenant)
+    assert [(r["personalization_id"], r["unified_individual_id"], list(r["item_ids"])) for r in rows] == [
+        ("p0", "", []), ("p1", "u1", ["sku-1", "sku-2"]), ("p2", "u2", odd), ("p3", "u3", [])]
+    assert {(r["point_name"], r["decision_id"], r["channel"], r["batch_job_id"], r["log_time"].timestamp())
+            for r in rows[1:]} == {("email_recs", "dec_1", "batch", "job_1", 1_700_000_000)}
+
+
+async def test_grouped_log_rows_are_refused_naming_the_field_as_sent_and_nothing_is_written(server, tenant, db):
+    request = pb.LogDecisionsRequest(groups=[
+        pb.DecisionLogGroup(shared=pb.DecisionLogEntry(point_name="email_recs"),
+                            rows=[pb.DecisionLogRow(personalization_id="p1"), pb.DecisionLogRow()]),
+        pb.DecisionLogGroup(shared=pb.DecisionLogEntry(), rows=[pb.DecisionLogRow(personalization_id="p2")])])
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await server.LogDecisions(request, metadata=tenant_md(tenant))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in status_details(info.value)[0]] == ["groups[0].rows[1].personalization_id",
+                                                             "groups[1].shared.point_name"]
+    too_many = pb.LogDecisionsRequest(
+        entries=[pb.DecisionLogEntry(personalization_id="p0", point_name="email_recs")],
+        groups=[pb.DecisionLogGroup(shared=pb.DecisionLogEntry(point_name="email_recs"), rows=[
+            pb.DecisionLogRow(personalization_id=f"p{n}") for n in range(1, 1001)])])
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await server.LogDecisions(too_many, metadata=tenant_md(tenant))
+    assert [f for f, _ in status_details(info.value)[0]] == ["entries"]
+    assert await db.fetchval("SELECT count(*) FROM decision_log WHERE tenant_id = $1", tenant) == 0
+
+
 async def test_log_row_without_point_is_refused(server, tenant):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await server.LogDecisions(pb.LogDecisionsRequest(entries=[pb.DecisionLogEntry(personalization_id="p")]),

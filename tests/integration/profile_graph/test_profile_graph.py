@@ -257,6 +257,22 @@ async def test_segment_members_page_stably_by_unified_id(service, tenant):
     assert seen == ids and pages == 3
 
 
+async def test_segment_members_ids_only_page_the_same_ids_without_members(service, tenant):
+    ids = [f"ind-{i:02d}" for i in range(7)]
+    await append(service, tenant, *[event(i) for i in reversed(ids)])
+    await segment(service, tenant, "everyone", "true")
+    seen, token = [], ""
+    while True:
+        reply = await service.ListSegmentMembers(pb.ListSegmentMembersRequest(
+            segment="everyone", page_size=3, page_token=token, ids_only=True), metadata=tenant_md(tenant))
+        assert not reply.members
+        seen += list(reply.unified_individual_ids)
+        token = reply.next_page_token
+        if not token:
+            break
+    assert seen == ids
+
+
 async def test_members_of_an_unknown_segment_is_not_found(service, tenant):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await service.ListSegmentMembers(pb.ListSegmentMembersRequest(segment="nope"), metadata=tenant_md(tenant))

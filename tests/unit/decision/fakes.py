@@ -14,6 +14,7 @@ from services.decision.domain import (
     Holdout,
     LayerTaken,
     LogEntry,
+    LogGroup,
     NameTaken,
     Point,
 )
@@ -85,10 +86,13 @@ class FakeRepository:
             rows = [d for d in rows if (-d.priority, d.name) > (-after[0], after[1])]
         return rows[:limit]
 
-    async def insert_log(self, tenant: str, entries: Sequence[LogEntry]) -> int:
+    async def insert_log(self, tenant: str, entries: Sequence[LogEntry], groups: Sequence[LogGroup] = ()) -> int:
         self.queries += 1
         written = 0
-        for e in entries:
+        grouped = [replace(g.shared, personalization_id=p, unified_individual_id=u, served_item_ids=tuple(i))
+                   for g in groups
+                   for p, u, i in zip(g.personalization_ids, g.unified_individual_ids, g.item_ids)]
+        for e in [*entries, *grouped]:
             if (tenant, e.personalization_id) not in self.log:
                 conflict = bool(e.experiment_id) and (tenant, e.experiment_id, e.unified_individual_id) in \
                     self.conflict_rows

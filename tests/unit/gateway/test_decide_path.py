@@ -173,7 +173,7 @@ async def test_points_that_read_more_after_a_change_are_asked_again_with_what_th
 def test_a_batch_pages_log_rows_equal_the_rows_log_entry_builds_for_each_member():
     from google.protobuf import timestamp_pb2
 
-    from services.gateway.personalize import Decided, Individual, batch_log_entries, log_entry
+    from services.gateway.personalize import Decided, Individual, batch_log_groups, log_entry
 
     now = timestamp_pb2.Timestamp(seconds=1_700_000_000)
     shared = pb.DecisionContext(channel="batch")
@@ -186,7 +186,17 @@ def test_a_batch_pages_log_rows_equal_the_rows_log_entry_builds_for_each_member(
              for n in range(5)]
     expected = [log_entry(i, d, struct_pb2.Struct(), request_id="job_1", stage_ms={}, log_time=now,
                           batch_job_id="job_1") for i, d in pairs]
-    rows = batch_log_entries(pairs, request_id="job_1", log_time=now, batch_job_id="job_1")
+    groups = batch_log_groups(pairs, request_id="job_1", log_time=now, batch_job_id="job_1")
+    rows = []
+    for group in groups:  # each row as the decision service reads it: the group's shared fields and the row's own
+        for row in group.rows:
+            entry = decision_pb.DecisionLogEntry()
+            entry.CopyFrom(group.shared)
+            entry.personalization_id, entry.unified_individual_id = row.personalization_id, row.unified_individual_id
+            entry.item_ids[:] = row.item_ids
+            rows.append(entry)
+    rows.sort(key=lambda r: r.personalization_id)
     assert rows == expected
+    assert len(groups) == 4  # u0 and u2 share a qualification and the shared context
     assert [list(r.item_ids) for r in rows][:3] == [[], ["sku-1-0"], ["sku-2-0", "sku-2-1"]]
     assert [r.cohort_id for r in rows] == ["", "a", "", "a", ""] and rows[3].anchor_id == "sku-3"

@@ -461,10 +461,30 @@ class DecisionLogEntry(_message.Message):
     def __init__(self, personalization_id: _Optional[str] = ..., request_id: _Optional[str] = ..., point_id: _Optional[str] = ..., point_name: _Optional[str] = ..., decision_id: _Optional[str] = ..., unified_individual_id: _Optional[str] = ..., channel: _Optional[str] = ..., correlation_id: _Optional[str] = ..., anchor_id: _Optional[str] = ..., served: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., log_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., experiment_id: _Optional[str] = ..., cohort_id: _Optional[str] = ..., exposure_conflict: _Optional[bool] = ..., batch_job_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ..., bandit_trial: _Optional[bool] = ..., bandit_segment: _Optional[str] = ..., holdout: _Optional[bool] = ...) -> None: ...
 
 class LogDecisionsRequest(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "groups")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[DecisionLogEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[DecisionLogEntry, _Mapping]]] = ...) -> None: ...
+    groups: _containers.RepeatedCompositeFieldContainer[DecisionLogGroup]
+    def __init__(self, entries: _Optional[_Iterable[_Union[DecisionLogEntry, _Mapping]]] = ..., groups: _Optional[_Iterable[_Union[DecisionLogGroup, _Mapping]]] = ...) -> None: ...
+
+class DecisionLogGroup(_message.Message):
+    __slots__ = ("shared", "rows")
+    SHARED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    shared: DecisionLogEntry
+    rows: _containers.RepeatedCompositeFieldContainer[DecisionLogRow]
+    def __init__(self, shared: _Optional[_Union[DecisionLogEntry, _Mapping]] = ..., rows: _Optional[_Iterable[_Union[DecisionLogRow, _Mapping]]] = ...) -> None: ...
+
+class DecisionLogRow(_message.Message):
+    __slots__ = ("personalization_id", "unified_individual_id", "item_ids")
+    PERSONALIZATION_ID_FIELD_NUMBER: _ClassVar[int]
+    UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    personalization_id: str
+    unified_individual_id: str
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, personalization_id: _Optional[str] = ..., unified_individual_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LogDecisionsResponse(_message.Message):
     __slots__ = ("logged_count",)

@@ -242,7 +242,7 @@ class DecisionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LogDecisions(self, request, context):
-        """Appends rows to the decision log.
+        """Appends rows to the decision log, one by one (entries) or in groups that share most fields (a batch job's page).
         Errors: INVALID_ARGUMENT (a row without personalization id or point).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

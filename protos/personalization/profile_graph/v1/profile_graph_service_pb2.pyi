@@ -388,14 +388,16 @@ class ListSegmentsResponse(_message.Message):
     def __init__(self, segments: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ListSegmentMembersRequest(_message.Message):
-    __slots__ = ("segment", "page_size", "page_token")
+    __slots__ = ("segment", "page_size", "page_token", "ids_only")
     SEGMENT_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    IDS_ONLY_FIELD_NUMBER: _ClassVar[int]
     segment: str
     page_size: int
     page_token: str
-    def __init__(self, segment: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    ids_only: bool
+    def __init__(self, segment: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., ids_only: _Optional[bool] = ...) -> None: ...
 
 class SegmentMember(_message.Message):
     __slots__ = ("unified_individual_id", "enter_time")
@@ -406,12 +408,14 @@ class SegmentMember(_message.Message):
     def __init__(self, unified_individual_id: _Optional[str] = ..., enter_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListSegmentMembersResponse(_message.Message):
-    __slots__ = ("members", "next_page_token")
+    __slots__ = ("members", "next_page_token", "unified_individual_ids")
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    UNIFIED_INDIVIDUAL_IDS_FIELD_NUMBER: _ClassVar[int]
     members: _containers.RepeatedCompositeFieldContainer[SegmentMember]
     next_page_token: str
-    def __init__(self, members: _Optional[_Iterable[_Union[SegmentMember, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+    unified_individual_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, members: _Optional[_Iterable[_Union[SegmentMember, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., unified_individual_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListMembershipChangesRequest(_message.Message):
     __slots__ = ("segment", "page_size", "page_token")
