@@ -195,9 +195,6 @@ def _text_array(values: Sequence[str]) -> str:
     return '{"' + joined + '"}'
 
 
-_SHARED_COLUMNS = 15
-
-
 def _shared_columns(e: LogEntry) -> tuple:
     """A log row's values other than its personalization id, individual and items, in the insert's order."""
     return (e.request_id, e.point_id, e.point_name, e.decision_id, e.channel, e.correlation_id, e.anchor_id,
@@ -561,31 +558,32 @@ class PostgresRepository:
         return [_decision(r, r["point_name"]) for r in rows]
 
     async def insert_log(self, tenant: str, entries: Sequence[LogEntry], groups: Sequence[LogGroup] = ()) -> int:
-        # One value per row for what sets rows apart; the fields a group's rows share are repeated per row.
+        # Per row what sets it apart and the position of its shared fields (an entry's own, or its group's), which
+        # are sent once: asyncpg encodes an array of 500 equal values about as slowly as one of 500 distinct ones.
         personalization_ids = [e.personalization_id for e in entries]
         individuals = [e.unified_individual_id for e in entries]
         items = [_text_array(e.item_ids) for e in entries]
-        shared: list[list] = [list(c) for c in zip(*map(_shared_columns, entries))] if entries else \
-            [[] for _ in range(_SHARED_COLUMNS)]
-        for g in groups:
+        positions = list(range(1, len(entries) + 1))
+        for n, g in enumerate(groups, start=len(entries) + 1):
             personalization_ids.extend(g.personalization_ids)
             individuals.extend(g.unified_individual_ids)
             items.extend(map(_text_array, g.item_ids))
-            for column, value in zip(shared, _shared_columns(g.shared)):
-                column.extend(repeat(value, len(g)))
+            positions.extend(repeat(n, len(g)))
+        shared = [list(c) for c in zip(*map(_shared_columns, [*entries, *(g.shared for g in groups)]))]
         # The conflict flag is decided here, in the same statement, so Qualify never has to look it up. Each new row
         # the bandit chose adds a trial to its offer's counters in the same statement (in place, in key order).
         return await self.log_pool.fetchval(
             f"WITH ins AS (INSERT INTO decision_log (tenant_id, {_LOG_COLUMNS}, item_ids, bandit_segment) "
-            "SELECT $1, u.pid, u.rid, u.ptid, u.pname, u.did, u.uid, u.ch, u.cid, u.aid, u.served::jsonb, "
+            "SELECT $1, r.pid, u.rid, u.ptid, u.pname, u.did, r.uid, u.ch, u.cid, u.aid, u.served::jsonb, "
             "u.stage::jsonb, u.t, u.eid, u.coh, "
             "u.eid <> '' AND EXISTS (SELECT 1 FROM experiment_conflicts c WHERE c.tenant_id = $1 "
-            "AND c.experiment_id = u.eid AND c.unified_individual_id = u.uid), "
-            "u.job, u.hold, u.items::text[], u.seg "
-            "FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], "
-            "$9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::timestamptz[], $15::text[], "
-            "$16::text[], $17::text[], $18::boolean[], $19::text[]) "
-            "AS u(pid, uid, items, rid, ptid, pname, did, ch, cid, aid, served, stage, t, eid, coh, job, hold, seg) "
+            "AND c.experiment_id = u.eid AND c.unified_individual_id = r.uid), "
+            "u.job, u.hold, r.items::text[], u.seg "
+            "FROM unnest($2::text[], $3::text[], $4::text[], $5::int[]) AS r(pid, uid, items, n) "
+            "JOIN unnest($6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], "
+            "$13::text[], $14::text[], $15::timestamptz[], $16::text[], $17::text[], $18::text[], $19::boolean[], "
+            "$20::text[]) WITH ORDINALITY "
+            "AS u(rid, ptid, pname, did, ch, cid, aid, served, stage, t, eid, coh, job, hold, seg, n) USING (n) "
             "ON CONFLICT (tenant_id, personalization_id) DO NOTHING RETURNING point_name, bandit_segment, decision_id), "
             "trials AS (INSERT INTO bandit_arms AS a (tenant_id, point_name, segment, decision_id, trials) "
             "SELECT $1, point_name, bandit_segment, decision_id, count(*) FROM ins WHERE bandit_segment IS NOT NULL "
@@ -593,7 +591,7 @@ class PostgresRepository:
             "ON CONFLICT (tenant_id, point_name, segment, decision_id) DO UPDATE SET trials = a.trials + "
             "EXCLUDED.trials, updated_at = now()) "
             "SELECT count(*) FROM ins",
-            tenant, personalization_ids, individuals, items, *shared,
+            tenant, personalization_ids, individuals, items, positions, *shared,
         )
 
     async def log_stats(self, tenant: str, start: datetime, end: datetime) -> list[LogStats]:

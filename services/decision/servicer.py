@@ -148,22 +148,29 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         response = pb.QualifyBatchResponse(points=[self._point_proto(p) for p in points], profile_keys=sorted(
             await self.service.qualifier.profile_keys(current_tenant(), list(request.points))))
         won: dict[str, None] = {}
-        # Most individuals qualify alike: each distinct qualification is built once and copied into every result
-        # that holds it (experiment assignments and bandit choices, which differ per individual, aside).
-        alike: dict[tuple, pb.BatchQualification] = {}
+        # Most individuals qualify alike: each distinct qualification is built once, then copied into every result
+        # that holds it, or (compact) sent once and named by its position (experiment assignments and bandit
+        # choices, which differ per individual, aside).
+        alike: dict[tuple, tuple[int, pb.BatchQualification]] = {}
+        distinct = response.qualifications
         results = response.results
         for individual, qualifications in zip(individuals, rows):
-            out = results.add(unified_individual_id=individual.unified_individual_id).qualifications
+            out = results.add(unified_individual_id=individual.unified_individual_id)
             for q in qualifications:
                 key = None if q.bandit is not None or q.assignment is not None else (
                     q.decision.decision_id if q.decision is not None else "", tuple(q.evaluations),
                     q.missing_consents, q.holdout)
-                message = alike.get(key) if key is not None else None
-                if message is None:
-                    message = self._batch_qualification(q, response, won)
+                known = alike.get(key) if key is not None else None
+                if known is None:
+                    known = (len(distinct), self._batch_qualification(q, response, won))
+                    if request.compact:
+                        distinct.append(known[1])
                     if key is not None:
-                        alike[key] = message
-                out.append(message)
+                        alike[key] = known
+                if request.compact:
+                    out.qualification_indexes.append(known[0])
+                else:
+                    out.qualifications.append(known[1])
         return response
 
     def _batch_qualification(self, q: Qualification, response: pb.QualifyBatchResponse, won: dict[str, None]

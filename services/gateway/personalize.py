@@ -284,7 +284,8 @@ class DecideForIndividuals:
         out: list[list[decision_pb.Qualification]] = []
         keys: set[str] = set()
         for start in range(0, len(individuals), QUALIFY_CHUNK):
-            request = decision_pb.QualifyBatchRequest(points=names, context=shared_struct, fallback_only=fallback_only)
+            request = decision_pb.QualifyBatchRequest(points=names, context=shared_struct, fallback_only=fallback_only,
+                                                      compact=True)
             for i in individuals[start:start + QUALIFY_CHUNK]:  # built in place: nested lists would copy each twice
                 sent = request.individuals.add(unified_individual_id=i.unified_id)
                 sent.profile.update(i.profile)
@@ -293,16 +294,15 @@ class DecideForIndividuals:
             reply = await self.decision.QualifyBatch(request)
             keys.update(reply.profile_keys)
             decisions = {d.decision_id: d for d in reply.decisions}
-            # Most members qualify alike (same decision, same evaluations): equal answers share one Qualification,
-            # which nobody changes afterwards.
-            alike: dict[tuple[int, bytes], decision_pb.Qualification] = {}
+            # The compact answer names each distinct qualification once: members who qualify alike share one
+            # Qualification per point, which nobody changes afterwards.
+            alike: dict[tuple[int, int], decision_pb.Qualification] = {}
             for result in reply.results:
                 row = []
-                for j, batch_q in enumerate(result.qualifications):
-                    key = (j, batch_q.SerializeToString(deterministic=True))
-                    q = alike.get(key)
+                for j, index in enumerate(result.qualification_indexes):
+                    q = alike.get((j, index))
                     if q is None:
-                        q = alike[key] = _qualification(reply.points[j], batch_q, decisions)
+                        q = alike[j, index] = _qualification(reply.points[j], reply.qualifications[index], decisions)
                     row.append(q)
                 out.append(row)
         return out, frozenset(keys)

@@ -102,6 +102,29 @@ async def test_batch_answers_equal_qualify_for_each_of_300_generated_profiles_wi
     assert any(e.error for row in rows for q in row for e in q.evaluations)
 
 
+async def test_a_compact_answer_names_each_distinct_qualification_once_and_expands_to_the_full_answer(
+        server, tenant):
+    await setup(server, tenant)
+    md = tenant_md(tenant)
+    rng = random.Random(5)
+    individuals = [pb.BatchIndividual(unified_individual_id=f"ind_{i}", profile=struct(generated_profile(rng)))
+                   for i in range(300)]
+    request = pb.QualifyBatchRequest(points=["home_banner", "footer"], context=struct({"channel": "email"}),
+                                     individuals=individuals)
+    full = await server.QualifyBatch(request, metadata=md)
+    request.compact = True
+    compact = await server.QualifyBatch(request, metadata=md)
+    assert all(not r.qualifications for r in compact.results) and not full.qualifications
+    for result in compact.results:
+        del result.qualifications[:]
+        result.qualifications.extend([compact.qualifications[i] for i in result.qualification_indexes])
+    assert expanded(compact) == expanded(full)
+    # Alike members share one qualification; only experiment assignments (bucket per member) are one each.
+    shared = [q for q in compact.qualifications if not q.HasField("experiment")]
+    assert len(shared) == len({q.SerializeToString(deterministic=True) for q in shared}) < 20
+    assert list(compact.points) == list(full.points) and list(compact.decisions) == list(full.decisions)
+
+
 async def test_points_and_decisions_are_returned_once_however_many_individuals_win_them(server, tenant):
     ids = await setup(server, tenant, experiment=False)
     response = await server.QualifyBatch(pb.QualifyBatchRequest(

@@ -362,16 +362,18 @@ class BatchIndividual(_message.Message):
     def __init__(self, unified_individual_id: _Optional[str] = ..., profile: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class QualifyBatchRequest(_message.Message):
-    __slots__ = ("points", "context", "individuals", "fallback_only")
+    __slots__ = ("points", "context", "individuals", "fallback_only", "compact")
     POINTS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     INDIVIDUALS_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_ONLY_FIELD_NUMBER: _ClassVar[int]
+    COMPACT_FIELD_NUMBER: _ClassVar[int]
     points: _containers.RepeatedScalarFieldContainer[str]
     context: _struct_pb2.Struct
     individuals: _containers.RepeatedCompositeFieldContainer[BatchIndividual]
     fallback_only: bool
-    def __init__(self, points: _Optional[_Iterable[str]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., individuals: _Optional[_Iterable[_Union[BatchIndividual, _Mapping]]] = ..., fallback_only: _Optional[bool] = ...) -> None: ...
+    compact: bool
+    def __init__(self, points: _Optional[_Iterable[str]] = ..., context: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., individuals: _Optional[_Iterable[_Union[BatchIndividual, _Mapping]]] = ..., fallback_only: _Optional[bool] = ..., compact: _Optional[bool] = ...) -> None: ...
 
 class BatchQualification(_message.Message):
     __slots__ = ("decision_id", "evaluations", "experiment", "missing_consents", "bandit", "holdout")
@@ -390,24 +392,28 @@ class BatchQualification(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ..., evaluations: _Optional[_Iterable[_Union[RuleEvaluation, _Mapping]]] = ..., experiment: _Optional[_Union[ExperimentAssignment, _Mapping]] = ..., missing_consents: _Optional[_Iterable[str]] = ..., bandit: _Optional[_Union[BanditChoice, _Mapping]] = ..., holdout: _Optional[bool] = ...) -> None: ...
 
 class BatchResult(_message.Message):
-    __slots__ = ("unified_individual_id", "qualifications")
+    __slots__ = ("unified_individual_id", "qualifications", "qualification_indexes")
     UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
     QUALIFICATIONS_FIELD_NUMBER: _ClassVar[int]
+    QUALIFICATION_INDEXES_FIELD_NUMBER: _ClassVar[int]
     unified_individual_id: str
     qualifications: _containers.RepeatedCompositeFieldContainer[BatchQualification]
-    def __init__(self, unified_individual_id: _Optional[str] = ..., qualifications: _Optional[_Iterable[_Union[BatchQualification, _Mapping]]] = ...) -> None: ...
+    qualification_indexes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, unified_individual_id: _Optional[str] = ..., qualifications: _Optional[_Iterable[_Union[BatchQualification, _Mapping]]] = ..., qualification_indexes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class QualifyBatchResponse(_message.Message):
-    __slots__ = ("points", "decisions", "results", "profile_keys")
+    __slots__ = ("points", "decisions", "results", "profile_keys", "qualifications")
     POINTS_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    QUALIFICATIONS_FIELD_NUMBER: _ClassVar[int]
     points: _containers.RepeatedCompositeFieldContainer[Point]
     decisions: _containers.RepeatedCompositeFieldContainer[Decision]
     results: _containers.RepeatedCompositeFieldContainer[BatchResult]
     profile_keys: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[BatchResult, _Mapping]]] = ..., profile_keys: _Optional[_Iterable[str]] = ...) -> None: ...
+    qualifications: _containers.RepeatedCompositeFieldContainer[BatchQualification]
+    def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[BatchResult, _Mapping]]] = ..., profile_keys: _Optional[_Iterable[str]] = ..., qualifications: _Optional[_Iterable[_Union[BatchQualification, _Mapping]]] = ...) -> None: ...
 
 class DecisionLogEntry(_message.Message):
     __slots__ = ("personalization_id", "request_id", "point_id", "point_name", "decision_id", "unified_individual_id", "channel", "correlation_id", "anchor_id", "served", "stage_ms", "log_time", "experiment_id", "cohort_id", "exposure_conflict", "batch_job_id", "item_ids", "bandit_trial", "bandit_segment", "holdout")
