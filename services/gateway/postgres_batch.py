@@ -93,6 +93,19 @@ def _schedule(row) -> Schedule:
                     row["enabled"], row["next_run_at"], tuple(row["context_sources"]))
 
 
+_INSERT_ROWS = (
+    "INSERT INTO batch_results (tenant_id, job_id, unified_individual_id, point_name, individual_id, segment_id, "
+    "point_id, decision_id, personalization_id, payload) "
+    "SELECT $1, $2, r.u, k.p, r.i, k.s, k.pid, k.d, r.per, r.pay::json "
+    "FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::int[]) WITH ORDINALITY AS r(u, i, per, pay, n, o) "
+    "JOIN unnest($8::text[], $9::text[], $10::text[], $11::text[]) WITH ORDINALITY AS k(s, pid, p, d, n) USING (n) "
+    "ORDER BY r.o ")  # seq follows the rows' order
+_UPSERT_ROWS = (
+    "ON CONFLICT (tenant_id, job_id, unified_individual_id, point_name) DO UPDATE SET "
+    "decision_id = excluded.decision_id, personalization_id = excluded.personalization_id, "
+    "payload = excluded.payload, updated_at = now() RETURNING (xmax = 0) AS inserted")
+
+
 class PostgresBatch:
     """All SQL of batch jobs. Every query names the tenant, except the leader's search for work."""
 
@@ -205,21 +218,23 @@ class PostgresBatch:
         async with self.pool.acquire() as conn, conn.transaction():
             inserted = 0
             if rows:
-                written = await conn.fetch(
-                    "INSERT INTO batch_results (tenant_id, job_id, unified_individual_id, point_name, individual_id, "
-                    "segment_id, point_id, decision_id, personalization_id, payload) "
-                    "SELECT $1, $2, u, p, i, s, pid, d, per, pay::jsonb FROM unnest($3::text[], $4::text[], "
-                    "$5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[]) "
-                    "AS t(u, p, i, s, pid, d, per, pay) "
-                    "ON CONFLICT (tenant_id, job_id, unified_individual_id, point_name) DO UPDATE SET "
-                    "decision_id = excluded.decision_id, personalization_id = excluded.personalization_id, "
-                    "payload = excluded.payload, updated_at = now() RETURNING (xmax = 0) AS inserted",
-                    tenant_id, job_id,
-                    [r.unified_individual_id for r in rows], [r.point_name for r in rows],
-                    [r.individual_id for r in rows], [r.segment_id for r in rows], [r.point_id for r in rows],
-                    [r.decision_id for r in rows], [r.personalization_id for r in rows],
-                    [orjson.dumps(r.payload).decode() for r in rows])
-                inserted = sum(1 for r in written if r["inserted"])
+                # A page's rows share a few (segment, point, decision) values: each is sent once and rows name its
+                # position (asyncpg encodes every array element alike, a repeated one included: about 0.6 us each).
+                positions: dict[tuple[str, str, str, str], int] = {}
+                kinds = [positions.setdefault((r.segment_id, r.point_id, r.point_name, r.decision_id),
+                                              len(positions) + 1) for r in rows]
+                args = [tenant_id, job_id, [r.unified_individual_id for r in rows], [r.individual_id for r in rows],
+                        [r.personalization_id for r in rows], [orjson.dumps(r.payload).decode() for r in rows], kinds,
+                        *[list(c) for c in zip(*positions)]]
+                try:
+                    # Most pages are new: a plain insert costs PostgreSQL less than an upsert. A redone page's
+                    # rows collide; then only this savepoint is undone and the page is upserted.
+                    async with conn.transaction():
+                        await conn.execute(_INSERT_ROWS, *args)
+                    inserted = len(rows)
+                except asyncpg.UniqueViolationError:
+                    written = await conn.fetch(_INSERT_ROWS + _UPSERT_ROWS, *args)
+                    inserted = sum(1 for r in written if r["inserted"])
             await add_credits(conn, tenant_id, period, inserted)
             await conn.execute(
                 "UPDATE batch_jobs SET checkpoint = $3, processed_count = processed_count + $4, "
