@@ -135,8 +135,8 @@ def profiled(pids: dict[str, int], postgres_port: int):
         yield
     wall = time.perf_counter() - started
     print("\n".join(_pyspy.summary(Path(folder), list(pids), wall)))
-    cpu = "\n".join(f"{name:<24}{seconds:8.1f}" for name, seconds in sorted(meter.used().items()) if seconds >= 0.05)
-    cpu += "\n" + "\n".join(f"  postgres {role:<15}{seconds:8.1f}" for role, seconds
+    cpu = "\n".join(f"{name:<24}{seconds:8.2f}" for name, seconds in sorted(meter.used().items()) if seconds >= 0.05)
+    cpu += "\n" + "\n".join(f"  postgres {role:<15}{seconds:8.2f}" for role, seconds
                              in sorted(meter.postgres_roles().items()) if seconds >= 0.05)
     text = f"job wall seconds {wall:.1f}; CPU seconds per process\n{cpu}\n"
     (Path(folder) / "cpu.txt").write_text(text)
