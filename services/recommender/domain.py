@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -78,32 +79,6 @@ class RankingSpec:
 
 
 @dataclass(frozen=True)
-class TrainingRows:
-    """Interaction totals per (individual, item, kind): how many, net units, net revenue (kinds as
-    learned.KIND_CODES: 0 view, 1 add to cart, 2 purchase)."""
-
-    individuals: list[str]
-    items: list[str]
-    kinds: list[int]
-    counts: list[float]
-    quantities: list[float]
-    revenues: list[float]
-
-
-@dataclass(frozen=True)
-class InteractionRows:
-    """Every interaction, for time-aware splits: individual, item, kind (as learned.KIND_CODES), units, revenue and
-    event time in seconds since the epoch."""
-
-    individuals: list[str]
-    items: list[str]
-    kinds: list[int]
-    quantities: list[float]
-    revenues: list[float]
-    times: list[float]
-
-
-@dataclass(frozen=True)
 class Progress:
     """One step of a training run."""
 
@@ -154,6 +129,33 @@ class Ask:
     @property
     def anchors(self) -> list[str]:
         return [self.anchor] if self.anchor else list(self.cart)
+
+
+@dataclass
+class BatchAnswers:
+    """One chunk of batch answers, in request order. A member answered by the learned model's head alone (`head[k]`)
+    has its items as model columns with their scores in row k of `columns` and `scores` (`item_ids` names the columns,
+    `source` the recommender); every other member's items are in `picked` (none when absent)."""
+
+    ids: list[str]
+    head: np.ndarray  # bool, one per member
+    columns: np.ndarray  # (members, count) ints, read in the rows of head members only
+    scores: np.ndarray  # (members, count), as columns
+    picked: dict[int, list[Recommended]]
+    item_ids: list[str]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[tuple[str, list[Recommended]]]:
+        """Each member with its items."""
+        columns, scores = self.columns.tolist(), self.scores.tolist()
+        for k, who in enumerate(self.ids):
+            if self.head[k]:
+                yield who, [Recommended(self.item_ids[c], v, self.source) for c, v in zip(columns[k], scores[k])]
+            else:
+                yield who, self.picked.get(k, [])
 
 
 @dataclass

@@ -21,7 +21,7 @@ LATEST_PER_INDIVIDUAL = "latest_per_individual"
 @dataclass(frozen=True)
 class Events:
     """Every interaction of a tenant as parallel arrays: row and column codes into `individuals` and `items`,
-    kind (learned.KIND_CODES), units, revenue and event time in seconds since the epoch."""
+    kind (learned.KIND_CODES), units, revenue and event time in seconds since the epoch (empty when not read)."""
 
     individuals: np.ndarray
     items: np.ndarray

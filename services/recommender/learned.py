@@ -117,17 +117,6 @@ def codes(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.array(list(index), dtype=str), codes
 
 
-def build_matrix(individual: list[str], item: list[str], weight: np.ndarray) -> Matrix:
-    """Sums weights per (individual, item); pairs that weigh nothing are left out."""
-    individuals, rows = codes(individual)
-    items, cols = codes(item)
-    m = sp.csr_matrix((weight, (rows, cols)), shape=(len(individuals), len(items)), dtype=np.float32)
-    m.sum_duplicates()
-    m.data[m.data < 0] = 0
-    m.eliminate_zeros()
-    return Matrix(individuals, items, m)
-
-
 class Model:
     """A trained model: scores every item for a known individual, and items for an anchor item.
 
@@ -348,3 +337,36 @@ def top_k_rows(scores: np.ndarray, k: int) -> np.ndarray:
     values = np.take_along_axis(scores, columns, axis=1)
     chosen = np.argpartition(values, -k, axis=1)[:, -k:]
     return np.take_along_axis(columns, chosen, axis=1)
+
+
+def best_per_row(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k best finite scores, best first (ties by column): (columns, scores), each of shape (rows, k),
+    padded with column -1 and score -inf where a row has fewer than k finite scores. The scores are not changed.
+
+    The k-th highest of the maxima of k or more disjoint groups of columns is at most a row's k-th best score, so
+    only the scores at or above it are candidates: one pass over the row to find them, and a sort of a few.
+    Interleaved groups (group g holds columns g, g + groups, ...) let the maxima be taken over contiguous memory.
+    """
+    rows, n = scores.shape
+    size = next((b for b in range(32, 65) if n % b == 0), 32)
+    groups = n // size
+    if groups >= k:
+        maxima = scores[:, :groups * size].reshape(rows, size, groups).max(axis=1)
+        threshold = np.partition(maxima, groups - k, axis=1)[:, groups - k]
+    else:  # too few groups: every finite score is a candidate
+        threshold = np.full(rows, -np.inf, dtype=scores.dtype)
+    flat = np.flatnonzero(scores >= threshold[:, None])
+    values = scores.ravel()[flat]
+    finite = np.isfinite(values)
+    flat, values = flat[finite], values[finite]
+    row = flat // n
+    order = np.lexsort((-values, row))  # stable: within a row, equal scores stay in column order
+    flat, values, row = flat[order], values[order], row[order]
+    counts = np.bincount(row, minlength=rows)
+    rank = np.arange(len(row)) - (np.cumsum(counts) - counts)[row]
+    keep = rank < k
+    columns = np.full((rows, k), -1, dtype=np.int64)
+    best = np.full((rows, k), -np.inf, dtype=scores.dtype)
+    columns[row[keep], rank[keep]] = flat[keep] - row[keep] * n
+    best[row[keep], rank[keep]] = values[keep]
+    return columns, best

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 
 import asyncpg
+import numpy as np
 
 from services.recommender.config import (
     MOST_VIEWED,
@@ -19,12 +21,11 @@ from services.recommender.domain import (
     PRODUCT_VIEW,
     CatalogItem,
     Interaction,
-    InteractionRows,
     Owned,
     RankingSpec,
     Scored,
-    TrainingRows,
 )
+from services.recommender.evaluation import Events
 
 # One statement, so one round trip and one transaction: insert the interactions not seen before, then fold
 # only those (RETURNING) into the item statistics and the individuals' purchases. Rows are taken in key
@@ -162,10 +163,13 @@ _HISTORY = """
 SELECT unified_individual_id, item_id, units, bought, last_viewed_at FROM individual_items
 WHERE tenant_id = $1 AND unified_individual_id = ANY($2::text[])
 """
-# The items each individual bought, one row per individual (batch masks them without the whole history).
+# The items each individual bought (batch masks them without the whole history): one row of two arrays, the
+# position of the individual among those asked and the item, which asyncpg decodes in C.
 _BOUGHT = """
-SELECT unified_individual_id, array_agg(item_id) FROM individual_items
-WHERE tenant_id = $1 AND unified_individual_id = ANY($2::text[]) AND bought GROUP BY unified_individual_id
+SELECT array_agg((t.n - 1)::int4), array_agg(b.item_id)
+FROM unnest($2::text[]) WITH ORDINALITY AS t(id, n)
+JOIN individual_items b ON b.tenant_id = $1 AND b.unified_individual_id = t.id
+WHERE b.bought
 """
 # A given create_time replaces the stored one; an unset one keeps it (or is now() for a new item).
 _UPSERT_ITEMS = """
@@ -202,22 +206,14 @@ ORDER BY unified_individual_id, item_id
 """
 # A deadlock between two concurrent batches aborts one statement entirely; it is safe to run it again.
 _DEADLOCK_ATTEMPTS = 3
-# One row of six arrays: asyncpg decodes arrays in C, much faster than a million records.
-_TRAINING = """
-SELECT array_agg(unified_individual_id), array_agg(item_id),
-       array_agg(CASE kind WHEN 'product_view' THEN 0 WHEN 'add_to_cart' THEN 1 ELSE 2 END),
-       array_agg(n), array_agg(quantity), array_agg(revenue)
-FROM (SELECT unified_individual_id, item_id, kind, count(*)::float8 AS n, sum(quantity) AS quantity,
-             sum(revenue) AS revenue
-      FROM interactions WHERE tenant_id = $1 GROUP BY unified_individual_id, item_id, kind) t
-"""
-# Every interaction with its time, for time-aware evaluation and tuning (one row of arrays, as above).
+# Every interaction of the tenant, for training and evaluation: copied out as CSV and parsed by pyarrow, so
+# neither side builds a value per interaction (a query's records or arrays cost about four times as much).
 _INTERACTIONS = """
-SELECT array_agg(unified_individual_id), array_agg(item_id),
-       array_agg(CASE kind WHEN 'product_view' THEN 0 WHEN 'add_to_cart' THEN 1 ELSE 2 END),
-       array_agg(quantity), array_agg(revenue), array_agg(extract(epoch FROM event_time)::float8)
+SELECT unified_individual_id, item_id, CASE kind WHEN 'product_view' THEN 0 WHEN 'add_to_cart' THEN 1 ELSE 2 END,
+       quantity, revenue{times}
 FROM interactions WHERE tenant_id = $1
 """
+_TIMES = ", extract(epoch FROM event_time)::float8"
 _LIMIT_ALL = 2**62
 
 
@@ -318,9 +314,9 @@ class PostgresRepository:
                 Owned(r["item_id"], r["units"], r["bought"], r["last_viewed_at"]))
         return result
 
-    async def bought_items(self, tenant: str, unified_individual_ids: list[str]) -> dict[str, list[str]]:
-        rows = await self.pool.fetch(_BOUGHT, tenant, unified_individual_ids)
-        return {r[0]: r[1] for r in rows}
+    async def bought_items(self, tenant: str, unified_individual_ids: list[str]) -> tuple[list[int], list[str]]:
+        positions, items = await self.pool.fetchrow(_BOUGHT, tenant, unified_individual_ids)
+        return positions or [], items or []
 
     async def co_occurring(self, tenant: str, anchors: list[str], kind: str, session_seconds: float,
                            min_support: int, limit: int | None) -> list[Scored]:
@@ -352,10 +348,6 @@ class PostgresRepository:
                 "DELETE FROM recommenders WHERE tenant_id = $1 AND name = $2", tenant, name)
         return status != "DELETE 0"
 
-    async def training_rows(self, tenant: str) -> TrainingRows:
-        row = await self.pool.fetchrow(_TRAINING, tenant)
-        return TrainingRows(*(list(column or []) for column in row))
-
     async def reassign(self, tenant: str, from_ids: list[str], to_id: str, only_first_recorded_for: list[str]) -> int:
         involved = sorted({*from_ids, to_id})
         attempt = 1
@@ -378,9 +370,17 @@ class PostgresRepository:
                     raise
                 attempt += 1
 
-    async def interaction_rows(self, tenant: str) -> InteractionRows:
-        row = await self.pool.fetchrow(_INTERACTIONS, tenant)
-        return InteractionRows(*(list(column or []) for column in row))
+    async def interaction_events(self, tenant: str, *, times: bool = False) -> Events:
+        """Every interaction of the tenant as Events (event times only when asked; empty otherwise)."""
+        chunks: list[bytes] = []
+
+        async def keep(chunk: bytes) -> None:
+            chunks.append(chunk)
+
+        async with self.pool.acquire() as connection:
+            await connection.copy_from_query(_INTERACTIONS.format(times=_TIMES if times else ""), tenant,
+                                             output=keep, format="csv")
+        return await asyncio.to_thread(_events_from_csv, b"".join(chunks), times)
 
     async def save_model(self, tenant: str, name: str, payload: bytes, summary: dict) -> int:
         # The (tenant, recommender, version) key makes two concurrent saves pick different versions or fail.
@@ -414,3 +414,26 @@ class PostgresRepository:
                AND (training_claimed_at IS NULL OR training_claimed_at < now() - retrain_seconds * interval '1 second')""",
             tenant, name)
         return status == "UPDATE 1"
+
+
+def _events_from_csv(data: bytes, times: bool) -> Events:
+    """Events from _INTERACTIONS' CSV. pyarrow parses it and codes the ids in order of first appearance (as
+    Events.build does), in C; ids may hold any character (COPY quotes them, newlines too)."""
+    import pyarrow as pa  # imported here: only training and evaluation read this, and it takes a while to load
+    from pyarrow import csv
+
+    if not data:
+        return Events.build([], [], [], [], [], [])
+    names = ["individual", "item", "kind", "quantity", "revenue"] + (["time"] if times else [])
+    types = {name: pa.float64() for name in names} | {"individual": pa.string(), "item": pa.string(),
+                                                      "kind": pa.int64()}
+    table = csv.read_csv(pa.py_buffer(data), read_options=csv.ReadOptions(column_names=names),
+                         parse_options=csv.ParseOptions(newlines_in_values=True),
+                         convert_options=csv.ConvertOptions(column_types=types, strings_can_be_null=False))
+    individuals = table["individual"].combine_chunks().dictionary_encode()
+    items = table["item"].combine_chunks().dictionary_encode()
+    return Events(np.array(individuals.dictionary.to_pylist(), dtype=str),
+                  np.array(items.dictionary.to_pylist(), dtype=str),
+                  individuals.indices.to_numpy().astype(np.int64), items.indices.to_numpy().astype(np.int64),
+                  table["kind"].to_numpy(), table["quantity"].to_numpy(), table["revenue"].to_numpy(),
+                  table["time"].to_numpy() if times else np.empty(0))

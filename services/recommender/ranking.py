@@ -139,48 +139,30 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def chunk_scores(model, ids, width, excluded, bought, exclude_purchased) -> dict[str, tuple]:
-    """Learned scores of a chunk's known individuals in one matrix product, exclusions already masked,
-    with each one's best few items found for the whole chunk at once: {id: (scores, head columns, head scores)},
-    the head best first (ties by column) and without masked items. head_items() turns a head into Scored items
-    when they are needed (the plain batch path reads the columns directly)."""
-    if model is None:
-        return {}
-    known = [(i, model.row[u]) for i, u in enumerate(ids) if u in model.row]
-    if not known:
-        return {}
-    scores = model.scores(np.array([r for _, r in known]))
-    masked = [model.column[x] for x in excluded if x in model.column]
-    if masked:
-        scores[:, masked] = -np.inf
-    if exclude_purchased:  # bought: {id: item ids bought}, masked in one assignment
-        column = model.column
-        rows, columns = [], []
-        for k, (i, _) in enumerate(known):
-            for item_id in bought.get(ids[i], ()):
-                c = column.get(item_id)
-                if c is not None:
-                    rows.append(k)
-                    columns.append(c)
-        scores[rows, columns] = -np.inf
-    # Exclusions are masked already, so a short head is usually enough (the ranking widens if not).
-    width = min(width, scores.shape[1] - 1)
-    if width <= 0:
-        return {ids[i]: (scores[k], None, None) for k, (i, _) in enumerate(known)}
-    heads = learned.top_k_rows(scores, width)
-    values = np.take_along_axis(scores, heads, axis=1)
-    order = np.lexsort((heads, -values), axis=1)
-    heads = np.take_along_axis(heads, order, axis=1)
-    values = np.take_along_axis(values, order, axis=1)
-    # Masked items sort last: each row's head ends before its first -inf.
-    lengths = (values > -np.inf).sum(axis=1).tolist()
-    heads_l, values_l = heads.tolist(), values.tolist()
-    return {ids[i]: (scores[k], heads_l[k][:lengths[k]], values_l[k][:lengths[k]]) for k, (i, _) in enumerate(known)}
+def masked_scores(model, rows: np.ndarray, excluded: list[int], bought_rows: np.ndarray,
+                  bought_columns: np.ndarray) -> np.ndarray:
+    """The model's scores of every item for the given model rows, -inf at the excluded columns (everyone's) and at
+    the (row position, column) pairs bought."""
+    scores = model.scores(rows)
+    if excluded:
+        scores[:, excluded] = -np.inf
+    scores[bought_rows, bought_columns] = -np.inf
+    return scores
 
 
-def head_items(model, columns: list[int] | None, values: list[float] | None) -> list[Scored] | None:
-    """A chunk_scores head as Scored items."""
-    if columns is None or values is None:
-        return None
-    item_ids = model.item_ids
-    return [Scored(item_ids[c], v) for c, v in zip(columns, values)]
+def learned_heads(model, rows: np.ndarray, width: int, excluded: list[int], bought_rows: np.ndarray,
+                  bought_columns: np.ndarray, block: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """The best `width` columns of each model row and their scores, best first (ties by column), without the masked
+    ones (see masked_scores); padded with column -1 (learned.best_per_row). Rows are scored `block` at a time, so
+    the scores stay in the processor's cache between the product and the search."""
+    columns, values = [], []
+    for start in range(0, len(rows), block):
+        pick = (bought_rows >= start) & (bought_rows < start + block)
+        scores = masked_scores(model, rows[start:start + block], excluded, bought_rows[pick] - start,
+                               bought_columns[pick])
+        c, v = learned.best_per_row(scores, width)
+        columns.append(c)
+        values.append(v)
+    if not columns:
+        return np.empty((0, width), dtype=np.int64), np.empty((0, width))
+    return np.concatenate(columns), np.concatenate(values)

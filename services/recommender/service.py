@@ -7,9 +7,9 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -28,7 +28,6 @@ from services.recommender.config import (
     MAX_FALLBACK_DEPTH,
     MOST_VIEWED,
     NEW_ARRIVALS,
-    PURCHASES,
     RECENTLY_VIEWED,
     SIMILAR_ATTRIBUTES,
     TOP_SELLERS,
@@ -41,6 +40,7 @@ from services.recommender.domain import (
     PRODUCT_VIEW,
     PURCHASE,
     Ask,
+    BatchAnswers,
     Catalog,
     CatalogItem,
     Diagnostics,
@@ -55,15 +55,16 @@ from services.recommender.domain import (
 from services.recommender.evaluation import RANDOM, SPLITS, TIME, Events, Split
 from services.recommender.ports import Repository
 from services.recommender.ranking import (
-    chunk_scores,
-    head_items,
     learned_head,
+    learned_heads,
+    masked_scores,
     select,
     similar_by_attributes,
     timestamp,
     window_start,
 )
 from services.recommender.validation import (
+    MAX_ID_LENGTH,
     check_id,
     merge_same_key,
     validate_ask,
@@ -78,8 +79,6 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 100_000
 MAX_REASSIGNED = 1_000
 BATCH_CHUNK = 500
-# Batch answers build a million of these: tuple.__new__ skips the named tuple's Python-level __new__.
-_recommended = partial(tuple.__new__, Recommended)
 
 
 class Recommender:
@@ -414,7 +413,7 @@ class Recommender:
         tuned: tuning.Result | None = None
         if config.tune_seconds:
             events = await self._events(tenant)
-            matrix = events.matrix(config.objective)
+            matrix = await asyncio.to_thread(events.matrix, config.objective)
         else:
             matrix = await self._matrix(tenant, config.objective)
         if matrix.weights.nnz == 0:
@@ -462,16 +461,11 @@ class Recommender:
                        trials=tuple(tuned.trials) if tuned is not None else (), **sizes)
 
     async def _matrix(self, tenant: str, objective: str) -> learned.Matrix:
-        rows = await self.repository.training_rows(tenant)
-        codes = np.array(rows.kinds, dtype=np.int64)
-        weights = learned.objective_weights(objective or PURCHASES, codes, np.array(rows.counts, dtype=np.float64),
-                                            np.array(rows.quantities, dtype=np.float64),
-                                            np.array(rows.revenues, dtype=np.float64))
-        return learned.build_matrix(rows.individuals, rows.items, weights)
+        events = await self.repository.interaction_events(tenant)
+        return await asyncio.to_thread(events.matrix, objective)
 
     async def _events(self, tenant: str) -> Events:
-        rows = await self.repository.interaction_rows(tenant)
-        return Events.build(rows.individuals, rows.items, rows.kinds, rows.quantities, rows.revenues, rows.times)
+        return await self.repository.interaction_events(tenant, times=True)
 
     async def run_schedule(self) -> int:
         """Trains every learned recommender whose retrain interval has passed (one replica claims each)."""
@@ -497,73 +491,38 @@ class Recommender:
         individuals: list[tuple[str, list[tuple[str, str, float]]]],
         exclude_item_ids: Collection[str] = (),
         exclude_purchased: bool = False,
-    ) -> AsyncIterator[list[tuple[str, list[Recommended]]]]:
-        """Recommendations for many individuals, in chunks; learned scores are computed per chunk at once."""
+    ) -> AsyncIterator[BatchAnswers]:
+        """Recommendations for many individuals, in chunks in request order. A learned model scores a whole chunk at
+        once, in a worker thread, while the chunk before it is answered and sent."""
         violations = Violations()
         if not individuals:
             violations.add("individuals", "at least one individual is required")
         elif len(individuals) > MAX_BATCH:
             violations.add("individuals", f"at most {MAX_BATCH} individuals; got {len(individuals)}")
         for i, (individual, _) in enumerate(individuals[:MAX_BATCH]):
-            check_id(violations, f"individuals[{i}].unified_individual_id", individual)
+            if not individual or len(individual) > MAX_ID_LENGTH:
+                check_id(violations, f"individuals[{i}].unified_individual_id", individual)
         violations.raise_if_any()
         validate_ask(count, exclude_item_ids, ())
         for i, (_, affinities) in enumerate(individuals):
-            validate_ask(0, (), affinities, prefix=f"individuals[{i}].")
+            if affinities:
+                validate_ask(0, (), affinities, prefix=f"individuals[{i}].")
         config = await self.resolve(tenant, strategy)
         chain = await self._chain(tenant, config)
-        excluded = frozenset(exclude_item_ids)
-        n = count or config.count or DEFAULT_COUNT
         model = await self.model(tenant, config.name) if config.strategy == LEARNED else None
-        plain = not (config.attributes_used or config.exclude_recently_viewed or config.same_category_as_anchor)
-        masking = exclude_purchased or config.exclude_purchased
-        probe = Ask(individual="x", count=n, exclude_purchased=exclude_purchased)
-        needs_history = any(self._needs_history(c, probe) for c in chain)
-        for start in range(0, len(individuals), BATCH_CHUNK):
-            chunk = individuals[start:start + BATCH_CHUNK]
-            ids = [individual for individual, _ in chunk]
-            histories: dict[str, list[Owned]] | None = None
-            if plain and model is not None:
-                # The head usually is the answer: only what each member bought is read, to mask it; the whole
-                # history only for the members the chain must rank further.
-                bought = await self.repository.bought_items(tenant, ids) if masking else {}
-            else:
-                histories = await self.repository.histories(tenant, ids) if needs_history else {}
-                bought = {u: [o.item_id for o in owned if o.bought] for u, owned in histories.items()}
-            scored = chunk_scores(model, ids, n + 4 if plain else 2 * n + 8, excluded, bought, masking)
-            results: list[tuple[str, list[Recommended]] | None] = []
-            item_ids, source = model.item_ids if model is not None else [], config.name
-            further = []
-            for individual, _ in chunk:
-                _, columns, values = scored.get(individual, (None, None, None))
-                if plain and columns is not None and len(columns) >= n:
-                    # Exclusions are masked in the scores and nothing else filters: the head is the answer.
-                    results.append((individual, [_recommended((item_ids[c], v, source))
-                                                 for c, v in zip(columns[:n], values[:n])]))
-                else:
-                    further.append(len(results))
-                    results.append(None)
-            if further and histories is None:
-                histories = await self.repository.histories(tenant, [ids[k] for k in further]) if needs_history \
-                    else {}
-            for k in further:
-                individual, affinities = chunk[k]
-                ask = Ask(individual=individual, count=n, exclude_ids=excluded, exclude_purchased=exclude_purchased,
-                          affinities={(a, v): s for a, v, s in affinities},
-                          history={o.item_id: o for o in (histories or {}).get(individual, ())})
-                picked: list[Recommended] = []
-                for i, cfg in enumerate(chain):
-                    if len(picked) >= n:
-                        break
-                    if i == 0 and individual in scored:
-                        ask.learned_scores = scored[individual][0]
-                        ask.learned_head = head_items(model, *scored[individual][1:])
-                    else:
-                        ask.learned_scores = ask.learned_head = None
-                    picked += await self._run(tenant, cfg, ask, {p.item_id for p in picked}, n - len(picked),
-                                              model=model if i == 0 else None)
-                results[k] = (individual, picked)
-            yield [r for r in results if r is not None]
+        batch = _Batch(self, tenant, chain, model, count or config.count or DEFAULT_COUNT, frozenset(exclude_item_ids),
+                       exclude_purchased)
+        chunks = [individuals[start:start + BATCH_CHUNK] for start in range(0, len(individuals), BATCH_CHUNK)]
+        pending: asyncio.Future | None = _started(batch.prepare(chunks[0]))
+        try:
+            for i, chunk in enumerate(chunks):
+                assert pending is not None, "each chunk's preparation starts before it is awaited"
+                prepared = await pending
+                pending = _started(batch.prepare(chunks[i + 1])) if i + 1 < len(chunks) else None
+                yield await batch.answer(chunk, prepared)
+        finally:
+            if pending is not None:
+                pending.cancel()
 
     async def similar_items(self, tenant: str, item_id: str, count: int, strategy: str) -> list[Recommended]:
         """Items like one item, by the named anchor-based or learned recommender (default similar_attributes)."""
@@ -623,6 +582,151 @@ class Recommender:
             metrics = evaluation.evaluate(config, parts, k, seed=self.seed, params=params)
             return metrics, parts.cutoff
         return await asyncio.to_thread(run)
+
+
+def _started(work: Awaitable[Any]) -> asyncio.Future:
+    """Starts work at once; an error it ends with is raised where it is awaited (never reported as unretrieved when
+    the caller stopped waiting)."""
+    future = asyncio.ensure_future(work)
+    future.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return future
+
+
+@dataclass
+class _Prepared:
+    """What a chunk's answers start from: its ids, the histories read (None when only purchases were), and the
+    learned model's heads (None without a model)."""
+
+    ids: list[str]
+    histories: dict[str, list[Owned]] | None
+    heads: _Heads | None
+
+
+@dataclass
+class _Heads:
+    """A chunk's learned heads: which members the model knows, each one's row among the known (`where`), the known
+    members' best columns and scores (padded with -1), and the masked (row among the known, column) pairs bought."""
+
+    rows: np.ndarray
+    known: np.ndarray
+    where: np.ndarray
+    columns: np.ndarray
+    scores: np.ndarray
+    bought_rows: np.ndarray
+    bought_columns: np.ndarray
+
+
+class _Batch:
+    """One RecommendBatch call's settings and the work on each of its chunks."""
+
+    def __init__(self, recommender: Recommender, tenant: str, chain: list[Config], model: learned.Model | None,
+                 count: int, excluded: frozenset[str], exclude_purchased: bool) -> None:
+        config = chain[0]
+        self.recommender, self.tenant, self.chain, self.model = recommender, tenant, chain, model
+        self.count, self.excluded, self.exclude_purchased = count, excluded, exclude_purchased
+        # Nothing but the masked exclusions filters: the head is the answer.
+        self.plain = not (config.attributes_used or config.exclude_recently_viewed or config.same_category_as_anchor)
+        self.masking = exclude_purchased or config.exclude_purchased
+        probe = Ask(individual="x", count=count, exclude_purchased=exclude_purchased)
+        self.needs_history = any(recommender._needs_history(c, probe) for c in chain)
+        self.excluded_columns = sorted(model.column[x] for x in excluded if x in model.column) if model else []
+        # Exclusions are masked already, so a short head is usually enough (the ranking widens if not).
+        width = count + 4 if self.plain else 2 * count + 8
+        self.width = min(width, len(model.item_ids) - 1) if model is not None else 0
+
+    async def prepare(self, chunk: list[tuple[str, list[tuple[str, str, float]]]]) -> _Prepared:
+        """Reads what the chunk's members bought (their whole histories when the chain needs them) and finds their
+        learned heads in a worker thread."""
+        ids = [individual for individual, _ in chunk]
+        repository = self.recommender.repository
+        histories = None
+        if self.plain and self.model is not None:
+            # The head usually is the answer: only what each member bought is read, to mask it; the whole history
+            # only for the members the chain must rank further.
+            positions, items = await repository.bought_items(self.tenant, ids) if self.masking else ([], [])
+        else:
+            histories = await repository.histories(self.tenant, ids) if self.needs_history else {}
+            pairs = [(k, o.item_id) for k, u in enumerate(ids) for o in histories.get(u, ()) if o.bought]
+            positions, items = [k for k, _ in pairs], [item for _, item in pairs]
+        if self.model is None or self.width <= 0:
+            return _Prepared(ids, histories, None)
+        heads = await asyncio.to_thread(self._heads, self.model, ids, positions, items)
+        return _Prepared(ids, histories, heads)
+
+    def _heads(self, model: learned.Model, ids: list[str], positions: list[int], items: list[str]) -> _Heads:
+        row, column = model.row, model.column
+        rows = np.array([row.get(u, -1) for u in ids], dtype=np.int64)
+        known = rows >= 0
+        where = np.cumsum(known) - 1
+        if self.masking and items:
+            columns = np.array([column.get(item, -1) for item in items], dtype=np.int64)
+            members = np.array(positions, dtype=np.int64)
+            keep = (columns >= 0) & known[members]
+            bought_rows, bought_columns = where[members[keep]], columns[keep]
+        else:
+            bought_rows = bought_columns = np.empty(0, dtype=np.int64)
+        heads, scores = learned_heads(model, rows[known], self.width, self.excluded_columns, bought_rows,
+                                      bought_columns)
+        return _Heads(rows, known, where, heads, scores, bought_rows, bought_columns)
+
+    async def answer(self, chunk: list[tuple[str, list[tuple[str, str, float]]]], prepared: _Prepared) -> BatchAnswers:
+        """The chunk's answers: the head of each member it suffices for, the chain's pipeline for the others."""
+        n, model, ids, h = self.count, self.model, prepared.ids, prepared.heads
+        head = np.zeros(len(ids), dtype=bool)
+        columns = np.zeros((len(ids), n), dtype=np.int64)
+        scores = np.zeros((len(ids), n))
+        if h is not None and self.plain and self.width >= n:
+            long_enough = np.zeros(len(ids), dtype=bool)
+            long_enough[h.known] = h.columns[:, n - 1] >= 0
+            head = long_enough
+            columns[h.known] = h.columns[:, :n]
+            scores[h.known] = h.scores[:, :n]
+        further = np.flatnonzero(~head).tolist()
+        picked: dict[int, list[Recommended]] = {}
+        if further:
+            picked = await self._further(chunk, prepared, further)
+        return BatchAnswers(ids, head, columns, scores, picked, model.item_ids if model is not None else [],
+                            self.chain[0].name)
+
+    async def _further(self, chunk, prepared: _Prepared, further: list[int]) -> dict[int, list[Recommended]]:
+        """The members the head does not answer, through the same pipeline as Recommend (their learned scores and
+        head carried over)."""
+        recommender, n, model, h = self.recommender, self.count, self.model, prepared.heads
+        histories = prepared.histories
+        if histories is None:
+            histories = await recommender.repository.histories(
+                self.tenant, [prepared.ids[k] for k in further]) if self.needs_history else {}
+        learned_scores: dict[int, np.ndarray] = {}
+        if h is not None and model is not None:
+            known = [k for k in further if h.known[k]]
+            if known:
+                among = h.where[known]
+                place = np.full(len(h.columns), -1, dtype=np.int64)
+                place[among] = np.arange(len(known))
+                pick = place[h.bought_rows] >= 0
+                rows = masked_scores(model, h.rows[known], self.excluded_columns, place[h.bought_rows[pick]],
+                                     h.bought_columns[pick])
+                learned_scores = dict(zip(known, rows))
+        picked = {}
+        for k in further:
+            individual, affinities = chunk[k]
+            ask = Ask(individual=individual, count=n, exclude_ids=self.excluded,
+                      exclude_purchased=self.exclude_purchased, affinities={(a, v): s for a, v, s in affinities},
+                      history={o.item_id: o for o in histories.get(individual, ())})
+            chosen: list[Recommended] = []
+            for i, cfg in enumerate(self.chain):
+                if len(chosen) >= n:
+                    break
+                if i == 0 and k in learned_scores and h is not None and model is not None:
+                    ask.learned_scores = learned_scores[k]
+                    ask.learned_head = [Scored(model.item_ids[c], v) for c, v in
+                                        zip(h.columns[h.where[k]].tolist(), h.scores[h.where[k]].tolist()) if c >= 0]
+                else:
+                    ask.learned_scores = ask.learned_head = None
+                chosen += await recommender._run(self.tenant, cfg, ask, {p.item_id for p in chosen}, n - len(chosen),
+                                                 model=model if i == 0 else None)
+            picked[k] = chosen
+        return picked
 
 
 async def _in_thread(work: Callable[[Callable[[object], None]], object]) -> AsyncIterator[Any]:

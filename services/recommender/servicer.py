@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import grpc
+import numpy as np
 from google.protobuf import json_format, struct_pb2
 
 from personalization.common.v1 import common_pb2
@@ -24,6 +25,7 @@ from services.recommender.domain import (
     ADD_TO_CART,
     PRODUCT_VIEW,
     PURCHASE,
+    BatchAnswers,
     CatalogItem,
     Interaction,
     Recommended,
@@ -199,6 +201,86 @@ def _affinities(affinities) -> list[tuple[str, str, float]]:
     return [(a.attribute, a.value, a.score) for a in affinities]
 
 
+class _Replies:
+    """The responses of one RecommendBatch stream. Each (item, source) is shaped once per stream, with its attributes:
+    in the full form as a message copied into every answer that holds it; in the compact form as an entry of the
+    stream's item table, sent in the first response that names it, answers being indexes into the table."""
+
+    def __init__(self, recommender: Recommender, names: list[str], compact: bool) -> None:
+        self.recommender, self.names, self.compact = recommender, names, compact
+        self.table: dict[tuple[str, str], int] = {}  # compact: (item, source) -> index in the stream's table
+        self.shaped: dict[tuple[str, str], pb.RecommendedItem] = {}  # full: (item, source) -> its message
+        self.by_column: np.ndarray | None = None  # compact: the table index of each model column (head's source)
+
+    async def response(self, answers: BatchAnswers) -> pb.RecommendBatchResponse:
+        response = pb.RecommendBatchResponse()
+        head = answers.head
+        keys = dict.fromkeys((i.item_id, i.source) for items in answers.picked.values() for i in items)
+        columns: list[int] = []
+        if head.any():
+            columns = np.unique(answers.columns[head]).tolist()
+            keys.update(dict.fromkeys((answers.item_ids[c], answers.source) for c in columns))
+        known = self.table if self.compact else self.shaped
+        new = [key for key in keys if key not in known]
+        attributes = await self.recommender.item_attributes(
+            current_tenant(), list({item_id for item_id, _ in new}), self.names) if self.names and new else {}
+        shaped = _items([Recommended(item_id, 0.0, source) for item_id, source in new], attributes)
+        if self.compact:
+            for key in new:
+                self.table[key] = len(self.table)
+            response.items.extend(shaped)
+            self._compact_results(answers, response)
+        else:
+            self.shaped.update(zip(new, shaped))
+            self._full_results(answers, response, columns)
+        return response
+
+    def _compact_results(self, answers: BatchAnswers, response: pb.RecommendBatchResponse) -> None:
+        table, head = self.table, answers.head
+        indexes: list[list[int]] = []
+        scores: list[list[float]] = []
+        if head.any():
+            if self.by_column is None:
+                self.by_column = np.full(len(answers.item_ids), -1, dtype=np.int64)
+            chosen = answers.columns[head]
+            for c in np.unique(chosen[self.by_column[chosen] < 0]).tolist():
+                self.by_column[c] = table[answers.item_ids[c], answers.source]
+            indexes = self.by_column[chosen].tolist()
+            scores = answers.scores[head].tolist()
+        add = response.results.add
+        if not answers.picked:
+            for who, ix, sc in zip(answers.ids, indexes, scores):
+                add(unified_individual_id=who, item_indexes=ix, scores=sc)
+            return
+        j = 0
+        for k, who in enumerate(answers.ids):
+            if head[k]:
+                add(unified_individual_id=who, item_indexes=indexes[j], scores=scores[j])
+                j += 1
+            else:
+                items = answers.picked.get(k, [])
+                add(unified_individual_id=who, item_indexes=[table[i.item_id, i.source] for i in items],
+                    scores=[i.score for i in items])
+
+    def _full_results(self, answers: BatchAnswers, response: pb.RecommendBatchResponse, columns: list[int]) -> None:
+        shaped, head = self.shaped, answers.head
+        by_column = {c: shaped[answers.item_ids[c], answers.source] for c in columns}
+        chosen = answers.columns.tolist()
+        scores = answers.scores.tolist()
+        for k, who in enumerate(answers.ids):
+            add = response.results.add(unified_individual_id=who).items.add
+            if head[k]:
+                for c, score in zip(chosen[k], scores[k]):
+                    message = add()
+                    message.CopyFrom(by_column[c])
+                    message.score = score
+            else:
+                for i in answers.picked.get(k, []):
+                    message = add()
+                    message.CopyFrom(shaped[i.item_id, i.source])
+                    message.score = i.score
+
+
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     """Translates RecommenderService calls to the Recommender use cases."""
 
@@ -247,54 +329,13 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
 
     async def RecommendBatch(self, request: pb.RecommendBatchRequest,
                              context: grpc.aio.ServicerContext) -> AsyncIterator[pb.RecommendBatchResponse]:
-        individuals = [(i.unified_individual_id, _affinities(i.affinities)) for i in request.individuals]
-        names = list(request.item_attributes)
-        # Each (item, source) is shaped once per call, with its attributes, and copied into every answer that holds
-        # it: building messages from nested lists, or a Struct per item, costs several times more.
-        shaped: dict[tuple[str, str], pb.RecommendedItem] = {}
-        # Compact: the stream's item table, (item, source) -> index; each item is sent once, in the first response
-        # that names it.
-        table: dict[tuple[str, str], int] = {}
-        async for chunk in self.recommender.recommend_batch(
+        individuals = [(i.unified_individual_id, _affinities(i.affinities) if i.affinities else [])
+                       for i in request.individuals]
+        replies = _Replies(self.recommender, list(request.item_attributes), request.compact)
+        async for answers in self.recommender.recommend_batch(
                 current_tenant(), request.strategy, request.count, individuals,
                 exclude_item_ids=list(request.exclude_item_ids), exclude_purchased=request.exclude_purchased):
-            response = pb.RecommendBatchResponse()
-            if request.compact:
-                await self._compact(chunk, names, table, response)
-                yield response
-                continue
-            new = {(i.item_id, i.source) for _, items in chunk for i in items} - shaped.keys()
-            attributes = await self.recommender.item_attributes(
-                current_tenant(), list({item_id for item_id, _ in new}), names) if names and new else {}
-            for item_id, source in new:
-                shaped[item_id, source] = _items([Recommended(item_id, 0.0, source)], attributes)[0]
-            for who, items in chunk:
-                add = response.results.add(unified_individual_id=who).items.add
-                for i in items:
-                    message = add()
-                    message.CopyFrom(shaped[i.item_id, i.source])
-                    message.score = i.score
-            yield response
-
-    async def _compact(self, chunk: list[tuple[str, list[Recommended]]], names: list[str],
-                       table: dict[tuple[str, str], int], response: pb.RecommendBatchResponse) -> None:
-        """A chunk's answers as indexes into the stream's item table, the items new to the table added to it."""
-        results = response.results
-        new: list[tuple[str, str]] = []
-        for who, items in chunk:
-            indexes = []
-            for i in items:
-                key = (i.item_id, i.source)
-                index = table.get(key)
-                if index is None:
-                    index = table[key] = len(table)
-                    new.append(key)
-                indexes.append(index)
-            results.add(unified_individual_id=who, item_indexes=indexes, scores=[i.score for i in items])
-        if new:
-            attributes = await self.recommender.item_attributes(
-                current_tenant(), list({item_id for item_id, _ in new}), names) if names else {}
-            response.items.extend(_items([Recommended(item_id, 0.0, source) for item_id, source in new], attributes))
+            yield await replies.response(answers)
 
     async def SimilarItems(self, request: pb.SimilarItemsRequest,
                            context: grpc.aio.ServicerContext) -> pb.SimilarItemsResponse:

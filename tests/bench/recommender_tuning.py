@@ -86,12 +86,10 @@ async def configure(stub, tenant, budget: float) -> None:
             name=name, strategy="learned", parameters=parameters)), metadata=md)
 
 
-def implicit_defaults(rows, how: evaluation.Split) -> learned.Metrics:
+def implicit_defaults(events: evaluation.Events, how: evaluation.Split) -> learned.Metrics:
     """Bare implicit ALS (library defaults, random_state 42) on the same training part, same ranking and metrics."""
     from implicit.cpu.als import AlternatingLeastSquares
 
-    events = evaluation.Events.build(rows.individuals, rows.items, rows.kinds, rows.quantities, rows.revenues,
-                                     rows.times)
     parts = evaluation.split(events, PURCHASES, how)
     als = AlternatingLeastSquares(random_state=42)
     als.fit(parts.train.weights.astype(np.float32), show_progress=False)
@@ -110,10 +108,10 @@ async def measure(stub, rec, tenant, request: pb.EvaluateRecommenderRequest, how
         seconds[label] = time.perf_counter() - started
     token = tenant_var.set(tenant)  # the tables have row-level security: rows are read in the tenant's scope
     try:
-        rows = await rec.repository.interaction_rows(tenant)
+        events = await rec.repository.interaction_events(tenant, times=True)
     finally:
         tenant_var.reset(token)
-    m = await asyncio.to_thread(implicit_defaults, rows, how)
+    m = await asyncio.to_thread(implicit_defaults, events, how)
     results["implicit ALS defaults"] = pb.EvaluateRecommenderResponse(
         precision_at_k=m.precision, recall_at_k=m.recall, ndcg_at_k=m.ndcg, map_at_k=m.map, coverage=m.coverage,
         evaluated_individuals=m.individuals, k=10)

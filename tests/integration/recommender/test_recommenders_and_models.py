@@ -258,3 +258,47 @@ async def test_a_time_split_evaluation_and_a_tuned_training_answer_through_the_s
     best = max(trials, key=lambda t: (t.precision_at_k, t.ndcg_at_k, -t.number))
     chosen = next(t for t in trials if t.parameters == done.parameters)
     assert best.precision_at_k / 1.02 <= chosen.precision_at_k <= best.precision_at_k
+
+
+async def test_a_learned_batch_over_ids_with_any_characters_answers_as_recommend_does_in_both_forms(stub, tenant):
+    """Training reads the interactions as CSV: ids with commas, quotes, newlines and other characters come back
+    whole. The batch's learned heads, masked purchases and fallback answers match Recommend's, member by member, in
+    the full and the compact form alike, in request order (an unknown member mixed in goes through the fallback)."""
+    md = tenant_md(tenant)
+    names = ["plain", 'quo"te', "com,ma", "new\nline", "tab\tand\\slash", "NULL", "ünï 💡", " spaced "]
+    people = [f"p-{name}-{n}" for n in range(12) for name in names[n % 3::3]]
+    goods = [f"g-{name}" for name in names] + [f"g{n}" for n in range(12)]
+    bought = [buy(f"{who}|{k}", who, goods[(n * 7 + k * 3) % len(goods)])
+              for n, who in enumerate(people) for k in range(4)]
+    await stub.RecordInteractions(pb.RecordInteractionsRequest(interactions=bought), metadata=md)
+    config = pb.RecommenderConfig(name="learned_batch", strategy="learned", fallback="top_sellers",
+                                  parameters=pb.StrategyParameters(objective=pb.OBJECTIVE_MAXIMIZE_PURCHASES,
+                                                                   factors=4, iterations=5))
+    await stub.PutRecommender(pb.PutRecommenderRequest(config=config), metadata=md)
+    steps = [s async for s in stub.TrainRecommender(pb.TrainRecommenderRequest(name="learned_batch"), metadata=md)]
+    assert steps[-1].individuals == len(people) and steps[-1].items == len({i.item_id for i in bought})
+    members = people[:5] + ["someone unknown"] + people[5:]
+    expected = []
+    for who in members:
+        reply = await stub.Recommend(pb.RecommendRequest(strategy="learned_batch", unified_individual_id=who,
+                                                         count=4, exclude_purchased=True), metadata=md)
+        expected.append([(i.item_id, round(i.score, 5), i.source) for i in reply.items])
+    mine = {who: {i.item_id for i in bought if i.unified_individual_id == who} for who in people}
+    assert all(len(items) == 4 and not mine[who] & {i for i, _, _ in items}
+               for who, items in zip(members, expected) if who in mine)
+    assert {s for _, _, s in expected[5]} == {"top_sellers"} and {s for _, _, s in expected[0]} == {"learned_batch"}
+    assert {i for items in expected for i, _, _ in items} & {f"g-{name}" for name in names[1:]}
+    request = pb.RecommendBatchRequest(strategy="learned_batch", count=4, exclude_purchased=True,
+                                       individuals=[pb.BatchIndividual(unified_individual_id=u) for u in members])
+    full = [(r.unified_individual_id, [(i.item_id, round(i.score, 5), i.source) for i in r.items])
+            async for chunk in stub.RecommendBatch(request, metadata=md) for r in chunk.results]
+    assert full == list(zip(members, expected))
+    request.compact = True
+    table: list[pb.RecommendedItem] = []
+    compact = []
+    async for chunk in stub.RecommendBatch(request, metadata=md):
+        table.extend(chunk.items)
+        compact += [(r.unified_individual_id, [(table[k].item_id, round(s, 5), table[k].source)
+                                               for k, s in zip(r.item_indexes, r.scores, strict=True)])
+                    for r in chunk.results]
+    assert compact == full

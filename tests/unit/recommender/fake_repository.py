@@ -14,13 +14,12 @@ from services.recommender.domain import (
     PURCHASE,
     CatalogItem,
     Interaction,
-    InteractionRows,
     Owned,
     RankingSpec,
     Scored,
-    TrainingRows,
     rank_key,
 )
+from services.recommender.evaluation import Events
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -112,11 +111,12 @@ class FakeRepository:
         owned = self._owned(tenant)
         return {u: list(owned[u].values()) for u in unified_individual_ids if u in owned}
 
-    async def bought_items(self, tenant: str, unified_individual_ids: list[str]) -> dict[str, list[str]]:
+    async def bought_items(self, tenant: str, unified_individual_ids: list[str]) -> tuple[list[int], list[str]]:
         self.calls["bought_items"] += 1
         owned = self._owned(tenant)
-        return {u: [o.item_id for o in owned[u].values() if o.bought] for u in unified_individual_ids
-                if u in owned and any(o.bought for o in owned[u].values())}
+        pairs = [(n, o.item_id) for n, u in enumerate(unified_individual_ids) for o in owned.get(u, {}).values()
+                 if o.bought]
+        return [n for n, _ in pairs], [item for _, item in pairs]
 
     async def co_occurring(self, tenant, anchors, kind, session_seconds, min_support, limit) -> list[Scored]:
         self.calls["co_occurring"] += 1
@@ -172,24 +172,12 @@ class FakeRepository:
         self.models.pop((tenant, name), None)
         return self.config_rows[tenant].pop(name, None) is not None
 
-    async def training_rows(self, tenant: str) -> TrainingRows:
-        totals: dict[tuple[str, str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
-        for i in self.interactions[tenant].values():
-            t = totals[(i.unified_individual_id, i.item_id, i.kind)]
-            t[0] += 1
-            t[1] += i.quantity
-            t[2] += i.revenue
-        keys = list(totals)
-        codes = {PRODUCT_VIEW: 0, ADD_TO_CART: 1, PURCHASE: 2}
-        return TrainingRows([k[0] for k in keys], [k[1] for k in keys], [codes[k[2]] for k in keys],
-                            [totals[k][0] for k in keys], [totals[k][1] for k in keys], [totals[k][2] for k in keys])
-
-    async def interaction_rows(self, tenant: str) -> InteractionRows:
+    async def interaction_events(self, tenant: str, *, times: bool = False) -> Events:
         rows = list(self.interactions[tenant].values())
         codes = {PRODUCT_VIEW: 0, ADD_TO_CART: 1, PURCHASE: 2}
-        return InteractionRows([i.unified_individual_id for i in rows], [i.item_id for i in rows],
-                               [codes[i.kind] for i in rows], [i.quantity for i in rows], [i.revenue for i in rows],
-                               [i.event_time.timestamp() for i in rows])
+        return Events.build([i.unified_individual_id for i in rows], [i.item_id for i in rows],
+                            [codes[i.kind] for i in rows], [i.quantity for i in rows], [i.revenue for i in rows],
+                            [i.event_time.timestamp() for i in rows] if times else [])
 
     async def save_model(self, tenant: str, name: str, payload: bytes, summary: dict) -> int:
         self.models[(tenant, name)].append(payload)

@@ -290,6 +290,28 @@ def test_block_top_k_finds_exactly_the_best_scores_of_every_row(columns):
     assert np.array_equal(found, expected)
 
 
+@pytest.mark.parametrize("columns", [10_000, 10_001, 997, 40, 7])
+def test_best_per_row_finds_each_rows_best_scores_in_order_ties_by_column(columns):
+    import numpy as np
+
+    from services.recommender.learned import best_per_row
+
+    rng = np.random.default_rng(columns)
+    scores = rng.integers(0, 50, size=(60, columns)).astype(np.float32)  # many ties
+    scores[:, :3] = -np.inf
+    scores[1, :] = -np.inf  # nothing left
+    scores[2, :] = -np.inf
+    scores[2, [5, 1, 6]] = 1.0  # fewer than k left, all tied
+    k = min(12, columns)
+    found, values = best_per_row(scores, k)
+    for r in range(len(scores)):
+        ranked = sorted((-v, c) for c, v in enumerate(scores[r].tolist()) if v > -np.inf)[:k]
+        width = len(ranked)
+        assert found[r, :width].tolist() == [c for _, c in ranked]
+        assert values[r, :width].tolist() == [-v for v, _ in ranked]
+        assert (found[r, width:] == -1).all() and (values[r, width:] == -np.inf).all()
+
+
 async def test_learned_batch_masks_what_each_member_bought_reading_only_their_purchases():
     repo = FakeRepository()
     rec = Recommender(repo, cache_seconds=0.0)
