@@ -201,38 +201,67 @@ def _affinities(affinities) -> list[tuple[str, str, float]]:
     return [(a.attribute, a.value, a.score) for a in affinities]
 
 
+# Field numbers of the full form's encoding (_Replies._full_results).
+_RESULTS = pb.RecommendBatchResponse.DESCRIPTOR.fields_by_name["results"].number
+_RESULT_ID = pb.IndividualRecommendations.DESCRIPTOR.fields_by_name["unified_individual_id"].number
+_ITEMS = pb.IndividualRecommendations.DESCRIPTOR.fields_by_name["items"].number
+_SCORE = pb.RecommendedItem.DESCRIPTOR.fields_by_name["score"].number
+_BYTES = [bytes((n,)) for n in range(256)]
+
+
+def _varint(value: int) -> bytes:
+    if value < 0x80:
+        return _BYTES[value]
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _tag(number: int, wire_type: int = 2) -> bytes:
+    """A field's tag: its number and wire type (2: length-delimited, 1: 64-bit)."""
+    return _varint(number << 3 | wire_type)
+
+
+def _field(number: int, data: bytes) -> bytes:
+    return _tag(number) + _varint(len(data)) + data
+
+
 class _Replies:
     """The responses of one RecommendBatch stream. Each (item, source) is shaped once per stream, with its attributes:
-    in the full form as a message copied into every answer that holds it; in the compact form as an entry of the
-    stream's item table, sent in the first response that names it, answers being indexes into the table."""
+    in the full form as a message encoded once, whose encoding goes into every answer that holds it; in the compact
+    form as an entry of the stream's item table, sent in the first response that names it, answers being indexes
+    into the table."""
 
     def __init__(self, recommender: Recommender, names: list[str], compact: bool) -> None:
         self.recommender, self.names, self.compact = recommender, names, compact
         self.table: dict[tuple[str, str], int] = {}  # compact: (item, source) -> index in the stream's table
         self.shaped: dict[tuple[str, str], pb.RecommendedItem] = {}  # full: (item, source) -> its message
         self.by_column: np.ndarray | None = None  # compact: the table index of each model column (head's source)
+        self.parts: dict[tuple[str, str], tuple[bytes, bytes]] = {}  # full: (item, source) -> _parts
 
     async def response(self, answers: BatchAnswers) -> pb.RecommendBatchResponse:
-        response = pb.RecommendBatchResponse()
         head = answers.head
         keys = dict.fromkeys((i.item_id, i.source) for items in answers.picked.values() for i in items)
-        columns: list[int] = []
-        if head.any():
-            columns = np.unique(answers.columns[head]).tolist()
-            keys.update(dict.fromkeys((answers.item_ids[c], answers.source) for c in columns))
+        columns = np.unique(answers.columns[head]) if head.any() else np.empty(0, dtype=np.int64)
+        keys.update(dict.fromkeys((answers.item_ids[c], answers.source) for c in columns.tolist()))
         known = self.table if self.compact else self.shaped
         new = [key for key in keys if key not in known]
         attributes = await self.recommender.item_attributes(
             current_tenant(), list({item_id for item_id, _ in new}), self.names) if self.names and new else {}
         shaped = _items([Recommended(item_id, 0.0, source) for item_id, source in new], attributes)
-        if self.compact:
-            for key in new:
-                self.table[key] = len(self.table)
-            response.items.extend(shaped)
-            self._compact_results(answers, response)
-        else:
+        if not self.compact:
             self.shaped.update(zip(new, shaped))
-            self._full_results(answers, response, columns)
+            return pb.RecommendBatchResponse.FromString(self._full_results(answers, columns))
+        response = pb.RecommendBatchResponse()
+        for key in new:
+            self.table[key] = len(self.table)
+        response.items.extend(shaped)
+        self._compact_results(answers, response)
         return response
 
     def _compact_results(self, answers: BatchAnswers, response: pb.RecommendBatchResponse) -> None:
@@ -262,23 +291,64 @@ class _Replies:
                 add(unified_individual_id=who, item_indexes=[table[i.item_id, i.source] for i in items],
                     scores=[i.score for i in items])
 
-    def _full_results(self, answers: BatchAnswers, response: pb.RecommendBatchResponse, columns: list[int]) -> None:
-        shaped, head = self.shaped, answers.head
-        by_column = {c: shaped[answers.item_ids[c], answers.source] for c in columns}
-        chosen = answers.columns.tolist()
-        scores = answers.scores.tolist()
-        for k, who in enumerate(answers.ids):
-            add = response.results.add(unified_individual_id=who).items.add
+    def _full_results(self, answers: BatchAnswers, columns: np.ndarray) -> bytes:
+        """The chunk's results, encoded: each member answered by the head as its id followed, per item, by the item's
+        encoded message (made once per stream) with the score put in; the others as their encoded message. A
+        message per item, filled and copied, costs several times more."""
+        head, ids = answers.head, answers.ids
+        m, n = answers.columns.shape
+        parts = [self._parts(answers.item_ids[c], answers.source) for c in columns.tolist()]
+        pool = b"".join(before + after for before, after in parts)
+        before_len = np.array([len(b) for b, _ in parts] or [0], dtype=np.int64)
+        after_len = np.array([len(a) for _, a in parts] or [0], dtype=np.int64)
+        before_at = np.cumsum(before_len + after_len) - before_len - after_len
+        local = np.searchsorted(columns, answers.columns) if len(columns) else np.zeros((m, n), dtype=np.int64)
+        local = np.where(head[:, None], local, 0)
+        item_len = (before_len[local] + 8 + after_len[local]).sum(axis=1).tolist()
+        heads = []
+        result_tag, id_tag = _tag(_RESULTS), _tag(_RESULT_ID)
+        for k, who in enumerate(ids):
             if head[k]:
-                for c, score in zip(chosen[k], scores[k]):
-                    message = add()
-                    message.CopyFrom(by_column[c])
-                    message.score = score
+                encoded = who.encode()
+                identity = id_tag + _varint(len(encoded)) + encoded
+                heads.append(result_tag + _varint(len(identity) + item_len[k]) + identity)
             else:
-                for i in answers.picked.get(k, []):
-                    message = add()
-                    message.CopyFrom(shaped[i.item_id, i.source])
+                items = [self.shaped[i.item_id, i.source] for i in answers.picked.get(k, [])]
+                result = pb.IndividualRecommendations(unified_individual_id=who, items=items)
+                for message, i in zip(result.items, answers.picked.get(k, [])):
                     message.score = i.score
+                heads.append(_field(_RESULTS, result.SerializeToString()))
+        blob = b"".join(heads)
+        source = np.frombuffer(blob + pool + answers.scores.astype("<f8").tobytes(), dtype=np.uint8)
+        # Every member's pieces in order: its head, then per item (before the score, the score, after it); the
+        # pieces of members not answered by the head are empty after the first.
+        start = np.empty((m, 1 + 3 * n), dtype=np.int64)
+        length = np.zeros((m, 1 + 3 * n), dtype=np.int64)
+        head_len = np.array([len(h) for h in heads], dtype=np.int64)
+        start[:, 0] = np.cumsum(head_len) - head_len
+        length[:, 0] = head_len
+        on = head[:, None]
+        start[:, 1::3] = len(blob) + before_at[local]
+        length[:, 1::3] = np.where(on, before_len[local], 0)
+        start[:, 2::3] = len(blob) + len(pool) + 8 * np.arange(m * n).reshape(m, n)
+        length[:, 2::3] = np.where(on, 8, 0)
+        start[:, 3::3] = len(blob) + before_at[local] + before_len[local]
+        length[:, 3::3] = np.where(on, after_len[local], 0)
+        start, length = start.ravel(), length.ravel()
+        at = np.cumsum(length) - length
+        return source[np.repeat(start - at, length) + np.arange(int(length.sum()))].tobytes()
+
+    def _parts(self, item_id: str, source: str) -> tuple[bytes, bytes]:
+        """An item's encoded entry in a result, split where its score goes: (the entry's tag and length, the item
+        id and the score's tag; the source and attributes)."""
+        key = (item_id, source)
+        parts = self.parts.get(key)
+        if parts is None:
+            whole = self.shaped[key].SerializeToString()  # score 0 is not encoded: item id, source, attributes
+            identity = pb.RecommendedItem(item_id=item_id).SerializeToString()
+            before = _tag(_ITEMS) + _varint(len(whole) + 9) + identity + _tag(_SCORE, 1)
+            parts = self.parts[key] = (before, whole[len(identity):])
+        return parts
 
 
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):

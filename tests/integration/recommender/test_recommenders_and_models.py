@@ -271,6 +271,7 @@ async def test_a_learned_batch_over_ids_with_any_characters_answers_as_recommend
     bought = [buy(f"{who}|{k}", who, goods[(n * 7 + k * 3) % len(goods)])
               for n, who in enumerate(people) for k in range(4)]
     await stub.RecordInteractions(pb.RecordInteractionsRequest(interactions=bought), metadata=md)
+    await stub.UpsertItems(pb.UpsertItemsRequest(items=[item(g, colour=g[::-1]) for g in goods[::2]]), metadata=md)
     config = pb.RecommenderConfig(name="learned_batch", strategy="learned", fallback="top_sellers",
                                   parameters=pb.StrategyParameters(objective=pb.OBJECTIVE_MAXIMIZE_PURCHASES,
                                                                    factors=4, iterations=5))
@@ -289,16 +290,21 @@ async def test_a_learned_batch_over_ids_with_any_characters_answers_as_recommend
     assert {s for _, _, s in expected[5]} == {"top_sellers"} and {s for _, _, s in expected[0]} == {"learned_batch"}
     assert {i for items in expected for i, _, _ in items} & {f"g-{name}" for name in names[1:]}
     request = pb.RecommendBatchRequest(strategy="learned_batch", count=4, exclude_purchased=True,
-                                       individuals=[pb.BatchIndividual(unified_individual_id=u) for u in members])
-    full = [(r.unified_individual_id, [(i.item_id, round(i.score, 5), i.source) for i in r.items])
+                                       individuals=[pb.BatchIndividual(unified_individual_id=u) for u in members],
+                                       item_attributes=["colour"])
+    full = [(r.unified_individual_id, [(i.item_id, round(i.score, 5), i.source, dict(i.attributes))
+                                       for i in r.items])
             async for chunk in stub.RecommendBatch(request, metadata=md) for r in chunk.results]
-    assert full == list(zip(members, expected))
+    assert [(who, [i[:3] for i in items]) for who, items in full] == list(zip(members, expected))
+    assert all(attributes == ({"colour": i[::-1]} if i in goods[::2] else {})
+               for _, items in full for i, _, _, attributes in items)
     request.compact = True
     table: list[pb.RecommendedItem] = []
     compact = []
     async for chunk in stub.RecommendBatch(request, metadata=md):
         table.extend(chunk.items)
-        compact += [(r.unified_individual_id, [(table[k].item_id, round(s, 5), table[k].source)
+        compact += [(r.unified_individual_id, [(table[k].item_id, round(s, 5), table[k].source,
+                                                dict(table[k].attributes))
                                                for k, s in zip(r.item_indexes, r.scores, strict=True)])
                     for r in chunk.results]
     assert compact == full
