@@ -308,3 +308,17 @@ async def test_a_learned_batch_over_ids_with_any_characters_answers_as_recommend
                                                for k, s in zip(r.item_indexes, r.scores, strict=True)])
                     for r in chunk.results]
     assert compact == full
+
+
+async def test_training_without_interactions_fails_its_precondition_and_stores_nothing(stub, tenant):
+    md = tenant_md(tenant)
+    config = pb.RecommenderConfig(name="empty", strategy="learned",
+                                  parameters=pb.StrategyParameters(objective=pb.OBJECTIVE_MAXIMIZE_PURCHASES))
+    await stub.PutRecommender(pb.PutRecommenderRequest(config=config), metadata=md)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        [s async for s in stub.TrainRecommender(pb.TrainRecommenderRequest(name="empty"), metadata=md)]
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert status_details(info.value)[1] == "NO_INTERACTIONS"
+    reply = await stub.Recommend(pb.RecommendRequest(strategy="empty", unified_individual_id="anyone",
+                                                     diagnostics=True), metadata=md)
+    assert not reply.items and reply.diagnostics.model_version == 0
