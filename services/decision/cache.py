@@ -29,13 +29,14 @@ class CompiledPoint:
     experiments: tuple[CompiledExperiment, ...] = ()  # the running ones, in the order they claim individuals
     fallbacks: tuple[Decision, ...] = ()  # every live fallback, by priority (the first whose consent is granted wins)
     profile_keys: frozenset[str] = frozenset(rules.PROFILE_DEFAULTS)  # what qualifying and serving it read
+    qualify_keys: frozenset[str] = frozenset(rules.PROFILE_DEFAULTS)  # what qualifying it reads (no boosters)
 
 
-def profile_keys(point: Point, decisions: Sequence[Decision], needs: Mapping[str, frozenset[str] | None]
-                 ) -> frozenset[str]:
+def profile_keys(point: Point, decisions: Sequence[Decision], needs: Mapping[str, frozenset[str] | None],
+                 serving: bool = True) -> frozenset[str]:
     """The profile's top-level keys a point reads: its rules' and experiments' (all when one reads the profile as a
-    whole), consents when it or a decision asks for consent, segments for a bandit, affinities when a decision
-    recommends (the recommender's boosters take them)."""
+    whole), consents when it or a decision asks for consent, segments for a bandit, and with serving affinities when
+    a decision recommends (the recommender's boosters take them)."""
     if "profile" in needs and needs["profile"] is rules.ALL:
         return frozenset(rules.PROFILE_DEFAULTS)
     keys = set(needs.get("profile") or ())
@@ -43,7 +44,7 @@ def profile_keys(point: Point, decisions: Sequence[Decision], needs: Mapping[str
         keys.add("consents")
     if point.bandit is not None:
         keys.add("segments")
-    if any(d.content is None for d in decisions):
+    if serving and any(d.content is None for d in decisions):
         keys.add("affinities")
     return frozenset(keys)
 
@@ -75,6 +76,7 @@ def compile_point(
         experiments=compiled_experiments,
         fallbacks=tuple(fallbacks),
         profile_keys=profile_keys(point, decisions, needs),
+        qualify_keys=profile_keys(point, decisions, needs, serving=False),
     )
 
 

@@ -145,28 +145,36 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             fallback_only=request.fallback_only,
         )
         # Points and decisions are identical across individuals: sent once, referred to by position and by id.
-        response = pb.QualifyBatchResponse(points=[self._point_proto(p) for p in points], profile_keys=sorted(
-            await self.service.qualifier.profile_keys(current_tenant(), list(request.points))))
+        keys = self.service.qualifier.profile_keys
+        response = pb.QualifyBatchResponse(
+            points=[self._point_proto(p) for p in points],
+            profile_keys=sorted(await keys(current_tenant(), list(request.points))),
+            qualify_profile_keys=sorted(await keys(current_tenant(), list(request.points), serving=False)))
         won: dict[str, None] = {}
         # Most individuals qualify alike: each distinct qualification is built once, then copied into every result
         # that holds it, or (compact) sent once and named by its position (experiment assignments and bandit
         # choices, which differ per individual, aside).
         alike: dict[tuple, tuple[int, pb.BatchQualification]] = {}
+        shared: dict[int, tuple[int, pb.BatchQualification]] = {}  # by id: answers the use case shares (rows hold them)
         distinct = response.qualifications
         results = response.results
         for individual, qualifications in zip(individuals, rows):
             out = results.add(unified_individual_id=individual.unified_individual_id)
             for q in qualifications:
-                key = None if q.bandit is not None or q.assignment is not None else (
-                    q.decision.decision_id if q.decision is not None else "", tuple(q.evaluations),
-                    q.missing_consents, q.holdout)
-                known = alike.get(key) if key is not None else None
+                known = shared.get(id(q))
                 if known is None:
-                    known = (len(distinct), self._batch_qualification(q, response, won))
-                    if request.compact:
-                        distinct.append(known[1])
+                    key = None if q.bandit is not None or q.assignment is not None else (
+                        q.decision.decision_id if q.decision is not None else "", tuple(q.evaluations),
+                        q.missing_consents, q.holdout)
+                    known = alike.get(key) if key is not None else None
+                    if known is None:
+                        known = (len(distinct), self._batch_qualification(q, response, won))
+                        if request.compact:
+                            distinct.append(known[1])
+                        if key is not None:
+                            alike[key] = known
                     if key is not None:
-                        alike[key] = known
+                        shared[id(q)] = known
                 if request.compact:
                     out.qualification_indexes.append(known[0])
                 else:

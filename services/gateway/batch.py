@@ -263,8 +263,9 @@ class BatchJobs:
         page commits (their ids are stable, so a redone page logs nothing twice).
 
         keys: what the job's points read of a profile, as the last page's qualification said; only that is read
-        (the whole profile while unknown). A page whose points read more than was read (their configuration
-        changed during the job) is read and qualified again with what they read now."""
+        (the whole profile while unknown), and only what qualifying reads is sent to QualifyBatch. A page whose
+        points read more than was read or sent (their configuration changed during the job) is read and qualified
+        again with what they read now."""
         mark = time.perf_counter()
         stage_ms: dict[str, float] = {}
 
@@ -286,14 +287,19 @@ class BatchJobs:
             individuals = await self.individuals(members, job.context_sources, read)
             lap("profiles")
             points = [decision_pb.PointSelection(name=name) for name in job.point_names]
-            qualified, needed = await self.use_case.qualify(individuals, points)
+            qualified, needed, sent = await self.use_case.qualify(individuals, points, sent_keys=keys.sent)
             needed &= PROFILE_KEYS
             if read is not None and not needed <= read:
                 read = needed
                 individuals = await self.individuals(members, job.context_sources, read)
-                qualified, needed = await self.use_case.qualify(individuals, points)
+                qualified, needed, sent = await self.use_case.qualify(individuals, points)
+                needed &= PROFILE_KEYS
+            elif keys.sent is not None and sent is not None and not sent <= keys.sent:
+                qualified, needed, sent = await self.use_case.qualify(individuals, points)  # they read more now
                 needed &= PROFILE_KEYS
             keys.read = needed or None
+            if sent is not None:  # None: one member, qualified with its whole profile
+                keys.sent = sent
         finally:
             if learner:
                 keys.learned.set()
@@ -347,5 +353,6 @@ class ProfileKeys:
 
     def __init__(self) -> None:
         self.read: frozenset[str] | None = None
+        self.sent: frozenset[str] | None = None  # what QualifyBatch reads of them (None: unknown, send all read)
         self.learning = False
         self.learned = asyncio.Event()

@@ -272,27 +272,35 @@ class DecideForIndividuals:
         return list(reply.qualifications), frozenset(reply.profile_keys)
 
     async def qualify(self, individuals: Sequence[Individual], points: Sequence[decision_pb.PointSelection], *,
-                      fallback_only: bool = False) -> tuple[list[list[decision_pb.Qualification]], frozenset[str]]:
+                      fallback_only: bool = False, sent_keys: Collection[str] | None = None
+                      ) -> tuple[list[list[decision_pb.Qualification]], frozenset[str], frozenset[str] | None]:
         """Per individual, per point: the decision service's qualification (one Qualify for one individual,
-        QualifyBatch per 1,000 for many); and the profile keys the points read (empty: unknown)."""
+        QualifyBatch per 1,000 for many); the profile keys the points read (empty: unknown); and those qualifying
+        alone reads (None: unknown). sent_keys: the profile keys to send to QualifyBatch (an earlier answer's third
+        value), the whole profile when None."""
         if len(individuals) == 1:
             qualifications, one_keys = await self.qualify_one(individuals[0], points, fallback_only=fallback_only)
-            return [qualifications], one_keys
+            return [qualifications], one_keys, None
         shared = next((i.context for i in individuals if not i.own_context), pb.DecisionContext(channel="batch"))
         shared_struct = struct(context_view(shared))
         names = [p.name for p in points]
         out: list[list[decision_pb.Qualification]] = []
         keys: set[str] = set()
+        qualify_keys: set[str] = set()
         for start in range(0, len(individuals), QUALIFY_CHUNK):
             request = decision_pb.QualifyBatchRequest(points=names, context=shared_struct, fallback_only=fallback_only,
                                                       compact=True)
             for i in individuals[start:start + QUALIFY_CHUNK]:  # built in place: nested lists would copy each twice
                 sent = request.individuals.add(unified_individual_id=i.unified_id)
-                sent.profile.update(i.profile)
+                if sent_keys is None:
+                    sent.profile.update(i.profile)
+                elif sent_keys:
+                    sent.profile.update({k: v for k, v in i.profile.items() if k in sent_keys})
                 if i.own_context:
                     sent.context.update(context_view(i.context))
             reply = await self.decision.QualifyBatch(request)
             keys.update(reply.profile_keys)
+            qualify_keys.update(reply.qualify_profile_keys)
             decisions = {d.decision_id: d for d in reply.decisions}
             # The compact answer names each distinct qualification once: members who qualify alike share one
             # Qualification per point, which nobody changes afterwards.
@@ -305,7 +313,7 @@ class DecideForIndividuals:
                         q = alike[j, index] = _qualification(reply.points[j], reply.qualifications[index], decisions)
                     row.append(q)
                 out.append(row)
-        return out, frozenset(keys)
+        return out, frozenset(keys), frozenset(qualify_keys)
 
     async def personalize(self, individuals: Sequence[Individual],
                           qualified: Sequence[Sequence[decision_pb.Qualification]], *, over_quota: bool = False,

@@ -295,6 +295,12 @@ class Qualifier:
         consent = _needs_consent(entries)
         arms = await self._arms(tenant, entries, forced)
         holdout = await self.holdouts.get(tenant)
+        if not needs and now is None and not consent and all(e.point.bandit is None for e in entries):
+            # No rule or experiment reads anything of an individual, no consent or bandit applies: everyone qualifies
+            # alike but for the holdout, so each answer is worked out once and shared (nobody changes them).
+            alike = {held: _qualify_one(entries, forced, activation.with_profile({}), individuals[0][0], None, None,
+                                        arms, (), self.rng, holdout=held) for held in (False, True)}
+            return points, [alike[holdout.holds(individual[0])] for individual in individuals]
         results = []
         for i, individual in enumerate(individuals):
             if i and i % BATCH_YIELD_EVERY == 0:
@@ -309,11 +315,12 @@ class Qualifier:
                                         holdout=holdout.holds(unified_id)))
         return points, results
 
-    async def profile_keys(self, tenant: str, names: Sequence[str]) -> frozenset[str]:
-        """The profile keys qualifying and serving these known points read (CompiledPoint.profile_keys, computed
-        when their configuration is loaded); unknown names add nothing."""
+    async def profile_keys(self, tenant: str, names: Sequence[str], *, serving: bool = True) -> frozenset[str]:
+        """The profile keys qualifying and (serving) serving these known points read (CompiledPoint.profile_keys
+        and qualify_keys, computed when their configuration is loaded); unknown names add nothing."""
         compiled = await self.cache.get_many(tenant, names)
-        return frozenset().union(*(entry.profile_keys for entry in compiled.values() if entry is not None))
+        return frozenset().union(*(entry.profile_keys if serving else entry.qualify_keys
+                                   for entry in compiled.values() if entry is not None))
 
     async def _compiled_points(
         self, tenant: str, selections: Sequence[tuple[str, str]], name_path

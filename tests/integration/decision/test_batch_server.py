@@ -141,6 +141,7 @@ async def test_points_and_decisions_are_returned_once_however_many_individuals_w
     assert all(not r.qualifications[0].HasField("experiment") for r in response.results)
     # The profile keys footer's rules read, as Qualify names them: a batch caller sends only those.
     assert list(response.profile_keys) == ["attributes", "events", "insights", "segments"]
+    assert list(response.qualify_profile_keys) == ["attributes", "events", "insights", "segments"]
 
 
 async def test_fallback_only_serves_everyone_the_fallback_without_evaluating_rules(server, tenant):

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from services.decision import rules
-from services.decision.domain import Decision, Point, Template, TemplateField
+from services.decision.domain import Decision, Holdout, Point, Template, TemplateField
 from services.decision.experiments import Cohort, Experiment
 from services.decision.service import DecisionService
 from shared.errors import InvalidArgument, NotFound
@@ -80,6 +80,22 @@ async def test_batch_gives_every_individual_exactly_what_qualify_gives_them(worl
     assert {"variant_a", "variant_b", "big_vip", "gold_email", "normal"} <= served
     assert any(not q.assignment.targeted for row in rows for q in row[:1])
     assert any(e.error for row in rows for q in row for e in q.evaluations)
+
+
+async def test_a_batch_whose_points_read_nothing_of_anyone_shares_answers_and_still_equals_qualify(world):
+    service, _ = world
+    await service.points.upsert(T, Point("", "email_recs", "", "MANUAL_CONTENT", TEMPLATE))
+    await service.decisions.upsert(T, Decision("", "email_recs", "always", 5, "1 + 1 == 2", content={"headline": "a"}))
+    await service.decisions.upsert(T, Decision("", "email_recs", "default", 0, "", fallback=True,
+                                               content={"headline": "d"}))
+    await service.holdouts.set(T, Holdout(fraction_bps=3000, seed="s"))
+    individuals = [(f"ind_{i}", {"segments": ["vip"]} if i % 2 else {}) for i in range(200)]
+    _, rows = await service.qualifier.batch(T, ["email_recs"], {"channel": "email"}, individuals)
+    for (uid, profile), row in zip(individuals, rows):
+        assert row == await service.qualifier.one(T, [("email_recs", "")], profile, {"channel": "email"}, uid)
+    assert {(q.decision.name, q.holdout, len(q.evaluations)) for row in rows for q in row} == {
+        ("always", False, 1), ("default", True, 0)}
+    assert len({id(row) for row in rows}) == 2  # one answer outside the holdout, one in it
 
 
 async def test_a_warm_batch_costs_no_query(world):

@@ -28,6 +28,14 @@ async def test_a_point_reads_the_keys_its_rules_name_and_a_recommending_one_its_
     assert await service.qualifier.profile_keys(T, ["recs_block"]) == {"affinities"}
     assert await service.qualifier.profile_keys(T, ["home_banner", "recs_block", "nope"]) == {
         "segments", "insights", "affinities"}
+    # Qualifying alone reads only what rules, consents and bandits read: the boosters' affinities are for serving.
+    assert await service.qualifier.profile_keys(T, ["home_banner", "recs_block"], serving=False) == {
+        "segments", "insights"}
+    assert await service.qualifier.profile_keys(T, ["recs_block"], serving=False) == set()
+    await service.decisions.upsert(T, Decision(decision_id="", point_name="recs_block", name="fans", priority=3,
+                                               rule="profile.affinities.category.shoes > 0.5",
+                                               recommender="top_sellers", count=5))
+    assert await service.qualifier.profile_keys(T, ["recs_block"], serving=False) == {"affinities"}
 
 
 async def test_a_rule_reading_the_whole_profile_or_asking_consent_widens_the_keys_once_saved():

@@ -402,18 +402,20 @@ class BatchResult(_message.Message):
     def __init__(self, unified_individual_id: _Optional[str] = ..., qualifications: _Optional[_Iterable[_Union[BatchQualification, _Mapping]]] = ..., qualification_indexes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class QualifyBatchResponse(_message.Message):
-    __slots__ = ("points", "decisions", "results", "profile_keys", "qualifications")
+    __slots__ = ("points", "decisions", "results", "profile_keys", "qualifications", "qualify_profile_keys")
     POINTS_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_KEYS_FIELD_NUMBER: _ClassVar[int]
     QUALIFICATIONS_FIELD_NUMBER: _ClassVar[int]
+    QUALIFY_PROFILE_KEYS_FIELD_NUMBER: _ClassVar[int]
     points: _containers.RepeatedCompositeFieldContainer[Point]
     decisions: _containers.RepeatedCompositeFieldContainer[Decision]
     results: _containers.RepeatedCompositeFieldContainer[BatchResult]
     profile_keys: _containers.RepeatedScalarFieldContainer[str]
     qualifications: _containers.RepeatedCompositeFieldContainer[BatchQualification]
-    def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[BatchResult, _Mapping]]] = ..., profile_keys: _Optional[_Iterable[str]] = ..., qualifications: _Optional[_Iterable[_Union[BatchQualification, _Mapping]]] = ...) -> None: ...
+    qualify_profile_keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., results: _Optional[_Iterable[_Union[BatchResult, _Mapping]]] = ..., profile_keys: _Optional[_Iterable[str]] = ..., qualifications: _Optional[_Iterable[_Union[BatchQualification, _Mapping]]] = ..., qualify_profile_keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DecisionLogEntry(_message.Message):
     __slots__ = ("personalization_id", "request_id", "point_id", "point_name", "decision_id", "unified_individual_id", "channel", "correlation_id", "anchor_id", "served", "stage_ms", "log_time", "experiment_id", "cohort_id", "exposure_conflict", "batch_job_id", "item_ids", "bandit_trial", "bandit_segment", "holdout")
