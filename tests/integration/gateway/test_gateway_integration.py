@@ -123,7 +123,7 @@ async def test_keys_are_stored_only_as_hashes(suite):
         stored = await conn.fetch("SELECT secret_hash::text AS h, key_id FROM gateway.api_keys")
     finally:
         await conn.close()
-    assert stored and all(secret not in r["h"] and secret.split("_")[2] not in r["h"] for r in stored)
+    assert stored and all(secret not in r["h"] and secret.split("_", 2)[2] not in r["h"] for r in stored)
 
 
 async def test_revoking_an_unknown_key_is_not_found(suite):
