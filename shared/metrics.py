@@ -39,6 +39,8 @@ POINTS_SERVED = Counter("tailor_points_served", "Personalization points served (
                         "recommendations, batch), by tenant and point", ["tenant", "point"])
 PIPELINE_BACKLOG = Gauge("tailor_pipeline_backlog_events", "Acknowledged events not yet processed, by tenant",
                          ["tenant"])
+PIPELINE_BULK_BACKLOG = Gauge("tailor_pipeline_bulk_backlog_events", "Of the backlog, events ingested as bulk "
+                              "(a backfill, applied behind live events), by tenant", ["tenant"])
 PIPELINE_LAG = Gauge("tailor_pipeline_lag_seconds", "Age of the oldest unprocessed event, by tenant", ["tenant"])
 PIPELINE_DEAD_LETTERS = Gauge("tailor_pipeline_dead_letters", "Events the pipeline gave up on, by tenant", ["tenant"])
 BATCH_DONE = Gauge("tailor_batch_job_members_done", "Segment members a batch job has decided and committed, by "
@@ -110,16 +112,18 @@ def record_served_many(tenant: str, point: str, individuals: Sequence[str]) -> N
     UNIQUE_INDIVIDUALS.add_many(tenant, [i for i in individuals if i])
 
 
-def set_pipeline(rows: list[tuple[str, int, float, int]]) -> None:
-    """Sets the pipeline gauges from (tenant, backlog, lag seconds, dead letters) rows; tenants absent are zeroed."""
+def set_pipeline(rows: list[tuple[str, int, float, int, int]]) -> None:
+    """Sets the pipeline gauges from (tenant, backlog, lag seconds, dead letters, bulk backlog) rows; tenants absent
+    are zeroed."""
     seen = set()
-    for tenant, backlog, lag, dead in rows:
+    for tenant, backlog, lag, dead, bulk in rows:
         seen.add(tenant)
         PIPELINE_BACKLOG.labels(tenant).set(backlog)
+        PIPELINE_BULK_BACKLOG.labels(tenant).set(bulk)
         PIPELINE_LAG.labels(tenant).set(lag)
         PIPELINE_DEAD_LETTERS.labels(tenant).set(dead)
     for tenant in _pipeline_tenants - seen:
-        for gauge in (PIPELINE_BACKLOG, PIPELINE_LAG, PIPELINE_DEAD_LETTERS):
+        for gauge in (PIPELINE_BACKLOG, PIPELINE_BULK_BACKLOG, PIPELINE_LAG, PIPELINE_DEAD_LETTERS):
             gauge.labels(tenant).set(0)
     _pipeline_tenants.update(seen)
 

@@ -15,9 +15,9 @@
                                                  operator key for --all-tenants)
     tailor replay -f DRAFT.yaml [--window 7d | --start ISO --end ISO] [--max-requests N] [--metric conversion]
                   [--attribution-window 7d] [--json]    (the draft: points and decisions, as `tailor apply` takes)
-    tailor ingest -f EVENTS.jsonl|- [--batch-size N]
+    tailor ingest -f EVENTS.jsonl|- [--batch-size N] [--bulk]
     tailor import individuals|objects|items|events -f FILE.csv [--map KEY=COLUMN ...] [--mapping FILE.yaml]
-                  [--event-type T] [--object-type T] [--checkpoint PATH] [--report PATH] [--restart]
+                  [--event-type T] [--object-type T] [--checkpoint PATH] [--report PATH] [--restart] [--live]
     tailor recommend [--identity TYPE:VALUE | --unified-id ID] [--item ID] [--cart ID ...] [--recommender NAME]
     tailor train NAME
     tailor tenant list | create NAME | quota NAME --credits N --rate R      (operator key)
@@ -283,8 +283,9 @@ async def _pipeline_status(args) -> None:
     async with grpc.aio.insecure_channel(args.gateway) as channel:
         reply = await gw_grpc.GatewayServiceStub(channel).GetPipelineStatus(
             gw.GetPipelineStatusRequest(), metadata=_auth(args), timeout=10)
-    print(f"pending {reply.pending_count} (retrying {reply.retrying_count}), dead letters {reply.dead_letter_count}, "
-          f"oldest pending {reply.oldest_pending_seconds:.1f} s")
+    print(f"pending {reply.pending_count} (bulk {reply.bulk_pending_count}, retrying {reply.retrying_count}), "
+          f"dead letters {reply.dead_letter_count}, oldest pending {reply.oldest_pending_seconds:.1f} s "
+          f"(live {reply.oldest_live_pending_seconds:.1f} s)")
 
 
 # ---- bulk data, recommendations, training, tenants (issue 13, item 5): public API only, no services.* imports ----
@@ -332,7 +333,8 @@ async def _ingest(args) -> int:
             raise UsageError(f"{args.file}: no such file")
         async with grpc.aio.insecure_channel(args.gateway, options=LARGE_MESSAGES) as channel:
             totals = await ingest_jsonl(channel, _auth(args), path, batch_size=args.batch_size,
-                                        show_progress=not args.quiet, on_rejected=_show_rejections("line"))
+                                        show_progress=not args.quiet, on_rejected=_show_rejections("line"),
+                                        bulk=args.bulk)
     path = Path(args.file)
     ambiguous = f", stored or duplicate {totals.acknowledged} (before a refused stream message, which does not " \
         "say)" if totals.acknowledged else ""
@@ -363,7 +365,7 @@ def import_options(args):
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         report=Path(args.report) if args.report else None,
         restart=args.restart, batch_size=args.batch_size, concurrency=args.concurrency,
-        show_progress=not args.quiet)
+        show_progress=not args.quiet, bulk=not args.live)
 
 
 async def _import(args) -> int:
@@ -804,8 +806,9 @@ async def _status_pipeline(args) -> None:
         except grpc.aio.AioRpcError as err:
             print(f"pipeline: {err.code().name}: {err.details()}")
             return
-    print(f"pipeline (the key's tenant): {reply.pending_count} pending, {reply.retrying_count} retrying, "
-          f"{reply.dead_letter_count} dead letters, oldest pending {reply.oldest_pending_seconds:.1f} s")
+    print(f"pipeline (the key's tenant): {reply.pending_count} pending ({reply.bulk_pending_count} bulk), "
+          f"{reply.retrying_count} retrying, {reply.dead_letter_count} dead letters, oldest pending "
+          f"{reply.oldest_pending_seconds:.1f} s (live {reply.oldest_live_pending_seconds:.1f} s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -979,6 +982,8 @@ def _add_data_commands(commands, client, who) -> None:
     ingest.add_argument("-f", "--file", required=True, help="the .jsonl file (- for standard input)")
     ingest.add_argument("--batch-size", type=int, default=500, help="events per stream message (default: %(default)s)")
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")
+    ingest.add_argument("--bulk", action="store_true", help="a backfill: the events are acknowledged as fast as "
+                        "they arrive and applied behind live events")
     ingest.set_defaults(run=_ingest)
 
     imp = commands.add_parser("import", parents=[client], help="import a CSV file of individuals, profile objects, "
@@ -999,6 +1004,8 @@ def _add_data_commands(commands, client, who) -> None:
     imp.add_argument("--batch-size", type=int, default=1000, help="rows per request (default: %(default)s)")
     imp.add_argument("--concurrency", type=int, default=4, help="requests in flight (default: %(default)s)")
     imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.add_argument("--live", action="store_true", help="apply the events like live ones (by default an import "
+                     "is a backfill: acknowledged as fast as it is sent, applied behind live events)")
     imp.set_defaults(run=_import)
 
     recommend = commands.add_parser("recommend", parents=[client, who],

@@ -549,6 +549,7 @@ class ImportOptions:
     batch_size: int = 1000
     concurrency: int = 4
     show_progress: bool = True
+    bulk: bool = True  # events go in the gateway's bulk lane: acknowledged alike, applied behind live events
 
 
 def _read_rows(path: Path) -> tuple[list[str], Iterator[list[str]], IO[str]]:
@@ -615,8 +616,9 @@ def _batches(reader, converter: RowConverter, batch_size: int, skip: int
         yield count, entries, local
 
 
-def _raw_method(channel: grpc.aio.Channel, service, method: str, field: str, response_class):
-    """A unary call whose request is a list of messages already serialized, sent as its repeated field `field`.
+def _raw_method(channel: grpc.aio.Channel, service, method: str, field: str, response_class, rest: bytes = b""):
+    """A unary call whose request is a list of messages already serialized, sent as its repeated field `field`,
+    followed by `rest` (the request's other fields, serialized).
 
     Each row's message is serialized once, when it is checked; a request is then the payloads joined, each behind
     the field's tag and length (the wire format of a repeated message field), instead of the messages being copied
@@ -638,6 +640,7 @@ def _raw_method(channel: grpc.aio.Channel, service, method: str, field: str, res
             head.append(size)
             parts.append(bytes(head))
             parts.append(payload)
+        parts.append(rest)
         return b"".join(parts)
 
     def call(payloads: list[bytes], **kwargs):
@@ -669,7 +672,7 @@ async def import_csv(channel: grpc.aio.Channel, metadata, options: ImportOptions
                                  "UpsertItems", "items", profile_pb.UpsertItemsResponse)
         else:
             method = _raw_method(channel, gw.DESCRIPTOR.services_by_name["GatewayService"], "IngestEvents", "events",
-                                 gw.IngestEventsResponse)
+                                 gw.IngestEventsResponse, gw.IngestEventsRequest(bulk=options.bulk).SerializeToString())
 
         async def call(payloads):
             return await method(payloads, metadata=metadata, timeout=120)
@@ -777,9 +780,9 @@ def read_jsonl(path: Path, batch_size: int) -> Iterator[tuple[list[tuple[int, li
 
 
 async def ingest_jsonl(channel: grpc.aio.Channel, metadata, path: Path, *, batch_size: int = 500,
-                       show_progress: bool = True, on_rejected: Callable[[list[Rejected]], None] = lambda _: None
-                       ) -> Totals:
-    """Streams a JSON-lines file of Events over StreamIngestEvents in batches. A batch the gateway refuses ends
+                       show_progress: bool = True, on_rejected: Callable[[list[Rejected]], None] = lambda _: None,
+                       bulk: bool = False) -> Totals:
+    """Streams a JSON-lines file of Events over StreamIngestEvents in batches (in the bulk lane when bulk). A batch the gateway refuses ends
     that stream (earlier batches stay stored): its bad events are reported by line, the rest of it and the batches
     after it go on a new stream. The events a stream cut short had stored are counted as acknowledged: the gateway
     answers such a stream with the error only, so which of them were duplicates is not known."""
@@ -810,7 +813,7 @@ async def ingest_jsonl(channel: grpc.aio.Channel, metadata, path: Path, *, batch
                 # stores each message when it arrives); a refusal takes back what must be sent again.
                 for entries in source:
                     sent.append(entries)
-                    yield gw.StreamIngestEventsRequest(events=[e for _, _, e in entries])
+                    yield gw.StreamIngestEventsRequest(events=[e for _, _, e in entries], bulk=bulk)
                     bar.update(len(entries))
 
             try:

@@ -114,7 +114,8 @@ class DeadLetters:
         counts = await self.store.counts(tenant)
         reply = pb.GetPipelineStatusResponse(
             pending_count=counts.pending, retrying_count=counts.retrying, dead_letter_count=counts.dead_letters,
-            oldest_pending_seconds=round(counts.oldest_pending_seconds, 3))
+            oldest_pending_seconds=round(counts.oldest_pending_seconds, 3), bulk_pending_count=counts.bulk_pending,
+            oldest_live_pending_seconds=round(counts.oldest_live_pending_seconds, 3))
         reply.minutes.extend(await self.history(tenant, counts.pending))
         return reply
 

@@ -205,10 +205,11 @@ class Ingest:
         """prepare, with the tenant's identity types."""
         return await checked(self.identity_types, tenant_id, lambda known: self.prepare(events, known))
 
-    async def store_prepared(self, tenant_id: str, ids: list[str], payloads: list[bytes], routes: list[int]
-                             ) -> list[tuple[str, bool]]:
-        """Returns (message_id, stored_now) per event in request order; a repeat within the batch is a duplicate."""
-        stored = await self.store.store_events(tenant_id, ids, payloads, routes)
+    async def store_prepared(self, tenant_id: str, ids: list[str], payloads: list[bytes], routes: list[int],
+                             bulk: bool = False) -> list[tuple[str, bool]]:
+        """Returns (message_id, stored_now) per event in request order; a repeat within the batch is a duplicate.
+        Bulk events (a backfill) are stored in the inbox's bulk lane, which the pipeline applies behind live events."""
+        stored = await self.store.store_events(tenant_id, ids, payloads, routes, bulk)
         acks, seen = [], set()
         for message_id in ids:
             fresh = message_id in stored and message_id not in seen
@@ -218,9 +219,9 @@ class Ingest:
         metrics.record_ingested(tenant_id, fresh_count, len(acks) - fresh_count)
         return acks
 
-    async def ingest(self, tenant_id: str, events) -> list[tuple[str, bool]]:
+    async def ingest(self, tenant_id: str, events, bulk: bool = False) -> list[tuple[str, bool]]:
         """validate, then store_prepared."""
-        return await self.store_prepared(tenant_id, *await self.validate(tenant_id, events))
+        return await self.store_prepared(tenant_id, *await self.validate(tenant_id, events), bulk=bulk)
 
 
 __all__ = ["Ingest", "IdentityTypes", "validate_batch", "validate_event", "checked", "InvalidArgument"]

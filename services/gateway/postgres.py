@@ -11,13 +11,17 @@ from personalization.gateway.v1 import gateway_service_pb2 as pb
 from services.gateway.routing import PARTITIONS
 
 INBOX_CHANNEL = "tailor_inbox"
+# The NOTIFY payload of a store that holds bulk rows (the pipeline looks at its bulk lane only when told, or once a
+# poll interval); live stores send ''.
+BULK_NOTICE = "bulk"
 # A store that lost a deadlock to a concurrent store of the same message ids is run again this many times in all.
 STORE_ATTEMPTS = 3
-_STORE_ROWS = ("INSERT INTO inbox (tenant_id, message_id, payload, route, partition) "
-               "SELECT $1, m, p, r, ((r # hashtextextended($1, 0)) % $5 + $5) % $5 "
+_STORE_ROWS = ("INSERT INTO inbox (tenant_id, message_id, payload, route, partition, bulk) "
+               "SELECT $1, m, p, r, ((r # hashtextextended($1, 0)) % $5 + $5) % $5, $6 "
                "FROM unnest($2::text[], $3::bytea[], $4::bigint[]) AS u(m, p, r)")
 # New ids only (a unique violation otherwise), and the workers woken in the same statement.
-_STORE_NEW = f"WITH stored AS ({_STORE_ROWS} RETURNING 1) SELECT pg_notify($6, '') FROM (SELECT 1 FROM stored LIMIT 1) AS s"
+_STORE_NEW = (f"WITH stored AS ({_STORE_ROWS} RETURNING 1) "
+              f"SELECT pg_notify($7, CASE WHEN $6 THEN '{BULK_NOTICE}' ELSE '' END) FROM (SELECT 1 FROM stored LIMIT 1) AS s")
 # Any ids: those already stored are skipped.
 _STORE_SOME = f"{_STORE_ROWS} ON CONFLICT (tenant_id, message_id) DO NOTHING RETURNING message_id"
 
@@ -116,8 +120,8 @@ class GatewayStore:
 
     # Inbox (the pipeline's side is in postgres_inbox.py).
     async def store_events(self, tenant_id: str, message_ids: list[str], payloads: list[bytes],
-                           routes: list[int]) -> set[str]:
-        """Stores new events and wakes the workers; returns the message ids newly stored.
+                           routes: list[int], bulk: bool = False) -> set[str]:
+        """Stores new events (in the bulk lane when bulk) and wakes the workers; returns the message ids newly stored.
 
         Most batches carry only new ids: they are stored by a plain INSERT that also wakes the workers, one statement
         (the conflict check of ON CONFLICT costs the database about a fifth more per row). A batch with an id already
@@ -130,15 +134,15 @@ class GatewayStore:
             try:
                 async with self.pool.acquire() as conn:
                     try:
-                        await conn.execute(_STORE_NEW, tenant_id, message_ids, payloads, routes, PARTITIONS,
+                        await conn.execute(_STORE_NEW, tenant_id, message_ids, payloads, routes, PARTITIONS, bulk,
                                            INBOX_CHANNEL)
                         return set(message_ids)
                     except asyncpg.UniqueViolationError:
                         pass
                     async with conn.transaction():
-                        rows = await conn.fetch(_STORE_SOME, tenant_id, message_ids, payloads, routes, PARTITIONS)
+                        rows = await conn.fetch(_STORE_SOME, tenant_id, message_ids, payloads, routes, PARTITIONS, bulk)
                         if rows:
-                            await conn.execute("SELECT pg_notify($1, '')", INBOX_CHANNEL)
+                            await conn.execute("SELECT pg_notify($1, $2)", INBOX_CHANNEL, BULK_NOTICE if bulk else "")
                     return {r["message_id"] for r in rows}
             except asyncpg.DeadlockDetectedError:
                 if attempt == STORE_ATTEMPTS - 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -41,43 +42,70 @@ class PipelineCounts:
     retrying: int
     dead_letters: int
     oldest_pending_seconds: float
+    bulk_pending: int = 0                     # of pending, ingested as bulk
+    oldest_live_pending_seconds: float = 0.0  # the oldest pending live (not bulk) event's age
 
 
 # Pending (partition, tenant) pairs of the given partitions, skipping busy tenants: per partition, a loose index scan
-# over inbox_pending's tenants (one probe per pair, however long a backlog is; a single scan across partitions with a
-# row comparison `(partition, tenant_id) > ...` reads every pending entry of a partition to find the next one); then,
-# per pair, its oldest rows whose routing identity is not blocked, at most $3 each.
+# over the lane's pending index's tenants (one probe per pair, however long a backlog is; a single scan across
+# partitions with a row comparison `(partition, tenant_id) > ...` reads every pending entry of a partition to find the
+# next one); then, per pair, its oldest rows whose routing identity is not blocked, at most $3 each. {lane} is the
+# lane's predicate, written out so that the planner matches it to that lane's partial index (inbox_pending or
+# inbox_pending_bulk). {pair} adds columns per pair and {extra} to the result (the bulk take's arrival signal).
 _TAKE = """
-SELECT r.tenant_id, r.message_id, r.seq, r.payload, r.attempts, r.route, q.partition
+SELECT r.tenant_id, r.message_id, r.seq, r.payload, r.attempts, r.route, q.partition{extra}
 FROM unnest($1::int[]) AS q(partition) CROSS JOIN LATERAL (
     WITH RECURSIVE tenants AS (
-        (SELECT tenant_id FROM inbox WHERE processed_at IS NULL AND partition = q.partition
+        (SELECT tenant_id FROM inbox WHERE processed_at IS NULL AND {lane} AND partition = q.partition
          ORDER BY tenant_id LIMIT 1)
         UNION ALL
         SELECT n.tenant_id FROM tenants AS t CROSS JOIN LATERAL (
             SELECT tenant_id FROM inbox
-            WHERE processed_at IS NULL AND partition = q.partition AND tenant_id > t.tenant_id
+            WHERE processed_at IS NULL AND {lane} AND partition = q.partition AND tenant_id > t.tenant_id
             ORDER BY tenant_id LIMIT 1) AS n
     )
-    SELECT tenant_id FROM tenants) AS p
+    SELECT tenant_id{pair} FROM tenants) AS p
 CROSS JOIN LATERAL (
     SELECT i.tenant_id, i.message_id, i.seq, i.payload, i.attempts, i.route FROM inbox AS i
-    WHERE i.processed_at IS NULL AND i.partition = q.partition AND i.tenant_id = p.tenant_id
+    WHERE i.processed_at IS NULL AND {lane} AND i.partition = q.partition AND i.tenant_id = p.tenant_id
       AND NOT EXISTS (SELECT 1 FROM blocked_routes AS b
                       WHERE b.tenant_id = i.tenant_id AND b.route = i.route AND b.until > now())
     ORDER BY i.seq LIMIT $3) AS r
 WHERE NOT (p.tenant_id = ANY($2::text[]))"""
+_TAKE_LIVE = _TAKE.format(lane="NOT bulk", pair="", extra="")
+# The bulk take also says, per pair, how long ago its newest pending bulk row arrived (a tenant whose bulk rows are
+# still arriving is being imported right now), and whether a live row has waited more than $4 seconds in any
+# partition (live work is falling behind, on this worker or another).
+_TAKE_BULK = _TAKE.format(lane="bulk", pair=""",
+        (SELECT extract(epoch FROM now() - n.received_at) FROM inbox AS n
+         WHERE n.processed_at IS NULL AND n.bulk AND n.partition = q.partition AND n.tenant_id = tenants.tenant_id
+         ORDER BY n.seq DESC LIMIT 1) AS newest_age""",
+                          extra=""", p.newest_age,
+    coalesce((SELECT min(l.received_at) FROM inbox AS l WHERE l.processed_at IS NULL AND NOT l.bulk)
+             < now() - make_interval(secs => $4), false) AS live_waiting""")
 
-# One tenant's pending rows after a given seq per partition (what its running task takes next), oldest first per
-# partition, at most $4 each, skipping routing identities that wait for a retry.
+
+@dataclass(frozen=True)
+class BulkTake:
+    """Bulk rows taken, and what says whether to apply them at full speed or paced behind live work."""
+
+    rows: list[InboxRow]
+    newest_age: dict[str, float]  # per tenant taken: seconds since its newest pending bulk row arrived
+    live_waiting: bool            # a live row has waited longer than asked, in some partition (any worker's)
+
+
+# One tenant's pending rows of one lane after a given seq per partition (what its running task takes next), oldest
+# first per partition, at most $4 each, skipping routing identities that wait for a retry.
 _TAKE_MORE = """
 SELECT r.tenant_id, r.message_id, r.seq, r.payload, r.attempts, r.route, q.partition
 FROM unnest($2::int[], $3::bigint[]) AS q(partition, after) CROSS JOIN LATERAL (
     SELECT i.tenant_id, i.message_id, i.seq, i.payload, i.attempts, i.route FROM inbox AS i
-    WHERE i.processed_at IS NULL AND i.partition = q.partition AND i.tenant_id = $1 AND i.seq > q.after
+    WHERE i.processed_at IS NULL AND {lane} AND i.partition = q.partition AND i.tenant_id = $1 AND i.seq > q.after
       AND NOT EXISTS (SELECT 1 FROM blocked_routes AS b
                       WHERE b.tenant_id = i.tenant_id AND b.route = i.route AND b.until > now())
     ORDER BY i.seq LIMIT $4) AS r"""
+_TAKE_MORE_LIVE = _TAKE_MORE.format(lane="NOT bulk")
+_TAKE_MORE_BULK = _TAKE_MORE.format(lane="bulk")
 
 # Renews this worker's leases, then claims free or expired partitions up to its fair share, in one statement.
 _CLAIM = """
@@ -165,13 +193,25 @@ class InboxStore:
     async def take(self, partitions: list[int], busy_tenants: list[str], per_pair: int) -> list[InboxRow]:
         """Pending rows of the partitions, oldest first per (partition, tenant), at most per_pair each, skipping busy
         tenants and routing identities that wait for a retry."""
-        return _rows(await self.pool.fetch(_TAKE, partitions, busy_tenants, per_pair))
+        return _rows(await self.pool.fetch(_TAKE_LIVE, partitions, busy_tenants, per_pair))
 
-    async def take_more(self, tenant_id: str, after: list[tuple[int, int]], per_pair: int) -> list[InboxRow]:
-        """One tenant's pending rows after (partition, seq) pairs, at most per_pair per partition, skipping routing
-        identities that wait for a retry."""
-        return _rows(await self.pool.fetch(_TAKE_MORE, tenant_id, [p for p, _ in after], [s for _, s in after],
-                                           per_pair))
+    async def take_more(self, tenant_id: str, after: list[tuple[int, int]], per_pair: int, bulk: bool = False
+                        ) -> list[InboxRow]:
+        """One tenant's pending rows of one lane after (partition, seq) pairs, at most per_pair per partition,
+        skipping routing identities that wait for a retry."""
+        return _rows(await self.pool.fetch(_TAKE_MORE_BULK if bulk else _TAKE_MORE_LIVE, tenant_id,
+                                           [p for p, _ in after], [s for _, s in after], per_pair))
+
+    async def take_bulk(self, partitions: list[int], busy_tenants: list[str], per_pair: int,
+                        live_wait_seconds: float) -> BulkTake:
+        """take, from the bulk lane; with each tenant's newest arrival and whether a live row has waited longer than
+        live_wait_seconds anywhere."""
+        rows = await self.pool.fetch(_TAKE_BULK, partitions, busy_tenants, per_pair, live_wait_seconds)
+        newest: dict[str, float] = {}
+        for r in rows:
+            age = float(r["newest_age"] if r["newest_age"] is not None else math.inf)
+            newest[r["tenant_id"]] = min(age, newest.get(r["tenant_id"], math.inf))
+        return BulkTake(_rows(rows), newest, bool(rows) and rows[0]["live_waiting"])
 
     async def mark_processed(self, tenant_id: str, rows: list[InboxRow]) -> None:
         """Marks rows done; a routing identity that waited for one of them is free again."""
@@ -251,7 +291,7 @@ class InboxStore:
                 await conn.execute(
                     "UPDATE inbox SET processed_at = NULL, attempts = 0 "
                     "WHERE tenant_id = $1 AND message_id = ANY($2::text[])", tenant_id, ids)
-                await conn.execute("SELECT pg_notify('tailor_inbox', '')")
+                await conn.execute("SELECT pg_notify('tailor_inbox', 'bulk')")  # either lane's rows may be back
             return len(ids)
 
     async def discard_dead_letters(self, tenant_id: str, message_ids: list[str] | None, reason: str,
@@ -262,12 +302,13 @@ class InboxStore:
 
     async def counts(self, tenant_id: str) -> PipelineCounts:
         row = await self.pool.fetchrow(
-            "SELECT (SELECT count(*) FROM inbox WHERE tenant_id = $1 AND processed_at IS NULL) AS pending, "
-            "(SELECT count(*) FROM inbox WHERE tenant_id = $1 AND processed_at IS NULL AND attempts > 0) AS retrying, "
-            "(SELECT count(*) FROM dead_letters WHERE tenant_id = $1) AS dead, "
-            "(SELECT extract(epoch FROM now() - min(received_at)) FROM inbox "
-            " WHERE tenant_id = $1 AND processed_at IS NULL) AS oldest", tenant_id)
-        return PipelineCounts(row["pending"], row["retrying"], row["dead"], float(row["oldest"] or 0.0))
+            "SELECT p.*, (SELECT count(*) FROM dead_letters WHERE tenant_id = $1) AS dead FROM ("
+            " SELECT count(*) AS pending, count(*) FILTER (WHERE attempts > 0) AS retrying,"
+            " count(*) FILTER (WHERE bulk) AS bulk, extract(epoch FROM now() - min(received_at)) AS oldest,"
+            " extract(epoch FROM now() - min(received_at) FILTER (WHERE NOT bulk)) AS oldest_live"
+            " FROM inbox WHERE tenant_id = $1 AND processed_at IS NULL) AS p", tenant_id)
+        return PipelineCounts(row["pending"], row["retrying"], row["dead"], float(row["oldest"] or 0.0),
+                              row["bulk"], float(row["oldest_live"] or 0.0))
 
     async def minutes(self, tenant_id: str, since: datetime) -> tuple[dict, dict]:
         """Per minute from since: {minute: received} and {minute: (processed, mean lag in seconds)}."""
@@ -281,13 +322,15 @@ class InboxStore:
         return ({r["m"]: r["n"] for r in received},
                 {r["m"]: (r["n"], float(r["lag"] or 0.0)) for r in processed})
 
-    async def backlog_by_tenant(self) -> list[tuple[str, int, float, int]]:
-        """(tenant, pending events, age of the oldest in seconds, dead letters) of every tenant with any (metrics)."""
+    async def backlog_by_tenant(self) -> list[tuple[str, int, float, int, int]]:
+        """(tenant, pending events, age of the oldest in seconds, dead letters, pending bulk events) of every tenant
+        with any (metrics)."""
         rows = await self.pool.fetch(
-            "WITH pending AS (SELECT tenant_id, count(*) AS n, extract(epoch FROM now() - min(received_at)) AS age "
+            "WITH pending AS (SELECT tenant_id, count(*) AS n, extract(epoch FROM now() - min(received_at)) AS age, "
+            "                 count(*) FILTER (WHERE bulk) AS bulk "
             "                 FROM inbox WHERE processed_at IS NULL GROUP BY tenant_id), "
             "dead AS (SELECT tenant_id, count(*) AS n FROM dead_letters GROUP BY tenant_id) "
             "SELECT coalesce(p.tenant_id, d.tenant_id) AS tenant_id, coalesce(p.n, 0) AS pending, "
-            "coalesce(p.age, 0) AS age, coalesce(d.n, 0) AS dead "
+            "coalesce(p.age, 0) AS age, coalesce(d.n, 0) AS dead, coalesce(p.bulk, 0) AS bulk "
             "FROM pending AS p FULL JOIN dead AS d USING (tenant_id)")
-        return [(r["tenant_id"], r["pending"], float(r["age"]), r["dead"]) for r in rows]
+        return [(r["tenant_id"], r["pending"], float(r["age"]), r["dead"], r["bulk"]) for r in rows]

@@ -120,7 +120,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                            context: grpc.aio.ServicerContext) -> pb.IngestEventsResponse:
         await self._admit()
         reply = pb.IngestEventsResponse()
-        _add_acks(reply.acks, await self.ingest.ingest(current_tenant(), request.events))
+        _add_acks(reply.acks, await self.ingest.ingest(current_tenant(), request.events, request.bulk))
         return reply
 
     async def StreamIngestEvents(self, request_iterator: AsyncIterator[pb.StreamIngestEventsRequest],
@@ -150,7 +150,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                 # duplicates are still found exactly, as concurrent inserts of one message id conflict.
                 if len(storing) >= STREAM_WRITES:
                     await collect_oldest()
-                storing.append(asyncio.create_task(self.ingest.store_prepared(tenant, *prepared)))
+                storing.append(asyncio.create_task(self.ingest.store_prepared(tenant, *prepared, bulk=message.bulk)))
                 index += 1
             while storing:
                 await collect_oldest()

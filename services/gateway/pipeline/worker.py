@@ -19,7 +19,7 @@ from google.protobuf.message import DecodeError
 
 from personalization.common.v1 import common_pb2
 from services.gateway.pipeline.apply import Pipeline, Plan
-from services.gateway.postgres import INBOX_CHANNEL
+from services.gateway.postgres import BULK_NOTICE, INBOX_CHANNEL
 from services.gateway.postgres_inbox import PARTITIONS_CHANNEL, InboxRow, InboxStore
 from shared import context as ctx
 from shared import contract, db
@@ -56,6 +56,11 @@ class WorkerSettings:
     max_attempts: int = 5           # attempts of an isolated failing event before it is dead-lettered
     idle_seconds: float = 1.0       # polling interval when no NOTIFY arrives
     turn_seconds: float = 1.0       # a tenant's task keeps taking its new events for at most this long
+    # Bulk rows (backfills) are taken only with slots left over, at most half of them; while a tenant's bulk rows
+    # are still arriving or live events wait, one bulk chunk at a time per worker, for this share of its time.
+    bulk_duty: float = 0.1
+    bulk_quiet_seconds: float = 2.0  # bulk rows arrived within this long: the tenant's import is still running
+    live_wait_seconds: float = 0.5   # a live event pending this long anywhere paces the bulk drain
 
     @classmethod
     def from_env(cls) -> "WorkerSettings":
@@ -68,6 +73,9 @@ class WorkerSettings:
             concurrency=env_int("TAILOR_PIPELINE_CONCURRENCY", 8, minimum=1, maximum=64),
             max_attempts=env_int("TAILOR_GATEWAY_MAX_ATTEMPTS", 5, minimum=1),
             turn_seconds=env_float("TAILOR_PIPELINE_TURN_SECONDS", 1.0, minimum=0.0),
+            bulk_duty=min(env_float("TAILOR_PIPELINE_BULK_DUTY", 0.1, minimum=0.01), 1.0),
+            bulk_quiet_seconds=env_float("TAILOR_PIPELINE_BULK_QUIET_SECONDS", 2.0, minimum=0.0),
+            live_wait_seconds=env_float("TAILOR_PIPELINE_LIVE_WAIT_SECONDS", 0.5, minimum=0.0),
         )
 
 
@@ -147,6 +155,12 @@ class PartitionWorker:
         self.stopping = False
         self._listener: asyncpg.Connection | None = None
         self._renewed_at = -math.inf
+        self.bulk: set[str] = set()      # tenants whose task in flight applies bulk rows
+        self._paced_busy = False         # a paced bulk chunk is in flight
+        self._paced_until = -math.inf    # no paced bulk chunk starts before this (the duty cycle's pause)
+        self._bulk_look_at = -math.inf   # the bulk lane is not looked at again before this
+        self._bulk_empty = False         # the last look found nothing: look again at a bulk NOTIFY or the poll
+        self._live_notices = 0           # NOTIFYs of live rows so far (a bulk task stops refilling at the next)
 
     # ---- the loops ------------------------------------------------------------------------------------------
 
@@ -228,7 +242,7 @@ class PartitionWorker:
     async def _ensure_listener(self) -> None:
         if self._listener is None or self._listener.is_closed():
             self._listener = await asyncpg.connect(self.dsn)
-            await self._listener.add_listener(INBOX_CHANNEL, lambda *_: self.wake.set())
+            await self._listener.add_listener(INBOX_CHANNEL, self._notified)
             await self._listener.add_listener(PARTITIONS_CHANNEL, lambda *_: self.rebalance_now.set())
 
     def _start_handovers(self) -> None:
@@ -273,7 +287,7 @@ class PartitionWorker:
             # Wait for a tenant's work to end or for new events (a NOTIFY), whichever comes first.
             woken = asyncio.ensure_future(self.wake.wait())
             try:
-                await asyncio.wait([*self.tasks.values(), woken], timeout=self.settings.idle_seconds,
+                await asyncio.wait([*self.tasks.values(), woken], timeout=self._idle_timeout(),
                                    return_when=asyncio.FIRST_COMPLETED)
             finally:
                 woken.cancel()
@@ -282,37 +296,111 @@ class PartitionWorker:
                 await asyncio.sleep(0.005)
 
     async def take_once(self) -> int:
-        """Takes pending work of idle tenants and starts a task per tenant; returns how many tasks started."""
+        """Takes pending work of idle tenants and starts a task per tenant; returns how many tasks started.
+
+        Live rows first, for every tenant; bulk rows only with slots left over (see _take_bulk)."""
         now = time.monotonic()
         waiting = [t for t, s in self.tenants.items() if s.backoff_until > now]
         partitions = self.held()
         per_pair = max(16, math.ceil(self.settings.tenant_take / max(len(partitions), 1)))
         rows = await self.store.take(partitions, [*self.tasks, *waiting], per_pair)
+        started = 0
+        for tenant, work in self._fair(rows):
+            if len(self.tasks) >= self.settings.concurrency:
+                break
+            self._start(tenant, now, self._run_tenant(tenant, work))
+            started += 1
+        return started + await self._take_bulk(partitions, per_pair, [*self.tasks, *waiting], now)
+
+    async def _take_bulk(self, partitions: list[int], per_pair: int, busy: list[str], now: float) -> int:
+        """Starts bulk work in the slots live work left, at most half of them. A tenant whose bulk rows are still
+        arriving (the newest is under bulk_quiet_seconds old), or any tenant while a live event has waited over
+        live_wait_seconds in any partition, is paced: one such chunk at a time per worker, each followed by a pause
+        that keeps the paced drain to bulk_duty of the worker's time. Otherwise bulk rows go at full speed."""
+        bulk_slots = max(1, self.settings.concurrency // 2)
+        if (now < self._bulk_look_at or len(self.tasks) >= self.settings.concurrency
+                or len(self.bulk) >= bulk_slots):
+            return 0
+        taken = await self.store.take_bulk(partitions, busy, per_pair, self.settings.live_wait_seconds)
+        if not taken.rows:  # nothing to take: live stores do not make the next wake look again, bulk ones do
+            self._bulk_empty = True
+            self._bulk_look_at = now + self.settings.idle_seconds
+            return 0
+        started = 0
+        paced_left = False
+        quiet_at = math.inf  # when the first paced tenant stops counting as still importing
+        for tenant, work in self._fair(taken.rows):
+            if len(self.tasks) >= self.settings.concurrency or len(self.bulk) >= bulk_slots:
+                break
+            quiet_in = self.settings.bulk_quiet_seconds - taken.newest_age.get(tenant, math.inf)
+            paced = taken.live_waiting or quiet_in > 0
+            if paced and (self._paced_busy or now < self._paced_until):
+                paced_left = True
+                if not taken.live_waiting:
+                    quiet_at = min(quiet_at, now + quiet_in)
+                continue
+            self._paced_busy = self._paced_busy or paced
+            self.bulk.add(tenant)
+            self._start(tenant, now, self._run_bulk(tenant, work, paced))
+            started += 1
+        if paced_left and not started:
+            # Only paced work waits: look again when its pause ends (or when a paced chunk ends: _run_bulk), or
+            # when a tenant's import has stopped and its backlog may go at full speed.
+            self._bulk_look_at = min(quiet_at, math.inf if self._paced_busy else self._paced_until)
+        return started
+
+    def _fair(self, rows: list[InboxRow]) -> list[tuple[str, list[InboxRow]]]:
+        """Rows per tenant, oldest first, at most tenant_take each; the tenant served longest ago first (when slots
+        are short, it goes first)."""
         by_tenant: dict[str, list[InboxRow]] = {}
         for row in rows:
             by_tenant.setdefault(row.tenant_id, []).append(row)
-        # Fair rotation: the tenant served longest ago goes first when slots are short.
         order = sorted(by_tenant, key=lambda t: self.tenants.get(t, _TenantState()).last_started)
-        started = 0
-        for tenant in order:
-            if len(self.tasks) >= self.settings.concurrency:
-                break
-            work = sorted(by_tenant[tenant], key=lambda r: r.seq)[:self.settings.tenant_take]
-            self.tenants.setdefault(tenant, _TenantState()).last_started = now
-            self.tasks[tenant] = asyncio.create_task(self._run_tenant(tenant, work))
-            started += 1
-        return started
+        return [(t, sorted(by_tenant[t], key=lambda r: r.seq)[:self.settings.tenant_take]) for t in order]
+
+    def _start(self, tenant: str, now: float, run) -> None:
+        self.tenants.setdefault(tenant, _TenantState()).last_started = now
+        self.tasks[tenant] = asyncio.create_task(run)
+
+    async def _run_bulk(self, tenant: str, rows: list[InboxRow], paced: bool) -> None:
+        started = time.monotonic()
+        try:
+            await self._run_tenant(tenant, rows, bulk=True, refill=not paced)
+        finally:
+            self.bulk.discard(tenant)
+            self._bulk_look_at = -math.inf  # the tenant's next rows, or others' waiting behind it
+            if paced:
+                ended = time.monotonic()
+                duty = self.settings.bulk_duty
+                self._paced_busy = False
+                self._paced_until = ended + (ended - started) * (1 - duty) / duty
+
+    def _notified(self, _connection, _pid, _channel, payload: str) -> None:
+        """A NOTIFY of new inbox rows: wakes the drain loop; bulk rows make it look at the bulk lane again."""
+        if payload != BULK_NOTICE:
+            self._live_notices += 1
+        elif self._bulk_empty:
+            self._bulk_empty = False
+            self._bulk_look_at = -math.inf
+        self.wake.set()
+
+    def _idle_timeout(self) -> float:
+        """How long the drain loop waits with no NOTIFY and no task ending: the poll, or less when paced bulk work
+        may start sooner."""
+        until = self._bulk_look_at - time.monotonic()
+        return self.settings.idle_seconds if until <= 0 else min(self.settings.idle_seconds, until)
 
     # ---- one tenant's work ----------------------------------------------------------------------------------
 
-    async def _run_tenant(self, tenant: str, rows: list[InboxRow]) -> None:
+    async def _run_tenant(self, tenant: str, rows: list[InboxRow], bulk: bool = False, refill: bool = True) -> None:
+        """Applies a tenant's rows of one lane; with refill, its task goes on with the lane's next rows for a turn."""
         ctx.tenant_var.set(tenant)
         ctx.request_id_var.set(ctx.new_request_id())
         ctx.deadline_var.set(None)
         state = self.tenants.setdefault(tenant, _TenantState())
         try:
             with db.one_tenant():  # the worker spans tenants; this task serves one
-                await self.process(tenant, rows, refill=self._refill_for(tenant, rows))
+                await self.process(tenant, rows, refill=self._refill_for(tenant, rows, bulk) if refill else None)
             state.infra_failures = 0
         except Transient as error:
             state.infra_failures += 1
@@ -331,13 +419,16 @@ class PartitionWorker:
             # may already have been spent on those takes: look again now rather than at the next idle poll.
             self.wake.set()
 
-    def _refill_for(self, tenant: str, rows: list[InboxRow]) -> Callable[[int], Awaitable[list[InboxRow]]]:
+    def _refill_for(self, tenant: str, rows: list[InboxRow], bulk: bool = False
+                    ) -> Callable[[int], Awaitable[list[InboxRow]]]:
         """What a tenant's task takes next, without going back to the drain loop: per partition it still holds, the
-        pending events after the last one this task took there, oldest first (so each routing identity's events stay
-        in order). It takes none once other tenants need the slots, this worker is stopping or handing partitions
-        over, or the task has had its turn (`turn_seconds`), so tenants still rotate."""
+        pending events of its lane after the last one this task took there, oldest first (so each routing identity's
+        events stay in order). It takes none once other tenants need the slots, this worker is stopping or handing
+        partitions over, or the task has had its turn (`turn_seconds`), so tenants still rotate; a bulk task also
+        stops once live events have arrived (their NOTIFY), so they do not wait for its turn to end."""
         after: dict[int, int] = {}
         ends = time.monotonic() + self.settings.turn_seconds
+        live_notices = self._live_notices
 
         def note(taken: list[InboxRow]) -> None:
             for r in taken:
@@ -347,11 +438,11 @@ class PartitionWorker:
 
         async def refill(limit: int) -> list[InboxRow]:
             if (self.stopping or self.handovers or self._handing_over or time.monotonic() > ends
-                    or len(self.tasks) >= self.settings.concurrency):
+                    or len(self.tasks) >= self.settings.concurrency or (bulk and self._live_notices != live_notices)):
                 return []
             partitions = self.held()
             per_pair = max(16, math.ceil(self.settings.tenant_take / max(len(partitions), 1)))
-            taken = await self.store.take_more(tenant, [(p, after.get(p, 0)) for p in partitions], per_pair)
+            taken = await self.store.take_more(tenant, [(p, after.get(p, 0)) for p in partitions], per_pair, bulk)
             taken = sorted(taken, key=lambda r: r.seq)[:limit]  # with the chunk in flight, at most tenant_take
             note(taken)
             return taken

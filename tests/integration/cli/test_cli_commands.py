@@ -45,10 +45,12 @@ async def _tailor(suite: Suite, md, *argv: str, key_flag: str = "--api-key", tim
                                    capture_output=True, text=True, timeout=timeout)
 
 
-async def _inbox_count(dsn: str, tenant: str) -> int:
+async def _inbox_count(dsn: str, tenant: str, bulk: bool | None = None) -> int:
+    """The tenant's inbox rows (of one lane when bulk is given)."""
     conn = await asyncpg.connect(dsn)
     try:
-        return await conn.fetchval("SELECT count(*) FROM gateway.inbox WHERE tenant_id = $1", tenant)
+        return await conn.fetchval("SELECT count(*) FROM gateway.inbox WHERE tenant_id = $1 "
+                                   "AND bulk IS NOT DISTINCT FROM coalesce($2, bulk)", tenant, bulk)
     finally:
         await conn.close()
 
@@ -84,6 +86,8 @@ async def test_an_interrupted_import_of_50k_rows_resumes_reports_each_bad_row_on
     counts = _counts(second.stdout)
     assert counts["stored"] + counts["duplicate"] == ROWS - len(bad) and counts["rejected"] == len(bad), counts
     assert await _inbox_count(suite.dsn, tenant) == ROWS - len(bad)
+    # An import is a backfill: every row went in the bulk lane.
+    assert await _inbox_count(suite.dsn, tenant, bulk=True) == ROWS - len(bad)
 
     with (tmp_path / "purchases.csv.rejected.csv").open(newline="") as f:
         reported = list(csv.DictReader(f))
@@ -174,10 +178,16 @@ async def test_ingest_streams_a_jsonl_file_and_reports_bad_lines_by_number(suite
     assert "line 450: not a JSON Event" in result.stderr
     assert "line 700: identities[0].type: unknown identity type" in result.stderr
     assert "line 1100: identities[0].value: must be at most 512 characters" in result.stderr
-    assert await _inbox_count(suite.dsn, tenant) == 1197
+    assert await _inbox_count(suite.dsn, tenant) == await _inbox_count(suite.dsn, tenant, bulk=False) == 1197
     again = _counts((await _tailor(suite, md, "ingest", "-f", str(path), "--quiet")).stdout)
     assert again["stored"] == 0 and again["duplicate"] + again.get("stored or duplicate", 0) == 1198
     assert await _inbox_count(suite.dsn, tenant) == 1197
+    # --bulk sends a file as a backfill.
+    late = tmp_path / "late.jsonl"
+    late.write_text(lines[1].replace('"e2"', '"late-1"') + "\n" + lines[2].replace('"e3"', '"late-2"') + "\n")
+    backfill = await _tailor(suite, md, "ingest", "-f", str(late), "--bulk", "--quiet")
+    assert _counts(backfill.stdout)["stored"] == 2, backfill.stdout + backfill.stderr
+    assert await _inbox_count(suite.dsn, tenant, bulk=True) == 2
 
 
 def _counts(text: str) -> dict[str, int]:

@@ -55,15 +55,15 @@ async def _visible(suite, md, who: str):
     return reply
 
 
-async def _poison(dsn: str, tenant: str, message_id: str, who: str) -> None:
+async def _poison(dsn: str, tenant: str, message_id: str, who: str, bulk: bool = False) -> None:
     """An acknowledged row whose payload the pipeline cannot apply (as a bug or an older gateway could leave)."""
     conn = await asyncpg.connect(dsn)
     try:
         route = route_of(_event(message_id, who))
         await conn.execute(
-            "INSERT INTO gateway.inbox (tenant_id, message_id, payload, route, partition) "
-            "VALUES ($1, $2, $3, $4, ((($4::bigint # hashtextextended($1, 0)) % 32) + 32) % 32)",
-            tenant, message_id, b"\xff\xff\xff not an event", route)
+            "INSERT INTO gateway.inbox (tenant_id, message_id, payload, route, partition, bulk) "
+            "VALUES ($1, $2, $3, $4, ((($4::bigint # hashtextextended($1, 0)) % 32) + 32) % 32, $5)",
+            tenant, message_id, b"\xff\xff\xff not an event", route, bulk)
         await conn.execute("SELECT pg_notify('tailor_inbox', '')")
     finally:
         await conn.close()
@@ -150,6 +150,37 @@ async def test_a_tenants_backlog_with_poison_does_not_hold_back_another_tenants_
     assert await wait_for(lambda: _pending_is(suite, flood_md, 0), timeout=60)
     status = await suite.gateway.GetPipelineStatus(pb.GetPipelineStatusRequest(), metadata=flood_md)
     assert status.dead_letter_count == 30
+
+
+async def test_a_tenants_bulk_backlog_waits_behind_live_events_of_every_tenant_and_drains_once_it_stops(suite):
+    importer, importer_md = await suite.new_tenant()
+    _, live_md = await suite.new_tenant()
+    for start in range(0, 4000, 1000):  # a backfill: acknowledged at once, applied behind live events
+        reply = await suite.gateway.IngestEvents(pb.IngestEventsRequest(
+            events=[_event(f"b{i}", f"b{i % 700}") for i in range(start, start + 1000)], bulk=True),
+            metadata=importer_md)
+        assert {a.status for a in reply.acks} == {pb.ACK_STATUS_STORED}
+    for i in range(0, 4000, 400):  # bulk rows the pipeline cannot apply: bisected out and dead-lettered
+        await _poison(suite.dsn, importer, f"poison-{i}", f"b{i % 700}", bulk=True)
+    status = await suite.gateway.GetPipelineStatus(pb.GetPipelineStatusRequest(), metadata=importer_md)
+    assert status.bulk_pending_count == status.pending_count > 3000
+    assert status.oldest_live_pending_seconds == 0
+
+    sent = time.monotonic()
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[_event("l1", "live")]), metadata=live_md)
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[_event("own1", "own")]), metadata=importer_md)
+    # Another tenant's live event, and the importing tenant's own, do not wait for the bulk backlog.
+    assert await wait_for(lambda: _visible(suite, live_md, "live"), timeout=10)
+    assert await wait_for(lambda: _visible(suite, importer_md, "own"), timeout=10)
+    waited = time.monotonic() - sent
+    status = await suite.gateway.GetPipelineStatus(pb.GetPipelineStatusRequest(), metadata=importer_md)
+    assert status.bulk_pending_count > 0, "the backlog drained first; the test proves nothing on this machine"
+    assert waited < 3.0
+    # With nothing more arriving, the backlog is applied at full speed; the poisoned rows are dead letters.
+    assert await wait_for(lambda: _pending_is(suite, importer_md, 0), timeout=90)
+    status = await suite.gateway.GetPipelineStatus(pb.GetPipelineStatusRequest(), metadata=importer_md)
+    assert (status.dead_letter_count, status.bulk_pending_count) == (10, 0)
+    assert await _events_of(suite, importer_md, "b699", 5)  # b699, b1399, ... b3499: the bulk rows of one person
 
 
 def _worker_process(dsn: str, suite: Suite, lease: float) -> subprocess.Popen:

@@ -42,6 +42,11 @@ class FakeStore:
         self.retrying.append(row.message_id)
         return row.attempts + 1
 
+    async def take_bulk(self, partitions, busy, per_pair, live_wait_seconds):
+        from services.gateway.postgres_inbox import BulkTake
+
+        return BulkTake([], {}, False)  # no bulk rows unless a test's store has some
+
 
 class FakePipeline:
     """Identifies by echoing the events; update refuses any chunk holding a poisoned message id."""
@@ -208,7 +213,7 @@ async def test_an_event_that_arrives_while_its_tenant_is_busy_is_taken_when_that
             rows, self.pending = self.pending, []
             return rows
 
-        async def take_more(self, tenant, after, per_pair):
+        async def take_more(self, tenant, after, per_pair, bulk=False):
             return []  # this test is about the drain loop's takes: the task takes nothing more itself
 
     store, pipeline = Inbox(), Blocking()
@@ -239,7 +244,7 @@ class Backlog(FakeStore):
         self.rows = list(rows)
         self.asked: list[list[tuple[int, int]]] = []
 
-    async def take_more(self, tenant, after, per_pair):
+    async def take_more(self, tenant, after, per_pair, bulk=False):
         self.asked.append(after)
         last = dict(after)
         return [r for r in self.rows if r.partition in last and r.seq > last[r.partition]
@@ -316,3 +321,136 @@ async def test_what_a_task_takes_while_a_chunk_is_in_flight_keeps_the_tenant_wit
     await worker.process("t", first, refill=worker._refill_for("t", first))
     assert seen[:2] == [2, 1]  # 2 in flight, so 1 more; then 1 in flight, so 2 more
     assert store.processed == [f"m{i}" for i in range(1, 10)]
+
+
+class LaneStore(FakeStore):
+    """Live and bulk rows per tenant; take_bulk says how recently each tenant's bulk rows arrived."""
+
+    def __init__(self, live: dict[str, int], bulk: dict[str, int], newest_age: float = 60.0, live_waiting=False):
+        super().__init__()
+        self.live = {t: [_tenant_row(t, i) for i in range(n)] for t, n in live.items()}
+        self.bulk = {t: [_tenant_row(t, 1000 + i) for i in range(n)] for t, n in bulk.items()}
+        self.newest_age = newest_age
+        self.live_waiting = live_waiting
+        self.bulk_takes = 0
+        self.refills: list[tuple[str, bool]] = []
+
+    @staticmethod
+    def _pending(lane, busy):
+        return [r for t, rows in lane.items() if t not in busy for r in rows]
+
+    async def take(self, partitions, busy, per_pair):
+        return self._pending(self.live, busy)
+
+    async def take_more(self, tenant, after, per_pair, bulk=False):
+        self.refills.append((tenant, bulk))
+        return []  # what a task takes itself is tested above; here, what the drain loop starts
+
+    async def take_bulk(self, partitions, busy, per_pair, live_wait_seconds):
+        from services.gateway.postgres_inbox import BulkTake
+
+        self.bulk_takes += 1
+        rows = self._pending(self.bulk, busy)
+        return BulkTake(rows, {r.tenant_id: self.newest_age for r in rows}, self.live_waiting)
+
+    async def mark_processed(self, tenant_id, rows):
+        await super().mark_processed(tenant_id, rows)
+        for lane in (self.live, self.bulk):
+            lane[tenant_id] = [r for r in lane.get(tenant_id, []) if r not in rows]
+
+
+def _tenant_row(tenant: str, i: int) -> InboxRow:
+    row = _row(i)
+    return InboxRow(tenant, f"{tenant}-{row.message_id}", row.seq, row.payload, 0, row.route)
+
+
+class Gated(FakePipeline):
+    """Holds every update until released, so the tasks a take started can be looked at."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def update(self, plan):
+        await self.gate.wait()
+        await super().update(plan)
+
+
+async def _leasing(worker: PartitionWorker) -> PartitionWorker:
+    worker.partitions = list(range(32))
+    worker._renewed_at = time.monotonic()
+    return worker
+
+
+async def test_live_rows_are_taken_first_and_bulk_rows_fill_at_most_half_of_the_slots_left():
+    store, pipeline = LaneStore(live={"a": 3, "b": 3}, bulk={"c": 5, "d": 5, "e": 5, "f": 5}), Gated()
+    worker = await _leasing(_worker(pipeline, store, concurrency=4))
+    assert await worker.take_once() == 4
+    assert set(worker.tasks) == {"a", "b", "c", "d"} and worker.bulk == {"c", "d"}
+    pipeline.gate.set()
+    await asyncio.gather(*worker.tasks.values())
+    assert worker.bulk == set()
+    # With no live work, bulk tenants still take at most half of the slots.
+    pipeline.gate.clear()
+    assert await worker.take_once() == 2
+    assert worker.bulk == {"e", "f"}  # c and d were drained
+    pipeline.gate.set()
+    await asyncio.gather(*worker.tasks.values())
+
+
+async def test_a_tenant_still_importing_is_drained_one_chunk_at_a_time_with_pauses_then_at_full_speed():
+    store, pipeline = LaneStore(live={}, bulk={"c": 40, "d": 40}, newest_age=0.1), Gated()
+    worker = await _leasing(_worker(pipeline, store, concurrency=8, bulk_duty=0.25, tenant_take=10,
+                                    bulk_quiet_seconds=2.0))
+    began = time.monotonic()
+    assert await worker.take_once() == 1  # paced: one chunk in this worker, whatever the tenants
+    assert len(worker.bulk) == 1
+    assert await worker.take_once() == 0
+    await asyncio.sleep(0.1)
+    pipeline.gate.set()
+    await asyncio.gather(*worker.tasks.values())
+    ended = time.monotonic()
+    # The chunk took 0.1 s or more; at a duty of a quarter the next waits three times as long after it, and the
+    # drain loop wakes for it.
+    assert 0.4 <= worker._paced_until - began <= 4 * (ended - began)
+    pause = worker._paced_until - time.monotonic()
+    assert pause > 0
+    assert await worker.take_once() == 0
+    assert worker._idle_timeout() <= pause
+    takes = store.bulk_takes
+    assert await worker.take_once() == 0 and store.bulk_takes == takes  # nothing is asked before the pause ends
+    await asyncio.sleep(pause + 0.01)  # asyncio may wake a timer up to its clock resolution early
+    assert await worker.take_once() == 1
+    await asyncio.gather(*worker.tasks.values())
+    # The import stopped (the newest bulk row is older than bulk_quiet_seconds): every bulk slot at once.
+    assert store.refills == []  # a paced chunk goes alone
+    store.newest_age = 5.0
+    store.bulk = {t: [_tenant_row(t, 2000 + i) for i in range(3)] for t in ("c", "d")}
+    worker._paced_until = 0
+    assert await worker.take_once() == 2 and worker.bulk == {"c", "d"}
+    await asyncio.gather(*worker.tasks.values())
+    # A task at full speed goes on with its tenant's newer bulk rows (not live ones) for a turn.
+    assert sorted(store.refills) == [("c", True), ("d", True)]
+
+
+async def test_a_live_event_waiting_anywhere_paces_the_bulk_drain_too():
+    store, pipeline = LaneStore(live={}, bulk={"c": 5, "d": 5}, newest_age=60.0, live_waiting=True), Gated()
+    worker = await _leasing(_worker(pipeline, store, concurrency=8))
+    assert await worker.take_once() == 1
+    pipeline.gate.set()
+    await asyncio.gather(*worker.tasks.values())
+
+
+async def test_an_empty_bulk_lane_is_looked_at_again_only_after_a_bulk_notify_or_the_poll():
+    store, pipeline = LaneStore(live={"a": 2}, bulk={}), FakePipeline()
+    worker = await _leasing(_worker(pipeline, store))
+    assert await worker.take_once() == 1
+    await asyncio.gather(*worker.tasks.values())
+    assert store.bulk_takes == 1
+    worker._notified(None, 0, "tailor_inbox", "")  # a live store
+    await worker.take_once()
+    assert store.bulk_takes == 1 and 0 < worker._idle_timeout() <= 1.0
+    store.bulk = {"b": [_tenant_row("b", i) for i in range(3)]}
+    worker._notified(None, 0, "tailor_inbox", "bulk")
+    assert await worker.take_once() == 1 and store.bulk_takes == 2 and worker.bulk == {"b"}
+    await asyncio.gather(*worker.tasks.values())

@@ -125,10 +125,12 @@ DELIVERY_STATE_DELIVERED: DeliveryState
 DELIVERY_STATE_FAILED: DeliveryState
 
 class IngestEventsRequest(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "bulk")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    BULK_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]
-    def __init__(self, events: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ...) -> None: ...
+    bulk: bool
+    def __init__(self, events: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ..., bulk: _Optional[bool] = ...) -> None: ...
 
 class EventAck(_message.Message):
     __slots__ = ("message_id", "status")
@@ -145,10 +147,12 @@ class IngestEventsResponse(_message.Message):
     def __init__(self, acks: _Optional[_Iterable[_Union[EventAck, _Mapping]]] = ...) -> None: ...
 
 class StreamIngestEventsRequest(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "bulk")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    BULK_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]
-    def __init__(self, events: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ...) -> None: ...
+    bulk: bool
+    def __init__(self, events: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ..., bulk: _Optional[bool] = ...) -> None: ...
 
 class StreamIngestEventsResponse(_message.Message):
     __slots__ = ("acks", "stored_count", "duplicate_count")
@@ -1148,18 +1152,22 @@ class GetPipelineStatusRequest(_message.Message):
     def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
 
 class GetPipelineStatusResponse(_message.Message):
-    __slots__ = ("pending_count", "retrying_count", "dead_letter_count", "oldest_pending_seconds", "minutes")
+    __slots__ = ("pending_count", "retrying_count", "dead_letter_count", "oldest_pending_seconds", "minutes", "bulk_pending_count", "oldest_live_pending_seconds")
     PENDING_COUNT_FIELD_NUMBER: _ClassVar[int]
     RETRYING_COUNT_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTER_COUNT_FIELD_NUMBER: _ClassVar[int]
     OLDEST_PENDING_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MINUTES_FIELD_NUMBER: _ClassVar[int]
+    BULK_PENDING_COUNT_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_LIVE_PENDING_SECONDS_FIELD_NUMBER: _ClassVar[int]
     pending_count: int
     retrying_count: int
     dead_letter_count: int
     oldest_pending_seconds: float
     minutes: _containers.RepeatedCompositeFieldContainer[PipelineMinute]
-    def __init__(self, pending_count: _Optional[int] = ..., retrying_count: _Optional[int] = ..., dead_letter_count: _Optional[int] = ..., oldest_pending_seconds: _Optional[float] = ..., minutes: _Optional[_Iterable[_Union[PipelineMinute, _Mapping]]] = ...) -> None: ...
+    bulk_pending_count: int
+    oldest_live_pending_seconds: float
+    def __init__(self, pending_count: _Optional[int] = ..., retrying_count: _Optional[int] = ..., dead_letter_count: _Optional[int] = ..., oldest_pending_seconds: _Optional[float] = ..., minutes: _Optional[_Iterable[_Union[PipelineMinute, _Mapping]]] = ..., bulk_pending_count: _Optional[int] = ..., oldest_live_pending_seconds: _Optional[float] = ...) -> None: ...
 
 class PipelineMinute(_message.Message):
     __slots__ = ("start_time", "received_count", "processed_count", "backlog_count", "mean_lag_seconds")
