@@ -87,6 +87,13 @@ async def test_calls_are_balanced_over_two_replicas_of_a_service(database_url, t
         async with grpc.aio.insecure_channel(ready["addresses"]["gateway"]) as channel:
             # The identity admin RPC, forwarded by the gateway over its round_robin channel.
             stub = identity_grpc.IdentityServiceStub(channel)
+            # round_robin spreads calls over the replicas it is connected to: a connection attempt that found a
+            # replica not yet listening retries after a backoff of about a second, and calls meanwhile all go to
+            # the other one. Another RPC for 3 s first, so the counted calls see both connected.
+            warm_until = time.monotonic() + 3.0
+            while time.monotonic() < warm_until:
+                await stub.ListMergeEvents(identity_pb.ListMergeEventsRequest(), metadata=md, timeout=10)
+                await asyncio.sleep(0.05)
             for _ in range(20):
                 await stub.ListIdentityTypes(identity_pb.ListIdentityTypesRequest(), metadata=md, timeout=10)
     finally:
