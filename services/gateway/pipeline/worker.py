@@ -302,7 +302,7 @@ class PartitionWorker:
         now = time.monotonic()
         waiting = [t for t, s in self.tenants.items() if s.backoff_until > now]
         partitions = self.held()
-        per_pair = max(16, math.ceil(self.settings.tenant_take / max(len(partitions), 1)))
+        per_pair = self._per_pair(partitions)
         rows = await self.store.take(partitions, [*self.tasks, *waiting], per_pair)
         started = 0
         for tenant, work in self._fair(rows):
@@ -348,6 +348,10 @@ class PartitionWorker:
             # when a tenant's import has stopped and its backlog may go at full speed.
             self._bulk_look_at = min(quiet_at, math.inf if self._paced_busy else self._paced_until)
         return started
+
+    def _per_pair(self, partitions: list[int]) -> int:
+        """Rows taken per (partition, tenant) at once: the tenant's take spread over the partitions held."""
+        return max(16, math.ceil(self.settings.tenant_take / max(len(partitions), 1)))
 
     def _fair(self, rows: list[InboxRow]) -> list[tuple[str, list[InboxRow]]]:
         """Rows per tenant, oldest first, at most tenant_take each; the tenant served longest ago first (when slots
@@ -441,7 +445,7 @@ class PartitionWorker:
                     or len(self.tasks) >= self.settings.concurrency or (bulk and self._live_notices != live_notices)):
                 return []
             partitions = self.held()
-            per_pair = max(16, math.ceil(self.settings.tenant_take / max(len(partitions), 1)))
+            per_pair = self._per_pair(partitions)
             taken = await self.store.take_more(tenant, [(p, after.get(p, 0)) for p in partitions], per_pair, bulk)
             taken = sorted(taken, key=lambda r: r.seq)[:limit]  # with the chunk in flight, at most tenant_take
             note(taken)

@@ -192,6 +192,18 @@ def _worker_process(dsn: str, suite: Suite, lease: float) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def _stop_workers(workers: list[subprocess.Popen]) -> None:
+    """SIGTERM to the worker processes still running, then a kill for any that does not end within 10 s."""
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        try:
+            worker.wait(10)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
 async def _owners(dsn: str) -> dict[str, int]:
     conn = await asyncpg.connect(dsn)
     try:
@@ -230,14 +242,7 @@ async def test_worker_processes_share_the_partitions_and_a_killed_workers_partit
             events=[_event(f"e{i}", f"p{i}") for i in range(200)]), metadata=md)
         assert await wait_for(lambda: _pending_is(suite, md, 0), timeout=30)
     finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            try:
-                worker.wait(10)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        _stop_workers(workers)
         await asyncio.sleep(0)
 
 
@@ -353,15 +358,7 @@ async def test_a_joining_worker_gets_its_share_at_once_not_after_the_handover_an
         assert time.monotonic() - started < 1.5
     finally:
         await conn.close()
-        for worker in (first, second):
-            if worker is not None and worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-        for worker in (first, second):
-            if worker is not None:
-                try:
-                    worker.wait(10)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
+        _stop_workers([w for w in (first, second) if w is not None])
 
 
 async def _all_held_by_one(dsn: str) -> bool:
