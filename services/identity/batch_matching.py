@@ -26,9 +26,10 @@ def _expand(lo: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 def batch_matches(ruleset: Ruleset, records: Sequence[Record], blocks: Sequence[Sequence[tuple[int, str]]],
                   stored: Sequence[Record], stored_blocks: Sequence[frozenset[str]]
                   ) -> list[list[tuple[int, int, Rule]]]:
-    """Per subject of the batch, the records it matches as (STORED or BATCH, index, rule), in the order resolving the
-    subjects one by one meets them: by the subject's block keys in order, each key's stored records (in their order)
-    before the batch's earlier subjects (in batch order). The caller skips earlier subjects that added no record.
+    """Per subject of the batch, the records it matches as (STORED or BATCH, index, rule), each record once (by the
+    first rule that matched it), in the order resolving the subjects one by one meets them: by the subject's block
+    keys in order, each key's stored records (in their order) before the batch's earlier subjects (in batch order).
+    The caller skips earlier subjects that added no record.
 
     A rule with exact criteria blocks on exactly their values, so records sharing one of its keys agree on them:
     only its fuzzy criteria are compared. A fuzzy-only rule blocks on prefixes: all its criteria are compared."""
@@ -58,12 +59,13 @@ def batch_matches(ruleset: Ruleset, records: Sequence[Record], blocks: Sequence[
     lo = np.searchsorted(ck, sk, "left")
     rows, at = _expand(lo, np.searchsorted(ck, sk, "right") - lo)
     stored_pairs = (si[rows], sp[rows], sr[rows], np.full(len(rows), STORED), cr[at])
-    # Earlier subjects sharing each key: subject rows sorted by (key, subject), each row's run of the same key before it.
-    order = np.lexsort((si, sk))
-    bk, bi, bp, br = sk[order], si[order], sp[order], sr[order]
-    lo = np.searchsorted(bk, bk, "left")
-    rows, at = _expand(lo, np.arange(len(bk)) - lo)
-    batch_pairs = (bi[rows], bp[rows], br[rows], np.full(len(rows), BATCH), bi[at])
+    # Earlier subjects sharing each key: the distinct (key, subject) codes sorted, each row's run of its key's codes
+    # before its own (a key of several rules is one code per subject).
+    n = len(records)
+    codes = np.unique(sk * n + si)
+    lo = np.searchsorted(codes, sk * n, "left")
+    rows, at = _expand(lo, np.searchsorted(codes, sk * n + si, "left") - lo)
+    batch_pairs = (si[rows], sp[rows], sr[rows], np.full(len(rows), BATCH), codes[at] % n)
     sub, pos, rule_of, source, ref = (np.concatenate(x) for x in zip(stored_pairs, batch_pairs))
     if not len(sub):
         return out
@@ -75,6 +77,10 @@ def batch_matches(ruleset: Ruleset, records: Sequence[Record], blocks: Sequence[
             held[which] = _holds(rule, records, stored, sub[which], source[which], ref[which])
     keep = np.flatnonzero(held)
     keep = keep[np.lexsort((ref[keep], source[keep], pos[keep], sub[keep]))]
+    # Only a subject's first match with a record counts (a later one finds the record's survivor already found).
+    width = max(len(stored), len(records)) + 1
+    _, first = np.unique((sub[keep] * 2 + source[keep]) * width + ref[keep], return_index=True)
+    keep = keep[np.sort(first)]
     for i, src, j, r in zip(sub[keep].tolist(), source[keep].tolist(), ref[keep].tolist(), rule_of[keep].tolist()):
         out[i].append((src, j, rules[r]))
     return out
@@ -104,11 +110,17 @@ def _criterion(criterion: matching.Criterion, records: Sequence[Record], stored:
     first = np.full(base + len(records), "", dtype=object)
     several = np.zeros(len(first), dtype=bool)
     lists: dict[int, list[str]] = {}
-    for n in np.unique(np.concatenate((left, right))).tolist():  # only the records of some pair
-        lists[n] = values = matching.record_values(stored[n] if n < base else records[n - base], criterion)
-        if values:
-            first[n] = values[0]
-            several[n] = len(values) > 1
+    involved = np.unique(np.concatenate((left, right)))  # only the records of some pair
+    if criterion.kind == "attribute":  # one value per record, as record_values reads it
+        name = criterion.name
+        first[involved] = [matching.normalized_attributes(stored[n] if n < base else records[n - base]).get(name, "")
+                           for n in involved.tolist()]
+    else:
+        for n in involved.tolist():
+            lists[n] = values = matching.record_values(stored[n] if n < base else records[n - base], criterion)
+            if values:
+                first[n] = values[0]
+                several[n] = len(values) > 1
     threshold = matching.THRESHOLDS[criterion.precision]
     ok = cpdist(first[left], first[right], scorer=JaroWinkler.normalized_similarity, dtype=np.float64) >= threshold
     ok &= (first[left] != "") & (first[right] != "")

@@ -127,6 +127,9 @@ class Ruleset:
     rules: tuple[Rule, ...]
     custom_attributes: tuple[str, ...] = ()
     created_at: datetime | None = None
+    # Rules blocking on the same fields share one block key per value combination (rulesets created since this
+    # existed); False: one key per rule (older rulesets keep the keys their records were stored with).
+    shared_blocks: bool = False
 
     def to_json(self) -> str:
         """The stored body."""
@@ -134,13 +137,26 @@ class Ruleset:
             "rules": [{"name": r.name, "criteria": [c.__dict__ for c in r.criteria]}
                       | ({"probabilistic": r.probabilistic.to_dict()} if r.probabilistic else {}) for r in self.rules],
             "custom_attributes": list(self.custom_attributes),
-        })
+        } | ({"shared_blocks": True} if self.shared_blocks else {}))
 
     @cached_property
     def blocking(self) -> tuple[tuple[int, Rule, tuple[Criterion, ...]], ...]:
-        """(index, rule, criteria it blocks on) per rule: its exact criteria, else its fuzzy ones (by prefix)."""
-        return tuple((index, rule, tuple(c for c in rule.criteria if c.method != FUZZY) or rule.criteria)
-                     for index, rule in enumerate(self.rules))
+        """(index, rule, criteria it blocks on) per rule: its exact criteria, else its fuzzy ones (by prefix).
+
+        With shared_blocks the criteria are in a canonical order, so rules blocking on the same fields by the same
+        methods make the same value combinations."""
+        out = []
+        for index, rule in enumerate(self.rules):
+            blocking = tuple(c for c in rule.criteria if c.method != FUZZY) or rule.criteria
+            if self.shared_blocks:
+                blocking = tuple(sorted(blocking, key=lambda c: (c.kind, c.name, c.method)))
+            out.append((index, rule, blocking))
+        return tuple(out)
+
+    @cached_property
+    def block_groups(self) -> tuple[str, ...]:
+        """Per rule, the text naming the fields and methods it blocks on (its share of the key text, shared_blocks)."""
+        return tuple(json.dumps([[c.kind, c.name, c.method] for c in blocking]) for _, _, blocking in self.blocking)
 
     @property
     def probabilistic_rule(self) -> Rule | None:
@@ -153,7 +169,7 @@ class Ruleset:
             return self
         rules = tuple(Rule(r.name, r.criteria, r.probabilistic, model if r.probabilistic else None)
                       for r in self.rules)
-        return Ruleset(self.version, rules, self.custom_attributes, self.created_at)
+        return Ruleset(self.version, rules, self.custom_attributes, self.created_at, self.shared_blocks)
 
     @staticmethod
     def from_json(version: int, body: str | dict, created_at: datetime | None) -> Ruleset:
@@ -162,7 +178,7 @@ class Ruleset:
         rules = tuple(Rule(r["name"], tuple(Criterion(**c) for c in r["criteria"]),
                            Probabilistic.from_dict(r["probabilistic"]) if r.get("probabilistic") else None)
                       for r in data["rules"])
-        return Ruleset(version, rules, tuple(data["custom_attributes"]), created_at)
+        return Ruleset(version, rules, tuple(data["custom_attributes"]), created_at, data.get("shared_blocks", False))
 
 
 DEFAULT_RULESET = Ruleset(0, (
@@ -230,7 +246,7 @@ def validate_ruleset(
             built_criteria.append(Criterion(kind, field_name, method, precision if method == FUZZY else ""))
         built.append(Rule(name, tuple(built_criteria)))
     v.raise_if_any()
-    return Ruleset(0, tuple(built), tuple(custom_attributes))
+    return Ruleset(0, tuple(built), tuple(custom_attributes), shared_blocks=True)
 
 
 def _validate_field(v: Violations, path: str, kind: str, name: str, attributes: set[str] | frozenset[str],
@@ -299,6 +315,16 @@ class Record:
     # id(object) -> (object, values). The object is kept and checked, so a record that outlives a ruleset (the
     # repository's cache of decoded records) never takes the values of another object given the same id.
     values: dict[int, tuple[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
+    # The attributes normalized as for EXACT_NORMALIZED and FUZZY, blanks left out (normalized_attributes).
+    normalized: dict[str, str] | None = field(default=None, compare=False, repr=False)
+
+
+def normalized_attributes(record: Record) -> dict[str, str]:
+    """The record's attributes as EXACT_NORMALIZED and FUZZY compare them (computed once per record)."""
+    found = record.normalized
+    if found is None:
+        found = record.normalized = {k: n for k, v in record.attributes.items() if (n := normalize_text(v))}
+    return found
 
 
 def _remember(record: Record, key: Any, found: Any) -> Any:
@@ -310,17 +336,13 @@ def _remember(record: Record, key: Any, found: Any) -> Any:
 
 def record_values(record: Record, criterion: Criterion) -> list[str]:
     """The record's comparable values for a criterion; blanks are left out, so they never match."""
+    if criterion.kind == "attribute":
+        value = (record.attributes if criterion.method == EXACT else normalized_attributes(record)).get(criterion.name)
+        return [value] if value else []
     cached = record.values.get(id(criterion))
     if cached is not None and cached[0] is criterion:
         return cached[1]
-    if criterion.kind == "identity":
-        values = record.identities.get(criterion.name, [])
-    else:
-        raw = record.attributes.get(criterion.name, "")
-        values = [raw] if raw else []
-    if criterion.kind == "attribute" and criterion.method != EXACT:
-        values = [normalize_text(x) for x in values]
-    return _remember(record, criterion, [x for x in values if x])
+    return _remember(record, criterion, [x for x in record.identities.get(criterion.name, []) if x])
 
 
 def field_values(record: Record, compared: CompareField) -> list[str]:
@@ -411,9 +433,17 @@ def block_keys(ruleset: Ruleset, record: Record) -> list[tuple[int, str]]:
     FUZZY_BLOCK_PREFIX characters of each fuzzy value. A record blank in a blocking field gets no key for that rule.
     """
     keys: list[tuple[int, str]] = []
+    shared: dict[str, list[str]] = {}  # shared_blocks: the keys of each blocking group, made once
     for index, rule, blocking in ruleset.blocking:
         if rule.probabilistic is not None:
             keys += _probabilistic_keys(ruleset.version, index, rule.probabilistic, record)
+            continue
+        if ruleset.shared_blocks:
+            group = ruleset.block_groups[index]
+            made = shared.get(group)
+            if made is None:
+                made = shared[group] = _group_keys(ruleset.version, group, blocking, record)
+            keys += [(index, key) for key in made]
             continue
         value_lists = []
         for c in blocking:
@@ -431,6 +461,22 @@ def block_keys(ruleset: Ruleset, record: Record) -> list[tuple[int, str]]:
                 raw = f"[{ruleset.version}, {index}, [{', '.join(map(_quote, combo))}]]"
                 keys.append((index, hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()))
     return keys
+
+
+def _group_keys(version: int, group: str, blocking: tuple[Criterion, ...], record: Record) -> list[str]:
+    """The keys of one blocking group (shared_blocks): the text names the group's fields, not a rule."""
+    value_lists = []
+    for c in blocking:
+        values = record_values(record, c)
+        if not values:
+            return []  # a blank blocking field: no key for this group
+        if c.method == FUZZY:
+            values = sorted({x[:FUZZY_BLOCK_PREFIX] for x in values})
+        elif len(values) > 1:
+            values = sorted(set(values))
+        value_lists.append(values)
+    return [hashlib.blake2b(f"[{version}, {group}, [{', '.join(map(_quote, combo))}]]".encode(),
+                            digest_size=12).hexdigest() for combo in product(*value_lists)]
 
 
 def _probabilistic_keys(version: int, index: int, spec: Probabilistic, record: Record) -> list[tuple[int, str]]:

@@ -94,9 +94,10 @@ CROSS JOIN LATERAL (
 ) AS c
 """
 
-# Records sharing a block key with the batch (at most $3 per key), with their survivors; by key, as above.
+# Records sharing a block key with the batch (at most $3 per key), with their survivors; by key, as above. Their
+# content is read apart (_CONTENTS), only for records this process has not decoded yet.
 _CANDIDATES = """
-SELECT h.record_id, r.identities, r.attributes, n.individual_id, n.created_at, n.record_count, h.keys
+SELECT h.record_id, n.individual_id, n.created_at, n.record_count, h.keys
 FROM (
     SELECT rb.record_id, array_agg(b.k) AS keys
     FROM unnest($2::text[]) AS b(k)
@@ -106,9 +107,16 @@ FROM (
     GROUP BY rb.record_id
 ) AS h
 CROSS JOIN LATERAL (
-    SELECT r.individual_id, r.identities, r.attributes FROM source_records AS r
-    WHERE r.tenant_id = $1 AND r.record_id = h.record_id LIMIT 1
+    SELECT r.individual_id FROM source_records AS r WHERE r.tenant_id = $1 AND r.record_id = h.record_id LIMIT 1
 ) AS r""" + _INDIVIDUAL.format(of="r", alias="n") + """
+"""
+
+_CONTENTS = """
+SELECT q.id, r.identities, r.attributes
+FROM unnest($2::text[]) AS q(id)
+CROSS JOIN LATERAL (
+    SELECT r.identities, r.attributes FROM source_records AS r WHERE r.tenant_id = $1 AND r.record_id = q.id LIMIT 1
+) AS r
 """
 
 # The first key is the tenant's lock, taken shared (a re-run or unmerge takes it exclusively); the others are the
@@ -256,14 +264,6 @@ class PostgresRepository:
         self.max_block = max_block
         self._records: dict[tuple[str, str], Record] = {}
 
-    def _decoded(self, tenant: str, record_id: str, identities: Any, attributes: Any) -> Record:
-        """The stored record, decoded once per process."""
-        key = (tenant, record_id)
-        record = self._records.get(key)
-        if record is None:
-            record = self._remember(key, _record(identities, attributes))
-        return record
-
     def _remember(self, key: tuple[str, str], record: Record) -> Record:
         if len(self._records) >= RECORD_CACHE:
             del self._records[next(iter(self._records))]
@@ -287,13 +287,7 @@ class PostgresRepository:
                     now = await conn.fetchval(_LOCK, locks)
                     snap = await _snapshot(conn, tenant, query)
                     if query.blocks:
-                        rows = await conn.fetch(_CANDIDATES, tenant, query.blocks, self.max_block)
-                        snap.candidates = [
-                            StoredRecord(r["record_id"], _owner(r),
-                                         self._decoded(tenant, r["record_id"], r["identities"], r["attributes"]),
-                                         frozenset(r["keys"]))
-                            for r in rows
-                        ]
+                        snap.candidates = await self._candidates(conn, tenant, query.blocks)
                     ids = sorted(snap.individuals())
                     if ids:
                         rows = await conn.fetch(_LOCK_OWNERS, tenant, ids)
@@ -313,6 +307,30 @@ class PostgresRepository:
         raise Unavailable(
             "identity resolution kept conflicting with concurrent merges; retry", reason="RESOLVE_CONFLICT"
         )
+
+    async def _candidates(self, conn: asyncpg.Connection, tenant: str, blocks: list[str]) -> list[StoredRecord]:
+        """The stored records sharing a block key, their contents from the process's cache or else read."""
+        rows = await conn.fetch(_CANDIDATES, tenant, blocks, self.max_block)
+        cache = self._records
+        found = {}
+        missing = []
+        for r in rows:
+            record = cache.get((tenant, r["record_id"]))
+            if record is None:
+                missing.append(r["record_id"])
+            else:
+                found[r["record_id"]] = record
+        if missing:
+            for r in await conn.fetch(_CONTENTS, tenant, missing):
+                found[r["id"]] = self._remember((tenant, r["id"]), _record(r["identities"], r["attributes"]))
+        owners: dict[str, Owner] = {}  # one per individual: many candidates share one
+        out = []
+        for r in rows:
+            owner = owners.get(r["individual_id"])
+            if owner is None:
+                owner = owners[r["individual_id"]] = _owner(r)
+            out.append(StoredRecord(r["record_id"], owner, found[r["record_id"]], frozenset(r["keys"])))
+        return out
 
     async def get_individual(self, tenant: str, individual_id: str) -> IndividualView | None:
         async with self.pool.acquire() as conn:
@@ -371,7 +389,8 @@ class PostgresRepository:
                 " SELECT $1, coalesce(max(version), 0) + 1, $2::jsonb, now() FROM rulesets WHERE tenant_id = $1"
                 " RETURNING version, created_at",
                 tenant, ruleset.to_json())
-        return Ruleset(row["version"], ruleset.rules, ruleset.custom_attributes, row["created_at"])
+        return Ruleset(row["version"], ruleset.rules, ruleset.custom_attributes, row["created_at"],
+                       ruleset.shared_blocks)
 
     async def get_ruleset(self, tenant: str, version: int) -> Ruleset | None:
         async with self.pool.acquire() as conn:

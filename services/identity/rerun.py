@@ -156,17 +156,21 @@ def plan_rerun(
     # 2. Rules, within blocks.
     blocks: dict[str, list[int]] = defaultdict(list)
     block_rows: list[tuple[str, str]] = []
-    rule_of_key: dict[str, Rule] = {}
+    # The rules of each key, by index: one, or (shared_blocks) every rule blocking on the key's fields.
+    rules_of_key: dict[str, dict[int, Rule]] = defaultdict(dict)
     for i, r in enumerate(records):
         for index, key in matching.block_keys(config.ruleset, r.record):
-            blocks[key].append(i)
-            block_rows.append((key, r.record_id))
-            rule_of_key[key] = config.ruleset.rules[index]
+            members = blocks[key]
+            if not members or members[-1] != i:  # a key of several rules is listed once per record
+                members.append(i)
+                block_rows.append((key, r.record_id))
+            rules_of_key[key][index] = config.ruleset.rules[index]
         progress.records_processed = i + 1
     comparisons = 0
     scored: dict[int, list[list[int]]] = defaultdict(list)  # probabilistic rules: scored at once below
     for block, members in blocks.items():
-        rule = rule_of_key[block]
+        key_rules = list(rules_of_key[block].values())
+        rule = key_rules[0]
         if rule.probabilistic is not None:
             if rule.model is not None:
                 scored[id(rule)].append(members)
@@ -178,7 +182,7 @@ def plan_rerun(
                 if clusters.find(a) == clusters.find(b):
                     continue
                 comparisons += 1
-                if matching.rule_holds(rule, records[b].record, records[a].record):
+                if any(matching.rule_holds(k, records[b].record, records[a].record) for k in key_rules):
                     clusters.union(a, b)
         progress.comparisons = comparisons
     model_version = 0

@@ -186,7 +186,7 @@ class FakeRepository:
 
     async def create_ruleset(self, tenant: str, ruleset: Ruleset) -> Ruleset:
         version = 1 + max((v for t, v in self.rulesets if t == tenant), default=0)
-        stored = Ruleset(version, ruleset.rules, ruleset.custom_attributes, self.clock())
+        stored = Ruleset(version, ruleset.rules, ruleset.custom_attributes, self.clock(), ruleset.shared_blocks)
         self.rulesets[(tenant, version)] = stored
         return stored
 
