@@ -288,16 +288,16 @@ class BatchJobs:
             lap("profiles")
             points = [decision_pb.PointSelection(name=name) for name in job.point_names]
             qualified, needed, sent = await self.use_case.qualify(individuals, points, sent_keys=keys.sent)
-            needed &= PROFILE_KEYS
-            if read is not None and not needed <= read:
+            needed = keys.needed(needed, sent)
+            if read is not None and needed is not None and not needed <= read:
                 read = needed
                 individuals = await self.individuals(members, job.context_sources, read)
                 qualified, needed, sent = await self.use_case.qualify(individuals, points)
-                needed &= PROFILE_KEYS
+                needed = keys.needed(needed, sent)
             elif keys.sent is not None and sent is not None and not sent <= keys.sent:
                 qualified, needed, sent = await self.use_case.qualify(individuals, points)  # they read more now
-                needed &= PROFILE_KEYS
-            keys.read = needed or None
+                needed = keys.needed(needed, sent)
+            keys.read = needed
             if sent is not None:  # None: one member, qualified with its whole profile
                 keys.sent = sent
         finally:
@@ -307,6 +307,19 @@ class BatchJobs:
         ids = [[batch_personalization_id(job.job_id, i.unified_id, name) for name in job.point_names]
                for i in individuals]
         decided = await self.use_case.personalize(individuals, qualified, ids=ids)
+        reads_affinities = any(d.reads_affinities for row in decided for d in row)
+        if reads_affinities and read is not None and "affinities" not in read:
+            # A recommender reads affinities this page was read without (one with boosters served it): the page is
+            # read with them and served again, and so are the pages after it.
+            keys.affinities_unused = False
+            if keys.read is not None:
+                keys.read |= {"affinities"}
+            individuals = await self.individuals(members, job.context_sources, read | {"affinities"})
+            decided = await self.use_case.personalize(individuals, qualified, ids=ids)
+        elif not reads_affinities and not keys.affinities_unused:
+            keys.affinities_unused = True  # the pages after this one leave them out unless qualifying reads them
+            if keys.read is not None and keys.sent is not None and "affinities" not in keys.sent:
+                keys.read -= {"affinities"}
         lap("recommend")
         rows = []
         now = timestamp_pb2.Timestamp()
@@ -333,6 +346,8 @@ class BatchJobs:
         1,000 members)."""
         codes = [pb.BatchContextSource.Value(f"BATCH_CONTEXT_SOURCE_{name}") for name in sources]
         shared = pb.DecisionContext(channel=BATCH_CHANNEL_NAME)
+        if keys is not None and not keys and not codes:  # nothing of the profiles is read
+            return [Individual(member, {}, shared, own_context=False) for member in members]
         mask = PROFILE_MASK if keys is None else field_mask_pb2.FieldMask(
             paths=sorted(keys | {"events"} if codes else keys))
         out: list[Individual] = []
@@ -354,5 +369,18 @@ class ProfileKeys:
     def __init__(self) -> None:
         self.read: frozenset[str] | None = None
         self.sent: frozenset[str] | None = None  # what QualifyBatch reads of them (None: unknown, send all read)
+        # The recommenders that served the last page read no affinities (no boosters): unless qualifying reads them,
+        # they are not read (a page a recommender with boosters serves is read with them and served again).
+        self.affinities_unused = False
         self.learning = False
         self.learned = asyncio.Event()
+
+    def needed(self, keys: frozenset[str], sent: frozenset[str] | None) -> frozenset[str] | None:
+        """What to read of the next pages' profiles, from a QualifyBatch answer's profile keys (empty: unknown, the
+        whole profile: None) and those qualifying reads."""
+        keys &= PROFILE_KEYS
+        if not keys:
+            return None
+        if self.affinities_unused and sent is not None and "affinities" not in sent:
+            keys -= {"affinities"}
+        return keys

@@ -148,6 +148,8 @@ class Decided:
     trace: pb.RecommendationTrace | None = None
     count: int = 0  # the items a recommendation decision asked for
     messages: list[struct_pb2.Struct] | None = None  # what data holds, as the Structs an answer sends (online)
+    # The recommender that served it may read the individual's affinities (its boosters; unknown counts as yes).
+    reads_affinities: bool = False
 
     @property
     def experiment(self) -> decision_pb.ExperimentAssignment | None:
@@ -374,7 +376,8 @@ class DecideForIndividuals:
         """Fills the recommendation decisions of one (recommender, count): one RecommendBatch stream for members
         without an anchor or cart, one Recommend each for the others (and for a single individual, with its
         trace), exactly as a real-time request asks."""
-        attributes = sorted({a for _, d in group for a in d.qualification.point.template.item_attributes})
+        points = {id(d.qualification): d.qualification.point for _, d in group}  # a page's members share a few
+        attributes = sorted({a for point in points.values() for a in point.template.item_attributes})
         plain = [(i, d) for i, d in group if not i.context.anchor_id and not i.context.cart_item_ids]
         single = [(i, d) for i, d in group if i.context.anchor_id or i.context.cart_item_ids]
         if len(plain) == 1 and not single:
@@ -389,7 +392,9 @@ class DecideForIndividuals:
                     sent.affinities.extend(affinity_messages(i.profile))
             table: list[rec_pb.RecommendedItem] = []
             by_member: dict[str, tuple] = {}
+            reads_affinities = False
             async for chunk in open_stream(self.recommender.RecommendBatch, request):
+                reads_affinities |= not chunk.affinities_unused
                 table.extend(chunk.items)
                 for result in chunk.results:
                     by_member[result.unified_individual_id] = (result.item_indexes, result.scores)
@@ -402,6 +407,7 @@ class DecideForIndividuals:
                     rows = shaped[names] = [None] * len(table)
                 indexes, scores = by_member.get(individual.unified_id, ((), ()))
                 self._fill_indexed(d, table, rows, indexes, scores, messages)
+                d.reads_affinities = reads_affinities
         limit = asyncio.Semaphore(RECOMMEND_CONCURRENCY)
 
         async def one(individual: Individual, d: Decided) -> None:
@@ -411,6 +417,7 @@ class DecideForIndividuals:
                 ranked = await ready if ready is not None else await self.recommender.Recommend(
                     recommend_request(individual, strategy, count, attributes, explain))
             self._fill(d, ranked.items, messages)
+            d.reads_affinities = True  # Recommend does not say
             if explain:
                 t = ranked.diagnostics
                 d.trace = pb.RecommendationTrace(

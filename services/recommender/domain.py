@@ -144,6 +144,7 @@ class BatchAnswers:
     picked: dict[int, list[Recommended]]
     item_ids: list[str]
     source: str
+    affinities_unused: bool = False  # no recommender of the chain reads affinities (none has boosters)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -686,7 +686,7 @@ class _Batch:
         if further:
             picked = await self._further(chunk, prepared, further)
         return BatchAnswers(ids, head, columns, scores, picked, model.item_ids if model is not None else [],
-                            self.chain[0].name)
+                            self.chain[0].name, affinities_unused=not any(c.boosters for c in self.chain))
 
     async def _further(self, chunk, prepared: _Prepared, further: list[int]) -> dict[int, list[Recommended]]:
         """The members the head does not answer, through the same pipeline as Recommend (their learned scores and

@@ -256,8 +256,10 @@ class _Replies:
         shaped = _items([Recommended(item_id, 0.0, source) for item_id, source in new], attributes)
         if not self.compact:
             self.shaped.update(zip(new, shaped))
-            return pb.RecommendBatchResponse.FromString(self._full_results(answers, columns))
-        response = pb.RecommendBatchResponse()
+            response = pb.RecommendBatchResponse.FromString(self._full_results(answers, columns))
+            response.affinities_unused = answers.affinities_unused
+            return response
+        response = pb.RecommendBatchResponse(affinities_unused=answers.affinities_unused)
         for key in new:
             self.table[key] = len(self.table)
         response.items.extend(shaped)

@@ -177,6 +177,26 @@ async def test_a_compact_batch_sends_each_item_once_and_the_same_answers_as_inde
     assert all(i.attributes["category"] for i in table)
 
 
+async def test_a_batch_says_whether_its_recommenders_read_the_affinities_sent(stub, tenant):
+    await seed(stub, tenant)
+    md = tenant_md(tenant)
+    await stub.PutRecommender(pb.PutRecommenderRequest(config=pb.RecommenderConfig(
+        name="boosted", strategy="top_sellers", boosters=[pb.Booster(attribute="category", weight=1.0)])),
+        metadata=md)
+    await stub.PutRecommender(pb.PutRecommenderRequest(config=pb.RecommenderConfig(
+        name="falls_back_to_boosted", strategy="trending", fallback="boosted")), metadata=md)
+    said = {}
+    for strategy in ("top_sellers", "boosted", "falls_back_to_boosted"):
+        for compact in (False, True):
+            request = pb.RecommendBatchRequest(strategy=strategy, count=2, compact=compact, individuals=[
+                pb.BatchIndividual(unified_individual_id=f"u{n}") for n in range(3)])
+            said[strategy, compact] = {chunk.affinities_unused async for chunk in stub.RecommendBatch(
+                request, metadata=md)}
+    assert said == {("top_sellers", False): {True}, ("top_sellers", True): {True}, ("boosted", False): {False},
+                    ("boosted", True): {False}, ("falls_back_to_boosted", False): {False},
+                    ("falls_back_to_boosted", True): {False}}
+
+
 async def test_similar_items_and_evaluation_answer_through_the_server(stub, tenant):
     await seed(stub, tenant)
     md = tenant_md(tenant)

@@ -226,12 +226,14 @@ class IndividualRecommendations(_message.Message):
     def __init__(self, unified_individual_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., item_indexes: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class RecommendBatchResponse(_message.Message):
-    __slots__ = ("results", "items")
+    __slots__ = ("results", "items", "affinities_unused")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    AFFINITIES_UNUSED_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[IndividualRecommendations]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
-    def __init__(self, results: _Optional[_Iterable[_Union[IndividualRecommendations, _Mapping]]] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ...) -> None: ...
+    affinities_unused: bool
+    def __init__(self, results: _Optional[_Iterable[_Union[IndividualRecommendations, _Mapping]]] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., affinities_unused: _Optional[bool] = ...) -> None: ...
 
 class SimilarItemsRequest(_message.Message):
     __slots__ = ("item_id", "count", "strategy")
