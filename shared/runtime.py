@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,13 @@ import grpc
 from shared import db, db_roles, log
 from shared.server import Authenticator, RunningServer, Service, run_until_signal, start_server
 from shared.settings import env_bool, env_float, env_str, service_port
+
+
+# Python collects its youngest generation every 700 net container allocations by default. A batch page allocates
+# tens of thousands (dicts, rows, messages) that live across awaits, so each young collection promoted the page's live
+# objects toward the old generation, which was then scanned again and again: about a fifth of the gateway's CPU
+# during a batch job. Every 20,000 it is about 2% (cyclic garbage still goes at the next young collection).
+GC_THRESHOLDS = (20_000, 20, 10)
 
 
 @dataclass
@@ -100,6 +108,7 @@ def serve(name: str, build: Callable[[str], Awaitable[Built]]) -> None:
     host = env_str("TAILOR_BIND_HOST", "0.0.0.0")
     reuse_port = env_bool("TAILOR_REUSE_PORT", False)
     ready_file = env_str("TAILOR_READY_FILE", "")  # set by the launcher, which supervises this process
+    gc.set_threshold(*GC_THRESHOLDS)
 
     async def main() -> None:
         built = await build(dsn)
