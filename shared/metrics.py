@@ -33,8 +33,8 @@ RPC_REQUESTS = Counter("tailor_rpc_requests", "RPCs handled, by full method name
 RPC_SECONDS = Histogram("tailor_rpc_duration_seconds", "Time to handle an RPC, by full method name and status code",
                         ["method", "code"],
                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0))
-INGESTED = Counter("tailor_ingest_events", "Events acknowledged at ingest, by tenant and acknowledgement (stored, "
-                   "duplicate)", ["tenant", "status"])
+INGESTED = Counter("tailor_ingest_events", "Events answered at ingest, by tenant and acknowledgement (stored, "
+                   "duplicate; rejected: left out by skip_invalid)", ["tenant", "status"])
 POINTS_SERVED = Counter("tailor_points_served", "Personalization points served (decision-log rows: decisions, "
                         "recommendations, batch), by tenant and point", ["tenant", "point"])
 PIPELINE_BACKLOG = Gauge("tailor_pipeline_backlog_events", "Acknowledged events not yet processed, by tenant",
@@ -97,6 +97,11 @@ def record_ingested(tenant: str, stored: int, duplicate: int) -> None:
         INGESTED.labels(tenant, "stored").inc(stored)
     if duplicate:
         INGESTED.labels(tenant, "duplicate").inc(duplicate)
+
+
+def record_rejected(tenant: str, count: int) -> None:
+    """Counts the events an ingest call with skip_invalid left out for their content."""
+    INGESTED.labels(tenant, "rejected").inc(count)
 
 
 def record_served(tenant: str, point: str, individual: str) -> None:

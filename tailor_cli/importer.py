@@ -436,13 +436,14 @@ async def send_with_rejections(call: Callable, entries: list[tuple[int, list[str
                                column_of: Callable[[list[str], str], str], *, attempts: int = 8
                                ) -> tuple[Any, list[Rejected]]:
     """Sends entries (row number, cells, message or serialized message) with `call(messages)`; a refusal naming
-    rows drops them and sends the rest again. Returns (the reply of the last call or None when every row was
+    rows drops them and sends the rest again, and an acknowledgement ACK_STATUS_REJECTED (skip_invalid) reports its
+    row. Returns (the reply of the last call or None when every row was
     refused, rejections)."""
     rejected: list[Rejected] = []
     tries = 0
     while entries:
         try:
-            return await call([message for _, _, message in entries]), rejected
+            reply = await call([message for _, _, message in entries])
         except grpc.aio.AioRpcError as error:
             code = error.code()
             if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -460,6 +461,16 @@ async def send_with_rejections(call: Callable, entries: list[tuple[int, list[str
             if not retryable or tries >= attempts:
                 raise ImportFailed(f"{code.name}: {error.details()}") from None
             await asyncio.sleep(retry_delay_of(error) or min(0.2 * 2 ** tries, 5.0))
+        else:
+            # Events sent with skip_invalid: the gateway stored the valid ones and answered each other one with its
+            # violations.
+            for ack, (number, row, _) in zip(getattr(reply, "acks", ()), entries):
+                if ack.status == gw.ACK_STATUS_REJECTED:
+                    for violation in ack.violations:
+                        match = _INDEX.match(violation.field)
+                        path = match.group(3) if match else ""
+                        rejected.append(Rejected(number, column_of(row, path), path, violation.description))
+            return reply, rejected
     return None, rejected
 
 
@@ -583,11 +594,13 @@ class ContractCheck:
         return [(path[2:] if path.startswith("m.") else "", reason) for path, reason in v.items]
 
 
-def _batches(reader, converter: RowConverter, batch_size: int, skip: int
+def _batches(reader, converter: RowConverter, batch_size: int, skip: int, checked: bool = True
              ) -> Iterator[tuple[int, list[tuple[int, list[str], bytes]], list[Rejected]]]:
     """(rows in the batch, entries to send, rows refused while converting or by the contract), from row skip + 1;
-    an entry is (row number, cells, the serialized message)."""
+    an entry is (row number, cells, the serialized message). checked=False leaves the contract's checks to the
+    receiver (events sent with skip_invalid, which the gateway answers one by one)."""
     check = ContractCheck(profile_pb.Item.DESCRIPTOR if converter.m.kind == "items" else common_pb2.Event.DESCRIPTOR)
+    problems_of = check.problems if checked else lambda message: []
     number = 0
     for _ in range(skip):
         if next(reader, None) is None:
@@ -604,7 +617,7 @@ def _batches(reader, converter: RowConverter, batch_size: int, skip: int
         except RowError as error:
             local.append(Rejected(number, error.column, "", error.reason))
         else:
-            problems = check.problems(message)
+            problems = problems_of(message)
             if problems:
                 local += [Rejected(number, converter.column_of(row, path), path, reason) for path, reason in problems]
             else:
@@ -672,7 +685,8 @@ async def import_csv(channel: grpc.aio.Channel, metadata, options: ImportOptions
                                  "UpsertItems", "items", profile_pb.UpsertItemsResponse)
         else:
             method = _raw_method(channel, gw.DESCRIPTOR.services_by_name["GatewayService"], "IngestEvents", "events",
-                                 gw.IngestEventsResponse, gw.IngestEventsRequest(bulk=options.bulk).SerializeToString())
+                                 gw.IngestEventsResponse,
+                                 gw.IngestEventsRequest(bulk=options.bulk, skip_invalid=True).SerializeToString())
 
         async def call(payloads):
             return await method(payloads, metadata=metadata, timeout=120)
@@ -714,9 +728,8 @@ async def _run_batches(reader, converter: RowConverter, call, options: ImportOpt
             if is_items:
                 totals.stored += sent_ok
             elif reply is not None:
-                fresh = sum(1 for a in reply.acks if a.status == gw.ACK_STATUS_STORED)
-                totals.stored += fresh
-                totals.duplicate += len(reply.acks) - fresh
+                totals.stored += sum(1 for a in reply.acks if a.status == gw.ACK_STATUS_STORED)
+                totals.duplicate += sum(1 for a in reply.acks if a.status == gw.ACK_STATUS_DUPLICATE)
             totals.rejected_rows += len({r.row for r in rejected})
             checkpoint.report_bytes = report.write(rejected)
             checkpoint.rows_done += count
@@ -738,8 +751,9 @@ async def _run_batches(reader, converter: RowConverter, call, options: ImportOpt
         commit()
 
     try:
+        # Events go with skip_invalid, so the gateway's own checks report their rows: they are not checked here too.
         for index, (count, entries, local) in enumerate(_batches(reader, converter, options.batch_size,
-                                                                checkpoint.rows_done)):
+                                                                checkpoint.rows_done, checked=is_items)):
             pending[index] = asyncio.create_task(send(count, entries, local))
             while len(pending) >= options.concurrency:
                 await collect(True)

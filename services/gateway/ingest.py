@@ -86,10 +86,15 @@ def validate_batch(events, field: str = "events", known: frozenset[str] | None =
     return _prepare(events, field, known)[1]
 
 
-def _prepare(events, field: str, known: frozenset[str] | None
+# The bad fields of each rejected event of a batch ingested with skip_invalid: {index in the batch: [(path, reason)]}.
+Rejections = dict[int, list[tuple[str, str]]]
+
+
+def _prepare(events, field: str, known: frozenset[str] | None, rejected: Rejections | None = None
              ) -> tuple[list[str], list[bytes], list[int]]:
     """validate_batch, also returning each event's message id and route: one pass over the events (each access to
-    a field of a parsed message costs, so every one is read once)."""
+    a field of a parsed message costs, so every one is read once). With `rejected` (skip_invalid), a bad event is
+    left out and its violations go there instead; only a problem of the batch as a whole is raised."""
     v = Violations()
     ids: list[str] = []
     payloads: list[bytes] = []
@@ -106,14 +111,19 @@ def _prepare(events, field: str, known: frozenset[str] | None
         for i, event in enumerate(events):
             # Serialized first: its size bounds every Struct's, so small events skip measuring those again.
             payload = event.SerializeToString()
-            payloads.append(payload)
             size = len(payload)
-            if (not ok(event, now, known, size) or not type_ok(event)
+            if (not ok(event, now, known, size) or not type_ok(event) or size > limit
                     or (phones and not _phones_ok(event, phones))):
-                validate_event(event, f"{field}[{i}]", v, now, known)
-            if size > limit:
-                v.add(f"{field}[{i}]", f"must be at most {limit:,} bytes serialized")
-            if not v.items:  # routed while the batch is still good (a valid event has a first identity)
+                bad = Violations() if rejected is not None else v
+                validate_event(event, f"{field}[{i}]", bad, now, known)
+                if size > limit:
+                    bad.add(f"{field}[{i}]", f"must be at most {limit:,} bytes serialized")
+                if rejected is not None:
+                    if bad.items:
+                        rejected[i] = bad.items
+                        continue
+            if not v.items:  # kept while the batch is still good (a valid event has a first identity)
+                payloads.append(payload)
                 ids.append(event.message_id)
                 routes.append(route_of(event))
     v.raise_if_any()
@@ -184,9 +194,13 @@ async def checked(types: IdentityTypes | None, tenant: str, validate: Callable[[
     try:
         return validate(known)
     except InvalidArgument as error:
-        if not any(description == UNKNOWN_TYPE for _, description in error.violations):
+        if not _names_unknown_type(error.violations):
             raise
     return validate(await types.refresh(tenant))
+
+
+def _names_unknown_type(violations) -> bool:
+    return any(description == UNKNOWN_TYPE for _, description in violations)
 
 
 class Ingest:
@@ -222,6 +236,24 @@ class Ingest:
     async def ingest(self, tenant_id: str, events, bulk: bool = False) -> list[tuple[str, bool]]:
         """validate, then store_prepared."""
         return await self.store_prepared(tenant_id, *await self.validate(tenant_id, events), bulk=bulk)
+
+    async def ingest_valid(self, tenant_id: str, events, bulk: bool = False
+                           ) -> tuple[list[tuple[str, bool]], Rejections]:
+        """ingest for skip_invalid: stores the valid events; returns their (message_id, stored_now) in request order
+        and the violations of each one left out, by index. Only a problem of the batch as a whole raises."""
+        def valid(known: frozenset[str] | None) -> tuple[tuple[list[str], list[bytes], list[int]], Rejections]:
+            rejected: Rejections = {}
+            return _prepare(events, "events", known, rejected), rejected
+
+        types = self.identity_types
+        known = None if types is None else await types.known(tenant_id)
+        prepared, rejected = valid(known)
+        if known is not None and types is not None and any(_names_unknown_type(r) for r in rejected.values()):
+            prepared, rejected = valid(await types.refresh(tenant_id))  # a type declared a moment ago
+        acks = await self.store_prepared(tenant_id, *prepared, bulk=bulk) if prepared[0] else []
+        if rejected:
+            metrics.record_rejected(tenant_id, len(rejected))
+        return acks, rejected
 
 
 __all__ = ["Ingest", "IdentityTypes", "validate_batch", "validate_event", "checked", "InvalidArgument"]

@@ -120,7 +120,23 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                            context: grpc.aio.ServicerContext) -> pb.IngestEventsResponse:
         await self._admit()
         reply = pb.IngestEventsResponse()
-        _add_acks(reply.acks, await self.ingest.ingest(current_tenant(), request.events, request.bulk))
+        if not request.skip_invalid:
+            _add_acks(reply.acks, await self.ingest.ingest(current_tenant(), request.events, request.bulk))
+            return reply
+        acks, rejected = await self.ingest.ingest_valid(current_tenant(), request.events, request.bulk)
+        if not rejected:
+            _add_acks(reply.acks, acks)
+            return reply
+        stored = iter(acks)
+        add = reply.acks.add
+        for i, event in enumerate(request.events):
+            problems = rejected.get(i)
+            if problems is None:
+                message_id, fresh = next(stored)
+                add(message_id=message_id, status=pb.ACK_STATUS_STORED if fresh else pb.ACK_STATUS_DUPLICATE)
+            else:
+                add(message_id=event.message_id, status=pb.ACK_STATUS_REJECTED,
+                    violations=[pb.EventViolation(field=f, description=d) for f, d in problems])
         return reply
 
     async def StreamIngestEvents(self, request_iterator: AsyncIterator[pb.StreamIngestEventsRequest],

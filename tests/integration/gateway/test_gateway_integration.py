@@ -66,6 +66,39 @@ async def test_a_malformed_event_fails_the_batch_with_field_paths_and_stores_not
     assert await _inbox(suite.dsn, tenant) == []
 
 
+async def test_skip_invalid_stores_the_valid_events_and_answers_each_invalid_one_with_its_violations(suite):
+    tenant, md = await suite.new_tenant()
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=_events("old")), metadata=md)
+    events = _events("good", "bad", "old", "good2", "bad2")
+    events[1].ClearField("event_time")
+    events[1].identities[0].value = ""
+    events[4].type = common_pb2.EVENT_TYPE_PURCHASE  # a purchase of no item
+    reply = await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=events, skip_invalid=True, bulk=True),
+                                             metadata=md)
+    assert [(a.message_id, a.status) for a in reply.acks] == [
+        ("good", pb.ACK_STATUS_STORED), ("bad", pb.ACK_STATUS_REJECTED), ("old", pb.ACK_STATUS_DUPLICATE),
+        ("good2", pb.ACK_STATUS_STORED), ("bad2", pb.ACK_STATUS_REJECTED)]
+    assert [(v.field, v.description) for v in reply.acks[1].violations] == [
+        ("events[1].event_time", "is required"), ("events[1].identities[0].value", "is required")]
+    assert [v.field for v in reply.acks[4].violations] == ["events[4].line_items"]
+    assert [a.violations for a in reply.acks if a.status != pb.ACK_STATUS_REJECTED] == [[], [], []]
+    assert [r["message_id"] for r in await _inbox(suite.dsn, tenant)] == ["old", "good", "good2"]
+
+
+async def test_skip_invalid_with_every_event_invalid_stores_nothing_and_a_bad_batch_is_still_refused(suite):
+    tenant, md = await suite.new_tenant()
+    events = _events("x")
+    events[0].ClearField("identities")
+    reply = await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=events, skip_invalid=True), metadata=md)
+    assert [(a.message_id, a.status, [v.field for v in a.violations]) for a in reply.acks] == [
+        ("x", pb.ACK_STATUS_REJECTED, ["events[0].identities"])]
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await suite.gateway.IngestEvents(pb.IngestEventsRequest(skip_invalid=True), metadata=md)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in status_details(info.value)[0]] == ["events"]
+    assert await _inbox(suite.dsn, tenant) == []
+
+
 async def test_the_stream_counts_what_it_stored_and_lists_the_duplicates(suite):
     tenant, md = await suite.new_tenant()
 

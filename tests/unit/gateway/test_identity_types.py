@@ -97,3 +97,21 @@ async def test_an_unreachable_identity_service_does_not_stop_ingest(world):
     with pytest.raises(InvalidArgument):
         await ingest.validate("t1", [_event("loyalty_card")])
     await ingest.validate("t1", [_event("email")])
+
+
+class FakeStore:
+    async def store_events(self, tenant_id, ids, payloads, routes, bulk):
+        return set(ids)
+
+
+async def test_skip_invalid_refreshes_once_for_a_new_type_and_rejects_only_the_events_still_unknown(world):
+    identity, _, ingest = world
+    ingest.store = FakeStore()
+    await ingest.validate("t1", [_event("email")])
+    identity.types.append("loyalty_card")
+    events = [_event("loyalty_card"), _event("email", "no_such_type")]
+    events[1].message_id = "m2"
+    acks, rejected = await ingest.ingest_valid("t1", events)
+    assert acks == [("m1", True)]
+    assert rejected == {1: [("events[1].identities[1].type", "unknown identity type: declare it first")]}
+    assert identity.calls == 2

@@ -20,6 +20,7 @@ class AckStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACK_STATUS_UNSPECIFIED: _ClassVar[AckStatus]
     ACK_STATUS_STORED: _ClassVar[AckStatus]
     ACK_STATUS_DUPLICATE: _ClassVar[AckStatus]
+    ACK_STATUS_REJECTED: _ClassVar[AckStatus]
 
 class ExecutionFlag(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -85,6 +86,7 @@ class DeliveryState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 ACK_STATUS_UNSPECIFIED: AckStatus
 ACK_STATUS_STORED: AckStatus
 ACK_STATUS_DUPLICATE: AckStatus
+ACK_STATUS_REJECTED: AckStatus
 EXECUTION_FLAG_UNSPECIFIED: ExecutionFlag
 EXECUTION_FLAG_TEST_MODE: ExecutionFlag
 EXECUTION_FLAG_CONTEXT_ONLY: ExecutionFlag
@@ -125,20 +127,32 @@ DELIVERY_STATE_DELIVERED: DeliveryState
 DELIVERY_STATE_FAILED: DeliveryState
 
 class IngestEventsRequest(_message.Message):
-    __slots__ = ("events", "bulk")
+    __slots__ = ("events", "bulk", "skip_invalid")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     BULK_FIELD_NUMBER: _ClassVar[int]
+    SKIP_INVALID_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]
     bulk: bool
-    def __init__(self, events: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ..., bulk: _Optional[bool] = ...) -> None: ...
+    skip_invalid: bool
+    def __init__(self, events: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ..., bulk: _Optional[bool] = ..., skip_invalid: _Optional[bool] = ...) -> None: ...
+
+class EventViolation(_message.Message):
+    __slots__ = ("field", "description")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    description: str
+    def __init__(self, field: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class EventAck(_message.Message):
-    __slots__ = ("message_id", "status")
+    __slots__ = ("message_id", "status", "violations")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     status: AckStatus
-    def __init__(self, message_id: _Optional[str] = ..., status: _Optional[_Union[AckStatus, str]] = ...) -> None: ...
+    violations: _containers.RepeatedCompositeFieldContainer[EventViolation]
+    def __init__(self, message_id: _Optional[str] = ..., status: _Optional[_Union[AckStatus, str]] = ..., violations: _Optional[_Iterable[_Union[EventViolation, _Mapping]]] = ...) -> None: ...
 
 class IngestEventsResponse(_message.Message):
     __slots__ = ("acks",)
