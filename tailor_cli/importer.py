@@ -755,6 +755,7 @@ async def _run_batches(reader, converter: RowConverter, call, options: ImportOpt
         for index, (count, entries, local) in enumerate(_batches(reader, converter, options.batch_size,
                                                                 checkpoint.rows_done, checked=is_items)):
             pending[index] = asyncio.create_task(send(count, entries, local))
+            await asyncio.sleep(0)  # the call goes out now, while the next batch is converted
             while len(pending) >= options.concurrency:
                 await collect(True)
         while pending:
