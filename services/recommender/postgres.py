@@ -215,6 +215,10 @@ FROM interactions WHERE tenant_id = $1
 """
 _TIMES = ", extract(epoch FROM event_time)::float8"
 _LIMIT_ALL = 2**62
+# Training reads the interactions in this many page ranges at once once the table has READ_SPLIT_PAGES pages
+# (~8 MB): PostgreSQL formatting the CSV is most of a read's time, and one backend uses one core.
+READ_PARTS = 2
+READ_SPLIT_PAGES = 1024
 
 
 def config_to_json(config: Config) -> str:
@@ -371,16 +375,34 @@ class PostgresRepository:
                 attempt += 1
 
     async def interaction_events(self, tenant: str, *, times: bool = False) -> Events:
-        """Every interaction of the tenant as Events (event times only when asked; empty otherwise)."""
-        chunks: list[bytes] = []
+        """Every interaction of the tenant as Events (event times only when asked; empty otherwise).
 
-        async def keep(chunk: bytes) -> None:
-            chunks.append(chunk)
+        A large table is read in READ_PARTS ranges of its pages at once, on as many connections sharing one
+        snapshot (as pg_dump's parallel jobs do), so PostgreSQL formats the rows on several cores; the parts are
+        joined in page order, which is the order one scan would give."""
+        query = _INTERACTIONS.format(times=_TIMES if times else "")
+        async with self.pool.acquire() as first, first.transaction(isolation="repeatable_read", readonly=True):
+            pages = await first.fetchval("SELECT pg_relation_size('interactions') / current_setting('block_size')::int")
+            parts = READ_PARTS if pages >= READ_SPLIT_PAGES else 1
+            if parts == 1:
+                data = await _copy_out(first, query, tenant)
+            else:
+                snapshot = await first.fetchval("SELECT pg_export_snapshot()")
+                edges = [pages * k // parts for k in range(parts)]
 
-        async with self.pool.acquire() as connection:
-            await connection.copy_from_query(_INTERACTIONS.format(times=_TIMES if times else ""), tenant,
-                                             output=keep, format="csv")
-        return await asyncio.to_thread(_events_from_csv, b"".join(chunks), times)
+                async def part(k: int) -> bytes:
+                    # Pages edges[k] up to the next part's first; the last part also takes rows added since.
+                    bounds = [(edges[k], 0)] + ([(edges[k + 1], 0)] if k + 1 < parts else [])
+                    ranged = query + " AND ctid >= $2::tid" + (" AND ctid < $3::tid" if len(bounds) == 2 else "")
+                    if k == 0:
+                        return await _copy_out(first, ranged, tenant, *bounds)
+                    async with self.pool.acquire() as other, other.transaction(isolation="repeatable_read",
+                                                                              readonly=True):
+                        await other.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+                        return await _copy_out(other, ranged, tenant, *bounds)
+
+                data = b"".join(await asyncio.gather(*(part(k) for k in range(parts))))
+        return await asyncio.to_thread(_events_from_csv, data, times)
 
     async def save_model(self, tenant: str, name: str, payload: bytes, summary: dict) -> int:
         # The (tenant, recommender, version) key makes two concurrent saves pick different versions or fail.
@@ -414,6 +436,17 @@ class PostgresRepository:
                AND (training_claimed_at IS NULL OR training_claimed_at < now() - retrain_seconds * interval '1 second')""",
             tenant, name)
         return status == "UPDATE 1"
+
+
+async def _copy_out(connection, query: str, *args) -> bytes:
+    """The CSV a COPY of the query's rows sends."""
+    chunks: list[bytes] = []
+
+    async def keep(chunk: bytes) -> None:
+        chunks.append(chunk)
+
+    await connection.copy_from_query(query, *args, output=keep, format="csv")
+    return b"".join(chunks)
 
 
 def _events_from_csv(data: bytes, times: bool) -> Events:
