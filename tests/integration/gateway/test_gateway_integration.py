@@ -186,11 +186,13 @@ async def test_a_bad_message_ends_the_stream_with_its_index_and_earlier_messages
 async def test_a_store_that_loses_a_deadlock_to_a_concurrent_store_of_the_same_ids_is_run_again(suite):
     tenant, md = await suite.new_tenant()
     events = _events("dl-a", "dl-b")
-    conn = await asyncpg.connect(suite.dsn)
+    # This session checks for deadlocks only after 30 s (the gateway's after PostgreSQL's 1 s), so the gateway's
+    # store is always the one rolled back, however late a loaded machine schedules its backend.
+    conn = await asyncpg.connect(suite.dsn, server_settings={"deadlock_timeout": "30s"})
     try:
         async with conn.transaction():
             # Another store holds "dl-b" and will want "dl-a": the gateway's store takes "dl-a", waits on "dl-b", and
-            # waits longest, so its deadlock check fires first and it is the one PostgreSQL rolls back.
+            # its deadlock check fires first, so it is the one PostgreSQL rolls back.
             insert = ("INSERT INTO gateway.inbox (tenant_id, message_id, payload, route, partition) "
                       "VALUES ($1, $2, $3, 0, 0)")
             await conn.execute(insert, tenant, "dl-b", events[1].SerializeToString())
