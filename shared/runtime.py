@@ -15,7 +15,6 @@ from shared import db, db_roles, log
 from shared.server import Authenticator, RunningServer, Service, run_until_signal, start_server
 from shared.settings import env_bool, env_float, env_str, service_port
 
-
 # Python collects its youngest generation every 700 net container allocations by default. A batch page allocates
 # tens of thousands (dicts, rows, messages) that live across awaits, so each young collection promoted the page's live
 # objects toward the old generation, which was then scanned again and again: about a fifth of the gateway's CPU

@@ -287,6 +287,7 @@ class BatchJobs:
             individuals = await self.individuals(members, job.context_sources, read)
             lap("profiles")
             points = [decision_pb.PointSelection(name=name) for name in job.point_names]
+            needed: frozenset[str] | None  # what qualifying read, then (keys.needed) what to read of the next pages
             qualified, needed, sent = await self.use_case.qualify(individuals, points, sent_keys=keys.sent)
             needed = keys.needed(needed, sent)
             if read is not None and needed is not None and not needed <= read:
