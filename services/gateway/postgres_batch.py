@@ -36,7 +36,7 @@ class Job:
     context_sources: tuple[str, ...] = ()  # BatchContextSource names without the prefix, e.g. LAST_CART
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a batch page makes one per member, and a frozen one costs 9x as much to make
 class OutputRow:
     """One decided (individual, point) of a job, as written."""
 
