@@ -3,7 +3,7 @@ cpdist, probabilistic rules by the re-run's vectorised scorer, instead of one ru
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 from rapidfuzz.distance import JaroWinkler
@@ -24,7 +24,7 @@ def _expand(lo: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def batch_matches(ruleset: Ruleset, records: Sequence[Record], blocks: Sequence[Sequence[tuple[int, str]]],
-                  stored: Sequence[Record], stored_blocks: Sequence[frozenset[str]]
+                  stored: Sequence[Record], stored_blocks: Sequence[Collection[str]]
                   ) -> list[list[tuple[int, int, Rule]]]:
     """Per subject of the batch, the records it matches as (STORED or BATCH, index, rule), each record once (by the
     first rule that matched it), in the order resolving the subjects one by one meets them: by the subject's block

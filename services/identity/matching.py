@@ -317,6 +317,8 @@ class Record:
     values: dict[int, tuple[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
     # The attributes normalized as for EXACT_NORMALIZED and FUZZY, blanks left out (normalized_attributes).
     normalized: dict[str, str] | None = field(default=None, compare=False, repr=False)
+    # Identities and attributes as the repository sends them (JSON text), encoded once.
+    encoded: tuple[str, str] | None = field(default=None, compare=False, repr=False)
 
 
 def normalized_attributes(record: Record) -> dict[str, str]:

@@ -81,15 +81,19 @@ CROSS JOIN LATERAL (
 ) AS r{_INDIVIDUAL.format(of="r", alias="o")}
 UNION ALL
 SELECT 'c', q.id, NULL, o.individual_id, NULL, NULL
-FROM unnest($7::text[], $8::text[], $9::text[], $10::jsonb[], $11::jsonb[]) AS q(id, t, v, ids, attrs)
+FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) AS q(id, t, v, ids, attrs)
 CROSS JOIN LATERAL (
     SELECT i.individual_id FROM identities AS i
     WHERE i.tenant_id = $1 AND i.id_type = q.t AND i.id_value = q.v LIMIT 1
 ) AS o
 CROSS JOIN LATERAL (
+    -- the contents as jsonb only for subjects whose identity has an owner (new subjects need no parsing)
+    SELECT q.ids::jsonb AS ids, q.attrs::jsonb AS attrs OFFSET 0
+) AS j
+CROSS JOIN LATERAL (
     SELECT 1 FROM source_records AS r
-    WHERE r.tenant_id = $1 AND r.individual_id = o.individual_id AND r.identities @> q.ids
-      AND r.attributes @> q.attrs
+    WHERE r.tenant_id = $1 AND r.individual_id = o.individual_id AND r.identities @> j.ids
+      AND r.attributes @> j.attrs
     LIMIT 1
 ) AS c
 """
@@ -191,9 +195,10 @@ WITH new_individuals AS (
     FROM unnest($17::text[], $18::text[], $19::text[], $20::text[]) AS u(id, owner, i, a)
     ON CONFLICT DO NOTHING
 ), new_blocks AS (
+    -- no ON CONFLICT (it doubles the cost of these rows): the records are new under the locks of their keys, and
+    -- a record's rows leave the index only with the record
     INSERT INTO record_blocks (tenant_id, block_key, record_id)
     SELECT $1, u.k, u.r FROM unnest($21::text[], $22::text[]) AS u(k, r)
-    ON CONFLICT DO NOTHING
 ), new_shared AS (
     INSERT INTO shared_identities (tenant_id, id_type, id_value, record_id)
     SELECT $1, u.t, u.v, u.r FROM unnest($23::text[], $24::text[], $25::text[]) AS u(t, v, r)
@@ -310,26 +315,24 @@ class PostgresRepository:
 
     async def _candidates(self, conn: asyncpg.Connection, tenant: str, blocks: list[str]) -> list[StoredRecord]:
         """The stored records sharing a block key, their contents from the process's cache or else read."""
+        # Columns by position: record_id, individual_id, created_at, record_count, keys (thousands of rows a batch).
         rows = await conn.fetch(_CANDIDATES, tenant, blocks, self.max_block)
         cache = self._records
-        found = {}
-        missing = []
-        for r in rows:
-            record = cache.get((tenant, r["record_id"]))
-            if record is None:
-                missing.append(r["record_id"])
-            else:
-                found[r["record_id"]] = record
+        found = {r[0]: cache.get((tenant, r[0])) for r in rows}
+        missing = [record_id for record_id, record in found.items() if record is None]
         if missing:
             for r in await conn.fetch(_CONTENTS, tenant, missing):
-                found[r["id"]] = self._remember((tenant, r["id"]), _record(r["identities"], r["attributes"]))
+                found[r[0]] = self._remember((tenant, r[0]), _record(r[1], r[2]))
         owners: dict[str, Owner] = {}  # one per individual: many candidates share one
         out = []
         for r in rows:
-            owner = owners.get(r["individual_id"])
+            record = found[r[0]]
+            if record is None:  # gone since the first read (erased): not a candidate
+                continue
+            owner = owners.get(r[1])
             if owner is None:
-                owner = owners[r["individual_id"]] = _owner(r)
-            out.append(StoredRecord(r["record_id"], owner, found[r["record_id"]], frozenset(r["keys"])))
+                owner = owners[r[1]] = Owner(r[1], r[2], r[3])
+            out.append(StoredRecord(r[0], owner, record, r[4]))
         return out
 
     async def get_individual(self, tenant: str, individual_id: str) -> IndividualView | None:
@@ -598,7 +601,7 @@ async def _snapshot(conn: asyncpg.Connection, tenant: str, query: SnapshotQuery)
         _SNAPSHOT, tenant, [k[0] for k in query.unique], [k[1] for k in query.unique],
         [k[0] for k in query.shared], [k[1] for k in query.shared], query.record_ids,
         [str(c[0]) for c in covering], [c[1][0] for c in covering], [c[1][1] for c in covering],
-        [_json_lists(c[2].identities) for c in covering], [_json_strings(c[2].attributes) for c in covering])
+        *_contents([c[2] for c in covering]))
     snap = Snapshot()
     for r in rows:
         kind = r["kind"]
@@ -613,17 +616,18 @@ async def _snapshot(conn: asyncpg.Connection, tenant: str, query: SnapshotQuery)
     return snap
 
 
-_quote = json.encoder.encode_basestring_ascii
-
-
-def _json_strings(values: dict[str, str]) -> str:
-    """json.dumps of a dict of strings, written out directly (runs for every subject with attributes)."""
-    return "{" + ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in values.items()) + "}"
-
-
-def _json_lists(values: dict[str, list[str]]) -> str:
-    """json.dumps of a dict of lists of strings, written out directly."""
-    return "{" + ", ".join(f"{_quote(k)}: [{', '.join(map(_quote, vs))}]" for k, vs in values.items()) + "}"
+def _contents(records: list[Record]) -> tuple[list[str], list[str]]:
+    """The records' identities and attributes as JSON text, encoded once per record (the fast read, the read under
+    the locks and the write all send them)."""
+    ids, attrs = [], []
+    for record in records:
+        encoded = record.encoded
+        if encoded is None:
+            encoded = record.encoded = (orjson.dumps(record.identities).decode(),
+                                        orjson.dumps(record.attributes).decode())
+        ids.append(encoded[0])
+        attrs.append(encoded[1])
+    return ids, attrs
 
 
 def _evidence(keys) -> str:
@@ -664,8 +668,7 @@ async def _apply(conn: asyncpg.Connection, tenant: str, now, plan: Plan) -> None
         [m.reason for m in plan.merges],
         [r.record_id for r in records],
         [r.individual_id for r in records],
-        [orjson.dumps(r.record.identities).decode() for r in records],
-        [orjson.dumps(r.record.attributes).decode() for r in records],
+        *_contents([r.record for r in records]),
         [k for k, _ in blocks],
         [r for _, r in blocks],
         [t for t, _, _ in shared],

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
@@ -37,7 +37,7 @@ class StoredRecord(NamedTuple):
     record_id: str
     owner: Owner
     record: Record
-    blocks: frozenset[str]
+    blocks: Collection[str]
 
 
 @dataclass
@@ -71,8 +71,7 @@ class Resolution:
     suppressed: bool = False  # carries a forgotten individual's identity: not resolved
 
 
-@dataclass(frozen=True)
-class NewIndividual:
+class NewIndividual(NamedTuple):
     """An individual this call creates; merged_into is set when the same call already merged it away."""
 
     individual_id: str
@@ -81,8 +80,7 @@ class NewIndividual:
     record_count: int = 0
 
 
-@dataclass(frozen=True)
-class NewRecord:
+class NewRecord(NamedTuple):
     """A source record this call stores."""
 
     record_id: str

@@ -131,7 +131,7 @@ class IdentityService:
         # by record id (the write path looks up all, so a record seen before is never stored twice).
         fast = SnapshotQuery(unique=unique, shared=shared, covering=covering, record_ids=list(dict.fromkeys(
             s.record_id for s in subs if not s.plain and not (s.record.attributes and s.unique))))
-        seen = await self.repository.lookup(tenant, fast)
+        seen = await _meanwhile(self.repository.lookup(tenant, fast), subs)
         known = known_resolutions(subs, seen)
         if known is not None:
             return known
@@ -294,6 +294,29 @@ class IdentityService:
         if merges:
             marked += await self.repository.mark_merges_propagated(tenant, list(merges))
         return marked
+
+
+# Subjects prepared between two looks at a running read (a few milliseconds of work).
+_SLICE = 50
+
+
+async def _meanwhile(read: Awaitable[Snapshot], subs: list) -> Snapshot:
+    """Awaits the fast read while preparing, slice by slice, what the write path needs of the subjects the read
+    cannot settle by owners alone (record ids and block keys, computed once per subject): the read's PostgreSQL
+    work and this process's overlap. Stops preparing when the read is back (most such calls need none of it)."""
+    task = asyncio.ensure_future(read)
+    try:
+        for start in range(0, len(subs), _SLICE):
+            await asyncio.sleep(0)  # the read goes on (sent, or its answer taken in)
+            if task.done():
+                break
+            for subject in subs[start:start + _SLICE]:
+                if not subject.plain:
+                    _ = subject.record_id, subject.blocks
+        return await task
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 def _not_found(individual_id: str) -> NotFound:

@@ -96,6 +96,12 @@ def validate_subjects(
         if len(raw) > MAX_ATTRIBUTES:
             v.add(f"subjects[{s}].attributes", f"at most {MAX_ATTRIBUTES} attributes, got {len(raw)}")
         for name, value in raw.items():
+            if type(value) is str and 0 < len(name) <= MAX_ATTRIBUTE_KEY:  # the common case, checked at once
+                stripped = value.strip()
+                if len(stripped) <= matching.MAX_VALUE_LENGTH and "\x00" not in stripped:
+                    if stripped:
+                        attrs[name] = stripped
+                    continue
             path = f"subjects[{s}].attributes.{name}"
             text = _attribute_value(value)
             if not name or len(name) > MAX_ATTRIBUTE_KEY:
