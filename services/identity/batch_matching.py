@@ -69,17 +69,23 @@ def batch_matches(ruleset: Ruleset, records: Sequence[Record], blocks: Sequence[
     sub, pos, rule_of, source, ref = (np.concatenate(x) for x in zip(stored_pairs, batch_pairs))
     if not len(sub):
         return out
+    # Only a subject's first match with a record counts (a later one finds the record's survivor already found), and
+    # a subject's keys come in rule order: a pair an earlier rule matched is not compared by the later ones.
+    width = max(len(stored), len(records)) + 1
+    pair = (sub * 2 + source) * width + ref
     held = np.zeros(len(sub), dtype=bool)
+    matched = np.empty(0, dtype=np.int64)
     rules = ruleset.rules
     for index, rule in enumerate(rules):
         which = np.flatnonzero(rule_of == index)
+        if len(which) and len(matched):
+            which = which[~np.isin(pair[which], matched)]
         if len(which):
             held[which] = _holds(rule, records, stored, sub[which], source[which], ref[which])
+            matched = np.union1d(matched, pair[which[held[which]]])
     keep = np.flatnonzero(held)
     keep = keep[np.lexsort((ref[keep], source[keep], pos[keep], sub[keep]))]
-    # Only a subject's first match with a record counts (a later one finds the record's survivor already found).
-    width = max(len(stored), len(records)) + 1
-    _, first = np.unique((sub[keep] * 2 + source[keep]) * width + ref[keep], return_index=True)
+    _, first = np.unique(pair[keep], return_index=True)
     keep = keep[np.sort(first)]
     for i, src, j, r in zip(sub[keep].tolist(), source[keep].tolist(), ref[keep].tolist(), rule_of[keep].tolist()):
         out[i].append((src, j, rules[r]))
@@ -113,7 +119,7 @@ def _criterion(criterion: matching.Criterion, records: Sequence[Record], stored:
     involved = np.unique(np.concatenate((left, right)))  # only the records of some pair
     if criterion.kind == "attribute":  # one value per record, as record_values reads it
         name = criterion.name
-        first[involved] = [matching.normalized_attributes(stored[n] if n < base else records[n - base]).get(name, "")
+        first[involved] = [matching.normalized_value(stored[n] if n < base else records[n - base], name)
                            for n in involved.tolist()]
     else:
         for n in involved.tolist():

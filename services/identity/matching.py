@@ -315,18 +315,22 @@ class Record:
     # id(object) -> (object, values). The object is kept and checked, so a record that outlives a ruleset (the
     # repository's cache of decoded records) never takes the values of another object given the same id.
     values: dict[int, tuple[Any, Any]] = field(default_factory=dict, compare=False, repr=False)
-    # The attributes normalized as for EXACT_NORMALIZED and FUZZY, blanks left out (normalized_attributes).
+    # Attributes normalized as for EXACT_NORMALIZED and FUZZY, by name, as far as asked for (normalized_value).
     normalized: dict[str, str] | None = field(default=None, compare=False, repr=False)
     # Identities and attributes as the repository sends them (JSON text), encoded once.
     encoded: tuple[str, str] | None = field(default=None, compare=False, repr=False)
 
 
-def normalized_attributes(record: Record) -> dict[str, str]:
-    """The record's attributes as EXACT_NORMALIZED and FUZZY compare them (computed once per record)."""
+def normalized_value(record: Record, name: str) -> str:
+    """An attribute as EXACT_NORMALIZED and FUZZY compare it ("" when blank), computed once per record."""
     found = record.normalized
     if found is None:
-        found = record.normalized = {k: n for k, v in record.attributes.items() if (n := normalize_text(v))}
-    return found
+        found = record.normalized = {}
+    value = found.get(name)
+    if value is None:
+        raw = record.attributes.get(name)
+        value = found[name] = normalize_text(raw) if raw else ""
+    return value
 
 
 def _remember(record: Record, key: Any, found: Any) -> Any:
@@ -339,7 +343,10 @@ def _remember(record: Record, key: Any, found: Any) -> Any:
 def record_values(record: Record, criterion: Criterion) -> list[str]:
     """The record's comparable values for a criterion; blanks are left out, so they never match."""
     if criterion.kind == "attribute":
-        value = (record.attributes if criterion.method == EXACT else normalized_attributes(record)).get(criterion.name)
+        if criterion.method == EXACT:
+            value = record.attributes.get(criterion.name)
+        else:
+            value = normalized_value(record, criterion.name)
         return [value] if value else []
     cached = record.values.get(id(criterion))
     if cached is not None and cached[0] is criterion:

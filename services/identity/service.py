@@ -131,7 +131,8 @@ class IdentityService:
         # by record id (the write path looks up all, so a record seen before is never stored twice).
         fast = SnapshotQuery(unique=unique, shared=shared, covering=covering, record_ids=list(dict.fromkeys(
             s.record_id for s in subs if not s.plain and not (s.record.attributes and s.unique))))
-        seen = await _meanwhile(self.repository.lookup(tenant, fast), subs)
+        read = self.repository.lookup(tenant, fast)
+        seen = await (read if all(s.plain for s in subs) else _meanwhile(read, subs))
         known = known_resolutions(subs, seen)
         if known is not None:
             return known
