@@ -599,8 +599,8 @@ def _batches(reader, converter: RowConverter, batch_size: int, skip: int, checke
     """(rows in the batch, entries to send, rows refused while converting or by the contract), from row skip + 1;
     an entry is (row number, cells, the serialized message). checked=False leaves the contract's checks to the
     receiver (events sent with skip_invalid, which the gateway answers one by one)."""
-    check = ContractCheck(profile_pb.Item.DESCRIPTOR if converter.m.kind == "items" else common_pb2.Event.DESCRIPTOR)
-    problems_of = check.problems if checked else lambda message: []
+    problems_of = ContractCheck(profile_pb.Item.DESCRIPTOR if converter.m.kind == "items"
+                                else common_pb2.Event.DESCRIPTOR).problems if checked else lambda message: []
     number = 0
     for _ in range(skip):
         if next(reader, None) is None:

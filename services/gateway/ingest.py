@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Callable
 from functools import lru_cache
+from typing import TypeVar
 
 import grpc
 
@@ -35,6 +36,7 @@ NAME = IDENTITY_TYPE  # purposes, object types and sources follow the same lower
 UNKNOWN_TYPE = "unknown identity type: declare it first"
 # The event checks without the size of the whole event: ingest measures the serialized bytes it stores anyway.
 _EVENT = contract.checker(common_pb2.Event.DESCRIPTOR, check_size=False)
+T = TypeVar("T")
 
 
 class TenantTypes(frozenset):
@@ -186,16 +188,21 @@ class IdentityTypes:
             del self._loading[tenant]
 
 
-async def checked(types: IdentityTypes | None, tenant: str, validate: Callable[[frozenset[str] | None], object]):
-    """Runs validate with the tenant's identity types; an unknown type refreshes them once before it is refused."""
+async def checked(types: IdentityTypes | None, tenant: str, validate: Callable[[frozenset[str] | None], T],
+                  names_unknown: Callable[[T], bool] | None = None) -> T:
+    """Runs validate with the tenant's identity types; an unknown type refreshes them once before it is refused
+    (raised as a violation, or found in validate's result by names_unknown)."""
     known = None if types is None else await types.known(tenant)
     if types is None or known is None:
         return validate(None)
     try:
-        return validate(known)
+        result = validate(known)
     except InvalidArgument as error:
         if not _names_unknown_type(error.violations):
             raise
+    else:
+        if names_unknown is None or not names_unknown(result):
+            return result
     return validate(await types.refresh(tenant))
 
 
@@ -245,11 +252,9 @@ class Ingest:
             rejected: Rejections = {}
             return _prepare(events, "events", known, rejected), rejected
 
-        types = self.identity_types
-        known = None if types is None else await types.known(tenant_id)
-        prepared, rejected = valid(known)
-        if known is not None and types is not None and any(_names_unknown_type(r) for r in rejected.values()):
-            prepared, rejected = valid(await types.refresh(tenant_id))  # a type declared a moment ago
+        prepared, rejected = await checked(
+            self.identity_types, tenant_id, valid,
+            lambda result: any(_names_unknown_type(r) for r in result[1].values()))
         acks = await self.store_prepared(tenant_id, *prepared, bulk=bulk) if prepared[0] else []
         if rejected:
             metrics.record_rejected(tenant_id, len(rejected))

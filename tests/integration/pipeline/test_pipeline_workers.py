@@ -55,6 +55,16 @@ async def _visible(suite, md, who: str):
     return reply
 
 
+async def _backlog(suite, tenant: str, md, prefix: str, count: int, poison_every: int, bulk: bool = False) -> list:
+    """count events of 700 people in messages of 1,000, then a poison row every poison_every; the replies."""
+    replies = [await suite.gateway.IngestEvents(pb.IngestEventsRequest(
+        events=[_event(f"{prefix}{i}", f"{prefix}{i % 700}") for i in range(start, start + 1000)], bulk=bulk),
+        metadata=md) for start in range(0, count, 1000)]
+    for i in range(0, count, poison_every):
+        await _poison(suite.dsn, tenant, f"poison-{i}", f"{prefix}{i % 700}", bulk=bulk)
+    return replies
+
+
 async def _poison(dsn: str, tenant: str, message_id: str, who: str, bulk: bool = False) -> None:
     """An acknowledged row whose payload the pipeline cannot apply (as a bug or an older gateway could leave)."""
     conn = await asyncpg.connect(dsn)
@@ -134,11 +144,7 @@ async def test_dead_letter_requests_are_checked_field_by_field_and_scoped_to_adm
 async def test_a_tenants_backlog_with_poison_does_not_hold_back_another_tenants_event(suite):
     flood, flood_md = await suite.new_tenant()
     quiet, quiet_md = await suite.new_tenant()
-    for start in range(0, 3000, 1000):
-        await suite.gateway.IngestEvents(pb.IngestEventsRequest(
-            events=[_event(f"f{i}", f"f{i % 700}") for i in range(start, start + 1000)]), metadata=flood_md)
-    for i in range(0, 3000, 100):
-        await _poison(suite.dsn, flood, f"poison-{i}", f"f{i % 700}")
+    await _backlog(suite, flood, flood_md, "f", 3000, 100)
     sent = time.monotonic()
     await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[_event("q1", "quiet")]), metadata=quiet_md)
     assert await wait_for(lambda: _visible(suite, quiet_md, "quiet"), timeout=10)
@@ -155,13 +161,11 @@ async def test_a_tenants_backlog_with_poison_does_not_hold_back_another_tenants_
 async def test_a_tenants_bulk_backlog_waits_behind_live_events_of_every_tenant_and_drains_once_it_stops(suite):
     importer, importer_md = await suite.new_tenant()
     _, live_md = await suite.new_tenant()
-    for start in range(0, 4000, 1000):  # a backfill: acknowledged at once, applied behind live events
-        reply = await suite.gateway.IngestEvents(pb.IngestEventsRequest(
-            events=[_event(f"b{i}", f"b{i % 700}") for i in range(start, start + 1000)], bulk=True),
-            metadata=importer_md)
+    # A backfill (acknowledged at once, applied behind live events) with bulk rows the pipeline cannot apply
+    # (bisected out and dead-lettered).
+    replies = await _backlog(suite, importer, importer_md, "b", 4000, 400, bulk=True)
+    for reply in replies:
         assert {a.status for a in reply.acks} == {pb.ACK_STATUS_STORED}
-    for i in range(0, 4000, 400):  # bulk rows the pipeline cannot apply: bisected out and dead-lettered
-        await _poison(suite.dsn, importer, f"poison-{i}", f"b{i % 700}", bulk=True)
     status = await suite.gateway.GetPipelineStatus(pb.GetPipelineStatusRequest(), metadata=importer_md)
     assert status.bulk_pending_count == status.pending_count > 3000
     assert status.oldest_live_pending_seconds == 0
