@@ -30,7 +30,10 @@ class _Tenant:
     pending: int = 0          # credits counted here, not yet written
     tokens: float = 0.0
     refilled: float = field(default_factory=time.monotonic)
-    loaded: float = 0.0
+    loaded: float = 0.0       # monotonic time of the last read of the store; 0 = never read
+    # Orders reads of the store against writes of pending credits: a read that overlapped a write could count the
+    # written credits twice (stored and still in flight) or not at all (taken from pending, not yet committed).
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Quotas:
@@ -47,15 +50,20 @@ class Quotas:
 
     async def _state(self, tenant_id: str, fresh: bool = False) -> _Tenant:
         state = self.tenants.get(tenant_id)
-        now = time.monotonic()
-        if state is None or fresh or now - state.loaded > self.refresh_seconds:
-            stored = await self.store.state(tenant_id, period_start())
-            if state is None:
-                state = _Tenant(tokens=max(stored.rate_limit, 1.0))  # start with a full bucket
-                self.tenants[tenant_id] = state
-            state.credit_limit, state.rate_limit, state.used = stored.credit_limit, stored.rate_limit, stored.used
-            state.loaded = now
+        if state is None:
+            state = self.tenants[tenant_id] = _Tenant()
+        if fresh or self._stale(state):
+            async with state.lock:
+                if fresh or self._stale(state):  # a caller that held the lock before us may have just read it
+                    stored = await self.store.state(tenant_id, period_start())
+                    if not state.loaded:
+                        state.tokens = max(stored.rate_limit, 1.0)  # start with a full bucket
+                    state.credit_limit, state.rate_limit = stored.credit_limit, stored.rate_limit
+                    state.used, state.loaded = stored.used, time.monotonic()
         return state
+
+    def _stale(self, state: _Tenant) -> bool:
+        return time.monotonic() - state.loaded > self.refresh_seconds
 
     async def retry_after(self, tenant_id: str) -> float | None:
         """Takes one request token; returns None when allowed, else the seconds until a token is available."""
@@ -92,14 +100,18 @@ class Quotas:
 
     async def _flush(self, start: date) -> None:
         for tenant_id, state in list(self.tenants.items()):
-            pending, state.pending = state.pending, 0
-            if pending:
+            if not state.pending:
+                continue
+            async with state.lock:
+                pending, state.pending = state.pending, 0
+                if not pending:  # a flush that held the lock before us wrote them
+                    continue
                 try:
                     await self.store.add_used(tenant_id, start, pending)
-                    state.used += pending
                 except Exception:
                     state.pending += pending
                     raise
+                state.used += pending
 
     async def run(self) -> None:
         """Flushes counted credits every second until cancelled."""
