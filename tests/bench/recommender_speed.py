@@ -2,7 +2,7 @@
 
 Through the real service on an embedded PostgreSQL: TrainRecommender's path (read the interactions, weight them
 by the objective, fit ALS, serialize, store the model) against bare `implicit` fitting the same matrix with the
-same parameters in the same run; Recommend inside the service (the use case, model in memory) against a bare
+same parameters, back to back in TRAIN_ROUNDS rounds (train_ratio is the median of the rounds' ratios); Recommend inside the service (the use case, model in memory) against a bare
 numpy score-and-top-10; RecommendBatch over gRPC (top 10, purchases excluded) against bare numpy top-10 over the
 same individuals (also without gRPC, the use case alone: the bench's client runs in the server's process, so
 its decoding counts against the gRPC figure), in the full form and in the compact one batch jobs ask for. The last
@@ -42,6 +42,10 @@ MD = tenant_md(TENANT)
 INDIVIDUALS, ITEMS, INTERACTIONS = 100_000, 10_000, 1_000_000
 SAMPLES = 2_000
 BATCH = 20_000
+# Training is timed in this many rounds, each a bare fit and then ours, back to back: one pair alone swung from
+# 0.77 to 1.61 on a quiet machine (the same fit took 6.0 to 10.2 s minutes apart), so the summary gives the
+# median of the rounds' ratios and the table every round.
+TRAIN_ROUNDS = 3
 
 
 async def _load(dsn: str, users: np.ndarray, items: np.ndarray) -> None:
@@ -86,15 +90,17 @@ def _bare_fit(users: np.ndarray, items: np.ndarray, config: Config) -> tuple[flo
 async def main() -> None:
     users, items = synthetic(INDIVIDUALS, ITEMS, INTERACTIONS)
     config = Config(name="for_you", strategy=LEARNED, objective=PURCHASES)
-    bare_seconds, bare_cpu, uf, itf = _bare_fit(users, items, config)
     async with served_recommender() as (stub, rec, dsn):
         await _load(dsn, users, items)
         tenant_var.set(TENANT)  # the use cases' SQL runs under the tenant's row-level security, as a request's does
         await rec.put_config(TENANT, config)
-        start, cpu = time.perf_counter(), time.process_time()
-        async for _ in rec.train(TENANT, "for_you"):
-            pass
-        ours_seconds, ours_cpu = time.perf_counter() - start, time.process_time() - cpu
+        rounds = []  # (ours s, bare s, ours CPU s, bare CPU s)
+        for _ in range(TRAIN_ROUNDS):
+            bare_seconds, bare_cpu, uf, itf = _bare_fit(users, items, config)
+            start, cpu = time.perf_counter(), time.process_time()
+            async for _ in rec.train(TENANT, "for_you"):
+                pass
+            rounds.append((time.perf_counter() - start, bare_seconds, time.process_time() - cpu, bare_cpu))
 
         people = [f"u{u}" for u in np.unique(users)[:SAMPLES].tolist()]
         for who in people[:100]:
@@ -150,12 +156,15 @@ async def main() -> None:
     print(f"synthetic: {INDIVIDUALS} individuals x {ITEMS} items, {len(users)} interactions; ALS factors="
           f"{learned.parameters(config)['factors']} iterations={learned.parameters(config)['iterations']}")
     print(f"{'measure':<40} {'ours':>12} {'baseline':>12} {'ratio':>8}  target")
-    print(f"{'train seconds (vs bare implicit)':<40} {ours_seconds:12.2f} {bare_seconds:12.2f} "
-          f"{ours_seconds / bare_seconds:8.2f}  <= 1.2x")
-    # CPU seconds of this process (every thread; PostgreSQL's share of reading the interactions is not in it):
-    # steadier than wall time when other work shares the machine.
-    print(f"{'train CPU seconds (vs bare implicit)':<40} {ours_cpu:12.2f} {bare_cpu:12.2f} "
-          f"{ours_cpu / bare_cpu:8.2f}")
+    for n, (ours_s, bare_s, ours_c, bare_c) in enumerate(rounds, 1):
+        print(f"{f'train seconds, round {n} (vs bare implicit)':<40} {ours_s:12.2f} {bare_s:12.2f} "
+              f"{ours_s / bare_s:8.2f}")
+        # CPU seconds of this process (every thread; PostgreSQL's share of reading the interactions is not in it):
+        # steadier than wall time when other work shares the machine.
+        print(f"{f'train CPU seconds, round {n}':<40} {ours_c:12.2f} {bare_c:12.2f} {ours_c / bare_c:8.2f}")
+    train_ratio = statistics.median(r[0] / r[1] for r in rounds)
+    train_cpu_ratio = statistics.median(r[2] / r[3] for r in rounds)
+    print(f"{'train seconds, median of the ratios':<40} {'':>12} {'':>12} {train_ratio:8.2f}  <= 1.2x")
     print(f"{'Recommend p50 ms (vs bare numpy top-10)':<40} {p50:12.3f} {bare_p50:12.3f} {p50 / bare_p50:8.2f}  "
           f"p50 <= 1 ms")
     print(f"{'Recommend p99 ms':<40} {p99:12.3f} {percentile(bare, 99):12.3f} "
@@ -169,7 +178,7 @@ async def main() -> None:
           f"{compact_per_s / bare_per_s:8.2f}  (what batch jobs ask)")
     print(f"{'RecommendBatch individuals/s (use case)':<40} {inside / inside_seconds:12.0f} {bare_per_s:12.0f} "
           f"{inside / inside_seconds / bare_per_s:8.2f}  (no gRPC; the bench client shares the process)")
-    print(f"train_ratio={ours_seconds / bare_seconds:.2f} train_cpu_ratio={ours_cpu / bare_cpu:.2f} recommend_p50_ms={p50:.3f} recommend_p99_ms={p99:.3f} "
+    print(f"train_ratio={train_ratio:.2f} train_cpu_ratio={train_cpu_ratio:.2f} recommend_p50_ms={p50:.3f} recommend_p99_ms={p99:.3f} "
           f"batch_per_s={per_s:.0f} batch_compact_per_s={compact_per_s:.0f}")
 
 
