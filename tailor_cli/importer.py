@@ -33,6 +33,7 @@ import json
 import os
 import re
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -770,23 +771,18 @@ async def _run_batches(reader, converter: RowConverter, call, options: ImportOpt
 
 def read_jsonl(path: Path, batch_size: int) -> Iterator[tuple[list[tuple[int, list[str], common_pb2.Event]],
                                                              list[Rejected]]]:
-    """Batches of (line number, [line], Event) from a JSON-lines file, with the lines that are not Events."""
+    """Batches of (line number, [line], Event) from a JSON-lines file, with the lines that are not JSON Events.
+    Events are not checked against the contract here: they go with skip_invalid, and the gateway names each bad
+    field of an event as its own checks find it."""
     entries, local = [], []
-    check = ContractCheck(common_pb2.Event.DESCRIPTOR)
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                event = json_format.Parse(line, common_pb2.Event())
+                entries.append((number, [line], json_format.Parse(line, common_pb2.Event())))
             except json_format.ParseError as error:
                 local.append(Rejected(number, "", "", f"not a JSON Event: {str(error)[:200]}"))
-            else:
-                problems = check.problems(event)
-                if problems:
-                    local += [Rejected(number, "", field, reason) for field, reason in problems]
-                else:
-                    entries.append((number, [line], event))
             if len(entries) + len(local) >= batch_size:
                 yield entries, local
                 entries, local = [], []
@@ -797,76 +793,40 @@ def read_jsonl(path: Path, batch_size: int) -> Iterator[tuple[list[tuple[int, li
 async def ingest_jsonl(channel: grpc.aio.Channel, metadata, path: Path, *, batch_size: int = 500,
                        show_progress: bool = True, on_rejected: Callable[[list[Rejected]], None] = lambda _: None,
                        bulk: bool = False) -> Totals:
-    """Streams a JSON-lines file of Events over StreamIngestEvents in batches (in the bulk lane when bulk). A batch the gateway refuses ends
-    that stream (earlier batches stay stored): its bad events are reported by line, the rest of it and the batches
-    after it go on a new stream. The events a stream cut short had stored are counted as acknowledged: the gateway
-    answers such a stream with the error only, so which of them were duplicates is not known."""
+    """Streams a JSON-lines file of Events over one StreamIngestEvents in batches (in the bulk lane when bulk), each
+    with skip_invalid: the gateway stores the valid events and answers each bad one, reported here by line. A
+    refusal of the stream (no line to blame) stops the ingest: the messages before it stay stored."""
     stub = gw_grpc.GatewayServiceStub(channel)
     totals = Totals()
-    batches = read_jsonl(path, batch_size)
     bar = progress(sum(1 for line in path.open(encoding="utf-8") if line.strip()), 0, "ingest", show_progress)
-    carry: list[list[tuple[int, list[str], common_pb2.Event]]] = []  # batches to send again on a new stream
+    lines: list[array] = []  # the line number of each event sent, per stream message
 
-    def upcoming():
-        while carry:
-            yield carry.pop(0)
-        for entries, local in batches:
+    async def messages():
+        # The bar advances as the transport takes messages (flow control paces it to the gateway, which stores
+        # each message when it arrives).
+        for entries, local in read_jsonl(path, batch_size):
             if local:
                 totals.rejected_rows += len({r.row for r in local})
                 on_rejected(local)
                 bar.update(len({r.row for r in local}))
             if entries:
-                yield entries
+                lines.append(array("q", (number for number, _, _ in entries)))
+                yield gw.StreamIngestEventsRequest(events=[e for _, _, e in entries], bulk=bulk, skip_invalid=True)
+                bar.update(len(entries))
 
     try:
-        while True:
-            sent: list[list] = []
-            source = upcoming()
-
-            async def messages(source=source, sent=sent):
-                # The bar advances as the transport takes messages (flow control paces it to the gateway, which
-                # stores each message when it arrives); a refusal takes back what must be sent again.
-                for entries in source:
-                    sent.append(entries)
-                    yield gw.StreamIngestEventsRequest(events=[e for _, _, e in entries], bulk=bulk)
-                    bar.update(len(entries))
-
-            try:
-                reply = await stub.StreamIngestEvents(messages(), metadata=metadata, timeout=3600)
-            except grpc.aio.AioRpcError as error:
-                if error.code() != grpc.StatusCode.INVALID_ARGUMENT:
-                    raise ImportFailed(f"{error.code().name}: {error.details()}") from None
-                at = _message_index(error)
-                by_index, rest = _indexed(status_details(error)[0])
-                if at is None or at >= len(sent) or rest or not by_index:
-                    raise ImportFailed(f"{error.code().name}: {error.details()}") from None
-                totals.acknowledged += sum(len(entries) for entries in sent[:at])
-                bad = sent[at]
-                rejected = [Rejected(bad[i][0], "", path_, reason) for i, problems in sorted(by_index.items())
-                            if i < len(bad) for path_, reason in problems]
-                totals.rejected_rows += len({r.row for r in rejected})
-                bar.update(-sum(len(entries) for entries in sent[at:]) + len({r.row for r in rejected}))
-                on_rejected(rejected)
-                rest_of_bad = [e for i, e in enumerate(bad) if i not in by_index]
-                carry[:0] = ([rest_of_bad] if rest_of_bad else []) + sent[at + 1:]
-                continue
-            totals.stored += reply.stored_count
-            totals.duplicate += reply.duplicate_count
-            return totals
+        try:
+            reply = await stub.StreamIngestEvents(messages(), metadata=metadata, timeout=3600)
+        except grpc.aio.AioRpcError as error:
+            raise ImportFailed(f"{error.code().name}: {error.details()}") from None
+        totals.stored += reply.stored_count
+        totals.duplicate += reply.duplicate_count
+        rejected = [Rejected(lines[ack.message_index][int(match.group(2))], "", match.group(3), v.description)
+                    for ack in reply.acks if ack.status == gw.ACK_STATUS_REJECTED
+                    for v in ack.violations if (match := _INDEX.match(v.field))]
+        if rejected:
+            totals.rejected_rows += len({r.row for r in rejected})
+            on_rejected(rejected)
+        return totals
     finally:
         bar.close()
-
-
-def _message_index(error: grpc.aio.AioRpcError) -> int | None:
-    """The index of the stream message a refusal names (ErrorInfo metadata message_index)."""
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
-
-    status = rpc_status.from_call(error)
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            if "message_index" in info.metadata:
-                return int(info.metadata["message_index"])
-    return None

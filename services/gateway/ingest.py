@@ -244,10 +244,10 @@ class Ingest:
         """validate, then store_prepared."""
         return await self.store_prepared(tenant_id, *await self.validate(tenant_id, events), bulk=bulk)
 
-    async def ingest_valid(self, tenant_id: str, events, bulk: bool = False
-                           ) -> tuple[list[tuple[str, bool]], Rejections]:
-        """ingest for skip_invalid: stores the valid events; returns their (message_id, stored_now) in request order
-        and the violations of each one left out, by index. Only a problem of the batch as a whole raises."""
+    async def validate_some(self, tenant_id: str, events) -> tuple[tuple[list[str], list[bytes], list[int]],
+                                                                    Rejections]:
+        """validate for skip_invalid: the valid events prepared for the inbox, and the violations of each one left
+        out, by index (counted as rejected). Only a problem of the batch as a whole raises."""
         def valid(known: frozenset[str] | None) -> tuple[tuple[list[str], list[bytes], list[int]], Rejections]:
             rejected: Rejections = {}
             return _prepare(events, "events", known, rejected), rejected
@@ -255,10 +255,16 @@ class Ingest:
         prepared, rejected = await checked(
             self.identity_types, tenant_id, valid,
             lambda result: any(_names_unknown_type(r) for r in result[1].values()))
-        acks = await self.store_prepared(tenant_id, *prepared, bulk=bulk) if prepared[0] else []
         if rejected:
             metrics.record_rejected(tenant_id, len(rejected))
-        return acks, rejected
+        return prepared, rejected
+
+    async def ingest_valid(self, tenant_id: str, events, bulk: bool = False
+                           ) -> tuple[list[tuple[str, bool]], Rejections]:
+        """validate_some, then store_prepared of the valid events: their (message_id, stored_now) in request order
+        and the rejections by index."""
+        prepared, rejected = await self.validate_some(tenant_id, events)
+        return (await self.store_prepared(tenant_id, *prepared, bulk=bulk) if prepared[0] else []), rejected
 
 
 __all__ = ["Ingest", "IdentityTypes", "validate_batch", "validate_event", "checked", "InvalidArgument"]

@@ -6,6 +6,7 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -20,7 +21,7 @@ from services.gateway.auth import KeyService
 from services.gateway.batch import BatchJobs
 from services.gateway.dead_letters import DeadLetters
 from services.gateway.decide import Decider
-from services.gateway.ingest import Ingest
+from services.gateway.ingest import Ingest, Rejections
 from services.gateway.postgres import KeyRow
 from services.gateway.postgres_batch import Job, Schedule, StoredRow
 from services.gateway.privacy import Privacy
@@ -91,6 +92,25 @@ def _add_acks(into, acks: list[tuple[str, bool]]) -> None:
         add(message_id=message_id, status=pb.ACK_STATUS_STORED if fresh else pb.ACK_STATUS_DUPLICATE)
 
 
+def _add_mixed_acks(into, events, acks: list[tuple[str, bool]], rejected: Rejections, *, stored_too: bool = True,
+                    message_index: int = 0) -> None:
+    """Appends, in the events' order, an EventAck per event of a batch ingested with skip_invalid: a rejected event
+    with its violations, a valid one from acks (the valid events' (message_id, stored_now) in order); events stored
+    now only when stored_too (a stream's answer lists duplicates and rejections only)."""
+    stored = iter(acks)
+    add = into.add
+    for i, event in enumerate(events):
+        problems = rejected.get(i)
+        if problems is not None:
+            add(message_id=event.message_id, status=pb.ACK_STATUS_REJECTED, message_index=message_index,
+                violations=[pb.EventViolation(field=f, description=d) for f, d in problems])
+            continue
+        message_id, fresh = next(stored)
+        if stored_too or not fresh:
+            add(message_id=message_id, status=pb.ACK_STATUS_STORED if fresh else pb.ACK_STATUS_DUPLICATE,
+                message_index=message_index)
+
+
 class GatewayServicer(pb_grpc.GatewayServiceServicer):
     def __init__(self, keys: KeyService, ingest: Ingest, decider: Decider, records: RecordSync, batch: BatchJobs,
                  quotas: Quotas, activations: Activations, dead_letters: DeadLetters, privacy: Privacy,
@@ -124,40 +144,45 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             _add_acks(reply.acks, await self.ingest.ingest(current_tenant(), request.events, request.bulk))
             return reply
         acks, rejected = await self.ingest.ingest_valid(current_tenant(), request.events, request.bulk)
-        if not rejected:
+        if rejected:
+            _add_mixed_acks(reply.acks, request.events, acks, rejected)
+        else:
             _add_acks(reply.acks, acks)
-            return reply
-        stored = iter(acks)
-        add = reply.acks.add
-        for i, event in enumerate(request.events):
-            problems = rejected.get(i)
-            if problems is None:
-                message_id, fresh = next(stored)
-                add(message_id=message_id, status=pb.ACK_STATUS_STORED if fresh else pb.ACK_STATUS_DUPLICATE)
-            else:
-                add(message_id=event.message_id, status=pb.ACK_STATUS_REJECTED,
-                    violations=[pb.EventViolation(field=f, description=d) for f, d in problems])
         return reply
 
     async def StreamIngestEvents(self, request_iterator: AsyncIterator[pb.StreamIngestEventsRequest],
                                  context: grpc.aio.ServicerContext) -> pb.StreamIngestEventsResponse:
         reply = pb.StreamIngestEventsResponse()
         tenant = current_tenant()
-        storing: deque[asyncio.Task] = deque()  # writes in flight, oldest first
+        # Writes in flight, oldest first: (message index, its events when some were rejected, the rejections, the
+        # write of its valid events or None when it had none).
+        storing: deque[tuple[int, Any, Rejections, asyncio.Task | None]] = deque()
 
         async def collect_oldest() -> None:
-            acks = await storing.popleft()
-            duplicates = [(message_id, False) for message_id, fresh in acks if not fresh]
-            _add_acks(reply.acks, duplicates)
-            reply.stored_count += len(acks) - len(duplicates)
-            reply.duplicate_count += len(duplicates)
+            index, events, rejected, task = storing.popleft()
+            acks = await task if task is not None else []
+            duplicates = sum(not fresh for _, fresh in acks)
+            if rejected:
+                _add_mixed_acks(reply.acks, events, acks, rejected, stored_too=False, message_index=index)
+            elif duplicates:
+                add = reply.acks.add
+                for message_id, fresh in acks:
+                    if not fresh:
+                        add(message_id=message_id, status=pb.ACK_STATUS_DUPLICATE, message_index=index)
+            reply.stored_count += len(acks) - duplicates
+            reply.duplicate_count += duplicates
+            reply.rejected_count += len(rejected)
 
         index = 0
         try:
             async for message in request_iterator:
                 await self._admit()
+                rejected: Rejections = {}
                 try:
-                    prepared = await self.ingest.validate(tenant, message.events)
+                    if message.skip_invalid:
+                        prepared, rejected = await self.ingest.validate_some(tenant, message.events)
+                    else:
+                        prepared = await self.ingest.validate(tenant, message.events)
                 except InvalidArgument as error:
                     error.metadata["message_index"] = str(index)
                     error.message = f"stream message {index}: {error.message}"
@@ -166,13 +191,16 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                 # duplicates are still found exactly, as concurrent inserts of one message id conflict.
                 if len(storing) >= STREAM_WRITES:
                     await collect_oldest()
-                storing.append(asyncio.create_task(self.ingest.store_prepared(tenant, *prepared, bulk=message.bulk)))
+                task = asyncio.create_task(self.ingest.store_prepared(tenant, *prepared, bulk=message.bulk)) \
+                    if prepared[0] else None
+                storing.append((index, message.events if rejected else None, rejected, task))
                 index += 1
             while storing:
                 await collect_oldest()
         finally:
-            if storing:  # earlier messages still being written are stored (or not) as a whole
-                await asyncio.gather(*storing, return_exceptions=True)
+            writes = [task for *_, task in storing if task is not None]
+            if writes:  # earlier messages still being written are stored (or not) as a whole
+                await asyncio.gather(*writes, return_exceptions=True)
         return reply
 
     async def GetDecisions(self, request: pb.GetDecisionsRequest,

@@ -112,6 +112,47 @@ async def test_the_stream_counts_what_it_stored_and_lists_the_duplicates(suite):
     assert len(await _inbox(suite.dsn, tenant)) == 3
 
 
+async def test_a_stream_with_skip_invalid_stores_the_valid_events_and_lists_each_rejection_by_message(suite):
+    tenant, md = await suite.new_tenant()
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=_events("seen")), metadata=md)
+
+    async def messages():
+        first = _events("v1", "no-time", "seen")
+        first[1].ClearField("event_time")
+        yield pb.StreamIngestEventsRequest(events=first, skip_invalid=True)
+        all_bad = _events("no-ids")
+        all_bad[0].ClearField("identities")
+        yield pb.StreamIngestEventsRequest(events=all_bad, skip_invalid=True)
+        yield pb.StreamIngestEventsRequest(events=_events("v2", "v1"), skip_invalid=True)
+
+    reply = await suite.gateway.StreamIngestEvents(messages(), metadata=md)
+    assert (reply.stored_count, reply.duplicate_count, reply.rejected_count) == (2, 2, 2)
+    assert [(a.message_index, a.message_id, a.status, [v.field for v in a.violations]) for a in reply.acks] == [
+        (0, "no-time", pb.ACK_STATUS_REJECTED, ["events[1].event_time"]),
+        (0, "seen", pb.ACK_STATUS_DUPLICATE, []),
+        (1, "no-ids", pb.ACK_STATUS_REJECTED, ["events[0].identities"]),
+        (2, "v1", pb.ACK_STATUS_DUPLICATE, [])]
+    assert [r["message_id"] for r in await _inbox(suite.dsn, tenant)] == ["seen", "v1", "v2"]
+
+
+async def test_a_stream_message_without_skip_invalid_still_ends_the_stream_after_one_with_it(suite):
+    tenant, md = await suite.new_tenant()
+
+    async def messages():
+        lenient = _events("l1", "l-bad")
+        lenient[1].ClearField("event_time")
+        yield pb.StreamIngestEventsRequest(events=lenient, skip_invalid=True)
+        strict = _events("s-bad")
+        strict[0].ClearField("event_time")
+        yield pb.StreamIngestEventsRequest(events=strict)
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await suite.gateway.StreamIngestEvents(messages(), metadata=md)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "stream message 1" in info.value.details()
+    assert [r["message_id"] for r in await _inbox(suite.dsn, tenant)] == ["l1"]
+
+
 async def test_calls_without_a_key_are_unauthenticated(suite):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=_events("a")))

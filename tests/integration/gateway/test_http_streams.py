@@ -105,7 +105,8 @@ async def test_a_streamed_ingest_over_http_stores_every_message_and_counts_dupli
     envelopes = _unpack(reply.content)
     assert len(envelopes) == 2 and envelopes[0][0] == 0
     assert json.loads(envelopes[0][1]) == {"storedCount": "2", "duplicateCount": "1",  # int64: strings
-                                           "acks": [{"messageId": first, "status": "ACK_STATUS_DUPLICATE"}]}
+                                           "acks": [{"messageId": first, "status": "ACK_STATUS_DUPLICATE",
+                                                     "messageIndex": "1"}]}
     assert _end(envelopes) == {}
     assert await _stored(suite, tenant) == {first, second}
 

@@ -145,14 +145,16 @@ class EventViolation(_message.Message):
     def __init__(self, field: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class EventAck(_message.Message):
-    __slots__ = ("message_id", "status", "violations")
+    __slots__ = ("message_id", "status", "violations", "message_index")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     VIOLATIONS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_INDEX_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     status: AckStatus
     violations: _containers.RepeatedCompositeFieldContainer[EventViolation]
-    def __init__(self, message_id: _Optional[str] = ..., status: _Optional[_Union[AckStatus, str]] = ..., violations: _Optional[_Iterable[_Union[EventViolation, _Mapping]]] = ...) -> None: ...
+    message_index: int
+    def __init__(self, message_id: _Optional[str] = ..., status: _Optional[_Union[AckStatus, str]] = ..., violations: _Optional[_Iterable[_Union[EventViolation, _Mapping]]] = ..., message_index: _Optional[int] = ...) -> None: ...
 
 class IngestEventsResponse(_message.Message):
     __slots__ = ("acks",)
@@ -161,22 +163,26 @@ class IngestEventsResponse(_message.Message):
     def __init__(self, acks: _Optional[_Iterable[_Union[EventAck, _Mapping]]] = ...) -> None: ...
 
 class StreamIngestEventsRequest(_message.Message):
-    __slots__ = ("events", "bulk")
+    __slots__ = ("events", "bulk", "skip_invalid")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     BULK_FIELD_NUMBER: _ClassVar[int]
+    SKIP_INVALID_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[_common_pb2.Event]
     bulk: bool
-    def __init__(self, events: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ..., bulk: _Optional[bool] = ...) -> None: ...
+    skip_invalid: bool
+    def __init__(self, events: _Optional[_Iterable[_Union[_common_pb2.Event, _Mapping]]] = ..., bulk: _Optional[bool] = ..., skip_invalid: _Optional[bool] = ...) -> None: ...
 
 class StreamIngestEventsResponse(_message.Message):
-    __slots__ = ("acks", "stored_count", "duplicate_count")
+    __slots__ = ("acks", "stored_count", "duplicate_count", "rejected_count")
     ACKS_FIELD_NUMBER: _ClassVar[int]
     STORED_COUNT_FIELD_NUMBER: _ClassVar[int]
     DUPLICATE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_COUNT_FIELD_NUMBER: _ClassVar[int]
     acks: _containers.RepeatedCompositeFieldContainer[EventAck]
     stored_count: int
     duplicate_count: int
-    def __init__(self, acks: _Optional[_Iterable[_Union[EventAck, _Mapping]]] = ..., stored_count: _Optional[int] = ..., duplicate_count: _Optional[int] = ...) -> None: ...
+    rejected_count: int
+    def __init__(self, acks: _Optional[_Iterable[_Union[EventAck, _Mapping]]] = ..., stored_count: _Optional[int] = ..., duplicate_count: _Optional[int] = ..., rejected_count: _Optional[int] = ...) -> None: ...
 
 class PointRequest(_message.Message):
     __slots__ = ("name", "decision_id")
