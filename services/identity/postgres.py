@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -29,6 +30,8 @@ from shared.errors import FailedPrecondition, Unavailable, quote
 from shared.log import get_logger
 
 log = get_logger("identity.postgres")
+A = TypeVar("A")
+B = TypeVar("B")
 
 # Decoded source records kept per process: a record's content never changes (its id is a hash of it), and a
 # batch meets thousands of candidates that earlier batches stored or decoded. Oldest out first beyond this many.
@@ -288,11 +291,23 @@ class PostgresRepository:
         locks = [tenant_lock(tenant)] + sorted({lock_key(tenant, k) for k in query.lock_keys})
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                async with self.pool.acquire() as conn, conn.transaction():
+                async with self.pool.acquire() as conn, contextlib.AsyncExitStack() as stack, conn.transaction():
+                    # The candidates are read beside the snapshot on a second connection when one is idle now (it is
+                    # taken before the locks, so a resolve never waits for a connection while holding them). The
+                    # locks are held while both run: under READ COMMITTED both see what one connection would.
+                    spare = None
+                    if query.blocks and self.pool.get_idle_size() > 0:
+                        spare = await stack.enter_async_context(self.pool.acquire())
                     now = await conn.fetchval(_LOCK, locks)
-                    snap = await _snapshot(conn, tenant, query)
-                    if query.blocks:
-                        snap.candidates = await self._candidates(conn, tenant, query.blocks)
+                    if spare is not None:
+                        snap, candidates = await _both(
+                            _snapshot(conn, tenant, query), self._candidates(spare, tenant, query.blocks))
+                        snap.candidates = candidates
+                        await stack.aclose()  # the spare goes back at once
+                    else:
+                        snap = await _snapshot(conn, tenant, query)
+                        if query.blocks:
+                            snap.candidates = await self._candidates(conn, tenant, query.blocks)
                     ids = sorted(snap.individuals())
                     if ids:
                         rows = await conn.fetch(_LOCK_OWNERS, tenant, ids)
@@ -614,6 +629,22 @@ async def _snapshot(conn: asyncpg.Connection, tenant: str, query: SnapshotQuery)
         else:
             snap.covered[int(r["a"])] = r["individual_id"]
     return snap
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both results; if either fails or the caller is cancelled, the other is cancelled and awaited too (a
+    connection is never released with a statement running)."""
+    one, two = asyncio.ensure_future(first), asyncio.ensure_future(second)
+    try:
+        done, _ = await asyncio.wait((one, two), return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()  # the first failure, before waiting for the other
+        return one.result(), two.result()
+    finally:
+        for task in (one, two):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(one, two, return_exceptions=True)
 
 
 def _contents(records: list[Record]) -> tuple[list[str], list[str]]:

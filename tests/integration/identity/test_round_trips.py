@@ -115,3 +115,39 @@ async def test_the_updates_of_a_write_are_skipped_outright_when_they_have_nothin
     assert "Seq Scan" not in plan, plan
     # redirected, redirected_aliases, moved, moved_records (only with merges), counted (only with new records)
     assert plan.count("One-Time Filter: (cardinality(") == 5, plan
+
+
+async def test_with_an_idle_connection_the_candidates_are_read_beside_the_snapshot_with_the_same_result(
+        database_url, tenant):
+    await (await prepare_schema(database_url, SCHEMA, server_module.__file__)).close()
+    statements: list[tuple[int, str]] = []  # (connection, statement)
+
+    async def record(connection: asyncpg.Connection) -> None:
+        connection.add_query_logger(lambda query: statements.append((id(connection), query.query)))
+
+    async def no_reset(_connection: asyncpg.Connection) -> None:
+        return None
+
+    pools = [await asyncpg.create_pool(database_url, min_size=size, max_size=size, init=record, reset=no_reset,
+                                       server_settings={"search_path": f"{SCHEMA},public"}) for size in (1, 3)]
+    try:
+        partitions = []
+        for pool in pools:
+            service = IdentityService(PostgresRepository(pool))
+            own = f"{tenant}_{pool.get_max_size()}"
+            await service.create_ruleset(own, [("last", [("attribute", "last_name", "EXACT", "")])], [])
+            first = await service.resolve(own, [[("email", f"{n}@x.io")] for n in range(4)], lookup_only=False,
+                                          attributes=[{"last_name": name} for name in ("Ada", "Bo", "Cy", "Ada")])
+            statements.clear()
+            second = await service.resolve(own, [[("email", f"{n}@y.io")] for n in range(3)], lookup_only=False,
+                                           attributes=[{"last_name": name} for name in ("Bo", "Di", "Ada")])
+            snapshot = [c for c, q in statements if q == postgres._SNAPSHOT]
+            candidates = [c for c, q in statements if q == postgres._CANDIDATES]
+            assert len(snapshot) == 2 and len(candidates) == 1  # the fast read, then under the locks
+            assert (candidates[0] != snapshot[1]) == (pool.get_max_size() == 3)
+            ids = [r.individual_id for r in first + second]
+            partitions.append([ids.index(i) for i in ids])
+        assert partitions[0] == partitions[1] == [0, 1, 2, 0, 1, 5, 0]
+    finally:
+        for pool in pools:
+            await pool.close()
