@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared import db_roles, service_auth
 from shared.embedded_pg import EmbeddedPostgres
+from shared.ports import free_port
 from shared.settings import env_int, env_str, service_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -110,12 +111,6 @@ def database_env_path() -> Path:
     return tailor_home() / "secrets" / "database.env"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _port_in_use(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -128,12 +123,12 @@ def _port_in_use(port: int) -> bool:
 
 def resolve_http_port() -> int:
     """The gateway's HTTP port (Connect/JSON, tracker, console): TAILOR_HTTP_PORT or 8080; 0 becomes a free port."""
-    return env_int("TAILOR_HTTP_PORT", 8080, minimum=0, maximum=65535) or _free_port()
+    return env_int("TAILOR_HTTP_PORT", 8080, minimum=0, maximum=65535) or free_port()
 
 
 def resolve_ports() -> dict[str, int]:
     """Each service's port from TAILOR_<SERVICE>_PORT or its default; 0 becomes a free port chosen now."""
-    return {svc: service_port(svc) or _free_port() for svc in SERVICES}
+    return {svc: service_port(svc) or free_port() for svc in SERVICES}
 
 
 def resolve_replicas() -> dict[str, int]:
@@ -241,16 +236,16 @@ class Suite:
             for i in range(self.replicas[svc]):
                 # Replicas of the gateway share its public port (SO_REUSEPORT); the others get a port each and
                 # clients balance over the list.
-                port = self.ports[svc] if i == 0 or svc == "gateway" else _free_port()
+                port = self.ports[svc] if i == 0 or svc == "gateway" else free_port()
                 # Metrics on the service port + 1000 for the first replica (51051 for the gateway), else a free one.
-                metrics = port + 1000 if i == 0 and port + 1000 <= 65535 else _free_port()
+                metrics = port + 1000 if i == 0 and port + 1000 <= 65535 else free_port()
                 self.members.append(Member(svc if i == 0 else f"{svc}-{i + 1}", svc, port, metrics_port=metrics))
         for i in range(self.workers):
-            self.members.append(Member(f"{PIPELINE}-{i + 1}", PIPELINE, _free_port(), metrics_port=_free_port()))
+            self.members.append(Member(f"{PIPELINE}-{i + 1}", PIPELINE, free_port(), metrics_port=free_port()))
         taken = {m.port for m in self.members}
         for member in self.members:  # a metrics port must not be another process's service port, nor in use
             while member.metrics_port in taken or _port_in_use(member.metrics_port):
-                member.metrics_port = _free_port()
+                member.metrics_port = free_port()
             taken.add(member.metrics_port)
 
     @property
@@ -408,7 +403,7 @@ class Suite:
         if old is None or old.poll() is not None:
             return True  # down already: supervision restarts it
         if member.kind == PIPELINE:
-            member.port = _free_port()
+            member.port = free_port()
         proc, ready_file = self._popen(member)
         deadline = time.monotonic() + HEALTH_TIMEOUT_SECONDS
         while not await self.is_ready(member, proc, ready_file):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -14,6 +13,7 @@ import asyncpg
 import grpc
 import pytest
 
+from shared.ports import free_port
 from shared.runtime import start_built, stop_built
 from tests.internal_auth import keys, tenant_md  # noqa: F401 - tenant_md: the metadata internal callers send
 
@@ -22,12 +22,6 @@ keys()
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "external-data"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +34,7 @@ def pg_server_dsn():
     from shared.embedded_pg import EmbeddedPostgres
 
     data_dir = ROOT / ".tailor" / f"test-pg-{os.getpid()}"
-    server = EmbeddedPostgres(data_dir=data_dir, port=_free_port())
+    server = EmbeddedPostgres(data_dir=data_dir, port=free_port())
     server.start()
     try:
         yield server.admin_dsn

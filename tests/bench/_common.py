@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,16 +18,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Benches build services in-process and start `tailor up` with the environment they have: both use this keypair
 # (shared/service_auth.py), and tenant_md (tests/internal_auth.py) signs internal calls with it.
+from shared.ports import free_port
 from tests.internal_auth import keys
 
 keys()
 SERVICES = ("gateway", "identity", "profile_graph", "recommender", "decision")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:

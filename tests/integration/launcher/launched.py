@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,17 +19,12 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from shared.ports import free_port
 from tailor_cli.launcher import SERVICES
 
 ROOT = Path(__file__).resolve().parents[3]
 TAILOR = Path(sys.executable).parent / "tailor"
 READY_TIMEOUT = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launcher_env(home: Path, database_url: str | None = None, **settings: str) -> dict[str, str]:
