@@ -4,7 +4,8 @@ Starts the suite with `tailor up --no-demo --ready-file` (its own embedded Postg
 TAILOR_HOME), configures through the gateway's admin passthrough a manual point with 20 decisions (19 targeted
 rules that do not match, so every rule is evaluated, and a fallback) and a recommendations point with one
 top-sellers decision, seeds a small catalog and purchases, then asks GetDecisions for both points:
-p50/p99 at concurrency 1 and throughput at saturation. The floor is five empty-handler processes
+p50/p99 at concurrency 1, throughput at saturation, and p50/p99 at half of that throughput (open loop: calls sent
+at a fixed rate, each timed from when it was due, so a late send counts against it). The floor is five empty-handler processes
 (tests/bench/_decide_echo.py) making the same calls, measured in the same run. The last line is the summary.
 """
 
@@ -43,6 +44,7 @@ SATURATION_SECONDS = float(os.environ.get("TAILOR_BENCH_SECONDS", "5"))
 PROFILE = os.environ.get("BENCH_PROFILE_DIR", "")
 CONCURRENCY = (16, 64)
 IDLE_SECONDS = 2.0  # before saturating: each process's idle CPU, taken out of its CPU per request
+HALF_SECONDS = float(os.environ.get("TAILOR_BENCH_HALF_SECONDS", "10"))  # the open-loop run at half saturation
 CUSTOMER = "bench_customer"
 ECHO_METHOD = "/personalization.gateway.v1.GatewayService/GetDecisions"
 
@@ -62,6 +64,25 @@ async def _latency(call) -> list[float]:
         start = time.perf_counter()
         await call()
         samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+async def _paced(call, rate: float, seconds: float) -> list[float]:
+    """Milliseconds of each call sent open-loop at `rate` per second for `seconds`, timed from when it was due."""
+    interval, samples = 1.0 / rate, []
+    start = time.perf_counter()
+
+    async def one(due: float) -> None:
+        await call()
+        samples.append((time.perf_counter() - due) * 1000)
+
+    tasks = []
+    for n in range(int(rate * seconds)):
+        due = start + n * interval
+        if due > time.perf_counter():
+            await asyncio.sleep(due - time.perf_counter())
+        tasks.append(asyncio.create_task(one(due)))
+    await asyncio.gather(*tasks)
     return samples
 
 
@@ -185,12 +206,13 @@ async def measure_tailor(gateway: str, md, pids: dict[str, int], postgres_port: 
             return _pyspy.CpuMeter(pids, postgres_port)
 
         if not PROFILE:
-            return latency, *await _throughput(call, meter), stages
-        seconds = SATURATION_SECONDS * len(CONCURRENCY)
-        with _pyspy.recording(pids, Path(PROFILE), seconds):
             rps, cpu = await _throughput(call, meter)
-        print("\n".join(_pyspy.summary(Path(PROFILE), list(pids), seconds)))
-        return latency, rps, cpu, stages
+        else:
+            seconds = SATURATION_SECONDS * len(CONCURRENCY)
+            with _pyspy.recording(pids, Path(PROFILE), seconds):
+                rps, cpu = await _throughput(call, meter)
+            print("\n".join(_pyspy.summary(Path(PROFILE), list(pids), seconds)))
+        return latency, rps, cpu, stages, await _paced(call, rps / 2, HALF_SECONDS)
 
 
 async def _stage_medians(channel, md) -> dict[str, float]:
@@ -212,7 +234,9 @@ async def measure_echo(gateway: str, pids: dict[str, int]):
         async def call():
             return await rpc(b"", timeout=5)
 
-        return await _latency(call), *await _throughput(call, lambda: _pyspy.CpuMeter(pids))
+        latency = await _latency(call)
+        rps, cpu = await _throughput(call, lambda: _pyspy.CpuMeter(pids))
+        return latency, rps, cpu, await _paced(call, rps / 2, HALF_SECONDS)
 
 
 def _start_echo() -> tuple[list[subprocess.Popen], str, dict[str, int]]:
@@ -254,14 +278,20 @@ def run_tailor():
 def main() -> None:
     procs, echo_gateway, echo_pids = _start_echo()
     try:
-        floor_latency, floor_rps, floor_cpu = asyncio.run(measure_echo(echo_gateway, echo_pids))
+        floor_latency, floor_rps, floor_cpu, floor_half = asyncio.run(measure_echo(echo_gateway, echo_pids))
     finally:
         _stop(procs)
-    latency, rps, cpu, stages = run_tailor()
+    latency, rps, cpu, stages, half = run_tailor()
     print(f"\n{'chain (GetDecisions, 2 points)':<34}{'p50 ms':>9}{'p99 ms':>9}{'rps':>9}")
     for name, samples, throughput in (("tailor, five services", latency, rps),
                                       ("echo chain (floor)", floor_latency, floor_rps)):
         print(f"{name:<34}{percentile(samples, 50):>9.3f}{percentile(samples, 99):>9.3f}{throughput:>9.0f}")
+    half_p50, half_p99 = percentile(half, 50), percentile(half, 99)
+    for name, samples, rate in (("tailor at half saturation", half, rps / 2),
+                                ("echo chain at half saturation", floor_half, floor_rps / 2)):
+        p50, p99 = percentile(samples, 50), percentile(samples, 99)
+        print(f"{name:<34}{p50:>9.3f}{p99:>9.3f}{rate:>9.0f}  p99/p50 {p99 / p50:.2f} (open loop, {len(samples)} calls)")
+    print(f"p99 at half saturation is {half_p99 / half_p50:.2f}x its p50 (target <= 3)")
     print("gateway stages (median ms, from the decision log): "
           + ", ".join(f"{stage} {ms:.3f}" for stage, ms in sorted(stages.items())))
     names = ["gateway", "identity", "profile_graph", "recommender", "decision", "postgres", "pipeline"]
@@ -275,7 +305,9 @@ def main() -> None:
           f"(target <= 1.00); CPU per request floor/tailor = {floor_cpu_ms / cpu_ms if cpu_ms else 0.0:.2f}")
     print(f"\np50_ms={percentile(latency, 50):.3f} p99_ms={percentile(latency, 99):.3f} rps={rps:.0f} "
           f"floor_rps={floor_rps:.0f} ratio={ratio:.2f} floor_p50_ms={percentile(floor_latency, 50):.3f} "
-          f"cpu_ms={cpu_ms:.3f} floor_cpu_ms={floor_cpu_ms:.3f}")
+          f"cpu_ms={cpu_ms:.3f} floor_cpu_ms={floor_cpu_ms:.3f} half_p50_ms={half_p50:.3f} half_p99_ms={half_p99:.3f} "
+          f"half_p99_ratio={half_p99 / half_p50:.2f} floor_half_p99_ratio="
+          f"{percentile(floor_half, 99) / percentile(floor_half, 50):.2f}")
 
 
 if __name__ == "__main__":
