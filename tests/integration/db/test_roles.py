@@ -15,8 +15,9 @@ import pytest
 
 from shared import db, db_roles
 from shared.embedded_pg import EmbeddedPostgres, _bin
+from shared.ports import free_port
 from tailor_cli.launcher import DATABASE, SERVICES
-from tests.conftest import ROOT, _free_port
+from tests.conftest import ROOT
 from tests.integration.launcher.launched import launch, launcher_env
 
 MIGRATIONS = {schema: ROOT / "services" / schema / "migrations" for schema in db_roles.SCHEMAS}
@@ -116,7 +117,7 @@ async def test_every_object_of_a_schema_belongs_to_its_owner_role(role_env, data
 
 async def test_a_new_embedded_server_requires_the_password_it_generated():
     folder = ROOT / ".tailor" / f"new-pg-{uuid.uuid4().hex[:8]}"
-    server = EmbeddedPostgres(folder / "pg", _free_port())
+    server = EmbeddedPostgres(folder / "pg", free_port())
     try:
         server.start()
         assert _mode(server.password_file) == 0o600
@@ -137,7 +138,7 @@ def old_data_dir():
     """A data folder made as earlier versions made it (initdb --auth=trust), under the project (the server runs
     as another user when the tests run as root)."""
     folder = ROOT / ".tailor" / f"trust-pg-{uuid.uuid4().hex[:8]}"
-    server = EmbeddedPostgres(folder / "pg", _free_port())
+    server = EmbeddedPostgres(folder / "pg", free_port())
     server.data_dir.mkdir(parents=True)
     from shared.embedded_pg import _prepare_for_root
 

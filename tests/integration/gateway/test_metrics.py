@@ -18,7 +18,8 @@ from personalization.decision.v1 import decision_service_pb2 as decision_pb
 from personalization.gateway.v1 import gateway_service_pb2 as pb
 from shared import metrics
 from shared.errors import status_details
-from tests.conftest import _free_port, struct, wait_for
+from shared.ports import free_port
+from tests.conftest import struct, wait_for
 from tests.integration.launcher.launched import TAILOR
 
 INGEST = "/personalization.gateway.v1.GatewayService/IngestEvents"
@@ -28,7 +29,7 @@ DECIDE = "/personalization.gateway.v1.GatewayService/GetDecisions"
 @pytest.fixture(scope="module")
 async def scrape():
     """Serves this process's metrics (the in-process servers of the suite record into them) on a free port."""
-    port = _free_port()
+    port = free_port()
     task = asyncio.create_task(metrics.serve(port, "127.0.0.1"))
 
     async def read() -> dict[tuple[str, tuple], float]:

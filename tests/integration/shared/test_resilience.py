@@ -14,8 +14,9 @@ from personalization.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from shared import client, service_auth
 from shared.db import is_database_outage, watch_database
 from shared.errors import Unavailable, retry_delay_of, status_details
+from shared.ports import free_port
 from shared.server import LIVENESS_SERVICE, Service, start_server
-from tests.conftest import _free_port, tenant_md
+from tests.conftest import tenant_md
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["IdentityService"].full_name
 MD = tenant_md("acme")
@@ -153,7 +154,7 @@ async def test_a_lost_database_connection_answers_unavailable_with_retry_info():
 async def test_an_unreachable_downstream_service_answers_unavailable_with_retry_info():
     class Upstream(pb_grpc.IdentityServiceServicer):
         def __init__(self):
-            self.stub = pb_grpc.IdentityServiceStub(client.channel(f"127.0.0.1:{_free_port()}"))
+            self.stub = pb_grpc.IdentityServiceStub(client.channel(f"127.0.0.1:{free_port()}"))
 
         async def GetIndividual(self, request, context_):
             return await self.stub.GetIndividual(request)
@@ -184,7 +185,7 @@ def test_connection_errors_are_outages_and_query_errors_are_not():
 async def test_health_follows_the_database(database_url):
     servers = [await _serve(Replica("down")), await _serve(Replica("up"))]
     watches = [asyncio.create_task(watch_database(dsn, server.set_serving, interval=0.1))
-               for dsn, server in ((f"postgresql://postgres@127.0.0.1:{_free_port()}/none", servers[0]),
+               for dsn, server in ((f"postgresql://postgres@127.0.0.1:{free_port()}/none", servers[0]),
                                    (database_url, servers[1]))]
     try:
         await asyncio.sleep(1.0)
