@@ -37,7 +37,7 @@ from shared.context import current_tenant
 from shared.errors import InvalidArgument, ResourceExhausted
 from shared.paging import decode_token, next_page, page_size
 
-STREAM_WRITES = 2  # stream messages being written at once
+STREAM_WRITES = 2  # stream messages being written (or waiting to be) while the next one is validated
 SCOPE_NAMES = {pb.SCOPE_INGEST: "ingest", pb.SCOPE_DECIDE: "decide", pb.SCOPE_ADMIN: "admin"}
 SCOPE_VALUES = {v: k for k, v in SCOPE_NAMES.items()}
 
@@ -155,11 +155,11 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
         reply = pb.StreamIngestEventsResponse()
         tenant = current_tenant()
         # Writes in flight, oldest first: (message index, its events when some were rejected, the rejections, the
-        # write of its valid events or None when it had none).
-        storing: deque[tuple[int, Any, Rejections, asyncio.Task | None]] = deque()
+        # write of its valid events or None when it had none, the routes of those events).
+        storing: deque[tuple[int, Any, Rejections, asyncio.Task | None, set[int]]] = deque()
 
         async def collect_oldest() -> None:
-            index, events, rejected, task = storing.popleft()
+            index, events, rejected, task, _ = storing.popleft()
             acks = await task if task is not None else []
             duplicates = sum(not fresh for _, fresh in acks)
             if rejected:
@@ -187,21 +187,36 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
                     error.metadata["message_index"] = str(index)
                     error.message = f"stream message {index}: {error.message}"
                     raise
-                # Messages are validated while earlier ones are being written (at most STREAM_WRITES at once);
-                # duplicates are still found exactly, as concurrent inserts of one message id conflict.
+                # A message is validated while earlier ones are written. The inbox's order is the order the pipeline
+                # applies each routing identity's events in, and two inserts at once interleave their rows: a
+                # message waits for the writes in flight that hold any of its routes (duplicates are found exactly
+                # either way, as concurrent inserts of one message id conflict).
                 if len(storing) >= STREAM_WRITES:
                     await collect_oldest()
-                task = asyncio.create_task(self.ingest.store_prepared(tenant, *prepared, bulk=message.bulk)) \
+                routes = set(prepared[2])
+                before = [t for *_, t, r in storing if t is not None and not routes.isdisjoint(r)]
+                task = asyncio.create_task(self._store_after(before, tenant, prepared, message.bulk)) \
                     if prepared[0] else None
-                storing.append((index, message.events if rejected else None, rejected, task))
+                storing.append((index, message.events if rejected else None, rejected, task, routes))
                 index += 1
             while storing:
                 await collect_oldest()
         finally:
-            writes = [task for *_, task in storing if task is not None]
+            writes = [task for *_, task, _ in storing if task is not None]
             if writes:  # earlier messages still being written are stored (or not) as a whole
                 await asyncio.gather(*writes, return_exceptions=True)
         return reply
+
+    async def _store_after(self, before: list[asyncio.Task], tenant: str,
+                           prepared: tuple[list[str], list[bytes], list[int]], bulk: bool) -> list[tuple[str, bool]]:
+        """Stores a stream message's prepared events once the writes `before` it are done (not at all when one of
+        them failed: the stream ends with its error)."""
+        if before:
+            await asyncio.wait(before)
+            if any(t.cancelled() or t.exception() is not None for t in before):
+                return []
+        ids, payloads, routes = prepared
+        return await self.ingest.store_prepared(tenant, ids, payloads, routes, bulk=bulk)
 
     async def GetDecisions(self, request: pb.GetDecisionsRequest,
                            context: grpc.aio.ServicerContext) -> pb.GetDecisionsResponse:
