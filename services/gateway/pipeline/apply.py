@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from personalization.common.v1 import common_pb2
@@ -130,8 +131,9 @@ class Pipeline:
                         for s, m in plan.merge_pairs[start:start + 1000]]))
         plan.merges, plan.merge_pairs = [], []
 
-    async def update(self, plan: "Plan") -> None:
-        """Update + Compute for an identified batch. Must run after the previous batch's update (event order)."""
+    async def update(self, plan: "Plan", appended: Callable[[], None] | None = None) -> None:
+        """Update + Compute for an identified batch. Must run after the previous batch's update (event order).
+        appended is called once the profile graph has the events (they are visible), before the other steps."""
         started = time.perf_counter()
         events, owners = plan.events, plan.owners
         # Move what merged individuals had onto their survivors before appending new events.
@@ -142,6 +144,8 @@ class Pipeline:
         await self.stubs.profile.AppendEvents(profile_pb.AppendEventsRequest(events=[
             profile_pb.IndividualEvent(unified_individual_id=owner, event=event)
             for owner, event in zip(owners, events)]))
+        if appended is not None:
+            appended()
         calls = []
         interactions = [i for owner, event in zip(owners, events) for i in interactions_of(owner, event)]
         for start in range(0, len(interactions), MAX_INTERACTIONS):

@@ -490,12 +490,25 @@ class PartitionWorker:
             try:
                 plan = await (upcoming if upcoming is not None else self.pipeline.identify(_events(chunk)))
                 upcoming = None
+                refill_limit = 0  # the next events this chunk's update is overlapped with taking and identifying
                 if k + 1 < len(chunks):
                     upcoming = asyncio.create_task(self.pipeline.identify(_events(chunks[k + 1])))
                 elif refill is not None and len(chunk) < self.settings.tenant_take:
-                    refilling = asyncio.create_task(
-                        self._refilled(refill, blocked, self.settings.tenant_take - len(chunk)))
-                await self.pipeline.update(plan)
+                    refill_limit = self.settings.tenant_take - len(chunk)
+
+                def start_refill(limit: int = refill_limit) -> None:
+                    nonlocal refilling
+                    if refill is not None and refilling is None and limit:
+                        refilling = asyncio.create_task(self._refilled(refill, blocked, limit))
+
+                if len(chunk) >= self.settings.chunk_events:
+                    start_refill()  # a backlog: the next events are taken and identified during the whole update
+                    await self.pipeline.update(plan)
+                else:
+                    # Live traffic: they are taken once this chunk is appended (visible), so the events that
+                    # arrived during its append are in the next chunk rather than in the one after it.
+                    await self.pipeline.update(plan, appended=start_refill)
+                start_refill()  # (when the pipeline did not call it)
                 await self.store.mark_processed(tenant, chunk)
                 self.tenants.setdefault(tenant, _TenantState()).deadline_strikes = 0
                 if refilling is not None:

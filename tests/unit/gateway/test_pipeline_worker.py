@@ -63,11 +63,13 @@ class FakePipeline:
     async def apply_merges(self, plan):
         pass
 
-    async def update(self, plan):
+    async def update(self, plan, appended=None):
         self.updates += 1
         if any(e.message_id in self.poison for e in plan):
             raise Refused(self.code)
         self.applied.extend(e.message_id for e in plan)
+        if appended is not None:
+            appended()
 
 
 def _worker(pipeline, store, **settings) -> PartitionWorker:
@@ -142,7 +144,7 @@ async def test_the_next_chunk_is_identified_while_one_is_updated_and_updates_sta
             log.append(f"identify {events[0].message_id}")
             return events
 
-        async def update(self, plan):
+        async def update(self, plan, appended=None):
             log.append(f"update {plan[0].message_id} start")
             await asyncio.sleep(0.01)
             log.append(f"update {plan[0].message_id} end")
@@ -193,10 +195,10 @@ async def test_an_event_that_arrives_while_its_tenant_is_busy_is_taken_when_that
     gate = asyncio.Event()
 
     class Blocking(FakePipeline):
-        async def update(self, plan):
+        async def update(self, plan, appended=None):
             if plan[0].message_id == "m1":
                 await gate.wait()
-            await super().update(plan)
+            await super().update(plan, appended)
 
     class Inbox(FakeStore):
         def __init__(self):
@@ -257,9 +259,9 @@ def _in(partition: int, i: int) -> InboxRow:
 
 
 async def test_a_busy_tenants_task_takes_its_new_events_itself_identifying_them_while_the_last_chunk_is_updated():
-    """Events that arrive while a tenant's chunk is applied are taken by the same task (no wait for the task to end
-    and the drain loop's next take), per partition after the last seq taken there, and identified during that
-    update; the order of each partition is kept."""
+    """Events that arrive while a tenant's chunk is appended are taken by the same task once it is (no wait for the
+    task to end and the drain loop's next take), per partition after the last seq taken there, and identified
+    during the rest of that update; the order of each partition is kept."""
     calls: list[str] = []
     store = Backlog([])
 
@@ -268,13 +270,14 @@ async def test_a_busy_tenants_task_takes_its_new_events_itself_identifying_them_
             calls.append("identify " + ",".join(e.message_id for e in events))
             return events
 
-        async def update(self, plan):
+        async def update(self, plan, appended=None):
             ids = ",".join(e.message_id for e in plan)
             calls.append("update " + ids)
-            if plan[0].message_id == "m1":  # m3 (partition 1) and m4 (partition 2) arrive meanwhile
+            if plan[0].message_id == "m1":  # m3 (partition 1) and m4 (partition 2) arrive during the append
                 store.rows += [_in(1, 3), _in(2, 4)]
                 await asyncio.sleep(0.01)
-            await super().update(plan)
+            await super().update(plan, appended)  # appended: the refill starts
+            await asyncio.sleep(0.01)  # the recommender's and the decision service's steps
             calls.append("updated " + ids)
 
     store.rows = [_in(1, 1), _in(2, 2)]
@@ -310,9 +313,9 @@ async def test_what_a_task_takes_while_a_chunk_is_in_flight_keeps_the_tenant_wit
     seen: list[int] = []
 
     class Counting(FakePipeline):
-        async def update(self, plan):
+        async def update(self, plan, appended=None):
             seen.append(len(plan))
-            await super().update(plan)
+            await super().update(plan, appended)
 
     store = Backlog([_in(0, i) for i in range(3, 10)])
     worker = _worker(Counting(), store, tenant_take=3, chunk_events=10, lease_seconds=60.0)
@@ -371,9 +374,9 @@ class Gated(FakePipeline):
         super().__init__()
         self.gate = asyncio.Event()
 
-    async def update(self, plan):
+    async def update(self, plan, appended=None):
         await self.gate.wait()
-        await super().update(plan)
+        await super().update(plan, appended)
 
 
 async def _leasing(worker: PartitionWorker) -> PartitionWorker:
