@@ -57,17 +57,19 @@ WITH input AS (
 ), items AS (
     INSERT INTO item_stats AS s (tenant_id, item_id, units_bought, revenue, views, carts, last_interaction_at,
                                  orders, view_sessions)
-    SELECT $1, item_id,
-           coalesce(sum(quantity) FILTER (WHERE kind = 'purchase'), 0),
-           coalesce(sum(revenue) FILTER (WHERE kind = 'purchase'), 0),
-           count(*) FILTER (WHERE kind = 'product_view'),
-           count(*) FILTER (WHERE kind = 'add_to_cart'),
-           max(event_time),
-           coalesce(sum(sign(quantity)) FILTER (WHERE kind = 'purchase'), 0)::bigint,
-           coalesce((SELECT n FROM view_starts WHERE view_starts.item_id = new.item_id), 0)
-    FROM new
-    GROUP BY item_id
-    ORDER BY item_id
+    SELECT $1, a.item_id, a.units_bought, a.revenue, a.views, a.carts, a.last_interaction_at, a.orders,
+           coalesce(v.n, 0)
+    FROM (SELECT item_id,
+                 coalesce(sum(quantity) FILTER (WHERE kind = 'purchase'), 0) AS units_bought,
+                 coalesce(sum(revenue) FILTER (WHERE kind = 'purchase'), 0) AS revenue,
+                 count(*) FILTER (WHERE kind = 'product_view') AS views,
+                 count(*) FILTER (WHERE kind = 'add_to_cart') AS carts,
+                 max(event_time) AS last_interaction_at,
+                 coalesce(sum(sign(quantity)) FILTER (WHERE kind = 'purchase'), 0)::bigint AS orders
+          FROM new GROUP BY item_id) a
+    -- Joined once (a subquery per item would scan all the new rows again for each item: quadratic in the batch).
+    LEFT JOIN view_starts v ON v.item_id = a.item_id
+    ORDER BY a.item_id
     ON CONFLICT (tenant_id, item_id) DO UPDATE SET
         units_bought = s.units_bought + excluded.units_bought,
         revenue = s.revenue + excluded.revenue,
