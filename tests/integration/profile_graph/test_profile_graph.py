@@ -382,6 +382,26 @@ async def test_an_append_resolved_before_a_merge_lands_on_the_survivor_until_an_
                              tenant) == "late"
 
 
+async def test_a_merge_applied_late_onto_an_individual_merged_away_since_lands_on_its_survivor(service, tenant, db):
+    # The pipeline applies merges in whatever order workers (and, after a crash, the merge sweeper) get to them:
+    # "middle" merged into "top" first, then the older merge of "early" into "middle" arrives.
+    await spend_insight(service, tenant)
+    await append(service, tenant, purchase("early", 1.0), purchase("middle", 2.0), purchase("top", 4.0))
+    md = tenant_md(tenant)
+    await service.ReassignIndividual(
+        pb.ReassignIndividualRequest(from_individual_ids=["middle"], to_individual_id="top"), metadata=md)
+    late = await service.ReassignIndividual(
+        pb.ReassignIndividualRequest(from_individual_ids=["early"], to_individual_id="middle"), metadata=md)
+    assert late.moved_event_count == 1
+    assert [r["individual_id"] for r in await db.fetch(
+        "SELECT DISTINCT individual_id FROM events WHERE tenant_id = $1", tenant)] == ["top"]
+    assert (await profile(service, tenant, "top")).insights["spend_30d"] == 7.0
+    assert not (await profile(service, tenant, "middle")).HasField("update_time")
+    # Both earlier ids still lead to the survivor.
+    await append(service, tenant, purchase("middle", 8.0, message_id="m2"), purchase("early", 16.0, message_id="e2"))
+    assert (await profile(service, tenant, "top")).insights["spend_30d"] == 31.0
+
+
 async def test_reassign_onto_one_of_the_merged_ids_is_refused(service, tenant):
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await service.ReassignIndividual(
