@@ -19,13 +19,15 @@ def _ephemeral_start() -> int:
         return 32_768  # Linux's default; other systems use higher ranges
 
 
-def _bindable(port: int, host: str) -> bool:
+def in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could not bind the port now (a port left in TIME_WAIT is free: servers set SO_REUSEADDR)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
-            return False
-    return True
+            return True
+    return False
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -34,7 +36,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     top = _ephemeral_start()
     for _ in range(100 if top - LOWEST > 1_000 else 0):
         port = random.randrange(LOWEST, top)
-        if port not in _given and _bindable(port, host):
+        if port not in _given and not in_use(port, host):
             _given.add(port)
             return port
     with socket.socket() as s:

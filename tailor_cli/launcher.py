@@ -17,7 +17,6 @@ import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from shared import db_roles, service_auth
 from shared.embedded_pg import EmbeddedPostgres
-from shared.ports import free_port
+from shared.ports import free_port, in_use
 from shared.settings import env_int, env_str, service_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -109,16 +108,6 @@ def running_embedded_port(data_dir: Path) -> int | None:
 def database_env_path() -> Path:
     """The env file of the services' database URLs for the embedded server (see `tailor db bootstrap`)."""
     return tailor_home() / "secrets" / "database.env"
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
 
 
 def resolve_http_port() -> int:
@@ -244,7 +233,7 @@ class Suite:
             self.members.append(Member(f"{PIPELINE}-{i + 1}", PIPELINE, free_port(), metrics_port=free_port()))
         taken = {m.port for m in self.members}
         for member in self.members:  # a metrics port must not be another process's service port, nor in use
-            while member.metrics_port in taken or _port_in_use(member.metrics_port):
+            while member.metrics_port in taken or in_use(member.metrics_port):
                 member.metrics_port = free_port()
             taken.add(member.metrics_port)
 
@@ -289,10 +278,10 @@ class Suite:
 
     def spawn(self, dsn: str) -> None:
         """Starts every member; refuses when one of the service ports is already taken."""
-        busy = [f"{svc} ({port})" for svc, port in self.ports.items() if _port_in_use(port)]
-        busy += [f"gateway http ({self.http_port})"] if self.http_port and _port_in_use(self.http_port) else []
+        busy = [f"{svc} ({port})" for svc, port in self.ports.items() if in_use(port)]
+        busy += [f"gateway http ({self.http_port})"] if self.http_port and in_use(self.http_port) else []
         busy += [f"{m.name} ({m.port})" for m in self.members if m.kind != "gateway" and m.port not in
-                 self.ports.values() and _port_in_use(m.port)]
+                 self.ports.values() and in_use(m.port)]
         if busy:
             raise LaunchError(f"ports already in use: {', '.join(busy)}; is another `tailor up` running? "
                               "Set TAILOR_<SERVICE>_PORT to choose others.")
