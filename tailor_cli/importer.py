@@ -37,6 +37,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -429,6 +430,22 @@ def _indexed(violations: list[tuple[str, str]]) -> tuple[dict[int, list[tuple[st
     return by_index, rest
 
 
+def _ack_rejections(ack, number: int, column_of: Callable[[str], str] = lambda path: "") -> list[Rejected]:
+    """The bad fields of a row the gateway answered ACK_STATUS_REJECTED, their paths without events[i]."""
+    out = []
+    for violation in ack.violations:
+        match = _INDEX.match(violation.field)
+        path = match.group(3) if match else ""
+        out.append(Rejected(number, column_of(path), path, violation.description))
+    return out
+
+
+def _event_index(ack) -> int:
+    """The position in its message of the event a rejection answers (its violations' paths start events[i])."""
+    match = _INDEX.match(ack.violations[0].field) if ack.violations else None
+    return int(match.group(2)) if match else 0
+
+
 class ImportFailed(Exception):
     """The gateway refused something no row can be blamed for, or kept failing; the checkpoint keeps what was done."""
 
@@ -467,10 +484,7 @@ async def send_with_rejections(call: Callable, entries: list[tuple[int, list[str
             # violations.
             for ack, (number, row, _) in zip(getattr(reply, "acks", ()), entries):
                 if ack.status == gw.ACK_STATUS_REJECTED:
-                    for violation in ack.violations:
-                        match = _INDEX.match(violation.field)
-                        path = match.group(3) if match else ""
-                        rejected.append(Rejected(number, column_of(row, path), path, violation.description))
+                    rejected += _ack_rejections(ack, number, partial(column_of, row))
             return reply, rejected
     return None, rejected
 
@@ -821,9 +835,8 @@ async def ingest_jsonl(channel: grpc.aio.Channel, metadata, path: Path, *, batch
             raise ImportFailed(f"{error.code().name}: {error.details()}") from None
         totals.stored += reply.stored_count
         totals.duplicate += reply.duplicate_count
-        rejected = [Rejected(lines[ack.message_index][int(match.group(2))], "", match.group(3), v.description)
-                    for ack in reply.acks if ack.status == gw.ACK_STATUS_REJECTED
-                    for v in ack.violations if (match := _INDEX.match(v.field))]
+        rejected = [r for ack in reply.acks if ack.status == gw.ACK_STATUS_REJECTED
+                    for r in _ack_rejections(ack, lines[ack.message_index][_event_index(ack)])]
         if rejected:
             totals.rejected_rows += len({r.row for r in rejected})
             on_rejected(rejected)

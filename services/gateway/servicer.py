@@ -84,12 +84,15 @@ def schedule_message(schedule: Schedule) -> pb.BatchSchedule:
                             context_sources=_sources(schedule.context_sources))
 
 
-def _add_acks(into, acks: list[tuple[str, bool]]) -> None:
+def _add_acks(into, acks: list[tuple[str, bool]], *, stored_too: bool = True, message_index: int = 0) -> None:
     """Appends an EventAck per (message_id, stored_now) to a repeated acks field (built in place: a batch's
-    thousands of acks are not built apart and copied in)."""
+    thousands of acks are not built apart and copied in); events stored now only when stored_too (a stream's answer
+    lists duplicates and rejections only)."""
     add = into.add
     for message_id, fresh in acks:
-        add(message_id=message_id, status=pb.ACK_STATUS_STORED if fresh else pb.ACK_STATUS_DUPLICATE)
+        if stored_too or not fresh:
+            add(message_id=message_id, status=pb.ACK_STATUS_STORED if fresh else pb.ACK_STATUS_DUPLICATE,
+                message_index=message_index)
 
 
 def _add_mixed_acks(into, events, acks: list[tuple[str, bool]], rejected: Rejections, *, stored_too: bool = True,
@@ -165,10 +168,7 @@ class GatewayServicer(pb_grpc.GatewayServiceServicer):
             if rejected:
                 _add_mixed_acks(reply.acks, events, acks, rejected, stored_too=False, message_index=index)
             elif duplicates:
-                add = reply.acks.add
-                for message_id, fresh in acks:
-                    if not fresh:
-                        add(message_id=message_id, status=pb.ACK_STATUS_DUPLICATE, message_index=index)
+                _add_acks(reply.acks, acks, stored_too=False, message_index=index)
             reply.stored_count += len(acks) - duplicates
             reply.duplicate_count += duplicates
             reply.rejected_count += len(rejected)
