@@ -27,19 +27,21 @@ from services.recommender.domain import (
 )
 from services.recommender.evaluation import Events
 
-# One statement, so one round trip and one transaction: insert the interactions not seen before, then fold
-# only those (RETURNING) into the item statistics and the individuals' purchases. Rows are taken in key
-# order so concurrent batches lock statistics rows in the same order.
+# One statement: insert the interactions not seen before, then fold only those (RETURNING) into the item statistics
+# and the individuals' purchases. Rows are taken in key order so concurrent batches lock statistics rows in the same
+# order. An interaction sent for an individual merged away is stored for the survivor, with first_individual_id the
+# one it was sent for (as if it had been recorded before the merge and moved by it).
 _RECORD = """
 WITH input AS (
     SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::float8[], $7::float8[],
-                         $8::timestamptz[], $9::text[])
-        AS t(message_id, unified_individual_id, item_id, kind, quantity, revenue, event_time, order_id)
+                         $8::timestamptz[], $9::text[], $10::text[])
+        AS t(message_id, unified_individual_id, item_id, kind, quantity, revenue, event_time, order_id,
+             first_individual_id)
 ), new AS (
     INSERT INTO interactions (tenant_id, message_id, item_id, unified_individual_id, kind, quantity, revenue,
-                              event_time, order_id)
+                              event_time, order_id, first_individual_id)
     SELECT $1, message_id, item_id, unified_individual_id, kind, quantity, revenue, coalesce(event_time, now()),
-           nullif(order_id, '')
+           nullif(order_id, ''), first_individual_id
     FROM input
     ORDER BY message_id, item_id
     ON CONFLICT (tenant_id, message_id, item_id) DO NOTHING
@@ -102,6 +104,52 @@ WITH input AS (
 )
 SELECT count(*) FROM new
 """
+
+# Every write of an individual's rows locks the individual for its transaction first: recordings shared (they never
+# wait for each other), reassignments and erasure exclusively, so a merge never runs between a recording's read of
+# the redirects and its insert. The key is the tenant and one of LOCK_BUCKETS buckets of the id, so a call naming
+# 10,000 individuals holds at most LOCK_BUCKETS locks (PostgreSQL's lock table is finite; two ids sharing a bucket
+# only make a merge wait for a recording of the other). Buckets are taken in order; survivors found afterwards may
+# not be, and a deadlock that causes aborts one transaction, which is run again (_DEADLOCK_ATTEMPTS).
+LOCK_BUCKETS = 1024
+_LOCK = """
+SELECT count({function}(hashtext('recommender/' || $1), b))
+FROM (SELECT DISTINCT hashtext(u.id) & {mask} AS b FROM unnest($2::text[]) AS u(id) ORDER BY b) AS s
+"""
+_REDIRECTS = """
+SELECT individual_id, survivor_id FROM merged_individuals WHERE tenant_id = $1 AND individual_id = ANY($2::text[])
+"""
+# A merge: whatever had merged into the merged ids now lives on as the survivor too (chains stay one step), the
+# merged ids point at it (the survivor, followed first, is never merged away itself). An unmerge drops the restored
+# individual's redirect (_UNREDIRECT).
+_REDIRECT_CHAINS = """
+UPDATE merged_individuals SET survivor_id = $3 WHERE tenant_id = $1 AND survivor_id = ANY($2::text[])
+"""
+_REDIRECT = """
+INSERT INTO merged_individuals (tenant_id, individual_id, survivor_id) SELECT $1, u.id, $3 FROM unnest($2::text[]) AS u(id)
+ON CONFLICT (tenant_id, individual_id) DO UPDATE SET survivor_id = excluded.survivor_id, merged_at = now()
+"""
+_UNREDIRECT = "DELETE FROM merged_individuals WHERE tenant_id = $1 AND individual_id = $2"
+
+
+async def lock_individuals(connection: asyncpg.Connection, tenant: str, ids: list[str], *,
+                           exclusive: bool) -> dict[str, str]:
+    """Locks the individuals for the connection's transaction, then the survivors of those merged away; returns
+    {merged id: survivor} for the ids that were merged. A redirect changes only under a lock on its individual or
+    on its survivor (a merge of that survivor), so once both are held it stays as read until the transaction ends;
+    a survivor found unlocked is locked and the redirects read again."""
+    sql = _LOCK.format(function="pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared",
+                       mask=LOCK_BUCKETS - 1)
+    locked = set(ids)
+    await connection.execute(sql, tenant, sorted(locked))
+    while True:
+        redirects = {r["individual_id"]: r["survivor_id"] for r in await connection.fetch(_REDIRECTS, tenant, ids)}
+        survivors = set(redirects.values()) - locked
+        if not survivors:
+            return redirects
+        locked |= survivors
+        await connection.execute(sql, tenant, sorted(survivors))
+
 
 # All-time rankings read the running totals (top-down on their indexes); windows and trending read interactions.
 # Keyed by (strategy, by_revenue, by_units): distinct orders and view sessions unless units or revenue are asked for.
@@ -247,21 +295,26 @@ class PostgresRepository:
         self.pool = pool
 
     async def record(self, tenant: str, interactions: list[Interaction]) -> int:
-        args = (
-            tenant,
-            [i.message_id for i in interactions],
-            [i.unified_individual_id for i in interactions],
-            [i.item_id for i in interactions],
-            [i.kind for i in interactions],
-            [i.quantity for i in interactions],
-            [i.revenue for i in interactions],
-            [i.event_time for i in interactions],
-            [i.order_id for i in interactions],
-        )
+        ids = sorted({i.unified_individual_id for i in interactions})
         attempt = 1
         while True:
             try:
-                return await self.pool.fetchval(_RECORD, *args)
+                async with self.pool.acquire() as connection, connection.transaction():
+                    redirects = await lock_individuals(connection, tenant, ids, exclusive=False)
+                    return await connection.fetchval(
+                        _RECORD,
+                        tenant,
+                        [i.message_id for i in interactions],
+                        [redirects.get(i.unified_individual_id, i.unified_individual_id) for i in interactions],
+                        [i.item_id for i in interactions],
+                        [i.kind for i in interactions],
+                        [i.quantity for i in interactions],
+                        [i.revenue for i in interactions],
+                        [i.event_time for i in interactions],
+                        [i.order_id for i in interactions],
+                        [i.unified_individual_id if i.unified_individual_id in redirects else None
+                         for i in interactions],
+                    )
             except asyncpg.DeadlockDetectedError:
                 if attempt == _DEADLOCK_ATTEMPTS:
                     raise
@@ -355,26 +408,41 @@ class PostgresRepository:
         return status != "DELETE 0"
 
     async def reassign(self, tenant: str, from_ids: list[str], to_id: str, only_first_recorded_for: list[str]) -> int:
-        involved = sorted({*from_ids, to_id})
+        unmerge = bool(only_first_recorded_for)
         attempt = 1
         while True:
             try:
                 async with self.pool.acquire() as connection, connection.transaction():
-                    # Lock the histories in key order first, as _RECORD's upsert does, so the two cannot deadlock
-                    # on them; the update then takes the interactions.
-                    await connection.execute(
-                        "SELECT 1 FROM individual_items WHERE tenant_id = $1 AND unified_individual_id = ANY($2::text[])"
-                        " ORDER BY unified_individual_id, item_id FOR UPDATE", tenant, involved)
-                    status = await connection.execute(_MOVE, tenant, from_ids, to_id, only_first_recorded_for)
-                    await connection.execute(
-                        "DELETE FROM individual_items WHERE tenant_id = $1 AND unified_individual_id = ANY($2::text[])",
-                        tenant, involved)
-                    await connection.execute(_REBUILD_HISTORY, tenant, involved)
-                return int(status.split()[-1])
+                    return await self._reassign(connection, tenant, from_ids, to_id, only_first_recorded_for, unmerge)
             except asyncpg.DeadlockDetectedError:
                 if attempt == _DEADLOCK_ATTEMPTS:
                     raise
                 attempt += 1
+
+    async def _reassign(self, connection: asyncpg.Connection, tenant: str, from_ids: list[str], to_id: str,
+                        only_first_recorded_for: list[str], unmerge: bool) -> int:
+        redirects = await lock_individuals(connection, tenant, [*from_ids, to_id], exclusive=True)
+        if unmerge:
+            # The restored individual is itself again: what is recorded for it from now on stays on it.
+            await connection.execute(_UNREDIRECT, tenant, to_id)
+        else:
+            if to_id in redirects:
+                # A merge applied late (workers and the merge sweeper apply merges in any order) onto an individual
+                # merged away since: what it moves goes on to that individual's survivor, as a recording would.
+                to_id = redirects[to_id]
+                from_ids = [f for f in from_ids if f != to_id]
+                if not from_ids:
+                    return 0
+            await connection.execute(_REDIRECT_CHAINS, tenant, from_ids, to_id)
+            await connection.execute(_REDIRECT, tenant, from_ids, to_id)
+        # Every write of these individuals' histories holds their locks, so nothing changes them meanwhile.
+        status = await connection.execute(_MOVE, tenant, from_ids, to_id, only_first_recorded_for)
+        involved = sorted({*from_ids, to_id})
+        await connection.execute(
+            "DELETE FROM individual_items WHERE tenant_id = $1 AND unified_individual_id = ANY($2::text[])",
+            tenant, involved)
+        await connection.execute(_REBUILD_HISTORY, tenant, involved)
+        return int(status.split()[-1])
 
     async def interaction_events(self, tenant: str, *, times: bool = False) -> Events:
         """Every interaction of the tenant as Events (event times only when asked; empty otherwise).

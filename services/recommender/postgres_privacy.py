@@ -6,9 +6,17 @@ import asyncpg
 import numpy as np
 
 from services.recommender.learned import Model
+from services.recommender.postgres import lock_individuals
 from shared.privacy import erase_rows, export_rows
 
-TABLES = ("interactions", "individual_items")
+TABLES = ("interactions", "individual_items", "merged_individuals")
+
+# How each table names the individual (merged-id redirects name it on either side).
+_WHERE = {"merged_individuals": "(t.individual_id = ANY($2::text[]) OR t.survivor_id = ANY($2::text[]))"}
+
+
+def _where(table: str) -> str:
+    return _WHERE.get(table, "t.unified_individual_id = ANY($2::text[])")
 
 
 def without_individuals(model: Model, ids: set[str]) -> Model | None:
@@ -31,12 +39,13 @@ class PostgresPrivacy:
         self.pool = pool
 
     async def erase(self, tenant: str, ids: list[str]) -> int:
-        """Deletes the individuals' interactions and histories and their rows of trained models, in one transaction.
-        Item statistics are aggregates without individual values and stay as they are."""
+        """Deletes the individuals' interactions, histories and merge redirects (either side) and their rows of trained
+        models, in one transaction. Item statistics are aggregates without individual values and stay as they are."""
         async with self.pool.acquire() as conn, conn.transaction():
+            # As a reassignment does: no recording for them is half-way meanwhile.
+            await lock_individuals(conn, tenant, ids, exclusive=True)
             erased = await erase_rows(conn, [
-                f"DELETE FROM {t} WHERE tenant_id = $1 AND unified_individual_id = ANY($2::text[])" for t in TABLES],
-                tenant, ids)
+                f"DELETE FROM {t} AS t WHERE t.tenant_id = $1 AND {_where(t)}" for t in TABLES], tenant, ids)
             models = await conn.fetch(
                 "SELECT recommender, version, payload FROM models WHERE tenant_id = $1 FOR UPDATE", tenant)
             for m in models:
@@ -52,5 +61,5 @@ class PostgresPrivacy:
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             return await export_rows(conn, {
                 t: f"SELECT to_jsonb(t) - 'tenant_id' AS row FROM {t} AS t"
-                   f" WHERE t.tenant_id = $1 AND t.unified_individual_id = ANY($2::text[]) ORDER BY 1" for t in TABLES},
+                   f" WHERE t.tenant_id = $1 AND {_where(t)} ORDER BY 1" for t in TABLES},
                 tenant, ids)

@@ -35,6 +35,7 @@ class FakeRepository:
         self.summaries: dict[tuple[str, str], list[dict]] = defaultdict(list)
         self.claimed: set[tuple[str, str]] = set()
         self.first_recorded_for: dict[str, dict[tuple[str, str], str]] = defaultdict(dict)
+        self.merged: dict[str, dict[str, str]] = defaultdict(dict)  # merged id -> survivor, per tenant
         self.calls: Counter[str] = Counter()
 
     async def record(self, tenant: str, interactions: list[Interaction]) -> int:
@@ -43,6 +44,10 @@ class FakeRepository:
         new = 0
         for interaction in interactions:
             key = (interaction.message_id, interaction.item_id)
+            survivor = self.merged[tenant].get(interaction.unified_individual_id)
+            if survivor is not None and key not in stored:
+                self.first_recorded_for[tenant][key] = interaction.unified_individual_id
+                interaction = dataclasses.replace(interaction, unified_individual_id=survivor)
             if key not in stored:
                 stored[key] = interaction if interaction.event_time else dataclasses.replace(interaction,
                                                                                              event_time=NOW)
@@ -194,6 +199,16 @@ class FakeRepository:
         return versions[version - 1] if 0 < version <= len(versions) else None
 
     async def reassign(self, tenant: str, from_ids: list[str], to_id: str, only_first_recorded_for: list[str]) -> int:
+        merged = self.merged[tenant]
+        if only_first_recorded_for:
+            merged.pop(to_id, None)
+        else:
+            to_id = merged.get(to_id, to_id)
+            from_ids = [f for f in from_ids if f != to_id]
+            for merged_id, survivor in list(merged.items()):
+                if survivor in from_ids:
+                    merged[merged_id] = to_id
+            merged.update(dict.fromkeys(from_ids, to_id))
         moved = 0
         first = self.first_recorded_for[tenant]
         for key, i in list(self.interactions[tenant].items()):

@@ -311,6 +311,16 @@ async def test_reassigning_moves_interactions_to_the_survivor_and_an_unmerge_mov
     assert ids(await rec.recommend(T, "ann", "bought_by_you_again", 0)) == ["a", "d"]
 
 
+async def test_interactions_recorded_for_a_merged_away_individual_follow_it_to_its_survivor(rec):
+    await rec.reassign_interactions(T, ["bob"], "cid", [])
+    await rec.reassign_interactions(T, ["ann"], "bob", [])  # applied late: bob is cid's now
+    await rec.record_interactions(T, [buy("m1", "ann", "a"), buy("m2", "bob", "b")])
+    assert ids(await rec.recommend(T, "cid", "bought_by_you_again", 0)) == ["a", "b"]
+    assert await rec.reassign_interactions(T, ["cid"], "ann", ["ann"]) == 1  # an unmerge ends ann's redirect
+    await rec.record_interactions(T, [buy("m3", "ann", "c")])
+    assert ids(await rec.recommend(T, "ann", "bought_by_you_again", 0)) == ["a", "c"]
+
+
 async def test_reassigning_names_each_bad_field(rec):
     with pytest.raises(InvalidArgument) as info:
         await rec.reassign_interactions(T, ["ann", "", "bob"], "bob", ["x" * 600])
