@@ -292,3 +292,49 @@ async def test_a_merge_whose_propagation_was_lost_is_applied_by_the_sweeper(suit
         left = await identity.ListUnpropagatedMergeEvents(identity_pb.ListUnpropagatedMergeEventsRequest(),
                                                           metadata=internal)
         assert list(left.merge_events) == []
+
+
+async def test_a_crash_that_left_many_merges_unpropagated_is_repaired_in_one_pass_of_the_sweeper(suite):
+    from personalization.identity.v1 import identity_service_pb2 as identity_pb
+    from personalization.identity.v1 import identity_service_pb2_grpc as identity_grpc
+    from services.gateway.pipeline import MergeSweeper
+
+    people = 30
+    tenant, md = await suite.new_tenant()
+    await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[
+        _event(f"{kind}{k}", common_pb2.EVENT_TYPE_PAGE_VIEW, identity)
+        for k in range(people)
+        for kind, identity in (("e", ("email", f"p{k}@example.com")), ("d", ("device_id", f"dev-{k}")))]),
+        metadata=md)
+
+    async def seen() -> bool:
+        return await _profile(suite, md, "device_id", f"dev-{people - 1}") is not None
+
+    assert await wait_for(seen)
+    # A worker identified a chunk of logins (each links a person's device to their email), then crashed: the
+    # identity service merged thirty pairs, nobody else heard of them; a chain (person 0's into person 1's) too.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{suite.ports['identity']}") as channel:
+        identity = identity_grpc.IdentityServiceStub(channel)
+        internal = tenant_md(tenant)
+        await identity.ResolveIdentities(identity_pb.ResolveIdentitiesRequest(subjects=[
+            identity_pb.Subject(identities=[common_pb2.Identity(type="device_id", value=f"dev-{k}"),
+                                            common_pb2.Identity(type="email", value=f"p{k}@example.com")])
+            for k in range(people)] + [identity_pb.Subject(identities=[
+                common_pb2.Identity(type="device_id", value="dev-0"),
+                common_pb2.Identity(type="customer_id", value="c-1"),
+                common_pb2.Identity(type="email", value="p1@example.com")])]), metadata=internal)
+        stranded = await _profile(suite, md, "device_id", "dev-5")
+        assert len(stranded.events) == 1  # the survivor's own; the other's is on the merged-away individual
+
+        sweeper = next(job.__self__ for job in suite._running[-1][0].background
+                       if isinstance(getattr(job, "__self__", None), MergeSweeper))
+        swept, more = await sweeper.sweep_all(min_age_seconds=0)
+        assert swept >= people + 1 and more is False
+        for k in range(2, people):
+            whole = await _profile(suite, md, "device_id", f"dev-{k}")
+            assert sorted(e.message_id for e in whole.events) == [f"d{k}", f"e{k}"], k
+        chained = await _profile(suite, md, "email", "p0@example.com")
+        assert sorted(e.message_id for e in chained.events) == ["d0", "d1", "e0", "e1"]
+        left = await identity.ListUnpropagatedMergeEvents(identity_pb.ListUnpropagatedMergeEventsRequest(),
+                                                          metadata=internal)
+        assert list(left.merge_events) == []

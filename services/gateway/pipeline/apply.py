@@ -73,6 +73,30 @@ def _survivor(aliases: dict[str, str], individual: str) -> str:
     return individual
 
 
+def merge_runs(pairs: list[tuple[str, str]]) -> list[dict[str, list[str]]]:
+    """Consecutive (merged, survivor) pairs as runs of {final survivor: merged ids}: the merges of one run are
+    independent once chains are followed (A -> B then B -> C moves A and B onto C at once), so they may be applied
+    concurrently. A pair that would undo the run's earlier pairs (a cycle, or an id merged twice: an unmerge came
+    between them) starts the next run, so the runs keep the pairs' order."""
+    runs: list[dict[str, str]] = [{}]
+    for merged, survivor in pairs:
+        aliases = runs[-1]
+        if merged == survivor:
+            continue
+        if merged in aliases or _survivor(aliases, survivor) == merged:
+            aliases = {}
+            runs.append(aliases)
+        aliases[merged] = survivor
+    grouped = []
+    for aliases in runs:
+        into: dict[str, list[str]] = {}
+        for merged in aliases:
+            into.setdefault(_survivor(aliases, merged), []).append(merged)
+        if into:
+            grouped.append(into)
+    return grouped
+
+
 class Pipeline:
     """Processes one tenant's events in order; every downstream step is idempotent, so a retry is harmless."""
 
@@ -113,18 +137,11 @@ class Pipeline:
         sweeper's queue holds only what a crash left behind. Idempotent."""
         if not plan.merges:
             return
-        # One reassignment per survivor (a chain A -> B -> C in one chunk moves A and B onto C at once); survivors
-        # are independent of each other, so they are reassigned concurrently (the profile graph locks each one).
+        # One reassignment per survivor (a chain A -> B -> C in one chunk moves A and B onto C at once).
         merged_into: dict[str, list[str]] = {}
         for merged, survivor in plan.merges:
             merged_into.setdefault(survivor, []).extend(m for m in merged if m != survivor)
-        limit = asyncio.Semaphore(MERGE_CONCURRENCY)
-
-        async def merge(survivor: str, merged: list[str]) -> None:
-            async with limit:
-                await self.merges.merge(sorted(set(merged)), survivor)
-
-        await asyncio.gather(*(merge(s, m) for s, m in merged_into.items() if m))
+        await self.merges.merge_all(merged_into)
         for start in range(0, len(plan.merge_pairs), 1000):
             await self.stubs.identity.MarkMergeEventsPropagated(identity_pb.MarkMergeEventsPropagatedRequest(
                 merges=[identity_pb.MergedPair(survivor_individual_id=s, merged_individual_id=m)
@@ -213,16 +230,36 @@ class MergePropagation:
         await self.recommender.ReassignInteractions(rec_pb.ReassignInteractionsRequest(
             from_individual_ids=merged, to_individual_id=survivor))
 
+    async def merge_all(self, merged_into: dict[str, list[str]]) -> None:
+        """Applies merges onto distinct survivors concurrently (the services lock each individual they touch), at
+        most MERGE_CONCURRENCY at once."""
+        limit = asyncio.Semaphore(MERGE_CONCURRENCY)
+
+        async def merge(survivor: str, merged: list[str]) -> None:
+            async with limit:
+                await self.merge(sorted(set(merged)), survivor)
+
+        await asyncio.gather(*(merge(s, m) for s, m in merged_into.items() if m))
+
     async def sweep(self, min_age_seconds: float = 5.0) -> int:
         """Applies, for the current tenant, every merge or unmerge the identity service has not seen marked
-        propagated (a crash between resolving and reassigning leaves some), then marks them. Returns how many."""
+        propagated (a crash between resolving and reassigning leaves some), then marks them. Returns how many.
+
+        Events apply in their order: an unmerge alone, and each run of merges between them at once (a crash can
+        leave a chunk's worth of merges, each a person split across two profiles until it is applied)."""
         page = await self.identity.ListUnpropagatedMergeEvents(identity_pb.ListUnpropagatedMergeEventsRequest(
             page_size=SWEEP_PAGE, min_age_seconds=min_age_seconds))
+        merges: list[tuple[str, str]] = []
         for event in page.merge_events:
             if event.kind == identity_pb.MERGE_EVENT_KIND_MERGE:
-                await self.merge([event.other_individual_id], event.survivor_individual_id)
-            else:
-                await self.split(event.survivor_individual_id, event.other_individual_id, event.evidence)
+                merges.append((event.other_individual_id, event.survivor_individual_id))
+                continue
+            for run in merge_runs(merges):
+                await self.merge_all(run)
+            merges = []
+            await self.split(event.survivor_individual_id, event.other_individual_id, event.evidence)
+        for run in merge_runs(merges):
+            await self.merge_all(run)
         if page.merge_events:
             await self.identity.MarkMergeEventsPropagated(identity_pb.MarkMergeEventsPropagatedRequest(
                 event_ids=[e.event_id for e in page.merge_events]))

@@ -14,6 +14,9 @@ from shared.log import get_logger
 log = get_logger("gateway.pipeline")
 
 SWEEPER_LOCK = "tailor-merge-sweeper"
+# Pages of one tenant's queue applied per pass before the next tenant's turn: a tenant whose crash left a large
+# queue does not hold back the repair of the others (the next pass starts at once while any queue is left).
+PAGES_PER_TURN = 10
 
 
 class MergeSweeper:
@@ -28,29 +31,35 @@ class MergeSweeper:
         self.merges = merges
         self.interval_seconds = interval_seconds
 
-    async def sweep_all(self) -> int:
-        swept = 0
+    async def sweep_all(self, min_age_seconds: float | None = None) -> tuple[int, bool]:
+        """One pass over the tenants, over the merges and unmerges at least min_age_seconds old (by default the
+        interval: the workers apply the newer ones themselves): returns how many it applied, and whether any
+        tenant's queue still holds more (its turn ended first)."""
+        min_age = self.interval_seconds if min_age_seconds is None else min_age_seconds
+        swept, more = 0, False
         for tenant_id in await self.store.tenant_ids():
             ctx.tenant_var.set(tenant_id)
             ctx.request_id_var.set(ctx.new_request_id())
             ctx.deadline_var.set(None)
             try:
-                # The whole queue each pass: after a crash it can hold a chunk's worth of merges or more, and every
-                # one of them is a person split across two profiles until it is applied.
-                while (done := await self.merges.sweep(self.interval_seconds)) > 0:
+                # After a crash the queue can hold a chunk's worth of merges or more, and every one of them is a
+                # person split across two profiles until it is applied: up to PAGES_PER_TURN pages at once.
+                for _ in range(PAGES_PER_TURN):
+                    done = await self.merges.sweep(min_age)
                     swept += done
                     if done < SWEEP_PAGE:
                         break
+                else:
+                    more = True
             except grpc.aio.AioRpcError as error:
                 log.warning("merge_sweep_failed", tenant=tenant_id, code=error.code().name)
         if swept:
             log.info("merge_sweep_repaired", merges=swept)
-        return swept
+        return swept, more
 
     async def run(self) -> None:
         async def step() -> bool:
-            await self.sweep_all()
-            return False
+            return (await self.sweep_all())[1]
 
         with db.all_tenants():  # every tenant's merge outbox
             await lead(self.dsn, SWEEPER_LOCK, step, idle_seconds=self.interval_seconds)

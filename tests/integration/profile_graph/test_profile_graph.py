@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -13,11 +14,12 @@ from personalization.common.v1 import common_pb2 as common
 from personalization.profile_graph.v1 import profile_graph_service_pb2 as pb
 from personalization.profile_graph.v1 import profile_graph_service_pb2_grpc as pb_grpc
 from services.profile_graph.postgres import PostgresStore
+from services.profile_graph.postgres_unit import PostgresUnit
 from services.profile_graph.server import build
 from services.profile_graph.service import ProfileGraph
 from shared.errors import status_details
 from shared.runtime import prepare_schema
-from tests.conftest import schema_connection, serving, tenant_md
+from tests.conftest import schema_connection, serving, tenant_md, wait_for
 
 PURCHASE = common.EVENT_TYPE_PURCHASE
 PAGE_VIEW = common.EVENT_TYPE_PAGE_VIEW
@@ -400,6 +402,33 @@ async def test_a_merge_applied_late_onto_an_individual_merged_away_since_lands_o
     # Both earlier ids still lead to the survivor.
     await append(service, tenant, purchase("middle", 8.0, message_id="m2"), purchase("early", 16.0, message_id="e2"))
     assert (await profile(service, tenant, "top")).insights["spend_30d"] == 31.0
+
+
+async def test_an_append_waiting_while_its_survivor_is_merged_away_lands_on_the_new_survivor(
+        service, tenant, db, database_url):
+    # "early" was merged into "middle"; while another transaction merges "middle" into "top", an append for
+    # "early" (identified before either merge) reads the redirect to "middle" and waits for "middle"'s lock.
+    await append(service, tenant, purchase("early", 1.0), purchase("middle", 2.0), purchase("top", 4.0))
+    md = tenant_md(tenant)
+    await service.ReassignIndividual(
+        pb.ReassignIndividualRequest(from_individual_ids=["early"], to_individual_id="middle"), metadata=md)
+    async with schema_connection(database_url, "profile_graph") as other:
+        async with other.transaction():
+            unit = PostgresUnit(other, tenant)
+            await unit.lock_definitions(exclusive=False)
+            await unit.lock_individuals(["middle", "top"])
+            await unit.record_merge(["middle"], "top")
+            await unit.move_events(["middle"], "top", None)
+            straggler = asyncio.create_task(append(service, tenant, purchase("early", 8.0, message_id="straggler")))
+
+            async def waiting() -> bool:
+                return await db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                         "AND NOT granted") > 0
+
+            assert await wait_for(waiting)
+        await straggler
+    assert await db.fetchval("SELECT individual_id FROM events WHERE tenant_id = $1 AND message_id = 'straggler'",
+                             tenant) == "top"
 
 
 async def test_reassign_onto_one_of_the_merged_ids_is_refused(service, tenant):
