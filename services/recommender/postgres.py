@@ -260,9 +260,10 @@ _DEADLOCK_ATTEMPTS = 3
 # neither side builds a value per interaction (a query's records or arrays cost about four times as much).
 _INTERACTIONS = """
 SELECT unified_individual_id, item_id, CASE kind WHEN 'product_view' THEN 0 WHEN 'add_to_cart' THEN 1 ELSE 2 END,
-       quantity, revenue{times}
+       quantity{revenue}{times}
 FROM interactions WHERE tenant_id = $1
 """
+_REVENUE = ", revenue"
 _TIMES = ", extract(epoch FROM event_time)::float8"
 _LIMIT_ALL = 2**62
 # Training reads the interactions in this many page ranges at once once the table has READ_SPLIT_PAGES pages
@@ -444,13 +445,14 @@ class PostgresRepository:
         await connection.execute(_REBUILD_HISTORY, tenant, involved)
         return int(status.split()[-1])
 
-    async def interaction_events(self, tenant: str, *, times: bool = False) -> Events:
-        """Every interaction of the tenant as Events (event times only when asked; empty otherwise).
+    async def interaction_events(self, tenant: str, *, times: bool = False, revenue: bool = True) -> Events:
+        """Every interaction of the tenant as Events (event times only when asked, empty otherwise; revenue unless
+        told it is not needed, zeros then: only MAXIMIZE_REVENUE weighs it, and it is about a tenth of a read's CPU).
 
         A large table is read in READ_PARTS ranges of its pages at once, on as many connections sharing one
         snapshot (as pg_dump's parallel jobs do), so PostgreSQL formats the rows on several cores; the parts are
         joined in page order, which is the order one scan would give."""
-        query = _INTERACTIONS.format(times=_TIMES if times else "")
+        query = _INTERACTIONS.format(revenue=_REVENUE if revenue else "", times=_TIMES if times else "")
         async with self.pool.acquire() as first, first.transaction(isolation="repeatable_read", readonly=True):
             pages = await first.fetchval("SELECT pg_relation_size('interactions') / current_setting('block_size')::int")
             parts = READ_PARTS if pages >= READ_SPLIT_PAGES else 1
@@ -472,7 +474,7 @@ class PostgresRepository:
                         return await _copy_out(other, ranged, tenant, *bounds)
 
                 data = b"".join(await asyncio.gather(*(part(k) for k in range(parts))))
-        return await asyncio.to_thread(_events_from_csv, data, times)
+        return await asyncio.to_thread(_events_from_csv, data, times, revenue)
 
     async def save_model(self, tenant: str, name: str, payload: bytes, summary: dict) -> int:
         # The (tenant, recommender, version) key makes two concurrent saves pick different versions or fail.
@@ -519,7 +521,7 @@ async def _copy_out(connection, query: str, *args) -> bytes:
     return b"".join(chunks)
 
 
-def _events_from_csv(data: bytes, times: bool) -> Events:
+def _events_from_csv(data: bytes, times: bool, revenue: bool = True) -> Events:
     """Events from _INTERACTIONS' CSV. pyarrow parses it and codes the ids in order of first appearance (as
     Events.build does), in C; ids may hold any character (COPY quotes them, newlines too)."""
     import pyarrow as pa  # imported here: only training and evaluation read this, and it takes a while to load
@@ -527,7 +529,7 @@ def _events_from_csv(data: bytes, times: bool) -> Events:
 
     if not data:
         return Events.build([], [], [], [], [], [])
-    names = ["individual", "item", "kind", "quantity", "revenue"] + (["time"] if times else [])
+    names = ["individual", "item", "kind", "quantity"] + (["revenue"] if revenue else []) + (["time"] if times else [])
     types = {name: pa.float64() for name in names} | {"individual": pa.string(), "item": pa.string(),
                                                       "kind": pa.int64()}
     table = csv.read_csv(pa.py_buffer(data), read_options=csv.ReadOptions(column_names=names),
@@ -538,5 +540,6 @@ def _events_from_csv(data: bytes, times: bool) -> Events:
     return Events(np.array(individuals.dictionary.to_pylist(), dtype=str),
                   np.array(items.dictionary.to_pylist(), dtype=str),
                   individuals.indices.to_numpy().astype(np.int64), items.indices.to_numpy().astype(np.int64),
-                  table["kind"].to_numpy(), table["quantity"].to_numpy(), table["revenue"].to_numpy(),
+                  table["kind"].to_numpy(), table["quantity"].to_numpy(),
+                  table["revenue"].to_numpy() if revenue else np.zeros(table.num_rows),
                   table["time"].to_numpy() if times else np.empty(0))

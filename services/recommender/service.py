@@ -29,6 +29,7 @@ from services.recommender.config import (
     MOST_VIEWED,
     NEW_ARRIVALS,
     RECENTLY_VIEWED,
+    REVENUE,
     SIMILAR_ATTRIBUTES,
     TOP_SELLERS,
     TRENDING,
@@ -461,7 +462,7 @@ class Recommender:
                        trials=tuple(tuned.trials) if tuned is not None else (), **sizes)
 
     async def _matrix(self, tenant: str, objective: str) -> learned.Matrix:
-        events = await self.repository.interaction_events(tenant)
+        events = await self.repository.interaction_events(tenant, revenue=objective == REVENUE)
         return await asyncio.to_thread(events.matrix, objective)
 
     async def _events(self, tenant: str) -> Events:

@@ -58,3 +58,16 @@ async def test_a_read_in_page_ranges_gives_what_one_scan_gives(repository, datab
     assert set(whole.individuals.tolist()) == {f"u{n}" for n in range(3000)} - {"u5", "u17"} | {"u-merged"}
     for name in ("individuals", "items", "rows", "cols", "kinds", "quantities", "revenues", "times"):
         assert np.array_equal(getattr(whole, name), getattr(parts, name)), name
+
+
+async def test_a_read_without_revenue_gives_the_same_interactions_with_zero_revenue(repository, database_url):
+    tenant, other = f"t_{uuid.uuid4().hex[:8]}", f"o_{uuid.uuid4().hex[:8]}"
+    await _load(database_url, tenant, other)
+    tenant_var.set(tenant)
+
+    full = await repository.interaction_events(tenant)
+    lean = await repository.interaction_events(tenant, revenue=False)
+
+    assert full.revenues.any() and not lean.revenues.any() and len(lean.revenues) == 20_000
+    for name in ("individuals", "items", "rows", "cols", "kinds", "quantities"):
+        assert np.array_equal(getattr(full, name), getattr(lean, name)), name

@@ -177,11 +177,12 @@ class FakeRepository:
         self.models.pop((tenant, name), None)
         return self.config_rows[tenant].pop(name, None) is not None
 
-    async def interaction_events(self, tenant: str, *, times: bool = False) -> Events:
+    async def interaction_events(self, tenant: str, *, times: bool = False, revenue: bool = True) -> Events:
         rows = list(self.interactions[tenant].values())
         codes = {PRODUCT_VIEW: 0, ADD_TO_CART: 1, PURCHASE: 2}
         return Events.build([i.unified_individual_id for i in rows], [i.item_id for i in rows],
-                            [codes[i.kind] for i in rows], [i.quantity for i in rows], [i.revenue for i in rows],
+                            [codes[i.kind] for i in rows], [i.quantity for i in rows],
+                            [i.revenue if revenue else 0.0 for i in rows],
                             [i.event_time.timestamp() for i in rows] if times else [])
 
     async def save_model(self, tenant: str, name: str, payload: bytes, summary: dict) -> int:
