@@ -11,7 +11,7 @@ from services.identity.matching import IdentityType, Record, Ruleset
 from services.identity.model import Key
 from services.identity.probabilistic import MatchModel
 from services.identity.rerun import RerunPlan, TenantData
-from services.identity.resolution import Owner, Plan, Snapshot
+from services.identity.resolution import NewRecord, Owner, Plan, Snapshot
 from services.identity.unmerge import UnmergeData, UnmergePlan
 
 
@@ -43,6 +43,8 @@ class MergeEventView:
 
 # Builds the plan from a fresh snapshot and the database's current time.
 Planner = Callable[[Snapshot, datetime], Plan]
+# The records any plan from that snapshot stores (resolution.stored_whatever_matches), known before planning.
+EarlyRecords = Callable[[Snapshot], list[NewRecord]]
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,10 @@ class Repository(Protocol):
         """Owners, holders of searchable keys and known records (one read, no locks, no block candidates)."""
         ...
 
-    async def resolve(self, tenant: str, query: SnapshotQuery, planner: Planner) -> Plan:
-        """Locks the keys, reads the full snapshot, plans with planner and applies the plan atomically."""
+    async def resolve(self, tenant: str, query: SnapshotQuery, planner: Planner, early: EarlyRecords | None = None
+                      ) -> Plan:
+        """Locks the keys, reads the full snapshot, plans with planner and applies the plan atomically (the rows of
+        early's records may be written while planning)."""
         ...
 
     async def get_individual(self, tenant: str, individual_id: str) -> IndividualView | None:

@@ -17,6 +17,7 @@ import orjson
 from services.identity.matching import BUILT_IN_TYPES, IdentityType, Record, Ruleset
 from services.identity.model import Key, MergeRecord, StoredSource
 from services.identity.ports import (
+    EarlyRecords,
     IndividualView,
     MergeEventView,
     Planner,
@@ -24,7 +25,7 @@ from services.identity.ports import (
 )
 from services.identity.probabilistic import MatchModel
 from services.identity.rerun import RerunPlan, TenantData
-from services.identity.resolution import Owner, Plan, Snapshot, StoredRecord
+from services.identity.resolution import NewRecord, Owner, Plan, Snapshot, StoredRecord
 from services.identity.unmerge import HistoryEvent, UnmergeData, UnmergePlan
 from shared.errors import FailedPrecondition, Unavailable, quote
 from shared.log import get_logger
@@ -218,6 +219,21 @@ FROM unnest($11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16
     AS u(s, m, r, e, k, why, mv)
 """
 
+# The block and searchable-identity rows of records every plan stores, sent before planning so that PostgreSQL
+# writes them while this process plans (the rest of the write follows in _APPLY, in the same transaction).
+_EARLY = """
+WITH new_shared AS (
+    INSERT INTO shared_identities (tenant_id, id_type, id_value, record_id)
+    SELECT $1, u.t, u.v, u.r FROM unnest($4::text[], $5::text[], $6::text[]) AS u(t, v, r)
+    ON CONFLICT DO NOTHING
+)
+INSERT INTO record_blocks (tenant_id, block_key, record_id)
+SELECT $1, u.k, u.r FROM unnest($2::text[], $3::text[]) AS u(k, r)
+"""
+
+# Below this many rows the early write would cost a round trip more than it hides.
+EARLY_ROWS = 256
+
 _GET = """
 WITH target AS (
     SELECT coalesce(merged_into, individual_id) AS id FROM individuals WHERE tenant_id = $1 AND individual_id = $2
@@ -287,7 +303,8 @@ class PostgresRepository:
         async with self.pool.acquire() as conn:
             return await _snapshot(conn, tenant, query)
 
-    async def resolve(self, tenant: str, query: SnapshotQuery, planner: Planner) -> Plan:
+    async def resolve(self, tenant: str, query: SnapshotQuery, planner: Planner, early: EarlyRecords | None = None
+                      ) -> Plan:
         locks = [tenant_lock(tenant)] + sorted({lock_key(tenant, k) for k in query.lock_keys})
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
@@ -315,9 +332,17 @@ class PostgresRepository:
                             raise _Stale()
                         snap.separated = {frozenset((r["individual_id"], o)) for r in rows for o in r["separated"]
                                           if o != r["individual_id"]}
-                    plan = planner(snap, now)
+                    first = early(snap) if early is not None else []
+                    if sum(len(r.blocks) + len(r.shared) for r in first) < EARLY_ROWS:
+                        first = []
+                        plan = planner(snap, now)
+                    else:
+                        plan = await _while(_write_early(conn, tenant, first), planner, snap, now)
+                    written = {r.record_id for r in first}
+                    if not written <= {r.record_id for r in plan.new_records}:
+                        raise RuntimeError("the plan left out records written before it")  # (rolled back)
                     if plan.writes:
-                        await _apply(conn, tenant, now, plan)
+                        await _apply(conn, tenant, now, plan, written)
                     for new in plan.new_records:  # the candidates of later batches
                         self._remember((tenant, new.record_id), new.record)
                     return plan
@@ -647,6 +672,28 @@ async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
         await asyncio.gather(one, two, return_exceptions=True)
 
 
+async def _while(write: Awaitable[Any], work: Callable[..., A], *args: Any) -> A:
+    """work(*args) run while the write goes on, the write sent first; then the write awaited. If work fails or the caller
+    is cancelled, the write is cancelled and awaited too (a connection is never left with a statement running)."""
+    task = asyncio.ensure_future(write)
+    try:
+        await asyncio.sleep(0)  # the task sends its statement (a prepared one at once), then waits for the answer
+        result = work(*args)
+        await task
+        return result
+    finally:
+        if not task.done():
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _write_early(conn: asyncpg.Connection, tenant: str, records: list[NewRecord]) -> None:
+    blocks = [(k, r.record_id) for r in records for k in r.blocks]
+    shared = [(t, v, r.record_id) for r in records for t, v in r.shared]
+    await conn.execute(_EARLY, tenant, [k for k, _ in blocks], [r for _, r in blocks], [t for t, _, _ in shared],
+                       [v for _, v, _ in shared], [r for _, _, r in shared])
+
+
 def _contents(records: list[Record]) -> tuple[list[str], list[str]]:
     """The records' identities and attributes as JSON text, encoded once per record (the fast read, the read under
     the locks and the write all send them)."""
@@ -675,10 +722,12 @@ async def _insert_events(conn: asyncpg.Connection, tenant: str, now: datetime, e
         [m.model_version for m in events])
 
 
-async def _apply(conn: asyncpg.Connection, tenant: str, now, plan: Plan) -> None:
+async def _apply(conn: asyncpg.Connection, tenant: str, now, plan: Plan, written: set[str]) -> None:
+    """The plan's writes in one statement; the block and searchable-identity rows of records in written are in."""
     records = plan.new_records
-    shared = [(t, v, r.record_id) for r in records for t, v in r.shared]
-    blocks = [(k, r.record_id) for r in records for k in r.blocks]
+    rest = [r for r in records if r.record_id not in written] if written else records
+    shared = [(t, v, r.record_id) for r in rest for t, v in r.shared]
+    blocks = [(k, r.record_id) for r in rest for k in r.blocks]
     await conn.execute(
         _APPLY,
         tenant,

@@ -225,8 +225,7 @@ def plan_resolution(
             owner_of.setdefault(key, survivor)
         record_owner[subject.record_id] = survivor
         added.add(position)
-        new_records.append(NewRecord(subject.record_id, survivor, subject.record, tuple(subject.shared),
-                                     tuple(dict.fromkeys(k for _, k in subject.blocks))))
+        new_records.append(_new_record(subject, survivor))
         interim.append((survivor, tuple(merged)))
 
     created_set = set(created)
@@ -249,6 +248,32 @@ def plan_resolution(
         new_records=[NewRecord(r.record_id, final[r.record_id], r.record, r.shared, r.blocks) for r in new_records],
         counts={i: count[i] for i in survivors if i in info and count[i] != info[i].record_count},
     )
+
+
+def _new_record(subject: SubjectIn, owner: str) -> NewRecord:
+    return NewRecord(subject.record_id, owner, subject.record, tuple(subject.shared),
+                     tuple(dict.fromkeys(k for _, k in subject.blocks)))
+
+
+def stored_whatever_matches(subjects: list[SubjectIn], snap: Snapshot) -> list[NewRecord]:
+    """The records plan_resolution(subjects, snap) stores whatever the rules decide, in order, their owners left
+    blank: so their block and searchable-identity rows can be written while the plan is made.
+
+    A subject stores its record unless _already_known says otherwise, and that needs its record stored already (a
+    candidate, a known record or an earlier subject's) or every unique identity owned (by the snapshot or an earlier
+    subject). So a subject whose record is none of those and which has no unique identity, or one that neither the
+    snapshot nor an earlier subject holds, stores its record in any plan."""
+    seen = {c.record_id for c in snap.candidates}
+    seen.update(snap.known_records)
+    claimed = set(snap.owners)
+    out = []
+    for subject in subjects:
+        record_id = subject.record_id
+        if record_id not in seen and (not subject.unique or not claimed.issuperset(subject.unique)):
+            out.append(_new_record(subject, ""))
+        seen.add(record_id)
+        claimed.update(subject.unique)
+    return out
 
 
 def _already_known(

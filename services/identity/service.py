@@ -34,6 +34,7 @@ from services.identity.resolution import (
     Snapshot,
     known_resolutions,
     plan_resolution,
+    stored_whatever_matches,
 )
 from services.identity.subjects import validate_subjects
 from services.identity.unmerge import UnmergePlan, plan_unmerge
@@ -150,7 +151,7 @@ class IdentityService:
             return plan_resolution(subs, snap, now, config.ruleset, lookup_only=False, new_id=self.new_id,
                                    max_cluster=self.settings.max_cluster)
 
-        plan = await self.repository.resolve(tenant, query, planner)
+        plan = await self.repository.resolve(tenant, query, planner, lambda snap: stored_whatever_matches(subs, snap))
         return plan.resolutions
 
     async def get_individual(self, tenant: str, individual_id: str) -> IndividualView:

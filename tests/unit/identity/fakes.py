@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from services.identity.matching import BUILT_IN_TYPES, IdentityType, Record, Ruleset
 from services.identity.model import Key, MergeRecord
 from services.identity.ports import (
+    EarlyRecords,
     IndividualView,
     MergeEventView,
     Planner,
@@ -109,7 +110,8 @@ class FakeRepository:
         self.lookup_calls += 1
         return self._snapshot(tenant, query, with_candidates=False)
 
-    async def resolve(self, tenant: str, query: SnapshotQuery, planner: Planner) -> Plan:
+    async def resolve(self, tenant: str, query: SnapshotQuery, planner: Planner, early: EarlyRecords | None = None
+                      ) -> Plan:
         self.resolve_calls += 1
         now = self.clock()
         plan = planner(self._snapshot(tenant, query, with_candidates=True), now)

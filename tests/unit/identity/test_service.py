@@ -10,7 +10,7 @@ import pytest
 from services.identity import matching
 from services.identity.matching import BUILT_IN_TYPES, IdentityType
 from services.identity.model import Config
-from services.identity.resolution import Owner, Snapshot, plan_resolution
+from services.identity.resolution import Owner, Snapshot, StoredRecord, plan_resolution, stored_whatever_matches
 from services.identity.service import IdentityService
 from services.identity.subjects import validate_subjects
 from shared.errors import InvalidArgument, NotFound
@@ -256,6 +256,34 @@ def test_equal_creation_times_are_broken_by_the_smaller_id():
     plan = plan_resolution(subjects, Snapshot(owners=owners), at, CONFIG.ruleset, lookup_only=False)
     assert plan.resolutions[0].individual_id == "ind_a"
     assert plan.redirects == {"ind_b": "ind_a"}
+
+
+def test_the_records_stored_whatever_matches_are_stored_by_the_plan_with_the_same_rows():
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    config = Config({**CONFIG.types, "ip": IdentityType("ip", False, "TRIM")}, CONFIG.ruleset)
+    raw = [
+        ([("email", "owned@x.io")], {"first_name": "Ada"}),  # every key owned: maybe known
+        ([("email", "new@x.io"), ("email", "owned@x.io")], {"first_name": "Bo"}),  # a key nobody owns: stored
+        ([("email", "new@x.io")], {"first_name": "Cy"}),  # its key an earlier subject's: not foreseen
+        ([("ip", "1.2.3.4")], {"first_name": "Di"}),  # no unique identity: stored
+        ([("ip", "1.2.3.4")], {"first_name": "Di"}),  # the same record again: known by then
+        ([("device_id", "d1")], {"first_name": "Ed"}),  # its record a stored candidate: known
+        ([("device_id", "d2")], {"first_name": "Fa"}),  # a known record: known
+        ([("device_id", "d3"), ("email", "other@x.io")], {"first_name": "Ha"}),  # both keys new: stored
+    ]
+    subjects = validate_subjects([ids for ids, _ in raw], config, "US", [attrs for _, attrs in raw])
+    owner = Owner("ind_a", at, 1)
+    snap = Snapshot(owners={("email", "owned@x.io"): owner},
+                    known_records={subjects[6].record_id: owner},
+                    candidates=[StoredRecord(subjects[5].record_id, owner, subjects[5].record, ())])
+    early = stored_whatever_matches(subjects, snap)
+    assert [r.record_id for r in early] == [subjects[n].record_id for n in (1, 3, 7)]
+    plan = plan_resolution(subjects, snap, at, config.ruleset, lookup_only=False)
+    stored = {r.record_id: (r.shared, r.blocks) for r in plan.new_records}
+    assert all(stored[r.record_id] == (r.shared, r.blocks) for r in early)
+    # 0 (no stored record of its owner holds it) and 2 are stored too, unforeseen: they go in the rest of the write
+    assert set(stored) == {subjects[n].record_id for n in (0, 1, 2, 3, 7)}
+    assert stored[subjects[3].record_id][0] == (("ip", "1.2.3.4"),)
 
 
 # lookup_only

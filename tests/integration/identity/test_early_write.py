@@ -1,0 +1,107 @@
+"""The rows a resolve writes while it plans (record blocks, searchable identities) leave every table as the one
+write after the plan leaves it, on a realistic batch (Splink's fake_1000, its ruleset, two calls of 500)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+import services.identity.server as server_module
+from services.identity import postgres
+from services.identity.matching import IdentityType
+from services.identity.postgres import PostgresRepository
+from services.identity.server import SCHEMA
+from services.identity.service import IdentityService, Settings
+from shared import context as ctx
+from shared.runtime import prepare_schema
+from tests.bench import _identity_data as data
+
+TABLES = {
+    "individuals": "SELECT individual_id, merged_into, record_count FROM individuals WHERE tenant_id = $1"
+                   " ORDER BY individual_id",
+    "identities": "SELECT id_type, id_value, individual_id, origin_individual_id FROM identities WHERE tenant_id = $1"
+                  " ORDER BY id_type, id_value",
+    "source_records": "SELECT record_id, individual_id, origin_individual_id, identities, attributes"
+                      " FROM source_records WHERE tenant_id = $1 ORDER BY record_id",
+    "record_blocks": "SELECT block_key, record_id FROM record_blocks WHERE tenant_id = $1 ORDER BY block_key, record_id",
+    "shared_identities": "SELECT id_type, id_value, record_id FROM shared_identities WHERE tenant_id = $1"
+                         " ORDER BY id_type, id_value, record_id",
+    "merge_events": "SELECT survivor_id, merged_id, rule, evidence, kind, reason FROM merge_events"
+                    " WHERE tenant_id = $1 ORDER BY event_id",
+}
+
+
+async def _resolve_and_read(pool, tenant: str) -> tuple[list[str], dict[str, list[tuple]]]:
+    """fake_1000 resolved in two calls of 500 with individual ids counted from 0; the ids and every table after."""
+    token = ctx.tenant_var.set(tenant)
+    try:
+        counter = itertools.count()
+        service = IdentityService(PostgresRepository(pool), new_id=lambda: f"ind_{next(counter):05d}",
+                                  settings=Settings(config_ttl_seconds=0))
+        await service.upsert_identity_type(tenant, IdentityType("email", False, "EMAIL"))
+        await service.create_ruleset(tenant, data.FAKE_RULES, [])
+        rows = data.load_fake_1000()
+        ids = []
+        for start in (0, 500):
+            batch = rows[start:start + 500]
+            resolved = await service.resolve(tenant, [r.identities for r in batch], lookup_only=False,
+                                             attributes=[r.attributes for r in batch])
+            ids += [r.individual_id for r in resolved]
+        async with pool.acquire() as conn:
+            tables = {name: [tuple(r) for r in await conn.fetch(query, tenant)] for name, query in TABLES.items()}
+        return ids, tables
+    finally:
+        ctx.tenant_var.reset(token)
+
+
+async def test_writing_the_foreseen_rows_while_planning_stores_what_one_write_after_the_plan_stores(
+        database_url, tenant, monkeypatch):
+    pool = await prepare_schema(database_url, SCHEMA, server_module.__file__)
+    early_rows: list[int] = []
+    write_early = postgres._write_early
+
+    async def counted(conn, tenant_id, records):
+        early_rows.append(sum(len(r.blocks) + len(r.shared) for r in records))
+        await write_early(conn, tenant_id, records)
+
+    monkeypatch.setattr(postgres, "_write_early", counted)
+    try:
+        monkeypatch.setattr(postgres, "EARLY_ROWS", 10**9)  # never early: one write after the plan
+        after_ids, after = await _resolve_and_read(pool, f"{tenant}_after")
+        assert early_rows == []
+        monkeypatch.setattr(postgres, "EARLY_ROWS", 256)
+        early_ids, early = await _resolve_and_read(pool, f"{tenant}_early")
+        assert len(early_rows) == 2 and min(early_rows) > 1000  # most of both calls' rows went early
+        assert early_ids == after_ids
+        for name in TABLES:
+            assert early[name] == after[name], name
+        assert len(early["record_blocks"]) > 3000 and len(early["shared_identities"]) > 500, {k: len(v) for k, v in early.items()}
+        assert len(early["merge_events"]) > 20, {k: len(v) for k, v in early.items()}
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("failing", ["planner", "write"])
+async def test_a_failure_while_writing_early_stores_nothing(database_url, tenant, monkeypatch, failing):
+    pool = await prepare_schema(database_url, SCHEMA, server_module.__file__)
+    monkeypatch.setattr(postgres, "EARLY_ROWS", 1)
+    try:
+        service = IdentityService(PostgresRepository(pool))
+        await service.create_ruleset(tenant, [("last", [("attribute", "last_name", "EXACT", "")])], [])
+        if failing == "planner":
+            def broken(*_args, **_kwargs):
+                raise RuntimeError("planner failed")
+            monkeypatch.setattr("services.identity.service.plan_resolution", broken)
+        else:
+            async def broken_write(conn, tenant_id, records):
+                await conn.execute("SELECT 1/0")
+            monkeypatch.setattr(postgres, "_write_early", broken_write)
+        with pytest.raises(Exception, match="planner failed|division by zero"):
+            await service.resolve(tenant, [[("email", f"{n}@x.io")] for n in range(3)], lookup_only=False,
+                                  attributes=[{"last_name": "Ada"}] * 3)
+        async with pool.acquire() as conn:
+            for table in ("record_blocks", "source_records", "individuals"):
+                assert await conn.fetchval(f"SELECT count(*) FROM {table} WHERE tenant_id = $1", tenant) == 0
+    finally:
+        await pool.close()
