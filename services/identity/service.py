@@ -141,9 +141,12 @@ class IdentityService:
                 tenant, subs, config, lookup_only, [k for k in unique if k not in seen.owners])) is not None:
             return out
         block_keys = list(dict.fromkeys(k for s in subs for _, k in s.blocks))
+        # Under the locks the covering check is sent again only for subjects whose identity had an owner in the fast
+        # read: the others are new (their contents are not sent twice). One that gained an owner meanwhile (a
+        # concurrent call) is then resolved by the rules and stores its record, as if no stored record held it.
         query = SnapshotQuery(
             unique=unique, shared=shared, record_ids=list(dict.fromkeys(s.record_id for s in subs)),
-            blocks=block_keys, covering=covering,
+            blocks=block_keys, covering=[c for c in covering if c[1] in seen.owners],
             lock_keys=sorted({f"{t}\x1f{v}" for t, v in unique} | {f"b\x1f{k}" for k in block_keys}),
         )
 

@@ -152,3 +152,29 @@ async def test_with_an_idle_connection_the_candidates_are_read_beside_the_snapsh
     finally:
         for pool in pools:
             await pool.close()
+
+
+async def test_under_the_locks_the_covering_check_is_sent_only_for_subjects_whose_identity_had_an_owner(
+        database_url, tenant):
+    await (await prepare_schema(database_url, SCHEMA, server_module.__file__)).close()
+    covering: list[list[str]] = []  # the positions each snapshot checks for a covering record
+
+    async def record(connection: asyncpg.Connection) -> None:
+        connection.add_query_logger(
+            lambda query: covering.append(list(query.args[6])) if query.query == postgres._SNAPSHOT else None)
+
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1, init=record,
+                                     server_settings={"search_path": f"{SCHEMA},public"})
+    try:
+        service = IdentityService(PostgresRepository(pool))
+        [ada] = await service.resolve(tenant, [[("email", "ada@x.io")]], lookup_only=False,
+                                      attributes=[{"first_name": "Ada"}])
+        covering.clear()
+        again = await service.resolve(tenant, [[("email", "new@x.io")], [("email", "ada@x.io")]], lookup_only=False,
+                                      attributes=[{"first_name": "Bo"}, {"first_name": "Ada", "city": "Rome"}])
+        assert covering == [["0", "1"], ["1"]]  # the fast read, then under the locks
+        assert again[1].individual_id == ada.individual_id and again[0].individual_id != ada.individual_id
+        individual = await service.get_individual(tenant, ada.individual_id)
+        assert individual.record_count == 2
+    finally:
+        await pool.close()
