@@ -130,11 +130,13 @@ class IdentityService:
         # identities only) are known by their identities' owners alone, subjects with attributes and a unique
         # identity by a stored record that contains them (their own one included): only the others are looked up
         # by record id (the write path looks up all, so a record seen before is never stored twice).
+        plain = all(s.plain for s in subs)
         fast = SnapshotQuery(unique=unique, shared=shared, covering=covering, record_ids=list(dict.fromkeys(
-            s.record_id for s in subs if not s.plain and not (s.record.attributes and s.unique))))
+            s.record_id for s in subs if not s.plain and not (s.record.attributes and s.unique))),
+            probe=[] if plain else _probe(subs))
         read = self.repository.lookup(tenant, fast)
-        seen = await (read if all(s.plain for s in subs) else _meanwhile(read, subs))
-        known = known_resolutions(subs, seen)
+        seen = await (read if plain else _meanwhile(read, subs))
+        known = None if seen.cut else known_resolutions(subs, seen)
         if known is not None:
             return known
         if check and (out := await self._suppressed(
@@ -146,7 +148,7 @@ class IdentityService:
         # concurrent call) is then resolved by the rules and stores its record, as if no stored record held it.
         query = SnapshotQuery(
             unique=unique, shared=shared, record_ids=list(dict.fromkeys(s.record_id for s in subs)),
-            blocks=block_keys, covering=[c for c in covering if c[1] in seen.owners],
+            blocks=block_keys, covering=covering if seen.cut else [c for c in covering if c[1] in seen.owners],
             lock_keys=sorted({f"{t}\x1f{v}" for t, v in unique} | {f"b\x1f{k}" for k in block_keys}),
         )
 
@@ -303,6 +305,17 @@ class IdentityService:
 
 # Subjects prepared between two looks at a running read (a few milliseconds of work).
 _SLICE = 50
+
+# Subjects whose first unique identity the fast read of a call with attributes or searchable identities tries first.
+PROBES = 8
+
+
+def _probe(subs: list) -> list[Key]:
+    """The first unique identity of up to PROBES subjects spread over the call, among those only owners can settle
+    (unique identities, and attributes or nothing else): if one has no owner, the fast read cannot settle the call."""
+    owned = [s.unique[0] for s in subs if s.unique and (s.plain or s.record.attributes)]
+    step = max(1, len(owned) // PROBES)
+    return owned[::step][:PROBES]
 
 
 async def _meanwhile(read: Awaitable[Snapshot], subs: list) -> Snapshot:

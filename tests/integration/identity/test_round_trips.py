@@ -77,7 +77,7 @@ async def test_known_subjects_whose_attributes_a_stored_record_holds_are_a_singl
     again = await service.resolve(tenant, [[("device_id", "d1")], [("device_id", "d1")], [("email", "ada@x.io")]],
                                   lookup_only=False, attributes=[{"first_name": "Ada"}, {}, signup])
     assert [r.individual_id for r in again] == [known.individual_id] * 3
-    assert len(statements) == 1 and statements[0].lstrip().startswith("SELECT")
+    assert statements == [postgres._SNAPSHOT]
     individual = await service.get_individual(tenant, known.individual_id)
     assert individual.record_count == 1
 
@@ -98,7 +98,7 @@ async def generic_plan(database_url: str, statement: str, literals: str) -> str:
 @pytest.mark.parametrize("statement, literals", [
     (postgres._OWNERS, "'t', '{email}', '{a@x.io}'"),
     (postgres._SNAPSHOT, ("'t', '{email}', '{a@x.io}', '{ip}', '{1.2.3.4}', '{rec_1}', '{0}', '{email}', '{a@x.io}',"
-                          " ARRAY['{}'::jsonb], ARRAY['{}'::jsonb]")),
+                          " ARRAY['{}'::jsonb], ARRAY['{}'::jsonb], '{email}', '{b@x.io}'")),
     (postgres._CANDIDATES, "'t', '{b1,b2}', 200"),
     (postgres._LOCK_OWNERS, "'t', '{i1,i2}'"),
 ], ids=["owners", "snapshot", "candidates", "lock_owners"])
@@ -154,8 +154,9 @@ async def test_with_an_idle_connection_the_candidates_are_read_beside_the_snapsh
             await pool.close()
 
 
-async def test_under_the_locks_the_covering_check_is_sent_only_for_subjects_whose_identity_had_an_owner(
-        database_url, tenant):
+@pytest.mark.parametrize("new_at", [0, 9])
+async def test_the_fast_read_is_cut_by_a_new_probed_identity_and_the_locks_check_covering_only_for_owned_ones(
+        database_url, tenant, new_at):
     await (await prepare_schema(database_url, SCHEMA, server_module.__file__)).close()
     covering: list[list[str]] = []  # the positions each snapshot checks for a covering record
 
@@ -167,14 +168,20 @@ async def test_under_the_locks_the_covering_check_is_sent_only_for_subjects_whos
                                      server_settings={"search_path": f"{SCHEMA},public"})
     try:
         service = IdentityService(PostgresRepository(pool))
-        [ada] = await service.resolve(tenant, [[("email", "ada@x.io")]], lookup_only=False,
-                                      attributes=[{"first_name": "Ada"}])
+        known = await service.resolve(tenant, [[("email", f"{n}@x.io")] for n in range(9)], lookup_only=False,
+                                      attributes=[{"first_name": "Ada"}] * 9)
+        # Ten subjects with attributes, one of them new: the fast read probes the first eight (postgres.PROBES).
+        subjects = [[("email", f"{n}@x.io")] for n in range(9)]
+        subjects.insert(new_at, [("email", "new@x.io")])
         covering.clear()
-        again = await service.resolve(tenant, [[("email", "new@x.io")], [("email", "ada@x.io")]], lookup_only=False,
-                                      attributes=[{"first_name": "Bo"}, {"first_name": "Ada", "city": "Rome"}])
-        assert covering == [["0", "1"], ["1"]]  # the fast read, then under the locks
-        assert again[1].individual_id == ada.individual_id and again[0].individual_id != ada.individual_id
-        individual = await service.get_individual(tenant, ada.individual_id)
-        assert individual.record_count == 2
+        again = await service.resolve(tenant, subjects, lookup_only=False, attributes=[{"city": "Rome"}] * 10)
+        everyone = [str(n) for n in range(10)]
+        if new_at == 0:  # probed: nothing else read fast, so the locks check every subject
+            assert covering == [everyone, everyone]
+        else:  # not probed: the full fast read, then only subjects whose identity had an owner
+            assert covering == [everyone, everyone[:9]]
+        ids = [r.individual_id for r in again]
+        assert ids[:new_at] + ids[new_at + 1:] == [r.individual_id for r in known]
+        assert ids[new_at] not in ids[:new_at] + ids[new_at + 1:]
     finally:
         await pool.close()
