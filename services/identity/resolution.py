@@ -253,8 +253,7 @@ def plan_resolution(
 
 
 def _new_record(subject: SubjectIn, owner: str) -> NewRecord:
-    return NewRecord(subject.record_id, owner, subject.record, tuple(subject.shared),
-                     tuple(dict.fromkeys(k for _, k in subject.blocks)))
+    return NewRecord(subject.record_id, owner, subject.record, tuple(subject.shared), subject.distinct_blocks)
 
 
 def stored_whatever_matches(subjects: list[SubjectIn], snap: Snapshot) -> list[NewRecord]:

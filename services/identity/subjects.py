@@ -36,6 +36,11 @@ class SubjectIn:
         """(rule index, block key) pairs of the record, computed only for subjects that reach the rules."""
         return matching.block_keys(self.ruleset, self.record)
 
+    @cached_property
+    def distinct_blocks(self) -> tuple[str, ...]:
+        """The record's block keys once each, in order: the rows of the blocking index it stores."""
+        return tuple(dict.fromkeys(k for _, k in self.blocks))
+
     @property
     def plain(self) -> bool:
         """Unique identities only: known when they all belong to one individual, whatever its records."""
