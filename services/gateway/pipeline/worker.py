@@ -49,7 +49,9 @@ class WorkerSettings:
     """How one worker shares the inbox with the others."""
 
     lease_seconds: float = 5.0      # a dead worker's partitions move to the others within this time
-    tenant_take: int = 500          # at most this many of one tenant's events in flight in one worker
+    # At most this many of one tenant's events in flight in one worker: two full chunks, so a backlog's next chunk
+    # is identified while one is updated (with one, a full chunk's refill had no room left).
+    tenant_take: int = 1000
     chunk_events: int = 500         # events per Identify/Update round trip
     chunk_bytes: int = CHUNK_BYTES  # and at most this many payload bytes, so no request nears the message limit
     concurrency: int = 8            # tenants processed at once
@@ -66,7 +68,7 @@ class WorkerSettings:
     def from_env(cls) -> "WorkerSettings":
         return cls(
             lease_seconds=env_float("TAILOR_PIPELINE_LEASE_SECONDS", 5.0, minimum=0.5),
-            tenant_take=env_int("TAILOR_PIPELINE_TENANT_TAKE", 500, minimum=1, maximum=10_000),
+            tenant_take=env_int("TAILOR_PIPELINE_TENANT_TAKE", 1000, minimum=1, maximum=10_000),
             chunk_events=env_int("TAILOR_PIPELINE_CHUNK_EVENTS", 500, minimum=1, maximum=1000),
             chunk_bytes=env_int("TAILOR_PIPELINE_CHUNK_BYTES", CHUNK_BYTES, minimum=contract.MAX_EVENT_BYTES,
                                 maximum=CHUNK_BYTES),

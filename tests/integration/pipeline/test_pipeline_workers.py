@@ -60,20 +60,25 @@ async def _backlog(suite, tenant: str, md, prefix: str, count: int, poison_every
     replies = [await suite.gateway.IngestEvents(pb.IngestEventsRequest(
         events=[_event(f"{prefix}{i}", f"{prefix}{i % 700}") for i in range(start, start + 1000)], bulk=bulk),
         metadata=md) for start in range(0, count, 1000)]
-    for i in range(0, count, poison_every):
-        await _poison(suite.dsn, tenant, f"poison-{i}", f"{prefix}{i % 700}", bulk=bulk)
+    await _poisons(suite.dsn, tenant, [(f"poison-{i}", f"{prefix}{i % 700}") for i in range(0, count, poison_every)],
+                   bulk=bulk)
     return replies
 
 
 async def _poison(dsn: str, tenant: str, message_id: str, who: str, bulk: bool = False) -> None:
-    """An acknowledged row whose payload the pipeline cannot apply (as a bug or an older gateway could leave)."""
+    await _poisons(dsn, tenant, [(message_id, who)], bulk)
+
+
+async def _poisons(dsn: str, tenant: str, rows: list[tuple[str, str]], bulk: bool = False) -> None:
+    """Acknowledged rows (message id, person) whose payload the pipeline cannot apply (as a bug or an older gateway
+    could leave), inserted at once."""
     conn = await asyncpg.connect(dsn)
     try:
-        route = route_of(_event(message_id, who))
-        await conn.execute(
+        await conn.executemany(
             "INSERT INTO gateway.inbox (tenant_id, message_id, payload, route, partition, bulk) "
             "VALUES ($1, $2, $3, $4, ((($4::bigint # hashtextextended($1, 0)) % 32) + 32) % 32, $5)",
-            tenant, message_id, b"\xff\xff\xff not an event", route, bulk)
+            [(tenant, message_id, b"\xff\xff\xff not an event", route_of(_event(message_id, who)), bulk)
+             for message_id, who in rows])
         await conn.execute("SELECT pg_notify('tailor_inbox', '')")
     finally:
         await conn.close()
@@ -144,7 +149,7 @@ async def test_dead_letter_requests_are_checked_field_by_field_and_scoped_to_adm
 async def test_a_tenants_backlog_with_poison_does_not_hold_back_another_tenants_event(suite):
     flood, flood_md = await suite.new_tenant()
     quiet, quiet_md = await suite.new_tenant()
-    await _backlog(suite, flood, flood_md, "f", 3000, 100)
+    await _backlog(suite, flood, flood_md, "f", 6000, 100)
     sent = time.monotonic()
     await suite.gateway.IngestEvents(pb.IngestEventsRequest(events=[_event("q1", "quiet")]), metadata=quiet_md)
     assert await wait_for(lambda: _visible(suite, quiet_md, "quiet"), timeout=10)
@@ -155,7 +160,7 @@ async def test_a_tenants_backlog_with_poison_does_not_hold_back_another_tenants_
     assert waited < 2.0
     assert await wait_for(lambda: _pending_is(suite, flood_md, 0), timeout=60)
     status = await suite.gateway.GetPipelineStatus(pb.GetPipelineStatusRequest(), metadata=flood_md)
-    assert status.dead_letter_count == 30
+    assert status.dead_letter_count == 60
 
 
 async def test_a_tenants_bulk_backlog_waits_behind_live_events_of_every_tenant_and_drains_once_it_stops(suite):
