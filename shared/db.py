@@ -176,6 +176,12 @@ _OUTAGE_ERRORS = (
 _OUTAGE_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN}
 
 
+def is_contention(error: BaseException) -> bool:
+    """True when error is a transaction PostgreSQL rolled back whole for a concurrent one (a deadlock, a
+    serialization failure): nothing of it stayed, and running it again may succeed."""
+    return isinstance(error, (asyncpg.DeadlockDetectedError, asyncpg.SerializationError))
+
+
 def is_database_outage(error: BaseException) -> bool:
     """True when error (or what it wraps) means the database cannot be reached now, so a retry later may succeed."""
     if isinstance(error, BaseExceptionGroup):

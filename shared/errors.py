@@ -171,6 +171,14 @@ class ResourceExhausted(TailorError):
         return details
 
 
+class Aborted(TailorError):
+    """The call lost a conflict with a concurrent write (a deadlock, a serialization failure) more times than it
+    retries by itself; it changed nothing and is safe to repeat."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "CONCURRENT_WRITE"
+
+
 class Unavailable(TailorError):
     """A dependency (the database, another service) is down for now; retry_after_seconds, when given, travels as a
     google.rpc.RetryInfo so clients know the call is safe to repeat and when."""

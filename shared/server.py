@@ -18,8 +18,8 @@ from grpc_status import rpc_status
 
 from shared import context as ctx
 from shared import metrics, reflection, wire
-from shared.db import is_database_outage, watch_database
-from shared.errors import InvalidArgument, TailorError, Unavailable, rich_status_of
+from shared.db import is_contention, is_database_outage, watch_database
+from shared.errors import Aborted, InvalidArgument, TailorError, Unavailable, rich_status_of
 from shared.log import get_logger
 from shared.settings import env_str
 
@@ -86,6 +86,10 @@ class _CallScope:
             log.warning("rpc_database_unavailable", method=self.method, error=f"{type(error).__name__}: {error}")
             status = Unavailable("the database is unavailable; retry shortly", reason="DATABASE_UNAVAILABLE",
                                  retry_after_seconds=RETRY_AFTER_SECONDS).to_status()
+        elif is_contention(error):
+            # Retries inside the handler (where it has them) were spent: the caller may repeat the call.
+            log.warning("rpc_contention", method=self.method, error=type(error).__name__)
+            status = Aborted("a concurrent write of the same records won; nothing was changed, retry").to_status()
         elif (found := _contract_violations(request)):
             # The handler tripped on input the contract refuses for every message (a NUL, a time out of range):
             # the caller's mistake, answered as such and naming the field; the handler wrote nothing it kept.

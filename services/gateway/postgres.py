@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -127,8 +129,9 @@ class GatewayStore:
         (the conflict check of ON CONFLICT costs the database about a fifth more per row). A batch with an id already
         stored (a resend) fails that statement whole on the unique key, and is stored again with ON CONFLICT DO
         NOTHING, which skips the ids already there. Two requests carrying the same message ids in different orders can
-        deadlock on the unique check; the loser's statement is rolled back whole and simply run again (the batch keeps
-        its order, which the pipeline relies on).
+        deadlock on the unique check; the loser's statement is rolled back whole and run again (the batch keeps its
+        order, which the pipeline relies on) after a short random pause: run again at once, it could take the first
+        id again before the winner's backend was scheduled to, and lose the same deadlock again.
         """
         for attempt in range(STORE_ATTEMPTS):
             try:
@@ -147,4 +150,5 @@ class GatewayStore:
             except asyncpg.DeadlockDetectedError:
                 if attempt == STORE_ATTEMPTS - 1:
                     raise
+                await asyncio.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
         raise AssertionError("unreachable")

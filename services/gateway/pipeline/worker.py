@@ -29,8 +29,9 @@ from shared.settings import env_float, env_int
 log = get_logger("gateway.pipeline")
 
 # Failures that say nothing about the events: the work stays pending, the tenant backs off, no attempt is counted.
+# ABORTED: a service's write lost to a concurrent one more times than it retries by itself.
 INFRA = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAUTHENTICATED,
-                   grpc.StatusCode.PERMISSION_DENIED})
+                   grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.ABORTED})
 # Refusals of the content: once isolated to one event, it is dead-lettered at once (a retry would be refused again).
 # RESOURCE_EXHAUSTED is here because an oversize request is never transient.
 CONTENT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,

@@ -37,6 +37,9 @@ class Replica(pb_grpc.IdentityServiceServicer):
     async def GetRuleset(self, request, context_):
         raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
 
+    async def UpsertIdentityType(self, request, context_):
+        raise asyncpg.DeadlockDetectedError("deadlock detected")
+
 
 async def _serve(servicer):
     return await start_server([Service(pb_grpc.add_IdentityServiceServicer_to_server, servicer, SERVICE_NAME)],
@@ -149,6 +152,19 @@ async def test_a_lost_database_connection_answers_unavailable_with_retry_info():
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert status_details(info.value)[1] == "DATABASE_UNAVAILABLE"
     assert retry_delay_of(info.value) == 1.0
+
+
+async def test_a_write_that_lost_a_deadlock_answers_aborted_not_internal():
+    server = await _serve(Replica("a"))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await pb_grpc.IdentityServiceStub(channel).UpsertIdentityType(pb.UpsertIdentityTypeRequest(
+                    identity_type=pb.IdentityType(name="email", unique=True)), metadata=MD, timeout=5)
+    finally:
+        await server.stop(0)
+    assert info.value.code() == grpc.StatusCode.ABORTED
+    assert status_details(info.value)[1] == "CONCURRENT_WRITE"
 
 
 async def test_an_unreachable_downstream_service_answers_unavailable_with_retry_info():
