@@ -112,7 +112,8 @@ class RecommenderServiceServicer:
     """
 
     def RecordInteractions(self, request, context):
-        """Records item interactions (views, carts, purchases) into the item statistics; idempotent by message id.
+        """Records item interactions (views, carts, purchases) into the item statistics; idempotent by message id. An
+        interaction for an individual merged away since goes to its survivor.
         Errors: INVALID_ARGUMENT (missing message id, individual, item or type; more than 10,000 interactions).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -221,7 +222,8 @@ class RecommenderServiceServicer:
 
     def ReassignInteractions(self, request, context):
         """Moves interactions between individuals after a merge (to the survivor) or an unmerge (back to the individual
-        split off) and rebuilds both sides' histories; idempotent.
+        split off) and rebuilds both sides' histories; idempotent. A merge is remembered as a redirect of the merged
+        ids (a merge onto an id merged away since goes on to its survivor); an unmerge removes the restored one's.
         Errors: INVALID_ARGUMENT (no or empty ids, more than 1,000, the target among the sources).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
