@@ -42,6 +42,8 @@ _LOG_COLUMNS = (
 )
 _EXPERIMENT_COLUMNS = ("experiment_id, name, point_name, state, config, winner_cohort_id, start_time, stop_time, "
                        "layer, layer_start, layer_end")
+# Alias changes of one tenant, one at a time (merges are rare next to decisions; reads take no lock).
+_ALIAS_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('decision/aliases/' || $1, 0))"
 _EXPOSURE_COLUMNS = (
     "personalization_id, unified_individual_id, log_time, point_name, decision_id, experiment_id, cohort_id, "
     "item_ids, exposure_conflict"
@@ -325,8 +327,20 @@ class PostgresRepository:
             running.setdefault(r["point_name"], []).append(_experiment(r))
         return running
 
-    async def merge(self, tenant: str, from_ids: Sequence[str], to_id: str) -> list[tuple[str, str, str]]:
+    async def merge(self, tenant: str, from_ids: Sequence[str], to_id: str
+                    ) -> tuple[list[tuple[str, str, str]], str]:
+        """Records from_ids as aliases of to_id (and what had merged into them); returns the exposures of the merged
+        group and the survivor. One alias change of a tenant at a time, so aliases always name a survivor: a merge
+        applied late (the pipeline's workers and its merge sweeper apply merges in any order) onto an id merged away
+        since goes on to that id's survivor."""
         async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(_ALIAS_LOCK, tenant)
+            to_id = await conn.fetchval(
+                "SELECT survivor_id FROM individual_aliases WHERE tenant_id = $1 AND alias_id = $2", tenant, to_id
+            ) or to_id
+            from_ids = [f for f in from_ids if f != to_id]
+            if not from_ids:
+                return [], to_id
             await conn.execute(
                 "UPDATE individual_aliases SET survivor_id = $2 WHERE tenant_id = $1 AND survivor_id = ANY($3::text[])",
                 tenant, to_id, list(from_ids))
@@ -346,7 +360,14 @@ class PostgresRepository:
                 "OR unified_individual_id IN (SELECT alias_id FROM individual_aliases "
                 "WHERE tenant_id = $1 AND survivor_id = $2))",
                 tenant, to_id)
-        return [(r["experiment_id"], r["unified_individual_id"], r["cohort_id"]) for r in rows]
+        return [(r["experiment_id"], r["unified_individual_id"], r["cohort_id"]) for r in rows], to_id
+
+    async def unmerge(self, tenant: str, restored_id: str) -> None:
+        """restored_id is its own individual again (whichever survivor it had merged into)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(_ALIAS_LOCK, tenant)
+            await conn.execute("DELETE FROM individual_aliases WHERE tenant_id = $1 AND alias_id = $2",
+                               tenant, restored_id)
 
     async def add_conflicts(self, tenant: str, pairs: Sequence[tuple[str, str]]) -> None:
         await self.pool.execute(

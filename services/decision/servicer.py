@@ -288,7 +288,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     async def ReassignIndividual(self, request: pb.ReassignIndividualRequest,
                                  context: grpc.aio.ServicerContext) -> pb.ReassignIndividualResponse:
         conflicting = await self.service.assignments.reassign(
-            current_tenant(), list(request.from_unified_individual_ids), request.to_unified_individual_id)
+            current_tenant(), list(request.from_unified_individual_ids), request.to_unified_individual_id,
+            unmerge=request.unmerge)
         return pb.ReassignIndividualResponse(conflicting_experiment_ids=conflicting)
 
     async def RecordOutcomes(self, request: pb.RecordOutcomesRequest,

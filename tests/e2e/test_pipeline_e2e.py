@@ -224,7 +224,7 @@ async def test_unmerge_through_the_gateway_moves_the_split_off_history_back(suit
     from personalization.identity.v1 import identity_service_pb2_grpc as identity_grpc
 
     identity = identity_grpc.IdentityServiceStub(suite.channel)
-    _, md = await suite.new_tenant()
+    tenant, md = await suite.new_tenant()
     # A shared phone alone no longer links; the default rule phone + fuzzy first name + last name does.
     await identity.UpsertIdentityType(identity_pb.UpsertIdentityTypeRequest(identity_type=identity_pb.IdentityType(
         name="phone", unique=False, normalization=identity_pb.NORMALIZATION_PHONE, default_region="US")),
@@ -250,6 +250,16 @@ async def test_unmerge_through_the_gateway_moves_the_split_off_history_back(suit
     individual = await identity.GetIndividual(
         identity_pb.GetIndividualRequest(unified_individual_id=survivor.unified_individual_id), metadata=md)
     [merged_id] = list(individual.individual.alias_ids)
+
+    async def decision_alias() -> str | None:
+        conn = await asyncpg.connect(suite.dsn)
+        try:
+            return await conn.fetchval("SELECT survivor_id FROM decision.individual_aliases WHERE tenant_id = $1 "
+                                       "AND alias_id = $2", tenant, merged_id)
+        finally:
+            await conn.close()
+
+    assert await decision_alias() == survivor.unified_individual_id
     undone = await identity.Unmerge(identity_pb.UnmergeRequest(unified_individual_id=merged_id), metadata=md)
     assert ("customer_id", "c-9") in {(i.type, i.value) for i in undone.identities}
 
@@ -258,6 +268,7 @@ async def test_unmerge_through_the_gateway_moves_the_split_off_history_back(suit
     assert split.unified_individual_id == merged_id != kept.unified_individual_id
     assert sorted(e.message_id for e in split.events) == ["n2", "n3"]
     assert [e.message_id for e in kept.events] == ["n1"]
+    assert await decision_alias() is None  # its own decisions and outcomes count for it again
 
 
 async def test_a_merge_whose_propagation_was_lost_is_applied_by_the_sweeper(suite):

@@ -63,8 +63,10 @@ class Assignments:
                 await self.repo.insert_log(tenant, entries)
         return assignments, False
 
-    async def reassign(self, tenant: str, from_ids: Sequence[str], to_id: str) -> list[str]:
-        """Records a merge: the survivor keeps its cohorts; experiments where they saw different ones are flagged."""
+    async def reassign(self, tenant: str, from_ids: Sequence[str], to_id: str, unmerge: bool = False) -> list[str]:
+        """Records a merge: the survivor keeps its cohorts; experiments where they saw different ones are flagged.
+        A merge onto an individual merged away since goes on to its survivor. With unmerge, to_id was split back off
+        the survivor from_ids[0] and is no longer its alias."""
         v = Violations()
         too_long = f"must be at most {MAX_ID_LENGTH} characters without NUL"
         if not to_id:
@@ -82,8 +84,14 @@ class Assignments:
                 v.add(f"from_unified_individual_ids[{i}]", "must differ from the survivor")
         if len(from_ids) > MAX_LOG_ENTRIES:
             v.add("from_unified_individual_ids", f"must name at most {MAX_LOG_ENTRIES} individuals")
+        if unmerge and len(from_ids) > 1:
+            v.add("from_unified_individual_ids", "an unmerge names the one survivor split from")
         v.raise_if_any()
-        seen = await self.repo.merge(tenant, list(dict.fromkeys(from_ids)), to_id)  # (experiment, uid, cohort)
+        if unmerge:
+            await self.repo.unmerge(tenant, to_id)
+            return []
+        # (experiment, uid, cohort), and the survivor the merge went to
+        seen, to_id = await self.repo.merge(tenant, list(dict.fromkeys(from_ids)), to_id)
         cohorts: dict[str, set[str]] = {}
         for experiment_id, _, cohort in seen:
             cohorts.setdefault(experiment_id, set()).add(cohort)

@@ -217,6 +217,9 @@ class MergePropagation:
         if owned:
             await self.profile.ReassignIndividual(profile_pb.ReassignIndividualRequest(
                 from_individual_ids=[survivor], to_individual_id=restored, only_events_with_identities=owned))
+        # The decision service's aliases: the restored individual's own decisions and outcomes count for it again.
+        await self.decision.ReassignIndividual(decision_pb.ReassignIndividualRequest(
+            from_unified_individual_ids=[survivor], to_unified_individual_id=restored, unmerge=True))
         # Interactions carry no identities: those first recorded for the restored individual go back to it.
         await self.recommender.ReassignInteractions(rec_pb.ReassignInteractionsRequest(
             from_individual_ids=[survivor], to_individual_id=restored, only_first_recorded_for=[restored]))

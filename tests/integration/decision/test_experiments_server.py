@@ -231,3 +231,34 @@ async def test_a_merge_with_overlong_ids_is_refused_per_field_and_stores_nothing
     assert [p for p, _ in status_details(info.value)[0]] == [
         "to_unified_individual_id", "from_unified_individual_ids[1]"]
     assert await db.fetchval("SELECT count(*) FROM individual_aliases WHERE tenant_id = $1", tenant) == 0
+
+
+async def test_merges_applied_late_go_to_the_final_survivor_and_an_unmerge_frees_the_alias(server, tenant, db):
+    md = tenant_md(tenant)
+
+    async def aliases() -> dict[str, str]:
+        rows = await db.fetch("SELECT alias_id, survivor_id FROM individual_aliases WHERE tenant_id = $1", tenant)
+        return {r["alias_id"]: r["survivor_id"] for r in rows}
+
+    # The pipeline applies merges in any order: "middle" into "top" first, then the older "early" into "middle".
+    await server.ReassignIndividual(pb.ReassignIndividualRequest(
+        from_unified_individual_ids=["middle"], to_unified_individual_id="top"), metadata=md)
+    await server.ReassignIndividual(pb.ReassignIndividualRequest(
+        from_unified_individual_ids=["early"], to_unified_individual_id="middle"), metadata=md)
+    assert await aliases() == {"middle": "top", "early": "top"}
+    # A merge of a survivor onto one of its own aliases (a stale order of the same facts) changes nothing.
+    await server.ReassignIndividual(pb.ReassignIndividualRequest(
+        from_unified_individual_ids=["top"], to_unified_individual_id="early"), metadata=md)
+    assert await aliases() == {"middle": "top", "early": "top"}
+    # "early" is split back off "top": it is its own individual again; "middle" stays merged.
+    undone = await server.ReassignIndividual(pb.ReassignIndividualRequest(
+        from_unified_individual_ids=["top"], to_unified_individual_id="early", unmerge=True), metadata=md)
+    assert list(undone.conflicting_experiment_ids) == []
+    assert await aliases() == {"middle": "top"}
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await server.ReassignIndividual(pb.ReassignIndividualRequest(
+            from_unified_individual_ids=["top", "other"], to_unified_individual_id="middle", unmerge=True),
+            metadata=md)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [p for p, _ in status_details(info.value)[0]] == ["from_unified_individual_ids"]
+    assert await aliases() == {"middle": "top"}

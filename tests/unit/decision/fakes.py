@@ -190,8 +190,11 @@ class FakeRepository:
                 running.setdefault(e.point_name, []).append(e)
         return running
 
-    async def merge(self, tenant: str, from_ids: Sequence[str], to_id: str) -> list[tuple[str, str, str]]:
+    async def merge(self, tenant: str, from_ids: Sequence[str], to_id: str
+                    ) -> tuple[list[tuple[str, str, str]], str]:
         self.queries += 1
+        to_id = self.aliases.get((tenant, to_id), to_id)
+        from_ids = [f for f in from_ids if f != to_id]
         for key, survivor in list(self.aliases.items()):
             if key[0] == tenant and survivor in from_ids:
                 self.aliases[key] = to_id
@@ -202,7 +205,11 @@ class FakeRepository:
                 self.conflict_rows.add((t, x, to_id))
         members = {to_id} | {a for (t, a), s in self.aliases.items() if t == tenant and s == to_id}
         return sorted({(e.experiment_id, e.unified_individual_id, e.cohort_id) for (t, _), e in self.log.items()
-                       if t == tenant and e.experiment_id and e.cohort_id and e.unified_individual_id in members})
+                       if t == tenant and e.experiment_id and e.cohort_id and e.unified_individual_id in members}), to_id
+
+    async def unmerge(self, tenant: str, restored_id: str) -> None:
+        self.queries += 1
+        self.aliases.pop((tenant, restored_id), None)
 
     async def add_conflicts(self, tenant: str, pairs) -> None:
         self.queries += 1

@@ -797,12 +797,14 @@ class AssignExperimentsResponse(_message.Message):
     def __init__(self, assignments: _Optional[_Iterable[_Union[ExperimentAssignment, _Mapping]]] = ..., holdout: _Optional[bool] = ...) -> None: ...
 
 class ReassignIndividualRequest(_message.Message):
-    __slots__ = ("from_unified_individual_ids", "to_unified_individual_id")
+    __slots__ = ("from_unified_individual_ids", "to_unified_individual_id", "unmerge")
     FROM_UNIFIED_INDIVIDUAL_IDS_FIELD_NUMBER: _ClassVar[int]
     TO_UNIFIED_INDIVIDUAL_ID_FIELD_NUMBER: _ClassVar[int]
+    UNMERGE_FIELD_NUMBER: _ClassVar[int]
     from_unified_individual_ids: _containers.RepeatedScalarFieldContainer[str]
     to_unified_individual_id: str
-    def __init__(self, from_unified_individual_ids: _Optional[_Iterable[str]] = ..., to_unified_individual_id: _Optional[str] = ...) -> None: ...
+    unmerge: bool
+    def __init__(self, from_unified_individual_ids: _Optional[_Iterable[str]] = ..., to_unified_individual_id: _Optional[str] = ..., unmerge: _Optional[bool] = ...) -> None: ...
 
 class ReassignIndividualResponse(_message.Message):
     __slots__ = ("conflicting_experiment_ids",)

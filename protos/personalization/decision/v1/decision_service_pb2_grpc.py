@@ -346,8 +346,9 @@ class DecisionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReassignIndividual(self, request, context):
-        """Tells the service that individuals merged: the survivor keeps its cohorts, conflicting exposures are flagged.
-        Errors: INVALID_ARGUMENT (no survivor, no merged ids, the survivor among them).
+        """Tells the service that individuals merged: the survivor keeps its cohorts, conflicting exposures are flagged. A
+        merge onto an individual merged away since goes on to its survivor. With unmerge, an individual split back off.
+        Errors: INVALID_ARGUMENT (no survivor, no merged ids, the survivor among them, an unmerge from several).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
