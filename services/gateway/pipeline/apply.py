@@ -242,7 +242,12 @@ class MergePropagation:
             async with limit:
                 await self.merge(sorted(set(merged)), survivor)
 
-        await asyncio.gather(*(merge(s, m) for s, m in merged_into.items() if m))
+        # Every merge ends before this returns or raises (none left running behind a failure), and the first
+        # failure is raised: what failed stays unmarked, so a retry or the next sweep applies it again.
+        results = await asyncio.gather(*(merge(s, m) for s, m in merged_into.items() if m), return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            raise failed
 
     async def sweep(self, min_age_seconds: float = 5.0) -> int:
         """Applies, for the current tenant, every merge or unmerge the identity service has not seen marked

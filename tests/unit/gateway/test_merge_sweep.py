@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from personalization.identity.v1 import identity_service_pb2 as identity_pb
 from services.gateway.pipeline.apply import MergePropagation, merge_runs
 
@@ -78,3 +80,21 @@ async def test_a_sweep_applies_a_crashs_merges_concurrently_and_an_unmerge_only_
     assert sorted(moves[:20]) == sorted((["m" + str(n)], "s" + str(n)) for n in range(20))
     # The unmerge (s3 back to m3) after every merge before it, then m3's merge again.
     assert moves[20:] == [(["s3"], "m3"), (["m3"], "s3")]
+
+
+class Failing(Recorder):
+    """The profile graph refuses one survivor's merge; the others take longer."""
+
+    async def ReassignIndividual(self, request):
+        if request.to_individual_id == "s0":
+            raise RuntimeError("the profile graph is restarting")
+        await super().ReassignIndividual(request)
+
+
+async def test_a_failed_merge_marks_nothing_and_leaves_no_merge_running_behind_it():
+    fake = Failing([_event(n, MERGE, f"s{n}", f"m{n}") for n in range(5)])
+    merges = MergePropagation(fake, fake, fake, fake)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        await merges.sweep(min_age_seconds=0)
+    assert fake.marked == [] and fake.in_flight == 0
+    assert sorted(r.to_individual_id for _, r in fake.calls) == ["s1", "s2", "s3", "s4"]
