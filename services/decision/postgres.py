@@ -424,10 +424,14 @@ class PostgresRepository:
         """Credits the bandit trials the new outcomes reward: per trial once for its first click and purchase, and
         its revenue; each offer's counters grow by the same amounts, in place."""
         ids = sorted({o.unified_individual_id for o in outcomes})
+        # Every alias of the outcomes' survivors: an outcome recorded for an individual merged away since (the
+        # pipeline identified it before the merge) rewards the survivor's trials and those of its other aliases.
         aliases = await conn.fetch(
-            "SELECT alias_id, survivor_id FROM individual_aliases WHERE tenant_id = $1 AND survivor_id = ANY($2::text[])",
-            tenant, ids)
+            "SELECT alias_id, survivor_id FROM individual_aliases WHERE tenant_id = $1 AND survivor_id IN ("
+            "SELECT coalesce(a.survivor_id, u.id) FROM unnest($2::text[]) AS u(id) LEFT JOIN individual_aliases AS a "
+            "ON a.tenant_id = $1 AND a.alias_id = u.id)", tenant, ids)
         survivors = {r["alias_id"]: r["survivor_id"] for r in aliases}
+        ids = sorted({*ids, *survivors, *survivors.values()})
         times = [o.time for o in outcomes]
         served = await conn.fetch(
             "SELECT l.personalization_id, l.unified_individual_id, l.point_name, l.log_time, "
@@ -435,7 +439,7 @@ class PostgresRepository:
             "LEFT JOIN points p ON p.tenant_id = l.tenant_id AND p.name = l.point_name "
             "WHERE l.tenant_id = $1 AND l.bandit_segment IS NOT NULL AND (l.personalization_id = ANY($2::text[]) "
             "OR (l.unified_individual_id = ANY($3::text[]) AND l.log_time >= $4 AND l.log_time <= $5))",
-            tenant, [o.personalization_id for o in outcomes if o.personalization_id], ids + sorted(survivors),
+            tenant, [o.personalization_id for o in outcomes if o.personalization_id], ids,
             min(times) - bandit.MAX_WINDOW, max(times))
         credits = bandit.plan_credits(outcomes, [
             bandit.Served(r["personalization_id"], r["unified_individual_id"], r["point_name"], r["log_time"],

@@ -144,6 +144,24 @@ async def test_purchases_credit_the_last_trial_within_the_window_and_merged_iden
     assert first.decision.decision_id in counters
 
 
+async def test_a_purchase_recorded_late_for_a_merged_away_individual_credits_the_survivors_trial(
+        server, tenant, db):
+    await setup(server, tenant, reward=pb.BANDIT_REWARD_CONVERSION,
+                attribution_window=duration_pb2.Duration(seconds=3600))
+    md = tenant_md(tenant)
+    await server.ReassignIndividual(pb.ReassignIndividualRequest(from_unified_individual_ids=["device"],
+                                                                 to_unified_individual_id="customer"), metadata=md)
+    served = await serve(server, tenant, "customer", "p1", T0)
+    # The purchase was identified before the merge (as "device") and recorded after the trial.
+    await server.RecordOutcomes(pb.RecordOutcomesRequest(outcomes=[pb.Outcome(
+        outcome_id="b1", unified_individual_id="device", type=pb.OUTCOME_TYPE_PURCHASE,
+        time=ts(T0 + timedelta(minutes=5)), revenue=10.0)]), metadata=md)
+    row = await db.fetchrow("SELECT bandit_conversions, bandit_revenue FROM decision_log "
+                            "WHERE tenant_id = $1 AND personalization_id = 'p1'", tenant)
+    assert tuple(row) == (1, 10.0)
+    assert (await arms(db, tenant))[served.decision.decision_id][3] == 1
+
+
 async def test_concurrent_trials_and_outcomes_lose_no_update(server, tenant, db):
     ids = await setup(server, tenant)
     md = tenant_md(tenant)
