@@ -7,7 +7,7 @@ import contextlib
 import contextvars
 import errno
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -176,10 +176,33 @@ _OUTAGE_ERRORS = (
 _OUTAGE_ERRNOS = {errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN, errno.EHOSTDOWN}
 
 
+# A transaction PostgreSQL rolled back whole for a concurrent one: nothing of it stayed, running it again may succeed.
+CONTENTION_ERRORS = (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)
+
+
 def is_contention(error: BaseException) -> bool:
-    """True when error is a transaction PostgreSQL rolled back whole for a concurrent one (a deadlock, a
-    serialization failure): nothing of it stayed, and running it again may succeed."""
-    return isinstance(error, (asyncpg.DeadlockDetectedError, asyncpg.SerializationError))
+    """True when error is one of CONTENTION_ERRORS (a deadlock, a serialization failure)."""
+    return isinstance(error, CONTENTION_ERRORS)
+
+
+async def lock_following_redirects(ids: Sequence[str], lock: Callable[[list[str]], Awaitable[object]],
+                                   redirects_of: Callable[[Sequence[str]], Awaitable[dict[str, str]]]
+                                   ) -> dict[str, str]:
+    """For a service that keeps merged-id -> survivor redirects: locks the ids (lock takes them sorted), then the
+    survivors their redirects name; returns {merged id: survivor} for the ids merged away.
+
+    A survivor may itself be merged away by another transaction while this one waits for its lock (a redirect read
+    before then names it still): the redirects are read again once their survivors are locked, until every survivor
+    named is locked. Then they cannot change, as long as moving a redirect takes its survivor's lock."""
+    locked = set(ids)
+    await lock(sorted(locked))
+    while True:
+        redirects = await redirects_of(ids)
+        unlocked = set(redirects.values()) - locked
+        if not unlocked:
+            return redirects
+        await lock(sorted(unlocked))
+        locked |= unlocked
 
 
 def is_database_outage(error: BaseException) -> bool:

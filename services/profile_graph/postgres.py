@@ -28,6 +28,7 @@ from services.profile_graph.domain import (
 from services.profile_graph.postgres_feed import EventFeed
 from services.profile_graph.postgres_sql import _CONFIG, _DECAY3, _DECAY4, TENANT_LOCK_KEY, _config, _from_us, _insight
 from services.profile_graph.postgres_unit import PostgresUnit
+from shared.db import CONTENTION_ERRORS
 
 # The membership feed's horizon of one tenant: every transaction that may still add rows below it has finished.
 # Rows are written only by transactions that took the tenant's advisory lock (lock_definitions) before writing
@@ -66,7 +67,7 @@ class PostgresStore:
                 unit = PostgresUnit(conn, tenant)
                 yield unit
                 await unit.notify_changes()
-        except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as error:
+        except CONTENTION_ERRORS as error:
             raise Contention(str(error)) from error
 
     def watch(self, tenant: str, individual_id: str):

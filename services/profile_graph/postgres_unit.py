@@ -45,6 +45,7 @@ from services.profile_graph.postgres_sql import (
     affinity_document,
     recon_document,
 )
+from shared.db import lock_following_redirects
 
 
 def _affected(status: str) -> int:
@@ -96,23 +97,15 @@ class PostgresUnit:
 
     async def lock_individuals(self, ids: Sequence[str]) -> dict[str, str]:
         """Locks the individuals for this transaction (in id order, so concurrent writers never deadlock on them),
-        then the survivors of those merged away; returns {merged id: survivor} for the ids that were merged.
-
-        A survivor may itself be merged away by another transaction while this one waits for its lock (a redirect
-        read before then names it still): the redirects are read again once their survivors are locked, until
-        every survivor named is locked. Then they cannot change: moving a redirect takes its survivor's lock."""
-        locked = set(ids)
-        await self._lock(sorted(locked))
-        while True:
+        then the survivors of those merged away, until stable (shared.db.lock_following_redirects); returns
+        {merged id: survivor} for the ids that were merged."""
+        async def redirects_of(wanted: Sequence[str]) -> dict[str, str]:
             rows = await self.conn.fetch(
                 "SELECT individual_id, survivor_id FROM merged_individuals WHERE tenant_id = $1 "
-                "AND individual_id = ANY($2::text[])", self.tenant, list(ids))
-            redirects = {r["individual_id"]: r["survivor_id"] for r in rows}
-            unlocked = set(redirects.values()) - locked
-            if not unlocked:
-                return redirects
-            await self._lock(sorted(unlocked))
-            locked |= unlocked
+                "AND individual_id = ANY($2::text[])", self.tenant, list(wanted))
+            return {r["individual_id"]: r["survivor_id"] for r in rows}
+
+        return await lock_following_redirects(ids, self._lock, redirects_of)
 
     async def _lock(self, ids: list[str]) -> None:
         if ids:

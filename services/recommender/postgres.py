@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import Sequence
 
 import asyncpg
 import numpy as np
@@ -26,6 +27,7 @@ from services.recommender.domain import (
     Scored,
 )
 from services.recommender.evaluation import Events
+from shared.db import lock_following_redirects
 
 # One statement: insert the interactions not seen before, then fold only those (RETURNING) into the item statistics
 # and the individuals' purchases. Rows are taken in key order so concurrent batches lock statistics rows in the same
@@ -134,21 +136,20 @@ _UNREDIRECT = "DELETE FROM merged_individuals WHERE tenant_id = $1 AND individua
 
 async def lock_individuals(connection: asyncpg.Connection, tenant: str, ids: list[str], *,
                            exclusive: bool) -> dict[str, str]:
-    """Locks the individuals for the connection's transaction, then the survivors of those merged away; returns
-    {merged id: survivor} for the ids that were merged. A redirect changes only under a lock on its individual or
-    on its survivor (a merge of that survivor), so once both are held it stays as read until the transaction ends;
-    a survivor found unlocked is locked and the redirects read again."""
+    """Locks the individuals for the connection's transaction, then the survivors of those merged away, until
+    stable (shared.db.lock_following_redirects: a redirect changes only under a lock on its individual or on its
+    survivor); returns {merged id: survivor} for the ids that were merged."""
     sql = _LOCK.format(function="pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared",
                        mask=LOCK_BUCKETS - 1)
-    locked = set(ids)
-    await connection.execute(sql, tenant, sorted(locked))
-    while True:
-        redirects = {r["individual_id"]: r["survivor_id"] for r in await connection.fetch(_REDIRECTS, tenant, ids)}
-        survivors = set(redirects.values()) - locked
-        if not survivors:
-            return redirects
-        locked |= survivors
-        await connection.execute(sql, tenant, sorted(survivors))
+
+    async def lock(wanted: list[str]) -> None:
+        await connection.execute(sql, tenant, wanted)
+
+    async def redirects_of(wanted: Sequence[str]) -> dict[str, str]:
+        rows = await connection.fetch(_REDIRECTS, tenant, list(wanted))
+        return {r["individual_id"]: r["survivor_id"] for r in rows}
+
+    return await lock_following_redirects(ids, lock, redirects_of)
 
 
 # All-time rankings read the running totals (top-down on their indexes); windows and trending read interactions.
