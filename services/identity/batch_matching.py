@@ -26,70 +26,88 @@ def _expand(lo: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 def batch_matches(ruleset: Ruleset, records: Sequence[Record], blocks: Sequence[Sequence[tuple[int, str]]],
                   stored: Sequence[Record], stored_blocks: Sequence[Collection[str]]
                   ) -> list[list[tuple[int, int, Rule]]]:
-    """Per subject of the batch, the records it matches as (STORED or BATCH, index, rule), each record once (by the
-    first rule that matched it), in the order resolving the subjects one by one meets them: by the subject's block
-    keys in order, each key's stored records (in their order) before the batch's earlier subjects (in batch order).
-    The caller skips earlier subjects that added no record.
+    """Every subject's matches at once (BatchMatcher.matches over the whole batch)."""
+    return BatchMatcher(ruleset, records, blocks, stored, stored_blocks).matches(0, len(records))
 
-    A rule with exact criteria blocks on exactly their values, so records sharing one of its keys agree on them:
-    only its fuzzy criteria are compared. A fuzzy-only rule blocks on prefixes: all its criteria are compared."""
-    out: list[list[tuple[int, int, Rule]]] = [[] for _ in records]
-    key_id: dict[str, int] = {}
-    s_key, s_sub, s_pos, s_rule = [], [], [], []
-    for i, keys in enumerate(blocks):
-        for n, (index, key) in enumerate(keys):
-            s_key.append(key_id.setdefault(key, len(key_id)))
-            s_sub.append(i)
-            s_pos.append(n)
-            s_rule.append(index)
-    if not s_key:
+
+class BatchMatcher:
+    """The rule matches of a batch's subjects, a run of subjects at a time (the plan is made and written in parts).
+
+    The block keys of every subject and stored record are indexed once; matches(start, end) compares only the pairs
+    of subjects start..end-1, with the stored records and with every earlier subject of the batch."""
+
+    def __init__(self, ruleset: Ruleset, records: Sequence[Record], blocks: Sequence[Sequence[tuple[int, str]]],
+                 stored: Sequence[Record], stored_blocks: Sequence[Collection[str]]):
+        self.ruleset, self.records, self.stored = ruleset, records, stored
+        key_id: dict[str, int] = {}
+        s_key, s_sub, s_pos, s_rule = [], [], [], []
+        for i, keys in enumerate(blocks):
+            for n, (index, key) in enumerate(keys):
+                s_key.append(key_id.setdefault(key, len(key_id)))
+                s_sub.append(i)
+                s_pos.append(n)
+                s_rule.append(index)
+        c_key, c_ref = [], []
+        for c, stored_keys in enumerate(stored_blocks):
+            for stored_key in stored_keys:
+                k = key_id.get(stored_key)
+                if k is not None:
+                    c_key.append(k)
+                    c_ref.append(c)
+        self.sk, self.si, self.sp, self.sr = (np.array(x, dtype=np.int64) for x in (s_key, s_sub, s_pos, s_rule))
+        # Stored records sharing each key, in the stored order; the distinct (key, subject) codes, sorted (a key of
+        # several rules is one code per subject).
+        ck, cr = np.array(c_key, dtype=np.int64), np.array(c_ref, dtype=np.int64)
+        order = np.lexsort((cr, ck))
+        self.ck, self.cr = ck[order], cr[order]
+        self.codes = np.unique(self.sk * len(records) + self.si)
+
+    def matches(self, start: int, end: int) -> list[list[tuple[int, int, Rule]]]:
+        """Per subject start..end-1, the records it matches as (STORED or BATCH, index, rule), each record once (by
+        the first rule that matched it), in the order resolving the subjects one by one meets them: by the subject's
+        block keys in order, each key's stored records (in their order) before the batch's earlier subjects (in batch
+        order). The caller skips earlier subjects that added no record.
+
+        A rule with exact criteria blocks on exactly their values, so records sharing one of its keys agree on them:
+        only its fuzzy criteria are compared. A fuzzy-only rule blocks on prefixes: all its criteria are compared."""
+        out: list[list[tuple[int, int, Rule]]] = [[] for _ in range(start, end)]
+        chosen = np.flatnonzero((self.si >= start) & (self.si < end))
+        if not len(chosen):
+            return out
+        sk, si, sp, sr = self.sk[chosen], self.si[chosen], self.sp[chosen], self.sr[chosen]
+        ck, cr = self.ck, self.cr
+        lo = np.searchsorted(ck, sk, "left")
+        rows, at = _expand(lo, np.searchsorted(ck, sk, "right") - lo)
+        stored_pairs = (si[rows], sp[rows], sr[rows], np.full(len(rows), STORED), cr[at])
+        # Earlier subjects sharing each key: each row's run of its key's codes before its own.
+        n, codes = len(self.records), self.codes
+        lo = np.searchsorted(codes, sk * n, "left")
+        rows, at = _expand(lo, np.searchsorted(codes, sk * n + si, "left") - lo)
+        batch_pairs = (si[rows], sp[rows], sr[rows], np.full(len(rows), BATCH), codes[at] % n)
+        sub, pos, rule_of, source, ref = (np.concatenate(x) for x in zip(stored_pairs, batch_pairs))
+        if not len(sub):
+            return out
+        # Only a subject's first match with a record counts (a later one finds the record's survivor already found),
+        # and a subject's keys come in rule order: a pair an earlier rule matched is not compared by the later ones.
+        width = max(len(self.stored), n) + 1
+        pair = (sub * 2 + source) * width + ref
+        held = np.zeros(len(sub), dtype=bool)
+        matched = np.empty(0, dtype=np.int64)
+        rules = self.ruleset.rules
+        for index, rule in enumerate(rules):
+            which = np.flatnonzero(rule_of == index)
+            if len(which) and len(matched):
+                which = which[~np.isin(pair[which], matched)]
+            if len(which):
+                held[which] = _holds(rule, self.records, self.stored, sub[which], source[which], ref[which])
+                matched = np.union1d(matched, pair[which[held[which]]])
+        keep = np.flatnonzero(held)
+        keep = keep[np.lexsort((ref[keep], source[keep], pos[keep], sub[keep]))]
+        _, first = np.unique(pair[keep], return_index=True)
+        keep = keep[np.sort(first)]
+        for i, src, j, r in zip(sub[keep].tolist(), source[keep].tolist(), ref[keep].tolist(), rule_of[keep].tolist()):
+            out[i - start].append((src, j, rules[r]))
         return out
-    c_key, c_ref = [], []
-    for c, stored_keys in enumerate(stored_blocks):
-        for stored_key in stored_keys:
-            k = key_id.get(stored_key)
-            if k is not None:
-                c_key.append(k)
-                c_ref.append(c)
-    sk, si, sp, sr = (np.array(x, dtype=np.int64) for x in (s_key, s_sub, s_pos, s_rule))
-    # Stored records sharing each key of each subject, in the stored order.
-    ck, cr = np.array(c_key, dtype=np.int64), np.array(c_ref, dtype=np.int64)
-    order = np.lexsort((cr, ck))
-    ck, cr = ck[order], cr[order]
-    lo = np.searchsorted(ck, sk, "left")
-    rows, at = _expand(lo, np.searchsorted(ck, sk, "right") - lo)
-    stored_pairs = (si[rows], sp[rows], sr[rows], np.full(len(rows), STORED), cr[at])
-    # Earlier subjects sharing each key: the distinct (key, subject) codes sorted, each row's run of its key's codes
-    # before its own (a key of several rules is one code per subject).
-    n = len(records)
-    codes = np.unique(sk * n + si)
-    lo = np.searchsorted(codes, sk * n, "left")
-    rows, at = _expand(lo, np.searchsorted(codes, sk * n + si, "left") - lo)
-    batch_pairs = (si[rows], sp[rows], sr[rows], np.full(len(rows), BATCH), codes[at] % n)
-    sub, pos, rule_of, source, ref = (np.concatenate(x) for x in zip(stored_pairs, batch_pairs))
-    if not len(sub):
-        return out
-    # Only a subject's first match with a record counts (a later one finds the record's survivor already found), and
-    # a subject's keys come in rule order: a pair an earlier rule matched is not compared by the later ones.
-    width = max(len(stored), len(records)) + 1
-    pair = (sub * 2 + source) * width + ref
-    held = np.zeros(len(sub), dtype=bool)
-    matched = np.empty(0, dtype=np.int64)
-    rules = ruleset.rules
-    for index, rule in enumerate(rules):
-        which = np.flatnonzero(rule_of == index)
-        if len(which) and len(matched):
-            which = which[~np.isin(pair[which], matched)]
-        if len(which):
-            held[which] = _holds(rule, records, stored, sub[which], source[which], ref[which])
-            matched = np.union1d(matched, pair[which[held[which]]])
-    keep = np.flatnonzero(held)
-    keep = keep[np.lexsort((ref[keep], source[keep], pos[keep], sub[keep]))]
-    _, first = np.unique(pair[keep], return_index=True)
-    keep = keep[np.sort(first)]
-    for i, src, j, r in zip(sub[keep].tolist(), source[keep].tolist(), ref[keep].tolist(), rule_of[keep].tolist()):
-        out[i].append((src, j, rules[r]))
-    return out
 
 
 def _holds(rule: Rule, records: Sequence[Record], stored: Sequence[Record], sub: np.ndarray, source: np.ndarray,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -41,8 +41,9 @@ class MergeEventView:
     model_version: int = 0
 
 
-# Builds the plan from a fresh snapshot and the database's current time.
-Planner = Callable[[Snapshot, datetime], Plan]
+# Builds the plan from a fresh snapshot and the database's current time, in parts to apply in order as they come
+# (resolution.plan_parts); the last part carries the resolutions.
+Planner = Callable[[Snapshot, datetime], Iterator[Plan]]
 # The records any plan from that snapshot stores (resolution.stored_whatever_matches), known before planning.
 EarlyRecords = Callable[[Snapshot], list[NewRecord]]
 
@@ -77,8 +78,8 @@ class Repository(Protocol):
 
     async def resolve(self, tenant: str, query: SnapshotQuery, planner: Planner, early: EarlyRecords | None = None
                       ) -> Plan:
-        """Locks the keys, reads the full snapshot, plans with planner and applies the plan atomically (the rows of
-        early's records may be written while planning)."""
+        """Locks the keys, reads the full snapshot, plans with planner and applies its parts atomically (the rows of
+        early's records, and each part, may be written while the next part is planned); returns the last part (every resolution)."""
         ...
 
     async def get_individual(self, tenant: str, individual_id: str) -> IndividualView | None:

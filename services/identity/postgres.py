@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import json
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -122,8 +122,10 @@ WHERE NOT EXISTS (SELECT 1 FROM cut)
 
 # Records sharing a block key with the batch (at most $3 per key), with their survivors; by key, as above. Their
 # content is read apart (_CONTENTS), only for records this process has not decoded yet.
+# The records under the batch's block keys and their current owners (each record's keys among the batch's); the
+# owners' creation times and counts come from their row locks (_LOCK_OWNERS), read once per individual.
 _CANDIDATES = """
-SELECT h.record_id, n.individual_id, n.created_at, n.record_count, h.keys
+SELECT h.record_id, r.individual_id, h.keys
 FROM (
     SELECT rb.record_id, array_agg(b.k) AS keys
     FROM unnest($2::text[]) AS b(k)
@@ -134,7 +136,7 @@ FROM (
 ) AS h
 CROSS JOIN LATERAL (
     SELECT r.individual_id FROM source_records AS r WHERE r.tenant_id = $1 AND r.record_id = h.record_id LIMIT 1
-) AS r""" + _INDIVIDUAL.format(of="r", alias="n") + """
+) AS r
 """
 
 _CONTENTS = """
@@ -155,10 +157,10 @@ SELECT clock_timestamp() FROM (
 ) AS locked
 """
 
-# Row locks on the involved survivors, in id order, with the survivors each was split from by an unmerge
-# (by key, as above: the survivor and its aliases, their separations).
+# Row locks on the involved survivors, in id order, with their creation times and counts as they are now, and the
+# survivors each was split from by an unmerge (by key, as above: the survivor and its aliases, their separations).
 _LOCK_OWNERS = """
-SELECT n.individual_id, n.merged_into,
+SELECT n.individual_id, n.merged_into, n.created_at, n.record_count,
     ARRAY(SELECT coalesce(o.merged_into, o.individual_id)
           FROM (SELECT n.individual_id AS id
                 UNION ALL
@@ -187,7 +189,8 @@ WITH new_individuals AS (
     INSERT INTO individuals (tenant_id, individual_id, created_at, merged_into, record_count)
     SELECT $1, u.id, $2, u.merged_into, u.c FROM unnest($3::text[], $4::text[], $5::bigint[]) AS u(id, merged_into, c)
 ), redirected AS (
-    UPDATE individuals AS n SET merged_into = r.survivor
+    -- its records and count move to the survivor (as a re-run leaves a merged individual)
+    UPDATE individuals AS n SET merged_into = r.survivor, record_count = 0
     FROM unnest($6::text[], $7::text[]) AS r(merged, survivor)
     WHERE n.tenant_id = $1 AND n.individual_id = r.merged AND n.individual_id = ANY($6::text[])
       AND cardinality($6::text[]) > 0
@@ -209,12 +212,13 @@ WITH new_individuals AS (
       AND cardinality($6::text[]) > 0
 ), new_identities AS (
     INSERT INTO identities (tenant_id, id_type, id_value, individual_id, first_seen_at, origin_individual_id)
-    SELECT $1, u.t, u.v, u.owner, $2, u.owner FROM unnest($8::text[], $9::text[], $10::text[]) AS u(t, v, owner)
+    SELECT $1, u.t, u.v, u.owner, $2, u.origin
+    FROM unnest($8::text[], $9::text[], $10::text[], $29::text[]) AS u(t, v, owner, origin)
 ), new_records AS (
     INSERT INTO source_records (tenant_id, record_id, individual_id, origin_individual_id, identities, attributes,
                                 created_at)
-    SELECT $1, u.id, u.owner, u.owner, u.i::jsonb, u.a::jsonb, $2
-    FROM unnest($17::text[], $18::text[], $19::text[], $20::text[]) AS u(id, owner, i, a)
+    SELECT $1, u.id, u.owner, u.origin, u.i::jsonb, u.a::jsonb, $2
+    FROM unnest($17::text[], $18::text[], $30::text[], $19::text[], $20::text[]) AS u(id, owner, origin, i, a)
     ON CONFLICT DO NOTHING
 ), new_blocks AS (
     -- no ON CONFLICT (it doubles the cost of these rows): the records are new under the locks of their keys, and
@@ -334,34 +338,26 @@ class PostgresRepository:
                     if query.blocks and self.pool.get_idle_size() > 0:
                         spare = await stack.enter_async_context(self.pool.acquire())
                     now = await conn.fetchval(_LOCK, locks)
+                    found: list[tuple[str, str, Record, list[str]]] = []
                     if spare is not None:
-                        snap, candidates = await _both(
+                        snap, found = await _both(
                             _snapshot(conn, tenant, query), self._candidates(spare, tenant, query.blocks))
-                        snap.candidates = candidates
                         await stack.aclose()  # the spare goes back at once
                     else:
                         snap = await _snapshot(conn, tenant, query)
                         if query.blocks:
-                            snap.candidates = await self._candidates(conn, tenant, query.blocks)
-                    ids = sorted(snap.individuals())
-                    if ids:
-                        rows = await conn.fetch(_LOCK_OWNERS, tenant, ids)
-                        if len(rows) != len(ids) or any(r["merged_into"] is not None for r in rows):
-                            raise _Stale()
-                        snap.separated = {frozenset((r["individual_id"], o)) for r in rows for o in r["separated"]
-                                          if o != r["individual_id"]}
+                            found = await self._candidates(conn, tenant, query.blocks)
+                    await _lock_owners(conn, tenant, snap, found)
                     first = early(snap) if early is not None else []
                     if sum(len(r.blocks) + len(r.shared) for r in first) < EARLY_ROWS:
                         first = []
-                        plan = planner(snap, now)
-                    else:
-                        plan = await _while(_write_early(conn, tenant, first), planner, snap, now)
                     written = {r.record_id for r in first}
-                    if not written <= {r.record_id for r in plan.new_records}:
+                    plan, stored = await _write_parts(
+                        conn, tenant, now, planner(snap, now), _write_early(conn, tenant, first) if first else None,
+                        written)
+                    if not written <= {r.record_id for r in stored}:
                         raise RuntimeError("the plan left out records written before it")  # (rolled back)
-                    if plan.writes:
-                        await _apply(conn, tenant, now, plan, written)
-                    for new in plan.new_records:  # the candidates of later batches
+                    for new in stored:  # the candidates of later batches
                         self._remember((tenant, new.record_id), new.record)
                     return plan
             except (_Stale, asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as error:
@@ -371,9 +367,11 @@ class PostgresRepository:
             "identity resolution kept conflicting with concurrent merges; retry", reason="RESOLVE_CONFLICT"
         )
 
-    async def _candidates(self, conn: asyncpg.Connection, tenant: str, blocks: list[str]) -> list[StoredRecord]:
-        """The stored records sharing a block key, their contents from the process's cache or else read."""
-        # Columns by position: record_id, individual_id, created_at, record_count, keys (thousands of rows a batch).
+    async def _candidates(self, conn: asyncpg.Connection, tenant: str, blocks: list[str]
+                          ) -> list[tuple[str, str, Record, list[str]]]:
+        """(record id, owner id, record, keys) of the stored records sharing a block key, their contents from the
+        process's cache or else read."""
+        # Columns by position: record_id, individual_id, keys (thousands of rows a batch).
         rows = await conn.fetch(_CANDIDATES, tenant, blocks, self.max_block)
         cache = self._records
         found = {r[0]: cache.get((tenant, r[0])) for r in rows}
@@ -381,17 +379,8 @@ class PostgresRepository:
         if missing:
             for r in await conn.fetch(_CONTENTS, tenant, missing):
                 found[r[0]] = self._remember((tenant, r[0]), _record(r[1], r[2]))
-        owners: dict[str, Owner] = {}  # one per individual: many candidates share one
-        out = []
-        for r in rows:
-            record = found[r[0]]
-            if record is None:  # gone since the first read (erased): not a candidate
-                continue
-            owner = owners.get(r[1])
-            if owner is None:
-                owner = owners[r[1]] = Owner(r[1], r[2], r[3])
-            out.append(StoredRecord(r[0], owner, record, r[4]))
-        return out
+        # A record gone since the first read (erased) is not a candidate.
+        return [(r[0], r[1], record, r[2]) for r in rows if (record := found[r[0]]) is not None]
 
     async def get_individual(self, tenant: str, individual_id: str) -> IndividualView | None:
         async with self.pool.acquire() as conn:
@@ -676,6 +665,24 @@ async def _snapshot(conn: asyncpg.Connection, tenant: str, query: SnapshotQuery)
     return snap
 
 
+async def _lock_owners(conn: asyncpg.Connection, tenant: str, snap: Snapshot,
+                       found: list[tuple[str, str, Record, list[str]]]) -> None:
+    """Locks the rows of every individual the snapshot and the candidates name, fills in the candidates, takes the
+    owners' creation times and counts as locked (a concurrent call may have counted records since the snapshot) and
+    the separations; raises _Stale when one of them was merged away meanwhile."""
+    ids = sorted(snap.individuals().keys() | {f[1] for f in found})
+    if not ids:
+        return
+    rows = await conn.fetch(_LOCK_OWNERS, tenant, ids)
+    if len(rows) != len(ids) or any(r[1] is not None for r in rows):
+        raise _Stale()
+    owners = {r[0]: Owner(r[0], r[2], r[3]) for r in rows}
+    snap.owners = {key: owners[o.individual_id] for key, o in snap.owners.items()}
+    snap.known_records = {record_id: owners[o.individual_id] for record_id, o in snap.known_records.items()}
+    snap.candidates = [StoredRecord(record_id, owners[owner], record, keys) for record_id, owner, record, keys in found]
+    snap.separated = {frozenset((r[0], o)) for r in rows for o in r[4] if o != r[0]}
+
+
 async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
     """Both results; if either fails or the caller is cancelled, the other is cancelled and awaited too (a
     connection is never released with a statement running)."""
@@ -692,19 +699,34 @@ async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
         await asyncio.gather(one, two, return_exceptions=True)
 
 
-async def _while(write: Awaitable[Any], work: Callable[..., A], *args: Any) -> A:
-    """work(*args) run while the write goes on, the write sent first; then the write awaited. If work fails or the caller
-    is cancelled, the write is cancelled and awaited too (a connection is never left with a statement running)."""
-    task = asyncio.ensure_future(write)
+async def _write_parts(conn: asyncpg.Connection, tenant: str, now: datetime, parts: Iterator[Plan],
+                       early: Awaitable[Any] | None, written: set[str]) -> tuple[Plan, list[NewRecord]]:
+    """Applies a plan's parts in order, each sent before the next one is planned (and the early rows before the
+    first): PostgreSQL writes while this process plans. Returns the last part and every record stored. If planning
+    fails or the caller is cancelled, the statement in flight is cancelled and awaited (a connection is never left
+    with a statement running)."""
+    task = asyncio.ensure_future(early) if early is not None else None
+    last, records = Plan([]), list[NewRecord]()
     try:
-        await asyncio.sleep(0)  # the task sends its statement (a prepared one at once), then waits for the answer
-        result = work(*args)
-        await task
-        return result
+        if task is not None:
+            await asyncio.sleep(0)  # the task sends its statement (a prepared one at once), then waits for the answer
+        for part in parts:  # planned while the statement in flight runs
+            if task is not None:
+                await task
+                task = None
+            records += part.new_records
+            if part.writes:
+                task = asyncio.ensure_future(_apply(conn, tenant, now, part, written))
+                await asyncio.sleep(0)
+            last = part
+        if task is not None:
+            await task
+        return last, records
     finally:
-        if not task.done():
-            task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        if task is not None:
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def _write_early(conn: asyncpg.Connection, tenant: str, records: list[NewRecord]) -> None:
@@ -757,9 +779,9 @@ async def _apply(conn: asyncpg.Connection, tenant: str, now, plan: Plan, written
         [n.record_count for n in plan.new_individuals],
         list(plan.redirects),
         list(plan.redirects.values()),
-        [key[0] for key, _ in plan.new_identities],
-        [key[1] for key, _ in plan.new_identities],
-        [owner for _, owner in plan.new_identities],
+        [key[0] for key, _, _ in plan.new_identities],
+        [key[1] for key, _, _ in plan.new_identities],
+        [owner for _, owner, _ in plan.new_identities],
         [m.survivor_id for m in plan.merges],
         [m.merged_id for m in plan.merges],
         [m.rule for m in plan.merges],
@@ -777,4 +799,6 @@ async def _apply(conn: asyncpg.Connection, tenant: str, now, plan: Plan, written
         list(plan.counts),
         list(plan.counts.values()),
         [m.model_version for m in plan.merges],
+        [origin for _, _, origin in plan.new_identities],
+        [r.origin for r in records],
     )

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
 from services.identity import matching
-from services.identity.batch_matching import STORED, batch_matches
+from services.identity.batch_matching import STORED, BatchMatcher
 from services.identity.matching import Record, Ruleset
 from services.identity.model import (
     DEFAULT_MAX_CLUSTER,
@@ -90,6 +90,7 @@ class NewRecord(NamedTuple):
     record: Record
     shared: tuple[Key, ...]
     blocks: tuple[str, ...]
+    origin: str = ""  # the survivor the subject resolved to when it was met (later merges of the call aside)
 
 
 @dataclass
@@ -98,12 +99,14 @@ class Plan:
 
     resolutions: list[Resolution]
     new_individuals: list[NewIndividual] = field(default_factory=list)
-    new_identities: list[tuple[Key, str]] = field(default_factory=list)
-    # Individuals that existed before this call and are merged: id -> final survivor.
+    # (identity, its survivor, the survivor it was first seen with) of identities nobody held.
+    new_identities: list[tuple[Key, str, str]] = field(default_factory=list)
+    # Individuals stored before (by the call's earlier parts too) and merged now: id -> survivor (their count
+    # becomes 0).
     redirects: dict[str, str] = field(default_factory=dict)
     merges: list[MergeRecord] = field(default_factory=list)
     new_records: list[NewRecord] = field(default_factory=list)
-    # Final source-record counts of pre-existing survivors that changed.
+    # Source-record counts of survivors stored before (by the call's earlier parts too) that changed.
     counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -111,6 +114,10 @@ class Plan:
         """True when applying the plan changes anything."""
         return bool(self.new_individuals or self.new_identities or self.redirects or self.merges
                     or self.new_records or self.counts)
+
+
+# Subjects planned per part of a write: each part is sent to PostgreSQL while the next one is planned.
+PART = 500
 
 
 def plan_resolution(
@@ -123,18 +130,38 @@ def plan_resolution(
     new_id: Callable[[], str] = new_individual_id,
     max_cluster: int = DEFAULT_MAX_CLUSTER,
 ) -> Plan:
-    """Resolves subjects in order against the snapshot (rules only; nothing is stored here).
+    """The whole plan in one part (plan_parts)."""
+    return next(plan_parts(subjects, snap, now, ruleset, lookup_only=lookup_only, new_id=new_id,
+                           max_cluster=max_cluster, part=max(1, len(subjects))))
+
+
+def plan_parts(
+    subjects: list[SubjectIn],
+    snap: Snapshot,
+    now: datetime,
+    ruleset: Ruleset,
+    *,
+    lookup_only: bool,
+    new_id: Callable[[], str] = new_individual_id,
+    max_cluster: int = DEFAULT_MAX_CLUSTER,
+    part: int = 0,
+) -> Iterator[Plan]:
+    """Resolves subjects in order against the snapshot (rules only; nothing is stored here), yielding the writes of
+    each run of `part` subjects (PART by default) as a Plan as soon as that run is planned; the last part also carries every subject's
+    resolution. Applied in order, the parts leave what one plan of the whole call would (ids, rows, merge events).
 
     Candidates are the owners of the subject's unique identities and the individuals of stored (or earlier
     in-batch) records that share a block key and satisfy a rule. The oldest (created_at, then id) survives;
     the others merge into it unless the merge would exceed max_cluster source records or undo an unmerge
     (then it is refused and recorded). Every resolution names the final survivor of the whole call.
     """
+    part = part or PART
     owner_of = {key: o.individual_id for key, o in snap.owners.items()}
     model_of = {r.name: r.model.version for r in ruleset.rules if r.model is not None}
     info = snap.individuals()
     age = {i: (o.created_at, i) for i, o in info.items()}
     count = {i: o.record_count for i, o in info.items()}
+    stored_count = dict(count)  # the record_count each stored individual has now (written parts included)
     parent: dict[str, str] = {}
     separated: dict[str, set[str]] = {i: set() for i in info}
     for pair in snap.separated:
@@ -151,109 +178,123 @@ def plan_resolution(
     known_records = {rid: o.individual_id for rid, o in snap.known_records.items()}
     record_owner.update(known_records)
 
-    # Every rule match of the batch at once; the loop below keeps those with records stored by then.
-    matches = [] if lookup_only else batch_matches(
+    # Every rule match of the batch, a part at a time; the loop below keeps those with records stored by then.
+    matcher = None if lookup_only else BatchMatcher(
         ruleset, [s.record for s in subjects], [s.blocks for s in subjects],
         [c.record for c in snap.candidates], [c.blocks for c in snap.candidates])
     added: set[int] = set()  # positions of the subjects that stored a record
-    created: list[str] = []
     interim: list[tuple[str, tuple[str, ...]]] = []
-    merges: list[MergeRecord] = []
-    new_records: list[NewRecord] = []
-    for position, subject in enumerate(subjects):
-        found: dict[str, tuple[str, tuple[Key, ...]]] = {}
-        for key in subject.unique:
-            if key in owner_of:
-                survivor = find(owner_of[key])
-                rule, ev = found.get(survivor, (UNIQUE_RULE, ()))
-                found[survivor] = (rule, ev + (key,))
-        if lookup_only:
-            interim.append((min(found, key=lambda i: age[i]), ()) if found else ("", ()))
-            continue
-        known = _already_known(position, subject, record_owner, owner_of, snap, find)
-        if known is not None:
-            interim.append((known, ()))
-            continue
-        for source, ref, matched_rule in matches[position]:
-            if source == STORED:
-                record_id, matched = snap.candidates[ref].record_id, snap.candidates[ref].record
-            elif ref in added:
-                record_id, matched = subjects[ref].record_id, subjects[ref].record
-            else:
+    plan = Plan([])
+    for start in range(0, len(subjects), part):
+        end = min(start + part, len(subjects))
+        matches = [] if matcher is None else matcher.matches(start, end)
+        created: list[str] = []
+        merges: list[MergeRecord] = []
+        new_records: list[NewRecord] = []
+        new_keys: list[tuple[Key, str]] = []
+        merged_now: list[str] = []
+        touched: set[str] = set()
+        for position in range(start, end):
+            subject = subjects[position]
+            found: dict[str, tuple[str, tuple[Key, ...]]] = {}
+            for key in subject.unique:
+                if key in owner_of:
+                    survivor = find(owner_of[key])
+                    rule, ev = found.get(survivor, (UNIQUE_RULE, ()))
+                    found[survivor] = (rule, ev + (key,))
+            if lookup_only:
+                interim.append((min(found, key=lambda i: age[i]), ()) if found else ("", ()))
                 continue
-            survivor = find(record_owner[record_id])
-            if survivor not in found:
-                evidence = matching.evidence(matched_rule, subject.record, matched)
-                found[survivor] = (matched_rule.name, tuple(evidence))
-        if not found:
-            survivor = new_id()
-            age[survivor] = (now, survivor)
-            count[survivor] = 0
-            separated[survivor] = set()
-            created.append(survivor)
-            merged: list[str] = []
-        else:
-            ordered = sorted(found, key=lambda i: age[i])
-            survivor, merged = ordered[0], []
-            total = count[survivor] + 1
-            for other in ordered[1:]:
-                rule, ev = found[other]
-                if rule == UNIQUE_RULE and found[survivor][0] == UNIQUE_RULE:
-                    both = set(ev) | set(found[survivor][1])
-                    ev = tuple(k for k in subject.unique if k in both)
-                elif rule == UNIQUE_RULE:
-                    # The survivor was matched by a rule: that rule is what links the two.
-                    rule, ev = found[survivor][0], found[survivor][1] + ev
-                version = model_of.get(rule, 0)
-                if other in separated.get(survivor, set()):
-                    merges.append(MergeRecord(survivor, other, rule, ev, "REFUSED",
-                                              "the two were split apart by an unmerge", version))
-                elif total + count[other] > max_cluster:
-                    merges.append(MergeRecord(
-                        survivor, other, rule, ev, "REFUSED",
-                        f"the cluster would have {total + count[other]} source records, above the limit of "
-                        f"{max_cluster}", version))
+            known = _already_known(position, subject, record_owner, owner_of, snap, find)
+            if known is not None:
+                interim.append((known, ()))
+                continue
+            for source, ref, matched_rule in matches[position - start]:
+                if source == STORED:
+                    record_id, matched = snap.candidates[ref].record_id, snap.candidates[ref].record
+                elif ref in added:
+                    record_id, matched = subjects[ref].record_id, subjects[ref].record
                 else:
-                    total += count[other]
-                    merged.append(other)
-                    merges.append(MergeRecord(survivor, other, rule, ev, model_version=version))
-                    parent[other] = survivor
-                    count[survivor] += count[other]
-                    separated[survivor] |= separated.get(other, set())
-                    for s in separated.get(other, set()):
-                        separated.setdefault(s, set()).add(survivor)
-        count[survivor] += 1
-        for key in subject.unique:
-            owner_of.setdefault(key, survivor)
-        record_owner[subject.record_id] = survivor
-        added.add(position)
-        new_records.append(_new_record(subject, survivor))
-        interim.append((survivor, tuple(merged)))
-
-    created_set = set(created)
-    resolutions = []
+                    continue
+                survivor = find(record_owner[record_id])
+                if survivor not in found:
+                    evidence = matching.evidence(matched_rule, subject.record, matched)
+                    found[survivor] = (matched_rule.name, tuple(evidence))
+            if not found:
+                survivor = new_id()
+                age[survivor] = (now, survivor)
+                count[survivor] = 0
+                separated[survivor] = set()
+                created.append(survivor)
+                merged: list[str] = []
+            else:
+                ordered = sorted(found, key=lambda i: age[i])
+                survivor, merged = ordered[0], []
+                total = count[survivor] + 1
+                for other in ordered[1:]:
+                    rule, ev = found[other]
+                    if rule == UNIQUE_RULE and found[survivor][0] == UNIQUE_RULE:
+                        both = set(ev) | set(found[survivor][1])
+                        ev = tuple(k for k in subject.unique if k in both)
+                    elif rule == UNIQUE_RULE:
+                        # The survivor was matched by a rule: that rule is what links the two.
+                        rule, ev = found[survivor][0], found[survivor][1] + ev
+                    version = model_of.get(rule, 0)
+                    if other in separated.get(survivor, set()):
+                        merges.append(MergeRecord(survivor, other, rule, ev, "REFUSED",
+                                                  "the two were split apart by an unmerge", version))
+                    elif total + count[other] > max_cluster:
+                        merges.append(MergeRecord(
+                            survivor, other, rule, ev, "REFUSED",
+                            f"the cluster would have {total + count[other]} source records, above the limit of "
+                            f"{max_cluster}", version))
+                    else:
+                        total += count[other]
+                        merged.append(other)
+                        merged_now.append(other)
+                        merges.append(MergeRecord(survivor, other, rule, ev, model_version=version))
+                        parent[other] = survivor
+                        count[survivor] += count[other]
+                        separated[survivor] |= separated.get(other, set())
+                        for s in separated.get(other, set()):
+                            separated.setdefault(s, set()).add(survivor)
+            count[survivor] += 1
+            touched.add(survivor)
+            for key in subject.unique:
+                if key not in owner_of:
+                    owner_of[key] = survivor
+                    new_keys.append((key, survivor))
+            record_owner[subject.record_id] = survivor
+            added.add(position)
+            new_records.append(_new_record(subject, survivor))
+            interim.append((survivor, tuple(merged)))
+        if lookup_only:
+            continue
+        plan = Plan(
+            resolutions=[],
+            new_individuals=[NewIndividual(i, now, find(i) if i in parent else None, 0 if i in parent else count[i])
+                             for i in created],
+            new_identities=[(key, find(origin), origin) for key, origin in new_keys],
+            # Stored individuals merged in this part (earlier parts wrote the merges before it).
+            redirects={i: find(i) for i in merged_now if i in stored_count},
+            merges=merges,
+            new_records=[r._replace(individual_id=find(r.origin)) for r in new_records],
+        )
+        for i in touched:  # (a redirected individual's count becomes 0 with its redirect)
+            if i in stored_count and i not in parent and count[i] != stored_count[i]:
+                plan.counts[i] = stored_count[i] = count[i]
+        stored_count.update((n.individual_id, n.record_count) for n in plan.new_individuals)
+        if end < len(subjects):
+            yield plan
+    created_set = {i for i in stored_count if i not in info}
     for i, merged_ids in interim:
         final_id = find(i) if i else ""
-        resolutions.append(Resolution(final_id, final_id in created_set, merged_ids))
-    if lookup_only:
-        return Plan(resolutions)
-    final = {r.record_id: find(r.individual_id) for r in new_records}
-    survivors = {find(i) for i in count}
-    return Plan(
-        resolutions=resolutions,
-        new_individuals=[
-            NewIndividual(i, now, find(i) if i in parent else None, 0 if i in parent else count[i]) for i in created
-        ],
-        new_identities=[(key, find(owner_of[key])) for key in owner_of if key not in snap.owners],
-        redirects={i: find(i) for i in parent if i in info},
-        merges=merges,
-        new_records=[NewRecord(r.record_id, final[r.record_id], r.record, r.shared, r.blocks) for r in new_records],
-        counts={i: count[i] for i in survivors if i in info and count[i] != info[i].record_count},
-    )
+        plan.resolutions.append(Resolution(final_id, final_id in created_set, merged_ids))
+    yield plan
 
 
 def _new_record(subject: SubjectIn, owner: str) -> NewRecord:
-    return NewRecord(subject.record_id, owner, subject.record, tuple(subject.shared), subject.distinct_blocks)
+    return NewRecord(subject.record_id, owner, subject.record, tuple(subject.shared), subject.distinct_blocks, owner)
 
 
 def stored_whatever_matches(subjects: list[SubjectIn], snap: Snapshot) -> list[NewRecord]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +33,7 @@ from services.identity.resolution import (
     Resolution,
     Snapshot,
     known_resolutions,
+    plan_parts,
     plan_resolution,
     stored_whatever_matches,
 )
@@ -152,9 +153,9 @@ class IdentityService:
             lock_keys=sorted({f"{t}\x1f{v}" for t, v in unique} | {f"b\x1f{k}" for k in block_keys}),
         )
 
-        def planner(snap: Snapshot, now: datetime) -> Plan:
-            return plan_resolution(subs, snap, now, config.ruleset, lookup_only=False, new_id=self.new_id,
-                                   max_cluster=self.settings.max_cluster)
+        def planner(snap: Snapshot, now: datetime) -> Iterator[Plan]:
+            return plan_parts(subs, snap, now, config.ruleset, lookup_only=False, new_id=self.new_id,
+                              max_cluster=self.settings.max_cluster)
 
         plan = await self.repository.resolve(tenant, query, planner, lambda snap: stored_whatever_matches(subs, snap))
         return plan.resolutions

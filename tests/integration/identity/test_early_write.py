@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 import services.identity.server as server_module
-from services.identity import postgres
+from services.identity import postgres, resolution
 from services.identity.matching import IdentityType
 from services.identity.postgres import PostgresRepository
 from services.identity.server import SCHEMA
@@ -92,7 +92,7 @@ async def test_a_failure_while_writing_early_stores_nothing(database_url, tenant
         if failing == "planner":
             def broken(*_args, **_kwargs):
                 raise RuntimeError("planner failed")
-            monkeypatch.setattr("services.identity.service.plan_resolution", broken)
+            monkeypatch.setattr("services.identity.service.plan_parts", broken)
         else:
             async def broken_write(conn, tenant_id, records):
                 await conn.execute("SELECT 1/0")
@@ -103,5 +103,35 @@ async def test_a_failure_while_writing_early_stores_nothing(database_url, tenant
         async with pool.acquire() as conn:
             for table in ("record_blocks", "source_records", "individuals"):
                 assert await conn.fetchval(f"SELECT count(*) FROM {table} WHERE tenant_id = $1", tenant) == 0
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("part", [7, 163])
+async def test_a_plan_written_in_parts_stores_what_one_write_of_the_whole_plan_stores(database_url, tenant,
+                                                                                      monkeypatch, part):
+    pool = await prepare_schema(database_url, SCHEMA, server_module.__file__)
+    applied: list[int] = []
+    apply = postgres._apply
+
+    async def counted(conn, tenant_id, now, plan, written):
+        applied.append(len(plan.new_records))
+        await apply(conn, tenant_id, now, plan, written)
+
+    monkeypatch.setattr(postgres, "_apply", counted)
+    try:
+        monkeypatch.setattr(resolution, "PART", 1000)  # each call of 500 planned and written whole
+        whole_ids, whole = await _resolve_and_read(pool, f"{tenant}_whole")
+        assert len(applied) == 2
+        applied.clear()
+        monkeypatch.setattr(resolution, "PART", part)
+        parts_ids, parts = await _resolve_and_read(pool, f"{tenant}_parts")
+        assert len(applied) == 2 * -(-500 // part), applied
+        assert parts_ids == whole_ids
+        for name in TABLES:
+            assert parts[name] == whole[name], name
+        # Later parts merge individuals earlier parts stored: the redirects, counts and origins are exercised.
+        assert sum(1 for row in whole["individuals"] if row[1] is not None) > 20
+        assert any(row[2] != row[3] for row in whole["identities"]) or any(r[1] != r[2] for r in whole["source_records"])
     finally:
         await pool.close()

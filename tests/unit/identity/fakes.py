@@ -114,20 +114,26 @@ class FakeRepository:
                       ) -> Plan:
         self.resolve_calls += 1
         now = self.clock()
-        plan = planner(self._snapshot(tenant, query, with_candidates=True), now)
+        for plan in planner(self._snapshot(tenant, query, with_candidates=True), now):
+            self._apply(tenant, now, plan)
+        return plan
+
+    def _apply(self, tenant: str, now, plan: Plan) -> None:
         for new in plan.new_individuals:
             self.individuals[(tenant, new.individual_id)] = Row(now, new.merged_into, new.record_count)
         for merged, survivor in plan.redirects.items():
             for (t, individual_id), row in self.individuals.items():
                 if t == tenant and (individual_id == merged or row.merged_into == merged):
                     row.merged_into = survivor
+                    if individual_id == merged:
+                        row.record_count = 0
             for (t, id_type, value), owner in list(self.identities.items()):
                 if t == tenant and owner == merged:
                     self.identities[(t, id_type, value)] = survivor
             for (t, _), stored in self.records.items():
                 if t == tenant and stored.individual_id == merged:
                     stored.individual_id = survivor
-        for key, owner in plan.new_identities:
+        for key, owner, _ in plan.new_identities:
             assert (tenant, *key) not in self.identities
             self.identities[(tenant, *key)] = owner
         for r in plan.new_records:
@@ -135,7 +141,6 @@ class FakeRepository:
         for individual_id, count in plan.counts.items():
             self.individuals[(tenant, individual_id)].record_count = count
         self.merges += [(tenant, m) for m in plan.merges]
-        return plan
 
     async def get_individual(self, tenant: str, individual_id: str) -> IndividualView | None:
         row = self.individuals.get((tenant, individual_id))
