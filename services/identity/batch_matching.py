@@ -128,26 +128,37 @@ def _holds(rule: Rule, records: Sequence[Record], stored: Sequence[Record], sub:
 
 def _criterion(criterion: matching.Criterion, records: Sequence[Record], stored: Sequence[Record], sub: np.ndarray,
                source: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Whether each pair satisfies one fuzzy criterion (as matching.criterion_holds decides it)."""
+    """Whether each pair satisfies one fuzzy criterion (as matching.criterion_holds decides it).
+
+    Pairs repeat the same two values often (a common name against the records of its block): each distinct pair of
+    values is scored once."""
     base = len(stored)
     left, right = sub + base, np.where(source == STORED, ref, ref + base)
-    first = np.full(base + len(records), "", dtype=object)
-    several = np.zeros(len(first), dtype=bool)
-    lists: dict[int, list[str]] = {}
-    involved = np.unique(np.concatenate((left, right)))  # only the records of some pair
+    involved, where = np.unique(np.concatenate((left, right)), return_inverse=True)  # only the records of some pair
+    lists: list[list[str]] = []
     if criterion.kind == "attribute":  # one value per record, as record_values reads it
         name = criterion.name
-        first[involved] = [matching.normalized_value(stored[n] if n < base else records[n - base], name)
-                           for n in involved.tolist()]
+        values = [matching.normalized_value(stored[n] if n < base else records[n - base], name)
+                  for n in involved.tolist()]
     else:
-        for n in involved.tolist():
-            lists[n] = values = matching.record_values(stored[n] if n < base else records[n - base], criterion)
-            if values:
-                first[n] = values[0]
-                several[n] = len(values) > 1
+        lists = [matching.record_values(stored[n] if n < base else records[n - base], criterion)
+                 for n in involved.tolist()]
+        values = [found[0] if found else "" for found in lists]
+    code_of: dict[str, int] = {}
+    codes = np.array([code_of.setdefault(value, len(code_of)) for value in values], dtype=np.int64)
+    lc, rc = codes[where[:len(left)]], codes[where[len(left):]]
+    width = len(code_of)
+    distinct, back = np.unique(lc * width + rc, return_inverse=True)
+    texts = np.array(list(code_of), dtype=object)
     threshold = matching.THRESHOLDS[criterion.precision]
-    ok = cpdist(first[left], first[right], scorer=JaroWinkler.normalized_similarity, dtype=np.float64) >= threshold
-    ok &= (first[left] != "") & (first[right] != "")
-    for n in np.flatnonzero(several[left] | several[right]).tolist():  # a field with several values: any pair
-        ok[n] = matching.criterion_holds(criterion, lists[int(left[n])], lists[int(right[n])])
+    ok = (cpdist(texts[distinct // width], texts[distinct % width], scorer=JaroWinkler.normalized_similarity,
+                 dtype=np.float64) >= threshold)[back]
+    blank = code_of.get("")
+    if blank is not None:
+        ok &= (lc != blank) & (rc != blank)
+    if lists:  # a field with several values: any pair
+        several = np.array([len(found) > 1 for found in lists], dtype=bool)
+        li, ri = where[:len(left)], where[len(left):]
+        for n in np.flatnonzero(several[li] | several[ri]).tolist():
+            ok[n] = matching.criterion_holds(criterion, lists[li[n]], lists[ri[n]])
     return ok

@@ -158,6 +158,27 @@ class Ruleset:
         """Per rule, the text naming the fields and methods it blocks on (its share of the key text, shared_blocks)."""
         return tuple(json.dumps([[c.kind, c.name, c.method] for c in blocking]) for _, _, blocking in self.blocking)
 
+    @cached_property
+    def attribute_blocks(self) -> tuple[tuple[tuple[str, tuple[tuple[str, int], ...]], ...],
+                                        tuple[tuple[int, int], ...]] | None:
+        """With shared_blocks and every rule blocking on attributes only (most rulesets): the distinct groups as (the
+        key text before the values, (attribute, EXACT_VALUE/NORMALIZED/PREFIX) per field) and (rule index, group)
+        per rule, so block_keys makes each group's key once with no lookups per rule; else None."""
+        if not self.shared_blocks or any(r.probabilistic is not None for r in self.rules):
+            return None
+        groups: dict[str, int] = {}
+        made, slots = [], []
+        for (index, _, blocking), group in zip(self.blocking, self.block_groups):
+            if any(c.kind != "attribute" for c in blocking):
+                return None
+            if group not in groups:
+                groups[group] = len(made)
+                made.append((f"[{self.version}, {group}, [", tuple(
+                    (c.name, EXACT_VALUE if c.method == EXACT else PREFIX if c.method == FUZZY else NORMALIZED)
+                    for c in blocking)))
+            slots.append((index, groups[group]))
+        return tuple(made), tuple(slots)
+
     @property
     def probabilistic_rule(self) -> Rule | None:
         """The ruleset's probabilistic rule (there is at most one), or None."""
@@ -441,6 +462,9 @@ def block_keys(ruleset: Ruleset, record: Record) -> list[tuple[int, str]]:
     A rule blocks on the values of its exact criteria; a rule with fuzzy criteria only blocks on the first
     FUZZY_BLOCK_PREFIX characters of each fuzzy value. A record blank in a blocking field gets no key for that rule.
     """
+    fast = ruleset.attribute_blocks
+    if fast is not None:
+        return _attribute_keys(fast, record)
     keys: list[tuple[int, str]] = []
     shared: dict[str, list[str]] = {}  # shared_blocks: the keys of each blocking group, made once
     for index, rule, blocking in ruleset.blocking:
@@ -470,6 +494,39 @@ def block_keys(ruleset: Ruleset, record: Record) -> list[tuple[int, str]]:
                 raw = f"[{ruleset.version}, {index}, [{', '.join(map(_quote, combo))}]]"
                 keys.append((index, hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()))
     return keys
+
+
+# How a block field of Ruleset.attribute_blocks takes its value: as sent, normalized, or its normalized prefix.
+EXACT_VALUE, NORMALIZED, PREFIX = 0, 1, 2
+
+
+def _attribute_keys(blocks, record: Record) -> list[tuple[int, str]]:
+    """block_keys for Ruleset.attribute_blocks: the same keys as _group_keys makes, one value per field."""
+    groups, slots = blocks
+    attributes = record.attributes
+    normalized = record.normalized
+    if normalized is None:
+        normalized = record.normalized = {}
+    made: list[str | None] = []
+    for prefix, fields in groups:
+        quoted = []
+        for name, how in fields:
+            if how == EXACT_VALUE:
+                value = attributes.get(name)
+            else:
+                value = normalized.get(name)
+                if value is None:
+                    raw = attributes.get(name)
+                    value = normalized[name] = normalize_text(raw) if raw else ""
+                if how == PREFIX:
+                    value = value[:FUZZY_BLOCK_PREFIX]
+            if not value:
+                made.append(None)  # a blank blocking field: no key for this group
+                break
+            quoted.append(_quote(value))
+        else:
+            made.append(hashlib.blake2b(f"{prefix}{', '.join(quoted)}]]".encode(), digest_size=12).hexdigest())
+    return [(index, key) for index, group in slots if (key := made[group]) is not None]
 
 
 def _group_keys(version: int, group: str, blocking: tuple[Criterion, ...], record: Record) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -72,54 +71,66 @@ def validate_subjects(
     elif len(subjects) > MAX_SUBJECTS:
         v.add("subjects", f"at most {MAX_SUBJECTS} subjects per call, got {len(subjects)}")
     out: list[SubjectIn] = []
+    types = config.types
     for s, identities in enumerate(subjects):
         if not identities:
             v.add(f"subjects[{s}].identities", "at least one identity is required")
         unique: list[Key] = []
         shared: list[Key] = []
-        by_type: dict[str, list[str]] = defaultdict(list)
+        by_type: dict[str, list[str]] = {}
         for i, (id_type, value) in enumerate(identities):
-            path = f"subjects[{s}].identities[{i}]"
-            kind = config.types.get(id_type)
+            kind = types.get(id_type)
             if kind is None:
+                path = f"subjects[{s}].identities[{i}].type"
                 if not matching.TYPE_PATTERN.fullmatch(id_type):
-                    v.add(f"{path}.type", "must match ^[a-z][a-z0-9_]{0,63}$ (for example email or device_id)")
+                    v.add(path, "must match ^[a-z][a-z0-9_]{0,63}$ (for example email or device_id)")
                 else:
-                    v.add(f"{path}.type", f"unknown identity type {quote(id_type)}: create it with UpsertIdentityType")
+                    v.add(path, f"unknown identity type {quote(id_type)}: create it with UpsertIdentityType")
                 continue
             try:
                 norm = matching.normalize_value(kind, value, default_region)
             except ValueError as problem:
-                v.add(f"{path}.value", str(problem))
+                v.add(f"subjects[{s}].identities[{i}].value", str(problem))
                 continue
+            key = (id_type, norm)
             target = unique if kind.unique else shared
-            if (id_type, norm) not in target:
-                target.append((id_type, norm))
-                by_type[id_type].append(norm)
-        attrs: dict[str, str] = {}
+            if key not in target:
+                target.append(key)
+                values = by_type.get(id_type)
+                if values is None:
+                    by_type[id_type] = [norm]
+                else:
+                    values.append(norm)
         raw = (attributes[s] if attributes and s < len(attributes) else None) or {}
-        if len(raw) > MAX_ATTRIBUTES:
-            v.add(f"subjects[{s}].attributes", f"at most {MAX_ATTRIBUTES} attributes, got {len(raw)}")
-        for name, value in raw.items():
-            if type(value) is str and 0 < len(name) <= MAX_ATTRIBUTE_KEY:  # the common case, checked at once
-                stripped = value.strip()
-                if len(stripped) <= matching.MAX_VALUE_LENGTH and "\x00" not in stripped:
-                    if stripped:
-                        attrs[name] = stripped
-                    continue
-            path = f"subjects[{s}].attributes.{name}"
-            text = _attribute_value(value)
-            if not name or len(name) > MAX_ATTRIBUTE_KEY:
-                v.add(f"subjects[{s}].attributes", f"attribute names must be 1-{MAX_ATTRIBUTE_KEY} characters")
-            elif text is None:
-                v.add(path, "must be a string, number, boolean or null")
-            elif len(text) > matching.MAX_VALUE_LENGTH:
-                v.add(path, f"must be at most {matching.MAX_VALUE_LENGTH} characters, got {len(text)}")
-            elif "\x00" in text:
-                v.add(path, "must not contain NUL characters")
-            elif text:
-                attrs[name] = text
+        attrs = _checked_attributes(v, s, raw) if raw else {}
         record = Record({t: sorted(vs) for t, vs in sorted(by_type.items())}, dict(sorted(attrs.items())))
         out.append(SubjectIn(unique, shared, record, config.ruleset))
     v.raise_if_any()
     return out
+
+
+def _checked_attributes(v: Violations, s: int, raw: dict[str, Any]) -> dict[str, str]:
+    """The attributes trimmed, blanks left out; a violation for each one that breaks a limit."""
+    attrs: dict[str, str] = {}
+    if len(raw) > MAX_ATTRIBUTES:
+        v.add(f"subjects[{s}].attributes", f"at most {MAX_ATTRIBUTES} attributes, got {len(raw)}")
+    for name, value in raw.items():
+        if type(value) is str and 0 < len(name) <= MAX_ATTRIBUTE_KEY:  # the common case, checked at once
+            stripped = value.strip()
+            if len(stripped) <= matching.MAX_VALUE_LENGTH and "\x00" not in stripped:
+                if stripped:
+                    attrs[name] = stripped
+                continue
+        path = f"subjects[{s}].attributes.{name}"
+        text = _attribute_value(value)
+        if not name or len(name) > MAX_ATTRIBUTE_KEY:
+            v.add(f"subjects[{s}].attributes", f"attribute names must be 1-{MAX_ATTRIBUTE_KEY} characters")
+        elif text is None:
+            v.add(path, "must be a string, number, boolean or null")
+        elif len(text) > matching.MAX_VALUE_LENGTH:
+            v.add(path, f"must be at most {matching.MAX_VALUE_LENGTH} characters, got {len(text)}")
+        elif "\x00" in text:
+            v.add(path, "must not contain NUL characters")
+        elif text:
+            attrs[name] = text
+    return attrs

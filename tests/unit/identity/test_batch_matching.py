@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from services.identity import matching
-from services.identity.batch_matching import BATCH, STORED, batch_matches
+from services.identity.batch_matching import BATCH, STORED, BatchMatcher, batch_matches
 from services.identity.matching import BUILT_IN_TYPES, Record
 from tests.bench import _identity_data as data
 
@@ -63,6 +63,10 @@ def test_a_batch_matches_exactly_what_one_by_one_checks_match_in_the_same_order(
     assert sum(map(len, expected)) > 300  # the data has matches of every kind: stored, in-batch, fuzzy
     assert {name for m in expected for _, _, name in m} == {name for name, _ in data.FAKE_RULES}
     assert got == expected
+    # Matched a run of subjects at a time (the plan's parts), the runs together are the whole.
+    matcher = BatchMatcher(ruleset, batch, [matching.block_keys(ruleset, r) for r in batch], stored,
+                           [frozenset(k for _, k in matching.block_keys(ruleset, r)) for r in stored])
+    assert matcher.matches(0, 1) + matcher.matches(1, 137) + matcher.matches(137, len(batch)) == found
 
 
 def test_a_record_kept_across_rulesets_never_takes_values_of_an_object_given_the_id_of_a_freed_one():

@@ -83,6 +83,38 @@ def test_fuzzy_only_rules_block_on_a_prefix_so_unrelated_names_are_never_compare
     assert keys("Lovelace") != keys("Babbage")
 
 
+def test_attribute_only_rulesets_make_their_block_keys_by_the_short_path_exactly_as_the_general_one():
+    rules = (
+        matching.Rule("names_dob", (matching.Criterion("attribute", "last_name", "EXACT_NORMALIZED"),
+                                    matching.Criterion("attribute", "first_name", "EXACT_NORMALIZED"),
+                                    matching.Criterion("attribute", "dob", "FUZZY", "HIGH"))),
+        matching.Rule("dob_names", (matching.Criterion("attribute", "dob", "EXACT"),
+                                    matching.Criterion("attribute", "first_name", "FUZZY", "LOW"))),
+        matching.Rule("names_zip", (matching.Criterion("attribute", "first_name", "EXACT_NORMALIZED"),
+                                    matching.Criterion("attribute", "last_name", "EXACT_NORMALIZED"),
+                                    matching.Criterion("attribute", "zip", "FUZZY", "MEDIUM"))),
+        matching.Rule("city", (matching.Criterion("attribute", "city", "FUZZY", "LOW"),)),
+    )
+    short = matching.Ruleset(3, rules, shared_blocks=True)
+    general = matching.Ruleset(3, rules, shared_blocks=True)
+    general.__dict__["attribute_blocks"] = None  # (the cached plan of the short path, left out)
+    assert short.attribute_blocks is not None
+    records = [Record({}, {"first_name": "Zoë", "last_name": "O'Hara", "dob": "1900-01-02", "zip": "AB1",
+                           "city": "Đà Nẵng"}),
+               Record({}, {"first_name": "ada", "last_name": "LOVELACE", "dob": " 1815-12-10"}),
+               Record({}, {"first_name": "Ada", "dob": "1815"}), Record({}, {"city": "\"quoted\""}), Record({}, {})]
+    for record in records:
+        assert matching.block_keys(short, record) == matching.block_keys(general, Record(record.identities,
+                                                                                          record.attributes))
+    assert len(matching.block_keys(short, records[0])) == 4 and matching.block_keys(short, records[4]) == []
+    # Identity criteria or a probabilistic rule take the general path.
+    with_identity = matching.Ruleset(3, rules + (matching.Rule("email", (matching.Criterion("identity", "email",
+                                                                                              "EXACT"),)),),
+                                     shared_blocks=True)
+    assert with_identity.attribute_blocks is None
+    assert matching.Ruleset(3, rules).attribute_blocks is None  # one key per rule (older rulesets)
+
+
 # Ruleset config
 
 
