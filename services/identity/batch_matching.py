@@ -40,24 +40,20 @@ class BatchMatcher:
                  stored: Sequence[Record], stored_blocks: Sequence[Collection[str]]):
         self.ruleset, self.records, self.stored = ruleset, records, stored
         key_id: dict[str, int] = {}
-        s_key, s_sub, s_pos, s_rule = [], [], [], []
-        for i, keys in enumerate(blocks):
-            for n, (index, key) in enumerate(keys):
-                s_key.append(key_id.setdefault(key, len(key_id)))
-                s_sub.append(i)
-                s_pos.append(n)
-                s_rule.append(index)
-        c_key, c_ref = [], []
-        for c, stored_keys in enumerate(stored_blocks):
-            for stored_key in stored_keys:
-                k = key_id.get(stored_key)
-                if k is not None:
-                    c_key.append(k)
-                    c_ref.append(c)
-        self.sk, self.si, self.sp, self.sr = (np.array(x, dtype=np.int64) for x in (s_key, s_sub, s_pos, s_rule))
+        flat = [pair for keys in blocks for pair in keys]
+        self.sk = np.array([key_id.setdefault(key, len(key_id)) for _, key in flat], dtype=np.int64)
+        self.sr = np.array([index for index, _ in flat], dtype=np.int64)
+        counts = np.fromiter(map(len, blocks), dtype=np.int64, count=len(blocks))
+        self.si = np.repeat(np.arange(len(blocks)), counts)
+        self.sp = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)  # position among its keys
+        get = key_id.get
+        c_key = np.array([get(key, -1) for keys in stored_blocks for key in keys], dtype=np.int64)
+        c_ref = np.repeat(np.arange(len(stored_blocks)), np.fromiter(map(len, stored_blocks), dtype=np.int64,
+                                                                      count=len(stored_blocks)))
+        shared = c_key >= 0  # the stored keys no subject has are left out
+        ck, cr = c_key[shared], c_ref[shared]
         # Stored records sharing each key, in the stored order; the distinct (key, subject) codes, sorted (a key of
         # several rules is one code per subject).
-        ck, cr = np.array(c_key, dtype=np.int64), np.array(c_ref, dtype=np.int64)
         order = np.lexsort((cr, ck))
         self.ck, self.cr = ck[order], cr[order]
         self.codes = np.unique(self.sk * len(records) + self.si)
@@ -134,19 +130,23 @@ def _criterion(criterion: matching.Criterion, records: Sequence[Record], stored:
     values is scored once."""
     base = len(stored)
     left, right = sub + base, np.where(source == STORED, ref, ref + base)
-    involved, where = np.unique(np.concatenate((left, right)), return_inverse=True)  # only the records of some pair
-    lists: list[list[str]] = []
+    size = base + len(records)
+    involved = np.zeros(size, dtype=bool)  # only the records of some pair (marked: no sort)
+    involved[left] = True
+    involved[right] = True
+    at = np.flatnonzero(involved).tolist()
+    lists: dict[int, list[str]] = {}
     if criterion.kind == "attribute":  # one value per record, as record_values reads it
         name = criterion.name
-        values = [matching.normalized_value(stored[n] if n < base else records[n - base], name)
-                  for n in involved.tolist()]
+        values = [matching.normalized_value(stored[n] if n < base else records[n - base], name) for n in at]
     else:
-        lists = [matching.record_values(stored[n] if n < base else records[n - base], criterion)
-                 for n in involved.tolist()]
-        values = [found[0] if found else "" for found in lists]
+        for n in at:
+            lists[n] = matching.record_values(stored[n] if n < base else records[n - base], criterion)
+        values = [found[0] if found else "" for found in lists.values()]
     code_of: dict[str, int] = {}
-    codes = np.array([code_of.setdefault(value, len(code_of)) for value in values], dtype=np.int64)
-    lc, rc = codes[where[:len(left)]], codes[where[len(left):]]
+    codes = np.zeros(size, dtype=np.int64)
+    codes[at] = [code_of.setdefault(value, len(code_of)) for value in values]
+    lc, rc = codes[left], codes[right]
     width = len(code_of)
     distinct, back = np.unique(lc * width + rc, return_inverse=True)
     texts = np.array(list(code_of), dtype=object)
@@ -157,8 +157,8 @@ def _criterion(criterion: matching.Criterion, records: Sequence[Record], stored:
     if blank is not None:
         ok &= (lc != blank) & (rc != blank)
     if lists:  # a field with several values: any pair
-        several = np.array([len(found) > 1 for found in lists], dtype=bool)
-        li, ri = where[:len(left)], where[len(left):]
-        for n in np.flatnonzero(several[li] | several[ri]).tolist():
-            ok[n] = matching.criterion_holds(criterion, lists[li[n]], lists[ri[n]])
+        several = np.zeros(size, dtype=bool)
+        several[[n for n, found in lists.items() if len(found) > 1]] = True
+        for n in np.flatnonzero(several[left] | several[right]).tolist():
+            ok[n] = matching.criterion_holds(criterion, lists[int(left[n])], lists[int(right[n])])
     return ok
