@@ -158,9 +158,11 @@ SELECT clock_timestamp() FROM (
 """
 
 # Row locks on the involved survivors, in id order, with their creation times and counts as they are now, and the
-# survivors each was split from by an unmerge (by key, as above: the survivor and its aliases, their separations).
+# survivors each was split from by an unmerge (by key, as above: the survivor and its aliases, their separations;
+# looked for only when the tenant has any, once per statement).
 _LOCK_OWNERS = """
 SELECT n.individual_id, n.merged_into, n.created_at, n.record_count,
+    CASE WHEN NOT (SELECT EXISTS (SELECT 1 FROM separations AS x WHERE x.tenant_id = $1)) THEN '{}'::text[] ELSE
     ARRAY(SELECT coalesce(o.merged_into, o.individual_id)
           FROM (SELECT n.individual_id AS id
                 UNION ALL
@@ -173,7 +175,7 @@ SELECT n.individual_id, n.merged_into, n.created_at, n.record_count,
               SELECT o.individual_id, o.merged_into FROM individuals AS o
               WHERE o.tenant_id = $1 AND o.individual_id = s.other_id LIMIT 1
           ) AS o
-    ) AS separated
+    ) END AS separated
 FROM individuals AS n
 WHERE n.tenant_id = $1 AND n.individual_id = ANY($2::text[])
 ORDER BY n.individual_id

@@ -117,7 +117,7 @@ class Plan:
 
 
 # Subjects planned per part of a write: each part is sent to PostgreSQL while the next one is planned.
-PART = 500
+PART = 300
 
 
 def plan_resolution(
