@@ -167,7 +167,8 @@ class Ruleset:
         if not self.shared_blocks or any(r.probabilistic is not None for r in self.rules):
             return None
         groups: dict[str, int] = {}
-        made, slots = [], []
+        made: list[tuple[str, tuple[tuple[str, int], ...]]] = []
+        slots: list[tuple[int, int]] = []
         for (index, _, blocking), group in zip(self.blocking, self.block_groups):
             if any(c.kind != "attribute" for c in blocking):
                 return None

@@ -60,9 +60,6 @@ class SnapshotQuery:
     # (position in the call, first unique identity, record) of the subjects with attributes: does a stored record
     # of that identity's owner contain the record?
     covering: list[tuple[int, Key, Record]] = field(default_factory=list)
-    # The fast read only: a few unique identities that must all have owners for the read to settle the call; when
-    # one has none, the rest is not read (the snapshot comes back empty and cut).
-    probe: list[Key] = field(default_factory=list)
 
 
 class Repository(Protocol):

@@ -63,25 +63,10 @@ FROM unnest($2::text[], $3::text[]) AS k(t, v){_OWNER_OF.format(key="k", alias="
 """
 
 # Owners of unique keys ('o'), holders of searchable keys ('s'), known records ('r') and records of the batch that
-# a stored record of their first unique identity's owner contains ('c'), in one statement. When a probed identity
-# ($12, $13: the fast read's sample, tried in order) has no owner, only an 'x' row comes back: the call cannot be
-# settled by this read, and a batch of new subjects costs a probe or two instead of every lookup.
+# a stored record of their first unique identity's owner contains ('c'), in one statement.
 _SNAPSHOT = f"""
-WITH cut AS (
-    SELECT 1 FROM unnest($12::text[], $13::text[]) AS k(t, v)
-    LEFT JOIN LATERAL (
-        SELECT 1 AS found FROM identities AS i WHERE i.tenant_id = $1 AND i.id_type = k.t AND i.id_value = k.v LIMIT 1
-    ) AS i ON true
-    WHERE i.found IS NULL
-    LIMIT 1
-)
-SELECT 'x' AS kind, NULL AS a, NULL AS b, NULL AS individual_id, NULL::timestamptz AS created_at,
-    NULL::bigint AS record_count
-FROM cut
-UNION ALL
-SELECT 'o', k.t, k.v, o.individual_id, o.created_at, o.record_count
+SELECT 'o' AS kind, k.t AS a, k.v AS b, o.individual_id, o.created_at, o.record_count
 FROM unnest($2::text[], $3::text[]) AS k(t, v){_OWNER_OF.format(key="k", alias="o")}
-WHERE NOT EXISTS (SELECT 1 FROM cut)
 UNION ALL
 SELECT DISTINCT 's', k.t, k.v, h.individual_id, NULL::timestamptz, NULL::bigint
 FROM unnest($4::text[], $5::text[]) AS k(t, v)
@@ -92,14 +77,12 @@ CROSS JOIN LATERAL (
 CROSS JOIN LATERAL (
     SELECT r.individual_id FROM source_records AS r WHERE r.tenant_id = $1 AND r.record_id = s.record_id LIMIT 1
 ) AS h
-WHERE NOT EXISTS (SELECT 1 FROM cut)
 UNION ALL
 SELECT 'r', q.id, NULL, o.individual_id, o.created_at, o.record_count
 FROM unnest($6::text[]) AS q(id)
 CROSS JOIN LATERAL (
     SELECT r.individual_id FROM source_records AS r WHERE r.tenant_id = $1 AND r.record_id = q.id LIMIT 1
 ) AS r{_INDIVIDUAL.format(of="r", alias="o")}
-WHERE NOT EXISTS (SELECT 1 FROM cut)
 UNION ALL
 SELECT 'c', q.id, NULL, o.individual_id, NULL, NULL
 FROM unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::text[]) AS q(id, t, v, ids, attrs)
@@ -117,7 +100,6 @@ CROSS JOIN LATERAL (
       AND r.attributes @> j.attrs
     LIMIT 1
 ) AS c
-WHERE NOT EXISTS (SELECT 1 FROM cut)
 """
 
 # Records sharing a block key with the batch (at most $3 per key), with their survivors; by key, as above. Their
@@ -650,13 +632,11 @@ async def _snapshot(conn: asyncpg.Connection, tenant: str, query: SnapshotQuery)
         _SNAPSHOT, tenant, [k[0] for k in query.unique], [k[1] for k in query.unique],
         [k[0] for k in query.shared], [k[1] for k in query.shared], query.record_ids,
         [str(c[0]) for c in covering], [c[1][0] for c in covering], [c[1][1] for c in covering],
-        *_contents([c[2] for c in covering]), [k[0] for k in query.probe], [k[1] for k in query.probe])
+        *_contents([c[2] for c in covering]))
     snap = Snapshot()
     for r in rows:
         kind = r["kind"]
-        if kind == "x":
-            snap.cut = True
-        elif kind == "o":
+        if kind == "o":
             snap.owners[(r["a"], r["b"])] = _owner(r)
         elif kind == "s":
             snap.shared.setdefault((r["a"], r["b"]), set()).add(r["individual_id"])

@@ -52,8 +52,6 @@ class Snapshot:
     covered: dict[int, str] = field(default_factory=dict)
     candidates: list[StoredRecord] = field(default_factory=list)
     separated: set[frozenset[str]] = field(default_factory=set)
-    # A probed identity had no owner, so nothing else was read (SnapshotQuery.probe): the call is not all known.
-    cut: bool = False
 
     def individuals(self) -> dict[str, Owner]:
         """Every individual the snapshot mentions, by id."""

@@ -130,18 +130,24 @@ class IdentityService:
         # Fast path: one read, no rules, no writes; most calls only repeat what is known. Plain subjects (unique
         # identities only) are known by their identities' owners alone, subjects with attributes and a unique
         # identity by a stored record that contains them (their own one included): only the others are looked up
-        # by record id (the write path looks up all, so a record seen before is never stored twice).
+        # by record id (the write path looks up all, so a record seen before is never stored twice). A larger call of
+        # other subjects first looks up the owners of a few of their identities: one without an owner means the call
+        # is not all known, and a batch of new subjects skips the read (and sending every subject's contents for it).
         plain = all(s.plain for s in subs)
-        fast = SnapshotQuery(unique=unique, shared=shared, covering=covering, record_ids=list(dict.fromkeys(
-            s.record_id for s in subs if not s.plain and not (s.record.attributes and s.unique))),
-            probe=[] if plain else _probe(subs))
-        read = self.repository.lookup(tenant, fast)
-        seen = await (read if plain else _meanwhile(read, subs))
-        known = None if seen.cut else known_resolutions(subs, seen)
-        if known is not None:
-            return known
+        probe = _probe(subs) if not plain and len(subs) >= PROBE_FROM else []
+        if probe and len(await self.repository.lookup_owners(tenant, probe)) < len(probe):
+            seen = None  # a probed identity has no owner: the call is not all known, and nothing else is read fast
+        else:
+            fast = SnapshotQuery(unique=unique, shared=shared, covering=covering, record_ids=list(dict.fromkeys(
+                s.record_id for s in subs if not s.plain and not (s.record.attributes and s.unique))))
+            read = self.repository.lookup(tenant, fast)
+            seen = await (read if plain else _meanwhile(read, subs))
+            known = known_resolutions(subs, seen)
+            if known is not None:
+                return known
+        owned = seen.owners if seen is not None else {}
         if check and (out := await self._suppressed(
-                tenant, subs, config, lookup_only, [k for k in unique if k not in seen.owners])) is not None:
+                tenant, subs, config, lookup_only, [k for k in unique if k not in owned])) is not None:
             return out
         block_keys = list(dict.fromkeys(k for s in subs for _, k in s.blocks))
         # Under the locks the covering check is sent again only for subjects whose identity had an owner in the fast
@@ -149,7 +155,7 @@ class IdentityService:
         # concurrent call) is then resolved by the rules and stores its record, as if no stored record held it.
         query = SnapshotQuery(
             unique=unique, shared=shared, record_ids=list(dict.fromkeys(s.record_id for s in subs)),
-            blocks=block_keys, covering=covering if seen.cut else [c for c in covering if c[1] in seen.owners],
+            blocks=block_keys, covering=covering if seen is None else [c for c in covering if c[1] in owned],
             lock_keys=sorted({f"{t}\x1f{v}" for t, v in unique} | {f"b\x1f{k}" for k in block_keys}),
         )
 
@@ -307,16 +313,19 @@ class IdentityService:
 # Subjects prepared between two looks at a running read (a few milliseconds of work).
 _SLICE = 50
 
-# Subjects whose first unique identity the fast read of a call with attributes or searchable identities tries first.
+# Subjects whose first unique identity is looked up before the fast read of a call of PROBE_FROM or more subjects
+# with attributes or searchable identities (a smaller call is read at once: its contents cost little to send).
 PROBES = 8
+PROBE_FROM = 32
 
 
 def _probe(subs: list) -> list[Key]:
     """The first unique identity of up to PROBES subjects spread over the call, among those only owners can settle
-    (unique identities, and attributes or nothing else): if one has no owner, the fast read cannot settle the call."""
+    (unique identities, and attributes or nothing else), each once: if one has no owner, the fast read cannot settle
+    the call."""
     owned = [s.unique[0] for s in subs if s.unique and (s.plain or s.record.attributes)]
     step = max(1, len(owned) // PROBES)
-    return owned[::step][:PROBES]
+    return list(dict.fromkeys(owned[::step][:PROBES]))
 
 
 async def _meanwhile(read: Awaitable[Snapshot], subs: list) -> Snapshot:

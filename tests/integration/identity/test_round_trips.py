@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 
 import services.identity.server as server_module
+import services.identity.service as service_module
 from services.identity import postgres, resolution
 from services.identity.postgres import PostgresRepository
 from services.identity.server import SCHEMA
@@ -99,7 +100,7 @@ async def generic_plan(database_url: str, statement: str, literals: str) -> str:
 @pytest.mark.parametrize("statement, literals", [
     (postgres._OWNERS, "'t', '{email}', '{a@x.io}'"),
     (postgres._SNAPSHOT, ("'t', '{email}', '{a@x.io}', '{ip}', '{1.2.3.4}', '{rec_1}', '{0}', '{email}', '{a@x.io}',"
-                          " ARRAY['{}'::jsonb], ARRAY['{}'::jsonb], '{email}', '{b@x.io}'")),
+                          " ARRAY['{}'::jsonb], ARRAY['{}'::jsonb]")),
     (postgres._CANDIDATES, "'t', '{b1,b2}', 200"),
     (postgres._LOCK_OWNERS, "'t', '{i1,i2}'"),
 ], ids=["owners", "snapshot", "candidates", "lock_owners"])
@@ -160,7 +161,8 @@ async def test_with_an_idle_connection_the_candidates_are_read_beside_the_snapsh
 
 @pytest.mark.parametrize("new_at", [0, 9])
 async def test_the_fast_read_is_cut_by_a_new_probed_identity_and_the_locks_check_covering_only_for_owned_ones(
-        database_url, tenant, new_at):
+        database_url, tenant, new_at, monkeypatch):
+    monkeypatch.setattr(service_module, "PROBE_FROM", 10)  # (a call of ten is probed first)
     await (await prepare_schema(database_url, SCHEMA, server_module.__file__)).close()
     covering: list[list[str]] = []  # the positions each snapshot checks for a covering record
 
@@ -174,14 +176,14 @@ async def test_the_fast_read_is_cut_by_a_new_probed_identity_and_the_locks_check
         service = IdentityService(PostgresRepository(pool))
         known = await service.resolve(tenant, [[("email", f"{n}@x.io")] for n in range(9)], lookup_only=False,
                                       attributes=[{"first_name": "Ada"}] * 9)
-        # Ten subjects with attributes, one of them new: the fast read probes the first eight (postgres.PROBES).
+        # Ten subjects with attributes, one of them new: the first eight are probed (service.PROBES).
         subjects = [[("email", f"{n}@x.io")] for n in range(9)]
         subjects.insert(new_at, [("email", "new@x.io")])
         covering.clear()
         again = await service.resolve(tenant, subjects, lookup_only=False, attributes=[{"city": "Rome"}] * 10)
         everyone = [str(n) for n in range(10)]
-        if new_at == 0:  # probed: nothing else read fast, so the locks check every subject
-            assert covering == [everyone, everyone]
+        if new_at == 0:  # probed: no fast read, so the locks check every subject
+            assert covering == [everyone]
         else:  # not probed: the full fast read, then only subjects whose identity had an owner
             assert covering == [everyone, everyone[:9]]
         ids = [r.individual_id for r in again]
