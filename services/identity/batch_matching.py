@@ -38,7 +38,7 @@ class BatchMatcher:
 
     def __init__(self, ruleset: Ruleset, records: Sequence[Record], blocks: Sequence[Sequence[tuple[int, str]]],
                  stored: Sequence[Record], stored_blocks: Sequence[Collection[str]]):
-        self.ruleset, self.records, self.stored = ruleset, records, stored
+        self.ruleset, self.records = ruleset, records
         key_id: dict[str, int] = {}
         flat = [pair for keys in blocks for pair in keys]
         self.sk = np.array([key_id.setdefault(key, len(key_id)) for _, key in flat], dtype=np.int64)
@@ -46,17 +46,25 @@ class BatchMatcher:
         counts = np.fromiter(map(len, blocks), dtype=np.int64, count=len(blocks))
         self.si = np.repeat(np.arange(len(blocks)), counts)
         self.sp = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)  # position among its keys
-        get = key_id.get
+        self.key_id = key_id
+        self.stored: list[Record] = []
+        self.ck = self.cr = np.empty(0, dtype=np.int64)
+        self.add_stored(stored, stored_blocks)
+        # The distinct (key, subject) codes, sorted (a key of several rules is one code per subject).
+        self.codes = np.unique(self.sk * len(records) + self.si)
+
+    def add_stored(self, stored: Sequence[Record], stored_blocks: Sequence[Collection[str]]) -> None:
+        """More stored records (read while earlier subjects were matched), after those given before."""
+        get = self.key_id.get
         c_key = np.array([get(key, -1) for keys in stored_blocks for key in keys], dtype=np.int64)
-        c_ref = np.repeat(np.arange(len(stored_blocks)), np.fromiter(map(len, stored_blocks), dtype=np.int64,
-                                                                      count=len(stored_blocks)))
+        c_ref = len(self.stored) + np.repeat(np.arange(len(stored_blocks)), np.fromiter(
+            map(len, stored_blocks), dtype=np.int64, count=len(stored_blocks)))
         shared = c_key >= 0  # the stored keys no subject has are left out
-        ck, cr = c_key[shared], c_ref[shared]
-        # Stored records sharing each key, in the stored order; the distinct (key, subject) codes, sorted (a key of
-        # several rules is one code per subject).
+        ck, cr = np.concatenate((self.ck, c_key[shared])), np.concatenate((self.cr, c_ref[shared]))
+        # Stored records sharing each key, in the stored order.
         order = np.lexsort((cr, ck))
         self.ck, self.cr = ck[order], cr[order]
-        self.codes = np.unique(self.sk * len(records) + self.si)
+        self.stored = [*self.stored, *stored]
 
     def matches(self, start: int, end: int) -> list[list[tuple[int, int, Rule]]]:
         """Per subject start..end-1, the records it matches as (STORED or BATCH, index, rule), each record once (by

@@ -42,7 +42,8 @@ class MergeEventView:
 
 
 # Builds the plan from a fresh snapshot and the database's current time, in parts to apply in order as they come
-# (resolution.plan_parts); the last part carries the resolutions.
+# (resolution.plan_parts); the last part carries the resolutions. Candidates the repository appends to the snapshot
+# between two parts (those of the later block keys, read while the first part is planned) join the next part.
 Planner = Callable[[Snapshot, datetime], Iterator[Plan]]
 # The records any plan from that snapshot stores (resolution.stored_whatever_matches), known before planning.
 EarlyRecords = Callable[[Snapshot], list[NewRecord]]
@@ -56,6 +57,8 @@ class SnapshotQuery:
     shared: list[Key]
     record_ids: list[str]
     blocks: list[str] = field(default_factory=list)
+    # How many of blocks (a prefix) the first part of the plan needs: the others may be read while it is planned.
+    first_blocks: int = 0
     lock_keys: list[str] = field(default_factory=list)
     # (position in the call, first unique identity, record) of the subjects with attributes: does a stored record
     # of that identity's owner contain the record?

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import random
@@ -323,22 +324,30 @@ class PostgresRepository:
                         spare = await stack.enter_async_context(self.pool.acquire())
                     now = await conn.fetchval(_LOCK, locks)
                     found: list[tuple[str, str, Record, list[str]]] = []
+                    later: asyncio.Future | None = None  # the later parts' candidates, read while the first is planned
                     if spare is not None:
+                        cut = query.first_blocks or len(query.blocks)
                         snap, found = await _both(
-                            _snapshot(conn, tenant, query), self._candidates(spare, tenant, query.blocks))
-                        await stack.aclose()  # the spare goes back at once
+                            _snapshot(conn, tenant, query), self._candidates(spare, tenant, query.blocks[:cut]))
+                        if cut < len(query.blocks):
+                            later = asyncio.ensure_future(self._candidates(spare, tenant, query.blocks[cut:]))
+                            stack.push_async_callback(_settle, later)  # (before the spare goes back)
+                        else:
+                            await stack.aclose()  # the spare goes back at once
                     else:
                         snap = await _snapshot(conn, tenant, query)
                         if query.blocks:
                             found = await self._candidates(conn, tenant, query.blocks)
-                    await _lock_owners(conn, tenant, snap, found)
+                    locked: set[str] = set()
+                    await _lock_owners(conn, tenant, snap, found, locked)
                     first = early(snap) if early is not None else []
                     if sum(len(r.blocks) + len(r.shared) for r in first) < EARLY_ROWS:
                         first = []
                     written = {r.record_id for r in first}
                     plan, stored = await _write_parts(
                         conn, tenant, now, planner(snap, now), _write_early(conn, tenant, first) if first else None,
-                        written)
+                        written, None if later is None else functools.partial(
+                            _take_later, conn, tenant, snap, later, locked, stack))
                     if not written <= {r.record_id for r in stored}:
                         raise RuntimeError("the plan left out records written before it")  # (rolled back)
                     for new in stored:  # the candidates of later batches
@@ -648,21 +657,39 @@ async def _snapshot(conn: asyncpg.Connection, tenant: str, query: SnapshotQuery)
 
 
 async def _lock_owners(conn: asyncpg.Connection, tenant: str, snap: Snapshot,
-                       found: list[tuple[str, str, Record, list[str]]]) -> None:
-    """Locks the rows of every individual the snapshot and the candidates name, fills in the candidates, takes the
-    owners' creation times and counts as locked (a concurrent call may have counted records since the snapshot) and
-    the separations; raises _Stale when one of them was merged away meanwhile."""
-    ids = sorted(snap.individuals().keys() | {f[1] for f in found})
-    if not ids:
-        return
-    rows = await conn.fetch(_LOCK_OWNERS, tenant, ids)
-    if len(rows) != len(ids) or any(r[1] is not None for r in rows):
-        raise _Stale()
-    owners = {r[0]: Owner(r[0], r[2], r[3]) for r in rows}
-    snap.owners = {key: owners[o.individual_id] for key, o in snap.owners.items()}
-    snap.known_records = {record_id: owners[o.individual_id] for record_id, o in snap.known_records.items()}
-    snap.candidates = [StoredRecord(record_id, owners[owner], record, keys) for record_id, owner, record, keys in found]
-    snap.separated = {frozenset((r[0], o)) for r in rows for o in r[4] if o != r[0]}
+                       found: list[tuple[str, str, Record, list[str]]], locked: set[str]) -> None:
+    """Locks the rows of the individuals the snapshot (the first time) and the candidates found name that are not
+    locked yet, appends the candidates to the snapshot, and takes the owners' creation times and counts as locked (a
+    concurrent call may have counted records since the snapshot) and their separations; raises _Stale when one of
+    them was merged away meanwhile."""
+    first = not locked
+    ids = sorted((snap.individuals().keys() if first else set()) | {f[1] for f in found} - locked)
+    owners = {c.owner.individual_id: c.owner for c in snap.candidates} if not first else {}
+    if ids:
+        rows = await conn.fetch(_LOCK_OWNERS, tenant, ids)
+        if len(rows) != len(ids) or any(r[1] is not None for r in rows):
+            raise _Stale()
+        owners.update({r[0]: Owner(r[0], r[2], r[3]) for r in rows})
+        locked.update(ids)
+        snap.separated |= {frozenset((r[0], o)) for r in rows for o in r[4] if o != r[0]}
+    if first:
+        snap.owners = {key: owners[o.individual_id] for key, o in snap.owners.items()}
+        snap.known_records = {record_id: owners[o.individual_id] for record_id, o in snap.known_records.items()}
+    snap.candidates += [StoredRecord(record_id, owners[owner], record, keys) for record_id, owner, record, keys in found]
+
+
+async def _take_later(conn: asyncpg.Connection, tenant: str, snap: Snapshot, later: asyncio.Future, locked: set[str],
+                      stack: contextlib.AsyncExitStack) -> None:
+    """The later parts' candidates into the snapshot, their individuals locked; then the spare connection goes back."""
+    await _lock_owners(conn, tenant, snap, await later, locked)
+    await stack.aclose()
+
+
+async def _settle(task: asyncio.Future) -> None:
+    """Cancels a read still running and waits for it (a connection never goes back with a statement running)."""
+    if not task.done():
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
@@ -682,9 +709,11 @@ async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
 
 
 async def _write_parts(conn: asyncpg.Connection, tenant: str, now: datetime, parts: Iterator[Plan],
-                       early: Awaitable[Any] | None, written: set[str]) -> tuple[Plan, list[NewRecord]]:
+                       early: Awaitable[Any] | None, written: set[str],
+                       later: Callable[[], Awaitable[None]] | None = None) -> tuple[Plan, list[NewRecord]]:
     """Applies a plan's parts in order, each sent before the next one is planned (and the early rows before the
-    first): PostgreSQL writes while this process plans. Returns the last part and every record stored. If planning
+    first): PostgreSQL writes while this process plans. later() (the later parts' candidates, read meanwhile) runs
+    once the first part is planned, before its write. Returns the last part and every record stored. If planning
     fails or the caller is cancelled, the statement in flight is cancelled and awaited (a connection is never left
     with a statement running)."""
     task = asyncio.ensure_future(early) if early is not None else None
@@ -696,6 +725,9 @@ async def _write_parts(conn: asyncpg.Connection, tenant: str, now: datetime, par
             if task is not None:
                 await task
                 task = None
+            if later is not None:
+                await later()
+                later = None
             records += part.new_records
             if part.writes:
                 task = asyncio.ensure_future(_apply(conn, tenant, now, part, written))

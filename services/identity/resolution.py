@@ -180,11 +180,32 @@ def plan_parts(
     matcher = None if lookup_only else BatchMatcher(
         ruleset, [s.record for s in subjects], [s.blocks for s in subjects],
         [c.record for c in snap.candidates], [c.blocks for c in snap.candidates])
+    absorbed, pairs = len(snap.candidates), len(snap.separated)
+    all_created: list[NewIndividual] = []
     added: set[int] = set()  # positions of the subjects that stored a record
     interim: list[tuple[str, tuple[str, ...]]] = []
     plan = Plan([])
     for start in range(0, len(subjects), part):
         end = min(start + part, len(subjects))
+        if matcher is not None and len(snap.candidates) > absorbed:
+            # Candidates the repository read while the earlier parts were planned (the later parts' block keys):
+            # their individuals (locked since) join those of the snapshot.
+            more = snap.candidates[absorbed:]
+            absorbed = len(snap.candidates)
+            for c in more:
+                i = c.owner.individual_id
+                if i not in age:
+                    age[i], count[i], stored_count[i] = (c.owner.created_at, i), c.owner.record_count, \
+                        c.owner.record_count
+                    separated.setdefault(i, set())
+                record_owner.setdefault(c.record_id, i)
+            if len(snap.separated) > pairs:
+                for pair in snap.separated:
+                    a, b = tuple(pair)
+                    separated.setdefault(a, set()).add(b)
+                    separated.setdefault(b, set()).add(a)
+                pairs = len(snap.separated)
+            matcher.add_stored([c.record for c in more], [c.blocks for c in more])
         matches = [] if matcher is None else matcher.matches(start, end)
         created: list[str] = []
         merges: list[MergeRecord] = []
@@ -282,9 +303,10 @@ def plan_parts(
             if i in stored_count and i not in parent and count[i] != stored_count[i]:
                 plan.counts[i] = stored_count[i] = count[i]
         stored_count.update((n.individual_id, n.record_count) for n in plan.new_individuals)
+        all_created += plan.new_individuals
         if end < len(subjects):
             yield plan
-    created_set = {i for i in stored_count if i not in info}
+    created_set = {n.individual_id for n in all_created}
     for i, merged_ids in interim:
         final_id = find(i) if i else ""
         plan.resolutions.append(Resolution(final_id, final_id in created_set, merged_ids))

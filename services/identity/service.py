@@ -12,7 +12,7 @@ from typing import Any
 
 import phonenumbers
 
-from services.identity import matching
+from services.identity import matching, resolution
 from services.identity.matching import BUILT_IN_TYPES, IdentityType, Ruleset
 from services.identity.model import (
     DEFAULT_MAX_BLOCK,
@@ -156,6 +156,7 @@ class IdentityService:
         query = SnapshotQuery(
             unique=unique, shared=shared, record_ids=list(dict.fromkeys(s.record_id for s in subs)),
             blocks=block_keys, covering=covering if seen is None else [c for c in covering if c[1] in owned],
+            first_blocks=len({k for s in subs[:resolution.PART] for _, k in s.blocks}),
             lock_keys=sorted({f"{t}\x1f{v}" for t, v in unique} | {f"b\x1f{k}" for k in block_keys}),
         )
 

@@ -119,14 +119,25 @@ async def test_a_plan_written_in_parts_stores_what_one_write_of_the_whole_plan_s
         await apply(conn, tenant_id, now, plan, written)
 
     monkeypatch.setattr(postgres, "_apply", counted)
+    later: list[int] = []
+    take_later = postgres._take_later
+
+    async def counted_later(conn, tenant_id, snap, read, locked, stack):
+        before = len(snap.candidates)
+        await take_later(conn, tenant_id, snap, read, locked, stack)
+        later.append(len(snap.candidates) - before)
+
+    monkeypatch.setattr(postgres, "_take_later", counted_later)
     try:
         monkeypatch.setattr(resolution, "PART", 1000)  # each call of 500 planned and written whole
         whole_ids, whole = await _resolve_and_read(pool, f"{tenant}_whole")
-        assert len(applied) == 2
+        assert len(applied) == 2 and later == []
         applied.clear()
         monkeypatch.setattr(resolution, "PART", part)
         parts_ids, parts = await _resolve_and_read(pool, f"{tenant}_parts")
         assert len(applied) == 2 * -(-500 // part), applied
+        # The second call's later parts' candidates were read while its first part was planned.
+        assert len(later) == 2 and later[1] > 20, later
         assert parts_ids == whole_ids
         for name in TABLES:
             assert parts[name] == whole[name], name
