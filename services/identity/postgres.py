@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -328,14 +329,14 @@ class PostgresRepository:
                     if spare is not None:
                         cut = query.first_blocks or len(query.blocks)
                         snap, found = await _both(
-                            _snapshot(conn, tenant, query), self._candidates(spare, tenant, query.blocks[:cut]))
+                            _locked_snapshot(conn, tenant, query), self._candidates(spare, tenant, query.blocks[:cut]))
                         if cut < len(query.blocks):
                             later = asyncio.ensure_future(self._candidates(spare, tenant, query.blocks[cut:]))
                             stack.push_async_callback(_settle, later)  # (before the spare goes back)
                         else:
                             await stack.aclose()  # the spare goes back at once
                     else:
-                        snap = await _snapshot(conn, tenant, query)
+                        snap = await _locked_snapshot(conn, tenant, query)
                         if query.blocks:
                             found = await self._candidates(conn, tenant, query.blocks)
                     locked: set[str] = set()
@@ -690,6 +691,16 @@ async def _settle(task: asyncio.Future) -> None:
     if not task.done():
         task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+async def _locked_snapshot(conn: asyncpg.Connection, tenant: str, query: SnapshotQuery) -> Snapshot:
+    """The snapshot under the locks; the covering check (every subject's contents) only for the subjects whose
+    identity has an owner, in a second read when there are any (a batch of new subjects sends no contents)."""
+    snap = await _snapshot(conn, tenant, dataclasses.replace(query, covering=[]))
+    owned = [c for c in query.covering if c[1] in snap.owners]
+    if owned:
+        snap.covered = (await _snapshot(conn, tenant, SnapshotQuery([], [], [], covering=owned))).covered
+    return snap
 
 
 async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:

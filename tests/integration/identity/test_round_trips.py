@@ -182,10 +182,11 @@ async def test_the_fast_read_is_cut_by_a_new_probed_identity_and_the_locks_check
         covering.clear()
         again = await service.resolve(tenant, subjects, lookup_only=False, attributes=[{"city": "Rome"}] * 10)
         everyone = [str(n) for n in range(10)]
-        if new_at == 0:  # probed: no fast read, so the locks check every subject
-            assert covering == [everyone]
-        else:  # not probed: the full fast read, then only subjects whose identity had an owner
-            assert covering == [everyone, everyone[:9]]
+        # Under the locks, the owners first; then the covering check of the subjects whose identity has one.
+        if new_at == 0:  # probed: no fast read
+            assert covering == [[], everyone[1:]]
+        else:  # not probed: the full fast read first
+            assert covering == [everyone, [], everyone[:9]]
         ids = [r.individual_id for r in again]
         assert ids[:new_at] + ids[new_at + 1:] == [r.individual_id for r in known]
         assert ids[new_at] not in ids[:new_at] + ids[new_at + 1:]
