@@ -166,6 +166,10 @@ ORDER BY n.individual_id
 FOR NO KEY UPDATE OF n
 """
 
+# The same for the individuals of the later parts' candidates, locked after the others: not in one global order with
+# them, so a row another call holds is not waited for (it could be waiting for one of ours); the call starts over.
+_LOCK_MORE_OWNERS = _LOCK_OWNERS.replace("FOR NO KEY UPDATE OF n", "FOR NO KEY UPDATE OF n NOWAIT")
+
 # All the writes of one plan in one round trip. Each UPDATE names its keys with = ANY too, so that plans find the
 # rows through an index rather than among all of the tenant's, and is skipped outright (a one-time filter on the
 # array's cardinality) when it has nothing to do: calls without merges never run the merge updates, whatever plan
@@ -274,7 +278,8 @@ def tenant_lock(tenant: str) -> int:
 
 
 class _Stale(Exception):
-    """An owner read before its row lock was merged away meanwhile."""
+    """An owner read before its row lock was merged away meanwhile (or a later owner's row was held by another
+    call): the call starts over."""
 
 
 def _record(identities: Any, attributes: Any) -> Record:
@@ -327,7 +332,8 @@ class PostgresRepository:
                     found: list[tuple[str, str, Record, list[str]]] = []
                     later: asyncio.Future | None = None  # the later parts' candidates, read while the first is planned
                     if spare is not None:
-                        cut = query.first_blocks or len(query.blocks)
+                        # (a call that had to start over reads all its candidates at once)
+                        cut = (query.first_blocks or len(query.blocks)) if attempt == 1 else len(query.blocks)
                         snap, found = await _both(
                             _locked_snapshot(conn, tenant, query), self._candidates(spare, tenant, query.blocks[:cut]))
                         if cut < len(query.blocks):
@@ -667,7 +673,7 @@ async def _lock_owners(conn: asyncpg.Connection, tenant: str, snap: Snapshot,
     ids = sorted((snap.individuals().keys() if first else set()) | {f[1] for f in found} - locked)
     owners = {c.owner.individual_id: c.owner for c in snap.candidates} if not first else {}
     if ids:
-        rows = await conn.fetch(_LOCK_OWNERS, tenant, ids)
+        rows = await conn.fetch(_LOCK_OWNERS if first else _LOCK_MORE_OWNERS, tenant, ids)
         if len(rows) != len(ids) or any(r[1] is not None for r in rows):
             raise _Stale()
         owners.update({r[0]: Owner(r[0], r[2], r[3]) for r in rows})
@@ -682,7 +688,10 @@ async def _lock_owners(conn: asyncpg.Connection, tenant: str, snap: Snapshot,
 async def _take_later(conn: asyncpg.Connection, tenant: str, snap: Snapshot, later: asyncio.Future, locked: set[str],
                       stack: contextlib.AsyncExitStack) -> None:
     """The later parts' candidates into the snapshot, their individuals locked; then the spare connection goes back."""
-    await _lock_owners(conn, tenant, snap, await later, locked)
+    try:
+        await _lock_owners(conn, tenant, snap, await later, locked)
+    except asyncpg.LockNotAvailableError:
+        raise _Stale() from None
     await stack.aclose()
 
 

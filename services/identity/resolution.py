@@ -378,6 +378,24 @@ def _sole_owner(subject: SubjectIn, owner_of: dict[Key, str], find: Callable[[st
     return only
 
 
+def lookup_resolutions(subjects: list[SubjectIn], owners: dict[Key, Owner]) -> list[Resolution]:
+    """Lookups (nothing created or merged): each subject's oldest owner of its unique identities, "" when none (what
+    plan_resolution with lookup_only finds, without the bookkeeping a write needs)."""
+    out = []
+    for subject in subjects:
+        best = None
+        for key in subject.unique:
+            owner = owners.get(key)
+            if owner is not None and (best is None or (owner.created_at, owner.individual_id)
+                                      < (best.created_at, best.individual_id)):
+                best = owner
+        out.append(_NOBODY if best is None else Resolution(best.individual_id))
+    return out
+
+
+_NOBODY = Resolution("")
+
+
 def known_resolutions(subjects: list[SubjectIn], snap: Snapshot) -> list[Resolution] | None:
     """The resolutions when no subject adds anything new (the hot path: no rules, no writes), else None.
 

@@ -7,7 +7,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import phonenumbers
@@ -33,8 +33,8 @@ from services.identity.resolution import (
     Resolution,
     Snapshot,
     known_resolutions,
+    lookup_resolutions,
     plan_parts,
-    plan_resolution,
     stored_whatever_matches,
 )
 from services.identity.subjects import validate_subjects
@@ -124,7 +124,7 @@ class IdentityService:
             if check and (out := await self._suppressed(
                     tenant, subs, config, lookup_only, [k for k in unique if k not in snap.owners])) is not None:
                 return out
-            return plan_resolution(subs, snap, datetime.now(UTC), config.ruleset, lookup_only=True).resolutions
+            return lookup_resolutions(subs, snap.owners)
         shared = _all_keys([s.shared for s in subs])
         covering = [(n, s.unique[0], s.record) for n, s in enumerate(subs) if s.record.attributes and s.unique]
         # Fast path: one read, no rules, no writes; most calls only repeat what is known. Plain subjects (unique

@@ -3,8 +3,10 @@ write after the plan leaves it, on a realistic batch (Splink's fake_1000, its ru
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
+import asyncpg
 import pytest
 
 import services.identity.server as server_module
@@ -145,4 +147,48 @@ async def test_a_plan_written_in_parts_stores_what_one_write_of_the_whole_plan_s
         assert sum(1 for row in whole["individuals"] if row[1] is not None) > 20
         assert any(row[2] != row[3] for row in whole["identities"]) or any(r[1] != r[2] for r in whole["source_records"])
     finally:
+        await pool.close()
+
+
+async def test_a_later_owner_held_by_another_call_starts_the_call_over_with_all_candidates_read_at_once(
+        database_url, tenant, monkeypatch):
+    pool = await prepare_schema(database_url, SCHEMA, server_module.__file__)
+    later: list[int] = []
+    take_later = postgres._take_later
+
+    async def counted_later(conn, tenant_id, snap, read, locked, stack):
+        later.append(1)
+        await take_later(conn, tenant_id, snap, read, locked, stack)
+
+    monkeypatch.setattr(postgres, "_take_later", counted_later)
+    token = ctx.tenant_var.set(tenant)
+    try:
+        service = IdentityService(PostgresRepository(pool))
+        await service.create_ruleset(tenant, [("last", [("attribute", "last_name", "EXACT", "")])], [])
+        names = [f"name{n}" for n in range(6)]
+        stored = await service.resolve(tenant, [[("email", f"{n}@x.io")] for n in names], lookup_only=False,
+                                       attributes=[{"last_name": n} for n in names])
+        monkeypatch.setattr(resolution, "PART", 2)
+        other = await asyncpg.connect(database_url, server_settings={"search_path": SCHEMA})
+        try:
+            holding = other.transaction()
+            await holding.start()
+            # Another call holds the row of the individual behind the last subject's block (a later part's).
+            await other.execute("SELECT set_config('tailor.tenant', $1, true)", tenant)
+            assert await other.fetchval(
+                "SELECT count(*) FROM (SELECT 1 FROM individuals WHERE tenant_id = $1 AND individual_id = $2"
+                " FOR UPDATE) AS held", tenant, stored[5].individual_id) == 1
+            call = asyncio.ensure_future(service.resolve(
+                tenant, [[("email", f"again{n}@x.io")] for n in names], lookup_only=False,
+                attributes=[{"last_name": n} for n in names]))
+            await asyncio.sleep(0.5)
+            assert not call.done()  # started over, now waiting for the row in one sorted lock read
+            await holding.commit()
+            again = await call
+        finally:
+            await other.close()
+        assert later == [1]  # the first attempt read the later candidates apart; the second read all at once
+        assert [r.individual_id for r in again] == [r.individual_id for r in stored]
+    finally:
+        ctx.tenant_var.reset(token)
         await pool.close()

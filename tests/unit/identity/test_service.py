@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from services.identity import matching
 from services.identity.matching import BUILT_IN_TYPES, IdentityType
 from services.identity.model import Config
-from services.identity.resolution import Owner, Snapshot, StoredRecord, plan_resolution, stored_whatever_matches
+from services.identity.resolution import (
+    Owner,
+    Snapshot,
+    StoredRecord,
+    lookup_resolutions,
+    plan_resolution,
+    stored_whatever_matches,
+)
 from services.identity.service import IdentityService
 from services.identity.subjects import validate_subjects
 from shared.errors import InvalidArgument, NotFound
@@ -256,6 +263,17 @@ def test_equal_creation_times_are_broken_by_the_smaller_id():
     plan = plan_resolution(subjects, Snapshot(owners=owners), at, CONFIG.ruleset, lookup_only=False)
     assert plan.resolutions[0].individual_id == "ind_a"
     assert plan.redirects == {"ind_b": "ind_a"}
+
+
+def test_a_lookup_resolves_as_the_plan_would_without_writing():
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    owners = {("email", "a@x.io"): Owner("ind_b", at), ("email", "b@x.io"): Owner("ind_a", at),
+              ("email", "c@x.io"): Owner("ind_c", at - timedelta(days=1))}
+    subjects = validate_subjects([[("email", "a@x.io"), ("email", "b@x.io")], [("email", "nobody@x.io")],
+                                  [("email", "a@x.io"), ("email", "c@x.io")], [("email", "a@x.io")]], CONFIG, "US")
+    found = lookup_resolutions(subjects, owners)
+    assert [r.individual_id for r in found] == ["ind_a", "", "ind_c", "ind_b"]
+    assert found == plan_resolution(subjects, Snapshot(owners=owners), at, CONFIG.ruleset, lookup_only=True).resolutions
 
 
 def test_the_records_stored_whatever_matches_are_stored_by_the_plan_with_the_same_rows():
