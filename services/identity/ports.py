@@ -57,8 +57,9 @@ class SnapshotQuery:
     shared: list[Key]
     record_ids: list[str]
     blocks: list[str] = field(default_factory=list)
-    # How many of blocks (a prefix) the first part of the plan needs: the others may be read while it is planned.
-    first_blocks: int = 0
+    # How many of blocks (a prefix) the first part of the plan needs, the others may be read while it is planned
+    # (None: all of them).
+    first_blocks: int | None = None
     lock_keys: list[str] = field(default_factory=list)
     # (position in the call, first unique identity, record) of the subjects with attributes: does a stored record
     # of that identity's owner contain the record?

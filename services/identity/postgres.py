@@ -333,7 +333,7 @@ class PostgresRepository:
                     later: asyncio.Future | None = None  # the later parts' candidates, read while the first is planned
                     if spare is not None:
                         # (a call that had to start over reads all its candidates at once)
-                        cut = (query.first_blocks or len(query.blocks)) if attempt == 1 else len(query.blocks)
+                        cut = len(query.blocks) if query.first_blocks is None or attempt > 1 else query.first_blocks
                         snap, found = await _both(
                             _locked_snapshot(conn, tenant, query), self._candidates(spare, tenant, query.blocks[:cut]))
                         if cut < len(query.blocks):
@@ -671,7 +671,7 @@ async def _lock_owners(conn: asyncpg.Connection, tenant: str, snap: Snapshot,
     them was merged away meanwhile."""
     first = not locked
     ids = sorted((snap.individuals().keys() if first else set()) | {f[1] for f in found} - locked)
-    owners = {c.owner.individual_id: c.owner for c in snap.candidates} if not first else {}
+    owners = {} if first else snap.individuals()  # (locked already: the snapshot's and the first candidates')
     if ids:
         rows = await conn.fetch(_LOCK_OWNERS if first else _LOCK_MORE_OWNERS, tenant, ids)
         if len(rows) != len(ids) or any(r[1] is not None for r in rows):

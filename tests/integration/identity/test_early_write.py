@@ -192,3 +192,23 @@ async def test_a_later_owner_held_by_another_call_starts_the_call_over_with_all_
     finally:
         ctx.tenant_var.reset(token)
         await pool.close()
+
+
+async def test_a_later_candidate_of_an_individual_the_snapshot_already_locked_joins_it(database_url, tenant,
+                                                                                       monkeypatch):
+    pool = await prepare_schema(database_url, SCHEMA, server_module.__file__)
+    token = ctx.tenant_var.set(tenant)
+    try:
+        service = IdentityService(PostgresRepository(pool))
+        await service.create_ruleset(tenant, [("last", [("attribute", "last_name", "EXACT", "")])], [])
+        [ada] = await service.resolve(tenant, [[("email", "ada@x.io")]], lookup_only=False,
+                                      attributes=[{"last_name": "Lovelace"}])
+        monkeypatch.setattr(resolution, "PART", 1)
+        # The first subject's identity is Ada's (locked with the snapshot's owners); the second reaches her record
+        # through a block key of the later part.
+        found = await service.resolve(tenant, [[("email", "ada@x.io")], [("email", "other@x.io")]],
+                                      lookup_only=False, attributes=[{"first_name": "Ada"}, {"last_name": "Lovelace"}])
+        assert [r.individual_id for r in found] == [ada.individual_id] * 2
+    finally:
+        ctx.tenant_var.reset(token)
+        await pool.close()
