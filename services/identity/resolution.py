@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from services.identity import matching
 from services.identity.batch_matching import STORED, BatchMatcher
@@ -118,19 +118,10 @@ class Plan:
 PART = 300
 
 
-def plan_resolution(
-    subjects: list[SubjectIn],
-    snap: Snapshot,
-    now: datetime,
-    ruleset: Ruleset,
-    *,
-    lookup_only: bool,
-    new_id: Callable[[], str] = new_individual_id,
-    max_cluster: int = DEFAULT_MAX_CLUSTER,
-) -> Plan:
-    """The whole plan in one part (plan_parts)."""
-    return next(plan_parts(subjects, snap, now, ruleset, lookup_only=lookup_only, new_id=new_id,
-                           max_cluster=max_cluster, part=max(1, len(subjects))))
+def plan_resolution(subjects: list[SubjectIn], snap: Snapshot, now: datetime, ruleset: Ruleset, **options: Any
+                    ) -> Plan:
+    """The whole plan in one part (plan_parts with the same options)."""
+    return next(plan_parts(subjects, snap, now, ruleset, **options, part=max(1, len(subjects))))
 
 
 def plan_parts(
@@ -145,8 +136,9 @@ def plan_parts(
     part: int = 0,
 ) -> Iterator[Plan]:
     """Resolves subjects in order against the snapshot (rules only; nothing is stored here), yielding the writes of
-    each run of `part` subjects (PART by default) as a Plan as soon as that run is planned; the last part also carries every subject's
-    resolution. Applied in order, the parts leave what one plan of the whole call would (ids, rows, merge events).
+    each run of `part` subjects (PART by default) as a Plan as soon as that run is planned; the last part also
+    carries every subject's resolution. Applied in order, the parts leave what one plan of the whole call would (ids,
+    rows, merge events).
 
     Candidates are the owners of the subject's unique identities and the individuals of stored (or earlier
     in-batch) records that share a block key and satisfy a rule. The oldest (created_at, then id) survives;
