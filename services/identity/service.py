@@ -157,7 +157,7 @@ class IdentityService:
             unique=unique, shared=shared, record_ids=list(dict.fromkeys(s.record_id for s in subs)),
             blocks=block_keys, covering=covering if seen is None else [c for c in covering if c[1] in owned],
             first_blocks=len({k for s in subs[:resolution.PART] for _, k in s.blocks}),
-            lock_keys=sorted({f"{t}\x1f{v}" for t, v in unique} | {f"b\x1f{k}" for k in block_keys}),
+            lock_keys=[f"{t}\x1f{v}" for t, v in unique] + [f"b\x1f{k}" for k in block_keys],
         )
 
         def planner(snap: Snapshot, now: datetime) -> Iterator[Plan]:

@@ -192,3 +192,10 @@ async def test_the_fast_read_is_cut_by_a_new_probed_identity_and_the_locks_check
         assert ids[new_at] not in ids[:new_at] + ids[new_at + 1:]
     finally:
         await pool.close()
+
+
+def test_the_locks_of_a_batch_are_the_keys_lock_key_gives_sorted_and_each_once():
+    keys = ["email\x1fa@x.io", "b\x1f0a1b2c", "email\x1fa@x.io", "phone\x1f+15550100", "b\x1fff00"]
+    assert postgres.lock_keys("t1", keys) == sorted({postgres.lock_key("t1", k) for k in keys})
+    assert len(postgres.lock_keys("t1", keys)) == 4
+    assert postgres.lock_keys("t1", keys) != postgres.lock_keys("t2", keys)  # per tenant
