@@ -80,7 +80,8 @@ class Repository(Protocol):
     async def resolve(self, tenant: str, query: SnapshotQuery, planner: Planner, early: EarlyRecords | None = None
                       ) -> Plan:
         """Locks the keys, reads the full snapshot, plans with planner and applies its parts atomically (the rows of
-        early's records, and each part, may be written while the next part is planned); returns the last part (every resolution)."""
+        early's records, and each part, may be written while the next part is planned); returns the last part (it
+        carries every resolution)."""
         ...
 
     async def get_individual(self, tenant: str, individual_id: str) -> IndividualView | None:

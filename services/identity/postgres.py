@@ -693,7 +693,8 @@ async def _lock_owners(conn: asyncpg.Connection, tenant: str, snap: Snapshot,
     if first:
         snap.owners = {key: owners[o.individual_id] for key, o in snap.owners.items()}
         snap.known_records = {record_id: owners[o.individual_id] for record_id, o in snap.known_records.items()}
-    snap.candidates += [StoredRecord(record_id, owners[owner], record, keys) for record_id, owner, record, keys in found]
+    snap.candidates += [StoredRecord(record_id, owners[owner], record, keys)
+                        for record_id, owner, record, keys in found]
 
 
 async def _take_later(conn: asyncpg.Connection, tenant: str, snap: Snapshot, later: asyncio.Future, locked: set[str],

@@ -145,7 +145,8 @@ async def test_a_plan_written_in_parts_stores_what_one_write_of_the_whole_plan_s
             assert parts[name] == whole[name], name
         # Later parts merge individuals earlier parts stored: the redirects, counts and origins are exercised.
         assert sum(1 for row in whole["individuals"] if row[1] is not None) > 20
-        assert any(row[2] != row[3] for row in whole["identities"]) or any(r[1] != r[2] for r in whole["source_records"])
+        assert any(row[2] != row[3] for row in whole["identities"]) \
+            or any(r[1] != r[2] for r in whole["source_records"])
     finally:
         await pool.close()
 

@@ -116,7 +116,8 @@ async def test_the_reads_of_a_resolve_go_by_key_in_any_plan(database_url, statem
 
 
 async def test_the_updates_of_a_write_are_skipped_outright_when_they_have_nothing_to_do(database_url):
-    literals = ", ".join(["'t'", "now()", "'{i1}'", "'{i2}'", "'{1}'"] + ["'{x}'"] * 21 + ["'{1}'", "'{0}'", "'{x}'", "'{x}'"])
+    literals = ", ".join(["'t'", "now()", "'{i1}'", "'{i2}'", "'{1}'"] + ["'{x}'"] * 21
+                         + ["'{1}'", "'{0}'", "'{x}'", "'{x}'"])
     plan = await generic_plan(database_url, postgres._APPLY, literals)
     assert "Seq Scan" not in plan, plan
     # redirected, redirected_aliases, moved, moved_records (only with merges), counted (only with new records)
