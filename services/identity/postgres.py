@@ -267,13 +267,13 @@ JOIN individuals AS s ON s.tenant_id = $1 AND s.individual_id = t.id
 
 
 def lock_key(tenant: str, key: str) -> int:
-    """A stable signed 64-bit advisory lock key for one identity or block key of one tenant."""
-    digest = hashlib.blake2b(f"{tenant}\x1f{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    """A stable signed 64-bit advisory lock key for one identity or block key of one tenant (lock_keys of one)."""
+    return lock_keys(tenant, [key])[0]
 
 
 def lock_keys(tenant: str, keys: Iterable[str]) -> list[int]:
-    """lock_key of each key, sorted and each once (a batch locks thousands: the tenant's prefix is hashed once)."""
+    """The lock key of each key (blake2b of tenant, unit separator, key), sorted and each once; a batch locks
+    thousands, so the tenant's prefix is hashed once."""
     prefix = hashlib.blake2b(f"{tenant}\x1f".encode(), digest_size=8)
     out = set()
     for key in keys:

@@ -1,4 +1,5 @@
-"""The real-time resolve plan: snapshot types, plan_resolution and the known-subject hot path (pure)."""
+"""The real-time resolve plan: snapshot types, plan_parts (plan_resolution whole), lookups and the known-subject
+hot path (pure)."""
 
 from __future__ import annotations
 
@@ -173,7 +174,7 @@ def plan_parts(
         ruleset, [s.record for s in subjects], [s.blocks for s in subjects],
         [c.record for c in snap.candidates], [c.blocks for c in snap.candidates])
     absorbed, pairs = len(snap.candidates), len(snap.separated)
-    all_created: list[NewIndividual] = []
+    created_ids: set[str] = set()  # every individual the call created, over all parts
     added: set[int] = set()  # positions of the subjects that stored a record
     interim: list[tuple[str, tuple[str, ...]]] = []
     plan = Plan([])
@@ -295,13 +296,12 @@ def plan_parts(
             if i in stored_count and i not in parent and count[i] != stored_count[i]:
                 plan.counts[i] = stored_count[i] = count[i]
         stored_count.update((n.individual_id, n.record_count) for n in plan.new_individuals)
-        all_created += plan.new_individuals
+        created_ids.update(n.individual_id for n in plan.new_individuals)
         if end < len(subjects):
             yield plan
-    created_set = {n.individual_id for n in all_created}
     for i, merged_ids in interim:
         final_id = find(i) if i else ""
-        plan.resolutions.append(Resolution(final_id, final_id in created_set, merged_ids))
+        plan.resolutions.append(Resolution(final_id, final_id in created_ids, merged_ids))
     yield plan
 
 
