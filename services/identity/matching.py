@@ -505,9 +505,6 @@ def _attribute_keys(blocks, record: Record) -> list[tuple[int, str]]:
     """block_keys for Ruleset.attribute_blocks: the same keys as _group_keys makes, one value per field."""
     groups, slots = blocks
     attributes = record.attributes
-    normalized = record.normalized
-    if normalized is None:
-        normalized = record.normalized = {}
     made: list[str | None] = []
     for prefix, fields in groups:
         quoted = []
@@ -515,10 +512,7 @@ def _attribute_keys(blocks, record: Record) -> list[tuple[int, str]]:
             if how == EXACT_VALUE:
                 value = attributes.get(name)
             else:
-                value = normalized.get(name)
-                if value is None:
-                    raw = attributes.get(name)
-                    value = normalized[name] = normalize_text(raw) if raw else ""
+                value = normalized_value(record, name)
                 if how == PREFIX:
                     value = value[:FUZZY_BLOCK_PREFIX]
             if not value:
