@@ -125,6 +125,14 @@ def plan_resolution(subjects: list[SubjectIn], snap: Snapshot, now: datetime, ru
     return next(plan_parts(subjects, snap, now, ruleset, **options, part=max(1, len(subjects))))
 
 
+def _separate(separated: dict[str, set[str]], pairs: Collection[frozenset[str]]) -> None:
+    """Each pair's two individuals as split apart by an unmerge, both ways."""
+    for pair in pairs:
+        a, b = tuple(pair)
+        separated.setdefault(a, set()).add(b)
+        separated.setdefault(b, set()).add(a)
+
+
 def plan_parts(
     subjects: list[SubjectIn],
     snap: Snapshot,
@@ -155,10 +163,7 @@ def plan_parts(
     stored_count = dict(count)  # the record_count each stored individual has now (written parts included)
     parent: dict[str, str] = {}
     separated: dict[str, set[str]] = {i: set() for i in info}
-    for pair in snap.separated:
-        a, b = tuple(pair)
-        separated.setdefault(a, set()).add(b)
-        separated.setdefault(b, set()).add(a)
+    _separate(separated, snap.separated)
 
     def find(individual_id: str) -> str:
         while individual_id in parent:
@@ -193,10 +198,7 @@ def plan_parts(
                     separated.setdefault(i, set())
                 record_owner.setdefault(c.record_id, i)
             if len(snap.separated) > pairs:
-                for pair in snap.separated:
-                    a, b = tuple(pair)
-                    separated.setdefault(a, set()).add(b)
-                    separated.setdefault(b, set()).add(a)
+                _separate(separated, snap.separated)
                 pairs = len(snap.separated)
             matcher.add_stored([c.record for c in more], [c.blocks for c in more])
         matches = [] if matcher is None else matcher.matches(start, end)
