@@ -98,8 +98,10 @@ async def stop_built(built: Built, running: RunningServer, tasks: list[asyncio.T
     await built.close()
 
 
-def serve(name: str, build: Callable[[str], Awaitable[Built]]) -> None:
-    """Entry point of `python -m services.<name>`: reads settings, builds, serves until SIGTERM, drains."""
+def serve(name: str, build: Callable[[str], Awaitable[Built]],
+          gc_thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
+    """Entry point of `python -m services.<name>`: reads settings, builds, serves until SIGTERM, drains. A service
+    whose calls keep more objects alive at once than GC_THRESHOLDS allows for passes thresholds of its own."""
     log.configure(name, env_str("TAILOR_LOG_LEVEL", "INFO"))
     dsn = database_url(name)
     port = service_port(name)
@@ -107,7 +109,7 @@ def serve(name: str, build: Callable[[str], Awaitable[Built]]) -> None:
     host = env_str("TAILOR_BIND_HOST", "0.0.0.0")
     reuse_port = env_bool("TAILOR_REUSE_PORT", False)
     ready_file = env_str("TAILOR_READY_FILE", "")  # set by the launcher, which supervises this process
-    gc.set_threshold(*GC_THRESHOLDS)
+    gc.set_threshold(*gc_thresholds)
 
     async def main() -> None:
         built = await build(dsn)

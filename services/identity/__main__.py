@@ -1,4 +1,4 @@
-from services.identity.server import build
+from services.identity.server import GC_THRESHOLDS, build
 from shared.runtime import serve
 
-serve("identity", build)
+serve("identity", build, GC_THRESHOLDS)

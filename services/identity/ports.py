@@ -11,7 +11,7 @@ from services.identity.matching import IdentityType, Record, Ruleset
 from services.identity.model import Key
 from services.identity.probabilistic import MatchModel
 from services.identity.rerun import RerunPlan, TenantData
-from services.identity.resolution import NewRecord, Owner, Plan, Snapshot
+from services.identity.resolution import NewRecord, Plan, Snapshot
 from services.identity.unmerge import UnmergeData, UnmergePlan
 
 
@@ -69,8 +69,12 @@ class SnapshotQuery:
 class Repository(Protocol):
     """The storage port (postgres.py is the adapter; tests use an in-memory fake)."""
 
-    async def lookup_owners(self, tenant: str, keys: list[Key]) -> dict[Key, Owner]:
-        """The current survivor owning each known unique key (one read, no locks)."""
+    async def lookup_survivors(self, tenant: str, keys: list[Key]) -> dict[Key, str]:
+        """The id of the current survivor owning each known unique key (one read, no locks)."""
+        ...
+
+    async def created_at(self, tenant: str, individual_ids: list[str]) -> dict[str, datetime]:
+        """When each known individual was created (the tie-breaker between owners; one read, no locks)."""
         ...
 
     async def lookup(self, tenant: str, query: SnapshotQuery) -> Snapshot:

@@ -59,9 +59,20 @@ CROSS JOIN LATERAL (
     WHERE i.tenant_id = $1 AND i.id_type = {key}.t AND i.id_value = {key}.v LIMIT 1
 ) AS {key}i""" + _INDIVIDUAL.format(of="{key}i", alias="{alias}")
 
-_OWNERS = f"""
-SELECT k.t, k.v, o.individual_id, o.created_at, o.record_count
-FROM unnest($2::text[], $3::text[]) AS k(t, v){_OWNER_OF.format(key="k", alias="o")}
+# The survivor owning each key, by the key's position (1-based) in the arrays: an identity row names its current
+# survivor (merges move them), so neither the texts nor the individual's row are read back.
+_SURVIVORS = """
+SELECT k.n, i.individual_id
+FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(t, v, n)
+CROSS JOIN LATERAL (
+    SELECT i.individual_id FROM identities AS i
+    WHERE i.tenant_id = $1 AND i.id_type = k.t AND i.id_value = k.v LIMIT 1
+) AS i
+"""
+
+_CREATED = f"""
+SELECT o.individual_id, o.created_at
+FROM unnest($2::text[]) AS q(individual_id){_INDIVIDUAL.format(of="q", alias="o")}
 """
 
 # Owners of unique keys ('o'), holders of searchable keys ('s'), known records ('r') and records of the batch that
@@ -318,10 +329,14 @@ class PostgresRepository:
         self._records[key] = record
         return record
 
-    async def lookup_owners(self, tenant: str, keys: list[Key]) -> dict[Key, Owner]:
+    async def lookup_survivors(self, tenant: str, keys: list[Key]) -> dict[Key, str]:
         async with self.pool.acquire() as conn:
-            rows = await conn.fetch(_OWNERS, tenant, [k[0] for k in keys], [k[1] for k in keys])
-        return {(r["t"], r["v"]): _owner(r) for r in rows}
+            rows = await conn.fetch(_SURVIVORS, tenant, [k[0] for k in keys], [k[1] for k in keys])
+        return {keys[n - 1]: individual_id for n, individual_id in rows}
+
+    async def created_at(self, tenant: str, individual_ids: list[str]) -> dict[str, datetime]:
+        async with self.pool.acquire() as conn:
+            return dict(await conn.fetch(_CREATED, tenant, individual_ids))
 
     async def lookup(self, tenant: str, query: SnapshotQuery) -> Snapshot:
         async with self.pool.acquire() as conn:

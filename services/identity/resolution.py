@@ -372,18 +372,32 @@ def _sole_owner(subject: SubjectIn, owner_of: dict[Key, str], find: Callable[[st
     return only
 
 
-def lookup_resolutions(subjects: list[SubjectIn], owners: dict[Key, Owner]) -> list[Resolution]:
+def contested(subjects: list[SubjectIn], survivors: dict[Key, str]) -> list[str]:
+    """The survivors whose creation times a lookup needs: those of subjects whose unique identities belong to more
+    than one individual (the oldest wins). Most subjects have one owner, and their lookup reads no individual."""
+    out: set[str] = set()
+    for subject in subjects:
+        if len(subject.unique) > 1:
+            found = {owner for key in subject.unique if (owner := survivors.get(key)) is not None}
+            if len(found) > 1:
+                out |= found
+    return sorted(out)
+
+
+def lookup_resolutions(subjects: list[SubjectIn], survivors: dict[Key, str], created: dict[str, datetime]
+                       ) -> list[Resolution]:
     """Lookups (nothing created or merged): each subject's oldest owner of its unique identities, "" when none (what
-    plan_resolution with lookup_only finds, without the bookkeeping a write needs)."""
+    plan_resolution with lookup_only finds, without the bookkeeping a write needs); created holds the creation times
+    of the contested survivors."""
     out = []
     for subject in subjects:
         best = None
         for key in subject.unique:
-            owner = owners.get(key)
-            if owner is not None and (best is None or (owner.created_at, owner.individual_id)
-                                      < (best.created_at, best.individual_id)):
+            owner = survivors.get(key)
+            if owner is not None and owner != best and (
+                    best is None or (created[owner], owner) < (created[best], best)):
                 best = owner
-        out.append(_NOBODY if best is None else Resolution(best.individual_id))
+        out.append(_NOBODY if best is None else Resolution(best))
     return out
 
 

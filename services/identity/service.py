@@ -32,6 +32,7 @@ from services.identity.resolution import (
     Plan,
     Resolution,
     Snapshot,
+    contested,
     known_resolutions,
     lookup_resolutions,
     plan_parts,
@@ -120,11 +121,12 @@ class IdentityService:
                        ) -> list[Resolution]:
         unique = _all_keys([s.unique for s in subs])
         if lookup_only:
-            snap = Snapshot(owners=await self.repository.lookup_owners(tenant, unique))
+            survivors = await self.repository.lookup_survivors(tenant, unique)
             if check and (out := await self._suppressed(
-                    tenant, subs, config, lookup_only, [k for k in unique if k not in snap.owners])) is not None:
+                    tenant, subs, config, lookup_only, [k for k in unique if k not in survivors])) is not None:
                 return out
-            return lookup_resolutions(subs, snap.owners)
+            ties = contested(subs, survivors)
+            return lookup_resolutions(subs, survivors, await self.repository.created_at(tenant, ties) if ties else {})
         shared = _all_keys([s.shared for s in subs])
         covering = [(n, s.unique[0], s.record) for n, s in enumerate(subs) if s.record.attributes and s.unique]
         # Fast path: one read, no rules, no writes; most calls only repeat what is known. Plain subjects (unique
@@ -135,7 +137,7 @@ class IdentityService:
         # is not all known, and a batch of new subjects skips the read (and sending every subject's contents for it).
         plain = all(s.plain for s in subs)
         probe = _probe(subs) if not plain and len(subs) >= PROBE_FROM else []
-        if probe and len(await self.repository.lookup_owners(tenant, probe)) < len(probe):
+        if probe and len(await self.repository.lookup_survivors(tenant, probe)) < len(probe):
             seen = None  # a probed identity has no owner: the call is not all known, and nothing else is read fast
         else:
             fast = SnapshotQuery(unique=unique, shared=shared, covering=covering, record_ids=list(dict.fromkeys(

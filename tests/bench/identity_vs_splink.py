@@ -13,8 +13,8 @@ steadier than seconds on a shared machine. With BENCH_PROFILE_DIR=folder, py-spy
 run and the summary (kinds of work, functions by self time) is printed.
 The probabilistic rows: the data set's probabilistic rule alone and with the deterministic rules, trained with
 TrainMatchModel's use case on the loaded records and applied by RunRuleset (hist50k_rerun_s times that re-run).
-The process collects garbage with the services' thresholds (shared.runtime.GC_THRESHOLDS, which serve() sets in
-every service process, the identity service's included): the use case runs here as it runs there. Splink's runs share
+The process collects garbage with the identity service's thresholds (services.identity.server.GC_THRESHOLDS, which
+its process sets through shared.runtime.serve): the use case runs here as it runs there. Splink's runs share
 the process and so the thresholds. With Python's defaults the collector took 3.6-4.3 s of this process's ~9 s of CPU
 in the historical_50k run (22 full collections over the 50,000 decoded records the repository keeps).
 The last line is the summary.
@@ -46,7 +46,7 @@ from services.identity.postgres import PostgresRepository
 from services.identity.server import SCHEMA
 from services.identity.service import IdentityService, Settings
 from shared.context import tenant_var
-from shared.runtime import GC_THRESHOLDS, prepare_schema
+from shared.runtime import prepare_schema
 from tests.bench import _pyspy
 from tests.bench._common import free_port, percentile
 
@@ -227,7 +227,7 @@ def _row(name, system, acc, seconds, base_seconds):
 
 async def main() -> None:
     logging.disable(logging.CRITICAL)
-    gc.set_threshold(*GC_THRESHOLDS)  # as in the identity service's process (shared.runtime.serve)
+    gc.set_threshold(*server_module.GC_THRESHOLDS)  # as in the identity service's process
     from shared.embedded_pg import EmbeddedPostgres
 
     home = Path(tempfile.mkdtemp(prefix="tailor-bench-identity-"))

@@ -47,6 +47,17 @@ async def test_lookup_only_is_a_single_select(counted, tenant):
     assert len(statements) == 1 and statements[0].lstrip().startswith("SELECT")
 
 
+async def test_a_lookup_reads_creation_times_only_for_subjects_with_two_owners(counted, tenant):
+    service, statements = counted
+    [older] = await service.resolve(tenant, [[("email", "ada@x.io")]], lookup_only=False)
+    [newer] = await service.resolve(tenant, [[("device_id", "d1")]], lookup_only=False)  # (created later)
+    statements.clear()
+    [found, alone] = await service.resolve(
+        tenant, [[("device_id", "d1"), ("email", "ada@x.io")], [("device_id", "d1")]], lookup_only=True)
+    assert (found.individual_id, alone.individual_id) == (older.individual_id, newer.individual_id)
+    assert len(statements) == 2 and all(s.lstrip().startswith("SELECT") for s in statements)
+
+
 async def test_resolving_only_known_identities_is_a_single_select(counted, tenant):
     service, statements = counted
     [known] = await service.resolve(tenant, [[("email", "ada@x.io"), ("device_id", "d1")]], lookup_only=False)
@@ -98,12 +109,13 @@ async def generic_plan(database_url: str, statement: str, literals: str) -> str:
 
 
 @pytest.mark.parametrize("statement, literals", [
-    (postgres._OWNERS, "'t', '{email}', '{a@x.io}'"),
+    (postgres._SURVIVORS, "'t', '{email}', '{a@x.io}'"),
+    (postgres._CREATED, "'t', '{i1,i2}'"),
     (postgres._SNAPSHOT, ("'t', '{email}', '{a@x.io}', '{ip}', '{1.2.3.4}', '{rec_1}', '{0}', '{email}', '{a@x.io}',"
                           " ARRAY['{}'::jsonb], ARRAY['{}'::jsonb]")),
     (postgres._CANDIDATES, "'t', '{b1,b2}', 200"),
     (postgres._LOCK_OWNERS, "'t', '{i1,i2}'"),
-], ids=["owners", "snapshot", "candidates", "lock_owners"])
+], ids=["survivors", "created", "snapshot", "candidates", "lock_owners"])
 async def test_the_reads_of_a_resolve_go_by_key_in_any_plan(database_url, statement, literals):
     # Plans made while the tables are small and without statistics are cached by each connection: a read planned
     # as a join could go on reading all of the tenant's rows on every call.

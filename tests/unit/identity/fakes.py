@@ -75,9 +75,12 @@ class FakeRepository:
         row = self.individuals[(tenant, individual_id)]
         return Owner(individual_id, row.created_at, row.record_count)
 
-    async def lookup_owners(self, tenant: str, keys: list[Key]) -> dict[Key, Owner]:
+    async def lookup_survivors(self, tenant: str, keys: list[Key]) -> dict[Key, str]:
         self.lookup_calls += 1
-        return self._owners(tenant, keys)
+        return {key: owner.individual_id for key, owner in self._owners(tenant, keys).items()}
+
+    async def created_at(self, tenant: str, individual_ids: list[str]) -> dict[str, datetime]:
+        return {i: row.created_at for i in individual_ids if (row := self.individuals.get((tenant, i))) is not None}
 
     def _owners(self, tenant: str, keys: list[Key]) -> dict[Key, Owner]:
         found = {}

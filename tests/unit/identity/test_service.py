@@ -14,6 +14,7 @@ from services.identity.resolution import (
     Owner,
     Snapshot,
     StoredRecord,
+    contested,
     lookup_resolutions,
     plan_resolution,
     stored_whatever_matches,
@@ -271,7 +272,9 @@ def test_a_lookup_resolves_as_the_plan_would_without_writing():
               ("email", "c@x.io"): Owner("ind_c", at - timedelta(days=1))}
     subjects = validate_subjects([[("email", "a@x.io"), ("email", "b@x.io")], [("email", "nobody@x.io")],
                                   [("email", "a@x.io"), ("email", "c@x.io")], [("email", "a@x.io")]], CONFIG, "US")
-    found = lookup_resolutions(subjects, owners)
+    survivors = {key: owner.individual_id for key, owner in owners.items()}
+    assert contested(subjects, survivors) == ["ind_a", "ind_b", "ind_c"]  # the first and third subjects' owners
+    found = lookup_resolutions(subjects, survivors, {o.individual_id: o.created_at for o in owners.values()})
     assert [r.individual_id for r in found] == ["ind_a", "", "ind_c", "ind_b"]
     assert found == plan_resolution(subjects, Snapshot(owners=owners), at, CONFIG.ruleset, lookup_only=True).resolutions
 
