@@ -388,15 +388,19 @@ def lookup_resolutions(subjects: list[SubjectIn], survivors: dict[Key, str], cre
                        ) -> list[Resolution]:
     """Lookups (nothing created or merged): each subject's oldest owner of its unique identities, "" when none (what
     plan_resolution with lookup_only finds, without the bookkeeping a write needs); created holds the creation times
-    of the contested survivors."""
+    of the contested survivors (one erased between the two reads has none, and owns nothing)."""
     out = []
     for subject in subjects:
         best = None
         for key in subject.unique:
             owner = survivors.get(key)
-            if owner is not None and owner != best and (
-                    best is None or (created[owner], owner) < (created[best], best)):
-                best = owner
+            if owner is None or owner == best:
+                continue
+            if best is not None:
+                at, best_at = created.get(owner), created.get(best)
+                if at is None or (best_at is not None and (best_at, best) < (at, owner)):
+                    continue
+            best = owner
         out.append(_NOBODY if best is None else Resolution(best))
     return out
 

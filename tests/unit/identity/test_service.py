@@ -274,9 +274,14 @@ def test_a_lookup_resolves_as_the_plan_would_without_writing():
                                   [("email", "a@x.io"), ("email", "c@x.io")], [("email", "a@x.io")]], CONFIG, "US")
     survivors = {key: owner.individual_id for key, owner in owners.items()}
     assert contested(subjects, survivors) == ["ind_a", "ind_b", "ind_c"]  # the first and third subjects' owners
-    found = lookup_resolutions(subjects, survivors, {o.individual_id: o.created_at for o in owners.values()})
+    created = {o.individual_id: o.created_at for o in owners.values()}
+    found = lookup_resolutions(subjects, survivors, created)
     assert [r.individual_id for r in found] == ["ind_a", "", "ind_c", "ind_b"]
     assert found == plan_resolution(subjects, Snapshot(owners=owners), at, CONFIG.ruleset, lookup_only=True).resolutions
+    # An owner erased between the survivors' read and the creation times' owns nothing, wherever it comes.
+    for gone in ("ind_a", "ind_b"):
+        left = lookup_resolutions(subjects[:1], survivors, {i: t for i, t in created.items() if i != gone})
+        assert [r.individual_id for r in left] == [{"ind_a": "ind_b", "ind_b": "ind_a"}[gone]]
 
 
 def test_the_records_stored_whatever_matches_are_stored_by_the_plan_with_the_same_rows():
