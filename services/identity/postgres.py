@@ -54,21 +54,21 @@ CROSS JOIN LATERAL (
     WHERE n.tenant_id = $1 AND n.individual_id = {of}.individual_id LIMIT 1
 ) AS {alias}"""
 
-_OWNER_OF = """
+# The survivor owning a key ({key}.t, {key}.v), as {key}i.individual_id: an identity row names its current survivor
+# (merges move them).
+_SURVIVOR_OF = """
 CROSS JOIN LATERAL (
     SELECT i.individual_id FROM identities AS i
     WHERE i.tenant_id = $1 AND i.id_type = {key}.t AND i.id_value = {key}.v LIMIT 1
-) AS {key}i""" + _INDIVIDUAL.format(of="{key}i", alias="{alias}")
+) AS {key}i"""
 
-# The survivor owning each key, by the key's position (1-based) in the arrays: an identity row names its current
-# survivor (merges move them), so neither the texts nor the individual's row are read back.
-_SURVIVORS = """
-SELECT k.n, i.individual_id
-FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(t, v, n)
-CROSS JOIN LATERAL (
-    SELECT i.individual_id FROM identities AS i
-    WHERE i.tenant_id = $1 AND i.id_type = k.t AND i.id_value = k.v LIMIT 1
-) AS i
+_OWNER_OF = _SURVIVOR_OF + _INDIVIDUAL.format(of="{key}i", alias="{alias}")
+
+# The survivor owning each key, by the key's position (1-based) in the arrays: neither the texts nor the
+# individual's row are read back.
+_SURVIVORS = f"""
+SELECT k.n, ki.individual_id
+FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(t, v, n){_SURVIVOR_OF.format(key="k")}
 """
 
 _CREATED = f"""
