@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -50,6 +50,15 @@ EarlyRecords = Callable[[Snapshot], list[NewRecord]]
 
 
 @dataclass(frozen=True)
+class QueryRest:
+    """The later parts' share of a SnapshotQuery: what their subjects add to the first part's."""
+
+    record_ids: list[str]
+    blocks: list[str]
+    lock_keys: list[str]
+
+
+@dataclass(frozen=True)
 class SnapshotQuery:
     """What the write path reads under its locks."""
 
@@ -57,13 +66,22 @@ class SnapshotQuery:
     shared: list[Key]
     record_ids: list[str]
     blocks: list[str] = field(default_factory=list)
-    # How many of blocks (a prefix) the first part of the plan needs, the others may be read while it is planned
-    # (None: all of them).
-    first_blocks: int | None = None
     lock_keys: list[str] = field(default_factory=list)
     # (position in the call, first unique identity, record) of the subjects with attributes: does a stored record
     # of that identity's owner contain the record?
     covering: list[tuple[int, Key, Record]] = field(default_factory=list)
+    # The later parts' record ids, block keys and their lock keys, made on demand (None: the fields above hold
+    # everything). The repository may make them while the first part's reads run, then take their locks without
+    # waiting (a key another call holds starts the call over, every lock then taken in one order).
+    rest: Callable[[], QueryRest] | None = None
+
+    def whole(self) -> SnapshotQuery:
+        """The same query with the later parts' share made and added."""
+        if self.rest is None:
+            return self
+        rest = self.rest()
+        return replace(self, record_ids=self.record_ids + rest.record_ids, blocks=self.blocks + rest.blocks,
+                       lock_keys=self.lock_keys + rest.lock_keys, rest=None)
 
 
 class Repository(Protocol):

@@ -24,6 +24,7 @@ from services.identity.ports import (
     IndividualView,
     MergeEventView,
     Planner,
+    QueryRest,
     SnapshotQuery,
 )
 from services.identity.probabilistic import MatchModel
@@ -35,7 +36,6 @@ from shared.log import get_logger
 
 log = get_logger("identity.postgres")
 A = TypeVar("A")
-B = TypeVar("B")
 
 # Decoded source records kept per process: a record's content never changes (its id is a hash of it), and a
 # batch meets thousands of candidates that earlier batches stored or decoded. Oldest out first beyond this many.
@@ -152,6 +152,9 @@ SELECT clock_timestamp() FROM (
     FROM unnest($1::bigint[]) WITH ORDINALITY AS u(k, n)
 ) AS locked
 """
+
+# The later parts' lock keys, each taken if no other call holds it: true when all were.
+_TRY_LOCK = "SELECT bool_and(pg_try_advisory_xact_lock(k)) FROM unnest($1::bigint[]) AS u(k)"
 
 # Row locks on the involved survivors, in id order, with their creation times and counts as they are now, and the
 # survivors each was split from by an unmerge (by key, as above: the survivor and its aliases, their separations;
@@ -347,7 +350,6 @@ class PostgresRepository:
 
     async def resolve(self, tenant: str, query: SnapshotQuery, planner: Planner, early: EarlyRecords | None = None
                       ) -> Plan:
-        locks = [tenant_lock(tenant), *lock_keys(tenant, query.lock_keys)]
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 async with self.pool.acquire() as conn, contextlib.AsyncExitStack() as stack, conn.transaction():
@@ -355,25 +357,29 @@ class PostgresRepository:
                     # taken before the locks, so a resolve never waits for a connection while holding them). The
                     # locks are held while both run: under READ COMMITTED both see what one connection would.
                     spare = None
-                    if query.blocks and self.pool.get_idle_size() > 0:
+                    if (query.blocks or query.rest is not None) and self.pool.get_idle_size() > 0:
                         spare = await stack.enter_async_context(self.pool.acquire())
-                    now = await conn.fetchval(_LOCK, locks)
+                    # The later parts' share is made while the first part's reads run, when they run beside each
+                    # other; their candidates are then read while the first part is planned. A call that had to
+                    # start over takes every lock at once, in order, and reads all its candidates at once.
+                    q = query if spare is not None and attempt == 1 else query.whole()
+                    taken = [tenant_lock(tenant), *lock_keys(tenant, q.lock_keys)]
+                    now = await conn.fetchval(_LOCK, taken)
                     found: list[tuple[str, str, Record, list[str]]] = []
                     later: asyncio.Future | None = None  # the later parts' candidates, read while the first is planned
                     if spare is not None:
-                        # (a call that had to start over reads all its candidates at once)
-                        cut = len(query.blocks) if query.first_blocks is None or attempt > 1 else query.first_blocks
-                        snap, found = await _both(
-                            _locked_snapshot(conn, tenant, query), self._candidates(spare, tenant, query.blocks[:cut]))
-                        if cut < len(query.blocks):
-                            later = asyncio.ensure_future(self._candidates(spare, tenant, query.blocks[cut:]))
+                        snap, found, rest = await _first_reads(
+                            _locked_snapshot(conn, tenant, q), self._candidates(spare, tenant, q.blocks),
+                            q.rest, functools.partial(_take_rest, conn, tenant, set(taken)))
+                        if rest is not None and rest.blocks:
+                            later = asyncio.ensure_future(self._candidates(spare, tenant, rest.blocks))
                             stack.push_async_callback(_settle, later)  # (before the spare goes back)
                         else:
                             await stack.aclose()  # the spare goes back at once
                     else:
-                        snap = await _locked_snapshot(conn, tenant, query)
-                        if query.blocks:
-                            found = await self._candidates(conn, tenant, query.blocks)
+                        snap = await _locked_snapshot(conn, tenant, q)
+                        if q.blocks:
+                            found = await self._candidates(conn, tenant, q.blocks)
                     locked: set[str] = set()
                     await _lock_owners(conn, tenant, snap, found, locked)
                     first = early(snap) if early is not None else []
@@ -742,20 +748,49 @@ async def _locked_snapshot(conn: asyncpg.Connection, tenant: str, query: Snapsho
     return snap
 
 
-async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
-    """Both results; if either fails or the caller is cancelled, the other is cancelled and awaited too (a
-    connection is never released with a statement running)."""
-    one, two = asyncio.ensure_future(first), asyncio.ensure_future(second)
+async def _first_reads(snapshot: Awaitable[Snapshot], candidates: Awaitable[A],
+                       make: Callable[[], QueryRest] | None = None,
+                       then: Callable[[Snapshot, QueryRest], Awaitable[None]] | None = None
+                       ) -> tuple[Snapshot, A, QueryRest | None]:
+    """The snapshot and the first candidates, read beside each other (on two connections); meanwhile this process
+    makes the later parts' share (make, if any), and once the snapshot is in, then(snapshot, share) runs on its
+    connection while the candidates may still be read. The first failure comes back at once; if anything fails or the
+    caller is cancelled, both reads are cancelled and awaited (a connection is never released with a statement
+    running)."""
+    made: asyncio.Future[QueryRest | None] = asyncio.get_running_loop().create_future()
+
+    async def first() -> Snapshot:
+        snap = await snapshot
+        rest = await made
+        if rest is not None and then is not None:
+            await then(snap, rest)
+        return snap
+
+    one, two = asyncio.ensure_future(first()), asyncio.ensure_future(candidates)
     try:
+        if make is not None:
+            await asyncio.sleep(0)  # both statements go out
+        made.set_result(make() if make is not None else None)
         done, _ = await asyncio.wait((one, two), return_when=asyncio.FIRST_EXCEPTION)
         for task in done:
             task.result()  # the first failure, before waiting for the other
-        return one.result(), two.result()
+        return one.result(), two.result(), made.result()
     finally:
         for task in (one, two):
             if not task.done():
                 task.cancel()
         await asyncio.gather(one, two, return_exceptions=True)
+
+
+async def _take_rest(conn: asyncpg.Connection, tenant: str, taken: set[int], snap: Snapshot, rest: QueryRest) -> None:
+    """The later parts' locks, taken without waiting (raises _Stale if another call holds one: the call starts over
+    and then takes every lock in one order), and the stored records with their record ids, into the snapshot."""
+    keys = [k for k in lock_keys(tenant, rest.lock_keys) if k not in taken]
+    if keys and not await conn.fetchval(_TRY_LOCK, keys):
+        raise _Stale()
+    if rest.record_ids:
+        known = await _snapshot(conn, tenant, SnapshotQuery([], [], rest.record_ids))
+        snap.known_records.update(known.known_records)
 
 
 async def _write_parts(conn: asyncpg.Connection, tenant: str, now: datetime, parts: Iterator[Plan],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -24,6 +25,7 @@ from services.identity.model import (
 from services.identity.ports import (
     IndividualView,
     MergeEventView,
+    QueryRest,
     Repository,
     SnapshotQuery,
 )
@@ -151,15 +153,28 @@ class IdentityService:
         if check and (out := await self._suppressed(
                 tenant, subs, config, lookup_only, [k for k in unique if k not in owned])) is not None:
             return out
-        block_keys = list(dict.fromkeys(k for s in subs for _, k in s.blocks))
+        # The first part's record ids and block keys now; the later parts' (most of a large call's) are made by the
+        # repository while it reads what the first part needs.
+        first, later = subs[:resolution.PART], subs[resolution.PART:]
+        block_keys = list(dict.fromkeys(k for s in first for _, k in s.blocks))
+        record_ids = list(dict.fromkeys(s.record_id for s in first))
+
+        @functools.cache
+        def rest() -> QueryRest:
+            first_keys = set(block_keys)
+            blocks = [k for k in dict.fromkeys(k for s in later for _, k in s.blocks) if k not in first_keys]
+            known = set(record_ids)
+            return QueryRest([r for r in dict.fromkeys(s.record_id for s in later) if r not in known], blocks,
+                             [f"b\x1f{k}" for k in blocks])
+
         # Under the locks the covering check is sent again only for subjects whose identity had an owner in the fast
         # read: the others are new (their contents are not sent twice). One that gained an owner meanwhile (a
         # concurrent call) is then resolved by the rules and stores its record, as if no stored record held it.
         query = SnapshotQuery(
-            unique=unique, shared=shared, record_ids=list(dict.fromkeys(s.record_id for s in subs)),
-            blocks=block_keys, covering=covering if seen is None else [c for c in covering if c[1] in owned],
-            first_blocks=len({k for s in subs[:resolution.PART] for _, k in s.blocks}),
+            unique=unique, shared=shared, record_ids=record_ids, blocks=block_keys,
+            covering=covering if seen is None else [c for c in covering if c[1] in owned],
             lock_keys=[f"{t}\x1f{v}" for t, v in unique] + [f"b\x1f{k}" for k in block_keys],
+            rest=rest if later else None,
         )
 
         def planner(snap: Snapshot, now: datetime) -> Iterator[Plan]:

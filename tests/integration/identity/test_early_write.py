@@ -10,8 +10,9 @@ import asyncpg
 import pytest
 
 import services.identity.server as server_module
-from services.identity import postgres, resolution
-from services.identity.matching import IdentityType
+from services.identity import matching, postgres, resolution
+from services.identity.matching import IdentityType, Record
+from services.identity.ports import SnapshotQuery
 from services.identity.postgres import PostgresRepository
 from services.identity.server import SCHEMA
 from services.identity.service import IdentityService, Settings
@@ -151,6 +152,30 @@ async def test_a_plan_written_in_parts_stores_what_one_write_of_the_whole_plan_s
         await pool.close()
 
 
+async def _resolve_while_held(database_url: str, tenant: str, service: IdentityService, monkeypatch, hold):
+    """Six subjects stored, then six more with their last names in parts of 2 while another connection holds what
+    hold(connection, stored resolutions) takes: the second call must wait for it. Returns both calls' resolutions."""
+    await service.create_ruleset(tenant, [("last", [("attribute", "last_name", "EXACT", "")])], [])
+    names = [f"name{n}" for n in range(6)]
+    stored = await service.resolve(tenant, [[("email", f"{n}@x.io")] for n in names], lookup_only=False,
+                                   attributes=[{"last_name": n} for n in names])
+    monkeypatch.setattr(resolution, "PART", 2)
+    other = await asyncpg.connect(database_url, server_settings={"search_path": SCHEMA})
+    try:
+        holding = other.transaction()
+        await holding.start()
+        await hold(other, stored)
+        call = asyncio.ensure_future(service.resolve(
+            tenant, [[("email", f"again{n}@x.io")] for n in names], lookup_only=False,
+            attributes=[{"last_name": n} for n in names]))
+        await asyncio.sleep(0.5)
+        assert not call.done()  # started over, now waiting in one sorted lock statement
+        await holding.commit()
+        return stored, await call
+    finally:
+        await other.close()
+
+
 async def test_a_later_owner_held_by_another_call_starts_the_call_over_with_all_candidates_read_at_once(
         database_url, tenant, monkeypatch):
     pool = await prepare_schema(database_url, SCHEMA, server_module.__file__)
@@ -161,33 +186,18 @@ async def test_a_later_owner_held_by_another_call_starts_the_call_over_with_all_
         later.append(1)
         await take_later(conn, tenant_id, snap, read, locked, stack)
 
+    async def hold(other, stored) -> None:
+        # Another call holds the row of the individual behind the last subject's block (a later part's).
+        await other.execute("SELECT set_config('tailor.tenant', $1, true)", tenant)
+        assert await other.fetchval(
+            "SELECT count(*) FROM (SELECT 1 FROM individuals WHERE tenant_id = $1 AND individual_id = $2"
+            " FOR UPDATE) AS held", tenant, stored[5].individual_id) == 1
+
     monkeypatch.setattr(postgres, "_take_later", counted_later)
     token = ctx.tenant_var.set(tenant)
     try:
-        service = IdentityService(PostgresRepository(pool))
-        await service.create_ruleset(tenant, [("last", [("attribute", "last_name", "EXACT", "")])], [])
-        names = [f"name{n}" for n in range(6)]
-        stored = await service.resolve(tenant, [[("email", f"{n}@x.io")] for n in names], lookup_only=False,
-                                       attributes=[{"last_name": n} for n in names])
-        monkeypatch.setattr(resolution, "PART", 2)
-        other = await asyncpg.connect(database_url, server_settings={"search_path": SCHEMA})
-        try:
-            holding = other.transaction()
-            await holding.start()
-            # Another call holds the row of the individual behind the last subject's block (a later part's).
-            await other.execute("SELECT set_config('tailor.tenant', $1, true)", tenant)
-            assert await other.fetchval(
-                "SELECT count(*) FROM (SELECT 1 FROM individuals WHERE tenant_id = $1 AND individual_id = $2"
-                " FOR UPDATE) AS held", tenant, stored[5].individual_id) == 1
-            call = asyncio.ensure_future(service.resolve(
-                tenant, [[("email", f"again{n}@x.io")] for n in names], lookup_only=False,
-                attributes=[{"last_name": n} for n in names]))
-            await asyncio.sleep(0.5)
-            assert not call.done()  # started over, now waiting for the row in one sorted lock read
-            await holding.commit()
-            again = await call
-        finally:
-            await other.close()
+        stored, again = await _resolve_while_held(
+            database_url, tenant, IdentityService(PostgresRepository(pool)), monkeypatch, hold)
         assert later == [1]  # the first attempt read the later candidates apart; the second read all at once
         assert [r.individual_id for r in again] == [r.individual_id for r in stored]
     finally:
@@ -210,6 +220,48 @@ async def test_a_later_candidate_of_an_individual_the_snapshot_already_locked_jo
         found = await service.resolve(tenant, [[("email", "ada@x.io")], [("email", "other@x.io")]],
                                       lookup_only=False, attributes=[{"first_name": "Ada"}, {"last_name": "Lovelace"}])
         assert [r.individual_id for r in found] == [ada.individual_id] * 2
+    finally:
+        ctx.tenant_var.reset(token)
+        await pool.close()
+
+
+async def test_a_later_block_key_locked_by_another_call_starts_the_call_over_with_every_lock_in_order(
+        database_url, tenant, monkeypatch):
+    pool = await prepare_schema(database_url, SCHEMA, server_module.__file__)
+    shares: list[int] = []
+    take_rest = postgres._take_rest
+
+    async def counted_rest(conn, tenant_id, taken, snap, rest):
+        shares.append(len(rest.blocks))
+        await take_rest(conn, tenant_id, taken, snap, rest)
+
+    wholes: list[int] = []
+    whole = SnapshotQuery.whole
+
+    def counted_whole(query):
+        if query.rest is not None:
+            wholes.append(1)
+        return whole(query)
+
+    service = IdentityService(PostgresRepository(pool))
+
+    async def hold(other, stored) -> None:
+        # Another call holds the lock of the last subject's block key (a later part's: taken without waiting).
+        ruleset = (await service.config(tenant)).ruleset
+        [(_, key)] = matching.block_keys(ruleset, Record({"email": ["again5@x.io"]}, {"last_name": "name5"}))
+        await other.execute("SELECT pg_advisory_xact_lock($1)", postgres.lock_key(tenant, f"b\x1f{key}"))
+
+    monkeypatch.setattr(postgres, "_take_rest", counted_rest)
+    monkeypatch.setattr(SnapshotQuery, "whole", counted_whole)
+    token = ctx.tenant_var.set(tenant)
+    try:
+        stored, again = await _resolve_while_held(database_url, tenant, service, monkeypatch, hold)
+        # The first attempt took the later parts' 4 keys apart and did not wait; the second took all at once.
+        assert shares == [4] and wholes == [1]
+        assert [r.individual_id for r in again] == [r.individual_id for r in stored]
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT set_config('tailor.tenant', $1, true)", tenant)
+            assert await conn.fetchval("SELECT count(*) FROM source_records WHERE tenant_id = $1", tenant) == 12
     finally:
         ctx.tenant_var.reset(token)
         await pool.close()

@@ -117,7 +117,7 @@ class FakeRepository:
                       ) -> Plan:
         self.resolve_calls += 1
         now = self.clock()
-        for plan in planner(self._snapshot(tenant, query, with_candidates=True), now):
+        for plan in planner(self._snapshot(tenant, query.whole(), with_candidates=True), now):
             self._apply(tenant, now, plan)
         return plan
 
