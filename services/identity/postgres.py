@@ -405,7 +405,9 @@ class PostgresRepository:
     async def _candidates(self, conn: asyncpg.Connection, tenant: str, blocks: list[str]
                           ) -> list[tuple[str, str, Record, list[str]]]:
         """(record id, owner id, record, keys) of the stored records sharing a block key, their contents from the
-        process's cache or else read."""
+        process's cache or else read (no keys: no read)."""
+        if not blocks:
+            return []
         # Columns by position: record_id, individual_id, keys (thousands of rows a batch).
         rows = await conn.fetch(_CANDIDATES, tenant, blocks, self.max_block)
         cache = self._records

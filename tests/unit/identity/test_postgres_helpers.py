@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from services.identity.ports import QueryRest
-from services.identity.postgres import _first_reads
+from services.identity.postgres import PostgresRepository, _first_reads
 
 
 async def test_both_results_come_back_in_order():
@@ -91,3 +91,12 @@ async def test_a_failing_later_share_cancels_the_candidates_read_at_once():
     with pytest.raises(RuntimeError, match="locked elsewhere"):
         await asyncio.wait_for(_first_reads(snapshot(), _slow(stopped), lambda: QueryRest([], [], []), then), 1)
     assert stopped.is_set()
+
+
+async def test_no_block_keys_read_no_candidates():
+    class Unreachable:
+        async def fetch(self, *args):
+            raise AssertionError("a read with no keys")
+
+    # (a large call whose first part has no block keys: its later parts' keys come apart)
+    assert await PostgresRepository(None)._candidates(Unreachable(), "t1", []) == []  # type: ignore[arg-type]
