@@ -363,14 +363,13 @@ class PostgresRepository:
                     # other; their candidates are then read while the first part is planned. A call that had to
                     # start over takes every lock at once, in order, and reads all its candidates at once.
                     q = query if spare is not None and attempt == 1 else query.whole()
-                    taken = [tenant_lock(tenant), *lock_keys(tenant, q.lock_keys)]
-                    now = await conn.fetchval(_LOCK, taken)
+                    now = await conn.fetchval(_LOCK, [tenant_lock(tenant), *lock_keys(tenant, q.lock_keys)])
                     found: list[tuple[str, str, Record, list[str]]] = []
                     later: asyncio.Future | None = None  # the later parts' candidates, read while the first is planned
                     if spare is not None:
                         snap, found, rest = await _first_reads(
                             _locked_snapshot(conn, tenant, q), self._candidates(spare, tenant, q.blocks),
-                            q.rest, functools.partial(_take_rest, conn, tenant, set(taken)))
+                            q.rest, functools.partial(_take_rest, conn, tenant))
                         if rest is not None and rest.blocks:
                             later = asyncio.ensure_future(self._candidates(spare, tenant, rest.blocks))
                             stack.push_async_callback(_settle, later)  # (before the spare goes back)
@@ -784,11 +783,10 @@ async def _first_reads(snapshot: Awaitable[Snapshot], candidates: Awaitable[A],
         await asyncio.gather(one, two, return_exceptions=True)
 
 
-async def _take_rest(conn: asyncpg.Connection, tenant: str, taken: set[int], snap: Snapshot, rest: QueryRest) -> None:
+async def _take_rest(conn: asyncpg.Connection, tenant: str, snap: Snapshot, rest: QueryRest) -> None:
     """The later parts' locks, taken without waiting (raises _Stale if another call holds one: the call starts over
     and then takes every lock in one order), and the stored records with their record ids, into the snapshot."""
-    keys = [k for k in lock_keys(tenant, rest.lock_keys) if k not in taken]
-    if keys and not await conn.fetchval(_TRY_LOCK, keys):
+    if rest.lock_keys and not await conn.fetchval(_TRY_LOCK, lock_keys(tenant, rest.lock_keys)):
         raise _Stale()
     if rest.record_ids:
         known = await _snapshot(conn, tenant, SnapshotQuery([], [], rest.record_ids))

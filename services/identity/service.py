@@ -165,7 +165,7 @@ class IdentityService:
             blocks = [k for k in dict.fromkeys(k for s in later for _, k in s.blocks) if k not in first_keys]
             known = set(record_ids)
             return QueryRest([r for r in dict.fromkeys(s.record_id for s in later) if r not in known], blocks,
-                             [f"b\x1f{k}" for k in blocks])
+                             _block_locks(blocks))
 
         # Under the locks the covering check is sent again only for subjects whose identity had an owner in the fast
         # read: the others are new (their contents are not sent twice). One that gained an owner meanwhile (a
@@ -173,7 +173,7 @@ class IdentityService:
         query = SnapshotQuery(
             unique=unique, shared=shared, record_ids=record_ids, blocks=block_keys,
             covering=covering if seen is None else [c for c in covering if c[1] in owned],
-            lock_keys=[f"{t}\x1f{v}" for t, v in unique] + [f"b\x1f{k}" for k in block_keys],
+            lock_keys=[f"{t}\x1f{v}" for t, v in unique] + _block_locks(block_keys),
             rest=rest if later else None,
         )
 
@@ -335,6 +335,11 @@ _SLICE = 50
 # with attributes or searchable identities (a smaller call is read at once: its contents cost little to send).
 PROBES = 8
 PROBE_FROM = 32
+
+
+def _block_locks(blocks: list[str]) -> list[str]:
+    """The lock keys of block keys (apart from identities' by their prefix)."""
+    return [f"b\x1f{k}" for k in blocks]
 
 
 def _probe(subs: list) -> list[Key]:

@@ -231,9 +231,9 @@ async def test_a_later_block_key_locked_by_another_call_starts_the_call_over_wit
     shares: list[int] = []
     take_rest = postgres._take_rest
 
-    async def counted_rest(conn, tenant_id, taken, snap, rest):
+    async def counted_rest(conn, tenant_id, snap, rest):
         shares.append(len(rest.blocks))
-        await take_rest(conn, tenant_id, taken, snap, rest)
+        await take_rest(conn, tenant_id, snap, rest)
 
     wholes: list[int] = []
     whole = SnapshotQuery.whole
